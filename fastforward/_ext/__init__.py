@@ -1,0 +1,1 @@
+"""Compiled kernels. Private: users reach them only through Python wrappers."""

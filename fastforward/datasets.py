@@ -1,0 +1,42 @@
+"""Datasets the command line converts: an ImageFolder of image files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
+
+
+class ImageFolder:
+    """``root/<class>/<image>`` as ``(encoded image bytes, class index)`` samples.
+
+    Classes are the sub-folders in sorted order (as torchvision numbers them);
+    images are sorted by path. The bytes are decoded by ``RGBImageField``,
+    which shrinks JPEGs in the DCT domain when it can.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: no such directory")
+        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        if not self.classes:
+            raise ValueError(f"{self.root}: no class sub-folders (expected root/<class>/<image>)")
+        self.samples: list[tuple[Path, int]] = []
+        for label, name in enumerate(self.classes):
+            for dirpath, _, files in sorted(os.walk(self.root / name)):
+                self.samples.extend(
+                    (Path(dirpath) / f, label)
+                    for f in sorted(files)
+                    if f.lower().endswith(IMAGE_EXTENSIONS)
+                )
+        if not self.samples:
+            raise ValueError(f"{self.root}: no image files in its class folders")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[bytes, int]:
+        path, label = self.samples[index]
+        return path.read_bytes(), label

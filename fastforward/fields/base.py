@@ -1,0 +1,91 @@
+"""The ``Field`` base class: what a column of a .beton file is and how it is
+written and read back.
+
+A field contributes one column to the metadata table (``metadata_type``),
+1024 bytes of arguments to its descriptor (``to_binary``/``from_binary``) and,
+through ``malloc``, payload bytes in the data pages (``encode``). Subclass it
+for a custom field: the writer stores any class that is not exactly one of the
+built-ins with type id 255, and the reader needs the class again, by field
+name, through ``custom_handlers`` (``Reader``) or ``custom_fields``
+(``Loader``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+
+ARG_TYPE = np.dtype([("data", "u1", 1024)])
+"""The descriptor's 1024 argument bytes."""
+
+Malloc = Callable[[int], tuple[int, np.ndarray]]
+"""``malloc(nbytes) -> (file_offset, writable uint8 buffer of nbytes)``."""
+
+PayloadReader = Callable[[int], memoryview]
+"""``read(file_offset) -> the payload's bytes`` (its length comes from the
+allocation table)."""
+
+
+class Field(ABC):
+    """One column of a dataset: its metadata, its arguments and its encoder."""
+
+    TYPE_ID: ClassVar[int] = 255
+    """The descriptor's type id; built-in classes override it, custom ones keep 255."""
+
+    @property
+    @abstractmethod
+    def metadata_type(self) -> np.dtype:
+        """The dtype of this field's column in the metadata table."""
+
+    @staticmethod
+    @abstractmethod
+    def from_binary(binary: np.ndarray) -> Field:
+        """Rebuild the field from its descriptor's 1024 argument bytes."""
+
+    @abstractmethod
+    def to_binary(self) -> np.ndarray:
+        """Return the 1024 argument bytes stored in the field's descriptor."""
+
+    @abstractmethod
+    def encode(self, destination: np.ndarray, field: Any, malloc: Malloc) -> None:
+        """Write one sample: fill ``destination[0]`` (its metadata row) and
+        copy payload bytes into buffers obtained from *malloc*.
+
+        The pointer *malloc* returns must be stored in the metadata as it is:
+        the writer relocates it once the sample's page is known.
+        """
+
+    def get_decoder_class(self) -> type:
+        """The decoder used when a loader pipeline names none for this field."""
+        raise NotImplementedError(f"{type(self).__name__} declares no default decoder")
+
+    def read(self, row: np.void, read_payload: PayloadReader) -> Any:
+        """Decode one sample for random access (``Reader.read``); ``row`` is
+        this field's metadata value. Custom fields may override it."""
+        raise NotImplementedError(f"{type(self).__name__} does not support Reader.read")
+
+    def payload_pointers(self, column: np.ndarray) -> np.ndarray | None:
+        """The file offsets this column points at (for verification), or None."""
+        return None
+
+
+def empty_arguments() -> np.ndarray:
+    """1024 zero bytes: the arguments of every field that has none."""
+    return np.zeros(1, dtype=ARG_TYPE)[0]
+
+
+CURRENT_SAMPLE: contextvars.ContextVar[tuple[int, int, int] | None] = contextvars.ContextVar(
+    "fastforward_current_sample", default=None
+)
+"""``(seed, sample_index, field_index)`` of the sample being encoded; the
+writer sets it so that fields with randomness are reproducible per sample."""
+
+
+def sample_rng() -> np.random.Generator:
+    """A generator seeded by the sample being written, or a fresh one outside a writer."""
+    key = CURRENT_SAMPLE.get()
+    return np.random.default_rng(None if key is None else list(key))

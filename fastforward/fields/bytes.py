@@ -1,0 +1,57 @@
+"""Variable-length byte strings: a (ptr, size) row and the bytes in a page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import EncodeError
+from .base import Field, Malloc, PayloadReader, empty_arguments
+
+BYTES_METADATA = np.dtype([("ptr", "<u8"), ("size", "<u8")])
+
+
+def as_byte_array(value: Any) -> np.ndarray:
+    """View *value* (a 1-D uint8 array or any bytes-like object) as a uint8 array."""
+    if isinstance(value, np.ndarray):
+        if value.dtype != np.uint8 or value.ndim != 1:
+            raise EncodeError(
+                f"expected a 1-D uint8 array, got {value.dtype} array of shape {value.shape}"
+            )
+        return value
+    try:
+        return np.frombuffer(memoryview(value).cast("B"), dtype=np.uint8)
+    except TypeError as exc:
+        raise EncodeError(
+            f"expected a 1-D uint8 array or bytes, got {type(value).__name__}"
+        ) from exc
+
+
+class BytesField(Field):
+    """Arbitrary bytes per sample (type id 3): a uint8 array, ``bytes`` or any buffer."""
+
+    TYPE_ID = 3
+
+    @property
+    def metadata_type(self) -> np.dtype:
+        return BYTES_METADATA
+
+    @staticmethod
+    def from_binary(binary: np.ndarray) -> Field:
+        return BytesField()
+
+    def to_binary(self) -> np.ndarray:
+        return empty_arguments()
+
+    def encode(self, destination: np.ndarray, field: Any, malloc: Malloc) -> None:
+        data = as_byte_array(field)
+        destination["ptr"], buffer = malloc(data.size)
+        destination["size"] = data.size
+        buffer[:] = data
+
+    def read(self, row: np.void, read_payload: PayloadReader) -> np.ndarray:
+        return np.frombuffer(read_payload(int(row["ptr"])), np.uint8)[: int(row["size"])].copy()
+
+    def payload_pointers(self, column: np.ndarray) -> np.ndarray:
+        return column["ptr"]

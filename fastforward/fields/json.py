@@ -1,0 +1,61 @@
+"""JSON values, stored as UTF-8 text with a trailing NUL, as FFCV does."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from ..errors import EncodeError
+from .base import Field, Malloc, PayloadReader
+from .bytes import BytesField
+
+
+def _to_builtin(obj: Any) -> Any:
+    # NumPy scalars and arrays are what datasets hand over most often; FFCV
+    # fails on them with a TypeError from json.dumps.
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+class JSONField(BytesField):
+    """Any JSON-serialisable object per sample (type id 5)."""
+
+    TYPE_ID = 5
+
+    @staticmethod
+    def from_binary(binary: np.ndarray) -> Field:
+        return JSONField()
+
+    def encode(self, destination: np.ndarray, field: Any, malloc: Malloc) -> None:
+        try:
+            text = json.dumps(field, default=_to_builtin)
+        except (TypeError, ValueError) as exc:
+            raise EncodeError(f"cannot serialise to JSON: {exc}") from exc
+        super().encode(destination, text.encode("utf-8") + b"\0", malloc)
+
+    def read(self, row: np.void, read_payload: PayloadReader) -> Any:
+        return JSONField.unpack_one(super().read(row, read_payload))
+
+    @staticmethod
+    def unpack_one(data: np.ndarray) -> Any:
+        """Decode one sample's stored bytes (up to the first NUL)."""
+        raw = data.tobytes()
+        return json.loads(raw.split(b"\0", 1)[0].decode("utf-8"))
+
+    @staticmethod
+    def unpack(batch: Any) -> list[Any]:
+        """Decode a batch of JSON samples as returned by ``BytesDecoder``.
+
+        *batch* is a ``(B, max_size)`` uint8 array or tensor, or the
+        ``(data, lengths)`` pair that fastforward's ``BytesDecoder`` returns.
+        """
+        if isinstance(batch, tuple):
+            data, lengths = batch
+            data, lengths = np.asarray(data), np.asarray(lengths).reshape(-1)
+            return [JSONField.unpack_one(row[:n]) for row, n in zip(data, lengths, strict=True)]
+        return [JSONField.unpack_one(row) for row in np.asarray(batch)]

@@ -1,0 +1,123 @@
+"""Fixed-shape arrays: an 8-byte pointer in the metadata, C-order bytes in a page.
+
+The descriptor's arguments (``NDArrayArgsType``, packed) hold the shape as 32
+little-endian u8 (trailing zeros unused), then the length and text of
+``json.dumps(dtype.descr)``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from ..errors import EncodeError, FormatError
+from .base import ARG_TYPE, Field, Malloc, PayloadReader
+
+MAX_DIMS = 32
+NDArrayArgsType = np.dtype(
+    [("shape", "<u8", MAX_DIMS), ("type_length", "<u8"), ("type_data", "u1", 1024 - 264)]
+)
+
+
+class NDArrayField(Field):
+    """An array of fixed ``dtype`` and ``shape`` per sample (type id 4)."""
+
+    TYPE_ID = 4
+
+    def __init__(self, dtype: Any, shape: tuple[int, ...]) -> None:
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(int(d) for d in shape)
+        if self.dtype.fields is not None or self.dtype.subdtype is not None:
+            raise ValueError(f"only simple dtypes can be stored, got {self.dtype}")
+        if not 1 <= len(self.shape) <= MAX_DIMS or min(self.shape) < 1:
+            raise ValueError(f"shape must have 1 to {MAX_DIMS} positive dims, got {self.shape}")
+        self.element_size = self.dtype.itemsize * int(np.prod(self.shape))
+
+    @property
+    def metadata_type(self) -> np.dtype:
+        return np.dtype("<u8")
+
+    @staticmethod
+    def from_binary(binary: np.ndarray) -> Field:
+        args = np.frombuffer(np.asarray(binary).tobytes(), NDArrayArgsType)[0]
+        length = int(args["type_length"])
+        if length > args["type_data"].size:
+            raise FormatError(f"NDArray dtype text of {length} bytes overruns its arguments")
+        try:
+            descr = json.loads(args["type_data"][:length].tobytes().decode("ascii"))
+            dtype = np.dtype([tuple(d) for d in descr])["f0"]
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise FormatError(f"unreadable NDArray dtype in the field arguments: {exc}") from exc
+        shape = [int(d) for d in args["shape"]]
+        while shape and shape[-1] == 0:
+            shape.pop()
+        if not shape or 0 in shape:
+            raise FormatError(f"invalid NDArray shape {args['shape'].tolist()}")
+        return NDArrayField(dtype, tuple(shape))
+
+    def to_binary(self) -> np.ndarray:
+        args = np.zeros(1, NDArrayArgsType)[0]
+        args["shape"][: len(self.shape)] = self.shape
+        text = json.dumps(self.dtype.descr).encode("ascii")
+        args["type_length"] = len(text)
+        args["type_data"][: len(text)] = np.frombuffer(text, np.uint8)
+        return np.frombuffer(args.tobytes(), ARG_TYPE)[0]
+
+    def encode(self, destination: np.ndarray, field: Any, malloc: Malloc) -> None:
+        array = self._check(field)
+        destination[0], buffer = malloc(self.element_size)
+        buffer[:] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+
+    def _check(self, value: Any) -> np.ndarray:
+        if not isinstance(value, np.ndarray):
+            raise EncodeError(f"expected a NumPy array, got {type(value).__name__}")
+        # FFCV reinterprets a same-itemsize dtype silently (its #110): refuse it.
+        if value.dtype != self.dtype:
+            raise EncodeError(f"expected dtype {self.dtype}, got {value.dtype}")
+        if value.shape != self.shape:
+            raise EncodeError(f"expected shape {self.shape}, got {value.shape}")
+        return value
+
+    def read(self, row: np.void, read_payload: PayloadReader) -> np.ndarray:
+        data = read_payload(int(row))[: self.element_size]
+        return np.frombuffer(data, self.dtype).reshape(self.shape).copy()
+
+    def payload_pointers(self, column: np.ndarray) -> np.ndarray:
+        return column
+
+
+def torch_to_numpy_dtype(dtype: Any) -> np.dtype:
+    """The NumPy dtype that stores a torch dtype (bfloat16 has none)."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImportError(
+            "TorchTensorField needs torch: pip install 'fastforward[torch]'"
+        ) from exc
+    try:
+        return np.dtype(torch.empty((), dtype=dtype).numpy().dtype)
+    except (TypeError, RuntimeError) as exc:
+        raise ValueError(f"{dtype} has no NumPy equivalent and cannot be stored") from exc
+
+
+class TorchTensorField(NDArrayField):
+    """A torch tensor of fixed dtype and shape per sample (type id 6).
+
+    Stored as its NumPy equivalent and read back as an ``NDArrayField``, as in
+    FFCV.
+    """
+
+    TYPE_ID = 6
+
+    def __init__(self, dtype: Any, shape: tuple[int, ...]) -> None:
+        self.torch_dtype = dtype
+        super().__init__(torch_to_numpy_dtype(dtype), shape)
+
+    def encode(self, destination: np.ndarray, field: Any, malloc: Malloc) -> None:
+        if hasattr(field, "detach") and hasattr(field, "numpy"):
+            if field.dtype != self.torch_dtype:
+                raise EncodeError(f"expected a {self.torch_dtype} tensor, got {field.dtype}")
+            field = field.detach().cpu().numpy()
+        super().encode(destination, field, malloc)

@@ -1,0 +1,261 @@
+"""RGB images: a 13-byte row (mode, width, height, data_ptr) and the pixels
+as a JPEG stream or raw H·W·3 bytes.
+
+Inputs are uint8 H×W×3 arrays, PIL images, or the bytes of an encoded image
+file (JPEG through simplejpeg; other formats through Pillow). Grayscale and
+RGBA inputs are converted to RGB (alpha is dropped); anything else is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .._ext.resize import crop_resize_into
+from ..errors import DecodeError, EncodeError
+from .base import Field, Malloc, PayloadReader, empty_arguments, sample_rng
+
+try:
+    import simplejpeg
+except ImportError:  # pragma: no cover - a declared dependency
+    simplejpeg = None
+
+IMAGE_MODES = {"jpg": 0, "raw": 1}
+RGB_METADATA = np.dtype(
+    [("mode", "u1"), ("width", "<u2"), ("height", "<u2"), ("data_ptr", "<u8")]
+)
+MAX_SIDE = 65535  # width and height are stored as u16
+WRITE_MODES = ("raw", "jpg", "smart", "proportion")
+
+
+def require_simplejpeg() -> Any:
+    """Return the simplejpeg module, or say how to get it."""
+    if simplejpeg is None:
+        raise ImportError("JPEG coding needs simplejpeg: pip install simplejpeg")
+    return simplejpeg
+
+
+def to_rgb_array(image: Any) -> np.ndarray:
+    """Return *image* as a C-contiguous uint8 H×W×3 array.
+
+    Accepts uint8 arrays (H×W, H×W×1, H×W×3, H×W×4) and PIL images of any
+    mode. Raises EncodeError for anything else.
+    """
+    if hasattr(image, "convert") and hasattr(image, "mode"):  # a PIL image
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        image = np.asarray(image)
+    if not isinstance(image, np.ndarray):
+        raise EncodeError(
+            f"expected a uint8 H×W×3 array, a PIL image or encoded image bytes, "
+            f"got {type(image).__name__}"
+        )
+    if image.dtype != np.uint8:
+        raise EncodeError(f"expected uint8 pixels, got {image.dtype} (shape {image.shape})")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        image = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    elif image.ndim != 3 or image.shape[2] != 3:
+        raise EncodeError(f"expected an H×W×3 image, got shape {image.shape}")
+    if min(image.shape[:2]) < 1:
+        raise EncodeError(f"empty image of shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> np.ndarray:
+    """Decode the bytes of an image file to RGB.
+
+    JPEGs go through simplejpeg. Given a minimum size, it decodes at the
+    smallest DCT scale (m/8) that keeps the image at least that large, with
+    fast chroma upsampling: both are much faster, and the image is shrunk
+    further anyway. Other formats need Pillow.
+    """
+    if data[:2] == b"\xff\xd8":
+        sj = require_simplejpeg()
+        shrinking = min_height > 0 or min_width > 0
+        try:
+            return sj.decode_jpeg(data, colorspace="RGB", min_height=min_height,
+                                  min_width=min_width, fastupsample=shrinking)
+        except ValueError as exc:
+            raise DecodeError(f"cannot decode JPEG: {exc}") from exc
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise EncodeError(
+            "reading non-JPEG image files needs Pillow: pip install 'fastforward[pillow]'"
+        ) from exc
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return to_rgb_array(img)
+    except OSError as exc:
+        raise DecodeError(f"cannot decode image file: {exc}") from exc
+
+
+def target_size(
+    height: int, width: int, max_resolution: int | None, min_resolution: int | None
+) -> tuple[int, int]:
+    """The stored (height, width): shrink so the longer side is at most
+    *max_resolution* (or the shorter side at most *min_resolution*); never enlarge."""
+    if max_resolution is not None and max(height, width) > max_resolution:
+        ratio = max_resolution / max(height, width)
+    elif min_resolution is not None and min(height, width) > min_resolution:
+        ratio = min_resolution / min(height, width)
+    else:
+        return height, width
+    return max(1, math.floor(height * ratio)), max(1, math.floor(width * ratio))
+
+
+def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize an H×W×3 uint8 image by area averaging (OpenCV's INTER_AREA)."""
+    if image.shape[:2] == (height, width):
+        return image
+    out = np.empty((height, width, 3), np.uint8)
+    crop_resize_into(image, 0, 0, image.shape[0], image.shape[1], out)
+    return out
+
+
+class RGBImageField(Field):
+    """An RGB image per sample (type id 2), stored raw or as JPEG.
+
+    Args:
+        write_mode: ``'raw'`` (pixels), ``'jpg'`` (JPEG), ``'smart'`` (JPEG
+            when the raw image is larger than ``smart_threshold`` bytes) or
+            ``'proportion'`` (JPEG with probability ``compress_probability``,
+            drawn per sample from the writer's seed).
+        max_resolution: shrink so the longer side is at most this.
+        min_resolution: shrink so the shorter side is at most this (not with
+            ``max_resolution``).
+        smart_threshold: raw size in bytes above which ``'smart'`` compresses.
+        jpeg_quality: JPEG quality, 0-100 (4:2:0 chroma subsampling, as FFCV).
+        compress_probability: for ``'proportion'``.
+    """
+
+    TYPE_ID = 2
+
+    def __init__(
+        self,
+        write_mode: str = "raw",
+        max_resolution: int | None = None,
+        smart_threshold: int | None = None,
+        jpeg_quality: int = 90,
+        compress_probability: float = 0.5,
+        min_resolution: int | None = None,
+    ) -> None:
+        if write_mode not in WRITE_MODES:
+            raise ValueError(f"write_mode must be one of {WRITE_MODES}, got {write_mode!r}")
+        if max_resolution is not None and min_resolution is not None:
+            raise ValueError("give max_resolution or min_resolution, not both")
+        for name, value in (("max_resolution", max_resolution), ("min_resolution", min_resolution)):
+            if value is not None and not 1 <= value <= MAX_SIDE:
+                raise ValueError(f"{name} must be in [1, {MAX_SIDE}], got {value}")
+        if not 0 <= int(jpeg_quality) <= 100:
+            raise ValueError(f"jpeg_quality must be in [0, 100], got {jpeg_quality}")
+        if not 0 <= compress_probability <= 1:
+            raise ValueError(f"compress_probability must be in [0, 1], got {compress_probability}")
+        self.write_mode = write_mode
+        self.max_resolution = max_resolution
+        self.min_resolution = min_resolution
+        self.smart_threshold = smart_threshold
+        self.jpeg_quality = int(jpeg_quality)
+        self.compress_probability = compress_probability
+
+    @property
+    def metadata_type(self) -> np.dtype:
+        return RGB_METADATA
+
+    @staticmethod
+    def from_binary(binary: np.ndarray) -> Field:
+        return RGBImageField()
+
+    def to_binary(self) -> np.ndarray:
+        return empty_arguments()
+
+    def _prepare(self, image: Any) -> np.ndarray:
+        """The pixels to store: converted to RGB and shrunk to the size limits."""
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            data = bytes(image)
+            height = width = 0
+            if data[:2] == b"\xff\xd8":
+                try:
+                    h, w, _, _ = require_simplejpeg().decode_jpeg_header(data)
+                except ValueError as exc:
+                    raise DecodeError(f"cannot read JPEG header: {exc}") from exc
+                th, tw = target_size(h, w, self.max_resolution, self.min_resolution)
+                if (th, tw) != (h, w):
+                    height, width = th, tw
+            image = decode_image_file(data, height, width)
+        image = to_rgb_array(image)
+        height, width = target_size(*image.shape[:2], self.max_resolution, self.min_resolution)
+        if max(height, width) > MAX_SIDE:
+            raise EncodeError(
+                f"image of {height}×{width} exceeds the format's {MAX_SIDE} px limit; "
+                "set max_resolution"
+            )
+        return resize_area(image, height, width)
+
+    def _compress(self, image: np.ndarray) -> bool:
+        if self.write_mode == "jpg":
+            return True
+        if self.write_mode == "smart":
+            return self.smart_threshold is not None and image.nbytes > self.smart_threshold
+        if self.write_mode == "proportion":
+            return bool(sample_rng().random() < self.compress_probability)
+        return False
+
+    def encode(self, destination: np.ndarray, field: Any, malloc: Malloc) -> None:
+        image = self._prepare(field)
+        if self._compress(image):
+            payload = np.frombuffer(
+                require_simplejpeg().encode_jpeg(
+                    image, quality=self.jpeg_quality, colorspace="RGB", colorsubsampling="420"
+                ),
+                np.uint8,
+            )
+            destination["mode"] = IMAGE_MODES["jpg"]
+        else:
+            payload = image.reshape(-1)
+            destination["mode"] = IMAGE_MODES["raw"]
+        destination["height"], destination["width"] = image.shape[:2]
+        destination["data_ptr"], buffer = malloc(payload.size)
+        buffer[:] = payload
+
+    def read(self, row: np.void, read_payload: PayloadReader, fastdct: bool = True) -> np.ndarray:
+        data = read_payload(int(row["data_ptr"]))
+        return decode_stored_image(data, int(row["mode"]), int(row["height"]), int(row["width"]),
+                                   fastdct=fastdct)
+
+    def payload_pointers(self, column: np.ndarray) -> np.ndarray:
+        return column["data_ptr"]
+
+
+def decode_stored_image(
+    data: memoryview, mode: int, height: int, width: int, fastdct: bool = True
+) -> np.ndarray:
+    """Decode one stored image payload to an H×W×3 uint8 array.
+
+    ``fastdct=True`` reproduces FFCV's pixels exactly (libjpeg-turbo's fast
+    integer IDCT).
+    """
+    if mode == IMAGE_MODES["raw"]:
+        if len(data) < height * width * 3:
+            raise DecodeError(
+                f"raw image payload of {len(data)} bytes is short of {height}×{width}×3"
+            )
+        return np.frombuffer(data, np.uint8)[: height * width * 3].reshape(height, width, 3).copy()
+    if mode != IMAGE_MODES["jpg"]:
+        raise DecodeError(f"unknown image mode {mode}")
+    sj = require_simplejpeg()
+    try:
+        image = sj.decode_jpeg(data, colorspace="RGB", fastdct=fastdct)
+    except ValueError as exc:
+        raise DecodeError(f"corrupt JPEG payload: {exc}") from exc
+    if image.shape[:2] != (height, width):
+        raise DecodeError(
+            f"JPEG is {image.shape[0]}×{image.shape[1]}, the metadata says {height}×{width}"
+        )
+    return image

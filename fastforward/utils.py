@@ -1,0 +1,42 @@
+"""Small helpers shared by the writer, the reader and the command line."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+def is_power_of_2(n: int) -> bool:
+    """Whether *n* is a positive power of two."""
+    return n > 0 and n & (n - 1) == 0
+
+
+def align_to_page(ptr: int, page_size: int) -> int:
+    """Round *ptr* up to the next multiple of *page_size*."""
+    return -(-ptr // page_size) * page_size
+
+
+def decode_null_terminated_string(raw: np.ndarray) -> str:
+    """Decode ASCII bytes up to the first NUL (field names in the descriptors)."""
+    data = bytes(raw)
+    return data.split(b"\0", 1)[0].decode("ascii", errors="replace")
+
+
+def chunks(seq: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """Yield consecutive slices of *seq* of at most *size* items."""
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]
+
+
+def default_workers() -> int:
+    """The number of CPUs this process may run on (portable, unlike sched_getaffinity)."""
+    if hasattr(os, "process_cpu_count"):  # Python 3.13
+        return os.process_cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
