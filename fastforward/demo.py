@@ -42,10 +42,7 @@ def load_photos() -> list[np.ndarray]:
     photos = []
     folder = Path(skimage.data.__file__).parent
     for name in PHOTOS:
-        if name.endswith(".png"):
-            image = io.imread(folder / name)
-        else:
-            image = getattr(skimage.data, name)()
+        image = io.imread(folder / name) if name.endswith(".png") else getattr(skimage.data, name)()
         photos.append(to_rgb_array(np.asarray(image)))
     return photos
 

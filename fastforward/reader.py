@@ -8,6 +8,7 @@ use. ``verify()`` checks every pointer, size and stored image.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from collections.abc import Mapping
@@ -118,7 +119,9 @@ class Reader:
         self.field_descriptors = np.fromfile(
             self.fname, dtype=FieldDescType, count=self.num_fields, offset=HeaderType.itemsize
         )
-        self.field_names = [decode_null_terminated_string(d["name"]) for d in self.field_descriptors]
+        self.field_names = [
+            decode_null_terminated_string(d["name"]) for d in self.field_descriptors
+        ]
         for desc, name in zip(self.field_descriptors, self.field_names, strict=True):
             type_id = int(desc["type_id"])
             if name in self.custom_handlers:
@@ -170,7 +173,9 @@ class Reader:
                 f"truncated: the allocation table's {nbytes} bytes are not a whole number "
                 f"of {ALLOC_TABLE_TYPE.itemsize}-byte rows"
             )
-        self.alloc_table = np.fromfile(self.fname, dtype=ALLOC_TABLE_TYPE, offset=self.alloc_table_ptr)
+        self.alloc_table = np.fromfile(
+            self.fname, dtype=ALLOC_TABLE_TYPE, offset=self.alloc_table_ptr
+        )
         table = self.alloc_table
         if table.size:
             ends = table["ptr"] + table["size"]
@@ -281,7 +286,8 @@ class Reader:
                 return f"empty image ({height}×{width})"
             if mode == IMAGE_MODES["raw"]:
                 if size != height * width * 3:
-                    return f"raw image of {height}×{width} needs {height * width * 3} bytes, has {size}"
+                    need = height * width * 3
+                    return f"raw image of {height}×{width} needs {need} bytes, has {size}"
             elif mode == IMAGE_MODES["jpg"]:
                 data = self.buffer[ptr : ptr + size]
                 try:
@@ -306,10 +312,9 @@ class Reader:
     def close(self) -> None:
         """Release the memory map (idempotent)."""
         if self._mmap is not None:
-            try:
+            # views still alive keep the map open; it closes when they go
+            with contextlib.suppress(BufferError):
                 self._mmap.close()
-            except BufferError:  # views are still alive; the map closes when they go
-                pass
             self._mmap = None
 
     def __enter__(self) -> Reader:

@@ -216,6 +216,14 @@ def _portable(exc: BaseException) -> BaseException:
     return exc
 
 
+def _died(proc: Any) -> WorkerError:
+    proc.join(timeout=5)
+    return WorkerError(
+        f"writer worker {proc.name} died (exit code {proc.exitcode}) without reporting "
+        "an error; out of memory?"
+    )
+
+
 class _Pool:
     """Worker processes, each fed over its own pipe; the parent waits on the
     pipes and on the processes' sentinels, so a dead worker is noticed at once."""
@@ -247,6 +255,7 @@ class _Pool:
         results: dict[int, Any] = {}
         busy: dict[Connection, int] = dict.fromkeys(self.conns, 0)
         sentinels = {p.sentinel: p for p in self.procs}
+        owner = dict(zip(self.conns, self.procs, strict=True))
         next_task = next_result = 0
         window = _IN_FLIGHT_PER_WORKER * len(self.conns) * 2
 
@@ -263,16 +272,12 @@ class _Pool:
         while next_result < len(tasks):
             for ready in wait([*self.conns, *sentinels]):
                 if ready in sentinels:
-                    proc = sentinels[ready]
-                    raise WorkerError(
-                        f"writer worker {proc.name} died (exit code {proc.exitcode}) "
-                        "without reporting an error; out of memory?"
-                    )
+                    raise _died(sentinels[ready])
                 assert isinstance(ready, Connection)
                 try:
                     status, task_id, value = ready.recv()
-                except EOFError:
-                    continue  # the sentinel reports the death
+                except (EOFError, OSError):
+                    raise _died(owner[ready]) from None
                 if status == "error":
                     raise value
                 busy[ready] -= 1
@@ -284,6 +289,7 @@ class _Pool:
                 feed(conn)
 
     def close(self) -> None:
+        """Ask the workers to finish and wait for them."""
         for conn in self.conns:
             with contextlib.suppress(OSError):
                 conn.send(None)
@@ -324,7 +330,8 @@ class _PageWriter:
         n = len(chunk.packed)
         first = self.next_sample
         alloc_ptrs = np.empty(len(chunk.alloc_sizes), np.uint64)
-        sample_of_alloc = np.repeat(np.arange(first, first + n, dtype=np.uint64), chunk.alloc_counts)
+        samples = np.arange(first, first + n, dtype=np.uint64)
+        sample_of_alloc = np.repeat(samples, chunk.alloc_counts)
         alloc_start = np.concatenate(([0], np.cumsum(chunk.alloc_counts)))
         blob = memoryview(chunk.blob)
         blob_pos = 0
@@ -343,7 +350,8 @@ class _PageWriter:
         self._relocate(chunk, alloc_ptrs, alloc_start)
         self.metadata[first : first + n] = chunk.metadata
         rows = np.empty(len(alloc_ptrs), ALLOC_TABLE_TYPE)
-        rows["sample_id"], rows["ptr"], rows["size"] = sample_of_alloc, alloc_ptrs, chunk.alloc_sizes
+        rows["sample_id"], rows["ptr"] = sample_of_alloc, alloc_ptrs
+        rows["size"] = chunk.alloc_sizes
         self.alloc_rows.append(rows)
         self.next_sample += n
 

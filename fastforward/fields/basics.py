@@ -57,7 +57,9 @@ class IntField(Field):
         try:
             value = operator.index(field)
         except TypeError as exc:
-            raise EncodeError(f"expected an integer, got {type(field).__name__} {field!r:.40}") from exc
+            raise EncodeError(
+                f"expected an integer, got {type(field).__name__} {field!r:.40}"
+            ) from exc
         if not -(1 << 63) <= value < 1 << 63:
             raise EncodeError(f"{value} does not fit in int64")
         destination[0] = value

@@ -1,0 +1,57 @@
+"""Shared fixtures: real photographs (scikit-image's sample data, shipped in
+its wheel) re-encoded and cropped to varied sizes; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "ffcv-v2"
+LOCAL_FIXTURES = Path(__file__).resolve().parent / "data" / "ffcv-v2"
+
+
+def fixture_dir() -> Path:
+    """FFCV-written golden files: the committed copy, or ../shared beside the checkout."""
+    for candidate in (LOCAL_FIXTURES, FIXTURES):
+        if (candidate / "basic.beton").exists():
+            return candidate
+    raise FileNotFoundError(f"no FFCV fixtures in {LOCAL_FIXTURES} or {FIXTURES}")
+
+
+@pytest.fixture(scope="session")
+def photos() -> list[np.ndarray]:
+    """The source photographs as RGB uint8 arrays."""
+    from fastforward.demo import load_photos
+
+    return load_photos()
+
+
+@pytest.fixture(scope="session")
+def images(photos: list[np.ndarray]) -> list[np.ndarray]:
+    """Twenty real images of varied sizes (odd ones included), C-contiguous."""
+    rng = np.random.default_rng(1234)
+    out = []
+    for i in range(20):
+        photo = photos[i % len(photos)]
+        h = int(rng.integers(17, min(photo.shape[0], 300)))
+        w = int(rng.integers(17, min(photo.shape[1], 300)))
+        y = int(rng.integers(photo.shape[0] - h + 1))
+        x = int(rng.integers(photo.shape[1] - w + 1))
+        out.append(np.ascontiguousarray(photo[y : y + h, x : x + w]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def jpeg_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ImageFolder of 40 realistic JPEGs (about 500×375, quality 89-97)."""
+    from fastforward.demo import make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("corpus") / "images", 40, seed=7)
+
+
+@pytest.fixture
+def cpu_count() -> int:
+    return os.cpu_count() or 1

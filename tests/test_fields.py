@@ -1,0 +1,189 @@
+"""Fields: image conversion, resizing and write modes; arguments round trip."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastforward.fields import NDArrayField, RGBImageField
+from fastforward.fields.rgb_image import target_size
+from fastforward.reader import Reader
+from fastforward.writer import DatasetWriter
+
+
+def store(tmp_path: Path, field: RGBImageField, images: list) -> Reader:
+    path = tmp_path / "img.beton"
+    DatasetWriter(path, {"image": field}, num_workers=1, progress=False) \
+        .from_indexed_dataset(images)
+    return Reader(path)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(float) - b.astype(float)) ** 2)
+    return float(10 * np.log10(255**2 / max(mse, 1e-12)))
+
+
+def test_raw_is_exact(tmp_path: Path, images: list[np.ndarray]) -> None:
+    reader = store(tmp_path, RGBImageField(), images)
+    for i, image in enumerate(images):
+        np.testing.assert_array_equal(reader.read(i)[0], image)
+    assert set(reader.metadata["f0"]["mode"].tolist()) == {1}
+
+
+def test_jpeg_quality(tmp_path: Path, images: list[np.ndarray]) -> None:
+    reader = store(tmp_path, RGBImageField(write_mode="jpg", jpeg_quality=90), images)
+    for i, image in enumerate(images):
+        assert psnr(reader.read(i)[0], image) > 28
+    assert set(reader.metadata["f0"]["mode"].tolist()) == {0}
+
+
+def test_jpeg_is_420_subsampled(tmp_path: Path, images: list[np.ndarray]) -> None:
+    import simplejpeg
+
+    reader = store(tmp_path, RGBImageField(write_mode="jpg"), images[:3])
+    data = reader.payload(int(reader.metadata[0]["f0"]["data_ptr"]))
+    assert simplejpeg.decode_jpeg_header(data)[3] == "420"
+
+
+@pytest.mark.parametrize(
+    ("shape", "limits", "expected"),
+    [((375, 500), (256, None), (192, 256)), ((500, 375), (256, None), (256, 192)),
+     ((100, 80), (256, None), (100, 80)), ((3, 1000), (100, None), (1, 100)),
+     ((375, 500), (None, 200), (200, 266)), ((100, 80), (None, 200), (100, 80))],
+)
+def test_target_size(shape: tuple[int, int], limits: tuple, expected: tuple[int, int]) -> None:
+    assert target_size(*shape, *limits) == expected
+
+
+def test_max_resolution_shrinks_by_area(tmp_path: Path, images: list[np.ndarray]) -> None:
+    reader = store(tmp_path, RGBImageField(max_resolution=40), images)
+    for i, image in enumerate(images):
+        stored = reader.read(i)[0]
+        assert stored.shape[:2] == target_size(*image.shape[:2], 40, None)
+        # area averaging keeps the mean colour
+        assert np.abs(stored.mean(axis=(0, 1)) - image.mean(axis=(0, 1))).max() < 2
+
+
+def test_min_resolution(tmp_path: Path, images: list[np.ndarray]) -> None:
+    reader = store(tmp_path, RGBImageField(min_resolution=30), images)
+    for i, image in enumerate(images):
+        assert reader.read(i)[0].shape[:2] == target_size(*image.shape[:2], None, 30)
+
+
+def test_max_and_min_resolution_exclusive() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        RGBImageField(max_resolution=10, min_resolution=10)
+
+
+@pytest.mark.parametrize("kwargs", [{"write_mode": "png"}, {"jpeg_quality": 101},
+                                    {"compress_probability": 2.0}, {"max_resolution": 0}])
+def test_bad_arguments(kwargs: dict) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - each message is checked by its own name
+        RGBImageField(**kwargs)
+
+
+def test_smart_threshold(tmp_path: Path) -> None:
+    small = np.full((10, 10, 3), 9, np.uint8)  # 300 bytes
+    large = np.full((40, 40, 3), 9, np.uint8)  # 4800 bytes
+    reader = store(tmp_path, RGBImageField(write_mode="smart", smart_threshold=1000),
+                   [small, large])
+    assert reader.metadata["f0"]["mode"].tolist() == [1, 0]
+    reader = store(tmp_path, RGBImageField(write_mode="smart"), [small, large])
+    assert reader.metadata["f0"]["mode"].tolist() == [1, 1]  # no threshold: all raw
+
+
+@pytest.mark.parametrize("layout", ["HxW", "HxWx1"])
+def test_grayscale_becomes_rgb(tmp_path: Path, images: list[np.ndarray], layout: str) -> None:
+    gray = images[0][:, :, 1].copy()
+    value = gray if layout == "HxW" else gray[:, :, None]
+    stored = store(tmp_path, RGBImageField(), [value]).read(0)[0]
+    assert stored.shape == (*gray.shape, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(stored[:, :, channel], gray)
+
+
+def test_rgba_drops_alpha(tmp_path: Path, images: list[np.ndarray]) -> None:
+    rgba = np.dstack([images[0], np.full(images[0].shape[:2], 7, np.uint8)])
+    np.testing.assert_array_equal(store(tmp_path, RGBImageField(), [rgba]).read(0)[0], images[0])
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "CMYK"])
+def test_pil_images(tmp_path: Path, images: list[np.ndarray], mode: str) -> None:
+    from PIL import Image
+
+    pil = Image.fromarray(images[2]).convert(mode)
+    stored = store(tmp_path, RGBImageField(), [pil]).read(0)[0]
+    np.testing.assert_array_equal(stored, np.asarray(pil.convert("RGB")))
+
+
+def test_non_contiguous_array(tmp_path: Path, images: list[np.ndarray]) -> None:
+    view = images[0][::2, ::-1]
+    np.testing.assert_array_equal(store(tmp_path, RGBImageField(), [view]).read(0)[0], view)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(np.zeros((8, 8, 3), np.float32), "uint8"), (np.zeros((8, 8, 2), np.uint8), "shape"),
+     (np.zeros((2, 8, 8, 3), np.uint8), "shape"), (np.zeros((0, 8, 3), np.uint8), "empty"),
+     ("not an image", "str"), (b"\x89PNX not an image", "cannot decode")],
+    ids=["float", "two-channels", "4d", "empty", "string", "garbage-bytes"],
+)
+def test_refused_inputs_name_sample_and_field(tmp_path: Path, value: object, message: str,
+                                              images: list[np.ndarray]) -> None:
+    data = [(images[0], 0), (images[1], 1), (value, 2)]
+    path = tmp_path / "bad.beton"
+    with pytest.raises(ValueError, match=message) as info:
+        DatasetWriter(path, {"image": RGBImageField(), "label": __import__(
+            "fastforward.fields", fromlist=["IntField"]).IntField()}, num_workers=1,
+            progress=False).from_indexed_dataset(data)
+    assert "sample 2" in str(info.value)
+    assert "'image'" in str(info.value)
+
+
+def test_encoded_jpeg_input_is_shrunk(tmp_path: Path, jpeg_folder: Path) -> None:
+    import simplejpeg
+
+    files = sorted(jpeg_folder.glob("*/*.jpg"))[:5]
+    blobs = [f.read_bytes() for f in files]
+    # raw, so that only the DCT-domain scaling differs from decode-then-shrink
+    reader = store(tmp_path, RGBImageField(write_mode="raw", max_resolution=128), blobs)
+    for i, blob in enumerate(blobs):
+        original = simplejpeg.decode_jpeg(blob)
+        stored = reader.read(i)[0]
+        assert stored.shape[:2] == target_size(*original.shape[:2], 128, None)
+        reference = np.empty_like(stored)
+        from fastforward._ext.resize import crop_resize_into
+
+        crop_resize_into(original, 0, 0, *original.shape[:2], reference)
+        assert psnr(stored, reference) > 30
+
+
+def test_encoded_png_input(tmp_path: Path, images: list[np.ndarray]) -> None:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(images[4]).save(buffer, format="PNG")
+    stored = store(tmp_path, RGBImageField(), [buffer.getvalue()]).read(0)[0]
+    np.testing.assert_array_equal(stored, images[4])
+
+
+def test_ndarray_arguments_round_trip() -> None:
+    for dtype, shape in [("<f4", (3, 4)), (">i2", (7,)), ("u1", (1, 2, 3, 4)), ("<c16", (2,))]:
+        field = NDArrayField(np.dtype(dtype), shape)
+        back = NDArrayField.from_binary(field.to_binary())
+        assert back.dtype == np.dtype(dtype)
+        assert back.shape == shape
+
+
+def test_torch_tensor_field() -> None:
+    torch = pytest.importorskip("torch", reason="torch is an optional extra")
+    from fastforward.fields import TorchTensorField
+
+    field = TorchTensorField(torch.int32, (2, 3))
+    assert field.dtype == np.dtype("int32")
+    back = NDArrayField.from_binary(field.to_binary())
+    assert back.dtype == np.dtype("<i4")
+    assert back.shape == (2, 3)

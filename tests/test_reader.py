@@ -1,0 +1,135 @@
+"""Reader: damaged or foreign files raise FormatError naming the file and the defect."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import fixture_dir
+
+from fastforward.errors import FormatError
+from fastforward.fields import IntField, NDArrayField
+from fastforward.reader import Reader
+from fastforward.writer import DatasetWriter
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    path = tmp_path / "good.beton"
+    shutil.copy(fixture_dir() / "basic.beton", path)
+    path.chmod(0o644)
+    return path
+
+
+def patch(path: Path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def expect_error(path: Path, match: str) -> FormatError:
+    with pytest.raises(FormatError, match=match) as info:
+        Reader(path)
+    assert str(path) in str(info.value)
+    assert isinstance(info.value, ValueError)
+    return info.value
+
+
+def test_reads_good_file(good: Path) -> None:
+    assert Reader(good).num_samples == 60
+
+
+@pytest.mark.parametrize("size", [0, 10, 100, 3000, 4194304 + 5], ids=lambda s: f"{s}B")
+def test_truncated(good: Path, size: int) -> None:
+    with open(good, "r+b") as f:
+        f.truncate(size)
+    expect_error(good, "truncated|past the end")
+
+
+def test_writer_died(good: Path) -> None:
+    patch(good, 16, struct.pack("<Q", 0))
+    expect_error(good, "never finished")
+
+
+@pytest.mark.parametrize("version", [0, 1, 3, 0xFFFF])
+def test_wrong_version(good: Path, version: int) -> None:
+    patch(good, 0, struct.pack("<H", version))
+    expect_error(good, f"version {version}")
+
+
+def test_alloc_pointer_past_end(good: Path) -> None:
+    patch(good, 16, struct.pack("<Q", 1 << 40))
+    expect_error(good, "past the end")
+
+
+def test_alloc_pointer_inside_metadata(good: Path) -> None:
+    patch(good, 16, struct.pack("<Q", 100))
+    expect_error(good, "metadata rows")
+
+
+def test_allocation_past_the_data(good: Path) -> None:
+    table = struct.unpack_from("<Q", good.read_bytes(), 16)[0]
+    patch(good, table + 16, struct.pack("<Q", 1 << 30))  # first row's size
+    expect_error(good, "outside the data pages")
+
+
+def test_allocation_of_unknown_sample(good: Path) -> None:
+    table = struct.unpack_from("<Q", good.read_bytes(), 16)[0]
+    patch(good, table, struct.pack("<Q", 10_000))
+    expect_error(good, "names sample 10000")
+
+
+def test_bad_page_size(good: Path) -> None:
+    patch(good, 4, struct.pack("<I", 12345))
+    expect_error(good, "page_size")
+
+
+def test_unknown_type_id(good: Path) -> None:
+    patch(good, 24 + 1041, bytes([77]))  # second field
+    expect_error(good, "'label' has unknown type id 77")
+
+
+def test_custom_field_without_handler(good: Path) -> None:
+    patch(good, 24 + 1041, bytes([255]))
+    err = expect_error(good, "custom field")
+    assert "custom_handlers" in str(err)
+
+
+def test_custom_field_with_handler(good: Path) -> None:
+    patch(good, 24 + 1041, bytes([255]))
+    reader = Reader(good, custom_handlers={"label": IntField})
+    assert reader.read(0)[1] == 0
+
+
+def test_random_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "noise.beton"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    expect_error(path, "version|truncated|page_size")
+
+
+def test_bad_ndarray_arguments(tmp_path: Path) -> None:
+    path = tmp_path / "arr.beton"
+    DatasetWriter(path, {"a": NDArrayField("<f4", (3,))}, num_workers=1, progress=False) \
+        .from_indexed_dataset([np.zeros(3, "<f4")])
+    patch(path, 24 + 17 + 256, struct.pack("<Q", 5000))  # dtype text length
+    expect_error(path, "dtype")
+
+
+def test_corrupt_jpeg_reported_by_verify_and_read(good: Path) -> None:
+    reader = Reader(good)
+    ptr = int(reader.metadata[5]["f0"]["data_ptr"])
+    reader.close()
+    patch(good, ptr, bytes(16))
+    reader = Reader(good)
+    problems = reader.verify()
+    assert [(p.sample, p.field) for p in problems] == [(5, "image")]
+    with pytest.raises(ValueError, match=r"sample 5, field 'image'"):
+        reader.read(5)
+
+
+def test_read_out_of_range(good: Path) -> None:
+    with pytest.raises(IndexError, match="sample 60"):
+        Reader(good).read(60)

@@ -1,0 +1,337 @@
+"""DatasetWriter: round trips, determinism, atomicity and failures that stop promptly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastforward.errors import EncodeError
+from fastforward.fields import (
+    BytesField,
+    FloatField,
+    IntField,
+    JSONField,
+    NDArrayField,
+    RGBImageField,
+)
+from fastforward.reader import Reader
+from fastforward.writer import DatasetWriter, WorkerError
+
+
+def write(path: Path, fields: dict, dataset, **kw) -> Reader:
+    writer_kw = {k: kw.pop(k) for k in ("page_size", "num_workers", "seed") if k in kw}
+    writer_kw.setdefault("num_workers", 2)
+    DatasetWriter(path, fields, progress=False, **writer_kw).from_indexed_dataset(dataset, **kw)
+    return Reader(path)
+
+
+class Scalars:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[int, float]:
+        return i, float(np.sin(i))
+
+
+def test_scalars_round_trip(tmp_path: Path) -> None:
+    reader = write(tmp_path / "s.beton", {"i": IntField(), "f": FloatField()}, Scalars(600))
+    assert reader.metadata["f0"].tolist() == list(range(600))
+    np.testing.assert_array_equal(reader.metadata["f1"], np.sin(np.arange(600)))
+    assert len(reader.alloc_table) == 0
+
+
+@pytest.mark.parametrize(("workers", "chunksize"), [(1, 100), (3, 1), (8, 1000), (2, 7)],
+                         ids=["one-worker", "tiny-chunks", "more-workers-than-chunks", "odd"])
+def test_many_workers_and_chunks(tmp_path: Path, workers: int, chunksize: int) -> None:
+    reader = write(tmp_path / "s.beton", {"i": IntField(), "a": NDArrayField("<i8", (2,))},
+                   [(i, np.array([i, -i])) for i in range(300)], num_workers=workers,
+                   chunksize=chunksize)
+    assert reader.metadata["f0"].tolist() == list(range(300))
+    assert [reader.read(i)[1].tolist() for i in (0, 299)] == [[0, 0], [299, -299]]
+
+
+def test_all_fields_round_trip(tmp_path: Path, images: list[np.ndarray]) -> None:
+    rng = np.random.default_rng(3)
+    samples = [
+        (int(rng.integers(-1000, 1000)), float(rng.standard_normal()),
+         rng.integers(0, 256, int(rng.integers(0, 2000)), dtype=np.uint8),
+         rng.standard_normal((4, 5)).astype(np.float32), {"k": i, "v": [1.5, None, "é"]},
+         images[i % len(images)])
+        for i in range(30)
+    ]
+    fields = {"int": IntField(), "float": FloatField(), "bytes": BytesField(),
+              "array": NDArrayField(np.float32, (4, 5)), "json": JSONField(),
+              "image": RGBImageField(write_mode="raw")}
+    reader = write(tmp_path / "all.beton", fields, samples)
+    assert reader.verify() == []
+    for i, sample in enumerate(samples):
+        got = reader.read(i)
+        assert got[0] == sample[0]
+        assert got[1] == sample[1]
+        np.testing.assert_array_equal(got[2], sample[2])
+        np.testing.assert_array_equal(got[3], sample[3])
+        assert got[4] == sample[4]
+        np.testing.assert_array_equal(got[5], sample[5])
+
+
+def test_empty_bytes_get_distinct_offsets(tmp_path: Path) -> None:
+    samples = [(np.zeros(0, np.uint8), np.full(3, i, np.uint8)) for i in range(5)]
+    reader = write(tmp_path / "e.beton", {"a": BytesField(), "b": BytesField()}, samples)
+    assert len(np.unique(reader.alloc_table["ptr"])) == 10
+    assert [reader.read(i)[0].size for i in range(5)] == [0] * 5
+    assert [reader.read(i)[1].tolist() for i in range(5)] == [[i] * 3 for i in range(5)]
+
+
+def test_file_depends_only_on_inputs_and_seed(tmp_path: Path, images: list[np.ndarray]) -> None:
+    fields = {"image": RGBImageField(write_mode="proportion", max_resolution=48), "i": IntField()}
+    data = [(images[i % len(images)], i) for i in range(60)]
+    blobs = []
+    for n, workers in enumerate([1, 2, 3, 2]):
+        path = tmp_path / f"d{n}.beton"
+        write(path, fields, data, num_workers=workers, chunksize=5, seed=11)
+        blobs.append(path.read_bytes())
+    assert all(b == blobs[0] for b in blobs)
+    write(tmp_path / "other.beton", fields, data, seed=12)
+    assert (tmp_path / "other.beton").read_bytes() != blobs[0]
+
+
+def test_proportion_is_random_per_sample(tmp_path: Path, images: list[np.ndarray]) -> None:
+    fields = {"image": RGBImageField(write_mode="proportion", compress_probability=0.5)}
+    reader = write(tmp_path / "p.beton", fields, [images[0]] * 200, chunksize=10)
+    modes = reader.metadata["f0"]["mode"]
+    assert 60 < modes.sum() < 140  # about half raw, half JPEG
+    # not the same pattern in every chunk (FFCV's forked workers share one RNG state)
+    assert len({tuple(modes[i : i + 10]) for i in range(0, 200, 10)}) > 5
+
+
+def test_shuffle_is_seeded_and_complete(tmp_path: Path) -> None:
+    a = write(tmp_path / "a.beton", {"i": IntField()}, list(range(500)), shuffle_indices=True,
+              seed=5)
+    b = write(tmp_path / "b.beton", {"i": IntField()}, list(range(500)), shuffle_indices=True,
+              seed=5)
+    c = write(tmp_path / "c.beton", {"i": IntField()}, list(range(500)), shuffle_indices=True,
+              seed=6)
+    order = a.metadata["f0"].tolist()
+    assert sorted(order) == list(range(500))
+    assert order != list(range(500))
+    assert b.metadata["f0"].tolist() == order != c.metadata["f0"].tolist()
+
+
+def test_indices_select_and_reorder(tmp_path: Path) -> None:
+    reader = write(tmp_path / "i.beton", {"i": IntField()}, list(range(100)),
+                   indices=[5, 3, 99, 3])
+    assert reader.metadata["f0"].tolist() == [5, 3, 99, 3]
+
+
+def test_single_field_dataset_of_bare_values(tmp_path: Path) -> None:
+    reader = write(tmp_path / "b.beton", {"i": IntField()}, list(range(10)))
+    assert reader.metadata["f0"].tolist() == list(range(10))
+
+
+class Failing:
+    """Samples 0..n-1; sample `bad` holds a float image."""
+
+    def __init__(self, n: int, bad: int) -> None:
+        self.n, self.bad = n, bad
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple:
+        image = np.zeros((8, 8, 3), np.float32 if i == self.bad else np.uint8)
+        return image, i
+
+
+def test_bad_sample_stops_the_write(tmp_path: Path) -> None:
+    target = tmp_path / "out.beton"
+    fields = {"image": RGBImageField(), "label": IntField()}
+    start = time.monotonic()
+    with pytest.raises(EncodeError) as info:
+        write(target, fields, Failing(5000, bad=1234), chunksize=50)
+    assert time.monotonic() - start < 30
+    message = str(info.value)
+    assert "sample 1234" in message
+    assert "'image'" in message
+    assert "float32" in message
+    assert str(target) in message
+    assert os.listdir(tmp_path) == []  # no output, no temporary file
+
+
+def test_failure_keeps_the_previous_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.beton"
+    fields = {"image": RGBImageField(), "label": IntField()}
+    write(target, fields, Failing(10, bad=-1))
+    before = target.read_bytes()
+    with pytest.raises(EncodeError):
+        write(target, fields, Failing(10, bad=3))
+    assert target.read_bytes() == before
+    assert os.listdir(tmp_path) == ["out.beton"]
+
+
+class Dying:
+    def __len__(self) -> int:
+        return 400
+
+    def __getitem__(self, i: int) -> int:
+        if i == 321:
+            os._exit(3)  # a crash that reports nothing, as an OOM kill would
+        return i
+
+
+def test_dead_worker_is_noticed(tmp_path: Path) -> None:
+    with pytest.raises(WorkerError, match="exit code 3"):
+        write(tmp_path / "d.beton", {"i": IntField()}, Dying(), chunksize=10)
+    assert os.listdir(tmp_path) == []
+
+
+class TupleMismatch:
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, i: int) -> tuple:
+        return (1, 2, 3) if i == 2 else (1, 2)
+
+
+def test_wrong_tuple_length(tmp_path: Path) -> None:
+    with pytest.raises(EncodeError, match=r"sample 2: expected a tuple of 2 values"):
+        write(tmp_path / "t.beton", {"a": IntField(), "b": IntField()}, TupleMismatch())
+
+
+def test_dataset_exception_keeps_type_and_names_index(tmp_path: Path) -> None:
+    class Broken:
+        def __len__(self) -> int:
+            return 10
+
+        def __getitem__(self, i: int) -> int:
+            if i == 7:
+                raise KeyError("missing label file")
+            return i
+
+    with pytest.raises(KeyError, match="dataset index 7"):
+        write(tmp_path / "k.beton", {"i": IntField()}, Broken())
+
+
+def test_sample_larger_than_a_page(tmp_path: Path) -> None:
+    big = [np.zeros(3 << 20, np.uint8)]
+    with pytest.raises(EncodeError, match=r"sample 0.*use page_size=4194304"):
+        write(tmp_path / "big.beton", {"b": BytesField()}, big, page_size=1 << 21)
+    reader = write(tmp_path / "ok.beton", {"b": BytesField()}, big, page_size=1 << 22)
+    assert reader.read(0)[0].size == 3 << 20
+
+
+def test_sample_whose_fields_together_exceed_a_page(tmp_path: Path) -> None:
+    half = np.zeros(1 << 20, np.uint8)
+    with pytest.raises(EncodeError, match="more than a page"):
+        write(tmp_path / "x.beton", {"a": BytesField(), "b": BytesField(), "c": BytesField()},
+              [(half, half, half)], page_size=1 << 21)
+
+
+@pytest.mark.parametrize("page_size", [0, 1 << 20, 3 << 20, 1 << 32])
+def test_page_size_validated(tmp_path: Path, page_size: int) -> None:
+    with pytest.raises(ValueError, match="page_size"):
+        DatasetWriter(tmp_path / "x.beton", {"i": IntField()}, page_size=page_size)
+
+
+@pytest.mark.parametrize("name", ["", "a" * 17, "naïve", "a\0b"])
+def test_field_names_validated(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValueError, match="field name"):
+        DatasetWriter(tmp_path / "x.beton", {name: IntField()})
+
+
+def test_ndarray_dtype_and_shape_checked(tmp_path: Path) -> None:
+    field = {"a": NDArrayField(np.float32, (2, 3))}
+    with pytest.raises(EncodeError, match="expected dtype float32, got int32"):
+        write(tmp_path / "x.beton", field, [np.zeros((2, 3), np.int32)])
+    with pytest.raises(EncodeError, match=r"expected shape \(2, 3\), got \(3, 2\)"):
+        write(tmp_path / "x.beton", field, [np.zeros((3, 2), np.float32)])
+
+
+class StringField(NDArrayField):
+    """A custom field, as FFCV's own test defines one."""
+
+    def __init__(self) -> None:
+        super().__init__(np.dtype("u1"), (16,))
+
+    @staticmethod
+    def from_binary(binary: np.ndarray) -> StringField:
+        return StringField()
+
+    def encode(self, destination, field, malloc) -> None:  # type: ignore[no-untyped-def]
+        data = np.zeros(16, np.uint8)
+        raw = field.encode()[:16]
+        data[: len(raw)] = np.frombuffer(raw, np.uint8)
+        super().encode(destination, data, malloc)
+
+
+def test_custom_field_is_type_255(tmp_path: Path) -> None:
+    path = tmp_path / "c.beton"
+    DatasetWriter(path, {"s": StringField(), "i": IntField()}, num_workers=2, progress=False) \
+        .from_indexed_dataset([(f"name{i}", i) for i in range(20)])
+    assert path.read_bytes()[24] == 255
+    with pytest.raises(ValueError, match="custom field"):
+        Reader(path)
+    reader = Reader(path, custom_handlers={"s": StringField})
+    assert reader.read(3)[0].tobytes().rstrip(b"\0") == b"name3"
+
+
+def test_ctrl_c_stops_and_leaves_nothing(tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import time
+        import numpy as np
+        from fastforward.fields import IntField
+        from fastforward.writer import DatasetWriter
+
+        class Slow:
+            def __len__(self):
+                return 100_000
+            def __getitem__(self, i):
+                time.sleep(0.002)
+                return i
+
+        print("started", flush=True)
+        DatasetWriter({str(tmp_path / "out.beton")!r}, {{"i": IntField()}}, num_workers=2,
+                      progress=False).from_indexed_dataset(Slow(), chunksize=10)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt" in stderr
+    assert os.listdir(tmp_path) == []
+
+
+# webdataset itself leaves its tar files to the garbage collector
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_webdataset(tmp_path: Path) -> None:
+    wds = pytest.importorskip("webdataset", reason="webdataset is an optional extra")
+    shards = []
+    for s in range(3):
+        shard = str(tmp_path / f"shard-{s}.tar")
+        with wds.TarWriter(shard) as sink:
+            for i in range(7):
+                sink.write({"__key__": f"{s}-{i}", "cls": str(s * 10 + i).encode()})
+        shards.append(shard)
+
+    def pipeline(dataset):  # type: ignore[no-untyped-def]
+        return (int(sample["cls"]) for sample in dataset)
+
+    path = tmp_path / "w.beton"
+    DatasetWriter(path, {"label": IntField()}, num_workers=2, progress=False) \
+        .from_webdataset(shards, pipeline)
+    assert Reader(path).metadata["f0"].tolist() == [s * 10 + i for s in range(3) for i in range(7)]
