@@ -300,11 +300,14 @@ def test_ctrl_c_stops_and_leaves_nothing(tmp_path: Path) -> None:
                 return i
 
         print("started", flush=True)
-        DatasetWriter({str(tmp_path / "out.beton")!r}, {{"i": IntField()}}, num_workers=2,
+        DatasetWriter({str(tmp_path / "out" / "out.beton")!r}, {{"i": IntField()}}, num_workers=2,
                       progress=False).from_indexed_dataset(Slow(), chunksize=10)
     """)
+    work = tmp_path / "out"
+    work.mkdir()
+    # run outside the source tree, so that the installed package is imported
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "started"
     time.sleep(1.5)
@@ -312,7 +315,7 @@ def test_ctrl_c_stops_and_leaves_nothing(tmp_path: Path) -> None:
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode != 0
     assert "KeyboardInterrupt" in stderr
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(work) == []
 
 
 # webdataset itself leaves its tar files to the garbage collector
