@@ -37,6 +37,10 @@ class ImageFolder:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def describe(self, index: int) -> str:
+        """Where sample *index* comes from (the writer puts it in error messages)."""
+        return f"dataset index {index}: {self.samples[index][0]}"
+
     def __getitem__(self, index: int) -> tuple[bytes, int]:
         path, label = self.samples[index]
         return path.read_bytes(), label

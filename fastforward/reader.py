@@ -225,6 +225,26 @@ class Reader:
                     return int(self._sizes[i])
         return int(self._sizes[lo])
 
+    def payload_sizes(self, ptrs: np.ndarray, samples: np.ndarray) -> np.ndarray:
+        """Vectorised ``payload_size``: the size of each ``(ptr, sample)`` allocation.
+
+        Returns int64 sizes, -1 where no allocation of that sample starts at
+        that offset.
+        """
+        ptrs = np.asarray(ptrs, np.uint64)
+        samples = np.asarray(samples, np.uint64)
+        result = np.full(len(ptrs), -1, np.int64)
+        if self._ptrs.size == 0 or ptrs.size == 0:
+            return result
+        # rows sorted by (ptr, owner): FFCV may store two allocations at one offset
+        order = np.lexsort((self._owners, self._ptrs))
+        keys = np.rec.fromarrays([self._ptrs[order], self._owners[order]])
+        wanted = np.rec.fromarrays([ptrs, samples])
+        pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        found = (keys.f0[pos] == ptrs) & (keys.f1[pos] == samples)
+        result[found] = self._sizes[order][pos[found]]
+        return result
+
     def payload(self, ptr: int, sample: int | None = None) -> memoryview:
         """The bytes of the payload at file offset *ptr* (no copy)."""
         size = self.payload_size(ptr, sample)
@@ -253,8 +273,36 @@ class Reader:
 
     # -- verification ---------------------------------------------------------
 
-    def verify(self) -> list[Problem]:
-        """Check every payload pointer, size and stored image; return the problems."""
+    def verify(self, decode: bool = False, progress: bool = False) -> list[Problem]:
+        """Check every payload pointer, size and stored image; return the problems.
+
+        Args:
+            decode: also decode every sample not already found broken.
+            progress: show a progress bar on stderr while decoding.
+        """
+        problems = self._verify_layout()
+        if decode:
+            broken = {p.sample for p in problems}
+            problems += self._decode_all(broken, progress)
+        return problems
+
+    def _decode_all(self, skip: set[int | None], progress: bool) -> list[Problem]:
+        from tqdm import tqdm
+
+        problems = []
+        for index in tqdm(range(self.num_samples), disable=not progress, unit="samples",
+                          desc="decoding"):
+            if index in skip:
+                continue
+            row = self.metadata[index]
+            for i, (name, handler) in enumerate(self.handlers.items()):
+                try:
+                    handler.read(row[f"f{i}"], lambda p, s=index: self.payload(p, s))
+                except Exception as exc:
+                    problems.append(Problem(index, name, f"cannot decode: {exc}"))
+        return problems
+
+    def _verify_layout(self) -> list[Problem]:
         problems: list[Problem] = []
         samples_pages: dict[int, int] = {}
         page_shift = self.page_size.bit_length() - 1

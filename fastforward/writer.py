@@ -162,7 +162,9 @@ class _Encoder:
 
     def _where(self, dest: int, source: Any, field: str | None = None) -> str:
         where = f"{self.fname}: sample {dest}"
-        if source is not None and source != dest:
+        if isinstance(source, str):
+            where += f" ({source})"
+        elif source is not None and source != dest:
             where += f" (dataset index {source})"
         if field is not None:
             where += f", field {field!r}"
@@ -583,10 +585,15 @@ def _umask() -> int:
 
 
 class _IndexedSource:
-    """Chunks of an indexed dataset: ``(first_dest, [source indices])``."""
+    """Chunks of an indexed dataset: ``(first_dest, [source indices])``.
+
+    A dataset with a ``describe(index) -> str`` method (``ImageFolder`` has
+    one: the file's path) gets that description in error messages.
+    """
 
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
+        self.describe = getattr(dataset, "describe", None)
 
     def expand(self, task: tuple[int, list[int]]) -> Iterator[tuple[int, Any, Any]]:
         start, sources = task
@@ -595,8 +602,11 @@ class _IndexedSource:
             try:
                 sample = self.dataset[src]
             except Exception as exc:
-                raise annotate(exc, f"reading dataset index {src} (sample {dest})") from None
-            yield dest, src, sample
+                where = f"reading dataset index {src} (sample {dest})"
+                if self.describe is not None:
+                    where += f", {self.describe(src)}"
+                raise annotate(exc, where) from None
+            yield dest, src if self.describe is None else self.describe(src), sample
 
 
 class _WebDatasetSource:

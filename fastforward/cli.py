@@ -1,0 +1,725 @@
+"""The ``fastforward`` command line: ``convert``, ``info``, ``verify`` and ``demo``.
+
+Every subcommand returns an exit status: 0 on success, 1 on failure (or when
+``verify`` finds problems), 2 for a bad command line, 130 on Ctrl-C. Errors
+are reported as one line on stderr, ``fastforward: error: <message>``, never
+as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from ._version import __version__
+from .datasets import ImageFolder
+from .errors import FastForwardError
+from .fields import Field, IntField, NDArrayField, RGBImageField
+from .fields.rgb_image import IMAGE_MODES, WRITE_MODES
+from .reader import Problem, Reader
+from .types import validate_page_size
+from .writer import DatasetWriter
+
+PROG = "fastforward"
+DEFAULT_PAGE_SIZE = 8 << 20
+DEFAULT_DEMO_DIR = Path("fastforward-demo")
+
+_SIZE = re.compile(r"(?P<number>\d+)\s*(?:(?P<unit>[kmgt])(?:i?b|i)?|b)?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+# -- errors and argument parsing ----------------------------------------------------------------
+
+
+class UsageError(Exception):
+    """A bad command line: reported like argparse's errors, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises ``UsageError`` instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise *message* as a ``UsageError`` (``main`` prints it as one line)."""
+        raise UsageError(message)
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte count: plain bytes or with a binary suffix (``8M``, ``2MiB``, ``16MB``).
+
+    Every suffix means a power of 1024: K, M, G and T, optionally followed by
+    ``B``, ``i`` or ``iB``, in any case.
+
+    Args:
+        text: the count as typed.
+
+    Returns:
+        The number of bytes.
+
+    Raises:
+        argparse.ArgumentTypeError: *text* is not a byte count.
+    """
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r} (give bytes, or a suffix: 8M, 8MiB, 16MB)"
+        )
+    return int(match["number"]) * _UNITS[(match["unit"] or "").lower()]
+
+
+def page_size_arg(text: str) -> int:
+    """Parse and validate a ``--page-size`` (a power of two in [2 MiB, 4 GiB)).
+
+    Args:
+        text: the size as typed, see ``parse_size``.
+
+    Returns:
+        The page size in bytes.
+
+    Raises:
+        argparse.ArgumentTypeError: not a size, or not a valid page size.
+    """
+    size = parse_size(text)
+    try:
+        validate_page_size(size)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return size
+
+
+def positive_int(text: str) -> int:
+    """Parse an integer of at least 1.
+
+    Args:
+        text: the number as typed.
+
+    Returns:
+        The number.
+
+    Raises:
+        argparse.ArgumentTypeError: not an integer, or below 1.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line describing *exc* for the user.
+
+    Args:
+        exc: the exception.
+
+    Returns:
+        Its message on one line (``path: reason`` for OS errors that name a file).
+    """
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        text = f"{exc.filename}: {exc.strerror}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _fail(message: str, status: int) -> int:
+    """Print *message* as the one ``fastforward: error:`` line on stderr; return *status*."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return status
+
+
+# -- formatting ----------------------------------------------------------------------------------
+
+
+def format_bytes(count: float) -> str:
+    """A byte count for people: ``512 B``, ``8 MiB``, ``1.3 GiB``.
+
+    Args:
+        count: bytes.
+
+    Returns:
+        The count with a binary unit.
+    """
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    if unit == "B" or value.is_integer():
+        return f"{value:.0f} {unit}"
+    return f"{value:.1f} {unit}"
+
+
+def _mean_max(values: np.ndarray) -> dict[str, float | int | None]:
+    """``{'mean': ..., 'max': ...}`` of *values*, ``None`` for an empty array."""
+    if values.size == 0:
+        return {"mean": None, "max": None}
+    return {"mean": float(values.mean()), "max": int(values.max())}
+
+
+def _num(value: float | None, spec: str = ",.0f") -> str:
+    """*value* formatted with *spec*, ``-`` for ``None``."""
+    return "-" if value is None else format(value, spec)
+
+
+# -- convert -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How ``convert`` (and ``demo``) write an ImageFolder; see ``fastforward convert -h``."""
+
+    max_resolution: int | None = 256
+    jpeg_quality: int = 90
+    write_mode: str = "jpg"
+    smart_threshold: int | None = None
+    compress_probability: float = 0.5
+    num_workers: int = -1
+    page_size: int = DEFAULT_PAGE_SIZE
+    chunksize: int = 100
+    shuffle: bool = False
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """What a conversion wrote, and how fast."""
+
+    path: Path
+    num_samples: int
+    seconds: float
+    file_size: int
+
+    @property
+    def rate(self) -> float:
+        """Samples written per second."""
+        return self.num_samples / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """The one-line report printed after a conversion."""
+        return (
+            f"wrote {self.num_samples} samples to {self.path} in {self.seconds:.2f} s "
+            f"({self.rate:,.1f} images/s), {format_bytes(self.file_size)}"
+        )
+
+
+def image_folder_fields(options: ConvertOptions) -> dict[str, Field]:
+    """The fields of a converted ImageFolder: ``image`` and ``label``.
+
+    Args:
+        options: the image options.
+
+    Returns:
+        ``{'image': RGBImageField(...), 'label': IntField()}``.
+
+    Raises:
+        UsageError: the image options are invalid.
+    """
+    if options.write_mode == "smart" and options.smart_threshold is None:
+        raise UsageError("--write-mode smart needs --smart-threshold (raw bytes above which "
+                         "an image is stored as JPEG)")
+    try:
+        image = RGBImageField(
+            write_mode=options.write_mode,
+            max_resolution=options.max_resolution,
+            smart_threshold=options.smart_threshold,
+            jpeg_quality=options.jpeg_quality,
+            compress_probability=options.compress_probability,
+        )
+    except ValueError as exc:
+        raise UsageError(f"invalid image options: {exc}") from None
+    return {"image": image, "label": IntField()}
+
+
+def _check_output(out: Path) -> None:
+    """Fail before any work where the writer could only fail at its end."""
+    if out.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(out))
+    parent = out.parent
+    if not parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such directory", str(parent))
+
+
+def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
+                   options: ConvertOptions) -> ConvertResult:
+    """Write the ImageFolder *src* to the .beton file *out*.
+
+    Args:
+        src: ``src/<class>/<image>``; classes become ``label`` values in sorted order.
+        out: the file to write (replaced atomically if it exists).
+        options: image and writer options.
+
+    Returns:
+        What was written and how long it took.
+    """
+    fields = image_folder_fields(options)
+    out = Path(out)
+    _check_output(out)
+    dataset = ImageFolder(src)
+    writer = DatasetWriter(out, fields, page_size=options.page_size,
+                           num_workers=options.num_workers, seed=options.seed,
+                           progress=options.progress)
+    start = time.perf_counter()
+    writer.from_indexed_dataset(dataset, chunksize=options.chunksize,
+                                shuffle_indices=options.shuffle)
+    seconds = time.perf_counter() - start
+    return ConvertResult(out, len(dataset), seconds, out.stat().st_size)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """``fastforward convert SRC OUT``.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status.
+    """
+    options = ConvertOptions(
+        max_resolution=args.max_resolution or None,
+        jpeg_quality=args.jpeg_quality,
+        write_mode=args.write_mode,
+        smart_threshold=args.smart_threshold,
+        compress_probability=args.compress_probability,
+        num_workers=args.num_workers,
+        page_size=args.page_size,
+        chunksize=args.chunksize,
+        shuffle=args.shuffle,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    print(convert_folder(args.src, args.out, options).summary())
+    return 0
+
+
+# -- info ----------------------------------------------------------------------------------------
+
+
+def image_stats(reader: Reader, column: np.ndarray) -> dict[str, Any]:
+    """Statistics of one RGBImageField column.
+
+    Args:
+        reader: the open file.
+        column: the field's metadata column (``reader.metadata['f<i>']``).
+
+    Returns:
+        Counts per mode, width/height/pixel statistics, the largest side and
+        the mean stored JPEG size in bytes.
+    """
+    modes = column["mode"]
+    widths = column["width"].astype(np.int64)
+    heights = column["height"].astype(np.int64)
+    counts = {name: int(np.count_nonzero(modes == code)) for name, code in IMAGE_MODES.items()}
+    if sum(counts.values()) != len(column):
+        counts["unknown"] = len(column) - sum(counts.values())
+    jpeg = np.flatnonzero(modes == IMAGE_MODES["jpg"])
+    sizes = reader.payload_sizes(column["data_ptr"][jpeg], jpeg)
+    sizes = sizes[sizes >= 0]
+    return {
+        "modes": counts,
+        "width": _mean_max(widths),
+        "height": _mean_max(heights),
+        "pixels": _mean_max(widths * heights),
+        "max_side": int(np.maximum(widths, heights).max()) if len(column) else None,
+        "mean_jpeg_bytes": float(sizes.mean()) if sizes.size else None,
+    }
+
+
+def field_info(reader: Reader, index: int) -> dict[str, Any]:
+    """A description of field *index* of *reader*.
+
+    Args:
+        reader: the open file.
+        index: the field's position.
+
+    Returns:
+        Its name, class and type id; dtype and shape for arrays; statistics for images.
+    """
+    name = reader.field_names[index]
+    handler = reader.handlers[name]
+    info: dict[str, Any] = {
+        "name": name,
+        "class": type(handler).__name__,
+        "type_id": int(reader.field_descriptors[index]["type_id"]),
+    }
+    if isinstance(handler, NDArrayField):
+        info.update(dtype=str(handler.dtype), shape=list(handler.shape))
+    if isinstance(handler, RGBImageField):
+        info.update(image_stats(reader, reader.metadata[f"f{index}"]))
+    return info
+
+
+def file_info(reader: Reader) -> dict[str, Any]:
+    """A description of an open .beton file (what ``info --json`` prints).
+
+    Args:
+        reader: the open file.
+
+    Returns:
+        Path, sizes, sample and page counts, and one entry per field.
+    """
+    pages = reader.alloc_table["ptr"] // np.uint64(reader.page_size)
+    return {
+        "path": reader.fname,
+        "file_size": os.path.getsize(reader.fname),
+        "page_size": reader.page_size,
+        "num_samples": reader.num_samples,
+        "num_pages": int(np.unique(pages).size),
+        "fields": [field_info(reader, i) for i in range(reader.num_fields)],
+    }
+
+
+def _image_lines(info: dict[str, Any]) -> list[str]:
+    """The text lines of an image field's statistics (see ``image_stats``)."""
+    width, height, pixels = info["width"], info["height"], info["pixels"]
+    modes = ", ".join(f"{mode} {count}" for mode, count in info["modes"].items())
+    jpeg = info["mean_jpeg_bytes"]
+    return [
+        f"    modes:       {modes}",
+        f"    width:       mean {_num(width['mean'], '.1f')}, max {_num(width['max'])}",
+        f"    height:      mean {_num(height['mean'], '.1f')}, max {_num(height['max'])}",
+        f"    resolution:  mean {_num(width['mean'], '.0f')}×{_num(height['mean'], '.0f')}, "
+        f"max {_num(width['max'], '.0f')}×{_num(height['max'], '.0f')} (W×H)",
+        f"    pixels:      mean {_num(pixels['mean'])}, max {_num(pixels['max'])}",
+        f"    JPEG size:   mean {_num(jpeg)} bytes" if jpeg is not None else "    JPEG size:   -",
+    ]
+
+
+def format_info(info: dict[str, Any]) -> list[str]:
+    """Render ``file_info``'s result as text lines.
+
+    Args:
+        info: as returned by ``file_info``.
+
+    Returns:
+        The lines ``info`` prints.
+    """
+    lines = [
+        f"path:          {info['path']}",
+        f"file size:     {format_bytes(info['file_size'])} ({info['file_size']:,} bytes)",
+        f"page size:     {format_bytes(info['page_size'])}",
+        f"samples:       {info['num_samples']:,}",
+        f"pages used:    {info['num_pages']:,}",
+        "fields:",
+    ]
+    for field in info["fields"]:
+        line = f"  {field['name']}: {field['class']}"
+        if "dtype" in field:
+            line += f" (dtype {field['dtype']}, shape {tuple(field['shape'])})"
+        lines.append(line)
+        if "modes" in field:
+            lines.extend(_image_lines(field))
+    return lines
+
+
+def print_info(path: str | os.PathLike[str], as_json: bool = False) -> None:
+    """Print the description of the .beton file *path*.
+
+    Args:
+        path: the file.
+        as_json: print a JSON object instead of text.
+    """
+    with Reader(path) as reader:
+        info = file_info(reader)
+    if as_json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(format_info(info)))
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """``fastforward info FILE``.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status.
+    """
+    print_info(args.file, as_json=args.json)
+    return 0
+
+
+# -- verify --------------------------------------------------------------------------------------
+
+def verify_summary(path: str, num_samples: int, problems: Sequence[Problem],
+                   decoded: bool) -> str:
+    """The last line ``verify`` prints.
+
+    Args:
+        path: the file.
+        num_samples: how many samples it holds.
+        problems: what was found.
+        decoded: whether every sample was decoded too.
+
+    Returns:
+        The summary line.
+    """
+    checked = f"{num_samples} samples checked" + (" and decoded" if decoded else "")
+    if not problems:
+        return f"{path}: OK, {checked}, no problems found"
+    samples = {p.sample for p in problems if p.sample is not None}
+    return (f"{path}: FAILED, {checked}: {len(problems)} problem(s) "
+            f"in {len(samples)} sample(s)")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """``fastforward verify FILE``: exit status 1 when any problem is found.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status.
+    """
+    with Reader(args.file) as reader:
+        problems = reader.verify(decode=args.decode, progress=not args.no_progress)
+        num_samples = reader.num_samples
+    for problem in sorted(problems, key=lambda p: -1 if p.sample is None else p.sample):
+        print(problem)
+    print(verify_summary(args.file, num_samples, problems, args.decode))
+    return 1 if problems else 0
+
+
+# -- demo ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class DemoRun:
+    """The state the demo's steps share."""
+
+    directory: Path
+    count: int
+    num_workers: int
+    progress: bool
+    conversion: ConvertResult | None = None
+
+    @property
+    def images(self) -> Path:
+        """The demo's ImageFolder."""
+        return self.directory / "images"
+
+    @property
+    def beton(self) -> Path:
+        """The demo's .beton file."""
+        return self.directory / "demo.beton"
+
+
+def demo_make_corpus(run: DemoRun) -> None:
+    """Make the demo's images, or reuse them when a previous run made as many.
+
+    Args:
+        run: the demo's state.
+
+    Raises:
+        ValueError: the images folder holds something else.
+    """
+    from .demo import make_corpus
+
+    if run.images.is_dir() and any(run.images.iterdir()):
+        found = len(ImageFolder(run.images))
+        if found != run.count:
+            raise ValueError(f"{run.images} holds {found} images, not {run.count}: "
+                             "remove it or choose another --dir")
+        print(f"reusing the {found} demo images in {run.images}")
+        return
+    start = time.perf_counter()
+    make_corpus(run.images, run.count, seed=0)
+    print(f"made {run.count} demo images in {run.images} ({time.perf_counter() - start:.1f} s)")
+
+
+def demo_convert(run: DemoRun) -> None:
+    """Convert the demo's images as ``convert`` does by default.
+
+    Args:
+        run: the demo's state; its ``conversion`` is set.
+    """
+    options = ConvertOptions(max_resolution=256, jpeg_quality=90, write_mode="jpg",
+                             num_workers=run.num_workers, progress=run.progress)
+    run.conversion = convert_folder(run.images, run.beton, options)
+    print(run.conversion.summary())
+
+
+def demo_info(run: DemoRun) -> None:
+    """Describe the demo's .beton file as ``info`` does.
+
+    Args:
+        run: the demo's state.
+    """
+    print_info(run.beton)
+
+
+DemoStep = Callable[[DemoRun], None]
+DEMO_STEPS: tuple[tuple[str, DemoStep], ...] = (
+    ("make the image corpus", demo_make_corpus),
+    ("convert it to .beton", demo_convert),
+    ("describe the .beton file", demo_info),
+)
+"""The demo, step by step: each step reads and updates the shared ``DemoRun``."""
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``fastforward demo``: run every step of ``DEMO_STEPS``.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status.
+    """
+    run = DemoRun(Path(args.dir), args.count, args.num_workers, not args.no_progress)
+    run.directory.mkdir(parents=True, exist_ok=True)
+    for number, (title, step) in enumerate(DEMO_STEPS, 1):
+        print(f"[{number}/{len(DEMO_STEPS)}] {title}", flush=True)
+        step(run)
+    return 0
+
+
+# -- the parser ----------------------------------------------------------------------------------
+
+
+def _add_convert(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "convert", help="write an ImageFolder directory to a .beton file",
+        description="Write SRC/<class>/<image> to a .beton file with fields "
+                    "'image' (RGBImageField) and 'label' (IntField, classes in sorted order).")
+    p.add_argument("src", metavar="SRC", help="ImageFolder directory: SRC/<class>/<image>")
+    p.add_argument("out", metavar="OUT", help="the .beton file to write")
+    p.add_argument("--max-resolution", type=int, default=256, metavar="PX",
+                   help="shrink images so the longer side is at most PX; 0: keep the size "
+                        "(default: %(default)s)")
+    p.add_argument("--jpeg-quality", type=int, default=90, metavar="Q",
+                   help="JPEG quality, 0-100 (default: %(default)s)")
+    p.add_argument("--write-mode", choices=WRITE_MODES, default="jpg",
+                   help="how images are stored (default: %(default)s; note that "
+                        "RGBImageField's own default is raw)")
+    p.add_argument("--smart-threshold", type=parse_size, metavar="BYTES",
+                   help="for --write-mode smart: store as JPEG the images whose raw pixels "
+                        "take more than BYTES")
+    p.add_argument("--compress-probability", type=float, default=0.5, metavar="P",
+                   help="for --write-mode proportion: the probability of storing an image "
+                        "as JPEG (default: %(default)s)")
+    _add_workers(p)
+    p.add_argument("--page-size", type=page_size_arg, default=DEFAULT_PAGE_SIZE, metavar="SIZE",
+                   help="bytes per page, a power of two of at least 2 MiB: plain bytes or "
+                        "with a suffix meaning powers of 1024 (8M, 8MiB, 8MB) (default: 8M)")
+    p.add_argument("--chunksize", type=positive_int, default=100, metavar="N",
+                   help="samples per unit of work of a worker (default: %(default)s)")
+    p.add_argument("--shuffle", action="store_true", help="write the samples in a random order")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of --shuffle and of --write-mode proportion (default: %(default)s)")
+    _add_no_progress(p)
+    p.set_defaults(handler=cmd_convert)
+
+
+def _add_workers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-workers", type=int, default=-1, metavar="N",
+                        help="worker processes; -1: one per CPU (default: %(default)s)")
+
+
+def _add_no_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+
+
+def _add_info(subparsers: Any) -> None:
+    p = subparsers.add_parser("info", help="describe a .beton file",
+                              description="Describe a .beton file: layout, fields and "
+                                          "image statistics.")
+    p.add_argument("file", metavar="FILE", help="the .beton file")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(handler=cmd_info)
+
+
+def _add_verify(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "verify", help="check a .beton file for damage",
+        description="Check every payload pointer, size and stored image of a .beton file. "
+                    "Exit status 1 when a problem is found.")
+    p.add_argument("file", metavar="FILE", help="the .beton file")
+    p.add_argument("--decode", action="store_true",
+                   help="also decode every sample fully (slower)")
+    _add_no_progress(p)
+    p.set_defaults(handler=cmd_verify)
+
+
+def _add_demo(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "demo", help="make a sample image corpus, convert it and describe the result",
+        description="Make an ImageFolder of photo crops (from scikit-image's sample "
+                    "images), convert it as 'convert' does by default (max resolution 256, "
+                    "JPEG quality 90) and describe the .beton file.")
+    p.add_argument("--dir", default=str(DEFAULT_DEMO_DIR), metavar="DIR",
+                   help="where to put DIR/images and DIR/demo.beton (default: %(default)s)")
+    p.add_argument("--count", type=positive_int, default=1000, metavar="N",
+                   help="number of images (default: %(default)s)")
+    _add_workers(p)
+    _add_no_progress(p)
+    p.set_defaults(handler=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fastforward`` argument parser, with one subparser per command.
+
+    Returns:
+        The parser; each subcommand sets ``handler`` to its ``cmd_*`` function.
+    """
+    parser = _Parser(prog=PROG, description="Write, inspect and check FFCV .beton files.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_convert, _add_info, _add_verify, _add_demo):
+        add(subparsers)
+    return parser
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that a closed pipe raises nothing more at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line.
+
+    Args:
+        argv: the arguments, without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 success, 1 failure or problems found, 2 bad usage,
+        130 interrupted.
+    """
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help and --version
+            return exc.code if isinstance(exc.code, int) else 0
+        return args.handler(args)
+    except UsageError as exc:
+        return _fail(str(exc), 2)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except BrokenPipeError:  # ``fastforward info x | head``
+        _silence_stdout()
+        return 1
+    except (FastForwardError, OSError, ValueError, ImportError) as exc:
+        return _fail(describe_error(exc), 1)
+    except Exception as exc:  # a bug: still one line, but name the exception
+        return _fail(f"unexpected {type(exc).__name__}: {describe_error(exc)}", 1)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,327 @@
+"""The ``fastforward`` command line, run in-process through ``main`` (and once as a program)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fastforward._version import __version__
+from fastforward.cli import main, parse_size
+from fastforward.reader import Reader
+
+pytest.importorskip("skimage")
+
+NUM_IMAGES = 24
+FAST = ["--num-workers", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small ImageFolder of demo JPEGs (about 500×375)."""
+    from fastforward.demo import make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("corpus") / "imgs", NUM_IMAGES, seed=0)
+
+
+@pytest.fixture(scope="module")
+def beton(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The corpus converted with the default options (JPEG, max resolution 256)."""
+    out = tmp_path_factory.mktemp("beton") / "out.beton"
+    assert main(["convert", str(corpus), str(out), *FAST]) == 0
+    return out
+
+
+def run_info(capsys: pytest.CaptureFixture[str], path: Path) -> dict[str, Any]:
+    """``info --json`` of *path*, parsed."""
+    capsys.readouterr()
+    assert main(["info", "--json", str(path)]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def assert_one_line_error(capsys: pytest.CaptureFixture[str], status: int, expected: int,
+                          *fragments: str) -> str:
+    """Check that a command failed with *expected* status and one ``error:`` line."""
+    err = capsys.readouterr().err
+    assert status == expected, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fastforward: error: ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+def image_field(info: dict[str, Any]) -> dict[str, Any]:
+    """The ``image`` field's entry of an ``info --json`` result."""
+    (field,) = (f for f in info["fields"] if f["name"] == "image")
+    return field
+
+
+# -- convert and info ---------------------------------------------------------------------------
+
+
+def test_convert_prints_a_summary(corpus: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.beton"
+    assert main(["convert", str(corpus), str(out), *FAST]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"wrote {NUM_IMAGES} samples to {out} in ")
+    assert "images/s" in lines[0]
+    assert "MiB" in lines[0]
+
+
+def test_info_json(beton: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    info = run_info(capsys, beton)
+    assert info["num_samples"] == NUM_IMAGES
+    assert info["page_size"] == 8 << 20
+    assert info["file_size"] == beton.stat().st_size
+    assert info["num_pages"] == 1
+    assert [(f["name"], f["class"]) for f in info["fields"]] == [
+        ("image", "RGBImageField"), ("label", "IntField"),
+    ]
+    image = image_field(info)
+    assert image["modes"] == {"jpg": NUM_IMAGES, "raw": 0}
+    assert image["max_side"] == 256  # every source image is larger
+    assert max(image["width"]["max"], image["height"]["max"]) <= 256
+    assert 0 < image["width"]["mean"] <= image["width"]["max"]
+    assert image["pixels"]["max"] <= 256 * 256
+    with Reader(beton) as reader:
+        sizes = [reader.payload_size(int(row["f0"]["data_ptr"]), i)
+                 for i, row in enumerate(reader.metadata)]
+    assert image["mean_jpeg_bytes"] == pytest.approx(np.mean(sizes))
+
+
+def test_info_text(beton: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(beton)]) == 0
+    out = capsys.readouterr().out
+    assert f"samples:       {NUM_IMAGES}" in out
+    assert "page size:     8 MiB" in out
+    assert "image: RGBImageField" in out
+    assert "label: IntField" in out
+    assert f"modes:       jpg {NUM_IMAGES}, raw 0" in out
+    assert "resolution:  mean " in out
+    assert "JPEG size:   mean " in out
+
+
+def test_convert_raw_with_options(corpus: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "raw.beton"
+    argv = ["convert", str(corpus), str(out), "--write-mode", "raw", "--max-resolution", "32",
+            "--page-size", "2MiB", "--chunksize", "5", "--shuffle", "--seed", "3", *FAST]
+    assert main(argv) == 0
+    info = run_info(capsys, out)
+    image = image_field(info)
+    assert info["page_size"] == 2 << 20
+    assert image["modes"] == {"jpg": 0, "raw": NUM_IMAGES}
+    assert image["max_side"] == 32
+    assert image["mean_jpeg_bytes"] is None
+    with Reader(out) as reader:
+        first = reader.read(0)[0]
+    assert first.dtype == np.uint8
+    assert max(first.shape[:2]) == 32
+
+
+def test_convert_without_a_size_limit(corpus: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "full.beton"
+    assert main(["convert", str(corpus), str(out), "--max-resolution", "0", *FAST]) == 0
+    assert image_field(run_info(capsys, out))["max_side"] > 256
+
+
+# -- verify --------------------------------------------------------------------------------------
+
+
+def test_verify_good_file(beton: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verify", str(beton), "--decode", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "no problems" in out
+
+
+@pytest.mark.parametrize("decode", [False, True])
+def test_verify_corrupt_jpeg(beton: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                             decode: bool) -> None:
+    bad = tmp_path / "bad.beton"
+    shutil.copyfile(beton, bad)
+    sample = 17
+    with Reader(bad) as reader:
+        ptr = int(reader.metadata[sample]["f0"]["data_ptr"])
+    with open(bad, "r+b") as f:
+        f.seek(ptr)
+        f.write(bytes(4))
+    argv = ["verify", str(bad), "--no-progress"] + (["--decode"] if decode else [])
+    assert main(argv) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"sample {sample}, field 'image': bad JPEG header")
+    assert len(lines) == 2  # one problem (not decoded twice), then the summary
+    assert "1 problem(s) in 1 sample(s)" in lines[-1]
+
+
+def test_verify_decode_reports_a_broken_jpeg_body(beton: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.beton"
+    shutil.copyfile(beton, bad)
+    sample = 3
+    with Reader(bad) as reader:
+        ptr = int(reader.metadata[sample]["f0"]["data_ptr"])
+        size = reader.payload_size(ptr, sample)
+    with open(bad, "r+b") as f:  # keep the header and the end marker, wreck the scan
+        f.seek(ptr + size // 2)
+        f.write(b"\xff" * 64)
+    assert main(["verify", str(bad), "--no-progress"]) == 0  # the structure is intact
+    capsys.readouterr()
+    assert main(["verify", str(bad), "--decode", "--no-progress"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"sample {sample}, field 'image': cannot decode: ")
+    assert str(bad) not in lines[0]  # the reader's location prefix is not repeated
+
+
+# -- demo ----------------------------------------------------------------------------------------
+
+
+def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["demo", "--dir", str(tmp_path / "demo"), "--count", "12", *FAST]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "made 12 demo images" in out
+    assert "wrote 12 samples" in out
+    assert "images/s" in out
+    assert "image: RGBImageField" in out
+    assert (tmp_path / "demo" / "demo.beton").is_file()
+    assert main(argv) == 0  # a second run reuses the images
+    assert "reusing the 12 demo images" in capsys.readouterr().out
+    status = main([*argv[:3], "--count", "13", *FAST])
+    assert_one_line_error(capsys, status, 1, "holds 12 images, not 13")
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("info", "verify"):
+        status = main([command, str(tmp_path / "nope.beton")])
+        assert_one_line_error(capsys, status, 1, "nope.beton", "No such file")
+
+
+def test_not_a_beton_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "random.beton"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8).tobytes())
+    for command in ("info", "verify"):
+        status = main([command, str(path)])
+        assert_one_line_error(capsys, status, 1, str(path), "format version")
+
+
+def test_convert_empty_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    status = main(["convert", str(tmp_path / "empty"), str(tmp_path / "x.beton"), *FAST])
+    assert_one_line_error(capsys, status, 1, "no class sub-folders")
+    assert not (tmp_path / "x.beton").exists()
+
+
+def test_convert_missing_source_or_output_directory(
+        corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "x.beton"), *FAST])
+    assert_one_line_error(capsys, status, 1, "nowhere")
+    status = main(["convert", str(corpus), str(tmp_path / "no" / "x.beton"), *FAST])
+    assert_one_line_error(capsys, status, 1, "no such directory")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--page-size", "3M"], "--page-size"),
+        (["--page-size", "lots"], "invalid size"),
+        (["--jpeg-quality", "101"], "jpeg_quality"),
+        (["--max-resolution", "-1"], "max_resolution"),
+        (["--write-mode", "png"], "invalid choice"),
+        (["--write-mode", "smart"], "--smart-threshold"),
+        (["--chunksize", "0"], "--chunksize"),
+    ],
+)
+def test_convert_bad_arguments(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                               args: list[str], fragment: str) -> None:
+    status = main(["convert", str(corpus), str(tmp_path / "x.beton"), *args, *FAST])
+    assert_one_line_error(capsys, status, 2, fragment)
+
+
+@pytest.mark.parametrize("argv", [[], ["bogus"], ["info"], ["info", "a", "b"], ["--nope"]])
+def test_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert_one_line_error(capsys, main(argv), 2)
+
+
+def test_interrupt(beton: Path, monkeypatch: pytest.MonkeyPatch,
+                   capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fastforward.cli.print_info", interrupted)
+    assert_one_line_error(capsys, main(["info", str(beton)]), 130, "interrupted")
+
+
+def test_missing_optional_dependency(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    def no_skimage(*args: object, **kwargs: object) -> None:
+        raise ImportError("the demo needs scikit-image: pip install 'fastforward[demo]'")
+
+    monkeypatch.setattr("fastforward.demo.make_corpus", no_skimage)
+    status = main(["demo", "--dir", str(tmp_path), *FAST])
+    assert_one_line_error(capsys, status, 1, "pip install")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"fastforward {__version__}"
+
+
+def test_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["convert", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--write-mode" in out
+    assert "RGBImageField's own default is raw" in out
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("8388608", 8 << 20), ("8M", 8 << 20), ("2MiB", 2 << 20), ("16MB", 16 << 20),
+     ("4k", 4096), ("1Gi", 1 << 30), ("512B", 512)],
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+# -- as a program --------------------------------------------------------------------------------
+
+
+def test_as_a_program(beton: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "fastforward.cli"]
+    done = subprocess.run([*command, "--version"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"fastforward {__version__}"
+    done = subprocess.run([*command, "verify", str(beton)], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([*command, "info", str(tmp_path / "missing.beton")],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"fastforward: error: {tmp_path / 'missing.beton'}: No such file or directory"
+    ]
+
+
+def test_convert_names_the_broken_image_file(corpus: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "imgs"
+    shutil.copytree(corpus, broken)
+    victim = sorted(broken.glob("*/*.jpg"))[5]
+    victim.write_bytes(b"\xff\xd8 not really a JPEG")
+    status = main(["convert", str(broken), str(tmp_path / "out.beton"), *FAST])
+    assert_one_line_error(capsys, status, 1, "sample 5", str(victim), "'image'")
+    assert not (tmp_path / "out.beton").exists()
