@@ -301,15 +301,20 @@ def test_parse_size(text: str, expected: int) -> None:
 
 
 def test_as_a_program(beton: Path, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "fastforward.cli"]
-    done = subprocess.run([*command, "--version"], capture_output=True, text=True, check=False)
+    """The installed console script, run outside the source tree."""
+    script = Path(sys.executable).parent / "fastforward"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "fastforward.cli"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*command, *args], capture_output=True, text=True, check=False,
+                              cwd=tmp_path)
+
+    done = run("--version")
     assert done.returncode == 0
     assert done.stdout.strip() == f"fastforward {__version__}"
-    done = subprocess.run([*command, "verify", str(beton)], capture_output=True, text=True,
-                          check=False)
+    done = run("verify", str(beton))
     assert done.returncode == 0, done.stderr
-    done = subprocess.run([*command, "info", str(tmp_path / "missing.beton")],
-                          capture_output=True, text=True, check=False)
+    done = run("info", str(tmp_path / "missing.beton"))
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
         f"fastforward: error: {tmp_path / 'missing.beton'}: No such file or directory"
