@@ -574,8 +574,13 @@ class DatasetWriter:
     def _progress_bar(self, total: int) -> Any:
         from tqdm import tqdm
 
-        return tqdm(total=total, disable=not self.progress, unit="samples",
-                    desc=os.path.basename(self.fname), file=sys.stderr)
+        class Bar(tqdm):  # type: ignore[misc]
+            # no monitor thread: a later write forks workers, and forking a
+            # process with threads is unsafe (Python 3.12 warns about it)
+            monitor_interval = 0
+
+        return Bar(total=total, disable=not self.progress, unit="samples",
+                   desc=os.path.basename(self.fname), file=sys.stderr)
 
 
 def _umask() -> int:

@@ -287,6 +287,7 @@ def test_custom_field_is_type_255(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_and_leaves_nothing(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
+        import signal
         import time
         import numpy as np
         from fastforward.fields import IntField
@@ -299,6 +300,8 @@ def test_ctrl_c_stops_and_leaves_nothing(tmp_path: Path) -> None:
                 time.sleep(0.002)
                 return i
 
+        # a shell may start us with SIGINT ignored (background jobs); restore it
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         print("started", flush=True)
         DatasetWriter({str(tmp_path / "out" / "out.beton")!r}, {{"i": IntField()}}, num_workers=2,
                       progress=False).from_indexed_dataset(Slow(), chunksize=10)
@@ -338,3 +341,12 @@ def test_webdataset(tmp_path: Path) -> None:
     DatasetWriter(path, {"label": IntField()}, num_workers=2, progress=False) \
         .from_webdataset(shards, pipeline)
     assert Reader(path).metadata["f0"].tolist() == [s * 10 + i for s in range(3) for i in range(7)]
+
+
+def test_progress_bar_leaves_no_thread(tmp_path: Path) -> None:
+    import threading
+
+    before = set(threading.enumerate())
+    DatasetWriter(tmp_path / "p.beton", {"i": IntField()}, num_workers=1, progress=True) \
+        .from_indexed_dataset(list(range(10)))
+    assert set(threading.enumerate()) == before
