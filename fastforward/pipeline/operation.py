@@ -1,0 +1,131 @@
+"""``Operation``: one step of a pipeline, in plain Python (no numba).
+
+An operation declares what it turns its input into
+(``declare_state_and_memory``) and then transforms whole batches
+(``apply``) or, with ``per_sample = True``, one sample at a time
+(``apply_sample``). Batches are NumPy arrays before ``ToTensor`` and torch
+tensors after it. Randomness comes from the context, keyed by
+``(seed, epoch, sample index)``, so results do not depend on ``num_workers``.
+
+Example, a custom operation that zeroes one corner of every image::
+
+    class PickACorner(Operation):
+        def declare_state_and_memory(self, previous_state):
+            return previous_state, AllocationQuery(previous_state.shape, previous_state.dtype)
+
+        def apply(self, images, destination, context):
+            destination[:] = images
+            corner = context.uniform(1)[:, 0] < 0.5
+            destination[corner, :8, :8] = 0
+            return destination
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from . import random
+from .allocation_query import AllocationQuery
+from .state import State
+
+Allocation = AllocationQuery | Sequence[AllocationQuery] | None
+
+
+@dataclass
+class BatchContext:
+    """What an operation knows about the batch it transforms.
+
+    Attributes:
+        indices: the dataset indices of the batch's samples, in order.
+        epoch: the epoch (as ``Loader`` counts them, from 0).
+        seed: the loader's seed.
+        stream: this operation's random stream (stable per pipeline position).
+        batch_index: the batch's position in the epoch.
+    """
+
+    indices: np.ndarray
+    epoch: int
+    seed: int
+    stream: int = 0
+    batch_index: int = 0
+    data: Any = field(default=None, repr=False)  # the batch's payloads (decoders read them)
+
+    def uniform(self, count: int) -> np.ndarray:
+        """``(len(indices), count)`` uniform floats in [0, 1), one row per sample."""
+        return random.uniform(self.seed, self.epoch, self.indices, self.stream, count)
+
+    def sample_rng(self, position: int) -> np.random.Generator:
+        """A generator for the sample at *position* in the batch."""
+        return random.generator(self.seed, self.epoch, int(self.indices[position]), self.stream)
+
+    def batch_rng(self) -> np.random.Generator:
+        """A generator for draws shared by the whole batch (keyed by its first sample)."""
+        first = int(self.indices[0]) if len(self.indices) else 0
+        return random.generator(self.seed, self.epoch, first, self.stream ^ 0x5A5A5A5A)
+
+    def with_stream(self, stream: int) -> BatchContext:
+        """The same batch, another random stream."""
+        return BatchContext(self.indices, self.epoch, self.seed, stream, self.batch_index,
+                            self.data)
+
+
+class Operation:
+    """Base class of every pipeline step; subclass it for custom operations.
+
+    Override ``declare_state_and_memory`` when the output differs from the
+    input (shape, dtype, device) or needs a buffer, and either ``apply``
+    (whole batch) or ``apply_sample`` with ``per_sample = True``.
+    """
+
+    per_sample: ClassVar[bool] = False
+    """True: the loader calls ``apply_sample`` once per sample."""
+
+    random_stream: ClassVar[str | None] = None
+    """Operations that must draw the same numbers (ImageMixup and LabelMixup)
+    share a named stream; others get one per pipeline position."""
+
+    def __init__(self) -> None:
+        self.metadata: Any = None
+        self.memory_read: Any = None
+
+    def accept_field(self, field: Any) -> None:
+        """Called with the field a decoder reads (FFCV's hook)."""
+        self.field = field
+
+    def accept_globals(self, metadata: Any, memory_read: Any) -> None:
+        """Called with the field's metadata column and the payload reader (FFCV's hook)."""
+        self.metadata = metadata
+        self.memory_read = memory_read
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, Allocation]:
+        """Return the state after this operation and the buffer it needs, if any."""
+        return previous_state, None
+
+    def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
+        """Transform a batch; *destination* is this operation's buffer (or None)."""
+        if not self.per_sample:
+            raise NotImplementedError(f"{type(self).__name__} implements neither apply nor "
+                                      "apply_sample (with per_sample = True)")
+        results = []
+        for position in range(len(batch)):
+            out = None if destination is None else destination[position]
+            results.append(self.apply_sample(batch[position], out, context, position))
+        if destination is not None:
+            return destination
+        if results and hasattr(results[0], "shape") and not isinstance(results[0], np.ndarray):
+            import torch
+
+            return torch.stack(results)
+        return np.stack(results) if results else batch
+
+    def apply_sample(self, sample: Any, destination: Any, context: BatchContext,
+                     position: int) -> Any:
+        """Transform one sample (the one at *position* in the batch); return it."""
+        raise NotImplementedError(f"{type(self).__name__}.apply_sample")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

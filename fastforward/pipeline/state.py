@@ -1,0 +1,27 @@
+"""The state of a batch between two operations of a pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class State:
+    """What an operation receives: per-sample ``shape`` and ``dtype``, and where.
+
+    ``jit_mode`` keeps FFCV's name: True while batches are NumPy arrays on the
+    CPU (before ``ToTensor``), False once they are torch tensors. Update a
+    state with ``dataclasses.replace``.
+    """
+
+    jit_mode: bool = True
+    device: Any = "cpu"
+    shape: tuple[int, ...] | None = None
+    dtype: Any = np.dtype("u1")
+
+    def __post_init__(self) -> None:
+        if self.jit_mode and str(self.device) != "cpu":
+            raise ValueError(f"NumPy batches live on the CPU, not {self.device}")
