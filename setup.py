@@ -27,7 +27,7 @@ extensions = [
         include_dirs=["fastforward/_ext"],
         extra_compile_args=["-O0", "-g"] if DEBUG else ["-O3"],
     )
-    for name in ["resize"]
+    for name in ["collate", "resize"]
 ]
 
 setup(

@@ -8,7 +8,35 @@ from typing import Any
 import numpy as np
 
 from ..errors import EncodeError
+from ..pipeline.allocation_query import AllocationQuery
+from ..pipeline.decoder import Decoder
+from ..pipeline.operation import BatchContext
+from ..pipeline.state import State
 from .base import Field, Malloc, PayloadReader, empty_arguments
+
+
+class _ScalarDecoder(Decoder):
+    dtype: np.dtype
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        state = State(jit_mode=True, shape=(1,), dtype=self.dtype)
+        return state, AllocationQuery((1,), self.dtype)
+
+    def decode_range(self, lo: int, hi: int, destination: np.ndarray,
+                     context: BatchContext) -> None:
+        destination[lo:hi, 0] = self.metadata[context.indices[lo:hi]]
+
+
+class IntDecoder(_ScalarDecoder):
+    """Decode an IntField: a ``(B, 1)`` int64 array."""
+
+    dtype = np.dtype("<i8")
+
+
+class FloatDecoder(_ScalarDecoder):
+    """Decode a FloatField: a ``(B, 1)`` float64 array."""
+
+    dtype = np.dtype("<f8")
 
 
 class FloatField(Field):
@@ -32,6 +60,9 @@ class FloatField(Field):
             destination[0] = float(field)
         except (TypeError, ValueError) as exc:
             raise EncodeError(f"expected a real number, got {type(field).__name__}") from exc
+
+    def get_decoder_class(self) -> type:
+        return FloatDecoder
 
     def read(self, row: np.void, read_payload: PayloadReader) -> float:
         return float(row)
@@ -63,6 +94,9 @@ class IntField(Field):
         if not -(1 << 63) <= value < 1 << 63:
             raise EncodeError(f"{value} does not fit in int64")
         destination[0] = value
+
+    def get_decoder_class(self) -> type:
+        return IntDecoder
 
     def read(self, row: np.void, read_payload: PayloadReader) -> int:
         return int(row)

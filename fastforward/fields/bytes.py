@@ -6,7 +6,12 @@ from typing import Any
 
 import numpy as np
 
+from .._ext.collate import gather_into
 from ..errors import EncodeError
+from ..pipeline.allocation_query import AllocationQuery
+from ..pipeline.decoder import Decoder
+from ..pipeline.operation import BatchContext
+from ..pipeline.state import State
 from .base import Field, Malloc, PayloadReader, empty_arguments
 
 BYTES_METADATA = np.dtype([("ptr", "<u8"), ("size", "<u8")])
@@ -50,8 +55,36 @@ class BytesField(Field):
         destination["size"] = data.size
         buffer[:] = data
 
+    def get_decoder_class(self) -> type:
+        return BytesDecoder
+
     def read(self, row: np.void, read_payload: PayloadReader) -> np.ndarray:
         return np.frombuffer(read_payload(int(row["ptr"])), np.uint8)[: int(row["size"])].copy()
 
     def payload_pointers(self, column: np.ndarray) -> np.ndarray:
         return column["ptr"]
+
+
+class BytesDecoder(Decoder):
+    """Decode a BytesField (or JSONField): ``(data, lengths)``.
+
+    ``data`` is ``(B, max_size)`` uint8, where ``max_size`` is the largest
+    sample of the field; each row holds its sample's bytes, then zeros (never
+    bytes of an earlier batch). ``lengths`` is ``(B,)`` int64. FFCV returned
+    only ``data``; ``JSONField.unpack`` accepts either.
+    """
+
+    def declare_state_and_memory(self, previous_state: State
+                                 ) -> tuple[State, tuple[AllocationQuery, AllocationQuery]]:
+        sizes = self.metadata["size"]
+        width = max(int(sizes.max()) if sizes.size else 0, 1)
+        state = State(jit_mode=True, shape=(width,), dtype=np.dtype("u1"))
+        return state, (AllocationQuery((width,), np.dtype("u1")),
+                       AllocationQuery((), np.dtype("<i8")))
+
+    def decode_range(self, lo: int, hi: int, destination: tuple[np.ndarray, np.ndarray],
+                     context: BatchContext) -> None:
+        data, lengths = destination
+        source, offsets, sizes = context.data.field(self.field_index)
+        gather_into(source, offsets[lo:hi], sizes[lo:hi], data[lo:hi])
+        lengths[lo:hi] = self.metadata["size"][context.indices[lo:hi]]

@@ -12,7 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from .._ext.collate import gather_into
 from ..errors import EncodeError, FormatError
+from ..pipeline.allocation_query import AllocationQuery
+from ..pipeline.decoder import Decoder
+from ..pipeline.operation import BatchContext
+from ..pipeline.state import State
 from .base import ARG_TYPE, Field, Malloc, PayloadReader
 
 MAX_DIMS = 32
@@ -80,12 +85,30 @@ class NDArrayField(Field):
             raise EncodeError(f"expected shape {self.shape}, got {value.shape}")
         return value
 
+    def get_decoder_class(self) -> type:
+        return NDArrayDecoder
+
     def read(self, row: np.void, read_payload: PayloadReader) -> np.ndarray:
         data = read_payload(int(row))[: self.element_size]
         return np.frombuffer(data, self.dtype).reshape(self.shape).copy()
 
     def payload_pointers(self, column: np.ndarray) -> np.ndarray:
         return column
+
+
+class NDArrayDecoder(Decoder):
+    """Decode an NDArrayField (or TorchTensorField): a ``(B, *shape)`` array of its dtype."""
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        field = self.field
+        return (State(jit_mode=True, shape=field.shape, dtype=field.dtype),
+                AllocationQuery(field.shape, field.dtype))
+
+    def decode_range(self, lo: int, hi: int, destination: np.ndarray,
+                     context: BatchContext) -> None:
+        source, offsets, sizes = context.data.field(self.field_index)
+        rows = destination[lo:hi].reshape(hi - lo, -1).view(np.uint8)
+        gather_into(source, offsets[lo:hi], sizes[lo:hi], rows)
 
 
 def torch_to_numpy_dtype(dtype: Any) -> np.dtype:

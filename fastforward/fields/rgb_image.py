@@ -9,12 +9,17 @@ RGBA inputs are converted to RGB (alpha is dropped); anything else is refused.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import numpy as np
 
 from .._ext.resize import crop_resize_into
 from ..errors import DecodeError, EncodeError
+from ..pipeline.allocation_query import AllocationQuery
+from ..pipeline.decoder import Decoder
+from ..pipeline.operation import BatchContext
+from ..pipeline.state import State
 from .base import Field, Malloc, PayloadReader, empty_arguments, sample_rng
 
 try:
@@ -229,6 +234,9 @@ class RGBImageField(Field):
         destination["data_ptr"], buffer = malloc(payload.size)
         buffer[:] = payload
 
+    def get_decoder_class(self) -> type:
+        return SimpleRGBImageDecoder
+
     def read(self, row: np.void, read_payload: PayloadReader, fastdct: bool = True) -> np.ndarray:
         data = read_payload(int(row["data_ptr"]))
         return decode_stored_image(data, int(row["mode"]), int(row["height"]), int(row["width"]),
@@ -264,3 +272,163 @@ def decode_stored_image(
             f"JPEG is {image.shape[0]}×{image.shape[1]}, the metadata says {height}×{width}"
         )
     return image
+
+
+# -- decoders ---------------------------------------------------------------------
+
+
+class _Scratch(threading.local):
+    """One decode buffer per worker thread, grown to the largest image."""
+
+    buffer: np.ndarray | None = None
+
+    def get(self, nbytes: int) -> np.ndarray:
+        if self.buffer is None or self.buffer.size < nbytes:
+            self.buffer = np.empty(nbytes, np.uint8)
+        return self.buffer
+
+
+class _ImageDecoder(Decoder):
+    parallel = True
+
+    def __init__(self, fastdct: bool = True) -> None:
+        super().__init__()
+        # libjpeg-turbo's fast IDCT: FFCV's exact pixels, and faster
+        self.fastdct = fastdct
+        self._scratch = _Scratch()
+
+    def _modes_and_sizes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        meta = self.metadata
+        return meta["mode"], meta["height"].astype(np.int64), meta["width"].astype(np.int64)
+
+    def _image(self, context: BatchContext, position: int) -> np.ndarray:
+        """Sample *position*'s full image: decoded into this thread's scratch, or
+        a view of the stored raw pixels."""
+        row = self.metadata[int(context.indices[position])]
+        height, width, mode = int(row["height"]), int(row["width"]), int(row["mode"])
+        source, offsets, sizes = context.data.field(self.field_index)
+        start, size = int(offsets[position]), int(sizes[position])
+        data = memoryview(source)[start : start + size]
+        if mode == IMAGE_MODES["raw"]:
+            if size < height * width * 3:
+                raise DecodeError(f"raw image payload of {size} bytes is short of "
+                                  f"{height}×{width}×3")
+            return np.frombuffer(data, np.uint8, height * width * 3).reshape(height, width, 3)
+        if mode != IMAGE_MODES["jpg"]:
+            raise DecodeError(f"unknown image mode {mode}")
+        scratch = self._scratch.get(height * width * 3)
+        try:
+            image = require_simplejpeg().decode_jpeg(
+                data, colorspace="RGB", fastdct=self.fastdct, buffer=scratch)
+        except ValueError as exc:
+            raise DecodeError(f"corrupt JPEG payload: {exc}") from None
+        if image.shape[:2] != (height, width):
+            raise DecodeError(f"JPEG is {image.shape[0]}×{image.shape[1]}, the metadata says "
+                              f"{height}×{width}")
+        return image
+
+
+class SimpleRGBImageDecoder(_ImageDecoder):
+    """Decode images that all have the same size: ``(B, H, W, 3)`` uint8.
+
+    Raises TypeError when the field's images differ in size: crop them with
+    ``RandomResizedCropRGBImageDecoder`` or ``CenterCropRGBImageDecoder``.
+    """
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        _, heights, widths = self._modes_and_sizes()
+        if heights.size and (heights.min() != heights.max() or widths.min() != widths.max()):
+            raise TypeError(
+                f"{self.fname}: field {self.field_name!r} holds images of different sizes "
+                f"(heights {heights.min()}-{heights.max()}, widths {widths.min()}-"
+                f"{widths.max()}); SimpleRGBImageDecoder needs one size: use "
+                "RandomResizedCropRGBImageDecoder or CenterCropRGBImageDecoder"
+            )
+        shape = (int(heights[0]), int(widths[0]), 3) if heights.size else (1, 1, 3)
+        return State(jit_mode=True, shape=shape, dtype=np.dtype("u1")), AllocationQuery(
+            shape, np.dtype("u1"))
+
+    def decode_range(self, lo: int, hi: int, destination: np.ndarray,
+                     context: BatchContext) -> None:
+        for position in range(lo, hi):
+            try:
+                destination[position] = self._image(context, position)
+            except Exception as exc:
+                raise self.fail(exc, context, position) from None
+
+
+class ResizedCropRGBImageDecoder(_ImageDecoder):
+    """Base of the decoders that crop each image and resize the crop to ``output_size``.
+
+    ``output_size`` (height, width) may be changed between epochs (progressive
+    resizing): the loader re-reads it when an epoch starts.
+    """
+
+    def __init__(self, output_size: tuple[int, int], fastdct: bool = True) -> None:
+        super().__init__(fastdct)
+        self.output_size = output_size
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        height, width = (int(v) for v in self.output_size)
+        if height < 1 or width < 1:
+            raise ValueError(f"output_size must be positive, got {self.output_size}")
+        shape = (height, width, 3)
+        return State(jit_mode=True, shape=shape, dtype=np.dtype("u1")), AllocationQuery(
+            shape, np.dtype("u1"))
+
+    def crop(self, height: int, width: int, u: np.ndarray | None) -> tuple[int, int, int, int]:
+        """The ``(i, j, h, w)`` window of a ``height × width`` image to keep."""
+        raise NotImplementedError
+
+    def uniforms(self, context: BatchContext) -> np.ndarray | None:
+        """Per-sample random numbers for ``crop`` (None: the crop is not random)."""
+        return None
+
+    def decode_range(self, lo: int, hi: int, destination: np.ndarray,
+                     context: BatchContext) -> None:
+        u = self.uniforms(context)
+        for position in range(lo, hi):
+            try:
+                image = self._image(context, position)
+                i, j, h, w = self.crop(image.shape[0], image.shape[1],
+                                       None if u is None else u[position])
+                crop_resize_into(image, i, j, h, w, destination[position])
+            except Exception as exc:
+                raise self.fail(exc, context, position) from None
+
+
+class RandomResizedCropRGBImageDecoder(ResizedCropRGBImageDecoder):
+    """Decode, take a random crop (torchvision's sampler) and resize it: ``(B, h, w, 3)``.
+
+    The crop of each sample is a function of ``(seed, epoch, sample index)``.
+    """
+
+    def __init__(self, output_size: tuple[int, int], scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), fastdct: bool = True) -> None:
+        super().__init__(output_size, fastdct)
+        self.scale = scale
+        self.ratio = ratio
+
+    def uniforms(self, context: BatchContext) -> np.ndarray:
+        from ..transforms.crop import RANDOM_CROP_UNIFORMS
+
+        return context.uniform(RANDOM_CROP_UNIFORMS)
+
+    def crop(self, height: int, width: int, u: np.ndarray | None) -> tuple[int, int, int, int]:
+        from ..transforms.crop import get_random_crop
+
+        assert u is not None
+        return get_random_crop(height, width, self.scale, self.ratio, u)
+
+
+class CenterCropRGBImageDecoder(ResizedCropRGBImageDecoder):
+    """Decode, take the centred square of side ``ratio · min(H, W)``, resize: ``(B, h, w, 3)``."""
+
+    def __init__(self, output_size: tuple[int, int], ratio: float, fastdct: bool = True) -> None:
+        super().__init__(output_size, fastdct)
+        self.ratio = ratio
+
+    def crop(self, height: int, width: int, u: np.ndarray | None) -> tuple[int, int, int, int]:
+        from ..transforms.crop import get_center_crop
+
+        return get_center_crop(height, width, self.ratio)

@@ -20,7 +20,7 @@ class State:
     jit_mode: bool = True
     device: Any = "cpu"
     shape: tuple[int, ...] | None = None
-    dtype: Any = np.dtype("u1")
+    dtype: Any = np.dtype("u1")  # noqa: RUF009 - dtypes are immutable
 
     def __post_init__(self) -> None:
         if self.jit_mode and str(self.device) != "cpu":

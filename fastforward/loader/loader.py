@@ -1,0 +1,439 @@
+"""``Loader``: FFCV's loader, on an asyncio scheduler, thread pools and Cython kernels.
+
+The one module that knows all the others: it reads the file (``Reader``),
+picks the order (``traversal_order``), the storage (``memory_managers``),
+builds the pipelines (``pipeline``, decoders, ``transforms``), and runs each
+epoch on an ``Engine`` (``scheduler``) that fills ring slots (``ring``).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import annotate
+from ..fields import Field
+from ..memory_managers import MemoryManager, OSCacheManager, ProcessCacheManager
+from ..pipeline.allocation_query import AllocationQuery
+from ..pipeline.decoder import Decoder
+from ..pipeline.operation import BatchContext, Operation
+from ..pipeline.pipeline_spec import PipelineSpec, _is_module
+from ..pipeline.random import stream_id
+from ..pipeline.state import State
+from ..reader import Reader
+from ..ring import SlotRing
+from ..scheduler import Engine, EpochPlan
+from ..traversal_order import QuasiRandom, Random, Sequential, TraversalOrder
+from ..utils import default_workers
+
+
+class OrderOption(enum.Enum):
+    """The built-in orders."""
+
+    SEQUENTIAL = Sequential
+    RANDOM = Random
+    QUASI_RANDOM = QuasiRandom
+
+
+@dataclass
+class _Step:
+    op: Operation
+    key: str | None  # the slot buffer it writes, if it asked for one
+    stream: int
+    torch_buffer: bool  # hand the op its buffer as a torch tensor (it runs after ToTensor)
+
+
+@dataclass
+class _Pipeline:
+    name: str
+    decoder: Decoder | None
+    decoder_key: str
+    decoder_stream: int
+    source_op: Operation | None  # for a branch: the operation whose output it starts from
+    steps: list[_Step] = field(default_factory=list)
+
+
+class Loader:
+    """Load batches from a .beton file, as FFCV's ``Loader`` does.
+
+    Args:
+        fname: the .beton file.
+        batch_size: samples per batch.
+        num_workers: decoding threads; ``-1`` uses every CPU this process may run on.
+        os_cache: True reads through a memory map (the OS page cache holds the
+            data, shared across processes); False reads each batch's bytes ahead
+            of use into memory of its own, at most ``batches_ahead + 1``
+            batches' worth. The default is True unless the environment variable
+            ``FASTFORWARD_DEFAULT_CACHE_PROCESS=1`` is set.
+        order: an ``OrderOption`` or a ``TraversalOrder`` subclass.
+        distributed: shard the epoch over ``torch.distributed``'s ranks.
+        seed: seeds the order and every random augmentation; None picks one.
+        indices: the samples to use (default: all), in this order for SEQUENTIAL.
+        pipelines: ``{output name: list of operations | PipelineSpec | None}``;
+            a field without an entry gets its default decoder and ``ToTensor()``,
+            ``None`` leaves a field out.
+        custom_fields: ``{field name: Field class}`` for custom fields.
+        drop_last: drop the last, incomplete batch (FFCV's default: True).
+        batches_ahead: batches prepared ahead of the one being consumed.
+        recompile: accepted for FFCV compatibility; nothing is compiled, and
+            every epoch re-reads the pipelines (``output_size`` may change).
+        order_kwargs: keyword arguments for the order's constructor.
+
+    Batches are tuples with one entry per output, in the file's field order
+    (then any extra outputs). A batch you hold is never overwritten: see
+    ``fastforward.ring``.
+    """
+
+    def __init__(self, fname: str | os.PathLike[str], batch_size: int, num_workers: int = -1,
+                 os_cache: bool | None = None, order: Any = OrderOption.SEQUENTIAL,
+                 distributed: bool = False, seed: int | None = None,
+                 indices: Sequence[int] | None = None,
+                 pipelines: Mapping[str, Any] | None = None,
+                 custom_fields: Mapping[str, type[Field]] | None = None,
+                 drop_last: bool = True, batches_ahead: int = 3, recompile: bool = False,
+                 order_kwargs: Mapping[str, Any] | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if batches_ahead < 1:
+            raise ValueError(f"batches_ahead must be at least 1, got {batches_ahead}")
+        self.fname = os.fspath(fname)
+        self.batch_size = int(batch_size)
+        self.num_workers = default_workers() if num_workers < 1 else int(num_workers)
+        if os_cache is None:
+            os_cache = os.environ.get("FASTFORWARD_DEFAULT_CACHE_PROCESS", "0") != "1"
+        self.os_cache = bool(os_cache)
+        self.distributed = bool(distributed)
+        self.drop_last = bool(drop_last)
+        self.batches_ahead = int(batches_ahead)
+        self.recompile = recompile
+        self.custom_fields = dict(custom_fields or {})
+        self.reader = Reader(self.fname, self.custom_fields)
+        self.seed = self._resolve_seed(seed)
+        self.indices = self._resolve_indices(indices)
+        self.next_epoch = 0
+        self.traversal_order: TraversalOrder = self._resolve_order(order)(
+            self, **dict(order_kwargs or {}))
+        self.memory_manager: MemoryManager = (
+            OSCacheManager(self.reader) if self.os_cache else ProcessCacheManager(self.reader))
+        self._specs = self._normalise(dict(pipelines or {}))
+        self.pipelines = self._build()  # checks every pipeline now, not at the first batch
+        self._ring = SlotRing(self.batches_ahead + 2, self.batch_size)
+        self._iterators: weakref.WeakSet[EpochIterator] = weakref.WeakSet()
+        self._closed = False
+
+    # -- arguments ------------------------------------------------------------------
+
+    def _resolve_seed(self, seed: int | None) -> int:
+        if seed is not None:
+            return int(seed)
+        if self.distributed:
+            raise ValueError("distributed=True needs an explicit seed, so that every rank "
+                             "visits the same order")
+        return int(np.random.SeedSequence().entropy % (1 << 31))
+
+    def _resolve_indices(self, indices: Sequence[int] | None) -> np.ndarray:
+        n = self.reader.num_samples
+        if indices is None:
+            return np.arange(n, dtype=np.int64)
+        result = np.asarray(indices, dtype=np.int64).reshape(-1).copy()
+        bad = np.flatnonzero((result < 0) | (result >= n))
+        if bad.size:
+            raise IndexError(f"{self.fname}: index {int(result[bad[0]])} out of range "
+                             f"[0, {n})")
+        return result
+
+    @staticmethod
+    def _resolve_order(order: Any) -> type[TraversalOrder]:
+        if isinstance(order, OrderOption):
+            return order.value
+        if isinstance(order, type) and issubclass(order, TraversalOrder):
+            return order
+        raise TypeError(f"order must be an OrderOption or a TraversalOrder subclass, "
+                        f"got {order!r}")
+
+    # -- pipelines ------------------------------------------------------------------
+
+    def _normalise(self, pipelines: dict[str, Any]) -> dict[str, PipelineSpec]:
+        """FFCV's rules: fields in file order, defaults for the unnamed, None drops."""
+        for name, value in pipelines.items():
+            if name not in self.reader.handlers and not isinstance(value, (PipelineSpec,
+                                                                          type(None))):
+                raise ValueError(f"{name!r} is not a field of {self.fname} "
+                                 f"(fields: {self.reader.field_names}); another output needs "
+                                 "a PipelineSpec(source=...)")
+        specs: dict[str, PipelineSpec] = {}
+        for name, handler in self.reader.handlers.items():
+            value = pipelines.get(name, _DEFAULT)
+            if value is None:
+                continue
+            if value is _DEFAULT:
+                value = [handler.get_decoder_class()(), _to_tensor()]
+            specs[name] = self._spec(name, value)
+        for name, value in pipelines.items():
+            if name not in self.reader.handlers and value is not None:
+                specs[name] = self._spec(name, value)
+        return specs
+
+    def _spec(self, name: str, value: Any) -> PipelineSpec:
+        if isinstance(value, PipelineSpec):
+            spec = PipelineSpec(value.source, value.decoder, value.transforms)
+        elif isinstance(value, (list, tuple)):
+            spec = PipelineSpec(name, None, list(value))
+        else:
+            raise TypeError(f"pipeline {name!r}: expected a list of operations, a "
+                            f"PipelineSpec or None, got {type(value).__name__}")
+        spec.transforms = [_wrap_module(op) for op in spec.transforms]
+        if isinstance(spec.source, str):
+            if spec.source not in self.reader.handlers:
+                raise ValueError(f"pipeline {name!r}: {spec.source!r} is not a field of "
+                                 f"{self.fname} (fields: {self.reader.field_names})")
+            if spec.decoder is None and spec.transforms and isinstance(spec.transforms[0],
+                                                                       Decoder):
+                spec.decoder, spec.transforms = spec.transforms[0], spec.transforms[1:]
+            if spec.decoder is None:
+                spec.decoder = self.reader.handlers[spec.source].get_decoder_class()()
+        return spec
+
+    def _build(self) -> list[_Pipeline]:
+        """Bind decoders, walk every pipeline's states, collect buffer requests.
+
+        Runs at construction (to fail early) and at every epoch (decoders'
+        ``output_size`` may have changed).
+        """
+        built: dict[str, _Pipeline] = {}
+        states: dict[int, State] = {}  # id(op) -> its output state, for branches
+        self._layout: dict[str, Any] = {}
+        for name in self._order_for_sources():
+            spec = self._specs[name]
+            where = f"{self.fname}: pipeline {name!r}"
+            if isinstance(spec.source, str):
+                decoder = spec.decoder
+                assert isinstance(decoder, Decoder)
+                index = self.reader.field_names.index(spec.source)
+                decoder.bind(self.reader.handlers[spec.source], spec.source, index,
+                             self.reader.metadata[f"f{index}"], self.fname)
+                state, query = self._declare(decoder, State(), where)
+                states[id(decoder)] = state
+                pipeline = _Pipeline(name, decoder, f"{name}/decoder", stream_id(f"{name}/0"),
+                                     None)
+                self._layout[pipeline.decoder_key] = query
+            else:
+                state = states[id(spec.source)]
+                pipeline = _Pipeline(name, None, "", 0, spec.source)
+            for position, op in enumerate(spec.transforms, 1):
+                state, query = self._declare(op, state, where)
+                states[id(op)] = state
+                key = None
+                if query is not None:
+                    key = f"{name}/{position}"
+                    self._layout[key] = query
+                stream = stream_id(op.random_stream or f"{name}/{position}")
+                pipeline.steps.append(_Step(op, key, stream, not state.jit_mode))
+            built[name] = pipeline
+        return [built[name] for name in self._order_for_sources()]
+
+    @staticmethod
+    def _declare(op: Operation, state: State, where: str) -> tuple[State, Any]:
+        try:
+            new_state, query = op.declare_state_and_memory(state)
+        except Exception as exc:
+            raise annotate(exc, f"{where}, {type(op).__name__}") from None
+        if not isinstance(new_state, State):
+            raise TypeError(f"{where}: {type(op).__name__}.declare_state_and_memory must "
+                            f"return (State, AllocationQuery or None)")
+        if query is not None and not isinstance(query, (AllocationQuery, tuple, list)):
+            raise TypeError(f"{where}: {type(op).__name__} asked for {query!r}, not an "
+                            "AllocationQuery")
+        return new_state, (tuple(query) if isinstance(query, list) else query)
+
+    def _order_for_sources(self) -> list[str]:
+        """Output names, each branch after the pipeline holding its source operation."""
+        owner = {}
+        for name, spec in self._specs.items():
+            for op in ([spec.decoder] if spec.decoder else []) + spec.transforms:
+                owner.setdefault(id(op), name)
+        done: list[str] = []
+        visiting: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in done:
+                return
+            if name in visiting:
+                raise ValueError(f"{self.fname}: pipeline {name!r} is part of a cycle of "
+                                 "PipelineSpec sources")
+            visiting.add(name)
+            source = self._specs[name].source
+            if isinstance(source, Operation):
+                if id(source) not in owner or owner[id(source)] == name:
+                    raise ValueError(f"{self.fname}: pipeline {name!r} starts from {source!r}, "
+                                     "which no other pipeline contains")
+                visit(owner[id(source)])
+            visiting.discard(name)
+            done.append(name)
+
+        for name in self._specs:
+            visit(name)
+        return done
+
+    # -- running ------------------------------------------------------------------
+
+    def _run_batch(self, pipelines: list[_Pipeline], epoch: int, index: int,
+                   indices: np.ndarray, data: Any, slot: Any,
+                   map_ranges: Callable[[Callable[[int, int], None], int], None]) -> tuple:
+        n = len(indices)
+        context = BatchContext(indices, epoch, self.seed, 0, index, data)
+        results: dict[int, Any] = {}
+        outputs: dict[str, Any] = {}
+        for pipeline in pipelines:
+            if pipeline.decoder is not None:
+                decoder, destination = pipeline.decoder, slot.get(pipeline.decoder_key)
+                ctx = context.with_stream(pipeline.decoder_stream)
+                if decoder.parallel:
+                    map_ranges(lambda lo, hi, d=decoder, dst=destination, c=ctx:
+                               d.decode_range(lo, hi, dst, c), n)
+                else:
+                    decoder.decode_range(0, n, destination, ctx)
+                value = decoder.output(destination, n)
+                results[id(decoder)] = value
+            else:
+                value = results[id(pipeline.source_op)]
+            for step in pipeline.steps:
+                buffer = None if step.key is None else _batch_view(slot.get(step.key), n,
+                                                                  step.torch_buffer)
+                try:
+                    value = step.op.apply(value, buffer, context.with_stream(step.stream))
+                except Exception as exc:
+                    first, last = int(indices[0]), int(indices[-1])
+                    raise annotate(exc, f"{self.fname}: batch {index} (samples {first}…{last}), "
+                                        f"pipeline {pipeline.name!r}, "
+                                        f"{type(step.op).__name__}") from None
+                results[id(step.op)] = value
+                del buffer
+            outputs[pipeline.name] = value
+        return tuple(outputs[name] for name in self._specs)
+
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        order = np.asarray(self.traversal_order.sample_order(epoch), dtype=np.int64)
+        order = self._shard(order, epoch)
+        count = len(order) // self.batch_size if self.drop_last else -(-len(order)
+                                                                         // self.batch_size)
+        return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(count)]
+
+    def _shard(self, order: np.ndarray, epoch: int) -> np.ndarray:
+        if not self.distributed:
+            return order
+        raise NotImplementedError("distributed=True is not implemented yet")
+
+    def _epoch_length(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __len__(self) -> int:
+        return self._epoch_length()
+
+    def __iter__(self) -> EpochIterator:
+        if self._closed:
+            raise RuntimeError(f"{self.fname}: the loader is closed")
+        epoch = self.next_epoch
+        self.next_epoch += 1
+        pipelines = self._build()
+        layout = dict(self._layout)
+        batches = self._batches(epoch)
+        plan = EpochPlan(
+            batches=batches,
+            fetch=self.memory_manager.fetch,
+            acquire_slot=lambda: self._ring.acquire(layout),
+            release_slot=self._ring.release,
+            run_batch=lambda *args: self._run_batch(pipelines, epoch, *args),
+            num_workers=self.num_workers,
+            batches_ahead=self.batches_ahead,
+        )
+        iterator = EpochIterator(Engine(plan), len(batches), epoch)
+        self._iterators.add(iterator)
+        return iterator
+
+    # -- lifetime -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop every epoch in progress and release the file (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for iterator in list(self._iterators):
+            iterator.close()
+        self._ring.clear()
+        self.memory_manager.close()
+        self.reader.close()
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self.close()
+
+
+class EpochIterator(Iterator[tuple]):
+    """One epoch's batches. Dropping it, ``close()`` or Ctrl-C stops its threads."""
+
+    def __init__(self, engine: Engine, length: int, epoch: int) -> None:
+        self._engine = engine
+        self._length = length
+        self.epoch = epoch
+        self._finalizer = weakref.finalize(self, engine.close)
+
+    def __next__(self) -> tuple:
+        return self._engine.next_batch()
+
+    def __len__(self) -> int:
+        return self._length
+
+    def close(self) -> None:
+        """Stop the epoch now (idempotent)."""
+        self._finalizer()
+
+    def __enter__(self) -> EpochIterator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_DEFAULT = object()
+
+
+def _to_tensor() -> Operation:
+    from ..transforms import ToTensor
+
+    return ToTensor()
+
+
+def _wrap_module(op: Any) -> Operation:
+    if isinstance(op, Operation):
+        return op
+    if _is_module(op):
+        from ..transforms import ModuleWrapper
+
+        return ModuleWrapper(op)
+    raise TypeError(f"{op!r} is not an Operation")
+
+
+def _batch_view(buffer: Any, n: int, as_torch: bool) -> Any:
+    if isinstance(buffer, tuple):
+        return tuple(_batch_view(b, n, as_torch) for b in buffer)
+    view = buffer[:n]
+    if as_torch and isinstance(view, np.ndarray):
+        import torch
+
+        # a fresh tensor per batch: it holds the buffer, so the ring sees it as held
+        return torch.from_numpy(view)
+    return view

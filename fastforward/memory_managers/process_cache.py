@@ -1,0 +1,90 @@
+"""``os_cache=False``: each batch's payloads are read ahead of use into memory
+of its own, with ``pread``, and released when the batch is done.
+
+The byte ranges of a batch are sorted and coalesced (ranges less than
+``GAP`` bytes apart become one read), so the pages of a QUASI_RANDOM or
+SEQUENTIAL batch are read nearly sequentially. The file's pages are then
+dropped from the kernel's page cache (``POSIX_FADV_DONTNEED``), so a
+dataset larger than RAM does not push everything else out.
+
+Memory bound: the loader keeps at most ``batches_ahead + 1`` batches in
+flight, so this manager holds at most ``(batches_ahead + 1)`` times the
+largest batch's payload bytes, whatever the order: RANDOM included (FFCV's
+process cache needs the whole dataset for RANDOM).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+
+import numpy as np
+
+from ..reader import Reader
+from .base import BatchData, MemoryManager
+
+GAP = 64 << 10
+
+
+class ProcessCacheManager(MemoryManager):
+    """Batches are read ahead into private buffers; see the module docstring."""
+
+    def __init__(self, reader: Reader) -> None:
+        super().__init__(reader)
+        self._fd = os.open(reader.fname, os.O_RDONLY)
+        self._lock = threading.Lock()
+        self.live_bytes = 0  # bytes of fetched batches still in memory
+        self.peak_bytes = 0
+
+    def fetch(self, indices: np.ndarray) -> BatchData:
+        fields = list(self.offsets)
+        if not fields:
+            return BatchData({})
+        starts = np.concatenate([self.offsets[i][indices] for i in fields])
+        sizes = np.concatenate([self.sizes[i][indices] for i in fields])
+        order = np.argsort(starts, kind="stable")
+        s, e = starts[order].astype(np.int64), (starts[order] + sizes[order]).astype(np.int64)
+        # coalesce: a new read starts where the gap to the furthest end so far is large
+        ends_so_far = np.maximum.accumulate(e)
+        new = np.ones(len(s), bool)
+        new[1:] = s[1:] > ends_so_far[:-1] + GAP
+        group = np.cumsum(new) - 1
+        read_start = s[new]
+        read_end = np.maximum.reduceat(e, np.flatnonzero(new))
+        lengths = read_end - read_start
+        base = np.concatenate(([0], np.cumsum(lengths)))
+        buffer = np.empty(int(base[-1]), np.uint8)
+        for k in range(len(read_start)):
+            self._pread_into(buffer[base[k] : base[k + 1]], int(read_start[k]))
+        local = np.empty(len(starts), np.uint64)
+        local[order] = (s - read_start[group] + base[group]).astype(np.uint64)
+        data = BatchData(nbytes=buffer.nbytes)
+        n = len(indices)
+        for k, i in enumerate(fields):
+            data.fields[i] = (buffer, local[k * n : (k + 1) * n], sizes[k * n : (k + 1) * n])
+        self._account(buffer.nbytes)
+        # counted until the buffer is freed, however the batch ends (done, failed, cancelled)
+        weakref.finalize(buffer, self._account, -buffer.nbytes)
+        return data
+
+    def _account(self, delta: int) -> None:
+        with self._lock:
+            self.live_bytes += delta
+            self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+
+    def _pread_into(self, out: np.ndarray, offset: int) -> None:
+        view = memoryview(out)
+        done = 0
+        while done < len(view):
+            n = os.preadv(self._fd, [view[done:]], offset + done)
+            if n == 0:
+                raise OSError(f"{self.reader.fname}: unexpected end of file at {offset + done}")
+            done += n
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self._fd, offset, len(view), os.POSIX_FADV_DONTNEED)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

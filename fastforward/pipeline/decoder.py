@@ -1,0 +1,66 @@
+"""``Decoder``: the first operation of a pipeline, which reads a field's samples.
+
+A decoder fills rows of its buffer from the batch's payloads
+(``context.data``) and metadata. With ``parallel = True`` the loader splits a
+batch into ranges decoded concurrently on its worker threads (the kernels
+release the GIL), so ``decode_range`` must only write its own rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import annotate
+from .operation import BatchContext, Operation
+
+
+class Decoder(Operation):
+    """Base class of decoders. Subclasses implement ``declare_state_and_memory``
+    and ``decode_range``."""
+
+    parallel: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.field: Any = None
+        self.field_name: str = ""
+        self.field_index: int = -1
+        self.fname: str = ""
+
+    def bind(self, field: Any, name: str, index: int, metadata: np.ndarray,
+             fname: str) -> None:
+        """Attach the decoder to one field of one file (the loader calls this)."""
+        if self.field_name and (self.field_name, self.fname) != (name, fname):
+            raise ValueError(
+                f"one {type(self).__name__} instance is used for fields {self.field_name!r} "
+                f"and {name!r}: create one decoder per field"
+            )
+        self.accept_field(field)
+        self.accept_globals(metadata, None)
+        self.field_name, self.field_index, self.fname = name, index, fname
+
+    def decode_range(self, lo: int, hi: int, destination: Any, context: BatchContext) -> None:
+        """Decode the samples at batch positions ``lo:hi`` into ``destination[lo:hi]``."""
+        raise NotImplementedError(f"{type(self).__name__}.decode_range")
+
+    def output(self, destination: Any, count: int) -> Any:
+        """The batch this decoder hands to the next operation."""
+        if isinstance(destination, tuple):
+            return tuple(d[:count] for d in destination)
+        return destination[:count]
+
+    def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
+        """Decode a whole batch on the calling thread."""
+        self.decode_range(0, len(context.indices), destination, context)
+        return self.output(destination, len(context.indices))
+
+    def where(self, context: BatchContext, position: int) -> str:
+        """``file: sample N, field 'name'`` for error messages."""
+        return (f"{self.fname}: sample {int(context.indices[position])}, "
+                f"field {self.field_name!r}")
+
+    def fail(self, exc: BaseException, context: BatchContext, position: int) -> BaseException:
+        """*exc*, its message prefixed with the sample and the field."""
+        return annotate(exc, self.where(context, position))

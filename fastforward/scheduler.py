@@ -1,0 +1,250 @@
+"""The epoch engine: one thread running an asyncio loop (uvloop when installed)
+that schedules page prefetch, decoding and transforms on thread pools, and
+hands finished batches to the consumer in order.
+
+Lifecycle of one epoch::
+
+    consumer thread          scheduler thread (event loop)         pools
+    ---------------          -----------------------------         -----
+    Engine(plan)  ────────>  TaskGroup:
+                               produce: for each batch, in order,
+                                 start batch task ───────────────> io: fetch payloads
+                                 (at most batches_ahead at once)  batch: run the pipelines,
+                                                                     decode: ranges of samples
+                               deliver: await tasks in order,
+    next() <── out queue <──     put (batch, outputs)
+    close() ──call_soon_threadsafe(cancel)──> TaskGroup cancelled; pools shut down; joined
+
+Ownership: the engine owns its thread, its loop, its two executors
+(``fastforward-io``, ``fastforward-batch-N``, ``fastforward-decode-N``) and the ring slots of the
+batches it is computing. A failure anywhere cancels the epoch and reaches the
+consumer's ``next()`` as the original exception, its message naming the file,
+the sample and the field. Nothing polls: cancellation and hand-over are
+events on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import itertools
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+try:
+    import uvloop
+
+    _loop_factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+except ImportError:  # optional: asyncio's own loop is correct, only slower
+    _loop_factory = asyncio.new_event_loop
+
+_END = object()
+_LIVE: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@dataclass
+class EpochPlan:
+    """Everything an engine needs to compute one epoch.
+
+    ``run_batch(batch_index, indices, data, slot) -> outputs`` is called on a
+    pool thread with the batch's fetched payloads and its ring slot; it may
+    itself submit decode ranges through ``map_ranges``.
+    """
+
+    batches: Sequence[np.ndarray]
+    fetch: Callable[[np.ndarray], Any]
+    acquire_slot: Callable[[], Any]
+    release_slot: Callable[[Any], None]
+    run_batch: Callable[..., Any]
+    num_workers: int
+    batches_ahead: int
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+class Engine:
+    """Computes one epoch in the background; ``next_batch()`` returns batches in order."""
+
+    def __init__(self, plan: EpochPlan) -> None:
+        self.plan = plan
+        self._decode_pool = ThreadPoolExecutor(max(1, plan.num_workers),
+                                               thread_name_prefix="fastforward-decode")
+        self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="fastforward-io")
+        # batch tasks wait on decode ranges, so they run on a pool of their own
+        self._batch_pool = ThreadPoolExecutor(max(1, plan.batches_ahead),
+                                              thread_name_prefix="fastforward-batch")
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._out: asyncio.Queue[Any] | None = None
+        self._closed = False
+        self._finished = False
+        self._thread = threading.Thread(target=self._run, name="fastforward-scheduler",
+                                        daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        _LIVE.add(self)
+
+    # -- consumer side ------------------------------------------------------------
+
+    def next_batch(self) -> Any:
+        """The next batch's outputs; raises StopIteration at the end of the epoch,
+        or the exception that stopped it."""
+        if self._finished or self._closed:
+            raise StopIteration
+        assert self._loop is not None
+        assert self._out is not None
+        future = asyncio.run_coroutine_threadsafe(self._out.get(), self._loop)
+        try:
+            item = future.result()
+        except BaseException:
+            future.cancel()
+            self.close()
+            raise
+        if item is _END:
+            self._finished = True
+            self.close()
+            raise StopIteration
+        if isinstance(item, _Failure):
+            self._finished = True
+            self.close()
+            raise item.exception
+        return item
+
+    def map_ranges(self, fn: Callable[[int, int], None], count: int) -> None:
+        """Run ``fn(lo, hi)`` over ``range(count)`` split across the decode threads; wait."""
+        if count == 0:
+            return
+        bounds = np.linspace(0, count, min(self.plan.num_workers, count) + 1).astype(int)
+        futures = [self._decode_pool.submit(fn, int(lo), int(hi))
+                   for lo, hi in itertools.pairwise(bounds) if hi > lo]
+        first_error: BaseException | None = None
+        for future in futures:  # wait for all, so no range is still writing afterwards
+            try:
+                future.result()
+            except BaseException as exc:
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+
+    def close(self) -> None:
+        """Stop the epoch, the thread and the pools (idempotent, any thread but the loop's)."""
+        if self._closed:
+            return
+        self._closed = True
+        loop, main = self._loop, self._main
+        if loop is not None and main is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop may have just finished
+                loop.call_soon_threadsafe(main.cancel)
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        for pool in (self._batch_pool, self._decode_pool, self._io_pool):
+            pool.shutdown(wait=True, cancel_futures=True)
+        _LIVE.discard(self)
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the engine's thread is alive."""
+        return self._thread.is_alive()
+
+    # -- scheduler thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        with asyncio.Runner(loop_factory=_loop_factory) as runner:
+            runner.run(self._start())
+
+    async def _start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._out = asyncio.Queue(maxsize=1)
+        self._main = asyncio.current_task()
+        self._ready.set()
+        try:
+            try:
+                await self._pipeline()
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # hand the root cause to the consumer
+                cause = _root_cause(exc)
+                if not isinstance(cause, _Delivered):
+                    await self._out.put(_Failure(cause))
+            else:
+                await self._out.put(_END)
+            # keep the loop for the consumer's last get(); close() ends it
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            return  # close() asked for it
+
+    async def _pipeline(self) -> None:
+        # At most batches_ahead batches are computing or waiting to be handed
+        # over; with the one in the out queue and the one the consumer holds,
+        # that is the ring's batches_ahead + 2 slots.
+        plan = self.plan
+        budget = asyncio.Semaphore(plan.batches_ahead)
+        pending: asyncio.Queue[asyncio.Task[Any]] = asyncio.Queue()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._produce(group, pending, budget))
+            group.create_task(self._deliver(pending, budget, len(plan.batches)))
+
+    async def _produce(self, group: asyncio.TaskGroup, pending: asyncio.Queue[asyncio.Task[Any]],
+                       budget: asyncio.Semaphore) -> None:
+        for index, indices in enumerate(self.plan.batches):
+            await budget.acquire()
+            pending.put_nowait(group.create_task(self._batch(index, indices)))
+
+    async def _deliver(self, pending: asyncio.Queue[asyncio.Task[Any]],
+                       budget: asyncio.Semaphore, count: int) -> None:
+        assert self._out is not None
+        for _ in range(count):
+            task = await pending.get()
+            outputs = await task
+            await self._out.put(outputs)  # returns once the consumer took the previous one
+            if isinstance(outputs, _Failure):
+                raise _Delivered  # every batch before it went out; stop the rest
+            del outputs
+            budget.release()
+
+    async def _batch(self, index: int, indices: np.ndarray) -> Any:
+        loop = asyncio.get_running_loop()
+        plan = self.plan
+        data = await loop.run_in_executor(self._io_pool, plan.fetch, indices)
+        slot = plan.acquire_slot()
+        try:
+            return await loop.run_in_executor(
+                self._batch_pool, plan.run_batch, index, indices, data, slot, self.map_ranges)
+        except Exception as exc:  # delivered in order, after the batches before it
+            return _Failure(exc)
+        finally:
+            del data  # os_cache=False: the batch's bytes go now
+            plan.release_slot(slot)  # the user's references (if any) now fence it
+
+
+@dataclass
+class _Failure:
+    exception: BaseException
+
+
+class _Delivered(Exception):
+    """A batch's failure reached the consumer: stop the epoch."""
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The first real exception inside (nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        inner = [e for e in exc.exceptions if not isinstance(e, asyncio.CancelledError)]
+        exc = inner[0] if inner else exc.exceptions[0]
+    return exc
+
+
+def close_all() -> None:
+    """Stop every live engine (at interpreter exit, so no thread outlives it)."""
+    for engine in list(_LIVE):
+        engine.close()
+
+
+atexit.register(close_all)

@@ -1,0 +1,38 @@
+"""``TraversalOrder``: which samples an epoch visits, in which order.
+
+An order is a pure function of ``(seed, epoch)``: never of how many epochs
+came before (FFCV's QUASI_RANDOM depends on history), so an epoch can be
+recomputed, resumed or checked on its own.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+class TraversalOrder(ABC):
+    """Base class of orders; subclass it and pass the class as ``Loader(order=...)``.
+
+    Attributes ``loader``, ``indices`` (the samples to visit), ``seed`` and
+    ``distributed`` are set from the loader, as in FFCV.
+    """
+
+    def __init__(self, loader: Any, **kwargs: Any) -> None:
+        self.loader = loader
+        self.indices: np.ndarray = loader.indices
+        self.seed: int = loader.seed
+        self.distributed: bool = loader.distributed
+        if kwargs:
+            raise TypeError(f"{type(self).__name__} takes no options {sorted(kwargs)}")
+
+    @abstractmethod
+    def sample_order(self, epoch: int) -> Sequence[int]:
+        """The dataset indices of epoch *epoch*, in order."""
+
+    def rng(self, epoch: int, salt: int = 0) -> np.random.Generator:
+        """A generator that depends only on ``(seed, epoch, salt)``."""
+        return np.random.default_rng([self.seed & 0xFFFFFFFF, self.seed >> 32, epoch, salt])

@@ -1,0 +1,82 @@
+"""QUASI_RANDOM: a shuffled order that reads only ``window`` pages at a time.
+
+Each sample gets a key ``rank(page) + U(0, window)`` (modulo the number of
+pages) and the epoch visits samples by key. At any point of the epoch the
+samples come from about ``window`` pages, and each page is opened at most
+twice (once more where the keys wrap around), so reads stay local and a cold
+cache or ``os_cache=False`` needs only those pages.
+
+Mixing: pages are ranked by *stratified* shuffling: the file is cut into
+``window`` contiguous strata and the ranks interleave them, so every window
+holds pages from all over the file. A file written class by class (each page
+one class) then still gives batches close to RANDOM's class balance. The
+measure, checked by the tests: the mean total-variation distance between each
+batch's class histogram and the overall class distribution is at most 1.5×
+RANDOM's with the default window of 64 pages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .base import TraversalOrder
+
+DEFAULT_WINDOW = 64
+
+
+def sample_pages(reader: Any) -> np.ndarray:
+    """The page of every sample (-1 for samples with no payload)."""
+    table = reader.alloc_table
+    pages = np.full(reader.num_samples, -1, np.int64)
+    shift = int(reader.page_size).bit_length() - 1
+    pages[table["sample_id"].astype(np.int64)] = (table["ptr"] >> np.uint64(shift)).astype(
+        np.int64)
+    return pages
+
+
+def quasi_random_order(indices: np.ndarray, pages: np.ndarray, window: int,
+                       rng: np.random.Generator) -> np.ndarray:
+    """Order *indices* (whose pages are *pages*) reading about *window* pages at a time."""
+    if len(indices) == 0:
+        return indices.copy()
+    unique, page_of = np.unique(pages, return_inverse=True)
+    num_pages = len(unique)
+    window = max(1, min(int(window), num_pages))
+    # stratified ranks: stratum s holds a contiguous run of pages; its pages are
+    # spread evenly over [0, num_pages) in random order, with a random phase
+    stratum = (np.arange(num_pages) * window) // num_pages
+    position = np.empty(num_pages)
+    for s in range(window):
+        members = np.flatnonzero(stratum == s)
+        spacing = num_pages / len(members)
+        position[members] = (rng.permutation(len(members)) + rng.random()) * spacing
+    rank = np.empty(num_pages)
+    rank[np.argsort(position, kind="stable")] = np.arange(num_pages)
+    keys = np.mod(rank[page_of] + rng.random(len(indices)) * window, num_pages)
+    return indices[np.argsort(keys, kind="stable")]
+
+
+class QuasiRandom(TraversalOrder):
+    """Random order with page locality; see the module docstring.
+
+    Args:
+        window: pages open at a time (``order_kwargs={'window': n}``).
+    """
+
+    def __init__(self, loader: Any, window: int = DEFAULT_WINDOW) -> None:
+        super().__init__(loader)
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
+        self.window = int(window)
+        pages = sample_pages(loader.reader)
+        self.pages = pages[self.indices]
+        if (self.pages < 0).any():
+            raise ValueError(
+                "QUASI_RANDOM orders samples by the page holding their payloads, and some "
+                "samples have none (a file of scalar fields only): use RANDOM"
+            )
+
+    def sample_order(self, epoch: int) -> np.ndarray:
+        return quasi_random_order(self.indices, self.pages, self.window, self.rng(epoch))

@@ -1,0 +1,420 @@
+"""Loader: FFCV's semantics, orders, reproducibility, and the safety contract.
+
+Pipelines here stay in NumPy (no ToTensor), so these run without torch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastforward.errors import DecodeError
+from fastforward.fields import BytesField, FloatField, IntField, RGBImageField
+from fastforward.fields.decoders import (
+    BytesDecoder,
+    CenterCropRGBImageDecoder,
+    FloatDecoder,
+    IntDecoder,
+    RandomResizedCropRGBImageDecoder,
+    SimpleRGBImageDecoder,
+)
+from fastforward.loader import Loader, OrderOption
+from fastforward.pipeline import AllocationQuery, Operation, PipelineSpec, State
+from fastforward.reader import Reader
+from fastforward.traversal_order import TraversalOrder
+from fastforward.writer import DatasetWriter
+
+NUMPY_ONLY = {"image": None}
+
+
+def fastforward_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("fastforward")]
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left() -> Iterator[None]:
+    yield
+    deadline = time.monotonic() + 5
+    while fastforward_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fastforward_threads() == []
+
+
+@pytest.fixture(scope="module")
+def scalars(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """600 samples: index and sin(index)."""
+    path = tmp_path_factory.mktemp("loader") / "scalars.beton"
+    DatasetWriter(path, {"index": IntField(), "value": FloatField()}, num_workers=1,
+                  progress=False).from_indexed_dataset([(i, float(np.sin(i)))
+                                                        for i in range(600)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos_file(tmp_path_factory: pytest.TempPathFactory, images: list[np.ndarray]) -> Path:
+    """60 real photographs of varied sizes as JPEG (odd samples raw), with labels."""
+    path = tmp_path_factory.mktemp("loader") / "photos.beton"
+    data = [(images[i % len(images)], i) for i in range(60)]
+    DatasetWriter(path, {"image": RGBImageField(write_mode="proportion", max_resolution=160),
+                         "label": IntField()}, num_workers=2,
+                  progress=False).from_indexed_dataset(data)
+    return path
+
+
+def index_loader(path: Path, **kw) -> Loader:
+    kw.setdefault("pipelines", {"index": [IntDecoder()], "value": None})
+    kw.setdefault("num_workers", 2)
+    return Loader(path, **kw)
+
+
+def collect(loader: Loader) -> list[int]:
+    return [int(i) for (batch,) in loader for i in batch.ravel()]
+
+
+# -- FFCV's semantics -------------------------------------------------------------
+
+
+def test_sequential_first_batch(scalars: Path) -> None:
+    first = next(iter(index_loader(scalars, batch_size=8)))
+    assert first[0].ravel().tolist() == list(range(8))
+    assert first[0].shape == (8, 1)
+    assert first[0].dtype == np.int64
+
+
+@pytest.mark.parametrize(("batch_size", "drop_last", "length", "last"),
+                         [(7, True, 85, 7), (7, False, 86, 5), (60, True, 10, 60),
+                          (60, False, 10, 60)])
+def test_partial_batches(scalars: Path, batch_size: int, drop_last: bool, length: int,
+                         last: int) -> None:
+    loader = index_loader(scalars, batch_size=batch_size, drop_last=drop_last)
+    batches = [b for (b,) in loader]
+    assert len(loader) == len(batches) == length
+    assert len(batches[-1]) == last
+
+
+def test_outputs_in_file_order_and_none_drops(scalars: Path) -> None:
+    loader = Loader(scalars, 10, pipelines={"value": [FloatDecoder()], "index": [IntDecoder()]})
+    index, value = next(iter(loader))
+    np.testing.assert_array_equal(value.ravel(), np.sin(index.ravel()))
+    loader = Loader(scalars, 10, pipelines={"index": None, "value": [FloatDecoder()]})
+    assert len(next(iter(loader))) == 1
+
+
+def test_indices_subset(scalars: Path) -> None:
+    loader = index_loader(scalars, batch_size=4, indices=[5, 9, 2, 7, 100, 3], drop_last=False)
+    assert collect(loader) == [5, 9, 2, 7, 100, 3]
+    with pytest.raises(IndexError, match="600"):
+        index_loader(scalars, batch_size=4, indices=[600])
+
+
+def test_unknown_output_needs_pipeline_spec(scalars: Path) -> None:
+    with pytest.raises(ValueError, match="PipelineSpec"):
+        Loader(scalars, 4, pipelines={"nope": [IntDecoder()]})
+
+
+def test_pipeline_spec_makes_two_outputs_from_one_field(photos_file: Path) -> None:
+    loader = Loader(photos_file, 6, pipelines={
+        "image": [CenterCropRGBImageDecoder((32, 32), 1.0)],
+        "label": None,
+        "small": PipelineSpec("image", CenterCropRGBImageDecoder((16, 16), 1.0)),
+    })
+    big, small = next(iter(loader))
+    assert big.shape == (6, 32, 32, 3)
+    assert small.shape == (6, 16, 16, 3)
+
+
+def test_branch_from_an_operation(photos_file: Path) -> None:
+    decoder = CenterCropRGBImageDecoder((32, 32), 1.0)
+    loader = Loader(photos_file, 6, pipelines={
+        "image": [decoder, Invert()], "label": None,
+        "plain": PipelineSpec(decoder),
+    })
+    inverted, plain = next(iter(loader))
+    np.testing.assert_array_equal(inverted, 255 - plain)
+
+
+def test_one_decoder_for_two_fields_is_refused(scalars: Path) -> None:
+    decoder = IntDecoder()
+    with pytest.raises(ValueError, match="one decoder per field"):
+        Loader(scalars, 4, pipelines={"index": [decoder], "value": [decoder]})
+
+
+def test_user_lists_are_not_modified(scalars: Path) -> None:
+    ops = [IntDecoder()]
+    Loader(scalars, 4, pipelines={"index": ops, "value": None})
+    assert len(ops) == 1
+
+
+# -- orders -------------------------------------------------------------------------
+
+
+def test_random_is_a_permutation_per_epoch(scalars: Path) -> None:
+    loader = index_loader(scalars, batch_size=50, order=OrderOption.RANDOM, seed=1)
+    first, second = collect(loader), collect(loader)
+    assert sorted(first) == sorted(second) == list(range(600))
+    assert first != second
+    assert collect(index_loader(scalars, batch_size=50, order=OrderOption.RANDOM,
+                                seed=1)) == first
+
+
+def test_order_depends_only_on_seed_and_epoch(photos_file: Path) -> None:
+    def loader() -> Loader:
+        return Loader(photos_file, 5, order=OrderOption.QUASI_RANDOM, seed=9,
+                      pipelines={"image": None, "label": [IntDecoder()]})
+
+    a = loader()
+    epoch0, epoch1 = collect(a), collect(a)
+    b = loader()
+    b.next_epoch = 1  # straight to epoch 1, without epoch 0
+    assert collect(b) == epoch1
+    assert sorted(epoch0) == list(range(60))
+
+
+def test_custom_traversal_order(scalars: Path) -> None:
+    class Backwards(TraversalOrder):
+        def sample_order(self, epoch: int) -> np.ndarray:
+            return self.indices[::-1]
+
+    assert collect(index_loader(scalars, batch_size=100, order=Backwards))[:3] == [599, 598, 597]
+
+
+def test_quasi_random_needs_payloads(scalars: Path) -> None:
+    with pytest.raises(ValueError, match="QUASI_RANDOM"):
+        index_loader(scalars, batch_size=4, order=OrderOption.QUASI_RANDOM, seed=0)
+
+
+# -- images ---------------------------------------------------------------------------
+
+
+def test_center_crop_matches_reference(photos_file: Path) -> None:
+    from fastforward._ext.resize import crop_resize_into
+    from fastforward.transforms.crop import get_center_crop
+
+    reader = Reader(photos_file)
+    loader = Loader(photos_file, 7, pipelines={
+        "image": [CenterCropRGBImageDecoder((24, 20), 224 / 256)], "label": [IntDecoder()]})
+    for images, labels in loader:
+        for image, label in zip(images, labels.ravel(), strict=True):
+            full = reader.read(int(label))[0]
+            i, j, h, w = get_center_crop(*full.shape[:2], 224 / 256)
+            expected = np.empty((24, 20, 3), np.uint8)
+            crop_resize_into(full, i, j, h, w, expected)
+            np.testing.assert_array_equal(image, expected)
+
+
+def test_simple_decoder_refuses_mixed_sizes(photos_file: Path) -> None:
+    with pytest.raises(TypeError, match="different sizes"):
+        Loader(photos_file, 4, pipelines={"image": [SimpleRGBImageDecoder()], "label": None})
+
+
+def test_simple_decoder_on_equal_sizes(tmp_path: Path, images: list[np.ndarray]) -> None:
+    path = tmp_path / "same.beton"
+    crops = [np.ascontiguousarray(im[:17, :17]) for im in images]
+    DatasetWriter(path, {"image": RGBImageField()}, num_workers=1, progress=False) \
+        .from_indexed_dataset(crops)
+    (batch,) = next(iter(Loader(path, 20, pipelines={"image": [SimpleRGBImageDecoder()]})))
+    np.testing.assert_array_equal(batch, np.stack(crops))
+
+
+def rrc_batches(path: Path, workers: int, seed: int = 3, epochs: int = 1) -> list[np.ndarray]:
+    loader = Loader(path, 8, num_workers=workers, seed=seed, order=OrderOption.RANDOM,
+                    pipelines={"image": [RandomResizedCropRGBImageDecoder((32, 32))],
+                               "label": None})
+    return [np.concatenate([b for (b,) in loader]) for _ in range(epochs)]
+
+
+def test_augmentation_is_reproducible_whatever_num_workers(photos_file: Path) -> None:
+    one = rrc_batches(photos_file, 1, epochs=2)
+    three = rrc_batches(photos_file, 3, epochs=2)
+    np.testing.assert_array_equal(one[0], three[0])
+    np.testing.assert_array_equal(one[1], three[1])
+    assert not np.array_equal(one[0], one[1])  # epochs differ
+    assert not np.array_equal(one[0], rrc_batches(photos_file, 1, seed=4)[0])
+
+
+def test_output_size_changes_between_epochs(photos_file: Path) -> None:
+    decoder = RandomResizedCropRGBImageDecoder((32, 32))
+    loader = Loader(photos_file, 8, pipelines={"image": [decoder], "label": None})
+    assert next(iter(loader))[0].shape == (8, 32, 32, 3)
+    decoder.output_size = (48, 40)
+    assert next(iter(loader))[0].shape == (8, 48, 40, 3)
+
+
+# -- safety -----------------------------------------------------------------------------
+
+
+def test_held_batches_stay_intact(photos_file: Path) -> None:
+    """FFCV #231: batches kept by the user were overwritten. Hold 3× the ring."""
+    reader = Reader(photos_file)
+    loader = Loader(photos_file, 2, batches_ahead=2, num_workers=2, pipelines={
+        "image": [CenterCropRGBImageDecoder((16, 16), 1.0)], "label": [IntDecoder()]})
+    held = list(loader)  # 30 batches, ring of 4 slots
+    assert len(held) == 30
+    labels = np.concatenate([labels.ravel() for _, labels in held])
+    assert labels.tolist() == list(range(60))
+    fresh = Loader(photos_file, 60, pipelines={
+        "image": [CenterCropRGBImageDecoder((16, 16), 1.0)], "label": None})
+    (expected,) = next(iter(fresh))
+    np.testing.assert_array_equal(np.concatenate([images for images, _ in held]), expected)
+    assert reader.num_samples == 60
+
+
+def test_slots_are_reused_when_released(scalars: Path) -> None:
+    loader = index_loader(scalars, batch_size=10, batches_ahead=2)
+    seen = set()
+    for (batch,) in loader:
+        seen.add(batch.base.__array_interface__["data"][0])
+        del batch
+    assert len(seen) <= 4 + 1  # the ring's slots (and at most one replaced)
+
+
+class Invert(Operation):
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        return previous_state, AllocationQuery(previous_state.shape, previous_state.dtype)
+
+    def apply(self, batch: np.ndarray, destination: np.ndarray, context) -> np.ndarray:  # type: ignore[no-untyped-def]
+        np.subtract(255, batch, out=destination)
+        return destination
+
+
+class Explode(Operation):
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def apply(self, batch: np.ndarray, destination: None, context) -> np.ndarray:  # type: ignore[no-untyped-def]
+        if self.at in context.indices:
+            raise ZeroDivisionError(f"cannot handle sample {self.at}")
+        return batch
+
+
+def test_exception_in_an_operation_reaches_the_loop(scalars: Path) -> None:
+    loader = index_loader(scalars, batch_size=10,
+                          pipelines={"index": [IntDecoder(), Explode(at=123)], "value": None})
+    iterator = iter(loader)
+    for _ in range(12):  # every batch before the failing one arrives
+        next(iterator)
+    with pytest.raises(ZeroDivisionError, match="cannot handle sample 123") as info:
+        next(iterator)
+    message = str(info.value)
+    assert str(scalars) in message
+    assert "'index'" in message
+    assert "Explode" in message
+
+
+def test_corrupt_jpeg_names_sample_and_field(tmp_path: Path, photos_file: Path) -> None:
+    path = tmp_path / "corrupt.beton"
+    path.write_bytes(photos_file.read_bytes())
+    reader = Reader(path)
+    jpegs = np.flatnonzero(reader.metadata["f0"]["mode"] == 0)
+    victim = int(jpegs[len(jpegs) // 2])
+    ptr = int(reader.metadata[victim]["f0"]["data_ptr"])
+    with open(path, "r+b") as f:
+        f.seek(ptr + 2)
+        f.write(bytes(200))  # the header after SOI: garbage
+    loader = Loader(path, 4, pipelines={"image": [CenterCropRGBImageDecoder((8, 8), 1.0)],
+                                        "label": None})
+    with pytest.raises(DecodeError, match=rf"sample {victim}, field 'image'"):
+        for _ in loader:
+            pass
+
+
+def test_break_close_and_context_manager_stop_everything(scalars: Path) -> None:
+    loader = index_loader(scalars, batch_size=5)
+    for i, _ in enumerate(loader):
+        if i == 3:
+            break
+    assert fastforward_threads() == []  # the dropped iterator stopped its threads
+    iterator = iter(loader)
+    next(iterator)
+    iterator.close()
+    assert fastforward_threads() == []
+    with index_loader(scalars, batch_size=5) as managed:
+        it = iter(managed)
+        next(it)
+    assert fastforward_threads() == []
+    with pytest.raises(RuntimeError, match="closed"):
+        iter(managed)
+
+
+def test_ctrl_c_stops_the_threads(scalars: Path) -> None:
+    loader = index_loader(scalars, batch_size=1, pipelines={
+        "index": [IntDecoder(), Sleepy(0.05)], "value": None})
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        for _ in loader:
+            pass
+    timer.join()
+    assert fastforward_threads() == []
+
+
+class Sleepy(Operation):
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def apply(self, batch: np.ndarray, destination: None, context) -> np.ndarray:  # type: ignore[no-untyped-def]
+        time.sleep(self.seconds)
+        return batch
+
+
+def test_two_loaders_and_two_iterators_at_once(scalars: Path) -> None:
+    a = index_loader(scalars, batch_size=100)
+    b = index_loader(scalars, batch_size=100, order=OrderOption.RANDOM, seed=2)
+    it_a, it_b, it_a2 = iter(a), iter(b), iter(a)
+    got = [(next(it_a)[0][0, 0], next(it_a2)[0][0, 0]) for _ in range(3)]
+    assert [x for x, _ in got] == [0, 100, 200]
+    assert sorted(int(i) for (batch,) in it_b for i in batch.ravel()) != []
+    for it in (it_a, it_a2):
+        it.close()
+
+
+def test_deleting_a_loader_mid_epoch(scalars: Path) -> None:
+    loader = index_loader(scalars, batch_size=5)
+    iterator = iter(loader)
+    next(iterator)
+    del loader
+    del iterator
+    assert fastforward_threads() == []
+
+
+def test_process_cache_memory_bound(tmp_path: Path) -> None:
+    path = tmp_path / "bytes.beton"
+    rng = np.random.default_rng(0)
+    blobs = [rng.integers(0, 256, 20_000, dtype=np.uint8) for _ in range(400)]
+    DatasetWriter(path, {"blob": BytesField()}, num_workers=1, progress=False) \
+        .from_indexed_dataset(blobs)
+    loader = Loader(path, 10, os_cache=False, order=OrderOption.RANDOM, seed=0,
+                    batches_ahead=2, pipelines={"blob": [BytesDecoder()]})
+    reader = Reader(path)
+    for epoch in range(2):
+        for ((data, lengths),) in loader:
+            assert (lengths == 20_000).all()
+            del data, lengths
+        assert epoch == loader.next_epoch - 1
+    np.testing.assert_array_equal(next(iter(loader))[0][0][0], reader.read(
+        int(loader.traversal_order.sample_order(2)[0]))[0])
+    manager = loader.memory_manager
+    # at most batches_ahead + 1 batches of 10 × 20 kB in memory at once, whatever the order
+    assert 0 < manager.peak_bytes <= (2 + 1) * 10 * 20_000
+    loader.close()
+    assert manager.live_bytes == 0
+
+
+def test_bytes_decoder_shows_no_stale_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "b.beton"
+    blobs = [np.full(n, 7, np.uint8) for n in (50, 3, 0, 20)]
+    DatasetWriter(path, {"blob": BytesField()}, num_workers=1, progress=False) \
+        .from_indexed_dataset(blobs)
+    for ((data, lengths),) in Loader(path, 2, pipelines={"blob": [BytesDecoder()]}):
+        for row, n in zip(data, lengths, strict=True):
+            assert (row[:n] == 7).all()
+            assert (row[n:] == 0).all()
