@@ -42,3 +42,11 @@ def crop_resize(src: np.ndarray, y0: int, x0: int, h: int, w: int,
     if flip:
         out = out[:, ::-1]
     return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+
+
+def gather(src: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, width: int) -> np.ndarray:
+    """Reference for ``gather_into``: each record in a zero-padded row."""
+    out = np.zeros((len(offsets), width), np.uint8)
+    for i, (offset, size) in enumerate(zip(offsets.tolist(), sizes.tolist(), strict=True)):
+        out[i, :size] = src[offset : offset + size]
+    return out

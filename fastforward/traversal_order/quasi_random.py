@@ -80,3 +80,19 @@ class QuasiRandom(TraversalOrder):
 
     def sample_order(self, epoch: int) -> np.ndarray:
         return quasi_random_order(self.indices, self.pages, self.window, self.rng(epoch))
+
+
+def mixing_distance(order: np.ndarray, labels: np.ndarray, batch_size: int) -> float:
+    """The mixing measure: the mean, over the epoch's full batches, of the
+    total-variation distance between the batch's class histogram and the class
+    distribution of the whole epoch. 0 is perfect; RANDOM gives about
+    ``sqrt(classes / (2π · batch_size))``."""
+    order = np.asarray(order)
+    count = len(order) // batch_size
+    if count == 0:
+        raise ValueError(f"fewer than {batch_size} samples: no full batch")
+    classes, coded = np.unique(np.asarray(labels)[order], return_inverse=True)
+    overall = np.bincount(coded, minlength=len(classes)) / len(coded)
+    batches = coded[: count * batch_size].reshape(count, batch_size)
+    hist = np.stack([np.bincount(b, minlength=len(classes)) for b in batches]) / batch_size
+    return float(0.5 * np.abs(hist - overall).sum(axis=1).mean())
