@@ -24,7 +24,7 @@ from libc.string cimport memset
 
 cdef extern from "resize_kernels.h" nogil:
     void ff_axpy_u8(float* acc, const uint8_t* src, float w, Py_ssize_t n)
-    void ff_hpass_u8(const float* row, const int* start, const int* count,
+    void ff_hpass_u8(const float* row, const int* start, int used,
                      const float* weight, int taps, Py_ssize_t ow, Py_ssize_t c,
                      bint flip, float* out)
     void ff_row_to_u8(const float* src, uint8_t* out, Py_ssize_t n)
@@ -32,9 +32,10 @@ cdef extern from "resize_kernels.h" nogil:
 
 cdef struct Filter:
     int* start      # first input index of each output pixel
-    int* count      # number of taps of each output pixel
+    int* count      # number of taps of each output pixel (all equal once padded)
     float* weight   # taps, `taps` per output pixel
-    int taps
+    int taps        # row stride of `weight`
+    int used        # taps every output pixel uses after padding
 
 
 cdef int _make_filter(Filter* f, int n, int m) except -1 nogil:
@@ -81,7 +82,31 @@ cdef int _make_filter(Filter* f, int n, int m) except -1 nogil:
             f.count[i] = 2 if frac > 0 else 1
             f.weight[i * f.taps] = <float>(1.0 - frac)
             f.weight[i * f.taps + 1] = <float>frac
+    _pad_filter(f, n, m)
     return 0
+
+
+cdef void _pad_filter(Filter* f, int n, int m) noexcept nogil:
+    """Give every output pixel the same number of taps (zero weights added, the
+    window shifted left at the right edge) so the inner loops can be unrolled."""
+    cdef int i, k, used = 1, shift
+    for i in range(m):
+        if f.count[i] > used:
+            used = f.count[i]
+    if used > n:
+        used = n
+    for i in range(m):
+        shift = f.start[i] + used - n
+        if shift > 0:
+            # move the taps right by `shift`, starting `shift` pixels earlier
+            for k in range(used - 1, -1, -1):
+                f.weight[i * f.taps + k] = f.weight[i * f.taps + k - shift] if k >= shift else 0
+            f.start[i] -= shift
+        else:
+            for k in range(f.count[i], used):
+                f.weight[i * f.taps + k] = 0
+        f.count[i] = used
+    f.used = used
 
 
 cdef void _free_filter(Filter* f) noexcept nogil:
@@ -136,7 +161,7 @@ cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0
                 ff_axpy_u8(tmp, &src[y0 + fy.start[oy] + k, x0, 0],
                            fy.weight[oy * fy.taps + k], in_stride)
             # horizontal: w float pixels -> ow output pixels
-            ff_hpass_u8(tmp, fx.start, fx.count, fx.weight, fx.taps, ow, c, flip, outrow)
+            ff_hpass_u8(tmp, fx.start, fx.used, fx.weight, fx.taps, ow, c, flip, outrow)
             ff_row_to_u8(outrow, &out[oy, 0, 0], ow * c)
     finally:
         free(tmp)
