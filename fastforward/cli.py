@@ -563,11 +563,31 @@ def demo_info(run: DemoRun) -> None:
     print_info(run.beton)
 
 
+def demo_load(run: DemoRun) -> None:
+    """Load the demo file for an epoch and compare with the decode limit.
+
+    The pipeline is the training one up to the flip, in NumPy, so the demo
+    needs no torch: RandomResizedCrop(192) and RandomHorizontalFlip.
+
+    Args:
+        run: the demo's state.
+    """
+    from .benchmark import decode_limit, loader_throughput, stored_jpegs, table
+
+    with Reader(run.beton) as reader:
+        blobs = stored_jpegs(reader, "image")
+    limit = decode_limit(blobs, threads=run.num_workers if run.num_workers > 0 else None)
+    loaded = loader_throughput(run.beton, "train_numpy", num_workers=run.num_workers,
+                               batch_size=128)
+    table([limit, loaded], reference=limit)
+
+
 DemoStep = Callable[[DemoRun], None]
 DEMO_STEPS: tuple[tuple[str, DemoStep], ...] = (
     ("make the image corpus", demo_make_corpus),
     ("convert it to .beton", demo_convert),
     ("describe the .beton file", demo_info),
+    ("load it: RandomResizedCrop(192) + flip, against the decode limit", demo_load),
 )
 """The demo, step by step: each step reads and updates the shared ``DemoRun``."""
 

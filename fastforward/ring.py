@@ -73,7 +73,7 @@ class Slot:
 
     def _allocate(self, query: AllocationQuery) -> Any:
         if query.device is None or str(query.device) == "cpu":
-            return np.empty((self.batch_size, *query.shape), np.dtype(query.dtype))
+            return np.empty((self.batch_size, *query.shape), host_dtype(query.dtype))
         import torch
 
         return torch.empty((self.batch_size, *query.shape), dtype=query.dtype,
@@ -89,6 +89,23 @@ class Slot:
     def nbytes(self) -> int:
         """Bytes of all buffers."""
         return sum(int(getattr(a, "nbytes", 0)) for a in self._arrays)
+
+
+def host_dtype(dtype: Any) -> np.dtype:
+    """The NumPy dtype of a host buffer for *dtype* (NumPy or torch).
+
+    Host buffers are always NumPy arrays, so the ring can see who holds them;
+    a torch dtype without a NumPy twin (bfloat16) gets an unsigned integer of
+    its size, viewed as the torch dtype when handed out.
+    """
+    if isinstance(dtype, np.dtype) or not type(dtype).__module__.startswith("torch"):
+        return np.dtype(dtype)
+    import torch
+
+    try:
+        return np.dtype(torch.empty((), dtype=dtype).numpy().dtype)
+    except TypeError:
+        return np.dtype(f"u{torch.empty((), dtype=dtype).element_size()}")
 
 
 class SlotRing:

@@ -50,3 +50,60 @@ def gather(src: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, width: int) 
     for i, (offset, size) in enumerate(zip(offsets.tolist(), sizes.tolist(), strict=True)):
         out[i, :size] = src[offset : offset + size]
     return out
+
+
+# ---------------------------------------------------------------------------
+# References for fastforward.transforms
+
+
+def random_crop(height: int, width: int, scale: tuple[float, float],
+                ratio: tuple[float, float], u: np.ndarray) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop.get_params, all 10 tries at once, on given uniforms.
+
+    Uniforms 0, 2, …, 18 give the tries' areas, 1, 3, …, 19 their log-ratios,
+    20 and 21 the row and the column.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    target = height * width * (scale[0] + (scale[1] - scale[0]) * u[0:20:2])
+    log_ratio = np.log(np.asarray(ratio, dtype=np.float64))
+    aspect = np.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[1:20:2])
+    ws = np.round(np.sqrt(target * aspect)).astype(int)
+    hs = np.round(np.sqrt(target / aspect)).astype(int)
+    fits = np.flatnonzero((ws > 0) & (ws <= width) & (hs > 0) & (hs <= height))
+    if fits.size:
+        h, w = int(hs[fits[0]]), int(ws[fits[0]])
+        return (int(np.floor(u[20] * (height - h + 1))), int(np.floor(u[21] * (width - w + 1))),
+                h, w)
+    h, w = height, width
+    if width / height < min(ratio):
+        h = int(np.round(width / min(ratio)))
+    elif width / height > max(ratio):
+        w = int(np.round(height * max(ratio)))
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _blend_uint8(image: np.ndarray, other: np.ndarray | float, factor: float) -> np.ndarray:
+    """FFCV's ``blend``: ``clip(f·image + (1 - f)·other)`` in float64, truncated to uint8."""
+    return np.clip(factor * image.astype(np.float64) + (1 - factor) * other, 0, 255).astype(
+        np.uint8)
+
+
+def gray_levels(image: np.ndarray) -> np.ndarray:
+    """FFCV's gray image: ``0.2989 R + 0.587 G + 0.114 B`` truncated to uint8, in float64."""
+    r, g, b = (image[..., c].astype(np.float64) for c in range(3))
+    return (0.2989 * r + 0.587 * g + 0.114 * b).astype(np.uint8)
+
+
+def brightness(image: np.ndarray, factor: float) -> np.ndarray:
+    """FFCV's RandomBrightness on one image with a given factor."""
+    return _blend_uint8(image, 0.0, factor)
+
+
+def contrast(image: np.ndarray, factor: float) -> np.ndarray:
+    """FFCV's RandomContrast on one image with a given factor."""
+    return _blend_uint8(image, gray_levels(image).mean(), factor)
+
+
+def saturation(image: np.ndarray, factor: float) -> np.ndarray:
+    """FFCV's RandomSaturation on one image with a given factor."""
+    return _blend_uint8(image, gray_levels(image)[..., None].astype(np.float64), factor)

@@ -418,3 +418,20 @@ def test_bytes_decoder_shows_no_stale_bytes(tmp_path: Path) -> None:
         for row, n in zip(data, lengths, strict=True):
             assert (row[:n] == 7).all()
             assert (row[n:] == 0).all()
+
+
+def test_fused_flip_equals_the_separate_flip(photos_file: Path) -> None:
+    from fastforward.transforms import RandomHorizontalFlip
+
+    def first_batch(branch: bool) -> np.ndarray:
+        decoder = RandomResizedCropRGBImageDecoder((24, 24))
+        pipelines = {"image": [decoder, RandomHorizontalFlip()], "label": None}
+        if branch:  # a branch reads the unflipped image, so the flip stays separate
+            pipelines["plain"] = PipelineSpec(decoder)
+        loader = Loader(photos_file, 16, seed=2, pipelines=pipelines)
+        fused = loader.pipelines[0].fused_flip is not None
+        assert fused is not branch
+        return next(iter(loader))[0]
+
+    fused, separate = first_batch(False), first_batch(True)
+    np.testing.assert_array_equal(fused, separate)

@@ -387,12 +387,14 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
     def decode_range(self, lo: int, hi: int, destination: np.ndarray,
                      context: BatchContext) -> None:
         u = self.uniforms(context)
+        flip = context.flip  # set when the loader fused a RandomHorizontalFlip into this decoder
         for position in range(lo, hi):
             try:
                 image = self._image(context, position)
                 i, j, h, w = self.crop(image.shape[0], image.shape[1],
                                        None if u is None else u[position])
-                crop_resize_into(image, i, j, h, w, destination[position])
+                crop_resize_into(image, i, j, h, w, destination[position],
+                                 flip is not None and bool(flip[position]))
             except Exception as exc:
                 raise self.fail(exc, context, position) from None
 

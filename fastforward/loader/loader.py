@@ -47,6 +47,7 @@ class _Step:
     key: str | None  # the slot buffer it writes, if it asked for one
     stream: int
     torch_buffer: bool  # hand the op its buffer as a torch tensor (it runs after ToTensor)
+    query: Any = None
 
 
 @dataclass
@@ -57,6 +58,7 @@ class _Pipeline:
     decoder_stream: int
     source_op: Operation | None  # for a branch: the operation whose output it starts from
     steps: list[_Step] = field(default_factory=list)
+    fused_flip: _Step | None = None  # a RandomHorizontalFlip done inside the decoder
 
 
 class Loader:
@@ -234,9 +236,30 @@ class Loader:
                     key = f"{name}/{position}"
                     self._layout[key] = query
                 stream = stream_id(op.random_stream or f"{name}/{position}")
-                pipeline.steps.append(_Step(op, key, stream, not state.jit_mode))
+                pipeline.steps.append(_Step(op, key, stream, not state.jit_mode, query))
             built[name] = pipeline
+        self._fuse_flips(built)
         return [built[name] for name in self._order_for_sources()]
+
+    def _fuse_flips(self, built: dict[str, _Pipeline]) -> None:
+        """Let crop decoders mirror while they resize, instead of a second pass.
+
+        Only where nothing else reads the unflipped image (no branch starts
+        from the decoder). The flip keeps its own random stream, so results
+        are the same as unfused.
+        """
+        from ..fields.rgb_image import ResizedCropRGBImageDecoder
+        from ..transforms import RandomHorizontalFlip
+
+        sources = {id(spec.source) for spec in self._specs.values()
+                   if isinstance(spec.source, Operation)}
+        for pipeline in built.values():
+            if (isinstance(pipeline.decoder, ResizedCropRGBImageDecoder)
+                    and id(pipeline.decoder) not in sources and pipeline.steps
+                    and type(pipeline.steps[0].op) is RandomHorizontalFlip):
+                pipeline.fused_flip = pipeline.steps.pop(0)
+                if pipeline.fused_flip.key is not None:
+                    del self._layout[pipeline.fused_flip.key]
 
     @staticmethod
     def _declare(op: Operation, state: State, where: str) -> tuple[State, Any]:
@@ -294,6 +317,10 @@ class Loader:
             if pipeline.decoder is not None:
                 decoder, destination = pipeline.decoder, slot.get(pipeline.decoder_key)
                 ctx = context.with_stream(pipeline.decoder_stream)
+                if pipeline.fused_flip is not None:
+                    flip = pipeline.fused_flip
+                    ctx.flip = (context.with_stream(flip.stream).uniform(1)[:, 0]
+                                < flip.op.flip_prob)  # type: ignore[attr-defined]
                 if decoder.parallel:
                     map_ranges(lambda lo, hi, d=decoder, dst=destination, c=ctx:
                                d.decode_range(lo, hi, dst, c), n)
@@ -301,11 +328,13 @@ class Loader:
                     decoder.decode_range(0, n, destination, ctx)
                 value = decoder.output(destination, n)
                 results[id(decoder)] = value
+                if pipeline.fused_flip is not None:
+                    results[id(pipeline.fused_flip.op)] = value
             else:
                 value = results[id(pipeline.source_op)]
             for step in pipeline.steps:
-                buffer = None if step.key is None else _batch_view(slot.get(step.key), n,
-                                                                  step.torch_buffer)
+                buffer = None if step.key is None else _batch_view(
+                    slot.get(step.key), n, step.torch_buffer, step.query)
                 try:
                     value = step.op.apply(value, buffer, context.with_stream(step.stream))
                 except Exception as exc:
@@ -427,13 +456,16 @@ def _wrap_module(op: Any) -> Operation:
     raise TypeError(f"{op!r} is not an Operation")
 
 
-def _batch_view(buffer: Any, n: int, as_torch: bool) -> Any:
+def _batch_view(buffer: Any, n: int, as_torch: bool, query: Any) -> Any:
     if isinstance(buffer, tuple):
-        return tuple(_batch_view(b, n, as_torch) for b in buffer)
+        return tuple(_batch_view(b, n, as_torch, q) for b, q in zip(buffer, query, strict=True))
     view = buffer[:n]
     if as_torch and isinstance(view, np.ndarray):
         import torch
 
         # a fresh tensor per batch: it holds the buffer, so the ring sees it as held
-        return torch.from_numpy(view)
+        tensor = torch.from_numpy(view)
+        if isinstance(query.dtype, torch.dtype) and tensor.dtype != query.dtype:
+            tensor = tensor.view(query.dtype)  # bfloat16 lives in a uint16 buffer
+        return tensor
     return view

@@ -53,6 +53,7 @@ class BatchContext:
     stream: int = 0
     batch_index: int = 0
     data: Any = field(default=None, repr=False)  # the batch's payloads (decoders read them)
+    flip: np.ndarray | None = field(default=None, repr=False)  # a fused flip's decisions
 
     def uniform(self, count: int) -> np.ndarray:
         """``(len(indices), count)`` uniform floats in [0, 1), one row per sample."""

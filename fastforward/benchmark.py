@@ -1,0 +1,159 @@
+"""Throughput measurements shared by ``fastforward demo``, ``fastforward bench`` and ``bench/``.
+
+Everything is measured side by side on the same file: the decode limit
+(simplejpeg decoding the stored JPEGs on every core, threads), and the
+loader with a named pipeline. Figures are images per second; what matters
+is their ratios, since the machines this runs on are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .fields import RGBImageField
+from .fields.rgb_image import IMAGE_MODES, require_simplejpeg
+from .reader import Reader
+from .utils import default_workers
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One throughput figure."""
+
+    name: str
+    images: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Images per second."""
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def image_field(reader: Reader) -> str:
+    """The name of the file's first RGBImageField."""
+    for name, handler in reader.handlers.items():
+        if isinstance(handler, RGBImageField):
+            return name
+    raise ValueError(f"{reader.fname} has no RGBImageField")
+
+
+def stored_jpegs(reader: Reader, field: str, limit: int | None = None) -> list[bytes]:
+    """The JPEG payloads of *field*, as stored (at most *limit*)."""
+    index = reader.field_names.index(field)
+    column = reader.metadata[f"f{index}"]
+    samples = np.flatnonzero(column["mode"] == IMAGE_MODES["jpg"])[:limit]
+    return [bytes(reader.payload(int(column[i]["data_ptr"]), int(i))) for i in samples]
+
+
+def decode_limit(blobs: list[bytes], threads: int | None = None, fastdct: bool = False,
+                 repeat: int = 1) -> Measurement:
+    """simplejpeg decoding *blobs* on *threads* threads (default: every core).
+
+    The accurate IDCT by default (the "decode limit"); ``fastdct=True`` is the
+    variant the loader uses.
+    """
+    sj = require_simplejpeg()
+    threads = threads or default_workers()
+    chunks = [blobs[i::threads] for i in range(threads)]
+
+    def work(chunk: list[bytes]) -> None:
+        for _ in range(repeat):
+            for blob in chunk:
+                sj.decode_jpeg(blob, fastdct=fastdct)
+
+    with ThreadPoolExecutor(threads) as pool:
+        start = time.perf_counter()
+        list(pool.map(work, chunks))
+        seconds = time.perf_counter() - start
+    name = "decode limit (simplejpeg" + (", fastdct" if fastdct else "") + f", {threads} threads)"
+    return Measurement(name, len(blobs) * repeat, seconds)
+
+
+def loader_pipelines(reader: Reader, field: str, name: str) -> dict[str, Any]:
+    """The ``pipelines`` of a named benchmark pipeline, reading *field* only.
+
+    - ``center_crop``: CenterCrop(224, ratio 224/256), uint8 (pipeline a);
+    - ``train``: RandomResizedCrop(192) + RandomHorizontalFlip + ToTensor +
+      ToTorchImage + Convert(float16) (pipeline b; needs torch);
+    - ``train_numpy``: the same up to the flip, as NumPy (no torch needed);
+    - ``simple``: the stored images as they are (small raw images, pipeline c).
+    """
+    from .fields.decoders import (
+        CenterCropRGBImageDecoder,
+        RandomResizedCropRGBImageDecoder,
+        SimpleRGBImageDecoder,
+    )
+    from .transforms import Convert, RandomHorizontalFlip, ToTensor, ToTorchImage
+
+    if name == "center_crop":
+        ops: list[Any] = [CenterCropRGBImageDecoder((224, 224), 224 / 256)]
+    elif name == "train_numpy":
+        ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip()]
+    elif name == "train":
+        import torch
+
+        ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip(), ToTensor(),
+               ToTorchImage(), Convert(torch.float16)]
+    elif name == "simple":
+        ops = [SimpleRGBImageDecoder()]
+    else:
+        raise ValueError(f"unknown benchmark pipeline {name!r}")
+    return {n: (ops if n == field else None) for n in reader.field_names}
+
+
+def loader_throughput(fname: str | os.PathLike[str], pipeline: str, num_workers: int = -1,
+                      batch_size: int = 256, epochs: int = 1, order: Any = None,
+                      os_cache: bool = True, **loader_kwargs: Any) -> Measurement:
+    """Images/s of ``Loader`` over *epochs* epochs of *fname* with a named pipeline
+    (after one warm-up batch)."""
+    from .loader import Loader, OrderOption
+
+    reader = Reader(fname)
+    field = image_field(reader)
+    loader = Loader(fname, batch_size=batch_size, num_workers=num_workers,
+                    order=order or OrderOption.RANDOM, seed=0, os_cache=os_cache,
+                    pipelines=loader_pipelines(reader, field, pipeline), **loader_kwargs)
+    with loader:
+        images = 0
+        start = None
+        for _ in range(epochs):
+            for (batch,) in loader:
+                if start is None:  # the first batch is the warm-up
+                    start = time.perf_counter()
+                    continue
+                images += len(batch)
+        seconds = time.perf_counter() - start if start is not None else 0.0
+    workers = loader.num_workers
+    return Measurement(f"fastforward {pipeline} ({workers} threads)", images, seconds)
+
+
+def first_batch_seconds(fname: str | os.PathLike[str], pipeline: str,
+                        batch_size: int = 256) -> float:
+    """Seconds from creating a Loader to holding its first batch."""
+    from .loader import Loader, OrderOption
+
+    start = time.perf_counter()
+    reader = Reader(fname)
+    loader = Loader(fname, batch_size=batch_size, order=OrderOption.RANDOM, seed=0,
+                    pipelines=loader_pipelines(reader, image_field(reader), pipeline))
+    with loader:
+        next(iter(loader))
+        return time.perf_counter() - start
+
+
+def table(rows: list[Measurement], reference: Measurement | None = None,
+          write: Callable[[str], None] = print) -> None:
+    """Print images/s, and each as a ratio of *reference*."""
+    width = max(len(r.name) for r in rows)
+    for row in rows:
+        ratio = f"   {row.rate / reference.rate:5.2f}× of {reference.name.split(' (')[0]}" \
+            if reference is not None and reference.rate > 0 and row is not reference else ""
+        write(f"  {row.name:<{width}}  {row.rate:>9,.0f} images/s{ratio}")

@@ -1,0 +1,154 @@
+"""Checks and buffer helpers shared by the transforms (private).
+
+Every check raises in ``declare_state_and_memory``, naming the operation and
+what it received, so a misplaced transform fails when the pipeline is built,
+not in the middle of an epoch. torch is imported only inside the functions
+that need it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..pipeline.state import State
+
+
+def name(op: Any) -> str:
+    """The operation's class name, for messages."""
+    return type(op).__name__
+
+
+def is_torch_dtype(dtype: Any) -> bool:
+    """True if *dtype* is a ``torch.dtype`` (checked without importing torch)."""
+    return type(dtype).__module__ == "torch" and type(dtype).__name__ == "dtype"
+
+
+def numpy_dtype(dtype: Any, op: Any) -> np.dtype:
+    """*dtype* (NumPy or torch) as a NumPy dtype; TypeError if it has none."""
+    if is_torch_dtype(dtype):
+        import torch
+
+        try:
+            return torch.empty((), dtype=dtype).numpy().dtype
+        except TypeError:
+            raise TypeError(f"{name(op)}: torch dtype {dtype} has no NumPy equivalent") from None
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name(op)}: {dtype!r} is not a dtype") from None
+
+
+def torch_dtype(dtype: Any, op: Any) -> Any:
+    """*dtype* (NumPy or torch) as a torch dtype; TypeError if it has none."""
+    if is_torch_dtype(dtype):
+        return dtype
+    import torch
+
+    try:
+        return torch.from_numpy(np.empty(0, dtype=numpy_dtype(dtype, op))).dtype
+    except TypeError:
+        raise TypeError(f"{name(op)}: NumPy dtype {np.dtype(dtype)} has no torch "
+                        "equivalent") from None
+
+
+def itemsize(dtype: Any) -> int:
+    """Bytes per element of a NumPy or torch dtype."""
+    return int(dtype.itemsize) if is_torch_dtype(dtype) else np.dtype(dtype).itemsize
+
+
+def require_numpy(op: Any, state: State) -> None:
+    """Raise TypeError unless batches are still NumPy arrays (before ``ToTensor``)."""
+    if not state.jit_mode:
+        raise TypeError(
+            f"{name(op)} works on NumPy batches, but it got torch tensors ({state.dtype} on "
+            f"{state.device}): place it before ToTensor()"
+        )
+
+
+def require_torch(op: Any, state: State) -> None:
+    """Raise TypeError unless batches are torch tensors (after ``ToTensor``)."""
+    if state.jit_mode:
+        raise TypeError(
+            f"{name(op)} works on torch tensors, but it got NumPy arrays ({state.dtype}): "
+            "place ToTensor() before it"
+        )
+
+
+def require_shape(op: Any, state: State, ndims: Sequence[int], what: str) -> tuple[int, ...]:
+    """Return the per-sample shape; ValueError unless it has one of *ndims* dimensions."""
+    if state.shape is None or len(state.shape) not in ndims:
+        raise ValueError(f"{name(op)} needs {what}, but it got samples of shape {state.shape}")
+    return tuple(int(s) for s in state.shape)
+
+
+def require_image(op: Any, state: State, channels: Sequence[int] | None = None
+                  ) -> tuple[int, int, int]:
+    """Return ``(H, W, C)``; ValueError unless samples are ``H × W × C`` images."""
+    shape = require_shape(op, state, (3,), "images of shape (H, W, C)")
+    if channels is not None and shape[2] not in channels:
+        raise ValueError(f"{name(op)} needs images with {' or '.join(map(str, channels))} "
+                         f"channels, but it got shape {shape}")
+    return shape[0], shape[1], shape[2]
+
+
+def require_dtype(op: Any, state: State, kinds: str, what: str) -> None:
+    """Raise TypeError unless the (NumPy) state dtype's kind is in *kinds* (``'u'``, ``'f'``…)."""
+    dtype = numpy_dtype(state.dtype, op)
+    if dtype.kind not in kinds:
+        raise TypeError(f"{name(op)} needs {what}, but it got {dtype}")
+
+
+def require_uint8(op: Any, state: State) -> None:
+    """Raise TypeError unless samples are uint8 (NumPy or torch)."""
+    if numpy_dtype(state.dtype, op) != np.uint8:
+        raise TypeError(f"{name(op)} needs uint8 images, but it got {state.dtype}")
+
+
+def fill_value(op: Any, fill: Any, channels: int, dtype: np.dtype) -> np.ndarray:
+    """*fill* as a ``(C,)`` array of *dtype*; ValueError if it does not fit."""
+    values = np.asarray(fill, dtype=np.float64).reshape(-1)
+    if values.size == 1:
+        values = np.repeat(values, channels)
+    if values.size != channels:
+        raise ValueError(f"{name(op)}: fill {fill!r} has {values.size} values, the images "
+                         f"have {channels} channels")
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        if values.min() < info.min or values.max() > info.max or np.any(values % 1):
+            raise ValueError(f"{name(op)}: fill {fill!r} is not representable as {dtype}")
+    return values.astype(dtype)
+
+
+def numpy_out(destination: Any, count: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """The first *count* rows of *destination*, or a new array if the loader gave none."""
+    if destination is None:
+        return np.empty((count, *shape), dtype=dtype)
+    return destination[:count]
+
+
+def torch_out(destination: Any, like: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+    """Rows of *destination* for batch *like*, in *like*'s memory layout.
+
+    A channels-last ``(B, C, H, W)`` input gets a channels-last view of the
+    (contiguous) buffer, so that copies into it are plain memcpy-like copies
+    and the layout ``ToTorchImage`` chose survives the operation.
+    """
+    import torch
+
+    count = like.shape[0]
+    if destination is None:
+        destination = torch.empty((count, *shape), dtype=dtype, device=like.device)
+    out = destination[:count]
+    if (like.dim() == 4 and out.dim() == 4 and not like.is_contiguous()
+            and like.is_contiguous(memory_format=torch.channels_last)):
+        n, c, h, w = out.shape
+        out = out.reshape(n, h, w, c).permute(0, 3, 1, 2)
+    return out
+
+
+def uniform_between(u: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map uniforms in [0, 1) onto [low, high)."""
+    return low + (high - low) * u

@@ -1,0 +1,128 @@
+"""Image normalization and conversion to floating point."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..pipeline.allocation_query import AllocationQuery
+from ..pipeline.operation import BatchContext, Operation
+from ..pipeline.state import State
+from ._utils import name, numpy_out, require_shape, require_uint8, torch_dtype, torch_out
+
+
+class NormalizeImage(Operation):
+    """Turn uint8 images into ``(x - mean) / std`` of dtype *type*.
+
+    Args:
+        mean: per-channel means, in 0-255 units.
+        std: per-channel standard deviations, in 0-255 units.
+        type: the output's NumPy floating dtype (``np.float16``,
+            ``np.float32``…); on torch tensors its torch equivalent.
+
+    On NumPy ``(B, H, W, C)`` batches, each channel goes through a 256-entry
+    lookup table computed in float64, so results are correctly rounded; the
+    output is real float16 (FFCV stored float16 as int16 bits that
+    ``ToTorchImage`` viewed back). On torch tensors (CPU or CUDA), after
+    ``ToTensor`` or ``ToTorchImage``, it computes in float32 (float64 for a
+    float64 *type*) with torch and keeps the input's layout; the channel
+    dimension is the last one for ``(B, H, W, C)`` and dimension 1 for
+    ``(B, C, H, W)`` (dimension 1 when both have C entries). Writes into a
+    buffer of *type* shaped like the input, on the batch's device.
+    """
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, type: np.dtype) -> None:
+        super().__init__()
+        self.mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+        self.std = np.asarray(std, dtype=np.float64).reshape(-1)
+        if self.mean.shape != self.std.shape or not self.mean.size:
+            raise ValueError(f"{name(self)}: mean and std need one value per channel, got "
+                             f"{self.mean.size} and {self.std.size}")
+        if np.any(self.std == 0):
+            raise ValueError(f"{name(self)}: std has a zero: {std}")
+        self.type = np.dtype(type)
+        if self.type.kind != "f":
+            raise TypeError(f"{name(self)}: type must be a floating dtype, got {self.type}")
+        # row v holds (v - mean) / std for every channel
+        table = (np.arange(256, dtype=np.float64)[:, None] - self.mean) / self.std
+        self.lookup_table = table.astype(self.type)
+        self._constants: dict[tuple[Any, Any, int, int], tuple[Any, Any]] = {}
+
+    def _channel_dim(self, shape: tuple[int, ...]) -> int:
+        """The per-sample dimension holding the channels, or -1 if none fits."""
+        channels = self.mean.size
+        if len(shape) >= 2 and shape[0] == channels:
+            return 0
+        if shape and shape[-1] == channels:
+            return len(shape) - 1
+        return -1
+
+    def declare_state_and_memory(self, previous_state: State
+                                 ) -> tuple[State, AllocationQuery]:
+        require_uint8(self, previous_state)
+        channels = self.mean.size
+        if previous_state.jit_mode:
+            shape = require_shape(self, previous_state, (2, 3), "images of shape (H, W, C)")
+            if shape[-1] != channels and not (len(shape) == 2 and channels == 1):
+                raise ValueError(f"{name(self)}: mean and std have {channels} channels, the "
+                                 f"images have shape {shape}")
+            state = replace(previous_state, dtype=self.type)
+            return state, AllocationQuery(shape, self.type)
+        shape = require_shape(self, previous_state, (3,), "image tensors of shape (H, W, C) "
+                              "or (C, H, W)")
+        if self._channel_dim(shape) < 0:
+            raise ValueError(f"{name(self)}: mean and std have {channels} channels, the "
+                             f"images have shape {shape}")
+        dtype = torch_dtype(self.type, self)
+        return (replace(previous_state, dtype=dtype),
+                AllocationQuery(shape, dtype, previous_state.device))
+
+    def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
+        """Write the normalized images into *destination*."""
+        if isinstance(batch, np.ndarray):
+            return self._apply_numpy(batch, destination)
+        return self._apply_torch(batch, destination)
+
+    def _apply_numpy(self, batch: np.ndarray, destination: Any) -> np.ndarray:
+        out = numpy_out(destination, len(batch), batch.shape[1:], self.type)
+        if batch.ndim == 3:  # (B, H, W): one channel
+            np.take(self.lookup_table[:, 0], batch, out=out, mode="wrap")
+            return out
+        for c in range(self.mean.size):
+            # uint8 indices never exceed the table; "wrap" skips the bounds check
+            np.take(self.lookup_table[:, c], batch[..., c], out=out[..., c], mode="wrap")
+        return out
+
+    def _apply_torch(self, batch: Any, destination: Any) -> Any:
+        import torch
+
+        dtype = torch_dtype(self.type, self)
+        compute = torch.float64 if dtype == torch.float64 else torch.float32
+        dim = self._channel_dim(tuple(batch.shape[1:])) + 1
+        mean, std = self._torch_constants(batch.device, compute, batch.dim(), dim)
+        out = torch_out(destination, batch, tuple(batch.shape[1:]), dtype)
+        values = batch.to(compute)
+        values.sub_(mean).div_(std)
+        out.copy_(values)
+        return out
+
+    def _torch_constants(self, device: Any, dtype: Any, ndim: int, dim: int
+                         ) -> tuple[Any, Any]:
+        """Mean and std as tensors on *device* that broadcast along dimension *dim*."""
+        key = (device, dtype, ndim, dim)
+        if key not in self._constants:
+            import torch
+
+            shape = [1] * ndim
+            shape[dim] = self.mean.size
+            self._constants[key] = (
+                torch.tensor(self.mean, dtype=dtype, device=device).reshape(shape),
+                torch.tensor(self.std, dtype=dtype, device=device).reshape(shape),
+            )
+        return self._constants[key]
+
+    def __repr__(self) -> str:
+        return (f"NormalizeImage(mean={self.mean.tolist()}, std={self.std.tolist()}, "
+                f"type={self.type})")

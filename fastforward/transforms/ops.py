@@ -1,0 +1,249 @@
+"""General operations: NumPy to torch, device moves, image layout, dtypes.
+
+``ToTensor`` ends the NumPy part of a pipeline; everything after it receives
+torch tensors. torch is imported inside the methods, so importing this
+module does not need it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..pipeline.allocation_query import AllocationQuery
+from ..pipeline.operation import BatchContext, Operation
+from ..pipeline.state import State
+from ._utils import (
+    itemsize,
+    name,
+    numpy_dtype,
+    numpy_out,
+    require_numpy,
+    require_shape,
+    require_torch,
+    torch_dtype,
+    torch_out,
+)
+
+
+def _from_numpy(array: np.ndarray) -> Any:
+    import torch
+
+    # torch.from_numpy refuses negative strides and warns on read-only memory
+    # (a zero-copy view of the file): copy those, share everything else.
+    if not array.flags.writeable or any(s < 0 for s in array.strides):
+        array = np.array(array)
+    return torch.from_numpy(array)
+
+
+class ToTensor(Operation):
+    """Turn a NumPy batch into a torch tensor sharing its memory (``torch.from_numpy``).
+
+    Ends the NumPy stage: later operations receive tensors. A tuple of arrays
+    (``(data, lengths)`` from ``BytesDecoder``) becomes a tuple of tensors.
+    No buffer: the tensor is a view of the previous operation's buffer (a
+    read-only or negatively strided array is copied instead).
+    """
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, None]:
+        require_numpy(self, previous_state)
+        return replace(previous_state, jit_mode=False,
+                       dtype=torch_dtype(previous_state.dtype, self)), None
+
+    def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
+        """Return ``torch.from_numpy(batch)`` (element-wise for a tuple)."""
+        if isinstance(batch, tuple):
+            return tuple(_from_numpy(b) for b in batch)
+        return _from_numpy(batch)
+
+
+def _device(device: Any) -> Any:
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+class ToDevice(Operation):
+    """Copy a tensor batch to *device*.
+
+    Args:
+        device: target device (``"cuda:0"``, a ``torch.device``…).
+        non_blocking: copy asynchronously where the source allows it
+            (pinned host memory to a GPU).
+
+    On the batch's own device it returns the tensor unchanged. Otherwise it
+    copies into its buffer on *device* (one per ring slot), keeping a
+    channels-last layout. In a tuple, the first tensor goes to the buffer and
+    the others are moved with ``Tensor.to``.
+    """
+
+    def __init__(self, device: Any, non_blocking: bool = True) -> None:
+        super().__init__()
+        self.device = device
+        self.non_blocking = non_blocking
+
+    def declare_state_and_memory(self, previous_state: State
+                                 ) -> tuple[State, AllocationQuery | None]:
+        require_torch(self, previous_state)
+        target = _device(self.device)
+        if target.type == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"{name(self)}({self.device!r}): CUDA is not available")
+        state = replace(previous_state, device=target)
+        if target == _device(previous_state.device):
+            return state, None
+        if previous_state.shape is None:
+            raise ValueError(f"{name(self)} needs a known sample shape to allocate on {target}")
+        return state, AllocationQuery(tuple(previous_state.shape), previous_state.dtype, target)
+
+    def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
+        """Copy *batch* into *destination*, or return it if it is already there."""
+        first = batch[0] if isinstance(batch, tuple) else batch
+        if destination is None and first.device == _device(self.device):
+            return batch
+        out = torch_out(destination, first, tuple(first.shape[1:]), first.dtype)
+        out.copy_(first, non_blocking=self.non_blocking)
+        if isinstance(batch, tuple):
+            rest = (t.to(out.device, non_blocking=self.non_blocking) for t in batch[1:])
+            return (out, *rest)
+        return out
+
+
+class ToTorchImage(Operation):
+    """Turn ``(B, H, W, C)`` image tensors into PyTorch's ``(B, C, H, W)``.
+
+    Args:
+        channels_last: return a permuted view, which is ``(B, C, H, W)`` in
+            ``torch.channels_last`` memory format (no copy, no buffer). With
+            False, copy into a contiguous buffer on the batch's device.
+        convert_back_int16: reinterpret int16 input as float16
+            (``Tensor.view``), for float16 stored as int16 bits as FFCV's CPU
+            ``NormalizeImage`` does. fastforward's ``NormalizeImage`` gives
+            real float16, so this only matters for custom operations.
+    """
+
+    def __init__(self, channels_last: bool = True, convert_back_int16: bool = True) -> None:
+        super().__init__()
+        self.channels_last = channels_last
+        self.convert_back_int16 = convert_back_int16
+
+    def declare_state_and_memory(self, previous_state: State
+                                 ) -> tuple[State, AllocationQuery | None]:
+        require_torch(self, previous_state)
+        h, w, c = require_shape(self, previous_state, (3,), "image tensors of shape (H, W, C)")
+        import torch
+
+        dtype = previous_state.dtype
+        if dtype == torch.int16 and self.convert_back_int16:
+            dtype = torch.float16
+        state = replace(previous_state, shape=(c, h, w), dtype=dtype)
+        if self.channels_last:
+            return state, None
+        return state, AllocationQuery((c, h, w), dtype, previous_state.device)
+
+    def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
+        """Permute to ``(B, C, H, W)``; copy into *destination* unless channels_last."""
+        import torch
+
+        if self.convert_back_int16 and batch.dtype == torch.int16:
+            batch = batch.view(torch.float16)
+        image = batch.permute(0, 3, 1, 2)
+        if self.channels_last:
+            return image
+        if destination is None:
+            return image.contiguous()
+        out = destination[: image.shape[0]]
+        out.copy_(image)
+        return out
+
+
+class Convert(Operation):
+    """Convert a batch to *target_dtype*, NumPy or torch, into a new buffer.
+
+    Args:
+        target_dtype: a NumPy or torch dtype; it is translated to the kind of
+            the batch (NumPy before ``ToTensor``, torch after).
+
+    The result goes into this operation's buffer (on the batch's device),
+    keeping a channels-last layout; FFCV allocated a new tensor per batch.
+    """
+
+    def __init__(self, target_dtype: Any) -> None:
+        super().__init__()
+        self.target_dtype = target_dtype
+
+    def declare_state_and_memory(self, previous_state: State
+                                 ) -> tuple[State, AllocationQuery | None]:
+        if previous_state.jit_mode:
+            dtype = numpy_dtype(self.target_dtype, self)
+            device = None
+        else:
+            dtype = torch_dtype(self.target_dtype, self)
+            device = previous_state.device
+        state = replace(previous_state, dtype=dtype)
+        if previous_state.shape is None:
+            return state, None
+        return state, AllocationQuery(tuple(previous_state.shape), dtype, device)
+
+    def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
+        """Write ``batch`` cast to the target dtype into *destination*."""
+        if isinstance(batch, np.ndarray):
+            dtype = numpy_dtype(self.target_dtype, self)
+            out = numpy_out(destination, len(batch), batch.shape[1:], dtype)
+            np.copyto(out, batch, casting="unsafe")
+            return out
+        out = torch_out(destination, batch, tuple(batch.shape[1:]),
+                        torch_dtype(self.target_dtype, self))
+        out.copy_(batch)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Convert({self.target_dtype!r})"
+
+
+class View(Operation):
+    """Reinterpret a batch's memory as *target_dtype* (``ndarray.view`` / ``Tensor.view``).
+
+    Args:
+        target_dtype: a NumPy or torch dtype. With another item size, the last
+            dimension shrinks or grows accordingly.
+
+    No copy and no buffer: the result is a view of the input.
+    """
+
+    def __init__(self, target_dtype: Any) -> None:
+        super().__init__()
+        self.target_dtype = target_dtype
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, None]:
+        if previous_state.jit_mode:
+            dtype = numpy_dtype(self.target_dtype, self)
+        else:
+            dtype = torch_dtype(self.target_dtype, self)
+        shape = previous_state.shape
+        old, new = itemsize(previous_state.dtype), itemsize(dtype)
+        if shape is not None and old != new:
+            if not shape or (shape[-1] * old) % new:
+                raise ValueError(f"{name(self)}: samples of shape {tuple(shape)} and "
+                                 f"{previous_state.dtype} cannot be viewed as {dtype}")
+            shape = (*shape[:-1], shape[-1] * old // new)
+        return replace(previous_state, dtype=dtype, shape=shape), None
+
+    def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
+        """Return a view of *batch* with the target dtype."""
+        if isinstance(batch, np.ndarray):
+            return batch.view(numpy_dtype(self.target_dtype, self))
+        return batch.view(torch_dtype(self.target_dtype, self))
+
+    def __repr__(self) -> str:
+        return f"View({self.target_dtype!r})"
+
+
+__all__ = ["Convert", "ToDevice", "ToTensor", "ToTorchImage", "View"]

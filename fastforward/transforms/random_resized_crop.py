@@ -1,0 +1,73 @@
+"""Random resized crop of already decoded images."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from .._ext.resize import crop_resize_into
+from ..pipeline.allocation_query import AllocationQuery
+from ..pipeline.operation import BatchContext, Operation
+from ..pipeline.state import State
+from ._utils import name, numpy_out, require_image, require_numpy, require_uint8
+from .crop import RANDOM_CROP_UNIFORMS, get_random_crop
+
+
+class RandomResizedCrop(Operation):
+    """Crop a random window of each image and resize it to ``size × size``.
+
+    Args:
+        scale: bounds of the window's area, as fractions of the image's.
+        ratio: bounds of the window's aspect ratio (width / height).
+        size: side of the output (an ``(height, width)`` pair also works).
+
+    The window comes from torchvision's sampler (``crop.get_random_crop``),
+    with the context's uniforms; the resize is area averaging when shrinking
+    and bilinear when enlarging (``crop_resize_into``). uint8 NumPy images
+    ``(B, H, W, C)``, C <= 4, before ``ToTensor``; writes into a
+    ``(size, size, C)`` buffer. Prefer ``RandomResizedCropRGBImageDecoder``,
+    which crops before resizing the full image.
+    """
+
+    def __init__(self, scale: tuple[float, float], ratio: tuple[float, float],
+                 size: int) -> None:
+        super().__init__()
+        if not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"{name(self)}: scale must be (low, high) with 0 < low <= high, "
+                             f"got {scale}")
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"{name(self)}: ratio must be (low, high) with 0 < low <= high, "
+                             f"got {ratio}")
+        self.scale = scale
+        self.ratio = ratio
+        self.size = size
+
+    def _output_size(self) -> tuple[int, int]:
+        size = self.size
+        h, w = (size, size) if np.ndim(size) == 0 else size
+        if int(h) < 1 or int(w) < 1:
+            raise ValueError(f"{name(self)}: size must be positive, got {size}")
+        return int(h), int(w)
+
+    def declare_state_and_memory(self, previous_state: State
+                                 ) -> tuple[State, AllocationQuery]:
+        require_numpy(self, previous_state)
+        require_uint8(self, previous_state)
+        _, _, c = require_image(self, previous_state, (1, 2, 3, 4))
+        shape = (*self._output_size(), c)
+        return replace(previous_state, shape=shape), AllocationQuery(shape, previous_state.dtype)
+
+    def apply(self, batch: np.ndarray, destination: Any, context: BatchContext) -> np.ndarray:
+        """Write each image's resized random crop into *destination*."""
+        n, height, width, c = batch.shape
+        out = numpy_out(destination, n, (*self._output_size(), c), batch.dtype)
+        u = context.uniform(RANDOM_CROP_UNIFORMS)
+        for k in range(n):
+            i, j, h, w = get_random_crop(height, width, self.scale, self.ratio, u[k])
+            crop_resize_into(np.ascontiguousarray(batch[k]), i, j, h, w, out[k])
+        return out
+
+    def __repr__(self) -> str:
+        return f"RandomResizedCrop(scale={self.scale}, ratio={self.ratio}, size={self.size})"

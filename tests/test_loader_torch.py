@@ -1,0 +1,203 @@
+"""The loader with torch: FFCV's Quick Start pipeline and the behaviours FFCV's
+own test suite checks (array, JSON and custom fields, custom operations)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is an optional extra")
+
+from fastforward.fields import (  # noqa: E402 - after the skip
+    FloatField,
+    IntField,
+    JSONField,
+    NDArrayField,
+    RGBImageField,
+    TorchTensorField,
+)
+from fastforward.fields.decoders import (  # noqa: E402
+    BytesDecoder,
+    CenterCropRGBImageDecoder,
+    FloatDecoder,
+    IntDecoder,
+    NDArrayDecoder,
+    RandomResizedCropRGBImageDecoder,
+)
+from fastforward.loader import Loader, OrderOption  # noqa: E402
+from fastforward.pipeline import Operation  # noqa: E402
+from fastforward.transforms import (  # noqa: E402
+    Convert,
+    NormalizeImage,
+    RandomHorizontalFlip,
+    Squeeze,
+    ToDevice,
+    ToTensor,
+    ToTorchImage,
+)
+from fastforward.writer import DatasetWriter  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory: pytest.TempPathFactory, images: list[np.ndarray]) -> Path:
+    path = tmp_path_factory.mktemp("torch") / "train.beton"
+    DatasetWriter(path, {"image": RGBImageField(write_mode="jpg", max_resolution=128),
+                         "label": IntField()}, num_workers=2, progress=False) \
+        .from_indexed_dataset([(images[i % 20], i % 10) for i in range(96)])
+    return path
+
+
+def test_quick_start(train_file: Path) -> None:
+    device = torch.device("cpu")
+    loader = Loader(train_file, batch_size=16, num_workers=2, order=OrderOption.QUASI_RANDOM,
+                    seed=0, pipelines={
+                        "image": [RandomResizedCropRGBImageDecoder((64, 64)), ToTensor(),
+                                  ToDevice(device), ToTorchImage()],
+                        "label": [IntDecoder(), ToTensor(), ToDevice(device)],
+                    })
+    count = 0
+    for images, labels in loader:
+        assert isinstance(images, torch.Tensor)
+        assert images.shape == (16, 3, 64, 64)
+        assert images.dtype == torch.uint8
+        assert images.is_contiguous(memory_format=torch.channels_last)
+        assert labels.shape == (16, 1)
+        count += 1
+    assert count == len(loader) == 6
+
+
+def test_default_pipelines_are_decoder_and_to_tensor(train_file: Path) -> None:
+    loader = Loader(train_file, 8, pipelines={"image": [CenterCropRGBImageDecoder((32, 32), 1.0),
+                                                        ToTensor()]})
+    images, labels = next(iter(loader))
+    assert isinstance(labels, torch.Tensor)
+    assert labels.dtype == torch.int64
+    assert labels.shape == (8, 1)
+    assert images.shape == (8, 32, 32, 3)
+
+
+def test_standard_training_pipeline(train_file: Path) -> None:
+    mean, std = np.array([125.0, 120.0, 110.0]), np.array([60.0, 58.0, 59.0])
+    loader = Loader(train_file, 16, seed=1, order=OrderOption.RANDOM, pipelines={
+        "image": [RandomResizedCropRGBImageDecoder((48, 48)), RandomHorizontalFlip(), ToTensor(),
+                  ToTorchImage(), Convert(torch.float16)],
+        "label": [IntDecoder(), ToTensor(), Squeeze()],
+        "normalized": None,
+    })
+    images, labels = next(iter(loader))
+    assert images.dtype == torch.float16
+    assert images.shape == (16, 3, 48, 48)
+    assert labels.shape == (16,)
+    normalize = Loader(train_file, 16, seed=1, order=OrderOption.RANDOM, pipelines={
+        "image": [RandomResizedCropRGBImageDecoder((48, 48)), RandomHorizontalFlip(), ToTensor(),
+                  ToTorchImage(), NormalizeImage(mean, std, np.float32)], "label": None})
+    (normalized,) = next(iter(normalize))
+    expected = (images.float() - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(
+        std).view(1, 3, 1, 1)
+    torch.testing.assert_close(normalized.float(), expected.float(), atol=1e-3, rtol=1e-3)
+
+
+def test_held_label_tensors_stay_intact(train_file: Path) -> None:
+    """FFCV #231, with tensors: labels appended across batches kept their values."""
+    loader = Loader(train_file, 4, batches_ahead=1, pipelines={
+        "image": None, "label": [IntDecoder(), ToTensor(), Squeeze()]})
+    kept = [labels for (labels,) in loader]
+    assert torch.cat(kept).tolist() == [i % 10 for i in range(96)]
+
+
+def test_array_and_tensor_fields(tmp_path: Path) -> None:
+    """FFCV's test_array_field: 3 array fields per sample land in one page."""
+    path = tmp_path / "arrays.beton"
+    rng = np.random.default_rng(0)
+    data = [(rng.standard_normal(2048).astype("f4"), torch.arange(6, dtype=torch.int32) + i,
+             rng.standard_normal(2048).astype("f4")) for i in range(256)]
+    DatasetWriter(path, {"a": NDArrayField(np.dtype("f4"), (2048,)),
+                         "t": TorchTensorField(torch.int32, (6,)),
+                         "b": NDArrayField(np.dtype("f4"), (2048,))},
+                  num_workers=2, progress=False).from_indexed_dataset(data)
+    loader = Loader(path, 32, pipelines={"a": [NDArrayDecoder(), ToTensor()],
+                                         "t": [NDArrayDecoder(), ToTensor()],
+                                         "b": [NDArrayDecoder(), ToTensor()]})
+    position = 0
+    for a, t, b in loader:
+        for k in range(len(a)):
+            np.testing.assert_array_equal(a[k].numpy(), data[position][0])
+            assert t[k].tolist() == (data[position][1]).tolist()
+            np.testing.assert_array_equal(b[k].numpy(), data[position][2])
+            position += 1
+    assert position == 256
+
+
+def test_json_field(tmp_path: Path) -> None:
+    path = tmp_path / "json.beton"
+    values = [{"id": i, "name": "x" * (i % 7), "nested": {"v": [i, None]}} for i in range(50)]
+    DatasetWriter(path, {"meta": JSONField(), "i": IntField()}, num_workers=1,
+                  progress=False).from_indexed_dataset([(v, i) for i, v in enumerate(values)])
+    loader = Loader(path, 10, pipelines={"meta": [BytesDecoder()], "i": None})
+    decoded = [v for (batch,) in loader for v in JSONField.unpack(batch)]
+    assert decoded == values
+    loader = Loader(path, 10, pipelines={"meta": [BytesDecoder(), ToTensor()], "i": None})
+    (first,) = next(iter(loader))
+    assert JSONField.unpack(first) == values[:10]
+    assert json.dumps(values[0])
+
+
+class StringField(NDArrayField):
+    def __init__(self) -> None:
+        super().__init__(np.dtype("u1"), (8,))
+
+    @staticmethod
+    def from_binary(binary: np.ndarray) -> StringField:
+        return StringField()
+
+    def encode(self, destination, field, malloc) -> None:  # type: ignore[no-untyped-def]
+        data = np.zeros(8, np.uint8)
+        data[: len(field)] = np.frombuffer(field.encode(), np.uint8)
+        super().encode(destination, data, malloc)
+
+
+def test_custom_field(tmp_path: Path) -> None:
+    path = tmp_path / "custom.beton"
+    DatasetWriter(path, {"s": StringField()}, num_workers=1, progress=False) \
+        .from_indexed_dataset([f"s{i}" for i in range(16)])
+    with pytest.raises(ValueError, match="custom_fields"):
+        Loader(path, 4)
+    loader = Loader(path, 4, custom_fields={"s": StringField})
+    (batch,) = next(iter(loader))
+    assert bytes(batch[2].numpy()).rstrip(b"\0") == b"s2"
+
+
+class Doubler(Operation):
+    """FFCV's test_basic_pipeline custom operation, in plain Python."""
+
+    def apply(self, batch: np.ndarray, destination: None, context) -> np.ndarray:  # type: ignore[no-untyped-def]
+        return batch * 2
+
+
+class PerSampleNegate(Operation):
+    per_sample = True
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        return -sample
+
+
+def test_custom_operations(tmp_path: Path) -> None:
+    path = tmp_path / "floats.beton"
+    DatasetWriter(path, {"f": FloatField()}, num_workers=1, progress=False) \
+        .from_indexed_dataset([float(i) for i in range(20)])
+    loader = Loader(path, 5, pipelines={"f": [FloatDecoder(), Doubler(), PerSampleNegate(),
+                                              ToTensor()]})
+    (first,) = next(iter(loader))
+    assert first.ravel().tolist() == [0.0, -2.0, -4.0, -6.0, -8.0]
+
+
+def test_torch_module_in_a_pipeline(train_file: Path) -> None:
+    loader = Loader(train_file, 8, pipelines={
+        "image": [CenterCropRGBImageDecoder((16, 16), 1.0), ToTensor(), ToTorchImage(),
+                  Convert(torch.float32), torch.nn.AvgPool2d(2)], "label": None})
+    (batch,) = next(iter(loader))
+    assert batch.shape == (8, 3, 8, 8)
+    assert batch.dtype == torch.float32
