@@ -1,15 +1,26 @@
-"""Benchmark fixtures: a realistic corpus made offline, and the throughput helper.
+"""Benchmark fixtures: a realistic corpus made offline, the files made from it,
+and the closing table of images/s with fastforward's ratios.
 
-``--bench-scale N`` multiplies the corpus size (default: smoke size, 1).
+``--bench-scale N`` multiplies the corpus size (default 1: a smoke-size run).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from fastforward.benchmark import Measurement
+from fastforward.fields import IntField, RGBImageField
+from fastforward.utils import default_workers
+from fastforward.writer import DatasetWriter
+
 BASE_IMAGES = 300
+
+RESULTS: dict[str, dict[str, Measurement]] = defaultdict(dict)
+"""pipeline -> role ('decode limit', 'fastforward', 'FFCV', 'DataLoader', ...) -> figure."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -19,7 +30,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture(scope="session")
 def corpus_size(request: pytest.FixtureRequest) -> int:
-    return max(8, int(BASE_IMAGES * request.config.getoption("--bench-scale")))
+    return max(16, int(BASE_IMAGES * request.config.getoption("--bench-scale")))
 
 
 @pytest.fixture(scope="session")
@@ -30,24 +41,76 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, corpus_size: int) -> Path:
     return make_corpus(tmp_path_factory.mktemp("bench") / "images", corpus_size, seed=0)
 
 
-RESULTS: dict[str, float] = {}  # benchmark name -> items/s, for the closing table
+@pytest.fixture(scope="session")
+def beton(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The corpus at max_resolution=256, jpeg_quality=90."""
+    from fastforward.datasets import ImageFolder
+
+    path = tmp_path_factory.mktemp("bench") / "train.beton"
+    DatasetWriter(path, {"image": RGBImageField(write_mode="jpg", max_resolution=256,
+                                                jpeg_quality=90),
+                         "label": IntField()}, progress=False).from_indexed_dataset(
+        ImageFolder(corpus))
+    return path
+
+
+@pytest.fixture(scope="session")
+def folder256(beton: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The very JPEGs the .beton holds, as an ImageFolder (for the DataLoader)."""
+    from baselines import export_image_folder
+
+    return export_image_folder(beton, tmp_path_factory.mktemp("bench") / "folder256")
+
+
+@pytest.fixture(scope="session")
+def small_raw(tmp_path_factory: pytest.TempPathFactory, corpus_size: int) -> Path:
+    """CIFAR-like: 32×32 raw images, 50× the corpus size."""
+    from fastforward.demo import load_photos, make_image
+
+    photos = load_photos()
+    rng = np.random.default_rng(0)
+    images = [make_image(photos, rng, (32, 32)) for _ in range(100)]
+    count = corpus_size * 50
+    path = tmp_path_factory.mktemp("bench") / "small.beton"
+    data = [(np.ascontiguousarray(images[i % 100][0][:32, :32]), images[i % 100][1])
+            for i in range(count)]
+    DatasetWriter(path, {"image": RGBImageField(write_mode="raw"), "label": IntField()},
+                  progress=False).from_indexed_dataset(data)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cores() -> int:
+    return default_workers()
+
+
+def record(pipeline: str, role: str, measurement: Measurement) -> Measurement:
+    """Keep a figure for the closing table."""
+    RESULTS[pipeline][role] = measurement
+    return measurement
 
 
 def record_throughput(benchmark: object, items: int, unit: str = "images_per_s") -> None:
-    """Put items/s beside the timings (stats are None under --benchmark-disable)."""
+    """Put items/s beside pytest-benchmark's timings (stats are None under --benchmark-disable)."""
     stats = getattr(benchmark, "stats", None)
     if stats is not None:
         rate = items / stats.stats.median
         benchmark.extra_info[unit] = rate  # type: ignore[attr-defined]
-        RESULTS[benchmark.name] = rate  # type: ignore[attr-defined]
+        record("writer", benchmark.name, Measurement(benchmark.name, items,  # type: ignore[attr-defined]
+                                                     stats.stats.median))
 
 
 def pytest_terminal_summary(terminalreporter: object) -> None:
-    """Print images/s of every benchmark that ran, and each as a ratio of the first."""
+    """Images/s of every figure, and fastforward's ratio to each comparator."""
     if not RESULTS:
         return
     write = terminalreporter.write_line  # type: ignore[attr-defined]
     write("")
-    write(f"{'benchmark':<40} {'images/s':>10}")
-    for name, rate in RESULTS.items():
-        write(f"{name:<40} {rate:>10.0f}")
+    write(f"{'pipeline':<12} {'what':<50} {'images/s':>10}  fastforward ÷ this")
+    for pipeline, rows in RESULTS.items():
+        ours = rows.get("fastforward")
+        for role, m in rows.items():
+            ratio = ""
+            if ours is not None and role != "fastforward" and m.rate > 0:
+                ratio = f"{ours.rate / m.rate:6.2f}×"
+            write(f"{pipeline:<12} {m.name[:50]:<50} {m.rate:>10,.0f}  {ratio}")

@@ -85,5 +85,46 @@ def test_rejects_bad_windows(source: np.ndarray, crop: tuple[int, ...], message:
 
 
 def test_rejects_channel_mismatch(source: np.ndarray) -> None:
-    with pytest.raises(ValueError, match="channels"):
+    with pytest.raises(ValueError, match="3-channel pixels"):
         crop_resize_into(source, 0, 0, 10, 10, np.empty((4, 4, 1), np.uint8))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("flip", [False, True], ids=["noflip", "flip"])
+def test_float_outputs_with_fused_normalisation(source: np.ndarray, dtype: type,
+                                                flip: bool) -> None:
+    mean, std = np.array([123.7, 116.3, 103.5]), np.array([58.4, 57.1, 57.4])
+    out = np.full((17, 23, 3), np.nan, dtype)
+    crop_resize_into(source, 2, 3, 35, 50, out, flip, scale=1 / std, bias=-mean / std)
+    # what the separate steps give: the uint8 output, then (x - mean) / std
+    pixels = np.empty((17, 23, 3), np.uint8)
+    crop_resize_into(source, 2, 3, 35, 50, pixels, flip)
+    expected = ((pixels.astype(np.float64) - mean) / std).astype(dtype)
+    np.testing.assert_allclose(out.astype(np.float64), expected.astype(np.float64),
+                               rtol=1e-3 if dtype == np.float16 else 1e-6, atol=1e-6)
+
+
+def test_float_output_without_normalisation(source: np.ndarray) -> None:
+    out = np.empty((40, 60, 3), np.float32)
+    crop_resize_into(source, 0, 0, 40, 60, out)
+    np.testing.assert_array_equal(out, source.astype(np.float32))
+
+
+def test_scale_needs_a_float_output(source: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="float16 or float32"):
+        crop_resize_into(source, 0, 0, 4, 4, np.empty((2, 2, 3), np.uint8), scale=[1, 1, 1])
+
+
+@pytest.mark.parametrize("values", [
+    np.linspace(-70000, 70000, 20001, dtype=np.float32),
+    np.array([0.0, -0.0, 1e-8, 5.96e-8, 6.1e-5, 6.5e-5, 65504, 65519, 65520, 1 + 2**-11,
+              1 + 3 * 2**-11, 2049, 2051, np.inf, -np.inf], np.float32),
+    np.random.default_rng(0).standard_normal(10000).astype(np.float32) * 300,
+], ids=["range", "edges", "normal"])
+def test_portable_half_conversion_matches_numpy(values: np.ndarray) -> None:
+    from fastforward._ext.resize import f16_soft_into
+
+    out = np.empty(len(values), np.uint16)
+    f16_soft_into(values, out)
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(out, values.astype(np.float16).view(np.uint16))

@@ -201,3 +201,31 @@ def test_torch_module_in_a_pipeline(train_file: Path) -> None:
     (batch,) = next(iter(loader))
     assert batch.shape == (8, 3, 8, 8)
     assert batch.dtype == torch.float32
+
+
+@pytest.mark.parametrize("last", ["convert", "normalize"])
+def test_fused_conversion_equals_the_separate_steps(train_file: Path, last: str) -> None:
+    from fastforward.pipeline import PipelineSpec
+
+    mean, std = np.array([125.0, 120.0, 110.0]), np.array([60.0, 58.0, 59.0])
+
+    def first_batch(branch: bool) -> torch.Tensor:
+        decoder = RandomResizedCropRGBImageDecoder((40, 40))
+        final = Convert(torch.float16) if last == "convert" else NormalizeImage(mean, std,
+                                                                               np.float16)
+        pipelines = {"image": [decoder, RandomHorizontalFlip(), ToTensor(), ToTorchImage(),
+                               final], "label": None}
+        if branch:  # reading the decoder's output elsewhere turns fusion off
+            pipelines["plain"] = PipelineSpec(decoder)
+        loader = Loader(train_file, 12, seed=4, pipelines=pipelines)
+        assert (loader.pipelines[0].decoder.fused_output is None) is branch
+        assert len(loader.pipelines[0].steps) == (2 if not branch else 4)
+        return next(iter(loader))[0]
+
+    fused, separate = first_batch(False), first_batch(True)
+    assert fused.dtype == separate.dtype == torch.float16
+    assert fused.is_contiguous(memory_format=torch.channels_last)
+    if last == "convert":
+        torch.testing.assert_close(fused, separate, atol=0, rtol=0)
+    else:  # float32 arithmetic fused, float64 separate: at most a unit in the last place
+        torch.testing.assert_close(fused, separate, atol=2e-3, rtol=1e-3)

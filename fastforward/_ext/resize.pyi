@@ -1,6 +1,13 @@
+from collections.abc import Sequence
+
+import numpy as np
 from typing_extensions import Buffer
 
 def crop_resize_into(
-    src: Buffer, y0: int, x0: int, h: int, w: int, out: Buffer, flip: bool = False
+    src: Buffer, y0: int, x0: int, h: int, w: int, out: np.ndarray, flip: bool = False,
+    scale: Sequence[float] | None = None, bias: Sequence[float] | None = None,
 ) -> int:
     """Resize the ``h x w`` window of *src* at ``(y0, x0)`` into *out*; mirror it if *flip*."""
+
+def f16_soft_into(values: Buffer, out: Buffer) -> int:
+    """The portable float→half conversion (used on CPUs without F16C), for its tests."""

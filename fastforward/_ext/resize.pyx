@@ -17,9 +17,11 @@ Filters, per axis, for an input length ``n`` and an output length ``m``:
 """
 
 from libc.math cimport floor
-from libc.stdint cimport uint8_t
+from libc.stdint cimport uint8_t, uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
+
+import numpy as np
 
 
 cdef extern from "resize_kernels.h" nogil:
@@ -28,6 +30,16 @@ cdef extern from "resize_kernels.h" nogil:
                      const float* weight, int taps, Py_ssize_t ow, Py_ssize_t c,
                      bint flip, float* out)
     void ff_row_to_u8(const float* src, uint8_t* out, Py_ssize_t n)
+    void ff_row_to_f16(const float* src, uint16_t* out, Py_ssize_t n, Py_ssize_t c,
+                       const float* mul, const float* add)
+    void ff_row_to_f32(const float* src, float* out, Py_ssize_t n, Py_ssize_t c,
+                       const float* mul, const float* add)
+
+
+cdef enum:
+    KIND_U8 = 0
+    KIND_F16 = 1
+    KIND_F32 = 2
 
 
 cdef struct Filter:
@@ -117,29 +129,62 @@ cdef void _free_filter(Filter* f) noexcept nogil:
 
 def crop_resize_into(const uint8_t[:, :, ::1] src not None,
                      Py_ssize_t y0, Py_ssize_t x0, Py_ssize_t h, Py_ssize_t w,
-                     uint8_t[:, :, ::1] out not None, bint flip=False):
-    """Resize the ``h x w`` window of *src* at ``(y0, x0)`` into *out*; mirror it if *flip*."""
-    cdef Py_ssize_t c = src.shape[2], oh = out.shape[0], ow = out.shape[1]
-    if out.shape[2] != c or c > 4:
-        raise ValueError(f"out has {out.shape[2]} channels, src has {c} (at most 4)")
-    if out.strides[1] != c:
-        raise ValueError("out's rows must be contiguous")
+                     out not None, bint flip=False, scale=None, bias=None):
+    """Resize the ``h x w`` window of *src* at ``(y0, x0)`` into *out*; mirror it if *flip*.
+
+    *out* is ``uint8``, or ``float16``/``float32``, where each channel ``c``
+    becomes ``value * scale[c] + bias[c]`` (normalisation fused in).
+    """
+    cdef uint8_t[:, :, ::1] out_u8
+    cdef uint16_t[:, :, ::1] out_f16
+    cdef float[:, :, ::1] out_f32
+    cdef float mul[4]
+    cdef float add[4]
+    cdef int kind
+    cdef char* base
+    cdef Py_ssize_t c = src.shape[2], k, oh, ow, row_bytes
+    dtype = out.dtype.str
+    if dtype == "|u1":
+        kind, out_u8 = KIND_U8, out
+        base, oh, ow, row_bytes = <char*>&out_u8[0, 0, 0], out_u8.shape[0], out_u8.shape[1], out_u8.strides[0]
+        if out_u8.shape[2] != c or out_u8.strides[1] != c:
+            raise ValueError(f"out must have rows of {c}-channel pixels, got {out.shape}")
+        if scale is not None or bias is not None:
+            raise ValueError("scale and bias need a float16 or float32 out")
+    elif dtype == "<f2":
+        kind, out_f16 = KIND_F16, out.view(np.uint16)
+        base, oh, ow, row_bytes = <char*>&out_f16[0, 0, 0], out_f16.shape[0], out_f16.shape[1], out_f16.strides[0]
+        if out_f16.shape[2] != c or out_f16.strides[1] != 2 * c:
+            raise ValueError(f"out must have rows of {c}-channel pixels, got {out.shape}")
+    elif dtype == "<f4":
+        kind, out_f32 = KIND_F32, out
+        base, oh, ow, row_bytes = <char*>&out_f32[0, 0, 0], out_f32.shape[0], out_f32.shape[1], out_f32.strides[0]
+        if out_f32.shape[2] != c or out_f32.strides[1] != 4 * c:
+            raise ValueError(f"out must have rows of {c}-channel pixels, got {out.shape}")
+    else:
+        raise TypeError(f"out must be uint8, float16 or float32, got {out.dtype}")
+    if c > 4:
+        raise ValueError(f"at most 4 channels, got {c}")
+    for k in range(c):
+        mul[k] = 1.0 if scale is None else float(scale[k])
+        add[k] = 0.0 if bias is None else float(bias[k])
     if h <= 0 or w <= 0 or oh <= 0 or ow <= 0:
         raise ValueError(f"empty crop or output: crop {h}x{w}, out {oh}x{ow}")
     if y0 < 0 or x0 < 0 or y0 + h > src.shape[0] or x0 + w > src.shape[1]:
         raise ValueError(
             f"crop {h}x{w} at ({y0}, {x0}) exceeds the {src.shape[0]}x{src.shape[1]} image")
     with nogil:
-        _crop_resize(src, y0, x0, h, w, out, flip)
+        _crop_resize(src, y0, x0, h, w, base, row_bytes, oh, ow, kind, flip, mul, add)
     return oh * ow
 
 
 cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0,
-                      Py_ssize_t h, Py_ssize_t w, uint8_t[:, :, ::1] out,
-                      bint flip) except -1 nogil:
+                      Py_ssize_t h, Py_ssize_t w, char* out, Py_ssize_t row_bytes,
+                      Py_ssize_t oh, Py_ssize_t ow, int kind, bint flip,
+                      const float* mul, const float* add) except -1 nogil:
     # Vertical pass first: it runs along whole rows (vectorised by the
     # compiler) and, when shrinking, leaves fewer rows for the horizontal pass.
-    cdef Py_ssize_t c = src.shape[2], oh = out.shape[0], ow = out.shape[1]
+    cdef Py_ssize_t c = src.shape[2]
     cdef Py_ssize_t oy, k, in_stride = w * c
     cdef Filter fx, fy
     cdef float* tmp = NULL
@@ -153,7 +198,7 @@ cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0
         if tmp == NULL:
             with gil:
                 raise MemoryError()
-        outrow = tmp + in_stride  # one output row, as floats, before rounding
+        outrow = tmp + in_stride  # one output row, as floats, before conversion
         for oy in range(oh):
             # vertical: the window's rows -> one float row of w pixels
             memset(tmp, 0, in_stride * sizeof(float))
@@ -162,9 +207,29 @@ cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0
                            fy.weight[oy * fy.taps + k], in_stride)
             # horizontal: w float pixels -> ow output pixels
             ff_hpass_u8(tmp, fx.start, fx.used, fx.weight, fx.taps, ow, c, flip, outrow)
-            ff_row_to_u8(outrow, &out[oy, 0, 0], ow * c)
+            if kind == KIND_U8:
+                ff_row_to_u8(outrow, <uint8_t*>(out + oy * row_bytes), ow * c)
+            elif kind == KIND_F16:
+                ff_row_to_f16(outrow, <uint16_t*>(out + oy * row_bytes), ow * c, c, mul, add)
+            else:
+                ff_row_to_f32(outrow, <float*>(out + oy * row_bytes), ow * c, c, mul, add)
     finally:
         free(tmp)
         _free_filter(&fx)
         _free_filter(&fy)
     return 0
+
+
+cdef extern from "resize_kernels.h" nogil:
+    uint16_t ff_f32_to_f16_soft(float value)
+
+
+def f16_soft_into(const float[::1] values not None, uint16_t[::1] out not None):
+    """The portable float→half conversion (used on CPUs without F16C), for its tests."""
+    cdef Py_ssize_t i
+    if out.shape[0] < values.shape[0]:
+        raise ValueError("out is too short")
+    with nogil:
+        for i in range(values.shape[0]):
+            out[i] = ff_f32_to_f16_soft(values[i])
+    return values.shape[0]

@@ -69,4 +69,96 @@ static inline void ff_hpass_u8(const float *restrict row, const int *restrict st
     }
 }
 
+/* ---- float outputs: the uint8 value (rounded, clamped: exactly what a uint8
+ * output would hold), then an optional per-channel affine x * mul[c] + add[c].
+ * So a fused conversion or normalisation gives what the separate steps give. */
+
+static inline float ff_pixel(float v) {
+    int32_t i = (int32_t)(v + 0.5f);
+    return (float)(i < 0 ? 0 : (i > 255 ? 255 : i));
+}
+
+static inline void ff_row_to_f32(const float *restrict src, float *restrict out, ptrdiff_t n,
+                                 ptrdiff_t c, const float *restrict mul,
+                                 const float *restrict add) {
+    for (ptrdiff_t i = 0; i < n; i++) out[i] = ff_pixel(src[i]) * mul[i % c] + add[i % c];
+}
+
+/* IEEE half from float, round to nearest even (software, any CPU). */
+static inline uint16_t ff_f32_to_f16_soft(float value) {
+    union { float f; uint32_t u; } v = {value};
+    uint32_t x = v.u, sign = (x >> 16) & 0x8000u, mant;
+    int32_t exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
+    if (((x >> 23) & 0xff) == 0xff) /* inf or nan */
+        return (uint16_t)(sign | 0x7c00u | ((x & 0x7fffffu) ? 0x200u : 0));
+    if (exp >= 31) return (uint16_t)(sign | 0x7c00u);
+    if (exp <= 0) {
+        if (exp < -10) return (uint16_t)sign;
+        mant = (x & 0x7fffffu) | 0x800000u;
+        uint32_t shift = (uint32_t)(14 - exp), half = 1u << (shift - 1);
+        uint32_t rounded = (mant + half - 1 + ((mant >> shift) & 1)) >> shift;
+        return (uint16_t)(sign | rounded);
+    }
+    mant = x & 0x7fffffu;
+    uint32_t out = sign | ((uint32_t)exp << 10) | (mant >> 13);
+    uint32_t rest = mant & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (out & 1u))) out++; /* may carry into exp: fine */
+    return (uint16_t)out;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+__attribute__((target("avx,f16c")))
+static void ff_row_to_f16_f16c(const float *restrict src, uint16_t *restrict out, ptrdiff_t n,
+                               ptrdiff_t c, const float *restrict mul,
+                               const float *restrict add) {
+    ptrdiff_t i = 0;
+    if (c == 3) {
+        /* 24 floats = 8 pixels: three registers with the channel pattern repeating */
+        float m[24], a[24];
+        for (int k = 0; k < 24; k++) { m[k] = mul[k % 3]; a[k] = add[k % 3]; }
+        __m256 m0 = _mm256_loadu_ps(m), m1 = _mm256_loadu_ps(m + 8), m2 = _mm256_loadu_ps(m + 16);
+        __m256 a0 = _mm256_loadu_ps(a), a1 = _mm256_loadu_ps(a + 8), a2 = _mm256_loadu_ps(a + 16);
+        const __m256 lo = _mm256_set1_ps(0.0f), hi = _mm256_set1_ps(255.0f);
+        const __m256 half = _mm256_set1_ps(0.5f);
+#define FF_PIX(p) _mm256_min_ps(_mm256_max_ps(_mm256_floor_ps(_mm256_add_ps(_mm256_loadu_ps(p), \
+                                                                             half)), lo), hi)
+        for (; i + 24 <= n; i += 24) {
+            __m256 v0 = _mm256_add_ps(_mm256_mul_ps(FF_PIX(src + i), m0), a0);
+            __m256 v1 = _mm256_add_ps(_mm256_mul_ps(FF_PIX(src + i + 8), m1), a1);
+            __m256 v2 = _mm256_add_ps(_mm256_mul_ps(FF_PIX(src + i + 16), m2), a2);
+            _mm_storeu_si128((__m128i *)(out + i), _mm256_cvtps_ph(v0, _MM_FROUND_TO_NEAREST_INT));
+            _mm_storeu_si128((__m128i *)(out + i + 8),
+                             _mm256_cvtps_ph(v1, _MM_FROUND_TO_NEAREST_INT));
+            _mm_storeu_si128((__m128i *)(out + i + 16),
+                             _mm256_cvtps_ph(v2, _MM_FROUND_TO_NEAREST_INT));
+        }
+    }
+#undef FF_PIX
+    for (; i < n; i++) {
+        __m128 v = _mm_set_ss(ff_pixel(src[i]) * mul[i % c] + add[i % c]);
+        out[i] = (uint16_t)_mm_extract_epi16(_mm_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT), 0);
+    }
+}
+#endif
+
+static int ff_has_f16c = -1;
+
+static inline void ff_row_to_f16(const float *restrict src, uint16_t *restrict out, ptrdiff_t n,
+                                 ptrdiff_t c, const float *restrict mul,
+                                 const float *restrict add) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (ff_has_f16c < 0) {
+        __builtin_cpu_init();
+        ff_has_f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+    }
+    if (ff_has_f16c) {
+        ff_row_to_f16_f16c(src, out, n, c, mul, add);
+        return;
+    }
+#endif
+    for (ptrdiff_t i = 0; i < n; i++)
+        out[i] = ff_f32_to_f16_soft(ff_pixel(src[i]) * mul[i % c] + add[i % c]);
+}
+
 #endif

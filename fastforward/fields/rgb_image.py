@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._ext.collate import gather_into
 from .._ext.resize import crop_resize_into
 from ..errors import DecodeError, EncodeError
 from ..pipeline.allocation_query import AllocationQuery
@@ -350,6 +351,18 @@ class SimpleRGBImageDecoder(_ImageDecoder):
 
     def decode_range(self, lo: int, hi: int, destination: np.ndarray,
                      context: BatchContext) -> None:
+        modes = self.metadata["mode"][context.indices[lo:hi]]
+        if (modes == IMAGE_MODES["raw"]).all():
+            # raw pixels of one size: one memcpy per sample, in one compiled call
+            source, offsets, sizes = context.data.field(self.field_index)
+            rows = destination[lo:hi].reshape(hi - lo, -1)
+            short = np.flatnonzero(sizes[lo:hi] < rows.shape[1])
+            if short.size:
+                exc = DecodeError(f"raw image payload of {int(sizes[lo + short[0]])} bytes is "
+                                  f"short of {destination.shape[1:]}")
+                raise self.fail(exc, context, lo + int(short[0]))
+            gather_into(source, offsets[lo:hi], np.minimum(sizes[lo:hi], rows.shape[1]), rows)
+            return
         for position in range(lo, hi):
             try:
                 destination[position] = self._image(context, position)
@@ -367,14 +380,16 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
     def __init__(self, output_size: tuple[int, int], fastdct: bool = True) -> None:
         super().__init__(fastdct)
         self.output_size = output_size
+        # (dtype, scale, bias) when the loader fused a conversion into this decoder
+        self.fused_output: tuple[np.dtype, Any, Any] | None = None
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
         height, width = (int(v) for v in self.output_size)
         if height < 1 or width < 1:
             raise ValueError(f"output_size must be positive, got {self.output_size}")
         shape = (height, width, 3)
-        return State(jit_mode=True, shape=shape, dtype=np.dtype("u1")), AllocationQuery(
-            shape, np.dtype("u1"))
+        dtype = np.dtype("u1") if self.fused_output is None else self.fused_output[0]
+        return State(jit_mode=True, shape=shape, dtype=dtype), AllocationQuery(shape, dtype)
 
     def crop(self, height: int, width: int, u: np.ndarray | None) -> tuple[int, int, int, int]:
         """The ``(i, j, h, w)`` window of a ``height × width`` image to keep."""
@@ -388,13 +403,16 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
                      context: BatchContext) -> None:
         u = self.uniforms(context)
         flip = context.flip  # set when the loader fused a RandomHorizontalFlip into this decoder
+        scale = bias = None
+        if self.fused_output is not None:
+            _, scale, bias = self.fused_output
         for position in range(lo, hi):
             try:
                 image = self._image(context, position)
                 i, j, h, w = self.crop(image.shape[0], image.shape[1],
                                        None if u is None else u[position])
                 crop_resize_into(image, i, j, h, w, destination[position],
-                                 flip is not None and bool(flip[position]))
+                                 flip is not None and bool(flip[position]), scale, bias)
             except Exception as exc:
                 raise self.fail(exc, context, position) from None
 

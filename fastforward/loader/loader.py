@@ -214,12 +214,16 @@ class Loader:
         for name in self._order_for_sources():
             spec = self._specs[name]
             where = f"{self.fname}: pipeline {name!r}"
+            flip_at, convert_at = self._fusions(spec)
             if isinstance(spec.source, str):
                 decoder = spec.decoder
                 assert isinstance(decoder, Decoder)
                 index = self.reader.field_names.index(spec.source)
                 decoder.bind(self.reader.handlers[spec.source], spec.source, index,
                              self.reader.metadata[f"f{index}"], self.fname)
+                if hasattr(decoder, "fused_output"):
+                    decoder.fused_output = (None if convert_at is None
+                                            else _fused_output(spec.transforms[convert_at - 1]))
                 state, query = self._declare(decoder, State(), where)
                 states[id(decoder)] = state
                 pipeline = _Pipeline(name, decoder, f"{name}/decoder", stream_id(f"{name}/0"),
@@ -229,37 +233,66 @@ class Loader:
                 state = states[id(spec.source)]
                 pipeline = _Pipeline(name, None, "", 0, spec.source)
             for position, op in enumerate(spec.transforms, 1):
+                stream = stream_id(op.random_stream or f"{name}/{position}")
+                if position == flip_at:
+                    pipeline.fused_flip = _Step(op, None, stream, False)
+                    states[id(op)] = state
+                    continue
+                if position == convert_at:
+                    states[id(op)] = state
+                    continue
                 state, query = self._declare(op, state, where)
                 states[id(op)] = state
                 key = None
                 if query is not None:
                     key = f"{name}/{position}"
                     self._layout[key] = query
-                stream = stream_id(op.random_stream or f"{name}/{position}")
                 pipeline.steps.append(_Step(op, key, stream, not state.jit_mode, query))
             built[name] = pipeline
-        self._fuse_flips(built)
         return [built[name] for name in self._order_for_sources()]
 
-    def _fuse_flips(self, built: dict[str, _Pipeline]) -> None:
-        """Let crop decoders mirror while they resize, instead of a second pass.
+    def _fusions(self, spec: PipelineSpec) -> tuple[int | None, int | None]:
+        """Which transforms a crop decoder does itself: (flip position, conversion position).
 
-        Only where nothing else reads the unflipped image (no branch starts
-        from the decoder). The flip keeps its own random stream, so results
-        are the same as unfused.
+        A crop decoder mirrors while it resizes (``RandomHorizontalFlip`` right
+        after it), and writes float16/float32, normalised or not, when the
+        pipeline goes on with ``ToTensor``, ``ToTorchImage()``, ``ToDevice``
+        to the CPU, then ``Convert`` or ``NormalizeImage``: one pass instead
+        of three. Only where no branch reads an intermediate result; the
+        fused flip keeps its random stream, so results do not change (a fused
+        normalisation may differ from the separate one in the last bit).
         """
         from ..fields.rgb_image import ResizedCropRGBImageDecoder
-        from ..transforms import RandomHorizontalFlip
+        from ..transforms import (
+            Convert,
+            NormalizeImage,
+            RandomHorizontalFlip,
+            ToDevice,
+            ToTensor,
+            ToTorchImage,
+        )
 
-        sources = {id(spec.source) for spec in self._specs.values()
-                   if isinstance(spec.source, Operation)}
-        for pipeline in built.values():
-            if (isinstance(pipeline.decoder, ResizedCropRGBImageDecoder)
-                    and id(pipeline.decoder) not in sources and pipeline.steps
-                    and type(pipeline.steps[0].op) is RandomHorizontalFlip):
-                pipeline.fused_flip = pipeline.steps.pop(0)
-                if pipeline.fused_flip.key is not None:
-                    del self._layout[pipeline.fused_flip.key]
+        if not isinstance(spec.decoder, ResizedCropRGBImageDecoder):
+            return None, None
+        sources = {id(s.source) for s in self._specs.values() if isinstance(s.source, Operation)}
+        if id(spec.decoder) in sources:
+            return None, None
+        ops = spec.transforms
+        flip_at = convert_at = None
+        position = 0
+        if ops and type(ops[0]) is RandomHorizontalFlip and id(ops[0]) not in sources:
+            flip_at = position = 1
+        for op in ops[position:]:
+            position += 1
+            if id(op) in sources:
+                break
+            if type(op) is ToTensor or (type(op) is ToTorchImage and op.channels_last) or (
+                    type(op) is ToDevice and str(op.device) == "cpu"):
+                continue
+            if type(op) in (Convert, NormalizeImage) and _fused_output(op) is not None:
+                convert_at = position
+            break
+        return flip_at, convert_at
 
     @staticmethod
     def _declare(op: Operation, state: State, where: str) -> tuple[State, Any]:
@@ -438,6 +471,21 @@ class EpochIterator(Iterator[tuple]):
 
 
 _DEFAULT = object()
+
+
+def _fused_output(op: Any) -> tuple[np.dtype, np.ndarray | None, np.ndarray | None] | None:
+    """``(dtype, scale, bias)`` that a crop decoder can produce instead of *op*, or None."""
+    from ..transforms import NormalizeImage
+
+    if isinstance(op, NormalizeImage):
+        if op.type not in (np.dtype("float16"), np.dtype("float32")) or op.mean.size != 3:
+            return None
+        return op.type, 1.0 / op.std, -op.mean / op.std
+    target = getattr(op, "target_dtype", None)
+    name = str(target).replace("torch.", "")
+    if name in ("float16", "float32"):
+        return np.dtype(name), None, None
+    return None
 
 
 def _to_tensor() -> Operation:

@@ -1,0 +1,135 @@
+"""The comparators, run on the same data as fastforward.
+
+- ``dataloader_throughput``: PyTorch's DataLoader over an ImageFolder of the
+  JPEGs the .beton holds, with torchvision's ImageFolder and transforms when
+  torchvision is installed, otherwise a plain PIL dataset with the same
+  operations (labelled "PIL Dataset").
+- ``ffcv_throughput``: FFCV 1.0.2 on the same .beton, when ``import ffcv``
+  works (it needs ``pkg-config libturbojpeg0-dev libopencv-dev`` from Debian,
+  then ``pip install torch==2.13.0 ffcv==1.0.2 numba opencv-python pillow``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastforward.benchmark import Measurement
+from fastforward.reader import Reader
+from fastforward.transforms.crop import get_center_crop, get_random_crop
+
+
+def export_image_folder(beton: Path, out: Path) -> Path:
+    """Write the JPEGs stored in *beton* as ``out/<label>/<index>.jpg``."""
+    reader = Reader(beton)
+    for index in range(reader.num_samples):
+        row = reader.metadata[index]
+        folder = out / f"{int(row['f1']):03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{index:06d}.jpg").write_bytes(bytes(reader.payload(int(row["f0"]["data_ptr"]),
+                                                                       index)))
+    return out
+
+
+class PILImageFolder:
+    """ImageFolder with PIL and the benchmark's transforms, without torchvision."""
+
+    def __init__(self, root: Path, pipeline: str) -> None:
+        self.files = sorted(root.glob("*/*.jpg"))
+        self.labels = [int(f.parent.name) for f in self.files]
+        self.pipeline = pipeline
+        self.rng = np.random.default_rng(0)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        import torch
+        from PIL import Image
+
+        with Image.open(self.files[index]) as img:
+            img = img.convert("RGB")
+            width, height = img.size
+            if self.pipeline == "center_crop":
+                i, j, h, w = get_center_crop(height, width, 224 / 256)
+                img = img.resize((224, 224), Image.BILINEAR, box=(j, i, j + w, i + h))
+            else:
+                i, j, h, w = get_random_crop(height, width, (0.08, 1.0), (3 / 4, 4 / 3),
+                                             self.rng.random(22))
+                img = img.resize((192, 192), Image.BILINEAR, box=(j, i, j + w, i + h))
+                if self.rng.random() < 0.5:
+                    img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            pixels = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+        return pixels, self.labels[index]
+
+
+def torchvision_dataset(root: Path, pipeline: str) -> Any:
+    import torchvision
+    from torchvision.transforms import v2
+
+    if pipeline == "center_crop":
+        ops = [v2.PILToTensor(), v2.Resize(256), v2.CenterCrop(224)]
+    else:
+        ops = [v2.PILToTensor(), v2.RandomResizedCrop(192), v2.RandomHorizontalFlip()]
+    return torchvision.datasets.ImageFolder(str(root), transform=v2.Compose(ops))
+
+
+def dataloader_throughput(root: Path, pipeline: str, workers: int, batch_size: int = 256,
+                          limit: int | None = None) -> Measurement:
+    """Images/s of torch's DataLoader over the ImageFolder *root* (after a warm-up batch)."""
+    import torch
+
+    try:
+        dataset = torchvision_dataset(root, pipeline)
+        label = "DataLoader + torchvision"
+    except ImportError:
+        dataset = PILImageFolder(root, pipeline)
+        label = "DataLoader + PIL Dataset"
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                         num_workers=workers, drop_last=False,
+                                         persistent_workers=False)
+    images, start = 0, None
+    for batch, _ in loader:
+        if pipeline == "train":
+            batch = batch.to(torch.float16)
+        if start is None:
+            start = time.perf_counter()
+            continue
+        images += len(batch)
+        if limit is not None and images >= limit:
+            break
+    seconds = time.perf_counter() - start if start is not None else 0.0
+    return Measurement(f"{label} ({workers} workers)", images, seconds)
+
+
+def ffcv_throughput(beton: Path, pipeline: str, workers: int,
+                    batch_size: int = 256) -> Measurement:
+    """Images/s of FFCV 1.0.2 on the same .beton (ImportError when it is not installed)."""
+    import ffcv  # noqa: F401 - raises ImportError where FFCV is missing
+    import torch
+    from ffcv.fields.decoders import (
+        CenterCropRGBImageDecoder,
+        IntDecoder,
+        RandomResizedCropRGBImageDecoder,
+    )
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import Convert, RandomHorizontalFlip, ToTensor, ToTorchImage
+
+    if pipeline == "center_crop":
+        image: list[Any] = [CenterCropRGBImageDecoder((224, 224), 224 / 256)]
+    else:
+        image = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip(),
+                 ToTensor(), ToTorchImage(), Convert(torch.float16)]
+    loader = Loader(str(beton), batch_size=batch_size, num_workers=workers,
+                    order=OrderOption.RANDOM, pipelines={"image": image, "label": [IntDecoder()]})
+    images, start = 0, None
+    for _ in range(2):  # the first epoch pays for the JIT compilation
+        for batch, _ in loader:
+            if start is None:
+                start = time.perf_counter()
+                continue
+            images += len(batch)
+    return Measurement(f"FFCV 1.0.2 ({workers} threads)", images, time.perf_counter() - start)

@@ -1,0 +1,139 @@
+"""Loader throughput, side by side on the same data, in one run.
+
+Pipelines: (a) CenterCrop(224, ratio 224/256), uint8; (b) RandomResizedCrop(192) +
+RandomHorizontalFlip + ToTensor + ToTorchImage + Convert(float16); (c) small raw
+32×32 images. Each is measured for fastforward, the decode limit (simplejpeg
+on every core), PyTorch's DataLoader and FFCV 1.0.2 when it is installed. The
+closing table prints images/s and fastforward's ratio to each.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from baselines import dataloader_throughput, ffcv_throughput
+from conftest import record
+
+from fastforward._ext.collate import gather_into
+from fastforward.benchmark import (
+    Measurement,
+    decode_limit,
+    first_batch_seconds,
+    loader_throughput,
+    stored_jpegs,
+)
+from fastforward.reader import Reader
+
+pytestmark = pytest.mark.benchmark(group="loader")
+PIPELINES = {"a": "center_crop", "b": "train"}
+
+
+def run_once(benchmark, fn):  # type: ignore[no-untyped-def]
+    """One round: the measurements time themselves, without their warm-up."""
+    return benchmark.pedantic(fn, rounds=1, iterations=1)
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_decode_limit(benchmark, beton: Path, pipeline: str, cores: int) -> None:
+    """simplejpeg decoding the stored JPEGs on every core (accurate IDCT): the ceiling."""
+    blobs = stored_jpegs(Reader(beton), "image")
+    m = run_once(benchmark, lambda: decode_limit(blobs, cores, repeat=2))
+    record(pipeline, "decode limit", m)
+    if pipeline == "a":
+        record(pipeline, "decode limit, fastdct", decode_limit(blobs, cores, fastdct=True,
+                                                               repeat=2))
+    assert m.images == 2 * len(blobs)
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_fastforward(benchmark, beton: Path, pipeline: str) -> None:
+    """fastforward's Loader, RANDOM order, batch 256, every core."""
+    pytest.importorskip("torch", reason="pipeline (b) ends in torch tensors")
+    m = run_once(benchmark, lambda: loader_throughput(beton, PIPELINES[pipeline], epochs=3))
+    record(pipeline, "fastforward", m)
+    assert m.images > 0
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_dataloader(benchmark, folder256: Path, pipeline: str, cores: int) -> None:
+    """PyTorch's DataLoader on the same 256 px JPEGs, num_workers = cores."""
+    pytest.importorskip("torch", reason="the DataLoader is torch's")
+    m = run_once(benchmark, lambda: dataloader_throughput(folder256, PIPELINES[pipeline],
+                                                          cores))
+    record(pipeline, "DataLoader", m)
+    assert m.images > 0
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_ffcv(benchmark, beton: Path, pipeline: str, cores: int) -> None:
+    """FFCV 1.0.2 on the same .beton, when it is installed (see baselines.py)."""
+    pytest.importorskip("ffcv", reason="FFCV 1.0.2 is not installed (see README)")
+    m = run_once(benchmark, lambda: ffcv_throughput(beton, PIPELINES[pipeline], cores))
+    record(pipeline, "FFCV", m)
+
+
+def test_small_raw(benchmark, small_raw: Path) -> None:
+    """(c): 32×32 raw images through SimpleRGBImageDecoder, and a memcpy of the same bytes."""
+    m = run_once(benchmark, lambda: loader_throughput(small_raw, "simple", epochs=3,
+                                                      batch_size=256))
+    record("c", "fastforward", m)
+    reader = Reader(small_raw)
+    source = np.frombuffer(reader.buffer, np.uint8)
+    pointers = reader.metadata["f0"]["data_ptr"].astype(np.uint64)
+    sizes = np.full(len(pointers), 3072, np.uint64)
+    out = np.empty((len(pointers), 3072), np.uint8)
+    start = time.perf_counter()
+    for _ in range(3):
+        gather_into(source, pointers, sizes, out)
+    record("c", "memcpy of the same bytes (one thread)",
+           Measurement("memcpy of the same bytes (one thread)", 3 * len(pointers),
+                       time.perf_counter() - start))
+    ffcv = pytest.importorskip("ffcv", reason="FFCV 1.0.2 is not installed")
+    assert ffcv
+
+
+def test_first_batch_latency(benchmark, beton: Path) -> None:
+    """Seconds from Loader(...) to the first batch (FFCV: about 8 s of JIT)."""
+    seconds = run_once(benchmark, lambda: first_batch_seconds(beton, "center_crop"))
+    record("startup", "fastforward first batch, in ms (as images/s column)",
+           Measurement("first batch latency (value = milliseconds)", int(seconds * 1e3), 1.0))
+    assert seconds < 30
+
+
+def anonymous_rss() -> int:
+    """Bytes of this process's memory not backed by files (the map is file-backed)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_memory_beyond_the_map(benchmark, beton: Path) -> None:
+    """Peak anonymous RSS growth while loading, against the ring's slot bytes."""
+    import threading
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc (Linux)")
+    before, peak, done = anonymous_rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], anonymous_rss())
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        m = run_once(benchmark, lambda: loader_throughput(beton, "center_crop", epochs=2))
+    finally:
+        done.set()
+        sampler.join()
+    grown = max(peak[0] - before, 0)
+    slots = (3 + 2) * 256 * 224 * 224 * 3
+    record("memory", "peak RSS growth, MB (as images/s column)",
+           Measurement(f"peak RSS growth (MB); ring slots = {slots / 1e6:.0f} MB",
+                       int(grown / 1e6), 1.0))
+    assert m.images >= 0
