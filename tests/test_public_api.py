@@ -11,15 +11,35 @@ from pathlib import Path
 import pytest
 
 FFCV_PATHS = {
-    "fastforward": ["DatasetWriter"],
+    "fastforward": ["DatasetWriter", "Loader"],
+    "fastforward.loader": ["Loader", "OrderOption"],
+    "fastforward.fields.decoders": ["IntDecoder", "FloatDecoder", "NDArrayDecoder",
+                                    "BytesDecoder", "SimpleRGBImageDecoder",
+                                    "RandomResizedCropRGBImageDecoder",
+                                    "CenterCropRGBImageDecoder"],
+    "fastforward.transforms": ["ToTensor", "ToDevice", "ToTorchImage", "Convert", "View",
+                               "Squeeze", "NormalizeImage", "RandomHorizontalFlip",
+                               "RandomVerticalFlip", "RandomTranslate", "Cutout",
+                               "RandomResizedCrop", "RandomBrightness", "RandomContrast",
+                               "RandomSaturation", "Solarization", "ImageMixup", "LabelMixup",
+                               "MixupToOneHot", "Poison", "ReplaceLabel", "ModuleWrapper"],
+    "fastforward.pipeline": ["PipelineSpec", "Operation", "State", "AllocationQuery"],
+    "fastforward.pipeline.operation": ["Operation"],
+    "fastforward.pipeline.state": ["State"],
+    "fastforward.pipeline.allocation_query": ["AllocationQuery"],
+    "fastforward.traversal_order": ["Sequential", "Random", "QuasiRandom"],
+    "fastforward.traversal_order.base": ["TraversalOrder"],
+    "fastforward.memory_managers": ["OSCacheManager", "ProcessCacheManager", "MemoryManager"],
     "fastforward.writer": ["DatasetWriter", "MIN_PAGE_SIZE", "MAX_PAGE_SIZE"],
     "fastforward.reader": ["Reader"],
     "fastforward.fields": ["Field", "IntField", "FloatField", "BytesField", "NDArrayField",
                            "TorchTensorField", "JSONField", "RGBImageField"],
-    "fastforward.fields.basics": ["IntField", "FloatField"],
-    "fastforward.fields.bytes": ["BytesField"],
-    "fastforward.fields.ndarray": ["NDArrayField", "TorchTensorField"],
-    "fastforward.fields.rgb_image": ["RGBImageField"],
+    "fastforward.fields.basics": ["IntField", "FloatField", "IntDecoder", "FloatDecoder"],
+    "fastforward.fields.bytes": ["BytesField", "BytesDecoder"],
+    "fastforward.fields.ndarray": ["NDArrayField", "TorchTensorField", "NDArrayDecoder"],
+    "fastforward.fields.rgb_image": ["RGBImageField", "SimpleRGBImageDecoder",
+                                     "RandomResizedCropRGBImageDecoder",
+                                     "CenterCropRGBImageDecoder", "ResizedCropRGBImageDecoder"],
     "fastforward.fields.json": ["JSONField"],
     "fastforward.types": ["HeaderType", "FieldDescType", "ALLOC_TABLE_TYPE", "TYPE_ID_HANDLER",
                           "CURRENT_VERSION", "get_metadata_type", "get_handlers"],
@@ -36,7 +56,11 @@ def test_ffcv_paths(module: str) -> None:
         assert hasattr(mod, name), f"{module}.{name}"
 
 
-@pytest.mark.parametrize("module", ["fastforward", "fastforward.fields"])
+@pytest.mark.parametrize("module", ["fastforward", "fastforward.fields",
+                                    "fastforward.fields.decoders", "fastforward.transforms",
+                                    "fastforward.loader", "fastforward.pipeline",
+                                    "fastforward.traversal_order",
+                                    "fastforward.memory_managers"])
 def test_all_is_documented(module: str) -> None:
     mod = importlib.import_module(module)
     for name in mod.__all__:
@@ -50,6 +74,7 @@ def test_import_needs_no_torch_and_sets_nothing(tmp_path: Path) -> None:
     code = (
         "import sys, threading\n"
         "import fastforward, fastforward.writer, fastforward.reader, fastforward.types\n"
+        "import fastforward.loader, fastforward.transforms, fastforward.fields.decoders\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "assert threading.active_count() == 1, threading.enumerate()\n"
         "print(fastforward.__version__)\n"

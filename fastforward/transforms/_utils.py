@@ -148,7 +148,3 @@ def torch_out(destination: Any, like: Any, shape: tuple[int, ...], dtype: Any) -
         out = out.reshape(n, h, w, c).permute(0, 3, 1, 2)
     return out
 
-
-def uniform_between(u: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Map uniforms in [0, 1) onto [low, high)."""
-    return low + (high - low) * u

@@ -61,7 +61,7 @@ class _RandomBlend(Operation):
         return previous_state, AllocationQuery(shape, previous_state.dtype)
 
     def factors(self, context: BatchContext) -> tuple[np.ndarray, np.ndarray]:
-        """Per sample: whether to apply, and the factor."""
+        """Draw, per sample, whether to adjust it and the factor."""
         u = context.uniform(2)
         low, high = max(0.0, 1.0 - self.magnitude), 1.0 + self.magnitude
         return u[:, 0] < self.p, low + (high - low) * u[:, 1]

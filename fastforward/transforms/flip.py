@@ -12,6 +12,17 @@ from ..pipeline.state import State
 from ._utils import name, numpy_out, require_numpy, require_shape
 
 
+def _pixels(image: np.ndarray) -> np.ndarray:
+    """An ``(H, W, C)`` image as ``(H, W)`` opaque pixels, when its channels are contiguous.
+
+    Reversing whole pixels copies twice as fast as reversing an axis whose
+    items are 3-byte (or smaller) channel runs.
+    """
+    if image.ndim == 3 and image.strides[2] == image.itemsize:
+        return image.view(np.dtype((np.void, image.shape[2] * image.itemsize)))[..., 0]
+    return image
+
+
 class _RandomFlip(Operation):
     axis: ClassVar[int]  # per-sample axis that is reversed
 
@@ -33,7 +44,10 @@ class _RandomFlip(Operation):
         flip = context.uniform(1)[:, 0] < self.flip_prob
         reverse = (slice(None),) * self.axis + (slice(None, None, -1),)
         for k in range(len(batch)):
-            out[k] = batch[k][reverse] if flip[k] else batch[k]
+            if flip[k]:
+                _pixels(out[k])[...] = _pixels(batch[k])[reverse]
+            else:
+                out[k] = batch[k]
         return out
 
     def __repr__(self) -> str:

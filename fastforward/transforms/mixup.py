@@ -31,7 +31,7 @@ from ._utils import (
 
 def mixup_lambdas(context: BatchContext, count: int, alpha: float,
                   same_lambda: bool) -> np.ndarray:
-    """The ``(count,)`` mixing weights of a batch (what both mixup operations use)."""
+    """Draw the ``(count,)`` mixing weights of a batch (both mixup operations call this)."""
     if same_lambda:
         return np.full(count, context.batch_rng().beta(alpha, alpha))
     return np.array([context.sample_rng(k).beta(alpha, alpha) for k in range(count)])
@@ -48,7 +48,7 @@ class _Mixup(Operation):
         self.same_lambda = same_lambda
 
     def lambdas(self, context: BatchContext, count: int) -> np.ndarray:
-        """λ for each sample of the batch."""
+        """Draw λ for each sample of the batch."""
         return mixup_lambdas(context, count, self.alpha, self.same_lambda)
 
     def __repr__(self) -> str:

@@ -54,12 +54,16 @@ class RandomTranslate(Operation):
             if dy == 0 and dx == 0:
                 out[k] = batch[k]
                 continue
-            out[k] = fill
-            # out[r, s] = image[r + dy, s + dx] where that pixel exists
-            y0, y1 = max(0, -dy), min(h, h - dy)
-            x0, x1 = max(0, -dx), min(w, w - dx)
+            # out[r, s] = image[r + dy, s + dx] where that pixel exists, else fill
+            y0, y1 = min(h, max(0, -dy)), max(0, min(h, h - dy))
+            x0, x1 = min(w, max(0, -dx)), max(0, min(w, w - dx))
             if y0 < y1 and x0 < x1:
                 out[k, y0:y1, x0:x1] = batch[k, y0 + dy : y1 + dy, x0 + dx : x1 + dx]
+            # only the uncovered border gets the fill
+            out[k, :y0] = fill
+            out[k, y1:] = fill
+            out[k, y0:y1, :x0] = fill
+            out[k, y0:y1, x1:] = fill
         return out
 
     def __repr__(self) -> str:
