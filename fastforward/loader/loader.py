@@ -31,6 +31,7 @@ from ..ring import SlotRing
 from ..scheduler import Engine, EpochPlan
 from ..traversal_order import QuasiRandom, Random, Sequential, TraversalOrder
 from ..utils import default_workers
+from .sharding import Shard, contiguous, remaining
 
 
 class OrderOption(enum.Enum):
@@ -99,7 +100,8 @@ class Loader:
                  pipelines: Mapping[str, Any] | None = None,
                  custom_fields: Mapping[str, type[Field]] | None = None,
                  drop_last: bool = True, batches_ahead: int = 3, recompile: bool = False,
-                 order_kwargs: Mapping[str, Any] | None = None) -> None:
+                 order_kwargs: Mapping[str, Any] | None = None, *,
+                 even_batches: bool = True) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if batches_ahead < 1:
@@ -111,6 +113,8 @@ class Loader:
             os_cache = os.environ.get("FASTFORWARD_DEFAULT_CACHE_PROCESS", "0") != "1"
         self.os_cache = bool(os_cache)
         self.distributed = bool(distributed)
+        self.rank, self.world_size = _distributed_context() if self.distributed else (0, 1)
+        self.even_batches = bool(even_batches)
         self.drop_last = bool(drop_last)
         self.batches_ahead = int(batches_ahead)
         self.recompile = recompile
@@ -127,6 +131,8 @@ class Loader:
         self.pipelines = self._build()  # checks every pipeline now, not at the first batch
         self._ring = SlotRing(self.batches_ahead + 2, self.batch_size)
         self._iterators: weakref.WeakSet[EpochIterator] = weakref.WeakSet()
+        self._current: weakref.ref[EpochIterator] | None = None
+        self._resume: tuple[int, list[list[int]]] | None = None  # (epoch, segments)
         self._closed = False
 
     # -- arguments ------------------------------------------------------------------
@@ -380,33 +386,76 @@ class Loader:
             outputs[pipeline.name] = value
         return tuple(outputs[name] for name in self._specs)
 
-    def _batches(self, epoch: int) -> list[np.ndarray]:
-        order = np.asarray(self.traversal_order.sample_order(epoch), dtype=np.int64)
-        order = self._shard(order, epoch)
+    def _shards(self, epoch: int, segments: list[list[int]]) -> list[Shard]:
+        """Every rank's samples of *epoch*, after the resumed *segments*
+        (``[world_size, batches done]`` each); see ``loader.sharding``."""
+        world = segments[0][0] if segments else self.world_size
+        shards = self.traversal_order.rank_orders(epoch, world, self.even_batches)
+        for position, (_, done) in enumerate(segments):
+            rest = remaining(shards, done * self.batch_size)
+            world = segments[position + 1][0] if position + 1 < len(segments) else self.world_size
+            shards = contiguous(rest, world, self.even_batches)
+        return shards
+
+    def _batches(self, epoch: int, segments: list[list[int]]) -> list[np.ndarray]:
+        order = self._shards(epoch, segments)[self.rank].order
         count = len(order) // self.batch_size if self.drop_last else -(-len(order)
                                                                          // self.batch_size)
         return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(count)]
 
-    def _shard(self, order: np.ndarray, epoch: int) -> np.ndarray:
-        if not self.distributed:
-            return order
-        raise NotImplementedError("distributed=True is not implemented yet")
-
-    def _epoch_length(self) -> int:
-        n = len(self.indices)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
     def __len__(self) -> int:
-        return self._epoch_length()
+        """Batches in the next epoch (for this rank)."""
+        epoch = self.next_epoch
+        segments = self._resume[1] if self._resume and self._resume[0] == epoch else []
+        return len(self._batches(epoch, segments))
+
+    # -- resuming -----------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this loader is: plain ints and lists, for ``torch.save`` beside the model.
+
+        Mid-epoch, it counts the batches the current epoch has handed out;
+        ``load_state_dict`` on a fresh loader (same file, batch size and
+        indices; any ``num_workers``, any world size) continues with exactly
+        the batches that would have come next.
+        """
+        iterator = self._current() if self._current is not None else None
+        if iterator is not None and not iterator.finished:
+            epoch, segments = iterator.epoch, [*iterator.segments,
+                                               [self.world_size, iterator.delivered]]
+        else:
+            epoch = self.next_epoch
+            segments = self._resume[1] if self._resume and self._resume[0] == epoch else []
+        return {"version": 1, "epoch": int(epoch), "seed": int(self.seed),
+                "batch_size": self.batch_size, "num_samples": len(self.indices),
+                "segments": [[int(w), int(k)] for w, k in segments]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from ``state_dict()``: the next ``iter()`` continues that epoch."""
+        if state.get("version") != 1:
+            raise ValueError(f"unknown loader state version {state.get('version')!r}")
+        for key, mine in (("batch_size", self.batch_size), ("num_samples", len(self.indices))):
+            if state[key] != mine:
+                raise ValueError(f"{self.fname}: the state was saved with {key}={state[key]}, "
+                                 f"this loader has {mine}")
+        self.seed = int(state["seed"])
+        self.traversal_order.seed = self.seed
+        self.next_epoch = int(state["epoch"])
+        segments = [[int(w), int(k)] for w, k in state["segments"]]
+        if any(w < 1 or k < 0 for w, k in segments):
+            raise ValueError(f"invalid loader state segments {segments}")
+        self._resume = (self.next_epoch, segments) if segments else None
 
     def __iter__(self) -> EpochIterator:
         if self._closed:
             raise RuntimeError(f"{self.fname}: the loader is closed")
         epoch = self.next_epoch
         self.next_epoch += 1
+        segments = self._resume[1] if self._resume and self._resume[0] == epoch else []
+        self._resume = None
         pipelines = self._build()
         layout = dict(self._layout)
-        batches = self._batches(epoch)
+        batches = self._batches(epoch, segments)
         plan = EpochPlan(
             batches=batches,
             fetch=self.memory_manager.fetch,
@@ -416,8 +465,9 @@ class Loader:
             num_workers=self.num_workers,
             batches_ahead=self.batches_ahead,
         )
-        iterator = EpochIterator(Engine(plan), len(batches), epoch)
+        iterator = EpochIterator(Engine(plan), len(batches), epoch, segments)
         self._iterators.add(iterator)
+        self._current = weakref.ref(iterator)
         return iterator
 
     # -- lifetime -----------------------------------------------------------------
@@ -447,14 +497,24 @@ class Loader:
 class EpochIterator(Iterator[tuple]):
     """One epoch's batches. Dropping it, ``close()`` or Ctrl-C stops its threads."""
 
-    def __init__(self, engine: Engine, length: int, epoch: int) -> None:
+    def __init__(self, engine: Engine, length: int, epoch: int,
+                 segments: list[list[int]] | None = None) -> None:
         self._engine = engine
         self._length = length
         self.epoch = epoch
+        self.segments = list(segments or [])  # how this epoch was resumed, if it was
+        self.delivered = 0  # batches handed out
+        self.finished = False
         self._finalizer = weakref.finalize(self, engine.close)
 
     def __next__(self) -> tuple:
-        return self._engine.next_batch()
+        try:
+            batch = self._engine.next_batch()
+        except StopIteration:
+            self.finished = True
+            raise
+        self.delivered += 1
+        return batch
 
     def __len__(self) -> int:
         return self._length
@@ -471,6 +531,19 @@ class EpochIterator(Iterator[tuple]):
 
 
 _DEFAULT = object()
+
+
+def _distributed_context() -> tuple[int, int]:
+    """``(rank, world size)`` from ``torch.distributed``, whatever the backend."""
+    try:
+        import torch.distributed as dist
+    except ImportError as exc:
+        raise ImportError("distributed=True needs torch: pip install 'fastforward[torch]'") \
+            from exc
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("distributed=True needs an initialised torch.distributed process "
+                           "group (torch.distributed.init_process_group, or torchrun)")
+    return dist.get_rank(), dist.get_world_size()
 
 
 def _fused_output(op: Any) -> tuple[np.dtype, np.ndarray | None, np.ndarray | None] | None:

@@ -8,9 +8,10 @@ dropped from the kernel's page cache (``POSIX_FADV_DONTNEED``), so a
 dataset larger than RAM does not push everything else out.
 
 Memory bound: the loader keeps at most ``batches_ahead + 1`` batches in
-flight, so this manager holds at most ``(batches_ahead + 1)`` times the
-largest batch's payload bytes, whatever the order: RANDOM included (FFCV's
-process cache needs the whole dataset for RANDOM).
+flight, so this manager holds at most ``batches_ahead + 1`` batches' reads,
+each the batch's payload bytes plus at most ``GAP`` bytes for each gap
+between two of its samples that a read bridges, whatever the order: RANDOM
+included (FFCV's process cache needs the whole dataset for RANDOM).
 """
 
 from __future__ import annotations

@@ -33,6 +33,16 @@ class TraversalOrder(ABC):
     def sample_order(self, epoch: int) -> Sequence[int]:
         """The dataset indices of epoch *epoch*, in order."""
 
+    def rank_orders(self, epoch: int, world: int, even: bool = True) -> list[Any]:
+        """Every rank's share of epoch *epoch* (``Shard`` objects), the same on every rank.
+
+        By default, DistributedSampler's split of ``sample_order(epoch)``.
+        """
+        from ..loader.sharding import Shard, strided
+
+        order = np.asarray(self.sample_order(epoch), dtype=np.int64)
+        return [Shard.of(order)] if world == 1 else strided(order, world, even)
+
     def rng(self, epoch: int, salt: int = 0) -> np.random.Generator:
         """A generator that depends only on ``(seed, epoch, salt)``."""
         return np.random.default_rng([self.seed & 0xFFFFFFFF, self.seed >> 32, epoch, salt])

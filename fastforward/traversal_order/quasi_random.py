@@ -44,18 +44,27 @@ def quasi_random_order(indices: np.ndarray, pages: np.ndarray, window: int,
     unique, page_of = np.unique(pages, return_inverse=True)
     num_pages = len(unique)
     window = max(1, min(int(window), num_pages))
-    # stratified ranks: stratum s holds a contiguous run of pages; its pages are
-    # spread evenly over [0, num_pages) in random order, with a random phase
+    rank = np.empty(num_pages)
+    rank[stratified_pages(num_pages, window, rng)] = np.arange(num_pages)
+    keys = np.mod(rank[page_of] + rng.random(len(indices)) * window, num_pages)
+    return indices[np.argsort(keys, kind="stable")]
+
+
+def stratified_pages(num_pages: int, window: int, rng: np.random.Generator) -> np.ndarray:
+    """Page numbers ``0 … num_pages-1`` in visiting order, shuffled in strata.
+
+    Stratum ``s`` holds a contiguous run of the file's pages; its pages are
+    spread evenly over the visit in random order, with a random phase, so any
+    *window* consecutive pages come from all over the file.
+    """
+    window = max(1, min(int(window), num_pages))
     stratum = (np.arange(num_pages) * window) // num_pages
     position = np.empty(num_pages)
     for s in range(window):
         members = np.flatnonzero(stratum == s)
         spacing = num_pages / len(members)
         position[members] = (rng.permutation(len(members)) + rng.random()) * spacing
-    rank = np.empty(num_pages)
-    rank[np.argsort(position, kind="stable")] = np.arange(num_pages)
-    keys = np.mod(rank[page_of] + rng.random(len(indices)) * window, num_pages)
-    return indices[np.argsort(keys, kind="stable")]
+    return np.argsort(position, kind="stable")
 
 
 class QuasiRandom(TraversalOrder):
@@ -80,6 +89,43 @@ class QuasiRandom(TraversalOrder):
 
     def sample_order(self, epoch: int) -> np.ndarray:
         return quasi_random_order(self.indices, self.pages, self.window, self.rng(epoch))
+
+    def rank_orders(self, epoch: int, world: int, even: bool = True) -> list[Any]:
+        """Disjoint page sets per rank, each ordered with page locality.
+
+        Pages are shuffled (stratified, as for one process) and cut into
+        *world* runs of nearly equal sample counts; rank ``r`` orders the
+        samples of its run. With fewer pages than ranks the single-process
+        order is split into contiguous chunks instead (pages are then shared).
+        """
+        from ..loader.sharding import Shard, contiguous, pad_to
+
+        if world == 1:
+            return [Shard.of(self.sample_order(epoch))]
+        unique, page_of = np.unique(self.pages, return_inverse=True)
+        if len(unique) < world:
+            return contiguous(self.sample_order(epoch), world, even)
+        rng = self.rng(epoch)
+        ranked = stratified_pages(len(unique), self.window, rng)  # page ids in visiting order
+        counts = np.bincount(page_of, minlength=len(unique))[ranked]
+        cumulative = np.cumsum(counts)
+        # cut where the running count passes k/world of the samples; every rank gets a page
+        cuts = np.searchsorted(cumulative, cumulative[-1] * np.arange(1, world) / world) + 1
+        for k in range(world - 1):  # every rank gets at least one page
+            low = cuts[k - 1] + 1 if k else 1
+            cuts[k] = min(max(cuts[k], low), len(unique) - (world - 1 - k))
+        owner = np.empty(len(unique), np.int64)
+        owner[ranked] = np.searchsorted(cuts, np.arange(len(unique)), side="right")
+        shards = []
+        for r in range(world):
+            mine = owner[page_of] == r
+            shards.append(Shard.of(quasi_random_order(
+                self.indices[mine], self.pages[mine], self.window,
+                self.rng(epoch, salt=1 + r))))
+        if even:
+            longest = max(len(s.order) for s in shards)
+            shards = [pad_to(s, longest) for s in shards]
+        return shards
 
 
 def mixing_distance(order: np.ndarray, labels: np.ndarray, batch_size: int) -> float:

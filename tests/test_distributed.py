@@ -1,0 +1,220 @@
+"""Sharding over ranks and mid-epoch resume.
+
+The ranks here are simulated in one process (the loader asks
+``_distributed_context`` for its rank); ``test_distributed_gloo.py`` runs the
+same checks in real torch.distributed processes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastforward.loader.loader as loader_module
+from fastforward.fields import BytesField, IntField, RGBImageField
+from fastforward.fields.decoders import IntDecoder, RandomResizedCropRGBImageDecoder
+from fastforward.loader import Loader, OrderOption
+from fastforward.reader import Reader
+from fastforward.traversal_order.quasi_random import sample_pages
+from fastforward.writer import DatasetWriter
+
+ORDERS = [OrderOption.SEQUENTIAL, OrderOption.RANDOM, OrderOption.QUASI_RANDOM]
+
+
+@pytest.fixture(scope="module")
+def paged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1,003 samples of 20 kB: about 100 per 2 MiB page, 11 pages."""
+    path = tmp_path_factory.mktemp("dist") / "paged.beton"
+    DatasetWriter(path, {"index": IntField(), "blob": BytesField()}, page_size=1 << 21,
+                  num_workers=2, progress=False).from_indexed_dataset(
+        [(i, np.full(20_000, i % 256, np.uint8)) for i in range(1003)])
+    return path
+
+
+def rank_loader(path: Path, rank: int, world: int, monkeypatch: pytest.MonkeyPatch,
+                **kw) -> Loader:
+    monkeypatch.setattr(loader_module, "_distributed_context", lambda: (rank, world))
+    kw.setdefault("pipelines", {"index": [IntDecoder()], "blob": None})
+    kw.setdefault("seed", 7)
+    return Loader(path, distributed=True, **kw)
+
+
+def epoch_ids(loader: Loader) -> list[int]:
+    return [int(i) for (batch,) in loader for i in batch.ravel()]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("order", ORDERS, ids=lambda o: o.name)
+def test_coverage_and_equal_lengths(paged: Path, monkeypatch: pytest.MonkeyPatch, world: int,
+                                    order: OrderOption) -> None:
+    loaders = [rank_loader(paged, r, world, monkeypatch, batch_size=10, order=order,
+                           drop_last=False) for r in range(world)]
+    per_rank = [epoch_ids(loader) for loader in loaders]
+    assert len({len(ids) for ids in per_rank}) == 1  # same length, so same batch count
+    assert len({len(loader) for loader in loaders}) == 1
+    seen = np.concatenate(per_rank)
+    assert set(seen.tolist()) == set(range(1003))  # every sample
+    # padding repeats a few samples to even the ranks out: at most one page's worth
+    assert len(seen) - 1003 < 200
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("order", ORDERS, ids=lambda o: o.name)
+def test_evaluation_mode_sees_each_sample_once(paged: Path, monkeypatch: pytest.MonkeyPatch,
+                                               world: int, order: OrderOption) -> None:
+    per_rank = [epoch_ids(rank_loader(paged, r, world, monkeypatch, batch_size=10, order=order,
+                                      drop_last=False, even_batches=False))
+                for r in range(world)]
+    assert sorted(np.concatenate(per_rank).tolist()) == list(range(1003))
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_quasi_random_ranks_read_disjoint_pages(paged: Path, monkeypatch: pytest.MonkeyPatch,
+                                                world: int) -> None:
+    pages = sample_pages(Reader(paged))
+    page_sets = []
+    for r in range(world):
+        ids = epoch_ids(rank_loader(paged, r, world, monkeypatch, batch_size=10,
+                                    order=OrderOption.QUASI_RANDOM, drop_last=False))
+        page_sets.append(set(pages[ids].tolist()))
+    for a in range(world):
+        for b in range(a + 1, world):
+            assert not page_sets[a] & page_sets[b]
+
+
+def test_orders_are_deterministic_and_epochs_differ(paged: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def ids(epoch: int) -> list[int]:
+        loader = rank_loader(paged, 1, 2, monkeypatch, batch_size=10,
+                             order=OrderOption.QUASI_RANDOM)
+        loader.next_epoch = epoch
+        return epoch_ids(loader)
+
+    assert ids(0) == ids(0)
+    assert ids(0) != ids(1)
+
+
+def test_fewer_pages_than_ranks_share_pages(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "one-page.beton"
+    DatasetWriter(path, {"index": IntField(), "blob": BytesField()}, num_workers=1,
+                  progress=False).from_indexed_dataset(
+        [(i, np.zeros(10, np.uint8)) for i in range(30)])
+    per_rank = [epoch_ids(rank_loader(path, r, 3, monkeypatch, batch_size=5,
+                                      order=OrderOption.QUASI_RANDOM)) for r in range(3)]
+    assert sorted(np.concatenate(per_rank).tolist()) == list(range(30))
+
+
+def test_distributed_needs_a_seed(paged: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="seed"):
+        rank_loader(paged, 0, 2, monkeypatch, batch_size=10, seed=None)
+
+
+def test_distributed_needs_a_process_group(paged: Path) -> None:
+    pytest.importorskip("torch", reason="torch is an optional extra")
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        Loader(paged, 10, distributed=True, seed=0)
+
+
+# -- resume --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def photo_file(tmp_path_factory: pytest.TempPathFactory, images: list[np.ndarray]) -> Path:
+    path = tmp_path_factory.mktemp("resume") / "photos.beton"
+    DatasetWriter(path, {"image": RGBImageField(write_mode="jpg", max_resolution=96),
+                         "index": IntField()}, num_workers=2, progress=False) \
+        .from_indexed_dataset([(images[i % 20], i) for i in range(70)])
+    return path
+
+
+def augmented(path: Path, workers: int, **kw) -> Loader:
+    kw.setdefault("seed", 11)
+    return Loader(path, 8, num_workers=workers, order=OrderOption.QUASI_RANDOM,
+                  drop_last=False, pipelines={
+                      "image": [RandomResizedCropRGBImageDecoder((24, 24))],
+                      "index": [IntDecoder()]}, **kw)
+
+
+def batches(iterator) -> list[tuple[np.ndarray, np.ndarray]]:  # type: ignore[no-untyped-def]
+    return [(images.copy(), index.copy()) for images, index in iterator]
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize("stop_after", [1, 4, 8])
+def test_resume_mid_epoch_exactly(photo_file: Path, stop_after: int, workers: int) -> None:
+    reference = augmented(photo_file, 2)
+    reference.next_epoch = 1
+    full = batches(iter(reference))
+
+    first = augmented(photo_file, workers)
+    first.next_epoch = 1
+    iterator = iter(first)
+    for _ in range(stop_after):
+        next(iterator)
+    state = first.state_dict()
+    iterator.close()
+    assert json.loads(json.dumps(state)) == state  # small and plain
+
+    resumed = augmented(photo_file, workers, batches_ahead=2)
+    start = time.perf_counter()
+    resumed.load_state_dict(state)
+    rest = batches(iter(resumed))
+    assert time.perf_counter() - start < 5  # no replay (the epoch itself is a fraction of it)
+    assert len(rest) == len(full) - stop_after
+    for (images, index), (want_images, want_index) in zip(rest, full[stop_after:], strict=True):
+        np.testing.assert_array_equal(index, want_index)
+        np.testing.assert_array_equal(images, want_images)
+    assert resumed.next_epoch == 2
+
+
+def test_state_between_epochs(photo_file: Path) -> None:
+    loader = augmented(photo_file, 2)
+    for _ in loader:
+        pass
+    state = loader.state_dict()
+    assert state["epoch"] == 1
+    assert state["segments"] == []
+    fresh = augmented(photo_file, 2, seed=99)
+    fresh.load_state_dict(state)
+    assert fresh.seed == 11  # the seed comes with the state
+    assert fresh.next_epoch == 1
+
+
+def test_resume_checks_what_it_resumes(photo_file: Path) -> None:
+    state = augmented(photo_file, 1).state_dict()
+    other = Loader(photo_file, 16, pipelines={"image": None, "index": [IntDecoder()]})
+    with pytest.raises(ValueError, match="batch_size"):
+        other.load_state_dict(state)
+
+
+@pytest.mark.parametrize(("old_world", "new_world"), [(2, 3), (3, 2), (2, 1)])
+def test_resume_on_another_world_size(paged: Path, monkeypatch: pytest.MonkeyPatch,
+                                      old_world: int, new_world: int) -> None:
+    """The epoch's remaining samples are split again: none lost, none repeated."""
+    consumed: list[int] = []
+    states = []
+    for r in range(old_world):
+        loader = rank_loader(paged, r, old_world, monkeypatch, batch_size=10,
+                             order=OrderOption.QUASI_RANDOM, drop_last=False,
+                             even_batches=False)
+        iterator = iter(loader)
+        for _ in range(5):
+            consumed.extend(int(i) for i in next(iterator)[0].ravel())
+        states.append(loader.state_dict())
+        iterator.close()
+    assert all(s == states[0] for s in states)  # every rank saves the same state
+    rest: list[int] = []
+    for r in range(new_world):
+        if new_world == 1:
+            monkeypatch.setattr(loader_module, "_distributed_context", lambda: (0, 1))
+        loader = rank_loader(paged, r, new_world, monkeypatch, batch_size=10,
+                             order=OrderOption.QUASI_RANDOM, drop_last=False,
+                             even_batches=False)
+        loader.load_state_dict(states[0])
+        rest.extend(epoch_ids(loader))
+    assert sorted(consumed + rest) == list(range(1003))
