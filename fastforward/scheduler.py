@@ -83,6 +83,7 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Task[None] | None = None
         self._out: asyncio.Queue[Any] | None = None
+        self._stop: asyncio.Event | None = None
         self._closed = False
         self._finished = False
         self._thread = threading.Thread(target=self._run, name="fastforward-scheduler",
@@ -138,10 +139,10 @@ class Engine:
         if self._closed:
             return
         self._closed = True
-        loop, main = self._loop, self._main
-        if loop is not None and main is not None and not loop.is_closed():
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop may have just finished
-                loop.call_soon_threadsafe(main.cancel)
+                loop.call_soon_threadsafe(self._request_stop)
         if threading.current_thread() is not self._thread:
             self._thread.join()
         for pool in (self._batch_pool, self._decode_pool, self._io_pool):
@@ -159,26 +160,58 @@ class Engine:
         with asyncio.Runner(loop_factory=_loop_factory) as runner:
             runner.run(self._start())
 
+    def _request_stop(self) -> None:
+        """On the loop: end everything. Cancels every task and sets the stop event,
+        so that the epoch ends even where a task group absorbed a cancellation."""
+        assert self._stop is not None
+        self._stop.set()
+        for task in asyncio.all_tasks():
+            task.cancel()
+
     async def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._out = asyncio.Queue(maxsize=1)
+        self._stop = asyncio.Event()
         self._main = asyncio.current_task()
         self._ready.set()
+        outcome: Any = None
         try:
-            try:
-                await self._pipeline()
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:  # hand the root cause to the consumer
-                cause = _root_cause(exc)
-                if not isinstance(cause, _Delivered):
-                    await self._out.put(_Failure(cause))
-            else:
-                await self._out.put(_END)
-            # keep the loop for the consumer's last get(); close() ends it
-            await asyncio.get_running_loop().create_future()
+            await self._pipeline()
+            outcome = _END
         except asyncio.CancelledError:
-            return  # close() asked for it
+            pass  # close() asked for it
+        except BaseException as exc:  # hand the root cause to the consumer
+            cause = _root_cause(exc)
+            outcome = None if isinstance(cause, _Delivered) else _Failure(cause)
+        try:
+            if outcome is not None:
+                await self._put(outcome)
+            # keep the loop for the consumer's last get(); close() ends it
+            await self._stop.wait()
+        except asyncio.CancelledError:
+            pass
+
+    async def _put(self, item: Any) -> None:
+        """Hand *item* to the consumer, unless the engine is stopped first."""
+        assert self._out is not None
+        assert self._stop is not None
+        if self._stop.is_set():
+            raise asyncio.CancelledError
+        try:
+            self._out.put_nowait(item)
+            return
+        except asyncio.QueueFull:
+            pass
+        put = asyncio.ensure_future(self._out.put(item))
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({put, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not put.done():
+                put.cancel()
+        if not put.done() or put.cancelled():
+            raise asyncio.CancelledError
 
     async def _pipeline(self) -> None:
         # At most batches_ahead batches are computing or waiting to be handed
@@ -203,7 +236,7 @@ class Engine:
         for _ in range(count):
             task = await pending.get()
             outputs = await task
-            await self._out.put(outputs)  # returns once the consumer took the previous one
+            await self._put(outputs)  # returns once the consumer took the previous one
             if isinstance(outputs, _Failure):
                 raise _Delivered  # every batch before it went out; stop the rest
             del outputs
