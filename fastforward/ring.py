@@ -39,8 +39,10 @@ Layout = dict[str, AllocationQuery | Sequence[AllocationQuery]]
 class Slot:
     """One batch's buffers."""
 
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, batch_size: int, pinned: bool = False) -> None:
         self.batch_size = batch_size
+        self.pinned = pinned  # page-locked host memory, for asynchronous copies to a GPU
+        self.fence: Any = None  # an event to wait for before refilling (a copy in flight)
         self.layout: Layout = {}
         self._arrays: list[Any] = []  # every buffer, once: the only reference the slot keeps
         self._where: dict[str, int | tuple[int, ...]] = {}
@@ -72,23 +74,31 @@ class Slot:
         return self._arrays[where]
 
     def _allocate(self, query: AllocationQuery) -> Any:
-        if query.device is None or str(query.device) == "cpu":
-            return np.empty((self.batch_size, *query.shape), host_dtype(query.dtype))
-        import torch
+        if not is_host(query):
+            return None  # device buffers are new for every batch (see fastforward.device)
+        shape, dtype = (self.batch_size, *query.shape), host_dtype(query.dtype)
+        if self.pinned:
+            from .device import pinned_empty
 
-        return torch.empty((self.batch_size, *query.shape), dtype=query.dtype,
-                           device=query.device)
+            return pinned_empty(shape, dtype)
+        return np.empty(shape, dtype)
 
     def is_held(self) -> bool:
         """Whether anything outside the slot still refers to one of its buffers."""
         arrays = self._arrays
         # one reference from the list, one for getrefcount's argument
-        return any(sys.getrefcount(arrays[i]) > 2 for i in range(len(arrays)))
+        return any(arrays[i] is not None and sys.getrefcount(arrays[i]) > 2
+                   for i in range(len(arrays)))
 
     @property
     def nbytes(self) -> int:
         """Bytes of all buffers."""
         return sum(int(getattr(a, "nbytes", 0)) for a in self._arrays)
+
+
+def is_host(query: AllocationQuery) -> bool:
+    """Whether *query* asks for host memory (kept in the slot) rather than device memory."""
+    return query.device is None or str(query.device) == "cpu"
 
 
 def host_dtype(dtype: Any) -> np.dtype:
@@ -114,6 +124,7 @@ class SlotRing:
     def __init__(self, num_slots: int, batch_size: int) -> None:
         self.batch_size = batch_size
         self.num_slots = num_slots
+        self.pinned = False  # set before the first acquire when a pipeline copies to a GPU
         self._free: list[Slot] = [Slot(batch_size) for _ in range(num_slots)]
         self._lock = threading.Lock()
         self.replaced = 0  # slots given up because the user still held them
@@ -126,12 +137,17 @@ class SlotRing:
                     del self._free[position]
                     break
             else:
-                slot = Slot(self.batch_size)
+                slot = Slot(self.batch_size, self.pinned)
                 if len(self._free) >= self.num_slots:
                     # the user holds them all: let the oldest go (their references
                     # keep it alive, unchanged) so the ring stays its size
                     del self._free[0]
                     self.replaced += 1
+        if slot.pinned != self.pinned:
+            slot.pinned, slot.layout = self.pinned, {}  # allocate again, pinned
+        if slot.fence is not None:
+            slot.fence.synchronize()  # the last copy out of these buffers has finished
+            slot.fence = None
         slot.fit(layout)
         return slot
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..device import DeviceBatch, DeviceStage, is_cuda
 from ..errors import annotate
 from ..fields import Field
 from ..memory_managers import MemoryManager, OSCacheManager, ProcessCacheManager
@@ -130,6 +131,8 @@ class Loader:
         self._specs = self._normalise(dict(pipelines or {}))
         self.pipelines = self._build()  # checks every pipeline now, not at the first batch
         self._ring = SlotRing(self.batches_ahead + 2, self.batch_size)
+        self._stage = self._device_stage()
+        self._ring.pinned = self._stage is not None
         self._iterators: weakref.WeakSet[EpochIterator] = weakref.WeakSet()
         self._current: weakref.ref[EpochIterator] | None = None
         self._resume: tuple[int, list[list[int]]] | None = None  # (epoch, segments)
@@ -345,9 +348,34 @@ class Loader:
 
     # -- running ------------------------------------------------------------------
 
+    def _device_stage(self) -> DeviceStage | None:
+        """The CUDA stage, when a pipeline copies to a CUDA device (one device per loader)."""
+        from ..transforms import ToDevice
+
+        devices = {str(op.device) for spec in self._specs.values() for op in spec.transforms
+                   if isinstance(op, ToDevice) and is_cuda(op.device)}
+        if not devices:
+            return None
+        if len(devices) > 1:
+            raise ValueError(f"{self.fname}: pipelines copy to several devices {sorted(devices)}; "
+                             "a loader feeds one GPU (use one loader per device)")
+        return DeviceStage(devices.pop())
+
     def _run_batch(self, pipelines: list[_Pipeline], epoch: int, index: int,
                    indices: np.ndarray, data: Any, slot: Any,
-                   map_ranges: Callable[[Callable[[int, int], None], int], None]) -> tuple:
+                   map_ranges: Callable[[Callable[[int, int], None], int], None]) -> Any:
+        if self._stage is None:
+            return self._run_pipelines(pipelines, epoch, index, indices, data, slot, map_ranges)
+        with self._stage.context():  # copies and GPU transforms on the side stream
+            outputs = self._run_pipelines(pipelines, epoch, index, indices, data, slot,
+                                          map_ranges)
+            event = self._stage.record()
+        slot.fence = event  # the slot's pinned buffers are refilled only after this
+        return DeviceBatch(outputs, event)
+
+    def _run_pipelines(self, pipelines: list[_Pipeline], epoch: int, index: int,
+                       indices: np.ndarray, data: Any, slot: Any,
+                       map_ranges: Callable[[Callable[[int, int], None], int], None]) -> tuple:
         n = len(indices)
         context = BatchContext(indices, epoch, self.seed, 0, index, data)
         results: dict[int, Any] = {}
@@ -514,6 +542,8 @@ class EpochIterator(Iterator[tuple]):
             self.finished = True
             raise
         self.delivered += 1
+        if isinstance(batch, DeviceBatch):
+            return batch.hand_over()  # the consumer's stream waits for the batch's GPU work
         return batch
 
     def __len__(self) -> int:
@@ -580,6 +610,10 @@ def _wrap_module(op: Any) -> Operation:
 def _batch_view(buffer: Any, n: int, as_torch: bool, query: Any) -> Any:
     if isinstance(buffer, tuple):
         return tuple(_batch_view(b, n, as_torch, q) for b, q in zip(buffer, query, strict=True))
+    if buffer is None:  # a device buffer: new for every batch, from torch's caching allocator
+        import torch
+
+        return torch.empty((n, *query.shape), dtype=query.dtype, device=query.device)
     view = buffer[:n]
     if as_torch and isinstance(view, np.ndarray):
         import torch

@@ -77,9 +77,10 @@ class ToDevice(Operation):
             (pinned host memory to a GPU).
 
     On the batch's own device it returns the tensor unchanged. Otherwise it
-    copies into its buffer on *device* (one per ring slot), keeping a
-    channels-last layout. In a tuple, the first tensor goes to the buffer and
-    the others are moved with ``Tensor.to``.
+    copies into a new tensor on *device* (from torch's caching allocator, so a
+    batch you hold is never overwritten), keeping a channels-last layout; a
+    tuple is copied element by element. In a loader, CUDA copies run on the
+    loader's side stream from pinned slots; see ``fastforward.device``.
     """
 
     def __init__(self, device: Any, non_blocking: bool = True) -> None:
@@ -96,23 +97,19 @@ class ToDevice(Operation):
 
             if not torch.cuda.is_available():
                 raise RuntimeError(f"{name(self)}({self.device!r}): CUDA is not available")
-        state = replace(previous_state, device=target)
-        if target == _device(previous_state.device):
-            return state, None
-        if previous_state.shape is None:
-            raise ValueError(f"{name(self)} needs a known sample shape to allocate on {target}")
-        return state, AllocationQuery(tuple(previous_state.shape), previous_state.dtype, target)
+        return replace(previous_state, device=target), None
 
     def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
-        """Copy *batch* into *destination*, or return it if it is already there."""
-        first = batch[0] if isinstance(batch, tuple) else batch
-        if destination is None and first.device == _device(self.device):
-            return batch
-        out = torch_out(destination, first, tuple(first.shape[1:]), first.dtype)
-        out.copy_(first, non_blocking=self.non_blocking)
+        """Copy *batch* to the device, or return it if it is already there."""
         if isinstance(batch, tuple):
-            rest = (t.to(out.device, non_blocking=self.non_blocking) for t in batch[1:])
-            return (out, *rest)
+            return tuple(self.apply(item, None, context) for item in batch)
+        target = _device(self.device)
+        if batch.device == target:
+            return batch
+        import torch
+
+        out = torch.empty_like(batch, device=target)  # keeps channels_last strides
+        out.copy_(batch, non_blocking=self.non_blocking)
         return out
 
 

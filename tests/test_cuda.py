@@ -1,0 +1,92 @@
+"""The CUDA stage, on a GPU (skipped without one; CI has none).
+
+Run on a GPU machine with ``pytest tests/test_cuda.py -m cuda``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is an optional extra")
+
+from fastforward.fields import IntField, RGBImageField  # noqa: E402 - after the skip
+from fastforward.fields.decoders import (  # noqa: E402
+    IntDecoder,
+    RandomResizedCropRGBImageDecoder,
+)
+from fastforward.loader import Loader, OrderOption  # noqa: E402
+from fastforward.transforms import (  # noqa: E402
+    NormalizeImage,
+    Squeeze,
+    ToDevice,
+    ToTensor,
+    ToTorchImage,
+)
+from fastforward.writer import DatasetWriter  # noqa: E402
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"),
+]
+MEAN, STD = np.array([125.0, 120.0, 110.0]), np.array([60.0, 58.0, 59.0])
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory: pytest.TempPathFactory, images: list[np.ndarray]) -> Path:
+    path = tmp_path_factory.mktemp("cuda") / "train.beton"
+    DatasetWriter(path, {"image": RGBImageField(write_mode="jpg", max_resolution=128),
+                         "label": IntField()}, num_workers=2, progress=False) \
+        .from_indexed_dataset([(images[i % 20], i) for i in range(256)])
+    return path
+
+
+def pipelines(device: str) -> dict:
+    return {"image": [RandomResizedCropRGBImageDecoder((64, 64)), ToTensor(), ToDevice(device),
+                      ToTorchImage(), NormalizeImage(MEAN, STD, np.float16)],
+            "label": [IntDecoder(), ToTensor(), Squeeze(), ToDevice(device)]}
+
+
+def test_batches_land_on_the_gpu(train_file: Path) -> None:
+    loader = Loader(train_file, 32, seed=0, pipelines=pipelines("cuda"))
+    assert loader._ring.pinned
+    for images, labels in loader:
+        assert images.is_cuda
+        assert labels.is_cuda
+        assert images.dtype == torch.float16
+        assert images.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_gpu_results_equal_cpu_results(train_file: Path) -> None:
+    gpu = Loader(train_file, 32, seed=5, order=OrderOption.RANDOM, pipelines=pipelines("cuda"))
+    cpu = Loader(train_file, 32, seed=5, order=OrderOption.RANDOM, pipelines=pipelines("cpu"))
+    for (g, gl), (c, cl) in zip(gpu, cpu, strict=True):
+        assert torch.equal(gl.cpu(), cl)
+        torch.testing.assert_close(g.float().cpu(), c.float(), atol=2e-2, rtol=2e-3)
+
+
+def test_slow_consumer_sees_intact_batches(train_file: Path) -> None:
+    """FFCV #37/#198: the GPU lagging far behind must not let a copy read refilled buffers."""
+    reference = [(i.cpu(), label.cpu()) for i, label in
+                 Loader(train_file, 16, seed=1, batches_ahead=1, pipelines=pipelines("cuda"))]
+    lagging = Loader(train_file, 16, seed=1, batches_ahead=1, pipelines=pipelines("cuda"))
+    held = []
+    for images, labels in lagging:
+        torch.cuda._sleep(50_000_000)  # keep the consumer's stream busy
+        held.append((images, labels))
+    torch.cuda.synchronize()
+    assert len(held) == len(reference)
+    for (images, labels), (want_images, want_labels) in zip(held, reference, strict=True):
+        assert torch.equal(labels.cpu(), want_labels)
+        assert torch.equal(images.cpu(), want_images)
+
+
+def test_held_device_batches_stay_intact(train_file: Path) -> None:
+    loader = Loader(train_file, 8, batches_ahead=2, seed=3, pipelines=pipelines("cuda"))
+    held = list(loader)  # 32 batches, 3× more than the ring has slots
+    again = list(Loader(train_file, 8, batches_ahead=2, seed=3, pipelines=pipelines("cuda")))
+    for (a, al), (b, bl) in zip(held, again, strict=True):
+        assert torch.equal(a, b)
+        assert torch.equal(al, bl)
