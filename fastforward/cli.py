@@ -691,6 +691,78 @@ def _add_demo(subparsers: Any) -> None:
     p.set_defaults(handler=cmd_demo)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``fastforward bench FILE``: images/s against the decode limit, per thread count.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status.
+    """
+    from .benchmark import decode_limit, image_field, loader_throughput, stored_jpegs
+    from .utils import default_workers
+
+    counts = args.workers or sorted({1, max(1, default_workers() // 2), default_workers()})
+    if args.plot:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as exc:
+            raise ImportError("--plot needs matplotlib: pip install 'fastforward[plot]'") from exc
+    with Reader(args.file) as reader:
+        blobs = stored_jpegs(reader, image_field(reader), limit=2000)
+    print(f"{args.file}: pipeline {args.pipeline}, batch {args.batch_size}, "
+          f"{args.epochs} epoch(s) after a warm-up batch")
+    print(f"  {'threads':>7}  {'decode limit':>13}  {'fastforward':>12}  {'ratio':>6}")
+    rows = []
+    for workers in counts:
+        limit = decode_limit(blobs, workers) if blobs else None
+        loaded = loader_throughput(args.file, args.pipeline, num_workers=workers,
+                                   batch_size=args.batch_size, epochs=args.epochs,
+                                   os_cache=not args.no_os_cache)
+        ratio = f"{loaded.rate / limit.rate:6.2f}" if limit and limit.rate else "     -"
+        limit_text = f"{limit.rate:13,.0f}" if limit else f"{'-':>13}"
+        print(f"  {workers:>7}  {limit_text}  {loaded.rate:12,.0f}  {ratio}", flush=True)
+        rows.append((workers, limit.rate if limit else None, loaded.rate))
+    if args.plot:
+        figure, axes = plt.subplots(figsize=(6, 4))
+        axes.plot([r[0] for r in rows], [r[2] for r in rows], "o-", label="fastforward")
+        if blobs:
+            axes.plot([r[0] for r in rows], [r[1] for r in rows], "s--", label="decode limit")
+        axes.set_xlabel("num_workers (threads)")
+        axes.set_ylabel("images/s")
+        axes.set_title(f"{Path(args.file).name}: {args.pipeline}")
+        axes.legend()
+        axes.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(args.plot, dpi=120)
+        print(f"plot saved to {args.plot}")
+    return 0
+
+
+def _add_bench(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "bench", help="measure loading images/s against the decode limit",
+        description="Load FILE's first image field with a benchmark pipeline for each "
+                    "thread count, beside simplejpeg decoding its JPEGs on as many threads.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--pipeline", default="center_crop",
+                   choices=["center_crop", "train", "train_numpy", "simple"],
+                   help="center_crop: CenterCrop(224); train: RandomResizedCrop(192) + flip + "
+                        "float16 (needs torch); train_numpy: the same up to the flip; simple: "
+                        "images as stored (default: %(default)s)")
+    p.add_argument("--workers", type=positive_int, nargs="+", metavar="N",
+                   help="thread counts to measure (default: 1, half and all the CPUs)")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--epochs", type=positive_int, default=1)
+    p.add_argument("--no-os-cache", action="store_true", help="read with os_cache=False")
+    p.add_argument("--plot", metavar="PNG", help="save images/s against num_workers here")
+    p.set_defaults(handler=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fastforward`` argument parser, with one subparser per command.
 
@@ -700,7 +772,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Write, inspect and check FFCV .beton files.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_convert, _add_info, _add_verify, _add_demo):
+    for add in (_add_convert, _add_info, _add_verify, _add_demo, _add_bench):
         add(subparsers)
     return parser
 

@@ -330,3 +330,20 @@ def test_convert_names_the_broken_image_file(corpus: Path, tmp_path: Path,
     status = main(["convert", str(broken), str(tmp_path / "out.beton"), *FAST])
     assert_one_line_error(capsys, status, 1, "sample 5", str(victim), "'image'")
     assert not (tmp_path / "out.beton").exists()
+
+
+def test_bench_prints_a_table(beton: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", str(beton), "--workers", "1", "2", "--batch-size", "8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "decode limit" in lines[1]
+    rows = [line.split() for line in lines[2:4]]
+    assert [row[0] for row in rows] == ["1", "2"]
+    assert all(float(row[2].replace(",", "")) > 0 for row in rows)
+
+
+def test_bench_plot(beton: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib", reason="matplotlib is an optional extra")
+    out = tmp_path / "plot.png"
+    assert main(["bench", str(beton), "--workers", "1", "--batch-size", "8",
+                 "--plot", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
