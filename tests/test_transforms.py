@@ -528,7 +528,6 @@ def test_output_is_written_into_the_destination(batch: np.ndarray) -> None:
 NUMPY_IMAGES = State(shape=(H, W, 3))
 TORCH_STATE = State(jit_mode=False, shape=(H, W, 3))  # dtype left as NumPy: checked later
 ERRORS: dict[str, tuple[Operation, State, type]] = {
-    "flip-after-totensor": (T.RandomHorizontalFlip(), TORCH_STATE, TypeError),
     "flip-on-labels": (T.RandomVerticalFlip(), State(shape=(1,), dtype=np.dtype("i8")),
                        ValueError),
     "normalize-floats": (T.NormalizeImage([0, 0, 0], [1, 1, 1], np.float16),
@@ -545,7 +544,6 @@ ERRORS: dict[str, tuple[Operation, State, type]] = {
     "label-mixup-floats": (T.LabelMixup(0.2, False), State(shape=(1,), dtype=np.dtype("f4")),
                            TypeError),
     "label-mixup-images": (T.LabelMixup(0.2, False), NUMPY_IMAGES, ValueError),
-    "image-mixup-torch": (T.ImageMixup(0.2, False), TORCH_STATE, TypeError),
     "poison-mask": (T.Poison(np.zeros((5, 5, 3)), 0.5, [0]), NUMPY_IMAGES, ValueError),
     "replace-label-torch": (T.ReplaceLabel([0], 1), TORCH_STATE, TypeError),
     "totensor-twice": (T.ToTensor(), TORCH_STATE, TypeError),

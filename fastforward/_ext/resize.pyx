@@ -30,6 +30,8 @@ cdef extern from "resize_kernels.h" nogil:
                      const float* weight, int taps, Py_ssize_t ow, Py_ssize_t c,
                      bint flip, float* out)
     void ff_row_to_u8(const float* src, uint8_t* out, Py_ssize_t n)
+    void ff_axpy_f32(float* acc, const float* src, float w, Py_ssize_t n)
+    void ff_u8_to_f32(const uint8_t* src, float* out, Py_ssize_t n)
     void ff_row_to_f16(const float* src, uint16_t* out, Py_ssize_t n, Py_ssize_t c,
                        const float* mul, const float* add)
     void ff_row_to_f32(const float* src, float* out, Py_ssize_t n, Py_ssize_t c,
@@ -178,14 +180,26 @@ def crop_resize_into(const uint8_t[:, :, ::1] src not None,
     return oh * ow
 
 
+cdef inline void _emit(const float* row, char* out, Py_ssize_t n, Py_ssize_t c, int kind,
+                       const float* mul, const float* add) noexcept nogil:
+    if kind == KIND_U8:
+        ff_row_to_u8(row, <uint8_t*>out, n)
+    elif kind == KIND_F16:
+        ff_row_to_f16(row, <uint16_t*>out, n, c, mul, add)
+    else:
+        ff_row_to_f32(row, <float*>out, n, c, mul, add)
+
+
 cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0,
                       Py_ssize_t h, Py_ssize_t w, char* out, Py_ssize_t row_bytes,
                       Py_ssize_t oh, Py_ssize_t ow, int kind, bint flip,
                       const float* mul, const float* add) except -1 nogil:
-    # Vertical pass first: it runs along whole rows (vectorised by the
-    # compiler) and, when shrinking, leaves fewer rows for the horizontal pass.
+    # The horizontal pass (a gather per output pixel) is the expensive one, so
+    # it runs on whichever is fewer: the h input rows (enlarging: horizontal
+    # first, then combine filtered rows) or the oh output rows (shrinking:
+    # vertical first, along whole rows, then horizontal).
     cdef Py_ssize_t c = src.shape[2]
-    cdef Py_ssize_t oy, k, in_stride = w * c
+    cdef Py_ssize_t y, oy, k, in_stride = w * c, out_stride = ow * c
     cdef Filter fx, fy
     cdef float* tmp = NULL
     cdef float* outrow
@@ -194,25 +208,37 @@ cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0
     try:
         _make_filter(&fx, <int>w, <int>ow)
         _make_filter(&fy, <int>h, <int>oh)
-        tmp = <float*>malloc((in_stride + ow * c) * sizeof(float))
+        if h < oh:
+            tmp = <float*>malloc((in_stride + (h + 1) * out_stride) * sizeof(float))
+        else:
+            tmp = <float*>malloc((in_stride + out_stride) * sizeof(float))
         if tmp == NULL:
             with gil:
                 raise MemoryError()
-        outrow = tmp + in_stride  # one output row, as floats, before conversion
-        for oy in range(oh):
-            # vertical: the window's rows -> one float row of w pixels
-            memset(tmp, 0, in_stride * sizeof(float))
-            for k in range(fy.count[oy]):
-                ff_axpy_u8(tmp, &src[y0 + fy.start[oy] + k, x0, 0],
-                           fy.weight[oy * fy.taps + k], in_stride)
-            # horizontal: w float pixels -> ow output pixels
-            ff_hpass_u8(tmp, fx.start, fx.used, fx.weight, fx.taps, ow, c, flip, outrow)
-            if kind == KIND_U8:
-                ff_row_to_u8(outrow, <uint8_t*>(out + oy * row_bytes), ow * c)
-            elif kind == KIND_F16:
-                ff_row_to_f16(outrow, <uint16_t*>(out + oy * row_bytes), ow * c, c, mul, add)
-            else:
-                ff_row_to_f32(outrow, <float*>(out + oy * row_bytes), ow * c, c, mul, add)
+        if h < oh:
+            # horizontal: each input row once -> h filtered rows of ow pixels
+            for y in range(h):
+                ff_u8_to_f32(&src[y0 + y, x0, 0], tmp, in_stride)
+                ff_hpass_u8(tmp, fx.start, fx.used, fx.weight, fx.taps, ow, c, flip,
+                            tmp + in_stride + (y + 1) * out_stride)
+            outrow = tmp + in_stride  # row 0 of the block: the accumulator
+            for oy in range(oh):
+                memset(outrow, 0, out_stride * sizeof(float))
+                for k in range(fy.count[oy]):
+                    ff_axpy_f32(outrow, tmp + in_stride + (fy.start[oy] + k + 1) * out_stride,
+                                fy.weight[oy * fy.taps + k], out_stride)
+                _emit(outrow, out + oy * row_bytes, out_stride, c, kind, mul, add)
+        else:
+            outrow = tmp + in_stride  # one output row, as floats, before conversion
+            for oy in range(oh):
+                # vertical: the window's rows -> one float row of w pixels
+                memset(tmp, 0, in_stride * sizeof(float))
+                for k in range(fy.count[oy]):
+                    ff_axpy_u8(tmp, &src[y0 + fy.start[oy] + k, x0, 0],
+                               fy.weight[oy * fy.taps + k], in_stride)
+                # horizontal: w float pixels -> ow output pixels
+                ff_hpass_u8(tmp, fx.start, fx.used, fx.weight, fx.taps, ow, c, flip, outrow)
+                _emit(outrow, out + oy * row_bytes, out_stride, c, kind, mul, add)
     finally:
         free(tmp)
         _free_filter(&fx)

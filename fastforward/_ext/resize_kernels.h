@@ -14,6 +14,17 @@ static inline void ff_axpy_u8(float *restrict acc, const uint8_t *restrict src, 
     for (ptrdiff_t i = 0; i < n; i++) acc[i] += w * (float)src[i];
 }
 
+/* acc[i] += w * src[i] for i < n (float rows) */
+static inline void ff_axpy_f32(float *restrict acc, const float *restrict src, float w,
+                               ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) acc[i] += w * src[i];
+}
+
+/* out[i] = src[i] as floats */
+static inline void ff_u8_to_f32(const uint8_t *restrict src, float *restrict out, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) out[i] = (float)src[i];
+}
+
 /* out[i] = round(clamp(src[i], 0, 255)), clamped as integers: that form
  * vectorises (twice as fast as clamping the floats, measured) */
 static inline void ff_row_to_u8(const float *restrict src, uint8_t *restrict out, ptrdiff_t n) {

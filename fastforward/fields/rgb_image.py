@@ -306,10 +306,13 @@ class _ImageDecoder(Decoder):
         """Sample *position*'s full image: decoded into this thread's scratch, or
         a view of the stored raw pixels."""
         row = self.metadata[int(context.indices[position])]
-        height, width, mode = int(row["height"]), int(row["width"]), int(row["mode"])
         source, offsets, sizes = context.data.field(self.field_index)
-        start, size = int(offsets[position]), int(sizes[position])
-        data = memoryview(source)[start : start + size]
+        return self._decode(memoryview(source), int(offsets[position]), int(sizes[position]),
+                            int(row["mode"]), int(row["height"]), int(row["width"]))
+
+    def _decode(self, source: memoryview, start: int, size: int, mode: int, height: int,
+                width: int) -> np.ndarray:
+        data = source[start : start + size]
         if mode == IMAGE_MODES["raw"]:
             if size < height * width * 3:
                 raise DecodeError(f"raw image payload of {size} bytes is short of "
@@ -403,16 +406,24 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
                      context: BatchContext) -> None:
         u = self.uniforms(context)
         flip = context.flip  # set when the loader fused a RandomHorizontalFlip into this decoder
+        flips = [False] * (hi - lo) if flip is None else flip[lo:hi].tolist()
         scale = bias = None
         if self.fused_output is not None:
             _, scale, bias = self.fused_output
-        for position in range(lo, hi):
+        # per-sample values as Python ints, read once per range (the loop is the hot path)
+        rows = self.metadata[context.indices[lo:hi]]
+        modes, heights, widths = (rows["mode"].tolist(), rows["height"].tolist(),
+                                  rows["width"].tolist())
+        source, offsets, sizes = context.data.field(self.field_index)
+        source = memoryview(source)
+        starts, lengths = offsets[lo:hi].tolist(), sizes[lo:hi].tolist()
+        for k, position in enumerate(range(lo, hi)):
             try:
-                image = self._image(context, position)
-                i, j, h, w = self.crop(image.shape[0], image.shape[1],
-                                       None if u is None else u[position])
-                crop_resize_into(image, i, j, h, w, destination[position],
-                                 flip is not None and bool(flip[position]), scale, bias)
+                image = self._decode(source, starts[k], lengths[k], modes[k], heights[k],
+                                     widths[k])
+                i, j, h, w = self.crop(heights[k], widths[k], None if u is None else u[position])
+                crop_resize_into(image, i, j, h, w, destination[position], flips[k], scale,
+                                 bias)
             except Exception as exc:
                 raise self.fail(exc, context, position) from None
 

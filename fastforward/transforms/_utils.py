@@ -148,3 +148,41 @@ def torch_out(destination: Any, like: Any, shape: tuple[int, ...], dtype: Any) -
         out = out.reshape(n, h, w, c).permute(0, 3, 1, 2)
     return out
 
+
+
+IMAGE_CHANNELS = (1, 3)
+"""Channel counts that tell ``(C, H, W)`` from ``(H, W, C)`` in torch image tensors."""
+
+
+def torch_image_dims(op: Any, shape: Sequence[int]) -> tuple[int, int, int | None]:
+    """``(H dim, W dim, C dim or None)`` of a per-sample torch image *shape*.
+
+    ``(H, W)`` has no channel dimension; a 3-dimensional shape is
+    ``(C, H, W)`` when its first size is 1 or 3 (as ``ToTorchImage`` makes,
+    preferred when both ends fit, as ``NormalizeImage`` does), else
+    ``(H, W, C)`` when its last size is 1 or 3; ValueError otherwise.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 2:
+        return 0, 1, None
+    if len(shape) == 3:
+        if shape[0] in IMAGE_CHANNELS:
+            return 1, 2, 0
+        if shape[2] in IMAGE_CHANNELS:
+            return 0, 1, 2
+    raise ValueError(f"{name(op)} needs image tensors of shape (H, W), (H, W, C) or (C, H, W) "
+                     f"with C in {IMAGE_CHANNELS}, but it got samples of shape {shape}")
+
+
+def to_device_of(array: np.ndarray, like: Any, dtype: Any = None) -> Any:
+    """Host *array* as a tensor (of *dtype*, cast on the host) on *like*'s device.
+
+    One host-to-device copy, queued without waiting for the device (the
+    source is staged by the copy itself, so *array* may be freed at once).
+    """
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if dtype is not None:
+        tensor = tensor.to(dtype)
+    return tensor.to(like.device, non_blocking=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -9,7 +10,15 @@ import numpy as np
 from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
-from ._utils import name, numpy_out, require_numpy, require_shape
+from ._utils import (
+    name,
+    numpy_out,
+    require_shape,
+    to_device_of,
+    torch_dtype,
+    torch_image_dims,
+    torch_out,
+)
 
 
 def _pixels(image: np.ndarray) -> np.ndarray:
@@ -24,7 +33,7 @@ def _pixels(image: np.ndarray) -> np.ndarray:
 
 
 class _RandomFlip(Operation):
-    axis: ClassVar[int]  # per-sample axis that is reversed
+    axis: ClassVar[int]  # per-sample axis that is reversed: 0 for H, 1 for W (in (H, W, C))
 
     def __init__(self, flip_prob: float = 0.5) -> None:
         super().__init__()
@@ -34,20 +43,46 @@ class _RandomFlip(Operation):
 
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, AllocationQuery]:
-        require_numpy(self, previous_state)
-        shape = require_shape(self, previous_state, (2, 3), "images of shape (H, W[, C])")
-        return previous_state, AllocationQuery(shape, previous_state.dtype)
+        if previous_state.jit_mode:
+            shape = require_shape(self, previous_state, (2, 3), "images of shape (H, W[, C])")
+            return previous_state, AllocationQuery(shape, previous_state.dtype)
+        shape = require_shape(self, previous_state, (2, 3), "image tensors of shape (H, W), "
+                              "(H, W, C) or (C, H, W)")
+        torch_image_dims(self, shape)
+        dtype = torch_dtype(previous_state.dtype, self)
+        return (replace(previous_state, dtype=dtype),
+                AllocationQuery(shape, dtype, previous_state.device))
 
-    def apply(self, batch: np.ndarray, destination: Any, context: BatchContext) -> np.ndarray:
+    def decisions(self, context: BatchContext) -> np.ndarray:
+        """Whether each sample of the batch is flipped (a NumPy bool array)."""
+        return context.uniform(1)[:, 0] < self.flip_prob
+
+    def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         """Write each image, flipped with probability ``flip_prob``, into *destination*."""
+        if not isinstance(batch, np.ndarray):
+            return self._apply_torch(batch, destination, context)
         out = numpy_out(destination, len(batch), batch.shape[1:], batch.dtype)
-        flip = context.uniform(1)[:, 0] < self.flip_prob
+        flip = self.decisions(context)
         reverse = (slice(None),) * self.axis + (slice(None, None, -1),)
         for k in range(len(batch)):
             if flip[k]:
                 _pixels(out[k])[...] = _pixels(batch[k])[reverse]
             else:
                 out[k] = batch[k]
+        return out
+
+    def _apply_torch(self, batch: Any, destination: Any, context: BatchContext) -> Any:
+        flip = self.decisions(context)
+        # the reversed dimension of the batch: H or W after the batch one
+        dim = 1 + torch_image_dims(self, tuple(batch.shape[1:]))[self.axis]
+        out = torch_out(destination, batch, tuple(batch.shape[1:]), batch.dtype)
+        if flip.all():
+            out.copy_(batch.flip(dim))
+            return out
+        out.copy_(batch)
+        if flip.any():
+            chosen = to_device_of(np.flatnonzero(flip), batch)
+            out.index_copy_(0, chosen, batch.index_select(0, chosen).flip(dim))
         return out
 
     def __repr__(self) -> str:
@@ -60,9 +95,12 @@ class RandomHorizontalFlip(_RandomFlip):
     Args:
         flip_prob: the probability of flipping each image.
 
-    NumPy images ``(B, H, W, C)`` (or ``(B, H, W)``) of any dtype, before
-    ``ToTensor``. The decision of sample ``k`` is ``uniform < flip_prob``,
-    drawn from the context. Writes into a buffer shaped like the input.
+    NumPy images ``(B, H, W, C)`` (or ``(B, H, W)``) of any dtype, or torch
+    tensors on any device after ``ToTensor`` (``(B, H, W, C)``, ``(B, H, W)``)
+    or ``ToTorchImage`` (``(B, C, H, W)``, told apart by C being 1 or 3). The
+    decision of sample ``k`` is ``uniform < flip_prob``, drawn from the
+    context, the same for NumPy and torch. Writes into a buffer shaped like
+    the input (on the batch's device, in its memory layout).
     """
 
     axis = 1
@@ -74,9 +112,12 @@ class RandomVerticalFlip(_RandomFlip):
     Args:
         flip_prob: the probability of flipping each image.
 
-    NumPy images ``(B, H, W, C)`` (or ``(B, H, W)``) of any dtype, before
-    ``ToTensor``. The decision of sample ``k`` is ``uniform < flip_prob``,
-    drawn from the context. Writes into a buffer shaped like the input.
+    NumPy images ``(B, H, W, C)`` (or ``(B, H, W)``) of any dtype, or torch
+    tensors on any device after ``ToTensor`` (``(B, H, W, C)``, ``(B, H, W)``)
+    or ``ToTorchImage`` (``(B, C, H, W)``, told apart by C being 1 or 3). The
+    decision of sample ``k`` is ``uniform < flip_prob``, drawn from the
+    context, the same for NumPy and torch. Writes into a buffer shaped like
+    the input (on the batch's device, in its memory layout).
     """
 
     axis = 0

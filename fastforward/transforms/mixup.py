@@ -5,7 +5,10 @@ with the last), with a weight ``λ ~ Beta(alpha, alpha)`` per sample, or one
 per batch with ``same_lambda``. ``ImageMixup`` and ``LabelMixup`` share the
 random stream ``"mixup"``, so in one loader they draw the same λ for a
 sample: λ of sample ``k`` comes from ``context.sample_rng(k)`` (keyed by
-its dataset index), the batch's λ from ``context.batch_rng()``.
+its dataset index), the batch's λ from ``context.batch_rng()``. Both take
+NumPy batches (before ``ToTensor``) or torch tensors on any device (after
+it) and give a sample the same partner and λ either way: λ is drawn on the
+host and copied to the device once per batch.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
 from ._utils import (
     name,
+    numpy_dtype,
     numpy_out,
     require_dtype,
-    require_numpy,
     require_shape,
     require_torch,
+    to_device_of,
+    torch_dtype,
     torch_out,
 )
 
@@ -62,20 +67,30 @@ class ImageMixup(_Mixup):
         alpha: λ follows ``Beta(alpha, alpha)``.
         same_lambda: one λ for the whole batch instead of one per image.
 
-    NumPy images (any shape and numeric dtype) before ``ToTensor``; integer
-    images are rounded to the nearest value (FFCV truncated). Writes into a
-    buffer shaped like the input. Use with ``LabelMixup`` on the labels.
+    NumPy images (any shape and numeric dtype) before ``ToTensor``, or torch
+    tensors (any layout, on any device) after it; integer images are rounded
+    to the nearest value (FFCV truncated), floating ones are not. It computes
+    in float32 (float64 for float64 and 32/64-bit integer images), in the
+    same steps on NumPy and torch. Writes into a buffer shaped like the
+    input (on the batch's device). Use with ``LabelMixup`` on the labels.
     """
 
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, AllocationQuery]:
-        require_numpy(self, previous_state)
-        require_dtype(self, previous_state, "uif", "numeric images")
         shape = require_shape(self, previous_state, (1, 2, 3, 4), "images")
-        return previous_state, AllocationQuery(shape, previous_state.dtype)
+        if previous_state.jit_mode:
+            require_dtype(self, previous_state, "uif", "numeric images")
+            return previous_state, AllocationQuery(shape, previous_state.dtype)
+        dtype = torch_dtype(previous_state.dtype, self)
+        if not dtype.is_floating_point:
+            require_dtype(self, previous_state, "ui", "numeric images")
+        return (replace(previous_state, dtype=dtype),
+                AllocationQuery(shape, dtype, previous_state.device))
 
-    def apply(self, batch: np.ndarray, destination: Any, context: BatchContext) -> np.ndarray:
+    def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         """Write the mixed images into *destination*."""
+        if not isinstance(batch, np.ndarray):
+            return self._apply_torch(batch, destination, context)
         n = len(batch)
         out = numpy_out(destination, n, batch.shape[1:], batch.dtype)
         lam = self.lambdas(context, n)
@@ -93,6 +108,28 @@ class ImageMixup(_Mixup):
             np.copyto(out[k], mixed, casting="unsafe")
         return out
 
+    def _apply_torch(self, batch: Any, destination: Any, context: BatchContext) -> Any:
+        import torch
+
+        n = len(batch)
+        out = torch_out(destination, batch, tuple(batch.shape[1:]), batch.dtype)
+        if batch.dtype.is_floating_point:
+            compute = torch.float64 if batch.dtype == torch.float64 else torch.float32
+        else:  # as NumPy: float64 for 32/64-bit integers
+            compute = torch_dtype(np.result_type(numpy_dtype(batch.dtype, self), np.float32),
+                                  self)
+        # λ cast to the compute type on the host, as the NumPy path does
+        lam = to_device_of(self.lambdas(context, n), batch, compute)
+        lam = lam.reshape((n,) + (1,) * (batch.dim() - 1))
+        current = batch.to(compute)  # batch itself when it has the compute type
+        previous = torch.roll(current, 1, 0)
+        # previous + λ·(current - previous), one rounding per step as in NumPy
+        mixed = torch.sub(current, previous).mul_(lam).add_(previous)
+        if not batch.dtype.is_floating_point:
+            mixed.round_()  # half to even, as np.rint
+        out.copy_(mixed)
+        return out
+
 
 class LabelMixup(_Mixup):
     """Turn labels into ``[y[k], y[k-1], λ]`` rows matching ``ImageMixup``.
@@ -101,25 +138,40 @@ class LabelMixup(_Mixup):
         alpha: λ follows ``Beta(alpha, alpha)``; use ImageMixup's value.
         same_lambda: one λ for the whole batch; use ImageMixup's value.
 
-    Integer NumPy labels ``(B,)`` or ``(B, 1)`` before ``ToTensor``; writes
-    float32 ``(B, 3)`` rows into its buffer. ``MixupToOneHot`` turns them
+    Integer NumPy labels ``(B,)`` or ``(B, 1)`` before ``ToTensor``, or such
+    torch tensors (on any device) after it; writes float32 ``(B, 3)`` rows
+    into its buffer (a torch one on the labels' device for tensors). ``MixupToOneHot`` turns them
     into soft targets; or compute ``λ·loss(y[k]) + (1 - λ)·loss(y[k-1])``.
     """
 
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, AllocationQuery]:
-        require_numpy(self, previous_state)
         require_dtype(self, previous_state, "ui", "integer labels")
         shape = require_shape(self, previous_state, (0, 1), "labels of shape (B,) or (B, 1)")
         if shape not in ((), (1,)):
             raise ValueError(f"{name(self)} needs one label per sample, got shape {shape}")
-        float32 = np.dtype(np.float32)
-        return (replace(previous_state, shape=(3,), dtype=float32),
-                AllocationQuery((3,), float32))
+        if previous_state.jit_mode:
+            float32 = np.dtype(np.float32)
+            return (replace(previous_state, shape=(3,), dtype=float32),
+                    AllocationQuery((3,), float32))
+        import torch
 
-    def apply(self, batch: np.ndarray, destination: Any, context: BatchContext) -> np.ndarray:
+        return (replace(previous_state, shape=(3,), dtype=torch.float32),
+                AllocationQuery((3,), torch.float32, previous_state.device))
+
+    def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         """Write ``[y[k], y[k-1], λ]`` rows into *destination*."""
         n = len(batch)
+        if not isinstance(batch, np.ndarray):
+            import torch
+
+            labels = batch.reshape(n)
+            out = torch_out(destination, batch, (3,), torch.float32)
+            out[:, 0] = labels
+            out[:, 1] = torch.roll(labels, 1, 0)
+            # float64 λ rounded to float32 on the host, as NumPy's assignment does
+            out[:, 2] = to_device_of(self.lambdas(context, n), batch, torch.float32)
+            return out
         labels = batch.reshape(n)
         out = numpy_out(destination, n, (3,), np.float32)
         out[:, 0] = labels
