@@ -90,3 +90,19 @@ def test_held_device_batches_stay_intact(train_file: Path) -> None:
     for (a, al), (b, bl) in zip(held, again, strict=True):
         assert torch.equal(a, b)
         assert torch.equal(al, bl)
+
+
+def test_nvjpeg_decoder_crops_like_the_cpu_decoder(train_file: Path) -> None:
+    pytest.importorskip("torchvision", reason="nvJPEG decoding needs torchvision")
+    from fastforward.fields.rgb_image_gpu import NvJpegRandomResizedCropRGBImageDecoder
+
+    gpu = Loader(train_file, 16, seed=2, pipelines={
+        "image": [NvJpegRandomResizedCropRGBImageDecoder((48, 48)), ToTorchImage()],
+        "label": None})
+    cpu = Loader(train_file, 16, seed=2, pipelines={
+        "image": [RandomResizedCropRGBImageDecoder((48, 48)), ToTensor(), ToTorchImage()],
+        "label": None})
+    for (g,), (c,) in zip(gpu, cpu, strict=True):
+        assert g.is_cuda
+        difference = (g.float().cpu() - c.float()).abs().mean()
+        assert difference < 6  # the same windows; filters and IDCTs differ slightly

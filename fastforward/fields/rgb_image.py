@@ -380,6 +380,8 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
     resizing): the loader re-reads it when an epoch starts.
     """
 
+    fuses_conversion = True  # the loader may have it write float16/float32 (normalised)
+
     def __init__(self, output_size: tuple[int, int], fastdct: bool = True) -> None:
         super().__init__(fastdct)
         self.output_size = output_size

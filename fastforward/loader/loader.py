@@ -58,6 +58,7 @@ class _Pipeline:
     decoder: Decoder | None
     decoder_key: str
     decoder_stream: int
+    decoder_query: Any
     source_op: Operation | None  # for a branch: the operation whose output it starts from
     steps: list[_Step] = field(default_factory=list)
     fused_flip: _Step | None = None  # a RandomHorizontalFlip done inside the decoder
@@ -236,11 +237,11 @@ class Loader:
                 state, query = self._declare(decoder, State(), where)
                 states[id(decoder)] = state
                 pipeline = _Pipeline(name, decoder, f"{name}/decoder", stream_id(f"{name}/0"),
-                                     None)
+                                     query, None)
                 self._layout[pipeline.decoder_key] = query
             else:
                 state = states[id(spec.source)]
-                pipeline = _Pipeline(name, None, "", 0, spec.source)
+                pipeline = _Pipeline(name, None, "", 0, None, spec.source)
             for position, op in enumerate(spec.transforms, 1):
                 stream = stream_id(op.random_stream or f"{name}/{position}")
                 if position == flip_at:
@@ -298,7 +299,8 @@ class Loader:
             if type(op) is ToTensor or (type(op) is ToTorchImage and op.channels_last) or (
                     type(op) is ToDevice and str(op.device) == "cpu"):
                 continue
-            if type(op) in (Convert, NormalizeImage) and _fused_output(op) is not None:
+            if (type(op) in (Convert, NormalizeImage) and _fused_output(op) is not None
+                    and spec.decoder.fuses_conversion):
                 convert_at = position
             break
         return flip_at, convert_at
@@ -352,8 +354,9 @@ class Loader:
         """The CUDA stage, when a pipeline copies to a CUDA device (one device per loader)."""
         from ..transforms import ToDevice
 
-        devices = {str(op.device) for spec in self._specs.values() for op in spec.transforms
-                   if isinstance(op, ToDevice) and is_cuda(op.device)}
+        devices = {str(op.device) for spec in self._specs.values()
+                   for op in [spec.decoder, *spec.transforms]
+                   if isinstance(op, (ToDevice, Decoder)) and is_cuda(getattr(op, "device", "cpu"))}
         if not devices:
             return None
         if len(devices) > 1:
@@ -383,6 +386,8 @@ class Loader:
         for pipeline in pipelines:
             if pipeline.decoder is not None:
                 decoder, destination = pipeline.decoder, slot.get(pipeline.decoder_key)
+                if destination is None:  # a GPU decoder: new device memory for every batch
+                    destination = _batch_view(None, n, True, pipeline.decoder_query)
                 ctx = context.with_stream(pipeline.decoder_stream)
                 if pipeline.fused_flip is not None:
                     flip = pipeline.fused_flip

@@ -1,0 +1,99 @@
+"""Opt-in GPU JPEG decoding (nvJPEG, through ``torchvision.io.decode_jpeg``).
+
+For machines with few CPU cores per GPU. The crops are the CPU decoders'
+crops: the same sampler, fed the same per-sample random numbers (the
+decoder's stream depends only on the pipeline's name), so a pipeline gives
+the same windows of the same images whichever path decodes. Pixels differ
+slightly: the resize runs on the GPU (torch's antialiased bilinear filter)
+and nvJPEG's IDCT is not libjpeg-turbo's.
+
+Output: ``(B, h, w, 3)`` uint8 on the GPU, like the CPU decoders' layout, so
+``ToTorchImage()`` and GPU transforms follow directly (no ``ToTensor`` or
+``ToDevice``). torchvision is an optional dependency, imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..pipeline.allocation_query import AllocationQuery
+from ..pipeline.operation import BatchContext
+from ..pipeline.state import State
+from .rgb_image import IMAGE_MODES, CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+
+
+class _NvJpegMixin:
+    """Replaces the CPU decode loop of a crop decoder with a batched GPU one."""
+
+    parallel = False  # one batched call per batch, on the loader's CUDA stream
+    fuses_conversion = False  # it writes uint8; conversions run after it, on the GPU
+    device: Any
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        import torch
+
+        try:
+            import torchvision.io  # noqa: F401
+        except ImportError as exc:
+            raise ImportError(f"{type(self).__name__} needs torchvision (nvJPEG): "
+                              "pip install torchvision") from exc
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"{type(self).__name__}: CUDA is not available")
+        height, width = (int(v) for v in self.output_size)  # type: ignore[attr-defined]
+        shape = (height, width, 3)
+        device = torch.device(self.device)
+        return (State(jit_mode=False, device=device, shape=shape, dtype=torch.uint8),
+                AllocationQuery(shape, torch.uint8, device))
+
+    def decode_range(self, lo: int, hi: int, destination: Any, context: BatchContext) -> None:
+        import torch
+        import torchvision.io
+        from torch.nn.functional import interpolate
+
+        rows = self.metadata[context.indices[lo:hi]]  # type: ignore[attr-defined]
+        source, offsets, sizes = context.data.field(self.field_index)  # type: ignore[attr-defined]
+        source = memoryview(source)
+        device = torch.device(self.device)
+        payloads = [torch.frombuffer(bytearray(source[int(o) : int(o) + int(s)]), dtype=torch.uint8)
+                    for o, s in zip(offsets[lo:hi], sizes[lo:hi], strict=True)]
+        jpegs = [k for k, mode in enumerate(rows["mode"].tolist()) if mode == IMAGE_MODES["jpg"]]
+        decoded = dict(zip(jpegs, torchvision.io.decode_jpeg(
+            [payloads[k] for k in jpegs], device=device), strict=True)) if jpegs else {}
+        u = self.uniforms(context)  # type: ignore[attr-defined]
+        flip = context.flip
+        height, width = destination.shape[1:3]
+        for k, position in enumerate(range(lo, hi)):
+            h_img, w_img = int(rows["height"][k]), int(rows["width"][k])
+            if k in decoded:
+                image = decoded[k]  # (3, H, W)
+            else:  # raw pixels
+                image = payloads[k][: h_img * w_img * 3].view(h_img, w_img, 3).to(
+                    device, non_blocking=True).permute(2, 0, 1)
+            i, j, h, w = self.crop(h_img, w_img, None if u is None else u[position])  # type: ignore[attr-defined]
+            window = image[None, :, i : i + h, j : j + w].float()
+            resized = interpolate(window, size=(height, width), mode="bilinear",
+                                  antialias=True, align_corners=False)[0]
+            if flip is not None and flip[position]:
+                resized = resized.flip(-1)
+            destination[position].copy_(resized.round_().clamp_(0, 255).permute(1, 2, 0))
+
+
+class NvJpegRandomResizedCropRGBImageDecoder(_NvJpegMixin, RandomResizedCropRGBImageDecoder):
+    """``RandomResizedCropRGBImageDecoder`` decoding on the GPU with nvJPEG."""
+
+    def __init__(self, output_size: tuple[int, int], scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), device: Any = "cuda") -> None:
+        super().__init__(output_size, scale, ratio)
+        self.device = device
+
+
+class NvJpegCenterCropRGBImageDecoder(_NvJpegMixin, CenterCropRGBImageDecoder):
+    """``CenterCropRGBImageDecoder`` decoding on the GPU with nvJPEG."""
+
+    def __init__(self, output_size: tuple[int, int], ratio: float, device: Any = "cuda") -> None:
+        super().__init__(output_size, ratio)
+        self.device = device
+
+
+__all__ = ["NvJpegCenterCropRGBImageDecoder", "NvJpegRandomResizedCropRGBImageDecoder"]
+
