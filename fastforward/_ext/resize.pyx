@@ -208,10 +208,11 @@ cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0
     try:
         _make_filter(&fx, <int>w, <int>ow)
         _make_filter(&fy, <int>h, <int>oh)
+        # + 4: slack for the 4-wide loads and stores of the horizontal pass
         if h < oh:
-            tmp = <float*>malloc((in_stride + (h + 1) * out_stride) * sizeof(float))
+            tmp = <float*>malloc((in_stride + (h + 1) * out_stride + 4) * sizeof(float))
         else:
-            tmp = <float*>malloc((in_stride + out_stride) * sizeof(float))
+            tmp = <float*>malloc((in_stride + out_stride + 4) * sizeof(float))
         if tmp == NULL:
             with gil:
                 raise MemoryError()

@@ -36,6 +36,25 @@ static inline void ff_row_to_u8(const float *restrict src, uint8_t *restrict out
     }
 }
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+/* 3 channels with 4-wide SSE: each tap is one unaligned load of 4 floats (the
+ * pixel and the next one's first channel) and one multiply-add; each output
+ * pixel one 4-float store whose 4th float the next pixel overwrites. Pixels are
+ * written in memory order (the source column runs backwards when flipping),
+ * and both buffers have a float of slack at their end (see resize.pyx). */
+#define FF_TAPS3(T)                                                              \
+    for (ptrdiff_t q = 0; q < ow; q++) {                                         \
+        ptrdiff_t x = flip ? ow - 1 - q : q;                                     \
+        const float *restrict p = row + (ptrdiff_t)start[x] * 3;                 \
+        const float *restrict wt = weight + x * taps;                            \
+        __m128 acc = _mm_mul_ps(_mm_set1_ps(wt[0]), _mm_loadu_ps(p));            \
+        for (int k = 1; k < (T); k++)                                            \
+            acc = _mm_add_ps(acc, _mm_mul_ps(_mm_set1_ps(wt[k]),                 \
+                                             _mm_loadu_ps(p + 3 * k)));          \
+        _mm_storeu_ps(out + q * 3, acc);                                         \
+    }
+#else
 /* Output pixel x of one row, `T` taps, 3 channels: unrolled for small T. */
 #define FF_TAPS3(T)                                                              \
     for (ptrdiff_t x = 0; x < ow; x++) {                                         \
@@ -52,6 +71,7 @@ static inline void ff_row_to_u8(const float *restrict src, uint8_t *restrict out
         o[1] = g;                                                                \
         o[2] = b;                                                                \
     }
+#endif
 
 /* One output row (as floats) from one filtered input row of `c` channels:
  * output pixel x is sum_k weight[x*taps + k] * row[(start[x] + k)*c + ch] for
@@ -61,7 +81,7 @@ static inline void ff_hpass_u8(const float *restrict row, const int *restrict st
                                ptrdiff_t c, int flip, float *restrict out) {
     if (c == 3) {
         switch (used) {  /* constant trip counts: the compiler unrolls each case */
-        case 1: FF_TAPS3(1) return;
+        case 1: FF_TAPS3(1) return;  /* NOLINT: the macros are whole loops */
         case 2: FF_TAPS3(2) return;
         case 3: FF_TAPS3(3) return;
         case 4: FF_TAPS3(4) return;
