@@ -98,7 +98,11 @@ def loader_pipelines(reader: Reader, field: str, name: str) -> dict[str, Any]:
     elif name == "train_numpy":
         ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip()]
     elif name == "train":
-        import torch
+        try:
+            import torch
+        except ImportError as exc:
+            raise ImportError("the train pipeline ends in torch tensors: pip install "
+                              "'fastforward[torch]', or use train_numpy") from exc
 
         ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip(), ToTensor(),
                ToTorchImage(), Convert(torch.float16)]

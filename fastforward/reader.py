@@ -218,12 +218,15 @@ class Reader:
         if lo == hi:
             where = f"sample {sample}: " if sample is not None else ""
             raise self._error(f"{where}no allocation starts at offset {ptr}")
-        if hi - lo > 1 and sample is not None:
-            # FFCV stores a zero-length payload at the next one's offset
-            for i in range(lo, hi):
-                if int(self._owners[i]) == sample:
-                    return int(self._sizes[i])
-        return int(self._sizes[lo])
+        if sample is None:
+            return int(self._sizes[lo])
+        # FFCV may store a zero-length payload at the next one's offset: pick the
+        # sample's own allocation, and refuse a pointer into another sample's
+        for i in range(lo, hi):
+            if int(self._owners[i]) == sample:
+                return int(self._sizes[i])
+        raise self._error(f"sample {sample}: the payload at offset {ptr} belongs to sample "
+                          f"{int(self._owners[lo])}")
 
     def payload_sizes(self, ptrs: np.ndarray, samples: np.ndarray) -> np.ndarray:
         """Vectorised ``payload_size``: the size of each ``(ptr, sample)`` allocation.
@@ -314,8 +317,8 @@ class Reader:
             for sample, ptr in enumerate(pointers.tolist()):
                 try:
                     size = self.payload_size(ptr, sample)
-                except FormatError:
-                    problems.append(Problem(sample, name, f"no allocation starts at offset {ptr}"))
+                except FormatError as exc:
+                    problems.append(Problem(sample, name, str(exc).split(": ", 2)[-1]))
                     continue
                 page = ptr >> page_shift
                 if ((ptr + max(size, 1) - 1) >> page_shift) != page:

@@ -2,7 +2,7 @@
 
 ::
 
-    ring = [slot 0][slot 1] ... [slot S-1]        S = batches_ahead + 2
+    ring = [slot 0][slot 1] ... [slot S-1]        S = batches_ahead + 3
     slot = {buffer key: (batch_size, *shape) array per allocation}
 
 Decoders and operations write each batch into the buffers of one slot; the
@@ -44,7 +44,9 @@ class Slot:
         self.pinned = pinned  # page-locked host memory, for asynchronous copies to a GPU
         self.fence: Any = None  # an event to wait for before refilling (a copy in flight)
         self.layout: Layout = {}
-        self._arrays: list[Any] = []  # every buffer, once: the only reference the slot keeps
+        self._arrays: list[Any] = []  # every buffer, once
+        self._owners: list[Any] = []  # the base-most array of each (what views refer to)
+        self._baseline: list[int] = []  # their reference counts with no view alive
         self._where: dict[str, int | tuple[int, ...]] = {}
 
     def fit(self, layout: Layout) -> None:
@@ -65,6 +67,11 @@ class Slot:
             where[key] = positions[0] if isinstance(query, AllocationQuery) else tuple(positions)
             del kept, values
         self._arrays, self._where, self.layout = arrays, where, dict(layout)
+        # Views of an array keep its base-most array alive (NumPy collapses
+        # bases), so that is the one to watch; its count now is the baseline.
+        self._owners = [_owner(a) for a in arrays]
+        owners = self._owners
+        self._baseline = [sys.getrefcount(owners[i]) for i in range(len(owners))]
 
     def get(self, key: str) -> Any:
         """The buffer (or tuple of buffers) for *key*."""
@@ -85,15 +92,21 @@ class Slot:
 
     def is_held(self) -> bool:
         """Whether anything outside the slot still refers to one of its buffers."""
-        arrays = self._arrays
-        # one reference from the list, one for getrefcount's argument
-        return any(arrays[i] is not None and sys.getrefcount(arrays[i]) > 2
-                   for i in range(len(arrays)))
+        owners, baseline = self._owners, self._baseline
+        return any(owners[i] is not None and sys.getrefcount(owners[i]) > baseline[i]
+                   for i in range(len(owners)))
 
     @property
     def nbytes(self) -> int:
         """Bytes of all buffers."""
         return sum(int(getattr(a, "nbytes", 0)) for a in self._arrays)
+
+
+def _owner(array: Any) -> Any:
+    """The base-most NumPy array behind *array* (None for no buffer)."""
+    while isinstance(getattr(array, "base", None), np.ndarray):
+        array = array.base
+    return array
 
 
 def is_host(query: AllocationQuery) -> bool:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import itertools
 import threading
@@ -104,6 +105,9 @@ class Engine:
         future = asyncio.run_coroutine_threadsafe(self._out.get(), self._loop)
         try:
             item = future.result()
+        except concurrent.futures.CancelledError:  # close() from another thread
+            self.close()
+            raise StopIteration from None
         except BaseException:
             future.cancel()
             self.close()
@@ -245,16 +249,18 @@ class Engine:
     async def _batch(self, index: int, indices: np.ndarray) -> Any:
         loop = asyncio.get_running_loop()
         plan = self.plan
-        data = await loop.run_in_executor(self._io_pool, plan.fetch, indices)
-        slot = plan.acquire_slot()
+        data = slot = None
         try:
+            data = await loop.run_in_executor(self._io_pool, plan.fetch, indices)
+            slot = plan.acquire_slot()
             return await loop.run_in_executor(
                 self._batch_pool, plan.run_batch, index, indices, data, slot, self.map_ranges)
         except Exception as exc:  # delivered in order, after the batches before it
             return _Failure(exc)
         finally:
             del data  # os_cache=False: the batch's bytes go now
-            plan.release_slot(slot)  # the user's references (if any) now fence it
+            if slot is not None:
+                plan.release_slot(slot)  # the user's references (if any) now fence it
 
 
 @dataclass

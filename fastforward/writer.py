@@ -181,14 +181,11 @@ def _too_large(nbytes: int, page_size: int) -> str:
 
 # -- worker processes -----------------------------------------------------------
 
-# Set in the parent just before the workers start; forked workers inherit it
-# (spawned ones get it pickled through _worker_main's arguments).
-_JOB: tuple[_Encoder, Callable[[Any], Iterable[tuple[int, Any, Any]]]] | None = None
-
-
 def _worker_main(conn: Connection, job: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    encoder, expand = job if job is not None else _JOB
+    # forked workers receive the job as it is in memory (nothing is pickled);
+    # spawned ones get it pickled
+    encoder, expand = job
     while True:
         try:
             task = conn.recv()
@@ -240,7 +237,7 @@ class _Pool:
                 parent_end, child_end = ctx.Pipe()
                 proc = ctx.Process(
                     target=_worker_main,
-                    args=(child_end, None if method == "fork" else job),
+                    args=(child_end, job),
                     name=f"fastforward-writer-{i}",
                     daemon=True,
                 )
@@ -494,7 +491,6 @@ class DatasetWriter:
     # -- the write ------------------------------------------------------------------
 
     def _write(self, num_samples: int, tasks: list[Any], source: Any) -> None:
-        global _JOB
         names = list(self.fields)
         fields = list(self.fields.values())
         encoder = _Encoder(self.fname, names, fields, self.row_type, self.page_size, self.seed)
@@ -508,8 +504,7 @@ class DatasetWriter:
                 start = data_offset(len(fields), num_samples, self.row_type, self.page_size)
                 pages = _PageWriter(file, start, self.page_size, num_samples, self.row_type,
                                     _pointer_leaves(self.row_type))
-                _JOB = (encoder, source.expand)
-                pool = _Pool(min(self.num_workers, max(len(tasks), 1)), _JOB)
+                pool = _Pool(min(self.num_workers, max(len(tasks), 1)), (encoder, source.expand))
                 with self._progress_bar(num_samples) as bar:
                     for chunk in pool.run(tasks):
                         pages.add(chunk)
@@ -532,8 +527,6 @@ class DatasetWriter:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        finally:
-            _JOB = None
 
     def _write_head(self, file: Any, num_samples: int, names: list[str],
                     fields: list[Field]) -> None:

@@ -218,3 +218,42 @@ def test_resume_on_another_world_size(paged: Path, monkeypatch: pytest.MonkeyPat
         loader.load_state_dict(states[0])
         rest.extend(epoch_ids(loader))
     assert sorted(consumed + rest) == list(range(1003))
+
+
+@pytest.mark.parametrize("order", ORDERS, ids=lambda o: o.name)
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_resume_exact_on_the_same_world_size(paged: Path, monkeypatch: pytest.MonkeyPatch,
+                                              order: OrderOption, drop_last: bool) -> None:
+    """Each of 3 ranks resumed after 2 batches yields exactly what it would have."""
+    for r in range(3):
+        full = epoch_ids(rank_loader(paged, r, 3, monkeypatch, batch_size=10, order=order,
+                                     drop_last=drop_last))
+        first = rank_loader(paged, r, 3, monkeypatch, batch_size=10, order=order,
+                            drop_last=drop_last)
+        iterator = iter(first)
+        head = [int(i) for _ in range(2) for i in next(iterator)[0].ravel()]
+        state = first.state_dict()
+        iterator.close()
+        resumed = rank_loader(paged, r, 3, monkeypatch, batch_size=10, order=order,
+                              drop_last=drop_last)
+        resumed.load_state_dict(state)
+        assert head + epoch_ids(resumed) == full
+
+
+@pytest.mark.parametrize("order", ORDERS, ids=lambda o: o.name)
+def test_no_rank_is_left_without_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         order: OrderOption) -> None:
+    path = tmp_path / "three.beton"
+    DatasetWriter(path, {"index": IntField(), "blob": BytesField()}, num_workers=1,
+                  progress=False).from_indexed_dataset(
+        [(i, np.zeros(5, np.uint8)) for i in range(3)])
+    lengths = [len(rank_loader(path, r, 4, monkeypatch, batch_size=1, order=order,
+                               drop_last=False)) for r in range(4)]
+    assert lengths == [1, 1, 1, 1]
+
+
+def test_quasi_random_ranks_are_balanced(paged: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes = [len(epoch_ids(rank_loader(paged, r, 2, monkeypatch, batch_size=10,
+                                       order=OrderOption.QUASI_RANDOM, drop_last=False,
+                                       even_batches=False))) for r in range(2)]
+    assert abs(sizes[0] - sizes[1]) <= 100  # within a page (about 100 samples here)

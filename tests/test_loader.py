@@ -438,3 +438,61 @@ def test_fused_flip_equals_the_separate_flip(photos_file: Path) -> None:
 
     fused, separate = first_batch(False), first_batch(True)
     np.testing.assert_array_equal(fused, separate)
+
+
+def test_fetch_failure_comes_after_the_batches_before_it(scalars: Path) -> None:
+    loader = index_loader(scalars, batch_size=10)
+    fetch = loader.memory_manager.fetch
+    calls = []
+
+    def failing(indices: np.ndarray):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 4:
+            raise OSError("disk unplugged")
+        return fetch(indices)
+
+    loader.memory_manager.fetch = failing  # type: ignore[method-assign]
+    iterator = iter(loader)
+    assert [int(next(iterator)[0][0, 0]) for _ in range(3)] == [0, 10, 20]
+    with pytest.raises(OSError, match="disk unplugged"):
+        next(iterator)
+
+
+def test_a_failed_iter_keeps_the_epoch(photos_file: Path) -> None:
+    decoder = RandomResizedCropRGBImageDecoder((8, 8))
+    loader = Loader(photos_file, 4, pipelines={"image": [decoder], "label": None})
+    decoder.output_size = (0, 8)
+    with pytest.raises(ValueError, match="output_size"):
+        iter(loader)
+    assert loader.next_epoch == 0
+    decoder.output_size = (8, 8)
+    assert next(iter(loader))[0].shape == (4, 8, 8, 3)
+
+
+def test_close_from_another_thread_ends_the_loop(scalars: Path) -> None:
+    loader = index_loader(scalars, batch_size=1, pipelines={
+        "index": [IntDecoder(), Sleepy(0.02)], "value": None})
+    timer = threading.Timer(0.2, loader.close)
+    timer.start()
+    seen = sum(1 for _ in loader)
+    timer.join()
+    assert 0 < seen < 600
+
+
+def test_bad_arguments(scalars: Path) -> None:
+    with pytest.raises(TypeError, match="boolean mask"):
+        index_loader(scalars, batch_size=4, indices=np.ones(600, bool))
+    with pytest.raises(ValueError, match="non-negative"):
+        index_loader(scalars, batch_size=4, seed=-1)
+
+
+def test_failed_construction_leaks_no_file(scalars: Path) -> None:
+    before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    for _ in range(20):
+        with pytest.raises(ValueError, match="PipelineSpec"):
+            Loader(scalars, 4, os_cache=False, pipelines={"nope": [IntDecoder()]})
+        with pytest.raises(TypeError):
+            Loader(scalars, 4, os_cache=False,
+                   pipelines={"index": [IntDecoder(), "not an op"], "value": None})
+    if before is not None:
+        assert len(os.listdir("/proc/self/fd")) <= before + 2

@@ -133,3 +133,15 @@ def test_corrupt_jpeg_reported_by_verify_and_read(good: Path) -> None:
 def test_read_out_of_range(good: Path) -> None:
     with pytest.raises(IndexError, match="sample 60"):
         Reader(good).read(60)
+
+
+def test_pointer_into_another_sample_is_refused(good: Path) -> None:
+    reader = Reader(good)
+    ptr0 = int(reader.metadata[0]["f0"]["data_ptr"])
+    offset = 24 + 3 * 1041 + reader.metadata_type.itemsize * 1  # sample 1's row
+    reader.close()
+    patch(good, offset + reader.metadata_type.fields["f0"][1] + 5, struct.pack("<Q", ptr0))
+    reader = Reader(good)
+    assert [(p.sample, p.field) for p in reader.verify()] == [(1, "image")]
+    with pytest.raises(FormatError, match="belongs to sample 0"):
+        reader.read(1)

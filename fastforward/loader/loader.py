@@ -32,7 +32,7 @@ from ..ring import SlotRing
 from ..scheduler import Engine, EpochPlan
 from ..traversal_order import QuasiRandom, Random, Sequential, TraversalOrder
 from ..utils import default_workers
-from .sharding import Shard, contiguous, remaining
+from .sharding import Shard, resume
 
 
 class OrderOption(enum.Enum):
@@ -121,7 +121,20 @@ class Loader:
         self.batches_ahead = int(batches_ahead)
         self.recompile = recompile
         self.custom_fields = dict(custom_fields or {})
+        self._closed = True  # until construction succeeds: __del__ then has nothing to do
         self.reader = Reader(self.fname, self.custom_fields)
+        try:
+            self._construct(seed, indices, order, order_kwargs, pipelines)
+        except BaseException:
+            self.reader.close()
+            if hasattr(self, "memory_manager"):
+                self.memory_manager.close()
+            raise
+        self._closed = False
+
+    def _construct(self, seed: int | None, indices: Sequence[int] | None, order: Any,
+                   order_kwargs: Mapping[str, Any] | None, pipelines: Mapping[str, Any] | None
+                   ) -> None:
         self.seed = self._resolve_seed(seed)
         self.indices = self._resolve_indices(indices)
         self.next_epoch = 0
@@ -131,18 +144,21 @@ class Loader:
             OSCacheManager(self.reader) if self.os_cache else ProcessCacheManager(self.reader))
         self._specs = self._normalise(dict(pipelines or {}))
         self.pipelines = self._build()  # checks every pipeline now, not at the first batch
-        self._ring = SlotRing(self.batches_ahead + 2, self.batch_size)
+        # batches_ahead in flight, one in the out queue, the one the consumer
+        # holds, and the previous one, still alive while next() runs in a loop
+        self._ring = SlotRing(self.batches_ahead + 3, self.batch_size)
         self._stage = self._device_stage()
         self._ring.pinned = self._stage is not None
         self._iterators: weakref.WeakSet[EpochIterator] = weakref.WeakSet()
         self._current: weakref.ref[EpochIterator] | None = None
         self._resume: tuple[int, list[list[int]]] | None = None  # (epoch, segments)
-        self._closed = False
 
     # -- arguments ------------------------------------------------------------------
 
     def _resolve_seed(self, seed: int | None) -> int:
         if seed is not None:
+            if not 0 <= int(seed) < 1 << 63:
+                raise ValueError(f"seed must be a non-negative integer below 2**63, got {seed}")
             return int(seed)
         if self.distributed:
             raise ValueError("distributed=True needs an explicit seed, so that every rank "
@@ -153,6 +169,9 @@ class Loader:
         n = self.reader.num_samples
         if indices is None:
             return np.arange(n, dtype=np.int64)
+        if np.asarray(indices).dtype == bool:
+            raise TypeError("indices must be sample numbers, not a boolean mask (use "
+                            "np.flatnonzero(mask))")
         result = np.asarray(indices, dtype=np.int64).reshape(-1).copy()
         bad = np.flatnonzero((result < 0) | (result >= n))
         if bad.size:
@@ -354,7 +373,7 @@ class Loader:
         """The CUDA stage, when a pipeline copies to a CUDA device (one device per loader)."""
         from ..transforms import ToDevice
 
-        devices = {str(op.device) for spec in self._specs.values()
+        devices = {_device_name(op.device) for spec in self._specs.values()
                    for op in [spec.decoder, *spec.transforms]
                    if isinstance(op, (ToDevice, Decoder)) and is_cuda(getattr(op, "device", "cpu"))}
         if not devices:
@@ -425,9 +444,8 @@ class Loader:
         world = segments[0][0] if segments else self.world_size
         shards = self.traversal_order.rank_orders(epoch, world, self.even_batches)
         for position, (_, done) in enumerate(segments):
-            rest = remaining(shards, done * self.batch_size)
             world = segments[position + 1][0] if position + 1 < len(segments) else self.world_size
-            shards = contiguous(rest, world, self.even_batches)
+            shards = resume(shards, done * self.batch_size, world, self.even_batches)
         return shards
 
     def _batches(self, epoch: int, segments: list[list[int]]) -> list[np.ndarray]:
@@ -438,9 +456,11 @@ class Loader:
 
     def __len__(self) -> int:
         """Batches in the next epoch (for this rank)."""
-        epoch = self.next_epoch
-        segments = self._resume[1] if self._resume and self._resume[0] == epoch else []
-        return len(self._batches(epoch, segments))
+        return len(self._batches(self.next_epoch, self._segments(self.next_epoch)))
+
+    def _segments(self, epoch: int) -> list[list[int]]:
+        """How *epoch* was resumed (``load_state_dict``), or [] to start it afresh."""
+        return self._resume[1] if self._resume and self._resume[0] == epoch else []
 
     # -- resuming -----------------------------------------------------------------
 
@@ -458,7 +478,7 @@ class Loader:
                                                [self.world_size, iterator.delivered]]
         else:
             epoch = self.next_epoch
-            segments = self._resume[1] if self._resume and self._resume[0] == epoch else []
+            segments = self._segments(epoch)
         return {"version": 1, "epoch": int(epoch), "seed": int(self.seed),
                 "batch_size": self.batch_size, "num_samples": len(self.indices),
                 "segments": [[int(w), int(k)] for w, k in segments]}
@@ -483,12 +503,12 @@ class Loader:
         if self._closed:
             raise RuntimeError(f"{self.fname}: the loader is closed")
         epoch = self.next_epoch
-        self.next_epoch += 1
-        segments = self._resume[1] if self._resume and self._resume[0] == epoch else []
-        self._resume = None
-        pipelines = self._build()
+        segments = self._segments(epoch)
+        pipelines = self._build()  # may fail (a bad output_size): the epoch is not used up
         layout = dict(self._layout)
         batches = self._batches(epoch, segments)
+        self.next_epoch += 1
+        self._resume = None
         plan = EpochPlan(
             batches=batches,
             fetch=self.memory_manager.fetch,
@@ -568,6 +588,16 @@ class EpochIterator(Iterator[tuple]):
 _DEFAULT = object()
 
 
+def _device_name(device: Any) -> str:
+    """``'cuda'``, ``'cuda:0'`` and ``torch.device('cuda')`` all name the current GPU."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return str(device)
+
+
 def _distributed_context() -> tuple[int, int]:
     """``(rank, world size)`` from ``torch.distributed``, whatever the backend."""
     try:
@@ -599,6 +629,12 @@ def _fused_output(op: Any) -> tuple[np.dtype, np.ndarray | None, np.ndarray | No
 def _to_tensor() -> Operation:
     from ..transforms import ToTensor
 
+    try:
+        import torch  # noqa: F401 - only to say what is missing
+    except ImportError as exc:
+        raise ImportError("a field without a pipeline gets its default decoder and ToTensor(), "
+                          "which needs torch: pip install 'fastforward[torch]', or give the "
+                          "field a pipeline (a list of NumPy operations) or None") from exc
     return ToTensor()
 
 

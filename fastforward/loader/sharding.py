@@ -42,12 +42,16 @@ class Shard:
         return Shard(order, np.zeros(len(order), bool))
 
 
-def pad_to(shard: Shard, length: int) -> Shard:
-    """*shard* lengthened to *length* by repeating its own samples from the start."""
+def pad_to(shard: Shard, length: int, fallback: np.ndarray) -> Shard:
+    """*shard* lengthened to *length* by repeating its own samples from the start
+    (or *fallback*'s, for an empty shard: every rank must get the same batches)."""
     missing = length - len(shard.order)
-    if missing <= 0 or len(shard.order) == 0:
+    if missing <= 0:
         return shard
-    extra = np.resize(shard.order, missing)
+    source = shard.order if len(shard.order) else np.asarray(fallback, dtype=np.int64)
+    if len(source) == 0:
+        return shard
+    extra = np.resize(source, missing)
     return Shard(np.concatenate([shard.order, extra]),
                  np.concatenate([shard.padding, np.ones(missing, bool)]))
 
@@ -66,11 +70,27 @@ def strided(order: np.ndarray, world: int, even: bool) -> list[Shard]:
 
 def contiguous(order: np.ndarray, world: int, even: bool) -> list[Shard]:
     """Near-equal contiguous chunks (keeps page locality); padded when *even*."""
-    chunks = [Shard.of(c) for c in np.array_split(np.asarray(order, np.int64), world)]
-    if even:
-        longest = max(len(c.order) for c in chunks)
-        chunks = [pad_to(c, longest) for c in chunks]
-    return chunks
+    order = np.asarray(order, np.int64)
+    chunks = [Shard.of(c) for c in np.array_split(order, world)]
+    return even_out(chunks, order) if even else chunks
+
+
+def even_out(shards: list[Shard], fallback: np.ndarray) -> list[Shard]:
+    """Pad every shard to the longest one's length (see ``pad_to``)."""
+    longest = max(len(s.order) for s in shards)
+    return [pad_to(s, longest, fallback) for s in shards]
+
+
+def resume(shards: list[Shard], consumed: int, world: int, even: bool) -> list[Shard]:
+    """The shards after *consumed* samples of each, for *world* ranks.
+
+    On the same number of ranks each rank simply goes on with its own
+    samples, exactly as an uninterrupted run would. On another number, the
+    remaining samples are split again (``remaining``, then ``contiguous``).
+    """
+    if world == len(shards):
+        return [Shard(s.order[consumed:], s.padding[consumed:]) for s in shards]
+    return contiguous(remaining(shards, consumed), world, even)
 
 
 def remaining(shards: list[Shard], consumed: int) -> np.ndarray:

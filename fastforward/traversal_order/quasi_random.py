@@ -98,7 +98,7 @@ class QuasiRandom(TraversalOrder):
         samples of its run. With fewer pages than ranks the single-process
         order is split into contiguous chunks instead (pages are then shared).
         """
-        from ..loader.sharding import Shard, contiguous, pad_to
+        from ..loader.sharding import Shard, contiguous, even_out
 
         if world == 1:
             return [Shard.of(self.sample_order(epoch))]
@@ -110,7 +110,12 @@ class QuasiRandom(TraversalOrder):
         counts = np.bincount(page_of, minlength=len(unique))[ranked]
         cumulative = np.cumsum(counts)
         # cut where the running count passes k/world of the samples; every rank gets a page
-        cuts = np.searchsorted(cumulative, cumulative[-1] * np.arange(1, world) / world) + 1
+        # the page boundary nearest each k/world of the samples
+        targets = cumulative[-1] * np.arange(1, world) / world
+        after = np.searchsorted(cumulative, targets)  # first page reaching the target
+        before_gap = targets - np.concatenate(([0], cumulative))[after]
+        after_gap = cumulative[after] - targets
+        cuts = np.where(after_gap < before_gap, after + 1, after)
         for k in range(world - 1):  # every rank gets at least one page
             low = cuts[k - 1] + 1 if k else 1
             cuts[k] = min(max(cuts[k], low), len(unique) - (world - 1 - k))
@@ -122,10 +127,7 @@ class QuasiRandom(TraversalOrder):
             shards.append(Shard.of(quasi_random_order(
                 self.indices[mine], self.pages[mine], self.window,
                 self.rng(epoch, salt=1 + r))))
-        if even:
-            longest = max(len(s.order) for s in shards)
-            shards = [pad_to(s, longest) for s in shards]
-        return shards
+        return even_out(shards, self.indices) if even else shards
 
 
 def mixing_distance(order: np.ndarray, labels: np.ndarray, batch_size: int) -> float:
