@@ -350,3 +350,27 @@ def test_progress_bar_leaves_no_thread(tmp_path: Path) -> None:
     DatasetWriter(tmp_path / "p.beton", {"i": IntField()}, num_workers=1, progress=True) \
         .from_indexed_dataset(list(range(10)))
     assert set(threading.enumerate()) == before
+
+
+def test_writers_in_threads_keep_their_own_data(tmp_path: Path) -> None:
+    import threading
+
+    errors: list[BaseException] = []
+
+    def write_one(k: int) -> None:
+        try:
+            DatasetWriter(tmp_path / f"{k}.beton", {"i": IntField()}, num_workers=2,
+                          progress=False).from_indexed_dataset(
+                [k * 1000 + i for i in range(200)], chunksize=7)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write_one, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for k in range(4):
+        assert Reader(tmp_path / f"{k}.beton").metadata["f0"].tolist() == [
+            k * 1000 + i for i in range(200)]
