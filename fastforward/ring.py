@@ -123,12 +123,12 @@ def host_dtype(dtype: Any) -> np.dtype:
     """
     if isinstance(dtype, np.dtype) or not type(dtype).__module__.startswith("torch"):
         return np.dtype(dtype)
-    import torch
+    from .fields.ndarray import torch_to_numpy_dtype
 
     try:
-        return np.dtype(torch.empty((), dtype=dtype).numpy().dtype)
-    except TypeError:
-        return np.dtype(f"u{torch.empty((), dtype=dtype).element_size()}")
+        return torch_to_numpy_dtype(dtype)
+    except ValueError:
+        return np.dtype(f"u{dtype.itemsize}")
 
 
 class SlotRing:

@@ -29,11 +29,11 @@ def is_torch_dtype(dtype: Any) -> bool:
 def numpy_dtype(dtype: Any, op: Any) -> np.dtype:
     """*dtype* (NumPy or torch) as a NumPy dtype; TypeError if it has none."""
     if is_torch_dtype(dtype):
-        import torch
+        from ..fields.ndarray import torch_to_numpy_dtype
 
         try:
-            return torch.empty((), dtype=dtype).numpy().dtype
-        except TypeError:
+            return torch_to_numpy_dtype(dtype)
+        except ValueError:
             raise TypeError(f"{name(op)}: torch dtype {dtype} has no NumPy equivalent") from None
     try:
         return np.dtype(dtype)
