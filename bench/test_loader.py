@@ -132,7 +132,7 @@ def test_memory_beyond_the_map(benchmark, beton: Path) -> None:
         done.set()
         sampler.join()
     grown = max(peak[0] - before, 0)
-    slots = (3 + 2) * 256 * 224 * 224 * 3
+    slots = (3 + 3) * 256 * 224 * 224 * 3  # batches_ahead + 3 slots
     record("memory", "peak RSS growth, MB (as images/s column)",
            Measurement(f"peak RSS growth (MB); ring slots = {slots / 1e6:.0f} MB",
                        int(grown / 1e6), 1.0))
