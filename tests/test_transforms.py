@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 import reference
+from harness import allocate, apply_checked, state_of
 from reference import crop_resize
 
 import fastforward.transforms as T
 from fastforward._ext.resize import crop_resize_into
-from fastforward.pipeline import AllocationQuery, BatchContext, Operation, State
+from fastforward.pipeline import BatchContext, Operation, State
 from fastforward.transforms.crop import RANDOM_CROP_UNIFORMS, get_center_crop, get_random_crop
 
 H, W, B = 36, 48, 20
@@ -30,38 +31,10 @@ def context(indices: Any = None, epoch: int = 0, seed: int = 1, stream: int = 3)
     return BatchContext(indices=indices, epoch=epoch, seed=seed, stream=stream)
 
 
-def state_of(batch: Any) -> State:
-    if isinstance(batch, np.ndarray):
-        return State(jit_mode=True, shape=batch.shape[1:], dtype=batch.dtype)
-    return State(jit_mode=False, device=batch.device, shape=tuple(batch.shape[1:]),
-                 dtype=batch.dtype)
-
-
-def allocate(query: AllocationQuery | None, count: int) -> Any:
-    if query is None:
-        return None
-    if query.device is None:
-        return np.full((count, *query.shape), 77, dtype=query.dtype)
-    import torch
-
-    return torch.full((count, *query.shape), 77, dtype=query.dtype, device=query.device)
-
-
 def run(op: Operation, batch: Any, ctx: BatchContext | None = None,
         slots: int | None = None) -> tuple[Any, State]:
-    """Declare, allocate as the loader does, apply; check the input is untouched."""
-    new_state, query = op.declare_state_and_memory(state_of(batch))
-    destination = allocate(query, slots or len(batch))
-    before = batch.clone() if hasattr(batch, "clone") else batch.copy()
-    out = op.apply(batch, destination, ctx or context(np.arange(len(batch))))
-    if isinstance(batch, np.ndarray):
-        np.testing.assert_array_equal(batch, before, err_msg="the input was modified")
-    else:
-        assert bool((batch == before).all()), "the input was modified"
-    assert isinstance(out, np.ndarray) == new_state.jit_mode
-    assert out.dtype == new_state.dtype
-    assert tuple(out.shape) == (len(batch), *new_state.shape)
-    return out, new_state
+    """Apply *op* as the loader does (see ``harness.apply_checked``)."""
+    return apply_checked(op, batch, ctx or context(np.arange(len(batch))), slots)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from harness import apply_checked, state_of
 
 import fastforward.transforms as T
 from fastforward.pipeline import AllocationQuery, BatchContext, Operation, State
@@ -43,38 +44,9 @@ def context(indices: Any = None, epoch: int = 2) -> BatchContext:
     return BatchContext(indices=indices, epoch=epoch, seed=7, stream=5)
 
 
-def state_of(batch: Any) -> State:
-    if isinstance(batch, np.ndarray):
-        return State(jit_mode=True, shape=batch.shape[1:], dtype=batch.dtype)
-    return State(jit_mode=False, device=batch.device, shape=tuple(batch.shape[1:]),
-                 dtype=batch.dtype)
-
-
-def allocate(query: AllocationQuery | None, count: int) -> Any:
-    if query is None:
-        return None
-    if query.device is None:
-        return np.full((count, *query.shape), 77, dtype=query.dtype)
-    return torch.full((count, *query.shape), 77, dtype=query.dtype, device=query.device)
-
-
 def run(op: Operation, batch: Any, ctx: BatchContext, slots: int | None = None) -> Any:
-    """Declare, allocate as the loader does, apply; check the input is untouched."""
-    new_state, query = op.declare_state_and_memory(state_of(batch))
-    destination = allocate(query, slots or len(batch))
-    before = batch.copy() if isinstance(batch, np.ndarray) else batch.clone()
-    out = op.apply(batch, destination, ctx)
-    if isinstance(batch, np.ndarray):
-        np.testing.assert_array_equal(batch, before, err_msg="the input was modified")
-    else:
-        assert torch.equal(batch, before), "the input was modified"
-        assert out.device == batch.device
-        if query is not None:
-            assert query.device == new_state.device
-    assert isinstance(out, np.ndarray) == new_state.jit_mode
-    assert out.dtype == new_state.dtype
-    assert tuple(out.shape) == (len(batch), *new_state.shape)
-    return out
+    """Apply *op* as the loader does (see ``harness.apply_checked``)."""
+    return apply_checked(op, batch, ctx, slots)[0]
 
 
 def to_torch(batch: np.ndarray, layout: str, device: str = "cpu") -> Any:
