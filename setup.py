@@ -25,7 +25,7 @@ extensions = [
         f"fastforward._ext.{name}",
         [f"fastforward/_ext/{name}.pyx"],
         include_dirs=["fastforward/_ext"],
-        extra_compile_args=["-O0", "-g"] if DEBUG else ["-O3"],
+        extra_compile_args=(["-O0", "-g"] if DEBUG else ["-O3"]) + ["-ffp-contract=off"],
     )
     for name in ["collate", "resize"]
 ]

@@ -38,6 +38,33 @@ def test_matches_reference(source: np.ndarray, crop: tuple[int, int, int, int],
     assert np.mean(out != expected) < 0.01
 
 
+def test_workspace_is_reused_and_grown(source: np.ndarray) -> None:
+    from fastforward._ext.resize import Workspace
+
+    workspace = Workspace()
+    assert workspace.nbytes == 0
+    small, large = np.empty((5, 7, 3), np.uint8), np.empty((90, 120, 3), np.uint8)
+    crop_resize_into(source, 0, 0, 40, 60, small, workspace=workspace)
+    first = workspace.nbytes
+    crop_resize_into(source, 0, 0, 40, 60, large, workspace=workspace)
+    assert workspace.nbytes > first
+    # the same pixels as without a workspace, after the workspace held other data
+    for crop, size in CASES.values():
+        for flip in (False, True):
+            out, fresh = np.empty((*size, 3), np.uint8), np.empty((*size, 3), np.uint8)
+            crop_resize_into(source, *crop, out, flip, workspace=workspace)
+            crop_resize_into(source, *crop, fresh, flip)
+            np.testing.assert_array_equal(out, fresh)
+
+
+def test_shrinking_with_more_taps_than_the_row_table_on_the_stack() -> None:
+    # 300 rows onto 2: 150+ taps per output row (the stack table holds 64)
+    src = np.random.default_rng(1).integers(0, 256, (300, 50, 3), dtype=np.uint8)
+    out = np.empty((2, 5, 3), np.uint8)
+    crop_resize_into(src, 0, 0, 300, 50, out)
+    assert np.abs(out.astype(int) - crop_resize(src, 0, 0, 300, 50, 2, 5)).max() <= 1
+
+
 def test_identity_is_exact(source: np.ndarray) -> None:
     out = np.empty_like(source)
     crop_resize_into(source, 0, 0, *source.shape[:2], out)

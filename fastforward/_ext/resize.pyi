@@ -3,9 +3,16 @@ from collections.abc import Sequence
 import numpy as np
 from typing_extensions import Buffer
 
+class Workspace:
+    """Scratch memory for ``crop_resize_into``, kept between calls (one per thread)."""
+
+    @property
+    def nbytes(self) -> int: ...
+
 def crop_resize_into(
     src: Buffer, y0: int, x0: int, h: int, w: int, out: np.ndarray, flip: bool = False,
     scale: Sequence[float] | None = None, bias: Sequence[float] | None = None,
+    workspace: Workspace | None = None,
 ) -> int:
     """Resize the ``h x w`` window of *src* at ``(y0, x0)`` into *out*; mirror it if *flip*."""
 

@@ -18,20 +18,18 @@ Filters, per axis, for an input length ``n`` and an output length ``m``:
 
 from libc.math cimport floor
 from libc.stdint cimport uint8_t, uint16_t
-from libc.stdlib cimport free, malloc
-from libc.string cimport memset
+from libc.stdlib cimport free, malloc, realloc
 
 import numpy as np
 
 
 cdef extern from "resize_kernels.h" nogil:
-    void ff_axpy_u8(float* acc, const uint8_t* src, float w, Py_ssize_t n)
-    void ff_hpass_u8(const float* row, const int* start, int used,
-                     const float* weight, int taps, Py_ssize_t ow, Py_ssize_t c,
-                     bint flip, float* out)
-    void ff_row_to_u8(const float* src, uint8_t* out, Py_ssize_t n)
-    void ff_axpy_f32(float* acc, const float* src, float w, Py_ssize_t n)
+    void ff_vsum_u8(const uint8_t** rows, const float* w, int used, Py_ssize_t n, float* out)
+    void ff_vsum_f32(const float** rows, const float* w, int used, Py_ssize_t n, float* out)
     void ff_u8_to_f32(const uint8_t* src, float* out, Py_ssize_t n)
+    void ff_hpass(const float* row, const int* start, int used, const float* weight, int taps,
+                  Py_ssize_t ow, Py_ssize_t c, float* out)
+    void ff_row_to_u8(const float* src, uint8_t* out, Py_ssize_t n)
     void ff_row_to_f16(const float* src, uint16_t* out, Py_ssize_t n, Py_ssize_t c,
                        const float* mul, const float* add)
     void ff_row_to_f32(const float* src, float* out, Py_ssize_t n, Py_ssize_t c,
@@ -42,6 +40,7 @@ cdef enum:
     KIND_U8 = 0
     KIND_F16 = 1
     KIND_F32 = 2
+    MAX_TAPS_ROWS = 64  # row pointers on the stack; more taps go through a heap table
 
 
 cdef struct Filter:
@@ -52,20 +51,24 @@ cdef struct Filter:
     int used        # taps every output pixel uses after padding
 
 
-cdef int _make_filter(Filter* f, int n, int m) except -1 nogil:
-    """Fill ``f`` with the taps that map ``n`` input pixels onto ``m``."""
+cdef inline int _taps(int n, int m) noexcept nogil:
+    return <int>(<double>n / m) + 2 if n >= m else 2
+
+
+cdef inline size_t _filter_bytes(int n, int m) noexcept nogil:
+    return <size_t>m * (2 * sizeof(int) + _taps(n, m) * sizeof(float))
+
+
+cdef char* _make_filter(Filter* f, int n, int m, char* memory, bint mirror) noexcept nogil:
+    """Fill ``f`` with the taps that map ``n`` input pixels onto ``m``, in the
+    ``_filter_bytes(n, m)`` bytes at *memory*; return the first byte after them.
+    With *mirror*, output pixel ``i`` gets the taps of ``m - 1 - i``."""
     cdef double scale = <double>n / m, lo, hi, centre, frac, total
-    cdef int i, j, j0, j1
-    f.start = NULL
-    f.count = NULL
-    f.weight = NULL
-    f.taps = <int>scale + 2 if scale >= 1.0 else 2
-    f.start = <int*>malloc(m * sizeof(int))
-    f.count = <int*>malloc(m * sizeof(int))
-    f.weight = <float*>malloc(m * f.taps * sizeof(float))
-    if f.start == NULL or f.count == NULL or f.weight == NULL:
-        with gil:
-            raise MemoryError()
+    cdef int i, j, j0, j1, k, src
+    f.taps = _taps(n, m)
+    f.start = <int*>memory
+    f.count = f.start + m
+    f.weight = <float*>(f.count + m)
     for i in range(m):
         if scale >= 1.0:
             lo = i * scale
@@ -97,7 +100,14 @@ cdef int _make_filter(Filter* f, int n, int m) except -1 nogil:
             f.weight[i * f.taps] = <float>(1.0 - frac)
             f.weight[i * f.taps + 1] = <float>frac
     _pad_filter(f, n, m)
-    return 0
+    if mirror:  # swap pixel i's taps with pixel m-1-i's
+        for i in range(m // 2):
+            src = m - 1 - i
+            f.start[i], f.start[src] = f.start[src], f.start[i]
+            for k in range(f.used):
+                f.weight[i * f.taps + k], f.weight[src * f.taps + k] = (
+                    f.weight[src * f.taps + k], f.weight[i * f.taps + k])
+    return memory + _filter_bytes(n, m)
 
 
 cdef void _pad_filter(Filter* f, int n, int m) noexcept nogil:
@@ -123,19 +133,57 @@ cdef void _pad_filter(Filter* f, int n, int m) noexcept nogil:
     f.used = used
 
 
-cdef void _free_filter(Filter* f) noexcept nogil:
-    free(f.start)
-    free(f.count)
-    free(f.weight)
+cdef class Workspace:
+    """Scratch memory for ``crop_resize_into``, kept between calls.
+
+    Give each thread its own (it is not locked) and pass it to every call: a
+    fresh allocation per image costs page faults (the kernel zeroes every page
+    it hands out), which measured more than the resize itself.
+    """
+
+    cdef char* memory
+    cdef size_t capacity
+
+    def __dealloc__(self):
+        free(self.memory)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now (grown to the largest request so far)."""
+        return self.capacity
+
+    cdef char* reserve(self, size_t nbytes) except NULL:
+        cdef char* grown
+        if nbytes > self.capacity:
+            grown = <char*>realloc(self.memory, nbytes)
+            if grown == NULL:
+                raise MemoryError(f"crop_resize_into: no memory for {nbytes} bytes of scratch")
+            self.memory, self.capacity = grown, nbytes
+        return self.memory
+
+
+cdef inline size_t _align(size_t n) noexcept nogil:
+    return (n + 63) & ~(<size_t>63)
+
+
+cdef size_t _scratch_bytes(Py_ssize_t h, Py_ssize_t w, Py_ssize_t oh, Py_ssize_t ow,
+                           Py_ssize_t c) noexcept nogil:
+    """Bytes `_crop_resize` needs: both filters, then float rows (see there)."""
+    cdef size_t rows = (w * c + (h + 1) * ow * c) if h < oh else (w * c + ow * c)
+    # + 4 floats: slack for the 4-wide loads and stores of the horizontal pass
+    return (_align(_filter_bytes(<int>w, <int>ow)) + _align(_filter_bytes(<int>h, <int>oh))
+            + (rows + 4) * sizeof(float) + 64)
 
 
 def crop_resize_into(const uint8_t[:, :, ::1] src not None,
                      Py_ssize_t y0, Py_ssize_t x0, Py_ssize_t h, Py_ssize_t w,
-                     out not None, bint flip=False, scale=None, bias=None):
+                     out not None, bint flip=False, scale=None, bias=None,
+                     Workspace workspace=None):
     """Resize the ``h x w`` window of *src* at ``(y0, x0)`` into *out*; mirror it if *flip*.
 
     *out* is ``uint8``, or ``float16``/``float32``, where each channel ``c``
-    becomes ``value * scale[c] + bias[c]`` (normalisation fused in).
+    becomes ``value * scale[c] + bias[c]`` (normalisation fused in). Pass a
+    per-thread *workspace* when calling in a loop.
     """
     cdef uint8_t[:, :, ::1] out_u8
     cdef uint16_t[:, :, ::1] out_f16
@@ -144,6 +192,7 @@ def crop_resize_into(const uint8_t[:, :, ::1] src not None,
     cdef float add[4]
     cdef int kind
     cdef char* base
+    cdef char* scratch
     cdef Py_ssize_t c = src.shape[2], k, oh, ow, row_bytes
     dtype = out.dtype.str
     if dtype == "|u1":
@@ -175,8 +224,11 @@ def crop_resize_into(const uint8_t[:, :, ::1] src not None,
     if y0 < 0 or x0 < 0 or y0 + h > src.shape[0] or x0 + w > src.shape[1]:
         raise ValueError(
             f"crop {h}x{w} at ({y0}, {x0}) exceeds the {src.shape[0]}x{src.shape[1]} image")
+    if workspace is None:
+        workspace = Workspace()
+    scratch = workspace.reserve(_scratch_bytes(h, w, oh, ow, c))
     with nogil:
-        _crop_resize(src, y0, x0, h, w, base, row_bytes, oh, ow, kind, flip, mul, add)
+        _crop_resize(src, y0, x0, h, w, base, row_bytes, oh, ow, kind, flip, mul, add, scratch)
     return oh * ow
 
 
@@ -193,57 +245,60 @@ cdef inline void _emit(const float* row, char* out, Py_ssize_t n, Py_ssize_t c, 
 cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0,
                       Py_ssize_t h, Py_ssize_t w, char* out, Py_ssize_t row_bytes,
                       Py_ssize_t oh, Py_ssize_t ow, int kind, bint flip,
-                      const float* mul, const float* add) except -1 nogil:
+                      const float* mul, const float* add, char* scratch) except -1 nogil:
     # The horizontal pass (a gather per output pixel) is the expensive one, so
     # it runs on whichever is fewer: the h input rows (enlarging: horizontal
     # first, then combine filtered rows) or the oh output rows (shrinking:
-    # vertical first, along whole rows, then horizontal).
+    # vertical first, along whole rows, then horizontal). A flip is a mirrored
+    # horizontal filter: the same work.
     cdef Py_ssize_t c = src.shape[2]
-    cdef Py_ssize_t y, oy, k, in_stride = w * c, out_stride = ow * c
+    cdef Py_ssize_t y, oy, k, in_stride = w * c, out_stride = ow * c, src_stride = src.strides[0]
     cdef Filter fx, fy
-    cdef float* tmp = NULL
+    cdef const uint8_t* rows_u8[MAX_TAPS_ROWS]
+    cdef const float* rows_f32[MAX_TAPS_ROWS]
+    cdef const uint8_t** rows_u8_p = rows_u8
+    cdef const uint8_t* window = &src[y0, x0, 0]
+    cdef float* tmp
     cdef float* outrow
-    fx.start = NULL; fx.count = NULL; fx.weight = NULL
-    fy.start = NULL; fy.count = NULL; fy.weight = NULL
-    try:
-        _make_filter(&fx, <int>w, <int>ow)
-        _make_filter(&fy, <int>h, <int>oh)
-        # + 4: slack for the 4-wide loads and stores of the horizontal pass
-        if h < oh:
-            tmp = <float*>malloc((in_stride + (h + 1) * out_stride + 4) * sizeof(float))
-        else:
-            tmp = <float*>malloc((in_stride + out_stride + 4) * sizeof(float))
-        if tmp == NULL:
+    cdef float* hrows
+    cdef char* memory = scratch
+    memory = _make_filter(&fx, <int>w, <int>ow, memory, flip)
+    memory = scratch + _align(memory - scratch)
+    memory = _make_filter(&fy, <int>h, <int>oh, memory, False)
+    tmp = <float*>(scratch + _align(memory - scratch))
+    if fy.used > MAX_TAPS_ROWS:  # shrinking more than 62×: a row table of its own
+        rows_u8_p = <const uint8_t**>malloc(fy.used * sizeof(uint8_t*))
+        if rows_u8_p == NULL:
             with gil:
                 raise MemoryError()
+    try:
         if h < oh:
             # horizontal: each input row once -> h filtered rows of ow pixels
+            outrow = tmp + in_stride
+            hrows = outrow + out_stride
             for y in range(h):
-                ff_u8_to_f32(&src[y0 + y, x0, 0], tmp, in_stride)
-                ff_hpass_u8(tmp, fx.start, fx.used, fx.weight, fx.taps, ow, c, flip,
-                            tmp + in_stride + (y + 1) * out_stride)
-            outrow = tmp + in_stride  # row 0 of the block: the accumulator
+                ff_u8_to_f32(window + y * src_stride, tmp, in_stride)
+                ff_hpass(tmp, fx.start, fx.used, fx.weight, fx.taps, ow, c,
+                         hrows + y * out_stride)
+            # vertical: combine the filtered rows (fy.used <= 2 when enlarging)
             for oy in range(oh):
-                memset(outrow, 0, out_stride * sizeof(float))
-                for k in range(fy.count[oy]):
-                    ff_axpy_f32(outrow, tmp + in_stride + (fy.start[oy] + k + 1) * out_stride,
-                                fy.weight[oy * fy.taps + k], out_stride)
+                for k in range(fy.used):
+                    rows_f32[k] = hrows + (fy.start[oy] + k) * out_stride
+                ff_vsum_f32(rows_f32, fy.weight + oy * fy.taps, fy.used, out_stride, outrow)
                 _emit(outrow, out + oy * row_bytes, out_stride, c, kind, mul, add)
         else:
             outrow = tmp + in_stride  # one output row, as floats, before conversion
             for oy in range(oh):
                 # vertical: the window's rows -> one float row of w pixels
-                memset(tmp, 0, in_stride * sizeof(float))
-                for k in range(fy.count[oy]):
-                    ff_axpy_u8(tmp, &src[y0 + fy.start[oy] + k, x0, 0],
-                               fy.weight[oy * fy.taps + k], in_stride)
+                for k in range(fy.used):
+                    rows_u8_p[k] = window + (fy.start[oy] + k) * src_stride
+                ff_vsum_u8(rows_u8_p, fy.weight + oy * fy.taps, fy.used, in_stride, tmp)
                 # horizontal: w float pixels -> ow output pixels
-                ff_hpass_u8(tmp, fx.start, fx.used, fx.weight, fx.taps, ow, c, flip, outrow)
+                ff_hpass(tmp, fx.start, fx.used, fx.weight, fx.taps, ow, c, outrow)
                 _emit(outrow, out + oy * row_bytes, out_stride, c, kind, mul, add)
     finally:
-        free(tmp)
-        _free_filter(&fx)
-        _free_filter(&fy)
+        if rows_u8_p != rows_u8:
+            free(rows_u8_p)
     return 0
 
 

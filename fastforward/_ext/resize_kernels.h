@@ -11,26 +11,59 @@
 #include <emmintrin.h>
 #endif
 
-/* acc[i] += w * src[i] for i < n */
-static inline void ff_axpy_u8(float *restrict acc, const uint8_t *restrict src, float w,
-                              ptrdiff_t n) {
-    for (ptrdiff_t i = 0; i < n; i++) acc[i] += w * (float)src[i];
-}
+/* FF_CLONES: compile a function twice, for AVX2 and for the baseline, and pick
+ * one when the module loads (GCC/Clang function multiversioning, an ELF
+ * ifunc). Not "fma": an FMA rounds once where mul + add round twice, and every
+ * CPU must give the same pixels. */
+#if defined(__x86_64__) && defined(__linux__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define FF_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef FF_CLONES
+#define FF_CLONES
+#endif
 
-/* acc[i] += w * src[i] for i < n (float rows) */
-static inline void ff_axpy_f32(float *restrict acc, const float *restrict src, float w,
-                               ptrdiff_t n) {
-    for (ptrdiff_t i = 0; i < n; i++) acc[i] += w * src[i];
-}
+/* out[i] = sum_k w[k] * rows[k][i] for i < n, k < used: one pass, each row
+ * read once, summed in k order (so both clones round alike). The common tap
+ * counts get loops of their own, which the compiler vectorises. */
+#define FF_VSUM(NAME, T)                                                               \
+    FF_CLONES static void NAME(const T *const *rows, const float *restrict w, int used,  \
+                               ptrdiff_t n, float *restrict out) {                     \
+        const T *restrict a = rows[0];                                                 \
+        const float w0 = w[0];                                                         \
+        if (used == 1) {                                                               \
+            for (ptrdiff_t i = 0; i < n; i++) out[i] = w0 * (float)a[i];               \
+            return;                                                                    \
+        }                                                                              \
+        const T *restrict b = rows[1];                                                 \
+        const float w1 = w[1];                                                         \
+        if (used == 2) {                                                               \
+            for (ptrdiff_t i = 0; i < n; i++) out[i] = w0 * (float)a[i] + w1 * (float)b[i]; \
+            return;                                                                    \
+        }                                                                              \
+        const T *restrict c = rows[2];                                                 \
+        const float w2 = w[2];                                                         \
+        for (ptrdiff_t i = 0; i < n; i++)                                              \
+            out[i] = w0 * (float)a[i] + w1 * (float)b[i] + w2 * (float)c[i];           \
+        for (int k = 3; k < used; k++) {                                               \
+            const T *restrict r = rows[k];                                             \
+            const float wk = w[k];                                                     \
+            for (ptrdiff_t i = 0; i < n; i++) out[i] += wk * (float)r[i];              \
+        }                                                                              \
+    }
+FF_VSUM(ff_vsum_u8, uint8_t)
+FF_VSUM(ff_vsum_f32, float)
+#undef FF_VSUM
 
 /* out[i] = src[i] as floats */
-static inline void ff_u8_to_f32(const uint8_t *restrict src, float *restrict out, ptrdiff_t n) {
+FF_CLONES static void ff_u8_to_f32(const uint8_t *restrict src, float *restrict out, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++) out[i] = (float)src[i];
 }
 
 /* out[i] = round(clamp(src[i], 0, 255)), clamped as integers. With SSE2, 16
  * at a time: truncate (v + 0.5) to int32, then the saturating packs clamp. */
-static inline void ff_row_to_u8(const float *restrict src, uint8_t *restrict out, ptrdiff_t n) {
+FF_CLONES static void ff_row_to_u8(const float *restrict src, uint8_t *restrict out, ptrdiff_t n) {
     ptrdiff_t i = 0;
 #if defined(__SSE2__)
     const __m128 half = _mm_set1_ps(0.5f);
@@ -54,19 +87,17 @@ static inline void ff_row_to_u8(const float *restrict src, uint8_t *restrict out
 #if defined(__SSE2__)
 /* 3 channels with 4-wide SSE: each tap is one unaligned load of 4 floats (the
  * pixel and the next one's first channel) and one multiply-add; each output
- * pixel one 4-float store whose 4th float the next pixel overwrites. Pixels are
- * written in memory order (the source column runs backwards when flipping),
- * and both buffers have a float of slack at their end (see resize.pyx). */
+ * pixel one 4-float store whose 4th float the next pixel overwrites. Both
+ * buffers have a float of slack at their end (see resize.pyx). */
 #define FF_TAPS3(T)                                                              \
-    for (ptrdiff_t q = 0; q < ow; q++) {                                         \
-        ptrdiff_t x = flip ? ow - 1 - q : q;                                     \
+    for (ptrdiff_t x = 0; x < ow; x++) {                                         \
         const float *restrict p = row + (ptrdiff_t)start[x] * 3;                 \
         const float *restrict wt = weight + x * taps;                            \
         __m128 acc = _mm_mul_ps(_mm_set1_ps(wt[0]), _mm_loadu_ps(p));            \
         for (int k = 1; k < (T); k++)                                            \
             acc = _mm_add_ps(acc, _mm_mul_ps(_mm_set1_ps(wt[k]),                 \
                                              _mm_loadu_ps(p + 3 * k)));          \
-        _mm_storeu_ps(out + q * 3, acc);                                         \
+        _mm_storeu_ps(out + x * 3, acc);                                         \
     }
 #else
 /* Output pixel x of one row, `T` taps, 3 channels: unrolled for small T. */
@@ -74,9 +105,9 @@ static inline void ff_row_to_u8(const float *restrict src, uint8_t *restrict out
     for (ptrdiff_t x = 0; x < ow; x++) {                                         \
         const float *restrict p = row + (ptrdiff_t)start[x] * 3;                 \
         const float *restrict wt = weight + x * taps;                            \
-        float *restrict o = out + (flip ? ow - 1 - x : x) * 3;                   \
-        float r = 0.0f, g = 0.0f, b = 0.0f;                                      \
-        for (int k = 0; k < (T); k++) {                                          \
+        float *restrict o = out + x * 3;                                         \
+        float r = wt[0] * p[0], g = wt[0] * p[1], b = wt[0] * p[2];              \
+        for (int k = 1; k < (T); k++) {                                          \
             r += wt[k] * p[3 * k];                                               \
             g += wt[k] * p[3 * k + 1];                                           \
             b += wt[k] * p[3 * k + 2];                                           \
@@ -89,10 +120,11 @@ static inline void ff_row_to_u8(const float *restrict src, uint8_t *restrict out
 
 /* One output row (as floats) from one filtered input row of `c` channels:
  * output pixel x is sum_k weight[x*taps + k] * row[(start[x] + k)*c + ch] for
- * k < used (every pixel has `used` taps), mirrored if flip. */
-static inline void ff_hpass_u8(const float *restrict row, const int *restrict start, int used,
+ * k < used (every pixel has `used` taps). A mirrored row is a mirrored table
+ * (see resize.pyx), so nothing here knows about flips. */
+FF_CLONES static void ff_hpass(const float *restrict row, const int *restrict start, int used,
                                const float *restrict weight, int taps, ptrdiff_t ow,
-                               ptrdiff_t c, int flip, float *restrict out) {
+                               ptrdiff_t c, float *restrict out) {
     if (c == 3) {
         switch (used) {  /* constant trip counts: the compiler unrolls each case */
         case 1: FF_TAPS3(1) return;  /* NOLINT: the macros are whole loops */
@@ -105,10 +137,10 @@ static inline void ff_hpass_u8(const float *restrict row, const int *restrict st
     for (ptrdiff_t x = 0; x < ow; x++) {
         const float *restrict p = row + (ptrdiff_t)start[x] * c;
         const float *restrict wt = weight + x * taps;
-        float *restrict o = out + (flip ? ow - 1 - x : x) * c;
+        float *restrict o = out + x * c;
         for (ptrdiff_t ch = 0; ch < c; ch++) {
-            float acc = 0.0f;
-            for (int k = 0; k < used; k++) acc += wt[k] * p[k * c + ch];
+            float acc = wt[0] * p[ch];
+            for (int k = 1; k < used; k++) acc += wt[k] * p[k * c + ch];
             o[ch] = acc;
         }
     }
@@ -123,18 +155,20 @@ static inline float ff_pixel(float v) {
     return (float)(i < 0 ? 0 : (i > 255 ? 255 : i));
 }
 
-static inline void ff_row_to_f32(const float *restrict src, float *restrict out, ptrdiff_t n,
-                                 ptrdiff_t c, const float *restrict mul,
-                                 const float *restrict add) {
-    ptrdiff_t i = 0;
-    if (c == 3) { /* whole pixels, the channel index known: no modulo in the loop */
-        const float m0 = mul[0], m1 = mul[1], m2 = mul[2], a0 = add[0], a1 = add[1], a2 = add[2];
-        for (; i + 3 <= n; i += 3) {
-            out[i] = ff_pixel(src[i]) * m0 + a0;
-            out[i + 1] = ff_pixel(src[i + 1]) * m1 + a1;
-            out[i + 2] = ff_pixel(src[i + 2]) * m2 + a2;
-        }
+/* A pattern of 12 floats repeats every pixel for 1, 2, 3 or 4 channels: with
+ * it, the loop has no per-element modulo and vectorises. */
+FF_CLONES static void ff_row_to_f32(const float *restrict src, float *restrict out, ptrdiff_t n,
+                                    ptrdiff_t c, const float *restrict mul,
+                                    const float *restrict add) {
+    float m[12], a[12];
+    for (int k = 0; k < 12; k++) {
+        m[k] = mul[k % c];
+        a[k] = add[k % c];
     }
+    ptrdiff_t i = 0;
+    if (12 % c == 0)
+        for (; i + 12 <= n; i += 12)
+            for (int k = 0; k < 12; k++) out[i + k] = ff_pixel(src[i + k]) * m[k] + a[k];
     for (; i < n; i++) out[i] = ff_pixel(src[i]) * mul[i % c] + add[i % c];
 }
 

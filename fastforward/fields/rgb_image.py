@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .._ext.collate import gather_into
-from .._ext.resize import crop_resize_into
+from .._ext.resize import Workspace, crop_resize_into
 from ..errors import DecodeError, EncodeError
 from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.decoder import Decoder
@@ -279,9 +279,16 @@ def decode_stored_image(
 
 
 class _Scratch(threading.local):
-    """One decode buffer per worker thread, grown to the largest image."""
+    """Per worker thread: a decode buffer grown to the largest image, and the
+    resize kernel's workspace."""
 
     buffer: np.ndarray | None = None
+    workspace: Workspace | None = None
+
+    def resize_workspace(self) -> Workspace:
+        if self.workspace is None:
+            self.workspace = Workspace()
+        return self.workspace
 
     def get(self, nbytes: int) -> np.ndarray:
         if self.buffer is None or self.buffer.size < nbytes:
@@ -419,13 +426,14 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
         source, offsets, sizes = context.data.field(self.field_index)
         source = memoryview(source)
         starts, lengths = offsets[lo:hi].tolist(), sizes[lo:hi].tolist()
+        workspace = self._scratch.resize_workspace()
         for k, position in enumerate(range(lo, hi)):
             try:
                 image = self._decode(source, starts[k], lengths[k], modes[k], heights[k],
                                      widths[k])
                 i, j, h, w = self.crop(heights[k], widths[k], None if u is None else u[position])
                 crop_resize_into(image, i, j, h, w, destination[position], flips[k], scale,
-                                 bias)
+                                 bias, workspace)
             except Exception as exc:
                 raise self.fail(exc, context, position) from None
 
