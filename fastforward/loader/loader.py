@@ -454,6 +454,12 @@ class Loader:
                                                                          // self.batch_size)
         return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(count)]
 
+    @property
+    def ring_slots(self) -> int:
+        """Batch buffers the loader keeps (``batches_ahead + 3``): its memory is
+        about this many batches, plus one more per batch you hold on to."""
+        return self._ring.num_slots
+
     def __len__(self) -> int:
         """Batches in the next epoch (for this rank)."""
         return len(self._batches(self.next_epoch, self._segments(self.next_epoch)))
