@@ -326,6 +326,36 @@ def test_corrupt_jpeg_names_sample_and_field(tmp_path: Path, photos_file: Path) 
             pass
 
 
+@pytest.mark.parametrize(("mode", "change", "message"), [
+    (0, {"mode": 7}, "unknown image mode 7"),
+    (0, {"height": +8}, "the metadata says"),
+    (1, {"height": +8}, "is short of"),
+], ids=["unknown-mode", "jpeg-size", "raw-short"])
+def test_bad_image_metadata_names_sample_and_field(tmp_path: Path, photos_file: Path, mode: int,
+                                                   change: dict[str, int], message: str) -> None:
+    from fastforward.types import metadata_offset
+
+    path = tmp_path / "tampered.beton"
+    path.write_bytes(photos_file.read_bytes())
+    reader = Reader(path)
+    column = reader.metadata["f0"]
+    victim = int(np.flatnonzero(column["mode"] == mode)[3])
+    row = np.array(column[victim])
+    for key, value in change.items():
+        row[key] = value if key == "mode" else row[key] + value
+    start = (metadata_offset(reader.num_fields) + victim * reader.metadata_type.itemsize
+             + reader.metadata_type.fields["f0"][1])
+    with open(path, "r+b") as f:
+        f.seek(start)
+        f.write(row.tobytes())
+    loader = Loader(path, 8, pipelines={"image": [RandomResizedCropRGBImageDecoder((16, 16))],
+                                        "label": None})
+    with pytest.raises(DecodeError, match=message) as info:
+        for _ in loader:
+            pass
+    assert f"sample {victim}, field 'image'" in str(info.value)
+
+
 def test_break_close_and_context_manager_stop_everything(scalars: Path) -> None:
     loader = index_loader(scalars, batch_size=5)
     for i, _ in enumerate(loader):

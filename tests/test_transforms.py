@@ -17,7 +17,13 @@ from reference import crop_resize
 import fastforward.transforms as T
 from fastforward._ext.resize import crop_resize_into
 from fastforward.pipeline import BatchContext, Operation, State
-from fastforward.transforms.crop import RANDOM_CROP_UNIFORMS, get_center_crop, get_random_crop
+from fastforward.transforms.crop import (
+    RANDOM_CROP_UNIFORMS,
+    center_crops,
+    get_center_crop,
+    get_random_crop,
+    random_crops,
+)
 
 H, W, B = 36, 48, 20
 
@@ -120,6 +126,31 @@ def test_random_crop_matches_reference(size: tuple[int, int], scale: tuple[float
         assert j + w <= width
         assert w > 0
         assert all(type(v) is int for v in crop)
+
+
+@pytest.mark.parametrize(("scale", "ratio"), CROP_SETTINGS.values(), ids=CROP_SETTINGS.keys())
+def test_random_crops_of_mixed_sizes_match_the_reference(scale: tuple[float, float],
+                                                        ratio: tuple[float, float]) -> None:
+    rng = np.random.default_rng(5)
+    heights, widths = rng.integers(1, 600, 300), rng.integers(1, 600, 300)
+    u = rng.random((300, RANDOM_CROP_UNIFORMS))
+    u[:40, 0:20:2] = 0.9999  # some rows where no try fits (with scale above 1)
+    crops = random_crops(heights, widths, scale, ratio, u)
+    assert crops.dtype == np.int64
+    assert crops.shape == (300, 4)
+    for k in range(300):
+        expected = reference.random_crop(int(heights[k]), int(widths[k]), scale, ratio, u[k])
+        assert tuple(crops[k].tolist()) == expected
+
+
+def test_center_crops_match_the_single_image_form() -> None:
+    rng = np.random.default_rng(6)
+    heights, widths = rng.integers(1, 700, 200), rng.integers(1, 700, 200)
+    for ratio in (224 / 256, 0.5, 1.0):
+        crops = center_crops(heights, widths, ratio)
+        for k in range(200):
+            assert tuple(crops[k].tolist()) == get_center_crop(int(heights[k]), int(widths[k]),
+                                                               ratio)
 
 
 @pytest.mark.parametrize(("size", "expected"), [

@@ -17,10 +17,12 @@ Filters, per axis, for an input length ``n`` and an output length ``m``:
 """
 
 from libc.math cimport floor
-from libc.stdint cimport uint8_t, uint16_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t
 from libc.stdlib cimport free, malloc, realloc
 
 import numpy as np
+
+from fastforward.errors import DecodeError
 
 
 cdef extern from "resize_kernels.h" nogil:
@@ -175,6 +177,71 @@ cdef size_t _scratch_bytes(Py_ssize_t h, Py_ssize_t w, Py_ssize_t oh, Py_ssize_t
             + (rows + 4) * sizeof(float) + 64)
 
 
+cdef struct Target:
+    int kind
+    char* base          # first byte of image 0 (NULL when there are none)
+    Py_ssize_t count    # images
+    Py_ssize_t oh, ow, c
+    Py_ssize_t row_bytes, image_bytes
+    float mul[4]
+    float add[4]
+
+
+cdef int _target(Target* t, out, Py_ssize_t c, scale, bias) except -1:
+    """Check *out* (``(oh, ow, c)``, or ``(n, oh, ow, c)`` for a range of images)
+    and describe it in *t*."""
+    cdef uint8_t[:, :, :, ::1] raw
+    cdef Py_ssize_t k, item
+    dtype = out.dtype.str
+    if dtype == "|u1":
+        t.kind = KIND_U8
+        if scale is not None or bias is not None:
+            raise ValueError("scale and bias need a float16 or float32 out")
+    elif dtype == "<f2":
+        t.kind = KIND_F16
+    elif dtype == "<f4":
+        t.kind = KIND_F32
+    else:
+        raise TypeError(f"out must be uint8, float16 or float32, got {out.dtype}")
+    if c > 4:
+        raise ValueError(f"at most 4 channels, got {c}")
+    item = out.dtype.itemsize
+    batch = out if out.ndim == 4 else out[None]
+    if batch.ndim != 4 or batch.shape[3] != c or batch.strides[2] != c * item or (
+            batch.strides[3] != item and c > 1):
+        raise ValueError(f"out must have rows of {c}-channel pixels, got {out.shape}")
+    raw = batch.view(np.uint8)
+    t.count, t.oh, t.ow, t.c = raw.shape[0], raw.shape[1], raw.shape[2], c
+    t.image_bytes, t.row_bytes = raw.strides[0], raw.strides[1]
+    t.base = <char*>&raw[0, 0, 0, 0] if raw.size else NULL
+    if t.oh <= 0 or t.ow <= 0:
+        raise ValueError(f"empty output: {t.oh}x{t.ow}")
+    for k in range(c):
+        t.mul[k] = 1.0 if scale is None else float(scale[k])
+        t.add[k] = 0.0 if bias is None else float(bias[k])
+    return 0
+
+
+cdef int _resize_one(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0, Py_ssize_t h,
+                     Py_ssize_t w, Target* t, Py_ssize_t k, bint flip,
+                     Workspace workspace) except -1:
+    """Resize the window of *src* into image *k* of *t* (checks the window first)."""
+    cdef char* scratch
+    if src.shape[2] != t.c:
+        raise ValueError(f"out must have rows of {src.shape[2]}-channel pixels, "
+                         f"got {t.c} channels")
+    if h <= 0 or w <= 0:
+        raise ValueError(f"empty crop or output: crop {h}x{w}, out {t.oh}x{t.ow}")
+    if y0 < 0 or x0 < 0 or y0 + h > src.shape[0] or x0 + w > src.shape[1]:
+        raise ValueError(
+            f"crop {h}x{w} at ({y0}, {x0}) exceeds the {src.shape[0]}x{src.shape[1]} image")
+    scratch = workspace.reserve(_scratch_bytes(h, w, t.oh, t.ow, t.c))
+    with nogil:
+        _crop_resize(src, y0, x0, h, w, t.base + k * t.image_bytes, t.row_bytes, t.oh, t.ow,
+                     t.kind, flip, t.mul, t.add, scratch)
+    return 0
+
+
 def crop_resize_into(const uint8_t[:, :, ::1] src not None,
                      Py_ssize_t y0, Py_ssize_t x0, Py_ssize_t h, Py_ssize_t w,
                      out not None, bint flip=False, scale=None, bias=None,
@@ -185,51 +252,66 @@ def crop_resize_into(const uint8_t[:, :, ::1] src not None,
     becomes ``value * scale[c] + bias[c]`` (normalisation fused in). Pass a
     per-thread *workspace* when calling in a loop.
     """
-    cdef uint8_t[:, :, ::1] out_u8
-    cdef uint16_t[:, :, ::1] out_f16
-    cdef float[:, :, ::1] out_f32
-    cdef float mul[4]
-    cdef float add[4]
-    cdef int kind
-    cdef char* base
-    cdef char* scratch
-    cdef Py_ssize_t c = src.shape[2], k, oh, ow, row_bytes
-    dtype = out.dtype.str
-    if dtype == "|u1":
-        kind, out_u8 = KIND_U8, out
-        base, oh, ow, row_bytes = <char*>&out_u8[0, 0, 0], out_u8.shape[0], out_u8.shape[1], out_u8.strides[0]
-        if out_u8.shape[2] != c or out_u8.strides[1] != c:
-            raise ValueError(f"out must have rows of {c}-channel pixels, got {out.shape}")
-        if scale is not None or bias is not None:
-            raise ValueError("scale and bias need a float16 or float32 out")
-    elif dtype == "<f2":
-        kind, out_f16 = KIND_F16, out.view(np.uint16)
-        base, oh, ow, row_bytes = <char*>&out_f16[0, 0, 0], out_f16.shape[0], out_f16.shape[1], out_f16.strides[0]
-        if out_f16.shape[2] != c or out_f16.strides[1] != 2 * c:
-            raise ValueError(f"out must have rows of {c}-channel pixels, got {out.shape}")
-    elif dtype == "<f4":
-        kind, out_f32 = KIND_F32, out
-        base, oh, ow, row_bytes = <char*>&out_f32[0, 0, 0], out_f32.shape[0], out_f32.shape[1], out_f32.strides[0]
-        if out_f32.shape[2] != c or out_f32.strides[1] != 4 * c:
-            raise ValueError(f"out must have rows of {c}-channel pixels, got {out.shape}")
-    else:
-        raise TypeError(f"out must be uint8, float16 or float32, got {out.dtype}")
-    if c > 4:
-        raise ValueError(f"at most 4 channels, got {c}")
-    for k in range(c):
-        mul[k] = 1.0 if scale is None else float(scale[k])
-        add[k] = 0.0 if bias is None else float(bias[k])
-    if h <= 0 or w <= 0 or oh <= 0 or ow <= 0:
-        raise ValueError(f"empty crop or output: crop {h}x{w}, out {oh}x{ow}")
-    if y0 < 0 or x0 < 0 or y0 + h > src.shape[0] or x0 + w > src.shape[1]:
-        raise ValueError(
-            f"crop {h}x{w} at ({y0}, {x0}) exceeds the {src.shape[0]}x{src.shape[1]} image")
-    if workspace is None:
-        workspace = Workspace()
-    scratch = workspace.reserve(_scratch_bytes(h, w, oh, ow, c))
-    with nogil:
-        _crop_resize(src, y0, x0, h, w, base, row_bytes, oh, ow, kind, flip, mul, add, scratch)
-    return oh * ow
+    cdef Target t
+    if out.ndim != 3:
+        raise ValueError(f"out must have rows of {src.shape[2]}-channel pixels, got {out.shape}")
+    _target(&t, out, src.shape[2], scale, bias)
+    _resize_one(src, y0, x0, h, w, &t, 0, flip, workspace or Workspace())
+    return t.oh * t.ow
+
+
+def decode_crop_resize_range(decode_jpeg, bint fastdct, buffer, source,
+                             const int64_t[::1] starts not None,
+                             const int64_t[::1] sizes not None, const uint8_t[::1] raw not None,
+                             const int64_t[::1] heights not None,
+                             const int64_t[::1] widths not None,
+                             const int64_t[:, ::1] crops not None,
+                             const uint8_t[::1] flips not None, out not None, scale, bias,
+                             Workspace workspace not None, fail not None):
+    """The crop decoders' loop over the samples of a range, compiled.
+
+    For each sample ``k``: its payload is ``source[starts[k] : starts[k] + sizes[k]]``,
+    raw pixels when ``raw[k]`` or else a JPEG, decoded into *buffer* by
+    simplejpeg's ``decode_jpeg`` (which releases the GIL while it decodes; its
+    ValueError becomes a DecodeError). The image must be ``heights[k] x widths[k]``; window ``crops[k]``
+    (``i, j, h, w``) of it is resized into ``out[k]``, mirrored if ``flips[k]``.
+    An exception at sample ``k`` is re-raised as ``fail(exception, k)``.
+    """
+    cdef Target t
+    cdef Py_ssize_t n = starts.shape[0], k
+    cdef int64_t need
+    cdef const uint8_t[:, :, ::1] image
+    if not (sizes.shape[0] == raw.shape[0] == heights.shape[0] == widths.shape[0] ==
+            crops.shape[0] == flips.shape[0] == n) or crops.shape[1] != 4:
+        raise ValueError("decode_crop_resize_range: per-sample arrays of different lengths")
+    _target(&t, out, 3, scale, bias)
+    if t.count < n:
+        raise ValueError(f"out holds {t.count} images, the range has {n}")
+    payloads = memoryview(source).cast("B")
+    for k in range(n):
+        try:
+            if raw[k]:
+                need = heights[k] * widths[k] * 3
+                if sizes[k] < need:
+                    raise DecodeError(f"raw image payload of {sizes[k]} bytes is short of "
+                                      f"{heights[k]}×{widths[k]}×3")
+                pixels = np.frombuffer(payloads, np.uint8, need, starts[k])
+                image = pixels.reshape(heights[k], widths[k], 3)
+            else:
+                try:
+                    pixels = decode_jpeg(payloads[starts[k] : starts[k] + sizes[k]],
+                                         colorspace="RGB", fastdct=fastdct, buffer=buffer)
+                except ValueError as exc:
+                    raise DecodeError(f"corrupt JPEG payload: {exc}") from None
+                image = pixels
+                if image.shape[0] != heights[k] or image.shape[1] != widths[k]:
+                    raise DecodeError(f"JPEG is {image.shape[0]}×{image.shape[1]}, the "
+                                      f"metadata says {heights[k]}×{widths[k]}")
+            _resize_one(image, crops[k, 0], crops[k, 1], crops[k, 2], crops[k, 3], &t, k,
+                        flips[k], workspace)
+        except Exception as exc:
+            raise fail(exc, k) from None
+    return n
 
 
 cdef inline void _emit(const float* row, char* out, Py_ssize_t n, Py_ssize_t c, int kind,

@@ -10,17 +10,26 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from .._ext.collate import gather_into
-from .._ext.resize import Workspace, crop_resize_into
+from .._ext.resize import Workspace, crop_resize_into, decode_crop_resize_range
 from ..errors import DecodeError, EncodeError
 from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.decoder import Decoder
 from ..pipeline.operation import BatchContext
 from ..pipeline.state import State
+from ..transforms.crop import (
+    RANDOM_CROP_UNIFORMS,
+    center_crops,
+    get_center_crop,
+    get_random_crop,
+    random_crops,
+)
 from .base import Field, Malloc, PayloadReader, empty_arguments, sample_rng
 
 try:
@@ -278,22 +287,39 @@ def decode_stored_image(
 # -- decoders ---------------------------------------------------------------------
 
 
-class _Scratch(threading.local):
-    """Per worker thread: a decode buffer grown to the largest image, and the
-    resize kernel's workspace."""
+class _Scratch:
+    """A decode buffer (grown to the largest image) and a resize workspace."""
 
-    buffer: np.ndarray | None = None
-    workspace: Workspace | None = None
-
-    def resize_workspace(self) -> Workspace:
-        if self.workspace is None:
-            self.workspace = Workspace()
-        return self.workspace
+    def __init__(self) -> None:
+        self.buffer = np.empty(0, np.uint8)
+        self.workspace = Workspace()
 
     def get(self, nbytes: int) -> np.ndarray:
-        if self.buffer is None or self.buffer.size < nbytes:
+        if self.buffer.size < nbytes:
             self.buffer = np.empty(nbytes, np.uint8)
         return self.buffer
+
+
+class _ScratchPool:
+    """Scratch lent to one range at a time, and kept for the next.
+
+    Owned by the decoder, not by a thread: the loader's threads change every
+    epoch, and scratch made anew would be faulted in anew.
+    """
+
+    def __init__(self) -> None:
+        self._free: list[_Scratch] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def lend(self) -> Iterator[_Scratch]:
+        with self._lock:
+            scratch = self._free.pop() if self._free else _Scratch()
+        try:
+            yield scratch
+        finally:
+            with self._lock:
+                self._free.append(scratch)
 
 
 class _ImageDecoder(Decoder):
@@ -303,22 +329,22 @@ class _ImageDecoder(Decoder):
         super().__init__()
         # libjpeg-turbo's fast IDCT: FFCV's exact pixels, and faster
         self.fastdct = fastdct
-        self._scratch = _Scratch()
+        self._scratch = _ScratchPool()
 
     def _modes_and_sizes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         meta = self.metadata
         return meta["mode"], meta["height"].astype(np.int64), meta["width"].astype(np.int64)
 
-    def _image(self, context: BatchContext, position: int) -> np.ndarray:
-        """Sample *position*'s full image: decoded into this thread's scratch, or
-        a view of the stored raw pixels."""
+    def _image(self, context: BatchContext, position: int, scratch: _Scratch) -> np.ndarray:
+        """Sample *position*'s full image: decoded into *scratch*, or a view of
+        the stored raw pixels."""
         row = self.metadata[int(context.indices[position])]
         source, offsets, sizes = context.data.field(self.field_index)
         return self._decode(memoryview(source), int(offsets[position]), int(sizes[position]),
-                            int(row["mode"]), int(row["height"]), int(row["width"]))
+                            int(row["mode"]), int(row["height"]), int(row["width"]), scratch)
 
     def _decode(self, source: memoryview, start: int, size: int, mode: int, height: int,
-                width: int) -> np.ndarray:
+                width: int, scratch: _Scratch) -> np.ndarray:
         data = source[start : start + size]
         if mode == IMAGE_MODES["raw"]:
             if size < height * width * 3:
@@ -327,10 +353,9 @@ class _ImageDecoder(Decoder):
             return np.frombuffer(data, np.uint8, height * width * 3).reshape(height, width, 3)
         if mode != IMAGE_MODES["jpg"]:
             raise DecodeError(f"unknown image mode {mode}")
-        scratch = self._scratch.get(height * width * 3)
         try:
-            image = require_simplejpeg().decode_jpeg(
-                data, colorspace="RGB", fastdct=self.fastdct, buffer=scratch)
+            image = require_simplejpeg().decode_jpeg(data, colorspace="RGB", fastdct=self.fastdct,
+                                                     buffer=scratch.get(height * width * 3))
         except ValueError as exc:
             raise DecodeError(f"corrupt JPEG payload: {exc}") from None
         if image.shape[:2] != (height, width):
@@ -373,11 +398,12 @@ class SimpleRGBImageDecoder(_ImageDecoder):
                 raise self.fail(exc, context, lo + int(short[0]))
             gather_into(source, offsets[lo:hi], np.minimum(sizes[lo:hi], rows.shape[1]), rows)
             return
-        for position in range(lo, hi):
-            try:
-                destination[position] = self._image(context, position)
-            except Exception as exc:
-                raise self.fail(exc, context, position) from None
+        with self._scratch.lend() as scratch:
+            for position in range(lo, hi):
+                try:
+                    destination[position] = self._image(context, position, scratch)
+                except Exception as exc:
+                    raise self.fail(exc, context, position) from None
 
 
 class ResizedCropRGBImageDecoder(_ImageDecoder):
@@ -407,6 +433,12 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
         """The ``(i, j, h, w)`` window of a ``height × width`` image to keep."""
         raise NotImplementedError
 
+    def crops(self, heights: np.ndarray, widths: np.ndarray, u: np.ndarray | None) -> np.ndarray:
+        """``crop`` for many images: ``(n, 4)`` int64 rows (override it vectorised)."""
+        rows = [self.crop(int(h), int(w), None if u is None else u[k])
+                for k, (h, w) in enumerate(zip(heights, widths, strict=True))]
+        return np.asarray(rows, dtype=np.int64).reshape(len(rows), 4)
+
     def uniforms(self, context: BatchContext) -> np.ndarray | None:
         """Per-sample random numbers for ``crop`` (None: the crop is not random)."""
         return None
@@ -415,27 +447,30 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
                      context: BatchContext) -> None:
         u = self.uniforms(context)
         flip = context.flip  # set when the loader fused a RandomHorizontalFlip into this decoder
-        flips = [False] * (hi - lo) if flip is None else flip[lo:hi].tolist()
+        flips = np.zeros(hi - lo, np.uint8) if flip is None else flip[lo:hi].astype(np.uint8)
         scale = bias = None
         if self.fused_output is not None:
             _, scale, bias = self.fused_output
-        # per-sample values as Python ints, read once per range (the loop is the hot path)
         rows = self.metadata[context.indices[lo:hi]]
-        modes, heights, widths = (rows["mode"].tolist(), rows["height"].tolist(),
-                                  rows["width"].tolist())
+        modes = rows["mode"]
+        unknown = np.flatnonzero((modes != IMAGE_MODES["jpg"]) & (modes != IMAGE_MODES["raw"]))
+        if unknown.size:
+            position = lo + int(unknown[0])
+            raise self.fail(DecodeError(f"unknown image mode {int(modes[unknown[0]])}"),
+                            context, position)
+        heights, widths = rows["height"].astype(np.int64), rows["width"].astype(np.int64)
+        crops = np.ascontiguousarray(self.crops(heights, widths, None if u is None else u[lo:hi]),
+                                     dtype=np.int64)
         source, offsets, sizes = context.data.field(self.field_index)
-        source = memoryview(source)
-        starts, lengths = offsets[lo:hi].tolist(), sizes[lo:hi].tolist()
-        workspace = self._scratch.resize_workspace()
-        for k, position in enumerate(range(lo, hi)):
-            try:
-                image = self._decode(source, starts[k], lengths[k], modes[k], heights[k],
-                                     widths[k])
-                i, j, h, w = self.crop(heights[k], widths[k], None if u is None else u[position])
-                crop_resize_into(image, i, j, h, w, destination[position], flips[k], scale,
-                                 bias, workspace)
-            except Exception as exc:
-                raise self.fail(exc, context, position) from None
+        with self._scratch.lend() as scratch:
+            jpeg = modes == IMAGE_MODES["jpg"]
+            largest = int((heights * widths)[jpeg].max()) * 3 if jpeg.any() else 0
+            decode_crop_resize_range(
+                require_simplejpeg().decode_jpeg, self.fastdct, scratch.get(largest), source,
+                offsets[lo:hi].astype(np.int64), sizes[lo:hi].astype(np.int64),
+                (modes == IMAGE_MODES["raw"]).view(np.uint8), heights, widths, crops, flips,
+                destination[lo:hi], scale, bias, scratch.workspace,
+                lambda exc, k: self.fail(exc, context, lo + k))
 
 
 class RandomResizedCropRGBImageDecoder(ResizedCropRGBImageDecoder):
@@ -451,15 +486,15 @@ class RandomResizedCropRGBImageDecoder(ResizedCropRGBImageDecoder):
         self.ratio = ratio
 
     def uniforms(self, context: BatchContext) -> np.ndarray:
-        from ..transforms.crop import RANDOM_CROP_UNIFORMS
-
         return context.uniform(RANDOM_CROP_UNIFORMS)
 
     def crop(self, height: int, width: int, u: np.ndarray | None) -> tuple[int, int, int, int]:
-        from ..transforms.crop import get_random_crop
-
         assert u is not None
         return get_random_crop(height, width, self.scale, self.ratio, u)
+
+    def crops(self, heights: np.ndarray, widths: np.ndarray, u: np.ndarray | None) -> np.ndarray:
+        assert u is not None
+        return random_crops(heights, widths, self.scale, self.ratio, u)
 
 
 class CenterCropRGBImageDecoder(ResizedCropRGBImageDecoder):
@@ -470,6 +505,7 @@ class CenterCropRGBImageDecoder(ResizedCropRGBImageDecoder):
         self.ratio = ratio
 
     def crop(self, height: int, width: int, u: np.ndarray | None) -> tuple[int, int, int, int]:
-        from ..transforms.crop import get_center_crop
-
         return get_center_crop(height, width, self.ratio)
+
+    def crops(self, heights: np.ndarray, widths: np.ndarray, u: np.ndarray | None) -> np.ndarray:
+        return center_crops(heights, widths, self.ratio)

@@ -1,8 +1,9 @@
 """Crop samplers shared by ``RandomResizedCrop`` and the crop decoders.
 
 Both return ``(i, j, h, w)``: the top row, the left column, the height and the
-width of the window to keep, which always lies inside the image. They are
-plain Python on floats (one call per image): the random one consumes a row of
+width of the window to keep, which always lies inside the image. The
+vectorised forms (``random_crops``, ``center_crops``) take arrays of image
+sizes and return one row per image. The random one consumes a row of
 ``RANDOM_CROP_UNIFORMS`` uniforms instead of calling a generator, so a crop is
 a pure function of ``(seed, epoch, sample index)``.
 """
@@ -21,50 +22,81 @@ row and the column of the window."""
 _TRIES = 10
 
 
+def random_crops(heights: np.ndarray | Sequence[int], widths: np.ndarray | Sequence[int],
+                 scale: tuple[float, float], ratio: tuple[float, float],
+                 u: np.ndarray) -> np.ndarray:
+    """Pick a random window of each image, as torchvision's RandomResizedCrop.
+
+    For image ``k`` (``heights[k] × widths[k]``), up to 10 tries draw an area
+    ``A·U(scale)`` (``A = height·width``) and a log-uniform aspect ratio in
+    *ratio*; the first window that fits is placed uniformly. If none fits,
+    the whole image clamped to the ratio range is taken, centred. Uniform
+    ``u[k, 2t]`` gives try ``t``'s area, ``u[k, 2t + 1]`` its ratio,
+    ``u[k, 20]`` and ``u[k, 21]`` the row and column. Vectorised over images
+    (the crop decoders call it once per range of a batch).
+
+    Args:
+        heights: image heights.
+        widths: image widths.
+        scale: bounds of the window's area, as fractions of the image's.
+        ratio: bounds of the window's aspect ratio (width / height).
+        u: ``(len(heights), RANDOM_CROP_UNIFORMS)`` uniforms in [0, 1).
+
+    Returns:
+        ``(n, 4)`` int64 rows ``(i, j, h, w)``: top row, left column, height, width.
+    """
+    height = np.asarray(heights, dtype=np.float64)
+    width = np.asarray(widths, dtype=np.float64)
+    u = np.asarray(u, dtype=np.float64).reshape(len(height), -1)
+    if u.shape[1] < RANDOM_CROP_UNIFORMS:
+        raise ValueError(f"need {RANDOM_CROP_UNIFORMS} uniforms per image, got {u.shape[1]}")
+    scale_lo, scale_hi = float(scale[0]), float(scale[1])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    fraction = scale_lo + (scale_hi - scale_lo) * u[:, 0 : 2 * _TRIES : 2]
+    target = (height * width)[:, None] * fraction
+    aspect = np.exp(log_lo + (log_hi - log_lo) * u[:, 1 : 2 * _TRIES : 2])
+    ws = np.round(np.sqrt(target * aspect))  # round half to even, as Python's round
+    hs = np.round(np.sqrt(target / aspect))
+    fits = (ws > 0) & (ws <= width[:, None]) & (hs > 0) & (hs <= height[:, None])
+    rows = np.arange(len(height))
+    first = fits.argmax(axis=1)
+    h, w = hs[rows, first], ws[rows, first]
+    i = np.floor(u[:, 2 * _TRIES] * (height - h + 1))
+    j = np.floor(u[:, 2 * _TRIES + 1] * (width - w + 1))
+    # fallback: the whole image, clamped to the ratio range, centred
+    none = ~fits.any(axis=1)
+    if none.any():
+        fh, fw = height[none], width[none]
+        in_ratio = fw / fh
+        low, high = min(ratio), max(ratio)
+        fall_w = np.where(in_ratio > high, np.round(fh * high), fw)
+        fall_h = np.where(in_ratio < low, np.round(fw / low), fh)
+        h[none], w[none] = fall_h, fall_w
+        i[none] = (fh - fall_h) // 2
+        j[none] = (fw - fall_w) // 2
+    return np.stack([i, j, h, w], axis=1).astype(np.int64)
+
+
+def center_crops(heights: np.ndarray | Sequence[int], widths: np.ndarray | Sequence[int],
+                 ratio: float) -> np.ndarray:
+    """``get_center_crop`` for many images: ``(n, 4)`` int64 rows ``(i, j, h, w)``."""
+    height = np.asarray(heights, dtype=np.int64)
+    width = np.asarray(widths, dtype=np.int64)
+    side = (float(ratio) * np.minimum(height, width)).astype(np.int64)  # truncates, as int()
+    return np.stack([(height - side) // 2, (width - side) // 2, side, side], axis=1)
+
+
 def get_random_crop(height: int, width: int, scale: tuple[float, float],
                     ratio: tuple[float, float], u: np.ndarray | Sequence[float]
                     ) -> tuple[int, int, int, int]:
-    """Pick a random window of a ``height × width`` image, as torchvision's RandomResizedCrop.
-
-    Up to 10 tries draw an area ``A·U(scale)`` (``A = height·width``) and a
-    log-uniform aspect ratio in *ratio*; the first window that fits is placed
-    uniformly. If none fits, the whole image clamped to the ratio range is
-    taken, centred. Uniform ``2k`` gives try ``k``'s area, ``2k + 1`` its
-    ratio, 20 and 21 the row and column.
-
-    Args:
-        height: image height.
-        width: image width.
-        scale: bounds of the window's area, as fractions of the image's.
-        ratio: bounds of the window's aspect ratio (width / height).
-        u: at least ``RANDOM_CROP_UNIFORMS`` uniforms in [0, 1).
+    """``random_crops`` for one ``height × width`` image and one row of uniforms.
 
     Returns:
         ``(i, j, h, w)``: top row, left column, height, width.
     """
-    area = float(height) * float(width)
-    scale_lo, scale_hi = float(scale[0]), float(scale[1])
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    for k in range(_TRIES):
-        target = area * (scale_lo + (scale_hi - scale_lo) * float(u[2 * k]))
-        aspect = math.exp(log_lo + (log_hi - log_lo) * float(u[2 * k + 1]))
-        w = round(math.sqrt(target * aspect))
-        h = round(math.sqrt(target / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            i = int(float(u[2 * _TRIES]) * (height - h + 1))
-            j = int(float(u[2 * _TRIES + 1]) * (width - w + 1))
-            return i, j, h, w
-    # fallback: the whole image, clamped to the ratio range, centred
-    in_ratio = float(width) / float(height)
-    if in_ratio < min(ratio):
-        w = width
-        h = round(w / min(ratio))
-    elif in_ratio > max(ratio):
-        h = height
-        w = round(h * max(ratio))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
+    i, j, h, w = random_crops([height], [width], scale, ratio,
+                              np.asarray(u, dtype=np.float64)[None, :])[0].tolist()
+    return i, j, h, w
 
 
 def get_center_crop(height: int, width: int, ratio: float) -> tuple[int, int, int, int]:
