@@ -131,10 +131,15 @@ def test_float_outputs_with_fused_normalisation(source: np.ndarray, dtype: type,
                                rtol=1e-3 if dtype == np.float16 else 1e-6, atol=1e-6)
 
 
-def test_float_output_without_normalisation(source: np.ndarray) -> None:
-    out = np.empty((40, 60, 3), np.float32)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_float_output_without_normalisation(source: np.ndarray, dtype: type) -> None:
+    out = np.empty((40, 60, 3), dtype)
     crop_resize_into(source, 0, 0, 40, 60, out)
-    np.testing.assert_array_equal(out, source.astype(np.float32))
+    np.testing.assert_array_equal(out, source.astype(dtype))
+    resized, pixels = np.empty((17, 24, 3), dtype), np.empty((17, 24, 3), np.uint8)
+    crop_resize_into(source, 1, 2, 30, 41, resized, True)
+    crop_resize_into(source, 1, 2, 30, 41, pixels, True)
+    np.testing.assert_array_equal(resized, pixels.astype(dtype))
 
 
 def test_scale_needs_a_float_output(source: np.ndarray) -> None:

@@ -61,6 +61,10 @@ FF_CLONES static void ff_u8_to_f32(const uint8_t *restrict src, float *restrict 
     for (ptrdiff_t i = 0; i < n; i++) out[i] = (float)src[i];
 }
 
+#if defined(__SSE2__)
+static inline void ff_store16(void *out, __m128i v) { _mm_storeu_si128((__m128i *)out, v); }
+#endif
+
 /* out[i] = round(clamp(src[i], 0, 255)), clamped as integers. With SSE2, 16
  * at a time: truncate (v + 0.5) to int32, then the saturating packs clamp. */
 FF_CLONES static void ff_row_to_u8(const float *restrict src, uint8_t *restrict out, ptrdiff_t n) {
@@ -73,7 +77,7 @@ FF_CLONES static void ff_row_to_u8(const float *restrict src, uint8_t *restrict 
         __m128i c = _mm_cvttps_epi32(_mm_add_ps(_mm_loadu_ps(src + i + 8), half));
         __m128i d = _mm_cvttps_epi32(_mm_add_ps(_mm_loadu_ps(src + i + 12), half));
         __m128i ab = _mm_packs_epi32(a, b), cd = _mm_packs_epi32(c, d);
-        _mm_storeu_si128((__m128i *)(out + i), _mm_packus_epi16(ab, cd));
+        ff_store16(out + i, _mm_packus_epi16(ab, cd));
     }
 #endif
     for (; i < n; i++) {
@@ -209,18 +213,25 @@ static void ff_row_to_f16_f16c(const float *restrict src, uint16_t *restrict out
         __m256 a0 = _mm256_loadu_ps(a), a1 = _mm256_loadu_ps(a + 8), a2 = _mm256_loadu_ps(a + 16);
         const __m256 lo = _mm256_set1_ps(0.0f), hi = _mm256_set1_ps(255.0f);
         const __m256 half = _mm256_set1_ps(0.5f);
+        /* x * 1 + 0 == x: without a normalisation, skip the affine step */
+        const int affine = !(mul[0] == 1.0f && mul[1] == 1.0f && mul[2] == 1.0f &&
+                             add[0] == 0.0f && add[1] == 0.0f && add[2] == 0.0f);
 #define FF_PIX(p) _mm256_min_ps(_mm256_max_ps(_mm256_floor_ps(_mm256_add_ps(_mm256_loadu_ps(p), \
                                                                              half)), lo), hi)
-        for (; i + 24 <= n; i += 24) {
-            __m256 v0 = _mm256_add_ps(_mm256_mul_ps(FF_PIX(src + i), m0), a0);
-            __m256 v1 = _mm256_add_ps(_mm256_mul_ps(FF_PIX(src + i + 8), m1), a1);
-            __m256 v2 = _mm256_add_ps(_mm256_mul_ps(FF_PIX(src + i + 16), m2), a2);
-            _mm_storeu_si128((__m128i *)(out + i), _mm256_cvtps_ph(v0, _MM_FROUND_TO_NEAREST_INT));
-            _mm_storeu_si128((__m128i *)(out + i + 8),
-                             _mm256_cvtps_ph(v1, _MM_FROUND_TO_NEAREST_INT));
-            _mm_storeu_si128((__m128i *)(out + i + 16),
-                             _mm256_cvtps_ph(v2, _MM_FROUND_TO_NEAREST_INT));
+#define FF_HALF(v) _mm256_cvtps_ph((v), _MM_FROUND_TO_NEAREST_INT)
+        if (affine) {
+            for (; i + 24 <= n; i += 24) {
+                __m256 v0 = _mm256_add_ps(_mm256_mul_ps(FF_PIX(src + i), m0), a0);
+                __m256 v1 = _mm256_add_ps(_mm256_mul_ps(FF_PIX(src + i + 8), m1), a1);
+                __m256 v2 = _mm256_add_ps(_mm256_mul_ps(FF_PIX(src + i + 16), m2), a2);
+                ff_store16(out + i, FF_HALF(v0));
+                ff_store16(out + i + 8, FF_HALF(v1));
+                ff_store16(out + i + 16, FF_HALF(v2));
+            }
+        } else {
+            for (; i + 8 <= n; i += 8) ff_store16(out + i, FF_HALF(FF_PIX(src + i)));
         }
+#undef FF_HALF
     }
 #undef FF_PIX
     for (; i < n; i++) {
