@@ -160,3 +160,35 @@ def test_portable_half_conversion_matches_numpy(values: np.ndarray) -> None:
     f16_soft_into(values, out)
     with np.errstate(over="ignore"):
         np.testing.assert_array_equal(out, values.astype(np.float16).view(np.uint16))
+
+
+@pytest.mark.parametrize(("dtype", "normalise"), [
+    (np.uint8, False), (np.float16, False), (np.float16, True), (np.float32, False),
+    (np.float32, True),
+], ids=["uint8", "float16", "float16-normalised", "float32", "float32-normalised"])
+def test_simd_paths_give_the_portable_pixels(photos: list[np.ndarray], dtype: type,
+                                             normalise: bool) -> None:
+    from fastforward._ext.resize import set_simd
+
+    scale, bias = (np.array([0.017, 0.018, 0.0175]), np.array([-2.1, -2.0, -1.8])) if normalise \
+        else (None, None)
+    rng = np.random.default_rng(3)
+    image = np.ascontiguousarray(photos[0][:300, :400])
+    cases = []
+    for _ in range(60):  # enlarging, shrinking and mixed windows, odd sizes, flips
+        h, w = int(rng.integers(1, 300)), int(rng.integers(1, 400))
+        y0, x0 = int(rng.integers(0, 301 - h)), int(rng.integers(0, 401 - w))
+        size = (int(rng.integers(1, 260)), int(rng.integers(1, 260)))
+        cases.append(((y0, x0, h, w), size, bool(rng.integers(2))))
+    fast = [np.empty((*size, 3), dtype) for _, size, _ in cases]
+    portable = [np.empty((*size, 3), dtype) for _, size, _ in cases]
+    for (crop, _, flip), out in zip(cases, fast, strict=True):
+        crop_resize_into(image, *crop, out, flip, scale, bias)
+    set_simd(False)
+    try:
+        for (crop, _, flip), out in zip(cases, portable, strict=True):
+            crop_resize_into(image, *crop, out, flip, scale, bias)
+    finally:
+        set_simd(True)
+    for a, b in zip(fast, portable, strict=True):
+        np.testing.assert_array_equal(a, b)

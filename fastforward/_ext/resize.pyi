@@ -18,3 +18,6 @@ def crop_resize_into(
 
 def f16_soft_into(values: Buffer, out: Buffer) -> int:
     """The portable float→half conversion (used on CPUs without F16C), for its tests."""
+
+def set_simd(enabled: bool) -> None:
+    """Turn the explicit AVX2/F16C paths off (False) or back on, for tests."""

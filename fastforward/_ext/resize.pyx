@@ -28,7 +28,9 @@ from fastforward.errors import DecodeError
 cdef extern from "resize_kernels.h" nogil:
     void ff_vsum_u8(const uint8_t** rows, const float* w, int used, Py_ssize_t n, float* out)
     void ff_vsum_f32(const float** rows, const float* w, int used, Py_ssize_t n, float* out)
-    void ff_u8_to_f32(const uint8_t* src, float* out, Py_ssize_t n)
+    void ff_u8_to_f32_any(const uint8_t* src, float* out, Py_ssize_t n)
+    bint ff_vsum2_emit(const float* a, const float* b, float w0, float w1, Py_ssize_t n,
+                       Py_ssize_t c, int kind, const float* mul, const float* add, void* out)
     void ff_hpass(const float* row, const int* start, int used, const float* weight, int taps,
                   Py_ssize_t ow, Py_ssize_t c, float* out)
     void ff_row_to_u8(const float* src, uint8_t* out, Py_ssize_t n)
@@ -359,13 +361,18 @@ cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0
             outrow = tmp + in_stride
             hrows = outrow + out_stride
             for y in range(h):
-                ff_u8_to_f32(window + y * src_stride, tmp, in_stride)
+                ff_u8_to_f32_any(window + y * src_stride, tmp, in_stride)
                 ff_hpass(tmp, fx.start, fx.used, fx.weight, fx.taps, ow, c,
                          hrows + y * out_stride)
             # vertical: combine the filtered rows (fy.used <= 2 when enlarging)
             for oy in range(oh):
                 for k in range(fy.used):
                     rows_f32[k] = hrows + (fy.start[oy] + k) * out_stride
+                if fy.used == 2 and ff_vsum2_emit(
+                        rows_f32[0], rows_f32[1], fy.weight[oy * fy.taps],
+                        fy.weight[oy * fy.taps + 1], out_stride, c, kind, mul, add,
+                        out + oy * row_bytes):
+                    continue
                 ff_vsum_f32(rows_f32, fy.weight + oy * fy.taps, fy.used, out_stride, outrow)
                 _emit(outrow, out + oy * row_bytes, out_stride, c, kind, mul, add)
         else:
@@ -386,6 +393,14 @@ cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0
 
 cdef extern from "resize_kernels.h" nogil:
     uint16_t ff_f32_to_f16_soft(float value)
+    void ff_set_simd(int on)
+
+
+def set_simd(bint enabled):
+    """Turn the explicit AVX2/F16C paths off (False) or back on, for tests that
+    check they give the portable code's pixels. Not thread-safe: call it while
+    nothing is resizing."""
+    ff_set_simd(enabled)
 
 
 def f16_soft_into(const float[::1] values not None, uint16_t[::1] out not None):

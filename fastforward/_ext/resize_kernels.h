@@ -241,7 +241,143 @@ static void ff_row_to_f16_f16c(const float *restrict src, uint16_t *restrict out
 }
 #endif
 
+
+/* ---- AVX2 forms of the hottest steps, chosen at run time (ff_has_avx2). They
+ * do the same float operations in the same order as the portable code, so
+ * the pixels are the same on every CPU. */
+
+static int ff_avx2 = -1;
 static int ff_has_f16c = -1;
+
+/* For tests: 0 forces the portable code (every explicit SIMD path off), 1
+ * goes back to what the CPU supports. */
+static inline void ff_set_simd(int on) {
+    ff_avx2 = on ? -1 : 0;
+    ff_has_f16c = on ? -1 : 0;
+}
+
+static inline int ff_has_avx2(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (ff_avx2 < 0) {
+        __builtin_cpu_init();
+        ff_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    }
+    return ff_avx2;
+#else
+    return 0;
+#endif
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* out[i] = src[i] as floats, 8 at a time */
+__attribute__((target("avx2")))
+static void ff_u8_to_f32_avx2(const uint8_t *restrict src, float *restrict out, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(src + i)));
+        _mm256_storeu_ps(out + i, _mm256_cvtepi32_ps(v));
+    }
+    for (; i < n; i++) out[i] = (float)src[i];
+}
+
+/* Two filtered rows combined and written out in one pass (the vertical step
+ * when enlarging): out[i] = emit(w0 * a[i] + w1 * b[i]), as ff_vsum_f32 then
+ * the ff_row_to_* of the output type would give, without the float row. */
+#define FF_V2(i) _mm256_add_ps(_mm256_mul_ps(w0v, _mm256_loadu_ps(a + (i))),                 \
+                               _mm256_mul_ps(w1v, _mm256_loadu_ps(b + (i))))
+
+__attribute__((target("avx2")))
+static void ff_vsum2_u8_avx2(const float *restrict a, const float *restrict b, float w0,
+                             float w1, ptrdiff_t n, uint8_t *restrict out) {
+    const __m256 w0v = _mm256_set1_ps(w0), w1v = _mm256_set1_ps(w1), half = _mm256_set1_ps(0.5f);
+    ptrdiff_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i p0 = _mm256_cvttps_epi32(_mm256_add_ps(FF_V2(i), half));
+        __m256i p1 = _mm256_cvttps_epi32(_mm256_add_ps(FF_V2(i + 8), half));
+        __m256i p2 = _mm256_cvttps_epi32(_mm256_add_ps(FF_V2(i + 16), half));
+        __m256i p3 = _mm256_cvttps_epi32(_mm256_add_ps(FF_V2(i + 24), half));
+        /* the packs work within 128-bit lanes: put the 8-byte groups back in order */
+        __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(p0, p1), _mm256_packs_epi32(p2, p3));
+        bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(out + i), bytes);
+    }
+    for (; i < n; i++) {
+        int32_t v = (int32_t)((w0 * a[i] + w1 * b[i]) + 0.5f);
+        out[i] = (uint8_t)(v < 0 ? 0 : (v > 255 ? 255 : v));
+    }
+}
+
+#define FF_PIX8(v) _mm256_min_ps(_mm256_max_ps(_mm256_floor_ps(_mm256_add_ps((v), half)), lo), hi)
+
+/* float16 or float32 out (c == 3): the pixel value, then x * mul + add */
+__attribute__((target("avx2,f16c")))
+static void ff_vsum2_float_avx2(const float *restrict a, const float *restrict b, float w0,
+                                float w1, ptrdiff_t n, const float *restrict mul,
+                                const float *restrict add, int half_out, void *restrict out) {
+    const __m256 w0v = _mm256_set1_ps(w0), w1v = _mm256_set1_ps(w1), half = _mm256_set1_ps(0.5f);
+    const __m256 lo = _mm256_set1_ps(0.0f), hi = _mm256_set1_ps(255.0f);
+    float m[24], d[24];
+    for (int k = 0; k < 24; k++) { m[k] = mul[k % 3]; d[k] = add[k % 3]; }
+    const int affine = !(mul[0] == 1.0f && mul[1] == 1.0f && mul[2] == 1.0f &&
+                         add[0] == 0.0f && add[1] == 0.0f && add[2] == 0.0f);
+    uint16_t *restrict out16 = (uint16_t *)out;
+    float *restrict out32 = (float *)out;
+    ptrdiff_t i = 0;
+    for (; i + 24 <= n; i += 24) {
+        for (int j = 0; j < 24; j += 8) {
+            __m256 v = FF_PIX8(FF_V2(i + j));
+            if (affine)
+                v = _mm256_add_ps(_mm256_mul_ps(v, _mm256_loadu_ps(m + j)), _mm256_loadu_ps(d + j));
+            if (half_out)
+                _mm_storeu_si128((__m128i *)(out16 + i + j),
+                                 _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+            else
+                _mm256_storeu_ps(out32 + i + j, v);
+        }
+    }
+    for (; i < n; i++) {
+        float v = ff_pixel(w0 * a[i] + w1 * b[i]) * mul[i % 3] + add[i % 3];
+        if (half_out)
+            out16[i] = (uint16_t)_mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(v),
+                                                                 _MM_FROUND_TO_NEAREST_INT), 0);
+        else
+            out32[i] = v;
+    }
+}
+#undef FF_PIX8
+#undef FF_V2
+#endif
+
+/* The fused vertical step, where there is one: 1 if it wrote the row. */
+static inline int ff_vsum2_emit(const float *a, const float *b, float w0, float w1, ptrdiff_t n,
+                                ptrdiff_t c, int kind, const float *mul, const float *add,
+                                void *out) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (!ff_has_avx2()) return 0;
+    if (kind == 0) {
+        ff_vsum2_u8_avx2(a, b, w0, w1, n, (uint8_t *)out);
+        return 1;
+    }
+    if (c == 3) {
+        ff_vsum2_float_avx2(a, b, w0, w1, n, mul, add, kind == 1, out);
+        return 1;
+    }
+#endif
+    (void)a; (void)b; (void)w0; (void)w1; (void)n; (void)c; (void)kind; (void)mul; (void)add;
+    (void)out;
+    return 0;
+}
+
+static inline void ff_u8_to_f32_any(const uint8_t *restrict src, float *restrict out,
+                                    ptrdiff_t n) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (ff_has_avx2()) {
+        ff_u8_to_f32_avx2(src, out, n);
+        return;
+    }
+#endif
+    ff_u8_to_f32(src, out, n);
+}
 
 static inline void ff_row_to_f16(const float *restrict src, uint16_t *restrict out, ptrdiff_t n,
                                  ptrdiff_t c, const float *restrict mul,
