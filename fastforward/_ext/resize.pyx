@@ -29,6 +29,10 @@ cdef extern from "resize_kernels.h" nogil:
     void ff_vsum_u8(const uint8_t** rows, const float* w, int used, Py_ssize_t n, float* out)
     void ff_vsum_f32(const float** rows, const float* w, int used, Py_ssize_t n, float* out)
     void ff_u8_to_f32_any(const uint8_t* src, float* out, Py_ssize_t n)
+    bint ff_has_avx2()
+    void ff_widen_taps(const float* weight, int taps, int used, Py_ssize_t ow, float* wide)
+    void ff_hpass_any(const float* row, const int* start, int used, const float* weight,
+                      const float* wide, int taps, Py_ssize_t ow, Py_ssize_t c, float* out)
     bint ff_vsum2_emit(const float* a, const float* b, float w0, float w1, Py_ssize_t n,
                        Py_ssize_t c, int kind, const float* mul, const float* add, void* out)
     void ff_hpass(const float* row, const int* start, int used, const float* weight, int taps,
@@ -174,9 +178,10 @@ cdef size_t _scratch_bytes(Py_ssize_t h, Py_ssize_t w, Py_ssize_t oh, Py_ssize_t
                            Py_ssize_t c) noexcept nogil:
     """Bytes `_crop_resize` needs: both filters, then float rows (see there)."""
     cdef size_t rows = (w * c + (h + 1) * ow * c) if h < oh else (w * c + ow * c)
+    cdef size_t wide = _align((ow + 1) // 2 * _taps(<int>w, <int>ow) * 8 * sizeof(float))
     # + 4 floats: slack for the 4-wide loads and stores of the horizontal pass
     return (_align(_filter_bytes(<int>w, <int>ow)) + _align(_filter_bytes(<int>h, <int>oh))
-            + (rows + 4) * sizeof(float) + 64)
+            + wide + (rows + 4) * sizeof(float) + 64)
 
 
 cdef struct Target:
@@ -345,11 +350,18 @@ cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0
     cdef float* tmp
     cdef float* outrow
     cdef float* hrows
+    cdef float* wide
     cdef char* memory = scratch
     memory = _make_filter(&fx, <int>w, <int>ow, memory, flip)
     memory = scratch + _align(memory - scratch)
     memory = _make_filter(&fy, <int>h, <int>oh, memory, False)
-    tmp = <float*>(scratch + _align(memory - scratch))
+    memory = scratch + _align(memory - scratch)
+    wide = NULL
+    if c == 3 and ff_has_avx2():
+        wide = <float*>memory
+        ff_widen_taps(fx.weight, fx.taps, fx.used, ow, wide)
+        memory += _align((ow + 1) // 2 * fx.taps * 8 * sizeof(float))
+    tmp = <float*>memory
     if fy.used > MAX_TAPS_ROWS:  # shrinking more than 62×: a row table of its own
         rows_u8_p = <const uint8_t**>malloc(fy.used * sizeof(uint8_t*))
         if rows_u8_p == NULL:
@@ -362,8 +374,8 @@ cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0
             hrows = outrow + out_stride
             for y in range(h):
                 ff_u8_to_f32_any(window + y * src_stride, tmp, in_stride)
-                ff_hpass(tmp, fx.start, fx.used, fx.weight, fx.taps, ow, c,
-                         hrows + y * out_stride)
+                ff_hpass_any(tmp, fx.start, fx.used, fx.weight, wide, fx.taps, ow, c,
+                             hrows + y * out_stride)
             # vertical: combine the filtered rows (fy.used <= 2 when enlarging)
             for oy in range(oh):
                 for k in range(fy.used):
@@ -383,7 +395,7 @@ cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0
                     rows_u8_p[k] = window + (fy.start[oy] + k) * src_stride
                 ff_vsum_u8(rows_u8_p, fy.weight + oy * fy.taps, fy.used, in_stride, tmp)
                 # horizontal: w float pixels -> ow output pixels
-                ff_hpass(tmp, fx.start, fx.used, fx.weight, fx.taps, ow, c, outrow)
+                ff_hpass_any(tmp, fx.start, fx.used, fx.weight, wide, fx.taps, ow, c, outrow)
                 _emit(outrow, out + oy * row_bytes, out_stride, c, kind, mul, add)
     finally:
         if rows_u8_p != rows_u8:

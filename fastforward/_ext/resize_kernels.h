@@ -346,7 +346,74 @@ static void ff_vsum2_float_avx2(const float *restrict a, const float *restrict b
 }
 #undef FF_PIX8
 #undef FF_V2
+
+/* The horizontal pass for 3 channels, two output pixels per 8-float register:
+ * pixel x in the low half, x + 1 in the high half. `wide` holds each pair's
+ * taps spread out (see ff_widen_taps), so a tap costs one load per operand.
+ * Same operations, same order as FF_TAPS3. */
+#define FF_PAIR(T)                                                                 \
+    for (; x + 2 <= ow; x += 2) {                                                  \
+        const float *restrict p0 = row + (ptrdiff_t)start[x] * 3;                  \
+        const float *restrict p1 = row + (ptrdiff_t)start[x + 1] * 3;              \
+        const float *restrict wt = wide + (x / 2) * (T) * 8;                       \
+        __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(wt), _mm256_loadu2_m128(p1, p0)); \
+        for (int k = 1; k < (T); k++)                                              \
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(wt + 8 * k),     \
+                                                   _mm256_loadu2_m128(p1 + 3 * k,   \
+                                                                      p0 + 3 * k))); \
+        _mm_storeu_ps(out + x * 3, _mm256_castps256_ps128(acc));                   \
+        _mm_storeu_ps(out + x * 3 + 3, _mm256_extractf128_ps(acc, 1));             \
+    }
+
+__attribute__((target("avx2")))
+static void ff_hpass3_avx2(const float *restrict row, const int *restrict start, int used,
+                           const float *restrict wide, ptrdiff_t ow, float *restrict out) {
+    ptrdiff_t x = 0;
+    switch (used) {
+    case 1: FF_PAIR(1) break;
+    case 2: FF_PAIR(2) break;
+    case 3: FF_PAIR(3) break;
+    case 4: FF_PAIR(4) break;
+    default: FF_PAIR(used) break;
+    }
+    if (x < ow) { /* an odd last pixel: the low halves */
+        const float *restrict p = row + (ptrdiff_t)start[x] * 3;
+        const float *restrict wt = wide + (x / 2) * used * 8;
+        __m128 acc = _mm_mul_ps(_mm_loadu_ps(wt), _mm_loadu_ps(p));
+        for (int k = 1; k < used; k++)
+            acc = _mm_add_ps(acc, _mm_mul_ps(_mm_loadu_ps(wt + 8 * k), _mm_loadu_ps(p + 3 * k)));
+        _mm_storeu_ps(out + x * 3, acc);
+    }
+}
+#undef FF_PAIR
 #endif
+
+/* The table ff_hpass3_avx2 reads: for output pixels 2q and 2q + 1 and tap k,
+ * 8 floats at wide[(q * used + k) * 8]: pixel 2q's weight 4 times, then pixel
+ * 2q + 1's (0 past the end). (ow + 1) / 2 * used * 8 floats. */
+static inline void ff_widen_taps(const float *restrict weight, int taps, int used, ptrdiff_t ow,
+                                 float *restrict wide) {
+    for (ptrdiff_t x = 0; x < ow; x++)
+        for (int k = 0; k < used; k++)
+            for (int l = 0; l < 4; l++)
+                wide[((x / 2) * used + k) * 8 + (x % 2) * 4 + l] = weight[x * taps + k];
+    if (ow % 2)
+        for (int k = 0; k < used; k++)
+            for (int l = 4; l < 8; l++) wide[((ow / 2) * used + k) * 8 + l] = 0.0f;
+}
+
+/* The horizontal pass: the AVX2 pair form for 3 channels where it runs. */
+static inline void ff_hpass_any(const float *restrict row, const int *restrict start, int used,
+                                const float *restrict weight, const float *restrict wide,
+                                int taps, ptrdiff_t ow, ptrdiff_t c, float *restrict out) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (wide != NULL) {
+        ff_hpass3_avx2(row, start, used, wide, ow, out);
+        return;
+    }
+#endif
+    ff_hpass(row, start, used, weight, taps, ow, c, out);
+}
 
 /* The fused vertical step, where there is one: 1 if it wrote the row. */
 static inline int ff_vsum2_emit(const float *a, const float *b, float w0, float w1, ptrdiff_t n,
