@@ -26,6 +26,9 @@ RESULTS: dict[str, dict[str, Measurement]] = defaultdict(dict)
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--bench-scale", type=float, default=1.0,
                      help=f"corpus size as a multiple of {BASE_IMAGES} images")
+    parser.addoption("--bench-rounds", type=int, default=1,
+                     help="alternate fastforward and the decode limit this many times and "
+                          "keep each one's median")
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +80,11 @@ def small_raw(tmp_path_factory: pytest.TempPathFactory, corpus_size: int) -> Pat
     DatasetWriter(path, {"image": RGBImageField(write_mode="raw"), "label": IntField()},
                   progress=False).from_indexed_dataset(data)
     return path
+
+
+@pytest.fixture(scope="session")
+def rounds(request: pytest.FixtureRequest) -> int:
+    return max(1, int(request.config.getoption("--bench-rounds")))
 
 
 @pytest.fixture(scope="session")

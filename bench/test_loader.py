@@ -23,6 +23,7 @@ from fastforward.benchmark import (
     decode_limit,
     first_batch_seconds,
     loader_throughput,
+    side_by_side,
     stored_jpegs,
 )
 from fastforward.reader import Reader
@@ -37,24 +38,24 @@ def run_once(benchmark, fn):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
-def test_decode_limit(benchmark, beton: Path, pipeline: str, cores: int) -> None:
-    """simplejpeg decoding the stored JPEGs on every core (accurate IDCT): the ceiling."""
+def test_fastforward(benchmark, beton: Path, pipeline: str, cores: int, rounds: int) -> None:
+    """fastforward's Loader (RANDOM order, batch 256, every core) and the decode limit
+    (simplejpeg decoding the stored JPEGs on every core, accurate IDCT), in turn."""
+    if pipeline == "b":
+        pytest.importorskip("torch", reason="pipeline (b) ends in torch tensors")
     blobs = stored_jpegs(Reader(beton), "image")
-    m = run_once(benchmark, lambda: decode_limit(blobs, cores, repeat=2))
-    record(pipeline, "decode limit", m)
+    measures = {
+        "decode limit": lambda: decode_limit(blobs, cores, repeat=2),
+        "fastforward": lambda: loader_throughput(beton, PIPELINES[pipeline], epochs=3),
+    }
     if pipeline == "a":
-        record(pipeline, "decode limit, fastdct", decode_limit(blobs, cores, fastdct=True,
-                                                               repeat=2))
-    assert m.images == 2 * len(blobs)
-
-
-@pytest.mark.parametrize("pipeline", PIPELINES)
-def test_fastforward(benchmark, beton: Path, pipeline: str) -> None:
-    """fastforward's Loader, RANDOM order, batch 256, every core."""
-    pytest.importorskip("torch", reason="pipeline (b) ends in torch tensors")
-    m = run_once(benchmark, lambda: loader_throughput(beton, PIPELINES[pipeline], epochs=3))
-    record(pipeline, "fastforward", m)
-    assert m.images > 0
+        measures["decode limit, fastdct"] = lambda: decode_limit(blobs, cores, fastdct=True,
+                                                                 repeat=2)
+    figures = run_once(benchmark, lambda: side_by_side(measures, rounds))
+    for role, m in figures.items():
+        record(pipeline, role, m)
+    assert figures["decode limit"].images == 2 * len(blobs)
+    assert figures["fastforward"].images > 0
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)

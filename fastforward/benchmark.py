@@ -37,6 +37,21 @@ class Measurement:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
+def side_by_side(measures: dict[str, Callable[[], Measurement]],
+                 rounds: int = 1) -> dict[str, Measurement]:
+    """Run each measurement once per round, in turn, and keep each one's median.
+
+    On a shared machine the speed drifts from minute to minute; figures taken
+    in alternation, several times, give ratios that hold still.
+    """
+    taken: dict[str, list[Measurement]] = {name: [] for name in measures}
+    for _ in range(max(1, rounds)):
+        for name, measure in measures.items():
+            taken[name].append(measure())
+    return {name: sorted(runs, key=lambda m: m.rate)[len(runs) // 2]
+            for name, runs in taken.items()}
+
+
 def image_field(reader: Reader) -> str:
     """The name of the file's first RGBImageField."""
     for name, handler in reader.handlers.items():
