@@ -1,29 +1,39 @@
 """The comparators, run on the same data as fastforward.
 
-- ``dataloader_throughput``: PyTorch's DataLoader over an ImageFolder of the
+- ``dataloader``: PyTorch's DataLoader over an ImageFolder of the
   JPEGs the .beton holds, with torchvision's ImageFolder and transforms when
   torchvision is installed, otherwise a plain PIL dataset with the same
   operations (labelled "PIL Dataset").
-- ``ffcv_throughput``: FFCV 1.0.2 on the same .beton, when ``import ffcv``
+- ``ffcv``: FFCV 1.0.2 on the same .beton, when ``import ffcv``
   works (it needs ``pkg-config libturbojpeg0-dev libopencv-dev`` from Debian,
   then ``pip install torch==2.13.0 ffcv==1.0.2 numba opencv-python pillow``).
+
+``throughput(kind, ...)`` runs one in a subprocess, under this interpreter or
+another one (a virtual environment of its own: torchvision 0.29.1 needs torch
+2.14.1, FFCV its own build): ``python baselines.py {dataloader,ffcv} PATH
+PIPELINE WORKERS`` prints the figure as JSON. The FFCV and torchvision modes
+import nothing of fastforward.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fastforward.benchmark import Measurement
-from fastforward.reader import Reader
-from fastforward.transforms.crop import get_center_crop, get_random_crop
+Figure = tuple[str, int, float]
+"""(name, images, seconds)"""
 
 
 def export_image_folder(beton: Path, out: Path) -> Path:
     """Write the JPEGs stored in *beton* as ``out/<label>/<index>.jpg``."""
+    from fastforward.reader import Reader
+
     reader = Reader(beton)
     for index in range(reader.num_samples):
         row = reader.metadata[index]
@@ -49,6 +59,8 @@ class PILImageFolder:
     def __getitem__(self, index: int) -> tuple[Any, int]:
         import torch
         from PIL import Image
+
+        from fastforward.transforms.crop import get_center_crop, get_random_crop
 
         with Image.open(self.files[index]) as img:
             img = img.convert("RGB")
@@ -77,14 +89,15 @@ def torchvision_dataset(root: Path, pipeline: str) -> Any:
     return torchvision.datasets.ImageFolder(str(root), transform=v2.Compose(ops))
 
 
-def dataloader_throughput(root: Path, pipeline: str, workers: int, batch_size: int = 256,
-                          limit: int | None = None) -> Measurement:
+def _dataloader(root: Path, pipeline: str, workers: int, batch_size: int = 256) -> Figure:
     """Images/s of torch's DataLoader over the ImageFolder *root* (after a warm-up batch)."""
     import torch
 
     try:
         dataset = torchvision_dataset(root, pipeline)
-        label = "DataLoader + torchvision"
+        import torchvision
+
+        label = f"DataLoader + torchvision {torchvision.__version__.split('+')[0]}"
     except ImportError:
         dataset = PILImageFolder(root, pipeline)
         label = "DataLoader + PIL Dataset"
@@ -99,36 +112,68 @@ def dataloader_throughput(root: Path, pipeline: str, workers: int, batch_size: i
             start = time.perf_counter()
             continue
         images += len(batch)
-        if limit is not None and images >= limit:
-            break
     seconds = time.perf_counter() - start if start is not None else 0.0
-    return Measurement(f"{label} ({workers} workers)", images, seconds)
+    return f"{label} ({workers} workers)", images, seconds
 
 
-def ffcv_throughput(beton: Path, pipeline: str, workers: int,
-                    batch_size: int = 256) -> Measurement:
+def _ffcv(beton: Path, pipeline: str, workers: int, batch_size: int = 256) -> Figure:
     """Images/s of FFCV 1.0.2 on the same .beton (ImportError when it is not installed)."""
     import ffcv  # noqa: F401 - raises ImportError where FFCV is missing
     import torch
     from ffcv.fields.decoders import (
         CenterCropRGBImageDecoder,
-        IntDecoder,
         RandomResizedCropRGBImageDecoder,
+        SimpleRGBImageDecoder,
     )
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import Convert, RandomHorizontalFlip, ToTensor, ToTorchImage
 
     if pipeline == "center_crop":
         image: list[Any] = [CenterCropRGBImageDecoder((224, 224), 224 / 256)]
+    elif pipeline == "simple":
+        image = [SimpleRGBImageDecoder()]
     else:
         image = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip(),
                  ToTensor(), ToTorchImage(), Convert(torch.float16)]
+    # the images only, as fastforward's figure (a field set to None is not read)
     loader = Loader(str(beton), batch_size=batch_size, num_workers=workers,
-                    order=OrderOption.RANDOM, pipelines={"image": image, "label": [IntDecoder()]})
+                    order=OrderOption.RANDOM, pipelines={"image": image, "label": None})
     for _ in loader:  # a whole epoch of warm-up: it pays for the JIT compilation
         pass
     images, start = 0, time.perf_counter()
     for _ in range(2):
-        for batch, _ in loader:
+        for batch, *_ in loader:
             images += len(batch)
-    return Measurement(f"FFCV 1.0.2 ({workers} threads)", images, time.perf_counter() - start)
+    return f"FFCV 1.0.2 ({workers} threads)", images, time.perf_counter() - start
+
+
+BASELINES = {"dataloader": _dataloader, "ffcv": _ffcv}
+
+
+def throughput(kind: str, path: Path, pipeline: str, workers: int,
+               python: str | None = None) -> Any:
+    """The *kind* baseline's figure as a ``Measurement``, measured in a process of
+    its own under the interpreter *python* (default: this one), so that its
+    threads, JIT caches and teardown stay out of this one."""
+    from fastforward.benchmark import Measurement
+
+    python = python or sys.executable
+    done = subprocess.run([python, str(Path(__file__).resolve()), kind, str(path), pipeline,
+                           str(workers)], capture_output=True, text=True, timeout=3600,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the {kind} baseline under {python} failed "
+                           f"(exit {done.returncode}):\n{done.stderr[-4000:]}")
+    name, images, seconds = json.loads(done.stdout.strip().splitlines()[-1])
+    return Measurement(name, int(images), float(seconds))
+
+
+def importable(module: str, python: str | None) -> bool:
+    """Whether *module* can be imported under *python* (default: this interpreter)."""
+    return subprocess.run([python or sys.executable, "-c", f"import {module}"],
+                          capture_output=True, check=False).returncode == 0
+
+
+if __name__ == "__main__":
+    kind, path, pipeline, workers = sys.argv[1:5]
+    print(json.dumps(BASELINES[kind](Path(path), pipeline, int(workers))))

@@ -26,6 +26,12 @@ RESULTS: dict[str, dict[str, Measurement]] = defaultdict(dict)
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--bench-scale", type=float, default=1.0,
                      help=f"corpus size as a multiple of {BASE_IMAGES} images")
+    parser.addoption("--torchvision-python", default=None, metavar="PYTHON",
+                     help="run the DataLoader baseline under this interpreter (a virtual "
+                          "environment with torch==2.14.1 torchvision==0.29.1)")
+    parser.addoption("--ffcv-python", default=None, metavar="PYTHON",
+                     help="run the FFCV baseline under this interpreter (a virtual "
+                          "environment with ffcv==1.0.2)")
     parser.addoption("--bench-rounds", type=int, default=1,
                      help="alternate fastforward and the decode limit this many times and "
                           "keep each one's median")
@@ -80,6 +86,13 @@ def small_raw(tmp_path_factory: pytest.TempPathFactory, corpus_size: int) -> Pat
     DatasetWriter(path, {"image": RGBImageField(write_mode="raw"), "label": IntField()},
                   progress=False).from_indexed_dataset(data)
     return path
+
+
+@pytest.fixture(scope="session")
+def comparators(request: pytest.FixtureRequest) -> dict[str, str | None]:
+    """Interpreters for the baselines (None: this one)."""
+    return {"dataloader": request.config.getoption("--torchvision-python"),
+            "ffcv": request.config.getoption("--ffcv-python")}
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,10 @@
 Pipelines: (a) CenterCrop(224, ratio 224/256), uint8; (b) RandomResizedCrop(192) +
 RandomHorizontalFlip + ToTensor + ToTorchImage + Convert(float16); (c) small raw
 32×32 images. Each is measured for fastforward, the decode limit (simplejpeg
-on every core), PyTorch's DataLoader and FFCV 1.0.2 when it is installed. The
-closing table prints images/s and fastforward's ratio to each.
+on every core), PyTorch's DataLoader and FFCV 1.0.2 when it is installed (here,
+or in the environments given by ``--torchvision-python`` and ``--ffcv-python``),
+in turn, ``--bench-rounds`` times. The closing table prints images/s and
+fastforward's ratio to each.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from baselines import dataloader_throughput, ffcv_throughput
+from baselines import importable, throughput
 from conftest import record
 
 from fastforward._ext.collate import gather_into
@@ -38,64 +40,65 @@ def run_once(benchmark, fn):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
-def test_fastforward(benchmark, beton: Path, pipeline: str, cores: int, rounds: int) -> None:
-    """fastforward's Loader (RANDOM order, batch 256, every core) and the decode limit
-    (simplejpeg decoding the stored JPEGs on every core, accurate IDCT), in turn."""
+def test_side_by_side(benchmark, beton: Path, folder256: Path, pipeline: str, cores: int,
+                      rounds: int, comparators: dict[str, str | None]) -> None:
+    """Every figure of a pipeline, taken in turn, ``--bench-rounds`` times (medians):
+
+    - the decode limit: simplejpeg decoding the stored JPEGs on every core (accurate
+      IDCT, and the fastdct variant beside it);
+    - fastforward's Loader (RANDOM order, batch 256, every core);
+    - PyTorch's DataLoader on the same 256 px JPEGs, num_workers = cores;
+    - FFCV 1.0.2 on the same .beton, where it is installed.
+    """
     if pipeline == "b":
         pytest.importorskip("torch", reason="pipeline (b) ends in torch tensors")
     blobs = stored_jpegs(Reader(beton), "image")
+    name = PIPELINES[pipeline]
     measures = {
         "decode limit": lambda: decode_limit(blobs, cores, repeat=2),
-        "fastforward": lambda: loader_throughput(beton, PIPELINES[pipeline], epochs=3),
+        "decode limit, fastdct": lambda: decode_limit(blobs, cores, fastdct=True, repeat=2),
+        "fastforward": lambda: loader_throughput(beton, name, epochs=3),
     }
-    if pipeline == "a":
-        measures["decode limit, fastdct"] = lambda: decode_limit(blobs, cores, fastdct=True,
-                                                                 repeat=2)
+    if importable("torch", comparators["dataloader"]):
+        measures["DataLoader"] = lambda: throughput("dataloader", folder256, name, cores,
+                                                    comparators["dataloader"])
+    if importable("ffcv", comparators["ffcv"]):
+        measures["FFCV"] = lambda: throughput("ffcv", beton, name, cores, comparators["ffcv"])
     figures = run_once(benchmark, lambda: side_by_side(measures, rounds))
     for role, m in figures.items():
         record(pipeline, role, m)
     assert figures["decode limit"].images == 2 * len(blobs)
-    assert figures["fastforward"].images > 0
+    assert all(m.images > 0 for m in figures.values())
 
 
-@pytest.mark.parametrize("pipeline", PIPELINES)
-def test_dataloader(benchmark, folder256: Path, pipeline: str, cores: int) -> None:
-    """PyTorch's DataLoader on the same 256 px JPEGs, num_workers = cores."""
-    pytest.importorskip("torch", reason="the DataLoader is torch's")
-    m = run_once(benchmark, lambda: dataloader_throughput(folder256, PIPELINES[pipeline],
-                                                          cores))
-    record(pipeline, "DataLoader", m)
-    assert m.images > 0
-
-
-@pytest.mark.parametrize("pipeline", PIPELINES)
-# numba's dispatcher finalizer raises KeyError at FFCV's teardown (not ours to fix)
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_ffcv(benchmark, beton: Path, pipeline: str, cores: int) -> None:
-    """FFCV 1.0.2 on the same .beton, when it is installed (see baselines.py)."""
-    pytest.importorskip("ffcv", reason="FFCV 1.0.2 is not installed (see README)")
-    m = run_once(benchmark, lambda: ffcv_throughput(beton, PIPELINES[pipeline], cores))
-    record(pipeline, "FFCV", m)
-
-
-def test_small_raw(benchmark, small_raw: Path) -> None:
-    """(c): 32×32 raw images through SimpleRGBImageDecoder, and a memcpy of the same bytes."""
-    m = run_once(benchmark, lambda: loader_throughput(small_raw, "simple", epochs=3,
-                                                      batch_size=256))
-    record("c", "fastforward", m)
+def test_small_raw(benchmark, small_raw: Path, cores: int, rounds: int,
+                   comparators: dict[str, str | None]) -> None:
+    """(c): 32×32 raw images through SimpleRGBImageDecoder, a memcpy of the same
+    bytes, and FFCV where it is installed, in turn."""
     reader = Reader(small_raw)
     source = np.frombuffer(reader.buffer, np.uint8)
     pointers = reader.metadata["f0"]["data_ptr"].astype(np.uint64)
     sizes = np.full(len(pointers), 3072, np.uint64)
     out = np.empty((len(pointers), 3072), np.uint8)
-    start = time.perf_counter()
-    for _ in range(3):
-        gather_into(source, pointers, sizes, out)
-    record("c", "memcpy of the same bytes (one thread)",
-           Measurement("memcpy of the same bytes (one thread)", 3 * len(pointers),
-                       time.perf_counter() - start))
-    ffcv = pytest.importorskip("ffcv", reason="FFCV 1.0.2 is not installed")
-    assert ffcv
+
+    def memcpy() -> Measurement:
+        start = time.perf_counter()
+        for _ in range(3):
+            gather_into(source, pointers, sizes, out)
+        return Measurement("memcpy of the same bytes (one thread)", 3 * len(pointers),
+                           time.perf_counter() - start)
+
+    measures = {
+        "fastforward": lambda: loader_throughput(small_raw, "simple", epochs=3),
+        "memcpy": memcpy,
+    }
+    if importable("ffcv", comparators["ffcv"]):
+        measures["FFCV"] = lambda: throughput("ffcv", small_raw, "simple", cores,
+                                              comparators["ffcv"])
+    figures = run_once(benchmark, lambda: side_by_side(measures, rounds))
+    for role, m in figures.items():
+        record("c", role, m)
+    assert all(m.images > 0 for m in figures.values())
 
 
 def test_first_batch_latency(benchmark, beton: Path) -> None:

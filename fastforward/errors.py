@@ -28,7 +28,11 @@ def annotate(exc: BaseException, where: str) -> BaseException:
     note, which tracebacks print. Returns *exc* for ``raise annotate(...)``.
     """
     if len(exc.args) == 1 and isinstance(exc.args[0], str) and not exc.args[0].startswith(where):
-        exc.args = (f"{where}: {exc.args[0]}",)
+        message = exc.args[0]
+        head = where.split(": ", 1)[0] + ": "  # the file, said once
+        if ": " in where and message.startswith(head):
+            message = message[len(head):]
+        exc.args = (f"{where}: {message}",)
     elif not any(where in note for note in getattr(exc, "__notes__", ())):
         exc.add_note(where)
     return exc

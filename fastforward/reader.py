@@ -239,13 +239,18 @@ class Reader:
         result = np.full(len(ptrs), -1, np.int64)
         if self._ptrs.size == 0 or ptrs.size == 0:
             return result
-        # rows sorted by (ptr, owner): FFCV may store two allocations at one offset
-        order = np.lexsort((self._owners, self._ptrs))
-        keys = np.rec.fromarrays([self._ptrs[order], self._owners[order]])
-        wanted = np.rec.fromarrays([ptrs, samples])
-        pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-        found = (keys.f0[pos] == ptrs) & (keys.f1[pos] == samples)
-        result[found] = self._sizes[order][pos[found]]
+        # rows are sorted by offset; FFCV may store two allocations at one offset, so
+        # an offset's rows are [lo, hi) and the owner must match too
+        lo = np.searchsorted(self._ptrs, ptrs, side="left")
+        hi = np.searchsorted(self._ptrs, ptrs, side="right")
+        first = np.minimum(lo, len(self._ptrs) - 1)
+        found = (hi > lo) & (self._owners[first] == samples)
+        result[found] = self._sizes[first[found]]
+        for k in np.flatnonzero(~found & (hi - lo > 1)):  # rare: a shared offset
+            rows = np.arange(lo[k], hi[k])
+            match = rows[self._owners[rows] == samples[k]]
+            if match.size:
+                result[k] = self._sizes[match[0]]
         return result
 
     def payload(self, ptr: int, sample: int | None = None) -> memoryview:

@@ -223,6 +223,32 @@ def test_simple_decoder_on_equal_sizes(tmp_path: Path, images: list[np.ndarray])
     np.testing.assert_array_equal(batch, np.stack(crops))
 
 
+@pytest.mark.parametrize("write_mode", ["raw", "jpg", "proportion"])
+def test_simple_decoder_splits_only_batches_with_jpegs(tmp_path: Path, images: list[np.ndarray],
+                                                      write_mode: str) -> None:
+    from fastforward.pipeline import BatchContext
+
+    path = tmp_path / "same.beton"
+    crops = [np.ascontiguousarray(im[:16, :16]) for im in images] * 3
+    DatasetWriter(path, {"image": RGBImageField(write_mode=write_mode, compress_probability=0.5)},
+                  num_workers=1, progress=False).from_indexed_dataset(crops)
+    loader = Loader(path, 16, num_workers=2, order=OrderOption.RANDOM,
+                    pipelines={"image": [SimpleRGBImageDecoder()]})
+    decoder = loader.pipelines[0].decoder
+    modes = Reader(path).metadata["f0"]["mode"]
+    for indices in (np.arange(len(crops)), np.flatnonzero(modes == 1), np.flatnonzero(modes == 0)):
+        if indices.size:
+            expected = bool((modes[indices] == 0).any())  # any JPEG: worth the threads
+            assert decoder.split_batch(BatchContext(indices, 0, 0)) == expected
+    # and every batch, split or not, holds the right pixels
+    for (batch,) in Loader(path, 16, num_workers=2, pipelines={"image": [SimpleRGBImageDecoder()]}):
+        assert batch.shape[1:] == (16, 16, 3)
+    (batch,) = next(iter(Loader(path, len(crops), num_workers=2,
+                                pipelines={"image": [SimpleRGBImageDecoder()]})))
+    expected = np.stack([Reader(path).read(i)[0] for i in range(len(crops))])
+    np.testing.assert_array_equal(batch, expected)
+
+
 def rrc_batches(path: Path, workers: int, seed: int = 3, epochs: int = 1) -> list[np.ndarray]:
     loader = Loader(path, 8, num_workers=workers, seed=seed, order=OrderOption.RANDOM,
                     pipelines={"image": [RandomResizedCropRGBImageDecoder((32, 32))],
@@ -526,3 +552,11 @@ def test_failed_construction_leaks_no_file(scalars: Path) -> None:
                    pipelines={"index": [IntDecoder(), "not an op"], "value": None})
     if before is not None:
         assert len(os.listdir("/proc/self/fd")) <= before + 2
+
+
+def test_errors_name_the_file_once(photos_file: Path) -> None:
+    with pytest.raises(TypeError, match="different sizes") as info:
+        Loader(photos_file, 4, pipelines={"image": [SimpleRGBImageDecoder()], "label": None})
+    message = str(info.value)
+    assert message.startswith(f"{photos_file}: pipeline 'image', SimpleRGBImageDecoder: ")
+    assert message.count(str(photos_file)) == 1

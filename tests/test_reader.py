@@ -145,3 +145,26 @@ def test_pointer_into_another_sample_is_refused(good: Path) -> None:
     assert [(p.sample, p.field) for p in reader.verify()] == [(1, "image")]
     with pytest.raises(FormatError, match="belongs to sample 0"):
         reader.read(1)
+
+
+def test_payload_sizes_match_payload_size(good: Path) -> None:
+    reader = Reader(good)
+    ptrs = reader.metadata["f0"]["data_ptr"].astype(np.uint64)
+    samples = np.arange(reader.num_samples, dtype=np.uint64)
+    sizes = reader.payload_sizes(ptrs, samples)
+    assert sizes.tolist() == [reader.payload_size(int(p), int(s))
+                              for p, s in zip(ptrs, samples, strict=True)]
+    # another sample's offset, or an offset where no allocation starts: -1
+    assert reader.payload_sizes(ptrs[:1], samples[1:2]).tolist() == [-1]
+    assert reader.payload_sizes(ptrs[:1] + np.uint64(1), samples[:1]).tolist() == [-1]
+
+
+def test_payload_sizes_with_two_allocations_at_one_offset(good: Path) -> None:
+    # FFCV may give two samples' (empty) payloads the same offset: the owner decides
+    reader = Reader(good)
+    reader._ptrs = np.array([100, 200, 200, 200, 300], np.uint64)
+    reader._owners = np.array([0, 4, 2, 3, 1], np.uint64)
+    reader._sizes = np.array([10, 0, 7, 0, 30], np.uint64)
+    got = reader.payload_sizes(np.array([200, 200, 200, 300, 200, 50, 400], np.uint64),
+                               np.array([2, 3, 4, 1, 9, 0, 0], np.uint64))
+    assert got.tolist() == [7, 0, 0, 30, -1, -1, -1]

@@ -384,6 +384,10 @@ class SimpleRGBImageDecoder(_ImageDecoder):
         return State(jit_mode=True, shape=shape, dtype=np.dtype("u1")), AllocationQuery(
             shape, np.dtype("u1"))
 
+    def split_batch(self, context: BatchContext) -> bool:
+        # raw pixels only: one compiled gather, cheaper than handing out ranges
+        return not (self.metadata["mode"][context.indices] == IMAGE_MODES["raw"]).all()
+
     def decode_range(self, lo: int, hi: int, destination: np.ndarray,
                      context: BatchContext) -> None:
         modes = self.metadata["mode"][context.indices[lo:hi]]

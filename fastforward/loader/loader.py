@@ -412,7 +412,7 @@ class Loader:
                     flip = pipeline.fused_flip
                     ctx.flip = (context.with_stream(flip.stream).uniform(1)[:, 0]
                                 < flip.op.flip_prob)  # type: ignore[attr-defined]
-                if decoder.parallel:
+                if decoder.split_batch(ctx):
                     map_ranges(lambda lo, hi, d=decoder, dst=destination, c=ctx:
                                d.decode_range(lo, hi, dst, c), n)
                 else:

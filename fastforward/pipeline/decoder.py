@@ -41,6 +41,11 @@ class Decoder(Operation):
         self.accept_globals(metadata, None)
         self.field_name, self.field_index, self.fname = name, index, fname
 
+    def split_batch(self, context: BatchContext) -> bool:
+        """Whether this batch is worth splitting across the worker threads
+        (``parallel`` by default; a batch that is one memcpy is not)."""
+        return self.parallel
+
     def decode_range(self, lo: int, hi: int, destination: Any, context: BatchContext) -> None:
         """Decode the samples at batch positions ``lo:hi`` into ``destination[lo:hi]``."""
         raise NotImplementedError(f"{type(self).__name__}.decode_range")
