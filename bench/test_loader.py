@@ -11,6 +11,7 @@ fastforward's ratio to each.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from conftest import record
 from fastforward._ext.collate import gather_into
 from fastforward.benchmark import (
     Measurement,
+    cached_fraction,
     decode_limit,
+    drop_from_page_cache,
     first_batch_seconds,
     loader_throughput,
     side_by_side,
@@ -99,6 +102,38 @@ def test_small_raw(benchmark, small_raw: Path, cores: int, rounds: int,
     for role, m in figures.items():
         record("c", role, m)
     assert all(m.images > 0 for m in figures.values())
+
+
+COLD = [("RANDOM", True), ("QUASI_RANDOM", True), ("RANDOM", False), ("QUASI_RANDOM", False)]
+
+
+@pytest.mark.parametrize(("order", "os_cache"), COLD,
+                         ids=[f"{o}-os_cache={c}" for o, c in COLD])
+def test_cold_page_cache(benchmark, beton: Path, order: str, os_cache: bool) -> None:
+    """Pipeline (a) with the file dropped from the page cache first, then again warm:
+    what QUASI_RANDOM (page-local reads) and os_cache=False (no cache) are for."""
+    from fastforward.loader import OrderOption
+
+    if not hasattr(os, "posix_fadvise") or not Path("/proc").exists():
+        pytest.skip("dropping one file from the page cache needs Linux")
+
+    def measure() -> tuple[Measurement, Measurement, float]:
+        drop_from_page_cache(beton)
+        left = cached_fraction(beton)
+        cold = loader_throughput(beton, "center_crop", epochs=2, order=OrderOption[order],
+                                 os_cache=os_cache)
+        warm = loader_throughput(beton, "center_crop", epochs=2, order=OrderOption[order],
+                                 os_cache=os_cache)
+        return cold, warm, left
+
+    cold, warm, left = run_once(benchmark, measure)
+    label = f"{order}, os_cache={os_cache}"
+    record("cold cache", f"{label}: cold", Measurement(
+        f"{label}, cold ({left:.0%} cached)", cold.images, cold.seconds))
+    record("cold cache", f"{label}: warm", Measurement(f"{label}, warm", warm.images,
+                                                      warm.seconds))
+    assert left < 0.5, "the file stayed in the page cache"
+    assert cold.images > 0
 
 
 def test_first_batch_latency(benchmark, beton: Path) -> None:

@@ -128,6 +128,49 @@ def loader_pipelines(reader: Reader, field: str, name: str) -> dict[str, Any]:
     return {n: (ops if n == field else None) for n in reader.field_names}
 
 
+def drop_from_page_cache(fname: str | os.PathLike[str]) -> None:
+    """Ask the kernel to forget *fname*'s cached pages (Linux; clean pages of a
+    file nothing maps, which a file between two loaders is)."""
+    if not hasattr(os, "posix_fadvise"):
+        raise OSError("posix_fadvise is not available on this system")
+    fd = os.open(fname, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def cached_fraction(fname: str | os.PathLike[str]) -> float:
+    """The fraction of *fname*'s pages in the page cache now (``mincore``; Linux)."""
+    import ctypes
+    import mmap
+
+    size = os.path.getsize(fname)
+    if size == 0:
+        return 1.0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    pages = -(-size // mmap.PAGESIZE)
+    vec = (ctypes.c_ubyte * pages)()
+    fd = os.open(fname, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if address in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), f"mmap of {fname} failed")
+        try:
+            if libc.mincore(ctypes.c_void_p(address), size, vec) != 0:
+                raise OSError(ctypes.get_errno(), f"mincore of {fname} failed")
+        finally:
+            libc.munmap(ctypes.c_void_p(address), size)
+    finally:
+        os.close(fd)
+    return sum(v & 1 for v in vec) / pages
+
+
 def warmup_batches(total: int, ring_slots: int) -> int:
     """Batches left out of a throughput figure: one per ring slot, at most a third.
 
