@@ -12,7 +12,7 @@ Lifecycle of one epoch::
                                  (at most batches_ahead at once)  batch: run the pipelines,
                                                                      decode: ranges of samples
                                deliver: await tasks in order,
-    next() <── out queue <──     put (batch, outputs)
+    next() <── hand-over box <── put (batch, outputs), once the box is empty
     close() ──call_soon_threadsafe(cancel)──> TaskGroup cancelled; pools shut down; joined
 
 Ownership: the engine owns its thread, its loop, its two executors
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
+import collections
 import contextlib
 import itertools
 import threading
@@ -67,6 +67,7 @@ class EpochPlan:
     num_workers: int
     batches_ahead: int
     stats: dict[str, int] = field(default_factory=dict)
+    fetch_is_cheap: bool = False  # views of a map: fetch on the batch thread, no io hop
 
 
 class Engine:
@@ -83,7 +84,11 @@ class Engine:
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Task[None] | None = None
-        self._out: asyncio.Queue[Any] | None = None
+        # the hand-over box: at most one finished batch, taken by the consumer
+        # without a trip through the loop; `_taken` tells the loop it is empty
+        self._box: collections.deque[Any] = collections.deque()
+        self._box_changed = threading.Condition()
+        self._taken: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
         self._closed = False
         self._finished = False
@@ -100,18 +105,14 @@ class Engine:
         or the exception that stopped it."""
         if self._finished or self._closed:
             raise StopIteration
-        assert self._loop is not None
-        assert self._out is not None
-        future = asyncio.run_coroutine_threadsafe(self._out.get(), self._loop)
         try:
-            item = future.result()
-        except concurrent.futures.CancelledError:  # close() from another thread
-            self.close()
-            raise StopIteration from None
-        except BaseException:
-            future.cancel()
+            item = self._take()
+        except BaseException:  # Ctrl-C while waiting, or the scheduler died
             self.close()
             raise
+        if item is None:  # close() from another thread
+            self.close()
+            raise StopIteration
         if item is _END:
             self._finished = True
             self.close()
@@ -120,6 +121,23 @@ class Engine:
             self._finished = True
             self.close()
             raise item.exception
+        return item
+
+    def _take(self) -> Any:
+        """Wait for the box's batch and take it (None once the engine is closed)."""
+        with self._box_changed:
+            while not self._box:
+                if self._closed:
+                    return None
+                if not self._thread.is_alive():
+                    raise RuntimeError("fastforward's scheduler thread stopped without ending "
+                                       "the epoch (a bug: please report it)")
+                self._box_changed.wait(0.5)  # woken by a batch or by close()
+            item = self._box.popleft()
+        loop, taken = self._loop, self._taken
+        if loop is not None and taken is not None:
+            with contextlib.suppress(RuntimeError):  # the loop may have just finished
+                loop.call_soon_threadsafe(taken.set)
         return item
 
     def map_ranges(self, fn: Callable[[int, int], None], count: int) -> None:
@@ -143,6 +161,8 @@ class Engine:
         if self._closed:
             return
         self._closed = True
+        with self._box_changed:
+            self._box_changed.notify_all()  # a consumer waiting in another thread
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop may have just finished
@@ -174,7 +194,8 @@ class Engine:
 
     async def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._out = asyncio.Queue(maxsize=1)
+        self._taken = asyncio.Event()
+        self._taken.set()
         self._stop = asyncio.Event()
         self._main = asyncio.current_task()
         self._ready.set()
@@ -196,26 +217,26 @@ class Engine:
             pass
 
     async def _put(self, item: Any) -> None:
-        """Hand *item* to the consumer, unless the engine is stopped first."""
-        assert self._out is not None
+        """Hand *item* to the consumer once it took the previous one, unless the
+        engine is stopped first."""
+        assert self._taken is not None
         assert self._stop is not None
         if self._stop.is_set():
             raise asyncio.CancelledError
-        try:
-            self._out.put_nowait(item)
-            return
-        except asyncio.QueueFull:
-            pass
-        put = asyncio.ensure_future(self._out.put(item))
-        stop = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({put, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            if not put.done():
-                put.cancel()
-        if not put.done() or put.cancelled():
-            raise asyncio.CancelledError
+        if not self._taken.is_set():
+            taken = asyncio.ensure_future(self._taken.wait())
+            stop = asyncio.ensure_future(self._stop.wait())
+            try:
+                await asyncio.wait({taken, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                taken.cancel()
+            if self._stop.is_set() or not self._taken.is_set():
+                raise asyncio.CancelledError
+        self._taken.clear()
+        with self._box_changed:
+            self._box.append(item)
+            self._box_changed.notify()
 
     async def _pipeline(self) -> None:
         # At most batches_ahead batches are computing or waiting to be handed
@@ -236,7 +257,6 @@ class Engine:
 
     async def _deliver(self, pending: asyncio.Queue[asyncio.Task[Any]],
                        budget: asyncio.Semaphore, count: int) -> None:
-        assert self._out is not None
         for _ in range(count):
             task = await pending.get()
             outputs = await task
@@ -250,6 +270,12 @@ class Engine:
         loop = asyncio.get_running_loop()
         plan = self.plan
         data = slot = None
+        if plan.fetch_is_cheap:  # one hop: fetch, slot, pipelines on the batch thread
+            try:
+                return await loop.run_in_executor(self._batch_pool, self._whole_batch, index,
+                                                  indices)
+            except Exception as exc:
+                return _Failure(exc)
         try:
             data = await loop.run_in_executor(self._io_pool, plan.fetch, indices)
             slot = plan.acquire_slot()
@@ -261,6 +287,17 @@ class Engine:
             del data  # os_cache=False: the batch's bytes go now
             if slot is not None:
                 plan.release_slot(slot)  # the user's references (if any) now fence it
+
+
+    def _whole_batch(self, index: int, indices: np.ndarray) -> Any:
+        plan = self.plan
+        data = plan.fetch(indices)
+        slot = plan.acquire_slot()
+        try:
+            return plan.run_batch(index, indices, data, slot, self.map_ranges)
+        finally:
+            del data
+            plan.release_slot(slot)  # the user's references (if any) now fence it
 
 
 @dataclass

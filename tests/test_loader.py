@@ -560,3 +560,19 @@ def test_errors_name_the_file_once(photos_file: Path) -> None:
     message = str(info.value)
     assert message.startswith(f"{photos_file}: pipeline 'image', SimpleRGBImageDecoder: ")
     assert message.count(str(photos_file)) == 1
+
+
+def test_a_dead_scheduler_is_an_error_not_a_hang(scalars: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from fastforward import scheduler
+
+    async def ends_at_once(self: scheduler.Engine) -> None:  # a scheduler with a bug
+        self._loop = asyncio.get_running_loop()
+        self._ready.set()
+
+    monkeypatch.setattr(scheduler.Engine, "_start", ends_at_once)
+    with pytest.raises(RuntimeError, match="stopped without ending the epoch"):
+        next(iter(index_loader(scalars, batch_size=5)))
+    assert fastforward_threads() == []

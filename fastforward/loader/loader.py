@@ -523,6 +523,7 @@ class Loader:
             run_batch=lambda *args: self._run_batch(pipelines, epoch, *args),
             num_workers=self.num_workers,
             batches_ahead=self.batches_ahead,
+            fetch_is_cheap=isinstance(self.memory_manager, OSCacheManager),
         )
         iterator = EpochIterator(Engine(plan), len(batches), epoch, segments)
         self._iterators.add(iterator)
