@@ -31,6 +31,7 @@ import collections
 import contextlib
 import itertools
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,11 @@ class EpochPlan:
     fetch_is_cheap: bool = False  # views of a map: fetch on the batch thread, no io hop
 
 
+LIGHT_BATCH_SECONDS = 0.0005
+"""A batch whose work takes less than this (as the last few did) runs on the
+scheduler thread itself: handing it to a pool thread and back would cost more."""
+
+
 class Engine:
     """Computes one epoch in the background; ``next_batch()`` returns batches in order."""
 
@@ -89,6 +95,7 @@ class Engine:
         self._box: collections.deque[Any] = collections.deque()
         self._box_changed = threading.Condition()
         self._taken: asyncio.Event | None = None
+        self._durations: collections.deque[float] = collections.deque(maxlen=4)
         self._stop: asyncio.Event | None = None
         self._closed = False
         self._finished = False
@@ -270,6 +277,11 @@ class Engine:
         loop = asyncio.get_running_loop()
         plan = self.plan
         data = slot = None
+        if plan.fetch_is_cheap and self._light():
+            try:
+                return self._whole_batch(index, indices)
+            except Exception as exc:
+                return _Failure(exc)
         if plan.fetch_is_cheap:  # one hop: fetch, slot, pipelines on the batch thread
             try:
                 return await loop.run_in_executor(self._batch_pool, self._whole_batch, index,
@@ -291,6 +303,7 @@ class Engine:
 
     def _whole_batch(self, index: int, indices: np.ndarray) -> Any:
         plan = self.plan
+        start = time.perf_counter()
         data = plan.fetch(indices)
         slot = plan.acquire_slot()
         try:
@@ -298,6 +311,12 @@ class Engine:
         finally:
             del data
             plan.release_slot(slot)  # the user's references (if any) now fence it
+            self._durations.append(time.perf_counter() - start)
+
+    def _light(self) -> bool:
+        """Whether the last few batches each took less than ``LIGHT_BATCH_SECONDS``."""
+        recent = self._durations
+        return len(recent) == recent.maxlen and max(recent) < LIGHT_BATCH_SECONDS
 
 
 @dataclass

@@ -576,3 +576,25 @@ def test_a_dead_scheduler_is_an_error_not_a_hang(scalars: Path,
     with pytest.raises(RuntimeError, match="stopped without ending the epoch"):
         next(iter(index_loader(scalars, batch_size=5)))
     assert fastforward_threads() == []
+
+
+def test_light_batches_run_on_the_scheduler_thread_with_the_same_results(
+        scalars: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastforward import scheduler
+
+    where: list[str] = []
+    original = scheduler.Engine._whole_batch
+
+    def spy(self: scheduler.Engine, index: int, indices: np.ndarray) -> object:
+        where.append(threading.current_thread().name)
+        return original(self, index, indices)
+
+    monkeypatch.setattr(scheduler.Engine, "_whole_batch", spy)
+    inline = collect(index_loader(scalars, batch_size=7, order=OrderOption.RANDOM, seed=4))
+    assert "fastforward-scheduler" in where  # after a few quick batches
+    assert any(name.startswith("fastforward-batch") for name in where)  # the first ones
+    monkeypatch.setattr(scheduler, "LIGHT_BATCH_SECONDS", 0.0)  # never inline
+    where.clear()
+    pooled = collect(index_loader(scalars, batch_size=7, order=OrderOption.RANDOM, seed=4))
+    assert "fastforward-scheduler" not in where
+    assert inline == pooled
