@@ -196,6 +196,8 @@ class Engine:
         so that the epoch ends even where a task group absorbed a cancellation."""
         assert self._stop is not None
         self._stop.set()
+        if self._taken is not None:
+            self._taken.set()  # wakes a _put waiting for the consumer
         for task in asyncio.all_tasks():
             task.cancel()
 
@@ -225,21 +227,13 @@ class Engine:
 
     async def _put(self, item: Any) -> None:
         """Hand *item* to the consumer once it took the previous one, unless the
-        engine is stopped first."""
+        engine is stopped first (``_request_stop`` sets ``_taken`` too, to wake this)."""
         assert self._taken is not None
         assert self._stop is not None
+        if not self._stop.is_set():
+            await self._taken.wait()
         if self._stop.is_set():
             raise asyncio.CancelledError
-        if not self._taken.is_set():
-            taken = asyncio.ensure_future(self._taken.wait())
-            stop = asyncio.ensure_future(self._stop.wait())
-            try:
-                await asyncio.wait({taken, stop}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop.cancel()
-                taken.cancel()
-            if self._stop.is_set() or not self._taken.is_set():
-                raise asyncio.CancelledError
         self._taken.clear()
         with self._box_changed:
             self._box.append(item)
