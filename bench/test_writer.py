@@ -1,8 +1,9 @@
 """Writer throughput: ImageFolder of JPEGs -> .beton at max_resolution=256, quality 90.
 
-FFCV 1.0.2 wrote about 665 images/s on this 2-core machine for this corpus.
-The per-image limit beside it is one core decoding the source JPEG and
-encoding the stored one with simplejpeg, times the number of cores.
+Beside it: FFCV 1.0.2's writer on the same folder (where FFCV is installed,
+here or under ``--ffcv-python``), and the per-image limit: one core decoding
+the source JPEG and encoding the stored one with simplejpeg, times the number
+of cores.
 """
 
 from __future__ import annotations
@@ -44,6 +45,19 @@ def test_writer_images_per_s(benchmark, corpus: Path, tmp_path: Path) -> None:
     assert reader.verify() == []
     sides = np.maximum(reader.metadata["f0"]["width"], reader.metadata["f0"]["height"])
     assert sides.max() == 256
+
+
+def test_ffcv_writer(benchmark, corpus: Path, comparators: dict[str, str | None]) -> None:
+    """Images/s of FFCV 1.0.2's DatasetWriter on the same folder, every core."""
+    from baselines import importable, throughput
+    from conftest import record
+
+    if not importable("ffcv", comparators["ffcv"]):
+        pytest.skip("FFCV 1.0.2 is not installed (see README)")
+    m = benchmark.pedantic(lambda: throughput("ffcv_writer", corpus, "", default_workers(),
+                                              comparators["ffcv"]), rounds=1, iterations=1)
+    record("writer", "FFCV", m)
+    assert m.images > 0
 
 
 def test_decode_encode_limit(benchmark, corpus: Path) -> None:
