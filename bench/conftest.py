@@ -33,7 +33,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="run the FFCV baseline under this interpreter (a virtual "
                           "environment with ffcv==1.0.2)")
     parser.addoption("--bench-rounds", type=int, default=1,
-                     help="alternate fastforward and the decode limit this many times and "
+                     help="take every figure of a pipeline in turn this many times and "
                           "keep each one's median")
 
 

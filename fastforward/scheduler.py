@@ -188,13 +188,13 @@ class Engine:
     # -- scheduler thread ---------------------------------------------------------
 
     def _run(self) -> None:
-        with asyncio.Runner(loop_factory=_loop_factory) as runner:
-            # close() cancels every task, this one too; one that is already ending can
-            # still finish as cancelled (a cancellation requested while it was not
-            # waiting is delivered as it returns). Nothing is lost: close() wants none
-            # of its results.
-            with contextlib.suppress(asyncio.CancelledError):
-                runner.run(self._start())
+        # close() cancels every task, this one too; one that is already ending can
+        # still finish as cancelled (a cancellation requested while it was not
+        # waiting is delivered as it returns). Nothing is lost: close() wants none
+        # of its results.
+        with (asyncio.Runner(loop_factory=_loop_factory) as runner,
+              contextlib.suppress(asyncio.CancelledError)):
+            runner.run(self._start())
 
     def _request_stop(self) -> None:
         """On the loop: end everything. Cancels every task and sets the stop event,

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.operation import BatchContext
 from ..pipeline.state import State
@@ -62,6 +64,9 @@ class _NvJpegMixin:
         u = self.uniforms(context)  # type: ignore[attr-defined]
         flip = context.flip
         height, width = destination.shape[1:3]
+        crops = self.crops(rows["height"].astype(np.int64),  # type: ignore[attr-defined]
+                           rows["width"].astype(np.int64),
+                           None if u is None else u[lo:hi]).tolist()
         for k, position in enumerate(range(lo, hi)):
             h_img, w_img = int(rows["height"][k]), int(rows["width"][k])
             if k in decoded:
@@ -69,7 +74,7 @@ class _NvJpegMixin:
             else:  # raw pixels
                 image = payloads[k][: h_img * w_img * 3].view(h_img, w_img, 3).to(
                     device, non_blocking=True).permute(2, 0, 1)
-            i, j, h, w = self.crop(h_img, w_img, None if u is None else u[position])  # type: ignore[attr-defined]
+            i, j, h, w = crops[k]
             window = image[None, :, i : i + h, j : j + w].float()
             resized = interpolate(window, size=(height, width), mode="bilinear",
                                   antialias=True, align_corners=False)[0]

@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from .._ext.resize import crop_resize_into
+from .._ext.resize import Workspace, crop_resize_into
 from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
 from ._utils import name, numpy_out, require_image, require_numpy, require_uint8
-from .crop import RANDOM_CROP_UNIFORMS, get_random_crop
+from .crop import RANDOM_CROP_UNIFORMS, random_crops
 
 
 class RandomResizedCrop(Operation):
@@ -63,10 +63,12 @@ class RandomResizedCrop(Operation):
         """Write each image's resized random crop into *destination*."""
         n, height, width, c = batch.shape
         out = numpy_out(destination, n, (*self._output_size(), c), batch.dtype)
-        u = context.uniform(RANDOM_CROP_UNIFORMS)
-        for k in range(n):
-            i, j, h, w = get_random_crop(height, width, self.scale, self.ratio, u[k])
-            crop_resize_into(np.ascontiguousarray(batch[k]), i, j, h, w, out[k])
+        crops = random_crops(np.full(n, height), np.full(n, width), self.scale, self.ratio,
+                             context.uniform(RANDOM_CROP_UNIFORMS)).tolist()
+        workspace = Workspace()  # one scratch for the whole batch
+        for k, (i, j, h, w) in enumerate(crops):
+            crop_resize_into(np.ascontiguousarray(batch[k]), i, j, h, w, out[k],
+                             workspace=workspace)
         return out
 
     def __repr__(self) -> str:
