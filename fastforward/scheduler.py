@@ -73,7 +73,9 @@ class EpochPlan:
 
 LIGHT_BATCH_SECONDS = 0.0005
 """A batch whose work takes less than this (as the last few did) runs on the
-scheduler thread itself: handing it to a pool thread and back would cost more."""
+scheduler thread itself: handing it to a pool thread and back would cost more.
+One that turns out slow (a cold page cache faults inside it) holds the loop up
+once, and the batches after it go back to the pool."""
 
 
 class Engine:
@@ -98,6 +100,8 @@ class Engine:
         self._durations: collections.deque[float] = collections.deque(maxlen=4)
         self._stop: asyncio.Event | None = None
         self._closed = False
+        self._close_lock = threading.Lock()
+        self._stopped = threading.Event()  # set once close() has stopped everything
         self._finished = False
         self._thread = threading.Thread(target=self._run, name="fastforward-scheduler",
                                         daemon=True)
@@ -111,6 +115,7 @@ class Engine:
         """The next batch's outputs; raises StopIteration at the end of the epoch,
         or the exception that stopped it."""
         if self._finished or self._closed:
+            self.close()  # returns once a close() in progress has stopped everything
             raise StopIteration
         try:
             item = self._take()
@@ -164,10 +169,18 @@ class Engine:
             raise first_error
 
     def close(self) -> None:
-        """Stop the epoch, the thread and the pools (idempotent, any thread but the loop's)."""
-        if self._closed:
+        """Stop the epoch, the thread and the pools (idempotent, any thread but the loop's).
+
+        Returns once everything has stopped, whichever thread called it first: a
+        consumer woken by another thread's close() must not start a new epoch on
+        the same ring while this one's batches are still being written.
+        """
+        with self._close_lock:
+            first, self._closed = not self._closed, True
+        if not first:
+            if threading.current_thread() is not self._thread:
+                self._stopped.wait()
             return
-        self._closed = True
         with self._box_changed:
             self._box_changed.notify_all()  # a consumer waiting in another thread
         loop = self._loop
@@ -179,6 +192,7 @@ class Engine:
         for pool in (self._batch_pool, self._decode_pool, self._io_pool):
             pool.shutdown(wait=True, cancel_futures=True)
         _LIVE.discard(self)
+        self._stopped.set()
 
     @property
     def is_running(self) -> bool:
@@ -275,40 +289,33 @@ class Engine:
     async def _batch(self, index: int, indices: np.ndarray) -> Any:
         loop = asyncio.get_running_loop()
         plan = self.plan
-        data = slot = None
-        if plan.fetch_is_cheap and self._light():
-            try:
-                return self._whole_batch(index, indices)
-            except Exception as exc:
-                return _Failure(exc)
-        if plan.fetch_is_cheap:  # one hop: fetch, slot, pipelines on the batch thread
-            try:
-                return await loop.run_in_executor(self._batch_pool, self._whole_batch, index,
-                                                  indices)
-            except Exception as exc:
-                return _Failure(exc)
         try:
-            data = await loop.run_in_executor(self._io_pool, plan.fetch, indices)
-            slot = plan.acquire_slot()
-            return await loop.run_in_executor(
-                self._batch_pool, plan.run_batch, index, indices, data, slot, self.map_ranges)
+            if not plan.fetch_is_cheap:  # os_cache=False: read the bytes on the io thread
+                data = await loop.run_in_executor(self._io_pool, plan.fetch, indices)
+                return await loop.run_in_executor(self._batch_pool, self._whole_batch, index,
+                                                  indices, data)
+            if self._light():  # not worth a hop to a pool thread and back
+                return self._whole_batch(index, indices)
+            return await loop.run_in_executor(self._batch_pool, self._whole_batch, index,
+                                              indices)
         except Exception as exc:  # delivered in order, after the batches before it
             return _Failure(exc)
-        finally:
-            del data  # os_cache=False: the batch's bytes go now
-            if slot is not None:
-                plan.release_slot(slot)  # the user's references (if any) now fence it
 
+    def _whole_batch(self, index: int, indices: np.ndarray, data: Any = None) -> Any:
+        """Fetch (unless given *data*), take a slot, run the pipelines, give the slot back.
 
-    def _whole_batch(self, index: int, indices: np.ndarray) -> Any:
+        All on one thread, so a cancelled batch cannot give its slot back while this
+        still writes into it: the slot returns to the ring only after ``run_batch``.
+        """
         plan = self.plan
         start = time.perf_counter()
-        data = plan.fetch(indices)
+        if data is None:
+            data = plan.fetch(indices)
         slot = plan.acquire_slot()
         try:
             return plan.run_batch(index, indices, data, slot, self.map_ranges)
         finally:
-            del data
+            del data  # os_cache=False: the batch's bytes go now
             plan.release_slot(slot)  # the user's references (if any) now fence it
             self._durations.append(time.perf_counter() - start)
 

@@ -499,11 +499,9 @@ def test_fused_flip_equals_the_separate_flip(photos_file: Path) -> None:
 def test_fetch_failure_comes_after_the_batches_before_it(scalars: Path) -> None:
     loader = index_loader(scalars, batch_size=10)
     fetch = loader.memory_manager.fetch
-    calls = []
 
     def failing(indices: np.ndarray):  # type: ignore[no-untyped-def]
-        calls.append(1)
-        if len(calls) == 4:
+        if indices[0] == 30:  # batch 3 (batches may be fetched in any order)
             raise OSError("disk unplugged")
         return fetch(indices)
 
@@ -598,3 +596,42 @@ def test_light_batches_run_on_the_scheduler_thread_with_the_same_results(
     pooled = collect(index_loader(scalars, batch_size=7, order=OrderOption.RANDOM, seed=4))
     assert "fastforward-scheduler" not in where
     assert inline == pooled
+
+
+@pytest.mark.parametrize("cheap_fetch", [True, False], ids=["mapped", "read"])
+def test_close_returns_slots_only_after_their_batches_are_written(cheap_fetch: bool) -> None:
+    from fastforward.scheduler import Engine, EpochPlan
+
+    events: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def run_batch(index, indices, data, slot, map_ranges):  # type: ignore[no-untyped-def]
+        time.sleep(0.3)  # still writing into the slot when close() comes
+        with lock:
+            events.append(("written", slot))
+        return (indices,)
+
+    def release(slot: int) -> None:
+        with lock:
+            events.append(("released", slot))
+
+    slots = iter(range(100))
+    plan = EpochPlan(batches=[np.arange(k, k + 1) for k in range(20)],
+                     fetch=lambda indices: indices, acquire_slot=lambda: next(slots),
+                     release_slot=release, run_batch=run_batch, num_workers=1,
+                     batches_ahead=3, fetch_is_cheap=cheap_fetch)
+    engine = Engine(plan)
+    time.sleep(0.1)
+    closer = threading.Thread(target=engine.close)
+    closer.start()
+    with pytest.raises(StopIteration):  # woken by the other thread's close() ...
+        engine.next_batch()
+    # ... and back only once everything stopped: no slot given back unwritten
+    written = {slot for what, slot in events if what == "written"}
+    released = [slot for what, slot in events if what == "released"]
+    assert released
+    assert set(released) <= written
+    for slot in released:
+        assert events.index(("written", slot)) < events.index(("released", slot))
+    closer.join()
+    assert not engine.is_running
