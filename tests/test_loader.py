@@ -635,3 +635,30 @@ def test_close_returns_slots_only_after_their_batches_are_written(cheap_fetch: b
         assert events.index(("written", slot)) < events.index(("released", slot))
     closer.join()
     assert not engine.is_running
+
+
+def test_filter_keeps_the_samples_that_satisfy_the_condition(scalars: Path) -> None:
+    # FFCV's Loader.filter, but sample numbers of `indices` (not positions) are kept
+    subset = np.arange(599, 99, -1)  # samples 599..100, in that order
+    loader = Loader(scalars, 16, num_workers=2, indices=subset, drop_last=False,
+                    order=OrderOption.SEQUENTIAL, seed=3,
+                    pipelines={"index": [IntDecoder()], "value": [FloatDecoder()]})
+    odd = loader.filter("index", lambda sample: int(sample[0]) % 2 == 1)
+    assert odd.indices.tolist() == [i for i in subset.tolist() if i % 2 == 1]
+    assert (odd.batch_size, odd.seed, odd.drop_last) == (16, 3, False)
+    assert [int(i) for index, _ in odd for i in index.ravel()] == odd.indices.tolist()
+    negative = loader.filter("value", lambda sample: float(sample[0]) < 0)
+    assert negative.indices.tolist() == [i for i in subset.tolist() if np.sin(i) < 0]
+    with pytest.raises(ValueError, match="not a field"):
+        loader.filter("label", lambda sample: True)
+    for made in (odd, negative, loader):
+        made.close()
+
+
+def test_filter_uses_the_default_decoder_of_a_field_without_a_pipeline(scalars: Path) -> None:
+    pytest.importorskip("torch", reason="a default pipeline ends in ToTensor()")
+    loader = Loader(scalars, 32, num_workers=2, pipelines={"index": [IntDecoder()]})
+    small = loader.filter("value", lambda sample: float(sample[0]) > 0.99)
+    assert small.indices.tolist() == [i for i in range(600) if np.sin(i) > 0.99]
+    small.close()
+    loader.close()

@@ -108,6 +108,13 @@ class Loader:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if batches_ahead < 1:
             raise ValueError(f"batches_ahead must be at least 1, got {batches_ahead}")
+        # what filter() builds its loaders from
+        self._args: dict[str, Any] = {
+            "fname": fname, "batch_size": batch_size, "num_workers": num_workers,
+            "os_cache": os_cache, "order": order, "distributed": distributed, "seed": seed,
+            "indices": indices, "pipelines": pipelines, "custom_fields": custom_fields,
+            "drop_last": drop_last, "batches_ahead": batches_ahead, "recompile": recompile,
+            "order_kwargs": order_kwargs, "even_batches": even_batches}
         self.fname = os.fspath(fname)
         self.batch_size = int(batch_size)
         self.num_workers = default_workers() if num_workers < 1 else int(num_workers)
@@ -453,6 +460,42 @@ class Loader:
         count = len(order) // self.batch_size if self.drop_last else -(-len(order)
                                                                          // self.batch_size)
         return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(count)]
+
+    def filter(self, field_name: str, condition: Callable[[Any], bool]) -> Loader:
+        """A loader like this one over only the samples whose *field_name* satisfies *condition*.
+
+        As FFCV's ``Loader.filter``: one sequential pass decodes *field_name*
+        alone (with this loader's pipeline for it, or the default one) and calls
+        ``condition(sample)`` on each sample; the new loader keeps every other
+        argument. Unlike FFCV's, it keeps the sample numbers of ``indices`` (not
+        positions in it) and ``custom_fields``, and the pass reads every sample
+        of ``indices`` even when this loader is distributed.
+        """
+        if field_name not in self.reader.handlers:
+            raise ValueError(f"{field_name!r} is not a field of {self.fname} "
+                             f"(fields: {self.reader.field_names})")
+        given = dict(self._args["pipelines"] or {})
+        pipelines: dict[str, Any] = dict.fromkeys(self.reader.field_names)
+        if given.get(field_name) is not None:
+            pipelines[field_name] = given[field_name]
+        else:
+            del pipelines[field_name]  # its default decoder
+        probe = Loader(**{**self._args, "order": OrderOption.SEQUENTIAL, "drop_last": False,
+                          "distributed": False, "indices": self.indices,
+                          "pipelines": pipelines, "seed": self.seed})
+        keep: list[int] = []
+        with probe:
+            position = 0
+            for outputs in probe:
+                if len(outputs) != 1:
+                    raise ValueError(f"{self.fname}: filter needs one output from field "
+                                     f"{field_name!r}, its pipeline gives {len(outputs)}")
+                for sample in outputs[0]:
+                    if condition(sample):
+                        keep.append(position)
+                    position += 1
+        return Loader(**{**self._args, "indices": self.indices[np.asarray(keep, np.int64)],
+                         "seed": self.seed})
 
     @property
     def ring_slots(self) -> int:
