@@ -262,7 +262,10 @@ class _Pool:
             nonlocal next_task
             while (busy[conn] < _IN_FLIGHT_PER_WORKER and next_task < len(tasks)
                    and next_task - next_result < window):
-                conn.send((next_task, tasks[next_task]))
+                try:
+                    conn.send((next_task, tasks[next_task]))
+                except OSError:  # BrokenPipeError: it died since the last wait()
+                    raise _died(owner[conn]) from None
                 busy[conn] += 1
                 next_task += 1
 

@@ -195,6 +195,20 @@ def test_dead_worker_is_noticed(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
+def test_a_worker_dead_before_it_is_fed_is_noticed() -> None:
+    # the parent's next send finds a closed pipe: that is the worker's death too
+    from fastforward.writer import _Pool
+
+    pool = _Pool(1, (None, None))
+    pool.procs[0].kill()
+    pool.procs[0].join()
+    try:
+        with pytest.raises(WorkerError, match="died"):
+            list(pool.run([[0], [1], [2]]))
+    finally:
+        pool.terminate()
+
+
 class TupleMismatch:
     def __len__(self) -> int:
         return 3
