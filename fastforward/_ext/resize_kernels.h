@@ -159,6 +159,13 @@ static inline float ff_pixel(float v) {
     return (float)(i < 0 ? 0 : (i > 255 ? 255 : i));
 }
 
+/* Whether the affine step of 3 channels is x * 1 + 0 == x (no normalisation):
+ * then the fast paths skip it, giving the same values. */
+static inline int ff_is_plain(const float *mul, const float *add) {
+    return mul[0] == 1.0f && mul[1] == 1.0f && mul[2] == 1.0f && add[0] == 0.0f &&
+           add[1] == 0.0f && add[2] == 0.0f;
+}
+
 /* A pattern of 12 floats repeats every pixel for 1, 2, 3 or 4 channels: with
  * it, the loop has no per-element modulo and vectorises. */
 FF_CLONES static void ff_row_to_f32(const float *restrict src, float *restrict out, ptrdiff_t n,
@@ -200,6 +207,16 @@ static inline uint16_t ff_f32_to_f16_soft(float value) {
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+
+/* ff_pixel on 8 floats, in functions that define `half`, `lo` and `hi` */
+#define FF_PIX8(v) _mm256_min_ps(_mm256_max_ps(_mm256_floor_ps(_mm256_add_ps((v), half)), lo), hi)
+
+/* one float to IEEE half, rounded to nearest even */
+__attribute__((target("avx,f16c")))
+static inline uint16_t ff_half_one(float v) {
+    return (uint16_t)_mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(v), _MM_FROUND_TO_NEAREST_INT), 0);
+}
+
 __attribute__((target("avx,f16c")))
 static void ff_row_to_f16_f16c(const float *restrict src, uint16_t *restrict out, ptrdiff_t n,
                                ptrdiff_t c, const float *restrict mul,
@@ -213,11 +230,8 @@ static void ff_row_to_f16_f16c(const float *restrict src, uint16_t *restrict out
         __m256 a0 = _mm256_loadu_ps(a), a1 = _mm256_loadu_ps(a + 8), a2 = _mm256_loadu_ps(a + 16);
         const __m256 lo = _mm256_set1_ps(0.0f), hi = _mm256_set1_ps(255.0f);
         const __m256 half = _mm256_set1_ps(0.5f);
-        /* x * 1 + 0 == x: without a normalisation, skip the affine step */
-        const int affine = !(mul[0] == 1.0f && mul[1] == 1.0f && mul[2] == 1.0f &&
-                             add[0] == 0.0f && add[1] == 0.0f && add[2] == 0.0f);
-#define FF_PIX(p) _mm256_min_ps(_mm256_max_ps(_mm256_floor_ps(_mm256_add_ps(_mm256_loadu_ps(p), \
-                                                                             half)), lo), hi)
+        const int affine = !ff_is_plain(mul, add);
+#define FF_PIX(p) FF_PIX8(_mm256_loadu_ps(p))
 #define FF_HALF(v) _mm256_cvtps_ph((v), _MM_FROUND_TO_NEAREST_INT)
         if (affine) {
             for (; i + 24 <= n; i += 24) {
@@ -234,10 +248,7 @@ static void ff_row_to_f16_f16c(const float *restrict src, uint16_t *restrict out
 #undef FF_HALF
     }
 #undef FF_PIX
-    for (; i < n; i++) {
-        __m128 v = _mm_set_ss(ff_pixel(src[i]) * mul[i % c] + add[i % c]);
-        out[i] = (uint16_t)_mm_extract_epi16(_mm_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT), 0);
-    }
+    for (; i < n; i++) out[i] = ff_half_one(ff_pixel(src[i]) * mul[i % c] + add[i % c]);
 }
 #endif
 
@@ -307,8 +318,6 @@ static void ff_vsum2_u8_avx2(const float *restrict a, const float *restrict b, f
     }
 }
 
-#define FF_PIX8(v) _mm256_min_ps(_mm256_max_ps(_mm256_floor_ps(_mm256_add_ps((v), half)), lo), hi)
-
 /* float16 or float32 out (c == 3): the pixel value, then x * mul + add */
 __attribute__((target("avx2,f16c")))
 static void ff_vsum2_float_avx2(const float *restrict a, const float *restrict b, float w0,
@@ -318,8 +327,7 @@ static void ff_vsum2_float_avx2(const float *restrict a, const float *restrict b
     const __m256 lo = _mm256_set1_ps(0.0f), hi = _mm256_set1_ps(255.0f);
     float m[24], d[24];
     for (int k = 0; k < 24; k++) { m[k] = mul[k % 3]; d[k] = add[k % 3]; }
-    const int affine = !(mul[0] == 1.0f && mul[1] == 1.0f && mul[2] == 1.0f &&
-                         add[0] == 0.0f && add[1] == 0.0f && add[2] == 0.0f);
+    const int affine = !ff_is_plain(mul, add);
     uint16_t *restrict out16 = (uint16_t *)out;
     float *restrict out32 = (float *)out;
     ptrdiff_t i = 0;
@@ -338,8 +346,7 @@ static void ff_vsum2_float_avx2(const float *restrict a, const float *restrict b
     for (; i < n; i++) {
         float v = ff_pixel(w0 * a[i] + w1 * b[i]) * mul[i % 3] + add[i % 3];
         if (half_out)
-            out16[i] = (uint16_t)_mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(v),
-                                                                 _MM_FROUND_TO_NEAREST_INT), 0);
+            out16[i] = ff_half_one(v);
         else
             out32[i] = v;
     }
