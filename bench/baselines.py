@@ -17,6 +17,7 @@ import nothing of fastforward.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -204,8 +205,10 @@ def throughput(kind: str, path: Path, pipeline: str, workers: int,
     return Measurement(name, int(images), float(seconds))
 
 
+@functools.cache
 def importable(module: str, python: str | None) -> bool:
-    """Whether *module* can be imported under *python* (default: this interpreter)."""
+    """Whether *module* can be imported under *python* (default: this interpreter);
+    asked once per run (each answer starts an interpreter)."""
     return subprocess.run([python or sys.executable, "-c", f"import {module}"],
                           capture_output=True, check=False).returncode == 0
 
