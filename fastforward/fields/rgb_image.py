@@ -257,24 +257,28 @@ class RGBImageField(Field):
 
 
 def decode_stored_image(
-    data: memoryview, mode: int, height: int, width: int, fastdct: bool = True
+    data: memoryview, mode: int, height: int, width: int, fastdct: bool = True,
+    buffer: np.ndarray | None = None,
 ) -> np.ndarray:
     """Decode one stored image payload to an H×W×3 uint8 array.
 
     ``fastdct=True`` reproduces FFCV's pixels exactly (libjpeg-turbo's fast
-    integer IDCT).
+    integer IDCT). The result is an array of its own, unless a scratch
+    *buffer* (at least H·W·3 bytes) is given: then a JPEG is decoded into it
+    and raw pixels come back as a view of *data*, both valid until the next use.
     """
     if mode == IMAGE_MODES["raw"]:
         if len(data) < height * width * 3:
             raise DecodeError(
                 f"raw image payload of {len(data)} bytes is short of {height}×{width}×3"
             )
-        return np.frombuffer(data, np.uint8)[: height * width * 3].reshape(height, width, 3).copy()
+        pixels = np.frombuffer(data, np.uint8, height * width * 3).reshape(height, width, 3)
+        return pixels if buffer is not None else pixels.copy()
     if mode != IMAGE_MODES["jpg"]:
         raise DecodeError(f"unknown image mode {mode}")
     sj = require_simplejpeg()
     try:
-        image = sj.decode_jpeg(data, colorspace="RGB", fastdct=fastdct)
+        image = sj.decode_jpeg(data, colorspace="RGB", fastdct=fastdct, buffer=buffer)
     except ValueError as exc:
         raise DecodeError(f"corrupt JPEG payload: {exc}") from exc
     if image.shape[:2] != (height, width):
@@ -345,23 +349,8 @@ class _ImageDecoder(Decoder):
 
     def _decode(self, source: memoryview, start: int, size: int, mode: int, height: int,
                 width: int, scratch: _Scratch) -> np.ndarray:
-        data = source[start : start + size]
-        if mode == IMAGE_MODES["raw"]:
-            if size < height * width * 3:
-                raise DecodeError(f"raw image payload of {size} bytes is short of "
-                                  f"{height}×{width}×3")
-            return np.frombuffer(data, np.uint8, height * width * 3).reshape(height, width, 3)
-        if mode != IMAGE_MODES["jpg"]:
-            raise DecodeError(f"unknown image mode {mode}")
-        try:
-            image = require_simplejpeg().decode_jpeg(data, colorspace="RGB", fastdct=self.fastdct,
-                                                     buffer=scratch.get(height * width * 3))
-        except ValueError as exc:
-            raise DecodeError(f"corrupt JPEG payload: {exc}") from None
-        if image.shape[:2] != (height, width):
-            raise DecodeError(f"JPEG is {image.shape[0]}×{image.shape[1]}, the metadata says "
-                              f"{height}×{width}")
-        return image
+        return decode_stored_image(source[start : start + size], mode, height, width,
+                                   self.fastdct, scratch.get(height * width * 3))
 
 
 class SimpleRGBImageDecoder(_ImageDecoder):
