@@ -1,15 +1,16 @@
-"""gather_into against the NumPy reference."""
+"""gather_into and Copier against the NumPy reference."""
 
 from __future__ import annotations
 
 import mmap
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from reference import gather
 
-from fastforward._ext.collate import gather_into
+from fastforward._ext.collate import Copier, gather_into
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +57,105 @@ def test_rejects_bad_records(src: np.ndarray, offsets: list[int], sizes: list[in
     with pytest.raises(error, match=match):
         gather_into(src, np.array(offsets, np.uint64), np.array(sizes, np.uint64),
                     np.empty((2, 64), np.uint8))
+
+
+# -- Copier: the same copies on background threads ----------------------------------
+
+
+def random_records(rng: np.random.Generator, src: np.ndarray, count: int, width: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    sizes = rng.integers(0, width + 1, count).astype(np.uint64)
+    offsets = (rng.random(count) * (len(src) - sizes)).astype(np.uint64)
+    return offsets, sizes
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_copier_matches_reference(src: np.ndarray, threads: int) -> None:
+    """Many queued copies, small (one part) and large (split across the threads),
+    each equal to the reference once its ticket is waited for."""
+    rng = np.random.default_rng(threads)
+    copier = Copier(threads)
+    try:
+        jobs = []
+        for k in range(100):  # more than the queue holds: submit waits for room
+            count, width = (3, 16) if k % 2 else (700, 200)  # 140 KB: split in parts
+            offsets, sizes = random_records(rng, src, count, width)
+            out = np.full((count, width), 0xAB, np.uint8)
+            jobs.append((copier.submit(src, offsets, sizes, out), offsets, sizes, out))
+        assert [t for t, *_ in jobs] == list(range(1, 101))
+        for ticket, offsets, sizes, out in reversed(jobs):  # any order
+            copier.wait(ticket)
+            np.testing.assert_array_equal(out, gather(src, offsets, sizes, out.shape[1]))
+        assert copier.pending == 0
+    finally:
+        copier.close()
+
+
+def test_copier_keeps_its_arrays_alive(src: np.ndarray) -> None:
+    copier = Copier(2)
+    try:
+        out = np.zeros((2000, 64), np.uint8)
+        offsets, sizes = random_records(np.random.default_rng(1), src, 2000, 64)
+        # the copier's references are the only ones to these copies of the inputs
+        ticket = copier.submit(src.copy(), offsets.copy(), sizes.copy(), out)
+        copier.wait(ticket)
+        np.testing.assert_array_equal(out, gather(src, offsets, sizes, 64))
+    finally:
+        copier.close()
+
+
+def test_copier_close_finishes_queued_copies(src: np.ndarray) -> None:
+    copier = Copier(1)
+    outs, inputs = [], []
+    for k in range(40):
+        offsets, sizes = random_records(np.random.default_rng(k), src, 500, 128)
+        outs.append(np.zeros((500, 128), np.uint8))
+        inputs.append((offsets, sizes))
+        copier.submit(src, offsets, sizes, outs[-1])
+    copier.close()
+    copier.close()  # idempotent
+    for out, (offsets, sizes) in zip(outs, inputs, strict=True):
+        np.testing.assert_array_equal(out, gather(src, offsets, sizes, 128))
+    assert copier.closed
+    assert copier.pending == 0
+    copier.wait(40)  # returns: every copy has finished
+    with pytest.raises(RuntimeError, match="closed"):
+        copier.submit(src, *inputs[0], outs[0])
+
+
+def test_copier_rejects_bad_records_before_queueing(src: np.ndarray) -> None:
+    copier = Copier()
+    try:
+        with pytest.raises(IndexError, match="past the end"):
+            copier.submit(src, np.array([9999], np.uint64), np.array([2], np.uint64),
+                          np.empty((1, 64), np.uint8))
+        with pytest.raises(ValueError, match="row holds"):
+            copier.submit(src, np.array([0], np.uint64), np.array([65], np.uint64),
+                          np.empty((1, 64), np.uint8))
+        assert copier.pending == 0
+        with pytest.raises(ValueError, match="at least one thread"):
+            Copier(0)
+    finally:
+        copier.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork with threads (3.12+)
+def test_copier_refuses_work_in_a_forked_child(src: np.ndarray) -> None:
+    """Its threads stay in the parent: a child that submitted would wait forever."""
+    copier = Copier()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit status
+            try:
+                copier.submit(src, np.zeros(1, np.uint64), np.ones(1, np.uint64),
+                              np.empty((1, 1), np.uint8))
+                code = 1
+            except RuntimeError:
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0
+    finally:
+        copier.close()

@@ -249,6 +249,44 @@ def test_simple_decoder_splits_only_batches_with_jpegs(tmp_path: Path, images: l
     np.testing.assert_array_equal(batch, expected)
 
 
+@pytest.fixture(scope="module")
+def raw_file(tmp_path_factory: pytest.TempPathFactory, images: list[np.ndarray]) -> Path:
+    """240 raw 16×16 crops of the photographs (pipeline c in small)."""
+    path = tmp_path_factory.mktemp("raw") / "raw.beton"
+    crops = [np.ascontiguousarray(np.roll(im[:16, :16], k, axis=1))
+             for k in range(4) for im in images]
+    DatasetWriter(path, {"image": RGBImageField(write_mode="raw")}, num_workers=1,
+                  progress=False).from_indexed_dataset(crops)
+    return path
+
+
+@pytest.mark.parametrize("after", [[], ["Invert"]], ids=["copy-thread", "read-after"])
+def test_raw_batches_on_the_copy_thread_are_whole(raw_file: Path, after: list[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raw rows are copied by the loader's copy thread while the scheduler goes on;
+    a batch reaches the consumer (or an operation that reads it) only once its
+    copy has finished. Every batch is held, so a copy into a reused slot would show."""
+    from fastforward.loader import loader as loader_module
+
+    queued = []
+    original = loader_module.PendingCopies.gather_into
+    monkeypatch.setattr(loader_module.PendingCopies, "gather_into",
+                        lambda self, *args: queued.append(1) or original(self, *args))
+    reader = Reader(raw_file)
+    expected = np.stack([reader.read(i)[0] for i in range(reader.num_samples)])
+    ops = [SimpleRGBImageDecoder(), *(Invert() for _ in after)]
+    with Loader(raw_file, 16, num_workers=2, batches_ahead=2, order=OrderOption.RANDOM,
+                pipelines={"image": ops}) as loader:
+        for _ in range(2):
+            order = np.concatenate(loader._batches(loader.next_epoch, []))
+            held = [batch for (batch,) in loader]
+            got = np.concatenate(held)
+            np.testing.assert_array_equal(got, 255 - expected[order] if after else expected[order])
+        assert len(queued) == 2 * len(loader)
+        copier = loader._copier
+    assert copier.closed  # close() finished its copies and ended its threads
+
+
 def rrc_batches(path: Path, workers: int, seed: int = 3, epochs: int = 1) -> list[np.ndarray]:
     loader = Loader(path, 8, num_workers=workers, seed=seed, order=OrderOption.RANDOM,
                     pipelines={"image": [RandomResizedCropRGBImageDecoder((32, 32))],

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-from .._ext.collate import gather_into
 from ..errors import EncodeError
 from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.decoder import Decoder
@@ -86,5 +85,5 @@ class BytesDecoder(Decoder):
                      context: BatchContext) -> None:
         data, lengths = destination
         source, offsets, sizes = context.data.field(self.field_index)
-        gather_into(source, offsets[lo:hi], sizes[lo:hi], data[lo:hi])
+        context.gather_into(source, offsets[lo:hi], sizes[lo:hi], data[lo:hi])
         lengths[lo:hi] = self.metadata["size"][context.indices[lo:hi]]

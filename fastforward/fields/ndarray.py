@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from .._ext.collate import gather_into
 from ..errors import EncodeError, FormatError
 from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.decoder import Decoder
@@ -108,7 +107,7 @@ class NDArrayDecoder(Decoder):
                      context: BatchContext) -> None:
         source, offsets, sizes = context.data.field(self.field_index)
         rows = destination[lo:hi].reshape(hi - lo, -1).view(np.uint8)
-        gather_into(source, offsets[lo:hi], sizes[lo:hi], rows)
+        context.gather_into(source, offsets[lo:hi], sizes[lo:hi], rows)
 
 
 def torch_to_numpy_dtype(dtype: Any) -> np.dtype:

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from .._ext.collate import gather_into
 from .._ext.resize import Workspace, crop_resize_into, decode_crop_resize_range
 from ..errors import DecodeError, EncodeError
 from ..pipeline.allocation_query import AllocationQuery
@@ -373,14 +372,24 @@ class SimpleRGBImageDecoder(_ImageDecoder):
         return State(jit_mode=True, shape=shape, dtype=np.dtype("u1")), AllocationQuery(
             shape, np.dtype("u1"))
 
+    _raw_field: tuple[Any, bool] | None = None
+
+    def _all_raw(self, indices: np.ndarray) -> bool:
+        """Whether the samples at *indices* are all stored raw (at once when the
+        whole field is: known once per metadata, not looked up per batch)."""
+        meta = self.metadata
+        cached = self._raw_field
+        if cached is None or cached[0] is not meta:
+            cached = self._raw_field = (meta, bool((meta["mode"] == IMAGE_MODES["raw"]).all()))
+        return cached[1] or bool((meta["mode"][indices] == IMAGE_MODES["raw"]).all())
+
     def split_batch(self, context: BatchContext) -> bool:
         # raw pixels only: one compiled gather, cheaper than handing out ranges
-        return not (self.metadata["mode"][context.indices] == IMAGE_MODES["raw"]).all()
+        return not self._all_raw(context.indices)
 
     def decode_range(self, lo: int, hi: int, destination: np.ndarray,
                      context: BatchContext) -> None:
-        modes = self.metadata["mode"][context.indices[lo:hi]]
-        if (modes == IMAGE_MODES["raw"]).all():
+        if self._all_raw(context.indices[lo:hi]):
             # raw pixels of one size: one memcpy per sample, in one compiled call
             source, offsets, sizes = context.data.field(self.field_index)
             rows = destination[lo:hi].reshape(hi - lo, -1)
@@ -389,7 +398,8 @@ class SimpleRGBImageDecoder(_ImageDecoder):
                 exc = DecodeError(f"raw image payload of {int(sizes[lo + short[0]])} bytes is "
                                   f"short of {destination.shape[1:]}")
                 raise self.fail(exc, context, lo + int(short[0]))
-            gather_into(source, offsets[lo:hi], np.minimum(sizes[lo:hi], rows.shape[1]), rows)
+            context.gather_into(source, offsets[lo:hi], np.minimum(sizes[lo:hi], rows.shape[1]),
+                                rows)
             return
         with self._scratch.lend() as scratch:
             for position in range(lo, hi):

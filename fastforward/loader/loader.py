@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import os
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .._ext.collate import Copier
 from ..device import DeviceBatch, DeviceStage, is_cuda
 from ..errors import annotate
 from ..fields import Field
@@ -159,6 +161,7 @@ class Loader:
         self._iterators: weakref.WeakSet[EpochIterator] = weakref.WeakSet()
         self._current: weakref.ref[EpochIterator] | None = None
         self._resume: tuple[int, list[list[int]]] | None = None  # (epoch, segments)
+        self._copier: Copier | None = None  # started by the first epoch that can use it
 
     # -- arguments ------------------------------------------------------------------
 
@@ -390,11 +393,12 @@ class Loader:
                              "a loader feeds one GPU (use one loader per device)")
         return DeviceStage(devices.pop())
 
-    def _run_batch(self, pipelines: list[_Pipeline], epoch: int, index: int,
-                   indices: np.ndarray, data: Any, slot: Any,
+    def _run_batch(self, pipelines: list[_Pipeline], epoch: int, copier: Copier | None,
+                   index: int, indices: np.ndarray, data: Any, slot: Any,
                    map_ranges: Callable[[Callable[[int, int], None], int], None]) -> Any:
         if self._stage is None:
-            return self._run_pipelines(pipelines, epoch, index, indices, data, slot, map_ranges)
+            return self._run_pipelines(pipelines, epoch, index, indices, data, slot, map_ranges,
+                                       copier)
         with self._stage.context():  # copies and GPU transforms on the side stream
             outputs = self._run_pipelines(pipelines, epoch, index, indices, data, slot,
                                           map_ranges)
@@ -404,9 +408,11 @@ class Loader:
 
     def _run_pipelines(self, pipelines: list[_Pipeline], epoch: int, index: int,
                        indices: np.ndarray, data: Any, slot: Any,
-                       map_ranges: Callable[[Callable[[int, int], None], int], None]) -> tuple:
+                       map_ranges: Callable[[Callable[[int, int], None], int], None],
+                       copier: Copier | None = None) -> Any:
         n = len(indices)
-        context = BatchContext(indices, epoch, self.seed, 0, index, data)
+        copies = None if copier is None else PendingCopies(copier)
+        context = BatchContext(indices, epoch, self.seed, 0, index, data, copies=copies)
         results: dict[int, Any] = {}
         outputs: dict[str, Any] = {}
         for pipeline in pipelines:
@@ -431,6 +437,8 @@ class Loader:
             else:
                 value = results[id(pipeline.source_op)]
             for step in pipeline.steps:
+                if copies is not None and step.op.reads_input:
+                    copies.wait()  # a copy into the decoder's rows may still be running
                 buffer = None if step.key is None else _batch_view(
                     slot.get(step.key), n, step.torch_buffer, step.query)
                 try:
@@ -443,7 +451,10 @@ class Loader:
                 results[id(step.op)] = value
                 del buffer
             outputs[pipeline.name] = value
-        return tuple(outputs[name] for name in self._specs)
+        batch = tuple(outputs[name] for name in self._specs)
+        if copies is not None and copies.ticket:
+            return PendingBatch(batch, copies)  # the consumer waits for the copies
+        return batch
 
     def _shards(self, epoch: int, segments: list[list[int]]) -> list[Shard]:
         """Every rank's samples of *epoch*, after the resumed *segments*
@@ -558,12 +569,13 @@ class Loader:
         batches = self._batches(epoch, segments)
         self.next_epoch += 1
         self._resume = None
+        copier = None if self._stage is not None else self._start_copier()
         plan = EpochPlan(
             batches=batches,
             fetch=self.memory_manager.fetch,
             acquire_slot=lambda: self._ring.acquire(layout),
             release_slot=self._ring.release,
-            run_batch=lambda *args: self._run_batch(pipelines, epoch, *args),
+            run_batch=lambda *args: self._run_batch(pipelines, epoch, copier, *args),
             num_workers=self.num_workers,
             batches_ahead=self.batches_ahead,
             fetch_is_cheap=isinstance(self.memory_manager, OSCacheManager),
@@ -572,6 +584,13 @@ class Loader:
         self._iterators.add(iterator)
         self._current = weakref.ref(iterator)
         return iterator
+
+    def _start_copier(self) -> Copier:
+        """The copy thread of this process (a forked child starts its own)."""
+        if self._copier is None or self._copier.pid != os.getpid():
+            # copies are bound by memory: a few threads saturate it
+            self._copier = Copier(max(1, min(4, self.num_workers // 2)))
+        return self._copier
 
     # -- lifetime -----------------------------------------------------------------
 
@@ -582,6 +601,8 @@ class Loader:
         self._closed = True
         for iterator in list(self._iterators):
             iterator.close()
+        if self._copier is not None:
+            self._copier.close()  # its last copies finish: nothing reads the file afterwards
         self._ring.clear()
         self.memory_manager.close()
         self.reader.close()
@@ -617,6 +638,8 @@ class EpochIterator(Iterator[tuple]):
             self.finished = True
             raise
         self.delivered += 1
+        if isinstance(batch, PendingBatch):
+            batch = batch.hand_over()
         if isinstance(batch, DeviceBatch):
             return batch.hand_over()  # the consumer's stream waits for the batch's GPU work
         return batch
@@ -633,6 +656,44 @@ class EpochIterator(Iterator[tuple]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class PendingCopies:
+    """One batch's copies on the loader's copy thread (``BatchContext.copies``)."""
+
+    __slots__ = ("_copier", "_lock", "ticket")
+
+    def __init__(self, copier: Copier) -> None:
+        self._copier = copier
+        self._lock = threading.Lock()  # decode threads may submit at once
+        self.ticket = 0  # the last copy's: waiting for it waits for them all
+
+    def gather_into(self, source: np.ndarray, offsets: np.ndarray, sizes: np.ndarray,
+                    rows: np.ndarray) -> None:
+        """Queue ``collate.gather_into(source, offsets, sizes, rows)``."""
+        ticket = self._copier.submit(source, offsets, sizes, rows)
+        with self._lock:
+            self.ticket = max(self.ticket, ticket)
+
+    def wait(self) -> None:
+        """Return once every copy of the batch has finished."""
+        if self.ticket:
+            self._copier.wait(self.ticket)
+
+
+class PendingBatch:
+    """A batch whose rows the copy thread may still be writing."""
+
+    __slots__ = ("copies", "outputs")
+
+    def __init__(self, outputs: tuple, copies: PendingCopies) -> None:
+        self.outputs = outputs
+        self.copies = copies
+
+    def hand_over(self) -> tuple:
+        """Wait for the copies (without the GIL); return the outputs."""
+        self.copies.wait()
+        return self.outputs
 
 
 _DEFAULT = object()

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .._ext.collate import gather_into
 from . import random
 from .allocation_query import AllocationQuery
 from .state import State
@@ -54,6 +55,20 @@ class BatchContext:
     batch_index: int = 0
     data: Any = field(default=None, repr=False)  # the batch's payloads (decoders read them)
     flip: np.ndarray | None = field(default=None, repr=False)  # a fused flip's decisions
+    copies: Any = field(default=None, repr=False)  # the loader's copy thread, when allowed
+
+    def gather_into(self, source: np.ndarray, offsets: np.ndarray, sizes: np.ndarray,
+                    rows: np.ndarray) -> None:
+        """Copy record ``i`` of *source* into row ``i`` of *rows* (``collate.gather_into``).
+
+        Where the loader allows it (nothing reads the rows before the batch is
+        handed over), the copy runs on the loader's copy thread and this returns
+        at once; the consumer receives the batch once the copy has finished.
+        """
+        if self.copies is None:
+            gather_into(source, offsets, sizes, rows)
+        else:
+            self.copies.gather_into(source, offsets, sizes, rows)
 
     def uniform(self, count: int) -> np.ndarray:
         """``(len(indices), count)`` uniform floats in [0, 1), one row per sample."""
@@ -71,7 +86,7 @@ class BatchContext:
     def with_stream(self, stream: int) -> BatchContext:
         """The same batch, another random stream."""
         return BatchContext(self.indices, self.epoch, self.seed, stream, self.batch_index,
-                            self.data)
+                            self.data, copies=self.copies)
 
 
 class Operation:
@@ -84,6 +99,11 @@ class Operation:
 
     per_sample: ClassVar[bool] = False
     """True: the loader calls ``apply_sample`` once per sample."""
+
+    reads_input: bool = True
+    """False for operations that only relabel their input (a view, a new dtype):
+    the loader may then hand the batch over before a copy into it has finished,
+    waiting for the copy on the consumer's side."""
 
     random_stream: ClassVar[str | None] = None
     """Operations that must draw the same numbers (ImageMixup and LabelMixup)

@@ -47,6 +47,8 @@ class ToTensor(Operation):
     read-only or negatively strided array is copied instead).
     """
 
+    reads_input = False  # a decoder's batch is a writable slot: from_numpy shares it
+
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, None]:
         require_numpy(self, previous_state)
         return replace(previous_state, jit_mode=False,
@@ -131,6 +133,11 @@ class ToTorchImage(Operation):
         self.channels_last = channels_last
         self.convert_back_int16 = convert_back_int16
 
+    @property
+    def reads_input(self) -> bool:  # type: ignore[override]
+        """A permuted view (``channels_last``) reads nothing; a contiguous copy does."""
+        return not self.channels_last
+
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, AllocationQuery | None]:
         require_torch(self, previous_state)
@@ -214,6 +221,8 @@ class View(Operation):
 
     No copy and no buffer: the result is a view of the input.
     """
+
+    reads_input = False
 
     def __init__(self, target_dtype: Any) -> None:
         super().__init__()
