@@ -133,6 +133,8 @@ def test_copier_rejects_bad_records_before_queueing(src: np.ndarray) -> None:
             copier.submit(src, np.array([0], np.uint64), np.array([65], np.uint64),
                           np.empty((1, 64), np.uint8))
         assert copier.pending == 0
+        with pytest.raises(ValueError, match="no copy has ticket 1"):
+            copier.wait(1)  # never given out: it would never finish
         with pytest.raises(ValueError, match="at least one thread"):
             Copier(0)
     finally:

@@ -39,7 +39,7 @@ cdef extern from "copier.h":
                    uint8_t *out, uint64_t width, int64_t n) nogil
     int ff_copier_start(ff_copier *c, int threads) nogil
     uint64_t ff_copier_submit(ff_copier *c, ff_copy_job job) nogil
-    void ff_copier_wait(ff_copier *c, uint64_t ticket) nogil
+    int ff_copier_wait(ff_copier *c, uint64_t ticket) nogil
     uint64_t ff_copier_completed(ff_copier *c) nogil
     void ff_copier_stop(ff_copier *c) nogil
     void ff_copier_destroy(ff_copier *c) nogil
@@ -139,8 +139,11 @@ cdef class Copier:
         """Return once the copy with *ticket*, and every one before it, has finished."""
         if self.closed or os.getpid() != self.pid:
             return  # closed: every copy has finished; forked: none ran in this process
+        cdef int err
         with nogil:
-            ff_copier_wait(self._c, ticket)
+            err = ff_copier_wait(self._c, ticket)
+        if err:
+            raise ValueError(f"no copy has ticket {ticket}")
         self._prune()
 
     @property

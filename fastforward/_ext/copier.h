@@ -159,11 +159,17 @@ static uint64_t ff_copier_submit(ff_copier *c, ff_copy_job job) {
     return ticket;
 }
 
-/* Wait until the job with this ticket (and every one before it) has finished. */
-static void ff_copier_wait(ff_copier *c, uint64_t ticket) {
+/* Wait until the job with this ticket (and every one before it) has finished;
+ * -1 for a ticket never given out (it would never finish). */
+static int ff_copier_wait(ff_copier *c, uint64_t ticket) {
     pthread_mutex_lock(&c->lock);
+    if (ticket > c->submitted) {
+        pthread_mutex_unlock(&c->lock);
+        return -1;
+    }
     while (c->completed < ticket) pthread_cond_wait(&c->done, &c->lock);
     pthread_mutex_unlock(&c->lock);
+    return 0;
 }
 
 static uint64_t ff_copier_completed(ff_copier *c) {
