@@ -21,6 +21,7 @@ import threading
 cimport cython
 from libc.stdint cimport uint8_t, uint64_t, int64_t
 from libc.stdlib cimport free, malloc
+from posix.unistd cimport getpid
 
 
 cdef extern from "copier.h":
@@ -116,14 +117,14 @@ cdef class Copier:
             raise OSError(err, f"fastforward could not start a copy thread: {os.strerror(err)}")
         self._held = collections.deque()
         self._held_lock = threading.Lock()
-        self.pid = os.getpid()
+        self.pid = getpid()
         self.closed = False
 
     def submit(self, src, offsets, sizes, out) -> int:
         """Queue ``gather_into(src, offsets, sizes, out)``; returns its ticket."""
         if self.closed:
             raise RuntimeError("the copier is closed")
-        if os.getpid() != self.pid:
+        if getpid() != self.pid:
             raise RuntimeError("this copier's thread belongs to the parent process (fork)")
         cdef ff_copy_job job = _job(src, offsets, sizes, out)
         cdef uint64_t ticket
@@ -137,7 +138,7 @@ cdef class Copier:
 
     def wait(self, uint64_t ticket) -> None:
         """Return once the copy with *ticket*, and every one before it, has finished."""
-        if self.closed or os.getpid() != self.pid:
+        if self.closed or getpid() != self.pid:
             return  # closed: every copy has finished; forked: none ran in this process
         cdef int err
         with nogil:
@@ -162,7 +163,7 @@ cdef class Copier:
 
     def close(self) -> None:
         """Finish every queued copy and end the thread (idempotent)."""
-        if self.closed or os.getpid() != self.pid:
+        if self.closed or getpid() != self.pid:
             return
         self.closed = True
         with nogil:
@@ -172,7 +173,8 @@ cdef class Copier:
 
     def __dealloc__(self):
         if self._c is not NULL:
-            if os.getpid() == self.pid:  # a forked child has no thread to join
+            if getpid() == self.pid:  # a forked child has no thread to join (no os here:
+                # at interpreter exit, modules may be gone before this runs)
                 ff_copier_destroy(self._c)
                 free(self._c)
             self._c = NULL
