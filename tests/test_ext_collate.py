@@ -144,20 +144,42 @@ def test_copier_rejects_bad_records_before_queueing(src: np.ndarray) -> None:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork with threads (3.12+)
 def test_copier_refuses_work_in_a_forked_child(src: np.ndarray) -> None:
-    """Its threads stay in the parent: a child that submitted would wait forever."""
+    """Its threads stay in the parent: a child that submitted or waited would wait forever."""
     copier = Copier()
     try:
+        copier.submit(src, np.zeros(1, np.uint64), np.ones(1, np.uint64),
+                      np.empty((1, 1), np.uint8))
         pid = os.fork()
         if pid == 0:  # the child: report through the exit status
-            try:
-                copier.submit(src, np.zeros(1, np.uint64), np.ones(1, np.uint64),
-                              np.empty((1, 1), np.uint8))
-                code = 1
-            except RuntimeError:
-                code = 0
-            finally:
-                os._exit(code)
+            code = 0
+            for call in (lambda: copier.submit(src, np.zeros(1, np.uint64), np.ones(1, np.uint64),
+                                               np.empty((1, 1), np.uint8)),
+                         lambda: copier.wait(1), copier.drain, lambda: copier.pending):
+                try:
+                    call()
+                    code = 1  # it should have refused: its copies never run here
+                except RuntimeError:
+                    pass
+                except BaseException:
+                    code = 2
+            copier.close()  # nothing to do in the child
+            os._exit(code)
         _, status = os.waitpid(pid, 0)
         assert os.WEXITSTATUS(status) == 0
+    finally:
+        copier.close()
+
+
+def test_copier_drain_waits_for_everything(src: np.ndarray) -> None:
+    copier = Copier(2)
+    try:
+        outs = [np.zeros((1000, 256), np.uint8) for _ in range(10)]
+        inputs = [random_records(np.random.default_rng(k), src, 1000, 256) for k in range(10)]
+        for out, (offsets, sizes) in zip(outs, inputs, strict=True):
+            copier.submit(src, offsets, sizes, out)
+        copier.drain()
+        assert copier.pending == 0
+        for out, (offsets, sizes) in zip(outs, inputs, strict=True):
+            np.testing.assert_array_equal(out, gather(src, offsets, sizes, 256))
     finally:
         copier.close()

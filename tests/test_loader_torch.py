@@ -229,3 +229,26 @@ def test_fused_conversion_equals_the_separate_steps(train_file: Path, last: str)
         torch.testing.assert_close(fused, separate, atol=0, rtol=0)
     else:  # float32 arithmetic fused, float64 separate: at most a unit in the last place
         torch.testing.assert_close(fused, separate, atol=2e-3, rtol=1e-3)
+
+
+class MirrorView(Operation):
+    """A view that relabels (negative strides): the loader does not wait before it."""
+
+    reads_input = False
+
+    def apply(self, batch: np.ndarray, destination: None, context) -> np.ndarray:  # type: ignore[no-untyped-def]
+        return batch[:, ::-1]
+
+
+def test_to_tensor_waits_for_copies_before_copying(tmp_path: Path) -> None:
+    """ToTensor shares a writable batch, but copies a mirrored view: it waits for
+    the copy thread first, or it would take rows that are still being written."""
+    path = tmp_path / "arrays.beton"
+    rows = np.random.default_rng(0).integers(0, 255, (512, 4096), dtype=np.uint8)
+    DatasetWriter(path, {"a": NDArrayField(np.dtype("u1"), (4096,))}, num_workers=1,
+                  progress=False).from_indexed_dataset([(r,) for r in rows])
+    with Loader(path, 256, num_workers=2, pipelines={
+            "a": [NDArrayDecoder(), MirrorView(), ToTensor()]}) as loader:
+        for _ in range(3):
+            got = torch.cat([a for (a,) in loader])
+            np.testing.assert_array_equal(got.numpy(), rows[:, ::-1])

@@ -16,8 +16,10 @@ class Copier:
         """Queue ``gather_into(src, offsets, sizes, out)``; returns its ticket."""
     def wait(self, ticket: int) -> None:
         """Return once the copy with *ticket*, and every one before it, has finished."""
+    def drain(self) -> None:
+        """Return once every copy submitted so far has finished (and let go of its arrays)."""
     @property
     def pending(self) -> int:
         """Copies queued or running."""
     def close(self) -> None:
-        """Finish every queued copy and end the thread (idempotent)."""
+        """Finish every queued copy and end the threads (idempotent; nothing in a forked child)."""

@@ -10,7 +10,7 @@ no stale bytes of an earlier batch can show through.
 
 The copy itself is ``ff_gather`` in ``copier.h`` (it prefetches the pages of
 records a few places ahead: on 32×32 images in random order, 1.9M → 2.6M
-records/s on one thread). ``Copier`` runs the same copy on a thread of its
+records/s on one thread). ``Copier`` runs the same copy on threads of its
 own, so the thread that prepares batches does not wait for it.
 """
 
@@ -42,6 +42,7 @@ cdef extern from "copier.h":
     uint64_t ff_copier_submit(ff_copier *c, ff_copy_job job) nogil
     int ff_copier_wait(ff_copier *c, uint64_t ticket) nogil
     uint64_t ff_copier_completed(ff_copier *c) nogil
+    uint64_t ff_copier_submitted(ff_copier *c) nogil
     void ff_copier_stop(ff_copier *c) nogil
     void ff_copier_destroy(ff_copier *c) nogil
 
@@ -87,12 +88,13 @@ cdef class Copier:
 
     ``Copier(threads)``: a copy of more than 64 KiB is split into up to
     *threads* ranges of records, copied at once. ``submit`` checks the
-    records, queues the copy and returns a ticket at once; ``wait(ticket)`` returns once that copy (and every one before it)
-    has finished. Copies run in submission order. Until then the copier holds
-    the arrays it was given, so their memory stays alive, and a ring slot
-    being written stays held. ``close()`` finishes the queued copies and ends
-    the thread. A copier belongs to the process that made it: after a fork,
-    make a new one.
+    records, queues the copy and returns a ticket at once; ``wait(ticket)``
+    returns once that copy (and every one before it) has finished. Until then
+    the copier holds the arrays it was given, so their memory stays alive and
+    a ring slot being written stays held; do not change them meanwhile.
+    ``close()`` finishes the queued copies and ends the threads. A copier
+    belongs to the process that made it: in a forked child, its methods raise
+    (its copies run in the parent's memory); make a new one there.
     """
 
     cdef ff_copier *_c
@@ -100,7 +102,6 @@ cdef class Copier:
     cdef object _held_lock
     cdef readonly object pid
     cdef readonly bint closed
-
     cdef readonly int threads
 
     def __cinit__(self, int threads=1):
@@ -120,12 +121,16 @@ cdef class Copier:
         self.pid = getpid()
         self.closed = False
 
+    cdef _own(self):
+        if getpid() != self.pid:
+            raise RuntimeError("this copier's threads belong to the parent process (it was "
+                               "forked): its copies never run here; make a new Copier")
+
     def submit(self, src, offsets, sizes, out) -> int:
         """Queue ``gather_into(src, offsets, sizes, out)``; returns its ticket."""
+        self._own()
         if self.closed:
             raise RuntimeError("the copier is closed")
-        if getpid() != self.pid:
-            raise RuntimeError("this copier's thread belongs to the parent process (fork)")
         cdef ff_copy_job job = _job(src, offsets, sizes, out)
         cdef uint64_t ticket
         self._prune()
@@ -138,18 +143,25 @@ cdef class Copier:
 
     def wait(self, uint64_t ticket) -> None:
         """Return once the copy with *ticket*, and every one before it, has finished."""
-        if self.closed or getpid() != self.pid:
-            return  # closed: every copy has finished; forked: none ran in this process
+        self._own()
         cdef int err
-        with nogil:
+        with nogil:  # valid after close() too: every copy has finished then
             err = ff_copier_wait(self._c, ticket)
         if err:
             raise ValueError(f"no copy has ticket {ticket}")
         self._prune()
 
+    def drain(self) -> None:
+        """Return once every copy submitted so far has finished (and let go of its arrays)."""
+        self._own()
+        with nogil:
+            ff_copier_wait(self._c, ff_copier_submitted(self._c))
+        self._prune()
+
     @property
     def pending(self) -> int:
         """Copies queued or running."""
+        self._own()
         self._prune()
         return len(self._held)
 
@@ -162,12 +174,12 @@ cdef class Copier:
                 held.popleft()
 
     def close(self) -> None:
-        """Finish every queued copy and end the thread (idempotent)."""
-        if self.closed or getpid() != self.pid:
+        """Finish every queued copy and end the threads (idempotent; nothing in a forked child)."""
+        if getpid() != self.pid:
             return
-        self.closed = True
-        with nogil:
+        with nogil:  # every caller returns once no copy is running (one joins the threads)
             ff_copier_stop(self._c)
+        self.closed = True  # only now: wait() by another thread still waits for the copies
         with self._held_lock:
             self._held.clear()
 

@@ -6,9 +6,11 @@
  * coming and each starts with a TLB miss; the loop touches every page of the
  * record FF_PREFETCH_AHEAD places ahead, so those misses overlap the copies.
  *
- * ff_copier: one POSIX thread that runs ff_gather jobs in submission order,
- * without the GIL. The loader's scheduler thread submits a batch's copy and
- * goes on to the next batch; the consumer waits for the ticket before it sees
+ * ff_copier: POSIX threads (1 to FF_COPIER_MAX_THREADS) that run ff_gather
+ * jobs without the GIL; a job of more than FF_COPIER_PART_BYTES is split into
+ * ranges of records, one per thread, and tickets complete in submission order.
+ * The loader's scheduler thread submits a batch's copy and goes on to the next
+ * batch; the consumer waits for the ticket before it sees
  * the batch. Nothing here touches a Python object: the caller keeps the
  * memory of a job alive until ff_copier_completed() has passed its ticket.
  */
@@ -107,6 +109,8 @@ static void ff_copier_stop(ff_copier *c) {
     c->stop = 1;
     c->running = 0;
     pthread_cond_broadcast(&c->work);
+    /* every caller returns only once no copy is running (one of them joins) */
+    while (c->completed < c->submitted) pthread_cond_wait(&c->done, &c->lock);
     pthread_mutex_unlock(&c->lock);
     if (running)
         for (int k = 0; k < c->threads; k++) pthread_join(c->thread[k], NULL);
@@ -170,6 +174,13 @@ static int ff_copier_wait(ff_copier *c, uint64_t ticket) {
     while (c->completed < ticket) pthread_cond_wait(&c->done, &c->lock);
     pthread_mutex_unlock(&c->lock);
     return 0;
+}
+
+static uint64_t ff_copier_submitted(ff_copier *c) {
+    pthread_mutex_lock(&c->lock);
+    uint64_t submitted = c->submitted;
+    pthread_mutex_unlock(&c->lock);
+    return submitted;
 }
 
 static uint64_t ff_copier_completed(ff_copier *c) {

@@ -569,7 +569,9 @@ class Loader:
         batches = self._batches(epoch, segments)
         self.next_epoch += 1
         self._resume = None
-        copier = None if self._stage is not None else self._start_copier()
+        # copies on the copy threads: from the map (os_cache=False keeps its memory
+        # bound by dropping each batch's bytes as soon as the batch is written)
+        copier = self._start_copier() if self._stage is None and self.os_cache else None
         plan = EpochPlan(
             batches=batches,
             fetch=self.memory_manager.fetch,
@@ -590,6 +592,8 @@ class Loader:
         if self._copier is None or self._copier.pid != os.getpid():
             # copies are bound by memory: a few threads saturate it
             self._copier = Copier(max(1, min(4, self.num_workers // 2)))
+        else:  # an epoch broken off may have left copies: let go of their slots
+            self._copier.drain()
         return self._copier
 
     # -- lifetime -----------------------------------------------------------------

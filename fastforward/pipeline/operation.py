@@ -61,14 +61,21 @@ class BatchContext:
                     rows: np.ndarray) -> None:
         """Copy record ``i`` of *source* into row ``i`` of *rows* (``collate.gather_into``).
 
-        Where the loader allows it (nothing reads the rows before the batch is
-        handed over), the copy runs on the loader's copy thread and this returns
-        at once; the consumer receives the batch once the copy has finished.
+        Where the loader allows it, the copy runs on the loader's copy threads
+        and this returns at once: the rows are not ready yet. A decoder that
+        reads or changes them afterwards calls ``wait_for_copies()`` first. The
+        loader itself waits before any operation whose ``reads_input`` is True,
+        and before handing the batch over.
         """
         if self.copies is None:
             gather_into(source, offsets, sizes, rows)
         else:
             self.copies.gather_into(source, offsets, sizes, rows)
+
+    def wait_for_copies(self) -> None:
+        """Return once every copy into this batch (``gather_into``) has finished."""
+        if self.copies is not None:
+            self.copies.wait()
 
     def uniform(self, count: int) -> np.ndarray:
         """``(len(indices), count)`` uniform floats in [0, 1), one row per sample."""
@@ -101,9 +108,10 @@ class Operation:
     """True: the loader calls ``apply_sample`` once per sample."""
 
     reads_input: bool = True
-    """False for operations that only relabel their input (a view, a new dtype):
-    the loader may then hand the batch over before a copy into it has finished,
-    waiting for the copy on the consumer's side."""
+    """False for operations that only relabel their input (a view, a new shape or
+    dtype): the loader then runs them without waiting for the copies into the
+    batch (``BatchContext.gather_into``). One that reads the values after all,
+    now and then, calls ``context.wait_for_copies()`` first."""
 
     random_stream: ClassVar[str | None] = None
     """Operations that must draw the same numbers (ImageMixup and LabelMixup)

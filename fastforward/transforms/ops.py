@@ -28,12 +28,13 @@ from ._utils import (
 )
 
 
-def _from_numpy(array: np.ndarray) -> Any:
+def _from_numpy(array: np.ndarray, context: BatchContext) -> Any:
     import torch
 
     # torch.from_numpy refuses negative strides and warns on read-only memory
     # (a zero-copy view of the file): copy those, share everything else.
     if not array.flags.writeable or any(s < 0 for s in array.strides):
+        context.wait_for_copies()  # this reads the values: they must be there
         array = np.array(array)
     return torch.from_numpy(array)
 
@@ -47,7 +48,7 @@ class ToTensor(Operation):
     read-only or negatively strided array is copied instead).
     """
 
-    reads_input = False  # a decoder's batch is a writable slot: from_numpy shares it
+    reads_input = False  # from_numpy shares the memory (a copy, when needed, waits first)
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, None]:
         require_numpy(self, previous_state)
@@ -57,8 +58,8 @@ class ToTensor(Operation):
     def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         """Return ``torch.from_numpy(batch)`` (element-wise for a tuple)."""
         if isinstance(batch, tuple):
-            return tuple(_from_numpy(b) for b in batch)
-        return _from_numpy(batch)
+            return tuple(_from_numpy(b, context) for b in batch)
+        return _from_numpy(batch, context)
 
 
 def _device(device: Any) -> Any:
