@@ -64,6 +64,7 @@ class _Pipeline:
     source_op: Operation | None  # for a branch: the operation whose output it starts from
     steps: list[_Step] = field(default_factory=list)
     fused_flip: _Step | None = None  # a RandomHorizontalFlip done inside the decoder
+    defer_copies: bool = False  # its decoder's copies may run on the copy threads
 
 
 class Loader:
@@ -288,6 +289,12 @@ class Loader:
                     self._layout[key] = query
                 pipeline.steps.append(_Step(op, key, stream, not state.jit_mode, query))
             built[name] = pipeline
+        # A copy on the copy threads pays off only when nothing reads the rows before
+        # the hand-over; a step that reads them at once would just wait for it.
+        branched = any(p.source_op is not None for p in built.values())
+        for pipeline in built.values():
+            pipeline.defer_copies = not branched and not any(
+                step.op.reads_input for step in pipeline.steps)
         return [built[name] for name in self._order_for_sources()]
 
     def _fusions(self, spec: PipelineSpec) -> tuple[int | None, int | None]:
@@ -421,6 +428,8 @@ class Loader:
                 if destination is None:  # a GPU decoder: new device memory for every batch
                     destination = _batch_view(None, n, True, pipeline.decoder_query)
                 ctx = context.with_stream(pipeline.decoder_stream)
+                if not pipeline.defer_copies:
+                    ctx.copies = None  # copied in place: a step reads the rows right away
                 if pipeline.fused_flip is not None:
                     flip = pipeline.fused_flip
                     ctx.flip = (context.with_stream(flip.stream).uniform(1)[:, 0]
@@ -436,9 +445,8 @@ class Loader:
                     results[id(pipeline.fused_flip.op)] = value
             else:
                 value = results[id(pipeline.source_op)]
+            # no step here reads rows still being copied (see defer_copies)
             for step in pipeline.steps:
-                if copies is not None and step.op.reads_input:
-                    copies.wait()  # a copy into the decoder's rows may still be running
                 buffer = None if step.key is None else _batch_view(
                     slot.get(step.key), n, step.torch_buffer, step.query)
                 try:

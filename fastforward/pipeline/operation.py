@@ -61,11 +61,11 @@ class BatchContext:
                     rows: np.ndarray) -> None:
         """Copy record ``i`` of *source* into row ``i`` of *rows* (``collate.gather_into``).
 
-        Where the loader allows it, the copy runs on the loader's copy threads
-        and this returns at once: the rows are not ready yet. A decoder that
-        reads or changes them afterwards calls ``wait_for_copies()`` first. The
-        loader itself waits before any operation whose ``reads_input`` is True,
-        and before handing the batch over.
+        Where the loader allows it (no operation of the pipeline reads the rows:
+        see ``Operation.reads_input``), the copy runs on the loader's copy
+        threads and this returns at once: the rows are not ready yet. A decoder
+        that reads or changes them afterwards calls ``wait_for_copies()`` first.
+        The loader waits for the copies before handing the batch over.
         """
         if self.copies is None:
             gather_into(source, offsets, sizes, rows)
@@ -109,9 +109,10 @@ class Operation:
 
     reads_input: bool = True
     """False for operations that only relabel their input (a view, a new shape or
-    dtype): the loader then runs them without waiting for the copies into the
-    batch (``BatchContext.gather_into``). One that reads the values after all,
-    now and then, calls ``context.wait_for_copies()`` first."""
+    dtype). When no operation of a pipeline reads its input, the loader copies
+    the decoder's raw rows on its copy threads (``BatchContext.gather_into``)
+    and waits for them only when it hands the batch over. One that reads the
+    values after all, now and then, calls ``context.wait_for_copies()`` first."""
 
     random_stream: ClassVar[str | None] = None
     """Operations that must draw the same numbers (ImageMixup and LabelMixup)
