@@ -579,7 +579,9 @@ class Loader:
         self._resume = None
         # copies on the copy threads: from the map (os_cache=False keeps its memory
         # bound by dropping each batch's bytes as soon as the batch is written)
-        copier = self._start_copier() if self._stage is None and self.os_cache else None
+        deferred = any(p.defer_copies and p.decoder is not None for p in pipelines)
+        copier = self._start_copier() if deferred and self._stage is None and self.os_cache \
+            else None
         plan = EpochPlan(
             batches=batches,
             fetch=self.memory_manager.fetch,
@@ -596,7 +598,7 @@ class Loader:
         return iterator
 
     def _start_copier(self) -> Copier:
-        """The copy thread of this process (a forked child starts its own)."""
+        """The copy threads of this process (a forked child starts its own)."""
         if self._copier is None or self._copier.pid != os.getpid():
             # copies are bound by memory: a few threads saturate it
             self._copier = Copier(max(1, min(4, self.num_workers // 2)))
