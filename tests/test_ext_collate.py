@@ -183,3 +183,21 @@ def test_copier_drain_waits_for_everything(src: np.ndarray) -> None:
             np.testing.assert_array_equal(out, gather(src, offsets, sizes, 256))
     finally:
         copier.close()
+
+
+def test_copier_keeps_a_bytearray_from_moving(src: np.ndarray) -> None:
+    """The copier holds the source's buffer exported until the copy has finished."""
+    copier = Copier()
+    try:
+        blob = bytearray(src.tobytes())
+        out = np.zeros((4000, 64), np.uint8)
+        offsets, sizes = random_records(np.random.default_rng(3), src, 4000, 64)
+        ticket = copier.submit(blob, offsets, sizes, out)
+        with pytest.raises(BufferError):  # held until a wait sees the copy finished
+            blob.extend(b"x" * 100_000)
+        copier.wait(ticket)
+        assert copier.pending == 0
+        blob.extend(b"x")  # let go once finished
+        np.testing.assert_array_equal(out, gather(src, offsets, sizes, 64))
+    finally:
+        copier.close()

@@ -131,14 +131,20 @@ cdef class Copier:
         self._own()
         if self.closed:
             raise RuntimeError("the copier is closed")
-        cdef ff_copy_job job = _job(src, offsets, sizes, out)
+        # the buffers stay exported while the copy may run: a bytearray, say,
+        # cannot be resized (and its memory moved) under it
+        cdef const uint8_t[::1] s = src
+        cdef const uint64_t[::1] o = offsets
+        cdef const uint64_t[::1] z = sizes
+        cdef uint8_t[:, ::1] w = out
+        cdef ff_copy_job job = _job(s, o, z, w)
         cdef uint64_t ticket
         self._prune()
         with nogil:  # waits only while 64 copies are queued
             ticket = ff_copier_submit(self._c, job)
         if ticket:  # 0: the copier was closing, and the copy ran here
-            with self._held_lock:
-                self._held.append((ticket, (src, offsets, sizes, out)))
+            with self._held_lock:  # out itself too: a ring slot being written stays held
+                self._held.append((ticket, (src, offsets, sizes, out, s, o, z, w)))
         return ticket
 
     def wait(self, uint64_t ticket) -> None:
