@@ -201,3 +201,20 @@ def test_copier_keeps_a_bytearray_from_moving(src: np.ndarray) -> None:
         np.testing.assert_array_equal(out, gather(src, offsets, sizes, 64))
     finally:
         copier.close()
+
+
+def test_copier_holds_the_array_it_writes_into(src: np.ndarray) -> None:
+    """A ring slot is reused only when nothing refers to its buffer: a queued copy
+    into a view of it must count, until a wait sees the copy finished."""
+    import sys
+
+    copier = Copier()
+    try:
+        owner = np.zeros((8, 64), np.uint8)
+        baseline = sys.getrefcount(owner)
+        ticket = copier.submit(src, np.zeros(4, np.uint64), np.full(4, 64, np.uint64), owner[:4])
+        assert sys.getrefcount(owner) > baseline
+        copier.wait(ticket)
+        assert sys.getrefcount(owner) == baseline
+    finally:
+        copier.close()

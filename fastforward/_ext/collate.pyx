@@ -36,6 +36,7 @@ cdef extern from "copier.h":
         int left
     ctypedef struct ff_copier:
         pass
+    enum: FF_COPIER_MAX_THREADS
     void ff_gather(const uint8_t *src, const uint64_t *offsets, const uint64_t *sizes,
                    uint8_t *out, uint64_t width, int64_t n) nogil
     int ff_copier_start(ff_copier *c, int threads) nogil
@@ -107,7 +108,7 @@ cdef class Copier:
     def __cinit__(self, int threads=1):
         if threads < 1:
             raise ValueError(f"a copier needs at least one thread, got {threads}")
-        self.threads = min(threads, 16)
+        self.threads = min(threads, FF_COPIER_MAX_THREADS)
         self._c = <ff_copier *>malloc(sizeof(ff_copier))
         if self._c is NULL:
             raise MemoryError()
@@ -132,7 +133,8 @@ cdef class Copier:
         if self.closed:
             raise RuntimeError("the copier is closed")
         # the buffers stay exported while the copy may run: a bytearray, say,
-        # cannot be resized (and its memory moved) under it
+        # cannot be resized (and its memory moved) under it, and a ring slot being
+        # written stays held (each view holds the object it was taken from)
         cdef const uint8_t[::1] s = src
         cdef const uint64_t[::1] o = offsets
         cdef const uint64_t[::1] z = sizes
@@ -143,8 +145,8 @@ cdef class Copier:
         with nogil:  # waits only while 64 copies are queued
             ticket = ff_copier_submit(self._c, job)
         if ticket:  # 0: the copier was closing, and the copy ran here
-            with self._held_lock:  # out itself too: a ring slot being written stays held
-                self._held.append((ticket, (src, offsets, sizes, out, s, o, z, w)))
+            with self._held_lock:
+                self._held.append((ticket, (s, o, z, w)))
         return ticket
 
     def wait(self, uint64_t ticket) -> None:

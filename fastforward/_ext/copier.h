@@ -116,6 +116,14 @@ static void ff_copier_stop(ff_copier *c) {
         for (int k = 0; k < c->threads; k++) pthread_join(c->thread[k], NULL);
 }
 
+/* Release the copier's lock and conditions: only once nothing can use it. */
+static void ff_copier_destroy(ff_copier *c) {
+    ff_copier_stop(c);
+    pthread_cond_destroy(&c->done);
+    pthread_cond_destroy(&c->work);
+    pthread_mutex_destroy(&c->lock);
+}
+
 /* Start *threads* threads (at least one). 0 on success, else an errno value. */
 static int ff_copier_start(ff_copier *c, int threads) {
     memset(c, 0, sizeof(*c));
@@ -128,10 +136,7 @@ static int ff_copier_start(ff_copier *c, int threads) {
     for (; c->threads < threads; c->threads++) {
         int err = pthread_create(&c->thread[c->threads], NULL, ff_copier_main, c);
         if (err) {
-            ff_copier_stop(c);
-            pthread_cond_destroy(&c->done);
-            pthread_cond_destroy(&c->work);
-            pthread_mutex_destroy(&c->lock);
+            ff_copier_destroy(c);  /* joins the threads already started */
             return err;
         }
     }
@@ -188,14 +193,6 @@ static uint64_t ff_copier_completed(ff_copier *c) {
     uint64_t completed = c->completed;
     pthread_mutex_unlock(&c->lock);
     return completed;
-}
-
-/* Release the copier's lock and conditions: only once nothing can use it. */
-static void ff_copier_destroy(ff_copier *c) {
-    ff_copier_stop(c);
-    pthread_cond_destroy(&c->done);
-    pthread_cond_destroy(&c->work);
-    pthread_mutex_destroy(&c->lock);
 }
 
 #endif
