@@ -44,6 +44,85 @@ def crop_resize(src: np.ndarray, y0: int, x0: int, h: int, w: int,
     return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
 
 
+QONE = 1 << 14  # the whole-number taps of the enlarging path sum to this
+
+
+def kernel_taps(n: int, m: int, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The C kernel's taps mapping n input pixels onto m, as it builds them.
+
+    Returns ``(start, weights)``: output pixel ``i`` is
+    ``sum_k weights[i, k] * pixel[start[i] + k]``, ``weights`` float32. The
+    steps and the float32 roundings are the kernel's (``_make_filter``,
+    ``_pad_filter``), so that ``crop_resize_enlarging`` can match it exactly.
+    """
+    scale = n / m
+    taps = int(scale) + 2 if n >= m else 2
+    start = np.zeros(m, np.int64)
+    count = np.zeros(m, np.int64)
+    weights = np.zeros((m, taps), np.float32)
+    for i in range(m):
+        if scale >= 1:
+            lo = i * scale
+            hi = lo + scale
+            j0, j1 = math.floor(lo), min(math.floor(hi - 1e-9), n - 1)
+            overlap = [np.float32(min(j + 1.0, hi) - max(float(j), lo)) for j in range(j0, j1 + 1)]
+            total = 0.0
+            for value in overlap:  # summed in order, in double, as the kernel does
+                total += float(value)
+            weights[i, : len(overlap)] = [np.float32(float(v) / total) for v in overlap]
+            start[i], count[i] = j0, len(overlap)
+        else:
+            centre = max((i + 0.5) * scale - 0.5, 0.0)
+            j0 = math.floor(centre)
+            frac = centre - j0
+            if j0 >= n - 1:
+                j0, frac = n - 1, 0.0
+            start[i], count[i] = j0, 2 if frac > 0 else 1
+            weights[i, :2] = np.float32(1.0 - frac), np.float32(frac)
+    used = min(int(count.max()), n)
+    for i in range(m):  # every pixel gets `used` taps, shifted left at the right edge
+        shift = int(start[i]) + used - n
+        if shift > 0:
+            weights[i, shift:used] = weights[i, : used - shift].copy()
+            weights[i, :shift] = 0
+            start[i] -= shift
+        else:
+            weights[i, int(count[i]) :] = 0
+    weights = weights[:, :used]
+    if flip:
+        start, weights = start[::-1].copy(), weights[::-1].copy()
+    return start, weights
+
+
+def quantize(weights: np.ndarray) -> np.ndarray:
+    """Each row of taps as whole numbers summing to QONE: rounded, the largest
+    (first of equals) taking what the rounding lost."""
+    q = np.floor(weights.astype(np.float64) * QONE + 0.5).astype(np.int64)
+    rows = np.arange(len(q))
+    q[rows, np.argmax(q, axis=1)] += QONE - q.sum(axis=1)
+    return q
+
+
+def crop_resize_enlarging(src: np.ndarray, y0: int, x0: int, h: int, w: int,
+                          out_h: int, out_w: int, flip: bool = False) -> np.ndarray:
+    """Exact reference for ``crop_resize_into`` when the window is enlarged
+    vertically (``h < out_h``): the horizontal pass in whole numbers (taps from
+    ``quantize``), the vertical one in float32 with its weights divided by QONE,
+    then rounded half up. Returns uint8 ``(out_h, out_w, channels)``."""
+    assert h < out_h
+    crop = src[y0 : y0 + h, x0 : x0 + w].astype(np.int64)
+    xs, xw = kernel_taps(w, out_w, flip)
+    q = quantize(xw)
+    cols = xs[:, None] + np.arange(q.shape[1])[None, :]
+    rows = np.einsum("yokc,ok->yoc", crop[:, cols], q).astype(np.float32)  # exact sums
+    ys, yw = kernel_taps(h, out_h)
+    yw = yw / np.float32(QONE)
+    out = yw[:, 0, None, None] * rows[ys]
+    for k in range(1, yw.shape[1]):
+        out = out + yw[:, k, None, None] * rows[ys + k]
+    return np.clip(np.floor(out + np.float32(0.5)), 0, 255).astype(np.uint8)
+
+
 def gather(src: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, width: int) -> np.ndarray:
     """Reference for ``gather_into``: each record in a zero-padded row."""
     out = np.zeros((len(offsets), width), np.uint8)

@@ -77,10 +77,12 @@ def test_flip_is_exact_mirror(source: np.ndarray) -> None:
     np.testing.assert_array_equal(out, source[:, ::-1])
 
 
-def test_constant_image_stays_constant() -> None:
+@pytest.mark.parametrize("size", [(10, 13), (50, 61), (50, 13)],
+                         ids=["shrink", "enlarge", "enlarge-rows-shrink-columns"])
+def test_constant_image_stays_constant(size: tuple[int, int]) -> None:
     src = np.full((33, 47, 3), (12, 200, 255), np.uint8)
-    out = np.empty((10, 13, 3), np.uint8)
-    crop_resize_into(src, 0, 0, 33, 47, out)
+    out = np.empty((*size, 3), np.uint8)
+    crop_resize_into(src, 0, 0, 33, 47, out, True)
     assert (out == (12, 200, 255)).all()
 
 
@@ -192,3 +194,100 @@ def test_simd_paths_give_the_portable_pixels(photos: list[np.ndarray], dtype: ty
         set_simd(True)
     for a, b in zip(fast, portable, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+ENLARGING = {  # windows enlarged vertically: the integer horizontal pass
+    "enlarge": ((10, 10, 9, 13), (31, 40)),
+    "enlarge-one-axis": ((0, 0, 20, 60), (45, 30)),
+    "one-pixel": ((7, 9, 1, 1), (5, 4)),
+    "one-row": ((5, 0, 1, 60), (3, 17)),
+    "right-edge": ((21, 47, 19, 13), (40, 41)),
+    "odd-width": ((0, 1, 30, 33), (31, 37)),
+}
+
+
+@pytest.mark.parametrize("simd", [True, False], ids=["simd", "portable"])
+@pytest.mark.parametrize("flip", [False, True], ids=["noflip", "flip"])
+@pytest.mark.parametrize(("crop", "size"), ENLARGING.values(), ids=ENLARGING.keys())
+def test_enlarging_matches_the_exact_reference(source: np.ndarray, crop: tuple[int, ...],
+                                               size: tuple[int, int], flip: bool,
+                                               simd: bool) -> None:
+    from reference import crop_resize_enlarging
+
+    from fastforward._ext.resize import set_simd
+
+    out = np.full((*size, 3), 77, np.uint8)
+    set_simd(simd)
+    try:
+        crop_resize_into(source, *crop, out, flip)
+    finally:
+        set_simd(True)
+    np.testing.assert_array_equal(out, crop_resize_enlarging(source, *crop, *size, flip=flip))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 4])
+def test_enlarging_other_channel_counts_exactly(channels: int) -> None:
+    from reference import crop_resize_enlarging
+
+    src = np.random.default_rng(channels).integers(0, 256, (21, 34, channels), dtype=np.uint8)
+    out = np.empty((30, 41, channels), np.uint8)
+    crop_resize_into(src, 1, 2, 19, 30, out, True)
+    np.testing.assert_array_equal(out, crop_resize_enlarging(src, 1, 2, 19, 30, 30, 41, True))
+
+
+def test_enlarging_many_random_windows_exactly(photos: list[np.ndarray]) -> None:
+    from reference import crop_resize_enlarging
+
+    rng = np.random.default_rng(7)
+    image = np.ascontiguousarray(photos[2][:192, :256])
+    for _ in range(40):  # RandomResizedCrop-like windows of a 192x256 image onto 64x64
+        h, w = int(rng.integers(1, 64)), int(rng.integers(1, 256))
+        y0, x0 = int(rng.integers(0, 193 - h)), int(rng.integers(0, 257 - w))
+        flip = bool(rng.integers(2))
+        out = np.empty((64, 64, 3), np.uint8)
+        crop_resize_into(image, y0, x0, h, w, out, flip)
+        np.testing.assert_array_equal(
+            out, crop_resize_enlarging(image, y0, x0, h, w, 64, 64, flip),
+            err_msg=f"window {(y0, x0, h, w)}, flip {flip}")
+
+
+def test_enlarging_a_source_narrower_than_the_simd_reads() -> None:
+    from reference import crop_resize_enlarging
+
+    # rows of 12 bytes: each 16-byte read would run into the next row or past the end
+    src = np.random.default_rng(4).integers(0, 256, (40, 4, 3), dtype=np.uint8)
+    out = np.empty((50, 9, 3), np.uint8)
+    crop_resize_into(src, 3, 1, 37, 3, out, True)
+    np.testing.assert_array_equal(out, crop_resize_enlarging(src, 3, 1, 37, 3, 50, 9, True))
+
+
+def test_enlarging_reads_nothing_past_the_source() -> None:
+    # A source whose last byte ends a page, with an unreadable page after it:
+    # a read past the source crashes the child process.
+    import subprocess
+    import sys
+
+    code = """
+import ctypes, mmap
+import numpy as np
+from fastforward._ext.resize import crop_resize_into
+page = mmap.PAGESIZE
+memory = mmap.mmap(-1, 2 * page)
+address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+assert libc.mprotect(ctypes.c_void_p(address + page), page, 0) == 0  # PROT_NONE
+for width in (5, 7, 40):
+    for h, w in ((1, width), (2, width - 1)):
+        size = 9 * width * 3
+        src = np.frombuffer(memory, np.uint8, size, page - size).reshape(9, width, 3)
+        src[:] = np.arange(size, dtype=np.uint8).reshape(src.shape)
+        out = np.empty((12, 2 * width + 1, 3), np.uint8)
+        crop_resize_into(src, 9 - h, width - w, h, w, out, False)
+        crop_resize_into(src, 9 - h, width - w, h, w, out, True)
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -56,11 +56,6 @@ FF_VSUM(ff_vsum_u8, uint8_t)
 FF_VSUM(ff_vsum_f32, float)
 #undef FF_VSUM
 
-/* out[i] = src[i] as floats */
-FF_CLONES static void ff_u8_to_f32(const uint8_t *restrict src, float *restrict out, ptrdiff_t n) {
-    for (ptrdiff_t i = 0; i < n; i++) out[i] = (float)src[i];
-}
-
 #if defined(__SSE2__)
 static inline void ff_store16(void *out, __m128i v) { _mm_storeu_si128((__m128i *)out, v); }
 #endif
@@ -148,6 +143,130 @@ FF_CLONES static void ff_hpass(const float *restrict row, const int *restrict st
             o[ch] = acc;
         }
     }
+}
+
+/* ---- The horizontal pass of the enlarging path, in integers.
+ *
+ * Each output pixel's taps are whole numbers summing to FF_QONE (see
+ * _quantize in resize.pyx). The pass reads the uint8 row as it is (no float
+ * copy of it) and writes each channel's exact sum  sum_k q[k] * pixel[k]  as a
+ * float: at most 255 * FF_QONE < 2^24, so the float holds it exactly, and
+ * every CPU, SIMD or not, gives the same values. The vertical step divides by
+ * FF_QONE (its weights are pre-scaled). */
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
+#define FF_QBITS 14
+#define FF_QONE (1 << FF_QBITS)
+
+FF_CLONES static void ff_hpass_q(const uint8_t *restrict row, const int *restrict start, int used,
+                                 const int16_t *restrict q, int taps, ptrdiff_t ow, ptrdiff_t c,
+                                 float *restrict out) {
+    for (ptrdiff_t x = 0; x < ow; x++) {
+        const uint8_t *restrict p = row + (ptrdiff_t)start[x] * c;
+        const int16_t *restrict wt = q + x * taps;
+        for (ptrdiff_t ch = 0; ch < c; ch++) {
+            int32_t acc = 0;
+            for (int k = 0; k < used; k++) acc += (int32_t)wt[k] * p[k * c + ch];
+            out[x * c + ch] = (float)acc;
+        }
+    }
+}
+
+/* The table ff_hpass_q3_avx2 reads: for output pixels 2i and 2i + 1 and taps
+ * 2j and 2j + 1, 16 int16 at qwide[(i * pairs + j) * 16]: pixel 2i's two taps
+ * three times over, then 0, 0, then the same for pixel 2i + 1 (0 past the end
+ * and for a tap past `used`). (ow + 1) / 2 * pairs * 16 int16, pairs =
+ * (used + 1) / 2. */
+static inline void ff_widen_qtaps(const int16_t *restrict q, int taps, int used, ptrdiff_t ow,
+                                  int16_t *restrict qwide) {
+    const int pairs = (used + 1) / 2;
+    for (ptrdiff_t i = 0; i < (ow + 1) / 2 * pairs * 16; i++) qwide[i] = 0;
+    for (ptrdiff_t x = 0; x < ow; x++)
+        for (int k = 0; k < used; k++)
+            for (int ch = 0; ch < 3; ch++)
+                qwide[((x / 2) * pairs + k / 2) * 16 + (x % 2) * 8 + ch * 2 + k % 2] =
+                    q[x * taps + k];
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* ff_hpass_q for 3 channels, two output pixels per register. For each pair of
+ * taps, 16 bytes are read at each pixel's first tap (6 are used), spread into
+ * int16 [r0 r1 g0 g1 b0 b1 0 0] by one shuffle and multiplied by the taps with
+ * pmaddwd: the channel sums of the pair, as int32. So up to 13 bytes past the
+ * last pixel's taps are read: the caller makes sure they are there. */
+#define FF_QPAIR(P)                                                                  \
+    for (; x + 2 <= ow; x += 2) {                                                    \
+        const uint8_t *restrict p0 = row + (ptrdiff_t)start[x] * 3;                  \
+        const uint8_t *restrict p1 = row + (ptrdiff_t)start[x + 1] * 3;              \
+        const __m256i *restrict wt = (const __m256i *)(qwide + (x / 2) * (P) * 16);  \
+        __m256i acc = _mm256_madd_epi16(                                             \
+            _mm256_shuffle_epi8(_mm256_loadu2_m128i((const __m128i *)p1,             \
+                                                    (const __m128i *)p0), spread),   \
+            _mm256_loadu_si256(wt));                                                 \
+        for (int j = 1; j < (P); j++)                                                \
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(                           \
+                _mm256_shuffle_epi8(_mm256_loadu2_m128i((const __m128i *)(p1 + 6 * j), \
+                                                        (const __m128i *)(p0 + 6 * j)), \
+                                    spread),                                         \
+                _mm256_loadu_si256(wt + j)));                                        \
+        __m256 f = _mm256_cvtepi32_ps(acc);                                          \
+        _mm_storeu_ps(out + x * 3, _mm256_castps256_ps128(f));                       \
+        _mm_storeu_ps(out + x * 3 + 3, _mm256_extractf128_ps(f, 1));                 \
+    }
+
+__attribute__((target("avx2")))
+static void ff_hpass_q3_avx2(const uint8_t *restrict row, const int *restrict start, int used,
+                             const int16_t *restrict qwide, ptrdiff_t ow, float *restrict out) {
+    const int pairs = (used + 1) / 2;
+    const __m256i spread = _mm256_setr_epi8(
+        0, -128, 3, -128, 1, -128, 4, -128, 2, -128, 5, -128, -128, -128, -128, -128,
+        0, -128, 3, -128, 1, -128, 4, -128, 2, -128, 5, -128, -128, -128, -128, -128);
+    ptrdiff_t x = 0;
+    switch (pairs) { /* constant trip counts for the common cases: unrolled */
+    case 1: FF_QPAIR(1) break;
+    case 2: FF_QPAIR(2) break;
+    default: FF_QPAIR(pairs) break;
+    }
+    if (x < ow) { /* an odd last pixel: the low halves */
+        const uint8_t *restrict p = row + (ptrdiff_t)start[x] * 3;
+        const int16_t *restrict wt = qwide + (x / 2) * pairs * 16;
+        __m128i acc = _mm_setzero_si128();
+        for (int j = 0; j < pairs; j++) {
+            __m128i v = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 6 * j)),
+                                         _mm256_castsi256_si128(spread));
+            acc = _mm_add_epi32(acc, _mm_madd_epi16(v, _mm_loadu_si128((const __m128i *)(wt + 16 * j))));
+        }
+        _mm_storeu_ps(out + x * 3, _mm_cvtepi32_ps(acc));
+    }
+}
+#undef FF_QPAIR
+#endif
+
+/* Ask for the n bytes at p to be brought into the cache (no-op elsewhere). */
+static inline void ff_prefetch(const void *p, ptrdiff_t n) {
+#if defined(__GNUC__)
+    for (ptrdiff_t i = 0; i < n; i += 64) __builtin_prefetch((const char *)p + i, 0, 3);
+#else
+    (void)p; (void)n;
+#endif
+}
+
+/* The integer horizontal pass: the AVX2 form for 3 channels where it runs
+ * (qwide != NULL), else the portable one. The same floats either way. */
+static inline void ff_hpass_q_any(const uint8_t *restrict row, const int *restrict start,
+                                  int used, const int16_t *restrict q,
+                                  const int16_t *restrict qwide, int taps, ptrdiff_t ow,
+                                  ptrdiff_t c, float *restrict out) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (qwide != NULL) {
+        ff_hpass_q3_avx2(row, start, used, qwide, ow, out);
+        return;
+    }
+#endif
+    ff_hpass_q(row, start, used, q, taps, ow, c, out);
 }
 
 /* ---- float outputs: the uint8 value (rounded, clamped: exactly what a uint8
@@ -280,17 +399,6 @@ static inline int ff_has_avx2(void) {
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-/* out[i] = src[i] as floats, 8 at a time */
-__attribute__((target("avx2")))
-static void ff_u8_to_f32_avx2(const uint8_t *restrict src, float *restrict out, ptrdiff_t n) {
-    ptrdiff_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(src + i)));
-        _mm256_storeu_ps(out + i, _mm256_cvtepi32_ps(v));
-    }
-    for (; i < n; i++) out[i] = (float)src[i];
-}
-
 /* Two filtered rows combined and written out in one pass (the vertical step
  * when enlarging): out[i] = emit(w0 * a[i] + w1 * b[i]), as ff_vsum_f32 then
  * the ff_row_to_* of the output type would give, without the float row. */
@@ -324,7 +432,6 @@ static void ff_vsum2_float_avx2(const float *restrict a, const float *restrict b
                                 float w1, ptrdiff_t n, const float *restrict mul,
                                 const float *restrict add, int half_out, void *restrict out) {
     const __m256 w0v = _mm256_set1_ps(w0), w1v = _mm256_set1_ps(w1), half = _mm256_set1_ps(0.5f);
-    const __m256 lo = _mm256_set1_ps(0.0f), hi = _mm256_set1_ps(255.0f);
     float m[24], d[24];
     for (int k = 0; k < 24; k++) { m[k] = mul[k % 3]; d[k] = add[k % 3]; }
     const int affine = !ff_is_plain(mul, add);
@@ -333,7 +440,10 @@ static void ff_vsum2_float_avx2(const float *restrict a, const float *restrict b
     ptrdiff_t i = 0;
     for (; i + 24 <= n; i += 24) {
         for (int j = 0; j < 24; j += 8) {
-            __m256 v = FF_PIX8(FF_V2(i + j));
+            /* ff_pixel without its clamp, which would change nothing: weights
+             * and rows are >= 0, and the sum is a weighted mean of pixels (to
+             * a float's rounding), so v + 0.5 is in [0.5, 256) */
+            __m256 v = _mm256_floor_ps(_mm256_add_ps(FF_V2(i + j), half));
             if (affine)
                 v = _mm256_add_ps(_mm256_mul_ps(v, _mm256_loadu_ps(m + j)), _mm256_loadu_ps(d + j));
             if (half_out)
@@ -440,17 +550,6 @@ static inline int ff_vsum2_emit(const float *a, const float *b, float w0, float 
     (void)a; (void)b; (void)w0; (void)w1; (void)n; (void)c; (void)kind; (void)mul; (void)add;
     (void)out;
     return 0;
-}
-
-static inline void ff_u8_to_f32_any(const uint8_t *restrict src, float *restrict out,
-                                    ptrdiff_t n) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (ff_has_avx2()) {
-        ff_u8_to_f32_avx2(src, out, n);
-        return;
-    }
-#endif
-    ff_u8_to_f32(src, out, n);
 }
 
 static inline void ff_row_to_f16(const float *restrict src, uint16_t *restrict out, ptrdiff_t n,
