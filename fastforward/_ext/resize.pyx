@@ -27,6 +27,7 @@ up and clamped to 0..255 before any float conversion, and every CPU gives the
 same pixels (``set_simd`` tests that).
 """
 
+cimport cython
 from libc.math cimport floor
 from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t
 from libc.stdlib cimport free, malloc, realloc
@@ -84,6 +85,7 @@ cdef inline size_t _filter_bytes(int n, int m) noexcept nogil:
     return <size_t>m * (2 * sizeof(int) + _taps(n, m) * (sizeof(float) + sizeof(int16_t)))
 
 
+@cython.cdivision(True)  # operands >= 0 (and divisors > 0): C's / and % agree
 cdef char* _make_filter(Filter* f, int n, int m, char* memory, bint mirror) noexcept nogil:
     """Fill ``f`` with the taps that map ``n`` input pixels onto ``m``, in the
     ``_filter_bytes(n, m)`` bytes at *memory*; return the first byte after them.
@@ -137,6 +139,7 @@ cdef char* _make_filter(Filter* f, int n, int m, char* memory, bint mirror) noex
     return memory + _filter_bytes(n, m)
 
 
+@cython.cdivision(True)  # operands >= 0 (and divisors > 0): C's / and % agree
 cdef void _quantize(Filter* f, int m) noexcept nogil:
     """Fill ``f.q``: each weight times FF_QONE, rounded, the largest tap of each
     output pixel taking what rounding lost, so every pixel's taps sum to
@@ -373,6 +376,7 @@ cdef inline void _emit(const float* row, char* out, Py_ssize_t n, Py_ssize_t c, 
         ff_row_to_f32(row, <float*>out, n, c, mul, add)
 
 
+@cython.cdivision(True)  # operands >= 0 (and divisors > 0): C's / and % agree
 cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0,
                       Py_ssize_t h, Py_ssize_t w, char* out, Py_ssize_t row_bytes,
                       Py_ssize_t oh, Py_ssize_t ow, int kind, bint flip,
