@@ -38,7 +38,7 @@ def crop_resize(src: np.ndarray, y0: int, x0: int, h: int, w: int,
     crop = src[y0 : y0 + h, x0 : x0 + w].astype(np.float64)
     rows = filter_matrix(h, out_h)
     cols = filter_matrix(w, out_w)
-    out = np.einsum("oh,hwc,pw->opc", rows, crop, cols)
+    out = np.einsum("oh,hwc,pw->opc", rows, crop, cols, optimize=True)
     if flip:
         out = out[:, ::-1]
     return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
@@ -106,12 +106,14 @@ def quantize(weights: np.ndarray) -> np.ndarray:
 def crop_resize_enlarging(src: np.ndarray, y0: int, x0: int, h: int, w: int,
                           out_h: int, out_w: int, flip: bool = False) -> np.ndarray:
     """Exact reference for ``crop_resize_into`` when the window is enlarged
-    vertically (``h < out_h``): the horizontal pass in whole numbers (taps from
+    vertically (``h < out_h``) and the horizontal filter has at most 4 taps
+    (``w < 3 * out_w``, about): the horizontal pass in whole numbers (taps from
     ``quantize``), the vertical one in float32 with its weights divided by QONE,
     then rounded half up. Returns uint8 ``(out_h, out_w, channels)``."""
     assert h < out_h
     crop = src[y0 : y0 + h, x0 : x0 + w].astype(np.int64)
     xs, xw = kernel_taps(w, out_w, flip)
+    assert xw.shape[1] <= 4, "wider horizontal filters stay float in the kernel"
     q = quantize(xw)
     cols = xs[:, None] + np.arange(q.shape[1])[None, :]
     rows = np.einsum("yokc,ok->yoc", crop[:, cols], q).astype(np.float32)  # exact sums

@@ -446,12 +446,18 @@ def test_break_close_and_context_manager_stop_everything(scalars: Path) -> None:
 def test_ctrl_c_stops_the_threads(scalars: Path) -> None:
     loader = index_loader(scalars, batch_size=1, pipelines={
         "index": [IntDecoder(), Sleepy(0.05)], "value": None})
+    # Python's own handler, even where SIGINT came in ignored (a job started
+    # with & by a non-interactive shell)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        for _ in loader:
-            pass
-    timer.join()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for _ in loader:
+                pass
+    finally:
+        timer.join()
+        signal.signal(signal.SIGINT, previous)
     assert fastforward_threads() == []
 
 

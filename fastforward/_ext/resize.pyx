@@ -17,14 +17,15 @@ Filters, per axis, for an input length ``n`` and an output length ``m``:
   pixel centres (half-pixel centres, edges clamped).
 
 Arithmetic: float32, with one exception. When the window is enlarged
-vertically (the crop decoders' usual case), the horizontal pass runs first, in
+vertically (the crop decoders' usual case), the horizontal pass runs first; if
+its filter has at most 4 taps (enlarging, or shrinking under 3x) it runs in
 integers: its taps are rounded to whole numbers summing to 2^14, and each
 filtered value is an exact integer sum. That pass reads the uint8 rows as they
 are, two output pixels' taps per AVX2 multiply-add. Against exact arithmetic,
 the rounding of the taps moves about 0.02% of output pixels of photographs by
-one level. Every output is rounded half
-up and clamped to 0..255 before any float conversion, and every CPU gives the
-same pixels (``set_simd`` tests that).
+one level. Every output is rounded half up and clamped to 0..255 before any
+float conversion, and every CPU gives the same pixels (``set_simd`` tests
+that).
 """
 
 cimport cython
@@ -50,6 +51,8 @@ cdef extern from "resize_kernels.h" nogil:
     void ff_hpass(const float* row, const int* start, int used, const float* weight, int taps,
                   Py_ssize_t ow, Py_ssize_t c, float* out)
     int FF_QONE
+    int FF_QMAX_TAPS
+    void ff_u8_to_f32_any(const uint8_t* src, float* out, Py_ssize_t n)
     void ff_prefetch(const void* p, Py_ssize_t n)
     void ff_widen_qtaps(const int16_t* q, int taps, int used, Py_ssize_t ow, int16_t* qwide)
     void ff_hpass_q_any(const uint8_t* row, const int* start, int used, const int16_t* q,
@@ -143,8 +146,8 @@ cdef char* _make_filter(Filter* f, int n, int m, char* memory, bint mirror) noex
 cdef void _quantize(Filter* f, int m) noexcept nogil:
     """Fill ``f.q``: each weight times FF_QONE, rounded, the largest tap of each
     output pixel taking what rounding lost, so every pixel's taps sum to
-    FF_QONE exactly (a flat image stays flat). Each is off by at most 2^-15
-    (plus the share of the rounding the largest takes)."""
+    FF_QONE exactly (a flat image stays flat). Used only for filters of at
+    most FF_QMAX_TAPS taps, where none can go negative (see there)."""
     cdef int i, k, total, largest
     cdef int16_t* q
     for i in range(m):
@@ -217,9 +220,9 @@ cdef inline size_t _align(size_t n) noexcept nogil:
 cdef size_t _scratch_bytes(Py_ssize_t h, Py_ssize_t w, Py_ssize_t oh, Py_ssize_t ow,
                            Py_ssize_t c) noexcept nogil:
     """Bytes `_crop_resize` needs: both filters, then float rows (see there)."""
-    # enlarging: an output row and a ring of 2 filtered rows; shrinking: an
-    # input row and an output row
-    cdef size_t rows = (ow * c + 2 * (ow * c + 4)) if h < oh else (w * c + ow * c)
+    # an input row as floats, an output row, and when enlarging a ring of 2
+    # filtered rows
+    cdef size_t rows = w * c + ow * c + (2 * (ow * c + 4) if h < oh else 0)
     cdef size_t wide = _align((ow + 1) // 2 * _taps(<int>w, <int>ow) * 8 * sizeof(float))
     # the integer pass's table, and a copy of a source row with 16 bytes of slack
     wide += _align((ow + 1) // 2 * ((_taps(<int>w, <int>ow) + 1) // 2) * 16 * sizeof(int16_t))
@@ -402,15 +405,16 @@ cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0
     cdef int16_t* qwide = NULL
     cdef uint8_t* rowcopy
     cdef const uint8_t* row
-    cdef bint copy_every
+    cdef bint copy_every, integer
     cdef char* memory = scratch
     memory = _make_filter(&fx, <int>w, <int>ow, memory, flip)
     memory = scratch + _align(memory - scratch)
     memory = _make_filter(&fy, <int>h, <int>oh, memory, False)
     memory = scratch + _align(memory - scratch)
+    integer = h < oh and fx.used <= FF_QMAX_TAPS  # the horizontal pass in integers
     wide = NULL  # the SIMD tables of the horizontal pass, float or integer
     if c == 3 and ff_has_avx2():
-        if h < oh:
+        if integer:
             qwide = <int16_t*>(memory + _align((ow + 1) // 2 * fx.taps * 8 * sizeof(float)))
             ff_widen_qtaps(fx.q, fx.taps, fx.used, ow, qwide)
         else:
@@ -432,7 +436,7 @@ cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0
             # when enlarging), and they only move down: the input rows are
             # filtered as they are first needed, into a ring of fy.used rows
             # that stays in the L1 cache. Each row is filtered once.
-            outrow = tmp
+            outrow = tmp + in_stride
             hrows = outrow + out_stride
             # The SIMD form reads up to 16 bytes past a row's last pixel. In a
             # C-contiguous source, rows with a whole row after them have those
@@ -440,18 +444,25 @@ cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0
             # copied first.
             copy_every = src.shape[1] * c < 16
             memset(rowcopy + in_stride, 0, 16)
-            for k in range(oh * fy.taps):  # the vertical weights undo the FF_QONE
-                fy.weight[k] /= FF_QONE
+            if integer:
+                for k in range(oh * fy.taps):  # the vertical weights undo the FF_QONE
+                    fy.weight[k] /= FF_QONE
             ff_prefetch(window, in_stride)
             if h > 1:
                 ff_prefetch(window + src_stride, in_stride)
             y = 0  # the input rows above y are filtered
             for oy in range(oh):
                 while y < fy.start[oy] + fy.used:
-                    # horizontal, in integers: each value a sum of FF_QONE-weighted pixels
                     row = window + y * src_stride
                     if y + 2 < h:  # reading a row straight from the L2 cache is slow
                         ff_prefetch(row + 2 * src_stride, in_stride)
+                    if not integer:  # float: the row as floats, then the taps
+                        ff_u8_to_f32_any(row, tmp, in_stride)
+                        ff_hpass_any(tmp, fx.start, fx.used, fx.weight, wide, fx.taps, ow, c,
+                                     hrows + (y % fy.used) * ring_stride)
+                        y += 1
+                        continue
+                    # integer: each value a sum of FF_QONE-weighted pixels
                     if qwide != NULL and (copy_every or y0 + y == src.shape[0] - 1):
                         memcpy(rowcopy, row, in_stride)
                         row = rowcopy

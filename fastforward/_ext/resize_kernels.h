@@ -56,6 +56,11 @@ FF_VSUM(ff_vsum_u8, uint8_t)
 FF_VSUM(ff_vsum_f32, float)
 #undef FF_VSUM
 
+/* out[i] = src[i] as floats */
+FF_CLONES static void ff_u8_to_f32(const uint8_t *restrict src, float *restrict out, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) out[i] = (float)src[i];
+}
+
 #if defined(__SSE2__)
 static inline void ff_store16(void *out, __m128i v) { _mm_storeu_si128((__m128i *)out, v); }
 #endif
@@ -160,6 +165,11 @@ FF_CLONES static void ff_hpass(const float *restrict row, const int *restrict st
 
 #define FF_QBITS 14
 #define FF_QONE (1 << FF_QBITS)
+/* The integer pass serves filters of at most this many taps (enlarging, or
+ * shrinking under 3x). Rounding moves each tap by at most 1/2, and the largest
+ * (at least FF_QONE / 4) takes the sum's error (at most 2): so no tap goes
+ * negative and a pixel is within 0.1 level of exact. Wider filters stay float. */
+#define FF_QMAX_TAPS 4
 
 FF_CLONES static void ff_hpass_q(const uint8_t *restrict row, const int *restrict start, int used,
                                  const int16_t *restrict q, int taps, ptrdiff_t ow, ptrdiff_t c,
@@ -399,6 +409,17 @@ static inline int ff_has_avx2(void) {
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
+/* out[i] = src[i] as floats, 8 at a time */
+__attribute__((target("avx2")))
+static void ff_u8_to_f32_avx2(const uint8_t *restrict src, float *restrict out, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(src + i)));
+        _mm256_storeu_ps(out + i, _mm256_cvtepi32_ps(v));
+    }
+    for (; i < n; i++) out[i] = (float)src[i];
+}
+
 /* Two filtered rows combined and written out in one pass (the vertical step
  * when enlarging): out[i] = emit(w0 * a[i] + w1 * b[i]), as ff_vsum_f32 then
  * the ff_row_to_* of the output type would give, without the float row. */
@@ -440,9 +461,11 @@ static void ff_vsum2_float_avx2(const float *restrict a, const float *restrict b
     ptrdiff_t i = 0;
     for (; i + 24 <= n; i += 24) {
         for (int j = 0; j < 24; j += 8) {
-            /* ff_pixel without its clamp, which would change nothing: weights
-             * and rows are >= 0, and the sum is a weighted mean of pixels (to
-             * a float's rounding), so v + 0.5 is in [0.5, 256) */
+            /* ff_pixel without its clamp, which would change nothing: this
+             * step only runs after a horizontal pass whose taps are >= 0
+             * (float, or integer with at most FF_QMAX_TAPS), so the rows and
+             * the weights are >= 0, and the sum is a weighted mean of pixels
+             * (to a float's rounding): v + 0.5 is in [0.5, 256) */
             __m256 v = _mm256_floor_ps(_mm256_add_ps(FF_V2(i + j), half));
             if (affine)
                 v = _mm256_add_ps(_mm256_mul_ps(v, _mm256_loadu_ps(m + j)), _mm256_loadu_ps(d + j));
@@ -550,6 +573,17 @@ static inline int ff_vsum2_emit(const float *a, const float *b, float w0, float 
     (void)a; (void)b; (void)w0; (void)w1; (void)n; (void)c; (void)kind; (void)mul; (void)add;
     (void)out;
     return 0;
+}
+
+static inline void ff_u8_to_f32_any(const uint8_t *restrict src, float *restrict out,
+                                    ptrdiff_t n) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (ff_has_avx2()) {
+        ff_u8_to_f32_avx2(src, out, n);
+        return;
+    }
+#endif
+    ff_u8_to_f32(src, out, n);
 }
 
 static inline void ff_row_to_f16(const float *restrict src, uint16_t *restrict out, ptrdiff_t n,
