@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -297,11 +298,11 @@ def test_enlarging_rows_while_shrinking_columns_a_lot(ratio: int) -> None:
         np.testing.assert_array_equal(results[0], results[3])  # SIMD and portable agree
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="mprotect through ctypes: Linux")
 def test_enlarging_reads_nothing_past_the_source(tmp_path: Path) -> None:
     # A source whose last byte ends a page, with an unreadable page after it:
     # a read past the source crashes the child process.
     import subprocess
-    import sys
 
     code = """
 import ctypes, mmap
