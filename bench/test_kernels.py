@@ -51,7 +51,7 @@ def test_decode_then_resize(benchmark, beton: Path, rounds: int, pipeline: str) 
     rng = np.random.default_rng(0)
     if pipeline == "a":
         windows = [(*get_center_crop(h, w, 224 / 256), False) for h, w in shapes]
-        out = np.empty((224, 224, 3), np.uint8)
+        out = np.zeros((224, 224, 3), np.uint8)  # zeros: a window not written shows
     else:
         windows = [(*get_random_crop(h, w, (0.08, 1.0), (3 / 4, 4 / 3), rng.random(22)),
                     bool(rng.random() < 0.5)) for h, w in shapes]
@@ -67,9 +67,8 @@ def test_decode_then_resize(benchmark, beton: Path, rounds: int, pipeline: str) 
     record(key, "decode", Measurement(f"decode only (fastdct, 1 thread; {decode * 1e6:.0f} µs)",
                                       1, decode))
     record(key, "fastforward", Measurement(f"decode + {what} ({both * 1e6:.0f} µs)", 1, both))
-    assert 0 < decode < both * 10
-    # the last window's pixels were written: whole values in 0..255
+    # the last window's pixels were written: whole values in 0..255, not all 0
     values = out.astype(np.float64)
     assert np.array_equal(values, np.round(values))
     assert values.min() >= 0
-    assert values.max() <= 255
+    assert 0 < values.max() <= 255
