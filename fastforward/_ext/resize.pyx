@@ -217,16 +217,24 @@ cdef inline size_t _align(size_t n) noexcept nogil:
     return (n + 63) & ~(<size_t>63)
 
 
+cdef inline size_t _wide_bytes(Py_ssize_t w, Py_ssize_t ow) noexcept nogil:
+    """The float horizontal pass's SIMD table (ff_widen_taps), aligned."""
+    return _align((ow + 1) // 2 * _taps(<int>w, <int>ow) * 8 * sizeof(float))
+
+
+cdef inline size_t _qwide_bytes(Py_ssize_t w, Py_ssize_t ow) noexcept nogil:
+    """The integer horizontal pass's SIMD table (ff_widen_qtaps, taps in pairs), aligned."""
+    return _align((ow + 1) // 2 * ((_taps(<int>w, <int>ow) + 1) // 2) * 16 * sizeof(int16_t))
+
+
 cdef size_t _scratch_bytes(Py_ssize_t h, Py_ssize_t w, Py_ssize_t oh, Py_ssize_t ow,
                            Py_ssize_t c) noexcept nogil:
     """Bytes `_crop_resize` needs: both filters, then float rows (see there)."""
     # an input row as floats, an output row, and when enlarging a ring of 2
     # filtered rows
     cdef size_t rows = w * c + ow * c + (2 * (ow * c + 4) if h < oh else 0)
-    cdef size_t wide = _align((ow + 1) // 2 * _taps(<int>w, <int>ow) * 8 * sizeof(float))
-    # the integer pass's table, and a copy of a source row with 16 bytes of slack
-    wide += _align((ow + 1) // 2 * ((_taps(<int>w, <int>ow) + 1) // 2) * 16 * sizeof(int16_t))
-    wide += _align(w * c + 16)
+    # both SIMD tables, and a copy of a source row with 16 bytes of slack
+    cdef size_t wide = _wide_bytes(w, ow) + _qwide_bytes(w, ow) + _align(w * c + 16)
     # + 4 floats: slack for the 4-wide loads and stores of the horizontal pass
     return (_align(_filter_bytes(<int>w, <int>ow)) + _align(_filter_bytes(<int>h, <int>oh))
             + wide + (rows + 4) * sizeof(float) + 64)
@@ -415,13 +423,12 @@ cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0
     wide = NULL  # the SIMD tables of the horizontal pass, float or integer
     if c == 3 and ff_has_avx2():
         if integer:
-            qwide = <int16_t*>(memory + _align((ow + 1) // 2 * fx.taps * 8 * sizeof(float)))
+            qwide = <int16_t*>(memory + _wide_bytes(w, ow))
             ff_widen_qtaps(fx.q, fx.taps, fx.used, ow, qwide)
         else:
             wide = <float*>memory
             ff_widen_taps(fx.weight, fx.taps, fx.used, ow, wide)
-    memory += _align((ow + 1) // 2 * fx.taps * 8 * sizeof(float))
-    memory += _align((ow + 1) // 2 * ((fx.taps + 1) // 2) * 16 * sizeof(int16_t))
+    memory += _wide_bytes(w, ow) + _qwide_bytes(w, ow)
     rowcopy = <uint8_t*>memory
     memory += _align(w * c + 16)
     tmp = <float*>memory
@@ -456,18 +463,16 @@ cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0
                     row = window + y * src_stride
                     if y + 2 < h:  # reading a row straight from the L2 cache is slow
                         ff_prefetch(row + 2 * src_stride, in_stride)
-                    if not integer:  # float: the row as floats, then the taps
+                    if integer:  # each value a sum of FF_QONE-weighted pixels
+                        if qwide != NULL and (copy_every or y0 + y == src.shape[0] - 1):
+                            memcpy(rowcopy, row, in_stride)
+                            row = rowcopy
+                        ff_hpass_q_any(row, fx.start, fx.used, fx.q, qwide, fx.taps, ow, c,
+                                       hrows + (y % fy.used) * ring_stride)
+                    else:  # float: the row as floats, then the taps
                         ff_u8_to_f32_any(row, tmp, in_stride)
                         ff_hpass_any(tmp, fx.start, fx.used, fx.weight, wide, fx.taps, ow, c,
                                      hrows + (y % fy.used) * ring_stride)
-                        y += 1
-                        continue
-                    # integer: each value a sum of FF_QONE-weighted pixels
-                    if qwide != NULL and (copy_every or y0 + y == src.shape[0] - 1):
-                        memcpy(rowcopy, row, in_stride)
-                        row = rowcopy
-                    ff_hpass_q_any(row, fx.start, fx.used, fx.q, qwide, fx.taps, ow, c,
-                                   hrows + (y % fy.used) * ring_stride)
                     y += 1
                 # vertical: combine the filtered rows
                 for k in range(fy.used):

@@ -335,8 +335,6 @@ static inline uint16_t ff_f32_to_f16_soft(float value) {
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-
 /* ff_pixel on 8 floats, in functions that define `half`, `lo` and `hi` */
 #define FF_PIX8(v) _mm256_min_ps(_mm256_max_ps(_mm256_floor_ps(_mm256_add_ps((v), half)), lo), hi)
 
