@@ -36,6 +36,18 @@ try:
 except ImportError:  # pragma: no cover - a declared dependency
     simplejpeg = None
 
+try:  # built where libjpeg-turbo was available at build time (see setup.py)
+    from .._ext import jpeg as _region
+except ModuleNotFoundError as _exc:  # built without it: whole images through simplejpeg
+    if _exc.name != "fastforward._ext.jpeg":
+        raise
+    _region = None
+
+CROP_DECODING = (f"region (libjpeg-turbo {_region.LIBJPEG_TURBO_VERSION})" if _region is not None
+                 else "whole image (simplejpeg)")
+"""How the crop decoders decode JPEGs in this build: only the crop's region with the
+libjpeg-turbo linked in at build time, or the whole image with simplejpeg."""
+
 IMAGE_MODES = {"jpg": 0, "raw": 1}
 RGB_METADATA = np.dtype(
     [("mode", "u1"), ("width", "<u2"), ("height", "<u2"), ("data_ptr", "<u8")]
@@ -291,11 +303,20 @@ def decode_stored_image(
 
 
 class _Scratch:
-    """A decode buffer (grown to the largest image) and a resize workspace."""
+    """A decode buffer (grown to the largest image), a resize workspace and, in
+    builds with region decoding, a libjpeg decoder (made on first use)."""
 
     def __init__(self) -> None:
         self.buffer = np.empty(0, np.uint8)
         self.workspace = Workspace()
+        self._jpeg: Any = None
+
+    @property
+    def jpeg(self) -> Any:
+        """This scratch's ``JpegDecoder`` (region decoding builds only)."""
+        if self._jpeg is None:
+            self._jpeg = _region.JpegDecoder()
+        return self._jpeg
 
     def get(self, nbytes: int) -> np.ndarray:
         if self.buffer.size < nbytes:
@@ -465,13 +486,26 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
         crops = np.ascontiguousarray(self.crops(heights, widths, None if u is None else u[lo:hi]),
                                      dtype=np.int64)
         source, offsets, sizes = context.data.field(self.field_index)
+        raw = (modes == IMAGE_MODES["raw"]).view(np.uint8)
+        if _region is not None:
+            # decode only each crop's region, crop and resize: the whole range without the GIL
+            with self._scratch.lend() as scratch:
+                failed = _region.decode_crop_resize_range(
+                    scratch.jpeg, source, np.ascontiguousarray(offsets[lo:hi], np.uint64),
+                    np.ascontiguousarray(sizes[lo:hi], np.uint64), raw, heights, widths,
+                    crops, flips, destination[lo:hi], scale, bias, scratch.workspace,
+                    self.fastdct)
+            if failed is not None:
+                k, message = failed
+                raise self.fail(DecodeError(message), context, lo + k)
+            return
         with self._scratch.lend() as scratch:
             jpeg = modes == IMAGE_MODES["jpg"]
             largest = int((heights * widths)[jpeg].max()) * 3 if jpeg.any() else 0
             decode_crop_resize_range(
                 require_simplejpeg().decode_jpeg, self.fastdct, scratch.get(largest), source,
                 offsets[lo:hi].astype(np.int64), sizes[lo:hi].astype(np.int64),
-                (modes == IMAGE_MODES["raw"]).view(np.uint8), heights, widths, crops, flips,
+                raw, heights, widths, crops, flips,
                 destination[lo:hi], scale, bias, scratch.workspace,
                 lambda exc, k: self.fail(exc, context, lo + k))
 
