@@ -10,30 +10,12 @@ image (today's path), and at a DCT scale M/8 < 1 within a stated tolerance.
 from __future__ import annotations
 
 import io
-import os
-import platform
-import sys
 
 import numpy as np
 import pytest
 import simplejpeg
 
 from fastforward._ext.resize import Workspace, crop_resize_into
-from fastforward.fields import rgb_image
-
-
-def test_default_build_has_region_decoding() -> None:
-    """On Linux x86_64 the default build links libjpeg-turbo; FASTFORWARD_LIBJPEG=0
-    builds (tox's nolibjpeg) fall back to whole images through simplejpeg."""
-    if os.environ.get("FASTFORWARD_LIBJPEG") == "0":
-        assert rgb_image._region is None
-        assert rgb_image.CROP_DECODING == "whole image (simplejpeg)"
-    elif sys.platform == "linux" and platform.machine() == "x86_64":
-        assert rgb_image._region is not None
-        assert rgb_image.CROP_DECODING == "region (libjpeg-turbo 3.1.0)"
-    else:
-        pytest.skip("no libjpeg-turbo build-time wheel for this platform")
-
 
 jpeg = pytest.importorskip("fastforward._ext.jpeg", reason="built without libjpeg-turbo")
 

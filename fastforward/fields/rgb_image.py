@@ -8,6 +8,7 @@ RGBA inputs are converted to RGB (alpha is dropped); anything else is refused.
 
 from __future__ import annotations
 
+import importlib
 import math
 import threading
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ except ImportError:  # pragma: no cover - a declared dependency
     simplejpeg = None
 
 try:  # built where libjpeg-turbo was available at build time (see setup.py)
-    from .._ext import jpeg as _region
+    _region: Any = importlib.import_module("fastforward._ext.jpeg")
 except ModuleNotFoundError as _exc:  # built without it: whole images through simplejpeg
     if _exc.name != "fastforward._ext.jpeg":
         raise
