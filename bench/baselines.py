@@ -31,6 +31,20 @@ Figure = tuple[str, int, float]
 """(name, images, seconds)"""
 
 
+def steady_epoch(batches: Any) -> tuple[int, float]:
+    """Images and seconds of one epoch after its first batch: the same rule as
+    ``fastforward.benchmark.steady_state`` (this module imports nothing of
+    fastforward), so that no loader's per-epoch start-up weighs on its figure."""
+    images, start = 0, None
+    for batch in batches:
+        first = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if start is None:
+            start = time.perf_counter()
+            continue
+        images += len(first)
+    return images, (time.perf_counter() - start if start is not None else 0.0)
+
+
 def export_image_folder(beton: Path, out: Path) -> Path:
     """Write the JPEGs stored in *beton* as ``out/<label>/<index>.jpg``."""
     from fastforward.reader import Reader
@@ -105,15 +119,11 @@ def _dataloader(root: Path, pipeline: str, workers: int, batch_size: int = 256) 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
                                          num_workers=workers, drop_last=False,
                                          persistent_workers=False)
-    images, start = 0, None
-    for batch, _ in loader:
-        if pipeline == "train":
-            batch = batch.to(torch.float16)
-        if start is None:
-            start = time.perf_counter()
-            continue
-        images += len(batch)
-    seconds = time.perf_counter() - start if start is not None else 0.0
+    def batches() -> Any:
+        for batch, labels in loader:
+            yield (batch.to(torch.float16) if pipeline == "train" else batch), labels
+
+    images, seconds = steady_epoch(batches())
     return f"{label} ({workers} workers)", images, seconds
 
 
@@ -141,11 +151,11 @@ def _ffcv(beton: Path, pipeline: str, workers: int, batch_size: int = 256) -> Fi
                     order=OrderOption.RANDOM, pipelines={"image": image, "label": None})
     for _ in loader:  # a whole epoch of warm-up: it pays for the JIT compilation
         pass
-    images, start = 0, time.perf_counter()
-    for _ in range(2):
-        for batch, *_ in loader:
-            images += len(batch)
-    return f"FFCV 1.0.2 ({workers} threads)", images, time.perf_counter() - start
+    images, seconds = 0, 0.0
+    for _ in range(2):  # each epoch at steady state, as fastforward's
+        counted, taken = steady_epoch(loader)
+        images, seconds = images + counted, seconds + taken
+    return f"FFCV 1.0.2 ({workers} threads)", images, seconds
 
 
 class _PILFolder:

@@ -7,6 +7,12 @@ on every core), PyTorch's DataLoader and FFCV 1.0.2 when it is installed (here,
 or in the environments given by ``--torchvision-python`` and ``--ffcv-python``),
 in turn, ``--bench-rounds`` times. The closing table prints images/s and
 fastforward's ratio to each.
+
+Every loader is measured at steady state: each epoch's first batch (and
+fastforward's ring warm-up in its first epoch, FFCV's whole JIT epoch) is
+left out and the clock starts when it arrives (``steady_state`` in
+fastforward/benchmark.py, ``steady_epoch`` in baselines.py), so that no
+loader's per-epoch start-up weighs on its figure however short the epochs.
 """
 
 from __future__ import annotations

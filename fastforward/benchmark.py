@@ -182,11 +182,40 @@ def warmup_batches(total: int, ring_slots: int) -> int:
     return max(1, min(ring_slots, total // 3))
 
 
+def steady_state(batches: Any, skip: int = 1) -> tuple[tuple[int, float], tuple[int, float]]:
+    """Images and seconds of one epoch at steady state, and of its start.
+
+    The epoch's first *skip* batches (at least one) are its start: the
+    threads starting, the first batch's latency, and whatever a loader does
+    once per epoch. Steady state is the rest, timed from the arrival of the
+    last batch of the start to the arrival of the last batch. Every loader in
+    ``bench/`` is measured this way, so that an epoch's start-up, whatever it
+    costs each loader, weighs on none of the figures. Returns
+    ``((steady images, steady seconds), (start images, start seconds))``.
+    """
+    began = time.perf_counter()
+    images, seen, start = 0, 0, None
+    start_images = 0
+    for batch in batches:
+        first = batch[0] if isinstance(batch, (tuple, list)) else batch
+        seen += 1
+        if seen <= max(1, skip):
+            start_images += len(first)
+            start = time.perf_counter()
+            continue
+        images += len(first)
+    end = time.perf_counter()
+    if start is None:
+        return (0, 0.0), (0, end - began)
+    return (images, end - start), (start_images, start - began)
+
+
 def loader_throughput(fname: str | os.PathLike[str], pipeline: str, num_workers: int = -1,
                       batch_size: int = 256, epochs: int = 1, order: Any = None,
                       os_cache: bool = True, **loader_kwargs: Any) -> Measurement:
-    """Images/s of ``Loader`` over *epochs* epochs of *fname* with a named pipeline
-    (after ``warmup_batches`` batches)."""
+    """Images/s of ``Loader`` over *epochs* epochs of *fname* with a named pipeline,
+    at steady state: each epoch's first batch (the first epoch's first
+    ``warmup_batches``) left out, see ``steady_state``."""
     from .loader import Loader, OrderOption
 
     reader = Reader(fname)
@@ -195,17 +224,13 @@ def loader_throughput(fname: str | os.PathLike[str], pipeline: str, num_workers:
                     order=order or OrderOption.RANDOM, seed=0, os_cache=os_cache,
                     pipelines=loader_pipelines(reader, field, pipeline), **loader_kwargs)
     with loader:
-        skip = warmup_batches(len(loader) * epochs, loader.ring_slots)
-        images, seen = 0, 0
-        start = None
-        for _ in range(epochs):
-            for (batch,) in loader:
-                seen += 1
-                if seen == skip:
-                    start = time.perf_counter()
-                elif seen > skip:
-                    images += len(batch)
-        seconds = time.perf_counter() - start if start is not None else 0.0
+        # the first epoch's first batches fault the ring's slots in (see warmup_batches)
+        skip = warmup_batches(len(loader), loader.ring_slots)
+        images, seconds = 0, 0.0
+        for epoch in range(epochs):
+            counted, _ = steady_state(loader, skip if epoch == 0 else 1)
+            images += counted[0]
+            seconds += counted[1]
     workers = loader.num_workers
     return Measurement(f"fastforward {pipeline} ({workers} threads)", images, seconds)
 
