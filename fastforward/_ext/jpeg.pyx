@@ -35,7 +35,6 @@ cdef extern from "jpeg_region.h" nogil:
         int image_height, image_width
         int x_offset, columns
         size_t stride
-        int restarted
     int FF_JPEG_OK, FF_JPEG_ERROR, FF_JPEG_SIZE, FF_JPEG_NOMEM
     int ff_jpeg_open(ff_jpeg* j)
     void ff_jpeg_close(ff_jpeg* j)
@@ -43,12 +42,6 @@ cdef extern from "jpeg_region.h" nogil:
                               int width, int scale, int fast_idct, int y0, int h, int x0,
                               int w)
     int LIBJPEG_TURBO_VERSION_NUMBER
-    ctypedef struct ff_jpeg_encoder:
-        char* message
-        unsigned char* out
-        unsigned long size
-    int ff_jpeg_encode(ff_jpeg_encoder* e, const uint8_t* rgb, int height, int width,
-                       size_t stride, int quality, int restart_rows)
 
 
 LIBJPEG_TURBO_VERSION = (f"{LIBJPEG_TURBO_VERSION_NUMBER // 1000000}."
@@ -81,11 +74,6 @@ cdef class JpegDecoder:
         if self.j != NULL:
             ff_jpeg_close(self.j)
             free(self.j)
-
-    @property
-    def restarted(self) -> bool:
-        """Whether the last decode began at a restart marker above its window."""
-        return bool(self.j.restarted)
 
 
 cdef struct Plan:
@@ -240,24 +228,3 @@ def decode_window(JpegDecoder decoder not None, const uint8_t[::1] data not None
     rows = np.asarray(<uint8_t[:h * j.stride]>j.pixels).reshape(h, j.stride)
     offset = (x0 - j.x_offset) * 3
     return rows[:, offset : offset + 3 * w].reshape(h, w, 3).copy()
-
-
-def encode_jpeg(const uint8_t[:, :, ::1] image not None, int quality, int restart_rows=0):
-    """*image* (RGB) as a baseline JPEG: 4:2:0 at *quality*, as simplejpeg encodes
-    it; with *restart_rows*, a restart marker every that many MCU rows."""
-    cdef ff_jpeg_encoder e
-    cdef int code
-    if image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"expected an RGB image, got shape "
-                         f"{(image.shape[0], image.shape[1], image.shape[2])}")
-    if not 0 <= quality <= 100 or restart_rows < 0:
-        raise ValueError(f"bad quality {quality} or restart_rows {restart_rows}")
-    with nogil:
-        code = ff_jpeg_encode(&e, &image[0, 0, 0], image.shape[0], image.shape[1],
-                              image.strides[0], quality, restart_rows)
-    if code != FF_JPEG_OK:
-        raise ValueError(f"cannot encode: {e.message.decode('utf-8', 'replace')}")
-    try:
-        return (<char*>e.out)[:e.size]
-    finally:
-        free(e.out)
