@@ -35,14 +35,17 @@ def steady_epoch(batches: Any) -> tuple[int, float]:
     """Images and seconds of one epoch after its first batch: the same rule as
     ``fastforward.benchmark.steady_state`` (this module imports nothing of
     fastforward), so that no loader's per-epoch start-up weighs on its figure."""
-    images, start = 0, None
+    began = time.perf_counter()
+    images, first_images, start = 0, 0, None
     for batch in batches:
         first = batch[0] if isinstance(batch, (tuple, list)) else batch
         if start is None:
-            start = time.perf_counter()
+            start, first_images = time.perf_counter(), len(first)
             continue
         images += len(first)
-    return images, (time.perf_counter() - start if start is not None else 0.0)
+    if images == 0:  # an epoch of one batch (smoke runs): the whole epoch, start-up included
+        return first_images, time.perf_counter() - began
+    return images, time.perf_counter() - start
 
 
 def export_image_folder(beton: Path, out: Path) -> Path:

@@ -226,13 +226,16 @@ def loader_throughput(fname: str | os.PathLike[str], pipeline: str, num_workers:
     with loader:
         # the first epoch's first batches fault the ring's slots in (see warmup_batches)
         skip = warmup_batches(len(loader), loader.ring_slots)
-        images, seconds = 0, 0.0
+        steady, whole = [0, 0.0], [0, 0.0]
         for epoch in range(epochs):
-            counted, _ = steady_state(loader, skip if epoch == 0 else 1)
-            images += counted[0]
-            seconds += counted[1]
-    workers = loader.num_workers
-    return Measurement(f"fastforward {pipeline} ({workers} threads)", images, seconds)
+            counted, start = steady_state(loader, skip if epoch == 0 else 1)
+            steady[0], steady[1] = steady[0] + counted[0], steady[1] + counted[1]
+            whole[0] += counted[0] + start[0]
+            whole[1] += counted[1] + start[1]
+    name = f"fastforward {pipeline} ({loader.num_workers} threads)"
+    if steady[0] == 0:  # epochs of a batch or two (smoke runs): no steady state to take
+        return Measurement(f"{name}, with start-up", int(whole[0]), whole[1])
+    return Measurement(name, int(steady[0]), steady[1])
 
 
 def first_batch_seconds(fname: str | os.PathLike[str], pipeline: str,
