@@ -8,12 +8,13 @@ one sample after another in one ``nogil`` block. No Python object is touched
 between samples; an error stops the range and comes back as the sample's
 position and a message, which the caller raises as a ``DecodeError``.
 
-Per JPEG (``jpeg_region.h``): read the header; choose the DCT scale M/8, the
-smallest M <= 8 that keeps the crop at least the output size in both
-dimensions; restrict decoding to the crop's columns (``jpeg_crop_scanline``,
-widened to whole iMCU columns), skip the rows above it
-(``jpeg_skip_scanlines``: entropy-decoded, not reconstructed), decode its rows
-and stop there (``jpeg_abort_decompress``).
+Per JPEG (``jpeg_region.h``): read the header; choose the DCT scale M/8 (the
+crop decoders keep 8/8: smaller scales measured slower and less exact, see
+docs/performance.md); restrict decoding to the crop's columns
+(``jpeg_crop_scanline``, widened to whole iMCU columns, and by one column on
+each side so that the pixels are those of a whole-image decode), skip the rows
+above it (``jpeg_skip_scanlines``: entropy-decoded, not reconstructed), decode
+its rows and stop there (``jpeg_abort_decompress``).
 
 Memory touched: reads each sample's payload in *source*; writes each sample's
 image of *out*; uses the ``JpegDecoder``'s row buffer (the largest window so
