@@ -9,6 +9,7 @@ RGBA inputs are converted to RGB (alpha is dropped); anything else is refused.
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,8 +86,11 @@ def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> n
     JPEGs go through simplejpeg. Given a minimum size, it decodes at the
     smallest DCT scale (m/8) that keeps the image at least that large, with
     fast chroma upsampling: both are much faster, and the image is shrunk
-    further anyway. Other formats need Pillow.
+    further anyway. Other formats need Pillow. Raises DecodeError for an
+    empty file and for bytes that no decoder can read.
     """
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
     if data[:2] == b"\xff\xd8":
         sj = require_simplejpeg()
         shrinking = min_height > 0 or min_width > 0
@@ -96,7 +100,7 @@ def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> n
         except ValueError as exc:
             raise DecodeError(f"cannot decode JPEG: {exc}") from exc
     try:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
     except ImportError as exc:
         raise EncodeError(
             "reading non-JPEG image files needs Pillow: pip install 'fastforward[pillow]'"
@@ -106,8 +110,20 @@ def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> n
     try:
         with Image.open(io.BytesIO(data)) as img:
             return to_rgb_array(img)
-    except OSError as exc:
-        raise DecodeError(f"cannot decode image file: {exc}") from exc
+    except UnidentifiedImageError:
+        # Pillow's message names the BytesIO object; the caller names the file
+        raise DecodeError(
+            f"cannot identify image file ({len(data)} bytes: not an image, or in a format "
+            "Pillow cannot read)"
+        ) from None
+    except EncodeError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # damaged data, as plugins say it
+        message = _BYTES_IO.sub("", str(exc)) or type(exc).__name__
+        raise DecodeError(f"cannot decode image file: {message}") from exc
+
+
+_BYTES_IO = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 def target_size(
