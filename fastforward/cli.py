@@ -1,9 +1,9 @@
 """The ``fastforward`` command line: ``convert``, ``info``, ``verify``, ``demo`` and ``bench``.
 
 Every subcommand returns an exit status: 0 on success, 1 on failure (or when
-``verify`` finds problems), 2 for a bad command line, 130 on Ctrl-C. Errors
-are reported as one line on stderr, ``fastforward: error: <message>``, never
-as a traceback.
+``verify`` finds problems), 2 for a bad command line, 130 on Ctrl-C, 143 on
+SIGTERM during a conversion. Errors are reported as one line on stderr,
+``fastforward: error: <message>``, never as a traceback.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import numpy as np
 
 from ._version import __version__
 from .datasets import ImageFolder
-from .errors import FastForwardError
+from .errors import DecodeError, FastForwardError, Terminated
 from .fields import Field, IntField, NDArrayField, RGBImageField
 from .fields.rgb_image import IMAGE_MODES, WRITE_MODES
 from .reader import Problem, Reader
 from .types import validate_page_size
-from .writer import DatasetWriter
+from .writer import DatasetWriter, write_file_atomically
 
 PROG = "fastforward"
 DEFAULT_PAGE_SIZE = 8 << 20
@@ -126,12 +126,17 @@ def describe_error(exc: BaseException) -> str:
         exc: the exception.
 
     Returns:
-        Its message on one line (``path: reason`` for OS errors that name a file).
+        Its message on one line (``path: reason`` for OS errors that name a file),
+        after the locations that ``annotate`` added as notes (one-line notes;
+        longer ones are tracebacks, left out).
     """
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         text = f"{exc.filename}: {exc.strerror}"
     else:
         text = str(exc) or type(exc).__name__
+    where = [note for note in getattr(exc, "__notes__", ()) if "\n" not in note.strip()]
+    if where:
+        text = f"{'; '.join(where)}: {text}"
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
@@ -193,6 +198,7 @@ class ConvertOptions:
     shuffle: bool = False
     seed: int = 0
     progress: bool = True
+    skip_bad: bool = False
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,8 @@ class ConvertResult:
     num_samples: int
     seconds: float
     file_size: int
+    skipped: tuple[tuple[Path, str], ...] = ()  # (image, why) of each image left out
+    skipped_list: Path | None = None  # where their list was written
 
     @property
     def rate(self) -> float:
@@ -210,11 +218,21 @@ class ConvertResult:
         return self.num_samples / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
-        """The one-line report printed after a conversion."""
-        return (
+        """The report printed after a conversion: one line, then the skipped images."""
+        lines = [
             f"wrote {self.num_samples} samples to {self.path} in {self.seconds:.2f} s "
             f"({self.rate:,.1f} images/s), {format_bytes(self.file_size)}"
-        )
+        ]
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} image(s) that cannot be decoded "
+                         f"(listed in {self.skipped_list}):")
+            lines.extend(f"  {path}: {why}" for path, why in self.skipped)
+        return "\n".join(lines)
+
+
+def skipped_list_path(out: Path) -> Path:
+    """Where ``convert --skip-bad`` lists the images it left out of *out*."""
+    return out.with_name(out.name + ".skipped.txt")
 
 
 def image_folder_fields(options: ConvertOptions) -> dict[str, Field]:
@@ -265,6 +283,12 @@ def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
 
     Returns:
         What was written and how long it took.
+
+    With ``options.skip_bad``, images that cannot be decoded (or are empty)
+    are left out instead of stopping the conversion; they are listed, one
+    ``path<TAB>reason`` line each, in ``<out>.skipped.txt`` (written
+    atomically after the file; an earlier list of that name is removed when
+    nothing was skipped).
     """
     fields = image_folder_fields(options)
     out = Path(out)
@@ -272,12 +296,26 @@ def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
     dataset = ImageFolder(src)
     writer = DatasetWriter(out, fields, page_size=options.page_size,
                            num_workers=options.num_workers, seed=options.seed,
-                           progress=options.progress)
+                           progress=options.progress,
+                           skip_errors=(DecodeError,) if options.skip_bad else ())
     start = time.perf_counter()
     writer.from_indexed_dataset(dataset, chunksize=options.chunksize,
                                 shuffle_indices=options.shuffle)
     seconds = time.perf_counter() - start
-    return ConvertResult(out, len(dataset), seconds, out.stat().st_size)
+    skipped = tuple(
+        (dataset.samples[s.source][0], s.error.partition(": ")[2] or s.error)
+        for s in writer.skipped
+    )
+    listed = None
+    if options.skip_bad:
+        listed = skipped_list_path(out)
+        if skipped:
+            text = "".join(f"{path}\t{' '.join(why.split())}\n" for path, why in skipped)
+            write_file_atomically(listed, text.encode())
+        else:
+            listed.unlink(missing_ok=True)
+    return ConvertResult(out, len(dataset) - len(skipped), seconds, out.stat().st_size,
+                         skipped, listed if skipped else None)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -301,6 +339,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         shuffle=args.shuffle,
         seed=args.seed,
         progress=not args.no_progress,
+        skip_bad=args.skip_bad,
     )
     print(convert_folder(args.src, args.out, options).summary())
     return 0
@@ -642,6 +681,10 @@ def _add_convert(subparsers: Any) -> None:
     p.add_argument("--shuffle", action="store_true", help="write the samples in a random order")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of --shuffle and of --write-mode proportion (default: %(default)s)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out images that cannot be decoded (or are empty) instead of "
+                        "stopping at the first; they are reported at the end and listed in "
+                        "OUT.skipped.txt")
     _add_no_progress(p)
     p.set_defaults(handler=cmd_convert)
 
@@ -792,7 +835,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status: 0 success, 1 failure or problems found, 2 bad usage,
-        130 interrupted.
+        130 interrupted, 143 terminated (SIGTERM during a conversion).
     """
     try:
         try:
@@ -804,6 +847,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), 2)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except Terminated as exc:
+        return _fail(str(exc), 143)
     except BrokenPipeError:  # ``fastforward info x | head``
         _silence_stdout()
         return 1

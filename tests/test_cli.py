@@ -347,3 +347,111 @@ def test_bench_plot(beton: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["bench", str(beton), "--workers", "1", "--batch-size", "8",
                  "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- bad images ----------------------------------------------------------------------------------
+
+
+def folder_with_bad_images(corpus: Path, tmp_path: Path) -> tuple[Path, dict[Path, str]]:
+    """A copy of the corpus with an empty file, a non-image .png and a JPEG
+    whose header is intact but whose data is not (a header check passes it)."""
+    folder = tmp_path / "imgs"
+    shutil.copytree(corpus, folder)
+    files = sorted(folder.glob("*/*.jpg"))
+    empty, not_png, cut = files[3], files[10].with_suffix(".png"), files[17]
+    empty.write_bytes(b"")
+    files[10].rename(not_png)
+    not_png.write_bytes(b"\x89PNG\r\n\x1a\n but nothing after it")
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    return folder, {empty: "empty file", not_png: "cannot identify image file",
+                    cut: "cannot decode JPEG"}
+
+
+def test_convert_skip_bad(corpus: Path, tmp_path: Path,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    from fastforward.datasets import ImageFolder
+
+    folder, bad = folder_with_bad_images(corpus, tmp_path)
+    out = tmp_path / "out.beton"
+    assert main(["convert", str(folder), str(out), "--skip-bad", *FAST]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    kept = NUM_IMAGES - len(bad)
+    assert lines[0].startswith(f"wrote {kept} samples to {out}")
+    listed = tmp_path / "out.beton.skipped.txt"
+    assert lines[1] == f"skipped 3 image(s) that cannot be decoded (listed in {listed}):"
+    order = sorted(bad)  # ImageFolder's order: by class, then path
+    for line, path in zip(lines[2:], order, strict=True):
+        assert line.startswith(f"  {path}: {bad[path]}")
+    rows = [line.split("\t") for line in listed.read_text().splitlines()]
+    assert [Path(path) for path, _ in rows] == order
+    assert all(bad[Path(path)] in why for path, why in rows)
+    # the file holds the other images, each with its own label
+    samples = ImageFolder(folder).samples
+    labels = [label for path, label in samples if path not in bad]
+    with Reader(out) as reader:
+        assert reader.num_samples == kept
+        assert reader.metadata["f1"].tolist() == labels
+        assert reader.verify(decode=True) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "out.beton",
+                                                          "out.beton.skipped.txt"]
+    # the same conversion of the folder without them gives the same bytes
+    for path in bad:
+        path.unlink()
+    assert main(["convert", str(folder), str(tmp_path / "clean.beton"), *FAST]) == 0
+    assert (tmp_path / "clean.beton").read_bytes() == out.read_bytes()
+    # nothing skipped: an earlier list of that name goes
+    assert main(["convert", str(folder), str(out), "--skip-bad", *FAST]) == 0
+    assert "skipped" not in capsys.readouterr().out
+    assert not listed.exists()
+
+
+def test_convert_stops_at_a_bad_image_without_skip_bad(
+        corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder, bad = folder_with_bad_images(corpus, tmp_path)
+    status = main(["convert", str(folder), str(tmp_path / "out.beton"), "--num-workers", "1",
+                   "--no-progress"])
+    first = sorted(bad)[0]
+    assert_one_line_error(capsys, status, 1, str(first), "empty file", "'image'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", "empty file"),
+    (b"GIF89a, or so it says", "cannot identify image file"),
+    (None, "cannot decode image file: image file is truncated"),
+], ids=["empty", "unidentified", "truncated-png"])
+def test_convert_names_an_undecodable_file(corpus: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str],
+                                           content: bytes | None, message: str) -> None:
+    import io
+
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    shutil.copytree(corpus, folder)
+    jpeg = sorted(folder.glob("*/*.jpg"))[5]
+    victim = jpeg.with_suffix(".png")
+    if content is None:  # a real PNG, cut in half
+        png = io.BytesIO()
+        Image.open(jpeg).save(png, "PNG")
+        content = png.getvalue()[: len(png.getvalue()) // 2]
+    jpeg.rename(victim)
+    victim.write_bytes(content)
+    status = main(["convert", str(folder), str(tmp_path / "out.beton"), *FAST])
+    line = assert_one_line_error(capsys, status, 1, str(victim), message, "'image'")
+    assert "BytesIO" not in line
+    assert "0x" not in line
+
+
+def test_sigterm_during_convert(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    from fastforward.errors import Terminated
+
+    def terminated(*args: object, **kwargs: object) -> None:
+        raise Terminated(f"{tmp_path / 'x.beton'}: stopped by SIGTERM during the write; "
+                         "no file was written")
+
+    monkeypatch.setattr("fastforward.writer.DatasetWriter.from_indexed_dataset", terminated)
+    status = main(["convert", str(corpus), str(tmp_path / "x.beton"), *FAST])
+    assert_one_line_error(capsys, status, 143, "stopped by SIGTERM")
