@@ -193,8 +193,8 @@ def test_sigkill_of_the_parent_leaves_no_process_and_no_file(
 @pytest.mark.slow
 @pytest.mark.parametrize(("how", "method"),
                          [("SIGTERM", "auto"), ("SIGTERM", "forkserver"),
-                          ("SIGTERM-group", "auto")],
-                         ids=["fork", "forkserver", "process-group"])
+                          ("SIGTERM-group", "auto"), ("SIGTERM-group", "forkserver")],
+                         ids=["fork", "forkserver", "process-group", "forkserver-group"])
 def test_sigterm_stops_the_write_cleanly(tmp_path: Path, how: str, method: str) -> None:
     proc, stderr, below, gone, out = kill_mid_write(tmp_path, how, method)
     assert proc.returncode == 143, stderr  # Terminated: a SystemExit, so no traceback
