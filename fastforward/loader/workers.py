@@ -17,10 +17,14 @@ batch over ranges of its samples and returns once every range is written:
 
 Process workers, in detail:
 
-- **Start.** Forked when this process has one thread (nothing can hold a lock
-  in the child: fastest), else from a fork server (``multiprocessing``'s
-  forkserver: a clean process that forks the workers), or spawned where
-  neither exists. A worker never touches CUDA.
+- **Start.** From a fork server (``multiprocessing``'s forkserver: a clean,
+  single-threaded process, started once, that imports the main module and
+  forks the workers), or spawned where there is none; ``fork`` only when the
+  user asks for it (``Loader(start_method='fork')``): the loader's process
+  runs threads, and a forked child inherits every lock another thread held.
+  Either way the workers import the main module (multiprocessing's rule: a
+  script keeps its top level under ``if __name__ == '__main__':``). A worker
+  never touches CUDA, and runs torch on one thread.
 - **Messages** (pickled over a socket pair per worker): ``plan`` (once per
   epoch), ``segment`` (a slot's shared memory, its descriptor passed with
   SCM_RIGHTS the first time a worker writes into it), ``forget`` (segments the
@@ -45,6 +49,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -176,8 +181,6 @@ class ProcessWorkers:
                 raise ValueError(f"start method {self.start_method!r} is not available here "
                                  f"({methods})")
             return self.start_method
-        if "fork" in methods and _single_threaded():
-            return "fork"
         return "forkserver" if "forkserver" in methods else "spawn"
 
     def _ensure_started(self) -> None:
@@ -192,8 +195,10 @@ class ProcessWorkers:
         method = self._method()
         ctx = multiprocessing.get_context(method)
         if method == "forkserver":
-            # modules the workers need anyway, imported once by the server
-            ctx.set_forkserver_preload(["fastforward.loader.workers"])
+            # imported once by the server (if this starts it), not by every worker: the
+            # main module (where scripts define their operations) and what they need
+            ctx.set_forkserver_preload(_preload())
+        started: list[_Worker] = []
         for k in missing:
             parent_end, child_end = ctx.Pipe(duplex=True)
             inherited = [w.conn.fileno() for w in self._workers if not w.dead] + [
@@ -206,11 +211,14 @@ class ProcessWorkers:
             finally:
                 child_end.close()
             worker = _Worker(k, process, parent_end)
+            started.append(worker)
             with self._lock:
                 if k < len(self._workers):
                     self._workers[k] = worker
                 else:
                     self._workers.append(worker)
+        for worker in started:
+            self._await_ready(worker, method)
         self.method_used = method
         self.started_seconds = time.perf_counter() - start
         if self._reader is None:
@@ -219,6 +227,28 @@ class ProcessWorkers:
             self._reader.start()
         else:
             os.write(self._wake_w, b"w")
+
+    def _await_ready(self, worker: _Worker, method: str) -> None:
+        """Wait for a new worker's first message: it opened the file and is ready."""
+        ready = wait([worker.conn, worker.process.sentinel])
+        if worker.conn in ready:
+            with contextlib.suppress(EOFError, OSError):
+                message = worker.conn.recv()
+                if message[0] == "ready":
+                    return
+                if message[0] == "error":
+                    self.close()
+                    raise message[2]
+        worker.process.join(5)
+        worker.dead = True
+        self.close()
+        hint = ("" if method == "fork" else
+                f" Process workers ({method}) start by importing your main module: keep "
+                "a script's top-level code under `if __name__ == '__main__':`, or pass "
+                "worker_type='thread'.")
+        raise WorkerError(f"{self.config[0]}: worker process {worker.index} failed to start "
+                          f"(exit code {worker.process.exitcode}); its error is printed "
+                          f"above.{hint}")
 
     def close(self) -> None:
         """Ask every worker to exit, wait a little, kill what is left (idempotent)."""
@@ -419,12 +449,14 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _single_threaded() -> bool:
-    """Whether this process runs one thread (native ones included, where /proc says)."""
-    try:
-        return len(os.listdir("/proc/self/task")) == 1
-    except OSError:
-        return False  # no way to know: do not fork
+def _preload() -> list[str]:
+    """What the fork server imports before it forks workers: the main module (as
+    multiprocessing does anyway, so operations defined there unpickle), this
+    module, and torch when this process uses it."""
+    modules = ["__main__", __name__]
+    if "torch" in sys.modules:
+        modules.append("torch")
+    return modules
 
 
 # -- the worker process --------------------------------------------------------------
@@ -474,11 +506,16 @@ def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool],
     from ..reader import Reader
 
     fname, custom_fields, os_cache = config
-    reader = Reader(fname, custom_fields)
-    manager = OSCacheManager(reader) if os_cache else ProcessCacheManager(reader)
+    where = f"fastforward worker process {os.getpid()}"
+    try:
+        reader = Reader(fname, custom_fields)
+        manager = OSCacheManager(reader) if os_cache else ProcessCacheManager(reader)
+    except BaseException as exc:
+        conn.send(("error", 0, portable(exc, where)))
+        return
+    conn.send(("ready", 0))
     plans: dict[int, Plan] = {}
     slots: dict[int, _MappedSlot] = {}
-    where = f"fastforward worker process {os.getpid()}"
     while True:
         try:
             message = conn.recv()
@@ -513,6 +550,9 @@ def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool],
             except BaseException as exc:  # reported with the first range that needs it
                 plan = _BrokenPlan(portable(exc, where))  # type: ignore[assignment]
             plans = {plan_id: plan}
+            torch = sys.modules.get("torch")
+            if torch is not None:  # the workers are the parallelism: one thread each
+                torch.set_num_threads(1)
         elif kind == "segment":
             _, segment_id, nbytes, offsets = message
             slots[segment_id] = _MappedSlot(recv_handle(conn), nbytes, offsets)

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._ext.collate import gather_into
+from ..errors import annotate
 from . import random
 from .allocation_query import AllocationQuery
 from .state import State
@@ -170,14 +171,17 @@ class Operation:
         seeded = random.seeded_globals if not self.releases_gil else None
         for position in range(len(batch)):
             out = None if destination is None else destination[position]
-            if seeded is None:
-                results.append(self.apply_sample(batch[position], out, context, position))
-                continue
-            # np.random, random and torch's generator seeded from (seed, epoch,
-            # sample, stream): code using them is reproducible too
-            with seeded(context.seed, context.epoch, int(context.indices[position]),
-                        context.stream):
-                results.append(self.apply_sample(batch[position], out, context, position))
+            index = int(context.indices[position])
+            try:
+                if seeded is None:
+                    results.append(self.apply_sample(batch[position], out, context, position))
+                    continue
+                # np.random, random and torch's generator seeded from (seed, epoch,
+                # sample, stream): code using them is reproducible too
+                with seeded(context.seed, context.epoch, index, context.stream):
+                    results.append(self.apply_sample(batch[position], out, context, position))
+            except Exception as exc:
+                raise annotate(exc, f"sample {index}") from exc.__cause__
         if destination is not None:
             return destination
         if results and hasattr(results[0], "shape") and not isinstance(results[0], np.ndarray):
