@@ -70,13 +70,13 @@ def test_the_output_shape_can_be_given(photos_file: Path) -> None:
                 output_dtype=np.uint8)
     with pytest.raises(ValueError, match="together"):
         Augment(noisy_crop, output_shape=(2, 2, 3))
-    with pytest.raises(TypeError, match="before ToTensor"):
-        pytest.importorskip("torch")
-        from fastforward.transforms import ToTensor
+    pytest.importorskip("torch")
+    from fastforward.transforms import ToTensor
 
-        Loader(photos_file, 8, pipelines={"image": [CenterCropRGBImageDecoder((32, 32), 1.0),
-                                                    ToTensor(), Augment(noisy_crop)],
-                                          "label": None})
+    after_to_tensor = {"image": [CenterCropRGBImageDecoder((32, 32), 1.0), ToTensor(),
+                                 Augment(noisy_crop)], "label": None}
+    with pytest.raises(TypeError, match="before ToTensor"):
+        Loader(photos_file, 8, pipelines=after_to_tensor)
 
 
 def test_albumentations(photos_file: Path) -> None:
