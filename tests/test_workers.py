@@ -488,3 +488,21 @@ def test_stats_say_how_long_the_loop_waited(labels_file: Path) -> None:
         for _ in loader:
             pass
         assert loader.stats().batches == 40
+
+
+def test_distributed_ranks_with_process_workers(photos_file: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import fastforward.loader.loader as loader_module
+
+    labels = []
+    for rank in range(2):  # ranks simulated in one process, as in test_distributed.py
+        monkeypatch.setattr(loader_module, "_distributed_context", lambda r=rank: (r, 2))
+        (images, got), = epochs(train_loader(photos_file, 2, "process", distributed=True,
+                                             drop_last=False), 1)
+        (want_images, want), = epochs(train_loader(photos_file, 1, "thread", distributed=True,
+                                                   drop_last=False), 1)
+        np.testing.assert_array_equal(images, want_images)
+        np.testing.assert_array_equal(got, want)
+        labels.append(set(got.ravel().tolist()))
+    assert not labels[0] & labels[1]
+    assert labels[0] | labels[1] == set(range(48))
