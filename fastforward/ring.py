@@ -52,6 +52,8 @@ import numpy as np
 from .pipeline.allocation_query import AllocationQuery
 
 Layout = dict[str, AllocationQuery | Sequence[AllocationQuery]]
+Offsets = dict[str, list[tuple[int, tuple[int, ...], np.dtype]]]
+"""Where each buffer of a shared slot lies: ``{key: [(offset, shape, dtype)]}``."""
 
 HEAP, PINNED, SHARED = "heap", "pinned", "shared"
 ALIGN = 4096  # buffers of a shared segment start on page boundaries
@@ -120,7 +122,7 @@ class Slot:
         self._owners: list[Any] = []  # the base-most array of each (what views refer to)
         self._baseline: list[int] = []  # their reference counts with no view alive
         self._where: dict[str, int | tuple[int, ...]] = {}
-        self._offsets: dict[str, list[tuple[int, tuple[int, ...], str]]] = {}
+        self._offsets: Offsets = {}
 
     def fit(self, layout: Layout) -> None:
         """Allocate the buffers *layout* asks for (kept when the layout is unchanged)."""
@@ -172,7 +174,7 @@ class Slot:
             pin_segment(segment)
         arrays: list[Any] = []
         positions: dict[str, list[int]] = collections.defaultdict(list)
-        offsets: dict[str, list[tuple[int, tuple[int, ...], str]]] = collections.defaultdict(list)
+        offsets: Offsets = collections.defaultdict(list)
         for key, offset, shape, dtype in plan:
             if offset is None:
                 arrays.append(None)
@@ -180,7 +182,7 @@ class Slot:
                 assert shape is not None
                 assert dtype is not None
                 arrays.append(segment.array(offset, shape, dtype))
-                offsets[key].append((offset, shape, dtype.str))
+                offsets[key].append((offset, shape, dtype))  # pickled: structured dtypes too
             positions[key].append(len(arrays) - 1)
         self.segment = segment
         self._arrays, self.layout = arrays, dict(layout)
@@ -188,7 +190,7 @@ class Slot:
                              else tuple(positions[key])) for key, query in layout.items()}
         self._offsets = dict(offsets)
 
-    def describe(self) -> tuple[int, int, dict[str, list[tuple[int, tuple[int, ...], str]]]]:
+    def describe(self) -> tuple[int, int, Offsets]:
         """A shared slot as a worker maps it: ``(segment id, nbytes, {key: [(offset,
         shape, dtype)]})``."""
         assert self.segment is not None, "only shared slots are described"

@@ -305,12 +305,12 @@ def test_a_killed_worker_is_a_worker_error_not_a_hang(photos_file: Path) -> None
                 pass
         assert time.monotonic() - start < 30
         assert "batch 2 (samples" in str(info.value)
+        assert len(loader.workers.pids) == 1  # the dead one is gone
         # the next epoch replaces the dead worker (and meets the same sample again)
-        pids = loader.workers.pids
         with pytest.raises(WorkerError):
             for _ in loader:
                 pass
-        assert loader.workers.pids != pids
+        assert loader.workers.started == 3
 
 
 def test_a_worker_that_cannot_start_says_why(tmp_path: Path, photos_file: Path) -> None:
@@ -506,3 +506,59 @@ def test_distributed_ranks_with_process_workers(photos_file: Path,
         labels.append(set(got.ravel().tolist()))
     assert not labels[0] & labels[1]
     assert labels[0] | labels[1] == set(range(48))
+
+
+class Marker(Operation):
+    """Follows the image's geometry: writes each sample's mapped centre of the source."""
+
+    per_sample = True
+    follows = "image"
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        return State(shape=(2,), dtype=np.dtype("f8")), AllocationQuery((2,), np.dtype("f8"))
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        from fastforward.pipeline.geometry import map_points
+
+        g = context.geometry["image"][position]
+        oy, ox = map_points(g, g["height"] / 2, g["width"] / 2)
+        destination[:] = (oy, ox)
+        return destination
+
+
+@pytest.mark.parametrize(("workers", "kind"), [(1, "thread"), (2, "thread"), (2, "process")])
+def test_followers_see_the_geometry_the_image_decoder_decided(photos_file: Path, workers: int,
+                                                              kind: str) -> None:
+    from fastforward.pipeline import PipelineSpec
+
+    decoder = RandomResizedCropRGBImageDecoder((32, 32))
+    with Loader(photos_file, 8, num_workers=workers, worker_type=kind, seed=4,
+                order=OrderOption.RANDOM, pipelines={
+                    "image": [decoder, RandomHorizontalFlip()],
+                    "label": [IntDecoder()],
+                    "centre": PipelineSpec("label", IntDecoder(), [Marker()])}) as loader:
+        assert loader.pipelines[-1].follows == {"image": "image/geometry"}
+        out = [tuple(o.copy() for o in batch) for batch in loader]
+    reference = Loader(photos_file, 8, seed=4, order=OrderOption.RANDOM, pipelines={
+        "image": [RandomResizedCropRGBImageDecoder((32, 32)), RandomHorizontalFlip()],
+        "label": None})
+    plan_decoder = reference.pipelines[0].decoder
+    from fastforward.pipeline import BatchContext
+
+    for k, (_, labels, centres) in enumerate(out):
+        indices = np.asarray(reference._batches(0, [])[k])
+        np.testing.assert_array_equal(labels.ravel(), indices)
+        context = BatchContext(indices, 0, 4, reference.pipelines[0].decoder_stream)
+        rows = plan_decoder.metadata[indices]
+        crops = plan_decoder.crops(rows["height"].astype(np.int64),
+                                   rows["width"].astype(np.int64),
+                                   plan_decoder.uniforms(context))
+        flips = plan_decoder.flips(context, 0, len(indices))
+        for j in range(len(indices)):
+            y, x, h, w = crops[j]
+            oy = (rows["height"][j] / 2 - y) * 32 / h
+            ox = (rows["width"][j] / 2 - x) * 32 / w
+            if flips[j]:
+                ox = 32 - ox
+            np.testing.assert_allclose(centres[j], (oy, ox))
+    reference.close()

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._ext.resize import Workspace, crop_resize_into, decode_crop_resize_range
 from ..errors import DecodeError, EncodeError
-from ..pipeline import random
+from ..pipeline import geometry, random
 from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.decoder import Decoder
 from ..pipeline.operation import BatchContext, Operation
@@ -436,8 +436,12 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
     """Base of the decoders that crop each image and resize the crop to ``output_size``.
 
     ``output_size`` (height, width) may be changed between epochs (progressive
-    resizing): the loader re-reads it when an epoch starts.
+    resizing): the loader re-reads it when an epoch starts. Each sample's crop,
+    size and flip are its geometry, which masks and boxes can follow
+    (``fastforward.pipeline.geometry``).
     """
+
+    publishes_geometry = True
 
     def __init__(self, output_size: tuple[int, int], fastdct: bool = True) -> None:
         super().__init__(fastdct)
@@ -522,6 +526,9 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
         heights, widths = rows["height"].astype(np.int64), rows["width"].astype(np.int64)
         crops = np.ascontiguousarray(self.crops(heights, widths, None if u is None else u[lo:hi]),
                                      dtype=np.int64)
+        if context.geometry_out is not None:  # masks or boxes follow this image
+            geometry.fill(context.geometry_out[lo:hi], heights, widths, crops,
+                          destination.shape[1], destination.shape[2], flips)
         source, offsets, sizes = context.data.field(self.field_index)
         with self._scratch.lend() as scratch:
             jpeg = modes == IMAGE_MODES["jpg"]

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..pipeline import geometry
 from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
@@ -70,9 +71,13 @@ class _NvJpegMixin:
         u = self.uniforms(context)  # type: ignore[attr-defined]
         flip = self.flips(context, lo, hi)  # type: ignore[attr-defined]
         height, width = destination.shape[1:3]
-        crops = self.crops(rows["height"].astype(np.int64),  # type: ignore[attr-defined]
-                           rows["width"].astype(np.int64),
-                           None if u is None else u[lo:hi]).tolist()
+        crops_array = self.crops(rows["height"].astype(np.int64),  # type: ignore[attr-defined]
+                                 rows["width"].astype(np.int64),
+                                 None if u is None else u[lo:hi])
+        if context.geometry_out is not None:  # masks or boxes follow this image
+            geometry.fill(context.geometry_out[lo:hi], rows["height"], rows["width"],
+                          crops_array, height, width, flip)
+        crops = crops_array.tolist()
         for k, position in enumerate(range(lo, hi)):
             h_img, w_img = int(rows["height"][k]), int(rows["width"][k])
             if k in decoded:

@@ -43,19 +43,31 @@ def ranged_pipelines(plan: Plan, job: BatchJob, always: bool) -> tuple[int, ...]
     """The pipelines whose stage 1 runs in ranges for *job*: every ranged one with
     *always* (process workers), else those with range steps or whose decoder
     finds the batch worth splitting (``Decoder.split_batch``)."""
-    chosen = []
+    chosen: list[int] = []
+    names: set[str] = set()
     for position, pipeline in enumerate(plan.pipelines):
-        if not pipeline.ranged:
-            continue
-        if always or pipeline.split:
-            chosen.append(position)
-            continue
-        assert pipeline.decoder is not None
-        context = BatchContext(job.indices, job.epoch, job.seed, pipeline.decoder_stream,
-                               job.index)
-        if pipeline.decoder.split_batch(context):
-            chosen.append(position)
+        if not pipeline.ranged or not names.issuperset(pipeline.follows):
+            continue  # a follower's stage 1 needs its leader's geometry, written in stage 1
+        if not (always or pipeline.split):
+            assert pipeline.decoder is not None
+            context = BatchContext(job.indices, job.epoch, job.seed, pipeline.decoder_stream,
+                                   job.index)
+            if not pipeline.decoder.split_batch(context):
+                continue
+        chosen.append(position)
+        names.add(pipeline.name)
     return tuple(chosen)
+
+
+def geometry(pipeline: PipelinePlan, buffers: Any, lo: int, hi: int, context: BatchContext
+             ) -> None:
+    """Give *context* the rows ``lo:hi`` of the geometry the pipeline follows, and of
+    the geometry its decoder publishes (when someone follows it)."""
+    if pipeline.follows:
+        context.geometry = {leader: buffers.get(key)[lo:hi]
+                            for leader, key in pipeline.follows.items()}
+    if pipeline.geometry_key is not None:
+        context.geometry_out = buffers.get(pipeline.geometry_key)[lo:hi]
 
 
 def rows(buffer: Any, lo: int, hi: int) -> Any:
@@ -113,6 +125,7 @@ def run_stage1(plan: Plan, job: BatchJob, data: Any, buffers: Any, lo: int, hi: 
         context = BatchContext(indices, job.epoch, job.seed, pipeline.decoder_stream,
                                job.index, data,
                                copies=copies if pipeline.defer_copies else None)
+        geometry(pipeline, buffers, lo, hi, context)
         destination = rows(buffers.get(pipeline.decoder_key), lo, hi)
         decoder.decode_range(0, count, destination, context)
         if not pipeline.split:
@@ -168,12 +181,16 @@ def run_stage2(plan: Plan, job: BatchJob, data: Any, slot: Any, copies: Any = No
     outputs: dict[str, Any] = {}
     for position, pipeline in enumerate(plan.pipelines):
         decoder = pipeline.decoder
+        pipeline_context = context
+        if pipeline.follows or pipeline.geometry_key is not None:
+            pipeline_context = context.with_stream(0)
+            geometry(pipeline, slot, 0, n, pipeline_context)
         if decoder is not None:
             destination = slot.get(pipeline.decoder_key)
             if destination is None:  # a GPU decoder: new device memory for every batch
                 destination = batch_view(None, n, True, pipeline.decoder_query)
             if position not in job.ranged:
-                own = context.with_stream(pipeline.decoder_stream)
+                own = pipeline_context.with_stream(pipeline.decoder_stream)
                 own.copies = copies if pipeline.defer_copies else None
                 decoder.decode_range(0, n, destination, own)
             if pipeline.split:
@@ -189,7 +206,7 @@ def run_stage2(plan: Plan, job: BatchJob, data: Any, slot: Any, copies: Any = No
             buffer = None if step.key is None else batch_view(slot.get(step.key), n,
                                                               step.as_torch, step.query)
             value = apply_step(plan, pipeline, step, value, buffer,
-                               context.with_stream(step.rng_stream), job)
+                               pipeline_context.with_stream(step.rng_stream), job)
             results[id(step.op)] = value
             del buffer
         outputs[pipeline.name] = value

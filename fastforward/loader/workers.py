@@ -141,6 +141,7 @@ class _Worker:
         self.segments: set[int] = set()  # shared segments it has mapped
         self.plans: set[int] = set()
         self.pending: set[int] = set()  # ranges sent, not answered
+        self.running: int | None = None  # the range it said it started last
         self.dead = False
 
 
@@ -171,6 +172,7 @@ class ProcessWorkers:
         self._wake_r, self._wake_w = os.pipe()  # tells the reader thread the workers changed
         self._reader: threading.Thread | None = None
         self.started_seconds = 0.0  # how long the last (re)start took
+        self.started = 0  # worker processes started so far (replacements included)
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -212,6 +214,7 @@ class ProcessWorkers:
                 child_end.close()
             worker = _Worker(k, process, parent_end)
             started.append(worker)
+            self.started += 1
             with self._lock:
                 if k < len(self._workers):
                     self._workers[k] = worker
@@ -357,10 +360,17 @@ class ProcessWorkers:
         except (EOFError, OSError):
             self._bury(worker)
             return
+        self._receive_one(worker, reply)
+
+    def _receive_one(self, worker: _Worker, reply: tuple) -> None:
         status, job_id = reply[0], reply[1]
+        if status == "running":
+            worker.running = job_id
+            return
         with self._lock:
             entry = self._pending.pop(job_id, None)
             worker.pending.discard(job_id)
+            worker.running = None
         if entry is None:
             return
         future = entry[0]
@@ -372,21 +382,30 @@ class ProcessWorkers:
     def _bury(self, worker: _Worker) -> None:
         """A worker died: fail its ranges (the batches waiting for them raise)."""
         worker.process.join(timeout=5)
+        with contextlib.suppress(EOFError, OSError):  # what it said before it died
+            while not worker.dead and worker.conn.poll():
+                self._receive_one(worker, worker.conn.recv())
         with self._lock:
             worker.dead = True
             lost = [(job_id, self._pending.pop(job_id)) for job_id in sorted(worker.pending)
                     if job_id in self._pending]
             worker.pending.clear()
-        for _, (future, _, what) in lost:
-            future.set_exception(self._death(worker, what))
+            running = dict(lost).get(worker.running) if worker.running is not None else None
+        culprit = None if running is None else running[2]
+        for job_id, (future, _, what) in lost:
+            if job_id == worker.running or culprit is None:
+                error = self._death(worker, what)
+            else:  # queued behind the range that killed it
+                error = self._death(worker, culprit, f", before {what}")
+            future.set_exception(error)
 
-    def _death(self, worker: _Worker, what: str) -> WorkerError:
+    def _death(self, worker: _Worker, what: str, also: str = "") -> WorkerError:
         process = worker.process
         code = process.exitcode
         how = (f"killed by signal {-code} ({_signal_name(-code)})" if code is not None
                and code < 0 else f"exit code {code}")
         return WorkerError(f"{self.config[0]}: worker process {worker.index} (pid "
-                           f"{process.pid}) died ({how}) while {what}; out of memory?")
+                           f"{process.pid}) died ({how}) while {what}{also}; out of memory?")
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._lock:
@@ -526,6 +545,7 @@ def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool],
         kind = message[0]
         if kind == "range":
             _, job_id, plan_id, segment_id, job, lo, hi = message
+            conn.send(("running", job_id))  # so that a death here names this range
             try:
                 plan = plans[plan_id]
                 if isinstance(plan, _BrokenPlan):

@@ -24,6 +24,10 @@ class Decoder(Operation):
 
     parallel: ClassVar[bool] = False
     releases_gil = True  # the built-in decoders' loops are compiled or vectorised
+    publishes_geometry: ClassVar[bool] = False
+    """True for decoders that decide each sample's geometry (crop, resize, flip)
+    and write it to ``context.geometry_out`` when given one (see
+    ``fastforward.pipeline.geometry``)."""
 
     _BINDING: ClassVar[tuple[str, ...]] = ("field", "field_name", "field_index", "fname",
                                            "metadata", "memory_read")

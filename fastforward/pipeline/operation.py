@@ -55,8 +55,12 @@ class BatchContext:
     stream: int = 0
     batch_index: int = 0
     data: Any = field(default=None, repr=False)  # the batch's payloads (decoders read them)
-    flip: np.ndarray | None = field(default=None, repr=False)  # a fused flip's decisions
     copies: Any = field(default=None, repr=False)  # the loader's copy thread, when allowed
+    geometry: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    """Per followed pipeline, its samples' ``pipeline.geometry.GEOMETRY`` rows."""
+    geometry_out: np.ndarray | None = field(default=None, repr=False)
+    """Where a decoder that publishes geometry writes its samples' rows (None: nobody
+    follows it)."""
 
     def gather_into(self, source: np.ndarray, offsets: np.ndarray, sizes: np.ndarray,
                     rows: np.ndarray) -> None:
@@ -94,7 +98,8 @@ class BatchContext:
     def with_stream(self, stream: int) -> BatchContext:
         """The same batch, another random stream."""
         return BatchContext(self.indices, self.epoch, self.seed, stream, self.batch_index,
-                            self.data, copies=self.copies)
+                            self.data, copies=self.copies, geometry=self.geometry,
+                            geometry_out=self.geometry_out)
 
 
 class Operation:
@@ -133,6 +138,12 @@ class Operation:
     may then run the operation on any range of a batch, in any worker, with the
     same result. Per-sample operations (``per_sample = True``) are by
     definition; batch operations that mix samples (mixup) are not."""
+
+    follows: str | None = None
+    """The output (pipeline name) whose per-sample geometry this operation follows:
+    set it (``op.follows = "image"``) for masks, boxes or keypoints that must
+    move with that pipeline's image; the loader then hands the image decoder's
+    geometry rows over in ``context.geometry[follows]``."""
 
     passes_through: ClassVar[bool] = False
     """True for operations that hand on their input's values in the same memory

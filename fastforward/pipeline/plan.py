@@ -37,6 +37,7 @@ from typing import Any
 from ..errors import annotate
 from .allocation_query import AllocationQuery
 from .decoder import Decoder
+from .geometry import GEOMETRY
 from .operation import Operation
 from .pipeline_spec import PipelineSpec
 from .random import stream_id
@@ -72,6 +73,8 @@ class PipelinePlan:
     range_out_query: Any = None
     range_out_torch: bool = False
     defer_copies: bool = False  # its decoder's copies may run on the loader's copy threads
+    geometry_key: str | None = None  # where its decoder writes each sample's geometry
+    follows: dict[str, str] = field(default_factory=dict)  # leader -> its geometry's key
 
     @property
     def ranged(self) -> bool:
@@ -113,7 +116,8 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
     operation.
     """
     fname = reader.fname
-    order = order_for_sources(specs, fname)
+    leaders = _leaders(specs, fname)
+    order = order_for_sources(specs, fname, leaders)
     sources = {id(s.source) for s in specs.values() if isinstance(s.source, Operation)}
     earlier = {p.name: p.decoder for p in previous.pipelines} if previous else {}
     copies: dict[int, Operation] = {}  # id(user's operation) -> this plan's copy
@@ -176,7 +180,12 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
                                        query))
         if not sources:
             _split(pipeline, step_states, layout)
+        for leader in leaders.get(name, ()):
+            pipeline.follows[leader] = f"{leader}/geometry"
         built[name] = pipeline
+    for leader in {leader for names in leaders.values() for leader in names}:
+        built[leader].geometry_key = key = f"{leader}/geometry"
+        layout[key] = AllocationQuery((), GEOMETRY)
     # A copy on the copy threads pays off only when nothing reads the rows before
     # the hand-over; a step that reads them at once would just wait for it.
     for pipeline in built.values():
@@ -240,8 +249,32 @@ def _declare(op: Operation, state: State, where: str) -> tuple[State, Any]:
     return new_state, (tuple(query) if isinstance(query, list) else query)
 
 
-def order_for_sources(specs: Mapping[str, PipelineSpec], fname: str) -> list[str]:
-    """Output names, each branch after the pipeline holding its source operation."""
+def _leaders(specs: Mapping[str, PipelineSpec], fname: str) -> dict[str, list[str]]:
+    """For each output, the outputs whose geometry its decoder or operations follow."""
+    leaders: dict[str, list[str]] = {}
+    for name, spec in specs.items():
+        for op in ([spec.decoder] if spec.decoder else []) + list(spec.transforms):
+            leader = getattr(op, "follows", None)
+            if leader is None:
+                continue
+            where = f"{fname}: pipeline {name!r}, {type(op).__name__}"
+            decoder = specs[leader].decoder if leader in specs else None
+            if decoder is None or leader == name:
+                raise ValueError(f"{where} follows {leader!r}, which is not another output "
+                                 f"with a decoder (outputs: {list(specs)})")
+            if not getattr(decoder, "publishes_geometry", False):
+                raise ValueError(f"{where} follows {leader!r}, whose "
+                                 f"{type(decoder).__name__} decides no geometry to follow")
+            if leader not in leaders.setdefault(name, []):
+                leaders[name].append(leader)
+    return leaders
+
+
+def order_for_sources(specs: Mapping[str, PipelineSpec], fname: str,
+                      leaders: Mapping[str, list[str]] | None = None) -> list[str]:
+    """Output names, each branch after the pipeline holding its source operation and
+    each follower after the pipelines whose geometry it follows."""
+    leaders = leaders or {}
     owner: dict[int, str] = {}
     for name, spec in specs.items():
         for op in ([spec.decoder] if spec.decoder else []) + list(spec.transforms):
@@ -262,6 +295,8 @@ def order_for_sources(specs: Mapping[str, PipelineSpec], fname: str) -> list[str
                 raise ValueError(f"{fname}: pipeline {name!r} starts from {source!r}, "
                                  "which no other pipeline contains")
             visit(owner[id(source)])
+        for leader in leaders.get(name, ()):
+            visit(leader)
         visiting.discard(name)
         done.append(name)
 
