@@ -75,7 +75,12 @@ class PILImageFolder:
                 img = img.resize((192, 192), Image.BILINEAR, box=(j, i, j + w, i + h))
                 if self.rng.random() < 0.5:
                     img = img.transpose(Image.FLIP_LEFT_RIGHT)
-            pixels = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+            if self.pipeline == "tv_trivialaugment":
+                raise ImportError("the tv_trivialaugment baseline needs torchvision")
+            array = np.asarray(img)
+            if self.pipeline == "python_op":
+                array = _bench_ops().python_op(array)
+            pixels = torch.from_numpy(array.copy()).permute(2, 0, 1)
         return pixels, self.labels[index]
 
 
@@ -87,7 +92,33 @@ def torchvision_dataset(root: Path, pipeline: str) -> Any:
         ops = [v2.PILToTensor(), v2.Resize(256), v2.CenterCrop(224)]
     else:
         ops = [v2.PILToTensor(), v2.RandomResizedCrop(192), v2.RandomHorizontalFlip()]
+    if pipeline == "python_op":
+        ops.append(v2.Lambda(_tensor_python_op))
+    elif pipeline == "tv_trivialaugment":
+        ops.append(v2.TrivialAugmentWide())
     return torchvision.datasets.ImageFolder(str(root), transform=v2.Compose(ops))
+
+
+@functools.cache
+def _bench_ops() -> Any:
+    """fastforward/_bench_ops.py, loaded by path (fastforward may not be installed here)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "fastforward" / "_bench_ops.py"
+    spec = importlib.util.spec_from_file_location("fastforward_bench_ops", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tensor_python_op(image: Any) -> Any:
+    """The benchmark's Python operation on a C×H×W uint8 tensor (HWC NumPy inside)."""
+    import torch
+
+    out = _bench_ops().python_op(image.permute(1, 2, 0).numpy())
+    return torch.from_numpy(out).permute(2, 0, 1)
 
 
 def _dataloader(root: Path, pipeline: str, workers: int, batch_size: int = 256) -> Figure:

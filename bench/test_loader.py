@@ -74,6 +74,43 @@ def test_side_by_side(benchmark, beton: Path, folder256: Path, pipeline: str, co
     assert all(m.images > 0 for m in figures.values())
 
 
+PYTHON_PIPELINES = ["python_op", "tv_trivialaugment"]
+
+
+@pytest.mark.parametrize("pipeline", PYTHON_PIPELINES)
+def test_python_augmentations(benchmark, beton: Path, folder256: Path, pipeline: str,
+                              cores: int, rounds: int,
+                              comparators: dict[str, str | None]) -> None:
+    """A per-sample Python augmentation after RandomResizedCrop(192) + flip, in turn:
+    fastforward on 1 and on every core's worth of worker processes, on threads
+    (all cores), and the DataLoader running the same transforms with as many
+    worker processes.
+
+    - ``python_op``: a NumPy operation of about 50 µs (``fastforward._bench_ops``);
+    - ``tv_trivialaugment``: torchvision's ``TrivialAugmentWide`` (needs
+      torchvision here and in the DataLoader's environment).
+    """
+    if pipeline == "tv_trivialaugment":
+        pytest.importorskip("torchvision", reason="TrivialAugmentWide is torchvision's")
+    measures = {
+        "fastforward": lambda: loader_throughput(beton, pipeline, num_workers=cores,
+                                                 worker_type="process", epochs=2,
+                                                 batch_size=128),
+        "fastforward, 1 process": lambda: loader_throughput(
+            beton, pipeline, num_workers=1, worker_type="process", epochs=2, batch_size=128),
+        "fastforward, threads": lambda: loader_throughput(
+            beton, pipeline, num_workers=cores, worker_type="thread", epochs=2, batch_size=128),
+    }
+    if importable("torchvision" if pipeline == "tv_trivialaugment" else "torch",
+                  comparators["dataloader"]):
+        measures["DataLoader"] = lambda: throughput("dataloader", folder256, pipeline, cores,
+                                                    comparators["dataloader"])
+    figures = run_once(benchmark, lambda: side_by_side(measures, rounds))
+    for role, m in figures.items():
+        record(pipeline, role, m)
+    assert all(m.images > 0 for m in figures.values())
+
+
 def test_small_raw(benchmark, small_raw: Path, cores: int, rounds: int,
                    comparators: dict[str, str | None]) -> None:
     """(c): 32×32 raw images through SimpleRGBImageDecoder, a memcpy of the same

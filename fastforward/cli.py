@@ -759,13 +759,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         blobs = stored_jpegs(reader, image_field(reader), limit=2000)
     print(f"{args.file}: pipeline {args.pipeline}, batch {args.batch_size}, "
           f"{args.epochs} epoch(s) after a warm-up batch")
-    print(f"  {'threads':>7}  {'decode limit':>13}  {'fastforward':>12}  {'ratio':>6}")
+    print(f"  {'workers':>7}  {'decode limit':>13}  {'fastforward':>12}  {'ratio':>6}")
     rows = []
     for workers in counts:
         limit = decode_limit(blobs, workers) if blobs else None
         loaded = loader_throughput(args.file, args.pipeline, num_workers=workers,
                                    batch_size=args.batch_size, epochs=args.epochs,
-                                   os_cache=not args.no_os_cache)
+                                   os_cache=not args.no_os_cache,
+                                   worker_type=args.worker_type)
         ratio = f"{loaded.rate / limit.rate:6.2f}" if limit and limit.rate else "     -"
         limit_text = f"{limit.rate:13,.0f}" if limit else f"{'-':>13}"
         print(f"  {workers:>7}  {limit_text}  {loaded.rate:12,.0f}  {ratio}", flush=True)
@@ -775,7 +776,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         axes.plot([r[0] for r in rows], [r[2] for r in rows], "o-", label="fastforward")
         if blobs:
             axes.plot([r[0] for r in rows], [r[1] for r in rows], "s--", label="decode limit")
-        axes.set_xlabel("num_workers (threads)")
+        axes.set_xlabel("num_workers")
         axes.set_ylabel("images/s")
         axes.set_title(f"{Path(args.file).name}: {args.pipeline}")
         axes.legend()
@@ -793,12 +794,19 @@ def _add_bench(subparsers: Any) -> None:
                     "thread count, beside simplejpeg decoding its JPEGs on as many threads.")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--pipeline", default="center_crop",
-                   choices=["center_crop", "train", "train_numpy", "simple"],
+                   choices=["center_crop", "train", "train_numpy", "simple", "python_op",
+                            "tv_trivialaugment"],
                    help="center_crop: CenterCrop(224); train: RandomResizedCrop(192) + flip + "
                         "float16 (needs torch); train_numpy: the same up to the flip; simple: "
-                        "images as stored (default: %(default)s)")
+                        "images as stored; python_op: RandomResizedCrop(192) + flip + a "
+                        "per-sample NumPy operation of about 50 µs; tv_trivialaugment: "
+                        "RandomResizedCrop(192) + flip + torchvision's TrivialAugmentWide per "
+                        "sample (needs torchvision) (default: %(default)s)")
     p.add_argument("--workers", type=positive_int, nargs="+", metavar="N",
-                   help="thread counts to measure (default: 1, half and all the CPUs)")
+                   help="worker counts to measure (default: 1, half and all the CPUs)")
+    p.add_argument("--worker-type", default="auto", choices=["auto", "thread", "process"],
+                   help="threads, or processes for Python operations; auto: processes "
+                        "exactly for the pipelines with one (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--epochs", type=positive_int, default=1)
     p.add_argument("--no-os-cache", action="store_true", help="read with os_cache=False")

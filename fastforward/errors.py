@@ -68,3 +68,24 @@ def annotate(exc: BaseException, where: str) -> BaseException:
     if not any(where in note for note in getattr(exc, "__notes__", ())):
         exc.add_note(where)
     return exc
+
+
+class WorkerError(FastForwardError, RuntimeError):
+    """A worker process (the writer's or the loader's) died without reporting an
+    exception: killed, out of memory, or crashed in native code."""
+
+
+def portable(exc: BaseException, where: str) -> BaseException:
+    """*exc*, ready to cross a process boundary: itself if it survives pickling,
+    else a ``FastForwardError`` with its type and text; its traceback (formatted
+    here, in the process it was raised in) is added as a note naming *where*."""
+    import pickle
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        exc = FastForwardError(f"{type(exc).__name__}: {exc}")
+    exc.add_note(f"in {where}:\n{text}")
+    return exc

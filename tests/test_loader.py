@@ -142,7 +142,8 @@ def test_branch_from_an_operation(photos_file: Path) -> None:
 
 def test_one_decoder_for_two_fields_is_refused(scalars: Path) -> None:
     decoder = IntDecoder()
-    with pytest.raises(ValueError, match="one decoder per field"):
+    with pytest.raises(ValueError, match=r"one IntDecoder instance decodes outputs 'index' "
+                                         r"and 'value'"):
         Loader(scalars, 4, pipelines={"index": [decoder], "value": [decoder]})
 
 
@@ -285,7 +286,7 @@ def test_raw_batches_on_the_copy_thread_are_whole(raw_file: Path, after: list[st
             np.testing.assert_array_equal(got, 255 - expected[order] if after else expected[order])
         # copied on the copy threads, unless an operation reads the rows right away
         assert len(queued) == (0 if after else 2 * len(loader))
-        copier = loader._copier
+        copier = loader._owned.copier
     if after:
         assert copier is None  # no pipeline could use the copy threads: none started
     else:
@@ -537,7 +538,7 @@ def test_fused_flip_equals_the_separate_flip(photos_file: Path) -> None:
         if branch:  # a branch reads the unflipped image, so the flip stays separate
             pipelines["plain"] = PipelineSpec(decoder)
         loader = Loader(photos_file, 16, seed=2, pipelines=pipelines)
-        fused = loader.pipelines[0].fused_flip is not None
+        fused = loader.pipelines[0].decoder.fused_flip is not None
         assert fused is not branch
         return next(iter(loader))[0]
 
@@ -654,7 +655,7 @@ def test_close_returns_slots_only_after_their_batches_are_written(cheap_fetch: b
     events: list[tuple[str, int]] = []
     lock = threading.Lock()
 
-    def run_batch(index, indices, data, slot, map_ranges):  # type: ignore[no-untyped-def]
+    def run_batch(index, indices, data, slot):  # type: ignore[no-untyped-def]
         time.sleep(0.3)  # still writing into the slot when close() comes
         with lock:
             events.append(("written", slot))
@@ -667,8 +668,8 @@ def test_close_returns_slots_only_after_their_batches_are_written(cheap_fetch: b
     slots = iter(range(100))
     plan = EpochPlan(batches=[np.arange(k, k + 1) for k in range(20)],
                      fetch=lambda indices: indices, acquire_slot=lambda: next(slots),
-                     release_slot=release, run_batch=run_batch, num_workers=1,
-                     batches_ahead=3, fetch_is_cheap=cheap_fetch)
+                     release_slot=release, run_batch=run_batch, batches_ahead=3,
+                     fetch_is_cheap=cheap_fetch)
     engine = Engine(plan)
     time.sleep(0.1)
     closer = threading.Thread(target=engine.close)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,9 +19,10 @@ import numpy as np
 
 from .._ext.resize import Workspace, crop_resize_into, decode_crop_resize_range
 from ..errors import DecodeError, EncodeError
+from ..pipeline import geometry, random
 from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.decoder import Decoder
-from ..pipeline.operation import BatchContext
+from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
 from ..transforms.crop import (
     RANDOM_CROP_UNIFORMS,
@@ -330,6 +331,15 @@ class _ScratchPool:
         self._free: list[_Scratch] = []
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # scratch is per process: a copy starts empty
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _ScratchPool:
+        return _ScratchPool()
+
     @contextmanager
     def lend(self) -> Iterator[_Scratch]:
         with self._lock:
@@ -349,6 +359,14 @@ class _ImageDecoder(Decoder):
         # libjpeg-turbo's fast IDCT: FFCV's exact pixels, and faster
         self.fastdct = fastdct
         self._scratch = _ScratchPool()
+
+    def runtime_copy(self, previous: Decoder | None = None) -> Decoder:
+        clone = super().runtime_copy(previous)
+        # scratch is kept from epoch to epoch (made anew it would be faulted in anew),
+        # but never shared with the user's object or another loader
+        pool = getattr(previous, "_scratch", None)
+        clone._scratch = pool if isinstance(pool, _ScratchPool) else _ScratchPool()  # type: ignore[attr-defined]
+        return clone
 
     def _modes_and_sizes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         meta = self.metadata
@@ -390,6 +408,11 @@ class SimpleRGBImageDecoder(_ImageDecoder):
 
     _raw_field: tuple[Any, bool] | None = None
 
+    def runtime_copy(self, previous: Decoder | None = None) -> Decoder:
+        clone = super().runtime_copy(previous)
+        clone.__dict__.pop("_raw_field", None)
+        return clone
+
     def _all_raw(self, indices: np.ndarray) -> bool:
         """Whether the samples at *indices* are all stored raw (at once when the
         whole field is: known once per metadata, not looked up per batch)."""
@@ -429,16 +452,56 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
     """Base of the decoders that crop each image and resize the crop to ``output_size``.
 
     ``output_size`` (height, width) may be changed between epochs (progressive
-    resizing): the loader re-reads it when an epoch starts.
+    resizing): the loader re-reads it when an epoch starts. Each sample's crop,
+    size and flip are its geometry, which masks and boxes can follow
+    (``fastforward.pipeline.geometry``).
     """
 
-    fuses_conversion = True  # the loader may have it write float16/float32 (normalised)
+    publishes_geometry = True
 
     def __init__(self, output_size: tuple[int, int], fastdct: bool = True) -> None:
         super().__init__(fastdct)
         self.output_size = output_size
-        # (dtype, scale, bias) when the loader fused a conversion into this decoder
+        # (dtype, scale, bias) when the planner fused a conversion into this decoder
         self.fused_output: tuple[np.dtype, Any, Any] | None = None
+        # (flip probability, random stream) of a RandomHorizontalFlip fused into it
+        self.fused_flip: tuple[float, int] | None = None
+
+    def fuse(self, transforms: Sequence[Operation], rng_streams: Sequence[int]) -> list[int]:
+        """Mirror while resizing (a ``RandomHorizontalFlip`` right after the decoder,
+        with its own random stream: the same decisions), and write float16/float32,
+        normalised or not, when the pipeline goes on with operations that pass the
+        values through (``ToTensor``, ``ToTorchImage()``, ``ToDevice('cpu')``) and
+        then ``Convert`` or ``NormalizeImage``: one pass instead of three. A fused
+        normalisation may differ from the separate one in the last bit.
+        """
+        from ..transforms import RandomHorizontalFlip
+
+        self.fused_flip = self.fused_output = None
+        taken: list[int] = []
+        position = 0
+        if transforms and type(transforms[0]) is RandomHorizontalFlip:
+            self.fused_flip = (float(transforms[0].flip_prob), rng_streams[0])
+            taken.append(0)
+            position = 1
+        for k in range(position, len(transforms)):
+            op = transforms[k]
+            if op.passes_through:
+                continue
+            affine = op.pixel_affine()
+            if affine is not None:
+                self.fused_output = affine
+                taken.append(k)
+            break
+        return taken
+
+    def flips(self, context: BatchContext, lo: int, hi: int) -> np.ndarray:
+        """Whether samples ``lo:hi`` are mirrored (a fused flip's decisions), as uint8."""
+        if self.fused_flip is None:
+            return np.zeros(hi - lo, np.uint8)
+        probability, stream = self.fused_flip
+        u = random.uniform(context.seed, context.epoch, context.indices[lo:hi], stream, 1)
+        return (u[:, 0] < probability).astype(np.uint8)
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
         height, width = (int(v) for v in self.output_size)
@@ -465,8 +528,7 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
     def decode_range(self, lo: int, hi: int, destination: np.ndarray,
                      context: BatchContext) -> None:
         u = self.uniforms(context)
-        flip = context.flip  # set when the loader fused a RandomHorizontalFlip into this decoder
-        flips = np.zeros(hi - lo, np.uint8) if flip is None else flip[lo:hi].astype(np.uint8)
+        flips = self.flips(context, lo, hi)
         scale = bias = None
         if self.fused_output is not None:
             _, scale, bias = self.fused_output
@@ -480,6 +542,9 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
         heights, widths = rows["height"].astype(np.int64), rows["width"].astype(np.int64)
         crops = np.ascontiguousarray(self.crops(heights, widths, None if u is None else u[lo:hi]),
                                      dtype=np.int64)
+        if context.geometry_out is not None:  # masks or boxes follow this image
+            geometry.fill(context.geometry_out[lo:hi], heights, widths, crops,
+                          destination.shape[1], destination.shape[2], flips)
         source, offsets, sizes = context.data.field(self.field_index)
         with self._scratch.lend() as scratch:
             jpeg = modes == IMAGE_MODES["jpg"]

@@ -8,6 +8,7 @@ Decoders read nothing else.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,11 @@ class BatchData:
         """``(source, offsets, sizes)``: sample ``j``'s bytes are
         ``source[offsets[j] : offsets[j] + sizes[j]]``."""
         return self.fields[index]
+
+    def rows(self, lo: int, hi: int) -> BatchData:
+        """The payloads of the batch's samples ``lo:hi`` (views, no copy)."""
+        return BatchData({i: (source, offsets[lo:hi], sizes[lo:hi])
+                          for i, (source, offsets, sizes) in self.fields.items()}, 0)
 
 
 class MemoryManager(ABC):
@@ -53,8 +59,9 @@ class MemoryManager(ABC):
             self.sizes[i] = sizes.astype(np.uint64)
 
     @abstractmethod
-    def fetch(self, indices: np.ndarray) -> BatchData:
-        """The payloads of the samples *indices* (called ahead of decoding)."""
+    def fetch(self, indices: np.ndarray, fields: Collection[int] | None = None) -> BatchData:
+        """The payloads of the samples *indices* (called ahead of decoding), for the
+        field indices *fields* (default: every field with payloads)."""
 
     def close(self) -> None:  # noqa: B027 - most managers hold nothing to release
         """Release files and maps (idempotent)."""

@@ -6,6 +6,8 @@ nothing is copied before decoding.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 
 from ..reader import Reader
@@ -19,9 +21,10 @@ class OSCacheManager(MemoryManager):
         super().__init__(reader)
         self._source = np.frombuffer(reader.buffer, np.uint8)
 
-    def fetch(self, indices: np.ndarray) -> BatchData:
+    def fetch(self, indices: np.ndarray, fields: Collection[int] | None = None) -> BatchData:
         return BatchData({i: (self._source, offsets[indices], self.sizes[i][indices])
-                          for i, offsets in self.offsets.items()})
+                          for i, offsets in self.offsets.items()
+                          if fields is None or i in fields})
 
     def close(self) -> None:
         self._source = np.zeros(0, np.uint8)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Collection
 
 import numpy as np
 
@@ -38,8 +39,8 @@ class ProcessCacheManager(MemoryManager):
         self.live_bytes = 0  # bytes of fetched batches still in memory
         self.peak_bytes = 0
 
-    def fetch(self, indices: np.ndarray) -> BatchData:
-        fields = list(self.offsets)
+    def fetch(self, indices: np.ndarray, fields: Collection[int] | None = None) -> BatchData:
+        fields = [i for i in self.offsets if fields is None or i in fields]
         if not fields:
             return BatchData({})
         starts = np.concatenate([self.offsets[i][indices] for i in fields])

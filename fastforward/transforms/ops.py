@@ -49,6 +49,9 @@ class ToTensor(Operation):
     """
 
     reads_input = False  # from_numpy shares the memory (a copy, when needed, waits first)
+    passes_through = True  # the same values, in the same memory
+    releases_gil = True
+    sample_independent = True
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, None]:
         require_numpy(self, previous_state)
@@ -85,11 +88,24 @@ class ToDevice(Operation):
     tuple is copied element by element. In a loader, CUDA copies run on the
     loader's side stream from pinned slots; see ``fastforward.device``.
     """
+    releases_gil = True  # a copy in torch
+
 
     def __init__(self, device: Any, non_blocking: bool = True) -> None:
         super().__init__()
         self.device = device
         self.non_blocking = non_blocking
+
+    @property
+    def passes_through(self) -> bool:  # type: ignore[override]
+        """To the CPU: the tensor itself."""
+        return str(self.device) == "cpu"
+
+    @property
+    def sample_independent(self) -> bool:  # type: ignore[override]
+        """To the CPU: nothing happens. A copy to a GPU belongs to the loader's
+        CUDA stage, in the loader's process: never split over workers."""
+        return str(self.device) == "cpu"
 
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, AllocationQuery | None]:
@@ -128,6 +144,9 @@ class ToTorchImage(Operation):
             ``NormalizeImage`` does. fastforward's ``NormalizeImage`` gives
             real float16, so this only matters for custom operations.
     """
+    releases_gil = True  # vectorised NumPy (or torch)
+    sample_independent = True  # each sample from its own values and randomness
+
 
     def __init__(self, channels_last: bool = True, convert_back_int16: bool = True) -> None:
         super().__init__()
@@ -138,6 +157,11 @@ class ToTorchImage(Operation):
     def reads_input(self) -> bool:  # type: ignore[override]
         """A permuted view (``channels_last``) reads nothing; a contiguous copy does."""
         return not self.channels_last
+
+    @property
+    def passes_through(self) -> bool:  # type: ignore[override]
+        """A permuted view (``channels_last``) keeps the values where they are."""
+        return bool(self.channels_last)
 
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, AllocationQuery | None]:
@@ -179,6 +203,9 @@ class Convert(Operation):
     The result goes into this operation's buffer (on the batch's device),
     keeping a channels-last layout; FFCV allocated a new tensor per batch.
     """
+    releases_gil = True  # vectorised NumPy (or torch)
+    sample_independent = True  # each sample from its own values and randomness
+
 
     def __init__(self, target_dtype: Any) -> None:
         super().__init__()
@@ -196,6 +223,13 @@ class Convert(Operation):
         if previous_state.shape is None:
             return state, None
         return state, AllocationQuery(tuple(previous_state.shape), dtype, device)
+
+    def pixel_affine(self) -> tuple[np.dtype, None, None] | None:
+        """To float16 or float32: ``value * 1 + 0``, which a crop decoder can write."""
+        target = str(self.target_dtype).replace("torch.", "")
+        if target in ("float16", "float32"):
+            return np.dtype(target), None, None
+        return None
 
     def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         """Write ``batch`` cast to the target dtype into *destination*."""
@@ -222,6 +256,9 @@ class View(Operation):
 
     No copy and no buffer: the result is a view of the input.
     """
+    releases_gil = True  # vectorised NumPy (or torch)
+    sample_independent = True  # each sample from its own values and randomness
+
 
     reads_input = False
 

@@ -30,6 +30,9 @@ class RandomResizedCrop(Operation):
     ``(size, size, C)`` buffer. Prefer ``RandomResizedCropRGBImageDecoder``,
     which crops before resizing the full image.
     """
+    releases_gil = True  # vectorised NumPy (or torch)
+    sample_independent = True  # each sample from its own values and randomness
+
 
     def __init__(self, scale: tuple[float, float], ratio: tuple[float, float],
                  size: int) -> None:

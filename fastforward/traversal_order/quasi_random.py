@@ -98,7 +98,7 @@ class QuasiRandom(TraversalOrder):
         samples of its run. With fewer pages than ranks the single-process
         order is split into contiguous chunks instead (pages are then shared).
         """
-        from ..loader.sharding import Shard, contiguous, even_out
+        from .sharding import Shard, contiguous, even_out
 
         if world == 1:
             return [Shard.of(self.sample_order(epoch))]
