@@ -77,8 +77,9 @@ class WorkerError(FastForwardError, RuntimeError):
 
 def portable(exc: BaseException, where: str) -> BaseException:
     """*exc*, ready to cross a process boundary: itself if it survives pickling,
-    else a ``FastForwardError`` with its type and text; its traceback (formatted
-    here, in the process it was raised in) is added as a note naming *where*."""
+    else a ``FastForwardError`` with its type and text, after the locations
+    ``annotate`` added as notes; its traceback (formatted here, in the process
+    it was raised in) is added as a note naming *where*."""
     import pickle
     import traceback
 
@@ -86,6 +87,7 @@ def portable(exc: BaseException, where: str) -> BaseException:
     try:
         pickle.loads(pickle.dumps(exc))
     except Exception:
-        exc = FastForwardError(f"{type(exc).__name__}: {exc}")
+        located = [note for note in getattr(exc, "__notes__", ()) if "\n" not in note]
+        exc = FastForwardError("; ".join([*located, f"{type(exc).__name__}: {exc}"]))
     exc.add_note(f"in {where}:\n{text}")
     return exc

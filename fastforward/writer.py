@@ -48,7 +48,6 @@ import secrets
 import signal
 import sys
 import threading
-import traceback
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
@@ -56,7 +55,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .errors import EncodeError, FastForwardError, Terminated, annotate
+from .errors import EncodeError, FastForwardError, Terminated, WorkerError, annotate, portable
 from .fields import Field
 from .fields.base import CURRENT_SAMPLE
 from .types import (
@@ -88,11 +87,6 @@ __all__ = ["MAX_PAGE_SIZE", "MIN_PAGE_SIZE", "DatasetWriter", "SkippedSample",
 PROVISIONAL = 0xFFF0_0000_0000_0000
 MAX_ALLOCS_PER_SAMPLE = 1 << 20
 _IN_FLIGHT_PER_WORKER = 2
-
-
-class WorkerError(FastForwardError, RuntimeError):
-    """A writer worker process died without reporting an exception, or could
-    not load the job it was given."""
 
 
 class TargetLockedError(FastForwardError, RuntimeError):
@@ -250,6 +244,7 @@ def _too_large(nbytes: int, page_size: int) -> str:
 # -- worker processes -----------------------------------------------------------
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_IN_WORKER = "the writer's worker process"
 
 
 def _worker_main(conn: Connection, job: Any, inherited: tuple[list[Connection], list[int]],
@@ -275,7 +270,7 @@ def _worker_main(conn: Connection, job: Any, inherited: tuple[list[Connection], 
             return
         except BaseException as exc:
             with contextlib.suppress(OSError):
-                conn.send(("error", -1, _portable(exc)))
+                conn.send(("error", -1, portable(exc, _IN_WORKER)))
             return
     encoder, source = job
     while True:
@@ -289,7 +284,7 @@ def _worker_main(conn: Connection, job: Any, inherited: tuple[list[Connection], 
         try:
             result: Any = ("ok", task_id, encoder.encode(source.expand(payload), source.describe))
         except BaseException as exc:
-            result = ("error", task_id, _portable(exc))
+            result = ("error", task_id, portable(exc, _IN_WORKER))
         try:
             conn.send(result)
         except (BrokenPipeError, OSError):
@@ -314,18 +309,6 @@ def _die_with_parent(parent_pid: int | None) -> None:
         return  # cannot fail on Linux; the pipe still tells us of the parent's death
     if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(1)
-
-
-def _portable(exc: BaseException) -> BaseException:
-    """*exc* if it survives pickling, else an EncodeError with its text."""
-    text = "".join(traceback.format_exception(exc))
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        where = [note for note in getattr(exc, "__notes__", ()) if "\n" not in note]
-        exc = EncodeError("; ".join([*where, f"{type(exc).__name__}: {exc}"]))
-    exc.add_note(f"in the writer's worker process:\n{text}")
-    return exc
 
 
 def _os_threads() -> int | None:

@@ -21,7 +21,7 @@ import pytest
 
 import fastforward.writer as writer_module
 from fastforward.cli import describe_error
-from fastforward.errors import DecodeError, EncodeError
+from fastforward.errors import DecodeError, EncodeError, FastForwardError
 from fastforward.fields import BytesField, IntField, RGBImageField
 from fastforward.reader import Reader
 from fastforward.writer import DatasetWriter, TargetLockedError, WorkerError
@@ -519,7 +519,8 @@ class CustomMessage(Exception):
 
 
 class TwoArguments(Exception):
-    """Pickles, but cannot be rebuilt from its args (the worker sends its text)."""
+    """Pickles, but cannot be rebuilt from its args (the worker sends its text
+    as a FastForwardError)."""
 
     def __init__(self, code: int, detail: str) -> None:
         super().__init__(f"code {code}: {detail}")
@@ -550,7 +551,7 @@ def make_os_error() -> OSError:
     (make_os_error, FileNotFoundError),
     (ValueError, ValueError),
     (CustomMessage, CustomMessage),
-    (lambda: TwoArguments(3, "bad"), EncodeError),
+    (lambda: TwoArguments(3, "bad"), FastForwardError),
 ], ids=["one-string", "not-a-string", "os-error", "no-arguments", "own-str", "unpicklable"])
 @forking_with_threads
 def test_dataset_exceptions_name_the_file_and_sample(tmp_path: Path, make: Any,
