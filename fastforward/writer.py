@@ -72,7 +72,7 @@ from .types import (
     type_id_of,
     validate_page_size,
 )
-from .utils import default_workers
+from .utils import default_workers, forkserver_preload
 
 try:
     import fcntl
@@ -332,19 +332,6 @@ def _start_method(requested: str | None) -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
-def _forkserver_preload(ctx: Any) -> None:
-    """Have the fork server import this module before it forks anyone, if it
-    is not running yet: then a worker starts in milliseconds, not the
-    fraction of a second that importing NumPy and fastforward takes. The
-    modules already listed (``__main__`` by default) stay listed."""
-    from multiprocessing import forkserver
-
-    server = getattr(forkserver, "_forkserver", None)
-    preload = list(getattr(server, "_preload_modules", None) or ["__main__"])
-    if __name__ not in preload:
-        ctx.set_forkserver_preload([*preload, __name__])
-
-
 class _Pool:
     """Worker processes, each fed over its own pipe; the parent waits on the
     pipes and on the processes' sentinels, so a dead worker is noticed at once.
@@ -394,7 +381,7 @@ class _Pool:
         if self.method != "fork":
             blob = _pickled_job(job, self.method, self.fname)
             if self.method == "forkserver":
-                _forkserver_preload(ctx)
+                forkserver_preload(ctx, [__name__])  # workers start in ms, not seconds
         for i in range(num_workers):
             parent_end, child_end = ctx.Pipe()
             if self.method == "fork":  # the job as it is in memory; nothing is pickled

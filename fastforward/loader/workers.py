@@ -53,7 +53,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import recv_handle, send_handle
@@ -63,6 +63,7 @@ import numpy as np
 
 from ..errors import WorkerError, portable
 from ..pipeline.plan import Plan, bind_plan
+from ..utils import forkserver_preload
 from .runner import BatchJob, run_stage1
 
 THREAD, PROCESS = "thread", "process"
@@ -199,7 +200,7 @@ class ProcessWorkers:
         if method == "forkserver":
             # imported once by the server (if this starts it), not by every worker: the
             # main module (where scripts define their operations) and what they need
-            ctx.set_forkserver_preload(_preload())
+            forkserver_preload(ctx, _preload())
         started: list[_Worker] = []
         for k in missing:
             parent_end, child_end = ctx.Pipe(duplex=True)
@@ -295,11 +296,9 @@ class ProcessWorkers:
         return ProcessEpoch(self, plan, plan_id, slots.dropped)
 
     def _send(self, worker: _Worker, message: Any) -> None:
-        try:
-            with worker.send_lock:
-                worker.conn.send(message)
-        except OSError:
-            raise self._death(worker, "receiving its work") from None
+        sent = _try_send(worker, lambda: worker.conn.send(message))
+        if not sent:
+            raise self._death(worker, "receiving its work")
 
     def submit(self, worker_index: int, slot: Any, forget: list[int], plan_id: int,
                job: BatchJob, lo: int, hi: int, what: str) -> Future[Any]:
@@ -313,22 +312,23 @@ class ProcessWorkers:
             self._pending[job_id] = (future, worker, what)
             worker.pending.add(job_id)
         segment_id, nbytes, offsets = slot.describe()
-        try:
-            with worker.send_lock:
-                gone = [s for s in forget if s in worker.segments]
-                if gone:
-                    worker.conn.send(("forget", gone))
-                    worker.segments.difference_update(gone)
-                if segment_id not in worker.segments:
-                    worker.conn.send(("segment", segment_id, nbytes, offsets))
-                    send_handle(worker.conn, slot.segment.fd, worker.process.pid)
-                    worker.segments.add(segment_id)
-                worker.conn.send(("range", job_id, plan_id, segment_id, job, lo, hi))
-        except OSError:
+
+        def send() -> None:
+            gone = [s for s in forget if s in worker.segments]
+            if gone:
+                worker.conn.send(("forget", gone))
+                worker.segments.difference_update(gone)
+            if segment_id not in worker.segments:
+                worker.conn.send(("segment", segment_id, nbytes, offsets))
+                send_handle(worker.conn, slot.segment.fd, worker.process.pid)
+                worker.segments.add(segment_id)
+            worker.conn.send(("range", job_id, plan_id, segment_id, job, lo, hi))
+
+        if not _try_send(worker, send):
             with self._lock:
                 self._pending.pop(job_id, None)
                 worker.pending.discard(job_id)
-            raise self._death(worker, what) from None
+            raise self._death(worker, what)
         return future
 
     # -- the reader thread ---------------------------------------------------------
@@ -450,6 +450,18 @@ class ProcessEpoch:
 
     def close(self) -> None:
         """The pool stays for the next epoch."""
+
+
+def _try_send(worker: _Worker, send: Callable[[], None]) -> bool:
+    """Run *send* under the worker's lock; False if its pipe is broken (it died).
+    The OSError is dropped here, not chained: its traceback would keep the
+    pickled message's buffer alive in a cycle."""
+    try:
+        with worker.send_lock:
+            send()
+    except OSError:
+        return False
+    return True
 
 
 def _drain(queue: collections.deque[int]) -> list[int]:
