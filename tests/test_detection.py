@@ -199,8 +199,10 @@ def test_masks_and_boxes_land_where_the_image_pixels_went(scene_file: Path, scen
                 if not ys.size:
                     assert cols[0] >= cols[1] or rows_[0] >= rows_[1] or (h > oh or w > ow)
                     continue
-                assert cols[0] <= xs.min() and xs.max() < cols[1]
-                assert rows_[0] <= ys.min() and ys.max() < rows_[1]
+                assert cols[0] <= xs.min()
+                assert xs.max() < cols[1]
+                assert rows_[0] <= ys.min()
+                assert ys.max() < rows_[1]
                 x0, y0, x1, y1 = (int(v) for v in scene.boxes[source])
                 full = (scene.instances[y0:y1, x0:x1] == number).all()
                 # equality when the object fills its box, or when every pixel of a box the
@@ -398,7 +400,7 @@ def test_an_unfused_flip_of_a_followed_image_is_refused(scene_file: Path) -> Non
 
 
 def test_a_mask_field_without_a_pipeline_says_what_it_needs(scene_file: Path) -> None:
-    with pytest.raises(ValueError, match="pipeline 'mask'.*MaskDecoder.follows="):
+    with pytest.raises(ValueError, match=r"pipeline 'mask'.*MaskDecoder.follows="):
         Loader(scene_file, 4, pipelines={"image": [CenterCropRGBImageDecoder((20, 20), 1.0)]})
 
 
@@ -428,11 +430,11 @@ def test_a_mask_the_wrong_size_names_file_sample_and_field(tmp_path: Path) -> No
                   num_workers=1, progress=False).from_indexed_dataset(
         [(np.zeros((20, 20, 3), np.uint8), np.zeros((20, 20), np.uint8)),
          (np.zeros((20, 20, 3), np.uint8), np.zeros((10, 20), np.uint8))])
-    with Loader(path, 2, pipelines={"image": [CenterCropRGBImageDecoder((8, 8), 1.0)],
-                                    "mask": [MaskDecoder(follows="image")]}) as loader:
-        with pytest.raises(DecodeError, match=r"sample 1, field 'mask': mask is 10×20, its "
-                                              r"image in 'image' is 20×20") as info:
-            list(loader)
+    loader = Loader(path, 2, pipelines={"image": [CenterCropRGBImageDecoder((8, 8), 1.0)],
+                                        "mask": [MaskDecoder(follows="image")]})
+    with loader, pytest.raises(DecodeError, match=r"sample 1, field 'mask': mask is 10×20, "
+                                                  r"its image in 'image' is 20×20") as info:
+        list(loader)
     assert str(path) in str(info.value)
 
 

@@ -17,7 +17,7 @@ __all__ = [
     "JSONField",
     "MaskField",
     "NDArrayField",
-    "RaggedField",
     "RGBImageField",
+    "RaggedField",
     "TorchTensorField",
 ]

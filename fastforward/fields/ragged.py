@@ -120,8 +120,8 @@ class RaggedField(TaggedField):
         if not self.named:
             _, dtype, shape = self.columns[0]
             return f"RaggedField({dtype}, {shape})"
-        return "RaggedField(columns={%s})" % ", ".join(
-            f"{name!r}: ({dtype}, {shape})" for name, dtype, shape in self.columns)
+        columns = ", ".join(f"{name!r}: ({dtype}, {shape})" for name, dtype, shape in self.columns)
+        return f"RaggedField(columns={{{columns}}})"
 
     def _arrays(self, value: Any) -> list[np.ndarray]:
         if not self.named:
