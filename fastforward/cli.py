@@ -814,6 +814,50 @@ def _add_bench(subparsers: Any) -> None:
     p.set_defaults(handler=cmd_bench)
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    """``fastforward preview FILE``: a PNG grid of decoded samples, masks and boxes drawn.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status.
+    """
+    from .preview import render
+
+    out = render(args.file, args.out, samples=args.samples, image=args.image,
+                 decoder=args.decoder, size=args.size, flip=args.flip, seed=args.seed,
+                 epoch=args.epoch, columns=args.columns, shuffle=args.shuffle)
+    print(f"{args.samples} samples of {args.file} ({args.decoder} {args.size}"
+          f"{' + flip' if args.flip else ''}) drawn in {out}")
+    return 0
+
+
+def _add_preview(subparsers: Any) -> None:
+    from .preview import DECODERS
+
+    p = subparsers.add_parser(
+        "preview", help="draw decoded samples, masks and boxes over them, into a PNG",
+        description="Decode samples of FILE through a chosen image decoder, every mask and box "
+                    "field following it, and draw them in a grid (needs matplotlib: the plot "
+                    "extra).")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("-o", "--out", default="preview.png", help="the PNG (default: %(default)s)")
+    p.add_argument("--samples", type=positive_int, default=16)
+    p.add_argument("--columns", type=positive_int, default=4)
+    p.add_argument("--image", help="the image field (default: the first)")
+    p.add_argument("--decoder", default="center_crop", choices=DECODERS,
+                   help="center_crop: the centred square at --size; random_resized_crop: "
+                        "--size²; shorter_side: shorter side --size, longer at most twice it; "
+                        "simple: as stored (default: %(default)s)")
+    p.add_argument("--size", type=positive_int, default=256)
+    p.add_argument("--flip", action="store_true", help="mirror half of the samples")
+    p.add_argument("--shuffle", action="store_true", help="RANDOM order instead of the first")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epoch", type=int, default=0, help="the epoch whose random draws to show")
+    p.set_defaults(handler=cmd_preview)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fastforward`` argument parser, with one subparser per command.
 
@@ -823,7 +867,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Write, inspect and check FFCV .beton files.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_convert, _add_info, _add_verify, _add_demo, _add_bench):
+    for add in (_add_convert, _add_info, _add_verify, _add_demo, _add_bench, _add_preview):
         add(subparsers)
     return parser
 

@@ -21,6 +21,7 @@ from .errors import FormatError, annotate
 from .fields import Field, NDArrayField, RGBImageField
 from .fields.bytes import BytesField
 from .fields.rgb_image import IMAGE_MODES, require_simplejpeg
+from .fields.tagged import describe_unknown, tagged_class
 from .types import (
     ALLOC_TABLE_TYPE,
     CURRENT_VERSION,
@@ -127,6 +128,11 @@ class Reader:
             if name in self.custom_handlers:
                 continue
             if type_id == CUSTOM_TYPE_ID:
+                if tagged_class(desc["arguments"]) is not None:
+                    continue  # one of fastforward's own field types
+                unknown = describe_unknown(desc["arguments"])
+                if unknown is not None:
+                    raise self._error(f"field {name!r} is {unknown}")
                 raise self._error(
                     f"field {name!r} is a custom field (type id 255): pass its class as "
                     f"custom_handlers={{{name!r}: YourField}} (custom_fields= for a Loader)"

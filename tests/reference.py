@@ -188,3 +188,43 @@ def contrast(image: np.ndarray, factor: float) -> np.ndarray:
 def saturation(image: np.ndarray, factor: float) -> np.ndarray:
     """FFCV's RandomSaturation on one image with a given factor."""
     return _blend_uint8(image, gray_levels(image)[..., None].astype(np.float64), factor)
+
+
+def crop_nearest(src: np.ndarray, y0: int, x0: int, h: int, w: int, out_h: int, out_w: int,
+                 flip: bool = False) -> np.ndarray:
+    """Reference for ``crop_nearest_into``: each output pixel takes the source pixel
+    under its centre (computed in exact fractions)."""
+    from fractions import Fraction
+
+    rows = [y0 + min(h - 1, math.floor(Fraction(2 * i + 1, 2) * h / out_h)) for i in range(out_h)]
+    cols = [x0 + min(w - 1, math.floor(Fraction(2 * j + 1, 2) * w / out_w)) for j in range(out_w)]
+    out = src[np.ix_(rows, cols)]
+    return out[:, ::-1] if flip else out
+
+
+def map_box(box: tuple[float, float, float, float], y: int, x: int, crop_h: int, crop_w: int,
+            out_h: int, out_w: int, flip: bool) -> tuple[list[float], float]:
+    """Reference for one corner box through a crop, resize and flip: the clipped
+    box and the fraction of its area left (plain Python floats)."""
+    x0, y0, x1, y1 = box
+    sx, sy = out_w / crop_w, out_h / crop_h
+    nx0, nx1 = (x0 - x) * sx, (x1 - x) * sx
+    ny0, ny1 = (y0 - y) * sy, (y1 - y) * sy
+    if flip:
+        nx0, nx1 = out_w - nx1, out_w - nx0
+    area = (nx1 - nx0) * (ny1 - ny0)
+    cx0, cx1 = min(max(nx0, 0), out_w), min(max(nx1, 0), out_w)
+    cy0, cy1 = min(max(ny0, 0), out_h), min(max(ny1, 0), out_h)
+    inside = max(cx1 - cx0, 0) * max(cy1 - cy0, 0)
+    return [cx0, cy0, cx1, cy1], (inside / area if area > 0 else 0.0)
+
+
+def shorter_side_size(height: int, width: int, size: int, max_size: int | None) -> tuple[int, int]:
+    """torchvision's ``Resize(size, max_size)`` output ``(height, width)``, transcribed
+    from ``torchvision.transforms.v2.functional._geometry._compute_resized_output_size``."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    if max_size is not None and new_long > max_size:
+        new_short, new_long = int(max_size * new_short / new_long), max_size
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    return new_h, new_w

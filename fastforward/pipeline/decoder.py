@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import annotate
 from .operation import BatchContext, Operation
+from .state import State
 
 
 class Decoder(Operation):
@@ -28,6 +29,11 @@ class Decoder(Operation):
     """True for decoders that decide each sample's geometry (crop, resize, flip)
     and write it to ``context.geometry_out`` when given one (see
     ``fastforward.pipeline.geometry``)."""
+
+    leader_state: State | None = None
+    """For a decoder that ``follows`` another output: that output's decoder's
+    state (its samples' shape and dtype), set by the planner before
+    ``declare_state_and_memory`` (a mask is as large as its image)."""
 
     _BINDING: ClassVar[tuple[str, ...]] = ("field", "field_name", "field_index", "fname",
                                            "metadata", "memory_read")

@@ -145,6 +145,12 @@ class Operation:
     move with that pipeline's image; the loader then hands the image decoder's
     geometry rows over in ``context.geometry[follows]``."""
 
+    moves_pixels: ClassVar[bool] = False
+    """True for operations that move an image's pixels (flips, crops, translations):
+    the planner refuses one in an image pipeline that masks or boxes follow,
+    unless its decoder took it over (a flip right after a crop decoder), since
+    the geometry they follow is the decoder's."""
+
     passes_through: ClassVar[bool] = False
     """True for operations that hand on their input's values in the same memory
     order (``ToTensor``, ``ToTorchImage(channels_last=True)``): a decoder may

@@ -154,6 +154,9 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
                 fused = set(decoder.fuse(ops[:limit], streams[:limit]))
             except Exception as exc:
                 raise annotate(exc, f"{where}, {type(decoder).__name__}") from None
+            leader = getattr(decoder, "follows", None)
+            if leader is not None:  # a follower sizes its output from its leader's (masks)
+                decoder.leader_state = states[id(specs[leader].decoder)]
             state, query = _declare(decoder, State(), where)
             states[id(user_decoder)] = state
             pipeline = PipelinePlan(name, decoder, spec.source, index, f"{name}/decoder",
@@ -163,6 +166,8 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
             state = states[id(spec.source)]
             pipeline = PipelinePlan(name, None, None, -1, "", 0, None,
                                     copies[id(spec.source)])
+        if any(name in names for names in leaders.values()):
+            _check_leader(name, ops, fused, where)
         step_states: list[tuple[State, State]] = []  # each step's input and output
         for position, (user_op, op) in enumerate(zip(user_ops, ops, strict=True), 1):
             if position - 1 in fused:  # the decoder does it: the values pass through
@@ -193,6 +198,18 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
             step.op.reads_input for step in pipeline.steps)
     outputs = list(specs)
     return Plan(fname, [built[name] for name in order], outputs, layout)
+
+
+def _check_leader(name: str, ops: list[Operation], fused: set[int], where: str) -> None:
+    """Refuse an operation that moves the pixels of an image whose geometry others
+    follow, after its decoder decided that geometry (masks and boxes would miss it)."""
+    for position, op in enumerate(ops):
+        if position not in fused and getattr(op, "moves_pixels", False):
+            raise ValueError(
+                f"{where}: {type(op).__name__} moves the image's pixels after its decoder "
+                f"decided the geometry that masks and boxes follow ({name!r} is followed), so "
+                "they would not move with it; a RandomHorizontalFlip must come right after "
+                "the decoder (which then mirrors while it resizes, and tells its followers)")
 
 
 def _split(pipeline: PipelinePlan, step_states: list[tuple[State, State]],

@@ -33,6 +33,7 @@ def _pixels(image: np.ndarray) -> np.ndarray:
 
 
 class _RandomFlip(Operation):
+    moves_pixels = True  # masks and boxes cannot follow it (see Operation.moves_pixels)
     releases_gil = True  # vectorised NumPy (or torch)
     sample_independent = True  # each sample from its own values and randomness
 

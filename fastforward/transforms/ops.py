@@ -39,11 +39,22 @@ def _from_numpy(array: np.ndarray, context: BatchContext) -> Any:
     return torch.from_numpy(array)
 
 
+def _each(batch: Any, convert: Any) -> Any:
+    """*convert* applied to every array of a tuple, list or dict (nested), keeping
+    the container (a ragged field's padded dict or list of samples)."""
+    if isinstance(batch, dict):
+        return {key: _each(value, convert) for key, value in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_each(value, convert) for value in batch)
+    return convert(batch)
+
+
 class ToTensor(Operation):
     """Turn a NumPy batch into a torch tensor sharing its memory (``torch.from_numpy``).
 
     Ends the NumPy stage: later operations receive tensors. A tuple of arrays
-    (``(data, lengths)`` from ``BytesDecoder``) becomes a tuple of tensors.
+    (``(data, lengths)`` from ``BytesDecoder``) becomes a tuple of tensors, a
+    list a list, a dict a dict (``RaggedDecoder``'s batches).
     No buffer: the tensor is a view of the previous operation's buffer (a
     read-only or negatively strided array is copied instead).
     """
@@ -59,9 +70,9 @@ class ToTensor(Operation):
                        dtype=torch_dtype(previous_state.dtype, self)), None
 
     def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
-        """Return ``torch.from_numpy(batch)`` (element-wise for a tuple)."""
-        if isinstance(batch, tuple):
-            return tuple(_from_numpy(b, context) for b in batch)
+        """Return ``torch.from_numpy(batch)`` (element-wise for a tuple, list or dict)."""
+        if isinstance(batch, (tuple, list, dict)):
+            return _each(batch, lambda b: _from_numpy(b, context))
         return _from_numpy(batch, context)
 
 
@@ -85,7 +96,7 @@ class ToDevice(Operation):
     On the batch's own device it returns the tensor unchanged. Otherwise it
     copies into a new tensor on *device* (from torch's caching allocator, so a
     batch you hold is never overwritten), keeping a channels-last layout; a
-    tuple is copied element by element. In a loader, CUDA copies run on the
+    tuple, list or dict is copied element by element. In a loader, CUDA copies run on the
     loader's side stream from pinned slots; see ``fastforward.device``.
     """
     releases_gil = True  # a copy in torch
@@ -120,8 +131,8 @@ class ToDevice(Operation):
 
     def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         """Copy *batch* to the device, or return it if it is already there."""
-        if isinstance(batch, tuple):
-            return tuple(self.apply(item, None, context) for item in batch)
+        if isinstance(batch, (tuple, list, dict)):
+            return _each(batch, lambda item: self.apply(item, None, context))
         target = _device(self.device)
         if batch.device == target:
             return batch
