@@ -58,8 +58,16 @@ def labels_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+SHARED_MEMORY_NAMES = ("fastforward", "psm_", "wnsm_", "mp-", "sem.mp-")
+"""What this process could leave in /dev/shm: its own segments (never named,
+but a fallback would be) and multiprocessing's. Other processes' files (torch's,
+on a shared machine) are theirs."""
+
+
 def shm_entries() -> set[str]:
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    if not os.path.isdir("/dev/shm"):
+        return set()
+    return {name for name in os.listdir("/dev/shm") if name.startswith(SHARED_MEMORY_NAMES)}
 
 
 @pytest.fixture(autouse=True)
