@@ -11,8 +11,10 @@ How a write runs:
    back to back into the current page, or into a fresh page when they do not
    fit, and the provisional pointers in the metadata become file offsets.
    Pages are written whole.
-4. At the end: the allocation table after the last page, the metadata table,
-   the final header, ``fsync``, and an atomic rename onto the target.
+4. At the end: the checksum block (``checksums=True``: the sums of the pages,
+   hashed as they were written, and of the other parts), the allocation table
+   after it, the metadata table, the final header, ``fsync``, and an atomic
+   rename onto the target.
 
 Placement happens in one process, in sample order, so the file depends only
 on the inputs and the seed, never on ``num_workers`` or timing. Any failure
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from .checksums import PageHasher, block_size, build_block
 from .errors import EncodeError, FastForwardError, annotate
 from .fields import Field
 from .fields.base import CURRENT_SAMPLE
@@ -327,6 +330,9 @@ class _PageWriter:
         self.leaves = pointer_leaves
         self.alloc_rows: list[np.ndarray] = []
         self.next_sample = 0
+        # every byte of the pages goes through the hasher as it is written (its sums
+        # are stored only with checksums=True; hashing costs far less than encoding)
+        self.hasher = PageHasher()
 
     def add(self, chunk: _Chunk) -> None:
         n = len(chunk.packed)
@@ -345,6 +351,7 @@ class _PageWriter:
                 self._open_page()
             base = self.start + self.page * self.page_size + self.cursor
             self.file.write(blob[blob_pos : blob_pos + size])
+            self.hasher.update(blob[blob_pos : blob_pos + size])
             lo, hi = alloc_start[j], alloc_start[j + 1]
             alloc_ptrs[lo:hi] = base + chunk.alloc_offsets[lo:hi]
             self.cursor += size
@@ -370,9 +377,17 @@ class _PageWriter:
                 raise EncodeError("a field stored a pointer that malloc never returned")
             values[rows] = alloc_ptrs[alloc_start[rows] + k[rows].astype(np.int64)]
 
+    def _pad_page(self) -> None:
+        """Write the rest of the current page (pages are written whole) and sum it."""
+        if self.cursor < self.page_size:
+            padding = bytes(self.page_size - self.cursor)
+            self.file.write(padding)
+            self.hasher.update(padding)
+        self.hasher.finish_page()
+
     def _open_page(self) -> None:
-        if self.page >= 0 and self.cursor < self.page_size:
-            self.file.write(bytes(self.page_size - self.cursor))  # pages are written whole
+        if self.page >= 0:
+            self._pad_page()
         self.page += 1
         self.cursor = 0
         self.file.seek(self.start + self.page * self.page_size)
@@ -381,8 +396,7 @@ class _PageWriter:
         """Pad the last page; return where the allocation table goes (-1: no pages)."""
         if self.page < 0:
             return -1
-        if self.cursor < self.page_size:
-            self.file.write(bytes(self.page_size - self.cursor))
+        self._pad_page()
         return self.start + (self.page + 1) * self.page_size
 
 
@@ -415,11 +429,16 @@ class DatasetWriter:
             (``RGBImageField(write_mode='proportion')``). The same inputs and
             seed give a byte-identical file, whatever ``num_workers`` is.
         progress: show a tqdm progress bar.
+        checksums: store a checksum of every page and of the header, field
+            descriptors, metadata and allocation table, in a block that FFCV
+            never reads (``fastforward.checksums``): ``fastforward verify`` and
+            ``Loader(..., verify_checksums=True)`` then find any damaged byte.
+            False writes exactly FFCV's layout.
     """
 
     def __init__(self, fname: str | os.PathLike[str], fields: Mapping[str, Field],
                  page_size: int = 4 * MIN_PAGE_SIZE, num_workers: int = -1,
-                 seed: int = 0, progress: bool = True) -> None:
+                 seed: int = 0, progress: bool = True, *, checksums: bool = True) -> None:
         self.fname = os.fspath(fname)
         validate_page_size(int(page_size))
         self.page_size = int(page_size)
@@ -440,6 +459,7 @@ class DatasetWriter:
         self.num_workers = default_workers() if num_workers < 1 else int(num_workers)
         self.seed = int(seed)
         self.progress = progress
+        self.checksums = bool(checksums)
         self.row_type = get_metadata_type(list(self.fields.values()))
 
     # -- entry points -------------------------------------------------------------
@@ -534,13 +554,7 @@ class DatasetWriter:
     def _write_head(self, file: Any, num_samples: int, names: list[str],
                     fields: list[Field]) -> None:
         file.write(self._header(num_samples, alloc_table_ptr=0).tobytes())
-        descriptors = np.zeros(len(fields), FieldDescType)
-        for desc, name, field in zip(descriptors, names, fields, strict=True):
-            desc["type_id"] = type_id_of(field)
-            raw = np.frombuffer(name.encode("ascii"), np.uint8)
-            desc["name"][: raw.size] = raw
-            desc["arguments"][:] = np.frombuffer(field.to_binary().tobytes(), np.uint8)
-        file.write(descriptors.tobytes())
+        file.write(_descriptors(names, fields).tobytes())
 
     def _write_tail(self, file: Any, pages: _PageWriter, num_samples: int,
                     num_fields: int) -> None:
@@ -550,6 +564,14 @@ class DatasetWriter:
             table_ptr = meta_start + num_samples * self.row_type.itemsize
         table = (np.concatenate(pages.alloc_rows) if pages.alloc_rows
                  else np.zeros(0, ALLOC_TABLE_TYPE))
+        if self.checksums:  # the block sits between the last page and the table
+            sums = pages.hasher.sums
+            final = self._header(num_samples, table_ptr + block_size(len(sums)))
+            head = final.tobytes() + _descriptors(list(self.fields),
+                                                  list(self.fields.values())).tobytes()
+            file.seek(table_ptr)
+            file.write(build_block(head, pages.metadata, table, sums))
+            table_ptr += block_size(len(sums))
         file.seek(table_ptr)
         file.write(table.tobytes())
         file.truncate()
@@ -577,6 +599,17 @@ class DatasetWriter:
 
         return Bar(total=total, disable=not self.progress, unit="samples",
                    desc=os.path.basename(self.fname), file=sys.stderr)
+
+
+def _descriptors(names: list[str], fields: list[Field]) -> np.ndarray:
+    """The field descriptors as the file stores them."""
+    descriptors = np.zeros(len(fields), FieldDescType)
+    for desc, name, field in zip(descriptors, names, fields, strict=True):
+        desc["type_id"] = type_id_of(field)
+        raw = np.frombuffer(name.encode("ascii"), np.uint8)
+        desc["name"][: raw.size] = raw
+        desc["arguments"][:] = np.frombuffer(field.to_binary().tobytes(), np.uint8)
+    return descriptors
 
 
 def _umask() -> int:

@@ -8,6 +8,7 @@ little-endian u8 (trailing zeros unused), then the length and text of
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,8 @@ class NDArrayField(Field):
             raise ValueError(f"only simple dtypes can be stored, got {self.dtype}")
         if not 1 <= len(self.shape) <= MAX_DIMS or min(self.shape) < 1:
             raise ValueError(f"shape must have 1 to {MAX_DIMS} positive dims, got {self.shape}")
-        self.element_size = self.dtype.itemsize * int(np.prod(self.shape))
+        # exact (math.prod): np.prod would wrap a damaged file's huge shape around
+        self.element_size = self.dtype.itemsize * math.prod(self.shape)
 
     @property
     def metadata_type(self) -> np.dtype:
