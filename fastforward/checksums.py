@@ -7,14 +7,14 @@ before the allocation table::
     D            data pages, page_size each
     B = D + K·page_size
                  page sums: K × <u8, xxh3_64 of each data page, all page_size bytes
-    B + 8K       footer (FooterType, 72 B)
+    B + 8K       footer (FooterType, 64 B)
     alloc ptr    allocation table, to the end of the file (as in FFCV)
 
 With no data pages (only Int/Float fields) the block follows the metadata.
 No allocation points into the block, so FFCV 1.0.2 (which reads the table
 from ``alloc_table_ptr`` to the end of the file, and pages only where
 allocations point) reads the file as before; fastforward finds the footer in
-the 72 bytes before ``alloc_table_ptr``.
+the 64 bytes before ``alloc_table_ptr``.
 
 The footer holds the sums of the header and field descriptors (the header as
 finally written), of the metadata table, of the allocation table and of the

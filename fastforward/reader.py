@@ -115,7 +115,6 @@ class Reader:
             self._read_fields()
             self._read_metadata()
             self._read_alloc_table()
-            self._check_table_sums()
             self._index_payloads()
         except BaseException:
             self._fd_closer()
@@ -235,6 +234,9 @@ class Reader:
         self.metadata = np.fromfile(
             self.fname, dtype=self.metadata_type, count=self.num_samples, offset=start
         )
+        if self.checksums is not None and digest(self.metadata) != int(
+                self.checksums.footer["metadata"]):
+            self._damage("the metadata table is damaged (its checksum does not match)")
         self.metadata_end = end
         self.data_start = data_offset(
             self.num_fields, self.num_samples, self.metadata_type, self.page_size
@@ -263,6 +265,9 @@ class Reader:
         self.alloc_table = np.fromfile(
             self.fname, dtype=ALLOC_TABLE_TYPE, offset=self.alloc_table_ptr
         )
+        if self.checksums is not None and digest(self.alloc_table) != int(
+                self.checksums.footer["alloc_table"]):
+            self._damage("the allocation table is damaged (its checksum does not match)")
         table = self.alloc_table
         if table.size:
             ends = table["ptr"] + table["size"]
@@ -302,15 +307,6 @@ class Reader:
                              f"{int(self._ptrs[a])}, {int(self._sizes[a])} bytes) and "
                              f"{int(self._owners[b])} (at {int(self._ptrs[b])}) overlap",
                              count=int(overlap.size))
-
-    def _check_table_sums(self) -> None:
-        sums = self.checksums
-        if sums is None:
-            return
-        if digest(self.metadata) != int(sums.footer["metadata"]):
-            self._damage("the metadata table is damaged (its checksum does not match)")
-        if digest(self.alloc_table) != int(sums.footer["alloc_table"]):
-            self._damage("the allocation table is damaged (its checksum does not match)")
 
     def _index_payloads(self) -> None:
         """Each field's payload offsets and sizes, and each sample's page; refuse
