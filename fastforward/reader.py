@@ -195,6 +195,10 @@ class Reader:
         self.field_names = [
             decode_null_terminated_string(d["name"]) for d in self.field_descriptors
         ]
+        if len(set(self.field_names)) != len(self.field_names):
+            twice = sorted({n for n in self.field_names if self.field_names.count(n) > 1})
+            raise self._error(f"two field descriptors have the name {twice[0]!r} (names longer "
+                              "than 16 bytes cut by FFCV's writer, or damage)")
         for desc, name in zip(self.field_descriptors, self.field_names, strict=True):
             type_id = int(desc["type_id"])
             if name in self.custom_handlers:
@@ -319,13 +323,17 @@ class Reader:
         first_page = self.data_start >> shift
         self.sample_pages = np.full(n, -1, np.int64)  # data page index (from 0), -1: none
         found: list[tuple[np.ndarray, str, Callable[[int], str]]] = []
+        used: list[np.ndarray] = []  # the allocations the pointers name
         for i, (name, handler) in enumerate(self.handlers.items()):
             pointers = handler.payload_pointers(self.metadata[f"f{i}"])
             if pointers is None:
                 continue
             ptrs = np.ascontiguousarray(pointers, dtype=np.uint64)
-            sizes = self.payload_sizes(ptrs, samples)
-            missing = sizes < 0
+            rows = self._payload_rows(ptrs, samples)
+            used.append(rows[rows >= 0])
+            missing = rows < 0
+            sizes = np.zeros(n, np.int64)
+            sizes[~missing] = self._sizes[rows[~missing]]
             found.append((missing, name, lambda s, p=ptrs: self._missing_message(int(p[s]), s)))
             size = np.where(missing, 0, sizes).astype(np.uint64)
             page = (ptrs >> np.uint64(shift)).astype(np.int64) - first_page
@@ -343,9 +351,7 @@ class Reader:
             self.payload_offsets[i] = ptrs
             self.payload_nbytes[i] = size
         bad = [(mask, name, message) for mask, name, message in found if mask.any()]
-        if not bad:
-            return
-        if self.validate:  # the first damaged sample, and how many problems in all
+        if bad and self.validate:  # the first damaged sample, and how many problems in all
             first = min(bad, key=lambda b: int(np.argmax(b[0])))
             sample = int(np.argmax(first[0]))
             total = sum(int(np.count_nonzero(b[0])) for b in bad)
@@ -353,6 +359,25 @@ class Reader:
         for mask, name, message in bad:
             for sample in np.flatnonzero(mask).tolist():
                 self._open_problems.append(Problem(sample, name, message(sample)))
+        self._check_allocations_used(used)
+
+    def _check_allocations_used(self, used: list[np.ndarray]) -> None:
+        """Every allocation is one payload's: none unused (a field dropped, a type
+        changed), none named twice. Only where every field is a built-in one (a
+        custom field's pointers may be hidden from ``payload_pointers``)."""
+        if any(type(h) not in TYPE_ID_HANDLER.values() and type(h) is not TorchTensorField
+               for h in self._handler_list) or not self._ptrs.size:
+            return
+        counts = np.bincount(np.concatenate(used) if used else np.zeros(0, np.int64),
+                             minlength=len(self._ptrs))
+        for bad, what in ((counts == 0, "is no field's payload"),
+                          (counts > 1, "is the payload of two fields")):
+            rows = np.flatnonzero(bad)
+            if rows.size:
+                k = int(rows[0])
+                self._damage(f"the allocation of sample {int(self._owners[k])} at "
+                             f"{int(self._ptrs[k])} ({int(self._sizes[k])} bytes) {what}",
+                             count=int(rows.size))
 
     def _missing_message(self, ptr: int, sample: int) -> str:
         try:
@@ -426,6 +451,14 @@ class Reader:
         Returns int64 sizes, -1 where no allocation of that sample starts at
         that offset.
         """
+        rows = self._payload_rows(ptrs, samples)
+        sizes = np.full(len(rows), -1, np.int64)
+        sizes[rows >= 0] = self._sizes[rows[rows >= 0]]
+        return sizes
+
+    def _payload_rows(self, ptrs: np.ndarray, samples: np.ndarray) -> np.ndarray:
+        """Which allocation (a row of the table sorted by offset) each ``(ptr, sample)``
+        is: int64, -1 where none of that sample starts at that offset."""
         ptrs = np.asarray(ptrs, np.uint64)
         samples = np.asarray(samples, np.uint64)
         result = np.full(len(ptrs), -1, np.int64)
@@ -437,7 +470,7 @@ class Reader:
         first = np.minimum(lo, len(self._ptrs) - 1)
         at = self._ptrs[first] == ptrs
         found = at & (self._owners[first] == samples)
-        result[found] = self._sizes[first[found]]
+        result[found] = first[found]
         # rare: a shared offset, where the owner may be a later row of the same offset
         nxt = np.minimum(first + 1, len(self._ptrs) - 1)
         for k in np.flatnonzero(at & ~found & (self._ptrs[nxt] == ptrs)):
@@ -445,7 +478,7 @@ class Reader:
             rows = np.arange(lo[k], hi)
             match = rows[self._owners[rows] == samples[k]]
             if match.size:
-                result[k] = self._sizes[match[0]]
+                result[k] = match[0]
         return result
 
     def payload(self, ptr: int, sample: int | None = None) -> memoryview:

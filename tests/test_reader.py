@@ -145,7 +145,10 @@ def test_pointer_into_another_sample_is_refused(good: Path) -> None:
     error = expect_error(good, "sample 1, field 'image': the payload at offset")
     assert "belongs to sample 0" in str(error)
     reader = Reader(good, validate=False)
-    assert [(p.sample, p.field) for p in reader.verify()] == [(1, "image")]
+    problems = reader.verify()
+    assert [(p.sample, p.field) for p in problems] == [(1, "image"), (None, None)]
+    assert re.fullmatch(r"the allocation of sample 1 at \d+ \(\d+ bytes\) is no field's payload",
+                        str(problems[1]))
     with pytest.raises(FormatError, match="belongs to sample 0"):
         reader.read(1)
 
@@ -275,7 +278,9 @@ def test_payloads_of_one_sample_on_two_pages_are_refused(tmp_path: Path) -> None
     problems = Reader(path, validate=False).verify()
     assert [(p.sample, p.field, p.message) for p in problems] == [
         (0, "b", f"the payload at offset {ptr0} belongs to sample 3"),
-        (3, "b", "payloads of one sample span two pages")]
+        (3, "b", "payloads of one sample span two pages"),
+        (None, None, f"the allocation of sample 3 at {int(reader.metadata['f1']['ptr'][3])} "
+                     "(10 bytes) is no field's payload")]
 
 
 def test_unknown_image_mode_and_empty_image(mixed: Path) -> None:
@@ -299,3 +304,47 @@ def test_open_checks_give_the_reader_each_payload(mixed: Path) -> None:
             reader.payload_size(int(p), s) for s, p in enumerate(pointers)]
     assert 0 not in reader.payload_offsets  # an IntField has no payload
     assert (reader.sample_pages == 0).all()
+
+
+def test_damaged_json_is_a_decode_error_naming_the_sample(mixed: Path) -> None:
+    from fastforward.errors import DecodeError
+
+    reader = Reader(mixed)
+    ptr = int(reader.metadata["f2"]["ptr"][3])
+    patch(mixed, ptr, b"\xf9{")
+    with pytest.raises(DecodeError, match=r"mixed.beton: sample 3, field 'meta': stored JSON"):
+        Reader(mixed).read(3)
+
+
+def test_fewer_fields_in_the_header_is_refused(mixed: Path) -> None:
+    # num_fields 5 -> 4: the metadata rows are read differently, and the image
+    # allocations are nobody's payload (without checksums, nothing else tells)
+    patch(mixed, 2, struct.pack("<H", 4))
+    expect_error(mixed, r"(is no field's payload|field '.*': )")
+
+
+def test_two_fields_naming_one_allocation_is_refused(mixed: Path) -> None:
+    reader = Reader(mixed)
+    patch(mixed, row_offset(reader, 6, 2, "ptr"), struct.pack("<Q", int(
+        reader.metadata["f1"]["ptr"][6])))
+    patch(mixed, row_offset(reader, 6, 2, "size"), struct.pack("<Q", int(
+        reader.metadata["f1"]["size"][6])))
+    expect_error(mixed, r"the allocation of sample 6 at \d+ \(\d+ bytes\) is no field's payload")
+    problems = [str(p) for p in Reader(mixed, validate=False).verify()]
+    assert len(problems) == 2
+    assert problems[1].endswith("is the payload of two fields")
+
+
+def test_huge_ndarray_shape_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "arr.beton"
+    DatasetWriter(path, {"a": NDArrayField("<f4", (3,))}, num_workers=1, progress=False,
+                  checksums=False).from_indexed_dataset([np.zeros(3, "<f4")])
+    patch(path, 24 + 17, struct.pack("<QQ", 1 << 40, 1 << 40))
+    expect_error(path, r"NDArray of shape \(1099511627776, 1099511627776\) .* more than a page")
+
+
+def test_allocation_table_cut_off_is_refused(mixed: Path) -> None:
+    reader = Reader(mixed)
+    with open(mixed, "r+b") as f:
+        f.truncate(reader.alloc_table_ptr)  # a whole number of rows: none
+    expect_error(mixed, "sample 0, field 'blob': no allocation starts at offset")

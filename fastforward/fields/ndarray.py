@@ -21,6 +21,7 @@ from ..pipeline.state import State
 from .base import ARG_TYPE, Field, Malloc, PayloadReader
 
 MAX_DIMS = 32
+MAX_ELEMENT_SIZE = 1 << 32  # a payload lies in one page, and pages are below 4 GiB
 NDArrayArgsType = np.dtype(
     [("shape", "<u8", MAX_DIMS), ("type_length", "<u8"), ("type_data", "u1", 1024 - 264)]
 )
@@ -61,7 +62,14 @@ class NDArrayField(Field):
             shape.pop()
         if not shape or 0 in shape:
             raise FormatError(f"invalid NDArray shape {args['shape'].tolist()}")
-        return NDArrayField(dtype, tuple(shape))
+        try:
+            field = NDArrayField(dtype, tuple(shape))
+        except ValueError as exc:  # a structured dtype
+            raise FormatError(f"invalid NDArray field arguments: {exc}") from None
+        if field.element_size >= MAX_ELEMENT_SIZE:
+            raise FormatError(f"NDArray of shape {tuple(shape)} and dtype {dtype} needs "
+                              f"{field.element_size} bytes per sample, more than a page holds")
+        return field
 
     def to_binary(self) -> np.ndarray:
         args = np.zeros(1, NDArrayArgsType)[0]
