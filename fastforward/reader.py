@@ -21,6 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from ._ext.layout import (
+    APART,
+    CROSSES,
+    MISSING,
+    find_overlaps,
+    first_rows_into,
+    locate_payloads,
+    scan_table,
+)
 from .checksums import BlockError, Checksums, PageChecks, digest
 from .checksums import locate as locate_checksums
 from .errors import FormatError, annotate
@@ -273,44 +282,37 @@ class Reader:
                 self.checksums.footer["alloc_table"]):
             self._damage("the allocation table is damaged (its checksum does not match)")
         table = self.alloc_table
-        if table.size:
-            ends = table["ptr"] + table["size"]
-            bad = np.flatnonzero(
-                (table["ptr"] < self.data_start) | (ends > self.data_end)
-                | (ends < table["ptr"])
+        outside, stranger, in_order = scan_table(
+            table["ptr"], table["size"], table["sample_id"], self.data_start, self.data_end,
+            self.num_samples)
+        if outside >= 0:
+            row = table[outside]
+            raise self._error(
+                f"allocation of sample {int(row['sample_id'])} at {int(row['ptr'])} "
+                f"({int(row['size'])} bytes) lies outside the data pages "
+                f"[{self.data_start}, {self.data_end})"
             )
-            if bad.size:
-                row = table[bad[0]]
-                raise self._error(
-                    f"allocation of sample {int(row['sample_id'])} at {int(row['ptr'])} "
-                    f"({int(row['size'])} bytes) lies outside the data pages "
-                    f"[{self.data_start}, {self.data_end})"
-                )
-            bad = np.flatnonzero(table["sample_id"] >= self.num_samples)
-            if bad.size:
-                raise self._error(
-                    f"allocation table names sample {int(table['sample_id'][bad[0]])}, "
-                    f"but the file has {self.num_samples}"
-                )
-        ptrs = table["ptr"]
-        if ptrs.size and bool((ptrs[1:] >= ptrs[:-1]).all()):
-            order = np.arange(ptrs.size)  # fastforward writes the table in order
+        if stranger >= 0:
+            raise self._error(
+                f"allocation table names sample {int(table['sample_id'][stranger])}, "
+                f"but the file has {self.num_samples}"
+            )
+        if in_order:  # fastforward writes the table in order
+            self._ptrs = np.ascontiguousarray(table["ptr"])
+            self._sizes = np.ascontiguousarray(table["size"])
+            self._owners = np.ascontiguousarray(table["sample_id"])
         else:
-            order = np.argsort(ptrs, kind="stable")
-        self._ptrs = np.ascontiguousarray(ptrs[order])
-        self._sizes = np.ascontiguousarray(table["size"][order])
-        self._owners = np.ascontiguousarray(table["sample_id"][order])
+            order = np.argsort(table["ptr"], kind="stable")
+            self._ptrs = np.ascontiguousarray(table["ptr"][order])
+            self._sizes = np.ascontiguousarray(table["size"][order])
+            self._owners = np.ascontiguousarray(table["sample_id"][order])
         # two payloads may not overlap (FFCV may put an empty one at the next one's offset)
-        full = np.flatnonzero(self._sizes > 0)
-        if full.size > 1:
-            ends = self._ptrs[full[:-1]] + self._sizes[full[:-1]]
-            overlap = np.flatnonzero(ends > self._ptrs[full[1:]])
-            if overlap.size:
-                a, b = full[overlap[0]], full[overlap[0] + 1]
-                self._damage(f"the allocations of samples {int(self._owners[a])} (at "
-                             f"{int(self._ptrs[a])}, {int(self._sizes[a])} bytes) and "
-                             f"{int(self._owners[b])} (at {int(self._ptrs[b])}) overlap",
-                             count=int(overlap.size))
+        count, a, b = find_overlaps(self._ptrs, self._sizes)
+        if count:
+            self._damage(f"the allocations of samples {int(self._owners[a])} (at "
+                         f"{int(self._ptrs[a])}, {int(self._sizes[a])} bytes) and "
+                         f"{int(self._owners[b])} (at {int(self._ptrs[b])}) overlap",
+                         count=count)
 
     def _index_payloads(self) -> None:
         """Each field's payload offsets and sizes, and each sample's page; refuse
@@ -318,36 +320,38 @@ class Reader:
         self.payload_offsets: dict[int, np.ndarray] = {}
         self.payload_nbytes: dict[int, np.ndarray] = {}
         n = self.num_samples
-        samples = np.arange(n, dtype=np.uint64)
         shift = self.page_size.bit_length() - 1
         first_page = self.data_start >> shift
         self.sample_pages = np.full(n, -1, np.int64)  # data page index (from 0), -1: none
         found: list[tuple[np.ndarray, str, Callable[[int], str]]] = []
-        used: list[np.ndarray] = []  # the allocations the pointers name
+        pointer_columns: list[np.ndarray] = []
+        first_rows = np.full(n, -1, np.int64)
+        first_rows_into(self._owners, first_rows)
+        searched = 0  # pointers not where the table's order puts them
+        k = 0  # the pointer field's position among those with pointers
         for i, (name, handler) in enumerate(self.handlers.items()):
             pointers = handler.payload_pointers(self.metadata[f"f{i}"])
             if pointers is None:
                 continue
             ptrs = np.ascontiguousarray(pointers, dtype=np.uint64)
-            rows = self._payload_rows(ptrs, samples)
-            used.append(rows[rows >= 0])
-            missing = rows < 0
-            sizes = np.zeros(n, np.int64)
-            sizes[~missing] = self._sizes[rows[~missing]]
-            found.append((missing, name, lambda s, p=ptrs: self._missing_message(int(p[s]), s)))
-            size = np.where(missing, 0, sizes).astype(np.uint64)
-            page = (ptrs >> np.uint64(shift)).astype(np.int64) - first_page
-            last = ((ptrs + np.maximum(size, 1) - np.uint64(1)) >> np.uint64(shift)).astype(
-                np.int64) - first_page
-            crosses = ~missing & (page != last)
-            found.append((crosses, name, lambda s, p=ptrs, z=size:
-                          f"payload at {int(p[s])} ({int(z[s])} bytes) crosses a page boundary"))
-            ok = ~missing & ~crosses
-            unset = ok & (self.sample_pages < 0)
-            self.sample_pages[unset] = page[unset]
-            apart = ok & (self.sample_pages != page)
-            found.append((apart, name, lambda s: "payloads of one sample span two pages"))
-            found += self._field_checks(handler, name, self.metadata[f"f{i}"], size, ~missing)
+            size = np.empty(n, np.uint64)
+            flags = np.empty(n, np.uint8)
+            flagged, missed = locate_payloads(
+                self._ptrs, self._sizes, self._owners, first_rows, k, ptrs, shift, first_page,
+                size, self.sample_pages, flags)
+            k += 1
+            searched += missed
+            pointer_columns.append(ptrs)
+            if flagged:
+                found += [
+                    (flags == MISSING, name,
+                     lambda s, p=ptrs: self._missing_message(int(p[s]), s)),
+                    (flags == CROSSES, name, lambda s, p=ptrs, z=size: (
+                        f"payload at {int(p[s])} ({int(z[s])} bytes) crosses a page boundary")),
+                    (flags == APART, name, lambda s: "payloads of one sample span two pages"),
+                ]
+            found += self._field_checks(handler, name, self.metadata[f"f{i}"], size,
+                                        flags != MISSING if flagged else None)
             self.payload_offsets[i] = ptrs
             self.payload_nbytes[i] = size
         bad = [(mask, name, message) for mask, name, message in found if mask.any()]
@@ -359,17 +363,23 @@ class Reader:
         for mask, name, message in bad:
             for sample in np.flatnonzero(mask).tolist():
                 self._open_problems.append(Problem(sample, name, message(sample)))
-        self._check_allocations_used(used)
+        self._check_allocations_used(pointer_columns, searched > 0)
 
-    def _check_allocations_used(self, used: list[np.ndarray]) -> None:
+    def _check_allocations_used(self, pointer_columns: list[np.ndarray], searched: bool) -> None:
         """Every allocation is one payload's: none unused (a field dropped, a type
         changed), none named twice. Only where every field is a built-in one (a
         custom field's pointers may be hidden from ``payload_pointers``)."""
         if any(type(h) not in TYPE_ID_HANDLER.values() and type(h) is not TorchTensorField
                for h in self._handler_list) or not self._ptrs.size:
             return
-        counts = np.bincount(np.concatenate(used) if used else np.zeros(0, np.int64),
-                             minlength=len(self._ptrs))
+        if not searched and len(pointer_columns) * self.num_samples == len(self._ptrs):
+            # every row where guessed: first_rows[s] + k differs for every (s, k), so the
+            # rows are distinct, and as many as the table's
+            return
+        samples = np.arange(self.num_samples, dtype=np.uint64)
+        used = [self._payload_rows(ptrs, samples) for ptrs in pointer_columns]
+        rows = np.concatenate(used) if used else np.zeros(0, np.int64)
+        counts = np.bincount(rows[rows >= 0], minlength=len(self._ptrs))
         for bad, what in ((counts == 0, "is no field's payload"),
                           (counts > 1, "is the payload of two fields")):
             rows = np.flatnonzero(bad)
@@ -387,16 +397,17 @@ class Reader:
         return f"no allocation starts at offset {ptr}"  # pragma: no cover - sizes said so
 
     def _field_checks(self, handler: Field, name: str, column: np.ndarray, size: np.ndarray,
-                      has: np.ndarray) -> list[tuple[np.ndarray, str, Callable[[int], str]]]:
-        """The built-in fields' rules: the metadata agrees with the allocation."""
+                      has: np.ndarray | None) -> list[tuple[np.ndarray, str, Callable[[int], str]]]:
+        """The built-in fields' rules: the metadata agrees with the allocation (*has*:
+        which samples have one; None: all)."""
         kind = type(handler)
         if kind in (BytesField, JSONField):
             stated = column["size"]
-            return [(has & (stated != size), name, lambda s: (
+            return [(_where(has, stated != size), name, lambda s: (
                 f"metadata says {int(stated[s])} bytes, the allocation holds {int(size[s])}"))]
         if kind in (NDArrayField, TorchTensorField):
             expected = handler.element_size  # type: ignore[attr-defined]
-            return [(has & (size != np.uint64(expected)), name, lambda s: (
+            return [(_where(has, size != np.uint64(expected)), name, lambda s: (
                 f"array payload of {int(size[s])} bytes, expected {expected}"))]
         if kind is RGBImageField:
             mode = column["mode"]
@@ -404,7 +415,7 @@ class Reader:
             width = column["width"].astype(np.uint64)
             unknown = (mode != IMAGE_MODES["jpg"]) & (mode != IMAGE_MODES["raw"])
             empty = ~unknown & ((height == 0) | (width == 0))
-            raw = ~unknown & ~empty & has & (mode == IMAGE_MODES["raw"])
+            raw = _where(has, ~unknown & ~empty & (mode == IMAGE_MODES["raw"]))
             short = raw & (height * width * np.uint64(3) != size)
             return [
                 (unknown, name, lambda s: f"unknown image mode {int(mode[s])}"),
@@ -678,6 +689,10 @@ class Reader:
     def __repr__(self) -> str:
         fields = ", ".join(f"{n}: {type(h).__name__}" for n, h in self.handlers.items())
         return f"Reader({self.fname!r}, {self.num_samples} samples, {{{fields}}})"
+
+
+def _where(has: np.ndarray | None, bad: np.ndarray) -> np.ndarray:
+    return bad if has is None else has & bad
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:
