@@ -4,6 +4,7 @@ and the loader's page checks. Prints one table per measurement.
     python bench/integrity.py hashes [--mib 256] [--rounds 5]
     python bench/integrity.py open-checks [--samples 1000000] [--rounds 5]
     python bench/integrity.py loader [--images 2000] [--rounds 3]
+    python bench/integrity.py write [--images 2000] [--rounds 3]
 
 ``hashes`` times xxh3_64 (the ``xxhash`` wheel, what fastforward uses) and,
 when installed, CRC32C from the ``crc32c`` and ``google-crc32c`` wheels and
@@ -82,7 +83,10 @@ def open_checks(samples: int, rounds: int) -> None:
                           [(i, b) for i, b in enumerate(blobs)], chunksize=10_000)
         print(f"wrote {samples} samples ({path.stat().st_size / 2**20:.0f} MiB) in "
               f"{time.perf_counter() - start:.1f} s")
-        opens, checks, sums = [], [], []
+        from fastforward._ext.layout import find_overlaps, scan_table
+        from fastforward.checksums import digest
+
+        opens, checks, tables, sums, before = [], [], [], [], []
         for _ in range(rounds):
             start = time.perf_counter()
             reader = Reader(path)
@@ -91,15 +95,26 @@ def open_checks(samples: int, rounds: int) -> None:
             reader._index_payloads()  # the payload checks, as the constructor runs them
             checks.append(time.perf_counter() - start)
             start = time.perf_counter()
-            from fastforward.checksums import digest
-
+            table = reader.alloc_table
+            scan_table(table["ptr"], table["size"], table["sample_id"], reader.data_start,
+                       reader.data_end, reader.num_samples)
+            find_overlaps(reader._ptrs, reader._sizes)
+            tables.append(time.perf_counter() - start)
+            start = time.perf_counter()
             digest(reader.metadata)
             digest(reader.alloc_table)
             sums.append(time.perf_counter() - start)
+            # what every Loader computed on opening before these checks: each sample's
+            # payload size, vectorised with NumPy (MemoryManager.__init__)
+            start = time.perf_counter()
+            reader.payload_sizes(reader.metadata["f1"]["ptr"],
+                                 np.arange(reader.num_samples, dtype=np.uint64))
+            before.append(time.perf_counter() - start)
             reader.close()
         per_million = 1e6 / samples * 1e3
         for name, values in (("Reader() in all", opens), ("payload checks", checks),
-                             ("metadata + table sums", sums)):
+                             ("table checks", tables), ("metadata + table sums", sums),
+                             ("(before: payload_sizes)", before)):
             print(f"{name:22s} median {statistics.median(values) * per_million:6.1f} ms per "
                   f"million samples (range {min(values) * per_million:.1f}-"
                   f"{max(values) * per_million:.1f})")
@@ -152,6 +167,47 @@ def loader(images: int, rounds: int) -> None:
                       f"({min(later):.3f}-{max(later):.3f})")
 
 
+def write(images: int, rounds: int) -> None:
+    """The writer's cost of checksums: its pages are hashed as they are written (in
+    both modes: it is cheap), so time the hashing of the file's pages against the
+    whole write, and the write with and without checksums side by side."""
+    from fastforward.checksums import digest
+    from fastforward.datasets import ImageFolder
+    from fastforward.demo import make_corpus
+    from fastforward.fields import IntField, RGBImageField
+    from fastforward.reader import Reader
+    from fastforward.writer import DatasetWriter
+
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = make_corpus(Path(tmp) / "images", images, seed=0)
+        times: dict[bool, list[float]] = {True: [], False: []}
+        hashing = []
+        for _ in range(rounds):
+            for checksums in (False, True):
+                path = Path(tmp) / f"{checksums}.beton"
+                start = time.perf_counter()
+                DatasetWriter(path, {"image": RGBImageField(write_mode="jpg",
+                                                            max_resolution=256),
+                                     "label": IntField()}, num_workers=2, progress=False,
+                              checksums=checksums).from_indexed_dataset(ImageFolder(corpus))
+                times[checksums].append(time.perf_counter() - start)
+            with Reader(path) as reader:
+                view = memoryview(reader.buffer)
+                start = time.perf_counter()
+                for k in range(reader.checksums.num_pages):
+                    digest(view[slice(*reader.page_range(k))])
+                hashing.append(time.perf_counter() - start)
+                del view
+        size = path.stat().st_size / 2**20
+        ratios = [t / f for t, f in zip(times[True], times[False], strict=True)]
+        print(f"{images} JPEGs, {size:.0f} MiB: write {statistics.median(times[False]):.1f} s "
+              f"without checksums, ×{statistics.median(ratios):.3f} with "
+              f"({min(ratios):.3f}-{max(ratios):.3f}); hashing the pages alone "
+              f"{statistics.median(hashing) * 1e3:.1f} ms "
+              f"({statistics.median(hashing) / statistics.median(times[True]) * 100:.2f}% "
+              "of the write)")
+
+
 def _epochs(path: Path, pipelines: dict[str, Any], os_cache: bool, verify: bool) -> list[float]:
     from fastforward.loader import Loader, OrderOption
 
@@ -168,7 +224,7 @@ def _epochs(path: Path, pipelines: dict[str, Any], os_cache: bool, verify: bool)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["hashes", "open-checks", "loader"])
+    parser.add_argument("what", choices=["hashes", "open-checks", "loader", "write"])
     parser.add_argument("--mib", type=int, default=256)
     parser.add_argument("--samples", type=int, default=1_000_000)
     parser.add_argument("--images", type=int, default=2000)
@@ -178,6 +234,8 @@ def main() -> None:
         hashes(args.mib, args.rounds)
     elif args.what == "open-checks":
         open_checks(args.samples, args.rounds)
+    elif args.what == "write":
+        write(args.images, args.rounds)
     else:
         loader(args.images, args.rounds)
 

@@ -323,3 +323,15 @@ def test_replaced_file_is_harmless(copy: Path, tmp_path: Path) -> None:
     again = [np.asarray(b[0]).copy() for b in loader]
     assert all((a == b).all() for a, b in zip(first, again, strict=True))
     loader.close()
+
+
+def test_truncated_mid_epoch_without_the_map_is_an_os_error(copy: Path) -> None:
+    loader = array_loader(copy, False)  # os_cache=False: pread, no memory map
+    iterator = iter(loader)
+    next(iterator)
+    with open(copy, "r+b") as f:
+        f.truncate(PAGE)  # every data page gone
+    with pytest.raises(OSError, match=rf"{copy}: unexpected end of file"):
+        for _ in iterator:
+            pass
+    loader.close()
