@@ -335,3 +335,24 @@ def test_truncated_mid_epoch_without_the_map_is_an_os_error(copy: Path) -> None:
         for _ in iterator:
             pass
     loader.close()
+
+
+@pytest.mark.parametrize("os_cache", [True, False], ids=["os_cache", "process_cache"])
+def test_process_workers_check_pages_too(summed: Path, copy: Path, os_cache: bool) -> None:
+    # the worker processes read their ranges themselves; the loader's own fetch of
+    # each batch checks its pages before the batch is handed to them
+    with Reader(copy) as reader:
+        victim = 41
+        ptr = int(reader.metadata["f3"][victim])
+        page = int(reader.sample_pages[victim])
+    flip(copy, ptr + 1)
+
+    def epoch(path: Path, verify: bool) -> list[bytes]:
+        with array_loader(path, os_cache, worker_type="process",
+                          verify_checksums=verify) as loader:
+            assert loader.workers.kind == "process"
+            return [labels.tobytes() + arrays.tobytes() for labels, _, arrays in loader]
+
+    assert epoch(summed, True) == epoch(summed, False)
+    with pytest.raises(FormatError, match=rf"{copy}: page {page} "):
+        epoch(copy, True)
