@@ -242,7 +242,8 @@ class Reader:
         if end > self.alloc_table_ptr:
             raise self._error(
                 f"{self.num_samples} metadata rows of {self.metadata_type.itemsize} bytes end at "
-                f"{end}, past the allocation table at {self.alloc_table_ptr}"
+                f"{end}, past the allocation table at {self.alloc_table_ptr} (the header's "
+                "alloc_table_ptr): the header is damaged"
             )
         self.metadata = np.fromfile(
             self.fname, dtype=self.metadata_type, count=self.num_samples, offset=start
