@@ -28,7 +28,7 @@ extensions = [
         depends=["fastforward/_ext/copier.h", "fastforward/_ext/resize_kernels.h"],
         extra_compile_args=(["-O0", "-g"] if DEBUG else ["-O3"]) + ["-ffp-contract=off"],
     )
-    for name in ["collate", "pixels", "resize"]
+    for name in ["collate", "layout", "pixels", "resize"]
 ]
 
 setup(

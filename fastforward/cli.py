@@ -525,11 +525,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     Returns:
         The exit status.
     """
-    with Reader(args.file) as reader:
+    # validate=False: every problem is listed, not only the first
+    with Reader(args.file, validate=False) as reader:
         problems = reader.verify(decode=args.decode, progress=not args.no_progress)
         num_samples = reader.num_samples
+        sums = reader.checksums
     for problem in sorted(problems, key=lambda p: -1 if p.sample is None else p.sample):
         print(problem)
+    if sums is not None:
+        print(f"checksums: {sums.algorithm}, header, metadata, allocation table and "
+              f"{sums.num_pages} page(s) checked")
+    else:
+        print("checksums: none in this file (written by FFCV, or with checksums=False): "
+              "damaged payload bytes are found only by --decode, and not all of them")
     print(verify_summary(args.file, num_samples, problems, args.decode))
     return 1 if problems else 0
 
@@ -710,8 +718,9 @@ def _add_info(subparsers: Any) -> None:
 def _add_verify(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "verify", help="check a .beton file for damage",
-        description="Check every payload pointer, size and stored image of a .beton file. "
-                    "Exit status 1 when a problem is found.")
+        description="Check every payload pointer, size and stored image of a .beton file, "
+                    "and every checksum where it has them. Exit status 1 when a problem is "
+                    "found.")
     p.add_argument("file", metavar="FILE", help="the .beton file")
     p.add_argument("--decode", action="store_true",
                    help="also decode every sample fully (slower)")

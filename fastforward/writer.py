@@ -16,11 +16,13 @@ How a write runs:
    back to back into the current page, or into a fresh page when they do not
    fit, and the provisional pointers in the metadata become file offsets.
    Pages are written whole.
-4. At the end: the allocation table after the last page, the metadata table,
-   the final header and ``fsync``. Only then does the file get a name: the
-   unnamed file is linked under a hidden temporary name (``linkat`` through
-   ``/proc/self/fd``), which ``os.replace`` moves onto the target; a ``.part``
-   file is renamed onto it. Last, the lock file is removed.
+4. At the end: the checksum block (``checksums=True``: the sums of the pages,
+   hashed as they were written, and of the other parts), the allocation table
+   after it, the metadata table, the final header and ``fsync``. Only then
+   does the file get a name: the unnamed file is linked under a hidden
+   temporary name (``linkat`` through ``/proc/self/fd``), which ``os.replace``
+   moves onto the target; a ``.part`` file is renamed onto it. Last, the lock
+   file is removed.
 
 Placement happens in one process, in sample order, so the file depends only
 on the inputs and the seed, never on ``num_workers`` or timing. Any failure
@@ -55,6 +57,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .checksums import PageHasher, block_size, build_block
 from .errors import EncodeError, FastForwardError, Terminated, WorkerError, annotate, portable
 from .fields import Field
 from .fields.base import CURRENT_SAMPLE
@@ -805,6 +808,9 @@ class _PageWriter:
         self.leaves = pointer_leaves
         self.alloc_rows: list[np.ndarray] = []
         self.next_sample = 0
+        # every byte of the pages goes through the hasher as it is written (its sums
+        # are stored only with checksums=True; hashing costs far less than encoding)
+        self.hasher = PageHasher()
 
     def add(self, chunk: _Chunk) -> None:
         n = len(chunk.packed)
@@ -823,6 +829,7 @@ class _PageWriter:
                 self._open_page()
             base = self.start + self.page * self.page_size + self.cursor
             self.file.write(blob[blob_pos : blob_pos + size])
+            self.hasher.update(blob[blob_pos : blob_pos + size])
             lo, hi = alloc_start[j], alloc_start[j + 1]
             alloc_ptrs[lo:hi] = base + chunk.alloc_offsets[lo:hi]
             self.cursor += size
@@ -848,9 +855,17 @@ class _PageWriter:
                 raise EncodeError("a field stored a pointer that malloc never returned")
             values[rows] = alloc_ptrs[alloc_start[rows] + k[rows].astype(np.int64)]
 
+    def _pad_page(self) -> None:
+        """Write the rest of the current page (pages are written whole) and sum it."""
+        if self.cursor < self.page_size:
+            padding = bytes(self.page_size - self.cursor)
+            self.file.write(padding)
+            self.hasher.update(padding)
+        self.hasher.finish_page()
+
     def _open_page(self) -> None:
-        if self.page >= 0 and self.cursor < self.page_size:
-            self.file.write(bytes(self.page_size - self.cursor))  # pages are written whole
+        if self.page >= 0:
+            self._pad_page()
         self.page += 1
         self.cursor = 0
         self.file.seek(self.start + self.page * self.page_size)
@@ -859,8 +874,7 @@ class _PageWriter:
         """Pad the last page; return where the allocation table goes (-1: no pages)."""
         if self.page < 0:
             return -1
-        if self.cursor < self.page_size:
-            self.file.write(bytes(self.page_size - self.cursor))
+        self._pad_page()
         return self.start + (self.page + 1) * self.page_size
 
 
@@ -903,6 +917,12 @@ class DatasetWriter:
             multiprocessing's fork server (the dataset and fields are then
             pickled). ``'fork'`` forks even with other threads running.
 
+        checksums: (keyword only) store a checksum of every page and of the
+            header, field descriptors, metadata and allocation table, in a
+            block that FFCV never reads (``fastforward.checksums``):
+            ``fastforward verify`` and ``Loader(..., verify_checksums=True)``
+            then find any damaged byte. False writes exactly FFCV's layout.
+
     A write holds a lock on ``.<name>.lock`` beside the target: a second
     writer of the same target raises ``TargetLockedError``. SIGTERM during a
     write (where the process has no handler of its own) stops it as Ctrl-C
@@ -915,7 +935,7 @@ class DatasetWriter:
 
     def __init__(self, fname: str | os.PathLike[str], fields: Mapping[str, Field],
                  page_size: int = 4 * MIN_PAGE_SIZE, num_workers: int = -1,
-                 seed: int = 0, progress: bool = True, *,
+                 seed: int = 0, progress: bool = True, *, checksums: bool = True,
                  skip_errors: Sequence[type[BaseException]] = (),
                  start_method: str | None = None) -> None:
         self.fname = os.fspath(fname)
@@ -938,6 +958,7 @@ class DatasetWriter:
         self.num_workers = default_workers() if num_workers < 1 else int(num_workers)
         self.seed = int(seed)
         self.progress = progress
+        self.checksums = bool(checksums)
         self.row_type = get_metadata_type(list(self.fields.values()))
         self.skip_errors = tuple(skip_errors)
         for kind in self.skip_errors:
@@ -1062,13 +1083,7 @@ class DatasetWriter:
     def _write_head(self, file: _Output, num_samples: int, names: list[str],
                     fields: list[Field]) -> None:
         file.write(self._header(num_samples, alloc_table_ptr=0).tobytes())
-        descriptors = np.zeros(len(fields), FieldDescType)
-        for desc, name, field in zip(descriptors, names, fields, strict=True):
-            desc["type_id"] = type_id_of(field)
-            raw = np.frombuffer(name.encode("ascii"), np.uint8)
-            desc["name"][: raw.size] = raw
-            desc["arguments"][:] = np.frombuffer(field.to_binary().tobytes(), np.uint8)
-        file.write(descriptors.tobytes())
+        file.write(_descriptors(names, fields).tobytes())
 
     def _write_tail(self, file: _Output, pages: _PageWriter, num_samples: int,
                     num_fields: int) -> None:
@@ -1078,6 +1093,14 @@ class DatasetWriter:
             table_ptr = meta_start + num_samples * self.row_type.itemsize
         table = (np.concatenate(pages.alloc_rows) if pages.alloc_rows
                  else np.zeros(0, ALLOC_TABLE_TYPE))
+        if self.checksums:  # the block sits between the last page and the table
+            sums = pages.hasher.sums
+            final = self._header(num_samples, table_ptr + block_size(len(sums)))
+            head = final.tobytes() + _descriptors(list(self.fields),
+                                                  list(self.fields.values())).tobytes()
+            file.seek(table_ptr)
+            file.write(build_block(head, pages.metadata[:num_samples], table, sums))
+            table_ptr += block_size(len(sums))
         file.seek(table_ptr)
         file.write(table.tobytes())
         file.truncate()
@@ -1105,6 +1128,17 @@ class DatasetWriter:
 
         return Bar(total=total, disable=not self.progress, unit="samples",
                    desc=os.path.basename(self.fname), file=sys.stderr)
+
+
+def _descriptors(names: list[str], fields: list[Field]) -> np.ndarray:
+    """The field descriptors as the file stores them."""
+    descriptors = np.zeros(len(fields), FieldDescType)
+    for desc, name, field in zip(descriptors, names, fields, strict=True):
+        desc["type_id"] = type_id_of(field)
+        raw = np.frombuffer(name.encode("ascii"), np.uint8)
+        desc["name"][: raw.size] = raw
+        desc["arguments"][:] = np.frombuffer(field.to_binary().tobytes(), np.uint8)
+    return descriptors
 
 
 class _IndexedSource:

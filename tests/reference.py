@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -228,3 +229,61 @@ def shorter_side_size(height: int, width: int, size: int, max_size: int | None) 
         new_short, new_long = int(max_size * new_short / new_long), max_size
     new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
     return new_h, new_w
+
+# -- fastforward._ext.layout ----------------------------------------------------------------------
+
+
+def locate_payloads(table_ptrs: np.ndarray, table_sizes: np.ndarray, table_owners: np.ndarray,
+                    ptrs: np.ndarray, shift: int, first_page: int, pages: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reference for ``locate_payloads`` (no guessing: a search per sample).
+
+    Returns ``(sizes, pages, flags)``; *pages* is updated as the kernel updates it.
+    """
+    n = len(ptrs)
+    sizes = np.zeros(n, np.uint64)
+    flags = np.zeros(n, np.uint8)
+    pages = pages.copy()
+    for s in range(n):
+        ptr = int(ptrs[s])
+        rows = [j for j in range(len(table_ptrs))
+                if int(table_ptrs[j]) == ptr and int(table_owners[j]) == s]
+        if not rows:
+            flags[s] = 1
+            continue
+        size = int(table_sizes[rows[0]])
+        sizes[s] = size
+        page = (ptr >> shift) - first_page
+        if ((ptr + max(size, 1) - 1) >> shift) - first_page != page:
+            flags[s] = 2
+        elif pages[s] < 0:
+            pages[s] = page
+        elif pages[s] != page:
+            flags[s] = 4
+    return sizes, pages, flags
+
+
+def scan_table(ptrs: np.ndarray, sizes: np.ndarray, owners: np.ndarray, lo: int, hi: int,
+               num_samples: int) -> tuple[int, int, bool]:
+    """Reference for ``scan_table``."""
+    ends = [int(p) + int(z) for p, z in zip(ptrs, sizes, strict=True)]
+    outside = [i for i, (p, e) in enumerate(zip(ptrs, ends, strict=True))
+               if int(p) < lo or e > hi or e >= 1 << 64]
+    stranger = [i for i, o in enumerate(owners) if int(o) >= num_samples]
+    in_order = all(int(a) <= int(b) for a, b in itertools.pairwise(ptrs))
+    return (outside[0] if outside else -1), (stranger[0] if stranger else -1), in_order
+
+
+def find_overlaps(ptrs: np.ndarray, sizes: np.ndarray) -> tuple[int, int, int]:
+    """Reference for ``find_overlaps``: non-empty allocations starting before the
+    furthest end of the earlier ones."""
+    full = [i for i in range(len(ptrs)) if int(sizes[i]) > 0]
+    count, pair, end, last = 0, (-1, -1), 0, -1
+    for i in full:
+        if last >= 0 and int(ptrs[i]) < end:
+            count += 1
+            if pair == (-1, -1):
+                pair = (last, i)
+        if last < 0 or int(ptrs[i]) + int(sizes[i]) > end:
+            end, last = int(ptrs[i]) + int(sizes[i]), i
+    return count, *pair

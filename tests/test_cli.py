@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import strip_checksums
 
 from fastforward._version import __version__
 from fastforward.cli import main, parse_size
@@ -146,11 +147,25 @@ def test_verify_good_file(beton: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "no problems" in out
 
 
+@pytest.fixture(scope="module")
+def plain(beton: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``beton`` without its checksums (FFCV's layout)."""
+    return strip_checksums(beton, tmp_path_factory.mktemp("plain") / "plain.beton")
+
+
+def test_verify_says_whether_there_are_checksums(beton: Path, plain: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verify", str(beton), "--no-progress"]) == 0
+    assert "checksums: xxh3_64, header, metadata, allocation table and" in capsys.readouterr().out
+    assert main(["verify", str(plain), "--no-progress"]) == 0
+    assert "checksums: none in this file" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("decode", [False, True])
-def test_verify_corrupt_jpeg(beton: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+def test_verify_corrupt_jpeg(plain: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                              decode: bool) -> None:
     bad = tmp_path / "bad.beton"
-    shutil.copyfile(beton, bad)
+    shutil.copyfile(plain, bad)
     sample = 17
     with Reader(bad) as reader:
         ptr = int(reader.metadata[sample]["f0"]["data_ptr"])
@@ -161,14 +176,32 @@ def test_verify_corrupt_jpeg(beton: Path, tmp_path: Path, capsys: pytest.Capture
     assert main(argv) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"sample {sample}, field 'image': bad JPEG header")
-    assert len(lines) == 2  # one problem (not decoded twice), then the summary
+    assert len(lines) == 3  # one problem (not decoded twice), checksums, the summary
     assert "1 problem(s) in 1 sample(s)" in lines[-1]
 
 
-def test_verify_decode_reports_a_broken_jpeg_body(beton: Path, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_reports_the_damaged_page(beton: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.beton"
     shutil.copyfile(beton, bad)
+    sample = 17
+    with Reader(bad) as reader:
+        ptr = int(reader.metadata[sample]["f0"]["data_ptr"])
+        page = int(reader.sample_pages[sample])
+    with open(bad, "r+b") as f:
+        f.seek(ptr)
+        f.write(bytes(4))
+    assert main(["verify", str(bad), "--no-progress"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"page {page} (bytes ")
+    assert "does not match its checksum" in lines[0]
+    assert lines[1].startswith(f"sample {sample}, field 'image': bad JPEG header")
+
+
+def test_verify_decode_reports_a_broken_jpeg_body(plain: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.beton"
+    shutil.copyfile(plain, bad)
     sample = 3
     with Reader(bad) as reader:
         ptr = int(reader.metadata[sample]["f0"]["data_ptr"])

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastforward.errors import DecodeError
+from fastforward.errors import DecodeError, FormatError
 from fastforward.fields import BytesField, FloatField, IntField, RGBImageField
 from fastforward.fields.decoders import (
     BytesDecoder,
@@ -57,15 +57,25 @@ def scalars(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def write_photos(path: Path, images: list[np.ndarray], checksums: bool = True) -> Path:
+    data = [(images[i % len(images)], i) for i in range(60)]
+    DatasetWriter(path, {"image": RGBImageField(write_mode="proportion", max_resolution=160),
+                         "label": IntField()}, num_workers=2, progress=False,
+                  checksums=checksums).from_indexed_dataset(data)
+    return path
+
+
 @pytest.fixture(scope="module")
 def photos_file(tmp_path_factory: pytest.TempPathFactory, images: list[np.ndarray]) -> Path:
     """60 real photographs of varied sizes as JPEG (odd samples raw), with labels."""
-    path = tmp_path_factory.mktemp("loader") / "photos.beton"
-    data = [(images[i % len(images)], i) for i in range(60)]
-    DatasetWriter(path, {"image": RGBImageField(write_mode="proportion", max_resolution=160),
-                         "label": IntField()}, num_workers=2,
-                  progress=False).from_indexed_dataset(data)
-    return path
+    return write_photos(tmp_path_factory.mktemp("loader") / "photos.beton", images)
+
+
+@pytest.fixture(scope="module")
+def plain_photos_file(tmp_path_factory: pytest.TempPathFactory,
+                      images: list[np.ndarray]) -> Path:
+    """``photos_file`` without checksums (as FFCV writes it), for tampering with."""
+    return write_photos(tmp_path_factory.mktemp("loader") / "plain.beton", images, False)
 
 
 def index_loader(path: Path, **kw) -> Loader:
@@ -396,34 +406,44 @@ def test_corrupt_jpeg_names_sample_and_field(tmp_path: Path, photos_file: Path) 
             pass
 
 
-@pytest.mark.parametrize(("mode", "change", "message"), [
-    (0, {"mode": 7}, "unknown image mode 7"),
-    (0, {"height": +8}, "the metadata says"),
-    (1, {"height": +8}, "is short of"),
-], ids=["unknown-mode", "jpeg-size", "raw-short"])
-def test_bad_image_metadata_names_sample_and_field(tmp_path: Path, photos_file: Path, mode: int,
-                                                   change: dict[str, int], message: str) -> None:
+@pytest.mark.parametrize(("mode", "change", "error", "message"), [
+    (0, {"mode=": 7}, FormatError, "unknown image mode 7"),
+    (0, {"height": +8}, DecodeError, "the metadata says"),
+    (0, {"height": +20000}, DecodeError, "the metadata says"),
+    (1, {"height": +8}, FormatError, "needs .* bytes, has"),
+    (1, {"width=": 0}, FormatError, "empty image"),
+], ids=["unknown-mode", "jpeg-size", "jpeg-huge", "raw-short", "raw-empty"])
+def test_bad_image_metadata_names_sample_and_field(tmp_path: Path, plain_photos_file: Path,
+                                                   mode: int, change: dict[str, int],
+                                                   error: type, message: str) -> None:
+    # refused when the file is opened where the metadata alone shows it (FormatError),
+    # when decoded for a JPEG (its header disagrees), before any buffer is sized from it
     from fastforward.types import metadata_offset
 
     path = tmp_path / "tampered.beton"
-    path.write_bytes(photos_file.read_bytes())
+    path.write_bytes(plain_photos_file.read_bytes())
     reader = Reader(path)
     column = reader.metadata["f0"]
     victim = int(np.flatnonzero(column["mode"] == mode)[3])
     row = np.array(column[victim])
-    for key, value in change.items():
-        row[key] = value if key == "mode" else row[key] + value
+    for key, value in change.items():  # "key=": set it, "key": add to it
+        name = key.rstrip("=")
+        row[name] = value if key.endswith("=") else (int(row[name]) + value) % (1 << 16)
     start = (metadata_offset(reader.num_fields) + victim * reader.metadata_type.itemsize
              + reader.metadata_type.fields["f0"][1])
     with open(path, "r+b") as f:
         f.seek(start)
         f.write(row.tobytes())
-    loader = Loader(path, 8, pipelines={"image": [RandomResizedCropRGBImageDecoder((16, 16))],
-                                        "label": None})
-    with pytest.raises(DecodeError, match=message) as info:
+    def one_epoch() -> None:
+        loader = Loader(path, 8, pipelines={
+            "image": [RandomResizedCropRGBImageDecoder((16, 16))], "label": None})
         for _ in loader:
             pass
+
+    with pytest.raises(error, match=message) as info:
+        one_epoch()
     assert f"sample {victim}, field 'image'" in str(info.value)
+    assert str(path) in str(info.value)
 
 
 def test_break_close_and_context_manager_stop_everything(scalars: Path) -> None:

@@ -304,6 +304,16 @@ def decode_stored_image(
     return image
 
 
+def check_jpeg_size(data: Any, height: int, width: int) -> None:
+    """Raise DecodeError unless the JPEG *data*'s header says ``height × width``."""
+    try:
+        h, w, _, _ = require_simplejpeg().decode_jpeg_header(data)
+    except ValueError as exc:
+        raise DecodeError(f"corrupt JPEG payload: {exc}") from None
+    if (h, w) != (height, width):
+        raise DecodeError(f"JPEG is {h}×{w}, the metadata says {height}×{width}")
+
+
 # -- decoders ---------------------------------------------------------------------
 
 
@@ -382,8 +392,31 @@ class _ImageDecoder(Decoder):
 
     def _decode(self, source: memoryview, start: int, size: int, mode: int, height: int,
                 width: int, scratch: _Scratch) -> np.ndarray:
-        return decode_stored_image(source[start : start + size], mode, height, width,
-                                   self.fastdct, scratch.get(height * width * 3))
+        data = source[start : start + size]
+        if mode == IMAGE_MODES["jpg"] and height * width * 3 > scratch.buffer.size:
+            check_jpeg_size(data, height, width)
+        return decode_stored_image(data, mode, height, width, self.fastdct,
+                                   scratch.get(height * width * 3))
+
+    def _jpeg_buffer(self, scratch: _Scratch, context: BatchContext, lo: int,
+                     source: Any, offsets: np.ndarray, sizes: np.ndarray,
+                     need: np.ndarray) -> np.ndarray:
+        """Scratch for the JPEGs of positions ``lo…``, whose metadata says they need
+        *need* bytes each (0 for raw ones). It grows only to a size the JPEGs' own
+        headers confirm: a damaged height or width in the metadata never sizes a
+        buffer (the file's checks cannot read every JPEG when it is opened)."""
+        largest = int(need.max()) if need.size else 0
+        if largest > scratch.buffer.size:
+            payloads = memoryview(source).cast("B")
+            for k in np.flatnonzero(need > scratch.buffer.size).tolist():
+                start = int(offsets[k])
+                rows = self.metadata[int(context.indices[lo + k])]
+                try:
+                    check_jpeg_size(payloads[start : start + int(sizes[k])],
+                                    int(rows["height"]), int(rows["width"]))
+                except DecodeError as exc:
+                    raise self.fail(exc, context, lo + k) from None
+        return scratch.get(largest)
 
 
 class SimpleRGBImageDecoder(_ImageDecoder):
@@ -548,9 +581,10 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
         source, offsets, sizes = context.data.field(self.field_index)
         with self._scratch.lend() as scratch:
             jpeg = modes == IMAGE_MODES["jpg"]
-            largest = int((heights * widths)[jpeg].max()) * 3 if jpeg.any() else 0
+            buffer = self._jpeg_buffer(scratch, context, lo, source, offsets[lo:hi],
+                                       sizes[lo:hi], np.where(jpeg, heights * widths * 3, 0))
             decode_crop_resize_range(
-                require_simplejpeg().decode_jpeg, self.fastdct, scratch.get(largest), source,
+                require_simplejpeg().decode_jpeg, self.fastdct, buffer, source,
                 offsets[lo:hi].astype(np.int64), sizes[lo:hi].astype(np.int64),
                 (modes == IMAGE_MODES["raw"]).view(np.uint8), heights, widths, crops, flips,
                 destination[lo:hi], scale, bias, scratch.workspace,

@@ -83,6 +83,11 @@ class Loader:
         start_method: for process workers: ``'fork'``, ``'forkserver'`` or
             ``'spawn'``; None forks only while this process has one thread
             and uses a fork server otherwise.
+        verify_checksums: check each page of a file written with checksums
+            against its sum the first time a batch touches it (in this
+            process), before decoding; a mismatch raises ``FormatError`` naming
+            the file, the page and its samples. Files without checksums (FFCV's)
+            load as without it. See ``docs/integrity.md`` for the cost.
 
     Batches are tuples with one entry per output, in the file's field order
     (then any extra outputs). A batch you hold is never overwritten: see
@@ -100,7 +105,7 @@ class Loader:
                  drop_last: bool = True, batches_ahead: int = 3, recompile: bool = False,
                  order_kwargs: Mapping[str, Any] | None = None, *,
                  even_batches: bool = True, worker_type: str = "auto",
-                 start_method: str | None = None) -> None:
+                 start_method: str | None = None, verify_checksums: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if batches_ahead < 1:
@@ -112,7 +117,8 @@ class Loader:
             "indices": indices, "pipelines": pipelines, "custom_fields": custom_fields,
             "drop_last": drop_last, "batches_ahead": batches_ahead, "recompile": recompile,
             "order_kwargs": order_kwargs, "even_batches": even_batches,
-            "worker_type": worker_type, "start_method": start_method}
+            "worker_type": worker_type, "start_method": start_method,
+            "verify_checksums": verify_checksums}
         self.fname = os.fspath(fname)
         self.batch_size = int(batch_size)
         self.num_workers = default_workers() if num_workers < 1 else int(num_workers)
@@ -127,6 +133,7 @@ class Loader:
         self.recompile = recompile
         self.custom_fields = dict(custom_fields or {})
         self._start_method = start_method
+        self.verify_checksums = bool(verify_checksums)
         # what close() and garbage collection release (it must not refer to the loader)
         self._owned = _Owned()
         self._finalizer = weakref.finalize(self, self._owned.close)
@@ -145,8 +152,9 @@ class Loader:
         self.next_epoch = 0
         self.traversal_order: TraversalOrder = self._resolve_order(order)(
             self, **dict(order_kwargs or {}))
-        self._owned.memory_manager = self.memory_manager = (
-            OSCacheManager(self.reader) if self.os_cache else ProcessCacheManager(self.reader))
+        manager = OSCacheManager if self.os_cache else ProcessCacheManager
+        self._owned.memory_manager = self.memory_manager = manager(self.reader,
+                                                                   self.verify_checksums)
         self._specs = self._normalise(dict(pipelines or {}))
         self._compile()  # checks every pipeline now, not at the first batch
         self._stage = self._device_stage()
@@ -411,6 +419,7 @@ class Loader:
     def __iter__(self) -> EpochIterator:
         if self._closed:
             raise RuntimeError(f"{self.fname}: the loader is closed")
+        self.reader.check_unchanged()  # a file truncated under the memory map would SIGBUS
         epoch = self.next_epoch
         segments = self._segments(epoch)
         plan = self._compile()  # may fail (a bad output_size): the epoch is not used up

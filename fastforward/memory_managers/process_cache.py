@@ -20,6 +20,7 @@ import os
 import threading
 import weakref
 from collections.abc import Collection
+from typing import Any
 
 import numpy as np
 
@@ -32,14 +33,15 @@ GAP = 64 << 10
 class ProcessCacheManager(MemoryManager):
     """Batches are read ahead into private buffers; see the module docstring."""
 
-    def __init__(self, reader: Reader) -> None:
-        super().__init__(reader)
+    def __init__(self, reader: Reader, verify_checksums: bool = False) -> None:
+        super().__init__(reader, verify_checksums)
         self._fd = os.open(reader.fname, os.O_RDONLY)
         self._lock = threading.Lock()
         self.live_bytes = 0  # bytes of fetched batches still in memory
         self.peak_bytes = 0
 
     def fetch(self, indices: np.ndarray, fields: Collection[int] | None = None) -> BatchData:
+        self.check_pages(indices)
         fields = [i for i in self.offsets if fields is None or i in fields]
         if not fields:
             return BatchData({})
@@ -69,6 +71,14 @@ class ProcessCacheManager(MemoryManager):
         # counted until the buffer is freed, however the batch ends (done, failed, cancelled)
         weakref.finalize(buffer, self._account, -buffer.nbytes)
         return data
+
+    def read_page(self, page: int) -> Any:
+        """Page *page* read with ``pread`` (then dropped from the page cache, as
+        the batches' reads are), for its checksum."""
+        start, end = self.reader.page_range(page)
+        out = np.empty(end - start, np.uint8)
+        self._pread_into(out, start)
+        return out
 
     def _account(self, delta: int) -> None:
         with self._lock:
