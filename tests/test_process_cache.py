@@ -48,14 +48,20 @@ def blobs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("order", [OrderOption.SEQUENTIAL, OrderOption.RANDOM,
-                                   OrderOption.QUASI_RANDOM], ids=lambda o: o.name)
-def test_an_epoch_leaves_the_file_out_of_the_page_cache(blobs: Path, order: OrderOption) -> None:
+CASES = [(OrderOption.SEQUENTIAL, "thread"), (OrderOption.RANDOM, "thread"),
+         (OrderOption.QUASI_RANDOM, "thread"), (OrderOption.RANDOM, "process")]
+
+
+@pytest.mark.parametrize(("order", "workers"), CASES, ids=[f"{o.name}-{w}" for o, w in CASES])
+def test_an_epoch_leaves_the_file_out_of_the_page_cache(blobs: Path, order: OrderOption,
+                                                        workers: str) -> None:
+    """Process workers each read with a manager of their own, as the loader does."""
     drop_from_page_cache(blobs)
     if cached_fraction(blobs) > 0.01:
         pytest.skip("this filesystem keeps the file cached when told to drop it (tmpfs?)")
     loader = Loader(blobs, 16, num_workers=2, os_cache=False, order=order, seed=3,
-                    drop_last=False, pipelines={"index": [IntDecoder()], "blob": [BytesDecoder()]})
+                    drop_last=False, worker_type=workers,
+                    pipelines={"index": [IntDecoder()], "blob": [BytesDecoder()]})
     seen = []
     with loader:
         for indices, (data, lengths) in loader:
