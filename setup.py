@@ -55,7 +55,7 @@ extensions = [
                                                   "resize.pxd", "jpeg_region.h")],
         extra_compile_args=compile_args,
     )
-    for name in ["collate", "resize", "jpeg"]
+    for name in ["collate", "layout", "pixels", "resize", "jpeg"]
 ]
 
 

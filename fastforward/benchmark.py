@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from ._bench_ops import python_op
 from .fields import RGBImageField
 from .fields.rgb_image import IMAGE_MODES, require_simplejpeg
+from .pipeline import AllocationQuery, Operation, State
 from .reader import Reader
 from .utils import default_workers
 
@@ -99,7 +101,11 @@ def loader_pipelines(reader: Reader, field: str, name: str) -> dict[str, Any]:
     - ``train``: RandomResizedCrop(192) + RandomHorizontalFlip + ToTensor +
       ToTorchImage + Convert(float16) (pipeline b; needs torch);
     - ``train_numpy``: the same up to the flip, as NumPy (no torch needed);
-    - ``simple``: the stored images as they are (small raw images, pipeline c).
+    - ``simple``: the stored images as they are (small raw images, pipeline c);
+    - ``python_op``: RandomResizedCrop(192) + flip + ``PythonOp`` (a per-sample
+      NumPy operation of about 50 µs that keeps the GIL: process workers);
+    - ``tv_trivialaugment``: RandomResizedCrop(192) + flip + torchvision's
+      ``TrivialAugmentWide`` per sample, through ``Augment`` (needs torchvision).
     """
     from .fields.decoders import (
         CenterCropRGBImageDecoder,
@@ -123,9 +129,35 @@ def loader_pipelines(reader: Reader, field: str, name: str) -> dict[str, Any]:
                ToTorchImage(), Convert(torch.float16)]
     elif name == "simple":
         ops = [SimpleRGBImageDecoder()]
+    elif name == "python_op":
+        ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip(), PythonOp()]
+    elif name == "tv_trivialaugment":
+        try:
+            from torchvision.transforms import v2
+        except ImportError as exc:
+            raise ImportError("the tv_trivialaugment pipeline runs torchvision's "
+                              "TrivialAugmentWide: pip install torchvision") from exc
+        from .transforms import Augment
+
+        ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip(),
+               Augment(v2.TrivialAugmentWide())]
     else:
         raise ValueError(f"unknown benchmark pipeline {name!r}")
     return {n: (ops if n == field else None) for n in reader.field_names}
+
+
+class PythonOp(Operation):
+    """``fastforward._bench_ops.python_op`` on each image (a Python operation)."""
+
+    per_sample = True
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        return previous_state, AllocationQuery(previous_state.shape, previous_state.dtype)
+
+    def apply_sample(self, sample: np.ndarray, destination: np.ndarray, context: Any,
+                     position: int) -> np.ndarray:
+        destination[...] = python_op(sample)
+        return destination
 
 
 def drop_from_page_cache(fname: str | os.PathLike[str]) -> None:
@@ -232,7 +264,9 @@ def loader_throughput(fname: str | os.PathLike[str], pipeline: str, num_workers:
             steady[0], steady[1] = steady[0] + counted[0], steady[1] + counted[1]
             whole[0] += counted[0] + start[0]
             whole[1] += counted[1] + start[1]
-    name = f"fastforward {pipeline} ({loader.num_workers} threads)"
+    kind = loader.workers.kind + ("" if loader.num_workers == 1 else
+                                  "es" if loader.workers.kind == "process" else "s")
+    name = f"fastforward {pipeline} ({loader.num_workers} {kind})"
     if steady[0] == 0:  # epochs of a batch or two (smoke runs): no steady state to take
         return Measurement(f"{name}, with start-up", int(whole[0]), whole[1])
     return Measurement(name, int(steady[0]), steady[1])

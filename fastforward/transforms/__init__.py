@@ -8,6 +8,7 @@ so an augmentation depends only on ``(seed, epoch, sample index)``.
 torch is imported only when a transform that needs it runs.
 """
 
+from .adaptor import Augment
 from .color_jitter import RandomBrightness, RandomContrast, RandomSaturation
 from .common import Squeeze
 from .cutout import Cutout
@@ -23,6 +24,7 @@ from .solarization import Solarization
 from .translate import RandomTranslate
 
 __all__ = [
+    "Augment",
     "Convert",
     "Cutout",
     "ImageMixup",
