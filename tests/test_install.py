@@ -39,7 +39,9 @@ def test_import_without_the_compiled_kernels_says_what_to_do(tmp_path: Path,
     done = run_python(root, f"import {module}")
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
-    kernels = ", ".join(sorted(p.stem for p in (root / "fastforward" / "_ext").glob("*.pyx")))
+    # jpeg is optional: built only with libjpeg-turbo (see setup.py)
+    kernels = ", ".join(sorted(p.stem for p in (root / "fastforward" / "_ext").glob("*.pyx")
+                               if p.stem != "jpeg"))
     assert "collate" in kernels
     assert last.startswith(f"ImportError: fastforward's compiled kernels ({kernels}) are "
                            f"missing from {root / 'fastforward' / '_ext'}")
@@ -54,6 +56,18 @@ def test_kernels_built_for_another_python_are_named(tmp_path: Path) -> None:
     done = run_python(root, "import fastforward")
     assert "found collate.cpython-399-x86_64-linux-gnu.so: built for another Python" in \
         done.stderr
+
+
+def test_a_copy_built_without_libjpeg_turbo_imports(tmp_path: Path) -> None:
+    """The region decoder is the one optional kernel: without it the crop decoders
+    decode whole images (builds with FASTFORWARD_LIBJPEG=0, or other platforms)."""
+    root = copy_package(tmp_path, with_kernels=True)
+    for module in (root / "fastforward" / "_ext").glob("jpeg.*"):
+        if module.suffix in (".so", ".pyd"):
+            module.unlink()
+    done = run_python(root, "import fastforward.fields.rgb_image as r; print(r.CROP_DECODING)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "whole image (simplejpeg)"
 
 
 def test_a_built_copy_imports(tmp_path: Path) -> None:

@@ -10,12 +10,16 @@ import os as _os
 import sys as _sys
 from importlib.machinery import EXTENSION_SUFFIXES as _SUFFIXES
 
+# built only where libjpeg-turbo was available at build time (see setup.py)
+_OPTIONAL = {"jpeg"}
+
 
 def _missing_kernels() -> list[str]:
     """The kernels whose sources (``<name>.pyx``, shipped beside them) are
-    here but whose compiled module for this Python is not."""
+    here but whose compiled module for this Python is not (optional ones aside)."""
     here = _os.path.dirname(__file__)
-    kernels = sorted(f[: -len(".pyx")] for f in _os.listdir(here) if f.endswith(".pyx"))
+    kernels = sorted(f[: -len(".pyx")] for f in _os.listdir(here)
+                     if f.endswith(".pyx") and f[: -len(".pyx")] not in _OPTIONAL)
     return [name for name in kernels
             if not any(_os.path.exists(_os.path.join(here, name + s)) for s in _SUFFIXES)]
 
