@@ -387,21 +387,25 @@ def test_to_tensor_keeps_the_ragged_batch_shape(scene_file: Path, as_list: bool)
         assert all(isinstance(v, torch.Tensor) for v in objects.values())
 
 
-def test_an_unfused_flip_of_a_followed_image_is_refused(scene_file: Path) -> None:
-    for image in ([CenterCropRGBImageDecoder((20, 20), 1.0), RandomVerticalFlip()],
-                  [CenterCropRGBImageDecoder((20, 20), 1.0), ToTensor(), RandomHorizontalFlip()]):
-        with pytest.raises(ValueError, match="moves the image's pixels after its decoder"):
-            Loader(scene_file, 4, pipelines={"image": image, "instances": None,
-                                             "mask": [MaskDecoder(follows="image")]})
+@pytest.mark.parametrize("after", ["numpy", "torch"])
+def test_an_unfused_flip_of_a_followed_image_is_refused(scene_file: Path, after: str) -> None:
+    image = [CenterCropRGBImageDecoder((20, 20), 1.0), RandomVerticalFlip()]
+    if after == "torch":
+        pytest.importorskip("torch", reason="a flip of torch tensors")
+        image = [CenterCropRGBImageDecoder((20, 20), 1.0), ToTensor(), RandomHorizontalFlip()]
+    others = {"instances": None, "objects": None, "index": None}
+    with pytest.raises(ValueError, match="moves the image's pixels after its decoder"):
+        Loader(scene_file, 4, pipelines={"image": image, **others,
+                                         "mask": [MaskDecoder(follows="image")]})
     # not followed: any order goes
-    Loader(scene_file, 4, pipelines={"image": [CenterCropRGBImageDecoder((20, 20), 1.0),
-                                               RandomVerticalFlip()], "mask": None,
-                                     "instances": None}).close()
+    Loader(scene_file, 4, pipelines={"image": image, "mask": None, **others}).close()
 
 
 def test_a_mask_field_without_a_pipeline_says_what_it_needs(scene_file: Path) -> None:
+    pytest.importorskip("torch", reason="a field without a pipeline ends in ToTensor()")
     with pytest.raises(ValueError, match=r"pipeline 'mask'.*MaskDecoder.follows="):
-        Loader(scene_file, 4, pipelines={"image": [CenterCropRGBImageDecoder((20, 20), 1.0)]})
+        Loader(scene_file, 4, pipelines={"image": [CenterCropRGBImageDecoder((20, 20), 1.0)],
+                                         "instances": None, "objects": None, "index": None})
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -415,13 +419,14 @@ def test_ragged_decoder_arguments_are_checked(scene_file: Path, kwargs, message)
     with pytest.raises((ValueError, TypeError), match=message):
         Loader(scene_file, 4, pipelines={"image": [CenterCropRGBImageDecoder((20, 20), 1.0)],
                                          "objects": [RaggedDecoder(**kwargs)],
-                                         "mask": None, "instances": None})
+                                         "mask": None, "instances": None, "index": None})
 
 
 def test_followers_need_a_decoder_that_decides_geometry(scene_file: Path) -> None:
     with pytest.raises(ValueError, match="decides no geometry to follow"):
         Loader(scene_file, 4, pipelines={"image": [SimpleRGBImageDecoder()], "instances": None,
-                                         "mask": [MaskDecoder(follows="image")]})
+                                         "mask": [MaskDecoder(follows="image")],
+                                         "objects": None, "index": None})
 
 
 def test_a_mask_the_wrong_size_names_file_sample_and_field(tmp_path: Path) -> None:
