@@ -159,7 +159,8 @@ def train_loader(path: Path, workers: int, worker_type: str, extra: list | None 
     kw.setdefault("seed", 5)
     return Loader(path, 8, num_workers=workers, worker_type=worker_type,
                   pipelines={"image": [RandomResizedCropRGBImageDecoder((32, 32)),
-                                       RandomHorizontalFlip(), *(extra or [Jitter()])],
+                                       RandomHorizontalFlip(),
+                                       *(extra if extra is not None else [Jitter()])],
                              "label": [IntDecoder()]}, **kw)
 
 
@@ -570,3 +571,38 @@ def test_followers_see_the_geometry_the_image_decoder_decided(photos_file: Path,
                 ox = 32 - ox
             np.testing.assert_allclose(centres[j], (oy, ox))
     reference.close()
+
+
+class Transposed(Operation):
+    """Returns its buffer transposed (square images): the same memory, other strides."""
+
+    per_sample = False
+    sample_independent = True
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        return previous_state, AllocationQuery(previous_state.shape, previous_state.dtype)
+
+    def apply(self, batch, destination, context):  # type: ignore[no-untyped-def]
+        destination[:] = batch
+        return destination.transpose(0, 2, 1, 3)
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_a_result_that_is_another_view_of_its_buffer_survives_stage_1(
+        photos_file: Path, kind: str) -> None:
+    loader = train_loader(photos_file, 2, kind, extra=[Transposed()])
+    assert loader.pipelines[0].split == 1  # Transposed runs per range (the flip is fused)
+    got = epochs(loader, 1)[0][0]
+    plain = epochs(train_loader(photos_file, 1, "thread", extra=[]), 1)[0][0]
+    np.testing.assert_array_equal(got, plain.transpose(0, 2, 1, 3))
+
+
+def test_torch_operations_run_on_the_whole_batch(photos_file: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from fastforward.transforms import Cutout, ToTensor, ToTorchImage
+
+    ops = [ToTensor(), ToTorchImage(), Cutout(8)]
+    with train_loader(photos_file, 2, "thread", extra=ops) as loader:
+        assert loader.pipelines[0].split == 0  # nothing after ToTensor runs per range
+        (images, _) = next(iter(loader))
+        assert images.is_contiguous(memory_format=torch.channels_last)

@@ -154,6 +154,8 @@ def place(value: Any, out: Any, where: str) -> None:
         if value.shape != out.shape or value.dtype != out.dtype:
             raise ValueError(f"{where} returned {value.dtype} samples of shape "
                              f"{value.shape[1:]}, it declared {out.dtype} {out.shape[1:]}")
+        if np.may_share_memory(value, out):  # another view of the same memory
+            value = value.copy()
         np.copyto(out, value)
         return
     if not hasattr(value, "data_ptr"):
@@ -165,7 +167,7 @@ def place(value: Any, out: Any, where: str) -> None:
         raise ValueError(f"{where} returned {value.dtype} samples of shape "
                          f"{tuple(value.shape[1:])}, it declared {out.dtype} "
                          f"{tuple(out.shape[1:])}")
-    out.copy_(value)
+    out.copy_(value.clone())  # stage 1 ends on NumPy batches; never an overlapping copy
 
 
 def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:

@@ -16,8 +16,9 @@ The loader hands ``compile_plan`` its ``PipelineSpec`` objects once per epoch
 5. splits each pipeline into two stages. **Stage 1** runs per range of
    samples, on the workers (threads or processes): the decoder, when it
    decodes in ranges (``Decoder.parallel``), then the longest run of
-   operations after it that are ``sample_independent`` and work on the CPU,
-   less the trailing ones that only pass values through. Stage 1 leaves its
+   operations after it that are ``sample_independent`` and work on NumPy
+   batches (before ``ToTensor``), less the trailing ones that only pass
+   values through. Stage 1 leaves its
    result in one slot buffer (``range_out``). **Stage 2** runs once per
    batch, in the loader's process: every other decoder and operation. With a
    branch, stage 1 holds decoders only.
@@ -220,8 +221,11 @@ def _split(pipeline: PipelinePlan, step_states: list[tuple[State, State]],
     split = 0
     for step, (before, after) in zip(pipeline.steps, step_states, strict=True):
         op = step.op
+        # NumPy batches only: a torch result may be any view of its buffer
+        # (channels-last strides), which the batch stage could not rebuild from the
+        # slot; torch operations run in stage 2, on the whole batch
         if not (op.sample_independent or op.per_sample) or not (
-                str(before.device) == str(after.device) == "cpu"):
+                before.jit_mode and after.jit_mode):
             break
         split += 1
     while split and pipeline.steps[split - 1].op.passes_through:
