@@ -137,37 +137,23 @@ def run_stage1(plan: Plan, job: BatchJob, data: Any, buffers: Any, lo: int, hi: 
             value = apply_step(plan, pipeline, step, value, buffer,
                                context.with_stream(step.rng_stream), job)
             del buffer
-        place(value, batch_view(buffers.get(pipeline.range_out), count,
-                                pipeline.range_out_torch, pipeline.range_out_query, lo),
+        place(value, buffers.get(pipeline.range_out)[lo:hi],
               f"{job.where(plan.fname)}, pipeline {pipeline.name!r}, "
               f"{type(pipeline.steps[pipeline.split - 1].op).__name__}")
 
 
-def place(value: Any, out: Any, where: str) -> None:
+def place(value: Any, out: np.ndarray, where: str) -> None:
     """Leave stage 1's result in *out* (rows of a slot buffer): nothing to do when
-    the last operation wrote it there, a copy otherwise."""
-    if isinstance(out, np.ndarray):
-        if not isinstance(value, np.ndarray):
-            raise TypeError(f"{where} returned a {type(value).__name__}, not a NumPy array")
-        if _same_memory(value, out):
-            return
-        if value.shape != out.shape or value.dtype != out.dtype:
-            raise ValueError(f"{where} returned {value.dtype} samples of shape "
-                             f"{value.shape[1:]}, it declared {out.dtype} {out.shape[1:]}")
-        if np.may_share_memory(value, out):  # another view of the same memory
-            value = value.copy()
-        np.copyto(out, value)
+    the last operation wrote it there, a copy otherwise (NumPy copies correctly
+    between overlapping views, such as a transposed view of the same buffer)."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{where} returned a {type(value).__name__}, not a NumPy array")
+    if _same_memory(value, out):
         return
-    if not hasattr(value, "data_ptr"):
-        raise TypeError(f"{where} returned a {type(value).__name__}, not a tensor")
-    if (value.data_ptr() == out.data_ptr() and value.shape == out.shape
-            and value.stride() == out.stride() and value.dtype == out.dtype):
-        return
-    if tuple(value.shape) != tuple(out.shape) or value.dtype != out.dtype:
+    if value.shape != out.shape or value.dtype != out.dtype:
         raise ValueError(f"{where} returned {value.dtype} samples of shape "
-                         f"{tuple(value.shape[1:])}, it declared {out.dtype} "
-                         f"{tuple(out.shape[1:])}")
-    out.copy_(value.clone())  # stage 1 ends on NumPy batches; never an overlapping copy
+                         f"{value.shape[1:]}, it declared {out.dtype} {out.shape[1:]}")
+    np.copyto(out, value)
 
 
 def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
@@ -196,8 +182,7 @@ def run_stage2(plan: Plan, job: BatchJob, data: Any, slot: Any, copies: Any = No
                 own.copies = copies if pipeline.defer_copies else None
                 decoder.decode_range(0, n, destination, own)
             if pipeline.split:
-                value = batch_view(slot.get(pipeline.range_out), n, pipeline.range_out_torch,
-                                   pipeline.range_out_query)
+                value = slot.get(pipeline.range_out)[:n]  # stage 1 ends on NumPy batches
             else:
                 value = decoder.output(destination, n)
             results[id(decoder)] = value

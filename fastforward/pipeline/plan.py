@@ -72,7 +72,6 @@ class PipelinePlan:
     split: int = 0  # leading steps that run per range, in stage 1, after the decoder
     range_out: str | None = None  # the slot buffer holding stage 1's result (split > 0)
     range_out_query: Any = None
-    range_out_torch: bool = False
     defer_copies: bool = False  # its decoder's copies may run on the loader's copy threads
     geometry_key: str | None = None  # where its decoder writes each sample's geometry
     follows: dict[str, str] = field(default_factory=dict)  # leader -> its geometry's key
@@ -235,7 +234,6 @@ def _split(pipeline: PipelinePlan, step_states: list[tuple[State, State]],
     last = pipeline.steps[split - 1]
     final = step_states[split - 1][1]
     pipeline.split = split
-    pipeline.range_out_torch = not final.jit_mode
     query = last.query
     if (isinstance(query, AllocationQuery) and tuple(query.shape) == tuple(final.shape or ())
             and str(query.dtype) == str(final.dtype) and _on_cpu(query)):
