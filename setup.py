@@ -25,10 +25,11 @@ extensions = [
         f"fastforward._ext.{name}",
         [f"fastforward/_ext/{name}.pyx"],
         include_dirs=["fastforward/_ext"],
-        depends=["fastforward/_ext/copier.h", "fastforward/_ext/resize_kernels.h"],
+        depends=["fastforward/_ext/copier.h", "fastforward/_ext/resize_kernels.h",
+                 "fastforward/_ext/augment_kernels.h"],
         extra_compile_args=(["-O0", "-g"] if DEBUG else ["-O3"]) + ["-ffp-contract=off"],
     )
-    for name in ["collate", "resize"]
+    for name in ["augment", "collate", "resize"]
 ]
 
 setup(
