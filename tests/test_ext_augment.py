@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import reference as ref
+
 from fastforward._ext.augment import OPS, PARAMS, augment_into
 
 SHAPES = {"square": (48, 48), "wide-odd": (37, 53), "tall-even": (64, 30), "3x3": (3, 3),

@@ -36,7 +36,6 @@ cdef extern from "augment_kernels.h" nogil:
     ctypedef struct ff_aug_scratch:
         uint16_t* colsum
         int32_t* gray
-        double* other
         int32_t* offset
         float* weight
     void ff_aug_apply(int op, const double* p, const uint8_t* src, Py_ssize_t ss, uint8_t* dst,
@@ -181,13 +180,12 @@ def augment_into(const uint8_t[:, :, :, :] src not None, uint8_t[:, :, :, :] out
     if (h - 1) * max(ss, ds, ts) + w * 3 >= 1 << 31:
         raise ValueError(f"images of {h}x{w} (rows {ss} bytes apart) are too large: "
                          "offsets must fit in 31 bits")
-    # one block: the scratch rows, then the scratch image
-    block = <char*>malloc(w * (3 * sizeof(double) + 4 * sizeof(float) + 3 * sizeof(int32_t)
-                               + 3 * sizeof(uint16_t)) + h * w * 3 + 64)
+    # one block: the scratch rows, then the scratch image (and slack for 4-byte reads)
+    block = <char*>malloc(w * (4 * sizeof(float) + 3 * sizeof(int32_t) + 3 * sizeof(uint16_t))
+                          + h * w * 3 + 64)
     if block == NULL:
         raise MemoryError(f"augment_into: no memory for a {h}x{w} scratch image")
-    scratch.other = <double*>block
-    scratch.weight = <float*>(scratch.other + 3 * w)
+    scratch.weight = <float*>block
     scratch.gray = <int32_t*>(scratch.weight + 4 * w)
     scratch.offset = scratch.gray + w
     scratch.colsum = <uint16_t*>(scratch.offset + 2 * w)

@@ -13,7 +13,10 @@
  *
  * Rounding: float to uint8 truncates after clamping to 0..255 (torch's
  * `.to(uint8)` after `clamp_`), except after interpolation, which rounds half
- * to even first (`round_()`), as torchvision's grid transforms do. */
+ * to even first (`round_()`), as torchvision's grid transforms do.
+ *
+ * Loops index with ptrdiff_t: Python builds extensions with -fwrapv, under
+ * which `3 * x` with an int x may wrap and the compiler will not vectorise. */
 #ifndef FASTFORWARD_AUGMENT_KERNELS_H
 #define FASTFORWARD_AUGMENT_KERNELS_H
 
@@ -76,355 +79,151 @@ static inline float ff_aug_floorf(float x) {
 }
 /* clamp to 0..255, then truncate (torch's clamp_(0, 255).to(uint8)) */
 static inline uint8_t ff_aug_u8(float v) {
-    v = v < 0.0f ? 0.0f : v;
-    v = v > 255.0f ? 255.0f : v;
-    return (uint8_t)v;
-}
-/* torchvision's gray level of one pixel, floored: r*0.2989, then two fused
- * multiply-adds (torch's add_ with alpha), in float32 */
-static inline float ff_aug_gray_float(uint8_t r, uint8_t g, uint8_t b) {
-    float l = (float)((double)r * FF_AUG_GRAY_R);
-    l = (float)((double)g * FF_AUG_GRAY_G + (double)l);
-    l = (float)((double)b * FF_AUG_GRAY_B + (double)l);
-    return ff_aug_floorf(l);
+    v = v > 0.0f ? v : 0.0f;
+    v = v < 255.0f ? v : 255.0f;
+    return (uint8_t)(int32_t)v;
 }
 
-/* The same, faster: floor((2989 r + 5870 g + 1140 b) / 10000) in integers is
- * the float32 result for every (r, g, b) whose sum is not a multiple of 10000
- * (the float32 weights and roundings move the value by under 1e-4); on those
- * 1,704 of the 2^24 triples the float32 computation decides (tested
- * exhaustively against the float path). Fills gray[x] for a row of w pixels. */
-FF_AUG_CLONES static void ff_aug_gray_row(const uint8_t *restrict s, int w,
-                                          int32_t *restrict gray) {
-    for (int x = 0; x < w; x++) {
-        const uint32_t t = 2989u * s[3 * x] + 5870u * s[3 * x + 1] + 1140u * s[3 * x + 2];
-        gray[x] = (int32_t)(t / 10000u) - (int32_t)(t % 10000u == 0) * 65536;
-    }
-    for (int x = 0; x < w; x++)  /* the rare exact multiples, marked negative above */
-        if (gray[x] < 0) gray[x] = (int32_t)ff_aug_gray_float(s[3 * x], s[3 * x + 1], s[3 * x + 2]);
-}
+/* ------------------------------------------------------------------------ */
+/* whole rows of values (n = 3 * w bytes) */
 
 static void ff_aug_copy(const uint8_t *src, ptrdiff_t ss, uint8_t *dst, ptrdiff_t ds, int h,
                         int w) {
-    for (int y = 0; y < h; y++) memcpy(dst + y * ds, src + y * ss, (size_t)w * 3);
+    for (ptrdiff_t y = 0; y < h; y++) memcpy(dst + y * ds, src + y * ss, (size_t)w * 3);
 }
 
-/* dst[y, x, c] = lut[c * 256 + src[y, x, c]] */
-FF_AUG_CLONES static void ff_aug_lut(const uint8_t *restrict src, ptrdiff_t ss,
-                                     uint8_t *restrict dst, ptrdiff_t ds, int h, int w,
-                                     const uint8_t *restrict lut) {
-    for (int y = 0; y < h; y++) {
-        const uint8_t *restrict s = src + y * ss;
-        uint8_t *restrict d = dst + y * ds;
-        for (int x = 0; x < w; x++) {
-            d[3 * x] = lut[s[3 * x]];
-            d[3 * x + 1] = lut[256 + s[3 * x + 1]];
-            d[3 * x + 2] = lut[512 + s[3 * x + 2]];
-        }
+/* d[i] = clamp(s[i] * f): adjust_brightness */
+FF_AUG_CLONES static void ff_aug_scale_row(const uint8_t *restrict s, ptrdiff_t n, float f,
+                                           uint8_t *restrict d) {
+    for (ptrdiff_t i = 0; i < n; i++) d[i] = ff_aug_u8((float)s[i] * f);
+}
+
+/* d[i] = s[i] & mask: posterize */
+FF_AUG_CLONES static void ff_aug_and_row(const uint8_t *restrict s, ptrdiff_t n, uint8_t mask,
+                                         uint8_t *restrict d) {
+    for (ptrdiff_t i = 0; i < n; i++) d[i] = s[i] & mask;
+}
+
+/* d[i] = s[i] >= k ? 255 - s[i] : s[i]: solarize (k from the threshold) */
+FF_AUG_CLONES static void ff_aug_solarize_row(const uint8_t *restrict s, ptrdiff_t n, int k,
+                                              uint8_t *restrict d) {
+    for (ptrdiff_t i = 0; i < n; i++) d[i] = s[i] >= k ? (uint8_t)(255 - s[i]) : s[i];
+}
+
+/* d[i] = lut[c * 256 + s[i]], c = i % 3 */
+FF_AUG_CLONES static void ff_aug_lut_row(const uint8_t *restrict s, ptrdiff_t w,
+                                         const uint8_t *restrict lut, uint8_t *restrict d) {
+    for (ptrdiff_t x = 0; x < w; x++) {
+        d[3 * x] = lut[s[3 * x]];
+        d[3 * x + 1] = lut[256 + s[3 * x + 1]];
+        d[3 * x + 2] = lut[512 + s[3 * x + 2]];
     }
 }
 
 /* ------------------------------------------------------------------------ */
-/* geometric */
+/* gray levels */
 
-/* The value written where the source lies outside the image: 0 without a
- * fill, else the fill rounded half to even (torchvision: where(mask < 0.5,
- * fill, v) then round_()). */
-static void ff_aug_outside(const float *fill, uint8_t out[3]) {
-    for (int c = 0; c < 3; c++) out[c] = fill == NULL ? 0 : ff_aug_u8(ff_aug_rintf(fill[c]));
+/* torchvision's gray level of one pixel, floored: r*0.2989, then two fused
+ * multiply-adds (torch's add_ with alpha), in float32 */
+static inline int32_t ff_aug_gray_float(uint8_t r, uint8_t g, uint8_t b) {
+    float l = (float)((double)r * FF_AUG_GRAY_R);
+    l = (float)((double)g * FF_AUG_GRAY_G + (double)l);
+    l = (float)((double)b * FF_AUG_GRAY_B + (double)l);
+    return (int32_t)ff_aug_floorf(l);
 }
 
-/* Output pixel (x, y) samples the source at
- *   ix = m0*xc + m1*yc + m2 + (w-1)/2,  iy = m3*xc + m4*yc + m5 + (h-1)/2
- * with xc = x - (w-1)/2, yc = y - (h-1)/2 (torchvision's affine grid,
- * unnormalised as grid_sample does with align_corners=False), in double.
- * Nearest: the pixel at the rounded (half to even) position, 0 outside.
- * Bilinear: the four neighbours weighted in float32 as grid_sample does,
- * those outside counting as 0; with a fill, torchvision's mask (the same
- * weights over an image of ones) blends the fill in: (v - fill)*mask + fill.
- * Then rounded half to even.
- *
- * Each row in two passes: the positions (vectorised), then the pixels. */
-
-/* One row's nearest source offsets (-1: outside); branch-free, so that it
- * vectorises (a position outside, or not a number, is never converted). */
-FF_AUG_CLONES static void ff_aug_nearest_row(const double *m, double yc, double cx, double hx,
-                                             double hy, int w, int h, int32_t ss,
-                                             int32_t *restrict offset) {
-    const double m0 = m[0], m2 = m[2], m3 = m[3], m5 = m[5];
-    const double byx = m[1] * yc, byy = m[4] * yc, wd = w, hd = h;
-    for (int x = 0; x < w; x++) {
-        const double xc = x + cx;
-        double rx = ff_aug_rint(m0 * xc + byx + m2 + hx);
-        double ry = ff_aug_rint(m3 * xc + byy + m5 + hy);
-        const int inside = (rx >= 0.0) & (rx < wd) & (ry >= 0.0) & (ry < hd);
-        rx = inside ? rx : 0.0;
-        ry = inside ? ry : 0.0;
-        const int32_t o = (int32_t)ry * ss + (int32_t)rx * 3;
-        offset[x] = inside ? o : -1;
+/* The same for a row, faster: (2989 r + 5870 g + 1140 b) / 10000 in integers
+ * is the float32 result for every (r, g, b) whose sum is not a multiple of
+ * 10000 (the float32 weights and roundings move the value by under 1e-4); on
+ * those 1,704 of the 2^24 triples the float32 computation decides (the tests
+ * check every triple). Fills gray[x] for a row of w pixels. */
+FF_AUG_CLONES static void ff_aug_gray_row(const uint8_t *restrict s, ptrdiff_t w,
+                                          int32_t *restrict gray) {
+    int32_t exact = 0;
+    for (ptrdiff_t x = 0; x < w; x++) {
+        const uint32_t t = 2989u * s[3 * x] + 5870u * s[3 * x + 1] + 1140u * s[3 * x + 2];
+        const uint32_t q = t / 10000u;
+        gray[x] = (int32_t)q;
+        exact |= t == q * 10000u;
     }
-}
-
-/* One row's bilinear taps: the top-left neighbour (x0[x], y0[x]) and the four
- * weights, in float32 from the float32 position, as grid_sample computes them.
- * Positions are clamped to [-2, w+1] x [-2, h+1] first (nothing outside comes
- * inside, and the conversions stay in range). */
-FF_AUG_CLONES static void ff_aug_bilinear_row(const double *m, double yc, double cx, double hx,
-                                              double hy, int w, int h, int32_t *restrict x0s,
-                                              int32_t *restrict y0s, float *restrict wts) {
-    const double m0 = m[0], m2 = m[2], m3 = m[3], m5 = m[5];
-    const double byx = m[1] * yc, byy = m[4] * yc, wmax = w + 1.0, hmax = h + 1.0;
-    float *restrict wnw = wts, *restrict wne = wts + w, *restrict wsw = wts + 2 * w,
-                    *restrict wse = wts + 3 * w;
-    for (int x = 0; x < w; x++) {
-        const double xc = x + cx;
-        double ix = m0 * xc + byx + m2 + hx, iy = m3 * xc + byy + m5 + hy;
-        ix = ix > -2.0 ? ix : -2.0;  /* also sends NaN to -2 */
-        ix = ix < wmax ? ix : wmax;
-        iy = iy > -2.0 ? iy : -2.0;
-        iy = iy < hmax ? iy : hmax;
-        const float fx = (float)ix, fy = (float)iy;
-        const int32_t ixi = (int32_t)fx, iyi = (int32_t)fy;
-        const int32_t X0 = ixi - (fx < (float)ixi), Y0 = iyi - (fy < (float)iyi);  /* floor */
-        const float x0 = (float)X0, y0 = (float)Y0, x1 = x0 + 1.0f, y1 = y0 + 1.0f;
-        x0s[x] = X0;
-        y0s[x] = Y0;
-        wnw[x] = (x1 - fx) * (y1 - fy);
-        wne[x] = (fx - x0) * (y1 - fy);
-        wsw[x] = (x1 - fx) * (fy - y0);
-        wse[x] = (fx - x0) * (fy - y0);
+    if (!exact) return;
+    for (ptrdiff_t x = 0; x < w; x++) {
+        const uint32_t t = 2989u * s[3 * x] + 5870u * s[3 * x + 1] + 1140u * s[3 * x + 2];
+        if (t % 10000u == 0) gray[x] = ff_aug_gray_float(s[3 * x], s[3 * x + 1], s[3 * x + 2]);
     }
-}
-
-/* One bilinear output pixel whose neighbours are partly outside (or not) */
-static void ff_aug_bilinear_edge(const uint8_t *restrict src, ptrdiff_t ss, int h, int w,
-                                 int X0, int Y0, float wnw, float wne, float wsw, float wse,
-                                 const float *fill, uint8_t *restrict d) {
-    const int inx0 = X0 >= 0 && X0 < w, inx1 = X0 + 1 >= 0 && X0 + 1 < w;
-    const int iny0 = Y0 >= 0 && Y0 < h, iny1 = Y0 + 1 >= 0 && Y0 + 1 < h;
-    const float onw = (float)(inx0 && iny0), one = (float)(inx1 && iny0);
-    const float osw = (float)(inx0 && iny1), ose = (float)(inx1 && iny1);
-    const float mask = onw * wnw + one * wne + osw * wsw + ose * wse;
-    const uint8_t *r0 = src + (ptrdiff_t)Y0 * ss + (ptrdiff_t)X0 * 3, *r1 = r0 + ss;
-    for (int c = 0; c < 3; c++) {
-        const float vnw = onw != 0.0f ? (float)r0[c] : 0.0f;
-        const float vne = one != 0.0f ? (float)r0[3 + c] : 0.0f;
-        const float vsw = osw != 0.0f ? (float)r1[c] : 0.0f;
-        const float vse = ose != 0.0f ? (float)r1[3 + c] : 0.0f;
-        float v = vnw * wnw + vne * wne + vsw * wsw + vse * wse;
-        if (fill != NULL) v = (v - fill[c]) * mask + fill[c];
-        d[c] = ff_aug_u8(ff_aug_rintf(v));
-    }
-}
-
-#if defined(__SSE2__)
-/* A pixel's 3 channels (and one byte after them) as 4 floats */
-static inline __m128 ff_aug_load_px(const uint8_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    const __m128i zero = _mm_setzero_si128();
-    __m128i x = _mm_unpacklo_epi8(_mm_cvtsi32_si128(v), zero);
-    return _mm_cvtepi32_ps(_mm_unpacklo_epi16(x, zero));
-}
-#endif
-
-/* One row of bilinear output pixels from the row's taps. Pixels with all four
- * neighbours inside go 4 lanes at a time (3 channels and a spare lane), each
- * lane computing exactly the scalar sequence of roundings; reading 4 bytes per
- * neighbour needs one byte after it, so the image's last pixel goes scalar. */
-static void ff_aug_bilinear_pixels(const uint8_t *restrict src, ptrdiff_t ss, int h, int w,
-                                   const int32_t *x0s, const int32_t *y0s, const float *wts,
-                                   const float *fill, const uint8_t *outside,
-                                   uint8_t *restrict d) {
-    const float *wnw = wts, *wne = wts + w, *wsw = wts + 2 * w, *wse = wts + 3 * w;
-#if defined(__SSE2__)
-    const __m128 big = _mm_set1_ps(12582912.0f), lo = _mm_setzero_ps(), hi = _mm_set1_ps(255.0f);
-    const __m128 f = fill != NULL ? _mm_setr_ps(fill[0], fill[1], fill[2], 0.0f) : lo;
-#endif
-    for (int x = 0; x < w; x++, d += 3) {
-        const int X0 = x0s[x], Y0 = y0s[x];
-        if (X0 < -1 || X0 >= w || Y0 < -1 || Y0 >= h) {  /* no neighbour inside */
-            d[0] = outside[0];
-            d[1] = outside[1];
-            d[2] = outside[2];
-            continue;
-        }
-        if (X0 < 0 || X0 + 1 >= w || Y0 < 0 || Y0 + 1 >= h) {
-            ff_aug_bilinear_edge(src, ss, h, w, X0, Y0, wnw[x], wne[x], wsw[x], wse[x], fill, d);
-            continue;
-        }
-        const uint8_t *r0 = src + (ptrdiff_t)Y0 * ss + (ptrdiff_t)X0 * 3, *r1 = r0 + ss;
-#if defined(__SSE2__)
-        if (!(Y0 + 2 == h && X0 + 2 == w)) {
-            __m128 v = _mm_mul_ps(ff_aug_load_px(r0), _mm_set1_ps(wnw[x]));
-            v = _mm_add_ps(v, _mm_mul_ps(ff_aug_load_px(r0 + 3), _mm_set1_ps(wne[x])));
-            v = _mm_add_ps(v, _mm_mul_ps(ff_aug_load_px(r1), _mm_set1_ps(wsw[x])));
-            v = _mm_add_ps(v, _mm_mul_ps(ff_aug_load_px(r1 + 3), _mm_set1_ps(wse[x])));
-            if (fill != NULL) {
-                const float mask = wnw[x] + wne[x] + wsw[x] + wse[x];
-                v = _mm_add_ps(_mm_mul_ps(_mm_sub_ps(v, f), _mm_set1_ps(mask)), f);
-            }
-            v = _mm_sub_ps(_mm_add_ps(v, big), big);  /* round half to even */
-            v = _mm_min_ps(_mm_max_ps(v, lo), hi);
-            __m128i q = _mm_cvttps_epi32(v);
-            q = _mm_packus_epi16(_mm_packs_epi32(q, q), q);
-            const int32_t bytes = _mm_cvtsi128_si32(q);
-            d[0] = (uint8_t)bytes;
-            d[1] = (uint8_t)(bytes >> 8);
-            d[2] = (uint8_t)(bytes >> 16);
-            continue;
-        }
-#endif
-        const float mask = wnw[x] + wne[x] + wsw[x] + wse[x];
-        for (int c = 0; c < 3; c++) {
-            float v = (float)r0[c] * wnw[x] + (float)r0[3 + c] * wne[x] + (float)r1[c] * wsw[x] +
-                      (float)r1[3 + c] * wse[x];
-            if (fill != NULL) v = (v - fill[c]) * mask + fill[c];
-            d[c] = ff_aug_u8(ff_aug_rintf(v));
-        }
-    }
-}
-
-static void ff_aug_affine(const uint8_t *restrict src, ptrdiff_t ss, uint8_t *restrict dst,
-                          ptrdiff_t ds, int h, int w, const double *m, int bilinear,
-                          const float *fill, int32_t *offset, float *wts) {
-    const double cx = (1 - w) * 0.5, cy = (1 - h) * 0.5, hx = (w - 1) * 0.5, hy = (h - 1) * 0.5;
-    uint8_t outside[3];
-    ff_aug_outside(fill, outside);
-    for (int y = 0; y < h; y++) {
-        const double yc = y + cy;
-        uint8_t *restrict d = dst + y * ds;
-        if (!bilinear) {
-            ff_aug_nearest_row(m, yc, cx, hx, hy, w, h, (int32_t)ss, offset);
-            for (int x = 0; x < w; x++, d += 3) {
-                const uint8_t *s = offset[x] >= 0 ? src + offset[x] : outside;
-                d[0] = s[0];
-                d[1] = s[1];
-                d[2] = s[2];
-            }
-            continue;
-        }
-        ff_aug_bilinear_row(m, yc, cx, hx, hy, w, h, offset, offset + w, wts);
-        ff_aug_bilinear_pixels(src, ss, h, w, offset, offset + w, wts, fill, outside, d);
-    }
-}
-
-/* dst[y, x] = src[y - dy, x - dx], the outside value where that is outside:
- * the affine transform by a whole-pixel translation, in either interpolation. */
-static void ff_aug_shift(const uint8_t *restrict src, ptrdiff_t ss, uint8_t *restrict dst,
-                         ptrdiff_t ds, int h, int w, int dx, int dy, const float *fill) {
-    uint8_t outside[3];
-    ff_aug_outside(fill, outside);
-    int x0 = dx > 0 ? dx : 0, x1 = dx < 0 ? w + dx : w;  /* columns that have a source */
-    if (x0 > w) x0 = w;
-    if (x1 < 0) x1 = 0;
-    if (x1 < x0) x1 = x0;
-    for (int y = 0; y < h; y++) {
-        uint8_t *restrict d = dst + y * ds;
-        const int sy = y - dy;
-        const int inside = sy >= 0 && sy < h;
-        for (int x = 0; x < w; x++) {
-            if (inside && x == x0 && x1 > x0) {
-                memcpy(d + 3 * x, src + sy * ss + (x0 - dx) * 3, (size_t)(x1 - x0) * 3);
-                x = x1 - 1;
-                continue;
-            }
-            d[3 * x] = outside[0];
-            d[3 * x + 1] = outside[1];
-            d[3 * x + 2] = outside[2];
-        }
-    }
-}
-
-/* np.rot90(image, k): k quarter turns counter-clockwise (k = 1 or 3 need a
- * square image), torchvision's fast path for those angles. */
-static void ff_aug_rot90(const uint8_t *restrict src, ptrdiff_t ss, uint8_t *restrict dst,
-                         ptrdiff_t ds, int h, int w, int k) {
-    for (int y = 0; y < h; y++) {
-        uint8_t *restrict d = dst + y * ds;
-        for (int x = 0; x < w; x++) {
-            int sy, sx;
-            if (k == 1) {
-                sy = x;
-                sx = w - 1 - y;
-            } else if (k == 2) {
-                sy = h - 1 - y;
-                sx = w - 1 - x;
-            } else {
-                sy = h - 1 - x;
-                sx = y;
-            }
-            const uint8_t *s = src + sy * ss + sx * 3;
-            d[3 * x] = s[0];
-            d[3 * x + 1] = s[1];
-            d[3 * x + 2] = s[2];
-        }
-    }
-}
-
-/* ------------------------------------------------------------------------ */
-/* colour */
-
-/* adjust_brightness: clamp(v * factor) */
-static void ff_aug_brightness_lut(double factor, uint8_t *lut) {
-    const float f = (float)factor;
-    for (int v = 0; v < 256; v++) lut[v] = lut[256 + v] = lut[512 + v] = ff_aug_u8((float)v * f);
 }
 
 /* adjust_saturation: _blend(image, floor(gray), factor), that is
- * clamp(fma(gray, (float)(1 - factor), v * factor)), per row: the gray
- * levels, each one's share per channel value, then the blend over the row's
- * values in one contiguous loop. */
-FF_AUG_CLONES static void ff_aug_blend_row(const uint8_t *restrict s, const double *restrict other,
-                                           ptrdiff_t n, float f, uint8_t *restrict d) {
-    for (ptrdiff_t i = 0; i < n; i++) d[i] = ff_aug_u8((float)(other[i] + (double)((float)s[i] * f)));
+ * clamp(fma(gray, (float)(1 - factor), v * factor)) for each channel value */
+FF_AUG_CLONES static void ff_aug_saturation_row(const uint8_t *restrict s, ptrdiff_t w,
+                                                const int32_t *restrict gray, float f,
+                                                double alpha, uint8_t *restrict d) {
+    for (ptrdiff_t x = 0; x < w; x++) {
+        const double other = (double)gray[x] * alpha;
+        d[3 * x] = ff_aug_u8((float)(other + (double)((float)s[3 * x] * f)));
+        d[3 * x + 1] = ff_aug_u8((float)(other + (double)((float)s[3 * x + 1] * f)));
+        d[3 * x + 2] = ff_aug_u8((float)(other + (double)((float)s[3 * x + 2] * f)));
+    }
 }
 
 static void ff_aug_saturation(const uint8_t *src, ptrdiff_t ss, uint8_t *dst, ptrdiff_t ds, int h,
-                              int w, double factor, int32_t *gray, double *other) {
+                              int w, double factor, int32_t *gray) {
     const float f = (float)factor;
     const double alpha = (double)(float)(1.0 - factor);
-    for (int y = 0; y < h; y++) {
-        const uint8_t *s = src + y * ss;
-        ff_aug_gray_row(s, w, gray);
-        for (int x = 0; x < w; x++) other[3 * x] = other[3 * x + 1] = other[3 * x + 2] = gray[x] * alpha;
-        ff_aug_blend_row(s, other, (ptrdiff_t)w * 3, f, dst + y * ds);
-    }
-}
-
-/* The sum of the image's floored gray levels (exact) */
-static int64_t ff_aug_gray_sum(const uint8_t *src, ptrdiff_t ss, int h, int w, int32_t *gray) {
-    int64_t total = 0;
-    for (int y = 0; y < h; y++) {
+    for (ptrdiff_t y = 0; y < h; y++) {
         ff_aug_gray_row(src + y * ss, w, gray);
-        int32_t row = 0;
-        for (int x = 0; x < w; x++) row += gray[x];
-        total += row;
+        ff_aug_saturation_row(src + y * ss, w, gray, f, alpha, dst + y * ds);
     }
-    return total;
 }
 
 /* adjust_contrast: _blend(image, mean, factor), the mean of the floored gray
  * levels as torch computes it in float32: (float)sum / (float)count (the sum
- * is exact in float32 while under 2^24, images of up to 65,793 pixels) */
+ * is exact in float32 while under 2^24, images of up to 65,793 pixels). The
+ * result depends on the value alone: a table. */
 static void ff_aug_contrast_lut(const uint8_t *src, ptrdiff_t ss, int h, int w, double factor,
                                 int32_t *gray, uint8_t *lut) {
-    const float mean = (float)ff_aug_gray_sum(src, ss, h, w, gray) / (float)((int64_t)h * w);
+    int64_t total = 0;
+    for (ptrdiff_t y = 0; y < h; y++) {
+        ff_aug_gray_row(src + y * ss, w, gray);
+        int32_t row = 0;
+        for (ptrdiff_t x = 0; x < w; x++) row += gray[x];
+        total += row;
+    }
+    const float mean = (float)total / (float)((int64_t)h * w);
     const float f = (float)factor;
     const double other = (double)mean * (double)(float)(1.0 - factor);
     for (int v = 0; v < 256; v++)
         lut[v] = lut[256 + v] = lut[512 + v] = ff_aug_u8((float)(other + (double)((float)v * f)));
 }
 
-/* adjust_sharpness: inside the one-pixel border, each value v becomes
+/* ------------------------------------------------------------------------ */
+/* sharpness */
+
+/* adjust_sharpness, one row inside the border: each value v becomes
  * clamp(fma(blur - v, (float)(1 - factor), v)), blur the 3x3 smoothing
- * (weights 1, 5 in the centre, over 13) rounded: round(s / 13) with s an
- * integer is never a tie, and float32 rounding cannot move it past one, so it
- * is (2s + 13) / 26 in integers. The border is copied; images of at most 2
- * rows or columns are copied whole. */
-FF_AUG_CLONES static void ff_aug_sharpness(const uint8_t *restrict src, ptrdiff_t ss,
-                                           uint8_t *restrict dst, ptrdiff_t ds, int h, int w,
-                                           double factor, uint16_t *restrict colsum) {
+ * (weights 1, 5 in the centre, over 13) rounded. torch rounds the float32
+ * convolution; s / 13 for an integer s <= 3315 is never nearer than 1/26 to a
+ * tie, and float32 errors stay under 1e-4, so rounding s * (1/13) + 0.5 down
+ * (in float32 too, here) gives the same integer. */
+FF_AUG_CLONES static void ff_aug_sharpness_row(const uint8_t *restrict a, const uint8_t *restrict b,
+                                               const uint8_t *restrict c, ptrdiff_t n,
+                                               double alpha, uint16_t *restrict colsum,
+                                               uint8_t *restrict d) {
+    for (ptrdiff_t i = 0; i < n; i++) colsum[i] = (uint16_t)(a[i] + b[i] + c[i]);
+    for (ptrdiff_t i = 0; i < 3; i++) {
+        d[i] = b[i];
+        d[n - 3 + i] = b[n - 3 + i];
+    }
+    for (ptrdiff_t i = 3; i < n - 3; i++) {
+        const int32_t s = colsum[i - 3] + colsum[i] + colsum[i + 3] + 4 * b[i];
+        const int32_t blur = (int32_t)((float)s * (1.0f / 13.0f) + 0.5f);
+        d[i] = ff_aug_u8((float)((double)(blur - b[i]) * alpha + (double)b[i]));
+    }
+}
+
+/* The border is copied; images of at most 2 rows or columns are copied whole. */
+static void ff_aug_sharpness(const uint8_t *src, ptrdiff_t ss, uint8_t *dst, ptrdiff_t ds, int h,
+                             int w, double factor, uint16_t *colsum) {
     if (h <= 2 || w <= 2) {
         ff_aug_copy(src, ss, dst, ds, h, w);
         return;
@@ -433,53 +232,38 @@ FF_AUG_CLONES static void ff_aug_sharpness(const uint8_t *restrict src, ptrdiff_
     const ptrdiff_t n = (ptrdiff_t)w * 3;
     memcpy(dst, src, (size_t)n);
     memcpy(dst + (h - 1) * ds, src + (h - 1) * ss, (size_t)n);
-    for (int y = 1; y < h - 1; y++) {
-        const uint8_t *restrict a = src + (y - 1) * ss, *restrict b = a + ss, *restrict c = b + ss;
-        uint8_t *restrict d = dst + y * ds;
-        for (ptrdiff_t i = 0; i < n; i++) colsum[i] = (uint16_t)(a[i] + b[i] + c[i]);
-        for (int k = 0; k < 3; k++) {
-            d[k] = b[k];
-            d[n - 3 + k] = b[n - 3 + k];
-        }
-        for (ptrdiff_t i = 3; i < n - 3; i++) {
-            const int32_t s = colsum[i - 3] + colsum[i] + colsum[i + 3] + 4 * b[i];
-            const int32_t blur = (2 * s + 13) / 26;
-            const double v = (double)b[i];
-            d[i] = ff_aug_u8((float)((double)(blur - b[i]) * alpha + v));
-        }
-    }
+    for (ptrdiff_t y = 1; y < h - 1; y++)
+        ff_aug_sharpness_row(src + (y - 1) * ss, src + y * ss, src + (y + 1) * ss, n, alpha, colsum,
+                             dst + y * ds);
 }
 
-/* posterize: keep the top `bits` bits */
-static void ff_aug_posterize_lut(int bits, uint8_t *lut) {
-    const uint8_t mask = bits >= 8 ? 0xFF : (uint8_t)(((1 << bits) - 1) << (8 - bits));
-    for (int v = 0; v < 256; v++) lut[v] = lut[256 + v] = lut[512 + v] = (uint8_t)(v & mask);
-}
+/* ------------------------------------------------------------------------ */
+/* histograms: autocontrast, equalize */
 
-/* solarize: values >= threshold (compared as float32, as torch compares a
- * uint8 tensor with a Python float) are inverted */
-static void ff_aug_solarize_lut(double threshold, uint8_t *lut) {
-    const float t = (float)threshold;
-    for (int v = 0; v < 256; v++)
-        lut[v] = lut[256 + v] = lut[512 + v] = (float)v >= t ? (uint8_t)(255 - v) : (uint8_t)v;
-}
-
-static void ff_aug_invert_lut(uint8_t *lut) {
-    for (int v = 0; v < 256; v++) lut[v] = lut[256 + v] = lut[512 + v] = (uint8_t)(255 - v);
-}
-
-/* Per-channel histograms, hist[c * 256 + v] */
+/* Per-channel histograms, hist[c * 256 + v], counted in two interleaved sets
+ * (a pixel's count does not wait for the previous pixel's) */
 FF_AUG_CLONES static void ff_aug_histograms(const uint8_t *restrict src, ptrdiff_t ss, int h,
                                             int w, int32_t *restrict hist) {
-    memset(hist, 0, 3 * 256 * sizeof(int32_t));
-    for (int y = 0; y < h; y++) {
+    int32_t two[2][3 * 256];
+    memset(two, 0, sizeof two);
+    for (ptrdiff_t y = 0; y < h; y++) {
         const uint8_t *restrict s = src + y * ss;
-        for (int x = 0; x < w; x++) {
-            hist[s[3 * x]]++;
-            hist[256 + s[3 * x + 1]]++;
-            hist[512 + s[3 * x + 2]]++;
+        ptrdiff_t x = 0;
+        for (; x + 1 < w; x += 2) {
+            two[0][s[3 * x]]++;
+            two[0][256 + s[3 * x + 1]]++;
+            two[0][512 + s[3 * x + 2]]++;
+            two[1][s[3 * x + 3]]++;
+            two[1][256 + s[3 * x + 4]]++;
+            two[1][512 + s[3 * x + 5]]++;
+        }
+        for (; x < w; x++) {
+            two[0][s[3 * x]]++;
+            two[0][256 + s[3 * x + 1]]++;
+            two[0][512 + s[3 * x + 2]]++;
         }
     }
+    for (int i = 0; i < 3 * 256; i++) hist[i] = two[0][i] + two[1][i];
 }
 
 /* autocontrast, per channel: (v - min) / ((float)(max - min) * (float)(1/255)),
@@ -526,14 +310,284 @@ static void ff_aug_equalize_lut(const int32_t *hist, int64_t count, uint8_t *lut
 }
 
 /* ------------------------------------------------------------------------ */
+/* geometric */
+
+/* Ask for every cache line of the image, in order, before reading it across
+ * its rows (rotations, shears): a slanted walk defeats the hardware's
+ * prefetchers, so reading a cold image that way waits on memory ~2x longer. */
+static void ff_aug_prefetch(const uint8_t *src, ptrdiff_t ss, int h, int w) {
+    for (ptrdiff_t y = 0; y < h; y++)
+        for (ptrdiff_t i = 0; i < (ptrdiff_t)w * 3; i += 64) __builtin_prefetch(src + y * ss + i, 0, 3);
+}
+
+/* The value written where the source lies outside the image: 0 without a
+ * fill, else the fill rounded half to even (torchvision: where(mask < 0.5,
+ * fill, v) then round_()). Four bytes: the fourth is never used. */
+static void ff_aug_outside(const float *fill, uint8_t out[4]) {
+    for (int c = 0; c < 3; c++) out[c] = fill == NULL ? 0 : ff_aug_u8(ff_aug_rintf(fill[c]));
+    out[3] = 0;
+}
+
+/* Output pixel (x, y) samples the source at
+ *   ix = m0*xc + m1*yc + m2 + (w-1)/2,  iy = m3*xc + m4*yc + m5 + (h-1)/2
+ * with xc = x - (w-1)/2, yc = y - (h-1)/2 (torchvision's affine grid,
+ * unnormalised as grid_sample does with align_corners=False), in double.
+ * Nearest: the pixel at the rounded (half to even) position, 0 outside.
+ * Bilinear: the four neighbours weighted in float32 as grid_sample does,
+ * those outside counting as 0; with a fill, torchvision's mask (the same
+ * weights over an image of ones) blends the fill in: (v - fill)*mask + fill.
+ * Then rounded half to even.
+ *
+ * Each row in two passes: the positions (vectorised), then the pixels. */
+
+/* One row's nearest source offsets (-1: outside); branch-free, so that it
+ * vectorises (a position outside, or not a number, is never converted). */
+FF_AUG_CLONES static void ff_aug_nearest_row(const double *m, double yc, double cx, double hx,
+                                             double hy, ptrdiff_t w, ptrdiff_t h, int32_t ss,
+                                             int32_t *restrict offset) {
+    const double m0 = m[0], m2 = m[2], m3 = m[3], m5 = m[5];
+    const double byx = m[1] * yc, byy = m[4] * yc, wd = (double)w, hd = (double)h;
+    for (int32_t x = 0; x < w; x++) {  /* int32: an int64 to double conversion does not vectorise */
+        const double xc = (double)x + cx;
+        double rx = ff_aug_rint(m0 * xc + byx + m2 + hx);
+        double ry = ff_aug_rint(m3 * xc + byy + m5 + hy);
+        const int inside = (rx >= 0.0) & (rx < wd) & (ry >= 0.0) & (ry < hd);
+        rx = inside ? rx : 0.0;
+        ry = inside ? ry : 0.0;
+        const int32_t o = (int32_t)ry * ss + (int32_t)rx * 3;
+        offset[x] = inside ? o : -1;
+    }
+}
+
+/* One row of nearest pixels from their offsets. Copies 4 bytes per pixel (the
+ * fourth is overwritten by the next pixel) but for the row's last pixel and
+ * any whose source is the image's last byte triple. */
+static void ff_aug_nearest_pixels(const uint8_t *restrict src, const int32_t *restrict offset,
+                                  ptrdiff_t w, int32_t last, const uint8_t *outside,
+                                  uint8_t *restrict d) {
+    for (ptrdiff_t x = 0; x + 1 < w; x++) {
+        const int32_t o = offset[x];
+        const uint8_t *s = o >= 0 ? src + o : outside;
+        if (o == last) {
+            d[3 * x] = s[0];
+            d[3 * x + 1] = s[1];
+            d[3 * x + 2] = s[2];
+        } else {
+            memcpy(d + 3 * x, s, 4);
+        }
+    }
+    const int32_t o = offset[w - 1];
+    const uint8_t *s = o >= 0 ? src + o : outside;
+    d[3 * w - 3] = s[0];
+    d[3 * w - 2] = s[1];
+    d[3 * w - 1] = s[2];
+}
+
+/* One row's bilinear taps: the top-left neighbour (x0[x], y0[x]) and the four
+ * weights, in float32 from the float32 position, as grid_sample computes them.
+ * Positions are clamped to [-2, w+1] x [-2, h+1] first (nothing outside comes
+ * inside, and the conversions stay in range). */
+FF_AUG_CLONES static void ff_aug_bilinear_row(const double *m, double yc, double cx, double hx,
+                                              double hy, ptrdiff_t w, ptrdiff_t h,
+                                              int32_t *restrict x0s, int32_t *restrict y0s,
+                                              float *restrict wts) {
+    const double m0 = m[0], m2 = m[2], m3 = m[3], m5 = m[5];
+    const double byx = m[1] * yc, byy = m[4] * yc, wmax = (double)w + 1.0,
+                 hmax = (double)h + 1.0;
+    float *restrict wnw = wts, *restrict wne = wts + w, *restrict wsw = wts + 2 * w,
+                    *restrict wse = wts + 3 * w;
+    for (int32_t x = 0; x < w; x++) {
+        const double xc = (double)x + cx;
+        double ix = m0 * xc + byx + m2 + hx, iy = m3 * xc + byy + m5 + hy;
+        ix = ix > -2.0 ? ix : -2.0;  /* also sends NaN to -2 */
+        ix = ix < wmax ? ix : wmax;
+        iy = iy > -2.0 ? iy : -2.0;
+        iy = iy < hmax ? iy : hmax;
+        const float fx = (float)ix, fy = (float)iy;
+        const int32_t ixi = (int32_t)fx, iyi = (int32_t)fy;
+        const int32_t X0 = ixi - (fx < (float)ixi), Y0 = iyi - (fy < (float)iyi);  /* floor */
+        const float x0 = (float)X0, y0 = (float)Y0, x1 = x0 + 1.0f, y1 = y0 + 1.0f;
+        x0s[x] = X0;
+        y0s[x] = Y0;
+        wnw[x] = (x1 - fx) * (y1 - fy);
+        wne[x] = (fx - x0) * (y1 - fy);
+        wsw[x] = (x1 - fx) * (fy - y0);
+        wse[x] = (fx - x0) * (fy - y0);
+    }
+}
+
+/* One bilinear output pixel whose neighbours are partly outside */
+static void ff_aug_bilinear_edge(const uint8_t *restrict src, ptrdiff_t ss, int h, int w,
+                                 int X0, int Y0, float wnw, float wne, float wsw, float wse,
+                                 const float *fill, uint8_t *restrict d) {
+    const int inx0 = X0 >= 0 && X0 < w, inx1 = X0 + 1 >= 0 && X0 + 1 < w;
+    const int iny0 = Y0 >= 0 && Y0 < h, iny1 = Y0 + 1 >= 0 && Y0 + 1 < h;
+    const float onw = (float)(inx0 && iny0), one = (float)(inx1 && iny0);
+    const float osw = (float)(inx0 && iny1), ose = (float)(inx1 && iny1);
+    const float mask = onw * wnw + one * wne + osw * wsw + ose * wse;
+    const uint8_t *r0 = src + (ptrdiff_t)Y0 * ss + (ptrdiff_t)X0 * 3, *r1 = r0 + ss;
+    for (int c = 0; c < 3; c++) {
+        const float vnw = onw != 0.0f ? (float)r0[c] : 0.0f;
+        const float vne = one != 0.0f ? (float)r0[3 + c] : 0.0f;
+        const float vsw = osw != 0.0f ? (float)r1[c] : 0.0f;
+        const float vse = ose != 0.0f ? (float)r1[3 + c] : 0.0f;
+        float v = vnw * wnw + vne * wne + vsw * wsw + vse * wse;
+        if (fill != NULL) v = (v - fill[c]) * mask + fill[c];
+        d[c] = ff_aug_u8(ff_aug_rintf(v));
+    }
+}
+
+#if defined(__SSE2__)
+/* A pixel's 3 channels (and the byte after them) as 4 floats */
+static inline __m128 ff_aug_load_px(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    const __m128i zero = _mm_setzero_si128();
+    __m128i x = _mm_unpacklo_epi8(_mm_cvtsi32_si128(v), zero);
+    return _mm_cvtepi32_ps(_mm_unpacklo_epi16(x, zero));
+}
+#endif
+
+/* One row of bilinear output pixels from the row's taps. Pixels with all four
+ * neighbours inside go 4 lanes at a time (3 channels and a spare lane), each
+ * lane computing exactly the scalar sequence of roundings; reading 4 bytes per
+ * neighbour needs one byte after it, so the image's last pixel goes scalar. */
+static void ff_aug_bilinear_pixels(const uint8_t *restrict src, ptrdiff_t ss, int h, int w,
+                                   const int32_t *x0s, const int32_t *y0s, const float *wts,
+                                   const float *fill, const uint8_t *outside,
+                                   uint8_t *restrict d) {
+    const float *wnw = wts, *wne = wts + w, *wsw = wts + 2 * w, *wse = wts + 3 * w;
+#if defined(__SSE2__)
+    const __m128 big = _mm_set1_ps(12582912.0f), lo = _mm_setzero_ps(), hi = _mm_set1_ps(255.0f);
+    const __m128 f = fill != NULL ? _mm_setr_ps(fill[0], fill[1], fill[2], 0.0f) : lo;
+#endif
+    for (ptrdiff_t x = 0; x < w; x++, d += 3) {
+        const int X0 = x0s[x], Y0 = y0s[x];
+        if (X0 < -1 || X0 >= w || Y0 < -1 || Y0 >= h) {  /* no neighbour inside */
+            d[0] = outside[0];
+            d[1] = outside[1];
+            d[2] = outside[2];
+            continue;
+        }
+        if (X0 < 0 || X0 + 1 >= w || Y0 < 0 || Y0 + 1 >= h) {
+            ff_aug_bilinear_edge(src, ss, h, w, X0, Y0, wnw[x], wne[x], wsw[x], wse[x], fill, d);
+            continue;
+        }
+        const uint8_t *r0 = src + (ptrdiff_t)Y0 * ss + (ptrdiff_t)X0 * 3, *r1 = r0 + ss;
+#if defined(__SSE2__)
+        if (!(Y0 + 2 == h && X0 + 2 == w)) {
+            __m128 v = _mm_mul_ps(ff_aug_load_px(r0), _mm_set1_ps(wnw[x]));
+            v = _mm_add_ps(v, _mm_mul_ps(ff_aug_load_px(r0 + 3), _mm_set1_ps(wne[x])));
+            v = _mm_add_ps(v, _mm_mul_ps(ff_aug_load_px(r1), _mm_set1_ps(wsw[x])));
+            v = _mm_add_ps(v, _mm_mul_ps(ff_aug_load_px(r1 + 3), _mm_set1_ps(wse[x])));
+            if (fill != NULL) {
+                const float mask = wnw[x] + wne[x] + wsw[x] + wse[x];
+                v = _mm_add_ps(_mm_mul_ps(_mm_sub_ps(v, f), _mm_set1_ps(mask)), f);
+            }
+            v = _mm_sub_ps(_mm_add_ps(v, big), big);  /* round half to even */
+            v = _mm_min_ps(_mm_max_ps(v, lo), hi);
+            __m128i q = _mm_cvttps_epi32(v);
+            q = _mm_packus_epi16(_mm_packs_epi32(q, q), q);
+            const int32_t bytes = _mm_cvtsi128_si32(q);
+            d[0] = (uint8_t)bytes;
+            d[1] = (uint8_t)(bytes >> 8);
+            d[2] = (uint8_t)(bytes >> 16);
+            continue;
+        }
+#endif
+        const float mask = wnw[x] + wne[x] + wsw[x] + wse[x];
+        for (int c = 0; c < 3; c++) {
+            float v = (float)r0[c] * wnw[x] + (float)r0[3 + c] * wne[x] + (float)r1[c] * wsw[x] +
+                      (float)r1[3 + c] * wse[x];
+            if (fill != NULL) v = (v - fill[c]) * mask + fill[c];
+            d[c] = ff_aug_u8(ff_aug_rintf(v));
+        }
+    }
+}
+
+/* offset holds 2 * w ints, wts 4 * w floats */
+static void ff_aug_affine(const uint8_t *restrict src, ptrdiff_t ss, uint8_t *restrict dst,
+                          ptrdiff_t ds, int h, int w, const double *m, int bilinear,
+                          const float *fill, int32_t *offset, float *wts) {
+    const double cx = (1 - w) * 0.5, cy = (1 - h) * 0.5, hx = (w - 1) * 0.5, hy = (h - 1) * 0.5;
+    const int32_t last = (int32_t)((h - 1) * ss + (w - 1) * 3);
+    uint8_t outside[4];
+    ff_aug_outside(fill, outside);
+    ff_aug_prefetch(src, ss, h, w);
+    for (ptrdiff_t y = 0; y < h; y++) {
+        const double yc = (double)y + cy;
+        uint8_t *restrict d = dst + y * ds;
+        if (!bilinear) {
+            ff_aug_nearest_row(m, yc, cx, hx, hy, w, h, (int32_t)ss, offset);
+            ff_aug_nearest_pixels(src, offset, w, last, outside, d);
+        } else {
+            ff_aug_bilinear_row(m, yc, cx, hx, hy, w, h, offset, offset + w, wts);
+            ff_aug_bilinear_pixels(src, ss, h, w, offset, offset + w, wts, fill, outside, d);
+        }
+    }
+}
+
+/* dst[y, x] = src[y - dy, x - dx], the outside value where that is outside:
+ * the affine transform by a whole-pixel translation, in either interpolation. */
+static void ff_aug_shift(const uint8_t *restrict src, ptrdiff_t ss, uint8_t *restrict dst,
+                         ptrdiff_t ds, int h, int w, int dx, int dy, const float *fill) {
+    uint8_t outside[4];
+    ff_aug_outside(fill, outside);
+    ptrdiff_t x0 = dx > 0 ? dx : 0, x1 = dx < 0 ? (ptrdiff_t)w + dx : w;  /* columns with a source */
+    if (x0 > w) x0 = w;
+    if (x1 < x0) x1 = x0;
+    for (ptrdiff_t y = 0; y < h; y++) {
+        uint8_t *restrict d = dst + y * ds;
+        const ptrdiff_t sy = y - dy;
+        const int inside = sy >= 0 && sy < h && x1 > x0;
+        for (ptrdiff_t x = 0; x < w; x++) {
+            if (inside && x == x0) {
+                memcpy(d + 3 * x, src + sy * ss + (x0 - dx) * 3, (size_t)(x1 - x0) * 3);
+                x = x1 - 1;
+                continue;
+            }
+            d[3 * x] = outside[0];
+            d[3 * x + 1] = outside[1];
+            d[3 * x + 2] = outside[2];
+        }
+    }
+}
+
+/* np.rot90(image, k): k quarter turns counter-clockwise (k = 1 or 3 need a
+ * square image), torchvision's fast path for those angles. */
+static void ff_aug_rot90(const uint8_t *restrict src, ptrdiff_t ss, uint8_t *restrict dst,
+                         ptrdiff_t ds, int h, int w, int k) {
+    if (k != 2) ff_aug_prefetch(src, ss, h, w);
+    for (ptrdiff_t y = 0; y < h; y++) {
+        uint8_t *restrict d = dst + y * ds;
+        for (ptrdiff_t x = 0; x < w; x++) {
+            ptrdiff_t sy, sx;
+            if (k == 1) {
+                sy = x;
+                sx = w - 1 - y;
+            } else if (k == 2) {
+                sy = h - 1 - y;
+                sx = w - 1 - x;
+            } else {
+                sy = h - 1 - x;
+                sx = y;
+            }
+            const uint8_t *s = src + sy * ss + sx * 3;
+            d[3 * x] = s[0];
+            d[3 * x + 1] = s[1];
+            d[3 * x + 2] = s[2];
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
 
 /* Scratch for one image's operation, rows of w pixels: column sums
- * (sharpness), gray levels, their shares per channel value (saturation),
- * source offsets and weights (affine); histograms, tables. */
+ * (sharpness), gray levels, source offsets or neighbours and weights
+ * (affine); histograms, tables. */
 typedef struct {
     uint16_t *colsum;   /* 3 * w */
     int32_t *gray;      /* w */
-    double *other;      /* 3 * w */
     int32_t *offset;    /* 2 * w: source offsets, or neighbours' x and y */
     float *weight;      /* 4 * w: bilinear weights */
     int32_t hist[3 * 256];
@@ -545,6 +599,7 @@ typedef struct {
 static void ff_aug_apply(int op, const double *p, const uint8_t *src, ptrdiff_t ss, uint8_t *dst,
                          ptrdiff_t ds, int h, int w, int bilinear, const float *fill,
                          ff_aug_scratch *scratch) {
+    const ptrdiff_t n = (ptrdiff_t)w * 3;
     uint8_t *lut = scratch->lut;
     switch (op) {
     case FF_AUG_AFFINE:
@@ -556,24 +611,37 @@ static void ff_aug_apply(int op, const double *p, const uint8_t *src, ptrdiff_t 
     case FF_AUG_ROT90:
         ff_aug_rot90(src, ss, dst, ds, h, w, (int)p[0]);
         return;
-    case FF_AUG_SATURATION:
-        ff_aug_saturation(src, ss, dst, ds, h, w, p[0], scratch->gray, scratch->other);
-        return;
-    case FF_AUG_SHARPNESS:
-        ff_aug_sharpness(src, ss, dst, ds, h, w, p[0], scratch->colsum);
-        return;
     case FF_AUG_BRIGHTNESS:
-        ff_aug_brightness_lut(p[0], lut);
-        break;
+        for (ptrdiff_t y = 0; y < h; y++)
+            ff_aug_scale_row(src + y * ss, n, (float)p[0], dst + y * ds);
+        return;
+    case FF_AUG_SATURATION:
+        ff_aug_saturation(src, ss, dst, ds, h, w, p[0], scratch->gray);
+        return;
     case FF_AUG_CONTRAST:
         ff_aug_contrast_lut(src, ss, h, w, p[0], scratch->gray, lut);
         break;
-    case FF_AUG_POSTERIZE:
-        ff_aug_posterize_lut((int)p[0], lut);
-        break;
-    case FF_AUG_SOLARIZE:
-        ff_aug_solarize_lut(p[0], lut);
-        break;
+    case FF_AUG_SHARPNESS:
+        ff_aug_sharpness(src, ss, dst, ds, h, w, p[0], scratch->colsum);
+        return;
+    case FF_AUG_POSTERIZE: {
+        const int bits = (int)p[0];
+        const uint8_t mask = bits >= 8 ? 0xFF : (uint8_t)(((1 << bits) - 1) << (8 - bits));
+        for (ptrdiff_t y = 0; y < h; y++) ff_aug_and_row(src + y * ss, n, mask, dst + y * ds);
+        return;
+    }
+    case FF_AUG_SOLARIZE: {
+        /* values v with (float)v >= threshold (torch compares a uint8 tensor with
+         * a Python float in float32) are inverted: those from k on */
+        const float t = (float)p[0];
+        int k = 0;
+        while (k < 256 && !((float)k >= t)) k++;
+        for (ptrdiff_t y = 0; y < h; y++) ff_aug_solarize_row(src + y * ss, n, k, dst + y * ds);
+        return;
+    }
+    case FF_AUG_INVERT:
+        for (ptrdiff_t y = 0; y < h; y++) ff_aug_solarize_row(src + y * ss, n, 0, dst + y * ds);
+        return;
     case FF_AUG_AUTOCONTRAST:
         ff_aug_histograms(src, ss, h, w, scratch->hist);
         ff_aug_autocontrast_lut(scratch->hist, lut);
@@ -582,14 +650,11 @@ static void ff_aug_apply(int op, const double *p, const uint8_t *src, ptrdiff_t 
         ff_aug_histograms(src, ss, h, w, scratch->hist);
         ff_aug_equalize_lut(scratch->hist, (int64_t)h * w, lut);
         break;
-    case FF_AUG_INVERT:
-        ff_aug_invert_lut(lut);
-        break;
     default: /* FF_AUG_COPY (FF_AUG_NONE never reaches here) */
         ff_aug_copy(src, ss, dst, ds, h, w);
         return;
     }
-    ff_aug_lut(src, ss, dst, ds, h, w, lut);
+    for (ptrdiff_t y = 0; y < h; y++) ff_aug_lut_row(src + y * ss, w, lut, dst + y * ds);
 }
 
 #endif /* FASTFORWARD_AUGMENT_KERNELS_H */
