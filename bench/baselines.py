@@ -3,7 +3,8 @@
 - ``dataloader``: PyTorch's DataLoader over an ImageFolder of the
   JPEGs the .beton holds, with torchvision's ImageFolder and transforms when
   torchvision is installed, otherwise a plain PIL dataset with the same
-  operations (labelled "PIL Dataset").
+  operations (labelled "PIL Dataset"); the pipelines with an augmentation
+  policy (``POLICIES``) need torchvision.
 - ``ffcv``: FFCV 1.0.2 on the same .beton, when ``import ffcv``
   works (it needs ``pkg-config libturbojpeg0-dev libopencv-dev`` from Debian,
   then ``pip install torch==2.13.0 ffcv==1.0.2 numba opencv-python pillow``).
@@ -79,6 +80,12 @@ class PILImageFolder:
         return pixels, self.labels[index]
 
 
+POLICIES = {"train_trivialaugment": ("TrivialAugmentWide", ()),
+            "train_randaugment": ("RandAugment", (2, 9)),
+            "train_autoaugment": ("AutoAugment", ())}
+"""The pipelines that end in an augmentation policy: torchvision's class and arguments."""
+
+
 def torchvision_dataset(root: Path, pipeline: str) -> Any:
     import torchvision
     from torchvision.transforms import v2
@@ -87,6 +94,9 @@ def torchvision_dataset(root: Path, pipeline: str) -> Any:
         ops = [v2.PILToTensor(), v2.Resize(256), v2.CenterCrop(224)]
     else:
         ops = [v2.PILToTensor(), v2.RandomResizedCrop(192), v2.RandomHorizontalFlip()]
+    if pipeline in POLICIES:  # on the uint8 tensor, per sample, as fastforward's
+        policy, args = POLICIES[pipeline]
+        ops.append(getattr(v2, policy)(*args))
     return torchvision.datasets.ImageFolder(str(root), transform=v2.Compose(ops))
 
 
@@ -100,6 +110,8 @@ def _dataloader(root: Path, pipeline: str, workers: int, batch_size: int = 256) 
 
         label = f"DataLoader + torchvision {torchvision.__version__.split('+')[0]}"
     except ImportError:
+        if pipeline in POLICIES:
+            raise  # torchvision's policy is the comparator: nothing stands in for it
         dataset = PILImageFolder(root, pipeline)
         label = "DataLoader + PIL Dataset"
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
@@ -107,7 +119,7 @@ def _dataloader(root: Path, pipeline: str, workers: int, batch_size: int = 256) 
                                          persistent_workers=False)
     images, start = 0, None
     for batch, _ in loader:
-        if pipeline == "train":
+        if pipeline.startswith("train"):
             batch = batch.to(torch.float16)
         if start is None:
             start = time.perf_counter()

@@ -92,6 +92,22 @@ def decode_limit(blobs: list[bytes], threads: int | None = None, fastdct: bool =
     return Measurement(name, len(blobs) * repeat, seconds)
 
 
+PIPELINES = {
+    "center_crop": "CenterCrop(224); uint8",
+    "train": "RandomResizedCrop(192) + flip + float16 (needs torch)",
+    "train_numpy": "the same up to the flip",
+    "train_trivialaugment": "train with TrivialAugmentWide() after the flip",
+    "train_randaugment": "train with RandAugment(2, 9) after the flip",
+    "train_autoaugment": "train with AutoAugment() (ImageNet policy) after the flip",
+    "simple": "images as stored",
+}
+"""The benchmark pipelines, by name (``loader_pipelines``), with one line each."""
+
+POLICIES = {"train_trivialaugment": "TrivialAugmentWide", "train_randaugment": "RandAugment",
+            "train_autoaugment": "AutoAugment"}
+"""The pipelines with an augmentation policy, and its class in ``fastforward.transforms``."""
+
+
 def loader_pipelines(reader: Reader, field: str, name: str) -> dict[str, Any]:
     """The ``pipelines`` of a named benchmark pipeline, reading *field* only.
 
@@ -99,8 +115,12 @@ def loader_pipelines(reader: Reader, field: str, name: str) -> dict[str, Any]:
     - ``train``: RandomResizedCrop(192) + RandomHorizontalFlip + ToTensor +
       ToTorchImage + Convert(float16) (pipeline b; needs torch);
     - ``train_numpy``: the same up to the flip, as NumPy (no torch needed);
+    - ``train_trivialaugment``, ``train_randaugment``, ``train_autoaugment``:
+      ``train`` with ``TrivialAugmentWide()``, ``RandAugment(2, 9)`` or
+      ``AutoAugment()`` after the flip (on the uint8 images, before ToTensor);
     - ``simple``: the stored images as they are (small raw images, pipeline c).
     """
+    from . import transforms
     from .fields.decoders import (
         CenterCropRGBImageDecoder,
         RandomResizedCropRGBImageDecoder,
@@ -112,15 +132,16 @@ def loader_pipelines(reader: Reader, field: str, name: str) -> dict[str, Any]:
         ops: list[Any] = [CenterCropRGBImageDecoder((224, 224), 224 / 256)]
     elif name == "train_numpy":
         ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip()]
-    elif name == "train":
+    elif name == "train" or name in POLICIES:
         try:
             import torch
         except ImportError as exc:
-            raise ImportError("the train pipeline ends in torch tensors: pip install "
+            raise ImportError(f"the {name} pipeline ends in torch tensors: pip install "
                               "'fastforward[torch]', or use train_numpy") from exc
 
-        ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip(), ToTensor(),
-               ToTorchImage(), Convert(torch.float16)]
+        policy = [] if name == "train" else [getattr(transforms, POLICIES[name])()]
+        ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip(), *policy,
+               ToTensor(), ToTorchImage(), Convert(torch.float16)]
     elif name == "simple":
         ops = [SimpleRGBImageDecoder()]
     else:

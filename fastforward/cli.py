@@ -744,16 +744,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _add_bench(subparsers: Any) -> None:
+    from .benchmark import PIPELINES
+
     p = subparsers.add_parser(
         "bench", help="measure loading images/s against the decode limit",
         description="Load FILE's first image field with a benchmark pipeline for each "
                     "thread count, beside simplejpeg decoding its JPEGs on as many threads.")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--pipeline", default="center_crop",
-                   choices=["center_crop", "train", "train_numpy", "simple"],
-                   help="center_crop: CenterCrop(224); train: RandomResizedCrop(192) + flip + "
-                        "float16 (needs torch); train_numpy: the same up to the flip; simple: "
-                        "images as stored (default: %(default)s)")
+    p.add_argument("--pipeline", default="center_crop", choices=list(PIPELINES),
+                   help="; ".join(f"{k}: {v}" for k, v in PIPELINES.items())
+                        + " (default: %(default)s)")
     p.add_argument("--workers", type=positive_int, nargs="+", metavar="N",
                    help="thread counts to measure (default: 1, half and all the CPUs)")
     p.add_argument("--batch-size", type=positive_int, default=256)

@@ -8,6 +8,8 @@ so an augmentation depends only on ``(seed, epoch, sample index)``.
 torch is imported only when a transform that needs it runs.
 """
 
+from .auto_augment import AutoAugment, RandAugment, TrivialAugmentWide
+from .auto_augment import AutoAugmentPolicy as AutoAugmentPolicy  # not an operation
 from .color_jitter import RandomBrightness, RandomContrast, RandomSaturation
 from .common import Squeeze
 from .cutout import Cutout
@@ -23,6 +25,7 @@ from .solarization import Solarization
 from .translate import RandomTranslate
 
 __all__ = [
+    "AutoAugment",
     "Convert",
     "Cutout",
     "ImageMixup",
@@ -31,6 +34,7 @@ __all__ = [
     "ModuleWrapper",
     "NormalizeImage",
     "Poison",
+    "RandAugment",
     "RandomBrightness",
     "RandomContrast",
     "RandomHorizontalFlip",
@@ -44,5 +48,6 @@ __all__ = [
     "ToDevice",
     "ToTensor",
     "ToTorchImage",
+    "TrivialAugmentWide",
     "View",
 ]
