@@ -320,34 +320,43 @@ def tv_inverse_affine(center: tuple[float, float], angle: float,
 
 def tv_affine(image: np.ndarray, matrix: list[float], bilinear: bool,
               fill: tuple[float, float, float] | None) -> np.ndarray:
-    """The grid transform of torchvision's ``affine``/``rotate`` with the inverse *matrix*:
-    source positions in float64 (torch: float32), grid_sample's nearest (half to even)
-    or bilinear weights in float32, zeros outside; with a *fill*, torchvision's mask
-    blends it in. Rounded half to even."""
+    """The grid transform of torchvision's ``affine``/``rotate`` with the inverse *matrix*,
+    in float32 as torch computes it on a CPU: the matrix's rows divided by w/2 and
+    h/2, the grid ``(X*a + Y*b) + c``, grid_sample's ``fma(g + 1, w/2, -0.5)``; its
+    nearest neighbour (half to even) or bilinear weights (from ``1 - frac``, summed
+    by fused multiply-adds), zeros outside; with a *fill*, torchvision's mask blends
+    it in. Rounded half to even."""
     h, w = image.shape[:2]
-    xc, yc = np.meshgrid(np.arange(w) + (1 - w) * 0.5, np.arange(h) + (1 - h) * 0.5)
-    ix = matrix[0] * xc + matrix[1] * yc + matrix[2] + (w - 1) * 0.5
-    iy = matrix[3] * xc + matrix[4] * yc + matrix[5] + (h - 1) * 0.5
+    f32 = np.float32
+    m = np.asarray(matrix, np.float32)
+    half_w, half_h = f32(0.5 * w), f32(0.5 * h)
+    ax, bx, cx = m[0] / half_w, m[1] / half_w, m[2] / half_w
+    ay, by, cy = m[3] / half_h, m[4] / half_h, m[5] / half_h
+    X, Y = np.meshgrid(np.arange(w, dtype=np.float32) + f32((1 - w) * 0.5),
+                       np.arange(h, dtype=np.float32) + f32((1 - h) * 0.5))
+    ix = _fma32((X * ax + Y * bx) + cx + f32(1), half_w, f32(-0.5))
+    iy = _fma32((X * ay + Y * by) + cy + f32(1), half_h, f32(-0.5))
     src = image.astype(np.float32)
 
     def tap(yy: np.ndarray, xx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
         values = src[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]
-        return np.where(inside[..., None], values, np.float32(0)), inside.astype(np.float32)
+        return np.where(inside[..., None], values, f32(0)), inside.astype(np.float32)
 
     f = None if fill is None else np.asarray(fill, np.float32)
     if not bilinear:
         values, inside = tap(np.rint(iy).astype(np.int64), np.rint(ix).astype(np.int64))
         out = values if f is None else np.where(inside[..., None] < 0.5, f, values)
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    fx, fy = ix.astype(np.float32), iy.astype(np.float32)
-    x0, y0 = np.floor(fx), np.floor(fy)
-    x1, y1 = x0 + 1, y0 + 1
-    weights = [(x1 - fx) * (y1 - fy), (fx - x0) * (y1 - fy),
-               (x1 - fx) * (fy - y0), (fx - x0) * (fy - y0)]
+    x0, y0 = np.floor(ix), np.floor(iy)
+    dx, dy = ix - x0, iy - y0
+    ex, sy = f32(1) - dx, f32(1) - dy
+    weights = [sy * ex, sy * dx, dy * ex, dy * dx]
     X0, Y0 = x0.astype(np.int64), y0.astype(np.int64)
     taps = [tap(Y0, X0), tap(Y0, X0 + 1), tap(Y0 + 1, X0), tap(Y0 + 1, X0 + 1)]
-    out = sum(values * wt[..., None] for (values, _), wt in zip(taps, weights, strict=True))
+    out = taps[0][0] * weights[0][..., None]  # then fused multiply-adds, as torch's loop
+    for (values, _), wt in zip(taps[1:], weights[1:], strict=True):
+        out = _fma32(values, wt[..., None], out)
     if f is not None:
         mask = sum(inside * wt for (_, inside), wt in zip(taps, weights, strict=True))
         out = (out - f) * mask[..., None] + f

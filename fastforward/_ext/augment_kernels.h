@@ -62,12 +62,8 @@ enum {
 #define FF_AUG_GRAY_G ((double)0.587f)
 #define FF_AUG_GRAY_B ((double)0.114f)
 
-/* Round half to even, for |x| < 2^51 (2^22 for floats), in the default
- * rounding mode; as torch's round_() and nearbyint, without a libm call. */
-static inline double ff_aug_rint(double x) {
-    const double big = 6755399441055744.0; /* 2^52 + 2^51 */
-    return (x + big) - big;
-}
+/* Round half to even, for |x| < 2^22, in the default rounding mode; as
+ * torch's round_() and nearbyint, without a libm call. */
 static inline float ff_aug_rintf(float x) {
     const float big = 12582912.0f; /* 2^23 + 2^22 */
     return (x + big) - big;
@@ -328,32 +324,76 @@ static void ff_aug_outside(const float *fill, uint8_t out[4]) {
     out[3] = 0;
 }
 
-/* Output pixel (x, y) samples the source at
- *   ix = m0*xc + m1*yc + m2 + (w-1)/2,  iy = m3*xc + m4*yc + m5 + (h-1)/2
- * with xc = x - (w-1)/2, yc = y - (h-1)/2 (torchvision's affine grid,
- * unnormalised as grid_sample does with align_corners=False), in double.
+/* Output pixel (x, y) samples the source where torchvision's affine grid and
+ * grid_sample (align_corners=False, zeros outside) put it, computed as torch
+ * computes it on a CPU, in float32, step by step:
+ *   the matrix m (double) as float32, its rows divided by w/2 and h/2;
+ *   gx = (X * a + Y * b) + c with X = x - (w-1)/2, Y = y - (h-1)/2 (exact);
+ *   ix = fma(gx + 1, w/2, -0.5), and likewise iy.
+ * (torch's batched product for the grid sums in that order; a position within
+ * float32 error of a rounding tie lands where torch's does.)
  * Nearest: the pixel at the rounded (half to even) position, 0 outside.
- * Bilinear: the four neighbours weighted in float32 as grid_sample does,
- * those outside counting as 0; with a fill, torchvision's mask (the same
- * weights over an image of ones) blends the fill in: (v - fill)*mask + fill.
- * Then rounded half to even.
+ * Bilinear: x0 = floor(ix), wx = ix - x0, e = 1 - wx (and n, s for y), the
+ * weights s*e, s*wx, n*e, n*wx (grid_sample's), neighbours outside counting
+ * as 0, summed as grid_sample's compiled loop does: nw*v, then three fused
+ * multiply-adds; with a fill, torchvision's mask (the same weights over an
+ * image of ones) blends it in: (v - fill)*mask + fill. Then rounded half to
+ * even.
  *
  * Each row in two passes: the positions (vectorised), then the pixels. */
 
+typedef struct {
+    float ax, bx, cx, ay, by, cy;  /* the rescaled matrix rows */
+    float x0, y0;                  /* X and Y of pixel (0, 0) */
+    float hw, hh;                  /* w/2 and h/2 */
+} ff_aug_grid;
+
+static ff_aug_grid ff_aug_make_grid(const double *m, int h, int w) {
+    ff_aug_grid g;
+    const float sw = 0.5f * (float)w, sh = 0.5f * (float)h;
+    g.ax = (float)m[0] / sw;
+    g.bx = (float)m[1] / sw;
+    g.cx = (float)m[2] / sw;
+    g.ay = (float)m[3] / sh;
+    g.by = (float)m[4] / sh;
+    g.cy = (float)m[5] / sh;
+    g.x0 = (float)((1 - w) * 0.5);
+    g.y0 = (float)((1 - h) * 0.5);
+    g.hw = sw;
+    g.hh = sh;
+    return g;
+}
+
+/* float32 a * b + c rounded once (torch's vectorised CPU kernels fuse these):
+ * in double, where a * b is exact (24-bit by 24-bit), as is the sum unless
+ * the terms are 2^29 apart; and then the double rounding can differ from one
+ * rounding only on an exact tie of the second. */
+static inline float ff_aug_fma(float a, float b, float c) {
+    return (float)((double)a * (double)b + (double)c);
+}
+
+/* A pixel's source position (ix, iy), in float32 as torch computes it (the
+ * unnormalisation fused) */
+static inline void ff_aug_position(const ff_aug_grid *g, float X, float Y, float *ix, float *iy) {
+    const float gx = (X * g->ax + Y * g->bx) + g->cx;
+    const float gy = (X * g->ay + Y * g->by) + g->cy;
+    *ix = ff_aug_fma(gx + 1.0f, g->hw, -0.5f);
+    *iy = ff_aug_fma(gy + 1.0f, g->hh, -0.5f);
+}
+
 /* One row's nearest source offsets (-1: outside); branch-free, so that it
  * vectorises (a position outside, or not a number, is never converted). */
-FF_AUG_CLONES static void ff_aug_nearest_row(const double *m, double yc, double cx, double hx,
-                                             double hy, ptrdiff_t w, ptrdiff_t h, int32_t ss,
-                                             int32_t *restrict offset) {
-    const double m0 = m[0], m2 = m[2], m3 = m[3], m5 = m[5];
-    const double byx = m[1] * yc, byy = m[4] * yc, wd = (double)w, hd = (double)h;
-    for (int32_t x = 0; x < w; x++) {  /* int32: an int64 to double conversion does not vectorise */
-        const double xc = (double)x + cx;
-        double rx = ff_aug_rint(m0 * xc + byx + m2 + hx);
-        double ry = ff_aug_rint(m3 * xc + byy + m5 + hy);
-        const int inside = (rx >= 0.0) & (rx < wd) & (ry >= 0.0) & (ry < hd);
-        rx = inside ? rx : 0.0;
-        ry = inside ? ry : 0.0;
+FF_AUG_CLONES static void ff_aug_nearest_row(const ff_aug_grid *grid, int32_t y, int32_t w,
+                                             int32_t h, int32_t ss, int32_t *restrict offset) {
+    const ff_aug_grid g = *grid;
+    const float Y = (float)y + g.y0, wf = (float)w, hf = (float)h;
+    for (int32_t x = 0; x < w; x++) {  /* int32: an int64 to float conversion does not vectorise */
+        float ix, iy;
+        ff_aug_position(&g, (float)x + g.x0, Y, &ix, &iy);
+        float rx = ff_aug_rintf(ix), ry = ff_aug_rintf(iy);
+        const int inside = (rx >= 0.0f) & (rx < wf) & (ry >= 0.0f) & (ry < hf);
+        rx = inside ? rx : 0.0f;
+        ry = inside ? ry : 0.0f;
         const int32_t o = (int32_t)ry * ss + (int32_t)rx * 3;
         offset[x] = inside ? o : -1;
     }
@@ -384,35 +424,32 @@ static void ff_aug_nearest_pixels(const uint8_t *restrict src, const int32_t *re
 }
 
 /* One row's bilinear taps: the top-left neighbour (x0[x], y0[x]) and the four
- * weights, in float32 from the float32 position, as grid_sample computes them.
- * Positions are clamped to [-2, w+1] x [-2, h+1] first (nothing outside comes
- * inside, and the conversions stay in range). */
-FF_AUG_CLONES static void ff_aug_bilinear_row(const double *m, double yc, double cx, double hx,
-                                              double hy, ptrdiff_t w, ptrdiff_t h,
-                                              int32_t *restrict x0s, int32_t *restrict y0s,
-                                              float *restrict wts) {
-    const double m0 = m[0], m2 = m[2], m3 = m[3], m5 = m[5];
-    const double byx = m[1] * yc, byy = m[4] * yc, wmax = (double)w + 1.0,
-                 hmax = (double)h + 1.0;
+ * weights. Positions are clamped to [-2, w+1] x [-2, h+1] first (nothing
+ * outside comes inside, and the conversions stay in range). */
+FF_AUG_CLONES static void ff_aug_bilinear_row(const ff_aug_grid *grid, int32_t y, int32_t w,
+                                              int32_t h, int32_t *restrict x0s,
+                                              int32_t *restrict y0s, float *restrict wts) {
+    const ff_aug_grid g = *grid;
+    const float Y = (float)y + g.y0, wmax = (float)w + 1.0f, hmax = (float)h + 1.0f;
     float *restrict wnw = wts, *restrict wne = wts + w, *restrict wsw = wts + 2 * w,
                     *restrict wse = wts + 3 * w;
     for (int32_t x = 0; x < w; x++) {
-        const double xc = (double)x + cx;
-        double ix = m0 * xc + byx + m2 + hx, iy = m3 * xc + byy + m5 + hy;
-        ix = ix > -2.0 ? ix : -2.0;  /* also sends NaN to -2 */
+        float ix, iy;
+        ff_aug_position(&g, (float)x + g.x0, Y, &ix, &iy);
+        ix = ix > -2.0f ? ix : -2.0f;  /* also sends NaN to -2 */
         ix = ix < wmax ? ix : wmax;
-        iy = iy > -2.0 ? iy : -2.0;
+        iy = iy > -2.0f ? iy : -2.0f;
         iy = iy < hmax ? iy : hmax;
-        const float fx = (float)ix, fy = (float)iy;
-        const int32_t ixi = (int32_t)fx, iyi = (int32_t)fy;
-        const int32_t X0 = ixi - (fx < (float)ixi), Y0 = iyi - (fy < (float)iyi);  /* floor */
-        const float x0 = (float)X0, y0 = (float)Y0, x1 = x0 + 1.0f, y1 = y0 + 1.0f;
+        const int32_t ixi = (int32_t)ix, iyi = (int32_t)iy;
+        const int32_t X0 = ixi - (ix < (float)ixi), Y0 = iyi - (iy < (float)iyi);  /* floor */
+        const float dw = ix - (float)X0, de = 1.0f - dw;
+        const float dn = iy - (float)Y0, ds = 1.0f - dn;
         x0s[x] = X0;
         y0s[x] = Y0;
-        wnw[x] = (x1 - fx) * (y1 - fy);
-        wne[x] = (fx - x0) * (y1 - fy);
-        wsw[x] = (x1 - fx) * (fy - y0);
-        wse[x] = (fx - x0) * (fy - y0);
+        wnw[x] = ds * de;
+        wne[x] = ds * dw;
+        wsw[x] = dn * de;
+        wse[x] = dn * dw;
     }
 }
 
@@ -431,13 +468,23 @@ static void ff_aug_bilinear_edge(const uint8_t *restrict src, ptrdiff_t ss, int 
         const float vne = one != 0.0f ? (float)r0[3 + c] : 0.0f;
         const float vsw = osw != 0.0f ? (float)r1[c] : 0.0f;
         const float vse = ose != 0.0f ? (float)r1[3 + c] : 0.0f;
-        float v = vnw * wnw + vne * wne + vsw * wsw + vse * wse;
+        float v = ff_aug_fma(vse, wse, ff_aug_fma(vsw, wsw, ff_aug_fma(vne, wne, vnw * wnw)));
         if (fill != NULL) v = (v - fill[c]) * mask + fill[c];
         d[c] = ff_aug_u8(ff_aug_rintf(v));
     }
 }
 
 #if defined(__SSE2__)
+typedef double ff_aug_v4d __attribute__((vector_size(32)));
+
+/* ff_aug_fma on 4 lanes, b the same in all (GCC's vector types: one AVX
+ * register of doubles in the AVX2 clone, two SSE2 ones in the other) */
+static inline __m128 ff_aug_fma4(__m128 a, double b, __m128 c) {
+    const ff_aug_v4d r = __builtin_convertvector(a, ff_aug_v4d) * b +
+                         __builtin_convertvector(c, ff_aug_v4d);
+    return __builtin_convertvector(r, __m128);
+}
+
 /* A pixel's 3 channels (and the byte after them) as 4 floats */
 static inline __m128 ff_aug_load_px(const uint8_t *p) {
     int32_t v;
@@ -452,7 +499,8 @@ static inline __m128 ff_aug_load_px(const uint8_t *p) {
  * neighbours inside go 4 lanes at a time (3 channels and a spare lane), each
  * lane computing exactly the scalar sequence of roundings; reading 4 bytes per
  * neighbour needs one byte after it, so the image's last pixel goes scalar. */
-static void ff_aug_bilinear_pixels(const uint8_t *restrict src, ptrdiff_t ss, int h, int w,
+FF_AUG_CLONES static void ff_aug_bilinear_pixels(const uint8_t *restrict src, ptrdiff_t ss,
+                                                 int h, int w,
                                    const int32_t *x0s, const int32_t *y0s, const float *wts,
                                    const float *fill, const uint8_t *outside,
                                    uint8_t *restrict d) {
@@ -477,9 +525,9 @@ static void ff_aug_bilinear_pixels(const uint8_t *restrict src, ptrdiff_t ss, in
 #if defined(__SSE2__)
         if (!(Y0 + 2 == h && X0 + 2 == w)) {
             __m128 v = _mm_mul_ps(ff_aug_load_px(r0), _mm_set1_ps(wnw[x]));
-            v = _mm_add_ps(v, _mm_mul_ps(ff_aug_load_px(r0 + 3), _mm_set1_ps(wne[x])));
-            v = _mm_add_ps(v, _mm_mul_ps(ff_aug_load_px(r1), _mm_set1_ps(wsw[x])));
-            v = _mm_add_ps(v, _mm_mul_ps(ff_aug_load_px(r1 + 3), _mm_set1_ps(wse[x])));
+            v = ff_aug_fma4(ff_aug_load_px(r0 + 3), wne[x], v);
+            v = ff_aug_fma4(ff_aug_load_px(r1), wsw[x], v);
+            v = ff_aug_fma4(ff_aug_load_px(r1 + 3), wse[x], v);
             if (fill != NULL) {
                 const float mask = wnw[x] + wne[x] + wsw[x] + wse[x];
                 v = _mm_add_ps(_mm_mul_ps(_mm_sub_ps(v, f), _mm_set1_ps(mask)), f);
@@ -497,8 +545,10 @@ static void ff_aug_bilinear_pixels(const uint8_t *restrict src, ptrdiff_t ss, in
 #endif
         const float mask = wnw[x] + wne[x] + wsw[x] + wse[x];
         for (int c = 0; c < 3; c++) {
-            float v = (float)r0[c] * wnw[x] + (float)r0[3 + c] * wne[x] + (float)r1[c] * wsw[x] +
-                      (float)r1[3 + c] * wse[x];
+            float v = ff_aug_fma((float)r1[3 + c], wse[x],
+                                 ff_aug_fma((float)r1[c], wsw[x],
+                                            ff_aug_fma((float)r0[3 + c], wne[x],
+                                                       (float)r0[c] * wnw[x])));
             if (fill != NULL) v = (v - fill[c]) * mask + fill[c];
             d[c] = ff_aug_u8(ff_aug_rintf(v));
         }
@@ -509,19 +559,18 @@ static void ff_aug_bilinear_pixels(const uint8_t *restrict src, ptrdiff_t ss, in
 static void ff_aug_affine(const uint8_t *restrict src, ptrdiff_t ss, uint8_t *restrict dst,
                           ptrdiff_t ds, int h, int w, const double *m, int bilinear,
                           const float *fill, int32_t *offset, float *wts) {
-    const double cx = (1 - w) * 0.5, cy = (1 - h) * 0.5, hx = (w - 1) * 0.5, hy = (h - 1) * 0.5;
+    const ff_aug_grid grid = ff_aug_make_grid(m, h, w);
     const int32_t last = (int32_t)((h - 1) * ss + (w - 1) * 3);
     uint8_t outside[4];
     ff_aug_outside(fill, outside);
     ff_aug_prefetch(src, ss, h, w);
-    for (ptrdiff_t y = 0; y < h; y++) {
-        const double yc = (double)y + cy;
+    for (int32_t y = 0; y < h; y++) {
         uint8_t *restrict d = dst + y * ds;
         if (!bilinear) {
-            ff_aug_nearest_row(m, yc, cx, hx, hy, w, h, (int32_t)ss, offset);
+            ff_aug_nearest_row(&grid, y, w, h, (int32_t)ss, offset);
             ff_aug_nearest_pixels(src, offset, w, last, outside, d);
         } else {
-            ff_aug_bilinear_row(m, yc, cx, hx, hy, w, h, offset, offset + w, wts);
+            ff_aug_bilinear_row(&grid, y, w, h, offset, offset + w, wts);
             ff_aug_bilinear_pixels(src, ss, h, w, offset, offset + w, wts, fill, outside, d);
         }
     }

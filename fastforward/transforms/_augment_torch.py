@@ -6,7 +6,7 @@ pixels on any device: every float32 step is one torch operation (correctly
 rounded, never fused with the next); where the kernel computes a fused
 multiply-add in double, so does this (float64 tensors). Sums are integers
 (no convolution: cuDNN may round them through TF32), interpolation gathers
-the neighbours itself (no ``grid_sample``, whose coordinates are float32).
+the neighbours itself (``grid_sample`` on a GPU may fuse its arithmetic).
 
 torchvision's own v2 operations take one set of parameters per call; here
 each sample has its own.
@@ -61,19 +61,32 @@ def _fill_value(fill: np.ndarray | None, like: Any) -> Any:
     return torch.from_numpy(values.astype(np.uint8)).reshape(1, 3, 1).to(like.device)
 
 
+def _fma(a: Any, b: Any, c: Any) -> Any:
+    """float32 ``a * b + c`` rounded once (the kernel's ``ff_aug_fma``), in float64."""
+    import torch
+
+    b = b.double() if isinstance(b, torch.Tensor) else b
+    c = c.double() if isinstance(c, torch.Tensor) else c
+    return (a.double() * b + c).float()
+
+
 def _sample_positions(p: np.ndarray, h: int, w: int, like: Any) -> tuple[Any, Any]:
-    """``(n, H*W)`` float64 source positions (ix, iy) of every output pixel, as the kernel:
-    ``m0*xc + m1*yc + m2 + (w-1)/2`` in that order."""
+    """``(n, H*W)`` float32 source positions (ix, iy) of every output pixel, as the
+    kernel (and torch's affine grid and grid_sample) compute them, step by step."""
     import torch
 
     dev = like.device
-    m = torch.from_numpy(np.ascontiguousarray(p[:, :6], dtype=np.float64)).to(dev)
-    xc = (torch.arange(w, dtype=torch.float64, device=dev) + (1 - w) * 0.5).repeat(h)
-    yc = (torch.arange(h, dtype=torch.float64, device=dev) + (1 - h) * 0.5).repeat_interleave(w)
-    col = [m[:, k : k + 1] for k in range(6)]
-    ix = col[0] * xc + col[1] * yc + col[2] + (w - 1) * 0.5
-    iy = col[3] * xc + col[4] * yc + col[5] + (h - 1) * 0.5
-    return ix, iy
+    half_w, half_h = np.float32(0.5 * w), np.float32(0.5 * h)
+    m = np.asarray(p[:, :6], dtype=np.float32)
+    rows = np.stack([m[:, 0] / half_w, m[:, 1] / half_w, m[:, 2] / half_w,
+                     m[:, 3] / half_h, m[:, 4] / half_h, m[:, 5] / half_h], axis=1)
+    col = [c[:, None] for c in torch.from_numpy(np.ascontiguousarray(rows)).to(dev).unbind(1)]
+    X = (torch.arange(w, dtype=torch.float32, device=dev) + float((1 - w) * 0.5)).repeat(h)
+    Y = (torch.arange(h, dtype=torch.float32, device=dev)
+         + float((1 - h) * 0.5)).repeat_interleave(w)
+    gx = ((X * col[0] + Y * col[1]) + col[2]) + 1.0
+    gy = ((X * col[3] + Y * col[4]) + col[5]) + 1.0
+    return _fma(gx, float(half_w), -0.5), _fma(gy, float(half_h), -0.5)
 
 
 def _taps(flat: Any, yy: Any, xx: Any, h: int, w: int) -> tuple[Any, Any]:
@@ -94,22 +107,25 @@ def _affine(x: Any, p: np.ndarray, bilinear: bool, fill: np.ndarray | None) -> A
     flat = x.reshape(n, 3, h * w)
     ix, iy = _sample_positions(p, h, w, x)
     if not bilinear:
+        ix, iy = ix.clamp(-1.0, float(w)), iy.clamp(-1.0, float(h))  # nothing moves in
         xx, yy = torch.round(ix).long(), torch.round(iy).long()  # half to even
         values, inside = _taps(flat, yy, xx, h, w)
         out = torch.where(inside[:, None, :], values, _fill_value(fill, x))
         return out.reshape(n, 3, h, w)
-    fx, fy = ix.float(), iy.float()
-    x0, y0 = torch.floor(fx), torch.floor(fy)
-    x1, y1 = x0 + 1.0, y0 + 1.0
-    weights = [(x1 - fx) * (y1 - fy), (fx - x0) * (y1 - fy),
-               (x1 - fx) * (fy - y0), (fx - x0) * (fy - y0)]
+    ix, iy = ix.clamp(-2.0, w + 1.0), iy.clamp(-2.0, h + 1.0)  # as the kernel: nothing moves in
+    x0, y0 = torch.floor(ix), torch.floor(iy)
+    dx, dy = ix - x0, iy - y0
+    ex, sy = 1.0 - dx, 1.0 - dy
+    weights = [sy * ex, sy * dx, dy * ex, dy * dx]
     X0, Y0 = x0.long(), y0.long()
     corners = [(Y0, X0), (Y0, X0 + 1), (Y0 + 1, X0), (Y0 + 1, X0 + 1)]
     total, mask = None, None
     for (yy, xx), weight in zip(corners, weights, strict=True):
         values, inside = _taps(flat, yy, xx, h, w)
-        term = values.float() * weight[:, None, :]
-        total = term if total is None else total + term
+        if total is None:
+            total = values.float() * weight[:, None, :]
+        else:  # fused, as torch's compiled grid_sample sums
+            total = _fma(values.float(), weight[:, None, :], total)
         if fill is not None:
             part = inside.float() * weight
             mask = part if mask is None else mask + part
