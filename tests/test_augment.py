@@ -503,3 +503,20 @@ def test_in_a_loader_after_a_crop_decoder(small_beton: Path, make: Callable[[], 
         ctx = BatchContext(np.arange(len(batch)) + 16 * k, 1, 21, stream_id("image/2"))
         np.testing.assert_array_equal(one[k], op.apply(batch, None, ctx))
         np.testing.assert_array_equal(two[k], one[k])
+
+
+@pytest.mark.parametrize("name", ["train_trivialaugment", "train_randaugment",
+                                  "train_autoaugment"])
+def test_benchmark_pipelines(small_beton: Path, name: str,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    """``fastforward bench --pipeline`` with each policy (their pipelines end in torch)."""
+    pytest.importorskip("torch", reason="the benchmark pipelines end in torch tensors")
+    from fastforward.benchmark import POLICIES, loader_pipelines
+    from fastforward.cli import main
+    from fastforward.reader import Reader
+
+    ops = loader_pipelines(Reader(small_beton), "image", name)["image"]
+    assert type(ops[2]).__name__ == POLICIES[name]
+    assert main(["bench", str(small_beton), "--workers", "1", "--batch-size", "8",
+                 "--pipeline", name]) == 0
+    assert name in capsys.readouterr().out
