@@ -323,16 +323,18 @@ class Plan:
         n, depth = self.operations.shape
         ops = np.full((n, depth), NONE, dtype=np.int32)
         params = np.zeros((n, depth, PARAMS), dtype=np.float64)
-        pairs = np.stack([self.operations, self.magnitudes], axis=-1).reshape(-1, 2)
-        unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
-        inverse = inverse.reshape(n, depth)
-        for u, (index, magnitude) in enumerate(unique.tolist()):
+        for index in np.unique(self.operations).tolist():
             if index < 0:
                 continue
-            code, values = kernel_op(self.names[int(index)], magnitude, height, width)
-            chosen = inverse == u
-            ops[chosen] = code
-            params[chosen, : len(values)] = values
+            chosen = self.operations == index
+            magnitudes, inverse = np.unique(self.magnitudes[chosen], return_inverse=True)
+            codes = np.empty(len(magnitudes), dtype=np.int32)
+            values = np.zeros((len(magnitudes), PARAMS))
+            for u, magnitude in enumerate(magnitudes.tolist()):
+                codes[u], given = kernel_op(self.names[index], magnitude, height, width)
+                values[u, : len(given)] = given
+            ops[chosen] = codes[inverse.reshape(-1)]
+            params[chosen] = values[inverse.reshape(-1)]
         return ops, params
 
 
@@ -382,6 +384,7 @@ class _Policy(Operation):
         self.interpolation = _interpolation(interpolation)
         self.fill = fill
         self._fill = _fill(self, fill)
+        self._magnitudes: dict[tuple[str, int, int, int], np.ndarray | None] = {}
 
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, AllocationQuery]:
@@ -399,9 +402,19 @@ class _Policy(Operation):
         return (replace(previous_state, dtype=dtype),
                 AllocationQuery(shape, dtype, previous_state.device))
 
+    space: ClassVar[dict[str, tuple[Magnitudes, bool]]]
+
     def plan(self, context: BatchContext, height: int, width: int) -> Plan:
         """The batch's decisions (one row per sample of *context*)."""
         raise NotImplementedError
+
+    def magnitudes(self, operation: str, bins: int, height: int, width: int
+                   ) -> np.ndarray | None:
+        """*operation*'s magnitude table (kept per image size: each batch asks)."""
+        key = (operation, bins, height, width)
+        if key not in self._magnitudes:
+            self._magnitudes[key] = self.space[operation][0](bins, height, width)
+        return self._magnitudes[key]
 
     def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         """Write each image, augmented with its own draws, into *destination*."""
@@ -479,8 +492,8 @@ class TrivialAugmentWide(_Policy):
         magnitudes = np.zeros(len(u))
         for index, op_name in enumerate(names):
             chosen = operations == index
-            table, signed = self.space[op_name]
-            values = table(self.num_magnitude_bins, height, width)
+            signed = self.space[op_name][1]
+            values = self.magnitudes(op_name, self.num_magnitude_bins, height, width)
             if values is None or not chosen.any():
                 continue
             magnitudes[chosen] = values[bins[chosen]]
@@ -535,8 +548,8 @@ class RandAugment(_Policy):
         operations = _draw_bins(u[:, 0::2], len(names))
         magnitudes = np.zeros(operations.shape)
         for index, op_name in enumerate(names):
-            table, signed = self.space[op_name]
-            values = table(self.num_magnitude_bins, height, width)
+            signed = self.space[op_name][1]
+            values = self.magnitudes(op_name, self.num_magnitude_bins, height, width)
             if values is None:
                 continue
             chosen = operations == index
@@ -592,8 +605,8 @@ class AutoAugment(_Policy):
             for k, (op_name, probability, bin_index) in enumerate(sub_policy):
                 applied = rows & (u[:, 1 + 2 * k] < probability)
                 operations[applied, k] = names.index(op_name)
-                table, signed = self.space[op_name]
-                values = table(10, height, width)
+                signed = self.space[op_name][1]
+                values = self.magnitudes(op_name, 10, height, width)
                 if values is None or bin_index is None:
                     continue
                 magnitudes[applied, k] = values[bin_index]
