@@ -423,8 +423,9 @@ class _Policy(Operation):
         n, h, w, c = batch.shape
         out = numpy_out(destination, n, (h, w, c), batch.dtype)
         ops, params = self.plan(context, h, w).kernel(h, w)
-        if batch.strides[2] != 3:
-            batch = np.ascontiguousarray(batch)
+        strides = batch.strides
+        if strides[3] != 1 or strides[2] != 3 or strides[1] <= 0 or strides[0] < 0:
+            batch = np.ascontiguousarray(batch)  # the kernel takes pixels and rows in order
         augment_into(batch, out, ops, params, self.interpolation == "bilinear", self._fill)
         return out
 
