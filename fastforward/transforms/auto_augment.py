@@ -69,9 +69,9 @@ def linspace32(start: float, end: float, steps: int) -> np.ndarray:
     As torch computes it on a CPU, element by element: ``start + step * i``
     for the first half, ``end - step * (steps - 1 - i)`` for the rest, each
     a fused multiply-add in float32, with ``step = (end - start) / (steps -
-    1)`` in float32. (Where torch vectorises it, on CPUs without AVX-512 and
-    16 steps or more, a few of its values may differ from these in the last
-    bit.)
+    1)`` in float32 (torch's AVX-512 kernels, and its AVX2 ones below 16
+    steps). Where torch runs its AVX2 vector loop (16 steps or more), or a
+    build without FMA, a few of its values may differ in the last bit.
     """
     a, b = np.float32(start), np.float32(end)
     if steps == 1:
