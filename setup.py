@@ -1,17 +1,42 @@
 """Build the Cython extensions; all metadata lives in pyproject.toml.
 
-Only in-tree sources are compiled: no system libraries, no pkg-config, no
-downloads. JPEG coding comes at run time from simplejpeg's wheels.
+Only in-tree sources are compiled: no system libraries, no pkg-config. JPEG
+coding comes at run time from simplejpeg's wheels; the crop decoders' region
+decoding (``fastforward._ext.jpeg``) links libjpeg-turbo statically from a
+build-time dependency, PyPI's ``comma-deps-libjpeg`` (libjpeg-turbo 3.1.0,
+static, with SIMD and headers; Linux x86_64 only), so nothing is needed at run
+time. That wheel declares Python >= 3.12 although its contents do not depend on
+Python, so the build fetches it with ``pip download --ignore-requires-python``,
+pinned by version and hash, into ``build/``.
+
+``FASTFORWARD_LIBJPEG`` chooses: unset (or ``auto``) fetches it on Linux x86_64
+and builds without it elsewhere; ``0`` builds without it (the crop decoders then
+decode whole images with simplejpeg); a directory uses the libjpeg-turbo 3.x
+there (``include/jpeglib.h``, ``lib/libjpeg.a``, built with ``-fPIC``).
 """
 
 import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 DEBUG = bool(os.environ.get("FASTFORWARD_DEBUG"))  # bounds checks, -O0
 BUILD = "build/debug" if DEBUG else "build/release"  # keep the two builds apart
 ANNOTATE = bool(os.environ.get("FASTFORWARD_ANNOTATE"))  # HTML under build/*/cython/
+LIBJPEG = os.environ.get("FASTFORWARD_LIBJPEG", "auto").strip()
+
+LIBJPEG_WHEEL = "comma-deps-libjpeg==3.1.0.post92"
+LIBJPEG_SHA256 = "b47ff662cabd8a0c564fd12f64de451a8806990d80712193b6cd7c23fba2ce6f"
+LIBJPEG_VERSION = "3.1.0"
+LIBJPEG_CACHE = Path(BUILD) / f"libjpeg-turbo-{LIBJPEG_VERSION}"
 
 directives = {
     "language_level": 3,
@@ -20,17 +45,101 @@ directives = {
     "wraparound": DEBUG,
     "initializedcheck": DEBUG,
 }
+compile_args = (["-O0", "-g"] if DEBUG else ["-O3"]) + ["-ffp-contract=off"]
 extensions = [
     Extension(
         f"fastforward._ext.{name}",
         [f"fastforward/_ext/{name}.pyx"],
         include_dirs=["fastforward/_ext"],
-        depends=["fastforward/_ext/copier.h", "fastforward/_ext/resize_kernels.h",
-                 "fastforward/_ext/augment_kernels.h"],
-        extra_compile_args=(["-O0", "-g"] if DEBUG else ["-O3"]) + ["-ffp-contract=off"],
+        depends=[f"fastforward/_ext/{h}" for h in ("copier.h", "resize_kernels.h",
+                                                  "resize.pxd", "jpeg_region.h",
+                                                  "augment_kernels.h")],
+        extra_compile_args=compile_args,
     )
-    for name in ["augment", "collate", "resize"]
+    for name in ["augment", "collate", "layout", "pixels", "resize", "jpeg"]
 ]
+
+
+def _is_prefix(path: Path) -> bool:
+    return (path / "include" / "jpeglib.h").is_file() and (path / "lib" / "libjpeg.a").is_file()
+
+
+def _fetch_libjpeg() -> Path:
+    """Download the pinned wheel with pip and unpack its libjpeg-turbo into build/."""
+    with tempfile.TemporaryDirectory() as tmp:
+        requirements = Path(tmp) / "requirements.txt"
+        requirements.write_text(f"{LIBJPEG_WHEEL} --hash=sha256:{LIBJPEG_SHA256}\n")
+        # its Requires-Python (>= 3.12) is not about its contents: a static C library
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--ignore-requires-python", "--require-hashes", "--disable-pip-version-check",
+                   "-r", str(requirements), "-d", tmp]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or len(wheels) != 1:
+            raise SystemExit(
+                f"fastforward: could not fetch libjpeg-turbo ({LIBJPEG_WHEEL}) for the crop "
+                f"decoders' region decoding:\n{done.stdout[-2000:]}{done.stderr[-2000:]}\n"
+                "Set FASTFORWARD_LIBJPEG=0 to build without it (whole-image decoding with "
+                "simplejpeg), or FASTFORWARD_LIBJPEG=/prefix to use a libjpeg-turbo 3.x of "
+                "your own (include/jpeglib.h, lib/libjpeg.a).")
+        staging = Path(tmp) / "unpacked"
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            for member in wheel.namelist():
+                if "/libjpeg/install/" in member and not member.endswith("/"):
+                    target = staging / member.split("/libjpeg/install/", 1)[1]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(wheel.read(member))
+        if not _is_prefix(staging):
+            raise SystemExit(f"fastforward: {wheels[0].name} holds no libjpeg.a and jpeglib.h")
+        LIBJPEG_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(LIBJPEG_CACHE, ignore_errors=True)
+        shutil.move(str(staging), LIBJPEG_CACHE)
+    return LIBJPEG_CACHE
+
+
+def find_libjpeg() -> Path | None:
+    """The libjpeg-turbo prefix to link, or None to build without region decoding."""
+    if LIBJPEG == "0":
+        return None
+    if LIBJPEG not in ("", "auto", "1"):
+        prefix = Path(LIBJPEG)
+        if not _is_prefix(prefix):
+            raise SystemExit(f"fastforward: FASTFORWARD_LIBJPEG={LIBJPEG} has no "
+                             "include/jpeglib.h and lib/libjpeg.a")
+        return prefix
+    if not (sys.platform == "linux" and platform.machine().lower() in ("x86_64", "amd64")):
+        if LIBJPEG == "1":
+            raise SystemExit("fastforward: no libjpeg-turbo build-time wheel for "
+                             f"{sys.platform} {platform.machine()}; give a prefix instead")
+        sys.stderr.write("fastforward: no libjpeg-turbo for this platform; the crop decoders "
+                         "will decode whole images with simplejpeg\n")
+        return None
+    if _is_prefix(LIBJPEG_CACHE):
+        return LIBJPEG_CACHE
+    return _fetch_libjpeg()
+
+
+class BuildExt(build_ext):
+    """Links libjpeg-turbo into ``fastforward._ext.jpeg``, or leaves that module out."""
+
+    def run(self) -> None:
+        prefix = find_libjpeg()
+        jpeg = [e for e in self.extensions if e.name == "fastforward._ext.jpeg"]
+        if prefix is None:
+            self.extensions = [e for e in self.extensions if e not in jpeg]
+            # an in-place build must not leave a region decoder from an earlier build
+            for stale in Path("fastforward/_ext").glob("jpeg.*.so"):
+                if self.inplace:
+                    stale.unlink()
+        else:
+            for extension in jpeg:
+                extension.include_dirs.append(str(prefix / "include"))
+                extension.extra_objects.append(str(prefix / "lib" / "libjpeg.a"))
+                # libjpeg's symbols stay private to the module: no clash with another
+                # libjpeg in the process (Pillow's, OpenCV's), no interposition
+                extension.extra_link_args.append("-Wl,--exclude-libs,ALL")
+        super().run()
+
 
 setup(
     ext_modules=cythonize(
@@ -40,5 +149,6 @@ setup(
         force=ANNOTATE,  # an up-to-date .c would otherwise skip the HTML
         build_dir=f"{BUILD}/cython",
     ),
+    cmdclass={"build_ext": BuildExt},
     options={"build": {"build_base": BUILD}},
 )

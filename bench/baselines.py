@@ -32,6 +32,23 @@ Figure = tuple[str, int, float]
 """(name, images, seconds)"""
 
 
+def steady_epoch(batches: Any) -> tuple[int, float]:
+    """Images and seconds of one epoch after its first batch: the same rule as
+    ``fastforward.benchmark.steady_state`` (this module imports nothing of
+    fastforward), so that no loader's per-epoch start-up weighs on its figure."""
+    began = time.perf_counter()
+    images, first_images, start = 0, 0, None
+    for batch in batches:
+        first = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if start is None:
+            start, first_images = time.perf_counter(), len(first)
+            continue
+        images += len(first)
+    if images == 0:  # an epoch of one batch (smoke runs): the whole epoch, start-up included
+        return first_images, time.perf_counter() - began
+    return images, time.perf_counter() - start
+
+
 def export_image_folder(beton: Path, out: Path) -> Path:
     """Write the JPEGs stored in *beton* as ``out/<label>/<index>.jpg``."""
     from fastforward.reader import Reader
@@ -76,7 +93,12 @@ class PILImageFolder:
                 img = img.resize((192, 192), Image.BILINEAR, box=(j, i, j + w, i + h))
                 if self.rng.random() < 0.5:
                     img = img.transpose(Image.FLIP_LEFT_RIGHT)
-            pixels = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+            if self.pipeline == "tv_trivialaugment":
+                raise ImportError("the tv_trivialaugment baseline needs torchvision")
+            array = np.asarray(img)
+            if self.pipeline == "python_op":
+                array = _bench_ops().python_op(array)
+            pixels = torch.from_numpy(array.copy()).permute(2, 0, 1)
         return pixels, self.labels[index]
 
 
@@ -94,10 +116,36 @@ def torchvision_dataset(root: Path, pipeline: str) -> Any:
         ops = [v2.PILToTensor(), v2.Resize(256), v2.CenterCrop(224)]
     else:
         ops = [v2.PILToTensor(), v2.RandomResizedCrop(192), v2.RandomHorizontalFlip()]
-    if pipeline in POLICIES:  # on the uint8 tensor, per sample, as fastforward's
+    if pipeline == "python_op":
+        ops.append(v2.Lambda(_tensor_python_op))
+    elif pipeline == "tv_trivialaugment":
+        ops.append(v2.TrivialAugmentWide())
+    elif pipeline in POLICIES:  # on the uint8 tensor, per sample, as fastforward's
         policy, args = POLICIES[pipeline]
         ops.append(getattr(v2, policy)(*args))
     return torchvision.datasets.ImageFolder(str(root), transform=v2.Compose(ops))
+
+
+@functools.cache
+def _bench_ops() -> Any:
+    """fastforward/_bench_ops.py, loaded by path (fastforward may not be installed here)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "fastforward" / "_bench_ops.py"
+    spec = importlib.util.spec_from_file_location("fastforward_bench_ops", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tensor_python_op(image: Any) -> Any:
+    """The benchmark's Python operation on a C×H×W uint8 tensor (HWC NumPy inside)."""
+    import torch
+
+    out = _bench_ops().python_op(image.permute(1, 2, 0).numpy())
+    return torch.from_numpy(out).permute(2, 0, 1)
 
 
 def _dataloader(root: Path, pipeline: str, workers: int, batch_size: int = 256) -> Figure:
@@ -117,15 +165,11 @@ def _dataloader(root: Path, pipeline: str, workers: int, batch_size: int = 256) 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
                                          num_workers=workers, drop_last=False,
                                          persistent_workers=False)
-    images, start = 0, None
-    for batch, _ in loader:
-        if pipeline.startswith("train"):
-            batch = batch.to(torch.float16)
-        if start is None:
-            start = time.perf_counter()
-            continue
-        images += len(batch)
-    seconds = time.perf_counter() - start if start is not None else 0.0
+    def batches() -> Any:
+        for batch, labels in loader:
+            yield (batch.to(torch.float16) if pipeline.startswith("train") else batch), labels
+
+    images, seconds = steady_epoch(batches())
     return f"{label} ({workers} workers)", images, seconds
 
 
@@ -153,11 +197,11 @@ def _ffcv(beton: Path, pipeline: str, workers: int, batch_size: int = 256) -> Fi
                     order=OrderOption.RANDOM, pipelines={"image": image, "label": None})
     for _ in loader:  # a whole epoch of warm-up: it pays for the JIT compilation
         pass
-    images, start = 0, time.perf_counter()
-    for _ in range(2):
-        for batch, *_ in loader:
-            images += len(batch)
-    return f"FFCV 1.0.2 ({workers} threads)", images, time.perf_counter() - start
+    images, seconds = 0, 0.0
+    for _ in range(2):  # each epoch at steady state, as fastforward's
+        counted, taken = steady_epoch(loader)
+        images, seconds = images + counted, seconds + taken
+    return f"FFCV 1.0.2 ({workers} threads)", images, seconds
 
 
 class _PILFolder:
@@ -196,7 +240,101 @@ def _ffcv_writer(root: Path, _: str, workers: int) -> Figure:
     return f"FFCV 1.0.2 DatasetWriter ({workers} workers)", len(dataset), seconds
 
 
-BASELINES = {"dataloader": _dataloader, "ffcv": _ffcv, "ffcv_writer": _ffcv_writer}
+SCENE_MEAN = [0.485, 0.456, 0.406]
+SCENE_STD = [0.229, 0.224, 0.225]
+
+
+class SceneFolder:
+    """The scenes exported by ``export_scenes``: ``images/N.jpg``, ``masks/N.png`` (or
+    ``masks/N.npy``) and ``objects.json``, as torchvision's ``tv_tensors``."""
+
+    def __init__(self, root: Path, task: str, mask_format: str = "png") -> None:
+        self.root, self.task, self.mask_format = root, task, mask_format
+        self.objects = json.loads((root / "objects.json").read_text())
+        self.transform = self._transform()
+
+    def _transform(self) -> Any:
+        import torch
+        from torchvision import tv_tensors
+        from torchvision.transforms import v2
+
+        convert = [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+                   v2.Normalize(SCENE_MEAN, SCENE_STD)]
+        if self.task == "segmentation":
+            return v2.Compose([v2.RandomResizedCrop(256), v2.RandomHorizontalFlip(), *convert])
+        return v2.Compose([v2.Resize(320, max_size=512), v2.RandomHorizontalFlip(), *convert])
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def __getitem__(self, index: int) -> Any:
+        import torch
+        from torchvision import tv_tensors
+        from torchvision.io import decode_jpeg, read_file
+
+        image = tv_tensors.Image(decode_jpeg(read_file(str(self.root / "images" /
+                                                           f"{index:06d}.jpg"))))
+        if self.task == "segmentation":
+            if self.mask_format == "png":
+                from PIL import Image
+
+                with Image.open(self.root / "masks" / f"{index:06d}.png") as img:
+                    ids = np.asarray(img)
+            else:
+                ids = np.load(self.root / "masks" / f"{index:06d}.npy")
+            return self.transform(image, tv_tensors.Mask(torch.from_numpy(ids.copy())))
+        boxes, labels = self.objects[index]
+        target = {"boxes": tv_tensors.BoundingBoxes(
+            torch.tensor(boxes, dtype=torch.float32).view(-1, 4), format="XYXY",
+            canvas_size=tuple(image.shape[-2:])),
+            "labels": torch.tensor(labels, dtype=torch.int64)}
+        return self.transform(image, target)
+
+
+def _pad_collate(samples: list) -> Any:
+    """Detection batches as torchvision's ImageList: images padded to the batch's
+    largest, their sizes, and the list of targets."""
+    import torch
+
+    height = max(image.shape[1] for image, _ in samples)
+    width = max(image.shape[2] for image, _ in samples)
+    images = torch.zeros(len(samples), 3, height, width)
+    for k, (image, _) in enumerate(samples):
+        images[k, :, : image.shape[1], : image.shape[2]] = image
+    sizes = torch.tensor([tuple(image.shape[1:]) for image, _ in samples])
+    return images, sizes, [target for _, target in samples]
+
+
+def _dataloader_scenes(root: Path, pipeline: str, workers: int) -> Figure:
+    """Images/s of torch's DataLoader with torchvision's transforms.v2 on the exported
+    scenes: ``segmentation`` (RandomResizedCrop(256) + flip on image and
+    ``tv_tensors.Mask``, normalise; masks read as PNG, or ``.npy`` with
+    ``segmentation_npy``) or ``detection`` (Resize(320, max_size=512) + flip on image
+    and ``tv_tensors.BoundingBoxes``, normalise, padded batch)."""
+    import torch
+    import torchvision
+
+    task = "detection" if pipeline == "detection" else "segmentation"
+    dataset = SceneFolder(root, task, "npy" if pipeline.endswith("npy") else "png")
+    batch_size = 32 if task == "detection" else 64
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=False,
+        collate_fn=_pad_collate if task == "detection" else None, persistent_workers=True)
+    images, start = 0, None
+    for _ in range(2):
+        for batch in loader:
+            if start is None:
+                start = time.perf_counter()
+                continue
+            images += len(batch[0])
+    seconds = time.perf_counter() - start if start is not None else 0.0
+    version = torchvision.__version__.split("+")[0]
+    masks = {"segmentation": ", PNG masks", "segmentation_npy": ", .npy masks"}.get(pipeline, "")
+    return f"DataLoader + transforms.v2 {version} ({workers} workers{masks})", images, seconds
+
+
+BASELINES = {"dataloader": _dataloader, "ffcv": _ffcv, "ffcv_writer": _ffcv_writer,
+             "dataloader_scenes": _dataloader_scenes}
 
 
 def throughput(kind: str, path: Path, pipeline: str, workers: int,

@@ -135,3 +135,48 @@ def pytest_terminal_summary(terminalreporter: object) -> None:
             if ours is not None and role != "fastforward" and m.rate > 0:
                 ratio = f"{ours.rate / m.rate:6.2f}×"
             write(f"{pipeline:<12} {m.name[:50]:<50} {m.rate:>10,.0f}  {ratio}")
+
+
+@pytest.fixture(scope="session")
+def scenes_beton(tmp_path_factory: pytest.TempPathFactory, corpus_size: int) -> Path:
+    """Detection and segmentation scenes (``fastforward.scenes``, about 240×320): the
+    image as JPEG (quality 90), its class-id mask, and its objects (boxes, class ids)."""
+    from fastforward.fields import MaskField, RaggedField
+    from fastforward.scenes import make_scenes
+
+    scenes = make_scenes(corpus_size, seed=0, size=(240, 320))
+    path = tmp_path_factory.mktemp("bench") / "scenes.beton"
+    DatasetWriter(path, {"image": RGBImageField(write_mode="jpg", jpeg_quality=90),
+                         "mask": MaskField(),
+                         "objects": RaggedField(columns={"boxes": (np.float32, (4,)),
+                                                         "labels": np.int64})},
+                  progress=False).from_indexed_dataset(
+        [(s.image, s.mask, s.objects()) for s in scenes])
+    return path
+
+
+@pytest.fixture(scope="session")
+def scenes_folder(scenes_beton: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same scenes as files, for the DataLoader: the very JPEGs the .beton holds,
+    the masks as PNG (and as .npy), the objects in one JSON file."""
+    import json
+
+    from PIL import Image
+
+    from fastforward.reader import Reader
+
+    root = tmp_path_factory.mktemp("bench") / "scenes"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    reader = Reader(scenes_beton)
+    objects = []
+    for index in range(reader.num_samples):
+        row = reader.metadata[index]
+        (root / "images" / f"{index:06d}.jpg").write_bytes(
+            bytes(reader.payload(int(row["f0"]["data_ptr"]), index)))
+        _, mask, found = reader.read(index)
+        Image.fromarray(mask).save(root / "masks" / f"{index:06d}.png")
+        np.save(root / "masks" / f"{index:06d}.npy", mask)
+        objects.append([found["boxes"].tolist(), found["labels"].tolist()])
+    (root / "objects.json").write_text(json.dumps(objects))
+    return root

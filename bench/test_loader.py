@@ -8,6 +8,12 @@ on every core), PyTorch's DataLoader and FFCV 1.0.2 when it is installed (here,
 or in the environments given by ``--torchvision-python`` and ``--ffcv-python``),
 in turn, ``--bench-rounds`` times. The closing table prints images/s and
 fastforward's ratio to each.
+
+Every loader is measured at steady state: each epoch's first batch (and
+fastforward's ring warm-up in its first epoch, FFCV's whole JIT epoch) is
+left out and the clock starts when it arrives (``steady_state`` in
+fastforward/benchmark.py, ``steady_epoch`` in baselines.py), so that no
+loader's per-epoch start-up weighs on its figure however short the epochs.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from fastforward.benchmark import (
     loader_throughput,
     side_by_side,
     stored_jpegs,
+    warmup_batches,
 )
 from fastforward.reader import Reader
 
@@ -96,6 +103,43 @@ def test_policy_side_by_side(benchmark, beton: Path, folder256: Path, pipeline: 
     }
     if importable("torchvision", comparators["dataloader"]):
         measures["DataLoader"] = lambda: throughput("dataloader", folder256, name, cores,
+                                                    comparators["dataloader"])
+    figures = run_once(benchmark, lambda: side_by_side(measures, rounds))
+    for role, m in figures.items():
+        record(pipeline, role, m)
+    assert all(m.images > 0 for m in figures.values())
+
+
+PYTHON_PIPELINES = ["python_op", "tv_trivialaugment"]
+
+
+@pytest.mark.parametrize("pipeline", PYTHON_PIPELINES)
+def test_python_augmentations(benchmark, beton: Path, folder256: Path, pipeline: str,
+                              cores: int, rounds: int,
+                              comparators: dict[str, str | None]) -> None:
+    """A per-sample Python augmentation after RandomResizedCrop(192) + flip, in turn:
+    fastforward on 1 and on every core's worth of worker processes, on threads
+    (all cores), and the DataLoader running the same transforms with as many
+    worker processes.
+
+    - ``python_op``: a NumPy operation of about 50 µs (``fastforward._bench_ops``);
+    - ``tv_trivialaugment``: torchvision's ``TrivialAugmentWide`` (needs
+      torchvision here and in the DataLoader's environment).
+    """
+    if pipeline == "tv_trivialaugment":
+        pytest.importorskip("torchvision", reason="TrivialAugmentWide is torchvision's")
+    measures = {
+        "fastforward": lambda: loader_throughput(beton, pipeline, num_workers=cores,
+                                                 worker_type="process", epochs=2,
+                                                 batch_size=128),
+        "fastforward, 1 process": lambda: loader_throughput(
+            beton, pipeline, num_workers=1, worker_type="process", epochs=2, batch_size=128),
+        "fastforward, threads": lambda: loader_throughput(
+            beton, pipeline, num_workers=cores, worker_type="thread", epochs=2, batch_size=128),
+    }
+    if importable("torchvision" if pipeline == "tv_trivialaugment" else "torch",
+                  comparators["dataloader"]):
+        measures["DataLoader"] = lambda: throughput("dataloader", folder256, pipeline, cores,
                                                     comparators["dataloader"])
     figures = run_once(benchmark, lambda: side_by_side(measures, rounds))
     for role, m in figures.items():
@@ -208,3 +252,79 @@ def test_memory_beyond_the_map(benchmark, beton: Path) -> None:
            Measurement(f"peak RSS growth (MB); ring slots = {slots / 1e6:.0f} MB",
                        int(grown / 1e6), 1.0))
     assert m.images >= 0
+
+
+SCENE_PIPELINES = ["segmentation", "detection"]
+SCENE_MEAN = np.array([0.485, 0.456, 0.406]) * 255
+SCENE_STD = np.array([0.229, 0.224, 0.225]) * 255
+
+
+def scenes_throughput(path: Path, pipeline: str, epochs: int = 2) -> Measurement:
+    """Images/s of fastforward on the scenes (after ``warmup_batches`` batches):
+
+    - ``segmentation``: RandomResizedCrop(256) + flip + normalise (float32, CHW) on the
+      image, the mask following (batch 64);
+    - ``detection``: shorter side 320 (longer at most 512) + flip + normalise, padded
+      batch, each image's size, the boxes and class ids following (batch 32).
+    """
+    import torch  # noqa: F401 - the pipelines end in tensors
+
+    from fastforward.fields.decoders import (
+        ImageSizeDecoder,
+        MaskDecoder,
+        RaggedDecoder,
+        RandomResizedCropRGBImageDecoder,
+        ShorterSideRGBImageDecoder,
+    )
+    from fastforward.loader import Loader, OrderOption
+    from fastforward.pipeline import PipelineSpec
+    from fastforward.transforms import NormalizeImage, RandomHorizontalFlip, ToTensor, ToTorchImage
+
+    after = [RandomHorizontalFlip(), ToTensor(), ToTorchImage(),
+             NormalizeImage(SCENE_MEAN, SCENE_STD, np.float32)]
+    if pipeline == "segmentation":
+        batch_size = 64
+        pipelines: dict = {"image": [RandomResizedCropRGBImageDecoder((256, 256)), *after],
+                           "mask": [MaskDecoder(follows="image"), ToTensor()], "objects": None}
+    else:
+        batch_size = 32
+        pipelines = {"image": [ShorterSideRGBImageDecoder(320, max_size=512), *after],
+                     "mask": None,
+                     "objects": [RaggedDecoder(follows="image", boxes="boxes"), ToTensor()],
+                     "sizes": PipelineSpec("image", ImageSizeDecoder(follows="image"))}
+    with Loader(path, batch_size=batch_size, order=OrderOption.RANDOM, seed=0,
+                pipelines=pipelines) as loader:
+        skip = warmup_batches(len(loader) * epochs, loader.ring_slots)
+        images = seen = 0
+        start = None
+        for _ in range(epochs):
+            for batch in loader:
+                seen += 1
+                if seen == skip:
+                    start = time.perf_counter()
+                elif seen > skip:
+                    images += len(batch[0])
+        seconds = time.perf_counter() - start if start is not None else 0.0
+    return Measurement(f"fastforward {pipeline} ({loader.num_workers} threads)", images,
+                       seconds)
+
+
+@pytest.mark.parametrize("pipeline", SCENE_PIPELINES)
+def test_scenes(benchmark, scenes_beton: Path, scenes_folder: Path, pipeline: str, cores: int,
+                rounds: int, comparators: dict[str, str | None]) -> None:
+    """Segmentation and detection (issue 16), in turn: fastforward, and the DataLoader
+    with torchvision's transforms.v2 (``tv_tensors.Mask``, ``tv_tensors.BoundingBoxes``)
+    on the same scenes, as many worker processes as cores (for segmentation, masks
+    read as PNG files, as datasets ship them, and as .npy)."""
+    pytest.importorskip("torch", reason="both pipelines end in torch tensors")
+    measures = {"fastforward": lambda: scenes_throughput(scenes_beton, pipeline)}
+    if importable("torchvision", comparators["dataloader"]):
+        variants = ["segmentation", "segmentation_npy"] if pipeline == "segmentation" else [
+            "detection"]
+        for variant in variants:
+            measures[f"DataLoader {variant}"] = lambda v=variant: throughput(
+                "dataloader_scenes", scenes_folder, v, cores, comparators["dataloader"])
+    figures = run_once(benchmark, lambda: side_by_side(measures, rounds))
+    for role, m in figures.items():
+        record(pipeline, role, m)
+    assert all(m.images > 0 for m in figures.values())

@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from ._bench_ops import python_op
 from .fields import RGBImageField
 from .fields.rgb_image import IMAGE_MODES, require_simplejpeg
+from .pipeline import AllocationQuery, Operation, State
 from .reader import Reader
 from .utils import default_workers
 
@@ -100,6 +102,9 @@ PIPELINES = {
     "train_randaugment": "train with RandAugment(2, 9) after the flip",
     "train_autoaugment": "train with AutoAugment() (ImageNet policy) after the flip",
     "simple": "images as stored",
+    "python_op": "RandomResizedCrop(192) + flip + a per-sample NumPy operation of about 50 µs",
+    "tv_trivialaugment": "RandomResizedCrop(192) + flip + torchvision's TrivialAugmentWide per "
+                         "sample (needs torchvision)",
 }
 """The benchmark pipelines, by name (``loader_pipelines``), with one line each."""
 
@@ -118,7 +123,11 @@ def loader_pipelines(reader: Reader, field: str, name: str) -> dict[str, Any]:
     - ``train_trivialaugment``, ``train_randaugment``, ``train_autoaugment``:
       ``train`` with ``TrivialAugmentWide()``, ``RandAugment(2, 9)`` or
       ``AutoAugment()`` after the flip (on the uint8 images, before ToTensor);
-    - ``simple``: the stored images as they are (small raw images, pipeline c).
+    - ``simple``: the stored images as they are (small raw images, pipeline c);
+    - ``python_op``: RandomResizedCrop(192) + flip + ``PythonOp`` (a per-sample
+      NumPy operation of about 50 µs that keeps the GIL: process workers);
+    - ``tv_trivialaugment``: RandomResizedCrop(192) + flip + torchvision's
+      ``TrivialAugmentWide`` per sample, through ``Augment`` (needs torchvision).
     """
     from . import transforms
     from .fields.decoders import (
@@ -144,9 +153,35 @@ def loader_pipelines(reader: Reader, field: str, name: str) -> dict[str, Any]:
                ToTensor(), ToTorchImage(), Convert(torch.float16)]
     elif name == "simple":
         ops = [SimpleRGBImageDecoder()]
+    elif name == "python_op":
+        ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip(), PythonOp()]
+    elif name == "tv_trivialaugment":
+        try:
+            from torchvision.transforms import v2
+        except ImportError as exc:
+            raise ImportError("the tv_trivialaugment pipeline runs torchvision's "
+                              "TrivialAugmentWide: pip install torchvision") from exc
+        from .transforms import Augment
+
+        ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip(),
+               Augment(v2.TrivialAugmentWide())]
     else:
         raise ValueError(f"unknown benchmark pipeline {name!r}")
     return {n: (ops if n == field else None) for n in reader.field_names}
+
+
+class PythonOp(Operation):
+    """``fastforward._bench_ops.python_op`` on each image (a Python operation)."""
+
+    per_sample = True
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        return previous_state, AllocationQuery(previous_state.shape, previous_state.dtype)
+
+    def apply_sample(self, sample: np.ndarray, destination: np.ndarray, context: Any,
+                     position: int) -> np.ndarray:
+        destination[...] = python_op(sample)
+        return destination
 
 
 def drop_from_page_cache(fname: str | os.PathLike[str]) -> None:
@@ -203,11 +238,40 @@ def warmup_batches(total: int, ring_slots: int) -> int:
     return max(1, min(ring_slots, total // 3))
 
 
+def steady_state(batches: Any, skip: int = 1) -> tuple[tuple[int, float], tuple[int, float]]:
+    """Images and seconds of one epoch at steady state, and of its start.
+
+    The epoch's first *skip* batches (at least one) are its start: the
+    threads starting, the first batch's latency, and whatever a loader does
+    once per epoch. Steady state is the rest, timed from the arrival of the
+    last batch of the start to the arrival of the last batch. Every loader in
+    ``bench/`` is measured this way, so that an epoch's start-up, whatever it
+    costs each loader, weighs on none of the figures. Returns
+    ``((steady images, steady seconds), (start images, start seconds))``.
+    """
+    began = time.perf_counter()
+    images, seen, start = 0, 0, None
+    start_images = 0
+    for batch in batches:
+        first = batch[0] if isinstance(batch, (tuple, list)) else batch
+        seen += 1
+        if seen <= max(1, skip):
+            start_images += len(first)
+            start = time.perf_counter()
+            continue
+        images += len(first)
+    end = time.perf_counter()
+    if start is None:
+        return (0, 0.0), (0, end - began)
+    return (images, end - start), (start_images, start - began)
+
+
 def loader_throughput(fname: str | os.PathLike[str], pipeline: str, num_workers: int = -1,
                       batch_size: int = 256, epochs: int = 1, order: Any = None,
                       os_cache: bool = True, **loader_kwargs: Any) -> Measurement:
-    """Images/s of ``Loader`` over *epochs* epochs of *fname* with a named pipeline
-    (after ``warmup_batches`` batches)."""
+    """Images/s of ``Loader`` over *epochs* epochs of *fname* with a named pipeline,
+    at steady state: each epoch's first batch (the first epoch's first
+    ``warmup_batches``) left out, see ``steady_state``."""
     from .loader import Loader, OrderOption
 
     reader = Reader(fname)
@@ -216,19 +280,20 @@ def loader_throughput(fname: str | os.PathLike[str], pipeline: str, num_workers:
                     order=order or OrderOption.RANDOM, seed=0, os_cache=os_cache,
                     pipelines=loader_pipelines(reader, field, pipeline), **loader_kwargs)
     with loader:
-        skip = warmup_batches(len(loader) * epochs, loader.ring_slots)
-        images, seen = 0, 0
-        start = None
-        for _ in range(epochs):
-            for (batch,) in loader:
-                seen += 1
-                if seen == skip:
-                    start = time.perf_counter()
-                elif seen > skip:
-                    images += len(batch)
-        seconds = time.perf_counter() - start if start is not None else 0.0
-    workers = loader.num_workers
-    return Measurement(f"fastforward {pipeline} ({workers} threads)", images, seconds)
+        # the first epoch's first batches fault the ring's slots in (see warmup_batches)
+        skip = warmup_batches(len(loader), loader.ring_slots)
+        steady, whole = [0, 0.0], [0, 0.0]
+        for epoch in range(epochs):
+            counted, start = steady_state(loader, skip if epoch == 0 else 1)
+            steady[0], steady[1] = steady[0] + counted[0], steady[1] + counted[1]
+            whole[0] += counted[0] + start[0]
+            whole[1] += counted[1] + start[1]
+    kind = loader.workers.kind + ("" if loader.num_workers == 1 else
+                                  "es" if loader.workers.kind == "process" else "s")
+    name = f"fastforward {pipeline} ({loader.num_workers} {kind})"
+    if steady[0] == 0:  # epochs of a batch or two (smoke runs): no steady state to take
+        return Measurement(f"{name}, with start-up", int(whole[0]), whole[1])
+    return Measurement(name, int(steady[0]), steady[1])
 
 
 def first_batch_seconds(fname: str | os.PathLike[str], pipeline: str,

@@ -1,9 +1,9 @@
 """The ``fastforward`` command line: ``convert``, ``info``, ``verify``, ``demo`` and ``bench``.
 
 Every subcommand returns an exit status: 0 on success, 1 on failure (or when
-``verify`` finds problems), 2 for a bad command line, 130 on Ctrl-C. Errors
-are reported as one line on stderr, ``fastforward: error: <message>``, never
-as a traceback.
+``verify`` finds problems), 2 for a bad command line, 130 on Ctrl-C, 143 on
+SIGTERM during a conversion. Errors are reported as one line on stderr,
+``fastforward: error: <message>``, never as a traceback.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import numpy as np
 
 from ._version import __version__
 from .datasets import ImageFolder
-from .errors import FastForwardError
+from .errors import DecodeError, FastForwardError, Terminated
 from .fields import Field, IntField, NDArrayField, RGBImageField
 from .fields.rgb_image import IMAGE_MODES, WRITE_MODES
 from .reader import Problem, Reader
 from .types import validate_page_size
-from .writer import DatasetWriter
+from .writer import DatasetWriter, write_file_atomically
 
 PROG = "fastforward"
 DEFAULT_PAGE_SIZE = 8 << 20
@@ -126,12 +126,17 @@ def describe_error(exc: BaseException) -> str:
         exc: the exception.
 
     Returns:
-        Its message on one line (``path: reason`` for OS errors that name a file).
+        Its message on one line (``path: reason`` for OS errors that name a file),
+        after the locations that ``annotate`` added as notes (one-line notes;
+        longer ones are tracebacks, left out).
     """
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         text = f"{exc.filename}: {exc.strerror}"
     else:
         text = str(exc) or type(exc).__name__
+    where = [note for note in getattr(exc, "__notes__", ()) if "\n" not in note.strip()]
+    if where:
+        text = f"{'; '.join(where)}: {text}"
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
@@ -193,6 +198,7 @@ class ConvertOptions:
     shuffle: bool = False
     seed: int = 0
     progress: bool = True
+    skip_bad: bool = False
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,8 @@ class ConvertResult:
     num_samples: int
     seconds: float
     file_size: int
+    skipped: tuple[tuple[Path, str], ...] = ()  # (image, why) of each image left out
+    skipped_list: Path | None = None  # where their list was written
 
     @property
     def rate(self) -> float:
@@ -210,11 +218,21 @@ class ConvertResult:
         return self.num_samples / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
-        """The one-line report printed after a conversion."""
-        return (
+        """The report printed after a conversion: one line, then the skipped images."""
+        lines = [
             f"wrote {self.num_samples} samples to {self.path} in {self.seconds:.2f} s "
             f"({self.rate:,.1f} images/s), {format_bytes(self.file_size)}"
-        )
+        ]
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} image(s) that cannot be decoded "
+                         f"(listed in {self.skipped_list}):")
+            lines.extend(f"  {path}: {why}" for path, why in self.skipped)
+        return "\n".join(lines)
+
+
+def skipped_list_path(out: Path) -> Path:
+    """Where ``convert --skip-bad`` lists the images it left out of *out*."""
+    return out.with_name(out.name + ".skipped.txt")
 
 
 def image_folder_fields(options: ConvertOptions) -> dict[str, Field]:
@@ -265,6 +283,12 @@ def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
 
     Returns:
         What was written and how long it took.
+
+    With ``options.skip_bad``, images that cannot be decoded (or are empty)
+    are left out instead of stopping the conversion; they are listed, one
+    ``path<TAB>reason`` line each, in ``<out>.skipped.txt`` (written
+    atomically after the file; an earlier list of that name is removed when
+    nothing was skipped).
     """
     fields = image_folder_fields(options)
     out = Path(out)
@@ -272,12 +296,26 @@ def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
     dataset = ImageFolder(src)
     writer = DatasetWriter(out, fields, page_size=options.page_size,
                            num_workers=options.num_workers, seed=options.seed,
-                           progress=options.progress)
+                           progress=options.progress,
+                           skip_errors=(DecodeError,) if options.skip_bad else ())
     start = time.perf_counter()
     writer.from_indexed_dataset(dataset, chunksize=options.chunksize,
                                 shuffle_indices=options.shuffle)
     seconds = time.perf_counter() - start
-    return ConvertResult(out, len(dataset), seconds, out.stat().st_size)
+    skipped = tuple(
+        (dataset.samples[s.source][0], s.error.partition(": ")[2] or s.error)
+        for s in writer.skipped
+    )
+    listed = None
+    if options.skip_bad:
+        listed = skipped_list_path(out)
+        if skipped:
+            text = "".join(f"{path}\t{' '.join(why.split())}\n" for path, why in skipped)
+            write_file_atomically(listed, text.encode())
+        else:
+            listed.unlink(missing_ok=True)
+    return ConvertResult(out, len(dataset) - len(skipped), seconds, out.stat().st_size,
+                         skipped, listed if skipped else None)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -301,6 +339,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         shuffle=args.shuffle,
         seed=args.seed,
         progress=not args.no_progress,
+        skip_bad=args.skip_bad,
     )
     print(convert_folder(args.src, args.out, options).summary())
     return 0
@@ -486,11 +525,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     Returns:
         The exit status.
     """
-    with Reader(args.file) as reader:
+    # validate=False: every problem is listed, not only the first
+    with Reader(args.file, validate=False) as reader:
         problems = reader.verify(decode=args.decode, progress=not args.no_progress)
         num_samples = reader.num_samples
+        sums = reader.checksums
     for problem in sorted(problems, key=lambda p: -1 if p.sample is None else p.sample):
         print(problem)
+    if sums is not None:
+        print(f"checksums: {sums.algorithm}, header, metadata, allocation table and "
+              f"{sums.num_pages} page(s) checked")
+    else:
+        print("checksums: none in this file (written by FFCV, or with checksums=False): "
+              "damaged payload bytes are found only by --decode, and not all of them")
     print(verify_summary(args.file, num_samples, problems, args.decode))
     return 1 if problems else 0
 
@@ -642,6 +689,10 @@ def _add_convert(subparsers: Any) -> None:
     p.add_argument("--shuffle", action="store_true", help="write the samples in a random order")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of --shuffle and of --write-mode proportion (default: %(default)s)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out images that cannot be decoded (or are empty) instead of "
+                        "stopping at the first; they are reported at the end and listed in "
+                        "OUT.skipped.txt")
     _add_no_progress(p)
     p.set_defaults(handler=cmd_convert)
 
@@ -667,8 +718,9 @@ def _add_info(subparsers: Any) -> None:
 def _add_verify(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "verify", help="check a .beton file for damage",
-        description="Check every payload pointer, size and stored image of a .beton file. "
-                    "Exit status 1 when a problem is found.")
+        description="Check every payload pointer, size and stored image of a .beton file, "
+                    "and every checksum where it has them. Exit status 1 when a problem is "
+                    "found.")
     p.add_argument("file", metavar="FILE", help="the .beton file")
     p.add_argument("--decode", action="store_true",
                    help="also decode every sample fully (slower)")
@@ -716,13 +768,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         blobs = stored_jpegs(reader, image_field(reader), limit=2000)
     print(f"{args.file}: pipeline {args.pipeline}, batch {args.batch_size}, "
           f"{args.epochs} epoch(s) after a warm-up batch")
-    print(f"  {'threads':>7}  {'decode limit':>13}  {'fastforward':>12}  {'ratio':>6}")
+    print(f"  {'workers':>7}  {'decode limit':>13}  {'fastforward':>12}  {'ratio':>6}")
     rows = []
     for workers in counts:
         limit = decode_limit(blobs, workers) if blobs else None
         loaded = loader_throughput(args.file, args.pipeline, num_workers=workers,
                                    batch_size=args.batch_size, epochs=args.epochs,
-                                   os_cache=not args.no_os_cache)
+                                   os_cache=not args.no_os_cache,
+                                   worker_type=args.worker_type)
         ratio = f"{loaded.rate / limit.rate:6.2f}" if limit and limit.rate else "     -"
         limit_text = f"{limit.rate:13,.0f}" if limit else f"{'-':>13}"
         print(f"  {workers:>7}  {limit_text}  {loaded.rate:12,.0f}  {ratio}", flush=True)
@@ -732,7 +785,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         axes.plot([r[0] for r in rows], [r[2] for r in rows], "o-", label="fastforward")
         if blobs:
             axes.plot([r[0] for r in rows], [r[1] for r in rows], "s--", label="decode limit")
-        axes.set_xlabel("num_workers (threads)")
+        axes.set_xlabel("num_workers")
         axes.set_ylabel("images/s")
         axes.set_title(f"{Path(args.file).name}: {args.pipeline}")
         axes.legend()
@@ -755,12 +808,59 @@ def _add_bench(subparsers: Any) -> None:
                    help="; ".join(f"{k}: {v}" for k, v in PIPELINES.items())
                         + " (default: %(default)s)")
     p.add_argument("--workers", type=positive_int, nargs="+", metavar="N",
-                   help="thread counts to measure (default: 1, half and all the CPUs)")
+                   help="worker counts to measure (default: 1, half and all the CPUs)")
+    p.add_argument("--worker-type", default="auto", choices=["auto", "thread", "process"],
+                   help="threads, or processes for Python operations; auto: processes "
+                        "exactly for the pipelines with one (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--epochs", type=positive_int, default=1)
     p.add_argument("--no-os-cache", action="store_true", help="read with os_cache=False")
     p.add_argument("--plot", metavar="PNG", help="save images/s against num_workers here")
     p.set_defaults(handler=cmd_bench)
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    """``fastforward preview FILE``: a PNG grid of decoded samples, masks and boxes drawn.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status.
+    """
+    from .preview import render
+
+    out = render(args.file, args.out, samples=args.samples, image=args.image,
+                 decoder=args.decoder, size=args.size, flip=args.flip, seed=args.seed,
+                 epoch=args.epoch, columns=args.columns, shuffle=args.shuffle)
+    print(f"{args.samples} samples of {args.file} ({args.decoder} {args.size}"
+          f"{' + flip' if args.flip else ''}) drawn in {out}")
+    return 0
+
+
+def _add_preview(subparsers: Any) -> None:
+    from .preview import DECODERS
+
+    p = subparsers.add_parser(
+        "preview", help="draw decoded samples, masks and boxes over them, into a PNG",
+        description="Decode samples of FILE through a chosen image decoder, every mask and box "
+                    "field following it, and draw them in a grid (needs matplotlib: the plot "
+                    "extra).")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("-o", "--out", default="preview.png", help="the PNG (default: %(default)s)")
+    p.add_argument("--samples", type=positive_int, default=16)
+    p.add_argument("--columns", type=positive_int, default=4)
+    p.add_argument("--image", help="the image field (default: the first)")
+    p.add_argument("--decoder", default="center_crop", choices=DECODERS,
+                   help="center_crop: the centred square at --size; random_resized_crop: "
+                        "--size²; shorter_side: shorter side --size, longer at most twice it; "
+                        "simple: as stored (default: %(default)s)")
+    p.add_argument("--size", type=positive_int, default=256)
+    p.add_argument("--flip", action="store_true", help="mirror half of the samples")
+    p.add_argument("--shuffle", action="store_true", help="RANDOM order instead of the first")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epoch", type=int, default=0, help="the epoch whose random draws to show")
+    p.set_defaults(handler=cmd_preview)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -772,7 +872,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Write, inspect and check FFCV .beton files.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_convert, _add_info, _add_verify, _add_demo, _add_bench):
+    for add in (_add_convert, _add_info, _add_verify, _add_demo, _add_bench, _add_preview):
         add(subparsers)
     return parser
 
@@ -792,7 +892,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status: 0 success, 1 failure or problems found, 2 bad usage,
-        130 interrupted.
+        130 interrupted, 143 terminated (SIGTERM during a conversion).
     """
     try:
         try:
@@ -804,6 +904,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), 2)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except Terminated as exc:
+        return _fail(str(exc), 143)
     except BrokenPipeError:  # ``fastforward info x | head``
         _silence_stdout()
         return 1

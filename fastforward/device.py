@@ -98,3 +98,24 @@ def pinned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     tensor = torch.empty(int(np.prod(shape)) * dtype.itemsize, dtype=torch.uint8,
                          pin_memory=True)
     return tensor.numpy().view(dtype).reshape(shape)
+
+
+def pin_segment(segment: Any) -> None:
+    """Page-lock a shared slot's memory (``cudaHostRegister``), so that copies out
+    of it to a GPU are asynchronous, like copies from ``pinned_empty`` buffers.
+
+    The registration ends when the segment's last view goes, before its map does.
+    """
+    import weakref
+
+    import torch
+
+    whole = segment.whole
+    pointer = int(whole.ctypes.data)
+    cudart = torch.cuda.cudart()
+    status = cudart.cudaHostRegister(pointer, int(whole.nbytes), 0)
+    if int(status) != 0:
+        raise RuntimeError(f"cudaHostRegister of a {whole.nbytes}-byte shared slot failed "
+                           f"({status}): process workers need page-locked slots for the "
+                           "CUDA stage (is the memlock limit too low? ulimit -l)")
+    weakref.finalize(whole, cudart.cudaHostUnregister, pointer)

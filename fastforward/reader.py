@@ -1,9 +1,11 @@
 """Read a .beton v2 file: header, field descriptors, metadata, allocation table.
 
-``Reader`` checks the layout when it opens a file and raises ``FormatError``
-(a ``ValueError``) naming the file and the problem, rather than returning
-garbage. Payloads are read through a read-only memory map, opened on first
-use. ``verify()`` checks every pointer, size and stored image.
+``Reader`` checks the layout, and every payload's pointer and size, when it
+opens a file, and raises ``FormatError`` (a ``ValueError``) naming the file,
+the sample and the field, rather than returning garbage or sizing a buffer
+from a damaged number. Payloads are read through a read-only memory map,
+opened on first use. ``verify()`` also reads every stored JPEG's header and,
+where the file has them, checks every checksum (``fastforward.checksums``).
 """
 
 from __future__ import annotations
@@ -11,16 +13,30 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-from collections.abc import Mapping
+import time
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ._ext.layout import (
+    APART,
+    CROSSES,
+    MISSING,
+    find_overlaps,
+    first_rows_into,
+    locate_payloads,
+    scan_table,
+)
+from .checksums import BlockError, Checksums, PageChecks, digest
+from .checksums import locate as locate_checksums
 from .errors import FormatError, annotate
-from .fields import Field, NDArrayField, RGBImageField
+from .fields import Field, JSONField, NDArrayField, RGBImageField, TorchTensorField
 from .fields.bytes import BytesField
 from .fields.rgb_image import IMAGE_MODES, require_simplejpeg
+from .fields.tagged import describe_unknown, tagged_class
 from .types import (
     ALLOC_TABLE_TYPE,
     CURRENT_VERSION,
@@ -51,7 +67,7 @@ class Problem:
             where.append(f"sample {self.sample}")
         if self.field is not None:
             where.append(f"field {self.field!r}")
-        return f"{', '.join(where) or 'file'}: {self.message}"
+        return f"{', '.join(where)}: {self.message}" if where else self.message
 
 
 class Reader:
@@ -60,54 +76,121 @@ class Reader:
     Attributes: ``header``, ``num_samples``, ``page_size``, ``num_fields``,
     ``field_names``, ``handlers`` (name -> Field), ``metadata_type``,
     ``metadata`` (structured array, one row per sample, columns ``f0…``),
-    ``alloc_table`` (rows ``sample_id, ptr, size``, as stored).
+    ``alloc_table`` (rows ``sample_id, ptr, size``, as stored), ``checksums``
+    (the stored sums, None for a file without them, such as FFCV's).
+
+    Opening a file checks, once and vectorised over the samples, everything
+    that makes each payload safe to decode: every pointer names an allocation
+    of its own sample, inside one page; the metadata's sizes agree with the
+    allocations (``BytesField``/``JSONField`` sizes, an ``NDArrayField``'s
+    element size, a raw image's ``height × width × 3``); images have known
+    modes and non-zero sides; a sample's payloads share a page. Custom fields
+    are checked only as far as their ``payload_pointers`` go. A file with
+    checksums also has its header, field descriptors, metadata and allocation
+    table checked against their sums; its pages are checked on demand
+    (``verify_checksums``, ``check_pages``, ``verify``).
 
     Args:
         fname: the file.
         custom_handlers: ``{field_name: FieldClass}`` for custom fields
             (type id 255) or to override a built-in.
+        validate: False opens a damaged file anyway (only what is needed to
+            parse it is required) so that ``verify()`` can list every problem;
+            such a reader must not feed a loader.
+        verify_checksums: ``read()`` checks the page of each sample it reads
+            against its sum, once per page.
 
     Raises:
         FormatError: the file is not a complete, consistent .beton v2 file.
     """
 
     def __init__(self, fname: str | os.PathLike[str],
-                 custom_handlers: Mapping[str, type[Field]] | None = None) -> None:
+                 custom_handlers: Mapping[str, type[Field]] | None = None, *,
+                 validate: bool = True, verify_checksums: bool = False) -> None:
         self.fname = os.fspath(fname)
         self.custom_handlers = dict(custom_handlers or {})
+        self.validate = bool(validate)
+        self.verify_checksums = bool(verify_checksums)
         self._mmap: mmap.mmap | None = None
-        self._file_size = os.path.getsize(self.fname)
-        self._read_header()
-        self._read_fields()
-        self._read_metadata()
-        self._read_alloc_table()
+        self._fd = os.open(self.fname, os.O_RDONLY)
+        self._fd_closer = weakref.finalize(self, os.close, self._fd)
+        try:
+            st = os.fstat(self._fd)
+            self._file_size = st.st_size
+            self._identity = _identity(st)
+            self._open_problems: list[Problem] = []
+            self._read_header()
+            self._read_checksums()
+            self._check_header()
+            self._read_fields()
+            self._read_metadata()
+            self._read_alloc_table()
+            self._index_payloads()
+        except BaseException:
+            self._fd_closer()
+            raise
+        self._page_checks = (None if self.checksums is None
+                             else PageChecks(self.checksums.page_sums))
 
     # -- opening --------------------------------------------------------------
 
     def _error(self, message: str) -> FormatError:
         return FormatError(f"{self.fname}: {message}")
 
+    def _damage(self, message: str, sample: int | None = None, field: str | None = None,
+                count: int = 1) -> None:
+        """Refuse the file (``validate``), or note the problem for ``verify()``."""
+        problem = Problem(sample, field, message)
+        if self.validate:
+            more = (f" ({count - 1} more problem(s): `fastforward verify` lists them)"
+                    if count > 1 else "")
+            raise self._error(f"{problem}{more}")
+        self._open_problems.append(problem)
+
+    def _read_at(self, offset: int, nbytes: int) -> bytes:
+        return os.pread(self._fd, nbytes, offset)
+
     def _read_header(self) -> None:
+        if self._file_size == 0:
+            raise self._error("empty file (0 bytes), not a .beton file")
         if self._file_size < HeaderType.itemsize:
             raise self._error(
                 f"truncated: {self._file_size} bytes, shorter than the "
                 f"{HeaderType.itemsize}-byte header"
             )
-        self.header = np.fromfile(self.fname, dtype=HeaderType, count=1)[0]
+        self.header = np.frombuffer(self._read_at(0, HeaderType.itemsize), HeaderType)[0].copy()
+        self.num_samples = int(self.header["num_samples"])
+        self.page_size = int(self.header["page_size"])
+        self.num_fields = int(self.header["num_fields"])
+        self.alloc_table_ptr = int(self.header["alloc_table_ptr"])
+
+    def _check_header(self) -> None:
         version = int(self.header["version"])
         if version != CURRENT_VERSION:
             raise self._error(
                 f"format version {version}, expected {CURRENT_VERSION} (not a .beton v2 file?)"
             )
-        self.num_samples = int(self.header["num_samples"])
-        self.page_size = int(self.header["page_size"])
-        self.num_fields = int(self.header["num_fields"])
         try:
             validate_page_size(self.page_size)
         except ValueError as exc:
             raise self._error(f"invalid header: {exc}") from None
         if self.num_fields == 0:
             raise self._error("invalid header: the file declares no fields")
+
+    def _read_checksums(self) -> None:
+        """Find the checksum block (before the header is trusted: a damaged header
+        is then reported as such) and check the header and descriptors' sum."""
+        self.checksums: Checksums | None = None
+        if 0 < self.alloc_table_ptr <= self._file_size:
+            try:
+                self.checksums = locate_checksums(self._read_at, self.alloc_table_ptr)
+            except BlockError as exc:
+                self._damage(str(exc))
+        if self.checksums is not None:
+            head = self._read_at(0, metadata_offset(self.num_fields))
+            if digest(head) != int(self.checksums.footer["head"]):
+                self._damage("the header or the field descriptors are damaged (their "
+                             "checksum does not match)")
 
     def _read_fields(self) -> None:
         end = metadata_offset(self.num_fields)
@@ -122,11 +205,20 @@ class Reader:
         self.field_names = [
             decode_null_terminated_string(d["name"]) for d in self.field_descriptors
         ]
+        if len(set(self.field_names)) != len(self.field_names):
+            twice = sorted({n for n in self.field_names if self.field_names.count(n) > 1})
+            raise self._error(f"two field descriptors have the name {twice[0]!r} (names longer "
+                              "than 16 bytes cut by FFCV's writer, or damage)")
         for desc, name in zip(self.field_descriptors, self.field_names, strict=True):
             type_id = int(desc["type_id"])
             if name in self.custom_handlers:
                 continue
             if type_id == CUSTOM_TYPE_ID:
+                if tagged_class(desc["arguments"]) is not None:
+                    continue  # one of fastforward's own field types
+                unknown = describe_unknown(desc["arguments"])
+                if unknown is not None:
+                    raise self._error(f"field {name!r} is {unknown}")
                 raise self._error(
                     f"field {name!r} is a custom field (type id 255): pass its class as "
                     f"custom_handlers={{{name!r}: YourField}} (custom_fields= for a Loader)"
@@ -144,62 +236,202 @@ class Reader:
     def _read_metadata(self) -> None:
         start = metadata_offset(self.num_fields)
         end = start + self.num_samples * self.metadata_type.itemsize
-        self.alloc_table_ptr = int(self.header["alloc_table_ptr"])
         if self.alloc_table_ptr == 0:
             raise self._error(
                 "incomplete: alloc_table_ptr is 0, so the writer never finished this file"
             )
         if self.alloc_table_ptr > self._file_size:
             raise self._error(
-                f"alloc_table_ptr {self.alloc_table_ptr} points past the end of the file "
-                f"({self._file_size} bytes): truncated?"
+                f"alloc_table_ptr {self.alloc_table_ptr} (in the header) points past the end "
+                f"of the file ({self._file_size} bytes): truncated?"
             )
         if end > self.alloc_table_ptr:
             raise self._error(
                 f"{self.num_samples} metadata rows of {self.metadata_type.itemsize} bytes end at "
-                f"{end}, past the allocation table at {self.alloc_table_ptr}"
+                f"{end}, past the allocation table at {self.alloc_table_ptr} (the header's "
+                "alloc_table_ptr): the header is damaged"
             )
         self.metadata = np.fromfile(
             self.fname, dtype=self.metadata_type, count=self.num_samples, offset=start
         )
+        if self.checksums is not None and digest(self.metadata) != int(
+                self.checksums.footer["metadata"]):
+            self._damage("the metadata table is damaged (its checksum does not match)")
+        self.metadata_end = end
         self.data_start = data_offset(
             self.num_fields, self.num_samples, self.metadata_type, self.page_size
         )
+        # where the data pages end: the checksum block, or the allocation table
+        self.data_end = self.alloc_table_ptr
+        sums = self.checksums
+        if sums is not None:
+            pages_end = self.data_start + sums.num_pages * self.page_size
+            expected = pages_end if sums.num_pages else end
+            if sums.block_start != expected:
+                self._damage(f"the checksum block starts at {sums.block_start}, not after "
+                             f"the last of its {sums.num_pages} page(s) at {expected}")
+                self.checksums = None
+            else:
+                self.data_end = sums.block_start
 
     def _read_alloc_table(self) -> None:
         nbytes = self._file_size - self.alloc_table_ptr
         if nbytes % ALLOC_TABLE_TYPE.itemsize:
             raise self._error(
-                f"truncated: the allocation table's {nbytes} bytes are not a whole number "
-                f"of {ALLOC_TABLE_TYPE.itemsize}-byte rows"
+                f"the allocation table at alloc_table_ptr {self.alloc_table_ptr} (from the "
+                f"header) has {nbytes} bytes, not a whole number of "
+                f"{ALLOC_TABLE_TYPE.itemsize}-byte rows: truncated, or the header is damaged"
             )
         self.alloc_table = np.fromfile(
             self.fname, dtype=ALLOC_TABLE_TYPE, offset=self.alloc_table_ptr
         )
+        if self.checksums is not None and digest(self.alloc_table) != int(
+                self.checksums.footer["alloc_table"]):
+            self._damage("the allocation table is damaged (its checksum does not match)")
         table = self.alloc_table
-        if table.size:
-            ends = table["ptr"] + table["size"]
-            bad = np.flatnonzero(
-                (table["ptr"] < self.data_start) | (ends > self.alloc_table_ptr)
-                | (ends < table["ptr"])
+        outside, stranger, in_order = scan_table(
+            table["ptr"], table["size"], table["sample_id"], self.data_start, self.data_end,
+            self.num_samples)
+        if outside >= 0:
+            row = table[outside]
+            raise self._error(
+                f"allocation of sample {int(row['sample_id'])} at {int(row['ptr'])} "
+                f"({int(row['size'])} bytes) lies outside the data pages "
+                f"[{self.data_start}, {self.data_end})"
             )
-            if bad.size:
-                row = table[bad[0]]
-                raise self._error(
-                    f"allocation of sample {int(row['sample_id'])} at {int(row['ptr'])} "
-                    f"({int(row['size'])} bytes) lies outside the data pages "
-                    f"[{self.data_start}, {self.alloc_table_ptr})"
-                )
-            bad = np.flatnonzero(table["sample_id"] >= self.num_samples)
-            if bad.size:
-                raise self._error(
-                    f"allocation table names sample {int(table['sample_id'][bad[0]])}, "
-                    f"but the file has {self.num_samples}"
-                )
-        order = np.argsort(table["ptr"], kind="stable")
-        self._ptrs = np.ascontiguousarray(table["ptr"][order])
-        self._sizes = np.ascontiguousarray(table["size"][order])
-        self._owners = np.ascontiguousarray(table["sample_id"][order])
+        if stranger >= 0:
+            raise self._error(
+                f"allocation table names sample {int(table['sample_id'][stranger])}, "
+                f"but the file has {self.num_samples}"
+            )
+        if in_order:  # fastforward writes the table in order
+            self._ptrs = np.ascontiguousarray(table["ptr"])
+            self._sizes = np.ascontiguousarray(table["size"])
+            self._owners = np.ascontiguousarray(table["sample_id"])
+        else:
+            order = np.argsort(table["ptr"], kind="stable")
+            self._ptrs = np.ascontiguousarray(table["ptr"][order])
+            self._sizes = np.ascontiguousarray(table["size"][order])
+            self._owners = np.ascontiguousarray(table["sample_id"][order])
+        # two payloads may not overlap (FFCV may put an empty one at the next one's offset)
+        count, a, b = find_overlaps(self._ptrs, self._sizes)
+        if count:
+            self._damage(f"the allocations of samples {int(self._owners[a])} (at "
+                         f"{int(self._ptrs[a])}, {int(self._sizes[a])} bytes) and "
+                         f"{int(self._owners[b])} (at {int(self._ptrs[b])}) overlap",
+                         count=count)
+
+    def _index_payloads(self) -> None:
+        """Each field's payload offsets and sizes, and each sample's page; refuse
+        (or, without ``validate``, note) every payload that is not well-formed."""
+        self.payload_offsets: dict[int, np.ndarray] = {}
+        self.payload_nbytes: dict[int, np.ndarray] = {}
+        n = self.num_samples
+        shift = self.page_size.bit_length() - 1
+        first_page = self.data_start >> shift
+        self.sample_pages = np.full(n, -1, np.int64)  # data page index (from 0), -1: none
+        found: list[tuple[np.ndarray, str, Callable[[int], str]]] = []
+        pointer_columns: list[np.ndarray] = []
+        first_rows = np.full(n, -1, np.int64)
+        first_rows_into(self._owners, first_rows)
+        searched = 0  # pointers not where the table's order puts them
+        k = 0  # the pointer field's position among those with pointers
+        for i, (name, handler) in enumerate(self.handlers.items()):
+            pointers = handler.payload_pointers(self.metadata[f"f{i}"])
+            if pointers is None:
+                continue
+            ptrs = np.ascontiguousarray(pointers, dtype=np.uint64)
+            size = np.empty(n, np.uint64)
+            flags = np.empty(n, np.uint8)
+            flagged, missed = locate_payloads(
+                self._ptrs, self._sizes, self._owners, first_rows, k, ptrs, shift, first_page,
+                size, self.sample_pages, flags)
+            k += 1
+            searched += missed
+            pointer_columns.append(ptrs)
+            if flagged:
+                found += [
+                    (flags == MISSING, name,
+                     lambda s, p=ptrs: self._missing_message(int(p[s]), s)),
+                    (flags == CROSSES, name, lambda s, p=ptrs, z=size: (
+                        f"payload at {int(p[s])} ({int(z[s])} bytes) crosses a page boundary")),
+                    (flags == APART, name, lambda s: "payloads of one sample span two pages"),
+                ]
+            found += self._field_checks(handler, name, self.metadata[f"f{i}"], size,
+                                        flags != MISSING if flagged else None)
+            self.payload_offsets[i] = ptrs
+            self.payload_nbytes[i] = size
+        bad = [(mask, name, message) for mask, name, message in found if mask.any()]
+        if bad and self.validate:  # the first damaged sample, and how many problems in all
+            first = min(bad, key=lambda b: int(np.argmax(b[0])))
+            sample = int(np.argmax(first[0]))
+            total = sum(int(np.count_nonzero(b[0])) for b in bad)
+            self._damage(first[2](sample), sample, first[1], count=total)
+        for mask, name, message in bad:
+            for sample in np.flatnonzero(mask).tolist():
+                self._open_problems.append(Problem(sample, name, message(sample)))
+        self._check_allocations_used(pointer_columns, searched > 0)
+
+    def _check_allocations_used(self, pointer_columns: list[np.ndarray], searched: bool) -> None:
+        """Every allocation is one payload's: none unused (a field dropped, a type
+        changed), none named twice. Only where every field is a built-in one (a
+        custom field's pointers may be hidden from ``payload_pointers``)."""
+        if any(type(h) not in TYPE_ID_HANDLER.values() and type(h) is not TorchTensorField
+               for h in self._handler_list) or not self._ptrs.size:
+            return
+        if not searched and len(pointer_columns) * self.num_samples == len(self._ptrs):
+            # every row where guessed: first_rows[s] + k differs for every (s, k), so the
+            # rows are distinct, and as many as the table's
+            return
+        samples = np.arange(self.num_samples, dtype=np.uint64)
+        used = [self._payload_rows(ptrs, samples) for ptrs in pointer_columns]
+        rows = np.concatenate(used) if used else np.zeros(0, np.int64)
+        counts = np.bincount(rows[rows >= 0], minlength=len(self._ptrs))
+        for bad, what in ((counts == 0, "is no field's payload"),
+                          (counts > 1, "is the payload of two fields")):
+            rows = np.flatnonzero(bad)
+            if rows.size:
+                k = int(rows[0])
+                self._damage(f"the allocation of sample {int(self._owners[k])} at "
+                             f"{int(self._ptrs[k])} ({int(self._sizes[k])} bytes) {what}",
+                             count=int(rows.size))
+
+    def _missing_message(self, ptr: int, sample: int) -> str:
+        try:
+            self.payload_size(ptr, sample)
+        except FormatError as exc:
+            return str(exc).split(": ", 2)[-1]
+        return f"no allocation starts at offset {ptr}"  # pragma: no cover - sizes said so
+
+    def _field_checks(self, handler: Field, name: str, column: np.ndarray, size: np.ndarray,
+                      has: np.ndarray | None) -> list[tuple[np.ndarray, str, Callable[[int], str]]]:
+        """The built-in fields' rules: the metadata agrees with the allocation (*has*:
+        which samples have one; None: all)."""
+        kind = type(handler)
+        if kind in (BytesField, JSONField):
+            stated = column["size"]
+            return [(_where(has, stated != size), name, lambda s: (
+                f"metadata says {int(stated[s])} bytes, the allocation holds {int(size[s])}"))]
+        if kind in (NDArrayField, TorchTensorField):
+            expected = handler.element_size  # type: ignore[attr-defined]
+            return [(_where(has, size != np.uint64(expected)), name, lambda s: (
+                f"array payload of {int(size[s])} bytes, expected {expected}"))]
+        if kind is RGBImageField:
+            mode = column["mode"]
+            height = column["height"].astype(np.uint64)
+            width = column["width"].astype(np.uint64)
+            unknown = (mode != IMAGE_MODES["jpg"]) & (mode != IMAGE_MODES["raw"])
+            empty = ~unknown & ((height == 0) | (width == 0))
+            raw = _where(has, ~unknown & ~empty & (mode == IMAGE_MODES["raw"]))
+            short = raw & (height * width * np.uint64(3) != size)
+            return [
+                (unknown, name, lambda s: f"unknown image mode {int(mode[s])}"),
+                (empty, name, lambda s: f"empty image ({int(height[s])}×{int(width[s])})"),
+                (short, name, lambda s: (
+                    f"raw image of {int(height[s])}×{int(width[s])} needs "
+                    f"{int(height[s] * width[s] * 3)} bytes, has {int(size[s])}")),
+            ]
+        return []  # a custom field: only its pointers can be checked
 
     # -- payloads -------------------------------------------------------------
 
@@ -207,8 +439,11 @@ class Reader:
     def buffer(self) -> mmap.mmap:
         """A read-only map of the whole file, opened on first use."""
         if self._mmap is None:
-            with open(self.fname, "rb") as f:
-                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            if self._fd_closer.alive:
+                self._mmap = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
+            else:  # closed, then used again
+                with open(self.fname, "rb") as f:
+                    self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         return self._mmap
 
     def payload_size(self, ptr: int, sample: int | None = None) -> int:
@@ -234,6 +469,14 @@ class Reader:
         Returns int64 sizes, -1 where no allocation of that sample starts at
         that offset.
         """
+        rows = self._payload_rows(ptrs, samples)
+        sizes = np.full(len(rows), -1, np.int64)
+        sizes[rows >= 0] = self._sizes[rows[rows >= 0]]
+        return sizes
+
+    def _payload_rows(self, ptrs: np.ndarray, samples: np.ndarray) -> np.ndarray:
+        """Which allocation (a row of the table sorted by offset) each ``(ptr, sample)``
+        is: int64, -1 where none of that sample starts at that offset."""
         ptrs = np.asarray(ptrs, np.uint64)
         samples = np.asarray(samples, np.uint64)
         result = np.full(len(ptrs), -1, np.int64)
@@ -242,15 +485,18 @@ class Reader:
         # rows are sorted by offset; FFCV may store two allocations at one offset, so
         # an offset's rows are [lo, hi) and the owner must match too
         lo = np.searchsorted(self._ptrs, ptrs, side="left")
-        hi = np.searchsorted(self._ptrs, ptrs, side="right")
         first = np.minimum(lo, len(self._ptrs) - 1)
-        found = (hi > lo) & (self._owners[first] == samples)
-        result[found] = self._sizes[first[found]]
-        for k in np.flatnonzero(~found & (hi - lo > 1)):  # rare: a shared offset
-            rows = np.arange(lo[k], hi[k])
+        at = self._ptrs[first] == ptrs
+        found = at & (self._owners[first] == samples)
+        result[found] = first[found]
+        # rare: a shared offset, where the owner may be a later row of the same offset
+        nxt = np.minimum(first + 1, len(self._ptrs) - 1)
+        for k in np.flatnonzero(at & ~found & (self._ptrs[nxt] == ptrs)):
+            hi = int(np.searchsorted(self._ptrs, ptrs[k], side="right"))
+            rows = np.arange(lo[k], hi)
             match = rows[self._owners[rows] == samples[k]]
             if match.size:
-                result[k] = self._sizes[match[0]]
+                result[k] = match[0]
         return result
 
     def payload(self, ptr: int, sample: int | None = None) -> memoryview:
@@ -262,11 +508,14 @@ class Reader:
         """Decode sample *index*: a tuple with one Python/NumPy value per field.
 
         Images come back as H×W×3 uint8 arrays, decoded as FFCV decodes them
-        (libjpeg-turbo's fast IDCT).
+        (libjpeg-turbo's fast IDCT). With ``verify_checksums``, the sample's
+        page is checked against its sum first (once per page).
         """
         if not -self.num_samples <= index < self.num_samples:
             raise IndexError(f"{self.fname}: sample {index} out of range [0, {self.num_samples})")
         index %= self.num_samples
+        if self.verify_checksums:
+            self.check_pages(self.sample_pages[index : index + 1])
         row = self.metadata[index]
         values = []
         for i, (name, handler) in enumerate(self.handlers.items()):
@@ -279,16 +528,70 @@ class Reader:
     def __len__(self) -> int:
         return self.num_samples
 
+    # -- checksums ------------------------------------------------------------
+
+    def page_range(self, page: int) -> tuple[int, int]:
+        """The file offsets ``[start, end)`` of data page *page* (counted from 0)."""
+        start = self.data_start + page * self.page_size
+        return start, start + self.page_size
+
+    def check_pages(self, pages: np.ndarray,
+                    read_page: Callable[[int], Any] | None = None) -> None:
+        """Check data pages against their sums, each once per reader (thread-safe).
+
+        Does nothing for a file without checksums. Pages already checked cost a
+        vectorised look-up.
+
+        Args:
+            pages: data page indices (``sample_pages`` values; -1 entries are skipped).
+            read_page: how to get page *k*'s bytes; default: from the memory map.
+
+        Raises:
+            FormatError: a page does not match its sum; names the file, the page
+                and its samples.
+        """
+        if self._page_checks is None:
+            return
+        pages = np.asarray(pages, np.int64)
+        pages = pages[pages >= 0]
+        if read_page is None:
+            view = memoryview(self.buffer)
+
+            def read_page(k: int) -> memoryview:
+                start, end = self.page_range(k)
+                return view[start:end]
+
+        bad = self._page_checks.ensure(pages, read_page)
+        if bad.size:
+            raise self._error(self._page_message(int(bad[0])))
+
+    def _page_message(self, page: int) -> str:
+        start, end = self.page_range(page)
+        owners = np.unique(self._owners[(self._ptrs >= start) & (self._ptrs < end)])
+        listed = ", ".join(str(s) for s in owners[:8].tolist())
+        if owners.size > 8:
+            listed += f", … ({owners.size} samples)"
+        return (f"page {page} (bytes {start}-{end - 1}) does not match its checksum: "
+                f"the data of samples {listed or '(none)'} is damaged")
+
     # -- verification ---------------------------------------------------------
 
     def verify(self, decode: bool = False, progress: bool = False) -> list[Problem]:
-        """Check every payload pointer, size and stored image; return the problems.
+        """Check every payload pointer, size and stored image, and every checksum;
+        return the problems.
+
+        The checks of ``Reader(...)`` are repeated here as a list (open with
+        ``validate=False`` to see them all). ``checksums`` tells whether the file
+        has sums at all: a file without them (FFCV's) cannot have damaged
+        payload bytes found, except by decoding.
 
         Args:
             decode: also decode every sample not already found broken.
             progress: show a progress bar on stderr while decoding.
         """
-        problems = self._verify_layout()
+        problems = list(self._open_problems)
+        problems += self._verify_images()
+        problems += self._verify_checksums()
         if decode:
             broken = {p.sample for p in problems}
             problems += self._decode_all(broken, progress)
@@ -310,68 +613,79 @@ class Reader:
                     problems.append(Problem(index, name, f"cannot decode: {exc}"))
         return problems
 
-    def _verify_layout(self) -> list[Problem]:
+    def _verify_images(self) -> list[Problem]:
+        """Every stored JPEG's header against its metadata (this reads every JPEG)."""
         problems: list[Problem] = []
-        samples_pages: dict[int, int] = {}
-        page_shift = self.page_size.bit_length() - 1
+        broken = {p.sample for p in self._open_problems}
         for i, (name, handler) in enumerate(self.handlers.items()):
-            column = self.metadata[f"f{i}"]
-            pointers = handler.payload_pointers(column)
-            if pointers is None:
+            if type(handler) is not RGBImageField or i not in self.payload_offsets:
                 continue
-            for sample, ptr in enumerate(pointers.tolist()):
-                try:
-                    size = self.payload_size(ptr, sample)
-                except FormatError as exc:
-                    problems.append(Problem(sample, name, str(exc).split(": ", 2)[-1]))
+            column = self.metadata[f"f{i}"]
+            offsets, sizes = self.payload_offsets[i], self.payload_nbytes[i]
+            for sample in np.flatnonzero(column["mode"] == IMAGE_MODES["jpg"]).tolist():
+                if sample in broken:
                     continue
-                page = ptr >> page_shift
-                if ((ptr + max(size, 1) - 1) >> page_shift) != page:
-                    problems.append(Problem(sample, name, f"payload at {ptr} crosses a page"))
-                if samples_pages.setdefault(sample, page) != page:
-                    problems.append(Problem(sample, name, "payloads of one sample span two pages"))
-                message = self._check_payload(handler, column[sample], ptr, size)
+                start = int(offsets[sample])
+                data = self.buffer[start : start + int(sizes[sample])]
+                message = _check_jpeg(data, int(column["height"][sample]),
+                                      int(column["width"][sample]))
                 if message:
                     problems.append(Problem(sample, name, message))
         return problems
 
-    def _check_payload(self, handler: Field, row: Any, ptr: int, size: int) -> str | None:
-        if isinstance(handler, RGBImageField):
-            mode, height, width = int(row["mode"]), int(row["height"]), int(row["width"])
-            if height == 0 or width == 0:
-                return f"empty image ({height}×{width})"
-            if mode == IMAGE_MODES["raw"]:
-                if size != height * width * 3:
-                    need = height * width * 3
-                    return f"raw image of {height}×{width} needs {need} bytes, has {size}"
-            elif mode == IMAGE_MODES["jpg"]:
-                data = self.buffer[ptr : ptr + size]
-                try:
-                    h, w, _, _ = require_simplejpeg().decode_jpeg_header(data)
-                except ValueError as exc:
-                    return f"bad JPEG header: {exc}"
-                if (h, w) != (height, width):
-                    return f"JPEG is {h}×{w}, the metadata says {height}×{width}"
-                if data[-2:] != b"\xff\xd9":
-                    return "JPEG stream lacks its end-of-image marker (truncated?)"
-            else:
-                return f"unknown image mode {mode}"
-        elif isinstance(handler, NDArrayField):
-            if size != handler.element_size:
-                return f"array payload of {size} bytes, expected {handler.element_size}"
-        elif isinstance(handler, BytesField) and int(row["size"]) != size:
-            return f"metadata says {int(row['size'])} bytes, the allocation holds {size}"
-        return None
+    def _verify_checksums(self) -> list[Problem]:
+        sums = self.checksums
+        if sums is None:
+            return []
+        problems = []
+        if sums.num_pages:  # the padding after the metadata is zeros
+            view = np.frombuffer(self.buffer, np.uint8)
+            padding = view[self.metadata_end : self.data_start]
+            nonzero = np.flatnonzero(padding)
+            if nonzero.size:
+                problems.append(Problem(None, None, (
+                    f"the padding after the metadata has {nonzero.size} non-zero byte(s), "
+                    f"the first at offset {self.metadata_end + int(nonzero[0])}")))
+        view = memoryview(self.buffer)
+        for page in range(sums.num_pages):
+            start, end = self.page_range(page)
+            if digest(view[start:end]) != int(sums.page_sums[page]):
+                problems.append(Problem(None, None, self._page_message(page)))
+        return problems
+
+    # -- the file on disk -------------------------------------------------------
+
+    def check_unchanged(self) -> None:
+        """Raise FormatError if the file was truncated, extended or rewritten in place
+        since it was opened.
+
+        A loader calls it at the start of each epoch: a memory map of a file
+        truncated under it kills the process with SIGBUS on the next read of a
+        lost page, which no Python code can catch. A file *replaced* (a new file
+        renamed over the name, as ``DatasetWriter`` does) is harmless: this
+        reader goes on reading the file it opened.
+        """
+        if not self._fd_closer.alive:
+            return
+        now = _identity(os.fstat(self._fd))
+        if now != self._identity:
+            size, mtime = self._identity[0], self._identity[1]
+            raise self._error(
+                f"the file changed since it was opened ({size} bytes, modified "
+                f"{_when(mtime)}; now {now[0]} bytes, modified {_when(now[1])}): a file "
+                "being read must not be written in place (write a new file and rename it "
+                "over the old one); open it again to read the new contents")
 
     # -- lifetime ---------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the memory map (idempotent)."""
+        """Release the memory map and the file (idempotent)."""
         if self._mmap is not None:
             # views still alive keep the map open; it closes when they go
             with contextlib.suppress(BufferError):
                 self._mmap.close()
             self._mmap = None
+        self._fd_closer()
 
     def __enter__(self) -> Reader:
         return self
@@ -382,6 +696,31 @@ class Reader:
     def __repr__(self) -> str:
         fields = ", ".join(f"{n}: {type(h).__name__}" for n, h in self.handlers.items())
         return f"Reader({self.fname!r}, {self.num_samples} samples, {{{fields}}})"
+
+
+def _where(has: np.ndarray | None, bad: np.ndarray) -> np.ndarray:
+    return bad if has is None else has & bad
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_size, st.st_mtime_ns
+
+
+def _when(mtime_ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime_ns / 1e9))
+
+
+def _check_jpeg(data: Any, height: int, width: int) -> str | None:
+    """What is wrong with a stored JPEG's header, or None."""
+    try:
+        h, w, _, _ = require_simplejpeg().decode_jpeg_header(data)
+    except ValueError as exc:
+        return f"bad JPEG header: {exc}"
+    if (h, w) != (height, width):
+        return f"JPEG is {h}×{w}, the metadata says {height}×{width}"
+    if data[-2:] != b"\xff\xd9":
+        return "JPEG stream lacks its end-of-image marker (truncated?)"
+    return None
 
 
 __all__ = ["Problem", "Reader"]

@@ -1,31 +1,49 @@
-"""SlotRing: the batch buffers, and the rule that keeps held batches intact.
+"""The batch buffers (slots), and the rule that keeps held batches intact.
 
 ::
 
-    ring = [slot 0][slot 1] ... [slot S-1]        S = batches_ahead + 3
-    slot = {buffer key: (batch_size, *shape) array per allocation}
+    SlotPool: free slots [slot 0][slot 1] ... [slot S-1]     S = batches_ahead + 3
+    slot    = {buffer key: (batch_size, *shape) array per allocation}
+    shared slot (process workers): every buffer of the slot in one memfd segment,
+              [key a | pad to 4 KiB | key b | ...], mapped by the loader and by
+              each worker process that writes into it
 
-Decoders and operations write each batch into the buffers of one slot; the
-batch handed to the user is made of views of those buffers (NumPy views, and
-torch tensors made with ``torch.from_numpy``, keep their buffer alive).
+The protocol: a batch **acquires** a slot (shaped for the epoch's layout), its
+decoders and operations **fill** it (worker processes write straight into a
+shared slot), the batch made of views of its buffers is **published** to the
+consumer, and the slot is **released** back to the pool at once. Decoders and
+operations write each batch into the buffers of one slot; the batch handed to
+the user is made of views of those buffers (NumPy views, and torch tensors
+made with ``torch.from_numpy``, keep their buffer alive).
 
-The contract: **a buffer is refilled only when nothing outside the ring
-refers to it any more.** Before reusing a slot, the ring checks each buffer's
-reference count: a slot whose batch (or any tensor or view made from it) is
-still alive, in the user's hands or in the loader's queue, is skipped. When
-every slot is held, a fresh slot is allocated, and the oldest held one leaves
-the ring (the user's references keep its memory alive, unchanged, until they
-are dropped). So holding batches never corrupts them and never blocks the
-loader; it costs one slot of memory per batch held.
+The fence: **a buffer is refilled only when nothing outside the pool refers
+to it any more.** Before reusing a released slot, ``acquire`` checks each
+buffer's reference count in the loader's process: a slot whose batch (or any
+tensor or view made from it) is still alive, in the user's hands or in the
+loader's queue, is skipped. When every slot is held, a fresh slot is
+allocated and the oldest held one leaves the pool (the user's references keep
+its memory alive, unchanged, until they are dropped). So holding batches
+never corrupts them and never blocks the loader; it costs one slot of memory
+per batch held. Worker processes keep no reference: they write a slot only
+while the loader's process has it acquired for that batch.
 
-Nothing is shared between processes: the loader's workers are threads (the
-kernels release the GIL), so the slots are ordinary process memory.
+Shared segments vanish with their last holder: a memfd (or a file unlinked at
+once), never a name in ``/dev/shm``, so nothing is left behind after a crash
+or SIGKILL. The loader's process closes its descriptor when the slot goes;
+the mapping lives while views of it do. Workers are told to unmap segments
+the loader dropped (``SlotPool.dropped``).
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
+import mmap
+import os
 import sys
+import tempfile
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,25 +52,93 @@ import numpy as np
 from .pipeline.allocation_query import AllocationQuery
 
 Layout = dict[str, AllocationQuery | Sequence[AllocationQuery]]
+Offsets = dict[str, list[tuple[int, tuple[int, ...], np.dtype]]]
+"""Where each buffer of a shared slot lies: ``{key: [(offset, shape, dtype)]}``."""
+
+HEAP, PINNED, SHARED = "heap", "pinned", "shared"
+ALIGN = 4096  # buffers of a shared segment start on page boundaries
+
+_segment_ids = itertools.count(1)
+
+
+class Segment:
+    """A shared-memory segment: a descriptor to send to workers and its map here."""
+
+    def __init__(self, nbytes: int, on_drop: Any = None) -> None:
+        self.id = next(_segment_ids)
+        self.nbytes = max(int(nbytes), 1)
+        self.fd = _anonymous_shared_fd(self.nbytes)
+        try:
+            self.map = mmap.mmap(self.fd, self.nbytes)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        # every buffer is a view of this one array: the slot's fence watches it
+        self.whole = np.frombuffer(self.map, np.uint8)
+        # the descriptor closes with this object; the map lives while views of it do
+        self._finalizer = weakref.finalize(self, _drop_segment, self.fd, self.id, on_drop)
+
+    def array(self, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A writable view of the segment at *offset*."""
+        count = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        return self.whole[offset : offset + count].view(dtype).reshape(shape)
+
+
+def _drop_segment(fd: int, segment_id: int, on_drop: Any) -> None:
+    os.close(fd)
+    if on_drop is not None:
+        on_drop(segment_id)
+
+
+def _anonymous_shared_fd(nbytes: int) -> int:
+    """A descriptor of *nbytes* of shared memory with no name anywhere."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("fastforward-slot", os.MFD_CLOEXEC)
+    else:  # unlinked at once: it vanishes with its last descriptor and map
+        directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, path = tempfile.mkstemp(prefix="fastforward-slot-", dir=directory)
+        os.unlink(path)
+    try:
+        os.ftruncate(fd, nbytes)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class Slot:
     """One batch's buffers."""
 
-    def __init__(self, batch_size: int, pinned: bool = False) -> None:
+    def __init__(self, batch_size: int, kind: str = HEAP, on_drop: Any = None) -> None:
         self.batch_size = batch_size
-        self.pinned = pinned  # page-locked host memory, for asynchronous copies to a GPU
+        self.kind = kind  # HEAP, PINNED (page-locked, for copies to a GPU) or SHARED
+        self.pinned = kind == PINNED
         self.fence: Any = None  # an event to wait for before refilling (a copy in flight)
         self.layout: Layout = {}
+        self.segment: Segment | None = None  # SHARED: the memory every buffer lives in
+        self.pin_shared = False  # SHARED and page-locked (registered with CUDA)
+        self._on_drop = on_drop
         self._arrays: list[Any] = []  # every buffer, once
         self._owners: list[Any] = []  # the base-most array of each (what views refer to)
         self._baseline: list[int] = []  # their reference counts with no view alive
         self._where: dict[str, int | tuple[int, ...]] = {}
+        self._offsets: Offsets = {}
 
     def fit(self, layout: Layout) -> None:
-        """Allocate the buffers *layout* asks for (kept when shapes are unchanged)."""
+        """Allocate the buffers *layout* asks for (kept when the layout is unchanged)."""
         if layout == self.layout:
             return
+        if self.kind == SHARED:
+            self._fit_shared(layout)
+        else:
+            self._fit_private(layout)
+        # Views of an array keep its base-most array alive (NumPy collapses
+        # bases), so that is the one to watch; its count now is the baseline.
+        self._owners = [_owner(a) for a in self._arrays]
+        owners = self._owners
+        self._baseline = [sys.getrefcount(owners[i]) for i in range(len(owners))]
+
+    def _fit_private(self, layout: Layout) -> None:
         arrays: list[Any] = []
         where: dict[str, int | tuple[int, ...]] = {}
         for key, query in layout.items():
@@ -67,11 +153,48 @@ class Slot:
             where[key] = positions[0] if isinstance(query, AllocationQuery) else tuple(positions)
             del kept, values
         self._arrays, self._where, self.layout = arrays, where, dict(layout)
-        # Views of an array keep its base-most array alive (NumPy collapses
-        # bases), so that is the one to watch; its count now is the baseline.
-        self._owners = [_owner(a) for a in arrays]
-        owners = self._owners
-        self._baseline = [sys.getrefcount(owners[i]) for i in range(len(owners))]
+
+    def _fit_shared(self, layout: Layout) -> None:
+        """Carve every host buffer out of one new segment (device buffers stay None)."""
+        plan: list[tuple[str, int, tuple[int, ...], np.dtype] | tuple[str, None, None, None]] = []
+        size = 0
+        for key, query in layout.items():
+            for q in ((query,) if isinstance(query, AllocationQuery) else tuple(query)):
+                if not is_host(q):
+                    plan.append((key, None, None, None))
+                    continue
+                shape, dtype = (self.batch_size, *q.shape), host_dtype(q.dtype)
+                plan.append((key, size, shape, dtype))
+                nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                size += -(-max(nbytes, 1) // ALIGN) * ALIGN
+        segment = Segment(size, self._on_drop)
+        if self.pin_shared:
+            from .device import pin_segment
+
+            pin_segment(segment)
+        arrays: list[Any] = []
+        positions: dict[str, list[int]] = collections.defaultdict(list)
+        offsets: Offsets = collections.defaultdict(list)
+        for key, offset, shape, dtype in plan:
+            if offset is None:
+                arrays.append(None)
+            else:
+                assert shape is not None
+                assert dtype is not None
+                arrays.append(segment.array(offset, shape, dtype))
+                offsets[key].append((offset, shape, dtype))  # pickled: structured dtypes too
+            positions[key].append(len(arrays) - 1)
+        self.segment = segment
+        self._arrays, self.layout = arrays, dict(layout)
+        self._where = {key: (positions[key][0] if isinstance(query, AllocationQuery)
+                             else tuple(positions[key])) for key, query in layout.items()}
+        self._offsets = dict(offsets)
+
+    def describe(self) -> tuple[int, int, Offsets]:
+        """A shared slot as a worker maps it: ``(segment id, nbytes, {key: [(offset,
+        shape, dtype)]})``."""
+        assert self.segment is not None, "only shared slots are described"
+        return self.segment.id, self.segment.nbytes, self._offsets
 
     def get(self, key: str) -> Any:
         """The buffer (or tuple of buffers) for *key*."""
@@ -117,7 +240,7 @@ def is_host(query: AllocationQuery) -> bool:
 def host_dtype(dtype: Any) -> np.dtype:
     """The NumPy dtype of a host buffer for *dtype* (NumPy or torch).
 
-    Host buffers are always NumPy arrays, so the ring can see who holds them;
+    Host buffers are always NumPy arrays, so the pool can see who holds them;
     a torch dtype without a NumPy twin (bfloat16) gets an unsigned integer of
     its size, viewed as the torch dtype when handed out.
     """
@@ -131,16 +254,20 @@ def host_dtype(dtype: Any) -> np.dtype:
         return np.dtype(f"u{dtype.itemsize}")
 
 
-class SlotRing:
-    """A fixed number of reusable slots; never blocks (see the module docstring)."""
+class SlotPool:
+    """Released slots, reused once nothing refers to them; never blocks (see the
+    module docstring)."""
 
     def __init__(self, num_slots: int, batch_size: int) -> None:
         self.batch_size = batch_size
         self.num_slots = num_slots
-        self.pinned = False  # set before the first acquire when a pipeline copies to a GPU
+        self.kind = HEAP  # set before the first acquire (PINNED for a CUDA stage, SHARED
+        self.pin_shared = False  # for process workers, pinned too with a CUDA stage)
         self._free: list[Slot] = [Slot(batch_size) for _ in range(num_slots)]
         self._lock = threading.Lock()
         self.replaced = 0  # slots given up because the user still held them
+        self.dropped: collections.deque[int] = collections.deque()
+        """Ids of shared segments this process has let go (workers may unmap them)."""
 
     def acquire(self, layout: Layout) -> Slot:
         """A slot whose buffers nothing else refers to, shaped for *layout*."""
@@ -150,22 +277,29 @@ class SlotRing:
                     del self._free[position]
                     break
             else:
-                slot = Slot(self.batch_size, self.pinned)
+                slot = self._new_slot()
                 if len(self._free) >= self.num_slots:
                     # the user holds them all: let the oldest go (their references
-                    # keep it alive, unchanged) so the ring stays its size
+                    # keep it alive, unchanged) so the pool stays its size
                     del self._free[0]
                     self.replaced += 1
-        if slot.pinned != self.pinned:
-            slot.pinned, slot.layout = self.pinned, {}  # allocate again, pinned
+        if slot.kind != self.kind or slot.pin_shared != self.pin_shared:
+            slot.__init__(self.batch_size, self.kind, self.dropped.append)  # type: ignore[misc]
+            slot.pin_shared = self.pin_shared
         if slot.fence is not None:
             slot.fence.synchronize()  # the last copy out of these buffers has finished
             slot.fence = None
         slot.fit(layout)
         return slot
 
+    def _new_slot(self) -> Slot:
+        slot = Slot(self.batch_size, self.kind, self.dropped.append)
+        slot.pin_shared = self.pin_shared
+        return slot
+
     def release(self, slot: Slot) -> None:
-        """Give a slot back once its batch has been handed over."""
+        """Give a slot back once its batch has been published (handed towards the
+        consumer): from now on only the user's references fence it."""
         with self._lock:
             self._free.append(slot)
 

@@ -1,41 +1,44 @@
 """The epoch engine: one thread running an asyncio loop (uvloop when installed)
-that schedules page prefetch, decoding and transforms on thread pools, and
-hands finished batches to the consumer in order.
+that schedules page prefetch and batches, and hands finished batches to the
+consumer in order, through a bounded channel.
 
 Lifecycle of one epoch::
 
-    consumer thread          scheduler thread (event loop)         pools
-    ---------------          -----------------------------         -----
+    consumer thread          scheduler thread (event loop)         threads / processes
+    ---------------          -----------------------------         -------------------
     Engine(plan)  ────────>  TaskGroup:
                                produce: for each batch, in order,
-                                 start batch task ───────────────> io: fetch payloads
-                                 (at most batches_ahead at once)  batch: run the pipelines,
-                                                                     decode: ranges of samples
+                                 start a batch task ─────────────> io: fetch payloads
+                                 (at most batches_ahead at once)  batch thread: take a slot,
+                                                                    stage 1 on the workers
+                                                                    (ranges), stage 2 here
                                deliver: await tasks in order,
-    next() <── hand-over box <── put (batch, outputs), once the box is empty
-    close() ──call_soon_threadsafe(cancel)──> TaskGroup cancelled; pools shut down; joined
+    next() <── channel <────── put (one batch waits there at most)
+    close() ──call_soon_threadsafe(stop)──> every task cancelled; threads stopped; joined
 
-Ownership: the engine owns its thread, its loop, its two executors
-(``fastforward-io``, ``fastforward-batch-N``, ``fastforward-decode-N``) and the ring slots of the
-batches it is computing. A failure anywhere cancels the epoch and reaches the
-consumer's ``next()`` as the original exception, its message naming the file,
-the sample and the field. Nothing polls: cancellation and hand-over are
-events on the loop.
+Ownership: the engine owns its thread, its loop, its pools (``fastforward-io``,
+``fastforward-batch-N``), the epoch's workers (``EpochWorkers``; process
+workers themselves belong to the loader) and the slots of the batches it is
+computing. Any exception anywhere (``BaseException`` subclasses included:
+``StopIteration``, ``CancelledError``, ``KeyboardInterrupt`` raised by an
+operation) is caught where it happens, carried as a value, and raised by the
+consumer's ``next()`` after every batch before it, its message naming the file,
+the sample and the field. ``StopIteration`` is wrapped in a ``RuntimeError``
+(PEP 479's rule): raised from ``next()``, it would end the user's loop as if
+the epoch were over. Nothing polls: hand-over, cancellation and the
+scheduler's end are events.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import collections
 import contextlib
-import itertools
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,7 +51,6 @@ except ImportError:  # optional: asyncio's own loop is correct, only slower
     _loop_factory = asyncio.new_event_loop
 
 _END = object()
-_LIVE: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 @dataclass
@@ -56,8 +58,9 @@ class EpochPlan:
     """Everything an engine needs to compute one epoch.
 
     ``run_batch(batch_index, indices, data, slot) -> outputs`` is called on a
-    pool thread with the batch's fetched payloads and its ring slot; it may
-    itself submit decode ranges through ``map_ranges``.
+    batch thread (or the scheduler thread, for light batches) with the batch's
+    fetched payloads and its slot; ``workers`` runs stage 1 for it and is closed
+    with the engine.
     """
 
     batches: Sequence[np.ndarray]
@@ -65,9 +68,8 @@ class EpochPlan:
     acquire_slot: Callable[[], Any]
     release_slot: Callable[[Any], None]
     run_batch: Callable[..., Any]
-    num_workers: int
     batches_ahead: int
-    stats: dict[str, int] = field(default_factory=dict)
+    workers: Any = None  # EpochWorkers (loader.workers); closed when the epoch ends
     fetch_is_cheap: bool = False  # views of a map: fetch on the batch thread, no io hop
 
 
@@ -78,25 +80,126 @@ One that turns out slow (a cold page cache faults inside it) holds the loop up
 once, and the batches after it go back to the pool."""
 
 
+@dataclass(frozen=True)
+class ChannelStats:
+    """What the hand-over saw (``EpochIterator.stats()``, ``Loader.stats()``).
+
+    Attributes:
+        batches: batches handed to the consumer.
+        consumer_wait_seconds: time ``next()`` spent waiting for a batch: the
+            training loop waited for data this long. Near zero: loading is not
+            the bottleneck.
+        producer_wait_seconds: time finished batches waited for the consumer
+            to take the one before (the loader was ahead).
+        first_batch_seconds: from the engine's start to the first batch handed
+            over (None before it).
+    """
+
+    batches: int = 0
+    consumer_wait_seconds: float = 0.0
+    producer_wait_seconds: float = 0.0
+    first_batch_seconds: float | None = None
+
+    def __add__(self, other: ChannelStats) -> ChannelStats:
+        return ChannelStats(self.batches + other.batches,
+                            self.consumer_wait_seconds + other.consumer_wait_seconds,
+                            self.producer_wait_seconds + other.producer_wait_seconds,
+                            self.first_batch_seconds if self.first_batch_seconds is not None
+                            else other.first_batch_seconds)
+
+
+class Channel:
+    """A bounded hand-over: the loop puts, the consumer thread takes.
+
+    Holds at most one item; the loop waits (an asyncio event) until the consumer
+    took the previous one. ``finish()`` wakes a waiting consumer for good (the
+    engine stopped). Counts how long each side waited.
+    """
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self._changed = threading.Condition()
+        self._finished = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._taken: asyncio.Event | None = None
+        self._started = time.perf_counter()
+        self._batches = 0
+        self._consumer_wait = 0.0
+        self._producer_wait = 0.0
+        self._first: float | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach the producing loop (on it)."""
+        self._loop = loop
+        self._taken = asyncio.Event()
+        self._taken.set()
+
+    async def put(self, item: Any, stop: asyncio.Event) -> None:
+        """Hand *item* over once the consumer took the previous one, unless *stop* is
+        set first (which also sets the taken event, to wake this)."""
+        taken = self._taken
+        assert taken is not None
+        start = time.perf_counter()
+        if not stop.is_set():
+            await taken.wait()
+        if stop.is_set():
+            raise asyncio.CancelledError
+        self._producer_wait += time.perf_counter() - start
+        taken.clear()
+        with self._changed:
+            self._items.append(item)
+            self._changed.notify()
+
+    def wake_producer(self) -> None:
+        """On the loop: let a waiting ``put`` return (it then sees the stop)."""
+        if self._taken is not None:
+            self._taken.set()
+
+    def take(self) -> Any:
+        """The next item, waiting for it; None once finished without one."""
+        start = time.perf_counter()
+        with self._changed:
+            while not self._items:
+                if self._finished:
+                    return None
+                self._changed.wait()
+            item = self._items.popleft()
+        now = time.perf_counter()
+        self._consumer_wait += now - start
+        if item is not _END and not isinstance(item, _Failure):
+            self._batches += 1
+            if self._first is None:
+                self._first = now - self._started
+        loop, taken = self._loop, self._taken
+        if loop is not None and taken is not None:
+            with contextlib.suppress(RuntimeError):  # the loop may have just finished
+                loop.call_soon_threadsafe(taken.set)
+        return item
+
+    def finish(self) -> None:
+        """No more items will come: wake the consumer (any thread)."""
+        with self._changed:
+            self._finished = True
+            self._changed.notify_all()
+
+    def stats(self) -> ChannelStats:
+        """The counts so far."""
+        return ChannelStats(self._batches, self._consumer_wait, self._producer_wait,
+                            self._first)
+
+
 class Engine:
     """Computes one epoch in the background; ``next_batch()`` returns batches in order."""
 
     def __init__(self, plan: EpochPlan) -> None:
         self.plan = plan
-        self._decode_pool = ThreadPoolExecutor(max(1, plan.num_workers),
-                                               thread_name_prefix="fastforward-decode")
         self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="fastforward-io")
-        # batch tasks wait on decode ranges, so they run on a pool of their own
+        # a batch waits on its ranges, so batches run on a pool of their own
         self._batch_pool = ThreadPoolExecutor(max(1, plan.batches_ahead),
                                               thread_name_prefix="fastforward-batch")
+        self.channel = Channel()
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._main: asyncio.Task[None] | None = None
-        # the hand-over box: at most one finished batch, taken by the consumer
-        # without a trip through the loop; `_taken` tells the loop it is empty
-        self._box: collections.deque[Any] = collections.deque()
-        self._box_changed = threading.Condition()
-        self._taken: asyncio.Event | None = None
         self._durations: collections.deque[float] = collections.deque(maxlen=4)
         self._stop: asyncio.Event | None = None
         self._closed = False
@@ -107,7 +210,6 @@ class Engine:
                                         daemon=True)
         self._thread.start()
         self._ready.wait()
-        _LIVE.add(self)
 
     # -- consumer side ------------------------------------------------------------
 
@@ -118,13 +220,17 @@ class Engine:
             self.close()  # returns once a close() in progress has stopped everything
             raise StopIteration
         try:
-            item = self._take()
-        except BaseException:  # Ctrl-C while waiting, or the scheduler died
+            item = self.channel.take()
+        except BaseException:  # Ctrl-C while waiting
             self.close()
             raise
-        if item is None:  # close() from another thread
+        if item is None:  # closed from another thread, or the scheduler stopped
+            ended_by_close = self._closed
             self.close()
-            raise StopIteration
+            if ended_by_close:
+                raise StopIteration
+            raise RuntimeError("fastforward's scheduler thread stopped without ending "
+                               "the epoch (a bug: please report it)")
         if item is _END:
             self._finished = True
             self.close()
@@ -132,48 +238,15 @@ class Engine:
         if isinstance(item, _Failure):
             self._finished = True
             self.close()
-            raise item.exception
+            raise item.consumer_exception()
         return item
-
-    def _take(self) -> Any:
-        """Wait for the box's batch and take it (None once the engine is closed)."""
-        with self._box_changed:
-            while not self._box:
-                if self._closed:
-                    return None
-                if not self._thread.is_alive():
-                    raise RuntimeError("fastforward's scheduler thread stopped without ending "
-                                       "the epoch (a bug: please report it)")
-                self._box_changed.wait(0.5)  # woken by a batch or by close()
-            item = self._box.popleft()
-        loop, taken = self._loop, self._taken
-        if loop is not None and taken is not None:
-            with contextlib.suppress(RuntimeError):  # the loop may have just finished
-                loop.call_soon_threadsafe(taken.set)
-        return item
-
-    def map_ranges(self, fn: Callable[[int, int], None], count: int) -> None:
-        """Run ``fn(lo, hi)`` over ``range(count)`` split across the decode threads; wait."""
-        if count == 0:
-            return
-        bounds = np.linspace(0, count, min(self.plan.num_workers, count) + 1).astype(int)
-        futures = [self._decode_pool.submit(fn, int(lo), int(hi))
-                   for lo, hi in itertools.pairwise(bounds) if hi > lo]
-        first_error: BaseException | None = None
-        for future in futures:  # wait for all, so no range is still writing afterwards
-            try:
-                future.result()
-            except BaseException as exc:
-                first_error = first_error or exc
-        if first_error is not None:
-            raise first_error
 
     def close(self) -> None:
         """Stop the epoch, the thread and the pools (idempotent, any thread but the loop's).
 
         Returns once everything has stopped, whichever thread called it first: a
         consumer woken by another thread's close() must not start a new epoch on
-        the same ring while this one's batches are still being written.
+        the same slots while this one's batches are still being written.
         """
         with self._close_lock:
             first, self._closed = not self._closed, True
@@ -181,17 +254,17 @@ class Engine:
             if threading.current_thread() is not self._thread:
                 self._stopped.wait()
             return
-        with self._box_changed:
-            self._box_changed.notify_all()  # a consumer waiting in another thread
+        self.channel.finish()  # a consumer waiting in another thread
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop may have just finished
                 loop.call_soon_threadsafe(self._request_stop)
         if threading.current_thread() is not self._thread:
             self._thread.join()
-        for pool in (self._batch_pool, self._decode_pool, self._io_pool):
+        for pool in (self._batch_pool, self._io_pool):
             pool.shutdown(wait=True, cancel_futures=True)
-        _LIVE.discard(self)
+        if self.plan.workers is not None:
+            self.plan.workers.close()
         self._stopped.set()
 
     @property
@@ -206,26 +279,27 @@ class Engine:
         # still finish as cancelled (a cancellation requested while it was not
         # waiting is delivered as it returns). Nothing is lost: close() wants none
         # of its results.
-        with (asyncio.Runner(loop_factory=_loop_factory) as runner,
-              contextlib.suppress(asyncio.CancelledError)):
-            runner.run(self._start())
+        try:
+            with (asyncio.Runner(loop_factory=_loop_factory) as runner,
+                  contextlib.suppress(asyncio.CancelledError)):
+                runner.run(self._start())
+        finally:
+            self._ready.set()
+            self.channel.finish()  # whatever happened, a waiting consumer wakes up
 
     def _request_stop(self) -> None:
         """On the loop: end everything. Cancels every task and sets the stop event,
         so that the epoch ends even where a task group absorbed a cancellation."""
         assert self._stop is not None
         self._stop.set()
-        if self._taken is not None:
-            self._taken.set()  # wakes a _put waiting for the consumer
+        self.channel.wake_producer()
         for task in asyncio.all_tasks():
             task.cancel()
 
     async def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._taken = asyncio.Event()
-        self._taken.set()
+        self.channel.bind(self._loop)
         self._stop = asyncio.Event()
-        self._main = asyncio.current_task()
         self._ready.set()
         outcome: Any = None
         try:
@@ -238,30 +312,16 @@ class Engine:
             outcome = None if isinstance(cause, _Delivered) else _Failure(cause)
         try:
             if outcome is not None:
-                await self._put(outcome)
-            # keep the loop for the consumer's last get(); close() ends it
+                await self.channel.put(outcome, self._stop)
+            # keep the loop for the consumer's last take(); close() ends it
             await self._stop.wait()
         except asyncio.CancelledError:
             pass
 
-    async def _put(self, item: Any) -> None:
-        """Hand *item* to the consumer once it took the previous one, unless the
-        engine is stopped first (``_request_stop`` sets ``_taken`` too, to wake this)."""
-        assert self._taken is not None
-        assert self._stop is not None
-        if not self._stop.is_set():
-            await self._taken.wait()
-        if self._stop.is_set():
-            raise asyncio.CancelledError
-        self._taken.clear()
-        with self._box_changed:
-            self._box.append(item)
-            self._box_changed.notify()
-
     async def _pipeline(self) -> None:
         # At most batches_ahead batches are computing or waiting to be handed
-        # over; with the one in the out queue and the one the consumer holds,
-        # that is the ring's batches_ahead + 2 slots.
+        # over; with the one in the channel and the one the consumer holds,
+        # that is batches_ahead + 2 of the pool's batches_ahead + 3 slots.
         plan = self.plan
         budget = asyncio.Semaphore(plan.batches_ahead)
         pending: asyncio.Queue[asyncio.Task[Any]] = asyncio.Queue()
@@ -277,47 +337,53 @@ class Engine:
 
     async def _deliver(self, pending: asyncio.Queue[asyncio.Task[Any]],
                        budget: asyncio.Semaphore, count: int) -> None:
+        assert self._stop is not None
         for _ in range(count):
             task = await pending.get()
             outputs = await task
-            await self._put(outputs)  # returns once the consumer took the previous one
+            await self.channel.put(outputs, self._stop)  # once the consumer took the last
             if isinstance(outputs, _Failure):
                 raise _Delivered  # every batch before it went out; stop the rest
             del outputs
             budget.release()
 
     async def _batch(self, index: int, indices: np.ndarray) -> Any:
+        """One batch's outputs, or its failure as a value (never an exception: an
+        executor future holding StopIteration or CancelledError would never reach
+        its awaiting task)."""
         loop = asyncio.get_running_loop()
         plan = self.plan
-        try:
-            if not plan.fetch_is_cheap:  # os_cache=False: read the bytes on the io thread
-                data = await loop.run_in_executor(self._io_pool, plan.fetch, indices)
-                return await loop.run_in_executor(self._batch_pool, self._whole_batch, index,
-                                                  indices, data)
-            if self._light():  # not worth a hop to a pool thread and back
-                return self._whole_batch(index, indices)
+        if not plan.fetch_is_cheap:  # os_cache=False: read the bytes on the io thread
+            data = await loop.run_in_executor(self._io_pool, _guarded, plan.fetch, indices)
+            if isinstance(data, _Failure):
+                return data
             return await loop.run_in_executor(self._batch_pool, self._whole_batch, index,
-                                              indices)
-        except Exception as exc:  # delivered in order, after the batches before it
-            return _Failure(exc)
+                                              indices, data)
+        if self._light():  # not worth a hop to a pool thread and back
+            return self._whole_batch(index, indices)
+        return await loop.run_in_executor(self._batch_pool, self._whole_batch, index, indices)
 
     def _whole_batch(self, index: int, indices: np.ndarray, data: Any = None) -> Any:
         """Fetch (unless given *data*), take a slot, run the pipelines, give the slot back.
 
         All on one thread, so a cancelled batch cannot give its slot back while this
-        still writes into it: the slot returns to the ring only after ``run_batch``.
+        still writes into it: the slot returns to the pool only after ``run_batch``.
+        Returns the outputs, or a ``_Failure`` holding whatever was raised.
         """
         plan = self.plan
         start = time.perf_counter()
-        if data is None:
-            data = plan.fetch(indices)
-        slot = plan.acquire_slot()
         try:
-            return plan.run_batch(index, indices, data, slot, self.map_ranges)
-        finally:
-            del data  # os_cache=False: the batch's bytes go now
-            plan.release_slot(slot)  # the user's references (if any) now fence it
-            self._durations.append(time.perf_counter() - start)
+            if data is None:
+                data = plan.fetch(indices)
+            slot = plan.acquire_slot()
+            try:
+                return plan.run_batch(index, indices, data, slot)
+            finally:
+                del data  # os_cache=False: the batch's bytes go now
+                plan.release_slot(slot)  # the user's references (if any) now fence it
+                self._durations.append(time.perf_counter() - start)
+        except BaseException as exc:  # delivered in order, after the batches before it
+            return _Failure(exc)
 
     def _light(self) -> bool:
         """Whether the last few batches each took less than ``LIGHT_BATCH_SECONDS``."""
@@ -325,9 +391,29 @@ class Engine:
         return len(recent) == recent.maxlen and max(recent) < LIGHT_BATCH_SECONDS
 
 
+def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, or a ``_Failure`` holding whatever it raised."""
+    try:
+        return fn(*args)
+    except BaseException as exc:
+        return _Failure(exc)
+
+
 @dataclass
 class _Failure:
     exception: BaseException
+
+    def consumer_exception(self) -> BaseException:
+        """What ``next()`` raises: the exception itself, but StopIteration, which
+        would silently end the consumer's ``for`` loop (PEP 479's reasoning)."""
+        exc = self.exception
+        if isinstance(exc, StopIteration):
+            wrapped = RuntimeError(f"an operation raised StopIteration: {exc}".rstrip(": "))
+            wrapped.__cause__ = exc
+            for note in getattr(exc, "__notes__", ()):
+                wrapped.add_note(note)
+            return wrapped
+        return exc
 
 
 class _Delivered(Exception):
@@ -341,11 +427,3 @@ def _root_cause(exc: BaseException) -> BaseException:
         exc = inner[0] if inner else exc.exceptions[0]
     return exc
 
-
-def close_all() -> None:
-    """Stop every live engine (at interpreter exit, so no thread outlives it)."""
-    for engine in list(_LIVE):
-        engine.close()
-
-
-atexit.register(close_all)

@@ -30,6 +30,7 @@ from .fields import (
     RGBImageField,
     TorchTensorField,
 )
+from .fields.tagged import tagged_class
 
 CURRENT_VERSION = 2
 MIN_PAGE_SIZE = 1 << 21
@@ -90,13 +91,17 @@ def get_handlers(
 ) -> list[Field]:
     """Build one Field per descriptor; *custom_handlers* override by name.
 
-    Raises KeyError naming the field when a type id has no handler.
+    A custom field (type id 255) that is one of fastforward's own tagged types
+    (``fastforward.fields.tagged``) needs no custom handler. Raises KeyError
+    naming the field when a type id has no handler.
     """
     custom_handlers = dict(custom_handlers or {})
     handlers = []
     for desc, name in zip(field_descriptors, names, strict=True):
         type_id = int(desc["type_id"])
         cls = custom_handlers.get(name, TYPE_ID_HANDLER.get(type_id))
+        if cls is None and type_id == CUSTOM_TYPE_ID:
+            cls = tagged_class(desc["arguments"])
         if cls is None:
             raise KeyError(name, type_id)
         handlers.append(cls.from_binary(desc["arguments"]))

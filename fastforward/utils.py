@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -40,3 +40,17 @@ def default_workers() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def forkserver_preload(ctx: Any, modules: Sequence[str]) -> None:
+    """Add *modules* to what multiprocessing's fork server imports before it forks
+    anyone (the union with what is listed already: the writer and the loader
+    share one server). Has no effect once the server runs: its workers then
+    import what they need themselves."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    preload = list(getattr(server, "_preload_modules", None) or ["__main__"])
+    missing = [name for name in modules if name not in preload]
+    if missing:
+        ctx.set_forkserver_preload([*preload, *missing])

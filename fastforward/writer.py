@@ -2,8 +2,13 @@
 
 How a write runs:
 
-1. The parent opens a temporary file beside the target and writes the header
-   (with ``alloc_table_ptr = 0``) and the field descriptors.
+1. The parent takes the target's lock, ``.<name>.lock`` beside it (a second
+   writer of the same target is refused), removes the ``.<name>.*.part``
+   files that writers killed earlier left there, and opens the output: on
+   Linux an unnamed file in the target's directory (``O_TMPFILE``), which
+   vanishes with its last descriptor whatever kills the process; where that
+   is unavailable, a hidden ``.<name>.<random>.part`` file. It writes the
+   header (with ``alloc_table_ptr = 0``) and the field descriptors.
 2. Worker processes encode chunks of consecutive samples. ``malloc`` hands
    each field a fresh buffer and a *provisional* pointer; a chunk comes back
    as its metadata rows plus one blob of payload bytes.
@@ -11,32 +16,49 @@ How a write runs:
    back to back into the current page, or into a fresh page when they do not
    fit, and the provisional pointers in the metadata become file offsets.
    Pages are written whole.
-4. At the end: the allocation table after the last page, the metadata table,
-   the final header, ``fsync``, and an atomic rename onto the target.
+4. At the end: the checksum block (``checksums=True``: the sums of the pages,
+   hashed as they were written, and of the other parts), the allocation table
+   after it, the metadata table, the final header and ``fsync``. Only then
+   does the file get a name: the unnamed file is linked under a hidden
+   temporary name (``linkat`` through ``/proc/self/fd``), which ``os.replace``
+   moves onto the target; a ``.part`` file is renamed onto it. Last, the lock
+   file is removed.
 
 Placement happens in one process, in sample order, so the file depends only
 on the inputs and the seed, never on ``num_workers`` or timing. Any failure
-(a bad sample, a dead worker, Ctrl-C) stops the workers, removes the
-temporary file and raises: no file that looks valid is left behind.
+(a bad sample, a dead worker, a full disk, Ctrl-C, SIGTERM) stops the
+workers, removes the partial file and raises: no file that looks valid is
+left behind.
+
+Workers never outlive the parent, whatever kills it: a forked worker closes
+the parent's ends of the pipes it inherited (so that the parent's death reads
+as end-of-file), and on Linux each asks the kernel to kill it when its parent
+dies (``PR_SET_PDEATHSIG``). Workers are forked only from a process that has
+a single thread at the fork (see ``_Pool``); otherwise they start from
+multiprocessing's fork server, and the dataset and fields are pickled.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import multiprocessing
 import os
 import pickle
+import re
+import secrets
 import signal
 import sys
-import tempfile
-import traceback
+import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .errors import EncodeError, FastForwardError, annotate
+from .checksums import PageHasher, block_size, build_block
+from .errors import EncodeError, FastForwardError, Terminated, WorkerError, annotate, portable
 from .fields import Field
 from .fields.base import CURRENT_SAMPLE
 from .types import (
@@ -53,9 +75,15 @@ from .types import (
     type_id_of,
     validate_page_size,
 )
-from .utils import default_workers
+from .utils import default_workers, forkserver_preload
 
-__all__ = ["MAX_PAGE_SIZE", "MIN_PAGE_SIZE", "DatasetWriter"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no advisory locks
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["MAX_PAGE_SIZE", "MIN_PAGE_SIZE", "DatasetWriter", "SkippedSample",
+           "TargetLockedError", "WorkerError"]
 
 # Provisional pointers handed out by malloc: PROVISIONAL + k for a sample's
 # k-th allocation. No real file offset comes near this value.
@@ -64,40 +92,56 @@ MAX_ALLOCS_PER_SAMPLE = 1 << 20
 _IN_FLIGHT_PER_WORKER = 2
 
 
-class WorkerError(FastForwardError, RuntimeError):
-    """A writer worker process died without reporting an exception."""
+class TargetLockedError(FastForwardError, RuntimeError):
+    """Another writer is writing the same target file (it holds its lock)."""
+
+
+class SkippedSample(NamedTuple):
+    """A sample left out of the file because encoding it raised one of the
+    writer's ``skip_errors`` (``DatasetWriter.skipped`` lists them)."""
+
+    index: int  # its position in the order the writer was given
+    source: Any  # its dataset index (``from_indexed_dataset``) or ``'shard#n'``
+    field: str  # the field whose encoding failed
+    error: str  # the exception, as ``Type: message``
 
 
 class _Chunk:
     """One chunk as encoded by a worker (plain arrays; pickled back to the parent)."""
 
-    __slots__ = ("alloc_counts", "alloc_offsets", "alloc_sizes", "blob", "metadata", "packed")
+    __slots__ = ("alloc_counts", "alloc_offsets", "alloc_sizes", "blob", "metadata", "packed",
+                 "skipped")
 
     def __init__(self, metadata: np.ndarray, blob: bytes, packed: np.ndarray,
                  alloc_counts: np.ndarray, alloc_offsets: np.ndarray,
-                 alloc_sizes: np.ndarray) -> None:
-        self.metadata = metadata  # rows of this chunk, pointers provisional
+                 alloc_sizes: np.ndarray, skipped: list[SkippedSample]) -> None:
+        self.metadata = metadata  # rows of this chunk's kept samples, pointers provisional
         self.blob = blob  # every sample's payloads, packed as they will lie in a page
         self.packed = packed  # bytes each sample occupies in the blob
         self.alloc_counts = alloc_counts  # allocations per sample
         self.alloc_offsets = alloc_offsets  # each allocation's offset within its sample
         self.alloc_sizes = alloc_sizes  # each allocation's size
+        self.skipped = skipped  # the samples left out (only with skip_errors)
 
 
 class _Encoder:
     """Encodes samples into chunks; lives in each worker process."""
 
     def __init__(self, fname: str, names: Sequence[str], fields: Sequence[Field],
-                 row_type: np.dtype, page_size: int, seed: int) -> None:
+                 row_type: np.dtype, page_size: int, seed: int,
+                 skip_errors: tuple[type[BaseException], ...] = ()) -> None:
         self.fname = fname
         self.names = list(names)
         self.fields = list(fields)
         self.row_type = row_type
         self.page_size = page_size
         self.seed = seed
+        self.skip_errors = skip_errors
 
-    def encode(self, samples: Iterable[tuple[int, Any, Any]]) -> _Chunk:
-        """Encode ``(dest_index, source_label, sample)`` triples."""
+    def encode(self, samples: Iterable[tuple[int, Any, Any]],
+               describe: Callable[[Any], str | None]) -> _Chunk:
+        """Encode ``(dest_index, source, sample)`` triples; ``describe(source)``
+        says where a sample comes from in error messages."""
         items = list(samples)
         metadata = np.zeros(len(items), self.row_type)
         columns = [metadata[f"f{i}"] for i in range(len(self.fields))]
@@ -106,7 +150,9 @@ class _Encoder:
         counts = np.zeros(len(items), np.int64)
         offsets: list[int] = []
         sizes: list[int] = []
-        for j, (dest, source, sample) in enumerate(items):
+        skipped: list[SkippedSample] = []
+        j = 0  # the row of the next kept sample
+        for dest, source, sample in items:
             allocs: list[np.ndarray] = []
 
             def malloc(size: int, allocs: list[np.ndarray] = allocs) -> tuple[int, np.ndarray]:
@@ -120,15 +166,25 @@ class _Encoder:
                 allocs.append(np.zeros(size, np.uint8))
                 return PROVISIONAL + len(allocs) - 1, allocs[-1]
 
-            values = self._as_tuple(sample, dest, source)
+            values = self._as_tuple(sample, dest, source, describe)
+            failed = None
             for i, (field, value) in enumerate(zip(self.fields, values, strict=True)):
                 token = CURRENT_SAMPLE.set((self.seed, dest, i))
                 try:
                     field.encode(columns[i][j : j + 1], value, malloc)
+                except self.skip_errors as exc:
+                    failed = SkippedSample(dest, source, self.names[i],
+                                           f"{type(exc).__name__}: {exc}")
+                    break
                 except Exception as exc:
-                    raise annotate(exc, self._where(dest, source, self.names[i])) from None
+                    where = self._where(dest, source, describe, self.names[i])
+                    raise annotate(exc, where) from None
                 finally:
                     CURRENT_SAMPLE.reset(token)
+            if failed is not None:
+                skipped.append(failed)
+                metadata[j : j + 1] = np.zeros(1, self.row_type)  # what it wrote of the row
+                continue
             cursor = 0
             for buf in allocs:
                 offsets.append(cursor)
@@ -139,15 +195,17 @@ class _Encoder:
                 parts.append(buf if buf.size else np.zeros(1, np.uint8))
             if cursor > self.page_size:
                 raise EncodeError(
-                    f"{self._where(dest, source)}: {_too_large(cursor, self.page_size)}"
+                    f"{self._where(dest, source, describe)}: {_too_large(cursor, self.page_size)}"
                 )
             packed[j] = cursor
             counts[j] = len(allocs)
+            j += 1
         blob = np.concatenate(parts).tobytes() if parts else b""
-        return _Chunk(metadata, blob, packed, counts,
-                      np.asarray(offsets, np.int64), np.asarray(sizes, np.int64))
+        return _Chunk(metadata[:j], blob, packed[:j], counts[:j],
+                      np.asarray(offsets, np.int64), np.asarray(sizes, np.int64), skipped)
 
-    def _as_tuple(self, sample: Any, dest: int, source: Any) -> Sequence[Any]:
+    def _as_tuple(self, sample: Any, dest: int, source: Any,
+                  describe: Callable[[Any], str | None]) -> Sequence[Any]:
         if len(self.fields) == 1 and not isinstance(sample, (tuple, list)):
             return (sample,)
         if not isinstance(sample, (tuple, list)) or len(sample) != len(self.fields):
@@ -155,20 +213,27 @@ class _Encoder:
             if isinstance(sample, (tuple, list)):
                 got += f" of {len(sample)} values"
             raise EncodeError(
-                f"{self._where(dest, source)}: expected a tuple of {len(self.fields)} values "
-                f"(for fields {self.names}), got {got}"
+                f"{self._where(dest, source, describe)}: expected a tuple of "
+                f"{len(self.fields)} values (for fields {self.names}), got {got}"
             )
         return sample
 
-    def _where(self, dest: int, source: Any, field: str | None = None) -> str:
-        where = f"{self.fname}: sample {dest}"
-        if isinstance(source, str):
-            where += f" ({source})"
-        elif source is not None and source != dest:
-            where += f" (dataset index {source})"
-        if field is not None:
-            where += f", field {field!r}"
-        return where
+    def _where(self, dest: int, source: Any, describe: Callable[[Any], str | None],
+               field: str | None = None) -> str:
+        return _where(self.fname, dest, source, describe(source), field)
+
+
+def _where(fname: str, dest: int, source: Any, description: str | None,
+           field: str | None = None) -> str:
+    """``file: sample N (where it comes from), field 'name'``, for error messages."""
+    where = f"{fname}: sample {dest}"
+    if description:
+        where += f" ({description})"
+    elif source != dest:
+        where += f" (dataset index {source})"
+    if field is not None:
+        where += f", field {field!r}"
+    return where
 
 
 def _too_large(nbytes: int, page_size: int) -> str:
@@ -181,11 +246,36 @@ def _too_large(nbytes: int, page_size: int) -> str:
 
 # -- worker processes -----------------------------------------------------------
 
-def _worker_main(conn: Connection, job: Any) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    # forked workers receive the job as it is in memory (nothing is pickled);
-    # spawned ones get it pickled
-    encoder, expand = job
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_IN_WORKER = "the writer's worker process"
+
+
+def _worker_main(conn: Connection, job: Any, inherited: tuple[list[Connection], list[int]],
+                 parent_pid: int | None) -> None:
+    # The parent handles Ctrl-C and SIGTERM (sent to the whole process group
+    # by a terminal, `timeout` or a batch system) and stops its workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A forked worker holds copies of the parent's descriptors: its ends of
+    # this pipe and of the other workers' (kept, the parent's death would
+    # never read as EOF here), its lock and its output file.
+    conns, fds = inherited
+    for parent_end in conns:
+        parent_end.close()
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _die_with_parent(parent_pid)
+    if job is None:  # started by the fork server: the job comes pickled, first
+        try:
+            job = pickle.loads(conn.recv_bytes())
+        except EOFError:
+            return
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                conn.send(("error", -1, portable(exc, _IN_WORKER)))
+            return
+    encoder, source = job
     while True:
         try:
             task = conn.recv()
@@ -195,59 +285,130 @@ def _worker_main(conn: Connection, job: Any) -> None:
             return
         task_id, payload = task
         try:
-            result: Any = ("ok", task_id, encoder.encode(expand(payload)))
+            result: Any = ("ok", task_id, encoder.encode(source.expand(payload), source.describe))
         except BaseException as exc:
-            result = ("error", task_id, _portable(exc))
+            result = ("error", task_id, portable(exc, _IN_WORKER))
         try:
             conn.send(result)
         except (BrokenPipeError, OSError):
             return
 
 
-def _portable(exc: BaseException) -> BaseException:
-    """*exc* if it survives pickling, else an EncodeError with its text."""
-    text = "".join(traceback.format_exception(exc))
+def _die_with_parent(parent_pid: int | None) -> None:
+    """On Linux, have the kernel SIGKILL this process when its parent dies.
+
+    PR_SET_PDEATHSIG fires when the thread that forked us exits: the writer
+    forks only from a process with a single thread, which is the one writing.
+    A parent that died before the call is caught by comparing getppid() with
+    *parent_pid* (None: unknown, as under the fork server, whose workers see
+    the parent's death as end-of-file on their pipe at their next read).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        return  # cannot fail on Linux; the pipe still tells us of the parent's death
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _os_threads() -> int | None:
+    """This process's thread count as the kernel sees it (None: unknown)."""
     try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        exc = EncodeError(f"{type(exc).__name__}: {exc}")
-    exc.add_note(f"in the writer's worker process:\n{text}")
-    return exc
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
 
 
-def _died(proc: Any) -> WorkerError:
-    proc.join(timeout=5)
-    return WorkerError(
-        f"writer worker {proc.name} died (exit code {proc.exitcode}) without reporting "
-        "an error; out of memory?"
-    )
+def _start_method(requested: str | None) -> str:
+    """The start method to try: *requested*, else fork if it may be safe."""
+    methods = multiprocessing.get_all_start_methods()
+    if requested is not None:
+        if requested not in methods:
+            raise ValueError(f"start_method must be one of {methods}, got {requested!r}")
+        return requested
+    if ("fork" in methods and sys.platform.startswith("linux")
+            and threading.active_count() == 1 and _os_threads() is not None):
+        return "fork"  # verified after the fork, see _Pool
+    return "forkserver" if "forkserver" in methods else "spawn"
 
 
 class _Pool:
     """Worker processes, each fed over its own pipe; the parent waits on the
-    pipes and on the processes' sentinels, so a dead worker is noticed at once."""
+    pipes and on the processes' sentinels, so a dead worker is noticed at once.
 
-    def __init__(self, num_workers: int, job: Any) -> None:
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        ctx = multiprocessing.get_context(method)
+    How workers start: fork is used (unless *start_method* says otherwise)
+    only while the process has a single thread at the fork, as the kernel
+    counts them. A thread may hold a lock the child then needs forever (a
+    stream's, logging's, an allocator's), which is why Python 3.12 warns
+    about forking a process with threads. The count is taken twice: no other
+    Python thread may run before the fork, and /proc/self/task must list one
+    thread right after it (libraries such as OpenBLAS stop their threads for
+    a fork, in pthread_atfork handlers, and start them again only when next
+    used). If another thread is there, the forked workers, which have done
+    nothing yet, are killed, and the workers start from multiprocessing's
+    fork server instead, which needs the dataset and fields to be picklable.
+    """
+
+    def __init__(self, num_workers: int, job: Any, start_method: str | None = None,
+                 inherited_fds: Sequence[int] = (), fname: str = "the writer") -> None:
+        self.fname = fname  # for messages
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
+        self.method = _start_method(start_method)
         try:
-            for i in range(num_workers):
-                parent_end, child_end = ctx.Pipe()
-                proc = ctx.Process(
-                    target=_worker_main,
-                    args=(child_end, job),
-                    name=f"fastforward-writer-{i}",
-                    daemon=True,
-                )
-                proc.start()
-                child_end.close()
-                self.conns.append(parent_end)
-                self.procs.append(proc)
+            if self.method == "fork" and start_method is None:
+                with warnings.catch_warnings():
+                    # Python 3.12+ warns (in the parent, after the fork) when it sees
+                    # other threads; this fork is a trial, and then they are refused.
+                    # catch_warnings is safe here: no other Python thread runs
+                    warnings.filterwarnings("ignore", r"This process .* is multi-threaded",
+                                            DeprecationWarning)
+                    self._start(num_workers, job, inherited_fds)
+                    single = _os_threads() == 1
+                if not single:
+                    self.terminate()
+                    self.method = "forkserver"
+                    self._start(num_workers, job, inherited_fds)
+            else:
+                self._start(num_workers, job, inherited_fds)
         except BaseException:
             self.terminate()
             raise
+
+    def _start(self, num_workers: int, job: Any, inherited_fds: Sequence[int]) -> None:
+        ctx = multiprocessing.get_context(self.method)
+        blob = None
+        if self.method != "fork":
+            blob = _pickled_job(job, self.method, self.fname)
+            if self.method == "forkserver":
+                forkserver_preload(ctx, [__name__])  # workers start in ms, not seconds
+        for i in range(num_workers):
+            parent_end, child_end = ctx.Pipe()
+            if self.method == "fork":  # the job as it is in memory; nothing is pickled
+                args = (child_end, job, ([parent_end, *self.conns], list(inherited_fds)),
+                        os.getpid())
+            else:
+                args = (child_end, None, ([], []), None)
+            proc = ctx.Process(target=_worker_main, args=args,
+                               name=f"fastforward-writer-{i}", daemon=True)
+            try:
+                proc.start()
+            except BaseException:
+                parent_end.close()
+                raise
+            finally:
+                child_end.close()
+            self.conns.append(parent_end)
+            self.procs.append(proc)
+        if blob is not None:  # once all have started: a large job takes a while to send
+            for parent_end, proc in zip(self.conns, self.procs, strict=True):
+                try:
+                    parent_end.send_bytes(blob)
+                except OSError:
+                    raise self._died(proc) from None
 
     def run(self, tasks: Sequence[Any]) -> Iterator[Any]:
         """Yield the results of *tasks* in order; raise the first failure."""
@@ -265,30 +426,52 @@ class _Pool:
                 try:
                     conn.send((next_task, tasks[next_task]))
                 except OSError:  # BrokenPipeError: it died since the last wait()
-                    raise _died(owner[conn]) from None
+                    raise self._died(owner[conn]) from None
                 busy[conn] += 1
                 next_task += 1
 
         for conn in self.conns:
             feed(conn)
         while next_result < len(tasks):
-            for ready in wait([*self.conns, *sentinels]):
-                if ready in sentinels:
-                    raise _died(sentinels[ready])
-                assert isinstance(ready, Connection)
+            ready = wait([*self.conns, *sentinels])
+            answered = [r for r in ready if r not in sentinels]
+            for conn in answered:
+                assert isinstance(conn, Connection)
                 try:
-                    status, task_id, value = ready.recv()
+                    status, task_id, value = conn.recv()
                 except (EOFError, OSError):
-                    raise _died(owner[ready]) from None
+                    raise self._died(owner[conn]) from None
                 if status == "error":
+                    if task_id < 0:
+                        raise WorkerError(
+                            f"{self.fname}: a writer worker ({self.method} start) could not "
+                            f"load the dataset and fields it was sent: "
+                            f"{type(value).__name__}: {value}. Their classes must be "
+                            "importable by name (defined at the top level of a module, not "
+                            "in a notebook or inside a function)"
+                        ) from value
                     raise value
-                busy[ready] -= 1
+                busy[conn] -= 1
                 results[task_id] = value
+            for sentinel in ready:
+                if sentinel in sentinels:
+                    proc = sentinels[sentinel]
+                    conn = self.conns[self.procs.index(proc)]
+                    # what it sent before dying (an error, say) is read first
+                    if conn not in answered and not conn.poll():
+                        raise self._died(proc)
             while next_result in results:
                 yield results.pop(next_result)
                 next_result += 1
             for conn in self.conns:
                 feed(conn)
+
+    def _died(self, proc: Any) -> WorkerError:
+        proc.join(timeout=5)
+        return WorkerError(
+            f"{self.fname}: writer worker {proc.name} died (exit code {proc.exitcode}) "
+            "without reporting an error; out of memory?"
+        )
 
     def close(self) -> None:
         """Ask the workers to finish and wait for them."""
@@ -310,7 +493,305 @@ class _Pool:
         self.procs, self.conns = [], []
 
 
+def _pickled_job(job: Any, method: str, fname: str) -> bytes:
+    """*job* pickled for workers that do not share the parent's memory."""
+    try:
+        return pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        threads = _os_threads() or threading.active_count()
+        raise TypeError(
+            f"{fname}: the writer's workers start with {method} here (this process runs {threads} "
+            "threads, and forking a process with threads may deadlock), so the dataset and "
+            f"fields must be picklable, and they are not: {type(exc).__name__}: {exc}. Make "
+            "them picklable, write from a process with no other threads, or accept the risk "
+            "with DatasetWriter(..., start_method='fork')"
+        ) from exc
+
+
 # -- the file -----------------------------------------------------------------
+
+# what a writer leaves at worst: `.<target's name>.<8 of [a-z0-9_]>.part`
+# (mkstemp's names, which earlier versions used, have the same shape)
+_PART_MIDDLE = re.compile(r"[a-z0-9_]{8}")
+
+
+def _is_part_of(name: str, base: str) -> bool:
+    """Whether *name* is a partial file that a writer of *base* leaves."""
+    prefix = f".{base}."
+    return (name.startswith(prefix) and name.endswith(".part")
+            and _PART_MIDDLE.fullmatch(name[len(prefix):-len(".part")]) is not None)
+
+
+class _TargetLock:
+    """An advisory lock (``flock``) on ``.<name>.lock`` beside the target.
+
+    The file holds the writer's pid, for the message a second writer gets.
+    It is removed when the write ends (after a SIGKILL it stays, unlocked,
+    and the next writer of the target takes it over). Removal happens while
+    the lock is held, so a writer that opened the old file checks, once it
+    holds the lock, that the name still leads to what it locked.
+    """
+
+    def __init__(self, target: str, dir_fd: int) -> None:
+        self.target = target
+        self.dir_fd = dir_fd
+        self.name = f".{os.path.basename(target)}.lock"
+        self.path = os.path.join(os.path.dirname(target), self.name)
+        self.fd = -1
+
+    def acquire(self) -> None:
+        if fcntl is None:  # pragma: no cover - not POSIX
+            return
+        while True:
+            fd = os.open(self.name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666,
+                         dir_fd=self.dir_fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                who = "another writer" + (f" (pid {holder})" if holder else "")
+                raise TargetLockedError(
+                    f"{self.target}: {who} is writing this file: it holds the lock "
+                    f"{self.path}. Wait for it to finish, or write to another file"
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                named = os.stat(self.name, dir_fd=self.dir_fd)
+            except FileNotFoundError:
+                named = None
+            locked = os.fstat(fd)
+            if named is not None and (named.st_dev, named.st_ino) == (locked.st_dev,
+                                                                      locked.st_ino):
+                break
+            os.close(fd)  # its holder removed it meanwhile: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.name, dir_fd=self.dir_fd)
+        os.close(self.fd)
+        self.fd = -1
+
+
+def _read_pid(fd: int) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(os.pread(fd, 32, 0).decode("ascii").strip())
+    return None
+
+
+def _open_unnamed(dir_fd: int) -> int | None:
+    """An unnamed file in the directory *dir_fd* (Linux's O_TMPFILE) that can be
+    named later through /proc/self/fd; None where either is unavailable."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag:
+        return None
+    try:
+        fd = os.open(".", flag | os.O_RDWR | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
+    except OSError as exc:
+        # the file system cannot (EOPNOTSUPP), or the kernel predates it
+        # (EISDIR: it opened the directory; EINVAL)
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return None
+        raise
+    try:  # linkat needs /proc to name the file at the end
+        ours, proc = os.fstat(fd), os.stat(f"/proc/self/fd/{fd}")
+        if (ours.st_dev, ours.st_ino) == (proc.st_dev, proc.st_ino):
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+class _Output:
+    """The file being written, in the target's directory, with no name (or a
+    hidden ``.part`` name) until ``publish`` gives it the target's.
+
+    Errors from writing it name the target and say how far it got.
+    """
+
+    def __init__(self, target: str, dir_fd: int) -> None:
+        self.target = target
+        self.dir_fd = dir_fd
+        self.base = os.path.basename(target)
+        self.written = 0  # bytes handed to write() so far
+        self.published = False
+        self.part: str | None = None  # the .part file's name, when there is one
+        try:
+            fd = _open_unnamed(dir_fd)
+            if fd is None:
+                fd, self.part = self._create_part()
+        except OSError as exc:
+            raise self._failed(exc, "creating") from None
+        self.fd = fd
+        self.file = open(fd, "wb", closefd=True)  # noqa: SIM115 - closed by publish/discard
+
+    def _temp_name(self) -> str:
+        return f".{self.base}.{secrets.token_hex(4)}.part"
+
+    def _create_part(self) -> tuple[int, str]:
+        while True:
+            name = self._temp_name()
+            with contextlib.suppress(FileExistsError):
+                return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666,
+                               dir_fd=self.dir_fd), name
+
+    def write(self, data: Any) -> None:
+        try:
+            self.file.write(data)
+        except OSError as exc:
+            raise self._failed(exc, "writing") from None
+        self.written += memoryview(data).nbytes
+
+    def seek(self, offset: int) -> None:
+        try:
+            self.file.seek(offset)
+        except OSError as exc:
+            raise self._failed(exc, "writing") from None
+
+    def truncate(self) -> None:
+        try:
+            self.file.truncate()
+        except OSError as exc:
+            raise self._failed(exc, "writing") from None
+
+    def publish(self, naming: Callable[[], None] = lambda: None) -> None:
+        """Flush, fsync, and give the file the target's name, atomically;
+        *naming* is called just before the name is given."""
+        try:
+            self.file.flush()
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise self._failed(exc, "writing") from None
+        try:
+            name = self.part if self.part is not None else self._link()
+            try:
+                naming()
+                os.replace(name, self.base, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            except BaseException:
+                if self.part is None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=self.dir_fd)
+                raise
+            self.published = True
+            self.part = None
+            with contextlib.suppress(OSError):  # the name itself, durably
+                os.fsync(self.dir_fd)
+        except OSError as exc:
+            raise self._failed(exc, "naming") from None
+        finally:
+            self._close()
+
+    def _link(self) -> str:
+        """Name the unnamed file: linkat(AT_SYMLINK_FOLLOW) from /proc/self/fd
+        (an explicit dir_fd makes os.link use linkat with that flag)."""
+        while True:
+            name = self._temp_name()
+            with contextlib.suppress(FileExistsError):
+                os.link(f"/proc/self/fd/{self.fd}", name, dst_dir_fd=self.dir_fd,
+                        follow_symlinks=True)
+                return name
+
+    def discard(self) -> None:
+        """Drop the partial file (an unnamed one goes with its descriptor)."""
+        self._close()
+        if self.part is not None and not self.published:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.part, dir_fd=self.dir_fd)
+            self.part = None
+
+    def _close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):  # a full disk fails the flush again
+            self.file.close()
+
+    def _failed(self, exc: OSError, doing: str) -> OSError:
+        """*exc* again, naming the target and saying how much was written."""
+        why = {
+            errno.ENOSPC: "the disk is full",
+            errno.EDQUOT: "the disk quota is exceeded",
+            errno.EFBIG: "the file would exceed the largest file size allowed here",
+        }.get(exc.errno or 0)
+        text = exc.strerror or str(exc)
+        if why:
+            text += f" ({why})"
+        text += f", {doing} it after {self.written:,} bytes; no partial file is left behind"
+        new = OSError(exc.errno, text, self.target) if exc.errno else OSError(
+            f"{self.target}: {text}")
+        new.__cause__ = exc
+        return new
+
+
+def write_file_atomically(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write *data* to *path* as the writer writes its files: the file appears
+    whole under its name, or not at all."""
+    path = os.fspath(path)
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)),
+                     os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        output = _Output(path, dir_fd)
+        try:
+            output.write(data)
+            output.publish()
+        except BaseException:
+            output.discard()
+            raise
+    finally:
+        os.close(dir_fd)
+
+
+class _SigtermGuard:
+    """Whether a SIGTERM may still stop the write (until the file is named)."""
+
+    armed = True
+    pending = False  # a SIGTERM came once the file was named: delivered at the end
+
+    def disarm(self) -> None:
+        """From now on the file will get its name: a SIGTERM waits for the end."""
+        self.armed = False
+
+
+@contextlib.contextmanager
+def _sigterm_stops_the_write(target: str) -> Iterator[_SigtermGuard]:
+    """Turn SIGTERM into ``Terminated`` while a write runs, as Ctrl-C is turned
+    into KeyboardInterrupt: the write stops cleanly and leaves no file.
+
+    Only from the main thread (the only one that may set handlers), and only
+    where SIGTERM would kill the process outright: a handler of the caller's
+    is left alone. The previous handler is restored afterwards. A second
+    SIGTERM during the clean-up is ignored (a SIGKILL still works); one that
+    comes once the file has its name is delivered (to the default action)
+    when the write returns.
+    """
+    guard = _SigtermGuard()
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield guard
+        return
+    fired = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal fired
+        if not guard.armed:
+            guard.pending = True
+        elif not fired:
+            fired = True
+            raise Terminated(f"{target}: stopped by SIGTERM during the write; "
+                             "no file was written")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield guard
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if guard.pending:
+            signal.raise_signal(signal.SIGTERM)
 
 
 class _PageWriter:
@@ -327,6 +808,9 @@ class _PageWriter:
         self.leaves = pointer_leaves
         self.alloc_rows: list[np.ndarray] = []
         self.next_sample = 0
+        # every byte of the pages goes through the hasher as it is written (its sums
+        # are stored only with checksums=True; hashing costs far less than encoding)
+        self.hasher = PageHasher()
 
     def add(self, chunk: _Chunk) -> None:
         n = len(chunk.packed)
@@ -345,6 +829,7 @@ class _PageWriter:
                 self._open_page()
             base = self.start + self.page * self.page_size + self.cursor
             self.file.write(blob[blob_pos : blob_pos + size])
+            self.hasher.update(blob[blob_pos : blob_pos + size])
             lo, hi = alloc_start[j], alloc_start[j + 1]
             alloc_ptrs[lo:hi] = base + chunk.alloc_offsets[lo:hi]
             self.cursor += size
@@ -370,9 +855,17 @@ class _PageWriter:
                 raise EncodeError("a field stored a pointer that malloc never returned")
             values[rows] = alloc_ptrs[alloc_start[rows] + k[rows].astype(np.int64)]
 
+    def _pad_page(self) -> None:
+        """Write the rest of the current page (pages are written whole) and sum it."""
+        if self.cursor < self.page_size:
+            padding = bytes(self.page_size - self.cursor)
+            self.file.write(padding)
+            self.hasher.update(padding)
+        self.hasher.finish_page()
+
     def _open_page(self) -> None:
-        if self.page >= 0 and self.cursor < self.page_size:
-            self.file.write(bytes(self.page_size - self.cursor))  # pages are written whole
+        if self.page >= 0:
+            self._pad_page()
         self.page += 1
         self.cursor = 0
         self.file.seek(self.start + self.page * self.page_size)
@@ -381,8 +874,7 @@ class _PageWriter:
         """Pad the last page; return where the allocation table goes (-1: no pages)."""
         if self.page < 0:
             return -1
-        if self.cursor < self.page_size:
-            self.file.write(bytes(self.page_size - self.cursor))
+        self._pad_page()
         return self.start + (self.page + 1) * self.page_size
 
 
@@ -415,11 +907,37 @@ class DatasetWriter:
             (``RGBImageField(write_mode='proportion')``). The same inputs and
             seed give a byte-identical file, whatever ``num_workers`` is.
         progress: show a tqdm progress bar.
+        skip_errors: (keyword only) exception types that leave a sample out
+            of the file instead of stopping the write, when a field's
+            encoding raises one: ``fastforward convert --skip-bad`` passes
+            ``(DecodeError,)``. The file then holds the other samples, in
+            order; ``skipped`` lists the ones left out.
+        start_method: (keyword only) how worker processes start. ``None``
+            (the default): fork while the process has a single thread, else
+            multiprocessing's fork server (the dataset and fields are then
+            pickled). ``'fork'`` forks even with other threads running.
+
+        checksums: (keyword only) store a checksum of every page and of the
+            header, field descriptors, metadata and allocation table, in a
+            block that FFCV never reads (``fastforward.checksums``):
+            ``fastforward verify`` and ``Loader(..., verify_checksums=True)``
+            then find any damaged byte. False writes exactly FFCV's layout.
+
+    A write holds a lock on ``.<name>.lock`` beside the target: a second
+    writer of the same target raises ``TargetLockedError``. SIGTERM during a
+    write (where the process has no handler of its own) stops it as Ctrl-C
+    does, raising ``fastforward.errors.Terminated`` (a ``SystemExit`` with
+    status 143), and leaves no file.
     """
+
+    skipped: list[SkippedSample]
+    """The samples the last write left out (see *skip_errors*), in order."""
 
     def __init__(self, fname: str | os.PathLike[str], fields: Mapping[str, Field],
                  page_size: int = 4 * MIN_PAGE_SIZE, num_workers: int = -1,
-                 seed: int = 0, progress: bool = True) -> None:
+                 seed: int = 0, progress: bool = True, *, checksums: bool = True,
+                 skip_errors: Sequence[type[BaseException]] = (),
+                 start_method: str | None = None) -> None:
         self.fname = os.fspath(fname)
         validate_page_size(int(page_size))
         self.page_size = int(page_size)
@@ -440,7 +958,16 @@ class DatasetWriter:
         self.num_workers = default_workers() if num_workers < 1 else int(num_workers)
         self.seed = int(seed)
         self.progress = progress
+        self.checksums = bool(checksums)
         self.row_type = get_metadata_type(list(self.fields.values()))
+        self.skip_errors = tuple(skip_errors)
+        for kind in self.skip_errors:
+            if not (isinstance(kind, type) and issubclass(kind, Exception)):
+                raise TypeError(f"skip_errors must hold Exception subclasses, got {kind!r}")
+        if start_method is not None:
+            _start_method(start_method)  # validated now rather than at the write
+        self.start_method = start_method
+        self.skipped = []
 
     # -- entry points -------------------------------------------------------------
 
@@ -469,7 +996,7 @@ class DatasetWriter:
             (start, order[start : start + chunksize].tolist())
             for start in range(0, len(order), chunksize)
         ]
-        self._write(len(order), tasks, _IndexedSource(dataset))
+        self._write(len(order), tasks, _IndexedSource(dataset, self.fname))
 
     def from_webdataset(self, shards: Sequence[str], pipeline: Callable[[Any], Iterable[Any]]
                         ) -> None:
@@ -485,7 +1012,7 @@ class DatasetWriter:
             raise ImportError(
                 "from_webdataset needs webdataset: pip install 'fastforward[webdataset]'"
             ) from exc
-        source = _WebDatasetSource(pipeline)
+        source = _WebDatasetSource(pipeline, self.fname)
         counts = [sum(1 for _ in source.iterate(shard)) for shard in shards]
         starts = np.concatenate(([0], np.cumsum(counts)))[:-1].tolist()
         tasks = list(zip(starts, zip(shards, counts, strict=True), strict=True))
@@ -496,53 +1023,69 @@ class DatasetWriter:
     def _write(self, num_samples: int, tasks: list[Any], source: Any) -> None:
         names = list(self.fields)
         fields = list(self.fields.values())
-        encoder = _Encoder(self.fname, names, fields, self.row_type, self.page_size, self.seed)
+        encoder = _Encoder(self.fname, names, fields, self.row_type, self.page_size, self.seed,
+                           self.skip_errors)
+        self.skipped = []
         directory = os.path.dirname(os.path.abspath(self.fname))
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.fname)}.", suffix=".part",
-                                   dir=directory)
-        pool = None
+        with _sigterm_stops_the_write(self.fname) as sigterm:
+            self._write_locked(num_samples, tasks, source, encoder, names, fields,
+                               directory, sigterm)
+
+    def _write_locked(self, num_samples: int, tasks: list[Any], source: Any, encoder: _Encoder,
+                      names: list[str], fields: list[Field], directory: str,
+                      sigterm: _SigtermGuard) -> None:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        lock = _TargetLock(self.fname, dir_fd)
+        output = pool = None
         try:
-            with os.fdopen(fd, "wb") as file:
-                self._write_head(file, num_samples, names, fields)
-                start = data_offset(len(fields), num_samples, self.row_type, self.page_size)
-                pages = _PageWriter(file, start, self.page_size, num_samples, self.row_type,
-                                    _pointer_leaves(self.row_type))
-                pool = _Pool(min(self.num_workers, max(len(tasks), 1)), (encoder, source.expand))
-                with self._progress_bar(num_samples) as bar:
-                    for chunk in pool.run(tasks):
-                        pages.add(chunk)
-                        bar.update(len(chunk.packed))
-                pool.close()
-                pool = None
-                if pages.next_sample != num_samples:
-                    raise EncodeError(
-                        f"{self.fname}: expected {num_samples} samples, the dataset gave "
-                        f"{pages.next_sample}"
-                    )
-                self._write_tail(file, pages, num_samples, len(fields))
-                file.flush()
-                os.fsync(file.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, self.fname)
+            lock.acquire()
+            self._remove_stale_parts(dir_fd)
+            output = _Output(self.fname, dir_fd)
+            self._write_head(output, num_samples, names, fields)
+            start = data_offset(len(fields), num_samples, self.row_type, self.page_size)
+            pages = _PageWriter(output, start, self.page_size, num_samples, self.row_type,
+                                _pointer_leaves(self.row_type))
+            pool = _Pool(min(self.num_workers, max(len(tasks), 1)), (encoder, source),
+                         self.start_method, [dir_fd, lock.fd, output.fd], self.fname)
+            with self._progress_bar(num_samples) as bar:
+                for chunk in pool.run(tasks):
+                    pages.add(chunk)
+                    self.skipped.extend(chunk.skipped)
+                    bar.update(len(chunk.packed) + len(chunk.skipped))
+            pool.close()
+            pool = None
+            if pages.next_sample + len(self.skipped) != num_samples:
+                raise EncodeError(
+                    f"{self.fname}: expected {num_samples} samples, the dataset gave "
+                    f"{pages.next_sample + len(self.skipped)}"
+                )
+            self._write_tail(output, pages, pages.next_sample, len(fields))
+            output.publish(sigterm.disarm)
         except BaseException:
             if pool is not None:
                 pool.terminate()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            if output is not None:
+                output.discard()
             raise
+        finally:
+            lock.release()
+            os.close(dir_fd)
 
-    def _write_head(self, file: Any, num_samples: int, names: list[str],
+    def _remove_stale_parts(self, dir_fd: int) -> None:
+        """Remove the partial files that killed writers of this target left
+        (holding the lock, we know that none of them is still writing)."""
+        base = os.path.basename(self.fname)
+        for name in os.listdir(dir_fd):
+            if _is_part_of(name, base):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=dir_fd)
+
+    def _write_head(self, file: _Output, num_samples: int, names: list[str],
                     fields: list[Field]) -> None:
         file.write(self._header(num_samples, alloc_table_ptr=0).tobytes())
-        descriptors = np.zeros(len(fields), FieldDescType)
-        for desc, name, field in zip(descriptors, names, fields, strict=True):
-            desc["type_id"] = type_id_of(field)
-            raw = np.frombuffer(name.encode("ascii"), np.uint8)
-            desc["name"][: raw.size] = raw
-            desc["arguments"][:] = np.frombuffer(field.to_binary().tobytes(), np.uint8)
-        file.write(descriptors.tobytes())
+        file.write(_descriptors(names, fields).tobytes())
 
-    def _write_tail(self, file: Any, pages: _PageWriter, num_samples: int,
+    def _write_tail(self, file: _Output, pages: _PageWriter, num_samples: int,
                     num_fields: int) -> None:
         meta_start = metadata_offset(num_fields)
         table_ptr = pages.finish()
@@ -550,11 +1093,19 @@ class DatasetWriter:
             table_ptr = meta_start + num_samples * self.row_type.itemsize
         table = (np.concatenate(pages.alloc_rows) if pages.alloc_rows
                  else np.zeros(0, ALLOC_TABLE_TYPE))
+        if self.checksums:  # the block sits between the last page and the table
+            sums = pages.hasher.sums
+            final = self._header(num_samples, table_ptr + block_size(len(sums)))
+            head = final.tobytes() + _descriptors(list(self.fields),
+                                                  list(self.fields.values())).tobytes()
+            file.seek(table_ptr)
+            file.write(build_block(head, pages.metadata[:num_samples], table, sums))
+            table_ptr += block_size(len(sums))
         file.seek(table_ptr)
         file.write(table.tobytes())
         file.truncate()
         file.seek(meta_start)
-        file.write(pages.metadata.tobytes())
+        file.write(pages.metadata[:num_samples].tobytes())
         file.seek(0)
         file.write(self._header(num_samples, table_ptr).tobytes())
 
@@ -579,10 +1130,15 @@ class DatasetWriter:
                    desc=os.path.basename(self.fname), file=sys.stderr)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _descriptors(names: list[str], fields: list[Field]) -> np.ndarray:
+    """The field descriptors as the file stores them."""
+    descriptors = np.zeros(len(fields), FieldDescType)
+    for desc, name, field in zip(descriptors, names, fields, strict=True):
+        desc["type_id"] = type_id_of(field)
+        raw = np.frombuffer(name.encode("ascii"), np.uint8)
+        desc["name"][: raw.size] = raw
+        desc["arguments"][:] = np.frombuffer(field.to_binary().tobytes(), np.uint8)
+    return descriptors
 
 
 class _IndexedSource:
@@ -592,9 +1148,14 @@ class _IndexedSource:
     one: the file's path) gets that description in error messages.
     """
 
-    def __init__(self, dataset: Any) -> None:
+    def __init__(self, dataset: Any, fname: str) -> None:
         self.dataset = dataset
-        self.describe = getattr(dataset, "describe", None)
+        self.fname = fname
+        self.describe_source = getattr(dataset, "describe", None)
+
+    def describe(self, src: int) -> str | None:
+        """Where dataset index *src* comes from, for messages (None: its index says it)."""
+        return None if self.describe_source is None else str(self.describe_source(src))
 
     def expand(self, task: tuple[int, list[int]]) -> Iterator[tuple[int, Any, Any]]:
         start, sources = task
@@ -603,30 +1164,42 @@ class _IndexedSource:
             try:
                 sample = self.dataset[src]
             except Exception as exc:
-                where = f"reading dataset index {src} (sample {dest})"
-                if self.describe is not None:
-                    where += f", {self.describe(src)}"
-                raise annotate(exc, where) from None
-            yield dest, src if self.describe is None else self.describe(src), sample
+                where = _where(self.fname, dest, src, self.describe(src) or f"dataset index {src}")
+                raise annotate(exc, f"{where}, reading it from the dataset") from None
+            yield dest, src, sample
 
 
 class _WebDatasetSource:
     """Shards of a WebDataset: ``(first_dest, (shard, expected_count))``."""
 
-    def __init__(self, pipeline: Callable[[Any], Iterable[Any]]) -> None:
+    def __init__(self, pipeline: Callable[[Any], Iterable[Any]], fname: str) -> None:
         self.pipeline = pipeline
+        self.fname = fname
 
     def iterate(self, shard: str) -> Iterable[Any]:
         import webdataset
 
         return self.pipeline(webdataset.WebDataset(shard, shardshuffle=False))
 
+    def describe(self, src: str) -> str | None:
+        return src
+
     def expand(self, task: tuple[int, tuple[str, int]]) -> Iterator[tuple[int, Any, Any]]:
         start, (shard, count) = task
         n = 0
-        for n, sample in enumerate(self.iterate(shard), 1):
+        samples = iter(self.iterate(shard))
+        while True:
+            try:
+                sample = next(samples)
+            except StopIteration:
+                break
+            except Exception as exc:
+                where = _where(self.fname, start + n, None, f"{shard}#{n}")
+                raise annotate(exc, f"{where}, reading it from the shard") from None
+            n += 1
             if n > count:
                 break
             yield start + n - 1, f"{shard}#{n - 1}", sample
         if n != count:
-            raise EncodeError(f"shard {shard} gave {n} samples, {count} when counted")
+            raise EncodeError(f"{self.fname}: shard {shard} gave {n} samples, "
+                              f"{count} when counted")

@@ -55,3 +55,21 @@ def jpeg_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def cpu_count() -> int:
     return os.cpu_count() or 1
+
+
+def strip_checksums(src: Path, dst: Path) -> Path:
+    """Copy *src* without its checksum block: FFCV's layout, as ``checksums=False``
+    writes it."""
+    import struct
+
+    from fastforward.reader import Reader
+
+    with Reader(src) as reader:
+        sums = reader.checksums
+        assert sums is not None, f"{src} has no checksums"
+        start, end = sums.block_start, reader.alloc_table_ptr
+    data = bytearray(src.read_bytes())
+    del data[start:end]
+    struct.pack_into("<Q", data, 16, start)
+    dst.write_bytes(bytes(data))
+    return dst

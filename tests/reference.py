@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -392,3 +393,101 @@ def tv_translate(image: np.ndarray, dx: int, dy: int, bilinear: bool,
     """The policies' TranslateX/TranslateY: ``affine`` by whole pixels."""
     return tv_affine(image, tv_inverse_affine((0.0, 0.0), 0.0, (float(dx), float(dy)),
                                               (0.0, 0.0)), bilinear, fill)
+
+
+def crop_nearest(src: np.ndarray, y0: int, x0: int, h: int, w: int, out_h: int, out_w: int,
+                 flip: bool = False) -> np.ndarray:
+    """Reference for ``crop_nearest_into``: each output pixel takes the source pixel
+    under its centre (computed in exact fractions)."""
+    from fractions import Fraction
+
+    rows = [y0 + min(h - 1, math.floor(Fraction(2 * i + 1, 2) * h / out_h)) for i in range(out_h)]
+    cols = [x0 + min(w - 1, math.floor(Fraction(2 * j + 1, 2) * w / out_w)) for j in range(out_w)]
+    out = src[np.ix_(rows, cols)]
+    return out[:, ::-1] if flip else out
+
+
+def map_box(box: tuple[float, float, float, float], y: int, x: int, crop_h: int, crop_w: int,
+            out_h: int, out_w: int, flip: bool) -> tuple[list[float], float]:
+    """Reference for one corner box through a crop, resize and flip: the clipped
+    box and the fraction of its area left (plain Python floats)."""
+    x0, y0, x1, y1 = box
+    sx, sy = out_w / crop_w, out_h / crop_h
+    nx0, nx1 = (x0 - x) * sx, (x1 - x) * sx
+    ny0, ny1 = (y0 - y) * sy, (y1 - y) * sy
+    if flip:
+        nx0, nx1 = out_w - nx1, out_w - nx0
+    area = (nx1 - nx0) * (ny1 - ny0)
+    cx0, cx1 = min(max(nx0, 0), out_w), min(max(nx1, 0), out_w)
+    cy0, cy1 = min(max(ny0, 0), out_h), min(max(ny1, 0), out_h)
+    inside = max(cx1 - cx0, 0) * max(cy1 - cy0, 0)
+    return [cx0, cy0, cx1, cy1], (inside / area if area > 0 else 0.0)
+
+
+def shorter_side_size(height: int, width: int, size: int, max_size: int | None) -> tuple[int, int]:
+    """torchvision's ``Resize(size, max_size)`` output ``(height, width)``, transcribed
+    from ``torchvision.transforms.v2.functional._geometry._compute_resized_output_size``."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    if max_size is not None and new_long > max_size:
+        new_short, new_long = int(max_size * new_short / new_long), max_size
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    return new_h, new_w
+
+# -- fastforward._ext.layout ----------------------------------------------------------------------
+
+
+def locate_payloads(table_ptrs: np.ndarray, table_sizes: np.ndarray, table_owners: np.ndarray,
+                    ptrs: np.ndarray, shift: int, first_page: int, pages: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reference for ``locate_payloads`` (no guessing: a search per sample).
+
+    Returns ``(sizes, pages, flags)``; *pages* is updated as the kernel updates it.
+    """
+    n = len(ptrs)
+    sizes = np.zeros(n, np.uint64)
+    flags = np.zeros(n, np.uint8)
+    pages = pages.copy()
+    for s in range(n):
+        ptr = int(ptrs[s])
+        rows = [j for j in range(len(table_ptrs))
+                if int(table_ptrs[j]) == ptr and int(table_owners[j]) == s]
+        if not rows:
+            flags[s] = 1
+            continue
+        size = int(table_sizes[rows[0]])
+        sizes[s] = size
+        page = (ptr >> shift) - first_page
+        if ((ptr + max(size, 1) - 1) >> shift) - first_page != page:
+            flags[s] = 2
+        elif pages[s] < 0:
+            pages[s] = page
+        elif pages[s] != page:
+            flags[s] = 4
+    return sizes, pages, flags
+
+
+def scan_table(ptrs: np.ndarray, sizes: np.ndarray, owners: np.ndarray, lo: int, hi: int,
+               num_samples: int) -> tuple[int, int, bool]:
+    """Reference for ``scan_table``."""
+    ends = [int(p) + int(z) for p, z in zip(ptrs, sizes, strict=True)]
+    outside = [i for i, (p, e) in enumerate(zip(ptrs, ends, strict=True))
+               if int(p) < lo or e > hi or e >= 1 << 64]
+    stranger = [i for i, o in enumerate(owners) if int(o) >= num_samples]
+    in_order = all(int(a) <= int(b) for a, b in itertools.pairwise(ptrs))
+    return (outside[0] if outside else -1), (stranger[0] if stranger else -1), in_order
+
+
+def find_overlaps(ptrs: np.ndarray, sizes: np.ndarray) -> tuple[int, int, int]:
+    """Reference for ``find_overlaps``: non-empty allocations starting before the
+    furthest end of the earlier ones."""
+    full = [i for i in range(len(ptrs)) if int(sizes[i]) > 0]
+    count, pair, end, last = 0, (-1, -1), 0, -1
+    for i in full:
+        if last >= 0 and int(ptrs[i]) < end:
+            count += 1
+            if pair == (-1, -1):
+                pair = (last, i)
+        if last < 0 or int(ptrs[i]) + int(sizes[i]) > end:
+            end, last = int(ptrs[i]) + int(sizes[i]), i
+    return count, *pair

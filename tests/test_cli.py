@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import strip_checksums
 
 from fastforward._version import __version__
 from fastforward.cli import main, parse_size
@@ -146,11 +147,25 @@ def test_verify_good_file(beton: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "no problems" in out
 
 
+@pytest.fixture(scope="module")
+def plain(beton: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``beton`` without its checksums (FFCV's layout)."""
+    return strip_checksums(beton, tmp_path_factory.mktemp("plain") / "plain.beton")
+
+
+def test_verify_says_whether_there_are_checksums(beton: Path, plain: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verify", str(beton), "--no-progress"]) == 0
+    assert "checksums: xxh3_64, header, metadata, allocation table and" in capsys.readouterr().out
+    assert main(["verify", str(plain), "--no-progress"]) == 0
+    assert "checksums: none in this file" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("decode", [False, True])
-def test_verify_corrupt_jpeg(beton: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+def test_verify_corrupt_jpeg(plain: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                              decode: bool) -> None:
     bad = tmp_path / "bad.beton"
-    shutil.copyfile(beton, bad)
+    shutil.copyfile(plain, bad)
     sample = 17
     with Reader(bad) as reader:
         ptr = int(reader.metadata[sample]["f0"]["data_ptr"])
@@ -161,14 +176,32 @@ def test_verify_corrupt_jpeg(beton: Path, tmp_path: Path, capsys: pytest.Capture
     assert main(argv) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"sample {sample}, field 'image': bad JPEG header")
-    assert len(lines) == 2  # one problem (not decoded twice), then the summary
+    assert len(lines) == 3  # one problem (not decoded twice), checksums, the summary
     assert "1 problem(s) in 1 sample(s)" in lines[-1]
 
 
-def test_verify_decode_reports_a_broken_jpeg_body(beton: Path, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_reports_the_damaged_page(beton: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.beton"
     shutil.copyfile(beton, bad)
+    sample = 17
+    with Reader(bad) as reader:
+        ptr = int(reader.metadata[sample]["f0"]["data_ptr"])
+        page = int(reader.sample_pages[sample])
+    with open(bad, "r+b") as f:
+        f.seek(ptr)
+        f.write(bytes(4))
+    assert main(["verify", str(bad), "--no-progress"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"page {page} (bytes ")
+    assert "does not match its checksum" in lines[0]
+    assert lines[1].startswith(f"sample {sample}, field 'image': bad JPEG header")
+
+
+def test_verify_decode_reports_a_broken_jpeg_body(plain: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.beton"
+    shutil.copyfile(plain, bad)
     sample = 3
     with Reader(bad) as reader:
         ptr = int(reader.metadata[sample]["f0"]["data_ptr"])
@@ -347,3 +380,111 @@ def test_bench_plot(beton: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["bench", str(beton), "--workers", "1", "--batch-size", "8",
                  "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- bad images ----------------------------------------------------------------------------------
+
+
+def folder_with_bad_images(corpus: Path, tmp_path: Path) -> tuple[Path, dict[Path, str]]:
+    """A copy of the corpus with an empty file, a non-image .png and a JPEG
+    whose header is intact but whose data is not (a header check passes it)."""
+    folder = tmp_path / "imgs"
+    shutil.copytree(corpus, folder)
+    files = sorted(folder.glob("*/*.jpg"))
+    empty, not_png, cut = files[3], files[10].with_suffix(".png"), files[17]
+    empty.write_bytes(b"")
+    files[10].rename(not_png)
+    not_png.write_bytes(b"\x89PNG\r\n\x1a\n but nothing after it")
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    return folder, {empty: "empty file", not_png: "cannot identify image file",
+                    cut: "cannot decode JPEG"}
+
+
+def test_convert_skip_bad(corpus: Path, tmp_path: Path,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    from fastforward.datasets import ImageFolder
+
+    folder, bad = folder_with_bad_images(corpus, tmp_path)
+    out = tmp_path / "out.beton"
+    assert main(["convert", str(folder), str(out), "--skip-bad", *FAST]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    kept = NUM_IMAGES - len(bad)
+    assert lines[0].startswith(f"wrote {kept} samples to {out}")
+    listed = tmp_path / "out.beton.skipped.txt"
+    assert lines[1] == f"skipped 3 image(s) that cannot be decoded (listed in {listed}):"
+    order = sorted(bad)  # ImageFolder's order: by class, then path
+    for line, path in zip(lines[2:], order, strict=True):
+        assert line.startswith(f"  {path}: {bad[path]}")
+    rows = [line.split("\t") for line in listed.read_text().splitlines()]
+    assert [Path(path) for path, _ in rows] == order
+    assert all(bad[Path(path)] in why for path, why in rows)
+    # the file holds the other images, each with its own label
+    samples = ImageFolder(folder).samples
+    labels = [label for path, label in samples if path not in bad]
+    with Reader(out) as reader:
+        assert reader.num_samples == kept
+        assert reader.metadata["f1"].tolist() == labels
+        assert reader.verify(decode=True) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "out.beton",
+                                                          "out.beton.skipped.txt"]
+    # the same conversion of the folder without them gives the same bytes
+    for path in bad:
+        path.unlink()
+    assert main(["convert", str(folder), str(tmp_path / "clean.beton"), *FAST]) == 0
+    assert (tmp_path / "clean.beton").read_bytes() == out.read_bytes()
+    # nothing skipped: an earlier list of that name goes
+    assert main(["convert", str(folder), str(out), "--skip-bad", *FAST]) == 0
+    assert "skipped" not in capsys.readouterr().out
+    assert not listed.exists()
+
+
+def test_convert_stops_at_a_bad_image_without_skip_bad(
+        corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder, bad = folder_with_bad_images(corpus, tmp_path)
+    status = main(["convert", str(folder), str(tmp_path / "out.beton"), "--num-workers", "1",
+                   "--no-progress"])
+    first = sorted(bad)[0]
+    assert_one_line_error(capsys, status, 1, str(first), "empty file", "'image'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", "empty file"),
+    (b"GIF89a, or so it says", "cannot identify image file"),
+    (None, "cannot decode image file: image file is truncated"),
+], ids=["empty", "unidentified", "truncated-png"])
+def test_convert_names_an_undecodable_file(corpus: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str],
+                                           content: bytes | None, message: str) -> None:
+    import io
+
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    shutil.copytree(corpus, folder)
+    jpeg = sorted(folder.glob("*/*.jpg"))[5]
+    victim = jpeg.with_suffix(".png")
+    if content is None:  # a real PNG, cut in half
+        png = io.BytesIO()
+        Image.open(jpeg).save(png, "PNG")
+        content = png.getvalue()[: len(png.getvalue()) // 2]
+    jpeg.rename(victim)
+    victim.write_bytes(content)
+    status = main(["convert", str(folder), str(tmp_path / "out.beton"), *FAST])
+    line = assert_one_line_error(capsys, status, 1, str(victim), message, "'image'")
+    assert "BytesIO" not in line
+    assert "0x" not in line
+
+
+def test_sigterm_during_convert(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    from fastforward.errors import Terminated
+
+    def terminated(*args: object, **kwargs: object) -> None:
+        raise Terminated(f"{tmp_path / 'x.beton'}: stopped by SIGTERM during the write; "
+                         "no file was written")
+
+    monkeypatch.setattr("fastforward.writer.DatasetWriter.from_indexed_dataset", terminated)
+    status = main(["convert", str(corpus), str(tmp_path / "x.beton"), *FAST])
+    assert_one_line_error(capsys, status, 143, "stopped by SIGTERM")

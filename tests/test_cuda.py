@@ -51,7 +51,7 @@ def pipelines(device: str) -> dict:
 
 def test_batches_land_on_the_gpu(train_file: Path) -> None:
     loader = Loader(train_file, 32, seed=0, pipelines=pipelines("cuda"))
-    assert loader._ring.pinned
+    assert loader._slots.kind == "pinned"
     for images, labels in loader:
         assert images.is_cuda
         assert labels.is_cuda

@@ -128,7 +128,7 @@ def test_non_contiguous_array(tmp_path: Path, images: list[np.ndarray]) -> None:
     ("value", "message"),
     [(np.zeros((8, 8, 3), np.float32), "uint8"), (np.zeros((8, 8, 2), np.uint8), "shape"),
      (np.zeros((2, 8, 8, 3), np.uint8), "shape"), (np.zeros((0, 8, 3), np.uint8), "empty"),
-     ("not an image", "str"), (b"\x89PNX not an image", "cannot decode")],
+     ("not an image", "str"), (b"\x89PNX not an image", "cannot identify image file")],
     ids=["float", "two-channels", "4d", "empty", "string", "garbage-bytes"],
 )
 def test_refused_inputs_name_sample_and_field(tmp_path: Path, value: object, message: str,

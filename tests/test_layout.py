@@ -80,8 +80,9 @@ def written(tmp_path_factory: pytest.TempPathFactory, images: list[np.ndarray]) 
     fields = {"label": IntField(), "weight": FloatField(), "blob": BytesField(),
               "array": NDArrayField(np.dtype("<f4"), (2, 3)), "meta": JSONField(),
               "image": RGBImageField(write_mode="proportion", max_resolution=64)}
-    DatasetWriter(path, fields, page_size=PAGE, num_workers=2, progress=False) \
-        .from_indexed_dataset(Mixed(40, images), chunksize=7)
+    # FFCV's layout exactly (test_checksums.py checks the block checksums=True adds)
+    DatasetWriter(path, fields, page_size=PAGE, num_workers=2, progress=False,
+                  checksums=False).from_indexed_dataset(Mixed(40, images), chunksize=7)
     return path
 
 
@@ -149,8 +150,8 @@ def test_json_payload_is_nul_terminated(written: Path) -> None:
 
 def test_no_payload_fields_have_no_pages(tmp_path: Path) -> None:
     path = tmp_path / "scalars.beton"
-    DatasetWriter(path, {"a": IntField(), "b": FloatField()}, progress=False, num_workers=1) \
-        .from_indexed_dataset([(i, float(i)) for i in range(100)])
+    DatasetWriter(path, {"a": IntField(), "b": FloatField()}, progress=False, num_workers=1,
+                  checksums=False).from_indexed_dataset([(i, float(i)) for i in range(100)])
     data = path.read_bytes()
     assert len(data) == 24 + 2 * 1041 + 100 * 16  # as FFCV writes it
     assert struct.unpack_from("<Q", data, 16)[0] == len(data)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastforward.errors import DecodeError
+from fastforward.errors import DecodeError, FormatError
 from fastforward.fields import BytesField, FloatField, IntField, RGBImageField
 from fastforward.fields.decoders import (
     BytesDecoder,
@@ -57,15 +57,25 @@ def scalars(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def write_photos(path: Path, images: list[np.ndarray], checksums: bool = True) -> Path:
+    data = [(images[i % len(images)], i) for i in range(60)]
+    DatasetWriter(path, {"image": RGBImageField(write_mode="proportion", max_resolution=160),
+                         "label": IntField()}, num_workers=2, progress=False,
+                  checksums=checksums).from_indexed_dataset(data)
+    return path
+
+
 @pytest.fixture(scope="module")
 def photos_file(tmp_path_factory: pytest.TempPathFactory, images: list[np.ndarray]) -> Path:
     """60 real photographs of varied sizes as JPEG (odd samples raw), with labels."""
-    path = tmp_path_factory.mktemp("loader") / "photos.beton"
-    data = [(images[i % len(images)], i) for i in range(60)]
-    DatasetWriter(path, {"image": RGBImageField(write_mode="proportion", max_resolution=160),
-                         "label": IntField()}, num_workers=2,
-                  progress=False).from_indexed_dataset(data)
-    return path
+    return write_photos(tmp_path_factory.mktemp("loader") / "photos.beton", images)
+
+
+@pytest.fixture(scope="module")
+def plain_photos_file(tmp_path_factory: pytest.TempPathFactory,
+                      images: list[np.ndarray]) -> Path:
+    """``photos_file`` without checksums (as FFCV writes it), for tampering with."""
+    return write_photos(tmp_path_factory.mktemp("loader") / "plain.beton", images, False)
 
 
 def index_loader(path: Path, **kw) -> Loader:
@@ -142,7 +152,8 @@ def test_branch_from_an_operation(photos_file: Path) -> None:
 
 def test_one_decoder_for_two_fields_is_refused(scalars: Path) -> None:
     decoder = IntDecoder()
-    with pytest.raises(ValueError, match="one decoder per field"):
+    with pytest.raises(ValueError, match=r"one IntDecoder instance decodes outputs 'index' "
+                                         r"and 'value'"):
         Loader(scalars, 4, pipelines={"index": [decoder], "value": [decoder]})
 
 
@@ -285,7 +296,7 @@ def test_raw_batches_on_the_copy_thread_are_whole(raw_file: Path, after: list[st
             np.testing.assert_array_equal(got, 255 - expected[order] if after else expected[order])
         # copied on the copy threads, unless an operation reads the rows right away
         assert len(queued) == (0 if after else 2 * len(loader))
-        copier = loader._copier
+        copier = loader._owned.copier
     if after:
         assert copier is None  # no pipeline could use the copy threads: none started
     else:
@@ -395,34 +406,44 @@ def test_corrupt_jpeg_names_sample_and_field(tmp_path: Path, photos_file: Path) 
             pass
 
 
-@pytest.mark.parametrize(("mode", "change", "message"), [
-    (0, {"mode": 7}, "unknown image mode 7"),
-    (0, {"height": +8}, "the metadata says"),
-    (1, {"height": +8}, "is short of"),
-], ids=["unknown-mode", "jpeg-size", "raw-short"])
-def test_bad_image_metadata_names_sample_and_field(tmp_path: Path, photos_file: Path, mode: int,
-                                                   change: dict[str, int], message: str) -> None:
+@pytest.mark.parametrize(("mode", "change", "error", "message"), [
+    (0, {"mode=": 7}, FormatError, "unknown image mode 7"),
+    (0, {"height": +8}, DecodeError, "the metadata says"),
+    (0, {"height": +20000}, DecodeError, "the metadata says"),
+    (1, {"height": +8}, FormatError, "needs .* bytes, has"),
+    (1, {"width=": 0}, FormatError, "empty image"),
+], ids=["unknown-mode", "jpeg-size", "jpeg-huge", "raw-short", "raw-empty"])
+def test_bad_image_metadata_names_sample_and_field(tmp_path: Path, plain_photos_file: Path,
+                                                   mode: int, change: dict[str, int],
+                                                   error: type, message: str) -> None:
+    # refused when the file is opened where the metadata alone shows it (FormatError),
+    # when decoded for a JPEG (its header disagrees), before any buffer is sized from it
     from fastforward.types import metadata_offset
 
     path = tmp_path / "tampered.beton"
-    path.write_bytes(photos_file.read_bytes())
+    path.write_bytes(plain_photos_file.read_bytes())
     reader = Reader(path)
     column = reader.metadata["f0"]
     victim = int(np.flatnonzero(column["mode"] == mode)[3])
     row = np.array(column[victim])
-    for key, value in change.items():
-        row[key] = value if key == "mode" else row[key] + value
+    for key, value in change.items():  # "key=": set it, "key": add to it
+        name = key.rstrip("=")
+        row[name] = value if key.endswith("=") else (int(row[name]) + value) % (1 << 16)
     start = (metadata_offset(reader.num_fields) + victim * reader.metadata_type.itemsize
              + reader.metadata_type.fields["f0"][1])
     with open(path, "r+b") as f:
         f.seek(start)
         f.write(row.tobytes())
-    loader = Loader(path, 8, pipelines={"image": [RandomResizedCropRGBImageDecoder((16, 16))],
-                                        "label": None})
-    with pytest.raises(DecodeError, match=message) as info:
+    def one_epoch() -> None:
+        loader = Loader(path, 8, pipelines={
+            "image": [RandomResizedCropRGBImageDecoder((16, 16))], "label": None})
         for _ in loader:
             pass
+
+    with pytest.raises(error, match=message) as info:
+        one_epoch()
     assert f"sample {victim}, field 'image'" in str(info.value)
+    assert str(path) in str(info.value)
 
 
 def test_break_close_and_context_manager_stop_everything(scalars: Path) -> None:
@@ -537,7 +558,7 @@ def test_fused_flip_equals_the_separate_flip(photos_file: Path) -> None:
         if branch:  # a branch reads the unflipped image, so the flip stays separate
             pipelines["plain"] = PipelineSpec(decoder)
         loader = Loader(photos_file, 16, seed=2, pipelines=pipelines)
-        fused = loader.pipelines[0].fused_flip is not None
+        fused = loader.pipelines[0].decoder.fused_flip is not None
         assert fused is not branch
         return next(iter(loader))[0]
 
@@ -654,7 +675,7 @@ def test_close_returns_slots_only_after_their_batches_are_written(cheap_fetch: b
     events: list[tuple[str, int]] = []
     lock = threading.Lock()
 
-    def run_batch(index, indices, data, slot, map_ranges):  # type: ignore[no-untyped-def]
+    def run_batch(index, indices, data, slot):  # type: ignore[no-untyped-def]
         time.sleep(0.3)  # still writing into the slot when close() comes
         with lock:
             events.append(("written", slot))
@@ -667,8 +688,8 @@ def test_close_returns_slots_only_after_their_batches_are_written(cheap_fetch: b
     slots = iter(range(100))
     plan = EpochPlan(batches=[np.arange(k, k + 1) for k in range(20)],
                      fetch=lambda indices: indices, acquire_slot=lambda: next(slots),
-                     release_slot=release, run_batch=run_batch, num_workers=1,
-                     batches_ahead=3, fetch_is_cheap=cheap_fetch)
+                     release_slot=release, run_batch=run_batch, batches_ahead=3,
+                     fetch_is_cheap=cheap_fetch)
     engine = Engine(plan)
     time.sleep(0.1)
     closer = threading.Thread(target=engine.close)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from conftest import fixture_dir
 
 from fastforward.errors import FormatError
-from fastforward.fields import IntField, NDArrayField
+from fastforward.fields import BytesField, IntField, NDArrayField
 from fastforward.reader import Reader
 from fastforward.writer import DatasetWriter
 
@@ -112,8 +113,8 @@ def test_random_bytes(tmp_path: Path) -> None:
 
 def test_bad_ndarray_arguments(tmp_path: Path) -> None:
     path = tmp_path / "arr.beton"
-    DatasetWriter(path, {"a": NDArrayField("<f4", (3,))}, num_workers=1, progress=False) \
-        .from_indexed_dataset([np.zeros(3, "<f4")])
+    DatasetWriter(path, {"a": NDArrayField("<f4", (3,))}, num_workers=1, progress=False,
+                  checksums=False).from_indexed_dataset([np.zeros(3, "<f4")])
     patch(path, 24 + 17 + 256, struct.pack("<Q", 5000))  # dtype text length
     expect_error(path, "dtype")
 
@@ -141,8 +142,13 @@ def test_pointer_into_another_sample_is_refused(good: Path) -> None:
     offset = 24 + 3 * 1041 + reader.metadata_type.itemsize * 1  # sample 1's row
     reader.close()
     patch(good, offset + reader.metadata_type.fields["f0"][1] + 5, struct.pack("<Q", ptr0))
-    reader = Reader(good)
-    assert [(p.sample, p.field) for p in reader.verify()] == [(1, "image")]
+    error = expect_error(good, "sample 1, field 'image': the payload at offset")
+    assert "belongs to sample 0" in str(error)
+    reader = Reader(good, validate=False)
+    problems = reader.verify()
+    assert [(p.sample, p.field) for p in problems] == [(1, "image"), (None, None)]
+    assert re.fullmatch(r"the allocation of sample 1 at \d+ \(\d+ bytes\) is no field's payload",
+                        str(problems[1]))
     with pytest.raises(FormatError, match="belongs to sample 0"):
         reader.read(1)
 
@@ -168,3 +174,177 @@ def test_payload_sizes_with_two_allocations_at_one_offset(good: Path) -> None:
     got = reader.payload_sizes(np.array([200, 200, 200, 300, 200, 50, 400], np.uint64),
                                np.array([2, 3, 4, 1, 9, 0, 0], np.uint64))
     assert got.tolist() == [7, 0, 0, 30, -1, -1, -1]
+
+
+# -- the checks on opening: every payload well-formed before anything is sized from it ----------
+
+
+@pytest.fixture
+def mixed(tmp_path: Path, images: list[np.ndarray]) -> Path:
+    """Bytes, JSON, arrays and raw images, without checksums (as FFCV writes files)."""
+    from fastforward.fields import JSONField, RGBImageField
+
+    rng = np.random.default_rng(2)
+    data = [(i, rng.integers(0, 256, 100 + i, dtype=np.uint8), {"i": i},
+             np.full(3, i, "<f4"), images[i % 3][:20, :30]) for i in range(12)]
+    path = tmp_path / "mixed.beton"
+    DatasetWriter(path, {"label": IntField(), "blob": BytesField(), "meta": JSONField(),
+                         "array": NDArrayField("<f4", (3,)),
+                         "image": RGBImageField(write_mode="raw")},
+                  num_workers=1, progress=False, checksums=False).from_indexed_dataset(data)
+    return path
+
+
+def row_offset(reader: Reader, sample: int, field: int, sub: str | None = None) -> int:
+    """The file offset of a metadata value."""
+    offset = (24 + 1041 * reader.num_fields + sample * reader.metadata_type.itemsize
+              + reader.metadata_type.fields[f"f{field}"][1])
+    if sub is not None:
+        offset += reader.metadata_type[f"f{field}"].fields[sub][1]
+    return offset
+
+
+@pytest.mark.parametrize(("field", "sub", "value", "message"), [
+    (1, "size", 32 << 20, "field 'blob': metadata says 33554432 bytes, the allocation holds 105"),
+    (1, "size", 1 << 43, "field 'blob': metadata says 8796093022208 bytes"),
+    (2, "size", 7, "field 'meta': metadata says 7 bytes, the allocation holds"),
+    (1, "ptr", 1 << 40, "field 'blob': no allocation starts at offset 1099511627776"),
+    (3, None, 3, "field 'array': no allocation starts at offset 3"),
+], ids=["bytes-32MiB", "bytes-8TiB", "json-size", "bytes-ptr", "array-ptr"])
+def test_damaged_metadata_is_refused_on_opening(mixed: Path, field: int, sub: str | None,
+                                                value: int, message: str) -> None:
+    reader = Reader(mixed)
+    patch(mixed, row_offset(reader, 5, field, sub), struct.pack("<Q", value))
+    error = expect_error(mixed, f"sample 5, {message}")
+    assert "more problem" not in str(error)
+
+
+def test_raw_image_with_halved_height_is_refused(mixed: Path) -> None:
+    reader = Reader(mixed)
+    patch(mixed, row_offset(reader, 4, 4, "height"), struct.pack("<H", 10))
+    expect_error(mixed, r"sample 4, field 'image': raw image of 10×30 needs 900 bytes, has 1800")
+
+
+def test_array_allocation_of_the_wrong_size_is_refused(mixed: Path) -> None:
+    reader = Reader(mixed)
+    rows = np.flatnonzero(reader.alloc_table["ptr"] == reader.metadata["f3"][6])
+    patch(mixed, reader.alloc_table_ptr + 24 * int(rows[0]) + 16, struct.pack("<Q", 8))
+    # the arrays' allocation shrank: the next payload's bytes are not its own any more
+    expect_error(mixed, "sample 6, field 'array': array payload of 8 bytes, expected 12")
+
+
+def test_overlapping_allocations_are_refused(mixed: Path) -> None:
+    reader = Reader(mixed)
+    rows = np.flatnonzero(reader.alloc_table["ptr"] == reader.metadata["f1"]["ptr"][2])
+    patch(mixed, reader.alloc_table_ptr + 24 * int(rows[0]) + 16, struct.pack("<Q", 500))
+    expect_error(mixed, r"the allocations of samples 2 \(at \d+, 500 bytes\) and 2 .* overlap")
+
+
+def test_payload_crossing_a_page_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "blobs.beton"
+    blobs = [np.full(900_000, i, np.uint8) for i in range(5)]
+    DatasetWriter(path, {"blob": BytesField()}, page_size=1 << 21, num_workers=1,
+                  progress=False, checksums=False).from_indexed_dataset(blobs)
+    reader = Reader(path)
+    pages = reader.sample_pages
+    assert pages.tolist() == [0, 0, 1, 1, 2]
+    # sample 1 grows past the end of its page (into sample 2's, and over no allocation)
+    row = np.flatnonzero(reader.alloc_table["sample_id"] == 1)[0]
+    patch(path, reader.alloc_table_ptr + 24 * int(row) + 16, struct.pack("<Q", 1_500_000))
+    patch(path, row_offset(reader, 1, 0, "size"), struct.pack("<Q", 1_500_000))
+    expect_error(path, r"the allocations of samples 1 \(at \d+, 1500000 bytes\) and 2")
+    problems = [str(p) for p in Reader(path, validate=False).verify()]
+    assert len(problems) == 2
+    assert problems[0].startswith("the allocations of samples 1")
+    assert re.fullmatch(r"sample 1, field 'blob': payload at \d+ \(1500000 bytes\) crosses a "
+                        r"page boundary", problems[1])
+
+
+def test_payloads_of_one_sample_on_two_pages_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "two.beton"
+    data = [(np.full(900_000, i, np.uint8), np.full(900_000, i, np.uint8)[:10])
+            for i in range(4)]
+    DatasetWriter(path, {"a": BytesField(), "b": BytesField()}, page_size=1 << 21,
+                  num_workers=1, progress=False, checksums=False).from_indexed_dataset(data)
+    reader = Reader(path)
+    # sample 3's second payload said to be sample 0's (another page): ptr and allocation
+    ptr0 = int(reader.metadata["f1"]["ptr"][0])
+    patch(path, row_offset(reader, 3, 1, "ptr"), struct.pack("<Q", ptr0))
+    row = np.flatnonzero(reader.alloc_table["ptr"] == ptr0)[0]
+    patch(path, reader.alloc_table_ptr + 24 * int(row), struct.pack("<Q", 3))
+    error = expect_error(path, f"sample 0, field 'b': the payload at offset {ptr0} belongs to "
+                               "sample 3")
+    assert "1 more problem" in str(error)
+    problems = Reader(path, validate=False).verify()
+    assert [(p.sample, p.field, p.message) for p in problems] == [
+        (0, "b", f"the payload at offset {ptr0} belongs to sample 3"),
+        (3, "b", "payloads of one sample span two pages"),
+        (None, None, f"the allocation of sample 3 at {int(reader.metadata['f1']['ptr'][3])} "
+                     "(10 bytes) is no field's payload")]
+
+
+def test_unknown_image_mode_and_empty_image(mixed: Path) -> None:
+    reader = Reader(mixed)
+    patch(mixed, row_offset(reader, 2, 4, "mode"), bytes([9]))
+    patch(mixed, row_offset(reader, 7, 4, "width"), struct.pack("<H", 0))
+    error = expect_error(mixed, "sample 2, field 'image': unknown image mode 9")
+    assert "(1 more problem(s): `fastforward verify` lists them)" in str(error)
+    problems = Reader(mixed, validate=False).verify()
+    assert [str(p) for p in problems] == ["sample 2, field 'image': unknown image mode 9",
+                                          "sample 7, field 'image': empty image (20×0)"]
+
+
+def test_open_checks_give_the_reader_each_payload(mixed: Path) -> None:
+    reader = Reader(mixed)
+    for i in (1, 2, 3, 4):
+        column = reader.metadata[f"f{i}"]
+        pointers = reader.handlers[reader.field_names[i]].payload_pointers(column)
+        assert reader.payload_offsets[i].tolist() == pointers.tolist()
+        assert reader.payload_nbytes[i].tolist() == [
+            reader.payload_size(int(p), s) for s, p in enumerate(pointers)]
+    assert 0 not in reader.payload_offsets  # an IntField has no payload
+    assert (reader.sample_pages == 0).all()
+
+
+def test_damaged_json_is_a_decode_error_naming_the_sample(mixed: Path) -> None:
+    from fastforward.errors import DecodeError
+
+    reader = Reader(mixed)
+    ptr = int(reader.metadata["f2"]["ptr"][3])
+    patch(mixed, ptr, b"\xf9{")
+    with pytest.raises(DecodeError, match=r"mixed.beton: sample 3, field 'meta': stored JSON"):
+        Reader(mixed).read(3)
+
+
+def test_fewer_fields_in_the_header_is_refused(mixed: Path) -> None:
+    # num_fields 5 -> 4: the metadata rows are read differently, and the image
+    # allocations are nobody's payload (without checksums, nothing else tells)
+    patch(mixed, 2, struct.pack("<H", 4))
+    expect_error(mixed, r"(is no field's payload|field '.*': )")
+
+
+def test_two_fields_naming_one_allocation_is_refused(mixed: Path) -> None:
+    reader = Reader(mixed)
+    patch(mixed, row_offset(reader, 6, 2, "ptr"), struct.pack("<Q", int(
+        reader.metadata["f1"]["ptr"][6])))
+    patch(mixed, row_offset(reader, 6, 2, "size"), struct.pack("<Q", int(
+        reader.metadata["f1"]["size"][6])))
+    expect_error(mixed, r"the allocation of sample 6 at \d+ \(\d+ bytes\) is no field's payload")
+    problems = [str(p) for p in Reader(mixed, validate=False).verify()]
+    assert len(problems) == 2
+    assert problems[1].endswith("is the payload of two fields")
+
+
+def test_huge_ndarray_shape_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "arr.beton"
+    DatasetWriter(path, {"a": NDArrayField("<f4", (3,))}, num_workers=1, progress=False,
+                  checksums=False).from_indexed_dataset([np.zeros(3, "<f4")])
+    patch(path, 24 + 17, struct.pack("<QQ", 1 << 40, 1 << 40))
+    expect_error(path, r"NDArray of shape \(1099511627776, 1099511627776\) .* more than a page")
+
+
+def test_allocation_table_cut_off_is_refused(mixed: Path) -> None:
+    reader = Reader(mixed)
+    with open(mixed, "r+b") as f:
+        f.truncate(reader.alloc_table_ptr)  # a whole number of rows: none
+    expect_error(mixed, "sample 0, field 'blob': no allocation starts at offset")

@@ -218,22 +218,29 @@ class TupleMismatch:
 
 
 def test_wrong_tuple_length(tmp_path: Path) -> None:
-    with pytest.raises(EncodeError, match=r"sample 2: expected a tuple of 2 values"):
+    with pytest.raises(EncodeError, match=r"t.beton: sample 2: expected a tuple of 2 values"):
         write(tmp_path / "t.beton", {"a": IntField(), "b": IntField()}, TupleMismatch())
 
 
+class Broken:
+    """Sample 7 raises *error*."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int) -> int:
+        if i == 7:
+            raise self.error
+        return i
+
+
 def test_dataset_exception_keeps_type_and_names_index(tmp_path: Path) -> None:
-    class Broken:
-        def __len__(self) -> int:
-            return 10
-
-        def __getitem__(self, i: int) -> int:
-            if i == 7:
-                raise KeyError("missing label file")
-            return i
-
-    with pytest.raises(KeyError, match="dataset index 7"):
-        write(tmp_path / "k.beton", {"i": IntField()}, Broken())
+    with pytest.raises(KeyError, match="dataset index 7") as info:
+        write(tmp_path / "k.beton", {"i": IntField()}, Broken(KeyError("missing label file")))
+    assert str(tmp_path / "k.beton") in str(info.value)
 
 
 def test_sample_larger_than_a_page(tmp_path: Path) -> None:
@@ -335,9 +342,16 @@ def test_ctrl_c_stops_and_leaves_nothing(tmp_path: Path) -> None:
     assert os.listdir(work) == []
 
 
+def webdataset_labels(dataset):  # type: ignore[no-untyped-def]
+    return (int(sample["cls"]) for sample in dataset)
+
+
 # webdataset itself leaves its tar files to the garbage collector
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+# forked on purpose (pytest's faulthandler thread would have the fork server
+# start them, and each would import webdataset, and torch with it, anew)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_webdataset(tmp_path: Path) -> None:
     wds = pytest.importorskip("webdataset", reason="webdataset is an optional extra")
     shards = []
@@ -348,12 +362,9 @@ def test_webdataset(tmp_path: Path) -> None:
                 sink.write({"__key__": f"{s}-{i}", "cls": str(s * 10 + i).encode()})
         shards.append(shard)
 
-    def pipeline(dataset):  # type: ignore[no-untyped-def]
-        return (int(sample["cls"]) for sample in dataset)
-
     path = tmp_path / "w.beton"
-    DatasetWriter(path, {"label": IntField()}, num_workers=2, progress=False) \
-        .from_webdataset(shards, pipeline)
+    DatasetWriter(path, {"label": IntField()}, num_workers=2, progress=False,
+                  start_method="fork").from_webdataset(shards, webdataset_labels)
     assert Reader(path).metadata["f0"].tolist() == [s * 10 + i for s in range(3) for i in range(7)]
 
 

@@ -192,9 +192,6 @@ cdef class Workspace:
     it hands out), which measured more than the resize itself.
     """
 
-    cdef char* memory
-    cdef size_t capacity
-
     def __dealloc__(self):
         free(self.memory)
 
@@ -238,16 +235,6 @@ cdef size_t _scratch_bytes(Py_ssize_t h, Py_ssize_t w, Py_ssize_t oh, Py_ssize_t
     # + 4 floats: slack for the 4-wide loads and stores of the horizontal pass
     return (_align(_filter_bytes(<int>w, <int>ow)) + _align(_filter_bytes(<int>h, <int>oh))
             + wide + (rows + 4) * sizeof(float) + 64)
-
-
-cdef struct Target:
-    int kind
-    char* base          # first byte of image 0 (NULL when there are none)
-    Py_ssize_t count    # images
-    Py_ssize_t oh, ow, c
-    Py_ssize_t row_bytes, image_bytes
-    float mul[4]
-    float add[4]
 
 
 cdef int _target(Target* t, out, Py_ssize_t c, scale, bias) except -1:
@@ -300,9 +287,25 @@ cdef int _resize_one(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0,
             f"crop {h}x{w} at ({y0}, {x0}) exceeds the {src.shape[0]}x{src.shape[1]} image")
     scratch = workspace.reserve(_scratch_bytes(h, w, t.oh, t.ow, t.c))
     with nogil:
-        _crop_resize(src, y0, x0, h, w, t.base + k * t.image_bytes, t.row_bytes, t.oh, t.ow,
-                     t.kind, flip, t.mul, t.add, scratch)
+        _resize_into(&src[0, 0, 0], src.shape[0], src.shape[1], src.strides[0], y0, x0, h, w,
+                     t, k, flip, scratch)
     return 0
+
+
+cdef int _resize_into(const uint8_t* src, Py_ssize_t src_h, Py_ssize_t src_w,
+                      Py_ssize_t src_stride, Py_ssize_t y0, Py_ssize_t x0, Py_ssize_t h,
+                      Py_ssize_t w, const Target* t, Py_ssize_t k, bint flip,
+                      char* scratch) except -1 nogil:
+    """Resize the ``h x w`` window at ``(y0, x0)`` of the ``src_h x src_w`` image at
+    *src* (``t.c`` channels, rows *src_stride* bytes apart) into image *k* of *t*.
+
+    The caller has checked the window, and reserved ``_scratch_bytes`` of
+    *scratch*. Reads up to 16 bytes past the end of a row of the window that
+    is not the image's last (SIMD loads): a row buffer needs that slack.
+    """
+    return _crop_resize(src, src_h, src_w, src_stride, t.c, y0, x0, h, w,
+                        t.base + k * t.image_bytes, t.row_bytes, t.oh, t.ow, t.kind, flip,
+                        t.mul, t.add, scratch)
 
 
 def crop_resize_into(const uint8_t[:, :, ::1] src not None,
@@ -388,7 +391,8 @@ cdef inline void _emit(const float* row, char* out, Py_ssize_t n, Py_ssize_t c, 
 
 
 @cython.cdivision(True)  # operands >= 0 (and divisors > 0): C's / and % agree
-cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0,
+cdef int _crop_resize(const uint8_t* src, Py_ssize_t src_h, Py_ssize_t src_w,
+                      Py_ssize_t src_stride, Py_ssize_t c, Py_ssize_t y0, Py_ssize_t x0,
                       Py_ssize_t h, Py_ssize_t w, char* out, Py_ssize_t row_bytes,
                       Py_ssize_t oh, Py_ssize_t ow, int kind, bint flip,
                       const float* mul, const float* add, char* scratch) except -1 nogil:
@@ -397,15 +401,14 @@ cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0
     # first, then combine filtered rows) or the oh output rows (shrinking:
     # vertical first, along whole rows, then horizontal). A flip is a mirrored
     # horizontal filter: the same work.
-    cdef Py_ssize_t c = src.shape[2]
-    cdef Py_ssize_t y, oy, k, in_stride = w * c, out_stride = ow * c, src_stride = src.strides[0]
+    cdef Py_ssize_t y, oy, k, in_stride = w * c, out_stride = ow * c
     # the ring's rows: 4 floats apart, for the 4-wide stores past a row's end
     cdef Py_ssize_t ring_stride = out_stride + 4
     cdef Filter fx, fy
     cdef const uint8_t* rows_u8[MAX_TAPS_ROWS]
     cdef const float* rows_f32[MAX_TAPS_ROWS]
     cdef const uint8_t** rows_u8_p = rows_u8
-    cdef const uint8_t* window = &src[y0, x0, 0]
+    cdef const uint8_t* window = src + y0 * src_stride + x0 * c
     cdef float* tmp
     cdef float* outrow
     cdef float* hrows
@@ -449,7 +452,7 @@ cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0
             # C-contiguous source, rows with a whole row after them have those
             # bytes; the last row (or every row, if rows are that short) is
             # copied first.
-            copy_every = src.shape[1] * c < 16
+            copy_every = src_w * c < 16
             memset(rowcopy + in_stride, 0, 16)
             if integer:
                 for k in range(oh * fy.taps):  # the vertical weights undo the FF_QONE
@@ -464,7 +467,7 @@ cdef int _crop_resize(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0
                     if y + 2 < h:  # reading a row straight from the L2 cache is slow
                         ff_prefetch(row + 2 * src_stride, in_stride)
                     if integer:  # each value a sum of FF_QONE-weighted pixels
-                        if qwide != NULL and (copy_every or y0 + y == src.shape[0] - 1):
+                        if qwide != NULL and (copy_every or y0 + y == src_h - 1):
                             memcpy(rowcopy, row, in_stride)
                             row = rowcopy
                         ff_hpass_q_any(row, fx.start, fx.used, fx.q, qwide, fx.taps, ow, c,

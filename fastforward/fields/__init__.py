@@ -4,7 +4,9 @@ from .base import Field
 from .basics import FloatField, IntField
 from .bytes import BytesField
 from .json import JSONField
+from .mask import MaskField
 from .ndarray import NDArrayField, TorchTensorField
+from .ragged import RaggedField
 from .rgb_image import RGBImageField
 
 __all__ = [
@@ -13,7 +15,9 @@ __all__ = [
     "FloatField",
     "IntField",
     "JSONField",
+    "MaskField",
     "NDArrayField",
     "RGBImageField",
+    "RaggedField",
     "TorchTensorField",
 ]

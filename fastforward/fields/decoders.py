@@ -2,7 +2,10 @@
 
 from .basics import FloatDecoder, IntDecoder
 from .bytes import BytesDecoder
+from .mask import MaskDecoder
 from .ndarray import NDArrayDecoder
+from .ragged import RaggedDecoder
+from .resized_image import ImageSizeDecoder, ShorterSideRGBImageDecoder
 from .rgb_image import (
     CenterCropRGBImageDecoder,
     RandomResizedCropRGBImageDecoder,
@@ -14,9 +17,13 @@ __all__ = [
     "BytesDecoder",
     "CenterCropRGBImageDecoder",
     "FloatDecoder",
+    "ImageSizeDecoder",
     "IntDecoder",
+    "MaskDecoder",
     "NDArrayDecoder",
+    "RaggedDecoder",
     "RandomResizedCropRGBImageDecoder",
     "ResizedCropRGBImageDecoder",
+    "ShorterSideRGBImageDecoder",
     "SimpleRGBImageDecoder",
 ]

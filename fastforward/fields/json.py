@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EncodeError
+from ..errors import DecodeError, EncodeError
 from .base import Field, Malloc, PayloadReader
 from .bytes import BytesField
 
@@ -43,9 +43,17 @@ class JSONField(BytesField):
 
     @staticmethod
     def unpack_one(data: np.ndarray) -> Any:
-        """Decode one sample's stored bytes (up to the first NUL)."""
+        """Decode one sample's stored bytes (up to the first NUL).
+
+        Raises:
+            DecodeError: the bytes are not UTF-8 JSON (a ``ValueError``, as
+                ``json.loads`` raises).
+        """
         raw = data.tobytes()
-        return json.loads(raw.split(b"\0", 1)[0].decode("utf-8"))
+        try:
+            return json.loads(raw.split(b"\0", 1)[0].decode("utf-8"))
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise DecodeError(f"stored JSON cannot be decoded: {exc}") from exc
 
     @staticmethod
     def unpack(batch: Any) -> list[Any]:

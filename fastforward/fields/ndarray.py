@@ -8,6 +8,7 @@ little-endian u8 (trailing zeros unused), then the length and text of
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from ..pipeline.state import State
 from .base import ARG_TYPE, Field, Malloc, PayloadReader
 
 MAX_DIMS = 32
+MAX_ELEMENT_SIZE = 1 << 32  # a payload lies in one page, and pages are below 4 GiB
 NDArrayArgsType = np.dtype(
     [("shape", "<u8", MAX_DIMS), ("type_length", "<u8"), ("type_data", "u1", 1024 - 264)]
 )
@@ -37,7 +39,8 @@ class NDArrayField(Field):
             raise ValueError(f"only simple dtypes can be stored, got {self.dtype}")
         if not 1 <= len(self.shape) <= MAX_DIMS or min(self.shape) < 1:
             raise ValueError(f"shape must have 1 to {MAX_DIMS} positive dims, got {self.shape}")
-        self.element_size = self.dtype.itemsize * int(np.prod(self.shape))
+        # exact (math.prod): np.prod would wrap a damaged file's huge shape around
+        self.element_size = self.dtype.itemsize * math.prod(self.shape)
 
     @property
     def metadata_type(self) -> np.dtype:
@@ -59,7 +62,14 @@ class NDArrayField(Field):
             shape.pop()
         if not shape or 0 in shape:
             raise FormatError(f"invalid NDArray shape {args['shape'].tolist()}")
-        return NDArrayField(dtype, tuple(shape))
+        try:
+            field = NDArrayField(dtype, tuple(shape))
+        except ValueError as exc:  # a structured dtype
+            raise FormatError(f"invalid NDArray field arguments: {exc}") from None
+        if field.element_size >= MAX_ELEMENT_SIZE:
+            raise FormatError(f"NDArray of shape {tuple(shape)} and dtype {dtype} needs "
+                              f"{field.element_size} bytes per sample, more than a page holds")
+        return field
 
     def to_binary(self) -> np.ndarray:
         args = np.zeros(1, NDArrayArgsType)[0]

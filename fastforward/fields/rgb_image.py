@@ -8,9 +8,11 @@ RGBA inputs are converted to RGB (alpha is dropped); anything else is refused.
 
 from __future__ import annotations
 
+import importlib
 import math
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,9 +20,10 @@ import numpy as np
 
 from .._ext.resize import Workspace, crop_resize_into, decode_crop_resize_range
 from ..errors import DecodeError, EncodeError
+from ..pipeline import geometry, random
 from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.decoder import Decoder
-from ..pipeline.operation import BatchContext
+from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
 from ..transforms.crop import (
     RANDOM_CROP_UNIFORMS,
@@ -35,6 +38,18 @@ try:
     import simplejpeg
 except ImportError:  # pragma: no cover - a declared dependency
     simplejpeg = None
+
+try:  # built where libjpeg-turbo was available at build time (see setup.py)
+    _region: Any = importlib.import_module("fastforward._ext.jpeg")
+except ModuleNotFoundError as _exc:  # built without it: whole images through simplejpeg
+    if _exc.name != "fastforward._ext.jpeg":
+        raise
+    _region = None
+
+CROP_DECODING = (f"region (libjpeg-turbo {_region.LIBJPEG_TURBO_VERSION})" if _region is not None
+                 else "whole image (simplejpeg)")
+"""How the crop decoders decode JPEGs in this build: only the crop's region with the
+libjpeg-turbo linked in at build time, or the whole image with simplejpeg."""
 
 IMAGE_MODES = {"jpg": 0, "raw": 1}
 RGB_METADATA = np.dtype(
@@ -85,8 +100,11 @@ def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> n
     JPEGs go through simplejpeg. Given a minimum size, it decodes at the
     smallest DCT scale (m/8) that keeps the image at least that large, with
     fast chroma upsampling: both are much faster, and the image is shrunk
-    further anyway. Other formats need Pillow.
+    further anyway. Other formats need Pillow. Raises DecodeError for an
+    empty file and for bytes that no decoder can read.
     """
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
     if data[:2] == b"\xff\xd8":
         sj = require_simplejpeg()
         shrinking = min_height > 0 or min_width > 0
@@ -96,7 +114,7 @@ def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> n
         except ValueError as exc:
             raise DecodeError(f"cannot decode JPEG: {exc}") from exc
     try:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
     except ImportError as exc:
         raise EncodeError(
             "reading non-JPEG image files needs Pillow: pip install 'fastforward[pillow]'"
@@ -106,8 +124,20 @@ def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> n
     try:
         with Image.open(io.BytesIO(data)) as img:
             return to_rgb_array(img)
-    except OSError as exc:
-        raise DecodeError(f"cannot decode image file: {exc}") from exc
+    except UnidentifiedImageError:
+        # Pillow's message names the BytesIO object; the caller names the file
+        raise DecodeError(
+            f"cannot identify image file ({len(data)} bytes: not an image, or in a format "
+            "Pillow cannot read)"
+        ) from None
+    except EncodeError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # damaged data, as plugins say it
+        message = _BYTES_IO.sub("", str(exc)) or type(exc).__name__
+        raise DecodeError(f"cannot decode image file: {message}") from exc
+
+
+_BYTES_IO = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 def target_size(
@@ -287,15 +317,34 @@ def decode_stored_image(
     return image
 
 
+def check_jpeg_size(data: Any, height: int, width: int) -> None:
+    """Raise DecodeError unless the JPEG *data*'s header says ``height × width``."""
+    try:
+        h, w, _, _ = require_simplejpeg().decode_jpeg_header(data)
+    except ValueError as exc:
+        raise DecodeError(f"corrupt JPEG payload: {exc}") from None
+    if (h, w) != (height, width):
+        raise DecodeError(f"JPEG is {h}×{w}, the metadata says {height}×{width}")
+
+
 # -- decoders ---------------------------------------------------------------------
 
 
 class _Scratch:
-    """A decode buffer (grown to the largest image) and a resize workspace."""
+    """A decode buffer (grown to the largest image), a resize workspace and, in
+    builds with region decoding, a libjpeg decoder (made on first use)."""
 
     def __init__(self) -> None:
         self.buffer = np.empty(0, np.uint8)
         self.workspace = Workspace()
+        self._jpeg: Any = None
+
+    @property
+    def jpeg(self) -> Any:
+        """This scratch's ``JpegDecoder`` (region decoding builds only)."""
+        if self._jpeg is None:
+            self._jpeg = _region.JpegDecoder()
+        return self._jpeg
 
     def get(self, nbytes: int) -> np.ndarray:
         if self.buffer.size < nbytes:
@@ -313,6 +362,15 @@ class _ScratchPool:
     def __init__(self) -> None:
         self._free: list[_Scratch] = []
         self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # scratch is per process: a copy starts empty
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _ScratchPool:
+        return _ScratchPool()
 
     @contextmanager
     def lend(self) -> Iterator[_Scratch]:
@@ -334,6 +392,14 @@ class _ImageDecoder(Decoder):
         self.fastdct = fastdct
         self._scratch = _ScratchPool()
 
+    def runtime_copy(self, previous: Decoder | None = None) -> Decoder:
+        clone = super().runtime_copy(previous)
+        # scratch is kept from epoch to epoch (made anew it would be faulted in anew),
+        # but never shared with the user's object or another loader
+        pool = getattr(previous, "_scratch", None)
+        clone._scratch = pool if isinstance(pool, _ScratchPool) else _ScratchPool()  # type: ignore[attr-defined]
+        return clone
+
     def _modes_and_sizes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         meta = self.metadata
         return meta["mode"], meta["height"].astype(np.int64), meta["width"].astype(np.int64)
@@ -348,8 +414,31 @@ class _ImageDecoder(Decoder):
 
     def _decode(self, source: memoryview, start: int, size: int, mode: int, height: int,
                 width: int, scratch: _Scratch) -> np.ndarray:
-        return decode_stored_image(source[start : start + size], mode, height, width,
-                                   self.fastdct, scratch.get(height * width * 3))
+        data = source[start : start + size]
+        if mode == IMAGE_MODES["jpg"] and height * width * 3 > scratch.buffer.size:
+            check_jpeg_size(data, height, width)
+        return decode_stored_image(data, mode, height, width, self.fastdct,
+                                   scratch.get(height * width * 3))
+
+    def _jpeg_buffer(self, scratch: _Scratch, context: BatchContext, lo: int,
+                     source: Any, offsets: np.ndarray, sizes: np.ndarray,
+                     need: np.ndarray) -> np.ndarray:
+        """Scratch for the JPEGs of positions ``lo…``, whose metadata says they need
+        *need* bytes each (0 for raw ones). It grows only to a size the JPEGs' own
+        headers confirm: a damaged height or width in the metadata never sizes a
+        buffer (the file's checks cannot read every JPEG when it is opened)."""
+        largest = int(need.max()) if need.size else 0
+        if largest > scratch.buffer.size:
+            payloads = memoryview(source).cast("B")
+            for k in np.flatnonzero(need > scratch.buffer.size).tolist():
+                start = int(offsets[k])
+                rows = self.metadata[int(context.indices[lo + k])]
+                try:
+                    check_jpeg_size(payloads[start : start + int(sizes[k])],
+                                    int(rows["height"]), int(rows["width"]))
+                except DecodeError as exc:
+                    raise self.fail(exc, context, lo + k) from None
+        return scratch.get(largest)
 
 
 class SimpleRGBImageDecoder(_ImageDecoder):
@@ -373,6 +462,11 @@ class SimpleRGBImageDecoder(_ImageDecoder):
             shape, np.dtype("u1"))
 
     _raw_field: tuple[Any, bool] | None = None
+
+    def runtime_copy(self, previous: Decoder | None = None) -> Decoder:
+        clone = super().runtime_copy(previous)
+        clone.__dict__.pop("_raw_field", None)
+        return clone
 
     def _all_raw(self, indices: np.ndarray) -> bool:
         """Whether the samples at *indices* are all stored raw (at once when the
@@ -413,16 +507,56 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
     """Base of the decoders that crop each image and resize the crop to ``output_size``.
 
     ``output_size`` (height, width) may be changed between epochs (progressive
-    resizing): the loader re-reads it when an epoch starts.
+    resizing): the loader re-reads it when an epoch starts. Each sample's crop,
+    size and flip are its geometry, which masks and boxes can follow
+    (``fastforward.pipeline.geometry``).
     """
 
-    fuses_conversion = True  # the loader may have it write float16/float32 (normalised)
+    publishes_geometry = True
 
     def __init__(self, output_size: tuple[int, int], fastdct: bool = True) -> None:
         super().__init__(fastdct)
         self.output_size = output_size
-        # (dtype, scale, bias) when the loader fused a conversion into this decoder
+        # (dtype, scale, bias) when the planner fused a conversion into this decoder
         self.fused_output: tuple[np.dtype, Any, Any] | None = None
+        # (flip probability, random stream) of a RandomHorizontalFlip fused into it
+        self.fused_flip: tuple[float, int] | None = None
+
+    def fuse(self, transforms: Sequence[Operation], rng_streams: Sequence[int]) -> list[int]:
+        """Mirror while resizing (a ``RandomHorizontalFlip`` right after the decoder,
+        with its own random stream: the same decisions), and write float16/float32,
+        normalised or not, when the pipeline goes on with operations that pass the
+        values through (``ToTensor``, ``ToTorchImage()``, ``ToDevice('cpu')``) and
+        then ``Convert`` or ``NormalizeImage``: one pass instead of three. A fused
+        normalisation may differ from the separate one in the last bit.
+        """
+        from ..transforms import RandomHorizontalFlip
+
+        self.fused_flip = self.fused_output = None
+        taken: list[int] = []
+        position = 0
+        if transforms and type(transforms[0]) is RandomHorizontalFlip:
+            self.fused_flip = (float(transforms[0].flip_prob), rng_streams[0])
+            taken.append(0)
+            position = 1
+        for k in range(position, len(transforms)):
+            op = transforms[k]
+            if op.passes_through:
+                continue
+            affine = op.pixel_affine()
+            if affine is not None:
+                self.fused_output = affine
+                taken.append(k)
+            break
+        return taken
+
+    def flips(self, context: BatchContext, lo: int, hi: int) -> np.ndarray:
+        """Whether samples ``lo:hi`` are mirrored (a fused flip's decisions), as uint8."""
+        if self.fused_flip is None:
+            return np.zeros(hi - lo, np.uint8)
+        probability, stream = self.fused_flip
+        u = random.uniform(context.seed, context.epoch, context.indices[lo:hi], stream, 1)
+        return (u[:, 0] < probability).astype(np.uint8)
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
         height, width = (int(v) for v in self.output_size)
@@ -449,8 +583,7 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
     def decode_range(self, lo: int, hi: int, destination: np.ndarray,
                      context: BatchContext) -> None:
         u = self.uniforms(context)
-        flip = context.flip  # set when the loader fused a RandomHorizontalFlip into this decoder
-        flips = np.zeros(hi - lo, np.uint8) if flip is None else flip[lo:hi].astype(np.uint8)
+        flips = self.flips(context, lo, hi)
         scale = bias = None
         if self.fused_output is not None:
             _, scale, bias = self.fused_output
@@ -464,14 +597,31 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
         heights, widths = rows["height"].astype(np.int64), rows["width"].astype(np.int64)
         crops = np.ascontiguousarray(self.crops(heights, widths, None if u is None else u[lo:hi]),
                                      dtype=np.int64)
+        if context.geometry_out is not None:  # masks or boxes follow this image
+            geometry.fill(context.geometry_out[lo:hi], heights, widths, crops,
+                          destination.shape[1], destination.shape[2], flips)
         source, offsets, sizes = context.data.field(self.field_index)
+        raw = (modes == IMAGE_MODES["raw"]).view(np.uint8)
+        if _region is not None:
+            # decode only each crop's region, crop and resize: the whole range without the GIL
+            with self._scratch.lend() as scratch:
+                failed = _region.decode_crop_resize_range(
+                    scratch.jpeg, source, np.ascontiguousarray(offsets[lo:hi], np.uint64),
+                    np.ascontiguousarray(sizes[lo:hi], np.uint64), raw, heights, widths,
+                    crops, flips, destination[lo:hi], scale, bias, scratch.workspace,
+                    self.fastdct)
+            if failed is not None:
+                k, message = failed
+                raise self.fail(DecodeError(message), context, lo + k)
+            return
         with self._scratch.lend() as scratch:
             jpeg = modes == IMAGE_MODES["jpg"]
-            largest = int((heights * widths)[jpeg].max()) * 3 if jpeg.any() else 0
+            buffer = self._jpeg_buffer(scratch, context, lo, source, offsets[lo:hi],
+                                       sizes[lo:hi], np.where(jpeg, heights * widths * 3, 0))
             decode_crop_resize_range(
-                require_simplejpeg().decode_jpeg, self.fastdct, scratch.get(largest), source,
+                require_simplejpeg().decode_jpeg, self.fastdct, buffer, source,
                 offsets[lo:hi].astype(np.int64), sizes[lo:hi].astype(np.int64),
-                (modes == IMAGE_MODES["raw"]).view(np.uint8), heights, widths, crops, flips,
+                raw, heights, widths, crops, flips,
                 destination[lo:hi], scale, bias, scratch.workspace,
                 lambda exc, k: self.fail(exc, context, lo + k))
 

@@ -14,12 +14,14 @@ Output: ``(B, h, w, 3)`` uint8 on the GPU, like the CPU decoders' layout, so
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from ..pipeline import geometry
 from ..pipeline.allocation_query import AllocationQuery
-from ..pipeline.operation import BatchContext
+from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
 from .rgb_image import IMAGE_MODES, CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
 
@@ -28,8 +30,13 @@ class _NvJpegMixin:
     """Replaces the CPU decode loop of a crop decoder with a batched GPU one."""
 
     parallel = False  # one batched call per batch, on the loader's CUDA stream
-    fuses_conversion = False  # it writes uint8; conversions run after it, on the GPU
     device: Any
+
+    def fuse(self, transforms: Sequence[Operation], rng_streams: Sequence[int]) -> list[int]:
+        """The flip only: it writes uint8 on the GPU; conversions run after it, there."""
+        flip = transforms[:1] if transforms and type(transforms[0]).__name__ == (
+            "RandomHorizontalFlip") else []
+        return super().fuse(flip, rng_streams[:1])  # type: ignore[misc]
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
         import torch
@@ -62,11 +69,15 @@ class _NvJpegMixin:
         decoded = dict(zip(jpegs, torchvision.io.decode_jpeg(
             [payloads[k] for k in jpegs], device=device), strict=True)) if jpegs else {}
         u = self.uniforms(context)  # type: ignore[attr-defined]
-        flip = context.flip
+        flip = self.flips(context, lo, hi)  # type: ignore[attr-defined]
         height, width = destination.shape[1:3]
-        crops = self.crops(rows["height"].astype(np.int64),  # type: ignore[attr-defined]
-                           rows["width"].astype(np.int64),
-                           None if u is None else u[lo:hi]).tolist()
+        crops_array = self.crops(rows["height"].astype(np.int64),  # type: ignore[attr-defined]
+                                 rows["width"].astype(np.int64),
+                                 None if u is None else u[lo:hi])
+        if context.geometry_out is not None:  # masks or boxes follow this image
+            geometry.fill(context.geometry_out[lo:hi], rows["height"], rows["width"],
+                          crops_array, height, width, flip)
+        crops = crops_array.tolist()
         for k, position in enumerate(range(lo, hi)):
             h_img, w_img = int(rows["height"][k]), int(rows["width"][k])
             if k in decoded:
@@ -78,7 +89,7 @@ class _NvJpegMixin:
             window = image[None, :, i : i + h, j : j + w].float()
             resized = interpolate(window, size=(height, width), mode="bilinear",
                                   antialias=True, align_corners=False)[0]
-            if flip is not None and flip[position]:
+            if flip[k]:
                 resized = resized.flip(-1)
             destination[position].copy_(resized.round_().clamp_(0, 255).permute(1, 2, 0))
 

@@ -1,40 +1,41 @@
-"""``Loader``: FFCV's loader, on an asyncio scheduler, thread pools and Cython kernels.
+"""``Loader``: FFCV's loader, on an asyncio scheduler, workers and Cython kernels.
 
-The one module that knows all the others: it reads the file (``Reader``),
-picks the order (``traversal_order``), the storage (``memory_managers``),
-builds the pipelines (``pipeline``, decoders, ``transforms``), and runs each
-epoch on an ``Engine`` (``scheduler``) that fills ring slots (``ring``).
+The one module that knows all the others. Reading it in order: the
+arguments are resolved (``Reader``, ``traversal_order``, ``memory_managers``),
+the pipelines compiled into a plan (``pipeline.plan``), the workers chosen
+(``loader.workers``: threads, or processes for Python operations), and each
+epoch runs on an ``Engine`` (``scheduler``) that fills slots (``ring``) by
+running the plan (``loader.runner``) and hands batches over in order.
 """
 
 from __future__ import annotations
 
 import enum
 import os
+import pickle
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .._ext.collate import Copier
 from ..device import DeviceBatch, DeviceStage, is_cuda
-from ..errors import annotate
 from ..fields import Field
 from ..memory_managers import MemoryManager, OSCacheManager, ProcessCacheManager
-from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.decoder import Decoder
-from ..pipeline.operation import BatchContext, Operation
+from ..pipeline.operation import Operation
 from ..pipeline.pipeline_spec import PipelineSpec, _is_module
-from ..pipeline.random import stream_id
-from ..pipeline.state import State
+from ..pipeline.plan import PipelinePlan, Plan, compile_plan
 from ..reader import Reader
-from ..ring import SlotRing
-from ..scheduler import Engine, EpochPlan
+from ..ring import PINNED, SHARED, Slot, SlotPool
+from ..scheduler import ChannelStats, Engine, EpochPlan
 from ..traversal_order import QuasiRandom, Random, Sequential, TraversalOrder
+from ..traversal_order.sharding import Shard, resume
 from ..utils import default_workers
-from .sharding import Shard, resume
+from .runner import BatchJob, ranged_pipelines, run_stage2
+from .workers import PROCESS, ProcessWorkers, ThreadWorkers
 
 
 class OrderOption(enum.Enum):
@@ -43,28 +44,6 @@ class OrderOption(enum.Enum):
     SEQUENTIAL = Sequential
     RANDOM = Random
     QUASI_RANDOM = QuasiRandom
-
-
-@dataclass
-class _Step:
-    op: Operation
-    key: str | None  # the slot buffer it writes, if it asked for one
-    stream: int
-    torch_buffer: bool  # hand the op its buffer as a torch tensor (it runs after ToTensor)
-    query: Any = None
-
-
-@dataclass
-class _Pipeline:
-    name: str
-    decoder: Decoder | None
-    decoder_key: str
-    decoder_stream: int
-    decoder_query: Any
-    source_op: Operation | None  # for a branch: the operation whose output it starts from
-    steps: list[_Step] = field(default_factory=list)
-    fused_flip: _Step | None = None  # a RandomHorizontalFlip done inside the decoder
-    defer_copies: bool = False  # its decoder's copies may run on the copy threads
 
 
 class Loader:
@@ -92,10 +71,29 @@ class Loader:
         recompile: accepted for FFCV compatibility; nothing is compiled, and
             every epoch re-reads the pipelines (``output_size`` may change).
         order_kwargs: keyword arguments for the order's constructor.
+        even_batches: with ``distributed=True``, pad every rank to the same
+            number of batches (False: evaluation, every sample exactly once).
+        worker_type: who decodes and runs the per-range operations (stage 1):
+            ``'thread'`` (threads of this process: every built-in decoder and
+            operation releases the GIL), ``'process'`` (``num_workers``
+            worker processes writing into shared memory: for Python
+            operations that keep the GIL) or ``'auto'`` (processes exactly
+            when stage 1 holds an operation that keeps the GIL:
+            ``Operation.releases_gil``). See ``fastforward.loader.workers``.
+        start_method: for process workers: ``'fork'``, ``'forkserver'`` or
+            ``'spawn'``; None forks only while this process has one thread
+            and uses a fork server otherwise.
+        verify_checksums: check each page of a file written with checksums
+            against its sum the first time a batch touches it (in this
+            process), before decoding; a mismatch raises ``FormatError`` naming
+            the file, the page and its samples. Files without checksums (FFCV's)
+            load as without it. See ``docs/integrity.md`` for the cost.
 
     Batches are tuples with one entry per output, in the file's field order
     (then any extra outputs). A batch you hold is never overwritten: see
-    ``fastforward.ring``.
+    ``fastforward.ring``. The loader copies the decoders and operations you
+    give it, each epoch: change a decoder's ``output_size`` (or any
+    operation's settings) on the object you passed, between epochs.
     """
 
     def __init__(self, fname: str | os.PathLike[str], batch_size: int, num_workers: int = -1,
@@ -106,7 +104,8 @@ class Loader:
                  custom_fields: Mapping[str, type[Field]] | None = None,
                  drop_last: bool = True, batches_ahead: int = 3, recompile: bool = False,
                  order_kwargs: Mapping[str, Any] | None = None, *,
-                 even_batches: bool = True) -> None:
+                 even_batches: bool = True, worker_type: str = "auto",
+                 start_method: str | None = None, verify_checksums: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if batches_ahead < 1:
@@ -117,7 +116,9 @@ class Loader:
             "os_cache": os_cache, "order": order, "distributed": distributed, "seed": seed,
             "indices": indices, "pipelines": pipelines, "custom_fields": custom_fields,
             "drop_last": drop_last, "batches_ahead": batches_ahead, "recompile": recompile,
-            "order_kwargs": order_kwargs, "even_batches": even_batches}
+            "order_kwargs": order_kwargs, "even_batches": even_batches,
+            "worker_type": worker_type, "start_method": start_method,
+            "verify_checksums": verify_checksums}
         self.fname = os.fspath(fname)
         self.batch_size = int(batch_size)
         self.num_workers = default_workers() if num_workers < 1 else int(num_workers)
@@ -131,38 +132,44 @@ class Loader:
         self.batches_ahead = int(batches_ahead)
         self.recompile = recompile
         self.custom_fields = dict(custom_fields or {})
-        self._closed = True  # until construction succeeds: __del__ then has nothing to do
-        self.reader = Reader(self.fname, self.custom_fields)
+        self._start_method = start_method
+        self.verify_checksums = bool(verify_checksums)
+        # what close() and garbage collection release (it must not refer to the loader)
+        self._owned = _Owned()
+        self._finalizer = weakref.finalize(self, self._owned.close)
+        self._owned.reader = self.reader = Reader(self.fname, self.custom_fields)
         try:
-            self._construct(seed, indices, order, order_kwargs, pipelines)
+            self._construct(seed, indices, order, order_kwargs, pipelines, worker_type)
         except BaseException:
-            self.reader.close()
-            if hasattr(self, "memory_manager"):
-                self.memory_manager.close()
+            self._finalizer()
             raise
-        self._closed = False
 
     def _construct(self, seed: int | None, indices: Sequence[int] | None, order: Any,
-                   order_kwargs: Mapping[str, Any] | None, pipelines: Mapping[str, Any] | None
-                   ) -> None:
+                   order_kwargs: Mapping[str, Any] | None, pipelines: Mapping[str, Any] | None,
+                   worker_type: str) -> None:
         self.seed = self._resolve_seed(seed)
         self.indices = self._resolve_indices(indices)
         self.next_epoch = 0
         self.traversal_order: TraversalOrder = self._resolve_order(order)(
             self, **dict(order_kwargs or {}))
-        self.memory_manager: MemoryManager = (
-            OSCacheManager(self.reader) if self.os_cache else ProcessCacheManager(self.reader))
+        manager = OSCacheManager if self.os_cache else ProcessCacheManager
+        self._owned.memory_manager = self.memory_manager = manager(self.reader,
+                                                                   self.verify_checksums)
         self._specs = self._normalise(dict(pipelines or {}))
-        self.pipelines = self._build()  # checks every pipeline now, not at the first batch
-        # batches_ahead in flight, one in the out queue, the one the consumer
-        # holds, and the previous one, still alive while next() runs in a loop
-        self._ring = SlotRing(self.batches_ahead + 3, self.batch_size)
+        self._compile()  # checks every pipeline now, not at the first batch
         self._stage = self._device_stage()
-        self._ring.pinned = self._stage is not None
-        self._iterators: weakref.WeakSet[EpochIterator] = weakref.WeakSet()
-        self._current: weakref.ref[EpochIterator] | None = None
+        self._owned.workers = self.workers = self._choose_workers(worker_type)
+        # batches_ahead in flight, one in the channel, the one the consumer
+        # holds, and the previous one, still alive while next() runs in a loop
+        self._owned.slots = self._slots = SlotPool(self.batches_ahead + 3, self.batch_size)
+        if self.workers.kind == PROCESS:
+            self._slots.kind = SHARED
+            self._slots.pin_shared = self._stage is not None
+        elif self._stage is not None:
+            self._slots.kind = PINNED
         self._resume: tuple[int, list[list[int]]] | None = None  # (epoch, segments)
-        self._copier: Copier | None = None  # started by the first epoch that can use it
+        self._current: weakref.ref[EpochIterator] | None = None
+        self._stats = ChannelStats()  # of the epochs that ended
 
     # -- arguments ------------------------------------------------------------------
 
@@ -242,149 +249,37 @@ class Loader:
                 spec.decoder = self.reader.handlers[spec.source].get_decoder_class()()
         return spec
 
-    def _build(self) -> list[_Pipeline]:
-        """Bind decoders, walk every pipeline's states, collect buffer requests.
+    def _compile(self) -> Plan:
+        """This epoch's plan (decoders' ``output_size`` may have changed since the last)."""
+        plan = compile_plan(self.reader, self._specs, getattr(self, "_plan", None))
+        self._plan = plan
+        return plan
 
-        Runs at construction (to fail early) and at every epoch (decoders'
-        ``output_size`` may have changed).
-        """
-        built: dict[str, _Pipeline] = {}
-        states: dict[int, State] = {}  # id(op) -> its output state, for branches
-        self._layout: dict[str, Any] = {}
-        for name in self._order_for_sources():
-            spec = self._specs[name]
-            where = f"{self.fname}: pipeline {name!r}"
-            flip_at, convert_at = self._fusions(spec)
-            if isinstance(spec.source, str):
-                decoder = spec.decoder
-                assert isinstance(decoder, Decoder)
-                index = self.reader.field_names.index(spec.source)
-                decoder.bind(self.reader.handlers[spec.source], spec.source, index,
-                             self.reader.metadata[f"f{index}"], self.fname)
-                if hasattr(decoder, "fused_output"):
-                    decoder.fused_output = (None if convert_at is None
-                                            else _fused_output(spec.transforms[convert_at - 1]))
-                state, query = self._declare(decoder, State(), where)
-                states[id(decoder)] = state
-                pipeline = _Pipeline(name, decoder, f"{name}/decoder", stream_id(f"{name}/0"),
-                                     query, None)
-                self._layout[pipeline.decoder_key] = query
-            else:
-                state = states[id(spec.source)]
-                pipeline = _Pipeline(name, None, "", 0, None, spec.source)
-            for position, op in enumerate(spec.transforms, 1):
-                stream = stream_id(op.random_stream or f"{name}/{position}")
-                if position == flip_at:
-                    pipeline.fused_flip = _Step(op, None, stream, False)
-                    states[id(op)] = state
-                    continue
-                if position == convert_at:
-                    states[id(op)] = state
-                    continue
-                state, query = self._declare(op, state, where)
-                states[id(op)] = state
-                key = None
-                if query is not None:
-                    key = f"{name}/{position}"
-                    self._layout[key] = query
-                pipeline.steps.append(_Step(op, key, stream, not state.jit_mode, query))
-            built[name] = pipeline
-        # A copy on the copy threads pays off only when nothing reads the rows before
-        # the hand-over; a step that reads them at once would just wait for it.
-        branched = any(p.source_op is not None for p in built.values())
-        for pipeline in built.values():
-            pipeline.defer_copies = not branched and not any(
-                step.op.reads_input for step in pipeline.steps)
-        return [built[name] for name in self._order_for_sources()]
+    @property
+    def pipelines(self) -> list[PipelinePlan]:
+        """The compiled pipelines of the latest epoch (or of construction): each one's
+        decoder copy, steps and stages (see ``fastforward.pipeline.plan``)."""
+        return self._plan.pipelines
 
-    def _fusions(self, spec: PipelineSpec) -> tuple[int | None, int | None]:
-        """Which transforms a crop decoder does itself: (flip position, conversion position).
-
-        A crop decoder mirrors while it resizes (``RandomHorizontalFlip`` right
-        after it), and writes float16/float32, normalised or not, when the
-        pipeline goes on with ``ToTensor``, ``ToTorchImage()``, ``ToDevice``
-        to the CPU, then ``Convert`` or ``NormalizeImage``: one pass instead
-        of three. Only where no branch reads an intermediate result; the
-        fused flip keeps its random stream, so results do not change (a fused
-        normalisation may differ from the separate one in the last bit).
-        """
-        from ..fields.rgb_image import ResizedCropRGBImageDecoder
-        from ..transforms import (
-            Convert,
-            NormalizeImage,
-            RandomHorizontalFlip,
-            ToDevice,
-            ToTensor,
-            ToTorchImage,
-        )
-
-        if not isinstance(spec.decoder, ResizedCropRGBImageDecoder):
-            return None, None
-        sources = {id(s.source) for s in self._specs.values() if isinstance(s.source, Operation)}
-        if id(spec.decoder) in sources:
-            return None, None
-        ops = spec.transforms
-        flip_at = convert_at = None
-        position = 0
-        if ops and type(ops[0]) is RandomHorizontalFlip and id(ops[0]) not in sources:
-            flip_at = position = 1
-        for op in ops[position:]:
-            position += 1
-            if id(op) in sources:
-                break
-            if type(op) is ToTensor or (type(op) is ToTorchImage and op.channels_last) or (
-                    type(op) is ToDevice and str(op.device) == "cpu"):
-                continue
-            if (type(op) in (Convert, NormalizeImage) and _fused_output(op) is not None
-                    and spec.decoder.fuses_conversion):
-                convert_at = position
-            break
-        return flip_at, convert_at
-
-    @staticmethod
-    def _declare(op: Operation, state: State, where: str) -> tuple[State, Any]:
-        try:
-            new_state, query = op.declare_state_and_memory(state)
+    def _choose_workers(self, worker_type: str) -> ThreadWorkers | ProcessWorkers:
+        """Threads, unless stage 1 holds an operation that keeps the GIL ('auto')."""
+        if worker_type not in ("auto", "thread", "process"):
+            raise ValueError(f"worker_type must be 'auto', 'thread' or 'process', got "
+                             f"{worker_type!r}")
+        kind = worker_type
+        if kind == "auto":
+            kind = "process" if self._plan.gil_bound() else "thread"
+        if kind == "thread":
+            return ThreadWorkers(self.num_workers)
+        try:  # fail now, not in a worker: stage 1 must cross a process boundary
+            pickle.dumps(self._plan)
         except Exception as exc:
-            raise annotate(exc, f"{where}, {type(op).__name__}") from None
-        if not isinstance(new_state, State):
-            raise TypeError(f"{where}: {type(op).__name__}.declare_state_and_memory must "
-                            f"return (State, AllocationQuery or None)")
-        if query is not None and not isinstance(query, (AllocationQuery, tuple, list)):
-            raise TypeError(f"{where}: {type(op).__name__} asked for {query!r}, not an "
-                            "AllocationQuery")
-        return new_state, (tuple(query) if isinstance(query, list) else query)
-
-    def _order_for_sources(self) -> list[str]:
-        """Output names, each branch after the pipeline holding its source operation."""
-        owner = {}
-        for name, spec in self._specs.items():
-            for op in ([spec.decoder] if spec.decoder else []) + spec.transforms:
-                owner.setdefault(id(op), name)
-        done: list[str] = []
-        visiting: set[str] = set()
-
-        def visit(name: str) -> None:
-            if name in done:
-                return
-            if name in visiting:
-                raise ValueError(f"{self.fname}: pipeline {name!r} is part of a cycle of "
-                                 "PipelineSpec sources")
-            visiting.add(name)
-            source = self._specs[name].source
-            if isinstance(source, Operation):
-                if id(source) not in owner or owner[id(source)] == name:
-                    raise ValueError(f"{self.fname}: pipeline {name!r} starts from {source!r}, "
-                                     "which no other pipeline contains")
-                visit(owner[id(source)])
-            visiting.discard(name)
-            done.append(name)
-
-        for name in self._specs:
-            visit(name)
-        return done
-
-    # -- running ------------------------------------------------------------------
+            raise TypeError(
+                f"{self.fname}: process workers need every decoder and operation of the "
+                f"pipelines to pickle ({type(exc).__name__}: {exc}); define operations at "
+                "a module's top level, or pass worker_type='thread'") from exc
+        return ProcessWorkers(self.num_workers, self.fname, self.custom_fields, self.os_cache,
+                              self._start_method)
 
     def _device_stage(self) -> DeviceStage | None:
         """The CUDA stage, when a pipeline copies to a CUDA device (one device per loader)."""
@@ -400,73 +295,27 @@ class Loader:
                              "a loader feeds one GPU (use one loader per device)")
         return DeviceStage(devices.pop())
 
-    def _run_batch(self, pipelines: list[_Pipeline], epoch: int, copier: Copier | None,
-                   index: int, indices: np.ndarray, data: Any, slot: Any,
-                   map_ranges: Callable[[Callable[[int, int], None], int], None]) -> Any:
+    def _run_batch(self, plan: Plan, epoch: int, workers: Any, copier: Copier | None,
+                   index: int, indices: np.ndarray, data: Any, slot: Slot) -> Any:
+        """Stage 1 on the workers, then stage 2 here (see ``loader.runner``)."""
+        job = BatchJob(epoch, self.seed, index, indices, ())
+        job.ranged = ranged_pipelines(plan, job, always=workers.kind == PROCESS)
+        copies = None if copier is None else PendingCopies(copier)
+        workers.run(job, slot, data, copies)
         if self._stage is None:
-            return self._run_pipelines(pipelines, epoch, index, indices, data, slot, map_ranges,
-                                       copier)
+            outputs = run_stage2(plan, job, data, slot, copies)
+            if copies is not None and copies.ticket:
+                return PendingBatch(outputs, copies)  # the consumer waits for the copies
+            return outputs
         with self._stage.context():  # copies and GPU transforms on the side stream
-            outputs = self._run_pipelines(pipelines, epoch, index, indices, data, slot,
-                                          map_ranges)
+            outputs = run_stage2(plan, job, data, slot)
             event = self._stage.record()
         slot.fence = event  # the slot's pinned buffers are refilled only after this
         return DeviceBatch(outputs, event)
 
-    def _run_pipelines(self, pipelines: list[_Pipeline], epoch: int, index: int,
-                       indices: np.ndarray, data: Any, slot: Any,
-                       map_ranges: Callable[[Callable[[int, int], None], int], None],
-                       copier: Copier | None = None) -> Any:
-        n = len(indices)
-        copies = None if copier is None else PendingCopies(copier)
-        context = BatchContext(indices, epoch, self.seed, 0, index, data, copies=copies)
-        results: dict[int, Any] = {}
-        outputs: dict[str, Any] = {}
-        for pipeline in pipelines:
-            if pipeline.decoder is not None:
-                decoder, destination = pipeline.decoder, slot.get(pipeline.decoder_key)
-                if destination is None:  # a GPU decoder: new device memory for every batch
-                    destination = _batch_view(None, n, True, pipeline.decoder_query)
-                ctx = context.with_stream(pipeline.decoder_stream)
-                if not pipeline.defer_copies:
-                    ctx.copies = None  # copied in place: a step reads the rows right away
-                if pipeline.fused_flip is not None:
-                    flip = pipeline.fused_flip
-                    ctx.flip = (context.with_stream(flip.stream).uniform(1)[:, 0]
-                                < flip.op.flip_prob)  # type: ignore[attr-defined]
-                if decoder.split_batch(ctx):
-                    map_ranges(lambda lo, hi, d=decoder, dst=destination, c=ctx:
-                               d.decode_range(lo, hi, dst, c), n)
-                else:
-                    decoder.decode_range(0, n, destination, ctx)
-                value = decoder.output(destination, n)
-                results[id(decoder)] = value
-                if pipeline.fused_flip is not None:
-                    results[id(pipeline.fused_flip.op)] = value
-            else:
-                value = results[id(pipeline.source_op)]
-            # no step here reads rows still being copied (see defer_copies)
-            for step in pipeline.steps:
-                buffer = None if step.key is None else _batch_view(
-                    slot.get(step.key), n, step.torch_buffer, step.query)
-                try:
-                    value = step.op.apply(value, buffer, context.with_stream(step.stream))
-                except Exception as exc:
-                    first, last = int(indices[0]), int(indices[-1])
-                    raise annotate(exc, f"{self.fname}: batch {index} (samples {first}…{last}), "
-                                        f"pipeline {pipeline.name!r}, "
-                                        f"{type(step.op).__name__}") from None
-                results[id(step.op)] = value
-                del buffer
-            outputs[pipeline.name] = value
-        batch = tuple(outputs[name] for name in self._specs)
-        if copies is not None and copies.ticket:
-            return PendingBatch(batch, copies)  # the consumer waits for the copies
-        return batch
-
     def _shards(self, epoch: int, segments: list[list[int]]) -> list[Shard]:
         """Every rank's samples of *epoch*, after the resumed *segments*
-        (``[world_size, batches done]`` each); see ``loader.sharding``."""
+        (``[world_size, batches done]`` each); see ``traversal_order.sharding``."""
         world = segments[0][0] if segments else self.world_size
         shards = self.traversal_order.rank_orders(epoch, world, self.even_batches)
         for position, (_, done) in enumerate(segments):
@@ -520,7 +369,7 @@ class Loader:
     def ring_slots(self) -> int:
         """Batch buffers the loader keeps (``batches_ahead + 3``): its memory is
         about this many batches, plus one more per batch you hold on to."""
-        return self._ring.num_slots
+        return self._slots.num_slots
 
     def __len__(self) -> int:
         """Batches in the next epoch (for this rank)."""
@@ -570,56 +419,72 @@ class Loader:
     def __iter__(self) -> EpochIterator:
         if self._closed:
             raise RuntimeError(f"{self.fname}: the loader is closed")
+        self.reader.check_unchanged()  # a file truncated under the memory map would SIGBUS
         epoch = self.next_epoch
         segments = self._segments(epoch)
-        pipelines = self._build()  # may fail (a bad output_size): the epoch is not used up
-        layout = dict(self._layout)
+        plan = self._compile()  # may fail (a bad output_size): the epoch is not used up
+        layout = dict(plan.layout)
         batches = self._batches(epoch, segments)
         self.next_epoch += 1
         self._resume = None
         # copies on the copy threads: from the map (os_cache=False keeps its memory
         # bound by dropping each batch's bytes as soon as the batch is written)
-        deferred = any(p.defer_copies and p.decoder is not None for p in pipelines)
+        deferred = any(p.defer_copies and p.decoder is not None for p in plan.pipelines)
         copier = self._start_copier() if deferred and self._stage is None and self.os_cache \
             else None
-        plan = EpochPlan(
+        workers = self.workers.open_epoch(plan, self._slots)
+        fetch = self.memory_manager.fetch
+        if workers.fields is not None:  # process workers fetch their own ranges' payloads
+            fields = workers.fields
+            fetch = lambda indices: self.memory_manager.fetch(indices, fields)  # noqa: E731
+        slots = self._slots
+        epoch_plan = EpochPlan(
             batches=batches,
-            fetch=self.memory_manager.fetch,
-            acquire_slot=lambda: self._ring.acquire(layout),
-            release_slot=self._ring.release,
-            run_batch=lambda *args: self._run_batch(pipelines, epoch, copier, *args),
-            num_workers=self.num_workers,
+            fetch=fetch,
+            acquire_slot=lambda: slots.acquire(layout),
+            release_slot=slots.release,
+            run_batch=lambda *args: self._run_batch(plan, epoch, workers, copier, *args),
             batches_ahead=self.batches_ahead,
+            workers=workers,
             fetch_is_cheap=isinstance(self.memory_manager, OSCacheManager),
         )
-        iterator = EpochIterator(Engine(plan), len(batches), epoch, segments)
-        self._iterators.add(iterator)
+        iterator = EpochIterator(Engine(epoch_plan), len(batches), epoch, segments, self._owned)
+        self._owned.iterators.add(iterator)
         self._current = weakref.ref(iterator)
         return iterator
 
     def _start_copier(self) -> Copier:
         """The copy threads of this process (a forked child starts its own)."""
-        if self._copier is None or self._copier.pid != os.getpid():
+        copier = self._owned.copier
+        if copier is None or copier.pid != os.getpid():
             # copies are bound by memory: a few threads saturate it
-            self._copier = Copier(max(1, min(4, self.num_workers // 2)))
+            copier = self._owned.copier = Copier(max(1, min(4, self.num_workers // 2)))
         else:  # an epoch broken off may have left copies: let go of their slots
-            self._copier.drain()
-        return self._copier
+            copier.drain()
+        return copier
+
+    def stats(self) -> ChannelStats:
+        """How the hand-over went, over every epoch of this loader so far: batches
+        delivered, how long your loop waited for data (``consumer_wait_seconds``:
+        near zero means loading is not your bottleneck), how long finished
+        batches waited for you."""
+        total = self._owned.ended
+        for iterator in list(self._owned.iterators):
+            if iterator.is_open:  # a closed one is counted in `ended` already
+                total = total + iterator.stats()
+        return total
 
     # -- lifetime -----------------------------------------------------------------
 
+    @property
+    def _closed(self) -> bool:
+        return not self._finalizer.alive
+
     def close(self) -> None:
-        """Stop every epoch in progress and release the file (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        for iterator in list(self._iterators):
-            iterator.close()
-        if self._copier is not None:
-            self._copier.close()  # its last copies finish: nothing reads the file afterwards
-        self._ring.clear()
-        self.memory_manager.close()
-        self.reader.close()
+        """Stop every epoch in progress, end the worker processes and copy threads,
+        and release the file (idempotent). Also done when the loader is garbage
+        collected, and at interpreter exit."""
+        self._finalizer()
 
     def __enter__(self) -> Loader:
         return self
@@ -627,23 +492,56 @@ class Loader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
-            self.close()
+
+class _Owned:
+    """What a loader releases: kept apart from it, so that ``weakref.finalize`` can
+    release it when the loader is collected (and at exit)."""
+
+    def __init__(self) -> None:
+        self.reader: Reader | None = None
+        self.memory_manager: MemoryManager | None = None
+        self.workers: ThreadWorkers | ProcessWorkers | None = None
+        self.slots: SlotPool | None = None
+        self.copier: Copier | None = None
+        self.iterators: weakref.WeakSet[EpochIterator] = weakref.WeakSet()
+        self.ended = ChannelStats()  # statistics of the epochs whose iterators are gone
+
+    def close(self) -> None:
+        for iterator in list(self.iterators):
+            iterator.close()
+        if self.copier is not None:
+            self.copier.close()  # its last copies finish: nothing reads the file afterwards
+        if self.workers is not None:
+            self.workers.close()
+        if self.slots is not None:
+            self.slots.clear()
+        if self.memory_manager is not None:
+            self.memory_manager.close()
+        if self.reader is not None:
+            self.reader.close()
 
 
 class EpochIterator(Iterator[tuple]):
     """One epoch's batches. Dropping it, ``close()`` or Ctrl-C stops its threads."""
 
     def __init__(self, engine: Engine, length: int, epoch: int,
-                 segments: list[list[int]] | None = None) -> None:
+                 segments: list[list[int]] | None = None, owner: _Owned | None = None) -> None:
         self._engine = engine
         self._length = length
         self.epoch = epoch
         self.segments = list(segments or [])  # how this epoch was resumed, if it was
         self.delivered = 0  # batches handed out
         self.finished = False
-        self._finalizer = weakref.finalize(self, engine.close)
+        self._finalizer = weakref.finalize(self, _end_epoch, engine, owner)
+
+    def stats(self) -> ChannelStats:
+        """This epoch's hand-over so far (see ``ChannelStats``)."""
+        return self._engine.channel.stats()
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the epoch may still hand out batches (not closed or ended)."""
+        return self._finalizer.alive
 
     def __next__(self) -> tuple:
         try:
@@ -670,6 +568,13 @@ class EpochIterator(Iterator[tuple]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _end_epoch(engine: Engine, owner: _Owned | None) -> None:
+    """Stop an epoch's engine; its loader keeps the epoch's statistics."""
+    engine.close()
+    if owner is not None:
+        owner.ended = owner.ended + engine.channel.stats()
 
 
 class PendingCopies:
@@ -736,21 +641,6 @@ def _distributed_context() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _fused_output(op: Any) -> tuple[np.dtype, np.ndarray | None, np.ndarray | None] | None:
-    """``(dtype, scale, bias)`` that a crop decoder can produce instead of *op*, or None."""
-    from ..transforms import NormalizeImage
-
-    if isinstance(op, NormalizeImage):
-        if op.type not in (np.dtype("float16"), np.dtype("float32")) or op.mean.size != 3:
-            return None
-        return op.type, 1.0 / op.std, -op.mean / op.std
-    target = getattr(op, "target_dtype", None)
-    name = str(target).replace("torch.", "")
-    if name in ("float16", "float32"):
-        return np.dtype(name), None, None
-    return None
-
-
 def _to_tensor() -> Operation:
     from ..transforms import ToTensor
 
@@ -771,22 +661,3 @@ def _wrap_module(op: Any) -> Operation:
 
         return ModuleWrapper(op)
     raise TypeError(f"{op!r} is not an Operation")
-
-
-def _batch_view(buffer: Any, n: int, as_torch: bool, query: Any) -> Any:
-    if isinstance(buffer, tuple):
-        return tuple(_batch_view(b, n, as_torch, q) for b, q in zip(buffer, query, strict=True))
-    if buffer is None:  # a device buffer: new for every batch, from torch's caching allocator
-        import torch
-
-        return torch.empty((n, *query.shape), dtype=query.dtype, device=query.device)
-    view = buffer[:n]
-    if as_torch and isinstance(view, np.ndarray):
-        import torch
-
-        # a fresh tensor per batch: it holds the buffer, so the ring sees it as held
-        tensor = torch.from_numpy(view)
-        if isinstance(query.dtype, torch.dtype) and tensor.dtype != query.dtype:
-            tensor = tensor.view(query.dtype)  # bfloat16 lives in a uint16 buffer
-        return tensor
-    return view

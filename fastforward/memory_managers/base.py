@@ -2,18 +2,25 @@
 
 A memory manager turns a batch's sample indices into ``BatchData``: for each
 field with payloads, a source buffer and each sample's offset and size in it.
-Decoders read nothing else.
+Decoders read nothing else. The offsets and sizes are the ones the ``Reader``
+checked when it opened the file.
+
+With ``verify_checksums=True`` (and a file that has checksums), ``fetch``
+first checks the pages of the batch that this process has not checked yet,
+and raises ``FormatError`` naming the file, the page and its samples on a
+mismatch, before any decoder sees the bytes. The record of checked pages lives
+in the ``Reader`` (each process has its own).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..fields import Field
 from ..reader import Reader
 
 
@@ -29,37 +36,41 @@ class BatchData:
         ``source[offsets[j] : offsets[j] + sizes[j]]``."""
         return self.fields[index]
 
+    def rows(self, lo: int, hi: int) -> BatchData:
+        """The payloads of the batch's samples ``lo:hi`` (views, no copy)."""
+        return BatchData({i: (source, offsets[lo:hi], sizes[lo:hi])
+                          for i, (source, offsets, sizes) in self.fields.items()}, 0)
+
 
 class MemoryManager(ABC):
-    """Base class: knows every sample's payload offset and size, per field."""
+    """Base class: knows every sample's payload offset and size, per field.
 
-    def __init__(self, reader: Reader) -> None:
+    Args:
+        reader: the open file (its checks passed).
+        verify_checksums: check each page against its sum before its first use.
+    """
+
+    def __init__(self, reader: Reader, verify_checksums: bool = False) -> None:
         self.reader = reader
-        self.offsets: dict[int, np.ndarray] = {}
-        self.sizes: dict[int, np.ndarray] = {}
-        samples = np.arange(reader.num_samples, dtype=np.uint64)
-        for i, handler in enumerate(reader.handlers.values()):
-            pointers = _pointers(handler, reader.metadata[f"f{i}"])
-            if pointers is None:
-                continue
-            sizes = reader.payload_sizes(pointers, samples)
-            missing = np.flatnonzero(sizes < 0)
-            if missing.size:
-                raise reader._error(
-                    f"sample {int(missing[0])}, field {reader.field_names[i]!r}: no allocation "
-                    f"starts at offset {int(pointers[missing[0]])}"
-                )
-            self.offsets[i] = np.ascontiguousarray(pointers, dtype=np.uint64)
-            self.sizes[i] = sizes.astype(np.uint64)
+        self.offsets: dict[int, np.ndarray] = reader.payload_offsets
+        self.sizes: dict[int, np.ndarray] = reader.payload_nbytes
+        self.verify_checksums = bool(verify_checksums) and reader.checksums is not None
+
+    def check_pages(self, indices: np.ndarray) -> None:
+        """With ``verify_checksums``: check the pages of samples *indices* (each
+        page once); raise FormatError on a mismatch."""
+        if self.verify_checksums:
+            self.reader.check_pages(self.reader.sample_pages[indices], self.read_page)
+
+    def read_page(self, page: int) -> Any:
+        """Data page *page*'s bytes, for its checksum (default: from the memory map)."""
+        start, end = self.reader.page_range(page)
+        return memoryview(self.reader.buffer)[start:end]
 
     @abstractmethod
-    def fetch(self, indices: np.ndarray) -> BatchData:
-        """The payloads of the samples *indices* (called ahead of decoding)."""
+    def fetch(self, indices: np.ndarray, fields: Collection[int] | None = None) -> BatchData:
+        """The payloads of the samples *indices* (called ahead of decoding), for the
+        field indices *fields* (default: every field with payloads)."""
 
     def close(self) -> None:  # noqa: B027 - most managers hold nothing to release
         """Release files and maps (idempotent)."""
-
-
-def _pointers(handler: Field, column: np.ndarray) -> np.ndarray | None:
-    pointers = handler.payload_pointers(column)
-    return None if pointers is None else np.asarray(pointers, dtype=np.uint64)

@@ -6,6 +6,8 @@ nothing is copied before decoding.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 
 from ..reader import Reader
@@ -15,13 +17,15 @@ from .base import BatchData, MemoryManager
 class OSCacheManager(MemoryManager):
     """Batches are views into a read-only map of the file."""
 
-    def __init__(self, reader: Reader) -> None:
-        super().__init__(reader)
+    def __init__(self, reader: Reader, verify_checksums: bool = False) -> None:
+        super().__init__(reader, verify_checksums)
         self._source = np.frombuffer(reader.buffer, np.uint8)
 
-    def fetch(self, indices: np.ndarray) -> BatchData:
+    def fetch(self, indices: np.ndarray, fields: Collection[int] | None = None) -> BatchData:
+        self.check_pages(indices)
         return BatchData({i: (self._source, offsets[indices], self.sizes[i][indices])
-                          for i, offsets in self.offsets.items()})
+                          for i, offsets in self.offsets.items()
+                          if fields is None or i in fields})
 
     def close(self) -> None:
         self._source = np.zeros(0, np.uint8)

@@ -8,12 +8,15 @@ release the GIL), so ``decode_range`` must only write its own rows.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import annotate
 from .operation import BatchContext, Operation
+from .state import State
 
 
 class Decoder(Operation):
@@ -21,6 +24,20 @@ class Decoder(Operation):
     and ``decode_range``."""
 
     parallel: ClassVar[bool] = False
+    releases_gil = True  # the built-in decoders' loops are compiled or vectorised
+    publishes_geometry: ClassVar[bool] = False
+    """True for decoders that decide each sample's geometry (crop, resize, flip)
+    and write it to ``context.geometry_out`` when given one (see
+    ``fastforward.pipeline.geometry``)."""
+
+    leader_state: State | None = None
+    """For a decoder that ``follows`` another output: that output's decoder's
+    state (its samples' shape and dtype), set by the planner before
+    ``declare_state_and_memory`` (a mask is as large as its image)."""
+
+    _BINDING: ClassVar[tuple[str, ...]] = ("field", "field_name", "field_index", "fname",
+                                           "metadata", "memory_read")
+    """Attributes ``bind`` sets: not configuration, so never copied or pickled."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -28,6 +45,41 @@ class Decoder(Operation):
         self.field_name: str = ""
         self.field_index: int = -1
         self.fname: str = ""
+
+    def runtime_copy(self, previous: Decoder | None = None) -> Decoder:
+        """A copy of this decoder for one loader, unbound: its configuration
+        (``output_size``…) as the user's object has it now, none of its runtime
+        state. *previous* is the copy the loader made last epoch, whose caches
+        (scratch memory) a subclass may take over."""
+        clone = copy.copy(self)
+        for name in self._BINDING:
+            clone.__dict__.pop(name, None)
+        Decoder.__init__(clone)
+        return clone
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Configuration only: the binding (metadata, field) is made again where
+        the decoder is unpickled (a worker process binds it to its own reader)."""
+        state = dict(self.__dict__)
+        for name in self._BINDING:
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        Decoder.__init__(self)
+        self.__dict__.update(state)
+
+    def fuse(self, transforms: Sequence[Operation], rng_streams: Sequence[int]) -> list[int]:
+        """Take over some of the operations that follow this decoder.
+
+        Called by the loader's planner on its own copy of the decoder, with the
+        operations of the pipeline up to the first one another pipeline
+        branches from, and each one's random stream. Returns the positions
+        (in *transforms*) of the operations the decoder now performs itself;
+        the planner skips them. It must give the same results as running them.
+        The default takes none.
+        """
+        return []
 
     def bind(self, field: Any, name: str, index: int, metadata: np.ndarray,
              fname: str) -> None:

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._ext.collate import gather_into
+from ..errors import annotate
 from . import random
 from .allocation_query import AllocationQuery
 from .state import State
@@ -54,8 +55,12 @@ class BatchContext:
     stream: int = 0
     batch_index: int = 0
     data: Any = field(default=None, repr=False)  # the batch's payloads (decoders read them)
-    flip: np.ndarray | None = field(default=None, repr=False)  # a fused flip's decisions
     copies: Any = field(default=None, repr=False)  # the loader's copy thread, when allowed
+    geometry: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    """Per followed pipeline, its samples' ``pipeline.geometry.GEOMETRY`` rows."""
+    geometry_out: np.ndarray | None = field(default=None, repr=False)
+    """Where a decoder that publishes geometry writes its samples' rows (None: nobody
+    follows it)."""
 
     def gather_into(self, source: np.ndarray, offsets: np.ndarray, sizes: np.ndarray,
                     rows: np.ndarray) -> None:
@@ -93,7 +98,8 @@ class BatchContext:
     def with_stream(self, stream: int) -> BatchContext:
         """The same batch, another random stream."""
         return BatchContext(self.indices, self.epoch, self.seed, stream, self.batch_index,
-                            self.data, copies=self.copies)
+                            self.data, copies=self.copies, geometry=self.geometry,
+                            geometry_out=self.geometry_out)
 
 
 class Operation:
@@ -105,7 +111,9 @@ class Operation:
     """
 
     per_sample: ClassVar[bool] = False
-    """True: the loader calls ``apply_sample`` once per sample."""
+    """True: the loader calls ``apply_sample`` once per sample (with ``np.random``,
+    ``random`` and torch's default generator seeded for that sample, unless the
+    operation ``releases_gil``)."""
 
     reads_input: bool = True
     """False for operations that only relabel their input (a view, a new shape or
@@ -117,6 +125,42 @@ class Operation:
     random_stream: ClassVar[str | None] = None
     """Operations that must draw the same numbers (ImageMixup and LabelMixup)
     share a named stream; others get one per pipeline position."""
+
+    releases_gil: ClassVar[bool] = False
+    """True when ``apply`` spends its time without the GIL (compiled kernels,
+    vectorised NumPy): threads then run it in parallel. Operations written in
+    Python keep the GIL, so the loader runs a pipeline holding one in worker
+    processes (``Loader(worker_type='auto')``). Every built-in sets it."""
+
+    sample_independent: ClassVar[bool] = False
+    """True when each output sample depends only on the same input sample and
+    its own randomness (``context.uniform``, ``context.sample_rng``): the loader
+    may then run the operation on any range of a batch, in any worker, with the
+    same result. Per-sample operations (``per_sample = True``) are by
+    definition; batch operations that mix samples (mixup) are not."""
+
+    follows: str | None = None
+    """The output (pipeline name) whose per-sample geometry this operation follows:
+    set it (``op.follows = "image"``) for masks, boxes or keypoints that must
+    move with that pipeline's image; the loader then hands the image decoder's
+    geometry rows over in ``context.geometry[follows]``."""
+
+    moves_pixels: ClassVar[bool] = False
+    """True for operations that move an image's pixels (flips, crops, translations):
+    the planner refuses one in an image pipeline that masks or boxes follow,
+    unless its decoder took it over (a flip right after a crop decoder), since
+    the geometry they follow is the decoder's."""
+
+    passes_through: ClassVar[bool] = False
+    """True for operations that hand on their input's values in the same memory
+    order (``ToTensor``, ``ToTorchImage(channels_last=True)``): a decoder may
+    fuse a later conversion across them."""
+
+    def pixel_affine(self) -> tuple[np.dtype, np.ndarray | None, np.ndarray | None] | None:
+        """``(dtype, scale, bias)`` when this operation turns uint8 images into
+        ``value * scale + bias`` of a float *dtype* per channel (None: it does not),
+        so that a crop decoder can write that directly."""
+        return None
 
     def __init__(self) -> None:
         self.metadata: Any = None
@@ -141,9 +185,20 @@ class Operation:
             raise NotImplementedError(f"{type(self).__name__} implements neither apply nor "
                                       "apply_sample (with per_sample = True)")
         results = []
+        seeded = random.seeded_globals if not self.releases_gil else None
         for position in range(len(batch)):
             out = None if destination is None else destination[position]
-            results.append(self.apply_sample(batch[position], out, context, position))
+            index = int(context.indices[position])
+            try:
+                if seeded is None:
+                    results.append(self.apply_sample(batch[position], out, context, position))
+                    continue
+                # np.random, random and torch's generator seeded from (seed, epoch,
+                # sample, stream): code using them is reproducible too
+                with seeded(context.seed, context.epoch, index, context.stream):
+                    results.append(self.apply_sample(batch[position], out, context, position))
+            except Exception as exc:
+                raise annotate(exc, f"sample {index}") from exc.__cause__
         if destination is not None:
             return destination
         if results and hasattr(results[0], "shape") and not isinstance(results[0], np.ndarray):

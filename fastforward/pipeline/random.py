@@ -9,7 +9,12 @@ failures are irrelevant here, its speed (vectorised NumPy) is not.
 
 from __future__ import annotations
 
+import contextlib
+import random as pyrandom
+import sys
+import threading
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -53,3 +58,36 @@ def generator(seed: int, epoch: int, index: int, stream: int) -> np.random.Gener
     """A NumPy generator for one sample (for draws that need more than uniforms)."""
     bits = random_bits(seed, epoch, np.array([index]), stream, 2)[0]
     return np.random.Generator(np.random.Philox(key=[int(bits[0]), int(bits[1])]))
+
+
+_GLOBALS_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def seeded_globals(seed: int, epoch: int, index: int, stream: int) -> Iterator[None]:
+    """Seed ``np.random``, ``random`` and torch's default CPU generator for one
+    sample, from the same key as ``generator``; restore them afterwards.
+
+    For per-sample operations written against the global generators (most
+    third-party augmentations): their draws become a function of
+    ``(seed, epoch, sample, stream)`` too. Held under one lock, since the
+    generators are process-wide: such operations run one at a time per
+    process (they keep the GIL anyway; worker processes run them in parallel).
+    """
+    bits = random_bits(seed, epoch, np.array([index]), stream ^ 0x6C6F6261, 1)[0, 0]
+    value = int(bits)
+    torch = sys.modules.get("torch")
+    with _GLOBALS_LOCK:
+        np_state, py_state = np.random.get_state(), pyrandom.getstate()
+        torch_state = torch.random.get_rng_state() if torch is not None else None
+        np.random.seed(value & 0xFFFFFFFF)
+        pyrandom.seed(value)
+        if torch is not None:
+            torch.random.default_generator.manual_seed(value & ((1 << 63) - 1))
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            pyrandom.setstate(py_state)
+            if torch is not None:
+                torch.random.set_rng_state(torch_state)

@@ -8,6 +8,7 @@ so an augmentation depends only on ``(seed, epoch, sample index)``.
 torch is imported only when a transform that needs it runs.
 """
 
+from .adaptor import Augment
 from .auto_augment import AutoAugment, RandAugment, TrivialAugmentWide
 from .auto_augment import AutoAugmentPolicy as AutoAugmentPolicy  # not an operation
 from .color_jitter import RandomBrightness, RandomContrast, RandomSaturation
@@ -25,6 +26,7 @@ from .solarization import Solarization
 from .translate import RandomTranslate
 
 __all__ = [
+    "Augment",
     "AutoAugment",
     "Convert",
     "Cutout",

@@ -42,6 +42,9 @@ def _table(factor: float, reference: float) -> np.ndarray:
 
 
 class _RandomBlend(Operation):
+    releases_gil = True  # vectorised NumPy (or torch)
+    sample_independent = True  # each sample from its own values and randomness
+
     channels: ClassVar[tuple[int, ...] | None] = None  # None: any number of channels
 
     def __init__(self, magnitude: float, p: float = 0.5) -> None:

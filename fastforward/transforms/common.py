@@ -24,6 +24,9 @@ class Squeeze(Operation):
     Out of place and without a buffer: returns a view of the input (FFCV
     squeezed in place).
     """
+    releases_gil = True  # vectorised NumPy (or torch)
+    sample_independent = True  # each sample from its own values and randomness
+
 
     def __init__(self, *dims: int) -> None:
         super().__init__()

@@ -44,6 +44,9 @@ class Cutout(Operation):
     on the batch's device (FFCV wrote over its input, which a branching
     pipeline may share).
     """
+    releases_gil = True  # vectorised NumPy (or torch)
+    sample_independent = True  # each sample from its own values and randomness
+
 
     def __init__(self, crop_size: int, fill: tuple[int, int, int] = (0, 0, 0)) -> None:
         super().__init__()

@@ -33,6 +33,10 @@ def _pixels(image: np.ndarray) -> np.ndarray:
 
 
 class _RandomFlip(Operation):
+    moves_pixels = True  # masks and boxes cannot follow it (see Operation.moves_pixels)
+    releases_gil = True  # vectorised NumPy (or torch)
+    sample_independent = True  # each sample from its own values and randomness
+
     axis: ClassVar[int]  # per-sample axis that is reversed: 0 for H, 1 for W (in (H, W, C))
 
     def __init__(self, flip_prob: float = 0.5) -> None:

@@ -43,6 +43,8 @@ def mixup_lambdas(context: BatchContext, count: int, alpha: float,
 
 
 class _Mixup(Operation):
+    releases_gil = True  # vectorised NumPy (or torch); mixes samples: not sample_independent
+
     random_stream: ClassVar[str | None] = "mixup"
 
     def __init__(self, alpha: float, same_lambda: bool) -> None:
@@ -191,6 +193,9 @@ class MixupToOneHot(Operation):
     ``y[k]``, ``1 - λ`` at ``y[k-1]`` (1 when they are the same class; FFCV
     gave ``1 - λ`` there).
     """
+    releases_gil = True  # vectorised NumPy (or torch)
+    sample_independent = True  # each sample from its own values and randomness
+
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()

@@ -32,6 +32,9 @@ class NormalizeImage(Operation):
     ``(B, C, H, W)`` (dimension 1 when both have C entries). Writes into a
     buffer of *type* shaped like the input, on the batch's device.
     """
+    releases_gil = True  # vectorised NumPy (or torch)
+    sample_independent = True  # each sample from its own values and randomness
+
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, type: np.dtype) -> None:
         super().__init__()
@@ -49,6 +52,12 @@ class NormalizeImage(Operation):
         table = (np.arange(256, dtype=np.float64)[:, None] - self.mean) / self.std
         self.lookup_table = table.astype(self.type)
         self._constants: dict[tuple[Any, Any, int, int], tuple[Any, Any]] = {}
+
+    def pixel_affine(self) -> tuple[np.dtype, np.ndarray, np.ndarray] | None:
+        """``(type, 1 / std, -mean / std)`` for three channels in float16 or float32."""
+        if self.type not in (np.dtype("float16"), np.dtype("float32")) or self.mean.size != 3:
+            return None
+        return self.type, 1.0 / self.std, -self.mean / self.std
 
     def _channel_dim(self, shape: tuple[int, ...]) -> int:
         """The per-sample dimension holding the channels, or -1 if none fits."""

@@ -39,16 +39,30 @@ def _from_numpy(array: np.ndarray, context: BatchContext) -> Any:
     return torch.from_numpy(array)
 
 
+def _each(batch: Any, convert: Any) -> Any:
+    """*convert* applied to every array of a tuple, list or dict (nested), keeping
+    the container (a ragged field's padded dict or list of samples)."""
+    if isinstance(batch, dict):
+        return {key: _each(value, convert) for key, value in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_each(value, convert) for value in batch)
+    return convert(batch)
+
+
 class ToTensor(Operation):
     """Turn a NumPy batch into a torch tensor sharing its memory (``torch.from_numpy``).
 
     Ends the NumPy stage: later operations receive tensors. A tuple of arrays
-    (``(data, lengths)`` from ``BytesDecoder``) becomes a tuple of tensors.
+    (``(data, lengths)`` from ``BytesDecoder``) becomes a tuple of tensors, a
+    list a list, a dict a dict (``RaggedDecoder``'s batches).
     No buffer: the tensor is a view of the previous operation's buffer (a
     read-only or negatively strided array is copied instead).
     """
 
     reads_input = False  # from_numpy shares the memory (a copy, when needed, waits first)
+    passes_through = True  # the same values, in the same memory
+    releases_gil = True
+    sample_independent = True
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, None]:
         require_numpy(self, previous_state)
@@ -56,9 +70,9 @@ class ToTensor(Operation):
                        dtype=torch_dtype(previous_state.dtype, self)), None
 
     def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
-        """Return ``torch.from_numpy(batch)`` (element-wise for a tuple)."""
-        if isinstance(batch, tuple):
-            return tuple(_from_numpy(b, context) for b in batch)
+        """Return ``torch.from_numpy(batch)`` (element-wise for a tuple, list or dict)."""
+        if isinstance(batch, (tuple, list, dict)):
+            return _each(batch, lambda b: _from_numpy(b, context))
         return _from_numpy(batch, context)
 
 
@@ -82,14 +96,27 @@ class ToDevice(Operation):
     On the batch's own device it returns the tensor unchanged. Otherwise it
     copies into a new tensor on *device* (from torch's caching allocator, so a
     batch you hold is never overwritten), keeping a channels-last layout; a
-    tuple is copied element by element. In a loader, CUDA copies run on the
+    tuple, list or dict is copied element by element. In a loader, CUDA copies run on the
     loader's side stream from pinned slots; see ``fastforward.device``.
     """
+    releases_gil = True  # a copy in torch
+
 
     def __init__(self, device: Any, non_blocking: bool = True) -> None:
         super().__init__()
         self.device = device
         self.non_blocking = non_blocking
+
+    @property
+    def passes_through(self) -> bool:  # type: ignore[override]
+        """To the CPU: the tensor itself."""
+        return str(self.device) == "cpu"
+
+    @property
+    def sample_independent(self) -> bool:  # type: ignore[override]
+        """To the CPU: nothing happens. A copy to a GPU belongs to the loader's
+        CUDA stage, in the loader's process: never split over workers."""
+        return str(self.device) == "cpu"
 
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, AllocationQuery | None]:
@@ -104,8 +131,8 @@ class ToDevice(Operation):
 
     def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         """Copy *batch* to the device, or return it if it is already there."""
-        if isinstance(batch, tuple):
-            return tuple(self.apply(item, None, context) for item in batch)
+        if isinstance(batch, (tuple, list, dict)):
+            return _each(batch, lambda item: self.apply(item, None, context))
         target = _device(self.device)
         if batch.device == target:
             return batch
@@ -128,6 +155,9 @@ class ToTorchImage(Operation):
             ``NormalizeImage`` does. fastforward's ``NormalizeImage`` gives
             real float16, so this only matters for custom operations.
     """
+    releases_gil = True  # vectorised NumPy (or torch)
+    sample_independent = True  # each sample from its own values and randomness
+
 
     def __init__(self, channels_last: bool = True, convert_back_int16: bool = True) -> None:
         super().__init__()
@@ -138,6 +168,11 @@ class ToTorchImage(Operation):
     def reads_input(self) -> bool:  # type: ignore[override]
         """A permuted view (``channels_last``) reads nothing; a contiguous copy does."""
         return not self.channels_last
+
+    @property
+    def passes_through(self) -> bool:  # type: ignore[override]
+        """A permuted view (``channels_last``) keeps the values where they are."""
+        return bool(self.channels_last)
 
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, AllocationQuery | None]:
@@ -179,6 +214,9 @@ class Convert(Operation):
     The result goes into this operation's buffer (on the batch's device),
     keeping a channels-last layout; FFCV allocated a new tensor per batch.
     """
+    releases_gil = True  # vectorised NumPy (or torch)
+    sample_independent = True  # each sample from its own values and randomness
+
 
     def __init__(self, target_dtype: Any) -> None:
         super().__init__()
@@ -196,6 +234,13 @@ class Convert(Operation):
         if previous_state.shape is None:
             return state, None
         return state, AllocationQuery(tuple(previous_state.shape), dtype, device)
+
+    def pixel_affine(self) -> tuple[np.dtype, None, None] | None:
+        """To float16 or float32: ``value * 1 + 0``, which a crop decoder can write."""
+        target = str(self.target_dtype).replace("torch.", "")
+        if target in ("float16", "float32"):
+            return np.dtype(target), None, None
+        return None
 
     def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         """Write ``batch`` cast to the target dtype into *destination*."""
@@ -222,6 +267,9 @@ class View(Operation):
 
     No copy and no buffer: the result is a view of the input.
     """
+    releases_gil = True  # vectorised NumPy (or torch)
+    sample_independent = True  # each sample from its own values and randomness
+
 
     reads_input = False
 

@@ -29,6 +29,9 @@ class Poison(Operation):
     ``ToTensor``; writes into a buffer shaped like the input (FFCV wrote over
     its input).
     """
+    releases_gil = True  # vectorised NumPy (or torch)
+    sample_independent = True  # each sample from its own values and randomness
+
 
     def __init__(self, mask: np.ndarray, alpha: np.ndarray | float, indices: Sequence[int],
                  clamp: tuple[float, float] = (0, 255)) -> None:

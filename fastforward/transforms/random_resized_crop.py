@@ -30,6 +30,10 @@ class RandomResizedCrop(Operation):
     ``(size, size, C)`` buffer. Prefer ``RandomResizedCropRGBImageDecoder``,
     which crops before resizing the full image.
     """
+    moves_pixels = True  # masks and boxes cannot follow it (see Operation.moves_pixels)
+    releases_gil = True  # vectorised NumPy (or torch)
+    sample_independent = True  # each sample from its own values and randomness
+
 
     def __init__(self, scale: tuple[float, float], ratio: tuple[float, float],
                  size: int) -> None:

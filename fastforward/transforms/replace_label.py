@@ -23,6 +23,9 @@ class ReplaceLabel(Operation):
     NumPy labels ``(B,)`` or ``(B, 1)`` before ``ToTensor``; writes into a
     buffer shaped like the input (FFCV wrote over its input).
     """
+    releases_gil = True  # vectorised NumPy (or torch)
+    sample_independent = True  # each sample from its own values and randomness
+
 
     def __init__(self, indices: Sequence[int], new_label: int) -> None:
         super().__init__()

@@ -23,6 +23,9 @@ class Solarization(Operation):
     ``ToTensor``; uint8 goes through a 256-entry table. Writes into a buffer
     shaped like the input.
     """
+    releases_gil = True  # vectorised NumPy (or torch)
+    sample_independent = True  # each sample from its own values and randomness
+
 
     def __init__(self, solarization_prob: float = 0.5, threshold: float = 128) -> None:
         super().__init__()

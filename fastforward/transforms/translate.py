@@ -26,6 +26,10 @@ class RandomTranslate(Operation):
     ``ToTensor``. Writes straight into an ``(H, W, C)`` buffer (FFCV needed
     an ``(H+2p, W+2p, C)`` scratch and wrote back in place).
     """
+    moves_pixels = True  # masks and boxes cannot follow it (see Operation.moves_pixels)
+    releases_gil = True  # vectorised NumPy (or torch)
+    sample_independent = True  # each sample from its own values and randomness
+
 
     def __init__(self, padding: int, fill: tuple[int, int, int] = (0, 0, 0)) -> None:
         super().__init__()

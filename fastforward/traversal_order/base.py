@@ -38,7 +38,7 @@ class TraversalOrder(ABC):
 
         By default, DistributedSampler's split of ``sample_order(epoch)``.
         """
-        from ..loader.sharding import Shard, strided
+        from .sharding import Shard, strided
 
         order = np.asarray(self.sample_order(epoch), dtype=np.int64)
         return [Shard.of(order)] if world == 1 else strided(order, world, even)

@@ -1,22 +1,33 @@
 """QUASI_RANDOM: a shuffled order that reads only ``window`` pages at a time.
 
-Each sample gets a key ``rank(page) + U(0, window)`` (modulo the number of
-pages) and the epoch visits samples by key. At any point of the epoch the
-samples come from about ``window`` pages, and each page is opened at most
-twice (once more where the keys wrap around), so reads stay local and a cold
-cache or ``os_cache=False`` needs only those pages.
+Each page gets a slot on a cycle of ``num_pages`` slots (``page_cycle``), each
+sample the key ``slot(page) + U(0, window)`` modulo ``num_pages``, and the
+epoch visits samples by key. A page's samples are spread over the ``window``
+slots after its own, so at any point of the epoch exactly ``window`` pages are
+open (a batch of ``B`` samples draws from at most ``window + ⌈B / samples per
+page⌉``), and a page is opened once, or twice for the ``window - 1`` pages
+whose keys wrap around the epoch's end. A cold cache or ``os_cache=False``
+needs only those pages. The order is a function of the generator alone, so of
+``(seed, epoch)``.
 
-Mixing: pages are ranked by *stratified* shuffling: the file is cut into
-``window`` contiguous strata and the ranks interleave them, so every window
-holds pages from all over the file. A file written class by class (each page
-one class) then still gives batches close to RANDOM's class balance. The
-measure, checked by the tests: the mean total-variation distance between each
-batch's class histogram and the overall class distribution is at most 1.5×
-RANDOM's with the default window of 64 pages.
+Mixing comes from which pages share a window: ``page_cycle`` makes every run
+of ``window`` consecutive slots take pages evenly from the whole file. With
+``d = gcd(num_pages, window)`` the file is cut into ``d`` strata of
+``num_pages / d`` consecutive pages, and each block of ``d`` slots holds one
+page of every stratum, so a window (``window / d`` blocks, wherever it starts)
+holds the same number of pages of every stratum, whatever the page count.
+Block ``j`` takes position ``g·j + c`` in every stratum (modulo its length),
+with the step ``g`` chosen so that any ``window / d`` consecutive blocks'
+positions are as evenly spaced as they can be (a rank-1 lattice). A file
+written class by class (each page of one class) then gives every window, and so
+every batch, its class balance to within about a page per class.
+``docs/orders-and-memory.md`` has the analysis, the measure and the figures.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+from math import gcd
 from typing import Any
 
 import numpy as np
@@ -24,6 +35,10 @@ import numpy as np
 from .base import TraversalOrder
 
 DEFAULT_WINDOW = 64
+# steps this close to the best one (in pages of unevenness) are drawn from at random, so
+# that which pages share a window changes from epoch to epoch at no cost in balance
+_STEP_TOLERANCE = 0.25
+_MAX_STEPS_TRIED = 4096
 
 
 def sample_pages(reader: Any) -> np.ndarray:
@@ -44,27 +59,58 @@ def quasi_random_order(indices: np.ndarray, pages: np.ndarray, window: int,
     unique, page_of = np.unique(pages, return_inverse=True)
     num_pages = len(unique)
     window = max(1, min(int(window), num_pages))
-    rank = np.empty(num_pages)
-    rank[stratified_pages(num_pages, window, rng)] = np.arange(num_pages)
-    keys = np.mod(rank[page_of] + rng.random(len(indices)) * window, num_pages)
+    slot = np.empty(num_pages)
+    slot[page_cycle(num_pages, window, rng)] = np.arange(num_pages)
+    keys = np.mod(slot[page_of] + rng.random(len(indices)) * window, num_pages)
     return indices[np.argsort(keys, kind="stable")]
 
 
-def stratified_pages(num_pages: int, window: int, rng: np.random.Generator) -> np.ndarray:
-    """Page numbers ``0 … num_pages-1`` in visiting order, shuffled in strata.
+def page_cycle(num_pages: int, window: int, rng: np.random.Generator) -> np.ndarray:
+    """Page numbers ``0 … num_pages-1`` in visiting order, as a cycle in which any
+    *window* consecutive pages are spread evenly over the file (module docstring).
 
-    Stratum ``s`` holds a contiguous run of the file's pages; its pages are
-    spread evenly over the visit in random order, with a random phase, so any
-    *window* consecutive pages come from all over the file.
+    With ``window >= num_pages`` every window is the whole file: a plain shuffle.
     """
     window = max(1, min(int(window), num_pages))
-    stratum = (np.arange(num_pages) * window) // num_pages
-    position = np.empty(num_pages)
-    for s in range(window):
-        members = np.flatnonzero(stratum == s)
-        spacing = num_pages / len(members)
-        position[members] = (rng.permutation(len(members)) + rng.random()) * spacing
-    return np.argsort(position, kind="stable")
+    if window >= num_pages:
+        return rng.permutation(num_pages)
+    strata = gcd(num_pages, window)
+    length, run = num_pages // strata, window // strata  # pages per stratum; blocks per window
+    if run == 1:  # a window is one block, one page of each stratum: any order of positions
+        position = rng.permutation(length)
+    else:
+        steps = lattice_steps(length, run)
+        position = (int(rng.choice(steps)) * np.arange(length) + int(rng.integers(length))) % length
+    # every window holds the same strata whatever their order within a block; in file
+    # order (from a random stratum) a window cuts the file in one place only, the strata
+    # after the cut taking the positions of one run of blocks and those before it the
+    # next run's, so that neighbouring strata mostly take the same positions
+    first = (np.arange(strata) + int(rng.integers(strata))) % strata * length
+    return (position[:, None] + first[None, :]).ravel()
+
+
+@lru_cache(maxsize=64)
+def lattice_steps(length: int, run: int) -> np.ndarray:
+    """The steps ``g`` (coprime to *length*) whose *run* consecutive multiples,
+    modulo *length*, are the most evenly spaced, within ``_STEP_TOLERANCE``.
+
+    Unevenness is measured on the smaller of the run and its complement (they are
+    equally uneven): the spread of ``point_i - i·spacing`` over the sorted points,
+    in units of the spacing. It bounds, in pages, how far any stretch of the
+    stratum is from its share of a window.
+    """
+    span = min(run, length - run)
+    steps = np.arange(1, length, dtype=np.int64)
+    if len(steps) > _MAX_STEPS_TRIED:  # a spread of candidates; many are near-perfect
+        steps = np.unique(np.linspace(1, length - 1, _MAX_STEPS_TRIED).astype(np.int64))
+    steps = steps[np.gcd(steps, length) == 1]
+    points = np.sort((steps[:, None] * np.arange(span)[None, :]) % length, axis=1)
+    spacing = length / span
+    offset = points - np.arange(span)[None, :] * spacing
+    unevenness = (offset.max(axis=1) - offset.min(axis=1)) / spacing
+    chosen = steps[unevenness <= unevenness.min() + _STEP_TOLERANCE]
+    chosen.setflags(write=False)
+    return chosen
 
 
 class QuasiRandom(TraversalOrder):
@@ -93,12 +139,13 @@ class QuasiRandom(TraversalOrder):
     def rank_orders(self, epoch: int, world: int, even: bool = True) -> list[Any]:
         """Disjoint page sets per rank, each ordered with page locality.
 
-        Pages are shuffled (stratified, as for one process) and cut into
-        *world* runs of nearly equal sample counts; rank ``r`` orders the
-        samples of its run. With fewer pages than ranks the single-process
+        Pages are laid out on a cycle (``page_cycle``, whose runs of about
+        ``pages / world`` pages are spread over the file) and cut into *world*
+        runs of nearly equal sample counts; rank ``r`` orders the samples of its
+        run. With fewer pages than ranks the single-process
         order is split into contiguous chunks instead (pages are then shared).
         """
-        from ..loader.sharding import Shard, contiguous, even_out
+        from .sharding import Shard, contiguous, even_out
 
         if world == 1:
             return [Shard.of(self.sample_order(epoch))]
@@ -106,7 +153,7 @@ class QuasiRandom(TraversalOrder):
         if len(unique) < world:
             return contiguous(self.sample_order(epoch), world, even)
         rng = self.rng(epoch)
-        ranked = stratified_pages(len(unique), self.window, rng)  # page ids in visiting order
+        ranked = page_cycle(len(unique), max(1, len(unique) // world), rng)
         counts = np.bincount(page_of, minlength=len(unique))[ranked]
         cumulative = np.cumsum(counts)
         # cut where the running count passes k/world of the samples; every rank gets a page

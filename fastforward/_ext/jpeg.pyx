@@ -1,0 +1,231 @@
+"""Crop decoding: only the window of each JPEG that a crop needs, then the
+resize pass, for a whole range of samples without the GIL.
+
+Compiled because it is the crop decoders' per-sample loop: libjpeg-turbo's
+own API (linked statically, see setup.py) decodes, and the resize pass of
+``resize.pyx`` (through ``resize.pxd``) crops, resizes, flips and converts,
+one sample after another in one ``nogil`` block. No Python object is touched
+between samples; an error stops the range and comes back as the sample's
+position and a message, which the caller raises as a ``DecodeError``.
+
+Per JPEG (``jpeg_region.h``): read the header; choose the DCT scale M/8 (the
+crop decoders keep 8/8: smaller scales measured slower and less exact, see
+docs/performance.md); restrict decoding to the crop's columns
+(``jpeg_crop_scanline``, widened to whole iMCU columns, and by one column on
+each side so that the pixels are those of a whole-image decode), skip the rows
+above it (``jpeg_skip_scanlines``: entropy-decoded, not reconstructed), decode
+its rows and stop there (``jpeg_abort_decompress``).
+
+Memory touched: reads each sample's payload in *source*; writes each sample's
+image of *out*; uses the ``JpegDecoder``'s row buffer (the largest window so
+far, kept) and the ``Workspace``.
+"""
+
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdlib cimport calloc, free
+
+import numpy as np
+
+from fastforward._ext.resize cimport Target, Workspace, _resize_into, _scratch_bytes, _target
+
+
+cdef extern from "jpeg_region.h" nogil:
+    ctypedef struct ff_jpeg:
+        char* message
+        uint8_t* pixels
+        int image_height, image_width
+        int x_offset, columns
+        size_t stride
+    int FF_JPEG_OK, FF_JPEG_ERROR, FF_JPEG_SIZE, FF_JPEG_NOMEM
+    int ff_jpeg_open(ff_jpeg* j)
+    void ff_jpeg_close(ff_jpeg* j)
+    int ff_jpeg_decode_window(ff_jpeg* j, const uint8_t* data, size_t size, int height,
+                              int width, int scale, int fast_idct, int y0, int h, int x0,
+                              int w)
+    int LIBJPEG_TURBO_VERSION_NUMBER
+
+
+LIBJPEG_TURBO_VERSION = (f"{LIBJPEG_TURBO_VERSION_NUMBER // 1000000}."
+                         f"{LIBJPEG_TURBO_VERSION_NUMBER // 1000 % 1000}."
+                         f"{LIBJPEG_TURBO_VERSION_NUMBER % 1000}")
+"""The libjpeg-turbo linked into this module."""
+
+
+cdef class JpegDecoder:
+    """A libjpeg decompressor and its row buffer, kept from image to image.
+
+    Used by one thread at a time (not locked): the crop decoders keep one per
+    scratch, lent to one range at a time.
+    """
+
+    cdef ff_jpeg* j
+
+    def __cinit__(self):
+        self.j = <ff_jpeg*>calloc(1, sizeof(ff_jpeg))
+        if self.j == NULL:
+            raise MemoryError("no memory for a JPEG decoder")
+        if ff_jpeg_open(self.j) != FF_JPEG_OK:
+            message = self.j.message.decode("utf-8", "replace")
+            ff_jpeg_close(self.j)
+            free(self.j)
+            self.j = NULL
+            raise MemoryError(f"cannot create a JPEG decoder: {message}")
+
+    def __dealloc__(self):
+        if self.j != NULL:
+            ff_jpeg_close(self.j)
+            free(self.j)
+
+
+cdef struct Plan:
+    int scale               # M of the DCT scale M/8
+    int y0, x0, h, w        # the crop, in the image scaled by M/8
+
+
+cdef inline int _scaled(int64_t v, int m) noexcept nogil:
+    """A coordinate of the full image in the image scaled by m/8 (rounded)."""
+    return <int>((v * m + 4) >> 3)
+
+
+cdef void _plan(Plan* p, int64_t height, int64_t width, const int64_t* crop, Py_ssize_t oh,
+                Py_ssize_t ow, int min_scale) noexcept nogil:
+    """The smallest scale M/8 (M in {1, 2, 4, 8}, M >= min_scale) at which the crop
+    keeps at least ``oh x ow`` pixels (M = 8 when none does), and the crop at that
+    scale. Only the scales whose IDCT libjpeg-turbo has in SIMD: the others
+    (7/8, 6/8, ...) measured slower than decoding at full size."""
+    cdef int m, y1, x1, sh, sw
+    for m in range(min_scale, 9):
+        if m != 1 and m != 2 and m != 4 and m != 8:
+            continue
+        # libjpeg's scaled size: ceil(side * m / 8)
+        sh = <int>((height * m + 7) >> 3)
+        sw = <int>((width * m + 7) >> 3)
+        p.scale = m
+        p.y0, p.x0 = _scaled(crop[0], m), _scaled(crop[1], m)
+        y1, x1 = _scaled(crop[0] + crop[2], m), _scaled(crop[1] + crop[3], m)
+        if m == 8:  # exact
+            p.y0, p.x0, y1, x1 = <int>crop[0], <int>crop[1], <int>(crop[0] + crop[2]), \
+                <int>(crop[1] + crop[3])
+        y1, x1 = min(y1, sh), min(x1, sw)
+        p.y0, p.x0 = min(p.y0, y1 - 1), min(p.x0, x1 - 1)
+        p.h, p.w = y1 - p.y0, x1 - p.x0
+        if p.h >= oh and p.w >= ow:
+            return
+
+
+def decode_crop_resize_range(JpegDecoder decoder not None, const uint8_t[::1] source not None,
+                             const uint64_t[::1] starts not None,
+                             const uint64_t[::1] sizes not None,
+                             const uint8_t[::1] raw not None,
+                             const int64_t[::1] heights not None,
+                             const int64_t[::1] widths not None,
+                             const int64_t[:, ::1] crops not None,
+                             const uint8_t[::1] flips not None, out not None, scale, bias,
+                             Workspace workspace not None, bint fast_idct=True,
+                             int min_scale=8):
+    """Decode, crop and resize samples ``0 .. n-1`` of a range into ``out[k]``.
+
+    Sample ``k``'s payload is ``source[starts[k] : starts[k] + sizes[k]]``: raw
+    pixels when ``raw[k]``, else a JPEG, which must be ``heights[k] x
+    widths[k]``. Window ``crops[k]`` (``i, j, h, w``) is resized into ``out[k]``,
+    mirrored if ``flips[k]``; *scale* and *bias* as in ``crop_resize_into``.
+    JPEGs are decoded at the DCT scale M/8: the smallest M in {1, 2, 4, 8}, at
+    least *min_scale*, that keeps the crop at least as large as the output. The
+    default (8) decodes at full size: the pixels of a whole-image decode.
+
+    Returns None, or ``(k, message)`` for the first sample that failed (the
+    samples before it are written).
+    """
+    cdef Target t
+    cdef Py_ssize_t n = starts.shape[0], k
+    cdef Plan p
+    cdef size_t need = 0
+    cdef int code = FF_JPEG_OK
+    cdef char* scratch
+    cdef const uint8_t* base
+    cdef ff_jpeg* j = decoder.j
+    if not (sizes.shape[0] == raw.shape[0] == heights.shape[0] == widths.shape[0] ==
+            crops.shape[0] == flips.shape[0] == n) or crops.shape[1] != 4:
+        raise ValueError("decode_crop_resize_range: per-sample arrays of different lengths")
+    if not 1 <= min_scale <= 8:
+        raise ValueError(f"min_scale must be in 1..8, got {min_scale}")
+    _target(&t, out, 3, scale, bias)
+    if t.count < n:
+        raise ValueError(f"out holds {t.count} images, the range has {n}")
+    # check every sample while holding the GIL, and size the scratch for the largest
+    for k in range(n):
+        if starts[k] + sizes[k] > <uint64_t>source.shape[0] or sizes[k] == 0:
+            return k, f"payload of {sizes[k]} bytes at {starts[k]} is outside the data"
+        if heights[k] < 1 or widths[k] < 1:
+            return k, f"empty image ({heights[k]}×{widths[k]})"
+        if (crops[k, 0] < 0 or crops[k, 1] < 0 or crops[k, 2] < 1 or crops[k, 3] < 1
+                or crops[k, 0] + crops[k, 2] > heights[k]
+                or crops[k, 1] + crops[k, 3] > widths[k]):
+            raise ValueError(f"crop {list(crops[k])} exceeds the {heights[k]}x{widths[k]} image")
+        if raw[k]:
+            if sizes[k] < <uint64_t>(heights[k] * widths[k] * 3):
+                return k, (f"raw image payload of {sizes[k]} bytes is short of "
+                           f"{heights[k]}×{widths[k]}×3")
+            p.h, p.w = <int>crops[k, 2], <int>crops[k, 3]
+        else:
+            _plan(&p, heights[k], widths[k], &crops[k, 0], t.oh, t.ow, min_scale)
+        need = max(need, _scratch_bytes(p.h, p.w, t.oh, t.ow, 3))
+    if n == 0:
+        return None
+    scratch = workspace.reserve(need)
+    base = &source[0]
+    with nogil:
+        for k in range(n):
+            if raw[k]:
+                _resize_into(base + starts[k], heights[k], widths[k], widths[k] * 3,
+                             crops[k, 0], crops[k, 1], crops[k, 2], crops[k, 3], &t, k,
+                             flips[k], scratch)
+                continue
+            _plan(&p, heights[k], widths[k], &crops[k, 0], t.oh, t.ow, min_scale)
+            code = ff_jpeg_decode_window(j, base + starts[k], sizes[k], <int>heights[k],
+                                         <int>widths[k], p.scale, fast_idct, p.y0, p.h, p.x0,
+                                         p.w)
+            if code != FF_JPEG_OK:
+                break
+            _resize_into(j.pixels, p.h, j.columns, j.stride, 0, p.x0 - j.x_offset, p.h, p.w,
+                         &t, k, flips[k], scratch)
+    if code == FF_JPEG_OK:
+        return None
+    if code == FF_JPEG_NOMEM:
+        raise MemoryError(f"no memory to decode sample {k}'s JPEG")
+    if code == FF_JPEG_SIZE:
+        return k, (f"JPEG is {j.image_height}×{j.image_width}, the metadata says "
+                   f"{heights[k]}×{widths[k]}")
+    return k, f"corrupt JPEG payload: {j.message.decode('utf-8', 'replace')}"
+
+
+def decode_window(JpegDecoder decoder not None, const uint8_t[::1] data not None,
+                  int height, int width, int scale, int y0, int h, int x0, int w,
+                  bint fast_idct=True):
+    """Rows ``y0 .. y0+h`` and columns ``x0 .. x0+w`` of a JPEG of ``height x width``
+    pixels, decoded at the DCT scale ``scale/8`` exactly as the crop decoders do
+    (for tests and measurements): an ``h x w x 3`` uint8 array.
+
+    Raises ValueError with libjpeg's message when it cannot be decoded.
+    """
+    cdef int code
+    cdef ff_jpeg* j = decoder.j
+    if not 1 <= scale <= 16:
+        raise ValueError(f"scale must be in 1..16, got {scale}")
+    sh, sw = (height * scale + 7) // 8, (width * scale + 7) // 8
+    if y0 < 0 or x0 < 0 or h < 1 or w < 1 or y0 + h > sh or x0 + w > sw:
+        raise ValueError(f"window {h}x{w} at ({y0}, {x0}) exceeds the {sh}x{sw} scaled image")
+    if data.shape[0] == 0:
+        raise ValueError("empty JPEG")
+    with nogil:
+        code = ff_jpeg_decode_window(j, &data[0], data.shape[0], height, width, scale,
+                                     fast_idct, y0, h, x0, w)
+    if code == FF_JPEG_NOMEM:
+        raise MemoryError("no memory to decode the JPEG")
+    if code == FF_JPEG_SIZE:
+        raise ValueError(f"JPEG is {j.image_height}×{j.image_width}, not {height}×{width}")
+    if code != FF_JPEG_OK:
+        raise ValueError(j.message.decode("utf-8", "replace"))
+    rows = np.asarray(<uint8_t[:h * j.stride]>j.pixels).reshape(h, j.stride)
+    offset = (x0 - j.x_offset) * 3
+    return rows[:, offset : offset + 3 * w].reshape(h, w, 3).copy()

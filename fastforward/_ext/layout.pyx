@@ -1,0 +1,177 @@
+# cython: language_level=3
+"""The reader's per-sample checks of one field's payload pointers, in one pass.
+
+``locate_payloads`` finds each sample's allocation in the allocation table
+(sorted by offset; rows of one offset in table order) and checks its page:
+
+- the allocation must start at the pointer and belong to the sample (FFCV may
+  store a zero-length payload at the next one's offset: the owner decides);
+- the payload (at least one byte) must end in the page it starts in;
+- it must lie in the same page as the sample's earlier payloads.
+
+Both writers put a sample's payloads back to back, in field order, so the
+allocation of the *k*-th pointer field of sample *s* is usually row
+``first_rows[s] + k``: that row is tried first (a load, no search), then a
+binary search. The GIL is released; the NumPy reference is
+``tests/reference.py``'s ``locate_payloads``.
+"""
+
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+
+cdef enum:
+    FLAG_MISSING = 1  # no allocation of this sample starts at the pointer
+    FLAG_CROSSES = 2  # the payload ends in another page
+    FLAG_APART = 4  # the payload lies in another page than the sample's others
+
+MISSING = FLAG_MISSING
+CROSSES = FLAG_CROSSES
+APART = FLAG_APART
+
+
+cdef inline Py_ssize_t _lower_bound(const uint64_t[::1] a, uint64_t x) noexcept nogil:
+    cdef Py_ssize_t lo = 0, hi = a.shape[0], mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def first_rows_into(const uint64_t[::1] owners not None, int64_t[::1] out not None):
+    """Set ``out[s]`` to the first row of sample *s* in *owners* (the table's
+    ``sample_id`` column, sorted by offset); samples not found keep their value.
+    Owners at or past ``len(out)`` are ignored."""
+    cdef Py_ssize_t i, m = owners.shape[0], n = out.shape[0]
+    cdef uint64_t owner
+    with nogil:
+        for i in range(m - 1, -1, -1):  # backwards: the first row wins
+            owner = owners[i]
+            if owner < <uint64_t>n and (i == 0 or owners[i - 1] != owner):
+                out[owner] = i
+
+
+def locate_payloads(const uint64_t[::1] table_ptrs not None,
+                    const uint64_t[::1] table_sizes not None,
+                    const uint64_t[::1] table_owners not None,
+                    const int64_t[::1] first_rows not None, int64_t k,
+                    const uint64_t[::1] ptrs not None, int shift, int64_t first_page,
+                    uint64_t[::1] sizes not None, int64_t[::1] pages not None,
+                    uint8_t[::1] flags not None):
+    """Locate and check one field's payloads, sample by sample.
+
+    Args:
+        table_ptrs, table_sizes, table_owners: the allocation table sorted by offset.
+        first_rows: each sample's first row there (-1: none).
+        k: the field's position among the fields with payload pointers.
+        ptrs: the field's pointer of each sample.
+        shift: log2 of the page size.
+        first_page: the page number of the first data page.
+        sizes: out: each payload's size (0: none).
+        pages: in/out: each sample's data page (from 0; -1: none seen yet).
+        flags: out: ``MISSING | CROSSES | APART`` per sample.
+
+    Returns:
+        ``(flagged, searched)``: how many samples have a flag, and how many
+        rows were not where ``first_rows`` put them.
+    """
+    cdef Py_ssize_t n = ptrs.shape[0], m = table_ptrs.shape[0], s, row, j
+    cdef int64_t guess, page, last, flagged = 0, searched = 0
+    cdef uint64_t ptr, size, end
+    cdef uint8_t flag
+    if not (first_rows.shape[0] == sizes.shape[0] == pages.shape[0]
+            == flags.shape[0] == n) or not (table_sizes.shape[0] == table_owners.shape[0]
+                                          == m):
+        raise ValueError("locate_payloads: arrays of different lengths")
+    with nogil:
+        for s in range(n):
+            ptr = ptrs[s]
+            row = -1
+            guess = first_rows[s] + k
+            if first_rows[s] >= 0 and guess < m and table_ptrs[guess] == ptr \
+                    and table_owners[guess] == <uint64_t>s:
+                row = guess
+            else:
+                searched += 1
+                j = _lower_bound(table_ptrs, ptr)
+                while j < m and table_ptrs[j] == ptr:
+                    if table_owners[j] == <uint64_t>s:
+                        row = j
+                        break
+                    j += 1
+            if row < 0:
+                sizes[s] = 0
+                flags[s] = FLAG_MISSING
+                flagged += 1
+                continue
+            size = table_sizes[row]
+            sizes[s] = size
+            end = ptr + (size if size > 0 else 1) - 1
+            page = <int64_t>(ptr >> shift) - first_page
+            last = <int64_t>(end >> shift) - first_page
+            flag = 0
+            if end < ptr or page != last:
+                flag = FLAG_CROSSES
+            elif pages[s] < 0:
+                pages[s] = page
+            elif pages[s] != page:
+                flag = FLAG_APART
+            flags[s] = flag
+            flagged += flag != 0
+    return flagged, searched
+
+
+def scan_table(const uint64_t[:] ptrs not None, const uint64_t[:] sizes not None,
+               const uint64_t[:] owners not None, uint64_t lo, uint64_t hi,
+               uint64_t num_samples):
+    """Check the allocation table's rows as stored, in one pass.
+
+    Returns:
+        ``(outside, stranger, in_order)``: the first row whose bytes are not
+        within ``[lo, hi)`` (-1: none), the first row naming a sample at or past
+        *num_samples* (-1: none), and whether the rows are sorted by offset.
+    """
+    cdef Py_ssize_t i, m = ptrs.shape[0]
+    cdef Py_ssize_t outside = -1, stranger = -1
+    cdef bint in_order = True
+    cdef uint64_t ptr, end
+    if not sizes.shape[0] == owners.shape[0] == m:
+        raise ValueError("scan_table: columns of different lengths")
+    with nogil:
+        for i in range(m):
+            ptr = ptrs[i]
+            end = ptr + sizes[i]
+            if outside < 0 and (ptr < lo or end > hi or end < ptr):
+                outside = i
+            if stranger < 0 and owners[i] >= num_samples:
+                stranger = i
+            if i and ptr < ptrs[i - 1]:
+                in_order = False
+    return outside, stranger, in_order
+
+
+def find_overlaps(const uint64_t[::1] ptrs not None, const uint64_t[::1] sizes not None):
+    """Count the allocations (sorted by offset) that start before an earlier one
+    ends; empty ones never overlap (FFCV may put one at the next one's offset).
+
+    Returns:
+        ``(count, a, b)``: the first overlapping pair's rows (-1, -1: none).
+    """
+    cdef Py_ssize_t i, m = ptrs.shape[0], last = -1, a = -1, b = -1
+    cdef int64_t count = 0
+    cdef uint64_t end = 0
+    if sizes.shape[0] != m:
+        raise ValueError("find_overlaps: columns of different lengths")
+    with nogil:
+        for i in range(m):
+            if sizes[i] == 0:
+                continue
+            if last >= 0 and ptrs[i] < end:
+                count += 1
+                if a < 0:
+                    a, b = last, i
+            if last < 0 or ptrs[i] + sizes[i] > end:
+                end = ptrs[i] + sizes[i]
+                last = i
+    return count, a, b

@@ -1,0 +1,33 @@
+# The resize pass, as other kernels reach it without Python: its target (a
+# batch of output images), its scratch (Workspace) and the pass itself, on a
+# window of any image in memory. ``jpeg.pyx`` runs it on the rows it decodes.
+
+from libc.stdint cimport uint8_t
+
+
+cdef struct Target:
+    # images of ``oh x ow x c`` pixels, ``image_bytes`` apart, rows ``row_bytes`` apart
+    int kind            # KIND_U8, KIND_F16 or KIND_F32
+    char* base          # first byte of image 0 (NULL when there are none)
+    Py_ssize_t count    # images
+    Py_ssize_t oh, ow, c
+    Py_ssize_t row_bytes, image_bytes
+    float mul[4]        # float outputs: value * mul[c] + add[c]
+    float add[4]
+
+
+cdef class Workspace:
+    cdef char* memory
+    cdef size_t capacity
+    cdef char* reserve(self, size_t nbytes) except NULL
+
+
+cdef int _target(Target* t, out, Py_ssize_t c, scale, bias) except -1
+
+cdef size_t _scratch_bytes(Py_ssize_t h, Py_ssize_t w, Py_ssize_t oh, Py_ssize_t ow,
+                           Py_ssize_t c) noexcept nogil
+
+cdef int _resize_into(const uint8_t* src, Py_ssize_t src_h, Py_ssize_t src_w,
+                      Py_ssize_t src_stride, Py_ssize_t y0, Py_ssize_t x0, Py_ssize_t h,
+                      Py_ssize_t w, const Target* t, Py_ssize_t k, bint flip,
+                      char* scratch) except -1 nogil

@@ -1,0 +1,395 @@
+"""Variable-length arrays per sample: boxes, class ids, keypoints, polygons, token ids.
+
+``RaggedField`` stores, per sample, ``N`` rows (``N`` varies) of one or more
+named columns that share ``N``: ``RaggedField(np.int32)`` holds token ids
+(``(N,)`` per sample), ``RaggedField(columns={"boxes": (np.float32, (4,)),
+"labels": np.int64})`` holds objects, one row per object, so that a box's
+class id can never come apart from it. The payload is each column's ``N``
+rows in turn, C order, little-endian; ``N`` is the payload size divided by
+the bytes of one row of every column. It is a tagged field
+(``fastforward.fields.tagged``): FFCV 1.0.2 opens it as a ``BytesField``.
+
+``RaggedDecoder`` batches them padded (default) or as a list, and, told to
+follow an image (``follows=``), moves boxes, keypoints and points with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .._ext.collate import gather_into
+from ..errors import DecodeError, EncodeError
+from ..pipeline import geometry
+from ..pipeline.allocation_query import AllocationQuery
+from ..pipeline.decoder import Decoder
+from ..pipeline.operation import BatchContext
+from ..pipeline.state import State
+from .tagged import TaggedField
+
+VALUES = "values"
+"""The name of a single-array ``RaggedField``'s one column."""
+LENGTHS = "lengths"
+MAX_DIMS = 8
+
+
+def _column(name: str, spec: Any) -> tuple[str, np.dtype, tuple[int, ...]]:
+    if isinstance(spec, tuple) and len(spec) == 2 and not isinstance(spec[1], (str, type)):
+        dtype, shape = spec
+    else:
+        dtype, shape = spec, ()
+    if isinstance(shape, int):
+        shape = (shape,)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"column {name!r}: {dtype!r} is not a dtype") from None
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise TypeError(f"column {name!r}: only bool, integer and float dtypes are stored, "
+                        f"got {dtype}")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) > MAX_DIMS or any(s < 1 for s in shape):
+        raise ValueError(f"column {name!r}: a row's shape must have at most {MAX_DIMS} "
+                         f"positive dimensions, got {shape}")
+    return name, dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype, shape
+
+
+class RaggedField(TaggedField):
+    """``N`` rows per sample, ``N`` varying, of one array or of named columns.
+
+    Args:
+        dtype: the dtype of a single array per sample (``RaggedField(np.int32)``
+            for token ids), whose rows have shape *shape*: each sample is an
+            array of shape ``(N, *shape)``.
+        shape: the shape of one row (``(4,)`` for boxes, ``(17, 3)`` for 17
+            keypoints).
+        columns: instead of *dtype*: ``{name: dtype}`` or ``{name: (dtype,
+            shape)}``, columns that share ``N`` (one row per object). Each
+            sample is then a mapping from those names to arrays (or a
+            sequence of arrays, in the columns' order).
+
+    Values are cast to the column's dtype when that is exact (integers that
+    fit, any real number into a float column); anything else is refused,
+    naming the sample and the column.
+    """
+
+    def __init__(self, dtype: Any = None, shape: int | Sequence[int] = (), *,
+                 columns: Mapping[str, Any] | None = None) -> None:
+        if (dtype is None) == (columns is None):
+            raise TypeError("RaggedField takes a dtype (one array per sample) or columns "
+                            "(named arrays sharing their length), not both or neither")
+        if columns is None:
+            self.named = False
+            specs = [_column(VALUES, (dtype, shape))]
+        else:
+            if shape != ():
+                raise TypeError("give each column's shape in columns=, not shape=")
+            self.named = True
+            specs = []
+            for name, spec in dict(columns).items():
+                if not isinstance(name, str) or not name or name == LENGTHS:
+                    raise ValueError(f"column names are non-empty strings other than "
+                                     f"{LENGTHS!r}, got {name!r}")
+                specs.append(_column(name, spec))
+            if not specs:
+                raise ValueError("RaggedField needs at least one column")
+        self.columns: list[tuple[str, np.dtype, tuple[int, ...]]] = specs
+        self.row_nbytes = sum(int(d.itemsize * np.prod(s, dtype=np.int64)) for _, d, s in specs)
+
+    @property
+    def names(self) -> list[str]:
+        """The columns' names (``['values']`` for a single array)."""
+        return [name for name, _, _ in self.columns]
+
+    def arguments(self) -> dict[str, Any]:
+        return {"named": self.named,
+                "columns": [[name, dtype.str, list(shape)] for name, dtype, shape in self.columns]}
+
+    @classmethod
+    def from_arguments(cls, arguments: dict[str, Any]) -> RaggedField:
+        columns = {str(name): (np.dtype(dtype), tuple(shape))
+                   for name, dtype, shape in arguments["columns"]}
+        if arguments["named"]:
+            return cls(columns=columns)
+        ((dtype, shape),) = columns.values()
+        return cls(dtype, shape)
+
+    def __repr__(self) -> str:
+        if not self.named:
+            _, dtype, shape = self.columns[0]
+            return f"RaggedField({dtype}, {shape})"
+        columns = ", ".join(f"{name!r}: ({dtype}, {shape})" for name, dtype, shape in self.columns)
+        return f"RaggedField(columns={{{columns}}})"
+
+    def _arrays(self, value: Any) -> list[np.ndarray]:
+        if not self.named:
+            return [value]
+        if isinstance(value, Mapping):
+            missing = [n for n in self.names if n not in value]
+            extra = [n for n in value if n not in self.names]
+            if missing or extra:
+                raise EncodeError(f"expected columns {self.names}, got {list(value)}")
+            return [value[n] for n in self.names]
+        if isinstance(value, (tuple, list)) and len(value) == len(self.columns):
+            return list(value)
+        raise EncodeError(f"expected a mapping of columns {self.names} (or a sequence of "
+                          f"{len(self.columns)} arrays), got {type(value).__name__}")
+
+    def payload(self, value: Any) -> np.ndarray:
+        parts = []
+        count = None
+        for (name, dtype, shape), raw in zip(self.columns, self._arrays(value), strict=True):
+            array = _cast(name, raw, dtype)
+            if array.size == 0:  # [] and the like: no rows
+                array = array.reshape((0, *shape))
+            if array.ndim != 1 + len(shape) or array.shape[1:] != shape:
+                raise EncodeError(f"column {name!r}: expected rows of shape {shape} (an array "
+                                  f"of shape (N, {', '.join(map(str, shape))})), got "
+                                  f"{array.shape}".replace(", )", ")"))
+            if count is not None and len(array) != count:
+                raise EncodeError(f"column {name!r} has {len(array)} rows, {self.names[0]!r} "
+                                  f"has {count}")
+            count = len(array)
+            parts.append(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def split(self, data: np.ndarray) -> list[np.ndarray]:
+        """One payload's bytes as the columns' arrays (views of *data*)."""
+        if data.size % self.row_nbytes:
+            raise DecodeError(f"payload of {data.size} bytes is not a whole number of "
+                              f"{self.row_nbytes}-byte rows")
+        count = data.size // self.row_nbytes
+        arrays, start = [], 0
+        for _, dtype, shape in self.columns:
+            nbytes = count * dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+            arrays.append(data[start : start + nbytes].view(dtype).reshape((count, *shape)))
+            start += nbytes
+        return arrays
+
+    def decode(self, data: memoryview) -> Any:
+        arrays = [a.copy() for a in self.split(np.frombuffer(data, np.uint8))]
+        return dict(zip(self.names, arrays, strict=True)) if self.named else arrays[0]
+
+    def get_decoder_class(self) -> type:
+        return RaggedDecoder
+
+
+def _cast(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
+    """*value* as an array of *dtype*, when the cast loses nothing."""
+    array = np.asarray(value)
+    if array.dtype == dtype:
+        return array
+    if array.size == 0:
+        return array.astype(dtype)
+    if array.dtype.kind not in "biuf":
+        raise EncodeError(f"column {name!r}: expected numbers, got an array of {array.dtype}")
+    if dtype.kind == "f" and array.dtype.kind in "biuf":
+        return array.astype(dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        cast = array.astype(dtype)
+    if not np.array_equal(cast, array):
+        raise EncodeError(f"column {name!r}: {array.dtype} values cannot be stored as {dtype} "
+                          "without loss")
+    return cast
+
+
+class RaggedDecoder(Decoder):
+    """Decode a ``RaggedField``: padded with lengths (default) or as a list.
+
+    Args:
+        as_list: False: a batch is padded. For a single-array field it is
+            ``(values, lengths)``: ``values`` of shape ``(B, L, *shape)``, ``L``
+            the longest sample of the whole field (so every batch has the same
+            shape), rows past a sample's length zero; ``lengths`` ``(B,)``
+            int64. For named columns it is a dict of each column's
+            ``(B, L, ...)`` array plus ``"lengths"``. True: a list of ``B``
+            samples, each an array (or a dict of arrays), cut to its length.
+            Both are views of the loader's buffers; ``ToTensor`` turns them
+            into tensors the same shape (a list into a list, a dict into a
+            dict).
+        follows: the output (pipeline name) of an image whose crop, resize and
+            flip the coordinates follow; its decoder must decide geometry (the
+            crop decoders, ``ShorterSideRGBImageDecoder``). Needs at least one of:
+        boxes: the column of boxes (``(N, 4)``) to move with the image,
+            clipped to the output; a box of which less than *min_visibility*
+            of the area is left (or none) is dropped, and its whole row, class
+            id and all, with it.
+        keypoints: the column of keypoints (``(N, K, 2)`` or ``(N, K, 3)``
+            with a visibility) to move: one outside the output gets
+            visibility 0 (its coordinates are kept).
+        points: columns of other ``x, y`` points (polygons: ``(N, P, 2)``),
+            moved and mirrored, never clipped.
+        box_format: the stored boxes' layout (``geometry.BOX_FORMATS``); the
+            output keeps it.
+        normalized: coordinates are stored as fractions of the image's width
+            and height (then they survive any ``max_resolution`` the image was
+            stored at); the output is always in output pixels.
+        min_visibility: see *boxes* (0: a box survives while any of it is left).
+        keypoint_flip: for mirrored samples, the order of the keypoints
+            afterwards (COCO's left/right swap), ``K`` indices.
+
+    Coordinates are in pixels of the stored image: edges at integers for
+    boxes (a box covering pixel columns 3 and 4 spans ``x0=3, x1=5``), pixel
+    centres at ``+0.5`` for points. A single-array field's column is called
+    ``"values"``.
+    """
+
+    def __init__(self, as_list: bool = False, follows: str | None = None,
+                 boxes: str | None = None, keypoints: str | None = None,
+                 points: Sequence[str] = (), box_format: str = "xyxy",
+                 normalized: bool = False, min_visibility: float = 0.0,
+                 keypoint_flip: Sequence[int] | None = None) -> None:
+        super().__init__()
+        if box_format not in geometry.BOX_FORMATS:
+            raise ValueError(f"box_format must be one of {geometry.BOX_FORMATS}, "
+                             f"got {box_format!r}")
+        if not 0.0 <= min_visibility <= 1.0:
+            raise ValueError(f"min_visibility must be in [0, 1], got {min_visibility}")
+        points = (points,) if isinstance(points, str) else tuple(points)
+        moved = [c for c in (boxes, keypoints, *points) if c is not None]
+        if follows is not None and not moved:
+            raise ValueError("RaggedDecoder(follows=...) needs the columns to move: boxes=, "
+                             "keypoints= or points=")
+        if follows is None and moved:
+            raise ValueError("boxes=, keypoints= and points= move with an image: name it "
+                             "with follows=")
+        self.as_list = bool(as_list)
+        self.follows = follows
+        self.boxes, self.keypoints, self.points = boxes, keypoints, points
+        self.box_format = box_format
+        self.normalized = bool(normalized)
+        self.min_visibility = float(min_visibility)
+        self.keypoint_flip = None if keypoint_flip is None else [int(k) for k in keypoint_flip]
+
+    def __repr__(self) -> str:
+        extra = f", follows={self.follows!r}" if self.follows else ""
+        return f"RaggedDecoder(as_list={self.as_list}{extra})"
+
+    def _field(self) -> RaggedField:
+        field = self.field
+        if not isinstance(field, RaggedField):
+            raise TypeError(f"RaggedDecoder decodes a RaggedField, not a "
+                            f"{type(field).__name__}")
+        return field
+
+    def _check_columns(self, field: RaggedField) -> None:
+        names = field.names
+        for role, name in (("boxes", self.boxes), ("keypoints", self.keypoints),
+                           *(("points", p) for p in self.points)):
+            if name is None:
+                continue
+            if name not in names:
+                raise ValueError(f"{role}={name!r} is not a column of the field (columns: "
+                                 f"{names})")
+            _, dtype, shape = field.columns[names.index(name)]
+            if dtype.kind != "f":
+                raise TypeError(f"{role} column {name!r} holds {dtype}: coordinates must be "
+                                "floats")
+            need = {"boxes": shape == (4,),
+                    "keypoints": len(shape) == 2 and shape[1] in (2, 3),
+                    "points": len(shape) >= 1 and shape[-1] == 2}[role]
+            if not need:
+                raise ValueError(f"{role} column {name!r} has rows of shape {shape}; "
+                                 + {"boxes": "boxes need (4,)",
+                                    "keypoints": "keypoints need (K, 2) or (K, 3)",
+                                    "points": "points need (..., 2)"}[role])
+            if role == "keypoints" and self.keypoint_flip is not None and sorted(
+                    self.keypoint_flip) != list(range(shape[0])):
+                raise ValueError(f"keypoint_flip must order the {shape[0]} keypoints, got "
+                                 f"{self.keypoint_flip}")
+
+    def declare_state_and_memory(self, previous_state: State
+                                 ) -> tuple[State, tuple[AllocationQuery, ...]]:
+        field = self._field()
+        self._check_columns(field)
+        sizes = self.metadata["size"].astype(np.int64)
+        longest = max(int(sizes.max()) // field.row_nbytes if sizes.size else 0, 1)
+        queries = tuple(AllocationQuery((longest, *shape), dtype)
+                        for _, dtype, shape in field.columns)
+        _, dtype, shape = field.columns[0]
+        return (State(jit_mode=True, shape=(longest, *shape), dtype=dtype),
+                (*queries, AllocationQuery((), np.dtype("<i8"))))
+
+    def decode_range(self, lo: int, hi: int, destination: tuple[np.ndarray, ...],
+                     context: BatchContext) -> None:
+        field = self._field()
+        *columns, lengths = destination
+        source, offsets, sizes = context.data.field(self.field_index)
+        offsets = np.asarray(offsets[lo:hi], np.uint64)
+        sizes = np.asarray(sizes[lo:hi], np.uint64)
+        stored = self.metadata["size"][context.indices[lo:hi]].astype(np.uint64)
+        # the metadata's size, not the allocation's (a zero-length payload takes one byte)
+        sizes = np.minimum(sizes, stored)
+        counts, rest = np.divmod(sizes, np.uint64(field.row_nbytes))
+        bad = np.flatnonzero((rest != 0) | (counts > columns[0].shape[1]))
+        if bad.size:
+            k = int(bad[0])
+            exc = DecodeError(f"payload of {int(sizes[k])} bytes is not a whole number of "
+                              f"{field.row_nbytes}-byte rows of at most "
+                              f"{columns[0].shape[1]}")
+            raise self.fail(exc, context, lo + k)
+        gather = gather_into if self.follows else context.gather_into  # read again below
+        start = np.zeros_like(offsets)
+        for (_, dtype, shape), column in zip(field.columns, columns, strict=True):
+            nbytes = counts * np.uint64(dtype.itemsize * int(np.prod(shape, dtype=np.int64)))
+            rows = column[lo:hi].reshape(hi - lo, -1).view(np.uint8)
+            gather(source, offsets + start, nbytes, rows)
+            start += nbytes
+        lengths[lo:hi] = counts
+        if self.follows is not None:
+            self._follow(field, columns, lengths, lo, hi, context)
+
+    def _follow(self, field: RaggedField, columns: list[np.ndarray], lengths: np.ndarray,
+                lo: int, hi: int, context: BatchContext) -> None:
+        """Move the coordinates of samples ``lo:hi`` with the image; drop boxes."""
+        assert self.follows is not None
+        rows = context.geometry[self.follows][lo:hi]
+        names = field.names
+        count = lengths[lo:hi]
+        present = np.arange(columns[0].shape[1])[None, :] < count[:, None]
+        keep = present
+        if self.boxes is not None:
+            column = columns[names.index(self.boxes)]
+            mapped, visible = geometry.map_boxes(rows, column[lo:hi], self.box_format,
+                                                 self.normalized)
+            column[lo:hi] = mapped
+            keep = present & (visible > 0) & (visible >= self.min_visibility)
+        if self.keypoints is not None:
+            column = columns[names.index(self.keypoints)]
+            column[lo:hi] = geometry.map_keypoints(
+                rows, column[lo:hi], self.normalized,
+                None if self.keypoint_flip is None else np.asarray(self.keypoint_flip))
+        for name in self.points:
+            column = columns[names.index(name)]
+            column[lo:hi] = geometry.map_xy(rows, column[lo:hi], self.normalized)
+        if not (keep == present).all():
+            # the rows kept, in order, to the front; what is left past the new length zeroed
+            order = np.argsort(~keep, axis=1, kind="stable")
+            new = keep.sum(axis=1)
+            tail = np.arange(columns[0].shape[1])[None, :] >= new[:, None]
+            for column in columns:
+                part = column[lo:hi]
+                index = order.reshape(order.shape + (1,) * (part.ndim - 2))
+                part[...] = np.take_along_axis(part, index, axis=1)
+                part[tail] = 0
+            lengths[lo:hi] = new
+        else:
+            for column in columns:  # rows past the length: mapped zeros, zero again
+                column[lo:hi][~present] = 0
+
+    def output(self, destination: tuple[np.ndarray, ...], count: int) -> Any:
+        """The batch: padded (a tuple, or a dict for named columns) or a list."""
+        field = self._field()
+        *columns, lengths = (d[:count] for d in destination)
+        if self.as_list:
+            sizes = lengths.tolist()
+            if not field.named:
+                return [columns[0][k, :n] for k, n in enumerate(sizes)]
+            return [{name: column[k, :n] for name, column in zip(field.names, columns,
+                                                                  strict=True)}
+                    for k, n in enumerate(sizes)]
+        if not field.named:
+            return columns[0], lengths
+        return {**dict(zip(field.names, columns, strict=True)), LENGTHS: lengths}

@@ -1,0 +1,213 @@
+"""Running a ``Plan`` on one batch: stage 1 per range, stage 2 per batch.
+
+Stage 1 (``run_stage1``) runs on a worker, thread or process, for the samples
+``lo:hi`` of a batch: each ranged pipeline's decoder, then its range steps,
+writing straight into the batch's slot. Stage 2 (``run_stage2``) runs in the
+loader's process, on the batch's thread, over the whole batch: the decoders
+that did not run in ranges, then every remaining step. Both take their
+randomness from ``(seed, epoch, sample index, stream)`` only, so a batch is
+the same whoever computes which range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import annotate
+from ..pipeline.operation import BatchContext
+from ..pipeline.plan import PipelinePlan, Plan, Step
+
+
+@dataclass
+class BatchJob:
+    """What every worker of a batch needs to know about it (small: it is sent to
+    worker processes once per range)."""
+
+    epoch: int
+    seed: int
+    index: int  # the batch's position in the epoch
+    indices: np.ndarray  # its samples, in order
+    ranged: tuple[int, ...]  # positions (in the plan) of the pipelines whose stage 1 runs
+
+    def where(self, fname: str) -> str:
+        """``file: batch k (samples a…b)`` for error messages."""
+        first, last = (int(self.indices[0]), int(self.indices[-1])) if len(self.indices) else (
+            -1, -1)
+        return f"{fname}: batch {self.index} (samples {first}…{last})"
+
+
+def ranged_pipelines(plan: Plan, job: BatchJob, always: bool) -> tuple[int, ...]:
+    """The pipelines whose stage 1 runs in ranges for *job*: every ranged one with
+    *always* (process workers), else those with range steps or whose decoder
+    finds the batch worth splitting (``Decoder.split_batch``)."""
+    chosen: list[int] = []
+    names: set[str] = set()
+    for position, pipeline in enumerate(plan.pipelines):
+        if not pipeline.ranged or not names.issuperset(pipeline.follows):
+            continue  # a follower's stage 1 needs its leader's geometry, written in stage 1
+        if not (always or pipeline.split):
+            assert pipeline.decoder is not None
+            context = BatchContext(job.indices, job.epoch, job.seed, pipeline.decoder_stream,
+                                   job.index)
+            if not pipeline.decoder.split_batch(context):
+                continue
+        chosen.append(position)
+        names.add(pipeline.name)
+    return tuple(chosen)
+
+
+def geometry(pipeline: PipelinePlan, buffers: Any, lo: int, hi: int, context: BatchContext
+             ) -> None:
+    """Give *context* the rows ``lo:hi`` of the geometry the pipeline follows, and of
+    the geometry its decoder publishes (when someone follows it)."""
+    if pipeline.follows:
+        context.geometry = {leader: buffers.get(key)[lo:hi]
+                            for leader, key in pipeline.follows.items()}
+    if pipeline.geometry_key is not None:
+        context.geometry_out = buffers.get(pipeline.geometry_key)[lo:hi]
+
+
+def rows(buffer: Any, lo: int, hi: int) -> Any:
+    """Rows ``lo:hi`` of a buffer or a tuple of buffers."""
+    if isinstance(buffer, tuple):
+        return tuple(b[lo:hi] for b in buffer)
+    return buffer[lo:hi]
+
+
+def batch_view(buffer: Any, n: int, as_torch: bool, query: Any, lo: int = 0) -> Any:
+    """The first *n* rows (from *lo*) of a slot buffer as the operation gets them:
+    NumPy, or a torch tensor sharing its memory; a device buffer is new memory."""
+    if isinstance(buffer, tuple):
+        return tuple(batch_view(b, n, as_torch, q, lo) for b, q in zip(buffer, query,
+                                                                      strict=True))
+    if buffer is None:  # a device buffer: new for every batch, from torch's caching allocator
+        import torch
+
+        return torch.empty((n, *query.shape), dtype=query.dtype, device=query.device)
+    view = buffer[lo : lo + n]
+    if as_torch and isinstance(view, np.ndarray):
+        import torch
+
+        # a fresh tensor per batch: it holds the buffer, so the pool sees it as held
+        tensor = torch.from_numpy(view)
+        if isinstance(query.dtype, torch.dtype) and tensor.dtype != query.dtype:
+            tensor = tensor.view(query.dtype)  # bfloat16 lives in a uint16 buffer
+        return tensor
+    return view
+
+
+def apply_step(plan: Plan, pipeline: PipelinePlan, step: Step, value: Any, buffer: Any,
+               context: BatchContext, job: BatchJob) -> Any:
+    """``step.op.apply``, its error naming the file, the batch, the pipeline and the op."""
+    try:
+        return step.op.apply(value, buffer, context)
+    except Exception as exc:
+        raise annotate(exc, f"{job.where(plan.fname)}, pipeline {pipeline.name!r}, "
+                            f"{type(step.op).__name__}") from None
+
+
+def run_stage1(plan: Plan, job: BatchJob, data: Any, buffers: Any, lo: int, hi: int,
+               copies: Any = None) -> None:
+    """Stage 1 for the batch's samples ``lo:hi``, whose payloads *data* holds.
+
+    *buffers* is the batch's slot (``get(key)``), in this process's memory;
+    *copies* the loader's copy threads, where it may use them.
+    """
+    indices = job.indices[lo:hi]
+    count = hi - lo
+    for position in job.ranged:
+        pipeline = plan.pipelines[position]
+        decoder = pipeline.decoder
+        assert decoder is not None
+        context = BatchContext(indices, job.epoch, job.seed, pipeline.decoder_stream,
+                               job.index, data,
+                               copies=copies if pipeline.defer_copies else None)
+        geometry(pipeline, buffers, lo, hi, context)
+        destination = rows(buffers.get(pipeline.decoder_key), lo, hi)
+        decoder.decode_range(0, count, destination, context)
+        if not pipeline.split:
+            continue
+        value = decoder.output(destination, count)
+        for step in pipeline.steps[: pipeline.split]:
+            buffer = None if step.key is None else batch_view(
+                buffers.get(step.key), count, step.as_torch, step.query, lo)
+            value = apply_step(plan, pipeline, step, value, buffer,
+                               context.with_stream(step.rng_stream), job)
+            del buffer
+        place(value, batch_view(buffers.get(pipeline.range_out), count,
+                                pipeline.range_out_torch, pipeline.range_out_query, lo),
+              f"{job.where(plan.fname)}, pipeline {pipeline.name!r}, "
+              f"{type(pipeline.steps[pipeline.split - 1].op).__name__}")
+
+
+def place(value: Any, out: Any, where: str) -> None:
+    """Leave stage 1's result in *out* (rows of a slot buffer): nothing to do when
+    the last operation wrote it there, a copy otherwise."""
+    if isinstance(out, np.ndarray):
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"{where} returned a {type(value).__name__}, not a NumPy array")
+        if _same_memory(value, out):
+            return
+        if value.shape != out.shape or value.dtype != out.dtype:
+            raise ValueError(f"{where} returned {value.dtype} samples of shape "
+                             f"{value.shape[1:]}, it declared {out.dtype} {out.shape[1:]}")
+        np.copyto(out, value)
+        return
+    if not hasattr(value, "data_ptr"):
+        raise TypeError(f"{where} returned a {type(value).__name__}, not a tensor")
+    if (value.data_ptr() == out.data_ptr() and value.shape == out.shape
+            and value.stride() == out.stride() and value.dtype == out.dtype):
+        return
+    if tuple(value.shape) != tuple(out.shape) or value.dtype != out.dtype:
+        raise ValueError(f"{where} returned {value.dtype} samples of shape "
+                         f"{tuple(value.shape[1:])}, it declared {out.dtype} "
+                         f"{tuple(out.shape[1:])}")
+    out.copy_(value)
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
+
+
+def run_stage2(plan: Plan, job: BatchJob, data: Any, slot: Any, copies: Any = None) -> tuple:
+    """Stage 2 over the whole batch, after stage 1: the batch's outputs, in order."""
+    n = len(job.indices)
+    context = BatchContext(job.indices, job.epoch, job.seed, 0, job.index, data, copies=copies)
+    results: dict[int, Any] = {}
+    outputs: dict[str, Any] = {}
+    for position, pipeline in enumerate(plan.pipelines):
+        decoder = pipeline.decoder
+        pipeline_context = context
+        if pipeline.follows or pipeline.geometry_key is not None:
+            pipeline_context = context.with_stream(0)
+            geometry(pipeline, slot, 0, n, pipeline_context)
+        if decoder is not None:
+            destination = slot.get(pipeline.decoder_key)
+            if destination is None:  # a GPU decoder: new device memory for every batch
+                destination = batch_view(None, n, True, pipeline.decoder_query)
+            if position not in job.ranged:
+                own = pipeline_context.with_stream(pipeline.decoder_stream)
+                own.copies = copies if pipeline.defer_copies else None
+                decoder.decode_range(0, n, destination, own)
+            if pipeline.split:
+                value = batch_view(slot.get(pipeline.range_out), n, pipeline.range_out_torch,
+                                   pipeline.range_out_query)
+            else:
+                value = decoder.output(destination, n)
+            results[id(decoder)] = value
+            del destination
+        else:
+            value = results[id(pipeline.source_op)]
+        for step in pipeline.steps[pipeline.split :]:
+            buffer = None if step.key is None else batch_view(slot.get(step.key), n,
+                                                              step.as_torch, step.query)
+            value = apply_step(plan, pipeline, step, value, buffer,
+                               pipeline_context.with_stream(step.rng_stream), job)
+            results[id(step.op)] = value
+            del buffer
+        outputs[pipeline.name] = value
+    return tuple(outputs[name] for name in plan.outputs)

@@ -1,0 +1,600 @@
+"""Workers: who runs stage 1 of a batch (decoding and per-range operations).
+
+Two strategies behind one interface, ``WorkerPool.open_epoch(plan)`` giving an
+``EpochWorkers`` whose ``run(job, slot, data, copies)`` runs stage 1 of one
+batch over ranges of its samples and returns once every range is written:
+
+- ``ThreadWorkers``: threads of the loader's process (``fastforward-decode-N``),
+  new for each epoch. Right when stage 1 releases the GIL (every built-in
+  decoder and operation does: ``Operation.releases_gil``).
+- ``ProcessWorkers``: worker processes (``fastforward-worker-N``), started at
+  the first epoch and kept for the loader's life. Each maps the file itself,
+  fetches its range's payloads, runs the plan's stage 1 and writes straight
+  into the batch's slot, which lives in shared memory (``ring.SHARED``); only
+  small messages cross the process boundary (the plan once per epoch, then
+  one per range: the batch's indices and where its slot is). Right when stage
+  1 holds Python operations that keep the GIL.
+
+Process workers, in detail:
+
+- **Start.** From a fork server (``multiprocessing``'s forkserver: a clean,
+  single-threaded process, started once, that imports the main module and
+  forks the workers), or spawned where there is none; ``fork`` only when the
+  user asks for it (``Loader(start_method='fork')``): the loader's process
+  runs threads, and a forked child inherits every lock another thread held.
+  Either way the workers import the main module (multiprocessing's rule: a
+  script keeps its top level under ``if __name__ == '__main__':``). A worker
+  never touches CUDA, and runs torch on one thread.
+- **Messages** (pickled over a socket pair per worker): ``plan`` (once per
+  epoch), ``segment`` (a slot's shared memory, its descriptor passed with
+  SCM_RIGHTS the first time a worker writes into it), ``forget`` (segments the
+  loader let go), ``range`` (one range of one batch; the reply is ``done`` or
+  ``error`` with the exception and its traceback), ``None`` (exit).
+- **Lifetime.** The pool's thread (``fastforward-workers``) reads every
+  worker's replies and watches their sentinels: a worker that dies (SIGKILL,
+  out of memory) fails its ranges with ``WorkerError`` naming the batch, at
+  once, and is replaced at the next epoch. Workers ignore SIGINT (the
+  loader's process handles Ctrl-C) and exit when the loader's process is gone,
+  however it died: their socket reaches end of file, and a watchdog thread
+  sees their parent change. ``close()`` asks them to exit, then kills what
+  is left.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.connection import Connection, wait
+from multiprocessing.reduction import recv_handle, send_handle
+from typing import Any
+
+import numpy as np
+
+from ..errors import WorkerError, portable
+from ..pipeline.plan import Plan, bind_plan
+from ..utils import forkserver_preload
+from .runner import BatchJob, run_stage1
+
+THREAD, PROCESS = "thread", "process"
+
+
+def bounds(count: int, parts: int) -> list[tuple[int, int]]:
+    """``range(count)`` cut into at most *parts* nearly equal, non-empty ranges."""
+    cuts = np.linspace(0, count, max(1, min(parts, count)) + 1).astype(int)
+    return [(int(lo), int(hi)) for lo, hi in itertools.pairwise(cuts) if hi > lo]
+
+
+def settle(futures: list[Future[Any]]) -> None:
+    """Wait for every future, then raise the first one's exception, if any: no range
+    may still be writing into the slot when the batch gives it back."""
+    first: BaseException | None = None
+    for future in futures:
+        try:
+            future.result()
+        except BaseException as exc:
+            first = first or exc
+    if first is not None:
+        raise first
+
+
+class ThreadWorkers:
+    """Stage 1 on threads of this process (see the module docstring)."""
+
+    kind = THREAD
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, int(size))
+
+    def open_epoch(self, plan: Plan, slots: Any) -> ThreadEpoch:
+        """Threads for one epoch; ``close()`` them at its end."""
+        return ThreadEpoch(plan, self.size)
+
+    def close(self) -> None:
+        """Nothing outlives an epoch."""
+
+
+class ThreadEpoch:
+    """One epoch's decode threads."""
+
+    kind = THREAD
+    fields: frozenset[int] | None = None  # the loader fetches every field
+
+    def __init__(self, plan: Plan, size: int) -> None:
+        self.plan = plan
+        self.size = size
+        self._pool = ThreadPoolExecutor(size, thread_name_prefix="fastforward-decode")
+
+    def run(self, job: BatchJob, slot: Any, data: Any, copies: Any) -> None:
+        """Stage 1 of *job* over ``size`` ranges, on the threads; wait for all."""
+        if not job.ranged:
+            return
+        ranges = bounds(len(job.indices), self.size)
+        if len(ranges) == 1:  # one range: no hop to another thread
+            run_stage1(self.plan, job, data, slot, 0, len(job.indices), copies)
+            return
+        settle([self._pool.submit(run_stage1, self.plan, job, data.rows(lo, hi), slot, lo,
+                                  hi, copies) for lo, hi in ranges])
+
+    def close(self) -> None:
+        """Stop the threads (after the ranges in progress)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Worker:
+    """The loader's end of one worker process."""
+
+    def __init__(self, index: int, process: Any, conn: Connection) -> None:
+        self.index = index
+        self.process = process
+        self.conn = conn
+        self.send_lock = threading.Lock()
+        self.segments: set[int] = set()  # shared segments it has mapped
+        self.plans: set[int] = set()
+        self.pending: set[int] = set()  # ranges sent, not answered
+        self.running: int | None = None  # the range it said it started last
+        self.dead = False
+
+
+class ProcessWorkers:
+    """Stage 1 in worker processes, kept across epochs (see the module docstring).
+
+    Args:
+        size: worker processes.
+        fname, custom_fields, os_cache: how each worker opens the file.
+        start_method: ``"fork"``, ``"forkserver"`` or ``"spawn"``; None chooses
+            (fork only while this process has a single thread).
+    """
+
+    kind = PROCESS
+
+    def __init__(self, size: int, fname: str, custom_fields: Mapping[str, type],
+                 os_cache: bool, start_method: str | None = None) -> None:
+        self.size = max(1, int(size))
+        self.config = (fname, dict(custom_fields), bool(os_cache))
+        self.start_method = start_method
+        self.method_used: str | None = None
+        self._workers: list[_Worker] = []
+        self._lock = threading.Lock()  # the pending table and the workers list
+        self._pending: dict[int, tuple[Future[Any], _Worker, str]] = {}
+        self._jobs = itertools.count(1)
+        self._plans = itertools.count(1)
+        self._closed = False
+        self._wake_r, self._wake_w = os.pipe()  # tells the reader thread the workers changed
+        self._reader: threading.Thread | None = None
+        self.started_seconds = 0.0  # how long the last (re)start took
+        self.started = 0  # worker processes started so far (replacements included)
+
+    # -- lifetime ------------------------------------------------------------------
+
+    def _method(self) -> str:
+        methods = multiprocessing.get_all_start_methods()
+        if self.start_method is not None:
+            if self.start_method not in methods:
+                raise ValueError(f"start method {self.start_method!r} is not available here "
+                                 f"({methods})")
+            return self.start_method
+        return "forkserver" if "forkserver" in methods else "spawn"
+
+    def _ensure_started(self) -> None:
+        """Start the workers that are missing (all at first; dead ones later)."""
+        if self._closed:
+            raise RuntimeError("the loader's worker processes are closed")
+        missing = [k for k in range(self.size)
+                   if k >= len(self._workers) or self._workers[k].dead]
+        if not missing:
+            return
+        start = time.perf_counter()
+        method = self._method()
+        ctx = multiprocessing.get_context(method)
+        if method == "forkserver":
+            # imported once by the server (if this starts it), not by every worker: the
+            # main module (where scripts define their operations) and what they need
+            forkserver_preload(ctx, _preload())
+        started: list[_Worker] = []
+        for k in missing:
+            parent_end, child_end = ctx.Pipe(duplex=True)
+            inherited = [w.conn.fileno() for w in self._workers if not w.dead] + [
+                parent_end.fileno(), self._wake_r, self._wake_w]
+            process = ctx.Process(target=_worker_main, name=f"fastforward-worker-{k}",
+                                  args=(child_end, self.config, inherited if method == "fork"
+                                        else []), daemon=True)
+            try:
+                process.start()
+            finally:
+                child_end.close()
+            worker = _Worker(k, process, parent_end)
+            started.append(worker)
+            self.started += 1
+            with self._lock:
+                if k < len(self._workers):
+                    self._workers[k] = worker
+                else:
+                    self._workers.append(worker)
+        for worker in started:
+            self._await_ready(worker, method)
+        self.method_used = method
+        self.started_seconds = time.perf_counter() - start
+        if self._reader is None:
+            self._reader = threading.Thread(target=self._read, name="fastforward-workers",
+                                            daemon=True)
+            self._reader.start()
+        else:
+            os.write(self._wake_w, b"w")
+
+    def _await_ready(self, worker: _Worker, method: str) -> None:
+        """Wait for a new worker's first message: it opened the file and is ready."""
+        ready = wait([worker.conn, worker.process.sentinel])
+        if worker.conn in ready:
+            with contextlib.suppress(EOFError, OSError):
+                message = worker.conn.recv()
+                if message[0] == "ready":
+                    return
+                if message[0] == "error":
+                    self.close()
+                    raise message[2]
+        worker.process.join(5)
+        worker.dead = True
+        self.close()
+        hint = ("" if method == "fork" else
+                f" Process workers ({method}) start by importing your main module: keep "
+                "a script's top-level code under `if __name__ == '__main__':`, or pass "
+                "worker_type='thread'.")
+        raise WorkerError(f"{self.config[0]}: worker process {worker.index} failed to start "
+                          f"(exit code {worker.process.exitcode}); its error is printed "
+                          f"above.{hint}")
+
+    def close(self) -> None:
+        """Ask every worker to exit, wait a little, kill what is left (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for worker in self._workers:
+            with contextlib.suppress(OSError), worker.send_lock:
+                worker.conn.send(None)
+        deadline = time.monotonic() + 2
+        for worker in self._workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join()
+        for worker in self._workers:
+            worker.conn.close()
+        self._fail_all(RuntimeError("the loader was closed"))
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids (for tests and monitoring)."""
+        return [w.process.pid for w in self._workers if not w.dead]
+
+    # -- epochs ------------------------------------------------------------------
+
+    def open_epoch(self, plan: Plan, slots: Any) -> ProcessEpoch:
+        """Start (or restart) the workers and send them *plan*; *slots* is the
+        loader's ``SlotPool`` (its shared slots are where the workers write)."""
+        self._ensure_started()
+        plan_id = next(self._plans)
+        blob = pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL)
+        for worker in self._workers:
+            self._send(worker, ("plan", plan_id, blob))
+        return ProcessEpoch(self, plan, plan_id, slots.dropped)
+
+    def _send(self, worker: _Worker, message: Any) -> None:
+        sent = _try_send(worker, lambda: worker.conn.send(message))
+        if not sent:
+            raise self._death(worker, "receiving its work")
+
+    def submit(self, worker_index: int, slot: Any, forget: list[int], plan_id: int,
+               job: BatchJob, lo: int, hi: int, what: str) -> Future[Any]:
+        """Send one range to a worker (its slot's segment first, if new to it)."""
+        worker = self._workers[worker_index % len(self._workers)]
+        future: Future[Any] = Future()
+        job_id = next(self._jobs)
+        with self._lock:
+            if worker.dead:
+                raise self._death(worker, what)
+            self._pending[job_id] = (future, worker, what)
+            worker.pending.add(job_id)
+        segment_id, nbytes, offsets = slot.describe()
+
+        def send() -> None:
+            gone = [s for s in forget if s in worker.segments]
+            if gone:
+                worker.conn.send(("forget", gone))
+                worker.segments.difference_update(gone)
+            if segment_id not in worker.segments:
+                worker.conn.send(("segment", segment_id, nbytes, offsets))
+                send_handle(worker.conn, slot.segment.fd, worker.process.pid)
+                worker.segments.add(segment_id)
+            worker.conn.send(("range", job_id, plan_id, segment_id, job, lo, hi))
+
+        if not _try_send(worker, send):
+            with self._lock:
+                self._pending.pop(job_id, None)
+                worker.pending.discard(job_id)
+            raise self._death(worker, what)
+        return future
+
+    # -- the reader thread ---------------------------------------------------------
+
+    def _read(self) -> None:
+        while not self._closed:
+            with self._lock:
+                alive = [w for w in self._workers if not w.dead]
+            waitables: dict[Any, _Worker] = {}
+            for worker in alive:
+                waitables[worker.conn] = worker
+                waitables[worker.process.sentinel] = worker
+            for ready in wait([*waitables, self._wake_r]):
+                if ready == self._wake_r:
+                    with contextlib.suppress(OSError):
+                        os.read(self._wake_r, 64)
+                    continue
+                worker = waitables[ready]
+                if worker.dead:
+                    continue
+                if ready is worker.conn:
+                    self._receive(worker)
+                else:
+                    self._bury(worker)
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            reply = worker.conn.recv()
+        except (EOFError, OSError):
+            self._bury(worker)
+            return
+        self._receive_one(worker, reply)
+
+    def _receive_one(self, worker: _Worker, reply: tuple) -> None:
+        status, job_id = reply[0], reply[1]
+        if status == "running":
+            worker.running = job_id
+            return
+        with self._lock:
+            entry = self._pending.pop(job_id, None)
+            worker.pending.discard(job_id)
+            worker.running = None
+        if entry is None:
+            return
+        future = entry[0]
+        if status == "done":
+            future.set_result(None)
+        else:
+            future.set_exception(reply[2])
+
+    def _bury(self, worker: _Worker) -> None:
+        """A worker died: fail its ranges (the batches waiting for them raise)."""
+        worker.process.join(timeout=5)
+        with contextlib.suppress(EOFError, OSError):  # what it said before it died
+            while not worker.dead and worker.conn.poll():
+                self._receive_one(worker, worker.conn.recv())
+        with self._lock:
+            worker.dead = True
+            lost = [(job_id, self._pending.pop(job_id)) for job_id in sorted(worker.pending)
+                    if job_id in self._pending]
+            worker.pending.clear()
+            running = dict(lost).get(worker.running) if worker.running is not None else None
+        culprit = None if running is None else running[2]
+        for job_id, (future, _, what) in lost:
+            if job_id == worker.running or culprit is None:
+                error = self._death(worker, what)
+            else:  # queued behind the range that killed it
+                error = self._death(worker, culprit, f", before {what}")
+            future.set_exception(error)
+
+    def _death(self, worker: _Worker, what: str, also: str = "") -> WorkerError:
+        process = worker.process
+        code = process.exitcode
+        how = (f"killed by signal {-code} ({_signal_name(-code)})" if code is not None
+               and code < 0 else f"exit code {code}")
+        return WorkerError(f"{self.config[0]}: worker process {worker.index} (pid "
+                           f"{process.pid}) died ({how}) while {what}{also}; out of memory?")
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._lock:
+            lost = list(self._pending.values())
+            self._pending.clear()
+        for future, _, _ in lost:
+            if not future.done():
+                future.set_exception(exc)
+
+
+class ProcessEpoch:
+    """One epoch's use of the process pool."""
+
+    kind = PROCESS
+
+    def __init__(self, pool: ProcessWorkers, plan: Plan, plan_id: int,
+                 dropped: collections.deque[int]) -> None:
+        self.pool = pool
+        self.plan = plan
+        self.plan_id = plan_id
+        self.dropped = dropped  # segments the loader let go: workers unmap them
+        # the loader's process fetches only what its own decoders read
+        self.fields = frozenset(p.field_index for p in plan.pipelines
+                                if p.decoder is not None and not p.ranged)
+        self._next_worker = itertools.count()
+
+    def run(self, job: BatchJob, slot: Any, data: Any, copies: Any) -> None:
+        """Stage 1 of *job*: one range per worker process; wait for all."""
+        if not job.ranged:
+            return
+        pool = self.pool
+        forget = _drain(self.dropped)
+        futures = []
+        first = next(self._next_worker)
+        try:
+            for k, (lo, hi) in enumerate(bounds(len(job.indices), pool.size)):
+                what = f"running {job.where(self.plan.fname)}, rows {lo}:{hi}"
+                futures.append(pool.submit(first + k, slot, forget, self.plan_id, job, lo, hi,
+                                           what))
+        finally:
+            settle(futures)
+
+    def close(self) -> None:
+        """The pool stays for the next epoch."""
+
+
+def _try_send(worker: _Worker, send: Callable[[], None]) -> bool:
+    """Run *send* under the worker's lock; False if its pipe is broken (it died).
+    The OSError is dropped here, not chained: its traceback would keep the
+    pickled message's buffer alive in a cycle."""
+    try:
+        with worker.send_lock:
+            send()
+    except OSError:
+        return False
+    return True
+
+
+def _drain(queue: collections.deque[int]) -> list[int]:
+    items: list[int] = []
+    while True:
+        try:
+            items.append(queue.popleft())
+        except IndexError:
+            return items
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _preload() -> list[str]:
+    """What the fork server imports before it forks workers: the main module (as
+    multiprocessing does anyway, so operations defined there unpickle), this
+    module, and torch when this process uses it."""
+    modules = ["__main__", __name__]
+    if "torch" in sys.modules:
+        modules.append("torch")
+    return modules
+
+
+# -- the worker process --------------------------------------------------------------
+
+
+class _MappedSlot:
+    """A slot's buffers, as a worker maps them."""
+
+    def __init__(self, fd: int, nbytes: int, offsets: dict[str, list]) -> None:
+        import mmap
+
+        try:
+            self.map = mmap.mmap(fd, nbytes)
+        finally:
+            os.close(fd)
+        whole = np.frombuffer(self.map, np.uint8)
+        self.buffers: dict[str, Any] = {}
+        for key, entries in offsets.items():
+            arrays = []
+            for offset, shape, dtype in entries:
+                dtype = np.dtype(dtype)
+                count = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                arrays.append(whole[offset : offset + count].view(dtype).reshape(shape))
+            self.buffers[key] = arrays[0] if len(arrays) == 1 else tuple(arrays)
+
+    def get(self, key: str) -> Any:
+        return self.buffers.get(key)
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit as soon as the process that started this one is gone."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool],
+                 inherited: list[int]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the loader's to handle
+    for fd in inherited:  # a forked child holds the loader's ends of every pipe: let go
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True,
+                     name="fastforward-watchdog").start()
+    from ..memory_managers import OSCacheManager, ProcessCacheManager
+    from ..reader import Reader
+
+    fname, custom_fields, os_cache = config
+    where = f"fastforward worker process {os.getpid()}"
+    try:
+        reader = Reader(fname, custom_fields)
+        manager = OSCacheManager(reader) if os_cache else ProcessCacheManager(reader)
+    except BaseException as exc:
+        conn.send(("error", 0, portable(exc, where)))
+        return
+    conn.send(("ready", 0))
+    plans: dict[int, Plan] = {}
+    slots: dict[int, _MappedSlot] = {}
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        kind = message[0]
+        if kind == "range":
+            _, job_id, plan_id, segment_id, job, lo, hi = message
+            conn.send(("running", job_id))  # so that a death here names this range
+            try:
+                plan = plans[plan_id]
+                if isinstance(plan, _BrokenPlan):
+                    raise plan.error
+                data = manager.fetch(job.indices[lo:hi])
+                run_stage1(plan, job, data, slots[segment_id], lo, hi)
+                del data
+                reply: tuple = ("done", job_id)
+            except BaseException as exc:
+                reply = ("error", job_id, portable(exc, where))
+            try:
+                conn.send(reply)
+            except (OSError, pickle.PicklingError):
+                with contextlib.suppress(OSError):
+                    conn.send(("error", job_id, RuntimeError(
+                        f"{where}: could not send the result back:\n{traceback.format_exc()}")))
+        elif kind == "plan":
+            _, plan_id, blob = message
+            try:
+                plan = pickle.loads(blob)
+                bind_plan(plan, reader)
+            except BaseException as exc:  # reported with the first range that needs it
+                plan = _BrokenPlan(portable(exc, where))  # type: ignore[assignment]
+            plans = {plan_id: plan}
+            torch = sys.modules.get("torch")
+            if torch is not None:  # the workers are the parallelism: one thread each
+                torch.set_num_threads(1)
+        elif kind == "segment":
+            _, segment_id, nbytes, offsets = message
+            slots[segment_id] = _MappedSlot(recv_handle(conn), nbytes, offsets)
+        elif kind == "forget":
+            for segment_id in message[1]:
+                slots.pop(segment_id, None)
+
+
+class _BrokenPlan:
+    """A plan that did not unpickle in the worker: its error, for the first range."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error

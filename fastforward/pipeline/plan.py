@@ -1,0 +1,331 @@
+"""Compile a loader's pipelines into a ``Plan``: what runs where, in which buffer.
+
+The loader hands ``compile_plan`` its ``PipelineSpec`` objects once per epoch
+(a decoder's ``output_size`` may change between epochs). The planner:
+
+1. orders the outputs so that a branch (``PipelineSpec(source=op)``) comes
+   after the pipeline holding its source operation;
+2. copies every decoder and operation (``Decoder.runtime_copy``,
+   ``copy.copy``): a loader never shares state with another loader through
+   the objects the user handed it, and binds its decoder copies to the file;
+3. lets each decoder take over operations that follow it (``Decoder.fuse``:
+   a crop decoder mirrors and converts while it resizes), up to the first
+   operation another pipeline branches from;
+4. walks the states (``declare_state_and_memory``) and collects the slot
+   buffers they ask for (the *layout*);
+5. splits each pipeline into two stages. **Stage 1** runs per range of
+   samples, on the workers (threads or processes): the decoder, when it
+   decodes in ranges (``Decoder.parallel``), then the longest run of
+   operations after it that are ``sample_independent`` and work on the CPU,
+   less the trailing ones that only pass values through. Stage 1 leaves its
+   result in one slot buffer (``range_out``). **Stage 2** runs once per
+   batch, in the loader's process: every other decoder and operation. With a
+   branch, stage 1 holds decoders only.
+
+A ``Plan`` holds plain data and the operations themselves, so it pickles:
+process workers receive it at each epoch's start and bind their own copy of
+each decoder to their own reader (``bind_plan``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import annotate
+from .allocation_query import AllocationQuery
+from .decoder import Decoder
+from .geometry import GEOMETRY
+from .operation import Operation
+from .pipeline_spec import PipelineSpec
+from .random import stream_id
+from .state import State
+
+
+@dataclass
+class Step:
+    """One operation of a pipeline, as the plan runs it."""
+
+    op: Operation
+    key: str | None  # the slot buffer it writes, if it asked for one
+    rng_stream: int  # its random stream (``BatchContext.stream``)
+    as_torch: bool  # its buffer is handed over as a torch tensor (it runs after ToTensor)
+    query: Any = None
+
+
+@dataclass
+class PipelinePlan:
+    """One output: its decoder (or branch source), its steps, and their stages."""
+
+    name: str
+    decoder: Decoder | None
+    field_name: str | None  # the field it decodes (None for a branch)
+    field_index: int
+    decoder_key: str
+    decoder_stream: int
+    decoder_query: Any
+    source_op: Operation | None  # for a branch: the operation whose output it starts from
+    steps: list[Step] = field(default_factory=list)
+    split: int = 0  # leading steps that run per range, in stage 1, after the decoder
+    range_out: str | None = None  # the slot buffer holding stage 1's result (split > 0)
+    range_out_query: Any = None
+    range_out_torch: bool = False
+    defer_copies: bool = False  # its decoder's copies may run on the loader's copy threads
+    geometry_key: str | None = None  # where its decoder writes each sample's geometry
+    follows: dict[str, str] = field(default_factory=dict)  # leader -> its geometry's key
+
+    @property
+    def ranged(self) -> bool:
+        """Whether the decoder decodes in ranges (stage 1)."""
+        return self.decoder is not None and self.decoder.parallel
+
+    def stage1_ops(self) -> list[Operation]:
+        """The decoder and the operations that run per range."""
+        if not self.ranged:
+            return []
+        assert self.decoder is not None
+        return [self.decoder, *(step.op for step in self.steps[: self.split])]
+
+
+@dataclass
+class Plan:
+    """A loader's pipelines for one epoch (see the module docstring)."""
+
+    fname: str
+    pipelines: list[PipelinePlan]
+    outputs: list[str]  # the batch's entries, in order
+    layout: dict[str, Any]  # slot buffer key -> AllocationQuery (or a tuple of them)
+
+    def gil_bound(self) -> list[str]:
+        """Stage 1's operations that keep the GIL, as ``pipeline: Operation`` strings.
+
+        Threads run these one at a time; processes run them in parallel."""
+        return [f"{p.name}: {type(op).__name__}" for p in self.pipelines
+                for op in p.stage1_ops() if not op.releases_gil]
+
+
+def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
+                 previous: Plan | None = None) -> Plan:
+    """Compile *specs* (the user's pipelines, by output name) against *reader*'s file.
+
+    *previous* is last epoch's plan: its decoder copies hand their caches
+    (scratch memory) to this epoch's. Raises the first error any
+    ``declare_state_and_memory`` raises, annotated with the pipeline and the
+    operation.
+    """
+    fname = reader.fname
+    leaders = _leaders(specs, fname)
+    order = order_for_sources(specs, fname, leaders)
+    sources = {id(s.source) for s in specs.values() if isinstance(s.source, Operation)}
+    earlier = {p.name: p.decoder for p in previous.pipelines} if previous else {}
+    copies: dict[int, Operation] = {}  # id(user's operation) -> this plan's copy
+    states: dict[int, State] = {}  # id(user's operation) -> its output state
+    decoder_owner: dict[int, str] = {}
+    layout: dict[str, Any] = {}
+    built: dict[str, PipelinePlan] = {}
+    for name in order:
+        spec = specs[name]
+        where = f"{fname}: pipeline {name!r}"
+        user_ops = list(spec.transforms)
+        streams = [stream_id(op.random_stream or f"{name}/{position}")
+                   for position, op in enumerate(user_ops, 1)]
+        ops = [copies.setdefault(id(op), copy.copy(op)) for op in user_ops]
+        fused: set[int] = set()
+        if isinstance(spec.source, str):
+            user_decoder = spec.decoder
+            assert isinstance(user_decoder, Decoder)
+            if id(user_decoder) in decoder_owner:
+                raise ValueError(
+                    f"{fname}: one {type(user_decoder).__name__} instance decodes outputs "
+                    f"{decoder_owner[id(user_decoder)]!r} and {name!r}: give each its own "
+                    "decoder, or branch with PipelineSpec(source=an operation)")
+            decoder_owner[id(user_decoder)] = name
+            decoder = user_decoder.runtime_copy(earlier.get(name))
+            copies[id(user_decoder)] = decoder
+            index = reader.field_names.index(spec.source)
+            decoder.bind(reader.handlers[spec.source], spec.source, index,
+                         reader.metadata[f"f{index}"], fname)
+            # fusions see the operations up to the first one a branch reads
+            limit = 0 if id(user_decoder) in sources else next(
+                (k for k, op in enumerate(user_ops) if id(op) in sources), len(user_ops))
+            try:
+                fused = set(decoder.fuse(ops[:limit], streams[:limit]))
+            except Exception as exc:
+                raise annotate(exc, f"{where}, {type(decoder).__name__}") from None
+            leader = getattr(decoder, "follows", None)
+            if leader is not None:  # a follower sizes its output from its leader's (masks)
+                decoder.leader_state = states[id(specs[leader].decoder)]
+            state, query = _declare(decoder, State(), where)
+            states[id(user_decoder)] = state
+            pipeline = PipelinePlan(name, decoder, spec.source, index, f"{name}/decoder",
+                                    stream_id(f"{name}/0"), query, None)
+            layout[pipeline.decoder_key] = query
+        else:
+            state = states[id(spec.source)]
+            pipeline = PipelinePlan(name, None, None, -1, "", 0, None,
+                                    copies[id(spec.source)])
+        if any(name in names for names in leaders.values()):
+            _check_leader(name, ops, fused, where)
+        step_states: list[tuple[State, State]] = []  # each step's input and output
+        for position, (user_op, op) in enumerate(zip(user_ops, ops, strict=True), 1):
+            if position - 1 in fused:  # the decoder does it: the values pass through
+                states[id(user_op)] = state
+                continue
+            before = state
+            state, query = _declare(op, state, where)
+            step_states.append((before, state))
+            states[id(user_op)] = state
+            key = None
+            if query is not None:
+                key = f"{name}/{position}"
+                layout[key] = query
+            pipeline.steps.append(Step(op, key, streams[position - 1], not state.jit_mode,
+                                       query))
+        if not sources:
+            _split(pipeline, step_states, layout)
+        for leader in leaders.get(name, ()):
+            pipeline.follows[leader] = f"{leader}/geometry"
+        built[name] = pipeline
+    for leader in {leader for names in leaders.values() for leader in names}:
+        built[leader].geometry_key = key = f"{leader}/geometry"
+        layout[key] = AllocationQuery((), GEOMETRY)
+    # A copy on the copy threads pays off only when nothing reads the rows before
+    # the hand-over; a step that reads them at once would just wait for it.
+    for pipeline in built.values():
+        pipeline.defer_copies = not sources and not any(
+            step.op.reads_input for step in pipeline.steps)
+    outputs = list(specs)
+    return Plan(fname, [built[name] for name in order], outputs, layout)
+
+
+def _check_leader(name: str, ops: list[Operation], fused: set[int], where: str) -> None:
+    """Refuse an operation that moves the pixels of an image whose geometry others
+    follow, after its decoder decided that geometry (masks and boxes would miss it)."""
+    for position, op in enumerate(ops):
+        if position not in fused and getattr(op, "moves_pixels", False):
+            raise ValueError(
+                f"{where}: {type(op).__name__} moves the image's pixels after its decoder "
+                f"decided the geometry that masks and boxes follow ({name!r} is followed), so "
+                "they would not move with it; a RandomHorizontalFlip must come right after "
+                "the decoder (which then mirrors while it resizes, and tells its followers)")
+
+
+def _split(pipeline: PipelinePlan, step_states: list[tuple[State, State]],
+           layout: dict[str, Any]) -> None:
+    """Choose stage 1's steps (see the module docstring) and where its result goes."""
+    if not pipeline.ranged or isinstance(pipeline.decoder_query, tuple):
+        return
+    split = 0
+    for step, (before, after) in zip(pipeline.steps, step_states, strict=True):
+        op = step.op
+        if not (op.sample_independent or op.per_sample) or not (
+                str(before.device) == str(after.device) == "cpu"):
+            break
+        split += 1
+    while split and pipeline.steps[split - 1].op.passes_through:
+        split -= 1  # relabelling is free: the batch stage does it on the whole batch
+    if not split:
+        return
+    last = pipeline.steps[split - 1]
+    final = step_states[split - 1][1]
+    pipeline.split = split
+    pipeline.range_out_torch = not final.jit_mode
+    query = last.query
+    if (isinstance(query, AllocationQuery) and tuple(query.shape) == tuple(final.shape or ())
+            and str(query.dtype) == str(final.dtype) and _on_cpu(query)):
+        pipeline.range_out, pipeline.range_out_query = last.key, query
+        return
+    # the last step writes no buffer of its own (or another shape): stage 1 copies its
+    # result into one, so that the loader's process sees it
+    if final.shape is None:
+        raise ValueError(f"pipeline {pipeline.name!r}: {type(last.op).__name__} runs per "
+                         "range but declares no output shape")
+    key = f"{pipeline.name}/stage1"
+    query = AllocationQuery(tuple(final.shape), final.dtype)
+    layout[key] = query
+    pipeline.range_out, pipeline.range_out_query = key, query
+
+
+def _on_cpu(query: AllocationQuery) -> bool:
+    return query.device is None or str(query.device) == "cpu"
+
+
+def _declare(op: Operation, state: State, where: str) -> tuple[State, Any]:
+    try:
+        new_state, query = op.declare_state_and_memory(state)
+    except Exception as exc:
+        raise annotate(exc, f"{where}, {type(op).__name__}") from None
+    if not isinstance(new_state, State):
+        raise TypeError(f"{where}: {type(op).__name__}.declare_state_and_memory must "
+                        f"return (State, AllocationQuery or None)")
+    if query is not None and not isinstance(query, (AllocationQuery, tuple, list)):
+        raise TypeError(f"{where}: {type(op).__name__} asked for {query!r}, not an "
+                        "AllocationQuery")
+    return new_state, (tuple(query) if isinstance(query, list) else query)
+
+
+def _leaders(specs: Mapping[str, PipelineSpec], fname: str) -> dict[str, list[str]]:
+    """For each output, the outputs whose geometry its decoder or operations follow."""
+    leaders: dict[str, list[str]] = {}
+    for name, spec in specs.items():
+        for op in ([spec.decoder] if spec.decoder else []) + list(spec.transforms):
+            leader = getattr(op, "follows", None)
+            if leader is None:
+                continue
+            where = f"{fname}: pipeline {name!r}, {type(op).__name__}"
+            decoder = specs[leader].decoder if leader in specs else None
+            if decoder is None or leader == name:
+                raise ValueError(f"{where} follows {leader!r}, which is not another output "
+                                 f"with a decoder (outputs: {list(specs)})")
+            if not getattr(decoder, "publishes_geometry", False):
+                raise ValueError(f"{where} follows {leader!r}, whose "
+                                 f"{type(decoder).__name__} decides no geometry to follow")
+            if leader not in leaders.setdefault(name, []):
+                leaders[name].append(leader)
+    return leaders
+
+
+def order_for_sources(specs: Mapping[str, PipelineSpec], fname: str,
+                      leaders: Mapping[str, list[str]] | None = None) -> list[str]:
+    """Output names, each branch after the pipeline holding its source operation and
+    each follower after the pipelines whose geometry it follows."""
+    leaders = leaders or {}
+    owner: dict[int, str] = {}
+    for name, spec in specs.items():
+        for op in ([spec.decoder] if spec.decoder else []) + list(spec.transforms):
+            owner.setdefault(id(op), name)
+    done: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        if name in visiting:
+            raise ValueError(f"{fname}: pipeline {name!r} is part of a cycle of "
+                             "PipelineSpec sources")
+        visiting.add(name)
+        source = specs[name].source
+        if isinstance(source, Operation):
+            if id(source) not in owner or owner[id(source)] == name:
+                raise ValueError(f"{fname}: pipeline {name!r} starts from {source!r}, "
+                                 "which no other pipeline contains")
+            visit(owner[id(source)])
+        for leader in leaders.get(name, ()):
+            visit(leader)
+        visiting.discard(name)
+        done.append(name)
+
+    for name in specs:
+        visit(name)
+    return done
+
+
+def bind_plan(plan: Plan, reader: Any) -> None:
+    """Bind the plan's decoders to *reader* (a worker process's own, after unpickling)."""
+    for pipeline in plan.pipelines:
+        if pipeline.decoder is not None and pipeline.field_name is not None:
+            index = pipeline.field_index
+            pipeline.decoder.bind(reader.handlers[pipeline.field_name], pipeline.field_name,
+                                  index, reader.metadata[f"f{index}"], reader.fname)

@@ -1,0 +1,173 @@
+"""``fastforward preview``: a PNG grid of samples as the loader decodes them.
+
+Each sample's image goes through a chosen decoder (crop, resize, flip), and
+every mask and box field of the file follows it (``MaskDecoder``,
+``RaggedDecoder(follows=...)``), so the grid shows what a model would see:
+masks drawn over the images (ids coloured, 0 left clear), boxes outlined and
+labelled with their class ids. Needs matplotlib (the ``plot`` extra).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .fields import IntField, MaskField, RaggedField, RGBImageField
+from .reader import Reader
+
+DECODERS = ("center_crop", "random_resized_crop", "shorter_side", "simple")
+
+
+def _box_column(field: RaggedField) -> str | None:
+    """The column of a ragged field that holds boxes: ``boxes``, or a single
+    float column of rows of 4."""
+    for name, dtype, shape in field.columns:
+        if shape == (4,) and dtype.kind == "f" and (name == "boxes" or len(field.columns) == 1):
+            return name
+    return None
+
+
+def _label_column(field: RaggedField) -> str | None:
+    for name, dtype, shape in field.columns:
+        if shape == () and dtype.kind in "iu" and name in ("labels", "label", "classes",
+                                                          "category_id"):
+            return name
+    return None
+
+
+def preview_pipelines(reader: Reader, image: str | None = None, decoder: str = "center_crop",
+                      size: int = 256, flip: bool = False) -> tuple[str, dict[str, Any]]:
+    """The image output's name and the loader pipelines a preview uses.
+
+    Args:
+        reader: the file.
+        image: the image field (default: the first ``RGBImageField``).
+        decoder: ``center_crop`` (the centred square, *size*²),
+            ``random_resized_crop`` (*size*²), ``shorter_side`` (shorter side
+            *size*, longer at most twice it) or ``simple`` (as stored; needs one
+            size).
+        flip: mirror each image with probability 1/2 (what follows it too).
+    """
+    from .fields.decoders import (
+        CenterCropRGBImageDecoder,
+        IntDecoder,
+        MaskDecoder,
+        RaggedDecoder,
+        RandomResizedCropRGBImageDecoder,
+        ShorterSideRGBImageDecoder,
+        SimpleRGBImageDecoder,
+    )
+    from .transforms import RandomHorizontalFlip
+
+    images = [n for n, h in reader.handlers.items() if isinstance(h, RGBImageField)]
+    if image is None:
+        if not images:
+            raise ValueError(f"{reader.fname} has no RGBImageField to preview")
+        image = images[0]
+    elif image not in images:
+        raise ValueError(f"{image!r} is not an image field of {reader.fname} (image fields: "
+                         f"{images})")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    chosen = {"center_crop": lambda: CenterCropRGBImageDecoder((size, size), ratio=1.0),
+              "random_resized_crop": lambda: RandomResizedCropRGBImageDecoder((size, size)),
+              "shorter_side": lambda: ShorterSideRGBImageDecoder(size, max_size=2 * size),
+              "simple": SimpleRGBImageDecoder}[decoder]()
+    follows = decoder != "simple"
+    pipelines: dict[str, Any] = {image: [chosen, RandomHorizontalFlip()] if flip else [chosen]}
+    for name, handler in reader.handlers.items():
+        if name == image:
+            continue
+        if isinstance(handler, MaskField) and follows:
+            pipelines[name] = [MaskDecoder(follows=image)]
+        elif isinstance(handler, RaggedField) and follows and _box_column(handler):
+            pipelines[name] = [RaggedDecoder(as_list=True, follows=image,
+                                             boxes=_box_column(handler))]
+        elif isinstance(handler, IntField):
+            pipelines[name] = [IntDecoder()]
+        else:
+            pipelines[name] = None
+    return image, pipelines
+
+
+def render(path: str | os.PathLike[str], out: str | os.PathLike[str], samples: int = 16,
+           image: str | None = None, decoder: str = "center_crop", size: int = 256,
+           flip: bool = False, seed: int = 0, epoch: int = 0, columns: int = 4,
+           shuffle: bool = False) -> Path:
+    """Decode *samples* samples of *path* and save them as a PNG grid at *out*.
+
+    Returns:
+        *out*, written atomically.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Rectangle
+    except ImportError as exc:
+        raise ImportError("preview needs matplotlib: pip install 'fastforward[plot]'") from exc
+    from .loader import Loader, OrderOption
+
+    with Reader(path) as reader:
+        image_name, pipelines = preview_pipelines(reader, image, decoder, size, flip)
+        count = min(samples, reader.num_samples)
+        handlers = reader.handlers
+    if count < 1:
+        raise ValueError(f"{path} holds no samples")
+    with Loader(path, count, num_workers=1, seed=seed, drop_last=False,
+                order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL,
+                pipelines=pipelines, worker_type="thread") as loader:
+        loader.next_epoch = epoch
+        batch = next(iter(loader))
+        names = [n for n in handlers if pipelines.get(n) is not None]
+        outputs = dict(zip(names, batch, strict=True))
+        indices = np.asarray(loader._batches(epoch, [])[0])
+    rows = -(-count // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for k in range(rows * columns):
+        ax = axes[k // columns][k % columns]
+        ax.axis("off")
+        if k >= count:
+            continue
+        ax.imshow(outputs[image_name][k])
+        title = [f"#{int(indices[k])}"]
+        for name, handler in handlers.items():
+            if name not in outputs or name == image_name:
+                continue
+            value = outputs[name]
+            if isinstance(handler, MaskField):
+                ids = value[k]
+                ax.imshow(np.ma.masked_equal(ids, 0), cmap="tab20", alpha=0.45,
+                          vmin=0, vmax=max(int(ids.max()), 19), interpolation="nearest")
+            elif isinstance(handler, RaggedField):
+                sample = value[k]
+                boxes = sample[_box_column(handler)] if isinstance(sample, dict) else sample
+                label_column = _label_column(handler)
+                labels = sample[label_column] if label_column else None
+                for j, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+                    c = colours(int(labels[j]) % 10 if labels is not None else 0)
+                    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                           edgecolor=c, linewidth=1.5))
+                    if labels is not None:
+                        ax.text(x0, y0, str(int(labels[j])), color="white", fontsize=7,
+                                va="bottom", bbox={"facecolor": c, "pad": 1, "linewidth": 0})
+            elif isinstance(handler, IntField):
+                title.append(f"{name}={int(np.asarray(value[k]).ravel()[0])}")
+        ax.set_title(" ".join(title), fontsize=8)
+    figure.suptitle(f"{Path(path).name}: {decoder} {size}" + (" + flip" if flip else ""),
+                    fontsize=10)
+    figure.tight_layout()
+    out = Path(out)
+    partial = out.with_name(f".{out.name}.part")
+    try:
+        figure.savefig(partial, dpi=100, format="png")
+        os.replace(partial, out)
+    finally:
+        plt.close(figure)
+        partial.unlink(missing_ok=True)
+    return out

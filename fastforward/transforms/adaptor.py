@@ -1,0 +1,154 @@
+"""Run another library's augmentation on each image: torchvision (``transforms.v2``
+or v1), timm's ``create_transform(...)``, albumentations, or any callable.
+
+``Augment(transform)`` is a per-sample operation for the NumPy part of a
+pipeline (after a decoder, before ``ToTensor``). Each image reaches the
+transform in the layout its library expects, and what comes back is stored as
+an H×W×C NumPy image again, like every fastforward image operation, so
+``ToTensor()`` and ``ToTorchImage()`` follow as usual:
+
+======================  =========================================  ==========================
+library                 the transform receives                      it may return
+======================  =========================================  ==========================
+torchvision v2          a C×H×W uint8 tensor (a view, no copy)       tensor, tv_tensor
+torchvision v1, timm    a PIL image (timm's ``create_transform``     PIL image or C×H×W tensor
+                        expects one)
+albumentations          ``image=`` an H×W×C uint8 array              ``{"image": array}``
+anything else           the H×W×C NumPy array                        array, tensor or PIL image
+======================  =========================================  ==========================
+
+Randomness: it keeps the GIL, so the loader runs it in worker processes
+(``worker_type='auto'``), and before each sample ``np.random``, ``random`` and
+torch's default generator are seeded from ``(seed, epoch, sample, stream)``
+(albumentations' own generators too, through ``set_random_seed``): the same
+seed gives the same augmentations whatever the workers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..pipeline import random
+from ..pipeline.allocation_query import AllocationQuery
+from ..pipeline.operation import BatchContext, Operation
+from ..pipeline.state import State
+from ._utils import name, require_numpy
+
+INPUTS = ("tensor", "pil", "albumentations", "numpy")
+
+
+def guess_input(transform: Any) -> str:
+    """The input a transform's library expects (see the module docstring)."""
+    module = type(transform).__module__
+    if module.startswith("albumentations"):
+        return "albumentations"
+    if module.startswith("torchvision.transforms.v2"):
+        return "tensor"
+    if module.startswith(("torchvision.transforms", "timm")):
+        return "pil"
+    return "numpy"
+
+
+class Augment(Operation):
+    """Apply *transform* (another library's augmentation) to each image.
+
+    Args:
+        transform: a torchvision transform (v2 or v1), timm's
+            ``create_transform(...)`` result, an albumentations transform or
+            ``Compose``, or any callable taking one image.
+        input: how to hand it the image: ``'tensor'`` (C×H×W uint8 torch),
+            ``'pil'``, ``'albumentations'`` (``image=`` keyword) or
+            ``'numpy'`` (H×W×C uint8); None guesses from the transform's
+            module.
+        output_shape: the H×W×C (or H×W) shape it returns, and
+        output_dtype: its dtype; when both are None they are found by
+            running the transform once on a blank image. Every image must
+            come back this size (end with a fixed-size crop or resize).
+
+    Batches are NumPy ``(B, H, W, C)`` in and out (before ``ToTensor``).
+    """
+
+    per_sample = True
+    sample_independent = True
+
+    def __init__(self, transform: Any, input: str | None = None,
+                 output_shape: tuple[int, ...] | None = None,
+                 output_dtype: Any = None) -> None:
+        super().__init__()
+        if not callable(transform):
+            raise TypeError(f"Augment: {transform!r} is not callable")
+        self.transform = transform
+        self.input = input or guess_input(transform)
+        if self.input not in INPUTS:
+            raise ValueError(f"Augment: input must be one of {INPUTS}, got {self.input!r}")
+        if (output_shape is None) != (output_dtype is None):
+            raise ValueError("Augment: give output_shape and output_dtype together")
+        self.output_shape = None if output_shape is None else tuple(int(d) for d in output_shape)
+        self.output_dtype = None if output_dtype is None else np.dtype(output_dtype)
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        require_numpy(self, previous_state)
+        if previous_state.shape is None or len(previous_state.shape) not in (2, 3):
+            raise TypeError(f"{name(self)} needs images of shape (H, W[, C]), got "
+                            f"{previous_state.shape}")
+        shape, dtype = self.output_shape, self.output_dtype
+        if shape is None or dtype is None:
+            blank = np.zeros(previous_state.shape, previous_state.dtype)
+            with random.seeded_globals(0, 0, 0, 0):
+                out = self._call(blank, 0)
+            shape, dtype = out.shape, out.dtype
+        return (State(jit_mode=True, shape=tuple(shape), dtype=np.dtype(dtype)),
+                AllocationQuery(tuple(shape), np.dtype(dtype)))
+
+    def apply_sample(self, sample: np.ndarray, destination: np.ndarray, context: BatchContext,
+                     position: int) -> np.ndarray:
+        """Transform one image into *destination*."""
+        seed = int(random.random_bits(context.seed, context.epoch, context.indices[position:
+                                      position + 1], context.stream, 1)[0, 0] >> 33)
+        out = self._call(sample, seed)
+        if out.shape != destination.shape:
+            raise ValueError(f"{name(self)}: {_describe(self.transform)} returned an image of "
+                             f"shape {out.shape}, not {destination.shape}: give output_shape, "
+                             "or end the transform with a fixed-size crop or resize")
+        np.copyto(destination, out, casting="same_kind")
+        return destination
+
+    def _call(self, image: np.ndarray, seed: int) -> np.ndarray:
+        transform = self.transform
+        if self.input == "albumentations":
+            if hasattr(transform, "set_random_seed"):  # albumentations' own generators
+                transform.set_random_seed(seed)
+            return _as_image(transform(image=image)["image"])
+        if self.input == "tensor":
+            import torch
+
+            return _as_image(transform(torch.from_numpy(image).permute(2, 0, 1)
+                                       if image.ndim == 3 else torch.from_numpy(image)))
+        if self.input == "pil":
+            from PIL import Image
+
+            return _as_image(transform(Image.fromarray(image)))
+        return _as_image(transform(image))
+
+    def __repr__(self) -> str:
+        return f"Augment({self.transform!r}, input={self.input!r})"
+
+
+def _as_image(value: Any) -> np.ndarray:
+    """What a transform returned, as an H×W×C (or H×W) NumPy image."""
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach") and hasattr(value, "permute"):  # a torch tensor (tv_tensors too)
+        tensor = value.detach().cpu()
+        if tensor.ndim == 3:
+            tensor = tensor.permute(1, 2, 0)  # C×H×W -> H×W×C
+        return tensor.contiguous().numpy()
+    if hasattr(value, "mode") and hasattr(value, "size"):  # a PIL image
+        return np.asarray(value)
+    raise TypeError(f"Augment: the transform returned a {type(value).__name__}, not an image")
+
+
+def _describe(transform: Any) -> str:
+    return type(transform).__name__

@@ -1,0 +1,72 @@
+"""The benchmark's steady-state rule, on a fake clock."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastforward import benchmark
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("skip", [0, 1, 3])
+def test_steady_state_leaves_out_the_epochs_start(monkeypatch: pytest.MonkeyPatch,
+                                                  skip: int) -> None:
+    clock = Clock()
+    monkeypatch.setattr(benchmark.time, "perf_counter", clock)
+    # batch k arrives after `gaps[k]` seconds: a slow start, then a steady pace
+    gaps = [5.0, 2.0, 1.0, 0.5, 0.5, 0.5, 0.5]
+    sizes = [8, 8, 8, 8, 8, 8, 3]
+
+    def epoch():  # type: ignore[no-untyped-def]
+        for gap, size in zip(gaps, sizes, strict=True):
+            clock.now += gap
+            yield (np.zeros(size), None)
+
+    (images, seconds), (start_images, start_seconds) = benchmark.steady_state(epoch(), skip)
+    first = max(1, skip)
+    assert images == sum(sizes[first:])
+    assert seconds == pytest.approx(sum(gaps[first:]))
+    assert start_images == sum(sizes[:first])
+    assert start_seconds == pytest.approx(sum(gaps[:first]))
+
+
+def test_steady_state_of_an_epoch_of_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(benchmark.time, "perf_counter", Clock())
+    assert benchmark.steady_state(iter([(np.zeros(4),)]))[0] == (0, 0.0)
+
+
+@pytest.fixture(scope="module")
+def small_file(tmp_path_factory: pytest.TempPathFactory, images: list[np.ndarray]):  # type: ignore[no-untyped-def]
+    from fastforward.fields import IntField, RGBImageField
+    from fastforward.writer import DatasetWriter
+
+    path = tmp_path_factory.mktemp("benchmark") / "small.beton"
+    DatasetWriter(path, {"image": RGBImageField(write_mode="jpg"), "label": IntField()},
+                  num_workers=1, progress=False).from_indexed_dataset(
+        [(images[k % len(images)], k) for k in range(40)])
+    return path
+
+
+def test_loader_throughput_counts_the_steady_batches(small_file) -> None:  # type: ignore[no-untyped-def]
+    # 5 batches of 8 per epoch: the first epoch leaves out its ring warm-up, the
+    # second only its first batch
+    m = benchmark.loader_throughput(small_file, "center_crop", batch_size=8, epochs=2,
+                                    num_workers=1)
+    warmup = benchmark.warmup_batches(5, 6)
+    assert m.images == 8 * ((5 - warmup) + 4)
+    assert "start-up" not in m.name
+
+
+def test_loader_throughput_of_one_batch_epochs_includes_the_start(small_file) -> None:  # type: ignore[no-untyped-def]
+    m = benchmark.loader_throughput(small_file, "center_crop", batch_size=32, epochs=2,
+                                    num_workers=1)
+    assert m.images == 64
+    assert m.name.endswith("with start-up")

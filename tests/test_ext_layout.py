@@ -1,0 +1,141 @@
+"""fastforward._ext.layout against the NumPy references in tests/reference.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference
+
+from fastforward._ext.layout import (
+    find_overlaps,
+    first_rows_into,
+    locate_payloads,
+    scan_table,
+)
+
+SHIFT = 12  # 4 KiB pages keep the tables small
+
+
+def table(seed: int, n: int, fields: int) -> tuple[np.ndarray, ...]:
+    """A table as a writer makes it (each sample's payloads back to back, in field
+    order, in one page), sorted by offset, and the pointers of each field."""
+    rng = np.random.default_rng(seed)
+    ptrs, sizes, owners = [], [], []
+    pointer = np.zeros((fields, n), np.uint64)
+    cursor = 1 << SHIFT
+    for s in rng.permutation(n):  # pages in another order than the samples (FFCV)
+        need = rng.integers(0, 300, fields)
+        if (cursor % (1 << SHIFT)) + int(np.maximum(need, 1).sum()) > 1 << SHIFT:
+            cursor = (cursor >> SHIFT) + 1 << SHIFT
+        for k in range(fields):
+            ptrs.append(cursor)
+            sizes.append(int(need[k]))
+            owners.append(int(s))
+            pointer[k, s] = cursor
+            cursor += int(need[k])  # FFCV: an empty payload at the next one's offset
+    order = np.argsort(np.asarray(ptrs, np.uint64), kind="stable")
+    return (np.asarray(ptrs, np.uint64)[order], np.asarray(sizes, np.uint64)[order],
+            np.asarray(owners, np.uint64)[order], pointer)
+
+
+def damage(pointer: np.ndarray, sizes: np.ndarray, seed: int) -> None:
+    """Pointers moved, into other samples' payloads or nowhere; sizes grown."""
+    rng = np.random.default_rng(seed)
+    fields, n = pointer.shape
+    for _ in range(max(1, n // 10)):
+        k, s = int(rng.integers(fields)), int(rng.integers(n))
+        pointer[k, s] = pointer[int(rng.integers(fields)), int(rng.integers(n))] + np.uint64(
+            rng.integers(0, 2))
+    sizes[rng.integers(0, len(sizes), max(1, n // 20))] += np.uint64(1 << SHIFT)
+
+
+@pytest.mark.parametrize("damaged", [False, True], ids=["intact", "damaged"])
+@pytest.mark.parametrize(("n", "fields"), [(1, 1), (40, 1), (200, 3), (7, 5)],
+                         ids=lambda v: str(v))
+def test_locate_payloads_matches_reference(n: int, fields: int, damaged: bool) -> None:
+    ptrs, sizes, owners, pointer = table(n * 31 + fields, n, fields)
+    if damaged:
+        damage(pointer, sizes, n)
+    first = np.full(n, -1, np.int64)
+    first_rows_into(owners, first)
+    pages = np.full(n, -1, np.int64)
+    expected_pages = pages.copy()
+    searched_total = 0
+    for k in range(fields):
+        want_sizes, expected_pages, want_flags = reference.locate_payloads(
+            ptrs, sizes, owners, pointer[k], SHIFT, 1, expected_pages)
+        got_sizes = np.empty(n, np.uint64)
+        flags = np.empty(n, np.uint8)
+        flagged, searched = locate_payloads(ptrs, sizes, owners, first, k,
+                                            np.ascontiguousarray(pointer[k]), SHIFT, 1,
+                                            got_sizes, pages, flags)
+        np.testing.assert_array_equal(got_sizes, want_sizes)
+        np.testing.assert_array_equal(flags, want_flags)
+        np.testing.assert_array_equal(pages, expected_pages)
+        assert flagged == np.count_nonzero(want_flags)
+        searched_total += searched
+    if not damaged:
+        assert not np.any(flags)
+
+
+def test_locate_payloads_guesses_without_searching() -> None:
+    # no empty payloads (FFCV's would share an offset): every row is where guessed
+    ptrs, sizes, owners, pointer = table(5, 100, 3)
+    keep = sizes > 0
+    assert not keep.all()
+    sizes[~keep] = 1  # now no two allocations share an offset
+    ptrs, owners = ptrs.copy(), owners.copy()
+    starts = np.cumsum(np.concatenate(([0], sizes[:-1].astype(np.int64))))
+    ptrs[:] = (1 << SHIFT) * 50 + starts  # one big page, back to back
+    for k in range(3):
+        pointer[k] = 0
+    for row, (s, p) in enumerate(zip(owners.tolist(), ptrs.tolist(), strict=True)):
+        k = row - int(np.flatnonzero(owners == s)[0])
+        pointer[k, s] = p
+    first = np.full(100, -1, np.int64)
+    first_rows_into(owners, first)
+    pages = np.full(100, -1, np.int64)
+    for k in range(3):
+        flagged, searched = locate_payloads(
+            ptrs, sizes, owners, first, k, np.ascontiguousarray(pointer[k]), 30, 0,
+            np.empty(100, np.uint64), pages, np.empty(100, np.uint8))
+        assert (flagged, searched) == (0, 0)
+
+
+def test_first_rows_into() -> None:
+    owners = np.array([3, 3, 0, 5, 0, 1, 9], np.uint64)
+    out = np.full(7, -1, np.int64)
+    first_rows_into(owners, out)
+    assert out.tolist() == [2, 5, -1, 0, -1, 3, -1]  # 9 is past the end: ignored
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_scan_table_matches_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(0, 50))
+    ptrs = rng.integers(0, 1000, m).astype(np.uint64)
+    if seed % 2:
+        ptrs.sort()
+    sizes = rng.integers(0, 100, m).astype(np.uint64)
+    if m and seed == 3:
+        sizes[m // 2] = np.uint64((1 << 64) - 5)  # wraps around
+    owners = rng.integers(0, 12, m).astype(np.uint64)
+    table = np.zeros(m, [("sample_id", "<u8"), ("ptr", "<u8"), ("size", "<u8")])
+    table["ptr"], table["size"], table["sample_id"] = ptrs, sizes, owners
+    got = scan_table(table["ptr"], table["size"], table["sample_id"], 50, 1050, 10)
+    assert got == reference.scan_table(ptrs, sizes, owners, 50, 1050, 10)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_find_overlaps_matches_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(0, 40))
+    sizes = rng.integers(0, 20, m).astype(np.uint64)
+    ptrs = np.cumsum(sizes).astype(np.uint64) - sizes  # back to back
+    if m > 3 and seed % 2:
+        sizes[rng.integers(0, m, 2)] += np.uint64(rng.integers(1, 60))
+    got = find_overlaps(ptrs, sizes)
+    want = reference.find_overlaps(ptrs, sizes)
+    assert got == want
+    if m > 3 and not seed % 2:
+        assert got == (0, -1, -1)

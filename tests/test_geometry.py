@@ -1,0 +1,64 @@
+"""fastforward.pipeline.geometry: boxes, keypoints and points through a sample's
+crop, resize and flip, against plain-Python references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from reference import map_box
+
+from fastforward.pipeline import geometry
+from fastforward.pipeline.geometry import GEOMETRY
+
+
+def rows(rng: np.random.Generator, n: int) -> np.ndarray:
+    out = np.zeros(n, GEOMETRY)
+    out["height"], out["width"] = rng.integers(20, 200, n), rng.integers(20, 200, n)
+    out["crop_height"] = [rng.integers(1, h + 1) for h in out["height"]]
+    out["crop_width"] = [rng.integers(1, w + 1) for w in out["width"]]
+    out["y"] = [rng.integers(0, h - c + 1) for h, c in zip(out["height"], out["crop_height"],
+                                                            strict=True)]
+    out["x"] = [rng.integers(0, w - c + 1) for w, c in zip(out["width"], out["crop_width"],
+                                                            strict=True)]
+    out["out_height"], out["out_width"] = rng.integers(8, 300, n), rng.integers(8, 300, n)
+    out["flip"] = rng.integers(0, 2, n)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_map_boxes_matches_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    g = rows(rng, 6)
+    corners = rng.uniform(-20, 220, (6, 9, 2, 2))
+    boxes = np.concatenate([corners.min(axis=2), corners.max(axis=2)], axis=-1)
+    boxes = boxes[..., [0, 1, 2, 3]]  # x0 y0 x1 y1
+    mapped, visible = geometry.map_boxes(g, boxes)
+    for i in range(6):
+        for j in range(9):
+            want, fraction = map_box(tuple(boxes[i, j]), *(int(g[i][k]) for k in (
+                "y", "x", "crop_height", "crop_width", "out_height", "out_width")),
+                bool(g[i]["flip"]))
+            np.testing.assert_allclose(mapped[i, j], want, atol=1e-9)
+            assert visible[i, j] == pytest.approx(fraction)
+
+
+@pytest.mark.parametrize("box_format", geometry.BOX_FORMATS)
+def test_box_formats_round_trip_and_map_alike(box_format: str) -> None:
+    rng = np.random.default_rng(1)
+    g = rows(rng, 3)
+    xyxy = np.sort(rng.uniform(0, 100, (3, 4, 2, 2)), axis=2).transpose(0, 1, 3, 2).reshape(3, 4, 4)
+    stored = geometry.from_xyxy(xyxy, box_format)
+    np.testing.assert_allclose(geometry.to_xyxy(stored, box_format), xyxy)
+    mapped, _ = geometry.map_boxes(g, stored, box_format)
+    plain, _ = geometry.map_boxes(g, xyxy)
+    np.testing.assert_allclose(geometry.to_xyxy(mapped, box_format), plain, atol=1e-9)
+
+
+def test_points_follow_the_source_pixel_centres() -> None:
+    g = np.zeros(1, GEOMETRY)
+    g[0] = (100, 100, 10, 20, 50, 40, 100, 80, 1)  # window x 20..60, y 10..60, to 80 x 100
+    # the centre of source pixel (y=10, x=20), the window's first: output pixel (0, 79)'s
+    p = geometry.map_xy(g, np.array([[[20.5, 10.5]]]))
+    np.testing.assert_allclose(p[0, 0], [80 - 0.5 * 2, 0.5 * 2])
+    k = geometry.map_keypoints(g, np.array([[[[20.5, 10.5, 2], [5, 5, 2]]]]))
+    np.testing.assert_allclose(k[0, 0, :, 2], [2, 0])  # the second is outside the window

@@ -1,0 +1,572 @@
+"""Workers: threads and processes give the same batches, and every guarantee of
+the thread path holds with process workers (held batches, errors, dead
+workers, clean stops, nothing left in /dev/shm), plus what any operation may
+raise reaching ``next()``.
+
+Operations are defined at module level: process workers unpickle them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import copy
+import gc
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastforward.errors import WorkerError
+from fastforward.fields import IntField, RGBImageField
+from fastforward.fields.decoders import (
+    IntDecoder,
+    RandomResizedCropRGBImageDecoder,
+    SimpleRGBImageDecoder,
+)
+from fastforward.loader import Loader, OrderOption
+from fastforward.pipeline import AllocationQuery, Operation, State
+from fastforward.transforms import RandomHorizontalFlip
+from fastforward.writer import DatasetWriter
+
+
+@pytest.fixture(scope="module")
+def photos_file(tmp_path_factory: pytest.TempPathFactory, images: list[np.ndarray]) -> Path:
+    """48 real photographs of varied sizes, JPEG, with their index as label."""
+    path = tmp_path_factory.mktemp("workers") / "photos.beton"
+    DatasetWriter(path, {"image": RGBImageField(write_mode="jpg", max_resolution=96),
+                         "label": IntField()}, num_workers=1,
+                  progress=False).from_indexed_dataset(
+        [(images[i % len(images)], i) for i in range(48)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def labels_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("workers") / "labels.beton"
+    DatasetWriter(path, {"label": IntField()}, num_workers=1,
+                  progress=False).from_indexed_dataset(list(range(200)))
+    return path
+
+
+SHARED_MEMORY_NAMES = ("fastforward", "psm_", "wnsm_", "mp-", "sem.mp-")
+"""What this process could leave in /dev/shm: its own segments (never named,
+but a fallback would be) and multiprocessing's. Other processes' files (torch's,
+on a shared machine) are theirs."""
+
+
+def shm_entries() -> set[str]:
+    if not os.path.isdir("/dev/shm"):
+        return set()
+    return {name for name in os.listdir("/dev/shm") if name.startswith(SHARED_MEMORY_NAMES)}
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    before = shm_entries()
+    yield
+    gc.collect()
+    assert shm_entries() <= before, "something was left in /dev/shm"
+
+
+# -- operations ----------------------------------------------------------------------
+
+
+class Jitter(Operation):
+    """A Python operation per sample that keeps the GIL, drawing from the global
+    generators (np.random, random) and from its context."""
+
+    per_sample = True
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        return previous_state, AllocationQuery(previous_state.shape, previous_state.dtype)
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        shift = np.random.randint(0, 40) + random.randint(0, 40)
+        mine = int(context.sample_rng(position).integers(0, 40))
+        destination[:] = sample // 2 + np.uint8(shift + mine)
+        return destination
+
+
+class Returns(Operation):
+    """Per sample, returns a new array and asks for no buffer (stage 1 copies it)."""
+
+    per_sample = True
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        return 255 - sample
+
+
+class RaiseAt(Operation):
+    """Raises *error* when it meets sample *index* (per sample, in any worker)."""
+
+    per_sample = True
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__()
+        self.index = index
+        self.error = error
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        if int(context.indices[position]) == self.index:
+            raise self.error
+        return sample
+
+
+class RaiseInBatch(Operation):
+    """A batch operation (run in the loader's process) raising at batch *at*."""
+
+    releases_gil = True
+
+    def __init__(self, at: int, error: BaseException) -> None:
+        super().__init__()
+        self.at = at
+        self.error = error
+
+    def apply(self, batch, destination, context):  # type: ignore[no-untyped-def]
+        if context.batch_index == self.at:
+            raise self.error
+        return batch
+
+
+class KillAt(Operation):
+    """Kills its own process (as the OOM killer would) at sample *index*."""
+
+    per_sample = True
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        if int(context.indices[position]) == self.index:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return sample
+
+
+def train_loader(path: Path, workers: int, worker_type: str, extra: list | None = None,
+                 **kw) -> Loader:
+    kw.setdefault("order", OrderOption.RANDOM)
+    kw.setdefault("seed", 5)
+    return Loader(path, 8, num_workers=workers, worker_type=worker_type,
+                  pipelines={"image": [RandomResizedCropRGBImageDecoder((32, 32)),
+                                       RandomHorizontalFlip(), *(extra or [Jitter()])],
+                             "label": [IntDecoder()]}, **kw)
+
+
+def epochs(loader: Loader, count: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each epoch's images and labels, concatenated."""
+    out = []
+    with loader:
+        for _ in range(count):
+            batches = [(images.copy(), labels.copy()) for images, labels in loader]
+            out.append((np.concatenate([i for i, _ in batches]),
+                        np.concatenate([b for _, b in batches])))
+    return out
+
+
+# -- the same batches --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra", ["jitter", "returns"])
+def test_threads_and_processes_give_the_same_batches(photos_file: Path, extra: str) -> None:
+    ops = {"jitter": [Jitter()], "returns": [Returns()]}[extra]
+    reference = epochs(train_loader(photos_file, 1, "thread", ops))
+    for workers, kind in [(3, "thread"), (1, "process"), (2, "process")]:
+        loader = train_loader(photos_file, workers, kind, ops)
+        assert loader.workers.kind == kind
+        got = epochs(loader)
+        for (images, labels), (want_images, want_labels) in zip(got, reference, strict=True):
+            np.testing.assert_array_equal(labels, want_labels)
+            np.testing.assert_array_equal(images, want_images)
+    assert not np.array_equal(reference[0][0], reference[1][0])  # epochs differ
+
+
+def test_auto_chooses_processes_only_for_operations_that_keep_the_gil(photos_file: Path
+                                                                      ) -> None:
+    with train_loader(photos_file, 2, "auto") as python:
+        assert python.workers.kind == "process"
+        assert [p.split for p in python.pipelines] == [1, 0]  # Jitter runs per range
+    with train_loader(photos_file, 2, "auto", extra=[RandomHorizontalFlip()]) as builtin:
+        assert builtin.workers.kind == "thread"
+    with pytest.raises(ValueError, match="worker_type"):
+        train_loader(photos_file, 2, "fibers")
+
+
+def test_process_workers_stay_across_epochs(photos_file: Path) -> None:
+    with train_loader(photos_file, 2, "process") as loader:
+        for _ in loader:
+            pass
+        pids = loader.workers.pids
+        for _ in loader:
+            pass
+        assert loader.workers.pids == pids
+        assert loader.workers.method_used == "forkserver"
+    time.sleep(0.2)
+    assert not any(_alive(pid) for pid in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie is not alive
+        return stat.read().split()[2] != "Z"
+
+
+def test_held_batches_are_never_overwritten_by_worker_processes(photos_file: Path) -> None:
+    reference = [images for images, _ in epochs(train_loader(photos_file, 1, "thread"), 3)]
+    with train_loader(photos_file, 2, "process") as loader:
+        held = []
+        for _ in range(3):  # 3 epochs of 6 batches, every one held: 3 times the slots
+            held += [image for image, _ in loader]
+        assert len(held) == 3 * loader.ring_slots
+        np.testing.assert_array_equal(np.concatenate(held), np.concatenate(reference))
+        copies = [h.copy() for h in held]
+        for _ in loader:  # a fourth epoch, while every batch is still held
+            pass
+        for h, c in zip(held, copies, strict=True):
+            np.testing.assert_array_equal(h, c)
+
+
+def test_os_cache_false_with_process_workers(photos_file: Path) -> None:
+    reference = epochs(train_loader(photos_file, 1, "thread"))
+    got = epochs(train_loader(photos_file, 2, "process", os_cache=False))
+    for (a, _), (b, _) in zip(got, reference, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_and_filter_with_process_workers(photos_file: Path) -> None:
+    whole = epochs(train_loader(photos_file, 2, "process"), 1)[0][0]
+    first = train_loader(photos_file, 2, "process")
+    iterator = iter(first)
+    done = [next(iterator)[0].copy() for _ in range(2)]
+    state = first.state_dict()
+    first.close()
+    with train_loader(photos_file, 1, "process") as resumed:
+        resumed.load_state_dict(state)
+        rest = [image for image, _ in resumed]
+    np.testing.assert_array_equal(np.concatenate(done + rest), whole)
+    with train_loader(photos_file, 2, "process") as loader:
+        even = loader.filter("label", lambda label: int(label[0]) % 2 == 0)
+    with even:
+        labels = np.concatenate([label for _, label in even]).ravel()
+        assert even.workers.kind == "process"
+    assert sorted(labels.tolist()) == list(range(0, 48, 2))
+
+
+def test_an_operation_that_cannot_pickle_is_refused_at_once(photos_file: Path) -> None:
+    class Local(Operation):  # defined in a function: no worker can import it
+        per_sample = True
+
+        def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+            return sample
+
+    with pytest.raises(TypeError, match="worker_type='thread'"):
+        train_loader(photos_file, 2, "process", extra=[Local()])
+    with train_loader(photos_file, 2, "thread", extra=[Local()]) as loader:
+        assert next(iter(loader))[0].shape == (8, 32, 32, 3)
+
+
+# -- failures ------------------------------------------------------------------------
+
+
+def test_an_error_in_a_worker_process_reaches_next_with_its_traceback(photos_file: Path
+                                                                      ) -> None:
+    reference = epochs(train_loader(photos_file, 1, "thread"), 1)[0][0]
+    order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
+    victim = int(order[27])  # in the fourth batch of 8
+    with train_loader(photos_file, 2, "process",
+                      extra=[Jitter(), RaiseAt(victim, ValueError("bad pixel"))]) as loader:
+        iterator = iter(loader)
+        got = [next(iterator)[0].copy() for _ in range(3)]
+        with pytest.raises(ValueError, match="bad pixel") as info:
+            next(iterator)
+    np.testing.assert_array_equal(np.concatenate(got), reference[:24])
+    message = str(info.value)
+    assert str(photos_file) in message
+    assert "batch 3" in message
+    assert "pipeline 'image'" in message
+    assert "RaiseAt" in message
+    assert f"sample {victim}" in message
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "fastforward worker process" in notes
+    assert "apply_sample" in notes
+
+
+def test_a_killed_worker_is_a_worker_error_not_a_hang(photos_file: Path) -> None:
+    order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
+    with train_loader(photos_file, 2, "process", extra=[KillAt(int(order[20]))]) as loader:
+        start = time.monotonic()
+        with pytest.raises(WorkerError, match=r"killed by signal 9 \(SIGKILL\)") as info:
+            for _ in loader:
+                pass
+        assert time.monotonic() - start < 30
+        assert "batch 2 (samples" in str(info.value)
+        assert len(loader.workers.pids) == 1  # the dead one is gone
+        # the next epoch replaces the dead worker (and meets the same sample again)
+        with pytest.raises(WorkerError):
+            for _ in loader:
+                pass
+        assert loader.workers.started == 3
+
+
+def test_a_worker_that_cannot_start_says_why(tmp_path: Path, photos_file: Path) -> None:
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_workers import train_loader
+        from pathlib import Path
+        loader = train_loader(Path({str(photos_file)!r}), 2, "process")
+        next(iter(loader))  # no __main__ guard: the workers re-run this script
+    """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "failed to start" in result.stderr
+    assert "if __name__ == '__main__':" in result.stderr
+
+
+KILL_SCRIPT = """
+import os, sys, time
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_workers import train_loader, Jitter
+
+if __name__ == "__main__":
+    loader = train_loader(Path({path!r}), 2, "process")
+    for _ in loader:
+        pass
+    print(" ".join(map(str, loader.workers.pids)), flush=True)
+    while True:
+        for _ in loader:
+            time.sleep(0.01)
+"""
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT],
+                         ids=["SIGKILL", "SIGTERM", "Ctrl-C"])
+def test_workers_die_with_the_loader_process(tmp_path: Path, photos_file: Path,
+                                             how: signal.Signals) -> None:
+    script = tmp_path / "run.py"
+    script.write_text(KILL_SCRIPT.format(tests=str(Path(__file__).parent),
+                                         path=str(photos_file)))
+    before = shm_entries()
+    # a new session: a signal to this process only, as the OOM killer sends it
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert process.stdout is not None
+        pids = [int(p) for p in process.stdout.readline().split()]
+        assert len(pids) == 2, process.stderr.read() if process.stderr else ""
+        time.sleep(0.3)
+        process.send_signal(how)
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in pids), "a worker outlived its loader"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)  # closes the pipes
+    assert shm_entries() <= before
+
+
+# -- anything an operation raises reaches next() ------------------------------------
+
+
+ERRORS = [StopIteration("stray next()"), concurrent.futures.CancelledError("cancelled"),
+          asyncio.CancelledError("asyncio cancelled"), GeneratorExit("gone"),
+          KeyboardInterrupt("interrupted"), SystemExit(3), ValueError("plain")]
+
+
+class Custom(BaseException):
+    """A BaseException of the user's own."""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("error", [*ERRORS, Custom("mine")], ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize("where", ["batch", "range-thread"])
+def test_any_exception_reaches_next_after_the_batches_before_it(
+        labels_file: Path, photos_file: Path, error: BaseException, where: str) -> None:
+    if where == "batch":
+        loader = Loader(labels_file, 10, num_workers=2, pipelines={
+            "label": [IntDecoder(), RaiseInBatch(3, error)]})
+        expected_batches = 3
+    else:
+        order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
+        loader = train_loader(photos_file, 2, "thread",
+                              extra=[RaiseAt(int(order[27]), error)])
+        expected_batches = 3
+    got: list = []
+    expected = RuntimeError if isinstance(error, StopIteration) else type(error)
+    with loader, pytest.raises(expected) as info:
+        got.extend(loader)
+    assert len(got) == expected_batches
+    if isinstance(error, StopIteration):
+        assert isinstance(info.value.__cause__, StopIteration)
+        assert "StopIteration" in str(info.value)
+    assert not [t for t in _threads() if t.startswith("fastforward")]
+
+
+@pytest.mark.parametrize("error", [StopIteration("stray"), KeyboardInterrupt("ki"),
+                                   asyncio.CancelledError("c")],
+                         ids=lambda e: type(e).__name__)
+def test_any_exception_in_a_worker_process_reaches_next(photos_file: Path,
+                                                        error: BaseException) -> None:
+    order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
+    expected = RuntimeError if isinstance(error, StopIteration) else type(error)
+    got: list = []
+    with train_loader(photos_file, 2, "process",
+                      extra=[RaiseAt(int(order[27]), error)]) as loader, \
+            pytest.raises(expected):
+        got.extend(loader)
+    assert len(got) == 3
+
+
+def _threads() -> list[str]:
+    import threading
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        names = [t.name for t in threading.enumerate()]
+        if not any(n.startswith("fastforward") for n in names):
+            return names
+        time.sleep(0.01)
+    return [t.name for t in threading.enumerate()]
+
+
+# -- decoders and operations belong to the user: each loader copies them ----------------
+
+
+def test_one_decoder_instance_serves_several_loaders(photos_file: Path) -> None:
+    decoder = RandomResizedCropRGBImageDecoder((24, 24))
+    flip = RandomHorizontalFlip()
+    make = lambda: Loader(photos_file, 8, seed=1, order=OrderOption.RANDOM,  # noqa: E731
+                          pipelines={"image": [decoder, flip], "label": None})
+    first, second = make(), make()
+    with first, second:
+        a = np.concatenate([i for (i,) in first])
+        b = np.concatenate([i for (i,) in second])
+        np.testing.assert_array_equal(a, b)
+        assert decoder.metadata is None
+        assert decoder.field_name == ""
+        decoder.output_size = (16, 16)  # progressive resizing reaches both, next epoch
+        assert next(iter(first))[0].shape == (8, 16, 16, 3)
+        assert next(iter(second))[0].shape == (8, 16, 16, 3)
+
+
+def test_decoders_deep_copy_and_pickle(photos_file: Path) -> None:
+    decoder = RandomResizedCropRGBImageDecoder((24, 24), scale=(0.5, 1.0))
+    with Loader(photos_file, 8, pipelines={"image": [decoder], "label": None}) as loader:
+        bound = loader.pipelines[0].decoder
+        next(iter(loader))  # scratch allocated, metadata bound
+        for clone in (copy.deepcopy(bound), pickle.loads(pickle.dumps(bound)),
+                      copy.deepcopy(decoder), pickle.loads(pickle.dumps(decoder))):
+            assert clone.output_size == (24, 24)
+            assert clone.scale == (0.5, 1.0)
+            assert clone.metadata is None  # the binding is the loader's, not copied
+    simple = SimpleRGBImageDecoder()
+    assert pickle.loads(pickle.dumps(simple)).fastdct is True
+
+
+def test_stats_say_how_long_the_loop_waited(labels_file: Path) -> None:
+    with Loader(labels_file, 10, num_workers=1, pipelines={"label": [IntDecoder()]}) as loader:
+        for _ in loader:
+            time.sleep(0.002)
+        stats = loader.stats()
+        assert stats.batches == 20
+        assert stats.first_batch_seconds is not None
+        assert stats.first_batch_seconds < 5
+        assert stats.consumer_wait_seconds >= 0
+        assert stats.producer_wait_seconds > 0
+        for _ in loader:
+            pass
+        assert loader.stats().batches == 40
+
+
+def test_distributed_ranks_with_process_workers(photos_file: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import fastforward.loader.loader as loader_module
+
+    labels = []
+    for rank in range(2):  # ranks simulated in one process, as in test_distributed.py
+        monkeypatch.setattr(loader_module, "_distributed_context", lambda r=rank: (r, 2))
+        (images, got), = epochs(train_loader(photos_file, 2, "process", distributed=True,
+                                             drop_last=False), 1)
+        (want_images, want), = epochs(train_loader(photos_file, 1, "thread", distributed=True,
+                                                   drop_last=False), 1)
+        np.testing.assert_array_equal(images, want_images)
+        np.testing.assert_array_equal(got, want)
+        labels.append(set(got.ravel().tolist()))
+    assert not labels[0] & labels[1]
+    assert labels[0] | labels[1] == set(range(48))
+
+
+class Marker(Operation):
+    """Follows the image's geometry: writes each sample's mapped centre of the source."""
+
+    per_sample = True
+    follows = "image"
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        return State(shape=(2,), dtype=np.dtype("f8")), AllocationQuery((2,), np.dtype("f8"))
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        from fastforward.pipeline.geometry import map_points
+
+        g = context.geometry["image"][position]
+        oy, ox = map_points(g, g["height"] / 2, g["width"] / 2)
+        destination[:] = (oy, ox)
+        return destination
+
+
+@pytest.mark.parametrize(("workers", "kind"), [(1, "thread"), (2, "thread"), (2, "process")])
+def test_followers_see_the_geometry_the_image_decoder_decided(photos_file: Path, workers: int,
+                                                              kind: str) -> None:
+    from fastforward.pipeline import PipelineSpec
+
+    decoder = RandomResizedCropRGBImageDecoder((32, 32))
+    with Loader(photos_file, 8, num_workers=workers, worker_type=kind, seed=4,
+                order=OrderOption.RANDOM, pipelines={
+                    "image": [decoder, RandomHorizontalFlip()],
+                    "label": [IntDecoder()],
+                    "centre": PipelineSpec("label", IntDecoder(), [Marker()])}) as loader:
+        assert loader.pipelines[-1].follows == {"image": "image/geometry"}
+        out = [tuple(o.copy() for o in batch) for batch in loader]
+    reference = Loader(photos_file, 8, seed=4, order=OrderOption.RANDOM, pipelines={
+        "image": [RandomResizedCropRGBImageDecoder((32, 32)), RandomHorizontalFlip()],
+        "label": None})
+    plan_decoder = reference.pipelines[0].decoder
+    from fastforward.pipeline import BatchContext
+
+    for k, (_, labels, centres) in enumerate(out):
+        indices = np.asarray(reference._batches(0, [])[k])
+        np.testing.assert_array_equal(labels.ravel(), indices)
+        context = BatchContext(indices, 0, 4, reference.pipelines[0].decoder_stream)
+        rows = plan_decoder.metadata[indices]
+        crops = plan_decoder.crops(rows["height"].astype(np.int64),
+                                   rows["width"].astype(np.int64),
+                                   plan_decoder.uniforms(context))
+        flips = plan_decoder.flips(context, 0, len(indices))
+        for j in range(len(indices)):
+            y, x, h, w = crops[j]
+            oy = (rows["height"][j] / 2 - y) * 32 / h
+            ox = (rows["width"][j] / 2 - x) * 32 / w
+            if flips[j]:
+                ox = 32 - ox
+            np.testing.assert_allclose(centres[j], (oy, ox))
+    reference.close()

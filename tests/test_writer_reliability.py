@@ -1,0 +1,773 @@
+"""The writer when things go wrong: killed parents, concurrent writers, full
+disks, files left by earlier crashes, datasets that raise, skipped samples,
+and how worker processes start."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import fastforward.writer as writer_module
+from fastforward.cli import describe_error
+from fastforward.errors import DecodeError, EncodeError, FastForwardError
+from fastforward.fields import BytesField, IntField, RGBImageField
+from fastforward.reader import Reader
+from fastforward.writer import DatasetWriter, TargetLockedError, WorkerError
+
+LINUX = sys.platform.startswith("linux")
+linux_only = pytest.mark.skipif(not LINUX, reason="/proc, O_TMPFILE and PR_SET_PDEATHSIG")
+# Python 3.12+ warns about a fork in a process with threads (pytest's
+# faulthandler watchdog is one): these tests ask for fork on purpose
+forking_with_threads = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded:DeprecationWarning")
+
+
+def write(path: Path, fields: dict, dataset: Any, **kw: Any) -> Reader:
+    writer_kw = {k: kw.pop(k) for k in ("page_size", "num_workers", "seed", "skip_errors",
+                                        "start_method") if k in kw}
+    writer_kw.setdefault("num_workers", 2)
+    DatasetWriter(path, fields, progress=False, **writer_kw).from_indexed_dataset(dataset, **kw)
+    return Reader(path)
+
+
+def run_script(tmp_path: Path, body: str, *args: str, **popen: Any) -> subprocess.Popen[str]:
+    """Start a Python script (outside the source tree, so that the installed
+    package is imported)."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(body))
+    return subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, **popen)
+
+
+# -- killing the writer's process ------------------------------------------------------------
+
+KILLED_WRITER = """
+    import os
+    import sys
+    import time
+
+    import numpy as np
+
+    import fastforward.writer as w
+    from fastforward.fields import BytesField
+    from fastforward.writer import DatasetWriter
+
+    target, pids, method, variant = sys.argv[1:5]
+
+
+    class Big:
+        # 100 kB samples, a chunk of 8 (800 kB) more than a socket buffer holds:
+        # a worker whose parent is gone blocks sending it unless it sees the pipe close
+        def __len__(self):
+            return 4000
+
+        def __getitem__(self, i):
+            if i % 8 == 0:
+                with open(pids, "a") as f:
+                    f.write(f"{os.getpid()}\\n")
+            time.sleep(0.005)
+            return np.full(100_000, i % 251, np.uint8)
+
+
+    if __name__ == "__main__":
+        if variant == "no-pdeathsig":  # only the closed pipe ends tell the workers
+            w._die_with_parent = lambda parent_pid: None
+        elif variant == "keep-inherited":  # only PR_SET_PDEATHSIG tells them
+            real = w._worker_main
+
+            def keep_inherited(conn, job, inherited, parent_pid):
+                real(conn, job, ([], []), parent_pid)
+
+            w._worker_main = keep_inherited
+        DatasetWriter(target, {"x": BytesField()}, num_workers=2, progress=False,
+                      start_method=None if method == "auto" else method
+                      ).from_indexed_dataset(Big(), chunksize=8)
+"""
+
+
+def _stat(pid: int) -> tuple[int, str, int] | None:
+    """(parent pid, state, start time) of *pid*, None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[1]), fields[0], int(fields[19])
+
+
+def descendants(pid: int) -> dict[int, int]:
+    """Every process below *pid*: ``{pid: start time}``."""
+    parents: dict[int, list[int]] = {}
+    starts: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := _stat(int(entry))) is not None:
+            parents.setdefault(st[0], []).append(int(entry))
+            starts[int(entry)] = st[2]
+    found: dict[int, int] = {}
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found[child] = starts[child]
+            todo.append(child)
+    return found
+
+
+def alive(procs: dict[int, int]) -> list[int]:
+    """Those of *procs* still running (a zombie has ended; a reused pid is not it)."""
+    living = []
+    for pid, start in procs.items():
+        st = _stat(pid)
+        if st is not None and st[2] == start and st[1] != "Z":
+            living.append(pid)
+    return living
+
+
+def kill_mid_write(tmp_path: Path, how: str, method: str = "auto", variant: str = "",
+                   ) -> tuple[subprocess.Popen[str], str, dict[int, int], float, Path]:
+    """Start a write with 2 workers, kill it mid-write *how*; return the process,
+    its stderr, its descendants as they were, how long they took to go, and the
+    output folder."""
+    out = tmp_path / "out"
+    out.mkdir()
+    pids = tmp_path / "pids"
+    proc = run_script(tmp_path, KILLED_WRITER, str(out / "data.beton"), str(pids), method,
+                      variant, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(set(pids.read_text().split()) if pids.exists() else ()) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.02)
+        time.sleep(0.3)  # chunks in flight
+        below = descendants(proc.pid)
+        assert len(below) >= 2
+        killed = time.monotonic()
+        if how == "SIGTERM-group":  # as `timeout` and batch systems send it
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(getattr(signal, how))
+        proc.wait(timeout=30)
+        while alive(below) and time.monotonic() - killed < 5:
+            time.sleep(0.01)
+        gone = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, stderr = proc.communicate()
+    return proc, stderr, below, gone, out
+
+
+@linux_only
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("how", "method", "variant"),
+    [("SIGKILL", "auto", ""), ("SIGKILL", "forkserver", ""),
+     ("SIGKILL", "fork", "no-pdeathsig"), ("SIGKILL", "fork", "keep-inherited")],
+    ids=["fork", "forkserver", "fork-pipe-guard-only", "fork-pdeathsig-only"])
+def test_sigkill_of_the_parent_leaves_no_process_and_no_file(
+        tmp_path: Path, how: str, method: str, variant: str) -> None:
+    proc, _, below, gone, out = kill_mid_write(tmp_path, how, method, variant)
+    assert proc.returncode == -signal.SIGKILL
+    assert alive(below) == [], f"still running {gone:.1f} s after the kill"
+    # no target, no .part, no temporary name: only the lock file, which stays
+    # (unlocked) and which the next write takes over and removes
+    assert sorted(os.listdir(out)) == [".data.beton.lock"]
+    reader = write(out / "data.beton", {"i": IntField()}, list(range(10)))
+    assert reader.metadata["f0"].tolist() == list(range(10))
+    assert os.listdir(out) == ["data.beton"]
+
+
+@linux_only
+@pytest.mark.slow
+@pytest.mark.parametrize(("how", "method"),
+                         [("SIGTERM", "auto"), ("SIGTERM", "forkserver"),
+                          ("SIGTERM-group", "auto"), ("SIGTERM-group", "forkserver")],
+                         ids=["fork", "forkserver", "process-group", "forkserver-group"])
+def test_sigterm_stops_the_write_cleanly(tmp_path: Path, how: str, method: str) -> None:
+    proc, stderr, below, gone, out = kill_mid_write(tmp_path, how, method)
+    assert proc.returncode == 143, stderr  # Terminated: a SystemExit, so no traceback
+    assert "Traceback" not in stderr
+    assert alive(below) == [], f"still running {gone:.1f} s after the SIGTERM"
+    assert os.listdir(out) == []  # nothing at all: not even the lock file
+
+
+def test_sigterm_handler_is_restored(tmp_path: Path) -> None:
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    write(tmp_path / "a.beton", {"i": IntField()}, list(range(5)))
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_sigterm_handler_of_the_callers_is_left_alone(tmp_path: Path) -> None:
+    proc = run_script(tmp_path, """
+        import os
+        import signal
+
+        from fastforward.fields import IntField
+        from fastforward.writer import DatasetWriter
+
+        got = []
+
+
+        class SignalsItself:
+            def __len__(self):
+                return 50
+
+            def __getitem__(self, i):
+                return i
+
+
+        def mine(signum, frame):
+            got.append(signum)
+
+
+        if __name__ == "__main__":
+            signal.signal(signal.SIGTERM, mine)
+            writer = DatasetWriter("out.beton", {"i": IntField()}, num_workers=1,
+                                   progress=False)
+            real = writer._write_tail
+
+            def tail(*args):  # a SIGTERM in the middle of the write
+                os.kill(os.getpid(), signal.SIGTERM)
+                return real(*args)
+
+            writer._write_tail = tail
+            writer.from_indexed_dataset(SignalsItself())
+            assert got == [signal.SIGTERM], got
+            assert signal.getsignal(signal.SIGTERM) is mine
+            print(sorted(os.listdir(".")))
+    """)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "out.beton" in stdout
+
+
+@linux_only
+def test_a_sigterm_once_the_file_is_named_is_delivered_after(tmp_path: Path) -> None:
+    proc = run_script(tmp_path, """
+        import os
+        import signal
+
+        from fastforward.fields import IntField
+        from fastforward.writer import DatasetWriter, _Output
+
+        real = _Output.publish
+
+
+        def publish(self, naming):
+            real(self, naming)
+            os.kill(os.getpid(), signal.SIGTERM)  # just after the file got its name
+
+
+        if __name__ == "__main__":
+            _Output.publish = publish
+            DatasetWriter("out.beton", {"i": IntField()}, num_workers=1, progress=False
+                          ).from_indexed_dataset(list(range(10)))
+            print("not reached: the SIGTERM's default action ends the process")
+    """)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM
+    assert "not reached" not in stdout
+    assert Reader(tmp_path / "out.beton").metadata["f0"].tolist() == list(range(10))
+    assert sorted(os.listdir(tmp_path)) == ["out.beton", "script.py"]  # nor the lock file
+
+
+# -- the output file and its lock ---------------------------------------------------------------
+
+
+class Slow:
+    """Integers, slowly; `seen` (a file) gets the output folder's listing mid-write."""
+
+    def __init__(self, n: int, folder: Path | None = None, seen: Path | None = None,
+                 delay: float = 0.0) -> None:
+        self.n, self.folder, self.seen, self.delay = n, folder, seen, delay
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        if self.seen is not None and self.folder is not None and i == self.n // 2:
+            self.seen.write_text("\n".join(sorted(os.listdir(self.folder))))
+        time.sleep(self.delay)
+        return i
+
+
+@linux_only
+def test_the_file_being_written_has_no_name(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    write(out / "a.beton", {"i": IntField()}, Slow(40, out, tmp_path / "seen"), chunksize=4)
+    assert (tmp_path / "seen").read_text().split() == [".a.beton.lock"]
+    assert os.listdir(out) == ["a.beton"]
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "part-file"])
+def test_permissions_follow_the_umask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      unnamed: bool) -> None:
+    if not unnamed:
+        monkeypatch.setattr(writer_module, "_open_unnamed", lambda dir_fd: None)
+    old = os.umask(0o027)
+    try:
+        write(tmp_path / "a.beton", {"i": IntField()}, list(range(5)))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.beton").stat().st_mode & 0o777 == 0o640
+
+
+def test_without_unnamed_files_a_part_file_is_used_and_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer_module, "_open_unnamed", lambda dir_fd: None)
+    out = tmp_path / "out"
+    out.mkdir()
+    seen = tmp_path / "seen"
+    write(out / "a.beton", {"i": IntField()}, Slow(40, out, seen), chunksize=4)
+    lock, part = sorted(seen.read_text().split(), key=lambda name: name.endswith(".part"))
+    assert lock == ".a.beton.lock"
+    assert writer_module._is_part_of(part, "a.beton")
+    assert os.listdir(out) == ["a.beton"]
+    with pytest.raises(EncodeError):
+        write(out / "a.beton", {"i": IntField()}, ["not an int"])
+    assert os.listdir(out) == ["a.beton"]
+
+
+def test_stale_part_files_of_the_target_are_removed(tmp_path: Path) -> None:
+    stale = [".a.beton.0123abcd.part", ".a.beton.tmp_x9z1.part"]  # ours; mkstemp's before
+    kept = [".a.beton.notes.part", ".b.beton.0123abcd.part", "a.beton.0123abcd.part",
+            ".a.beton.0123abcd.partial"]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"x" * 100)
+    write(tmp_path / "a.beton", {"i": IntField()}, list(range(5)))
+    assert sorted(os.listdir(tmp_path)) == sorted([*kept, "a.beton"])
+
+
+def test_a_second_writer_of_the_same_target_is_refused(tmp_path: Path) -> None:
+    proc = run_script(tmp_path, """
+        import sys
+        import time
+
+        from fastforward.fields import IntField
+        from fastforward.writer import DatasetWriter
+
+
+        class Slow:
+            def __len__(self):
+                return 400
+
+            def __getitem__(self, i):
+                time.sleep(0.01)
+                return i
+
+
+        if __name__ == "__main__":
+            print("started", flush=True)
+            DatasetWriter(sys.argv[1], {"i": IntField()}, num_workers=1, progress=False
+                          ).from_indexed_dataset(Slow(), chunksize=10)
+    """, str(tmp_path / "t.beton"))
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "started"
+    lock = tmp_path / ".t.beton.lock"
+    deadline = time.monotonic() + 30
+    while not (lock.exists() and lock.read_text().strip()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with pytest.raises(TargetLockedError) as info:
+        write(tmp_path / "t.beton", {"i": IntField()}, [7, 8, 9])
+    assert str(info.value) == (
+        f"{tmp_path / 't.beton'}: another writer (pid {proc.pid}) is writing this file: it "
+        f"holds the lock {lock}. Wait for it to finish, or write to another file")
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert Reader(tmp_path / "t.beton").metadata["f0"].tolist() == list(range(400))
+    assert sorted(os.listdir(tmp_path)) == ["script.py", "t.beton"]
+
+
+def test_two_writers_in_one_process_are_refused_too(tmp_path: Path) -> None:
+    lock = writer_module._TargetLock(str(tmp_path / "t.beton"),
+                                     os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY))
+    try:
+        lock.acquire()
+        with pytest.raises(TargetLockedError, match=f"pid {os.getpid()}"):
+            write(tmp_path / "t.beton", {"i": IntField()}, [1])
+    finally:
+        lock.release()
+        os.close(lock.dir_fd)
+    write(tmp_path / "t.beton", {"i": IntField()}, [1])
+    assert os.listdir(tmp_path) == ["t.beton"]
+
+
+def test_a_lock_file_removed_while_waiting_is_not_trusted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the holder removes the file between our open() and our flock(): the lock
+    # we then get is on a file no one else can find; take the new one instead
+    import fcntl
+
+    real_flock = fcntl.flock
+    calls = []
+
+    def flock(fd: int, operation: int) -> None:
+        calls.append(os.fstat(fd).st_ino)
+        if len(calls) == 1:
+            os.unlink(tmp_path / ".t.beton.lock")
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(writer_module.fcntl, "flock", flock)
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    lock = writer_module._TargetLock(str(tmp_path / "t.beton"), dir_fd)
+    try:
+        lock.acquire()
+        assert len(calls) == 2
+        assert os.fstat(lock.fd).st_ino == os.stat(tmp_path / ".t.beton.lock").st_ino
+    finally:
+        lock.release()
+        os.close(dir_fd)
+
+
+# -- a full disk ------------------------------------------------------------------------------
+
+
+class FullDisk:
+    """A file that takes *room* bytes, then fails as a full disk does."""
+
+    def __init__(self, file: Any, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data: Any) -> int:
+        size = memoryview(data).nbytes
+        if size > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= size
+        return self.file.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
+
+
+def test_a_full_disk_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_init = writer_module._Output.__init__
+
+    def init(self: Any, target: str, dir_fd: int) -> None:
+        real_init(self, target, dir_fd)
+        self.file = FullDisk(self.file, 5 << 20)
+
+    monkeypatch.setattr(writer_module._Output, "__init__", init)
+    target = tmp_path / "full.beton"
+    with pytest.raises(OSError, match="the disk is full") as info:
+        write(target, {"x": BytesField()}, [np.full(1 << 20, i, np.uint8) for i in range(12)],
+              page_size=2 << 20)
+    exc = info.value
+    assert exc.errno == errno.ENOSPC
+    assert exc.filename == str(target)
+    line = describe_error(exc)  # as the command line prints it
+    assert line.startswith(f"{target}: No space left on device (the disk is full), writing it "
+                           "after ")
+    written = int(line.split("after ")[1].split(" bytes")[0].replace(",", ""))
+    assert 4 << 20 < written <= 5 << 20
+    assert os.listdir(tmp_path) == []
+
+
+@linux_only
+def test_a_file_size_limit_names_the_file(tmp_path: Path) -> None:
+    # RLIMIT_FSIZE with SIGXFSZ ignored: the kernel's EFBIG, a real write error
+    proc = run_script(tmp_path, """
+        import resource
+        import signal
+        import sys
+
+        import numpy as np
+
+        from fastforward.fields import BytesField
+        from fastforward.writer import DatasetWriter
+
+        if __name__ == "__main__":
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (3 << 20, 3 << 20))
+            try:
+                DatasetWriter(sys.argv[1], {"x": BytesField()}, page_size=2 << 20,
+                              num_workers=2, progress=False).from_indexed_dataset(
+                    [np.full(1 << 20, i, np.uint8) for i in range(8)])
+            except OSError as exc:
+                print(exc.errno, exc.filename, exc.strerror, sep="\\n")
+    """, str(tmp_path / "out" / "big.beton"))
+    (tmp_path / "out").mkdir()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    code, filename, strerror = stdout.splitlines()
+    assert int(code) == errno.EFBIG
+    assert filename == str(tmp_path / "out" / "big.beton")
+    assert "largest file size" in strerror
+    assert "bytes" in strerror
+    assert os.listdir(tmp_path / "out") == []
+
+
+# -- exceptions from the dataset ----------------------------------------------------------------
+
+
+class CustomMessage(Exception):
+    def __str__(self) -> str:
+        return "a message of its own"
+
+
+class TwoArguments(Exception):
+    """Pickles, but cannot be rebuilt from its args (the worker sends its text
+    as a FastForwardError)."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"code {code}: {detail}")
+
+
+class Raising:
+    """Sample 7 raises the exception made by *make*."""
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int) -> int:
+        if i == 7:
+            raise self.make()
+        return i
+
+
+def make_os_error() -> OSError:
+    return FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/7.jpg")
+
+
+@pytest.mark.parametrize(("make", "kind"), [
+    (lambda: KeyError("missing label"), KeyError),
+    (lambda: KeyError(7), KeyError),
+    (make_os_error, FileNotFoundError),
+    (ValueError, ValueError),
+    (CustomMessage, CustomMessage),
+    (lambda: TwoArguments(3, "bad"), FastForwardError),
+], ids=["one-string", "not-a-string", "os-error", "no-arguments", "own-str", "unpicklable"])
+@forking_with_threads
+def test_dataset_exceptions_name_the_file_and_sample(tmp_path: Path, make: Any,
+                                                     kind: type) -> None:
+    target = tmp_path / "k.beton"
+    dataset = Raising(make)
+    with pytest.raises(kind) as info:  # forked: the dataset's lambdas need no pickling
+        write(target, {"i": IntField()}, dataset, start_method="fork")
+    line = describe_error(info.value)  # what the command line prints
+    assert f"{target}: sample 7 (dataset index 7)" in line, line
+    assert "\n" not in line
+    assert os.listdir(tmp_path) == []
+
+
+# -- skipping samples ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def jpegs(jpeg_folder: Path) -> list[bytes]:
+    return [f.read_bytes() for f in sorted(jpeg_folder.glob("*/*.jpg"))[:12]]
+
+
+def broken(jpeg: bytes) -> bytes:
+    """A JPEG whose header reads fine but whose data does not decode."""
+    return jpeg[: len(jpeg) // 2]
+
+
+BAD = {2: b"", 5: b"\x89PNG not really", 9: None}  # None: a broken JPEG
+
+
+def with_bad(jpegs: list[bytes]) -> list[tuple[bytes, bytes, int]]:
+    samples = []
+    for i, jpeg in enumerate(jpegs):
+        image = jpeg if i not in BAD else (BAD[i] if BAD[i] is not None else broken(jpeg))
+        samples.append((f"tag{i}".encode(), image, i))
+    return samples
+
+
+SKIP_FIELDS = {"tag": BytesField(), "image": RGBImageField(write_mode="jpg",
+                                                           max_resolution=64),
+               "label": IntField()}
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_skipped_samples_leave_the_file_as_if_they_were_absent(
+        tmp_path: Path, jpegs: list[bytes], workers: int) -> None:
+    samples = with_bad(jpegs)
+    writer = DatasetWriter(tmp_path / "skip.beton", SKIP_FIELDS, num_workers=workers,
+                           progress=False, skip_errors=(DecodeError,))
+    writer.from_indexed_dataset(samples, chunksize=2)
+    assert [(s.index, s.source, s.field) for s in writer.skipped] == [
+        (2, 2, "image"), (5, 5, "image"), (9, 9, "image")]
+    assert "empty file" in writer.skipped[0].error
+    assert "cannot identify image file" in writer.skipped[1].error
+    assert writer.skipped[2].error.startswith("DecodeError: cannot decode JPEG")
+    good = [s for i, s in enumerate(samples) if i not in BAD]
+    DatasetWriter(tmp_path / "clean.beton", SKIP_FIELDS, num_workers=1, progress=False
+                  ).from_indexed_dataset(good)
+    # the tag, written before the image failed, is gone with it
+    assert (tmp_path / "skip.beton").read_bytes() == (tmp_path / "clean.beton").read_bytes()
+    reader = Reader(tmp_path / "skip.beton")
+    assert reader.num_samples == len(jpegs) - len(BAD)
+    assert reader.metadata["f2"].tolist() == [i for i in range(len(jpegs)) if i not in BAD]
+    assert reader.verify() == []
+
+
+def test_without_skip_errors_the_first_bad_sample_stops_the_write(
+        tmp_path: Path, jpegs: list[bytes]) -> None:
+    with pytest.raises(DecodeError, match="sample 2, field 'image': empty file"):
+        write(tmp_path / "s.beton", SKIP_FIELDS, with_bad(jpegs), num_workers=1)
+    assert os.listdir(tmp_path) == []
+
+
+def test_only_the_listed_errors_are_skipped(tmp_path: Path, jpegs: list[bytes]) -> None:
+    samples = with_bad(jpegs)
+    samples[4] = (b"x", np.zeros((4, 4, 3), np.float32), 4)  # an EncodeError, not a DecodeError
+    with pytest.raises(EncodeError, match="sample 4, field 'image'"):
+        write(tmp_path / "s.beton", SKIP_FIELDS, samples, num_workers=1,
+              skip_errors=(DecodeError,))
+    with pytest.raises(TypeError, match="skip_errors"):
+        DatasetWriter(tmp_path / "s.beton", SKIP_FIELDS, skip_errors=(KeyboardInterrupt,))
+
+
+def test_every_sample_skipped_gives_an_empty_file(tmp_path: Path) -> None:
+    writer = DatasetWriter(tmp_path / "e.beton", {"image": RGBImageField()}, num_workers=2,
+                           progress=False, skip_errors=(DecodeError,))
+    writer.from_indexed_dataset([b""] * 5, chunksize=2)
+    assert len(writer.skipped) == 5
+    reader = Reader(tmp_path / "e.beton")
+    assert reader.num_samples == 0
+    assert reader.verify() == []
+
+
+# -- how workers start --------------------------------------------------------------------------
+
+
+START_METHOD = """
+    import faulthandler
+    import sys
+    import threading
+
+    import numpy as np
+
+    from fastforward.writer import _Pool, _os_threads
+
+
+    class Source:
+        def expand(self, payload):
+            return []
+
+        def describe(self, source):
+            return None
+
+
+    if __name__ == "__main__":
+        case = sys.argv[1]
+        if case == "python-thread":
+            stop = threading.Event()
+            threading.Thread(target=stop.wait, daemon=True).start()
+        elif case == "native-thread":  # a thread that a fork does not stop
+            faulthandler.dump_traceback_later(600)
+        elif case == "openblas":  # its threads stop for a fork (pthread_atfork)
+            np.ones((300, 300)) @ np.ones((300, 300))
+        before = _os_threads()
+        pool = _Pool(2, (None, Source()))
+        print(before, pool.method)
+        pool.close()
+"""
+
+
+@linux_only
+@pytest.mark.parametrize(("case", "method"), [
+    ("alone", "fork"), ("openblas", "fork"), ("python-thread", "forkserver"),
+    ("native-thread", "forkserver")])
+def test_workers_are_forked_only_from_a_single_thread(tmp_path: Path, case: str,
+                                                      method: str) -> None:
+    proc = run_script(tmp_path, START_METHOD, case)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    before, chosen = stdout.split()
+    assert chosen == method
+    if case == "openblas" and int(before) == 1:
+        pytest.skip("OpenBLAS started no thread on this machine (one CPU)")
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+@forking_with_threads
+def test_the_file_does_not_depend_on_how_workers_start(tmp_path: Path, method: str,
+                                                       images: list[np.ndarray]) -> None:
+    fields = {"image": RGBImageField(write_mode="proportion"), "label": IntField()}
+    data = [(img, i) for i, img in enumerate(images)]
+    write(tmp_path / "one.beton", fields, data, num_workers=1, start_method="fork",
+          chunksize=3)
+    write(tmp_path / "m.beton", fields, data, num_workers=3, start_method=method, chunksize=3)
+    assert (tmp_path / "one.beton").read_bytes() == (tmp_path / "m.beton").read_bytes()
+
+
+def test_an_unpicklable_dataset_under_the_fork_server_is_explained(tmp_path: Path) -> None:
+    target = tmp_path / "u.beton"
+    with pytest.raises(TypeError) as info:
+        write(target, {"i": IntField()}, Raising(lambda: ValueError()),
+              start_method="forkserver")
+    message = str(info.value)
+    assert message.startswith(f"{target}: the writer's workers start with forkserver")
+    assert "picklable" in message
+    assert "start_method='fork'" in message
+    assert os.listdir(tmp_path) == []
+
+
+def fail_to_load() -> None:
+    raise RuntimeError("this dataset cannot be rebuilt here")
+
+
+class LoadsNowhere:
+    """Pickles, but fails to unpickle (in the worker)."""
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def __reduce__(self) -> Any:
+        return fail_to_load, ()
+
+
+def test_a_dataset_a_worker_cannot_load_is_explained(tmp_path: Path) -> None:
+    target = tmp_path / "l.beton"
+    pickle.dumps(LoadsNowhere())
+    with pytest.raises(WorkerError) as info:
+        write(target, {"i": IntField()}, LoadsNowhere(), start_method="forkserver")
+    message = str(info.value)
+    assert message.startswith(f"{target}: a writer worker (forkserver start) could not load")
+    assert "this dataset cannot be rebuilt here" in message
+    assert os.listdir(tmp_path) == []
+
+
+@forking_with_threads
+def test_fork_can_be_asked_for_with_threads_running(tmp_path: Path) -> None:
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        values = [i * 3 for i in range(50)]
+
+        class Local:  # not picklable: only a fork can take it
+            def __len__(self) -> int:
+                return len(values)
+
+            def __getitem__(self, i: int) -> int:
+                return values[i]
+
+        reader = write(tmp_path / "f.beton", {"i": IntField()}, Local(), start_method="fork")
+        assert reader.metadata["f0"].tolist() == values
+        with pytest.raises(ValueError, match="start_method"):
+            DatasetWriter(tmp_path / "x.beton", {"i": IntField()}, start_method="vfork")
+    finally:
+        stop.set()
+        thread.join()
