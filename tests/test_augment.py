@@ -248,6 +248,25 @@ def test_declares_sample_independence_and_gil_release() -> None:
     for cls in (T.TrivialAugmentWide, T.RandAugment, T.AutoAugment):
         assert cls.sample_independent is True
         assert cls.releases_gil is True
+        assert cls.moves_pixels is True
+
+
+def test_refused_where_masks_follow_the_image(tmp_path: Path) -> None:
+    """Masks would not move with the policy's shears and rotations."""
+    from fastforward.fields import MaskField, RGBImageField
+    from fastforward.fields.decoders import CenterCropRGBImageDecoder, MaskDecoder
+    from fastforward.loader import Loader
+    from fastforward.scenes import make_scenes
+    from fastforward.writer import DatasetWriter
+
+    path = tmp_path / "scenes.beton"
+    DatasetWriter(path, {"image": RGBImageField(write_mode="raw"), "mask": MaskField()},
+                  num_workers=1, progress=False).from_indexed_dataset(
+        [(s.image, s.mask) for s in make_scenes(4, seed=1, size=(40, 40))])
+    image = [CenterCropRGBImageDecoder((32, 32), 1.0), T.TrivialAugmentWide()]
+    with pytest.raises(ValueError, match="moves the image's pixels after its decoder"):
+        Loader(path, 4, pipelines={"image": image, "mask": [MaskDecoder(follows="image")]})
+    Loader(path, 4, pipelines={"image": image, "mask": None}).close()  # not followed: fine
 
 
 @pytest.mark.parametrize("view", ["fortran", "rows-reversed", "columns-reversed", "every-other"])

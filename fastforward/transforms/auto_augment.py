@@ -377,6 +377,10 @@ class _Policy(Operation):
     releases_gil: ClassVar[bool] = True
     """The NumPy path is one call without the GIL."""
 
+    moves_pixels: ClassVar[bool] = True
+    """Shears, translations and rotations move pixels: masks and boxes that follow
+    the image would not move with them, so the planner refuses the policy there."""
+
     depth: int  # operations per sample, at most
 
     def __init__(self, interpolation: Any = "nearest", fill: Any = None) -> None:
