@@ -499,11 +499,13 @@ def small_beton(tmp_path_factory: pytest.TempPathFactory, photos: list[np.ndarra
     return path
 
 
-def load(path: Path, ops: list[Any], workers: int, epoch: int = 0) -> list[np.ndarray]:
+def load(path: Path, ops: list[Any], workers: int, epoch: int = 0,
+         worker_type: str = "auto") -> list[np.ndarray]:
     from fastforward.loader import Loader, OrderOption
 
     loader = Loader(path, batch_size=16, num_workers=workers, order=OrderOption.SEQUENTIAL,
-                    seed=21, drop_last=False, pipelines={"image": ops, "label": None})
+                    seed=21, drop_last=False, pipelines={"image": ops, "label": None},
+                    worker_type=worker_type)
     with loader:
         loader.next_epoch = epoch
         return [batch.clone() if hasattr(batch, "clone") else batch.copy()
@@ -515,7 +517,7 @@ def load(path: Path, ops: list[Any], workers: int, epoch: int = 0) -> list[np.nd
 def test_in_a_loader_after_a_crop_decoder(small_beton: Path, make: Callable[[], Any]) -> None:
     """The pipeline's draws are the loader's: the policy applied by hand to the same
     crops, with the stream of its position, gives the loader's batches, whatever
-    num_workers is."""
+    num_workers is, on threads or in worker processes."""
     from fastforward.fields.decoders import RandomResizedCropRGBImageDecoder
 
     def crops() -> list[Any]:
@@ -524,11 +526,13 @@ def test_in_a_loader_after_a_crop_decoder(small_beton: Path, make: Callable[[], 
     plain = load(small_beton, crops(), 1, epoch=1)
     one = load(small_beton, [*crops(), make()], 1, epoch=1)
     two = load(small_beton, [*crops(), make()], 2, epoch=1)
+    processes = load(small_beton, [*crops(), make()], 2, epoch=1, worker_type="process")
     op = make()
     for k, batch in enumerate(plain):
         ctx = BatchContext(np.arange(len(batch)) + 16 * k, 1, 21, stream_id("image/2"))
         np.testing.assert_array_equal(one[k], op.apply(batch, None, ctx))
         np.testing.assert_array_equal(two[k], one[k])
+        np.testing.assert_array_equal(processes[k], one[k])
 
 
 @pytest.mark.xfail(strict=True, reason="loader: stage 1's place() (fastforward/loader/runner.py) "
