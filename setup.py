@@ -52,10 +52,11 @@ extensions = [
         [f"fastforward/_ext/{name}.pyx"],
         include_dirs=["fastforward/_ext"],
         depends=[f"fastforward/_ext/{h}" for h in ("copier.h", "resize_kernels.h",
-                                                  "resize.pxd", "jpeg_region.h")],
+                                                  "resize.pxd", "jpeg_region.h",
+                                                  "augment_kernels.h")],
         extra_compile_args=compile_args,
     )
-    for name in ["collate", "layout", "pixels", "resize", "jpeg"]
+    for name in ["augment", "collate", "layout", "pixels", "resize", "jpeg"]
 ]
 
 

@@ -3,7 +3,8 @@
 - ``dataloader``: PyTorch's DataLoader over an ImageFolder of the
   JPEGs the .beton holds, with torchvision's ImageFolder and transforms when
   torchvision is installed, otherwise a plain PIL dataset with the same
-  operations (labelled "PIL Dataset").
+  operations (labelled "PIL Dataset"); the pipelines with an augmentation
+  policy (``POLICIES``) need torchvision.
 - ``ffcv``: FFCV 1.0.2 on the same .beton, when ``import ffcv``
   works (it needs ``pkg-config libturbojpeg0-dev libopencv-dev`` from Debian,
   then ``pip install torch==2.13.0 ffcv==1.0.2 numba opencv-python pillow``).
@@ -101,6 +102,12 @@ class PILImageFolder:
         return pixels, self.labels[index]
 
 
+POLICIES = {"train_trivialaugment": ("TrivialAugmentWide", ()),
+            "train_randaugment": ("RandAugment", (2, 9)),
+            "train_autoaugment": ("AutoAugment", ())}
+"""The pipelines that end in an augmentation policy: torchvision's class and arguments."""
+
+
 def torchvision_dataset(root: Path, pipeline: str) -> Any:
     import torchvision
     from torchvision.transforms import v2
@@ -113,6 +120,9 @@ def torchvision_dataset(root: Path, pipeline: str) -> Any:
         ops.append(v2.Lambda(_tensor_python_op))
     elif pipeline == "tv_trivialaugment":
         ops.append(v2.TrivialAugmentWide())
+    elif pipeline in POLICIES:  # on the uint8 tensor, per sample, as fastforward's
+        policy, args = POLICIES[pipeline]
+        ops.append(getattr(v2, policy)(*args))
     return torchvision.datasets.ImageFolder(str(root), transform=v2.Compose(ops))
 
 
@@ -148,6 +158,8 @@ def _dataloader(root: Path, pipeline: str, workers: int, batch_size: int = 256) 
 
         label = f"DataLoader + torchvision {torchvision.__version__.split('+')[0]}"
     except ImportError:
+        if pipeline in POLICIES:
+            raise  # torchvision's policy is the comparator: nothing stands in for it
         dataset = PILImageFolder(root, pipeline)
         label = "DataLoader + PIL Dataset"
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
@@ -155,7 +167,7 @@ def _dataloader(root: Path, pipeline: str, workers: int, batch_size: int = 256) 
                                          persistent_workers=False)
     def batches() -> Any:
         for batch, labels in loader:
-            yield (batch.to(torch.float16) if pipeline == "train" else batch), labels
+            yield (batch.to(torch.float16) if pipeline.startswith("train") else batch), labels
 
     images, seconds = steady_epoch(batches())
     return f"{label} ({workers} workers)", images, seconds

@@ -1,8 +1,9 @@
 """Loader throughput, side by side on the same data, in one run.
 
 Pipelines: (a) CenterCrop(224, ratio 224/256), uint8; (b) RandomResizedCrop(192) +
-RandomHorizontalFlip + ToTensor + ToTorchImage + Convert(float16); (c) small raw
-32×32 images. Each is measured for fastforward, the decode limit (simplejpeg
+RandomHorizontalFlip + ToTensor + ToTorchImage + Convert(float16); (b) with
+TrivialAugmentWide() or RandAugment(2, 9) after the flip; (c) small raw 32×32
+images. Each is measured for fastforward, the decode limit (simplejpeg
 on every core), PyTorch's DataLoader and FFCV 1.0.2 when it is installed (here,
 or in the environments given by ``--torchvision-python`` and ``--ffcv-python``),
 in turn, ``--bench-rounds`` times. The closing table prints images/s and
@@ -78,6 +79,34 @@ def test_side_by_side(benchmark, beton: Path, folder256: Path, pipeline: str, co
     for role, m in figures.items():
         record(pipeline, role, m)
     assert figures["decode limit"].images == 2 * len(blobs)
+    assert all(m.images > 0 for m in figures.values())
+
+
+POLICY_PIPELINES = {"b+trivialaugment": "train_trivialaugment",
+                    "b+randaugment": "train_randaugment"}
+
+
+@pytest.mark.parametrize("pipeline", POLICY_PIPELINES)
+def test_policy_side_by_side(benchmark, beton: Path, folder256: Path, pipeline: str,
+                             cores: int, rounds: int,
+                             comparators: dict[str, str | None]) -> None:
+    """Pipeline (b) with an augmentation policy after the flip (TrivialAugmentWide(), or
+    RandAugment(2, 9)), taken in turn with (b) itself and with PyTorch's DataLoader
+    running torchvision's policy on the same 256 px JPEGs (when torchvision is
+    installed), ``--bench-rounds`` times (medians). Targets: at least 3× the
+    DataLoader, at least 0.6× (b)."""
+    pytest.importorskip("torch", reason="the pipeline ends in torch tensors")
+    name = POLICY_PIPELINES[pipeline]
+    measures = {
+        "fastforward": lambda: loader_throughput(beton, name, epochs=3),
+        "fastforward (b), no policy": lambda: loader_throughput(beton, "train", epochs=3),
+    }
+    if importable("torchvision", comparators["dataloader"]):
+        measures["DataLoader"] = lambda: throughput("dataloader", folder256, name, cores,
+                                                    comparators["dataloader"])
+    figures = run_once(benchmark, lambda: side_by_side(measures, rounds))
+    for role, m in figures.items():
+        record(pipeline, role, m)
     assert all(m.images > 0 for m in figures.values())
 
 

@@ -94,6 +94,25 @@ def decode_limit(blobs: list[bytes], threads: int | None = None, fastdct: bool =
     return Measurement(name, len(blobs) * repeat, seconds)
 
 
+PIPELINES = {
+    "center_crop": "CenterCrop(224); uint8",
+    "train": "RandomResizedCrop(192) + flip + float16 (needs torch)",
+    "train_numpy": "the same up to the flip",
+    "train_trivialaugment": "train with TrivialAugmentWide() after the flip",
+    "train_randaugment": "train with RandAugment(2, 9) after the flip",
+    "train_autoaugment": "train with AutoAugment() (ImageNet policy) after the flip",
+    "simple": "images as stored",
+    "python_op": "RandomResizedCrop(192) + flip + a per-sample NumPy operation of about 50 µs",
+    "tv_trivialaugment": "RandomResizedCrop(192) + flip + torchvision's TrivialAugmentWide per "
+                         "sample (needs torchvision)",
+}
+"""The benchmark pipelines, by name (``loader_pipelines``), with one line each."""
+
+POLICIES = {"train_trivialaugment": "TrivialAugmentWide", "train_randaugment": "RandAugment",
+            "train_autoaugment": "AutoAugment"}
+"""The pipelines with an augmentation policy, and its class in ``fastforward.transforms``."""
+
+
 def loader_pipelines(reader: Reader, field: str, name: str) -> dict[str, Any]:
     """The ``pipelines`` of a named benchmark pipeline, reading *field* only.
 
@@ -101,12 +120,17 @@ def loader_pipelines(reader: Reader, field: str, name: str) -> dict[str, Any]:
     - ``train``: RandomResizedCrop(192) + RandomHorizontalFlip + ToTensor +
       ToTorchImage + Convert(float16) (pipeline b; needs torch);
     - ``train_numpy``: the same up to the flip, as NumPy (no torch needed);
+    - ``train_trivialaugment``, ``train_randaugment``, ``train_autoaugment``:
+      ``train`` with ``TrivialAugmentWide()``, ``RandAugment(2, 9)`` or
+      ``AutoAugment()`` after the flip (on the uint8 images, before ToTensor),
+      and ``Convert`` before ``ToTorchImage`` (the same batch; see the code);
     - ``simple``: the stored images as they are (small raw images, pipeline c);
     - ``python_op``: RandomResizedCrop(192) + flip + ``PythonOp`` (a per-sample
       NumPy operation of about 50 µs that keeps the GIL: process workers);
     - ``tv_trivialaugment``: RandomResizedCrop(192) + flip + torchvision's
       ``TrivialAugmentWide`` per sample, through ``Augment`` (needs torchvision).
     """
+    from . import transforms
     from .fields.decoders import (
         CenterCropRGBImageDecoder,
         RandomResizedCropRGBImageDecoder,
@@ -118,15 +142,24 @@ def loader_pipelines(reader: Reader, field: str, name: str) -> dict[str, Any]:
         ops: list[Any] = [CenterCropRGBImageDecoder((224, 224), 224 / 256)]
     elif name == "train_numpy":
         ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip()]
-    elif name == "train":
+    elif name == "train" or name in POLICIES:
         try:
             import torch
         except ImportError as exc:
-            raise ImportError("the train pipeline ends in torch tensors: pip install "
+            raise ImportError(f"the {name} pipeline ends in torch tensors: pip install "
                               "'fastforward[torch]', or use train_numpy") from exc
 
-        ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip(), ToTensor(),
-               ToTorchImage(), Convert(torch.float16)]
+        if name == "train":
+            ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip(),
+                   ToTensor(), ToTorchImage(), Convert(torch.float16)]
+        else:
+            # the same work, Convert before ToTorchImage: with ToTorchImage first, the
+            # loader's stage 1 (which runs policy and conversion per range) copies the
+            # channels-last result onto the plain view of its own buffer, scrambling it
+            # (runner.place; reported to the lead)
+            ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip(),
+                   getattr(transforms, POLICIES[name])(), ToTensor(), Convert(torch.float16),
+                   ToTorchImage()]
     elif name == "simple":
         ops = [SimpleRGBImageDecoder()]
     elif name == "python_op":

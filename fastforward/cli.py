@@ -797,20 +797,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _add_bench(subparsers: Any) -> None:
+    from .benchmark import PIPELINES
+
     p = subparsers.add_parser(
         "bench", help="measure loading images/s against the decode limit",
         description="Load FILE's first image field with a benchmark pipeline for each "
                     "thread count, beside simplejpeg decoding its JPEGs on as many threads.")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--pipeline", default="center_crop",
-                   choices=["center_crop", "train", "train_numpy", "simple", "python_op",
-                            "tv_trivialaugment"],
-                   help="center_crop: CenterCrop(224); train: RandomResizedCrop(192) + flip + "
-                        "float16 (needs torch); train_numpy: the same up to the flip; simple: "
-                        "images as stored; python_op: RandomResizedCrop(192) + flip + a "
-                        "per-sample NumPy operation of about 50 µs; tv_trivialaugment: "
-                        "RandomResizedCrop(192) + flip + torchvision's TrivialAugmentWide per "
-                        "sample (needs torchvision) (default: %(default)s)")
+    p.add_argument("--pipeline", default="center_crop", choices=list(PIPELINES),
+                   help="; ".join(f"{k}: {v}" for k, v in PIPELINES.items())
+                        + " (default: %(default)s)")
     p.add_argument("--workers", type=positive_int, nargs="+", metavar="N",
                    help="worker counts to measure (default: 1, half and all the CPUs)")
     p.add_argument("--worker-type", default="auto", choices=["auto", "thread", "process"],

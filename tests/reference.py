@@ -191,6 +191,210 @@ def saturation(image: np.ndarray, factor: float) -> np.ndarray:
     return _blend_uint8(image, gray_levels(image)[..., None].astype(np.float64), factor)
 
 
+# ---------------------------------------------------------------------------
+# References for fastforward._ext.augment: torchvision v2's operations on uint8
+# images (torchvision.transforms.v2.functional), as torch computes them on a
+# CPU: float32 steps, with torch's fused multiply-adds (``add_(x, alpha=k)``)
+# done in float64 and rounded once (exact: see augment_kernels.h).
+
+
+def _fma32(a: np.ndarray | float, b: np.ndarray | float, c: np.ndarray | float) -> np.ndarray:
+    """float32 ``a * b + c`` rounded once."""
+    return (np.asarray(a, np.float64) * np.asarray(b, np.float64)
+            + np.asarray(c, np.float64)).astype(np.float32)
+
+
+def _clamp_u8(values: np.ndarray) -> np.ndarray:
+    """torch's ``clamp_(0, 255).to(uint8)``: clamp, then truncate."""
+    return np.clip(values, 0, 255).astype(np.uint8)
+
+
+def tv_gray(image: np.ndarray) -> np.ndarray:
+    """torchvision's floored gray levels: ``r*0.2989``, then ``+ g*0.587`` and
+    ``+ b*0.114`` as fused multiply-adds, in float32."""
+    x = image.astype(np.float64)
+    gray = (x[..., 0] * np.float64(np.float32(0.2989))).astype(np.float32)
+    gray = _fma32(x[..., 1], np.float32(0.587), gray)
+    gray = _fma32(x[..., 2], np.float32(0.114), gray)
+    return np.floor(gray)
+
+
+def tv_blend(image: np.ndarray, other: np.ndarray | float, ratio: float) -> np.ndarray:
+    """torchvision's ``_blend``: ``image * ratio`` (float32), then ``+ other * (1 - ratio)``
+    fused, clamped, truncated."""
+    return _clamp_u8(_fma32(other, np.float32(1.0 - ratio),
+                            image.astype(np.float32) * np.float32(ratio)))
+
+
+def tv_brightness(image: np.ndarray, factor: float) -> np.ndarray:
+    """``adjust_brightness``."""
+    return _clamp_u8(image.astype(np.float32) * np.float32(factor))
+
+
+def tv_saturation(image: np.ndarray, factor: float) -> np.ndarray:
+    """``adjust_saturation``."""
+    return tv_blend(image, tv_gray(image)[..., None], factor)
+
+
+def tv_contrast(image: np.ndarray, factor: float) -> np.ndarray:
+    """``adjust_contrast``: blended with the float32 mean of the gray levels."""
+    gray = tv_gray(image)
+    mean = np.float32(gray.astype(np.float64).sum()) / np.float32(gray.size)
+    return tv_blend(image, mean, factor)
+
+
+def tv_sharpness(image: np.ndarray, factor: float) -> np.ndarray:
+    """``adjust_sharpness``: the 3×3 smoothing (1s around a 5, over 13, rounded) blended
+    in by ``fma(blur - v, 1 - factor, v)``; the one-pixel border untouched."""
+    h, w = image.shape[:2]
+    if h <= 2 or w <= 2:
+        return image.copy()
+    x = image.astype(np.int64)
+    total = 4 * x[1:-1, 1:-1]
+    for dy in range(3):
+        for dx in range(3):
+            total = total + x[dy : h - 2 + dy, dx : w - 2 + dx]
+    blur = np.rint(total / 13.0)  # never a tie: 13 is odd
+    inner = x[1:-1, 1:-1]
+    out = image.copy()
+    out[1:-1, 1:-1] = _clamp_u8(_fma32(blur - inner, np.float32(1.0 - factor), inner))
+    return out
+
+
+def tv_posterize(image: np.ndarray, bits: int) -> np.ndarray:
+    """``posterize``: the top *bits* bits."""
+    return image & np.uint8((0xFF << (8 - bits)) & 0xFF)
+
+
+def tv_solarize(image: np.ndarray, threshold: float) -> np.ndarray:
+    """``solarize``: values ``>= threshold`` (compared in float32) inverted."""
+    return np.where(image.astype(np.float32) >= np.float32(threshold), 255 - image, image)
+
+
+def tv_autocontrast(image: np.ndarray) -> np.ndarray:
+    """``autocontrast``, per channel, in float32."""
+    out = image.copy()
+    for c in range(image.shape[2]):
+        channel = image[..., c]
+        low, high = np.float32(channel.min()), np.float32(channel.max())
+        if low != high:
+            inverse = (high - low) * np.float32(1.0 / 255)
+            out[..., c] = _clamp_u8((channel.astype(np.float32) - low) / inverse)
+    return out
+
+
+def tv_equalize(image: np.ndarray) -> np.ndarray:
+    """``equalize``, per channel (torchvision v2's integer LUT, after PIL's)."""
+    out = image.copy()
+    for c in range(image.shape[2]):
+        channel = image[..., c]
+        hist = np.bincount(channel.ravel(), minlength=256)
+        cumulative = np.cumsum(hist)
+        step = (channel.size - hist[np.argmax(cumulative)]) // 255
+        if step:
+            lut = np.clip((cumulative[:-1] + step // 2) // step, 0, 255)
+            out[..., c] = np.concatenate([[0], lut]).astype(np.uint8)[channel]
+    return out
+
+
+def tv_invert(image: np.ndarray) -> np.ndarray:
+    """``invert``."""
+    return 255 - image
+
+
+def tv_inverse_affine(center: tuple[float, float], angle: float,
+                      translate: tuple[float, float], shear: tuple[float, float]) -> list[float]:
+    """torchvision's ``_get_inverse_affine_matrix`` (scale 1)."""
+    rot = math.radians(angle)
+    sx, sy = math.radians(shear[0]), math.radians(shear[1])
+    cx, cy = center
+    tx, ty = translate
+    a = math.cos(rot - sy) / math.cos(sy)
+    b = -(a * math.tan(sx) + math.sin(rot))
+    c = math.sin(rot - sy) / math.cos(sy)
+    d = math.cos(rot) - c * math.tan(sx)
+    m = [d, -b, 0.0, -c, a, 0.0]
+    m[2] += cx - m[0] * (cx + tx) - m[1] * (cy + ty)
+    m[5] += cy - m[3] * (cx + tx) - m[4] * (cy + ty)
+    return m
+
+
+def tv_affine(image: np.ndarray, matrix: list[float], bilinear: bool,
+              fill: tuple[float, float, float] | None) -> np.ndarray:
+    """The grid transform of torchvision's ``affine``/``rotate`` with the inverse *matrix*,
+    in float32 as torch computes it on a CPU: the matrix's rows divided by w/2 and
+    h/2, the grid ``(X*a + Y*b) + c``, grid_sample's ``fma(g + 1, w/2, -0.5)``; its
+    nearest neighbour (half to even) or bilinear weights (from ``1 - frac``, summed
+    by fused multiply-adds), zeros outside; with a *fill*, torchvision's mask blends
+    it in. Rounded half to even."""
+    h, w = image.shape[:2]
+    f32 = np.float32
+    m = np.asarray(matrix, np.float32)
+    half_w, half_h = f32(0.5 * w), f32(0.5 * h)
+    ax, bx, cx = m[0] / half_w, m[1] / half_w, m[2] / half_w
+    ay, by, cy = m[3] / half_h, m[4] / half_h, m[5] / half_h
+    X, Y = np.meshgrid(np.arange(w, dtype=np.float32) + f32((1 - w) * 0.5),
+                       np.arange(h, dtype=np.float32) + f32((1 - h) * 0.5))
+    ix = _fma32((X * ax + Y * bx) + cx + f32(1), half_w, f32(-0.5))
+    iy = _fma32((X * ay + Y * by) + cy + f32(1), half_h, f32(-0.5))
+    src = image.astype(np.float32)
+
+    def tap(yy: np.ndarray, xx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
+        values = src[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]
+        return np.where(inside[..., None], values, f32(0)), inside.astype(np.float32)
+
+    f = None if fill is None else np.asarray(fill, np.float32)
+    if not bilinear:
+        values, inside = tap(np.rint(iy).astype(np.int64), np.rint(ix).astype(np.int64))
+        out = values if f is None else np.where(inside[..., None] < 0.5, f, values)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    x0, y0 = np.floor(ix), np.floor(iy)
+    dx, dy = ix - x0, iy - y0
+    ex, sy = f32(1) - dx, f32(1) - dy
+    weights = [sy * ex, sy * dx, dy * ex, dy * dx]
+    X0, Y0 = x0.astype(np.int64), y0.astype(np.int64)
+    taps = [tap(Y0, X0), tap(Y0, X0 + 1), tap(Y0 + 1, X0), tap(Y0 + 1, X0 + 1)]
+    out = taps[0][0] * weights[0][..., None]  # then fused multiply-adds, as torch's loop
+    for (values, _), wt in zip(taps[1:], weights[1:], strict=True):
+        out = _fma32(values, wt[..., None], out)
+    if f is not None:
+        mask = sum(inside * wt for (_, inside), wt in zip(taps, weights, strict=True))
+        out = (out - f) * mask[..., None] + f
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def tv_rotate(image: np.ndarray, angle: float, bilinear: bool,
+              fill: tuple[float, float, float] | None) -> np.ndarray:
+    """``rotate`` (about the centre, not expanded), with its fast paths for quarter turns."""
+    angle = angle % 360
+    h, w = image.shape[:2]
+    if angle == 0:
+        return image.copy()
+    if angle == 180 or (h == w and angle in (90, 270)):
+        return np.rot90(image, int(angle) // 90).copy()
+    return tv_affine(image, tv_inverse_affine((0.0, 0.0), -angle, (0.0, 0.0), (0.0, 0.0)),
+                     bilinear, fill)
+
+
+def tv_shear(image: np.ndarray, magnitude: float, axis: str, bilinear: bool,
+             fill: tuple[float, float, float] | None) -> np.ndarray:
+    """The policies' ShearX/ShearY: ``affine`` with ``degrees(atan(magnitude))`` of shear
+    about the top-left corner."""
+    h, w = image.shape[:2]
+    degrees = math.degrees(math.atan(magnitude))
+    shear = (degrees, 0.0) if axis == "x" else (0.0, degrees)
+    return tv_affine(image, tv_inverse_affine((-w * 0.5, -h * 0.5), 0.0, (0.0, 0.0), shear),
+                     bilinear, fill)
+
+
+def tv_translate(image: np.ndarray, dx: int, dy: int, bilinear: bool,
+                 fill: tuple[float, float, float] | None) -> np.ndarray:
+    """The policies' TranslateX/TranslateY: ``affine`` by whole pixels."""
+    return tv_affine(image, tv_inverse_affine((0.0, 0.0), 0.0, (float(dx), float(dy)),
+                                              (0.0, 0.0)), bilinear, fill)
+
+
 def crop_nearest(src: np.ndarray, y0: int, x0: int, h: int, w: int, out_h: int, out_w: int,
                  flip: bool = False) -> np.ndarray:
     """Reference for ``crop_nearest_into``: each output pixel takes the source pixel

@@ -9,6 +9,8 @@ torch is imported only when a transform that needs it runs.
 """
 
 from .adaptor import Augment
+from .auto_augment import AutoAugment, RandAugment, TrivialAugmentWide
+from .auto_augment import AutoAugmentPolicy as AutoAugmentPolicy  # not an operation
 from .color_jitter import RandomBrightness, RandomContrast, RandomSaturation
 from .common import Squeeze
 from .cutout import Cutout
@@ -25,6 +27,7 @@ from .translate import RandomTranslate
 
 __all__ = [
     "Augment",
+    "AutoAugment",
     "Convert",
     "Cutout",
     "ImageMixup",
@@ -33,6 +36,7 @@ __all__ = [
     "ModuleWrapper",
     "NormalizeImage",
     "Poison",
+    "RandAugment",
     "RandomBrightness",
     "RandomContrast",
     "RandomHorizontalFlip",
@@ -46,5 +50,6 @@ __all__ = [
     "ToDevice",
     "ToTensor",
     "ToTorchImage",
+    "TrivialAugmentWide",
     "View",
 ]
