@@ -122,8 +122,7 @@ def loader_pipelines(reader: Reader, field: str, name: str) -> dict[str, Any]:
     - ``train_numpy``: the same up to the flip, as NumPy (no torch needed);
     - ``train_trivialaugment``, ``train_randaugment``, ``train_autoaugment``:
       ``train`` with ``TrivialAugmentWide()``, ``RandAugment(2, 9)`` or
-      ``AutoAugment()`` after the flip (on the uint8 images, before ToTensor),
-      and ``Convert`` before ``ToTorchImage`` (the same batch; see the code);
+      ``AutoAugment()`` after the flip (on the uint8 images, before ToTensor);
     - ``simple``: the stored images as they are (small raw images, pipeline c);
     - ``python_op``: RandomResizedCrop(192) + flip + ``PythonOp`` (a per-sample
       NumPy operation of about 50 µs that keeps the GIL: process workers);
@@ -149,17 +148,9 @@ def loader_pipelines(reader: Reader, field: str, name: str) -> dict[str, Any]:
             raise ImportError(f"the {name} pipeline ends in torch tensors: pip install "
                               "'fastforward[torch]', or use train_numpy") from exc
 
-        if name == "train":
-            ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip(),
-                   ToTensor(), ToTorchImage(), Convert(torch.float16)]
-        else:
-            # the same work, Convert before ToTorchImage: with ToTorchImage first, the
-            # loader's stage 1 (which runs policy and conversion per range) copies the
-            # channels-last result onto the plain view of its own buffer, scrambling it
-            # (runner.place; reported to the lead)
-            ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip(),
-                   getattr(transforms, POLICIES[name])(), ToTensor(), Convert(torch.float16),
-                   ToTorchImage()]
+        policy = [] if name == "train" else [getattr(transforms, POLICIES[name])()]
+        ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip(), *policy,
+               ToTensor(), ToTorchImage(), Convert(torch.float16)]
     elif name == "simple":
         ops = [SimpleRGBImageDecoder()]
     elif name == "python_op":
