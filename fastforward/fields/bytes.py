@@ -17,13 +17,29 @@ BYTES_METADATA = np.dtype([("ptr", "<u8"), ("size", "<u8")])
 
 
 def as_byte_array(value: Any) -> np.ndarray:
-    """View *value* (a 1-D uint8 array or any bytes-like object) as a uint8 array."""
+    """*value* (a 1-D array or any bytes-like object) as a uint8 array.
+
+    A 1-D array of another real dtype is cast to uint8, as FFCV does, but
+    only when the cast is exact (every value an integer in 0..255, as in
+    ``np.zeros(2)``); a lossy cast is refused.
+    """
     if isinstance(value, np.ndarray):
-        if value.dtype != np.uint8 or value.ndim != 1:
-            raise EncodeError(
-                f"expected a 1-D uint8 array, got {value.dtype} array of shape {value.shape}"
-            )
-        return value
+        if value.ndim != 1:
+            raise EncodeError(f"expected a 1-D array of bytes, got {value.dtype} array of "
+                              f"shape {value.shape}")
+        if value.dtype == np.uint8:
+            return value
+        if value.dtype.kind not in "biuf":
+            raise EncodeError(f"expected a 1-D uint8 array, got {value.dtype}")
+        with np.errstate(invalid="ignore"):  # NaN and inf: refused below
+            cast = value.astype(np.uint8)  # wraps or truncates where it is not exact
+            inexact = np.flatnonzero(cast != value)
+        if inexact.size:
+            first = int(inexact[0])
+            raise EncodeError(f"{value.dtype} array cannot be stored as bytes without loss: "
+                              f"element {first} is {value[first].item()!r}, not an integer in "
+                              f"0..255")
+        return cast
     try:
         return np.frombuffer(memoryview(value).cast("B"), dtype=np.uint8)
     except TypeError as exc:
