@@ -56,14 +56,22 @@ class JSONField(BytesField):
             raise DecodeError(f"stored JSON cannot be decoded: {exc}") from exc
 
     @staticmethod
-    def unpack(batch: Any) -> list[Any]:
-        """Decode a batch of JSON samples as returned by ``BytesDecoder``.
+    def unpack(batch: Any) -> Any:
+        """Decode JSON samples as ``BytesDecoder`` returns them.
 
-        *batch* is a ``(B, max_size)`` uint8 array or tensor, or the
-        ``(data, lengths)`` pair that fastforward's ``BytesDecoder`` returns.
+        *batch* is a ``BytesBatch`` (or any ``(B, max_size)`` uint8 array or
+        tensor, read up to each row's first NUL), the ``(data, lengths)`` pair
+        that earlier fastforward versions returned, or one sample's bytes (a
+        1-D array: its one value is returned, as in FFCV).
         """
         if isinstance(batch, tuple):
             data, lengths = batch
-            data, lengths = np.asarray(data), np.asarray(lengths).reshape(-1)
-            return [JSONField.unpack_one(row[:n]) for row, n in zip(data, lengths, strict=True)]
-        return [JSONField.unpack_one(row) for row in np.asarray(batch)]
+        else:
+            data, lengths = batch, getattr(batch, "lengths", None)
+        data = np.asarray(data)
+        if data.ndim == 1:
+            return JSONField.unpack_one(data)
+        if lengths is None:
+            return [JSONField.unpack_one(row) for row in data]
+        lengths = np.asarray(lengths).reshape(-1)
+        return [JSONField.unpack_one(row[:n]) for row, n in zip(data, lengths, strict=True)]
