@@ -60,7 +60,10 @@ class Loader:
             ``FASTFORWARD_DEFAULT_CACHE_PROCESS=1`` is set.
         order: an ``OrderOption`` or a ``TraversalOrder`` subclass.
         distributed: shard the epoch over ``torch.distributed``'s ranks.
-        seed: seeds the order and every random augmentation; None picks one.
+        seed: seeds the order and every random augmentation; None picks one
+            (with ``distributed=True``, rank 0 picks it and broadcasts it over
+            the process group, a collective every rank runs here; with
+            SEQUENTIAL order each rank picks its own and nothing is sent).
         indices: the samples to use (default: all), in this order for SEQUENTIAL.
         pipelines: ``{output name: list of operations | PipelineSpec | None}``;
             a field without an entry gets its default decoder and ``ToTensor()``,
@@ -147,7 +150,7 @@ class Loader:
     def _construct(self, seed: int | None, indices: Sequence[int] | None, order: Any,
                    order_kwargs: Mapping[str, Any] | None, pipelines: Mapping[str, Any] | None,
                    worker_type: str) -> None:
-        self.seed = self._resolve_seed(seed)
+        self.seed = self._resolve_seed(seed, order)
         self.indices = self._resolve_indices(indices)
         self.next_epoch = 0
         self.traversal_order: TraversalOrder = self._resolve_order(order)(
@@ -173,15 +176,17 @@ class Loader:
 
     # -- arguments ------------------------------------------------------------------
 
-    def _resolve_seed(self, seed: int | None) -> int:
+    def _resolve_seed(self, seed: int | None, order: Any = None) -> int:
         if seed is not None:
             if not 0 <= int(seed) < 1 << 63:
                 raise ValueError(f"seed must be a non-negative integer below 2**63, got {seed}")
             return int(seed)
-        if self.distributed:
-            raise ValueError("distributed=True needs an explicit seed, so that every rank "
-                             "visits the same order")
-        return int(np.random.SeedSequence().entropy % (1 << 31))
+        drawn = int(np.random.SeedSequence().entropy % (1 << 31))
+        if self.distributed and order is not OrderOption.SEQUENTIAL:
+            # every rank must visit the same order: rank 0's seed, for all of them
+            # (SEQUENTIAL's order needs none, so no collective is run for it)
+            return _broadcast_from_rank_0(drawn)
+        return drawn
 
     def _resolve_indices(self, indices: Sequence[int] | None) -> np.ndarray:
         n = self.reader.num_samples
@@ -639,6 +644,18 @@ def _distributed_context() -> tuple[int, int]:
         raise RuntimeError("distributed=True needs an initialised torch.distributed process "
                            "group (torch.distributed.init_process_group, or torchrun)")
     return dist.get_rank(), dist.get_world_size()
+
+
+def _broadcast_from_rank_0(value: int) -> int:
+    """Rank 0's *value* on every rank of the default process group (a collective:
+    every rank must call it), whatever the backend."""
+    import torch.distributed as dist
+
+    # broadcast_object_list picks the device the backend needs (the current
+    # CUDA device for NCCL, set it first as torchrun scripts do; the CPU for gloo)
+    values = [value]
+    dist.broadcast_object_list(values, src=0)
+    return int(values[0])
 
 
 def _to_tensor() -> Operation:
