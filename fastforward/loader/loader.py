@@ -243,6 +243,8 @@ class Loader:
             raise TypeError(f"pipeline {name!r}: expected a list of operations, a "
                             f"PipelineSpec or None, got {type(value).__name__}")
         spec.transforms = [_wrap_module(op) for op in spec.transforms]
+        if spec.decoder is not None:
+            spec.decoder = _wrap_module(spec.decoder)
         if isinstance(spec.source, str):
             if spec.source not in self.reader.handlers:
                 raise ValueError(f"pipeline {name!r}: {spec.source!r} is not a field of "
@@ -671,6 +673,10 @@ def _to_tensor() -> Operation:
 
 
 def _wrap_module(op: Any) -> Operation:
+    from ..pipeline.compiler import NumbaOperation, is_numba_operation
+
+    if is_numba_operation(op):  # FFCV's generate_code(), compiled with numba
+        return NumbaOperation(op)
     if isinstance(op, Operation):
         return op
     if _is_module(op):
