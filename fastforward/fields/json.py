@@ -11,6 +11,11 @@ from ..errors import DecodeError, EncodeError
 from .base import Field, Malloc, PayloadReader
 from .bytes import BytesField
 
+ENCODING = "utf8"
+"""The text encoding of stored JSON (FFCV's constant)."""
+SEPARATOR = "\0"
+"""The byte that ends each stored JSON text (FFCV's constant)."""
+
 
 def _to_builtin(obj: Any) -> Any:
     # NumPy scalars and arrays are what datasets hand over most often; FFCV
@@ -36,7 +41,7 @@ class JSONField(BytesField):
             text = json.dumps(field, default=_to_builtin)
         except (TypeError, ValueError) as exc:
             raise EncodeError(f"cannot serialise to JSON: {exc}") from exc
-        super().encode(destination, text.encode("utf-8") + b"\0", malloc)
+        super().encode(destination, (text + SEPARATOR).encode(ENCODING), malloc)
 
     def read(self, row: np.void, read_payload: PayloadReader) -> Any:
         return JSONField.unpack_one(super().read(row, read_payload))

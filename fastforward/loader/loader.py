@@ -46,6 +46,17 @@ class OrderOption(enum.Enum):
     QUASI_RANDOM = QuasiRandom
 
 
+ORDER_TYPE = OrderOption | type[TraversalOrder]
+"""What ``Loader(order=...)`` takes (FFCV's name)."""
+ORDER_MAP = {option: option.value for option in OrderOption}
+"""Each ``OrderOption``'s ``TraversalOrder`` class (FFCV's name)."""
+DEFAULT_PROCESS_CACHE = int(os.environ.get("FASTFORWARD_DEFAULT_CACHE_PROCESS", "0"))
+"""1 when ``FASTFORWARD_DEFAULT_CACHE_PROCESS=1`` was set at import (FFCV's name; the
+loader reads the variable again at each construction)."""
+DEFAULT_OS_CACHE = not DEFAULT_PROCESS_CACHE
+"""The default of ``os_cache`` at import (FFCV's name)."""
+
+
 class Loader:
     """Load batches from a .beton file, as FFCV's ``Loader`` does.
 
