@@ -369,7 +369,9 @@ class NumbaOperation(Decoder):
                                   context.stream, 1)
         _compiled(_seed_numba)(np.uint32(int(bits[0, 0]) & 0xFFFFFFFF))
         if self.parallel:
-            with _PARALLEL:
+            numba = _numba(self.name)
+            with _PARALLEL:  # numba's thread count is per calling thread
+                numba.set_num_threads(min(Compiler.num_threads, numba.config.NUMBA_NUM_THREADS))
                 return self._fn(*args)
         return self._fn(*args)
 
