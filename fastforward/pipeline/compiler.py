@@ -285,9 +285,10 @@ class NumbaOperation(Decoder):
         self.jit = bool(state.jit_mode) and Compiler.is_enabled and getattr(
             code, "nopython", True)
         if self.jit:
-            _numba(self.name)
             self.parallel = bool(getattr(code, "is_parallel", False)) and Compiler.num_threads > 1
             started = time.perf_counter()
+            numba = _numba(self.name)
+            _compiled(_seed_numba).compile((numba.uint32,))  # called before each batch
             try:
                 signature = self._types(previous, allocation, shared_query)
                 fn = _compile_cached(code, signature)
