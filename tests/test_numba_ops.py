@@ -208,7 +208,7 @@ def test_a_transform_compares_with_numpy(photo_file: Path) -> None:
     step = loader.pipelines[0].steps[0].op
     assert isinstance(step, NumbaOperation)
     assert step.jit
-    assert not step.parallel  # one thread: range, compiled serially
+    assert not step.numba_parallel  # one thread: range, compiled serially
     for (images, labels), (reference,) in zip(loader, plain, strict=True):
         np.testing.assert_array_equal(images, reference[:, ::-1])
         assert labels.shape == (8, 1)
@@ -234,7 +234,7 @@ def test_random_draws_are_reproducible(photo_file: Path, threads: int) -> None:
     def epoch(seed: int, workers: int) -> list[np.ndarray]:
         loader = image_loader(photo_file, QuarterAtRandom(), seed=seed, num_workers=workers,
                               order=OrderOption.RANDOM)
-        assert loader.pipelines[0].steps[0].op.parallel == (threads > 1)
+        assert loader.pipelines[0].steps[0].op.numba_parallel == (threads > 1)
         return [images.copy() for images, _ in loader]
 
     first = epoch(3, 1)
@@ -393,3 +393,37 @@ def test_ported_operation_is_not_wrapped() -> None:
     assert is_numba_operation(MirrorRows())
     assert not is_numba_operation(Ported())
     assert not is_numba_operation(IntDecoder())
+
+
+class CountingMirror(MirrorRows):
+    """MirrorRows that counts its generate_code() calls."""
+
+    generated = 0
+
+    def generate_code(self) -> Callable:
+        CountingMirror.generated += 1
+        return super().generate_code()
+
+
+def test_generated_once_across_epochs_and_shared_by_loaders(photo_file: Path) -> None:
+    pytest.importorskip("numba")
+    op = CountingMirror()
+    CountingMirror.generated = 0
+    first = image_loader(photo_file, op)
+    second = image_loader(photo_file, op)  # one operation object, two loaders (FFCV's tests)
+    for _ in range(3):
+        for (a, _), (b, _) in zip(first, second, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert CountingMirror.generated == 2  # once per loader, not per epoch
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_any_worker_type(packed_file: tuple[Path, list[list[int]]], worker_type: str) -> None:
+    pytest.importorskip("numba")
+    path, values = packed_file
+    loader = Loader(path, 5, worker_type=worker_type, custom_fields={"ints": PackedInts},
+                    pipelines={"ints": [FirstInts()], "i": [IntDecoder(), PlusShared()]})
+    rows = [(r.tolist(), int(i)) for ints, index in loader
+            for r, i in zip(ints, index[:, 0], strict=True)]
+    assert rows == [((values[k] + [0] * 4)[:4], 1000 + k) for k in range(30)]
+    loader.close()

@@ -64,6 +64,9 @@ NUMBA_MISSING = (
 )
 
 
+_PLAIN: dict[Any, Any] = {}  # Compiler.compile's dispatchers of module-level functions
+
+
 def _numba(name: str = "this operation") -> Any:
     try:
         import numba
@@ -135,8 +138,16 @@ class Compiler:
             return code
         parallel = bool(getattr(code, "is_parallel", False)) and cls.num_threads > 1
         numba = _numba(getattr(code, "__qualname__", repr(code)))
-        return numba.njit(signature, fastmath=True, nogil=True, error_model="numpy",
-                          parallel=parallel)(code)
+        # a module-level function (FFCV's decoders compile memcpy in generate_code) is
+        # compiled once per process, so that their closures stay the same across loaders
+        key = (code, parallel, signature) if not getattr(code, "__closure__", True) else None
+        if key is not None and key in _PLAIN:
+            return _PLAIN[key]
+        compiled = numba.njit(signature, fastmath=True, nogil=True, error_model="numpy",
+                              parallel=parallel)(code)
+        if key is not None:
+            _PLAIN[key] = compiled
+        return compiled
 
     @classmethod
     def get_iterator(cls) -> Any:
@@ -236,17 +247,45 @@ class NumbaOperation(Decoder):
         self.name = type(op).__name__
         self.role = "transform"
         self.jit = False  # compiled (else called as Python)
-        self.parallel = False
+        self.numba_parallel = False  # compiled with parallel=True (prange on numba's threads)
         self.with_indices = False
         self.compile_seconds = 0.0  # the JIT time paid at construction
         self._code: Any = None  # the function generate_code() returned
         self._fn: Any = None  # what is called: the compiled function, or _code
-        self._signature: Any = None
         self._shared: Any = None  # (query, init function) of declare_shared_memory
         self._local = threading.local()
+        # what was generated and compiled, by the states it was for: shared by the
+        # copies the loader makes of this object for each epoch (copy.copy), so that
+        # generate_code() runs once per pipeline, as in FFCV (without recompile)
+        self._prepared: dict[Any, tuple] = {}
 
     def __repr__(self) -> str:
         return f"NumbaOperation({self.op!r})"
+
+    @property  # type: ignore[override]
+    def releases_gil(self) -> bool:
+        """Compiled code runs without the GIL; the Python fallback keeps it."""
+        return self.jit
+
+    def __copy__(self) -> NumbaOperation:
+        """The loader's per-epoch copy: it shares what was compiled (pickling does not)."""
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        return clone
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Configuration only (a process worker's plan holds it, and never calls it):
+        compiled functions and closures stay in this process."""
+        state = super().__getstate__()
+        for name in ("_code", "_fn", "_shared", "_local", "_prepared"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._code = self._fn = self._shared = None
+        self._local = threading.local()
+        self._prepared = {}
 
     # -- binding (decoders) -------------------------------------------------------
 
@@ -268,8 +307,15 @@ class NumbaOperation(Decoder):
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, Any]:
         state, allocation = self.op.declare_state_and_memory(previous_state)
-        if self._code is None:  # generated and compiled once, when the loader first builds
+        key = (self.role, repr(previous_state), repr(state), repr(allocation),
+               Compiler.is_enabled, Compiler.num_threads)
+        if key not in self._prepared:  # generated and compiled once, at Loader()
             self._prepare(previous_state, state, allocation)
+            self._prepared[key] = (self._code, self._fn, self._shared, self.jit,
+                                   self.numba_parallel, self.with_indices,
+                                   self.compile_seconds)
+        (self._code, self._fn, self._shared, self.jit, self.numba_parallel,
+         self.with_indices, self.compile_seconds) = self._prepared[key]
         return state, allocation
 
     def _prepare(self, previous: State, state: State, allocation: Any) -> None:
@@ -285,7 +331,8 @@ class NumbaOperation(Decoder):
         self.jit = bool(state.jit_mode) and Compiler.is_enabled and getattr(
             code, "nopython", True)
         if self.jit:
-            self.parallel = bool(getattr(code, "is_parallel", False)) and Compiler.num_threads > 1
+            self.numba_parallel = (bool(getattr(code, "is_parallel", False))
+                                   and Compiler.num_threads > 1)
             started = time.perf_counter()
             numba = _numba(self.name)
             _compiled(_seed_numba).compile((numba.uint32,))  # called before each batch
@@ -369,7 +416,7 @@ class NumbaOperation(Decoder):
         bits = random.random_bits(context.seed, context.epoch, first.astype(np.int64),
                                   context.stream, 1)
         _compiled(_seed_numba)(np.uint32(int(bits[0, 0]) & 0xFFFFFFFF))
-        if self.parallel:
+        if self.numba_parallel:
             numba = _numba(self.name)
             with _PARALLEL:  # numba's thread count is per calling thread
                 numba.set_num_threads(min(Compiler.num_threads, numba.config.NUMBA_NUM_THREADS))
