@@ -20,13 +20,15 @@ unchanged, with the optional ``numba`` extra (``pip install
   ``Loader()``), for the argument types the pipeline declares: the JIT cost is
   paid before the first batch (about a second per operation, and several
   seconds more for numba's first compilation in a process; an argument of
-  another layout at run time compiles once more). A function with the same
-  code and the same captured values (another loader of the same pipeline) is
-  compiled once per process;
+  another layout at run time compiles once more). ``generate_code()`` runs
+  once per loader (the loader's per-epoch copies share the result), and a
+  function with the same code and the same captured values (another loader of
+  the same pipeline) is compiled once per process;
 - an operation whose output is not in ``jit_mode`` (after ``ToTensor``) is
   called as plain Python, as in FFCV; so is every operation after
   ``Compiler.set_enabled(False)``;
-- it runs on the loader's batch threads without the GIL. ``Compiler.num_threads``
+- it runs in the loader's process (a batch operation: stage 2, whatever
+  ``worker_type``) on the loader's batch threads, without the GIL. ``Compiler.num_threads``
   is 1 unless you call ``Compiler.set_num_threads`` (the loader does not, unlike
   FFCV's): ``get_iterator()`` is then ``range`` and the loader's parallelism
   comes from batches in flight at once. With more threads, ``get_iterator()``
