@@ -82,8 +82,9 @@ class Loader:
         custom_fields: ``{field name: Field class}`` for custom fields.
         drop_last: drop the last, incomplete batch (FFCV's default: True).
         batches_ahead: batches prepared ahead of the one being consumed.
-        recompile: accepted for FFCV compatibility; nothing is compiled, and
-            every epoch re-reads the pipelines (``output_size`` may change).
+        recompile: accepted for FFCV compatibility: every epoch re-reads the
+            pipelines (``output_size`` may change); FFCV operations
+            (``generate_code``) are compiled once, here in ``Loader()``.
         order_kwargs: keyword arguments for the order's constructor.
         even_batches: with ``distributed=True``, pad every rank to the same
             number of batches (False: evaluation, every sample exactly once).
