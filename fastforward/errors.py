@@ -40,6 +40,10 @@ class Terminated(SystemExit):
         return type(self), (self.message,)
 
 
+class NotProvidedError(FastForwardError, ImportError):
+    """FFCV code imports a name fastforward does not have; the message names the replacement."""
+
+
 def annotate(exc: BaseException, where: str) -> BaseException:
     """Prefix *exc*'s message with *where* (file, sample, field), keeping its type.
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
+
+from ._compat import not_provided
 
 T = TypeVar("T")
 
@@ -54,3 +57,19 @@ def forkserver_preload(ctx: Any, modules: Sequence[str]) -> None:
     missing = [name for name in modules if name not in preload]
     if missing:
         ctx.set_forkserver_preload([*preload, *missing])
+
+
+s_print_lock = threading.Lock()
+"""The lock ``s_print`` holds (FFCV's)."""
+
+
+def s_print(*args: object, **kwargs: object) -> None:
+    """``print`` under a lock, so that threads' lines do not interleave (FFCV's helper)."""
+    with s_print_lock:
+        print(*args, **kwargs)  # noqa: T201 - this helper's purpose
+
+
+__getattr__ = not_provided(__name__, {
+    "cast_int_to_byte_ptr": "a numba intrinsic FFCV's compiled decoders used to pass pointers "
+                            "to its C library; fastforward has none: slice the arrays "
+                            "(memory_read returns the payload's bytes as an array)"})

@@ -57,6 +57,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._compat import not_provided
 from .checksums import PageHasher, block_size, build_block
 from .errors import EncodeError, FastForwardError, Terminated, WorkerError, annotate, portable
 from .fields import Field
@@ -1203,3 +1204,10 @@ class _WebDatasetSource:
         if n != count:
             raise EncodeError(f"{self.fname}: shard {shard} gave {n} samples, "
                               f"{count} when counted")
+
+
+__getattr__ = not_provided(__name__, dict.fromkeys(
+    ("count_samples_in_shard", "from_shard", "handle_sample", "worker_job_indexed_dataset",
+     "worker_job_webdataset"),
+    "one of FFCV's writer worker functions; fastforward's workers are internal: call "
+    "DatasetWriter(...).from_indexed_dataset(dataset) or .from_webdataset(shards, pipeline)"))

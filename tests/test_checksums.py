@@ -229,8 +229,8 @@ def test_loader_verify_checksums_finds_a_damaged_array(summed: Path, copy: Path,
 @pytest.mark.parametrize("os_cache", [True, False], ids=["os_cache", "process_cache"])
 def test_loader_verify_checksums_gives_the_same_batches(summed: Path, os_cache: bool) -> None:
     def epoch(loader: Loader) -> list[bytes]:
-        return [labels.tobytes() + data.tobytes() + lengths.tobytes() + arrays.tobytes()
-                for labels, (data, lengths), arrays in loader]
+        return [labels.tobytes() + data.tobytes() + data.lengths.tobytes() + arrays.tobytes()
+                for labels, data, arrays in loader]
 
     plain = array_loader(summed, os_cache, order=OrderOption.RANDOM, seed=4)
     checked = array_loader(summed, os_cache, order=OrderOption.RANDOM, seed=4,

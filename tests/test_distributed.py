@@ -109,9 +109,26 @@ def test_fewer_pages_than_ranks_share_pages(tmp_path: Path,
     assert sorted(np.concatenate(per_rank).tolist()) == list(range(30))
 
 
-def test_distributed_needs_a_seed(paged: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ValueError, match="seed"):
-        rank_loader(paged, 0, 2, monkeypatch, batch_size=10, seed=None)
+@pytest.mark.parametrize("order", ORDERS, ids=lambda o: o.name)
+def test_no_seed_takes_rank_0s(paged: Path, monkeypatch: pytest.MonkeyPatch,
+                               order: OrderOption) -> None:
+    sent: list[int] = []
+
+    def broadcast(value: int) -> int:  # what rank 0 sent, as every rank receives it
+        sent.append(value)
+        return 12345
+
+    monkeypatch.setattr(loader_module, "_broadcast_from_rank_0", broadcast)
+    loaders = [rank_loader(paged, r, 2, monkeypatch, batch_size=10, seed=None, order=order)
+               for r in range(2)]
+    if order is OrderOption.SEQUENTIAL:  # its order needs no seed: no collective at all
+        assert sent == []
+        assert epoch_ids(loaders[0]) == list(range(0, 1000, 2))
+    else:
+        assert len(sent) == 2
+        assert [loader.seed for loader in loaders] == [12345, 12345]
+        assert epoch_ids(loaders[0]) == epoch_ids(rank_loader(
+            paged, 0, 2, monkeypatch, batch_size=10, seed=12345, order=order))
 
 
 def test_distributed_needs_a_process_group(paged: Path) -> None:

@@ -1,4 +1,5 @@
-"""Real torch.distributed processes (gloo, spawned): every order, 2 and 3 ranks."""
+"""Real torch.distributed processes (gloo, spawned): every order, 2 and 3 ranks;
+the seed broadcast from rank 0 when none is given."""
 
 from __future__ import annotations
 
@@ -89,3 +90,40 @@ def test_gloo_ranks(paged: Path, tmp_path: Path, world: int) -> None:
         assert [int(i) for (b,) in again for i in b.ravel()] == results[1]["QUASI_RANDOM"][0]
     finally:
         loader_module._distributed_context = original
+
+
+def run_rank_without_seed(rank: int, world: int, path: str, out: str, rendezvous: str) -> None:
+    """One rank of FFCV's ImageNet recipe: ``distributed=True`` and no seed."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank,
+                            world_size=world)
+    try:
+        result = {}
+        for order in ORDERS:
+            loader = Loader(path, 10, distributed=True, drop_last=False,
+                            order=OrderOption[order], num_workers=1,
+                            pipelines={"index": [IntDecoder()], "blob": None})
+            result[order] = [int(i) for (b,) in loader for i in b.ravel()]
+            result[order + "/seed"] = loader.seed
+        Path(out, f"{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_gloo_seed_from_rank_0(paged: Path, tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "out"
+    out.mkdir()
+    mp.spawn(run_rank_without_seed, args=(2, str(paged), str(out), str(tmp_path / "rdv")),
+             nprocs=2, join=True)
+    first, second = (json.loads((out / f"{r}.json").read_text()) for r in range(2))
+    for order in ("RANDOM", "QUASI_RANDOM"):
+        assert first[order + "/seed"] == second[order + "/seed"], order
+        # one plan: a disjoint split of every sample (503 is odd: one is repeated as padding)
+        assert set(first[order]) | set(second[order]) == set(range(503)), order
+        assert len(set(first[order]) & set(second[order])) <= 1, order
+        assert first[order] != sorted(first[order]), order
+    assert set(first["SEQUENTIAL"]) | set(second["SEQUENTIAL"]) == set(range(503))

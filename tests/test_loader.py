@@ -17,6 +17,7 @@ import pytest
 
 from fastforward.errors import DecodeError, FormatError
 from fastforward.fields import BytesField, FloatField, IntField, RGBImageField
+from fastforward.fields.bytes import BytesBatch
 from fastforward.fields.decoders import (
     BytesDecoder,
     CenterCropRGBImageDecoder,
@@ -522,11 +523,11 @@ def test_process_cache_memory_bound(tmp_path: Path) -> None:
                     batches_ahead=2, pipelines={"blob": [BytesDecoder()]})
     reader = Reader(path)
     for epoch in range(2):
-        for ((data, lengths),) in loader:
-            assert (lengths == 20_000).all()
-            del data, lengths
+        for (data,) in loader:
+            assert (data.lengths == 20_000).all()
+            del data
         assert epoch == loader.next_epoch - 1
-    np.testing.assert_array_equal(next(iter(loader))[0][0][0], reader.read(
+    np.testing.assert_array_equal(next(iter(loader))[0][0], reader.read(
         int(loader.traversal_order.sample_order(2)[0]))[0])
     manager = loader.memory_manager
     # at most batches_ahead + 1 batches in memory at once, whatever the order: each the
@@ -543,10 +544,52 @@ def test_bytes_decoder_shows_no_stale_bytes(tmp_path: Path) -> None:
     blobs = [np.full(n, 7, np.uint8) for n in (50, 3, 0, 20)]
     DatasetWriter(path, {"blob": BytesField()}, num_workers=1, progress=False) \
         .from_indexed_dataset(blobs)
-    for ((data, lengths),) in Loader(path, 2, pipelines={"blob": [BytesDecoder()]}):
-        for row, n in zip(data, lengths, strict=True):
+    for (data,) in Loader(path, 2, pipelines={"blob": [BytesDecoder()]}):
+        for row, n in zip(data, data.lengths, strict=True):
             assert (row[:n] == 7).all()
             assert (row[n:] == 0).all()
+
+
+def test_bytes_batch_is_ffcvs_array_with_lengths(tmp_path: Path) -> None:
+    path = tmp_path / "b.beton"
+    blobs = [np.arange(n, dtype=np.uint8) for n in (5, 1, 0, 9, 4)]
+    DatasetWriter(path, {"blob": BytesField()}, num_workers=1, progress=False) \
+        .from_indexed_dataset(blobs)
+    loader = Loader(path, 2, drop_last=False, pipelines={"blob": [BytesDecoder()]})
+    seen = []
+    for (batch,) in loader:
+        assert isinstance(batch, BytesBatch)
+        assert batch.dtype == np.uint8
+        assert batch.shape == (len(batch.lengths), 9)  # FFCV's (B, largest sample)
+        assert type(batch[0]) is np.ndarray  # rows are plain arrays
+        seen += [s.tolist() for s in batch.samples()]
+    assert seen == [b.tolist() for b in blobs]
+    (batch,) = next(iter(loader))
+    kept = batch.copy()
+    assert kept.lengths.tolist() == [5, 1]
+    assert kept.lengths is not batch.lengths
+    assert (batch + 0).lengths is None  # a derived array does not know its rows' lengths
+    with pytest.raises(ValueError, match="lengths"):
+        batch.T.samples()
+
+
+def test_bytes_batch_holds_its_slot(tmp_path: Path) -> None:
+    path = tmp_path / "b.beton"
+    blobs = [np.full(i % 7 + 1, i, np.uint8) for i in range(40)]
+    DatasetWriter(path, {"blob": BytesField()}, num_workers=1, progress=False) \
+        .from_indexed_dataset(blobs)
+    loader = Loader(path, 2, batches_ahead=1, order=OrderOption.RANDOM, seed=1,
+                    pipelines={"blob": [BytesDecoder()]})
+    held = [batch for (batch,) in loader]  # more batches than the ring has slots
+    expected = [(b.view(np.ndarray).copy(), b.lengths.copy()) for b in held]
+    lengths = [b.lengths for b in held]
+    rows = held[::2]
+    del held  # half the batches, and every batch's lengths alone, still hold their buffers
+    for _ in range(2):
+        for (batch,) in loader:
+            del batch
+    assert all((n == e[1]).all() for n, e in zip(lengths, expected, strict=True))
+    assert all((b == e[0]).all() for b, e in zip(rows, expected[::2], strict=True))
 
 
 def test_fused_flip_equals_the_separate_flip(photos_file: Path) -> None:

@@ -143,6 +143,13 @@ def test_json_field(tmp_path: Path) -> None:
     (first,) = next(iter(loader))
     assert JSONField.unpack(first) == values[:10]
     assert json.dumps(values[0])
+    # every form: a tensor without lengths (read up to the NUL), the (data, lengths)
+    # pair, one row (FFCV returns its one value)
+    plain = first.clone()
+    assert not hasattr(plain, "lengths")
+    assert JSONField.unpack(plain) == values[:10]
+    assert JSONField.unpack((first.numpy(), first.lengths.numpy())) == values[:10]
+    assert JSONField.unpack(first[3]) == values[3]
 
 
 class StringField(NDArrayField):

@@ -631,6 +631,20 @@ def test_to_tensor_shares_memory(batch: np.ndarray) -> None:
     assert lens.tolist() == lengths.tolist()
 
 
+def test_to_tensor_keeps_a_bytes_batchs_lengths() -> None:
+    torch = torch_or_skip()
+    from fastforward.fields.bytes import BytesBatch
+
+    rows = np.zeros((3, 5), np.uint8)
+    batch = rows.view(BytesBatch)
+    batch.lengths = np.array([5, 0, 2])
+    out = T.ToTensor().apply(batch, None, context())
+    assert type(out) is torch.Tensor
+    assert out.shape == (3, 5)
+    assert out.data_ptr() == rows.ctypes.data
+    assert out.lengths.tolist() == [5, 0, 2]
+
+
 def test_to_tensor_copies_read_only_arrays(batch: np.ndarray) -> None:
     torch_or_skip()
     frozen = batch.copy()

@@ -274,8 +274,57 @@ def test_ndarray_dtype_and_shape_checked(tmp_path: Path) -> None:
     field = {"a": NDArrayField(np.float32, (2, 3))}
     with pytest.raises(EncodeError, match="expected dtype float32, got int32"):
         write(tmp_path / "x.beton", field, [np.zeros((2, 3), np.int32)])
-    with pytest.raises(EncodeError, match=r"expected shape \(2, 3\), got \(3, 2\)"):
-        write(tmp_path / "x.beton", field, [np.zeros((3, 2), np.float32)])
+    with pytest.raises(EncodeError, match=r"expected shape \(2, 3\) .*, got \(3, 3\)"):
+        write(tmp_path / "x.beton", field, [np.zeros((3, 3), np.float32)])
+
+
+@pytest.mark.parametrize("value", [np.float32(2.5).reshape(()), np.float32(2.5)],
+                         ids=["0-d-array", "numpy-scalar"])
+def test_ndarray_of_shape_1_takes_a_scalar(tmp_path: Path, value: np.ndarray) -> None:
+    # FFCV's linear_regression example stores np.array(y).astype('float32') so
+    reader = write(tmp_path / "x.beton", {"y": NDArrayField(np.float32, (1,))}, [(value,)])
+    np.testing.assert_array_equal(reader.read(0)[0], np.array([2.5], np.float32))
+
+
+def test_ndarray_is_reshaped_when_the_count_matches(tmp_path: Path) -> None:
+    value = np.arange(6, dtype=np.int16).reshape(2, 3)
+    reader = write(tmp_path / "x.beton", {"a": NDArrayField(np.int16, (3, 2))}, [(value,)])
+    np.testing.assert_array_equal(reader.read(0)[0], value.reshape(3, 2))
+    with pytest.raises(EncodeError, match=r"expected shape \(3, 2\) \(or another shape of 6 "
+                                          r"elements\), got \(7,\)") as info:
+        write(tmp_path / "y.beton", {"a": NDArrayField(np.int16, (3, 2))},
+              [(value,), (np.zeros(7, np.int16),)])
+    assert "sample 1" in str(info.value)
+    assert "'a'" in str(info.value)
+
+
+@pytest.mark.parametrize(("value", "stored"), [
+    (np.zeros(2), [0, 0]),  # FFCV's own writer test stores this
+    (np.array([0, 7, 255], np.int64), [0, 7, 255]),
+    (np.array([1.0, 200.0], np.float32), [1, 200]),
+    (np.array([True, False]), [1, 0]),
+    (np.array([3, 4], np.uint16)[::-1], [4, 3]),
+], ids=["float64-zeros", "int64", "float32", "bool", "strided-uint16"])
+def test_bytes_field_casts_exactly(tmp_path: Path, value: np.ndarray, stored: list) -> None:
+    reader = write(tmp_path / "b.beton", {"i": IntField(), "b": BytesField()}, [(0, value)])
+    assert reader.read(0)[1].tolist() == stored
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (np.array([0.0, 1.5]), "element 1 is 1.5"),
+    (np.array([256]), "element 0 is 256"),
+    (np.array([-1], np.int8), "element 0 is -1"),
+    (np.array([np.nan]), "element 0 is nan"),
+    (np.array(["a"]), "uint8 array, got <U1"),
+    (np.zeros((2, 2), np.uint8), r"shape \(2, 2\)"),
+], ids=["fraction", "too-large", "negative", "nan", "strings", "2-d"])
+def test_bytes_field_refuses_lossy_values(tmp_path: Path, value: np.ndarray,
+                                          message: str) -> None:
+    with pytest.raises(EncodeError, match=message) as info:
+        write(tmp_path / "b.beton", {"i": IntField(), "b": BytesField()},
+              [(0, np.zeros(3, np.uint8)), (1, value)])
+    assert "sample 1" in str(info.value)
+    assert "'b'" in str(info.value)
 
 
 class StringField(NDArrayField):

@@ -15,7 +15,14 @@ from ..pipeline.state import State
 from .base import Field, Malloc, PayloadReader, empty_arguments
 
 
-class _ScalarDecoder(Decoder):
+class BasicDecoder(Decoder):
+    """Decode a scalar column of the metadata table into a ``(B, 1)`` array of ``dtype``.
+
+    FFCV's base of ``IntDecoder`` and ``FloatDecoder``: subclass it with a
+    ``dtype`` class attribute to decode a custom field whose metadata is one
+    fixed-size value per sample.
+    """
+
     dtype: np.dtype
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
@@ -27,13 +34,13 @@ class _ScalarDecoder(Decoder):
         destination[lo:hi, 0] = self.metadata[context.indices[lo:hi]]
 
 
-class IntDecoder(_ScalarDecoder):
+class IntDecoder(BasicDecoder):
     """Decode an IntField: a ``(B, 1)`` int64 array."""
 
     dtype = np.dtype("<i8")
 
 
-class FloatDecoder(_ScalarDecoder):
+class FloatDecoder(BasicDecoder):
     """Decode a FloatField: a ``(B, 1)`` float64 array."""
 
     dtype = np.dtype("<f8")

@@ -17,13 +17,29 @@ BYTES_METADATA = np.dtype([("ptr", "<u8"), ("size", "<u8")])
 
 
 def as_byte_array(value: Any) -> np.ndarray:
-    """View *value* (a 1-D uint8 array or any bytes-like object) as a uint8 array."""
+    """*value* (a 1-D array or any bytes-like object) as a uint8 array.
+
+    A 1-D array of another real dtype is cast to uint8, as FFCV does, but
+    only when the cast is exact (every value an integer in 0..255, as in
+    ``np.zeros(2)``); a lossy cast is refused.
+    """
     if isinstance(value, np.ndarray):
-        if value.dtype != np.uint8 or value.ndim != 1:
-            raise EncodeError(
-                f"expected a 1-D uint8 array, got {value.dtype} array of shape {value.shape}"
-            )
-        return value
+        if value.ndim != 1:
+            raise EncodeError(f"expected a 1-D array of bytes, got {value.dtype} array of "
+                              f"shape {value.shape}")
+        if value.dtype == np.uint8:
+            return value
+        if value.dtype.kind not in "biuf":
+            raise EncodeError(f"expected a 1-D uint8 array, got {value.dtype}")
+        with np.errstate(invalid="ignore"):  # NaN and inf: refused below
+            cast = value.astype(np.uint8)  # wraps or truncates where it is not exact
+            inexact = np.flatnonzero(cast != value)
+        if inexact.size:
+            first = int(inexact[0])
+            raise EncodeError(f"{value.dtype} array cannot be stored as bytes without loss: "
+                              f"element {first} is {value[first].item()!r}, not an integer in "
+                              f"0..255")
+        return cast
     try:
         return np.frombuffer(memoryview(value).cast("B"), dtype=np.uint8)
     except TypeError as exc:
@@ -64,13 +80,59 @@ class BytesField(Field):
         return column["ptr"]
 
 
-class BytesDecoder(Decoder):
-    """Decode a BytesField (or JSONField): ``(data, lengths)``.
+class BytesBatch(np.ndarray):
+    """A batch of byte strings: FFCV's ``(B, max_size)`` uint8 array, plus ``lengths``.
 
-    ``data`` is ``(B, max_size)`` uint8, where ``max_size`` is the largest
-    sample of the field; each row holds its sample's bytes, then zeros (never
-    bytes of an earlier batch). ``lengths`` is ``(B,)`` int64. FFCV returned
-    only ``data``; ``JSONField.unpack`` accepts either.
+    It is the array FFCV's ``BytesDecoder`` returns (index it, take its shape,
+    pass it to ``JSONField.unpack`` or ``ToTensor``), with each row zero-padded
+    past its sample's length instead of holding stale bytes, and the lengths
+    beside it: ``batch.lengths`` is a ``(B,)`` int64 array, and
+    ``batch.samples()`` the rows cut to their lengths. Indexing gives plain
+    arrays; ``copy()`` copies the lengths too. Like every batch, it is a view
+    of the loader's buffers, which are not reused while it (or ``lengths``) is
+    alive.
+    """
+
+    lengths: np.ndarray | None
+
+    def __array_finalize__(self, obj: Any) -> None:
+        # an array derived from the batch (a view, a result) does not know the
+        # lengths of its rows; copy() keeps them
+        self.lengths = None
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.view(np.ndarray)[key]
+
+    def copy(self, order: Any = "C") -> BytesBatch:  # type: ignore[override]
+        """A copy of the batch and of its lengths (the loader's buffers are not held)."""
+        result = super().copy(order)
+        result.lengths = None if self.lengths is None else self.lengths.copy()
+        return result
+
+    def __reduce__(self) -> tuple:
+        rebuild, args, state = super().__reduce__()[:3]
+        return rebuild, args, (state, self.lengths)
+
+    def __setstate__(self, state: tuple) -> None:
+        array_state, self.lengths = state
+        super().__setstate__(array_state)
+
+    def samples(self) -> list[np.ndarray]:
+        """Each sample's bytes, without the padding (views of the batch)."""
+        if self.lengths is None:
+            raise ValueError("this array does not carry its samples' lengths (only the batch "
+                             "BytesDecoder returns, or a copy of it, does)")
+        data = self.view(np.ndarray)
+        return [data[i, : int(n)] for i, n in enumerate(self.lengths)]
+
+
+class BytesDecoder(Decoder):
+    """Decode a BytesField (or JSONField): a ``BytesBatch``, FFCV's ``(B, max_size)`` array.
+
+    ``max_size`` is the largest sample of the field; each row holds its
+    sample's bytes, then zeros (never bytes of an earlier batch). The batch's
+    ``lengths`` attribute holds each sample's length (``(B,)`` int64), which
+    FFCV did not give.
     """
 
     def declare_state_and_memory(self, previous_state: State
@@ -87,3 +149,10 @@ class BytesDecoder(Decoder):
         source, offsets, sizes = context.data.field(self.field_index)
         context.gather_into(source, offsets[lo:hi], sizes[lo:hi], data[lo:hi])
         lengths[lo:hi] = self.metadata["size"][context.indices[lo:hi]]
+
+    def output(self, destination: tuple[np.ndarray, np.ndarray], count: int) -> BytesBatch:
+        """The data rows as a ``BytesBatch`` holding the lengths (both views of the slot)."""
+        data, lengths = destination
+        batch = data[:count].view(BytesBatch)
+        batch.lengths = lengths[:count]
+        return batch

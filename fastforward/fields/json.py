@@ -11,6 +11,11 @@ from ..errors import DecodeError, EncodeError
 from .base import Field, Malloc, PayloadReader
 from .bytes import BytesField
 
+ENCODING = "utf8"
+"""The text encoding of stored JSON (FFCV's constant)."""
+SEPARATOR = "\0"
+"""The byte that ends each stored JSON text (FFCV's constant)."""
+
 
 def _to_builtin(obj: Any) -> Any:
     # NumPy scalars and arrays are what datasets hand over most often; FFCV
@@ -36,7 +41,7 @@ class JSONField(BytesField):
             text = json.dumps(field, default=_to_builtin)
         except (TypeError, ValueError) as exc:
             raise EncodeError(f"cannot serialise to JSON: {exc}") from exc
-        super().encode(destination, text.encode("utf-8") + b"\0", malloc)
+        super().encode(destination, (text + SEPARATOR).encode(ENCODING), malloc)
 
     def read(self, row: np.void, read_payload: PayloadReader) -> Any:
         return JSONField.unpack_one(super().read(row, read_payload))
@@ -56,14 +61,22 @@ class JSONField(BytesField):
             raise DecodeError(f"stored JSON cannot be decoded: {exc}") from exc
 
     @staticmethod
-    def unpack(batch: Any) -> list[Any]:
-        """Decode a batch of JSON samples as returned by ``BytesDecoder``.
+    def unpack(batch: Any) -> Any:
+        """Decode JSON samples as ``BytesDecoder`` returns them.
 
-        *batch* is a ``(B, max_size)`` uint8 array or tensor, or the
-        ``(data, lengths)`` pair that fastforward's ``BytesDecoder`` returns.
+        *batch* is a ``BytesBatch`` (or any ``(B, max_size)`` uint8 array or
+        tensor, read up to each row's first NUL), the ``(data, lengths)`` pair
+        that earlier fastforward versions returned, or one sample's bytes (a
+        1-D array: its one value is returned, as in FFCV).
         """
         if isinstance(batch, tuple):
             data, lengths = batch
-            data, lengths = np.asarray(data), np.asarray(lengths).reshape(-1)
-            return [JSONField.unpack_one(row[:n]) for row, n in zip(data, lengths, strict=True)]
-        return [JSONField.unpack_one(row) for row in np.asarray(batch)]
+        else:
+            data, lengths = batch, getattr(batch, "lengths", None)
+        data = np.asarray(data)
+        if data.ndim == 1:
+            return JSONField.unpack_one(data)
+        if lengths is None:
+            return [JSONField.unpack_one(row) for row in data]
+        lengths = np.asarray(lengths).reshape(-1)
+        return [JSONField.unpack_one(row[:n]) for row, n in zip(data, lengths, strict=True)]

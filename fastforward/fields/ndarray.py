@@ -85,13 +85,22 @@ class NDArrayField(Field):
         buffer[:] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
 
     def _check(self, value: Any) -> np.ndarray:
+        if isinstance(value, np.generic):  # a NumPy scalar, as FFCV takes it
+            value = np.asarray(value)
         if not isinstance(value, np.ndarray):
             raise EncodeError(f"expected a NumPy array, got {type(value).__name__}")
         # FFCV reinterprets a same-itemsize dtype silently (its #110): refuse it.
         if value.dtype != self.dtype:
-            raise EncodeError(f"expected dtype {self.dtype}, got {value.dtype}")
+            raise EncodeError(f"expected dtype {self.dtype}, got {value.dtype} (convert it "
+                              f"with .astype({self.dtype.name!r}) if the values fit)")
+        # As FFCV: any shape with the declared number of elements, in C order
+        # (a value of shape () for shape (1,), (1, 3) for (3,)).
         if value.shape != self.shape:
-            raise EncodeError(f"expected shape {self.shape}, got {value.shape}")
+            count = int(np.prod(self.shape))
+            if value.size != count:
+                raise EncodeError(f"expected shape {self.shape} (or another shape of {count} "
+                                  f"elements), got {value.shape}")
+            value = value.reshape(self.shape)
         return value
 
     def get_decoder_class(self) -> type:

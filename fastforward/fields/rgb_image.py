@@ -662,3 +662,18 @@ class CenterCropRGBImageDecoder(ResizedCropRGBImageDecoder):
 
     def crops(self, heights: np.ndarray, widths: np.ndarray, u: np.ndarray | None) -> np.ndarray:
         return center_crops(heights, widths, self.ratio)
+
+
+def encode_jpeg(numpy_image: np.ndarray, quality: int) -> np.ndarray:
+    """FFCV's helper: an H×W×3 uint8 RGB image as JPEG bytes (a uint8 array), encoded
+    as the writer does (simplejpeg, 4:2:0)."""
+    image = np.ascontiguousarray(to_rgb_array(numpy_image))
+    return np.frombuffer(require_simplejpeg().encode_jpeg(
+        image, quality=int(quality), colorspace="RGB", colorsubsampling="420"), np.uint8)
+
+
+def resizer(image: np.ndarray, target_resolution: int | None) -> np.ndarray:
+    """FFCV's helper: *image* shrunk (area averaging) so that its longer side is at
+    most *target_resolution*; never enlarged (None: unchanged)."""
+    height, width = target_size(image.shape[0], image.shape[1], target_resolution, None)
+    return resize_area(image, height, width)

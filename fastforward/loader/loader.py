@@ -46,6 +46,17 @@ class OrderOption(enum.Enum):
     QUASI_RANDOM = QuasiRandom
 
 
+ORDER_TYPE = OrderOption | type[TraversalOrder]
+"""What ``Loader(order=...)`` takes (FFCV's name)."""
+ORDER_MAP = {option: option.value for option in OrderOption}
+"""Each ``OrderOption``'s ``TraversalOrder`` class (FFCV's name)."""
+DEFAULT_PROCESS_CACHE = int(os.environ.get("FASTFORWARD_DEFAULT_CACHE_PROCESS", "0"))
+"""1 when ``FASTFORWARD_DEFAULT_CACHE_PROCESS=1`` was set at import (FFCV's name; the
+loader reads the variable again at each construction)."""
+DEFAULT_OS_CACHE = not DEFAULT_PROCESS_CACHE
+"""The default of ``os_cache`` at import (FFCV's name)."""
+
+
 class Loader:
     """Load batches from a .beton file, as FFCV's ``Loader`` does.
 
@@ -60,7 +71,10 @@ class Loader:
             ``FASTFORWARD_DEFAULT_CACHE_PROCESS=1`` is set.
         order: an ``OrderOption`` or a ``TraversalOrder`` subclass.
         distributed: shard the epoch over ``torch.distributed``'s ranks.
-        seed: seeds the order and every random augmentation; None picks one.
+        seed: seeds the order and every random augmentation; None picks one
+            (with ``distributed=True``, rank 0 picks it and broadcasts it over
+            the process group, a collective every rank runs here; with
+            SEQUENTIAL order each rank picks its own and nothing is sent).
         indices: the samples to use (default: all), in this order for SEQUENTIAL.
         pipelines: ``{output name: list of operations | PipelineSpec | None}``;
             a field without an entry gets its default decoder and ``ToTensor()``,
@@ -68,8 +82,9 @@ class Loader:
         custom_fields: ``{field name: Field class}`` for custom fields.
         drop_last: drop the last, incomplete batch (FFCV's default: True).
         batches_ahead: batches prepared ahead of the one being consumed.
-        recompile: accepted for FFCV compatibility; nothing is compiled, and
-            every epoch re-reads the pipelines (``output_size`` may change).
+        recompile: accepted for FFCV compatibility: every epoch re-reads the
+            pipelines (``output_size`` may change); FFCV operations
+            (``generate_code``) are compiled once, here in ``Loader()``.
         order_kwargs: keyword arguments for the order's constructor.
         even_batches: with ``distributed=True``, pad every rank to the same
             number of batches (False: evaluation, every sample exactly once).
@@ -147,7 +162,7 @@ class Loader:
     def _construct(self, seed: int | None, indices: Sequence[int] | None, order: Any,
                    order_kwargs: Mapping[str, Any] | None, pipelines: Mapping[str, Any] | None,
                    worker_type: str) -> None:
-        self.seed = self._resolve_seed(seed)
+        self.seed = self._resolve_seed(seed, order)
         self.indices = self._resolve_indices(indices)
         self.next_epoch = 0
         self.traversal_order: TraversalOrder = self._resolve_order(order)(
@@ -173,15 +188,17 @@ class Loader:
 
     # -- arguments ------------------------------------------------------------------
 
-    def _resolve_seed(self, seed: int | None) -> int:
+    def _resolve_seed(self, seed: int | None, order: Any = None) -> int:
         if seed is not None:
             if not 0 <= int(seed) < 1 << 63:
                 raise ValueError(f"seed must be a non-negative integer below 2**63, got {seed}")
             return int(seed)
-        if self.distributed:
-            raise ValueError("distributed=True needs an explicit seed, so that every rank "
-                             "visits the same order")
-        return int(np.random.SeedSequence().entropy % (1 << 31))
+        drawn = int(np.random.SeedSequence().entropy % (1 << 31))
+        if self.distributed and order is not OrderOption.SEQUENTIAL:
+            # every rank must visit the same order: rank 0's seed, for all of them
+            # (SEQUENTIAL's order needs none, so no collective is run for it)
+            return _broadcast_from_rank_0(drawn)
+        return drawn
 
     def _resolve_indices(self, indices: Sequence[int] | None) -> np.ndarray:
         n = self.reader.num_samples
@@ -238,6 +255,8 @@ class Loader:
             raise TypeError(f"pipeline {name!r}: expected a list of operations, a "
                             f"PipelineSpec or None, got {type(value).__name__}")
         spec.transforms = [_wrap_module(op) for op in spec.transforms]
+        if spec.decoder is not None:
+            spec.decoder = _wrap_module(spec.decoder)
         if isinstance(spec.source, str):
             if spec.source not in self.reader.handlers:
                 raise ValueError(f"pipeline {name!r}: {spec.source!r} is not a field of "
@@ -641,6 +660,18 @@ def _distributed_context() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def _broadcast_from_rank_0(value: int) -> int:
+    """Rank 0's *value* on every rank of the default process group (a collective:
+    every rank must call it), whatever the backend."""
+    import torch.distributed as dist
+
+    # broadcast_object_list picks the device the backend needs (the current
+    # CUDA device for NCCL, set it first as torchrun scripts do; the CPU for gloo)
+    values = [value]
+    dist.broadcast_object_list(values, src=0)
+    return int(values[0])
+
+
 def _to_tensor() -> Operation:
     from ..transforms import ToTensor
 
@@ -654,6 +685,10 @@ def _to_tensor() -> Operation:
 
 
 def _wrap_module(op: Any) -> Operation:
+    from ..pipeline.compiler import NumbaOperation, is_numba_operation
+
+    if is_numba_operation(op):  # FFCV's generate_code(), compiled with numba
+        return NumbaOperation(op)
     if isinstance(op, Operation):
         return op
     if _is_module(op):

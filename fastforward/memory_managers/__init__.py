@@ -1,7 +1,8 @@
 """Memory managers: where batches' payload bytes come from (``Loader(os_cache=...)``)."""
 
-from .base import BatchData, MemoryManager
+from .base import BatchData, MemoryContext, MemoryManager
 from .os_cache import OSCacheManager
 from .process_cache import ProcessCacheManager
 
-__all__ = ["BatchData", "MemoryManager", "OSCacheManager", "ProcessCacheManager"]
+__all__ = ["BatchData", "MemoryContext", "MemoryManager", "OSCacheManager",
+           "ProcessCacheManager"]

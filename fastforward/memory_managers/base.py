@@ -74,3 +74,46 @@ class MemoryManager(ABC):
 
     def close(self) -> None:  # noqa: B027 - most managers hold nothing to release
         """Release files and maps (idempotent)."""
+
+    # FFCV's interface, for code that reads payloads itself (FFCV-style decoders and
+    # tests): the loader uses fetch(), never these.
+
+    def schedule_epoch(self, batches: Any) -> MemoryContext:
+        """FFCV's ``schedule_epoch``: a context whose ``state`` ``compile_reader()``'s
+        function reads any payload of the file from (through a read-only map)."""
+        return MemoryContext(self)
+
+    def compile_reader(self) -> Any:
+        """FFCV's ``compile_reader``: ``read(ptr, state)``, the bytes of the payload at file
+        offset *ptr* (a read-only view), compiled with numba when FFCV's ``Compiler`` is
+        enabled and numba installed, plain Python otherwise."""
+        from ..pipeline.compiler import Compiler, _compiled, _numba_or_none, read_payload
+
+        if Compiler.is_enabled and _numba_or_none() is not None:
+            return _compiled(read_payload)
+        return read_payload
+
+
+class MemoryContext:
+    """FFCV's epoch context (``with manager.schedule_epoch(batches) as context``).
+
+    ``state`` is the ``storage_state`` FFCV's readers take: the file mapped
+    read-only, and every payload's offset and size, sorted.
+    """
+
+    def __init__(self, manager: MemoryManager) -> None:
+        reader = manager.reader
+        table = np.sort(reader.alloc_table, order="ptr")
+        source = np.frombuffer(reader.buffer, np.uint8)
+        pointers = np.ascontiguousarray(table["ptr"], dtype=np.uint64)
+        self.state = (source, pointers, pointers,
+                      np.ascontiguousarray(table["size"], dtype=np.uint64))
+
+    def start_batch(self, batch: int) -> None:
+        """FFCV's hook before each batch: nothing to do (everything is mapped)."""
+
+    def __enter__(self) -> MemoryContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass

@@ -11,7 +11,10 @@ from collections.abc import Collection
 import numpy as np
 
 from ..reader import Reader
-from .base import BatchData, MemoryManager
+from .base import BatchData, MemoryContext, MemoryManager
+
+OSCacheContext = MemoryContext
+"""FFCV's name for the context of ``OSCacheManager.schedule_epoch``."""
 
 
 class OSCacheManager(MemoryManager):

@@ -87,13 +87,18 @@ def center_crops(heights: np.ndarray | Sequence[int], widths: np.ndarray | Seque
 
 
 def get_random_crop(height: int, width: int, scale: tuple[float, float],
-                    ratio: tuple[float, float], u: np.ndarray | Sequence[float]
+                    ratio: tuple[float, float], u: np.ndarray | Sequence[float] | None = None
                     ) -> tuple[int, int, int, int]:
     """``random_crops`` for one ``height × width`` image and one row of uniforms.
+
+    Without *u* (FFCV's call, with four arguments) the uniforms come from the
+    global ``np.random``, as FFCV's do.
 
     Returns:
         ``(i, j, h, w)``: top row, left column, height, width.
     """
+    if u is None:
+        u = np.random.random(RANDOM_CROP_UNIFORMS)
     i, j, h, w = random_crops([height], [width], scale, ratio,
                               np.asarray(u, dtype=np.float64)[None, :])[0].tolist()
     return i, j, h, w

@@ -135,3 +135,10 @@ class NormalizeImage(Operation):
     def __repr__(self) -> str:
         return (f"NormalizeImage(mean={self.mean.tolist()}, std={self.std.tolist()}, "
                 f"type={self.type})")
+
+
+def ch_dtype_from_numpy(dtype: Any) -> Any:
+    """FFCV's helper: the torch dtype of a NumPy dtype (needs torch)."""
+    import torch
+
+    return torch.from_numpy(np.empty(0, dtype=dtype)).dtype

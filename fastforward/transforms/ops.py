@@ -53,8 +53,11 @@ class ToTensor(Operation):
     """Turn a NumPy batch into a torch tensor sharing its memory (``torch.from_numpy``).
 
     Ends the NumPy stage: later operations receive tensors. A tuple of arrays
-    (``(data, lengths)`` from ``BytesDecoder``) becomes a tuple of tensors, a
-    list a list, a dict a dict (``RaggedDecoder``'s batches).
+    becomes a tuple of tensors, a list a list, a dict a dict (``RaggedDecoder``'s
+    batches); a ``BytesBatch`` (from ``BytesDecoder``) becomes FFCV's
+    ``(B, max_size)`` uint8 tensor, its ``lengths`` kept as the tensor's
+    ``lengths`` attribute (an int64 tensor; later operations that make new
+    tensors, such as ``ToDevice``, do not carry it).
     No buffer: the tensor is a view of the previous operation's buffer (a
     read-only or negatively strided array is copied instead).
     """
@@ -73,7 +76,11 @@ class ToTensor(Operation):
         """Return ``torch.from_numpy(batch)`` (element-wise for a tuple, list or dict)."""
         if isinstance(batch, (tuple, list, dict)):
             return _each(batch, lambda b: _from_numpy(b, context))
-        return _from_numpy(batch, context)
+        tensor = _from_numpy(batch, context)
+        lengths = getattr(batch, "lengths", None)  # a BytesBatch's, kept on the tensor
+        if lengths is not None and isinstance(batch, np.ndarray):
+            tensor.lengths = _from_numpy(lengths, context)
+        return tensor
 
 
 def _device(device: Any) -> Any:

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .._compat import not_provided
 from .base import TraversalOrder
 
 DEFAULT_WINDOW = 64
@@ -191,3 +192,8 @@ def mixing_distance(order: np.ndarray, labels: np.ndarray, batch_size: int) -> f
     batches = coded[: count * batch_size].reshape(count, batch_size)
     hist = np.stack([np.bincount(b, minlength=len(classes)) for b in batches]) / batch_size
     return float(0.5 * np.abs(hist - overall).sum(axis=1).mean())
+
+
+__getattr__ = not_provided(__name__, {
+    "generate_order_inner": "FFCV's compiled kernel of its QUASI_RANDOM order; fastforward's "
+                            "order is QuasiRandom(loader).sample_order(epoch)"})

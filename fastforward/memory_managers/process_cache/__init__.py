@@ -36,8 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from ..reader import Reader
-from .base import BatchData, MemoryManager
+from ...reader import Reader
+from ..base import BatchData, MemoryContext, MemoryManager
+
+ProcessCacheContext = MemoryContext
+"""FFCV's name for the context of ``ProcessCacheManager.schedule_epoch``."""
 
 GAP = 64 << 10
 
