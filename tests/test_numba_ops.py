@@ -427,3 +427,29 @@ def test_any_worker_type(packed_file: tuple[Path, list[list[int]]], worker_type:
             for r, i in zip(ints, index[:, 0], strict=True)]
     assert rows == [((values[k] + [0] * 4)[:4], 1000 + k) for k in range(30)]
     loader.close()
+
+
+def test_recompile_generates_again_each_epoch(photo_file: Path) -> None:
+    pytest.importorskip("numba")
+    CountingMirror.generated = 0
+    loader = image_loader(photo_file, CountingMirror(), recompile=True)
+    for _ in range(2):
+        for _ in loader:
+            pass
+    assert CountingMirror.generated == 3  # at Loader(), then at each epoch's start
+
+
+def test_a_branch_from_an_ffcv_operation(photo_file: Path) -> None:
+    pytest.importorskip("numba")
+    from fastforward.fields.decoders import SimpleRGBImageDecoder
+    from fastforward.pipeline import PipelineSpec
+
+    mirror = MirrorRows()
+    loader = Loader(photo_file, 8, pipelines={
+        "image": [SimpleRGBImageDecoder(), mirror], "label": None,
+        "again": PipelineSpec(mirror, transforms=[MirrorRows()])})
+    plain = Loader(photo_file, 8, pipelines={"image": [SimpleRGBImageDecoder()],
+                                             "label": None})
+    for (mirrored, twice), (reference,) in zip(loader, plain, strict=True):
+        np.testing.assert_array_equal(mirrored, reference[:, ::-1])
+        np.testing.assert_array_equal(twice, reference)

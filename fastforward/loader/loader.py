@@ -170,6 +170,7 @@ class Loader:
         manager = OSCacheManager if self.os_cache else ProcessCacheManager
         self._owned.memory_manager = self.memory_manager = manager(self.reader,
                                                                    self.verify_checksums)
+        self._wrappers: dict[int, tuple[Any, Operation]] = {}  # id(user's object) -> its wrapper
         self._specs = self._normalise(dict(pipelines or {}))
         self._compile()  # checks every pipeline now, not at the first batch
         self._stage = self._device_stage()
@@ -254,9 +255,13 @@ class Loader:
         else:
             raise TypeError(f"pipeline {name!r}: expected a list of operations, a "
                             f"PipelineSpec or None, got {type(value).__name__}")
-        spec.transforms = [_wrap_module(op) for op in spec.transforms]
+        # one wrapper per object the user gave (a branch names its source by identity)
+        wrap = lambda op: self._wrappers.setdefault(id(op), (op, _wrap_module(op)))[1]  # noqa: E731
+        spec.transforms = [wrap(op) for op in spec.transforms]
         if spec.decoder is not None:
-            spec.decoder = _wrap_module(spec.decoder)
+            spec.decoder = wrap(spec.decoder)
+        if isinstance(spec.source, Operation) or _is_module(spec.source):
+            spec.source = wrap(spec.source)
         if isinstance(spec.source, str):
             if spec.source not in self.reader.handlers:
                 raise ValueError(f"pipeline {name!r}: {spec.source!r} is not a field of "
@@ -270,6 +275,12 @@ class Loader:
 
     def _compile(self) -> Plan:
         """This epoch's plan (decoders' ``output_size`` may have changed since the last)."""
+        if self.recompile and hasattr(self, "_plan"):  # FFCV's operations generated anew
+            from ..pipeline.compiler import NumbaOperation
+
+            for _, wrapper in self._wrappers.values():
+                if isinstance(wrapper, NumbaOperation):
+                    wrapper.forget_compiled()
         plan = compile_plan(self.reader, self._specs, getattr(self, "_plan", None))
         self._plan = plan
         return plan

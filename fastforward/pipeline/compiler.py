@@ -264,6 +264,10 @@ class NumbaOperation(Decoder):
     def __repr__(self) -> str:
         return f"NumbaOperation({self.op!r})"
 
+    def forget_compiled(self) -> None:
+        """Generate and compile again at the next epoch (``Loader(recompile=True)``)."""
+        self._prepared.clear()
+
     @property  # type: ignore[override]
     def releases_gil(self) -> bool:
         """Compiled code runs without the GIL; the Python fallback keeps it."""
