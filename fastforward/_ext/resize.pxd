@@ -8,6 +8,11 @@ from libc.stdint cimport uint8_t
 
 cdef enum:
     MAX_CHANNELS = 16
+    # what a Target's images are
+    KIND_U8 = 0
+    KIND_F16 = 1
+    KIND_F32 = 2
+    KIND_U16 = 3
 
 
 cdef struct Target:

@@ -73,10 +73,6 @@ cdef extern from "resize_kernels.h" nogil:
 
 
 cdef enum:
-    KIND_U8 = 0
-    KIND_F16 = 1
-    KIND_F32 = 2
-    KIND_U16 = 3
     MAX_TAPS_ROWS = 64  # row pointers on the stack; more taps go through a heap table
 
 
