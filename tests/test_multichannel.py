@@ -204,7 +204,9 @@ def test_simple_decoder_gives_the_stored_images(tmp_path: Path, photos: list[np.
     images = tiles(photos, 6, np.uint16, [(30, 40)] * 5)
     path = write(tmp_path / "s.beton", {"image": MultiChannelImageField(
         6, np.uint16, compression=compression)}, [(i,) for i in images])
-    with Loader(path, 2, order=OrderOption.SEQUENTIAL, drop_last=False) as loader:
+    assert MultiChannelImageField(6).get_decoder_class() is SimpleMultiChannelImageDecoder
+    with Loader(path, 2, order=OrderOption.SEQUENTIAL, drop_last=False,
+                pipelines={"image": [SimpleMultiChannelImageDecoder()]}) as loader:
         batches = [b[0] for b in loader]
     got = np.concatenate(batches)
     assert got.dtype == np.uint16
