@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -140,6 +141,21 @@ FF_CLONES static void ff_row_to_u8(const float *restrict src, uint8_t *restrict 
     }
 #endif
 
+#if defined(__SSE2__)
+/* 4 channels: a pixel is one 4-float register; each tap one load, one multiply
+ * and one add: the portable loop's operations, in its order, four at a time. */
+#define FF_TAPS4(T)                                                              \
+    for (ptrdiff_t x = 0; x < ow; x++) {                                         \
+        const float *restrict p = row + (ptrdiff_t)start[x] * 4;                 \
+        const float *restrict wt = weight + x * taps;                            \
+        __m128 acc = _mm_mul_ps(_mm_set1_ps(wt[0]), _mm_loadu_ps(p));            \
+        for (int k = 1; k < (T); k++)                                            \
+            acc = _mm_add_ps(acc, _mm_mul_ps(_mm_set1_ps(wt[k]),                 \
+                                             _mm_loadu_ps(p + 4 * k)));          \
+        _mm_storeu_ps(out + x * 4, acc);                                         \
+    }
+#endif
+
 /* One output row (as floats) from one filtered input row of `c` channels:
  * output pixel x is sum_k weight[x*taps + k] * row[(start[x] + k)*c + ch] for
  * k < used (every pixel has `used` taps). A mirrored row is a mirrored table
@@ -156,6 +172,17 @@ FF_CLONES static void ff_hpass(const float *restrict row, const int *restrict st
         default: FF_TAPS3(used) return;
         }
     }
+#if defined(__SSE2__)
+    if (c == 4) {
+        switch (used) {
+        case 1: FF_TAPS4(1) return;
+        case 2: FF_TAPS4(2) return;
+        case 3: FF_TAPS4(3) return;
+        case 4: FF_TAPS4(4) return;
+        default: FF_TAPS4(used) return;
+        }
+    }
+#endif
     for (ptrdiff_t x = 0; x < ow; x++) {
         const float *restrict p = row + (ptrdiff_t)start[x] * c;
         const float *restrict wt = weight + x * taps;
@@ -189,9 +216,51 @@ FF_CLONES static void ff_hpass(const float *restrict row, const int *restrict st
  * negative and a pixel is within 0.1 level of exact. Wider filters stay float. */
 #define FF_QMAX_TAPS 4
 
+#if defined(__SSE2__)
+static inline __m128i ff_load4(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm_cvtsi32_si128(v);
+}
+
+/* ff_hpass_q for 4 channels (SSE2, any x86-64): for each pair of taps, the two
+ * pixels' bytes interleaved and widened to int16 [a0 b0 a1 b1 a2 b2 a3 b3], one
+ * pmaddwd with [q0 q1] repeated gives the pair's four channel sums as int32;
+ * an odd last tap is paired with 0. Exact integer sums, as the portable loop's. */
+static void ff_hpass_q4_sse2(const uint8_t *restrict row, const int *restrict start, int used,
+                             const int16_t *restrict q, int taps, ptrdiff_t ow,
+                             float *restrict out) {
+    const __m128i zero = _mm_setzero_si128();
+    for (ptrdiff_t x = 0; x < ow; x++) {
+        const uint8_t *restrict p = row + (ptrdiff_t)start[x] * 4;
+        const int16_t *restrict wt = q + x * taps;
+        __m128i acc = zero;
+        int k = 0;
+        for (; k + 2 <= used; k += 2) {
+            __m128i pair = _mm_unpacklo_epi8(ff_load4(p + 4 * k), ff_load4(p + 4 * k + 4));
+            __m128i w = _mm_set1_epi32((int32_t)((uint32_t)(uint16_t)wt[k] |
+                                                 ((uint32_t)(uint16_t)wt[k + 1] << 16)));
+            acc = _mm_add_epi32(acc, _mm_madd_epi16(_mm_unpacklo_epi8(pair, zero), w));
+        }
+        if (k < used) {
+            __m128i one = _mm_unpacklo_epi8(ff_load4(p + 4 * k), zero);
+            __m128i w = _mm_set1_epi32((int32_t)(uint16_t)wt[k]);
+            acc = _mm_add_epi32(acc, _mm_madd_epi16(_mm_unpacklo_epi16(one, zero), w));
+        }
+        _mm_storeu_ps(out + x * 4, _mm_cvtepi32_ps(acc));
+    }
+}
+#endif
+
 FF_CLONES static void ff_hpass_q(const uint8_t *restrict row, const int *restrict start, int used,
                                  const int16_t *restrict q, int taps, ptrdiff_t ow, ptrdiff_t c,
                                  float *restrict out) {
+#if defined(__SSE2__)
+    if (c == 4) {
+        ff_hpass_q4_sse2(row, start, used, q, taps, ow, out);
+        return;
+    }
+#endif
     for (ptrdiff_t x = 0; x < ow; x++) {
         const uint8_t *restrict p = row + (ptrdiff_t)start[x] * c;
         const int16_t *restrict wt = q + x * taps;
@@ -314,6 +383,13 @@ static inline float ff_pixel(float v) { return ff_pixel_to(v, 255); }
 static inline int ff_is_plain(const float *mul, const float *add) {
     return mul[0] == 1.0f && mul[1] == 1.0f && mul[2] == 1.0f && add[0] == 0.0f &&
            add[1] == 0.0f && add[2] == 0.0f;
+}
+
+/* The same for `c` channels. */
+static inline int ff_is_plain_n(const float *mul, const float *add, ptrdiff_t c) {
+    for (ptrdiff_t k = 0; k < c; k++)
+        if (mul[k] != 1.0f || add[k] != 0.0f) return 0;
+    return 1;
 }
 
 /* A pattern of 12 floats repeats every pixel for 1, 2, 3, 4, 6 or 12 channels
@@ -492,16 +568,17 @@ static void ff_vsum2_u8_avx2(const float *restrict a, const float *restrict b, f
     }
 }
 
-/* float16 or float32 out (c == 3): the pixel value, then x * mul + add */
+/* float16 or float32 out (c dividing 24: 1, 2, 3, 4, 6, 8, 12): the pixel value,
+ * then x * mul + add */
 __attribute__((target("avx2,f16c")))
 static void ff_vsum2_float_avx2(const float *restrict a, const float *restrict b, float w0,
-                                float w1, ptrdiff_t n, const float *restrict mul,
+                                float w1, ptrdiff_t n, ptrdiff_t c, const float *restrict mul,
                                 const float *restrict add, int half_out, int32_t hi,
                                 void *restrict out) {
     const __m256 w0v = _mm256_set1_ps(w0), w1v = _mm256_set1_ps(w1), half = _mm256_set1_ps(0.5f);
     float m[24], d[24];
-    for (int k = 0; k < 24; k++) { m[k] = mul[k % 3]; d[k] = add[k % 3]; }
-    const int affine = !ff_is_plain(mul, add);
+    for (int k = 0; k < 24; k++) { m[k] = mul[k % c]; d[k] = add[k % c]; }
+    const int affine = !ff_is_plain_n(mul, add, c);
     uint16_t *restrict out16 = (uint16_t *)out;
     float *restrict out32 = (float *)out;
     ptrdiff_t i = 0;
@@ -523,7 +600,7 @@ static void ff_vsum2_float_avx2(const float *restrict a, const float *restrict b
         }
     }
     for (; i < n; i++) {
-        float v = ff_pixel_to(w0 * a[i] + w1 * b[i], hi) * mul[i % 3] + add[i % 3];
+        float v = ff_pixel_to(w0 * a[i] + w1 * b[i], hi) * mul[i % c] + add[i % c];
         if (half_out)
             out16[i] = ff_half_one(v);
         else
@@ -613,8 +690,8 @@ static inline int ff_vsum2_emit(const float *a, const float *b, float w0, float 
         ff_vsum2_u8_avx2(a, b, w0, w1, n, (uint8_t *)out);
         return 1;
     }
-    if (c == 3 && (kind == 1 || kind == 2)) {
-        ff_vsum2_float_avx2(a, b, w0, w1, n, mul, add, kind == 1, hi, out);
+    if (24 % c == 0 && (kind == 1 || kind == 2)) {
+        ff_vsum2_float_avx2(a, b, w0, w1, n, c, mul, add, kind == 1, hi, out);
         return 1;
     }
 #endif
