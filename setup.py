@@ -9,6 +9,11 @@ time. That wheel declares Python >= 3.12 although its contents do not depend on
 Python, so the build fetches it with ``pip download --ignore-requires-python``,
 pinned by version and hash, into ``build/``.
 
+Masks and many-channel images (``fastforward._ext.planes``) are decoded by
+the zstd decompressor, compiled from the sources vendored in
+``fastforward/_ext/vendor/zstd`` (zstd 1.5.7, BSD; decompression only): no
+library is needed at build or run time.
+
 ``FASTFORWARD_LIBJPEG`` chooses: unset (or ``auto``) fetches it on Linux x86_64
 and builds without it elsewhere; ``0`` builds without it (the crop decoders then
 decode whole images with simplejpeg); a directory uses the libjpeg-turbo 3.x
@@ -46,17 +51,27 @@ directives = {
     "initializedcheck": DEBUG,
 }
 compile_args = (["-O0", "-g"] if DEBUG else ["-O3"]) + ["-ffp-contract=off"]
+ZSTD = "fastforward/_ext/vendor/zstd/lib"
+ZSTD_SOURCES = [f"{ZSTD}/common/{name}.c" for name in (
+    "debug", "entropy_common", "error_private", "fse_decompress", "xxhash", "zstd_common")] + [
+    f"{ZSTD}/decompress/{name}.c" for name in (
+        "huf_decompress", "zstd_ddict", "zstd_decompress", "zstd_decompress_block")]
+# zstd's symbols stay private to the module (no clash with another zstd in the
+# process); the x86-64 assembly Huffman loop and the tracing hooks are left out
+ZSTD_MACROS = [("ZSTD_DISABLE_ASM", "1"), ("ZSTD_TRACE", "0"), ("ZSTDLIB_VISIBLE", ""),
+               ("ZSTDERRORLIB_VISIBLE", "")]
 extensions = [
     Extension(
         f"fastforward._ext.{name}",
-        [f"fastforward/_ext/{name}.pyx"],
-        include_dirs=["fastforward/_ext"],
+        [f"fastforward/_ext/{name}.pyx"] + (ZSTD_SOURCES if name == "planes" else []),
+        include_dirs=["fastforward/_ext"] + ([ZSTD] if name == "planes" else []),
+        define_macros=ZSTD_MACROS if name == "planes" else [],
         depends=[f"fastforward/_ext/{h}" for h in ("copier.h", "resize_kernels.h",
                                                   "resize.pxd", "jpeg_region.h",
-                                                  "augment_kernels.h")],
-        extra_compile_args=compile_args,
+                                                  "augment_kernels.h", "planes_kernels.h")],
+        extra_compile_args=compile_args + (["-fvisibility=hidden"] if name == "planes" else []),
     )
-    for name in ["augment", "collate", "layout", "pixels", "resize", "jpeg"]
+    for name in ["augment", "collate", "layout", "pixels", "resize", "planes", "jpeg"]
 ]
 
 

@@ -35,14 +35,15 @@ def filter_matrix(n: int, m: int) -> np.ndarray:
 
 def crop_resize(src: np.ndarray, y0: int, x0: int, h: int, w: int,
                 out_h: int, out_w: int, flip: bool = False) -> np.ndarray:
-    """Reference for ``crop_resize_into``, in float64."""
+    """Reference for ``crop_resize_into``, in float64: uint8 or uint16 ``(H, W, C)``
+    in, the same type out (rounded half up, clamped to the type's range)."""
     crop = src[y0 : y0 + h, x0 : x0 + w].astype(np.float64)
     rows = filter_matrix(h, out_h)
     cols = filter_matrix(w, out_w)
     out = np.einsum("oh,hwc,pw->opc", rows, crop, cols, optimize=True)
     if flip:
         out = out[:, ::-1]
-    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+    return np.clip(np.floor(out + 0.5), 0, np.iinfo(src.dtype).max).astype(src.dtype)
 
 
 QONE = 1 << 14  # the whole-number taps of the enlarging path sum to this
@@ -124,6 +125,60 @@ def crop_resize_enlarging(src: np.ndarray, y0: int, x0: int, h: int, w: int,
     for k in range(1, yw.shape[1]):
         out = out + yw[:, k, None, None] * rows[ys + k]
     return np.clip(np.floor(out + np.float32(0.5)), 0, 255).astype(np.uint8)
+
+
+def crop_resize_float32(src: np.ndarray, y0: int, x0: int, h: int, w: int,
+                        out_h: int, out_w: int, flip: bool = False) -> np.ndarray:
+    """Exact reference for ``crop_resize_into``'s float path (every uint16 image; uint8
+    ones unless ``crop_resize_enlarging`` applies), before rounding: ``(out_h, out_w,
+    channels)`` float32.
+
+    The kernel's steps in its order, each a float32 operation as the kernel
+    does it: when the window is enlarged vertically (``h < out_h``) each row is
+    filtered horizontally, then pairs of rows combined; otherwise the rows are
+    combined first (``w0·a + w1·b``, ``+ w2·c``, then ``+= wk·r``), then filtered
+    horizontally (``acc = w0·p0``, then ``acc += wk·pk``)."""
+    crop = src[y0 : y0 + h, x0 : x0 + w].astype(np.float32)
+    xs, xw = kernel_taps(w, out_w, flip)
+    ys, yw = kernel_taps(h, out_h)
+
+    def horizontal(rows: np.ndarray) -> np.ndarray:  # (n, w, c) -> (n, out_w, c)
+        acc = xw[:, 0, None] * rows[:, xs]
+        for k in range(1, xw.shape[1]):
+            acc = acc + xw[:, k, None] * rows[:, xs + k]
+        return acc
+
+    def vertical(rows: np.ndarray) -> np.ndarray:  # (h, n, c) -> (out_h, n, c)
+        weight = yw[:, :, None, None]
+        acc = weight[:, 0] * rows[ys]
+        if yw.shape[1] > 1:
+            acc = acc + weight[:, 1] * rows[ys + 1]
+        if yw.shape[1] > 2:
+            acc = acc + weight[:, 2] * rows[ys + 2]
+        for k in range(3, yw.shape[1]):
+            acc = acc + weight[:, k] * rows[ys + k]
+        return acc
+
+    if h < out_h:
+        return vertical(horizontal(crop))
+    return horizontal(vertical(crop))
+
+
+def round_pixels(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The kernel's rounding of float32 values to pixels of *dtype*: ``v + 0.5`` in
+    float32, truncated, clamped to the type's range."""
+    rounded = np.floor(values.astype(np.float32) + np.float32(0.5))
+    return np.clip(rounded, 0, np.iinfo(dtype).max).astype(dtype)
+
+
+def crop_resize_exact(src: np.ndarray, y0: int, x0: int, h: int, w: int,
+                      out_h: int, out_w: int, flip: bool = False) -> np.ndarray:
+    """``crop_resize_into``'s pixels exactly, of the source's type: the integer path
+    (``crop_resize_enlarging``) where the kernel takes it (uint8, enlarged
+    vertically, at most 4 horizontal taps), the float one otherwise."""
+    if src.dtype == np.uint8 and h < out_h and kernel_taps(w, out_w)[1].shape[1] <= 4:
+        return crop_resize_enlarging(src, y0, x0, h, w, out_h, out_w, flip)
+    return round_pixels(crop_resize_float32(src, y0, x0, h, w, out_h, out_w, flip), src.dtype)
 
 
 def gather(src: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, width: int) -> np.ndarray:

@@ -182,7 +182,7 @@ def test_mixup_lambda_follows_the_sample(labels: np.ndarray) -> None:
 # declaration on torch states
 
 TORCH_ERRORS: dict[str, tuple[Operation, State, type]] = {
-    "flip-no-channels": (T.RandomHorizontalFlip(), State(jit_mode=False, shape=(H, W, 5),
+    "flip-no-channels": (T.RandomHorizontalFlip(), State(jit_mode=False, shape=(H, W, 17),
                                                          dtype=torch.uint8), ValueError),
     "flip-labels": (T.RandomVerticalFlip(), State(jit_mode=False, shape=(1,),
                                                   dtype=torch.int64), ValueError),

@@ -1,19 +1,30 @@
 # The resize pass, as other kernels reach it without Python: its target (a
 # batch of output images), its scratch (Workspace) and the pass itself, on a
-# window of any image in memory. ``jpeg.pyx`` runs it on the rows it decodes.
+# window of any image in memory. ``jpeg.pyx`` runs it on the rows it decodes,
+# ``planes.pyx`` on images stored as arrays (uint8 or uint16, 1 to 16 channels).
 
 from libc.stdint cimport uint8_t
 
 
+cdef enum:
+    MAX_CHANNELS = 16
+    # what a Target's images are
+    KIND_U8 = 0
+    KIND_F16 = 1
+    KIND_F32 = 2
+    KIND_U16 = 3
+
+
 cdef struct Target:
     # images of ``oh x ow x c`` pixels, ``image_bytes`` apart, rows ``row_bytes`` apart
-    int kind            # KIND_U8, KIND_F16 or KIND_F32
+    int kind            # KIND_U8, KIND_F16, KIND_F32 or KIND_U16
+    int source_item     # bytes per value of the images resized into it: 1 (uint8) or 2 (uint16)
     char* base          # first byte of image 0 (NULL when there are none)
     Py_ssize_t count    # images
     Py_ssize_t oh, ow, c
     Py_ssize_t row_bytes, image_bytes
-    float mul[4]        # float outputs: value * mul[c] + add[c]
-    float add[4]
+    float mul[16]       # float outputs: value * mul[c] + add[c]
+    float add[16]
 
 
 cdef class Workspace:
@@ -22,7 +33,7 @@ cdef class Workspace:
     cdef char* reserve(self, size_t nbytes) except NULL
 
 
-cdef int _target(Target* t, out, Py_ssize_t c, scale, bias) except -1
+cdef int _target(Target* t, out, Py_ssize_t c, scale, bias, int source_item=*) except -1
 
 cdef size_t _scratch_bytes(Py_ssize_t h, Py_ssize_t w, Py_ssize_t oh, Py_ssize_t ow,
                            Py_ssize_t c) noexcept nogil

@@ -14,7 +14,10 @@ def crop_resize_into(
     scale: Sequence[float] | None = None, bias: Sequence[float] | None = None,
     workspace: Workspace | None = None,
 ) -> int:
-    """Resize the ``h x w`` window of *src* at ``(y0, x0)`` into *out*; mirror it if *flip*."""
+    """Resize the ``h x w`` window of *src* at ``(y0, x0)`` into *out*; mirror it if *flip*.
+
+    *src*: ``H x W x C`` uint8 or uint16 (C from 1 to 16); *out*: its type, or
+    float16/float32 (``value * scale[c] + bias[c]``)."""
 
 def f16_soft_into(values: Buffer, out: Buffer) -> int:
     """The portable float→half conversion (used on CPUs without F16C), for its tests."""

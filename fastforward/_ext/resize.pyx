@@ -1,4 +1,7 @@
-"""Crop, resize and flip an RGB image into a caller-owned buffer.
+"""Crop, resize and flip an image into a caller-owned buffer.
+
+Images are H×W×C, C from 1 to 16, of uint8 or uint16 values (RGB photographs,
+4-band satellite tiles, 16-bit medical slices).
 
 Compiled because it is the per-image inner loop of both the writer
 (downscaling to ``max_resolution``) and the loader's crop decoders: a NumPy
@@ -23,14 +26,15 @@ integers: its taps are rounded to whole numbers summing to 2^14, and each
 filtered value is an exact integer sum. That pass reads the uint8 rows as they
 are, two output pixels' taps per AVX2 multiply-add. Against exact arithmetic,
 0.004-0.02% of output pixels of photographs are one level off (0.002-0.013%
-with float taps). Every output is rounded half up and clamped to 0..255 before any
-float conversion, and every CPU gives the same pixels (``set_simd`` tests
-that).
+with float taps). uint16 images always take the float path (their integer sums
+would not fit a float exactly). Every output is rounded half up and clamped to
+0..255 (0..65535 for uint16 images) before any float conversion, and every CPU
+gives the same pixels (``set_simd`` tests that).
 """
 
 cimport cython
 from libc.math cimport floor
-from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
 
@@ -41,33 +45,34 @@ from fastforward.errors import DecodeError
 
 cdef extern from "resize_kernels.h" nogil:
     void ff_vsum_u8(const uint8_t** rows, const float* w, int used, Py_ssize_t n, float* out)
+    void ff_vsum_u16(const uint16_t** rows, const float* w, int used, Py_ssize_t n, float* out)
     void ff_vsum_f32(const float** rows, const float* w, int used, Py_ssize_t n, float* out)
     bint ff_has_avx2()
     void ff_widen_taps(const float* weight, int taps, int used, Py_ssize_t ow, float* wide)
     void ff_hpass_any(const float* row, const int* start, int used, const float* weight,
                       const float* wide, int taps, Py_ssize_t ow, Py_ssize_t c, float* out)
     bint ff_vsum2_emit(const float* a, const float* b, float w0, float w1, Py_ssize_t n,
-                       Py_ssize_t c, int kind, const float* mul, const float* add, void* out)
+                       Py_ssize_t c, int kind, const float* mul, const float* add,
+                       int32_t hi, void* out)
     void ff_hpass(const float* row, const int* start, int used, const float* weight, int taps,
                   Py_ssize_t ow, Py_ssize_t c, float* out)
     int FF_QONE
     int FF_QMAX_TAPS
     void ff_u8_to_f32_any(const uint8_t* src, float* out, Py_ssize_t n)
+    void ff_u16_to_f32(const uint16_t* src, float* out, Py_ssize_t n)
     void ff_prefetch(const void* p, Py_ssize_t n)
     void ff_widen_qtaps(const int16_t* q, int taps, int used, Py_ssize_t ow, int16_t* qwide)
     void ff_hpass_q_any(const uint8_t* row, const int* start, int used, const int16_t* q,
                         const int16_t* qwide, int taps, Py_ssize_t ow, Py_ssize_t c, float* out)
     void ff_row_to_u8(const float* src, uint8_t* out, Py_ssize_t n)
+    void ff_row_to_u16(const float* src, uint16_t* out, Py_ssize_t n)
     void ff_row_to_f16(const float* src, uint16_t* out, Py_ssize_t n, Py_ssize_t c,
-                       const float* mul, const float* add)
+                       const float* mul, const float* add, int32_t hi)
     void ff_row_to_f32(const float* src, float* out, Py_ssize_t n, Py_ssize_t c,
-                       const float* mul, const float* add)
+                       const float* mul, const float* add, int32_t hi)
 
 
 cdef enum:
-    KIND_U8 = 0
-    KIND_F16 = 1
-    KIND_F32 = 2
     MAX_TAPS_ROWS = 64  # row pointers on the stack; more taps go through a heap table
 
 
@@ -230,31 +235,39 @@ cdef size_t _scratch_bytes(Py_ssize_t h, Py_ssize_t w, Py_ssize_t oh, Py_ssize_t
     # an input row as floats, an output row, and when enlarging a ring of 2
     # filtered rows
     cdef size_t rows = w * c + ow * c + (2 * (ow * c + 4) if h < oh else 0)
-    # both SIMD tables, and a copy of a source row with 16 bytes of slack
+    # both SIMD tables, and a copy of a (uint8) source row with 16 bytes of slack
     cdef size_t wide = _wide_bytes(w, ow) + _qwide_bytes(w, ow) + _align(w * c + 16)
     # + 4 floats: slack for the 4-wide loads and stores of the horizontal pass
     return (_align(_filter_bytes(<int>w, <int>ow)) + _align(_filter_bytes(<int>h, <int>oh))
             + wide + (rows + 4) * sizeof(float) + 64)
 
 
-cdef int _target(Target* t, out, Py_ssize_t c, scale, bias) except -1:
+cdef int _target(Target* t, out, Py_ssize_t c, scale, bias, int source_item=1) except -1:
     """Check *out* (``(oh, ow, c)``, or ``(n, oh, ow, c)`` for a range of images)
-    and describe it in *t*."""
+    and describe it in *t*, for images of *source_item*-byte values (1: uint8,
+    2: uint16): integer outputs have the images' type."""
     cdef uint8_t[:, :, :, ::1] raw
     cdef Py_ssize_t k, item
     dtype = out.dtype.str
-    if dtype == "|u1":
+    source = "uint8" if source_item == 1 else "uint16"
+    if source_item != 1 and source_item != 2:
+        raise ValueError(f"images hold 1- or 2-byte values, not {source_item}")
+    if dtype == "|u1" and source_item == 1:
         t.kind = KIND_U8
-        if scale is not None or bias is not None:
-            raise ValueError("scale and bias need a float16 or float32 out")
+    elif dtype == "<u2" and source_item == 2:
+        t.kind = KIND_U16
     elif dtype == "<f2":
         t.kind = KIND_F16
     elif dtype == "<f4":
         t.kind = KIND_F32
     else:
-        raise TypeError(f"out must be uint8, float16 or float32, got {out.dtype}")
-    if c > 4:
-        raise ValueError(f"at most 4 channels, got {c}")
+        raise TypeError(f"out must be {source}, float16 or float32 for {source} images, got "
+                        f"{out.dtype}")
+    if (t.kind == KIND_U8 or t.kind == KIND_U16) and (scale is not None or bias is not None):
+        raise ValueError("scale and bias need a float16 or float32 out")
+    if not 1 <= c <= MAX_CHANNELS:
+        raise ValueError(f"images have 1 to {MAX_CHANNELS} channels, got {c}")
+    t.source_item = source_item
     item = out.dtype.itemsize
     batch = out if out.ndim == 4 else out[None]
     if batch.ndim != 4 or batch.shape[3] != c or batch.strides[2] != c * item or (
@@ -266,13 +279,21 @@ cdef int _target(Target* t, out, Py_ssize_t c, scale, bias) except -1:
     t.base = <char*>&raw[0, 0, 0, 0] if raw.size else NULL
     if t.oh <= 0 or t.ow <= 0:
         raise ValueError(f"empty output: {t.oh}x{t.ow}")
+    for name, values in (("scale", scale), ("bias", bias)):
+        if values is not None and len(values) != c:
+            raise ValueError(f"{name} has {len(values)} values, the images {c} channels")
     for k in range(c):
         t.mul[k] = 1.0 if scale is None else float(scale[k])
         t.add[k] = 0.0 if bias is None else float(bias[k])
     return 0
 
 
-cdef int _resize_one(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0, Py_ssize_t h,
+ctypedef fused pixel_t:
+    uint8_t
+    uint16_t
+
+
+cdef int _resize_one(const pixel_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0, Py_ssize_t h,
                      Py_ssize_t w, Target* t, Py_ssize_t k, bint flip,
                      Workspace workspace) except -1:
     """Resize the window of *src* into image *k* of *t* (checks the window first)."""
@@ -286,9 +307,12 @@ cdef int _resize_one(const uint8_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0,
         raise ValueError(
             f"crop {h}x{w} at ({y0}, {x0}) exceeds the {src.shape[0]}x{src.shape[1]} image")
     scratch = workspace.reserve(_scratch_bytes(h, w, t.oh, t.ow, t.c))
+    if <int>sizeof(pixel_t) != t.source_item:
+        raise TypeError(f"the target was made for {t.source_item}-byte values, the image has "
+                        f"{sizeof(pixel_t)}-byte ones")
     with nogil:
-        _resize_into(&src[0, 0, 0], src.shape[0], src.shape[1], src.strides[0], y0, x0, h, w,
-                     t, k, flip, scratch)
+        _resize_into(<const uint8_t*>&src[0, 0, 0], src.shape[0], src.shape[1], src.strides[0],
+                     y0, x0, h, w, t, k, flip, scratch)
     return 0
 
 
@@ -297,31 +321,33 @@ cdef int _resize_into(const uint8_t* src, Py_ssize_t src_h, Py_ssize_t src_w,
                       Py_ssize_t w, const Target* t, Py_ssize_t k, bint flip,
                       char* scratch) except -1 nogil:
     """Resize the ``h x w`` window at ``(y0, x0)`` of the ``src_h x src_w`` image at
-    *src* (``t.c`` channels, rows *src_stride* bytes apart) into image *k* of *t*.
+    *src* (``t.c`` channels of ``t.source_item``-byte values, rows *src_stride*
+    bytes apart) into image *k* of *t*.
 
     The caller has checked the window, and reserved ``_scratch_bytes`` of
     *scratch*. Reads up to 16 bytes past the end of a row of the window that
     is not the image's last (SIMD loads): a row buffer needs that slack.
     """
-    return _crop_resize(src, src_h, src_w, src_stride, t.c, y0, x0, h, w,
+    return _crop_resize(src, src_h, src_w, src_stride, t.c, t.source_item, y0, x0, h, w,
                         t.base + k * t.image_bytes, t.row_bytes, t.oh, t.ow, t.kind, flip,
                         t.mul, t.add, scratch)
 
 
-def crop_resize_into(const uint8_t[:, :, ::1] src not None,
+def crop_resize_into(const pixel_t[:, :, ::1] src not None,
                      Py_ssize_t y0, Py_ssize_t x0, Py_ssize_t h, Py_ssize_t w,
                      out not None, bint flip=False, scale=None, bias=None,
                      Workspace workspace=None):
     """Resize the ``h x w`` window of *src* at ``(y0, x0)`` into *out*; mirror it if *flip*.
 
-    *out* is ``uint8``, or ``float16``/``float32``, where each channel ``c``
-    becomes ``value * scale[c] + bias[c]`` (normalisation fused in). Pass a
-    per-thread *workspace* when calling in a loop.
+    *src* is ``H x W x C`` (C from 1 to 16), uint8 or uint16. *out* has its
+    type, or is ``float16``/``float32``, where each channel ``c`` becomes
+    ``value * scale[c] + bias[c]`` (normalisation fused in). Pass a per-thread
+    *workspace* when calling in a loop.
     """
     cdef Target t
     if out.ndim != 3:
         raise ValueError(f"out must have rows of {src.shape[2]}-channel pixels, got {out.shape}")
-    _target(&t, out, src.shape[2], scale, bias)
+    _target(&t, out, src.shape[2], scale, bias, sizeof(pixel_t))
     _resize_one(src, y0, x0, h, w, &t, 0, flip, workspace or Workspace())
     return t.oh * t.ow
 
@@ -381,18 +407,20 @@ def decode_crop_resize_range(decode_jpeg, bint fastdct, buffer, source,
 
 
 cdef inline void _emit(const float* row, char* out, Py_ssize_t n, Py_ssize_t c, int kind,
-                       const float* mul, const float* add) noexcept nogil:
+                       const float* mul, const float* add, int32_t hi) noexcept nogil:
     if kind == KIND_U8:
         ff_row_to_u8(row, <uint8_t*>out, n)
     elif kind == KIND_F16:
-        ff_row_to_f16(row, <uint16_t*>out, n, c, mul, add)
+        ff_row_to_f16(row, <uint16_t*>out, n, c, mul, add, hi)
+    elif kind == KIND_F32:
+        ff_row_to_f32(row, <float*>out, n, c, mul, add, hi)
     else:
-        ff_row_to_f32(row, <float*>out, n, c, mul, add)
+        ff_row_to_u16(row, <uint16_t*>out, n)
 
 
 @cython.cdivision(True)  # operands >= 0 (and divisors > 0): C's / and % agree
 cdef int _crop_resize(const uint8_t* src, Py_ssize_t src_h, Py_ssize_t src_w,
-                      Py_ssize_t src_stride, Py_ssize_t c, Py_ssize_t y0, Py_ssize_t x0,
+                      Py_ssize_t src_stride, Py_ssize_t c, int item, Py_ssize_t y0, Py_ssize_t x0,
                       Py_ssize_t h, Py_ssize_t w, char* out, Py_ssize_t row_bytes,
                       Py_ssize_t oh, Py_ssize_t ow, int kind, bint flip,
                       const float* mul, const float* add, char* scratch) except -1 nogil:
@@ -400,7 +428,8 @@ cdef int _crop_resize(const uint8_t* src, Py_ssize_t src_h, Py_ssize_t src_w,
     # it runs on whichever is fewer: the h input rows (enlarging: horizontal
     # first, then combine filtered rows) or the oh output rows (shrinking:
     # vertical first, along whole rows, then horizontal). A flip is a mirrored
-    # horizontal filter: the same work.
+    # horizontal filter: the same work. *src* holds uint8 values (item 1) or
+    # uint16 ones (item 2); *src_stride* is in bytes.
     cdef Py_ssize_t y, oy, k, in_stride = w * c, out_stride = ow * c
     # the ring's rows: 4 floats apart, for the 4-wide stores past a row's end
     cdef Py_ssize_t ring_stride = out_stride + 4
@@ -408,7 +437,8 @@ cdef int _crop_resize(const uint8_t* src, Py_ssize_t src_h, Py_ssize_t src_w,
     cdef const uint8_t* rows_u8[MAX_TAPS_ROWS]
     cdef const float* rows_f32[MAX_TAPS_ROWS]
     cdef const uint8_t** rows_u8_p = rows_u8
-    cdef const uint8_t* window = src + y0 * src_stride + x0 * c
+    cdef const uint8_t* window = src + y0 * src_stride + x0 * c * item
+    cdef int32_t hi = 255 if item == 1 else 65535
     cdef float* tmp
     cdef float* outrow
     cdef float* hrows
@@ -422,7 +452,8 @@ cdef int _crop_resize(const uint8_t* src, Py_ssize_t src_h, Py_ssize_t src_w,
     memory = scratch + _align(memory - scratch)
     memory = _make_filter(&fy, <int>h, <int>oh, memory, False)
     memory = scratch + _align(memory - scratch)
-    integer = h < oh and fx.used <= FF_QMAX_TAPS  # the horizontal pass in integers
+    # the horizontal pass in integers (uint8 only: 16-bit sums pass a float's 2^24)
+    integer = h < oh and fx.used <= FF_QMAX_TAPS and item == 1
     wide = NULL  # the SIMD tables of the horizontal pass, float or integer
     if c == 3 and ff_has_avx2():
         if integer:
@@ -457,15 +488,15 @@ cdef int _crop_resize(const uint8_t* src, Py_ssize_t src_h, Py_ssize_t src_w,
             if integer:
                 for k in range(oh * fy.taps):  # the vertical weights undo the FF_QONE
                     fy.weight[k] /= FF_QONE
-            ff_prefetch(window, in_stride)
+            ff_prefetch(window, in_stride * item)
             if h > 1:
-                ff_prefetch(window + src_stride, in_stride)
+                ff_prefetch(window + src_stride, in_stride * item)
             y = 0  # the input rows above y are filtered
             for oy in range(oh):
                 while y < fy.start[oy] + fy.used:
                     row = window + y * src_stride
                     if y + 2 < h:  # reading a row straight from the L2 cache is slow
-                        ff_prefetch(row + 2 * src_stride, in_stride)
+                        ff_prefetch(row + 2 * src_stride, in_stride * item)
                     if integer:  # each value a sum of FF_QONE-weighted pixels
                         if qwide != NULL and (copy_every or y0 + y == src_h - 1):
                             memcpy(rowcopy, row, in_stride)
@@ -473,7 +504,10 @@ cdef int _crop_resize(const uint8_t* src, Py_ssize_t src_h, Py_ssize_t src_w,
                         ff_hpass_q_any(row, fx.start, fx.used, fx.q, qwide, fx.taps, ow, c,
                                        hrows + (y % fy.used) * ring_stride)
                     else:  # float: the row as floats, then the taps
-                        ff_u8_to_f32_any(row, tmp, in_stride)
+                        if item == 1:
+                            ff_u8_to_f32_any(row, tmp, in_stride)
+                        else:
+                            ff_u16_to_f32(<const uint16_t*>row, tmp, in_stride)
                         ff_hpass_any(tmp, fx.start, fx.used, fx.weight, wide, fx.taps, ow, c,
                                      hrows + (y % fy.used) * ring_stride)
                     y += 1
@@ -482,21 +516,25 @@ cdef int _crop_resize(const uint8_t* src, Py_ssize_t src_h, Py_ssize_t src_w,
                     rows_f32[k] = hrows + ((fy.start[oy] + k) % fy.used) * ring_stride
                 if fy.used == 2 and ff_vsum2_emit(
                         rows_f32[0], rows_f32[1], fy.weight[oy * fy.taps],
-                        fy.weight[oy * fy.taps + 1], out_stride, c, kind, mul, add,
+                        fy.weight[oy * fy.taps + 1], out_stride, c, kind, mul, add, hi,
                         out + oy * row_bytes):
                     continue
                 ff_vsum_f32(rows_f32, fy.weight + oy * fy.taps, fy.used, out_stride, outrow)
-                _emit(outrow, out + oy * row_bytes, out_stride, c, kind, mul, add)
+                _emit(outrow, out + oy * row_bytes, out_stride, c, kind, mul, add, hi)
         else:
             outrow = tmp + in_stride  # one output row, as floats, before conversion
             for oy in range(oh):
                 # vertical: the window's rows -> one float row of w pixels
                 for k in range(fy.used):
                     rows_u8_p[k] = window + (fy.start[oy] + k) * src_stride
-                ff_vsum_u8(rows_u8_p, fy.weight + oy * fy.taps, fy.used, in_stride, tmp)
+                if item == 1:
+                    ff_vsum_u8(rows_u8_p, fy.weight + oy * fy.taps, fy.used, in_stride, tmp)
+                else:
+                    ff_vsum_u16(<const uint16_t**>rows_u8_p, fy.weight + oy * fy.taps, fy.used,
+                                in_stride, tmp)
                 # horizontal: w float pixels -> ow output pixels
                 ff_hpass_any(tmp, fx.start, fx.used, fx.weight, wide, fx.taps, ow, c, outrow)
-                _emit(outrow, out + oy * row_bytes, out_stride, c, kind, mul, add)
+                _emit(outrow, out + oy * row_bytes, out_stride, c, kind, mul, add, hi)
     finally:
         if rows_u8_p != rows_u8:
             free(rows_u8_p)

@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -53,12 +54,30 @@
         }                                                                              \
     }
 FF_VSUM(ff_vsum_u8, uint8_t)
+FF_VSUM(ff_vsum_u16, uint16_t)
 FF_VSUM(ff_vsum_f32, float)
 #undef FF_VSUM
 
 /* out[i] = src[i] as floats */
 FF_CLONES static void ff_u8_to_f32(const uint8_t *restrict src, float *restrict out, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++) out[i] = (float)src[i];
+}
+
+/* the same for 16-bit pixels */
+FF_CLONES static void ff_u16_to_f32(const uint16_t *restrict src, float *restrict out,
+                                    ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) out[i] = (float)src[i];
+}
+
+/* out[i] = round(clamp(src[i], 0, 65535)), rounded half up as ff_row_to_u8 */
+FF_CLONES static void ff_row_to_u16(const float *restrict src, uint16_t *restrict out,
+                                    ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        int32_t v = (int32_t)(src[i] + 0.5f);
+        v = v < 0 ? 0 : v;
+        v = v > 65535 ? 65535 : v;
+        out[i] = (uint16_t)v;
+    }
 }
 
 #if defined(__SSE2__)
@@ -122,6 +141,21 @@ FF_CLONES static void ff_row_to_u8(const float *restrict src, uint8_t *restrict 
     }
 #endif
 
+#if defined(__SSE2__)
+/* 4 channels: a pixel is one 4-float register; each tap one load, one multiply
+ * and one add: the portable loop's operations, in its order, four at a time. */
+#define FF_TAPS4(T)                                                              \
+    for (ptrdiff_t x = 0; x < ow; x++) {                                         \
+        const float *restrict p = row + (ptrdiff_t)start[x] * 4;                 \
+        const float *restrict wt = weight + x * taps;                            \
+        __m128 acc = _mm_mul_ps(_mm_set1_ps(wt[0]), _mm_loadu_ps(p));            \
+        for (int k = 1; k < (T); k++)                                            \
+            acc = _mm_add_ps(acc, _mm_mul_ps(_mm_set1_ps(wt[k]),                 \
+                                             _mm_loadu_ps(p + 4 * k)));          \
+        _mm_storeu_ps(out + x * 4, acc);                                         \
+    }
+#endif
+
 /* One output row (as floats) from one filtered input row of `c` channels:
  * output pixel x is sum_k weight[x*taps + k] * row[(start[x] + k)*c + ch] for
  * k < used (every pixel has `used` taps). A mirrored row is a mirrored table
@@ -138,6 +172,17 @@ FF_CLONES static void ff_hpass(const float *restrict row, const int *restrict st
         default: FF_TAPS3(used) return;
         }
     }
+#if defined(__SSE2__)
+    if (c == 4) {
+        switch (used) {
+        case 1: FF_TAPS4(1) return;
+        case 2: FF_TAPS4(2) return;
+        case 3: FF_TAPS4(3) return;
+        case 4: FF_TAPS4(4) return;
+        default: FF_TAPS4(used) return;
+        }
+    }
+#endif
     for (ptrdiff_t x = 0; x < ow; x++) {
         const float *restrict p = row + (ptrdiff_t)start[x] * c;
         const float *restrict wt = weight + x * taps;
@@ -171,9 +216,51 @@ FF_CLONES static void ff_hpass(const float *restrict row, const int *restrict st
  * negative and a pixel is within 0.1 level of exact. Wider filters stay float. */
 #define FF_QMAX_TAPS 4
 
+#if defined(__SSE2__)
+static inline __m128i ff_load4(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm_cvtsi32_si128(v);
+}
+
+/* ff_hpass_q for 4 channels (SSE2, any x86-64): for each pair of taps, the two
+ * pixels' bytes interleaved and widened to int16 [a0 b0 a1 b1 a2 b2 a3 b3], one
+ * pmaddwd with [q0 q1] repeated gives the pair's four channel sums as int32;
+ * an odd last tap is paired with 0. Exact integer sums, as the portable loop's. */
+static void ff_hpass_q4_sse2(const uint8_t *restrict row, const int *restrict start, int used,
+                             const int16_t *restrict q, int taps, ptrdiff_t ow,
+                             float *restrict out) {
+    const __m128i zero = _mm_setzero_si128();
+    for (ptrdiff_t x = 0; x < ow; x++) {
+        const uint8_t *restrict p = row + (ptrdiff_t)start[x] * 4;
+        const int16_t *restrict wt = q + x * taps;
+        __m128i acc = zero;
+        int k = 0;
+        for (; k + 2 <= used; k += 2) {
+            __m128i pair = _mm_unpacklo_epi8(ff_load4(p + 4 * k), ff_load4(p + 4 * k + 4));
+            __m128i w = _mm_set1_epi32((int32_t)((uint32_t)(uint16_t)wt[k] |
+                                                 ((uint32_t)(uint16_t)wt[k + 1] << 16)));
+            acc = _mm_add_epi32(acc, _mm_madd_epi16(_mm_unpacklo_epi8(pair, zero), w));
+        }
+        if (k < used) {
+            __m128i one = _mm_unpacklo_epi8(ff_load4(p + 4 * k), zero);
+            __m128i w = _mm_set1_epi32((int32_t)(uint16_t)wt[k]);
+            acc = _mm_add_epi32(acc, _mm_madd_epi16(_mm_unpacklo_epi16(one, zero), w));
+        }
+        _mm_storeu_ps(out + x * 4, _mm_cvtepi32_ps(acc));
+    }
+}
+#endif
+
 FF_CLONES static void ff_hpass_q(const uint8_t *restrict row, const int *restrict start, int used,
                                  const int16_t *restrict q, int taps, ptrdiff_t ow, ptrdiff_t c,
                                  float *restrict out) {
+#if defined(__SSE2__)
+    if (c == 4) {
+        ff_hpass_q4_sse2(row, start, used, q, taps, ow, out);
+        return;
+    }
+#endif
     for (ptrdiff_t x = 0; x < ow; x++) {
         const uint8_t *restrict p = row + (ptrdiff_t)start[x] * c;
         const int16_t *restrict wt = q + x * taps;
@@ -279,14 +366,17 @@ static inline void ff_hpass_q_any(const uint8_t *restrict row, const int *restri
     ff_hpass_q(row, start, used, q, taps, ow, c, out);
 }
 
-/* ---- float outputs: the uint8 value (rounded, clamped: exactly what a uint8
- * output would hold), then an optional per-channel affine x * mul[c] + add[c].
- * So a fused conversion or normalisation gives what the separate steps give. */
+/* ---- float outputs: the pixel value (rounded, clamped to 0..hi: exactly what a
+ * uint8 output, hi = 255, or a uint16 one, hi = 65535, would hold), then an
+ * optional per-channel affine x * mul[c] + add[c]. So a fused conversion or
+ * normalisation gives what the separate steps give. */
 
-static inline float ff_pixel(float v) {
+static inline float ff_pixel_to(float v, int32_t hi) {
     int32_t i = (int32_t)(v + 0.5f);
-    return (float)(i < 0 ? 0 : (i > 255 ? 255 : i));
+    return (float)(i < 0 ? 0 : (i > hi ? hi : i));
 }
+
+static inline float ff_pixel(float v) { return ff_pixel_to(v, 255); }
 
 /* Whether the affine step of 3 channels is x * 1 + 0 == x (no normalisation):
  * then the fast paths skip it, giving the same values. */
@@ -295,21 +385,37 @@ static inline int ff_is_plain(const float *mul, const float *add) {
            add[1] == 0.0f && add[2] == 0.0f;
 }
 
-/* A pattern of 12 floats repeats every pixel for 1, 2, 3 or 4 channels: with
- * it, the loop has no per-element modulo and vectorises. */
+/* The same for `c` channels. */
+static inline int ff_is_plain_n(const float *mul, const float *add, ptrdiff_t c) {
+    for (ptrdiff_t k = 0; k < c; k++)
+        if (mul[k] != 1.0f || add[k] != 0.0f) return 0;
+    return 1;
+}
+
+/* A pattern of 12 floats repeats every pixel for 1, 2, 3, 4, 6 or 12 channels
+ * (48 for 8 and 16): with it, the loop has no per-element modulo and
+ * vectorises. Other channel counts go pixel by pixel. */
 FF_CLONES static void ff_row_to_f32(const float *restrict src, float *restrict out, ptrdiff_t n,
                                     ptrdiff_t c, const float *restrict mul,
-                                    const float *restrict add) {
-    float m[12], a[12];
-    for (int k = 0; k < 12; k++) {
+                                    const float *restrict add, int32_t hi) {
+    float m[48], a[48];
+    for (int k = 0; k < 48; k++) {
         m[k] = mul[k % c];
         a[k] = add[k % c];
     }
     ptrdiff_t i = 0;
-    if (12 % c == 0)
+    if (12 % c == 0) {
         for (; i + 12 <= n; i += 12)
-            for (int k = 0; k < 12; k++) out[i + k] = ff_pixel(src[i + k]) * m[k] + a[k];
-    for (; i < n; i++) out[i] = ff_pixel(src[i]) * mul[i % c] + add[i % c];
+            for (int k = 0; k < 12; k++) out[i + k] = ff_pixel_to(src[i + k], hi) * m[k] + a[k];
+    } else if (48 % c == 0) {
+        for (; i + 48 <= n; i += 48)
+            for (int k = 0; k < 48; k++) out[i + k] = ff_pixel_to(src[i + k], hi) * m[k] + a[k];
+    } else {
+        for (; i + c <= n; i += c)
+            for (ptrdiff_t k = 0; k < c; k++)
+                out[i + k] = ff_pixel_to(src[i + k], hi) * mul[k] + add[k];
+    }
+    for (; i < n; i++) out[i] = ff_pixel_to(src[i], hi) * mul[i % c] + add[i % c];
 }
 
 /* IEEE half from float, round to nearest even (software, any CPU). */
@@ -347,9 +453,9 @@ static inline uint16_t ff_half_one(float v) {
 __attribute__((target("avx,f16c")))
 static void ff_row_to_f16_f16c(const float *restrict src, uint16_t *restrict out, ptrdiff_t n,
                                ptrdiff_t c, const float *restrict mul,
-                               const float *restrict add) {
+                               const float *restrict add, int32_t hi_value) {
     ptrdiff_t i = 0;
-    if (c == 3) {
+    if (c == 3 && hi_value == 255) {
         /* 24 floats = 8 pixels: three registers with the channel pattern repeating */
         float m[24], a[24];
         for (int k = 0; k < 24; k++) { m[k] = mul[k % 3]; a[k] = add[k % 3]; }
@@ -372,10 +478,27 @@ static void ff_row_to_f16_f16c(const float *restrict src, uint16_t *restrict out
         } else {
             for (; i + 8 <= n; i += 8) ff_store16(out + i, FF_HALF(FF_PIX(src + i)));
         }
-#undef FF_HALF
+    } else if (48 % c == 0) {
+        /* any other channel count dividing 48 (and uint16 pixels): 8 floats at a
+         * time with the channel pattern of 48 floats */
+        float m[48], a[48];
+        for (int k = 0; k < 48; k++) { m[k] = mul[k % c]; a[k] = add[k % c]; }
+        const __m256 lo = _mm256_set1_ps(0.0f), hi = _mm256_set1_ps((float)hi_value);
+        const __m256 half = _mm256_set1_ps(0.5f);
+        for (; i + 48 <= n; i += 48)
+            for (int k = 0; k < 48; k += 8)
+                ff_store16(out + i + k, FF_HALF(_mm256_add_ps(
+                    _mm256_mul_ps(FF_PIX(src + i + k), _mm256_loadu_ps(m + k)),
+                    _mm256_loadu_ps(a + k))));
+    } else {
+        for (; i + c <= n; i += c)
+            for (ptrdiff_t k = 0; k < c; k++)
+                out[i + k] = ff_half_one(ff_pixel_to(src[i + k], hi_value) * mul[k] + add[k]);
     }
+#undef FF_HALF
 #undef FF_PIX
-    for (; i < n; i++) out[i] = ff_half_one(ff_pixel(src[i]) * mul[i % c] + add[i % c]);
+    for (; i < n; i++)
+        out[i] = ff_half_one(ff_pixel_to(src[i], hi_value) * mul[i % c] + add[i % c]);
 }
 #endif
 
@@ -445,15 +568,17 @@ static void ff_vsum2_u8_avx2(const float *restrict a, const float *restrict b, f
     }
 }
 
-/* float16 or float32 out (c == 3): the pixel value, then x * mul + add */
+/* float16 or float32 out (c dividing 24: 1, 2, 3, 4, 6, 8, 12): the pixel value,
+ * then x * mul + add */
 __attribute__((target("avx2,f16c")))
 static void ff_vsum2_float_avx2(const float *restrict a, const float *restrict b, float w0,
-                                float w1, ptrdiff_t n, const float *restrict mul,
-                                const float *restrict add, int half_out, void *restrict out) {
+                                float w1, ptrdiff_t n, ptrdiff_t c, const float *restrict mul,
+                                const float *restrict add, int half_out, int32_t hi,
+                                void *restrict out) {
     const __m256 w0v = _mm256_set1_ps(w0), w1v = _mm256_set1_ps(w1), half = _mm256_set1_ps(0.5f);
     float m[24], d[24];
-    for (int k = 0; k < 24; k++) { m[k] = mul[k % 3]; d[k] = add[k % 3]; }
-    const int affine = !ff_is_plain(mul, add);
+    for (int k = 0; k < 24; k++) { m[k] = mul[k % c]; d[k] = add[k % c]; }
+    const int affine = !ff_is_plain_n(mul, add, c);
     uint16_t *restrict out16 = (uint16_t *)out;
     float *restrict out32 = (float *)out;
     ptrdiff_t i = 0;
@@ -463,7 +588,7 @@ static void ff_vsum2_float_avx2(const float *restrict a, const float *restrict b
              * step only runs after a horizontal pass whose taps are >= 0
              * (float, or integer with at most FF_QMAX_TAPS), so the rows and
              * the weights are >= 0, and the sum is a weighted mean of pixels
-             * (to a float's rounding): v + 0.5 is in [0.5, 256) */
+             * (to a float's rounding): v + 0.5 is in [0.5, hi + 1) */
             __m256 v = _mm256_floor_ps(_mm256_add_ps(FF_V2(i + j), half));
             if (affine)
                 v = _mm256_add_ps(_mm256_mul_ps(v, _mm256_loadu_ps(m + j)), _mm256_loadu_ps(d + j));
@@ -475,7 +600,7 @@ static void ff_vsum2_float_avx2(const float *restrict a, const float *restrict b
         }
     }
     for (; i < n; i++) {
-        float v = ff_pixel(w0 * a[i] + w1 * b[i]) * mul[i % 3] + add[i % 3];
+        float v = ff_pixel_to(w0 * a[i] + w1 * b[i], hi) * mul[i % c] + add[i % c];
         if (half_out)
             out16[i] = ff_half_one(v);
         else
@@ -553,23 +678,25 @@ static inline void ff_hpass_any(const float *restrict row, const int *restrict s
     ff_hpass(row, start, used, weight, taps, ow, c, out);
 }
 
-/* The fused vertical step, where there is one: 1 if it wrote the row. */
+/* The fused vertical step, where there is one: 1 if it wrote the row. Kinds as
+ * resize.pyx's: 0 uint8, 1 float16, 2 float32 (3, uint16, has none); `hi` the
+ * largest pixel value (255 or 65535). */
 static inline int ff_vsum2_emit(const float *a, const float *b, float w0, float w1, ptrdiff_t n,
                                 ptrdiff_t c, int kind, const float *mul, const float *add,
-                                void *out) {
+                                int32_t hi, void *out) {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (!ff_has_avx2()) return 0;
     if (kind == 0) {
         ff_vsum2_u8_avx2(a, b, w0, w1, n, (uint8_t *)out);
         return 1;
     }
-    if (c == 3) {
-        ff_vsum2_float_avx2(a, b, w0, w1, n, mul, add, kind == 1, out);
+    if (24 % c == 0 && (kind == 1 || kind == 2)) {
+        ff_vsum2_float_avx2(a, b, w0, w1, n, c, mul, add, kind == 1, hi, out);
         return 1;
     }
 #endif
     (void)a; (void)b; (void)w0; (void)w1; (void)n; (void)c; (void)kind; (void)mul; (void)add;
-    (void)out;
+    (void)hi; (void)out;
     return 0;
 }
 
@@ -586,19 +713,19 @@ static inline void ff_u8_to_f32_any(const uint8_t *restrict src, float *restrict
 
 static inline void ff_row_to_f16(const float *restrict src, uint16_t *restrict out, ptrdiff_t n,
                                  ptrdiff_t c, const float *restrict mul,
-                                 const float *restrict add) {
+                                 const float *restrict add, int32_t hi) {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (ff_has_f16c < 0) {
         __builtin_cpu_init();
         ff_has_f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
     }
     if (ff_has_f16c) {
-        ff_row_to_f16_f16c(src, out, n, c, mul, add);
+        ff_row_to_f16_f16c(src, out, n, c, mul, add, hi);
         return;
     }
 #endif
     for (ptrdiff_t i = 0; i < n; i++)
-        out[i] = ff_f32_to_f16_soft(ff_pixel(src[i]) * mul[i % c] + add[i % c]);
+        out[i] = ff_f32_to_f16_soft(ff_pixel_to(src[i], hi) * mul[i % c] + add[i % c]);
 }
 
 #endif

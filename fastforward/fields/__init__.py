@@ -5,6 +5,7 @@ from .basics import FloatField, IntField
 from .bytes import BytesField
 from .json import JSONField
 from .mask import MaskField
+from .multichannel import MultiChannelImageField
 from .ndarray import NDArrayField, TorchTensorField
 from .ragged import RaggedField
 from .rgb_image import RGBImageField
@@ -16,6 +17,7 @@ __all__ = [
     "IntField",
     "JSONField",
     "MaskField",
+    "MultiChannelImageField",
     "NDArrayField",
     "RGBImageField",
     "RaggedField",

@@ -3,6 +3,11 @@
 from .basics import FloatDecoder, IntDecoder
 from .bytes import BytesDecoder
 from .mask import MaskDecoder
+from .multichannel import (
+    CenterCropMultiChannelImageDecoder,
+    RandomResizedCropMultiChannelImageDecoder,
+    SimpleMultiChannelImageDecoder,
+)
 from .ndarray import NDArrayDecoder
 from .ragged import RaggedDecoder
 from .resized_image import ImageSizeDecoder, ShorterSideRGBImageDecoder
@@ -15,6 +20,7 @@ from .rgb_image import (
 
 __all__ = [
     "BytesDecoder",
+    "CenterCropMultiChannelImageDecoder",
     "CenterCropRGBImageDecoder",
     "FloatDecoder",
     "ImageSizeDecoder",
@@ -22,8 +28,10 @@ __all__ = [
     "MaskDecoder",
     "NDArrayDecoder",
     "RaggedDecoder",
+    "RandomResizedCropMultiChannelImageDecoder",
     "RandomResizedCropRGBImageDecoder",
     "ResizedCropRGBImageDecoder",
     "ShorterSideRGBImageDecoder",
+    "SimpleMultiChannelImageDecoder",
     "SimpleRGBImageDecoder",
 ]

@@ -11,11 +11,14 @@ a ``BytesField`` and gets these bytes)::
 zstd because masks compress very well and it decodes fast: on segmentations of
 scikit-image's photographs (500×375) it stored them in 4-9 KB where PNG took
 6-10 KB, and decoded them in tens of µs where PNG (Pillow) took about 1 ms
-(``python bench/mask_codecs.py``). It comes from the standard library from
-Python 3.14 (``compression.zstd``) and from ``backports.zstd`` before it.
+(``python bench/mask_codecs.py``). Writing compresses with the standard
+library's codec from Python 3.14 (``compression.zstd``) and ``backports.zstd``
+before it; ``MaskDecoder`` decompresses with the zstd compiled into
+``fastforward._ext.planes`` (the layout is ``fastforward.fields.planes``').
 
 ``MaskDecoder`` crops, resizes (nearest neighbour: ids are never blended) and
-mirrors each mask exactly as its image's decoder did (``follows=``).
+mirrors each mask exactly as its image's decoder did (``follows=``), a whole
+range of samples in one compiled call without the GIL.
 """
 
 from __future__ import annotations
@@ -25,30 +28,21 @@ from typing import Any
 import numpy as np
 
 from .._ext.pixels import crop_nearest_into
+from .._ext.planes import decode_nearest_range, read_sizes
 from ..errors import DecodeError, EncodeError
 from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.decoder import Decoder
 from ..pipeline.operation import BatchContext
 from ..pipeline.state import State
+from .planes import COMPRESSIONS, PLANES_HEADER, ScratchPool, pack, ranges, require_zstd, unpack
 from .rgb_image import MAX_SIDE, target_size
 from .tagged import TaggedField
 
-MASK_HEADER = np.dtype([("height", "<u4"), ("width", "<u4")])
+MASK_HEADER = PLANES_HEADER
 MASK_DTYPES = (np.dtype("u1"), np.dtype("<u2"))
-COMPRESSIONS = ("zstd", None)
 
-
-def require_zstd() -> Any:
-    """The zstd module (``compression.zstd`` on Python 3.14+, ``backports.zstd`` before)."""
-    try:
-        from compression import zstd  # type: ignore[import-not-found]
-    except ImportError:
-        try:
-            from backports import zstd  # type: ignore[import-not-found,no-redef]
-        except ImportError as exc:
-            raise ImportError("masks are stored with zstd: pip install backports.zstd (a "
-                              "dependency of fastforward before Python 3.14)") from exc
-    return zstd
+__all__ = ["COMPRESSIONS", "MASK_DTYPES", "MASK_HEADER", "MaskDecoder", "MaskField",
+           "require_zstd", "resize_nearest", "to_mask_array"]
 
 
 def to_mask_array(value: Any, dtype: np.dtype) -> np.ndarray:
@@ -152,30 +146,12 @@ class MaskField(TaggedField):
         if max(height, width) > MAX_SIDE:
             raise EncodeError(f"mask of {height}×{width} exceeds {MAX_SIDE} px; set "
                               "max_resolution")
-        ids = resize_nearest(mask, height, width).tobytes()
-        if self.compression == "zstd":
-            ids = require_zstd().compress(ids, level=self.compression_level)
-        header = np.array([(height, width)], MASK_HEADER).tobytes()
-        return np.frombuffer(header + ids, np.uint8)
+        return pack(resize_nearest(mask, height, width), self.compression,
+                    self.compression_level)
 
     def unpack(self, data: Any) -> np.ndarray:
         """The H×W ids of one payload (a read-only array of its own, or a view of *data*)."""
-        data = memoryview(data).cast("B")
-        if len(data) < MASK_HEADER.itemsize:
-            raise DecodeError(f"mask payload of {len(data)} bytes is shorter than its header")
-        header = np.frombuffer(data, MASK_HEADER, 1)[0]
-        height, width = int(header["height"]), int(header["width"])
-        body = data[MASK_HEADER.itemsize :]
-        if self.compression == "zstd":
-            try:
-                body = require_zstd().decompress(body)
-            except Exception as exc:  # zstd.ZstdError and the like
-                raise DecodeError(f"corrupt mask payload: {exc}") from None
-        need = height * width * self.dtype.itemsize
-        if len(body) != need or height < 1 or width < 1:
-            raise DecodeError(f"mask of {height}×{width} needs {need} bytes of ids, the "
-                              f"payload holds {len(body)}")
-        return np.frombuffer(body, self.dtype).reshape(height, width)
+        return unpack(data, self.dtype, None, self.compression, "mask")
 
     def decode(self, data: memoryview) -> np.ndarray:
         return self.unpack(data).copy()
@@ -205,7 +181,7 @@ class MaskDecoder(Decoder):
     ``fastforward._ext.pixels``).
     """
 
-    parallel = True  # zstd and the kernel release the GIL: ranges on every worker
+    parallel = True  # one compiled call per range, without the GIL: ranges on every worker
 
     def __init__(self, follows: str | None = None, size: tuple[int, int] | None = None,
                  fill: int = 0) -> None:
@@ -216,6 +192,14 @@ class MaskDecoder(Decoder):
         self.follows = follows
         self.size = None if size is None else (int(size[0]), int(size[1]))
         self.fill = int(fill)
+        self._scratch = ScratchPool()
+
+    def runtime_copy(self, previous: Decoder | None = None) -> Decoder:
+        clone = super().runtime_copy(previous)
+        # scratch is kept from epoch to epoch, never shared with another loader
+        pool = getattr(previous, "_scratch", None)
+        clone._scratch = pool if isinstance(pool, ScratchPool) else ScratchPool()  # type: ignore[attr-defined]
+        return clone
 
     def __repr__(self) -> str:
         return (f"MaskDecoder(follows={self.follows!r})" if self.follows
@@ -251,34 +235,43 @@ class MaskDecoder(Decoder):
     def decode_range(self, lo: int, hi: int, destination: np.ndarray,
                      context: BatchContext) -> None:
         field = self._field()
-        source, offsets, _ = context.data.field(self.field_index)
-        payloads = memoryview(source).cast("B")
-        stored = self.metadata["size"][context.indices[lo:hi]]
-        rows = None if self.follows is None else context.geometry[self.follows][lo:hi]
-        for k in range(hi - lo):
-            start = int(offsets[lo + k])
-            try:
-                mask = field.unpack(payloads[start : start + int(stored[k])])
-                out = destination[lo + k]
-                if rows is None:
-                    if mask.shape != out.shape:
-                        raise DecodeError(f"mask is {mask.shape[0]}×{mask.shape[1]}, the "
-                                          f"decoder's size is {out.shape[0]}×{out.shape[1]}")
-                    out[...] = mask
-                    continue
-                g = rows[k]
-                if mask.shape != (int(g["height"]), int(g["width"])):
-                    raise DecodeError(
-                        f"mask is {mask.shape[0]}×{mask.shape[1]}, its image in "
-                        f"{self.follows!r} is {int(g['height'])}×{int(g['width'])} (store "
-                        "masks at their image's size: MaskField(max_resolution=...) as the "
-                        "image field's)")
-                oh, ow = int(g["out_height"]), int(g["out_width"])
-                crop_nearest_into(mask, int(g["y"]), int(g["x"]), int(g["crop_height"]),
-                                  int(g["crop_width"]), out[:oh, :ow], bool(g["flip"]))
-                if oh < out.shape[0]:
-                    out[oh:] = self.fill
-                if ow < out.shape[1]:
-                    out[:oh, ow:] = self.fill
-            except Exception as exc:
-                raise self.fail(exc, context, lo + k) from None
+        source, starts, sizes = ranges(context, self.field_index, lo, hi)
+        n = hi - lo
+        heights, widths = np.empty(n, np.int64), np.empty(n, np.int64)
+        failed = read_sizes(source, starts, sizes, heights, widths)
+        if failed is not None:
+            raise self.fail(DecodeError(failed[1]), context, lo + failed[0])
+        if self.follows is None:
+            height, width = destination.shape[1:]
+            wrong = np.flatnonzero((heights != height) | (widths != width))
+            if wrong.size:
+                k = int(wrong[0])
+                raise self.fail(DecodeError(
+                    f"mask is {heights[k]}×{widths[k]}, the decoder's size is "
+                    f"{height}×{width}"), context, lo + k)
+            crops = np.zeros((n, 4), np.int64)
+            crops[:, 2], crops[:, 3] = height, width
+            out_sizes = crops[:, 2:].copy()
+            flips = np.zeros(n, np.uint8)
+        else:
+            rows = context.geometry[self.follows][lo:hi]
+            wrong = np.flatnonzero((heights != rows["height"]) | (widths != rows["width"]))
+            if wrong.size:
+                k = int(wrong[0])
+                raise self.fail(DecodeError(
+                    f"mask is {heights[k]}×{widths[k]}, its image in {self.follows!r} is "
+                    f"{int(rows['height'][k])}×{int(rows['width'][k])} (store masks at their "
+                    "image's size: MaskField(max_resolution=...) as the image field's)"),
+                    context, lo + k)
+            crops = np.stack([rows["y"], rows["x"], rows["crop_height"], rows["crop_width"]],
+                             axis=1).astype(np.int64)
+            out_sizes = np.stack([rows["out_height"], rows["out_width"]],
+                                 axis=1).astype(np.int64)
+            flips = np.ascontiguousarray(rows["flip"], np.uint8)
+        with self._scratch.lend() as scratch:
+            failed = decode_nearest_range(
+                scratch.zstd, source, starts, sizes, field.compression == "zstd", heights,
+                widths, crops, out_sizes, flips, destination[lo:hi], self.fill,
+                scratch.values)
+        if failed is not None:
+            raise self.fail(DecodeError(failed[1]), context, lo + failed[0])

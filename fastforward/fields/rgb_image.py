@@ -544,11 +544,17 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
             if op.passes_through:
                 continue
             affine = op.pixel_affine()
-            if affine is not None:
+            if affine is not None and (affine[1] is None or len(affine[1]) == self.channels):
                 self.fused_output = affine
                 taken.append(k)
             break
         return taken
+
+    @property
+    def channels(self) -> int:
+        """The channels of the images it writes: a normalisation is fused only with
+        one value per channel."""
+        return 3
 
     def flips(self, context: BatchContext, lo: int, hi: int) -> np.ndarray:
         """Whether samples ``lo:hi`` are mirrored (a fused flip's decisions), as uint8."""

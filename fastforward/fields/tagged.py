@@ -13,7 +13,7 @@ and its metadata row is exactly ``BytesField``'s, ``(ptr <u8, size <u8)``:
 one payload per sample. So FFCV 1.0.2 reads such a file when told
 ``custom_handlers={name: BytesField}`` for each tagged field, and gets every
 sample's stored bytes (the layout of those bytes is each field's own; see
-``RaggedField`` and ``MaskField``).
+``RaggedField``, ``MaskField`` and ``MultiChannelImageField``).
 
 The types recognised are listed in ``TAGGED_TYPES``, by class name: a file
 can name only these, never an arbitrary class.
@@ -37,12 +37,14 @@ VERSION = 1
 
 def _types() -> dict[str, type[TaggedField]]:
     from .mask import MaskField
+    from .multichannel import MultiChannelImageField
     from .ragged import RaggedField
 
-    return {"RaggedField": RaggedField, "MaskField": MaskField}
+    return {"RaggedField": RaggedField, "MaskField": MaskField,
+            "MultiChannelImageField": MultiChannelImageField}
 
 
-TAGGED_TYPES = ("RaggedField", "MaskField")
+TAGGED_TYPES = ("RaggedField", "MaskField", "MultiChannelImageField")
 """The tagged field types this version of fastforward recognises."""
 
 

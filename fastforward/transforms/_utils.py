@@ -152,6 +152,8 @@ def torch_out(destination: Any, like: Any, shape: tuple[int, ...], dtype: Any) -
 
 IMAGE_CHANNELS = (1, 3)
 """Channel counts that tell ``(C, H, W)`` from ``(H, W, C)`` in torch image tensors."""
+MAX_CHANNELS = 16
+"""Many-channel images (``MultiChannelImageField``) have at most this many."""
 
 
 def torch_image_dims(op: Any, shape: Sequence[int]) -> tuple[int, int, int | None]:
@@ -160,7 +162,9 @@ def torch_image_dims(op: Any, shape: Sequence[int]) -> tuple[int, int, int | Non
     ``(H, W)`` has no channel dimension; a 3-dimensional shape is
     ``(C, H, W)`` when its first size is 1 or 3 (as ``ToTorchImage`` makes,
     preferred when both ends fit, as ``NormalizeImage`` does), else
-    ``(H, W, C)`` when its last size is 1 or 3; ValueError otherwise.
+    ``(H, W, C)`` when its last size is 1 or 3; else, for many-channel images,
+    the one end of at most ``MAX_CHANNELS`` is C; ValueError otherwise (also
+    when both ends could be C).
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) == 2:
@@ -170,8 +174,13 @@ def torch_image_dims(op: Any, shape: Sequence[int]) -> tuple[int, int, int | Non
             return 1, 2, 0
         if shape[2] in IMAGE_CHANNELS:
             return 0, 1, 2
+        if shape[0] <= MAX_CHANNELS < shape[2]:
+            return 1, 2, 0
+        if shape[2] <= MAX_CHANNELS < shape[0]:
+            return 0, 1, 2
     raise ValueError(f"{name(op)} needs image tensors of shape (H, W), (H, W, C) or (C, H, W) "
-                     f"with C in {IMAGE_CHANNELS}, but it got samples of shape {shape}")
+                     f"with C in {IMAGE_CHANNELS}, or C up to {MAX_CHANNELS} with H and W "
+                     f"larger, but it got samples of shape {shape}")
 
 
 def to_device_of(array: np.ndarray, like: Any, dtype: Any = None) -> Any:

@@ -32,6 +32,11 @@ def _pixels(image: np.ndarray) -> np.ndarray:
     return image
 
 
+_SIGNED_VIEWS = {"torch.uint16": "int16", "torch.uint32": "int32", "torch.uint64": "int64"}
+"""Unsigned torch dtypes without flips, and the signed ones of their size, whose
+flips move the same bits."""
+
+
 class _RandomFlip(Operation):
     moves_pixels = True  # masks and boxes cannot follow it (see Operation.moves_pixels)
     releases_gil = True  # vectorised NumPy (or torch)
@@ -80,14 +85,25 @@ class _RandomFlip(Operation):
         # the reversed dimension of the batch: H or W after the batch one
         dim = 1 + torch_image_dims(self, tuple(batch.shape[1:]))[self.axis]
         out = torch_out(destination, batch, tuple(batch.shape[1:]), batch.dtype)
+        signed = _SIGNED_VIEWS.get(str(batch.dtype))
+        if signed is not None:  # torch has no flip for uint16: move the same bits as int16
+            import torch
+
+            self._flip_torch(batch.view(getattr(torch, signed)),
+                             out.view(getattr(torch, signed)), flip, dim)
+            return out
+        self._flip_torch(batch, out, flip, dim)
+        return out
+
+    @staticmethod
+    def _flip_torch(batch: Any, out: Any, flip: np.ndarray, dim: int) -> None:
         if flip.all():
             out.copy_(batch.flip(dim))
-            return out
+            return
         out.copy_(batch)
         if flip.any():
             chosen = to_device_of(np.flatnonzero(flip), batch)
             out.index_copy_(0, chosen, batch.index_select(0, chosen).flip(dim))
-        return out
 
     def __repr__(self) -> str:
         return f"{name(self)}(flip_prob={self.flip_prob})"
@@ -101,10 +117,11 @@ class RandomHorizontalFlip(_RandomFlip):
 
     NumPy images ``(B, H, W, C)`` (or ``(B, H, W)``) of any dtype, or torch
     tensors on any device after ``ToTensor`` (``(B, H, W, C)``, ``(B, H, W)``)
-    or ``ToTorchImage`` (``(B, C, H, W)``, told apart by C being 1 or 3). The
-    decision of sample ``k`` is ``uniform < flip_prob``, drawn from the
-    context, the same for NumPy and torch. Writes into a buffer shaped like
-    the input (on the batch's device, in its memory layout).
+    or ``ToTorchImage`` (``(B, C, H, W)``, told apart by C being 1 or 3, or
+    else the one end of at most 16: many-channel images). The decision of
+    sample ``k`` is ``uniform < flip_prob``, drawn from the context, the same
+    for NumPy and torch. Writes into a buffer shaped like the input (on the
+    batch's device, in its memory layout).
     """
 
     axis = 1
@@ -118,10 +135,11 @@ class RandomVerticalFlip(_RandomFlip):
 
     NumPy images ``(B, H, W, C)`` (or ``(B, H, W)``) of any dtype, or torch
     tensors on any device after ``ToTensor`` (``(B, H, W, C)``, ``(B, H, W)``)
-    or ``ToTorchImage`` (``(B, C, H, W)``, told apart by C being 1 or 3). The
-    decision of sample ``k`` is ``uniform < flip_prob``, drawn from the
-    context, the same for NumPy and torch. Writes into a buffer shaped like
-    the input (on the batch's device, in its memory layout).
+    or ``ToTorchImage`` (``(B, C, H, W)``, told apart by C being 1 or 3, or
+    else the one end of at most 16: many-channel images). The decision of
+    sample ``k`` is ``uniform < flip_prob``, drawn from the context, the same
+    for NumPy and torch. Writes into a buffer shaped like the input (on the
+    batch's device, in its memory layout).
     """
 
     axis = 0

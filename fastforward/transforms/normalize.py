@@ -10,22 +10,26 @@ import numpy as np
 from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
-from ._utils import name, numpy_out, require_shape, require_uint8, torch_dtype, torch_out
+from ._utils import name, numpy_dtype, numpy_out, require_shape, torch_dtype, torch_out
+
+PIXEL_TYPES = (np.dtype("u1"), np.dtype("u2"))
 
 
 class NormalizeImage(Operation):
-    """Turn uint8 images into ``(x - mean) / std`` of dtype *type*.
+    """Turn uint8 or uint16 images into ``(x - mean) / std`` of dtype *type*.
 
     Args:
-        mean: per-channel means, in 0-255 units.
-        std: per-channel standard deviations, in 0-255 units.
+        mean: per-channel means, in the images' units (0-255 for uint8, 0-65535
+            for uint16): one value per channel, any number of channels.
+        std: per-channel standard deviations, in the same units.
         type: the output's NumPy floating dtype (``np.float16``,
             ``np.float32``…); on torch tensors its torch equivalent.
 
-    On NumPy ``(B, H, W, C)`` batches, each channel goes through a 256-entry
-    lookup table computed in float64, so results are correctly rounded; the
-    output is real float16 (FFCV stored float16 as int16 bits that
-    ``ToTorchImage`` viewed back). On torch tensors (CPU or CUDA), after
+    On NumPy ``(B, H, W, C)`` batches, each channel goes through a lookup table
+    (256 entries for uint8, 65536 for uint16, made on first use) computed in
+    float64, so results are correctly rounded; the output is real float16
+    (FFCV stored float16 as int16 bits that ``ToTorchImage`` viewed back). On
+    torch tensors (CPU or CUDA), after
     ``ToTensor`` or ``ToTorchImage``, it computes in float32 (float64 for a
     float64 *type*) with torch and keeps the input's layout; the channel
     dimension is the last one for ``(B, H, W, C)`` and dimension 1 for
@@ -49,13 +53,27 @@ class NormalizeImage(Operation):
         if self.type.kind != "f":
             raise TypeError(f"{name(self)}: type must be a floating dtype, got {self.type}")
         # row v holds (v - mean) / std for every channel
-        table = (np.arange(256, dtype=np.float64)[:, None] - self.mean) / self.std
-        self.lookup_table = table.astype(self.type)
+        self.lookup_table = self._table(256)
+        self._wide_table: np.ndarray | None = None  # the same for uint16, made on first use
         self._constants: dict[tuple[Any, Any, int, int], tuple[Any, Any]] = {}
 
+    def _table(self, values: int) -> np.ndarray:
+        """``(values, C)``: row ``v`` holds ``(v - mean) / std`` for every channel."""
+        table = (np.arange(values, dtype=np.float64)[:, None] - self.mean) / self.std
+        return table.astype(self.type)
+
+    def table_for(self, dtype: np.dtype) -> np.ndarray:
+        """The lookup table for images of *dtype* (uint8 or uint16)."""
+        if np.dtype(dtype).itemsize == 1:
+            return self.lookup_table
+        if self._wide_table is None:
+            self._wide_table = self._table(65536)
+        return self._wide_table
+
     def pixel_affine(self) -> tuple[np.dtype, np.ndarray, np.ndarray] | None:
-        """``(type, 1 / std, -mean / std)`` for three channels in float16 or float32."""
-        if self.type not in (np.dtype("float16"), np.dtype("float32")) or self.mean.size != 3:
+        """``(type, 1 / std, -mean / std)``, one value per channel, for float16 or
+        float32 (a decoder fuses it only into images of that many channels)."""
+        if self.type not in (np.dtype("float16"), np.dtype("float32")):
             return None
         return self.type, 1.0 / self.std, -self.mean / self.std
 
@@ -70,7 +88,9 @@ class NormalizeImage(Operation):
 
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, AllocationQuery]:
-        require_uint8(self, previous_state)
+        if numpy_dtype(previous_state.dtype, self) not in PIXEL_TYPES:
+            raise TypeError(f"{name(self)} needs uint8 or uint16 images, but it got "
+                            f"{previous_state.dtype}")
         channels = self.mean.size
         if previous_state.jit_mode:
             shape = require_shape(self, previous_state, (2, 3), "images of shape (H, W, C)")
@@ -96,12 +116,13 @@ class NormalizeImage(Operation):
 
     def _apply_numpy(self, batch: np.ndarray, destination: Any) -> np.ndarray:
         out = numpy_out(destination, len(batch), batch.shape[1:], self.type)
+        table = self.table_for(batch.dtype)
         if batch.ndim == 3:  # (B, H, W): one channel
-            np.take(self.lookup_table[:, 0], batch, out=out, mode="wrap")
+            np.take(table[:, 0], batch, out=out, mode="wrap")
             return out
         for c in range(self.mean.size):
-            # uint8 indices never exceed the table; "wrap" skips the bounds check
-            np.take(self.lookup_table[:, c], batch[..., c], out=out[..., c], mode="wrap")
+            # the indices never exceed the table; "wrap" skips the bounds check
+            np.take(table[:, c], batch[..., c], out=out[..., c], mode="wrap")
         return out
 
     def _apply_torch(self, batch: Any, destination: Any) -> Any:

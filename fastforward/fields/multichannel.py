@@ -1,0 +1,354 @@
+"""Images of 1 to 16 channels of uint8 or uint16 values: 4-band satellite tiles,
+16-bit medical slices, RGB plus depth or infrared.
+
+``MultiChannelImageField`` stores each image losslessly, raw or as a zstd frame
+(a tagged field, ``fastforward.fields.tagged``; the payload is
+``fastforward.fields.planes``': height, width, then the H·W·C values), shrunk
+by area averaging to ``max_resolution`` as ``RGBImageField`` shrinks. Its
+decoders give ``(B, H, W, C)`` batches of the field's type:
+
+- ``SimpleMultiChannelImageDecoder``: images that all have one size, as stored;
+- ``RandomResizedCropMultiChannelImageDecoder`` and
+  ``CenterCropMultiChannelImageDecoder``: the RGB crop decoders' crops (the
+  same draws from the same seed), resized by area averaging or linear
+  interpolation, a ``RandomHorizontalFlip`` right after them mirrored while
+  resizing, and a ``Convert`` or ``NormalizeImage`` written straight into
+  float16/float32 (``Decoder.fuse``). They publish their geometry: masks and
+  boxes follow them as they follow the RGB crop decoders.
+
+Every range of samples is decoded in one compiled call without the GIL
+(``fastforward._ext.planes``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import numpy as np
+
+from .._ext.planes import decode_resize_range, read_sizes
+from .._ext.resize import crop_resize_into
+from ..errors import DecodeError, EncodeError
+from ..pipeline import geometry
+from ..pipeline.allocation_query import AllocationQuery
+from ..pipeline.decoder import Decoder
+from ..pipeline.operation import BatchContext
+from ..pipeline.state import State
+from .planes import COMPRESSIONS, PLANES_HEADER, ScratchPool, pack, ranges, unpack
+from .rgb_image import (
+    MAX_SIDE,
+    CenterCropRGBImageDecoder,
+    RandomResizedCropRGBImageDecoder,
+    target_size,
+)
+from .tagged import TaggedField
+
+CHANNEL_DTYPES = (np.dtype("u1"), np.dtype("<u2"))
+MAX_CHANNELS = 16
+
+
+def to_channels_array(value: Any, channels: int, dtype: np.dtype) -> np.ndarray:
+    """*value* as a C-contiguous ``H × W × channels`` array of *dtype*.
+
+    Accepts arrays (``H × W`` when *channels* is 1), PIL images and the bytes
+    of an image file (16-bit PNG or TIFF and the like, through Pillow). Integer
+    values that do not fit *dtype* are refused, and so are other kinds.
+    """
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            from PIL import Image
+        except ImportError as exc:
+            raise EncodeError("reading image files needs Pillow: pip install "
+                              "'fastforward[pillow]'") from exc
+        try:
+            with Image.open(io.BytesIO(bytes(value))) as image:
+                value = np.asarray(image)
+        except OSError as exc:
+            raise EncodeError(f"cannot decode image file: {exc}") from None
+    elif hasattr(value, "mode") and hasattr(value, "getdata"):  # a PIL image
+        value = np.asarray(value)
+    if not isinstance(value, np.ndarray):
+        raise EncodeError(f"expected an H×W×C array, a PIL image or image file bytes, got "
+                          f"{type(value).__name__}")
+    if value.ndim == 2 and channels == 1:
+        value = value[:, :, None]
+    if value.ndim != 3 or value.shape[2] != channels:
+        raise EncodeError(f"expected an H×W×{channels} image, got shape {value.shape}")
+    if min(value.shape[:2]) < 1:
+        raise EncodeError(f"empty image of shape {value.shape}")
+    if value.dtype.kind not in "biu":
+        raise EncodeError(f"expected integer values ({dtype}), got {value.dtype}")
+    if value.dtype != dtype:
+        info = np.iinfo(dtype)
+        if value.size and (int(value.min()) < info.min or int(value.max()) > info.max):
+            raise EncodeError(f"values {int(value.min())}..{int(value.max())} do not fit the "
+                              f"field's {dtype}")
+        value = value.astype(dtype)
+    return np.ascontiguousarray(value)
+
+
+def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """An ``H × W × C`` image resized by area averaging (OpenCV's INTER_AREA)."""
+    if image.shape[:2] == (height, width):
+        return image
+    out = np.empty((height, width, image.shape[2]), image.dtype)
+    crop_resize_into(image, 0, 0, image.shape[0], image.shape[1], out)
+    return out
+
+
+class MultiChannelImageField(TaggedField):
+    """An image of 1 to 16 channels per sample, uint8 or uint16, stored losslessly.
+
+    Args:
+        channels: the channels of every image (1 to 16).
+        dtype: ``np.uint8`` or ``np.uint16``.
+        compression: None (default: the values as they are, decoded for free)
+            or ``'zstd'`` (smaller files; decompressed while loading, without
+            the GIL).
+        compression_level: zstd's level (1-22).
+        max_resolution: shrink (area averaging) so the longer side is at most this.
+        min_resolution: shrink so the shorter side is at most this (not with
+            ``max_resolution``).
+
+    Values are arrays ``H × W × channels`` (``H × W`` for one channel) of
+    integers that fit *dtype*, PIL images, or the bytes of image files Pillow
+    reads. FFCV 1.0.2 opens the field as a ``BytesField`` (see
+    ``docs/detection-and-segmentation.md``).
+    """
+
+    def __init__(self, channels: int, dtype: Any = np.uint8, compression: str | None = None,
+                 compression_level: int = 3, max_resolution: int | None = None,
+                 min_resolution: int | None = None) -> None:
+        if not 1 <= int(channels) <= MAX_CHANNELS:
+            raise ValueError(f"channels must be in [1, {MAX_CHANNELS}], got {channels}")
+        given = np.dtype(dtype)
+        self.dtype = given.newbyteorder("<") if given.itemsize > 1 else given
+        if self.dtype not in CHANNEL_DTYPES:
+            raise TypeError(f"images are uint8 or uint16, got {given}")
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+        if not 1 <= int(compression_level) <= 22:
+            raise ValueError(f"compression_level must be in [1, 22], got {compression_level}")
+        if max_resolution is not None and min_resolution is not None:
+            raise ValueError("give max_resolution or min_resolution, not both")
+        for name, value in (("max_resolution", max_resolution),
+                            ("min_resolution", min_resolution)):
+            if value is not None and not 1 <= value <= MAX_SIDE:
+                raise ValueError(f"{name} must be in [1, {MAX_SIDE}], got {value}")
+        self.channels = int(channels)
+        self.compression = compression
+        self.compression_level = int(compression_level)
+        self.max_resolution = max_resolution
+        self.min_resolution = min_resolution
+
+    def __repr__(self) -> str:
+        return (f"MultiChannelImageField({self.channels}, {self.dtype}, "
+                f"compression={self.compression!r})")
+
+    def arguments(self) -> dict[str, Any]:
+        return {"channels": self.channels, "dtype": self.dtype.str,
+                "compression": self.compression, "compression_level": self.compression_level,
+                "max_resolution": self.max_resolution, "min_resolution": self.min_resolution}
+
+    @classmethod
+    def from_arguments(cls, arguments: dict[str, Any]) -> MultiChannelImageField:
+        return cls(int(arguments["channels"]), np.dtype(arguments["dtype"]),
+                   arguments["compression"], int(arguments.get("compression_level", 3)),
+                   arguments.get("max_resolution"), arguments.get("min_resolution"))
+
+    def payload(self, value: Any) -> np.ndarray:
+        image = to_channels_array(value, self.channels, self.dtype)
+        height, width = target_size(*image.shape[:2], self.max_resolution, self.min_resolution)
+        if max(height, width) > MAX_SIDE:
+            raise EncodeError(f"image of {height}×{width} exceeds {MAX_SIDE} px; set "
+                              "max_resolution")
+        return pack(resize_area(image, height, width), self.compression,
+                    self.compression_level)
+
+    def unpack(self, data: Any) -> np.ndarray:
+        """The ``H × W × C`` values of one payload (read-only, maybe a view of *data*)."""
+        return unpack(data, self.dtype, self.channels, self.compression, "image")
+
+    def decode(self, data: memoryview) -> np.ndarray:
+        return self.unpack(data).copy()
+
+    def get_decoder_class(self) -> type:
+        return SimpleMultiChannelImageDecoder
+
+
+class _Planes:
+    """What the many-channel decoders share: the field, the scratch pool, and one
+    range's payloads and stored sizes."""
+
+    field: Any
+    field_index: int
+    _planes: ScratchPool
+
+    def _field(self) -> MultiChannelImageField:
+        if not isinstance(self.field, MultiChannelImageField):
+            raise TypeError(f"{type(self).__name__} decodes a MultiChannelImageField, not a "
+                            f"{type(self.field).__name__}")
+        return self.field
+
+    def _range(self, context: BatchContext, lo: int, hi: int
+               ) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The range's source, starts, sizes and stored heights and widths."""
+        source, starts, sizes = ranges(context, self.field_index, lo, hi)
+        heights, widths = np.empty(hi - lo, np.int64), np.empty(hi - lo, np.int64)
+        failed = read_sizes(source, starts, sizes, heights, widths)
+        if failed is not None:
+            raise self.fail(DecodeError(failed[1]), context, lo + failed[0])  # type: ignore[attr-defined]
+        return source, starts, sizes, heights, widths
+
+    def _decode(self, context: BatchContext, lo: int, parts: tuple, crops: np.ndarray,
+                flips: np.ndarray, out: np.ndarray, scale: Any, bias: Any) -> None:
+        field = self._field()
+        source, starts, sizes, heights, widths = parts
+        with self._planes.lend() as scratch:
+            failed = decode_resize_range(scratch.zstd, source, starts, sizes,
+                                         field.compression == "zstd", field.dtype.itemsize,
+                                         heights, widths, crops, flips, out, scale, bias,
+                                         scratch.workspace, scratch.values)
+        if failed is not None:
+            raise self.fail(DecodeError(failed[1]), context, lo + failed[0])  # type: ignore[attr-defined]
+
+
+def _keep_pool(clone: Decoder, previous: Decoder | None) -> Decoder:
+    """*clone* with *previous*'s scratch pool (kept from epoch to epoch), or a new one."""
+    pool = getattr(previous, "_planes", None)
+    clone._planes = pool if isinstance(pool, ScratchPool) else ScratchPool()  # type: ignore[attr-defined]
+    return clone
+
+
+class SimpleMultiChannelImageDecoder(_Planes, Decoder):
+    """Decode images that all have one size: ``(B, H, W, C)`` of the field's type.
+
+    The size is the first sample's (read from its header when the loader is
+    built: the metadata of a tagged field holds no sizes); an image of another
+    size is a ``DecodeError`` naming the file, the sample and the field. Use a
+    crop decoder for images of different sizes.
+    """
+
+    parallel = True  # one compiled call per range, without the GIL
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._planes = ScratchPool()
+
+    def runtime_copy(self, previous: Decoder | None = None) -> Decoder:
+        return _keep_pool(super().runtime_copy(previous), previous)
+
+    def _first_size(self) -> tuple[int, int]:
+        """The first sample's stored height and width (1×1 for an empty field)."""
+        if not len(self.metadata):
+            return 1, 1
+        ptr = int(self.metadata["ptr"][0])
+        with open(self.fname, "rb") as f:
+            header = os.pread(f.fileno(), PLANES_HEADER.itemsize, ptr)
+        if len(header) < PLANES_HEADER.itemsize or int(self.metadata["size"][0]) < len(header):
+            raise DecodeError(f"{self.fname}: sample 0, field {self.field_name!r}: payload "
+                              "shorter than its header")
+        row = np.frombuffer(header, PLANES_HEADER)[0]
+        return int(row["height"]), int(row["width"])
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        field = self._field()
+        shape = (*self._first_size(), field.channels)
+        return (State(jit_mode=True, shape=shape, dtype=field.dtype),
+                AllocationQuery(shape, field.dtype))
+
+    def decode_range(self, lo: int, hi: int, destination: np.ndarray,
+                     context: BatchContext) -> None:
+        parts = self._range(context, lo, hi)
+        heights, widths = parts[3], parts[4]
+        height, width = destination.shape[1:3]
+        wrong = np.flatnonzero((heights != height) | (widths != width))
+        if wrong.size:
+            k = int(wrong[0])
+            raise self.fail(DecodeError(
+                f"image is {heights[k]}×{widths[k]}, the field's first is {height}×{width}: "
+                "SimpleMultiChannelImageDecoder needs one size (crop with "
+                "RandomResizedCropMultiChannelImageDecoder or "
+                "CenterCropMultiChannelImageDecoder)"), context, lo + k)
+        crops = np.zeros((hi - lo, 4), np.int64)
+        crops[:, 2], crops[:, 3] = height, width
+        self._decode(context, lo, parts, crops, np.zeros(hi - lo, np.uint8), destination[lo:hi],
+                     None, None)
+
+
+class _MultiChannelCrop(_Planes):
+    """The many-channel forms of the RGB crop decoders (mixed in before them): their
+    crops, flips and fusions, on the field's channels and values."""
+
+    output_size: tuple[int, int]
+    fused_output: tuple[np.dtype, Any, Any] | None
+    fused_flip: tuple[float, int] | None
+
+    def runtime_copy(self, previous: Decoder | None = None) -> Decoder:
+        return _keep_pool(super().runtime_copy(previous), previous)  # type: ignore[misc]
+
+    @property
+    def channels(self) -> int:
+        """The field's channels: the RGB decoders' fusions (a flip right after; a
+        conversion, or a normalisation with one value per channel) apply to them."""
+        return self._field().channels
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        field = self._field()
+        height, width = (int(v) for v in self.output_size)
+        if height < 1 or width < 1:
+            raise ValueError(f"output_size must be positive, got {self.output_size}")
+        shape = (height, width, field.channels)
+        dtype = field.dtype if self.fused_output is None else self.fused_output[0]
+        return State(jit_mode=True, shape=shape, dtype=dtype), AllocationQuery(shape, dtype)
+
+    def decode_range(self, lo: int, hi: int, destination: np.ndarray,
+                     context: BatchContext) -> None:
+        u = self.uniforms(context)  # type: ignore[attr-defined]
+        flips = self.flips(context, lo, hi)  # type: ignore[attr-defined]
+        parts = self._range(context, lo, hi)
+        heights, widths = parts[3], parts[4]
+        crops = np.ascontiguousarray(self.crops(heights, widths,  # type: ignore[attr-defined]
+                                                None if u is None else u[lo:hi]), np.int64)
+        if context.geometry_out is not None:  # masks or boxes follow this image
+            geometry.fill(context.geometry_out[lo:hi], heights, widths, crops,
+                          destination.shape[1], destination.shape[2], flips)
+        scale = bias = None
+        if self.fused_output is not None:
+            _, scale, bias = self.fused_output
+        self._decode(context, lo, parts, crops, np.ascontiguousarray(flips, np.uint8),
+                     destination[lo:hi], scale, bias)
+
+
+class RandomResizedCropMultiChannelImageDecoder(_MultiChannelCrop,
+                                                RandomResizedCropRGBImageDecoder):
+    """Take a random crop (torchvision's sampler, as ``RandomResizedCropRGBImageDecoder``)
+    of each many-channel image and resize it: ``(B, h, w, C)``.
+
+    Args:
+        output_size: ``(h, w)``.
+        scale, ratio: the crop's area fraction and aspect-ratio ranges.
+    """
+
+    def __init__(self, output_size: tuple[int, int], scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
+        super().__init__(output_size, scale, ratio)
+        self._planes = ScratchPool()
+
+    def __repr__(self) -> str:
+        return (f"RandomResizedCropMultiChannelImageDecoder({self.output_size}, "
+                f"scale={self.scale}, ratio={self.ratio})")
+
+
+class CenterCropMultiChannelImageDecoder(_MultiChannelCrop, CenterCropRGBImageDecoder):
+    """Take the centred square of side ``ratio · min(H, W)`` of each many-channel image
+    and resize it: ``(B, h, w, C)`` (as ``CenterCropRGBImageDecoder``)."""
+
+    def __init__(self, output_size: tuple[int, int], ratio: float) -> None:
+        super().__init__(output_size, ratio)
+        self._planes = ScratchPool()
+
+    def __repr__(self) -> str:
+        return f"CenterCropMultiChannelImageDecoder({self.output_size}, ratio={self.ratio})"

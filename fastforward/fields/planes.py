@@ -1,0 +1,129 @@
+"""What masks and many-channel images share: one payload layout (a size, then the
+values, raw or as a zstd frame) and the scratch their decoders keep.
+
+Payload::
+
+    0    height, little-endian u4
+    4    width, little-endian u4
+    8    the H·W·C values (uint8, or little-endian uint16), C order: a zstd
+         frame (``compression='zstd'``) or as they are (``compression=None``)
+
+Writing compresses with Python's zstd (``compression.zstd`` from Python 3.14,
+``backports.zstd`` before); the loaders' decoders decompress with the zstd
+compiled into ``fastforward._ext.planes``, without the GIL, into scratch they
+keep (``ScratchPool``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from .._ext.planes import ZstdDecoder
+from .._ext.resize import Workspace
+from ..errors import DecodeError
+
+PLANES_HEADER = np.dtype([("height", "<u4"), ("width", "<u4")])
+COMPRESSIONS = ("zstd", None)
+
+
+def require_zstd() -> Any:
+    """The zstd module (``compression.zstd`` on Python 3.14+, ``backports.zstd`` before)."""
+    try:
+        from compression import zstd  # type: ignore[import-not-found]
+    except ImportError:
+        try:
+            from backports import zstd  # type: ignore[import-not-found,no-redef]
+        except ImportError as exc:
+            raise ImportError("masks and many-channel images are stored with zstd: pip "
+                              "install backports.zstd (a dependency of fastforward before "
+                              "Python 3.14)") from exc
+    return zstd
+
+
+def pack(values: np.ndarray, compression: str | None, level: int) -> np.ndarray:
+    """The payload of an ``H × W`` or ``H × W × C`` array of values (C-contiguous,
+    little-endian): the header, then the values raw or as one zstd frame."""
+    body = values.tobytes()
+    if compression == "zstd":
+        body = require_zstd().compress(body, level=level)
+    header = np.array([values.shape[:2]], PLANES_HEADER).tobytes()
+    return np.frombuffer(header + body, np.uint8)
+
+
+def unpack(data: Any, dtype: np.dtype, channels: int | None, compression: str | None,
+           what: str) -> np.ndarray:
+    """The ``H × W`` (*channels* None) or ``H × W × channels`` values of one payload: a
+    read-only array of its own, or a view of *data*. *what* names the thing in
+    messages (``"mask"``, ``"image"``)."""
+    data = memoryview(data).cast("B")
+    if len(data) < PLANES_HEADER.itemsize:
+        raise DecodeError(f"{what} payload of {len(data)} bytes is shorter than its header")
+    header = np.frombuffer(data, PLANES_HEADER, 1)[0]
+    height, width = int(header["height"]), int(header["width"])
+    body = data[PLANES_HEADER.itemsize :]
+    if compression == "zstd":
+        try:
+            body = require_zstd().decompress(body)
+        except Exception as exc:  # zstd.ZstdError and the like
+            raise DecodeError(f"corrupt {what} payload: {exc}") from None
+    shape = (height, width) if channels is None else (height, width, channels)
+    need = int(np.prod(shape)) * dtype.itemsize
+    if len(body) != need or height < 1 or width < 1:
+        raise DecodeError(f"{what} of {'×'.join(map(str, shape))} needs {need} bytes of values, "
+                          f"the payload holds {len(body)}")
+    return np.frombuffer(body, dtype).reshape(shape)
+
+
+def ranges(context: Any, field_index: int, lo: int, hi: int
+           ) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The batch's payload source, and the starts and sizes of samples ``lo:hi``
+    (uint64, as the kernels take them)."""
+    source, offsets, sizes = context.data.field(field_index)
+    return (source, np.ascontiguousarray(offsets[lo:hi], np.uint64),
+            np.ascontiguousarray(sizes[lo:hi], np.uint64))
+
+
+class Scratch:
+    """A zstd context, the decompressed values' buffer and a resize workspace."""
+
+    def __init__(self) -> None:
+        self.zstd = ZstdDecoder()
+        self.values = Workspace()
+        self.workspace = Workspace()
+
+
+class ScratchPool:
+    """Scratch lent to one range at a time, and kept for the next.
+
+    Owned by the decoder, not by a thread: the loader's threads change every
+    epoch, and scratch made anew would be faulted in anew. A copy (pickled
+    to a worker process, or another loader's) starts empty.
+    """
+
+    def __init__(self) -> None:
+        self._free: list[Scratch] = []
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ScratchPool:
+        return ScratchPool()
+
+    @contextmanager
+    def lend(self) -> Iterator[Scratch]:
+        with self._lock:
+            scratch = self._free.pop() if self._free else Scratch()
+        try:
+            yield scratch
+        finally:
+            with self._lock:
+                self._free.append(scratch)
