@@ -176,6 +176,7 @@ class PythonOp(Operation):
     per_sample = True
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        assert previous_state.shape is not None  # after an image decoder
         return previous_state, AllocationQuery(previous_state.shape, previous_state.dtype)
 
     def apply_sample(self, sample: np.ndarray, destination: np.ndarray, context: Any,

@@ -784,7 +784,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         figure, axes = plt.subplots(figsize=(6, 4))
         axes.plot([r[0] for r in rows], [r[2] for r in rows], "o-", label="fastforward")
         if blobs:
-            axes.plot([r[0] for r in rows], [r[1] for r in rows], "s--", label="decode limit")
+            limits = [np.nan if r[1] is None else r[1] for r in rows]  # blobs: each has one
+            axes.plot([r[0] for r in rows], limits, "s--", label="decode limit")
         axes.set_xlabel("num_workers")
         axes.set_ylabel("images/s")
         axes.set_title(f"{Path(args.file).name}: {args.pipeline}")

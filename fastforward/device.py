@@ -66,11 +66,11 @@ class DeviceBatch:
 
     __slots__ = ("event", "outputs")
 
-    def __init__(self, outputs: tuple, event: Any) -> None:
+    def __init__(self, outputs: tuple[Any, ...], event: Any) -> None:
         self.outputs = outputs
         self.event = event
 
-    def hand_over(self) -> tuple:
+    def hand_over(self) -> tuple[Any, ...]:
         """Order the consumer's stream after the batch's work; return the outputs."""
         import torch
 

@@ -32,7 +32,7 @@ def memcpy(source: np.ndarray, dest: np.ndarray) -> None:
 def read(fileno: int, destination: np.ndarray, offset: int) -> int:
     """Read ``destination.nbytes`` bytes of file *fileno* at *offset* into *destination*
     (``pread``); return the number of bytes read."""
-    return os.preadv(fileno, [memoryview(destination).cast("B")], offset)
+    return os.preadv(fileno, [destination.data.cast("B")], offset)
 
 
 def imdecode(source: np.ndarray, dst: np.ndarray, source_height: int, source_width: int,

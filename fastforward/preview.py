@@ -10,12 +10,14 @@ labelled with their class ids. Needs matplotlib (the ``plot`` extra).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .fields import IntField, MaskField, RaggedField, RGBImageField
+from .pipeline.operation import Operation
 from .reader import Reader
 
 DECODERS = ("center_crop", "random_resized_crop", "shorter_side", "simple")
@@ -72,10 +74,12 @@ def preview_pipelines(reader: Reader, image: str | None = None, decoder: str = "
                          f"{images})")
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-    chosen = {"center_crop": lambda: CenterCropRGBImageDecoder((size, size), ratio=1.0),
-              "random_resized_crop": lambda: RandomResizedCropRGBImageDecoder((size, size)),
-              "shorter_side": lambda: ShorterSideRGBImageDecoder(size, max_size=2 * size),
-              "simple": SimpleRGBImageDecoder}[decoder]()
+    makers: dict[str, Callable[[], Operation]] = {
+        "center_crop": lambda: CenterCropRGBImageDecoder((size, size), ratio=1.0),
+        "random_resized_crop": lambda: RandomResizedCropRGBImageDecoder((size, size)),
+        "shorter_side": lambda: ShorterSideRGBImageDecoder(size, max_size=2 * size),
+        "simple": SimpleRGBImageDecoder}
+    chosen = makers[decoder]()
     follows = decoder != "simple"
     pipelines: dict[str, Any] = {image: [chosen, RandomHorizontalFlip()] if flip else [chosen]}
     for name, handler in reader.handlers.items():

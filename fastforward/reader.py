@@ -11,6 +11,7 @@ where the file has them, checks every checksum (``fastforward.checksums``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
 import time
@@ -350,11 +351,15 @@ class Reader:
             searched += missed
             pointer_columns.append(ptrs)
             if flagged:
+                def missing(s: int, p: np.ndarray = ptrs) -> str:
+                    return self._missing_message(int(p[s]), s)
+
+                def crossing(s: int, p: np.ndarray = ptrs, z: np.ndarray = size) -> str:
+                    return f"payload at {int(p[s])} ({int(z[s])} bytes) crosses a page boundary"
+
                 found += [
-                    (flags == MISSING, name,
-                     lambda s, p=ptrs: self._missing_message(int(p[s]), s)),
-                    (flags == CROSSES, name, lambda s, p=ptrs, z=size: (
-                        f"payload at {int(p[s])} ({int(z[s])} bytes) crosses a page boundary")),
+                    (flags == MISSING, name, missing),
+                    (flags == CROSSES, name, crossing),
                     (flags == APART, name, lambda s: "payloads of one sample span two pages"),
                 ]
             found += self._field_checks(handler, name, self.metadata[f"f{i}"], size,
@@ -608,7 +613,7 @@ class Reader:
             row = self.metadata[index]
             for i, (name, handler) in enumerate(self.handlers.items()):
                 try:
-                    handler.read(row[f"f{i}"], lambda p, s=index: self.payload(p, s))
+                    handler.read(row[f"f{i}"], functools.partial(self.payload, sample=index))
                 except Exception as exc:
                     problems.append(Problem(index, name, f"cannot decode: {exc}"))
         return problems
@@ -646,10 +651,10 @@ class Reader:
                 problems.append(Problem(None, None, (
                     f"the padding after the metadata has {nonzero.size} non-zero byte(s), "
                     f"the first at offset {self.metadata_end + int(nonzero[0])}")))
-        view = memoryview(self.buffer)
+        pages = memoryview(self.buffer)
         for page in range(sums.num_pages):
             start, end = self.page_range(page)
-            if digest(view[start:end]) != int(sums.page_sums[page]):
+            if digest(pages[start:end]) != int(sums.page_sums[page]):
                 problems.append(Problem(None, None, self._page_message(page)))
         return problems
 

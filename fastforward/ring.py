@@ -156,16 +156,16 @@ class Slot:
 
     def _fit_shared(self, layout: Layout) -> None:
         """Carve every host buffer out of one new segment (device buffers stay None)."""
-        plan: list[tuple[str, int, tuple[int, ...], np.dtype] | tuple[str, None, None, None]] = []
+        plan: list[tuple[str, int | None, tuple[int, ...] | None, np.dtype | None]] = []
         size = 0
         for key, query in layout.items():
             for q in ((query,) if isinstance(query, AllocationQuery) else tuple(query)):
                 if not is_host(q):
                     plan.append((key, None, None, None))
                     continue
-                shape, dtype = (self.batch_size, *q.shape), host_dtype(q.dtype)
-                plan.append((key, size, shape, dtype))
-                nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                batch_shape, host = (self.batch_size, *q.shape), host_dtype(q.dtype)
+                plan.append((key, size, batch_shape, host))
+                nbytes = int(np.prod(batch_shape, dtype=np.int64)) * host.itemsize
                 size += -(-max(nbytes, 1) // ALIGN) * ALIGN
         segment = Segment(size, self._on_drop)
         if self.pin_shared:

@@ -63,7 +63,7 @@ s_print_lock = threading.Lock()
 """The lock ``s_print`` holds (FFCV's)."""
 
 
-def s_print(*args: object, **kwargs: object) -> None:
+def s_print(*args: object, **kwargs: Any) -> None:
     """``print`` under a lock, so that threads' lines do not interleave (FFCV's helper)."""
     with s_print_lock:
         print(*args, **kwargs)  # noqa: T201 - this helper's purpose

@@ -101,7 +101,8 @@ class SkippedSample(NamedTuple):
     """A sample left out of the file because encoding it raised one of the
     writer's ``skip_errors`` (``DatasetWriter.skipped`` lists them)."""
 
-    index: int  # its position in the order the writer was given
+    # its position in the order the writer was given (a field that hides tuple.index)
+    index: int  # type: ignore[assignment]
     source: Any  # its dataset index (``from_indexed_dataset``) or ``'shard#n'``
     field: str  # the field whose encoding failed
     error: str  # the exception, as ``Type: message``
@@ -388,13 +389,14 @@ class _Pool:
                 forkserver_preload(ctx, [__name__])  # workers start in ms, not seconds
         for i in range(num_workers):
             parent_end, child_end = ctx.Pipe()
+            args: tuple[Any, ...]
             if self.method == "fork":  # the job as it is in memory; nothing is pickled
                 args = (child_end, job, ([parent_end, *self.conns], list(inherited_fds)),
                         os.getpid())
             else:
                 args = (child_end, None, ([], []), None)
-            proc = ctx.Process(target=_worker_main, args=args,
-                               name=f"fastforward-writer-{i}", daemon=True)
+            proc = ctx.Process(  # type: ignore[attr-defined]  # not in typeshed's BaseContext
+                target=_worker_main, args=args, name=f"fastforward-writer-{i}", daemon=True)
             try:
                 proc.start()
             except BaseException:
@@ -435,7 +437,7 @@ class _Pool:
             feed(conn)
         while next_result < len(tasks):
             ready = wait([*self.conns, *sentinels])
-            answered = [r for r in ready if r not in sentinels]
+            answered: list[Any] = [r for r in ready if r not in sentinels]
             for conn in answered:
                 assert isinstance(conn, Connection)
                 try:
@@ -884,11 +886,13 @@ def _pointer_leaves(row_type: np.dtype) -> list[tuple[str, str | None]]:
     leaves: list[tuple[str, str | None]] = []
     u8 = np.dtype("<u8")
     for name in row_type.names or ():
+        assert row_type.fields is not None  # a structured dtype has both
         column = row_type.fields[name][0]
         if column.names is None:
             if column == u8:
                 leaves.append((name, None))
         else:
+            assert column.fields is not None
             leaves.extend((name, sub) for sub in column.names if column.fields[sub][0] == u8)
     return leaves
 
@@ -1122,7 +1126,7 @@ class DatasetWriter:
     def _progress_bar(self, total: int) -> Any:
         from tqdm import tqdm
 
-        class Bar(tqdm):  # type: ignore[misc]
+        class Bar(tqdm):  # type: ignore[type-arg]  # generic in its stubs only, not at run time
             # no monitor thread: a later write forks workers, and forking a
             # process with threads is unsafe (Python 3.12 warns about it)
             monitor_interval = 0

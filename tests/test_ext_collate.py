@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -216,5 +217,14 @@ def test_copier_holds_the_array_it_writes_into(src: np.ndarray) -> None:
         assert sys.getrefcount(owner) > baseline
         copier.wait(ticket)
         assert sys.getrefcount(owner) == baseline
+    finally:
+        copier.close()
+
+
+def test_a_copier_is_not_pickled() -> None:
+    copier = Copier(1)
+    try:
+        with pytest.raises(TypeError, match="cannot pickle"):
+            pickle.dumps(copier)
     finally:
         copier.close()

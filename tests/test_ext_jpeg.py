@@ -10,6 +10,7 @@ image (today's path), and at a DCT scale M/8 < 1 within a stated tolerance.
 from __future__ import annotations
 
 import io
+import pickle
 
 import numpy as np
 import pytest
@@ -286,3 +287,8 @@ def test_decode_window_refuses_windows_outside_the_image(photo: np.ndarray,
         jpeg.decode_window(decoder, data, 256, 341, 8, 250, 10, 0, 10)
     with pytest.raises(ValueError, match="not 255×341"):
         jpeg.decode_window(decoder, data, 255, 341, 8, 0, 10, 0, 10)
+
+
+def test_a_jpeg_decoder_is_not_pickled() -> None:
+    with pytest.raises(TypeError, match="cannot pickle"):
+        pickle.dumps(jpeg.JpegDecoder())

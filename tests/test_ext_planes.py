@@ -3,6 +3,7 @@ against Python's zstd and the NumPy references."""
 
 from __future__ import annotations
 
+import pickle
 import sys
 from pathlib import Path
 
@@ -268,3 +269,8 @@ def test_resize_range_reports_a_frame_of_the_wrong_size(photos: list[np.ndarray]
         np.empty((1, 10, 10, 5), np.uint8), None, None, Workspace(), Workspace())
     assert k == 0
     assert "holds 2400 bytes, a 20×30 image needs 3000" in message
+
+
+def test_a_zstd_decoder_is_not_pickled() -> None:
+    with pytest.raises(TypeError, match="cannot pickle"):
+        pickle.dumps(planes.ZstdDecoder())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from reference import crop_resize
 
-from fastforward._ext.resize import crop_resize_into
+from fastforward._ext.resize import Workspace, crop_resize_into
 
 CASES = {
     "identity": ((0, 0, 40, 60), (40, 60)),
@@ -330,3 +331,13 @@ print("ok")
                             timeout=60, cwd=tmp_path)  # the installed package, not the tree
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_a_workspace_is_not_pickled(source: np.ndarray) -> None:
+    # Cython's generated pickling read its C pointer as a string: a crash
+    used = Workspace()
+    crop_resize_into(source, 0, 0, 40, 60, np.zeros((20, 30, 3), np.uint8), workspace=used)
+    assert used.nbytes > 0
+    for workspace in (Workspace(), used):
+        with pytest.raises(TypeError, match="cannot pickle"):
+            pickle.dumps(workspace)

@@ -1,18 +1,27 @@
-from typing_extensions import Buffer
+from typing import Self
 
-def gather_into(src: Buffer, offsets: Buffer, sizes: Buffer, out: Buffer) -> int:
+from typing_extensions import disjoint_base
+
+from ._typing import BufferLike
+
+def gather_into(src: BufferLike, offsets: BufferLike, sizes: BufferLike,
+                out: BufferLike) -> int:
     """Copy record ``i`` (``sizes[i]`` bytes at ``offsets[i]``) into row ``i`` of *out*,
     zero-padded."""
 
+@disjoint_base
 class Copier:
     """``gather_into`` on background threads (POSIX threads that never take the GIL)."""
 
-    threads: int
-    pid: int
-    closed: bool
-
-    def __init__(self, threads: int = 1) -> None: ...
-    def submit(self, src: Buffer, offsets: Buffer, sizes: Buffer, out: Buffer) -> int:
+    def __new__(cls, threads: int = 1) -> Self: ...
+    @property
+    def threads(self) -> int: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    def submit(self, src: BufferLike, offsets: BufferLike, sizes: BufferLike,
+               out: BufferLike) -> int:
         """Queue ``gather_into(src, offsets, sizes, out)``; returns its ticket."""
     def wait(self, ticket: int) -> None:
         """Return once the copy with *ticket*, and every one before it, has finished."""

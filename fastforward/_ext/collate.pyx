@@ -84,6 +84,7 @@ def gather_into(const uint8_t[::1] src not None, const uint64_t[::1] offsets not
 
 
 @cython.no_gc_clear  # __dealloc__ needs _held: copies may still be writing
+@cython.auto_pickle(False)  # threads and C state: never pickled (TypeError)
 cdef class Copier:
     """``gather_into`` on background threads (POSIX threads that never take the GIL).
 

@@ -1,25 +1,28 @@
 from collections.abc import Sequence
 
 import numpy as np
-from typing_extensions import Buffer
+from typing_extensions import disjoint_base
 
+from ._typing import BufferLike
 from .resize import Workspace
 
 LIBJPEG_TURBO_VERSION: str
 
+@disjoint_base
 class JpegDecoder:
     """A libjpeg decompressor and its row buffer, kept from image to image."""
 
 def decode_crop_resize_range(
-    decoder: JpegDecoder, source: Buffer, starts: Buffer, sizes: Buffer, raw: Buffer,
-    heights: Buffer, widths: Buffer, crops: Buffer, flips: Buffer, out: np.ndarray,
-    scale: Sequence[float] | None, bias: Sequence[float] | None, workspace: Workspace,
-    fast_idct: bool = True, min_scale: int = 8,
+    decoder: JpegDecoder, source: BufferLike, starts: BufferLike, sizes: BufferLike,
+    raw: BufferLike, heights: BufferLike, widths: BufferLike, crops: BufferLike,
+    flips: BufferLike, out: np.ndarray, scale: Sequence[float] | np.ndarray | None,
+    bias: Sequence[float] | np.ndarray | None, workspace: Workspace, fast_idct: bool = True,
+    min_scale: int = 8,
 ) -> tuple[int, str] | None:
     """Decode, crop and resize samples ``0 .. n-1`` of a range into ``out[k]``."""
 
 def decode_window(
-    decoder: JpegDecoder, data: Buffer, height: int, width: int, scale: int, y0: int, h: int,
+    decoder: JpegDecoder, data: BufferLike, height: int, width: int, scale: int, y0: int, h: int,
     x0: int, w: int, fast_idct: bool = True,
 ) -> np.ndarray:
     """Rows ``y0 .. y0+h`` and columns ``x0 .. x0+w`` of a JPEG at the DCT scale ``scale/8``."""

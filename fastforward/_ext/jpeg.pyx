@@ -21,6 +21,7 @@ image of *out*; uses the ``JpegDecoder``'s row buffer (the largest window so
 far, kept) and the ``Workspace``.
 """
 
+cimport cython
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport calloc, free
 
@@ -51,6 +52,7 @@ LIBJPEG_TURBO_VERSION = (f"{LIBJPEG_TURBO_VERSION_NUMBER // 1000000}."
 """The libjpeg-turbo linked into this module."""
 
 
+@cython.auto_pickle(False)  # a libjpeg decompressor: never pickled (TypeError)
 cdef class JpegDecoder:
     """A libjpeg decompressor and its row buffer, kept from image to image.
 

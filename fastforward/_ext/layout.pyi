@@ -1,21 +1,21 @@
-from typing_extensions import Buffer
+from ._typing import BufferLike
 
 MISSING: int
 CROSSES: int
 APART: int
 
-def first_rows_into(owners: Buffer, out: Buffer) -> None:
+def first_rows_into(owners: BufferLike, out: BufferLike) -> None:
     """Set ``out[s]`` to the first row of sample *s* in *owners* (sorted by offset)."""
 
-def locate_payloads(table_ptrs: Buffer, table_sizes: Buffer, table_owners: Buffer,
-                    first_rows: Buffer, k: int, ptrs: Buffer, shift: int, first_page: int,
-                    sizes: Buffer, pages: Buffer, flags: Buffer
+def locate_payloads(table_ptrs: BufferLike, table_sizes: BufferLike, table_owners: BufferLike,
+                    first_rows: BufferLike, k: int, ptrs: BufferLike, shift: int,
+                    first_page: int, sizes: BufferLike, pages: BufferLike, flags: BufferLike
                     ) -> tuple[int, int]:
     """Locate and check one field's payloads; returns ``(flagged, searched)``."""
 
-def scan_table(ptrs: Buffer, sizes: Buffer, owners: Buffer, lo: int, hi: int,
+def scan_table(ptrs: BufferLike, sizes: BufferLike, owners: BufferLike, lo: int, hi: int,
                num_samples: int) -> tuple[int, int, bool]:
     """``(outside, stranger, in_order)`` of the allocation table's rows as stored."""
 
-def find_overlaps(ptrs: Buffer, sizes: Buffer) -> tuple[int, int, int]:
+def find_overlaps(ptrs: BufferLike, sizes: BufferLike) -> tuple[int, int, int]:
     """``(count, a, b)``: allocations (sorted by offset) overlapping an earlier one."""

@@ -79,6 +79,7 @@ cdef enum:
     ZSTD_SIZE = 2       # it decompressed to another size than the header's
 
 
+@cython.auto_pickle(False)  # a C decompression context: never pickled (TypeError)
 cdef class ZstdDecoder:
     """A zstd decompression context, kept between calls (one per thread: not locked)."""
 

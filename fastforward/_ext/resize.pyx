@@ -189,6 +189,9 @@ cdef void _pad_filter(Filter* f, int n, int m) noexcept nogil:
     f.used = used
 
 
+# never pickled (TypeError): Cython's generated pickling would read ``memory`` as a
+# NUL-terminated string, which crashed on a fresh Workspace (NULL)
+@cython.auto_pickle(False)
 cdef class Workspace:
     """Scratch memory for ``crop_resize_into``, kept between calls.
 

@@ -103,17 +103,19 @@ class BytesBatch(np.ndarray):
     def __getitem__(self, key: Any) -> Any:
         return self.view(np.ndarray)[key]
 
-    def copy(self, order: Any = "C") -> BytesBatch:  # type: ignore[override]
+    def copy(self, order: Any = "C") -> BytesBatch:
         """A copy of the batch and of its lengths (the loader's buffers are not held)."""
         result = super().copy(order)
         result.lengths = None if self.lengths is None else self.lengths.copy()
         return result
 
-    def __reduce__(self) -> tuple:
-        rebuild, args, state = super().__reduce__()[:3]
+    def __reduce__(self) -> tuple[Any, ...]:
+        reduced = super().__reduce__()
+        assert isinstance(reduced, tuple)  # an ndarray's is (rebuild, args, state)
+        rebuild, args, state = reduced[:3]
         return rebuild, args, (state, self.lengths)
 
-    def __setstate__(self, state: tuple) -> None:
+    def __setstate__(self, state: tuple[Any, Any]) -> None:  # type: ignore[override]  # __reduce__'s
         array_state, self.lengths = state
         super().__setstate__(array_state)
 

@@ -142,7 +142,8 @@ class MaskField(TaggedField):
 
     def payload(self, value: Any) -> np.ndarray:
         mask = to_mask_array(value, self.dtype)
-        height, width = target_size(*mask.shape, self.max_resolution, self.min_resolution)
+        height, width = mask.shape
+        height, width = target_size(height, width, self.max_resolution, self.min_resolution)
         if max(height, width) > MAX_SIDE:
             raise EncodeError(f"mask of {height}×{width} exceeds {MAX_SIDE} px; set "
                               "max_resolution")

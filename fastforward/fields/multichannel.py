@@ -160,7 +160,8 @@ class MultiChannelImageField(TaggedField):
 
     def payload(self, value: Any) -> np.ndarray:
         image = to_channels_array(value, self.channels, self.dtype)
-        height, width = target_size(*image.shape[:2], self.max_resolution, self.min_resolution)
+        height, width = image.shape[:2]
+        height, width = target_size(height, width, self.max_resolution, self.min_resolution)
         if max(height, width) > MAX_SIDE:
             raise EncodeError(f"image of {height}×{width} exceeds {MAX_SIDE} px; set "
                               "max_resolution")
@@ -202,8 +203,10 @@ class _Planes:
             raise self.fail(DecodeError(failed[1]), context, lo + failed[0])  # type: ignore[attr-defined]
         return source, starts, sizes, heights, widths
 
-    def _decode(self, context: BatchContext, lo: int, parts: tuple, crops: np.ndarray,
-                flips: np.ndarray, out: np.ndarray, scale: Any, bias: Any) -> None:
+    def _decode_planes(self, context: BatchContext, lo: int,
+                       parts: tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                       crops: np.ndarray, flips: np.ndarray, out: np.ndarray, scale: Any,
+                       bias: Any) -> None:
         field = self._field()
         source, starts, sizes, heights, widths = parts
         with self._planes.lend() as scratch:
@@ -274,8 +277,8 @@ class SimpleMultiChannelImageDecoder(_Planes, Decoder):
                 "CenterCropMultiChannelImageDecoder)"), context, lo + k)
         crops = np.zeros((hi - lo, 4), np.int64)
         crops[:, 2], crops[:, 3] = height, width
-        self._decode(context, lo, parts, crops, np.zeros(hi - lo, np.uint8), destination[lo:hi],
-                     None, None)
+        self._decode_planes(context, lo, parts, crops, np.zeros(hi - lo, np.uint8),
+                            destination[lo:hi], None, None)
 
 
 class _MultiChannelCrop(_Planes):
@@ -318,8 +321,8 @@ class _MultiChannelCrop(_Planes):
         scale = bias = None
         if self.fused_output is not None:
             _, scale, bias = self.fused_output
-        self._decode(context, lo, parts, crops, np.ascontiguousarray(flips, np.uint8),
-                     destination[lo:hi], scale, bias)
+        self._decode_planes(context, lo, parts, crops, np.ascontiguousarray(flips, np.uint8),
+                            destination[lo:hi], scale, bias)
 
 
 class RandomResizedCropMultiChannelImageDecoder(_MultiChannelCrop,

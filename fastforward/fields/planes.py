@@ -37,7 +37,7 @@ def require_zstd() -> Any:
         from compression import zstd  # type: ignore[import-not-found]
     except ImportError:
         try:
-            from backports import zstd  # type: ignore[import-not-found,no-redef]
+            from backports import zstd
         except ImportError as exc:
             raise ImportError("masks and many-channel images are stored with zstd: pip "
                               "install backports.zstd (a dependency of fastforward before "

@@ -167,6 +167,7 @@ class ImageSizeDecoder(Decoder):
 
     def decode_range(self, lo: int, hi: int, destination: np.ndarray,
                      context: BatchContext) -> None:
+        assert self.follows is not None  # given to __init__
         rows = context.geometry[self.follows][lo:hi]
         keys = ("height", "width") if self.source else ("out_height", "out_width")
         destination[lo:hi, 0] = rows[keys[0]]

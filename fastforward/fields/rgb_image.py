@@ -239,7 +239,8 @@ class RGBImageField(Field):
             image = decode_image_file(data, min_height, min_width)
         image = to_rgb_array(image)
         if target is None:
-            target = target_size(*image.shape[:2], self.max_resolution, self.min_resolution)
+            target = target_size(image.shape[0], image.shape[1], self.max_resolution,
+                                 self.min_resolution)
         if max(target) > MAX_SIDE:
             raise EncodeError(
                 f"image of {target[0]}×{target[1]} exceeds the format's {MAX_SIDE} px limit; "

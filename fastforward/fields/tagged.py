@@ -127,7 +127,7 @@ class TaggedField(Field):
         return np.frombuffer(bytes(raw), ARG_TYPE)[0]
 
     @classmethod
-    def from_binary(cls, binary: np.ndarray) -> Field:  # type: ignore[override]
+    def from_binary(cls, binary: np.ndarray) -> Field:
         arguments = parse_arguments(binary)
         if arguments is None:
             raise FormatError(f"the field's arguments are not a {cls.__name__}'s (no "

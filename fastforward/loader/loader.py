@@ -194,7 +194,9 @@ class Loader:
             if not 0 <= int(seed) < 1 << 63:
                 raise ValueError(f"seed must be a non-negative integer below 2**63, got {seed}")
             return int(seed)
-        drawn = int(np.random.SeedSequence().entropy % (1 << 31))
+        entropy = np.random.SeedSequence().entropy
+        assert isinstance(entropy, int)  # drawn from the OS when none is given
+        drawn = entropy % (1 << 31)
         if self.distributed and order is not OrderOption.SEQUENTIAL:
             # every rank must visit the same order: rank 0's seed, for all of them
             # (SEQUENTIAL's order needs none, so no collective is run for it)
@@ -256,7 +258,9 @@ class Loader:
             raise TypeError(f"pipeline {name!r}: expected a list of operations, a "
                             f"PipelineSpec or None, got {type(value).__name__}")
         # one wrapper per object the user gave (a branch names its source by identity)
-        wrap = lambda op: self._wrappers.setdefault(id(op), (op, _wrap_module(op)))[1]  # noqa: E731
+        def wrap(op: Any) -> Any:
+            return self._wrappers.setdefault(id(op), (op, _wrap_module(op)))[1]
+
         spec.transforms = [wrap(op) for op in spec.transforms]
         if spec.decoder is not None:
             spec.decoder = wrap(spec.decoder)
@@ -315,7 +319,7 @@ class Loader:
         """The CUDA stage, when a pipeline copies to a CUDA device (one device per loader)."""
         from ..transforms import ToDevice
 
-        devices = {_device_name(op.device) for spec in self._specs.values()
+        devices = {_device_name(getattr(op, "device", "cpu")) for spec in self._specs.values()
                    for op in [spec.decoder, *spec.transforms]
                    if isinstance(op, (ToDevice, Decoder)) and is_cuda(getattr(op, "device", "cpu"))}
         if not devices:
@@ -463,7 +467,7 @@ class Loader:
         copier = self._start_copier() if deferred and self._stage is None and self.os_cache \
             else None
         workers = self.workers.open_epoch(plan, self._slots)
-        fetch = self.memory_manager.fetch
+        fetch: Callable[[np.ndarray], Any] = self.memory_manager.fetch
         if workers.fields is not None:  # process workers fetch their own ranges' payloads
             fields = workers.fields
             fetch = lambda indices: self.memory_manager.fetch(indices, fields)  # noqa: E731
@@ -551,7 +555,7 @@ class _Owned:
             self.reader.close()
 
 
-class EpochIterator(Iterator[tuple]):
+class EpochIterator(Iterator[tuple[Any, ...]]):
     """One epoch's batches. Dropping it, ``close()`` or Ctrl-C stops its threads."""
 
     def __init__(self, engine: Engine, length: int, epoch: int,
@@ -573,7 +577,7 @@ class EpochIterator(Iterator[tuple]):
         """Whether the epoch may still hand out batches (not closed or ended)."""
         return self._finalizer.alive
 
-    def __next__(self) -> tuple:
+    def __next__(self) -> tuple[Any, ...]:
         try:
             batch = self._engine.next_batch()
         except StopIteration:
@@ -635,11 +639,11 @@ class PendingBatch:
 
     __slots__ = ("copies", "outputs")
 
-    def __init__(self, outputs: tuple, copies: PendingCopies) -> None:
+    def __init__(self, outputs: tuple[Any, ...], copies: PendingCopies) -> None:
         self.outputs = outputs
         self.copies = copies
 
-    def hand_over(self) -> tuple:
+    def hand_over(self) -> tuple[Any, ...]:
         """Wait for the copies (without the GIL); return the outputs."""
         self.copies.wait()
         return self.outputs

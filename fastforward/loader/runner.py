@@ -161,7 +161,8 @@ def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
             and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
 
 
-def run_stage2(plan: Plan, job: BatchJob, data: Any, slot: Any, copies: Any = None) -> tuple:
+def run_stage2(plan: Plan, job: BatchJob, data: Any, slot: Any,
+               copies: Any = None) -> tuple[Any, ...]:
     """Stage 2 over the whole batch, after stage 1: the batch's outputs, in order."""
     n = len(job.indices)
     context = BatchContext(job.indices, job.epoch, job.seed, 0, job.index, data, copies=copies)

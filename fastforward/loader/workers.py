@@ -206,9 +206,9 @@ class ProcessWorkers:
             parent_end, child_end = ctx.Pipe(duplex=True)
             inherited = [w.conn.fileno() for w in self._workers if not w.dead] + [
                 parent_end.fileno(), self._wake_r, self._wake_w]
-            process = ctx.Process(target=_worker_main, name=f"fastforward-worker-{k}",
-                                  args=(child_end, self.config, inherited if method == "fork"
-                                        else []), daemon=True)
+            process = ctx.Process(  # type: ignore[attr-defined]  # not in typeshed's BaseContext
+                target=_worker_main, name=f"fastforward-worker-{k}",
+                args=(child_end, self.config, inherited if method == "fork" else []), daemon=True)
             try:
                 process.start()
             finally:
@@ -362,7 +362,7 @@ class ProcessWorkers:
             return
         self._receive_one(worker, reply)
 
-    def _receive_one(self, worker: _Worker, reply: tuple) -> None:
+    def _receive_one(self, worker: _Worker, reply: tuple[Any, ...]) -> None:
         status, job_id = reply[0], reply[1]
         if status == "running":
             worker.running = job_id
@@ -496,7 +496,7 @@ def _preload() -> list[str]:
 class _MappedSlot:
     """A slot's buffers, as a worker maps them."""
 
-    def __init__(self, fd: int, nbytes: int, offsets: dict[str, list]) -> None:
+    def __init__(self, fd: int, nbytes: int, offsets: dict[str, list[Any]]) -> None:
         import mmap
 
         try:
@@ -565,7 +565,7 @@ def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool],
                 data = manager.fetch(job.indices[lo:hi])
                 run_stage1(plan, job, data, slots[segment_id], lo, hi)
                 del data
-                reply: tuple = ("done", job_id)
+                reply: tuple[Any, ...] = ("done", job_id)
             except BaseException as exc:
                 reply = ("error", job_id, portable(exc, where))
             try:

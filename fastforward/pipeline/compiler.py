@@ -259,7 +259,7 @@ class NumbaOperation(Decoder):
         # what was generated and compiled, by the states it was for: shared by the
         # copies the loader makes of this object for each epoch (copy.copy), so that
         # generate_code() runs once per pipeline, as in FFCV (without recompile)
-        self._prepared: dict[Any, tuple] = {}
+        self._prepared: dict[Any, tuple[Any, ...]] = {}
 
     def __repr__(self) -> str:
         return f"NumbaOperation({self.op!r})"
@@ -268,8 +268,8 @@ class NumbaOperation(Decoder):
         """Generate and compile again at the next epoch (``Loader(recompile=True)``)."""
         self._prepared.clear()
 
-    @property  # type: ignore[override]
-    def releases_gil(self) -> bool:
+    @property
+    def releases_gil(self) -> bool:  # type: ignore[override]  # a class attribute in Operation
         """Compiled code runs without the GIL; the Python fallback keeps it."""
         return self.jit
 
@@ -407,7 +407,7 @@ class NumbaOperation(Decoder):
         except Exception as exc:
             raise annotate(exc, self.name) from None
 
-    def _call(self, context: BatchContext, args: list, indices: np.ndarray, count: int) -> Any:
+    def _call(self, context: BatchContext, args: list[Any], indices: np.ndarray, count: int) -> Any:
         if self.with_indices:
             args.append(indices)
         if self._shared is not None:
@@ -429,7 +429,7 @@ class NumbaOperation(Decoder):
                 return self._fn(*args)
         return self._fn(*args)
 
-    def _storage(self, context: BatchContext, indices: np.ndarray) -> tuple:
+    def _storage(self, context: BatchContext, indices: np.ndarray) -> tuple[Any, ...]:
         """FFCV's ``storage_state`` for this batch: what ``memory_read`` finds payloads in."""
         pointers = self.field.payload_pointers(self.metadata)
         if pointers is None:
@@ -444,7 +444,7 @@ class NumbaOperation(Decoder):
                 np.ascontiguousarray(np.asarray(sizes, np.uint64)[order]))
 
 
-def _storage_sample() -> tuple:
+def _storage_sample() -> tuple[Any, ...]:
     source = np.zeros(0, np.uint8)
     source.flags.writeable = False
     empty = np.zeros(0, np.uint64)

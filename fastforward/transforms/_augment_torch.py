@@ -129,7 +129,9 @@ def _affine(x: Any, p: np.ndarray, bilinear: bool, fill: np.ndarray | None) -> A
         if fill is not None:
             part = inside.float() * weight
             mask = part if mask is None else mask + part
+    assert total is not None  # the loop ran over the four corners
     if fill is not None:
+        assert mask is not None
         f = torch.from_numpy(np.float32(fill)).reshape(1, 3, 1).to(x.device)
         total = (total - f) * mask[:, None, :] + f
     return _to_u8(torch.round(total)).reshape(n, 3, h, w)

@@ -120,7 +120,9 @@ class Cutout(Operation):
     def _apply_torch(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         import torch
 
-        dh, dw, dc = (1 + d for d in torch_image_dims(self, tuple(batch.shape[1:])))
+        dh, dw, dc = torch_image_dims(self, tuple(batch.shape[1:]))
+        assert dc is not None  # (H, W) samples were refused in declare_state_and_memory
+        dh, dw, dc = dh + 1, dw + 1, dc + 1
         h, w = batch.shape[dh], batch.shape[dw]
         out = torch_out(destination, batch, tuple(batch.shape[1:]), batch.dtype)
         corners = to_device_of(self.corners(context, h, w), batch)  # (B, 2)

@@ -83,7 +83,7 @@ class _RandomFlip(Operation):
     def _apply_torch(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         flip = self.decisions(context)
         # the reversed dimension of the batch: H or W after the batch one
-        dim = 1 + torch_image_dims(self, tuple(batch.shape[1:]))[self.axis]
+        dim = 1 + torch_image_dims(self, tuple(batch.shape[1:]))[:2][self.axis]
         out = torch_out(destination, batch, tuple(batch.shape[1:]), batch.dtype)
         signed = _SIGNED_VIEWS.get(str(batch.dtype))
         if signed is not None:  # torch has no flip for uint16: move the same bits as int16

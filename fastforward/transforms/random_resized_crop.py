@@ -36,7 +36,7 @@ class RandomResizedCrop(Operation):
 
 
     def __init__(self, scale: tuple[float, float], ratio: tuple[float, float],
-                 size: int) -> None:
+                 size: int | tuple[int, int]) -> None:
         super().__init__()
         if not 0 < scale[0] <= scale[1]:
             raise ValueError(f"{name(self)}: scale must be (low, high) with 0 < low <= high, "
@@ -49,7 +49,7 @@ class RandomResizedCrop(Operation):
         self.size = size
 
     def _output_size(self) -> tuple[int, int]:
-        size = self.size
+        size: Any = self.size  # an int (any NumPy integer too), or a (height, width) pair
         h, w = (size, size) if np.ndim(size) == 0 else size
         if int(h) < 1 or int(w) < 1:
             raise ValueError(f"{name(self)}: size must be positive, got {size}")

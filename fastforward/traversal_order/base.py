@@ -30,7 +30,7 @@ class TraversalOrder(ABC):
             raise TypeError(f"{type(self).__name__} takes no options {sorted(kwargs)}")
 
     @abstractmethod
-    def sample_order(self, epoch: int) -> Sequence[int]:
+    def sample_order(self, epoch: int) -> Sequence[int] | np.ndarray:
         """The dataset indices of epoch *epoch*, in order."""
 
     def rank_orders(self, epoch: int, world: int, even: bool = True) -> list[Any]:

@@ -111,7 +111,7 @@ class ProcessCacheManager(MemoryManager):
             self.peak_bytes = max(self.peak_bytes, self.live_bytes)
 
     def _pread_into(self, out: np.ndarray, offset: int) -> None:
-        view = memoryview(out)
+        view = out.data
         done = 0
         while done < len(view):
             n = os.preadv(self._fd, [view[done:]], offset + done)
