@@ -130,12 +130,12 @@ def test_python_augmentations(benchmark, beton: Path, folder256: Path, pipeline:
         pytest.importorskip("torchvision", reason="TrivialAugmentWide is torchvision's")
     measures = {
         "fastforward": lambda: loader_throughput(beton, pipeline, num_workers=cores,
-                                                 worker_type="process", epochs=2,
-                                                 batch_size=128),
+                                                 worker_type="process", epochs=3,
+                                                 batch_size=256),
         "fastforward, 1 process": lambda: loader_throughput(
-            beton, pipeline, num_workers=1, worker_type="process", epochs=2, batch_size=128),
+            beton, pipeline, num_workers=1, worker_type="process", epochs=3, batch_size=256),
         "fastforward, threads": lambda: loader_throughput(
-            beton, pipeline, num_workers=cores, worker_type="thread", epochs=2, batch_size=128),
+            beton, pipeline, num_workers=cores, worker_type="thread", epochs=3, batch_size=256),
     }
     if importable("torchvision" if pipeline == "tv_trivialaugment" else "torch",
                   comparators["dataloader"]):
