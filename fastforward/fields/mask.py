@@ -34,7 +34,17 @@ from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.decoder import Decoder
 from ..pipeline.operation import BatchContext
 from ..pipeline.state import State
-from .planes import COMPRESSIONS, PLANES_HEADER, ScratchPool, pack, ranges, require_zstd, unpack
+from .planes import (
+    COMPRESSIONS,
+    PLANES_HEADER,
+    ScratchPool,
+    as_array,
+    fit_integers,
+    pack,
+    ranges,
+    require_zstd,
+    unpack,
+)
 from .rgb_image import MAX_SIDE, target_size
 from .tagged import TaggedField
 
@@ -52,39 +62,14 @@ def to_mask_array(value: Any, dtype: np.dtype) -> np.ndarray:
     ``I;16``, ``I``) and the bytes of an image file (PNG and the like, through
     Pillow). Ids that do not fit *dtype* are refused.
     """
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        try:
-            import io
-
-            from PIL import Image
-        except ImportError as exc:
-            raise EncodeError("reading mask image files needs Pillow: pip install "
-                              "'fastforward[pillow]'") from exc
-        try:
-            with Image.open(io.BytesIO(bytes(value))) as image:
-                value = np.asarray(image)
-        except OSError as exc:
-            raise EncodeError(f"cannot decode mask image file: {exc}") from None
-    elif hasattr(value, "mode") and hasattr(value, "getdata"):  # a PIL image
-        value = np.asarray(value)
-    if not isinstance(value, np.ndarray):
-        raise EncodeError(f"expected a 2-D array of ids, a PIL image or image file bytes, "
-                          f"got {type(value).__name__}")
+    value = as_array(value, "mask image", "a 2-D array of ids")
     if value.ndim == 3 and value.shape[2] == 1:
         value = value[:, :, 0]
     if value.ndim != 2:
         raise EncodeError(f"expected a 2-D mask (H×W), got shape {value.shape}")
     if min(value.shape) < 1:
         raise EncodeError(f"empty mask of shape {value.shape}")
-    if value.dtype.kind not in "biu":
-        raise EncodeError(f"expected integer ids, got {value.dtype}")
-    if value.dtype != dtype:
-        info = np.iinfo(dtype)
-        if value.size and (int(value.min()) < info.min or int(value.max()) > info.max):
-            raise EncodeError(f"ids {int(value.min())}..{int(value.max())} do not fit the "
-                              f"field's {dtype}")
-        value = value.astype(dtype)
-    return np.ascontiguousarray(value)
+    return fit_integers(value, dtype, "ids")
 
 
 def resize_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -22,7 +22,6 @@ Every range of samples is decoded in one compiled call without the GIL
 
 from __future__ import annotations
 
-import io
 import os
 from typing import Any
 
@@ -36,7 +35,16 @@ from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.decoder import Decoder
 from ..pipeline.operation import BatchContext
 from ..pipeline.state import State
-from .planes import COMPRESSIONS, PLANES_HEADER, ScratchPool, pack, ranges, unpack
+from .planes import (
+    COMPRESSIONS,
+    PLANES_HEADER,
+    ScratchPool,
+    as_array,
+    fit_integers,
+    pack,
+    ranges,
+    unpack,
+)
 from .rgb_image import (
     MAX_SIDE,
     CenterCropRGBImageDecoder,
@@ -56,37 +64,14 @@ def to_channels_array(value: Any, channels: int, dtype: np.dtype) -> np.ndarray:
     of an image file (16-bit PNG or TIFF and the like, through Pillow). Integer
     values that do not fit *dtype* are refused, and so are other kinds.
     """
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        try:
-            from PIL import Image
-        except ImportError as exc:
-            raise EncodeError("reading image files needs Pillow: pip install "
-                              "'fastforward[pillow]'") from exc
-        try:
-            with Image.open(io.BytesIO(bytes(value))) as image:
-                value = np.asarray(image)
-        except OSError as exc:
-            raise EncodeError(f"cannot decode image file: {exc}") from None
-    elif hasattr(value, "mode") and hasattr(value, "getdata"):  # a PIL image
-        value = np.asarray(value)
-    if not isinstance(value, np.ndarray):
-        raise EncodeError(f"expected an H×W×C array, a PIL image or image file bytes, got "
-                          f"{type(value).__name__}")
+    value = as_array(value, "image", "an H×W×C array")
     if value.ndim == 2 and channels == 1:
         value = value[:, :, None]
     if value.ndim != 3 or value.shape[2] != channels:
         raise EncodeError(f"expected an H×W×{channels} image, got shape {value.shape}")
     if min(value.shape[:2]) < 1:
         raise EncodeError(f"empty image of shape {value.shape}")
-    if value.dtype.kind not in "biu":
-        raise EncodeError(f"expected integer values ({dtype}), got {value.dtype}")
-    if value.dtype != dtype:
-        info = np.iinfo(dtype)
-        if value.size and (int(value.min()) < info.min or int(value.max()) > info.max):
-            raise EncodeError(f"values {int(value.min())}..{int(value.max())} do not fit the "
-                              f"field's {dtype}")
-        value = value.astype(dtype)
-    return np.ascontiguousarray(value)
+    return fit_integers(value, dtype, "values")
 
 
 def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -16,6 +16,7 @@ keep (``ScratchPool``).
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ import numpy as np
 
 from .._ext.planes import ZstdDecoder
 from .._ext.resize import Workspace
-from ..errors import DecodeError
+from ..errors import DecodeError, EncodeError
 
 PLANES_HEADER = np.dtype([("height", "<u4"), ("width", "<u4")])
 COMPRESSIONS = ("zstd", None)
@@ -43,6 +44,43 @@ def require_zstd() -> Any:
                               "install backports.zstd (a dependency of fastforward before "
                               "Python 3.14)") from exc
     return zstd
+
+
+def as_array(value: Any, what: str, expected: str) -> np.ndarray:
+    """*value* as a NumPy array: an array as it is; a PIL image, or the bytes of an
+    image file (PNG, TIFF and the like, through Pillow), as its values. *what*
+    names the files in errors ("mask image", "image"), *expected* the arrays taken."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            from PIL import Image
+        except ImportError as exc:
+            raise EncodeError(f"reading {what} files needs Pillow: pip install "
+                              "'fastforward[pillow]'") from exc
+        try:
+            with Image.open(io.BytesIO(bytes(value))) as image:
+                value = np.asarray(image)
+        except OSError as exc:
+            raise EncodeError(f"cannot decode {what} file: {exc}") from None
+    elif hasattr(value, "mode") and hasattr(value, "getdata"):  # a PIL image
+        value = np.asarray(value)
+    if not isinstance(value, np.ndarray):
+        raise EncodeError(f"expected {expected}, a PIL image or image file bytes, got "
+                          f"{type(value).__name__}")
+    return value
+
+
+def fit_integers(value: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """*value*'s integers as a C-contiguous array of *dtype*; refused when they are not
+    integers or do not fit it. *what* names them in errors ("ids", "values")."""
+    if value.dtype.kind not in "biu":
+        raise EncodeError(f"expected integer {what} ({dtype}), got {value.dtype}")
+    if value.dtype != dtype:
+        info = np.iinfo(dtype)
+        if value.size and (int(value.min()) < info.min or int(value.max()) > info.max):
+            raise EncodeError(f"{what} {int(value.min())}..{int(value.max())} do not fit the "
+                              f"field's {dtype}")
+        value = value.astype(dtype)
+    return np.ascontiguousarray(value)
 
 
 def pack(values: np.ndarray, compression: str | None, level: int) -> np.ndarray:
