@@ -221,8 +221,11 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    with open(f"/proc/{pid}/stat") as stat:  # a zombie is not alive
-        return stat.read().split()[2] != "Z"
+    try:
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie is not alive
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:  # reaped since os.kill
+        return False
 
 
 def test_held_batches_are_never_overwritten_by_worker_processes(photos_file: Path) -> None:
