@@ -1,3 +1,5 @@
+from typing import Any
+
 import numpy as np
 from typing_extensions import Buffer
 
@@ -5,8 +7,13 @@ OPS: tuple[str, ...]
 PARAMS: int
 
 def augment_into(
-    src: Buffer, out: Buffer, ops: Buffer, params: Buffer, bilinear: bool = False,
+    src: Buffer, out: np.ndarray, ops: Buffer, params: Buffer, bilinear: bool = False,
     fill: float | tuple[float, float, float] | np.ndarray | None = None,
+    table: np.ndarray | None = None,
+    affine: tuple[Any, Any] | None = None,
 ) -> int:
     """Apply ``ops[i, k]`` with ``params[i, k]`` (k in order) to image ``i`` of *src*,
-    into image ``i`` of *out*."""
+    into image ``i`` of *out* (uint8, or float16/float32 through *table*)."""
+
+def conversion_form(out_dtype: Any, table: np.ndarray, affine: tuple[Any, Any] | None) -> int:
+    """0: the table, 1: ``v * scale + bias``, 2: ``(v - mean) / std`` (float32)."""

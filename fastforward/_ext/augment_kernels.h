@@ -706,4 +706,149 @@ static void ff_aug_apply(int op, const double *p, const uint8_t *src, ptrdiff_t 
     for (ptrdiff_t y = 0; y < h; y++) ff_aug_lut_row(src + y * ss, w, lut, dst + y * ds);
 }
 
+/* ------------------------------------------------------------------------ */
+/* the conversion that follows a policy (augment.pyx, augment_into with a table)
+ *
+ * The operations after a policy that turn each uint8 value into a float
+ * (Convert, NormalizeImage) are taken over by it: each value v of channel c
+ * becomes table[3 * v + c], a table the caller made by running those
+ * operations themselves on every value, so the result is theirs exactly.
+ * Where float32 arithmetic gives every entry of the table bit for bit (checked
+ * here, entry by entry, before it is used), the rows are computed instead,
+ * 8 values per AVX2 instruction: form 1, v * k0[c] + k1[c] (two roundings,
+ * no fused multiply-add); form 2, (v - k0[c]) / k1[c] (torch's
+ * NormalizeImage); then, for float16, rounded to nearest even (F16C). */
+
+#if defined(__x86_64__) && defined(__linux__)
+#include <immintrin.h>
+#define FF_AUG_VECTOR_SINK 1
+#endif
+
+typedef struct {
+    int kind;          /* 1: float16 (IEEE half bits), 2: float32 */
+    int form;          /* 0: the table; 1: v * k0 + k1; 2: (v - k0) / k1 */
+    float k0[3], k1[3];
+    const void *table; /* 256 rows of 3 values of the output type */
+} ff_aug_sink;
+
+/* One row of w pixels through the table */
+FF_AUG_CLONES static void ff_aug_table_row(const uint8_t *restrict s, ptrdiff_t w, int kind,
+                                           const void *restrict table, char *restrict d) {
+    if (kind == 1) {
+        const uint16_t *t = (const uint16_t *)table;
+        uint16_t *o = (uint16_t *)d;
+        for (ptrdiff_t i = 0; i < 3 * w; i += 3) {
+            o[i] = t[3 * s[i]];
+            o[i + 1] = t[3 * s[i + 1] + 1];
+            o[i + 2] = t[3 * s[i + 2] + 2];
+        }
+    } else {
+        const float *t = (const float *)table;
+        float *o = (float *)d;
+        for (ptrdiff_t i = 0; i < 3 * w; i += 3) {
+            o[i] = t[3 * s[i]];
+            o[i + 1] = t[3 * s[i + 1] + 1];
+            o[i + 2] = t[3 * s[i + 2] + 2];
+        }
+    }
+}
+
+#ifdef FF_AUG_VECTOR_SINK
+static int ff_aug_has_f16c = -1;
+
+static inline int ff_aug_vector_sink(void) {
+    if (ff_aug_has_f16c < 0) {
+        __builtin_cpu_init();
+        ff_aug_has_f16c = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    }
+    return ff_aug_has_f16c;
+}
+
+/* v's entry for channel c in the sink's form, as the output type's bits */
+__attribute__((target("avx2,f16c")))
+static uint32_t ff_aug_sink_value(const ff_aug_sink *k, int v, int c) {
+    const float x = (float)v;
+    const float r = k->form == 1 ? x * k->k0[c] + k->k1[c] : (x - k->k0[c]) / k->k1[c];
+    if (k->kind == 1) return (uint32_t)_cvtss_sh(r, _MM_FROUND_TO_NEAREST_INT);
+    uint32_t bits;
+    memcpy(&bits, &r, 4);
+    return bits;
+}
+
+/* A row computed in the sink's form (1 or 2): blocks of 24 values (8 pixels),
+ * whose channels repeat in three registers' patterns; the rest one by one */
+__attribute__((target("avx2,f16c")))
+static void ff_aug_form_row(const uint8_t *restrict s, ptrdiff_t w, const ff_aug_sink *k,
+                            char *restrict d) {
+    const ptrdiff_t n = 3 * w;
+    float a[24], b[24];
+    for (int j = 0; j < 24; j++) {
+        a[j] = k->k0[j % 3];
+        b[j] = k->k1[j % 3];
+    }
+    __m256 va[3], vb[3];
+    for (int j = 0; j < 3; j++) {
+        va[j] = _mm256_loadu_ps(a + 8 * j);
+        vb[j] = _mm256_loadu_ps(b + 8 * j);
+    }
+    ptrdiff_t i = 0;
+    for (; i + 24 <= n; i += 24) {
+        for (int j = 0; j < 3; j++) {
+            const __m128i bytes = _mm_loadl_epi64((const __m128i *)(s + i + 8 * j));
+            const __m256 x = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+            const __m256 r = k->form == 1 ? _mm256_add_ps(_mm256_mul_ps(x, va[j]), vb[j])
+                                          : _mm256_div_ps(_mm256_sub_ps(x, va[j]), vb[j]);
+            if (k->kind == 1)
+                _mm_storeu_si128((__m128i *)(d + 2 * (i + 8 * j)),
+                                 _mm256_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT));
+            else
+                _mm256_storeu_ps((float *)(d + 4 * (i + 8 * j)), r);
+        }
+    }
+    for (; i < n; i++) {
+        const uint32_t bits = ff_aug_sink_value(k, s[i], (int)(i % 3));
+        if (k->kind == 1) {
+            const uint16_t h = (uint16_t)bits;
+            memcpy(d + 2 * i, &h, 2);
+        } else {
+            memcpy(d + 4 * i, &bits, 4);
+        }
+    }
+}
+#endif
+
+/* Keep the sink's form only if this CPU computes it and it gives every entry
+ * of the table; else the table (form 0). */
+static void ff_aug_sink_check(ff_aug_sink *k) {
+#ifdef FF_AUG_VECTOR_SINK
+    if (k->form != 0 && ff_aug_vector_sink()) {
+        for (int v = 0; v < 256; v++)
+            for (int c = 0; c < 3; c++) {
+                const uint32_t want = k->kind == 1 ? ((const uint16_t *)k->table)[3 * v + c]
+                                                   : ((const uint32_t *)k->table)[3 * v + c];
+                if (ff_aug_sink_value(k, v, c) != want) {
+                    k->form = 0;
+                    return;
+                }
+            }
+        return;
+    }
+#endif
+    k->form = 0;
+}
+
+/* src (uint8, rows ss bytes apart) into dst (rows ds bytes apart) */
+static void ff_aug_convert(const uint8_t *src, ptrdiff_t ss, char *dst, ptrdiff_t ds, int h,
+                           int w, const ff_aug_sink *k) {
+    for (ptrdiff_t y = 0; y < h; y++) {
+#ifdef FF_AUG_VECTOR_SINK
+        if (k->form != 0) {
+            ff_aug_form_row(src + y * ss, w, k, dst + y * ds);
+            continue;
+        }
+#endif
+        ff_aug_table_row(src + y * ss, w, k->kind, k->table, dst + y * ds);
+    }
+}
+
 #endif /* FASTFORWARD_AUGMENT_KERNELS_H */
