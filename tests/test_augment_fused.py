@@ -342,3 +342,57 @@ def test_fused_kernel_matches_on_full_size_images(photos: list[np.ndarray]) -> N
     out = np.empty(images.shape, np.float16)
     augment_into(images, out, ops, params, table=table, affine=(None, None))
     np.testing.assert_array_equal(out, expected.astype(np.float16))
+
+
+@pytest.fixture
+def portable() -> Any:
+    """Run the kernels' portable code inside the block (the vector forms after it)."""
+    from fastforward._ext import augment
+
+    class Switch:
+        def __enter__(self) -> None:
+            augment.use_portable(True)
+
+        def __exit__(self, *exc: object) -> None:
+            augment.use_portable(False)
+
+    yield Switch()
+    augment.use_portable(False)
+
+
+@pytest.mark.parametrize("size", [(29, 37), (40, 40), (192, 192), (3, 3), (1, 7)])
+def test_vector_forms_give_the_portable_pixels(photos: list[np.ndarray], portable: Any,
+                                               size: tuple[int, int]) -> None:
+    """Brightness (AVX2), the tables of Contrast, AutoContrast and Equalize (AVX-512
+    VBMI) and the conversion after a policy (AVX2, F16C) give the portable code's
+    values, at every magnitude, on rows that are and are not whole vectors."""
+    from fastforward._ext.augment import vector_level
+
+    h, w = size
+    images = np.empty((28, h, w, 3), np.uint8)
+    for k in range(len(images)):
+        photo = photos[k % len(photos)]
+        crop_resize_into(photo, (3 * k) % 100, (5 * k) % 100, 150, 180, images[k])
+    levels = np.arange(256, dtype=np.float64)[:, None]
+    torch_like = np.ascontiguousarray(((levels.astype(np.float32) - MEAN.astype(np.float32))
+                                       / STD.astype(np.float32)).astype(np.float16))
+    for magnitude in (0, 5, 17, 30):
+        context = BatchContext(np.arange(len(images)) + 100 * magnitude, 0, 4, 9)
+        ops, params = T.RandAugment(2, magnitude).plan(context, h, w).kernel(h, w)
+        results = []
+        for switch in (None, portable):
+            u8 = np.empty_like(images)
+            f16 = np.empty(images.shape, np.float16)
+            if switch is None:
+                augment_into(images, u8, ops, params)
+                augment_into(images, f16, ops, params, table=torch_like,
+                             affine=(1 / STD, -MEAN / STD))
+            else:
+                with switch:
+                    assert vector_level() == 0
+                    augment_into(images, u8, ops, params)
+                    augment_into(images, f16, ops, params, table=torch_like,
+                                 affine=(1 / STD, -MEAN / STD))
+            results.append((u8, f16))
+        np.testing.assert_array_equal(results[0][0], results[1][0])
+        np.testing.assert_array_equal(bits(results[0][1]), bits(results[1][1]))

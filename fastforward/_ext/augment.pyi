@@ -17,3 +17,9 @@ def augment_into(
 
 def conversion_form(out_dtype: Any, table: np.ndarray, affine: tuple[Any, Any] | None) -> int:
     """0: the table, 1: ``v * scale + bias``, 2: ``(v - mean) / std`` (float32)."""
+
+def vector_level() -> int:
+    """0: portable code only; 1: AVX2 and F16C; 2: also AVX-512 VBMI."""
+
+def use_portable(on: bool) -> None:
+    """Run only the portable code (tests)."""

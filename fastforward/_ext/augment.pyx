@@ -56,6 +56,8 @@ cdef extern from "augment_kernels.h" nogil:
         float k1[3]
         const void* table
     void ff_aug_sink_check(ff_aug_sink* sink)
+    int ff_aug_cpu()
+    void ff_aug_set_portable(int on)
     void ff_aug_convert(const uint8_t* src, Py_ssize_t ss, char* dst, Py_ssize_t ds, int h,
                         int w, const ff_aug_sink* sink)
     int FF_AUG_NONE
@@ -317,3 +319,17 @@ def conversion_form(out_dtype, table, affine):
     cdef ff_aug_sink sink
     _sink(&sink, np.empty(0, out_dtype), table, affine)
     return sink.form
+
+
+def vector_level():
+    """The vector forms this CPU runs: 0 none (the portable code), 1 AVX2 and F16C
+    (brightness, the conversion after a policy), 2 also AVX-512 VBMI (the 256-entry
+    tables of Contrast, AutoContrast and Equalize)."""
+    return ff_aug_cpu()
+
+
+def use_portable(bint on):
+    """Run only the portable code (True), or the vector forms where the CPU has
+    them (False, the default): for tests, which check that both give the same
+    pixels. Not thread-safe; not for use while the kernels run."""
+    ff_aug_set_portable(on)

@@ -80,6 +80,92 @@ static inline uint8_t ff_aug_u8(float v) {
     return (uint8_t)(int32_t)v;
 }
 
+/* Rows that have a vector form for some CPUs (brightness and the 256-entry
+ * tables in AVX2 / AVX-512 VBMI; the conversion after a policy in AVX2 and
+ * F16C) check the CPU once; each form computes the portable code's values
+ * exactly. ff_aug_portable (set by augment.pyx's tests) turns them off. */
+static int ff_aug_portable = 0;
+
+static void ff_aug_set_portable(int on) { ff_aug_portable = on != 0; }
+
+#if defined(__x86_64__) && defined(__linux__)
+#include <immintrin.h>
+#define FF_AUG_X86 1
+static int ff_aug_level = -1;
+
+/* 0: portable code only; 1: AVX2 and F16C; 2: also AVX-512 F, BW and VBMI */
+static inline int ff_aug_cpu(void) {
+    if (ff_aug_level < 0) {
+        __builtin_cpu_init();
+        int level = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+        if (level && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vbmi"))
+            level = 2;
+        ff_aug_level = level;
+    }
+    return ff_aug_portable ? 0 : ff_aug_level;
+}
+
+/* 8 uint8 values as 8 floats */
+__attribute__((target("avx2")))
+static inline __m256 ff_aug_load8(const uint8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+/* brightness, 32 values at a time: the same product, clamp and truncation */
+__attribute__((target("avx2")))
+static void ff_aug_scale_row_avx2(const uint8_t *restrict s, ptrdiff_t n, float f,
+                                  uint8_t *restrict d) {
+    const __m256 vf = _mm256_set1_ps(f), lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(255.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    ptrdiff_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i q[4];
+        for (int j = 0; j < 4; j++) {
+            /* max first: NaN (never produced) would give 0 as the portable code */
+            __m256 v = _mm256_mul_ps(ff_aug_load8(s + i + 8 * j), vf);
+            q[j] = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+        }
+        const __m256i x = _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]),
+                                              _mm256_packus_epi32(q[2], q[3]));
+        _mm256_storeu_si256((__m256i *)(d + i), _mm256_permutevar8x32_epi32(x, order));
+    }
+    for (; i < n; i++) d[i] = ff_aug_u8((float)s[i] * f);
+}
+
+/* d[i] = lut[c * 256 + s[i]], c = i % 3, 64 values at a time: each channel's
+ * table is four registers, looked up two 128-entry halves at a time and
+ * merged by the value's top bit, then the channels merged by position */
+__attribute__((target("avx512f,avx512bw,avx512vbmi")))
+static void ff_aug_lut_row_vbmi(const uint8_t *restrict s, ptrdiff_t n,
+                                const uint8_t *restrict lut, uint8_t *restrict d) {
+    __m512i t[3][4];
+    for (int c = 0; c < 3; c++)
+        for (int k = 0; k < 4; k++) t[c][k] = _mm512_loadu_si512(lut + 256 * c + 64 * k);
+    /* every[r]: the bytes j with j % 3 == r; a block starting at channel p holds
+     * channel c at the bytes j with j % 3 == (c - p) mod 3 */
+    static const uint64_t every[3] = {0x9249249249249249ull, 0x2492492492492492ull,
+                                      0x4924924924924924ull};
+    for (ptrdiff_t i = 0; i < n; i += 64) {
+        const ptrdiff_t left = n - i;
+        const __mmask64 live = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
+        const __m512i x = _mm512_maskz_loadu_epi8(live, s + i);
+        const __mmask64 top = _mm512_movepi8_mask(x);
+        const int p = (int)(i % 3);
+        __m512i r = _mm512_setzero_si512();
+        for (int c = 0; c < 3; c++) {
+            const __m512i low = _mm512_permutex2var_epi8(t[c][0], x, t[c][1]);
+            const __m512i high = _mm512_permutex2var_epi8(t[c][2], x, t[c][3]);
+            r = _mm512_mask_blend_epi8((__mmask64)every[(c - p + 3) % 3], r,
+                                       _mm512_mask_blend_epi8(top, low, high));
+        }
+        _mm512_mask_storeu_epi8(d + i, live, r);
+    }
+}
+#else
+static inline int ff_aug_cpu(void) { return 0; }
+#endif
+
 /* ------------------------------------------------------------------------ */
 /* whole rows of values (n = 3 * w bytes) */
 
@@ -91,6 +177,12 @@ static void ff_aug_copy(const uint8_t *src, ptrdiff_t ss, uint8_t *dst, ptrdiff_
 /* d[i] = clamp(s[i] * f): adjust_brightness */
 FF_AUG_CLONES static void ff_aug_scale_row(const uint8_t *restrict s, ptrdiff_t n, float f,
                                            uint8_t *restrict d) {
+#ifdef FF_AUG_X86
+    if (ff_aug_cpu() >= 1) {
+        ff_aug_scale_row_avx2(s, n, f, d);
+        return;
+    }
+#endif
     for (ptrdiff_t i = 0; i < n; i++) d[i] = ff_aug_u8((float)s[i] * f);
 }
 
@@ -109,6 +201,12 @@ FF_AUG_CLONES static void ff_aug_solarize_row(const uint8_t *restrict s, ptrdiff
 /* d[i] = lut[c * 256 + s[i]], c = i % 3 */
 FF_AUG_CLONES static void ff_aug_lut_row(const uint8_t *restrict s, ptrdiff_t w,
                                          const uint8_t *restrict lut, uint8_t *restrict d) {
+#ifdef FF_AUG_X86
+    if (ff_aug_cpu() >= 2) {
+        ff_aug_lut_row_vbmi(s, 3 * w, lut, d);
+        return;
+    }
+#endif
     for (ptrdiff_t x = 0; x < w; x++) {
         d[3 * x] = lut[s[3 * x]];
         d[3 * x + 1] = lut[256 + s[3 * x + 1]];
@@ -719,8 +817,7 @@ static void ff_aug_apply(int op, const double *p, const uint8_t *src, ptrdiff_t 
  * no fused multiply-add); form 2, (v - k0[c]) / k1[c] (torch's
  * NormalizeImage); then, for float16, rounded to nearest even (F16C). */
 
-#if defined(__x86_64__) && defined(__linux__)
-#include <immintrin.h>
+#ifdef FF_AUG_X86
 #define FF_AUG_VECTOR_SINK 1
 #endif
 
@@ -754,16 +851,6 @@ FF_AUG_CLONES static void ff_aug_table_row(const uint8_t *restrict s, ptrdiff_t 
 }
 
 #ifdef FF_AUG_VECTOR_SINK
-static int ff_aug_has_f16c = -1;
-
-static inline int ff_aug_vector_sink(void) {
-    if (ff_aug_has_f16c < 0) {
-        __builtin_cpu_init();
-        ff_aug_has_f16c = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-    }
-    return ff_aug_has_f16c;
-}
-
 /* v's entry for channel c in the sink's form, as the output type's bits */
 __attribute__((target("avx2,f16c")))
 static uint32_t ff_aug_sink_value(const ff_aug_sink *k, int v, int c) {
@@ -821,7 +908,7 @@ static void ff_aug_form_row(const uint8_t *restrict s, ptrdiff_t w, const ff_aug
  * of the table; else the table (form 0). */
 static void ff_aug_sink_check(ff_aug_sink *k) {
 #ifdef FF_AUG_VECTOR_SINK
-    if (k->form != 0 && ff_aug_vector_sink()) {
+    if (k->form != 0 && ff_aug_cpu() >= 1) {
         for (int v = 0; v < 256; v++)
             for (int c = 0; c < 3; c++) {
                 const uint32_t want = k->kind == 1 ? ((const uint16_t *)k->table)[3 * v + c]
