@@ -162,6 +162,44 @@ static void ff_aug_lut_row_vbmi(const uint8_t *restrict s, ptrdiff_t n,
         _mm512_mask_storeu_epi8(d + i, live, r);
     }
 }
+
+/* sharpness inside the border (from value 3 on), 8 values at a time: the same
+ * integer sums, the float32 blur and the double blend rounded once to float;
+ * returns where the portable loop goes on */
+__attribute__((target("avx2")))
+static ptrdiff_t ff_aug_sharpness_avx2(const uint8_t *restrict b,
+                                       const uint16_t *restrict colsum, ptrdiff_t n,
+                                       double alpha, uint8_t *restrict d) {
+    const __m256 inv13 = _mm256_set1_ps(1.0f / 13.0f), half = _mm256_set1_ps(0.5f);
+    const __m256 lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(255.0f);
+    const __m256d va = _mm256_set1_pd(alpha);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    ptrdiff_t i = 3;
+    for (; i + 8 <= n - 3; i += 8) {
+        __m256i sum = _mm256_add_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(colsum + i - 3))),
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(colsum + i))));
+        sum = _mm256_add_epi32(
+            sum, _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(colsum + i + 3))));
+        const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + i)));
+        sum = _mm256_add_epi32(sum, _mm256_slli_epi32(v, 2));
+        const __m256i blur = _mm256_cvttps_epi32(
+            _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sum), inv13), half));
+        const __m256i diff = _mm256_sub_epi32(blur, v);
+        const __m256d r0 = _mm256_add_pd(
+            _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(diff)), va),
+            _mm256_cvtepi32_pd(_mm256_castsi256_si128(v)));
+        const __m256d r1 = _mm256_add_pd(
+            _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(diff, 1)), va),
+            _mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1)));
+        __m256 r = _mm256_set_m128(_mm256_cvtpd_ps(r1), _mm256_cvtpd_ps(r0));
+        const __m256i q = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi));
+        const __m256i w16 = _mm256_packus_epi32(q, q);
+        const __m256i w8 = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w16, w16), order);
+        _mm_storel_epi64((__m128i *)(d + i), _mm256_castsi256_si128(w8));
+    }
+    return i;
+}
 #else
 static inline int ff_aug_cpu(void) { return 0; }
 #endif
@@ -308,7 +346,11 @@ FF_AUG_CLONES static void ff_aug_sharpness_row(const uint8_t *restrict a, const 
         d[i] = b[i];
         d[n - 3 + i] = b[n - 3 + i];
     }
-    for (ptrdiff_t i = 3; i < n - 3; i++) {
+    ptrdiff_t i = 3;
+#ifdef FF_AUG_X86
+    if (ff_aug_cpu() >= 1) i = ff_aug_sharpness_avx2(b, colsum, n, alpha, d);
+#endif
+    for (; i < n - 3; i++) {
         const int32_t s = colsum[i - 3] + colsum[i] + colsum[i + 3] + 4 * b[i];
         const int32_t blur = (int32_t)((float)s * (1.0f / 13.0f) + 0.5f);
         d[i] = ff_aug_u8((float)((double)(blur - b[i]) * alpha + (double)b[i]));
