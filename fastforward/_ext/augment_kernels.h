@@ -200,6 +200,46 @@ static ptrdiff_t ff_aug_sharpness_avx2(const uint8_t *restrict b,
     }
     return i;
 }
+
+/* saturation's blend, 8 pixels (24 values) at a time: each value's float32
+ * product, plus its pixel's gray level times alpha in double, rounded once to
+ * float; returns the pixels done */
+__attribute__((target("avx2")))
+static ptrdiff_t ff_aug_saturation_avx2(const uint8_t *restrict s, ptrdiff_t w,
+                                        const int32_t *restrict gray, float f, double alpha,
+                                        uint8_t *restrict d) {
+    const __m256 vf = _mm256_set1_ps(f), lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(255.0f);
+    const __m256d va = _mm256_set1_pd(alpha);
+    /* the pixel of each of the 24 values */
+    const __m256i spread[3] = {_mm256_setr_epi32(0, 0, 0, 1, 1, 1, 2, 2),
+                               _mm256_setr_epi32(2, 3, 3, 3, 4, 4, 4, 5),
+                               _mm256_setr_epi32(5, 5, 6, 6, 6, 7, 7, 7)};
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    ptrdiff_t x = 0;
+    for (; x + 8 <= w; x += 8) {
+        const __m256i g = _mm256_loadu_si256((const __m256i *)(gray + x));
+        __m256i q[3];
+        for (int j = 0; j < 3; j++) {
+            const __m256i gj = _mm256_permutevar8x32_epi32(g, spread[j]);
+            const __m256 p = _mm256_mul_ps(ff_aug_load8(s + 3 * x + 8 * j), vf);
+            const __m256d r0 = _mm256_add_pd(
+                _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(gj)), va),
+                _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
+            const __m256d r1 = _mm256_add_pd(
+                _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(gj, 1)), va),
+                _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
+            const __m256 v = _mm256_set_m128(_mm256_cvtpd_ps(r1), _mm256_cvtpd_ps(r0));
+            q[j] = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+        }
+        /* dwords [q0 low, q1 low, q2 low, q2 low | the high halves] -> in order */
+        const __m256i bytes = _mm256_permutevar8x32_epi32(
+            _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]), _mm256_packus_epi32(q[2], q[2])),
+            order);
+        _mm_storeu_si128((__m128i *)(d + 3 * x), _mm256_castsi256_si128(bytes));
+        _mm_storel_epi64((__m128i *)(d + 3 * x + 16), _mm256_extracti128_si256(bytes, 1));
+    }
+    return x;
+}
 #else
 static inline int ff_aug_cpu(void) { return 0; }
 #endif
@@ -290,7 +330,11 @@ FF_AUG_CLONES static void ff_aug_gray_row(const uint8_t *restrict s, ptrdiff_t w
 FF_AUG_CLONES static void ff_aug_saturation_row(const uint8_t *restrict s, ptrdiff_t w,
                                                 const int32_t *restrict gray, float f,
                                                 double alpha, uint8_t *restrict d) {
-    for (ptrdiff_t x = 0; x < w; x++) {
+    ptrdiff_t x = 0;
+#ifdef FF_AUG_X86
+    if (ff_aug_cpu() >= 1) x = ff_aug_saturation_avx2(s, w, gray, f, alpha, d);
+#endif
+    for (; x < w; x++) {
         const double other = (double)gray[x] * alpha;
         d[3 * x] = ff_aug_u8((float)(other + (double)((float)s[3 * x] * f)));
         d[3 * x + 1] = ff_aug_u8((float)(other + (double)((float)s[3 * x + 1] * f)));
