@@ -4,7 +4,9 @@ Thread CPU time on one core (so other processes on a shared machine weigh
 less), the best of ``--repeat`` passes over batches of 256 random 192×192
 crops of scikit-image's photographs: each policy's whole ``apply`` (its draws
 and the kernel), then each kernel operation on the images a TrivialAugmentWide
-plan gives it, and torch's uint8 to float16 conversion of a batch for scale.
+plan gives it; each policy with the conversion to float16 fused in (as the
+planner fuses ``Convert``), the kernel's conversion alone (its arithmetic and
+its table), and torch's uint8 to float16 conversion of a batch for scale.
 
     python bench/augment_ops.py [--repeat 5] [--batches 4] [--size 192]
 """
@@ -12,16 +14,17 @@ plan gives it, and torch's uint8 to float16 conversion of a batch for scale.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from collections.abc import Callable
 
 import numpy as np
 
-from fastforward._ext.augment import OPS, augment_into
+from fastforward._ext.augment import OPS, PARAMS, augment_into
 from fastforward._ext.resize import crop_resize_into
 from fastforward.demo import load_photos
-from fastforward.pipeline import BatchContext
-from fastforward.transforms import AutoAugment, RandAugment, TrivialAugmentWide
+from fastforward.pipeline import BatchContext, State
+from fastforward.transforms import AutoAugment, Convert, RandAugment, TrivialAugmentWide
 
 
 def crops(count: int, size: int, seed: int) -> np.ndarray:
@@ -61,10 +64,17 @@ def main() -> None:
                 "TrivialAugmentWide(bilinear)": TrivialAugmentWide(interpolation="bilinear"),
                 "RandAugment(2, 9)": RandAugment(),
                 "AutoAugment()": AutoAugment()}
+    half_out = np.empty(batches[0].shape, np.float16)
+    state = State(jit_mode=True, shape=batches[0].shape[1:], dtype=np.dtype(np.uint8))
     for name, op in policies.items():
         per_batch = [best(lambda b=b, k=k, op=op: op.apply(b, out, BatchContext(
             np.arange(256) + 256 * k, 0, 1, 5)), args.repeat) for k, b in enumerate(batches)]
         print(f"  {name:30s} {np.mean(per_batch) / 256 * 1e6:7.1f}")
+        fused = copy.copy(op)  # as the planner fuses its own copy
+        assert fused.fuse([Convert(np.float16)], [0], state) == [0]
+        per_batch = [best(lambda b=b, k=k, op=fused: op.apply(b, half_out, BatchContext(
+            np.arange(256) + 256 * k, 0, 1, 5)), args.repeat) for k, b in enumerate(batches)]
+        print(f"  {'  + float16, fused':30s} {np.mean(per_batch) / 256 * 1e6:7.1f}")
     ops, params = TrivialAugmentWide().plan(BatchContext(np.arange(256), 0, 1, 5), args.size,
                                             args.size).kernel(args.size, args.size)
     for code in np.unique(ops[:, 0]).tolist():
@@ -77,6 +87,13 @@ def main() -> None:
             label = (OPS[code] if code >= 0 else "none (copy)") + (
                 " bilinear" if bilinear else "")
             print(f"    {label:28s} {seconds / len(rows) * 1e6:7.1f}  ({len(rows)} images)")
+    none = np.full((256, 1), -1, np.int32)
+    no_params = np.zeros((256, 1, PARAMS))
+    levels = np.ascontiguousarray(np.repeat(np.arange(256.0)[:, None], 3, 1).astype(np.float16))
+    for label, affine in (("arithmetic", (None, None)), ("table", None)):
+        seconds = best(lambda a=affine: augment_into(batches[0], half_out, none, no_params,
+                                                     table=levels, affine=a), args.repeat)
+        print(f"  {'fused conversion, ' + label:30s} {seconds / 256 * 1e6:7.1f}")
     try:
         import torch
     except ImportError:

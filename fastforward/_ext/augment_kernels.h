@@ -80,6 +80,170 @@ static inline uint8_t ff_aug_u8(float v) {
     return (uint8_t)(int32_t)v;
 }
 
+/* Rows that have a vector form for some CPUs (brightness and the 256-entry
+ * tables in AVX2 / AVX-512 VBMI; the conversion after a policy in AVX2 and
+ * F16C) check the CPU once; each form computes the portable code's values
+ * exactly. ff_aug_portable (set by augment.pyx's tests) turns them off. */
+static int ff_aug_portable = 0;
+
+static void ff_aug_set_portable(int on) { ff_aug_portable = on != 0; }
+
+#if defined(__x86_64__) && defined(__linux__)
+#include <immintrin.h>
+#define FF_AUG_X86 1
+static int ff_aug_level = -1;
+
+/* 0: portable code only; 1: AVX2 and F16C; 2: also AVX-512 F, BW and VBMI */
+static inline int ff_aug_cpu(void) {
+    if (ff_aug_level < 0) {
+        __builtin_cpu_init();
+        int level = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+        if (level && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vbmi"))
+            level = 2;
+        ff_aug_level = level;
+    }
+    return ff_aug_portable ? 0 : ff_aug_level;
+}
+
+/* 8 uint8 values as 8 floats */
+__attribute__((target("avx2")))
+static inline __m256 ff_aug_load8(const uint8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+/* brightness, 32 values at a time: the same product, clamp and truncation */
+__attribute__((target("avx2")))
+static void ff_aug_scale_row_avx2(const uint8_t *restrict s, ptrdiff_t n, float f,
+                                  uint8_t *restrict d) {
+    const __m256 vf = _mm256_set1_ps(f), lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(255.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    ptrdiff_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i q[4];
+        for (int j = 0; j < 4; j++) {
+            /* max first: NaN (never produced) would give 0 as the portable code */
+            __m256 v = _mm256_mul_ps(ff_aug_load8(s + i + 8 * j), vf);
+            q[j] = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+        }
+        const __m256i x = _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]),
+                                              _mm256_packus_epi32(q[2], q[3]));
+        _mm256_storeu_si256((__m256i *)(d + i), _mm256_permutevar8x32_epi32(x, order));
+    }
+    for (; i < n; i++) d[i] = ff_aug_u8((float)s[i] * f);
+}
+
+/* d[i] = lut[c * 256 + s[i]], c = i % 3, 64 values at a time: each channel's
+ * table is four registers, looked up two 128-entry halves at a time and
+ * merged by the value's top bit, then the channels merged by position */
+__attribute__((target("avx512f,avx512bw,avx512vbmi")))
+static void ff_aug_lut_row_vbmi(const uint8_t *restrict s, ptrdiff_t n,
+                                const uint8_t *restrict lut, uint8_t *restrict d) {
+    __m512i t[3][4];
+    for (int c = 0; c < 3; c++)
+        for (int k = 0; k < 4; k++) t[c][k] = _mm512_loadu_si512(lut + 256 * c + 64 * k);
+    /* every[r]: the bytes j with j % 3 == r; a block starting at channel p holds
+     * channel c at the bytes j with j % 3 == (c - p) mod 3 */
+    static const uint64_t every[3] = {0x9249249249249249ull, 0x2492492492492492ull,
+                                      0x4924924924924924ull};
+    for (ptrdiff_t i = 0; i < n; i += 64) {
+        const ptrdiff_t left = n - i;
+        const __mmask64 live = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
+        const __m512i x = _mm512_maskz_loadu_epi8(live, s + i);
+        const __mmask64 top = _mm512_movepi8_mask(x);
+        const int p = (int)(i % 3);
+        __m512i r = _mm512_setzero_si512();
+        for (int c = 0; c < 3; c++) {
+            const __m512i low = _mm512_permutex2var_epi8(t[c][0], x, t[c][1]);
+            const __m512i high = _mm512_permutex2var_epi8(t[c][2], x, t[c][3]);
+            r = _mm512_mask_blend_epi8((__mmask64)every[(c - p + 3) % 3], r,
+                                       _mm512_mask_blend_epi8(top, low, high));
+        }
+        _mm512_mask_storeu_epi8(d + i, live, r);
+    }
+}
+
+/* sharpness inside the border (from value 3 on), 8 values at a time: the same
+ * integer sums, the float32 blur and the double blend rounded once to float;
+ * returns where the portable loop goes on */
+__attribute__((target("avx2")))
+static ptrdiff_t ff_aug_sharpness_avx2(const uint8_t *restrict b,
+                                       const uint16_t *restrict colsum, ptrdiff_t n,
+                                       double alpha, uint8_t *restrict d) {
+    const __m256 inv13 = _mm256_set1_ps(1.0f / 13.0f), half = _mm256_set1_ps(0.5f);
+    const __m256 lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(255.0f);
+    const __m256d va = _mm256_set1_pd(alpha);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    ptrdiff_t i = 3;
+    for (; i + 8 <= n - 3; i += 8) {
+        __m256i sum = _mm256_add_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(colsum + i - 3))),
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(colsum + i))));
+        sum = _mm256_add_epi32(
+            sum, _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(colsum + i + 3))));
+        const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + i)));
+        sum = _mm256_add_epi32(sum, _mm256_slli_epi32(v, 2));
+        const __m256i blur = _mm256_cvttps_epi32(
+            _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sum), inv13), half));
+        const __m256i diff = _mm256_sub_epi32(blur, v);
+        const __m256d r0 = _mm256_add_pd(
+            _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(diff)), va),
+            _mm256_cvtepi32_pd(_mm256_castsi256_si128(v)));
+        const __m256d r1 = _mm256_add_pd(
+            _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(diff, 1)), va),
+            _mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1)));
+        __m256 r = _mm256_set_m128(_mm256_cvtpd_ps(r1), _mm256_cvtpd_ps(r0));
+        const __m256i q = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi));
+        const __m256i w16 = _mm256_packus_epi32(q, q);
+        const __m256i w8 = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w16, w16), order);
+        _mm_storel_epi64((__m128i *)(d + i), _mm256_castsi256_si128(w8));
+    }
+    return i;
+}
+
+/* saturation's blend, 8 pixels (24 values) at a time: each value's float32
+ * product, plus its pixel's gray level times alpha in double, rounded once to
+ * float; returns the pixels done */
+__attribute__((target("avx2")))
+static ptrdiff_t ff_aug_saturation_avx2(const uint8_t *restrict s, ptrdiff_t w,
+                                        const int32_t *restrict gray, float f, double alpha,
+                                        uint8_t *restrict d) {
+    const __m256 vf = _mm256_set1_ps(f), lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(255.0f);
+    const __m256d va = _mm256_set1_pd(alpha);
+    /* the pixel of each of the 24 values */
+    const __m256i spread[3] = {_mm256_setr_epi32(0, 0, 0, 1, 1, 1, 2, 2),
+                               _mm256_setr_epi32(2, 3, 3, 3, 4, 4, 4, 5),
+                               _mm256_setr_epi32(5, 5, 6, 6, 6, 7, 7, 7)};
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    ptrdiff_t x = 0;
+    for (; x + 8 <= w; x += 8) {
+        const __m256i g = _mm256_loadu_si256((const __m256i *)(gray + x));
+        __m256i q[3];
+        for (int j = 0; j < 3; j++) {
+            const __m256i gj = _mm256_permutevar8x32_epi32(g, spread[j]);
+            const __m256 p = _mm256_mul_ps(ff_aug_load8(s + 3 * x + 8 * j), vf);
+            const __m256d r0 = _mm256_add_pd(
+                _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(gj)), va),
+                _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
+            const __m256d r1 = _mm256_add_pd(
+                _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(gj, 1)), va),
+                _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
+            const __m256 v = _mm256_set_m128(_mm256_cvtpd_ps(r1), _mm256_cvtpd_ps(r0));
+            q[j] = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+        }
+        /* dwords [q0 low, q1 low, q2 low, q2 low | the high halves] -> in order */
+        const __m256i bytes = _mm256_permutevar8x32_epi32(
+            _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]), _mm256_packus_epi32(q[2], q[2])),
+            order);
+        _mm_storeu_si128((__m128i *)(d + 3 * x), _mm256_castsi256_si128(bytes));
+        _mm_storel_epi64((__m128i *)(d + 3 * x + 16), _mm256_extracti128_si256(bytes, 1));
+    }
+    return x;
+}
+#else
+static inline int ff_aug_cpu(void) { return 0; }
+#endif
+
 /* ------------------------------------------------------------------------ */
 /* whole rows of values (n = 3 * w bytes) */
 
@@ -91,6 +255,12 @@ static void ff_aug_copy(const uint8_t *src, ptrdiff_t ss, uint8_t *dst, ptrdiff_
 /* d[i] = clamp(s[i] * f): adjust_brightness */
 FF_AUG_CLONES static void ff_aug_scale_row(const uint8_t *restrict s, ptrdiff_t n, float f,
                                            uint8_t *restrict d) {
+#ifdef FF_AUG_X86
+    if (ff_aug_cpu() >= 1) {
+        ff_aug_scale_row_avx2(s, n, f, d);
+        return;
+    }
+#endif
     for (ptrdiff_t i = 0; i < n; i++) d[i] = ff_aug_u8((float)s[i] * f);
 }
 
@@ -109,6 +279,12 @@ FF_AUG_CLONES static void ff_aug_solarize_row(const uint8_t *restrict s, ptrdiff
 /* d[i] = lut[c * 256 + s[i]], c = i % 3 */
 FF_AUG_CLONES static void ff_aug_lut_row(const uint8_t *restrict s, ptrdiff_t w,
                                          const uint8_t *restrict lut, uint8_t *restrict d) {
+#ifdef FF_AUG_X86
+    if (ff_aug_cpu() >= 2) {
+        ff_aug_lut_row_vbmi(s, 3 * w, lut, d);
+        return;
+    }
+#endif
     for (ptrdiff_t x = 0; x < w; x++) {
         d[3 * x] = lut[s[3 * x]];
         d[3 * x + 1] = lut[256 + s[3 * x + 1]];
@@ -154,7 +330,11 @@ FF_AUG_CLONES static void ff_aug_gray_row(const uint8_t *restrict s, ptrdiff_t w
 FF_AUG_CLONES static void ff_aug_saturation_row(const uint8_t *restrict s, ptrdiff_t w,
                                                 const int32_t *restrict gray, float f,
                                                 double alpha, uint8_t *restrict d) {
-    for (ptrdiff_t x = 0; x < w; x++) {
+    ptrdiff_t x = 0;
+#ifdef FF_AUG_X86
+    if (ff_aug_cpu() >= 1) x = ff_aug_saturation_avx2(s, w, gray, f, alpha, d);
+#endif
+    for (; x < w; x++) {
         const double other = (double)gray[x] * alpha;
         d[3 * x] = ff_aug_u8((float)(other + (double)((float)s[3 * x] * f)));
         d[3 * x + 1] = ff_aug_u8((float)(other + (double)((float)s[3 * x + 1] * f)));
@@ -210,7 +390,11 @@ FF_AUG_CLONES static void ff_aug_sharpness_row(const uint8_t *restrict a, const 
         d[i] = b[i];
         d[n - 3 + i] = b[n - 3 + i];
     }
-    for (ptrdiff_t i = 3; i < n - 3; i++) {
+    ptrdiff_t i = 3;
+#ifdef FF_AUG_X86
+    if (ff_aug_cpu() >= 1) i = ff_aug_sharpness_avx2(b, colsum, n, alpha, d);
+#endif
+    for (; i < n - 3; i++) {
         const int32_t s = colsum[i - 3] + colsum[i] + colsum[i + 3] + 4 * b[i];
         const int32_t blur = (int32_t)((float)s * (1.0f / 13.0f) + 0.5f);
         d[i] = ff_aug_u8((float)((double)(blur - b[i]) * alpha + (double)b[i]));
@@ -704,6 +888,140 @@ static void ff_aug_apply(int op, const double *p, const uint8_t *src, ptrdiff_t 
         return;
     }
     for (ptrdiff_t y = 0; y < h; y++) ff_aug_lut_row(src + y * ss, w, lut, dst + y * ds);
+}
+
+/* ------------------------------------------------------------------------ */
+/* the conversion that follows a policy (augment.pyx, augment_into with a table)
+ *
+ * The operations after a policy that turn each uint8 value into a float
+ * (Convert, NormalizeImage) are taken over by it: each value v of channel c
+ * becomes table[3 * v + c], a table the caller made by running those
+ * operations themselves on every value, so the result is theirs exactly.
+ * Where float32 arithmetic gives every entry of the table bit for bit (checked
+ * here, entry by entry, before it is used), the rows are computed instead,
+ * 8 values per AVX2 instruction: form 1, v * k0[c] + k1[c] (two roundings,
+ * no fused multiply-add); form 2, (v - k0[c]) / k1[c] (torch's
+ * NormalizeImage); then, for float16, rounded to nearest even (F16C). */
+
+#ifdef FF_AUG_X86
+#define FF_AUG_VECTOR_SINK 1
+#endif
+
+typedef struct {
+    int kind;          /* 1: float16 (IEEE half bits), 2: float32 */
+    int form;          /* 0: the table; 1: v * k0 + k1; 2: (v - k0) / k1 */
+    float k0[3], k1[3];
+    const void *table; /* 256 rows of 3 values of the output type */
+} ff_aug_sink;
+
+/* One row of w pixels through the table */
+FF_AUG_CLONES static void ff_aug_table_row(const uint8_t *restrict s, ptrdiff_t w, int kind,
+                                           const void *restrict table, char *restrict d) {
+    if (kind == 1) {
+        const uint16_t *t = (const uint16_t *)table;
+        uint16_t *o = (uint16_t *)d;
+        for (ptrdiff_t i = 0; i < 3 * w; i += 3) {
+            o[i] = t[3 * s[i]];
+            o[i + 1] = t[3 * s[i + 1] + 1];
+            o[i + 2] = t[3 * s[i + 2] + 2];
+        }
+    } else {
+        const float *t = (const float *)table;
+        float *o = (float *)d;
+        for (ptrdiff_t i = 0; i < 3 * w; i += 3) {
+            o[i] = t[3 * s[i]];
+            o[i + 1] = t[3 * s[i + 1] + 1];
+            o[i + 2] = t[3 * s[i + 2] + 2];
+        }
+    }
+}
+
+#ifdef FF_AUG_VECTOR_SINK
+/* v's entry for channel c in the sink's form, as the output type's bits */
+__attribute__((target("avx2,f16c")))
+static uint32_t ff_aug_sink_value(const ff_aug_sink *k, int v, int c) {
+    const float x = (float)v;
+    const float r = k->form == 1 ? x * k->k0[c] + k->k1[c] : (x - k->k0[c]) / k->k1[c];
+    if (k->kind == 1) return (uint32_t)_cvtss_sh(r, _MM_FROUND_TO_NEAREST_INT);
+    uint32_t bits;
+    memcpy(&bits, &r, 4);
+    return bits;
+}
+
+/* A row computed in the sink's form (1 or 2): blocks of 24 values (8 pixels),
+ * whose channels repeat in three registers' patterns; the rest one by one */
+__attribute__((target("avx2,f16c")))
+static void ff_aug_form_row(const uint8_t *restrict s, ptrdiff_t w, const ff_aug_sink *k,
+                            char *restrict d) {
+    const ptrdiff_t n = 3 * w;
+    float a[24], b[24];
+    for (int j = 0; j < 24; j++) {
+        a[j] = k->k0[j % 3];
+        b[j] = k->k1[j % 3];
+    }
+    __m256 va[3], vb[3];
+    for (int j = 0; j < 3; j++) {
+        va[j] = _mm256_loadu_ps(a + 8 * j);
+        vb[j] = _mm256_loadu_ps(b + 8 * j);
+    }
+    ptrdiff_t i = 0;
+    for (; i + 24 <= n; i += 24) {
+        for (int j = 0; j < 3; j++) {
+            const __m128i bytes = _mm_loadl_epi64((const __m128i *)(s + i + 8 * j));
+            const __m256 x = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+            const __m256 r = k->form == 1 ? _mm256_add_ps(_mm256_mul_ps(x, va[j]), vb[j])
+                                          : _mm256_div_ps(_mm256_sub_ps(x, va[j]), vb[j]);
+            if (k->kind == 1)
+                _mm_storeu_si128((__m128i *)(d + 2 * (i + 8 * j)),
+                                 _mm256_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT));
+            else
+                _mm256_storeu_ps((float *)(d + 4 * (i + 8 * j)), r);
+        }
+    }
+    for (; i < n; i++) {
+        const uint32_t bits = ff_aug_sink_value(k, s[i], (int)(i % 3));
+        if (k->kind == 1) {
+            const uint16_t h = (uint16_t)bits;
+            memcpy(d + 2 * i, &h, 2);
+        } else {
+            memcpy(d + 4 * i, &bits, 4);
+        }
+    }
+}
+#endif
+
+/* Keep the sink's form only if this CPU computes it and it gives every entry
+ * of the table; else the table (form 0). */
+static void ff_aug_sink_check(ff_aug_sink *k) {
+#ifdef FF_AUG_VECTOR_SINK
+    if (k->form != 0 && ff_aug_cpu() >= 1) {
+        for (int v = 0; v < 256; v++)
+            for (int c = 0; c < 3; c++) {
+                const uint32_t want = k->kind == 1 ? ((const uint16_t *)k->table)[3 * v + c]
+                                                   : ((const uint32_t *)k->table)[3 * v + c];
+                if (ff_aug_sink_value(k, v, c) != want) {
+                    k->form = 0;
+                    return;
+                }
+            }
+        return;
+    }
+#endif
+    k->form = 0;
+}
+
+/* src (uint8, rows ss bytes apart) into dst (rows ds bytes apart) */
+static void ff_aug_convert(const uint8_t *src, ptrdiff_t ss, char *dst, ptrdiff_t ds, int h,
+                           int w, const ff_aug_sink *k) {
+    for (ptrdiff_t y = 0; y < h; y++) {
+#ifdef FF_AUG_VECTOR_SINK
+        if (k->form != 0) {
+            ff_aug_form_row(src + y * ss, w, k, dst + y * ds);
+            continue;
+        }
+#endif
+        ff_aug_table_row(src + y * ss, w, k->kind, k->table, dst + y * ds);
+    }
 }
 
 #endif /* FASTFORWARD_AUGMENT_KERNELS_H */

@@ -523,7 +523,8 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
         # (flip probability, random stream) of a RandomHorizontalFlip fused into it
         self.fused_flip: tuple[float, int] | None = None
 
-    def fuse(self, transforms: Sequence[Operation], rng_streams: Sequence[int]) -> list[int]:
+    def fuse(self, transforms: Sequence[Operation], rng_streams: Sequence[int],
+             previous_state: State | None = None) -> list[int]:
         """Mirror while resizing (a ``RandomHorizontalFlip`` right after the decoder,
         with its own random stream: the same decisions), and write float16/float32,
         normalised or not, when the pipeline goes on with operations that pass the

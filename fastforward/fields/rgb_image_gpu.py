@@ -32,7 +32,8 @@ class _NvJpegMixin:
     parallel = False  # one batched call per batch, on the loader's CUDA stream
     device: Any
 
-    def fuse(self, transforms: Sequence[Operation], rng_streams: Sequence[int]) -> list[int]:
+    def fuse(self, transforms: Sequence[Operation], rng_streams: Sequence[int],
+             previous_state: State | None = None) -> list[int]:
         """The flip only: it writes uint8 on the GPU; conversions run after it, there."""
         flip = transforms[:1] if transforms and type(transforms[0]).__name__ == (
             "RandomHorizontalFlip") else []

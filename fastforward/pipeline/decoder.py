@@ -69,14 +69,16 @@ class Decoder(Operation):
         Decoder.__init__(self)
         self.__dict__.update(state)
 
-    def fuse(self, transforms: Sequence[Operation], rng_streams: Sequence[int]) -> list[int]:
+    def fuse(self, transforms: Sequence[Operation], rng_streams: Sequence[int],
+             previous_state: State | None = None) -> list[int]:
         """Take over some of the operations that follow this decoder.
 
         Called by the loader's planner on its own copy of the decoder, with the
         operations of the pipeline up to the first one another pipeline
-        branches from, and each one's random stream. Returns the positions
-        (in *transforms*) of the operations the decoder now performs itself;
-        the planner skips them. It must give the same results as running them.
+        branches from, and each one's random stream (*previous_state* is None:
+        a decoder receives no batches). Returns the positions (in
+        *transforms*) of the operations the decoder now performs itself; the
+        planner skips them. It must give the same results as running them.
         The default takes none.
         """
         return []

@@ -156,6 +156,23 @@ class Operation:
     order (``ToTensor``, ``ToTorchImage(channels_last=True)``): a decoder may
     fuse a later conversion across them."""
 
+    def fuse(self, transforms: Sequence[Operation], rng_streams: Sequence[int],
+             previous_state: State | None = None) -> list[int]:
+        """Take over some of the operations that follow this one.
+
+        Called by the loader's planner on its own copy of the operation, before
+        ``declare_state_and_memory``, with the operations after it up to the
+        first one another pipeline branches from, each one's random stream, and
+        *previous_state*, the state of the batches this operation receives
+        (None for a decoder, which receives none). Returns the positions (in
+        *transforms*) of the operations it now performs itself; the planner
+        skips them and declares this operation's output as theirs. It must
+        give the same results as running them. The default takes none; a
+        crop decoder mirrors and converts (``Decoder.fuse``), an augmentation
+        policy converts (``TrivialAugmentWide`` and the others).
+        """
+        return []
+
     def pixel_affine(self) -> tuple[np.dtype, np.ndarray | None, np.ndarray | None] | None:
         """``(dtype, scale, bias)`` when this operation turns uint8 images into
         ``value * scale + bias`` of a float *dtype* per channel (None: it does not),

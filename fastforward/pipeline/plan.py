@@ -8,9 +8,10 @@ The loader hands ``compile_plan`` its ``PipelineSpec`` objects once per epoch
 2. copies every decoder and operation (``Decoder.runtime_copy``,
    ``copy.copy``): a loader never shares state with another loader through
    the objects the user handed it, and binds its decoder copies to the file;
-3. lets each decoder take over operations that follow it (``Decoder.fuse``:
-   a crop decoder mirrors and converts while it resizes), up to the first
-   operation another pipeline branches from;
+3. lets each decoder, then each operation, take over operations that follow
+   it (``Operation.fuse``: a crop decoder mirrors and converts while it
+   resizes, an augmentation policy converts while it writes), up to the
+   first operation another pipeline branches from;
 4. walks the states (``declare_state_and_memory``) and collects the slot
    buffers they ask for (the *layout*);
 5. splits each pipeline into two stages. **Stage 1** runs per range of
@@ -119,6 +120,10 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
     leaders = _leaders(specs, fname)
     order = order_for_sources(specs, fname, leaders)
     sources = {id(s.source) for s in specs.values() if isinstance(s.source, Operation)}
+    uses: dict[int, int] = {}  # id(user's operation) -> the pipelines holding it
+    for spec in specs.values():
+        for op in spec.transforms:
+            uses[id(op)] = uses.get(id(op), 0) + 1
     earlier = {p.name: p.decoder for p in previous.pipelines} if previous else {}
     copies: dict[int, Operation] = {}  # id(user's operation) -> this plan's copy
     states: dict[int, State] = {}  # id(user's operation) -> its output state
@@ -170,9 +175,11 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
             _check_leader(name, ops, fused, where)
         step_states: list[tuple[State, State]] = []  # each step's input and output
         for position, (user_op, op) in enumerate(zip(user_ops, ops, strict=True), 1):
-            if position - 1 in fused:  # the decoder does it: the values pass through
+            if position - 1 in fused:  # an earlier step does it: the values pass through
                 states[id(user_op)] = state
                 continue
+            if id(user_op) not in sources and uses[id(user_op)] == 1:
+                fused |= _fuse(op, user_ops, ops, streams, position, sources, state, where)
             before = state
             state, query = _declare(op, state, where)
             step_states.append((before, state))
@@ -198,6 +205,23 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
             step.op.reads_input for step in pipeline.steps)
     outputs = list(specs)
     return Plan(fname, [built[name] for name in order], outputs, layout)
+
+
+def _fuse(op: Operation, user_ops: list[Operation], ops: list[Operation], streams: list[int],
+          position: int, sources: set[int], state: State, where: str) -> set[int]:
+    """The positions (in the pipeline, from 0) of the operations after *op* (at
+    *position*, from 1) that it takes over (``Operation.fuse``), among those up to
+    the first one another pipeline branches from. An operation that appears in
+    another pipeline too is never asked: its one copy could not fuse for both."""
+    end = next((k for k in range(position, len(user_ops)) if id(user_ops[k]) in sources),
+               len(user_ops))
+    if end == position:
+        return set()
+    try:
+        taken = op.fuse(ops[position:end], streams[position:end], state)
+    except Exception as exc:
+        raise annotate(exc, f"{where}, {type(op).__name__}") from None
+    return {position + k for k in taken}
 
 
 def _check_leader(name: str, ops: list[Operation], fused: set[int], where: str) -> None:

@@ -389,12 +389,45 @@ class _Policy(Operation):
         self.fill = fill
         self._fill = _fill(self, fill)
         self._magnitudes: dict[tuple[str, int, int, int], np.ndarray | None] = {}
+        # a conversion the planner let it take over (fuse): (table, (scale, bias))
+        self.fused_output: tuple[np.ndarray, tuple[Any, Any]] | None = None
+
+    def fuse(self, transforms: Sequence[Operation], rng_streams: Sequence[int],
+             previous_state: State | None = None) -> list[int]:
+        """On NumPy batches, take over the conversion to float16 or float32 that
+        follows, across operations that pass the values through (``ToTensor``,
+        ``ToTorchImage()``, ``ToDevice('cpu')``): ``Convert``, or
+        ``NormalizeImage`` with one value per channel. The kernel then writes
+        each augmented image's floats straight into this operation's buffer
+        (in the same per-range call, from an image still in cache) instead of
+        uint8 that the batch stage converts in another pass.
+
+        The values are those operations' own: they are run once, here, on every
+        uint8 level of each channel, and the kernel writes that table's entries
+        (or computes them, where float32 arithmetic gives the same bits).
+        """
+        self.fused_output = None
+        if previous_state is None or not previous_state.jit_mode:
+            return []  # on tensors (possibly on a GPU): the torch path, unfused
+        for k, op in enumerate(transforms):
+            if op.passes_through:
+                continue
+            affine = op.pixel_affine()
+            if affine is None or (affine[1] is not None and len(affine[1]) != 3):
+                return []
+            table = conversion_table(transforms[: k + 1], np.dtype(affine[0]))
+            self.fused_output = (table, (affine[1], affine[2]))
+            return [k]
+        return []
 
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, AllocationQuery]:
         require_uint8(self, previous_state)
         if previous_state.jit_mode:
             h, w, c = require_image(self, previous_state, (3,))
+            if self.fused_output is not None:
+                dtype = self.fused_output[0].dtype
+                return replace(previous_state, dtype=dtype), AllocationQuery((h, w, c), dtype)
             return previous_state, AllocationQuery((h, w, c), np.dtype(np.uint8))
         shape = require_shape(self, previous_state, (3,), "image tensors of shape (H, W, 3) "
                               "or (3, H, W)")
@@ -425,12 +458,18 @@ class _Policy(Operation):
         if not isinstance(batch, np.ndarray):
             return self._apply_torch(batch, destination, context)
         n, h, w, c = batch.shape
-        out = numpy_out(destination, n, (h, w, c), batch.dtype)
+        fused = self.fused_output
+        out = numpy_out(destination, n, (h, w, c), batch.dtype if fused is None
+                        else fused[0].dtype)
         ops, params = self.plan(context, h, w).kernel(h, w)
         strides = batch.strides
         if strides[3] != 1 or strides[2] != 3 or strides[1] <= 0 or strides[0] < 0:
             batch = np.ascontiguousarray(batch)  # the kernel takes pixels and rows in order
-        augment_into(batch, out, ops, params, self.interpolation == "bilinear", self._fill)
+        if fused is None:
+            augment_into(batch, out, ops, params, self.interpolation == "bilinear", self._fill)
+        else:
+            augment_into(batch, out, ops, params, self.interpolation == "bilinear", self._fill,
+                         fused[0], fused[1])
         return out
 
     def _apply_torch(self, batch: Any, destination: Any, context: BatchContext) -> Any:
@@ -448,6 +487,31 @@ class _Policy(Operation):
 
     def _fill_repr(self) -> str:
         return f"interpolation={self.interpolation!r}, fill={self.fill!r}"
+
+
+def conversion_table(transforms: Sequence[Operation], dtype: np.dtype) -> np.ndarray:
+    """``(256, 3)``: row ``v`` holds what *transforms* (operations that pass the
+    values through, then one that converts each value of each channel, such as
+    ``Convert`` or ``NormalizeImage``) make of a uint8 RGB pixel ``(v, v, v)``.
+
+    They run on a 16×16 image holding every level, as they would on the batch
+    (on NumPy, or on torch tensors after ``ToTensor``), so the table is their
+    arithmetic exactly."""
+    levels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    value: Any = np.ascontiguousarray(np.broadcast_to(levels, (1, 16, 16, 3)))
+    context = BatchContext(np.zeros(1, np.int64), 0, 0)
+    for op in transforms:
+        value = op.apply(value, None, context)
+    if not isinstance(value, np.ndarray):
+        value = value.cpu()
+        if tuple(value.shape) == (1, 3, 16, 16):  # ToTorchImage's (B, C, H, W)
+            value = value.permute(0, 2, 3, 1)
+        value = value.numpy()
+    if value.shape != (1, 16, 16, 3) or value.dtype != dtype:
+        raise ValueError(f"{', '.join(map(repr, transforms))} turned uint8 images of shape "
+                         f"(16, 16, 3) into {value.dtype} of shape {value.shape[1:]}, not "
+                         f"{dtype} of the same shape")
+    return np.ascontiguousarray(value.reshape(256, 3))
 
 
 def _draw_bins(u: np.ndarray, count: int) -> np.ndarray:

@@ -244,9 +244,12 @@ class Convert(Operation):
 
     def pixel_affine(self) -> tuple[np.dtype, None, None] | None:
         """To float16 or float32: ``value * 1 + 0``, which a crop decoder can write."""
-        target = str(self.target_dtype).replace("torch.", "")
-        if target in ("float16", "float32"):
-            return np.dtype(target), None, None
+        try:
+            target = numpy_dtype(self.target_dtype, self)
+        except TypeError:
+            return None
+        if target in (np.dtype("float16"), np.dtype("float32")):
+            return target, None, None
         return None
 
     def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
