@@ -97,6 +97,15 @@ def test_numpy_pipeline_needs_no_torch(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
 
 
+
+def test_to_tensor_without_torch_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usual torch tail in an installation without torch: an ImportError naming the
+    operation and the install command, not a bare ``No module named 'torch'``."""
+    monkeypatch.setitem(sys.modules, "torch", None)  # any import of torch fails
+    with pytest.raises(ImportError, match=r"ToTensor needs torch.*pip install "
+                                          r"'fastforward\[torch\]'"):
+        T.ToTensor().declare_state_and_memory(State(shape=(8, 8, 3), dtype=np.dtype("u1")))
+
 # ---------------------------------------------------------------------------
 # crop samplers
 

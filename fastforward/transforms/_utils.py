@@ -41,11 +41,23 @@ def numpy_dtype(dtype: Any, op: Any) -> np.dtype:
         raise TypeError(f"{name(op)}: {dtype!r} is not a dtype") from None
 
 
+def import_torch(op: Any) -> Any:
+    """The torch module; an ImportError naming *op* and the install command when
+    torch is missing (the core of fastforward runs without it)."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImportError(f"{name(op)} needs torch, which is not installed: pip install "
+                          "'fastforward[torch]' (torch==2.13.0 first, for the CPU build), or "
+                          "end the pipeline before ToTensor() to get NumPy batches") from exc
+    return torch
+
+
 def torch_dtype(dtype: Any, op: Any) -> Any:
     """*dtype* (NumPy or torch) as a torch dtype; TypeError if it has none."""
     if is_torch_dtype(dtype):
         return dtype
-    import torch
+    torch = import_torch(op)
 
     try:
         return torch.from_numpy(np.empty(0, dtype=numpy_dtype(dtype, op))).dtype
