@@ -36,20 +36,23 @@ from ..pipeline.operation import BatchContext
 from ..pipeline.state import State
 from .planes import (
     COMPRESSIONS,
+    PLANES_DTYPES,
     PLANES_HEADER,
     ScratchPool,
     as_array,
+    check_storage,
     fit_integers,
     pack,
     ranges,
     require_zstd,
+    stored_dtype,
     unpack,
 )
 from .rgb_image import MAX_SIDE, target_size
 from .tagged import TaggedField
 
 MASK_HEADER = PLANES_HEADER
-MASK_DTYPES = (np.dtype("u1"), np.dtype("<u2"))
+MASK_DTYPES = PLANES_DTYPES
 
 __all__ = ["COMPRESSIONS", "MASK_DTYPES", "MASK_HEADER", "MaskDecoder", "MaskField",
            "require_zstd", "resize_nearest", "to_mask_array"]
@@ -96,16 +99,8 @@ class MaskField(TaggedField):
     def __init__(self, dtype: Any = np.uint8, compression: str | None = "zstd",
                  compression_level: int = 3, max_resolution: int | None = None,
                  min_resolution: int | None = None) -> None:
-        self.dtype = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).itemsize > 1 else \
-            np.dtype(dtype)
-        if self.dtype not in MASK_DTYPES:
-            raise TypeError(f"masks are uint8 or uint16, got {np.dtype(dtype)}")
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
-        if not 1 <= int(compression_level) <= 22:
-            raise ValueError(f"compression_level must be in [1, 22], got {compression_level}")
-        if max_resolution is not None and min_resolution is not None:
-            raise ValueError("give max_resolution or min_resolution, not both")
+        self.dtype = stored_dtype(dtype, "masks")
+        check_storage(compression, compression_level, max_resolution, min_resolution)
         self.compression = compression
         self.compression_level = int(compression_level)
         self.max_resolution = max_resolution

@@ -36,13 +36,15 @@ from ..pipeline.decoder import Decoder
 from ..pipeline.operation import BatchContext
 from ..pipeline.state import State
 from .planes import (
-    COMPRESSIONS,
+    PLANES_DTYPES,
     PLANES_HEADER,
     ScratchPool,
     as_array,
+    check_storage,
     fit_integers,
     pack,
     ranges,
+    stored_dtype,
     unpack,
 )
 from .rgb_image import (
@@ -53,7 +55,7 @@ from .rgb_image import (
 )
 from .tagged import TaggedField
 
-CHANNEL_DTYPES = (np.dtype("u1"), np.dtype("<u2"))
+CHANNEL_DTYPES = PLANES_DTYPES
 MAX_CHANNELS = 16
 
 
@@ -108,16 +110,8 @@ class MultiChannelImageField(TaggedField):
                  min_resolution: int | None = None) -> None:
         if not 1 <= int(channels) <= MAX_CHANNELS:
             raise ValueError(f"channels must be in [1, {MAX_CHANNELS}], got {channels}")
-        given = np.dtype(dtype)
-        self.dtype = given.newbyteorder("<") if given.itemsize > 1 else given
-        if self.dtype not in CHANNEL_DTYPES:
-            raise TypeError(f"images are uint8 or uint16, got {given}")
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
-        if not 1 <= int(compression_level) <= 22:
-            raise ValueError(f"compression_level must be in [1, 22], got {compression_level}")
-        if max_resolution is not None and min_resolution is not None:
-            raise ValueError("give max_resolution or min_resolution, not both")
+        self.dtype = stored_dtype(dtype, "images")
+        check_storage(compression, compression_level, max_resolution, min_resolution)
         for name, value in (("max_resolution", max_resolution),
                             ("min_resolution", min_resolution)):
             if value is not None and not 1 <= value <= MAX_SIDE:

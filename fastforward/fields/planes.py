@@ -30,6 +30,7 @@ from ..errors import DecodeError, EncodeError
 
 PLANES_HEADER = np.dtype([("height", "<u4"), ("width", "<u4")])
 COMPRESSIONS = ("zstd", None)
+PLANES_DTYPES = (np.dtype("u1"), np.dtype("<u2"))
 
 
 def require_zstd() -> Any:
@@ -44,6 +45,28 @@ def require_zstd() -> Any:
                               "install backports.zstd (a dependency of fastforward before "
                               "Python 3.14)") from exc
     return zstd
+
+
+def stored_dtype(dtype: Any, what: str) -> np.dtype:
+    """*dtype* as the payload stores it (little-endian); TypeError unless uint8 or
+    uint16. *what* names the values in the error ("masks", "images")."""
+    given = np.dtype(dtype)
+    stored = given.newbyteorder("<") if given.itemsize > 1 else given
+    if stored not in PLANES_DTYPES:
+        raise TypeError(f"{what} are uint8 or uint16, got {given}")
+    return stored
+
+
+def check_storage(compression: str | None, compression_level: int,
+                  max_resolution: int | None, min_resolution: int | None) -> None:
+    """ValueError unless the storage arguments masks and many-channel images share
+    are valid: a known compression, zstd's level range, at most one resolution bound."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+    if not 1 <= int(compression_level) <= 22:
+        raise ValueError(f"compression_level must be in [1, 22], got {compression_level}")
+    if max_resolution is not None and min_resolution is not None:
+        raise ValueError("give max_resolution or min_resolution, not both")
 
 
 def as_array(value: Any, what: str, expected: str) -> np.ndarray:
