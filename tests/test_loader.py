@@ -639,10 +639,22 @@ def test_a_failed_iter_keeps_the_epoch(photos_file: Path) -> None:
 def test_close_from_another_thread_ends_the_loop(scalars: Path) -> None:
     loader = index_loader(scalars, batch_size=1, pipelines={
         "index": [IntDecoder(), Sleepy(0.02)], "value": None})
-    timer = threading.Timer(0.2, loader.close)
-    timer.start()
-    seen = sum(1 for _ in loader)
-    timer.join()
+    first = threading.Event()
+
+    def close_after_the_first_batch() -> None:
+        first.wait(60)
+        time.sleep(0.1)
+        loader.close()
+
+    closer = threading.Thread(target=close_after_the_first_batch)
+    closer.start()
+    seen = 0
+    for _ in loader:
+        seen += 1
+        first.set()
+    closer.join()
+    # closed mid-epoch (600 batches of 0.02 s each would take 12 s), not
+    # timed against a cold start: a slow machine's first batch may come late
     assert 0 < seen < 600
 
 
