@@ -68,7 +68,7 @@ def test_side_by_side(benchmark, beton: Path, folder256: Path, pipeline: str, co
     measures = {
         "decode limit": lambda: decode_limit(blobs, cores, repeat=2),
         "decode limit, fastdct": lambda: decode_limit(blobs, cores, fastdct=True, repeat=2),
-        "fastforward": lambda: loader_throughput(beton, name, epochs=3),
+        "fastforward": lambda: loader_throughput(beton, name, epochs=2, warmup_epochs=1),
     }
     if importable("torch", comparators["dataloader"]):
         measures["DataLoader"] = lambda: throughput("dataloader", folder256, name, cores,
@@ -98,8 +98,9 @@ def test_policy_side_by_side(benchmark, beton: Path, folder256: Path, pipeline: 
     pytest.importorskip("torch", reason="the pipeline ends in torch tensors")
     name = POLICY_PIPELINES[pipeline]
     measures = {
-        "fastforward": lambda: loader_throughput(beton, name, epochs=3),
-        "fastforward (b), no policy": lambda: loader_throughput(beton, "train", epochs=3),
+        "fastforward": lambda: loader_throughput(beton, name, epochs=2, warmup_epochs=1),
+        "fastforward (b), no policy": lambda: loader_throughput(beton, "train", epochs=2,
+                                                                   warmup_epochs=1),
     }
     if importable("torchvision", comparators["dataloader"]):
         measures["DataLoader"] = lambda: throughput("dataloader", folder256, name, cores,
@@ -130,12 +131,15 @@ def test_python_augmentations(benchmark, beton: Path, folder256: Path, pipeline:
         pytest.importorskip("torchvision", reason="TrivialAugmentWide is torchvision's")
     measures = {
         "fastforward": lambda: loader_throughput(beton, pipeline, num_workers=cores,
-                                                 worker_type="process", epochs=3,
+                                                 worker_type="process", epochs=2,
+                                                 warmup_epochs=1,
                                                  batch_size=256),
         "fastforward, 1 process": lambda: loader_throughput(
-            beton, pipeline, num_workers=1, worker_type="process", epochs=3, batch_size=256),
+            beton, pipeline, num_workers=1, worker_type="process", epochs=2, warmup_epochs=1,
+            batch_size=256),
         "fastforward, threads": lambda: loader_throughput(
-            beton, pipeline, num_workers=cores, worker_type="thread", epochs=3, batch_size=256),
+            beton, pipeline, num_workers=cores, worker_type="thread", epochs=2,
+            warmup_epochs=1, batch_size=256),
     }
     if importable("torchvision" if pipeline == "tv_trivialaugment" else "torch",
                   comparators["dataloader"]):
@@ -166,7 +170,8 @@ def test_small_raw(benchmark, small_raw: Path, cores: int, rounds: int,
                            time.perf_counter() - start)
 
     measures = {
-        "fastforward": lambda: loader_throughput(small_raw, "simple", epochs=3),
+        "fastforward": lambda: loader_throughput(small_raw, "simple", epochs=2,
+                                                 warmup_epochs=1),
         "memcpy": memcpy,
     }
     if importable("ffcv", comparators["ffcv"]):

@@ -269,10 +269,20 @@ def steady_state(batches: Any, skip: int = 1) -> tuple[tuple[int, float], tuple[
 
 def loader_throughput(fname: str | os.PathLike[str], pipeline: str, num_workers: int = -1,
                       batch_size: int = 256, epochs: int = 1, order: Any = None,
-                      os_cache: bool = True, **loader_kwargs: Any) -> Measurement:
+                      os_cache: bool = True, warmup_epochs: int = 0,
+                      **loader_kwargs: Any) -> Measurement:
     """Images/s of ``Loader`` over *epochs* epochs of *fname* with a named pipeline,
     at steady state: each epoch's first batch (the first epoch's first
-    ``warmup_batches``) left out, see ``steady_state``."""
+    ``warmup_batches``) left out, see ``steady_state``.
+
+    With *warmup_epochs*, that many whole epochs run first and are not counted,
+    as ``bench/``'s FFCV baseline runs one (its JIT compilation): the ring's
+    slots are then all faulted in before the clock starts, however short the
+    epoch (``warmup_batches`` leaves out at most a third of an epoch, and a page
+    the kernel must get back from the host after another process freed it can
+    cost ten times a page's zeroing on a virtual machine). Not for cold-cache
+    figures: the warm-up reads the file.
+    """
     from .loader import Loader, OrderOption
 
     reader = Reader(fname)
@@ -281,8 +291,11 @@ def loader_throughput(fname: str | os.PathLike[str], pipeline: str, num_workers:
                     order=order or OrderOption.RANDOM, seed=0, os_cache=os_cache,
                     pipelines=loader_pipelines(reader, field, pipeline), **loader_kwargs)
     with loader:
+        for _ in range(warmup_epochs):
+            for _ in loader:
+                pass
         # the first epoch's first batches fault the ring's slots in (see warmup_batches)
-        skip = warmup_batches(len(loader), loader.ring_slots)
+        skip = warmup_batches(len(loader), loader.ring_slots) if warmup_epochs == 0 else 1
         steady, whole = [0, 0.0], [0, 0.0]
         for epoch in range(epochs):
             counted, start = steady_state(loader, skip if epoch == 0 else 1)

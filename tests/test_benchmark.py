@@ -65,6 +65,20 @@ def test_loader_throughput_counts_the_steady_batches(small_file) -> None:  # typ
     assert "start-up" not in m.name
 
 
+def test_loader_throughput_after_warmup_epochs_counts_each_epoch_but_its_first_batch(
+        small_file) -> None:  # type: ignore[no-untyped-def]
+    # 10 batches of 4 per epoch; one whole epoch of warm-up, then 2 epochs of 9
+    # counted batches each, where without it the first epoch leaves out its ring
+    # warm-up (more than one batch)
+    m = benchmark.loader_throughput(small_file, "center_crop", batch_size=4, epochs=2,
+                                    num_workers=1, warmup_epochs=1)
+    assert m.images == 4 * (9 + 9)
+    assert "start-up" not in m.name
+    cold = benchmark.loader_throughput(small_file, "center_crop", batch_size=4, epochs=2,
+                                       num_workers=1)
+    assert cold.images < m.images
+
+
 def test_loader_throughput_of_one_batch_epochs_includes_the_start(small_file) -> None:  # type: ignore[no-untyped-def]
     m = benchmark.loader_throughput(small_file, "center_crop", batch_size=32, epochs=2,
                                     num_workers=1)
