@@ -224,8 +224,8 @@ def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:  # a zombie is not alive
             return stat.read().split()[2] != "Z"
-    except FileNotFoundError:  # reaped since os.kill
-        return False
+    except (FileNotFoundError, ProcessLookupError):  # reaped since os.kill (read() can
+        return False  # fail with ESRCH when it is reaped between open and read)
 
 
 def test_held_batches_are_never_overwritten_by_worker_processes(photos_file: Path) -> None:
