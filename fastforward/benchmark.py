@@ -278,10 +278,11 @@ def loader_throughput(fname: str | os.PathLike[str], pipeline: str, num_workers:
     With *warmup_epochs*, that many whole epochs run first and are not counted,
     as ``bench/``'s FFCV baseline runs one (its JIT compilation): the ring's
     slots are then all faulted in before the clock starts, however short the
-    epoch (``warmup_batches`` leaves out at most a third of an epoch, and a page
-    the kernel must get back from the host after another process freed it can
-    cost ten times a page's zeroing on a virtual machine). Not for cold-cache
-    figures: the warm-up reads the file.
+    epoch (``warmup_batches`` leaves out at most a third of an epoch; on this
+    project's virtual machine a fresh ring cost 1.45-1.59 s of kernel time
+    right after another process had freed its memory, 0.07-0.19 s otherwise:
+    ``bench/after_another_process.py``). Not for cold-cache figures: the
+    warm-up reads the file.
     """
     from .loader import Loader, OrderOption
 
