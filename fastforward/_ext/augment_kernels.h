@@ -163,6 +163,22 @@ static void ff_aug_lut_row_vbmi(const uint8_t *restrict s, ptrdiff_t n,
     }
 }
 
+/* The blends' last step, 8 lanes: k * alpha + c in double (each product and
+ * sum exact or rounded as the portable code's double expression), rounded once
+ * to float, clamped to 0..255 and truncated: the lanes' uint8 values as int32 */
+__attribute__((target("avx2")))
+static inline __m256i ff_aug_blend8(__m256i k, __m256d alpha, __m256 c) {
+    const __m256d r0 = _mm256_add_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(k)),
+                                                   alpha),
+                                     _mm256_cvtps_pd(_mm256_castps256_ps128(c)));
+    const __m256d r1 = _mm256_add_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(
+                                                       _mm256_extracti128_si256(k, 1)), alpha),
+                                     _mm256_cvtps_pd(_mm256_extractf128_ps(c, 1)));
+    const __m256 r = _mm256_set_m128(_mm256_cvtpd_ps(r1), _mm256_cvtpd_ps(r0));
+    return _mm256_cvttps_epi32(
+        _mm256_min_ps(_mm256_max_ps(r, _mm256_setzero_ps()), _mm256_set1_ps(255.0f)));
+}
+
 /* sharpness inside the border (from value 3 on), 8 values at a time: the same
  * integer sums, the float32 blur and the double blend rounded once to float;
  * returns where the portable loop goes on */
@@ -171,7 +187,6 @@ static ptrdiff_t ff_aug_sharpness_avx2(const uint8_t *restrict b,
                                        const uint16_t *restrict colsum, ptrdiff_t n,
                                        double alpha, uint8_t *restrict d) {
     const __m256 inv13 = _mm256_set1_ps(1.0f / 13.0f), half = _mm256_set1_ps(0.5f);
-    const __m256 lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(255.0f);
     const __m256d va = _mm256_set1_pd(alpha);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     ptrdiff_t i = 3;
@@ -185,15 +200,8 @@ static ptrdiff_t ff_aug_sharpness_avx2(const uint8_t *restrict b,
         sum = _mm256_add_epi32(sum, _mm256_slli_epi32(v, 2));
         const __m256i blur = _mm256_cvttps_epi32(
             _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sum), inv13), half));
-        const __m256i diff = _mm256_sub_epi32(blur, v);
-        const __m256d r0 = _mm256_add_pd(
-            _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(diff)), va),
-            _mm256_cvtepi32_pd(_mm256_castsi256_si128(v)));
-        const __m256d r1 = _mm256_add_pd(
-            _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(diff, 1)), va),
-            _mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1)));
-        __m256 r = _mm256_set_m128(_mm256_cvtpd_ps(r1), _mm256_cvtpd_ps(r0));
-        const __m256i q = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi));
+        /* v as float is exact, and so is its conversion to double */
+        const __m256i q = ff_aug_blend8(_mm256_sub_epi32(blur, v), va, _mm256_cvtepi32_ps(v));
         const __m256i w16 = _mm256_packus_epi32(q, q);
         const __m256i w8 = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w16, w16), order);
         _mm_storel_epi64((__m128i *)(d + i), _mm256_castsi256_si128(w8));
@@ -208,7 +216,7 @@ __attribute__((target("avx2")))
 static ptrdiff_t ff_aug_saturation_avx2(const uint8_t *restrict s, ptrdiff_t w,
                                         const int32_t *restrict gray, float f, double alpha,
                                         uint8_t *restrict d) {
-    const __m256 vf = _mm256_set1_ps(f), lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(255.0f);
+    const __m256 vf = _mm256_set1_ps(f);
     const __m256d va = _mm256_set1_pd(alpha);
     /* the pixel of each of the 24 values */
     const __m256i spread[3] = {_mm256_setr_epi32(0, 0, 0, 1, 1, 1, 2, 2),
@@ -221,15 +229,7 @@ static ptrdiff_t ff_aug_saturation_avx2(const uint8_t *restrict s, ptrdiff_t w,
         __m256i q[3];
         for (int j = 0; j < 3; j++) {
             const __m256i gj = _mm256_permutevar8x32_epi32(g, spread[j]);
-            const __m256 p = _mm256_mul_ps(ff_aug_load8(s + 3 * x + 8 * j), vf);
-            const __m256d r0 = _mm256_add_pd(
-                _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(gj)), va),
-                _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
-            const __m256d r1 = _mm256_add_pd(
-                _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(gj, 1)), va),
-                _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
-            const __m256 v = _mm256_set_m128(_mm256_cvtpd_ps(r1), _mm256_cvtpd_ps(r0));
-            q[j] = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+            q[j] = ff_aug_blend8(gj, va, _mm256_mul_ps(ff_aug_load8(s + 3 * x + 8 * j), vf));
         }
         /* dwords [q0 low, q1 low, q2 low, q2 low | the high halves] -> in order */
         const __m256i bytes = _mm256_permutevar8x32_epi32(
