@@ -57,6 +57,25 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
+def photo_crops_file(path: Path, photos: list[np.ndarray], count: int, height: int, width: int,
+                     seed: int) -> Path:
+    """Write *count* crops of height × width from the photographs, at random places
+    (``seed``), labelled 0, 1, 2, 0, ..., as JPEGs in a .beton at *path*."""
+    from fastforward.fields import IntField, RGBImageField
+    from fastforward.writer import DatasetWriter
+
+    rng = np.random.default_rng(seed)
+    samples = []
+    for k in range(count):
+        photo = photos[k % len(photos)]
+        y = int(rng.integers(photo.shape[0] - height))
+        x = int(rng.integers(photo.shape[1] - width))
+        samples.append((np.ascontiguousarray(photo[y : y + height, x : x + width]), k % 3))
+    DatasetWriter(path, {"image": RGBImageField(write_mode="jpg"), "label": IntField()},
+                  num_workers=1, progress=False).from_indexed_dataset(samples)
+    return path
+
+
 def strip_checksums(src: Path, dst: Path) -> Path:
     """Copy *src* without its checksum block: FFCV's layout, as ``checksums=False``
     writes it."""

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import reference as ref
+from conftest import photo_crops_file
 from harness import apply_checked, state_of
 
 import fastforward.transforms as T
@@ -484,19 +485,8 @@ def test_declare_rejects_bad_torch_input() -> None:
 
 @pytest.fixture(scope="module")
 def small_beton(tmp_path_factory: pytest.TempPathFactory, photos: list[np.ndarray]) -> Path:
-    from fastforward.fields import IntField, RGBImageField
-    from fastforward.writer import DatasetWriter
-
-    rng = np.random.default_rng(1)
-    samples = []
-    for k in range(40):
-        photo = photos[k % len(photos)]
-        y, x = int(rng.integers(photo.shape[0] - 120)), int(rng.integers(photo.shape[1] - 150))
-        samples.append((np.ascontiguousarray(photo[y : y + 120, x : x + 150]), k % 3))
-    path = tmp_path_factory.mktemp("augment") / "small.beton"
-    DatasetWriter(path, {"image": RGBImageField(write_mode="jpg"), "label": IntField()},
-                  num_workers=1, progress=False).from_indexed_dataset(samples)
-    return path
+    return photo_crops_file(tmp_path_factory.mktemp("augment") / "small.beton", photos,
+                            count=40, height=120, width=150, seed=1)
 
 
 def load(path: Path, ops: list[Any], workers: int, epoch: int = 0,

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import photo_crops_file
 
 import fastforward.transforms as T
 from fastforward._ext.augment import PARAMS, augment_into, conversion_form
@@ -201,19 +202,8 @@ def test_conversion_table_is_the_operations_own() -> None:
 
 @pytest.fixture(scope="module")
 def small_beton(tmp_path_factory: pytest.TempPathFactory, photos: list[np.ndarray]) -> Path:
-    from fastforward.fields import IntField, RGBImageField
-    from fastforward.writer import DatasetWriter
-
-    rng = np.random.default_rng(2)
-    samples = []
-    for k in range(36):
-        photo = photos[k % len(photos)]
-        y, x = int(rng.integers(photo.shape[0] - 100)), int(rng.integers(photo.shape[1] - 130))
-        samples.append((np.ascontiguousarray(photo[y : y + 100, x : x + 130]), k % 3))
-    path = tmp_path_factory.mktemp("fused") / "small.beton"
-    DatasetWriter(path, {"image": RGBImageField(write_mode="jpg"), "label": IntField()},
-                  num_workers=1, progress=False).from_indexed_dataset(samples)
-    return path
+    return photo_crops_file(tmp_path_factory.mktemp("fused") / "small.beton", photos,
+                            count=36, height=100, width=130, seed=2)
 
 
 def crop_ops() -> list[Any]:
