@@ -202,7 +202,8 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._durations: collections.deque[float] = collections.deque(maxlen=4)
         self._stop: asyncio.Event | None = None
-        self._closed = False
+        self._closed = False  # close() was called (the epoch ends on it)
+        self._closing = False  # a close() is shutting down, or has
         self._close_lock = threading.Lock()
         self._stopped = threading.Event()  # set once close() has stopped everything
         self._finished = False
@@ -249,22 +250,37 @@ class Engine:
         the same slots while this one's batches are still being written.
         """
         with self._close_lock:
-            first, self._closed = not self._closed, True
+            self._closed = True
+            first, self._closing = not self._closing, True
         if not first:
-            if threading.current_thread() is not self._thread:
-                self._stopped.wait()
+            if threading.current_thread() is self._thread:
+                return
+            while not self._stopped.wait(0.05):
+                with self._close_lock:
+                    interrupted = not self._closing
+                if interrupted:  # the first close() was cut short: finish its work here
+                    self.close()
+                    return
             return
-        self.channel.finish()  # a consumer waiting in another thread
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop may have just finished
-                loop.call_soon_threadsafe(self._request_stop)
-        if threading.current_thread() is not self._thread:
-            self._thread.join()
-        for pool in (self._batch_pool, self._io_pool):
-            pool.shutdown(wait=True, cancel_futures=True)
-        if self.plan.workers is not None:
-            self.plan.workers.close()
+        try:
+            self.channel.finish()  # a consumer waiting in another thread
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # the loop may have just finished
+                    loop.call_soon_threadsafe(self._request_stop)
+            if threading.current_thread() is not self._thread:
+                self._thread.join()
+            for pool in (self._batch_pool, self._io_pool):
+                pool.shutdown(wait=True, cancel_futures=True)
+            if self.plan.workers is not None:
+                self.plan.workers.close()
+        except BaseException:
+            # Ctrl-C while joining the thread: the next close() (the loader's
+            # finalizer at exit, at the latest) does it all again, instead of
+            # waiting forever for this one to finish
+            with self._close_lock:
+                self._closing = False
+            raise
         self._stopped.set()
 
     @property
@@ -280,8 +296,9 @@ class Engine:
         # waiting is delivered as it returns). Nothing is lost: close() wants none
         # of its results.
         try:
-            with (asyncio.Runner(loop_factory=_loop_factory) as runner,
-                  contextlib.suppress(asyncio.CancelledError)):
+            # the suppress is outside the runner: its own clean-up runs as tasks
+            with (contextlib.suppress(asyncio.CancelledError),
+                  asyncio.Runner(loop_factory=_loop_factory) as runner):
                 runner.run(self._start())
         finally:
             self._ready.set()
@@ -291,6 +308,8 @@ class Engine:
         """On the loop: end everything. Cancels every task and sets the stop event,
         so that the epoch ends even where a task group absorbed a cancellation."""
         assert self._stop is not None
+        if self._stop.is_set():  # asked again by a close() that finishes one cut short:
+            return  # cancelling now would cancel the runner's own clean-up tasks
         self._stop.set()
         self.channel.wake_producer()
         for task in asyncio.all_tasks():

@@ -636,6 +636,30 @@ def test_a_failed_iter_keeps_the_epoch(photos_file: Path) -> None:
     assert next(iter(loader))[0].shape == (4, 8, 8, 3)
 
 
+def test_a_close_cut_short_by_ctrl_c_is_finished_by_the_next(scalars: Path) -> None:
+    # Ctrl-C landing while close() joins the scheduler thread: the next close()
+    # (the loader's finalizer at exit) used to wait forever for the first
+    iterator = iter(index_loader(scalars, batch_size=5))
+    next(iterator)
+    engine = iterator._engine  # type: ignore[attr-defined]
+    join = engine._thread.join
+
+    def interrupted(*args: object) -> None:
+        engine._thread.join = join
+        raise KeyboardInterrupt
+
+    engine._thread.join = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        engine.close()
+    closer = threading.Thread(target=engine.close)  # another thread waiting for it
+    closer.start()
+    engine.close()
+    closer.join(10)
+    assert not closer.is_alive()
+    assert not engine.is_running
+    assert fastforward_threads() == []
+
+
 def test_close_from_another_thread_ends_the_loop(scalars: Path) -> None:
     loader = index_loader(scalars, batch_size=1, pipelines={
         "index": [IntDecoder(), Sleepy(0.02)], "value": None})
