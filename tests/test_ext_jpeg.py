@@ -56,6 +56,11 @@ def random_windows(rng: np.random.Generator, height: int, width: int,
     return out
 
 
+def encode_marked(image: np.ndarray, subsampling: str = "420") -> bytes:
+    """As fastforward's writer encodes: a restart marker at each MCU row."""
+    return jpeg.encode_rgb(np.ascontiguousarray(image), 90, subsampling, 1)
+
+
 KINDS = {
     "420": lambda image: encode(image, "420"),
     "422": lambda image: encode(image, "422"),
@@ -63,6 +68,15 @@ KINDS = {
     "progressive": lambda image: encode_pillow(image, progressive=True),
     "pillow-444": lambda image: encode_pillow(image, subsampling=0),
     "grayscale": lambda image: encode_pillow(image, "L"),
+    # restart markers: decoding starts at the one above the window and skips each
+    # row's rest to the next one, where each row is one restart interval
+    "420-markers": lambda image: encode_marked(image, "420"),
+    "422-markers": lambda image: encode_marked(image, "422"),
+    "444-markers": lambda image: encode_marked(image, "444"),
+    "grayscale-markers": lambda image: encode_pillow(image, "L", restart_marker_rows=1),
+    "420-markers-every-2-rows": lambda image: encode_pillow(image, restart_marker_rows=2),
+    # an interval that is not a whole row: decoded from the top, as without markers
+    "420-markers-every-5-mcus": lambda image: encode_pillow(image, restart_marker_blocks=5),
 }
 
 
@@ -96,10 +110,12 @@ def test_a_window_is_exactly_that_window_of_the_whole_image(photo: np.ndarray, d
                                       err_msg=f"window {h}x{w} at ({y}, {x})")
 
 
+@pytest.mark.parametrize("marked", [False, True], ids=["plain", "markers"])
 @pytest.mark.parametrize("scale", [1, 2, 4])
 def test_a_scaled_window_is_that_window_of_the_scaled_image(photo: np.ndarray,
-                                                            decoder: object, scale: int) -> None:
-    data = encode(photo)
+                                                            decoder: object, scale: int,
+                                                            marked: bool) -> None:
+    data = encode_marked(photo) if marked else encode(photo)
     height, width = photo.shape[:2]
     sh, sw = -(-height * scale // 8), -(-width * scale // 8)
     # simplejpeg picks the smallest scale that keeps min_height x min_width: this one
@@ -109,6 +125,106 @@ def test_a_scaled_window_is_that_window_of_the_scaled_image(photo: np.ndarray,
     for y, x, h, w in random_windows(np.random.default_rng(scale), sh, sw, 40):
         got = jpeg.decode_window(decoder, data, height, width, scale, y, h, x, w)
         np.testing.assert_array_equal(got, whole[y : y + h, x : x + w])
+
+
+def test_restart_markers_are_where_the_writer_puts_them(photo: np.ndarray) -> None:
+    """One restart interval per MCU row (16 px at 4:2:0), the pixels of the same
+    encode without markers, and the bytes of Pillow's encode without them."""
+    height, width = photo.shape[:2]
+    plain, marked = jpeg.encode_rgb(photo, 90, "420", 0), encode_marked(photo)
+    assert plain == encode_pillow(photo)  # libjpeg's defaults, quality 90, 4:2:0
+    assert b"\xff\xdd" not in plain
+    mcus_per_row = -(-width // 16)
+    dri = marked.index(b"\xff\xdd")
+    assert marked[dri + 4 : dri + 6] == mcus_per_row.to_bytes(2, "big")
+    entropy = marked[marked.index(b"\xff\xda"):]
+    numbers = [entropy[i + 1] - 0xD0 for i in range(len(entropy) - 1)
+               if entropy[i] == 0xFF and 0xD0 <= entropy[i + 1] <= 0xD7]
+    assert numbers == [k % 8 for k in range(-(-height // 16) - 1)]
+    np.testing.assert_array_equal(simplejpeg.decode_jpeg(marked), simplejpeg.decode_jpeg(plain))
+    assert len(marked) < len(plain) * 1.01
+
+
+@pytest.mark.parametrize(("window", "row", "mcus"), [
+    ((200, 30, 40, 50), 12, 7),     # below the top and left of the right edge: both
+    ((200, 250, 40, 80), 12, 0),    # reaching the right edge: the rows above only
+    ((0, 30, 40, 50), 0, 7),        # at the top: each row's rest only
+    ((16, 30, 40, 50), 0, 7),       # its first row's chroma neighbour is in row 0
+    ((17, 30, 40, 50), 1, 7),
+], ids=["below-left", "right-edge", "top", "second-row", "below-second-row"])
+def test_decoding_starts_and_stops_at_the_markers(photo: np.ndarray, decoder: object,
+                                                  window: tuple[int, int, int, int], row: int,
+                                                  mcus: int) -> None:
+    data = encode_marked(photo)
+    height, width = photo.shape[:2]
+    y, x, h, w = window
+    whole = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True)
+    got = jpeg.decode_window(decoder, data, height, width, 8, y, h, x, w)
+    assert (decoder.restart_row, decoder.restart_mcus) == (row, mcus)
+    np.testing.assert_array_equal(got, whole[y : y + h, x : x + w])
+    # without markers, or told not to use them: decoded from the top, the same pixels
+    got = jpeg.decode_window(decoder, data, height, width, 8, y, h, x, w, restarts=False)
+    assert (decoder.restart_row, decoder.restart_mcus) == (0, 0)
+    np.testing.assert_array_equal(got, whole[y : y + h, x : x + w])
+    jpeg.decode_window(decoder, encode(photo), height, width, 8, y, h, x, w)
+    assert (decoder.restart_row, decoder.restart_mcus) == (0, 0)
+
+
+def marker_positions(data: bytes) -> list[int]:
+    start = data.index(b"\xff\xda")
+    return [i for i in range(start, len(data) - 1)
+            if data[i] == 0xFF and 0xD0 <= data[i + 1] <= 0xD7]
+
+
+@pytest.mark.parametrize("damage", ["renumbered", "removed"])
+def test_damaged_markers_above_the_window_are_errors(photo: np.ndarray, decoder: object,
+                                                    damage: str) -> None:
+    """A marker out of sequence (or missing) above the window: the kernel does
+    not trust its count and decodes from the top, where libjpeg finds the fault."""
+    data = bytearray(encode_marked(photo))
+    height, width = photo.shape[:2]
+    third = marker_positions(bytes(data))[3]
+    if damage == "renumbered":
+        data[third + 1] = 0xD0 + (data[third + 1] - 0xD0 + 2) % 8
+    else:
+        del data[third : third + 2]
+    with pytest.raises(ValueError, match="Corrupt JPEG data: "):
+        jpeg.decode_window(decoder, bytes(data), height, width, 8, 200, 40, 30, 50)
+    assert decoder.restart_row == 0
+
+
+def test_rows_the_window_skips_are_not_read(photo: np.ndarray, decoder: object) -> None:
+    """Damage between two markers above the window, or right of it, cannot reach
+    its pixels (each interval starts afresh): they are those of the intact file."""
+    good = encode_marked(photo)
+    height, width = photo.shape[:2]
+    whole = simplejpeg.decode_jpeg(good, colorspace="RGB", fastdct=True)
+    data = bytearray(good)
+    markers = marker_positions(good)
+    data[markers[3] + 2 : markers[3] + 40] = bytes(range(1, 39))  # in row 4
+    data[markers[13] - 30 : markers[13] - 2] = bytes(range(1, 29))  # row 13's right end
+    got = jpeg.decode_window(decoder, bytes(data), height, width, 8, 200, 40, 30, 50)
+    assert (decoder.restart_row, decoder.restart_mcus) == (12, 7)
+    np.testing.assert_array_equal(got, whole[200:240, 30:80])
+
+
+def test_a_truncated_marked_jpeg_is_an_error(photo: np.ndarray, decoder: object) -> None:
+    data = encode_marked(photo)
+    height, width = photo.shape[:2]
+    with pytest.raises(ValueError, match="Premature end"):
+        jpeg.decode_window(decoder, data[: marker_positions(data)[12] + 50], height, width, 8,
+                           200, 56, 30, 50)
+
+
+def test_encode_rgb_refuses_what_it_cannot_encode(photo: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="subsampling"):
+        jpeg.encode_rgb(photo, 90, "411")
+    with pytest.raises(ValueError, match="channels"):
+        jpeg.encode_rgb(np.zeros((8, 8, 4), np.uint8), 90)
+    with pytest.raises(ValueError, match="quality"):
+        jpeg.encode_rgb(photo, 101)
+    with pytest.raises(ValueError, match="contiguous"):
+        jpeg.encode_rgb(photo[:, ::2], 90)
 
 
 def test_cmyk_is_converted_as_simplejpeg_does(photo: np.ndarray, decoder: object) -> None:
@@ -157,12 +273,16 @@ def crops_for(rng: np.random.Generator, shapes: list[tuple[int, int]]) -> np.nda
 @pytest.mark.parametrize(("dtype", "normalise"), [(np.uint8, False), (np.float16, False),
                                                   (np.float32, True)],
                          ids=["uint8", "float16", "float32-normalised"])
+@pytest.mark.parametrize("marked", [False, True], ids=["plain", "markers"])
 def test_range_is_todays_decode_then_crop_resize(pictures: list[np.ndarray], decoder: object,
-                                                 dtype: type, normalise: bool) -> None:
+                                                 dtype: type, normalise: bool,
+                                                 marked: bool) -> None:
     """Mixed JPEG and raw samples, random crops and flips: exactly what decoding the
-    whole image (simplejpeg, fastdct) and ``crop_resize_into`` give."""
+    whole image (simplejpeg, fastdct) and ``crop_resize_into`` give, with or
+    without restart markers (the writer's JPEGs have them)."""
     raw = [k % 3 == 2 for k in range(len(pictures))]
-    payloads = [p.tobytes() if r else encode(p) for p, r in zip(pictures, raw, strict=True)]
+    payloads = [p.tobytes() if r else encode_marked(p) if marked else encode(p)
+                for p, r in zip(pictures, raw, strict=True)]
     shapes = [p.shape[:2] for p in pictures]
     batch = Range(payloads, shapes, raw)
     rng = np.random.default_rng(7)

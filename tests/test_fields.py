@@ -33,6 +33,27 @@ def test_raw_is_exact(tmp_path: Path, images: list[np.ndarray]) -> None:
     assert set(reader.metadata["f0"]["mode"].tolist()) == {1}
 
 
+def test_the_writers_jpegs_have_a_restart_marker_per_mcu_row(tmp_path: Path,
+                                                            images: list[np.ndarray]) -> None:
+    """Where libjpeg-turbo is linked in, so that the crop decoders can start at the
+    marker above a crop; without it (simplejpeg encodes) there are none."""
+    from fastforward.benchmark import stored_jpegs
+    from fastforward.fields import rgb_image
+
+    reader = store(tmp_path, RGBImageField(write_mode="jpg", jpeg_quality=90), images)
+    for data, image in zip(stored_jpegs(reader, "image"), images, strict=True):
+        if rgb_image._region is None:
+            assert b"\xff\xdd" not in data
+            continue
+        dri = data.index(b"\xff\xdd")
+        assert int.from_bytes(data[dri + 4 : dri + 6], "big") == -(-image.shape[1] // 16)
+        markers = -(-image.shape[0] // 16) - 1  # RST0 ... RST7, RST0 ...
+        assert data.count(b"\xff\xd0") == (markers + 7) // 8
+    # FFCV's helper encodes as the writer does
+    data = rgb_image.encode_jpeg(images[0], 90).tobytes()
+    assert (b"\xff\xdd" in data) == (rgb_image._region is not None)
+
+
 def test_jpeg_quality(tmp_path: Path, images: list[np.ndarray]) -> None:
     reader = store(tmp_path, RGBImageField(write_mode="jpg", jpeg_quality=90), images)
     for i, image in enumerate(images):

@@ -11,18 +11,29 @@ LIBJPEG_TURBO_VERSION: str
 @disjoint_base
 class JpegDecoder:
     """A libjpeg decompressor and its row buffer, kept from image to image."""
+    @property
+    def restart_row(self) -> int:
+        """The iMCU row at which the last decode started (0: the top)."""
+    @property
+    def restart_mcus(self) -> int:
+        """MCUs of each row the last decode entropy-decoded (0: all)."""
 
 def decode_crop_resize_range(
     decoder: JpegDecoder, source: BufferLike, starts: BufferLike, sizes: BufferLike,
     raw: BufferLike, heights: BufferLike, widths: BufferLike, crops: BufferLike,
     flips: BufferLike, out: np.ndarray, scale: Sequence[float] | np.ndarray | None,
     bias: Sequence[float] | np.ndarray | None, workspace: Workspace, fast_idct: bool = True,
-    min_scale: int = 8,
+    min_scale: int = 8, restarts: bool = True,
 ) -> tuple[int, str] | None:
     """Decode, crop and resize samples ``0 .. n-1`` of a range into ``out[k]``."""
 
 def decode_window(
     decoder: JpegDecoder, data: BufferLike, height: int, width: int, scale: int, y0: int, h: int,
-    x0: int, w: int, fast_idct: bool = True,
+    x0: int, w: int, fast_idct: bool = True, restarts: bool = True,
 ) -> np.ndarray:
     """Rows ``y0 .. y0+h`` and columns ``x0 .. x0+w`` of a JPEG at the DCT scale ``scale/8``."""
+
+def encode_rgb(image: BufferLike, quality: int, subsampling: str = "420",
+               restart_rows: int = 1) -> bytes:
+    """*image* (``H x W x 3`` uint8 RGB) as baseline JPEG bytes, a restart marker every
+    *restart_rows* MCU rows."""

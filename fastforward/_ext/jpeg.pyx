@@ -37,12 +37,16 @@ cdef extern from "jpeg_region.h" nogil:
         int image_height, image_width
         int x_offset, columns
         size_t stride
+        int restart_row, restart_mcus
     int FF_JPEG_OK, FF_JPEG_ERROR, FF_JPEG_SIZE, FF_JPEG_NOMEM
     int ff_jpeg_open(ff_jpeg* j)
     void ff_jpeg_close(ff_jpeg* j)
     int ff_jpeg_decode_window(ff_jpeg* j, const uint8_t* data, size_t size, int height,
-                              int width, int scale, int fast_idct, int y0, int h, int x0,
-                              int w)
+                              int width, int scale, int fast_idct, int restarts, int y0,
+                              int h, int x0, int w)
+    int ff_jpeg_encode(const uint8_t* pixels, int height, int width, size_t stride,
+                       int quality, int h_samp, int v_samp, int restart_rows,
+                       unsigned char** out, unsigned long* out_size, char* message)
     int LIBJPEG_TURBO_VERSION_NUMBER
 
 
@@ -77,6 +81,18 @@ cdef class JpegDecoder:
         if self.j != NULL:
             ff_jpeg_close(self.j)
             free(self.j)
+
+    @property
+    def restart_row(self):
+        """The iMCU row at which the last decode started: 0 for the top, more where
+        it started at the restart marker above its window (for tests)."""
+        return self.j.restart_row
+
+    @property
+    def restart_mcus(self):
+        """How many MCUs of each row the last decode entropy-decoded before skipping
+        to the next row's restart marker: 0 for all of them (for tests)."""
+        return self.j.restart_mcus
 
 
 cdef struct Plan:
@@ -124,7 +140,7 @@ def decode_crop_resize_range(JpegDecoder decoder not None, const uint8_t[::1] so
                              const int64_t[:, ::1] crops not None,
                              const uint8_t[::1] flips not None, out not None, scale, bias,
                              Workspace workspace not None, bint fast_idct=True,
-                             int min_scale=8):
+                             int min_scale=8, bint restarts=True):
     """Decode, crop and resize samples ``0 .. n-1`` of a range into ``out[k]``.
 
     Sample ``k``'s payload is ``source[starts[k] : starts[k] + sizes[k]]``: raw
@@ -134,6 +150,9 @@ def decode_crop_resize_range(JpegDecoder decoder not None, const uint8_t[::1] so
     JPEGs are decoded at the DCT scale M/8: the smallest M in {1, 2, 4, 8}, at
     least *min_scale*, that keeps the crop at least as large as the output. The
     default (8) decodes at full size: the pixels of a whole-image decode.
+    With *restarts*, a JPEG with a restart marker at each MCU row starts
+    decoding at the marker above its window (the same pixels, fewer rows
+    entropy-decoded).
 
     Returns None, or ``(k, message)`` for the first sample that failed (the
     samples before it are written).
@@ -185,8 +204,8 @@ def decode_crop_resize_range(JpegDecoder decoder not None, const uint8_t[::1] so
                 continue
             _plan(&p, heights[k], widths[k], &crops[k, 0], t.oh, t.ow, min_scale)
             code = ff_jpeg_decode_window(j, base + starts[k], sizes[k], <int>heights[k],
-                                         <int>widths[k], p.scale, fast_idct, p.y0, p.h, p.x0,
-                                         p.w)
+                                         <int>widths[k], p.scale, fast_idct, restarts, p.y0,
+                                         p.h, p.x0, p.w)
             if code != FF_JPEG_OK:
                 break
             _resize_into(j.pixels, p.h, j.columns, j.stride, 0, p.x0 - j.x_offset, p.h, p.w,
@@ -203,10 +222,11 @@ def decode_crop_resize_range(JpegDecoder decoder not None, const uint8_t[::1] so
 
 def decode_window(JpegDecoder decoder not None, const uint8_t[::1] data not None,
                   int height, int width, int scale, int y0, int h, int x0, int w,
-                  bint fast_idct=True):
+                  bint fast_idct=True, bint restarts=True):
     """Rows ``y0 .. y0+h`` and columns ``x0 .. x0+w`` of a JPEG of ``height x width``
     pixels, decoded at the DCT scale ``scale/8`` exactly as the crop decoders do
-    (for tests and measurements): an ``h x w x 3`` uint8 array.
+    (for tests and measurements): an ``h x w x 3`` uint8 array. *restarts* as in
+    ``decode_crop_resize_range``; ``decoder.restart_row`` says where it started.
 
     Raises ValueError with libjpeg's message when it cannot be decoded.
     """
@@ -221,7 +241,7 @@ def decode_window(JpegDecoder decoder not None, const uint8_t[::1] data not None
         raise ValueError("empty JPEG")
     with nogil:
         code = ff_jpeg_decode_window(j, &data[0], data.shape[0], height, width, scale,
-                                     fast_idct, y0, h, x0, w)
+                                     fast_idct, restarts, y0, h, x0, w)
     if code == FF_JPEG_NOMEM:
         raise MemoryError("no memory to decode the JPEG")
     if code == FF_JPEG_SIZE:
@@ -231,3 +251,42 @@ def decode_window(JpegDecoder decoder not None, const uint8_t[::1] data not None
     rows = np.asarray(<uint8_t[:h * j.stride]>j.pixels).reshape(h, j.stride)
     offset = (x0 - j.x_offset) * 3
     return rows[:, offset : offset + 3 * w].reshape(h, w, 3).copy()
+
+
+_SAMPLING = {"444": (1, 1), "422": (2, 1), "420": (2, 2)}
+
+
+def encode_rgb(const uint8_t[:, :, ::1] image not None, int quality, str subsampling="420",
+               int restart_rows=1):
+    """*image* (``H x W x 3`` uint8 RGB) as baseline JPEG bytes with libjpeg's defaults
+    (the bytes Pillow writes with ``restart_rows=0``), with a restart marker every
+    *restart_rows* MCU rows: the crop decoders then start decoding at the marker
+    above a crop instead of entropy-decoding every row above it. The GIL is
+    released while encoding.
+    """
+    cdef unsigned char* out = NULL
+    cdef unsigned long size = 0
+    cdef int code, h_samp, v_samp
+    cdef char message[200]
+    cdef int height = <int>image.shape[0], width = <int>image.shape[1]
+    if subsampling not in _SAMPLING:
+        raise ValueError(f"subsampling must be one of {sorted(_SAMPLING)}, got {subsampling!r}")
+    h_samp, v_samp = _SAMPLING[subsampling]
+    if image.shape[2] != 3:
+        raise ValueError(f"encode_rgb needs H x W x 3 RGB pixels, got {image.shape[2]} channels")
+    if height < 1 or width < 1 or height > 65500 or width > 65500:
+        raise ValueError(f"cannot encode a {height}x{width} image as JPEG (1..65500 px a side)")
+    if not 0 <= quality <= 100:  # libjpeg takes 0 as 1
+        raise ValueError(f"quality must be in 0..100, got {quality}")
+    if not 0 <= restart_rows <= 65535:
+        raise ValueError(f"restart_rows must be in 0..65535, got {restart_rows}")
+    with nogil:
+        code = ff_jpeg_encode(&image[0, 0, 0], height, width, <size_t>image.strides[0], quality,
+                              h_samp, v_samp, restart_rows, &out, &size, message)
+    if code != FF_JPEG_OK:
+        raise ValueError(f"cannot encode the image as JPEG: "
+                         f"{message.decode('utf-8', 'replace')}")
+    try:
+        return (<char*>out)[:size]
+    finally:
+        free(out)

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "jpeglib.h"
+#include "jerror.h"
 
 enum {
     FF_JPEG_OK = 0,
@@ -33,11 +34,26 @@ typedef struct {
     struct jpeg_error_mgr pub;
     jmp_buf jump;
     char* message; /* JMSG_LENGTH_MAX bytes */
+    int skip_to_markers; /* each row's data after the window is skipped: not an error */
 } ff_jpeg_error_mgr;
+
+/* libjpeg's input: up to two chunks of memory, read one after the other (the
+ * header, then the entropy-coded data from a restart marker on), so that a
+ * window can start decoding at the restart marker above it. */
+typedef struct {
+    struct jpeg_source_mgr pub;
+    const uint8_t* chunk[2];
+    size_t size[2];
+    int next;        /* the next chunk to hand out */
+    int rst_offset;  /* restart markers are numbered this much ahead of libjpeg's count */
+} ff_jpeg_source;
 
 typedef struct {
     struct jpeg_decompress_struct cinfo;
     ff_jpeg_error_mgr err;
+    ff_jpeg_source src;
+    uint8_t* header;      /* a copy of the header, its height changed */
+    size_t header_capacity;
     char message[JMSG_LENGTH_MAX];
     int created;
     uint8_t* pixels;      /* the decoded window: rows of `columns` pixels */
@@ -48,6 +64,8 @@ typedef struct {
     int image_height, image_width;  /* the header's (unscaled) */
     int x_offset, columns;          /* the decoded columns, in the scaled image */
     size_t stride;                  /* bytes from one row of `pixels` to the next */
+    int restart_row;                /* the iMCU row decoding started at (0: the top) */
+    int restart_mcus;               /* the MCUs of each row it decoded (0: all) */
 } ff_jpeg;
 
 static void ff_jpeg_error_exit(j_common_ptr cinfo)
@@ -59,6 +77,9 @@ static void ff_jpeg_error_exit(j_common_ptr cinfo)
 
 static void ff_jpeg_emit_message(j_common_ptr cinfo, int level)
 {
+    ff_jpeg_error_mgr* err = (ff_jpeg_error_mgr*)cinfo->err;
+    if (level < 0 && err->skip_to_markers && cinfo->err->msg_code == JWRN_EXTRANEOUS_DATA)
+        return;  /* the rest of a row, skipped on purpose to its restart marker */
     if (level < 0)  /* a warning: the data is corrupt */
         ff_jpeg_error_exit(cinfo);
     /* trace messages (level >= 0) are dropped */
@@ -67,6 +88,79 @@ static void ff_jpeg_emit_message(j_common_ptr cinfo, int level)
 static void ff_jpeg_output_message(j_common_ptr cinfo)
 {
     (void)cinfo;  /* never print */
+}
+
+static void ff_jpeg_fail(j_decompress_ptr cinfo, const char* message)
+{
+    ff_jpeg_error_mgr* err = (ff_jpeg_error_mgr*)cinfo->err;
+    strcpy(err->message, message);
+    longjmp(err->jump, 1);
+}
+
+static void ff_src_init(j_decompress_ptr cinfo)
+{
+    (void)cinfo;
+}
+
+static boolean ff_src_fill(j_decompress_ptr cinfo)
+{
+    ff_jpeg_source* src = (ff_jpeg_source*)cinfo->src;
+    while (src->next < 2) {
+        int k = src->next++;
+        if (src->size[k] > 0) {
+            src->pub.next_input_byte = src->chunk[k];
+            src->pub.bytes_in_buffer = src->size[k];
+            return TRUE;
+        }
+    }
+    /* jpeg_mem_src would warn and insert an EOI; a warning is an error here */
+    ff_jpeg_fail(cinfo, "Premature end of JPEG file");
+    return FALSE;
+}
+
+static void ff_src_skip(j_decompress_ptr cinfo, long count)
+{
+    ff_jpeg_source* src = (ff_jpeg_source*)cinfo->src;
+    if (count <= 0)
+        return;
+    while ((size_t)count > src->pub.bytes_in_buffer) {
+        count -= (long)src->pub.bytes_in_buffer;
+        ff_src_fill(cinfo);
+    }
+    src->pub.next_input_byte += count;
+    src->pub.bytes_in_buffer -= (size_t)count;
+}
+
+/* A restart marker other than the one libjpeg counted: the one expected where
+ * decoding started below the first restart marker is fine, anything else is
+ * libjpeg's business (a warning, so an error here). */
+static boolean ff_src_resync(j_decompress_ptr cinfo, int desired)
+{
+    ff_jpeg_source* src = (ff_jpeg_source*)cinfo->src;
+    if (src->rst_offset != 0 &&
+        cinfo->unread_marker == (int)(0xD0 + ((desired + src->rst_offset) & 7))) {
+        cinfo->unread_marker = 0;
+        return TRUE;
+    }
+    return jpeg_resync_to_restart(cinfo, desired);
+}
+
+static void ff_src_term(j_decompress_ptr cinfo)
+{
+    (void)cinfo;
+}
+
+static void ff_src_set(ff_jpeg* j, const uint8_t* a, size_t na, const uint8_t* b, size_t nb,
+                       int rst_offset)
+{
+    j->src.chunk[0] = a;
+    j->src.size[0] = na;
+    j->src.chunk[1] = b;
+    j->src.size[1] = nb;
+    j->src.next = 0;
+    j->src.rst_offset = rst_offset;
+    j->src.pub.next_input_byte = NULL;
+    j->src.pub.bytes_in_buffer = 0;
 }
 
 /* Set up *j (zeroed by the caller). Returns FF_JPEG_OK or FF_JPEG_ERROR. */
@@ -82,6 +176,12 @@ static int ff_jpeg_open(ff_jpeg* j)
         return FF_JPEG_ERROR;
     jpeg_create_decompress(&j->cinfo);
     j->created = 1;
+    j->src.pub.init_source = ff_src_init;
+    j->src.pub.fill_input_buffer = ff_src_fill;
+    j->src.pub.skip_input_data = ff_src_skip;
+    j->src.pub.resync_to_restart = ff_src_resync;
+    j->src.pub.term_source = ff_src_term;
+    j->cinfo.src = &j->src.pub;
     return FF_JPEG_OK;
 }
 
@@ -92,9 +192,11 @@ static void ff_jpeg_close(ff_jpeg* j)
     j->created = 0;
     free(j->pixels);
     free(j->rows);
+    free(j->header);
     j->pixels = NULL;
     j->rows = NULL;
-    j->capacity = j->row_capacity = 0;
+    j->header = NULL;
+    j->capacity = j->row_capacity = j->header_capacity = 0;
 }
 
 static int ff_jpeg_reserve(ff_jpeg* j, size_t nbytes, size_t rows)
@@ -130,20 +232,141 @@ static void ff_cmyk_to_rgb(uint8_t* row, int n)
     }
 }
 
+/* Where decoding a window can start and stop, in a JPEG with a restart marker
+ * at each MCU row (fastforward's writer makes them so). */
+typedef struct {
+    int row;               /* the iMCU row decoding starts at (0: the top) */
+    const uint8_t* resume; /* its first entropy-coded byte (after its marker) */
+    long markers;          /* restart markers before it */
+    int mcus;              /* MCUs of each row decoded (0: all), then on to the marker */
+} ff_restart_plan;
+
+/* A plan for the window [y0, ...) x [x0, x_end) of the image scaled by scale/8.
+ * Decoding starts at the restart marker that opens the iMCU row holding row
+ * y0 - 1 (the row above the window, whose chroma its first row is upsampled
+ * with). Where each row is one restart interval, it also stops each row one
+ * MCU after the window's last column (chroma upsampling needs its right
+ * neighbour) and skips on to the next marker. Called after jpeg_read_header on
+ * the whole JPEG, when the source is at its first entropy-coded byte. Returns 0
+ * (decode it all, as without markers) where the JPEG has no restart interval,
+ * one that is not a whole number of MCUs rows, a progressive or multi-scan
+ * JPEG, nothing to skip, or markers that are not where the header says (libjpeg
+ * then reads it all and reports what is wrong). */
+static int ff_jpeg_restart_plan(ff_jpeg* j, const uint8_t* data, size_t size, int scale,
+                                int y0, int x_end, ff_restart_plan* plan)
+{
+    struct jpeg_decompress_struct* cinfo = &j->cinfo;
+    const uint8_t* p = j->src.pub.next_input_byte;
+    const uint8_t* end = data + size;
+    long mcus_per_row, seen = 0, mcu_width, needed;
+    if (cinfo->restart_interval == 0 || cinfo->progressive_mode ||
+        cinfo->comps_in_scan != cinfo->num_components || y0 < 0)
+        return 0;
+    if (cinfo->num_components == 1 &&
+        (cinfo->comp_info[0].h_samp_factor != 1 || cinfo->comp_info[0].v_samp_factor != 1))
+        return 0;
+    mcu_width = 8L * cinfo->max_h_samp_factor;
+    mcus_per_row = ((long)cinfo->image_width + mcu_width - 1) / mcu_width;
+    if (mcus_per_row % (long)cinfo->restart_interval != 0)
+        return 0;
+    plan->row = y0 > 0 ? (y0 - 1) / (cinfo->max_v_samp_factor * scale) : 0;
+    plan->markers = (long)plan->row * (mcus_per_row / (long)cinfo->restart_interval);
+    plan->mcus = 0;
+    /* the window's right edge, one more column, in the full image, and one more MCU */
+    needed = ((long)(x_end + 1) * 8 + scale - 1) / scale;
+    needed = (needed + mcu_width - 1) / mcu_width + 1;
+    if ((long)cinfo->restart_interval == mcus_per_row && needed < mcus_per_row)
+        plan->mcus = (int)needed;
+    if (plan->row == 0 && plan->mcus == 0)
+        return 0;
+    if (p < data || p > end)
+        return 0;
+    while (seen < plan->markers) {
+        p = (const uint8_t*)memchr(p, 0xFF, (size_t)(end - p));
+        if (p == NULL)
+            return 0;
+        while (p < end && *p == 0xFF)  /* fill bytes */
+            p++;
+        if (p == end)
+            return 0;
+        if (*p >= 0xD0 && *p <= 0xD7) {
+            if ((*p & 7) != (seen & 7))
+                return 0;
+            seen++;
+        } else if (*p != 0) {  /* 0xFF00 is a stuffed 0xFF; any other marker ends the scan */
+            return 0;
+        }
+        p++;
+    }
+    plan->resume = p;
+    return 1;
+}
+
+/* j->header: the first `length` bytes of data (the markers up to the entropy-
+ * coded data) with the frame's height set to `height` and, with `mcus`, its
+ * width to `width` and the restart interval to `mcus`. FF_JPEG_ERROR when
+ * a segment is not found. */
+static int ff_jpeg_copy_header(ff_jpeg* j, const uint8_t* data, size_t length, int height,
+                               int width, int mcus)
+{
+    size_t pos = 2;  /* after SOI */
+    int frame = 0, interval = mcus == 0;
+    if (length > j->header_capacity) {
+        uint8_t* grown = (uint8_t*)realloc(j->header, length);
+        if (grown == NULL)
+            return FF_JPEG_NOMEM;
+        j->header = grown;
+        j->header_capacity = length;
+    }
+    memcpy(j->header, data, length);
+    while (pos + 6 <= length && !(frame && interval)) {
+        uint8_t* segment = j->header + pos;
+        if (segment[0] != 0xFF)
+            return FF_JPEG_ERROR;
+        if (segment[1] == 0xFF) {  /* a fill byte */
+            pos++;
+            continue;
+        }
+        if (segment[1] >= 0xC0 && segment[1] <= 0xCF && segment[1] != 0xC4 &&
+            segment[1] != 0xC8 && segment[1] != 0xCC && pos + 9 <= length) {
+            /* SOFn: length, precision, height, width, ... */
+            segment[5] = (uint8_t)(height >> 8);
+            segment[6] = (uint8_t)(height & 0xFF);
+            if (mcus) {
+                segment[7] = (uint8_t)(width >> 8);
+                segment[8] = (uint8_t)(width & 0xFF);
+            }
+            frame = 1;
+        } else if (segment[1] == 0xDD && mcus) {  /* DRI: length, interval */
+            segment[4] = (uint8_t)(mcus >> 8);
+            segment[5] = (uint8_t)(mcus & 0xFF);
+            interval = 1;
+        }
+        pos += 2 + (((size_t)segment[2] << 8) | segment[3]);
+    }
+    return frame && interval ? FF_JPEG_OK : FF_JPEG_ERROR;
+}
+
 /* Decode rows [y0, y0 + h) and at least columns [x0, x0 + w) of the JPEG at
  * data, scaled by scale/8, into j->pixels as RGB: the same pixels as a
  * decode of the whole image at that scale. The columns decoded are
  * [j->x_offset, j->x_offset + j->columns): one more on each side, and on the
- * left back to an iMCU column's start. Rows above the window are
- * entropy-decoded and skipped; rows below it are never decoded.
+ * left back to an iMCU column's start. Rows below the window are never
+ * decoded. Rows above it are entropy-decoded and skipped; with `restarts` and a
+ * JPEG that has a restart marker at each MCU row (fastforward's writer makes
+ * them so), decoding starts at the marker above the window instead, and each
+ * row stops one MCU past the window and skips to the next row's marker:
+ * libjpeg reads a copy of the header whose image starts at that iMCU row and
+ * is that many MCUs wide, then the data after the marker (j->restart_row and
+ * j->restart_mcus say where it started and how many MCUs a row it decoded).
  *
  * The image must be height x width (FF_JPEG_SIZE otherwise, with the header's
  * size in j->image_height, j->image_width); the window must lie inside the
  * scaled image (ceil(height * scale / 8) x ceil(width * scale / 8)).
  */
 static int ff_jpeg_decode_window(ff_jpeg* j, const uint8_t* data, size_t size, int height,
-                                 int width, int scale, int fast_idct, int y0, int h, int x0,
-                                 int w)
+                                 int width, int scale, int fast_idct, int restarts, int y0,
+                                 int h, int x0, int w)
 {
     struct jpeg_decompress_struct* cinfo = &j->cinfo;
     /* after a longjmp only cinfo is read, which is set before the setjmp */
@@ -156,13 +379,38 @@ static int ff_jpeg_decode_window(ff_jpeg* j, const uint8_t* data, size_t size, i
         jpeg_abort_decompress(cinfo);
         return FF_JPEG_ERROR;
     }
-    jpeg_mem_src(cinfo, data, (unsigned long)size);
+    ff_src_set(j, data, size, NULL, 0, 0);
     jpeg_read_header(cinfo, TRUE);
     j->image_height = (int)cinfo->image_height;
     j->image_width = (int)cinfo->image_width;
+    j->restart_row = j->restart_mcus = 0;
     if (j->image_height != height || j->image_width != width) {
         jpeg_abort_decompress(cinfo);
         return FF_JPEG_SIZE;
+    }
+    j->err.skip_to_markers = 0;
+    if (restarts) {
+        ff_restart_plan plan;
+        if (ff_jpeg_restart_plan(j, data, size, scale, y0, x0 + w, &plan)) {
+            size_t length = (size_t)(j->src.pub.next_input_byte - data);
+            int skipped = plan.row * cinfo->max_v_samp_factor * 8;  /* rows of the full image */
+            int narrow = plan.mcus * cinfo->max_h_samp_factor * 8;
+            code = ff_jpeg_copy_header(j, data, length, height - skipped, narrow, plan.mcus);
+            if (code == FF_JPEG_NOMEM) {
+                jpeg_abort_decompress(cinfo);
+                return code;
+            }
+            if (code == FF_JPEG_OK) {
+                jpeg_abort_decompress(cinfo);
+                ff_src_set(j, j->header, length, plan.resume,
+                           (size_t)(data + size - plan.resume), (int)(plan.markers & 7));
+                j->err.skip_to_markers = plan.mcus != 0;
+                jpeg_read_header(cinfo, TRUE);
+                y0 -= plan.row * cinfo->max_v_samp_factor * scale;
+                j->restart_row = plan.row;
+                j->restart_mcus = plan.mcus;
+            }
+        }
     }
     if (cinfo->jpeg_color_space == JCS_CMYK || cinfo->jpeg_color_space == JCS_YCCK) {
         cinfo->out_color_space = JCS_CMYK;
@@ -228,6 +476,58 @@ static int ff_jpeg_decode_window(ff_jpeg* j, const uint8_t* data, size_t size, i
     j->x_offset = (int)xoffset;
     j->columns = (int)columns;
     j->stride = stride;
+    return FF_JPEG_OK;
+}
+
+/* Encode an RGB image (rows `stride` bytes apart) as a baseline JPEG, as
+ * Pillow does (jpeg_set_defaults, jpeg_set_quality, accurate DCT), with
+ * chroma sampled h_samp x v_samp and, with restart_rows > 0, a restart marker
+ * every restart_rows MCU rows. *out is malloc'ed (the caller frees it). */
+static int ff_jpeg_encode(const uint8_t* pixels, int height, int width, size_t stride,
+                          int quality, int h_samp, int v_samp, int restart_rows,
+                          unsigned char** out, unsigned long* out_size, char* message)
+{
+    struct jpeg_compress_struct cinfo;
+    ff_jpeg_error_mgr err;
+    JSAMPROW rows[16];
+    *out = NULL;
+    *out_size = 0;
+    message[0] = 0;
+    cinfo.err = jpeg_std_error(&err.pub);
+    err.pub.error_exit = ff_jpeg_error_exit;
+    err.pub.emit_message = ff_jpeg_emit_message;
+    err.pub.output_message = ff_jpeg_output_message;
+    err.message = message;
+    err.skip_to_markers = 0;
+    if (setjmp(err.jump)) {
+        jpeg_destroy_compress(&cinfo);
+        free(*out);
+        *out = NULL;
+        *out_size = 0;
+        return FF_JPEG_ERROR;
+    }
+    jpeg_create_compress(&cinfo);
+    jpeg_mem_dest(&cinfo, out, out_size);
+    cinfo.image_width = (JDIMENSION)width;
+    cinfo.image_height = (JDIMENSION)height;
+    cinfo.input_components = 3;
+    cinfo.in_color_space = JCS_RGB;
+    jpeg_set_defaults(&cinfo);
+    jpeg_set_quality(&cinfo, quality, TRUE);
+    cinfo.comp_info[0].h_samp_factor = h_samp;
+    cinfo.comp_info[0].v_samp_factor = v_samp;
+    cinfo.restart_in_rows = restart_rows;
+    jpeg_start_compress(&cinfo, TRUE);
+    while (cinfo.next_scanline < cinfo.image_height) {
+        JDIMENSION n = cinfo.image_height - cinfo.next_scanline, r;
+        if (n > 16)
+            n = 16;
+        for (r = 0; r < n; r++)
+            rows[r] = (JSAMPROW)(pixels + (size_t)(cinfo.next_scanline + r) * stride);
+        jpeg_write_scanlines(&cinfo, rows, n);
+    }
+    jpeg_finish_compress(&cinfo);
+    jpeg_destroy_compress(&cinfo);
     return FF_JPEG_OK;
 }
 

@@ -260,12 +260,7 @@ class RGBImageField(Field):
     def encode(self, destination: np.ndarray, field: Any, malloc: Malloc) -> None:
         image = self._prepare(field)
         if self._compress(image):
-            payload = np.frombuffer(
-                require_simplejpeg().encode_jpeg(
-                    image, quality=self.jpeg_quality, colorspace="RGB", colorsubsampling="420"
-                ),
-                np.uint8,
-            )
+            payload = encode_jpeg(image, self.jpeg_quality)
             destination["mode"] = IMAGE_MODES["jpg"]
         else:
             payload = image.reshape(-1)
@@ -674,10 +669,17 @@ class CenterCropRGBImageDecoder(ResizedCropRGBImageDecoder):
 
 def encode_jpeg(numpy_image: np.ndarray, quality: int) -> np.ndarray:
     """FFCV's helper: an H×W×3 uint8 RGB image as JPEG bytes (a uint8 array), encoded
-    as the writer does (simplejpeg, 4:2:0)."""
+    as the writer does: baseline, 4:2:0, and, where libjpeg-turbo is linked in, a
+    restart marker at each MCU row (16 pixel rows), so that the crop decoders start
+    decoding at the marker above a crop (see docs/performance.md). Any JPEG decoder
+    reads these files; without libjpeg-turbo, simplejpeg encodes (no markers)."""
     image = np.ascontiguousarray(to_rgb_array(numpy_image))
-    return np.frombuffer(require_simplejpeg().encode_jpeg(
-        image, quality=int(quality), colorspace="RGB", colorsubsampling="420"), np.uint8)
+    if _region is not None:
+        data = _region.encode_rgb(image, int(quality), "420", 1)
+    else:
+        data = require_simplejpeg().encode_jpeg(image, quality=int(quality), colorspace="RGB",
+                                                colorsubsampling="420")
+    return np.frombuffer(data, np.uint8)
 
 
 def resizer(image: np.ndarray, target_resolution: int | None) -> np.ndarray:
