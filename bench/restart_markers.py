@@ -34,22 +34,10 @@ from fastforward.writer import DatasetWriter
 
 
 def write(folder: Path, path: Path, markers: bool) -> None:
-    region = rgb_image._region
-    encode = rgb_image.encode_jpeg
-
-    def unmarked(image: np.ndarray, quality: int) -> np.ndarray:
-        return np.frombuffer(region.encode_rgb(np.ascontiguousarray(image), quality, "420", 0),
-                             np.uint8)
-
-    if not markers:
-        rgb_image.encode_jpeg = unmarked
-    try:
-        DatasetWriter(path, {"image": RGBImageField(write_mode="jpg", max_resolution=256,
-                                                    jpeg_quality=90),
-                             "label": IntField()}, num_workers=1,
-                      progress=False).from_indexed_dataset(ImageFolder(folder))
-    finally:
-        rgb_image.encode_jpeg = encode
+    DatasetWriter(path, {"image": RGBImageField(write_mode="jpg", max_resolution=256,
+                                                jpeg_quality=90, restart_markers=markers),
+                         "label": IntField()}, num_workers=1,
+                  progress=False).from_indexed_dataset(ImageFolder(folder))
 
 
 def kernel_us(path: Path, restarts: bool, count: int = 2000) -> float:

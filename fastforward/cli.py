@@ -189,6 +189,7 @@ class ConvertOptions:
 
     max_resolution: int | None = 256
     jpeg_quality: int = 90
+    restart_markers: bool = True
     write_mode: str = "jpg"
     smart_threshold: int | None = None
     compress_probability: float = 0.5
@@ -257,6 +258,7 @@ def image_folder_fields(options: ConvertOptions) -> dict[str, Field]:
             smart_threshold=options.smart_threshold,
             jpeg_quality=options.jpeg_quality,
             compress_probability=options.compress_probability,
+            restart_markers=options.restart_markers,
         )
     except ValueError as exc:
         raise UsageError(f"invalid image options: {exc}") from None
@@ -330,6 +332,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     options = ConvertOptions(
         max_resolution=args.max_resolution or None,
         jpeg_quality=args.jpeg_quality,
+        restart_markers=args.restart_markers,
         write_mode=args.write_mode,
         smart_threshold=args.smart_threshold,
         compress_probability=args.compress_probability,
@@ -671,6 +674,10 @@ def _add_convert(subparsers: Any) -> None:
                         "(default: %(default)s)")
     p.add_argument("--jpeg-quality", type=int, default=90, metavar="Q",
                    help="JPEG quality, 0-100 (default: %(default)s)")
+    p.add_argument("--no-restart-markers", dest="restart_markers", action="store_false",
+                   help="JPEGs without a restart marker at each row of 16 pixels: whole-image "
+                        "decoding (SimpleRGBImageDecoder, FFCV) is then about 5%% faster, "
+                        "crop decoding (RandomResizedCrop) 7-20%% slower")
     p.add_argument("--write-mode", choices=WRITE_MODES, default="jpg",
                    help="how images are stored (default: %(default)s; note that "
                         "RGBImageField's own default is raw)")

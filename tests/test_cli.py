@@ -138,6 +138,18 @@ def test_convert_without_a_size_limit(corpus: Path, tmp_path: Path,
     assert image_field(run_info(capsys, out))["max_side"] > 256
 
 
+def test_convert_with_and_without_restart_markers(corpus: Path, beton: Path,
+                                                  tmp_path: Path) -> None:
+    from fastforward.benchmark import stored_jpegs
+    from fastforward.fields import rgb_image
+
+    out = tmp_path / "plain.beton"
+    assert main(["convert", str(corpus), str(out), "--no-restart-markers", *FAST]) == 0
+    assert not any(b"\xff\xdd" in data for data in stored_jpegs(Reader(out), "image"))
+    marked = [b"\xff\xdd" in data for data in stored_jpegs(Reader(beton), "image")]
+    assert all(marked) if rgb_image._region is not None else not any(marked)
+
+
 # -- verify --------------------------------------------------------------------------------------
 
 

@@ -52,6 +52,13 @@ def test_the_writers_jpegs_have_a_restart_marker_per_mcu_row(tmp_path: Path,
     # FFCV's helper encodes as the writer does
     data = rgb_image.encode_jpeg(images[0], 90).tobytes()
     assert (b"\xff\xdd" in data) == (rgb_image._region is not None)
+    # and without markers when asked: the same pixels
+    (tmp_path / "plain").mkdir()
+    plain = store(tmp_path / "plain", RGBImageField(write_mode="jpg", restart_markers=False),
+                  images)
+    for k, data in enumerate(stored_jpegs(plain, "image")):
+        assert b"\xff\xdd" not in data
+        np.testing.assert_array_equal(plain.read(k)[0], reader.read(k)[0])
 
 
 def test_jpeg_quality(tmp_path: Path, images: list[np.ndarray]) -> None:
