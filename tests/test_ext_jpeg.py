@@ -146,11 +146,12 @@ def test_restart_markers_are_where_the_writer_puts_them(photo: np.ndarray) -> No
 
 
 @pytest.mark.parametrize(("window", "row", "mcus"), [
-    ((200, 30, 40, 50), 12, 7),     # below the top and left of the right edge: both
-    ((200, 250, 40, 80), 12, 0),    # reaching the right edge: the rows above only
-    ((0, 30, 40, 50), 0, 7),        # at the top: each row's rest only
-    ((16, 30, 40, 50), 0, 7),       # its first row's chroma neighbour is in row 0
-    ((17, 30, 40, 50), 1, 7),
+    # rows cut at the first MCU boundary two columns past the window: 82 -> 6 MCUs
+    ((200, 30, 40, 50), 12, 6),     # below the top and left of the right edge: both
+    ((200, 261, 40, 80), 12, 0),    # reaching the right edge: the rows above only
+    ((0, 30, 40, 50), 0, 6),        # at the top: each row's rest only
+    ((16, 30, 40, 50), 0, 6),       # its first row's chroma neighbour is in row 0
+    ((17, 30, 40, 50), 1, 6),
 ], ids=["below-left", "right-edge", "top", "second-row", "below-second-row"])
 def test_decoding_starts_and_stops_at_the_markers(photo: np.ndarray, decoder: object,
                                                   window: tuple[int, int, int, int], row: int,
@@ -168,6 +169,34 @@ def test_decoding_starts_and_stops_at_the_markers(photo: np.ndarray, decoder: ob
     np.testing.assert_array_equal(got, whole[y : y + h, x : x + w])
     jpeg.decode_window(decoder, encode(photo), height, width, 8, y, h, x, w)
     assert (decoder.restart_row, decoder.restart_mcus) == (0, 0)
+
+
+@pytest.mark.parametrize("kind", ["420-markers", "422-markers", "444-markers",
+                                  "grayscale-markers"])
+@pytest.mark.parametrize("scale", [8, 4, 2, 1])
+def test_a_window_ending_at_any_column_is_exact_when_rows_are_cut_short(
+        photo: np.ndarray, decoder: object, kind: str, scale: int) -> None:
+    """The frame is cut at the first MCU boundary two columns past the window and
+    kept 8 columns wide at least (libjpeg upsamples 2 chroma columns another
+    way): every right edge, at every scale, narrow windows and wider ones."""
+    data = KINDS[kind](photo[:192, :256])
+    height, width = 192, 256
+    sh, sw = -(-height * scale // 8), -(-width * scale // 8)
+    whole = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, min_height=sh,
+                                   min_width=sw)
+    rng = np.random.default_rng(scale)
+    cut = 0
+    for x_end in range(1, sw + 1):
+        for w in (1, 2, 17):
+            if w > x_end:
+                continue
+            y = int(rng.integers(0, sh))
+            h = int(rng.integers(1, sh - y + 1))
+            got = jpeg.decode_window(decoder, data, height, width, scale, y, h, x_end - w, w)
+            cut += decoder.restart_mcus > 0
+            np.testing.assert_array_equal(got, whole[y : y + h, x_end - w : x_end],
+                                          err_msg=f"window {h}x{w} at ({y}, {x_end - w})")
+    assert cut > sw  # most windows were cut short
 
 
 def marker_positions(data: bytes) -> list[int]:
@@ -204,7 +233,7 @@ def test_rows_the_window_skips_are_not_read(photo: np.ndarray, decoder: object) 
     data[markers[3] + 2 : markers[3] + 40] = bytes(range(1, 39))  # in row 4
     data[markers[13] - 30 : markers[13] - 2] = bytes(range(1, 29))  # row 13's right end
     got = jpeg.decode_window(decoder, bytes(data), height, width, 8, 200, 40, 30, 50)
-    assert (decoder.restart_row, decoder.restart_mcus) == (12, 7)
+    assert (decoder.restart_row, decoder.restart_mcus) == (12, 6)
     np.testing.assert_array_equal(got, whole[200:240, 30:80])
 
 

@@ -244,9 +244,9 @@ typedef struct {
 /* A plan for the window [y0, ...) x [x0, x_end) of the image scaled by scale/8.
  * Decoding starts at the restart marker that opens the iMCU row holding row
  * y0 - 1 (the row above the window, whose chroma its first row is upsampled
- * with). Where each row is one restart interval, it also stops each row one
- * MCU after the window's last column (chroma upsampling needs its right
- * neighbour) and skips on to the next marker. Called after jpeg_read_header on
+ * with). Where each row is one restart interval, it also stops each row at
+ * the first MCU boundary two columns past the window (the last column decoded
+ * is upsampled without its right neighbour) and skips on to the next marker. Called after jpeg_read_header on
  * the whole JPEG, when the source is at its first entropy-coded byte. Returns 0
  * (decode it all, as without markers) where the JPEG has no restart interval,
  * one that is not a whole number of MCUs rows, a progressive or multi-scan
@@ -272,9 +272,14 @@ static int ff_jpeg_restart_plan(ff_jpeg* j, const uint8_t* data, size_t size, in
     plan->row = y0 > 0 ? (y0 - 1) / (cinfo->max_v_samp_factor * scale) : 0;
     plan->markers = (long)plan->row * (mcus_per_row / (long)cinfo->restart_interval);
     plan->mcus = 0;
-    /* the window's right edge, one more column, in the full image, and one more MCU */
-    needed = ((long)(x_end + 1) * 8 + scale - 1) / scale;
-    needed = (needed + mcu_width - 1) / mcu_width + 1;
+    /* The frame's last column is upsampled without its right neighbour: it must
+     * lie past the window's extra column (x_end), so the frame ends at least two
+     * columns past the window (scaled), in whole MCUs of the full image; and it
+     * is at least 8 columns wide, since libjpeg upsamples a component of 2
+     * columns or fewer another way (jdsample.c). */
+    needed = (long)(x_end + 2 > 8 ? x_end + 2 : 8);
+    needed = (needed * 8 + scale - 1) / scale;
+    needed = (needed + mcu_width - 1) / mcu_width;
     if ((long)cinfo->restart_interval == mcus_per_row && needed < mcus_per_row)
         plan->mcus = (int)needed;
     if (plan->row == 0 && plan->mcus == 0)
@@ -355,7 +360,8 @@ static int ff_jpeg_copy_header(ff_jpeg* j, const uint8_t* data, size_t length, i
  * decoded. Rows above it are entropy-decoded and skipped; with `restarts` and a
  * JPEG that has a restart marker at each MCU row (fastforward's writer makes
  * them so), decoding starts at the marker above the window instead, and each
- * row stops one MCU past the window and skips to the next row's marker:
+ * row stops just past the window (see ff_jpeg_restart_plan) and skips to the
+ * next row's marker:
  * libjpeg reads a copy of the header whose image starts at that iMCU row and
  * is that many MCUs wide, then the data after the marker (j->restart_row and
  * j->restart_mcus say where it started and how many MCUs a row it decoded).
