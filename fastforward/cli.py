@@ -676,8 +676,8 @@ def _add_convert(subparsers: Any) -> None:
                    help="JPEG quality, 0-100 (default: %(default)s)")
     p.add_argument("--no-restart-markers", dest="restart_markers", action="store_false",
                    help="JPEGs without a restart marker at each row of 16 pixels: whole-image "
-                        "decoding (SimpleRGBImageDecoder, FFCV) is then about 5%% faster, "
-                        "crop decoding (RandomResizedCrop) 7-20%% slower")
+                        "decoding (SimpleRGBImageDecoder, FFCV) is then about 5-10%% faster, "
+                        "crop decoding (RandomResizedCrop) 7-34%% slower")
     p.add_argument("--write-mode", choices=WRITE_MODES, default="jpg",
                    help="how images are stored (default: %(default)s; note that "
                         "RGBImageField's own default is raw)")

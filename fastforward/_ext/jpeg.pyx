@@ -14,7 +14,10 @@ docs/performance.md); restrict decoding to the crop's columns
 (``jpeg_crop_scanline``, widened to whole iMCU columns, and by one column on
 each side so that the pixels are those of a whole-image decode), skip the rows
 above it (``jpeg_skip_scanlines``: entropy-decoded, not reconstructed), decode
-its rows and stop there (``jpeg_abort_decompress``).
+its rows and stop there (``jpeg_abort_decompress``). In a JPEG with a restart
+marker at each MCU row (the writer's, ``encode_rgb``), decoding starts at the
+marker above the crop instead, and each row stops just past the crop and skips
+to the next row's marker (see ``jpeg_region.h``).
 
 Memory touched: reads each sample's payload in *source*; writes each sample's
 image of *out*; uses the ``JpegDecoder``'s row buffer (the largest window so
@@ -261,8 +264,9 @@ def encode_rgb(const uint8_t[:, :, ::1] image not None, int quality, str subsamp
     """*image* (``H x W x 3`` uint8 RGB) as baseline JPEG bytes with libjpeg's defaults
     (the bytes Pillow writes with ``restart_rows=0``), with a restart marker every
     *restart_rows* MCU rows: the crop decoders then start decoding at the marker
-    above a crop instead of entropy-decoding every row above it. The GIL is
-    released while encoding.
+    above a crop, and with one a row, stop each row just past the crop, instead
+    of entropy-decoding every row above it and every column right of it. The GIL
+    is released while encoding.
     """
     cdef unsigned char* out = NULL
     cdef unsigned long size = 0

@@ -180,9 +180,9 @@ class RGBImageField(Field):
         restart_markers: put a JPEG restart marker at each MCU row (16 pixel
             rows), where libjpeg-turbo is linked in: the crop decoders then
             start decoding at the marker above a crop and stop each row just
-            past it (pipeline (b): 7-20% faster), while whole-image decoding
+            past it (pipeline (b): 7-34% faster), while whole-image decoding
             of these files (``SimpleRGBImageDecoder``, FFCV, other readers)
-            is about 5% slower and the files 0.25% larger. Any JPEG decoder
+            is about 5-10% slower and the files 0.25% larger. Any JPEG decoder
             reads them. Not stored in the file.
     """
 
