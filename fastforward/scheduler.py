@@ -249,39 +249,45 @@ class Engine:
         consumer woken by another thread's close() must not start a new epoch on
         the same slots while this one's batches are still being written.
         """
-        with self._close_lock:
-            self._closed = True
-            first, self._closing = not self._closing, True
-        if not first:
-            if threading.current_thread() is self._thread:
-                return
-            while not self._stopped.wait(0.05):
-                with self._close_lock:
-                    interrupted = not self._closing
-                if interrupted:  # the first close() was cut short: finish its work here
-                    self.close()
-                    return
-            return
+        first = False
         try:
-            self.channel.finish()  # a consumer waiting in another thread
-            loop = self._loop
-            if loop is not None and not loop.is_closed():
-                with contextlib.suppress(RuntimeError):  # the loop may have just finished
-                    loop.call_soon_threadsafe(self._request_stop)
-            if threading.current_thread() is not self._thread:
-                self._thread.join()
-            for pool in (self._batch_pool, self._io_pool):
-                pool.shutdown(wait=True, cancel_futures=True)
-            if self.plan.workers is not None:
-                self.plan.workers.close()
-        except BaseException:
-            # Ctrl-C while joining the thread: the next close() (the loader's
-            # finalizer at exit, at the latest) does it all again, instead of
-            # waiting forever for this one to finish
             with self._close_lock:
-                self._closing = False
+                self._closed = True
+                first, self._closing = not self._closing, True
+            if first:
+                self._shut_down()
+                self._stopped.set()
+        except BaseException:
+            # Ctrl-C while joining the thread (or anywhere in the shutdown): the
+            # next close() (the loader's finalizer at exit, at the latest) does it
+            # all again, instead of waiting forever for this one to finish
+            if first:
+                with self._close_lock:
+                    self._closing = False
             raise
-        self._stopped.set()
+        if first or threading.current_thread() is self._thread:
+            return
+        while not self._stopped.wait(0.05):
+            with self._close_lock:
+                interrupted = not self._closing
+            if interrupted:  # the first close() was cut short: finish its work here
+                self.close()
+                return
+
+    def _shut_down(self) -> None:
+        """close()'s work: wake the consumer, stop the loop, join the thread, shut the
+        pools and the workers down (each step can run again after an interrupt)."""
+        self.channel.finish()  # a consumer waiting in another thread
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop may have just finished
+                loop.call_soon_threadsafe(self._request_stop)
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        for pool in (self._batch_pool, self._io_pool):
+            pool.shutdown(wait=True, cancel_futures=True)
+        if self.plan.workers is not None:
+            self.plan.workers.close()
 
     @property
     def is_running(self) -> bool:

@@ -237,6 +237,68 @@ def test_rows_the_window_skips_are_not_read(photo: np.ndarray, decoder: object) 
     np.testing.assert_array_equal(got, whole[200:240, 30:80])
 
 
+def segment_offsets(data: bytes) -> dict[int, int]:
+    """Each header marker's offset (the first of each kind), up to the scan header."""
+    offsets: dict[int, int] = {}
+    pos = 2
+    while True:
+        marker = data[pos + 1]
+        offsets.setdefault(marker, pos)
+        if marker == 0xDA:
+            return offsets
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+
+
+@pytest.mark.parametrize("header", ["two-restart-intervals", "an-interval-before-the-frame",
+                                    "markers-without-length"])
+def test_unusual_headers_with_markers_give_the_whole_images_pixels(
+        photo: np.ndarray, decoder: object, header: str) -> None:
+    """libjpeg takes the last restart interval; the kernel patches every one in its
+    copy of the header, checks what libjpeg read from it, and decodes from the top
+    otherwise (a second DRI once made narrowed rows take the wrong MCUs)."""
+    good = encode_marked(photo)
+    offsets = segment_offsets(good)
+    dri, sof, sos = offsets[0xDD], offsets[0xC0], offsets[0xDA]
+    if header == "two-restart-intervals":
+        data = good[:sos] + good[dri : dri + 6] + good[sos:]
+    elif header == "an-interval-before-the-frame":
+        data = good[:sof] + b"\xff\xdd\x00\x04\x00\x05" + good[sof:]
+    else:  # TEM and a fill byte between segments: no length to skip
+        data = good[:sof] + b"\xff\x01\xff" + good[sof:]
+    height, width = photo.shape[:2]
+    whole = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True)
+    np.testing.assert_array_equal(whole, simplejpeg.decode_jpeg(good, fastdct=True))
+    for y, x, h, w in random_windows(np.random.default_rng(9), height, width, 60):
+        got = jpeg.decode_window(decoder, data, height, width, 8, y, h, x, w)
+        np.testing.assert_array_equal(got, whole[y : y + h, x : x + w],
+                                      err_msg=f"window {h}x{w} at ({y}, {x})")
+
+
+def test_a_narrowed_decode_leaves_no_leniency_behind(photo: np.ndarray,
+                                                     decoder: object) -> None:
+    """Bytes skipped to the next marker are accepted only while rows are cut short:
+    the next JPEG's stray bytes are an error again, whatever came before."""
+    good = encode_marked(photo)
+    height, width = photo.shape[:2]
+    sof = segment_offsets(good)[0xC0]
+    stray = good[:sof] + b"\x01\x02\x03" + good[sof:]
+    jpeg.decode_window(decoder, good, height, width, 8, 200, 40, 30, 50)
+    assert decoder.restart_mcus > 0
+    for restarts in (False, True):
+        with pytest.raises(ValueError, match="extraneous bytes"):
+            jpeg.decode_window(decoder, stray, height, width, 8, 200, 40, 30, 50,
+                               restarts=restarts)
+
+
+def test_encode_rgb_grows_its_buffer() -> None:
+    """Noise at quality 100, 4:4:4 compresses to more than the first buffer."""
+    noise = np.random.default_rng(3).integers(0, 256, (256, 256, 3), np.uint8)
+    data = jpeg.encode_rgb(noise, 100, "444", 1)
+    assert len(data) > 256 * 256 // 2 + 4096
+    decoded = simplejpeg.decode_jpeg(data, colorspace="RGB")
+    assert np.abs(decoded.astype(int) - noise).mean() < 3
+
+
 def test_a_truncated_marked_jpeg_is_an_error(photo: np.ndarray, decoder: object) -> None:
     data = encode_marked(photo)
     height, width = photo.shape[:2]

@@ -287,9 +287,11 @@ def encode_rgb(const uint8_t[:, :, ::1] image not None, int quality, str subsamp
     with nogil:
         code = ff_jpeg_encode(&image[0, 0, 0], height, width, <size_t>image.strides[0], quality,
                               h_samp, v_samp, restart_rows, &out, &size, message)
+    reason = message.decode("utf-8", "replace")
+    if code == FF_JPEG_NOMEM or (code != FF_JPEG_OK and reason.startswith("Insufficient memory")):
+        raise MemoryError(f"no memory to encode a {height}x{width} JPEG")
     if code != FF_JPEG_OK:
-        raise ValueError(f"cannot encode the image as JPEG: "
-                         f"{message.decode('utf-8', 'replace')}")
+        raise ValueError(f"cannot encode the image as JPEG: {reason}")
     try:
         return (<char*>out)[:size]
     finally:

@@ -90,7 +90,7 @@ static void ff_jpeg_output_message(j_common_ptr cinfo)
     (void)cinfo;  /* never print */
 }
 
-static void ff_jpeg_fail(j_decompress_ptr cinfo, const char* message)
+static void ff_jpeg_fail(j_common_ptr cinfo, const char* message)
 {
     ff_jpeg_error_mgr* err = (ff_jpeg_error_mgr*)cinfo->err;
     strcpy(err->message, message);
@@ -114,7 +114,7 @@ static boolean ff_src_fill(j_decompress_ptr cinfo)
         }
     }
     /* jpeg_mem_src would warn and insert an EOI; a warning is an error here */
-    ff_jpeg_fail(cinfo, "Premature end of JPEG file");
+    ff_jpeg_fail((j_common_ptr)cinfo, "Premature end of JPEG file");
     return FALSE;
 }
 
@@ -308,9 +308,11 @@ static int ff_jpeg_restart_plan(ff_jpeg* j, const uint8_t* data, size_t size, in
 }
 
 /* j->header: the first `length` bytes of data (the markers up to the entropy-
- * coded data) with the frame's height set to `height` and, with `mcus`, its
- * width to `width` and the restart interval to `mcus`. FF_JPEG_ERROR when
- * a segment is not found. */
+ * coded data) with every frame header's height set to `height` and, with
+ * `mcus`, its width to `width` and every restart interval to `mcus`.
+ * FF_JPEG_ERROR when the segments cannot be walked to the scan header or lack
+ * a frame header (or a restart interval, with `mcus`); the caller also checks
+ * what libjpeg reads from the copy. */
 static int ff_jpeg_copy_header(ff_jpeg* j, const uint8_t* data, size_t length, int height,
                                int width, int mcus)
 {
@@ -324,7 +326,7 @@ static int ff_jpeg_copy_header(ff_jpeg* j, const uint8_t* data, size_t length, i
         j->header_capacity = length;
     }
     memcpy(j->header, data, length);
-    while (pos + 6 <= length && !(frame && interval)) {
+    while (pos + 4 <= length) {
         uint8_t* segment = j->header + pos;
         if (segment[0] != 0xFF)
             return FF_JPEG_ERROR;
@@ -332,6 +334,12 @@ static int ff_jpeg_copy_header(ff_jpeg* j, const uint8_t* data, size_t length, i
             pos++;
             continue;
         }
+        if (segment[1] == 0x01 || (segment[1] >= 0xD0 && segment[1] <= 0xD8)) {
+            pos += 2;  /* TEM, RSTn, SOI: no length */
+            continue;
+        }
+        if (segment[1] == 0xDA)  /* the scan header: the last before the data */
+            break;
         if (segment[1] >= 0xC0 && segment[1] <= 0xCF && segment[1] != 0xC4 &&
             segment[1] != 0xC8 && segment[1] != 0xCC && pos + 9 <= length) {
             /* SOFn: length, precision, height, width, ... */
@@ -342,7 +350,7 @@ static int ff_jpeg_copy_header(ff_jpeg* j, const uint8_t* data, size_t length, i
                 segment[8] = (uint8_t)(width & 0xFF);
             }
             frame = 1;
-        } else if (segment[1] == 0xDD && mcus) {  /* DRI: length, interval */
+        } else if (segment[1] == 0xDD && mcus && pos + 6 <= length) {  /* DRI: length, interval */
             segment[4] = (uint8_t)(mcus >> 8);
             segment[5] = (uint8_t)(mcus & 0xFF);
             interval = 1;
@@ -385,6 +393,7 @@ static int ff_jpeg_decode_window(ff_jpeg* j, const uint8_t* data, size_t size, i
         jpeg_abort_decompress(cinfo);
         return FF_JPEG_ERROR;
     }
+    j->err.skip_to_markers = 0;
     ff_src_set(j, data, size, NULL, 0, 0);
     jpeg_read_header(cinfo, TRUE);
     j->image_height = (int)cinfo->image_height;
@@ -394,7 +403,6 @@ static int ff_jpeg_decode_window(ff_jpeg* j, const uint8_t* data, size_t size, i
         jpeg_abort_decompress(cinfo);
         return FF_JPEG_SIZE;
     }
-    j->err.skip_to_markers = 0;
     if (restarts) {
         ff_restart_plan plan;
         if (ff_jpeg_restart_plan(j, data, size, scale, y0, x0 + w, &plan)) {
@@ -407,14 +415,25 @@ static int ff_jpeg_decode_window(ff_jpeg* j, const uint8_t* data, size_t size, i
                 return code;
             }
             if (code == FF_JPEG_OK) {
+                unsigned int interval = cinfo->restart_interval;
+                int mcu_rows = plan.row * cinfo->max_v_samp_factor * scale;
                 jpeg_abort_decompress(cinfo);
                 ff_src_set(j, j->header, length, plan.resume,
                            (size_t)(data + size - plan.resume), (int)(plan.markers & 7));
                 j->err.skip_to_markers = plan.mcus != 0;
                 jpeg_read_header(cinfo, TRUE);
-                y0 -= plan.row * cinfo->max_v_samp_factor * scale;
-                j->restart_row = plan.row;
-                j->restart_mcus = plan.mcus;
+                if ((int)cinfo->image_height == height - skipped &&
+                    (int)cinfo->image_width == (plan.mcus ? narrow : width) &&
+                    cinfo->restart_interval == (plan.mcus ? (unsigned int)plan.mcus : interval)) {
+                    y0 -= mcu_rows;
+                    j->restart_row = plan.row;
+                    j->restart_mcus = plan.mcus;
+                } else {  /* the copy did not say what was meant: decode it all */
+                    jpeg_abort_decompress(cinfo);
+                    j->err.skip_to_markers = 0;
+                    ff_src_set(j, data, size, NULL, 0, 0);
+                    jpeg_read_header(cinfo, TRUE);
+                }
             }
         }
     }
@@ -485,20 +504,63 @@ static int ff_jpeg_decode_window(ff_jpeg* j, const uint8_t* data, size_t size, i
     return FF_JPEG_OK;
 }
 
+/* The encoder's output: one malloc'ed buffer, doubled as it fills (jpeg_mem_dest
+ * frees its first buffer when it grows and says which is live only at the end,
+ * so an error half-way could not free the right one). */
+typedef struct {
+    struct jpeg_destination_mgr pub;
+    unsigned char* buffer;
+    size_t capacity;
+} ff_jpeg_dest;
+
+static void ff_dest_init(j_compress_ptr cinfo)
+{
+    ff_jpeg_dest* dest = (ff_jpeg_dest*)cinfo->dest;
+    dest->pub.next_output_byte = dest->buffer;
+    dest->pub.free_in_buffer = dest->capacity;
+}
+
+static boolean ff_dest_grow(j_compress_ptr cinfo)
+{
+    /* called when the buffer is full: all `capacity` bytes are used */
+    ff_jpeg_dest* dest = (ff_jpeg_dest*)cinfo->dest;
+    unsigned char* grown = (unsigned char*)realloc(dest->buffer, dest->capacity * 2);
+    if (grown == NULL)
+        ff_jpeg_fail((j_common_ptr)cinfo, "Insufficient memory");
+    dest->buffer = grown;
+    dest->pub.next_output_byte = grown + dest->capacity;
+    dest->pub.free_in_buffer = dest->capacity;
+    dest->capacity *= 2;
+    return TRUE;
+}
+
+static void ff_dest_term(j_compress_ptr cinfo)
+{
+    (void)cinfo;
+}
+
 /* Encode an RGB image (rows `stride` bytes apart) as a baseline JPEG, as
  * Pillow does (jpeg_set_defaults, jpeg_set_quality, accurate DCT), with
  * chroma sampled h_samp x v_samp and, with restart_rows > 0, a restart marker
- * every restart_rows MCU rows. *out is malloc'ed (the caller frees it). */
+ * every restart_rows MCU rows. *out is malloc'ed (the caller frees it); on an
+ * error it is NULL. */
 static int ff_jpeg_encode(const uint8_t* pixels, int height, int width, size_t stride,
                           int quality, int h_samp, int v_samp, int restart_rows,
                           unsigned char** out, unsigned long* out_size, char* message)
 {
     struct jpeg_compress_struct cinfo;
     ff_jpeg_error_mgr err;
+    ff_jpeg_dest dest;
     JSAMPROW rows[16];
     *out = NULL;
     *out_size = 0;
     message[0] = 0;
+    dest.capacity = (size_t)height * (size_t)width / 2 + 4096;
+    dest.buffer = (unsigned char*)malloc(dest.capacity);
+    if (dest.buffer == NULL) {
+        strcpy(message, "Insufficient memory");
+        return FF_JPEG_NOMEM;
+    }
     cinfo.err = jpeg_std_error(&err.pub);
     err.pub.error_exit = ff_jpeg_error_exit;
     err.pub.emit_message = ff_jpeg_emit_message;
@@ -507,13 +569,14 @@ static int ff_jpeg_encode(const uint8_t* pixels, int height, int width, size_t s
     err.skip_to_markers = 0;
     if (setjmp(err.jump)) {
         jpeg_destroy_compress(&cinfo);
-        free(*out);
-        *out = NULL;
-        *out_size = 0;
+        free(dest.buffer);  /* dest's address is libjpeg's: it is in memory, current */
         return FF_JPEG_ERROR;
     }
     jpeg_create_compress(&cinfo);
-    jpeg_mem_dest(&cinfo, out, out_size);
+    dest.pub.init_destination = ff_dest_init;
+    dest.pub.empty_output_buffer = ff_dest_grow;
+    dest.pub.term_destination = ff_dest_term;
+    cinfo.dest = &dest.pub;
     cinfo.image_width = (JDIMENSION)width;
     cinfo.image_height = (JDIMENSION)height;
     cinfo.input_components = 3;
@@ -533,6 +596,8 @@ static int ff_jpeg_encode(const uint8_t* pixels, int height, int width, size_t s
         jpeg_write_scanlines(&cinfo, rows, n);
     }
     jpeg_finish_compress(&cinfo);
+    *out = dest.buffer;
+    *out_size = (unsigned long)(dest.capacity - dest.pub.free_in_buffer);
     jpeg_destroy_compress(&cinfo);
     return FF_JPEG_OK;
 }
