@@ -11,8 +11,9 @@ libjpeg-turbo encoder and no markers. Then each round takes, for each file,
 the decode limit (simplejpeg, accurate IDCT, every core, whole images) and
 pipelines (a) center_crop and (b) train (one warm-up epoch, three timed);
 every figure is printed with its ratio to the same round's limit on the same
-file. A last part times the crop kernel alone (one thread, pipeline (b)'s
-crops) on the marked file, starting at the markers and not.
+file. Then the crop kernel alone (one thread, pipeline (b)'s crops) on the
+marked file, starting at the markers and not; last, the writer (2 workers)
+with markers, without, and with simplejpeg's encoder, in turn, each round.
 """
 
 from __future__ import annotations
@@ -33,11 +34,29 @@ from fastforward.reader import Reader
 from fastforward.writer import DatasetWriter
 
 
-def write(folder: Path, path: Path, markers: bool) -> None:
+def write(folder: Path, path: Path, markers: bool, num_workers: int = 1) -> None:
     DatasetWriter(path, {"image": RGBImageField(write_mode="jpg", max_resolution=256,
                                                 jpeg_quality=90, restart_markers=markers),
-                         "label": IntField()}, num_workers=1,
+                         "label": IntField()}, num_workers=num_workers,
                   progress=False).from_indexed_dataset(ImageFolder(folder))
+
+
+def writer_rates(folder: Path, workdir: Path) -> dict[str, float]:
+    """Images/s of the writer (2 workers) with markers, without, and with simplejpeg's
+    encoder (chosen by clearing ``rgb_image._region`` in this process: a
+    measurement aid; the forked workers inherit it), in turn."""
+    count = len(ImageFolder(folder))
+    region = rgb_image._region
+    rates = {}
+    try:
+        for mode in ("markers", "none", "simplejpeg"):
+            rgb_image._region = None if mode == "simplejpeg" else region
+            start = time.perf_counter()
+            write(folder, workdir / f"writer-{mode}.beton", mode == "markers", num_workers=2)
+            rates[mode] = count / (time.perf_counter() - start)
+    finally:
+        rgb_image._region = region
+    return rates
 
 
 def kernel_us(path: Path, restarts: bool, count: int = 2000) -> float:
@@ -103,6 +122,10 @@ def main(folder: Path, rounds: int, workdir: Path) -> None:
     runs = [kernel_us(files["none"], True) for _ in range(3)]
     print(f"crop kernel, (b)'s crops, one thread, unmarked file: "
           f"{statistics.median(runs):.1f} µs/image")
+    writes = [writer_rates(folder, workdir) for _ in range(rounds)]
+    for mode in writes[0]:
+        print(f"writer, 2 workers, {mode:10}: "
+              + " ".join(f"{w[mode]:7.0f}" for w in writes) + " images/s")
 
 
 if __name__ == "__main__":
