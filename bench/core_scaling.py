@@ -4,9 +4,11 @@ loader (not a test):
     python bench/core_scaling.py [--calls 3000] [--repeat 2]
 
 Runs the benchmark's Python operation (``fastforward._bench_ops.python_op`` on
-a 192×192 image) and a simplejpeg decode of a 256 px photograph in 1 process,
-then in as many processes as there are cores, each process timing its own
-calls in CPU time. Where the CPU time per call grows with the number of
+a 192×192 image), a simplejpeg decode of a 256 px photograph and, where
+torchvision is installed, its ``TrivialAugmentWide`` on a 192×192 uint8 tensor
+(torch on one thread, the same seeded sequence of operations in every
+process) in 1 process, then in as many processes as there are cores, each
+process timing its own calls in CPU time. Where the CPU time per call grows with the number of
 processes, the cores share something (a host's other work, a hyperthread's
 sibling, memory bandwidth), and no loader scales by the number of cores.
 """
@@ -30,6 +32,17 @@ def calls(kind: str, count: int) -> float:
     if kind == "python_op":
         def one() -> object:
             return python_op(photo)
+    elif kind == "tv_trivialaugment":
+        import torch
+        from torchvision.transforms import v2
+
+        torch.set_num_threads(1)  # as in a loader's worker process
+        tensor = torch.from_numpy(photo).permute(2, 0, 1)
+        policy = v2.TrivialAugmentWide()
+        torch.manual_seed(0)  # the same operations, whichever process
+
+        def one() -> object:
+            return policy(tensor)
     else:
         import simplejpeg
 
@@ -52,12 +65,18 @@ def main() -> None:
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     context = multiprocessing.get_context("fork")
-    for kind in ("python_op", "decode"):
+    kinds = ["python_op", "decode"]
+    try:
+        import torchvision  # noqa: F401
+        kinds.append("tv_trivialaugment")
+    except ImportError:
+        print("tv_trivialaugment left out: torchvision is not installed")
+    for kind in kinds:
         for _ in range(args.repeat):
             for processes in (1, cores):
                 with context.Pool(processes) as pool:
                     each = pool.starmap(calls, [(kind, args.calls)] * processes)
-                print(f"{kind:10s} {processes} process(es): µs of CPU per call "
+                print(f"{kind:17s} {processes} process(es): µs of CPU per call "
                       + ", ".join(f"{v:.1f}" for v in each), flush=True)
 
 

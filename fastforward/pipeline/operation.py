@@ -22,7 +22,7 @@ Example, a custom operation that zeroes one corner of every image::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -201,21 +201,16 @@ class Operation:
         if not self.per_sample:
             raise NotImplementedError(f"{type(self).__name__} implements neither apply nor "
                                       "apply_sample (with per_sample = True)")
-        results = []
-        seeded = random.seeded_globals if not self.releases_gil else None
-        for position in range(len(batch)):
-            out = None if destination is None else destination[position]
-            index = int(context.indices[position])
-            try:
-                if seeded is None:
-                    results.append(self.apply_sample(batch[position], out, context, position))
-                    continue
-                # np.random, random and torch's generator seeded from (seed, epoch,
-                # sample, stream): code using them is reproducible too
-                with seeded(context.seed, context.epoch, index, context.stream):
-                    results.append(self.apply_sample(batch[position], out, context, position))
-            except Exception as exc:
-                raise annotate(exc, f"sample {index}") from exc.__cause__
+        if self.releases_gil:
+            results = self._apply_samples(batch, destination, context, None)
+        else:
+            # np.random, random and torch's generator seeded from (seed, epoch,
+            # sample, stream) before each sample: code using them is reproducible too
+            seeds = random.global_seeds(context.seed, context.epoch, context.indices[:len(batch)],
+                                        context.stream)
+            with random.globals_session() as reseed:
+                results = self._apply_samples(batch, destination, context,
+                                              lambda position: reseed(seeds[position]))
         if destination is not None:
             return destination
         if results and hasattr(results[0], "shape") and not isinstance(results[0], np.ndarray):
@@ -223,6 +218,19 @@ class Operation:
 
             return torch.stack(results)
         return np.stack(results) if results else batch
+
+    def _apply_samples(self, batch: Any, destination: Any, context: BatchContext,
+                       before: Callable[[int], None] | None) -> list[Any]:
+        results = []
+        for position in range(len(batch)):
+            out = None if destination is None else destination[position]
+            try:
+                if before is not None:
+                    before(position)
+                results.append(self.apply_sample(batch[position], out, context, position))
+            except Exception as exc:
+                raise annotate(exc, f"sample {int(context.indices[position])}") from exc.__cause__
+        return results
 
     def apply_sample(self, sample: Any, destination: Any, context: BatchContext,
                      position: int) -> Any:

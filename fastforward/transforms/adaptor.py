@@ -26,6 +26,7 @@ seed gives the same augmentations whatever the workers.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -105,32 +106,44 @@ class Augment(Operation):
     def apply_sample(self, sample: np.ndarray, destination: np.ndarray, context: BatchContext,
                      position: int) -> np.ndarray:
         """Transform one image into *destination*."""
-        seed = int(random.random_bits(context.seed, context.epoch, context.indices[position:
-                                      position + 1], context.stream, 1)[0, 0] >> 33)
-        out = self._call(sample, seed)
+        seed = 0
+        if self.input == "albumentations":  # only its own generators need a seed of their own
+            seed = int(random.random_bits(context.seed, context.epoch, context.indices[
+                position:position + 1], context.stream, 1)[0, 0] >> 33)
+        value = self._transform(sample, seed)
+        if _copy_tensor(value, destination):
+            return destination
+        out = _as_image(value)
         if out.shape != destination.shape:
-            raise ValueError(f"{name(self)}: {_describe(self.transform)} returned an image of "
-                             f"shape {out.shape}, not {destination.shape}: give output_shape, "
-                             "or end the transform with a fixed-size crop or resize")
+            raise ValueError(self._wrong_shape(out.shape, destination.shape))
         np.copyto(destination, out, casting="same_kind")
         return destination
 
+    def _wrong_shape(self, shape: tuple[int, ...], expected: tuple[int, ...]) -> str:
+        return (f"{name(self)}: {_describe(self.transform)} returned an image of shape {shape}, "
+                f"not {expected}: give output_shape, or end the transform with a fixed-size "
+                "crop or resize")
+
     def _call(self, image: np.ndarray, seed: int) -> np.ndarray:
+        return _as_image(self._transform(image, seed))
+
+    def _transform(self, image: np.ndarray, seed: int) -> Any:
+        """What the transform returns for *image*, as it returns it."""
         transform = self.transform
         if self.input == "albumentations":
             if hasattr(transform, "set_random_seed"):  # albumentations' own generators
                 transform.set_random_seed(seed)
-            return _as_image(transform(image=image)["image"])
+            return transform(image=image)["image"]
         if self.input == "tensor":
             import torch
 
-            return _as_image(transform(torch.from_numpy(image).permute(2, 0, 1)
-                                       if image.ndim == 3 else torch.from_numpy(image)))
+            return transform(torch.from_numpy(image).permute(2, 0, 1)
+                             if image.ndim == 3 else torch.from_numpy(image))
         if self.input == "pil":
             from PIL import Image
 
-            return _as_image(transform(Image.fromarray(image)))
-        return _as_image(transform(image))
+            return transform(Image.fromarray(image))
+        return transform(image)
 
     def __repr__(self) -> str:
         return f"Augment({self.transform!r}, input={self.input!r})"
@@ -148,6 +161,23 @@ def _as_image(value: Any) -> np.ndarray:
     if hasattr(value, "mode") and hasattr(value, "size"):  # a PIL image
         return np.asarray(value)
     raise TypeError(f"Augment: the transform returned a {type(value).__name__}, not an image")
+
+
+def _copy_tensor(value: Any, destination: np.ndarray) -> bool:
+    """Copy a C×H×W (or H×W) CPU tensor of *destination*'s dtype and shape straight
+    into it (one copy, not two through ``_as_image``); False for anything else."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(value, torch.Tensor) or value.requires_grad:
+        return False
+    if value.device.type != "cpu" or value.ndim != destination.ndim or value.ndim not in (2, 3):
+        return False
+    view = torch.from_numpy(destination)
+    if value.ndim == 3:
+        view = view.permute(2, 0, 1)
+    if value.dtype != view.dtype or value.shape != view.shape:
+        return False
+    view.copy_(value)
+    return True
 
 
 def _describe(transform: Any) -> str:
