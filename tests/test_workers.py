@@ -609,3 +609,25 @@ def test_torch_operations_run_on_the_whole_batch(photos_file: Path) -> None:
         assert loader.pipelines[0].split == 0  # nothing after ToTensor runs per range
         (images, _) = next(iter(loader))
         assert images.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MAP_POPULATE is Linux's")
+def test_a_worker_maps_a_slot_whole_so_writing_it_takes_no_page_faults() -> None:
+    """A worker writes a different part of each slot from batch to batch: were its
+    mapping faulted in page by page, batches long after the warm-up would pay."""
+    import resource
+
+    from fastforward.loader.workers import _MappedSlot
+    from fastforward.ring import Segment
+
+    pages = 2048
+    segment = Segment(pages * 4096)
+    segment.whole[::4096] = 1  # the loader's process has the pages (as after a warm-up)
+    shape = (pages, 4096)
+    mapped = _MappedSlot(os.dup(segment.fd), segment.nbytes, {"x": [(0, shape, np.uint8)]})
+    buffer = mapped.get("x")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    buffer[:, 0] = 7  # one byte of every page
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert faults < pages // 8, f"{faults} page faults writing {pages} pages"
+    assert (segment.whole[::4096] == 7).all()  # the same memory

@@ -45,6 +45,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import mmap
 import multiprocessing
 import os
 import pickle
@@ -493,14 +494,19 @@ def _preload() -> list[str]:
 # -- the worker process --------------------------------------------------------------
 
 
+POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # not on every platform
+
+
 class _MappedSlot:
     """A slot's buffers, as a worker maps them."""
 
     def __init__(self, fd: int, nbytes: int, offsets: dict[str, list[Any]]) -> None:
-        import mmap
-
         try:
-            self.map = mmap.mmap(fd, nbytes)
+            # mapped whole at once (MAP_POPULATE, Linux): writing each page of a
+            # fresh mapping would take a page fault the first time, and a worker
+            # writes a different part of each slot from batch to batch, so a
+            # short warm-up leaves tens of thousands of them for later batches
+            self.map = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | POPULATE)
         finally:
             os.close(fd)
         whole = np.frombuffer(self.map, np.uint8)
