@@ -158,6 +158,13 @@ def test_a_batch_seeds_each_sample_as_seeded_globals_does_and_leaves_the_globals
     # each sample's draws are its key's, wherever it sits in the batch
     expected = np.stack([draws_of_one_sample(11, 3, int(i), 42) for i in indices])
     np.testing.assert_array_equal(out, expected)
+    # and the same as every earlier build's (np.random, random, torch), so that
+    # augmentations written against the global generators keep their results
+    np.testing.assert_allclose(out[[0, 1, 2, 4]], [
+        [0.5183353279943467, 0.45862305773326606, 0.6938446164131165],
+        [0.26245809749955773, 0.4565554724195533, 0.18927252292633057],
+        [0.29310175777864744, 0.12503997238297648, 0.03405022621154785],
+        [0.6118291400331892, 0.2003869161017039, 0.6282603144645691]], rtol=0, atol=1e-7)
     np.testing.assert_array_equal(out[0], out[3])  # the same sample twice, the same draws
     assert len({tuple(row) for row in out}) == 4
     # the caller's generators go on as if the batch had not happened
@@ -176,19 +183,54 @@ def test_the_globals_are_restored_when_a_sample_fails() -> None:
                 raise ValueError("no")
             return super().apply_sample(sample, destination, context, position)
 
+    torch = pytest.importorskip("torch")
     np.random.seed(7)
-    state = np.random.get_state()[1].copy()
+    random.seed(8)
+    torch.manual_seed(9)
     with pytest.raises(ValueError, match="sample 12"):
         FailsAtTheThird().apply(np.zeros((4, 1)), None,
                                 BatchContext(indices=np.arange(10, 14), epoch=0, seed=1))
-    np.testing.assert_array_equal(np.random.get_state()[1], state)
+    after = (np.random.random(), random.random(), float(torch.rand(1)))
+    np.random.seed(7)
+    random.seed(8)
+    torch.manual_seed(9)
+    assert after == (np.random.random(), random.random(), float(torch.rand(1)))
 
 
-def test_a_tensor_result_lands_in_the_slot_as_an_array_would(photos_file: Path) -> None:
+def test_a_tensor_result_lands_in_the_slot_as_an_array_would(
+        photos_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("torch")
+    from fastforward.transforms import adaptor
+
     plain = batches(photos_file, lambda image: image[:, ::-1].copy(), 1, "thread")
-    as_tensor = batches(photos_file, lambda t: t.flip(-1), 1, "thread", input="tensor")
-    np.testing.assert_array_equal(as_tensor, plain)
+    # a tensor of the slot's dtype and shape is copied straight in: never through
+    # a NumPy copy of its own (threads: the operation runs in this process)
+    as_image = adaptor._as_image
+    seen: list[str] = []
+
+    def spy(value: Any) -> np.ndarray:
+        seen.append(type(value).__name__)
+        return as_image(value)
+
+    given = {"output_shape": (32, 32, 3), "output_dtype": np.uint8}  # no trial call
+    with monkeypatch.context() as patched:
+        patched.setattr(adaptor, "_as_image", spy)
+        as_tensor = batches(photos_file, lambda t: t.flip(-1), 1, "thread", input="tensor",
+                            **given)
+        np.testing.assert_array_equal(as_tensor, plain)
+        # not contiguous: a transposed result
+        transposed = batches(photos_file, lambda t: t.transpose(1, 2).contiguous()
+                             .transpose(1, 2).flip(-1), 1, "thread", input="tensor", **given)
+        np.testing.assert_array_equal(transposed, plain)
+        assert seen == []
+    # a result with a gradient, or another dtype than the slot's, goes NumPy's way
+    with_grad = batches(photos_file, lambda t: t.flip(-1).float().requires_grad_(), 1,
+                        "thread", input="tensor")
+    np.testing.assert_array_equal(with_grad, plain.astype(np.float32))
+    # a slot dtype torch cannot wrap (big-endian) is filled by NumPy, not refused
+    big = batches(photos_file, lambda t: t.flip(-1).float(), 1, "thread", input="tensor",
+                  output_shape=(32, 32, 3), output_dtype=">f4")
+    np.testing.assert_array_equal(big, plain.astype(np.float32))
     # another dtype: converted as NumPy converts (float32 results into a float32 slot)
     halves = batches(photos_file, lambda t: t.float() / 2, 1, "thread", input="tensor")
     assert halves.dtype == np.float32
@@ -201,3 +243,40 @@ def test_a_tensor_result_lands_in_the_slot_as_an_array_would(photos_file: Path) 
     with pytest.raises(ValueError, match=r"returned an image of shape \(32, 16, 3\)"):
         batches(photos_file, lambda t: t[:, :, :16], 1, "thread", input="tensor",
                 output_shape=(32, 32, 3), output_dtype=np.uint8)
+
+
+def test_torch_imported_during_a_batch_is_restored_too() -> None:
+    """An operation that imports torch in the middle of a batch: torch's
+    generator is saved when first seeded and restored at the batch's end."""
+    pytest.importorskip("torch")
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from fastforward.pipeline import BatchContext, Operation
+        assert "torch" not in sys.modules
+        kept = {}
+
+        class ImportsTorch(Operation):
+            per_sample = True
+
+            def apply_sample(self, sample, destination, context, position):
+                import torch
+                draw = float(torch.rand(1))
+                if position == 0:
+                    kept["state"] = torch.random.get_rng_state()
+                return np.array([draw])
+
+        out = ImportsTorch().apply(np.zeros((3, 1)), None,
+                                   BatchContext(indices=np.arange(3), epoch=0, seed=1))
+        import torch
+        assert bool((torch.random.get_rng_state() == kept["state"]).all())
+        assert len(set(out[1:, 0])) == 2  # samples 1 and 2 seeded, each its own
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

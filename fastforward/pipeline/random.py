@@ -15,6 +15,7 @@ import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -84,24 +85,34 @@ def globals_session() -> Iterator[Callable[[int], None]]:
     """Hold the global generators (``np.random``, ``random``, torch's default
     CPU generator) for a run of samples: their states are saved once, the
     yielded ``reseed(value)`` seeds all three (a value of ``global_seeds``)
-    before each sample, and the states are restored at the end.
+    before each sample, and the states are restored at the end (torch's too
+    when an operation imported torch during the run).
 
     Saving and restoring NumPy's state costs about 50 µs, seeding a few: one
     session per batch instead of per sample. Held under one lock, since the
     generators are process-wide: such operations run one at a time per
     process (they keep the GIL anyway; worker processes run them in parallel).
     """
-    torch = sys.modules.get("torch")
+    saved: dict[str, Any] = {}
+
+    def reseed(value: int) -> None:
+        torch = sys.modules.get("torch")
+        if torch is not None and "torch" not in saved:  # imported since the run began
+            saved["torch"] = torch.random.get_rng_state()
+        _seed_globals(value)
+
     with _GLOBALS_LOCK:
         np_state, py_state = np.random.get_state(), pyrandom.getstate()
-        torch_state = torch.random.get_rng_state() if torch is not None else None
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            saved["torch"] = torch.random.get_rng_state()
         try:
-            yield _seed_globals
+            yield reseed
         finally:
             np.random.set_state(np_state)
             pyrandom.setstate(py_state)
-            if torch is not None:
-                torch.random.set_rng_state(torch_state)
+            if "torch" in saved:
+                sys.modules["torch"].random.set_rng_state(saved["torch"])
 
 
 @contextlib.contextmanager

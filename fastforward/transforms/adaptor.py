@@ -171,7 +171,10 @@ def _copy_tensor(value: Any, destination: np.ndarray) -> bool:
         return False
     if value.device.type != "cpu" or value.ndim != destination.ndim or value.ndim not in (2, 3):
         return False
-    view = torch.from_numpy(destination)
+    try:  # a dtype torch cannot wrap (non-native byte order, …): NumPy's path
+        view = torch.from_numpy(destination)
+    except (TypeError, ValueError):
+        return False
     if value.ndim == 3:
         view = view.permute(2, 0, 1)
     if value.dtype != view.dtype or value.shape != view.shape:
