@@ -245,7 +245,7 @@ def test_a_tensor_result_lands_in_the_slot_as_an_array_would(
                 output_shape=(32, 32, 3), output_dtype=np.uint8)
 
 
-def test_torch_imported_during_a_batch_is_restored_too() -> None:
+def test_torch_imported_during_a_batch_is_restored_too(tmp_path: Path) -> None:
     """An operation that imports torch in the middle of a batch: torch's
     generator is saved when first seeded and restored at the batch's end."""
     pytest.importorskip("torch")
@@ -276,7 +276,8 @@ def test_torch_imported_during_a_batch_is_restored_too() -> None:
         assert len(set(out[1:, 0])) == 2  # samples 1 and 2 seeded, each its own
         print("ok")
     """)
+    # run from elsewhere than the checkout: the installed package, not the source tree
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
