@@ -115,14 +115,11 @@ class Augment(Operation):
             return destination
         out = _as_image(value)
         if out.shape != destination.shape:
-            raise ValueError(self._wrong_shape(out.shape, destination.shape))
+            raise ValueError(f"{name(self)}: {_describe(self.transform)} returned an image of "
+                             f"shape {out.shape}, not {destination.shape}: give output_shape, "
+                             "or end the transform with a fixed-size crop or resize")
         np.copyto(destination, out, casting="same_kind")
         return destination
-
-    def _wrong_shape(self, shape: tuple[int, ...], expected: tuple[int, ...]) -> str:
-        return (f"{name(self)}: {_describe(self.transform)} returned an image of shape {shape}, "
-                f"not {expected}: give output_shape, or end the transform with a fixed-size "
-                "crop or resize")
 
     def _call(self, image: np.ndarray, seed: int) -> np.ndarray:
         return _as_image(self._transform(image, seed))
@@ -135,10 +132,7 @@ class Augment(Operation):
                 transform.set_random_seed(seed)
             return transform(image=image)["image"]
         if self.input == "tensor":
-            import torch
-
-            return transform(torch.from_numpy(image).permute(2, 0, 1)
-                             if image.ndim == 3 else torch.from_numpy(image))
+            return transform(_chw(image))
         if self.input == "pil":
             from PIL import Image
 
@@ -163,6 +157,14 @@ def _as_image(value: Any) -> np.ndarray:
     raise TypeError(f"Augment: the transform returned a {type(value).__name__}, not an image")
 
 
+def _chw(image: np.ndarray) -> Any:
+    """An H×W×C (or H×W) array as a C×H×W (or H×W) torch tensor: a view, no copy."""
+    import torch
+
+    tensor = torch.from_numpy(image)
+    return tensor.permute(2, 0, 1) if image.ndim == 3 else tensor
+
+
 def _copy_tensor(value: Any, destination: np.ndarray) -> bool:
     """Copy a C×H×W (or H×W) CPU tensor of *destination*'s dtype and shape straight
     into it (one copy, not two through ``_as_image``); False for anything else."""
@@ -172,11 +174,9 @@ def _copy_tensor(value: Any, destination: np.ndarray) -> bool:
     if value.device.type != "cpu" or value.ndim != destination.ndim or value.ndim not in (2, 3):
         return False
     try:  # a dtype torch cannot wrap (non-native byte order, …): NumPy's path
-        view = torch.from_numpy(destination)
+        view = _chw(destination)
     except (TypeError, ValueError):
         return False
-    if value.ndim == 3:
-        view = view.permute(2, 0, 1)
     if value.dtype != view.dtype or value.shape != view.shape:
         return False
     view.copy_(value)
