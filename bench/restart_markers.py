@@ -13,7 +13,8 @@ pipelines (a) center_crop and (b) train (one warm-up epoch, three timed);
 every figure is printed with its ratio to the same round's limit on the same
 file. Then the crop kernel alone (one thread, pipeline (b)'s crops) on the
 marked file, starting at the markers and not; last, the writer (2 workers)
-with markers, without, and with simplejpeg's encoder, in turn, each round.
+with markers, without, and, with libjpeg-turbo switched off, through RGB with
+simplejpeg's decoder and encoder, in turn, each round.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def write(folder: Path, path: Path, markers: bool, num_workers: int = 1) -> None
 
 
 def writer_rates(folder: Path, workdir: Path) -> dict[str, float]:
-    """Images/s of the writer (2 workers) with markers, without, and with simplejpeg's
-    encoder (chosen by clearing ``rgb_image._region`` in this process: a
+    """Images/s of the writer (2 workers) with markers, without, and through RGB with
+    simplejpeg (chosen by clearing ``rgb_image._region`` in this process: a
     measurement aid; the forked workers inherit it), in turn."""
     count = len(ImageFolder(folder))
     region = rgb_image._region

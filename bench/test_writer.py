@@ -1,9 +1,11 @@
 """Writer throughput: ImageFolder of JPEGs -> .beton at max_resolution=256, quality 90.
 
 Beside it: FFCV 1.0.2's writer on the same folder (where FFCV is installed,
-here or under ``--ffcv-python``), and the per-image limit: one core decoding
-the source JPEG and encoding the stored one with simplejpeg, times the number
-of cores.
+here or under ``--ffcv-python``), and two per-image limits, each one core's
+rate times the number of cores: decoding the source JPEG to RGB and encoding
+the stored one with simplejpeg (every loader that goes through RGB), and the
+writer's own kernel, ``shrink_jpeg``, which shrinks and encodes without
+leaving YCbCr (builds with libjpeg-turbo).
 """
 
 from __future__ import annotations
@@ -71,6 +73,29 @@ def test_decode_encode_limit(benchmark, corpus: Path) -> None:
         for blob in blobs:
             simplejpeg.decode_jpeg(blob)
             simplejpeg.encode_jpeg(small, quality=90, colorsubsampling="420")
+
+    benchmark.pedantic(run, rounds=3, warmup_rounds=0)
+    record_throughput(benchmark, len(blobs) * (os.cpu_count() or 1))
+
+
+def test_shrink_jpeg_limit(benchmark, corpus: Path) -> None:
+    """Images/s of the writer's kernel alone (source JPEG to stored JPEG without
+    leaving YCbCr), one core, x cores."""
+    import simplejpeg
+
+    from fastforward._ext.resize import Workspace
+    from fastforward.fields import rgb_image
+    from fastforward.fields.rgb_image import target_size
+
+    if rgb_image._region is None:
+        pytest.skip("built without libjpeg-turbo")
+    blobs = [p.read_bytes() for p in sorted(corpus.glob("*/*.jpg"))]
+    targets = [target_size(*simplejpeg.decode_jpeg_header(b)[:2], 256, None) for b in blobs]
+    decoder, workspace = rgb_image._region.JpegDecoder(), Workspace()
+
+    def run() -> None:
+        for blob, (height, width) in zip(blobs, targets, strict=True):
+            rgb_image._region.shrink_jpeg(decoder, blob, height, width, 8, 90, 1, workspace)
 
     benchmark.pedantic(run, rounds=3, warmup_rounds=0)
     record_throughput(benchmark, len(blobs) * (os.cpu_count() or 1))

@@ -189,6 +189,67 @@ def test_encoded_jpeg_input_is_shrunk(tmp_path: Path, jpeg_folder: Path) -> None
         assert psnr(stored, reference) > 30
 
 
+@pytest.mark.parametrize("mode", ["jpg", "smart", "raw", "proportion"])
+def test_jpeg_sources_are_stored_without_leaving_ycbcr(tmp_path: Path, jpeg_folder: Path,
+                                                       mode: str) -> None:
+    """Where libjpeg-turbo is linked in, a JPEG source stored as JPEG is exactly
+    ``shrink_jpeg``'s bytes (no RGB in between); pixels stored raw, and the random
+    'proportion' mode (its draw stays where it was), take the RGB path."""
+    import simplejpeg
+
+    from fastforward._ext.resize import crop_resize_into
+    from fastforward.benchmark import stored_jpegs
+    from fastforward.fields import rgb_image
+
+    if rgb_image._region is None:
+        pytest.skip("built without libjpeg-turbo")
+    blobs = [f.read_bytes() for f in sorted(jpeg_folder.glob("*/*.jpg"))[:5]]
+    field = RGBImageField(write_mode=mode, max_resolution=160, smart_threshold=1000,
+                          compress_probability=1.0)
+    reader = store(tmp_path, field, blobs)
+    stored_bytes = list(stored_jpegs(reader, "image")) if mode != "raw" else []
+    decoder = rgb_image._region.JpegDecoder()
+    for i, blob in enumerate(blobs):
+        original = simplejpeg.decode_jpeg(blob)
+        stored = reader.read(i)[0]
+        height, width = target_size(*original.shape[:2], 160, None)
+        assert stored.shape[:2] == (height, width)
+        reference = np.empty_like(stored)
+        crop_resize_into(original, 0, 0, *original.shape[:2], reference)
+        assert psnr(stored, reference) > 30
+        if mode in ("jpg", "smart"):  # sources of ~500 px: decoded at full size
+            assert stored_bytes[i] == rgb_image._region.shrink_jpeg(decoder, blob, height,
+                                                                    width, 8, 90, 1)
+        elif mode == "proportion":
+            rgb = rgb_image.encode_jpeg(field._prepare(blob), 90).tobytes()
+            assert stored_bytes[i] == rgb
+    assert set(reader.metadata["f0"]["mode"].tolist()) == {1 if mode == "raw" else 0}
+
+
+@pytest.mark.parametrize(("source", "stored", "scale"), [
+    ((431, 575), (192, 256), 8), ((600, 800), (192, 256), 8), ((768, 1024), (192, 256), 4),
+    ((1536, 2048), (192, 256), 2), ((3072, 4096), (192, 256), 1), ((3072, 4096), (2, 3000), 8),
+    ((10, 10), (10, 10), 8)])
+def test_source_scale_keeps_twice_the_stored_size(source: tuple[int, int],
+                                                  stored: tuple[int, int], scale: int) -> None:
+    from fastforward.fields.rgb_image import source_scale
+
+    assert source_scale(*source, *stored) == scale
+
+
+def test_jpeg_sources_it_does_not_take_go_through_rgb(tmp_path: Path,
+                                                     images: list[np.ndarray]) -> None:
+    """A CMYK JPEG is decoded to RGB (as simplejpeg converts it), shrunk and encoded."""
+    import simplejpeg
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(images[0]).convert("CMYK").save(buffer, format="JPEG", quality=95)
+    stored = store(tmp_path, RGBImageField(write_mode="jpg", jpeg_quality=95),
+                   [buffer.getvalue()]).read(0)[0]
+    assert psnr(stored, simplejpeg.decode_jpeg(buffer.getvalue())) > 30
+
+
 def test_encoded_png_input(tmp_path: Path, images: list[np.ndarray]) -> None:
     from PIL import Image
 

@@ -37,3 +37,13 @@ def encode_rgb(image: BufferLike, quality: int, subsampling: str = "420",
                restart_rows: int = 1) -> bytes:
     """*image* (``H x W x 3`` uint8 RGB) as baseline JPEG bytes, a restart marker every
     *restart_rows* MCU rows."""
+
+def shrink_jpeg(decoder: JpegDecoder, data: BufferLike, height: int, width: int, scale: int,
+                quality: int, restart_rows: int = 1,
+                workspace: Workspace | None = None) -> bytes | None:
+    """The JPEG *data* shrunk to ``height x width`` and encoded again (4:2:0) without
+    leaving YCbCr; None for a JPEG it does not take or cannot decode."""
+
+def decode_planes(decoder: JpegDecoder, data: BufferLike, scale: int = 8,
+                  fast_idct: bool = False) -> list[np.ndarray] | None:
+    """The components of a YCbCr or grayscale JPEG as ``shrink_jpeg`` reads them."""

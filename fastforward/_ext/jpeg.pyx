@@ -26,11 +26,13 @@ far, kept) and the ``Workspace``.
 
 cimport cython
 from libc.stdint cimport int64_t, uint8_t, uint64_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memset
 
 import numpy as np
 
-from fastforward._ext.resize cimport Target, Workspace, _resize_into, _scratch_bytes, _target
+from fastforward._ext.resize cimport (KIND_U8, Target, Workspace, _resize_into, _scratch_bytes,
+                                      _target)
 
 
 cdef extern from "jpeg_region.h" nogil:
@@ -41,12 +43,25 @@ cdef extern from "jpeg_region.h" nogil:
         int x_offset, columns
         size_t stride
         int restart_row, restart_mcus
-    int FF_JPEG_OK, FF_JPEG_ERROR, FF_JPEG_SIZE, FF_JPEG_NOMEM
+        int planes
+        uint8_t* plane[3]
+        int plane_height[3]
+        int plane_width[3]
+        size_t plane_stride[3]
+    int FF_JPEG_OK, FF_JPEG_ERROR, FF_JPEG_SIZE, FF_JPEG_NOMEM, FF_JPEG_UNSUPPORTED
     int ff_jpeg_open(ff_jpeg* j)
     void ff_jpeg_close(ff_jpeg* j)
     int ff_jpeg_decode_window(ff_jpeg* j, const uint8_t* data, size_t size, int height,
                               int width, int scale, int fast_idct, int restarts, int y0,
                               int h, int x0, int w)
+    int ff_jpeg_decode_planes(ff_jpeg* j, const uint8_t* data, size_t size, int scale,
+                              int fast_idct)
+    void ff_pad_plane(uint8_t* plane, size_t stride, int height, int width, int padded_height,
+                      int padded_width)
+    int ff_jpeg_compress(const uint8_t* const* planes, const size_t* strides, int raw,
+                         int height, int width, int quality, int h_samp, int v_samp,
+                         int restart_rows, unsigned char** out, unsigned long* out_size,
+                         char* message)
     int ff_jpeg_encode(const uint8_t* pixels, int height, int width, size_t stride,
                        int quality, int h_samp, int v_samp, int restart_rows,
                        unsigned char** out, unsigned long* out_size, char* message)
@@ -287,6 +302,12 @@ def encode_rgb(const uint8_t[:, :, ::1] image not None, int quality, str subsamp
     with nogil:
         code = ff_jpeg_encode(&image[0, 0, 0], height, width, <size_t>image.strides[0], quality,
                               h_samp, v_samp, restart_rows, &out, &size, message)
+    return _encoded(code, message, out, size, height, width)
+
+
+cdef bytes _encoded(int code, const char* message, unsigned char* out, unsigned long size,
+                    int height, int width):
+    """The encoder's bytes (freed here), or its error raised."""
     reason = message.decode("utf-8", "replace")
     if code == FF_JPEG_NOMEM or (code != FF_JPEG_OK and reason.startswith("Insufficient memory")):
         raise MemoryError(f"no memory to encode a {height}x{width} JPEG")
@@ -296,3 +317,124 @@ def encode_rgb(const uint8_t[:, :, ::1] image not None, int quality, str subsamp
         return (<char*>out)[:size]
     finally:
         free(out)
+
+
+def decode_planes(JpegDecoder decoder not None, const uint8_t[::1] data not None,
+                  int scale=8, bint fast_idct=False):
+    """The components of a YCbCr or grayscale JPEG decoded at the DCT scale
+    ``scale/8`` as ``shrink_jpeg`` reads them: a list of 2-D uint8 arrays (Y, Cb,
+    Cr, each at its own resolution; Y only for grayscale), or None for a JPEG it
+    does not take. Raises ValueError with libjpeg's message for one it cannot
+    decode (for tests and measurements).
+    """
+    cdef ff_jpeg* j = decoder.j
+    cdef int code, c
+    if not 1 <= scale <= 16:
+        raise ValueError(f"scale must be in 1..16, got {scale}")
+    if data.shape[0] == 0:
+        raise ValueError("empty JPEG")
+    with nogil:
+        code = ff_jpeg_decode_planes(j, &data[0], data.shape[0], scale, fast_idct)
+    if code == FF_JPEG_NOMEM:
+        raise MemoryError("no memory to decode the JPEG")
+    if code == FF_JPEG_UNSUPPORTED:
+        return None
+    if code != FF_JPEG_OK:
+        raise ValueError(j.message.decode("utf-8", "replace"))
+    planes = []
+    for c in range(j.planes):
+        rows = np.asarray(<uint8_t[:j.plane_height[c] * j.plane_stride[c]]>j.plane[c])
+        planes.append(rows.reshape(j.plane_height[c], j.plane_stride[c])[:, :j.plane_width[c]]
+                      .copy())
+    return planes
+
+
+def shrink_jpeg(JpegDecoder decoder not None, const uint8_t[::1] data not None, int height,
+                int width, int scale, int quality, int restart_rows=1,
+                Workspace workspace=None):
+    """The JPEG *data* shrunk to ``height x width`` and encoded again (4:2:0,
+    *quality*, a restart marker every *restart_rows* MCU rows) without leaving
+    YCbCr: the writer's path from a source JPEG to the stored one.
+
+    It decodes at the DCT scale ``scale/8`` each component as stored (chroma at
+    its own resolution: no upsampling, no colour conversion), shrinks each
+    plane by area averaging (the luma to ``height x width``, the chroma to half
+    that each way) and hands the planes to the encoder as they are (no colour
+    conversion, no chroma downsampling). Grayscale JPEGs get neutral chroma.
+    The pixels stay close to decoding to RGB, shrinking and encoding that
+    (``tests/test_ext_jpeg.py`` bounds the difference), at much less work.
+
+    Returns None, having done nothing else, for a JPEG it does not take (RGB,
+    CMYK or YCCK colour, chroma sampled other than 4:4:4, 4:2:2, 4:4:0 or
+    4:2:0) and for one that libjpeg cannot decode or warns about: the caller
+    decodes those to RGB, which says what is wrong with them.
+    """
+    cdef ff_jpeg* j = decoder.j
+    cdef int code, c, planes, ph, pw
+    cdef int oh[3]
+    cdef int ow[3]
+    cdef size_t strides[3]
+    cdef const uint8_t* pointers[3]
+    cdef uint8_t* buffer = NULL
+    cdef unsigned char* out = NULL
+    cdef unsigned long size = 0
+    cdef char message[200]
+    cdef size_t need = 0
+    cdef char* scratch
+    cdef Target t
+    if not 1 <= scale <= 16:
+        raise ValueError(f"scale must be in 1..16, got {scale}")
+    if height < 1 or width < 1 or height > 65500 or width > 65500:
+        raise ValueError(f"cannot encode a {height}x{width} image as JPEG (1..65500 px a side)")
+    if not 0 <= quality <= 100:
+        raise ValueError(f"quality must be in 0..100, got {quality}")
+    if not 0 <= restart_rows <= 65535:
+        raise ValueError(f"restart_rows must be in 0..65535, got {restart_rows}")
+    if data.shape[0] == 0:
+        return None
+    with nogil:
+        code = ff_jpeg_decode_planes(j, &data[0], data.shape[0], scale, 0)
+    if code == FF_JPEG_NOMEM:
+        raise MemoryError("no memory to decode the JPEG")
+    if code != FF_JPEG_OK:
+        return None
+    planes = j.planes
+    if j.plane_height[0] < height or j.plane_width[0] < width:
+        raise ValueError(f"the JPEG at scale {scale}/8 is {j.plane_height[0]}x"
+                         f"{j.plane_width[0]}, smaller than {height}x{width}")
+    # the stored planes: luma, then each chroma plane at half its size, every one
+    # a whole number of 16x16 MCUs
+    ph, pw = (height + 15) // 16 * 16, (width + 15) // 16 * 16
+    oh[0], ow[0], strides[0] = height, width, pw
+    for c in range(1, 3):
+        oh[c], ow[c], strides[c] = (height + 1) // 2, (width + 1) // 2, pw // 2
+    for c in range(planes):
+        need = max(need, _scratch_bytes(j.plane_height[c], j.plane_width[c], oh[c], ow[c], 1))
+    if workspace is None:
+        workspace = Workspace()
+    scratch = workspace.reserve(need)
+    buffer = <uint8_t*>malloc(<size_t>ph * pw * 3 // 2)
+    if buffer == NULL:
+        raise MemoryError(f"no memory to encode a {height}x{width} JPEG")
+    pointers[0], pointers[1] = buffer, buffer + <size_t>ph * pw
+    pointers[2] = pointers[1] + <size_t>ph * pw // 4
+    try:
+        with nogil:
+            for c in range(3):
+                if c < planes:
+                    t.kind, t.source_item, t.count, t.c = KIND_U8, 1, 1, 1
+                    t.base = <char*>pointers[c]
+                    t.oh, t.ow, t.row_bytes = oh[c], ow[c], strides[c]
+                    t.image_bytes = strides[c] * (ph if c == 0 else ph // 2)
+                    _resize_into(j.plane[c], j.plane_height[c], j.plane_width[c],
+                                 j.plane_stride[c], 0, 0, j.plane_height[c], j.plane_width[c],
+                                 &t, 0, False, scratch)
+                    ff_pad_plane(<uint8_t*>pointers[c], strides[c], oh[c], ow[c],
+                                 ph if c == 0 else ph // 2, <int>strides[c])
+                else:  # grayscale: neutral chroma
+                    memset(<uint8_t*>pointers[c], 128, strides[c] * (ph // 2))
+            code = ff_jpeg_compress(pointers, strides, 1, height, width, quality, 2, 2,
+                                    restart_rows, &out, &size, message)
+    finally:
+        free(buffer)
+    return _encoded(code, message, out, size, height, width)

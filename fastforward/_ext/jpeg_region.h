@@ -28,7 +28,18 @@ enum {
     FF_JPEG_ERROR = 1,   /* libjpeg's message is in ff_jpeg.message */
     FF_JPEG_SIZE = 2,    /* the header's size is not the expected one */
     FF_JPEG_NOMEM = 3,
+    FF_JPEG_UNSUPPORTED = 4, /* planes: not a YCbCr or grayscale JPEG sampled as handled */
 };
+
+#if JPEG_LIB_VERSION >= 70
+#define FF_DCT_ROWS(comp) ((comp)->DCT_v_scaled_size)
+#define FF_DCT_COLUMNS(comp) ((comp)->DCT_h_scaled_size)
+#define FF_MIN_DCT_ROWS(cinfo) ((cinfo)->min_DCT_v_scaled_size)
+#else
+#define FF_DCT_ROWS(comp) ((comp)->DCT_scaled_size)
+#define FF_DCT_COLUMNS(comp) ((comp)->DCT_scaled_size)
+#define FF_MIN_DCT_ROWS(cinfo) ((cinfo)->min_DCT_scaled_size)
+#endif
 
 typedef struct {
     struct jpeg_error_mgr pub;
@@ -66,6 +77,11 @@ typedef struct {
     size_t stride;                  /* bytes from one row of `pixels` to the next */
     int restart_row;                /* the iMCU row decoding started at (0: the top) */
     int restart_mcus;               /* the MCUs of each row it decoded (0: all) */
+    /* ff_jpeg_decode_planes: each component's samples, in `pixels` */
+    int planes;                     /* 1 (grayscale) or 3 (Y, Cb, Cr) */
+    uint8_t* plane[3];
+    int plane_height[3], plane_width[3];
+    size_t plane_stride[3];
 } ff_jpeg;
 
 static void ff_jpeg_error_exit(j_common_ptr cinfo)
@@ -504,6 +520,110 @@ static int ff_jpeg_decode_window(ff_jpeg* j, const uint8_t* data, size_t size, i
     return FF_JPEG_OK;
 }
 
+/* Decode a YCbCr or grayscale JPEG at the DCT scale scale/8 into one plane
+ * per component, as stored (chroma at its own resolution): no chroma
+ * upsampling, no colour conversion (libjpeg's raw data output). Returns
+ * FF_JPEG_UNSUPPORTED, having decoded nothing, for other colour spaces
+ * (RGB, CMYK, YCCK) and for samplings other than luma 1 or 2 times each
+ * chroma component in each direction. Each plane's rows are padded to whole
+ * blocks and have at least 16 bytes of slack (the resize pass reads past a
+ * row's end). */
+static int ff_jpeg_decode_planes(ff_jpeg* j, const uint8_t* data, size_t size, int scale,
+                                 int fast_idct)
+{
+    struct jpeg_decompress_struct* cinfo = &j->cinfo;
+    size_t offset[3], total = 0, rows = 0;
+    JSAMPARRAY first[3];
+    int c, code, n, per_row[3];
+    j->message[0] = 0;
+    j->planes = 0;
+    if (setjmp(j->err.jump)) {
+        jpeg_abort_decompress(cinfo);
+        return FF_JPEG_ERROR;
+    }
+    j->err.skip_to_markers = 0;
+    ff_src_set(j, data, size, NULL, 0, 0);
+    jpeg_read_header(cinfo, TRUE);
+    j->image_height = (int)cinfo->image_height;
+    j->image_width = (int)cinfo->image_width;
+    n = cinfo->num_components;
+    if (!((n == 1 && cinfo->jpeg_color_space == JCS_GRAYSCALE) ||
+          (n == 3 && cinfo->jpeg_color_space == JCS_YCbCr))) {
+        jpeg_abort_decompress(cinfo);
+        return FF_JPEG_UNSUPPORTED;
+    }
+    for (c = 1; c < n; c++) {
+        jpeg_component_info* comp = &cinfo->comp_info[c];
+        if (comp->h_samp_factor != 1 || comp->v_samp_factor != 1 ||
+            cinfo->comp_info[0].h_samp_factor > 2 || cinfo->comp_info[0].v_samp_factor > 2) {
+            jpeg_abort_decompress(cinfo);
+            return FF_JPEG_UNSUPPORTED;
+        }
+    }
+    cinfo->raw_data_out = TRUE;
+    cinfo->scale_num = (unsigned int)scale;
+    cinfo->scale_denom = 8;
+    cinfo->dct_method = fast_idct ? JDCT_IFAST : JDCT_ISLOW;
+    jpeg_start_decompress(cinfo);
+    for (c = 0; c < n; c++) {
+        jpeg_component_info* comp = &cinfo->comp_info[c];
+        per_row[c] = comp->v_samp_factor * FF_DCT_ROWS(comp);  /* rows per iMCU row */
+        j->plane_stride[c] = ((size_t)comp->width_in_blocks * FF_DCT_COLUMNS(comp) + 16 + 15)
+                             & ~(size_t)15;
+        offset[c] = total;
+        total += j->plane_stride[c] * cinfo->total_iMCU_rows * per_row[c];
+        rows += cinfo->total_iMCU_rows * per_row[c];
+        j->plane_height[c] = (int)comp->downsampled_height;
+        j->plane_width[c] = (int)comp->downsampled_width;
+    }
+    code = ff_jpeg_reserve(j, total + 64, rows);
+    if (code != FF_JPEG_OK) {
+        jpeg_abort_decompress(cinfo);
+        return code;
+    }
+    rows = 0;
+    for (c = 0; c < n; c++) {
+        size_t r, count = cinfo->total_iMCU_rows * per_row[c];
+        j->plane[c] = j->pixels + offset[c];
+        first[c] = j->rows + rows;
+        for (r = 0; r < count; r++)
+            j->rows[rows + r] = j->plane[c] + r * j->plane_stride[c];
+        rows += count;
+    }
+    for (JDIMENSION imcu = 0; cinfo->output_scanline < cinfo->output_height; imcu++) {
+        JSAMPARRAY at[3];
+        for (c = 0; c < n; c++)
+            at[c] = first[c] + (size_t)imcu * per_row[c];
+        if (imcu >= cinfo->total_iMCU_rows ||
+            jpeg_read_raw_data(cinfo, at,
+                               (JDIMENSION)(cinfo->max_v_samp_factor * FF_MIN_DCT_ROWS(cinfo)))
+                == 0) {
+            jpeg_abort_decompress(cinfo);
+            strcpy(j->message, "fewer rows than the header says");
+            return FF_JPEG_ERROR;
+        }
+    }
+    jpeg_abort_decompress(cinfo);  /* every row is read: what follows is not needed */
+    j->planes = n;
+    return FF_JPEG_OK;
+}
+
+/* Fill a plane's padding, columns width.. and rows height.. of a padded_height x
+ * padded_width plane, with copies of its last column and row (what libjpeg
+ * does to an image that is not a whole number of blocks). */
+static void ff_pad_plane(uint8_t* plane, size_t stride, int height, int width,
+                         int padded_height, int padded_width)
+{
+    int r;
+    for (r = 0; r < height; r++) {
+        uint8_t* row = plane + (size_t)r * stride;
+        memset(row + width, row[width - 1], (size_t)(padded_width - width));
+    }
+    for (r = height; r < padded_height; r++)
+        memcpy(plane + (size_t)r * stride, plane + (size_t)(height - 1) * stride,
+               (size_t)padded_width);
+}
+
 /* The encoder's output: one malloc'ed buffer, doubled as it fills (jpeg_mem_dest
  * frees its first buffer when it grows and says which is live only at the end,
  * so an error half-way could not free the right one). */
@@ -539,19 +659,23 @@ static void ff_dest_term(j_compress_ptr cinfo)
     (void)cinfo;
 }
 
-/* Encode an RGB image (rows `stride` bytes apart) as a baseline JPEG, as
- * Pillow does (jpeg_set_defaults, jpeg_set_quality, accurate DCT), with
- * chroma sampled h_samp x v_samp and, with restart_rows > 0, a restart marker
- * every restart_rows MCU rows. *out is malloc'ed (the caller frees it); on an
- * error it is NULL. */
-static int ff_jpeg_encode(const uint8_t* pixels, int height, int width, size_t stride,
-                          int quality, int h_samp, int v_samp, int restart_rows,
-                          unsigned char** out, unsigned long* out_size, char* message)
+/* Encode as a baseline JPEG, as Pillow does (jpeg_set_defaults,
+ * jpeg_set_quality, accurate DCT), with chroma sampled h_samp x v_samp and,
+ * with restart_rows > 0, a restart marker every restart_rows MCU rows. The
+ * input is either an RGB image (raw = 0: planes[0], rows strides[0] bytes
+ * apart) or its Y, Cb and Cr planes already sampled so (raw = 1), each a whole
+ * number of MCUs, padding filled (ff_pad_plane). *out is malloc'ed (the caller
+ * frees it); on an error it is NULL. */
+static int ff_jpeg_compress(const uint8_t* const* planes, const size_t* strides, int raw,
+                            int height, int width, int quality, int h_samp, int v_samp,
+                            int restart_rows, unsigned char** out, unsigned long* out_size,
+                            char* message)
 {
     struct jpeg_compress_struct cinfo;
     ff_jpeg_error_mgr err;
     ff_jpeg_dest dest;
-    JSAMPROW rows[16];
+    JSAMPROW rows[3][16];
+    int c;
     *out = NULL;
     *out_size = 0;
     message[0] = 0;
@@ -580,26 +704,47 @@ static int ff_jpeg_encode(const uint8_t* pixels, int height, int width, size_t s
     cinfo.image_width = (JDIMENSION)width;
     cinfo.image_height = (JDIMENSION)height;
     cinfo.input_components = 3;
-    cinfo.in_color_space = JCS_RGB;
+    cinfo.in_color_space = raw ? JCS_YCbCr : JCS_RGB;
     jpeg_set_defaults(&cinfo);
     jpeg_set_quality(&cinfo, quality, TRUE);
     cinfo.comp_info[0].h_samp_factor = h_samp;
     cinfo.comp_info[0].v_samp_factor = v_samp;
     cinfo.restart_in_rows = restart_rows;
+    cinfo.raw_data_in = raw ? TRUE : FALSE;
     jpeg_start_compress(&cinfo, TRUE);
     while (cinfo.next_scanline < cinfo.image_height) {
         JDIMENSION n = cinfo.image_height - cinfo.next_scanline, r;
+        if (raw) {  /* one MCU row: v_samp * 8 rows of Y, 8 of each chroma plane */
+            JSAMPARRAY at[3] = {rows[0], rows[1], rows[2]};
+            for (c = 0; c < 3; c++) {
+                int count = c == 0 ? v_samp * DCTSIZE : DCTSIZE;
+                size_t top = c == 0 ? cinfo.next_scanline : cinfo.next_scanline / v_samp;
+                for (r = 0; r < (JDIMENSION)count; r++)
+                    rows[c][r] = (JSAMPROW)(planes[c] + (top + r) * strides[c]);
+            }
+            jpeg_write_raw_data(&cinfo, at, (JDIMENSION)(v_samp * DCTSIZE));
+            continue;
+        }
         if (n > 16)
             n = 16;
         for (r = 0; r < n; r++)
-            rows[r] = (JSAMPROW)(pixels + (size_t)(cinfo.next_scanline + r) * stride);
-        jpeg_write_scanlines(&cinfo, rows, n);
+            rows[0][r] = (JSAMPROW)(planes[0] + (size_t)(cinfo.next_scanline + r) * strides[0]);
+        jpeg_write_scanlines(&cinfo, rows[0], n);
     }
     jpeg_finish_compress(&cinfo);
     *out = dest.buffer;
     *out_size = (unsigned long)(dest.capacity - dest.pub.free_in_buffer);
     jpeg_destroy_compress(&cinfo);
     return FF_JPEG_OK;
+}
+
+/* An RGB image, rows `stride` bytes apart (see ff_jpeg_compress). */
+static int ff_jpeg_encode(const uint8_t* pixels, int height, int width, size_t stride,
+                          int quality, int h_samp, int v_samp, int restart_rows,
+                          unsigned char** out, unsigned long* out_size, char* message)
+{
+    return ff_jpeg_compress(&pixels, &stride, 0, height, width, quality, h_samp, v_samp,
+                            restart_rows, out, out_size, message);
 }
 
 #endif

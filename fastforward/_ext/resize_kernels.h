@@ -160,9 +160,29 @@ FF_CLONES static void ff_row_to_u8(const float *restrict src, uint8_t *restrict 
  * output pixel x is sum_k weight[x*taps + k] * row[(start[x] + k)*c + ch] for
  * k < used (every pixel has `used` taps). A mirrored row is a mirrored table
  * (see resize.pyx), so nothing here knows about flips. */
+/* 1 channel (the writer's Y, Cb and Cr planes): the portable loop's
+ * operations, in its order, with a constant trip count the compiler unrolls. */
+#define FF_TAPS1(T)                                                              \
+    for (ptrdiff_t x = 0; x < ow; x++) {                                         \
+        const float *restrict p = row + start[x];                                \
+        const float *restrict wt = weight + x * taps;                            \
+        float acc = wt[0] * p[0];                                                \
+        for (int k = 1; k < (T); k++) acc += wt[k] * p[k];                       \
+        out[x] = acc;                                                            \
+    }
+
 FF_CLONES static void ff_hpass(const float *restrict row, const int *restrict start, int used,
                                const float *restrict weight, int taps, ptrdiff_t ow,
                                ptrdiff_t c, float *restrict out) {
+    if (c == 1) {
+        switch (used) {
+        case 1: FF_TAPS1(1) return;  /* NOLINT: the macros are whole loops */
+        case 2: FF_TAPS1(2) return;
+        case 3: FF_TAPS1(3) return;
+        case 4: FF_TAPS1(4) return;
+        default: FF_TAPS1(used) return;
+        }
+    }
     if (c == 3) {
         switch (used) {  /* constant trip counts: the compiler unrolls each case */
         case 1: FF_TAPS3(1) return;  /* NOLINT: the macros are whole loops */
