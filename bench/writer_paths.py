@@ -13,11 +13,12 @@ Every image is stored at max_resolution=256, quality 90, 4:2:0, as the writer do
 - **YCbCr path** (``shrink_jpeg``): decode each component as stored, shrink
   each plane by area averaging, encode the planes.
 
-Each round: both paths per image on one thread, over the same images in turn;
-then the writer end to end (every core; fork start, so that the RGB path,
-chosen by switching ``RGBImageField._transcode`` off in this process, is the
-workers' too), each path in turn. Then the quality of both: PSNR of the stored
-image against a full decode (accurate IDCT, smooth upsampling) shrunk by area
+Each round: both paths per image on one thread, over the same images (the
+first 600) in turn; then the writer end to end over all of them (every core;
+fork start, so that the RGB path, chosen by switching
+``RGBImageField._transcode`` off in this process, is the workers' too), each
+path in turn. Then the quality of both on every image: PSNR of the stored image
+against a full decode (accurate IDCT, smooth upsampling) shrunk by area
 averaging in RGB.
 """
 
@@ -125,7 +126,7 @@ def main(folder: Path, rounds: int) -> None:
                   f"{us['ycbcr']:.0f} (×{us['rgb'] / us['ycbcr']:.2f}); writer, "
                   f"{default_workers()} workers: RGB {rates['rgb']:.0f}, YCbCr "
                   f"{rates['ycbcr']:.0f} images/s (×{rates['ycbcr'] / rates['rgb']:.2f})")
-    scores = quality(blobs[some], targets[some])
+    scores = quality(blobs, targets)
     for name, values in scores.items():
         print(f"PSNR against a full decode shrunk in RGB, {name:5}: worst {min(values):.2f} "
               f"dB, median {statistics.median(values):.2f} dB")

@@ -8,18 +8,23 @@ import math
 import numpy as np
 
 
-def filter_matrix(n: int, m: int) -> np.ndarray:
+def filter_matrix(n: int, m: int, span: float | None = None,
+                  out_span: float | None = None) -> np.ndarray:
     """The (m, n) matrix mapping n input pixels onto m outputs.
 
     Shrinking: area averaging (each output pixel averages the input interval
     it covers, weighting partial pixels by overlap). Enlarging: linear
-    interpolation between half-pixel centres, edges clamped.
+    interpolation between half-pixel centres, edges clamped. Where the input
+    covers only *span* of its pixels and the output *out_span* of its (a JPEG
+    chroma plane of an odd size), the scale is their ratio and no interval
+    reaches past *span*.
     """
+    span = n if span is None else span
     weights = np.zeros((m, n))
-    scale = n / m
+    scale = span / (m if out_span is None else out_span)
     for i in range(m):
         if scale >= 1:
-            lo, hi = i * scale, (i + 1) * scale
+            lo, hi = i * scale, min((i + 1) * scale, span)
             for j in range(math.floor(lo), min(math.ceil(hi), n)):
                 weights[i, j] = max(0.0, min(j + 1, hi) - max(j, lo))
             weights[i] /= weights[i].sum()
@@ -34,12 +39,16 @@ def filter_matrix(n: int, m: int) -> np.ndarray:
 
 
 def crop_resize(src: np.ndarray, y0: int, x0: int, h: int, w: int,
-                out_h: int, out_w: int, flip: bool = False) -> np.ndarray:
+                out_h: int, out_w: int, flip: bool = False,
+                spans: tuple[float, float, float, float] | None = None) -> np.ndarray:
     """Reference for ``crop_resize_into``, in float64: uint8 or uint16 ``(H, W, C)``
-    in, the same type out (rounded half up, clamped to the type's range)."""
+    in, the same type out (rounded half up, clamped to the type's range). *spans*:
+    how much of the crop and of the output their pixels cover (height, width,
+    out height, out width), as ``_resize_span_into`` takes them."""
     crop = src[y0 : y0 + h, x0 : x0 + w].astype(np.float64)
-    rows = filter_matrix(h, out_h)
-    cols = filter_matrix(w, out_w)
+    sh, sw, soh, sow = spans or (h, w, out_h, out_w)
+    rows = filter_matrix(h, out_h, sh, soh)
+    cols = filter_matrix(w, out_w, sw, sow)
     out = np.einsum("oh,hwc,pw->opc", rows, crop, cols, optimize=True)
     if flip:
         out = out[:, ::-1]

@@ -237,6 +237,57 @@ def test_source_scale_keeps_twice_the_stored_size(source: tuple[int, int],
     assert source_scale(*source, *stored) == scale
 
 
+def test_proportion_draws_once_per_sample_whatever_the_input(tmp_path: Path,
+                                                             jpeg_folder: Path) -> None:
+    """Mode 'proportion' draws whether to compress once per sample, in order: the
+    same seed compresses the same samples given JPEG bytes or their pixels."""
+    import simplejpeg
+
+    blobs = [f.read_bytes() for f in sorted(jpeg_folder.glob("*/*.jpg"))[:24]]
+    modes = []
+    for kind, items in (("bytes", blobs),
+                        ("pixels", [simplejpeg.decode_jpeg(b) for b in blobs])):
+        (tmp_path / kind).mkdir()
+        reader = store(tmp_path / kind, RGBImageField(write_mode="proportion",
+                                                      max_resolution=64), items)
+        modes.append(reader.metadata["f0"]["mode"].tolist())
+    assert modes[0] == modes[1]
+    assert 0 < modes[0].count(0) < len(blobs)  # some compressed, some not
+
+
+class _JpegViews:
+    """One JPEG's bytes as a bytearray, a memoryview, and a non-contiguous memoryview
+    (made in the worker: memoryviews do not pickle)."""
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, index: int) -> object:
+        if index == 0:
+            return bytearray(self.blob)
+        if index == 1:
+            return memoryview(self.blob)
+        spread = np.zeros(2 * len(self.blob), np.uint8)
+        spread[::2] = np.frombuffer(self.blob, np.uint8)
+        return memoryview(spread)[::2]
+
+
+def test_jpeg_bytes_in_any_buffer_are_taken(tmp_path: Path, jpeg_folder: Path) -> None:
+    """Contiguous buffers take the YCbCr path, a strided one the RGB path."""
+    import simplejpeg
+
+    blob = sorted(jpeg_folder.glob("*/*.jpg"))[0].read_bytes()
+    reader = store(tmp_path, RGBImageField(write_mode="jpg", max_resolution=128),
+                   _JpegViews(blob))
+    first = reader.read(0)[0]
+    assert first.shape[:2] == target_size(*simplejpeg.decode_jpeg(blob).shape[:2], 128, None)
+    np.testing.assert_array_equal(reader.read(1)[0], first)
+    assert psnr(reader.read(2)[0], first) > 30
+
+
 def test_jpeg_sources_it_does_not_take_go_through_rgb(tmp_path: Path,
                                                      images: list[np.ndarray]) -> None:
     """A CMYK JPEG is decoded to RGB (as simplejpeg converts it), shrunk and encoded."""

@@ -31,8 +31,8 @@ from libc.string cimport memset
 
 import numpy as np
 
-from fastforward._ext.resize cimport (KIND_U8, Target, Workspace, _resize_into, _scratch_bytes,
-                                      _target)
+from fastforward._ext.resize cimport (KIND_U8, Target, Workspace, _resize_into,
+                                      _resize_span_into, _scratch_bytes, _target)
 
 
 cdef extern from "jpeg_region.h" nogil:
@@ -47,6 +47,8 @@ cdef extern from "jpeg_region.h" nogil:
         uint8_t* plane[3]
         int plane_height[3]
         int plane_width[3]
+        double plane_span_height[3]
+        double plane_span_width[3]
         size_t plane_stride[3]
     int FF_JPEG_OK, FF_JPEG_ERROR, FF_JPEG_SIZE, FF_JPEG_NOMEM, FF_JPEG_UNSUPPORTED
     int ff_jpeg_open(ff_jpeg* j)
@@ -293,16 +295,22 @@ def encode_rgb(const uint8_t[:, :, ::1] image not None, int quality, str subsamp
     h_samp, v_samp = _SAMPLING[subsampling]
     if image.shape[2] != 3:
         raise ValueError(f"encode_rgb needs H x W x 3 RGB pixels, got {image.shape[2]} channels")
+    _check_encoding(height, width, quality, restart_rows)
+    with nogil:
+        code = ff_jpeg_encode(&image[0, 0, 0], height, width, <size_t>image.strides[0], quality,
+                              h_samp, v_samp, restart_rows, &out, &size, message)
+    return _encoded(code, message, out, size, height, width)
+
+
+cdef int _check_encoding(int height, int width, int quality, int restart_rows) except -1:
+    """Raise ValueError for what the encoder cannot take."""
     if height < 1 or width < 1 or height > 65500 or width > 65500:
         raise ValueError(f"cannot encode a {height}x{width} image as JPEG (1..65500 px a side)")
     if not 0 <= quality <= 100:  # libjpeg takes 0 as 1
         raise ValueError(f"quality must be in 0..100, got {quality}")
     if not 0 <= restart_rows <= 65535:
         raise ValueError(f"restart_rows must be in 0..65535, got {restart_rows}")
-    with nogil:
-        code = ff_jpeg_encode(&image[0, 0, 0], height, width, <size_t>image.strides[0], quality,
-                              h_samp, v_samp, restart_rows, &out, &size, message)
-    return _encoded(code, message, out, size, height, width)
+    return 0
 
 
 cdef bytes _encoded(int code, const char* message, unsigned char* out, unsigned long size,
@@ -323,8 +331,9 @@ def decode_planes(JpegDecoder decoder not None, const uint8_t[::1] data not None
                   int scale=8, bint fast_idct=False):
     """The components of a YCbCr or grayscale JPEG decoded at the DCT scale
     ``scale/8`` as ``shrink_jpeg`` reads them: a list of 2-D uint8 arrays (Y, Cb,
-    Cr, each at its own resolution; Y only for grayscale), or None for a JPEG it
-    does not take. Raises ValueError with libjpeg's message for one it cannot
+    Cr, each at its own resolution, or below 8/8 at what libjpeg-turbo gives it:
+    it scales subsampled chroma less; Y only for grayscale), or None for a JPEG
+    it does not take. Raises ValueError with libjpeg's message for one it cannot
     decode (for tests and measurements).
     """
     cdef ff_jpeg* j = decoder.j
@@ -356,10 +365,12 @@ def shrink_jpeg(JpegDecoder decoder not None, const uint8_t[::1] data not None, 
     *quality*, a restart marker every *restart_rows* MCU rows) without leaving
     YCbCr: the writer's path from a source JPEG to the stored one.
 
-    It decodes at the DCT scale ``scale/8`` each component as stored (chroma at
-    its own resolution: no upsampling, no colour conversion), shrinks each
-    plane by area averaging (the luma to ``height x width``, the chroma to half
-    that each way) and hands the planes to the encoder as they are (no colour
+    It decodes at the DCT scale ``scale/8`` each component without chroma
+    upsampling or colour conversion (``decode_planes``), shrinks each plane by
+    area averaging over the span of the image it stands for (the luma to
+    ``height x width``, the chroma to half that each way; a plane's last sample
+    stands for part of one where its side is odd, so chroma stays registered
+    with luma) and hands the planes to the encoder as they are (no colour
     conversion, no chroma downsampling). Grayscale JPEGs get neutral chroma.
     The pixels stay close to decoding to RGB, shrinking and encoding that
     (``tests/test_ext_jpeg.py`` bounds the difference), at much less work.
@@ -382,14 +393,10 @@ def shrink_jpeg(JpegDecoder decoder not None, const uint8_t[::1] data not None, 
     cdef size_t need = 0
     cdef char* scratch
     cdef Target t
+    cdef double spans[4]
     if not 1 <= scale <= 16:
         raise ValueError(f"scale must be in 1..16, got {scale}")
-    if height < 1 or width < 1 or height > 65500 or width > 65500:
-        raise ValueError(f"cannot encode a {height}x{width} image as JPEG (1..65500 px a side)")
-    if not 0 <= quality <= 100:
-        raise ValueError(f"quality must be in 0..100, got {quality}")
-    if not 0 <= restart_rows <= 65535:
-        raise ValueError(f"restart_rows must be in 0..65535, got {restart_rows}")
+    _check_encoding(height, width, quality, restart_rows)
     if data.shape[0] == 0:
         return None
     with nogil:
@@ -426,9 +433,13 @@ def shrink_jpeg(JpegDecoder decoder not None, const uint8_t[::1] data not None, 
                     t.base = <char*>pointers[c]
                     t.oh, t.ow, t.row_bytes = oh[c], ow[c], strides[c]
                     t.image_bytes = strides[c] * (ph if c == 0 else ph // 2)
-                    _resize_into(j.plane[c], j.plane_height[c], j.plane_width[c],
-                                 j.plane_stride[c], 0, 0, j.plane_height[c], j.plane_width[c],
-                                 &t, 0, False, scratch)
+                    # the spans the planes stand for, not their rounded sizes: chroma
+                    # stays registered with luma where a side is odd
+                    spans[0], spans[1] = j.plane_span_height[c], j.plane_span_width[c]
+                    spans[2] = height if c == 0 else height / 2.0
+                    spans[3] = width if c == 0 else width / 2.0
+                    _resize_span_into(j.plane[c], j.plane_height[c], j.plane_width[c],
+                                      j.plane_stride[c], spans, &t, scratch)
                     ff_pad_plane(<uint8_t*>pointers[c], strides[c], oh[c], ow[c],
                                  ph if c == 0 else ph // 2, <int>strides[c])
                 else:  # grayscale: neutral chroma

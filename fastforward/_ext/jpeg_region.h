@@ -81,6 +81,7 @@ typedef struct {
     int planes;                     /* 1 (grayscale) or 3 (Y, Cb, Cr) */
     uint8_t* plane[3];
     int plane_height[3], plane_width[3];
+    double plane_span_height[3], plane_span_width[3]; /* the image's extent, in samples */
     size_t plane_stride[3];
 } ff_jpeg;
 
@@ -521,8 +522,10 @@ static int ff_jpeg_decode_window(ff_jpeg* j, const uint8_t* data, size_t size, i
 }
 
 /* Decode a YCbCr or grayscale JPEG at the DCT scale scale/8 into one plane
- * per component, as stored (chroma at its own resolution): no chroma
- * upsampling, no colour conversion (libjpeg's raw data output). Returns
+ * per component, without chroma upsampling or colour conversion (libjpeg's
+ * raw data output): each chroma plane at its own resolution, or, below 8/8,
+ * at the resolution libjpeg-turbo gives it (it scales subsampled chroma less,
+ * up to the luma's). plane_span_* say how much of each plane the image covers. Returns
  * FF_JPEG_UNSUPPORTED, having decoded nothing, for other colour spaces
  * (RGB, CMYK, YCCK) and for samplings other than luma 1 or 2 times each
  * chroma component in each direction. Each plane's rows are padded to whole
@@ -575,6 +578,12 @@ static int ff_jpeg_decode_planes(ff_jpeg* j, const uint8_t* data, size_t size, i
         rows += cinfo->total_iMCU_rows * per_row[c];
         j->plane_height[c] = (int)comp->downsampled_height;
         j->plane_width[c] = (int)comp->downsampled_width;
+        /* the sizes above are rounded up: where a side is odd (in the component's
+         * samples) the last sample stands for part of one */
+        j->plane_span_height[c] = (double)cinfo->image_height * comp->v_samp_factor *
+                                  FF_DCT_ROWS(comp) / (cinfo->max_v_samp_factor * DCTSIZE);
+        j->plane_span_width[c] = (double)cinfo->image_width * comp->h_samp_factor *
+                                 FF_DCT_COLUMNS(comp) / (cinfo->max_h_samp_factor * DCTSIZE);
     }
     code = ff_jpeg_reserve(j, total + 64, rows);
     if (code != FF_JPEG_OK) {

@@ -42,3 +42,7 @@ cdef int _resize_into(const uint8_t* src, Py_ssize_t src_h, Py_ssize_t src_w,
                       Py_ssize_t src_stride, Py_ssize_t y0, Py_ssize_t x0, Py_ssize_t h,
                       Py_ssize_t w, const Target* t, Py_ssize_t k, bint flip,
                       char* scratch) except -1 nogil
+
+cdef int _resize_span_into(const uint8_t* src, Py_ssize_t src_h, Py_ssize_t src_w,
+                           Py_ssize_t src_stride, const double* spans, const Target* t,
+                           char* scratch) except -1 nogil

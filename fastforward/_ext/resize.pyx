@@ -86,7 +86,15 @@ cdef struct Filter:
 
 
 cdef inline int _taps(int n, int m) noexcept nogil:
-    return <int>(<double>n / m) + 2 if n >= m else 2
+    """The table's taps per output pixel: enough for the interval of any output
+    pixel, also where the spans are exact (``_resize_span_into``: an input span
+    of at most ``n``, an output span of at least ``m - 1/2``), and never more
+    than the ``n`` input pixels (+ 2)."""
+    cdef int taps
+    if n < m:
+        return 2
+    taps = <int>(<double>n / (m - 0.5)) + 2
+    return taps if taps < n + 2 else n + 2
 
 
 cdef inline size_t _filter_bytes(int n, int m) noexcept nogil:
@@ -94,11 +102,17 @@ cdef inline size_t _filter_bytes(int n, int m) noexcept nogil:
 
 
 @cython.cdivision(True)  # operands >= 0 (and divisors > 0): C's / and % agree
-cdef char* _make_filter(Filter* f, int n, int m, char* memory, bint mirror) noexcept nogil:
+cdef char* _make_filter(Filter* f, int n, int m, char* memory, bint mirror, double span,
+                        double out_span) noexcept nogil:
     """Fill ``f`` with the taps that map ``n`` input pixels onto ``m``, in the
     ``_filter_bytes(n, m)`` bytes at *memory*; return the first byte after them.
-    With *mirror*, output pixel ``i`` gets the taps of ``m - 1 - i``."""
-    cdef double scale = <double>n / m, lo, hi, centre, frac, total
+    With *mirror*, output pixel ``i`` gets the taps of ``m - 1 - i``.
+
+    The input covers *span* of its ``n`` pixels and the output *out_span* of its
+    ``m`` (``n`` and ``m`` but where a last pixel stands for part of one, as in a
+    JPEG's chroma plane of an odd size): the scale is ``span / out_span``, and an
+    output pixel's interval ends at *span* at most."""
+    cdef double scale = span / out_span, lo, hi, centre, frac, total
     cdef int i, j, j0, j1, k, src
     f.taps = _taps(n, m)
     f.start = <int*>memory
@@ -109,6 +123,8 @@ cdef char* _make_filter(Filter* f, int n, int m, char* memory, bint mirror) noex
         if scale >= 1.0:
             lo = i * scale
             hi = lo + scale
+            if hi > span:  # the last pixel of a partial span (with span == n: no change)
+                hi = span
             j0 = <int>floor(lo)
             j1 = <int>floor(hi - 1e-9)  # last input pixel that overlaps
             if j1 >= n:
@@ -319,6 +335,19 @@ cdef int _resize_one(const pixel_t[:, :, ::1] src, Py_ssize_t y0, Py_ssize_t x0,
     return 0
 
 
+cdef int _resize_span_into(const uint8_t* src, Py_ssize_t src_h, Py_ssize_t src_w,
+                           Py_ssize_t src_stride, const double* spans, const Target* t,
+                           char* scratch) except -1 nogil:
+    """Resize the whole ``src_h x src_w`` image at *src* (rows *src_stride* bytes
+    apart) into image 0 of *t*, where the image covers ``spans[0] x spans[1]`` of
+    its pixels and the output ``spans[2] x spans[3]`` of its ``t.oh x t.ow`` (see
+    ``_make_filter``): the writer's chroma planes. Otherwise as ``_resize_into``
+    (not mirrored)."""
+    return _crop_resize(src, src_h, src_w, src_stride, t.c, t.source_item, 0, 0, src_h, src_w,
+                        t.base, t.row_bytes, t.oh, t.ow, t.kind, False, t.mul, t.add, scratch,
+                        spans)
+
+
 cdef int _resize_into(const uint8_t* src, Py_ssize_t src_h, Py_ssize_t src_w,
                       Py_ssize_t src_stride, Py_ssize_t y0, Py_ssize_t x0, Py_ssize_t h,
                       Py_ssize_t w, const Target* t, Py_ssize_t k, bint flip,
@@ -426,7 +455,8 @@ cdef int _crop_resize(const uint8_t* src, Py_ssize_t src_h, Py_ssize_t src_w,
                       Py_ssize_t src_stride, Py_ssize_t c, int item, Py_ssize_t y0, Py_ssize_t x0,
                       Py_ssize_t h, Py_ssize_t w, char* out, Py_ssize_t row_bytes,
                       Py_ssize_t oh, Py_ssize_t ow, int kind, bint flip,
-                      const float* mul, const float* add, char* scratch) except -1 nogil:
+                      const float* mul, const float* add, char* scratch,
+                      const double* spans=NULL) except -1 nogil:
     # The horizontal pass (a gather per output pixel) is the expensive one, so
     # it runs on whichever is fewer: the h input rows (enlarging: horizontal
     # first, then combine filtered rows) or the oh output rows (shrinking:
@@ -451,9 +481,13 @@ cdef int _crop_resize(const uint8_t* src, Py_ssize_t src_h, Py_ssize_t src_w,
     cdef const uint8_t* row
     cdef bint copy_every, integer
     cdef char* memory = scratch
-    memory = _make_filter(&fx, <int>w, <int>ow, memory, flip)
+    # *spans*: how much of the window and of the output their pixels cover (see
+    # _make_filter); NULL: all of them
+    memory = _make_filter(&fx, <int>w, <int>ow, memory, flip, spans[1] if spans else w,
+                          spans[3] if spans else ow)
     memory = scratch + _align(memory - scratch)
-    memory = _make_filter(&fy, <int>h, <int>oh, memory, False)
+    memory = _make_filter(&fy, <int>h, <int>oh, memory, False, spans[0] if spans else h,
+                          spans[2] if spans else oh)
     memory = scratch + _align(memory - scratch)
     # the horizontal pass in integers (uint8 only: 16-bit sums pass a float's 2^24)
     integer = h < oh and fx.used <= FF_QMAX_TAPS and item == 1

@@ -156,10 +156,6 @@ FF_CLONES static void ff_row_to_u8(const float *restrict src, uint8_t *restrict 
     }
 #endif
 
-/* One output row (as floats) from one filtered input row of `c` channels:
- * output pixel x is sum_k weight[x*taps + k] * row[(start[x] + k)*c + ch] for
- * k < used (every pixel has `used` taps). A mirrored row is a mirrored table
- * (see resize.pyx), so nothing here knows about flips. */
 /* 1 channel (the writer's Y, Cb and Cr planes): the portable loop's
  * operations, in its order, with a constant trip count the compiler unrolls. */
 #define FF_TAPS1(T)                                                              \
@@ -171,6 +167,10 @@ FF_CLONES static void ff_row_to_u8(const float *restrict src, uint8_t *restrict 
         out[x] = acc;                                                            \
     }
 
+/* One output row (as floats) from one filtered input row of `c` channels:
+ * output pixel x is sum_k weight[x*taps + k] * row[(start[x] + k)*c + ch] for
+ * k < used (every pixel has `used` taps). A mirrored row is a mirrored table
+ * (see resize.pyx), so nothing here knows about flips. */
 FF_CLONES static void ff_hpass(const float *restrict row, const int *restrict start, int used,
                                const float *restrict weight, int taps, ptrdiff_t ow,
                                ptrdiff_t c, float *restrict out) {

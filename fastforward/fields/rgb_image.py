@@ -56,6 +56,7 @@ RGB_METADATA = np.dtype(
     [("mode", "u1"), ("width", "<u2"), ("height", "<u2"), ("data_ptr", "<u8")]
 )
 MAX_SIDE = 65535  # width and height are stored as u16
+JPEG_MAX_SIDE = 65500  # libjpeg's limit
 WRITE_MODES = ("raw", "jpg", "smart", "proportion")
 
 
@@ -278,24 +279,27 @@ class RGBImageField(Field):
         return False
 
     def _transcode(self, field: Any) -> tuple[int, int, bytes] | None:
-        """A source JPEG stored as JPEG without leaving YCbCr (``shrink_jpeg``:
-        about 10-15% less work than decoding to RGB, shrinking and encoding
-        that): its stored (height, width) and bytes. None where that path does
-        not apply (no libjpeg-turbo in this build, pixels stored raw, another
-        input, a JPEG it does not take): the caller takes the RGB path, which
-        reports what is wrong with the input."""
+        """A source JPEG stored as JPEG without leaving YCbCr (``shrink_jpeg``: 6%
+        fewer instructions than decoding to RGB, shrinking and encoding that):
+        its stored (height, width) and bytes. None where that path does not
+        apply (no libjpeg-turbo in this build, pixels stored raw, the random
+        'proportion' mode, another input, a JPEG it does not take): the caller
+        takes the RGB path, which reports what is wrong with the input."""
         if (_region is None or self.write_mode not in ("jpg", "smart")
                 or not isinstance(field, (bytes, bytearray, memoryview))):
             return None
-        data = memoryview(field).cast("B")
-        if data[:2] != b"\xff\xd8":
+        data = memoryview(field)
+        if not data.c_contiguous:  # the RGB path copies it
+            return None
+        data = data.cast("B")
+        if bytes(data[:2]) != b"\xff\xd8":
             return None
         try:
             h, w, _, _ = require_simplejpeg().decode_jpeg_header(data)
         except ValueError:
             return None
         height, width = target_size(h, w, self.max_resolution, self.min_resolution)
-        if max(height, width) > MAX_SIDE or not self._compress(height * width * 3):
+        if max(height, width) > JPEG_MAX_SIDE or not self._compress(height * width * 3):
             return None
         with _WRITER_SCRATCH.lend() as scratch:
             payload = _region.shrink_jpeg(scratch.jpeg, data, height, width,
