@@ -10,7 +10,7 @@ Every image is stored at max_resolution=256, quality 90, 4:2:0, as the writer do
   ``shrink_jpeg`` does not take): decode to RGB at the smallest DCT scale that
   keeps twice the stored size (fast chroma upsampling), shrink by area
   averaging, encode (libjpeg-turbo, a restart marker per MCU row).
-- **YCbCr path** (``shrink_jpeg``): decode each component as stored, shrink
+- **YCbCr path** (``shrink_jpeg``): decode each component without upsampling, shrink
   each plane by area averaging, encode the planes.
 
 Each round: both paths per image on one thread, over the same images (the
@@ -42,32 +42,28 @@ from fastforward.writer import DatasetWriter
 SIDE, QUALITY = 256, 90
 
 
-def rgb_path(data: bytes, height: int, width: int, workspace: Workspace) -> bytes:
-    image = simplejpeg.decode_jpeg(data, min_height=2 * height, min_width=2 * width,
-                                   fastupsample=True)
-    out = np.empty((height, width, 3), np.uint8)
-    crop_resize_into(image, 0, 0, *image.shape[:2], out, workspace=workspace)
-    return rgb_image._region.encode_rgb(out, QUALITY, "420", 1)
+FIELD = RGBImageField(write_mode="jpg", max_resolution=SIDE, jpeg_quality=QUALITY)
 
 
-def ycbcr_path(data: bytes, height: int, width: int, workspace: Workspace,
-               decoder: object) -> bytes:
-    scale = rgb_image.source_scale(*simplejpeg.decode_jpeg_header(data)[:2], height, width)
-    return rgb_image._region.shrink_jpeg(decoder, data, height, width, scale, QUALITY, 1,
-                                         workspace)
+def rgb_path(data: bytes) -> bytes:
+    """The writer's RGB path for a source JPEG (``RGBImageField._prepare``, then encode)."""
+    return rgb_image.encode_jpeg(FIELD._prepare(data), QUALITY).tobytes()
 
 
-def per_image_us(blobs: list[bytes], targets: list[tuple[int, int]]) -> dict[str, float]:
+def ycbcr_path(data: bytes) -> bytes:
+    """The writer's YCbCr path (``RGBImageField._transcode``)."""
+    transcoded = FIELD._transcode(data)
+    assert transcoded is not None, "a JPEG the YCbCr path does not take"
+    return transcoded[2]
+
+
+def per_image_us(blobs: list[bytes]) -> dict[str, float]:
     """µs per image of each path on this thread, one pass each, in turn."""
-    workspace, decoder = Workspace(), rgb_image._region.JpegDecoder()
     times = {}
-    for name in ("rgb", "ycbcr"):
+    for name, path in (("rgb", rgb_path), ("ycbcr", ycbcr_path)):
         start = time.perf_counter()
-        for data, (height, width) in zip(blobs, targets, strict=True):
-            if name == "rgb":
-                rgb_path(data, height, width, workspace)
-            else:
-                ycbcr_path(data, height, width, workspace, decoder)
+        for data in blobs:
+            path(data)
         times[name] = (time.perf_counter() - start) / len(blobs) * 1e6
     return times
 
@@ -94,16 +90,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def quality(blobs: list[bytes], targets: list[tuple[int, int]]) -> dict[str, list[float]]:
-    workspace, decoder = Workspace(), rgb_image._region.JpegDecoder()
+    workspace = Workspace()
     scores: dict[str, list[float]] = {"rgb": [], "ycbcr": []}
     for data, (height, width) in zip(blobs, targets, strict=True):
         full = simplejpeg.decode_jpeg(data)
         reference = np.empty((height, width, 3), np.uint8)
         crop_resize_into(full, 0, 0, *full.shape[:2], reference, workspace=workspace)
-        scores["rgb"].append(psnr(simplejpeg.decode_jpeg(
-            rgb_path(data, height, width, workspace)), reference))
-        scores["ycbcr"].append(psnr(simplejpeg.decode_jpeg(
-            ycbcr_path(data, height, width, workspace, decoder)), reference))
+        scores["rgb"].append(psnr(simplejpeg.decode_jpeg(rgb_path(data)), reference))
+        scores["ycbcr"].append(psnr(simplejpeg.decode_jpeg(ycbcr_path(data)), reference))
     return scores
 
 
@@ -119,7 +113,7 @@ def main(folder: Path, rounds: int) -> None:
     some = slice(0, min(len(blobs), 600))
     with tempfile.TemporaryDirectory() as work:
         for r in range(rounds):
-            us = per_image_us(blobs[some], targets[some])
+            us = per_image_us(blobs[some])
             rates = {name: writer_rate(folder, Path(work) / f"{name}.beton", name == "ycbcr")
                      for name in ("rgb", "ycbcr")}
             print(f"round {r + 1}: one thread, µs per image: RGB {us['rgb']:.0f}, YCbCr "

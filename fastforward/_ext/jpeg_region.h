@@ -249,6 +249,18 @@ static void ff_cmyk_to_rgb(uint8_t* row, int n)
     }
 }
 
+/* Read the header of the whole JPEG at data (all of it as libjpeg's input, no
+ * skipping to markers) and note its size. libjpeg's errors longjmp to the
+ * caller's setjmp. */
+static void ff_jpeg_read_whole_header(ff_jpeg* j, const uint8_t* data, size_t size)
+{
+    j->err.skip_to_markers = 0;
+    ff_src_set(j, data, size, NULL, 0, 0);
+    jpeg_read_header(&j->cinfo, TRUE);
+    j->image_height = (int)j->cinfo.image_height;
+    j->image_width = (int)j->cinfo.image_width;
+}
+
 /* Where decoding a window can start and stop, in a JPEG with a restart marker
  * at each MCU row (fastforward's writer makes them so). */
 typedef struct {
@@ -410,11 +422,7 @@ static int ff_jpeg_decode_window(ff_jpeg* j, const uint8_t* data, size_t size, i
         jpeg_abort_decompress(cinfo);
         return FF_JPEG_ERROR;
     }
-    j->err.skip_to_markers = 0;
-    ff_src_set(j, data, size, NULL, 0, 0);
-    jpeg_read_header(cinfo, TRUE);
-    j->image_height = (int)cinfo->image_height;
-    j->image_width = (int)cinfo->image_width;
+    ff_jpeg_read_whole_header(j, data, size);
     j->restart_row = j->restart_mcus = 0;
     if (j->image_height != height || j->image_width != width) {
         jpeg_abort_decompress(cinfo);
@@ -447,9 +455,7 @@ static int ff_jpeg_decode_window(ff_jpeg* j, const uint8_t* data, size_t size, i
                     j->restart_mcus = plan.mcus;
                 } else {  /* the copy did not say what was meant: decode it all */
                     jpeg_abort_decompress(cinfo);
-                    j->err.skip_to_markers = 0;
-                    ff_src_set(j, data, size, NULL, 0, 0);
-                    jpeg_read_header(cinfo, TRUE);
+                    ff_jpeg_read_whole_header(j, data, size);
                 }
             }
         }
@@ -544,11 +550,7 @@ static int ff_jpeg_decode_planes(ff_jpeg* j, const uint8_t* data, size_t size, i
         jpeg_abort_decompress(cinfo);
         return FF_JPEG_ERROR;
     }
-    j->err.skip_to_markers = 0;
-    ff_src_set(j, data, size, NULL, 0, 0);
-    jpeg_read_header(cinfo, TRUE);
-    j->image_height = (int)cinfo->image_height;
-    j->image_width = (int)cinfo->image_width;
+    ff_jpeg_read_whole_header(j, data, size);
     n = cinfo->num_components;
     if (!((n == 1 && cinfo->jpeg_color_space == JCS_GRAYSCALE) ||
           (n == 3 && cinfo->jpeg_color_space == JCS_YCbCr))) {
