@@ -67,7 +67,7 @@ extensions = [
         include_dirs=["fastforward/_ext"] + ([ZSTD] if name == "planes" else []),
         define_macros=ZSTD_MACROS if name == "planes" else [],
         depends=[f"fastforward/_ext/{h}" for h in ("copier.h", "resize_kernels.h",
-                                                  "resize.pxd", "jpeg_region.h",
+                                                  "resize.pxd", "jpeg_region.h", "jpeg_huffman.h",
                                                   "augment_kernels.h", "planes_kernels.h")],
         extra_compile_args=compile_args + (["-fvisibility=hidden"] if name == "planes" else []),
     )

@@ -17,6 +17,14 @@ class JpegDecoder:
     @property
     def restart_mcus(self) -> int:
         """MCUs of each row the last decode entropy-decoded (0: all)."""
+    @property
+    def libjpeg_huffman(self) -> bool:
+        """Whether libjpeg decodes the Huffman codes rather than fastforward's decoder."""
+    @libjpeg_huffman.setter
+    def libjpeg_huffman(self, value: bool) -> None: ...
+    @property
+    def own_huffman(self) -> bool:
+        """Whether the last decode used fastforward's Huffman decoder."""
 
 def decode_crop_resize_range(
     decoder: JpegDecoder, source: BufferLike, starts: BufferLike, sizes: BufferLike,

@@ -29,6 +29,8 @@ from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
+import os
+
 import numpy as np
 
 from fastforward._ext.resize cimport (KIND_U8, Target, Workspace, _resize_into,
@@ -43,6 +45,8 @@ cdef extern from "jpeg_region.h" nogil:
         int x_offset, columns
         size_t stride
         int restart_row, restart_mcus
+        int libjpeg_huffman
+        int own_huffman
         int planes
         uint8_t* plane[3]
         int plane_height[3]
@@ -87,9 +91,14 @@ cdef class JpegDecoder:
     cdef ff_jpeg* j
 
     def __cinit__(self):
+        huffman = os.environ.get("FASTFORWARD_HUFFMAN", "fastforward").strip() or "fastforward"
+        if huffman not in ("fastforward", "libjpeg"):
+            raise ValueError(f"FASTFORWARD_HUFFMAN={huffman!r}: 'fastforward' (the default) "
+                             "or 'libjpeg'")
         self.j = <ff_jpeg*>calloc(1, sizeof(ff_jpeg))
         if self.j == NULL:
             raise MemoryError("no memory for a JPEG decoder")
+        self.j.libjpeg_huffman = huffman == "libjpeg"
         if ff_jpeg_open(self.j) != FF_JPEG_OK:
             message = self.j.message.decode("utf-8", "replace")
             ff_jpeg_close(self.j)
@@ -113,6 +122,24 @@ cdef class JpegDecoder:
         """How many MCUs of each row the last decode entropy-decoded before skipping
         to the next row's restart marker: 0 for all of them (for tests)."""
         return self.j.restart_mcus
+
+    @property
+    def libjpeg_huffman(self):
+        """Whether libjpeg decodes the Huffman codes (True), or fastforward's own
+        decoder (False: the same coefficients, faster). False unless the
+        environment says ``FASTFORWARD_HUFFMAN=libjpeg`` when the decoder is made;
+        settable, for tests and benchmarks."""
+        return bool(self.j.libjpeg_huffman)
+
+    @libjpeg_huffman.setter
+    def libjpeg_huffman(self, value):
+        self.j.libjpeg_huffman = 1 if value else 0
+
+    @property
+    def own_huffman(self):
+        """Whether the last decode entropy-decoded with fastforward's decoder (a
+        sequential Huffman scan of every component), not libjpeg's (for tests)."""
+        return bool(self.j.own_huffman)
 
 
 cdef struct Plan:

@@ -22,6 +22,7 @@
 
 #include "jpeglib.h"
 #include "jerror.h"
+#include "jpeg_huffman.h"
 
 enum {
     FF_JPEG_OK = 0,
@@ -83,6 +84,10 @@ typedef struct {
     int plane_height[3], plane_width[3];
     double plane_span_height[3], plane_span_width[3]; /* the image's extent, in samples */
     size_t plane_stride[3];
+    /* entropy decoding: fastforward's (jpeg_huffman.h), or libjpeg's with this set */
+    int libjpeg_huffman;
+    int own_huffman;                /* out: whether the last decode used fastforward's */
+    ff_huff huff;
 } ff_jpeg;
 
 static void ff_jpeg_error_exit(j_common_ptr cinfo)
@@ -112,6 +117,18 @@ static void ff_jpeg_fail(j_common_ptr cinfo, const char* message)
     ff_jpeg_error_mgr* err = (ff_jpeg_error_mgr*)cinfo->err;
     strcpy(err->message, message);
     longjmp(err->jump, 1);
+}
+
+/* After jpeg_start_decompress: entropy-decode with jpeg_huffman.h where it
+ * takes the scan (a sequential Huffman scan of every component). */
+static void ff_jpeg_use_own_huffman(ff_jpeg* j)
+{
+    j->own_huffman = 0;
+    if (j->libjpeg_huffman)
+        return;
+    j->huff.fail = ff_jpeg_fail;
+    j->own_huffman = ff_huff_install(&j->huff, &j->cinfo, ff_huff_decode_mcu,
+                                     j->src.rst_offset, j->err.skip_to_markers);
 }
 
 static void ff_src_init(j_decompress_ptr cinfo)
@@ -422,6 +439,7 @@ static int ff_jpeg_decode_window(ff_jpeg* j, const uint8_t* data, size_t size, i
         jpeg_abort_decompress(cinfo);
         return FF_JPEG_ERROR;
     }
+    j->own_huffman = 0;
     ff_jpeg_read_whole_header(j, data, size);
     j->restart_row = j->restart_mcus = 0;
     if (j->image_height != height || j->image_width != width) {
@@ -472,6 +490,7 @@ static int ff_jpeg_decode_window(ff_jpeg* j, const uint8_t* data, size_t size, i
     cinfo->dct_method = fast_idct ? JDCT_IFAST : JDCT_ISLOW;
     cinfo->do_fancy_upsampling = TRUE;
     jpeg_start_decompress(cinfo);
+    ff_jpeg_use_own_huffman(j);
     /* One more column on each side (inside the image): the chroma upsampling of
      * a window's edge column lacks its outer neighbour, so with it the window's
      * columns are exactly those of a whole-image decode. */
@@ -546,6 +565,7 @@ static int ff_jpeg_decode_planes(ff_jpeg* j, const uint8_t* data, size_t size, i
     int c, code, n, per_row[3];
     j->message[0] = 0;
     j->planes = 0;
+    j->own_huffman = 0;
     if (setjmp(j->err.jump)) {
         jpeg_abort_decompress(cinfo);
         return FF_JPEG_ERROR;
@@ -570,6 +590,7 @@ static int ff_jpeg_decode_planes(ff_jpeg* j, const uint8_t* data, size_t size, i
     cinfo->scale_denom = 8;
     cinfo->dct_method = fast_idct ? JDCT_IFAST : JDCT_ISLOW;
     jpeg_start_decompress(cinfo);
+    ff_jpeg_use_own_huffman(j);
     for (c = 0; c < n; c++) {
         jpeg_component_info* comp = &cinfo->comp_info[c];
         per_row[c] = comp->v_samp_factor * FF_DCT_ROWS(comp);  /* rows per iMCU row */
