@@ -541,13 +541,12 @@ HUFFMAN_KINDS = {
 
 
 @pytest.mark.parametrize("kind", HUFFMAN_KINDS)
-def test_own_huffman_decoder_gives_libjpegs_pixels(photo: np.ndarray, decoder: object,
-                                                   kind: str) -> None:
+def test_own_huffman_decoder_gives_libjpegs_pixels(photo: np.ndarray, kind: str) -> None:
     """The same pixels, so the same coefficients: whole images, windows (with and
     without starting at the markers) at every DCT scale, and planes."""
     data = HUFFMAN_KINDS[kind](photo)
     height, width = photo.shape[:2]
-    reference = libjpeg_decoder()
+    decoder, reference = jpeg.JpegDecoder(), libjpeg_decoder()
     rng = np.random.default_rng(len(kind))
     for scale in (8, 4, 2, 1):
         sh, sw = -(-height * scale // 8), -(-width * scale // 8)
@@ -581,6 +580,30 @@ def test_each_images_tables_are_used(photo: np.ndarray) -> None:
             jpeg.decode_window(shared, data, height, width, 8, 0, height, 0, width),
             jpeg.decode_window(reference, data, height, width, 8, 0, height, 0, width),
             err_msg=kind)
+
+
+def test_small_images_with_new_tables_go_to_libjpeg(photos: list[np.ndarray]) -> None:
+    """Deriving tables costs what the decoder saves on ~1,400 blocks: an image of
+    fewer than 4,096 blocks whose tables are not the last ones derived is
+    decoded by libjpeg, unless the last image left to libjpeg had the same
+    tables (they recur)."""
+    small, large = (np.ascontiguousarray(photos[0][:64, :96]),
+                    np.ascontiguousarray(photos[2][:400, :600]))
+    first, second = (encode_pillow(small, optimize=True),
+                     encode_pillow(small, optimize=True, quality=60))
+    big = encode_pillow(large, optimize=True, quality=70)
+    decoder, reference = jpeg.JpegDecoder(), libjpeg_decoder()
+    used = []
+    for data, image in [(first, small), (second, small), (second, small), (second, small),
+                        (first, small), (big, large), (first, small), (first, small)]:
+        height, width = image.shape[:2]
+        got = jpeg.decode_window(decoder, data, height, width, 8, 0, height, 0, width)
+        used.append(decoder.own_huffman)
+        np.testing.assert_array_equal(
+            got, jpeg.decode_window(reference, data, height, width, 8, 0, height, 0, width))
+    # the first image's tables are derived (none were); then the large image's,
+    # and small images' tables when the last image left to libjpeg had them too
+    assert used == [True, False, True, True, False, True, True, True]
 
 
 def damaged(rng: np.random.Generator, data: bytes, how: int) -> bytes:
