@@ -6,8 +6,9 @@
  * for the whole of any JPEG with a restart interval (its decode_mcu sets
  * usefast = 0 when restart_interval is set), which the writer's JPEGs have.
  * This decoder is one loop for both, with restart markers handled between
- * MCUs, and reads each coefficient with one table look-up where its code and
- * its value bits fit in FF_HUFF_FAST bits together.
+ * MCUs; it reads a DC difference with one look-up of FF_HUFF_FAST bits where
+ * its code and value bits fit in them, and up to two AC coefficients (or one
+ * and the end of the block) with one look-up of FF_HUFF_PAIR bits.
  *
  * What it must give: the same coefficients as libjpeg, so the same pixels
  * (tests/test_ext_jpeg.py decodes every kind of JPEG both ways), and an error
@@ -15,9 +16,10 @@
  * that runs into a marker, a restart marker out of place.
  *
  * It plugs in through libjpeg's entropy decoder object, whose public part
- * jpegint.h declares (jpeglib.h leaves it incomplete); the layout below has
- * not changed from IJG's libjpeg 6b to libjpeg-turbo 3.1. It finds its state
- * through cinfo->client_data.
+ * jpegint.h declares (jpeglib.h leaves it incomplete). Only its first two
+ * members are declared below: they open it from IJG's libjpeg 6b to
+ * libjpeg-turbo 3.1 (3.0 added members after them). It finds its state
+ * through cinfo->client_data, which nothing else here uses.
  */
 #ifndef FF_JPEG_HUFFMAN_H
 #define FF_JPEG_HUFFMAN_H
@@ -28,32 +30,31 @@
 
 #include "jpeglib.h"
 
-struct jpeg_entropy_decoder {
+struct jpeg_entropy_decoder {  /* its opening only: never allocated or copied here */
     void (*start_pass)(j_decompress_ptr cinfo);
     boolean (*decode_mcu)(j_decompress_ptr cinfo, JBLOCKROW* MCU_data);
-    boolean insufficient_data;
 };
 
 #define FF_HUFF_FAST 10      /* bits looked up at once (DC) */
 #define FF_HUFF_FULL 0x20    /* entry flag: the value is decoded too */
 #define FF_HUFF_PAIR 11      /* bits looked up at once (AC: up to two coefficients) */
-/* AC entries (int64): bits 0-3 the bits taken with one coefficient (or the
- * code's length, for a symbol alone), 4-7 with what follows it too (a second
- * coefficient or the end of the block; the same as 0-3 without), 12-15 the
- * run of zeros before the first, 16-20 how far the second is past the first
- * (0 without), 21-28 a symbol whose value is longer, 32-47 and 48-63 the two
- * values (the second is the first's without one); flags: */
+/* AC entries (int64), 0 where the code is longer than FF_HUFF_PAIR bits.
+ * With FF_PAIR_ONE: bits 0-3 the bits taken with one coefficient, 4-7 with
+ * what follows it too (a second coefficient or the end of the block; the same
+ * as 0-3 without), 12-15 the run of zeros before the first, 16-20 how far the
+ * second is past the first (0 without), 32-47 and 48-63 the two values (the
+ * second is the first's without one). Without it (a symbol whose value bits do
+ * not fit, or with none: end of block, ZRL): bits 0-3 the code's length,
+ * 21-28 the symbol. Flags: */
 #define FF_PAIR_ONE (1 << 8)    /* a coefficient is decoded */
 #define FF_PAIR_TWO (1 << 9)    /* and a second one */
 #define FF_PAIR_EOB (1 << 10)   /* and the end of the block after the first */
 #define FF_HUFF_MAX_BLOCKS 10 /* blocks in an MCU (libjpeg's D_MAX_BLOCKS_IN_MCU) */
 
-/* One Huffman table, derived from libjpeg's JHUFF_TBL. fast[] is indexed by
- * the next FF_HUFF_FAST bits: 0 where the code is longer; otherwise bits 0-4
- * hold a length, and either FF_HUFF_FULL is set, bits 8-15 hold the run and
- * bits 16-31 the value (signed), the length covering code and value bits, or
- * bits 8-15 hold the symbol and the length is the code's. Longer codes are
- * decoded bit length by bit length (maxcode, valoffset: JPEG's Figure F.16). */
+/* One Huffman table, derived from libjpeg's JHUFF_TBL: fast[] for a DC
+ * table (see ff_huff_build_dc), pair[] for an AC table (above). Longer codes
+ * are decoded bit length by bit length (maxcode, valoffset: JPEG's Figure
+ * F.16). */
 typedef struct {
     int32_t fast[1 << FF_HUFF_FAST];  /* DC tables */
     int64_t pair[1 << FF_HUFF_PAIR];  /* AC tables */
@@ -73,7 +74,7 @@ typedef struct {
     int keep_dc[FF_HUFF_MAX_BLOCKS], keep_ac[FF_HUFF_MAX_BLOCKS];
     int blocks;
     /* the bit reader: `count` bits at the top of `bits`, zeros below them;
-     * `marker` is a marker the data ran into (0xD0..0xFE; 0: none yet) */
+     * `marker` is the marker code the data ran into (0: none yet) */
     uint64_t bits;
     int count;
     int marker;
@@ -346,14 +347,39 @@ static void ff_huff_fail(j_decompress_ptr cinfo, ff_huff* h, const char* message
     h->fail((j_common_ptr)cinfo, message);
 }
 
-/* The next byte of the data (libjpeg's source, refilled as needed) */
+/* More of the data from libjpeg's source (jpeg_region.h's fails, longjmping,
+ * at the end of the data; one that suspends or gives nothing fails here) */
+static void ff_huff_more(j_decompress_ptr cinfo)
+{
+    struct jpeg_source_mgr* src = cinfo->src;
+    if (!(*src->fill_input_buffer)(cinfo) || src->bytes_in_buffer == 0)
+        ((ff_huff*)cinfo->client_data)->fail((j_common_ptr)cinfo, "Premature end of JPEG file");
+}
+
+/* The next byte of the data */
 static inline int ff_huff_byte(j_decompress_ptr cinfo)
 {
     struct jpeg_source_mgr* src = cinfo->src;
     if (src->bytes_in_buffer == 0)
-        (*src->fill_input_buffer)(cinfo);  /* fails (longjmps) at the end of the data */
+        ff_huff_more(cinfo);
     src->bytes_in_buffer--;
     return *src->next_input_byte++;
+}
+
+/* Eight bytes as one big-endian word */
+static inline uint64_t ff_huff_big_endian(const uint8_t* p)
+{
+    uint64_t word;
+    memcpy(&word, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    return word;
+#elif defined(__GNUC__) || defined(__clang__)
+    return __builtin_bswap64(word);
+#else
+    return ((uint64_t)p[0] << 56) | ((uint64_t)p[1] << 48) | ((uint64_t)p[2] << 40) |
+           ((uint64_t)p[3] << 32) | ((uint64_t)p[4] << 24) | ((uint64_t)p[5] << 16) |
+           ((uint64_t)p[6] << 8) | (uint64_t)p[7];
+#endif
 }
 
 /* Top the bit buffer up to at least 57 bits, a byte at a time, or until the
@@ -404,21 +430,19 @@ static inline void ff_huff_save(j_decompress_ptr cinfo, ff_huff* h, const ff_huf
     cinfo->src->bytes_in_buffer = r->left;
 }
 
-/* At least 32 bits in the buffer (57 or more), unless the data has run into a
- * marker. Eight bytes at once where none of them is 0xFF. */
+/* At least 32 bits in the buffer (57 or more after a refill), unless the data
+ * has run into a marker. Eight bytes at once where none of them is 0xFF. */
 static inline void ff_huff_fill(j_decompress_ptr cinfo, ff_huff* h, ff_huff_reader* r)
 {
     if (r->count >= 32)
         return;
     if (r->left >= 8 && !h->marker) {
-        uint64_t word, inverted;
-        memcpy(&word, r->next, 8);
-        inverted = ~word;
-        /* no byte of word is 0xFF: no byte of ~word is 0 */
+        uint64_t word = ff_huff_big_endian(r->next), inverted = ~word;
+        /* no byte of word is 0xFF: no byte of ~word is 0 (whichever the order) */
         if (((inverted - 0x0101010101010101ULL) & ~inverted & 0x8080808080808080ULL) == 0) {
             int take = (64 - r->count) >> 3;  /* whole bytes that fit: 4 to 8 */
             int used = r->count + 8 * take;
-            uint64_t fresh = __builtin_bswap64(word) >> r->count;
+            uint64_t fresh = word >> r->count;
             if (used < 64)
                 fresh &= ~0ULL << (64 - used);
             r->bits |= fresh;
@@ -448,7 +472,7 @@ static void ff_huff_restart(j_decompress_ptr cinfo, ff_huff* h)
         for (;;) {
             const uint8_t* at;
             if (src->bytes_in_buffer == 0)
-                (*src->fill_input_buffer)(cinfo);
+                ff_huff_more(cinfo);
             at = (const uint8_t*)memchr(src->next_input_byte, 0xFF, src->bytes_in_buffer);
             if (at == NULL) {
                 skipped += (long)src->bytes_in_buffer;
@@ -488,7 +512,8 @@ static void ff_huff_restart(j_decompress_ptr cinfo, ff_huff* h)
     h->to_go = h->interval;
 }
 
-/* A code longer than FF_HUFF_FAST bits: its symbol, or -1 for none. */
+/* A code longer than the table looked up (FF_HUFF_FAST bits for DC,
+ * FF_HUFF_PAIR for AC): its symbol, or -1 for none. */
 static int ff_huff_long(const ff_huff_table* t, uint64_t bits, int* length)
 {
     int32_t top = (int32_t)(bits >> 48);
