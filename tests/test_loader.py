@@ -753,8 +753,10 @@ def test_close_returns_slots_only_after_their_batches_are_written(cheap_fetch: b
 
     events: list[tuple[str, int]] = []
     lock = threading.Lock()
+    writing = threading.Event()
 
     def run_batch(index, indices, data, slot):  # type: ignore[no-untyped-def]
+        writing.set()
         time.sleep(0.3)  # still writing into the slot when close() comes
         with lock:
             events.append(("written", slot))
@@ -770,7 +772,8 @@ def test_close_returns_slots_only_after_their_batches_are_written(cheap_fetch: b
                      release_slot=release, run_batch=run_batch, batches_ahead=3,
                      fetch_is_cheap=cheap_fetch)
     engine = Engine(plan)
-    time.sleep(0.1)
+    # close() while a batch is being written, however slow the machine is to start one
+    assert writing.wait(30)
     closer = threading.Thread(target=engine.close)
     closer.start()
     with pytest.raises(StopIteration):  # woken by the other thread's close() ...
