@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import io
 import pickle
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -298,6 +301,31 @@ def test_encode_rgb_grows_its_buffer() -> None:
     assert len(data) > 256 * 256 // 2 + 4096
     decoded = simplejpeg.decode_jpeg(data, colorspace="RGB")
     assert np.abs(decoded.astype(int) - noise).mean() < 3
+
+
+def test_encode_rgb_out_of_memory_is_a_memory_error() -> None:
+    """The encoder's buffer cannot grow (an address-space limit): MemoryError, told by
+    libjpeg's error code, not a ValueError about the image."""
+    script = textwrap.dedent("""
+        import resource
+        import numpy as np
+        from fastforward._ext import jpeg
+        noise = np.random.default_rng(3).integers(0, 256, (4096, 4096, 3), np.uint8)
+        jpeg.encode_rgb(noise[:64, :64].copy(), 100, "444")  # libjpeg's code loaded
+        with open("/proc/self/status") as status:
+            size = next(int(line.split()[1]) for line in status if line.startswith("VmSize"))
+        # room for the first buffer (8 MiB) and one doubling, not for the 40 MiB needed
+        limit = (size << 10) + (28 << 20)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        try:
+            jpeg.encode_rgb(noise, 100, "444")
+        except MemoryError as exc:
+            print("MemoryError", exc)
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "MemoryError no memory to encode a 4096x4096 JPEG"
 
 
 def test_a_truncated_marked_jpeg_is_an_error(photo: np.ndarray, decoder: object) -> None:

@@ -343,10 +343,10 @@ cdef int _check_encoding(int height, int width, int quality, int restart_rows) e
 cdef bytes _encoded(int code, const char* message, unsigned char* out, unsigned long size,
                     int height, int width):
     """The encoder's bytes (freed here), or its error raised."""
-    reason = message.decode("utf-8", "replace")
-    if code == FF_JPEG_NOMEM or (code != FF_JPEG_OK and reason.startswith("Insufficient memory")):
+    if code == FF_JPEG_NOMEM:
         raise MemoryError(f"no memory to encode a {height}x{width} JPEG")
     if code != FF_JPEG_OK:
+        reason = message.decode("utf-8", "replace")
         raise ValueError(f"cannot encode the image as JPEG: {reason}")
     try:
         return (<char*>out)[:size]

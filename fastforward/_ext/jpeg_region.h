@@ -116,7 +116,16 @@ static void ff_jpeg_fail(j_common_ptr cinfo, const char* message)
 {
     ff_jpeg_error_mgr* err = (ff_jpeg_error_mgr*)cinfo->err;
     strcpy(err->message, message);
+    err->pub.msg_code = 0;  /* not libjpeg's: no earlier code read as this error's */
     longjmp(err->jump, 1);
+}
+
+/* What a longjmp out of libjpeg means: FF_JPEG_NOMEM where an allocation
+ * failed (libjpeg's own, or the encoder's growing buffer), FF_JPEG_ERROR
+ * otherwise (the message says what). */
+static int ff_jpeg_failure(j_common_ptr cinfo)
+{
+    return cinfo->err->msg_code == JERR_OUT_OF_MEMORY ? FF_JPEG_NOMEM : FF_JPEG_ERROR;
 }
 
 /* After jpeg_start_decompress: entropy-decode with jpeg_huffman.h where it
@@ -436,8 +445,9 @@ static int ff_jpeg_decode_window(ff_jpeg* j, const uint8_t* data, size_t size, i
     int r, code;
     j->message[0] = 0;
     if (setjmp(j->err.jump)) {
+        code = ff_jpeg_failure((j_common_ptr)cinfo);
         jpeg_abort_decompress(cinfo);
-        return FF_JPEG_ERROR;
+        return code;
     }
     j->own_huffman = 0;
     ff_jpeg_read_whole_header(j, data, size);
@@ -567,8 +577,9 @@ static int ff_jpeg_decode_planes(ff_jpeg* j, const uint8_t* data, size_t size, i
     j->planes = 0;
     j->own_huffman = 0;
     if (setjmp(j->err.jump)) {
+        code = ff_jpeg_failure((j_common_ptr)cinfo);
         jpeg_abort_decompress(cinfo);
-        return FF_JPEG_ERROR;
+        return code;
     }
     ff_jpeg_read_whole_header(j, data, size);
     n = cinfo->num_components;
@@ -678,7 +689,7 @@ static boolean ff_dest_grow(j_compress_ptr cinfo)
     ff_jpeg_dest* dest = (ff_jpeg_dest*)cinfo->dest;
     unsigned char* grown = (unsigned char*)realloc(dest->buffer, dest->capacity * 2);
     if (grown == NULL)
-        ff_jpeg_fail((j_common_ptr)cinfo, "Insufficient memory");
+        ERREXIT1(cinfo, JERR_OUT_OF_MEMORY, 0);  /* "Insufficient memory (case 0)" */
     dest->buffer = grown;
     dest->pub.next_output_byte = grown + dest->capacity;
     dest->pub.free_in_buffer = dest->capacity;
@@ -724,9 +735,10 @@ static int ff_jpeg_compress(const uint8_t* const* planes, const size_t* strides,
     err.message = message;
     err.skip_to_markers = 0;
     if (setjmp(err.jump)) {
+        int code = ff_jpeg_failure((j_common_ptr)&cinfo);
         jpeg_destroy_compress(&cinfo);
         free(dest.buffer);  /* dest's address is libjpeg's: it is in memory, current */
-        return FF_JPEG_ERROR;
+        return code;
     }
     jpeg_create_compress(&cinfo);
     dest.pub.init_destination = ff_dest_init;
