@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ def fastforward_threads() -> list[str]:
 @pytest.fixture(autouse=True)
 def no_thread_left() -> Iterator[None]:
     yield
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # close() joins them: this only spares a busy machine
     while fastforward_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert fastforward_threads() == []
@@ -471,13 +471,27 @@ def test_ctrl_c_stops_the_threads(scalars: Path) -> None:
     # Python's own handler, even where SIGINT came in ignored (a job started
     # with & by a non-interactive shell)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    running, over = threading.Event(), threading.Event()
+
+    def ctrl_c_once_the_loop_runs() -> None:
+        # not after a fixed delay: a slow machine may not have started the epoch by
+        # then (and 600 batches of 0.05 s keep the loop running for seconds after)
+        running.wait(60)
+        if not over.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def loop() -> None:
+        for _ in loader:
+            running.set()
+
+    timer = threading.Thread(target=ctrl_c_once_the_loop_runs)
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            for _ in loader:
-                pass
+            loop()
     finally:
+        over.set()  # no Ctrl-C after the test, whatever happened
+        running.set()
         timer.join()
         signal.signal(signal.SIGINT, previous)
     assert fastforward_threads() == []
@@ -660,26 +674,61 @@ def test_a_close_cut_short_by_ctrl_c_is_finished_by_the_next(scalars: Path) -> N
     assert fastforward_threads() == []
 
 
-def test_close_from_another_thread_ends_the_loop(scalars: Path) -> None:
-    loader = index_loader(scalars, batch_size=1, pipelines={
-        "index": [IntDecoder(), Sleepy(0.02)], "value": None})
-    first = threading.Event()
+class Gated(Operation):
+    """Calls ``gate(batch index)`` before passing the batch on (a function: the
+    loader's copy of the operation calls the same one)."""
 
-    def close_after_the_first_batch() -> None:
-        first.wait(60)
-        time.sleep(0.1)
+    def __init__(self, gate: Callable[[int], None]) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def apply(self, batch: np.ndarray, destination: None, context) -> np.ndarray:  # type: ignore[no-untyped-def]
+        self.gate(context.batch_index)
+        return batch
+
+
+def test_close_from_another_thread_ends_the_loop(scalars: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastforward import scheduler
+    from fastforward.scheduler import Engine
+
+    # every batch on a batch thread: a gated one run on the scheduler thread would
+    # hold up the delivery of those before it
+    monkeypatch.setattr(scheduler, "LIGHT_BATCH_SECONDS", 0.0)
+    ungated = 5
+    engines: list[Engine] = []
+
+    def gate(batch_index: int) -> None:
+        # the batches after the first few wait for close() to begin, so the epoch
+        # cannot end before it however late the closing thread runs (30 s: a hang
+        # guard, after which the loop runs to its end and the test fails)
+        deadline = time.monotonic() + 30
+        while (batch_index >= ungated and time.monotonic() < deadline
+               and not (engines and engines[0]._closed)):
+            time.sleep(0.005)
+
+    loader = index_loader(scalars, batch_size=1, pipelines={
+        "index": [IntDecoder(), Gated(gate)], "value": None})
+    reached = threading.Event()
+
+    def close_once_the_loop_waits() -> None:
+        reached.wait(60)  # the loop took every batch it can have: it waits for the next
         loader.close()
 
-    closer = threading.Thread(target=close_after_the_first_batch)
+    closer = threading.Thread(target=close_once_the_loop_waits)
     closer.start()
     seen = 0
-    for _ in loader:
+    iterator = iter(loader)
+    engines.append(iterator._engine)  # type: ignore[attr-defined]
+    for _ in iterator:
         seen += 1
-        first.set()
+        if seen == ungated:
+            reached.set()
+    reached.set()  # the closer ends even if the loop did not get that far
     closer.join()
-    # closed mid-epoch (600 batches of 0.02 s each would take 12 s), not
-    # timed against a cold start: a slow machine's first batch may come late
-    assert 0 < seen < 600
+    # ended by close(), mid-epoch: the batch the loop was waiting for may still
+    # come (it was let go by close()), none after it
+    assert ungated <= seen <= ungated + 1
 
 
 def test_bad_arguments(scalars: Path) -> None:
@@ -737,6 +786,9 @@ def test_light_batches_run_on_the_scheduler_thread_with_the_same_results(
         return original(self, index, indices)
 
     monkeypatch.setattr(scheduler.Engine, "_whole_batch", spy)
+    # light: under a second, not the real 0.5 ms, which a batch preempted on a busy
+    # machine can take however little work it does (this tests the switch, not the bar)
+    monkeypatch.setattr(scheduler, "LIGHT_BATCH_SECONDS", 1.0)
     inline = collect(index_loader(scalars, batch_size=7, order=OrderOption.RANDOM, seed=4))
     assert "fastforward-scheduler" in where  # after a few quick batches
     assert any(name.startswith("fastforward-batch") for name in where)  # the first ones

@@ -355,8 +355,12 @@ if __name__ == "__main__":
     for _ in loader:
         pass
     print(" ".join(map(str, loader.workers.pids)), flush=True)
+    running = False
     while True:
         for _ in loader:
+            if not running:  # an epoch under way: its next batches are on the workers
+                print("running", flush=True)
+                running = True
             time.sleep(0.01)
 """
 
@@ -377,10 +381,12 @@ def test_workers_die_with_the_loader_process(tmp_path: Path, photos_file: Path,
         assert process.stdout is not None
         pids = [int(p) for p in process.stdout.readline().split()]
         assert len(pids) == 2, process.stderr.read() if process.stderr else ""
-        time.sleep(0.3)
+        # killed mid-epoch, not after a fixed delay a slow machine may not have used
+        assert process.stdout.readline().strip() == "running", (
+            process.stderr.read() if process.stderr else "")
         process.send_signal(how)
         process.wait(timeout=30)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30  # gone within seconds, however busy the machine
         while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(_alive(pid) for pid in pids), "a worker outlived its loader"
@@ -446,7 +452,7 @@ def test_any_exception_in_a_worker_process_reaches_next(photos_file: Path,
 def _threads() -> list[str]:
     import threading
 
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # close() joins them: this only spares a busy machine
     while time.monotonic() < deadline:
         names = [t.name for t in threading.enumerate()]
         if not any(n.startswith("fastforward") for n in names):
@@ -491,12 +497,15 @@ def test_decoders_deep_copy_and_pickle(photos_file: Path) -> None:
 
 def test_stats_say_how_long_the_loop_waited(labels_file: Path) -> None:
     with Loader(labels_file, 10, num_workers=1, pipelines={"label": [IntDecoder()]}) as loader:
+        start = time.perf_counter()
         for _ in loader:
             time.sleep(0.002)
+        epoch = time.perf_counter() - start
         stats = loader.stats()
         assert stats.batches == 20
         assert stats.first_batch_seconds is not None
-        assert stats.first_batch_seconds < 5
+        # timed within the epoch: a bound that holds however slow the machine is
+        assert 0 < stats.first_batch_seconds < epoch
         assert stats.consumer_wait_seconds >= 0
         assert stats.producer_wait_seconds > 0
         for _ in loader:

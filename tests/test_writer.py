@@ -367,6 +367,8 @@ def test_ctrl_c_stops_and_leaves_nothing(tmp_path: Path) -> None:
             def __len__(self):
                 return 100_000
             def __getitem__(self, i):
+                if i == 50:  # in a worker: the write is under way
+                    open({str(tmp_path / "writing")!r}, "w").close()
                 time.sleep(0.002)
                 return i
 
@@ -383,7 +385,13 @@ def test_ctrl_c_stops_and_leaves_nothing(tmp_path: Path) -> None:
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "started"
-    time.sleep(1.5)
+    # Ctrl-C mid-write, however slow the workers are to start: not after a fixed
+    # delay, which could come before they did
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "writing").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the write never got under way"
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode != 0

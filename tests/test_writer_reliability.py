@@ -145,12 +145,16 @@ def kill_mid_write(tmp_path: Path, how: str, method: str = "auto", variant: str 
     proc = run_script(tmp_path, KILLED_WRITER, str(out / "data.beton"), str(pids), method,
                       variant, start_new_session=True)
     try:
+        # chunks in flight: both workers started, and a few chunks past their first
+        # (counted, not waited for: a slow machine may take seconds to get there)
         deadline = time.monotonic() + 60
-        while len(set(pids.read_text().split()) if pids.exists() else ()) < 2:
+        while True:
+            started = pids.read_text().split() if pids.exists() else []
+            if len(set(started)) >= 2 and len(started) >= 6:
+                break
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the workers never started"
             time.sleep(0.02)
-        time.sleep(0.3)  # chunks in flight
         below = descendants(proc.pid)
         assert len(below) >= 2
         killed = time.monotonic()
@@ -159,7 +163,8 @@ def kill_mid_write(tmp_path: Path, how: str, method: str = "auto", variant: str 
         else:
             proc.send_signal(getattr(signal, how))
         proc.wait(timeout=30)
-        while alive(below) and time.monotonic() - killed < 5:
+        # gone within a second or so; 30 s spares a busy machine
+        while alive(below) and time.monotonic() - killed < 30:
             time.sleep(0.01)
         gone = time.monotonic() - killed
     finally:
@@ -353,6 +358,7 @@ def test_stale_part_files_of_the_target_are_removed(tmp_path: Path) -> None:
 
 def test_a_second_writer_of_the_same_target_is_refused(tmp_path: Path) -> None:
     proc = run_script(tmp_path, """
+        import os
         import sys
         import time
 
@@ -360,20 +366,26 @@ def test_a_second_writer_of_the_same_target_is_refused(tmp_path: Path) -> None:
         from fastforward.writer import DatasetWriter
 
 
-        class Slow:
+        class Held:
+            # the write goes on until the test lets it (60 s: a hang guard), not for
+            # a time that a slow machine could outlast before the second writer tries
+            def __init__(self, go):
+                self.go, self.until = go, time.monotonic() + 60
+
             def __len__(self):
                 return 400
 
             def __getitem__(self, i):
-                time.sleep(0.01)
+                while not os.path.exists(self.go) and time.monotonic() < self.until:
+                    time.sleep(0.01)
                 return i
 
 
         if __name__ == "__main__":
             print("started", flush=True)
             DatasetWriter(sys.argv[1], {"i": IntField()}, num_workers=1, progress=False
-                          ).from_indexed_dataset(Slow(), chunksize=10)
-    """, str(tmp_path / "t.beton"))
+                          ).from_indexed_dataset(Held(sys.argv[2]), chunksize=10)
+    """, str(tmp_path / "t.beton"), str(tmp_path / "go"))
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "started"
     lock = tmp_path / ".t.beton.lock"
@@ -381,14 +393,18 @@ def test_a_second_writer_of_the_same_target_is_refused(tmp_path: Path) -> None:
     while not (lock.exists() and lock.read_text().strip()):
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    with pytest.raises(TargetLockedError) as info:
-        write(tmp_path / "t.beton", {"i": IntField()}, [7, 8, 9])
+    try:
+        with pytest.raises(TargetLockedError) as info:
+            write(tmp_path / "t.beton", {"i": IntField()}, [7, 8, 9])
+    finally:
+        (tmp_path / "go").touch()  # the first writer finishes
     assert str(info.value) == (
         f"{tmp_path / 't.beton'}: another writer (pid {proc.pid}) is writing this file: it "
         f"holds the lock {lock}. Wait for it to finish, or write to another file")
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert Reader(tmp_path / "t.beton").metadata["f0"].tolist() == list(range(400))
+    (tmp_path / "go").unlink()
     assert sorted(os.listdir(tmp_path)) == ["script.py", "t.beton"]
 
 
