@@ -14,6 +14,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -303,7 +304,7 @@ def test_encode_rgb_grows_its_buffer() -> None:
     assert np.abs(decoded.astype(int) - noise).mean() < 3
 
 
-def test_encode_rgb_out_of_memory_is_a_memory_error() -> None:
+def test_encode_rgb_out_of_memory_is_a_memory_error(tmp_path: Path) -> None:
     """The encoder's buffer cannot grow (an address-space limit): MemoryError, told by
     libjpeg's error code, not a ValueError about the image."""
     script = textwrap.dedent("""
@@ -322,8 +323,9 @@ def test_encode_rgb_out_of_memory_is_a_memory_error() -> None:
         except MemoryError as exc:
             print("MemoryError", exc)
         """)
+    # run from elsewhere than the checkout: the installed package, not the source tree
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "MemoryError no memory to encode a 4096x4096 JPEG"
 
