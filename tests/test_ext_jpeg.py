@@ -684,9 +684,10 @@ def test_damaged_data_is_an_error_wherever_libjpeg_finds_it(photos: list[np.ndar
                 results.append(str(error))
         got, expected = results
         if isinstance(expected, str) and not isinstance(got, str):
-            # libjpeg reads up to 57 bits ahead, fastforward's decoder only what it
-            # needs: a window that ends just before where the data was cut short
-            # is all there (its pixels are the intact JPEG's)
+            # both read ahead of what they need, and fastforward's decoder fails at
+            # the end of the data only where a code needs bits past it: a window
+            # that ends just before where the data was cut short is all there
+            # (its pixels are the intact JPEG's)
             assert expected == "Premature end of JPEG file", f"case {t}: {expected}"
             intact = jpeg.decode_window(reference, sources[t % len(sources)], 120, 170, scale,
                                         window[0], window[2], window[1], window[3])
@@ -702,6 +703,35 @@ def test_damaged_data_is_an_error_wherever_libjpeg_finds_it(photos: list[np.ndar
     np.testing.assert_array_equal(jpeg.decode_window(own, good, 120, 170, 8, 0, 120, 0, 170),
                                   jpeg.decode_window(reference, good, 120, 170, 8, 0, 120, 0,
                                                      170))
+
+
+@pytest.mark.parametrize("kind", ["420", "420-markers", "grayscale", "quality-5", "411"])
+def test_data_cut_short_past_a_window_still_decodes_it(photo: np.ndarray, kind: str) -> None:
+    """A JPEG cut short (no end-of-image marker, the last rows' data missing):
+    wherever libjpeg decodes a window from what is left, so does fastforward's
+    decoder, with the same pixels. It reads ahead of what it needs (up to 8
+    bytes), so at the end of the data it stops and fails only where a code
+    needs bits that are not there, as libjpeg does, with libjpeg's message."""
+    image = np.ascontiguousarray(photo[:96, :120])
+    data = HUFFMAN_KINDS[kind](image)
+    height, width = image.shape[:2]
+    own, reference = jpeg.JpegDecoder(), libjpeg_decoder()
+    start = data.index(b"\xff\xda") + 14
+    decoded = 0
+    for cut in range(start + 16, len(data), 5):
+        for y, h, restarts in ((0, 16, False), (0, 40, False), (33, 20, True)):
+            try:
+                expected = jpeg.decode_window(reference, data[:cut], height, width, 8, y, h,
+                                              0, width, restarts=restarts)
+            except ValueError:
+                continue
+            got = jpeg.decode_window(own, data[:cut], height, width, 8, y, h, 0, width,
+                                     restarts=restarts)
+            np.testing.assert_array_equal(got, expected, err_msg=f"cut at {cut}, rows {y}+{h}")
+            decoded += 1
+    assert decoded > 0
+    with pytest.raises(ValueError, match="Premature end of JPEG file"):
+        jpeg.decode_window(own, data[:len(data) // 2], height, width, 8, 0, height, 0, width)
 
 
 def test_the_environment_chooses_the_huffman_decoder(monkeypatch: pytest.MonkeyPatch) -> None:

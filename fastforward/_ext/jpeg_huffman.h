@@ -50,6 +50,7 @@ struct jpeg_entropy_decoder {  /* its opening only: never allocated or copied he
 #define FF_PAIR_TWO (1 << 9)    /* and a second one */
 #define FF_PAIR_EOB (1 << 10)   /* and the end of the block after the first */
 #define FF_HUFF_MAX_BLOCKS 10 /* blocks in an MCU (libjpeg's D_MAX_BLOCKS_IN_MCU) */
+#define FF_HUFF_END 0x100     /* ff_huff.marker where the data ended without one */
 
 /* One Huffman table, derived from libjpeg's JHUFF_TBL: fast[] for a DC
  * table (see ff_huff_build_dc), pair[] for an AC table (above). Longer codes
@@ -84,6 +85,9 @@ typedef struct {
     int rst_offset;               /* the file's markers are numbered this much ahead */
     int skip_to_markers;          /* data before a restart marker is skipped on purpose */
     void (*fail)(j_common_ptr cinfo, const char* message); /* longjmps */
+    /* whether the source has data past its buffer (NULL: always); where it has
+     * none, the data ending is like meeting a marker (FF_HUFF_END) */
+    int (*has_more)(j_decompress_ptr cinfo);
     uint64_t declined; /* the tables of the last image left to libjpeg (a hash) */
 } ff_huff;
 
@@ -383,14 +387,22 @@ static inline uint64_t ff_huff_big_endian(const uint8_t* p)
 }
 
 /* Top the bit buffer up to at least 57 bits, a byte at a time, or until the
- * data runs into a marker (then it stays short: the bits below are zeros,
- * and a decode that needs them fails). The state is in h and the source. */
+ * data runs into a marker or ends (then it stays short: the bits below are
+ * zeros, and a decode that needs them fails). It reads up to 8 bytes ahead of
+ * what a code needs, so the end of the data is an error only once a code
+ * needs bits past it (as in libjpeg, which reads less far ahead). The state
+ * is in h and the source. */
 static void ff_huff_refill_slow(j_decompress_ptr cinfo, ff_huff* h)
 {
     if (h->marker)
         return;
     while (h->count <= 56) {
-        int c = ff_huff_byte(cinfo);
+        int c;
+        if (cinfo->src->bytes_in_buffer == 0 && h->has_more != NULL && !h->has_more(cinfo)) {
+            h->marker = FF_HUFF_END;
+            return;
+        }
+        c = ff_huff_byte(cinfo);
         if (c == 0xFF) {
             do
                 c = ff_huff_byte(cinfo);
@@ -465,6 +477,8 @@ static void ff_huff_restart(j_decompress_ptr cinfo, ff_huff* h)
     char message[JMSG_LENGTH_MAX];
     long skipped = h->count / 8;
     int expected = 0xD0 + ((h->restarts + h->rst_offset) & 7), c;
+    if (h->marker == FF_HUFF_END)  /* the data ended before this interval's marker */
+        ff_huff_fail(cinfo, h, "Premature end of JPEG file");
     h->bits = 0;
     h->count = 0;
     if (h->marker == 0) {
@@ -631,9 +645,11 @@ static boolean ff_huff_decode_mcu(j_decompress_ptr cinfo, JBLOCKROW* MCU_data)
                 }
             }
         }
-        if (r.count < 0) {  /* bits past the marker were needed */
+        if (r.count < 0) {  /* bits past the marker, or the data's end, were needed */
             ff_huff_save(cinfo, h, &r);
-            ff_huff_fail(cinfo, h, "Corrupt JPEG data: premature end of data segment");
+            ff_huff_fail(cinfo, h, h->marker == FF_HUFF_END
+                                       ? "Premature end of JPEG file"
+                                       : "Corrupt JPEG data: premature end of data segment");
         }
     }
     ff_huff_save(cinfo, h, &r);

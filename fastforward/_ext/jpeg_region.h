@@ -128,6 +128,8 @@ static int ff_jpeg_failure(j_common_ptr cinfo)
     return cinfo->err->msg_code == JERR_OUT_OF_MEMORY ? FF_JPEG_NOMEM : FF_JPEG_ERROR;
 }
 
+static int ff_src_has_more(j_decompress_ptr cinfo);
+
 /* After jpeg_start_decompress: entropy-decode with jpeg_huffman.h where it
  * takes the scan (a sequential Huffman scan of every component). */
 static void ff_jpeg_use_own_huffman(ff_jpeg* j)
@@ -136,6 +138,7 @@ static void ff_jpeg_use_own_huffman(ff_jpeg* j)
     if (j->libjpeg_huffman)
         return;
     j->huff.fail = ff_jpeg_fail;
+    j->huff.has_more = ff_src_has_more;
     j->own_huffman = ff_huff_install(&j->huff, &j->cinfo, ff_huff_decode_mcu,
                                      j->src.rst_offset, j->err.skip_to_markers);
 }
@@ -191,6 +194,16 @@ static boolean ff_src_resync(j_decompress_ptr cinfo, int desired)
 static void ff_src_term(j_decompress_ptr cinfo)
 {
     (void)cinfo;
+}
+
+/* Whether a chunk with data is left to hand out after the buffer libjpeg reads */
+static int ff_src_has_more(j_decompress_ptr cinfo)
+{
+    ff_jpeg_source* src = (ff_jpeg_source*)cinfo->src;
+    for (int k = src->next; k < 2; k++)
+        if (src->size[k] > 0)
+            return 1;
+    return 0;
 }
 
 static void ff_src_set(ff_jpeg* j, const uint8_t* a, size_t na, const uint8_t* b, size_t nb,
