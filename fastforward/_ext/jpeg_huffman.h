@@ -390,8 +390,9 @@ static inline uint64_t ff_huff_big_endian(const uint8_t* p)
  * data runs into a marker or ends (then it stays short: the bits below are
  * zeros, and a decode that needs them fails). It reads up to 8 bytes ahead of
  * what a code needs, so the end of the data is an error only once a code
- * needs bits past it (as in libjpeg, which reads less far ahead). The state
- * is in h and the source. */
+ * needs bits past it, as in libjpeg (which refills at other moments: the two
+ * meet the end of the data at different places). The state is in h and the
+ * source. */
 static void ff_huff_refill_slow(j_decompress_ptr cinfo, ff_huff* h)
 {
     if (h->marker)
