@@ -1,6 +1,6 @@
-"""QUASI_RANDOM's mixing against RANDOM's, measured as DECISIONS.md says, per page count
-and window: a 10-class file written class by class, batches of 256, the mean
-total-variation distance between each batch's class histogram and the file's.
+"""QUASI_RANDOM's mixing against RANDOM's, measured as docs/orders-and-memory.md says,
+per page count and window: a 10-class file written class by class, batches of
+256, the mean total-variation distance between each batch's class histogram and the file's.
 
     python bench/mixing_table.py                      # the table in docs/orders-and-memory.md
     python bench/mixing_table.py --windows 64 --pages 72 80 96 160 --per-page 125

@@ -87,7 +87,7 @@ NOT_PROVIDED: dict[tuple[str, str], str] = {
     ("libffcv", "ctypes_imdecode"): "imdecode",
     ("libffcv", "ctypes_memcopy"): "memcpy",
     ("libffcv", "ctypes_resize"): "resize_crop",
-    ("loader.epoch_iterator", "select_buffer"): "SlotRing",
+    ("loader.epoch_iterator", "select_buffer"): "SlotPool",
     ("loader.epoch_iterator", "IS_CUDA"): "torch.cuda.is_available",
     ("loader.epoch_iterator", "QUASIRANDOM_ERROR_MSG"): "distributed=True",
     ("pipeline", "Pipeline"): "PipelineSpec",

@@ -175,7 +175,7 @@ def test_cycle_visits_every_page_once_with_whole_strata_per_window(pages: int,
 
 
 # The sweep at 125 samples per page, its 100 pages at 100 per page, and more
-# counts that are not multiples of 64: the real orders, measured as DECISIONS.md says.
+# counts that are not multiples of 64: the real orders, measured as docs/orders-and-memory.md says.
 MEASURED = [(72, 125), (80, 125), (96, 125), (160, 125), (100, 100), (101, 125), (390, 125)]
 
 

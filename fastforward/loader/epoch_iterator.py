@@ -7,7 +7,7 @@ __all__ = ["EpochIterator"]
 
 __getattr__ = not_provided(__name__, {
     "select_buffer": "FFCV's iterator picked a batch's buffers by slot; fastforward's ring "
-                     "(fastforward.ring.SlotRing) hands them to the pipelines itself",
+                     "(fastforward.ring.SlotPool) hands them to the pipelines itself",
     "IS_CUDA": "use torch.cuda.is_available()",
     "QUASIRANDOM_ERROR_MSG": "fastforward's QUASI_RANDOM has no such restriction (it works "
                             "with os_cache=True and distributed=True)",

@@ -96,8 +96,8 @@ class Loader:
             when stage 1 holds an operation that keeps the GIL:
             ``Operation.releases_gil``). See ``fastforward.loader.workers``.
         start_method: for process workers: ``'fork'``, ``'forkserver'`` or
-            ``'spawn'``; None forks only while this process has one thread
-            and uses a fork server otherwise.
+            ``'spawn'``; None uses a fork server where the platform has one,
+            else spawn (docs/workers.md says why not fork).
         verify_checksums: check each page of a file written with checksums
             against its sum the first time a batch touches it (in this
             process), before decoding; a mismatch raises ``FormatError`` naming

@@ -1,6 +1,6 @@
 """Workers: who runs stage 1 of a batch (decoding and per-range operations).
 
-Two strategies behind one interface, ``WorkerPool.open_epoch(plan)`` giving an
+Two strategies behind one interface, ``WorkerPool.open_epoch(plan, slots)`` giving an
 ``EpochWorkers`` whose ``run(job, slot, data, copies)`` runs stage 1 of one
 batch over ranges of its samples and returns once every range is written:
 
@@ -153,8 +153,8 @@ class ProcessWorkers:
     Args:
         size: worker processes.
         fname, custom_fields, os_cache: how each worker opens the file.
-        start_method: ``"fork"``, ``"forkserver"`` or ``"spawn"``; None chooses
-            (fork only while this process has a single thread).
+        start_method: ``"fork"``, ``"forkserver"`` or ``"spawn"``; None: a fork
+            server where the platform has one, else spawn.
     """
 
     kind = PROCESS
