@@ -614,21 +614,30 @@ def demo_info(run: DemoRun) -> None:
 
 
 def demo_load(run: DemoRun) -> None:
-    """Load the demo file for an epoch and compare with the decode limit.
+    """Load the demo file for four epochs and compare with the decode limit.
 
     The pipeline is the training one up to the flip, in NumPy, so the demo
-    needs no torch: RandomResizedCrop(192) and RandomHorizontalFlip.
+    needs no torch: RandomResizedCrop(192) and RandomHorizontalFlip. Batches of
+    128, or smaller for a small ``--count``, so that each epoch has enough
+    batches to time at steady state (``benchmark.STEADY_MIN_BATCHES``).
 
     Args:
         run: the demo's state.
     """
-    from .benchmark import decode_limit, loader_throughput, stored_jpegs, table
+    from .benchmark import (
+        STEADY_MIN_BATCHES,
+        decode_limit,
+        loader_throughput,
+        stored_jpegs,
+        table,
+    )
 
     with Reader(run.beton) as reader:
         blobs = stored_jpegs(reader, "image")
     limit = decode_limit(blobs, threads=run.num_workers if run.num_workers > 0 else None)
+    batch_size = max(1, min(128, len(blobs) // (STEADY_MIN_BATCHES + 1)))
     loaded = loader_throughput(run.beton, "train_numpy", num_workers=run.num_workers,
-                               batch_size=128, epochs=4)
+                               batch_size=batch_size, epochs=4)
     table([limit, loaded], reference=limit)
 
 
@@ -737,10 +746,12 @@ def _add_verify(subparsers: Any) -> None:
 
 def _add_demo(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "demo", help="make a sample image corpus, convert it and describe the result",
+        "demo", help="make a sample image corpus, convert it, describe it and load it",
         description="Make an ImageFolder of photo crops (from scikit-image's sample "
                     "images), convert it as 'convert' does by default (max resolution 256, "
-                    "JPEG quality 90) and describe the .beton file.")
+                    "JPEG quality 90), describe the .beton file, then load it "
+                    "(RandomResizedCrop(192) + flip) and print images/s beside the decode "
+                    "limit.")
     p.add_argument("--dir", default=str(DEFAULT_DEMO_DIR), metavar="DIR",
                    help="where to put DIR/images and DIR/demo.beton (default: %(default)s)")
     p.add_argument("--count", type=positive_int, default=1000, metavar="N",
@@ -759,7 +770,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     Returns:
         The exit status.
     """
-    from .benchmark import decode_limit, image_field, loader_throughput, stored_jpegs
+    from .benchmark import (
+        STEADY_MIN_BATCHES,
+        decode_limit,
+        image_field,
+        loader_throughput,
+        stored_jpegs,
+    )
     from .utils import default_workers
 
     counts = args.workers or sorted({1, max(1, default_workers() // 2), default_workers()})
@@ -776,7 +793,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"{args.file}: pipeline {args.pipeline}, batch {args.batch_size}, "
           f"{args.epochs} epoch(s) after a warm-up batch")
     print(f"  {'workers':>7}  {'decode limit':>13}  {'fastforward':>12}  {'ratio':>6}")
-    rows = []
+    rows, whole_epochs = [], False
     for workers in counts:
         limit = decode_limit(blobs, workers) if blobs else None
         loaded = loader_throughput(args.file, args.pipeline, num_workers=workers,
@@ -787,6 +804,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         limit_text = f"{limit.rate:13,.0f}" if limit else f"{'-':>13}"
         print(f"  {workers:>7}  {limit_text}  {loaded.rate:12,.0f}  {ratio}", flush=True)
         rows.append((workers, limit.rate if limit else None, loaded.rate))
+        whole_epochs = whole_epochs or loaded.name.endswith("with start-up")
+    if whole_epochs:
+        print(f"note: {args.file} makes too few batches of {args.batch_size} per epoch to "
+              f"time at steady state (at least {STEADY_MIN_BATCHES + 1} are needed): "
+              "these figures are whole epochs, start-up included; a smaller --batch-size "
+              "gives more batches")
     if args.plot:
         figure, axes = plt.subplots(figsize=(6, 4))
         axes.plot([r[0] for r in rows], [r[2] for r in rows], "o-", label="fastforward")

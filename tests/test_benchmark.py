@@ -56,13 +56,32 @@ def small_file(tmp_path_factory: pytest.TempPathFactory, images: list[np.ndarray
 
 
 def test_loader_throughput_counts_the_steady_batches(small_file) -> None:  # type: ignore[no-untyped-def]
-    # 5 batches of 8 per epoch: the first epoch leaves out its ring warm-up, the
+    # 10 batches of 4 per epoch: the first epoch leaves out its ring warm-up, the
     # second only its first batch
-    m = benchmark.loader_throughput(small_file, "center_crop", batch_size=8, epochs=2,
+    m = benchmark.loader_throughput(small_file, "center_crop", batch_size=4, epochs=2,
                                     num_workers=1)
-    warmup = benchmark.warmup_batches(5, 6)
-    assert m.images == 8 * ((5 - warmup) + 4)
+    warmup = benchmark.warmup_batches(10, 6)
+    assert warmup > 1
+    assert m.images == 4 * ((10 - warmup) + 9)
     assert "start-up" not in m.name
+
+
+@pytest.mark.parametrize("batch_size", [8, 16])
+def test_loader_throughput_of_too_few_batches_times_whole_epochs(  # type: ignore[no-untyped-def]
+        small_file, batch_size: int) -> None:
+    # 5 and 2 batches per epoch: the batches after the first would be mostly
+    # the ones prepared ahead, so the whole epochs are timed, and named so
+    batches = 40 // batch_size
+    assert batches - 1 < benchmark.STEADY_MIN_BATCHES
+    m = benchmark.loader_throughput(small_file, "center_crop", batch_size=batch_size, epochs=2,
+                                    num_workers=1)
+    assert m.images == 2 * batches * batch_size
+    assert m.name.endswith("with start-up")
+
+
+def test_loader_throughput_of_a_file_smaller_than_a_batch(small_file) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=r"small\.beton: 40 samples make no batch of 64"):
+        benchmark.loader_throughput(small_file, "center_crop", batch_size=64, num_workers=1)
 
 
 def test_loader_throughput_after_warmup_epochs_counts_each_epoch_but_its_first_batch(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -238,7 +239,9 @@ def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "made 12 demo images" in out
     assert "wrote 12 samples" in out
-    assert "images/s" in out
+    loaded = next(line for line in out.splitlines() if "fastforward train_numpy" in line)
+    assert "with start-up" not in loaded  # batches small enough to time at steady state
+    assert float(re.search(r"([\d,.]+) images/s", loaded)[1].replace(",", "")) > 0
     assert "image: RGBImageField" in out
     assert (tmp_path / "demo" / "demo.beton").is_file()
     assert main(argv) == 0  # a second run reuses the images
@@ -384,6 +387,24 @@ def test_bench_prints_a_table(beton: Path, capsys: pytest.CaptureFixture[str]) -
     rows = [line.split() for line in lines[2:4]]
     assert [row[0] for row in rows] == ["1", "2"]
     assert all(float(row[2].replace(",", "")) > 0 for row in rows)
+
+
+def test_bench_says_when_epochs_are_too_short_to_time_at_steady_state(
+        beton: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    steady = NUM_IMAGES // 6  # six batches per epoch
+    assert main(["bench", str(beton), "--workers", "1", "--batch-size", str(steady)]) == 0
+    assert "note:" not in capsys.readouterr().out
+    big = NUM_IMAGES // 2  # two batches per epoch
+    assert main(["bench", str(beton), "--workers", "1", "--batch-size", str(big)]) == 0
+    out = capsys.readouterr().out
+    assert f"too few batches of {big} per epoch" in out
+    assert "start-up included" in out
+
+
+def test_bench_of_a_file_smaller_than_a_batch(beton: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["bench", str(beton), "--workers", "1", "--batch-size", str(NUM_IMAGES + 1)])
+    assert_one_line_error(capsys, status, 1, str(beton), "make no batch of")
 
 
 def test_bench_plot(beton: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
