@@ -92,6 +92,10 @@ def portable(exc: BaseException, where: str) -> BaseException:
         pickle.loads(pickle.dumps(exc))
     except Exception:
         located = [note for note in getattr(exc, "__notes__", ()) if "\n" not in note]
-        exc = FastForwardError("; ".join([*located, f"{type(exc).__name__}: {exc}"]))
+        try:
+            message = f"{type(exc).__name__}: {exc}"
+        except Exception:  # a __str__ that fails
+            message = f"{type(exc).__name__} (its message could not be shown)"
+        exc = FastForwardError("; ".join([*located, message]))
     exc.add_note(f"in {where}:\n{text}")
     return exc

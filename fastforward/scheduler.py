@@ -201,6 +201,8 @@ class Engine:
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._durations: collections.deque[float] = collections.deque(maxlen=4)
+        self._in_flight = 0  # batches on the batch threads now (close() may wait for them)
+        self._idle = threading.Condition()
         self._stop: asyncio.Event | None = None
         self._closed = False  # close() was called (the epoch ends on it)
         self._closing = False  # a close() is shutting down, or has
@@ -284,6 +286,14 @@ class Engine:
                 loop.call_soon_threadsafe(self._request_stop)
         if threading.current_thread() is not self._thread:
             self._thread.join()
+        workers = self.plan.workers
+        if workers is not None and workers.grace is not None:
+            # batches still waiting on ranges of process workers after the grace
+            # period wait on ranges that do not end (an operation stuck, a worker
+            # stopped): the workers running them are killed, and the batches fail
+            with self._idle:
+                if not self._idle.wait_for(lambda: self._in_flight == 0, workers.grace):
+                    workers.abandon()
         for pool in (self._batch_pool, self._io_pool):
             pool.shutdown(wait=True, cancel_futures=True)
         if self.plan.workers is not None:
@@ -397,6 +407,8 @@ class Engine:
         """
         plan = self.plan
         start = time.perf_counter()
+        with self._idle:
+            self._in_flight += 1
         try:
             if data is None:
                 data = plan.fetch(indices)
@@ -409,6 +421,10 @@ class Engine:
                 self._durations.append(time.perf_counter() - start)
         except BaseException as exc:  # delivered in order, after the batches before it
             return _Failure(exc)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
 
     def _light(self) -> bool:
         """Whether the last few batches each took less than ``LIGHT_BATCH_SECONDS``."""

@@ -435,7 +435,7 @@ def test_any_exception_reaches_next_after_the_batches_before_it(
 
 
 @pytest.mark.parametrize("error", [StopIteration("stray"), KeyboardInterrupt("ki"),
-                                   asyncio.CancelledError("c")],
+                                   asyncio.CancelledError("c"), SystemExit(4)],
                          ids=lambda e: type(e).__name__)
 def test_any_exception_in_a_worker_process_reaches_next(photos_file: Path,
                                                         error: BaseException) -> None:
@@ -444,9 +444,16 @@ def test_any_exception_in_a_worker_process_reaches_next(photos_file: Path,
     got: list = []
     with train_loader(photos_file, 2, "process",
                       extra=[RaiseAt(int(order[27]), error)]) as loader, \
-            pytest.raises(expected):
+            pytest.raises(expected) as info:
         got.extend(loader)
     assert len(got) == 3
+    raised = info.value.__cause__ if isinstance(error, StopIteration) else info.value
+    told = "\n".join([str(info.value), *getattr(raised, "__notes__", ()),
+                      *getattr(info.value, "__notes__", ())])
+    assert f"sample {int(order[27])}" in told  # located, whatever it is
+    assert "RaiseAt" in told
+    if isinstance(error, SystemExit):
+        assert info.value.code == 4
 
 
 def _threads() -> list[str]:
@@ -642,3 +649,276 @@ def test_a_worker_maps_a_slot_whole_so_writing_it_takes_no_page_faults() -> None
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     assert faults < pages // 8, f"{faults} page faults writing {pages} pages"
     assert (segment.whole[::4096] == 7).all()  # the same memory
+
+
+# -- faults the process workers must survive -------------------------------------------
+
+
+class StuckAt(Operation):
+    """At sample *index* in epoch *epoch*, touches *marker* and never returns (an
+    operation stuck in a loop, or a worker stopped)."""
+
+    per_sample = True
+
+    def __init__(self, index: int, marker: str, epoch: int = 0) -> None:
+        super().__init__()
+        self.index = index
+        self.marker = marker
+        self.epoch = epoch
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        if int(context.indices[position]) == self.index and context.epoch == self.epoch:
+            Path(self.marker).touch()
+            time.sleep(3600)
+        return sample
+
+
+class ExitAt(Operation):
+    """Ends its own process with ``os._exit(3)`` at sample *index*."""
+
+    per_sample = True
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        if int(context.indices[position]) == self.index:
+            os._exit(3)
+        return sample
+
+
+class RebuiltOnlyElsewhere(Exception):
+    """Pickles and unpickles in a worker, but cannot be rebuilt in the process whose
+    pid is in $FASTFORWARD_TEST_PARENT (the loader's)."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (_rebuild_elsewhere, (self.args[0],))
+
+
+def _rebuild_elsewhere(message: str) -> RebuiltOnlyElsewhere:
+    if os.environ.get("FASTFORWARD_TEST_PARENT") == str(os.getpid()):
+        raise RuntimeError("cannot be rebuilt in this process")
+    return RebuiltOnlyElsewhere(message)
+
+
+def wait_for(path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def test_an_epoch_ended_early_kills_a_worker_stuck_in_an_operation(tmp_path: Path,
+                                                                    photos_file: Path) -> None:
+    order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
+    marker = tmp_path / "stuck"
+    expected = epochs(train_loader(photos_file, 1, "thread"), 2)[1]
+    with train_loader(photos_file, 2, "process",
+                      extra=[Jitter(), StuckAt(int(order[8 * 2 + 3]), str(marker))]) as loader:
+        iterator = iter(loader)
+        next(iterator)  # batch 0; batch 2 is on the workers, and one of them is stuck
+        wait_for(marker)
+        stuck = set(loader.workers.pids)
+        start = time.monotonic()
+        iterator.close()  # as `break` does: waits the grace period, then kills it
+        assert time.monotonic() - start < 30
+        assert len(set(loader.workers.pids) & stuck) == 1  # the other one was not stuck
+        # the next epoch replaces it, and is the epoch it should be
+        images, labels = (np.concatenate(parts) for parts in
+                          zip(*[(i.copy(), b.copy()) for i, b in loader], strict=True))
+        np.testing.assert_array_equal(labels, expected[1])
+        np.testing.assert_array_equal(images, expected[0])
+        assert loader.workers.started == 3
+    assert _threads_done()
+
+
+def _threads_done() -> bool:
+    return not any(name.startswith("fastforward") for name in _threads())
+
+
+STUCK_SCRIPT = """
+import os, sys, time
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_workers import train_loader, Jitter, StuckAt
+
+if __name__ == "__main__":
+    loader = train_loader(Path({path!r}), 2, "process",
+                          extra=[Jitter(), StuckAt({index}, {marker!r})])
+    print(os.getpid(), flush=True)
+    for _ in loader:
+        pass
+"""
+
+
+def _pids_of_workers(parent: int) -> set[int]:
+    """The worker processes a loader in process *parent* started: the children of
+    its fork server, which is the parent's child."""
+    children: dict[int, set[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), set()).add(int(entry))
+    return {worker for server in children.get(parent, ()) for worker in children.get(server, ())}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["Ctrl-C", "SIGKILL"])
+def test_a_worker_stuck_in_an_operation_stops_the_loader_process_from_nothing(
+        tmp_path: Path, photos_file: Path, how: signal.Signals) -> None:
+    """Ctrl-C while next() waits on a stuck worker ends the program (after the grace
+    period), and a SIGKILLed loader's workers go at once even while they are busy:
+    their watchdog waits on the loader's process, not on their parent (the fork
+    server)."""
+    order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
+    marker = tmp_path / "stuck"
+    script = tmp_path / "run.py"
+    script.write_text(STUCK_SCRIPT.format(tests=str(Path(__file__).parent),
+                                          path=str(photos_file), index=int(order[0]),
+                                          marker=str(marker)))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert process.stdout is not None
+        pid = int(process.stdout.readline())
+        wait_for(marker)
+        workers = {p for p in _pids_of_workers(pid) if _alive(p)}
+        assert len(workers) == 2
+        start = time.monotonic()
+        process.send_signal(how)
+        _, stderr = process.communicate(timeout=60)
+        assert time.monotonic() - start < 30
+        if how == signal.SIGINT:
+            assert "KeyboardInterrupt" in stderr
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in workers), "a worker outlived its loader"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=30)
+
+
+def test_a_worker_that_ends_its_process_is_named_so(photos_file: Path) -> None:
+    order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
+    with train_loader(photos_file, 2, "process", extra=[ExitAt(int(order[20]))]) as loader, \
+            pytest.raises(WorkerError, match=r"exit code 3: an operation ended the process"):
+        for _ in loader:
+            pass
+
+
+def test_dropped_slots_are_unmapped_by_every_worker(photos_file: Path) -> None:
+    """With batches smaller than the pool, some workers get no range of a batch: they
+    must still hear that the loader let go of a slot, or they keep it mapped."""
+
+    def slots_mapped(pid: int) -> int:
+        with open(f"/proc/{pid}/maps") as maps:
+            return sum("fastforward-slot" in line for line in maps)
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc")
+    loader = Loader(photos_file, 2, num_workers=4, worker_type="process", seed=1,
+                    order=OrderOption.RANDOM,
+                    pipelines={"image": [RandomResizedCropRGBImageDecoder((32, 32)), Jitter()],
+                               "label": [IntDecoder()]})
+    with loader:
+        counts = []
+        for _ in range(4):
+            held: list = []
+            for batch in loader:  # keeps the last 6 batches: the loader makes new slots
+                held = [*held, batch][-6:]
+            del held, batch
+            gc.collect()
+            next(iter(loader))  # one range: tells its worker what was dropped
+            counts.append(max(slots_mapped(pid) for pid in loader.workers.pids))
+        mine = slots_mapped(os.getpid())
+    # each worker maps at most what the loader's process still maps (before the
+    # fix, 11-14 of them after 4 epochs, growing each epoch, against 8 here)
+    assert max(counts) <= mine, (counts, mine)
+
+
+def test_an_error_that_cannot_be_rebuilt_in_the_loader_process_still_reaches_next(
+        photos_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASTFORWARD_TEST_PARENT", str(os.getpid()))
+    order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
+    error = RebuiltOnlyElsewhere("only elsewhere")
+    with train_loader(photos_file, 2, "process",
+                      extra=[RaiseAt(int(order[20]), error)]) as loader:
+        with pytest.raises(Exception, match="only elsewhere") as info:
+            for _ in loader:
+                pass
+        assert "could not be rebuilt in the loader's process" in str(info.value)
+        assert "cannot be rebuilt in this process" in str(info.value)
+        assert f"sample {int(order[20])}" in str(info.value)
+        # the workers still answer: the next epoch meets the same error, not a hang
+        with pytest.raises(Exception, match="only elsewhere"):
+            for _ in loader:
+                pass
+
+
+def test_a_worker_killed_between_epochs_is_replaced_before_the_next(photos_file: Path) -> None:
+    expected = epochs(train_loader(photos_file, 1, "thread"), 2)
+    with train_loader(photos_file, 2, "process") as loader:
+        first = [(i.copy(), b.copy()) for i, b in loader]
+        victim = loader.workers.pids[0]
+        os.kill(victim, signal.SIGKILL)
+        while _alive(victim):  # dead, but not yet seen by the loader's reader thread
+            time.sleep(0.001)
+        second = [(i.copy(), b.copy()) for i, b in loader]
+        assert victim not in loader.workers.pids
+    for got, want in zip((first, second), expected, strict=True):
+        np.testing.assert_array_equal(np.concatenate([b for _, b in got]), want[1])
+        np.testing.assert_array_equal(np.concatenate([i for i, _ in got]), want[0])
+
+
+def test_two_epochs_of_one_loader_at_once_with_process_workers(photos_file: Path) -> None:
+    expected = epochs(train_loader(photos_file, 1, "thread"), 2)
+    with train_loader(photos_file, 2, "process") as loader:
+        one, two = iter(loader), iter(loader)
+        got: tuple[list, list] = ([], [])
+        for a, b in zip(one, two, strict=True):
+            got[0].append(a[1].copy())
+            got[1].append(b[1].copy())
+    for mine, want in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(np.concatenate(mine), want[1])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+def test_a_loader_in_a_forked_child_says_so_and_leaves_the_parents_workers(
+        photos_file: Path) -> None:
+    import warnings
+
+    with train_loader(photos_file, 2, "process") as loader:
+        expected = [b.copy() for _, b in loader]
+        read, write = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+            child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports through the pipe
+            try:
+                try:
+                    iter(loader)
+                    message = "no error"
+                except RuntimeError as exc:
+                    message = str(exc)
+                loader.close()
+            finally:
+                os.write(write, message.encode()[:4000])
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            message = pipe.read().decode()
+        os.waitpid(child, 0)
+        assert "forked child" in message
+        assert "create a new Loader" in message
+        # the child's close() let go of its copies only: the workers still serve us
+        assert sum(len(b) for _, b in loader) == sum(len(b) for b in expected)

@@ -459,6 +459,8 @@ class Loader:
         plan = self._compile()  # may fail (a bad output_size): the epoch is not used up
         layout = dict(plan.layout)
         batches = self._batches(epoch, segments)
+        # may fail too (a worker that cannot start): the epoch is not used up either
+        workers = self.workers.open_epoch(plan, self._slots)
         self.next_epoch += 1
         self._resume = None
         # copies on the copy threads: from the map (os_cache=False keeps its memory
@@ -466,7 +468,6 @@ class Loader:
         deferred = any(p.defer_copies and p.decoder is not None for p in plan.pipelines)
         copier = self._start_copier() if deferred and self._stage is None and self.os_cache \
             else None
-        workers = self.workers.open_epoch(plan, self._slots)
         fetch: Callable[[np.ndarray], Any] = self.memory_manager.fetch
         if workers.fields is not None:  # process workers fetch their own ranges' payloads
             fields = workers.fields

@@ -104,7 +104,7 @@ def apply_step(plan: Plan, pipeline: PipelinePlan, step: Step, value: Any, buffe
     """``step.op.apply``, its error naming the file, the batch, the pipeline and the op."""
     try:
         return step.op.apply(value, buffer, context)
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit and the like too: they reach next() as well
         raise annotate(exc, f"{job.where(plan.fname)}, pipeline {pipeline.name!r}, "
                             f"{type(step.op).__name__}") from None
 

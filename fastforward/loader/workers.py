@@ -2,7 +2,8 @@
 
 Two strategies behind one interface, ``WorkerPool.open_epoch(plan, slots)`` giving an
 ``EpochWorkers`` whose ``run(job, slot, data, copies)`` runs stage 1 of one
-batch over ranges of its samples and returns once every range is written:
+batch over ranges of its samples and returns once every range is written
+(and ``grace``, ``abandon()``, ``close()`` for the epoch's end):
 
 - ``ThreadWorkers``: threads of the loader's process (``fastforward-decode-N``),
   new for each epoch. Right when stage 1 releases the GIL (every built-in
@@ -26,29 +27,41 @@ Process workers, in detail:
   script keeps its top level under ``if __name__ == '__main__':``). A worker
   never touches CUDA, and runs torch on one thread.
 - **Messages** (pickled over a socket pair per worker): ``plan`` (once per
-  epoch), ``segment`` (a slot's shared memory, its descriptor passed with
+  epoch; a worker keeps the plans of the epochs still open), ``unplan`` (an
+  epoch ended), ``segment`` (a slot's shared memory, its descriptor passed with
   SCM_RIGHTS the first time a worker writes into it), ``forget`` (segments the
-  loader let go), ``range`` (one range of one batch; the reply is ``done`` or
-  ``error`` with the exception and its traceback), ``None`` (exit).
+  loader let go, told to every worker that mapped them, with its next range),
+  ``range`` (one range of one batch; the reply is ``done`` or ``error`` with
+  the pickled exception, its traceback and its text, should it not unpickle
+  here), ``None`` (exit).
 - **Lifetime.** The pool's thread (``fastforward-workers``) reads every
   worker's replies and watches their sentinels: a worker that dies (SIGKILL,
   out of memory) fails its ranges with ``WorkerError`` naming the batch, at
-  once, and is replaced at the next epoch. Workers ignore SIGINT (the
+  once, and is replaced at the next epoch (a worker found dead when an epoch
+  opens is replaced first). An epoch that ends early (``break``, Ctrl-C,
+  ``close()``) waits ``ProcessEpoch.grace`` seconds for the ranges in flight,
+  then kills the workers still running them (an operation that never
+  returns): they are replaced at the next epoch. Workers ignore SIGINT (the
   loader's process handles Ctrl-C) and exit when the loader's process is gone,
-  however it died: their socket reaches end of file, and a watchdog thread
-  sees their parent change. ``close()`` asks them to exit, then kills what
-  is left.
+  however it died, even in the middle of an operation: a watchdog thread
+  waits on the loader's process (a pidfd; where there is none, it checks
+  every half second). ``close()`` asks them to exit, then kills what is left.
+  A loader's workers belong to the process that started them: in a forked
+  child, the loader refuses to run an epoch, and closing it there lets go of
+  the child's copies only.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import itertools
 import mmap
 import multiprocessing
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -62,7 +75,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import WorkerError, portable
+from ..errors import FastForwardError, WorkerError, portable
 from ..pipeline.plan import Plan, bind_plan
 from ..utils import forkserver_preload
 from .runner import BatchJob, run_stage1
@@ -110,6 +123,7 @@ class ThreadEpoch:
 
     kind = THREAD
     fields: frozenset[int] | None = None  # the loader fetches every field
+    grace: float | None = None  # a thread cannot be stopped: an epoch waits for its ranges
 
     def __init__(self, plan: Plan, size: int) -> None:
         self.plan = plan
@@ -127,6 +141,9 @@ class ThreadEpoch:
         settle([self._pool.submit(run_stage1, self.plan, job, data.rows(lo, hi), slot, lo,
                                   hi, copies) for lo, hi in ranges])
 
+    def abandon(self) -> None:
+        """Nothing to do: threads cannot be stopped (``grace`` is None)."""
+
     def close(self) -> None:
         """Stop the threads (after the ranges in progress)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -141,10 +158,11 @@ class _Worker:
         self.conn = conn
         self.send_lock = threading.Lock()
         self.segments: set[int] = set()  # shared segments it has mapped
-        self.plans: set[int] = set()
+        self.dropped: set[int] = set()  # of those, the ones to forget with its next range
         self.pending: set[int] = set()  # ranges sent, not answered
         self.running: int | None = None  # the range it said it started last
         self.dead = False
+        self.why: str | None = None  # why the loader killed it, if it did
 
 
 class ProcessWorkers:
@@ -167,7 +185,10 @@ class ProcessWorkers:
         self.method_used: str | None = None
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()  # the pending table and the workers list
-        self._pending: dict[int, tuple[Future[Any], _Worker, str]] = {}
+        self._buried = threading.Condition(self._lock)  # notified when a worker is buried
+        # job id: its future, its worker, what it is (for errors), its epoch's plan id
+        self._pending: dict[int, tuple[Future[Any], _Worker, str, int]] = {}
+        self._owner = os.getpid()  # the workers belong to this process
         self._jobs = itertools.count(1)
         self._plans = itertools.count(1)
         self._closed = False
@@ -191,6 +212,9 @@ class ProcessWorkers:
         """Start the workers that are missing (all at first; dead ones later)."""
         if self._closed:
             raise RuntimeError("the loader's worker processes are closed")
+        for worker in list(self._workers):  # dead, but not yet seen by the reader thread
+            if not worker.dead and _gone(worker):
+                self._await_buried(worker)
         missing = [k for k in range(self.size)
                    if k >= len(self._workers) or self._workers[k].dead]
         if not missing:
@@ -209,7 +233,8 @@ class ProcessWorkers:
                 parent_end.fileno(), self._wake_r, self._wake_w]
             process = ctx.Process(  # type: ignore[attr-defined]  # not in typeshed's BaseContext
                 target=_worker_main, name=f"fastforward-worker-{k}",
-                args=(child_end, self.config, inherited if method == "fork" else []), daemon=True)
+                args=(child_end, self.config, inherited if method == "fork" else [],
+                      self._owner), daemon=True)
             try:
                 process.start()
             finally:
@@ -243,7 +268,7 @@ class ProcessWorkers:
                     return
                 if message[0] == "error":
                     self.close()
-                    raise message[2]
+                    raise _unpacked(*message[2:])
         worker.process.join(5)
         worker.dead = True
         self.close()
@@ -255,11 +280,47 @@ class ProcessWorkers:
                           f"(exit code {worker.process.exitcode}); its error is printed "
                           f"above.{hint}")
 
+    def _await_buried(self, worker: _Worker, timeout: float = 5.0) -> None:
+        """Wait until the reader thread has buried *worker* (its process has ended or
+        is ending): its ranges failed, and the next epoch will replace it. (Only the
+        reader thread joins a worker: with the fork server, joining reads its exit
+        status from the sentinel, which two threads must not both do.)"""
+        if self._reader is None:  # no reader yet: nothing can be pending on it
+            worker.dead = True
+            return
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"w")
+        with self._buried:
+            self._buried.wait_for(lambda: worker.dead, timeout)
+
+    def abandon(self, plan_id: int) -> None:
+        """Kill the workers still running ranges of the epoch of *plan_id*, which
+        ended without them (an operation that does not return): their ranges
+        fail, and the next epoch replaces them."""
+        with self._lock:
+            stuck = {id(worker): worker for _, worker, _, plan in self._pending.values()
+                     if plan == plan_id and not worker.dead}
+        for worker in stuck.values():
+            worker.why = "killed by the loader: its epoch had ended and its range was still running"
+            with contextlib.suppress(OSError):
+                worker.process.kill()
+        for worker in stuck.values():
+            self._await_buried(worker)
+
     def close(self) -> None:
-        """Ask every worker to exit, wait a little, kill what is left (idempotent)."""
+        """Ask every worker to exit, wait a little, kill what is left (idempotent).
+
+        In a forked child of the loader's process, only lets go of the child's
+        copies of the sockets: the workers are the parent's."""
         if self._closed:
             return
         self._closed = True
+        if os.getpid() != self._owner:
+            for worker in self._workers:
+                worker.conn.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            return
         for worker in self._workers:
             with contextlib.suppress(OSError), worker.send_lock:
                 worker.conn.send(None)
@@ -289,20 +350,44 @@ class ProcessWorkers:
     def open_epoch(self, plan: Plan, slots: Any) -> ProcessEpoch:
         """Start (or restart) the workers and send them *plan*; *slots* is the
         loader's ``SlotPool`` (its shared slots are where the workers write)."""
-        self._ensure_started()
+        if os.getpid() != self._owner:
+            raise RuntimeError(
+                f"{self.config[0]}: this loader's worker processes belong to process "
+                f"{self._owner}, and this is its forked child {os.getpid()}: create a "
+                "new Loader here (or pass worker_type='thread')")
         plan_id = next(self._plans)
         blob = pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL)
-        for worker in self._workers:
-            self._send(worker, ("plan", plan_id, blob))
-        return ProcessEpoch(self, plan, plan_id, slots.dropped)
+        lost: list[_Worker] = []
+        for _ in range(2):  # once more if a worker turns out dead as the plan is sent
+            self._ensure_started()
+            lost = [w for w in list(self._workers)
+                    if not _try_send(w, functools.partial(w.conn.send, ("plan", plan_id, blob)))]
+            for worker in lost:
+                self._await_buried(worker)
+            if not lost:
+                return ProcessEpoch(self, plan, plan_id, slots.dropped)
+        raise self._death(lost[0], "receiving its work")
 
-    def _send(self, worker: _Worker, message: Any) -> None:
-        sent = _try_send(worker, lambda: worker.conn.send(message))
-        if not sent:
-            raise self._death(worker, "receiving its work")
+    def retire(self, plan_id: int) -> None:
+        """The epoch of *plan_id* has ended: the workers forget its plan."""
+        if self._closed:
+            return
+        for worker in list(self._workers):
+            if not worker.dead:
+                _try_send(worker, functools.partial(worker.conn.send, ("unplan", plan_id)))
 
-    def submit(self, worker_index: int, slot: Any, forget: list[int], plan_id: int,
-               job: BatchJob, lo: int, hi: int, what: str) -> Future[Any]:
+    def drop_segments(self, segments: list[int]) -> None:
+        """The loader let go of *segments*: each worker that mapped one unmaps it
+        with its next range (every worker, not only the next batch's: a batch
+        smaller than the pool gives some workers no range)."""
+        if not segments:
+            return
+        for worker in list(self._workers):
+            with worker.send_lock:
+                worker.dropped.update(s for s in segments if s in worker.segments)
+
+    def submit(self, worker_index: int, slot: Any, plan_id: int, job: BatchJob, lo: int,
+               hi: int, what: str) -> Future[Any]:
         """Send one range to a worker (its slot's segment first, if new to it)."""
         worker = self._workers[worker_index % len(self._workers)]
         future: Future[Any] = Future()
@@ -310,15 +395,16 @@ class ProcessWorkers:
         with self._lock:
             if worker.dead:
                 raise self._death(worker, what)
-            self._pending[job_id] = (future, worker, what)
+            self._pending[job_id] = (future, worker, what, plan_id)
             worker.pending.add(job_id)
         segment_id, nbytes, offsets = slot.describe()
 
         def send() -> None:
-            gone = [s for s in forget if s in worker.segments]
-            if gone:
+            if worker.dropped:
+                gone = sorted(worker.dropped)
                 worker.conn.send(("forget", gone))
                 worker.segments.difference_update(gone)
+                worker.dropped.clear()
             if segment_id not in worker.segments:
                 worker.conn.send(("segment", segment_id, nbytes, offsets))
                 send_handle(worker.conn, slot.segment.fd, worker.process.pid)
@@ -361,6 +447,11 @@ class ProcessWorkers:
         except (EOFError, OSError):
             self._bury(worker)
             return
+        except Exception as exc:  # a reply that does not unpickle here: trust it no more
+            worker.why = f"killed by the loader: a reply could not be read ({_text(exc)})"
+            worker.process.kill()
+            self._bury(worker)
+            return
         self._receive_one(worker, reply)
 
     def _receive_one(self, worker: _Worker, reply: tuple[Any, ...]) -> None:
@@ -378,12 +469,13 @@ class ProcessWorkers:
         if status == "done":
             future.set_result(None)
         else:
-            future.set_exception(reply[2])
+            future.set_exception(_unpacked(*reply[2:]))
 
     def _bury(self, worker: _Worker) -> None:
         """A worker died: fail its ranges (the batches waiting for them raise)."""
         worker.process.join(timeout=5)
-        with contextlib.suppress(EOFError, OSError):  # what it said before it died
+        # what it said before it died (a reply that does not unpickle here is dropped)
+        with contextlib.suppress(Exception):
             while not worker.dead and worker.conn.poll():
                 self._receive_one(worker, worker.conn.recv())
         with self._lock:
@@ -392,8 +484,9 @@ class ProcessWorkers:
                     if job_id in self._pending]
             worker.pending.clear()
             running = dict(lost).get(worker.running) if worker.running is not None else None
+            self._buried.notify_all()
         culprit = None if running is None else running[2]
-        for job_id, (future, _, what) in lost:
+        for job_id, (future, _, what, _) in lost:
             if job_id == worker.running or culprit is None:
                 error = self._death(worker, what)
             else:  # queued behind the range that killed it
@@ -403,16 +496,27 @@ class ProcessWorkers:
     def _death(self, worker: _Worker, what: str, also: str = "") -> WorkerError:
         process = worker.process
         code = process.exitcode
-        how = (f"killed by signal {-code} ({_signal_name(-code)})" if code is not None
-               and code < 0 else f"exit code {code}")
+        if worker.why is not None:
+            how = worker.why
+        elif code is None:
+            how = "its socket closed"
+        elif code == -signal.SIGKILL:
+            how = "killed by signal 9 (SIGKILL): out of memory, or killed"
+        elif code < 0:
+            how = f"killed by signal {-code} ({_signal_name(-code)})"
+            if -code in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
+                         signal.SIGABRT):
+                how += ": a crash in native code"
+        else:
+            how = f"exit code {code}: an operation ended the process (os._exit?)"
         return WorkerError(f"{self.config[0]}: worker process {worker.index} (pid "
-                           f"{process.pid}) died ({how}) while {what}{also}; out of memory?")
+                           f"{process.pid}) died ({how}) while {what}{also}")
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._lock:
             lost = list(self._pending.values())
             self._pending.clear()
-        for future, _, _ in lost:
+        for future, _, _, _ in lost:
             if not future.done():
                 future.set_exception(exc)
 
@@ -421,6 +525,9 @@ class ProcessEpoch:
     """One epoch's use of the process pool."""
 
     kind = PROCESS
+    #: seconds an epoch that ends early waits for its ranges in flight before
+    #: ``abandon()`` kills the workers still running them
+    grace = 2.0
 
     def __init__(self, pool: ProcessWorkers, plan: Plan, plan_id: int,
                  dropped: collections.deque[int]) -> None:
@@ -438,19 +545,24 @@ class ProcessEpoch:
         if not job.ranged:
             return
         pool = self.pool
-        forget = _drain(self.dropped)
+        pool.drop_segments(_drain(self.dropped))
         futures = []
         first = next(self._next_worker)
         try:
             for k, (lo, hi) in enumerate(bounds(len(job.indices), pool.size)):
                 what = f"running {job.where(self.plan.fname)}, rows {lo}:{hi}"
-                futures.append(pool.submit(first + k, slot, forget, self.plan_id, job, lo, hi,
-                                           what))
+                futures.append(pool.submit(first + k, slot, self.plan_id, job, lo, hi, what))
         finally:
             settle(futures)
 
+    def abandon(self) -> None:
+        """The epoch ended, and ranges of it still run after ``grace`` seconds: kill
+        the workers running them."""
+        self.pool.abandon(self.plan_id)
+
     def close(self) -> None:
-        """The pool stays for the next epoch."""
+        """The workers forget this epoch's plan; the pool stays for the next epoch."""
+        self.pool.retire(self.plan_id)
 
 
 def _try_send(worker: _Worker, send: Callable[[], None]) -> bool:
@@ -465,6 +577,31 @@ def _try_send(worker: _Worker, send: Callable[[], None]) -> bool:
     return True
 
 
+def _gone(worker: _Worker) -> bool:
+    """Whether *worker*'s process has ended. Its sentinel says so once its parent
+    has reaped it; with the fork server, that parent (the server) reaps it and
+    writes its exit status a moment after it ended, and until then only its pid
+    tells: a zombie, or none (its socket does not reach end of file: the server
+    holds a copy)."""
+    if wait([worker.process.sentinel], 0):
+        return True
+    pid = worker.process.pid
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except FileNotFoundError:
+        return True
+    except (OSError, IndexError):  # no /proc here
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass
+    return False
+
+
 def _drain(queue: collections.deque[int]) -> list[int]:
     items: list[int] = []
     while True:
@@ -472,6 +609,31 @@ def _drain(queue: collections.deque[int]) -> list[int]:
             items.append(queue.popleft())
         except IndexError:
             return items
+
+
+def _text(exc: BaseException) -> str:
+    """``Type: message`` of *exc*, whatever its ``__str__`` does."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:
+        return f"{type(exc).__name__} (its message could not be shown)"
+
+
+def _packed(exc: BaseException) -> tuple[bytes, str]:
+    """*exc* (from ``portable``) pickled, and its text with its notes, for the
+    loader's process to show should it not unpickle there."""
+    notes = "\n".join(str(note) for note in getattr(exc, "__notes__", ()))
+    return pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL), f"{_text(exc)}\n{notes}"
+
+
+def _unpacked(blob: bytes, text: str) -> BaseException:
+    """The exception ``_packed`` sent; where it cannot be rebuilt in this process,
+    a ``FastForwardError`` with its text."""
+    try:
+        return pickle.loads(blob)
+    except Exception as exc:
+        return FastForwardError(f"{text}\n(a worker process raised this, and it could not be "
+                                f"rebuilt in the loader's process: {_text(exc)})")
 
 
 def _signal_name(number: int) -> str:
@@ -523,21 +685,40 @@ class _MappedSlot:
         return self.buffers.get(key)
 
 
-def _watch_parent(parent: int) -> None:
-    """Exit as soon as the process that started this one is gone."""
+def _watch_owner(owner: int) -> None:
+    """Exit as soon as the loader's process is gone, however it ended, whatever this
+    process is doing. With the fork server that process is not this one's parent
+    (the server is), so it is waited on by a pidfd (Linux 5.3+); elsewhere, checked
+    every half second."""
+    try:
+        handle = os.pidfd_open(owner)
+    except ProcessLookupError:  # gone already
+        os._exit(1)
+    except (AttributeError, OSError):
+        handle = None
+    if handle is not None:
+        select.select([handle], [], [])  # readable once the process has ended
+        os._exit(1)
+    parent = os.getppid()
     while True:
         time.sleep(0.5)
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except OSError:
+            pass
         if os.getppid() != parent:
             os._exit(1)
 
 
 def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool],
-                 inherited: list[int]) -> None:
+                 inherited: list[int], owner: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the loader's to handle
     for fd in inherited:  # a forked child holds the loader's ends of every pipe: let go
         with contextlib.suppress(OSError):
             os.close(fd)
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True,
+    threading.Thread(target=_watch_owner, args=(owner,), daemon=True,
                      name="fastforward-watchdog").start()
     from ..memory_managers import OSCacheManager, ProcessCacheManager
     from ..reader import Reader
@@ -548,7 +729,7 @@ def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool],
         reader = Reader(fname, custom_fields)
         manager = OSCacheManager(reader) if os_cache else ProcessCacheManager(reader)
     except BaseException as exc:
-        conn.send(("error", 0, portable(exc, where)))
+        conn.send(("error", 0, *_packed(portable(exc, where))))
         return
     conn.send(("ready", 0))
     plans: dict[int, Plan] = {}
@@ -567,30 +748,36 @@ def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool],
             try:
                 plan = plans[plan_id]
                 if isinstance(plan, _BrokenPlan):
-                    raise plan.error
+                    raise pickle.loads(plan.blob)  # a fresh copy each time: one note each
                 data = manager.fetch(job.indices[lo:hi])
                 run_stage1(plan, job, data, slots[segment_id], lo, hi)
                 del data
                 reply: tuple[Any, ...] = ("done", job_id)
             except BaseException as exc:
-                reply = ("error", job_id, portable(exc, where))
-            try:
+                try:
+                    reply = ("error", job_id, *_packed(portable(exc, where)))
+                except BaseException:
+                    reply = ("error", job_id, b"", f"{where}: {_text(exc)}, which could not "
+                             f"be sent back:\n{traceback.format_exc()}")
+            with contextlib.suppress(OSError):
                 conn.send(reply)
-            except (OSError, pickle.PicklingError):
-                with contextlib.suppress(OSError):
-                    conn.send(("error", job_id, RuntimeError(
-                        f"{where}: could not send the result back:\n{traceback.format_exc()}")))
         elif kind == "plan":
             _, plan_id, blob = message
             try:
                 plan = pickle.loads(blob)
                 bind_plan(plan, reader)
-            except BaseException as exc:  # reported with the first range that needs it
-                plan = _BrokenPlan(portable(exc, where))  # type: ignore[assignment]
-            plans = {plan_id: plan}
+            except BaseException as exc:  # reported with each range that needs it
+                exc = portable(exc, where)
+                exc.add_note(f"{fname}: the loader's pipelines could not be rebuilt in "
+                             f"{where} (an operation that pickles there but does not unpickle "
+                             "in a fresh process?)")
+                plan = _BrokenPlan(pickle.dumps(exc))  # type: ignore[assignment]
+            plans[plan_id] = plan
             torch = sys.modules.get("torch")
             if torch is not None:  # the workers are the parallelism: one thread each
                 torch.set_num_threads(1)
+        elif kind == "unplan":
+            plans.pop(message[1], None)
         elif kind == "segment":
             _, segment_id, nbytes, offsets = message
             slots[segment_id] = _MappedSlot(recv_handle(conn), nbytes, offsets)
@@ -600,7 +787,7 @@ def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool],
 
 
 class _BrokenPlan:
-    """A plan that did not unpickle in the worker: its error, for the first range."""
+    """A plan that did not unpickle in the worker: its error, pickled, for each range."""
 
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob

@@ -228,7 +228,7 @@ class Operation:
                 if before is not None:
                     before(position)
                 results.append(self.apply_sample(batch[position], out, context, position))
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit too: it reaches next(), located
                 raise annotate(exc, f"sample {int(context.indices[position])}") from exc.__cause__
         return results
 
