@@ -201,7 +201,7 @@ class Engine:
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._durations: collections.deque[float] = collections.deque(maxlen=4)
-        self._in_flight = 0  # batches on the batch threads now (close() may wait for them)
+        self._in_flight = 0  # batches given to the batch threads, not yet ended
         self._idle = threading.Condition()
         self._stop: asyncio.Event | None = None
         self._closed = False  # close() was called (the epoch ends on it)
@@ -287,13 +287,17 @@ class Engine:
         if threading.current_thread() is not self._thread:
             self._thread.join()
         workers = self.plan.workers
-        if workers is not None and workers.grace is not None:
+        grace = None if workers is None else workers.grace
+        if grace is not None:
             # batches still waiting on ranges of process workers after the grace
             # period wait on ranges that do not end (an operation stuck, a worker
             # stopped): the workers running them are killed, and the batches fail
-            with self._idle:
-                if not self._idle.wait_for(lambda: self._in_flight == 0, workers.grace):
-                    workers.abandon()
+            self._batch_pool.shutdown(wait=False, cancel_futures=True)  # none starts now
+            while True:
+                with self._idle:
+                    if self._idle.wait_for(lambda: self._in_flight == 0, grace):
+                        break
+                workers.abandon()
         for pool in (self._batch_pool, self._io_pool):
             pool.shutdown(wait=True, cancel_futures=True)
         if self.plan.workers is not None:
@@ -392,11 +396,30 @@ class Engine:
             data = await loop.run_in_executor(self._io_pool, _guarded, plan.fetch, indices)
             if isinstance(data, _Failure):
                 return data
-            return await loop.run_in_executor(self._batch_pool, self._whole_batch, index,
-                                              indices, data)
-        if self._light():  # not worth a hop to a pool thread and back
+            return await self._on_batch_thread(index, indices, data)
+        # not worth a hop to a pool thread and back; never with process workers, whose
+        # ranges close() may have to abandon (it does so for the batch threads' only)
+        if self._light() and (plan.workers is None or plan.workers.grace is None):
             return self._whole_batch(index, indices)
-        return await loop.run_in_executor(self._batch_pool, self._whole_batch, index, indices)
+        return await self._on_batch_thread(index, indices)
+
+    def _on_batch_thread(self, *args: Any) -> asyncio.Future[Any]:
+        """``_whole_batch(*args)`` on the batch pool, counted in ``_in_flight`` from
+        now until it returns, or is cancelled before it starts."""
+        with self._idle:
+            self._in_flight += 1
+        try:
+            future = self._batch_pool.submit(self._whole_batch, *args)
+        except BaseException:
+            self._batch_done(None)
+            raise
+        future.add_done_callback(self._batch_done)
+        return asyncio.wrap_future(future)
+
+    def _batch_done(self, _: Any) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
 
     def _whole_batch(self, index: int, indices: np.ndarray, data: Any = None) -> Any:
         """Fetch (unless given *data*), take a slot, run the pipelines, give the slot back.
@@ -407,8 +430,6 @@ class Engine:
         """
         plan = self.plan
         start = time.perf_counter()
-        with self._idle:
-            self._in_flight += 1
         try:
             if data is None:
                 data = plan.fetch(indices)
@@ -421,10 +442,6 @@ class Engine:
                 self._durations.append(time.perf_counter() - start)
         except BaseException as exc:  # delivered in order, after the batches before it
             return _Failure(exc)
-        finally:
-            with self._idle:
-                self._in_flight -= 1
-                self._idle.notify_all()
 
     def _light(self) -> bool:
         """Whether the last few batches each took less than ``LIGHT_BATCH_SECONDS``."""

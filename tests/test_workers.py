@@ -655,8 +655,8 @@ def test_a_worker_maps_a_slot_whole_so_writing_it_takes_no_page_faults() -> None
 
 
 class StuckAt(Operation):
-    """At sample *index* in epoch *epoch*, touches *marker* and never returns (an
-    operation stuck in a loop, or a worker stopped)."""
+    """At sample *index* in epoch *epoch*, writes its process's id to *marker* and
+    never returns (an operation stuck in a loop, or a worker stopped)."""
 
     per_sample = True
 
@@ -668,7 +668,9 @@ class StuckAt(Operation):
 
     def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
         if int(context.indices[position]) == self.index and context.epoch == self.epoch:
-            Path(self.marker).touch()
+            partial = Path(f"{self.marker}.{os.getpid()}")
+            partial.write_text(str(os.getpid()))
+            partial.rename(self.marker)  # whole when it appears
             time.sleep(3600)
         return sample
 
@@ -716,14 +718,17 @@ def test_an_epoch_ended_early_kills_a_worker_stuck_in_an_operation(tmp_path: Pat
     expected = epochs(train_loader(photos_file, 1, "thread"), 2)[1]
     with train_loader(photos_file, 2, "process",
                       extra=[Jitter(), StuckAt(int(order[8 * 2 + 3]), str(marker))]) as loader:
+        # batches 0-2 start at once: a range of batch 2 sticks in one worker (and
+        # whatever that worker was sent after it, of any batch, waits behind it)
         iterator = iter(loader)
-        next(iterator)  # batch 0; batch 2 is on the workers, and one of them is stuck
         wait_for(marker)
-        stuck = set(loader.workers.pids)
+        stuck = int(marker.read_text())
+        assert stuck in loader.workers.pids
         start = time.monotonic()
-        iterator.close()  # as `break` does: waits the grace period, then kills it
+        iterator.close()  # as leaving the loop does: waits the grace period, kills it
         assert time.monotonic() - start < 30
-        assert len(set(loader.workers.pids) & stuck) == 1  # the other one was not stuck
+        assert stuck not in loader.workers.pids
+        assert not _alive(stuck)
         # the next epoch replaces it, and is the epoch it should be
         images, labels = (np.concatenate(parts) for parts in
                           zip(*[(i.copy(), b.copy()) for i, b in loader], strict=True))
@@ -922,3 +927,39 @@ def test_a_loader_in_a_forked_child_says_so_and_leaves_the_parents_workers(
         assert "create a new Loader" in message
         # the child's close() let go of its copies only: the workers still serve us
         assert sum(len(b) for _, b in loader) == sum(len(b) for b in expected)
+
+
+FORK_SCRIPT = """
+import os, sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_workers import train_loader
+
+if __name__ == "__main__":
+    loader = train_loader(Path({path!r}), 2, "process")
+    expected = sum(len(labels) for _, labels in loader)
+    iterator = iter(loader)
+    got = len(next(iterator)[1])  # an epoch under way in this process
+    child = os.fork()
+    if child == 0:
+        loader.close()  # the child's copies only: no grace wait, no kill, no message
+        sys.exit(0)  # a normal exit: multiprocessing's exit hook runs in the child
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, status
+    got += sum(len(labels) for _, labels in iterator)
+    assert got == expected, (got, expected)
+    assert sum(len(labels) for _, labels in loader) == expected
+    print("ok", flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+def test_a_forked_child_that_closes_the_loader_and_exits_leaves_the_parents_epoch(
+        tmp_path: Path, photos_file: Path) -> None:
+    script = tmp_path / "fork.py"
+    script.write_text(FORK_SCRIPT.format(tests=str(Path(__file__).parent),
+                                         path=str(photos_file)))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

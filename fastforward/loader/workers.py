@@ -67,6 +67,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection, wait
@@ -81,6 +82,10 @@ from ..utils import forkserver_preload
 from .runner import BatchJob, run_stage1
 
 THREAD, PROCESS = "thread", "process"
+
+GRACE = 2.0
+"""Seconds an epoch that ends early waits for the ranges of process workers still
+running before it kills the workers running them (``ProcessEpoch.grace``)."""
 
 
 def bounds(count: int, parts: int) -> list[tuple[int, int]]:
@@ -159,6 +164,7 @@ class _Worker:
         self.send_lock = threading.Lock()
         self.segments: set[int] = set()  # shared segments it has mapped
         self.dropped: set[int] = set()  # of those, the ones to forget with its next range
+        self.plans: set[int] = set()  # the plans of open epochs it was sent
         self.pending: set[int] = set()  # ranges sent, not answered
         self.running: int | None = None  # the range it said it started last
         self.dead = False
@@ -189,6 +195,8 @@ class ProcessWorkers:
         # job id: its future, its worker, what it is (for errors), its epoch's plan id
         self._pending: dict[int, tuple[Future[Any], _Worker, str, int]] = {}
         self._owner = os.getpid()  # the workers belong to this process
+        self._live_plans: dict[int, bytes] = {}  # open epochs' plans: a new worker gets them
+        _POOLS.add(self)
         self._jobs = itertools.count(1)
         self._plans = itertools.count(1)
         self._closed = False
@@ -227,28 +235,43 @@ class ProcessWorkers:
             # main module (where scripts define their operations) and what they need
             forkserver_preload(ctx, _preload())
         started: list[_Worker] = []
-        for k in missing:
-            parent_end, child_end = ctx.Pipe(duplex=True)
-            inherited = [w.conn.fileno() for w in self._workers if not w.dead] + [
-                parent_end.fileno(), self._wake_r, self._wake_w]
-            process = ctx.Process(  # type: ignore[attr-defined]  # not in typeshed's BaseContext
-                target=_worker_main, name=f"fastforward-worker-{k}",
-                args=(child_end, self.config, inherited if method == "fork" else [],
-                      self._owner), daemon=True)
-            try:
-                process.start()
-            finally:
-                child_end.close()
-            worker = _Worker(k, process, parent_end)
-            started.append(worker)
-            self.started += 1
-            with self._lock:
-                if k < len(self._workers):
-                    self._workers[k] = worker
+        try:
+            for k in missing:
+                parent_end, child_end = ctx.Pipe(duplex=True)
+                inherited = [w.conn.fileno() for w in self._workers if not w.dead] + [
+                    w.conn.fileno() for w in started] + [
+                    parent_end.fileno(), self._wake_r, self._wake_w]
+                process = ctx.Process(  # type: ignore[attr-defined]  # not in typeshed
+                    target=_worker_main, name=f"fastforward-worker-{k}",
+                    args=(child_end, self.config, inherited if method == "fork" else [],
+                          self._owner), daemon=True)
+                try:
+                    process.start()
+                finally:
+                    child_end.close()
+                started.append(_Worker(k, process, parent_end))
+                self.started += 1
+            for worker in started:
+                self._await_ready(worker, method)
+                for plan_id, blob in self._live_plans.items():  # epochs still open
+                    if _try_send(worker, functools.partial(worker.conn.send,
+                                                           ("plan", plan_id, blob))):
+                        worker.plans.add(plan_id)
+        except BaseException:  # none of them is published: stop them all here
+            for worker in started:
+                with contextlib.suppress(OSError):
+                    worker.process.kill()
+                worker.process.join()
+                worker.conn.close()
+            raise
+        # published only once ready: the reader thread must never read a new
+        # worker's "ready" (it would leave _await_ready waiting for it)
+        with self._lock:
+            for worker in started:
+                if worker.index < len(self._workers):
+                    self._workers[worker.index] = worker
                 else:
                     self._workers.append(worker)
-        for worker in started:
-            self._await_ready(worker, method)
         self.method_used = method
         self.started_seconds = time.perf_counter() - start
         if self._reader is None:
@@ -285,6 +308,8 @@ class ProcessWorkers:
         is ending): its ranges failed, and the next epoch will replace it. (Only the
         reader thread joins a worker: with the fork server, joining reads its exit
         status from the sentinel, which two threads must not both do.)"""
+        if os.getpid() != self._owner:  # a forked child has no reader thread
+            return
         if self._reader is None:  # no reader yet: nothing can be pending on it
             worker.dead = True
             return
@@ -297,9 +322,12 @@ class ProcessWorkers:
         """Kill the workers still running ranges of the epoch of *plan_id*, which
         ended without them (an operation that does not return): their ranges
         fail, and the next epoch replaces them."""
-        with self._lock:
-            stuck = {id(worker): worker for _, worker, _, plan in self._pending.values()
-                     if plan == plan_id and not worker.dead}
+        if os.getpid() != self._owner:  # a forked child: the workers are the parent's
+            return
+        with self._lock:  # running one of its ranges (ranges queued behind another
+            # epoch's are left: they run once that one is done)
+            stuck = {id(w): w for w in self._workers if not w.dead and w.running is not None
+                     and self._pending.get(w.running, (None, None, None, None))[3] == plan_id}
         for worker in stuck.values():
             worker.why = "killed by the loader: its epoch had ended and its range was still running"
             with contextlib.suppress(OSError):
@@ -341,6 +369,11 @@ class ProcessWorkers:
         os.close(self._wake_w)
 
     @property
+    def owner(self) -> int:
+        """The process the workers belong to (the one that made the loader)."""
+        return self._owner
+
+    @property
     def pids(self) -> list[int]:
         """The worker processes' ids (for tests and monitoring)."""
         return [w.process.pid for w in self._workers if not w.dead]
@@ -360,19 +393,29 @@ class ProcessWorkers:
         lost: list[_Worker] = []
         for _ in range(2):  # once more if a worker turns out dead as the plan is sent
             self._ensure_started()
-            lost = [w for w in list(self._workers)
-                    if not _try_send(w, functools.partial(w.conn.send, ("plan", plan_id, blob)))]
+            lost = []
+            for worker in list(self._workers):
+                if plan_id in worker.plans:
+                    continue
+                if _try_send(worker, functools.partial(worker.conn.send,
+                                                       ("plan", plan_id, blob))):
+                    worker.plans.add(plan_id)
+                else:
+                    lost.append(worker)
             for worker in lost:
                 self._await_buried(worker)
             if not lost:
+                self._live_plans[plan_id] = blob
                 return ProcessEpoch(self, plan, plan_id, slots.dropped)
         raise self._death(lost[0], "receiving its work")
 
     def retire(self, plan_id: int) -> None:
         """The epoch of *plan_id* has ended: the workers forget its plan."""
-        if self._closed:
+        if self._closed or os.getpid() != self._owner:
             return
+        self._live_plans.pop(plan_id, None)
         for worker in list(self._workers):
+            worker.plans.discard(plan_id)
             if not worker.dead:
                 _try_send(worker, functools.partial(worker.conn.send, ("unplan", plan_id)))
 
@@ -436,9 +479,15 @@ class ProcessWorkers:
                 worker = waitables[ready]
                 if worker.dead:
                     continue
-                if ready is worker.conn:
-                    self._receive(worker)
-                else:
+                try:
+                    if ready is worker.conn:
+                        self._receive(worker)
+                    else:
+                        self._bury(worker)
+                except Exception as exc:  # never let this thread die: the loader would hang
+                    worker.why = f"killed by the loader: {_text(exc)} reading its reply"
+                    with contextlib.suppress(OSError):
+                        worker.process.kill()
                     self._bury(worker)
 
     def _receive(self, worker: _Worker) -> None:
@@ -472,8 +521,12 @@ class ProcessWorkers:
             future.set_exception(_unpacked(*reply[2:]))
 
     def _bury(self, worker: _Worker) -> None:
-        """A worker died: fail its ranges (the batches waiting for them raise)."""
+        """A worker died: fail its ranges (the batches waiting for them raise), once
+        its process is certainly gone (a batch gives its slot back when they fail)."""
         worker.process.join(timeout=5)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join()
         # what it said before it died (a reply that does not unpickle here is dropped)
         with contextlib.suppress(Exception):
             while not worker.dead and worker.conn.poll():
@@ -485,6 +538,7 @@ class ProcessWorkers:
             worker.pending.clear()
             running = dict(lost).get(worker.running) if worker.running is not None else None
             self._buried.notify_all()
+        worker.conn.close()  # nothing uses it now: its worker is marked dead
         culprit = None if running is None else running[2]
         for job_id, (future, _, what, _) in lost:
             if job_id == worker.running or culprit is None:
@@ -525,9 +579,13 @@ class ProcessEpoch:
     """One epoch's use of the process pool."""
 
     kind = PROCESS
-    #: seconds an epoch that ends early waits for its ranges in flight before
-    #: ``abandon()`` kills the workers still running them
-    grace = 2.0
+
+    @property
+    def grace(self) -> float | None:
+        """Seconds an epoch that ends early waits for its ranges in flight before
+        ``abandon()`` kills the workers still running them (``GRACE``); None in a
+        forked child, where the workers are not its own."""
+        return GRACE if os.getpid() == self.pool.owner else None
 
     def __init__(self, pool: ProcessWorkers, plan: Plan, plan_id: int,
                  dropped: collections.deque[int]) -> None:
@@ -575,6 +633,24 @@ def _try_send(worker: _Worker, send: Callable[[], None]) -> bool:
     except OSError:
         return False
     return True
+
+
+_POOLS: weakref.WeakSet[ProcessWorkers] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child inherits multiprocessing's list of this process's children,
+    whose exit hook terminates the daemonic ones: the workers are the parent's, so
+    they leave the child's list (a child that exits normally would SIGTERM them)."""
+    from multiprocessing import process
+
+    for pool in list(_POOLS):
+        for worker in pool._workers:
+            process._children.discard(worker.process)  # type: ignore[attr-defined]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _gone(worker: _Worker) -> bool:
@@ -631,7 +707,7 @@ def _unpacked(blob: bytes, text: str) -> BaseException:
     a ``FastForwardError`` with its text."""
     try:
         return pickle.loads(blob)
-    except Exception as exc:
+    except BaseException as exc:  # whatever rebuilding it raises
         return FastForwardError(f"{text}\n(a worker process raised this, and it could not be "
                                 f"rebuilt in the loader's process: {_text(exc)})")
 
