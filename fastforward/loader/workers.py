@@ -654,20 +654,25 @@ if hasattr(os, "register_at_fork"):
 
 
 def _gone(worker: _Worker) -> bool:
-    """Whether *worker*'s process has ended. Its sentinel says so once its parent
-    has reaped it; with the fork server, that parent (the server) reaps it and
-    writes its exit status a moment after it ended, and until then only its pid
-    tells: a zombie, or none (its socket does not reach end of file: the server
-    holds a copy)."""
+    """Whether *worker*'s process has ended, or is ending (a SIGKILL waiting for it
+    to be scheduled). Its sentinel says so once its parent has reaped it; with the
+    fork server, that parent (the server) reaps it and writes its exit status a
+    moment after it ended, and until then only its pid tells: a zombie, or none
+    (its socket does not reach end of file: the server holds a copy)."""
     if wait([worker.process.sentinel], 0):
         return True
     pid = worker.process.pid
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+            if stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X"):
+                return True
+        with open(f"/proc/{pid}/status", "rb") as status:
+            kill = 1 << (signal.SIGKILL - 1)
+            return any(int(line.split()[1], 16) & kill for line in status
+                       if line.startswith((b"SigPnd:", b"ShdPnd:")))
     except FileNotFoundError:
         return True
-    except (OSError, IndexError):  # no /proc here
+    except (OSError, IndexError, ValueError):  # no /proc here
         pass
     try:
         os.kill(pid, 0)
