@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import copy
 import gc
 import os
@@ -962,3 +963,27 @@ def test_a_forked_child_that_closes_the_loader_and_exits_leaves_the_parents_epoc
                             timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_an_epoch_ended_early_kills_a_worker_stopped_before_its_range(photos_file: Path) -> None:
+    """A worker stopped while idle (SIGSTOP) never says it started the range it was
+    sent: it is stuck all the same, and killed."""
+    with train_loader(photos_file, 2, "process") as loader:
+        for _ in loader:
+            pass
+        stopped = loader.workers.pids[0]
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            iterator = iter(loader)
+            deadline = time.monotonic() + 60
+            while not loader.workers._workers[0].pending:  # a range was sent to it
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            start = time.monotonic()
+            iterator.close()
+            assert time.monotonic() - start < 30
+            assert stopped not in loader.workers.pids
+            assert sum(len(labels) for _, labels in loader) == 48  # replaced
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped, signal.SIGKILL)

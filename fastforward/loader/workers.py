@@ -322,17 +322,27 @@ class ProcessWorkers:
         """Kill the workers still running ranges of the epoch of *plan_id*, which
         ended without them (an operation that does not return): their ranges
         fail, and the next epoch replaces them."""
+
+        def stuck(worker: _Worker) -> bool:
+            # it holds ranges of the epoch, and is not visibly running another open
+            # epoch's range (ranges queued behind one run once it is done): it runs
+            # one of the epoch's, or runs nothing (stopped before it said so)
+            if worker.dead or not any(self._pending[job][3] == plan_id
+                                      for job in worker.pending if job in self._pending):
+                return False
+            running = self._pending.get(worker.running) if worker.running is not None \
+                else None
+            return running is None or running[3] == plan_id
+
         if os.getpid() != self._owner:  # a forked child: the workers are the parent's
             return
-        with self._lock:  # running one of its ranges (ranges queued behind another
-            # epoch's are left: they run once that one is done)
-            stuck = {id(w): w for w in self._workers if not w.dead and w.running is not None
-                     and self._pending.get(w.running, (None, None, None, None))[3] == plan_id}
-        for worker in stuck.values():
-            worker.why = "killed by the loader: its epoch had ended and its range was still running"
+        with self._lock:
+            stuck_ones = [worker for worker in self._workers if stuck(worker)]
+        for worker in stuck_ones:
+            worker.why = "killed by the loader: its epoch had ended, its range still running"
             with contextlib.suppress(OSError):
                 worker.process.kill()
-        for worker in stuck.values():
+        for worker in stuck_ones:
             self._await_buried(worker)
 
     def close(self) -> None:
