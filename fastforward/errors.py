@@ -79,6 +79,14 @@ class WorkerError(FastForwardError, RuntimeError):
     exception: killed, out of memory, or crashed in native code."""
 
 
+def exception_text(exc: BaseException) -> str:
+    """``Type: message`` of *exc*, whatever its ``__str__`` does."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:  # a __str__ that fails
+        return f"{type(exc).__name__} (its message could not be shown)"
+
+
 def portable(exc: BaseException, where: str) -> BaseException:
     """*exc*, ready to cross a process boundary: itself if it survives pickling,
     else a ``FastForwardError`` with its type and text, after the locations
@@ -92,10 +100,6 @@ def portable(exc: BaseException, where: str) -> BaseException:
         pickle.loads(pickle.dumps(exc))
     except Exception:
         located = [note for note in getattr(exc, "__notes__", ()) if "\n" not in note]
-        try:
-            message = f"{type(exc).__name__}: {exc}"
-        except Exception:  # a __str__ that fails
-            message = f"{type(exc).__name__} (its message could not be shown)"
-        exc = FastForwardError("; ".join([*located, message]))
+        exc = FastForwardError("; ".join([*located, exception_text(exc)]))
     exc.add_note(f"in {where}:\n{text}")
     return exc

@@ -140,16 +140,20 @@ class RaiseInBatch(Operation):
 
 
 class KillAt(Operation):
-    """Kills its own process (as the OOM killer would) at sample *index*."""
+    """Kills its own process at sample *index*: SIGKILL (as the OOM killer would),
+    or ``os._exit(exit_code)``."""
 
     per_sample = True
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, exit_code: int | None = None) -> None:
         super().__init__()
         self.index = index
+        self.exit_code = exit_code
 
     def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
         if int(context.indices[position]) == self.index:
+            if self.exit_code is not None:
+                os._exit(self.exit_code)
             os.kill(os.getpid(), signal.SIGKILL)
         return sample
 
@@ -676,21 +680,6 @@ class StuckAt(Operation):
         return sample
 
 
-class ExitAt(Operation):
-    """Ends its own process with ``os._exit(3)`` at sample *index*."""
-
-    per_sample = True
-
-    def __init__(self, index: int) -> None:
-        super().__init__()
-        self.index = index
-
-    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
-        if int(context.indices[position]) == self.index:
-            os._exit(3)
-        return sample
-
-
 class RebuiltOnlyElsewhere(Exception):
     """Pickles and unpickles in a worker, but cannot be rebuilt in the process whose
     pid is in $FASTFORWARD_TEST_PARENT (the loader's)."""
@@ -736,11 +725,7 @@ def test_an_epoch_ended_early_kills_a_worker_stuck_in_an_operation(tmp_path: Pat
         np.testing.assert_array_equal(labels, expected[1])
         np.testing.assert_array_equal(images, expected[0])
         assert loader.workers.started == 3
-    assert _threads_done()
-
-
-def _threads_done() -> bool:
-    return not any(name.startswith("fastforward") for name in _threads())
+    assert not [t for t in _threads() if t.startswith("fastforward")]
 
 
 STUCK_SCRIPT = """
@@ -816,7 +801,8 @@ def test_a_worker_stuck_in_an_operation_stops_the_loader_process_from_nothing(
 
 def test_a_worker_that_ends_its_process_is_named_so(photos_file: Path) -> None:
     order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
-    with train_loader(photos_file, 2, "process", extra=[ExitAt(int(order[20]))]) as loader, \
+    with train_loader(photos_file, 2, "process",
+                      extra=[KillAt(int(order[20]), exit_code=3)]) as loader, \
             pytest.raises(WorkerError, match=r"exit code 3: an operation ended the process"):
         for _ in loader:
             pass

@@ -76,7 +76,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FastForwardError, WorkerError, portable
+from ..errors import FastForwardError, WorkerError, exception_text, portable
 from ..pipeline.plan import Plan, bind_plan
 from ..utils import forkserver_preload
 from .runner import BatchJob, run_stage1
@@ -494,8 +494,11 @@ class ProcessWorkers:
                         self._receive(worker)
                     else:
                         self._bury(worker)
-                except Exception as exc:  # never let this thread die: the loader would hang
-                    worker.why = f"killed by the loader: {_text(exc)} reading its reply"
+                except Exception as exc:  # a reply that does not unpickle here, or any
+                    # other failure: trust the worker no more, and never let this thread
+                    # die (the loader would hang)
+                    worker.why = ("killed by the loader: a reply could not be read "
+                                  f"({exception_text(exc)})")
                     with contextlib.suppress(OSError):
                         worker.process.kill()
                     self._bury(worker)
@@ -504,11 +507,6 @@ class ProcessWorkers:
         try:
             reply = worker.conn.recv()
         except (EOFError, OSError):
-            self._bury(worker)
-            return
-        except Exception as exc:  # a reply that does not unpickle here: trust it no more
-            worker.why = f"killed by the loader: a reply could not be read ({_text(exc)})"
-            worker.process.kill()
             self._bury(worker)
             return
         self._receive_one(worker, reply)
@@ -702,19 +700,11 @@ def _drain(queue: collections.deque[int]) -> list[int]:
             return items
 
 
-def _text(exc: BaseException) -> str:
-    """``Type: message`` of *exc*, whatever its ``__str__`` does."""
-    try:
-        return f"{type(exc).__name__}: {exc}"
-    except Exception:
-        return f"{type(exc).__name__} (its message could not be shown)"
-
-
 def _packed(exc: BaseException) -> tuple[bytes, str]:
     """*exc* (from ``portable``) pickled, and its text with its notes, for the
     loader's process to show should it not unpickle there."""
     notes = "\n".join(str(note) for note in getattr(exc, "__notes__", ()))
-    return pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL), f"{_text(exc)}\n{notes}"
+    return pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL), f"{exception_text(exc)}\n{notes}"
 
 
 def _unpacked(blob: bytes, text: str) -> BaseException:
@@ -724,7 +714,7 @@ def _unpacked(blob: bytes, text: str) -> BaseException:
         return pickle.loads(blob)
     except BaseException as exc:  # whatever rebuilding it raises
         return FastForwardError(f"{text}\n(a worker process raised this, and it could not be "
-                                f"rebuilt in the loader's process: {_text(exc)})")
+                                f"rebuilt in the loader's process: {exception_text(exc)})")
 
 
 def _signal_name(number: int) -> str:
@@ -848,8 +838,8 @@ def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool],
                 try:
                     reply = ("error", job_id, *_packed(portable(exc, where)))
                 except BaseException:
-                    reply = ("error", job_id, b"", f"{where}: {_text(exc)}, which could not "
-                             f"be sent back:\n{traceback.format_exc()}")
+                    reply = ("error", job_id, b"", f"{where}: {exception_text(exc)}, which "
+                             f"could not be sent back:\n{traceback.format_exc()}")
             with contextlib.suppress(OSError):
                 conn.send(reply)
         elif kind == "plan":
