@@ -973,3 +973,48 @@ def test_an_epoch_ended_early_kills_a_worker_stopped_before_its_range(photos_fil
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(stopped, signal.SIGKILL)
+
+
+class PidOf(Operation):
+    """Writes, per sample, the process that ran it; where *folder* holds a file named
+    after that process, first sleeps *delay* seconds (a worker made slow)."""
+
+    per_sample = True
+
+    def __init__(self, folder: str, delay: float) -> None:
+        super().__init__()
+        self.folder = folder
+        self.delay = delay
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        return State(shape=(1,), dtype=np.dtype("i8")), AllocationQuery((1,), np.dtype("i8"))
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        if os.path.exists(os.path.join(self.folder, str(os.getpid()))):
+            time.sleep(self.delay)
+        destination[0] = os.getpid()
+        return destination
+
+
+def test_a_slow_worker_process_takes_fewer_ranges(tmp_path: Path, images: list[np.ndarray]
+                                                  ) -> None:
+    """Ranges go to whichever worker has room: one made slow runs few of them, where
+    an equal share of every batch would leave each batch waiting for it."""
+    path = tmp_path / "small.beton"
+    DatasetWriter(path, {"image": RGBImageField(write_mode="jpg", max_resolution=32)},
+                  num_workers=1, progress=False).from_indexed_dataset(
+        [(images[i % len(images)],) for i in range(192)])
+    marks = tmp_path / "slow"
+    marks.mkdir()
+    with Loader(path, 64, num_workers=2, worker_type="process", seed=0,
+                order=OrderOption.RANDOM, pipelines={"image": [
+                    RandomResizedCropRGBImageDecoder((16, 16)), PidOf(str(marks), 0.01)]}
+                ) as loader:
+        for _ in loader:
+            pass
+        slow, fast = loader.workers.pids
+        (marks / str(slow)).touch()
+        ran = np.concatenate([pids.ravel().copy() for (pids,) in loader])
+    counts = {pid: int((ran == pid).sum()) for pid in (slow, fast)}
+    assert counts[slow] + counts[fast] == len(ran) == 192
+    assert counts[fast] >= 2 * counts[slow], counts
