@@ -1018,3 +1018,46 @@ def test_a_slow_worker_process_takes_fewer_ranges(tmp_path: Path, images: list[n
     counts = {pid: int((ran == pid).sum()) for pid in (slow, fast)}
     assert counts[slow] + counts[fast] == len(ran) == 192
     assert counts[fast] >= 2 * counts[slow], counts
+
+
+class LabelNoise(Operation):
+    """Per sample, on a label: ``label * 1000`` plus a draw from ``np.random``, and
+    the process that ran it."""
+
+    per_sample = True
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        return State(shape=(2,), dtype=np.dtype("i8")), AllocationQuery((2,), np.dtype("i8"))
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        destination[0] = int(sample[0]) * 1000 + np.random.randint(0, 1000)
+        destination[1] = os.getpid()
+        return destination
+
+
+def test_a_python_operation_after_a_label_decoder_runs_in_the_worker_processes(
+        labels_file: Path) -> None:
+    """A decoder that is one copy per batch (labels) joins stage 1 when a Python
+    operation follows it: the operation runs per range in the worker processes
+    (it ran in the loader's process), with the same draws as on threads."""
+    def run(kind: str) -> tuple[np.ndarray, list[int]]:
+        with Loader(labels_file, 16, num_workers=2, worker_type=kind, seed=3,
+                    order=OrderOption.RANDOM,
+                    pipelines={"label": [IntDecoder(), LabelNoise()]}) as loader:
+            assert loader.workers.kind == kind
+            assert loader.pipelines[0].split == 1
+            out = np.concatenate([b.copy() for (b,) in loader])
+            return out, loader.workers.pids if kind == "process" else []
+
+    threads, _ = run("thread")
+    processes, pids = run("process")
+    np.testing.assert_array_equal(processes[:, 0], threads[:, 0])
+    assert set(threads[:, 1]) == {os.getpid()}
+    assert len(pids) == 2
+    assert set(processes[:, 1]) == set(pids)
+    with Loader(labels_file, 16, num_workers=2, pipelines={
+            "label": [IntDecoder(), LabelNoise()]}) as auto:
+        assert auto.workers.kind == "process"
+    with Loader(labels_file, 16, num_workers=2, pipelines={"label": [IntDecoder()]}) as plain:
+        assert plain.workers.kind == "thread"
+        assert plain.pipelines[0].split == 0

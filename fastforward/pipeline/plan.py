@@ -19,7 +19,10 @@ The loader hands ``compile_plan`` its ``PipelineSpec`` objects once per epoch
    decodes in ranges (``Decoder.parallel``), then the longest run of
    operations after it that are ``sample_independent`` and work on NumPy
    batches (before ``ToTensor``), less the trailing ones that only pass
-   values through. Stage 1 leaves its
+   values through. A decoder that does not decode in ranges (a label's, an
+   array's: one vectorised copy per batch) joins stage 1 only when such a run
+   holds an operation that keeps the GIL (Python code: it then runs in
+   ranges, on worker processes, instead of on the loader's). Stage 1 leaves its
    result in one slot buffer (``range_out``). **Stage 2** runs once per
    batch, in the loader's process: every other decoder and operation. With a
    branch, stage 1 holds decoders only.
@@ -79,8 +82,9 @@ class PipelinePlan:
 
     @property
     def ranged(self) -> bool:
-        """Whether the decoder decodes in ranges (stage 1)."""
-        return self.decoder is not None and self.decoder.parallel
+        """Whether the decoder decodes in ranges (stage 1): one that splits batches
+        (``Decoder.parallel``), or any decoder followed by range steps."""
+        return self.decoder is not None and (self.decoder.parallel or self.split > 0)
 
     def stage1_ops(self) -> list[Operation]:
         """The decoder and the operations that run per range."""
@@ -239,7 +243,7 @@ def _check_leader(name: str, ops: list[Operation], fused: set[int], where: str) 
 def _split(pipeline: PipelinePlan, step_states: list[tuple[State, State]],
            layout: dict[str, Any]) -> None:
     """Choose stage 1's steps (see the module docstring) and where its result goes."""
-    if not pipeline.ranged or isinstance(pipeline.decoder_query, tuple):
+    if pipeline.decoder is None or isinstance(pipeline.decoder_query, tuple):
         return
     split = 0
     for step, (before, after) in zip(pipeline.steps, step_states, strict=True):
@@ -253,6 +257,11 @@ def _split(pipeline: PipelinePlan, step_states: list[tuple[State, State]],
         split += 1
     while split and pipeline.steps[split - 1].op.passes_through:
         split -= 1  # relabelling is free: the batch stage does it on the whole batch
+    if not pipeline.decoder.parallel and all(
+            step.op.releases_gil for step in pipeline.steps[:split]):
+        # a decoder that is one vectorised copy per batch (labels, arrays) splits only
+        # for operations that keep the GIL: they then run in ranges, on processes
+        split = 0
     if not split:
         return
     last = pipeline.steps[split - 1]
