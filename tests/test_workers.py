@@ -28,14 +28,16 @@ import numpy as np
 import pytest
 
 from fastforward.errors import WorkerError
-from fastforward.fields import IntField, RGBImageField
+from fastforward.fields import IntField, NDArrayField, RGBImageField
 from fastforward.fields.decoders import (
     IntDecoder,
+    NDArrayDecoder,
     RandomResizedCropRGBImageDecoder,
     SimpleRGBImageDecoder,
 )
 from fastforward.loader import Loader, OrderOption
 from fastforward.pipeline import AllocationQuery, Operation, State
+from fastforward.pipeline.decoder import Decoder
 from fastforward.transforms import RandomHorizontalFlip
 from fastforward.writer import DatasetWriter
 
@@ -1056,8 +1058,64 @@ def test_a_python_operation_after_a_label_decoder_runs_in_the_worker_processes(
     assert len(pids) == 2
     assert set(processes[:, 1]) == set(pids)
     with Loader(labels_file, 16, num_workers=2, pipelines={
-            "label": [IntDecoder(), LabelNoise()]}) as auto:
-        assert auto.workers.kind == "process"
+            "label": [IntDecoder(), LabelNoise()]}) as auto:  # a label's alone: threads,
+        assert auto.workers.kind == "thread"  # as before (processes would ask it to pickle)
+        assert auto.pipelines[0].split == 1
     with Loader(labels_file, 16, num_workers=2, pipelines={"label": [IntDecoder()]}) as plain:
         assert plain.workers.kind == "thread"
         assert plain.pipelines[0].split == 0
+
+
+class WholeBatchLabels(Decoder):
+    """A decoder that is one call per batch and does not say its rows are the same
+    whatever the range (``range_safe`` is False, as for FFCV-style ones)."""
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        return (State(jit_mode=True, shape=(1,), dtype=np.dtype("i8")),
+                AllocationQuery((1,), np.dtype("i8")))
+
+    def decode_range(self, lo, hi, destination, context):  # type: ignore[no-untyped-def]
+        destination[lo:hi, 0] = self.metadata[context.indices[lo:hi]]
+
+
+def test_only_range_safe_decoders_join_stage_1_for_python_operations(labels_file: Path
+                                                                      ) -> None:
+    for decoder, split in [(IntDecoder(), 1), (WholeBatchLabels(), 0)]:
+        with Loader(labels_file, 16, num_workers=2, worker_type="process", pipelines={
+                "label": [decoder, LabelNoise()]}) as loader:
+            assert loader.pipelines[0].split == split
+            labels = np.concatenate([b[:, 0].copy() // 1000 for (b,) in loader])
+            np.testing.assert_array_equal(labels, np.arange(len(labels)))
+
+
+WIDE = (1 << 16,)
+
+
+class AsSigned(Operation):
+    """Relabels uint8 rows as int8, a view: reads nothing (``reads_input`` False)."""
+
+    reads_input = False
+    sample_independent = True
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        return State(jit_mode=True, shape=WIDE, dtype=np.dtype("i1")), None
+
+    def apply(self, batch, destination, context):  # type: ignore[no-untyped-def]
+        return batch.view(np.int8)
+
+
+def test_stage_1_waits_for_the_copies_it_reads(tmp_path: Path) -> None:
+    """An operation that reads nothing, run per range after an array decoder: its
+    rows are the decoder's, which the copy threads must not still be writing
+    (236 of 384 rows were wrong when the copies were deferred)."""
+    path = tmp_path / "arrays.beton"
+    rows = [np.full(WIDE, 1 + i % 100, np.uint8) for i in range(128)]
+    DatasetWriter(path, {"a": NDArrayField(np.dtype("u1"), WIDE)}, num_workers=1,
+                  progress=False).from_indexed_dataset([(r,) for r in rows])
+    with Loader(path, 64, num_workers=2, worker_type="thread", pipelines={
+            "a": [NDArrayDecoder(), AsSigned()]}) as loader:
+        assert loader.pipelines[0].split == 1
+        for _ in range(3):
+            for k, (a,) in enumerate(loader):
+                want = np.stack(rows[64 * k : 64 * k + 64]).view(np.int8)
+                np.testing.assert_array_equal(np.asarray(a), want)

@@ -24,6 +24,7 @@ class BasicDecoder(Decoder):
     """
 
     dtype: np.dtype
+    range_safe = True
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
         state = State(jit_mode=True, shape=(1,), dtype=self.dtype)

@@ -117,6 +117,8 @@ class NDArrayField(Field):
 class NDArrayDecoder(Decoder):
     """Decode an NDArrayField (or TorchTensorField): a ``(B, *shape)`` array of its dtype."""
 
+    range_safe = True
+
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
         field = self.field
         return (State(jit_mode=True, shape=field.shape, dtype=field.dtype),

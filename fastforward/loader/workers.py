@@ -20,13 +20,16 @@ Process workers, in detail:
 
 - **Ranges.** A batch is cut into up to ``RANGES_PER_WORKER`` ranges per worker
   (whole with one worker) and queued; a range goes to the worker with the fewest
-  in hand once one holds fewer than ``DEPTH`` (the one it runs and the next),
-  from the batch's thread as it queues them and from the reader thread as
-  replies arrive. A worker slowed by its neighbours (the loader's process, other
-  jobs) or by costlier samples takes fewer ranges instead of every batch waiting
-  for its fixed share: with a static half each, the second of two workers
-  idled 58-68 ms in each 0.3 s epoch of ``bench/``'s python_op pipeline
-  waiting for the first; queued, 0-9 ms.
+  in hand once one holds fewer than ``DEPTH`` (the one it runs and the next).
+  One thread sends them (``fastforward-dispatch``), woken as ranges are queued,
+  end, or workers die: neither a batch's thread nor the reader thread ever
+  waits on a worker's socket. A range whose message fails goes to another
+  worker, and the worker is killed if it still runs. A worker slowed by its
+  neighbours (the loader's process, other jobs) or by costlier samples takes
+  fewer ranges instead of every batch waiting for its fixed share: with a
+  static half each, the second of two workers idled 58-68 ms in each 0.3 s
+  epoch of ``bench/``'s python_op pipeline waiting for the first; queued, 0-9
+  ms.
 - **Start.** From a fork server (``multiprocessing``'s forkserver: a clean,
   single-threaded process, started once, that imports the main module and
   forks the workers), or spawned where there is none; ``fork`` only when the
@@ -251,6 +254,9 @@ class ProcessWorkers:
         self._closed = False
         self._wake_r, self._wake_w = os.pipe()  # tells the reader thread the workers changed
         self._reader: threading.Thread | None = None
+        self._dispatcher: threading.Thread | None = None  # sends the queued ranges
+        self._wanted = threading.Condition(self._lock)  # wakes the dispatcher
+        self._stale = False  # set (under the lock) when the dispatcher has work
         self._selector: selectors.BaseSelector | None = None  # the reader thread's
         self._watched: dict[_Worker, tuple[int, int]] = {}  # its workers' fds, registered
         self.started_seconds = 0.0  # how long the last (re)start took
@@ -323,13 +329,16 @@ class ProcessWorkers:
                     self._workers[worker.index] = worker
                 else:
                     self._workers.append(worker)
-        self._dispatch()  # ranges of an open epoch queued while none had room
+        self._kick()  # ranges of an open epoch queued while none had room
         self.method_used = method
         self.started_seconds = time.perf_counter() - start
         if self._reader is None:
             self._reader = threading.Thread(target=self._read, name="fastforward-workers",
                                             daemon=True)
             self._reader.start()
+            self._dispatcher = threading.Thread(target=self._dispatching, daemon=True,
+                                                name="fastforward-dispatch")
+            self._dispatcher.start()
         else:
             os.write(self._wake_w, b"w")
 
@@ -412,9 +421,15 @@ class ProcessWorkers:
             os.close(self._wake_r)
             os.close(self._wake_w)
             return
+        self._kick()  # the dispatcher sees the pool closed, and stops
         for worker in self._workers:
-            with contextlib.suppress(OSError), worker.send_lock:
-                worker.conn.send(None)
+            # politely, unless a send to it is stuck (a stopped worker's socket full)
+            if worker.send_lock.acquire(timeout=0.5):
+                try:
+                    with contextlib.suppress(OSError):
+                        worker.conn.send(None)
+                finally:
+                    worker.send_lock.release()
         deadline = time.monotonic() + 2
         for worker in self._workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))
@@ -423,8 +438,9 @@ class ProcessWorkers:
                 worker.process.join()
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
-        if self._reader is not None and self._reader is not threading.current_thread():
-            self._reader.join()
+        for thread in (self._reader, self._dispatcher):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join()
         for worker in self._workers:
             worker.conn.close()
         self._fail_all(RuntimeError("the loader was closed"))
@@ -504,21 +520,41 @@ class ProcessWorkers:
             if self._workers and all(w.dead for w in self._workers):
                 raise self._death(self._workers[0], what)
             self._queue.append(item)
-        self._dispatch()
+            self._stale = True
+            self._wanted.notify()
         return future
 
-    def _dispatch(self) -> None:
-        """Send queued ranges to the workers with room, the emptiest first. Runs on a
-        batch's thread as it queues ranges, and on the reader thread as ranges end
-        and workers die."""
+    def _kick(self) -> None:
+        """Tell the dispatcher thread that a worker may have room, or died."""
+        with self._lock:
+            self._stale = True
+            self._wanted.notify()
+
+    def _dispatching(self) -> None:
+        """The dispatcher thread (``fastforward-dispatch``): the only one that sends
+        ranges, so that neither a batch's thread nor the reader thread ever
+        waits on a worker's socket (a busy worker's may be full)."""
         while True:
             with self._lock:
-                if not self._queue:
+                self._wanted.wait_for(lambda: self._stale or self._closed)
+                if self._closed:
+                    return
+                self._stale = False
+            try:
+                self._dispatch()
+            except Exception:  # never let this thread die: the loader would hang
+                traceback.print_exc()
+
+    def _dispatch(self) -> None:
+        """Send queued ranges to the workers with room, the emptiest first."""
+        while True:
+            with self._lock:
+                if not self._queue or self._closed:
                     return
                 live = [w for w in self._workers if not w.dead and not w.unreachable]
                 if not live:
-                    if not self._workers:  # none started yet
-                        return
+                    if not self._workers or not all(w.dead for w in self._workers):
+                        return  # none started yet, or one is being buried: kicked after
                     # every worker died: nothing would ever run these
                     dead, left = self._workers[-1], list(self._queue)
                     self._queue.clear()
@@ -530,18 +566,21 @@ class ProcessWorkers:
                 item = self._queue.popleft()
                 self._pending[item.job_id] = (item.future, worker, item.what, item.plan_id)
                 worker.pending.add(item.job_id)
-            try:
-                sent = _try_send(worker, functools.partial(self._send_range, worker, item))
-                error: BaseException | None = None if sent else self._death(worker, item.what)
-            except BaseException as exc:  # a range that cannot be sent fails, alone
-                error = exc
-            if error is not None:
-                with self._lock:
-                    worker.unreachable = worker.unreachable or isinstance(error, WorkerError)
-                    entry = self._pending.pop(item.job_id, None)
-                    worker.pending.discard(item.job_id)
-                if entry is not None:  # else the reader thread failed it as it buried it
-                    item.future.set_exception(error)
+            if _try_send(worker, functools.partial(self._send_range, worker, item)):
+                continue
+            # the worker died, or a message to it failed half-way (it would wait for
+            # the rest): another worker takes the range, and this one is killed if it
+            # still runs; the reader thread buries it, the next epoch replaces it
+            with self._lock:
+                worker.unreachable = True
+                entry = self._pending.pop(item.job_id, None)
+                worker.pending.discard(item.job_id)
+                if entry is not None:  # else the reader failed it as it buried the worker
+                    self._queue.appendleft(item)
+            if not _gone(worker):
+                worker.why = "killed by the loader: a message to it failed"
+                with contextlib.suppress(OSError):
+                    worker.process.kill()
         for item in left:
             item.future.set_exception(self._death(
                 dead, "running its ranges", f", and none was left for a queued one ({item.what})"))
@@ -597,7 +636,7 @@ class ProcessWorkers:
                     if worker.dead:
                         continue
                     self._serve(worker, reply)
-                    self._dispatch()  # a worker has room, or died: its ranges move on
+                    self._kick()  # a worker has room, or died: its ranges move on
         finally:
             selector.close()
 
@@ -663,7 +702,14 @@ class ProcessWorkers:
             if self._selector is not None:  # may be a new worker's next
                 with contextlib.suppress(KeyError, ValueError):
                     self._selector.unregister(fd)
-        worker.conn.close()  # nothing uses it now: its worker is marked dead
+        # nothing sends to it now that it is marked dead, but a send may have begun
+        # before (it fails at once: the worker is gone); then its number is free
+        locked = worker.send_lock.acquire(timeout=5)
+        try:
+            worker.conn.close()
+        finally:
+            if locked:
+                worker.send_lock.release()
         culprit = None if running is None else running[2]
         for job_id, (future, _, what, _) in lost:
             if job_id == worker.running or culprit is None:
@@ -674,7 +720,9 @@ class ProcessWorkers:
 
     def _death(self, worker: _Worker, what: str, also: str = "") -> WorkerError:
         process = worker.process
-        code = process.exitcode
+        # its exit status only once the reader thread has buried it: with the fork
+        # server, reading it reads the sentinel, which two threads must not both do
+        code = process.exitcode if worker.dead else None
         if worker.why is not None:
             how = worker.why
         elif code is None:

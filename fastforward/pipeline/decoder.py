@@ -24,6 +24,12 @@ class Decoder(Operation):
     and ``decode_range``."""
 
     parallel: ClassVar[bool] = False
+    range_safe: ClassVar[bool] = False
+    """For a decoder that is not ``parallel`` (one vectorised copy per batch): True
+    when ``decode_range`` writes each row the same whatever range it is called on,
+    and the decoder pickles, so that a Python operation after it may run per
+    range, in the worker processes (``BasicDecoder``, ``NDArrayDecoder``).
+    FFCV-style compiled decoders and others keep their whole batch."""
     releases_gil = True  # the built-in decoders' loops are compiled or vectorised
     publishes_geometry: ClassVar[bool] = False
     """True for decoders that decide each sample's geometry (crop, resize, flip)

@@ -104,10 +104,17 @@ class Plan:
     layout: dict[str, Any]  # slot buffer key -> AllocationQuery (or a tuple of them)
 
     def gil_bound(self) -> list[str]:
-        """Stage 1's operations that keep the GIL, as ``pipeline: Operation`` strings.
+        """Stage 1's operations that keep the GIL after a decoder that splits batches
+        (an image's), as ``pipeline: Operation`` strings: what makes
+        ``worker_type='auto'`` choose processes.
 
-        Threads run these one at a time; processes run them in parallel."""
+        Threads run these one at a time; processes run them in parallel. Those
+        after a label's or an array's decoder do not count: they are usually
+        light, and a pipeline of them ran on threads before they could run in
+        ranges (processes would ask them to pickle); they run on whichever
+        workers the loader has."""
         return [f"{p.name}: {type(op).__name__}" for p in self.pipelines
+                if p.decoder is not None and p.decoder.parallel
                 for op in p.stage1_ops() if not op.releases_gil]
 
 
@@ -205,8 +212,8 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
     # A copy on the copy threads pays off only when nothing reads the rows before
     # the hand-over; a step that reads them at once would just wait for it.
     for pipeline in built.values():
-        pipeline.defer_copies = not sources and not any(
-            step.op.reads_input for step in pipeline.steps)
+        pipeline.defer_copies = not sources and pipeline.split == 0 and not any(
+            step.op.reads_input for step in pipeline.steps)  # stage 1 reads them
     outputs = list(specs)
     return Plan(fname, [built[name] for name in order], outputs, layout)
 
@@ -257,10 +264,11 @@ def _split(pipeline: PipelinePlan, step_states: list[tuple[State, State]],
         split += 1
     while split and pipeline.steps[split - 1].op.passes_through:
         split -= 1  # relabelling is free: the batch stage does it on the whole batch
-    if not pipeline.decoder.parallel and all(
-            step.op.releases_gil for step in pipeline.steps[:split]):
+    if not pipeline.decoder.parallel and (not pipeline.decoder.range_safe or all(
+            step.op.releases_gil for step in pipeline.steps[:split])):
         # a decoder that is one vectorised copy per batch (labels, arrays) splits only
-        # for operations that keep the GIL: they then run in ranges, on processes
+        # for operations that keep the GIL, and only where its rows do not depend on
+        # the range (Decoder.range_safe): they then run in ranges, on processes
         split = 0
     if not split:
         return
