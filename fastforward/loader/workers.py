@@ -18,18 +18,20 @@ batch over ranges of its samples and returns once every range is written
 
 Process workers, in detail:
 
-- **Ranges.** A batch is cut into up to ``RANGES_PER_WORKER`` ranges per worker
-  (whole with one worker) and queued; a range goes to the worker with the fewest
-  in hand once one holds fewer than ``DEPTH`` (the one it runs and the next).
-  One thread sends them (``fastforward-dispatch``), woken as ranges are queued,
-  end, or workers die: neither a batch's thread nor the reader thread ever
-  waits on a worker's socket. A range whose message fails goes to another
-  worker, and the worker is killed if it still runs. A worker slowed by its
-  neighbours (the loader's process, other jobs) or by costlier samples takes
-  fewer ranges instead of every batch waiting for its fixed share: with a
-  static half each, the second of two workers idled 58-68 ms in each 0.3 s
-  epoch of ``bench/``'s python_op pipeline waiting for the first; queued, 0-9
-  ms.
+- **Ranges.** A batch is cut into one range per worker, queued, and each range
+  goes to the worker that would finish it first, judged by how long its
+  ranges take (a moving average; a worker idle for longer than one of its
+  ranges counts as fast again), once that worker holds fewer than ``DEPTH``
+  (the one it runs and the next); a slower worker with room is passed over.
+  One thread sends them (``fastforward-dispatch``), woken as ranges are
+  queued, end, or workers die: neither a batch's thread nor the reader thread
+  ever waits on a worker's socket. A range whose message fails goes to
+  another worker, and the worker is killed if it still runs. So a worker
+  slowed by its neighbours (the loader's process, other jobs) or by costlier
+  samples takes fewer ranges instead of every batch waiting for its fixed
+  share: with one range of each batch per worker, the second of two workers
+  idled 58-68 ms at the end of each 0.3 s epoch of ``bench/``'s python_op
+  pipeline, waiting for the first; dispatched, 0-31 ms (up to one range).
 - **Start.** From a fork server (``multiprocessing``'s forkserver: a clean,
   single-threaded process, started once, that imports the main module and
   forks the workers), or spawned where there is none; ``fork`` only when the
@@ -108,26 +110,10 @@ DEPTH = 2
 """Ranges a worker process holds at once: the one it runs and the next, sent ahead
 so that it never waits for a message between two ranges."""
 
-RANGES_PER_WORKER = 4
-MIN_RANGE = 16
-"""Process workers get a batch in up to ``RANGES_PER_WORKER`` ranges per worker, of
-at least ``MIN_RANGE`` samples, each to whichever worker has room first: a worker
-that runs slower (it shares its core with the loader's process, or draws costlier
-samples) takes fewer, instead of every batch waiting for its half."""
-
-
 def bounds(count: int, parts: int) -> list[tuple[int, int]]:
     """``range(count)`` cut into at most *parts* nearly equal, non-empty ranges."""
     cuts = np.linspace(0, count, max(1, min(parts, count)) + 1).astype(int)
     return [(int(lo), int(hi)) for lo, hi in itertools.pairwise(cuts) if hi > lo]
-
-
-def process_ranges(count: int, workers: int) -> list[tuple[int, int]]:
-    """How a batch of *count* samples is cut for *workers* worker processes (whole for
-    one: nothing to balance, and each range costs a little)."""
-    if workers == 1:
-        return bounds(count, 1)
-    return bounds(count, max(workers, min(RANGES_PER_WORKER * workers, count // MIN_RANGE)))
 
 
 def settle(futures: list[Future[Any]]) -> None:
@@ -203,6 +189,9 @@ class _Worker:
         self.plans: set[int] = set()  # the plans of open epochs it was sent
         self.pending: set[int] = set()  # ranges sent, not answered
         self.running: int | None = None  # the range it said it started last
+        self.started_at = 0.0  # when (time.perf_counter())
+        self.range_seconds = 0.0  # how long its ranges take (a moving average; 0: unknown)
+        self.answered_at = 0.0  # when it last ended a range
         self.dead = False
         self.unreachable = False  # a message to it failed: it is dying, send it no more
         self.why: str | None = None  # why the loader killed it, if it did
@@ -559,10 +548,12 @@ class ProcessWorkers:
                     dead, left = self._workers[-1], list(self._queue)
                     self._queue.clear()
                     break
-                room = [w for w in live if len(w.pending) < DEPTH]
-                if not room:
+                # the worker that would finish it first, if it has room (else wait for it:
+                # a slower one would hold up the batch); unknown speeds count as fast
+                now = time.perf_counter()
+                worker = min(live, key=lambda w: (_finish(w, now), len(w.pending)))
+                if len(worker.pending) >= DEPTH:
                     return
-                worker = min(room, key=lambda w: len(w.pending))
                 item = self._queue.popleft()
                 self._pending[item.job_id] = (item.future, worker, item.what, item.plan_id)
                 worker.pending.add(item.job_id)
@@ -666,8 +657,14 @@ class ProcessWorkers:
     def _receive_one(self, worker: _Worker, reply: tuple[Any, ...]) -> None:
         status, job_id = reply[0], reply[1]
         if status == "running":
-            worker.running = job_id
+            worker.running, worker.started_at = job_id, time.perf_counter()
             return
+        now = time.perf_counter()
+        if status == "done" and worker.running == job_id:
+            took = now - worker.started_at
+            worker.range_seconds = took if not worker.range_seconds else (
+                0.7 * worker.range_seconds + 0.3 * took)
+        worker.answered_at = now
         with self._lock:
             entry = self._pending.pop(job_id, None)
             worker.pending.discard(job_id)
@@ -773,8 +770,8 @@ class ProcessEpoch:
                                 if p.decoder is not None and not p.ranged)
 
     def run(self, job: BatchJob, slot: Any, data: Any, copies: Any) -> None:
-        """Stage 1 of *job*: its ranges (``process_ranges``) to the workers as they
-        have room; wait for all."""
+        """Stage 1 of *job*: one range per worker, queued for the dispatcher; wait
+        for all."""
         if not job.ranged:
             return
         pool = self.pool
@@ -782,7 +779,9 @@ class ProcessEpoch:
         futures = []
         blob = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            for lo, hi in process_ranges(len(job.indices), pool.size):
+            # one range per worker: cutting four per worker, for finer balance, cost
+            # 12% of python_op's images/s (each range costs its messages and set-up)
+            for lo, hi in bounds(len(job.indices), pool.size):
                 what = f"running {job.where(self.plan.fname)}, rows {lo}:{hi}"
                 futures.append(pool.submit(slot, self.plan_id, blob, lo, hi, what))
         finally:
@@ -796,6 +795,20 @@ class ProcessEpoch:
     def close(self) -> None:
         """The workers forget this epoch's plan; the pool stays for the next epoch."""
         self.pool.retire(self.plan_id)
+
+
+def _finish(worker: _Worker, now: float) -> float:
+    """Seconds until *worker* would have run one more range, from how long its
+    ranges take: those it holds, less what it has done of the one it runs. One
+    idle for longer than a range of its own takes counts as fast again (a slow
+    range may have been a passing hitch: it is measured anew)."""
+    took = worker.range_seconds
+    if not worker.pending and now - worker.answered_at > took:
+        return 0.0
+    ahead = len(worker.pending) * took
+    if worker.running is not None:
+        ahead -= min(now - worker.started_at, took)
+    return ahead + took
 
 
 def _try_send(worker: _Worker, send: Callable[[], None]) -> bool:
