@@ -1120,3 +1120,76 @@ def test_stage_1_waits_for_the_copies_it_reads(tmp_path: Path) -> None:
             for k, (a,) in enumerate(loader):
                 want = np.stack(rows[64 * k : 64 * k + 64]).view(np.int8)
                 np.testing.assert_array_equal(np.asarray(a), want)
+
+
+
+class _Conn:
+    """A worker's socket, as the dispatcher sees it: what it was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple] = []
+
+    def send(self, message: tuple) -> None:
+        self.sent.append(message)
+
+    def send_bytes(self, blob: bytes) -> None:
+        self.sent.append(pickle.loads(blob))
+
+
+class _Slot:
+    def describe(self) -> tuple[int, int, dict]:
+        return 7, 0, {}
+
+
+def test_the_dispatcher_waits_for_a_faster_worker_only_while_it_keeps_pace(
+        labels_file: Path) -> None:
+    """A range waits for the faster worker (both its ranges in hand) rather than go to
+    a slower one with room; once the faster one's range runs late, the slower one
+    takes it, without a reply to wake the dispatcher (it looks again by itself)."""
+    from fastforward.loader import workers
+
+    pool = workers.ProcessWorkers(2, str(labels_file), {}, True)
+    try:
+        fast, slow = (workers._Worker(k, None, _Conn()) for k in range(2))  # type: ignore[arg-type]
+        now = time.perf_counter()
+        for worker, took in ((fast, 0.01), (slow, 0.2)):
+            worker.segments.add(7)
+            worker.range_seconds, worker.answered_at = took, now
+        fast.pending, fast.running, fast.started_at = {101, 102}, 101, now
+        pool._workers = [fast, slow]
+        future = pool.submit(_Slot(), 1, b"job", 0, 8, "a range")
+        assert pool._dispatch() == workers.RECHECK
+        assert not slow.conn.sent
+        fast.started_at = now - 1.0  # its range has run a second: late
+        assert pool._dispatch() is None
+        assert slow.conn.sent[-1][0] == "range"
+        assert not future.done()
+        assert not fast.conn.sent
+    finally:
+        os.close(pool._wake_r)
+        os.close(pool._wake_w)
+
+
+class _BrokenSlot:
+    def describe(self) -> tuple[int, int, dict]:
+        raise ValueError("this slot cannot be described")
+
+
+def test_a_range_that_cannot_be_sent_fails_alone(labels_file: Path) -> None:
+    """Sending a range that raises (not the socket: an OSError would mean the worker
+    died) fails that range with the error, and leaves the worker room."""
+    from fastforward.loader import workers
+
+    pool = workers.ProcessWorkers(1, str(labels_file), {}, True)
+    try:
+        worker = workers._Worker(0, None, _Conn())  # type: ignore[arg-type]
+        pool._workers = [worker]
+        future = pool.submit(_BrokenSlot(), 1, b"job", 0, 8, "a range")
+        assert pool._dispatch() is None
+        with pytest.raises(ValueError, match="cannot be described"):
+            future.result(timeout=0)
+        assert not worker.pending
+        assert not worker.unreachable
+    finally:
+        os.close(pool._wake_r)
+        os.close(pool._wake_w)

@@ -21,8 +21,10 @@ Process workers, in detail:
 - **Ranges.** A batch is cut into one range per worker, queued, and each range
   goes to the worker that would finish it first, judged by how long its
   ranges take (a moving average; a worker idle for longer than one of its
-  ranges counts as fast again), once that worker holds fewer than ``DEPTH``
-  (the one it runs and the next); a slower worker with room is passed over.
+  ranges counts as fast again, one whose range runs late looks slower the
+  longer it runs), once that worker holds fewer than ``DEPTH`` (the one it
+  runs and the next); a slower worker with room is passed over, and the
+  choice looked at again every ``RECHECK`` seconds until the range is sent.
   One thread sends them (``fastforward-dispatch``), woken as ranges are
   queued, end, or workers die: neither a batch's thread nor the reader thread
   ever waits on a worker's socket. A range whose message fails goes to
@@ -109,6 +111,11 @@ running before it kills the workers running them (``ProcessEpoch.grace``)."""
 DEPTH = 2
 """Ranges a worker process holds at once: the one it runs and the next, sent ahead
 so that it never waits for a message between two ranges."""
+
+RECHECK = 0.02
+"""Seconds after which the dispatcher looks again, without a reply to wake it, when
+it kept a range for a fuller worker while another had room (that worker's range
+may stall: the longer it runs late, the slower it looks)."""
 
 def bounds(count: int, parts: int) -> list[tuple[int, int]]:
     """``range(count)`` cut into at most *parts* nearly equal, non-empty ranges."""
@@ -287,6 +294,8 @@ class ProcessWorkers:
                 inherited = [w.conn.fileno() for w in self._workers if not w.dead] + [
                     w.conn.fileno() for w in started] + [
                     parent_end.fileno(), self._wake_r, self._wake_w]
+                if self._selector is not None and hasattr(self._selector, "fileno"):
+                    inherited.append(self._selector.fileno())  # the reader's epoll
                 process = ctx.Process(  # type: ignore[attr-defined]  # not in typeshed
                     target=_worker_main, name=f"fastforward-worker-{k}",
                     args=(child_end, self.config, inherited if method == "fork" else [],
@@ -313,11 +322,20 @@ class ProcessWorkers:
         # published only once ready: the reader thread must never read a new
         # worker's "ready" (it would leave _await_ready waiting for it)
         with self._lock:
+            closed = self._closed  # by another thread meanwhile: these are not its to stop
+            if not closed:
+                for worker in started:
+                    if worker.index < len(self._workers):
+                        self._workers[worker.index] = worker
+                    else:
+                        self._workers.append(worker)
+        if closed:
             for worker in started:
-                if worker.index < len(self._workers):
-                    self._workers[worker.index] = worker
-                else:
-                    self._workers.append(worker)
+                with contextlib.suppress(OSError):
+                    worker.process.kill()
+                worker.process.join()
+                worker.conn.close()
+            raise RuntimeError("the loader's worker processes are closed")
         self._kick()  # ranges of an open epoch queued while none had room
         self.method_used = method
         self.started_seconds = time.perf_counter() - start
@@ -506,6 +524,8 @@ class ProcessWorkers:
         future: Future[Any] = Future()
         item = _Range(next(self._jobs), future, slot, plan_id, job, lo, hi, what)
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the loader's worker processes are closed")
             if self._workers and all(w.dead for w in self._workers):
                 raise self._death(self._workers[0], what)
             self._queue.append(item)
@@ -523,27 +543,32 @@ class ProcessWorkers:
         """The dispatcher thread (``fastforward-dispatch``): the only one that sends
         ranges, so that neither a batch's thread nor the reader thread ever
         waits on a worker's socket (a busy worker's may be full)."""
+        recheck: float | None = None
         while True:
             with self._lock:
-                self._wanted.wait_for(lambda: self._stale or self._closed)
+                self._wanted.wait_for(lambda: self._stale or self._closed, recheck)
                 if self._closed:
                     return
                 self._stale = False
             try:
-                self._dispatch()
+                recheck = self._dispatch()
             except Exception:  # never let this thread die: the loader would hang
                 traceback.print_exc()
+                recheck = RECHECK
 
-    def _dispatch(self) -> None:
-        """Send queued ranges to the workers with room, the emptiest first."""
+    def _dispatch(self) -> float | None:
+        """Send queued ranges to the workers with room, each to the one that would
+        finish it first. Returns in how many seconds to look again without a
+        kick (a worker with room was passed over for a fuller one, whose range
+        may stall), or None."""
         while True:
             with self._lock:
                 if not self._queue or self._closed:
-                    return
+                    return None
                 live = [w for w in self._workers if not w.dead and not w.unreachable]
                 if not live:
                     if not self._workers or not all(w.dead for w in self._workers):
-                        return  # none started yet, or one is being buried: kicked after
+                        return None  # none started yet, or one is being buried: kicked after
                     # every worker died: nothing would ever run these
                     dead, left = self._workers[-1], list(self._queue)
                     self._queue.clear()
@@ -551,23 +576,41 @@ class ProcessWorkers:
                 # the worker that would finish it first, if it has room (else wait for it:
                 # a slower one would hold up the batch); unknown speeds count as fast
                 now = time.perf_counter()
-                worker = min(live, key=lambda w: (_finish(w, now), len(w.pending)))
+                known = [w.range_seconds for w in live if w.range_seconds]
+                prior = sum(known) / len(known) if known else 0.0
+                worker = min(live, key=lambda w: (_finish(w, now, prior), len(w.pending)))
                 if len(worker.pending) >= DEPTH:
-                    return
+                    passed = any(len(w.pending) < DEPTH for w in live)
+                    return RECHECK if passed else None
                 item = self._queue.popleft()
                 self._pending[item.job_id] = (item.future, worker, item.what, item.plan_id)
                 worker.pending.add(item.job_id)
-            if _try_send(worker, functools.partial(self._send_range, worker, item)):
+            try:
+                if _try_send(worker, functools.partial(self._send_range, worker, item)):
+                    continue
+            except BaseException as exc:  # not the socket (it would be an OSError): the
+                with self._lock:  # range fails alone, with what its sending raised
+                    entry = self._pending.pop(item.job_id, None)
+                    worker.pending.discard(item.job_id)
+                if entry is not None:
+                    item.future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
                 continue
             # the worker died, or a message to it failed half-way (it would wait for
-            # the rest): another worker takes the range, and this one is killed if it
-            # still runs; the reader thread buries it, the next epoch replaces it
+            # the rest): another worker takes the range (if its epoch is still open),
+            # and this one is killed if it still runs; the reader thread buries it,
+            # the next epoch replaces it
             with self._lock:
                 worker.unreachable = True
                 entry = self._pending.pop(item.job_id, None)
                 worker.pending.discard(item.job_id)
-                if entry is not None:  # else the reader failed it as it buried the worker
+                if entry is not None and item.plan_id in self._live_plans:
                     self._queue.appendleft(item)
+                    entry = None
+            if entry is not None:  # its epoch ended meanwhile (abandon())
+                item.future.set_exception(RuntimeError(f"{item.what}: not run, its epoch "
+                                                       "had ended"))
             if not _gone(worker):
                 worker.why = "killed by the loader: a message to it failed"
                 with contextlib.suppress(OSError):
@@ -575,6 +618,7 @@ class ProcessWorkers:
         for item in left:
             item.future.set_exception(self._death(
                 dead, "running its ranges", f", and none was left for a queued one ({item.what})"))
+        return None
 
     def _send_range(self, worker: _Worker, item: _Range) -> None:
         """Send *item* to *worker* (under its lock): the segments it should forget,
@@ -657,7 +701,8 @@ class ProcessWorkers:
     def _receive_one(self, worker: _Worker, reply: tuple[Any, ...]) -> None:
         status, job_id = reply[0], reply[1]
         if status == "running":
-            worker.running, worker.started_at = job_id, time.perf_counter()
+            with self._lock:
+                worker.running, worker.started_at = job_id, time.perf_counter()
             return
         now = time.perf_counter()
         if status == "done" and worker.running == job_id:
@@ -797,17 +842,20 @@ class ProcessEpoch:
         self.pool.retire(self.plan_id)
 
 
-def _finish(worker: _Worker, now: float) -> float:
+def _finish(worker: _Worker, now: float, prior: float) -> float:
     """Seconds until *worker* would have run one more range, from how long its
-    ranges take: those it holds, less what it has done of the one it runs. One
-    idle for longer than a range of its own takes counts as fast again (a slow
-    range may have been a passing hitch: it is measured anew)."""
-    took = worker.range_seconds
+    ranges take (*prior*, the others' average, until it has ended one): those it
+    holds, less what it has done of the one it runs, or more once that one runs
+    late (a stalled worker looks slower the longer it stalls). One idle for
+    longer than a range of its own counts as fast again (a slow range may have
+    been a passing hitch: it is measured anew)."""
+    took = worker.range_seconds or prior
     if not worker.pending and now - worker.answered_at > took:
         return 0.0
     ahead = len(worker.pending) * took
     if worker.running is not None:
-        ahead -= min(now - worker.started_at, took)
+        elapsed = now - worker.started_at
+        ahead += elapsed if elapsed > took else -elapsed
     return ahead + took
 
 
