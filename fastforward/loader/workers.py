@@ -117,6 +117,7 @@ RECHECK = 0.02
 it kept a range for a fuller worker while another had room (that worker's range
 may stall: the longer it runs late, the slower it looks)."""
 
+
 def bounds(count: int, parts: int) -> list[tuple[int, int]]:
     """``range(count)`` cut into at most *parts* nearly equal, non-empty ranges."""
     cuts = np.linspace(0, count, max(1, min(parts, count)) + 1).astype(int)
@@ -518,9 +519,9 @@ class ProcessWorkers:
 
     def submit(self, slot: Any, plan_id: int, job: bytes, lo: int, hi: int,
                what: str) -> Future[Any]:
-        """Queue one range of the batch *job* (a pickled ``BatchJob``) for the first
-        worker with room (``DEPTH``); its future is done once the range is
-        written, or failed."""
+        """Queue one range of the batch *job* (a pickled ``BatchJob``) for the
+        dispatcher thread; its future is done once the range is written, or
+        failed."""
         future: Future[Any] = Future()
         item = _Range(next(self._jobs), future, slot, plan_id, job, lo, hi, what)
         with self._lock:
@@ -529,8 +530,7 @@ class ProcessWorkers:
             if self._workers and all(w.dead for w in self._workers):
                 raise self._death(self._workers[0], what)
             self._queue.append(item)
-            self._stale = True
-            self._wanted.notify()
+        self._kick()
         return future
 
     def _kick(self) -> None:
@@ -609,8 +609,7 @@ class ProcessWorkers:
                     self._queue.appendleft(item)
                     entry = None
             if entry is not None:  # its epoch ended meanwhile (abandon())
-                item.future.set_exception(RuntimeError(f"{item.what}: not run, its epoch "
-                                                       "had ended"))
+                item.future.set_exception(_unsent(item, "its epoch had ended"))
             if not _gone(worker):
                 worker.why = "killed by the loader: a message to it failed"
                 with contextlib.suppress(OSError):
@@ -643,7 +642,7 @@ class ProcessWorkers:
             left = [item for item in self._queue if item.plan_id == plan_id]
             self._queue = collections.deque(i for i in self._queue if i.plan_id != plan_id)
         for item in left:
-            item.future.set_exception(RuntimeError(f"{item.what}: not run, {why}"))
+            item.future.set_exception(_unsent(item, why))
 
     # -- the reader thread ---------------------------------------------------------
 
@@ -840,6 +839,11 @@ class ProcessEpoch:
     def close(self) -> None:
         """The workers forget this epoch's plan; the pool stays for the next epoch."""
         self.pool.retire(self.plan_id)
+
+
+def _unsent(item: _Range, why: str) -> RuntimeError:
+    """The error of a range that was never run, and *why*."""
+    return RuntimeError(f"{item.what}: not run, {why}")
 
 
 def _finish(worker: _Worker, now: float, prior: float) -> float:
