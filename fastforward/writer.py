@@ -43,8 +43,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import multiprocessing
+import operator
 import os
 import pickle
+import queue
 import re
 import secrets
 import signal
@@ -214,9 +216,13 @@ class _Encoder:
             got = f"a {type(sample).__name__}"
             if isinstance(sample, (tuple, list)):
                 got += f" of {len(sample)} values"
+            hint = ""
+            if len(self.fields) == 1 and isinstance(sample, (tuple, list)):
+                hint = ("; with one field, a list or tuple is the sample's values, as in "
+                        "FFCV: return a value that is a list or tuple as (value,)")
             raise EncodeError(
                 f"{self._where(dest, source, describe)}: expected a tuple of "
-                f"{len(self.fields)} values (for fields {self.names}), got {got}"
+                f"{len(self.fields)} values (for fields {self.names}), got {got}{hint}"
             )
         return sample
 
@@ -278,11 +284,16 @@ def _worker_main(conn: Connection, job: Any, inherited: tuple[list[Connection], 
                 conn.send(("error", -1, portable(exc, _IN_WORKER)))
             return
     encoder, source = job
+    # Tasks are read by a thread of their own, so that reading never waits on
+    # a result being sent: the parent may be sending the next task (a large
+    # chunk's indices can fill the socket) while this one's result (images,
+    # always larger) waits for the parent to read it; each would wait for the
+    # other for ever.
+    tasks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    threading.Thread(target=_read_tasks, args=(conn, tasks), name="fastforward-tasks",
+                     daemon=True).start()
     while True:
-        try:
-            task = conn.recv()
-        except EOFError:
-            return
+        task = tasks.get()
         if task is None:
             return
         task_id, payload = task
@@ -294,6 +305,33 @@ def _worker_main(conn: Connection, job: Any, inherited: tuple[list[Connection], 
             conn.send(result)
         except (BrokenPipeError, OSError):
             return
+
+
+def _seed(value: Any, name: str) -> int:
+    """*value* as a seed: an integer, at least 0 (NumPy's generators take no other)."""
+    try:
+        seed = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if seed < 0:
+        raise ValueError(f"{name} must be at least 0, got {seed}")
+    return seed
+
+
+def _read_tasks(conn: Connection, tasks: queue.SimpleQueue[Any]) -> None:
+    """Put each task the parent sends on *tasks*, then None at its end.
+
+    Its end: None from the parent, the parent's death (end of file), or a
+    message that cannot be read; the worker then exits, and the parent, if
+    alive, reports its death.
+    """
+    try:
+        while (task := conn.recv()) is not None:
+            tasks.put(task)
+    except BaseException:  # any end of reading ends the worker
+        pass
+    finally:
+        tasks.put(None)
 
 
 def _die_with_parent(parent_pid: int | None) -> None:
@@ -546,8 +584,13 @@ class _TargetLock:
         if fcntl is None:  # pragma: no cover - not POSIX
             return
         while True:
-            fd = os.open(self.name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666,
-                         dir_fd=self.dir_fd)
+            try:
+                fd = os.open(self.name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666,
+                             dir_fd=self.dir_fd)
+            except OSError as exc:
+                failed = OSError(exc.errno, f"{exc.strerror or exc}, creating its lock "
+                                 f"{self.path}", self.target)
+                raise failed from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -961,7 +1004,7 @@ class DatasetWriter:
                 )
         self.fields = dict(fields)
         self.num_workers = default_workers() if num_workers < 1 else int(num_workers)
-        self.seed = int(seed)
+        self.seed = _seed(seed, "seed")
         self.progress = progress
         self.checksums = bool(checksums)
         self.row_type = get_metadata_type(list(self.fields.values()))
@@ -983,25 +1026,39 @@ class DatasetWriter:
 
         Args:
             dataset: anything with ``__len__`` and ``__getitem__`` returning a
-                tuple with one value per field (a bare value for one field).
-            indices: which source samples, in which order.
+                tuple with one value per field (a bare value for one field,
+                except a list or tuple, which is taken as the values: a
+                single field whose value is a list returns ``(value,)``).
+            indices: which source samples, in which order (integers; a
+                boolean mask or floats are refused).
             chunksize: samples per unit of work sent to a worker.
             shuffle_indices: shuffle the order, seeded by *seed*.
             seed: for the shuffle; defaults to the writer's seed.
         """
         if chunksize < 1:
             raise ValueError(f"chunksize must be at least 1, got {chunksize}")
-        order = np.arange(len(dataset)) if indices is None else np.asarray(indices, np.int64)
-        if order.ndim != 1:
-            raise ValueError("indices must be one-dimensional")
+        order = np.arange(len(dataset)) if indices is None else self._indices(indices)
         if shuffle_indices:
-            rng = np.random.default_rng(self.seed if seed is None else seed)
+            rng = np.random.default_rng(self.seed if seed is None else _seed(seed, "seed"))
             order = rng.permutation(order)
         tasks = [
             (start, order[start : start + chunksize].tolist())
             for start in range(0, len(order), chunksize)
         ]
         self._write(len(order), tasks, _IndexedSource(dataset, self.fname))
+
+    def _indices(self, indices: Sequence[int]) -> np.ndarray:
+        """*indices* as int64, refusing what would silently become other samples."""
+        given = np.asarray(indices)
+        if given.ndim != 1:
+            raise ValueError(f"{self.fname}: indices must be one-dimensional, "
+                             f"got shape {given.shape}")
+        if given.dtype.kind == "b":
+            raise TypeError(f"{self.fname}: indices must be integers, got a boolean mask; "
+                            "pass np.flatnonzero(mask) for the samples it selects")
+        if given.size and given.dtype.kind not in "iu":
+            raise TypeError(f"{self.fname}: indices must be integers, got {given.dtype}")
+        return given.astype(np.int64)
 
     def from_webdataset(self, shards: Sequence[str], pipeline: Callable[[Any], Iterable[Any]]
                         ) -> None:
@@ -1031,6 +1088,9 @@ class DatasetWriter:
         encoder = _Encoder(self.fname, names, fields, self.row_type, self.page_size, self.seed,
                            self.skip_errors)
         self.skipped = []
+        if not os.path.basename(self.fname) or os.path.isdir(self.fname):
+            raise IsADirectoryError(errno.EISDIR, "is a directory, not a file to write",
+                                    self.fname)
         directory = os.path.dirname(os.path.abspath(self.fname))
         with _sigterm_stops_the_write(self.fname) as sigterm:
             self._write_locked(num_samples, tasks, source, encoder, names, fields,

@@ -787,3 +787,96 @@ def test_fork_can_be_asked_for_with_threads_running(tmp_path: Path) -> None:
     finally:
         stop.set()
         thread.join()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_chunks_larger_than_a_socket_buffer_do_not_deadlock(tmp_path: Path,
+                                                            workers: int) -> None:
+    # A chunk of 60,000 indices pickles to about 300 KB, more than a socket
+    # holds: the parent sending the next chunk and a worker sending its result
+    # (larger still) each waited on the other for ever.
+    values = [(i * 7) % 1000 for i in range(150_000)]
+    reader = write(tmp_path / "big.beton", {"i": IntField()}, values, num_workers=workers,
+                   chunksize=60_000)
+    assert reader.metadata["f0"].tolist() == values
+
+
+# -- arguments refused before any sample is encoded ------------------------------------------
+
+
+def test_a_boolean_mask_or_float_indices_are_refused(tmp_path: Path) -> None:
+    values = [(10 * i,) for i in range(6)]
+    target = tmp_path / "m.beton"
+    with pytest.raises(TypeError, match=r"m\.beton: indices must be integers.*flatnonzero"):
+        write(target, {"i": IntField()}, values, indices=[True, False, True, False, False, True])
+    with pytest.raises(TypeError, match=r"indices must be integers, got float64"):
+        write(target, {"i": IntField()}, values, indices=[0.9, 2.7, 4.5])
+    with pytest.raises(ValueError, match="one-dimensional"):
+        write(target, {"i": IntField()}, values, indices=[[0, 1]])
+    assert not target.exists()
+    reader = write(target, {"i": IntField()}, values, indices=np.array([5, 0], np.uint8))
+    assert reader.metadata["f0"].tolist() == [50, 0]
+    assert write(tmp_path / "e.beton", {"i": IntField()}, values, indices=[]).num_samples == 0
+
+
+@pytest.mark.parametrize(("seed", "error"), [(-1, ValueError), (1.5, TypeError),
+                                             ("3", TypeError)])
+def test_a_seed_that_no_generator_takes_is_refused_up_front(tmp_path: Path, seed: Any,
+                                                           error: type) -> None:
+    with pytest.raises(error, match="seed must be"):
+        DatasetWriter(tmp_path / "s.beton", {"i": IntField()}, seed=seed)
+    writer = DatasetWriter(tmp_path / "s.beton", {"i": IntField()}, progress=False)
+    with pytest.raises(error, match="seed must be"):
+        writer.from_indexed_dataset([(1,), (2,)], shuffle_indices=True, seed=seed)
+    assert DatasetWriter(tmp_path / "s.beton", {"i": IntField()}, seed=np.int64(3)).seed == 3
+
+
+def test_a_directory_as_the_target_is_refused_before_encoding(tmp_path: Path) -> None:
+    calls = []
+
+    class Counted:
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, i: int) -> tuple[int]:
+            calls.append(i)
+            return (i,)
+
+    (tmp_path / "d.beton").mkdir()
+    for target in (tmp_path / "d.beton", f"{tmp_path / 'x.beton'}/"):
+        with pytest.raises(IsADirectoryError) as info:
+            DatasetWriter(target, {"i": IntField()}, num_workers=1,
+                          progress=False).from_indexed_dataset(Counted())
+        assert info.value.filename == str(target)
+    assert calls == []
+    assert sorted(os.listdir(tmp_path)) == ["d.beton"]
+
+
+def test_a_lock_that_cannot_be_created_names_the_target(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = os.open
+
+    def read_only(path: Any, *args: Any, **kw: Any) -> int:
+        if str(path).endswith(".lock"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr(writer_module.os, "open", read_only)
+    target = tmp_path / "r.beton"
+    with pytest.raises(OSError) as info:
+        write(target, {"i": IntField()}, [(1,)], num_workers=1)
+    assert info.value.errno == errno.EROFS
+    assert info.value.filename == str(target)
+    assert ".r.beton.lock" in str(info.value)
+    assert describe_error(info.value).startswith(f"{target}: Read-only file system")
+
+
+def test_one_field_whose_value_is_a_list_is_explained(tmp_path: Path) -> None:
+    from fastforward.fields import JSONField
+
+    with pytest.raises(EncodeError, match=r"sample 0.*got a list of 2 values.*\(value,\)"):
+        write(tmp_path / "j.beton", {"meta": JSONField()}, [[1, 2], [3, 4]], num_workers=1)
+    reader = write(tmp_path / "j.beton", {"meta": JSONField()}, [([1, 2],), ([3],)],
+                   num_workers=1)
+    assert [reader.read(i)[0] for i in range(2)] == [[1, 2], [3]]
