@@ -293,3 +293,36 @@ def test_ranks_get_the_files_classes_in_proportion(pages: int, world: int) -> No
         for shard in shards:
             counts = np.bincount(labels[shard.order], minlength=10)
             assert np.abs(counts - len(shard.order) / 10).max() <= 1.5 * PER_PAGE
+
+
+@pytest.mark.parametrize(("per_page", "world"), [([1441, 1442, 117], 3), ([1441, 1442, 117], 2),
+                                                 ([250] * 9 + [3], 4), ([7, 300, 2, 300], 4),
+                                                 ([104] * 29, 16)])
+def test_ranks_get_equal_counts_whatever_the_pages_hold(per_page: list[int],
+                                                        world: int) -> None:
+    """Ranks' sample counts differ by at most one, so evening them out repeats
+    fewer samples than there are ranks (as DistributedSampler); a cut inside a
+    page shares it between two ranks. Cutting between pages gave 1,441, 117 and
+    1,442 samples over 3 ranks, and 1,326 repeats an epoch to even them out."""
+    page_size = 1 << 21
+    page = np.repeat(np.arange(len(per_page)), per_page)
+    within = np.concatenate([np.arange(n) for n in per_page])
+    samples = len(page)
+    table = np.zeros(samples, dtype=[("sample_id", "<u8"), ("ptr", "<u8"), ("size", "<u8")])
+    table["sample_id"] = np.arange(samples)
+    table["ptr"] = page * page_size + within
+    reader = SimpleNamespace(alloc_table=table, num_samples=samples, page_size=page_size)
+    order = QuasiRandom(SimpleNamespace(reader=reader, indices=np.arange(samples), seed=0,
+                                        distributed=True))
+    for epoch in range(3):
+        shards = order.rank_orders(epoch, world, even=False)
+        counts = [len(s.order) for s in shards]
+        assert max(counts) - min(counts) <= 1, counts
+        assert sorted(np.concatenate([s.order for s in shards]).tolist()) == list(range(samples))
+        ranks_of_page = [{r for r, s in enumerate(shards) if (page[s.order] == p).any()}
+                         for p in range(len(per_page))]
+        assert sum(len(r) > 1 for r in ranks_of_page) <= world - 1
+        if min(counts) >= max(per_page):  # a page larger than a rank's share spans more
+            assert max(len(r) for r in ranks_of_page) <= 2
+        evened = order.rank_orders(epoch, world, even=True)
+        assert sum(int(s.padding.sum()) for s in evened) <= world - 1
