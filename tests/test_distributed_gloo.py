@@ -11,13 +11,14 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is an optional extra")
 
+from test_distributed import assert_pages_shared_only_at_cuts  # noqa: E402
+
 from fastforward.fields import BytesField, IntField  # noqa: E402 - after the skip
 from fastforward.fields.decoders import IntDecoder  # noqa: E402
 from fastforward.loader import Loader, OrderOption  # noqa: E402
 from fastforward.reader import Reader  # noqa: E402
 from fastforward.traversal_order.quasi_random import sample_pages  # noqa: E402
 from fastforward.writer import DatasetWriter  # noqa: E402
-from test_distributed import assert_pages_shared_only_at_cuts  # noqa: E402
 
 ORDERS = ["SEQUENTIAL", "RANDOM", "QUASI_RANDOM"]
 

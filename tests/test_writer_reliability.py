@@ -864,7 +864,7 @@ def test_a_lock_that_cannot_be_created_names_the_target(tmp_path: Path,
 
     monkeypatch.setattr(writer_module.os, "open", read_only)
     target = tmp_path / "r.beton"
-    with pytest.raises(OSError) as info:
+    with pytest.raises(OSError, match="Read-only file system") as info:
         write(target, {"i": IntField()}, [(1,)], num_workers=1)
     assert info.value.errno == errno.EROFS
     assert info.value.filename == str(target)
