@@ -85,8 +85,7 @@ def nothing_left_behind() -> Iterator[None]:
 
 
 class Jitter(Operation):
-    """A Python operation per sample that keeps the GIL, drawing from the global
-    generators (np.random, random) and from its context."""
+    """A Python operation per sample that keeps the GIL, drawing from its context."""
 
     per_sample = True
 
@@ -94,10 +93,21 @@ class Jitter(Operation):
         return previous_state, AllocationQuery(previous_state.shape, previous_state.dtype)
 
     def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
-        shift = np.random.randint(0, 40) + random.randint(0, 40)
-        mine = int(context.sample_rng(position).integers(0, 40))
-        destination[:] = sample // 2 + np.uint8(shift + mine)
+        mine = int(context.sample_rng(position).integers(0, 80))
+        destination[:] = sample // 2 + np.uint8(mine + self.shift())
         return destination
+
+    def shift(self) -> int:
+        return 0
+
+
+class GlobalJitter(Jitter):
+    """Jitter that draws from the global generators (np.random, random, torch's) too."""
+
+    def shift(self) -> int:
+        torch = sys.modules.get("torch")
+        extra = int(torch.randint(0, 20, (1,))) if torch is not None else 0
+        return np.random.randint(0, 20) + random.randint(0, 20) + extra
 
 
 class Returns(Operation):
@@ -185,11 +195,18 @@ def epochs(loader: Loader, count: int = 2) -> list[tuple[np.ndarray, np.ndarray]
 # -- the same batches --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("extra", ["jitter", "returns"])
+@pytest.mark.parametrize("extra", ["jitter", "returns", "global"])
 def test_threads_and_processes_give_the_same_batches(photos_file: Path, extra: str) -> None:
-    ops = {"jitter": [Jitter()], "returns": [Returns()]}[extra]
-    reference = epochs(train_loader(photos_file, 1, "thread", ops))
-    for workers, kind in [(3, "thread"), (1, "process"), (2, "process")]:
+    """The same batches whatever the workers; for an operation drawing from the
+    global generators, whatever the number of worker processes (they seed them
+    per sample; threads leave them to the user's code: see below)."""
+    ops = {"jitter": [Jitter()], "returns": [Returns()], "global": [GlobalJitter()]}[extra]
+    kinds = [(3, "thread"), (1, "process"), (2, "process")]
+    if extra == "global":
+        kinds = [(1, "process"), (2, "process"), (3, "process")]
+    first, *others = kinds
+    reference = epochs(train_loader(photos_file, *first, ops))
+    for workers, kind in others:
         loader = train_loader(photos_file, workers, kind, ops)
         assert loader.workers.kind == kind
         got = epochs(loader)
@@ -197,6 +214,43 @@ def test_threads_and_processes_give_the_same_batches(photos_file: Path, extra: s
             np.testing.assert_array_equal(labels, want_labels)
             np.testing.assert_array_equal(images, want_images)
     assert not np.array_equal(reference[0][0], reference[1][0])  # epochs differ
+
+
+class NumpyNoise(Jitter):
+    """Jitter that draws from ``np.random`` too (and from no other global generator)."""
+
+    def shift(self) -> int:
+        return int(np.random.randint(0, 40))
+
+
+def test_threads_leave_the_users_global_generators_alone(photos_file: Path) -> None:
+    """On threads, an operation runs beside the training loop, which draws from
+    the same global generators (dropout on the CPU draws from torch's): the
+    loader neither seeds them per sample there nor restores them at a batch's
+    end. It did both: the loop's draws came from the samples' seeds, then
+    replayed (all 200 draws of a loop differed from its seed's sequence)."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+
+    def draws(count: int) -> list[tuple[float, float]]:
+        return [(random.random(), float(torch.rand(1)) if torch is not None else 0.0)
+                for _ in range(count)]
+
+    def seed() -> None:
+        random.seed(12)
+        if torch is not None:
+            torch.manual_seed(13)
+
+    seed()
+    got: list[tuple[float, float]] = []
+    with train_loader(photos_file, 2, "thread", extra=[NumpyNoise()]) as loader:
+        for _ in range(2):
+            for _batch in loader:
+                got += draws(20)
+    seed()
+    assert got == draws(len(got))
 
 
 def test_auto_chooses_processes_only_for_operations_that_keep_the_gil(photos_file: Path
@@ -1024,7 +1078,7 @@ def test_a_slow_worker_process_takes_fewer_ranges(tmp_path: Path, images: list[n
 
 
 class LabelNoise(Operation):
-    """Per sample, on a label: ``label * 1000`` plus a draw from ``np.random``, and
+    """Per sample, on a label: ``label * 1000`` plus a draw from its context, and
     the process that ran it."""
 
     per_sample = True
@@ -1033,7 +1087,8 @@ class LabelNoise(Operation):
         return State(shape=(2,), dtype=np.dtype("i8")), AllocationQuery((2,), np.dtype("i8"))
 
     def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
-        destination[0] = int(sample[0]) * 1000 + np.random.randint(0, 1000)
+        destination[0] = int(sample[0]) * 1000 + int(
+            context.sample_rng(position).integers(0, 1000))
         destination[1] = os.getpid()
         return destination
 

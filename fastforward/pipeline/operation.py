@@ -113,7 +113,9 @@ class Operation:
     per_sample: ClassVar[bool] = False
     """True: the loader calls ``apply_sample`` once per sample (with ``np.random``,
     ``random`` and torch's default generator seeded for that sample, unless the
-    operation ``releases_gil``)."""
+    operation ``releases_gil``, where the generators are the pipeline's: in a
+    worker process, or called from the main thread; see
+    ``random.globals_are_ours``)."""
 
     reads_input: bool = True
     """False for operations that only relabel their input (a view, a new shape or

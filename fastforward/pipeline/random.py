@@ -63,6 +63,28 @@ def generator(seed: int, epoch: int, index: int, stream: int) -> np.random.Gener
 
 _GLOBALS_LOCK = threading.RLock()
 _GLOBALS_STREAM = 0x6C6F6261
+_WORKER_PROCESS = False  # set in a worker process: the global generators are its own
+
+
+def own_the_globals() -> None:
+    """Called by a worker process when it starts: no code of the user's runs
+    in it, so its global generators are the pipeline's to seed."""
+    global _WORKER_PROCESS
+    _WORKER_PROCESS = True
+
+
+def globals_are_ours() -> bool:
+    """Whether this thread may seed (and then restore) the global generators.
+
+    In a worker process, yes. In the user's process only in its main thread,
+    which is where the user's own code runs, so nothing of the user's draws
+    from them meanwhile (an operation called directly, as in tests). Never
+    from the loader's threads there: the user's training loop draws from the
+    same generators at the same time (dropout on the CPU draws from torch's),
+    so each would shift the other's draws, and restoring the states at the
+    end of a batch would replay the loop's.
+    """
+    return _WORKER_PROCESS or threading.current_thread() is threading.main_thread()
 
 
 def global_seeds(seed: int, epoch: int, indices: np.ndarray, stream: int) -> np.ndarray:
@@ -80,6 +102,10 @@ def _seed_globals(value: int) -> None:
         torch.random.default_generator.manual_seed(value & ((1 << 63) - 1))
 
 
+def _leave_alone(value: int) -> None:
+    """``reseed`` where the generators are not ours."""
+
+
 @contextlib.contextmanager
 def globals_session() -> Iterator[Callable[[int], None]]:
     """Hold the global generators (``np.random``, ``random``, torch's default
@@ -92,7 +118,14 @@ def globals_session() -> Iterator[Callable[[int], None]]:
     session per batch instead of per sample. Held under one lock, since the
     generators are process-wide: such operations run one at a time per
     process (they keep the GIL anyway; worker processes run them in parallel).
+
+    Where the generators are not ours (``globals_are_ours``: a loader's thread
+    in the user's process), nothing is seeded, saved or restored: draws there
+    come from the generators as the user's code left them.
     """
+    if not globals_are_ours():
+        yield _leave_alone
+        return
     saved: dict[str, Any] = {}
 
     def reseed(value: int) -> None:

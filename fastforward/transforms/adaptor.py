@@ -18,10 +18,13 @@ anything else           the H×W×C NumPy array                        array, te
 ======================  =========================================  ==========================
 
 Randomness: it keeps the GIL, so the loader runs it in worker processes
-(``worker_type='auto'``), and before each sample ``np.random``, ``random`` and
-torch's default generator are seeded from ``(seed, epoch, sample, stream)``
-(albumentations' own generators too, through ``set_random_seed``): the same
-seed gives the same augmentations whatever the workers.
+(``worker_type='auto'``), and there, before each sample, ``np.random``,
+``random`` and torch's default generator are seeded from ``(seed, epoch,
+sample, stream)`` (albumentations' own generators too, through
+``set_random_seed``, wherever it runs): the same seed gives the same
+augmentations whatever the number of worker processes. On threads the global
+generators are the user's training loop's, and are left alone
+(``fastforward.pipeline.random.globals_are_ours``).
 """
 
 from __future__ import annotations
