@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastforward.fields import BytesField, IntField, RGBImageField
+from fastforward.fields import BytesField, Field, IntField, RGBImageField
+from fastforward.fields.base import ARG_TYPE
 from fastforward.fields.decoders import IntDecoder
 from fastforward.loader import Loader, OrderOption
 from fastforward.pipeline.allocation_query import AllocationQuery
@@ -158,6 +159,31 @@ class FirstInts(Operation):
 
         decode.is_parallel = True
         return decode
+
+
+class ScratchInts(Field):
+    """PackedInts written from scratch on FFCV's ``Field`` (which has no
+    ``payload_pointers``): a pointer and a size per sample, FirstInts to decode."""
+
+    @property
+    def metadata_type(self) -> np.dtype:
+        return np.dtype([("ptr", "<u8"), ("size", "<u8")])
+
+    @staticmethod
+    def from_binary(binary: np.ndarray) -> ScratchInts:
+        return ScratchInts()
+
+    def to_binary(self) -> np.ndarray:
+        return np.zeros(1, dtype=ARG_TYPE)[0]
+
+    def encode(self, destination, field, malloc) -> None:  # type: ignore[no-untyped-def]
+        data = np.asarray(field, "<i4").view(np.uint8)
+        destination["ptr"], buffer = malloc(max(data.size, 1))
+        buffer[: data.size] = data
+        destination["size"] = data.size
+
+    def get_decoder_class(self) -> type:
+        return FirstInts
 
 
 @pytest.fixture(autouse=True)
@@ -319,6 +345,32 @@ def test_a_numba_decoder_reads_payloads(packed_file: tuple[Path, list[list[int]]
     # the field's default decoder is the FFCV one too
     default = Loader(path, 5, custom_fields={"ints": PackedInts}, pipelines={"i": None})
     assert isinstance(default.pipelines[0].decoder, NumbaOperation)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["numba", "python"])
+@pytest.mark.parametrize("os_cache", [True, False], ids=["os-cache", "process-cache"])
+def test_a_field_without_payload_pointers_is_read_through_memory_read(
+        tmp_path: Path, compiled: bool, os_cache: bool) -> None:
+    """FFCV's Field declares no payload pointers, so the loader fetches nothing
+    for such a field: its decoder finds its samples' payloads through
+    memory_read in the whole file, as in FFCV (it found none: IndexError)."""
+    if compiled:
+        pytest.importorskip("numba")
+    Compiler.set_enabled(compiled)
+    rng = np.random.default_rng(6)
+    values = [rng.integers(-1000, 1000, int(rng.integers(0, 9))).tolist() for _ in range(30)]
+    path = tmp_path / "scratch.beton"
+    DatasetWriter(path, {"ints": ScratchInts(), "i": IntField()}, num_workers=1,
+                  progress=False).from_indexed_dataset([(v, i) for i, v in enumerate(values)])
+    loader = Loader(path, 7, os_cache=os_cache, order=OrderOption.RANDOM, seed=4, drop_last=False,
+                    num_workers=2, custom_fields={"ints": ScratchInts},
+                    pipelines={"ints": [FirstInts()], "i": [IntDecoder()]})
+    seen = 0
+    for ints, index in loader:
+        for row, i in zip(ints, index[:, 0], strict=True):
+            assert row.tolist() == (values[i] + [0] * 4)[:4]
+            seen += 1
+    assert seen == 30
 
 
 def test_disabled_compiler_runs_python(photo_file: Path) -> None:

@@ -102,12 +102,9 @@ class MemoryContext:
     """
 
     def __init__(self, manager: MemoryManager) -> None:
-        reader = manager.reader
-        table = np.sort(reader.alloc_table, order="ptr")
-        source = np.frombuffer(reader.buffer, np.uint8)
-        pointers = np.ascontiguousarray(table["ptr"], dtype=np.uint64)
-        self.state = (source, pointers, pointers,
-                      np.ascontiguousarray(table["size"], dtype=np.uint64))
+        from ..pipeline.compiler import file_storage_state
+
+        self.state = file_storage_state(manager.reader)
 
     def start_batch(self, batch: int) -> None:
         """FFCV's hook before each batch: nothing to do (everything is mapped)."""

@@ -283,7 +283,7 @@ class NumbaOperation(Decoder):
         """Configuration only (a process worker's plan holds it, and never calls it):
         compiled functions and closures stay in this process."""
         state = super().__getstate__()
-        for name in ("_code", "_fn", "_shared", "_local", "_prepared"):
+        for name in ("_code", "_fn", "_shared", "_local", "_prepared", "_whole_file"):
             state.pop(name, None)
         return state
 
@@ -295,8 +295,9 @@ class NumbaOperation(Decoder):
 
     # -- binding (decoders) -------------------------------------------------------
 
-    def bind(self, field: Any, name: str, index: int, metadata: np.ndarray, fname: str) -> None:
-        super().bind(field, name, index, metadata, fname)
+    def bind(self, field: Any, name: str, index: int, metadata: np.ndarray, fname: str,
+             reader: Any = None) -> None:
+        super().bind(field, name, index, metadata, fname, reader)
         self.role = "decoder"
 
     def accept_field(self, field: Any) -> None:
@@ -429,11 +430,27 @@ class NumbaOperation(Decoder):
                 return self._fn(*args)
         return self._fn(*args)
 
+    def _file_storage(self) -> tuple[Any, ...]:
+        """The whole file's storage state, made once per reader: a field that
+        declares no ``payload_pointers`` (FFCV's ``Field`` has no such method)
+        gets no payloads with its batches, and its decoder reads its samples'
+        own allocations through ``memory_read``, as FFCV's do."""
+        if self.reader is None:
+            raise RuntimeError(
+                f"{self.name}: field {self.field_name!r} ({type(self.field).__name__}) "
+                "declares no payload_pointers(), and this decoder was bound without the "
+                "file's reader: memory_read cannot find its payloads")
+        cached = self.__dict__.get("_whole_file")
+        if cached is None or cached[0] is not self.reader:
+            cached = (self.reader, file_storage_state(self.reader))
+            self._whole_file = cached
+        return cached[1]
+
     def _storage(self, context: BatchContext, indices: np.ndarray) -> tuple[Any, ...]:
         """FFCV's ``storage_state`` for this batch: what ``memory_read`` finds payloads in."""
         pointers = self.field.payload_pointers(self.metadata)
-        if pointers is None:
-            return _storage_sample()
+        if pointers is None:  # a custom field of FFCV's kind: any payload of the file
+            return self._file_storage()
         source, offsets, sizes = context.data.field(self.field_index)
         pointers = np.asarray(pointers, np.uint64)[indices.astype(np.int64)]
         order = np.argsort(pointers, kind="stable")
@@ -442,6 +459,16 @@ class NumbaOperation(Decoder):
         return (view, np.ascontiguousarray(pointers[order]),
                 np.ascontiguousarray(np.asarray(offsets, np.uint64)[order]),
                 np.ascontiguousarray(np.asarray(sizes, np.uint64)[order]))
+
+
+def file_storage_state(reader: Any) -> tuple[Any, ...]:
+    """FFCV's ``storage_state`` over the whole of *reader*'s file: every
+    allocation's offset and size, sorted, and the file mapped read-only."""
+    table = np.sort(reader.alloc_table, order="ptr")
+    source = np.frombuffer(reader.buffer, np.uint8)
+    source.flags.writeable = False
+    pointers = np.ascontiguousarray(table["ptr"], dtype=np.uint64)
+    return source, pointers, pointers, np.ascontiguousarray(table["size"], dtype=np.uint64)
 
 
 def _storage_sample() -> tuple[Any, ...]:

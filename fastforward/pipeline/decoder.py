@@ -42,7 +42,7 @@ class Decoder(Operation):
     ``declare_state_and_memory`` (a mask is as large as its image)."""
 
     _BINDING: ClassVar[tuple[str, ...]] = ("field", "field_name", "field_index", "fname",
-                                           "metadata", "memory_read")
+                                           "metadata", "memory_read", "reader")
     """Attributes ``bind`` sets: not configuration, so never copied or pickled."""
 
     def __init__(self) -> None:
@@ -51,6 +51,7 @@ class Decoder(Operation):
         self.field_name: str = ""
         self.field_index: int = -1
         self.fname: str = ""
+        self.reader: Any = None
 
     def runtime_copy(self, previous: Decoder | None = None) -> Decoder:
         """A copy of this decoder for one loader, unbound: its configuration
@@ -90,8 +91,11 @@ class Decoder(Operation):
         return []
 
     def bind(self, field: Any, name: str, index: int, metadata: np.ndarray,
-             fname: str) -> None:
-        """Attach the decoder to one field of one file (the loader calls this)."""
+             fname: str, reader: Any = None) -> None:
+        """Attach the decoder to one field of one file (the loader calls this;
+        *reader* is the file's open ``Reader``, for decoders that read payloads
+        the batch was not given: FFCV-style ones of fields that declare no
+        ``payload_pointers``)."""
         if self.field_name and (self.field_name, self.fname) != (name, fname):
             raise ValueError(
                 f"one {type(self).__name__} instance is used for fields {self.field_name!r} "
@@ -100,6 +104,7 @@ class Decoder(Operation):
         self.accept_field(field)
         self.accept_globals(metadata, None)
         self.field_name, self.field_index, self.fname = name, index, fname
+        self.reader = reader
 
     def split_batch(self, context: BatchContext) -> bool:
         """Whether this batch is worth splitting across the worker threads

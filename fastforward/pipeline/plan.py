@@ -162,7 +162,7 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
             copies[id(user_decoder)] = decoder
             index = reader.field_names.index(spec.source)
             decoder.bind(reader.handlers[spec.source], spec.source, index,
-                         reader.metadata[f"f{index}"], fname)
+                         reader.metadata[f"f{index}"], fname, reader)
             # fusions see the operations up to the first one a branch reads
             limit = 0 if id(user_decoder) in sources else next(
                 (k for k, op in enumerate(user_ops) if id(op) in sources), len(user_ops))
@@ -371,4 +371,4 @@ def bind_plan(plan: Plan, reader: Any) -> None:
         if pipeline.decoder is not None and pipeline.field_name is not None:
             index = pipeline.field_index
             pipeline.decoder.bind(reader.handlers[pipeline.field_name], pipeline.field_name,
-                                  index, reader.metadata[f"f{index}"], reader.fname)
+                                  index, reader.metadata[f"f{index}"], reader.fname, reader)
