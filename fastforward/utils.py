@@ -63,6 +63,33 @@ s_print_lock = threading.Lock()
 """The lock ``s_print`` holds (FFCV's)."""
 
 
+WORKER_NAMES = ("fastforward-writer-", "fastforward-worker-")
+"""How the writer's and the loader's worker processes are named."""
+
+
+def refuse_in_a_worker(what: str) -> None:
+    """Raise if this process is one of fastforward's workers: *what* was then
+    called by a script's top level that the worker ran again.
+
+    A worker started by multiprocessing's fork server (or spawn) imports the
+    main module first, to load what it is sent; a script without an
+    ``if __name__ == "__main__":`` guard then runs again inside it, and the
+    loader or writer it makes there would load or write for real (a file
+    rewritten from the worker, data drawn anew). Refused instead, saying so;
+    the worker dies with this traceback and its parent reports the death.
+    """
+    import multiprocessing
+
+    name = multiprocessing.current_process().name
+    if name.startswith(WORKER_NAMES):
+        raise RuntimeError(
+            f"{what} called in fastforward's worker process {name} (pid {os.getpid()}): "
+            "it started from multiprocessing's fork server, which imports your main "
+            "module to load what it is sent, and so ran your script's top level again. "
+            "Put the script's top level under `if __name__ == \"__main__\":`"
+        )
+
+
 def s_print(*args: object, **kwargs: Any) -> None:
     """``print`` under a lock, so that threads' lines do not interleave (FFCV's helper)."""
     with s_print_lock:

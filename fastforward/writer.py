@@ -78,7 +78,7 @@ from .types import (
     type_id_of,
     validate_page_size,
 )
-from .utils import default_workers, forkserver_preload
+from .utils import default_workers, forkserver_preload, refuse_in_a_worker
 
 try:
     import fcntl
@@ -509,9 +509,16 @@ class _Pool:
 
     def _died(self, proc: Any) -> WorkerError:
         proc.join(timeout=5)
+        code = proc.exitcode
+        why = "out of memory?"
+        if code == 1 and self.method != "fork":
+            why = ("it may have failed before it started, importing your main module "
+                   f"({self.method} start; its traceback is printed above): keep a script's "
+                   "top level under `if __name__ == \"__main__\":`, or pass "
+                   "start_method='fork'")
         return WorkerError(
-            f"{self.fname}: writer worker {proc.name} died (exit code {proc.exitcode}) "
-            "without reporting an error; out of memory?"
+            f"{self.fname}: writer worker {proc.name} died (exit code {code}) "
+            f"without reporting an error; {why}"
         )
 
     def close(self) -> None:
@@ -986,6 +993,7 @@ class DatasetWriter:
                  seed: int = 0, progress: bool = True, *, checksums: bool = True,
                  skip_errors: Sequence[type[BaseException]] = (),
                  start_method: str | None = None) -> None:
+        refuse_in_a_worker("DatasetWriter()")
         self.fname = os.fspath(fname)
         validate_page_size(int(page_size))
         self.page_size = int(page_size)

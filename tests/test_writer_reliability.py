@@ -880,3 +880,55 @@ def test_one_field_whose_value_is_a_list_is_explained(tmp_path: Path) -> None:
     reader = write(tmp_path / "j.beton", {"meta": JSONField()}, [([1, 2],), ([3],)],
                    num_workers=1)
     assert [reader.read(i)[0] for i in range(2)] == [[1, 2], [3]]
+
+
+SCRIPT_WITHOUT_A_MAIN_GUARD = """
+    import threading
+    from fastforward.fields import IntField
+    from fastforward.writer import DatasetWriter
+
+    print("top level", flush=True)
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)  # another thread: the fork server starts workers
+    thread.start()
+
+    class Data:
+        def __getitem__(self, i):
+            return (i,)
+
+        def __len__(self):
+            return 40
+
+    try:
+        DatasetWriter("out.beton", {"y": IntField()}, num_workers=2,
+                      progress=False).from_indexed_dataset(Data())
+    finally:
+        stop.set()
+"""
+
+
+@linux_only
+def test_a_script_run_again_by_a_worker_is_refused_and_explained(tmp_path: Path) -> None:
+    # FFCV's examples have no __main__ guard; a worker from the fork server imports
+    # the main module, which wrote the file again from inside the worker
+    proc = run_script(tmp_path, SCRIPT_WITHOUT_A_MAIN_GUARD)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert stdout.count("top level") >= 2  # run again in a worker...
+    assert "DatasetWriter() called in fastforward's worker process fastforward-writer-" in stderr
+    assert "WorkerError" in stderr  # ...and said
+    assert "importing your main module" in stderr
+    assert sorted(os.listdir(tmp_path)) == ["script.py"]
+
+
+def test_a_loader_or_writer_made_in_a_worker_process_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    from fastforward.loader import Loader
+
+    monkeypatch.setattr(multiprocessing.current_process(), "name", "fastforward-worker-3")
+    with pytest.raises(RuntimeError, match=r"Loader\(\) called in fastforward's worker"):
+        Loader(tmp_path / "none.beton", 8)
+    with pytest.raises(RuntimeError, match=r"__name__ == \"__main__\""):
+        DatasetWriter(tmp_path / "x.beton", {"i": IntField()})

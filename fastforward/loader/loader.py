@@ -33,7 +33,7 @@ from ..ring import PINNED, SHARED, Slot, SlotPool
 from ..scheduler import ChannelStats, Engine, EpochPlan
 from ..traversal_order import QuasiRandom, Random, Sequential, TraversalOrder
 from ..traversal_order.sharding import Shard, resume
-from ..utils import default_workers
+from ..utils import default_workers, refuse_in_a_worker
 from .runner import BatchJob, ranged_pipelines, run_stage2
 from .workers import PROCESS, ProcessWorkers, ThreadWorkers
 
@@ -121,6 +121,7 @@ class Loader:
                  order_kwargs: Mapping[str, Any] | None = None, *,
                  even_batches: bool = True, worker_type: str = "auto",
                  start_method: str | None = None, verify_checksums: bool = False) -> None:
+        refuse_in_a_worker("Loader()")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if batches_ahead < 1:
