@@ -65,6 +65,14 @@ s_print_lock = threading.Lock()
 
 WORKER_NAMES = ("fastforward-writer-", "fastforward-worker-")
 """How the writer's and the loader's worker processes are named."""
+_WORKER_STARTED = False
+
+
+def worker_started() -> None:
+    """Called first thing by a worker process's main function: from then on,
+    what runs is the work it is sent (a dataset may open a loader)."""
+    global _WORKER_STARTED
+    _WORKER_STARTED = True
 
 
 def refuse_in_a_worker(what: str) -> None:
@@ -77,11 +85,13 @@ def refuse_in_a_worker(what: str) -> None:
     loader or writer it makes there would load or write for real (a file
     rewritten from the worker, data drawn anew). Refused instead, saying so;
     the worker dies with this traceback and its parent reports the death.
+    Once the worker has started its work (``worker_started``), what runs is
+    the work it was sent, and is let be.
     """
     import multiprocessing
 
     name = multiprocessing.current_process().name
-    if name.startswith(WORKER_NAMES):
+    if name.startswith(WORKER_NAMES) and not _WORKER_STARTED:
         raise RuntimeError(
             f"{what} called in fastforward's worker process {name} (pid {os.getpid()}): "
             "it started from multiprocessing's fork server, which imports your main "

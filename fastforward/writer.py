@@ -78,7 +78,7 @@ from .types import (
     type_id_of,
     validate_page_size,
 )
-from .utils import default_workers, forkserver_preload, refuse_in_a_worker
+from .utils import default_workers, forkserver_preload, refuse_in_a_worker, worker_started
 
 try:
     import fcntl
@@ -260,6 +260,7 @@ _IN_WORKER = "the writer's worker process"
 
 def _worker_main(conn: Connection, job: Any, inherited: tuple[list[Connection], list[int]],
                  parent_pid: int | None) -> None:
+    worker_started()
     # The parent handles Ctrl-C and SIGTERM (sent to the whole process group
     # by a terminal, `timeout` or a batch system) and stops its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -310,6 +311,8 @@ def _worker_main(conn: Connection, job: Any, inherited: tuple[list[Connection], 
 def _seed(value: Any, name: str) -> int:
     """*value* as a seed: an integer, at least 0 (NumPy's generators take no other)."""
     try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
         seed = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
@@ -1064,9 +1067,21 @@ class DatasetWriter:
         if given.dtype.kind == "b":
             raise TypeError(f"{self.fname}: indices must be integers, got a boolean mask; "
                             "pass np.flatnonzero(mask) for the samples it selects")
-        if given.size and given.dtype.kind not in "iu":
-            raise TypeError(f"{self.fname}: indices must be integers, got {given.dtype}")
-        return given.astype(np.int64)
+        if given.dtype.kind in "iu":
+            if given.dtype.kind == "u" and given.size and given.max() > np.iinfo(np.int64).max:
+                raise ValueError(f"{self.fname}: index {int(given.max())} is out of range")
+            return given.astype(np.int64)
+        try:  # floats, objects (NumPy's type for [np.uint64(1), 2]): integers exactly
+            as_int = given.astype(np.int64)
+            exact = bool((as_int == given).all())
+        except (TypeError, ValueError, OverflowError):
+            exact = False
+        if not exact:
+            wrong = next((v for v in given.tolist() if not float(v).is_integer()), None) \
+                if given.dtype.kind == "f" else None
+            raise TypeError(f"{self.fname}: indices must be integers, got {given.dtype}"
+                            + (f" ({wrong!r})" if wrong is not None else ""))
+        return as_int
 
     def from_webdataset(self, shards: Sequence[str], pipeline: Callable[[Any], Iterable[Any]]
                         ) -> None:

@@ -815,13 +815,19 @@ def test_a_boolean_mask_or_float_indices_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="one-dimensional"):
         write(target, {"i": IntField()}, values, indices=[[0, 1]])
     assert not target.exists()
+    with pytest.raises(ValueError, match="out of range"):
+        write(target, {"i": IntField()}, values, indices=np.array([2**63], np.uint64))
     reader = write(target, {"i": IntField()}, values, indices=np.array([5, 0], np.uint8))
     assert reader.metadata["f0"].tolist() == [50, 0]
+    # integers in other clothes: NumPy makes [np.uint64(1), 2] float64, and objects
+    for given in ([np.uint64(1), 2], np.array([1, 2], dtype=object), np.array([1.0, 2.0])):
+        reader = write(target, {"i": IntField()}, values, indices=given)
+        assert reader.metadata["f0"].tolist() == [10, 20]
     assert write(tmp_path / "e.beton", {"i": IntField()}, values, indices=[]).num_samples == 0
 
 
 @pytest.mark.parametrize(("seed", "error"), [(-1, ValueError), (1.5, TypeError),
-                                             ("3", TypeError)])
+                                             ("3", TypeError), (True, TypeError)])
 def test_a_seed_that_no_generator_takes_is_refused_up_front(tmp_path: Path, seed: Any,
                                                            error: type) -> None:
     with pytest.raises(error, match="seed must be"):
@@ -925,6 +931,7 @@ def test_a_loader_or_writer_made_in_a_worker_process_is_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import multiprocessing
 
+    import fastforward.utils as utils
     from fastforward.loader import Loader
 
     monkeypatch.setattr(multiprocessing.current_process(), "name", "fastforward-worker-3")
@@ -932,3 +939,7 @@ def test_a_loader_or_writer_made_in_a_worker_process_is_refused(
         Loader(tmp_path / "none.beton", 8)
     with pytest.raises(RuntimeError, match=r"__name__ == \"__main__\""):
         DatasetWriter(tmp_path / "x.beton", {"i": IntField()})
+    # once the worker has started its work, what it runs (a dataset that opens a
+    # loader, say) is let be
+    monkeypatch.setattr(utils, "_WORKER_STARTED", True)
+    DatasetWriter(tmp_path / "x.beton", {"i": IntField()})

@@ -49,6 +49,9 @@ class OrderOption(enum.Enum):
 ORDER_TYPE = OrderOption | type[TraversalOrder]
 """What ``Loader(order=...)`` takes (FFCV's name)."""
 ORDER_MAP = {option: option.value for option in OrderOption}
+STATE_VERSION = 2
+"""``state_dict()``'s version: 2 since distributed QUASI_RANDOM cuts ranks at equal
+sample counts (version 1's mid-epoch states of it cannot be resumed exactly)."""
 """Each ``OrderOption``'s ``TraversalOrder`` class (FFCV's name)."""
 DEFAULT_PROCESS_CACHE = int(os.environ.get("FASTFORWARD_DEFAULT_CACHE_PROCESS", "0"))
 """1 when ``FASTFORWARD_DEFAULT_CACHE_PROCESS=1`` was set at import (FFCV's name; the
@@ -431,14 +434,23 @@ class Loader:
         else:
             epoch = self.next_epoch
             segments = self._segments(epoch)
-        return {"version": 1, "epoch": int(epoch), "seed": int(self.seed),
+        return {"version": STATE_VERSION, "epoch": int(epoch), "seed": int(self.seed),
                 "batch_size": self.batch_size, "num_samples": len(self.indices),
                 "segments": [[int(w), int(k)] for w, k in segments]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from ``state_dict()``: the next ``iter()`` continues that epoch."""
-        if state.get("version") != 1:
-            raise ValueError(f"unknown loader state version {state.get('version')!r}")
+        version = state.get("version")
+        if version not in (1, STATE_VERSION):
+            raise ValueError(f"unknown loader state version {version!r}")
+        if version == 1 and isinstance(self.traversal_order, QuasiRandom) and any(
+                int(w) > 1 and int(k) > 0 for w, k in state["segments"]):
+            raise ValueError(
+                f"{self.fname}: this state was saved mid-epoch by a fastforward before "
+                "2026-12-03, whose distributed QUASI_RANDOM cut the ranks differently: "
+                "resuming that epoch here would skip some samples and repeat others. "
+                "Resume it with the version that saved it, or restart that epoch from its "
+                "beginning (set the state's 'segments' to [])")
         for key, mine in (("batch_size", self.batch_size), ("num_samples", len(self.indices))):
             if state[key] != mine:
                 raise ValueError(f"{self.fname}: the state was saved with {key}={state[key]}, "

@@ -121,10 +121,13 @@ def globals_session() -> Iterator[Callable[[int], None]]:
 
     Where the generators are not ours (``globals_are_ours``: a loader's thread
     in the user's process), nothing is seeded, saved or restored: draws there
-    come from the generators as the user's code left them.
+    come from the generators as the user's code left them. The lock is held
+    all the same: such operations still run one at a time per process (an
+    albumentations transform seeds its own generator, then draws from it).
     """
     if not globals_are_ours():
-        yield _leave_alone
+        with _GLOBALS_LOCK:
+            yield _leave_alone
         return
     saved: dict[str, Any] = {}
 
