@@ -70,9 +70,15 @@ _WORKER_STARTED = False
 
 def worker_started() -> None:
     """Called first thing by a worker process's main function: from then on,
-    what runs is the work it is sent (a dataset may open a loader)."""
+    what runs is the work it is sent (a dataset may open a loader), and no
+    training loop of the user's runs in the process (``in_a_worker``)."""
     global _WORKER_STARTED
     _WORKER_STARTED = True
+
+
+def in_a_worker() -> bool:
+    """Whether this process is a fastforward worker at work (``worker_started``)."""
+    return _WORKER_STARTED
 
 
 def refuse_in_a_worker(what: str) -> None:
@@ -91,7 +97,7 @@ def refuse_in_a_worker(what: str) -> None:
     import multiprocessing
 
     name = multiprocessing.current_process().name
-    if name.startswith(WORKER_NAMES) and not _WORKER_STARTED:
+    if name.startswith(WORKER_NAMES) and not in_a_worker():
         raise RuntimeError(
             f"{what} called in fastforward's worker process {name} (pid {os.getpid()}): "
             "it started from multiprocessing's fork server, which imports your main "

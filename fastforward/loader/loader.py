@@ -49,10 +49,10 @@ class OrderOption(enum.Enum):
 ORDER_TYPE = OrderOption | type[TraversalOrder]
 """What ``Loader(order=...)`` takes (FFCV's name)."""
 ORDER_MAP = {option: option.value for option in OrderOption}
+"""Each ``OrderOption``'s ``TraversalOrder`` class (FFCV's name)."""
 STATE_VERSION = 2
 """``state_dict()``'s version: 2 since distributed QUASI_RANDOM cuts ranks at equal
 sample counts (version 1's mid-epoch states of it cannot be resumed exactly)."""
-"""Each ``OrderOption``'s ``TraversalOrder`` class (FFCV's name)."""
 DEFAULT_PROCESS_CACHE = int(os.environ.get("FASTFORWARD_DEFAULT_CACHE_PROCESS", "0"))
 """1 when ``FASTFORWARD_DEFAULT_CACHE_PROCESS=1`` was set at import (FFCV's name; the
 loader reads the variable again at each construction)."""

@@ -99,7 +99,6 @@ import numpy as np
 
 from ..errors import FastForwardError, WorkerError, exception_text, portable
 from ..pipeline.plan import Plan, bind_plan
-from ..pipeline.random import own_the_globals
 from ..utils import forkserver_preload, worker_started
 from .runner import BatchJob, run_stage1
 
@@ -1028,9 +1027,8 @@ def _watch_owner(owner: int) -> None:
 
 def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool],
                  inherited: list[int], owner: int) -> None:
-    worker_started()
+    worker_started()  # np.random, random, torch's are then seeded per sample here
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the loader's to handle
-    own_the_globals()  # np.random, random, torch's: seeded per sample here
     for fd in inherited:  # a forked child holds the loader's ends of every pipe: let go
         with contextlib.suppress(OSError):
             os.close(fd)

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ..utils import in_a_worker
+
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -63,20 +65,13 @@ def generator(seed: int, epoch: int, index: int, stream: int) -> np.random.Gener
 
 _GLOBALS_LOCK = threading.RLock()
 _GLOBALS_STREAM = 0x6C6F6261
-_WORKER_PROCESS = False  # set in a worker process: the global generators are its own
-
-
-def own_the_globals() -> None:
-    """Called by a worker process when it starts: no code of the user's runs
-    in it, so its global generators are the pipeline's to seed."""
-    global _WORKER_PROCESS
-    _WORKER_PROCESS = True
 
 
 def globals_are_ours() -> bool:
     """Whether this thread may seed (and then restore) the global generators.
 
-    In a worker process, yes. In the user's process only in its main thread,
+    In a worker process (``utils.in_a_worker``: no training loop of the
+    user's runs there), yes. In the user's process only in its main thread,
     which is where the user's own code runs, so nothing of the user's draws
     from them meanwhile (an operation called directly, as in tests). Never
     from the loader's threads there: the user's training loop draws from the
@@ -84,7 +79,7 @@ def globals_are_ours() -> bool:
     so each would shift the other's draws, and restoring the states at the
     end of a batch would replay the loop's.
     """
-    return _WORKER_PROCESS or threading.current_thread() is threading.main_thread()
+    return in_a_worker() or threading.current_thread() is threading.main_thread()
 
 
 def global_seeds(seed: int, epoch: int, indices: np.ndarray, stream: int) -> np.ndarray:
