@@ -12,7 +12,7 @@ import pytest
 import reference
 
 from fastforward.fields import BytesField, FloatField, IntField
-from fastforward.fields.basics import BasicDecoder
+from fastforward.fields.basics import BasicDecoder, IntDecoder
 from fastforward.fields.rgb_image import encode_jpeg, resizer
 from fastforward.libffcv import imdecode, memcpy, read, resize_crop
 from fastforward.loader import Loader
@@ -40,6 +40,35 @@ def test_basic_decoder_subclass(tmp_path: Path) -> None:
     assert batch.shape == (10, 1)
     assert batch.dtype == np.float16
     assert batch[:, 0].tolist() == [i / 4 for i in range(10)]
+
+
+class OldBindDecoder(IntDecoder):
+    """Overrides ``bind`` with the five arguments it took before the reader."""
+
+    def bind(self, field, name, index, metadata, fname):  # type: ignore[no-untyped-def,override]
+        super().bind(field, name, index, metadata, fname)
+        self.bound_with = 5
+
+
+class NewBindDecoder(IntDecoder):
+    def bind(self, field, name, index, metadata, fname, reader=None):  # type: ignore[no-untyped-def]
+        super().bind(field, name, index, metadata, fname, reader)
+        self.bound_with = 6
+
+
+@pytest.mark.parametrize("decoder_type", [OldBindDecoder, NewBindDecoder])
+def test_bind_overrides_of_either_signature(tmp_path: Path, decoder_type: type) -> None:
+    path = tmp_path / "f.beton"
+    DatasetWriter(path, {"x": IntField()}, num_workers=1, progress=False) \
+        .from_indexed_dataset([(i,) for i in range(10)])
+    decoder = decoder_type()
+    copy = decoder.runtime_copy()
+    with Reader(path) as reader:
+        copy.bind_to(reader.handlers["x"], "x", 0, reader.metadata["f0"], str(path), reader)
+        assert copy.bound_with == (5 if decoder_type is OldBindDecoder else 6)
+        assert copy.reader is reader  # given afterwards to the old signature
+    (batch,) = next(iter(Loader(path, 10, pipelines={"x": [decoder]})))
+    assert batch[:, 0].tolist() == list(range(10))
 
 
 def test_allocate_query() -> None:

@@ -9,6 +9,7 @@ release the GIL), so ``decode_range`` must only write its own rows.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -106,6 +107,18 @@ class Decoder(Operation):
         self.field_name, self.field_index, self.fname = name, index, fname
         self.reader = reader
 
+    def bind_to(self, field: Any, name: str, index: int, metadata: np.ndarray,
+                fname: str, reader: Any) -> None:
+        """``bind`` as the loader calls it: a subclass that overrides ``bind``
+        with the signature it had before *reader* was added (five arguments)
+        is called that way, and given the reader afterwards."""
+        method = type(self).bind
+        if method is Decoder.bind or _takes_reader(method):
+            self.bind(field, name, index, metadata, fname, reader)
+        else:
+            self.bind(field, name, index, metadata, fname)
+            self.reader = reader
+
     def split_batch(self, context: BatchContext) -> bool:
         """Whether this batch is worth splitting across the worker threads
         (``parallel`` by default; a batch that is one memcpy is not)."""
@@ -134,3 +147,15 @@ class Decoder(Operation):
     def fail(self, exc: BaseException, context: BatchContext, position: int) -> BaseException:
         """*exc*, its message prefixed with the sample and the field."""
         return annotate(exc, self.where(context, position))
+
+
+def _takes_reader(method: Any) -> bool:
+    """Whether an override of ``Decoder.bind`` accepts the *reader* argument."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: call it as the loader does
+        return True
+    positional = [p for p in parameters
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return (len(positional) >= 7  # self, field, name, index, metadata, fname, reader
+            or any(p.kind is p.VAR_POSITIONAL for p in parameters))

@@ -161,8 +161,8 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
             decoder = user_decoder.runtime_copy(earlier.get(name))
             copies[id(user_decoder)] = decoder
             index = reader.field_names.index(spec.source)
-            decoder.bind(reader.handlers[spec.source], spec.source, index,
-                         reader.metadata[f"f{index}"], fname, reader)
+            decoder.bind_to(reader.handlers[spec.source], spec.source, index,
+                            reader.metadata[f"f{index}"], fname, reader)
             # fusions see the operations up to the first one a branch reads
             limit = 0 if id(user_decoder) in sources else next(
                 (k for k, op in enumerate(user_ops) if id(op) in sources), len(user_ops))
@@ -370,5 +370,5 @@ def bind_plan(plan: Plan, reader: Any) -> None:
     for pipeline in plan.pipelines:
         if pipeline.decoder is not None and pipeline.field_name is not None:
             index = pipeline.field_index
-            pipeline.decoder.bind(reader.handlers[pipeline.field_name], pipeline.field_name,
-                                  index, reader.metadata[f"f{index}"], reader.fname, reader)
+            pipeline.decoder.bind_to(reader.handlers[pipeline.field_name], pipeline.field_name,
+                                     index, reader.metadata[f"f{index}"], reader.fname, reader)
