@@ -937,6 +937,73 @@ def test_shrink_jpeg_puts_a_restart_marker_at_each_mcu_row(photo: np.ndarray,
                                                                                     30:70])
 
 
+def damaged_whole(rng: np.random.Generator, data: bytes, how: int) -> bytes:
+    """*data* damaged where a whole-image decode would notice it only at the end or
+    not at all: 20 bytes of its entropy-coded data overwritten, a bit flipped, its
+    end-of-image marker dropped, or a few bytes put before it."""
+    start = data.index(b"\xff\xda") + 14
+    out = bytearray(data)
+    if how == 0:
+        at = int(rng.integers(start, len(out) - 22))
+        out[at : at + 20] = rng.integers(0, 256, 20, dtype=np.uint8).tobytes()
+    elif how == 1:
+        out[int(rng.integers(start, len(out) - 2))] ^= 1 << int(rng.integers(0, 8))
+    elif how == 2:
+        del out[-2:]
+    else:
+        out[-2:-2] = rng.integers(0, 255, int(rng.integers(1, 12)), dtype=np.uint8).tobytes()
+    return bytes(out)
+
+
+def test_the_writers_decode_refuses_what_simplejpeg_refuses(photos: list[np.ndarray]) -> None:
+    """Damaged data can decode to every row and leave bytes over before the
+    end-of-image marker, which libjpeg reports only when it reads on to that
+    marker (simplejpeg does, and so refuses the JPEG). The writer's decode
+    (``decode_planes``, ``shrink_jpeg``) reads on too: on 240 damaged JPEGs, it
+    refuses every one that simplejpeg refuses (a stored image is never made of
+    data the RGB path would call corrupt), with fastforward's Huffman decoder
+    and with libjpeg's. It may refuse more (bytes before the marker that
+    libjpeg happened to read ahead): the writer then decodes to RGB, whose
+    verdict stands. Where both decode, the planes are the same."""
+    rng = np.random.default_rng(5)
+    own, reference = jpeg.JpegDecoder(), libjpeg_decoder()
+    sources = []
+    for photo in photos[:3]:
+        image = np.ascontiguousarray(photo[:200, :260])
+        sources += [encode(image), encode_pillow(image, quality=95), encode_marked(image),
+                    encode_pillow(image, quality=95, restart_marker_blocks=3)]
+    refused = 0
+    for t in range(240):
+        data = damaged_whole(rng, sources[t % len(sources)], t % 4)
+        try:
+            simplejpeg.decode_jpeg(data)
+            expected = None
+        except ValueError as error:
+            expected = str(error)
+        results = []
+        for decoder in (own, reference):
+            try:
+                results.append(jpeg.decode_planes(decoder, data))
+            except ValueError as error:
+                results.append(str(error))
+            if expected is not None:
+                assert isinstance(results[-1], str), f"case {t}: simplejpeg says {expected}"
+                assert jpeg.shrink_jpeg(decoder, data, 100, 130, 8, 90) is None
+        refused += expected is not None
+        if not any(isinstance(r, str) for r in results):
+            for got, want in zip(*results, strict=True):
+                np.testing.assert_array_equal(got, want, err_msg=f"case {t}")
+    assert refused > 100  # the damage is mostly seen
+    # bytes before the end-of-image marker are refused, and the decoder is as good as new
+    data = sources[0]
+    padded = data[:-2] + bytes(range(1, 30)) + data[-2:]
+    with pytest.raises(ValueError, match="Corrupt JPEG data"):
+        jpeg.decode_planes(own, padded)
+    for got, want in zip(jpeg.decode_planes(own, data), jpeg.decode_planes(reference, data),
+                         strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_shrink_jpeg_gives_none_for_what_it_cannot_decode(photo: np.ndarray,
                                                          decoder: object) -> None:
     """The writer then decodes to RGB, which reports what is wrong."""

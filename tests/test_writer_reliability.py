@@ -634,6 +634,20 @@ def test_skipped_samples_leave_the_file_as_if_they_were_absent(
     assert reader.verify() == []
 
 
+@pytest.mark.parametrize("write_mode", ["jpg", "raw"])
+def test_a_source_with_bytes_left_over_is_refused_in_every_mode(
+        tmp_path: Path, jpegs: list[bytes], write_mode: str) -> None:
+    """Damaged data that decodes to every row and leaves bytes over before the
+    end-of-image marker: refused as the RGB path refuses it, also where the writer
+    stores a JPEG without leaving YCbCr (it was stored, with garbage rows)."""
+    bad = jpegs[1][:-2] + bytes(range(1, 40)) + jpegs[1][-2:]
+    fields = {"image": RGBImageField(write_mode=write_mode, max_resolution=64)}
+    with pytest.raises(DecodeError, match=r"sample 1, field 'image': cannot decode JPEG: "
+                                          r"Corrupt JPEG data"):
+        write(tmp_path / "s.beton", fields, [(jpegs[0],), (bad,)], num_workers=1)
+    assert not (tmp_path / "s.beton").exists()
+
+
 def test_without_skip_errors_the_first_bad_sample_stops_the_write(
         tmp_path: Path, jpegs: list[bytes]) -> None:
     with pytest.raises(DecodeError, match="sample 2, field 'image': empty file"):

@@ -659,7 +659,27 @@ static int ff_jpeg_decode_planes(ff_jpeg* j, const uint8_t* data, size_t size, i
             return FF_JPEG_ERROR;
         }
     }
-    jpeg_abort_decompress(cinfo);  /* every row is read: what follows is not needed */
+    /* every row is read: read on to the image's end, as jpeg_finish_decompress
+     * does, so that data left over before its last marker is an error, as libjpeg
+     * warns of it (damaged data can decode to every row and leave bytes over).
+     * fastforward's Huffman decoder reads every byte up to the marker it runs
+     * into (it reads ahead), so what it holds past the last block's padding
+     * (under 8 bits) was left over; libjpeg, which reads ahead less, finds some
+     * of those bytes and not others (a decline here is not a verdict: the
+     * writer then decodes to RGB, with libjpeg's). It hands libjpeg the
+     * marker it ran into. */
+    if (j->own_huffman) {
+        if (j->huff.count >= 8) {
+            snprintf(j->message, sizeof(j->message),
+                     "Corrupt JPEG data: %d extraneous bytes after the last block",
+                     j->huff.count / 8);
+            jpeg_abort_decompress(cinfo);
+            return FF_JPEG_ERROR;
+        }
+        if (j->huff.marker > 0 && j->huff.marker < FF_HUFF_END)
+            cinfo->unread_marker = j->huff.marker;
+    }
+    jpeg_finish_decompress(cinfo);
     j->planes = n;
     return FF_JPEG_OK;
 }
