@@ -138,13 +138,53 @@ def test_rgba_drops_alpha(tmp_path: Path, images: list[np.ndarray]) -> None:
     np.testing.assert_array_equal(store(tmp_path, RGBImageField(), [rgba]).read(0)[0], images[0])
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "CMYK"])
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "CMYK", "LA", "1", "YCbCr"])
 def test_pil_images(tmp_path: Path, images: list[np.ndarray], mode: str) -> None:
     from PIL import Image
 
     pil = Image.fromarray(images[2]).convert(mode)
     stored = store(tmp_path, RGBImageField(), [pil]).read(0)[0]
     np.testing.assert_array_equal(stored, np.asarray(pil.convert("RGB")))
+
+
+def sixteen_bit(image: np.ndarray) -> np.ndarray:
+    """The image's luma as a 0-65535 ramp: Pillow's convert("RGB") clips it to 255."""
+    return (image[:, :, 0].astype(np.uint32) * 257).astype(np.uint16)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_pil_images_of_more_than_8_bits_are_refused(tmp_path: Path, images: list[np.ndarray],
+                                                    mode: str) -> None:
+    """Pillow clips 16- and 32-bit images to 255 and truncates float ones: storing
+    them so gave white (or black) images; each is refused, naming the sample."""
+    from PIL import Image
+
+    ramp = sixteen_bit(images[2])
+    pil = Image.fromarray(ramp) if mode == "I;16" else Image.fromarray(
+        ramp.astype(np.int32) if mode == "I" else ramp.astype(np.float32) / 65535)
+    assert pil.mode == mode
+    with pytest.raises(ValueError, match=rf"sample 1, field 'image': a PIL image in mode "
+                                         rf"'{mode}'.*8-bit"):
+        store(tmp_path, RGBImageField(), [images[0], pil])
+    assert not (tmp_path / "img.beton").exists()
+
+
+def test_16_bit_png_files_are_refused_and_skippable(tmp_path: Path,
+                                                    images: list[np.ndarray]) -> None:
+    """The bytes of a 16-bit PNG: a DecodeError (the file is what is wrong), so a
+    writer skipping DecodeErrors (``fastforward convert --skip-bad``) leaves it out."""
+    from PIL import Image
+
+    from fastforward.errors import DecodeError
+
+    buffer = io.BytesIO()
+    Image.fromarray(sixteen_bit(images[2])).save(buffer, format="PNG")
+    writer = DatasetWriter(tmp_path / "s.beton", {"image": RGBImageField()}, num_workers=1,
+                           progress=False, skip_errors=(DecodeError,))
+    writer.from_indexed_dataset([(images[0],), (buffer.getvalue(),)])
+    assert [(s.index, s.field) for s in writer.skipped] == [(1, "image")]
+    assert "mode 'I;16'" in writer.skipped[0].error
+    assert Reader(tmp_path / "s.beton").num_samples == 1
 
 
 def test_non_contiguous_array(tmp_path: Path, images: list[np.ndarray]) -> None:

@@ -67,13 +67,26 @@ def require_simplejpeg() -> Any:
     return simplejpeg
 
 
+PIL_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX",
+                       "CMYK", "YCbCr"})
+"""Pillow modes of 8 bits or fewer per channel, which ``convert("RGB")`` maps faithfully
+(alpha dropped)."""
+
+
 def to_rgb_array(image: Any) -> np.ndarray:
     """Return *image* as a C-contiguous uint8 H×W×3 array.
 
-    Accepts uint8 arrays (H×W, H×W×1, H×W×3, H×W×4) and PIL images of any
-    mode. Raises EncodeError for anything else.
+    Accepts uint8 arrays (H×W, H×W×1, H×W×3, H×W×4) and PIL images of
+    8-bit modes (``PIL_MODES``). Raises EncodeError for anything else: Pillow
+    would clip a 16- or 32-bit image to 255 and truncate a float one.
     """
     if hasattr(image, "convert") and hasattr(image, "mode"):  # a PIL image
+        if image.mode not in PIL_MODES:
+            raise EncodeError(
+                f"a PIL image in mode {image.mode!r} ({image.size[0]}×{image.size[1]}): "
+                "RGBImageField stores 8-bit RGB, and converting this mode would clip or "
+                "truncate its values; scale it to 8 bits yourself, or store it as it is "
+                "with MultiChannelImageField")
         if image.mode != "RGB":
             image = image.convert("RGB")
         image = np.asarray(image)
@@ -131,8 +144,8 @@ def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> n
             f"cannot identify image file ({len(data)} bytes: not an image, or in a format "
             "Pillow cannot read)"
         ) from None
-    except EncodeError:
-        raise
+    except EncodeError as exc:  # a file whose pixels RGBImageField cannot store (16 bits):
+        raise DecodeError(str(exc)) from None  # the file's fault, so --skip-bad skips it
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # damaged data, as plugins say it
         message = _BYTES_IO.sub("", str(exc)) or type(exc).__name__
         raise DecodeError(f"cannot decode image file: {message}") from exc
