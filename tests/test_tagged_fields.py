@@ -121,8 +121,11 @@ def test_ragged_samples_round_trip(tmp_path: Path) -> None:
     ({"boxes": np.zeros((2, 3)), "labels": [1, 2]}, r"rows of shape \(4,\)"),
     ({"boxes": np.zeros((1, 4))}, "expected columns"),
     ({"boxes": np.zeros((1, 4)), "labels": [1.5]}, "cannot be stored as int64 without loss"),
+    ({"boxes": np.full((1, 4), 1e300), "labels": [1]}, r"1e\+300 is out of float32's range"),
+    ({"boxes": np.array([[0, 0, 2**24 + 1, 5]]), "labels": [1]},
+     r"int64 values cannot be stored as float32 without loss \(16777217 would be 16777216.0\)"),
     ("text", "expected a mapping"),
-], ids=["lengths", "shape", "missing", "lossy", "type"])
+], ids=["lengths", "shape", "missing", "lossy", "float-range", "int-in-float", "type"])
 def test_ragged_refuses_bad_samples_naming_them(tmp_path: Path, value, message) -> None:  # type: ignore[no-untyped-def]
     good = {"boxes": np.zeros((1, 4), np.float32), "labels": [1]}
     with pytest.raises(EncodeError, match=message) as info:

@@ -71,8 +71,10 @@ class RaggedField(TaggedField):
             sequence of arrays, in the columns' order).
 
     Values are cast to the column's dtype when that is exact (integers that
-    fit, any real number into a float column); anything else is refused,
-    naming the sample and the column.
+    fit, in an integer or a float column) or rounds a real number to a float
+    column's precision; anything else (a value past the column's range, an
+    integer a float column cannot hold whole) is refused, naming the sample
+    and the column.
     """
 
     def __init__(self, dtype: Any = None, shape: int | Sequence[int] = (), *,
@@ -185,10 +187,22 @@ def _cast(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
         return array.astype(dtype)
     if array.dtype.kind not in "biuf":
         raise EncodeError(f"column {name!r}: expected numbers, got an array of {array.dtype}")
-    if dtype.kind == "f" and array.dtype.kind in "biuf":
-        return array.astype(dtype)
     with np.errstate(invalid="ignore", over="ignore"):
         cast = array.astype(dtype)
+    if dtype.kind == "f" and array.dtype.kind == "f":
+        # a real number is rounded to the column's precision; one past its range is refused
+        out = np.isinf(cast) & np.isfinite(array)
+        if out.any():
+            raise EncodeError(f"column {name!r}: {array[out].flat[0].item()!r} is out of {dtype}'s "
+                              "range")
+        return cast
+    # integers must come back whole (an int64 past 2**24 is not a float32)
+    exact = np.asarray(cast, np.longdouble) == np.asarray(array, np.longdouble)
+    if not exact.all():
+        wrong = int(np.argmin(exact.ravel()))
+        raise EncodeError(f"column {name!r}: {array.dtype} values cannot be stored as {dtype} "
+                          f"without loss ({array.flat[wrong].item()!r} would be "
+                          f"{cast.flat[wrong].item()!r})")
     if not np.array_equal(cast, array):
         raise EncodeError(f"column {name!r}: {array.dtype} values cannot be stored as {dtype} "
                           "without loss")
