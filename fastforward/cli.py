@@ -864,7 +864,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
     out = render(args.file, args.out, samples=args.samples, image=args.image,
                  decoder=args.decoder, size=args.size, flip=args.flip, seed=args.seed,
                  epoch=args.epoch, columns=args.columns, shuffle=args.shuffle)
-    print(f"{args.samples} samples of {args.file} ({args.decoder} {args.size}"
+    with Reader(args.file) as reader:  # a file holding fewer than asked: all of them
+        drawn = min(args.samples, reader.num_samples)
+    print(f"{drawn} samples of {args.file} ({args.decoder} {args.size}"
           f"{' + flip' if args.flip else ''}) drawn in {out}")
     return 0
 

@@ -25,7 +25,7 @@ class ImageFolder:
             raise ValueError(f"{self.root}: no class sub-folders (expected root/<class>/<image>)")
         self.samples: list[tuple[Path, int]] = []
         for label, name in enumerate(self.classes):
-            for dirpath, _, files in sorted(os.walk(self.root / name)):
+            for dirpath, files in _walk(self.root / name):
                 self.samples.extend(
                     (Path(dirpath) / f, label)
                     for f in sorted(files)
@@ -44,3 +44,22 @@ class ImageFolder:
     def __getitem__(self, index: int) -> tuple[bytes, int]:
         path, label = self.samples[index]
         return path.read_bytes(), label
+
+
+def _walk(top: Path) -> list[tuple[str, list[str]]]:
+    """Each folder under *top* and its files, sorted by path: folders reached
+    through symbolic links included, as torchvision's ``ImageFolder`` takes them,
+    but never a link to a folder the walk is already inside (it would never end)."""
+    above: dict[str, frozenset[str]] = {}
+    found = []
+    for dirpath, dirnames, files in os.walk(top, followlinks=True):
+        inside = above.pop(dirpath, frozenset()) | {os.path.realpath(dirpath)}
+        kept = []
+        for name in dirnames:
+            path = os.path.join(dirpath, name)
+            if os.path.realpath(path) not in inside:
+                kept.append(name)
+                above[path] = inside
+        dirnames[:] = kept
+        found.append((dirpath, files))
+    return sorted(found)

@@ -11,9 +11,11 @@ where the file has them, checks every checksum (``fastforward.checksums``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import mmap
 import os
+import stat
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -117,6 +119,8 @@ class Reader:
         self._fd_closer = weakref.finalize(self, os.close, self._fd)
         try:
             st = os.fstat(self._fd)
+            if stat.S_ISDIR(st.st_mode):  # os.open takes a folder; its reads would not say which
+                raise IsADirectoryError(errno.EISDIR, "a folder, not a .beton file", self.fname)
             self._file_size = st.st_size
             self._identity = _identity(st)
             self._open_problems: list[Problem] = []

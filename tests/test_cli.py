@@ -521,3 +521,22 @@ def test_sigterm_during_convert(corpus: Path, tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr("fastforward.writer.DatasetWriter.from_indexed_dataset", terminated)
     status = main(["convert", str(corpus), str(tmp_path / "x.beton"), *FAST])
     assert_one_line_error(capsys, status, 143, "stopped by SIGTERM")
+
+
+def test_image_folder_follows_links_as_torchvision_does(tmp_path: Path) -> None:
+    """A class's sub-folder reached through a symbolic link is taken (torchvision's
+    ``ImageFolder`` walks with ``followlinks=True``); a link to a folder the walk is
+    inside is not followed again (it would never end)."""
+    from fastforward.datasets import ImageFolder
+
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere" / "more"
+    (root / "cat").mkdir(parents=True)
+    elsewhere.mkdir(parents=True)
+    for path in (root / "cat" / "a.jpg", elsewhere / "b.jpg"):
+        path.write_bytes(b"\xff\xd8 not decoded here")
+    (root / "cat" / "more").symlink_to(elsewhere)
+    (elsewhere / "loop").symlink_to(root)  # back up: root/cat/more/loop/cat/more/...
+    (root / "cat" / "here").symlink_to(root / "cat")
+    samples = ImageFolder(root).samples
+    assert [(p.relative_to(root).as_posix(), label) for p, label in samples] == [
+        ("cat/a.jpg", 0), ("cat/more/b.jpg", 0)]

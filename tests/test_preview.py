@@ -46,6 +46,14 @@ def test_preview_draws_a_grid(scene_file: Path, tmp_path: Path, decoder: str,
     assert not list(tmp_path.glob(".*.part"))
 
 
+def test_preview_says_how_many_it_drew(scene_file: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """More samples asked than the file holds: it draws and says the 6 there are."""
+    assert main(["preview", str(scene_file), "-o", str(tmp_path / "g.png"), "--samples",
+                 "1000", "--size", "32"]) == 0
+    assert capsys.readouterr().out.startswith(f"6 samples of {scene_file}")
+
+
 def test_preview_pipelines_follow_the_image(scene_file: Path) -> None:
     from fastforward.fields.decoders import MaskDecoder, RaggedDecoder
     from fastforward.preview import preview_pipelines

@@ -348,3 +348,9 @@ def test_allocation_table_cut_off_is_refused(mixed: Path) -> None:
     with open(mixed, "r+b") as f:
         f.truncate(reader.alloc_table_ptr)  # a whole number of rows: none
     expect_error(mixed, "sample 0, field 'blob': no allocation starts at offset")
+
+
+def test_a_folder_is_refused_naming_it(tmp_path: Path) -> None:
+    """``os.open`` takes a folder; its first read failed without naming it."""
+    with pytest.raises(IsADirectoryError, match=re.escape(f"{tmp_path}")):
+        Reader(tmp_path)
