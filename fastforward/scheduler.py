@@ -34,10 +34,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,76 @@ class EpochPlan:
     batches_ahead: int
     workers: Any = None  # EpochWorkers (loader.workers); closed when the epoch ends
     fetch_is_cheap: bool = False  # views of a map: fetch on the batch thread, no io hop
+
+
+class DaemonPool(Executor):
+    """The engine's thread pool: ``ThreadPoolExecutor``'s, but with daemon threads.
+
+    The interpreter joins a ``ThreadPoolExecutor``'s threads at exit before any
+    ``atexit`` hook runs; a batch thread waiting on a range that a stuck worker
+    process never ends (an epoch iterator still alive at exit: a global ``it =
+    iter(loader)``) then held the exit up for ever, and the hook that would end
+    the epoch (the loader's finalizer, which kills the stuck worker after
+    ``ProcessEpoch.grace``) never ran. Daemon threads are not joined: the
+    finalizer runs, and ``shutdown()`` joins them.
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, name=f"{name}_{k}", daemon=True)
+                         for k in range(size)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._queue.put((future, fn, args, kwargs))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            future, fn, args, kwargs = item
+            del item
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:  # as ThreadPoolExecutor: the future carries it
+                    future.set_exception(exc)
+                    del exc
+                else:
+                    future.set_result(result)
+                    del result
+            del future, fn, args, kwargs
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            if cancel_futures:
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        item[0].cancel()
+            if not self._closed:
+                self._closed = True
+                for _ in self._threads:
+                    self._queue.put(None)  # each thread ends after the work queued before
+            elif cancel_futures:
+                for _ in self._threads:  # the drain took an earlier shutdown's ends
+                    self._queue.put(None)
+        if wait:
+            for thread in self._threads:
+                if thread is not threading.current_thread():
+                    thread.join()
 
 
 LIGHT_BATCH_SECONDS = 0.0005
@@ -193,10 +264,9 @@ class Engine:
 
     def __init__(self, plan: EpochPlan) -> None:
         self.plan = plan
-        self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="fastforward-io")
+        self._io_pool = DaemonPool(1, "fastforward-io")
         # a batch waits on its ranges, so batches run on a pool of their own
-        self._batch_pool = ThreadPoolExecutor(max(1, plan.batches_ahead),
-                                              thread_name_prefix="fastforward-batch")
+        self._batch_pool = DaemonPool(max(1, plan.batches_ahead), "fastforward-batch")
         self.channel = Channel()
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None

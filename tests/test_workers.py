@@ -855,6 +855,56 @@ def test_a_worker_stuck_in_an_operation_stops_the_loader_process_from_nothing(
             process.communicate(timeout=30)
 
 
+EXIT_SCRIPT = """
+import os, sys, time
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_workers import train_loader, Jitter, StuckAt
+
+if __name__ == "__main__":
+    loader = train_loader(Path({path!r}), 2, "process",
+                          extra=[Jitter(), StuckAt({index}, {marker!r})])
+    it = iter(loader)  # step-based training: the iterator is alive when the script ends
+    next(it)
+    while not os.path.exists({marker!r}):
+        time.sleep(0.01)
+    print("done", flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_stuck_worker_does_not_hold_up_the_exit_of_a_script_that_ends(
+        tmp_path: Path, photos_file: Path) -> None:
+    """A script ends with an epoch's iterator alive and a later batch's range stuck
+    in a worker: the batch thread waiting on that range was joined by the
+    interpreter at exit before the loader's finalizer (which kills the stuck worker)
+    could run, and the program never ended."""
+    order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
+    marker = tmp_path / "stuck"
+    script = tmp_path / "run.py"
+    script.write_text(EXIT_SCRIPT.format(tests=str(Path(__file__).parent),
+                                         path=str(photos_file), index=int(order[8 * 2 + 3]),
+                                         marker=str(marker)))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "done"
+        workers = {p for p in _pids_of_workers(process.pid) if _alive(p)}
+        start = time.monotonic()
+        _, stderr = process.communicate(timeout=60)
+        assert time.monotonic() - start < 30, stderr
+        assert process.returncode == 0, stderr
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in workers), "a worker outlived its loader"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=30)
+
+
 def test_a_worker_that_ends_its_process_is_named_so(photos_file: Path) -> None:
     order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
     with train_loader(photos_file, 2, "process",

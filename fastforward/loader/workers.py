@@ -353,14 +353,15 @@ class ProcessWorkers:
     def _await_ready(self, worker: _Worker, method: str) -> None:
         """Wait for a new worker's first message: it opened the file and is ready."""
         ready = wait([worker.conn, worker.process.sentinel])
+        message: Any = None
         if worker.conn in ready:
-            with contextlib.suppress(EOFError, OSError):
+            with contextlib.suppress(EOFError, OSError):  # it died before saying anything
                 message = worker.conn.recv()
-                if message[0] == "ready":
-                    return
-                if message[0] == "error":
-                    self.close()
-                    raise _unpacked(*message[2:])
+        if message is not None and message[0] == "ready":
+            return
+        if message is not None and message[0] == "error":  # its own error (an OSError too)
+            self.close()
+            raise _unpacked(*message[2:])
         worker.process.join(5)
         worker.dead = True
         self.close()
