@@ -102,6 +102,15 @@ class Reader:
             such a reader must not feed a loader.
         verify_checksums: ``read()`` checks the page of each sample it reads
             against its sum, once per page.
+        fd: an open, readable descriptor of the file, read in place of opening
+            *fname* (which then only names the file in messages); the reader
+            takes it over and closes it. A loader's worker processes read the
+            loader's own descriptor so: the file it opened, whatever the name
+            names now.
+
+    While it is open, every read goes through the descriptor opened here, never
+    through the name again: a file renamed over the name, or the name removed,
+    leaves this reader reading the file it opened.
 
     Raises:
         FormatError: the file is not a complete, consistent .beton v2 file.
@@ -109,13 +118,14 @@ class Reader:
 
     def __init__(self, fname: str | os.PathLike[str],
                  custom_handlers: Mapping[str, type[Field]] | None = None, *,
-                 validate: bool = True, verify_checksums: bool = False) -> None:
+                 validate: bool = True, verify_checksums: bool = False,
+                 fd: int | None = None) -> None:
         self.fname = os.fspath(fname)
         self.custom_handlers = dict(custom_handlers or {})
         self.validate = bool(validate)
         self.verify_checksums = bool(verify_checksums)
         self._mmap: mmap.mmap | None = None
-        self._fd = os.open(self.fname, os.O_RDONLY)
+        self._fd = os.open(self.fname, os.O_RDONLY) if fd is None else fd
         self._fd_closer = weakref.finalize(self, os.close, self._fd)
         try:
             st = os.fstat(self._fd)
@@ -154,6 +164,20 @@ class Reader:
 
     def _read_at(self, offset: int, nbytes: int) -> bytes:
         return os.pread(self._fd, nbytes, offset)
+
+    def _read_array(self, dtype: np.dtype[Any], count: int, offset: int) -> np.ndarray:
+        """*count* items of *dtype* at *offset*, read through the descriptor (the name
+        may name another file by now). Its size was checked against the file's."""
+        out = np.empty(count, dtype)
+        view = out.view(np.uint8).data
+        done = 0
+        while done < len(view):
+            n = _pread_into(self._fd, view[done:], offset + done)
+            if n == 0:
+                raise self._error(f"truncated while being opened: unexpected end of file "
+                                  f"at {offset + done}")
+            done += n
+        return out
 
     def _read_header(self) -> None:
         if self._file_size == 0:
@@ -204,9 +228,8 @@ class Reader:
                 f"truncated: {self.num_fields} field descriptors need {end} bytes, "
                 f"the file has {self._file_size}"
             )
-        self.field_descriptors = np.fromfile(
-            self.fname, dtype=FieldDescType, count=self.num_fields, offset=HeaderType.itemsize
-        )
+        self.field_descriptors = self._read_array(FieldDescType, self.num_fields,
+                                                  HeaderType.itemsize)
         self.field_names = [
             decode_null_terminated_string(d["name"]) for d in self.field_descriptors
         ]
@@ -256,9 +279,7 @@ class Reader:
                 f"{end}, past the allocation table at {self.alloc_table_ptr} (the header's "
                 "alloc_table_ptr): the header is damaged"
             )
-        self.metadata = np.fromfile(
-            self.fname, dtype=self.metadata_type, count=self.num_samples, offset=start
-        )
+        self.metadata = self._read_array(self.metadata_type, self.num_samples, start)
         if self.checksums is not None and digest(self.metadata) != int(
                 self.checksums.footer["metadata"]):
             self._damage("the metadata table is damaged (its checksum does not match)")
@@ -287,9 +308,8 @@ class Reader:
                 f"header) has {nbytes} bytes, not a whole number of "
                 f"{ALLOC_TABLE_TYPE.itemsize}-byte rows: truncated, or the header is damaged"
             )
-        self.alloc_table = np.fromfile(
-            self.fname, dtype=ALLOC_TABLE_TYPE, offset=self.alloc_table_ptr
-        )
+        self.alloc_table = self._read_array(
+            ALLOC_TABLE_TYPE, nbytes // ALLOC_TABLE_TYPE.itemsize, self.alloc_table_ptr)
         if self.checksums is not None and digest(self.alloc_table) != int(
                 self.checksums.footer["alloc_table"]):
             self._damage("the allocation table is damaged (its checksum does not match)")
@@ -687,6 +707,14 @@ class Reader:
 
     # -- lifetime ---------------------------------------------------------------
 
+    def fileno(self) -> int:
+        """The descriptor of the file this reader opened: the file it reads, whatever
+        its name names now (a file renamed over it, or none). Raises ValueError
+        once the reader is closed."""
+        if not self._fd_closer.alive:
+            raise ValueError(f"{self.fname}: the reader is closed")
+        return self._fd
+
     def close(self) -> None:
         """Release the memory map and the file (idempotent)."""
         if self._mmap is not None:
@@ -709,6 +737,15 @@ class Reader:
 
 def _where(has: np.ndarray | None, bad: np.ndarray) -> np.ndarray:
     return bad if has is None else has & bad
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Read into *view* from *offset*; how many bytes came (0: the end of the file)."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    data = os.pread(fd, min(len(view), 1 << 30), offset)  # a platform without preadv
+    view[: len(data)] = data
+    return len(data)
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:

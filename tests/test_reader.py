@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -348,6 +350,58 @@ def test_allocation_table_cut_off_is_refused(mixed: Path) -> None:
     with open(mixed, "r+b") as f:
         f.truncate(reader.alloc_table_ptr)  # a whole number of rows: none
     expect_error(mixed, "sample 0, field 'blob': no allocation starts at offset")
+
+
+# -- the file it opened -------------------------------------------------------------
+
+
+def write_ints(path: Path, values: list[int]) -> None:
+    DatasetWriter(path, {"i": IntField()}, num_workers=1,
+                  progress=False).from_indexed_dataset(values)
+
+
+def test_a_name_renamed_over_while_opening_does_not_mix_two_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Everything is read through the descriptor opened first (the field descriptors,
+    metadata and allocation table used to be read again by name: those of a file
+    renamed over it meanwhile, beside the first file's header)."""
+    path, other = tmp_path / "data.beton", tmp_path / "other.beton"
+    write_ints(path, list(range(5)))
+    write_ints(other, [100 + i for i in range(9)])
+    real_open = os.open
+
+    def open_then_replace(name: Any, *args: Any, **kwargs: Any) -> int:
+        fd = real_open(name, *args, **kwargs)
+        if Path(name) == path:
+            os.replace(other, path)  # as DatasetWriter writes: a new file renamed over it
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_replace)
+    reader = Reader(path)
+    monkeypatch.undo()
+    assert len(reader) == 5
+    assert [int(reader.read(i)[0]) for i in range(5)] == list(range(5))
+    reader.close()
+
+
+@pytest.mark.parametrize("how", ["replaced", "removed"])
+def test_a_reader_given_a_descriptor_reads_its_file_whatever_the_name_names(
+        tmp_path: Path, how: str) -> None:
+    path = tmp_path / "data.beton"
+    write_ints(path, list(range(5)))
+    fd = os.open(path, os.O_RDONLY)
+    if how == "replaced":
+        write_ints(path, [100 + i for i in range(9)])
+    else:
+        path.unlink()
+    with Reader(path, fd=fd) as reader:
+        assert reader.fileno() == fd
+        assert [int(reader.read(i)[0]) for i in range(len(reader))] == list(range(5))
+        assert reader.fname == str(path)  # what messages name
+    with pytest.raises(ValueError, match="closed"):
+        reader.fileno()
+    with pytest.raises(OSError, match="Bad file descriptor"):  # the reader closed it
+        os.fstat(fd)
 
 
 def test_a_folder_is_refused_naming_it(tmp_path: Path) -> None:

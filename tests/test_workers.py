@@ -38,6 +38,7 @@ from fastforward.fields.decoders import (
 from fastforward.loader import Loader, OrderOption
 from fastforward.pipeline import AllocationQuery, Operation, State
 from fastforward.pipeline.decoder import Decoder
+from fastforward.reader import Reader
 from fastforward.transforms import RandomHorizontalFlip
 from fastforward.writer import DatasetWriter
 
@@ -403,6 +404,40 @@ def test_a_worker_that_cannot_start_says_why(tmp_path: Path, photos_file: Path) 
     assert result.returncode != 0
     assert "failed to start" in result.stderr
     assert "if __name__ == '__main__':" in result.stderr
+
+
+class LabelsOnlyHere(IntField):
+    """An IntField that cannot be rebuilt in a worker process: an OSError there."""
+
+    @staticmethod
+    def from_binary(binary: np.ndarray) -> IntField:
+        from fastforward.utils import in_a_worker
+
+        if in_a_worker():
+            raise PermissionError("labels are not to be read here")
+        return LabelsOnlyHere()
+
+
+def test_a_worker_that_cannot_open_the_file_says_why(photos_file: Path) -> None:
+    """An OSError as a worker opens the file is the worker's error, raised as itself
+    (it was taken for the worker's socket failing: "failed to start (exit code 0);
+    its error is printed above", with nothing printed)."""
+    with train_loader(photos_file, 2, "process", custom_fields={"label": LabelsOnlyHere}
+                      ) as loader, pytest.raises(PermissionError, match="not to be read here"):
+        next(iter(loader))
+
+
+def test_a_worker_that_cannot_be_handed_the_file_says_so(
+        photos_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastforward.loader import workers
+
+    def refuse(*args: object) -> None:
+        raise OSError("no room for a descriptor")
+
+    monkeypatch.setattr(workers, "send_handle", refuse)
+    with train_loader(photos_file, 2, "process") as loader, pytest.raises(
+            WorkerError, match=r"failed to start .*could not hand it the file: .*no room"):
+        next(iter(loader))
 
 
 KILL_SCRIPT = """
@@ -977,6 +1012,91 @@ def test_a_worker_killed_between_epochs_is_replaced_before_the_next(photos_file:
         np.testing.assert_array_equal(np.concatenate([i for i, _ in got]), want[0])
 
 
+# -- the file the loader opened ------------------------------------------------------
+
+
+def write_flat(path: Path, value: int, count: int = 24) -> None:
+    """*count* raw 12×16 images, sample i all ``value + i``, labelled i: a file
+    told from another written with another *value* by its pixels alone."""
+    DatasetWriter(path, {"image": RGBImageField(write_mode="raw"), "label": IntField()},
+                  num_workers=1, progress=False).from_indexed_dataset(
+        [(np.full((12, 16, 3), value + i, np.uint8), i) for i in range(count)])
+
+
+def flat_loader(path: Path, worker_type: str, **kw) -> Loader:
+    """Images decoded in the workers (a Python operation after the decoder)."""
+    return Loader(path, 8, num_workers=2, worker_type=worker_type, order=OrderOption.RANDOM,
+                  seed=3, pipelines={"image": [SimpleRGBImageDecoder(), Jitter()],
+                                     "label": [IntDecoder()]}, **kw)
+
+
+def change_file(path: Path, how: str) -> None:
+    """Replace *path* by a new file renamed over it (``DatasetWriter`` writes so), or
+    remove it."""
+    if how == "replaced":
+        write_flat(path, 100)
+        with Reader(path) as reader:
+            assert reader.read(0)[0].min() == 100
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
+@pytest.mark.parametrize("how", ["replaced", "removed"])
+def test_workers_read_the_file_the_loader_opened_not_its_name(
+        tmp_path: Path, how: str, start_method: str) -> None:
+    """A file replaced by a rename over its name, or removed, after ``Loader()``:
+    worker processes read the file the loader opened, as threads do (they used to
+    open the name: the new file's pixels, or no file at all)."""
+    path = tmp_path / "data.beton"
+    write_flat(path, 10)
+    want = epochs(flat_loader(path, "thread"))
+    threads = flat_loader(path, "thread")
+    processes = flat_loader(path, "process", start_method=start_method)
+    change_file(path, how)
+    got = epochs(processes)
+    assert processes.workers.method_used == start_method
+    for (images, labels), (thread_images, thread_labels), (want_images, want_labels) in zip(
+            got, epochs(threads), want, strict=True):
+        np.testing.assert_array_equal(thread_labels, want_labels)
+        np.testing.assert_array_equal(thread_images, want_images)
+        np.testing.assert_array_equal(labels, want_labels)
+        np.testing.assert_array_equal(images, want_images)
+
+
+@pytest.mark.parametrize("how", ["replaced", "removed"])
+@pytest.mark.parametrize("os_cache", [True, False], ids=["os_cache", "pread"])
+def test_a_worker_replaced_after_the_file_changed_reads_the_file_the_loader_opened(
+        tmp_path: Path, how: str, os_cache: bool) -> None:
+    """The file replaced (or removed) mid-training, then a worker killed: the one
+    started in its place at the next epoch reads the loader's file too, not the new
+    one (a batch used to mix rows of the two files), as threads do."""
+    path = tmp_path / "data.beton"
+    write_flat(path, 10)
+    want = epochs(flat_loader(path, "thread", os_cache=os_cache), 3)
+    got = {}
+    for kind in ("thread", "process"):
+        write_flat(path, 10)
+        with flat_loader(path, kind, os_cache=os_cache) as loader:
+            first = [(i.copy(), b.copy()) for i, b in loader]
+            change_file(path, how)
+            if kind == "process":
+                victim = loader.workers.pids[0]
+                os.kill(victim, signal.SIGKILL)
+            second = [(i.copy(), b.copy()) for i, b in loader]
+            third = [(i.copy(), b.copy()) for i, b in loader]
+            if kind == "process":
+                assert victim not in loader.workers.pids
+                assert loader.workers.started == 3
+        got[kind] = [(np.concatenate([i for i, _ in e]), np.concatenate([b for _, b in e]))
+                     for e in (first, second, third)]
+    for kind, epochs_got in got.items():
+        for (images, labels), (want_images, want_labels) in zip(epochs_got, want,
+                                                                 strict=True):
+            np.testing.assert_array_equal(labels, want_labels, err_msg=kind)
+            np.testing.assert_array_equal(images, want_images, err_msg=kind)
+
+
 def test_two_epochs_of_one_loader_at_once_with_process_workers(photos_file: Path) -> None:
     expected = epochs(train_loader(photos_file, 1, "thread"), 2)
     with train_loader(photos_file, 2, "process") as loader:
@@ -1253,7 +1373,7 @@ def test_the_dispatcher_waits_for_a_faster_worker_only_while_it_keeps_pace(
     takes it, without a reply to wake the dispatcher (it looks again by itself)."""
     from fastforward.loader import workers
 
-    pool = workers.ProcessWorkers(2, str(labels_file), {}, True)
+    pool = workers.ProcessWorkers(2, Reader(labels_file), True)
     try:
         fast, slow = (workers._Worker(k, None, _Conn()) for k in range(2))  # type: ignore[arg-type]
         now = time.perf_counter()
@@ -1285,7 +1405,7 @@ def test_a_range_that_cannot_be_sent_fails_alone(labels_file: Path) -> None:
     died) fails that range with the error, and leaves the worker room."""
     from fastforward.loader import workers
 
-    pool = workers.ProcessWorkers(1, str(labels_file), {}, True)
+    pool = workers.ProcessWorkers(1, Reader(labels_file), True)
     try:
         worker = workers._Worker(0, None, _Conn())  # type: ignore[arg-type]
         pool._workers = [worker]

@@ -227,8 +227,11 @@ class SimpleMultiChannelImageDecoder(_Planes, Decoder):
         if not len(self.metadata):
             return 1, 1
         ptr = int(self.metadata["ptr"][0])
-        with open(self.fname, "rb") as f:
-            header = os.pread(f.fileno(), PLANES_HEADER.itemsize, ptr)
+        if self.reader is not None:  # the file it opened: the name may name another by now
+            header = os.pread(self.reader.fileno(), PLANES_HEADER.itemsize, ptr)
+        else:  # bound without the reader (a five-argument bind)
+            with open(self.fname, "rb") as f:
+                header = os.pread(f.fileno(), PLANES_HEADER.itemsize, ptr)
         if len(header) < PLANES_HEADER.itemsize or int(self.metadata["size"][0]) < len(header):
             raise DecodeError(f"{self.fname}: sample 0, field {self.field_name!r}: payload "
                               "shorter than its header")

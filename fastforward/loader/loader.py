@@ -316,8 +316,7 @@ class Loader:
                 f"{self.fname}: process workers need every decoder and operation of the "
                 f"pipelines to pickle ({type(exc).__name__}: {exc}); define operations at "
                 "a module's top level, or pass worker_type='thread'") from exc
-        return ProcessWorkers(self.num_workers, self.fname, self.custom_fields, self.os_cache,
-                              self._start_method)
+        return ProcessWorkers(self.num_workers, self.reader, self.os_cache, self._start_method)
 
     def _device_stage(self) -> DeviceStage | None:
         """The CUDA stage, when a pipeline copies to a CUDA device (one device per loader)."""

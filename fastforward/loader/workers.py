@@ -9,7 +9,8 @@ batch over ranges of its samples and returns once every range is written
   new for each epoch. Right when stage 1 releases the GIL (every built-in
   decoder and operation does: ``Operation.releases_gil``).
 - ``ProcessWorkers``: worker processes (``fastforward-worker-N``), started at
-  the first epoch and kept for the loader's life. Each maps the file itself,
+  the first epoch and kept for the loader's life. Each maps the file the
+  loader opened (through the loader's descriptor: see **The file** below),
   fetches its range's payloads, runs the plan's stage 1 and writes straight
   into the batch's slot, which lives in shared memory (``ring.SHARED``); only
   small messages cross the process boundary (the plan once per epoch, then
@@ -42,6 +43,12 @@ Process workers, in detail:
   Either way the workers import the main module (multiprocessing's rule: a
   script keeps its top level under ``if __name__ == '__main__':``). A worker
   never touches CUDA, and runs torch on one thread.
+- **The file.** A new worker is first handed the descriptor of the file the
+  loader's ``Reader`` opened (SCM_RIGHTS, as the slots' segments are), and
+  opens its own ``Reader`` on it, never on the file's name: a new file
+  renamed over the name (``DatasetWriter`` writes so) or the name removed
+  after ``Loader()`` leaves every worker, a replacement started epochs
+  later included, reading the file the loader opened, as threads do.
 - **Messages** (pickled over a socket pair per worker): ``plan`` (once per
   epoch; a worker keeps the plans of the epochs still open), ``unplan`` (an
   epoch ended), ``segment`` (a slot's shared memory, its descriptor passed with
@@ -89,11 +96,11 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import recv_handle, send_handle
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -101,6 +108,9 @@ from ..errors import FastForwardError, WorkerError, exception_text, portable
 from ..pipeline.plan import Plan, bind_plan
 from ..utils import forkserver_preload, worker_started
 from .runner import BatchJob, run_stage1
+
+if TYPE_CHECKING:
+    from ..reader import Reader
 
 THREAD, PROCESS = "thread", "process"
 
@@ -224,17 +234,20 @@ class ProcessWorkers:
 
     Args:
         size: worker processes.
-        fname, custom_fields, os_cache: how each worker opens the file.
+        reader: the loader's: each worker reads the file it opened (its descriptor
+            is handed to the worker), with its custom fields.
+        os_cache: each worker's memory manager.
         start_method: ``"fork"``, ``"forkserver"`` or ``"spawn"``; None: a fork
             server where the platform has one, else spawn.
     """
 
     kind = PROCESS
 
-    def __init__(self, size: int, fname: str, custom_fields: Mapping[str, type],
-                 os_cache: bool, start_method: str | None = None) -> None:
+    def __init__(self, size: int, reader: Reader, os_cache: bool,
+                 start_method: str | None = None) -> None:
         self.size = max(1, int(size))
-        self.config = (fname, dict(custom_fields), bool(os_cache))
+        self.reader = reader
+        self.config = (reader.fname, dict(reader.custom_handlers), bool(os_cache))
         self.start_method = start_method
         self.method_used: str | None = None
         self._workers: list[_Worker] = []
@@ -307,6 +320,7 @@ class ProcessWorkers:
                     child_end.close()
                 started.append(_Worker(k, process, parent_end))
                 self.started += 1
+                self._hand_file(started[-1])
             for worker in started:
                 self._await_ready(worker, method)
                 for plan_id, blob in self._live_plans.items():  # epochs still open
@@ -350,21 +364,36 @@ class ProcessWorkers:
         else:
             os.write(self._wake_w, b"w")
 
+    def _hand_file(self, worker: _Worker) -> None:
+        """Send a new *worker* the descriptor of the file the loader opened, its first
+        message: it reads that file, not what the name names now (a new file renamed
+        over it, or none). A worker that died already is reported by ``_await_ready``."""
+        try:
+            send_handle(worker.conn, self.reader.fileno(), worker.process.pid)
+        except (OSError, RuntimeError) as exc:  # RuntimeError: macOS, not acknowledged
+            if not _gone(worker):  # alive, waiting for a descriptor that will not come
+                worker.why = f"the loader could not hand it the file: {exception_text(exc)}"
+                with contextlib.suppress(OSError):
+                    worker.process.kill()
+
     def _await_ready(self, worker: _Worker, method: str) -> None:
         """Wait for a new worker's first message: it opened the file and is ready."""
         ready = wait([worker.conn, worker.process.sentinel])
-        message: Any = None
         if worker.conn in ready:
-            with contextlib.suppress(EOFError, OSError):  # it died before saying anything
+            message: tuple[Any, ...] = ("gone",)
+            with contextlib.suppress(EOFError, OSError):  # it died without a word
                 message = worker.conn.recv()
-        if message is not None and message[0] == "ready":
-            return
-        if message is not None and message[0] == "error":  # its own error (an OSError too)
-            self.close()
-            raise _unpacked(*message[2:])
+            if message[0] == "ready":
+                return
+            if message[0] == "error":  # raised out of the suppress: it may be an OSError
+                self.close()
+                raise _unpacked(*message[2:])
         worker.process.join(5)
         worker.dead = True
         self.close()
+        if worker.why is not None:
+            raise WorkerError(f"{self.config[0]}: worker process {worker.index} failed to "
+                              f"start ({worker.why})")
         hint = ("" if method == "fork" else
                 f" Process workers ({method}) start by importing your main module: keep "
                 "a script's top-level code under `if __name__ == '__main__':`, or pass "
@@ -1041,10 +1070,13 @@ def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool],
     fname, custom_fields, os_cache = config
     where = f"fastforward worker process {os.getpid()}"
     try:
-        reader = Reader(fname, custom_fields)
+        # the loader's descriptor of the file (``_hand_file``), never its name: the name
+        # may name another file by now, or none
+        reader = Reader(fname, custom_fields, fd=recv_handle(conn))
         manager = OSCacheManager(reader) if os_cache else ProcessCacheManager(reader)
     except BaseException as exc:
-        conn.send(("error", 0, *_packed(portable(exc, where))))
+        with contextlib.suppress(OSError):  # the loader is gone (EOFError above)
+            conn.send(("error", 0, *_packed(portable(exc, where))))
         return
     conn.send(("ready", 0))
     plans: dict[int, Plan] = {}

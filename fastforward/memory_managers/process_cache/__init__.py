@@ -45,12 +45,26 @@ ProcessCacheContext = MemoryContext
 GAP = 64 << 10
 
 
+def _reopen(reader: Reader) -> int:
+    """A descriptor of the file *reader* opened, whatever its name names now (a file
+    renamed over it, or none), with an open file of its own where the platform
+    allows (Linux's ``/proc/self/fd``): ``POSIX_FADV_RANDOM`` is then this
+    manager's alone, not the reader's, whose descriptor other processes may share
+    (a loader hands it to its worker processes). Elsewhere, a duplicate of the
+    reader's."""
+    fd = reader.fileno()
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+    except OSError:  # no /proc here
+        return os.dup(fd)
+
+
 class ProcessCacheManager(MemoryManager):
     """Batches are read ahead into private buffers; see the module docstring."""
 
     def __init__(self, reader: Reader, verify_checksums: bool = False) -> None:
         super().__init__(reader, verify_checksums)
-        self._fd = os.open(reader.fname, os.O_RDONLY)
+        self._fd = _reopen(reader)
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_RANDOM)
             # the Reader has what it read on opening the file in arrays of its own: the
