@@ -1347,6 +1347,156 @@ def test_stage_1_waits_for_the_copies_it_reads(tmp_path: Path) -> None:
                 np.testing.assert_array_equal(np.asarray(a), want)
 
 
+# -- branches ----------------------------------------------------------------------
+
+
+def _copied(batch: tuple) -> tuple[np.ndarray, ...]:
+    """A batch's outputs as NumPy copies (tensors and arrays alike)."""
+    return tuple(o.numpy().copy() if hasattr(o, "numpy") else np.array(o) for o in batch)
+
+
+def test_a_branch_leaves_python_operations_in_the_worker_processes(photos_file: Path
+                                                                   ) -> None:
+    """A branch (``PipelineSpec(source=op)``) anywhere turned stage 1 off for every
+    pipeline: a per-sample operation drawing from ``np.random`` before the branch's
+    source then ran in the loader's process, where the global generators are the
+    training loop's, and two runs with one seed differed. It runs per range in the
+    worker processes again, seeded there per sample: the same batches run after run
+    and whatever the number of workers."""
+    torch = pytest.importorskip("torch")
+    from fastforward.pipeline import PipelineSpec
+    from fastforward.transforms import Convert, ToTensor
+
+    def run(workers: int) -> list[tuple[np.ndarray, ...]]:
+        to_tensor = ToTensor()
+        with Loader(photos_file, 8, num_workers=workers, worker_type="process", seed=5,
+                    order=OrderOption.RANDOM, pipelines={
+                        "image": [RandomResizedCropRGBImageDecoder((32, 32)),
+                                  RandomHorizontalFlip(), NumpyNoise(), to_tensor],
+                        "label": [IntDecoder()],
+                        "floats": PipelineSpec(to_tensor, transforms=[
+                            Convert(torch.float32)])}) as loader:
+            assert [p.split for p in loader.pipelines] == [1, 0, 0]  # NumpyNoise per range
+            return [_copied(batch) for batch in loader]
+
+    reference = run(1)
+    for workers in (1, 2):
+        got = run(workers)
+        for batch, want in zip(got, reference, strict=True):
+            for output, expected in zip(batch, want, strict=True):
+                np.testing.assert_array_equal(output, expected)
+    for images, _, floats in reference:
+        np.testing.assert_array_equal(floats, images.astype(np.float32))
+
+
+class GlobalLabelNoise(LabelNoise):
+    """LabelNoise drawing from ``np.random`` instead of its context."""
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        destination[0] = int(sample[0]) * 1000 + np.random.randint(0, 1000)
+        destination[1] = os.getpid()
+        return destination
+
+
+def test_a_pipeline_no_branch_reads_keeps_its_stage_1(photos_file: Path) -> None:
+    """Beside an output branched from another's decoder, the pipelines no branch
+    reads split as without the branch, and give the same batches: their Python
+    operations run in the worker processes ('auto' chooses them), seeded per
+    sample. The branched pipeline keeps its own stage 1 too: the branch reads its
+    decoder's rows, which stay in the slot."""
+    from fastforward.fields.decoders import CenterCropRGBImageDecoder
+    from fastforward.pipeline import PipelineSpec
+
+    def run(workers: int, branch: bool) -> tuple[list[tuple[np.ndarray, ...]], list[int]]:
+        pipelines: dict[str, object] = {
+            "image": [RandomResizedCropRGBImageDecoder((32, 32)), RandomHorizontalFlip(),
+                      NumpyNoise()],
+            "label": [IntDecoder(), GlobalLabelNoise()]}
+        if branch:
+            centre = CenterCropRGBImageDecoder((16, 16), 1.0)
+            pipelines["centre"] = PipelineSpec("image", centre, [Returns()])
+            pipelines["plain"] = PipelineSpec(centre)
+        with Loader(photos_file, 8, num_workers=workers, seed=5, order=OrderOption.RANDOM,
+                    pipelines=pipelines) as loader:
+            assert loader.workers.kind == "process"
+            assert [p.split for p in loader.pipelines] == [1, 1, 1, 0][: len(pipelines)]
+            return [_copied(batch) for batch in loader], loader.workers.pids
+
+    reference, _ = run(2, False)
+    for workers in (1, 2, 2):
+        got, pids = run(workers, True)
+        for (images, labels, centre, plain), (want_images, want_labels) in zip(
+                got, reference, strict=True):
+            np.testing.assert_array_equal(images, want_images)
+            np.testing.assert_array_equal(labels[:, 0], want_labels[:, 0])
+            assert set(labels[:, 1]) <= set(pids)  # GlobalLabelNoise ran in the workers
+            np.testing.assert_array_equal(centre, 255 - plain)
+
+
+@pytest.mark.parametrize("read", ["Jitter", "Returns"])
+def test_a_branch_reads_the_operation_that_ends_stage_1(photos_file: Path, read: str
+                                                        ) -> None:
+    """Stage 1 ends at the operation a branch reads, included: its result is stage
+    1's (its own buffer, or one stage 1 copies it into), read from the slot; the
+    operations after it run in stage 2. The same batches on threads and on any
+    number of processes."""
+    from fastforward.pipeline import PipelineSpec
+
+    jitter, returns = Jitter(), Returns()
+    source = {"Jitter": jitter, "Returns": returns}[read]
+    ops = [jitter, returns] if read == "Jitter" else [returns, jitter]
+    reference = None
+    for workers, kind in [(3, "thread"), (1, "process"), (2, "process")]:
+        with Loader(photos_file, 8, num_workers=workers, worker_type=kind, seed=5,
+                    order=OrderOption.RANDOM, pipelines={
+                        "image": [RandomResizedCropRGBImageDecoder((32, 32)),
+                                  RandomHorizontalFlip(), *ops],
+                        "label": [IntDecoder()],
+                        "read": PipelineSpec(source)}) as loader:
+            assert [p.split for p in loader.pipelines] == [1, 0, 0]
+            got = [_copied(batch) for batch in loader]
+        if reference is None:
+            reference = got
+        for batch, want in zip(got, reference, strict=True):
+            for output, expected in zip(batch, want, strict=True):
+                np.testing.assert_array_equal(output, expected)
+    assert reference is not None
+    plain = epochs(train_loader(photos_file, 1, "thread", extra=[]), 1)[0][0]
+    branched = np.concatenate([b for _, _, b in reference])
+    images = np.concatenate([i for i, _, _ in reference])
+    if read == "Jitter":
+        np.testing.assert_array_equal(images, 255 - branched)
+    else:
+        np.testing.assert_array_equal(branched, 255 - plain)
+
+
+def test_a_branch_never_reads_rows_the_copy_threads_still_write(tmp_path: Path) -> None:
+    """The copies of a decoder whose pipeline a branch reads are not deferred to the
+    copy threads (the branch's operations read the rows before the hand-over); those
+    of a pipeline no branch reads still are."""
+    torch = pytest.importorskip("torch")
+    from fastforward.pipeline import PipelineSpec
+    from fastforward.transforms import Convert, ToTensor
+
+    path = tmp_path / "arrays.beton"
+    rows = [np.full(WIDE, 1 + i % 100, np.uint8) for i in range(128)]
+    DatasetWriter(path, {"a": NDArrayField(np.dtype("u1"), WIDE)}, num_workers=1,
+                  progress=False).from_indexed_dataset([(r,) for r in rows])
+    to_tensor = ToTensor()
+    with Loader(path, 64, num_workers=2, worker_type="thread", pipelines={
+            "a": [NDArrayDecoder(), to_tensor],
+            "wide": PipelineSpec(to_tensor, transforms=[Convert(torch.int16)]),
+            "again": PipelineSpec("a", NDArrayDecoder(), [ToTensor()])}) as loader:
+        assert [(p.name, p.defer_copies) for p in loader.pipelines if p.decoder] == [
+            ("a", False), ("again", True)]
+        for _ in range(3):
+            for k, (a, wide, again) in enumerate(loader):
+                want = np.stack(rows[64 * k : 64 * k + 64])
+                np.testing.assert_array_equal(wide.numpy(), want.astype(np.int16))
+                np.testing.assert_array_equal(a.numpy(), want)
+                np.testing.assert_array_equal(again.numpy(), want)
+
+
 
 class _Conn:
     """A worker's socket, as the dispatcher sees it: what it was sent."""

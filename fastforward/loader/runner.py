@@ -184,9 +184,12 @@ def run_stage2(plan: Plan, job: BatchJob, data: Any, slot: Any,
                 decoder.decode_range(0, n, destination, own)
             if pipeline.split:
                 value = slot.get(pipeline.range_out)[:n]  # stage 1 ends on NumPy batches
+                # what a branch reads: the last range step's result, or the decoder's rows
+                results[id(pipeline.steps[pipeline.split - 1].op)] = value
+                if pipeline.decoder_read:
+                    results[id(decoder)] = decoder.output(destination, n)
             else:
-                value = decoder.output(destination, n)
-            results[id(decoder)] = value
+                value = results[id(decoder)] = decoder.output(destination, n)
             del destination
         else:
             value = results[id(pipeline.source_op)]

@@ -24,8 +24,18 @@ The loader hands ``compile_plan`` its ``PipelineSpec`` objects once per epoch
    holds an operation that keeps the GIL (Python code: it then runs in
    ranges, on worker processes, instead of on the loader's). Stage 1 leaves its
    result in one slot buffer (``range_out``). **Stage 2** runs once per
-   batch, in the loader's process: every other decoder and operation. With a
-   branch, stage 1 holds decoders only.
+   batch, in the loader's process: every other decoder and operation.
+
+   A branch changes only the pipeline that holds its source. A branch from
+   an operation ends that pipeline's stage 1 at the operation at the latest,
+   the operation included: the branch then reads stage 1's result
+   (``range_out``, in the slot), which is the operation's. A branch from a
+   decoder reads the decoder's own slot buffer, which stage 1 fills as it
+   would without the branch: that pipeline splits as without it, as does
+   every pipeline no branch reads. A branch's own operations, and those after
+   a source operation in its pipeline, run in stage 2, in the loader's
+   process, where a per-sample operation's draws from the global generators
+   are the user's, not reproducible (``random.globals_are_ours``).
 
 A ``Plan`` holds plain data and the operations themselves, so it pickles:
 process workers receive it at each epoch's start and bind their own copy of
@@ -77,6 +87,7 @@ class PipelinePlan:
     range_out: str | None = None  # the slot buffer holding stage 1's result (split > 0)
     range_out_query: Any = None
     defer_copies: bool = False  # its decoder's copies may run on the loader's copy threads
+    decoder_read: bool = False  # a branch starts from its decoder's output
     geometry_key: str | None = None  # where its decoder writes each sample's geometry
     follows: dict[str, str] = field(default_factory=dict)  # leader -> its geometry's key
 
@@ -176,7 +187,8 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
             state, query = _declare(decoder, State(), where)
             states[id(user_decoder)] = state
             pipeline = PipelinePlan(name, decoder, spec.source, index, f"{name}/decoder",
-                                    stream_id(f"{name}/0"), query, None)
+                                    stream_id(f"{name}/0"), query, None,
+                                    decoder_read=id(user_decoder) in sources)
             layout[pipeline.decoder_key] = query
         else:
             state = states[id(spec.source)]
@@ -185,6 +197,7 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
         if any(name in names for names in leaders.values()):
             _check_leader(name, ops, fused, where)
         step_states: list[tuple[State, State]] = []  # each step's input and output
+        read: int | None = None  # the steps up to the first one a branch reads, if any
         for position, (user_op, op) in enumerate(zip(user_ops, ops, strict=True), 1):
             if position - 1 in fused:  # an earlier step does it: the values pass through
                 states[id(user_op)] = state
@@ -201,19 +214,22 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
                 layout[key] = query
             pipeline.steps.append(Step(op, key, streams[position - 1], not state.jit_mode,
                                        query))
-        if not sources:
-            _split(pipeline, step_states, layout)
+            if read is None and id(user_op) in sources:
+                read = len(pipeline.steps)
+        _split(pipeline, step_states, layout, len(pipeline.steps) if read is None else read)
+        # A copy on the copy threads pays off only when nothing reads the rows before
+        # the hand-over; a step that reads them at once would just wait for it. A
+        # branch's steps may read them too, without waiting: a pipeline a branch
+        # reads copies its rows at once.
+        pipeline.defer_copies = (pipeline.split == 0 and not pipeline.decoder_read
+                                 and read is None and not any(
+                                     step.op.reads_input for step in pipeline.steps))
         for leader in leaders.get(name, ()):
             pipeline.follows[leader] = f"{leader}/geometry"
         built[name] = pipeline
     for leader in {leader for names in leaders.values() for leader in names}:
         built[leader].geometry_key = key = f"{leader}/geometry"
         layout[key] = AllocationQuery((), GEOMETRY)
-    # A copy on the copy threads pays off only when nothing reads the rows before
-    # the hand-over; a step that reads them at once would just wait for it.
-    for pipeline in built.values():
-        pipeline.defer_copies = not sources and pipeline.split == 0 and not any(
-            step.op.reads_input for step in pipeline.steps)  # stage 1 reads them
     outputs = list(specs)
     return Plan(fname, [built[name] for name in order], outputs, layout)
 
@@ -248,12 +264,13 @@ def _check_leader(name: str, ops: list[Operation], fused: set[int], where: str) 
 
 
 def _split(pipeline: PipelinePlan, step_states: list[tuple[State, State]],
-           layout: dict[str, Any]) -> None:
-    """Choose stage 1's steps (see the module docstring) and where its result goes."""
+           layout: dict[str, Any], most: int) -> None:
+    """Choose stage 1's steps (see the module docstring), at most the first *most*
+    (those up to the first one a branch reads), and where its result goes."""
     if pipeline.decoder is None or isinstance(pipeline.decoder_query, tuple):
         return
     split = 0
-    for step, (before, after) in zip(pipeline.steps, step_states, strict=True):
+    for step, (before, after) in zip(pipeline.steps[:most], step_states[:most], strict=True):
         op = step.op
         # NumPy batches only: a torch result may be any view of its buffer
         # (channels-last strides), which the batch stage could not rebuild from the
