@@ -33,7 +33,7 @@ from fastforward.fields.decoders import (
 )
 from fastforward.fields.resized_image import shorter_side_sizes
 from fastforward.loader import Loader, OrderOption
-from fastforward.pipeline import AllocationQuery, PipelineSpec, State
+from fastforward.pipeline import AllocationQuery, Operation, PipelineSpec, State
 from fastforward.pipeline.decoder import Decoder
 from fastforward.pipeline.geometry import GEOMETRY
 from fastforward.scenes import COLOURS, make_scenes
@@ -451,3 +451,46 @@ def test_masks_of_one_size_without_an_image(scene_file: Path, tmp_path: Path) ->
     with Loader(path, 4, pipelines={"mask": [MaskDecoder(size=(6, 9))]}) as loader:
         (got,), = list(loader)
     np.testing.assert_array_equal(got, np.stack(masks))
+
+
+class Unsplit(RandomResizedCropRGBImageDecoder):
+    """Finds no batch worth splitting (as a decoder of raw pixels may): on threads its
+    pipeline's stage 1 then runs in the batch stage, on the whole batch."""
+
+    def split_batch(self, context):  # type: ignore[no-untyped-def]
+        return False
+
+
+class MaskPlusOne(Operation):
+    """A per-sample Python operation on a mask: it runs in ranges (stage 1)."""
+
+    per_sample = True
+    releases_gil = False
+
+    def declare_state_and_memory(self, previous_state):  # type: ignore[no-untyped-def]
+        return previous_state, AllocationQuery(previous_state.shape, previous_state.dtype)
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        np.add(sample, 1, out=destination)
+        return destination
+
+
+@pytest.mark.parametrize(("workers", "kind"), WORKERS)
+def test_a_follower_whose_leader_is_not_split_still_runs_its_range_steps(
+        scene_file: Path, workers: int, kind: str) -> None:
+    """A mask pipeline with a per-range operation follows an image whose decoder split
+    no batch: the mask's stage 1 cannot run in ranges before the image's geometry
+    exists, so it runs whole in the batch stage (it read a stage 1 buffer that nothing
+    had written)."""
+    def run(extra: list) -> list[np.ndarray]:
+        with Loader(scene_file, 8, num_workers=workers, worker_type=kind, seed=3,
+                    order=OrderOption.RANDOM, pipelines={
+                        "image": [Unsplit((40, 56), scale=(0.2, 1))],
+                        "mask": [MaskDecoder(follows="image"), *extra],
+                        "instances": None, "objects": None, "index": [IntDecoder()]}) as loader:
+            return [mask.copy() for _, mask, _ in loader]
+
+    plain, plus = run([]), run([MaskPlusOne()])
+    assert len(plain) == len(plus) == 4
+    for a, b in zip(plain, plus, strict=True):
+        np.testing.assert_array_equal(b, a + 1)

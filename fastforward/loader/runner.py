@@ -170,6 +170,9 @@ def run_stage2(plan: Plan, job: BatchJob, data: Any, slot: Any,
     outputs: dict[str, Any] = {}
     for position, pipeline in enumerate(plan.pipelines):
         decoder = pipeline.decoder
+        # a pipeline not run in ranges for this batch (a follower whose leader was not,
+        # on threads) runs its stage 1 steps here, on the whole batch
+        split = pipeline.split if position in job.ranged else 0
         pipeline_context = context
         if pipeline.follows or pipeline.geometry_key is not None:
             pipeline_context = context.with_stream(0)
@@ -182,10 +185,10 @@ def run_stage2(plan: Plan, job: BatchJob, data: Any, slot: Any,
                 own = pipeline_context.with_stream(pipeline.decoder_stream)
                 own.copies = copies if pipeline.defer_copies else None
                 decoder.decode_range(0, n, destination, own)
-            if pipeline.split:
+            if split:
                 value = slot.get(pipeline.range_out)[:n]  # stage 1 ends on NumPy batches
                 # what a branch reads: the last range step's result, or the decoder's rows
-                results[id(pipeline.steps[pipeline.split - 1].op)] = value
+                results[id(pipeline.steps[split - 1].op)] = value
                 if pipeline.decoder_read:
                     results[id(decoder)] = decoder.output(destination, n)
             else:
@@ -193,7 +196,7 @@ def run_stage2(plan: Plan, job: BatchJob, data: Any, slot: Any,
             del destination
         else:
             value = results[id(pipeline.source_op)]
-        for step in pipeline.steps[pipeline.split :]:
+        for step in pipeline.steps[split:]:
             buffer = None if step.key is None else batch_view(slot.get(step.key), n,
                                                               step.as_torch, step.query)
             value = apply_step(plan, pipeline, step, value, buffer,
