@@ -109,6 +109,63 @@ def test_torchvision_v2(photos_file: Path) -> None:
     assert out.dtype == np.uint8
 
 
+def test_users_own_v2_transforms_are_guessed_torchvisions(photos_file: Path) -> None:
+    """A subclass of ``v2.Transform`` or ``v2.Compose`` written in the user's module,
+    and ``nn.Sequential`` of v2 transforms, get a C×H×W tensor: they were guessed
+    ``'numpy'``, and v2 passes an array through untouched (no augmentation, no error)."""
+    pytest.importorskip("torchvision")
+    import torch
+    from torchvision.transforms import v2
+
+    class Invert(v2.Transform):
+        def transform(self, inpt, params):  # type: ignore[no-untyped-def]
+            return 255 - inpt
+
+    class Flips(v2.Compose):
+        def __init__(self) -> None:
+            super().__init__([v2.RandomHorizontalFlip(p=1.0), v2.RandomVerticalFlip(p=1.0)])
+
+    sequential = torch.nn.Sequential(v2.RandomHorizontalFlip(p=1.0),
+                                     v2.RandomVerticalFlip(p=1.0))
+    for transform in (Invert(), Flips(), sequential):
+        assert guess_input(transform) == "tensor"
+    image = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    op = Augment(Invert())
+    assert op.input == "tensor"
+    flipped = Augment(sequential)
+    context = BatchContext(np.arange(1), 0, 0, 0, 0)
+    np.testing.assert_array_equal(op.apply_sample(image, np.empty_like(image), context, 0),
+                                  255 - image)
+    np.testing.assert_array_equal(
+        flipped.apply_sample(image, np.empty_like(image), context, 0), image[::-1, ::-1])
+
+
+def _fake(module: str, base: type = object) -> type:
+    """A class that says *module* defined it: guess_input without the libraries."""
+    cls = type("T", (base,), {"__call__": lambda self, x: x})
+    cls.__module__ = module
+    return cls
+
+
+def test_guess_input_reads_the_class_hierarchy_and_containers() -> None:
+    v2_base = _fake("torchvision.transforms.v2._transform")
+    v1_base = _fake("torchvision.transforms.transforms")
+    album = _fake("albumentations.core.transforms_interface")
+    users = _fake("my_training_code", v2_base)
+    assert guess_input(v2_base()) == "tensor"
+    assert guess_input(users()) == "tensor"  # a user's subclass
+    assert guess_input(_fake("my_training_code", v1_base)()) == "pil"
+    assert guess_input(_fake("timm.data.transforms")()) == "pil"
+    assert guess_input(_fake("my_code", album)()) == "albumentations"
+    assert guess_input(_fake("torchvisionx.other")()) == "numpy"  # a prefix, not a module
+    assert guess_input(lambda x: x) == "numpy"
+    container = _fake("my_code")()
+    container.transforms = [users(), v2_base()]  # a Compose-like object of v2 parts
+    assert guess_input(container) == "tensor"
+    container.transforms = [users(), v1_base()]  # parts disagree: no guess
+    assert guess_input(container) == "numpy"
+
+
 def test_timm_imagenet_training_transform(photos_file: Path) -> None:
     timm_data = pytest.importorskip("timm.data")
     import torch

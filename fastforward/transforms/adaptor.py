@@ -43,16 +43,44 @@ from ._utils import name, require_numpy
 INPUTS = ("tensor", "pil", "albumentations", "numpy")
 
 
+LIBRARIES = (("albumentations", "albumentations"), ("torchvision.transforms.v2", "tensor"),
+             ("torchvision.transforms", "pil"), ("timm", "pil"))
+"""Module prefixes of the libraries whose input ``guess_input`` knows, first match wins."""
+
+
 def guess_input(transform: Any) -> str:
-    """The input a transform's library expects (see the module docstring)."""
-    module = type(transform).__module__
-    if module.startswith("albumentations"):
-        return "albumentations"
-    if module.startswith("torchvision.transforms.v2"):
-        return "tensor"
-    if module.startswith(("torchvision.transforms", "timm")):
-        return "pil"
+    """The input a transform's library expects (see the module docstring): from the
+    first class in its type's hierarchy that one of ``LIBRARIES`` defines (a user's
+    subclass of ``v2.Transform``, ``v2.Compose`` or albumentations'
+    ``ImageOnlyTransform`` is that library's), else, for a container of transforms
+    (``torch.nn.Sequential``, a ``Compose``-like object with ``.transforms``),
+    from its parts when they agree; else ``'numpy'``."""
+    found = _library(transform)
+    if found is not None:
+        return found
+    parts = getattr(transform, "transforms", None)
+    if parts is None and callable(getattr(transform, "children", None)):
+        try:
+            parts = list(transform.children())  # torch.nn.Sequential and other modules
+        except Exception:  # not torch's children(): nothing to learn from it
+            parts = None
+    if isinstance(parts, (list, tuple)):
+        guesses = {_library(part) for part in parts if callable(part)}
+        guesses.discard(None)
+        if len(guesses) == 1:
+            (only,) = guesses
+            if only is not None:
+                return only
     return "numpy"
+
+
+def _library(transform: Any) -> str | None:
+    for cls in type(transform).__mro__:
+        module = getattr(cls, "__module__", "") or ""
+        for prefix, kind in LIBRARIES:
+            if module == prefix or module.startswith(prefix + "."):
+                return kind
+    return None
 
 
 class Augment(Operation):
@@ -64,8 +92,11 @@ class Augment(Operation):
             ``Compose``, or any callable taking one image.
         input: how to hand it the image: ``'tensor'`` (C×H×W uint8 torch),
             ``'pil'``, ``'albumentations'`` (``image=`` keyword) or
-            ``'numpy'`` (H×W×C uint8); None guesses from the transform's
-            module.
+            ``'numpy'`` (H×W×C uint8); None guesses from the library that
+            defines the transform's class or a base class of it (or, for
+            ``nn.Sequential`` and ``Compose``-like containers, its parts'):
+            ``guess_input``. Give it for a callable of your own that wraps
+            another library's transforms.
         output_shape: the H×W×C (or H×W) shape it returns, and
         output_dtype: its dtype; when both are None they are found by
             running the transform once on a blank image. Every image must
