@@ -3,6 +3,8 @@ catch either (``except ValueError`` keeps working for FFCV code)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FastForwardError(Exception):
     """Base class of every error fastforward raises on purpose."""
@@ -103,3 +105,10 @@ def portable(exc: BaseException, where: str) -> BaseException:
         exc = FastForwardError("; ".join([*located, exception_text(exc)]))
     exc.add_note(f"in {where}:\n{text}")
     return exc
+
+
+def listed(indices: Any) -> str:
+    """A batch's samples for a message: ``"5"``, ``"5, 9"``, ``"5, …, 2"`` (first and last)."""
+    values = [int(v) for v in indices[:1]] + [int(v) for v in indices[1:][-1:]]
+    text = ", ".join(map(str, values))
+    return text.replace(", ", ", …, ") if len(indices) > 2 else (text or "none")

@@ -866,3 +866,13 @@ def test_filter_uses_the_default_decoder_of_a_field_without_a_pipeline(scalars: 
     assert small.indices.tolist() == [i for i in range(600) if np.sin(i) > 0.99]
     small.close()
     loader.close()
+
+
+def test_a_batch_is_named_by_its_first_and_last_samples() -> None:
+    """In a shuffled order they are not a span: "235, …, 120", not "235…120"."""
+    from fastforward.errors import listed
+
+    assert listed(np.array([235, 3, 7, 120])) == "235, …, 120"
+    assert listed(np.array([5, 9])) == "5, 9"
+    assert listed(np.array([5])) == "5"
+    assert listed(np.array([], np.int64)) == "none"

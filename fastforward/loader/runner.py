@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import annotate
+from ..errors import annotate, listed
 from ..pipeline.operation import BatchContext
 from ..pipeline.plan import PipelinePlan, Plan, Step
 
@@ -33,10 +33,9 @@ class BatchJob:
     ranged: tuple[int, ...]  # positions (in the plan) of the pipelines whose stage 1 runs
 
     def where(self, fname: str) -> str:
-        """``file: batch k (samples a…b)`` for error messages."""
-        first, last = (int(self.indices[0]), int(self.indices[-1])) if len(self.indices) else (
-            -1, -1)
-        return f"{fname}: batch {self.index} (samples {first}…{last})"
+        """``file: batch k (samples a, …, z)`` for error messages: its first and last
+        samples (in a shuffled order, not a span)."""
+        return f"{fname}: batch {self.index} (samples {listed(self.indices)})"
 
 
 def ranged_pipelines(plan: Plan, job: BatchJob, always: bool) -> tuple[int, ...]:

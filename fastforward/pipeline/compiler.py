@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import annotate
+from ..errors import annotate, listed
 from ..utils import default_workers
 from . import random
 from .decoder import Decoder
@@ -393,7 +393,7 @@ class NumbaOperation(Decoder):
             self._local.result = self._call(context, [indices, dst, self.metadata, state],
                                             indices, hi - lo)
         except Exception as exc:
-            raise annotate(exc, f"{self.fname}: samples {int(indices[0])}…{int(indices[-1])}, "
+            raise annotate(exc, f"{self.fname}: samples {listed(indices)}, "
                                 f"field {self.field_name!r}, {self.name}") from None
 
     def output(self, destination: Any, count: int) -> Any:
