@@ -724,6 +724,11 @@ class Reader:
             self._mmap = None
         self._fd_closer()
 
+    @property
+    def file_name(self) -> str:
+        """The file's path: FFCV's name for ``fname``."""
+        return self.fname
+
     def __enter__(self) -> Reader:
         return self
 

@@ -31,6 +31,7 @@ from .fields import (
     TorchTensorField,
 )
 from .fields.tagged import tagged_class
+from .utils import decode_null_terminated_string
 
 CURRENT_VERSION = 2
 MIN_PAGE_SIZE = 1 << 21
@@ -86,16 +87,20 @@ def get_metadata_type(handlers: Sequence[Field]) -> np.dtype:
 
 def get_handlers(
     field_descriptors: np.ndarray,
-    names: Sequence[str],
+    names: Sequence[str] | None = None,
     custom_handlers: Mapping[str, type[Field]] | None = None,
 ) -> list[Field]:
     """Build one Field per descriptor; *custom_handlers* override by name.
+
+    *names* default to the descriptors' own (FFCV's ``get_handlers(descriptors)``).
 
     A custom field (type id 255) that is one of fastforward's own tagged types
     (``fastforward.fields.tagged``) needs no custom handler. Raises KeyError
     naming the field when a type id has no handler.
     """
     custom_handlers = dict(custom_handlers or {})
+    if names is None:
+        names = [decode_null_terminated_string(d["name"]) for d in field_descriptors]
     handlers = []
     for desc, name in zip(field_descriptors, names, strict=True):
         type_id = int(desc["type_id"])

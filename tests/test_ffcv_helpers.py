@@ -203,3 +203,31 @@ def test_ch_dtype_from_numpy() -> None:
     from fastforward.transforms.normalize import ch_dtype_from_numpy
 
     assert ch_dtype_from_numpy(np.float16) == torch.float16
+
+
+def test_ffcv_api_names_found_by_a_review(tmp_path: Path) -> None:
+    """``Reader.file_name``, ``get_handlers(descriptors)``, ``fields.rgb_image``'s
+    four-argument ``get_center_crop`` and ``Loader.next_traversal_order()``, as FFCV's."""
+    from fastforward.fields.rgb_image import get_center_crop
+    from fastforward.loader import OrderOption
+    from fastforward.types import get_handlers
+
+    path = tmp_path / "f.beton"
+    DatasetWriter(path, {"x": IntField(), "blob": BytesField()}, num_workers=1,
+                  progress=False).from_indexed_dataset(
+        [(i, np.full(3, i, np.uint8)) for i in range(10)])
+    with Reader(path) as reader:
+        assert reader.file_name == str(path)
+        handlers = get_handlers(reader.field_descriptors)
+        assert [type(h).__name__ for h in handlers] == ["IntField", "BytesField"]
+    assert get_center_crop(100, 80, None, 0.875) == (15, 5, 70, 70)  # FFCV's fields.rgb_image
+    assert get_center_crop(100, 80, 0.875) == (15, 5, 70, 70)  # its transforms' form
+    with pytest.raises(TypeError, match="get_center_crop"):
+        get_center_crop(100, 80)
+    loader = Loader(path, 4, order=OrderOption.RANDOM, seed=3, drop_last=False,
+                    pipelines={"x": [IntDecoder()], "blob": None})
+    order = loader.next_traversal_order()
+    assert sorted(order.tolist()) == list(range(10))
+    first = np.concatenate([x.ravel() for (x,) in loader])
+    assert first.tolist() == order.tolist()  # the epoch that followed
+    assert loader.next_traversal_order().tolist() != order.tolist()  # the next one's

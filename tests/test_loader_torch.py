@@ -259,3 +259,24 @@ def test_to_tensor_waits_for_copies_before_copying(tmp_path: Path) -> None:
         for _ in range(3):
             got = torch.cat([a for (a,) in loader])
             np.testing.assert_array_equal(got.numpy(), rows[:, ::-1])
+
+
+def test_an_empty_pipeline_is_the_default_one_as_in_ffcv(tmp_path: Path) -> None:
+    """FFCV treats a pipeline with no decoder and no operations (``[]``,
+    ``PipelineSpec('label')``) as the default: the field's decoder and ToTensor.
+    They gave NumPy arrays."""
+    from fastforward.pipeline import PipelineSpec
+    from fastforward.writer import DatasetWriter
+
+    path = tmp_path / "labels.beton"
+    DatasetWriter(path, {"label": IntField()}, num_workers=1,
+                  progress=False).from_indexed_dataset([(i,) for i in range(8)])
+    for pipelines in ({"label": []}, {"label": PipelineSpec("label")},
+                      {"label": None, "again": PipelineSpec("label")}):
+        with Loader(path, 4, pipelines=pipelines) as loader:
+            (batch,) = next(iter(loader))
+        assert isinstance(batch, torch.Tensor), pipelines
+        assert batch.view(-1).tolist() == [0, 1, 2, 3]
+    with Loader(path, 4, pipelines={"label": [IntDecoder()]}) as loader:
+        (batch,) = next(iter(loader))
+    assert isinstance(batch, np.ndarray)  # a decoder alone: its arrays, as in FFCV

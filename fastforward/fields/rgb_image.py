@@ -28,10 +28,10 @@ from ..pipeline.state import State
 from ..transforms.crop import (
     RANDOM_CROP_UNIFORMS,
     center_crops,
-    get_center_crop,
     get_random_crop,
     random_crops,
 )
+from ..transforms.crop import get_center_crop as _center_crop
 from .base import Field, Malloc, PayloadReader, empty_arguments, sample_rng
 
 try:
@@ -65,6 +65,16 @@ def require_simplejpeg() -> Any:
     if simplejpeg is None:
         raise ImportError("JPEG coding needs simplejpeg: pip install simplejpeg")
     return simplejpeg
+
+
+def get_center_crop(height: int, width: int, *args: Any) -> tuple[int, int, int, int]:
+    """FFCV's centre crop, ``(i, j, h, w)``: FFCV's ``fields.rgb_image`` takes
+    ``(height, width, _, ratio)`` (the third argument unused), its
+    ``transforms.utils.fast_crop`` ``(height, width, ratio)``; both are taken here."""
+    if len(args) not in (1, 2):
+        raise TypeError("get_center_crop(height, width, ratio) or FFCV's "
+                        f"get_center_crop(height, width, _, ratio), got {2 + len(args)} arguments")
+    return _center_crop(height, width, args[-1])
 
 
 PIL_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX",

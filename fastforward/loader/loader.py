@@ -277,6 +277,8 @@ class Loader:
             if spec.decoder is None and spec.transforms and isinstance(spec.transforms[0],
                                                                        Decoder):
                 spec.decoder, spec.transforms = spec.transforms[0], spec.transforms[1:]
+            if spec.decoder is None and not spec.transforms:
+                spec.transforms = [_to_tensor()]  # FFCV's default pipeline, as for no entry
             if spec.decoder is None:
                 spec.decoder = self.reader.handlers[spec.source].get_decoder_class()()
         return spec
@@ -365,6 +367,11 @@ class Loader:
         count = len(order) // self.batch_size if self.drop_last else -(-len(order)
                                                                          // self.batch_size)
         return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(count)]
+
+    def next_traversal_order(self) -> np.ndarray:
+        """This rank's samples for the next epoch, in order (FFCV's method)."""
+        epoch = self.next_epoch
+        return self._shards(epoch, self._segments(epoch))[self.rank].order
 
     def filter(self, field_name: str, condition: Callable[[Any], bool]) -> Loader:
         """A loader like this one over only the samples whose *field_name* satisfies *condition*.
