@@ -917,8 +917,11 @@ def test_a_stuck_worker_does_not_hold_up_the_exit_of_a_script_that_ends(
     order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
     marker = tmp_path / "stuck"
     script = tmp_path / "run.py"
+    # batch 3, not 2: batches 0-2 start at once, and a range of batch 0 sent to the
+    # worker after the stuck one would wait behind it (seen on CI, 2 runs in 6 on
+    # Python 3.12); batch 3 starts only once batch 0 is done (batches_ahead=3)
     script.write_text(EXIT_SCRIPT.format(tests=str(Path(__file__).parent),
-                                         path=str(photos_file), index=int(order[8 * 2 + 3]),
+                                         path=str(photos_file), index=int(order[8 * 3 + 3]),
                                          marker=str(marker)))
     process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
