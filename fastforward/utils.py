@@ -66,19 +66,33 @@ s_print_lock = threading.Lock()
 WORKER_NAMES = ("fastforward-writer-", "fastforward-worker-")
 """How the writer's and the loader's worker processes are named."""
 _WORKER_STARTED = False
+_SEEDS_GLOBALS = False
 
 
-def worker_started() -> None:
+def worker_started(*, seeds_globals: bool = False) -> None:
     """Called first thing by a worker process's main function: from then on,
     what runs is the work it is sent (a dataset may open a loader), and no
-    training loop of the user's runs in the process (``in_a_worker``)."""
-    global _WORKER_STARTED
+    training loop of the user's runs in the process (``in_a_worker``).
+
+    *seeds_globals*: a loader's worker, whose ranges seed ``np.random``,
+    ``random`` and torch's generator per sample from any of its threads
+    (``seeds_globals()``). Not a writer's: a dataset it runs may open a loader
+    on threads, which must leave the dataset's generators alone.
+    """
+    global _WORKER_STARTED, _SEEDS_GLOBALS
     _WORKER_STARTED = True
+    _SEEDS_GLOBALS = seeds_globals
 
 
 def in_a_worker() -> bool:
     """Whether this process is a fastforward worker at work (``worker_started``)."""
     return _WORKER_STARTED
+
+
+def seeds_globals() -> bool:
+    """Whether this process is a loader's worker at work, where the global
+    generators are the ranges' to seed (``worker_started(seeds_globals=True)``)."""
+    return _SEEDS_GLOBALS
 
 
 def refuse_in_a_worker(what: str) -> None:

@@ -929,6 +929,7 @@ def test_a_stuck_worker_does_not_hold_up_the_exit_of_a_script_that_ends(
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "done"
         workers = {p for p in _pids_of_workers(process.pid) if _alive(p)}
+        assert len(workers) == 2
         start = time.monotonic()
         _, stderr = process.communicate(timeout=60)
         assert time.monotonic() - start < 30, stderr

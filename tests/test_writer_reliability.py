@@ -957,3 +957,32 @@ def test_a_loader_or_writer_made_in_a_worker_process_is_refused(
     # loader, say) is let be
     monkeypatch.setattr(utils, "_WORKER_STARTED", True)
     DatasetWriter(tmp_path / "x.beton", {"i": IntField()})
+
+
+class LoaderThreadsSeedGlobals:
+    """Each sample: 1 if a thread of this process (as a loader's thread would be,
+    in a loader the dataset opens) may seed the global generators, else 0."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> tuple[int]:
+        from fastforward.pipeline.random import globals_are_ours
+
+        answer: list[bool] = []
+        thread = threading.Thread(target=lambda: answer.append(globals_are_ours()))
+        thread.start()
+        thread.join()
+        return (int(answer[0]),)
+
+
+def test_a_loader_opened_by_a_dataset_in_a_writer_worker_leaves_its_generators_alone(
+        tmp_path: Path) -> None:
+    """A writer's worker is not a loader's: a loader that its dataset opens runs on
+    threads, and would seed and restore np.random, random and torch's generator
+    under the dataset's feet (they are the loader's to seed only in a loader's
+    own worker processes)."""
+    target = tmp_path / "g.beton"
+    DatasetWriter(target, {"y": IntField()}, num_workers=2,
+                  progress=False).from_indexed_dataset(LoaderThreadsSeedGlobals())
+    assert [int(Reader(target).read(i)[0]) for i in range(4)] == [0, 0, 0, 0]

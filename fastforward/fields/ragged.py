@@ -196,8 +196,12 @@ def _cast(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
             raise EncodeError(f"column {name!r}: {array[out].flat[0].item()!r} is out of {dtype}'s "
                               "range")
         return cast
-    # integers must come back whole (an int64 past 2**24 is not a float32)
-    exact = np.asarray(cast, np.longdouble) == np.asarray(array, np.longdouble)
+    # integers must come back whole (an int64 past 2**24 is not a float32), reals
+    # must be whole and in range: what does not come back from the cast as it was
+    # was not stored (compared in the source's dtype, not in np.longdouble, which is
+    # float64 on some platforms and would let 2**53 + 1 pass as float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        exact = cast.astype(array.dtype) == array
     if not exact.all():
         wrong = int(np.argmin(exact.ravel()))
         raise EncodeError(f"column {name!r}: {array.dtype} values cannot be stored as {dtype} "

@@ -93,7 +93,7 @@ def to_rgb_array(image: Any) -> np.ndarray:
     if hasattr(image, "convert") and hasattr(image, "mode"):  # a PIL image
         if image.mode not in PIL_MODES:
             raise EncodeError(
-                f"a PIL image in mode {image.mode!r} ({image.size[0]}×{image.size[1]}): "
+                f"a PIL image in mode {image.mode!r} ({image.size[1]}×{image.size[0]}): "
                 "RGBImageField stores 8-bit RGB, and converting this mode would clip or "
                 "truncate its values; scale it to 8 bits yourself, or store it as it is "
                 "with MultiChannelImageField")

@@ -1057,7 +1057,7 @@ def _watch_owner(owner: int) -> None:
 
 def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool],
                  inherited: list[int], owner: int) -> None:
-    worker_started()  # np.random, random, torch's are then seeded per sample here
+    worker_started(seeds_globals=True)  # np.random, random, torch's: seeded per sample here
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the loader's to handle
     for fd in inherited:  # a forked child holds the loader's ends of every pipe: let go
         with contextlib.suppress(OSError):

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..utils import in_a_worker
+from ..utils import seeds_globals
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -70,8 +70,9 @@ _GLOBALS_STREAM = 0x6C6F6261
 def globals_are_ours() -> bool:
     """Whether this thread may seed (and then restore) the global generators.
 
-    In a worker process (``utils.in_a_worker``: no training loop of the
-    user's runs there), yes. In the user's process only in its main thread,
+    In a loader's worker process (``utils.seeds_globals``: no training loop of
+    the user's runs there), yes; not in a writer's, whose dataset may draw from
+    them while a loader it opened runs on threads. In the user's process only in its main thread,
     which is where the user's own code runs, so nothing of the user's draws
     from them meanwhile (an operation called directly, as in tests). Never
     from the loader's threads there: the user's training loop draws from the
@@ -79,7 +80,7 @@ def globals_are_ours() -> bool:
     so each would shift the other's draws, and restoring the states at the
     end of a batch would replay the loop's.
     """
-    return in_a_worker() or threading.current_thread() is threading.main_thread()
+    return seeds_globals() or threading.current_thread() is threading.main_thread()
 
 
 def global_seeds(seed: int, epoch: int, indices: np.ndarray, stream: int) -> np.ndarray:
