@@ -90,10 +90,15 @@ class DaemonPool(Executor):
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
-        self._threads = [threading.Thread(target=self._work, name=f"{name}_{k}", daemon=True)
-                         for k in range(size)]
-        for thread in self._threads:
-            thread.start()
+        self._threads: list[threading.Thread] = []
+        try:
+            for k in range(size):
+                self._threads.append(threading.Thread(target=self._work, name=f"{name}_{k}",
+                                                      daemon=True))
+                self._threads[-1].start()
+        except BaseException:  # out of threads, or Ctrl-C: those started end
+            self.shutdown(wait=False)
+            raise
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         future: Future[Any] = Future()
@@ -264,9 +269,6 @@ class Engine:
 
     def __init__(self, plan: EpochPlan) -> None:
         self.plan = plan
-        self._io_pool = DaemonPool(1, "fastforward-io")
-        # a batch waits on its ranges, so batches run on a pool of their own
-        self._batch_pool = DaemonPool(max(1, plan.batches_ahead), "fastforward-batch")
         self.channel = Channel()
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -281,8 +283,40 @@ class Engine:
         self._finished = False
         self._thread = threading.Thread(target=self._run, name="fastforward-scheduler",
                                         daemon=True)
-        self._thread.start()
-        self._ready.wait()
+        self._start_lock = threading.Lock()
+        self._abandoned = False  # __init__ failed: a scheduler thread that runs now returns
+        self._running = False  # the scheduler thread runs (and will set _ready)
+        self._pools: list[DaemonPool] = []
+        try:
+            self._io_pool = self._pool(1, "fastforward-io")
+            # a batch waits on its ranges, so batches run on a pool of their own
+            self._batch_pool = self._pool(max(1, plan.batches_ahead), "fastforward-batch")
+            self._thread.start()
+            self._ready.wait()
+        except BaseException:  # no thread left behind: the caller never gets this engine
+            self._abandon_start()
+            raise
+
+    def _pool(self, size: int, name: str) -> DaemonPool:
+        pool = DaemonPool(size, name)
+        self._pools.append(pool)
+        return pool
+
+    def _abandon_start(self) -> None:
+        """``__init__`` failed (out of threads, Ctrl-C while a thread started): stop
+        what it started. The pools' threads would wait on their queues for ever,
+        and a started scheduler would run the epoch with nobody to take it."""
+        with self._start_lock:  # Thread.start() may have been interrupted before or
+            self._abandoned = True  # after the thread began: the thread itself says
+            running = self._running
+        if not running:
+            for pool in self._pools:
+                pool.shutdown(wait=False)
+            if self.plan.workers is not None:
+                self.plan.workers.close()
+            return
+        self._ready.wait()  # set within milliseconds, or as the thread ends
+        self.close()
 
     # -- consumer side ------------------------------------------------------------
 
@@ -385,6 +419,10 @@ class Engine:
         # still finish as cancelled (a cancellation requested while it was not
         # waiting is delivered as it returns). Nothing is lost: close() wants none
         # of its results.
+        with self._start_lock:
+            if self._abandoned:  # __init__ failed before this thread ran: nobody waits
+                return
+            self._running = True
         try:
             # the suppress is outside the runner: its own clean-up runs as tasks
             with (contextlib.suppress(asyncio.CancelledError),

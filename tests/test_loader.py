@@ -876,3 +876,49 @@ def test_a_batch_is_named_by_its_first_and_last_samples() -> None:
     assert listed(np.array([5, 9])) == "5, 9"
     assert listed(np.array([5])) == "5"
     assert listed(np.array([], np.int64)) == "none"
+
+
+@pytest.mark.parametrize("where", ["no thread to start",
+                                   *(f"Ctrl-C in wait {n}" for n in range(1, 7))])
+def test_an_epoch_that_fails_to_start_leaves_no_thread(scalars: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       where: str) -> None:
+    """An epoch's engine starts its pools' threads, then its scheduler thread, and
+    waits for each (six waits with batches_ahead=3). When a thread cannot start
+    (the process is out of threads), or Ctrl-C lands in any of those waits, the
+    caller never gets the engine to close: it stops what it started itself (the
+    autouse fixture checks that no fastforward thread is left)."""
+    if where == "no thread to start":
+        start = threading.Thread.start
+
+        def refuse(thread: threading.Thread) -> None:
+            if thread.name == "fastforward-scheduler":
+                raise RuntimeError("can't start new thread")
+            start(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        error: type[BaseException] = RuntimeError
+    else:
+        nth = int(where.rsplit(" ", 1)[1])
+
+        class Interrupted(threading.Event):
+            """The main thread's nth wait without a timeout is interrupted (as
+            Thread.start waits)."""
+
+            waits = 0
+
+            def wait(self, timeout: float | None = None) -> bool:
+                if (timeout is None and Interrupted.waits < nth
+                        and threading.current_thread() is threading.main_thread()):
+                    Interrupted.waits += 1
+                    if Interrupted.waits == nth:
+                        raise KeyboardInterrupt
+                return super().wait(timeout)
+
+        monkeypatch.setattr(threading, "Event", Interrupted)
+        error = KeyboardInterrupt
+    loader = index_loader(scalars, batch_size=4)
+    with pytest.raises(error):
+        iter(loader)
+    monkeypatch.undo()
+    assert len(collect(loader)) == len(loader) * 4  # the next epoch runs
