@@ -72,9 +72,10 @@ def globals_are_ours() -> bool:
 
     In a loader's worker process (``utils.seeds_globals``: no training loop of
     the user's runs there), yes; not in a writer's, whose dataset may draw from
-    them while a loader it opened runs on threads. In the user's process only in its main thread,
-    which is where the user's own code runs, so nothing of the user's draws
-    from them meanwhile (an operation called directly, as in tests). Never
+    them while a loader it opened runs on threads. In the user's process only
+    in its main thread, which is where the user's own code runs, so nothing of
+    the user's draws from them meanwhile (an operation called directly, as in
+    tests). Never
     from the loader's threads there: the user's training loop draws from the
     same generators at the same time (dropout on the CPU draws from torch's),
     so each would shift the other's draws, and restoring the states at the
