@@ -48,12 +48,12 @@ from .types import (
     FieldDescType,
     HeaderType,
     data_offset,
+    field_names,
     get_handlers,
     get_metadata_type,
     metadata_offset,
     validate_page_size,
 )
-from .utils import decode_null_terminated_string
 
 
 @dataclass(frozen=True)
@@ -230,9 +230,7 @@ class Reader:
             )
         self.field_descriptors = self._read_array(FieldDescType, self.num_fields,
                                                   HeaderType.itemsize)
-        self.field_names = [
-            decode_null_terminated_string(d["name"]) for d in self.field_descriptors
-        ]
+        self.field_names = field_names(self.field_descriptors)
         if len(set(self.field_names)) != len(self.field_names):
             twice = sorted({n for n in self.field_names if self.field_names.count(n) > 1})
             raise self._error(f"two field descriptors have the name {twice[0]!r} (names longer "

@@ -85,6 +85,11 @@ def get_metadata_type(handlers: Sequence[Field]) -> np.dtype:
     return np.dtype([("", h.metadata_type) for h in handlers], align=True)
 
 
+def field_names(field_descriptors: np.ndarray) -> list[str]:
+    """The fields' names, as the descriptors hold them (null-terminated ASCII)."""
+    return [decode_null_terminated_string(d["name"]) for d in field_descriptors]
+
+
 def get_handlers(
     field_descriptors: np.ndarray,
     names: Sequence[str] | None = None,
@@ -100,7 +105,7 @@ def get_handlers(
     """
     custom_handlers = dict(custom_handlers or {})
     if names is None:
-        names = [decode_null_terminated_string(d["name"]) for d in field_descriptors]
+        names = field_names(field_descriptors)
     handlers = []
     for desc, name in zip(field_descriptors, names, strict=True):
         type_id = int(desc["type_id"])

@@ -75,11 +75,10 @@ def globals_are_ours() -> bool:
     them while a loader it opened runs on threads. In the user's process only
     in its main thread, which is where the user's own code runs, so nothing of
     the user's draws from them meanwhile (an operation called directly, as in
-    tests). Never
-    from the loader's threads there: the user's training loop draws from the
-    same generators at the same time (dropout on the CPU draws from torch's),
-    so each would shift the other's draws, and restoring the states at the
-    end of a batch would replay the loop's.
+    tests). Never from the loader's threads there: the user's training loop
+    draws from the same generators at the same time (dropout on the CPU draws
+    from torch's), so each would shift the other's draws, and restoring the
+    states at the end of a batch would replay the loop's.
     """
     return seeds_globals() or threading.current_thread() is threading.main_thread()
 

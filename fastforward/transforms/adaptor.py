@@ -65,12 +65,10 @@ def guess_input(transform: Any) -> str:
         except Exception:  # not torch's children(): nothing to learn from it
             parts = None
     if isinstance(parts, (list, tuple)):
-        guesses = {_library(part) for part in parts if callable(part)}
-        guesses.discard(None)
+        guesses = {kind for part in parts
+                   if callable(part) and (kind := _library(part)) is not None}
         if len(guesses) == 1:
-            (only,) = guesses
-            if only is not None:
-                return only
+            return guesses.pop()
     return "numpy"
 
 
