@@ -494,3 +494,31 @@ def test_a_follower_whose_leader_is_not_split_still_runs_its_range_steps(
     assert len(plain) == len(plus) == 4
     for a, b in zip(plain, plus, strict=True):
         np.testing.assert_array_equal(b, a + 1)
+
+
+class WholeBatch(RandomResizedCropRGBImageDecoder):
+    """Decodes whole batches (``parallel = False``, as the nvJPEG decoders do): its
+    pipeline never runs in ranges, nor do the pipelines that follow it."""
+
+    parallel = False
+
+
+@pytest.mark.parametrize(("workers", "kind"), WORKERS)
+def test_a_follower_of_a_decoder_of_whole_batches(scene_file: Path, workers: int,
+                                                  kind: str) -> None:
+    """The mask follows an image decoded in the batch stage, so it is decoded there
+    too: with process workers, the loader's own process fetches its payloads (it
+    fetched only the image's: KeyError in the mask's decoder)."""
+    def run(decoder: Decoder) -> list[tuple[np.ndarray, ...]]:
+        with Loader(scene_file, 8, num_workers=workers, worker_type=kind, seed=3,
+                    order=OrderOption.RANDOM, pipelines={
+                        "image": [decoder], "mask": [MaskDecoder(follows="image")],
+                        "instances": None, "objects": None, "index": [IntDecoder()]}) as loader:
+            return [tuple(o.copy() for o in batch) for batch in loader]
+
+    whole = run(WholeBatch((40, 56), scale=(0.2, 1)))
+    ranged = run(RandomResizedCropRGBImageDecoder((40, 56), scale=(0.2, 1)))
+    assert len(whole) == len(ranged) == 4
+    for a, b in zip(whole, ranged, strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)

@@ -38,10 +38,11 @@ class BatchJob:
         return f"{fname}: batch {self.index} (samples {listed(self.indices)})"
 
 
-def ranged_pipelines(plan: Plan, job: BatchJob, always: bool) -> tuple[int, ...]:
+def ranged_pipelines(plan: Plan, job: BatchJob | None, always: bool) -> tuple[int, ...]:
     """The pipelines whose stage 1 runs in ranges for *job*: every ranged one with
-    *always* (process workers), else those with range steps or whose decoder
-    finds the batch worth splitting (``Decoder.split_batch``)."""
+    *always* (process workers; the same for every batch, *job* unused), else those
+    with range steps or whose decoder finds the batch worth splitting
+    (``Decoder.split_batch``). Never a follower whose leader is not among them."""
     chosen: list[int] = []
     names: set[str] = set()
     for position, pipeline in enumerate(plan.pipelines):
@@ -49,6 +50,7 @@ def ranged_pipelines(plan: Plan, job: BatchJob, always: bool) -> tuple[int, ...]
             continue  # a follower's stage 1 needs its leader's geometry, written in stage 1
         if not (always or pipeline.split):
             assert pipeline.decoder is not None
+            assert job is not None
             context = BatchContext(job.indices, job.epoch, job.seed, pipeline.decoder_stream,
                                    job.index)
             if not pipeline.decoder.split_batch(context):

@@ -107,7 +107,7 @@ import numpy as np
 from ..errors import FastForwardError, WorkerError, exception_text, portable
 from ..pipeline.plan import Plan, bind_plan
 from ..utils import forkserver_preload, worker_started
-from .runner import BatchJob, run_stage1
+from .runner import BatchJob, ranged_pipelines, run_stage1
 
 if TYPE_CHECKING:
     from ..reader import Reader
@@ -839,9 +839,12 @@ class ProcessEpoch:
         self.plan = plan
         self.plan_id = plan_id
         self.dropped = dropped  # segments the loader let go: workers unmap them
-        # the loader's process fetches only what its own decoders read
-        self.fields = frozenset(p.field_index for p in plan.pipelines
-                                if p.decoder is not None and not p.ranged)
+        # the loader's process fetches only what its own decoders read: those not run
+        # in ranges (one that decodes whole batches, as the nvJPEG decoders do, and
+        # any decoder that follows it: its geometry exists only after stage 1)
+        ranged = ranged_pipelines(plan, None, always=True)
+        self.fields = frozenset(p.field_index for position, p in enumerate(plan.pipelines)
+                                if p.decoder is not None and position not in ranged)
 
     def run(self, job: BatchJob, slot: Any, data: Any, copies: Any) -> None:
         """Stage 1 of *job*: one range per worker, queued for the dispatcher; wait
