@@ -3,7 +3,7 @@
 An FFCV operation is a code generator: ``generate_code()`` returns a function
 that numba compiles, looping over the batch with ``Compiler.get_iterator()``.
 fastforward runs such operations unchanged when numba is installed (``pip
-install 'fastforward[numba]'``). This script loads real photographs (shipped
+install numba``). This script loads real photographs (shipped
 with scikit-image) through two such operations, one random (a mirror, per
 image) and one keyed by the sample index (``with_indices``), then through
 their ports to ``Operation.apply``, which need no compiler, and checks that

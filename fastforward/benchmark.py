@@ -22,7 +22,7 @@ from .fields import RGBImageField
 from .fields.rgb_image import IMAGE_MODES, require_simplejpeg
 from .pipeline import AllocationQuery, Operation, State
 from .reader import Reader
-from .utils import default_workers
+from .utils import TORCHVISION_HINT, default_workers, install_hint
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,8 @@ def loader_pipelines(reader: Reader, field: str, name: str) -> dict[str, Any]:
         try:
             import torch
         except ImportError as exc:
-            raise ImportError(f"the {name} pipeline ends in torch tensors: pip install "
-                              "'fastforward[torch]', or use train_numpy") from exc
+            raise ImportError(f"the {name} pipeline ends in torch tensors: "
+                              f"{install_hint('torch')}; or use train_numpy") from exc
 
         policy = [] if name == "train" else [getattr(transforms, POLICIES[name])()]
         ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip(), *policy,
@@ -160,7 +160,7 @@ def loader_pipelines(reader: Reader, field: str, name: str) -> dict[str, Any]:
             from torchvision.transforms import v2
         except ImportError as exc:
             raise ImportError("the tv_trivialaugment pipeline runs torchvision's "
-                              "TrivialAugmentWide: pip install torchvision") from exc
+                              f"TrivialAugmentWide: {TORCHVISION_HINT}") from exc
         from .transforms import Augment
 
         ops = [RandomResizedCropRGBImageDecoder((192, 192)), RandomHorizontalFlip(),

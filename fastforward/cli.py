@@ -30,6 +30,7 @@ from .fields import Field, IntField, NDArrayField, RGBImageField
 from .fields.rgb_image import IMAGE_MODES, WRITE_MODES
 from .reader import Problem, Reader
 from .types import validate_page_size
+from .utils import install_hint
 from .writer import DatasetWriter, write_file_atomically
 
 PROG = "fastforward"
@@ -787,7 +788,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
         except ImportError as exc:
-            raise ImportError("--plot needs matplotlib: pip install 'fastforward[plot]'") from exc
+            raise ImportError(f"--plot needs matplotlib: {install_hint('plot')}") from exc
     with Reader(args.file) as reader:
         blobs = stored_jpegs(reader, image_field(reader), limit=2000)
     print(f"{args.file}: pipeline {args.pipeline}, batch {args.batch_size}, "

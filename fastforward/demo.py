@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .fields.rgb_image import require_simplejpeg, resize_area, to_rgb_array
+from .utils import install_hint
 
 # (loader name in skimage.data, or a file in its data folder)
 PHOTOS = (
@@ -37,7 +38,7 @@ def load_photos() -> list[np.ndarray]:
     except ImportError as exc:
         raise ImportError(
             "the demo corpus is made from scikit-image's sample photos: "
-            "pip install 'fastforward[demo]'"
+            f"{install_hint('demo')}"
         ) from exc
     photos = []
     folder = Path(skimage.data.__file__).parent

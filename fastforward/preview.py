@@ -19,6 +19,7 @@ import numpy as np
 from .fields import IntField, MaskField, RaggedField, RGBImageField
 from .pipeline.operation import Operation
 from .reader import Reader
+from .utils import install_hint
 
 DECODERS = ("center_crop", "random_resized_crop", "shorter_side", "simple")
 
@@ -113,7 +114,7 @@ def render(path: str | os.PathLike[str], out: str | os.PathLike[str], samples: i
         import matplotlib.pyplot as plt
         from matplotlib.patches import Rectangle
     except ImportError as exc:
-        raise ImportError("preview needs matplotlib: pip install 'fastforward[plot]'") from exc
+        raise ImportError(f"preview needs matplotlib: {install_hint('plot')}") from exc
     from .loader import Loader, OrderOption
 
     with Reader(path) as reader:

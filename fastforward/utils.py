@@ -130,3 +130,30 @@ __getattr__ = not_provided(__name__, {
     "cast_int_to_byte_ptr": "a numba intrinsic FFCV's compiled decoders used to pass pointers "
                             "to its C library; fastforward has none: slice the arrays "
                             "(memory_read returns the payload's bytes as an array)"})
+
+
+EXTRAS = {"torch": "torch", "numba": "numba", "demo": "scikit-image", "pillow": "pillow",
+          "webdataset": "webdataset", "plot": "matplotlib"}
+"""fastforward's optional extras and the package each brings (pyproject.toml's
+``[project.optional-dependencies]``, which a test holds this to)."""
+
+CPU_TORCH = "--index-url https://download.pytorch.org/whl/cpu"
+"""pip's option for PyTorch's CPU-only builds (a bare ``torch`` is a CUDA build of
+several GB on Linux)."""
+
+
+def install_hint(extra: str) -> str:
+    """How to install what *extra* brings, by the package's own name: the extra is
+    fastforward's in its source folder (``pip install '.[plot]'``), and
+    ``fastforward[...]`` from PyPI would be another project of that name."""
+    package = EXTRAS[extra]
+    hint = f"pip install {package}"
+    if extra == "torch":
+        hint += f" (a CPU-only build: pip install torch {CPU_TORCH})"
+    return f"{hint}, or pip install '.[{extra}]' in fastforward's source folder"
+
+
+TORCHVISION_HINT = ("pip install torch torchvision at versions that go together (PyTorch's "
+                    f"table; CPU-only builds: {CPU_TORCH}), as a bare "
+                    "`pip install torchvision` may replace your torch with a CUDA build")
+"""How to install torchvision without replacing the torch already installed."""

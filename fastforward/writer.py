@@ -78,7 +78,13 @@ from .types import (
     type_id_of,
     validate_page_size,
 )
-from .utils import default_workers, forkserver_preload, refuse_in_a_worker, worker_started
+from .utils import (
+    default_workers,
+    forkserver_preload,
+    install_hint,
+    refuse_in_a_worker,
+    worker_started,
+)
 
 try:
     import fcntl
@@ -1095,7 +1101,7 @@ class DatasetWriter:
             import webdataset  # noqa: F401
         except ImportError as exc:
             raise ImportError(
-                "from_webdataset needs webdataset: pip install 'fastforward[webdataset]'"
+                f"from_webdataset needs webdataset: {install_hint('webdataset')}"
             ) from exc
         source = _WebDatasetSource(pipeline, self.fname)
         counts = [sum(1 for _ in source.iterate(shard)) for shard in shards]

@@ -317,7 +317,7 @@ def test_interrupt(beton: Path, monkeypatch: pytest.MonkeyPatch,
 def test_missing_optional_dependency(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     def no_skimage(*args: object, **kwargs: object) -> None:
-        raise ImportError("the demo needs scikit-image: pip install 'fastforward[demo]'")
+        raise ImportError("the demo needs scikit-image: pip install scikit-image")
 
     monkeypatch.setattr("fastforward.demo.make_corpus", no_skimage)
     status = main(["demo", "--dir", str(tmp_path), *FAST])

@@ -87,3 +87,23 @@ def test_a_plain_tox_skips_missing_interpreters_and_ci_does_not() -> None:
     commands = [line.split("#")[0].strip() for line in ci.read_text().splitlines()]
     toxes = [c for c in commands if c.split()[:1] == ["tox"]]
     assert toxes == ["tox --skip-missing-interpreters false"]
+
+
+def test_install_hints_name_each_extras_packages() -> None:
+    """Errors name the packages an extra brings, never ``fastforward[extra]``: on PyPI
+    that name is another project's. ``utils.EXTRAS`` is pyproject.toml's extras."""
+    import tomllib
+
+    from fastforward.utils import EXTRAS, install_hint
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    declared.pop("test")
+    assert set(EXTRAS) == set(declared)
+    for extra, requirements in declared.items():
+        (requirement,) = requirements
+        assert requirement.startswith(EXTRAS[extra])
+        hint = install_hint(extra)
+        assert hint.startswith(f"pip install {EXTRAS[extra]}")
+        assert f"'.[{extra}]'" in hint
+        assert "fastforward[" not in hint

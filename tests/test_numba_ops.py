@@ -389,8 +389,9 @@ def test_disabled_compiler_runs_python(photo_file: Path) -> None:
 def test_without_numba_loader_says_what_to_install(photo_file: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "numba", None)  # as if numba were not installed
-    with pytest.raises(ImportError, match=r"MirrorRows .*pip install 'fastforward\[numba\]'"
-                                          r".*apply\(self, batch, destination, context\)"):
+    with pytest.raises(ImportError, match=r"MirrorRows .*pip install numba, or pip install "
+                                          r"'\.\[numba\]'.*apply\(self, batch, destination, "
+                                          r"context\)"):
         image_loader(photo_file, MirrorRows())
 
 

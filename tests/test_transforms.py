@@ -102,8 +102,8 @@ def test_to_tensor_without_torch_says_how_to_install(monkeypatch: pytest.MonkeyP
     """The usual torch tail in an installation without torch: an ImportError naming the
     operation and the install command, not a bare ``No module named 'torch'``."""
     monkeypatch.setitem(sys.modules, "torch", None)  # any import of torch fails
-    with pytest.raises(ImportError, match=r"ToTensor needs torch.*pip install "
-                                          r"'fastforward\[torch\]'"):
+    with pytest.raises(ImportError, match=r"ToTensor needs torch.*pip install torch \(a CPU-only "
+                                          r"build: .*whl/cpu\), or pip install '\.\[torch\]'"):
         T.ToTensor().declare_state_and_memory(State(shape=(8, 8, 3), dtype=np.dtype("u1")))
 
 # ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.decoder import Decoder
 from ..pipeline.operation import BatchContext
 from ..pipeline.state import State
+from ..utils import install_hint
 from .base import ARG_TYPE, Field, Malloc, PayloadReader
 
 MAX_DIMS = 32
@@ -137,7 +138,7 @@ def torch_to_numpy_dtype(dtype: Any) -> np.dtype:
         import torch
     except ImportError as exc:
         raise ImportError(
-            "TorchTensorField needs torch: pip install 'fastforward[torch]'"
+            f"TorchTensorField needs torch: {install_hint('torch')}"
         ) from exc
     try:
         return np.dtype(torch.empty((), dtype=dtype).numpy().dtype)

@@ -27,6 +27,7 @@ import numpy as np
 from .._ext.planes import ZstdDecoder
 from .._ext.resize import Workspace
 from ..errors import DecodeError, EncodeError
+from ..utils import install_hint
 
 PLANES_HEADER = np.dtype([("height", "<u4"), ("width", "<u4")])
 COMPRESSIONS = ("zstd", None)
@@ -77,8 +78,8 @@ def as_array(value: Any, what: str, expected: str) -> np.ndarray:
         try:
             from PIL import Image
         except ImportError as exc:
-            raise EncodeError(f"reading {what} files needs Pillow: pip install "
-                              "'fastforward[pillow]'") from exc
+            raise EncodeError(f"reading {what} files needs Pillow: "
+                              f"{install_hint('pillow')}") from exc
         try:
             with Image.open(io.BytesIO(bytes(value))) as image:
                 value = np.asarray(image)

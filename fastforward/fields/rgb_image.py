@@ -32,6 +32,7 @@ from ..transforms.crop import (
     random_crops,
 )
 from ..transforms.crop import get_center_crop as _center_crop
+from ..utils import install_hint
 from .base import Field, Malloc, PayloadReader, empty_arguments, sample_rng
 
 try:
@@ -141,7 +142,7 @@ def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> n
         from PIL import Image, UnidentifiedImageError
     except ImportError as exc:
         raise EncodeError(
-            "reading non-JPEG image files needs Pillow: pip install 'fastforward[pillow]'"
+            f"reading non-JPEG image files needs Pillow: {install_hint('pillow')}"
         ) from exc
     import io
 

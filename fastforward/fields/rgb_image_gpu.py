@@ -23,6 +23,7 @@ from ..pipeline import geometry
 from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
+from ..utils import TORCHVISION_HINT
 from .rgb_image import IMAGE_MODES, CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
 
 
@@ -46,7 +47,7 @@ class _NvJpegMixin:
             import torchvision.io  # noqa: F401
         except ImportError as exc:
             raise ImportError(f"{type(self).__name__} needs torchvision (nvJPEG): "
-                              "pip install torchvision") from exc
+                              f"{TORCHVISION_HINT}") from exc
         if not torch.cuda.is_available():
             raise RuntimeError(f"{type(self).__name__}: CUDA is not available")
         height, width = (int(v) for v in self.output_size)  # type: ignore[attr-defined]

@@ -33,7 +33,7 @@ from ..ring import PINNED, SHARED, Slot, SlotPool
 from ..scheduler import ChannelStats, Engine, EpochPlan
 from ..traversal_order import QuasiRandom, Random, Sequential, TraversalOrder
 from ..traversal_order.sharding import Shard, resume
-from ..utils import default_workers, refuse_in_a_worker
+from ..utils import default_workers, install_hint, refuse_in_a_worker
 from .runner import BatchJob, ranged_pipelines, run_stage2
 from .workers import PROCESS, ProcessWorkers, ThreadWorkers
 
@@ -687,7 +687,7 @@ def _distributed_context() -> tuple[int, int]:
     try:
         import torch.distributed as dist
     except ImportError as exc:
-        raise ImportError("distributed=True needs torch: pip install 'fastforward[torch]'") \
+        raise ImportError(f"distributed=True needs torch: {install_hint('torch')}") \
             from exc
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("distributed=True needs an initialised torch.distributed process "
@@ -714,8 +714,8 @@ def _to_tensor() -> Operation:
         import torch  # noqa: F401 - only to say what is missing
     except ImportError as exc:
         raise ImportError("a field without a pipeline gets its default decoder and ToTensor(), "
-                          "which needs torch: pip install 'fastforward[torch]', or give the "
-                          "field a pipeline (a list of NumPy operations) or None") from exc
+                          f"which needs torch: {install_hint('torch')}; or give the field a "
+                          "pipeline (a list of NumPy operations) or None") from exc
     return ToTensor()
 
 

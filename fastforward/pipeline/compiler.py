@@ -5,8 +5,8 @@ function that numba compiles (``nopython``, ``nogil``, ``fastmath``,
 ``error_model='numpy'``, ``parallel`` when the function sets ``is_parallel``
 and loops with ``Compiler.get_iterator()``). fastforward's operations are
 plain Python (``Operation.apply``), but FFCV users' own operations run
-unchanged, with the optional ``numba`` extra (``pip install
-'fastforward[numba]'``):
+unchanged, with numba installed (``pip install numba``, or the ``numba`` extra:
+``pip install '.[numba]'`` in the source folder):
 
 - the loader wraps every operation that defines ``generate_code`` (and no
   ``apply``) in ``NumbaOperation``, which implements ``apply`` by calling the
@@ -50,7 +50,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import annotate, listed
-from ..utils import default_workers
+from ..utils import default_workers, install_hint
 from . import random
 from .decoder import Decoder
 from .operation import BatchContext
@@ -58,7 +58,7 @@ from .state import State
 
 NUMBA_MISSING = (
     "{name} is an FFCV operation compiled with numba (it defines generate_code()), and numba "
-    "is not installed: pip install 'fastforward[numba]'. Or port it to plain Python, which "
+    f"is not installed: {install_hint('numba')}. Or port it to plain Python, which "
     "needs no compiler: move the body of the function generate_code() returns into "
     "apply(self, batch, destination, context), loop with range (or use NumPy) instead of "
     "Compiler.get_iterator(), and draw random numbers from context.uniform / "

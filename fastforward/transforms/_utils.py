@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..pipeline.state import State
+from ..utils import install_hint
 
 
 def name(op: Any) -> str:
@@ -47,9 +48,9 @@ def import_torch(op: Any) -> Any:
     try:
         import torch
     except ImportError as exc:
-        raise ImportError(f"{name(op)} needs torch, which is not installed: pip install "
-                          "'fastforward[torch]' (torch==2.13.0 first, for the CPU build), or "
-                          "end the pipeline before ToTensor() to get NumPy batches") from exc
+        raise ImportError(f"{name(op)} needs torch, which is not installed: "
+                          f"{install_hint('torch')}; or end the pipeline before ToTensor() to "
+                          "get NumPy batches") from exc
     return torch
 
 
