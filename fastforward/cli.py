@@ -516,8 +516,9 @@ def verify_summary(path: str, num_samples: int, problems: Sequence[Problem],
     if not problems:
         return f"{path}: OK, {checked}, no problems found"
     samples = {p.sample for p in problems if p.sample is not None}
-    return (f"{path}: FAILED, {checked}: {len(problems)} problem(s) "
-            f"in {len(samples)} sample(s)")
+    samples.update(s for p in problems for s in p.samples)  # those of damaged pages
+    where = f"in {len(samples)} sample(s)" if samples else "in no sample's data"
+    return f"{path}: FAILED, {checked}: {len(problems)} problem(s) {where}"
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -63,6 +63,7 @@ class Problem:
     sample: int | None
     field: str | None
     message: str
+    samples: tuple[int, ...] = ()  # those a damaged page holds (its ``sample`` is None)
 
     def __str__(self) -> str:
         where = []
@@ -592,9 +593,14 @@ class Reader:
         if bad.size:
             raise self._error(self._page_message(int(bad[0])))
 
+    def _page_owners(self, page: int) -> np.ndarray:
+        """The samples with a payload in *page*, in order."""
+        start, end = self.page_range(page)
+        return np.unique(self._owners[(self._ptrs >= start) & (self._ptrs < end)])
+
     def _page_message(self, page: int) -> str:
         start, end = self.page_range(page)
-        owners = np.unique(self._owners[(self._ptrs >= start) & (self._ptrs < end)])
+        owners = self._page_owners(page)
         listed = ", ".join(str(s) for s in owners[:8].tolist())
         if owners.size > 8:
             listed += f", … ({owners.size} samples)"
@@ -677,7 +683,8 @@ class Reader:
         for page in range(sums.num_pages):
             start, end = self.page_range(page)
             if digest(pages[start:end]) != int(sums.page_sums[page]):
-                problems.append(Problem(None, None, self._page_message(page)))
+                problems.append(Problem(None, None, self._page_message(page),
+                                        tuple(self._page_owners(page).tolist())))
         return problems
 
     # -- the file on disk -------------------------------------------------------

@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import annotate
+
 try:
     import uvloop
 
@@ -577,7 +579,12 @@ class _Failure:
             wrapped = RuntimeError(f"an operation raised StopIteration: {exc}".rstrip(": "))
             wrapped.__cause__ = exc
             for note in getattr(exc, "__notes__", ()):
-                wrapped.add_note(note)
+                # where it was raised (file, batch, sample, field, operation) is a note of
+                # a bare StopIteration (``errors.annotate``): the message says it here
+                if "\n" in note:
+                    wrapped.add_note(note)
+                else:
+                    annotate(wrapped, note)
             return wrapped
         return exc
 

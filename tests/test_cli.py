@@ -209,6 +209,34 @@ def test_verify_reports_the_damaged_page(beton: Path, tmp_path: Path,
     assert lines[0].startswith(f"page {page} (bytes ")
     assert "does not match its checksum" in lines[0]
     assert lines[1].startswith(f"sample {sample}, field 'image': bad JPEG header")
+    # the page's samples count too (it said "2 problem(s) in 1 sample(s)" only by luck,
+    # and "in 0 sample(s)" for a page whose damage no other check saw)
+    with Reader(beton) as reader:
+        owners = {int(s) for s in np.flatnonzero(reader.sample_pages == page)}
+    assert lines[-1].endswith(f": 2 problem(s) in {len(owners)} sample(s)")
+
+
+def test_verify_counts_the_samples_of_a_damaged_page(beton: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
+    """Damage inside a JPEG's entropy data, which no header check sees: the page's
+    checksum is the one problem, and its samples are counted."""
+    bad = tmp_path / "bad.beton"
+    shutil.copyfile(beton, bad)
+    with Reader(bad) as reader:
+        ptr = int(reader.metadata[5]["f0"]["data_ptr"])
+        size = int(reader.payload_nbytes[0][5])
+        page = int(reader.sample_pages[5])
+        owners = np.flatnonzero(reader.sample_pages == page)
+    with open(bad, "r+b") as f:
+        f.seek(ptr + size // 2)
+        byte = f.read(1)
+        f.seek(ptr + size // 2)
+        f.write(bytes([byte[0] ^ 0x01]))
+    assert main(["verify", str(bad), "--no-progress"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"page {page} (bytes ")
+    assert lines[-1].endswith(f": 1 problem(s) in {owners.size} sample(s)")
 
 
 def test_verify_decode_reports_a_broken_jpeg_body(plain: Path, tmp_path: Path,

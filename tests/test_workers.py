@@ -1572,3 +1572,27 @@ def test_a_range_that_cannot_be_sent_fails_alone(labels_file: Path) -> None:
     finally:
         os.close(pool._wake_r)
         os.close(pool._wake_w)
+
+
+class BareStop(Operation):
+    """Raises a bare ``StopIteration`` (no message) in its third batch."""
+
+    def declare_state_and_memory(self, previous_state):  # type: ignore[no-untyped-def]
+        return previous_state, None
+
+    def apply(self, batch, destination, context):  # type: ignore[no-untyped-def]
+        if context.batch_index == 2:
+            raise StopIteration
+        return batch
+
+
+def test_a_bare_stop_iteration_says_where_in_its_message(labels_file: Path) -> None:
+    """Its location was a note only: ``str()`` of the error said nothing but
+    'an operation raised StopIteration'."""
+    with Loader(labels_file, 10, pipelines={"label": [IntDecoder(), BareStop()]}) as loader, \
+            pytest.raises(RuntimeError) as info:
+        list(loader)
+    message = str(info.value)
+    assert message.startswith(f"{labels_file}: batch 2 (samples ")
+    assert message.endswith("pipeline 'label', BareStop: an operation raised StopIteration")
+    assert isinstance(info.value.__cause__, StopIteration)
