@@ -3,6 +3,7 @@ catch either (``except ValueError`` keeps working for FFCV code)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 
@@ -90,20 +91,64 @@ def exception_text(exc: BaseException) -> str:
 
 
 def portable(exc: BaseException, where: str) -> BaseException:
-    """*exc*, ready to cross a process boundary: itself if it survives pickling,
-    else a ``FastForwardError`` with its type and text, after the locations
-    ``annotate`` added as notes; its traceback (formatted here, in the process
-    it was raised in) is added as a note naming *where*."""
-    import pickle
+    """*exc*, ready to cross a process boundary, its traceback (formatted here, in
+    the process it was raised in) added as a note naming *where*.
+
+    Itself if pickling gives it back whole: its type, its text (with the location
+    ``annotate`` put in it) and its notes. Pickling rebuilds an exception by
+    calling its class with its ``args`` (or as its own ``__reduce__`` says), so
+    a class whose ``__init__`` composes the message (``CustomError(code)``) would
+    come back garbled, and one whose ``__reduce__`` passes its own fields
+    (``json.JSONDecodeError``) without its location and notes; such an exception
+    is pickled as it is instead (``args`` and attributes, ``__init__`` not run).
+    Else a ``FastForwardError`` with its type and text, after the locations
+    ``annotate`` added as notes.
+    """
     import traceback
 
     text = "".join(traceback.format_exception(exc))
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        located = [note for note in getattr(exc, "__notes__", ()) if "\n" not in note]
-        exc = FastForwardError("; ".join([*located, exception_text(exc)]))
+    notes = [note for note in getattr(exc, "__notes__", ()) if "\n" not in note]
     exc.add_note(f"in {where}:\n{text}")
+    if _survives_pickling(exc):
+        return exc
+    try:
+        exc.__reduce_ex__ = functools.partial(_reduce_as_is, exc)  # type: ignore[method-assign]
+        if _survives_pickling(exc):
+            return exc
+        del exc.__reduce_ex__
+    except Exception:  # attributes it refuses, or state that does not pickle
+        pass
+    fallback = FastForwardError("; ".join([*notes, exception_text(exc)]))
+    fallback.add_note(f"in {where}:\n{text}")
+    return fallback
+
+
+def _survives_pickling(exc: BaseException) -> bool:
+    """Whether *exc* comes back from pickling as itself: type, text and notes."""
+    import pickle
+
+    try:
+        back = pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return False
+    return (type(back) is type(exc) and exception_text(back) == exception_text(exc)
+            and getattr(back, "__notes__", None) == getattr(exc, "__notes__", None))
+
+
+def _reduce_as_is(exc: BaseException, protocol: int) -> tuple[Any, ...]:
+    """Pickle *exc* as it is: its class, ``args`` and attributes (``__notes__``
+    among them), rebuilt by ``_rebuilt`` without running its ``__init__``."""
+    state = {k: v for k, v in vars(exc).items() if k != "__reduce_ex__"}
+    return _rebuilt, (type(exc), exc.args, state)
+
+
+def _rebuilt(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]
+             ) -> BaseException:
+    """An exception of *cls* with *args* and the attributes *state*, its ``__init__``
+    not run (``_reduce_as_is``)."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    vars(exc).update(state)
     return exc
 
 

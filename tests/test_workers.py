@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import copy
 import gc
+import json
 import os
 import pickle
 import random
@@ -772,17 +773,13 @@ class StuckAt(Operation):
 
 
 class RebuiltOnlyElsewhere(Exception):
-    """Pickles and unpickles in a worker, but cannot be rebuilt in the process whose
+    """Pickles and unpickles in a worker, but cannot be made in the process whose
     pid is in $FASTFORWARD_TEST_PARENT (the loader's)."""
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (_rebuild_elsewhere, (self.args[0],))
-
-
-def _rebuild_elsewhere(message: str) -> RebuiltOnlyElsewhere:
-    if os.environ.get("FASTFORWARD_TEST_PARENT") == str(os.getpid()):
-        raise RuntimeError("cannot be rebuilt in this process")
-    return RebuiltOnlyElsewhere(message)
+    def __new__(cls, *args):  # type: ignore[no-untyped-def]
+        if os.environ.get("FASTFORWARD_TEST_PARENT") == str(os.getpid()):
+            raise RuntimeError("cannot be rebuilt in this process")
+        return super().__new__(cls, *args)
 
 
 def wait_for(path: Path, timeout: float = 60) -> None:
@@ -985,9 +982,9 @@ def test_dropped_slots_are_unmapped_by_every_worker(photos_file: Path) -> None:
 
 def test_an_error_that_cannot_be_rebuilt_in_the_loader_process_still_reaches_next(
         photos_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    error = RebuiltOnlyElsewhere("only elsewhere")  # made here before the refusal starts
     monkeypatch.setenv("FASTFORWARD_TEST_PARENT", str(os.getpid()))
     order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
-    error = RebuiltOnlyElsewhere("only elsewhere")
     with train_loader(photos_file, 2, "process",
                       extra=[RaiseAt(int(order[20]), error)]) as loader:
         with pytest.raises(Exception, match="only elsewhere") as info:
@@ -1596,3 +1593,68 @@ def test_a_bare_stop_iteration_says_where_in_its_message(labels_file: Path) -> N
     assert message.startswith(f"{labels_file}: batch 2 (samples ")
     assert message.endswith("pipeline 'label', BareStop: an operation raised StopIteration")
     assert isinstance(info.value.__cause__, StopIteration)
+
+
+class Composed(Exception):
+    """Its ``__init__`` composes the message: pickling would call it again with the
+    (located) message as the code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"failure code {code}")
+        self.code = code
+
+
+class KeywordOnly(Exception):
+    def __init__(self, *, what: str) -> None:
+        super().__init__(f"bad {what}")
+        self.what = what
+
+
+def _json_error() -> BaseException:
+    try:
+        json.loads("{bad")
+    except json.JSONDecodeError as exc:
+        return exc
+    raise AssertionError
+
+
+MADE = {"composed": lambda: Composed(7), "keyword-only": lambda: KeywordOnly(what="thing"),
+        "json": _json_error}
+
+
+class RaiseMade(Operation):
+    """Makes and raises ``MADE[kind]()`` when it meets sample *index* (the exception
+    is made in the worker, never pickled with the plan)."""
+
+    per_sample = True
+
+    def __init__(self, index: int, kind: str) -> None:
+        super().__init__()
+        self.index, self.kind = index, kind
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        if int(context.indices[position]) == self.index:
+            raise MADE[self.kind]()
+        return sample
+
+
+@pytest.mark.parametrize("kind", list(MADE))
+def test_an_exception_that_pickling_would_change_arrives_as_on_threads(
+        photos_file: Path, kind: str) -> None:
+    """Before, a process worker's ``Composed`` said 'failure code <file>: batch …:
+    failure code 7', and a ``JSONDecodeError`` lost its location and notes (its own
+    ``__reduce__``); ``KeywordOnly`` became a ``FastForwardError``."""
+    order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
+    raised = {}
+    for worker_type in ("thread", "process"):
+        with train_loader(photos_file, 2, worker_type,
+                          extra=[RaiseMade(int(order[20]), kind)]) as loader, \
+                pytest.raises(Exception, match="sample") as info:
+            list(loader)
+        raised[worker_type] = info.value
+    thread, process = raised["thread"], raised["process"]
+    assert type(process) is type(thread)
+    assert str(process) == str(thread)
+    assert f"sample {int(order[20])}" in str(process)
+    assert vars(process).get("code", 7) == 7
+    assert any(n.startswith("in fastforward worker process") for n in process.__notes__)

@@ -535,11 +535,18 @@ class CustomMessage(Exception):
 
 
 class TwoArguments(Exception):
-    """Pickles, but cannot be rebuilt from its args (the worker sends its text
-    as a FastForwardError)."""
+    """Pickles, but cannot be rebuilt from its args: the worker sends it as it is."""
 
     def __init__(self, code: int, detail: str) -> None:
         super().__init__(f"code {code}: {detail}")
+
+
+class HoldsALock(Exception):
+    """Cannot be pickled at all (the worker sends its text as a FastForwardError)."""
+
+    def __init__(self) -> None:
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()
 
 
 class Raising:
@@ -567,8 +574,10 @@ def make_os_error() -> OSError:
     (make_os_error, FileNotFoundError),
     (ValueError, ValueError),
     (CustomMessage, CustomMessage),
-    (lambda: TwoArguments(3, "bad"), FastForwardError),
-], ids=["one-string", "not-a-string", "os-error", "no-arguments", "own-str", "unpicklable"])
+    (lambda: TwoArguments(3, "bad"), TwoArguments),
+    (HoldsALock, FastForwardError),
+], ids=["one-string", "not-a-string", "os-error", "no-arguments", "own-str", "composed",
+        "unpicklable"])
 @forking_with_threads
 def test_dataset_exceptions_name_the_file_and_sample(tmp_path: Path, make: Any,
                                                      kind: type) -> None:
