@@ -1658,3 +1658,32 @@ def test_an_exception_that_pickling_would_change_arrives_as_on_threads(
     assert f"sample {int(order[20])}" in str(process)
     assert vars(process).get("code", 7) == 7
     assert any(n.startswith("in fastforward worker process") for n in process.__notes__)
+
+
+class UnpicklesOnlyHere(Operation):
+    """Pickles, but does not unpickle in any process but the one whose pid is in
+    $FASTFORWARD_TEST_PARENT (the loader's): the workers cannot rebuild the plan."""
+
+    per_sample = True
+
+    def __setstate__(self, state):  # type: ignore[no-untyped-def]
+        if os.environ.get("FASTFORWARD_TEST_PARENT") != str(os.getpid()):
+            raise RuntimeError("not in this process")
+        self.__dict__.update(state)
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        return sample
+
+
+def test_a_plan_the_workers_cannot_rebuild_fails_each_batch_once_told(
+        photos_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASTFORWARD_TEST_PARENT", str(os.getpid()))
+    with train_loader(photos_file, 2, "process", extra=[UnpicklesOnlyHere()]) as loader:
+        for _ in range(2):  # and again at the next epoch, not a hang
+            with pytest.raises(RuntimeError, match="not in this process") as info:
+                list(loader)
+            notes = info.value.__notes__
+            told = [n for n in notes if n.startswith("in fastforward worker process")]
+            assert len(told) == 1, notes  # it was told twice (the plan's, then the range's)
+            assert "__setstate__" in told[0]  # the traceback of the unpickling
+            assert any("pipelines could not be rebuilt" in n for n in notes)

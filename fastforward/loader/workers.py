@@ -1098,12 +1098,13 @@ def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool],
             try:
                 job = pickle.loads(blob)
                 plan = plans[plan_id]
-                if isinstance(plan, _BrokenPlan):
-                    raise pickle.loads(plan.blob)  # a fresh copy each time: one note each
-                data = manager.fetch(job.indices[lo:hi])
-                run_stage1(plan, job, data, slots[segment_id], lo, hi)
-                del data
-                reply: tuple[Any, ...] = ("done", job_id)
+                if isinstance(plan, _BrokenPlan):  # its error, as it was told the first time
+                    reply: tuple[Any, ...] = ("error", job_id, *plan.packed)
+                else:
+                    data = manager.fetch(job.indices[lo:hi])
+                    run_stage1(plan, job, data, slots[segment_id], lo, hi)
+                    del data
+                    reply = ("done", job_id)
             except BaseException as exc:
                 try:
                     reply = ("error", job_id, *_packed(portable(exc, where)))
@@ -1122,7 +1123,7 @@ def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool],
                 exc.add_note(f"{fname}: the loader's pipelines could not be rebuilt in "
                              f"{where} (an operation that pickles there but does not unpickle "
                              "in a fresh process?)")
-                plan = _BrokenPlan(pickle.dumps(exc))  # type: ignore[assignment]
+                plan = _BrokenPlan(_packed(exc))  # type: ignore[assignment]
             plans[plan_id] = plan
             torch = sys.modules.get("torch")
             if torch is not None:  # the workers are the parallelism: one thread each
@@ -1138,7 +1139,8 @@ def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool],
 
 
 class _BrokenPlan:
-    """A plan that did not unpickle in the worker: its error, pickled, for each range."""
+    """A plan that did not unpickle in the worker: its error (``_packed``), sent back
+    for each range."""
 
-    def __init__(self, blob: bytes) -> None:
-        self.blob = blob
+    def __init__(self, packed: tuple[bytes, str]) -> None:
+        self.packed = packed
