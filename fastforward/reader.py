@@ -532,6 +532,24 @@ class Reader:
         size = self.payload_size(ptr, sample)
         return memoryview(self.buffer)[ptr : ptr + size]
 
+    def _payload_reader(self, field: int, sample: int) -> Callable[[int], memoryview]:
+        """``read_payload`` for field number *field* of *sample*: its own payload as
+        found when the file was opened (FFCV gives an empty payload the next one's
+        offset, so two of a sample's allocations may share one: the field's is the
+        one in its place among the sample's), any other offset through the table."""
+        own = self.payload_offsets.get(field)
+        if own is None:
+            return functools.partial(self.payload, sample=sample)
+        ptr, size = int(own[sample]), int(self.payload_nbytes[field][sample])
+        buffer = memoryview(self.buffer)
+
+        def read_payload(p: int) -> memoryview:
+            if int(p) == ptr:
+                return buffer[ptr : ptr + size]
+            return self.payload(p, sample)
+
+        return read_payload
+
     def read(self, index: int) -> tuple[Any, ...]:
         """Decode sample *index*: a tuple with one Python/NumPy value per field.
 
@@ -548,7 +566,7 @@ class Reader:
         values = []
         for i, (name, handler) in enumerate(self.handlers.items()):
             try:
-                values.append(handler.read(row[f"f{i}"], lambda p: self.payload(p, index)))
+                values.append(handler.read(row[f"f{i}"], self._payload_reader(i, index)))
             except Exception as exc:
                 raise annotate(exc, f"{self.fname}: sample {index}, field {name!r}") from None
         return tuple(values)
@@ -641,7 +659,7 @@ class Reader:
             row = self.metadata[index]
             for i, (name, handler) in enumerate(self.handlers.items()):
                 try:
-                    handler.read(row[f"f{i}"], functools.partial(self.payload, sample=index))
+                    handler.read(row[f"f{i}"], self._payload_reader(i, index))
                 except Exception as exc:
                     problems.append(Problem(index, name, f"cannot decode: {exc}"))
         return problems

@@ -95,8 +95,11 @@ __all__ = ["MAX_PAGE_SIZE", "MIN_PAGE_SIZE", "DatasetWriter", "SkippedSample",
            "TargetLockedError", "WorkerError"]
 
 # Provisional pointers handed out by malloc: PROVISIONAL + k for a sample's
-# k-th allocation. No real file offset comes near this value.
-PROVISIONAL = 0xFFF0_0000_0000_0000
+# k-th allocation. No real file offset comes near this value, and a u8 of a
+# sample's metadata counts as a pointer only when it is one of that sample's own
+# PROVISIONAL + k (k below its count of allocations): any other value, however
+# large (a 64-bit hash, an id), is the field's data, kept as it is.
+PROVISIONAL = 0xFFF5_A1E0_0000_0000
 MAX_ALLOCS_PER_SAMPLE = 1 << 20
 _IN_FLIGHT_PER_WORKER = 2
 
@@ -724,6 +727,24 @@ class _Output:
         except OSError as exc:
             raise self._failed(exc, "writing") from None
 
+    def move(self, source: int, destination: int, length: int) -> None:
+        """Copy *length* bytes of the file from *source* down to *destination*
+        (lower: copied forward, in pieces, each read before it is overwritten)."""
+        if not destination <= source:
+            raise ValueError(f"can only move bytes down the file, not {source} to {destination}")
+        try:
+            self.file.flush()
+            done = 0
+            while done < length:
+                piece = memoryview(os.pread(self.fd, min(1 << 24, length - done), source + done))
+                if not piece:
+                    raise OSError(errno.EIO, f"the file ended at {source + done} bytes")
+                while piece:
+                    n = os.pwrite(self.fd, piece, destination + done)
+                    piece, done = piece[n:], done + n
+        except OSError as exc:
+            raise self._failed(exc, "writing") from None
+
     def publish(self, naming: Callable[[], None] = lambda: None) -> None:
         """Flush, fsync, and give the file the target's name, atomically;
         *naming* is called just before the name is given."""
@@ -862,12 +883,16 @@ class _PageWriter:
     def __init__(self, file: Any, start: int, page_size: int, num_samples: int,
                  row_type: np.dtype, pointer_leaves: Sequence[tuple[str, str | None]]) -> None:
         self.file = file
-        self.start = start  # first data page
+        # where the pages are written: after the metadata of every sample given; with
+        # samples skipped, ``finish`` may move them down, and gives every pointer
+        # (kept until then as an offset from the first page) its place in the file
+        self.start = start
         self.page_size = page_size
         self.page = -1  # index of the page being filled (relative to start)
         self.cursor = page_size  # fill level of that page: full, so the first sample opens one
         self.metadata = np.zeros(num_samples, row_type)
         self.leaves = pointer_leaves
+        self.pointers: dict[tuple[str, str | None], np.ndarray] = {}  # leaf -> rows that point
         self.alloc_rows: list[np.ndarray] = []
         self.next_sample = 0
         # every byte of the pages goes through the hasher as it is written (its sums
@@ -889,14 +914,14 @@ class _PageWriter:
                 continue
             if self.cursor + size > self.page_size:
                 self._open_page()
-            base = self.start + self.page * self.page_size + self.cursor
+            base = self.page * self.page_size + self.cursor  # from the first page
             self.file.write(blob[blob_pos : blob_pos + size])
             self.hasher.update(blob[blob_pos : blob_pos + size])
             lo, hi = alloc_start[j], alloc_start[j + 1]
             alloc_ptrs[lo:hi] = base + chunk.alloc_offsets[lo:hi]
             self.cursor += size
             blob_pos += size
-        self._relocate(chunk, alloc_ptrs, alloc_start)
+        self._relocate(chunk, alloc_ptrs, alloc_start, first)
         self.metadata[first : first + n] = chunk.metadata
         rows = np.empty(len(alloc_ptrs), ALLOC_TABLE_TYPE)
         rows["sample_id"], rows["ptr"] = sample_of_alloc, alloc_ptrs
@@ -904,18 +929,23 @@ class _PageWriter:
         self.alloc_rows.append(rows)
         self.next_sample += n
 
-    def _relocate(self, chunk: _Chunk, alloc_ptrs: np.ndarray, alloc_start: np.ndarray) -> None:
-        """Replace each provisional pointer in the metadata by its file offset."""
-        for column, sub in self.leaves:
+    def _relocate(self, chunk: _Chunk, alloc_ptrs: np.ndarray, alloc_start: np.ndarray,
+                  first: int) -> None:
+        """Replace each provisional pointer in the metadata of the chunk (whose first
+        sample is *first*) by its offset from the first page, and note where it was."""
+        counts = chunk.alloc_counts.astype(np.uint64)
+        for leaf in self.leaves:
+            column, sub = leaf
             values = chunk.metadata[column] if sub is None else chunk.metadata[column][sub]
-            k = values.astype(np.uint64) - np.uint64(PROVISIONAL)
-            mask = values >= np.uint64(PROVISIONAL)
-            if not mask.any():
+            with np.errstate(over="ignore"):  # below PROVISIONAL: wraps to a huge k
+                k = values.astype(np.uint64) - np.uint64(PROVISIONAL)
+            rows = np.flatnonzero(k < counts)  # one of the sample's own allocations
+            if not rows.size:
                 continue
-            rows = np.flatnonzero(mask)
-            if np.any(k[rows] >= chunk.alloc_counts[rows].astype(np.uint64)):
-                raise EncodeError("a field stored a pointer that malloc never returned")
             values[rows] = alloc_ptrs[alloc_start[rows] + k[rows].astype(np.int64)]
+            if leaf not in self.pointers:
+                self.pointers[leaf] = np.zeros(len(self.metadata), bool)
+            self.pointers[leaf][first + rows] = True
 
     def _pad_page(self) -> None:
         """Write the rest of the current page (pages are written whole) and sum it."""
@@ -932,12 +962,23 @@ class _PageWriter:
         self.cursor = 0
         self.file.seek(self.start + self.page * self.page_size)
 
-    def finish(self) -> int:
-        """Pad the last page; return where the allocation table goes (-1: no pages)."""
-        if self.page < 0:
-            return -1
-        self._pad_page()
-        return self.start + (self.page + 1) * self.page_size
+    def finish(self, start: int) -> int:
+        """Pad the last page; move the pages down to *start* (the first page's place
+        for the samples kept, where ``self.start`` was for every sample given: the
+        skipped ones' metadata may have taken a page more), and give the pointers
+        their offsets in the file. Returns where the allocation table goes (-1: no
+        pages)."""
+        if self.page >= 0:
+            self._pad_page()
+            if start != self.start:
+                self.file.move(self.start, start, (self.page + 1) * self.page_size)
+        offset = np.uint64(start)
+        for (column, sub), rows in self.pointers.items():
+            values = self.metadata[column] if sub is None else self.metadata[column][sub]
+            values[rows] += offset
+        for rows in self.alloc_rows:
+            rows["ptr"] += offset
+        return -1 if self.page < 0 else start + (self.page + 1) * self.page_size
 
 
 def _pointer_leaves(row_type: np.dtype) -> list[tuple[str, str | None]]:
@@ -1182,7 +1223,8 @@ class DatasetWriter:
     def _write_tail(self, file: _Output, pages: _PageWriter, num_samples: int,
                     num_fields: int) -> None:
         meta_start = metadata_offset(num_fields)
-        table_ptr = pages.finish()
+        table_ptr = pages.finish(data_offset(num_fields, num_samples, self.row_type,
+                                             self.page_size))
         if table_ptr < 0:  # no payloads at all: the table follows the metadata
             table_ptr = meta_start + num_samples * self.row_type.itemsize
         table = (np.concatenate(pages.alloc_rows) if pages.alloc_rows

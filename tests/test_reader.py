@@ -15,7 +15,10 @@ from conftest import fixture_dir
 
 from fastforward.errors import FormatError
 from fastforward.fields import BytesField, IntField, NDArrayField
+from fastforward.fields.decoders import BytesDecoder
+from fastforward.loader import Loader
 from fastforward.reader import Reader
+from fastforward.types import ALLOC_TABLE_TYPE
 from fastforward.writer import DatasetWriter
 
 
@@ -176,6 +179,37 @@ def test_payload_sizes_with_two_allocations_at_one_offset(good: Path) -> None:
     got = reader.payload_sizes(np.array([200, 200, 200, 300, 200, 50, 400], np.uint64),
                                np.array([2, 3, 4, 1, 9, 0, 0], np.uint64))
     assert got.tolist() == [7, 0, 0, 30, -1, -1, -1]
+
+
+def test_an_empty_payload_at_the_next_ones_offset_reads_as_ffcv_wrote_it(tmp_path: Path) -> None:
+    """FFCV 1.0.2 gives an empty payload the offset of the sample's next one (its
+    malloc does not move for 0 bytes): ``read`` gave the second field the empty
+    one's size (``b''`` for ``b'xyz'``), and ``verify(decode=True)`` called it
+    damaged. Made here as FFCV writes it: fastforward's file, patched."""
+    path = tmp_path / "shared.beton"
+    data = [(np.zeros(0, np.uint8), np.frombuffer(b"xyz", np.uint8)),
+            (np.frombuffer(b"a", np.uint8), np.frombuffer(b"bc", np.uint8))]
+    DatasetWriter(path, {"first": BytesField(), "second": BytesField()}, num_workers=1,
+                  progress=False, checksums=False).from_indexed_dataset(data)
+    with Reader(path) as reader:
+        empty = int(reader.metadata[0]["f0"]["ptr"])  # fastforward gives it one byte
+        second = row_offset(reader, 0, 1, "ptr")
+        table = int(reader.header["alloc_table_ptr"])
+        rows = reader.alloc_table
+    (row,) = np.flatnonzero((rows["sample_id"] == 0) & (rows["ptr"] == empty + 1))
+    patch(path, empty, b"xyz")  # the second payload moves onto the empty one's offset
+    patch(path, second, struct.pack("<Q", empty))
+    patch(path, table + int(row) * ALLOC_TABLE_TYPE.itemsize + 8, struct.pack("<Q", empty))
+    with Reader(path) as reader:
+        assert reader.alloc_table["ptr"].tolist()[:2] == [empty, empty]
+        assert [bytes(v) for v in reader.read(0)] == [b"", b"xyz"]
+        assert [bytes(v) for v in reader.read(1)] == [b"a", b"bc"]
+        assert reader.verify(decode=True) == []
+    with Loader(path, 2, pipelines={"first": [BytesDecoder()],
+                                    "second": [BytesDecoder()]}) as loader:
+        (first_batch, second_batch), = list(loader)
+    assert [bytes(v) for v in first_batch.samples()] == [b"", b"a"]
+    assert [bytes(v) for v in second_batch.samples()] == [b"xyz", b"bc"]
 
 
 # -- the checks on opening: every payload well-formed before anything is sized from it ----------

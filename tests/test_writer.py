@@ -13,15 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import fastforward.writer as writer_module
 from fastforward.errors import EncodeError
 from fastforward.fields import (
     BytesField,
+    Field,
     FloatField,
     IntField,
     JSONField,
     NDArrayField,
     RGBImageField,
 )
+from fastforward.fields.base import ARG_TYPE
 from fastforward.reader import Reader
 from fastforward.writer import DatasetWriter, WorkerError
 
@@ -327,6 +330,37 @@ def test_bytes_field_refuses_lossy_values(tmp_path: Path, value: np.ndarray,
     assert "'b'" in str(info.value)
 
 
+@pytest.mark.parametrize("dtype", [object, "S0", np.dtype([("a", "u1")])])
+def test_ndarray_field_refuses_a_dtype_it_cannot_store_when_made(dtype: object) -> None:
+    """An object dtype was taken, then every write failed ("Cannot change data-type
+    for array of references")."""
+    with pytest.raises(ValueError, match="can be stored, got"):
+        NDArrayField(dtype, (2,))
+
+
+def test_int_field_takes_what_ffcv_stores_whole(tmp_path: Path) -> None:
+    """FFCV stores a label by NumPy assignment: whole-valued floats and one-element
+    arrays were refused here ("expected an integer")."""
+    values = [2.0, np.float64(3.0), np.array([4]), np.array(5.0), np.float32(-6), [7],
+              np.int8(-8), True, 2**62]
+    reader = write(tmp_path / "i.beton", {"i": IntField()}, [(v,) for v in values])
+    assert reader.metadata["f0"].tolist() == [2, 3, 4, 5, -6, 7, -8, 1, 2**62]
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (2.7, r"got float 2\.7, not a whole number \(FFCV would store 2, dropping the fraction"),
+    (float("nan"), "expected an integer, got float nan"),
+    (np.array([1, 2]), "expected an integer, got ndarray"),
+    ("3", "expected an integer, got str '3'"),
+    (2.0**64, "does not fit in int64"),
+], ids=["fraction", "nan", "two-elements", "string", "too-large"])
+def test_int_field_refuses_what_it_cannot_store_whole(tmp_path: Path, value: object,
+                                                      message: str) -> None:
+    with pytest.raises(EncodeError, match=message) as info:
+        write(tmp_path / "i.beton", {"i": IntField()}, [(0,), (value,)])
+    assert "sample 1, field 'i'" in str(info.value)
+
+
 class StringField(NDArrayField):
     """A custom field, as FFCV's own test defines one."""
 
@@ -353,6 +387,48 @@ def test_custom_field_is_type_255(tmp_path: Path) -> None:
         Reader(path)
     reader = Reader(path, custom_handlers={"s": StringField})
     assert reader.read(3)[0].tobytes().rstrip(b"\0") == b"name3"
+
+
+class HashField(Field):
+    """A custom field whose metadata is one u8 value (a 64-bit hash), no payload."""
+
+    metadata_type = np.dtype("<u8")
+
+    @staticmethod
+    def from_binary(binary: np.ndarray) -> HashField:
+        return HashField()
+
+    def to_binary(self) -> np.ndarray:
+        return np.zeros(1, ARG_TYPE)[0]
+
+    def encode(self, destination, value, malloc) -> None:  # type: ignore[no-untyped-def]
+        destination[0] = value
+
+    def read(self, row, read_payload):  # type: ignore[no-untyped-def]
+        return int(row)
+
+
+@pytest.mark.parametrize("with_payload", [False, True])
+def test_large_u8_values_of_a_custom_field_are_kept(tmp_path: Path, with_payload: bool) -> None:
+    """Every u8 value at or above the writer's provisional pointers was taken for
+    one: replaced by a file offset beside a payload, an EncodeError without one.
+    Only a sample's own provisional pointers are pointers now."""
+    values = [5, 0xFFF0_0000_0000_0000, 0xFFFF_FFFF_FFFF_FFFF,
+              writer_module.PROVISIONAL + 1, writer_module.PROVISIONAL + 1_000, 7]
+    fields: dict[str, Field] = {"h": HashField()}
+    if with_payload:
+        fields["b"] = BytesField()
+    samples = [(np.uint64(v), np.full(i + 1, i, np.uint8))[: len(fields)]
+               for i, v in enumerate(values)]
+    path = tmp_path / "h.beton"
+    DatasetWriter(path, fields, num_workers=2, progress=False).from_indexed_dataset(
+        samples, chunksize=2)
+    with Reader(path, custom_handlers={"h": HashField}) as reader:
+        assert reader.metadata["f0"].tolist() == values
+        if with_payload:
+            for i in range(len(values)):
+                np.testing.assert_array_equal(reader.read(i)[1], np.full(i + 1, i, np.uint8))
+        assert reader.verify() == []
 
 
 def test_ctrl_c_stops_and_leaves_nothing(tmp_path: Path) -> None:

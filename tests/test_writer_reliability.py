@@ -22,8 +22,10 @@ import pytest
 import fastforward.writer as writer_module
 from fastforward.cli import describe_error
 from fastforward.errors import DecodeError, EncodeError, FastForwardError
-from fastforward.fields import BytesField, IntField, RGBImageField
+from fastforward.fields import BytesField, Field, IntField, RGBImageField
+from fastforward.fields.base import ARG_TYPE
 from fastforward.reader import Reader
+from fastforward.types import MIN_PAGE_SIZE, data_offset, metadata_offset
 from fastforward.writer import DatasetWriter, TargetLockedError, WorkerError
 
 LINUX = sys.platform.startswith("linux")
@@ -672,6 +674,59 @@ def test_only_the_listed_errors_are_skipped(tmp_path: Path, jpegs: list[bytes]) 
               skip_errors=(DecodeError,))
     with pytest.raises(TypeError, match="skip_errors"):
         DatasetWriter(tmp_path / "s.beton", SKIP_FIELDS, skip_errors=(KeyboardInterrupt,))
+
+
+class WideRow(Field):
+    """A custom field with a 1 KiB metadata row (``v`` and padding): 2 MiB of rows
+    at about 2,000 samples. A negative value is refused (an ``EncodeError``)."""
+
+    metadata_type = np.dtype([("v", "<i8"), ("pad", "u1", (1016,))])
+
+    @staticmethod
+    def from_binary(binary: np.ndarray) -> WideRow:
+        return WideRow()
+
+    def to_binary(self) -> np.ndarray:
+        return np.zeros(1, ARG_TYPE)[0]
+
+    def encode(self, destination, value, malloc) -> None:  # type: ignore[no-untyped-def]
+        if value < 0:
+            raise EncodeError(f"negative: {value}")
+        destination["v"] = value
+
+    def read(self, row, read_payload):  # type: ignore[no-untyped-def]
+        return int(row["v"])
+
+
+@pytest.mark.parametrize("checksums", [True, False])
+def test_skipped_rows_that_would_have_crossed_a_page_leave_ffcvs_layout(
+        tmp_path: Path, checksums: bool) -> None:
+    """The data pages were placed after room for every sample's row: when the
+    skipped samples' rows crossed a page boundary, the file had an empty page
+    more than FFCV's layout, and with checksums fastforward's own Reader refused
+    it ("the checksum block starts at …, not after the last of its page(s)")."""
+    fields = {"w": WideRow(), "b": BytesField()}
+    row = DatasetWriter(tmp_path / "x.beton", fields).row_type
+    over = (MIN_PAGE_SIZE - metadata_offset(2)) // row.itemsize + 1  # rows past one page
+    samples = [(-1 if i % 50 == 7 else i, np.full(1 + i % 5, i % 251, np.uint8))
+               for i in range(over + 30)]
+    kept = [s for s in samples if s[0] >= 0]
+    assert data_offset(2, len(samples), row, MIN_PAGE_SIZE) == 2 * MIN_PAGE_SIZE
+    assert data_offset(2, len(kept), row, MIN_PAGE_SIZE) == MIN_PAGE_SIZE  # the case
+    writer = DatasetWriter(tmp_path / "skip.beton", fields, page_size=MIN_PAGE_SIZE,
+                           num_workers=2, progress=False, checksums=checksums,
+                           skip_errors=(EncodeError,))
+    writer.from_indexed_dataset(samples, chunksize=300)
+    assert len(writer.skipped) == len(samples) - len(kept)
+    DatasetWriter(tmp_path / "clean.beton", fields, page_size=MIN_PAGE_SIZE, num_workers=1,
+                  progress=False, checksums=checksums).from_indexed_dataset(kept)
+    assert (tmp_path / "skip.beton").read_bytes() == (tmp_path / "clean.beton").read_bytes()
+    with Reader(tmp_path / "skip.beton", custom_handlers={"w": WideRow}) as reader:
+        assert reader.verify() == []
+        for i in (0, len(kept) // 2, len(kept) - 1):
+            value, payload = reader.read(i)
+            assert value == kept[i][0]
+            np.testing.assert_array_equal(payload, kept[i][1])
 
 
 def test_every_sample_skipped_gives_an_empty_file(tmp_path: Path) -> None:

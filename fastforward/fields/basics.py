@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import operator
 from typing import Any
 
@@ -93,12 +95,7 @@ class IntField(Field):
         return empty_arguments()
 
     def encode(self, destination: np.ndarray, field: Any, malloc: Malloc) -> None:
-        try:
-            value = operator.index(field)
-        except TypeError as exc:
-            raise EncodeError(
-                f"expected an integer, got {type(field).__name__} {field!r:.40}"
-            ) from exc
+        value = _whole_number(field)
         if not -(1 << 63) <= value < 1 << 63:
             raise EncodeError(f"{value} does not fit in int64")
         destination[0] = value
@@ -108,3 +105,30 @@ class IntField(Field):
 
     def read(self, row: np.void, read_payload: PayloadReader) -> int:
         return int(row)
+
+
+def _whole_number(field: Any) -> int:
+    """*field* as an int: an integer, a float of a whole value (``2.0``), or one
+    element of an array or tensor (``np.array([4])``), as FFCV stores them. A
+    fraction is refused where FFCV would cut it (``2.7`` stored as 2)."""
+    with contextlib.suppress(TypeError):
+        return operator.index(field)
+    value = field
+    if not isinstance(value, (float, np.floating)):
+        try:
+            array = np.asarray(value)
+        except Exception:
+            array = None
+        if array is not None and array.size == 1 and array.dtype.kind in "biuf":
+            value = array.reshape(()).item()
+            with contextlib.suppress(TypeError):
+                return operator.index(value)
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            raise EncodeError(f"expected an integer, got {type(field).__name__} {field!r:.40}")
+        if float(value).is_integer():
+            return int(value)
+        raise EncodeError(f"expected an integer, got {type(field).__name__} {field!r:.40}, "
+                          f"not a whole number (FFCV would store {int(value)}, dropping the "
+                          "fraction: round it as you mean it)")
+    raise EncodeError(f"expected an integer, got {type(field).__name__} {field!r:.40}")

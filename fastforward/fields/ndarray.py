@@ -38,6 +38,9 @@ class NDArrayField(Field):
         self.shape = tuple(int(d) for d in shape)
         if self.dtype.fields is not None or self.dtype.subdtype is not None:
             raise ValueError(f"only simple dtypes can be stored, got {self.dtype}")
+        if self.dtype.hasobject or self.dtype.itemsize == 0:  # references, or no size
+            raise ValueError(f"only fixed-size values can be stored, got {self.dtype} "
+                             "(Python objects: use JSONField or BytesField)")
         if not 1 <= len(self.shape) <= MAX_DIMS or min(self.shape) < 1:
             raise ValueError(f"shape must have 1 to {MAX_DIMS} positive dims, got {self.shape}")
         # exact (math.prod): np.prod would wrap a damaged file's huge shape around
