@@ -491,6 +491,13 @@ class Reader:
         raise self._error(f"sample {sample}: the payload at offset {ptr} belongs to sample "
                           f"{int(self._owners[lo])}")
 
+    def _payload_size_or_none(self, ptr: int, sample: int) -> int | None:
+        """``payload_size(ptr, sample)``, or None where no allocation of *sample*
+        starts at *ptr*."""
+        size = int(self.payload_sizes(np.array([ptr], np.uint64),
+                                      np.array([sample], np.uint64))[0])
+        return None if size < 0 else size
+
     def payload_sizes(self, ptrs: np.ndarray, samples: np.ndarray) -> np.ndarray:
         """Vectorised ``payload_size``: the size of each ``(ptr, sample)`` allocation.
 
@@ -538,8 +545,8 @@ class Reader:
         offset, so two of a sample's allocations may share one: the field's is the
         one in its place among the sample's), any other offset through the table."""
         own = self.payload_offsets.get(field)
-        if own is None:
-            return functools.partial(self.payload, sample=sample)
+        if own is None or self._payload_size_or_none(int(own[sample]), sample) is None:
+            return functools.partial(self.payload, sample=sample)  # which says what is wrong
         ptr, size = int(own[sample]), int(self.payload_nbytes[field][sample])
         buffer = memoryview(self.buffer)
 
