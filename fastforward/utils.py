@@ -120,6 +120,24 @@ def refuse_in_a_worker(what: str) -> None:
         )
 
 
+def main_module_hint(method: str, instead: str) -> str:
+    """Why workers started by *method* (``forkserver``, ``spawn``) may fail before
+    they start, and what to do (*instead*: the argument that avoids it).
+
+    They import the main module from its file: a script read from standard input
+    (``python - < script.py``; its ``__file__`` is ``<stdin>``) has none to import,
+    and a script without an ``if __name__ == "__main__":`` guard runs again.
+    """
+    import sys
+
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if isinstance(path, str) and not os.path.isfile(path):
+        return (f"workers started by {method} import your main module from its file, and "
+                f"it has none ({path}): run the script from a file, or pass {instead}")
+    return (f"workers started by {method} import your main module: keep a script's "
+            f"top-level code under `if __name__ == \"__main__\":`, or pass {instead}")
+
+
 def s_print(*args: object, **kwargs: Any) -> None:
     """``print`` under a lock, so that threads' lines do not interleave (FFCV's helper)."""
     with s_print_lock:

@@ -82,6 +82,7 @@ from .utils import (
     default_workers,
     forkserver_preload,
     install_hint,
+    main_module_hint,
     refuse_in_a_worker,
     worker_started,
 )
@@ -524,10 +525,8 @@ class _Pool:
         code = proc.exitcode
         why = "out of memory?"
         if code == 1 and self.method != "fork":
-            why = ("it may have failed before it started, importing your main module "
-                   f"({self.method} start; its traceback is printed above): keep a script's "
-                   "top level under `if __name__ == \"__main__\":`, or pass "
-                   "start_method='fork'")
+            hint = main_module_hint(self.method, "start_method='fork'")
+            why = f"it may have failed before it started (its traceback is printed above): {hint}"
         return WorkerError(
             f"{self.fname}: writer worker {proc.name} died (exit code {code}) "
             f"without reporting an error; {why}"

@@ -404,7 +404,27 @@ def test_a_worker_that_cannot_start_says_why(tmp_path: Path, photos_file: Path) 
                             timeout=120, cwd=tmp_path)
     assert result.returncode != 0
     assert "failed to start" in result.stderr
-    assert "if __name__ == '__main__':" in result.stderr
+    assert 'if __name__ == "__main__":' in result.stderr
+
+
+def test_a_script_read_from_standard_input_is_told_to_run_from_a_file(
+        tmp_path: Path, photos_file: Path) -> None:
+    """``python - < script.py``: the workers cannot import a main module that has no
+    file (multiprocessing runs '<stdin>' again from its path); the guard the hint
+    asked for was there already."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_workers import train_loader
+        from pathlib import Path
+        if __name__ == "__main__":
+            next(iter(train_loader(Path({str(photos_file)!r}), 2, "process")))
+    """)
+    result = subprocess.run([sys.executable, "-"], input=script, capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "failed to start" in result.stderr
+    assert "it has none (<stdin>): run the script from a file" in result.stderr
 
 
 class LabelsOnlyHere(IntField):

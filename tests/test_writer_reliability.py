@@ -1001,7 +1001,7 @@ def test_a_script_run_again_by_a_worker_is_refused_and_explained(tmp_path: Path)
     assert stdout.count("top level") >= 2  # run again in a worker...
     assert "DatasetWriter() called in fastforward's worker process fastforward-writer-" in stderr
     assert "WorkerError" in stderr  # ...and said
-    assert "importing your main module" in stderr
+    assert "import your main module" in stderr
     assert sorted(os.listdir(tmp_path)) == ["script.py"]
 
 

@@ -106,7 +106,7 @@ import numpy as np
 
 from ..errors import FastForwardError, WorkerError, exception_text, portable
 from ..pipeline.plan import Plan, bind_plan
-from ..utils import forkserver_preload, worker_started
+from ..utils import forkserver_preload, main_module_hint, worker_started
 from .runner import BatchJob, ranged_pipelines, run_stage1
 
 if TYPE_CHECKING:
@@ -395,9 +395,7 @@ class ProcessWorkers:
             raise WorkerError(f"{self.config[0]}: worker process {worker.index} failed to "
                               f"start ({worker.why})")
         hint = ("" if method == "fork" else
-                f" Process workers ({method}) start by importing your main module: keep "
-                "a script's top-level code under `if __name__ == '__main__':`, or pass "
-                "worker_type='thread'.")
+                f" Process {main_module_hint(method, 'worker_type=' + repr(THREAD))}.")
         raise WorkerError(f"{self.config[0]}: worker process {worker.index} failed to start "
                           f"(exit code {worker.process.exitcode}); its error is printed "
                           f"above.{hint}")
