@@ -94,61 +94,83 @@ def portable(exc: BaseException, where: str) -> BaseException:
     """*exc*, ready to cross a process boundary, its traceback (formatted here, in
     the process it was raised in) added as a note naming *where*.
 
-    Itself if pickling gives it back whole: its type, its text (with the location
-    ``annotate`` put in it) and its notes. Pickling rebuilds an exception by
-    calling its class with its ``args`` (or as its own ``__reduce__`` says), so
-    a class whose ``__init__`` composes the message (``CustomError(code)``) would
-    come back garbled, and one whose ``__reduce__`` passes its own fields
-    (``json.JSONDecodeError``) without its location and notes; such an exception
-    is pickled as it is instead (``args`` and attributes, ``__init__`` not run).
-    Else a ``FastForwardError`` with its type and text, after the locations
-    ``annotate`` added as notes.
+    Itself, pickled as faithfully as it can be (``_pickles_whole``), whenever it
+    pickles at all and comes back as its own type; else a ``FastForwardError``
+    with its type and text, after the locations ``annotate`` added as notes.
     """
     import traceback
 
     text = "".join(traceback.format_exception(exc))
     notes = [note for note in getattr(exc, "__notes__", ()) if "\n" not in note]
     exc.add_note(f"in {where}:\n{text}")
-    if _survives_pickling(exc):
+    if _pickles_whole(exc):
         return exc
-    try:
-        exc.__reduce_ex__ = functools.partial(_reduce_as_is, exc)  # type: ignore[method-assign]
-        if _survives_pickling(exc):
-            return exc
-        del exc.__reduce_ex__
-    except Exception:  # attributes it refuses, or state that does not pickle
-        pass
     fallback = FastForwardError("; ".join([*notes, exception_text(exc)]))
     fallback.add_note(f"in {where}:\n{text}")
     return fallback
 
 
-def _survives_pickling(exc: BaseException) -> bool:
-    """Whether *exc* comes back from pickling as itself: type, text and notes."""
+def _pickles_whole(exc: BaseException) -> bool:
+    """Make *exc* pickle as faithfully as it can; whether it pickles at all and
+    comes back as its own type.
+
+    Pickling rebuilds an exception by calling its class with its ``args`` (or as
+    its own ``__reduce__`` says), so a class whose ``__init__`` composes the
+    message (``CustomError(code)``) would come back garbled, and one whose
+    ``__reduce__`` passes its own fields (``json.JSONDecodeError``) without its
+    location and notes. Where that round trip does not give back its type, text
+    and notes, it is pickled as it is instead (``args`` and attributes, its
+    ``__init__`` not run again: ``_reduce_as_is``), which may still differ in an
+    object's address shown in its text. The exceptions of a group are made so
+    first: the group pickles them with itself.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            _pickles_whole(inner)
+    default = _round_trip(exc)
+    if default is not None and _same(default, exc):
+        return True
+    try:
+        exc.__reduce_ex__ = functools.partial(_reduce_as_is, exc)  # type: ignore[method-assign]
+    except Exception:  # an exception that refuses attributes
+        return default is not None and type(default) is type(exc)
+    as_is = _round_trip(exc)
+    if as_is is not None and type(as_is) is type(exc):
+        return True
+    del exc.__reduce_ex__
+    return default is not None and type(default) is type(exc)
+
+
+def _round_trip(exc: BaseException) -> BaseException | None:
+    """*exc* pickled and unpickled here; None where either fails."""
     import pickle
 
     try:
         back = pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return False
+    except Exception:  # RecursionError included
+        return None
+    return back if isinstance(back, BaseException) else None
+
+
+def _same(back: BaseException, exc: BaseException) -> bool:
+    """Whether *back* is *exc* as pickling should give it: type, text and notes."""
     return (type(back) is type(exc) and exception_text(back) == exception_text(exc)
             and getattr(back, "__notes__", None) == getattr(exc, "__notes__", None))
 
 
 def _reduce_as_is(exc: BaseException, protocol: int) -> tuple[Any, ...]:
-    """Pickle *exc* as it is: its class, ``args`` and attributes (``__notes__``
-    among them), rebuilt by ``_rebuilt`` without running its ``__init__``."""
+    """Pickle *exc* as it is: its class and ``args``, rebuilt by ``_rebuilt``
+    without running its ``__init__``, then its attributes (``__notes__`` among
+    them) as its state, which may refer back to it."""
     state = {k: v for k, v in vars(exc).items() if k != "__reduce_ex__"}
-    return _rebuilt, (type(exc), exc.args, state)
+    return _rebuilt, (type(exc), exc.args), state
 
 
-def _rebuilt(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]
-             ) -> BaseException:
-    """An exception of *cls* with *args* and the attributes *state*, its ``__init__``
-    not run (``_reduce_as_is``)."""
+def _rebuilt(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
+    """An exception of *cls* with *args*, its ``__init__`` not run (``_reduce_as_is``;
+    pickle then sets its attributes)."""
     exc = cls.__new__(cls, *args)
     exc.args = args
-    vars(exc).update(state)
     return exc
 
 

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -1707,3 +1708,57 @@ def test_a_plan_the_workers_cannot_rebuild_fails_each_batch_once_told(
             assert len(told) == 1, notes  # it was told twice (the plan's, then the range's)
             assert "__setstate__" in told[0]  # the traceback of the unpickling
             assert any("pipelines could not be rebuilt" in n for n in notes)
+
+
+class Opaque:
+    """An object whose text shows its address: it differs after pickling."""
+
+
+class SelfReferring(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"code {code}")
+        self.me = self
+
+
+def _round_trip(exc: BaseException) -> BaseException:
+    from fastforward.errors import annotate, portable
+
+    annotate(exc, "f.beton: sample 5, field 'x'")
+    return pickle.loads(pickle.dumps(portable(exc, "a test")))
+
+
+def test_portable_keeps_the_type_of_an_exception_whose_text_pickling_changes() -> None:
+    """A ``KeyError(Opaque())`` shows another address after pickling: it became a
+    ``FastForwardError``, which ``except KeyError`` no longer caught."""
+    back = _round_trip(KeyError(Opaque()))
+    assert type(back) is KeyError
+    assert isinstance(back.args[0], Opaque)
+    assert "f.beton: sample 5, field 'x'" in "\n".join(back.__notes__)
+
+
+def test_portable_rebuilds_an_exception_that_refers_to_itself() -> None:
+    back = _round_trip(SelfReferring(3))
+    assert type(back) is SelfReferring
+    assert str(back) == "f.beton: sample 5, field 'x': code 3"
+    assert back.me is back
+
+
+def test_portable_rebuilds_the_exceptions_of_a_group_whole() -> None:
+    back = _round_trip(ExceptionGroup("two failures", [Composed(7), ValueError("plain")]))
+    assert type(back) is ExceptionGroup
+    composed, plain = back.exceptions
+    assert type(composed) is Composed
+    assert str(composed) == "failure code 7"  # it said 'failure code failure code 7'
+    assert composed.code == 7
+    assert str(plain) == "plain"
+
+
+def test_portable_falls_back_only_for_what_does_not_pickle() -> None:
+    from fastforward.errors import FastForwardError
+
+    error = ValueError("holds a lock")
+    error.lock = threading.Lock()  # type: ignore[attr-defined]
+    back = _round_trip(error)
+    assert type(back) is FastForwardError
+    assert "f.beton: sample 5, field 'x': holds a lock" in str(back)
+    assert "ValueError" in str(back)

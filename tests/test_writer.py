@@ -353,7 +353,8 @@ def test_int_field_takes_what_ffcv_stores_whole(tmp_path: Path) -> None:
     (np.array([1, 2]), "expected an integer, got ndarray"),
     ("3", "expected an integer, got str '3'"),
     (2.0**64, "does not fit in int64"),
-], ids=["fraction", "nan", "two-elements", "string", "too-large"])
+    (np.longdouble(2**60) + np.longdouble(0.5), "not a whole number"),
+], ids=["fraction", "nan", "two-elements", "string", "too-large", "longdouble-fraction"])
 def test_int_field_refuses_what_it_cannot_store_whole(tmp_path: Path, value: object,
                                                       message: str) -> None:
     with pytest.raises(EncodeError, match=message) as info:

@@ -126,7 +126,7 @@ def _whole_number(field: Any) -> int:
     if isinstance(value, (float, np.floating)):
         if not math.isfinite(value):
             raise EncodeError(f"expected an integer, got {type(field).__name__} {field!r:.40}")
-        if float(value).is_integer():
+        if value == np.trunc(value):  # in its own precision (a longdouble's fraction too)
             return int(value)
         raise EncodeError(f"expected an integer, got {type(field).__name__} {field!r:.40}, "
                           f"not a whole number (FFCV would store {int(value)}, dropping the "
