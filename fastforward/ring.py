@@ -119,7 +119,7 @@ class Slot:
         self.pin_shared = False  # SHARED and page-locked (registered with CUDA)
         self._on_drop = on_drop
         self._arrays: list[Any] = []  # every buffer, once
-        self._owners: list[Any] = []  # the base-most array of each (what views refer to)
+        self._owners: list[Any] = []  # what the fence watches: each buffer, its base-most array
         self._baseline: list[int] = []  # their reference counts with no view alive
         self._where: dict[str, int | tuple[int, ...]] = {}
         self._offsets: Offsets = {}
@@ -133,9 +133,11 @@ class Slot:
         else:
             self._fit_private(layout)
         # Views of an array keep its base-most array alive (NumPy collapses
-        # bases), so that is the one to watch; its count now is the baseline.
-        self._owners = [_owner(a) for a in self._arrays]
-        owners = self._owners
+        # bases), so that is the one to watch, and the buffer itself where it is
+        # another object (a shared slot's buffers are views of its segment: a
+        # decoder's output() may hand out the buffer itself); their counts now
+        # are the baseline.
+        self._owners = owners = _watched(self._arrays)
         self._baseline = [sys.getrefcount(owners[i]) for i in range(len(owners))]
 
     def _fit_private(self, layout: Layout) -> None:
@@ -223,6 +225,17 @@ class Slot:
     def nbytes(self) -> int:
         """Bytes of all buffers."""
         return sum(int(getattr(a, "nbytes", 0)) for a in self._arrays)
+
+
+def _watched(arrays: list[Any]) -> list[Any]:
+    """What the fence of a slot with *arrays* watches: each buffer and its base-most
+    array, once each (a function of its own: its locals hold no reference after)."""
+    watched: dict[int, Any] = {}
+    for array in arrays:
+        for obj in (_owner(array), array):
+            if obj is not None:
+                watched.setdefault(id(obj), obj)
+    return list(watched.values())
 
 
 def _owner(array: Any) -> Any:

@@ -1762,3 +1762,57 @@ def test_portable_falls_back_only_for_what_does_not_pickle() -> None:
     assert type(back) is FastForwardError
     assert "f.beton: sample 5, field 'x': holds a lock" in str(back)
     assert "ValueError" in str(back)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["fastforward-workers", "fastforward-dispatch"])
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_ctrl_c_as_the_pool_starts_its_threads_leaves_no_hang(
+        photos_file: Path, monkeypatch: pytest.MonkeyPatch, name: str, when: str) -> None:
+    """Ctrl-C inside ``Thread.start()`` of the pool's reader or dispatcher thread (before
+    its thread runs, or after): the pool never started the other, or never again,
+    and every later epoch waited for ranges that no thread sent."""
+    import threading
+
+    original = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        if self.name == name and when == "before":
+            raise KeyboardInterrupt
+        original(self)
+        if self.name == name:
+            raise KeyboardInterrupt
+
+    expected = epochs(train_loader(photos_file, 1, "thread"), 1)[0]
+    with train_loader(photos_file, 2, "process") as loader:
+        monkeypatch.setattr(threading.Thread, "start", start)
+        with pytest.raises(KeyboardInterrupt):
+            next(iter(loader))
+        monkeypatch.setattr(threading.Thread, "start", original)
+        got = [(i.copy(), b.copy()) for i, b in loader]
+    np.testing.assert_array_equal(np.concatenate([i for i, _ in got]), expected[0])
+    np.testing.assert_array_equal(np.concatenate([b for _, b in got]), expected[1])
+
+
+class WholeLabels(IntDecoder):
+    """Hands out its destination itself, not a view of it (the API allows it)."""
+
+    def output(self, destination, count):  # type: ignore[no-untyped-def]
+        return destination
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_held_batches_that_are_a_slot_buffer_itself_are_not_overwritten(
+        photos_file: Path, kind: str) -> None:
+    """A shared slot's buffers are views of its segment, and the fence watched the
+    segment only: a batch that is the buffer object itself was refilled under its
+    holder with process workers (10 of 12 held batches)."""
+    with Loader(photos_file, 8, num_workers=2, worker_type=kind, order=OrderOption.RANDOM,
+                seed=3, pipelines={"image": None, "label": [WholeLabels()]}) as loader:
+        held = [(labels, labels.copy()) for (labels,) in loader]
+        for _ in range(2):
+            for _ in loader:
+                pass
+    assert len(held) == 6
+    for labels, copy_ in held:
+        np.testing.assert_array_equal(labels, copy_)

@@ -265,6 +265,7 @@ class ProcessWorkers:
         self._wake_r, self._wake_w = os.pipe()  # tells the reader thread the workers changed
         self._reader: threading.Thread | None = None
         self._dispatcher: threading.Thread | None = None  # sends the queued ranges
+        self._running: set[str] = set()  # which of the two runs ("_reader", "_dispatcher")
         self._wanted = threading.Condition(self._lock)  # wakes the dispatcher
         self._stale = False  # set (under the lock) when the dispatcher has work
         self._selector: selectors.BaseSelector | None = None  # the reader thread's
@@ -293,6 +294,7 @@ class ProcessWorkers:
         missing = [k for k in range(self.size)
                    if k >= len(self._workers) or self._workers[k].dead]
         if not missing:
+            self._start_threads()  # Ctrl-C may have cut the last start short
             return
         start = time.perf_counter()
         method = self._method()
@@ -354,15 +356,40 @@ class ProcessWorkers:
         self._kick()  # ranges of an open epoch queued while none had room
         self.method_used = method
         self.started_seconds = time.perf_counter() - start
-        if self._reader is None:
-            self._reader = threading.Thread(target=self._read, name="fastforward-workers",
-                                            daemon=True)
-            self._reader.start()
-            self._dispatcher = threading.Thread(target=self._dispatching, daemon=True,
-                                                name="fastforward-dispatch")
-            self._dispatcher.start()
-        else:
-            os.write(self._wake_w, b"w")
+        self._start_threads()
+        os.write(self._wake_w, b"w")  # the reader thread watches the new workers
+
+    def _start_threads(self) -> None:
+        """Start the reader and the dispatcher threads, each where it does not run:
+        at the first epoch, and at a later one where Ctrl-C cut a start short
+        (``Thread.start()`` may raise before its thread runs, or after: a thread
+        superseded so returns at once, ``_thread``), else every epoch after it
+        would wait for ranges that no thread sends."""
+        for attr, name in (("_reader", "fastforward-workers"),
+                           ("_dispatcher", "fastforward-dispatch")):
+            with self._lock:
+                if attr in self._running:
+                    continue
+                thread = threading.Thread(target=self._thread, args=(attr,), name=name,
+                                          daemon=True)
+                setattr(self, attr, thread)
+            thread.start()
+
+    def _thread(self, attr: str) -> None:
+        """The reader (``attr`` ``"_reader"``) or dispatcher thread, unless another
+        took its place (its start was cut short, and the next epoch started one)."""
+        with self._lock:
+            if getattr(self, attr) is not threading.current_thread() or self._closed:
+                return
+            self._running.add(attr)
+        try:
+            if attr == "_reader":
+                self._read()
+            else:
+                self._dispatching()
+        finally:
+            with self._lock:
+                self._running.discard(attr)
 
     def _hand_file(self, worker: _Worker) -> None:
         """Send a new *worker* the descriptor of the file the loader opened, its first
@@ -407,7 +434,9 @@ class ProcessWorkers:
         status from the sentinel, which two threads must not both do.)"""
         if os.getpid() != self._owner:  # a forked child has no reader thread
             return
-        if self._reader is None:  # no reader yet: nothing can be pending on it
+        with self._lock:
+            reading = "_reader" in self._running
+        if not reading:  # no reader (yet): nothing can be pending on it
             worker.dead = True
             return
         with contextlib.suppress(OSError):
@@ -474,8 +503,9 @@ class ProcessWorkers:
                 worker.process.join()
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
-        for thread in (self._reader, self._dispatcher):
-            if thread is not None and thread is not threading.current_thread():
+        for thread in (self._reader, self._dispatcher):  # (one never started: no ident)
+            if thread is not None and thread.ident is not None \
+                    and thread is not threading.current_thread():
                 thread.join()
         for worker in self._workers:
             worker.conn.close()
