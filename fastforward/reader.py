@@ -491,13 +491,6 @@ class Reader:
         raise self._error(f"sample {sample}: the payload at offset {ptr} belongs to sample "
                           f"{int(self._owners[lo])}")
 
-    def _payload_size_or_none(self, ptr: int, sample: int) -> int | None:
-        """``payload_size(ptr, sample)``, or None where no allocation of *sample*
-        starts at *ptr*."""
-        size = int(self.payload_sizes(np.array([ptr], np.uint64),
-                                      np.array([sample], np.uint64))[0])
-        return None if size < 0 else size
-
     def payload_sizes(self, ptrs: np.ndarray, samples: np.ndarray) -> np.ndarray:
         """Vectorised ``payload_size``: the size of each ``(ptr, sample)`` allocation.
 
@@ -545,7 +538,8 @@ class Reader:
         offset, so two of a sample's allocations may share one: the field's is the
         one in its place among the sample's), any other offset through the table."""
         own = self.payload_offsets.get(field)
-        if own is None or self._payload_size_or_none(int(own[sample]), sample) is None:
+        if own is None or self.payload_sizes(own[sample : sample + 1],
+                                             np.array([sample], np.uint64))[0] < 0:
             return functools.partial(self.payload, sample=sample)  # which says what is wrong
         ptr, size = int(own[sample]), int(self.payload_nbytes[field][sample])
         buffer = memoryview(self.buffer)
@@ -623,9 +617,9 @@ class Reader:
         start, end = self.page_range(page)
         return np.unique(self._owners[(self._ptrs >= start) & (self._ptrs < end)])
 
-    def _page_message(self, page: int) -> str:
+    def _page_message(self, page: int, owners: np.ndarray | None = None) -> str:
         start, end = self.page_range(page)
-        owners = self._page_owners(page)
+        owners = self._page_owners(page) if owners is None else owners
         listed = ", ".join(str(s) for s in owners[:8].tolist())
         if owners.size > 8:
             listed += f", … ({owners.size} samples)"
@@ -708,8 +702,9 @@ class Reader:
         for page in range(sums.num_pages):
             start, end = self.page_range(page)
             if digest(pages[start:end]) != int(sums.page_sums[page]):
-                problems.append(Problem(None, None, self._page_message(page),
-                                        tuple(self._page_owners(page).tolist())))
+                owners = self._page_owners(page)
+                problems.append(Problem(None, None, self._page_message(page, owners),
+                                        tuple(owners.tolist())))
         return problems
 
     # -- the file on disk -------------------------------------------------------

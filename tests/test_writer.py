@@ -24,7 +24,7 @@ from fastforward.fields import (
     NDArrayField,
     RGBImageField,
 )
-from fastforward.fields.base import ARG_TYPE
+from fastforward.fields.base import empty_arguments
 from fastforward.reader import Reader
 from fastforward.writer import DatasetWriter, WorkerError
 
@@ -400,7 +400,7 @@ class HashField(Field):
         return HashField()
 
     def to_binary(self) -> np.ndarray:
-        return np.zeros(1, ARG_TYPE)[0]
+        return empty_arguments()
 
     def encode(self, destination, value, malloc) -> None:  # type: ignore[no-untyped-def]
         destination[0] = value

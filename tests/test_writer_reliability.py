@@ -23,7 +23,7 @@ import fastforward.writer as writer_module
 from fastforward.cli import describe_error
 from fastforward.errors import DecodeError, EncodeError, FastForwardError
 from fastforward.fields import BytesField, Field, IntField, RGBImageField
-from fastforward.fields.base import ARG_TYPE
+from fastforward.fields.base import empty_arguments
 from fastforward.reader import Reader
 from fastforward.types import MIN_PAGE_SIZE, data_offset, metadata_offset
 from fastforward.writer import DatasetWriter, TargetLockedError, WorkerError
@@ -687,7 +687,7 @@ class WideRow(Field):
         return WideRow()
 
     def to_binary(self) -> np.ndarray:
-        return np.zeros(1, ARG_TYPE)[0]
+        return empty_arguments()
 
     def encode(self, destination, value, malloc) -> None:  # type: ignore[no-untyped-def]
         if value < 0:

@@ -421,8 +421,8 @@ class ProcessWorkers:
         if worker.why is not None:
             raise WorkerError(f"{self.config[0]}: worker process {worker.index} failed to "
                               f"start ({worker.why})")
-        hint = ("" if method == "fork" else
-                f" Process {main_module_hint(method, 'worker_type=' + repr(THREAD))}.")
+        instead = "worker_type='thread'"
+        hint = "" if method == "fork" else f" Process {main_module_hint(method, instead)}."
         raise WorkerError(f"{self.config[0]}: worker process {worker.index} failed to start "
                           f"(exit code {worker.process.exitcode}); its error is printed "
                           f"above.{hint}")
