@@ -707,6 +707,15 @@ class Reader:
                                         tuple(owners.tolist())))
         return problems
 
+    @functools.cached_property
+    def samples_digest(self) -> str:
+        """A digest of the samples' table and allocation table (xxh3 64 of each,
+        hex): the same for a file rewritten with the same samples, another for
+        one holding other samples. ``Loader.state_dict`` keeps it, so that a
+        state is never resumed over another file."""
+        return (f"{digest(np.ascontiguousarray(self.metadata).view(np.uint8)):016x}"
+                f"{digest(np.ascontiguousarray(self.alloc_table).view(np.uint8)):016x}")
+
     # -- the file on disk -------------------------------------------------------
 
     def check_unchanged(self) -> None:

@@ -30,6 +30,40 @@ def decode_null_terminated_string(raw: np.ndarray) -> str:
     return data.split(b"\0", 1)[0].decode("ascii", errors="replace")
 
 
+def sample_numbers(values: Any, where: str) -> np.ndarray:
+    """*values* (sample numbers) as a one-dimensional int64 array, refusing what
+    would silently become other samples: booleans (a mask), strings, fractions,
+    more dimensions, integers past int64. The range is left to the caller
+    (*where* names the file or order in the messages)."""
+    given = np.asarray(values)
+    if given.ndim != 1:
+        if given.ndim == 0 or given.size:
+            raise ValueError(f"{where}: sample numbers must be one-dimensional, "
+                             f"got shape {given.shape}")
+        given = given.reshape(0)
+    if given.dtype.kind == "b":
+        raise TypeError(f"{where}: sample numbers must be integers, got a boolean mask; "
+                        "pass np.flatnonzero(mask) for the samples it selects")
+    if given.dtype.kind in "iu":
+        if given.dtype.kind == "u" and given.size and given.max() > np.iinfo(np.int64).max:
+            raise IndexError(f"{where}: sample {int(given.max())} is out of range")
+        return given.astype(np.int64)
+    if given.size == 0:
+        return np.zeros(0, np.int64)
+    if given.dtype.kind in "fO":  # floats, objects (NumPy's type for [np.uint64(1), 2])
+        try:
+            as_int = given.astype(np.int64)
+            if bool((as_int == given).all()):
+                return as_int
+        except (TypeError, ValueError, OverflowError):
+            pass
+    wrong = next((v for v in given.tolist()
+                  if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool))
+                  and not (isinstance(v, float) and v.is_integer())), None)
+    raise TypeError(f"{where}: sample numbers must be integers, got {given.dtype}"
+                    + (f" ({wrong!r})" if wrong is not None else ""))
+
+
 def chunks(seq: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     """Yield consecutive slices of *seq* of at most *size* items."""
     for start in range(0, len(seq), size):

@@ -233,6 +233,102 @@ def test_resume_checks_what_it_resumes(photo_file: Path) -> None:
         other.load_state_dict(state)
 
 
+def saved_mid_epoch(loader: Loader, batches: int = 2) -> dict:
+    iterator = iter(loader)
+    for _ in range(batches):
+        next(iterator)
+    state = loader.state_dict()
+    iterator.close()
+    return state
+
+
+@pytest.fixture(scope="module")
+def paged_copy(paged: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """As many samples as ``paged``, other ones (other values)."""
+    path = tmp_path_factory.mktemp("dist") / "other.beton"
+    DatasetWriter(path, {"index": IntField(), "blob": BytesField()}, page_size=1 << 21,
+                  num_workers=2, progress=False).from_indexed_dataset(
+        [(i + 5000, np.full(20_000, i % 7, np.uint8)) for i in range(1003)])
+    return path
+
+
+@pytest.mark.parametrize("change", ["order", "order_kwargs", "indices", "file", "even_batches"])
+def test_resume_refuses_a_state_of_another_loader(paged: Path, paged_copy: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  change: str) -> None:
+    """Only batch_size and num_samples were compared: a RANDOM state resumed by a
+    SEQUENTIAL loader, or over permuted indices or another file of as many
+    samples, repeated some samples and skipped others without a word."""
+    same = {"batch_size": 10, "order": OrderOption.QUASI_RANDOM, "drop_last": False}
+    state = saved_mid_epoch(rank_loader(paged, 0, 2, monkeypatch, **same))
+    assert json.loads(json.dumps(state)) == state
+    path, other = paged, dict(same)
+    if change == "order":
+        other["order"] = OrderOption.RANDOM
+    elif change == "order_kwargs":
+        other["order_kwargs"] = {"window": 2}
+    elif change == "indices":
+        other["indices"] = np.random.default_rng(0).permutation(1003)
+    elif change == "file":
+        path = paged_copy
+    else:
+        other["even_batches"] = False
+    fresh = rank_loader(path, 0, 2, monkeypatch, **other)
+    key = "order" if change == "order_kwargs" else change  # the options are the order's
+    with pytest.raises(ValueError, match=f"To resume anyway, delete the state's '{key}' entry"):
+        fresh.load_state_dict(state)
+    assert fresh.next_epoch == 0
+    assert fresh._resume is None
+    # the same loader resumes it, and with another world size
+    rank_loader(paged, 0, 2, monkeypatch, **same).load_state_dict(state)
+    rank_loader(paged, 1, 3, monkeypatch, **same).load_state_dict(state)
+
+
+@pytest.mark.parametrize(("values", "match"), [
+    ({"epoch": -1}, "epoch must be an integer"),
+    ({"seed": -5}, "seed must be an integer"),
+    ({"seed": 2**64}, "seed must be an integer"),
+    ({"epoch": 1.5}, "epoch must be an integer"),
+    ({"segments": [[2, 999]]}, "999 batches of epoch 0 were done on 2 rank"),
+    ({"segments": [[2, 1], [3, 60]]}, "60 batches"),
+    ({"segments": [[0, 1]]}, "invalid loader state segments"),
+    ({"segments": [[2]]}, "invalid loader state segments"),
+], ids=["epoch<0", "seed<0", "seed 2**64", "epoch 1.5", "past the end", "past the end later",
+        "no ranks", "not pairs"])
+def test_resume_checks_the_state_values(paged: Path, monkeypatch: pytest.MonkeyPatch,
+                                        values: dict, match: str) -> None:
+    """Values a loader never saves were taken and failed later in NumPy with a
+    message naming neither the state nor the value, or gave an empty epoch."""
+    kw = {"batch_size": 10, "order": OrderOption.RANDOM}
+    state = saved_mid_epoch(rank_loader(paged, 0, 2, monkeypatch, **kw))
+    fresh = rank_loader(paged, 0, 2, monkeypatch, **kw)
+    with pytest.raises(ValueError, match=match):
+        fresh.load_state_dict({**state, **values})
+    assert fresh.next_epoch == 0
+    assert fresh.seed == 7
+    assert fresh.traversal_order.seed == 7
+
+
+@pytest.mark.parametrize("order", ORDERS, ids=lambda o: o.name)
+@pytest.mark.parametrize("world", [61, 100])
+def test_more_ranks_than_samples_spread_the_padding(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    order: OrderOption, world: int) -> None:
+    """Every rank gets a batch; the ranks left without a sample of their own
+    repeat the samples in turn (QUASI_RANDOM gave every one of them the same
+    sample: 51 copies of it in an epoch of 50 samples on 100 ranks)."""
+    path = tmp_path / "fifty.beton"
+    DatasetWriter(path, {"index": IntField(), "blob": BytesField()}, num_workers=1,
+                  progress=False).from_indexed_dataset(
+        [(i, np.full(100, i, np.uint8)) for i in range(50)])
+    seen = np.concatenate([epoch_ids(rank_loader(path, r, world, monkeypatch, batch_size=1,
+                                                 order=order, drop_last=False))
+                           for r in range(world)])
+    assert len(seen) == world
+    assert set(seen.tolist()) == set(range(50))
+    assert np.bincount(seen).max() <= -(-world // 50)
+
+
 @pytest.mark.parametrize("order", [OrderOption.QUASI_RANDOM, OrderOption.RANDOM],
                          ids=lambda o: o.name)
 def test_a_state_from_before_the_rank_cuts_changed(paged: Path, monkeypatch: pytest.MonkeyPatch,

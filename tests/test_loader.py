@@ -125,6 +125,25 @@ def test_indices_subset(scalars: Path) -> None:
         index_loader(scalars, batch_size=4, indices=[600])
 
 
+@pytest.mark.parametrize(("indices", "error", "match"), [
+    ([1.5, 2.7], TypeError, r"integers, got float64 \(1.5\)"),
+    (["3", "4"], TypeError, "integers"),
+    (np.array([[1, 2], [3, 4]]), ValueError, "one-dimensional"),
+    (np.array([2**63], np.uint64), IndexError, "9223372036854775808"),
+    ([-1], IndexError, "-1 out of range"),
+], ids=["fractions", "strings", "2-D", "past int64", "negative"])
+def test_indices_that_would_be_other_samples(scalars: Path, indices: object,
+                                             error: type[Exception], match: str) -> None:
+    """What np.asarray(..., int64) would turn into other samples is refused
+    (fractions truncated, strings parsed, 2-D flattened, 2**63 wrapped to a
+    negative number), as the writer refuses it."""
+    with pytest.raises(error, match=match):
+        index_loader(scalars, batch_size=4, indices=indices)
+    # whole numbers given as floats are still the samples they name
+    assert collect(index_loader(scalars, batch_size=4, indices=[3.0, 1.0],
+                                drop_last=False)) == [3, 1]
+
+
 def test_unknown_output_needs_pipeline_spec(scalars: Path) -> None:
     with pytest.raises(ValueError, match="PipelineSpec"):
         Loader(scalars, 4, pipelines={"nope": [IntDecoder()]})
@@ -195,6 +214,25 @@ def test_custom_traversal_order(scalars: Path) -> None:
             return self.indices[::-1]
 
     assert collect(index_loader(scalars, batch_size=100, order=Backwards))[:3] == [599, 598, 597]
+
+
+@pytest.mark.parametrize(("given", "error", "match"), [
+    ([0, -1], IndexError, "Wrong of epoch 0: sample -1 out of range"),
+    ([0, 600], IndexError, "Wrong of epoch 0: sample 600 out of range"),
+    ([0.0, 2.5], TypeError, r"Wrong.sample_order\(0\).*integers"),
+], ids=["negative", "past the end", "fraction"])
+def test_custom_order_numbers_are_checked(scalars: Path, given: list[float],
+                                          error: type[Exception], match: str) -> None:
+    """A custom order's sample numbers are held to what indices= is: -1 read
+    sample 599 and 2.5 sample 2, 600 failed in NumPy without naming the order."""
+    class Wrong(TraversalOrder):
+        def sample_order(self, epoch: int) -> list[float]:
+            return given
+
+    loader = index_loader(scalars, batch_size=2, order=Wrong)
+    with pytest.raises(error, match=match):
+        iter(loader)
+    assert loader.next_epoch == 0  # the epoch is not used up
 
 
 def test_quasi_random_needs_payloads(scalars: Path) -> None:

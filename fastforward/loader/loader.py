@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .._ext.collate import Copier
+from ..checksums import digest
 from ..device import DeviceBatch, DeviceStage, is_cuda
 from ..fields import Field
 from ..memory_managers import MemoryManager, OSCacheManager, ProcessCacheManager
@@ -33,7 +34,7 @@ from ..ring import PINNED, SHARED, Slot, SlotPool
 from ..scheduler import ChannelStats, Engine, EpochPlan
 from ..traversal_order import QuasiRandom, Random, Sequential, TraversalOrder
 from ..traversal_order.sharding import Shard, resume
-from ..utils import default_workers, install_hint, refuse_in_a_worker
+from ..utils import default_workers, install_hint, refuse_in_a_worker, sample_numbers
 from .runner import BatchJob, ranged_pipelines, run_stage2
 from .workers import PROCESS, ProcessWorkers, ThreadWorkers
 
@@ -51,6 +52,9 @@ ORDER_TYPE = OrderOption | type[TraversalOrder]
 ORDER_MAP = {option: option.value for option in OrderOption}
 """Each ``OrderOption``'s ``TraversalOrder`` class (FFCV's name)."""
 STATE_VERSION = 2
+_SAVED_WITH = {"file": "over another file (or one rewritten with other samples)",
+               "indices": "with other indices (as many, but other samples or another order)",
+               "order": "with another order", "even_batches": "with another even_batches"}
 """``state_dict()``'s version: 2 since distributed QUASI_RANDOM cuts ranks at equal
 sample counts (version 1's mid-epoch states of it cannot be resumed exactly)."""
 DEFAULT_PROCESS_CACHE = int(os.environ.get("FASTFORWARD_DEFAULT_CACHE_PROCESS", "0"))
@@ -188,6 +192,7 @@ class Loader:
         elif self._stage is not None:
             self._slots.kind = PINNED
         self._resume: tuple[int, list[list[int]]] | None = None  # (epoch, segments)
+        self._state_identity: dict[str, Any] | None = None  # see _identity
         self._current: weakref.ref[EpochIterator] | None = None
         self._stats = ChannelStats()  # of the epochs that ended
 
@@ -211,15 +216,15 @@ class Loader:
         n = self.reader.num_samples
         if indices is None:
             return np.arange(n, dtype=np.int64)
-        if np.asarray(indices).dtype == bool:
-            raise TypeError("indices must be sample numbers, not a boolean mask (use "
-                            "np.flatnonzero(mask))")
-        result = np.asarray(indices, dtype=np.int64).reshape(-1).copy()
-        bad = np.flatnonzero((result < 0) | (result >= n))
-        if bad.size:
-            raise IndexError(f"{self.fname}: index {int(result[bad[0]])} out of range "
-                             f"[0, {n})")
+        result = sample_numbers(indices, f"{self.fname}: indices").copy()
+        self._check_range(result, f"{self.fname}: indices")
         return result
+
+    def _check_range(self, samples: np.ndarray, where: str) -> None:
+        n = self.reader.num_samples
+        bad = np.flatnonzero((samples < 0) | (samples >= n))
+        if bad.size:
+            raise IndexError(f"{where}: sample {int(samples[bad[0]])} out of range [0, {n})")
 
     @staticmethod
     def _resolve_order(order: Any) -> type[TraversalOrder]:
@@ -357,7 +362,20 @@ class Loader:
         (``[world_size, batches done]`` each); see ``traversal_order.sharding``."""
         world = segments[0][0] if segments else self.world_size
         shards = self.traversal_order.rank_orders(epoch, world, self.even_batches)
-        for position, (_, done) in enumerate(segments):
+        order = type(self.traversal_order).__name__
+        for shard in shards:  # a custom order's numbers are checked as indices= is
+            self._check_range(sample_numbers(shard.order, f"{self.fname}: {order} of epoch "
+                                                          f"{epoch}"),
+                              f"{self.fname}: {order} of epoch {epoch}")
+        for position, (ranks, done) in enumerate(segments):
+            longest = max((len(s.order) for s in shards), default=0)
+            available = longest // self.batch_size if self.drop_last else -(-longest //
+                                                                               self.batch_size)
+            if done > available:
+                raise ValueError(
+                    f"{self.fname}: the loader state says {done} batches of epoch {epoch} "
+                    f"were done on {ranks} rank(s), but each had at most {available} "
+                    f"(batch_size={self.batch_size}): it was not saved by this loader")
             world = segments[position + 1][0] if position + 1 < len(segments) else self.world_size
             shards = resume(shards, done * self.batch_size, world, self.even_batches)
         return shards
@@ -442,10 +460,32 @@ class Loader:
             segments = self._segments(epoch)
         return {"version": STATE_VERSION, "epoch": int(epoch), "seed": int(self.seed),
                 "batch_size": self.batch_size, "num_samples": len(self.indices),
-                "segments": [[int(w), int(k)] for w, k in segments]}
+                "segments": [[int(w), int(k)] for w, k in segments], **self._identity()}
+
+    def _identity(self) -> dict[str, Any]:
+        """What a state must match to be resumed here, beyond its counts: the
+        file's samples, the indices, the order (with its options) and how ranks
+        are evened out. Another value of any would resume with other samples."""
+        if self._state_identity is None:
+            order = type(self.traversal_order)
+            options = sorted(dict(self._args["order_kwargs"] or {}).items())
+            self._state_identity = {
+                "file": self.reader.samples_digest,
+                "indices": f"{digest(np.ascontiguousarray(self.indices).view(np.uint8)):016x}",
+                "order": f"{order.__module__}.{order.__qualname__}"
+                         + "".join(f" {k}={v!r}" for k, v in options),
+                "even_batches": self.even_batches,
+            }
+        return self._state_identity
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume from ``state_dict()``: the next ``iter()`` continues that epoch."""
+        """Resume from ``state_dict()``: the next ``iter()`` continues that epoch.
+
+        The state must come from a loader over the same samples (file and
+        indices), with the same batch size, order and ``even_batches``; anything
+        else is refused with what differs (a state saved before these were kept
+        is checked on its counts only).
+        """
         version = state.get("version")
         if version not in (1, STATE_VERSION):
             raise ValueError(f"unknown loader state version {version!r}")
@@ -461,12 +501,35 @@ class Loader:
             if state[key] != mine:
                 raise ValueError(f"{self.fname}: the state was saved with {key}={state[key]}, "
                                  f"this loader has {mine}")
-        self.seed = int(state["seed"])
-        self.traversal_order.seed = self.seed
-        self.next_epoch = int(state["epoch"])
-        segments = [[int(w), int(k)] for w, k in state["segments"]]
+        for key, mine in self._identity().items():
+            if key in state and state[key] != mine:
+                raise ValueError(f"{self.fname}: the state was saved {_SAVED_WITH[key]} "
+                                 f"({key}={state[key]!r}; this loader: {mine!r}), so resuming "
+                                 "here would give other samples than the rest of its epoch. "
+                                 f"To resume anyway, delete the state's {key!r} entry")
+        epoch, seed = state["epoch"], state["seed"]
+        for key, value in (("epoch", epoch), ("seed", seed)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                    or not 0 <= value < 1 << 63:
+                raise ValueError(f"{self.fname}: the loader state's {key} must be an integer "
+                                 f"in [0, 2**63), got {value!r}")
+        try:
+            segments = [[int(w), int(k)] for w, k in state["segments"]]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{self.fname}: invalid loader state segments "
+                             f"{state['segments']!r}: expected [world_size, batches] "
+                             "pairs") from exc
         if any(w < 1 or k < 0 for w, k in segments):
-            raise ValueError(f"invalid loader state segments {segments}")
+            raise ValueError(f"{self.fname}: invalid loader state segments {segments}")
+        previous = self.seed
+        self.traversal_order.seed = int(seed)
+        try:
+            self._shards(int(epoch), segments)  # a count past the epoch's end is refused now
+        except BaseException:
+            self.traversal_order.seed = previous
+            raise
+        self.seed = int(seed)
+        self.next_epoch = int(epoch)
         self._resume = (self.next_epoch, segments) if segments else None
 
     def __iter__(self) -> EpochIterator:

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ..utils import sample_numbers
+
 
 class TraversalOrder(ABC):
     """Base class of orders; subclass it and pass the class as ``Loader(order=...)``.
@@ -40,7 +42,8 @@ class TraversalOrder(ABC):
         """
         from .sharding import Shard, strided
 
-        order = np.asarray(self.sample_order(epoch), dtype=np.int64)
+        order = sample_numbers(self.sample_order(epoch),
+                               f"{type(self).__name__}.sample_order({epoch})")
         return [Shard.of(order)] if world == 1 else strided(order, world, even)
 
     def rng(self, epoch: int, salt: int = 0) -> np.random.Generator:

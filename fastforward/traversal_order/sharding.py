@@ -42,15 +42,18 @@ class Shard:
         return Shard(order, np.zeros(len(order), bool))
 
 
-def pad_to(shard: Shard, length: int, fallback: np.ndarray) -> Shard:
+def pad_to(shard: Shard, length: int, fallback: np.ndarray, start: int = 0) -> Shard:
     """*shard* lengthened to *length* by repeating its own samples from the start
-    (or *fallback*'s, for an empty shard: every rank must get the same batches)."""
+    (or *fallback*'s from position *start* on, for an empty shard: every rank must
+    get the same batches)."""
     missing = length - len(shard.order)
     if missing <= 0:
         return shard
     source = shard.order if len(shard.order) else np.asarray(fallback, dtype=np.int64)
     if len(source) == 0:
         return shard
+    if not len(shard.order):
+        source = np.roll(source, -(start % len(source)))
     extra = np.resize(source, missing)
     return Shard(np.concatenate([shard.order, extra]),
                  np.concatenate([shard.padding, np.ones(missing, bool)]))
@@ -76,9 +79,17 @@ def contiguous(order: np.ndarray, world: int, even: bool) -> list[Shard]:
 
 
 def even_out(shards: list[Shard], fallback: np.ndarray) -> list[Shard]:
-    """Pad every shard to the longest one's length (see ``pad_to``)."""
+    """Pad every shard to the longest one's length (see ``pad_to``). Empty
+    shards take *fallback*'s samples in turn, each where the one before
+    stopped, so that more ranks than samples repeat each sample about equally
+    often, not the first one on every rank."""
     longest = max(len(s.order) for s in shards)
-    return [pad_to(s, longest, fallback) for s in shards]
+    padded, start = [], 0
+    for shard in shards:
+        padded.append(pad_to(shard, longest, fallback, start))
+        if not len(shard.order):
+            start += longest
+    return padded
 
 
 def resume(shards: list[Shard], consumed: int, world: int, even: bool) -> list[Shard]:
