@@ -28,8 +28,9 @@ CURRENT = (process_cache.ProcessCacheManager.__init__,
            process_cache.ProcessCacheManager._pread_into)
 
 
-def _before_init(self: process_cache.ProcessCacheManager, reader: object) -> None:
-    process_cache.MemoryManager.__init__(self, reader)
+def _before_init(self: process_cache.ProcessCacheManager, reader: object,
+                 verify_checksums: bool = False) -> None:
+    process_cache.MemoryManager.__init__(self, reader, verify_checksums)
     self._fd = os.open(reader.fname, os.O_RDONLY)
     self._lock = process_cache.threading.Lock()
     self.live_bytes = 0

@@ -174,7 +174,7 @@ def mixing_distance(order: np.ndarray, labels: np.ndarray, batch_size: int) -> f
     """The mixing measure: the mean, over the epoch's full batches, of the
     total-variation distance between the batch's class histogram and the class
     distribution of the whole epoch. 0 is perfect; RANDOM gives about
-    ``sqrt(classes / (2π · batch_size))``."""
+    ``sqrt((classes - 1) / (2π · batch_size))``."""
     order = np.asarray(order)
     count = len(order) // batch_size
     if count == 0:
