@@ -309,6 +309,24 @@ def test_held_batches_are_never_overwritten_by_worker_processes(photos_file: Pat
             np.testing.assert_array_equal(h, c)
 
 
+def test_a_batch_size_past_the_samples_sizes_no_slot_past_them(photos_file: Path) -> None:
+    """Shared slots are filled in when made: batch_size=20,000 on a 50-sample file
+    committed 469 MB of shared memory for batches of 50."""
+    def loader(worker_type: str) -> Loader:
+        return Loader(photos_file, 20_000, num_workers=2, worker_type=worker_type, seed=5,
+                      order=OrderOption.RANDOM, drop_last=False,
+                      pipelines={"image": [RandomResizedCropRGBImageDecoder((32, 32)), Jitter()],
+                                 "label": [IntDecoder()]})
+
+    with loader("thread") as threads:
+        (want, labels), = [(i.copy(), b.copy()) for i, b in threads]
+    with loader("process") as processes:
+        (got, got_labels), = list(processes)
+        assert processes._slots.batch_size == 48  # rows per slot: the samples, not 20,000
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got_labels, labels)
+
+
 def test_os_cache_false_with_process_workers(photos_file: Path) -> None:
     reference = epochs(train_loader(photos_file, 1, "thread"))
     got = epochs(train_loader(photos_file, 2, "process", os_cache=False))

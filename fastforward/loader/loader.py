@@ -184,8 +184,11 @@ class Loader:
         self._stage = self._device_stage()
         self._owned.workers = self.workers = self._choose_workers(worker_type)
         # batches_ahead in flight, one in the channel, the one the consumer
-        # holds, and the previous one, still alive while next() runs in a loop
-        self._owned.slots = self._slots = SlotPool(self.batches_ahead + 3, self.batch_size)
+        # holds, and the previous one, still alive while next() runs in a loop;
+        # no batch is longer than the samples (a rank's share, padded, is at
+        # most all of them), so a batch_size past them sizes no slot
+        rows = max(1, min(self.batch_size, len(self.indices)))
+        self._owned.slots = self._slots = SlotPool(self.batches_ahead + 3, rows)
         if self.workers.kind == PROCESS:
             self._slots.kind = SHARED
             self._slots.pin_shared = self._stage is not None
