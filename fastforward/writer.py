@@ -1086,8 +1086,9 @@ class DatasetWriter:
                 tuple with one value per field (a bare value for one field,
                 except a list or tuple, which is taken as the values: a
                 single field whose value is a list returns ``(value,)``).
-            indices: which source samples, in which order (integers; a
-                boolean mask or floats are refused).
+            indices: which source samples, in which order (integers of at
+                least 0; a boolean mask, floats or negative indices are
+                refused).
             chunksize: samples per unit of work sent to a worker.
             shuffle_indices: shuffle the order, seeded by *seed*.
             seed: for the shuffle; defaults to the writer's seed.
@@ -1116,17 +1117,23 @@ class DatasetWriter:
         if given.dtype.kind in "iu":
             if given.dtype.kind == "u" and given.size and given.max() > np.iinfo(np.int64).max:
                 raise ValueError(f"{self.fname}: index {int(given.max())} is out of range")
-            return given.astype(np.int64)
-        try:  # floats, objects (NumPy's type for [np.uint64(1), 2]): integers exactly
             as_int = given.astype(np.int64)
-            exact = bool((as_int == given).all())
-        except (TypeError, ValueError, OverflowError):
-            exact = False
-        if not exact:
-            wrong = next((v for v in given.tolist() if not float(v).is_integer()), None) \
-                if given.dtype.kind == "f" else None
-            raise TypeError(f"{self.fname}: indices must be integers, got {given.dtype}"
-                            + (f" ({wrong!r})" if wrong is not None else ""))
+        else:
+            try:  # floats, objects (NumPy's type for [np.uint64(1), 2]): integers exactly
+                as_int = given.astype(np.int64)
+                exact = bool((as_int == given).all())
+            except (TypeError, ValueError, OverflowError):
+                exact = False
+            if not exact:
+                wrong = next((v for v in given.tolist() if not float(v).is_integer()), None) \
+                    if given.dtype.kind == "f" else None
+                raise TypeError(f"{self.fname}: indices must be integers, got {given.dtype}"
+                                + (f" ({wrong!r})" if wrong is not None else ""))
+        if as_int.size and as_int.min() < 0:
+            # dataset[-1] is the last sample: a negative index would write another one
+            raise ValueError(f"{self.fname}: indices must be at least 0, got "
+                             f"{int(as_int.min())} (a negative index would count from the "
+                             "end of the dataset)")
         return as_int
 
     def from_webdataset(self, shards: Sequence[str], pipeline: Callable[[Any], Iterable[Any]]

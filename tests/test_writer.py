@@ -362,6 +362,26 @@ def test_int_field_refuses_what_it_cannot_store_whole(tmp_path: Path, value: obj
     assert "sample 1, field 'i'" in str(info.value)
 
 
+@pytest.mark.parametrize(("value", "message"), [
+    ("3.5", "expected a real number, got str '3.5'"),
+    (b"1_000", "expected a real number, got bytes b'1_000'"),
+    (" nan ", "expected a real number, got str ' nan '"),
+    (10**400, r"int 1000000000000000000000000000000000000000\.\.\. is beyond float64's range"),
+], ids=["string", "bytes", "string-nan", "huge-int"])
+def test_float_field_refuses_text_and_what_overflows(tmp_path: Path, value: object,
+                                                     message: str) -> None:
+    """float() parses text and raises OverflowError for a huge int: both stored or
+    failed outside EncodeError (which skip_errors=(EncodeError,) could not skip)."""
+    with pytest.raises(EncodeError, match=message) as info:
+        write(tmp_path / "f.beton", {"x": FloatField()}, [(0.5,), (value,)])
+    assert "sample 1, field 'x'" in str(info.value)
+    writer = DatasetWriter(tmp_path / "f.beton", {"x": FloatField()}, num_workers=1,
+                           progress=False, skip_errors=(EncodeError,))
+    writer.from_indexed_dataset([(0.5,), (value,), (np.float32(2),)])
+    assert [s.index for s in writer.skipped] == [1]
+    assert Reader(tmp_path / "f.beton").metadata["f0"].tolist() == [0.5, 2.0]
+
+
 class StringField(NDArrayField):
     """A custom field, as FFCV's own test defines one."""
 

@@ -892,6 +892,10 @@ def test_a_boolean_mask_or_float_indices_are_refused(tmp_path: Path) -> None:
         write(target, {"i": IntField()}, values, indices=[0.9, 2.7, 4.5])
     with pytest.raises(ValueError, match="one-dimensional"):
         write(target, {"i": IntField()}, values, indices=[[0, 1]])
+    # dataset[-1] would be the last sample: written silently as sample 0
+    for negative in ([-1], np.array([2, -6]), [1.0, -2.0]):
+        with pytest.raises(ValueError, match=r"m\.beton: indices must be at least 0, got -"):
+            write(target, {"i": IntField()}, values, indices=negative)
     assert not target.exists()
     with pytest.raises(ValueError, match="out of range"):
         write(target, {"i": IntField()}, values, indices=np.array([2**63], np.uint64))
