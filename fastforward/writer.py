@@ -55,7 +55,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 
@@ -190,9 +190,9 @@ class _Encoder:
                     failed = SkippedSample(dest, source, self.names[i],
                                            f"{type(exc).__name__}: {exc}")
                     break
-                except Exception as exc:
+                except BaseException as exc:
                     where = self._where(dest, source, describe, self.names[i])
-                    raise annotate(exc, where) from None
+                    _raise_located(exc, where, "the field's encode")
                 finally:
                     CURRENT_SAMPLE.reset(token)
             if failed is not None:
@@ -252,6 +252,28 @@ def _where(fname: str, dest: int, source: Any, description: str | None,
     if field is not None:
         where += f", field {field!r}"
     return where
+
+
+def _raise_located(exc: BaseException, where: str, who: str) -> NoReturn:
+    """Raise *exc*, from user code (*who*: the dataset, a pipeline, a field), with
+    *where* (file, sample, field) in its message (``errors.annotate``).
+
+    Two are raised as a ``RuntimeError`` that says what happened, caused by them:
+    ``StopIteration``, which a generator on its way (PEP 479) would turn into a
+    bare "generator raised StopIteration", its location lost; and ``SystemExit``
+    (``sys.exit()`` in the dataset, argparse in a helper), which the caller's
+    program would take as its own exit, silently. A ``KeyboardInterrupt`` stays
+    one: it stops the write as Ctrl-C does, its location in a note.
+    """
+    if isinstance(exc, StopIteration):
+        wrapped = RuntimeError(f"{who} raised StopIteration: {exc}".rstrip(": "))
+    elif isinstance(exc, SystemExit):
+        wrapped = RuntimeError(f"{who} called sys.exit({exc.code!r})")
+    else:
+        raise annotate(exc, where) from None
+    for note in getattr(exc, "__notes__", ()):
+        wrapped.add_note(note)
+    raise annotate(wrapped, where) from exc
 
 
 def _too_large(nbytes: int, page_size: int) -> str:
@@ -1305,9 +1327,9 @@ class _IndexedSource:
             dest = start + offset
             try:
                 sample = self.dataset[src]
-            except Exception as exc:
+            except BaseException as exc:
                 where = _where(self.fname, dest, src, self.describe(src) or f"dataset index {src}")
-                raise annotate(exc, f"{where}, reading it from the dataset") from None
+                _raise_located(exc, f"{where}, reading it from the dataset", "the dataset")
             yield dest, src, sample
 
 
@@ -1335,9 +1357,9 @@ class _WebDatasetSource:
                 sample = next(samples)
             except StopIteration:
                 break
-            except Exception as exc:
+            except BaseException as exc:
                 where = _where(self.fname, start + n, None, f"{shard}#{n}")
-                raise annotate(exc, f"{where}, reading it from the shard") from None
+                _raise_located(exc, f"{where}, reading it from the shard", "the pipeline")
             n += 1
             if n > count:
                 break

@@ -593,6 +593,49 @@ def test_dataset_exceptions_name_the_file_and_sample(tmp_path: Path, make: Any,
     assert os.listdir(tmp_path) == []
 
 
+class RaisingField(IntField):
+    """An IntField whose encode raises, at sample 7, the exception made by *make*."""
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+
+    def encode(self, destination: Any, field: Any, malloc: Any) -> None:
+        if field == 7:
+            raise self.make()
+        super().encode(destination, field, malloc)
+
+
+@pytest.mark.parametrize(("make", "kind", "message"), [
+    (lambda: StopIteration(), RuntimeError, "reading it from the dataset: the dataset raised "
+                                            "StopIteration"),
+    (lambda: StopIteration("spent"), RuntimeError, "the dataset raised StopIteration: spent"),
+    (lambda: SystemExit(3), RuntimeError, "reading it from the dataset: the dataset called "
+                                          "sys.exit(3)"),
+    (lambda: KeyboardInterrupt(), KeyboardInterrupt, "reading it from the dataset"),
+], ids=["stop-iteration", "stop-iteration-with-text", "sys-exit", "keyboard-interrupt"])
+@pytest.mark.parametrize("where", ["dataset", "field"])
+@forking_with_threads
+def test_base_exceptions_from_user_code_name_the_file_and_sample(
+        tmp_path: Path, make: Any, kind: type, message: str, where: str) -> None:
+    """A StopIteration became a bare "generator raised StopIteration" (a generator
+    passed it on), and a SystemExit ended the caller's program silently with its
+    status; a KeyboardInterrupt still stops the write, with its location."""
+    target = tmp_path / "k.beton"
+    if where == "dataset":
+        dataset, field = Raising(make), IntField()
+    else:
+        dataset, field = list(range(10)), RaisingField(make)
+        message = message.replace("reading it from the dataset", "field 'i'").replace(
+            "the dataset", "the field's encode")
+    with pytest.raises(kind) as info:
+        write(target, {"i": field}, dataset, start_method="fork")
+    line = describe_error(info.value)
+    assert f"{target}: sample 7" in line, line
+    assert message in line
+    assert "\n" not in line
+    assert os.listdir(tmp_path) == []
+
+
 # -- skipping samples ---------------------------------------------------------------------------
 
 
