@@ -1158,14 +1158,16 @@ class DatasetWriter:
                              "end of the dataset)")
         return as_int
 
-    def from_webdataset(self, shards: Sequence[str], pipeline: Callable[[Any], Iterable[Any]]
-                        ) -> None:
+    def from_webdataset(self, shards: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                        pipeline: Callable[[Any], Iterable[Any]]) -> None:
         """Write the samples of WebDataset *shards*, shard by shard, in order.
 
         ``pipeline(webdataset.WebDataset(shard))`` must yield one tuple per
         sample. The shards are read once to count the samples, then written;
-        one shard is one unit of work.
+        one shard is one unit of work. *shards* is a sequence of paths or
+        URLs, or one of them (as ``webdataset.WebDataset`` takes it).
         """
+        shards = self._shards(shards)
         try:
             import webdataset  # noqa: F401
         except ImportError as exc:
@@ -1173,10 +1175,30 @@ class DatasetWriter:
                 f"from_webdataset needs webdataset: {install_hint('webdataset')}"
             ) from exc
         source = _WebDatasetSource(pipeline, self.fname)
-        counts = [sum(1 for _ in source.iterate(shard)) for shard in shards]
+        counts: list[int] = []
+        for shard in shards:
+            counts.append(source.count(shard, sum(counts)))
         starts = np.concatenate(([0], np.cumsum(counts)))[:-1].tolist()
         tasks = list(zip(starts, zip(shards, counts, strict=True), strict=True))
         self._write(int(sum(counts)), tasks, source)
+
+    def _shards(self, shards: Any) -> list[str]:
+        """*shards* as a list of strings: one path (a string: not its characters),
+        or a sequence of them."""
+        if isinstance(shards, (str, os.PathLike)):
+            shards = [shards]
+        elif isinstance(shards, (bytes, bytearray)) or not isinstance(shards,
+                                                                     (Sequence, np.ndarray)):
+            raise TypeError(f"{self.fname}: shards must be a path or URL, or a sequence of "
+                            f"them, got {type(shards).__name__}")
+        found = []
+        for shard in shards:
+            name = os.fspath(shard) if isinstance(shard, (str, os.PathLike)) else None
+            if not isinstance(name, str):
+                raise TypeError(f"{self.fname}: shards must be paths or URLs (str or "
+                                f"os.PathLike), got {type(shard).__name__} {shard!r:.40}")
+            found.append(name)
+        return found
 
     # -- the write ------------------------------------------------------------------
 
@@ -1348,10 +1370,32 @@ class _WebDatasetSource:
     def describe(self, src: str) -> str | None:
         return src
 
+    def count(self, shard: str, start: int) -> int:
+        """The samples of *shard*, whose first will be sample *start*; an error
+        names the file, the shard and the sample it came at."""
+        n = 0
+        try:
+            samples = iter(self.iterate(shard))
+        except BaseException as exc:
+            _raise_located(exc, f"{self.fname}: shard {shard}, counting its samples",
+                           "the pipeline")
+        while True:
+            try:
+                next(samples)
+            except StopIteration:
+                return n
+            except BaseException as exc:
+                where = _where(self.fname, start + n, None, f"{shard}#{n}")
+                _raise_located(exc, f"{where}, counting the shard's samples", "the pipeline")
+            n += 1
+
     def expand(self, task: tuple[int, tuple[str, int]]) -> Iterator[tuple[int, Any, Any]]:
         start, (shard, count) = task
         n = 0
-        samples = iter(self.iterate(shard))
+        try:
+            samples = iter(self.iterate(shard))
+        except BaseException as exc:
+            _raise_located(exc, f"{self.fname}: shard {shard}", "the pipeline")
         while True:
             try:
                 sample = next(samples)
