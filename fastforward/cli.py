@@ -927,7 +927,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status: 0 success, 1 failure or problems found, 2 bad usage,
-        130 interrupted, 143 terminated (SIGTERM during a conversion).
+        130 interrupted, 143 terminated (SIGTERM during a conversion; 129 for SIGHUP).
     """
     try:
         try:
@@ -939,8 +939,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), 2)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
-    except Terminated as exc:
-        return _fail(str(exc), 143)
+    except Terminated as exc:  # 143 for SIGTERM, 129 for SIGHUP
+        return _fail(str(exc), exc.code if isinstance(exc.code, int) else 143)
     except BrokenPipeError:  # ``fastforward info x | head``
         _silence_stdout()
         return 1

@@ -293,10 +293,12 @@ _IN_WORKER = "the writer's worker process"
 def _worker_main(conn: Connection, job: Any, inherited: tuple[list[Connection], list[int]],
                  parent_pid: int | None) -> None:
     worker_started()
-    # The parent handles Ctrl-C and SIGTERM (sent to the whole process group
-    # by a terminal, `timeout` or a batch system) and stops its workers itself.
+    # The parent handles Ctrl-C, SIGTERM and SIGHUP (sent to the whole process
+    # group by a terminal, `timeout` or a batch system) and stops its workers
+    # itself (and they die with it, whatever kills it).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for signum in _STOPPING_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     # A forked worker holds copies of the parent's descriptors: its ends of
     # this pipe and of the other workers' (kept, the parent's death would
     # never read as EOF here), its lock and its output file.
@@ -850,32 +852,41 @@ def write_file_atomically(path: str | os.PathLike[str], data: bytes) -> None:
         os.close(dir_fd)
 
 
-class _SigtermGuard:
-    """Whether a SIGTERM may still stop the write (until the file is named)."""
+# the signals that stop a write cleanly where they would kill the process outright:
+# SIGTERM (`timeout`, batch systems, `kill`) and SIGHUP (the terminal closed)
+_STOPPING_SIGNALS = {getattr(signal, name): (name, why) for name, why in
+                     (("SIGTERM", ""), ("SIGHUP", " (the terminal closed)"))
+                     if hasattr(signal, name)}
+
+
+class _SignalGuard:
+    """Whether a SIGTERM or SIGHUP may still stop the write (until the file is named)."""
 
     armed = True
-    pending = False  # a SIGTERM came once the file was named: delivered at the end
+
+    def __init__(self) -> None:
+        self.pending: list[int] = []  # came once the file was named: delivered at the end
 
     def disarm(self) -> None:
-        """From now on the file will get its name: a SIGTERM waits for the end."""
+        """From now on the file will get its name: a stopping signal waits for the end."""
         self.armed = False
 
 
 @contextlib.contextmanager
-def _sigterm_stops_the_write(target: str) -> Iterator[_SigtermGuard]:
-    """Turn SIGTERM into ``Terminated`` while a write runs, as Ctrl-C is turned
-    into KeyboardInterrupt: the write stops cleanly and leaves no file.
+def _signals_stop_the_write(target: str) -> Iterator[_SignalGuard]:
+    """Turn SIGTERM and SIGHUP into ``Terminated`` while a write runs, as Ctrl-C is
+    turned into KeyboardInterrupt: the write stops cleanly and leaves no file
+    (neither the lock file nor a ``.part``).
 
     Only from the main thread (the only one that may set handlers), and only
-    where SIGTERM would kill the process outright: a handler of the caller's
-    is left alone. The previous handler is restored afterwards. A second
-    SIGTERM during the clean-up is ignored (a SIGKILL still works); one that
-    comes once the file has its name is delivered (to the default action)
-    when the write returns.
+    for a signal that would kill the process outright: a handler of the
+    caller's (or SIG_IGN, as under ``nohup``) is left alone. The previous
+    handlers are restored afterwards. A second such signal during the clean-up
+    is ignored (a SIGKILL still works); one that comes once the file has its
+    name is delivered (to the default action) when the write returns.
     """
-    guard = _SigtermGuard()
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+    guard = _SignalGuard()
+    if threading.current_thread() is not threading.main_thread():
         yield guard
         return
     fired = False
@@ -883,19 +894,25 @@ def _sigterm_stops_the_write(target: str) -> Iterator[_SigtermGuard]:
     def handler(signum: int, frame: Any) -> None:
         nonlocal fired
         if not guard.armed:
-            guard.pending = True
+            if signum not in guard.pending:
+                guard.pending.append(signum)
         elif not fired:
             fired = True
-            raise Terminated(f"{target}: stopped by SIGTERM during the write; "
-                             "no file was written")
+            name, why = _STOPPING_SIGNALS[signum]
+            raise Terminated(f"{target}: stopped by {name}{why} during the write; "
+                             "no file was written", 128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {}
     try:
+        for signum in _STOPPING_SIGNALS:
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                previous[signum] = signal.signal(signum, handler)
         yield guard
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        if guard.pending:
-            signal.raise_signal(signal.SIGTERM)
+        for signum, before in previous.items():
+            signal.signal(signum, before)
+        for signum in guard.pending:
+            signal.raise_signal(signum)
 
 
 class _PageWriter:
@@ -1050,10 +1067,10 @@ class DatasetWriter:
             then find any damaged byte. False writes exactly FFCV's layout.
 
     A write holds a lock on ``.<name>.lock`` beside the target: a second
-    writer of the same target raises ``TargetLockedError``. SIGTERM during a
-    write (where the process has no handler of its own) stops it as Ctrl-C
-    does, raising ``fastforward.errors.Terminated`` (a ``SystemExit`` with
-    status 143), and leaves no file.
+    writer of the same target raises ``TargetLockedError``. SIGTERM or SIGHUP
+    during a write (where the process has no handler of its own for it) stops
+    it as Ctrl-C does, raising ``fastforward.errors.Terminated`` (a
+    ``SystemExit`` with status 143, or 129 for SIGHUP), and leaves no file.
     """
 
     skipped: list[SkippedSample]
@@ -1212,13 +1229,13 @@ class DatasetWriter:
             raise IsADirectoryError(errno.EISDIR, "is a directory, not a file to write",
                                     self.fname)
         directory = os.path.dirname(os.path.abspath(self.fname))
-        with _sigterm_stops_the_write(self.fname) as sigterm:
+        with _signals_stop_the_write(self.fname) as sigterm:
             self._write_locked(num_samples, tasks, source, encoder, names, fields,
                                directory, sigterm)
 
     def _write_locked(self, num_samples: int, tasks: list[Any], source: Any, encoder: _Encoder,
                       names: list[str], fields: list[Field], directory: str,
-                      sigterm: _SigtermGuard) -> None:
+                      sigterm: _SignalGuard) -> None:
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         lock = _TargetLock(self.fname, dir_fd)
         output = pool = None

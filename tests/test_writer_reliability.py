@@ -93,6 +93,8 @@ KILLED_WRITER = """
                 real(conn, job, ([], []), parent_pid)
 
             w._worker_main = keep_inherited
+        elif variant == "no-tmpfile":  # a hidden .part file, as on other systems
+            w._open_unnamed = lambda dir_fd: None
         DatasetWriter(target, {"x": BytesField()}, num_workers=2, progress=False,
                       start_method=None if method == "auto" else method
                       ).from_indexed_dataset(Big(), chunksize=8)
@@ -198,13 +200,18 @@ def test_sigkill_of_the_parent_leaves_no_process_and_no_file(
 
 @linux_only
 @pytest.mark.slow
-@pytest.mark.parametrize(("how", "method"),
-                         [("SIGTERM", "auto"), ("SIGTERM", "forkserver"),
-                          ("SIGTERM-group", "auto"), ("SIGTERM-group", "forkserver")],
-                         ids=["fork", "forkserver", "process-group", "forkserver-group"])
-def test_sigterm_stops_the_write_cleanly(tmp_path: Path, how: str, method: str) -> None:
-    proc, stderr, below, gone, out = kill_mid_write(tmp_path, how, method)
-    assert proc.returncode == 143, stderr  # Terminated: a SystemExit, so no traceback
+@pytest.mark.parametrize(("how", "method", "variant"),
+                         [("SIGTERM", "auto", ""), ("SIGTERM", "forkserver", ""),
+                          ("SIGTERM-group", "auto", ""), ("SIGTERM-group", "forkserver", ""),
+                          ("SIGHUP", "auto", ""), ("SIGHUP", "auto", "no-tmpfile")],
+                         ids=["fork", "forkserver", "process-group", "forkserver-group",
+                              "sighup", "sighup-part-file"])
+def test_sigterm_stops_the_write_cleanly(tmp_path: Path, how: str, method: str,
+                                         variant: str) -> None:
+    """And SIGHUP (a closed terminal), which left the lock file and a .part."""
+    proc, stderr, below, gone, out = kill_mid_write(tmp_path, how, method, variant)
+    # Terminated: a SystemExit, so no traceback; 128 + the signal's number
+    assert proc.returncode == (129 if how == "SIGHUP" else 143), stderr
     assert "Traceback" not in stderr
     assert alive(below) == [], f"still running {gone:.1f} s after the SIGTERM"
     assert os.listdir(out) == []  # nothing at all: not even the lock file
@@ -212,8 +219,10 @@ def test_sigterm_stops_the_write_cleanly(tmp_path: Path, how: str, method: str) 
 
 def test_sigterm_handler_is_restored(tmp_path: Path) -> None:
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
     write(tmp_path / "a.beton", {"i": IntField()}, list(range(5)))
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
 
 
 def test_a_sigterm_handler_of_the_callers_is_left_alone(tmp_path: Path) -> None:
