@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import multiprocessing
 import operator
 import os
@@ -598,11 +599,51 @@ def _pickled_job(job: Any, method: str, fname: str) -> bytes:
 _PART_MIDDLE = re.compile(r"[a-z0-9_]{8}")
 
 
+_PART_SUFFIX = ".12345678.part"  # as long as a .part name's end
+_HASHED_DIGITS = 16
+
+
+def _name_max(dir_fd: int) -> int:
+    """The longest file name, in bytes, that the directory *dir_fd* allows."""
+    try:
+        return int(os.fpathconf(dir_fd, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # unknown here: POSIX's usual
+        return 255
+
+
+def _hidden_stem(base: str, dir_fd: int) -> str:
+    """What the hidden names beside the target *base* are made of:
+    ``.<stem>.lock`` and ``.<stem>.<8 of [a-z0-9_]>.part``.
+
+    The target's name itself, unless the longer of those would be longer than
+    the directory allows (a name of over 240 bytes where 255 is the limit):
+    then as much of the name as fits, ``~`` and 16 hex digits of its SHA-256,
+    so that any name the target may have can be written.
+    """
+    limit = _name_max(dir_fd)
+    raw = os.fsencode(base)
+    if 1 + len(raw) + len(_PART_SUFFIX) <= limit:
+        return base
+    keep = max(limit - 1 - len(_PART_SUFFIX) - 1 - _HASHED_DIGITS, 0)
+    head = raw[:keep].decode("utf-8", "ignore")  # whole characters only
+    return f"{head}~{hashlib.sha256(raw).hexdigest()[:_HASHED_DIGITS]}"
+
+
 def _is_part_of(name: str, base: str) -> bool:
-    """Whether *name* is a partial file that a writer of *base* leaves."""
+    """Whether *name* is a partial file that a writer of the target whose hidden
+    stem is *base* leaves."""
     prefix = f".{base}."
     return (name.startswith(prefix) and name.endswith(".part")
             and _PART_MIDDLE.fullmatch(name[len(prefix):-len(".part")]) is not None)
+
+
+def _check_name_length(target: str, dir_fd: int) -> None:
+    """Refuse, before any work, a target whose name its directory cannot hold
+    (the write would fail only when the file is named, at its very end)."""
+    length, limit = len(os.fsencode(os.path.basename(target))), _name_max(dir_fd)
+    if length > limit:
+        raise OSError(errno.ENAMETOOLONG, f"File name too long: {length} bytes, where this "
+                      f"directory allows at most {limit}", target)
 
 
 class _TargetLock:
@@ -618,7 +659,7 @@ class _TargetLock:
     def __init__(self, target: str, dir_fd: int) -> None:
         self.target = target
         self.dir_fd = dir_fd
-        self.name = f".{os.path.basename(target)}.lock"
+        self.name = f".{_hidden_stem(os.path.basename(target), dir_fd)}.lock"
         self.path = os.path.join(os.path.dirname(target), self.name)
         self.fd = -1
 
@@ -709,6 +750,7 @@ class _Output:
         self.target = target
         self.dir_fd = dir_fd
         self.base = os.path.basename(target)
+        self.stem = _hidden_stem(self.base, dir_fd)
         self.written = 0  # bytes handed to write() so far
         self.published = False
         self.part: str | None = None  # the .part file's name, when there is one
@@ -722,7 +764,7 @@ class _Output:
         self.file = open(fd, "wb", closefd=True)  # noqa: SIM115 - closed by publish/discard
 
     def _temp_name(self) -> str:
-        return f".{self.base}.{secrets.token_hex(4)}.part"
+        return f".{self.stem}.{secrets.token_hex(4)}.part"
 
     def _create_part(self) -> tuple[int, str]:
         while True:
@@ -1240,6 +1282,7 @@ class DatasetWriter:
         lock = _TargetLock(self.fname, dir_fd)
         output = pool = None
         try:
+            _check_name_length(self.fname, dir_fd)
             lock.acquire()
             self._remove_stale_parts(dir_fd)
             output = _Output(self.fname, dir_fd)
@@ -1276,7 +1319,7 @@ class DatasetWriter:
     def _remove_stale_parts(self, dir_fd: int) -> None:
         """Remove the partial files that killed writers of this target left
         (holding the lock, we know that none of them is still writing)."""
-        base = os.path.basename(self.fname)
+        base = _hidden_stem(os.path.basename(self.fname), dir_fd)
         for name in os.listdir(dir_fd):
             if _is_part_of(name, base):
                 with contextlib.suppress(FileNotFoundError):

@@ -367,6 +367,57 @@ def test_stale_part_files_of_the_target_are_removed(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == sorted([*kept, "a.beton"])
 
 
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "part-file"])
+@pytest.mark.parametrize("length", [240, 241, 249, 250, 255])
+def test_any_name_the_directory_allows_can_be_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, length: int, unnamed: bool) -> None:
+    """The hidden names beside the target (``.<name>.lock``, ``.<name>.<8>.part``)
+    are 6 and 15 bytes longer than its name: a name of 241-255 bytes (NAME_MAX is
+    255) was refused, for 241-249 only once the whole file had been written."""
+    if not unnamed:
+        monkeypatch.setattr(writer_module, "_open_unnamed", lambda dir_fd: None)
+    out = tmp_path / "out"
+    out.mkdir()
+    name = "é" + "x" * (length - len("é".encode()) - len(".beton")) + ".beton"
+    assert len(name.encode()) == length
+    seen = tmp_path / "seen"
+    write(out / name, {"i": IntField()}, Slow(40, out, seen), chunksize=4)
+    assert os.listdir(out) == [name]
+    hidden = seen.read_text().split()
+    assert all(len(h.encode()) <= 255 for h in hidden)
+    assert len(hidden) == (1 if unnamed else 2)
+    if length > 240:  # as much of the name as fits, and a hash of it
+        assert all(h.startswith(".éxxx") and "~" in h for h in hidden)
+    # a stale .part of that name goes at the next write
+    part = next((h for h in hidden if h.endswith(".part")), None)
+    if part is not None:
+        (out / part).write_bytes(b"x")
+        write(out / name, {"i": IntField()}, list(range(3)))
+        assert os.listdir(out) == [name]
+
+
+def test_a_name_the_directory_cannot_hold_is_refused_before_encoding(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    class Counted:
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, i: int) -> tuple[int]:
+            calls.append(i)
+            return (i,)
+
+    target = tmp_path / ("x" * 250 + ".beton")
+    with pytest.raises(OSError, match="256 bytes, where this directory allows at most 255"
+                       ) as info:
+        DatasetWriter(target, {"i": IntField()}, num_workers=1,
+                      progress=False).from_indexed_dataset(Counted())
+    assert info.value.errno == errno.ENAMETOOLONG
+    assert info.value.filename == str(target)
+    assert calls == []
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_second_writer_of_the_same_target_is_refused(tmp_path: Path) -> None:
     proc = run_script(tmp_path, """
         import os
