@@ -226,8 +226,8 @@ class ConvertResult:
             f"({self.rate:,.1f} images/s), {format_bytes(self.file_size)}"
         ]
         if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} image(s) that cannot be decoded "
-                         f"(listed in {self.skipped_list}):")
+            lines.append(f"skipped {len(self.skipped)} image(s) that cannot be read or "
+                         f"decoded (listed in {self.skipped_list}):")
             lines.extend(f"  {path}: {why}" for path, why in self.skipped)
         return "\n".join(lines)
 
@@ -287,8 +287,9 @@ def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
     Returns:
         What was written and how long it took.
 
-    With ``options.skip_bad``, images that cannot be decoded (or are empty)
-    are left out instead of stopping the conversion; they are listed, one
+    With ``options.skip_bad``, images that cannot be read (``OSError``: a
+    dangling link, no permission, not a regular file) or decoded (or are
+    empty) are left out instead of stopping the conversion; they are listed, one
     ``path<TAB>reason`` line each, in ``<out>.skipped.txt`` (written
     atomically after the file; an earlier list of that name is removed when
     nothing was skipped).
@@ -300,7 +301,7 @@ def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
     writer = DatasetWriter(out, fields, page_size=options.page_size,
                            num_workers=options.num_workers, seed=options.seed,
                            progress=options.progress,
-                           skip_errors=(DecodeError,) if options.skip_bad else ())
+                           skip_errors=(DecodeError, OSError) if options.skip_bad else ())
     start = time.perf_counter()
     writer.from_indexed_dataset(dataset, chunksize=options.chunksize,
                                 shuffle_indices=options.shuffle)
@@ -708,7 +709,8 @@ def _add_convert(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of --shuffle and of --write-mode proportion (default: %(default)s)")
     p.add_argument("--skip-bad", action="store_true",
-                   help="leave out images that cannot be decoded (or are empty) instead of "
+                   help="leave out images that cannot be read (a dangling link, no "
+                        "permission, not a regular file) or decoded (or are empty) instead of "
                         "stopping at the first; they are reported at the end and listed in "
                         "OUT.skipped.txt")
     _add_no_progress(p)

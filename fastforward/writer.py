@@ -62,7 +62,15 @@ import numpy as np
 
 from ._compat import not_provided
 from .checksums import PageHasher, block_size, build_block
-from .errors import EncodeError, FastForwardError, Terminated, WorkerError, annotate, portable
+from .errors import (
+    EncodeError,
+    FastForwardError,
+    Terminated,
+    WorkerError,
+    annotate,
+    exception_text,
+    portable,
+)
 from .fields import Field
 from .fields.base import CURRENT_SAMPLE
 from .types import (
@@ -117,7 +125,14 @@ class SkippedSample(NamedTuple):
     # its position in the order the writer was given (a field that hides tuple.index)
     index: int  # type: ignore[assignment]
     source: Any  # its dataset index (``from_indexed_dataset``) or ``'shard#n'``
-    field: str  # the field whose encoding failed
+    field: str | None  # the field whose encoding failed; None: reading the sample did
+    error: str  # the exception, as ``Type: message``
+
+
+class _Unread(NamedTuple):
+    """What ``_IndexedSource`` yields for a sample whose reading from the dataset
+    raised one of the writer's ``skip_errors``."""
+
     error: str  # the exception, as ``Type: message``
 
 
@@ -168,6 +183,9 @@ class _Encoder:
         skipped: list[SkippedSample] = []
         j = 0  # the row of the next kept sample
         for dest, source, sample in items:
+            if isinstance(sample, _Unread):
+                skipped.append(SkippedSample(dest, source, None, sample.error))
+                continue
             allocs: list[np.ndarray] = []
 
             def malloc(size: int, allocs: list[np.ndarray] = allocs) -> tuple[int, np.ndarray]:
@@ -1094,9 +1112,11 @@ class DatasetWriter:
         progress: show a tqdm progress bar.
         skip_errors: (keyword only) exception types that leave a sample out
             of the file instead of stopping the write, when a field's
-            encoding raises one: ``fastforward convert --skip-bad`` passes
-            ``(DecodeError,)``. The file then holds the other samples, in
-            order; ``skipped`` lists the ones left out.
+            encoding raises one, or reading the sample from the dataset
+            (``from_indexed_dataset``'s ``dataset[i]``) does:
+            ``fastforward convert --skip-bad`` passes ``(DecodeError,
+            OSError)``. The file then holds the other samples, in order;
+            ``skipped`` lists the ones left out.
         start_method: (keyword only) how worker processes start. ``None``
             (the default): fork while the process has a single thread, else
             multiprocessing's fork server (the dataset and fields are then
@@ -1184,7 +1204,7 @@ class DatasetWriter:
             (start, order[start : start + chunksize].tolist())
             for start in range(0, len(order), chunksize)
         ]
-        self._write(len(order), tasks, _IndexedSource(dataset, self.fname))
+        self._write(len(order), tasks, _IndexedSource(dataset, self.fname, self.skip_errors))
 
     def _indices(self, indices: Sequence[int]) -> np.ndarray:
         """*indices* as int64, refusing what would silently become other samples."""
@@ -1394,9 +1414,11 @@ class _IndexedSource:
     one: the file's path) gets that description in error messages.
     """
 
-    def __init__(self, dataset: Any, fname: str) -> None:
+    def __init__(self, dataset: Any, fname: str,
+                 skip_errors: tuple[type[BaseException], ...] = ()) -> None:
         self.dataset = dataset
         self.fname = fname
+        self.skip_errors = skip_errors  # a sample whose reading raises one is left out
         self.describe_source = getattr(dataset, "describe", None)
 
     def describe(self, src: int) -> str | None:
@@ -1409,6 +1431,9 @@ class _IndexedSource:
             dest = start + offset
             try:
                 sample = self.dataset[src]
+            except self.skip_errors as exc:
+                yield dest, src, _Unread(exception_text(exc))
+                continue
             except BaseException as exc:
                 where = _where(self.fname, dest, src, self.describe(src) or f"dataset index {src}")
                 _raise_located(exc, f"{where}, reading it from the dataset", "the dataset")

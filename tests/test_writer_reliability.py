@@ -769,6 +769,15 @@ def test_without_skip_errors_the_first_bad_sample_stops_the_write(
     assert os.listdir(tmp_path) == []
 
 
+@forking_with_threads
+def test_samples_the_dataset_cannot_read_are_skipped_too(tmp_path: Path) -> None:
+    writer = DatasetWriter(tmp_path / "r.beton", {"i": IntField()}, num_workers=2,
+                           progress=False, skip_errors=(KeyError,), start_method="fork")
+    writer.from_indexed_dataset(Raising(lambda: KeyError("no label")), chunksize=3)
+    assert writer.skipped == [writer_module.SkippedSample(7, 7, None, "KeyError: 'no label'")]
+    assert Reader(tmp_path / "r.beton").metadata["f0"].tolist() == [0, 1, 2, 3, 4, 5, 6, 8, 9]
+
+
 def test_only_the_listed_errors_are_skipped(tmp_path: Path, jpegs: list[bytes]) -> None:
     samples = with_bad(jpegs)
     samples[4] = (b"x", np.zeros((4, 4, 3), np.float32), 4)  # an EncodeError, not a DecodeError
