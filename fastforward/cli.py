@@ -31,7 +31,7 @@ from .fields.rgb_image import IMAGE_MODES, WRITE_MODES
 from .reader import Problem, Reader
 from .types import validate_page_size
 from .utils import install_hint
-from .writer import DatasetWriter, write_file_atomically
+from .writer import DatasetWriter, SkippedSample
 
 PROG = "fastforward"
 DEFAULT_PAGE_SIZE = 8 << 20
@@ -273,6 +273,9 @@ def _check_output(out: Path) -> None:
     parent = out.parent
     if not parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such directory", str(parent))
+    listed = skipped_list_path(out)
+    if listed.is_dir():  # a list is written or removed beside the file
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(listed))
 
 
 def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
@@ -290,9 +293,10 @@ def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
     With ``options.skip_bad``, images that cannot be read (``OSError``: a
     dangling link, no permission, not a regular file) or decoded (or are
     empty) are left out instead of stopping the conversion; they are listed, one
-    ``path<TAB>reason`` line each, in ``<out>.skipped.txt`` (written
-    atomically after the file; an earlier list of that name is removed when
-    nothing was skipped).
+    ``path<TAB>reason`` line each, in ``<out>.skipped.txt``, written before
+    the file is named and named right after it (a list that cannot be written
+    leaves the old file in place); an earlier list of that name is removed
+    when the new file has none.
     """
     fields = image_folder_fields(options)
     out = Path(out)
@@ -302,22 +306,22 @@ def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
                            num_workers=options.num_workers, seed=options.seed,
                            progress=options.progress,
                            skip_errors=(DecodeError, OSError) if options.skip_bad else ())
+    listed = skipped_list_path(out)
+
+    def images(samples: list[SkippedSample]) -> tuple[tuple[Path, str], ...]:
+        return tuple((dataset.samples[s.source][0], s.error.partition(": ")[2] or s.error)
+                     for s in samples)
+
+    def skipped_list(samples: list[SkippedSample]) -> tuple[str, bytes | None]:
+        text = "".join(f"{path}\t{' '.join(why.split())}\n" for path, why in images(samples))
+        return str(listed), text.encode() if text else None
+
+    writer._companion = skipped_list  # written with the file, or a stale one removed
     start = time.perf_counter()
     writer.from_indexed_dataset(dataset, chunksize=options.chunksize,
                                 shuffle_indices=options.shuffle)
     seconds = time.perf_counter() - start
-    skipped = tuple(
-        (dataset.samples[s.source][0], s.error.partition(": ")[2] or s.error)
-        for s in writer.skipped
-    )
-    listed = None
-    if options.skip_bad:
-        listed = skipped_list_path(out)
-        if skipped:
-            text = "".join(f"{path}\t{' '.join(why.split())}\n" for path, why in skipped)
-            write_file_atomically(listed, text.encode())
-        else:
-            listed.unlink(missing_ok=True)
+    skipped = images(writer.skipped)
     return ConvertResult(out, len(dataset) - len(skipped), seconds, out.stat().st_size,
                          skipped, listed if skipped else None)
 

@@ -919,6 +919,50 @@ _STOPPING_SIGNALS = {getattr(signal, name): (name, why) for name, why in
                      if hasattr(signal, name)}
 
 
+class _Companion:
+    """A file that goes with the target: *data* written now beside it, unnamed
+    (or a hidden ``.part``), and given *path* by ``publish`` once the target has
+    its name; or, with *data* None, an earlier file at *path* that ``publish``
+    removes (it described a file that the new one replaces)."""
+
+    def __init__(self, path: str, data: bytes | None) -> None:
+        self.path = os.fspath(path)
+        self.output: _Output | None = None
+        self.dir_fd = os.open(os.path.dirname(os.path.abspath(self.path)),
+                              os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if os.path.isdir(self.path):  # it could be neither written nor removed
+                raise IsADirectoryError(errno.EISDIR, "is a directory", self.path)
+            if data is not None:
+                _check_name_length(self.path, self.dir_fd)
+                self.output = _Output(self.path, self.dir_fd)
+                self.output.write(data)
+        except BaseException:
+            self.discard()
+            raise
+
+    def publish(self) -> None:
+        try:
+            if self.output is not None:
+                self.output.publish()
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.basename(self.path), dir_fd=self.dir_fd)
+        except OSError as exc:
+            if not (self.output is None and exc.errno == errno.ENAMETOOLONG):  # none there
+                raise
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        if self.output is not None:
+            self.output.discard()
+            self.output = None
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+
 class _SignalGuard:
     """Whether a SIGTERM or SIGHUP may still stop the write (until the file is named)."""
 
@@ -1138,6 +1182,12 @@ class DatasetWriter:
     skipped: list[SkippedSample]
     """The samples the last write left out (see *skip_errors*), in order."""
 
+    # Called with ``skipped`` once the file is complete, before it is named:
+    # ``(path, data)`` of a file published with it (``fastforward convert``'s
+    # list of skipped images), written now and named right after the target;
+    # data None: a file of that name is removed right after the target is named.
+    _companion: Callable[[list[SkippedSample]], tuple[str, bytes | None]] | None = None
+
     def __init__(self, fname: str | os.PathLike[str], fields: Mapping[str, Field],
                  page_size: int = 4 * MIN_PAGE_SIZE, num_workers: int = -1,
                  seed: int = 0, progress: bool = True, *, checksums: bool = True,
@@ -1300,7 +1350,7 @@ class DatasetWriter:
                       sigterm: _SignalGuard) -> None:
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         lock = _TargetLock(self.fname, dir_fd)
-        output = pool = None
+        output = pool = companion = None
         try:
             _check_name_length(self.fname, dir_fd)
             lock.acquire()
@@ -1325,12 +1375,18 @@ class DatasetWriter:
                     f"{pages.next_sample + len(self.skipped)}"
                 )
             self._write_tail(output, pages, pages.next_sample, len(fields))
+            if self._companion is not None:
+                companion = _Companion(*self._companion(self.skipped))
             output.publish(sigterm.disarm)
+            if companion is not None:
+                companion.publish()
         except BaseException:
             if pool is not None:
                 pool.terminate()
             if output is not None:
                 output.discard()
+            if companion is not None:
+                companion.discard()
             raise
         finally:
             lock.release()

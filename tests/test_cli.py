@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -500,6 +501,42 @@ def test_convert_skip_bad(corpus: Path, tmp_path: Path,
     assert main(["convert", str(folder), str(out), "--skip-bad", *FAST]) == 0
     assert "skipped" not in capsys.readouterr().out
     assert not listed.exists()
+
+
+def test_the_skipped_list_is_published_with_the_file(
+        corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The list was written after the file was named (a list that could not be
+    written failed the command with a new file in place), and a list from an
+    earlier --skip-bad run outlived a later conversion that skipped nothing."""
+    import fastforward.writer as writer_module
+
+    folder, bad = folder_with_bad_images(corpus, tmp_path)
+    out, listed = tmp_path / "out.beton", tmp_path / "out.beton.skipped.txt"
+    real = writer_module._Output.write
+
+    def list_fails(self: Any, data: Any) -> None:
+        if self.target == str(listed):
+            raise self._failed(OSError(errno.ENOSPC, "No space left on device"), "writing")
+        real(self, data)
+
+    monkeypatch.setattr(writer_module._Output, "write", list_fails)
+    status = main(["convert", str(folder), str(out), "--skip-bad", *FAST])
+    assert_one_line_error(capsys, status, 1, str(listed), "the disk is full")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]
+    monkeypatch.undo()
+    assert main(["convert", str(folder), str(out), "--skip-bad", *FAST]) == 0
+    assert len(listed.read_text().splitlines()) == len(bad)
+    for path in bad:
+        path.unlink()
+    capsys.readouterr()
+    assert main(["convert", str(folder), str(out), *FAST]) == 0  # without --skip-bad
+    assert len(capsys.readouterr().out.splitlines()) == 1  # no images skipped
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "out.beton"]
+    # a folder in the list's place is refused before any image is read
+    listed.mkdir()
+    status = main(["convert", str(folder), str(out), "--skip-bad", *FAST])
+    assert_one_line_error(capsys, status, 1, str(listed), "is a directory")
 
 
 def folder_with_unreadable_images(corpus: Path, tmp_path: Path) -> tuple[Path, dict[Path, str]]:
