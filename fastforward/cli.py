@@ -31,7 +31,7 @@ from .fields.rgb_image import IMAGE_MODES, WRITE_MODES
 from .reader import Problem, Reader
 from .types import validate_page_size
 from .utils import install_hint
-from .writer import DatasetWriter, write_file_atomically
+from .writer import DatasetWriter, SkippedSample
 
 PROG = "fastforward"
 DEFAULT_PAGE_SIZE = 8 << 20
@@ -226,8 +226,8 @@ class ConvertResult:
             f"({self.rate:,.1f} images/s), {format_bytes(self.file_size)}"
         ]
         if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} image(s) that cannot be decoded "
-                         f"(listed in {self.skipped_list}):")
+            lines.append(f"skipped {len(self.skipped)} image(s) that cannot be read or "
+                         f"decoded (listed in {self.skipped_list}):")
             lines.extend(f"  {path}: {why}" for path, why in self.skipped)
         return "\n".join(lines)
 
@@ -273,6 +273,9 @@ def _check_output(out: Path) -> None:
     parent = out.parent
     if not parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such directory", str(parent))
+    listed = skipped_list_path(out)
+    if listed.is_dir():  # a list is written or removed beside the file
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(listed))
 
 
 def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
@@ -287,11 +290,13 @@ def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
     Returns:
         What was written and how long it took.
 
-    With ``options.skip_bad``, images that cannot be decoded (or are empty)
-    are left out instead of stopping the conversion; they are listed, one
-    ``path<TAB>reason`` line each, in ``<out>.skipped.txt`` (written
-    atomically after the file; an earlier list of that name is removed when
-    nothing was skipped).
+    With ``options.skip_bad``, images that cannot be read (``OSError``: a
+    dangling link, no permission, not a regular file) or decoded (or are
+    empty) are left out instead of stopping the conversion; they are listed, one
+    ``path<TAB>reason`` line each, in ``<out>.skipped.txt``, written before
+    the file is named and named right after it (a list that cannot be written
+    leaves the old file in place); an earlier list of that name is removed
+    when the new file has none.
     """
     fields = image_folder_fields(options)
     out = Path(out)
@@ -300,23 +305,23 @@ def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
     writer = DatasetWriter(out, fields, page_size=options.page_size,
                            num_workers=options.num_workers, seed=options.seed,
                            progress=options.progress,
-                           skip_errors=(DecodeError,) if options.skip_bad else ())
+                           skip_errors=(DecodeError, OSError) if options.skip_bad else ())
+    listed = skipped_list_path(out)
+
+    def images(samples: list[SkippedSample]) -> tuple[tuple[Path, str], ...]:
+        return tuple((dataset.samples[s.source][0], s.error.partition(": ")[2] or s.error)
+                     for s in samples)
+
+    def skipped_list(samples: list[SkippedSample]) -> tuple[str, bytes | None]:
+        text = "".join(f"{path}\t{' '.join(why.split())}\n" for path, why in images(samples))
+        return str(listed), text.encode() if text else None
+
+    writer._companion = skipped_list  # written with the file, or a stale one removed
     start = time.perf_counter()
     writer.from_indexed_dataset(dataset, chunksize=options.chunksize,
                                 shuffle_indices=options.shuffle)
     seconds = time.perf_counter() - start
-    skipped = tuple(
-        (dataset.samples[s.source][0], s.error.partition(": ")[2] or s.error)
-        for s in writer.skipped
-    )
-    listed = None
-    if options.skip_bad:
-        listed = skipped_list_path(out)
-        if skipped:
-            text = "".join(f"{path}\t{' '.join(why.split())}\n" for path, why in skipped)
-            write_file_atomically(listed, text.encode())
-        else:
-            listed.unlink(missing_ok=True)
+    skipped = images(writer.skipped)
     return ConvertResult(out, len(dataset) - len(skipped), seconds, out.stat().st_size,
                          skipped, listed if skipped else None)
 
@@ -708,7 +713,8 @@ def _add_convert(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of --shuffle and of --write-mode proportion (default: %(default)s)")
     p.add_argument("--skip-bad", action="store_true",
-                   help="leave out images that cannot be decoded (or are empty) instead of "
+                   help="leave out images that cannot be read (a dangling link, no "
+                        "permission, not a regular file) or decoded (or are empty) instead of "
                         "stopping at the first; they are reported at the end and listed in "
                         "OUT.skipped.txt")
     _add_no_progress(p)
@@ -927,7 +933,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status: 0 success, 1 failure or problems found, 2 bad usage,
-        130 interrupted, 143 terminated (SIGTERM during a conversion).
+        130 interrupted, 143 terminated (SIGTERM during a conversion; 129 for SIGHUP).
     """
     try:
         try:
@@ -939,8 +945,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), 2)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
-    except Terminated as exc:
-        return _fail(str(exc), 143)
+    except Terminated as exc:  # 143 for SIGTERM, 129 for SIGHUP
+        return _fail(str(exc), exc.code if isinstance(exc.code, int) else 143)
     except BrokenPipeError:  # ``fastforward info x | head``
         _silence_stdout()
         return 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
@@ -14,6 +15,11 @@ class ImageFolder:
     Classes are the sub-folders in sorted order (as torchvision numbers them);
     images are sorted by path. The bytes are decoded by ``RGBImageField``,
     which shrinks JPEGs in the DCT domain when it can.
+
+    Every name with an image extension is a sample. One that is not a regular
+    file once links are followed (a named pipe, a device, a socket) is refused
+    when it is read, without being opened (``OSError``: not a regular file):
+    reading a named pipe would wait for a writer for ever.
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -43,7 +49,32 @@ class ImageFolder:
 
     def __getitem__(self, index: int) -> tuple[bytes, int]:
         path, label = self.samples[index]
-        return path.read_bytes(), label
+        return read_regular_file(path), label
+
+
+_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISDIR, "a directory"))
+
+
+def read_regular_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of *path*, which must be a regular file once links are followed.
+
+    Anything else is refused before it is opened (opening a device may act on
+    it) with ``OSError('not a regular file (a named pipe)')``; the file is
+    opened non-blocking and checked again, so that one swapped for a named pipe
+    meanwhile cannot block the read either.
+    """
+    def refuse(mode: int) -> None:
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _NOT_REGULAR if test(mode)), "of another kind")
+            raise OSError(f"not a regular file ({kind}): only files are read")
+
+    refuse(os.stat(path).st_mode)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+    with open(fd, "rb") as file:
+        refuse(os.fstat(fd).st_mode)
+        return file.read()
 
 
 def _walk(top: Path) -> list[tuple[str, list[str]]]:

@@ -24,23 +24,23 @@ class EncodeError(FastForwardError, ValueError):
 
 
 class Terminated(SystemExit):
-    """SIGTERM arrived while fastforward was writing a file: the write stopped
-    cleanly, as on Ctrl-C, and left no file.
+    """SIGTERM (or SIGHUP) arrived while fastforward was writing a file: the
+    write stopped cleanly, as on Ctrl-C, and left no file.
 
     A ``SystemExit`` with status 143 (128 + SIGTERM, what a shell reports for
-    a process SIGTERM killed): ``except Exception`` lets it through, and an
-    uncaught one ends the program quietly with that status.
+    a process SIGTERM killed; 129 for SIGHUP): ``except Exception`` lets it
+    through, and an uncaught one ends the program quietly with that status.
     """
 
-    def __init__(self, message: str) -> None:
-        super().__init__(143)
+    def __init__(self, message: str, status: int = 143) -> None:
+        super().__init__(status)
         self.message = message
 
     def __str__(self) -> str:
         return self.message
 
-    def __reduce__(self) -> tuple[type, tuple[str]]:
-        return type(self), (self.message,)
+    def __reduce__(self) -> tuple[type, tuple[str, int]]:
+        return type(self), (self.message, self.code if isinstance(self.code, int) else 143)
 
 
 class NotProvidedError(FastForwardError, ImportError):

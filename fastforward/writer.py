@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import multiprocessing
 import operator
 import os
@@ -55,13 +56,21 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 
 from ._compat import not_provided
 from .checksums import PageHasher, block_size, build_block
-from .errors import EncodeError, FastForwardError, Terminated, WorkerError, annotate, portable
+from .errors import (
+    EncodeError,
+    FastForwardError,
+    Terminated,
+    WorkerError,
+    annotate,
+    exception_text,
+    portable,
+)
 from .fields import Field
 from .fields.base import CURRENT_SAMPLE
 from .types import (
@@ -116,7 +125,14 @@ class SkippedSample(NamedTuple):
     # its position in the order the writer was given (a field that hides tuple.index)
     index: int  # type: ignore[assignment]
     source: Any  # its dataset index (``from_indexed_dataset``) or ``'shard#n'``
-    field: str  # the field whose encoding failed
+    field: str | None  # the field whose encoding failed; None: reading the sample did
+    error: str  # the exception, as ``Type: message``
+
+
+class _Unread(NamedTuple):
+    """What ``_IndexedSource`` yields for a sample whose reading from the dataset
+    raised one of the writer's ``skip_errors``."""
+
     error: str  # the exception, as ``Type: message``
 
 
@@ -167,6 +183,9 @@ class _Encoder:
         skipped: list[SkippedSample] = []
         j = 0  # the row of the next kept sample
         for dest, source, sample in items:
+            if isinstance(sample, _Unread):
+                skipped.append(SkippedSample(dest, source, None, sample.error))
+                continue
             allocs: list[np.ndarray] = []
 
             def malloc(size: int, allocs: list[np.ndarray] = allocs) -> tuple[int, np.ndarray]:
@@ -190,9 +209,9 @@ class _Encoder:
                     failed = SkippedSample(dest, source, self.names[i],
                                            f"{type(exc).__name__}: {exc}")
                     break
-                except Exception as exc:
+                except BaseException as exc:
                     where = self._where(dest, source, describe, self.names[i])
-                    raise annotate(exc, where) from None
+                    _raise_located(exc, where, "the field's encode")
                 finally:
                     CURRENT_SAMPLE.reset(token)
             if failed is not None:
@@ -254,6 +273,28 @@ def _where(fname: str, dest: int, source: Any, description: str | None,
     return where
 
 
+def _raise_located(exc: BaseException, where: str, who: str) -> NoReturn:
+    """Raise *exc*, from user code (*who*: the dataset, a pipeline, a field), with
+    *where* (file, sample, field) in its message (``errors.annotate``).
+
+    Two are raised as a ``RuntimeError`` that says what happened, caused by them:
+    ``StopIteration``, which a generator on its way (PEP 479) would turn into a
+    bare "generator raised StopIteration", its location lost; and ``SystemExit``
+    (``sys.exit()`` in the dataset, argparse in a helper), which the caller's
+    program would take as its own exit, silently. A ``KeyboardInterrupt`` stays
+    one: it stops the write as Ctrl-C does, its location in a note.
+    """
+    if isinstance(exc, StopIteration):
+        wrapped = RuntimeError(f"{who} raised StopIteration: {exc}".rstrip(": "))
+    elif isinstance(exc, SystemExit):
+        wrapped = RuntimeError(f"{who} called sys.exit({exc.code!r})")
+    else:
+        raise annotate(exc, where) from None
+    for note in getattr(exc, "__notes__", ()):
+        wrapped.add_note(note)
+    raise annotate(wrapped, where) from exc
+
+
 def _too_large(nbytes: int, page_size: int) -> str:
     suggestion = 1 << max(nbytes - 1, 1).bit_length()
     return (
@@ -271,10 +312,12 @@ _IN_WORKER = "the writer's worker process"
 def _worker_main(conn: Connection, job: Any, inherited: tuple[list[Connection], list[int]],
                  parent_pid: int | None) -> None:
     worker_started()
-    # The parent handles Ctrl-C and SIGTERM (sent to the whole process group
-    # by a terminal, `timeout` or a batch system) and stops its workers itself.
+    # The parent handles Ctrl-C, SIGTERM and SIGHUP (sent to the whole process
+    # group by a terminal, `timeout` or a batch system) and stops its workers
+    # itself (and they die with it, whatever kills it).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for signum in _STOPPING_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     # A forked worker holds copies of the parent's descriptors: its ends of
     # this pipe and of the other workers' (kept, the parent's death would
     # never read as EOF here), its lock and its output file.
@@ -574,11 +617,51 @@ def _pickled_job(job: Any, method: str, fname: str) -> bytes:
 _PART_MIDDLE = re.compile(r"[a-z0-9_]{8}")
 
 
+_PART_SUFFIX = ".12345678.part"  # as long as a .part name's end
+_HASHED_DIGITS = 16
+
+
+def _name_max(dir_fd: int) -> int:
+    """The longest file name, in bytes, that the directory *dir_fd* allows."""
+    try:
+        return int(os.fpathconf(dir_fd, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # unknown here: POSIX's usual
+        return 255
+
+
+def _hidden_stem(base: str, dir_fd: int) -> str:
+    """What the hidden names beside the target *base* are made of:
+    ``.<stem>.lock`` and ``.<stem>.<8 of [a-z0-9_]>.part``.
+
+    The target's name itself, unless the longer of those would be longer than
+    the directory allows (a name of over 240 bytes where 255 is the limit):
+    then as much of the name as fits, ``~`` and 16 hex digits of its SHA-256,
+    so that any name the target may have can be written.
+    """
+    limit = _name_max(dir_fd)
+    raw = os.fsencode(base)
+    if 1 + len(raw) + len(_PART_SUFFIX) <= limit:
+        return base
+    keep = max(limit - 1 - len(_PART_SUFFIX) - 1 - _HASHED_DIGITS, 0)
+    head = raw[:keep].decode("utf-8", "ignore")  # whole characters only
+    return f"{head}~{hashlib.sha256(raw).hexdigest()[:_HASHED_DIGITS]}"
+
+
 def _is_part_of(name: str, base: str) -> bool:
-    """Whether *name* is a partial file that a writer of *base* leaves."""
+    """Whether *name* is a partial file that a writer of the target whose hidden
+    stem is *base* leaves."""
     prefix = f".{base}."
     return (name.startswith(prefix) and name.endswith(".part")
             and _PART_MIDDLE.fullmatch(name[len(prefix):-len(".part")]) is not None)
+
+
+def _check_name_length(target: str, dir_fd: int) -> None:
+    """Refuse, before any work, a target whose name its directory cannot hold
+    (the write would fail only when the file is named, at its very end)."""
+    length, limit = len(os.fsencode(os.path.basename(target))), _name_max(dir_fd)
+    if length > limit:
+        raise OSError(errno.ENAMETOOLONG, f"File name too long: {length} bytes, where this "
+                      f"directory allows at most {limit}", target)
 
 
 class _TargetLock:
@@ -594,7 +677,7 @@ class _TargetLock:
     def __init__(self, target: str, dir_fd: int) -> None:
         self.target = target
         self.dir_fd = dir_fd
-        self.name = f".{os.path.basename(target)}.lock"
+        self.name = f".{_hidden_stem(os.path.basename(target), dir_fd)}.lock"
         self.path = os.path.join(os.path.dirname(target), self.name)
         self.fd = -1
 
@@ -685,6 +768,7 @@ class _Output:
         self.target = target
         self.dir_fd = dir_fd
         self.base = os.path.basename(target)
+        self.stem = _hidden_stem(self.base, dir_fd)
         self.written = 0  # bytes handed to write() so far
         self.published = False
         self.part: str | None = None  # the .part file's name, when there is one
@@ -698,7 +782,7 @@ class _Output:
         self.file = open(fd, "wb", closefd=True)  # noqa: SIM115 - closed by publish/discard
 
     def _temp_name(self) -> str:
-        return f".{self.base}.{secrets.token_hex(4)}.part"
+        return f".{self.stem}.{secrets.token_hex(4)}.part"
 
     def _create_part(self) -> tuple[int, str]:
         while True:
@@ -828,32 +912,85 @@ def write_file_atomically(path: str | os.PathLike[str], data: bytes) -> None:
         os.close(dir_fd)
 
 
-class _SigtermGuard:
-    """Whether a SIGTERM may still stop the write (until the file is named)."""
+# the signals that stop a write cleanly where they would kill the process outright:
+# SIGTERM (`timeout`, batch systems, `kill`) and SIGHUP (the terminal closed)
+_STOPPING_SIGNALS = {getattr(signal, name): (name, why) for name, why in
+                     (("SIGTERM", ""), ("SIGHUP", " (the terminal closed)"))
+                     if hasattr(signal, name)}
+
+
+class _Companion:
+    """A file that goes with the target: *data* written now beside it, unnamed
+    (or a hidden ``.part``), and given *path* by ``publish`` once the target has
+    its name; or, with *data* None, an earlier file at *path* that ``publish``
+    removes (it described a file that the new one replaces)."""
+
+    def __init__(self, path: str, data: bytes | None) -> None:
+        self.path = os.fspath(path)
+        self.output: _Output | None = None
+        self.dir_fd = os.open(os.path.dirname(os.path.abspath(self.path)),
+                              os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if os.path.isdir(self.path):  # it could be neither written nor removed
+                raise IsADirectoryError(errno.EISDIR, "is a directory", self.path)
+            if data is not None:
+                _check_name_length(self.path, self.dir_fd)
+                self.output = _Output(self.path, self.dir_fd)
+                self.output.write(data)
+        except BaseException:
+            self.discard()
+            raise
+
+    def publish(self) -> None:
+        try:
+            if self.output is not None:
+                self.output.publish()
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.basename(self.path), dir_fd=self.dir_fd)
+        except OSError as exc:
+            if not (self.output is None and exc.errno == errno.ENAMETOOLONG):  # none there
+                raise
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        if self.output is not None:
+            self.output.discard()
+            self.output = None
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+
+class _SignalGuard:
+    """Whether a SIGTERM or SIGHUP may still stop the write (until the file is named)."""
 
     armed = True
-    pending = False  # a SIGTERM came once the file was named: delivered at the end
+
+    def __init__(self) -> None:
+        self.pending: list[int] = []  # came once the file was named: delivered at the end
 
     def disarm(self) -> None:
-        """From now on the file will get its name: a SIGTERM waits for the end."""
+        """From now on the file will get its name: a stopping signal waits for the end."""
         self.armed = False
 
 
 @contextlib.contextmanager
-def _sigterm_stops_the_write(target: str) -> Iterator[_SigtermGuard]:
-    """Turn SIGTERM into ``Terminated`` while a write runs, as Ctrl-C is turned
-    into KeyboardInterrupt: the write stops cleanly and leaves no file.
+def _signals_stop_the_write(target: str) -> Iterator[_SignalGuard]:
+    """Turn SIGTERM and SIGHUP into ``Terminated`` while a write runs, as Ctrl-C is
+    turned into KeyboardInterrupt: the write stops cleanly and leaves no file
+    (neither the lock file nor a ``.part``).
 
     Only from the main thread (the only one that may set handlers), and only
-    where SIGTERM would kill the process outright: a handler of the caller's
-    is left alone. The previous handler is restored afterwards. A second
-    SIGTERM during the clean-up is ignored (a SIGKILL still works); one that
-    comes once the file has its name is delivered (to the default action)
-    when the write returns.
+    for a signal that would kill the process outright: a handler of the
+    caller's (or SIG_IGN, as under ``nohup``) is left alone. The previous
+    handlers are restored afterwards. A second such signal during the clean-up
+    is ignored (a SIGKILL still works); one that comes once the file has its
+    name is delivered (to the default action) when the write returns.
     """
-    guard = _SigtermGuard()
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+    guard = _SignalGuard()
+    if threading.current_thread() is not threading.main_thread():
         yield guard
         return
     fired = False
@@ -861,19 +998,25 @@ def _sigterm_stops_the_write(target: str) -> Iterator[_SigtermGuard]:
     def handler(signum: int, frame: Any) -> None:
         nonlocal fired
         if not guard.armed:
-            guard.pending = True
+            if signum not in guard.pending:
+                guard.pending.append(signum)
         elif not fired:
             fired = True
-            raise Terminated(f"{target}: stopped by SIGTERM during the write; "
-                             "no file was written")
+            name, why = _STOPPING_SIGNALS[signum]
+            raise Terminated(f"{target}: stopped by {name}{why} during the write; "
+                             "no file was written", 128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {}
     try:
+        for signum in _STOPPING_SIGNALS:
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                previous[signum] = signal.signal(signum, handler)
         yield guard
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        if guard.pending:
-            signal.raise_signal(signal.SIGTERM)
+        for signum, before in previous.items():
+            signal.signal(signum, before)
+        for signum in guard.pending:
+            signal.raise_signal(signum)
 
 
 class _PageWriter:
@@ -1013,9 +1156,11 @@ class DatasetWriter:
         progress: show a tqdm progress bar.
         skip_errors: (keyword only) exception types that leave a sample out
             of the file instead of stopping the write, when a field's
-            encoding raises one: ``fastforward convert --skip-bad`` passes
-            ``(DecodeError,)``. The file then holds the other samples, in
-            order; ``skipped`` lists the ones left out.
+            encoding raises one, or reading the sample from the dataset
+            (``from_indexed_dataset``'s ``dataset[i]``) does:
+            ``fastforward convert --skip-bad`` passes ``(DecodeError,
+            OSError)``. The file then holds the other samples, in order;
+            ``skipped`` lists the ones left out.
         start_method: (keyword only) how worker processes start. ``None``
             (the default): fork while the process has a single thread, else
             multiprocessing's fork server (the dataset and fields are then
@@ -1028,14 +1173,20 @@ class DatasetWriter:
             then find any damaged byte. False writes exactly FFCV's layout.
 
     A write holds a lock on ``.<name>.lock`` beside the target: a second
-    writer of the same target raises ``TargetLockedError``. SIGTERM during a
-    write (where the process has no handler of its own) stops it as Ctrl-C
-    does, raising ``fastforward.errors.Terminated`` (a ``SystemExit`` with
-    status 143), and leaves no file.
+    writer of the same target raises ``TargetLockedError``. SIGTERM or SIGHUP
+    during a write (where the process has no handler of its own for it) stops
+    it as Ctrl-C does, raising ``fastforward.errors.Terminated`` (a
+    ``SystemExit`` with status 143, or 129 for SIGHUP), and leaves no file.
     """
 
     skipped: list[SkippedSample]
     """The samples the last write left out (see *skip_errors*), in order."""
+
+    # Called with ``skipped`` once the file is complete, before it is named:
+    # ``(path, data)`` of a file published with it (``fastforward convert``'s
+    # list of skipped images), written now and named right after the target;
+    # data None: a file of that name is removed right after the target is named.
+    _companion: Callable[[list[SkippedSample]], tuple[str, bytes | None]] | None = None
 
     def __init__(self, fname: str | os.PathLike[str], fields: Mapping[str, Field],
                  page_size: int = 4 * MIN_PAGE_SIZE, num_workers: int = -1,
@@ -1086,8 +1237,9 @@ class DatasetWriter:
                 tuple with one value per field (a bare value for one field,
                 except a list or tuple, which is taken as the values: a
                 single field whose value is a list returns ``(value,)``).
-            indices: which source samples, in which order (integers; a
-                boolean mask or floats are refused).
+            indices: which source samples, in which order (integers of at
+                least 0; a boolean mask, floats or negative indices are
+                refused).
             chunksize: samples per unit of work sent to a worker.
             shuffle_indices: shuffle the order, seeded by *seed*.
             seed: for the shuffle; defaults to the writer's seed.
@@ -1102,7 +1254,7 @@ class DatasetWriter:
             (start, order[start : start + chunksize].tolist())
             for start in range(0, len(order), chunksize)
         ]
-        self._write(len(order), tasks, _IndexedSource(dataset, self.fname))
+        self._write(len(order), tasks, _IndexedSource(dataset, self.fname, self.skip_errors))
 
     def _indices(self, indices: Sequence[int]) -> np.ndarray:
         """*indices* as int64, refusing what would silently become other samples."""
@@ -1116,27 +1268,35 @@ class DatasetWriter:
         if given.dtype.kind in "iu":
             if given.dtype.kind == "u" and given.size and given.max() > np.iinfo(np.int64).max:
                 raise ValueError(f"{self.fname}: index {int(given.max())} is out of range")
-            return given.astype(np.int64)
-        try:  # floats, objects (NumPy's type for [np.uint64(1), 2]): integers exactly
             as_int = given.astype(np.int64)
-            exact = bool((as_int == given).all())
-        except (TypeError, ValueError, OverflowError):
-            exact = False
-        if not exact:
-            wrong = next((v for v in given.tolist() if not float(v).is_integer()), None) \
-                if given.dtype.kind == "f" else None
-            raise TypeError(f"{self.fname}: indices must be integers, got {given.dtype}"
-                            + (f" ({wrong!r})" if wrong is not None else ""))
+        else:
+            try:  # floats, objects (NumPy's type for [np.uint64(1), 2]): integers exactly
+                as_int = given.astype(np.int64)
+                exact = bool((as_int == given).all())
+            except (TypeError, ValueError, OverflowError):
+                exact = False
+            if not exact:
+                wrong = next((v for v in given.tolist() if not float(v).is_integer()), None) \
+                    if given.dtype.kind == "f" else None
+                raise TypeError(f"{self.fname}: indices must be integers, got {given.dtype}"
+                                + (f" ({wrong!r})" if wrong is not None else ""))
+        if as_int.size and as_int.min() < 0:
+            # dataset[-1] is the last sample: a negative index would write another one
+            raise ValueError(f"{self.fname}: indices must be at least 0, got "
+                             f"{int(as_int.min())} (a negative index would count from the "
+                             "end of the dataset)")
         return as_int
 
-    def from_webdataset(self, shards: Sequence[str], pipeline: Callable[[Any], Iterable[Any]]
-                        ) -> None:
+    def from_webdataset(self, shards: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                        pipeline: Callable[[Any], Iterable[Any]]) -> None:
         """Write the samples of WebDataset *shards*, shard by shard, in order.
 
         ``pipeline(webdataset.WebDataset(shard))`` must yield one tuple per
         sample. The shards are read once to count the samples, then written;
-        one shard is one unit of work.
+        one shard is one unit of work. *shards* is a sequence of paths or
+        URLs, or one of them (as ``webdataset.WebDataset`` takes it).
         """
+        shards = self._shards(shards)
         try:
             import webdataset  # noqa: F401
         except ImportError as exc:
@@ -1144,10 +1304,30 @@ class DatasetWriter:
                 f"from_webdataset needs webdataset: {install_hint('webdataset')}"
             ) from exc
         source = _WebDatasetSource(pipeline, self.fname)
-        counts = [sum(1 for _ in source.iterate(shard)) for shard in shards]
+        counts: list[int] = []
+        for shard in shards:
+            counts.append(source.count(shard, sum(counts)))
         starts = np.concatenate(([0], np.cumsum(counts)))[:-1].tolist()
         tasks = list(zip(starts, zip(shards, counts, strict=True), strict=True))
         self._write(int(sum(counts)), tasks, source)
+
+    def _shards(self, shards: Any) -> list[str]:
+        """*shards* as a list of strings: one path (a string: not its characters),
+        or a sequence of them."""
+        if isinstance(shards, (str, os.PathLike)):
+            shards = [shards]
+        elif isinstance(shards, (bytes, bytearray)) or not isinstance(shards,
+                                                                     (Sequence, np.ndarray)):
+            raise TypeError(f"{self.fname}: shards must be a path or URL, or a sequence of "
+                            f"them, got {type(shards).__name__}")
+        found = []
+        for shard in shards:
+            name = os.fspath(shard) if isinstance(shard, (str, os.PathLike)) else None
+            if not isinstance(name, str):
+                raise TypeError(f"{self.fname}: shards must be paths or URLs (str or "
+                                f"os.PathLike), got {type(shard).__name__} {shard!r:.40}")
+            found.append(name)
+        return found
 
     # -- the write ------------------------------------------------------------------
 
@@ -1161,17 +1341,18 @@ class DatasetWriter:
             raise IsADirectoryError(errno.EISDIR, "is a directory, not a file to write",
                                     self.fname)
         directory = os.path.dirname(os.path.abspath(self.fname))
-        with _sigterm_stops_the_write(self.fname) as sigterm:
+        with _signals_stop_the_write(self.fname) as sigterm:
             self._write_locked(num_samples, tasks, source, encoder, names, fields,
                                directory, sigterm)
 
     def _write_locked(self, num_samples: int, tasks: list[Any], source: Any, encoder: _Encoder,
                       names: list[str], fields: list[Field], directory: str,
-                      sigterm: _SigtermGuard) -> None:
+                      sigterm: _SignalGuard) -> None:
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         lock = _TargetLock(self.fname, dir_fd)
-        output = pool = None
+        output = pool = companion = None
         try:
+            _check_name_length(self.fname, dir_fd)
             lock.acquire()
             self._remove_stale_parts(dir_fd)
             output = _Output(self.fname, dir_fd)
@@ -1194,12 +1375,18 @@ class DatasetWriter:
                     f"{pages.next_sample + len(self.skipped)}"
                 )
             self._write_tail(output, pages, pages.next_sample, len(fields))
+            if self._companion is not None:
+                companion = _Companion(*self._companion(self.skipped))
             output.publish(sigterm.disarm)
+            if companion is not None:
+                companion.publish()
         except BaseException:
             if pool is not None:
                 pool.terminate()
             if output is not None:
                 output.discard()
+            if companion is not None:
+                companion.discard()
             raise
         finally:
             lock.release()
@@ -1208,7 +1395,7 @@ class DatasetWriter:
     def _remove_stale_parts(self, dir_fd: int) -> None:
         """Remove the partial files that killed writers of this target left
         (holding the lock, we know that none of them is still writing)."""
-        base = os.path.basename(self.fname)
+        base = _hidden_stem(os.path.basename(self.fname), dir_fd)
         for name in os.listdir(dir_fd):
             if _is_part_of(name, base):
                 with contextlib.suppress(FileNotFoundError):
@@ -1283,9 +1470,11 @@ class _IndexedSource:
     one: the file's path) gets that description in error messages.
     """
 
-    def __init__(self, dataset: Any, fname: str) -> None:
+    def __init__(self, dataset: Any, fname: str,
+                 skip_errors: tuple[type[BaseException], ...] = ()) -> None:
         self.dataset = dataset
         self.fname = fname
+        self.skip_errors = skip_errors  # a sample whose reading raises one is left out
         self.describe_source = getattr(dataset, "describe", None)
 
     def describe(self, src: int) -> str | None:
@@ -1298,9 +1487,12 @@ class _IndexedSource:
             dest = start + offset
             try:
                 sample = self.dataset[src]
-            except Exception as exc:
+            except self.skip_errors as exc:
+                yield dest, src, _Unread(exception_text(exc))
+                continue
+            except BaseException as exc:
                 where = _where(self.fname, dest, src, self.describe(src) or f"dataset index {src}")
-                raise annotate(exc, f"{where}, reading it from the dataset") from None
+                _raise_located(exc, f"{where}, reading it from the dataset", "the dataset")
             yield dest, src, sample
 
 
@@ -1319,18 +1511,40 @@ class _WebDatasetSource:
     def describe(self, src: str) -> str | None:
         return src
 
+    def count(self, shard: str, start: int) -> int:
+        """The samples of *shard*, whose first will be sample *start*; an error
+        names the file, the shard and the sample it came at."""
+        n = 0
+        try:
+            samples = iter(self.iterate(shard))
+        except BaseException as exc:
+            _raise_located(exc, f"{self.fname}: shard {shard}, counting its samples",
+                           "the pipeline")
+        while True:
+            try:
+                next(samples)
+            except StopIteration:
+                return n
+            except BaseException as exc:
+                where = _where(self.fname, start + n, None, f"{shard}#{n}")
+                _raise_located(exc, f"{where}, counting the shard's samples", "the pipeline")
+            n += 1
+
     def expand(self, task: tuple[int, tuple[str, int]]) -> Iterator[tuple[int, Any, Any]]:
         start, (shard, count) = task
         n = 0
-        samples = iter(self.iterate(shard))
+        try:
+            samples = iter(self.iterate(shard))
+        except BaseException as exc:
+            _raise_located(exc, f"{self.fname}: shard {shard}", "the pipeline")
         while True:
             try:
                 sample = next(samples)
             except StopIteration:
                 break
-            except Exception as exc:
+            except BaseException as exc:
                 where = _where(self.fname, start + n, None, f"{shard}#{n}")
-                raise annotate(exc, f"{where}, reading it from the shard") from None
+                _raise_located(exc, f"{where}, reading it from the shard", "the pipeline")
             n += 1
             if n > count:
                 break

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -473,7 +475,8 @@ def test_convert_skip_bad(corpus: Path, tmp_path: Path,
     kept = NUM_IMAGES - len(bad)
     assert lines[0].startswith(f"wrote {kept} samples to {out}")
     listed = tmp_path / "out.beton.skipped.txt"
-    assert lines[1] == f"skipped 3 image(s) that cannot be decoded (listed in {listed}):"
+    assert lines[1] == (f"skipped 3 image(s) that cannot be read or decoded (listed in "
+                        f"{listed}):")
     order = sorted(bad)  # ImageFolder's order: by class, then path
     for line, path in zip(lines[2:], order, strict=True):
         assert line.startswith(f"  {path}: {bad[path]}")
@@ -498,6 +501,87 @@ def test_convert_skip_bad(corpus: Path, tmp_path: Path,
     assert main(["convert", str(folder), str(out), "--skip-bad", *FAST]) == 0
     assert "skipped" not in capsys.readouterr().out
     assert not listed.exists()
+
+
+def test_the_skipped_list_is_published_with_the_file(
+        corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The list was written after the file was named (a list that could not be
+    written failed the command with a new file in place), and a list from an
+    earlier --skip-bad run outlived a later conversion that skipped nothing."""
+    import fastforward.writer as writer_module
+
+    folder, bad = folder_with_bad_images(corpus, tmp_path)
+    out, listed = tmp_path / "out.beton", tmp_path / "out.beton.skipped.txt"
+    real = writer_module._Output.write
+
+    def list_fails(self: Any, data: Any) -> None:
+        if self.target == str(listed):
+            raise self._failed(OSError(errno.ENOSPC, "No space left on device"), "writing")
+        real(self, data)
+
+    monkeypatch.setattr(writer_module._Output, "write", list_fails)
+    status = main(["convert", str(folder), str(out), "--skip-bad", *FAST])
+    assert_one_line_error(capsys, status, 1, str(listed), "the disk is full")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]
+    monkeypatch.undo()
+    assert main(["convert", str(folder), str(out), "--skip-bad", *FAST]) == 0
+    assert len(listed.read_text().splitlines()) == len(bad)
+    for path in bad:
+        path.unlink()
+    capsys.readouterr()
+    assert main(["convert", str(folder), str(out), *FAST]) == 0  # without --skip-bad
+    assert len(capsys.readouterr().out.splitlines()) == 1  # no images skipped
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "out.beton"]
+    # a folder in the list's place is refused before any image is read
+    listed.mkdir()
+    status = main(["convert", str(folder), str(out), "--skip-bad", *FAST])
+    assert_one_line_error(capsys, status, 1, str(listed), "is a directory")
+
+
+def folder_with_unreadable_images(corpus: Path, tmp_path: Path) -> tuple[Path, dict[Path, str]]:
+    """A copy of the corpus with a named pipe and a dangling link named as images."""
+    folder = tmp_path / "imgs"
+    shutil.copytree(corpus, folder)
+    files = sorted(folder.glob("*/*.jpg"))
+    fifo, dangling = files[4].with_name("fifo.jpg"), files[12].with_name("dangling.jpg")
+    os.mkfifo(fifo)
+    dangling.symlink_to(tmp_path / "nowhere.jpg")
+    return folder, {fifo: "not a regular file (a named pipe)",
+                    dangling: "No such file or directory"}
+
+
+@pytest.mark.timeout(120)  # a named pipe was opened and read: it waited for ever
+def test_convert_skip_bad_skips_images_that_cannot_be_read(
+        corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--skip-bad skipped only what could not be decoded: a dangling link stopped the
+    conversion (FileNotFoundError from the dataset), and a named pipe blocked it."""
+    folder, bad = folder_with_unreadable_images(corpus, tmp_path)
+    out = tmp_path / "out.beton"
+    assert main(["convert", str(folder), str(out), "--skip-bad", *FAST]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"wrote {NUM_IMAGES} samples to {out}")
+    assert lines[1].startswith("skipped 2 image(s) that cannot be read or decoded")
+    rows = [line.split("\t") for line in (tmp_path / "out.beton.skipped.txt").read_text()
+            .splitlines()]
+    assert [Path(path) for path, _ in rows] == sorted(bad)
+    assert all(bad[Path(path)] in why for path, why in rows)
+    with Reader(out) as reader:
+        assert reader.num_samples == NUM_IMAGES
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["fifo", "dangling"])
+def test_convert_names_an_image_that_cannot_be_read(
+        corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    folder, bad = folder_with_unreadable_images(corpus, tmp_path)
+    victim = next(path for path in bad if path.name.startswith(kind))
+    for other in bad:
+        if other != victim:
+            other.unlink()
+    status = main(["convert", str(folder), str(tmp_path / "out.beton"), *FAST])
+    assert_one_line_error(capsys, status, 1, str(victim), bad[victim])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]
 
 
 def test_convert_stops_at_a_bad_image_without_skip_bad(

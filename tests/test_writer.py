@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -362,6 +363,26 @@ def test_int_field_refuses_what_it_cannot_store_whole(tmp_path: Path, value: obj
     assert "sample 1, field 'i'" in str(info.value)
 
 
+@pytest.mark.parametrize(("value", "message"), [
+    ("3.5", "expected a real number, got str '3.5'"),
+    (b"1_000", "expected a real number, got bytes b'1_000'"),
+    (" nan ", "expected a real number, got str ' nan '"),
+    (10**400, r"int 1000000000000000000000000000000000000000\.\.\. is beyond float64's range"),
+], ids=["string", "bytes", "string-nan", "huge-int"])
+def test_float_field_refuses_text_and_what_overflows(tmp_path: Path, value: object,
+                                                     message: str) -> None:
+    """float() parses text and raises OverflowError for a huge int: both stored or
+    failed outside EncodeError (which skip_errors=(EncodeError,) could not skip)."""
+    with pytest.raises(EncodeError, match=message) as info:
+        write(tmp_path / "f.beton", {"x": FloatField()}, [(0.5,), (value,)])
+    assert "sample 1, field 'x'" in str(info.value)
+    writer = DatasetWriter(tmp_path / "f.beton", {"x": FloatField()}, num_workers=1,
+                           progress=False, skip_errors=(EncodeError,))
+    writer.from_indexed_dataset([(0.5,), (value,), (np.float32(2),)])
+    assert [s.index for s in writer.skipped] == [1]
+    assert Reader(tmp_path / "f.beton").metadata["f0"].tolist() == [0.5, 2.0]
+
+
 class StringField(NDArrayField):
     """A custom field, as FFCV's own test defines one."""
 
@@ -480,6 +501,19 @@ def webdataset_labels(dataset):  # type: ignore[no-untyped-def]
     return (int(sample["cls"]) for sample in dataset)
 
 
+def make_shards(folder: Path, count: int = 3) -> list[str]:
+    """*count* WebDataset shards of 7 samples, shard s's labels s*10 to s*10+6."""
+    wds = pytest.importorskip("webdataset", reason="webdataset is an optional extra")
+    shards = []
+    for s in range(count):
+        shard = str(folder / f"shard-{s}.tar")
+        with wds.TarWriter(shard) as sink:
+            for i in range(7):
+                sink.write({"__key__": f"{s}-{i}", "cls": str(s * 10 + i).encode()})
+        shards.append(shard)
+    return shards
+
+
 # webdataset itself leaves its tar files to the garbage collector
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -487,19 +521,59 @@ def webdataset_labels(dataset):  # type: ignore[no-untyped-def]
 # start them, and each would import webdataset, and torch with it, anew)
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_webdataset(tmp_path: Path) -> None:
-    wds = pytest.importorskip("webdataset", reason="webdataset is an optional extra")
-    shards = []
-    for s in range(3):
-        shard = str(tmp_path / f"shard-{s}.tar")
-        with wds.TarWriter(shard) as sink:
-            for i in range(7):
-                sink.write({"__key__": f"{s}-{i}", "cls": str(s * 10 + i).encode()})
-        shards.append(shard)
-
+    shards = make_shards(tmp_path)
     path = tmp_path / "w.beton"
     DatasetWriter(path, {"label": IntField()}, num_workers=2, progress=False,
                   start_method="fork").from_webdataset(shards, webdataset_labels)
     assert Reader(path).metadata["f0"].tolist() == [s * 10 + i for s in range(3) for i in range(7)]
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_webdataset_takes_one_shard_as_a_string_or_path(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One shard given as a string was taken as a sequence of its characters: a
+    relative path failed on a shard 's', an absolute one counted shard '/' for ever."""
+    (shard,) = make_shards(tmp_path, count=1)
+    monkeypatch.chdir(tmp_path)
+    for given in (Path(shard).name, Path(shard)):
+        path = tmp_path / "w.beton"
+        DatasetWriter(path, {"label": IntField()}, num_workers=1, progress=False,
+                      start_method="fork").from_webdataset(given, webdataset_labels)
+        assert Reader(path).metadata["f0"].tolist() == list(range(7))
+
+
+@pytest.mark.parametrize("shards", [b"shard-0.tar", iter(["shard-0.tar"]), ["a.tar", 3],
+                                    {"a.tar": 1}],
+                         ids=["bytes", "iterator", "not-a-path", "mapping"])
+def test_webdataset_refuses_shards_that_are_not_paths(tmp_path: Path, shards: Any) -> None:
+    with pytest.raises(TypeError, match=r"w\.beton: shards must be"):
+        DatasetWriter(tmp_path / "w.beton", {"label": IntField()}, num_workers=1,
+                      progress=False).from_webdataset(shards, webdataset_labels)
+    assert os.listdir(tmp_path) == []
+
+
+def failing_at_label_12(dataset):  # type: ignore[no-untyped-def]
+    for label in webdataset_labels(dataset):
+        if label == 12:
+            raise RuntimeError("boom in the pipeline")
+        yield label
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_webdataset_errors_while_counting_name_the_file_shard_and_sample(tmp_path: Path) -> None:
+    """The shards are read once to count their samples, in the writer's process:
+    an error there named neither the output file nor the shard."""
+    shards = make_shards(tmp_path)
+    path = tmp_path / "w.beton"
+    with pytest.raises(RuntimeError) as info:
+        DatasetWriter(path, {"label": IntField()}, num_workers=1,
+                      progress=False).from_webdataset(shards, failing_at_label_12)
+    assert str(info.value) == (f"{path}: sample 9 ({shards[1]}#2), counting the shard's "
+                               "samples: boom in the pipeline")
+    assert not path.exists()
 
 
 def test_progress_bar_leaves_no_thread(tmp_path: Path) -> None:

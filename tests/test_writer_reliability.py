@@ -93,6 +93,8 @@ KILLED_WRITER = """
                 real(conn, job, ([], []), parent_pid)
 
             w._worker_main = keep_inherited
+        elif variant == "no-tmpfile":  # a hidden .part file, as on other systems
+            w._open_unnamed = lambda dir_fd: None
         DatasetWriter(target, {"x": BytesField()}, num_workers=2, progress=False,
                       start_method=None if method == "auto" else method
                       ).from_indexed_dataset(Big(), chunksize=8)
@@ -198,13 +200,18 @@ def test_sigkill_of_the_parent_leaves_no_process_and_no_file(
 
 @linux_only
 @pytest.mark.slow
-@pytest.mark.parametrize(("how", "method"),
-                         [("SIGTERM", "auto"), ("SIGTERM", "forkserver"),
-                          ("SIGTERM-group", "auto"), ("SIGTERM-group", "forkserver")],
-                         ids=["fork", "forkserver", "process-group", "forkserver-group"])
-def test_sigterm_stops_the_write_cleanly(tmp_path: Path, how: str, method: str) -> None:
-    proc, stderr, below, gone, out = kill_mid_write(tmp_path, how, method)
-    assert proc.returncode == 143, stderr  # Terminated: a SystemExit, so no traceback
+@pytest.mark.parametrize(("how", "method", "variant"),
+                         [("SIGTERM", "auto", ""), ("SIGTERM", "forkserver", ""),
+                          ("SIGTERM-group", "auto", ""), ("SIGTERM-group", "forkserver", ""),
+                          ("SIGHUP", "auto", ""), ("SIGHUP", "auto", "no-tmpfile")],
+                         ids=["fork", "forkserver", "process-group", "forkserver-group",
+                              "sighup", "sighup-part-file"])
+def test_sigterm_stops_the_write_cleanly(tmp_path: Path, how: str, method: str,
+                                         variant: str) -> None:
+    """And SIGHUP (a closed terminal), which left the lock file and a .part."""
+    proc, stderr, below, gone, out = kill_mid_write(tmp_path, how, method, variant)
+    # Terminated: a SystemExit, so no traceback; 128 + the signal's number
+    assert proc.returncode == (129 if how == "SIGHUP" else 143), stderr
     assert "Traceback" not in stderr
     assert alive(below) == [], f"still running {gone:.1f} s after the SIGTERM"
     assert os.listdir(out) == []  # nothing at all: not even the lock file
@@ -212,8 +219,10 @@ def test_sigterm_stops_the_write_cleanly(tmp_path: Path, how: str, method: str) 
 
 def test_sigterm_handler_is_restored(tmp_path: Path) -> None:
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
     write(tmp_path / "a.beton", {"i": IntField()}, list(range(5)))
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
 
 
 def test_a_sigterm_handler_of_the_callers_is_left_alone(tmp_path: Path) -> None:
@@ -356,6 +365,57 @@ def test_stale_part_files_of_the_target_are_removed(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"x" * 100)
     write(tmp_path / "a.beton", {"i": IntField()}, list(range(5)))
     assert sorted(os.listdir(tmp_path)) == sorted([*kept, "a.beton"])
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "part-file"])
+@pytest.mark.parametrize("length", [240, 241, 249, 250, 255])
+def test_any_name_the_directory_allows_can_be_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, length: int, unnamed: bool) -> None:
+    """The hidden names beside the target (``.<name>.lock``, ``.<name>.<8>.part``)
+    are 6 and 15 bytes longer than its name: a name of 241-255 bytes (NAME_MAX is
+    255) was refused, for 241-249 only once the whole file had been written."""
+    if not unnamed:
+        monkeypatch.setattr(writer_module, "_open_unnamed", lambda dir_fd: None)
+    out = tmp_path / "out"
+    out.mkdir()
+    name = "é" + "x" * (length - len("é".encode()) - len(".beton")) + ".beton"
+    assert len(name.encode()) == length
+    seen = tmp_path / "seen"
+    write(out / name, {"i": IntField()}, Slow(40, out, seen), chunksize=4)
+    assert os.listdir(out) == [name]
+    hidden = seen.read_text().split()
+    assert all(len(h.encode()) <= 255 for h in hidden)
+    assert len(hidden) == (1 if unnamed else 2)
+    if length > 240:  # as much of the name as fits, and a hash of it
+        assert all(h.startswith(".éxxx") and "~" in h for h in hidden)
+    # a stale .part of that name goes at the next write
+    part = next((h for h in hidden if h.endswith(".part")), None)
+    if part is not None:
+        (out / part).write_bytes(b"x")
+        write(out / name, {"i": IntField()}, list(range(3)))
+        assert os.listdir(out) == [name]
+
+
+def test_a_name_the_directory_cannot_hold_is_refused_before_encoding(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    class Counted:
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, i: int) -> tuple[int]:
+            calls.append(i)
+            return (i,)
+
+    target = tmp_path / ("x" * 250 + ".beton")
+    with pytest.raises(OSError, match="256 bytes, where this directory allows at most 255"
+                       ) as info:
+        DatasetWriter(target, {"i": IntField()}, num_workers=1,
+                      progress=False).from_indexed_dataset(Counted())
+    assert info.value.errno == errno.ENAMETOOLONG
+    assert info.value.filename == str(target)
+    assert calls == []
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_second_writer_of_the_same_target_is_refused(tmp_path: Path) -> None:
@@ -593,6 +653,49 @@ def test_dataset_exceptions_name_the_file_and_sample(tmp_path: Path, make: Any,
     assert os.listdir(tmp_path) == []
 
 
+class RaisingField(IntField):
+    """An IntField whose encode raises, at sample 7, the exception made by *make*."""
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+
+    def encode(self, destination: Any, field: Any, malloc: Any) -> None:
+        if field == 7:
+            raise self.make()
+        super().encode(destination, field, malloc)
+
+
+@pytest.mark.parametrize(("make", "kind", "message"), [
+    (lambda: StopIteration(), RuntimeError, "reading it from the dataset: the dataset raised "
+                                            "StopIteration"),
+    (lambda: StopIteration("spent"), RuntimeError, "the dataset raised StopIteration: spent"),
+    (lambda: SystemExit(3), RuntimeError, "reading it from the dataset: the dataset called "
+                                          "sys.exit(3)"),
+    (lambda: KeyboardInterrupt(), KeyboardInterrupt, "reading it from the dataset"),
+], ids=["stop-iteration", "stop-iteration-with-text", "sys-exit", "keyboard-interrupt"])
+@pytest.mark.parametrize("where", ["dataset", "field"])
+@forking_with_threads
+def test_base_exceptions_from_user_code_name_the_file_and_sample(
+        tmp_path: Path, make: Any, kind: type, message: str, where: str) -> None:
+    """A StopIteration became a bare "generator raised StopIteration" (a generator
+    passed it on), and a SystemExit ended the caller's program silently with its
+    status; a KeyboardInterrupt still stops the write, with its location."""
+    target = tmp_path / "k.beton"
+    if where == "dataset":
+        dataset, field = Raising(make), IntField()
+    else:
+        dataset, field = list(range(10)), RaisingField(make)
+        message = message.replace("reading it from the dataset", "field 'i'").replace(
+            "the dataset", "the field's encode")
+    with pytest.raises(kind) as info:
+        write(target, {"i": field}, dataset, start_method="fork")
+    line = describe_error(info.value)
+    assert f"{target}: sample 7" in line, line
+    assert message in line
+    assert "\n" not in line
+    assert os.listdir(tmp_path) == []
+
+
 # -- skipping samples ---------------------------------------------------------------------------
 
 
@@ -664,6 +767,15 @@ def test_without_skip_errors_the_first_bad_sample_stops_the_write(
     with pytest.raises(DecodeError, match="sample 2, field 'image': empty file"):
         write(tmp_path / "s.beton", SKIP_FIELDS, with_bad(jpegs), num_workers=1)
     assert os.listdir(tmp_path) == []
+
+
+@forking_with_threads
+def test_samples_the_dataset_cannot_read_are_skipped_too(tmp_path: Path) -> None:
+    writer = DatasetWriter(tmp_path / "r.beton", {"i": IntField()}, num_workers=2,
+                           progress=False, skip_errors=(KeyError,), start_method="fork")
+    writer.from_indexed_dataset(Raising(lambda: KeyError("no label")), chunksize=3)
+    assert writer.skipped == [writer_module.SkippedSample(7, 7, None, "KeyError: 'no label'")]
+    assert Reader(tmp_path / "r.beton").metadata["f0"].tolist() == [0, 1, 2, 3, 4, 5, 6, 8, 9]
 
 
 def test_only_the_listed_errors_are_skipped(tmp_path: Path, jpegs: list[bytes]) -> None:
@@ -892,6 +1004,10 @@ def test_a_boolean_mask_or_float_indices_are_refused(tmp_path: Path) -> None:
         write(target, {"i": IntField()}, values, indices=[0.9, 2.7, 4.5])
     with pytest.raises(ValueError, match="one-dimensional"):
         write(target, {"i": IntField()}, values, indices=[[0, 1]])
+    # dataset[-1] would be the last sample: written silently as sample 0
+    for negative in ([-1], np.array([2, -6]), [1.0, -2.0]):
+        with pytest.raises(ValueError, match=r"m\.beton: indices must be at least 0, got -"):
+            write(target, {"i": IntField()}, values, indices=negative)
     assert not target.exists()
     with pytest.raises(ValueError, match="out of range"):
         write(target, {"i": IntField()}, values, indices=np.array([2**63], np.uint64))

@@ -66,10 +66,20 @@ class FloatField(Field):
         return empty_arguments()
 
     def encode(self, destination: np.ndarray, field: Any, malloc: Malloc) -> None:
+        # float() parses text ('3.5', b'1_000', ' nan '): a number read from a file
+        # and never converted is a bug in the dataset, refused as IntField refuses it
+        if isinstance(field, (str, bytes, bytearray)):
+            raise EncodeError(f"expected a real number, got {type(field).__name__} "
+                              f"{field!r:.40}: convert it with float() if you mean it")
         try:
             destination[0] = float(field)
         except (TypeError, ValueError) as exc:
             raise EncodeError(f"expected a real number, got {type(field).__name__}") from exc
+        except OverflowError:  # an int beyond float64's range (10**400)
+            shown = repr(field)
+            shown = shown if len(shown) <= 40 else f"{shown[:40]}..."
+            raise EncodeError(f"{type(field).__name__} {shown} is beyond float64's "
+                              "range") from None
 
     def get_decoder_class(self) -> type:
         return FloatDecoder
