@@ -33,16 +33,15 @@ def decode_null_terminated_string(raw: np.ndarray) -> str:
 def sample_numbers(values: Any, where: str) -> np.ndarray:
     """*values* (sample numbers) as a one-dimensional int64 array, refusing what
     would silently become other samples: booleans (a mask), strings, fractions,
-    more dimensions, integers past int64. The range is left to the caller
-    (*where* names the file or order in the messages)."""
+    more dimensions, integers past int64. The range is left to the caller.
+    *where* begins each message: ``"FILE: indices"``, ``"FILE: Order.sample_order(3)"``."""
     given = np.asarray(values)
     if given.ndim != 1:
         if given.ndim == 0 or given.size:
-            raise ValueError(f"{where}: sample numbers must be one-dimensional, "
-                             f"got shape {given.shape}")
+            raise ValueError(f"{where} must be one-dimensional, got shape {given.shape}")
         given = given.reshape(0)
     if given.dtype.kind == "b":
-        raise TypeError(f"{where}: sample numbers must be integers, got a boolean mask; "
+        raise TypeError(f"{where} must be integers, got a boolean mask; "
                         "pass np.flatnonzero(mask) for the samples it selects")
     if given.dtype.kind in "iu":
         if given.dtype.kind == "u" and given.size and given.max() > np.iinfo(np.int64).max:
@@ -60,7 +59,7 @@ def sample_numbers(values: Any, where: str) -> np.ndarray:
     wrong = next((v for v in given.tolist()
                   if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool))
                   and not (isinstance(v, float) and v.is_integer())), None)
-    raise TypeError(f"{where}: sample numbers must be integers, got {given.dtype}"
+    raise TypeError(f"{where} must be integers, got {given.dtype}"
                     + (f" ({wrong!r})" if wrong is not None else ""))
 
 

@@ -93,6 +93,7 @@ from .utils import (
     install_hint,
     main_module_hint,
     refuse_in_a_worker,
+    sample_numbers,
     worker_started,
 )
 
@@ -894,24 +895,6 @@ class _Output:
         return new
 
 
-def write_file_atomically(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write *data* to *path* as the writer writes its files: the file appears
-    whole under its name, or not at all."""
-    path = os.fspath(path)
-    dir_fd = os.open(os.path.dirname(os.path.abspath(path)),
-                     os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        output = _Output(path, dir_fd)
-        try:
-            output.write(data)
-            output.publish()
-        except BaseException:
-            output.discard()
-            raise
-    finally:
-        os.close(dir_fd)
-
-
 # the signals that stop a write cleanly where they would kill the process outright:
 # SIGTERM (`timeout`, batch systems, `kill`) and SIGHUP (the terminal closed)
 _STOPPING_SIGNALS = {getattr(signal, name): (name, why) for name, why in
@@ -1257,31 +1240,11 @@ class DatasetWriter:
         self._write(len(order), tasks, _IndexedSource(dataset, self.fname, self.skip_errors))
 
     def _indices(self, indices: Sequence[int]) -> np.ndarray:
-        """*indices* as int64, refusing what would silently become other samples."""
-        given = np.asarray(indices)
-        if given.ndim != 1:
-            raise ValueError(f"{self.fname}: indices must be one-dimensional, "
-                             f"got shape {given.shape}")
-        if given.dtype.kind == "b":
-            raise TypeError(f"{self.fname}: indices must be integers, got a boolean mask; "
-                            "pass np.flatnonzero(mask) for the samples it selects")
-        if given.dtype.kind in "iu":
-            if given.dtype.kind == "u" and given.size and given.max() > np.iinfo(np.int64).max:
-                raise ValueError(f"{self.fname}: index {int(given.max())} is out of range")
-            as_int = given.astype(np.int64)
-        else:
-            try:  # floats, objects (NumPy's type for [np.uint64(1), 2]): integers exactly
-                as_int = given.astype(np.int64)
-                exact = bool((as_int == given).all())
-            except (TypeError, ValueError, OverflowError):
-                exact = False
-            if not exact:
-                wrong = next((v for v in given.tolist() if not float(v).is_integer()), None) \
-                    if given.dtype.kind == "f" else None
-                raise TypeError(f"{self.fname}: indices must be integers, got {given.dtype}"
-                                + (f" ({wrong!r})" if wrong is not None else ""))
+        """*indices* as int64, refusing what would silently become other samples
+        (``utils.sample_numbers``, and negative numbers: ``dataset[-1]`` is the
+        last sample, another one than the index says)."""
+        as_int = sample_numbers(indices, f"{self.fname}: indices")
         if as_int.size and as_int.min() < 0:
-            # dataset[-1] is the last sample: a negative index would write another one
             raise ValueError(f"{self.fname}: indices must be at least 0, got "
                              f"{int(as_int.min())} (a negative index would count from the "
                              "end of the dataset)")

@@ -5,8 +5,9 @@ sample the key ``slot(page) + U(0, window)`` modulo ``num_pages``, and the
 epoch visits samples by key. A page's samples are spread over the ``window``
 slots after its own, so at any point of the epoch exactly ``window`` pages are
 open (a batch of ``B`` samples draws from about ``window + ⌈B / samples per
-page⌉``; the keys are random, so a batch can take one more), and a page is opened once, or twice for the ``window - 1`` pages
-whose keys wrap around the epoch's end. A cold cache or ``os_cache=False``
+page⌉``; the keys are random, so a batch can take one more), and a page is
+opened once, or twice for the ``window - 1`` pages whose keys wrap around the
+epoch's end. A cold cache or ``os_cache=False``
 needs only those pages. The order is a function of the generator alone, so of
 ``(seed, epoch)``.
 
