@@ -259,6 +259,43 @@ def test_center_crop_matches_reference(photos_file: Path) -> None:
             np.testing.assert_array_equal(image, expected)
 
 
+@pytest.mark.parametrize("mode", ["raw", "jpg"])
+def test_crop_decoders_on_images_of_a_pixel(tmp_path: Path, mode: str) -> None:
+    """1x1 and 1x9 images: the centre crop at 0.875 had a side of 0 and the
+    random one's fallback a height of 0, which failed the first batch with a
+    bare ValueError naming no sample; each takes a pixel at least now."""
+    path = tmp_path / "tiny.beton"
+    images = [np.full((1, 1, 3), 70, np.uint8), np.full((1, 9, 3), 140, np.uint8),
+              np.full((9, 1, 3), 210, np.uint8)]
+    DatasetWriter(path, {"image": RGBImageField(write_mode=mode), "label": IntField()},
+                  num_workers=1, progress=False).from_indexed_dataset(
+        [(image, k) for k, image in enumerate(images)])
+    for decoder in (CenterCropRGBImageDecoder((8, 6), 0.875),
+                    RandomResizedCropRGBImageDecoder((8, 6), ratio=(5, 5)),
+                    RandomResizedCropRGBImageDecoder((8, 6), ratio=(0.1, 0.1))):
+        loader = Loader(path, 3, pipelines={"image": [decoder], "label": [IntDecoder()]},
+                        seed=0)
+        (got, labels), = list(loader)
+        assert got.shape == (3, 8, 6, 3)
+        for image, label in zip(got, labels.ravel(), strict=True):  # flat images stay flat
+            np.testing.assert_allclose(image, np.broadcast_to(images[label][0, 0], image.shape),
+                                       atol=2 if mode == "jpg" else 0)
+
+
+def test_a_crop_outside_the_image_names_the_sample(photos_file: Path) -> None:
+    class Outside(CenterCropRGBImageDecoder):
+        def crops(self, heights: np.ndarray, widths: np.ndarray, u: object) -> np.ndarray:
+            crops = super().crops(heights, widths, u)
+            crops[-1, 2] = heights[-1] + 1  # the range's last sample: a row too many
+            return crops
+
+    loader = Loader(photos_file, 7, num_workers=1, pipelines={
+        "image": [Outside((24, 20), 224 / 256)], "label": [IntDecoder()]})
+    with pytest.raises(ValueError, match=r"sample 6\b.*'image'.*Outside.crops\(\) gave the "
+                                         r"window .* outside the \d+x\d+ image"):
+        next(iter(loader))
+
+
 def test_simple_decoder_refuses_mixed_sizes(photos_file: Path) -> None:
     with pytest.raises(TypeError, match="different sizes"):
         Loader(photos_file, 4, pipelines={"image": [SimpleRGBImageDecoder()], "label": None})

@@ -192,6 +192,49 @@ def test_center_crop(args: tuple[int, int, float], expected: tuple[int, ...]) ->
     assert get_center_crop(*args) == expected
 
 
+@pytest.mark.parametrize(("size", "ratio", "scale"), [
+    ((1, 1), (5, 5), (0.08, 1)), ((1, 9), (0.1, 0.1), (0.08, 1)), ((9, 1), (5, 5), (0.5, 1)),
+    ((2, 40), (3 / 4, 4 / 3), (0.001, 0.001)),
+])
+def test_every_crop_keeps_a_pixel_at_least(size: tuple[int, int], ratio: tuple[float, float],
+                                           scale: tuple[float, float]) -> None:
+    """The fallback clamped a 1-pixel-high image to ratio 1/3 with a height of
+    0, and the centre crop of a 1x1 image at 0.875 had a side of 0: the kernel
+    then refused the window with a bare ValueError at the first batch."""
+    rng = np.random.default_rng(0)
+    crops = random_crops(np.full(50, size[0]), np.full(50, size[1]), scale, ratio,
+                         rng.random((50, RANDOM_CROP_UNIFORMS)))
+    i, j, h, w = crops.T
+    assert (h >= 1).all()
+    assert (w >= 1).all()
+    assert ((i >= 0) & (j >= 0) & (i + h <= size[0]) & (j + w <= size[1])).all()
+    for ratio_ in (0.875, 0.01, 1.0):
+        top, left, side, _ = get_center_crop(*size, ratio_)
+        assert 1 <= side <= min(size)
+        assert center_crops([size[0]], [size[1]], ratio_)[0].tolist() == [top, left, side, side]
+
+
+@pytest.mark.parametrize("kwargs", [{"ratio": (0, 1)}, {"ratio": (4 / 3, 3 / 4)},
+                                    {"scale": (0, 0)}, {"scale": (0.5, 0.1)}])
+def test_random_crop_decoder_refuses_bounds_it_cannot_draw(kwargs: dict) -> None:
+    """As RandomResizedCrop does: ratio=(0, 1) failed at the first batch with
+    math.log's 'math domain error', naming nothing; reversed bounds were taken."""
+    from fastforward.fields.decoders import RandomResizedCropRGBImageDecoder
+
+    with pytest.raises(ValueError, match=r"RandomResizedCropRGBImageDecoder: (ratio|scale) must"):
+        RandomResizedCropRGBImageDecoder((8, 8), **kwargs)
+    with pytest.raises(ValueError, match=r"RandomResizedCrop: (ratio|scale) must"):
+        T.RandomResizedCrop(**{"scale": (0.08, 1), "ratio": (3 / 4, 4 / 3), **kwargs}, size=8)
+
+
+@pytest.mark.parametrize("ratio", [0, -1, 1.2])
+def test_center_crop_decoder_refuses_a_ratio_outside_0_1(ratio: float) -> None:
+    from fastforward.fields.decoders import CenterCropRGBImageDecoder
+
+    with pytest.raises(ValueError, match=r"CenterCropRGBImageDecoder: ratio must be in \(0, 1\]"):
+        CenterCropRGBImageDecoder((8, 8), ratio)
+
+
 # ---------------------------------------------------------------------------
 # flips
 

@@ -28,6 +28,8 @@ from ..pipeline.state import State
 from ..transforms.crop import (
     RANDOM_CROP_UNIFORMS,
     center_crops,
+    check_center_ratio,
+    check_random_crop,
     get_random_crop,
     random_crops,
 )
@@ -686,6 +688,15 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
         heights, widths = rows["height"].astype(np.int64), rows["width"].astype(np.int64)
         crops = np.ascontiguousarray(self.crops(heights, widths, None if u is None else u[lo:hi]),
                                      dtype=np.int64)
+        i, j, h, w = crops.T
+        outside = np.flatnonzero((i < 0) | (j < 0) | (h < 1) | (w < 1) | (i + h > heights)
+                                 | (j + w > widths))
+        if outside.size:  # a subclass's crops() (the built-in ones always fit)
+            k = int(outside[0])
+            raise self.fail(ValueError(f"{type(self).__name__}.crops() gave the window "
+                                       f"{crops[k].tolist()} (top, left, height, width), "
+                                       f"outside the {heights[k]}x{widths[k]} image"),
+                            context, lo + k)
         if context.geometry_out is not None:  # masks or boxes follow this image
             geometry.fill(context.geometry_out[lo:hi], heights, widths, crops,
                           destination.shape[1], destination.shape[2], flips)
@@ -724,6 +735,7 @@ class RandomResizedCropRGBImageDecoder(ResizedCropRGBImageDecoder):
     def __init__(self, output_size: tuple[int, int], scale: tuple[float, float] = (0.08, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), fastdct: bool = True) -> None:
         super().__init__(output_size, fastdct)
+        check_random_crop(type(self).__name__, scale, ratio)
         self.scale = scale
         self.ratio = ratio
 
@@ -744,6 +756,7 @@ class CenterCropRGBImageDecoder(ResizedCropRGBImageDecoder):
 
     def __init__(self, output_size: tuple[int, int], ratio: float, fastdct: bool = True) -> None:
         super().__init__(output_size, fastdct)
+        check_center_ratio(type(self).__name__, ratio)
         self.ratio = ratio
 
     def crop(self, height: int, width: int, u: np.ndarray | None) -> tuple[int, int, int, int]:

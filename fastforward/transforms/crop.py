@@ -22,6 +22,22 @@ row and the column of the window."""
 _TRIES = 10
 
 
+def check_random_crop(owner: str, scale: tuple[float, float], ratio: tuple[float, float]
+                      ) -> None:
+    """Refuse bounds that ``random_crops`` cannot draw from (*owner* names who got them)."""
+    for what, (low, high) in (("scale", scale), ("ratio", ratio)):
+        if not 0 < low <= high:
+            raise ValueError(f"{owner}: {what} must be (low, high) with 0 < low <= high, "
+                             f"got {(low, high)}")
+
+
+def check_center_ratio(owner: str, ratio: float) -> None:
+    """Refuse a centre crop's *ratio* outside (0, 1]: the square would not fit."""
+    if not 0 < ratio <= 1:
+        raise ValueError(f"{owner}: ratio must be in (0, 1] (the square's side over the "
+                         f"image's shorter side), got {ratio}")
+
+
 def random_crops(heights: np.ndarray | Sequence[int], widths: np.ndarray | Sequence[int],
                  scale: tuple[float, float], ratio: tuple[float, float],
                  u: np.ndarray) -> np.ndarray:
@@ -69,8 +85,9 @@ def random_crops(heights: np.ndarray | Sequence[int], widths: np.ndarray | Seque
         fh, fw = height[none], width[none]
         in_ratio = fw / fh
         low, high = min(ratio), max(ratio)
-        fall_w = np.where(in_ratio > high, np.round(fh * high), fw)
-        fall_h = np.where(in_ratio < low, np.round(fw / low), fh)
+        # at least a pixel: a 1-pixel-high image clamped to ratio 1/3 rounds to 0
+        fall_w = np.maximum(1, np.where(in_ratio > high, np.round(fh * high), fw))
+        fall_h = np.maximum(1, np.where(in_ratio < low, np.round(fw / low), fh))
         h[none], w[none] = fall_h, fall_w
         i[none] = (fh - fall_h) // 2
         j[none] = (fw - fall_w) // 2
@@ -82,7 +99,9 @@ def center_crops(heights: np.ndarray | Sequence[int], widths: np.ndarray | Seque
     """``get_center_crop`` for many images: ``(n, 4)`` int64 rows ``(i, j, h, w)``."""
     height = np.asarray(heights, dtype=np.int64)
     width = np.asarray(widths, dtype=np.int64)
-    side = (float(ratio) * np.minimum(height, width)).astype(np.int64)  # truncates, as int()
+    shorter = np.minimum(height, width)
+    # truncates, as int(); at least a pixel (a 1x1 image at ratio 0.875 gave 0)
+    side = np.clip((float(ratio) * shorter).astype(np.int64), 1, np.maximum(shorter, 1))
     return np.stack([(height - side) // 2, (width - side) // 2, side, side], axis=1)
 
 
@@ -108,10 +127,12 @@ def get_center_crop(height: int, width: int, ratio: float) -> tuple[int, int, in
     """Return FFCV's centre crop: the centred square of side ``int(ratio · min(H, W))``.
 
     This is not torchvision's ``CenterCrop`` (FFCV issue #341); with
-    ``ratio = 224/256`` it approximates ``Resize(256)`` then ``CenterCrop(224)``.
+    ``ratio = 224/256`` it approximates ``Resize(256)`` then ``CenterCrop(224)``;
+    the side is at least 1 (and at most the shorter side).
 
     Returns:
         ``(i, j, h, w)``: top row, left column, height, width.
     """
-    side = int(ratio * min(height, width))
+    shorter = min(height, width)
+    side = min(max(int(ratio * shorter), 1), max(shorter, 1))
     return (height - side) // 2, (width - side) // 2, side, side

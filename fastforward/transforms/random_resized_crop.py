@@ -12,7 +12,7 @@ from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
 from ._utils import name, numpy_out, require_image, require_numpy, require_uint8
-from .crop import RANDOM_CROP_UNIFORMS, random_crops
+from .crop import RANDOM_CROP_UNIFORMS, check_random_crop, random_crops
 
 
 class RandomResizedCrop(Operation):
@@ -38,12 +38,7 @@ class RandomResizedCrop(Operation):
     def __init__(self, scale: tuple[float, float], ratio: tuple[float, float],
                  size: int | tuple[int, int]) -> None:
         super().__init__()
-        if not 0 < scale[0] <= scale[1]:
-            raise ValueError(f"{name(self)}: scale must be (low, high) with 0 < low <= high, "
-                             f"got {scale}")
-        if not 0 < ratio[0] <= ratio[1]:
-            raise ValueError(f"{name(self)}: ratio must be (low, high) with 0 < low <= high, "
-                             f"got {ratio}")
+        check_random_crop(name(self), scale, ratio)
         self.scale = scale
         self.ratio = ratio
         self.size = size
