@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from fastforward.fields.decoders import (  # noqa: E402
     IntDecoder,
     NDArrayDecoder,
     RandomResizedCropRGBImageDecoder,
+    SimpleRGBImageDecoder,
 )
 from fastforward.loader import Loader, OrderOption  # noqa: E402
 from fastforward.pipeline import Operation  # noqa: E402
@@ -280,3 +282,83 @@ def test_an_empty_pipeline_is_the_default_one_as_in_ffcv(tmp_path: Path) -> None
     with Loader(path, 4, pipelines={"label": [IntDecoder()]}) as loader:
         (batch,) = next(iter(loader))
     assert isinstance(batch, np.ndarray)  # a decoder alone: its arrays, as in FFCV
+
+
+# -- where a tensor image keeps its channels -------------------------------------------
+
+
+def coordinate_images(height: int, width: int, count: int = 6) -> list[np.ndarray]:
+    """Images whose red is the column, green the row, blue the sample: every
+    pixel says where it came from."""
+    rows, cols = np.mgrid[0:height, 0:width]
+    return [np.stack([cols * 9, rows * 40, np.full_like(rows, 30 * k)], axis=-1).astype(np.uint8)
+            for k in range(count)]
+
+
+def layout_ops() -> dict[str, Any]:
+    from fastforward.transforms import Cutout, TrivialAugmentWide
+
+    return {"flip": lambda: RandomHorizontalFlip(1.0), "cutout": lambda: Cutout(1, (7, 8, 9)),
+            "normalize": lambda: NormalizeImage(np.array([10.0, 100.0, 150.0]),
+                                                np.array([2.0, 3.0, 4.0]), np.float32),
+            "policy": TrivialAugmentWide}
+
+
+@pytest.mark.parametrize("height", [3, 1, 5])
+@pytest.mark.parametrize("op", sorted(layout_ops()))
+def test_a_tensor_image_of_height_3_or_1_is_read_as_hwc(tmp_path: Path, height: int,
+                                                         op: str) -> None:
+    """(H, W, 3) tensors after ToTensor whose H is 3 or 1 were taken for (C, H, W):
+    a flip reversed the channels, NormalizeImage took a row's mean per row, a
+    policy ran on the wrong pixels, and height 1 was refused. The pipeline's
+    state says where the channels are (State.channels_first); the torch path
+    gives what the NumPy path gives at the same position."""
+    path = tmp_path / "coords.beton"
+    images = coordinate_images(height, 7)
+    DatasetWriter(path, {"image": RGBImageField(write_mode="raw"), "label": IntField()},
+                  num_workers=1, progress=False).from_indexed_dataset(
+        [(image, k) for k, image in enumerate(images)])
+    make = layout_ops()[op]
+
+    def run(first: Operation, last: list) -> np.ndarray:
+        loader = Loader(path, 6, seed=3, pipelines={
+            "image": [SimpleRGBImageDecoder(), first, make(), *last], "label": [IntDecoder()]})
+        (batch, _), = list(loader)
+        return batch.numpy() if hasattr(batch, "numpy") else batch
+
+    # the NumPy path, with a no-op at the torch path's ToTensor position
+    want = run(RandomHorizontalFlip(0.0), [ToTensor()])
+    got = run(ToTensor(), [])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    if op == "flip":  # and what the NumPy path gives is right
+        np.testing.assert_array_equal(want, np.stack(images)[:, :, ::-1])
+    if op in ("flip", "normalize"):  # draws nothing: the same one position later
+        # channels first after ToTorchImage: a (3, 3, 7) sample is (C, H, W) there
+        (batch, _), = list(Loader(path, 6, seed=3, pipelines={
+            "image": [SimpleRGBImageDecoder(), ToTensor(), ToTorchImage(), make()],
+            "label": [IntDecoder()]}))
+        np.testing.assert_allclose(batch.permute(0, 2, 3, 1).numpy(), got, rtol=1e-6)
+
+
+def test_an_operation_that_reshapes_without_saying_leaves_the_layout_unknown() -> None:
+    """The compiler forgets State.channels_first after a custom operation that
+    changes the shape and keeps the flag (it may have moved the channels), so
+    the operations after it guess from the sizes, as before the flag."""
+    from dataclasses import replace
+
+    from fastforward.pipeline import AllocationQuery, State
+    from fastforward.pipeline.plan import _declare
+
+    class Permute(Operation):
+        def declare_state_and_memory(self, previous_state: State) -> tuple:
+            h, w, c = previous_state.shape
+            return (replace(previous_state, shape=(c, h, w)),
+                    AllocationQuery((c, h, w), previous_state.dtype))
+
+        def apply(self, batch: Any, destination: Any, context: Any) -> Any:
+            return batch
+
+    hwc = State(jit_mode=False, shape=(3, 5, 3), channels_first=False)
+    assert _declare(Permute(), hwc, "x")[0].channels_first is None
+    assert _declare(ToTorchImage(), hwc, "x")[0].channels_first is True  # says so
+    assert _declare(Convert(torch.float16), hwc, "x")[0].channels_first is False  # same shape

@@ -241,7 +241,7 @@ class SimpleMultiChannelImageDecoder(_Planes, Decoder):
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
         field = self._field()
         shape = (*self._first_size(), field.channels)
-        return (State(jit_mode=True, shape=shape, dtype=field.dtype),
+        return (State(jit_mode=True, shape=shape, dtype=field.dtype, channels_first=False),
                 AllocationQuery(shape, field.dtype))
 
     def decode_range(self, lo: int, hi: int, destination: np.ndarray,
@@ -287,7 +287,8 @@ class _MultiChannelCrop(_Planes):
             raise ValueError(f"output_size must be positive, got {self.output_size}")
         shape = (height, width, field.channels)
         dtype = field.dtype if self.fused_output is None else self.fused_output[0]
-        return State(jit_mode=True, shape=shape, dtype=dtype), AllocationQuery(shape, dtype)
+        return (State(jit_mode=True, shape=shape, dtype=dtype, channels_first=False),
+                AllocationQuery(shape, dtype))
 
     def decode_range(self, lo: int, hi: int, destination: np.ndarray,
                      context: BatchContext) -> None:

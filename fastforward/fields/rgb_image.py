@@ -542,7 +542,8 @@ class SimpleRGBImageDecoder(_ImageDecoder):
                 "RandomResizedCropRGBImageDecoder or CenterCropRGBImageDecoder"
             )
         shape = (int(heights[0]), int(widths[0]), 3) if heights.size else (1, 1, 3)
-        return State(jit_mode=True, shape=shape, dtype=np.dtype("u1")), AllocationQuery(
+        return State(jit_mode=True, shape=shape, dtype=np.dtype("u1"),
+                     channels_first=False), AllocationQuery(
             shape, np.dtype("u1"))
 
     _raw_field: tuple[Any, bool] | None = None
@@ -655,7 +656,8 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
             raise ValueError(f"output_size must be positive, got {self.output_size}")
         shape = (height, width, 3)
         dtype = np.dtype("u1") if self.fused_output is None else self.fused_output[0]
-        return State(jit_mode=True, shape=shape, dtype=dtype), AllocationQuery(shape, dtype)
+        return (State(jit_mode=True, shape=shape, dtype=dtype, channels_first=False),
+                AllocationQuery(shape, dtype))
 
     def crop(self, height: int, width: int, u: np.ndarray | None) -> tuple[int, int, int, int]:
         """The ``(i, j, h, w)`` window of a ``height × width`` image to keep."""

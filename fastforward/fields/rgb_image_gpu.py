@@ -53,7 +53,8 @@ class _NvJpegMixin:
         height, width = (int(v) for v in self.output_size)  # type: ignore[attr-defined]
         shape = (height, width, 3)
         device = torch.device(self.device)
-        return (State(jit_mode=False, device=device, shape=shape, dtype=torch.uint8),
+        return (State(jit_mode=False, device=device, shape=shape, dtype=torch.uint8,
+                      channels_first=False),
                 AllocationQuery(shape, torch.uint8, device))
 
     def decode_range(self, lo: int, hi: int, destination: Any, context: BatchContext) -> None:

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import annotate
@@ -323,6 +323,10 @@ def _declare(op: Operation, state: State, where: str) -> tuple[State, Any]:
     if query is not None and not isinstance(query, (AllocationQuery, tuple, list)):
         raise TypeError(f"{where}: {type(op).__name__} asked for {query!r}, not an "
                         "AllocationQuery")
+    if (state.channels_first is not None and new_state.shape != state.shape
+            and new_state.channels_first == state.channels_first):
+        # a new shape, and the operation did not say where its channels are
+        new_state = replace(new_state, channels_first=None)
     return new_state, (tuple(query) if isinstance(query, list) else query)
 
 

@@ -169,20 +169,25 @@ MAX_CHANNELS = 16
 """Many-channel images (``MultiChannelImageField``) have at most this many."""
 
 
-def torch_image_dims(op: Any, shape: Sequence[int]) -> tuple[int, int, int | None]:
+def torch_image_dims(op: Any, shape: Sequence[int], channels_first: bool | None = None
+                     ) -> tuple[int, int, int | None]:
     """``(H dim, W dim, C dim or None)`` of a per-sample torch image *shape*.
 
-    ``(H, W)`` has no channel dimension; a 3-dimensional shape is
-    ``(C, H, W)`` when its first size is 1 or 3 (as ``ToTorchImage`` makes,
-    preferred when both ends fit, as ``NormalizeImage`` does), else
-    ``(H, W, C)`` when its last size is 1 or 3; else, for many-channel images,
-    the one end of at most ``MAX_CHANNELS`` is C; ValueError otherwise (also
-    when both ends could be C).
+    ``(H, W)`` has no channel dimension. A 3-dimensional shape is laid out as
+    *channels_first* says where the pipeline's state knows it
+    (``State.channels_first``: the image decoders' ``(H, W, C)``, or
+    ``ToTorchImage``'s ``(C, H, W)``). Where it does not, the sizes decide:
+    ``(C, H, W)`` when the first size is 1 or 3 (preferred when both ends
+    fit), else ``(H, W, C)`` when the last is; else, for many-channel images,
+    the one end of at most ``MAX_CHANNELS`` is C. ValueError otherwise.
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) == 2:
         return 0, 1, None
-    if len(shape) == 3:
+    if len(shape) == 3 and channels_first is not None:
+        if shape[0 if channels_first else 2] <= MAX_CHANNELS:
+            return (1, 2, 0) if channels_first else (0, 1, 2)
+    elif len(shape) == 3:
         if shape[0] in IMAGE_CHANNELS:
             return 1, 2, 0
         if shape[2] in IMAGE_CHANNELS:

@@ -48,6 +48,10 @@ class Cutout(Operation):
     sample_independent = True  # each sample from its own values and randomness
 
 
+    # where a torch sample keeps its channels, as the pipeline's state said when
+    # compiled (State.channels_first; None: guessed from the sizes)
+    _channels_first: bool | None = None
+
     def __init__(self, crop_size: int, fill: tuple[int, int, int] = (0, 0, 0)) -> None:
         super().__init__()
         if int(crop_size) != crop_size or crop_size < 0:
@@ -71,7 +75,8 @@ class Cutout(Operation):
             return previous_state, AllocationQuery((h, w, c), previous_state.dtype)
         shape = require_shape(self, previous_state, (3,), "image tensors of shape (H, W, C) "
                               "or (C, H, W)")
-        dh, dw, dc = torch_image_dims(self, shape)
+        self._channels_first = previous_state.channels_first
+        dh, dw, dc = torch_image_dims(self, shape, self._channels_first)
         assert dc is not None
         self._check_size(shape[dh], shape[dw])
         dtype = torch_dtype(previous_state.dtype, self)
@@ -120,7 +125,7 @@ class Cutout(Operation):
     def _apply_torch(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         import torch
 
-        dh, dw, dc = torch_image_dims(self, tuple(batch.shape[1:]))
+        dh, dw, dc = torch_image_dims(self, tuple(batch.shape[1:]), self._channels_first)
         assert dc is not None  # (H, W) samples were refused in declare_state_and_memory
         dh, dw, dc = dh + 1, dw + 1, dc + 1
         h, w = batch.shape[dh], batch.shape[dw]

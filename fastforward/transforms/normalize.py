@@ -40,6 +40,10 @@ class NormalizeImage(Operation):
     sample_independent = True  # each sample from its own values and randomness
 
 
+    # where a torch sample keeps its channels, as the pipeline's state said when
+    # compiled (State.channels_first; None: guessed from the sizes)
+    _channels_first: bool | None = None
+
     def __init__(self, mean: np.ndarray, std: np.ndarray, type: np.dtype) -> None:
         super().__init__()
         self.mean = np.asarray(mean, dtype=np.float64).reshape(-1)
@@ -78,8 +82,12 @@ class NormalizeImage(Operation):
         return self.type, 1.0 / self.std, -self.mean / self.std
 
     def _channel_dim(self, shape: tuple[int, ...]) -> int:
-        """The per-sample dimension holding the channels, or -1 if none fits."""
+        """The per-sample dimension holding the channels, or -1 if none fits: where
+        the pipeline's state said (``State.channels_first``), else guessed."""
         channels = self.mean.size
+        if len(shape) == 3 and self._channels_first is not None:
+            dim = 0 if self._channels_first else 2
+            return dim if shape[dim] == channels else -1
         if len(shape) >= 2 and shape[0] == channels:
             return 0
         if shape and shape[-1] == channels:
@@ -101,6 +109,7 @@ class NormalizeImage(Operation):
             return state, AllocationQuery(shape, self.type)
         shape = require_shape(self, previous_state, (3,), "image tensors of shape (H, W, C) "
                               "or (C, H, W)")
+        self._channels_first = previous_state.channels_first
         if self._channel_dim(shape) < 0:
             raise ValueError(f"{name(self)}: mean and std have {channels} channels, the "
                              f"images have shape {shape}")

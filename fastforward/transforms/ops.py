@@ -190,7 +190,7 @@ class ToTorchImage(Operation):
         dtype = previous_state.dtype
         if dtype == torch.int16 and self.convert_back_int16:
             dtype = torch.float16
-        state = replace(previous_state, shape=(c, h, w), dtype=dtype)
+        state = replace(previous_state, shape=(c, h, w), dtype=dtype, channels_first=True)
         if self.channels_last:
             return state, None
         return state, AllocationQuery((c, h, w), dtype, previous_state.device)
