@@ -710,9 +710,11 @@ class Reader:
     @functools.cached_property
     def samples_digest(self) -> str:
         """A digest of the samples' table and allocation table (xxh3 64 of each,
-        hex): the same for a file rewritten with the same samples, another for
-        one holding other samples. ``Loader.state_dict`` keeps it, so that a
-        state is never resumed over another file."""
+        hex): the same for the same samples written the same way (whatever the
+        writer's worker count), another for other samples, and another for the
+        same samples on another page size (the pointers move).
+        ``Loader.state_dict`` keeps it, so that a state is never resumed over
+        another file."""
         return (f"{digest(np.ascontiguousarray(self.metadata).view(np.uint8)):016x}"
                 f"{digest(np.ascontiguousarray(self.alloc_table).view(np.uint8)):016x}")
 

@@ -32,10 +32,14 @@ def decode_null_terminated_string(raw: np.ndarray) -> str:
 
 def sample_numbers(values: Any, where: str) -> np.ndarray:
     """*values* (sample numbers) as a one-dimensional int64 array, refusing what
-    would silently become other samples: booleans (a mask), strings, fractions,
-    more dimensions, integers past int64. The range is left to the caller.
-    *where* begins each message: ``"FILE: indices"``, ``"FILE: Order.sample_order(3)"``."""
+    would silently become other samples: booleans (a mask, or True in a list),
+    strings, fractions, more dimensions, integers past int64. The range is left
+    to the caller. *where* begins each message: ``"FILE: indices"``,
+    ``"FILE: Order.sample_order(3)"``."""
     given = np.asarray(values)
+    if given.dtype.kind != "b" and isinstance(values, (list, tuple)) and any(
+            isinstance(v, (bool, np.bool_)) for v in values):
+        raise TypeError(f"{where} must be integers, got a boolean among them")
     if given.ndim != 1:
         if given.ndim == 0 or given.size:
             raise ValueError(f"{where} must be one-dimensional, got shape {given.shape}")
@@ -46,18 +50,19 @@ def sample_numbers(values: Any, where: str) -> np.ndarray:
     if given.dtype.kind in "iu":
         if given.dtype.kind == "u" and given.size and given.max() > np.iinfo(np.int64).max:
             raise IndexError(f"{where}: sample {int(given.max())} is out of range")
-        return given.astype(np.int64)
+        return given.astype(np.int64)  # a copy: the caller keeps it, the user may not
     if given.size == 0:
         return np.zeros(0, np.int64)
-    if given.dtype.kind in "fO":  # floats, objects (NumPy's type for [np.uint64(1), 2])
-        try:
-            as_int = given.astype(np.int64)
-            if bool((as_int == given).all()):
-                return as_int
-        except (TypeError, ValueError, OverflowError):
-            pass
+    if given.dtype.kind in "fO":  # floats, objects (Python ints past int64, mixed kinds)
+        whole = [v for v in given.tolist() if (isinstance(v, int) and not isinstance(v, bool))
+                 or (isinstance(v, float) and v.is_integer())]
+        if len(whole) == given.size:
+            past = next((int(v) for v in whole if not -2**63 <= v < 2**63), None)
+            if past is not None:
+                raise IndexError(f"{where}: sample {past} is out of range")
+            return np.array([int(v) for v in whole], np.int64)
     wrong = next((v for v in given.tolist()
-                  if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool))
+                  if not (isinstance(v, int) and not isinstance(v, bool))
                   and not (isinstance(v, float) and v.is_integer())), None)
     raise TypeError(f"{where} must be integers, got {given.dtype}"
                     + (f" ({wrong!r})" if wrong is not None else ""))

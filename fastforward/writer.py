@@ -90,6 +90,7 @@ from .types import (
 from .utils import (
     default_workers,
     forkserver_preload,
+    in_a_worker,
     install_hint,
     main_module_hint,
     refuse_in_a_worker,
@@ -280,14 +281,17 @@ def _raise_located(exc: BaseException, where: str, who: str) -> NoReturn:
 
     Two are raised as a ``RuntimeError`` that says what happened, caused by them:
     ``StopIteration``, which a generator on its way (PEP 479) would turn into a
-    bare "generator raised StopIteration", its location lost; and ``SystemExit``
-    (``sys.exit()`` in the dataset, argparse in a helper), which the caller's
-    program would take as its own exit, silently. A ``KeyboardInterrupt`` stays
-    one: it stops the write as Ctrl-C does, its location in a note.
+    bare "generator raised StopIteration", its location lost; and, in a writer's
+    worker process, ``SystemExit`` (``sys.exit()`` in the dataset, argparse in a
+    helper), which the caller's program would take as its own exit, silently.
+    In the caller's own process (the webdataset counting pass) a ``SystemExit``
+    is the program's (its SIGTERM handler may call ``sys.exit``): it stays one,
+    as does a ``KeyboardInterrupt``, which stops the write as Ctrl-C does; each
+    gets its location in a note.
     """
     if isinstance(exc, StopIteration):
         wrapped = RuntimeError(f"{who} raised StopIteration: {exc}".rstrip(": "))
-    elif isinstance(exc, SystemExit):
+    elif isinstance(exc, SystemExit) and in_a_worker():
         wrapped = RuntimeError(f"{who} called sys.exit({exc.code!r})")
     else:
         raise annotate(exc, where) from None

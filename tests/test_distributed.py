@@ -284,6 +284,23 @@ def test_resume_refuses_a_state_of_another_loader(paged: Path, paged_copy: Path,
     rank_loader(paged, 1, 3, monkeypatch, **same).load_state_dict(state)
 
 
+def test_order_options_compare_by_value(paged: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """window=np.int64(8) is window=8; an option shown by its address (a
+    function) cannot be compared across processes and is left out; two long
+    arrays NumPy's repr abbreviates alike still differ."""
+    def state_of(**options: object) -> dict:
+        return saved_mid_epoch(rank_loader(paged, 0, 2, monkeypatch, batch_size=10,
+                                           order=OrderOption.QUASI_RANDOM, order_kwargs=options))
+
+    rank_loader(paged, 0, 2, monkeypatch, batch_size=10, order=OrderOption.QUASI_RANDOM,
+                order_kwargs={"window": 8}).load_state_dict(state_of(window=np.int64(8)))
+    from fastforward.loader.loader import _plain_options
+
+    assert _plain_options({"weights": np.zeros(2000), "f": lambda: 0}) != _plain_options(
+        {"weights": np.r_[np.zeros(1000), 1.0, np.zeros(999)]})
+    assert [k for k, _ in _plain_options({"weights": np.zeros(3), "f": lambda: 0})] == ["weights"]
+
+
 @pytest.mark.parametrize(("values", "match"), [
     ({"epoch": -1}, "epoch must be an integer"),
     ({"seed": -5}, "seed must be an integer"),

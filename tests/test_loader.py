@@ -216,6 +216,20 @@ def test_custom_traversal_order(scalars: Path) -> None:
     assert collect(index_loader(scalars, batch_size=100, order=Backwards))[:3] == [599, 598, 597]
 
 
+def test_a_custom_order_may_visit_samples_twice(scalars: Path) -> None:
+    """Weighted sampling with replacement: an epoch longer than the indices.
+    Slots are sized for the samples only under the built-in orders (a batch of 6
+    failed to fit slots of 3 rows, naming nothing)."""
+    class Twice(TraversalOrder):
+        def sample_order(self, epoch: int) -> np.ndarray:
+            return np.concatenate([self.indices, self.indices])
+
+    for worker_type in ("thread", "process"):
+        with index_loader(scalars, batch_size=8, order=Twice, indices=[1, 2, 3],
+                          drop_last=False, worker_type=worker_type) as loader:
+            assert collect(loader) == [1, 2, 3, 1, 2, 3]
+
+
 @pytest.mark.parametrize(("given", "error", "match"), [
     ([0, -1], IndexError, "Wrong of epoch 0: sample -1 out of range"),
     ([0, 600], IndexError, "Wrong of epoch 0: sample 600 out of range"),

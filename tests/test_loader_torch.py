@@ -362,3 +362,28 @@ def test_an_operation_that_reshapes_without_saying_leaves_the_layout_unknown() -
     assert _declare(Permute(), hwc, "x")[0].channels_first is None
     assert _declare(ToTorchImage(), hwc, "x")[0].channels_first is True  # says so
     assert _declare(Convert(torch.float16), hwc, "x")[0].channels_first is False  # same shape
+
+
+def test_one_flip_object_in_two_outputs_of_two_layouts(tmp_path: Path) -> None:
+    """One RandomHorizontalFlip after ToTensor in one output, after ToTorchImage
+    in another: the loader keeps one copy of it, which kept the layout the last
+    pipeline declared and refused (or mis-flipped) the other's samples."""
+    from fastforward.pipeline import PipelineSpec
+
+    path = tmp_path / "coords.beton"
+    images = coordinate_images(24, 24, 4)
+    DatasetWriter(path, {"image": RGBImageField(write_mode="raw"), "label": IntField()},
+                  num_workers=1, progress=False).from_indexed_dataset(
+        [(image, k) for k, image in enumerate(images)])
+    flip = RandomHorizontalFlip(1.0)
+    for width in (24, 12):
+        def decoder(width: int = width) -> CenterCropRGBImageDecoder:
+            return CenterCropRGBImageDecoder((24, width), 1.0)
+
+        loader = Loader(path, 4, pipelines={
+            "image": [decoder(), ToTensor()], "label": None,
+            "hwc": PipelineSpec("image", decoder(), [ToTensor(), flip]),
+            "chw": PipelineSpec("image", decoder(), [ToTensor(), ToTorchImage(), flip])})
+        (plain, hwc, chw), = list(loader)
+        np.testing.assert_array_equal(hwc.numpy(), plain.numpy()[:, :, ::-1])
+        np.testing.assert_array_equal(chw.permute(0, 2, 3, 1).numpy(), plain.numpy()[:, :, ::-1])

@@ -576,6 +576,28 @@ def test_webdataset_errors_while_counting_name_the_file_shard_and_sample(tmp_pat
     assert not path.exists()
 
 
+def exiting_at_label_12(dataset):  # type: ignore[no-untyped-def]
+    for label in webdataset_labels(dataset):
+        if label == 12:
+            sys.exit(143)  # as a training script's SIGTERM handler may, mid-count
+        yield label
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_the_callers_own_sys_exit_while_counting_stays_one(tmp_path: Path) -> None:
+    """The counting pass runs in the caller's process: a sys.exit there is the
+    program's own (it became a RuntimeError, exit status 1 instead of 143)."""
+    shards = make_shards(tmp_path)
+    path = tmp_path / "w.beton"
+    with pytest.raises(SystemExit) as info:
+        DatasetWriter(path, {"label": IntField()}, num_workers=1,
+                      progress=False).from_webdataset(shards, exiting_at_label_12)
+    assert info.value.code == 143
+    assert any(f"{shards[1]}#2" in note for note in info.value.__notes__)
+    assert not path.exists()
+
+
 def test_progress_bar_leaves_no_thread(tmp_path: Path) -> None:
     import threading
 

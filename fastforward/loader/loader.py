@@ -39,6 +39,36 @@ from .runner import BatchJob, ranged_pipelines, run_stage2
 from .workers import PROCESS, ProcessWorkers, ThreadWorkers
 
 
+def _plain(value: Any) -> Any:
+    """*value* as plain Python that reprs the same in any process (NumPy scalars
+    as numbers, arrays as their dtype, shape and a digest of their bytes), or
+    ValueError for what has no such form (an object shown by its address)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray) and value.dtype.kind != "O":
+        return ("array", value.dtype.str, value.shape,
+                digest(np.ascontiguousarray(value).view(np.uint8)))
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return sorted((str(k), _plain(v)) for k, v in value.items())
+    raise ValueError(f"no plain form for {type(value).__name__}")
+
+
+def _plain_options(options: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """An order's options as a state compares them: each in its plain form, those
+    without one left out (they cannot be compared from process to process)."""
+    plain = []
+    for key, value in sorted(options.items()):
+        try:
+            plain.append((key, _plain(value)))
+        except ValueError:
+            continue
+    return plain
+
+
 class OrderOption(enum.Enum):
     """The built-in orders."""
 
@@ -52,11 +82,11 @@ ORDER_TYPE = OrderOption | type[TraversalOrder]
 ORDER_MAP = {option: option.value for option in OrderOption}
 """Each ``OrderOption``'s ``TraversalOrder`` class (FFCV's name)."""
 STATE_VERSION = 2
-_SAVED_WITH = {"file": "over another file (or one rewritten with other samples)",
-               "indices": "with other indices (as many, but other samples or another order)",
-               "order": "with another order", "even_batches": "with another even_batches"}
 """``state_dict()``'s version: 2 since distributed QUASI_RANDOM cuts ranks at equal
 sample counts (version 1's mid-epoch states of it cannot be resumed exactly)."""
+_SAVED_WITH = {"file": "over another file (or one rewritten since)",
+               "indices": "with other indices (as many, but other samples or another order)",
+               "order": "with another order", "even_batches": "with another even_batches"}
 DEFAULT_PROCESS_CACHE = int(os.environ.get("FASTFORWARD_DEFAULT_CACHE_PROCESS", "0"))
 """1 when ``FASTFORWARD_DEFAULT_CACHE_PROCESS=1`` was set at import (FFCV's name; the
 loader reads the variable again at each construction)."""
@@ -185,9 +215,12 @@ class Loader:
         self._owned.workers = self.workers = self._choose_workers(worker_type)
         # batches_ahead in flight, one in the channel, the one the consumer
         # holds, and the previous one, still alive while next() runs in a loop;
-        # no batch is longer than the samples (a rank's share, padded, is at
-        # most all of them), so a batch_size past them sizes no slot
-        rows = max(1, min(self.batch_size, len(self.indices)))
+        # with a built-in order no batch is longer than the samples (a rank's
+        # share, padded, is at most all of them), so a batch_size past them sizes
+        # no slot (a custom order may visit a sample twice)
+        rows = self.batch_size
+        if type(self.traversal_order) in ORDER_MAP.values():
+            rows = max(1, min(self.batch_size, len(self.indices)))
         self._owned.slots = self._slots = SlotPool(self.batches_ahead + 3, rows)
         if self.workers.kind == PROCESS:
             self._slots.kind = SHARED
@@ -219,7 +252,7 @@ class Loader:
         n = self.reader.num_samples
         if indices is None:
             return np.arange(n, dtype=np.int64)
-        result = sample_numbers(indices, f"{self.fname}: indices").copy()
+        result = sample_numbers(indices, f"{self.fname}: indices")
         self._check_range(result, f"{self.fname}: indices")
         return result
 
@@ -365,11 +398,12 @@ class Loader:
         (``[world_size, batches done]`` each); see ``traversal_order.sharding``."""
         world = segments[0][0] if segments else self.world_size
         shards = self.traversal_order.rank_orders(epoch, world, self.even_batches)
-        order = type(self.traversal_order).__name__
-        for shard in shards:  # a custom order's numbers are checked as indices= is
-            self._check_range(sample_numbers(shard.order, f"{self.fname}: {order} of epoch "
-                                                          f"{epoch}"),
-                              f"{self.fname}: {order} of epoch {epoch}")
+        if type(self.traversal_order) not in ORDER_MAP.values():
+            # a custom order's numbers are checked as indices= is (the built-in
+            # orders' come from the checked indices)
+            where = f"{self.fname}: {type(self.traversal_order).__name__} of epoch {epoch}"
+            for shard in shards:
+                self._check_range(sample_numbers(shard.order, where), where)
         for position, (ranks, done) in enumerate(segments):
             longest = max((len(s.order) for s in shards), default=0)
             available = longest // self.batch_size if self.drop_last else -(-longest //
@@ -471,12 +505,12 @@ class Loader:
         are evened out. Another value of any would resume with other samples."""
         if self._state_identity is None:
             order = type(self.traversal_order)
-            options = sorted(dict(self._args["order_kwargs"] or {}).items())
+            options = _plain_options(dict(self._args["order_kwargs"] or {}))
             self._state_identity = {
                 "file": self.reader.samples_digest,
                 "indices": f"{digest(np.ascontiguousarray(self.indices).view(np.uint8)):016x}",
                 "order": f"{order.__module__}.{order.__qualname__}"
-                         + "".join(f" {k}={v!r}" for k, v in options),
+                         + (f" options {digest(repr(options).encode()):016x}" if options else ""),
                 "even_batches": self.even_batches,
             }
         return self._state_identity

@@ -169,6 +169,23 @@ MAX_CHANNELS = 16
 """Many-channel images (``MultiChannelImageField``) have at most this many."""
 
 
+def note_layout(op: Any, shape: Sequence[int], channels_first: bool | None) -> None:
+    """Remember, on *op*, where its samples of *shape* keep their channels, as its
+    ``declare_state_and_memory`` was told (``State.channels_first``), for the
+    torch path's ``layout_of``. One operation object in two pipelines that
+    disagree for one shape is left to guess (None)."""
+    layouts = op.__dict__.setdefault("_layouts", {})
+    key = tuple(int(s) for s in shape)
+    layouts[key] = channels_first if layouts.get(key, channels_first) == channels_first \
+        else None
+
+
+def layout_of(op: Any, shape: Sequence[int]) -> bool | None:
+    """What ``note_layout`` remembered for samples of *shape* (None: guess)."""
+    layouts: dict[tuple[int, ...], bool | None] = op.__dict__.get("_layouts", {})
+    return layouts.get(tuple(int(s) for s in shape))
+
+
 def torch_image_dims(op: Any, shape: Sequence[int], channels_first: bool | None = None
                      ) -> tuple[int, int, int | None]:
     """``(H dim, W dim, C dim or None)`` of a per-sample torch image *shape*.

@@ -36,7 +36,9 @@ from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
 from ._utils import (
+    layout_of,
     name,
+    note_layout,
     numpy_out,
     require_image,
     require_shape,
@@ -383,10 +385,6 @@ class _Policy(Operation):
 
     depth: int  # operations per sample, at most
 
-    # where a torch sample keeps its channels, as the pipeline's state said when
-    # compiled (State.channels_first; None: guessed from the sizes)
-    _channels_first: bool | None = None
-
     def __init__(self, interpolation: Any = "nearest", fill: Any = None) -> None:
         super().__init__()
         self.interpolation = _interpolation(interpolation)
@@ -435,8 +433,8 @@ class _Policy(Operation):
             return previous_state, AllocationQuery((h, w, c), np.dtype(np.uint8))
         shape = require_shape(self, previous_state, (3,), "image tensors of shape (H, W, 3) "
                               "or (3, H, W)")
-        self._channels_first = previous_state.channels_first
-        dims = torch_image_dims(self, shape, self._channels_first)
+        note_layout(self, shape, previous_state.channels_first)
+        dims = torch_image_dims(self, shape, previous_state.channels_first)
         if dims[2] is None or shape[dims[2]] != 3:
             raise ValueError(f"{name(self)} needs RGB images (3 channels), but it got samples "
                              f"of shape {shape}")
@@ -480,7 +478,8 @@ class _Policy(Operation):
     def _apply_torch(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         from ._augment_torch import apply_kernel_ops
 
-        dims = torch_image_dims(self, tuple(batch.shape[1:]), self._channels_first)
+        shape = tuple(batch.shape[1:])
+        dims = torch_image_dims(self, shape, layout_of(self, shape))
         dh, dw, dc = (1 + d for d in dims)  # type: ignore[operator]
         h, w = int(batch.shape[dh]), int(batch.shape[dw])
         images = batch if dc == 1 else batch.permute(0, 3, 1, 2)  # (B, 3, H, W)

@@ -12,7 +12,9 @@ from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
 from ._utils import (
     fill_value,
+    layout_of,
     name,
+    note_layout,
     numpy_dtype,
     numpy_out,
     require_image,
@@ -48,10 +50,6 @@ class Cutout(Operation):
     sample_independent = True  # each sample from its own values and randomness
 
 
-    # where a torch sample keeps its channels, as the pipeline's state said when
-    # compiled (State.channels_first; None: guessed from the sizes)
-    _channels_first: bool | None = None
-
     def __init__(self, crop_size: int, fill: tuple[int, int, int] = (0, 0, 0)) -> None:
         super().__init__()
         if int(crop_size) != crop_size or crop_size < 0:
@@ -75,8 +73,8 @@ class Cutout(Operation):
             return previous_state, AllocationQuery((h, w, c), previous_state.dtype)
         shape = require_shape(self, previous_state, (3,), "image tensors of shape (H, W, C) "
                               "or (C, H, W)")
-        self._channels_first = previous_state.channels_first
-        dh, dw, dc = torch_image_dims(self, shape, self._channels_first)
+        note_layout(self, shape, previous_state.channels_first)
+        dh, dw, dc = torch_image_dims(self, shape, previous_state.channels_first)
         assert dc is not None
         self._check_size(shape[dh], shape[dw])
         dtype = torch_dtype(previous_state.dtype, self)
@@ -125,7 +123,8 @@ class Cutout(Operation):
     def _apply_torch(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         import torch
 
-        dh, dw, dc = torch_image_dims(self, tuple(batch.shape[1:]), self._channels_first)
+        shape = tuple(batch.shape[1:])
+        dh, dw, dc = torch_image_dims(self, shape, layout_of(self, shape))
         assert dc is not None  # (H, W) samples were refused in declare_state_and_memory
         dh, dw, dc = dh + 1, dw + 1, dc + 1
         h, w = batch.shape[dh], batch.shape[dw]

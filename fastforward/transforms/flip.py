@@ -11,7 +11,9 @@ from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
 from ._utils import (
+    layout_of,
     name,
+    note_layout,
     numpy_out,
     require_shape,
     to_device_of,
@@ -43,10 +45,6 @@ class _RandomFlip(Operation):
     sample_independent = True  # each sample from its own values and randomness
 
     axis: ClassVar[int]  # per-sample axis that is reversed: 0 for H, 1 for W (in (H, W, C))
-    # where a torch sample keeps its channels, as the pipeline's state said when
-    # compiled (State.channels_first; None: guessed from the sizes)
-    _channels_first: bool | None = None
-
     def __init__(self, flip_prob: float = 0.5) -> None:
         super().__init__()
         if not 0.0 <= flip_prob <= 1.0:
@@ -60,8 +58,8 @@ class _RandomFlip(Operation):
             return previous_state, AllocationQuery(shape, previous_state.dtype)
         shape = require_shape(self, previous_state, (2, 3), "image tensors of shape (H, W), "
                               "(H, W, C) or (C, H, W)")
-        self._channels_first = previous_state.channels_first
-        torch_image_dims(self, shape, self._channels_first)
+        note_layout(self, shape, previous_state.channels_first)
+        torch_image_dims(self, shape, previous_state.channels_first)
         dtype = torch_dtype(previous_state.dtype, self)
         return (replace(previous_state, dtype=dtype),
                 AllocationQuery(shape, dtype, previous_state.device))
@@ -87,8 +85,8 @@ class _RandomFlip(Operation):
     def _apply_torch(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         flip = self.decisions(context)
         # the reversed dimension of the batch: H or W after the batch one
-        dim = 1 + torch_image_dims(self, tuple(batch.shape[1:]),
-                                   self._channels_first)[:2][self.axis]
+        shape = tuple(batch.shape[1:])
+        dim = 1 + torch_image_dims(self, shape, layout_of(self, shape))[:2][self.axis]
         out = torch_out(destination, batch, tuple(batch.shape[1:]), batch.dtype)
         signed = _SIGNED_VIEWS.get(str(batch.dtype))
         if signed is not None:  # torch has no flip for uint16: move the same bits as int16

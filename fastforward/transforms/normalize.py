@@ -10,7 +10,16 @@ import numpy as np
 from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
-from ._utils import name, numpy_dtype, numpy_out, require_shape, torch_dtype, torch_out
+from ._utils import (
+    layout_of,
+    name,
+    note_layout,
+    numpy_dtype,
+    numpy_out,
+    require_shape,
+    torch_dtype,
+    torch_out,
+)
 
 PIXEL_TYPES = (np.dtype("u1"), np.dtype("u2"))
 
@@ -39,10 +48,6 @@ class NormalizeImage(Operation):
     releases_gil = True  # vectorised NumPy (or torch)
     sample_independent = True  # each sample from its own values and randomness
 
-
-    # where a torch sample keeps its channels, as the pipeline's state said when
-    # compiled (State.channels_first; None: guessed from the sizes)
-    _channels_first: bool | None = None
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, type: np.dtype) -> None:
         super().__init__()
@@ -85,8 +90,9 @@ class NormalizeImage(Operation):
         """The per-sample dimension holding the channels, or -1 if none fits: where
         the pipeline's state said (``State.channels_first``), else guessed."""
         channels = self.mean.size
-        if len(shape) == 3 and self._channels_first is not None:
-            dim = 0 if self._channels_first else 2
+        channels_first = layout_of(self, shape)
+        if len(shape) == 3 and channels_first is not None:
+            dim = 0 if channels_first else 2
             return dim if shape[dim] == channels else -1
         if len(shape) >= 2 and shape[0] == channels:
             return 0
@@ -109,7 +115,7 @@ class NormalizeImage(Operation):
             return state, AllocationQuery(shape, self.type)
         shape = require_shape(self, previous_state, (3,), "image tensors of shape (H, W, C) "
                               "or (C, H, W)")
-        self._channels_first = previous_state.channels_first
+        note_layout(self, shape, previous_state.channels_first)
         if self._channel_dim(shape) < 0:
             raise ValueError(f"{name(self)}: mean and std have {channels} channels, the "
                              f"images have shape {shape}")
