@@ -131,6 +131,7 @@ def render(path: str | os.PathLike[str], out: str | os.PathLike[str], samples: i
         names = [n for n in handlers if pipelines.get(n) is not None]
         outputs = dict(zip(names, batch, strict=True))
         indices = np.asarray(loader._batches(epoch, [])[0])
+    columns = max(1, min(columns, count))  # no blank columns past the samples
     rows = -(-count // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
     colours = plt.get_cmap("tab10")

@@ -74,6 +74,17 @@ class Problem:
         return f"{', '.join(where)}: {self.message}" if where else self.message
 
 
+
+def _refuse_what_is_no_file(mode: int, fname: str) -> None:
+    """A folder, a named pipe, a device or a socket is not a .beton file: say so
+    (a folder's reads would not say which; a pipe would block the open)."""
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "a folder, not a .beton file", fname)
+    if not stat.S_ISREG(mode):
+        kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device")
+        raise OSError(errno.EINVAL, f"{kind}, not a .beton file", fname)
+
 class Reader:
     """The structure of a .beton file, as FFCV's ``Reader`` exposes it.
 
@@ -126,12 +137,15 @@ class Reader:
         self.validate = bool(validate)
         self.verify_checksums = bool(verify_checksums)
         self._mmap: mmap.mmap | None = None
-        self._fd = os.open(self.fname, os.O_RDONLY) if fd is None else fd
+        if fd is None:
+            # opening a named pipe waits for a writer: refuse what is no file first
+            _refuse_what_is_no_file(os.stat(self.fname).st_mode, self.fname)
+            fd = os.open(self.fname, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        self._fd = fd
         self._fd_closer = weakref.finalize(self, os.close, self._fd)
         try:
             st = os.fstat(self._fd)
-            if stat.S_ISDIR(st.st_mode):  # os.open takes a folder; its reads would not say which
-                raise IsADirectoryError(errno.EISDIR, "a folder, not a .beton file", self.fname)
+            _refuse_what_is_no_file(st.st_mode, self.fname)
             self._file_size = st.st_size
             self._identity = _identity(st)
             self._open_problems: list[Problem] = []

@@ -113,6 +113,8 @@ def test_info_text(beton: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "label: IntField" in out
     assert f"modes:       jpg {NUM_IMAGES}, raw 0" in out
     assert "resolution:  mean " in out
+    # a "max W×H" paired the widest image's width with the tallest one's height
+    assert "max" not in next(line for line in out.splitlines() if "resolution:" in line)
     assert "JPEG size:   mean " in out
 
 

@@ -76,3 +76,16 @@ def test_preview_of_a_file_without_images_says_so(tmp_path: Path,
                   progress=False).from_indexed_dataset([0, 1])
     assert main(["preview", str(path), "-o", str(tmp_path / "x.png")]) == 1
     assert "has no RGBImageField" in capsys.readouterr().err
+
+
+def test_preview_has_no_more_columns_than_samples(scene_file: Path, tmp_path: Path) -> None:
+    """--columns 200 with 2 samples drew a 60,000-pixel-wide, blank figure (and
+    --columns 100000 ran for minutes)."""
+    from PIL import Image
+
+    narrow, wide = tmp_path / "narrow.png", tmp_path / "wide.png"
+    for out, columns in ((narrow, "2"), (wide, "200")):
+        assert main(["preview", str(scene_file), "-o", str(out), "--decoder", "center_crop",
+                     "--size", "32", "--samples", "2", "--columns", columns]) == 0
+    with Image.open(narrow) as a, Image.open(wide) as b:
+        assert a.size == b.size

@@ -442,3 +442,17 @@ def test_a_folder_is_refused_naming_it(tmp_path: Path) -> None:
     """``os.open`` takes a folder; its first read failed without naming it."""
     with pytest.raises(IsADirectoryError, match=re.escape(f"{tmp_path}")):
         Reader(tmp_path)
+
+
+def test_a_named_pipe_or_a_device_is_refused_without_waiting(tmp_path: Path) -> None:
+    """Opening a named pipe waits for a writer: `fastforward info pipe.beton` (and
+    verify, bench, preview, Loader) blocked for ever."""
+    pipe = tmp_path / "pipe.beton"
+    os.mkfifo(pipe)
+    with pytest.raises(OSError, match=r"a named pipe, not a \.beton file: '.*pipe\.beton'"):
+        Reader(pipe)
+    with pytest.raises(OSError, match=r"a device, not a \.beton file"):
+        Reader("/dev/null")
+    from fastforward.cli import main
+
+    assert main(["info", str(pipe)]) == 1  # told, not waiting
