@@ -120,6 +120,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """Parse an integer of at least 0 (a seed, an epoch), as ``positive_int``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if not 0 <= value < 1 << 63:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {value}")
+    return value
+
+
 def describe_error(exc: BaseException) -> str:
     """One line describing *exc* for the user.
 
@@ -710,7 +721,7 @@ def _add_convert(subparsers: Any) -> None:
     p.add_argument("--chunksize", type=positive_int, default=100, metavar="N",
                    help="samples per unit of work of a worker (default: %(default)s)")
     p.add_argument("--shuffle", action="store_true", help="write the samples in a random order")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of --shuffle and of --write-mode proportion (default: %(default)s)")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out images that cannot be read (a dangling link, no "
@@ -799,7 +810,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with Reader(args.file) as reader:
         blobs = stored_jpegs(reader, image_field(reader), limit=2000)
     print(f"{args.file}: pipeline {args.pipeline}, batch {args.batch_size}, "
-          f"{args.epochs} epoch(s) after a warm-up batch")
+          f"{args.epochs} epoch(s), each without its first batch (the first epoch without "
+          "one per ring slot, at most a third: they fault the slots in)")
     print(f"  {'workers':>7}  {'decode limit':>13}  {'fastforward':>12}  {'ratio':>6}")
     rows, whole_epochs = [], False
     for workers in counts:
@@ -899,8 +911,9 @@ def _add_preview(subparsers: Any) -> None:
     p.add_argument("--size", type=positive_int, default=256)
     p.add_argument("--flip", action="store_true", help="mirror half of the samples")
     p.add_argument("--shuffle", action="store_true", help="RANDOM order instead of the first")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epoch", type=int, default=0, help="the epoch whose random draws to show")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--epoch", type=non_negative_int, default=0,
+                   help="the epoch whose random draws to show")
     p.set_defaults(handler=cmd_preview)
 
 

@@ -89,3 +89,14 @@ def test_preview_has_no_more_columns_than_samples(scene_file: Path, tmp_path: Pa
                      "--size", "32", "--samples", "2", "--columns", columns]) == 0
     with Image.open(narrow) as a, Image.open(wide) as b:
         assert a.size == b.size
+
+
+@pytest.mark.parametrize("option", ["--seed", "--epoch"])
+def test_a_negative_seed_or_epoch_is_a_usage_error(scene_file: Path, tmp_path: Path,
+                                                   option: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """-1 passed the parser and failed after decoding with NumPy's 'expected
+    non-negative integer', naming neither option (exit status 1, not 2)."""
+    assert main(["preview", str(scene_file), "-o", str(tmp_path / "x.png"), "--shuffle",
+                 option, "-1"]) == 2
+    assert f"argument {option}: must be in [0, 2**63), got -1" in capsys.readouterr().err
