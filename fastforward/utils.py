@@ -53,17 +53,18 @@ def sample_numbers(values: Any, where: str) -> np.ndarray:
         return given.astype(np.int64)  # a copy: the caller keeps it, the user may not
     if given.size == 0:
         return np.zeros(0, np.int64)
-    if given.dtype.kind in "fO":  # floats, objects (Python ints past int64, mixed kinds)
-        whole = [v for v in given.tolist() if (isinstance(v, int) and not isinstance(v, bool))
-                 or (isinstance(v, float) and v.is_integer())]
-        if len(whole) == given.size:
-            past = next((int(v) for v in whole if not -2**63 <= v < 2**63), None)
-            if past is not None:
-                raise IndexError(f"{where}: sample {past} is out of range")
-            return np.array([int(v) for v in whole], np.int64)
-    wrong = next((v for v in given.tolist()
-                  if not (isinstance(v, int) and not isinstance(v, bool))
-                  and not (isinstance(v, float) and v.is_integer())), None)
+    def whole(v: Any) -> bool:
+        return (isinstance(v, int) and not isinstance(v, bool)) or (
+            isinstance(v, float) and v.is_integer())
+
+    items = given.tolist()
+    if given.dtype.kind in "fO" and all(whole(v) for v in items):
+        # floats, objects (Python ints past int64, mixed kinds): integers exactly
+        past = next((int(v) for v in items if not -2**63 <= v < 2**63), None)
+        if past is not None:
+            raise IndexError(f"{where}: sample {past} is out of range")
+        return np.array([int(v) for v in items], np.int64)
+    wrong = next((v for v in items if not whole(v)), None)
     raise TypeError(f"{where} must be integers, got {given.dtype}"
                     + (f" ({wrong!r})" if wrong is not None else ""))
 

@@ -396,26 +396,38 @@ def test_any_name_the_directory_allows_can_be_written(
         assert os.listdir(out) == [name]
 
 
-def test_a_name_the_directory_cannot_hold_is_refused_before_encoding(tmp_path: Path) -> None:
-    calls: list[int] = []
+class ReadsCounted:
+    """Three samples, each read leaving a file in *folder*: the writer reads them
+    in worker processes, where a list of the test's would not see the reads."""
 
-    class Counted:
-        def __len__(self) -> int:
-            return 3
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
 
-        def __getitem__(self, i: int) -> tuple[int]:
-            calls.append(i)
-            return (i,)
+    def __len__(self) -> int:
+        return 3
 
+    def __getitem__(self, i: int) -> tuple[int]:
+        (self.folder / f"read-{i}").touch()
+        return (i,)
+
+    def reads(self) -> int:
+        return len(list(self.folder.glob("read-*")))
+
+
+def test_a_name_the_directory_cannot_hold_is_refused_before_encoding(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    dataset = ReadsCounted(tmp_path_factory.mktemp("reads"))
     target = tmp_path / ("x" * 250 + ".beton")
     with pytest.raises(OSError, match="256 bytes, where this directory allows at most 255"
                        ) as info:
         DatasetWriter(target, {"i": IntField()}, num_workers=1,
-                      progress=False).from_indexed_dataset(Counted())
+                      progress=False).from_indexed_dataset(dataset)
     assert info.value.errno == errno.ENAMETOOLONG
     assert info.value.filename == str(target)
-    assert calls == []
+    assert dataset.reads() == 0
     assert os.listdir(tmp_path) == []
+    write(tmp_path / "ok.beton", {"i": IntField()}, dataset)  # the count sees reads
+    assert dataset.reads() == 3
 
 
 def test_a_second_writer_of_the_same_target_is_refused(tmp_path: Path) -> None:
@@ -1032,24 +1044,16 @@ def test_a_seed_that_no_generator_takes_is_refused_up_front(tmp_path: Path, seed
     assert DatasetWriter(tmp_path / "s.beton", {"i": IntField()}, seed=np.int64(3)).seed == 3
 
 
-def test_a_directory_as_the_target_is_refused_before_encoding(tmp_path: Path) -> None:
-    calls = []
-
-    class Counted:
-        def __len__(self) -> int:
-            return 3
-
-        def __getitem__(self, i: int) -> tuple[int]:
-            calls.append(i)
-            return (i,)
-
+def test_a_directory_as_the_target_is_refused_before_encoding(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    dataset = ReadsCounted(tmp_path_factory.mktemp("reads"))
     (tmp_path / "d.beton").mkdir()
     for target in (tmp_path / "d.beton", f"{tmp_path / 'x.beton'}/"):
         with pytest.raises(IsADirectoryError) as info:
             DatasetWriter(target, {"i": IntField()}, num_workers=1,
-                          progress=False).from_indexed_dataset(Counted())
+                          progress=False).from_indexed_dataset(dataset)
         assert info.value.filename == str(target)
-    assert calls == []
+    assert dataset.reads() == 0
     assert sorted(os.listdir(tmp_path)) == ["d.beton"]
 
 

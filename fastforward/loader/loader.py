@@ -219,7 +219,7 @@ class Loader:
         # share, padded, is at most all of them), so a batch_size past them sizes
         # no slot (a custom order may visit a sample twice)
         rows = self.batch_size
-        if type(self.traversal_order) in ORDER_MAP.values():
+        if self._builtin_order:
             rows = max(1, min(self.batch_size, len(self.indices)))
         self._owned.slots = self._slots = SlotPool(self.batches_ahead + 3, rows)
         if self.workers.kind == PROCESS:
@@ -261,6 +261,12 @@ class Loader:
         bad = np.flatnonzero((samples < 0) | (samples >= n))
         if bad.size:
             raise IndexError(f"{where}: sample {int(samples[bad[0]])} out of range [0, {n})")
+
+    @property
+    def _builtin_order(self) -> bool:
+        """Whether the order is one of ``OrderOption``'s (whose epochs visit each of
+        ``indices`` once, from the checked numbers), not a user's subclass."""
+        return type(self.traversal_order) in ORDER_MAP.values()
 
     @staticmethod
     def _resolve_order(order: Any) -> type[TraversalOrder]:
@@ -398,7 +404,7 @@ class Loader:
         (``[world_size, batches done]`` each); see ``traversal_order.sharding``."""
         world = segments[0][0] if segments else self.world_size
         shards = self.traversal_order.rank_orders(epoch, world, self.even_batches)
-        if type(self.traversal_order) not in ORDER_MAP.values():
+        if not self._builtin_order:
             # a custom order's numbers are checked as indices= is (the built-in
             # orders' come from the checked indices)
             where = f"{self.fname}: {type(self.traversal_order).__name__} of epoch {epoch}"

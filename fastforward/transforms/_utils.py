@@ -186,6 +186,14 @@ def layout_of(op: Any, shape: Sequence[int]) -> bool | None:
     return layouts.get(tuple(int(s) for s in shape))
 
 
+def batch_image_dims(op: Any, batch: Any) -> tuple[int, int, int | None]:
+    """``torch_image_dims`` of a batch's samples, laid out as *op* was told for
+    their shape (``note_layout``), else guessed: dimensions of a sample, not of
+    the batch."""
+    shape = tuple(int(s) for s in batch.shape[1:])
+    return torch_image_dims(op, shape, layout_of(op, shape))
+
+
 def torch_image_dims(op: Any, shape: Sequence[int], channels_first: bool | None = None
                      ) -> tuple[int, int, int | None]:
     """``(H dim, W dim, C dim or None)`` of a per-sample torch image *shape*.

@@ -36,7 +36,7 @@ from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
 from ._utils import (
-    layout_of,
+    batch_image_dims,
     name,
     note_layout,
     numpy_out,
@@ -478,9 +478,7 @@ class _Policy(Operation):
     def _apply_torch(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         from ._augment_torch import apply_kernel_ops
 
-        shape = tuple(batch.shape[1:])
-        dims = torch_image_dims(self, shape, layout_of(self, shape))
-        dh, dw, dc = (1 + d for d in dims)  # type: ignore[operator]
+        dh, dw, dc = (1 + d for d in batch_image_dims(self, batch))  # type: ignore[operator]
         h, w = int(batch.shape[dh]), int(batch.shape[dw])
         images = batch if dc == 1 else batch.permute(0, 3, 1, 2)  # (B, 3, H, W)
         ops, params = self.plan(context, h, w).kernel(h, w)

@@ -11,8 +11,8 @@ from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
 from ._utils import (
+    batch_image_dims,
     fill_value,
-    layout_of,
     name,
     note_layout,
     numpy_dtype,
@@ -123,8 +123,7 @@ class Cutout(Operation):
     def _apply_torch(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         import torch
 
-        shape = tuple(batch.shape[1:])
-        dh, dw, dc = torch_image_dims(self, shape, layout_of(self, shape))
+        dh, dw, dc = batch_image_dims(self, batch)
         assert dc is not None  # (H, W) samples were refused in declare_state_and_memory
         dh, dw, dc = dh + 1, dw + 1, dc + 1
         h, w = batch.shape[dh], batch.shape[dw]

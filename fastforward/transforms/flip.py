@@ -11,7 +11,7 @@ from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
 from ._utils import (
-    layout_of,
+    batch_image_dims,
     name,
     note_layout,
     numpy_out,
@@ -45,6 +45,7 @@ class _RandomFlip(Operation):
     sample_independent = True  # each sample from its own values and randomness
 
     axis: ClassVar[int]  # per-sample axis that is reversed: 0 for H, 1 for W (in (H, W, C))
+
     def __init__(self, flip_prob: float = 0.5) -> None:
         super().__init__()
         if not 0.0 <= flip_prob <= 1.0:
@@ -85,8 +86,7 @@ class _RandomFlip(Operation):
     def _apply_torch(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         flip = self.decisions(context)
         # the reversed dimension of the batch: H or W after the batch one
-        shape = tuple(batch.shape[1:])
-        dim = 1 + torch_image_dims(self, shape, layout_of(self, shape))[:2][self.axis]
+        dim = 1 + batch_image_dims(self, batch)[:2][self.axis]
         out = torch_out(destination, batch, tuple(batch.shape[1:]), batch.dtype)
         signed = _SIGNED_VIEWS.get(str(batch.dtype))
         if signed is not None:  # torch has no flip for uint16: move the same bits as int16

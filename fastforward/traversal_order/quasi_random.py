@@ -7,9 +7,8 @@ slots after its own, so at any point of the epoch exactly ``window`` pages are
 open (a batch of ``B`` samples draws from about ``window + ⌈B / samples per
 page⌉``; the keys are random, so a batch can take one more), and a page is
 opened once, or twice for the ``window - 1`` pages whose keys wrap around the
-epoch's end. A cold cache or ``os_cache=False``
-needs only those pages. The order is a function of the generator alone, so of
-``(seed, epoch)``.
+epoch's end. A cold cache or ``os_cache=False`` needs only those pages. The
+order is a function of the generator alone, so of ``(seed, epoch)``.
 
 Mixing comes from which pages share a window: ``page_cycle`` makes every run
 of ``window`` consecutive slots take pages evenly from the whole file. With
