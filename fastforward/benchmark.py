@@ -298,8 +298,10 @@ def loader_throughput(fname: str | os.PathLike[str], pipeline: str, num_workers:
     """
     from .loader import Loader, OrderOption
 
-    reader = Reader(fname)
+    reader = Reader(fname, custom_handlers=loader_kwargs.get("custom_fields"))
     field = image_field(reader)
+    if reader.num_samples == 0:
+        raise ValueError(f"{fname} holds no samples")
     loader = Loader(fname, batch_size=batch_size, num_workers=num_workers,
                     order=order or OrderOption.RANDOM, seed=0, os_cache=os_cache,
                     pipelines=loader_pipelines(reader, field, pipeline), **loader_kwargs)

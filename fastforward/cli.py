@@ -1,4 +1,5 @@
-"""The ``fastforward`` command line: ``convert``, ``info``, ``verify``, ``demo`` and ``bench``.
+"""The ``fastforward`` command line: ``convert``, ``info``, ``verify``, ``demo``, ``bench``
+and ``preview``.
 
 Every subcommand returns an exit status: 0 on success, 1 on failure (or when
 ``verify`` finds problems), 2 for a bad command line, 130 on Ctrl-C, 143 on
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import importlib
 import json
 import os
 import re
@@ -26,14 +28,16 @@ import numpy as np
 from ._version import __version__
 from .datasets import ImageFolder
 from .errors import DecodeError, FastForwardError, Terminated
-from .fields import Field, IntField, NDArrayField, RGBImageField
+from .fields import Field, IntField, NDArrayField, RGBImageField, TorchTensorField
 from .fields.rgb_image import IMAGE_MODES, WRITE_MODES
+from .preview import png_target, save_png
 from .reader import Problem, Reader
 from .types import validate_page_size
 from .utils import install_hint
 from .writer import DatasetWriter, SkippedSample
 
 PROG = "fastforward"
+MAX_BENCH_WORKERS_PER_CPU = 8  # bench --workers: more only measure the machine's scheduler
 DEFAULT_PAGE_SIZE = 8 << 20
 DEFAULT_DEMO_DIR = Path("fastforward-demo")
 
@@ -129,6 +133,47 @@ def non_negative_int(text: str) -> int:
     if not 0 <= value < 1 << 63:
         raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {value}")
     return value
+
+
+def custom_field_arg(text: str) -> tuple[str, type[Field]]:
+    """Parse a ``--custom-field NAME=MODULE:CLASS``: the field's name and its class, imported.
+
+    Args:
+        text: the option as typed, e.g. ``caption=myproject.fields:CaptionField``.
+
+    Returns:
+        ``(name, class)``.
+
+    Raises:
+        argparse.ArgumentTypeError: not of that form, the module or class cannot be
+            imported, or the class is not a ``Field``.
+    """
+    name, _, target = text.partition("=")
+    module_name, _, class_name = target.partition(":")
+    if not (name and module_name and class_name):
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=MODULE:CLASS (a field's name and where its class is), got {text!r}")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in class_name.split("."):
+            found = getattr(found, part)
+    except ImportError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: cannot import {module_name}: {exc}") from None
+    except AttributeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: {module_name} has no {class_name}") from None
+    if not (isinstance(found, type) and issubclass(found, Field)):
+        raise argparse.ArgumentTypeError(f"{text!r}: {target} is not a Field class")
+    return name, found
+
+
+def _custom_fields(args: argparse.Namespace) -> dict[str, type[Field]]:
+    """The ``--custom-field`` classes by field name (a name given twice: a usage error)."""
+    fields: dict[str, type[Field]] = {}
+    for name, cls in args.custom_field or ():
+        if name in fields:
+            raise UsageError(f"--custom-field: field {name!r} given twice")
+        fields[name] = cls
+    return fields
 
 
 def describe_error(exc: BaseException) -> str:
@@ -346,13 +391,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
     Returns:
         The exit status.
     """
+    for option, value, mode in (("--smart-threshold", args.smart_threshold, "smart"),
+                                ("--compress-probability", args.compress_probability,
+                                 "proportion")):
+        if value is not None and args.write_mode != mode:
+            raise UsageError(f"{option} applies to --write-mode {mode} only (this is "
+                             f"--write-mode {args.write_mode})")
     options = ConvertOptions(
         max_resolution=args.max_resolution or None,
         jpeg_quality=args.jpeg_quality,
         restart_markers=args.restart_markers,
         write_mode=args.write_mode,
         smart_threshold=args.smart_threshold,
-        compress_probability=args.compress_probability,
+        compress_probability=(0.5 if args.compress_probability is None
+                              else args.compress_probability),
         num_workers=args.num_workers,
         page_size=args.page_size,
         chunksize=args.chunksize,
@@ -410,11 +462,10 @@ def field_info(reader: Reader, index: int) -> dict[str, Any]:
     """
     name = reader.field_names[index]
     handler = reader.handlers[name]
-    info: dict[str, Any] = {
-        "name": name,
-        "class": type(handler).__name__,
-        "type_id": int(reader.field_descriptors[index]["type_id"]),
-    }
+    type_id = int(reader.field_descriptors[index]["type_id"])
+    info: dict[str, Any] = {"name": name, "class": type(handler).__name__, "type_id": type_id}
+    if type_id == TorchTensorField.TYPE_ID and type(handler) is NDArrayField:
+        info.update({"class": TorchTensorField.__name__, "read_as": NDArrayField.__name__})
     if isinstance(handler, NDArrayField):
         info.update(dtype=str(handler.dtype), shape=list(handler.shape))
     if isinstance(handler, RGBImageField):
@@ -477,6 +528,8 @@ def format_info(info: dict[str, Any]) -> list[str]:
     ]
     for field in info["fields"]:
         line = f"  {field['name']}: {field['class']}"
+        if "read_as" in field:
+            line += f" (read as {field['read_as']})"
         if "dtype" in field:
             line += f" (dtype {field['dtype']}, shape {tuple(field['shape'])})"
         lines.append(line)
@@ -485,14 +538,16 @@ def format_info(info: dict[str, Any]) -> list[str]:
     return lines
 
 
-def print_info(path: str | os.PathLike[str], as_json: bool = False) -> None:
+def print_info(path: str | os.PathLike[str], as_json: bool = False,
+               custom_fields: dict[str, type[Field]] | None = None) -> None:
     """Print the description of the .beton file *path*.
 
     Args:
         path: the file.
         as_json: print a JSON object instead of text.
+        custom_fields: the classes of its custom fields (type id 255), by name.
     """
-    with Reader(path) as reader:
+    with Reader(path, custom_handlers=custom_fields) as reader:
         info = file_info(reader)
     if as_json:
         print(json.dumps(info, indent=2, ensure_ascii=False))
@@ -509,7 +564,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     Returns:
         The exit status.
     """
-    print_info(args.file, as_json=args.json)
+    print_info(args.file, as_json=args.json, custom_fields=_custom_fields(args))
     return 0
 
 
@@ -547,7 +602,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         The exit status.
     """
     # validate=False: every problem is listed, not only the first
-    with Reader(args.file, validate=False) as reader:
+    with Reader(args.file, validate=False, custom_handlers=_custom_fields(args)) as reader:
         problems = reader.verify(decode=args.decode, progress=not args.no_progress)
         num_samples = reader.num_samples
         sums = reader.checksums
@@ -679,6 +734,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         The exit status.
     """
     run = DemoRun(Path(args.dir), args.count, args.num_workers, not args.no_progress)
+    if run.directory.exists() and not run.directory.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory (--dir names where the "
+                                 "demo puts its images and file)", str(run.directory))
     run.directory.mkdir(parents=True, exist_ok=True)
     for number, (title, step) in enumerate(DEMO_STEPS, 1):
         print(f"[{number}/{len(DEMO_STEPS)}] {title}", flush=True)
@@ -711,9 +769,9 @@ def _add_convert(subparsers: Any) -> None:
     p.add_argument("--smart-threshold", type=parse_size, metavar="BYTES",
                    help="for --write-mode smart: store as JPEG the images whose raw pixels "
                         "take more than BYTES")
-    p.add_argument("--compress-probability", type=float, default=0.5, metavar="P",
+    p.add_argument("--compress-probability", type=float, metavar="P",
                    help="for --write-mode proportion: the probability of storing an image "
-                        "as JPEG (default: %(default)s)")
+                        "as JPEG (default: 0.5)")
     _add_workers(p)
     p.add_argument("--page-size", type=page_size_arg, default=DEFAULT_PAGE_SIZE, metavar="SIZE",
                    help="bytes per page, a power of two of at least 2 MiB: plain bytes or "
@@ -734,11 +792,18 @@ def _add_convert(subparsers: Any) -> None:
 
 def _add_workers(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=-1, metavar="N",
-                        help="worker processes; -1: one per CPU (default: %(default)s)")
+                        help="worker processes; -1 or 0: one per CPU (default: %(default)s)")
 
 
 def _add_no_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+
+
+def _add_custom_fields(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--custom-field", type=custom_field_arg, action="append",
+                        metavar="NAME=MODULE:CLASS",
+                        help="the class of a custom field (type id 255, written with a Field "
+                             "class of your own), importable from MODULE; once per such field")
 
 
 def _add_info(subparsers: Any) -> None:
@@ -747,6 +812,7 @@ def _add_info(subparsers: Any) -> None:
                                           "image statistics.")
     p.add_argument("file", metavar="FILE", help="the .beton file")
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    _add_custom_fields(p)
     p.set_defaults(handler=cmd_info)
 
 
@@ -759,6 +825,7 @@ def _add_verify(subparsers: Any) -> None:
     p.add_argument("file", metavar="FILE", help="the .beton file")
     p.add_argument("--decode", action="store_true",
                    help="also decode every sample fully (slower)")
+    _add_custom_fields(p)
     _add_no_progress(p)
     p.set_defaults(handler=cmd_verify)
 
@@ -798,8 +865,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     from .utils import default_workers
 
-    counts = args.workers or sorted({1, max(1, default_workers() // 2), default_workers()})
-    if args.plot:
+    cpus = default_workers()
+    counts = args.workers or sorted({1, max(1, cpus // 2), cpus})
+    if max(counts) > MAX_BENCH_WORKERS_PER_CPU * cpus:
+        raise UsageError(f"--workers: at most {MAX_BENCH_WORKERS_PER_CPU} per CPU "
+                         f"({MAX_BENCH_WORKERS_PER_CPU * cpus} here), got {max(counts)}")
+    plot = None if args.plot is None else png_target(args.plot)
+    if plot is not None:
         try:
             import matplotlib
 
@@ -807,8 +879,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
             import matplotlib.pyplot as plt
         except ImportError as exc:
             raise ImportError(f"--plot needs matplotlib: {install_hint('plot')}") from exc
-    with Reader(args.file) as reader:
+    custom_fields = _custom_fields(args)
+    with Reader(args.file, custom_handlers=custom_fields) as reader:
         blobs = stored_jpegs(reader, image_field(reader), limit=2000)
+        if reader.num_samples < args.batch_size:
+            raise ValueError(f"{args.file} holds no samples" if reader.num_samples == 0 else
+                             f"{args.file}: its {reader.num_samples} samples make no batch of "
+                             f"{args.batch_size}: give a --batch-size of at most "
+                             f"{reader.num_samples}")
     print(f"{args.file}: pipeline {args.pipeline}, batch {args.batch_size}, "
           f"{args.epochs} epoch(s), each without its first batch (the first epoch without "
           "one per ring slot, at most a third: they fault the slots in)")
@@ -819,7 +897,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         loaded = loader_throughput(args.file, args.pipeline, num_workers=workers,
                                    batch_size=args.batch_size, epochs=args.epochs,
                                    os_cache=not args.no_os_cache,
-                                   worker_type=args.worker_type)
+                                   worker_type=args.worker_type, custom_fields=custom_fields)
         ratio = f"{loaded.rate / limit.rate:6.2f}" if limit and limit.rate else "     -"
         limit_text = f"{limit.rate:13,.0f}" if limit else f"{'-':>13}"
         print(f"  {workers:>7}  {limit_text}  {loaded.rate:12,.0f}  {ratio}", flush=True)
@@ -830,7 +908,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
               f"time at steady state (at least {STEADY_MIN_BATCHES + 1} are needed): "
               "these figures are whole epochs, start-up included; a smaller --batch-size "
               "gives more batches")
-    if args.plot:
+    if plot is not None:
         figure, axes = plt.subplots(figsize=(6, 4))
         axes.plot([r[0] for r in rows], [r[2] for r in rows], "o-", label="fastforward")
         if blobs:
@@ -842,8 +920,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         axes.legend()
         axes.grid(alpha=0.3)
         figure.tight_layout()
-        figure.savefig(args.plot, dpi=120)
-        print(f"plot saved to {args.plot}")
+        save_png(figure, plot, dpi=120)
+        plt.close(figure)
+        print(f"plot saved to {plot}")
     return 0
 
 
@@ -853,8 +932,10 @@ def _add_bench(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "bench", help="measure loading images/s against the decode limit",
         description="Load FILE's first image field with a benchmark pipeline for each "
-                    "thread count, beside simplejpeg decoding its JPEGs on as many threads.")
-    p.add_argument("file", metavar="FILE")
+                    "worker count, beside simplejpeg decoding its stored JPEGs (at most "
+                    "2,000) on as many threads. Each epoch's first batch is left out, and "
+                    "the first epoch's first one per ring slot (at most a third).")
+    p.add_argument("file", metavar="FILE", help="the .beton file")
     p.add_argument("--pipeline", default="center_crop", choices=list(PIPELINES),
                    help="; ".join(f"{k}: {v}" for k, v in PIPELINES.items())
                         + " (default: %(default)s)")
@@ -863,10 +944,18 @@ def _add_bench(subparsers: Any) -> None:
     p.add_argument("--worker-type", default="auto", choices=["auto", "thread", "process"],
                    help="threads, or processes for Python operations; auto: processes "
                         "exactly for the pipelines with one (default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--epochs", type=positive_int, default=1)
-    p.add_argument("--no-os-cache", action="store_true", help="read with os_cache=False")
-    p.add_argument("--plot", metavar="PNG", help="save images/s against num_workers here")
+    p.add_argument("--batch-size", type=positive_int, default=256, metavar="N",
+                   help="samples per batch; the last, partial batch is dropped "
+                        "(default: %(default)s)")
+    p.add_argument("--epochs", type=positive_int, default=1, metavar="N",
+                   help="epochs timed per worker count (default: %(default)s)")
+    p.add_argument("--no-os-cache", action="store_true",
+                   help="read with os_cache=False (the loader's own page cache, not the "
+                        "operating system's)")
+    p.add_argument("--plot", metavar="PNG",
+                   help="save images/s against the worker count as a PNG image here "
+                        "(needs matplotlib: the plot extra)")
+    _add_custom_fields(p)
     p.set_defaults(handler=cmd_bench)
 
 
@@ -881,10 +970,13 @@ def cmd_preview(args: argparse.Namespace) -> int:
     """
     from .preview import render
 
+    custom_fields = _custom_fields(args)
     out = render(args.file, args.out, samples=args.samples, image=args.image,
                  decoder=args.decoder, size=args.size, flip=args.flip, seed=args.seed,
-                 epoch=args.epoch, columns=args.columns, shuffle=args.shuffle)
-    with Reader(args.file) as reader:  # a file holding fewer than asked: all of them
+                 epoch=args.epoch, columns=args.columns, shuffle=args.shuffle,
+                 custom_fields=custom_fields)
+    # a file holding fewer than asked: all of them
+    with Reader(args.file, custom_handlers=custom_fields) as reader:
         drawn = min(args.samples, reader.num_samples)
     print(f"{drawn} samples of {args.file} ({args.decoder} {args.size}"
           f"{' + flip' if args.flip else ''}) drawn in {out}")
@@ -907,13 +999,15 @@ def _add_preview(subparsers: Any) -> None:
     p.add_argument("--decoder", default="center_crop", choices=DECODERS,
                    help="center_crop: the centred square at --size; random_resized_crop: "
                         "--size²; shorter_side: shorter side --size, longer at most twice it; "
-                        "simple: as stored (default: %(default)s)")
+                        "simple: as stored, with its masks and boxes (one size only; not with "
+                        "--flip where there are masks or boxes) (default: %(default)s)")
     p.add_argument("--size", type=positive_int, default=256)
     p.add_argument("--flip", action="store_true", help="mirror half of the samples")
     p.add_argument("--shuffle", action="store_true", help="RANDOM order instead of the first")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--epoch", type=non_negative_int, default=0,
                    help="the epoch whose random draws to show")
+    _add_custom_fields(p)
     p.set_defaults(handler=cmd_preview)
 
 

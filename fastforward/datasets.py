@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -23,7 +24,12 @@ class ImageFolder:
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
+        if not os.fspath(root):  # Path("") would be the current directory
+            raise ValueError("the ImageFolder's root is an empty path")
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory (an ImageFolder is "
+                                     "root/<class>/<image>)", str(root))
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: no such directory")
         self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())

@@ -9,6 +9,7 @@ labelled with their class ids. Needs matplotlib (the ``plot`` extra).
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,12 +17,40 @@ from typing import Any
 
 import numpy as np
 
-from .fields import IntField, MaskField, RaggedField, RGBImageField
+from .fields import Field, IntField, MaskField, RaggedField, RGBImageField
 from .pipeline.operation import Operation
 from .reader import Reader
 from .utils import install_hint
 
 DECODERS = ("center_crop", "random_resized_crop", "shorter_side", "simple")
+
+
+def png_target(path: str | os.PathLike[str]) -> Path:
+    """*path* as the PNG to write, checked before any work: not a directory, in one.
+
+    Raises:
+        IsADirectoryError: *path* is a directory.
+        FileNotFoundError: its directory does not exist.
+    """
+    out = Path(path)
+    if not out.name or out.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(out))
+    if not out.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such directory", str(out.parent))
+    return out
+
+
+def save_png(figure: Any, out: Path, dpi: int) -> None:
+    """Save *figure* as a PNG at exactly *out* (no suffix added), atomically:
+    written beside it under a hidden name, then renamed; an error names *out*."""
+    partial = out.with_name(f".{out.name}.part")
+    try:
+        figure.savefig(partial, dpi=dpi, format="png")
+        os.replace(partial, out)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _box_column(field: RaggedField) -> str | None:
@@ -51,8 +80,13 @@ def preview_pipelines(reader: Reader, image: str | None = None, decoder: str = "
         decoder: ``center_crop`` (the centred square, *size*²),
             ``random_resized_crop`` (*size*²), ``shorter_side`` (shorter side
             *size*, longer at most twice it) or ``simple`` (as stored; needs one
-            size).
-        flip: mirror each image with probability 1/2 (what follows it too).
+            size, and its masks and boxes are drawn as stored).
+        flip: mirror each image with probability 1/2 (what follows it too; not
+            with ``simple`` on a file with masks or boxes, which cannot follow it).
+
+    Raises:
+        ValueError: no such image field or decoder; ``simple`` on images of
+            several sizes, or with *flip* on a file with masks or boxes.
     """
     from .fields.decoders import (
         CenterCropRGBImageDecoder,
@@ -81,15 +115,31 @@ def preview_pipelines(reader: Reader, image: str | None = None, decoder: str = "
         "shorter_side": lambda: ShorterSideRGBImageDecoder(size, max_size=2 * size),
         "simple": SimpleRGBImageDecoder}
     chosen = makers[decoder]()
-    follows = decoder != "simple"
+    as_stored = decoder == "simple"
+    drawn = [n for n, h in reader.handlers.items()
+             if isinstance(h, MaskField) or (isinstance(h, RaggedField) and _box_column(h))]
+    if as_stored:  # images, masks and boxes as stored
+        column = reader.metadata[f"f{reader.field_names.index(image)}"]
+        sizes = set(zip(column["height"].tolist(), column["width"].tolist(), strict=True))
+        if len(sizes) > 1:
+            raise ValueError(f"{reader.fname}: field {image!r} holds images of {len(sizes)} "
+                             "sizes; the simple decoder shows one size only: choose another "
+                             "--decoder")
+        if flip and drawn:
+            raise ValueError(f"{reader.fname}: the masks and boxes of {drawn} cannot follow "
+                             "a flip after the simple decoder: leave out --flip, or choose "
+                             "another --decoder")
+        height, width = sizes.pop() if sizes else (1, 1)
     pipelines: dict[str, Any] = {image: [chosen, RandomHorizontalFlip()] if flip else [chosen]}
     for name, handler in reader.handlers.items():
         if name == image:
             continue
-        if isinstance(handler, MaskField) and follows:
-            pipelines[name] = [MaskDecoder(follows=image)]
-        elif isinstance(handler, RaggedField) and follows and _box_column(handler):
-            pipelines[name] = [RaggedDecoder(as_list=True, follows=image,
+        if isinstance(handler, MaskField):
+            pipelines[name] = [MaskDecoder(size=(height, width)) if as_stored
+                               else MaskDecoder(follows=image)]
+        elif isinstance(handler, RaggedField) and name in drawn:
+            pipelines[name] = [RaggedDecoder(as_list=True) if as_stored else
+                               RaggedDecoder(as_list=True, follows=image,
                                              boxes=_box_column(handler))]
         elif isinstance(handler, IntField):
             pipelines[name] = [IntDecoder()]
@@ -101,8 +151,12 @@ def preview_pipelines(reader: Reader, image: str | None = None, decoder: str = "
 def render(path: str | os.PathLike[str], out: str | os.PathLike[str], samples: int = 16,
            image: str | None = None, decoder: str = "center_crop", size: int = 256,
            flip: bool = False, seed: int = 0, epoch: int = 0, columns: int = 4,
-           shuffle: bool = False) -> Path:
+           shuffle: bool = False,
+           custom_fields: dict[str, type[Field]] | None = None) -> Path:
     """Decode *samples* samples of *path* and save them as a PNG grid at *out*.
+
+    *out* is checked before anything is decoded; *custom_fields* are the
+    classes of the file's custom fields (type id 255), which are not drawn.
 
     Returns:
         *out*, written atomically.
@@ -117,7 +171,8 @@ def render(path: str | os.PathLike[str], out: str | os.PathLike[str], samples: i
         raise ImportError(f"preview needs matplotlib: {install_hint('plot')}") from exc
     from .loader import Loader, OrderOption
 
-    with Reader(path) as reader:
+    out = png_target(out)
+    with Reader(path, custom_handlers=custom_fields) as reader:
         image_name, pipelines = preview_pipelines(reader, image, decoder, size, flip)
         count = min(samples, reader.num_samples)
         handlers = reader.handlers
@@ -125,7 +180,8 @@ def render(path: str | os.PathLike[str], out: str | os.PathLike[str], samples: i
         raise ValueError(f"{path} holds no samples")
     with Loader(path, count, num_workers=1, seed=seed, drop_last=False,
                 order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL,
-                pipelines=pipelines, worker_type="thread") as loader:
+                pipelines=pipelines, worker_type="thread",
+                custom_fields=custom_fields) as loader:
         loader.next_epoch = epoch
         batch = next(iter(loader))
         names = [n for n in handlers if pipelines.get(n) is not None]
@@ -168,12 +224,8 @@ def render(path: str | os.PathLike[str], out: str | os.PathLike[str], samples: i
     figure.suptitle(f"{Path(path).name}: {decoder} {size}" + (" + flip" if flip else ""),
                     fontsize=10)
     figure.tight_layout()
-    out = Path(out)
-    partial = out.with_name(f".{out.name}.part")
     try:
-        figure.savefig(partial, dpi=100, format="png")
-        os.replace(partial, out)
+        save_png(figure, out, dpi=100)
     finally:
         plt.close(figure)
-        partial.unlink(missing_ok=True)
     return out

@@ -262,7 +262,8 @@ class Reader:
                     raise self._error(f"field {name!r} is {unknown}")
                 raise self._error(
                     f"field {name!r} is a custom field (type id 255): pass its class as "
-                    f"custom_handlers={{{name!r}: YourField}} (custom_fields= for a Loader)"
+                    f"custom_handlers={{{name!r}: YourField}} (custom_fields= for a Loader, "
+                    "--custom-field NAME=MODULE:CLASS on the command line)"
                 )
             if type_id not in TYPE_ID_HANDLER:
                 raise self._error(f"field {name!r} has unknown type id {type_id}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import os
 import re
@@ -654,3 +655,189 @@ def test_image_folder_follows_links_as_torchvision_does(tmp_path: Path) -> None:
     samples = ImageFolder(root).samples
     assert [(p.relative_to(root).as_posix(), label) for p, label in samples] == [
         ("cat/a.jpg", 0), ("cat/more/b.jpg", 0)]
+
+
+# -- paths, options that do not apply, custom fields ---------------------------------------------
+
+
+def test_convert_refuses_an_empty_source_and_a_file_as_source(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``convert "" out`` converted the current directory (Path("") is "."), and a
+    file as SRC was reported as 'no such directory'."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cat").mkdir()  # the current directory would be an ImageFolder
+    (tmp_path / "cat" / "x.jpg").write_bytes(b"\xff\xd8 never read")
+    status = main(["convert", "", str(tmp_path / "x.beton"), *FAST])
+    assert_one_line_error(capsys, status, 1, "empty path")
+    status = main(["convert", str(tmp_path / "cat" / "x.jpg"), str(tmp_path / "y.beton"), *FAST])
+    assert_one_line_error(capsys, status, 1, "x.jpg: not a directory")
+    assert not list(tmp_path.glob("*.beton"))
+
+
+def test_demo_dir_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "f").write_text("")
+    status = main(["demo", "--dir", str(tmp_path / "f"), "--count", "2", *FAST])
+    assert_one_line_error(capsys, status, 1, f"{tmp_path / 'f'}: not a directory", "--dir")
+
+
+@pytest.mark.parametrize(("args", "mode"), [
+    (["--smart-threshold", "100"], "smart"),
+    (["--compress-probability", "0.3"], "proportion"),
+    (["--write-mode", "raw", "--compress-probability", "0.3"], "proportion"),
+])
+def test_an_option_of_another_write_mode_is_a_usage_error(
+        corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+        mode: str) -> None:
+    """They were silently ignored."""
+    status = main(["convert", str(corpus), str(tmp_path / "x.beton"), *args, *FAST])
+    assert_one_line_error(capsys, status, 2, f"applies to --write-mode {mode} only")
+
+
+def test_compress_probability_still_applies_to_proportion(
+        corpus: Path, tmp_path: Path) -> None:
+    counts = []
+    for p in ("0", "1"):
+        out = tmp_path / f"p{p}.beton"
+        assert main(["convert", str(corpus), str(out), "--write-mode", "proportion",
+                     "--compress-probability", p, *FAST]) == 0
+        with Reader(out) as reader:
+            counts.append(int(np.count_nonzero(reader.metadata["f0"]["mode"] == 0)))
+    assert counts == [0, NUM_IMAGES]  # mode 0: JPEG
+
+
+def test_info_names_a_torch_tensor_field(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Type id 6 was described as an NDArrayField (the class it is read back as)."""
+    torch = pytest.importorskip("torch")
+    from fastforward.fields import TorchTensorField
+    from fastforward.writer import DatasetWriter
+
+    path = tmp_path / "t.beton"
+    DatasetWriter(path, {"t": TorchTensorField(torch.float32, (3,))}, num_workers=1,
+                  progress=False).from_indexed_dataset([(torch.ones(3),)] * 2)
+    (field,) = run_info(capsys, path)["fields"]
+    assert (field["class"], field["read_as"], field["type_id"]) == (
+        "TorchTensorField", "NDArrayField", 6)
+    assert main(["info", str(path)]) == 0
+    assert ("t: TorchTensorField (read as NDArrayField) (dtype float32, shape (3,))"
+            in capsys.readouterr().out)
+
+
+CUSTOM_FIELD_MODULE = '''
+import numpy as np
+from fastforward.fields import NDArrayField
+
+
+class CodeField(NDArrayField):
+    def __init__(self):
+        super().__init__(np.dtype("u1"), (4,))
+
+    @staticmethod
+    def from_binary(binary):
+        return CodeField()
+
+
+NOT_A_FIELD = 3
+'''
+
+
+@pytest.fixture
+def custom_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A file with a custom field (type id 255), ``code``, whose class is
+    ``ff_custom_field_module:CodeField``, beside a JPEG image field."""
+    (tmp_path / "ff_custom_field_module.py").write_text(CUSTOM_FIELD_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from ff_custom_field_module import CodeField  # type: ignore[import-not-found]
+
+    from fastforward.fields import RGBImageField
+    from fastforward.writer import DatasetWriter
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "custom.beton"
+    DatasetWriter(path, {"image": RGBImageField(write_mode="jpg"), "code": CodeField()},
+                  num_workers=1, progress=False).from_indexed_dataset(
+        [(rng.integers(0, 256, (24, 32, 3), np.uint8), np.full(4, i, np.uint8))
+         for i in range(8)])
+    return path
+
+
+def test_custom_fields_on_the_command_line(custom_file: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """info, verify, bench and preview refused a file with a custom field, whose
+    class the command line had no way to give."""
+    status = main(["info", str(custom_file)])
+    assert_one_line_error(capsys, status, 1, "custom field", "--custom-field NAME=MODULE:CLASS")
+    given = ["--custom-field", "code=ff_custom_field_module:CodeField"]
+    assert main(["info", "--json", str(custom_file), *given]) == 0
+    fields = json.loads(capsys.readouterr().out)["fields"]
+    assert [(f["name"], f["class"], f["type_id"]) for f in fields] == [
+        ("image", "RGBImageField", 2), ("code", "CodeField", 255)]
+    assert main(["verify", "--decode", "--no-progress", str(custom_file), *given]) == 0
+    assert "OK, 8 samples checked and decoded" in capsys.readouterr().out
+    assert main(["bench", str(custom_file), "--workers", "1", "--batch-size", "2",
+                 *given]) == 0
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert main(["preview", str(custom_file), "-o", str(tmp_path / "p.png"),
+                     "--size", "16", *given]) == 0
+
+
+@pytest.mark.parametrize(("value", "fragment"), [
+    ("code", "expected NAME=MODULE:CLASS"),
+    ("code=ff_custom_field_module", "expected NAME=MODULE:CLASS"),
+    ("code=no_such_module_here:X", "cannot import no_such_module_here"),
+    ("code=ff_custom_field_module:Nope", "ff_custom_field_module has no Nope"),
+    ("code=ff_custom_field_module:NOT_A_FIELD", "is not a Field class"),
+])
+def test_a_bad_custom_field_is_a_usage_error(custom_file: Path, value: str, fragment: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["info", str(custom_file), "--custom-field", value])
+    assert_one_line_error(capsys, status, 2, "--custom-field", fragment)
+
+
+def test_a_custom_field_given_twice_is_a_usage_error(custom_file: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    given = ["--custom-field", "code=ff_custom_field_module:CodeField"]
+    status = main(["verify", str(custom_file), *given, *given])
+    assert_one_line_error(capsys, status, 2, "field 'code' given twice")
+
+
+def test_bench_of_a_file_without_samples(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """It advised a smaller batch size, after printing the table's header."""
+    from fastforward.fields import IntField, RGBImageField
+    from fastforward.writer import DatasetWriter
+
+    path = tmp_path / "empty.beton"
+    DatasetWriter(path, {"image": RGBImageField(), "label": IntField()}, num_workers=1,
+                  progress=False).from_indexed_dataset([])
+    status = main(["bench", str(path), "--workers", "1", "--batch-size", "1"])
+    assert_one_line_error(capsys, status, 1, f"{path} holds no samples")
+    assert capsys.readouterr().out == ""
+
+
+def test_bench_bounds_the_worker_counts(beton: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fastforward.cli import MAX_BENCH_WORKERS_PER_CPU
+    from fastforward.utils import default_workers
+
+    too_many = MAX_BENCH_WORKERS_PER_CPU * default_workers() + 1
+    status = main(["bench", str(beton), "--workers", "1", str(too_many)])
+    assert_one_line_error(capsys, status, 2, f"--workers: at most {MAX_BENCH_WORKERS_PER_CPU} "
+                          f"per CPU", f"got {too_many}")
+
+
+def test_bench_plot_is_written_where_it_says(beton: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """matplotlib added '.png' to a name without a suffix, and the message named the
+    path it had not written; a missing directory was found after the measurements."""
+    pytest.importorskip("matplotlib", reason="matplotlib is an optional extra")
+    out = tmp_path / "plot"
+    assert main(["bench", str(beton), "--workers", "1", "--batch-size", "8",
+                 "--plot", str(out)]) == 0
+    assert f"plot saved to {out}\n" in capsys.readouterr().out
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot"]
+    status = main(["bench", str(beton), "--workers", "1", "--batch-size", "8",
+                   "--plot", str(tmp_path / "no" / "p.png")])
+    assert_one_line_error(capsys, status, 1, f"{tmp_path / 'no'}: no such directory")
+    assert capsys.readouterr().out == ""  # refused before measuring anything

@@ -10,7 +10,7 @@ import pytest
 from fastforward.cli import main
 from fastforward.fields import IntField, MaskField, RaggedField, RGBImageField
 from fastforward.reader import Reader
-from fastforward.scenes import make_scenes
+from fastforward.scenes import make_scene, make_scenes
 from fastforward.writer import DatasetWriter
 
 pytest.importorskip("matplotlib")
@@ -100,3 +100,106 @@ def test_a_negative_seed_or_epoch_is_a_usage_error(scene_file: Path, tmp_path: P
     assert main(["preview", str(scene_file), "-o", str(tmp_path / "x.png"), "--shuffle",
                  option, "-1"]) == 2
     assert f"argument {option}: must be in [0, 2**63), got -1" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def one_size_scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Scenes of one size with a mask and boxes, for the simple decoder."""
+    from fastforward.demo import load_photos
+
+    path = tmp_path_factory.mktemp("preview") / "one-size.beton"
+    rng, photos = np.random.default_rng(3), load_photos()
+    scenes = [make_scene(photos, rng, (48, 64)) for _ in range(4)]
+    DatasetWriter(path, {"image": RGBImageField(write_mode="raw"), "mask": MaskField(),
+                         "objects": RaggedField(columns={"boxes": (np.float32, 4),
+                                                         "labels": np.int64})},
+                  num_workers=1, progress=False).from_indexed_dataset(
+        [(s.image, s.mask, s.objects()) for s in scenes])
+    return path
+
+
+def test_the_simple_decoder_draws_masks_and_boxes_as_stored(
+        one_size_scenes: Path, tmp_path: Path) -> None:
+    """--decoder simple left the masks and boxes out, which the help says are drawn."""
+    from fastforward.fields.decoders import MaskDecoder, RaggedDecoder
+    from fastforward.preview import preview_pipelines
+
+    with Reader(one_size_scenes) as reader:
+        _, pipelines = preview_pipelines(reader, decoder="simple")
+    (mask,), (objects,) = pipelines["mask"], pipelines["objects"]
+    assert isinstance(mask, MaskDecoder)
+    assert mask.size == (48, 64)
+    assert isinstance(objects, RaggedDecoder)
+    assert objects.follows is None
+    plain, drawn = tmp_path / "plain.png", tmp_path / "drawn.png"
+    assert main(["preview", str(one_size_scenes), "-o", str(drawn), "--decoder", "simple"]) == 0
+    with Reader(one_size_scenes) as reader:  # the same file without its masks and boxes
+        images = [reader.read(i)[0] for i in range(reader.num_samples)]
+    bare = tmp_path / "bare.beton"
+    DatasetWriter(bare, {"image": RGBImageField(write_mode="raw")}, num_workers=1,
+                  progress=False).from_indexed_dataset([(image,) for image in images])
+    assert main(["preview", str(bare), "-o", str(plain), "--decoder", "simple"]) == 0
+    from PIL import Image
+
+    with Image.open(plain) as a, Image.open(drawn) as b:
+        a_pixels, b_pixels = np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB"))
+    assert a_pixels.shape == b_pixels.shape
+    assert np.count_nonzero((a_pixels != b_pixels).any(axis=2)) > 1000
+
+
+def test_the_simple_decoder_refuses_what_it_cannot_show(
+        scene_file: Path, one_size_scenes: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Images of several sizes were reported as 'unexpected TypeError'; a flip
+    after it would leave the masks and boxes where they were."""
+    out = tmp_path / "x.png"
+    files = {"sizes": scene_file, "flip": one_size_scenes}
+    for case, fragment in (("sizes", "holds images of 6 sizes; the simple decoder shows one "
+                                     "size only: choose another --decoder"),
+                           ("flip", "cannot follow a flip after the simple decoder")):
+        argv = ["preview", str(files[case]), "-o", str(out), "--decoder", "simple"]
+        assert main(argv + (["--flip"] if case == "flip" else [])) == 1
+        err = capsys.readouterr().err
+        assert fragment in err
+        assert "unexpected" not in err
+    assert not out.exists()
+
+
+def test_preview_checks_its_output_before_decoding(
+        scene_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing directory was found after decoding, and the error named the
+    hidden '.<name>.part' file rather than the one asked for."""
+    import fastforward.loader
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("decoded before the output was checked")
+
+    monkeypatch.setattr(fastforward.loader, "Loader", no_loading)
+    for out, fragment in ((tmp_path / "no" / "x.png", f"{tmp_path / 'no'}: no such directory"),
+                          (tmp_path, f"{tmp_path}: is a directory")):
+        assert main(["preview", str(scene_file), "-o", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert fragment in err
+        assert ".part" not in err
+
+
+def test_a_failed_save_names_the_file_asked_for(scene_file: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    from matplotlib.figure import Figure
+
+    def full_disk(self: Figure, fname: object, **kwargs: object) -> None:
+        Path(str(fname)).write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(fname))
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    out = tmp_path / "x.png"
+    assert main(["preview", str(scene_file), "-o", str(out), "--size", "16",
+                 "--samples", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"{out}: No space left on device" in err
+    assert ".part" not in err
+    assert list(tmp_path.iterdir()) == []  # neither the PNG nor its partial left
