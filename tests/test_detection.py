@@ -11,6 +11,7 @@ unpickle them.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from fractions import Fraction
 from pathlib import Path
@@ -399,6 +400,94 @@ def test_an_unfused_flip_of_a_followed_image_is_refused(scene_file: Path, after:
                                          "mask": [MaskDecoder(follows="image")]})
     # not followed: any order goes
     Loader(scene_file, 4, pipelines={"image": image, "mask": None, **others}).close()
+
+
+def crop_to_16(image: np.ndarray) -> np.ndarray:
+    """Another library's crop, as a plain callable (module level: it pickles)."""
+    return np.ascontiguousarray(image[:16, :16])
+
+
+def test_a_resizing_augment_of_a_followed_image_is_refused(scene_file: Path) -> None:
+    """An ``Augment`` that crops was accepted: masks stayed 20x20 beside 16x16 images."""
+    from fastforward.transforms import Augment
+
+    others = {"instances": None, "objects": None, "index": None}
+    image = [CenterCropRGBImageDecoder((20, 20), 1.0), Augment(crop_to_16, input="numpy")]
+    with pytest.raises(ValueError, match=r"Augment turns the image's 20x20 into \(16, 16, 3\)"):
+        Loader(scene_file, 4, pipelines={"image": image, **others,
+                                         "mask": [MaskDecoder(follows="image")]})
+    Loader(scene_file, 4, pipelines={"image": image, "mask": None, **others}).close()
+    # what keeps the size passes, in either layout
+    kept = [CenterCropRGBImageDecoder((20, 20), 1.0), Augment(np.ascontiguousarray,
+                                                              input="numpy")]
+    if importlib.util.find_spec("torch") is not None:
+        from fastforward.transforms import ToTorchImage
+
+        kept += [ToTensor(), ToTorchImage()]
+    Loader(scene_file, 4, pipelines={"image": kept, **others,
+                                     "mask": [MaskDecoder(follows="image")]}).close()
+
+
+def test_multi_scale_pads_to_the_largest_output_of_any_size(tmp_path: Path) -> None:
+    """Under max_size, torchvision's rounding down gives a 20x27 image 42x56 at size
+    42 and 41x56 at 55: the batch was sized for 55 alone, and a sample drawing 42
+    failed with 'cannot reshape array of size 6888 into shape (1,42,56,3)'."""
+    assert shorter_side_sizes(np.array([20]), np.array([27]), 42, 56).tolist() == [[42, 56]]
+    assert shorter_side_sizes(np.array([20]), np.array([27]), 55, 56).tolist() == [[41, 56]]
+    path = tmp_path / "small.beton"
+    DatasetWriter(path, {"image": RGBImageField(write_mode="raw"), "index": IntField()},
+                  num_workers=1, progress=False).from_indexed_dataset(
+        [(np.full((20, 27, 3), 200, np.uint8), i) for i in range(16)])
+    decoder = ShorterSideRGBImageDecoder((42, 55), max_size=56)
+    with Loader(path, 16, seed=0, pipelines={
+            "image": [decoder], "index": None,
+            "sizes": PipelineSpec("image", ImageSizeDecoder(follows="image"))}) as loader:
+        (images, sizes), = list(loader)
+    assert images.shape == (16, 42, 56, 3)
+    assert {tuple(s) for s in sizes.tolist()} == {(42, 56), (41, 56)}
+    for image, (height, width) in zip(images, sizes.tolist(), strict=True):
+        assert (image[:height, :width] == 200).all()
+        assert not image[height:].any()
+
+
+@pytest.mark.parametrize("objects", ["default", "padded", "as_list", "follows"])
+def test_filter_on_boxes_sees_each_samples_boxes(scene_file: Path, scenes: list,
+                                                  objects: str) -> None:
+    """filter iterated a padded batch's dict (its column names) or tuple as if they were
+    samples, and with a pipeline that follows the image it dropped the image's
+    pipeline and failed."""
+    pipelines = {"image": [RandomResizedCropRGBImageDecoder((24, 24)), RandomHorizontalFlip()],
+                 "mask": [MaskDecoder(follows="image")], "instances": None, "index": None}
+    pipelines["objects"] = {
+        "default": None, "padded": [RaggedDecoder()], "as_list": [RaggedDecoder(as_list=True)],
+        "follows": [RaggedDecoder(follows="image", boxes="boxes")]}[objects]
+    if objects == "default":
+        del pipelines["objects"]
+        pytest.importorskip("torch", reason="the default pipeline ends in ToTensor()")
+    seen: list[int] = []
+
+    def crowded(sample: dict) -> bool:
+        assert set(sample) == {"boxes", "labels", "ids"}
+        seen.append(len(sample["labels"]))
+        return len(sample["labels"]) >= 4
+
+    with Loader(scene_file, 5, pipelines=pipelines) as loader:
+        kept = loader.filter("objects", crowded)
+    expected = [len(s.labels) for s in scenes]
+    assert seen == expected  # each sample's boxes as stored, cut to their number
+    assert kept.indices.tolist() == [i for i, n in enumerate(expected) if n >= 4]
+    kept.close()
+
+
+def test_filter_of_a_single_column_ragged_field(tmp_path: Path) -> None:
+    path = tmp_path / "r.beton"
+    DatasetWriter(path, {"v": RaggedField(np.int32)}, num_workers=1,
+                  progress=False).from_indexed_dataset([(np.arange(n, dtype=np.int32),)
+                                                        for n in (0, 3, 1, 5, 2)])
+    with Loader(path, 2, pipelines={"v": [RaggedDecoder()]}) as loader:
+        kept = loader.filter("v", lambda values: values.sum() >= 3)
+    assert kept.indices.tolist() == [1, 3]
+    kept.close()
 
 
 def test_a_mask_field_without_a_pipeline_says_what_it_needs(scene_file: Path) -> None:

@@ -91,7 +91,13 @@ class ShorterSideRGBImageDecoder(ResizedCropRGBImageDecoder):
         _, heights, widths = self._modes_and_sizes()
         if not heights.size:
             return 1, 1
-        out = shorter_side_sizes(heights, widths, int(self._sizes().max()), self.max_size)
+        # every size drawn, not only the largest: under max_size a smaller shorter
+        # side can give a longer side (torchvision's rounding down), so the largest
+        # output is not always the largest size's
+        shapes = np.unique(np.stack([heights, widths], axis=1).astype(np.int64), axis=0)
+        out = np.concatenate([shorter_side_sizes(shapes[:, 0], shapes[:, 1], int(size),
+                                                 self.max_size)
+                              for size in np.unique(self._sizes())])
         return int(out[:, 0].max()), int(out[:, 1].max())
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
@@ -124,6 +130,9 @@ class ShorterSideRGBImageDecoder(ResizedCropRGBImageDecoder):
         geometry_out = context.geometry_out
         for k in range(lo, hi):
             oh, ow = (int(v) for v in out[k - lo])
+            if oh > height or ow > width:  # a subclass sizing past padded_size()
+                raise self.fail(ValueError(f"output {oh}x{ow} is larger than the padded "
+                                           f"batch's {height}x{width}"), context, k)
             # the crop decoders' path for this one sample, into the first oh·ow pixels of
             # its row (the kernel writes whole C-contiguous images), its geometry recording
             # that size; then its rows spread to the padded width, the padding zeroed

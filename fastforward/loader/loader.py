@@ -23,7 +23,7 @@ import numpy as np
 from .._ext.collate import Copier
 from ..checksums import digest
 from ..device import DeviceBatch, DeviceStage, is_cuda
-from ..fields import Field
+from ..fields import Field, RaggedField
 from ..memory_managers import MemoryManager, OSCacheManager, ProcessCacheManager
 from ..pipeline.decoder import Decoder
 from ..pipeline.operation import Operation
@@ -443,19 +443,26 @@ class Loader:
         argument. Unlike FFCV's, it keeps the sample numbers of ``indices`` (not
         positions in it) and ``custom_fields``, and the pass reads every sample
         of ``indices`` even when this loader is distributed.
+
+        A sample is a row of the batch; a padded ``RaggedDecoder``'s sample is
+        its rows cut to its length (a dict of columns for named columns). A
+        pipeline that follows another output's geometry (masks, boxes after a
+        random crop) is replaced by the field's default decoder for the pass:
+        the condition sees the samples as stored, not one epoch's crop of them.
         """
         if field_name not in self.reader.handlers:
             raise ValueError(f"{field_name!r} is not a field of {self.fname} "
                              f"(fields: {self.reader.field_names})")
         given = dict(self._args["pipelines"] or {})
         pipelines: dict[str, Any] = dict.fromkeys(self.reader.field_names)
-        if given.get(field_name) is not None:
+        if given.get(field_name) is not None and not _follows_another(given[field_name]):
             pipelines[field_name] = given[field_name]
         else:
             del pipelines[field_name]  # its default decoder
         probe = Loader(**{**self._args, "order": OrderOption.SEQUENTIAL, "drop_last": False,
                           "distributed": False, "indices": self.indices,
                           "pipelines": pipelines, "seed": self.seed})
+        ragged = isinstance(self.reader.handlers[field_name], RaggedField)
         keep: list[int] = []
         with probe:
             position = 0
@@ -463,7 +470,7 @@ class Loader:
                 if len(outputs) != 1:
                     raise ValueError(f"{self.fname}: filter needs one output from field "
                                      f"{field_name!r}, its pipeline gives {len(outputs)}")
-                for sample in outputs[0]:
+                for sample in _samples_of(outputs[0], ragged):
                     if condition(sample):
                         keep.append(position)
                     position += 1
@@ -776,6 +783,37 @@ class PendingBatch:
 
 
 _DEFAULT = object()
+
+
+def _follows_another(pipeline: Any) -> bool:
+    """Whether a pipeline's decoder or an operation follows another output's geometry."""
+    if isinstance(pipeline, PipelineSpec):
+        ops = [pipeline.decoder, *pipeline.transforms]
+    else:
+        ops = list(pipeline) if isinstance(pipeline, (list, tuple)) else []
+    return any(getattr(op, "follows", None) is not None for op in ops)
+
+
+def _samples_of(output: Any, ragged: bool) -> Iterator[Any]:
+    """The samples of one output of a batch (``Loader.filter``): its rows; for a
+    dict of columns, a dict per sample; for a padded ``RaggedDecoder``'s output
+    (``(values, lengths)``, or columns with ``"lengths"``), each sample's rows
+    cut to its length."""
+    if isinstance(output, dict):
+        lengths = output.get("lengths")
+        columns = {k: v for k, v in output.items() if not (ragged and k == "lengths")}
+        count = len(next(iter(output.values()))) if output else 0
+        for i in range(count):
+            if ragged and lengths is not None:
+                yield {k: v[i][: int(lengths[i])] for k, v in columns.items()}
+            else:
+                yield {k: v[i] for k, v in columns.items()}
+    elif ragged and isinstance(output, tuple) and len(output) == 2:
+        values, lengths = output
+        for i in range(len(lengths)):
+            yield values[i][: int(lengths[i])]
+    else:
+        yield from output
 
 
 def _device_name(device: Any) -> str:

@@ -194,8 +194,10 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
             state = states[id(spec.source)]
             pipeline = PipelinePlan(name, None, None, -1, "", 0, None,
                                     copies[id(spec.source)])
-        if any(name in names for names in leaders.values()):
+        followed = any(name in names for names in leaders.values())
+        if followed:
             _check_leader(name, ops, fused, where)
+        decided = state  # the decoder's output: the size the followers take
         step_states: list[tuple[State, State]] = []  # each step's input and output
         read: int | None = None  # the steps up to the first one a branch reads, if any
         for position, (user_op, op) in enumerate(zip(user_ops, ops, strict=True), 1):
@@ -206,6 +208,8 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
                 fused |= _fuse(op, user_ops, ops, streams, position, sources, state, where)
             before = state
             state, query = _declare(op, state, where)
+            if followed:
+                _check_leader_size(name, decided, state, op, where)
             step_states.append((before, state))
             states[id(user_op)] = state
             key = None
@@ -261,6 +265,25 @@ def _check_leader(name: str, ops: list[Operation], fused: set[int], where: str) 
                 f"decided the geometry that masks and boxes follow ({name!r} is followed), so "
                 "they would not move with it; a RandomHorizontalFlip must come right after "
                 "the decoder (which then mirrors while it resizes, and tells its followers)")
+
+
+def _check_leader_size(name: str, decided: State, state: State, op: Operation,
+                       where: str) -> None:
+    """Refuse an operation that resizes or crops an image whose geometry others
+    follow (``Augment`` of another library's crop: its masks and boxes would keep
+    the decoder's size). Its height and width must stay the decoder's, in either
+    layout."""
+    if decided.shape is None or len(decided.shape) != 3 or state.shape is None:
+        return
+    size = tuple(decided.shape[:2])
+    shape = tuple(state.shape)
+    if shape == size or (len(shape) == 3 and size in (shape[:2], shape[1:])):
+        return
+    raise ValueError(
+        f"{where}: {type(op).__name__} turns the image's {size[0]}x{size[1]} into "
+        f"{shape}, after its decoder decided the geometry that masks and boxes follow "
+        f"({name!r} is followed): they would keep the decoder's size; crop and resize "
+        "with the decoder")
 
 
 def _split(pipeline: PipelinePlan, step_states: list[tuple[State, State]],
