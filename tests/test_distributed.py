@@ -148,7 +148,7 @@ def test_no_seed_takes_rank_0s(paged: Path, monkeypatch: pytest.MonkeyPatch,
 
 def test_distributed_needs_a_process_group(paged: Path) -> None:
     pytest.importorskip("torch", reason="torch is an optional extra")
-    with pytest.raises(RuntimeError, match="init_process_group"):
+    with pytest.raises(ValueError, match="init_process_group"):
         Loader(paged, 10, distributed=True, seed=0)
 
 

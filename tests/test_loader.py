@@ -208,6 +208,13 @@ def test_order_depends_only_on_seed_and_epoch(photos_file: Path) -> None:
     assert sorted(epoch0) == list(range(60))
 
 
+@pytest.mark.parametrize("order", ["random", 2, OrderOption])
+def test_an_unknown_order_is_a_value_error_as_in_ffcv(scalars: Path, order: object) -> None:
+    """FFCV code catching ValueError for order='random' got a TypeError."""
+    with pytest.raises(ValueError, match="order must be an OrderOption or a TraversalOrder"):
+        index_loader(scalars, batch_size=100, order=order)
+
+
 def test_custom_traversal_order(scalars: Path) -> None:
     class Backwards(TraversalOrder):
         def sample_order(self, epoch: int) -> np.ndarray:

@@ -607,7 +607,7 @@ ERRORS: dict[str, tuple[Operation, State, type]] = {
     "torchimage-numpy": (T.ToTorchImage(), NUMPY_IMAGES, TypeError),
     "module-numpy": (T.ModuleWrapper(object()), NUMPY_IMAGES, TypeError),
     "onehot-numpy": (T.MixupToOneHot(10), State(shape=(3,), dtype=np.dtype("f4")), TypeError),
-    "squeeze-batch": (T.Squeeze(0), State(shape=(1,)), ValueError),
+    "squeeze-range": (T.Squeeze(3), State(shape=(1,)), ValueError),
     "view-itemsize": (T.View(np.float32), State(shape=(3,)), ValueError),
 }
 
@@ -664,6 +664,13 @@ def test_squeeze_numpy(labels: np.ndarray) -> None:
     assert out.shape == (1,)
     out, state = run(T.Squeeze(1), np.zeros((4, 2, 1)))  # size 2: kept, as torch does
     assert state.shape == (2, 1)
+    # FFCV code's Squeeze(0) (a no-op there but for a batch of one) was refused
+    for batch in (labels, labels[:1]):
+        out, state = run(T.Squeeze(0), batch)
+        assert out.shape == batch.shape
+        assert state.shape == (1,)
+    out, state = run(T.Squeeze(0, -1), labels)
+    assert out.shape == (B,)
 
 
 # ---------------------------------------------------------------------------

@@ -274,8 +274,9 @@ class Loader:
             return order.value
         if isinstance(order, type) and issubclass(order, TraversalOrder):
             return order
-        raise TypeError(f"order must be an OrderOption or a TraversalOrder subclass, "
-                        f"got {order!r}")
+        # a ValueError, as FFCV's for an order it does not know
+        raise ValueError(f"order must be an OrderOption or a TraversalOrder subclass, "
+                         f"got {order!r}")
 
     # -- pipelines ------------------------------------------------------------------
 
@@ -834,8 +835,9 @@ def _distributed_context() -> tuple[int, int]:
         raise ImportError(f"distributed=True needs torch: {install_hint('torch')}") \
             from exc
     if not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError("distributed=True needs an initialised torch.distributed process "
-                           "group (torch.distributed.init_process_group, or torchrun)")
+        # a ValueError, as torch's own (which FFCV let through) for no default group
+        raise ValueError("distributed=True needs an initialised torch.distributed process "
+                         "group (torch.distributed.init_process_group, or torchrun)")
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -19,7 +19,8 @@ class Squeeze(Operation):
         *dims: dimensions of the batch to remove (1 is the first per-sample
             dimension; dimensions whose size is not 1 are kept, as torch
             does). With none, every per-sample dimension of size 1 goes; the
-            batch dimension always stays, even for a batch of one.
+            batch dimension always stays, even for a batch of one (``Squeeze(0)``
+            does nothing: FFCV's removed it from a batch of one only).
 
     Out of place and without a buffer: returns a view of the input (FFCV
     squeezed in place).
@@ -43,9 +44,7 @@ class Squeeze(Operation):
                 raise ValueError(f"{name(self)}: dimension {dim} is out of range for batches "
                                  f"of {ndim} dimensions")
             axis = dim % ndim
-            if axis == 0:
-                raise ValueError(f"{name(self)} cannot remove the batch dimension")
-            if shape[axis - 1] == 1:
+            if axis > 0 and shape[axis - 1] == 1:  # the batch dimension stays
                 axes.append(axis)
         return tuple(sorted(set(axes)))
 
