@@ -792,22 +792,25 @@ def test_a_worker_maps_a_slot_whole_so_writing_it_takes_no_page_faults() -> None
 
 class StuckAt(Operation):
     """At sample *index* in epoch *epoch*, writes its process's id to *marker* and
-    never returns (an operation stuck in a loop, or a worker stopped)."""
+    never returns (an operation stuck in a loop, or a worker stopped), or returns
+    after *seconds*."""
 
     per_sample = True
 
-    def __init__(self, index: int, marker: str, epoch: int = 0) -> None:
+    def __init__(self, index: int, marker: str, epoch: int = 0,
+                 seconds: float = 3600) -> None:
         super().__init__()
         self.index = index
         self.marker = marker
         self.epoch = epoch
+        self.seconds = seconds
 
     def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
         if int(context.indices[position]) == self.index and context.epoch == self.epoch:
             partial = Path(f"{self.marker}.{os.getpid()}")
             partial.write_text(str(os.getpid()))
             partial.rename(self.marker)  # whole when it appears
-            time.sleep(3600)
+            time.sleep(self.seconds)
         return sample
 
 
@@ -1834,3 +1837,113 @@ def test_held_batches_that_are_a_slot_buffer_itself_are_not_overwritten(
     assert len(held) == 6
     for labels, copy_ in held:
         np.testing.assert_array_equal(labels, copy_)
+
+
+FORK_SERVER_SCRIPT = """
+import os, signal, sys, time
+sys.path.insert(0, {tests!r})
+from multiprocessing import forkserver
+from pathlib import Path
+import numpy as np
+from fastforward.errors import WorkerError
+from test_workers import train_loader, Jitter, StuckAt, _alive, wait_for
+
+if __name__ == "__main__":
+    marker = Path({marker!r})
+    loader = train_loader(Path({path!r}), 2, "process", batches_ahead=1,
+                          extra=[Jitter(), StuckAt({index}, str(marker), seconds=4)])
+    iterator = iter(loader)
+    wait_for(marker)
+    stuck = int(marker.read_text())
+    os.kill(forkserver._forkserver._forkserver_pid, signal.SIGKILL)
+    try:
+        for _ in iterator:
+            pass
+        print("no error")
+    except WorkerError as exc:
+        print("error:", exc)
+    print("stuck worker alive:", _alive(stuck), flush=True)
+    held = [(images, images.copy()) for images, _ in loader]  # a new fork server's workers
+    time.sleep(5)  # past the stuck operation's end, had it lived
+    print("held batches changed:", sum(not np.array_equal(a, b) for a, b in held))
+    loader.close()
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the fork server's workers")
+def test_workers_of_a_fork_server_that_died_are_killed_before_their_slots_move_on(
+        tmp_path: Path, photos_file: Path) -> None:
+    """When multiprocessing's fork server dies, every worker's sentinel reaches end
+    of file and multiprocessing gives it exit code 255 while it runs on: the loader
+    failed the worker's ranges and handed their slot to a later batch, into which the
+    worker, still alive, then wrote (a held batch changed under its holder)."""
+    order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
+    script = tmp_path / "forkserver.py"
+    script.write_text(FORK_SERVER_SCRIPT.format(
+        tests=str(Path(__file__).parent), path=str(photos_file),
+        marker=str(tmp_path / "stuck"), index=int(order[8 + 7])))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("error: "), lines
+    assert "its fork server died" in lines[0], lines
+    assert lines[1:] == ["stuck worker alive: False", "held batches changed: 0"], lines
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_next_in_a_forked_child_says_to_make_a_loader_there(photos_file: Path,
+                                                           kind: str) -> None:
+    """next() on the parent's epoch in a forked child waited for ever: no thread of
+    the child hands a batch over."""
+    with train_loader(photos_file, 2, kind) as loader:
+        iterator = iter(loader)
+        next(iterator)
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child's result is its exit status
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not pytest-timeout's: it ends
+            signal.alarm(30)
+            try:
+                next(iterator)
+            except RuntimeError as exc:
+                os._exit(0 if "forked child" in str(exc) and "new Loader" in str(exc) else 1)
+            except BaseException:
+                os._exit(2)
+            os._exit(3)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        assert sum(1 for _ in iterator) == 5  # the parent's epoch goes on
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+@pytest.mark.parametrize("how", ["unused", "whole epoch", "break"])
+def test_a_dropped_loader_ends_its_workers_without_the_garbage_collector(
+        photos_file: Path, kind: str, how: str) -> None:
+    """The loader and its order, and an epoch's threads and the loader, referred to
+    each other: a loader dropped without close() kept its worker processes, threads
+    and shared memory until the next full garbage collection."""
+    gc.collect()
+    gc.disable()
+    try:
+        loader = train_loader(photos_file, 2, kind)
+        assert loader.traversal_order.loader is loader
+        order = loader.traversal_order
+        held = None  # the last batch the loop saw, dropped with the loader
+        if how == "whole epoch":
+            for held in loader:  # noqa: B007
+                pass
+        elif how == "break":
+            for held in loader:  # noqa: B007
+                break
+        pids = list(loader.workers.pids) if kind == "process" else []
+        del loader, held
+        assert order.loader is None
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in pids) or [
+                t for t in _threads() if t.startswith("fastforward")]:
+            assert time.monotonic() < deadline, (pids, _threads())
+            time.sleep(0.05)
+    finally:
+        gc.enable()
+

@@ -11,6 +11,7 @@ running the plan (``loader.runner``) and hands batches over in order.
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import pickle
 import threading
@@ -382,24 +383,6 @@ class Loader:
                              "a loader feeds one GPU (use one loader per device)")
         return DeviceStage(devices.pop())
 
-    def _run_batch(self, plan: Plan, epoch: int, workers: Any, copier: Copier | None,
-                   index: int, indices: np.ndarray, data: Any, slot: Slot) -> Any:
-        """Stage 1 on the workers, then stage 2 here (see ``loader.runner``)."""
-        job = BatchJob(epoch, self.seed, index, indices, ())
-        job.ranged = ranged_pipelines(plan, job, always=workers.kind == PROCESS)
-        copies = None if copier is None else PendingCopies(copier)
-        workers.run(job, slot, data, copies)
-        if self._stage is None:
-            outputs = run_stage2(plan, job, data, slot, copies)
-            if copies is not None and copies.ticket:
-                return PendingBatch(outputs, copies)  # the consumer waits for the copies
-            return outputs
-        with self._stage.context():  # copies and GPU transforms on the side stream
-            outputs = run_stage2(plan, job, data, slot)
-            event = self._stage.record()
-        slot.fence = event  # the slot's pinned buffers are refilled only after this
-        return DeviceBatch(outputs, event)
-
     def _shards(self, epoch: int, segments: list[list[int]]) -> list[Shard]:
         """Every rank's samples of *epoch*, after the resumed *segments*
         (``[world_size, batches done]`` each); see ``traversal_order.sharding``."""
@@ -601,22 +584,27 @@ class Loader:
         deferred = any(p.defer_copies and p.decoder is not None for p in plan.pipelines)
         copier = self._start_copier() if deferred and self._stage is None and self.os_cache \
             else None
+        # nothing the epoch's threads hold refers to the loader: a loader dropped
+        # without close() (after a `break`) is freed at once, its finalizer ending
+        # the epoch, its workers and its shared memory (it waited for a full
+        # garbage collection, behind the cycles of the epoch's threads)
         fetch: Callable[[np.ndarray], Any] = self.memory_manager.fetch
         if workers.fields is not None:  # process workers fetch their own ranges' payloads
-            fields = workers.fields
-            fetch = lambda indices: self.memory_manager.fetch(indices, fields)  # noqa: E731
+            fetch = functools.partial(self.memory_manager.fetch, fields=workers.fields)
         slots = self._slots
         epoch_plan = EpochPlan(
             batches=batches,
             fetch=fetch,
-            acquire_slot=lambda: slots.acquire(layout),
+            acquire_slot=functools.partial(slots.acquire, layout),
             release_slot=slots.release,
-            run_batch=lambda *args: self._run_batch(plan, epoch, workers, copier, *args),
+            run_batch=functools.partial(_run_batch, plan, epoch, self.seed, self._stage,
+                                        workers, copier),
             batches_ahead=self.batches_ahead,
             workers=workers,
             fetch_is_cheap=isinstance(self.memory_manager, OSCacheManager),
         )
-        iterator = EpochIterator(Engine(epoch_plan), len(batches), epoch, segments, self._owned)
+        iterator = EpochIterator(Engine(epoch_plan), len(batches), epoch, segments, self._owned,
+                                 loader=self)
         self._owned.iterators.add(iterator)
         self._current = weakref.ref(iterator)
         return iterator
@@ -693,13 +681,18 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
     """One epoch's batches. Dropping it, ``close()`` or Ctrl-C stops its threads."""
 
     def __init__(self, engine: Engine, length: int, epoch: int,
-                 segments: list[list[int]] | None = None, owner: _Owned | None = None) -> None:
+                 segments: list[list[int]] | None = None, owner: _Owned | None = None,
+                 loader: Loader | None = None) -> None:
+        # the epoch keeps its loader (`for batch in Loader(...)`, `next(iter(Loader(...)))`);
+        # the loader refers to its epochs weakly, and the engine to neither
+        self._loader = loader
         self._engine = engine
         self._length = length
         self.epoch = epoch
         self.segments = list(segments or [])  # how this epoch was resumed, if it was
         self.delivered = 0  # batches handed out
         self.finished = False
+        self._pid = os.getpid()  # whose threads run the epoch
         self._finalizer = weakref.finalize(self, _end_epoch, engine, owner)
 
     def stats(self) -> ChannelStats:
@@ -712,6 +705,10 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
         return self._finalizer.alive
 
     def __next__(self) -> tuple[Any, ...]:
+        if os.getpid() != self._pid:  # no thread here would ever hand over a batch
+            raise RuntimeError(
+                f"this epoch runs in process {self._pid}, and this is its forked child "
+                f"{os.getpid()}: its batches are the parent's; create a new Loader here")
         try:
             batch = self._engine.next_batch()
         except StopIteration:
@@ -784,6 +781,26 @@ class PendingBatch:
 
 
 _DEFAULT = object()
+
+
+def _run_batch(plan: Plan, epoch: int, seed: int, stage: DeviceStage | None, workers: Any,
+               copier: Copier | None, index: int, indices: np.ndarray, data: Any,
+               slot: Slot) -> Any:
+    """One batch: stage 1 on the workers, then stage 2 here (see ``loader.runner``)."""
+    job = BatchJob(epoch, seed, index, indices, ())
+    job.ranged = ranged_pipelines(plan, job, always=workers.kind == PROCESS)
+    copies = None if copier is None else PendingCopies(copier)
+    workers.run(job, slot, data, copies)
+    if stage is None:
+        outputs = run_stage2(plan, job, data, slot, copies)
+        if copies is not None and copies.ticket:
+            return PendingBatch(outputs, copies)  # the consumer waits for the copies
+        return outputs
+    with stage.context():  # copies and GPU transforms on the side stream
+        outputs = run_stage2(plan, job, data, slot)
+        event = stage.record()
+    slot.fence = event  # the slot's pinned buffers are refilled only after this
+    return DeviceBatch(outputs, event)
 
 
 def _follows_another(pipeline: Any) -> bool:

@@ -213,6 +213,11 @@ class _Worker:
         self.dead = False
         self.unreachable = False  # a message to it failed: it is dying, send it no more
         self.why: str | None = None  # why the loader killed it, if it did
+        # the process itself, whatever multiprocessing believes (see _end); closed with
+        # this object, so that no thread can signal a number another pidfd took
+        self.pidfd = _open_pidfd(getattr(process, "pid", None))  # (tests: stand-ins)
+        if self.pidfd is not None:
+            weakref.finalize(self, os.close, self.pidfd)
 
 
 @dataclasses.dataclass
@@ -312,12 +317,10 @@ class ProcessWorkers:
                     parent_end.fileno(), self._wake_r, self._wake_w]
                 if self._selector is not None and hasattr(self._selector, "fileno"):
                     inherited.append(self._selector.fileno())  # the reader's epoll
-                process = ctx.Process(  # type: ignore[attr-defined]  # not in typeshed
-                    target=_worker_main, name=f"fastforward-worker-{k}",
-                    args=(child_end, self.config, inherited if method == "fork" else [],
-                          self._owner), daemon=True)
                 try:
-                    process.start()
+                    process = _start_process(ctx, method, k, (
+                        child_end, self.config, inherited if method == "fork" else [],
+                        self._owner))
                 finally:
                     child_end.close()
                 started.append(_Worker(k, process, parent_end))
@@ -332,7 +335,7 @@ class ProcessWorkers:
         except BaseException:  # none of them is published: stop them all here
             for worker in started:
                 with contextlib.suppress(OSError):
-                    worker.process.kill()
+                    _kill(worker)
                 worker.process.join()
                 worker.conn.close()
             raise
@@ -349,7 +352,7 @@ class ProcessWorkers:
         if closed:
             for worker in started:
                 with contextlib.suppress(OSError):
-                    worker.process.kill()
+                    _kill(worker)
                 worker.process.join()
                 worker.conn.close()
             raise RuntimeError("the loader's worker processes are closed")
@@ -401,7 +404,7 @@ class ProcessWorkers:
             if not _gone(worker):  # alive, waiting for a descriptor that will not come
                 worker.why = f"the loader could not hand it the file: {exception_text(exc)}"
                 with contextlib.suppress(OSError):
-                    worker.process.kill()
+                    _kill(worker)
 
     def _await_ready(self, worker: _Worker, method: str) -> None:
         """Wait for a new worker's first message: it opened the file and is ready."""
@@ -468,7 +471,7 @@ class ProcessWorkers:
         for worker in stuck_ones:
             worker.why = "killed by the loader: its epoch had ended, its range still running"
             with contextlib.suppress(OSError):
-                worker.process.kill()
+                _kill(worker)
         for worker in stuck_ones:
             self._await_buried(worker)
 
@@ -499,8 +502,9 @@ class ProcessWorkers:
         for worker in self._workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
-                worker.process.kill()
+                _kill(worker)
                 worker.process.join()
+            _end(worker)
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
         for thread in (self._reader, self._dispatcher):  # (one never started: no ident)
@@ -671,7 +675,7 @@ class ProcessWorkers:
             if not _gone(worker):
                 worker.why = "killed by the loader: a message to it failed"
                 with contextlib.suppress(OSError):
-                    worker.process.kill()
+                    _kill(worker)
         for item in left:
             item.future.set_exception(self._death(
                 dead, "running its ranges", f", and none was left for a queued one ({item.what})"))
@@ -744,7 +748,7 @@ class ProcessWorkers:
             # loader would hang)
             worker.why = f"killed by the loader: a reply could not be read ({exception_text(exc)})"
             with contextlib.suppress(OSError):
-                worker.process.kill()
+                _kill(worker)
             self._bury(worker)
 
     def _receive(self, worker: _Worker) -> None:
@@ -784,8 +788,9 @@ class ProcessWorkers:
         its process is certainly gone (a batch gives its slot back when they fail)."""
         worker.process.join(timeout=5)
         if worker.process.is_alive():
-            worker.process.kill()
+            _kill(worker)
             worker.process.join()
+        _end(worker)
         # what it said before it died (a reply that does not unpickle here is dropped)
         with contextlib.suppress(Exception):
             while not worker.dead and worker.conn.poll():
@@ -954,27 +959,89 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _start_process(ctx: Any, method: str, index: int, args: tuple[Any, ...]) -> Any:
+    """Start worker *index*. A fork server that died a moment ago (its socket
+    broken, and multiprocessing not yet aware: it starts a new one only once it
+    has reaped the old) gets a second try."""
+    for attempt in range(2):
+        process = ctx.Process(target=_worker_main, name=f"fastforward-worker-{index}",
+                              args=args, daemon=True)
+        try:
+            process.start()
+            return process
+        except (BrokenPipeError, ConnectionError, EOFError):
+            if method != "forkserver" or attempt:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _open_pidfd(pid: int | None) -> int | None:
+    """A descriptor of process *pid* itself (Linux 5.3+), or None."""
+    if pid is None or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:  # ENOSYS, or it has ended already (then its sentinel says so)
+        return None
+
+
+def _ended(worker: _Worker) -> bool | None:
+    """Whether *worker*'s process has ended, told by its pidfd (None without one)."""
+    if worker.pidfd is None:
+        return None
+    return bool(select.select([worker.pidfd], [], [], 0)[0])
+
+
+def _kill(worker: _Worker) -> None:
+    """SIGKILL *worker*'s process (through its pidfd, which cannot name another
+    process: multiprocessing's ``kill()`` does nothing once it believes the process
+    ended, which it does of every worker when the fork server dies)."""
+    if worker.pidfd is not None:
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(worker.pidfd, signal.SIGKILL)
+        return
+    worker.process.kill()
+
+
+def _end(worker: _Worker) -> None:
+    """Make sure *worker*'s process has ended before its slots are handed on.
+
+    When multiprocessing's fork server dies, each worker's sentinel (its socket to
+    the server) reaches end of file: multiprocessing gives it exit code 255 and
+    takes it for dead while it runs on, and may still write into a slot that a
+    later batch is handed in. Its pidfd tells the truth: kill it, and wait."""
+    if worker.pidfd is not None and _ended(worker) is False:
+        if worker.why is None:
+            worker.why = ("its fork server died (multiprocessing took the worker for "
+                          "dead; the loader killed it)")
+        _kill(worker)
+        select.select([worker.pidfd], [], [])  # SIGKILL: it ends
+
+
 def _gone(worker: _Worker) -> bool:
     """Whether *worker*'s process has ended, or is ending (a SIGKILL waiting for it
-    to be scheduled). Its sentinel says so once its parent has reaped it; with the
-    fork server, that parent (the server) reaps it and writes its exit status a
-    moment after it ended, and until then only its pid tells: a zombie, or none
-    (its socket does not reach end of file: the server holds a copy)."""
+    to be scheduled). Its pidfd says so where there is one. Otherwise its sentinel
+    says so once its parent has reaped it; with the fork server, that parent (the
+    server) reaps it and writes its exit status a moment after it ended, and until
+    then only its pid tells: a zombie, or none (its socket does not reach end of
+    file: the server holds a copy)."""
+    pid = worker.process.pid
+    ended = _ended(worker)
+    if ended is not None:
+        return ended or _ending(pid)
     if wait([worker.process.sentinel], 0):
         return True
-    pid = worker.process.pid
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             if stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X"):
                 return True
-        with open(f"/proc/{pid}/status", "rb") as status:
-            kill = 1 << (signal.SIGKILL - 1)
-            return any(int(line.split()[1], 16) & kill for line in status
-                       if line.startswith((b"SigPnd:", b"ShdPnd:")))
     except FileNotFoundError:
         return True
     except (OSError, IndexError, ValueError):  # no /proc here
         pass
+    else:
+        return _ending(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -982,6 +1049,20 @@ def _gone(worker: _Worker) -> bool:
     except OSError:
         pass
     return False
+
+
+def _ending(pid: int) -> bool:
+    """Whether a SIGKILL waits for process *pid* to be scheduled, or it is gone
+    (False where /proc cannot tell)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            kill = 1 << (signal.SIGKILL - 1)
+            return any(int(line.split()[1], 16) & kill for line in status
+                       if line.startswith((b"SigPnd:", b"ShdPnd:")))
+    except FileNotFoundError:
+        return True
+    except (OSError, IndexError, ValueError):
+        return False
 
 
 def _drain(queue: collections.deque[int]) -> list[int]:

@@ -7,8 +7,9 @@ recomputed, resumed or checked on its own.
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,10 @@ class TraversalOrder(ABC):
     """Base class of orders; subclass it and pass the class as ``Loader(order=...)``.
 
     Attributes ``loader``, ``indices`` (the samples to visit), ``seed`` and
-    ``distributed`` are set from the loader, as in FFCV.
+    ``distributed`` are set from the loader, as in FFCV. ``loader`` is held
+    weakly (None once the loader is gone): the loader holds its order, and a
+    cycle between them kept a dropped loader, its worker processes and its
+    shared memory, until the next full garbage collection.
     """
 
     def __init__(self, loader: Any, **kwargs: Any) -> None:
@@ -30,6 +34,18 @@ class TraversalOrder(ABC):
         self.distributed: bool = loader.distributed
         if kwargs:
             raise TypeError(f"{type(self).__name__} takes no options {sorted(kwargs)}")
+
+    @property
+    def loader(self) -> Any:
+        """The loader this order serves (None once it is gone)."""
+        return self._loader()
+
+    @loader.setter
+    def loader(self, loader: Any) -> None:
+        try:
+            self._loader: Callable[[], Any] = weakref.ref(loader)
+        except TypeError:  # an object without weak references (a stand-in): held
+            self._loader = lambda: loader
 
     @abstractmethod
     def sample_order(self, epoch: int) -> Sequence[int] | np.ndarray:
