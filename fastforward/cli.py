@@ -157,10 +157,11 @@ def custom_field_arg(text: str) -> tuple[str, type[Field]]:
         found: Any = importlib.import_module(module_name)
         for part in class_name.split("."):
             found = getattr(found, part)
-    except ImportError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: cannot import {module_name}: {exc}") from None
     except AttributeError:
         raise argparse.ArgumentTypeError(f"{text!r}: {module_name} has no {class_name}") from None
+    except Exception as exc:  # ImportError, or whatever importing the module raised
+        raise argparse.ArgumentTypeError(f"{text!r}: cannot import {module_name}: "
+                                         f"{describe_error(exc)}") from None
     if not (isinstance(found, type) and issubclass(found, Field)):
         raise argparse.ArgumentTypeError(f"{text!r}: {target} is not a Field class")
     return name, found

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,24 @@ def _box_column(field: RaggedField) -> str | None:
     return None
 
 
+def _image_sizes(reader: Reader, field: str) -> set[tuple[int, int]]:
+    """The ``(height, width)`` sizes of an image field's samples, as stored."""
+    column = reader.metadata[f"f{reader.field_names.index(field)}"]
+    return set(zip(column["height"].tolist(), column["width"].tolist(), strict=True))
+
+
+def _mask_sizes(reader: Reader, field: str, samples: Iterable[int]) -> set[tuple[int, int]]:
+    """The ``(height, width)`` sizes of a mask field's *samples* (their payloads'
+    headers: little-endian uint32 height, then width)."""
+    column = reader.metadata[f"f{reader.field_names.index(field)}"]
+    sizes = set()
+    for sample in samples:
+        header = bytes(reader.payload(int(column[int(sample)]["ptr"]), int(sample))[:8])
+        height, width = np.frombuffer(header.ljust(8, b"\0"), "<u4").tolist()
+        sizes.add((height, width))
+    return sizes
+
+
 def _label_column(field: RaggedField) -> str | None:
     for name, dtype, shape in field.columns:
         if shape == () and dtype.kind in "iu" and name in ("labels", "label", "classes",
@@ -71,7 +89,8 @@ def _label_column(field: RaggedField) -> str | None:
 
 
 def preview_pipelines(reader: Reader, image: str | None = None, decoder: str = "center_crop",
-                      size: int = 256, flip: bool = False) -> tuple[str, dict[str, Any]]:
+                      size: int = 256, flip: bool = False,
+                      samples: Iterable[int] | None = None) -> tuple[str, dict[str, Any]]:
     """The image output's name and the loader pipelines a preview uses.
 
     Args:
@@ -80,9 +99,12 @@ def preview_pipelines(reader: Reader, image: str | None = None, decoder: str = "
         decoder: ``center_crop`` (the centred square, *size*²),
             ``random_resized_crop`` (*size*²), ``shorter_side`` (shorter side
             *size*, longer at most twice it) or ``simple`` (as stored; needs one
-            size, and its masks and boxes are drawn as stored).
+            size, and its masks and boxes are drawn as stored; a mask field of
+            another size than the image is left out).
         flip: mirror each image with probability 1/2 (what follows it too; not
             with ``simple`` on a file with masks or boxes, which cannot follow it).
+        samples: the samples to be drawn, whose masks ``simple`` checks (default:
+            all of them, which reads every mask's header).
 
     Raises:
         ValueError: no such image field or decoder; ``simple`` on images of
@@ -119,8 +141,12 @@ def preview_pipelines(reader: Reader, image: str | None = None, decoder: str = "
     drawn = [n for n, h in reader.handlers.items()
              if isinstance(h, MaskField) or (isinstance(h, RaggedField) and _box_column(h))]
     if as_stored:  # images, masks and boxes as stored
-        column = reader.metadata[f"f{reader.field_names.index(image)}"]
-        sizes = set(zip(column["height"].tolist(), column["width"].tolist(), strict=True))
+        sizes = _image_sizes(reader, image)
+        # a mask of another size than the image belongs to another image, or was
+        # stored at another resolution: left out
+        chosen_samples = range(reader.num_samples) if samples is None else samples
+        drawn = [n for n in drawn if not isinstance(reader.handlers[n], MaskField)
+                 or _mask_sizes(reader, n, chosen_samples) <= sizes]
         if len(sizes) > 1:
             raise ValueError(f"{reader.fname}: field {image!r} holds images of {len(sizes)} "
                              "sizes; the simple decoder shows one size only: choose another "
@@ -134,7 +160,7 @@ def preview_pipelines(reader: Reader, image: str | None = None, decoder: str = "
     for name, handler in reader.handlers.items():
         if name == image:
             continue
-        if isinstance(handler, MaskField):
+        if isinstance(handler, MaskField) and name in drawn:
             pipelines[name] = [MaskDecoder(size=(height, width)) if as_stored
                                else MaskDecoder(follows=image)]
         elif isinstance(handler, RaggedField) and name in drawn:
@@ -173,15 +199,18 @@ def render(path: str | os.PathLike[str], out: str | os.PathLike[str], samples: i
 
     out = png_target(out)
     with Reader(path, custom_handlers=custom_fields) as reader:
-        image_name, pipelines = preview_pipelines(reader, image, decoder, size, flip)
         count = min(samples, reader.num_samples)
+        if count < 1:
+            raise ValueError(f"{path} holds no samples")
+        options: dict[str, Any] = {
+            "batch_size": count, "num_workers": 1, "seed": seed, "drop_last": False,
+            "order": OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL,
+            "worker_type": "thread", "custom_fields": custom_fields}
+        with Loader(path, **options, pipelines=dict.fromkeys(reader.field_names)) as probe:
+            chosen = probe._batches(epoch, [])[0]  # the samples drawn: their masks checked
+        image_name, pipelines = preview_pipelines(reader, image, decoder, size, flip, chosen)
         handlers = reader.handlers
-    if count < 1:
-        raise ValueError(f"{path} holds no samples")
-    with Loader(path, count, num_workers=1, seed=seed, drop_last=False,
-                order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL,
-                pipelines=pipelines, worker_type="thread",
-                custom_fields=custom_fields) as loader:
+    with Loader(path, **options, pipelines=pipelines) as loader:
         loader.next_epoch = epoch
         batch = next(iter(loader))
         names = [n for n in handlers if pipelines.get(n) is not None]

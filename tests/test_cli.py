@@ -694,16 +694,14 @@ def test_an_option_of_another_write_mode_is_a_usage_error(
     assert_one_line_error(capsys, status, 2, f"applies to --write-mode {mode} only")
 
 
+@pytest.mark.parametrize(("probability", "jpegs"), [("0", 0), ("1", NUM_IMAGES)])
 def test_compress_probability_still_applies_to_proportion(
-        corpus: Path, tmp_path: Path) -> None:
-    counts = []
-    for p in ("0", "1"):
-        out = tmp_path / f"p{p}.beton"
-        assert main(["convert", str(corpus), str(out), "--write-mode", "proportion",
-                     "--compress-probability", p, *FAST]) == 0
-        with Reader(out) as reader:
-            counts.append(int(np.count_nonzero(reader.metadata["f0"]["mode"] == 0)))
-    assert counts == [0, NUM_IMAGES]  # mode 0: JPEG
+        corpus: Path, tmp_path: Path, probability: str, jpegs: int) -> None:
+    out = tmp_path / "p.beton"
+    assert main(["convert", str(corpus), str(out), "--write-mode", "proportion",
+                 "--compress-probability", probability, *FAST]) == 0
+    with Reader(out) as reader:
+        assert np.count_nonzero(reader.metadata["f0"]["mode"] == 0) == jpegs  # 0: JPEG
 
 
 def test_info_names_a_torch_tensor_field(tmp_path: Path,
@@ -747,6 +745,8 @@ def custom_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A file with a custom field (type id 255), ``code``, whose class is
     ``ff_custom_field_module:CodeField``, beside a JPEG image field."""
     (tmp_path / "ff_custom_field_module.py").write_text(CUSTOM_FIELD_MODULE)
+    (tmp_path / "ff_broken_field_module.py").write_text('raise RuntimeError("needs a GPU")\n')
+    (tmp_path / "ff_bad_syntax_module.py").write_text("def (:\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     from ff_custom_field_module import CodeField  # type: ignore[import-not-found]
 
@@ -788,6 +788,8 @@ def test_custom_fields_on_the_command_line(custom_file: Path, tmp_path: Path,
     ("code=no_such_module_here:X", "cannot import no_such_module_here"),
     ("code=ff_custom_field_module:Nope", "ff_custom_field_module has no Nope"),
     ("code=ff_custom_field_module:NOT_A_FIELD", "is not a Field class"),
+    ("code=ff_broken_field_module:X", "cannot import ff_broken_field_module: needs a GPU"),
+    ("code=ff_bad_syntax_module:X", "cannot import ff_bad_syntax_module: invalid syntax"),
 ])
 def test_a_bad_custom_field_is_a_usage_error(custom_file: Path, value: str, fragment: str,
                                              capsys: pytest.CaptureFixture[str]) -> None:

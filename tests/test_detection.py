@@ -450,6 +450,35 @@ def test_multi_scale_pads_to_the_largest_output_of_any_size(tmp_path: Path) -> N
         assert not image[height:].any()
 
 
+def test_the_padded_size_is_worked_out_once_per_file(scene_file: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was worked out again at every epoch's start (a second or more on a file of a
+    million images), and must not travel with the plan to worker processes."""
+    import pickle
+
+    import fastforward.fields.resized_image as resized_image
+
+    calls = []
+    real = resized_image.shorter_side_sizes
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(resized_image, "shorter_side_sizes", counted)
+    decoder = ShorterSideRGBImageDecoder((40, 60), max_size=100)
+    with Loader(scene_file, 16, pipelines={"image": [decoder], "mask": None,
+                                           "instances": None, "objects": None,
+                                           "index": None}) as loader:
+        for _ in range(3):
+            for _ in loader:
+                pass
+        plan_decoder = loader.pipelines[0].decoder
+        assert "_padded" not in pickle.loads(pickle.dumps(plan_decoder)).__dict__
+    padded = [size for size in calls if not isinstance(size, np.ndarray)]
+    assert sorted(padded) == [40, 60]  # one pass over the stored shapes per size, once
+
+
 @pytest.mark.parametrize("objects", ["default", "padded", "as_list", "follows"])
 def test_filter_on_boxes_sees_each_samples_boxes(scene_file: Path, scenes: list,
                                                   objects: str) -> None:

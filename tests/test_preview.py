@@ -147,26 +147,49 @@ def test_the_simple_decoder_draws_masks_and_boxes_as_stored(
     assert np.count_nonzero((a_pixels != b_pixels).any(axis=2)) > 1000
 
 
+@pytest.mark.parametrize(("case", "fragment"), [
+    ("sizes", "holds images of 6 sizes; the simple decoder shows one size only: choose "
+              "another --decoder"),
+    ("flip", "cannot follow a flip after the simple decoder"),
+])
 def test_the_simple_decoder_refuses_what_it_cannot_show(
-        scene_file: Path, one_size_scenes: Path, tmp_path: Path,
+        scene_file: Path, one_size_scenes: Path, tmp_path: Path, case: str, fragment: str,
         capsys: pytest.CaptureFixture[str]) -> None:
     """Images of several sizes were reported as 'unexpected TypeError'; a flip
     after it would leave the masks and boxes where they were."""
     out = tmp_path / "x.png"
-    files = {"sizes": scene_file, "flip": one_size_scenes}
-    for case, fragment in (("sizes", "holds images of 6 sizes; the simple decoder shows one "
-                                     "size only: choose another --decoder"),
-                           ("flip", "cannot follow a flip after the simple decoder")):
-        argv = ["preview", str(files[case]), "-o", str(out), "--decoder", "simple"]
-        assert main(argv + (["--flip"] if case == "flip" else [])) == 1
-        err = capsys.readouterr().err
-        assert fragment in err
-        assert "unexpected" not in err
+    path = scene_file if case == "sizes" else one_size_scenes
+    argv = ["preview", str(path), "-o", str(out), "--decoder", "simple"]
+    assert main(argv + (["--flip"] if case == "flip" else [])) == 1
+    err = capsys.readouterr().err
+    assert fragment in err
+    assert "unexpected" not in err
     assert not out.exists()
 
 
+def test_the_simple_decoder_leaves_out_masks_of_another_size(tmp_path: Path) -> None:
+    """Masks stored at half the image's size were given the image's size, and the
+    preview failed ('mask is 24×32, the decoder's size is 48×64')."""
+    from fastforward.preview import preview_pipelines
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "half.beton"
+    DatasetWriter(path, {"image": RGBImageField(write_mode="raw"), "mask": MaskField(),
+                         "same": MaskField()}, num_workers=1, progress=False
+                  ).from_indexed_dataset(
+        [(rng.integers(0, 256, (48, 64, 3), np.uint8), rng.integers(0, 3, (24, 32), np.uint8),
+          rng.integers(0, 3, (48, 64), np.uint8)) for _ in range(4)])
+    with Reader(path) as reader:
+        _, pipelines = preview_pipelines(reader, decoder="simple", samples=[0, 3])
+    assert pipelines["mask"] is None
+    assert pipelines["same"] is not None
+    assert main(["preview", str(path), "-o", str(tmp_path / "p.png"), "--decoder",
+                 "simple"]) == 0
+
+
+@pytest.mark.parametrize("where", ["missing directory", "a directory"])
 def test_preview_checks_its_output_before_decoding(
-        scene_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        scene_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str,
         capsys: pytest.CaptureFixture[str]) -> None:
     """A missing directory was found after decoding, and the error named the
     hidden '.<name>.part' file rather than the one asked for."""
@@ -176,12 +199,13 @@ def test_preview_checks_its_output_before_decoding(
         raise AssertionError("decoded before the output was checked")
 
     monkeypatch.setattr(fastforward.loader, "Loader", no_loading)
-    for out, fragment in ((tmp_path / "no" / "x.png", f"{tmp_path / 'no'}: no such directory"),
-                          (tmp_path, f"{tmp_path}: is a directory")):
-        assert main(["preview", str(scene_file), "-o", str(out)]) == 1
-        err = capsys.readouterr().err
-        assert fragment in err
-        assert ".part" not in err
+    out, fragment = {
+        "missing directory": (tmp_path / "no" / "x.png", f"{tmp_path / 'no'}: no such directory"),
+        "a directory": (tmp_path, f"{tmp_path}: is a directory")}[where]
+    assert main(["preview", str(scene_file), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert fragment in err
+    assert ".part" not in err
 
 
 def test_a_failed_save_names_the_file_asked_for(scene_file: Path, tmp_path: Path,

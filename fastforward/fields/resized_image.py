@@ -13,6 +13,7 @@ size, and masks and boxes follow it as they follow a crop.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +83,16 @@ class ShorterSideRGBImageDecoder(ResizedCropRGBImageDecoder):
     def __repr__(self) -> str:
         return f"ShorterSideRGBImageDecoder(size={self.size!r}, max_size={self.max_size!r})"
 
+    # padded_size()'s cache: bound to the reader, never pickled; a loader's next
+    # epoch keeps it (runtime_copy), the reader's identity says it still holds (a
+    # loader's file does not change under it: checked at each epoch's start)
+    _BINDING = (*ResizedCropRGBImageDecoder._BINDING, "_padded")
+
+    def runtime_copy(self, previous: Decoder | None = None) -> Decoder:
+        clone = super().runtime_copy(previous)
+        clone._padded = getattr(previous, "_padded", None)  # type: ignore[attr-defined]
+        return clone
+
     def _sizes(self) -> np.ndarray:
         return np.asarray([self.size] if isinstance(self.size, (int, np.integer))
                           else list(self.size), np.int64)
@@ -91,14 +102,22 @@ class ShorterSideRGBImageDecoder(ResizedCropRGBImageDecoder):
         _, heights, widths = self._modes_and_sizes()
         if not heights.size:
             return 1, 1
+        key = (self.field_index, tuple(self._sizes().tolist()), self.max_size)
+        cached = self._padded
+        if cached is not None and cached[0] is self.reader and cached[1] == key:
+            return cached[2]  # once per loader and sizes, not every epoch
         # every size drawn, not only the largest: under max_size a smaller shorter
         # side can give a longer side (torchvision's rounding down), so the largest
-        # output is not always the largest size's
-        shapes = np.unique(np.stack([heights, widths], axis=1).astype(np.int64), axis=0)
-        out = np.concatenate([shorter_side_sizes(shapes[:, 0], shapes[:, 1], int(size),
-                                                 self.max_size)
+        # output is not always the largest size's; each distinct stored shape once
+        packed = np.unique(heights.astype(np.int64) << 32 | widths.astype(np.int64))
+        shapes_h, shapes_w = packed >> 32, packed & 0xFFFFFFFF
+        out = np.concatenate([shorter_side_sizes(shapes_h, shapes_w, int(size), self.max_size)
                               for size in np.unique(self._sizes())])
-        return int(out[:, 0].max()), int(out[:, 1].max())
+        padded = int(out[:, 0].max()), int(out[:, 1].max())
+        self._padded = (self.reader, key, padded)
+        return padded
+
+    _padded: tuple[Any, Any, tuple[int, int]] | None = None  # (reader, field and sizes, padded)
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
         self.output_size = self.padded_size()

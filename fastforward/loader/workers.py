@@ -990,7 +990,15 @@ def _ended(worker: _Worker) -> bool | None:
     """Whether *worker*'s process has ended, told by its pidfd (None without one)."""
     if worker.pidfd is None:
         return None
-    return bool(select.select([worker.pidfd], [], [], 0)[0])
+    return _readable(worker.pidfd, 0)
+
+
+def _readable(fd: int, timeout: float | None) -> bool:
+    """Whether *fd* is readable within *timeout* seconds (None: wait). poll, not
+    select: a training process may hold descriptors past select's 1023."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else int(timeout * 1000)))
 
 
 def _kill(worker: _Worker) -> None:
@@ -1016,7 +1024,7 @@ def _end(worker: _Worker) -> None:
             worker.why = ("its fork server died (multiprocessing took the worker for "
                           "dead; the loader killed it)")
         _kill(worker)
-        select.select([worker.pidfd], [], [])  # SIGKILL: it ends
+        _readable(worker.pidfd, None)  # SIGKILL: it ends
 
 
 def _gone(worker: _Worker) -> bool:
@@ -1152,7 +1160,7 @@ def _watch_owner(owner: int) -> None:
     except (AttributeError, OSError):
         handle = None
     if handle is not None:
-        select.select([handle], [], [])  # readable once the process has ended
+        _readable(handle, None)  # once the process has ended
         os._exit(1)
     parent = os.getppid()
     while True:
