@@ -431,18 +431,21 @@ class Loader:
         A sample is a row of the batch; a padded ``RaggedDecoder``'s sample is
         its rows cut to its length (a dict of columns for named columns). A
         pipeline that follows another output's geometry (masks, boxes after a
-        random crop) is replaced by the field's default decoder for the pass:
-        the condition sees the samples as stored, not one epoch's crop of them.
+        random crop) is replaced by the field's default decoder alone for the
+        pass: the condition sees the samples as stored (NumPy), not one epoch's
+        crop of them.
         """
         if field_name not in self.reader.handlers:
             raise ValueError(f"{field_name!r} is not a field of {self.fname} "
                              f"(fields: {self.reader.field_names})")
         given = dict(self._args["pipelines"] or {})
         pipelines: dict[str, Any] = dict.fromkeys(self.reader.field_names)
-        if given.get(field_name) is not None and not _follows_another(given[field_name]):
-            pipelines[field_name] = given[field_name]
+        if given.get(field_name) is None:
+            del pipelines[field_name]  # its default pipeline
+        elif _follows_another(given[field_name]):  # the samples as stored, in NumPy
+            pipelines[field_name] = [self.reader.handlers[field_name].get_decoder_class()()]
         else:
-            del pipelines[field_name]  # its default decoder
+            pipelines[field_name] = given[field_name]
         probe = Loader(**{**self._args, "order": OrderOption.SEQUENTIAL, "drop_last": False,
                           "distributed": False, "indices": self.indices,
                           "pipelines": pipelines, "seed": self.seed})
