@@ -37,9 +37,9 @@ from .checksums import BlockError, Checksums, PageChecks, digest
 from .checksums import locate as locate_checksums
 from .errors import FormatError, annotate
 from .fields import Field, JSONField, NDArrayField, RGBImageField, TorchTensorField
-from .fields.bytes import BytesField
+from .fields.bytes import BYTES_METADATA, BytesField
 from .fields.rgb_image import IMAGE_MODES, require_simplejpeg
-from .fields.tagged import describe_unknown, tagged_class
+from .fields.tagged import TaggedField, describe_unknown, tagged_class
 from .types import (
     ALLOC_TABLE_TYPE,
     CURRENT_VERSION,
@@ -451,7 +451,9 @@ class Reader:
         """The built-in fields' rules: the metadata agrees with the allocation (*has*:
         which samples have one; None: all)."""
         kind = type(handler)
-        if kind in (BytesField, JSONField):
+        if kind in (BytesField, JSONField) or (isinstance(handler, TaggedField) and
+                                               handler.metadata_type == BYTES_METADATA):
+            # (fastforward's own fields too: a RaggedDecoder sizes its batch by them)
             stated = column["size"]
             return [(_where(has, stated != size), name, lambda s: (
                 f"metadata says {int(stated[s])} bytes, the allocation holds {int(size[s])}"))]

@@ -843,3 +843,20 @@ def test_bench_plot_is_written_where_it_says(beton: Path, tmp_path: Path,
                    "--plot", str(tmp_path / "no" / "p.png")])
     assert_one_line_error(capsys, status, 1, f"{tmp_path / 'no'}: no such directory")
     assert capsys.readouterr().out == ""  # refused before measuring anything
+
+
+def test_bench_names_a_damaged_jpeg(beton: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A corrupt JPEG failed the decode limit's timing loop with libjpeg's message
+    alone ('Corrupt JPEG data: found marker 0xd5 instead of RST0')."""
+    damaged = tmp_path / "damaged.beton"
+    shutil.copy(beton, damaged)
+    with Reader(damaged) as reader:
+        ptrs = reader.metadata["f0"]["data_ptr"][[3]]
+        ptr, size = int(ptrs[0]), int(reader.payload_sizes(ptrs, np.array([3]))[0])
+    with open(damaged, "r+b") as f:  # a wrong restart marker in the entropy-coded data
+        f.seek(ptr + size // 2)
+        f.write(b"\xff\xd5" * 4)
+    status = main(["bench", str(damaged), "--workers", "1", "--batch-size", "8"])
+    assert_one_line_error(capsys, status, 1, f"{damaged}: sample 3, field 'image': cannot "
+                          "decode its JPEG")

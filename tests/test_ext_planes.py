@@ -274,3 +274,22 @@ def test_resize_range_reports_a_frame_of_the_wrong_size(photos: list[np.ndarray]
 def test_a_zstd_decoder_is_not_pickled() -> None:
     with pytest.raises(TypeError, match="cannot pickle"):
         pickle.dumps(planes.ZstdDecoder())
+
+
+@pytest.mark.parametrize("tail", ["bomb", "second frame", "garbage"])
+def test_unpack_never_decompresses_past_the_headers_size(tail: str) -> None:
+    """A small zstd frame saying 64 MiB behind a 4×4 header was decompressed whole
+    (Reader.read and verify(decode=True) took gigabytes for a 39 KB payload) before
+    the size was compared."""
+    from fastforward.errors import DecodeError
+    from fastforward.fields.planes import PLANES_HEADER, unpack
+
+    zstd = require_zstd()
+    header = np.array([(4, 4)], PLANES_HEADER).tobytes()
+    good = zstd.compress(bytes(range(16)))
+    body = {"bomb": zstd.compress(bytes(64 << 20)), "second frame": good + good,
+            "garbage": good + b"\x00"}[tail]
+    with pytest.raises(DecodeError, match="payload holds more"):
+        unpack(header + body, np.dtype("u1"), None, "zstd", "mask")
+    np.testing.assert_array_equal(unpack(header + good, np.dtype("u1"), None, "zstd", "mask"),
+                                  np.arange(16, dtype=np.uint8).reshape(4, 4))

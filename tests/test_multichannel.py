@@ -409,3 +409,41 @@ def test_normalisation_refuses_other_integer_types() -> None:
     with pytest.raises(TypeError, match="needs uint8 or uint16 images, but it got int16"):
         NormalizeImage([0, 0], [1, 1], np.float32).declare_state_and_memory(
             State(shape=(4, 4, 2), dtype=np.dtype(np.int16)))
+
+
+def _overwrite_first_header(path: Path, field: int, sample: int, height: int,
+                            width: int) -> None:
+    """Write *height* × *width* into the payload header of *sample*'s *field*."""
+    with Reader(path) as reader:
+        ptr = int(reader.metadata[f"f{field}"]["ptr"][sample])
+    with open(path, "r+b") as f:
+        f.seek(ptr)
+        f.write(np.array([(height, width)], PLANES_HEADER).tobytes())
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_a_first_header_its_payload_does_not_back_sizes_no_batch(
+        tmp_path: Path, compression: str | None) -> None:
+    """SimpleMultiChannelImageDecoder sized its batch from sample 0's header alone:
+    60000×60000 in a 512-byte payload asked for 322 GiB (a MemoryError naming
+    nothing)."""
+    path = write(tmp_path / "m.beton",
+                 {"img": MultiChannelImageField(16, np.uint16, compression=compression)},
+                 [(np.full((4, 4, 16), i, np.uint16),) for i in range(3)])
+    _overwrite_first_header(path, 0, 0, 60000, 60000)
+    with pytest.raises(DecodeError, match=r"sample 0, field 'img': stored 60000×60000, which "
+                                          r"its payload of 512 bytes"):
+        Loader(path, 3, pipelines={"img": [SimpleMultiChannelImageDecoder()]})
+
+
+def test_a_stored_side_past_the_writers_limit_is_refused(tmp_path: Path) -> None:
+    """2**30 × 2**29 × 16 × 2 bytes wrapped round to 0 in the payload check, which then
+    passed, and the crop decoder asked for 63 GB of scratch."""
+    path = write(tmp_path / "m.beton", {"img": MultiChannelImageField(16, np.uint16)},
+                 [(np.full((4, 4, 16), i, np.uint16),) for i in range(3)])
+    _overwrite_first_header(path, 0, 1, 1 << 30, 1 << 29)
+    with Loader(path, 3, drop_last=False, pipelines={
+            "img": [CenterCropMultiChannelImageDecoder((2, 2), 1.0)]}) as loader, \
+            pytest.raises(DecodeError, match=r"sample 1, field 'img': stored "
+                                             r"1073741824×536870912: a side past 65535"):
+        list(loader)

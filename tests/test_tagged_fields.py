@@ -247,3 +247,37 @@ def test_a_corrupt_mask_payload_is_a_decode_error(tmp_path: Path,
     path.write_bytes(bytes(data))
     with pytest.raises(DecodeError, match="mask"):
         Reader(path).read(0)
+
+
+@pytest.mark.parametrize("size", [1 << 36, 8])  # sample 3 holds 16 bytes
+def test_a_ragged_size_its_allocation_does_not_hold_is_refused(tmp_path: Path,
+                                                               size: int) -> None:
+    """A RaggedField's metadata size was never compared with its allocation: 2**36
+    made the RaggedDecoder ask for a 128 GiB batch, and verify() said OK; a smaller
+    wrong size cut the sample short silently."""
+    from fastforward.types import metadata_offset
+
+    path = tmp_path / "r.beton"
+    DatasetWriter(path, {"label": IntField(), "tok": RaggedField(np.int32)}, num_workers=1,
+                  progress=False, checksums=False).from_indexed_dataset(
+        [(i, np.arange(i + 1, dtype=np.int32)) for i in range(6)])
+    with Reader(path) as reader:
+        row = reader.metadata_type
+        offset = metadata_offset(2) + 3 * row.itemsize + row.fields["f1"][1] + 8
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(np.uint64(size).tobytes())
+    with pytest.raises(FormatError, match=rf"sample 3, field 'tok': metadata says {size} "
+                                          r"bytes, the allocation holds 16"):
+        Reader(path)
+
+
+@pytest.mark.parametrize(("shape", "message"), [
+    ([1 << 32, 1 << 32], "a row of 73786976294838206464 bytes"),
+    ([1 << 31, 4], "a row of 34359738368 bytes"),
+])
+def test_a_ragged_row_shape_past_the_limit_is_refused(shape: list[int], message: str) -> None:
+    """np.prod in int64 wrapped [2**32, 2**32] round to rows of 0 bytes: the file
+    opened, then reading it divided by zero."""
+    with pytest.raises(ValueError, match=message):
+        RaggedField(np.int32, tuple(shape))

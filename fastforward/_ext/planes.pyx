@@ -77,6 +77,7 @@ cdef enum:
     OK = 0
     ZSTD_FAILED = 1     # the frame is damaged (zstd's error name in `code`)
     ZSTD_SIZE = 2       # it decompressed to another size than the header's
+    MAX_SIDE = 65535    # the writers' limit (fields.rgb_image.MAX_SIDE): past it, damage
 
 
 @cython.auto_pickle(False)  # a C decompression context: never pickled (TypeError)
@@ -163,6 +164,8 @@ def read_sizes(const uint8_t[::1] source not None, const uint64_t[::1] starts no
         widths[k] = _le32(&source[starts[k] + 4])
         if heights[k] < 1 or widths[k] < 1:
             return k, f"empty image ({heights[k]}×{widths[k]})"
+        if heights[k] > MAX_SIDE or widths[k] > MAX_SIDE:
+            return k, f"stored {heights[k]}×{widths[k]}: a side past {MAX_SIDE} pixels"
     return None
 
 
@@ -253,6 +256,8 @@ def decode_nearest_range(ZstdDecoder decoder not None, const uint8_t[::1] source
         oh, ow = out_sizes[k, 0], out_sizes[k, 1]
         if heights[k] < 1 or widths[k] < 1:
             return k, f"empty mask ({heights[k]}×{widths[k]})"
+        if heights[k] > MAX_SIDE or widths[k] > MAX_SIDE:  # need would wrap
+            return k, f"stored {heights[k]}×{widths[k]}: a side past {MAX_SIDE} pixels"
         if y0 < 0 or x0 < 0 or h < 1 or w < 1 or y0 + h > heights[k] or x0 + w > widths[k]:
             raise ValueError(f"crop {list(crops[k])} exceeds the {heights[k]}x{widths[k]} mask")
         if oh < 1 or ow < 1 or oh > H or ow > W:
@@ -362,6 +367,8 @@ def decode_resize_range(ZstdDecoder decoder not None, const uint8_t[::1] source 
     for k in range(n):
         if heights[k] < 1 or widths[k] < 1:
             return k, f"empty image ({heights[k]}×{widths[k]})"
+        if heights[k] > MAX_SIDE or widths[k] > MAX_SIDE:  # need would wrap
+            return k, f"stored {heights[k]}×{widths[k]}: a side past {MAX_SIDE} pixels"
         if (crops[k, 0] < 0 or crops[k, 1] < 0 or crops[k, 2] < 1 or crops[k, 3] < 1
                 or crops[k, 0] + crops[k, 2] > heights[k]
                 or crops[k, 1] + crops[k, 3] > widths[k]):

@@ -44,6 +44,7 @@ from .planes import (
     fit_integers,
     pack,
     ranges,
+    require_zstd,
     stored_dtype,
     unpack,
 )
@@ -227,16 +228,29 @@ class SimpleMultiChannelImageDecoder(_Planes, Decoder):
         if not len(self.metadata):
             return 1, 1
         ptr = int(self.metadata["ptr"][0])
+        frame_head = 18  # a zstd frame's header, where it says its content size
         if self.reader is not None:  # the file it opened: the name may name another by now
-            header = os.pread(self.reader.fileno(), PLANES_HEADER.itemsize, ptr)
+            header = os.pread(self.reader.fileno(), PLANES_HEADER.itemsize + frame_head, ptr)
         else:  # bound without the reader (a five-argument bind)
             with open(self.fname, "rb") as f:
-                header = os.pread(f.fileno(), PLANES_HEADER.itemsize, ptr)
-        if len(header) < PLANES_HEADER.itemsize or int(self.metadata["size"][0]) < len(header):
+                header = os.pread(f.fileno(), PLANES_HEADER.itemsize + frame_head, ptr)
+        stored: int | None = int(self.metadata["size"][0]) - PLANES_HEADER.itemsize
+        if len(header) < PLANES_HEADER.itemsize or stored is None or stored < 0:
             raise DecodeError(f"{self.fname}: sample 0, field {self.field_name!r}: payload "
                               "shorter than its header")
-        row = np.frombuffer(header, PLANES_HEADER)[0]
-        return int(row["height"]), int(row["width"])
+        row = np.frombuffer(header[: PLANES_HEADER.itemsize], PLANES_HEADER)[0]
+        height, width = int(row["height"]), int(row["width"])
+        field = self._field()
+        need = height * width * field.channels * field.dtype.itemsize
+        if field.compression is not None:  # what the frame says it holds (None: unsaid)
+            stored = _frame_content_size(header[PLANES_HEADER.itemsize :][:stored])
+        # the batch is sized from this header: the payload must back it
+        if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE) or (
+                stored is not None and stored != need):
+            raise DecodeError(f"{self.fname}: sample 0, field {self.field_name!r}: stored "
+                              f"{height}×{width}, which its payload of {stored} bytes of "
+                              "values does not hold")
+        return height, width
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
         field = self._field()
@@ -261,6 +275,16 @@ class SimpleMultiChannelImageDecoder(_Planes, Decoder):
         crops[:, 2], crops[:, 3] = height, width
         self._decode_planes(context, lo, parts, crops, np.zeros(hi - lo, np.uint8),
                             destination[lo:hi], None, None)
+
+
+def _frame_content_size(head: bytes) -> int | None:
+    """The content size a zstd frame's header states (None: not stated, or damaged:
+    decoding says which)."""
+    try:
+        size = require_zstd().get_frame_info(head).decompressed_size
+    except Exception:  # zstd.ZstdError: not a frame header
+        return None
+    return None if size is None else int(size)
 
 
 class _MultiChannelCrop(_Planes):

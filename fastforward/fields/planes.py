@@ -17,6 +17,7 @@ keep (``ScratchPool``).
 from __future__ import annotations
 
 import io
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -128,13 +129,18 @@ def unpack(data: Any, dtype: np.dtype, channels: int | None, compression: str | 
     header = np.frombuffer(data, PLANES_HEADER, 1)[0]
     height, width = int(header["height"]), int(header["width"])
     body = data[PLANES_HEADER.itemsize :]
-    if compression == "zstd":
+    shape = (height, width) if channels is None else (height, width, channels)
+    need = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+    if compression == "zstd" and height >= 1 and width >= 1:
+        # never more than the header's size out: a small frame can say gigabytes
         try:
-            body = require_zstd().decompress(body)
+            decompressor = require_zstd().ZstdDecompressor()
+            body = decompressor.decompress(body, max_length=need + 1)
         except Exception as exc:  # zstd.ZstdError and the like
             raise DecodeError(f"corrupt {what} payload: {exc}") from None
-    shape = (height, width) if channels is None else (height, width, channels)
-    need = int(np.prod(shape)) * dtype.itemsize
+        if len(body) > need or not decompressor.eof or decompressor.unused_data:
+            raise DecodeError(f"{what} of {'×'.join(map(str, shape))} needs {need} bytes of "
+                              "values, the payload holds more (or bytes after its zstd frame)")
     if len(body) != need or height < 1 or width < 1:
         raise DecodeError(f"{what} of {'×'.join(map(str, shape))} needs {need} bytes of values, "
                           f"the payload holds {len(body)}")

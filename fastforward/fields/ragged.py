@@ -15,6 +15,7 @@ follow an image (``follows=``), moves boxes, keypoints and points with it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +35,8 @@ VALUES = "values"
 LENGTHS = "lengths"
 MAX_DIMS = 8
 
+
+MAX_ROW_BYTES = 1 << 32  # one row (object) of a sample: more is a damaged descriptor
 
 def _column(name: str, spec: Any) -> tuple[str, np.dtype, tuple[int, ...]]:
     if isinstance(spec, tuple) and len(spec) == 2 and not isinstance(spec[1], (str, type)):
@@ -98,7 +101,11 @@ class RaggedField(TaggedField):
             if not specs:
                 raise ValueError("RaggedField needs at least one column")
         self.columns: list[tuple[str, np.dtype, tuple[int, ...]]] = specs
-        self.row_nbytes = sum(int(d.itemsize * np.prod(s, dtype=np.int64)) for _, d, s in specs)
+        # Python ints: a damaged descriptor's shape must not wrap round to 0
+        self.row_nbytes = sum(d.itemsize * math.prod(s) for _, d, s in specs)
+        if not 0 < self.row_nbytes <= MAX_ROW_BYTES:
+            raise ValueError(f"a row of {self.row_nbytes} bytes (columns {specs}): rows take "
+                             f"1 to {MAX_ROW_BYTES} bytes")
 
     @property
     def names(self) -> list[str]:
