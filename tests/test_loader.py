@@ -1018,3 +1018,70 @@ def test_an_epoch_that_fails_to_start_leaves_no_thread(scalars: Path,
         iter(loader)
     monkeypatch.undo()
     assert len(collect(loader)) == len(loader) * 4  # the next epoch runs
+
+
+HUGE_JPEG_SCRIPT = """
+import resource, sys
+import numpy as np
+from fastforward.fields import RGBImageField
+from fastforward.fields.decoders import CenterCropRGBImageDecoder
+from fastforward.loader import Loader
+from fastforward.reader import Reader
+from fastforward.types import metadata_offset
+from fastforward.writer import DatasetWriter
+
+if __name__ == "__main__":
+    path, side = sys.argv[1], 65000
+    DatasetWriter(path, {"image": RGBImageField(write_mode="jpg")}, num_workers=1,
+                  progress=False, checksums=False).from_indexed_dataset(
+        [(np.full((32, 32, 3), 128, np.uint8),)] * 3)
+    with Reader(path) as reader:  # sample 1: its JPEG's SOF and its metadata say side²
+        pointers = reader.metadata["f0"]["data_ptr"]
+        ptr, size = int(pointers[1]), int(reader.payload_sizes(pointers[[1]], np.array([1]))[0])
+        row = reader.metadata_type
+        column = metadata_offset(1) + row.itemsize + row.fields["f0"][1]
+        inside = row.fields["f0"][0].fields
+    with open(path, "r+b") as f:
+        f.seek(ptr)
+        blob = bytearray(f.read(size))
+        sof = blob.index(b"\\xff\\xc0")
+        blob[sof + 5 : sof + 9] = side.to_bytes(2, "big") * 2
+        f.seek(ptr)
+        f.write(blob)
+        for name in ("height", "width"):
+            f.seek(column + inside[name][1])
+            f.write(np.uint16(side).tobytes())
+    with open("/proc/self/status") as status:
+        size = next(int(line.split()[1]) for line in status if line.startswith("VmSize"))
+    limit = (size << 10) + (256 << 20)  # not the 4 GB a 65000² window at 1/8 takes
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        with Loader(path, 3, num_workers=1,
+                    pipelines={"image": [CenterCropRGBImageDecoder((8, 8), 1.0)]}) as loader:
+            list(loader)
+        print("no error")
+    except MemoryError as exc:
+        print("MemoryError", exc)
+"""
+
+
+def test_a_jpeg_too_large_for_memory_names_file_sample_and_field(tmp_path: Path) -> None:
+    """A tiny JPEG that says 65000×65000 (its metadata too), decoded under an
+    address-space limit: libjpeg's allocation failed with a MemoryError naming
+    only the sample's place in its range."""
+    import subprocess
+    import sys
+
+    from fastforward.fields.rgb_image import _region
+
+    if _region is None:
+        pytest.skip("built without libjpeg-turbo: simplejpeg decodes")
+    script = tmp_path / "huge.py"
+    script.write_text(HUGE_JPEG_SCRIPT)
+    path = tmp_path / "huge.beton"
+    done = subprocess.run([sys.executable, str(script), str(path)], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (f"MemoryError {path}: sample 1, field 'image': no memory to "
+                                   "decode its JPEG (65000×65000)")
+

@@ -260,7 +260,9 @@ def decode_crop_resize_range(JpegDecoder decoder not None, const uint8_t[::1] so
     if code == FF_JPEG_OK:
         return None
     if code == FF_JPEG_NOMEM:
-        raise MemoryError(f"no memory to decode sample {k}'s JPEG")
+        error = MemoryError(f"no memory to decode sample {k}'s JPEG")
+        error.sample = k  # the caller names it in its terms (file, sample, field)
+        raise error
     if code == FF_JPEG_SIZE:
         return k, (f"JPEG is {j.image_height}×{j.image_width}, the metadata says "
                    f"{heights[k]}×{widths[k]}")

@@ -707,11 +707,19 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
         if _region is not None:
             # decode only each crop's region, crop and resize: the whole range without the GIL
             with self._scratch.lend() as scratch:
-                failed = _region.decode_crop_resize_range(
-                    scratch.jpeg, source, np.ascontiguousarray(offsets[lo:hi], np.uint64),
-                    np.ascontiguousarray(sizes[lo:hi], np.uint64), raw, heights, widths,
-                    crops, flips, destination[lo:hi], scale, bias, scratch.workspace,
-                    self.fastdct)
+                try:
+                    failed = _region.decode_crop_resize_range(
+                        scratch.jpeg, source, np.ascontiguousarray(offsets[lo:hi], np.uint64),
+                        np.ascontiguousarray(sizes[lo:hi], np.uint64), raw, heights, widths,
+                        crops, flips, destination[lo:hi], scale, bias, scratch.workspace,
+                        self.fastdct)
+                except MemoryError as exc:  # libjpeg's allocation, for sample exc.sample
+                    at = getattr(exc, "sample", None)
+                    if at is None:
+                        raise
+                    stored = f"{int(heights[at])}×{int(widths[at])}"
+                    raise self.fail(MemoryError(f"no memory to decode its JPEG ({stored})"),
+                                    context, lo + at) from None
             if failed is not None:
                 k, message = failed
                 raise self.fail(DecodeError(message), context, lo + k)
