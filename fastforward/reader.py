@@ -313,6 +313,17 @@ class Reader:
                 self.checksums = None
             else:
                 self.data_end = sums.block_start
+        elif not (self.alloc_table_ptr == end or (
+                self.alloc_table_ptr >= self.data_start
+                and (self.alloc_table_ptr - self.data_start) % self.page_size == 0)):
+            # FFCV and fastforward write whole pages, then the table (or a checksum
+            # block first): bytes past the last whole page are a block whose marker is
+            # damaged, which would otherwise turn every checksum off in silence
+            extra = (self.alloc_table_ptr - self.data_start) % self.page_size \
+                if self.alloc_table_ptr >= self.data_start else self.alloc_table_ptr - end
+            self._damage(f"{extra} bytes between the data pages and the allocation table "
+                         "(alloc_table_ptr): a checksum block whose marker is damaged, or a "
+                         "damaged header")
 
     def _read_alloc_table(self) -> None:
         nbytes = self._file_size - self.alloc_table_ptr

@@ -118,6 +118,30 @@ def test_scalar_only_file_has_a_block_after_the_metadata(tmp_path: Path) -> None
         Reader(path)
 
 
+@pytest.mark.parametrize("pages", ["with pages", "without"])
+def test_a_block_whose_marker_is_damaged_is_damage_not_no_block(
+        copy: Path, tmp_path: Path, pages: str) -> None:
+    """Zeroing the footer's 8 magic bytes turned the checksums off in silence: the
+    file read as one without a block (as FFCV writes), and a flipped payload byte
+    went through verify_checksums=True and `fastforward verify`."""
+    path = copy
+    if pages == "without":
+        path = tmp_path / "scalars.beton"
+        DatasetWriter(path, {"a": IntField()}, progress=False, num_workers=1
+                      ).from_indexed_dataset([(i,) for i in range(10)])
+    with Reader(path) as reader:
+        footer = reader.alloc_table_ptr - FOOTER_SIZE
+    with open(path, "r+b") as f:
+        f.seek(footer)
+        f.write(bytes(8))
+    with pytest.raises(FormatError, match=r"bytes between the data pages and the allocation "
+                                          r"table \(alloc_table_ptr\): a checksum block whose "
+                                          r"marker is damaged"):
+        Reader(path)
+    with Reader(path, validate=False) as reader:
+        assert any("marker is damaged" in str(problem) for problem in reader.verify())
+
+
 def test_checksums_false_writes_none(tmp_path: Path, images: list[np.ndarray]) -> None:
     with Reader(write(tmp_path / "plain.beton", images, checksums=False, n=5)) as reader:
         assert reader.checksums is None
