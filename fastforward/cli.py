@@ -103,6 +103,14 @@ def page_size_arg(text: str) -> int:
     return size
 
 
+def _integer(text: str) -> int:
+    """*text* as an integer, or the usage error of the int parsers below."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+
+
 def positive_int(text: str) -> int:
     """Parse an integer of at least 1.
 
@@ -115,10 +123,7 @@ def positive_int(text: str) -> int:
     Raises:
         argparse.ArgumentTypeError: not an integer, or below 1.
     """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -126,10 +131,7 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     """Parse an integer of at least 0 (a seed, an epoch), as ``positive_int``."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    value = _integer(text)
     if not 0 <= value < 1 << 63:
         raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {value}")
     return value
@@ -882,12 +884,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise ImportError(f"--plot needs matplotlib: {install_hint('plot')}") from exc
     custom_fields = _custom_fields(args)
     with Reader(args.file, custom_handlers=custom_fields) as reader:
-        blobs = stored_jpegs(reader, image_field(reader), limit=2000)
-        if reader.num_samples < args.batch_size:
+        field = image_field(reader)
+        if reader.num_samples < args.batch_size:  # before the JPEGs are read and decoded
             raise ValueError(f"{args.file} holds no samples" if reader.num_samples == 0 else
                              f"{args.file}: its {reader.num_samples} samples make no batch of "
                              f"{args.batch_size}: give a --batch-size of at most "
                              f"{reader.num_samples}")
+        blobs = stored_jpegs(reader, field, limit=2000)
     print(f"{args.file}: pipeline {args.pipeline}, batch {args.batch_size}, "
           f"{args.epochs} epoch(s), each without its first batch (the first epoch without "
           "one per ring slot, at most a third: they fault the slots in)")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .fields import Field, IntField, MaskField, RaggedField, RGBImageField
+from .fields.mask import MASK_HEADER
 from .pipeline.operation import Operation
 from .reader import Reader
 from .utils import install_hint
@@ -69,14 +70,15 @@ def _image_sizes(reader: Reader, field: str) -> set[tuple[int, int]]:
 
 
 def _mask_sizes(reader: Reader, field: str, samples: Iterable[int]) -> set[tuple[int, int]]:
-    """The ``(height, width)`` sizes of a mask field's *samples* (their payloads'
-    headers: little-endian uint32 height, then width)."""
+    """The ``(height, width)`` sizes of a mask field's *samples*, from their
+    payloads' headers (a payload too short for one: 0×0, which no image is)."""
     column = reader.metadata[f"f{reader.field_names.index(field)}"]
     sizes = set()
     for sample in samples:
-        header = bytes(reader.payload(int(column[int(sample)]["ptr"]), int(sample))[:8])
-        height, width = np.frombuffer(header.ljust(8, b"\0"), "<u4").tolist()
-        sizes.add((height, width))
+        header = bytes(reader.payload(int(column[int(sample)]["ptr"]), int(sample))
+                       [: MASK_HEADER.itemsize]).ljust(MASK_HEADER.itemsize, b"\0")
+        row = np.frombuffer(header, MASK_HEADER)[0]
+        sizes.add((int(row["height"]), int(row["width"])))
     return sizes
 
 

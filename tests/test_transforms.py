@@ -210,7 +210,8 @@ def test_every_crop_keeps_a_pixel_at_least(size: tuple[int, int], ratio: tuple[f
     assert ((i >= 0) & (j >= 0) & (i + h <= size[0]) & (j + w <= size[1])).all()
     for ratio_ in (0.875, 0.01, 1.0):
         top, left, side, _ = get_center_crop(*size, ratio_)
-        assert 1 <= side <= min(size)
+        assert side >= 1
+        assert side <= min(size)
         assert center_crops([size[0]], [size[1]], ratio_)[0].tolist() == [top, left, side, side]
 
 

@@ -99,13 +99,13 @@ class ShorterSideRGBImageDecoder(ResizedCropRGBImageDecoder):
 
     def padded_size(self) -> tuple[int, int]:
         """The batch's height and width: the largest any image of the field can take."""
-        _, heights, widths = self._modes_and_sizes()
-        if not heights.size:
-            return 1, 1
         key = (self.field_index, tuple(self._sizes().tolist()), self.max_size)
         cached = self._padded
         if cached is not None and cached[0] is self.reader and cached[1] == key:
             return cached[2]  # once per loader and sizes, not every epoch
+        _, heights, widths = self._modes_and_sizes()
+        if not heights.size:
+            return 1, 1
         # every size drawn, not only the largest: under max_size a smaller shorter
         # side can give a longer side (torchvision's rounding down), so the largest
         # output is not always the largest size's; each distinct stored shape once
