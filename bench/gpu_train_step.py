@@ -55,7 +55,9 @@ def fastforward_loader(path: Path, res: int, batch: int, workers: int) -> object
                       "label": [IntDecoder(), ToTensor(), Squeeze(), ToDevice("cuda")]})
 
 
-def train(loader: object, epochs: int, label: str) -> None:
+def train(loader: object, epochs: int, label: str) -> list[tuple[float, float]]:
+    """Train for *epochs*; print and return each epoch's images/s and the fraction
+    of its time spent waiting in ``next()``."""
     import torchvision
 
     model = torchvision.models.resnet50(num_classes=10).cuda().to(
@@ -63,6 +65,7 @@ def train(loader: object, epochs: int, label: str) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     scaler = torch.amp.GradScaler()
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    figures = []
     for epoch in range(epochs):
         waited, images_seen = 0.0, 0
         torch.cuda.synchronize()
@@ -91,6 +94,22 @@ def train(loader: object, epochs: int, label: str) -> None:
         total = time.perf_counter() - start
         print(f"{label} epoch {epoch}: {images_seen / total:,.0f} images/s, "
               f"waiting for data {waited / total:.1%} of the time", flush=True)
+        figures.append((images_seen / total, waited / total))
+    return figures
+
+
+def dataloader(folder: Path, res: int, batch: int, workers: int) -> object:
+    """PyTorch's DataLoader over the ImageFolder *folder*: PIL decoding,
+    RandomResizedCrop and flip in torchvision, pinned batches."""
+    import torchvision
+    from torchvision.transforms import v2
+
+    dataset = torchvision.datasets.ImageFolder(str(folder), transform=v2.Compose([
+        v2.PILToTensor(), v2.RandomResizedCrop(res), v2.RandomHorizontalFlip()]))
+    workers = workers if workers > 0 else torch.multiprocessing.cpu_count()
+    return torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True,
+                                       num_workers=workers, pin_memory=True, drop_last=True,
+                                       persistent_workers=True)
 
 
 def main() -> None:
@@ -107,17 +126,8 @@ def main() -> None:
         train(fastforward_loader(path, args.res, args.batch, args.workers), args.epochs,
               "fastforward")
         if args.dataloader:
-            import torchvision
-            from torchvision.transforms import v2
-
-            dataset = torchvision.datasets.ImageFolder(
-                str(Path(tmp) / "images"), transform=v2.Compose([
-                    v2.PILToTensor(), v2.RandomResizedCrop(args.res), v2.RandomHorizontalFlip()]))
-            workers = args.workers if args.workers > 0 else torch.multiprocessing.cpu_count()
-            loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True,
-                                                 num_workers=workers, pin_memory=True,
-                                                 drop_last=True, persistent_workers=True)
-            train(loader, args.epochs, "DataLoader")
+            train(dataloader(Path(tmp) / "images", args.res, args.batch, args.workers),
+                  args.epochs, "DataLoader")
 
 
 if __name__ == "__main__":

@@ -106,3 +106,84 @@ def test_nvjpeg_decoder_crops_like_the_cpu_decoder(train_file: Path) -> None:
         assert g.is_cuda
         difference = (g.float().cpu() - c.float()).abs().mean()
         assert difference < 6  # the same windows; filters and IDCTs differ slightly
+
+
+def test_process_workers_feed_the_gpu(train_file: Path) -> None:
+    """Shared slots, page-locked with cudaHostRegister, give the thread path's batches."""
+    threads = Loader(train_file, 32, seed=5, order=OrderOption.RANDOM, num_workers=2,
+                     worker_type="thread", pipelines=pipelines("cuda"))
+    processes = Loader(train_file, 32, seed=5, order=OrderOption.RANDOM, num_workers=2,
+                       worker_type="process", pipelines=pipelines("cuda"))
+    with threads, processes:
+        assert processes.workers.kind == "process"
+        for (p, pl), (t, tl) in zip(processes, threads, strict=True):
+            assert p.is_cuda
+            assert torch.equal(p, t)
+            assert torch.equal(pl, tl)
+        assert processes._slots.kind == "shared"
+        assert processes._slots.pin_shared
+
+
+def test_process_workers_slow_consumer_sees_intact_batches(train_file: Path) -> None:
+    """The fence across processes: a worker never refills a shared slot that a copy
+    still reads, with the consumer's stream far behind."""
+    def load() -> Loader:
+        return Loader(train_file, 16, seed=1, batches_ahead=1, num_workers=2,
+                      worker_type="process", pipelines=pipelines("cuda"))
+
+    with load() as loader:
+        reference = [(i.cpu(), label.cpu()) for i, label in loader]
+    held = []
+    with load() as lagging:
+        for images, labels in lagging:
+            torch.cuda._sleep(50_000_000)
+            held.append((images, labels))
+        torch.cuda.synchronize()
+    assert len(held) == len(reference)
+    for (images, labels), (want_images, want_labels) in zip(held, reference, strict=True):
+        assert torch.equal(labels.cpu(), want_labels)
+        assert torch.equal(images.cpu(), want_images)
+
+
+def test_resume_on_the_gpu(train_file: Path) -> None:
+    whole = [(i.cpu(), label.cpu()) for i, label in
+             Loader(train_file, 16, seed=4, order=OrderOption.QUASI_RANDOM,
+                    pipelines=pipelines("cuda"))]
+    first = Loader(train_file, 16, seed=4, order=OrderOption.QUASI_RANDOM,
+                   pipelines=pipelines("cuda"))
+    iterator = iter(first)
+    for _ in range(5):
+        next(iterator)
+    state = first.state_dict()
+    first.close()
+    again = Loader(train_file, 16, seed=4, order=OrderOption.QUASI_RANDOM, num_workers=3,
+                   pipelines=pipelines("cuda"))
+    again.load_state_dict(state)
+    rest = [(i.cpu(), label.cpu()) for i, label in again]
+    assert len(rest) == len(whole) - 5
+    for (images, labels), (want_images, want_labels) in zip(rest, whole[5:], strict=True):
+        assert torch.equal(labels, want_labels)
+        assert torch.equal(images, want_images)
+
+
+def test_policies_on_the_gpu(train_file: Path) -> None:
+    """TrivialAugmentWide, RandAugment and AutoAugment after ToDevice run on the GPU,
+    batched, and give the pixels they give on the CPU."""
+    from fastforward.transforms import AutoAugment, RandAugment, TrivialAugmentWide
+
+    for name, policy in [("TrivialAugmentWide", TrivialAugmentWide),
+                         ("RandAugment", lambda: RandAugment(2, 9)),
+                         ("AutoAugment", AutoAugment)]:
+        def load(device: str, make=policy) -> Loader:
+            return Loader(train_file, 32, seed=7, pipelines={
+                "image": [RandomResizedCropRGBImageDecoder((64, 64)), ToTensor(),
+                          ToDevice(device), ToTorchImage(), make()],
+                "label": [IntDecoder(), ToTensor(), Squeeze(), ToDevice(device)]})
+
+        for (g, gl), (c, cl) in zip(load("cuda"), load("cpu"), strict=True):
+            assert g.is_cuda
+            assert torch.equal(gl.cpu(), cl)
+            differ = g.cpu() != c
+            assert not differ.any(), (
+                f"{name}: {differ.float().mean().item():.3%} of values differ, by up to "
+                f"{(g.cpu().int() - c.int()).abs().max().item()}")
