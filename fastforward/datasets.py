@@ -7,6 +7,8 @@ import os
 import stat
 from pathlib import Path
 
+from .utils import kind_of_file
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 
 
@@ -58,11 +60,6 @@ class ImageFolder:
         return read_regular_file(path), label
 
 
-_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
-                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-                (stat.S_ISDIR, "a directory"))
-
-
 def read_regular_file(path: str | os.PathLike[str]) -> bytes:
     """The bytes of *path*, which must be a regular file once links are followed.
 
@@ -73,8 +70,7 @@ def read_regular_file(path: str | os.PathLike[str]) -> bytes:
     """
     def refuse(mode: int) -> None:
         if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _NOT_REGULAR if test(mode)), "of another kind")
-            raise OSError(f"not a regular file ({kind}): only files are read")
+            raise OSError(f"not a regular file ({kind_of_file(mode)}): only files are read")
 
     refuse(os.stat(path).st_mode)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))

@@ -54,6 +54,7 @@ from .types import (
     metadata_offset,
     validate_page_size,
 )
+from .utils import kind_of_file
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,7 @@ def _refuse_what_is_no_file(mode: int, fname: str) -> None:
     if stat.S_ISDIR(mode):
         raise IsADirectoryError(errno.EISDIR, "a folder, not a .beton file", fname)
     if not stat.S_ISREG(mode):
-        kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
-                else "a device")
-        raise OSError(errno.EINVAL, f"{kind}, not a .beton file", fname)
+        raise OSError(errno.EINVAL, f"{kind_of_file(mode)}, not a .beton file", fname)
 
 class Reader:
     """The structure of a .beton file, as FFCV's ``Reader`` exposes it.

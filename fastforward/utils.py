@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
@@ -73,6 +74,17 @@ def chunks(seq: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     """Yield consecutive slices of *seq* of at most *size* items."""
     for start in range(0, len(seq), size):
         yield seq[start : start + size]
+
+
+def kind_of_file(mode: int) -> str:
+    """What a file that is not a regular file is, from its ``st_mode``: "a named
+    pipe", "a character device", "a block device", "a socket", "a directory"."""
+    for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "of another kind"
 
 
 def default_workers() -> int:

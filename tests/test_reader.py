@@ -451,7 +451,7 @@ def test_a_named_pipe_or_a_device_is_refused_without_waiting(tmp_path: Path) -> 
     os.mkfifo(pipe)
     with pytest.raises(OSError, match=r"a named pipe, not a \.beton file: '.*pipe\.beton'"):
         Reader(pipe)
-    with pytest.raises(OSError, match=r"a device, not a \.beton file"):
+    with pytest.raises(OSError, match=r"a character device, not a \.beton file"):
         Reader("/dev/null")
     from fastforward.cli import main
 
