@@ -84,6 +84,10 @@ class DeviceBatch:
 
 
 def _tensors(value: Any) -> Iterator[Any]:
+    """Every tensor in an output: in tuples, lists and dicts (a ``RaggedDecoder``'s
+    named columns), at any depth."""
+    if isinstance(value, dict):
+        value = list(value.values())
     if isinstance(value, (tuple, list)):
         for item in value:
             yield from _tensors(item)

@@ -37,6 +37,7 @@ the loader dropped (``SlotPool.dropped``).
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import mmap
 import os
@@ -317,6 +318,15 @@ class SlotPool:
             self._free.append(slot)
 
     def clear(self) -> None:
-        """Drop every slot (memory returns once the user drops their batches)."""
+        """Drop every slot (memory returns once the user drops their batches), after
+        the copies out of them have finished: a shared slot's memory is unregistered
+        from CUDA and unmapped when it goes, and a copy still reading it would read
+        freed pages."""
         with self._lock:
-            self._free.clear()
+            slots, self._free = self._free, []
+        for slot in slots:
+            if slot.fence is not None:
+                # CUDA torn down already (at exit): no copy runs
+                with contextlib.suppress(RuntimeError):
+                    slot.fence.synchronize()
+                slot.fence = None

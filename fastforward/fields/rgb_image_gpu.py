@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DecodeError
 from ..pipeline import geometry
 from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.operation import BatchContext, Operation
@@ -32,6 +33,8 @@ class _NvJpegMixin:
 
     parallel = False  # one batched call per batch, on the loader's CUDA stream
     device: Any
+    fname: str
+    field_name: str
 
     def fuse(self, transforms: Sequence[Operation], rng_streams: Sequence[int],
              previous_state: State | None = None) -> list[int]:
@@ -59,7 +62,6 @@ class _NvJpegMixin:
 
     def decode_range(self, lo: int, hi: int, destination: Any, context: BatchContext) -> None:
         import torch
-        import torchvision.io
         from torch.nn.functional import interpolate
 
         rows = self.metadata[context.indices[lo:hi]]  # type: ignore[attr-defined]
@@ -69,8 +71,9 @@ class _NvJpegMixin:
         payloads = [torch.frombuffer(bytearray(source[int(o) : int(o) + int(s)]), dtype=torch.uint8)
                     for o, s in zip(offsets[lo:hi], sizes[lo:hi], strict=True)]
         jpegs = [k for k, mode in enumerate(rows["mode"].tolist()) if mode == IMAGE_MODES["jpg"]]
-        decoded = dict(zip(jpegs, torchvision.io.decode_jpeg(
-            [payloads[k] for k in jpegs], device=device), strict=True)) if jpegs else {}
+        decoded = dict(zip(jpegs, self._nvjpeg([payloads[k] for k in jpegs],
+                                               [context.indices[lo + k] for k in jpegs],
+                                               device), strict=True)) if jpegs else {}
         u = self.uniforms(context)  # type: ignore[attr-defined]
         flip = self.flips(context, lo, hi)  # type: ignore[attr-defined]
         height, width = destination.shape[1:3]
@@ -95,6 +98,36 @@ class _NvJpegMixin:
             if flip[k]:
                 resized = resized.flip(-1)
             destination[position].copy_(resized.round_().clamp_(0, 255).permute(1, 2, 0))
+
+
+    def _nvjpeg(self, payloads: list[Any], samples: list[int], device: Any) -> list[Any]:
+        """nvJPEG's images of *payloads*, after the stream's earlier work.
+
+        nvJPEG's hardware decoder writes its outputs without waiting for the
+        work already queued on the stream it is given, and those outputs come
+        from torch's caching allocator, which hands out memory as soon as it is
+        freed on that stream: an earlier batch's kernels still reading it would
+        see this batch's pixels (pytorch/vision#9606). The stream is drained
+        first. A JPEG that does not decode is named (file, sample, field): the
+        batched call says only that one of them failed.
+        """
+        import torch
+        import torchvision.io
+
+        torch.cuda.current_stream(device).synchronize()
+        try:
+            return list(torchvision.io.decode_jpeg(payloads, device=device))
+        except RuntimeError as batched:
+            for payload, sample in zip(payloads, samples, strict=True):
+                try:
+                    torchvision.io.decode_jpeg(payload, device=device)
+                except RuntimeError as exc:
+                    raise DecodeError(f"{self.fname}: sample {int(sample)}, field "
+                                      f"{self.field_name!r}: nvJPEG cannot decode its JPEG: "
+                                      f"{exc}") from None
+            raise DecodeError(f"{self.fname}: samples {[int(s) for s in samples]}, field "
+                              f"{self.field_name!r}: nvJPEG cannot decode this batch's "
+                              f"JPEGs: {batched}") from None
 
 
 class NvJpegRandomResizedCropRGBImageDecoder(_NvJpegMixin, RandomResizedCropRGBImageDecoder):

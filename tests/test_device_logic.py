@@ -1,0 +1,112 @@
+"""The CUDA stage's bookkeeping, on the CPU, with stand-ins for CUDA's streams,
+events and tensors (CI has no GPU; ``test_cuda.py`` runs the real thing)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is an optional extra")
+
+from fastforward import device  # noqa: E402 - after the skip
+
+
+class FakeTensor:
+    def __init__(self, name: str, cuda: bool = True) -> None:
+        self.name, self.is_cuda = name, cuda
+        self.recorded: list[Any] = []
+
+    def record_stream(self, stream: Any) -> None:
+        self.recorded.append(stream)
+
+
+class FakeStream:
+    def __init__(self) -> None:
+        self.waited: list[Any] = []
+
+    def wait_event(self, event: Any) -> None:
+        self.waited.append(event)
+
+
+def test_hand_over_records_every_cuda_tensor_on_the_consumers_stream(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dict output (a RaggedDecoder's named columns after ToDevice) is walked too:
+    a tensor left out would go back to the side stream's pool while the
+    consumer's kernels still read it."""
+    consumer = FakeStream()
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: consumer)
+    image, host = FakeTensor("image"), FakeTensor("label", cuda=False)
+    columns = {"boxes": FakeTensor("boxes"), "lengths": FakeTensor("lengths"),
+               "nested": [FakeTensor("deep"), {"deeper": FakeTensor("deeper")}]}
+    event = object()
+    outputs = (image, host, columns)
+    assert device.DeviceBatch(outputs, event).hand_over() is outputs
+    assert consumer.waited == [event]
+    cuda = [image, columns["boxes"], columns["lengths"], *columns["nested"][:1],
+            columns["nested"][1]["deeper"]]
+    assert [t.name for t in cuda if t.recorded != [consumer]] == []
+    assert host.recorded == []
+
+
+class FakeFence:
+    def __init__(self, log: list[str], name: str) -> None:
+        self.log, self.name = log, name
+
+    def synchronize(self) -> None:
+        self.log.append(self.name)
+
+
+def test_dropping_the_slots_waits_for_their_copies() -> None:
+    """close() drops the ring: a shared slot is then unregistered from CUDA and
+    unmapped, so every copy still reading a slot must have finished first."""
+    from fastforward.ring import SlotPool
+
+    pool = SlotPool(3, 4)
+    log: list[str] = []
+    slots = list(pool._free)
+    slots[0].fence, slots[2].fence = FakeFence(log, "a"), FakeFence(log, "c")
+    pool.clear()
+    assert log == ["a", "c"]
+    assert pool._free == []
+    assert all(slot.fence is None for slot in slots)
+
+
+def test_nvjpeg_waits_for_the_stream_and_names_a_bad_jpeg(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """nvJPEG writes before the stream's queued work has run (pytorch/vision#9606):
+    the stream is drained first. A batch that fails is decoded one by one, so
+    that the error names the sample."""
+    import sys
+    import types
+
+    from fastforward.errors import DecodeError
+    from fastforward.fields.rgb_image_gpu import NvJpegRandomResizedCropRGBImageDecoder
+
+    log: list[str] = []
+
+    class Stream:
+        def synchronize(self) -> None:
+            log.append("drained")
+
+    def decode_jpeg(data: Any, device: Any) -> Any:
+        batch = data if isinstance(data, list) else [data]
+        log.append(f"decode {len(batch)}")
+        if any(bytes(item) == b"bad" for item in batch):
+            raise RuntimeError("Error while decoding JPEG images")
+        return [f"image {bytes(item).decode()}" for item in batch]
+
+    io = types.ModuleType("torchvision.io")
+    io.decode_jpeg = decode_jpeg  # type: ignore[attr-defined]
+    vision = types.ModuleType("torchvision")
+    vision.io = io  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torchvision", vision)
+    monkeypatch.setitem(sys.modules, "torchvision.io", io)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    decoder = NvJpegRandomResizedCropRGBImageDecoder((8, 8))
+    decoder.fname, decoder.field_name = "train.beton", "image"
+    assert decoder._nvjpeg([b"a", b"b"], [4, 9], "cuda") == ["image a", "image b"]
+    assert log == ["drained", "decode 2"]
+    with pytest.raises(DecodeError, match=r"train\.beton: sample 9, field 'image': nvJPEG "
+                                          r"cannot decode its JPEG: Error while decoding"):
+        decoder._nvjpeg([b"a", b"bad", b"c"], [4, 9, 11], "cuda")
