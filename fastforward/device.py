@@ -2,8 +2,12 @@
 
 When a pipeline copies to a CUDA device (``ToDevice('cuda')``):
 
-- The host buffers of every ring slot are pinned (page-locked), once, when the
-  slot is allocated; slots live as long as the loader, not an epoch.
+- The host buffers that a pipeline copies to the GPU are pinned (page-locked),
+  once, when their slot is allocated; slots live as long as the loader, not an
+  epoch. The other pipelines' host outputs (labels left on the CPU) stay
+  ordinary memory: a copy the user makes of one (``labels.cuda(non_blocking=
+  True)``) is staged before it returns, so refilling the slot later cannot
+  reach it, where a page-locked buffer would be read whenever the copy runs.
 - Everything a batch does after decoding (the host-to-device copies and every
   GPU transform after them) is issued on one dedicated stream per loader, so
   it overlaps the training step running on the consumer's stream.
@@ -104,9 +108,10 @@ def pinned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return tensor.numpy().view(dtype).reshape(shape)
 
 
-def pin_segment(segment: Any) -> None:
-    """Page-lock a shared slot's memory (``cudaHostRegister``), so that copies out
-    of it to a GPU are asynchronous, like copies from ``pinned_empty`` buffers.
+def pin_segment(segment: Any, nbytes: int) -> None:
+    """Page-lock the first *nbytes* of a shared slot's memory (``cudaHostRegister``):
+    the buffers the CUDA stage copies from, so that those copies are asynchronous,
+    like copies from ``pinned_empty`` buffers.
 
     The registration ends when the segment's last view goes, before its map does.
     """
@@ -117,9 +122,9 @@ def pin_segment(segment: Any) -> None:
     whole = segment.whole
     pointer = int(whole.ctypes.data)
     cudart = torch.cuda.cudart()
-    status = cudart.cudaHostRegister(pointer, int(whole.nbytes), 0)
+    status = cudart.cudaHostRegister(pointer, int(nbytes), 0)
     if int(status) != 0:
-        raise RuntimeError(f"cudaHostRegister of a {whole.nbytes}-byte shared slot failed "
+        raise RuntimeError(f"cudaHostRegister of {nbytes} bytes of a shared slot failed "
                            f"({status}): process workers need page-locked slots for the "
                            "CUDA stage (is the memlock limit too low? ulimit -l)")
     weakref.finalize(whole, cudart.cudaHostUnregister, pointer)

@@ -118,6 +118,11 @@ class Slot:
         self.layout: Layout = {}
         self.segment: Segment | None = None  # SHARED: the memory every buffer lives in
         self.pin_shared = False  # SHARED and page-locked (registered with CUDA)
+        # the pipelines whose host buffers are page-locked (PINNED, or SHARED and
+        # pin_shared): those the CUDA stage copies to a GPU; the others' outputs are
+        # ordinary memory, which a user's own non_blocking copy stages before it
+        # returns (a page-locked one would be read later, maybe after a refill)
+        self.pin_pipelines: frozenset[str] = frozenset()
         self._on_drop = on_drop
         self._arrays: list[Any] = []  # every buffer, once
         self._owners: list[Any] = []  # what the fence watches: each buffer, its base-most array
@@ -151,7 +156,7 @@ class Slot:
             values = (kept,) if isinstance(query, AllocationQuery) and kept is not None else kept
             positions = []
             for k, q in enumerate(queries):
-                arrays.append(values[k] if values is not None else self._allocate(q))
+                arrays.append(values[k] if values is not None else self._allocate(q, key))
                 positions.append(len(arrays) - 1)
             where[key] = positions[0] if isinstance(query, AllocationQuery) else tuple(positions)
             del kept, values
@@ -160,8 +165,12 @@ class Slot:
     def _fit_shared(self, layout: Layout) -> None:
         """Carve every host buffer out of one new segment (device buffers stay None)."""
         plan: list[tuple[str, int | None, tuple[int, ...] | None, np.dtype | None]] = []
-        size = 0
-        for key, query in layout.items():
+        size, pinned = 0, None
+        # the buffers to page-lock first: one registered range, ending on a page
+        items = sorted(layout.items(), key=lambda item: not self._pins(item[0]))
+        for key, query in items:
+            if pinned is None and not self._pins(key):
+                pinned = size
             for q in ((query,) if isinstance(query, AllocationQuery) else tuple(query)):
                 if not is_host(q):
                     plan.append((key, None, None, None))
@@ -170,11 +179,12 @@ class Slot:
                 plan.append((key, size, batch_shape, host))
                 nbytes = int(np.prod(batch_shape, dtype=np.int64)) * host.itemsize
                 size += -(-max(nbytes, 1) // ALIGN) * ALIGN
+        pinned = size if pinned is None else pinned
         segment = Segment(size, self._on_drop)
-        if self.pin_shared:
+        if self.pin_shared and pinned:
             from .device import pin_segment
 
-            pin_segment(segment)
+            pin_segment(segment, pinned)
         arrays: list[Any] = []
         positions: dict[str, list[int]] = collections.defaultdict(list)
         offsets: Offsets = collections.defaultdict(list)
@@ -206,11 +216,16 @@ class Slot:
             return tuple(self._arrays[i] for i in where)
         return self._arrays[where]
 
-    def _allocate(self, query: AllocationQuery) -> Any:
+    def _pins(self, key: str) -> bool:
+        """Whether buffer *key* (``pipeline/step``) is page-locked."""
+        return ((self.pinned or self.pin_shared)
+                and key.rsplit("/", 1)[0] in self.pin_pipelines)
+
+    def _allocate(self, query: AllocationQuery, key: str) -> Any:
         if not is_host(query):
             return None  # device buffers are new for every batch (see fastforward.device)
         shape, dtype = (self.batch_size, *query.shape), host_dtype(query.dtype)
-        if self.pinned:
+        if self._pins(key):
             from .device import pinned_empty
 
             return pinned_empty(shape, dtype)
@@ -277,6 +292,7 @@ class SlotPool:
         self.num_slots = num_slots
         self.kind = HEAP  # set before the first acquire (PINNED for a CUDA stage, SHARED
         self.pin_shared = False  # for process workers, pinned too with a CUDA stage)
+        self.pin_pipelines: frozenset[str] = frozenset()  # see Slot.pin_pipelines
         self._free: list[Slot] = [Slot(batch_size) for _ in range(num_slots)]
         self._lock = threading.Lock()
         self.replaced = 0  # slots given up because the user still held them
@@ -297,9 +313,10 @@ class SlotPool:
                     # keep it alive, unchanged) so the pool stays its size
                     del self._free[0]
                     self.replaced += 1
-        if slot.kind != self.kind or slot.pin_shared != self.pin_shared:
+        if (slot.kind, slot.pin_shared, slot.pin_pipelines) != (
+                self.kind, self.pin_shared, self.pin_pipelines):
             slot.__init__(self.batch_size, self.kind, self.dropped.append)  # type: ignore[misc]
-            slot.pin_shared = self.pin_shared
+            slot.pin_shared, slot.pin_pipelines = self.pin_shared, self.pin_pipelines
         if slot.fence is not None:
             slot.fence.synchronize()  # the last copy out of these buffers has finished
             slot.fence = None
@@ -308,7 +325,7 @@ class SlotPool:
 
     def _new_slot(self) -> Slot:
         slot = Slot(self.batch_size, self.kind, self.dropped.append)
-        slot.pin_shared = self.pin_shared
+        slot.pin_shared, slot.pin_pipelines = self.pin_shared, self.pin_pipelines
         return slot
 
     def release(self, slot: Slot) -> None:

@@ -187,3 +187,28 @@ def test_policies_on_the_gpu(train_file: Path) -> None:
             assert not differ.any(), (
                 f"{name}: {differ.float().mean().item():.3%} of values differ, by up to "
                 f"{(g.cpu().int() - c.int()).abs().max().item()}")
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_labels_left_on_the_cpu_survive_the_users_own_copies(train_file: Path,
+                                                             worker_type: str) -> None:
+    """Labels the pipeline leaves on the CPU are ordinary memory: the user's own
+    ``non_blocking`` copy, queued behind a busy stream, reads them before the
+    slot can be refilled (page-locked, it would read them whenever it ran)."""
+    def load() -> Loader:
+        return Loader(train_file, 16, seed=1, batches_ahead=1, num_workers=2,
+                      worker_type=worker_type, pipelines={
+                          "image": pipelines("cuda")["image"],
+                          "label": [IntDecoder(), ToTensor(), Squeeze()]})
+
+    with load() as loader:
+        reference = [label.clone() for _, label in loader]
+    copied = []
+    with load() as lagging:
+        for _, labels in lagging:
+            assert not labels.is_pinned()
+            torch.cuda._sleep(50_000_000)
+            copied.append(labels.cuda(non_blocking=True))
+        torch.cuda.synchronize()
+    assert [torch.equal(c.cpu(), r) for c, r in zip(copied, reference, strict=True)] == [
+        True] * len(reference)

@@ -110,3 +110,51 @@ def test_nvjpeg_waits_for_the_stream_and_names_a_bad_jpeg(
     with pytest.raises(DecodeError, match=r"train\.beton: sample 9, field 'image': nvJPEG "
                                           r"cannot decode its JPEG: Error while decoding"):
         decoder._nvjpeg([b"a", b"bad", b"c"], [4, 9, 11], "cuda")
+
+
+def test_only_what_the_gpu_stage_copies_is_page_locked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Labels left on the CPU stay ordinary memory: a user's own
+    ``labels.cuda(non_blocking=True)`` from page-locked memory would read it
+    whenever the copy runs, maybe after the slot was refilled."""
+    import numpy as np
+
+    from fastforward.pipeline.allocation_query import AllocationQuery
+    from fastforward.ring import PINNED, SHARED, SlotPool
+
+    pinned: list[tuple[int, ...]] = []
+
+    def pinned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        pinned.append(shape)
+        return np.empty(shape, dtype)
+
+    registered: list[tuple[int, int]] = []
+    monkeypatch.setattr(device, "pinned_empty", pinned_empty)
+    monkeypatch.setattr(device, "pin_segment", lambda segment, nbytes: registered.append(
+        (int(segment.whole.ctypes.data), nbytes)))
+    layout = {"label/decoder": AllocationQuery((1,), np.dtype("<i8")),
+              "my/image/decoder": AllocationQuery((64, 64, 3), np.dtype("u1")),
+              "my/image/3": AllocationQuery((3, 64, 64), np.dtype("u1")),
+              "boxes/decoder": AllocationQuery((4,), np.dtype("f4"))}
+
+    pool = SlotPool(2, 8)
+    pool.kind, pool.pin_pipelines = PINNED, frozenset({"my/image"})
+    slot = pool.acquire(layout)
+    assert sorted(pinned) == [(8, 3, 64, 64), (8, 64, 64, 3)]
+
+    shared = SlotPool(2, 8)
+    shared.kind, shared.pin_shared = SHARED, True
+    shared.pin_pipelines = frozenset({"my/image"})
+    slot = shared.acquire(layout)
+    start = int(slot.segment.whole.ctypes.data)
+    image_bytes = 2 * -(-8 * 64 * 64 * 3 // 4096) * 4096
+    assert registered == [(start, image_bytes)]
+    for key in ("my/image/decoder", "my/image/3"):
+        assert int(slot.get(key).ctypes.data) - start < image_bytes
+    for key in ("label/decoder", "boxes/decoder"):
+        assert int(slot.get(key).ctypes.data) - start >= image_bytes
+
+    registered.clear()
+    nothing = SlotPool(2, 8)
+    nothing.kind, nothing.pin_shared = SHARED, True
+    nothing.acquire({"label/decoder": layout["label/decoder"]})
+    assert registered == []

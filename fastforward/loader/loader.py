@@ -228,6 +228,7 @@ class Loader:
             self._slots.pin_shared = self._stage is not None
         elif self._stage is not None:
             self._slots.kind = PINNED
+        self._slots.pin_pipelines = frozenset(self._cuda_pipelines())
         self._resume: tuple[int, list[list[int]]] | None = None  # (epoch, segments)
         self._state_identity: dict[str, Any] | None = None  # see _identity
         self._current: weakref.ref[EpochIterator] | None = None
@@ -369,13 +370,23 @@ class Loader:
                 "a module's top level, or pass worker_type='thread'") from exc
         return ProcessWorkers(self.num_workers, self.reader, self.os_cache, self._start_method)
 
-    def _device_stage(self) -> DeviceStage | None:
-        """The CUDA stage, when a pipeline copies to a CUDA device (one device per loader)."""
+    def _cuda_pipelines(self) -> dict[str, set[str]]:
+        """The pipelines that copy to (or decode on) a CUDA device, and their devices."""
         from ..transforms import ToDevice
 
-        devices = {_device_name(getattr(op, "device", "cpu")) for spec in self._specs.values()
-                   for op in [spec.decoder, *spec.transforms]
-                   if isinstance(op, (ToDevice, Decoder)) and is_cuda(getattr(op, "device", "cpu"))}
+        found: dict[str, set[str]] = {}
+        for name, spec in self._specs.items():
+            devices = {_device_name(getattr(op, "device", "cpu"))
+                       for op in [spec.decoder, *spec.transforms]
+                       if isinstance(op, (ToDevice, Decoder))
+                       and is_cuda(getattr(op, "device", "cpu"))}
+            if devices:
+                found[name] = devices
+        return found
+
+    def _device_stage(self) -> DeviceStage | None:
+        """The CUDA stage, when a pipeline copies to a CUDA device (one device per loader)."""
+        devices = set().union(*self._cuda_pipelines().values())
         if not devices:
             return None
         if len(devices) > 1:
