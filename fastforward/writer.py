@@ -51,6 +51,7 @@ import queue
 import re
 import secrets
 import signal
+import stat
 import sys
 import threading
 import warnings
@@ -92,6 +93,7 @@ from .utils import (
     forkserver_preload,
     in_a_worker,
     install_hint,
+    kind_of_file,
     main_module_hint,
     refuse_in_a_worker,
     sample_numbers,
@@ -173,18 +175,25 @@ class _Encoder:
     def encode(self, samples: Iterable[tuple[int, Any, Any]],
                describe: Callable[[Any], str | None]) -> _Chunk:
         """Encode ``(dest_index, source, sample)`` triples; ``describe(source)``
-        says where a sample comes from in error messages."""
-        items = list(samples)
-        metadata = np.zeros(len(items), self.row_type)
-        columns = [metadata[f"f{i}"] for i in range(len(self.fields))]
+        says where a sample comes from in error messages.
+
+        Each sample is encoded as soon as it is read, before the next one is:
+        a dataset may hand out the same buffers every time, refilled in place
+        (FFCV encodes in the same order).
+        """
+        metadata = np.zeros(16, self.row_type)
+        packed = np.zeros(16, np.int64)
+        counts = np.zeros(16, np.int64)
         parts: list[np.ndarray] = []
-        packed = np.zeros(len(items), np.int64)
-        counts = np.zeros(len(items), np.int64)
         offsets: list[int] = []
         sizes: list[int] = []
         skipped: list[SkippedSample] = []
         j = 0  # the row of the next kept sample
-        for dest, source, sample in items:
+        for dest, source, sample in samples:
+            if j == len(metadata):  # room for twice as many rows
+                metadata, packed, counts = (np.concatenate([a, np.zeros_like(a)])
+                                            for a in (metadata, packed, counts))
+            columns = [metadata[f"f{i}"] for i in range(len(self.fields))]
             if isinstance(sample, _Unread):
                 skipped.append(SkippedSample(dest, source, None, sample.error))
                 continue
@@ -1126,6 +1135,22 @@ def _pointer_leaves(row_type: np.dtype) -> list[tuple[str, str | None]]:
     return leaves
 
 
+def refuse_to_replace(fname: str | os.PathLike[str]) -> None:
+    """Refuse a target that a written file must not replace: a directory, or
+    anything but a regular file (a device such as /dev/null, a named pipe, a
+    socket), which the write's final rename would swap for a regular file."""
+    fname = os.fspath(fname)
+    if not os.path.basename(fname) or os.path.isdir(fname):
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file to write", fname)
+    try:
+        mode = os.stat(fname).st_mode
+    except OSError:  # absent, or a name the write itself refuses more precisely
+        return
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, f"{kind_of_file(mode)}, not a file to write: writing "
+                      "would replace it with a regular file", fname)
+
+
 class DatasetWriter:
     """Write a dataset to a .beton v2 file, readable by fastforward and FFCV.
 
@@ -1304,9 +1329,7 @@ class DatasetWriter:
         encoder = _Encoder(self.fname, names, fields, self.row_type, self.page_size, self.seed,
                            self.skip_errors)
         self.skipped = []
-        if not os.path.basename(self.fname) or os.path.isdir(self.fname):
-            raise IsADirectoryError(errno.EISDIR, "is a directory, not a file to write",
-                                    self.fname)
+        refuse_to_replace(self.fname)
         directory = os.path.dirname(os.path.abspath(self.fname))
         with _signals_stop_the_write(self.fname) as sigterm:
             self._write_locked(num_samples, tasks, source, encoder, names, fields,

@@ -521,8 +521,10 @@ def locate_payloads(table_ptrs: np.ndarray, table_sizes: np.ndarray, table_owner
             continue
         size = int(table_sizes[rows[0]])
         sizes[s] = size
+        if size == 0:  # nothing to read: neither a page nor a flag
+            continue
         page = (ptr >> shift) - first_page
-        if ((ptr + max(size, 1) - 1) >> shift) - first_page != page:
+        if ((ptr + size - 1) >> shift) - first_page != page:
             flags[s] = 2
         elif pages[s] < 0:
             pages[s] = page

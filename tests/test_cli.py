@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -313,6 +314,16 @@ def test_convert_missing_source_or_output_directory(
     assert_one_line_error(capsys, status, 1, "nowhere")
     status = main(["convert", str(corpus), str(tmp_path / "no" / "x.beton"), *FAST])
     assert_one_line_error(capsys, status, 1, "no such directory")
+
+
+def test_convert_to_a_named_pipe_is_refused_before_any_work(
+        corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It was replaced by a regular file (and /dev/null so too, as root)."""
+    pipe = tmp_path / "pipe.beton"
+    os.mkfifo(pipe)
+    status = main(["convert", str(corpus), str(pipe), *FAST])
+    assert_one_line_error(capsys, status, 1, "a named pipe, not a file to write", str(pipe))
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode)
 
 
 @pytest.mark.parametrize(

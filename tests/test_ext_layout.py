@@ -25,7 +25,9 @@ def table(seed: int, n: int, fields: int) -> tuple[np.ndarray, ...]:
     cursor = 1 << SHIFT
     for s in rng.permutation(n):  # pages in another order than the samples (FFCV)
         need = rng.integers(0, 300, fields)
-        if (cursor % (1 << SHIFT)) + int(np.maximum(need, 1).sum()) > 1 << SHIFT:
+        # FFCV fills a page to its last byte: an empty payload after it points at
+        # the next page's first byte
+        if (cursor % (1 << SHIFT)) + int(need.sum()) > 1 << SHIFT:
             cursor = (cursor >> SHIFT) + 1 << SHIFT
         for k in range(fields):
             ptrs.append(cursor)
@@ -76,6 +78,27 @@ def test_locate_payloads_matches_reference(n: int, fields: int, damaged: bool) -
         searched_total += searched
     if not damaged:
         assert not np.any(flags)
+
+
+def test_an_empty_payload_at_a_full_pages_end_belongs_to_no_page() -> None:
+    """FFCV 1.0.2 writes a sample that fills its page, then an empty payload whose
+    pointer is the next page's first byte: that sample's payloads do not span two
+    pages (the file was refused)."""
+    page = 1 << SHIFT
+    ptrs = np.array([page, 2 * page], np.uint64)
+    sizes = np.array([page, 0], np.uint64)
+    owners = np.zeros(2, np.uint64)
+    first = np.full(1, -1, np.int64)
+    first_rows_into(owners, first)
+    pages = np.full(1, -1, np.int64)
+    for k in range(2):
+        flags = np.empty(1, np.uint8)
+        got_sizes = np.empty(1, np.uint64)
+        locate_payloads(ptrs, sizes, owners, first, k, ptrs[k : k + 1].copy(), SHIFT, 1,
+                        got_sizes, pages, flags)
+        assert flags.tolist() == [0]
+        assert got_sizes.tolist() == [sizes[k]]
+    assert pages.tolist() == [0]
 
 
 def test_locate_payloads_guesses_without_searching() -> None:

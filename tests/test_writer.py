@@ -368,7 +368,9 @@ def test_int_field_refuses_what_it_cannot_store_whole(tmp_path: Path, value: obj
     (b"1_000", "expected a real number, got bytes b'1_000'"),
     (" nan ", "expected a real number, got str ' nan '"),
     (10**400, r"int 1000000000000000000000000000000000000000\.\.\. is beyond float64's range"),
-], ids=["string", "bytes", "string-nan", "huge-int"])
+    (np.complex128(1 + 2j), r"expected a real number, got complex128 np\.complex128\(1\+2j\)"),
+    (np.array(3 + 0j), "expected a real number, got ndarray"),
+], ids=["string", "bytes", "string-nan", "huge-int", "numpy-complex", "complex-0d"])
 def test_float_field_refuses_text_and_what_overflows(tmp_path: Path, value: object,
                                                      message: str) -> None:
     """float() parses text and raises OverflowError for a huge int: both stored or
@@ -629,3 +631,59 @@ def test_writers_in_threads_keep_their_own_data(tmp_path: Path) -> None:
     for k in range(4):
         assert Reader(tmp_path / f"{k}.beton").metadata["f0"].tolist() == [
             k * 1000 + i for i in range(200)]
+
+
+class _RefilledInPlace:
+    """A dataset that hands out the same buffers every time, refilled in place."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.values = np.zeros(4, np.float32)
+        self.image = np.zeros((8, 8, 3), np.uint8)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, int]:
+        self.values[:] = i
+        self.image[:] = i % 256
+        return self.values, self.image, i
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_a_dataset_that_refills_its_buffers_in_place(tmp_path: Path, num_workers: int) -> None:
+    """Each sample is encoded before the next one is read, as FFCV does: reading a
+    whole chunk first stored the chunk's last sample for all of it, silently."""
+    path = tmp_path / "refilled.beton"
+    DatasetWriter(path, {"x": NDArrayField(np.dtype("float32"), (4,)),
+                         "image": RGBImageField(write_mode="raw"), "label": IntField()},
+                  num_workers=num_workers, progress=False).from_indexed_dataset(
+        _RefilledInPlace(250), chunksize=40)
+    reader = Reader(path)
+    for i in range(250):
+        values, image, label = reader.read(i)
+        assert label == i
+        assert values.tolist() == [i] * 4
+        assert (image == i % 256).all()
+
+
+def test_a_target_that_is_no_regular_file_is_left_alone(tmp_path: Path) -> None:
+    """The write ends by renaming the new file over the target: a named pipe (or
+    a device: /dev/null, as root) was replaced by a regular file."""
+    pipe = tmp_path / "pipe.beton"
+    os.mkfifo(pipe)
+    link = tmp_path / "link.beton"
+    link.symlink_to(pipe)
+    for target in (pipe, link):
+        with pytest.raises(OSError, match=r"a named pipe, not a file to write: writing would "
+                                          r"replace it with a regular file: '.*\.beton'"):
+            DatasetWriter(target, {"label": IntField()}, num_workers=1,
+                          progress=False).from_indexed_dataset([(1,), (2,)])
+    assert stat_kind(pipe) == "fifo"
+    assert link.is_symlink()
+
+
+def stat_kind(path: Path) -> str:
+    import stat
+
+    return "fifo" if stat.S_ISFIFO(os.lstat(path).st_mode) else "other"

@@ -107,7 +107,10 @@ def locate_payloads(const uint64_t[::1] table_ptrs not None,
                 continue
             size = table_sizes[row]
             sizes[s] = size
-            end = ptr + (size if size > 0 else 1) - 1
+            if size == 0:  # nothing to read, wherever it points (FFCV may put an empty
+                flags[s] = 0  # payload at the end of a full page: the next page's start)
+                continue
+            end = ptr + size - 1
             page = <int64_t>(ptr >> shift) - first_page
             last = <int64_t>(end >> shift) - first_page
             flag = 0

@@ -71,6 +71,9 @@ class FloatField(Field):
         if isinstance(field, (str, bytes, bytearray)):
             raise EncodeError(f"expected a real number, got {type(field).__name__} "
                               f"{field!r:.40}: convert it with float() if you mean it")
+        if np.iscomplexobj(field):  # float() of a NumPy complex keeps its real part
+            raise EncodeError(f"expected a real number, got {type(field).__name__} "
+                              f"{field!r:.40}: take .real or abs() if you mean it")
         try:
             destination[0] = float(field)
         except (TypeError, ValueError) as exc:
