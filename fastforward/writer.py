@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import inspect
 import multiprocessing
 import operator
 import os
@@ -1496,7 +1497,10 @@ class _WebDatasetSource:
     def iterate(self, shard: str) -> Iterable[Any]:
         import webdataset
 
-        return self.pipeline(webdataset.WebDataset(shard, shardshuffle=False))
+        options: dict[str, Any] = {"shardshuffle": False}
+        if "empty_check" in inspect.signature(webdataset.WebDataset).parameters:
+            options["empty_check"] = False  # an empty shard adds no samples (it raised)
+        return self.pipeline(webdataset.WebDataset(shard, **options))
 
     def describe(self, src: str) -> str | None:
         return src

@@ -533,6 +533,24 @@ def test_webdataset(tmp_path: Path) -> None:
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_webdataset_with_an_empty_shard(tmp_path: Path) -> None:
+    """An empty shard adds no samples: webdataset raised 'No samples found', telling
+    the user to pass an argument of a constructor that the writer calls."""
+    wds = pytest.importorskip("webdataset", reason="webdataset is an optional extra")
+    shards = make_shards(tmp_path, 2)
+    empty = str(tmp_path / "empty.tar")
+    with wds.TarWriter(empty):
+        pass
+    path = tmp_path / "w.beton"
+    DatasetWriter(path, {"label": IntField()}, num_workers=2, progress=False,
+                  start_method="fork").from_webdataset([shards[0], empty, shards[1]],
+                                                       webdataset_labels)
+    assert Reader(path).metadata["f0"].tolist() == [s * 10 + i for s in range(2) for i in range(7)]
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_webdataset_takes_one_shard_as_a_string_or_path(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """One shard given as a string was taken as a sequence of its characters: a
