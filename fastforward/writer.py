@@ -446,6 +446,15 @@ def _start_method(requested: str | None) -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
+def _task_samples(task: Any) -> int:
+    """How many samples a task covers: ``(first, [dataset indices])`` or ``(first,
+    (shard, count))``."""
+    what = task[1]
+    if isinstance(what, tuple) and len(what) == 2 and isinstance(what[1], int):
+        return max(1, int(what[1]))
+    return max(1, len(what))
+
+
 class _Pool:
     """Worker processes, each fed over its own pipe; the parent waits on the
     pipes and on the processes' sentinels, so a dead worker is noticed at once.
@@ -526,6 +535,7 @@ class _Pool:
         """Yield the results of *tasks* in order; raise the first failure."""
         results: dict[int, Any] = {}
         busy: dict[Connection, int] = dict.fromkeys(self.conns, 0)
+        held: dict[Connection, list[int]] = {conn: [] for conn in self.conns}  # task ids
         sentinels = {p.sentinel: p for p in self.procs}
         owner = dict(zip(self.conns, self.procs, strict=True))
         next_task = next_result = 0
@@ -538,8 +548,9 @@ class _Pool:
                 try:
                     conn.send((next_task, tasks[next_task]))
                 except OSError:  # BrokenPipeError: it died since the last wait()
-                    raise self._died(owner[conn]) from None
+                    raise self._died(owner[conn], tasks, held[conn]) from None
                 busy[conn] += 1
+                held[conn].append(next_task)
                 next_task += 1
 
         for conn in self.conns:
@@ -552,7 +563,7 @@ class _Pool:
                 try:
                     status, task_id, value = conn.recv()
                 except (EOFError, OSError):
-                    raise self._died(owner[conn]) from None
+                    raise self._died(owner[conn], tasks, held[conn]) from None
                 if status == "error":
                     if task_id < 0:
                         raise WorkerError(
@@ -564,6 +575,7 @@ class _Pool:
                         ) from value
                     raise value
                 busy[conn] -= 1
+                held[conn].remove(task_id)
                 results[task_id] = value
             for sentinel in ready:
                 if sentinel in sentinels:
@@ -571,23 +583,41 @@ class _Pool:
                     conn = self.conns[self.procs.index(proc)]
                     # what it sent before dying (an error, say) is read first
                     if conn not in answered and not conn.poll():
-                        raise self._died(proc)
+                        raise self._died(proc, tasks, held[conn])
             while next_result in results:
                 yield results.pop(next_result)
                 next_result += 1
             for conn in self.conns:
                 feed(conn)
 
-    def _died(self, proc: Any) -> WorkerError:
+    def _died(self, proc: Any, tasks: Sequence[Any] = (),
+              held: Sequence[int] = ()) -> WorkerError:
+        """The error for a worker that ended without a word: its exit code, what
+        that suggests, and the samples it was given and had not returned."""
         proc.join(timeout=5)
         code = proc.exitcode
-        why = "out of memory?"
         if code == 1 and self.method != "fork":
             hint = main_module_hint(self.method, "start_method='fork'")
             why = f"it may have failed before it started (its traceback is printed above): {hint}"
+        elif code == -signal.SIGKILL:
+            why = "killed (SIGKILL): out of memory? (the kernel's OOM killer sends it)"
+        elif code is not None and code < 0:
+            why = (f"killed by {signal.Signals(-code).name}" if -code in signal.valid_signals()
+                   else f"killed by signal {-code}")
+            if -code in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGABRT):
+                why += ": a crash in native code (the dataset's, or a library it calls)"
+        elif code is None:
+            why = "it stopped answering"
+        else:
+            why = "it exited (os._exit in the dataset?)"
+        given = ""
+        if held:
+            first, last = tasks[held[0]], tasks[held[-1]]
+            given = (f"; it was encoding samples {int(first[0])}-"
+                     f"{int(last[0]) + _task_samples(last) - 1}")
         return WorkerError(
             f"{self.fname}: writer worker {proc.name} died (exit code {code}) "
-            f"without reporting an error; {why}"
+            f"without reporting an error{given}; {why}"
         )
 
     def close(self) -> None:

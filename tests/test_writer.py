@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -194,9 +195,33 @@ class Dying:
 
 
 def test_dead_worker_is_noticed(tmp_path: Path) -> None:
-    with pytest.raises(WorkerError, match="exit code 3"):
+    with pytest.raises(WorkerError, match=r"exit code 3\) without reporting an error; it was "
+                                          r"encoding samples \d+-\d+; it exited") as info:
         write(tmp_path / "d.beton", {"i": IntField()}, Dying(), chunksize=10)
     assert os.listdir(tmp_path) == []
+    first, last = map(int, re.search(r"samples (\d+)-(\d+)", str(info.value)).groups())
+    assert first <= 321 <= last
+    assert first % 10 == 0
+    assert last % 10 == 9
+
+
+class Crashing:
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, i: int) -> int:
+        if i == 17:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return i
+
+
+def test_a_worker_that_crashes_is_named_as_crashing(tmp_path: Path) -> None:
+    """A segmentation fault is no memory shortage: the message said 'out of memory?'
+    for every death, and named no sample."""
+    with pytest.raises(WorkerError, match=r"encoding samples \d+-\d+; killed by SIGSEGV: a "
+                                          r"crash in native code"):
+        DatasetWriter(tmp_path / "c.beton", {"i": IntField()}, num_workers=1,
+                      progress=False).from_indexed_dataset(Crashing(), chunksize=5)
 
 
 def test_a_worker_dead_before_it_is_fed_is_noticed() -> None:
