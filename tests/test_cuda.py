@@ -212,3 +212,18 @@ def test_labels_left_on_the_cpu_survive_the_users_own_copies(train_file: Path,
         torch.cuda.synchronize()
     assert [torch.equal(c.cpu(), r) for c, r in zip(copied, reference, strict=True)] == [
         True] * len(reference)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_cuda_names_the_gpu_current_when_the_loader_was_made(train_file: Path) -> None:
+    """A DDP script that makes its loader before torch.cuda.set_device(rank): every
+    batch lands on the loader's GPU, the side stream's, whichever is current at
+    iter()."""
+    torch.cuda.set_device(0)
+    loader = Loader(train_file, 32, seed=0, pipelines=pipelines("cuda"))
+    torch.cuda.set_device(1)
+    try:
+        for images, labels in loader:
+            assert images.device == labels.device == torch.device("cuda", 0)
+    finally:
+        torch.cuda.set_device(0)

@@ -341,7 +341,14 @@ class Loader:
             for _, wrapper in self._wrappers.values():
                 if isinstance(wrapper, NumbaOperation):
                     wrapper.forget_compiled()
-        plan = compile_plan(self.reader, self._specs, getattr(self, "_plan", None))
+        stage = getattr(self, "_stage", None)
+        if stage is None:
+            plan = compile_plan(self.reader, self._specs, getattr(self, "_plan", None))
+        else:  # 'cuda' means the GPU current when the loader was made, not at iter()
+            import torch
+
+            with torch.cuda.device(stage.device):
+                plan = compile_plan(self.reader, self._specs, getattr(self, "_plan", None))
         self._plan = plan
         return plan
 
