@@ -196,9 +196,9 @@ def test_resume_mid_epoch_exactly(photo_file: Path, stop_after: int, workers: in
     fetched: list[int] = []
     fetch = resumed.memory_manager.fetch
 
-    def counting(indices: np.ndarray):  # type: ignore[no-untyped-def]
+    def counting(indices: np.ndarray, **options):  # type: ignore[no-untyped-def]
         fetched.extend(int(i) for i in indices)
-        return fetch(indices)
+        return fetch(indices, **options)
 
     resumed.memory_manager.fetch = counting  # type: ignore[method-assign]
     resumed.load_state_dict(state)

@@ -723,10 +723,10 @@ def test_fetch_failure_comes_after_the_batches_before_it(scalars: Path) -> None:
     loader = index_loader(scalars, batch_size=10)
     fetch = loader.memory_manager.fetch
 
-    def failing(indices: np.ndarray):  # type: ignore[no-untyped-def]
+    def failing(indices: np.ndarray, **options):  # type: ignore[no-untyped-def]
         if indices[0] == 30:  # batch 3 (batches may be fetched in any order)
             raise OSError("disk unplugged")
-        return fetch(indices)
+        return fetch(indices, **options)
 
     loader.memory_manager.fetch = failing  # type: ignore[method-assign]
     iterator = iter(loader)
@@ -1085,3 +1085,36 @@ def test_a_jpeg_too_large_for_memory_names_file_sample_and_field(tmp_path: Path)
     assert done.stdout.strip() == (f"MemoryError {path}: sample 1, field 'image': no memory to "
                                    "decode its JPEG (65000×65000)")
 
+
+
+def test_os_cache_false_reads_only_the_fields_decoded(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A field left out (``None``), or one a filter does not look at, is not read:
+    with thread workers every field's payloads were read and held. (Reads of the
+    fields decoded coalesce over gaps under 64 KiB: the big payloads are larger.)"""
+    from fastforward.memory_managers.process_cache import ProcessCacheManager
+
+    path = tmp_path / "two.beton"
+    DatasetWriter(path, {"big": BytesField(), "small": BytesField(), "label": IntField()},
+                  num_workers=1, progress=False).from_indexed_dataset(
+        [(bytes([i]) * 100_000, bytes([i]) * 10, i) for i in range(64)])
+    read: list[int] = []
+    pread = ProcessCacheManager._pread_into
+
+    def counted(self: ProcessCacheManager, out: np.ndarray, offset: int) -> None:
+        read.append(out.nbytes)
+        pread(self, out, offset)
+
+    monkeypatch.setattr(ProcessCacheManager, "_pread_into", counted)
+    loader = Loader(path, 16, os_cache=False, worker_type="thread",
+                    pipelines={"big": None, "small": [BytesDecoder()]})
+    assert [len(batch[0][0]) for batch in loader] == [10] * 4
+    assert 0 < sum(read) < 64 * 100
+    read.clear()
+    kept = Loader(path, 16, os_cache=False, worker_type="thread").filter(
+        "label", lambda label: label % 2 == 0)
+    assert len(kept.indices) == 32
+    assert sum(read) == 0  # labels live in the metadata: no payload to read
+    assert [len(batch[0]) for batch in Loader(path, 16, os_cache=False, pipelines={
+        "big": None, "small": None})] == [16] * 4
+    assert sum(read) == 0

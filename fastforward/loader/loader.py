@@ -609,9 +609,10 @@ class Loader:
         # without close() (after a `break`) is freed at once, its finalizer ending
         # the epoch, its workers and its shared memory (it waited for a full
         # garbage collection, behind the cycles of the epoch's threads)
-        fetch: Callable[[np.ndarray], Any] = self.memory_manager.fetch
-        if workers.fields is not None:  # process workers fetch their own ranges' payloads
-            fetch = functools.partial(self.memory_manager.fetch, fields=workers.fields)
+        # the fields this process's decoders read (process workers fetch their own
+        # ranges' payloads)
+        fetch: Callable[[np.ndarray], Any] = functools.partial(self.memory_manager.fetch,
+                                                               fields=workers.fields)
         slots = self._slots
         epoch_plan = EpochPlan(
             batches=batches,

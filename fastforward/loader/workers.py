@@ -167,12 +167,14 @@ class ThreadEpoch:
     """One epoch's decode threads."""
 
     kind = THREAD
-    fields: frozenset[int] | None = None  # the loader fetches every field
     grace: float | None = None  # a thread cannot be stopped: an epoch waits for its ranges
 
     def __init__(self, plan: Plan, size: int) -> None:
         self.plan = plan
         self.size = size
+        # the loader fetches the fields that a decoder reads, and those only (a field
+        # left out, or one that only a filter's probe reads, costs no read)
+        self.fields = frozenset(p.field_index for p in plan.pipelines if p.decoder is not None)
         self._pool = ThreadPoolExecutor(size, thread_name_prefix="fastforward-decode")
 
     def run(self, job: BatchJob, slot: Any, data: Any, copies: Any) -> None:
@@ -1218,7 +1220,9 @@ def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool],
                 if isinstance(plan, _BrokenPlan):  # its error, as it was told the first time
                     reply: tuple[Any, ...] = ("error", job_id, *plan.packed)
                 else:
-                    data = manager.fetch(job.indices[lo:hi])
+                    data = manager.fetch(job.indices[lo:hi], fields=frozenset(
+                        p.field_index for position, p in enumerate(plan.pipelines)
+                        if p.decoder is not None and position in job.ranged))
                     run_stage1(plan, job, data, slots[segment_id], lo, hi)
                     del data
                     reply = ("done", job_id)
