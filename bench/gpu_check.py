@@ -17,8 +17,8 @@
    transforms; then ``bench/core_scaling.py``: how the machine itself scales
    from one busy process to one per core, outside any loader.
 5. **A training step.** ResNet-50 at 176 px (channels_last, AMP) fed by
-   fastforward and by the DataLoader: images/s and the fraction of the time
-   ``next()`` blocks.
+   fastforward and by the DataLoader (over the same stored 256 px JPEGs):
+   images/s and the fraction of the time ``next()`` blocks.
 
 Each step's failure is printed with its traceback and the next step runs. The
 figures go to ``DIR/gpu_check.json`` and the whole output to the terminal.
@@ -278,7 +278,7 @@ def main() -> None:
         if "scaling" not in args.skip:
             step("scaling", lambda: scaling(beton, work / "folder256", args.workers, cores))
         if "training" not in args.skip and cuda:
-            step("training", lambda: training(beton, work / "images", cores,
+            step("training", lambda: training(beton, work / "folder256", cores,
                                               args.train_epochs))
     RESULTS["seconds"] = time.perf_counter() - began
     (args.out / "gpu_check.json").write_text(json.dumps(RESULTS, indent=1, default=str))

@@ -159,6 +159,15 @@ class _Chunk:
         self.skipped = skipped  # the samples left out (only with skip_errors)
 
 
+def _doubled(rows: np.ndarray) -> np.ndarray:
+    """*rows* followed by as many zero rows. Copied into zeros, not concatenated: a
+    structured copy may go field by field, and np.concatenate's output would keep
+    whatever its memory held in the padding between fields (written to the file)."""
+    out = np.zeros(2 * len(rows), rows.dtype)
+    out[: len(rows)] = rows
+    return out
+
+
 class _Encoder:
     """Encodes samples into chunks; lives in each worker process."""
 
@@ -192,8 +201,7 @@ class _Encoder:
         j = 0  # the row of the next kept sample
         for dest, source, sample in samples:
             if j == len(metadata):  # room for twice as many rows
-                metadata, packed, counts = (np.concatenate([a, np.zeros_like(a)])
-                                            for a in (metadata, packed, counts))
+                metadata, packed, counts = (_doubled(a) for a in (metadata, packed, counts))
             columns = [metadata[f"f{i}"] for i in range(len(self.fields))]
             if isinstance(sample, _Unread):
                 skipped.append(SkippedSample(dest, source, None, sample.error))
@@ -451,8 +459,8 @@ def _task_samples(task: Any) -> int:
     (shard, count))``."""
     what = task[1]
     if isinstance(what, tuple) and len(what) == 2 and isinstance(what[1], int):
-        return max(1, int(what[1]))
-    return max(1, len(what))
+        return int(what[1])
+    return len(what)
 
 
 class _Pool:
@@ -610,11 +618,9 @@ class _Pool:
             why = "it stopped answering"
         else:
             why = "it exited (os._exit in the dataset?)"
-        given = ""
-        if held:
-            first, last = tasks[held[0]], tasks[held[-1]]
-            given = (f"; it was encoding samples {int(first[0])}-"
-                     f"{int(last[0]) + _task_samples(last) - 1}")
+        ranges = [f"{int(tasks[k][0])}-{int(tasks[k][0]) + _task_samples(tasks[k]) - 1}"
+                  for k in held if _task_samples(tasks[k])]
+        given = f"; it was encoding samples {', '.join(ranges)}" if ranges else ""
         return WorkerError(
             f"{self.fname}: writer worker {proc.name} died (exit code {code}) "
             f"without reporting an error{given}; {why}"
@@ -1289,6 +1295,7 @@ class DatasetWriter:
         """
         if chunksize < 1:
             raise ValueError(f"chunksize must be at least 1, got {chunksize}")
+        refuse_to_replace(self.fname)
         order = np.arange(len(dataset)) if indices is None else self._indices(indices)
         if shuffle_indices:
             rng = np.random.default_rng(self.seed if seed is None else _seed(seed, "seed"))
@@ -1320,6 +1327,7 @@ class DatasetWriter:
         URLs, or one of them (as ``webdataset.WebDataset`` takes it).
         """
         shards = self._shards(shards)
+        refuse_to_replace(self.fname)  # before the shards are read to be counted
         try:
             import webdataset  # noqa: F401
         except ImportError as exc:

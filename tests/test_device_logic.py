@@ -110,6 +110,23 @@ def test_nvjpeg_waits_for_the_stream_and_names_a_bad_jpeg(
     with pytest.raises(DecodeError, match=r"train\.beton: sample 9, field 'image': nvJPEG "
                                           r"cannot decode its JPEG: Error while decoding"):
         decoder._nvjpeg([b"a", b"bad", b"c"], [4, 9, 11], "cuda")
+    failures = iter([RuntimeError("batched decode failed"), None, None])
+
+    def flaky(data: Any, device: Any) -> Any:  # the batch fails, each image decodes
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return decode_jpeg(data, device)
+
+    io.decode_jpeg = flaky  # type: ignore[attr-defined]
+    assert decoder._nvjpeg([b"a", b"b"], [4, 9], "cuda") == [["image a"], ["image b"]]
+
+    def out_of_memory(data: Any, device: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    io.decode_jpeg = out_of_memory  # type: ignore[attr-defined]
+    with pytest.raises(torch.OutOfMemoryError):
+        decoder._nvjpeg([b"a"], [4], "cuda")
 
 
 def test_only_what_the_gpu_stage_copies_is_page_locked(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,3 +175,32 @@ def test_only_what_the_gpu_stage_copies_is_page_locked(monkeypatch: pytest.Monke
     nothing.kind, nothing.pin_shared = SHARED, True
     nothing.acquire({"label/decoder": layout["label/decoder"]})
     assert registered == []
+
+
+def test_a_branch_left_on_the_cpu_keeps_its_source_unpinned(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A branch's outputs may be views of its source pipeline's buffers: where the
+    source copies to the GPU and the branch stays on the CPU, the source is not
+    page-locked (the branch's labels are then safe to copy with non_blocking)."""
+    from fastforward.fields import IntField
+    from fastforward.fields.decoders import IntDecoder
+    from fastforward.loader import Loader
+    from fastforward.pipeline import PipelineSpec
+    from fastforward.transforms import Squeeze, ToTensor
+    from fastforward.writer import DatasetWriter
+
+    path = tmp_path / "ints.beton"
+    DatasetWriter(path, {"a": IntField(), "c": IntField()}, num_workers=1,
+                  progress=False).from_indexed_dataset([(i, i) for i in range(8)])
+    tensor, squeezed = ToTensor(), Squeeze()
+    loader = Loader(path, 4, pipelines={
+        "a": [IntDecoder(), tensor, squeezed], "c": [IntDecoder(), ToTensor()],
+        "b": PipelineSpec(tensor, None, [Squeeze()]),
+        "d": PipelineSpec(squeezed, None, [])})
+    on_gpu: dict[str, set[str]] = {"a": {"cuda:0"}, "c": {"cuda:0"}}
+    loader._cuda_pipelines = lambda: on_gpu  # type: ignore[method-assign]
+    assert loader._pinned_pipelines() == {"c"}
+    on_gpu.update(b={"cuda:0"}, d={"cuda:0"})
+    assert loader._pinned_pipelines() == {"a", "b", "c", "d"}
+    on_gpu.pop("d")
+    assert loader._pinned_pipelines() == {"b", "c"}
+    loader.close()

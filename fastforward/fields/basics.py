@@ -49,6 +49,18 @@ class FloatDecoder(BasicDecoder):
     dtype = np.dtype("<f8")
 
 
+def _is_complex(value: Any) -> bool:
+    """Whether *value* is a complex number (Python, NumPy or torch), asked without
+    converting it (a tensor that requires grad cannot become an array)."""
+    if isinstance(value, (complex, np.complexfloating)):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind == "c"
+    is_complex = getattr(value, "is_complex", None)
+    return bool(is_complex()) if callable(is_complex) and type(value).__module__.startswith(
+        "torch") else False
+
+
 class FloatField(Field):
     """A float64 per sample (type id 0)."""
 
@@ -71,7 +83,7 @@ class FloatField(Field):
         if isinstance(field, (str, bytes, bytearray)):
             raise EncodeError(f"expected a real number, got {type(field).__name__} "
                               f"{field!r:.40}: convert it with float() if you mean it")
-        if np.iscomplexobj(field):  # float() of a NumPy complex keeps its real part
+        if _is_complex(field):  # float() of a NumPy complex keeps its real part
             raise EncodeError(f"expected a real number, got {type(field).__name__} "
                               f"{field!r:.40}: take .real or abs() if you mean it")
         try:

@@ -109,7 +109,9 @@ class _NvJpegMixin:
         freed on that stream: an earlier batch's kernels still reading it would
         see this batch's pixels (pytorch/vision#9606). The stream is drained
         first. A JPEG that does not decode is named (file, sample, field): the
-        batched call says only that one of them failed.
+        batched call says only that one of them failed; where each decodes on its
+        own, those images are the batch's. Running out of GPU memory is raised as
+        torch raises it.
         """
         import torch
         import torchvision.io
@@ -117,17 +119,21 @@ class _NvJpegMixin:
         torch.cuda.current_stream(device).synchronize()
         try:
             return list(torchvision.io.decode_jpeg(payloads, device=device))
-        except RuntimeError as batched:
-            for payload, sample in zip(payloads, samples, strict=True):
-                try:
-                    torchvision.io.decode_jpeg(payload, device=device)
-                except RuntimeError as exc:
-                    raise DecodeError(f"{self.fname}: sample {int(sample)}, field "
-                                      f"{self.field_name!r}: nvJPEG cannot decode its JPEG: "
-                                      f"{exc}") from None
-            raise DecodeError(f"{self.fname}: samples {[int(s) for s in samples]}, field "
-                              f"{self.field_name!r}: nvJPEG cannot decode this batch's "
-                              f"JPEGs: {batched}") from None
+        except torch.OutOfMemoryError:
+            raise  # not the JPEGs' fault: as torch raises it, for code that shrinks batches
+        except RuntimeError:
+            pass
+        images = []
+        for payload, sample in zip(payloads, samples, strict=True):
+            try:
+                images.append(torchvision.io.decode_jpeg(payload, device=device))
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError as exc:
+                raise DecodeError(f"{self.fname}: sample {int(sample)}, field "
+                                  f"{self.field_name!r}: nvJPEG cannot decode its JPEG: "
+                                  f"{exc}") from None
+        return images  # one by one, every JPEG decodes: the batched call's failure passes
 
 
 class NvJpegRandomResizedCropRGBImageDecoder(_NvJpegMixin, RandomResizedCropRGBImageDecoder):

@@ -228,7 +228,7 @@ class Loader:
             self._slots.pin_shared = self._stage is not None
         elif self._stage is not None:
             self._slots.kind = PINNED
-        self._slots.pin_pipelines = frozenset(self._cuda_pipelines())
+        self._slots.pin_pipelines = self._pinned_pipelines()
         self._resume: tuple[int, list[list[int]]] | None = None  # (epoch, segments)
         self._state_identity: dict[str, Any] | None = None  # see _identity
         self._current: weakref.ref[EpochIterator] | None = None
@@ -390,6 +390,28 @@ class Loader:
             if devices:
                 found[name] = devices
         return found
+
+    def _pinned_pipelines(self) -> frozenset[str]:
+        """The pipelines whose host buffers are page-locked: those that copy to the
+        GPU, less any that a branch left on the CPU reads from, however far up (its
+        outputs may be views of their buffers, and a user's own non_blocking copy of
+        them must not read page-locked memory that a refill can reach; copies out
+        of ordinary memory are synchronous, still right)."""
+        cuda = self._cuda_pipelines()
+        owner = {id(op): name for name, spec in self._specs.items()
+                 for op in [spec.decoder, *spec.transforms] if op is not None}
+        unpinned: set[str] = set()
+        for name, spec in self._specs.items():
+            if name in cuda:
+                continue
+            source = spec.source
+            while not isinstance(source, str) and id(source) in owner:
+                above = owner[id(source)]
+                if above in unpinned:
+                    break
+                unpinned.add(above)
+                source = self._specs[above].source
+        return frozenset(cuda) - unpinned
 
     def _device_stage(self) -> DeviceStage | None:
         """The CUDA stage, when a pipeline copies to a CUDA device (one device per loader)."""
