@@ -42,6 +42,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 RESULTS: dict[str, Any] = {}
+MIN_IMAGES = 2560  # ten batches of 256 per epoch
 
 
 def step(name: str, run: Callable[[], Any]) -> None:
@@ -127,13 +128,22 @@ def corpus(work: Path, images: int, cores: int) -> dict[str, Any]:
 
 
 def cuda_tests(out: Path) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rA",
+    """``pytest -m cuda`` on the CUDA tests, importing fastforward as this process
+    does (``-P``: not the source tree's uncompiled package from the current folder)."""
+    import importlib.util
+
+    if importlib.util.find_spec("pytest") is None:
+        raise RuntimeError("the CUDA tests need pytest: pip install '.[test]'")
+    done = subprocess.run([sys.executable, "-P", "-m", "pytest", "-m", "cuda", "-q", "-rA",
                            "-p", "no:cacheprovider", "--basetemp", str(out / "pt"),
                            "tests/test_cuda.py", "tests/test_transforms_torch.py",
                            "tests/test_transforms.py"],
                           capture_output=True, text=True, check=False, timeout=400)
     print(done.stdout[-12000:], done.stderr[-3000:], flush=True)
     (out / "cuda_tests.log").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"pytest -m cuda failed (exit {done.returncode}; "
+                           f"{out / 'cuda_tests.log'})")
     return {"exit": done.returncode, "summary": done.stdout.strip().splitlines()[-1:]}
 
 
@@ -194,7 +204,7 @@ def cuda_stage(beton: Path, cores: int) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for worker_type in ("thread", "process"):
         for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
-            figures[f"(b) to {device}, {worker_type}s"] = f = stage_throughput(
+            figures[f"(b) to {device}, {worker_type} workers"] = f = stage_throughput(
                 beton, device, worker_type, cores)
             print(f"(b) ending on {device}, {cores} {worker_type} workers: "
                   f"{f['images/s']:,.0f} images/s", flush=True)
@@ -262,11 +272,17 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["tests", "stage", "scaling", "training"])
     args = parser.parse_args()
+    if args.images < MIN_IMAGES:
+        parser.error(f"--images must be at least {MIN_IMAGES}: steady-state figures need "
+                     "epochs of several batches of 256")
     args.out.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
     began = time.perf_counter()
     step("environment", environment)
     cuda = bool(RESULTS["environment"].get("cuda"))
+    if not cuda:
+        print("no CUDA GPU: the CUDA tests skip, the CUDA stage runs on the CPU only, and "
+              "the training step is left out", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         step("corpus", lambda: corpus(work, args.images, cores))

@@ -1107,14 +1107,15 @@ def test_os_cache_false_reads_only_the_fields_decoded(tmp_path: Path,
 
     monkeypatch.setattr(ProcessCacheManager, "_pread_into", counted)
     loader = Loader(path, 16, os_cache=False, worker_type="thread",
-                    pipelines={"big": None, "small": [BytesDecoder()]})
+                    pipelines={"big": None, "small": [BytesDecoder()], "label": None})
     assert [len(batch[0][0]) for batch in loader] == [10] * 4
     assert 0 < sum(read) < 64 * 100
     read.clear()
-    kept = Loader(path, 16, os_cache=False, worker_type="thread").filter(
+    kept = Loader(path, 16, os_cache=False, worker_type="thread", pipelines={
+        "big": None, "small": None, "label": [IntDecoder()]}).filter(
         "label", lambda label: label % 2 == 0)
     assert len(kept.indices) == 32
     assert sum(read) == 0  # labels live in the metadata: no payload to read
     assert [len(batch[0]) for batch in Loader(path, 16, os_cache=False, pipelines={
-        "big": None, "small": None})] == [16] * 4
+        "big": None, "small": None, "label": [IntDecoder()]})] == [16] * 4
     assert sum(read) == 0
