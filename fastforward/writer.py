@@ -618,8 +618,8 @@ class _Pool:
             why = "it stopped answering"
         else:
             why = "it exited (os._exit in the dataset?)"
-        ranges = [f"{int(tasks[k][0])}-{int(tasks[k][0]) + _task_samples(tasks[k]) - 1}"
-                  for k in held if _task_samples(tasks[k])]
+        ranges = [f"{int(tasks[k][0])}-{int(tasks[k][0]) + count - 1}"
+                  for k in held if (count := _task_samples(tasks[k]))]
         given = f"; it was encoding samples {', '.join(ranges)}" if ranges else ""
         return WorkerError(
             f"{self.fname}: writer worker {proc.name} died (exit code {code}) "
@@ -1295,7 +1295,6 @@ class DatasetWriter:
         """
         if chunksize < 1:
             raise ValueError(f"chunksize must be at least 1, got {chunksize}")
-        refuse_to_replace(self.fname)
         order = np.arange(len(dataset)) if indices is None else self._indices(indices)
         if shuffle_indices:
             rng = np.random.default_rng(self.seed if seed is None else _seed(seed, "seed"))

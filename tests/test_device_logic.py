@@ -197,10 +197,9 @@ def test_a_branch_left_on_the_cpu_keeps_its_source_unpinned(tmp_path) -> None:  
         "b": PipelineSpec(tensor, None, [Squeeze()]),
         "d": PipelineSpec(squeezed, None, [])})
     on_gpu: dict[str, set[str]] = {"a": {"cuda:0"}, "c": {"cuda:0"}}
-    loader._cuda_pipelines = lambda: on_gpu  # type: ignore[method-assign]
-    assert loader._pinned_pipelines() == {"c"}
+    assert loader._pinned_pipelines(on_gpu) == {"c"}
     on_gpu.update(b={"cuda:0"}, d={"cuda:0"})
-    assert loader._pinned_pipelines() == {"a", "b", "c", "d"}
+    assert loader._pinned_pipelines(on_gpu) == {"a", "b", "c", "d"}
     on_gpu.pop("d")
-    assert loader._pinned_pipelines() == {"b", "c"}
+    assert loader._pinned_pipelines(on_gpu) == {"b", "c"}
     loader.close()

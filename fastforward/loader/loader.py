@@ -212,7 +212,8 @@ class Loader:
         self._wrappers: dict[int, tuple[Any, Operation]] = {}  # id(user's object) -> its wrapper
         self._specs = self._normalise(dict(pipelines or {}))
         self._compile()  # checks every pipeline now, not at the first batch
-        self._stage = self._device_stage()
+        cuda = self._cuda_pipelines()
+        self._stage = self._device_stage(cuda)
         self._owned.workers = self.workers = self._choose_workers(worker_type)
         # batches_ahead in flight, one in the channel, the one the consumer
         # holds, and the previous one, still alive while next() runs in a loop;
@@ -228,7 +229,7 @@ class Loader:
             self._slots.pin_shared = self._stage is not None
         elif self._stage is not None:
             self._slots.kind = PINNED
-        self._slots.pin_pipelines = self._pinned_pipelines()
+        self._slots.pin_pipelines = self._pinned_pipelines(cuda)
         self._resume: tuple[int, list[list[int]]] | None = None  # (epoch, segments)
         self._state_identity: dict[str, Any] | None = None  # see _identity
         self._current: weakref.ref[EpochIterator] | None = None
@@ -391,13 +392,12 @@ class Loader:
                 found[name] = devices
         return found
 
-    def _pinned_pipelines(self) -> frozenset[str]:
+    def _pinned_pipelines(self, cuda: dict[str, set[str]]) -> frozenset[str]:
         """The pipelines whose host buffers are page-locked: those that copy to the
         GPU, less any that a branch left on the CPU reads from, however far up (its
         outputs may be views of their buffers, and a user's own non_blocking copy of
         them must not read page-locked memory that a refill can reach; copies out
-        of ordinary memory are synchronous, still right)."""
-        cuda = self._cuda_pipelines()
+        of ordinary memory are synchronous, still right). *cuda*: ``_cuda_pipelines()``."""
         owner = {id(op): name for name, spec in self._specs.items()
                  for op in [spec.decoder, *spec.transforms] if op is not None}
         unpinned: set[str] = set()
@@ -413,9 +413,10 @@ class Loader:
                 source = self._specs[above].source
         return frozenset(cuda) - unpinned
 
-    def _device_stage(self) -> DeviceStage | None:
-        """The CUDA stage, when a pipeline copies to a CUDA device (one device per loader)."""
-        devices = set().union(*self._cuda_pipelines().values())
+    def _device_stage(self, cuda: dict[str, set[str]]) -> DeviceStage | None:
+        """The CUDA stage, when a pipeline copies to a CUDA device (one device per loader);
+        *cuda*: ``_cuda_pipelines()``."""
+        devices = set().union(*cuda.values())
         if not devices:
             return None
         if len(devices) > 1:
