@@ -34,7 +34,7 @@ from .preview import png_target, save_png
 from .reader import Problem, Reader
 from .types import validate_page_size
 from .utils import install_hint
-from .writer import DatasetWriter, SkippedSample, refuse_to_replace
+from .writer import DatasetWriter, SkippedSample, refuse_to_replace, written_through_links
 
 PROG = "fastforward"
 MAX_BENCH_WORKERS_PER_CPU = 8  # bench --workers: more only measure the machine's scheduler
@@ -328,7 +328,7 @@ def image_folder_fields(options: ConvertOptions) -> dict[str, Field]:
 def _check_output(out: Path) -> None:
     """Fail before any work where the writer could only fail at its end."""
     refuse_to_replace(out)
-    parent = out.parent
+    parent = Path(written_through_links(out)).parent
     if not parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such directory", str(parent))
     listed = skipped_list_path(out)

@@ -1188,6 +1188,16 @@ def refuse_to_replace(fname: str | os.PathLike[str]) -> None:
                       "would replace it with a regular file", fname)
 
 
+def written_through_links(fname: str | os.PathLike[str]) -> str:
+    """The absolute path a write to *fname* replaces: *fname* itself, or, where
+    it is a symbolic link (dangling or not), the file the links lead to, as
+    ``open(fname, "w")`` would write it; the link stays, leading to the new
+    file (renaming over *fname* would replace the link with a regular file,
+    in the link's directory, perhaps on another disk)."""
+    fname = os.path.abspath(fname)
+    return os.path.realpath(fname) if os.path.islink(fname) else fname
+
+
 class DatasetWriter:
     """Write a dataset to a .beton v2 file, readable by fastforward and FFCV.
 
@@ -1368,22 +1378,22 @@ class DatasetWriter:
                            self.skip_errors)
         self.skipped = []
         refuse_to_replace(self.fname)
-        directory = os.path.dirname(os.path.abspath(self.fname))
+        target = written_through_links(self.fname)
         with _signals_stop_the_write(self.fname) as sigterm:
             self._write_locked(num_samples, tasks, source, encoder, names, fields,
-                               directory, sigterm)
+                               target, sigterm)
 
     def _write_locked(self, num_samples: int, tasks: list[Any], source: Any, encoder: _Encoder,
-                      names: list[str], fields: list[Field], directory: str,
+                      names: list[str], fields: list[Field], target: str,
                       sigterm: _SignalGuard) -> None:
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        lock = _TargetLock(self.fname, dir_fd)
+        dir_fd = os.open(os.path.dirname(target), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        lock = _TargetLock(target, dir_fd)
         output = pool = companion = None
         try:
-            _check_name_length(self.fname, dir_fd)
+            _check_name_length(target, dir_fd)
             lock.acquire()
-            self._remove_stale_parts(dir_fd)
-            output = _Output(self.fname, dir_fd)
+            self._remove_stale_parts(dir_fd, target)
+            output = _Output(target, dir_fd)
             self._write_head(output, num_samples, names, fields)
             start = data_offset(len(fields), num_samples, self.row_type, self.page_size)
             pages = _PageWriter(output, start, self.page_size, num_samples, self.row_type,
@@ -1420,10 +1430,10 @@ class DatasetWriter:
             lock.release()
             os.close(dir_fd)
 
-    def _remove_stale_parts(self, dir_fd: int) -> None:
-        """Remove the partial files that killed writers of this target left
+    def _remove_stale_parts(self, dir_fd: int, target: str) -> None:
+        """Remove the partial files that killed writers of *target* left
         (holding the lock, we know that none of them is still writing)."""
-        base = _hidden_stem(os.path.basename(self.fname), dir_fd)
+        base = _hidden_stem(os.path.basename(target), dir_fd)
         for name in os.listdir(dir_fd):
             if _is_part_of(name, base):
                 with contextlib.suppress(FileNotFoundError):

@@ -730,6 +730,27 @@ def test_a_target_that_is_no_regular_file_is_left_alone(tmp_path: Path) -> None:
     assert link.is_symlink()
 
 
+def test_a_symlinked_target_is_written_through(tmp_path: Path) -> None:
+    """A write to a symbolic link replaces the file it leads to, as ``open``
+    would, and keeps the link (the final rename had put a regular file in the
+    link's place, in the link's directory: perhaps another disk)."""
+    disk, here = tmp_path / "disk", tmp_path / "here"
+    disk.mkdir()
+    here.mkdir()
+    DatasetWriter(disk / "old.beton", {"label": IntField()}, num_workers=1,
+                  progress=False).from_indexed_dataset([(7,)])
+    (here / "train.beton").symlink_to(disk / "old.beton")
+    (here / "dangling.beton").symlink_to(disk / "new.beton")
+    for link, label in (("train.beton", 1), ("dangling.beton", 2)):
+        DatasetWriter(here / link, {"label": IntField()}, num_workers=1,
+                      progress=False).from_indexed_dataset([(label,)] * 3)
+        assert (here / link).is_symlink()
+        assert [Reader(here / link).read(i)[0] for i in range(3)] == [label] * 3
+    assert sorted(os.listdir(here)) == ["dangling.beton", "train.beton"]
+    assert sorted(os.listdir(disk)) == ["new.beton", "old.beton"]
+    assert Reader(disk / "old.beton").read(0)[0] == 1
+
+
 class Unreadable:
     """A dataset whose reading fails the test: nothing may be read before a refusal."""
 
