@@ -725,6 +725,15 @@ def test_to_device_cpu_is_a_no_op(batch: np.ndarray) -> None:
     assert T.ToDevice(torch.device("cpu")).declare_state_and_memory(state_of(x))[1] is None
 
 
+def test_to_device_cuda_without_a_gpu_says_why_and_what_to_do(batch: np.ndarray) -> None:
+    torch = torch_or_skip()
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    why = "a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
+    with pytest.raises(RuntimeError, match=rf"CUDA is not available: .*{why}.*ToDevice\('cpu'\)"):
+        T.ToDevice("cuda").declare_state_and_memory(state_of(torch.from_numpy(batch)))
+
+
 @pytest.mark.cuda
 def test_to_device_cuda(batch: np.ndarray) -> None:
     torch = torch_or_skip()

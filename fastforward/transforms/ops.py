@@ -133,7 +133,11 @@ class ToDevice(Operation):
             import torch
 
             if not torch.cuda.is_available():
-                raise RuntimeError(f"{name(self)}({self.device!r}): CUDA is not available")
+                why = ("this torch is a CPU-only build" if torch.version.cuda is None
+                       else "no GPU is visible (CUDA_VISIBLE_DEVICES, the driver)")
+                raise RuntimeError(f"{name(self)}({self.device!r}): CUDA is not available: "
+                                   f"{why}. To keep the batches on the CPU, use ToDevice('cpu') "
+                                   "or leave ToDevice out")
         return replace(previous_state, device=target), None
 
     def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
