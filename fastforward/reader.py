@@ -54,7 +54,7 @@ from .types import (
     metadata_offset,
     validate_page_size,
 )
-from .utils import kind_of_file
+from .utils import anonymous_shared_fd, kind_of_file
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,37 @@ class Problem:
             where.append(f"field {self.field!r}")
         return f"{', '.join(where)}: {self.message}" if where else self.message
 
+
+
+# a reader's arrays with a row per sample or per allocation, besides each
+# field's payload offsets and sizes (``Reader.share_tables``)
+_TABLES = ("metadata", "alloc_table", "_ptrs", "_sizes", "_owners", "sample_pages")
+
+
+@dataclass(frozen=True)
+class SharedTables:
+    """Where ``Reader.share_tables`` put each table in its segment."""
+
+    nbytes: int
+    entries: list[tuple[str, int | None, np.dtype[Any], int, int]]  # name, key, dtype,
+    scalars: dict[str, int]  # rows, offset; and the reader's values that go with them
+
+    def views(self, segment: mmap.mmap) -> list[tuple[str, int | None, np.ndarray]]:
+        return [(name, key, np.frombuffer(segment, dtype, rows, offset) if rows
+                 else np.empty(0, dtype)) for name, key, dtype, rows, offset in self.entries]
+
+
+def _map_shared(fd: int, layout: SharedTables, fname: str) -> mmap.mmap:
+    """A read-only map of the tables ``share_tables`` put in the segment *fd*,
+    which is closed whatever happens."""
+    try:
+        size = os.fstat(fd).st_size
+        if size < layout.nbytes:
+            raise FormatError(f"{fname}: the shared tables hold {size} bytes, not "
+                              f"{layout.nbytes}")
+        return mmap.mmap(fd, layout.nbytes, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
 
 
 def _refuse_what_is_no_file(mode: int, fname: str) -> None:
@@ -118,6 +149,11 @@ class Reader:
             takes it over and closes it. A loader's worker processes read the
             loader's own descriptor so: the file it opened, whatever the name
             names now.
+        tables: ``share_tables()`` of a reader of the same file (its
+            descriptor, sent over, and where each table lies): its per-sample
+            tables are mapped instead of read, checked and built again. The
+            reader takes the descriptor over and closes it. A loader's worker
+            processes open the file so: one copy of the tables serves them all.
 
     While it is open, every read goes through the descriptor opened here, never
     through the name again: a file renamed over the name, or the name removed,
@@ -130,8 +166,10 @@ class Reader:
     def __init__(self, fname: str | os.PathLike[str],
                  custom_handlers: Mapping[str, type[Field]] | None = None, *,
                  validate: bool = True, verify_checksums: bool = False,
-                 fd: int | None = None) -> None:
+                 fd: int | None = None, tables: tuple[int, SharedTables] | None = None
+                 ) -> None:
         self.fname = os.fspath(fname)
+        shared = None if tables is None else (_map_shared(*tables, self.fname), tables[1])
         self.custom_handlers = dict(custom_handlers or {})
         self.validate = bool(validate)
         self.verify_checksums = bool(verify_checksums)
@@ -152,9 +190,13 @@ class Reader:
             self._read_checksums()
             self._check_header()
             self._read_fields()
-            self._read_metadata()
-            self._read_alloc_table()
-            self._index_payloads()
+            self._tables: tuple[int, SharedTables] | None = None  # share_tables()'s
+            if shared is None:
+                self._read_metadata()
+                self._read_alloc_table()
+                self._index_payloads()
+            else:
+                self._map_tables(*shared)
         except BaseException:
             self._fd_closer()
             raise
@@ -488,6 +530,75 @@ class Reader:
             ]
         return []  # a custom field: only its pointers can be checked
 
+    # -- tables shared between processes -------------------------------------
+
+    def _table_arrays(self) -> list[tuple[str, int | None, np.ndarray]]:
+        """The arrays with a row per sample or per allocation: ``(attribute,
+        key in it or None, array)``."""
+        arrays: list[tuple[str, int | None, np.ndarray]] = [
+            (name, None, getattr(self, name)) for name in _TABLES]
+        arrays += [("payload_offsets", i, a) for i, a in self.payload_offsets.items()]
+        arrays += [("payload_nbytes", i, a) for i, a in self.payload_nbytes.items()]
+        return arrays
+
+    def _adopt(self, arrays: list[tuple[str, int | None, np.ndarray]]) -> None:
+        # the dicts are changed in place: a memory manager holds them
+        self.payload_offsets = getattr(self, "payload_offsets", {})
+        self.payload_nbytes = getattr(self, "payload_nbytes", {})
+        for name, key, array in arrays:
+            if key is None:
+                setattr(self, name, array)
+            else:
+                getattr(self, name)[key] = array
+
+    def share_tables(self) -> tuple[int, SharedTables]:
+        """This reader's per-sample tables (metadata, allocation table, payload
+        offsets and sizes, each sample's page: about 90 bytes a sample) in an
+        anonymous shared-memory segment: its descriptor, and where each table
+        lies, for ``Reader(..., fd=..., tables=...)`` in another process (send
+        the descriptor with ``multiprocessing.reduction.send_handle``).
+
+        From the first call on, this reader's own tables are read-only views of
+        the segment, so that one copy serves this process and every one it
+        shares them with; the descriptor stays open while the reader is.
+        """
+        if self._tables is not None:
+            return self._tables
+        arrays = self._table_arrays()
+        entries: list[tuple[str, int | None, np.dtype[Any], int, int]] = []
+        end = 0
+        for name, key, array in arrays:
+            offset = -(-end // 64) * 64
+            entries.append((name, key, array.dtype, len(array), offset))
+            end = offset + array.nbytes
+        layout = SharedTables(max(end, 1), entries, {
+            "metadata_end": self.metadata_end, "data_start": self.data_start,
+            "data_end": self.data_end})
+        fd = anonymous_shared_fd(layout.nbytes, "fastforward-tables")
+        try:
+            segment = mmap.mmap(fd, layout.nbytes)
+            views = layout.views(segment)
+            for (_, _, array), (_, _, view) in zip(arrays, views, strict=True):
+                view[...] = array
+                view.flags.writeable = False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._adopt(views)
+        self._tables_closer = weakref.finalize(self, os.close, fd)
+        self._tables = (fd, layout)
+        return self._tables
+
+    def _map_tables(self, segment: mmap.mmap, layout: SharedTables) -> None:
+        """Adopt the tables another reader of this file shared (``share_tables``)."""
+        views = layout.views(segment)
+        metadata = next(view for name, _, view in views if name == "metadata")
+        if metadata.dtype != self.metadata_type or len(metadata) != self.num_samples:
+            raise self._error("the shared tables are another file's")
+        self._adopt(views)
+        for name, value in layout.scalars.items():
+            setattr(self, name, value)
+
     # -- payloads -------------------------------------------------------------
 
     @property
@@ -786,6 +897,9 @@ class Reader:
                 self._mmap.close()
             self._mmap = None
         self._fd_closer()
+        if self._tables is not None:  # the shared tables' descriptor (their map stays)
+            self._tables_closer()
+            self._tables = None
 
     @property
     def file_name(self) -> str:

@@ -42,7 +42,6 @@ import itertools
 import mmap
 import os
 import sys
-import tempfile
 import threading
 import weakref
 from collections.abc import Sequence
@@ -51,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from .pipeline.allocation_query import AllocationQuery
+from .utils import anonymous_shared_fd
 
 Layout = dict[str, AllocationQuery | Sequence[AllocationQuery]]
 Offsets = dict[str, list[tuple[int, tuple[int, ...], np.dtype]]]
@@ -68,7 +68,7 @@ class Segment:
     def __init__(self, nbytes: int, on_drop: Any = None) -> None:
         self.id = next(_segment_ids)
         self.nbytes = max(int(nbytes), 1)
-        self.fd = _anonymous_shared_fd(self.nbytes)
+        self.fd = anonymous_shared_fd(self.nbytes, "fastforward-slot")
         try:
             self.map = mmap.mmap(self.fd, self.nbytes)
         except BaseException:
@@ -89,22 +89,6 @@ def _drop_segment(fd: int, segment_id: int, on_drop: Any) -> None:
     os.close(fd)
     if on_drop is not None:
         on_drop(segment_id)
-
-
-def _anonymous_shared_fd(nbytes: int) -> int:
-    """A descriptor of *nbytes* of shared memory with no name anywhere."""
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("fastforward-slot", os.MFD_CLOEXEC)
-    else:  # unlinked at once: it vanishes with its last descriptor and map
-        directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        fd, path = tempfile.mkstemp(prefix="fastforward-slot-", dir=directory)
-        os.unlink(path)
-    try:
-        os.ftruncate(fd, nbytes)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 class Slot:

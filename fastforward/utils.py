@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
@@ -226,3 +227,21 @@ TORCHVISION_HINT = ("pip install torch torchvision at versions that go together 
                     f"table; CPU-only builds: {CPU_TORCH}), as a bare "
                     "`pip install torchvision` may replace your torch with a CUDA build")
 """How to install torchvision without replacing the torch already installed."""
+
+
+def anonymous_shared_fd(nbytes: int, name: str) -> int:
+    """A descriptor of *nbytes* of shared memory with no name anywhere (*name*
+    shows in ``/proc/PID/maps``): it vanishes with its last descriptor and map,
+    whatever ends the processes that hold it."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    else:  # unlinked at once
+        directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, path = tempfile.mkstemp(prefix=f"{name}-", dir=directory)
+        os.unlink(path)
+    try:
+        os.ftruncate(fd, nbytes)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -456,3 +456,84 @@ def test_a_named_pipe_or_a_device_is_refused_without_waiting(tmp_path: Path) -> 
     from fastforward.cli import main
 
     assert main(["info", str(pipe)]) == 1  # told, not waiting
+
+
+# -- tables shared with another process (a loader's workers) --------------------
+
+
+def _tables(reader: Reader) -> dict[str, np.ndarray]:
+    found = {name: getattr(reader, name) for name in
+             ("metadata", "alloc_table", "_ptrs", "_sizes", "_owners", "sample_pages")}
+    found.update({f"offsets {i}": a for i, a in reader.payload_offsets.items()})
+    found.update({f"nbytes {i}": a for i, a in reader.payload_nbytes.items()})
+    return found
+
+
+def _closed(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("name", ["basic.beton", "all_fields.beton"])
+def test_shared_tables_are_the_same_tables(name: str) -> None:
+    """FFCV's files (allocation tables out of order, several pointer fields): a
+    reader built on another's shared tables has every table equal to one that
+    read them, reads every sample the same, and writes none of them."""
+    path = fixture_dir() / name
+    own, fresh = Reader(path), Reader(path)
+    fd, layout = own.share_tables()
+    assert own.share_tables() == (fd, layout)  # once
+    mapped = Reader(path, fd=os.open(path, os.O_RDONLY), tables=(os.dup(fd), layout))
+    expected = _tables(fresh)
+    for reader in (own, mapped):
+        tables = _tables(reader)
+        assert tables.keys() == expected.keys()
+        for key, array in tables.items():
+            assert array.dtype == expected[key].dtype, key
+            assert np.array_equal(array, expected[key]), key
+            assert not array.flags.writeable, key
+        for what in ("metadata_end", "data_start", "data_end"):
+            assert getattr(reader, what) == getattr(fresh, what)
+    for i in range(fresh.num_samples):
+        for a, b in zip(mapped.read(i), fresh.read(i), strict=True):
+            assert np.array_equal(np.asarray(a), np.asarray(b)), i
+    own.close()
+    assert _closed(fd)
+    assert mapped.read(0) is not None  # the map outlives the descriptors
+
+
+def test_shared_tables_of_an_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.beton"
+    DatasetWriter(path, {"x": BytesField()}, num_workers=1,
+                  progress=False).from_indexed_dataset([])
+    own = Reader(path)  # its descriptor closes with it
+    fd, layout = own.share_tables()
+    mapped = Reader(path, tables=(os.dup(fd), layout))
+    assert mapped.num_samples == 0
+    assert mapped.metadata.shape == (0,)
+
+
+def test_shared_tables_of_another_file_are_refused_and_closed(good: Path,
+                                                               tmp_path: Path) -> None:
+    other = tmp_path / "other.beton"
+    DatasetWriter(other, {"label": IntField()}, num_workers=1,
+                  progress=False).from_indexed_dataset([(k,) for k in range(5)])
+    own = Reader(other)  # its descriptor closes with it
+    fd, layout = own.share_tables()
+    mine = os.dup(fd)
+    with pytest.raises(FormatError, match=r"good\.beton: the shared tables are another file's"):
+        Reader(good, tables=(mine, layout))
+    assert _closed(mine)
+    short = os.memfd_create("short")
+    with pytest.raises(FormatError, match=rf"the shared tables hold 0 bytes, not {layout.nbytes}"):
+        Reader(good, tables=(short, layout))
+    assert _closed(short)
+    empty = tmp_path / "empty"
+    empty.touch()
+    mine = os.dup(fd)
+    with pytest.raises(FormatError, match="empty file"):  # the file's own error first
+        Reader(empty, tables=(mine, layout))
+    assert _closed(mine)

@@ -1030,6 +1030,24 @@ def test_a_worker_that_ends_its_process_is_named_so(photos_file: Path) -> None:
             pass
 
 
+def test_workers_map_the_loaders_tables(photos_file: Path) -> None:
+    """Each worker maps the loader's per-sample tables (one shared copy, about
+    90 bytes a sample) instead of reading and building its own."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc")
+
+    def tables_mapped(pid: int) -> int:
+        with open(f"/proc/{pid}/maps") as maps:
+            return sum("fastforward-tables" in line for line in maps)
+
+    with train_loader(photos_file, 2, "process") as loader:
+        images = np.concatenate([batch[0].copy() for batch in loader])
+        mapped = [tables_mapped(pid) for pid in loader.workers.pids]
+        assert not loader.reader.metadata.flags.writeable
+    assert mapped == [1, 1]
+    assert np.array_equal(images, epochs(train_loader(photos_file, 1, "thread"), 1)[0][0])
+
+
 def test_dropped_slots_are_unmapped_by_every_worker(photos_file: Path) -> None:
     """With batches smaller than the pool, some workers get no range of a batch: they
     must still hear that the loader let go of a slot, or they keep it mapped."""

@@ -110,7 +110,7 @@ from ..utils import forkserver_preload, main_module_hint, worker_started
 from .runner import BatchJob, ranged_pipelines, run_stage1
 
 if TYPE_CHECKING:
-    from ..reader import Reader
+    from ..reader import Reader, SharedTables
 
 THREAD, PROCESS = "thread", "process"
 
@@ -254,7 +254,10 @@ class ProcessWorkers:
                  start_method: str | None = None) -> None:
         self.size = max(1, int(size))
         self.reader = reader
-        self.config = (reader.fname, dict(reader.custom_handlers), bool(os_cache))
+        # every worker maps the loader's reader's tables (shared memory: one copy
+        # of about 90 bytes a sample, however many workers), none builds its own
+        self._tables, layout = reader.share_tables()
+        self.config = (reader.fname, dict(reader.custom_handlers), bool(os_cache), layout)
         self.start_method = start_method
         self.method_used: str | None = None
         self._workers: list[_Worker] = []
@@ -402,6 +405,7 @@ class ProcessWorkers:
         over it, or none). A worker that died already is reported by ``_await_ready``."""
         try:
             send_handle(worker.conn, self.reader.fileno(), worker.process.pid)
+            send_handle(worker.conn, self._tables, worker.process.pid)
         except (OSError, RuntimeError) as exc:  # RuntimeError: macOS, not acknowledged
             if not _gone(worker):  # alive, waiting for a descriptor that will not come
                 worker.why = f"the loader could not hand it the file: {exception_text(exc)}"
@@ -1177,7 +1181,7 @@ def _watch_owner(owner: int) -> None:
             os._exit(1)
 
 
-def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool],
+def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool, SharedTables],
                  inherited: list[int], owner: int) -> None:
     worker_started(seeds_globals=True)  # np.random, random, torch's: seeded per sample here
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the loader's to handle
@@ -1189,12 +1193,18 @@ def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool],
     from ..memory_managers import OSCacheManager, ProcessCacheManager
     from ..reader import Reader
 
-    fname, custom_fields, os_cache = config
+    fname, custom_fields, os_cache, layout = config
     where = f"fastforward worker process {os.getpid()}"
     try:
         # the loader's descriptor of the file (``_hand_file``), never its name: the name
-        # may name another file by now, or none
-        reader = Reader(fname, custom_fields, fd=recv_handle(conn))
+        # may name another file by now, or none; then its reader's tables
+        fd = recv_handle(conn)
+        try:
+            tables = recv_handle(conn)
+        except BaseException:
+            os.close(fd)
+            raise
+        reader = Reader(fname, custom_fields, fd=fd, tables=(tables, layout))
         manager = OSCacheManager(reader) if os_cache else ProcessCacheManager(reader)
     except BaseException as exc:
         with contextlib.suppress(OSError):  # the loader is gone (EOFError above)
