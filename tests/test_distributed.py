@@ -226,6 +226,40 @@ def test_state_between_epochs(photo_file: Path) -> None:
     assert fresh.next_epoch == 1
 
 
+def test_state_after_a_resume_is_the_resumed_position(photo_file: Path) -> None:
+    """An unfinished iterator still referenced (a peek at the first batch) was
+    reported by state_dict() after load_state_dict() or a new next_epoch: a
+    checkpoint then resumed another epoch."""
+    loader = augmented(photo_file, 2)
+    reference = augmented(photo_file, 2)
+    for _ in range(2):
+        for _ in reference:
+            pass
+    expected = batches(reference)[3:]  # epoch 2, after its third batch
+    source = augmented(photo_file, 2)
+    for _ in range(2):
+        for _ in source:
+            pass
+    running = iter(source)
+    for _ in range(3):
+        next(running)
+    state = source.state_dict()
+    assert (state["epoch"], state["segments"]) == (2, [[1, 3]])
+    peek = iter(loader)
+    next(peek)
+    loader.load_state_dict(state)
+    assert loader.state_dict() == state
+    again = augmented(photo_file, 2)
+    again.load_state_dict(loader.state_dict())
+    assert all(np.array_equal(a, b) for got, want in zip(batches(again), expected, strict=True)
+               for a, b in zip(got, want, strict=True))
+    loader.next_epoch = 5
+    assert loader.state_dict()["epoch"] == 5
+    del peek, running
+    for made in (loader, reference, source, again):
+        made.close()
+
+
 def test_resume_checks_what_it_resumes(photo_file: Path) -> None:
     state = augmented(photo_file, 1).state_dict()
     other = Loader(photo_file, 16, pipelines={"image": None, "index": [IntDecoder()]})

@@ -223,6 +223,31 @@ def test_custom_traversal_order(scalars: Path) -> None:
     assert collect(index_loader(scalars, batch_size=100, order=Backwards))[:3] == [599, 598, 597]
 
 
+def test_a_custom_order_written_for_ffcv_returns_the_whole_epoch(
+        scalars: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FFCV's orders take their own rank's share when ``self.distributed`` is
+    true; the loader splits the epoch again: each rank saw 1/world² of it."""
+    import fastforward.loader.loader as loader_module
+
+    class FFCVStyle(TraversalOrder):  # FFCV's Sequential, its sampler by hand
+        def sample_order(self, epoch: int) -> np.ndarray:
+            if not self.distributed:
+                return self.indices
+            rank, world = self.loader.rank, self.loader.world_size
+            return self.indices[rank::world]
+
+    seen = []
+    for rank in range(2):
+        monkeypatch.setattr(loader_module, "_distributed_context", lambda r=rank: (r, 2))
+        with index_loader(scalars, batch_size=10, order=FFCVStyle, distributed=True,
+                          seed=1) as loader:
+            assert loader.distributed
+            assert not loader.traversal_order.distributed
+            assert loader.traversal_order.sampler is None
+            seen.append(collect(loader))
+    assert seen == [list(range(0, 600, 2)), list(range(1, 600, 2))]  # DistributedSampler's
+
+
 def test_a_custom_order_may_visit_samples_twice(scalars: Path) -> None:
     """Weighted sampling with replacement: an epoch longer than the indices.
     Slots are sized for the samples only under the built-in orders (a batch of 6
@@ -953,6 +978,24 @@ def test_filter_keeps_the_samples_that_satisfy_the_condition(scalars: Path) -> N
         loader.filter("label", lambda sample: True)
     for made in (odd, negative, loader):
         made.close()
+
+
+def test_filter_of_a_loader_with_order_options(scalars: Path) -> None:
+    """The filter's own pass reads in SEQUENTIAL order, which takes no options:
+    a loader given order_kwargs failed to filter ("Sequential takes no options")."""
+    class Every(TraversalOrder):
+        def __init__(self, loader: Loader, step: int = 1) -> None:
+            super().__init__(loader)
+            self.step = step
+
+        def sample_order(self, epoch: int) -> np.ndarray:
+            return self.indices[:: self.step]
+
+    with index_loader(scalars, batch_size=16, order=Every, order_kwargs={"step": 3},
+                      drop_last=False) as loader, \
+            loader.filter("index", lambda sample: int(sample[0]) % 2 == 0) as even:
+        assert even.indices.tolist() == list(range(0, 600, 2))
+        assert collect(even) == list(range(0, 600, 6))  # the filtered loader keeps its order
 
 
 def test_filter_uses_the_default_decoder_of_a_field_without_a_pipeline(scalars: Path) -> None:

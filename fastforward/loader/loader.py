@@ -487,8 +487,8 @@ class Loader:
             pipelines[field_name] = [self.reader.handlers[field_name].get_decoder_class()()]
         else:
             pipelines[field_name] = given[field_name]
-        probe = Loader(**{**self._args, "order": OrderOption.SEQUENTIAL, "drop_last": False,
-                          "distributed": False, "indices": self.indices,
+        probe = Loader(**{**self._args, "order": OrderOption.SEQUENTIAL, "order_kwargs": None,
+                          "drop_last": False, "distributed": False, "indices": self.indices,
                           "pipelines": pipelines, "seed": self.seed})
         ragged = isinstance(self.reader.handlers[field_name], RaggedField)
         keep: list[int] = []
@@ -504,6 +504,19 @@ class Loader:
                     position += 1
         return Loader(**{**self._args, "indices": self.indices[np.asarray(keep, np.int64)],
                          "seed": self.seed})
+
+    @property
+    def next_epoch(self) -> int:
+        """The epoch the next ``iter()`` starts (FFCV's attribute: set it to go to
+        another epoch; ``state_dict()`` then names its start)."""
+        return self._next_epoch
+
+    @next_epoch.setter
+    def next_epoch(self, epoch: int) -> None:
+        self._next_epoch = epoch
+        # an older iterator, still referenced and unfinished, is no longer where this
+        # loader is: state_dict() must not report its position
+        self._current = None
 
     @property
     def ring_slots(self) -> int:

@@ -20,18 +20,29 @@ from ..utils import sample_numbers
 class TraversalOrder(ABC):
     """Base class of orders; subclass it and pass the class as ``Loader(order=...)``.
 
-    Attributes ``loader``, ``indices`` (the samples to visit), ``seed`` and
-    ``distributed`` are set from the loader, as in FFCV. ``loader`` is held
-    weakly (None once the loader is gone): the loader holds its order, and a
-    cycle between them kept a dropped loader, its worker processes and its
-    shared memory, until the next full garbage collection.
+    Attributes ``loader``, ``indices`` (the samples to visit) and ``seed`` are
+    set from the loader, as in FFCV. ``loader`` is held weakly (None once the
+    loader is gone): the loader holds its order, and a cycle between them kept
+    a dropped loader, its worker processes and its shared memory, until the
+    next full garbage collection.
+
+    ``sample_order`` gives the whole epoch, on every rank: the loader splits it
+    between ranks itself (``rank_orders``), so that a resume may change the
+    world size. ``distributed`` (and FFCV's ``sampler``) are therefore False
+    (None) here even when the loader is distributed (``loader.distributed``
+    says whether it is): an order written for FFCV, which takes its own rank's
+    share with a ``DistributedSampler`` when ``distributed`` is true, returns
+    the whole epoch, and the loader splits it as that sampler would. (Given
+    the loader's ``distributed``, such an order's share was split again: each
+    rank saw about 1/world² of the samples.)
     """
 
     def __init__(self, loader: Any, **kwargs: Any) -> None:
         self.loader = loader
         self.indices: np.ndarray = loader.indices
         self.seed: int = loader.seed
-        self.distributed: bool = loader.distributed
+        self.distributed: bool = False  # the loader splits the epoch (see above)
+        self.sampler: Any = None
         if kwargs:
             raise TypeError(f"{type(self).__name__} takes no options {sorted(kwargs)}")
 
