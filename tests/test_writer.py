@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import os
 import re
 import signal
@@ -395,7 +396,13 @@ def test_int_field_refuses_what_it_cannot_store_whole(tmp_path: Path, value: obj
     (10**400, r"int 1000000000000000000000000000000000000000\.\.\. is beyond float64's range"),
     (np.complex128(1 + 2j), r"expected a real number, got complex128 np\.complex128\(1\+2j\)"),
     (np.array(3 + 0j), "expected a real number, got ndarray"),
-], ids=["string", "bytes", "string-nan", "huge-int", "numpy-complex", "complex-0d"])
+    (np.array("1.5"), r"expected a real number, got ndarray array\('1\.5'"),
+    (np.array(b" 7 "), "expected a real number, got ndarray"),
+    (np.str_("2"), "expected a real number, got str_"),
+    (np.longdouble("1e400"), r"longdouble np\.longdouble\('1e\+400'\) is beyond float64's"),
+    (decimal.Decimal("1e400"), r"Decimal\('1E\+400'\) is beyond float64's range"),
+], ids=["string", "bytes", "string-nan", "huge-int", "numpy-complex", "complex-0d",
+        "text-0d", "bytes-0d", "numpy-str", "huge-longdouble", "huge-decimal"])
 def test_float_field_refuses_text_and_what_overflows(tmp_path: Path, value: object,
                                                      message: str) -> None:
     """float() parses text and raises OverflowError for a huge int: both stored or
@@ -408,6 +415,36 @@ def test_float_field_refuses_text_and_what_overflows(tmp_path: Path, value: obje
     writer.from_indexed_dataset([(0.5,), (value,), (np.float32(2),)])
     assert [s.index for s in writer.skipped] == [1]
     assert Reader(tmp_path / "f.beton").metadata["f0"].tolist() == [0.5, 2.0]
+
+
+def test_float_field_keeps_infinities(tmp_path: Path) -> None:
+    values = [float("inf"), np.float64("-inf"), np.longdouble("inf"), np.float32("inf"),
+              np.longdouble("0.5")]
+    reader = write(tmp_path / "f.beton", {"x": FloatField()}, [(v,) for v in values])
+    assert reader.metadata["f0"].tolist() == [np.inf, -np.inf, np.inf, np.inf, 0.5]
+
+
+@pytest.mark.parametrize("value", [np.int64(5), np.uint8(5), np.float64(1.5), np.str_("ab")],
+                         ids=repr)
+def test_bytes_field_refuses_numpy_scalars(tmp_path: Path, value: object) -> None:
+    """A NumPy scalar's buffer is its memory: np.int64(5) was stored as 8 bytes
+    (FFCV stores b'\\x05'), np.str_('ab') as UCS-4."""
+    with pytest.raises(EncodeError, match=r"sample 1, field 'b': expected a 1-D array of "
+                                          r"bytes, got \S+ array of shape \(\)"):
+        write(tmp_path / "b.beton", {"b": BytesField()}, [(b"x",), (value,)])
+
+
+def test_bytes_field_takes_numpy_bytes(tmp_path: Path) -> None:
+    reader = write(tmp_path / "b.beton", {"b": BytesField()}, [(np.bytes_(b"ab"),)])
+    assert bytes(reader.read(0)[0]) == b"ab"
+
+
+def test_json_field_refuses_a_long_double_clearly(tmp_path: Path) -> None:
+    """json asked for a long double's item() for ever: a RecursionError, which
+    skip_errors=(EncodeError,) could not skip."""
+    with pytest.raises(EncodeError, match="sample 0, field 'j': cannot serialise to JSON: "
+                                          "longdouble has no Python equivalent"):
+        write(tmp_path / "j.beton", {"j": JSONField()}, [({"s": np.longdouble("0.5")},)])
 
 
 class StringField(NDArrayField):

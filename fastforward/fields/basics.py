@@ -61,6 +61,15 @@ def _is_complex(value: Any) -> bool:
         "torch") else False
 
 
+def _finite(value: Any) -> bool:
+    """Whether *value*, which float() made infinite, is finite: a NumPy long double
+    or a ``Decimal`` beyond float64's range becomes inf without an OverflowError."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return bool(np.all(np.isfinite(value)))
+    is_finite = getattr(value, "is_finite", None)  # Decimal
+    return bool(is_finite()) if callable(is_finite) else False
+
+
 class FloatField(Field):
     """A float64 per sample (type id 0)."""
 
@@ -80,21 +89,25 @@ class FloatField(Field):
     def encode(self, destination: np.ndarray, field: Any, malloc: Malloc) -> None:
         # float() parses text ('3.5', b'1_000', ' nan '): a number read from a file
         # and never converted is a bug in the dataset, refused as IntField refuses it
-        if isinstance(field, (str, bytes, bytearray)):
+        if isinstance(field, (str, bytes, bytearray, np.str_, np.bytes_)) or (
+                isinstance(field, np.ndarray) and field.dtype.kind in "SUO"):  # text in an array
             raise EncodeError(f"expected a real number, got {type(field).__name__} "
                               f"{field!r:.40}: convert it with float() if you mean it")
         if _is_complex(field):  # float() of a NumPy complex keeps its real part
             raise EncodeError(f"expected a real number, got {type(field).__name__} "
                               f"{field!r:.40}: take .real or abs() if you mean it")
         try:
-            destination[0] = float(field)
+            value = float(field)
         except (TypeError, ValueError) as exc:
             raise EncodeError(f"expected a real number, got {type(field).__name__}") from exc
         except OverflowError:  # an int beyond float64's range (10**400)
+            value = None
+        if value is None or (math.isinf(value) and _finite(field)):
             shown = repr(field)
             shown = shown if len(shown) <= 40 else f"{shown[:40]}..."
             raise EncodeError(f"{type(field).__name__} {shown} is beyond float64's "
                               "range") from None
+        destination[0] = value
 
     def get_decoder_class(self) -> type:
         return FloatDecoder

@@ -21,7 +21,11 @@ def _to_builtin(obj: Any) -> Any:
     # NumPy scalars and arrays are what datasets hand over most often; FFCV
     # fails on them with a TypeError from json.dumps.
     if isinstance(obj, np.generic):
-        return obj.item()
+        value = obj.item()
+        if isinstance(value, np.generic):  # a long double's item() is itself: json would
+            raise TypeError(f"{type(obj).__name__} has no Python equivalent: convert it "
+                            "with float() or complex() if you mean it")  # ask for ever
+        return value
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
