@@ -126,6 +126,47 @@ def test_sixteen_bit_png_files_are_read(tmp_path: Path, photos: list[np.ndarray]
     np.testing.assert_array_equal(Reader(path).read(0)[0][:, :, 0], image)
 
 
+def png_of_16_bits(values: np.ndarray) -> bytes:
+    """A PNG of 16-bit values (H×W×C, C of 1-4), which Pillow cannot write past gray."""
+    import struct
+    import zlib
+
+    height, width = values.shape[:2]
+    channels = values.shape[2] if values.ndim == 3 else 1
+    colour = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    rows = values.astype(">u2").reshape(height, -1)
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)  # filter 0 on each row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_sixteen_bit_colour_png_files_are_refused(tmp_path: Path, photos: list[np.ndarray],
+                                                  channels: int) -> None:
+    """Pillow reads them as 8 bits, each value's high byte: stored as such, silently."""
+    pytest.importorskip("PIL")
+    values = tiles(photos, channels, np.uint16)[0]
+    with pytest.raises(EncodeError, match=r"sample 0, field 'image': image file of 16-bit "
+                                          r"values \((RGBA?|LA);16B\), which Pillow reads as "
+                                          r"8-bit RGBA?"):
+        write(tmp_path / "p.beton", {"image": MultiChannelImageField(channels, np.uint16)},
+              [(png_of_16_bits(values),)])
+    gray = png_of_16_bits(values[:, :, 0])  # Pillow keeps a gray one's 16 bits
+    path = write(tmp_path / "g.beton", {"image": MultiChannelImageField(1, np.uint16)},
+                 [(gray,)])
+    np.testing.assert_array_equal(Reader(path).read(0)[0][:, :, 0], values[:, :, 0])
+    rgb = png_of_16_bits(tiles(photos, 3, np.uint16)[0])  # nor does RGBImageField take it
+    with pytest.raises(DecodeError, match=r"sample 0, field 'image': an image file of 16-bit "
+                                          r"values \(RGB;16B\).*RGBImageField stores 8-bit RGB"):
+        write(tmp_path / "r.beton", {"image": RGBImageField(write_mode="raw")}, [(rgb,)])
+
+
 def test_max_resolution_shrinks_by_area(tmp_path: Path, photos: list[np.ndarray]) -> None:
     image = bands(photos, 5, np.uint16, 120, 90, seed=1)
     path = write(tmp_path / "r.beton", {"image": MultiChannelImageField(

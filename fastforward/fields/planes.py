@@ -83,6 +83,11 @@ def as_array(value: Any, what: str, expected: str) -> np.ndarray:
                               f"{install_hint('pillow')}") from exc
         try:
             with Image.open(io.BytesIO(bytes(value))) as image:
+                reduced = reduced_bit_depth(image)
+                if reduced:
+                    raise EncodeError(f"{what} file of {reduced}: store its values as an "
+                                      "array (read with a library that keeps 16 bits: "
+                                      "imageio, tifffile, OpenCV's IMREAD_UNCHANGED)")
                 value = np.asarray(image)
         except OSError as exc:
             raise EncodeError(f"cannot decode {what} file: {exc}") from None
@@ -92,6 +97,22 @@ def as_array(value: Any, what: str, expected: str) -> np.ndarray:
         raise EncodeError(f"expected {expected}, a PIL image or image file bytes, got "
                           f"{type(value).__name__}")
     return value
+
+
+def reduced_bit_depth(image: Any) -> str | None:
+    """What a PIL image opened from a file and not yet loaded would lose: Pillow
+    reads a 16-bit RGB, RGBA or gray + alpha PNG (or TIFF) into an 8-bit mode,
+    keeping each value's high byte, silently. None where nothing is lost (a
+    16-bit gray image is read as ``I;16``)."""
+    if image.mode.startswith(("I", "F")):
+        return None
+    for tile in getattr(image, "tile", None) or ():
+        args = tile[3] if len(tile) > 3 else None
+        raw = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(raw, str) and (";16" in raw or ";32" in raw):
+            return (f"{raw.split(';')[1][:2]}-bit values ({raw}), which Pillow reads as "
+                    f"8-bit {image.mode}, keeping the high byte")
+    return None
 
 
 def fit_integers(value: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:

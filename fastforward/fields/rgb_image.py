@@ -36,6 +36,7 @@ from ..transforms.crop import (
 from ..transforms.crop import get_center_crop as _center_crop
 from ..utils import install_hint
 from .base import Field, Malloc, PayloadReader, empty_arguments, sample_rng
+from .planes import reduced_bit_depth
 
 try:
     import simplejpeg
@@ -150,6 +151,11 @@ def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> n
 
     try:
         with Image.open(io.BytesIO(data)) as img:
+            reduced = reduced_bit_depth(img)
+            if reduced:
+                raise EncodeError(f"an image file of {reduced}: RGBImageField stores 8-bit "
+                                  "RGB; scale it to 8 bits yourself, or store it as it is "
+                                  "with MultiChannelImageField")
             return to_rgb_array(img)
     except UnidentifiedImageError:
         # Pillow's message names the BytesIO object; the caller names the file
