@@ -86,8 +86,9 @@ class SharedTables:
     """Where ``Reader.share_tables`` put each table in its segment."""
 
     nbytes: int
-    entries: list[tuple[str, int | None, np.dtype[Any], int, int]]  # name, key, dtype,
-    scalars: dict[str, int]  # rows, offset; and the reader's values that go with them
+    # (attribute, key in it or None, dtype, rows, offset in the segment)
+    entries: list[tuple[str, int | None, np.dtype[Any], int, int]]
+    scalars: dict[str, int]  # the reader's values that go with the tables
 
     def views(self, segment: mmap.mmap) -> list[tuple[str, int | None, np.ndarray]]:
         return [(name, key, np.frombuffer(segment, dtype, rows, offset) if rows
