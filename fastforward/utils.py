@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tempfile
@@ -245,3 +246,31 @@ def anonymous_shared_fd(nbytes: int, name: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _forget_the_parents_fork_server() -> None:
+    """In a child made by ``os.fork``: multiprocessing's fork server is the
+    parent's, which the child cannot use (its next process start waits on a
+    process that is not its child: ``ChildProcessError``, so a forked child
+    could not make a loader or writer with workers). The child forgets it, and
+    starts a server of its own when it needs one; the copy of the descriptor
+    that keeps the parent's server alive is closed."""
+    import sys
+
+    module = sys.modules.get("multiprocessing.forkserver")
+    server = getattr(module, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is None:
+        return
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if alive is not None:
+        with contextlib.suppress(OSError):
+            os.close(alive)
+    for name in ("_forkserver_address", "_forkserver_alive_fd", "_forkserver_pid",
+                 "_inherited_fds", "_forkserver_authkey"):
+        if hasattr(server, name):
+            setattr(server, name, None)
+    server._lock = threading.Lock()  # another thread of the parent's may have held it
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_the_parents_fork_server)

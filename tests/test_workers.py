@@ -447,6 +447,39 @@ def test_a_killed_worker_is_a_worker_error_not_a_hang(photos_file: Path) -> None
         assert loader.workers.started == 3
 
 
+def test_a_forked_child_makes_a_loader_of_its_own(tmp_path: Path, photos_file: Path) -> None:
+    """After a process loader has run, a child made by os.fork creates and runs a
+    loader of its own, as docs/workers.md tells it to: it inherited the parent's
+    fork server, which it cannot use (ChildProcessError)."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no os.fork")
+    script = tmp_path / "forks.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from pathlib import Path
+        from test_workers import train_loader
+
+        if __name__ == "__main__":
+            with train_loader(Path({str(photos_file)!r}), 2, "process") as parent:
+                mine = [labels.tolist() for _, labels in parent]
+                pid = os.fork()
+                if pid == 0:
+                    code = 1
+                    try:
+                        with train_loader(Path({str(photos_file)!r}), 2, "process") as child:
+                            code = 0 if [l.tolist() for _, l in child] == mine else 2
+                    finally:
+                        os._exit(code)
+                print("child exit code", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+                assert [labels.tolist() for _, labels in parent]  # the parent's still runs
+    """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "child exit code 0" in result.stdout, result.stderr
+
+
 def test_a_worker_that_cannot_start_says_why(tmp_path: Path, photos_file: Path) -> None:
     script = tmp_path / "unguarded.py"
     script.write_text(textwrap.dedent(f"""
