@@ -39,7 +39,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
-import mmap
 import os
 import sys
 import threading
@@ -50,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from .pipeline.allocation_query import AllocationQuery
-from .utils import anonymous_shared_fd
+from .utils import anonymous_shared_fd, map_shared
 
 Layout = dict[str, AllocationQuery | Sequence[AllocationQuery]]
 Offsets = dict[str, list[tuple[int, tuple[int, ...], np.dtype]]]
@@ -70,12 +69,12 @@ class Segment:
         self.nbytes = max(int(nbytes), 1)
         self.fd = anonymous_shared_fd(self.nbytes, "fastforward-slot")
         try:
-            self.map = mmap.mmap(self.fd, self.nbytes)
+            # every buffer is a view of this one array: the slot's fence watches it;
+            # the map keeps no descriptor, so batches kept cost none
+            self.whole = map_shared(self.fd, self.nbytes)
         except BaseException:
             os.close(self.fd)
             raise
-        # every buffer is a view of this one array: the slot's fence watches it
-        self.whole = np.frombuffer(self.map, np.uint8)
         # the descriptor closes with this object; the map lives while views of it do
         self._finalizer = weakref.finalize(self, _drop_segment, self.fd, self.id, on_drop)
 

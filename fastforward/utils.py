@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
+import mmap
 import os
 import stat
+import sys
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -181,8 +186,6 @@ def main_module_hint(method: str, instead: str) -> str:
     (``python - < script.py``; its ``__file__`` is ``<stdin>``) has none to import,
     and a script without an ``if __name__ == "__main__":`` guard runs again.
     """
-    import sys
-
     path = getattr(sys.modules.get("__main__"), "__file__", None)
     if isinstance(path, str) and not os.path.isfile(path):
         return (f"workers started by {method} import your main module from its file, and "
@@ -248,6 +251,48 @@ def anonymous_shared_fd(nbytes: int, name: str) -> int:
     return fd
 
 
+MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux
+
+
+def map_shared(fd: int, nbytes: int, populate: bool = False) -> np.ndarray:
+    """*nbytes* of the shared memory *fd*, mapped read-write (``MAP_SHARED``; with
+    *populate*, every page at once where the platform can), as a uint8 array;
+    unmapped once no view of it is left.
+
+    The map keeps no descriptor of its own: Python's ``mmap`` keeps a duplicate
+    of *fd* for its life (before 3.13's ``trackfd=False``), so each batch a
+    user kept of a loader with worker processes cost a descriptor, and at
+    1,024 (a common limit) the loader failed.
+    """
+    flags = mmap.MAP_SHARED | (MAP_POPULATE if populate else 0)
+    if sys.version_info >= (3, 13):
+        return np.frombuffer(mmap.mmap(fd, nbytes, flags=flags, trackfd=False), np.uint8)
+    libc = _libc()
+    if libc is None:  # pragma: no cover - no C library to call: one descriptor per map
+        return np.frombuffer(mmap.mmap(fd, nbytes, flags=flags), np.uint8)
+    address = libc.mmap(None, nbytes, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd, 0)
+    if address is None or address == ctypes.c_void_p(-1).value:  # MAP_FAILED
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    memory = (ctypes.c_ubyte * nbytes).from_address(address)
+    weakref.finalize(memory, libc.munmap, ctypes.c_void_p(address), ctypes.c_size_t(nbytes))
+    return np.frombuffer(memoryview(memory), np.uint8)
+
+
+@functools.cache
+def _libc() -> Any:
+    """The C library's mmap and munmap, through ctypes (None where there is none)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def _forget_the_parents_fork_server() -> None:
     """In a child made by ``os.fork``: multiprocessing's fork server is the
     parent's, which the child cannot use (its next process start waits on a
@@ -255,8 +300,6 @@ def _forget_the_parents_fork_server() -> None:
     could not make a loader or writer with workers). The child forgets it, and
     starts a server of its own when it needs one; the copy of the descriptor
     that keeps the parent's server alive is closed."""
-    import sys
-
     module = sys.modules.get("multiprocessing.forkserver")
     server = getattr(module, "_forkserver", None)
     if server is None or getattr(server, "_forkserver_pid", None) is None:

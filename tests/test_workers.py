@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import copy
+import errno
 import gc
 import json
 import os
@@ -174,10 +175,10 @@ class KillAt(Operation):
 
 
 def train_loader(path: Path, workers: int, worker_type: str, extra: list | None = None,
-                 **kw) -> Loader:
+                 batch_size: int = 8, **kw) -> Loader:
     kw.setdefault("order", OrderOption.RANDOM)
     kw.setdefault("seed", 5)
-    return Loader(path, 8, num_workers=workers, worker_type=worker_type,
+    return Loader(path, batch_size, num_workers=workers, worker_type=worker_type,
                   pipelines={"image": [RandomResizedCropRGBImageDecoder((32, 32)),
                                        RandomHorizontalFlip(),
                                        *(extra if extra is not None else [Jitter()])],
@@ -1063,6 +1064,25 @@ def test_a_worker_that_ends_its_process_is_named_so(photos_file: Path) -> None:
             pass
 
 
+def test_kept_batches_cost_no_descriptors(photos_file: Path) -> None:
+    """Each shared slot was mapped with Python's mmap, which keeps a duplicate of
+    its descriptor: every batch a user kept held one, and at the common limit of
+    1,024 the loader failed (blaming a worker)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc")
+
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with train_loader(photos_file, 2, "process", batch_size=2) as loader:
+        next(iter(loader))  # the workers and the ring exist
+        before = descriptors()
+        kept = [batch for _ in range(2) for batch in loader]  # 48 batches, none let go
+        assert len(kept) == 48
+        assert descriptors() - before < 8  # the ring's slots, not one per batch kept
+        assert len({id(images) for images, _ in kept}) == 48
+
+
 def test_workers_map_the_loaders_tables(photos_file: Path) -> None:
     """Each worker maps the loader's per-sample tables (one shared copy, about
     90 bytes a sample) instead of reading and building its own."""
@@ -1700,6 +1720,44 @@ def test_a_range_that_cannot_be_sent_fails_alone(labels_file: Path) -> None:
     finally:
         os.close(pool._wake_r)
         os.close(pool._wake_w)
+
+
+class _FailingConn(_Conn):
+    def send(self, message: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+
+class _StandInProcess:
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.sentinel, self._write = os.pipe()  # never readable: alive
+        self.killed = False
+
+    def kill(self) -> None:
+        self.killed = True
+
+
+def test_a_message_that_fails_in_the_loaders_process_says_so(labels_file: Path) -> None:
+    """Out of descriptors in the loader's own process (sending a slot's takes one),
+    the worker it was for is killed (a message half-sent) with that cause: it was
+    blamed, 'a message to it failed', as if it had died."""
+    from fastforward.loader import workers
+
+    pool = workers.ProcessWorkers(1, Reader(labels_file), True)
+    process = _StandInProcess()
+    try:
+        worker = workers._Worker(0, process, _FailingConn())  # type: ignore[arg-type]
+        process.pid = os.getpid()  # alive, and no pidfd (opened above) to kill it through
+        pool._workers = [worker]
+        pool.submit(_Slot(), 1, b"job", 0, 8, "a range")
+        pool._dispatch()
+        assert worker.unreachable
+        assert process.killed
+        assert worker.why == ("killed by the loader: a message to it failed (in the loader's "
+                              "process: Too many open files)")
+    finally:
+        for fd in (pool._wake_r, pool._wake_w, process.sentinel, process._write):
+            os.close(fd)
 
 
 class BareStop(Operation):

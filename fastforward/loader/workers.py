@@ -82,9 +82,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import errno
 import functools
 import itertools
-import mmap
 import multiprocessing
 import os
 import pickle
@@ -106,7 +106,7 @@ import numpy as np
 
 from ..errors import FastForwardError, WorkerError, exception_text, portable
 from ..pipeline.plan import Plan, bind_plan
-from ..utils import forkserver_preload, main_module_hint, worker_started
+from ..utils import forkserver_preload, main_module_hint, map_shared, worker_started
 from .runner import BatchJob, ranged_pipelines, run_stage1
 
 if TYPE_CHECKING:
@@ -215,6 +215,7 @@ class _Worker:
         self.dead = False
         self.unreachable = False  # a message to it failed: it is dying, send it no more
         self.why: str | None = None  # why the loader killed it, if it did
+        self.send_error: str | None = None  # a message that failed in this process (EMFILE)
         # the process itself, whatever multiprocessing believes (see _end); closed with
         # this object, so that no thread can signal a number another pidfd took
         self.pidfd = _open_pidfd(getattr(process, "pid", None))  # (tests: stand-ins)
@@ -679,7 +680,8 @@ class ProcessWorkers:
             if entry is not None:  # its epoch ended meanwhile (abandon())
                 item.future.set_exception(_unsent(item, "its epoch had ended"))
             if not _gone(worker):
-                worker.why = "killed by the loader: a message to it failed"
+                worker.why = "killed by the loader: a message to it failed" + (
+                    f" ({worker.send_error})" if worker.send_error else "")
                 with contextlib.suppress(OSError):
                     _kill(worker)
         for item in left:
@@ -942,7 +944,10 @@ def _try_send(worker: _Worker, send: Callable[[], None]) -> bool:
     try:
         with worker.send_lock:
             send()
-    except OSError:
+    except OSError as exc:
+        if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, None):
+            # not the worker's end: this process's (out of descriptors, of memory)
+            worker.send_error = f"in the loader's process: {exc.strerror or exc}"
         return False
     return True
 
@@ -1125,7 +1130,6 @@ def _preload() -> list[str]:
 # -- the worker process --------------------------------------------------------------
 
 
-POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # not on every platform
 
 
 class _MappedSlot:
@@ -1137,10 +1141,9 @@ class _MappedSlot:
             # fresh mapping would take a page fault the first time, and a worker
             # writes a different part of each slot from batch to batch, so a
             # short warm-up leaves tens of thousands of them for later batches
-            self.map = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | POPULATE)
+            whole = map_shared(fd, nbytes, populate=True)
         finally:
             os.close(fd)
-        whole = np.frombuffer(self.map, np.uint8)
         self.buffers: dict[str, Any] = {}
         for key, entries in offsets.items():
             arrays = []
