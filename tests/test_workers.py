@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -1081,6 +1082,45 @@ def test_kept_batches_cost_no_descriptors(photos_file: Path) -> None:
         assert len(kept) == 48
         assert descriptors() - before < 8  # the ring's slots, not one per batch kept
         assert len({id(images) for images, _ in kept}) == 48
+
+
+def test_a_slot_a_worker_cannot_map_fails_its_ranges_with_the_cause(
+        photos_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker under an address-space limit (ulimit -v) could not map a new slot:
+    it exited, and the loader said 'an operation ended the process'."""
+    from fastforward.loader import workers
+
+    loader_pid = os.getpid()
+    real = workers.map_shared
+
+    def limited(fd: int, nbytes: int, populate: bool = False) -> Any:
+        if os.getpid() != loader_pid:  # in the (forked) workers only
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        return real(fd, nbytes, populate)
+
+    monkeypatch.setattr(workers, "map_shared", limited)
+    with train_loader(photos_file, 2, "process", start_method="fork") as loader, \
+            pytest.raises(OSError, match="Cannot allocate memory") as info:
+        next(iter(loader))
+    assert any("mapping a batch's slot" in note for note in info.value.__notes__)
+
+
+def test_a_worker_that_fails_outside_a_range_says_how(
+        photos_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastforward.loader import workers
+
+    real = workers._serve
+
+    def failing(conn: Any, message: tuple, *args: Any) -> None:
+        if message[0] == "segment":
+            raise RuntimeError("no way to take this slot")
+        real(conn, message, *args)
+
+    monkeypatch.setattr(workers, "_serve", failing)
+    with train_loader(photos_file, 2, "process", start_method="fork") as loader, \
+            pytest.raises(WorkerError, match=r"died \(it failed: RuntimeError: no way to take "
+                                             r"this slot"):
+        next(iter(loader))
 
 
 def test_workers_map_the_loaders_tables(photos_file: Path) -> None:

@@ -769,6 +769,10 @@ class ProcessWorkers:
 
     def _receive_one(self, worker: _Worker, reply: tuple[Any, ...]) -> None:
         status, job_id = reply[0], reply[1]
+        if status == "failed":  # outside any range: it ends (buried when it has)
+            if worker.why is None:
+                worker.why = f"it failed: {reply[2]}".rstrip()
+            return
         if status == "running":
             with self._lock:
                 worker.running, worker.started_at = job_id, time.perf_counter()
@@ -1215,7 +1219,7 @@ def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool, Sha
         return
     conn.send(("ready", 0))
     plans: dict[int, Plan] = {}
-    slots: dict[int, _MappedSlot] = {}
+    slots: dict[int, _MappedSlot | _BrokenPlan] = {}
     while True:
         try:
             message = conn.recv()
@@ -1223,58 +1227,80 @@ def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool, Sha
             return
         if message is None:
             return
-        kind = message[0]
-        if kind == "range":
-            _, job_id, plan_id, segment_id, blob, lo, hi = message
-            conn.send(("running", job_id))  # so that a death here names this range
+        try:
+            _serve(conn, message, reader, manager, plans, slots, where, fname)
+        except BaseException as exc:  # outside any range: this worker cannot go on
+            with contextlib.suppress(BaseException):
+                conn.send(("failed", 0, f"{exception_text(exc)}\n{traceback.format_exc()}"))
+            return
+
+
+def _serve(conn: Connection, message: tuple[Any, ...], reader: Reader, manager: Any,
+           plans: dict[int, Plan], slots: dict[int, _MappedSlot | _BrokenPlan], where: str,
+           fname: str) -> None:
+    """Carry out one message of the loader's, in a worker process."""
+    kind = message[0]
+    if kind == "range":
+        _, job_id, plan_id, segment_id, blob, lo, hi = message
+        conn.send(("running", job_id))  # so that a death here names this range
+        try:
+            job = pickle.loads(blob)
+            plan = plans[plan_id]
+            slot = slots[segment_id]
+            if isinstance(plan, _BrokenPlan):  # its error, as it was told the first time
+                reply: tuple[Any, ...] = ("error", job_id, *plan.packed)
+            elif isinstance(slot, _BrokenPlan):  # the slot could not be mapped here
+                reply = ("error", job_id, *slot.packed)
+            else:
+                data = manager.fetch(job.indices[lo:hi], fields=frozenset(
+                    p.field_index for position, p in enumerate(plan.pipelines)
+                    if p.decoder is not None and position in job.ranged))
+                run_stage1(plan, job, data, slot, lo, hi)
+                del data
+                reply = ("done", job_id)
+        except BaseException as exc:
             try:
-                job = pickle.loads(blob)
-                plan = plans[plan_id]
-                if isinstance(plan, _BrokenPlan):  # its error, as it was told the first time
-                    reply: tuple[Any, ...] = ("error", job_id, *plan.packed)
-                else:
-                    data = manager.fetch(job.indices[lo:hi], fields=frozenset(
-                        p.field_index for position, p in enumerate(plan.pipelines)
-                        if p.decoder is not None and position in job.ranged))
-                    run_stage1(plan, job, data, slots[segment_id], lo, hi)
-                    del data
-                    reply = ("done", job_id)
-            except BaseException as exc:
-                try:
-                    reply = ("error", job_id, *_packed(portable(exc, where)))
-                except BaseException:
-                    reply = ("error", job_id, b"", f"{where}: {exception_text(exc)}, which "
-                             f"could not be sent back:\n{traceback.format_exc()}")
-            with contextlib.suppress(OSError):
-                conn.send(reply)
-        elif kind == "plan":
-            _, plan_id, blob = message
-            try:
-                plan = pickle.loads(blob)
-                bind_plan(plan, reader)
-            except BaseException as exc:  # reported with each range that needs it
-                exc = portable(exc, where)
-                exc.add_note(f"{fname}: the loader's pipelines could not be rebuilt in "
-                             f"{where} (an operation that pickles there but does not unpickle "
-                             "in a fresh process?)")
-                plan = _BrokenPlan(_packed(exc))  # type: ignore[assignment]
-            plans[plan_id] = plan
-            torch = sys.modules.get("torch")
-            if torch is not None:  # the workers are the parallelism: one thread each
-                torch.set_num_threads(1)
-        elif kind == "unplan":
-            plans.pop(message[1], None)
-        elif kind == "segment":
-            _, segment_id, nbytes, offsets = message
-            slots[segment_id] = _MappedSlot(recv_handle(conn), nbytes, offsets)
-        elif kind == "forget":
-            for segment_id in message[1]:
-                slots.pop(segment_id, None)
+                reply = ("error", job_id, *_packed(portable(exc, where)))
+            except BaseException:
+                reply = ("error", job_id, b"", f"{where}: {exception_text(exc)}, which "
+                         f"could not be sent back:\n{traceback.format_exc()}")
+        with contextlib.suppress(OSError):
+            conn.send(reply)
+    elif kind == "plan":
+        _, plan_id, blob = message
+        try:
+            plan = pickle.loads(blob)
+            bind_plan(plan, reader)
+        except BaseException as exc:  # reported with each range that needs it
+            exc = portable(exc, where)
+            exc.add_note(f"{fname}: the loader's pipelines could not be rebuilt in "
+                         f"{where} (an operation that pickles there but does not unpickle "
+                         "in a fresh process?)")
+            plan = _BrokenPlan(_packed(exc))  # type: ignore[assignment]
+        plans[plan_id] = plan
+        torch = sys.modules.get("torch")
+        if torch is not None:  # the workers are the parallelism: one thread each
+            torch.set_num_threads(1)
+    elif kind == "unplan":
+        plans.pop(message[1], None)
+    elif kind == "segment":
+        _, segment_id, nbytes, offsets = message
+        fd = recv_handle(conn)  # (failing, it leaves the socket out of step: fatal)
+        try:
+            slots[segment_id] = _MappedSlot(fd, nbytes, offsets)
+        except BaseException as exc:  # reported with each range in the slot
+            exc = portable(exc, where)
+            exc.add_note(f"{where}: mapping a batch's slot ({nbytes} bytes of shared "
+                         "memory) failed (a limit on address space: ulimit -v?)")
+            slots[segment_id] = _BrokenPlan(_packed(exc))
+    elif kind == "forget":
+        for segment_id in message[1]:
+            slots.pop(segment_id, None)
 
 
 class _BrokenPlan:
-    """A plan that did not unpickle in the worker: its error (``_packed``), sent back
-    for each range."""
+    """A plan that did not unpickle in the worker, or a slot it could not map: its
+    error (``_packed``), sent back for each range."""
 
     def __init__(self, packed: tuple[bytes, str]) -> None:
         self.packed = packed
