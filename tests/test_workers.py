@@ -482,6 +482,36 @@ def test_a_forked_child_makes_a_loader_of_its_own(tmp_path: Path, photos_file: P
     assert "child exit code 0" in result.stdout, result.stderr
 
 
+def test_a_dying_fork_server_is_waited_for(tmp_path: Path, photos_file: Path) -> None:
+    """A start that Ctrl-C cut between connecting to the fork server and sending
+    it the descriptors makes CPython's server exit; until it has, multiprocessing
+    uses it again: the next epoch raised ConnectionRefusedError (one retry after
+    0.2 s was too soon for a server that had preloaded torch)."""
+    pytest.importorskip("torch", reason="a server that preloaded torch takes a second to exit")
+    script = tmp_path / "server.py"
+    script.write_text(textwrap.dedent(f"""
+        import socket, sys
+        import torch  # preloaded by the fork server with this main module
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from pathlib import Path
+        import multiprocessing.forkserver as forkserver
+        from test_workers import train_loader
+
+        if __name__ == "__main__":
+            with train_loader(Path({str(photos_file)!r}), 2, "process") as first:
+                expected = [labels.tolist() for _, labels in first]
+            with socket.socket(socket.AF_UNIX) as interrupted:  # a start cut short
+                interrupted.connect(forkserver._forkserver._forkserver_address)
+            with train_loader(Path({str(photos_file)!r}), 2, "process") as second:
+                assert [labels.tolist() for _, labels in second] == expected
+            print("ok")
+    """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
 def test_a_worker_that_cannot_start_says_why(tmp_path: Path, photos_file: Path) -> None:
     script = tmp_path / "unguarded.py"
     script.write_text(textwrap.dedent(f"""

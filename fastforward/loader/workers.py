@@ -975,20 +975,26 @@ if hasattr(os, "register_at_fork"):
 
 
 def _start_process(ctx: Any, method: str, index: int, args: tuple[Any, ...]) -> Any:
-    """Start worker *index*. A fork server that died a moment ago (its socket
-    broken, and multiprocessing not yet aware: it starts a new one only once it
-    has reaped the old) gets a second try."""
-    for attempt in range(2):
+    """Start worker *index*. A fork server that is dying (its socket closed: a
+    start interrupted by Ctrl-C makes CPython's server exit) is used again by
+    multiprocessing until it has reaped it, which takes up to a second or two
+    while the server unloads what it preloaded (torch): starts are tried again
+    for up to ``SERVER_GRACE`` seconds, when a new server takes over."""
+    deadline = time.monotonic() + SERVER_GRACE
+    while True:
         process = ctx.Process(target=_worker_main, name=f"fastforward-worker-{index}",
                               args=args, daemon=True)
         try:
             process.start()
             return process
         except (BrokenPipeError, ConnectionError, EOFError):
-            if method != "forkserver" or attempt:
+            if method != "forkserver" or time.monotonic() > deadline:
                 raise
-            time.sleep(0.2)
-    raise AssertionError("unreachable")  # pragma: no cover
+            time.sleep(0.1)
+
+
+SERVER_GRACE = 10.0
+"""Seconds a worker's start waits for a dying fork server to be replaced."""
 
 
 def _open_pidfd(pid: int | None) -> int | None:
