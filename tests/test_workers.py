@@ -917,6 +917,26 @@ class StuckAt(Operation):
         return sample
 
 
+def test_a_second_close_waits_for_the_first(tmp_path: Path, photos_file: Path) -> None:
+    """close() from two threads: the second returned at once, while the first still
+    waited out a stuck worker's grace, its workers still running."""
+    order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
+    marker = tmp_path / "stuck"
+    loader = train_loader(photos_file, 2, "process",
+                          extra=[StuckAt(int(order[8 * 2 + 3]), str(marker))])
+    iterator = iter(loader)
+    wait_for(marker)
+    pids = loader.workers.pids
+    first = threading.Thread(target=loader.close)
+    first.start()
+    time.sleep(0.2)
+    loader.close()  # the second, while the first waits out the grace period
+    assert not [pid for pid in pids if _alive(pid)]
+    first.join(timeout=60)
+    assert not first.is_alive()
+    del iterator
+
+
 class RebuiltOnlyElsewhere(Exception):
     """Pickles and unpickles in a worker, but cannot be made in the process whose
     pid is in $FASTFORWARD_TEST_PARENT (the loader's)."""

@@ -699,6 +699,7 @@ class Loader:
         and release the file (idempotent). Also done when the loader is garbage
         collected, and at interpreter exit."""
         self._finalizer()
+        self._owned.wait_closed()  # where another thread closes it now
 
     def __enter__(self) -> Loader:
         return self
@@ -719,20 +720,34 @@ class _Owned:
         self.copier: Copier | None = None
         self.iterators: weakref.WeakSet[EpochIterator] = weakref.WeakSet()
         self.ended = ChannelStats()  # statistics of the epochs whose iterators are gone
+        self._closed = threading.Event()
+        self._closing: tuple[int, int] | None = None  # (pid, thread) of the close running
 
     def close(self) -> None:
-        for iterator in list(self.iterators):
-            iterator.close()
-        if self.copier is not None:
-            self.copier.close()  # its last copies finish: nothing reads the file afterwards
-        if self.workers is not None:
-            self.workers.close()
-        if self.slots is not None:
-            self.slots.clear()
-        if self.memory_manager is not None:
-            self.memory_manager.close()
-        if self.reader is not None:
-            self.reader.close()
+        self._closing = (os.getpid(), threading.get_ident())
+        try:
+            for iterator in list(self.iterators):
+                iterator.close()
+            if self.copier is not None:
+                self.copier.close()  # its last copies finish: nothing reads the file after
+            if self.workers is not None:
+                self.workers.close()
+            if self.slots is not None:
+                self.slots.clear()
+            if self.memory_manager is not None:
+                self.memory_manager.close()
+            if self.reader is not None:
+                self.reader.close()
+        finally:
+            self._closed.set()
+
+    def wait_closed(self) -> None:
+        """Return once ``close()`` has ended, where another thread of this process
+        runs it (a second ``Loader.close()`` returned at once, workers still running)."""
+        closing = self._closing
+        if closing is not None and closing[0] == os.getpid() \
+                and closing[1] != threading.get_ident():
+            self._closed.wait()
 
 
 class EpochIterator(Iterator[tuple[Any, ...]]):
