@@ -917,6 +917,41 @@ class StuckAt(Operation):
         return sample
 
 
+def test_two_threads_start_epochs_of_one_loader_at_once(photos_file: Path) -> None:
+    """Each started a pool of its own (one left running past close()), a worker one
+    started could miss the other's plan (a bare KeyError), and both could read the
+    same epoch number (both ran epoch 0)."""
+    expected = epochs(train_loader(photos_file, 1, "thread"), 2)
+    for _ in range(3):
+        loader = train_loader(photos_file, 2, "process")
+        barrier = threading.Barrier(2)
+        got: dict[int, Any] = {}
+
+        def run(k: int, loader: Loader = loader, barrier: threading.Barrier = barrier,
+                got: dict[int, Any] = got) -> None:
+            barrier.wait()
+            try:
+                got[k] = np.concatenate([labels.copy() for _, labels in loader])
+            except BaseException as exc:  # reported below
+                got[k] = exc
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        pids = loader.workers.pids
+        started = loader.workers.started
+        loader.close()
+        assert started == 2
+        assert not [pid for pid in pids if _alive(pid)]
+        for value in got.values():
+            assert not isinstance(value, BaseException), value
+        # the two epochs, 0 and 1, in whichever thread opened each
+        assert sorted(v.tolist() for v in got.values()) == sorted(
+            e[1].tolist() for e in expected)
+
+
 def test_a_second_close_waits_for_the_first(tmp_path: Path, photos_file: Path) -> None:
     """close() from two threads: the second returned at once, while the first still
     waited out a stuck worker's grace, its workers still running."""

@@ -188,6 +188,7 @@ class Loader:
         self.custom_fields = dict(custom_fields or {})
         self._start_method = start_method
         self.verify_checksums = bool(verify_checksums)
+        self._opening = threading.Lock()  # __iter__: one epoch claimed at a time
         # what close() and garbage collection release (it must not refer to the loader)
         self._owned = _Owned()
         self._finalizer = weakref.finalize(self, self._owned.close)
@@ -627,15 +628,16 @@ class Loader:
         if self._closed:
             raise RuntimeError(f"{self.fname}: the loader is closed")
         self.reader.check_unchanged()  # a file truncated under the memory map would SIGBUS
-        epoch = self.next_epoch
-        segments = self._segments(epoch)
-        plan = self._compile()  # may fail (a bad output_size): the epoch is not used up
-        layout = dict(plan.layout)
-        batches = self._batches(epoch, segments)
-        # may fail too (a worker that cannot start): the epoch is not used up either
-        workers = self.workers.open_epoch(plan, self._slots)
-        self.next_epoch += 1
-        self._resume = None
+        with self._opening:  # two threads starting epochs at once each get their own
+            epoch = self.next_epoch
+            segments = self._segments(epoch)
+            plan = self._compile()  # may fail (a bad output_size): the epoch is not used up
+            layout = dict(plan.layout)
+            batches = self._batches(epoch, segments)
+            # may fail too (a worker that cannot start): the epoch is not used up either
+            workers = self.workers.open_epoch(plan, self._slots)
+            self.next_epoch += 1
+            self._resume = None
         # copies on the copy threads: from the map (os_cache=False keeps its memory
         # bound by dropping each batch's bytes as soon as the batch is written)
         deferred = any(p.defer_copies and p.decoder is not None for p in plan.pipelines)
