@@ -54,7 +54,7 @@ from .types import (
     metadata_offset,
     validate_page_size,
 )
-from .utils import anonymous_shared_fd, kind_of_file
+from .utils import anonymous_shared_fd, kind_of_file, map_shared
 
 
 @dataclass(frozen=True)
@@ -90,20 +90,21 @@ class SharedTables:
     entries: list[tuple[str, int | None, np.dtype[Any], int, int]]
     scalars: dict[str, int]  # the reader's values that go with the tables
 
-    def views(self, segment: mmap.mmap) -> list[tuple[str, int | None, np.ndarray]]:
-        return [(name, key, np.frombuffer(segment, dtype, rows, offset) if rows
-                 else np.empty(0, dtype)) for name, key, dtype, rows, offset in self.entries]
+    def views(self, segment: np.ndarray) -> list[tuple[str, int | None, np.ndarray]]:
+        """Each table, a read-only view of *segment* (uint8, the whole of it)."""
+        return [(name, key, segment[offset : offset + rows * np.dtype(dtype).itemsize]
+                 .view(dtype)) for name, key, dtype, rows, offset in self.entries]
 
 
-def _map_shared(fd: int, layout: SharedTables, fname: str) -> mmap.mmap:
-    """A read-only map of the tables ``share_tables`` put in the segment *fd*,
-    which is closed whatever happens."""
+def _map_shared(fd: int, layout: SharedTables, fname: str) -> np.ndarray:
+    """A read-only map of the tables ``share_tables`` put in the segment *fd*
+    (keeping no descriptor), which is closed whatever happens."""
     try:
         size = os.fstat(fd).st_size
         if size < layout.nbytes:
             raise FormatError(f"{fname}: the shared tables hold {size} bytes, not "
                               f"{layout.nbytes}")
-        return mmap.mmap(fd, layout.nbytes, access=mmap.ACCESS_READ)
+        return map_shared(fd, layout.nbytes, writable=False)
     finally:
         os.close(fd)
 
@@ -170,7 +171,12 @@ class Reader:
                  fd: int | None = None, tables: tuple[int, SharedTables] | None = None
                  ) -> None:
         self.fname = os.fspath(fname)
-        shared = None if tables is None else (_map_shared(*tables, self.fname), tables[1])
+        try:
+            shared = None if tables is None else (_map_shared(*tables, self.fname), tables[1])
+        except BaseException:
+            if fd is not None:  # taken over: closed whatever happens
+                os.close(fd)
+            raise
         self.custom_handlers = dict(custom_handlers or {})
         self.validate = bool(validate)
         self.verify_checksums = bool(verify_checksums)
@@ -584,7 +590,7 @@ class Reader:
                 done = 0
                 while done < len(data):
                     done += os.pwrite(fd, data[done:], offset + done)
-            views = layout.views(mmap.mmap(fd, layout.nbytes, access=mmap.ACCESS_READ))
+            views = layout.views(map_shared(fd, layout.nbytes, writable=False))
         except BaseException:
             os.close(fd)
             raise
@@ -593,7 +599,7 @@ class Reader:
         self._tables = (fd, layout)
         return self._tables
 
-    def _map_tables(self, segment: mmap.mmap, layout: SharedTables) -> None:
+    def _map_tables(self, segment: np.ndarray, layout: SharedTables) -> None:
         """Adopt the tables another reader of this file shared (``share_tables``)."""
         views = layout.views(segment)
         metadata = next(view for name, _, view in views if name == "metadata")

@@ -254,10 +254,12 @@ def anonymous_shared_fd(nbytes: int, name: str) -> int:
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux
 
 
-def map_shared(fd: int, nbytes: int, populate: bool = False) -> np.ndarray:
-    """*nbytes* of the shared memory *fd*, mapped read-write (``MAP_SHARED``; with
-    *populate*, every page at once where the platform can), as a uint8 array;
-    unmapped once no view of it is left.
+def map_shared(fd: int, nbytes: int, populate: bool = False,
+               writable: bool = True) -> np.ndarray:
+    """*nbytes* of the shared memory *fd*, mapped (``MAP_SHARED``; with *populate*,
+    every page at once where the platform can) as a uint8 array, read-write or
+    read-only; unmapped once no view of it is left, and never at interpreter
+    exit (as Python's ``mmap``: threads and kept batches may still read it).
 
     The map keeps no descriptor of its own: Python's ``mmap`` keeps a duplicate
     of *fd* for its life (before 3.13's ``trackfd=False``), so each batch a
@@ -265,18 +267,28 @@ def map_shared(fd: int, nbytes: int, populate: bool = False) -> np.ndarray:
     1,024 (a common limit) the loader failed.
     """
     flags = mmap.MAP_SHARED | (MAP_POPULATE if populate else 0)
+    prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
     if sys.version_info >= (3, 13):
-        return np.frombuffer(mmap.mmap(fd, nbytes, flags=flags, trackfd=False), np.uint8)
+        return np.frombuffer(mmap.mmap(fd, nbytes, flags=flags, prot=prot, trackfd=False),
+                             np.uint8)
     libc = _libc()
     if libc is None:  # pragma: no cover - no C library to call: one descriptor per map
-        return np.frombuffer(mmap.mmap(fd, nbytes, flags=flags), np.uint8)
-    address = libc.mmap(None, nbytes, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd, 0)
+        return np.frombuffer(mmap.mmap(fd, nbytes, flags=flags, prot=prot), np.uint8)
+    address = libc.mmap(None, nbytes, prot, flags, fd, 0)
     if address is None or address == ctypes.c_void_p(-1).value:  # MAP_FAILED
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
     memory = (ctypes.c_ubyte * nbytes).from_address(address)
-    weakref.finalize(memory, libc.munmap, ctypes.c_void_p(address), ctypes.c_size_t(nbytes))
-    return np.frombuffer(memoryview(memory), np.uint8)
+    # unmapped when collected, never by the exit hook, which runs the newest finalizers
+    # first: it unmapped slots that the loader's threads (ended by an older finalizer)
+    # and the program's kept batches still read (a segmentation fault at exit)
+    unmap = weakref.finalize(memory, libc.munmap, ctypes.c_void_p(address),
+                             ctypes.c_size_t(nbytes))
+    unmap.atexit = False
+    array = np.frombuffer(memoryview(memory), np.uint8)
+    if not writable:
+        array.flags.writeable = False
+    return array
 
 
 @functools.cache

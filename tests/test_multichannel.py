@@ -167,6 +167,31 @@ def test_sixteen_bit_colour_png_files_are_refused(tmp_path: Path, photos: list[n
         write(tmp_path / "r.beton", {"image": RGBImageField(write_mode="raw")}, [(rgb,)])
 
 
+def test_a_bmp_of_16_bits_a_pixel_is_read(tmp_path: Path) -> None:
+    """RGB565 ('BGR;16': 16 bits a pixel, not a value) loses nothing in Pillow: it was
+    refused as a 16-bit image."""
+    import io
+
+    Image = pytest.importorskip("PIL.Image")
+    import struct
+
+    width, height = 4, 2
+    pixels = [0xF800, 0x07E0, 0x001F, 0xFFFF] * 2  # red, green, blue, white; 5-6-5
+    rows = b"".join(struct.pack("<4H", *pixels[r * 4:(r + 1) * 4]) for r in range(height))
+    masks = struct.pack("<3I", 0xF800, 0x07E0, 0x001F)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 16, 3, len(rows), 2835, 2835,
+                       0, 0) + masks
+    offset = 14 + len(info)
+    bmp = b"BM" + struct.pack("<IHHI", offset + len(rows), 0, 0, offset) + info + rows
+    expected = np.asarray(Image.open(io.BytesIO(bmp)).convert("RGB"))
+    assert expected[0].tolist() == [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]
+    path = write(tmp_path / "b.beton", {"image": MultiChannelImageField(3, np.uint8)},
+                 [(bmp,)])
+    np.testing.assert_array_equal(Reader(path).read(0)[0], expected)
+    path = write(tmp_path / "r.beton", {"image": RGBImageField(write_mode="raw")}, [(bmp,)])
+    np.testing.assert_array_equal(Reader(path).read(0)[0], expected)
+
+
 def test_max_resolution_shrinks_by_area(tmp_path: Path, photos: list[np.ndarray]) -> None:
     image = bands(photos, 5, np.uint16, 120, 90, seed=1)
     path = write(tmp_path / "r.beton", {"image": MultiChannelImageField(

@@ -528,9 +528,11 @@ def test_shared_tables_of_another_file_are_refused_and_closed(good: Path,
         Reader(good, tables=(mine, layout))
     assert _closed(mine)
     short = os.memfd_create("short")
+    file = os.open(good, os.O_RDONLY)  # taken over by the reader: closed too
     with pytest.raises(FormatError, match=rf"the shared tables hold 0 bytes, not {layout.nbytes}"):
-        Reader(good, tables=(short, layout))
+        Reader(good, fd=file, tables=(short, layout))
     assert _closed(short)
+    assert _closed(file)
     empty = tmp_path / "empty"
     empty.touch()
     mine = os.dup(fd)

@@ -1208,6 +1208,64 @@ def test_a_worker_that_fails_outside_a_range_says_how(
         next(iter(loader))
 
 
+def test_kept_batches_are_readable_at_exit(tmp_path: Path, photos_file: Path) -> None:
+    """The exit hook runs the newest finalizers first: the shared slots were unmapped
+    before anything else ran at exit, while the program's kept batches (read by an
+    atexit handler) and the loader's threads still used them: a segmentation fault."""
+    script = tmp_path / "kept.py"
+    script.write_text(textwrap.dedent(f"""
+        import atexit, sys
+        kept = []
+        atexit.register(lambda: print("at exit", int(kept[0][1].sum()), flush=True))
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from pathlib import Path
+        from test_workers import train_loader
+
+        if __name__ == "__main__":
+            loader = train_loader(Path({str(photos_file)!r}), 2, "process")
+            for batch in loader:  # left mid-epoch, its threads running
+                kept.append(batch)
+                if len(kept) == 2:
+                    break
+            print("in main", int(kept[0][1].sum()), flush=True)
+            iterator = iter(loader)
+            next(iterator)
+    """))
+    for _ in range(2):
+        result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                                timeout=120, cwd=tmp_path)
+        assert result.returncode == 0, (result.returncode, result.stderr)
+        lines = result.stdout.split("\n")
+        assert lines[0].split()[-1] == lines[1].split()[-1], result.stdout
+
+
+def test_a_forked_child_is_not_stopped_by_a_lock_held_at_the_fork(photos_file: Path) -> None:
+    """iter() holds a lock while it opens an epoch: a child forked meanwhile waited
+    for it for ever, never reaching 'create a new Loader here'."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no os.fork")
+    with train_loader(photos_file, 2, "process") as loader:
+        with loader._opening:  # as another thread opening an epoch holds it
+            pid = os.fork()
+            if pid == 0:  # the child
+                code = 3
+                try:
+                    iter(loader)
+                except RuntimeError as exc:
+                    code = 0 if "create a new Loader here" in str(exc) else 4
+                finally:
+                    os._exit(code)
+            deadline = time.monotonic() + 30
+            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if done[0] == 0:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail("the forked child waited for the lock")
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
 def test_workers_map_the_loaders_tables(photos_file: Path) -> None:
     """Each worker maps the loader's per-sample tables (one shared copy, about
     90 bytes a sample) instead of reading and building its own."""
@@ -1219,9 +1277,13 @@ def test_workers_map_the_loaders_tables(photos_file: Path) -> None:
             return sum("fastforward-tables" in line for line in maps)
 
     with train_loader(photos_file, 2, "process") as loader:
+        assert not loader.reader.metadata.flags.writeable
+        for pipeline in loader.pipelines:  # bound to the shared tables, not the first ones
+            metadata = getattr(pipeline.decoder, "metadata", None)
+            if metadata is not None:
+                assert np.shares_memory(metadata, loader.reader.metadata)
         images = np.concatenate([batch[0].copy() for batch in loader])
         mapped = [tables_mapped(pid) for pid in loader.workers.pids]
-        assert not loader.reader.metadata.flags.writeable
     assert mapped == [1, 1]
     assert np.array_equal(images, epochs(train_loader(photos_file, 1, "thread"), 1)[0][0])
 

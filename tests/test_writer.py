@@ -435,8 +435,19 @@ def test_bytes_field_refuses_numpy_scalars(tmp_path: Path, value: object) -> Non
 
 
 def test_bytes_field_takes_numpy_bytes(tmp_path: Path) -> None:
-    reader = write(tmp_path / "b.beton", {"b": BytesField()}, [(np.bytes_(b"ab"),)])
+    """np.bytes_ and np.void (opaque data, as h5py gives it) are their bytes."""
+    reader = write(tmp_path / "b.beton", {"b": BytesField()},
+                   [(np.bytes_(b"ab"),), (np.void(b"\x89PNG\r\n"),)])
     assert bytes(reader.read(0)[0]) == b"ab"
+    assert bytes(reader.read(1)[0]) == b"\x89PNG\r\n"
+
+
+def test_float_field_takes_a_number_in_a_0d_object_array(tmp_path: Path) -> None:
+    reader = write(tmp_path / "f.beton", {"x": FloatField()},
+                   [(np.array(1.5, dtype=object),), (np.array(2, dtype=object),)])
+    assert reader.metadata["f0"].tolist() == [1.5, 2.0]
+    with pytest.raises(EncodeError, match="expected a real number, got str '3'"):
+        write(tmp_path / "g.beton", {"x": FloatField()}, [(np.array("3", dtype=object),)])
 
 
 def test_json_field_refuses_a_long_double_clearly(tmp_path: Path) -> None:

@@ -89,8 +89,10 @@ class FloatField(Field):
     def encode(self, destination: np.ndarray, field: Any, malloc: Malloc) -> None:
         # float() parses text ('3.5', b'1_000', ' nan '): a number read from a file
         # and never converted is a bug in the dataset, refused as IntField refuses it
-        if isinstance(field, (str, bytes, bytearray, np.str_, np.bytes_)) or (
-                isinstance(field, np.ndarray) and field.dtype.kind in "SUO"):  # text in an array
+        if isinstance(field, np.ndarray) and field.dtype.kind == "O" and field.ndim == 0:
+            field = field.item()  # what a 0-d object array holds
+        if isinstance(field, (str, bytes, bytearray)) or (
+                isinstance(field, np.ndarray) and field.dtype.kind in "SU"):  # text in an array
             raise EncodeError(f"expected a real number, got {type(field).__name__} "
                               f"{field!r:.40}: convert it with float() if you mean it")
         if _is_complex(field):  # float() of a NumPy complex keeps its real part

@@ -23,7 +23,8 @@ def as_byte_array(value: Any) -> np.ndarray:
     only when the cast is exact (every value an integer in 0..255, as in
     ``np.zeros(2)``); a lossy cast is refused.
     """
-    if isinstance(value, np.generic) and not isinstance(value, bytes):  # (np.bytes_ is)
+    if isinstance(value, np.generic) and not isinstance(value, (bytes, np.void)):
+        # (np.bytes_ is bytes; np.void, opaque data as h5py gives it, is its bytes)
         # a NumPy scalar's buffer is its memory (8 bytes for np.int64(5)): refused as
         # the 0-d array it is
         value = np.asarray(value)

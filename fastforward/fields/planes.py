@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -109,7 +110,9 @@ def reduced_bit_depth(image: Any) -> str | None:
     for tile in getattr(image, "tile", None) or ():
         args = tile[3] if len(tile) > 3 else None
         raw = args[0] if isinstance(args, tuple) and args else args
-        if isinstance(raw, str) and (";16" in raw or ";32" in raw):
+        # ';16B', ';16L', ';16N': 16 bits a value, of a byte order (BMP's 'BGR;16' is
+        # 16 bits a pixel, 5-6-5: nothing lost)
+        if isinstance(raw, str) and re.search(r";(16|32)[BLN]", raw):
             return (f"{raw.split(';')[1][:2]}-bit values ({raw}), which Pillow reads as "
                     f"8-bit {image.mode}, keeping the high byte")
     return None

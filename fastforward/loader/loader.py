@@ -189,6 +189,7 @@ class Loader:
         self._start_method = start_method
         self.verify_checksums = bool(verify_checksums)
         self._opening = threading.Lock()  # __iter__: one epoch claimed at a time
+        self._opening_pid = os.getpid()
         # what close() and garbage collection release (it must not refer to the loader)
         self._owned = _Owned()
         self._finalizer = weakref.finalize(self, self._owned.close)
@@ -216,6 +217,8 @@ class Loader:
         cuda = self._cuda_pipelines()
         self._stage = self._device_stage(cuda)
         self._owned.workers = self.workers = self._choose_workers(worker_type)
+        if self.workers.kind == PROCESS:  # the reader's tables are shared now: the plan
+            self._compile()               # binds them, and lets go of the private ones
         # batches_ahead in flight, one in the channel, the one the consumer
         # holds, and the previous one, still alive while next() runs in a loop;
         # with a built-in order no batch is longer than the samples (a rank's
@@ -628,6 +631,8 @@ class Loader:
         if self._closed:
             raise RuntimeError(f"{self.fname}: the loader is closed")
         self.reader.check_unchanged()  # a file truncated under the memory map would SIGBUS
+        if self._opening_pid != os.getpid():  # a forked child: the lock may have been
+            self._opening, self._opening_pid = threading.Lock(), os.getpid()  # held at fork
         with self._opening:  # two threads starting epochs at once each get their own
             epoch = self.next_epoch
             segments = self._segments(epoch)
@@ -724,6 +729,7 @@ class _Owned:
         self.ended = ChannelStats()  # statistics of the epochs whose iterators are gone
         self._closed = threading.Event()
         self._closing: tuple[int, int] | None = None  # (pid, thread) of the close running
+        self._pid = os.getpid()
 
     def close(self) -> None:
         self._closing = (os.getpid(), threading.get_ident())
@@ -747,8 +753,10 @@ class _Owned:
         """Return once ``close()`` has ended, where another thread of this process
         runs it (a second ``Loader.close()`` returned at once, workers still running)."""
         closing = self._closing
-        if closing is not None and closing[0] == os.getpid() \
-                and closing[1] != threading.get_ident():
+        if closing is None:  # another thread has begun close() (called only after the
+            if self._pid == os.getpid():  # finalizer), and not yet said so
+                self._closed.wait()
+        elif closing[0] == os.getpid() and closing[1] != threading.get_ident():
             self._closed.wait()
 
 
