@@ -6,11 +6,13 @@ For each size, a file of that many samples (an ``IntField`` label and a 4-float
 ``NDArrayField``, so that each sample has a payload) is written to a temporary
 folder; a loader with process workers runs a per-sample Python operation on
 the arrays (so the workers decode) for one epoch in RANDOM order, batch 256;
-then the private memory (USS) of the loader's process and of each worker is
-read from ``/proc/PID/smaps_rollup``, with the shared memory each maps (the
-tables shared by ``Reader.share_tables`` and the slots). The difference between
-two sizes, divided by the difference in samples, is what each process keeps
-per sample.
+then the anonymous memory of the loader's process (its heap and private maps)
+and the private memory (USS) of each worker are read from
+``/proc/PID/smaps_rollup``, with each one's share of the shared memory
+it has touched (``Pss_Shmem``: the slots, and the pages of the tables it read),
+beside the size of the tables' segment (``Reader.share_tables``: in memory once,
+whoever maps it). The difference between two sizes, divided by the difference
+in samples, is what each keeps per sample.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class Scale(Operation):
 
 
 def memory(pid):
-    found = {"uss": 0, "shmem": 0}
+    found = {"uss": 0, "shmem": 0, "anon": 0}
     with open(f"/proc/{pid}/smaps_rollup") as smaps:
         for line in smaps:
             name, value = line.split(":", 1)
@@ -50,6 +52,8 @@ def memory(pid):
                 found["uss"] += int(value.split()[0]) * 1024
             elif name == "Pss_Shmem":
                 found["shmem"] += int(value.split()[0]) * 1024
+            elif name == "Pss_Anon":
+                found["anon"] += int(value.split()[0]) * 1024
     return found
 
 
@@ -60,7 +64,8 @@ if __name__ == "__main__":
                     pipelines={"label": [IntDecoder()], "x": [NDArrayDecoder(), Scale()]})
     for _ in loader:
         pass
-    print(json.dumps({"loader": memory(os.getpid()),
+    tables = loader.reader.share_tables()[1].nbytes  # the segment, whoever maps it
+    print(json.dumps({"loader": memory(os.getpid()), "tables": tables,
                       "workers": [memory(pid) for pid in loader.workers.pids]}))
     loader.close()
 """
@@ -109,20 +114,24 @@ def main() -> None:
                                  capture_output=True, text=True, check=True)
             figures[n] = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"{args.workers} worker processes, one epoch, batch 256; MB (10^6 bytes)")
-    print(f"  {'samples':>10} {'loader USS':>11} {'loader shared':>14} "
-          f"{'worker USS':>11} {'worker shared':>14}")
+    print(f"  {'samples':>10} {'loader anon':>11} {'loader shared':>14} "
+          f"{'worker USS':>11} {'worker shared':>14} {'tables':>7}")
     for n, f in figures.items():
         workers = f["workers"]
-        print(f"  {n:>10,} {f['loader']['uss'] / 1e6:>11.0f} {f['loader']['shmem'] / 1e6:>14.0f} "
+        print(f"  {n:>10,} {f['loader']['anon'] / 1e6:>11.0f} {f['loader']['shmem'] / 1e6:>14.0f} "
               f"{max(w['uss'] for w in workers) / 1e6:>11.0f} "
-              f"{max(w['shmem'] for w in workers) / 1e6:>14.1f}")
+              f"{max(w['shmem'] for w in workers) / 1e6:>14.1f} {f['tables'] / 1e6:>7.0f}")
     small, large = (figures[n] for n in args.samples)
     extra = args.samples[1] - args.samples[0]
-    loader = (large["loader"]["uss"] - small["loader"]["uss"]) / extra
+    # its heap and anonymous maps: USS also counts the pages of shared memory that
+    # only this process has touched (of the slots, of the tables)
+    loader = (large["loader"]["anon"] - small["loader"]["anon"]) / extra
     worker = max(b["uss"] - a["uss"] for a, b in zip(small["workers"], large["workers"],
                                                       strict=True)) / extra
-    print(f"  per sample: the loader's process {loader:.0f} bytes of its own, "
-          f"each worker {worker:.1f}")
+    tables = (large["tables"] - small["tables"]) / extra
+    print(f"  per sample: the shared tables {tables:.0f} bytes (once, whoever maps them), "
+          f"the loader's process {loader:.0f} bytes of its own besides, each worker "
+          f"{worker:.1f}")
 
 
 if __name__ == "__main__":
