@@ -263,7 +263,6 @@ class ProcessWorkers:
         self.method_used: str | None = None
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()  # the pending table and the workers list
-        self._opening = threading.Lock()  # open_epoch, one thread at a time
         self._buried = threading.Condition(self._lock)  # notified when a worker is buried
         # job id: its future, its worker, what it is (for errors), its epoch's plan id
         self._pending: dict[int, tuple[Future[Any], _Worker, str, int]] = {}
@@ -539,7 +538,10 @@ class ProcessWorkers:
 
     def open_epoch(self, plan: Plan, slots: Any) -> ProcessEpoch:
         """Start (or restart) the workers and send them *plan*; *slots* is the
-        loader's ``SlotPool`` (its shared slots are where the workers write)."""
+        loader's ``SlotPool`` (its shared slots are where the workers write). One
+        thread at a time (the loader's ``_opening``): two threads starting epochs at
+        once each started a pool, and a worker started by one missed the other's
+        plan."""
         if os.getpid() != self._owner:
             raise RuntimeError(
                 f"{self.config[0]}: this loader's worker processes belong to process "
@@ -547,13 +549,6 @@ class ProcessWorkers:
                 "new Loader here (or pass worker_type='thread')")
         plan_id = next(self._plans)
         blob = pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL)
-        # one epoch opens at a time: two threads starting epochs at once each started
-        # a pool (one left running past close()), and a worker started by one missed
-        # the other's plan (a bare KeyError in its ranges)
-        with self._opening:
-            return self._open(plan, slots, plan_id, blob)
-
-    def _open(self, plan: Plan, slots: Any, plan_id: int, blob: bytes) -> ProcessEpoch:
         lost: list[_Worker] = []
         for _ in range(2):  # once more if a worker turns out dead as the plan is sent
             self._ensure_started()
@@ -1146,8 +1141,6 @@ def _preload() -> list[str]:
 
 
 # -- the worker process --------------------------------------------------------------
-
-
 
 
 class _MappedSlot:
