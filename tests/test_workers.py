@@ -449,16 +449,24 @@ def test_a_killed_worker_is_a_worker_error_not_a_hang(photos_file: Path) -> None
         assert loader.workers.started == 3
 
 
+def run_script(tmp_path: Path, name: str, source: str) -> subprocess.CompletedProcess:
+    """Run *source* (dedented) as the script *name* in *tmp_path*, able to import
+    this file's helpers (``from test_workers import train_loader``)."""
+    script = tmp_path / name
+    script.write_text(f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+                      + textwrap.dedent(source))
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+
+
 def test_a_forked_child_makes_a_loader_of_its_own(tmp_path: Path, photos_file: Path) -> None:
     """After a process loader has run, a child made by os.fork creates and runs a
     loader of its own, as docs/workers.md tells it to: it inherited the parent's
     fork server, which it cannot use (ChildProcessError)."""
     if not hasattr(os, "fork"):
         pytest.skip("no os.fork")
-    script = tmp_path / "forks.py"
-    script.write_text(textwrap.dedent(f"""
-        import os, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+    result = run_script(tmp_path, "forks.py", f"""
+        import os
         from pathlib import Path
         from test_workers import train_loader
 
@@ -475,9 +483,7 @@ def test_a_forked_child_makes_a_loader_of_its_own(tmp_path: Path, photos_file: P
                         os._exit(code)
                 print("child exit code", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
                 assert [labels.tolist() for _, labels in parent]  # the parent's still runs
-    """))
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                            timeout=120, cwd=tmp_path)
+    """)
     assert result.returncode == 0, result.stderr
     assert "child exit code 0" in result.stdout, result.stderr
 
@@ -488,11 +494,9 @@ def test_a_dying_fork_server_is_waited_for(tmp_path: Path, photos_file: Path) ->
     uses it again: the next epoch raised ConnectionRefusedError (one retry after
     0.2 s was too soon for a server that had preloaded torch)."""
     pytest.importorskip("torch", reason="a server that preloaded torch takes a second to exit")
-    script = tmp_path / "server.py"
-    script.write_text(textwrap.dedent(f"""
-        import socket, sys
+    result = run_script(tmp_path, "server.py", f"""
+        import socket
         import torch  # preloaded by the fork server with this main module
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
         from pathlib import Path
         import multiprocessing.forkserver as forkserver
         from test_workers import train_loader
@@ -505,25 +509,18 @@ def test_a_dying_fork_server_is_waited_for(tmp_path: Path, photos_file: Path) ->
             with train_loader(Path({str(photos_file)!r}), 2, "process") as second:
                 assert [labels.tolist() for _, labels in second] == expected
             print("ok")
-    """))
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                            timeout=120, cwd=tmp_path)
+    """)
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
 
 
 def test_a_worker_that_cannot_start_says_why(tmp_path: Path, photos_file: Path) -> None:
-    script = tmp_path / "unguarded.py"
-    script.write_text(textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+    result = run_script(tmp_path, "unguarded.py", f"""
         from test_workers import train_loader
         from pathlib import Path
         loader = train_loader(Path({str(photos_file)!r}), 2, "process")
         next(iter(loader))  # no __main__ guard: the workers re-run this script
-    """))
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                            timeout=120, cwd=tmp_path)
+    """)
     assert result.returncode != 0
     assert "failed to start" in result.stderr
     assert 'if __name__ == "__main__":' in result.stderr
@@ -1212,12 +1209,10 @@ def test_kept_batches_are_readable_at_exit(tmp_path: Path, photos_file: Path) ->
     """The exit hook runs the newest finalizers first: the shared slots were unmapped
     before anything else ran at exit, while the program's kept batches (read by an
     atexit handler) and the loader's threads still used them: a segmentation fault."""
-    script = tmp_path / "kept.py"
-    script.write_text(textwrap.dedent(f"""
-        import atexit, sys
+    source = f"""
+        import atexit
         kept = []
         atexit.register(lambda: print("at exit", int(kept[0][1].sum()), flush=True))
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
         from pathlib import Path
         from test_workers import train_loader
 
@@ -1230,10 +1225,9 @@ def test_kept_batches_are_readable_at_exit(tmp_path: Path, photos_file: Path) ->
             print("in main", int(kept[0][1].sum()), flush=True)
             iterator = iter(loader)
             next(iterator)
-    """))
+    """
     for _ in range(2):
-        result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                                timeout=120, cwd=tmp_path)
+        result = run_script(tmp_path, "kept.py", source)
         assert result.returncode == 0, (result.returncode, result.stderr)
         lines = result.stdout.split("\n")
         assert lines[0].split()[-1] == lines[1].split()[-1], result.stdout
