@@ -330,9 +330,32 @@ def test_order_options_compare_by_value(paged: Path, monkeypatch: pytest.MonkeyP
                 order_kwargs={"window": 8}).load_state_dict(state_of(window=np.int64(8)))
     from fastforward.loader.loader import _plain_options
 
-    assert _plain_options({"weights": np.zeros(2000), "f": lambda: 0}) != _plain_options(
-        {"weights": np.r_[np.zeros(1000), 1.0, np.zeros(999)]})
-    assert [k for k, _ in _plain_options({"weights": np.zeros(3), "f": lambda: 0})] == ["weights"]
+    assert _plain_options(object, {"weights": np.zeros(2000), "f": lambda: 0}) != _plain_options(
+        object, {"weights": np.r_[np.zeros(1000), 1.0, np.zeros(999)]})
+    assert [k for k, _ in _plain_options(object, {"weights": np.zeros(3),
+                                                  "f": lambda: 0})] == ["weights"]
+
+
+def test_an_order_option_at_its_default_is_no_option(paged: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """order_kwargs={'window': 64} orders exactly as QUASI_RANDOM's default does, but
+    a state saved with it was refused by a loader without it, and the other way round."""
+    from fastforward.traversal_order.quasi_random import DEFAULT_WINDOW
+
+    def loader(**options: object):  # type: ignore[no-untyped-def]
+        return rank_loader(paged, 0, 2, monkeypatch, batch_size=10,
+                           order=OrderOption.QUASI_RANDOM, order_kwargs=options or None)
+
+    explicit = {"window": np.int64(DEFAULT_WINDOW)}
+    loader().load_state_dict(saved_mid_epoch(loader(**explicit)))
+    loader(**explicit).load_state_dict(saved_mid_epoch(loader()))
+    with pytest.raises(ValueError, match="delete the state's 'order' entry"):
+        loader().load_state_dict(saved_mid_epoch(loader(window=DEFAULT_WINDOW + 1)))
+    # a state saved before defaults were left out still resumes with its options
+    before = saved_mid_epoch(loader(**explicit))
+    before["order"] = loader(**explicit)._order_name(defaults=True)
+    assert before["order"] != saved_mid_epoch(loader())["order"]
+    loader(**explicit).load_state_dict(before)
 
 
 @pytest.mark.parametrize(("values", "match"), [

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import inspect
 import os
 import pickle
 import threading
@@ -58,15 +59,28 @@ def _plain(value: Any) -> Any:
     raise ValueError(f"no plain form for {type(value).__name__}")
 
 
-def _plain_options(options: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    """An order's options as a state compares them: each in its plain form, those
-    without one left out (they cannot be compared from process to process)."""
+def _plain_options(order: type, options: Mapping[str, Any],
+                   defaults: bool = False) -> list[tuple[str, Any]]:
+    """An order's options as a state compares them: each in its plain form; those
+    without one (they cannot be compared from process to process) left out, and
+    unless *defaults*, those equal to the order's own default (``window=64``
+    orders as no option does; states saved before 2026-12-05 kept them)."""
+    try:
+        parameters = {} if defaults else dict(inspect.signature(order).parameters)
+    except (TypeError, ValueError):  # a class whose signature cannot be read
+        parameters = {}
     plain = []
     for key, value in sorted(options.items()):
         try:
-            plain.append((key, _plain(value)))
+            value = _plain(value)
+            parameter = parameters.get(key)
+            if parameter is not None and parameter.default is not inspect.Parameter.empty \
+                    and type(value) is type(_plain(parameter.default)) \
+                    and value == _plain(parameter.default):
+                continue
         except ValueError:
             continue
+        plain.append((key, value))
     return plain
 
 
@@ -562,16 +576,20 @@ class Loader:
         file's samples, the indices, the order (with its options) and how ranks
         are evened out. Another value of any would resume with other samples."""
         if self._state_identity is None:
-            order = type(self.traversal_order)
-            options = _plain_options(dict(self._args["order_kwargs"] or {}))
             self._state_identity = {
                 "file": self.reader.samples_digest,
                 "indices": f"{digest(np.ascontiguousarray(self.indices).view(np.uint8)):016x}",
-                "order": f"{order.__module__}.{order.__qualname__}"
-                         + (f" options {digest(repr(options).encode()):016x}" if options else ""),
+                "order": self._order_name(),
                 "even_batches": self.even_batches,
             }
         return self._state_identity
+
+    def _order_name(self, defaults: bool = False) -> str:
+        """The order in a state: its class, and a digest of its options if any."""
+        order = type(self.traversal_order)
+        options = _plain_options(order, dict(self._args["order_kwargs"] or {}), defaults)
+        return f"{order.__module__}.{order.__qualname__}" + (
+            f" options {digest(repr(options).encode()):016x}" if options else "")
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from ``state_dict()``: the next ``iter()`` continues that epoch.
@@ -597,7 +615,8 @@ class Loader:
                 raise ValueError(f"{self.fname}: the state was saved with {key}={state[key]}, "
                                  f"this loader has {mine}")
         for key, mine in self._identity().items():
-            if key in state and state[key] != mine:
+            if key in state and state[key] != mine and not (
+                    key == "order" and state[key] == self._order_name(defaults=True)):
                 raise ValueError(f"{self.fname}: the state was saved {_SAVED_WITH[key]} "
                                  f"({key}={state[key]!r}; this loader: {mine!r}), so resuming "
                                  "here would give other samples than the rest of its epoch. "
