@@ -197,6 +197,8 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
         followed = any(name in names for names in leaders.values())
         if followed:
             _check_leader(name, ops, fused, where)
+        if name in leaders:
+            _check_follower(name, leaders[name], ops, where)
         decided = state  # the decoder's output: the size the followers take
         step_states: list[tuple[State, State]] = []  # each step's input and output
         read: int | None = None  # the steps up to the first one a branch reads, if any
@@ -265,6 +267,19 @@ def _check_leader(name: str, ops: list[Operation], fused: set[int], where: str) 
                 f"decided the geometry that masks and boxes follow ({name!r} is followed), so "
                 "they would not move with it; a RandomHorizontalFlip must come right after "
                 "the decoder (which then mirrors while it resizes, and tells its followers)")
+
+
+def _check_follower(name: str, leaders: list[str], ops: list[Operation], where: str) -> None:
+    """Refuse an operation that moves the pixels of a mask (or the points) that
+    follow another output's geometry: a flip there draws its own coin, and the
+    mask comes out mirrored where its image is not."""
+    for op in ops:
+        if getattr(op, "moves_pixels", False) and getattr(op, "follows", None) is None:
+            raise ValueError(
+                f"{where}: {type(op).__name__} would move {name!r} on its own draw, but "
+                f"{name!r} follows {' and '.join(map(repr, leaders))}, whose decoder's crop "
+                "and flip it already takes: flip or crop the image only (a "
+                "RandomHorizontalFlip right after the image's decoder is followed too)")
 
 
 def _check_leader_size(name: str, decided: State, state: State, op: Operation,
