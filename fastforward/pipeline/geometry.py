@@ -124,13 +124,15 @@ def map_boxes(rows: np.ndarray, boxes: np.ndarray, box_format: str = "xyxy",
     x1 = (b[..., 2] - g["x"]) * g["sx"]
     y0 = (b[..., 1] - g["y"]) * g["sy"]
     y1 = (b[..., 3] - g["y"]) * g["sy"]
-    x0, x1 = np.where(g["flip"], g["ow"] - x1, x0), np.where(g["flip"], g["ow"] - x0, x1)
+    # clipped and measured before the mirror (which changes neither), so that a
+    # box on the min_visibility line is kept or dropped alike, mirrored or not
     area = (x1 - x0) * (y1 - y0)
     cx0, cx1 = np.clip(x0, 0, g["ow"]), np.clip(x1, 0, g["ow"])
     cy0, cy1 = np.clip(y0, 0, g["oh"]), np.clip(y1, 0, g["oh"])
     inside = np.maximum(cx1 - cx0, 0) * np.maximum(cy1 - cy0, 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         visible = np.where(area > 0, inside / np.where(area > 0, area, 1), 0.0)
+    cx0, cx1 = np.where(g["flip"], g["ow"] - cx1, cx0), np.where(g["flip"], g["ow"] - cx0, cx1)
     mapped = np.stack([cx0, cy0, cx1, cy1], axis=-1)
     return from_xyxy(mapped, box_format), visible
 
