@@ -226,8 +226,8 @@ class RaggedDecoder(Decoder):
     Args:
         as_list: False: a batch is padded. For a single-array field it is
             ``(values, lengths)``: ``values`` of shape ``(B, L, *shape)``, ``L``
-            the longest sample of the whole field (so every batch has the same
-            shape), rows past a sample's length zero; ``lengths`` ``(B,)``
+            the longest sample of the whole field, at least 1 (so every batch
+            has the same shape), rows past a sample's length zero; ``lengths`` ``(B,)``
             int64. For named columns it is a dict of each column's
             ``(B, L, ...)`` array plus ``"lengths"``. True: a list of ``B``
             samples, each an array (or a dict of arrays), cut to its length.
