@@ -263,6 +263,38 @@ def test_boxes_dropped_take_their_class_ids_with_them(tmp_path: Path) -> None:
     np.testing.assert_allclose(objects[0]["boxes"], [[15, 15, 35, 35], [20, 0, 30, 50]])
 
 
+@pytest.mark.parametrize(("box", "box_format"), [
+    ([10, 10, np.nan, 20], "xyxy"), ([10, 10, np.inf, 20], "xyxy"),
+    ([30, 10, 20, 20], "xyxy"), ([10, 30, 20, 20], "xyxy"), ([10, 10, -5, 5], "xywh"),
+    ([np.nan, 10, 5, 5], "cxcywh")],
+    ids=["nan", "inf", "x1<x0", "y1<y0", "w<0", "nan centre"])
+def test_a_box_that_is_not_a_box_is_refused(tmp_path: Path, box: list[float],
+                                            box_format: str) -> None:
+    """A NaN or inverted box was dropped as if out of view, without a word."""
+    image = np.zeros((40, 40, 3), np.uint8)
+    path = tmp_path / "bad-box.beton"
+    good = np.array([[5, 5, 10, 10]], np.float32)
+    DatasetWriter(path, {"image": RGBImageField(write_mode="raw"),
+                         "objects": RaggedField(columns={"boxes": (np.float32, 4),
+                                                         "labels": np.int64})},
+                  num_workers=1, progress=False).from_indexed_dataset(
+        [(image, {"boxes": good, "labels": [1]}),
+         (image, {"boxes": np.array([good[0], box], np.float32), "labels": [1, 2]})])
+    pipelines = {"image": [CenterCropRGBImageDecoder((20, 20), ratio=1.0)],
+                 "objects": [RaggedDecoder(follows="image", boxes="boxes",
+                                           box_format=box_format)]}
+    with Loader(path, 2, drop_last=False, pipelines=pipelines) as loader, \
+            pytest.raises(DecodeError, match=rf"{path}: sample 1, field 'objects'.*box 1 of "
+                                             r"column 'boxes' is \[.*not a box"):
+        list(loader)
+    # as stored, without follows: what was written comes back
+    with Loader(path, 2, drop_last=False, pipelines={
+            "image": [CenterCropRGBImageDecoder((20, 20), ratio=1.0)],
+            "objects": [RaggedDecoder()]}) as loader:
+        (_, objects), = list(loader)
+    np.testing.assert_array_equal(objects["boxes"][1, 1], np.float32(box))
+
+
 def test_keypoints_and_points_follow(tmp_path: Path) -> None:
     image = np.zeros((40, 60, 3), np.uint8)
     keypoints = np.array([[[10.5, 5.5, 2], [59.5, 39.5, 2], [30, 20, 1]]], np.float32)

@@ -51,7 +51,7 @@ def test_a_mirror_keeps_or_drops_a_box_as_no_mirror_does() -> None:
     g[0] = (41, 66, 3, 15, 35, 35, 56, 72, 0)
     g[1] = (41, 66, 3, 15, 35, 35, 56, 72, 1)
     box = np.array([[[0, 12, 25, 19]], [[0, 12, 25, 19]]], np.float64)
-    mapped, visible = geometry.map_boxes(g, box)
+    _, visible = geometry.map_boxes(g, box)
     assert visible[0, 0] == visible[1, 0] >= 0.4
     rng = np.random.default_rng(7)
     g = rows(rng, 400)

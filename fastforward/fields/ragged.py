@@ -377,6 +377,7 @@ class RaggedDecoder(Decoder):
         keep = present
         if self.boxes is not None:
             column = columns[names.index(self.boxes)]
+            self._check_boxes(column[lo:hi], present, lo, context)
             mapped, visible = geometry.map_boxes(rows, column[lo:hi], self.box_format,
                                                  self.normalized)
             column[lo:hi] = mapped
@@ -403,6 +404,23 @@ class RaggedDecoder(Decoder):
         else:
             for column in columns:  # rows past the length: mapped zeros, zero again
                 column[lo:hi][~present] = 0
+
+    def _check_boxes(self, boxes: np.ndarray, present: np.ndarray, lo: int,
+                     context: BatchContext) -> None:
+        """Refuse a stored box that is not a box (a NaN or infinite coordinate, or a
+        far edge before its near one): dropped as out of view, it would vanish
+        from training without a word."""
+        xyxy = geometry.to_xyxy(boxes, self.box_format)
+        with np.errstate(invalid="ignore"):
+            bad = present & ~(np.isfinite(xyxy).all(axis=-1)
+                              & (xyxy[..., 2] >= xyxy[..., 0]) & (xyxy[..., 3] >= xyxy[..., 1]))
+        if bad.any():
+            k, row = (int(i) for i in np.argwhere(bad)[0])
+            exc = DecodeError(f"box {row} of column {self.boxes!r} is "
+                              f"{boxes[k, row].tolist()} ({self.box_format}): not a box "
+                              "(a coordinate is not finite, or a far edge is before its near "
+                              "one); fix or drop it in the dataset")
+            raise self.fail(exc, context, lo + k)
 
     def output(self, destination: tuple[np.ndarray, ...], count: int) -> Any:
         """The batch: padded (a tuple, or a dict for named columns) or a list."""
