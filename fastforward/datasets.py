@@ -34,7 +34,13 @@ class ImageFolder:
                                      "root/<class>/<image>)", str(root))
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: no such directory")
-        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        entries = list(self.root.iterdir())
+        dangling = sorted(str(p) for p in entries if p.is_symlink() and not p.exists())
+        if dangling:  # a class folder behind it would be left out without a word
+            raise FileNotFoundError(
+                f"{dangling[0]}: a symbolic link to nothing in the ImageFolder's root "
+                f"({len(dangling)} such); remove it, or point it at its class folder")
+        self.classes = sorted(p.name for p in entries if p.is_dir())
         if not self.classes:
             raise ValueError(f"{self.root}: no class sub-folders (expected root/<class>/<image>)")
         self.samples: list[tuple[Path, int]] = []
@@ -85,7 +91,13 @@ def _walk(top: Path) -> list[tuple[str, list[str]]]:
     but never a link to a folder the walk is already inside (it would never end)."""
     above: dict[str, frozenset[str]] = {}
     found = []
-    for dirpath, dirnames, files in os.walk(top, followlinks=True):
+
+    def unreadable(exc: OSError) -> None:  # its images would be left out without a word
+        raise OSError(exc.errno, f"cannot list this folder ({exc.strerror}), so its images "
+                      "would be left out; make it readable, or move it out of the "
+                      "ImageFolder", exc.filename) from None
+
+    for dirpath, dirnames, files in os.walk(top, onerror=unreadable, followlinks=True):
         inside = above.pop(dirpath, frozenset()) | {os.path.realpath(dirpath)}
         kept = []
         for name in dirnames:

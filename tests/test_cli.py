@@ -668,6 +668,38 @@ def test_image_folder_follows_links_as_torchvision_does(tmp_path: Path) -> None:
         ("cat/a.jpg", 0), ("cat/more/b.jpg", 0)]
 
 
+def test_an_unreadable_folder_or_a_dangling_class_link_is_an_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """os.walk skips a folder it cannot list, and a class link to nothing is no
+    folder: their images were left out of the conversion without a word (rc 0,
+    not in the --skip-bad list, and verify said OK)."""
+    from fastforward.datasets import ImageFolder
+
+    root = tmp_path / "root"
+    (root / "cat" / "sub").mkdir(parents=True)
+    for path in (root / "cat" / "a.jpg", root / "cat" / "sub" / "b.jpg"):
+        path.write_bytes(b"\xff\xd8 not decoded here")
+    scandir = os.scandir
+
+    def refuse_sub(path: Any) -> Any:  # as chmod 000 would (the tests may run as root)
+        if os.fspath(path).endswith("sub"):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "scandir", refuse_sub)
+        with pytest.raises(PermissionError, match="cannot list this folder .Permission denied"):
+            ImageFolder(root)
+        status = main(["convert", str(root), str(tmp_path / "x.beton"), "--skip-bad", *FAST])
+        assert_one_line_error(capsys, status, 1, f"{root / 'cat' / 'sub'}: cannot list")
+    assert len(ImageFolder(root).samples) == 2
+    (root / "dog").symlink_to(tmp_path / "gone")
+    with pytest.raises(FileNotFoundError, match="dog: a symbolic link to nothing"):
+        ImageFolder(root)
+    assert not list(tmp_path.glob("*.beton"))
+
+
 # -- paths, options that do not apply, custom fields ---------------------------------------------
 
 
