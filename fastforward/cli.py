@@ -872,7 +872,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if max(counts) > MAX_BENCH_WORKERS_PER_CPU * cpus:
         raise UsageError(f"--workers: at most {MAX_BENCH_WORKERS_PER_CPU} per CPU "
                          f"({MAX_BENCH_WORKERS_PER_CPU * cpus} here), got {max(counts)}")
-    plot = None if args.plot is None else png_target(args.plot)
+    plot = None if args.plot is None else png_target(args.plot, args.file)
     if plot is not None:
         try:
             import matplotlib

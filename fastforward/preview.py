@@ -9,6 +9,7 @@ labelled with their class ids. Needs matplotlib (the ``plot`` extra).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Callable, Iterable
@@ -26,18 +27,34 @@ from .utils import install_hint
 DECODERS = ("center_crop", "random_resized_crop", "shorter_side", "simple")
 
 
-def png_target(path: str | os.PathLike[str]) -> Path:
-    """*path* as the PNG to write, checked before any work: not a directory, in one.
+def png_target(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> Path:
+    """*path* as the PNG to write, checked before any work: not a directory, in
+    one, not the *source* file it draws from. A symbolic link is written
+    through, as ``open`` would (the link stays).
 
     Raises:
         IsADirectoryError: *path* is a directory.
+        NotADirectoryError: *path* ends with a slash but is no directory.
         FileNotFoundError: its directory does not exist.
+        FileExistsError: *path* is the source file (it would be overwritten).
     """
+    from .writer import written_through_links
+
+    name = os.fspath(path)
     out = Path(path)
     if not out.name or out.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "is a directory", str(out))
+        raise IsADirectoryError(errno.EISDIR, "is a directory", name)
+    if name.endswith(os.sep) or (os.altsep and name.endswith(os.altsep)):
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", name)
+    out = Path(written_through_links(out))
     if not out.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such directory", str(out.parent))
+    same = False
+    with contextlib.suppress(OSError):  # (a source it cannot stat is reported later)
+        same = out.exists() and os.path.samefile(out, source)
+    if same:
+        raise FileExistsError(errno.EEXIST, "is the file being read; writing the PNG "
+                              "there would destroy it: give another path", name)
     return out
 
 
@@ -199,7 +216,7 @@ def render(path: str | os.PathLike[str], out: str | os.PathLike[str], samples: i
         raise ImportError(f"preview needs matplotlib: {install_hint('plot')}") from exc
     from .loader import Loader, OrderOption
 
-    out = png_target(out)
+    out = png_target(out, path)
     with Reader(path, custom_handlers=custom_fields) as reader:
         count = min(samples, reader.num_samples)
         if count < 1:

@@ -1195,7 +1195,12 @@ def written_through_links(fname: str | os.PathLike[str]) -> str:
     file (renaming over *fname* would replace the link with a regular file,
     in the link's directory, perhaps on another disk)."""
     fname = os.path.abspath(fname)
-    return os.path.realpath(fname) if os.path.islink(fname) else fname
+    if not os.path.islink(fname):
+        return fname
+    target = os.path.realpath(fname)
+    if os.path.islink(target):  # links in a loop: open() would fail, not replace one
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), fname)
+    return target
 
 
 class DatasetWriter:

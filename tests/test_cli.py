@@ -689,7 +689,7 @@ def test_an_unreadable_folder_or_a_dangling_class_link_is_an_error(
 
     with monkeypatch.context() as patch:
         patch.setattr(os, "scandir", refuse_sub)
-        with pytest.raises(PermissionError, match="cannot list this folder .Permission denied"):
+        with pytest.raises(PermissionError, match=r"cannot list this folder \(Permission denied"):
             ImageFolder(root)
         status = main(["convert", str(root), str(tmp_path / "x.beton"), "--skip-bad", *FAST])
         assert_one_line_error(capsys, status, 1, f"{root / 'cat' / 'sub'}: cannot list")
@@ -886,6 +886,11 @@ def test_bench_plot_is_written_where_it_says(beton: Path, tmp_path: Path,
                    "--plot", str(tmp_path / "no" / "p.png")])
     assert_one_line_error(capsys, status, 1, f"{tmp_path / 'no'}: no such directory")
     assert capsys.readouterr().out == ""  # refused before measuring anything
+    before = beton.read_bytes()  # --plot the file measured wrote the PNG over it
+    status = main(["bench", str(beton), "--workers", "1", "--batch-size", "8",
+                   "--plot", str(beton)])
+    assert_one_line_error(capsys, status, 1, f"{beton}: is the file being read")
+    assert beton.read_bytes() == before
 
 
 def test_bench_names_a_damaged_jpeg(beton: Path, tmp_path: Path,

@@ -187,25 +187,50 @@ def test_the_simple_decoder_leaves_out_masks_of_another_size(tmp_path: Path) -> 
                  "simple"]) == 0
 
 
-@pytest.mark.parametrize("where", ["missing directory", "a directory"])
+@pytest.mark.parametrize("where", ["missing directory", "a directory", "the input",
+                                   "a link to the input", "a trailing slash", "a link loop"])
 def test_preview_checks_its_output_before_decoding(
         scene_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str,
         capsys: pytest.CaptureFixture[str]) -> None:
     """A missing directory was found after decoding, and the error named the
-    hidden '.<name>.part' file rather than the one asked for."""
+    hidden '.<name>.part' file rather than the one asked for; ``-o`` the input
+    file wrote the PNG over the dataset; ``-o pv/`` wrote a file ``pv``; a link
+    in a loop was replaced by the PNG."""
     import fastforward.loader
 
     def no_loading(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded before the output was checked")
 
     monkeypatch.setattr(fastforward.loader, "Loader", no_loading)
+    (tmp_path / "link.beton").symlink_to(scene_file)
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    before = scene_file.read_bytes()
     out, fragment = {
         "missing directory": (tmp_path / "no" / "x.png", f"{tmp_path / 'no'}: no such directory"),
-        "a directory": (tmp_path, f"{tmp_path}: is a directory")}[where]
+        "a directory": (tmp_path, f"{tmp_path}: is a directory"),
+        "the input": (scene_file, f"{scene_file}: is the file being read"),
+        "a link to the input": (tmp_path / "link.beton", "link.beton: is the file being read"),
+        "a trailing slash": (f"{tmp_path / 'pv'}/", f"{tmp_path / 'pv'}/: not a directory"),
+        "a link loop": (tmp_path / "loop1", "loop1: Too many levels of symbolic links")}[where]
     assert main(["preview", str(scene_file), "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert fragment in err
     assert ".part" not in err
+    assert scene_file.read_bytes() == before
+    assert not (tmp_path / "pv").exists()
+    assert (tmp_path / "loop1").is_symlink()
+
+
+def test_preview_writes_through_a_link(scene_file: Path, tmp_path: Path) -> None:
+    """The PNG replaced the link itself (``convert`` writes through, as ``open``)."""
+    (tmp_path / "pngs").mkdir()
+    link = tmp_path / "grid.png"
+    link.symlink_to(tmp_path / "pngs" / "grid.png")
+    assert main(["preview", str(scene_file), "-o", str(link), "--size", "16",
+                 "--samples", "1"]) == 0
+    assert link.is_symlink()
+    assert (tmp_path / "pngs" / "grid.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_a_failed_save_names_the_file_asked_for(scene_file: Path, tmp_path: Path,

@@ -797,6 +797,14 @@ def test_a_symlinked_target_is_written_through(tmp_path: Path) -> None:
     assert sorted(os.listdir(here)) == ["dangling.beton", "train.beton"]
     assert sorted(os.listdir(disk)) == ["new.beton", "old.beton"]
     assert Reader(disk / "old.beton").read(0)[0] == 1
+    # links in a loop: open() fails, and so does the write (it replaced a link)
+    (here / "loop1").symlink_to(here / "loop2")
+    (here / "loop2").symlink_to(here / "loop1")
+    with pytest.raises(OSError, match=r"Too many levels of symbolic links.*loop1"):
+        DatasetWriter(here / "loop1", {"label": IntField()}, num_workers=1,
+                      progress=False).from_indexed_dataset([(1,)])
+    assert (here / "loop1").is_symlink()
+    assert (here / "loop2").is_symlink()
 
 
 class Unreadable:
