@@ -357,6 +357,7 @@ def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
     when the new file has none.
     """
     fields = image_folder_fields(options)
+    refuse_to_replace(out)  # before Path() drops a trailing slash ("out/" is no file)
     out = Path(out)
     _check_output(out)
     dataset = ImageFolder(src)

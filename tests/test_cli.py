@@ -716,6 +716,10 @@ def test_convert_refuses_an_empty_source_and_a_file_as_source(
     status = main(["convert", str(tmp_path / "cat" / "x.jpg"), str(tmp_path / "y.beton"), *FAST])
     assert_one_line_error(capsys, status, 1, "x.jpg: not a directory")
     assert not list(tmp_path.glob("*.beton"))
+    # OUT with a trailing slash wrote a file of that name without the slash
+    status = main(["convert", str(tmp_path), f"{tmp_path / 'outx'}/", *FAST])
+    assert_one_line_error(capsys, status, 1, f"{tmp_path / 'outx'}/", "is a directory")
+    assert not (tmp_path / "outx").exists()
 
 
 def test_demo_dir_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
