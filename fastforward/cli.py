@@ -129,6 +129,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def int_from_1_to(most: int) -> Callable[[str], int]:
+    """A parser of integers in ``[1, most]``, as ``positive_int`` with a ceiling."""
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most}, got {value}")
+        return value
+
+    return parse
+
+
 def non_negative_int(text: str) -> int:
     """Parse an integer of at least 0 (a seed, an epoch), as ``positive_int``."""
     value = _integer(text)
@@ -988,7 +999,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def _add_preview(subparsers: Any) -> None:
-    from .preview import DECODERS
+    from .preview import DECODERS, MAX_PREVIEW_SAMPLES, MAX_PREVIEW_SIZE
 
     p = subparsers.add_parser(
         "preview", help="draw decoded samples, masks and boxes over them, into a PNG",
@@ -997,7 +1008,9 @@ def _add_preview(subparsers: Any) -> None:
                     "extra).")
     p.add_argument("file", metavar="FILE")
     p.add_argument("-o", "--out", default="preview.png", help="the PNG (default: %(default)s)")
-    p.add_argument("--samples", type=positive_int, default=16)
+    p.add_argument("--samples", type=positive_int, default=16,
+                   help=f"how many to draw, at most {MAX_PREVIEW_SAMPLES} (a file holding "
+                        "fewer: all of them) (default: %(default)s)")
     p.add_argument("--columns", type=positive_int, default=4)
     p.add_argument("--image", help="the image field (default: the first)")
     p.add_argument("--decoder", default="center_crop", choices=DECODERS,
@@ -1005,7 +1018,9 @@ def _add_preview(subparsers: Any) -> None:
                         "--size²; shorter_side: shorter side --size, longer at most twice it; "
                         "simple: as stored, with its masks and boxes (one size only; not with "
                         "--flip where there are masks or boxes) (default: %(default)s)")
-    p.add_argument("--size", type=positive_int, default=256)
+    p.add_argument("--size", type=int_from_1_to(MAX_PREVIEW_SIZE), default=256,
+                   help=f"pixels, at most {MAX_PREVIEW_SIZE}: each sample is drawn about 300 "
+                        "pixels wide (default: %(default)s)")
     p.add_argument("--flip", action="store_true", help="mirror half of the samples")
     p.add_argument("--shuffle", action="store_true", help="RANDOM order instead of the first")
     p.add_argument("--seed", type=non_negative_int, default=0)

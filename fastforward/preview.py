@@ -25,6 +25,12 @@ from .reader import Reader
 from .utils import install_hint
 
 DECODERS = ("center_crop", "random_resized_crop", "shorter_side", "simple")
+MAX_PREVIEW_SIZE = 2048
+"""The largest ``size`` drawn: each sample's cell is about 300 pixels wide, and
+16 samples at 20,000 pixels took 24 GB before the OOM killer stopped them."""
+MAX_PREVIEW_SAMPLES = 256
+"""The most samples drawn in one grid (64 rows of 4: a PNG of about 1,200 by
+19,000 pixels)."""
 
 
 def png_target(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> Path:
@@ -175,6 +181,11 @@ def preview_pipelines(reader: Reader, image: str | None = None, decoder: str = "
                              "a flip after the simple decoder: leave out --flip, or choose "
                              "another --decoder")
         height, width = sizes.pop() if sizes else (1, 1)
+        count = len(chosen_samples)
+        if count * height * width * 3 > MAX_PREVIEW_SIZE ** 2 * 3 * 16:
+            raise ValueError(f"{reader.fname}: {count} images of {height}x{width} as stored "
+                             "are too many pixels to draw: choose fewer --samples, or "
+                             "another --decoder with a --size")
     pipelines: dict[str, Any] = {image: [chosen, RandomHorizontalFlip()] if flip else [chosen]}
     for name, handler in reader.handlers.items():
         if name == image:
@@ -216,11 +227,16 @@ def render(path: str | os.PathLike[str], out: str | os.PathLike[str], samples: i
         raise ImportError(f"preview needs matplotlib: {install_hint('plot')}") from exc
     from .loader import Loader, OrderOption
 
+    if not 1 <= size <= MAX_PREVIEW_SIZE:
+        raise ValueError(f"preview size must be in [1, {MAX_PREVIEW_SIZE}], got {size}")
     out = png_target(out, path)
     with Reader(path, custom_handlers=custom_fields) as reader:
         count = min(samples, reader.num_samples)
         if count < 1:
             raise ValueError(f"{path} holds no samples")
+        if count > MAX_PREVIEW_SAMPLES:
+            raise ValueError(f"{path}: {count} samples asked, a preview draws at most "
+                             f"{MAX_PREVIEW_SAMPLES}: choose fewer --samples")
         options: dict[str, Any] = {
             "batch_size": count, "num_workers": 1, "seed": seed, "drop_last": False,
             "order": OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL,

@@ -102,6 +102,37 @@ def test_a_negative_seed_or_epoch_is_a_usage_error(scene_file: Path, tmp_path: P
     assert f"argument {option}: must be in [0, 2**63), got -1" in capsys.readouterr().err
 
 
+def test_what_would_not_fit_in_memory_is_refused(scene_file: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """--size 20000 took 24 GB and was killed by the OOM killer, printing nothing."""
+    import fastforward.preview as preview
+
+    out = tmp_path / "x.png"
+    assert main(["preview", str(scene_file), "-o", str(out), "--size", "2049"]) == 2
+    assert "argument --size: must be at most 2048, got 2049" in capsys.readouterr().err
+    monkeypatch.setattr(preview, "MAX_PREVIEW_SAMPLES", 5)  # the file holds 6
+    assert main(["preview", str(scene_file), "-o", str(out), "--samples", "6"]) == 1
+    assert "6 samples asked, a preview draws at most 5" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_the_simple_decoder_refuses_too_many_stored_pixels(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """As stored, the images' size is the file's: --size bounds nothing."""
+    import fastforward.preview as preview
+
+    path = tmp_path / "big.beton"
+    DatasetWriter(path, {"image": RGBImageField(write_mode="jpg")}, num_workers=1,
+                  progress=False).from_indexed_dataset([(np.zeros((40, 50, 3), np.uint8),)] * 3)
+    monkeypatch.setattr(preview, "MAX_PREVIEW_SIZE", 18)  # 18x18x16 pixels: 2 images pass
+    with Reader(path) as reader:
+        preview.preview_pipelines(reader, None, "simple", 16, False, [0])
+        with pytest.raises(ValueError, match=r"3 images of 40x50 as stored are too many"):
+            preview.preview_pipelines(reader, None, "simple", 16, False, [0, 1, 2])
+
+
 @pytest.fixture(scope="module")
 def one_size_scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Scenes of one size with a mask and boxes, for the simple decoder."""
