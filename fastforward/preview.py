@@ -181,7 +181,7 @@ def preview_pipelines(reader: Reader, image: str | None = None, decoder: str = "
                              "a flip after the simple decoder: leave out --flip, or choose "
                              "another --decoder")
         height, width = sizes.pop() if sizes else (1, 1)
-        count = len(chosen_samples)
+        count = len(list(chosen_samples))
         if count * height * width * 3 > MAX_PREVIEW_SIZE ** 2 * 3 * 16:
             raise ValueError(f"{reader.fname}: {count} images of {height}x{width} as stored "
                              "are too many pixels to draw: choose fewer --samples, or "
