@@ -169,7 +169,7 @@ def preview_pipelines(reader: Reader, image: str | None = None, decoder: str = "
         sizes = _image_sizes(reader, image)
         # a mask of another size than the image belongs to another image, or was
         # stored at another resolution: left out
-        chosen_samples = range(reader.num_samples) if samples is None else samples
+        chosen_samples = range(reader.num_samples) if samples is None else list(samples)
         drawn = [n for n in drawn if not isinstance(reader.handlers[n], MaskField)
                  or _mask_sizes(reader, n, chosen_samples) <= sizes]
         if len(sizes) > 1:
@@ -181,7 +181,7 @@ def preview_pipelines(reader: Reader, image: str | None = None, decoder: str = "
                              "a flip after the simple decoder: leave out --flip, or choose "
                              "another --decoder")
         height, width = sizes.pop() if sizes else (1, 1)
-        count = len(list(chosen_samples))
+        count = len(chosen_samples)
         if count * height * width * 3 > MAX_PREVIEW_SIZE ** 2 * 3 * 16:
             raise ValueError(f"{reader.fname}: {count} images of {height}x{width} as stored "
                              "are too many pixels to draw: choose fewer --samples, or "
