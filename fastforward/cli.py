@@ -383,6 +383,10 @@ def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
                      for s in samples)
 
     def skipped_list(samples: list[SkippedSample]) -> tuple[str, bytes | None]:
+        if samples and len(samples) == len(dataset):  # a file of nothing is no conversion
+            path, why = images(samples[:1])[0]
+            raise ValueError(f"{src}: none of its {len(dataset)} images could be read "
+                             f"(the first, {path}: {why}); nothing was written")
         text = "".join(f"{path}\t{' '.join(why.split())}\n" for path, why in images(samples))
         return str(listed), text.encode() if text else None
 

@@ -565,6 +565,19 @@ def folder_with_unreadable_images(corpus: Path, tmp_path: Path) -> tuple[Path, d
                     dangling: "No such file or directory"}
 
 
+def test_convert_skip_bad_with_every_image_bad_writes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every image bad: a file of 0 samples was written, and the exit status was 0."""
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    (tmp_path / "imgs" / "a" / "1.jpg").write_bytes(b"x\n")
+    (tmp_path / "imgs" / "a" / "2.jpg").write_bytes(b"")
+    out = tmp_path / "z.beton"
+    status = main(["convert", str(tmp_path / "imgs"), str(out), "--skip-bad", *FAST])
+    assert_one_line_error(capsys, status, 1, "none of its 2 images could be read", "1.jpg",
+                          "nothing was written")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]
+
+
 @pytest.mark.timeout(120)  # a named pipe was opened and read: it waited for ever
 def test_convert_skip_bad_skips_images_that_cannot_be_read(
         corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
