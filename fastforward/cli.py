@@ -906,9 +906,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                              f"{args.batch_size}: give a --batch-size of at most "
                              f"{reader.num_samples}")
         blobs = stored_jpegs(reader, field, limit=2000)
+        batches = reader.num_samples // args.batch_size  # the loader drops the last part
+    timed = ("each without its first batch (the first epoch without one per ring slot, at "
+             "most a third: they fault the slots in)"
+             if batches - 1 >= STEADY_MIN_BATCHES else "whole, start-up included")
     print(f"{args.file}: pipeline {args.pipeline}, batch {args.batch_size}, "
-          f"{args.epochs} epoch(s), each without its first batch (the first epoch without "
-          "one per ring slot, at most a third: they fault the slots in)")
+          f"{args.epochs} epoch(s), {timed}")
     print(f"  {'workers':>7}  {'decode limit':>13}  {'fastforward':>12}  {'ratio':>6}")
     rows, whole_epochs = [], False
     for workers in counts:

@@ -437,12 +437,16 @@ def test_bench_says_when_epochs_are_too_short_to_time_at_steady_state(
         beton: Path, capsys: pytest.CaptureFixture[str]) -> None:
     steady = NUM_IMAGES // 6  # six batches per epoch
     assert main(["bench", str(beton), "--workers", "1", "--batch-size", str(steady)]) == 0
-    assert "note:" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "note:" not in out
+    assert "each without its first batch" in out.splitlines()[0]
     big = NUM_IMAGES // 2  # two batches per epoch
     assert main(["bench", str(beton), "--workers", "1", "--batch-size", str(big)]) == 0
     out = capsys.readouterr().out
     assert f"too few batches of {big} per epoch" in out
     assert "start-up included" in out
+    # the heading said "each without its first batch", the note that they were whole
+    assert out.splitlines()[0].endswith("epoch(s), whole, start-up included")
 
 
 def test_bench_of_a_file_smaller_than_a_batch(beton: Path,
