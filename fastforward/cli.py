@@ -808,9 +808,23 @@ def _add_convert(subparsers: Any) -> None:
     p.set_defaults(handler=cmd_convert)
 
 
+def workers_arg(text: str) -> int:
+    """Parse ``--num-workers``: -1 or 0 (one per CPU), or 1 to
+    ``MAX_BENCH_WORKERS_PER_CPU`` per CPU (more only load the scheduler)."""
+    from .utils import default_workers
+
+    value = _integer(text)
+    most = MAX_BENCH_WORKERS_PER_CPU * default_workers()
+    if not -1 <= value <= most:
+        raise argparse.ArgumentTypeError(f"must be -1 or 0 (one per CPU), or 1 to {most} "
+                                         f"({MAX_BENCH_WORKERS_PER_CPU} per CPU), got {value}")
+    return value
+
+
 def _add_workers(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num-workers", type=int, default=-1, metavar="N",
-                        help="worker processes; -1 or 0: one per CPU (default: %(default)s)")
+    parser.add_argument("--num-workers", type=workers_arg, default=-1, metavar="N",
+                        help="worker processes; -1 or 0: one per CPU; at most "
+                             f"{MAX_BENCH_WORKERS_PER_CPU} per CPU (default: %(default)s)")
 
 
 def _add_no_progress(parser: argparse.ArgumentParser) -> None:

@@ -319,10 +319,11 @@ def _raise_located(exc: BaseException, where: str, who: str) -> NoReturn:
 
 
 def _too_large(nbytes: int, page_size: int) -> str:
-    suggestion = 1 << max(nbytes - 1, 1).bit_length()
+    suggestion = max(1 << max(nbytes - 1, 1).bit_length(), MIN_PAGE_SIZE)
     return (
         f"the sample needs {nbytes} bytes, more than a page ({page_size} bytes); "
-        f"every sample must fit in one page: use page_size={max(suggestion, MIN_PAGE_SIZE)}"
+        f"every sample must fit in one page: use page_size={suggestion} "
+        f"(fastforward convert --page-size {suggestion >> 20}M)"
     )
 
 

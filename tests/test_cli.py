@@ -336,6 +336,8 @@ def test_convert_to_a_named_pipe_is_refused_before_any_work(
         (["--write-mode", "png"], "invalid choice"),
         (["--write-mode", "smart"], "--smart-threshold"),
         (["--chunksize", "0"], "--chunksize"),
+        (["--num-workers", "-5"], "must be -1 or 0 (one per CPU), or 1 to"),  # was one per CPU
+        (["--num-workers", "100000"], "per CPU), got 100000"),
     ],
 )
 def test_convert_bad_arguments(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -275,7 +275,8 @@ def test_dataset_exception_keeps_type_and_names_index(tmp_path: Path) -> None:
 
 def test_sample_larger_than_a_page(tmp_path: Path) -> None:
     big = [np.zeros(3 << 20, np.uint8)]
-    with pytest.raises(EncodeError, match=r"sample 0.*use page_size=4194304"):
+    with pytest.raises(EncodeError, match=r"sample 0.*use page_size=4194304 "
+                                        r"\(fastforward convert --page-size 4M\)"):
         write(tmp_path / "big.beton", {"b": BytesField()}, big, page_size=1 << 21)
     reader = write(tmp_path / "ok.beton", {"b": BytesField()}, big, page_size=1 << 22)
     assert reader.read(0)[0].size == 3 << 20
