@@ -167,7 +167,7 @@ def custom_field_arg(text: str) -> tuple[str, type[Field]]:
         raise argparse.ArgumentTypeError(
             f"expected NAME=MODULE:CLASS (a field's name and where its class is), got {text!r}")
     try:
-        found: Any = importlib.import_module(module_name)
+        found: Any = _import_from_here_too(module_name)
         for part in class_name.split("."):
             found = getattr(found, part)
     except AttributeError:
@@ -178,6 +178,28 @@ def custom_field_arg(text: str) -> tuple[str, type[Field]]:
     if not (isinstance(found, type) and issubclass(found, Field)):
         raise argparse.ArgumentTypeError(f"{text!r}: {target} is not a Field class")
     return name, found
+
+
+def _import_from_here_too(module_name: str) -> Any:
+    """Import *module_name*, from the current directory too, as ``python -m`` would
+    (the console script's path holds its own folder instead)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        here = os.getcwd()
+        top = module_name.partition(".")[0]
+        if exc.name != top or here in sys.path or "" in sys.path:
+            raise
+        # after the installed ones (never shadowing them), and kept: worker processes
+        # get this path, and import the class again to unpickle it
+        sys.path.append(here)
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as again:
+            sys.path.remove(here)
+            if again.name != top:
+                raise
+            raise exc from None  # not here either: the first error, as Python gives it
 
 
 def _custom_fields(args: argparse.Namespace) -> dict[str, type[Field]]:

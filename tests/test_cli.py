@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import importlib.util
 import json
@@ -846,6 +847,27 @@ def test_custom_fields_on_the_command_line(custom_file: Path, tmp_path: Path,
     if importlib.util.find_spec("matplotlib") is not None:
         assert main(["preview", str(custom_file), "-o", str(tmp_path / "p.png"),
                      "--size", "16", *given]) == 0
+
+
+def test_a_custom_field_module_in_the_current_directory(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The console script's path holds its own folder, not the current directory (as
+    ``python -m`` does): a module beside the user was 'No module named ...'."""
+    from fastforward.cli import custom_field_arg
+
+    here = tmp_path / "project"
+    (here / "ff_fields_here").mkdir(parents=True)
+    (here / "ff_fields_here" / "__init__.py").write_text(CUSTOM_FIELD_MODULE)
+    monkeypatch.chdir(here)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(here))])
+    monkeypatch.delitem(sys.modules, "ff_fields_here", raising=False)
+    name, cls = custom_field_arg("code=ff_fields_here:CodeField")
+    assert (name, cls.__name__, cls.__module__) == ("code", "CodeField", "ff_fields_here")
+    assert sys.path[-1] == str(here)  # kept, last: worker processes import it again
+    sys.modules.pop("ff_fields_here")
+    with pytest.raises(argparse.ArgumentTypeError, match="No module named 'ff_not_here'"):
+        custom_field_arg("code=ff_not_here:CodeField")
+    assert sys.path.count(str(here)) == 1
 
 
 @pytest.mark.parametrize(("value", "fragment"), [
