@@ -339,12 +339,13 @@ class Reader:
             raise self._error(
                 f"{self.num_samples} metadata rows of {self.metadata_type.itemsize} bytes end at "
                 f"{end}, past the allocation table at {self.alloc_table_ptr} (the header's "
-                "alloc_table_ptr): the header is damaged"
+                f"alloc_table_ptr): the header is damaged{self._custom_class_hint()}"
             )
         self.metadata = self._read_array(self.metadata_type, self.num_samples, start)
         if self.checksums is not None and digest(self.metadata) != int(
                 self.checksums.footer["metadata"]):
-            self._damage("the metadata table is damaged (its checksum does not match)")
+            self._damage("the metadata table is damaged (its checksum does not match)"
+                         + self._custom_class_hint())
         self.metadata_end = end
         self.data_start = data_offset(
             self.num_fields, self.num_samples, self.metadata_type, self.page_size
@@ -372,6 +373,18 @@ class Reader:
             self._damage(f"{extra} bytes between the data pages and the allocation table "
                          "(alloc_table_ptr): a checksum block whose marker is damaged, or a "
                          "damaged header")
+
+
+    def _custom_class_hint(self) -> str:
+        """Where custom field classes were given: that one may be the wrong class
+        (its metadata then has another size or layout than the file's)."""
+        given = [name for name in self.field_names if name in self.custom_handlers]
+        if not given:
+            return ""
+        classes = ", ".join(f"{name!r}: {self.custom_handlers[name].__qualname__}"
+                            for name in given)
+        return (f", or a custom field class given ({classes}) is not the one the file was "
+                "written with (its metadata would have another size or layout)")
 
     def _read_alloc_table(self) -> None:
         nbytes = self._file_size - self.alloc_table_ptr

@@ -885,6 +885,19 @@ def test_a_bad_custom_field_is_a_usage_error(custom_file: Path, value: str, frag
     assert_one_line_error(capsys, status, 2, "--custom-field", fragment)
 
 
+def test_a_wrong_custom_field_class_is_named_beside_damage(
+        custom_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A wrong class read the metadata with another layout, and was reported as
+    damage alone ('the metadata table is damaged'): the file was fine."""
+    status = main(["info", str(custom_file), "--custom-field",
+                   "code=fastforward.fields:BytesField"])
+    assert_one_line_error(capsys, status, 1, "the metadata table is damaged",
+                          "or a custom field class given ('code': BytesField) is not the one")
+    assert main(["verify", str(custom_file), "--custom-field",
+                 "code=fastforward.fields:BytesField"]) == 1
+    assert "('code': BytesField) is not the one" in capsys.readouterr().out
+
+
 def test_a_custom_field_given_twice_is_a_usage_error(custom_file: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     given = ["--custom-field", "code=ff_custom_field_module:CodeField"]
