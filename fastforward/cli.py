@@ -645,12 +645,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with Reader(args.file, validate=False, custom_handlers=_custom_fields(args)) as reader:
         problems = reader.verify(decode=args.decode, progress=not args.no_progress)
         num_samples = reader.num_samples
-        sums = reader.checksums
+        sums, damaged = reader.checksums, reader.checksums_damaged
     for problem in sorted(problems, key=lambda p: -1 if p.sample is None else p.sample):
         print(problem)
     if sums is not None:
         print(f"checksums: {sums.algorithm}, header, metadata, allocation table and "
               f"{sums.num_pages} page(s) checked")
+    elif damaged:
+        print("checksums: the file's checksum block is damaged (above), so nothing was "
+              "checked by it: damaged payload bytes are found only by --decode")
     else:
         print("checksums: none in this file (written by FFCV, or with checksums=False): "
               "damaged payload bytes are found only by --decode, and not all of them")

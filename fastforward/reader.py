@@ -273,11 +273,14 @@ class Reader:
         """Find the checksum block (before the header is trusted: a damaged header
         is then reported as such) and check the header and descriptors' sum."""
         self.checksums: Checksums | None = None
+        self.checksums_damaged = False
+        """Whether the file has a checksum block too damaged to check anything by."""
         if 0 < self.alloc_table_ptr <= self._file_size:
             try:
                 self.checksums = locate_checksums(self._read_at, self.alloc_table_ptr)
             except BlockError as exc:
                 self._damage(str(exc))
+                self.checksums_damaged = True
         if self.checksums is not None:
             head = self._read_at(0, metadata_offset(self.num_fields))
             if digest(head) != int(self.checksums.footer["head"]):
@@ -359,10 +362,10 @@ class Reader:
             if sums.block_start != expected:
                 self._damage(f"the checksum block starts at {sums.block_start}, not after "
                              f"the last of its {sums.num_pages} page(s) at {expected}")
-                self.checksums = None
+                self.checksums, self.checksums_damaged = None, True
             else:
                 self.data_end = sums.block_start
-        elif not (self.alloc_table_ptr == end or (
+        elif not self.checksums_damaged and not (self.alloc_table_ptr == end or (
                 self.alloc_table_ptr >= self.data_start
                 and (self.alloc_table_ptr - self.data_start) % self.page_size == 0)):
             # FFCV and fastforward write whole pages, then the table (or a checksum

@@ -142,6 +142,33 @@ def test_a_block_whose_marker_is_damaged_is_damage_not_no_block(
         assert any("marker is damaged" in str(problem) for problem in reader.verify())
 
 
+def test_a_damaged_block_is_reported_once_and_not_as_no_block(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A flipped bit in the footer was reported, then again as stray bytes before the
+    allocation table, and `verify` said the file had no checksums (written by FFCV)."""
+    from fastforward.cli import main
+
+    path = tmp_path / "scalars.beton"
+    DatasetWriter(path, {"a": IntField()}, progress=False, num_workers=1
+                  ).from_indexed_dataset([(i,) for i in range(10)])
+    with Reader(path) as reader:
+        at = reader.alloc_table_ptr - 64
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte ^ 1]))
+    with Reader(path, validate=False) as reader:
+        problems = [str(p) for p in reader.verify()]
+        assert reader.checksums is None
+        assert reader.checksums_damaged
+    assert problems == ["the checksum block's footer is damaged (its own sum does not match)"]
+    assert main(["verify", str(path), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "checksum block is damaged (above), so nothing was checked by it" in out
+    assert "none in this file" not in out
+
+
 def test_checksums_false_writes_none(tmp_path: Path, images: list[np.ndarray]) -> None:
     with Reader(write(tmp_path / "plain.beton", images, checksums=False, n=5)) as reader:
         assert reader.checksums is None
