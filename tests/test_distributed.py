@@ -351,6 +351,16 @@ def test_an_order_option_at_its_default_is_no_option(paged: Path,
     loader(**explicit).load_state_dict(saved_mid_epoch(loader()))
     with pytest.raises(ValueError, match="delete the state's 'order' entry"):
         loader().load_state_dict(saved_mid_epoch(loader(window=DEFAULT_WINDOW + 1)))
+    # an option beside a default with no plain form is kept (it was left out with it)
+    from fastforward.loader.loader import _plain_options
+
+    class Order:
+        def __init__(self, loader: object, hook: object = print, step: int = 1) -> None:
+            pass
+
+    assert _plain_options(Order, {"hook": print, "step": 3}) == [("step", 3)]
+    assert _plain_options(Order, {"hook": print, "step": 1}) == []
+    assert _plain_options(Order, {"step": 1}, defaults=True) == [("step", 1)]
     # a state saved before defaults were left out still resumes with its options
     before = saved_mid_epoch(loader(**explicit))
     before["order"] = loader(**explicit)._order_name(defaults=True)

@@ -73,15 +73,23 @@ def _plain_options(order: type, options: Mapping[str, Any],
     for key, value in sorted(options.items()):
         try:
             value = _plain(value)
-            parameter = parameters.get(key)
-            if parameter is not None and parameter.default is not inspect.Parameter.empty \
-                    and type(value) is type(_plain(parameter.default)) \
-                    and value == _plain(parameter.default):
-                continue
         except ValueError:
+            continue
+        if _plain_default(parameters.get(key)) == (type(value), value):
             continue
         plain.append((key, value))
     return plain
+
+
+def _plain_default(parameter: inspect.Parameter | None) -> tuple[type, Any] | None:
+    """A parameter's default as ``(type, plain form)``, or None where it has none."""
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return None
+    try:
+        default = _plain(parameter.default)
+    except ValueError:
+        return None
+    return type(default), default
 
 
 class OrderOption(enum.Enum):
