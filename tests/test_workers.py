@@ -969,6 +969,31 @@ def test_a_second_close_waits_for_the_first(tmp_path: Path, photos_file: Path) -
     del iterator
 
 
+@pytest.mark.parametrize("where", ["before the workers start", "as they are handed the file"])
+def test_a_close_while_the_first_epoch_starts(photos_file: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              where: str) -> None:
+    """close() from another thread while iter() started the workers (1-1.7 s from
+    the fork server): the loop got the reader's own 'the reader is closed'
+    (ValueError) or the pool's complaint, not that the loader was closed."""
+    loader = train_loader(photos_file, 2, "process")
+    workers = loader.workers
+    method = "_ensure_started" if where == "before the workers start" else "_hand_file"
+    real = getattr(workers, method)
+
+    def closed_meanwhile(*args: object) -> None:
+        closer = threading.Thread(target=loader.close)
+        closer.start()
+        closer.join(timeout=60)
+        real(*args)
+
+    monkeypatch.setattr(workers, method, closed_meanwhile)
+    with pytest.raises(RuntimeError, match=r"the loader is closed \(it was closed while "
+                                           r"this epoch was starting\)"):
+        iter(loader)
+    assert workers.pids == []
+
+
 class RebuiltOnlyElsewhere(Exception):
     """Pickles and unpickles in a worker, but cannot be made in the process whose
     pid is in $FASTFORWARD_TEST_PARENT (the loader's)."""

@@ -667,7 +667,14 @@ class Loader:
             layout = dict(plan.layout)
             batches = self._batches(epoch, segments)
             # may fail too (a worker that cannot start): the epoch is not used up either
-            workers = self.workers.open_epoch(plan, self._slots)
+            try:
+                workers = self.workers.open_epoch(plan, self._slots)
+            except Exception:
+                if self._closed:  # by another thread, while the workers were starting:
+                    raise RuntimeError(  # not the reader's or the pool's own complaint
+                        f"{self.fname}: the loader is closed (it was closed while this "
+                        "epoch was starting)") from None
+                raise
             self.next_epoch += 1
             self._resume = None
         # copies on the copy threads: from the map (os_cache=False keeps its memory
