@@ -244,6 +244,19 @@ def _owner(array: Any) -> Any:
     return array
 
 
+def layout_nbytes(layout: Layout, batch_size: int) -> int:
+    """Bytes of host memory a slot of *batch_size* rows takes for *layout*: one
+    batch of every buffer the pipelines declare (each output, and each
+    operation's own), as its buffers are allocated."""
+    total = 0
+    for query in layout.values():
+        for q in ((query,) if isinstance(query, AllocationQuery) else tuple(query)):
+            if is_host(q):
+                total += int(np.prod((batch_size, *q.shape), dtype=np.int64)) \
+                    * host_dtype(q.dtype).itemsize
+    return total
+
+
 def is_host(query: AllocationQuery) -> bool:
     """Whether *query* asks for host memory (kept in the slot) rather than device memory."""
     return query.device is None or str(query.device) == "cpu"

@@ -486,6 +486,20 @@ class Invert(Operation):
         return destination
 
 
+def test_slot_bytes_counts_each_operations_buffer(photos_file: Path) -> None:
+    """A slot holds a batch of every buffer declared, not only of the outputs (the
+    README said 'one batch of every output'): two operations that each write a new
+    array make three batches of images per slot."""
+    image = 8 * 32 * 32 * 3
+    for extra, batches in (([], 1), ([Invert()], 2), ([Invert(), Invert()], 3)):
+        with Loader(photos_file, 8, pipelines={
+                "image": [CenterCropRGBImageDecoder((32, 32), 1.0), *extra],
+                "label": [IntDecoder()]}) as loader:
+            assert loader.slot_bytes == batches * image + 8 * 8  # the labels: int64
+            list(loader)
+            assert max(slot.nbytes for slot in loader._slots._free) == loader.slot_bytes
+
+
 class Explode(Operation):
     def __init__(self, at: int) -> None:
         super().__init__()

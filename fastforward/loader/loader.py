@@ -32,7 +32,7 @@ from ..pipeline.operation import Operation
 from ..pipeline.pipeline_spec import PipelineSpec, _is_module
 from ..pipeline.plan import PipelinePlan, Plan, compile_plan
 from ..reader import Reader
-from ..ring import PINNED, SHARED, Slot, SlotPool
+from ..ring import PINNED, SHARED, Slot, SlotPool, layout_nbytes
 from ..scheduler import ChannelStats, Engine, EpochPlan
 from ..traversal_order import QuasiRandom, Random, Sequential, TraversalOrder
 from ..traversal_order.sharding import Shard, resume
@@ -549,6 +549,15 @@ class Loader:
         """Batch buffers the loader keeps (``batches_ahead + 3``): its memory is
         about this many batches, plus one more per batch you hold on to."""
         return self._slots.num_slots
+
+    @property
+    def slot_bytes(self) -> int:
+        """Bytes of host memory one of the ring's slots takes for the next epoch:
+        a batch of every buffer the pipelines declare, each output's and each
+        operation's own (a decoder and three operations that each write a new
+        array: four batches of images). ``ring_slots`` of them, plus one per
+        batch you keep."""
+        return layout_nbytes(self._compile().layout, self._slots.batch_size)
 
     def __len__(self) -> int:
         """Batches in the next epoch (for this rank)."""
