@@ -46,7 +46,10 @@ def main() -> None:
                              "label": IntField()}, progress=False, num_workers=1) \
             .from_indexed_dataset([(photos[i % len(photos)], i) for i in range(64)])
         started = time.perf_counter()
-        import numba  # noqa: F401 - its import is part of the cost
+        try:
+            import numba  # noqa: F401 - its import is part of the cost
+        except ImportError:
+            sys.exit("this measures numba's compilation: pip install '.[numba]' first")
 
         imported = time.perf_counter() - started
         built, first, ops = build(path)

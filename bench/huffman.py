@@ -191,5 +191,8 @@ def main(folder: Path, rounds: int, workdir: Path) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        raise SystemExit(len(sys.argv) < 2)
     work = Path(sys.argv[3]) if len(sys.argv) > 3 else Path(tempfile.mkdtemp())
     main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 3, work)

@@ -130,6 +130,9 @@ def main(folder: Path, rounds: int, workdir: Path) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        raise SystemExit(len(sys.argv) < 2)
     if sys.argv[1] == "--corpus":
         from fastforward.demo import make_corpus
 

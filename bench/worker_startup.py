@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 
 CHILD = r"""
 import json, sys, time
@@ -70,9 +72,13 @@ def main() -> None:
     rows: dict[str, list[dict]] = {m: [] for m in ("fork", "forkserver", "spawn")}
     for _ in range(args.repeat):
         for method in rows:
-            out = subprocess.run([sys.executable, "-c", CHILD, args.file, method,
-                                  str(args.workers)], capture_output=True, text=True,
-                                 check=True)
+            # in a neutral directory: run from the source folder, "-c" would import its
+            # uncompiled sources rather than the installed package
+            out = subprocess.run([sys.executable, "-c", CHILD, os.path.abspath(args.file),
+                                  method, str(args.workers)], capture_output=True, text=True,
+                                 check=False, cwd=tempfile.gettempdir())
+            if out.returncode:
+                sys.exit(f"the {method} run failed:\n{out.stderr.strip()}")
             rows[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"{args.file}: python_op, {args.workers} worker processes, {args.repeat} runs")
     print(f"  {'start method':<12} {'first batch (s)':>16} {'second loader (s)':>18} "

@@ -76,8 +76,9 @@ def writer(folder: Path, out: Path, workers: int) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    if len(sys.argv) not in (2, 3):
-        sys.exit(__doc__)
+    if len(sys.argv) not in (2, 3) or sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        raise SystemExit(len(sys.argv) not in (2, 3))
     folder = Path(sys.argv[1])
     rounds = int(sys.argv[2]) if len(sys.argv) == 3 else 3
     if rgb_image._region is None:
