@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastforward.benchmark import Measurement
+from fastforward.benchmark import Measurement, paired_ratios
 from fastforward.fields import IntField, RGBImageField
 from fastforward.utils import default_workers
 from fastforward.writer import DatasetWriter
@@ -127,13 +127,18 @@ def pytest_terminal_summary(terminalreporter: object) -> None:
         return
     write = terminalreporter.write_line  # type: ignore[attr-defined]
     write("")
-    write(f"{'pipeline':<12} {'what':<50} {'images/s':>10}  fastforward ÷ this")
+    write(f"{'pipeline':<12} {'what':<50} {'images/s':>10}  fastforward ÷ this "
+          "(of the medians; round by round: median, range)")
     for pipeline, rows in RESULTS.items():
         ours = rows.get("fastforward")
         for role, m in rows.items():
             ratio = ""
             if ours is not None and role != "fastforward" and m.rate > 0:
                 ratio = f"{ours.rate / m.rate:6.2f}×"
+                paired = sorted(paired_ratios(ours, m))
+                if paired:
+                    ratio += (f"  (rounds: {paired[len(paired) // 2]:.2f}×, "
+                              f"{paired[0]:.2f}-{paired[-1]:.2f})")
             write(f"{pipeline:<12} {m.name[:50]:<50} {m.rate:>10,.0f}  {ratio}")
 
 

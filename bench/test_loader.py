@@ -56,7 +56,8 @@ def test_side_by_side(benchmark, beton: Path, folder256: Path, pipeline: str, co
     """Every figure of a pipeline, taken in turn, ``--bench-rounds`` times (medians):
 
     - the decode limit: simplejpeg decoding the stored JPEGs on every core (accurate
-      IDCT, and the fastdct variant beside it);
+      IDCT, a new array each; beside it the fast IDCT the crop decoders and FFCV use,
+      and that into one reused buffer per thread: the strictest ceiling);
     - fastforward's Loader (RANDOM order, batch 256, every core);
     - PyTorch's DataLoader on the same 256 px JPEGs, num_workers = cores;
     - FFCV 1.0.2 on the same .beton, where it is installed.
@@ -68,6 +69,8 @@ def test_side_by_side(benchmark, beton: Path, folder256: Path, pipeline: str, co
     measures = {
         "decode limit": lambda: decode_limit(blobs, cores, repeat=2),
         "decode limit, fastdct": lambda: decode_limit(blobs, cores, fastdct=True, repeat=2),
+        "decode limit, fastdct, reused buffers": lambda: decode_limit(
+            blobs, cores, fastdct=True, repeat=2, reuse_buffers=True),
         "fastforward": lambda: loader_throughput(beton, name, epochs=2, warmup_epochs=1),
     }
     if importable("torch", comparators["dataloader"]):

@@ -11,6 +11,7 @@ leaving YCbCr (builds with libjpeg-turbo).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,38 @@ def test_ffcv_writer(benchmark, corpus: Path, comparators: dict[str, str | None]
                                               comparators["ffcv"]), rounds=1, iterations=1)
     record("writer", "FFCV", m)
     assert m.images > 0
+
+
+def test_writer_side_by_side(benchmark, corpus: Path, tmp_path: Path, rounds: int,
+                             comparators: dict[str, str | None]) -> None:
+    """fastforward's writer and FFCV 1.0.2's, every core, taken in turn,
+    ``--bench-rounds`` times: the ratio of the medians and, round by round, the
+    ratios of figures taken minutes apart at most (FFCV's writer swings with the
+    machine's load more than fastforward's)."""
+    from baselines import importable, throughput
+    from conftest import record
+
+    from fastforward.benchmark import Measurement, side_by_side
+
+    if not importable("ffcv", comparators["ffcv"]):
+        pytest.skip("FFCV 1.0.2 is not installed (see README)")
+    dataset = ImageFolder(corpus)
+    workers = default_workers()
+
+    def ours() -> Measurement:
+        start = time.perf_counter()
+        DatasetWriter(tmp_path / "out.beton", fields(), num_workers=workers,
+                      progress=False).from_indexed_dataset(dataset)
+        return Measurement(f"fastforward DatasetWriter ({workers} workers)", len(dataset),
+                           time.perf_counter() - start)
+
+    figures = benchmark.pedantic(lambda: side_by_side({
+        "fastforward": ours,
+        "FFCV": lambda: throughput("ffcv_writer", corpus, "", workers, comparators["ffcv"]),
+    }, rounds), rounds=1, iterations=1)
+    for role, m in figures.items():
+        record("writer, side by side", role, m)
+    assert all(m.images == len(dataset) for m in figures.values())
 
 
 def test_decode_encode_limit(benchmark, corpus: Path) -> None:

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,9 @@ class Measurement:
     name: str
     images: int
     seconds: float
+    rounds: tuple[float, ...] = field(default=(), compare=False)
+    """Images/s of each round, in order, where ``side_by_side`` took several: the
+    rounds of two figures of one call were taken in turn, and pair up."""
 
     @property
     def rate(self) -> float:
@@ -51,8 +54,18 @@ def side_by_side(measures: dict[str, Callable[[], Measurement]],
     for _ in range(max(1, rounds)):
         for name, measure in measures.items():
             taken[name].append(measure())
-    return {name: sorted(runs, key=lambda m: m.rate)[len(runs) // 2]
+    return {name: replace(sorted(runs, key=lambda m: m.rate)[len(runs) // 2],
+                          rounds=tuple(m.rate for m in runs))
             for name, runs in taken.items()}
+
+
+def paired_ratios(ours: Measurement, other: Measurement) -> list[float]:
+    """*ours* ÷ *other*, round by round, where both come from one ``side_by_side``
+    call with several rounds (each round's two figures taken minutes apart at
+    most, so they share the machine's load); else an empty list."""
+    if len(ours.rounds) < 2 or len(ours.rounds) != len(other.rounds):
+        return []
+    return [a / b for a, b in zip(ours.rounds, other.rounds, strict=True) if b > 0]
 
 
 def image_field(reader: Reader) -> str:
@@ -84,26 +97,32 @@ def stored_jpegs(reader: Reader, field: str, limit: int | None = None) -> list[b
 
 
 def decode_limit(blobs: list[bytes], threads: int | None = None, fastdct: bool = False,
-                 repeat: int = 1) -> Measurement:
+                 repeat: int = 1, reuse_buffers: bool = False) -> Measurement:
     """simplejpeg decoding *blobs* on *threads* threads (default: every core).
 
     The accurate IDCT by default (the "decode limit"); ``fastdct=True`` is the
-    variant the loader uses.
+    variant the crop decoders (and FFCV's) use. Each decode returns a new array,
+    as a loader's would be copied into its batch; with *reuse_buffers* each
+    thread decodes into one buffer of its own instead (no allocation, no page
+    faults: the strictest ceiling of whole-image decoding).
     """
     sj = require_simplejpeg()
     threads = threads or default_workers()
     chunks = [blobs[i::threads] for i in range(threads)]
+    largest = max((int(np.prod(sj.decode_jpeg_header(b)[:2])) * 3 for b in blobs), default=0)
 
     def work(chunk: list[bytes]) -> None:
+        buffer = np.empty(max(largest, 1), np.uint8) if reuse_buffers else None
         for _ in range(repeat):
             for blob in chunk:
-                sj.decode_jpeg(blob, fastdct=fastdct)
+                sj.decode_jpeg(blob, fastdct=fastdct, buffer=buffer)
 
     with ThreadPoolExecutor(threads) as pool:
         start = time.perf_counter()
         list(pool.map(work, chunks))
         seconds = time.perf_counter() - start
-    name = "decode limit (simplejpeg" + (", fastdct" if fastdct else "") + f", {threads} threads)"
+    name = ("decode limit (simplejpeg" + (", fastdct" if fastdct else "")
+            + (", reused buffers" if reuse_buffers else "") + f", {threads} threads)")
     return Measurement(name, len(blobs) * repeat, seconds)
 
 

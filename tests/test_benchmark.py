@@ -103,3 +103,46 @@ def test_loader_throughput_of_one_batch_epochs_includes_the_start(small_file) ->
                                     num_workers=1)
     assert m.images == 64
     assert m.name.endswith("with start-up")
+
+
+def test_side_by_side_keeps_each_round_in_turn() -> None:
+    """The medians lost the pairing of figures taken in the same round: per-round
+    ratios (what alternation is for) could not be computed."""
+    rates = {"a": iter([10.0, 30.0, 20.0]), "b": iter([5.0, 10.0, 20.0])}
+    measures = {name: (lambda name=name: benchmark.Measurement(name, int(next(rates[name])), 1.0))
+                for name in rates}
+    figures = benchmark.side_by_side(measures, rounds=3)
+    assert figures["a"].rate == 20.0
+    assert figures["b"].rate == 10.0
+    assert figures["a"].rounds == (10.0, 30.0, 20.0)
+    assert benchmark.paired_ratios(figures["a"], figures["b"]) == [2.0, 3.0, 1.0]
+    single = benchmark.side_by_side({"a": lambda: benchmark.Measurement("a", 1, 1.0)})
+    assert benchmark.paired_ratios(single["a"], single["a"]) == []
+
+
+@pytest.mark.parametrize("fastdct", [False, True])
+def test_the_decode_limit_with_reused_buffers_decodes_every_image(
+        small_file, monkeypatch: pytest.MonkeyPatch, fastdct: bool) -> None:  # type: ignore[no-untyped-def]
+    """Each thread decodes every one of its JPEGs into its own buffer, as simplejpeg
+    would into a new array."""
+    import simplejpeg
+
+    from fastforward.reader import Reader
+
+    blobs = benchmark.stored_jpegs(Reader(small_file), "image")
+    real, seen = simplejpeg.decode_jpeg, []
+
+    def decode(blob, **options):  # type: ignore[no-untyped-def]
+        out = real(blob, **options)
+        assert options["buffer"] is not None
+        assert options["fastdct"] is fastdct
+        np.testing.assert_array_equal(out, real(blob, fastdct=fastdct))
+        seen.append((id(options["buffer"]), blob))
+        return out
+
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", decode)
+    m = benchmark.decode_limit(blobs, threads=2, fastdct=fastdct, repeat=2, reuse_buffers=True)
+    assert m.images == 2 * len(blobs)
+    assert sorted(b for _, b in seen) == sorted(blobs * 2)
+    assert 1 <= len({buffer for buffer, _ in seen}) <= 2  # one per thread (ids may repeat)
+    assert "reused buffers" in m.name
