@@ -652,8 +652,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"checksums: {sums.algorithm}, header, metadata, allocation table and "
               f"{sums.num_pages} page(s) checked")
     elif damaged:
-        print("checksums: the file's checksum block is damaged (above), so nothing was "
-              "checked by it: damaged payload bytes are found only by --decode")
+        print("checksums: the file's checksum block cannot be used (above), so nothing "
+              "was checked by it: damaged payload bytes are found only by --decode")
     else:
         print("checksums: none in this file (written by FFCV, or with checksums=False): "
               "damaged payload bytes are found only by --decode, and not all of them")

@@ -35,8 +35,11 @@ class ImageFolder:
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: no such directory")
         entries = list(self.root.iterdir())
-        dangling = sorted(str(p) for p in entries if p.is_symlink() and not p.exists())
-        if dangling:  # a class folder behind it would be left out without a word
+        # a link to nothing named as a folder would be (no suffix) may be a class
+        # folder gone: its images would be left out without a word; a file's is ignored
+        dangling = sorted(str(p) for p in entries
+                          if not p.suffix and p.is_symlink() and not p.exists())
+        if dangling:
             raise FileNotFoundError(
                 f"{dangling[0]}: a symbolic link to nothing in the ImageFolder's root "
                 f"({len(dangling)} such); remove it, or point it at its class folder")

@@ -52,12 +52,12 @@ def png_target(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> 
         raise IsADirectoryError(errno.EISDIR, "is a directory", name)
     if name.endswith(os.sep) or (os.altsep and name.endswith(os.altsep)):
         raise NotADirectoryError(errno.ENOTDIR, "not a directory", name)
-    out = Path(written_through_links(out))
-    if not out.parent.is_dir():
-        raise FileNotFoundError(errno.ENOENT, "no such directory", str(out.parent))
+    target = Path(written_through_links(out))
+    if not target.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such directory", str(target.parent))
     same = False
     with contextlib.suppress(OSError):  # (a source it cannot stat is reported later)
-        same = out.exists() and os.path.samefile(out, source)
+        same = target.exists() and os.path.samefile(target, source)
     if same:
         raise FileExistsError(errno.EEXIST, "is the file being read; writing the PNG "
                               "there would destroy it: give another path", name)
@@ -67,10 +67,13 @@ def png_target(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> 
 def save_png(figure: Any, out: Path, dpi: int) -> None:
     """Save *figure* as a PNG at exactly *out* (no suffix added), atomically:
     written beside it under a hidden name, then renamed; an error names *out*."""
-    partial = out.with_name(f".{out.name}.part")
+    from .writer import written_through_links
+
+    target = Path(written_through_links(out))  # a link is written through, and stays
+    partial = target.with_name(f".{target.name}.part")
     try:
         figure.savefig(partial, dpi=dpi, format="png")
-        os.replace(partial, out)
+        os.replace(partial, target)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
     finally:

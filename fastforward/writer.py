@@ -1178,8 +1178,11 @@ def refuse_to_replace(fname: str | os.PathLike[str]) -> None:
     anything but a regular file (a device such as /dev/null, a named pipe, a
     socket), which the write's final rename would swap for a regular file."""
     fname = os.fspath(fname)
-    if not os.path.basename(fname) or os.path.isdir(fname):
+    if os.path.isdir(fname):
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a file to write", fname)
+    if not os.path.basename(fname):  # "out/": a folder's name, and no folder there
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory (a file to write is named "
+                                 "without a trailing slash)", fname)
     try:
         mode = os.stat(fname).st_mode
     except OSError:  # absent, or a name the write itself refuses more precisely

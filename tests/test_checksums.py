@@ -165,7 +165,7 @@ def test_a_damaged_block_is_reported_once_and_not_as_no_block(
     assert problems == ["the checksum block's footer is damaged (its own sum does not match)"]
     assert main(["verify", str(path), "--no-progress"]) == 1
     out = capsys.readouterr().out
-    assert "checksum block is damaged (above), so nothing was checked by it" in out
+    assert "checksum block cannot be used (above), so nothing was checked by it" in out
     assert "none in this file" not in out
 
 

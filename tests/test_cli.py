@@ -714,6 +714,8 @@ def test_an_unreadable_folder_or_a_dangling_class_link_is_an_error(
         status = main(["convert", str(root), str(tmp_path / "x.beton"), "--skip-bad", *FAST])
         assert_one_line_error(capsys, status, 1, f"{root / 'cat' / 'sub'}: cannot list")
     assert len(ImageFolder(root).samples) == 2
+    (root / "labels.txt").symlink_to(tmp_path / "gone.txt")  # a file's link: ignored, as files
+    assert len(ImageFolder(root).samples) == 2
     (root / "dog").symlink_to(tmp_path / "gone")
     with pytest.raises(FileNotFoundError, match="dog: a symbolic link to nothing"):
         ImageFolder(root)
@@ -738,7 +740,7 @@ def test_convert_refuses_an_empty_source_and_a_file_as_source(
     assert not list(tmp_path.glob("*.beton"))
     # OUT with a trailing slash wrote a file of that name without the slash
     status = main(["convert", str(tmp_path), f"{tmp_path / 'outx'}/", *FAST])
-    assert_one_line_error(capsys, status, 1, f"{tmp_path / 'outx'}/", "is a directory")
+    assert_one_line_error(capsys, status, 1, f"{tmp_path / 'outx'}/", "not a directory")
     assert not (tmp_path / "outx").exists()
 
 

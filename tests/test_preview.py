@@ -253,13 +253,15 @@ def test_preview_checks_its_output_before_decoding(
     assert (tmp_path / "loop1").is_symlink()
 
 
-def test_preview_writes_through_a_link(scene_file: Path, tmp_path: Path) -> None:
+def test_preview_writes_through_a_link(scene_file: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
     """The PNG replaced the link itself (``convert`` writes through, as ``open``)."""
     (tmp_path / "pngs").mkdir()
     link = tmp_path / "grid.png"
     link.symlink_to(tmp_path / "pngs" / "grid.png")
     assert main(["preview", str(scene_file), "-o", str(link), "--size", "16",
                  "--samples", "1"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"drawn in {link}")  # as given
     assert link.is_symlink()
     assert (tmp_path / "pngs" / "grid.png").read_bytes().startswith(b"\x89PNG")
 
