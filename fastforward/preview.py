@@ -39,8 +39,8 @@ def png_target(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> 
     through, as ``open`` would (the link stays).
 
     Raises:
-        IsADirectoryError: *path* is a directory.
-        NotADirectoryError: *path* ends with a slash but is no directory.
+        IsADirectoryError: *path* is a directory, or ends with a slash (as
+            ``open`` takes it).
         FileNotFoundError: its directory does not exist.
         FileExistsError: *path* is the source file (it would be overwritten).
     """
@@ -51,7 +51,8 @@ def png_target(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> 
     if not out.name or out.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a directory", name)
     if name.endswith(os.sep) or (os.altsep and name.endswith(os.altsep)):
-        raise NotADirectoryError(errno.ENOTDIR, "not a directory", name)
+        raise IsADirectoryError(errno.EISDIR, "names a directory (it ends with a slash), "
+                                "not a file to write", name)
     target = Path(written_through_links(out))
     if not target.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such directory", str(target.parent))

@@ -1180,9 +1180,9 @@ def refuse_to_replace(fname: str | os.PathLike[str]) -> None:
     fname = os.fspath(fname)
     if os.path.isdir(fname):
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a file to write", fname)
-    if not os.path.basename(fname):  # "out/": a folder's name, and no folder there
-        raise NotADirectoryError(errno.ENOTDIR, "not a directory (a file to write is named "
-                                 "without a trailing slash)", fname)
+    if not os.path.basename(fname):  # "out/": a folder's name, as open() takes it
+        raise IsADirectoryError(errno.EISDIR, "names a directory (it ends with a slash), "
+                                "not a file to write", fname)
     try:
         mode = os.stat(fname).st_mode
     except OSError:  # absent, or a name the write itself refuses more precisely

@@ -740,7 +740,8 @@ def test_convert_refuses_an_empty_source_and_a_file_as_source(
     assert not list(tmp_path.glob("*.beton"))
     # OUT with a trailing slash wrote a file of that name without the slash
     status = main(["convert", str(tmp_path), f"{tmp_path / 'outx'}/", *FAST])
-    assert_one_line_error(capsys, status, 1, f"{tmp_path / 'outx'}/", "not a directory")
+    assert_one_line_error(capsys, status, 1, f"{tmp_path / 'outx'}/",
+                          "names a directory (it ends with a slash)")
     assert not (tmp_path / "outx").exists()
 
 

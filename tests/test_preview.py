@@ -242,7 +242,8 @@ def test_preview_checks_its_output_before_decoding(
         "a directory": (tmp_path, f"{tmp_path}: is a directory"),
         "the input": (scene_file, f"{scene_file}: is the file being read"),
         "a link to the input": (tmp_path / "link.beton", "link.beton: is the file being read"),
-        "a trailing slash": (f"{tmp_path / 'pv'}/", f"{tmp_path / 'pv'}/: not a directory"),
+        "a trailing slash": (f"{tmp_path / 'pv'}/",
+                             f"{tmp_path / 'pv'}/: names a directory (it ends with a slash)"),
         "a link loop": (tmp_path / "loop1", "loop1: Too many levels of symbolic links")}[where]
     assert main(["preview", str(scene_file), "-o", str(out)]) == 1
     err = capsys.readouterr().err
