@@ -358,9 +358,11 @@ def image_folder_fields(options: ConvertOptions) -> dict[str, Field]:
     return {"image": image, "label": IntField()}
 
 
-def _check_output(out: Path) -> None:
-    """Fail before any work where the writer could only fail at its end."""
+def _check_output(out: str | os.PathLike[str]) -> None:
+    """Fail before any work where the writer could only fail at its end (*out* as
+    given: ``Path()`` would drop a trailing slash, and "out/" is no file)."""
     refuse_to_replace(out)
+    out = Path(out)
     parent = Path(written_through_links(out)).parent
     if not parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such directory", str(parent))
@@ -390,9 +392,8 @@ def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
     when the new file has none.
     """
     fields = image_folder_fields(options)
-    refuse_to_replace(out)  # before Path() drops a trailing slash ("out/" is no file)
-    out = Path(out)
     _check_output(out)
+    out = Path(out)
     dataset = ImageFolder(src)
     writer = DatasetWriter(out, fields, page_size=options.page_size,
                            num_workers=options.num_workers, seed=options.seed,
