@@ -41,18 +41,16 @@ def png_target(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> 
     Raises:
         IsADirectoryError: *path* is a directory, or ends with a slash (as
             ``open`` takes it).
+        OSError: *path* is no regular file (a named pipe, a device: the rename
+            would replace it), as the writer's target (``refuse_to_replace``).
         FileNotFoundError: its directory does not exist.
         FileExistsError: *path* is the source file (it would be overwritten).
     """
-    from .writer import written_through_links
+    from .writer import refuse_to_replace, written_through_links
 
+    refuse_to_replace(path)
     name = os.fspath(path)
     out = Path(path)
-    if not out.name or out.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "is a directory", name)
-    if name.endswith(os.sep) or (os.altsep and name.endswith(os.altsep)):
-        raise IsADirectoryError(errno.EISDIR, "names a directory (it ends with a slash), "
-                                "not a file to write", name)
     target = Path(written_through_links(out))
     if not target.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such directory", str(target.parent))

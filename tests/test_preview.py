@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -219,7 +221,8 @@ def test_the_simple_decoder_leaves_out_masks_of_another_size(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("where", ["missing directory", "a directory", "the input",
-                                   "a link to the input", "a trailing slash", "a link loop"])
+                                   "a link to the input", "a trailing slash", "a link loop",
+                                   "a named pipe"])
 def test_preview_checks_its_output_before_decoding(
         scene_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -236,6 +239,7 @@ def test_preview_checks_its_output_before_decoding(
     (tmp_path / "link.beton").symlink_to(scene_file)
     (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
     (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    os.mkfifo(tmp_path / "pipe.png")  # the rename would have replaced it
     before = scene_file.read_bytes()
     out, fragment = {
         "missing directory": (tmp_path / "no" / "x.png", f"{tmp_path / 'no'}: no such directory"),
@@ -244,7 +248,8 @@ def test_preview_checks_its_output_before_decoding(
         "a link to the input": (tmp_path / "link.beton", "link.beton: is the file being read"),
         "a trailing slash": (f"{tmp_path / 'pv'}/",
                              f"{tmp_path / 'pv'}/: names a directory (it ends with a slash)"),
-        "a link loop": (tmp_path / "loop1", "loop1: Too many levels of symbolic links")}[where]
+        "a link loop": (tmp_path / "loop1", "loop1: Too many levels of symbolic links"),
+        "a named pipe": (tmp_path / "pipe.png", "a named pipe, not a file to write")}[where]
     assert main(["preview", str(scene_file), "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert fragment in err
@@ -252,6 +257,7 @@ def test_preview_checks_its_output_before_decoding(
     assert scene_file.read_bytes() == before
     assert not (tmp_path / "pv").exists()
     assert (tmp_path / "loop1").is_symlink()
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "pipe.png").st_mode)
 
 
 def test_preview_writes_through_a_link(scene_file: Path, tmp_path: Path,
