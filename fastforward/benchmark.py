@@ -109,10 +109,11 @@ def decode_limit(blobs: list[bytes], threads: int | None = None, fastdct: bool =
     sj = require_simplejpeg()
     threads = threads or default_workers()
     chunks = [blobs[i::threads] for i in range(threads)]
-    largest = max((int(np.prod(sj.decode_jpeg_header(b)[:2])) * 3 for b in blobs), default=0)
+    largest = max((int(np.prod(sj.decode_jpeg_header(b)[:2])) * 3 for b in blobs),
+                  default=1) if reuse_buffers else 0  # headers read only for the buffers
 
     def work(chunk: list[bytes]) -> None:
-        buffer = np.empty(max(largest, 1), np.uint8) if reuse_buffers else None
+        buffer = np.empty(largest, np.uint8) if reuse_buffers else None
         for _ in range(repeat):
             for blob in chunk:
                 sj.decode_jpeg(blob, fastdct=fastdct, buffer=buffer)

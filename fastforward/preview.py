@@ -184,7 +184,7 @@ def preview_pipelines(reader: Reader, image: str | None = None, decoder: str = "
                              "another --decoder")
         height, width = sizes.pop() if sizes else (1, 1)
         count = len(chosen_samples)
-        if count * height * width * 3 > MAX_PREVIEW_SIZE ** 2 * 3 * 16:
+        if count * height * width > 16 * MAX_PREVIEW_SIZE ** 2:
             raise ValueError(f"{reader.fname}: {count} images of {height}x{width} as stored "
                              "are too many pixels to draw: choose fewer --samples, or "
                              "another --decoder with a --size")

@@ -377,7 +377,6 @@ class Reader:
                          "(alloc_table_ptr): a checksum block whose marker is damaged, or a "
                          "damaged header")
 
-
     def _custom_class_hint(self) -> str:
         """Where custom field classes were given: that one may be the wrong class
         (its metadata then has another size or layout than the file's)."""
