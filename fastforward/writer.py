@@ -74,7 +74,7 @@ from .errors import (
     portable,
 )
 from .fields import Field
-from .fields.base import CURRENT_SAMPLE
+from .fields.base import CURRENT_SAMPLE, SAMPLE_SIZES, SampleSizes
 from .types import (
     ALLOC_TABLE_TYPE,
     CURRENT_VERSION,
@@ -181,6 +181,10 @@ class _Encoder:
         self.page_size = page_size
         self.seed = seed
         self.skip_errors = skip_errors
+        # the fields that others follow are encoded first (their sizes are recorded)
+        followers = [field.follows is not None for field in self.fields]
+        self.order = sorted(range(len(self.fields)), key=followers.__getitem__)
+        self.follows = any(followers)
 
     def encode(self, samples: Iterable[tuple[int, Any, Any]],
                describe: Callable[[Any], str | None]) -> _Chunk:
@@ -191,6 +195,15 @@ class _Encoder:
         a dataset may hand out the same buffers every time, refilled in place
         (FFCV encodes in the same order).
         """
+        # where fields follow images, the images record their sizes here
+        token = SAMPLE_SIZES.set(SampleSizes(self.names) if self.follows else None)
+        try:
+            return self._encode(samples, describe)
+        finally:
+            SAMPLE_SIZES.reset(token)
+
+    def _encode(self, samples: Iterable[tuple[int, Any, Any]],
+                describe: Callable[[Any], str | None]) -> _Chunk:
         metadata = np.zeros(16, self.row_type)
         packed = np.zeros(16, np.int64)
         counts = np.zeros(16, np.int64)
@@ -199,6 +212,7 @@ class _Encoder:
         sizes: list[int] = []
         skipped: list[SkippedSample] = []
         j = 0  # the row of the next kept sample
+        images = SAMPLE_SIZES.get()
         for dest, source, sample in samples:
             if j == len(metadata):  # room for twice as many rows
                 metadata, packed, counts = (_doubled(a) for a in (metadata, packed, counts))
@@ -221,10 +235,12 @@ class _Encoder:
 
             values = self._as_tuple(sample, dest, source, describe)
             failed = None
-            for i, (field, value) in enumerate(zip(self.fields, values, strict=True)):
+            if images is not None:
+                images.sizes.clear()
+            for i in self.order:
                 token = CURRENT_SAMPLE.set((self.seed, dest, i))
                 try:
-                    field.encode(columns[i][j : j + 1], value, malloc)
+                    self.fields[i].encode(columns[i][j : j + 1], values[i], malloc)
                 except self.skip_errors as exc:
                     failed = SkippedSample(dest, source, self.names[i],
                                            f"{type(exc).__name__}: {exc}")
@@ -1207,6 +1223,21 @@ def written_through_links(fname: str | os.PathLike[str]) -> str:
     return target
 
 
+def _check_leader(name: str, leader: str | None, fields: Mapping[str, Field]) -> None:
+    """That the field *name* follows (``RaggedField(follows=...)``), if any, is
+    another field of the dataset that records its images' sizes."""
+    if leader is None:
+        return
+    if leader not in fields or leader == name:
+        others = [n for n in fields if n != name]
+        raise ValueError(f"field {name!r} follows {leader!r}, which is not another field of "
+                         f"the dataset (fields: {others})")
+    if not fields[leader].RECORDS_SIZE:
+        raise TypeError(f"field {name!r} follows {leader!r}, a {type(fields[leader]).__name__}: "
+                        "coordinates follow an image field (RGBImageField, MaskField, "
+                        "MultiChannelImageField)")
+
+
 class DatasetWriter:
     """Write a dataset to a .beton v2 file, readable by fastforward and FFCV.
 
@@ -1278,6 +1309,8 @@ class DatasetWriter:
                     f"field name {name!r} must be 1 to {FIELD_NAME_BYTES} ASCII characters "
                     "(the format stores 16 bytes)"
                 )
+        for name, field in fields.items():
+            _check_leader(name, field.follows, fields)
         self.fields = dict(fields)
         self.num_workers = default_workers() if num_workers < 1 else int(num_workers)
         self.seed = _seed(seed, "seed")

@@ -35,6 +35,12 @@ class Field(ABC):
 
     TYPE_ID: ClassVar[int] = 255
     """The descriptor's type id; built-in classes override it, custom ones keep 255."""
+    RECORDS_SIZE: ClassVar[bool] = False
+    """Whether its ``encode`` records each image's size (``record_size``), so
+    that other fields can follow it (``RaggedField(follows=...)``)."""
+    follows: str | None = None
+    """The field (a name) whose image sizes this one's coordinates follow when
+    written (``RaggedField(follows=...)``): the writer encodes that one first."""
 
     @property
     @abstractmethod
@@ -89,3 +95,43 @@ def sample_rng() -> np.random.Generator:
     """A generator seeded by the sample being written, or a fresh one outside a writer."""
     key = CURRENT_SAMPLE.get()
     return np.random.default_rng(None if key is None else list(key))
+
+
+class SampleSizes:
+    """The sizes of the images of the sample being written, by field name:
+    ``(source_height, source_width, stored_height, stored_width)``.
+
+    A field that stores an image (``RGBImageField``, ``MaskField``,
+    ``MultiChannelImageField``) records its image's size as given and as
+    stored (``record_size``); a field that follows it
+    (``RaggedField(follows=...)``) scales its coordinates by the same factors
+    (``size_of``). The writer encodes the images of a sample before the fields
+    that follow them.
+    """
+
+    __slots__ = ("names", "sizes")
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names  # the writer's fields, in their order
+        self.sizes: dict[str, tuple[int, int, int, int]] = {}
+
+
+SAMPLE_SIZES: contextvars.ContextVar[SampleSizes | None] = contextvars.ContextVar(
+    "fastforward_sample_sizes", default=None
+)
+
+
+def record_size(source: tuple[int, int], stored: tuple[int, int]) -> None:
+    """Record the (height, width) of the image being encoded, as given and as
+    stored, for the fields that follow it (nothing outside a writer)."""
+    sizes, key = SAMPLE_SIZES.get(), CURRENT_SAMPLE.get()
+    if sizes is not None and key is not None:
+        sizes.sizes[sizes.names[key[2]]] = (int(source[0]), int(source[1]),
+                                            int(stored[0]), int(stored[1]))
+
+
+def size_of(name: str) -> tuple[int, int, int, int] | None:
+    """What field *name* recorded for the sample being written (``record_size``),
+    or None (outside a writer, or it recorded nothing)."""
+    sizes = SAMPLE_SIZES.get()
+    return None if sizes is None else sizes.sizes.get(name)

@@ -34,6 +34,7 @@ from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.decoder import Decoder
 from ..pipeline.operation import BatchContext
 from ..pipeline.state import State
+from .base import record_size
 from .planes import (
     COMPRESSIONS,
     PLANES_DTYPES,
@@ -96,6 +97,8 @@ class MaskField(TaggedField):
             that a mask stays the size of its image.
     """
 
+    RECORDS_SIZE = True
+
     def __init__(self, dtype: Any = np.uint8, compression: str | None = "zstd",
                  compression_level: int = 3, max_resolution: int | None = None,
                  min_resolution: int | None = None) -> None:
@@ -122,11 +125,12 @@ class MaskField(TaggedField):
 
     def payload(self, value: Any) -> np.ndarray:
         mask = to_mask_array(value, self.dtype)
-        height, width = mask.shape
-        height, width = target_size(height, width, self.max_resolution, self.min_resolution)
+        height, width = target_size(mask.shape[0], mask.shape[1], self.max_resolution,
+                                    self.min_resolution)
         if max(height, width) > MAX_SIDE:
             raise EncodeError(f"mask of {height}×{width} exceeds {MAX_SIDE} px; set "
                               "max_resolution")
+        record_size(mask.shape, (height, width))
         return pack(resize_nearest(mask, height, width), self.compression,
                     self.compression_level)
 

@@ -35,6 +35,7 @@ from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.decoder import Decoder
 from ..pipeline.operation import BatchContext
 from ..pipeline.state import State
+from .base import record_size
 from .planes import (
     PLANES_DTYPES,
     PLANES_HEADER,
@@ -106,6 +107,8 @@ class MultiChannelImageField(TaggedField):
     ``docs/detection-and-segmentation.md``).
     """
 
+    RECORDS_SIZE = True
+
     def __init__(self, channels: int, dtype: Any = np.uint8, compression: str | None = None,
                  compression_level: int = 3, max_resolution: int | None = None,
                  min_resolution: int | None = None) -> None:
@@ -140,11 +143,13 @@ class MultiChannelImageField(TaggedField):
 
     def payload(self, value: Any) -> np.ndarray:
         image = to_channels_array(value, self.channels, self.dtype)
-        height, width = image.shape[:2]
-        height, width = target_size(height, width, self.max_resolution, self.min_resolution)
+        source = image.shape[:2]
+        height, width = target_size(source[0], source[1], self.max_resolution,
+                                    self.min_resolution)
         if max(height, width) > MAX_SIDE:
             raise EncodeError(f"image of {height}×{width} exceeds {MAX_SIDE} px; set "
                               "max_resolution")
+        record_size(source, (height, width))
         return pack(resize_area(image, height, width), self.compression,
                     self.compression_level)
 

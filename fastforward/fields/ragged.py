@@ -28,6 +28,7 @@ from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.decoder import Decoder
 from ..pipeline.operation import BatchContext
 from ..pipeline.state import State
+from .base import size_of
 from .tagged import TaggedField
 
 VALUES = "values"
@@ -72,6 +73,23 @@ class RaggedField(TaggedField):
             shape)}``, columns that share ``N`` (one row per object). Each
             sample is then a mapping from those names to arrays (or a
             sequence of arrays, in the columns' order).
+        follows: the name of the image field (``RGBImageField``,
+            ``MaskField``, ``MultiChannelImageField``) whose pixels the
+            coordinates are in, as given to the writer: where that field
+            shrinks its image (``max_resolution``, ``min_resolution``), the
+            columns below are scaled by the same factors (x by the width's,
+            y by the height's), so that they stay in pixels of the image as
+            stored. Needs at least one of:
+        boxes: the column of boxes (rows of shape ``(4,)``; ``xyxy``, ``xywh``
+            and ``cxcywh`` alike scale as ``x, y, x, y``).
+        keypoints: the column of keypoints (``(K, 2)``, or ``(K, 3)`` with a
+            visibility, which is kept).
+        points: columns of other ``x, y`` points (``(..., 2)``).
+
+    Coordinates scaled with their image must be floats; coordinates stored as
+    fractions of the image (``RaggedDecoder(normalized=True)``) need no
+    *follows*. *follows* and the columns it scales are the writer's: they are
+    not stored in the file.
 
     Values are cast to the column's dtype when that is exact (integers that
     fit, in an integer or a float column) or rounds a real number to a float
@@ -81,7 +99,9 @@ class RaggedField(TaggedField):
     """
 
     def __init__(self, dtype: Any = None, shape: int | Sequence[int] = (), *,
-                 columns: Mapping[str, Any] | None = None) -> None:
+                 columns: Mapping[str, Any] | None = None, follows: str | None = None,
+                 boxes: str | None = None, keypoints: str | None = None,
+                 points: str | Sequence[str] = ()) -> None:
         if (dtype is None) == (columns is None):
             raise TypeError("RaggedField takes a dtype (one array per sample) or columns "
                             "(named arrays sharing their length), not both or neither")
@@ -106,6 +126,26 @@ class RaggedField(TaggedField):
         if not 0 < self.row_nbytes <= MAX_ROW_BYTES:
             raise ValueError(f"a row of {self.row_nbytes} bytes (columns {specs}): rows take "
                              f"1 to {MAX_ROW_BYTES} bytes")
+        self.follows = follows
+        # the columns scaled with the image it follows: name -> factor per coordinate
+        # (0: x, 1: y, None: kept)
+        self.scaled: dict[str, tuple[int | None, ...]] = {}
+        roles = coordinate_columns(boxes, keypoints, points)
+        if follows is None:
+            if roles:
+                raise ValueError("boxes=, keypoints= and points= are scaled with an image: "
+                                 "name its field with follows=")
+            return
+        if not isinstance(follows, str) or not follows:
+            raise TypeError(f"follows names a field, got {follows!r}")
+        if not roles:
+            raise ValueError("RaggedField(follows=...) needs the columns to scale: boxes=, "
+                             "keypoints= or points=")
+        check_coordinate_columns(self, roles)
+        for role, name in roles:
+            shape = self.columns[self.names.index(name)][2]
+            self.scaled[name] = ((0, 1, 0, 1) if role == "boxes"
+                                 else (0, 1, None)[: shape[-1]])
 
     @property
     def names(self) -> list[str]:
@@ -128,9 +168,13 @@ class RaggedField(TaggedField):
     def __repr__(self) -> str:
         if not self.named:
             _, dtype, shape = self.columns[0]
-            return f"RaggedField({dtype}, {shape})"
-        columns = ", ".join(f"{name!r}: ({dtype}, {shape})" for name, dtype, shape in self.columns)
-        return f"RaggedField(columns={{{columns}}})"
+            described = f"{dtype}, {shape}"
+        else:
+            described = "columns={" + ", ".join(f"{name!r}: ({dtype}, {shape})"
+                                                for name, dtype, shape in self.columns) + "}"
+        if self.follows is not None:
+            described += f", follows={self.follows!r}"
+        return f"RaggedField({described})"
 
     def _arrays(self, value: Any) -> list[np.ndarray]:
         if not self.named:
@@ -161,8 +205,24 @@ class RaggedField(TaggedField):
                 raise EncodeError(f"column {name!r} has {len(array)} rows, {self.names[0]!r} "
                                   f"has {count}")
             count = len(array)
+            if name in self.scaled:
+                array = self._scale(name, array, dtype)
             parts.append(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def _scale(self, name: str, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """Column *name*'s coordinates scaled as the image they follow was."""
+        size = size_of(self.follows) if self.follows is not None else None
+        if size is None:
+            raise EncodeError(f"column {name!r} follows field {self.follows!r}, which recorded "
+                              "no image size for this sample (RaggedField(follows=...) is "
+                              "for the writer, which encodes that field first)")
+        source_h, source_w, stored_h, stored_w = size
+        if (source_h, source_w) == (stored_h, stored_w):
+            return array
+        by = (stored_w / source_w, stored_h / source_h, 1.0)
+        factors = np.array([by[2 if axis is None else axis] for axis in self.scaled[name]])
+        return (array * factors).astype(dtype)
 
     def split(self, data: np.ndarray) -> list[np.ndarray]:
         """One payload's bytes as the columns' arrays (views of *data*)."""
@@ -183,6 +243,37 @@ class RaggedField(TaggedField):
 
     def get_decoder_class(self) -> type:
         return RaggedDecoder
+
+
+def coordinate_columns(boxes: str | None, keypoints: str | None,
+                       points: str | Sequence[str]) -> list[tuple[str, str]]:
+    """``(role, column)`` for each column of coordinates named."""
+    points = (points,) if isinstance(points, str) else tuple(points)
+    return [(role, name) for role, name in (("boxes", boxes), ("keypoints", keypoints),
+                                            *(("points", p) for p in points))
+            if name is not None]
+
+
+def check_coordinate_columns(field: RaggedField, roles: list[tuple[str, str]]) -> None:
+    """That each column of *roles* is in *field*, holds floats and has rows
+    of its role's shape."""
+    names = field.names
+    for role, name in roles:
+        if name not in names:
+            raise ValueError(f"{role}={name!r} is not a column of the field (columns: "
+                             f"{names})")
+        _, dtype, shape = field.columns[names.index(name)]
+        if dtype.kind != "f":
+            raise TypeError(f"{role} column {name!r} holds {dtype}: coordinates must be "
+                            "floats")
+        need = {"boxes": shape == (4,),
+                "keypoints": len(shape) == 2 and shape[1] in (2, 3),
+                "points": len(shape) >= 1 and shape[-1] == 2}[role]
+        if not need:
+            raise ValueError(f"{role} column {name!r} has rows of shape {shape}; "
+                             + {"boxes": "boxes need (4,)",
+                                "keypoints": "keypoints need (K, 2) or (K, 3)",
+                                "points": "points need (..., 2)"}[role])
 
 
 def _cast(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
@@ -300,28 +391,11 @@ class RaggedDecoder(Decoder):
         return field
 
     def _check_columns(self, field: RaggedField) -> None:
-        names = field.names
-        for role, name in (("boxes", self.boxes), ("keypoints", self.keypoints),
-                           *(("points", p) for p in self.points)):
-            if name is None:
-                continue
-            if name not in names:
-                raise ValueError(f"{role}={name!r} is not a column of the field (columns: "
-                                 f"{names})")
-            _, dtype, shape = field.columns[names.index(name)]
-            if dtype.kind != "f":
-                raise TypeError(f"{role} column {name!r} holds {dtype}: coordinates must be "
-                                "floats")
-            need = {"boxes": shape == (4,),
-                    "keypoints": len(shape) == 2 and shape[1] in (2, 3),
-                    "points": len(shape) >= 1 and shape[-1] == 2}[role]
-            if not need:
-                raise ValueError(f"{role} column {name!r} has rows of shape {shape}; "
-                                 + {"boxes": "boxes need (4,)",
-                                    "keypoints": "keypoints need (K, 2) or (K, 3)",
-                                    "points": "points need (..., 2)"}[role])
-            if role == "keypoints" and self.keypoint_flip is not None and sorted(
-                    self.keypoint_flip) != list(range(shape[0])):
+        check_coordinate_columns(field, coordinate_columns(self.boxes, self.keypoints,
+                                                           self.points))
+        if self.keypoints is not None and self.keypoint_flip is not None:
+            shape = field.columns[field.names.index(self.keypoints)][2]
+            if sorted(self.keypoint_flip) != list(range(shape[0])):
                 raise ValueError(f"keypoint_flip must order the {shape[0]} keypoints, got "
                                  f"{self.keypoint_flip}")
 

@@ -35,7 +35,7 @@ from ..transforms.crop import (
 )
 from ..transforms.crop import get_center_crop as _center_crop
 from ..utils import install_hint
-from .base import Field, Malloc, PayloadReader, empty_arguments, sample_rng
+from .base import Field, Malloc, PayloadReader, empty_arguments, record_size, sample_rng
 from .planes import reduced_bit_depth
 
 try:
@@ -229,6 +229,7 @@ class RGBImageField(Field):
     """
 
     TYPE_ID = 2
+    RECORDS_SIZE = True
 
     def __init__(
         self,
@@ -272,31 +273,33 @@ class RGBImageField(Field):
 
     def _prepare(self, image: Any) -> np.ndarray:
         """The pixels to store: converted to RGB and shrunk to the size limits."""
-        target = None
+        source = None  # the (height, width) given, where the pixels may come smaller
         if isinstance(image, (bytes, bytearray, memoryview)):
             data = bytes(image)
             min_height = min_width = 0
             if data[:2] == b"\xff\xd8":
                 try:
-                    h, w, _, _ = require_simplejpeg().decode_jpeg_header(data)
+                    source = require_simplejpeg().decode_jpeg_header(data)[:2]
                 except ValueError as exc:
                     raise DecodeError(f"cannot read JPEG header: {exc}") from exc
                 # the size follows from the original, whatever scale it is decoded at
-                target = target_size(h, w, self.max_resolution, self.min_resolution)
-                if target != (h, w):
+                target = target_size(source[0], source[1], self.max_resolution,
+                                     self.min_resolution)
+                if target != source:
                     # DCT-domain scaling down to twice the target, area averaging
                     # for the rest: fast, and as sharp as area averaging alone
                     min_height, min_width = 2 * target[0], 2 * target[1]
             image = decode_image_file(data, min_height, min_width)
         image = to_rgb_array(image)
-        if target is None:
-            target = target_size(image.shape[0], image.shape[1], self.max_resolution,
-                                 self.min_resolution)
+        if source is None:
+            source = image.shape[:2]
+        target = target_size(source[0], source[1], self.max_resolution, self.min_resolution)
         if max(target) > MAX_SIDE:
             raise EncodeError(
                 f"image of {target[0]}×{target[1]} exceeds the format's {MAX_SIDE} px limit; "
                 "set max_resolution"
             )
+        record_size(source, target)
         return resize_area(image, *target)
 
     def _compress(self, nbytes: int) -> bool:
@@ -338,7 +341,10 @@ class RGBImageField(Field):
                                           source_scale(h, w, height, width),
                                           self.jpeg_quality, 1 if self.restart_markers else 0,
                                           scratch.workspace)
-        return None if payload is None else (height, width, payload)
+        if payload is None:
+            return None
+        record_size((h, w), (height, width))
+        return height, width, payload
 
     def encode(self, destination: np.ndarray, field: Any, malloc: Malloc) -> None:
         transcoded = self._transcode(field)
