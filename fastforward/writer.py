@@ -185,6 +185,8 @@ class _Encoder:
         followers = [field.follows is not None for field in self.fields]
         self.order = sorted(range(len(self.fields)), key=followers.__getitem__)
         self.follows = any(followers)
+        self.leaders = {self.names.index(field.follows) for field in self.fields
+                        if field.follows is not None}
 
     def encode(self, samples: Iterable[tuple[int, Any, Any]],
                describe: Callable[[Any], str | None]) -> _Chunk:
@@ -250,6 +252,12 @@ class _Encoder:
                     _raise_located(exc, where, "the field's encode")
                 finally:
                     CURRENT_SAMPLE.reset(token)
+                if i in self.leaders and images is not None and self.names[i] not in images.sizes:
+                    raise TypeError(  # the class's fault, whatever the sample: never skipped
+                        f"{self.fname}: field {self.names[i]!r} is followed, but its "
+                        f"{type(self.fields[i]).__name__}.encode recorded no image size: a "
+                        "field with RECORDS_SIZE = True calls fastforward.fields.base."
+                        "record_size(given, stored) for each image")
             if failed is not None:
                 skipped.append(failed)
                 metadata[j : j + 1] = np.zeros(1, self.row_type)  # what it wrote of the row
@@ -1233,9 +1241,9 @@ def _check_leader(name: str, leader: str | None, fields: Mapping[str, Field]) ->
         raise ValueError(f"field {name!r} follows {leader!r}, which is not another field of "
                          f"the dataset (fields: {others})")
     if not fields[leader].RECORDS_SIZE:
-        raise TypeError(f"field {name!r} follows {leader!r}, a {type(fields[leader]).__name__}: "
+        raise TypeError(f"field {name!r} follows {leader!r} ({type(fields[leader]).__name__}): "
                         "coordinates follow an image field (RGBImageField, MaskField, "
-                        "MultiChannelImageField)")
+                        "MultiChannelImageField, or one with RECORDS_SIZE = True)")
 
 
 class DatasetWriter:

@@ -7,8 +7,10 @@ same checks in real torch.distributed processes.
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +19,8 @@ import fastforward.loader.loader as loader_module
 from fastforward.fields import BytesField, IntField, RGBImageField
 from fastforward.fields.decoders import IntDecoder, RandomResizedCropRGBImageDecoder
 from fastforward.loader import Loader, OrderOption
+from fastforward.pipeline import AllocationQuery, Operation, State
+from fastforward.pipeline.operation import BatchContext
 from fastforward.reader import Reader
 from fastforward.traversal_order.quasi_random import sample_pages
 from fastforward.writer import DatasetWriter
@@ -260,6 +264,97 @@ def test_state_after_a_resume_is_the_resumed_position(photo_file: Path) -> None:
         made.close()
 
 
+def test_a_checkpoint_saved_after_a_break_resumes_where_the_loop_stopped(
+        photo_file: Path) -> None:
+    """state_dict() read its epoch through a weak reference: after a `break` had
+    dropped the iterator it said the next epoch's start (the rest of the epoch
+    was skipped on resume), while an iterator kept and closed said mid-epoch:
+    one situation, two answers, decided by the garbage collector."""
+    full = batches(augmented(photo_file, 2))
+    for leave in ("break", "close", "kept"):
+        loader = augmented(photo_file, 2)
+        iterator = iter(loader)
+        for _ in range(3):
+            next(iterator)
+        if leave == "break":
+            del iterator
+            gc.collect()
+        elif leave == "close":
+            iterator.close()
+        state = loader.state_dict()
+        assert (state["epoch"], state["segments"]) == (0, [[1, 3]]), leave
+        resumed = augmented(photo_file, 2)
+        resumed.load_state_dict(state)
+        rest = batches(resumed)
+        assert len(rest) == len(full) - 3
+        for got, want in zip(rest, full[3:], strict=True):
+            np.testing.assert_array_equal(got[1], want[1])
+            np.testing.assert_array_equal(got[0], want[0])
+        # the loader's own next iter() starts the next epoch, as FFCV's
+        assert iter(loader).position.epoch == 1
+        assert loader.state_dict()["epoch"] == 1
+        loader.close()
+        resumed.close()
+
+
+class BatchIndex(Operation):
+    """Writes each batch's BatchContext.batch_index into its labels."""
+
+    releases_gil = True  # on the loader's threads
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        return previous_state, AllocationQuery(previous_state.shape, previous_state.dtype)
+
+    def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
+        destination[: len(batch)] = context.batch_index
+        return destination[: len(batch)]
+
+
+def test_a_resumed_batch_keeps_its_place_in_the_epoch(photo_file: Path) -> None:
+    """BatchContext.batch_index counted from 0 again after a resume (an operation
+    keyed on it drew otherwise, and messages named the wrong batch)."""
+    def loader() -> Loader:
+        return Loader(photo_file, 8, order=OrderOption.RANDOM, seed=3, pipelines={
+            "image": None, "index": [IntDecoder(), BatchIndex()]})
+
+    whole = [int(index.ravel()[0]) for (index,) in loader()]
+    assert whole == list(range(len(whole)))
+    first = loader()
+    iterator = iter(first)
+    next(iterator), next(iterator)
+    resumed = loader()
+    resumed.load_state_dict(first.state_dict())
+    assert [int(index.ravel()[0]) for (index,) in resumed] == whole[2:]
+
+
+def test_drop_last_is_part_of_a_state(photo_file: Path) -> None:
+    """A drop_last=True state resumed with drop_last=False gave an extra partial batch."""
+    def loader(drop_last: bool) -> Loader:
+        return Loader(photo_file, 8, order=OrderOption.RANDOM, seed=3, drop_last=drop_last,
+                      pipelines={"image": None, "index": [IntDecoder()]})
+
+    for saved in (True, False):
+        source = loader(saved)
+        iterator = iter(source)
+        next(iterator)
+        state = source.state_dict()
+        with pytest.raises(ValueError, match="saved with another drop_last"):
+            loader(not saved).load_state_dict(state)
+        loader(saved).load_state_dict(state)
+        legacy = {k: v for k, v in state.items() if k != "drop_last"}
+        loader(not saved).load_state_dict(legacy)  # a state from before it was kept
+
+
+@pytest.mark.parametrize(("state", "error", "match"), [
+    ([1, 2], TypeError, "a loader state is the dict state_dict\\(\\) returns, got a list"),
+    ({"version": 2, "epoch": 0}, ValueError, "lacks seed, batch_size, num_samples, segments"),
+])
+def test_a_state_that_is_no_state(photo_file: Path, state: Any, error: type,
+                                  match: str) -> None:
+    with pytest.raises(error, match=match):
+        augmented(photo_file, 1).load_state_dict(state)
+
+
 def test_resume_checks_what_it_resumes(photo_file: Path) -> None:
     state = augmented(photo_file, 1).state_dict()
     other = Loader(photo_file, 16, pipelines={"image": None, "index": [IntDecoder()]})
@@ -377,8 +472,15 @@ def test_an_order_option_at_its_default_is_no_option(paged: Path,
     ({"segments": [[2, 1], [3, 60]]}, "60 batches"),
     ({"segments": [[0, 1]]}, "invalid loader state segments"),
     ({"segments": [[2]]}, "invalid loader state segments"),
+    ({"segments": [[2, 2.7]]}, r"invalid loader state segments \[\[2, 2.7\]\]: expected"),
+    ({"segments": [[True, True]]}, "pairs of integers"),
+    ({"segments": [["2", "1"]]}, "pairs of integers"),
+    ({"segments": "[[2, 1]]"}, "pairs of integers"),
+    ({"segments": [[3_000_000, 0]]}, "world sizes are 1 to 1048576"),
+    ({"batch_size": "10"}, "saved with batch_size='10', this loader has 10"),
 ], ids=["epoch<0", "seed<0", "seed 2**64", "epoch 1.5", "past the end", "past the end later",
-        "no ranks", "not pairs"])
+        "no ranks", "not pairs", "a float", "booleans", "strings", "a string",
+        "a world too large", "batch size a string"])
 def test_resume_checks_the_state_values(paged: Path, monkeypatch: pytest.MonkeyPatch,
                                         values: dict, match: str) -> None:
     """Values a loader never saves were taken and failed later in NumPy with a

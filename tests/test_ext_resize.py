@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from reference import crop_resize
 
-from fastforward._ext.resize import Workspace, crop_resize_into
+from fastforward._ext.resize import Workspace, crop_resize_into, resize_span_into
 
 CASES = {
     "identity": ((0, 0, 40, 60), (40, 60)),
@@ -40,6 +40,34 @@ def test_matches_reference(source: np.ndarray, crop: tuple[int, int, int, int],
     # float32 against float64: at most one level off where a value sits on .5
     assert np.abs(out.astype(int) - expected).max() <= 1
     assert np.mean(out != expected) < 0.01
+
+
+@pytest.mark.parametrize(("span", "size"), [
+    ((39.25, 59.5), (20, 30)),    # a JPEG of 314×476 decoded at 1/8: 40×60 pixels
+    ((39.125, 60.0), (7, 11)),
+    ((40.0, 60.0), (16, 23)),     # the whole: as crop_resize_into
+    ((39.5, 59.75), (50, 70)),    # enlarging
+])
+def test_resize_span_matches_reference(source: np.ndarray, span: tuple[float, float],
+                                       size: tuple[int, int]) -> None:
+    out = np.full((*size, 3), 77, np.uint8)
+    assert resize_span_into(source, *span, out) == size[0] * size[1]
+    expected = crop_resize(source, 0, 0, 40, 60, *size, spans=(*span, *size))
+    assert np.abs(out.astype(int) - expected).max() <= 1
+    assert np.mean(out != expected) < 0.01
+    if span == (40.0, 60.0):
+        whole = np.empty_like(out)
+        crop_resize_into(source, 0, 0, 40, 60, whole)
+        np.testing.assert_array_equal(out, whole)
+
+
+@pytest.mark.parametrize("span", [(39.0, 60.0), (40.5, 60.0), (40.0, 0.0)])
+def test_resize_span_refuses_a_span_its_pixels_cannot_stand_for(source: np.ndarray,
+                                                                span: tuple[float, float]) -> None:
+    with pytest.raises(ValueError, match="stand for more than all but one of them"):
+        resize_span_into(source, *span, np.empty((10, 10, 3), np.uint8))
+    with pytest.raises(TypeError, match="out must be uint8"):
+        resize_span_into(source, 40, 60, np.empty((10, 10, 3), np.float32))
 
 
 def test_workspace_is_reused_and_grown(source: np.ndarray) -> None:

@@ -21,6 +21,7 @@ from fastforward.fields import (
     RGBImageField,
 )
 from fastforward.fields.decoders import CenterCropRGBImageDecoder, RaggedDecoder
+from fastforward.fields.rgb_image import IMAGE_MODES, dct_span
 from fastforward.loader import Loader
 from fastforward.reader import Reader
 from fastforward.writer import DatasetWriter
@@ -102,6 +103,41 @@ def test_a_source_jpeg_scales_by_its_own_size(tmp_path: Path, photos: list) -> N
         stored, got = Reader(path).read(0)
         assert stored.shape == (75, 100, 3)
         np.testing.assert_allclose(got["boxes"], [[10, 7.5, 100, 75]])
+
+
+def edges(stored: np.ndarray) -> tuple[float, float]:
+    """Where a white band's left and right edges lie in *stored*, in its pixels."""
+    profile = stored[..., 0].astype(float).mean(0) / 255
+    mass = profile.sum()
+    centre = (profile * (np.arange(len(profile)) + 0.5)).sum() / mass
+    return centre - mass / 2, centre + mass / 2
+
+
+@pytest.mark.parametrize(("width", "band", "limit"), [
+    (370, (124, 363), 100),    # decoded at 5/8: 232 pixels for 231.25
+    (1120, (0, 1119), 314),
+    (615, (200, 611), 264),
+])
+def test_a_jpeg_shrunk_through_rgb_lands_where_its_box_does(width: int, band: tuple,
+                                                            limit: int) -> None:
+    """The RGB path decodes a JPEG at a reduced DCT scale: ceil(W * m / 8) pixels for
+    W * m / 8, whose last column stands for part of one. Squeezing all of them onto
+    the stored width stretched the image (0.2-0.48 stored pixels at the far edge)
+    away from the boxes scaled with it."""
+    image = np.zeros((64, width, 3), np.uint8)
+    image[:, band[0] : band[1]] = 255
+    data = simplejpeg.encode_jpeg(image, quality=100, colorsubsampling="444")
+    stored = RGBImageField(write_mode="raw", max_resolution=limit)._prepare(data)
+    scale = stored.shape[1] / width
+    left, right = edges(stored)
+    assert abs(left - band[0] * scale) < 0.1
+    assert abs(right - band[1] * scale) < 0.1
+
+
+def test_the_span_of_a_reduced_dct_scale() -> None:
+    assert dct_span((250, 370), (157, 232)) == (156.25, 231.25)  # 5/8
+    assert dct_span((250, 370), (32, 47)) == (31.25, 46.25)  # 1/8
+    assert dct_span((7, 7), (7, 7)) is None  # 7/8 and 8/8 alike
 
 
 @pytest.mark.parametrize("leader", ["mask", "planes"])
@@ -186,7 +222,7 @@ def test_skipped_images_take_their_boxes_with_them(tmp_path: Path) -> None:
     ({"objects": RaggedField(columns=OBJECTS, follows="objects", boxes="boxes")}, ValueError,
      "not another field"),
     ({"objects": RaggedField(columns=OBJECTS, follows="label", boxes="boxes"),
-      "label": IntField()}, TypeError, "'label', a IntField: coordinates follow an image field"),
+      "label": IntField()}, TypeError, r"'label' \(IntField\): coordinates follow an image field"),
 ])
 def test_the_writer_checks_what_is_followed(tmp_path: Path, fields: dict, error: type,
                                             message: str) -> None:
@@ -207,6 +243,28 @@ def test_the_writer_checks_what_is_followed(tmp_path: Path, fields: dict, error:
 def test_ragged_field_arguments_are_checked(kwargs: dict, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         RaggedField(columns=OBJECTS, **kwargs)
+
+
+class Unrecorded(RGBImageField):
+    """A custom image field whose encode never records its size."""
+
+    def encode(self, destination, field, malloc):  # type: ignore[no-untyped-def]
+        destination["mode"] = IMAGE_MODES["raw"]
+        destination["height"], destination["width"] = field.shape[:2]
+        destination["data_ptr"], buffer = malloc(field.nbytes)
+        buffer[:] = field.reshape(-1)
+
+
+def test_a_leader_that_records_no_size_is_named(tmp_path: Path) -> None:
+    """It was 'recorded no image size for this sample' on every sample (an
+    EncodeError, so skip_errors skipped the whole dataset without a word)."""
+    writer = DatasetWriter(tmp_path / "u.beton", {"image": Unrecorded(), "objects": objects()},
+                           num_workers=1, progress=False, skip_errors=[EncodeError])
+    box = {"boxes": np.zeros((1, 4), np.float32), "labels": [0]}
+    with pytest.raises(TypeError, match=r"field 'image' is followed, but its Unrecorded.encode "
+                                        "recorded no image size"):
+        writer.from_indexed_dataset([(np.zeros((8, 8, 3), np.uint8), box)])
+    assert not list(tmp_path.iterdir())
 
 
 def test_outside_a_writer_there_is_no_size_to_follow() -> None:

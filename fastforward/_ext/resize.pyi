@@ -22,6 +22,14 @@ def crop_resize_into(
     *src*: ``H x W x C`` uint8 or uint16 (C from 1 to 16); *out*: its type, or
     float16/float32 (``value * scale[c] + bias[c]``)."""
 
+def resize_span_into(
+    src: BufferLike, span_h: float, span_w: float, out: np.ndarray,
+    workspace: Workspace | None = None,
+) -> int:
+    """Resize the whole of *src* (``H x W x C`` uint8) into *out* (uint8), where its
+    pixels stand for ``span_h x span_w`` of the image (its last row and column may
+    stand for part of one)."""
+
 def decode_crop_resize_range(
     decode_jpeg: Callable[..., np.ndarray], fastdct: bool, buffer: BufferLike | None,
     source: BufferLike, starts: BufferLike, sizes: BufferLike, raw: BufferLike,

@@ -384,6 +384,35 @@ def crop_resize_into(const pixel_t[:, :, ::1] src not None,
     return t.oh * t.ow
 
 
+def resize_span_into(const uint8_t[:, :, ::1] src not None, double span_h, double span_w,
+                     out not None, Workspace workspace=None):
+    """Resize the whole of *src* (``H x W x C`` uint8) into *out* (uint8, C
+    channels), where its pixels stand for ``span_h x span_w`` of the image:
+    the last row and column may stand for part of one (a JPEG decoded at the
+    DCT scale m/8 is ``ceil(H * m / 8)`` pixels high for ``H * m / 8``).
+    Otherwise as ``crop_resize_into`` (area averaging, or linear enlarging)."""
+    cdef Target t
+    cdef double spans[4]
+    cdef char* scratch
+    if out.ndim != 3:
+        raise ValueError(f"out must have rows of {src.shape[2]}-channel pixels, got {out.shape}")
+    _target(&t, out, src.shape[2], None, None, 1)
+    if t.kind != KIND_U8:
+        raise TypeError(f"out must be uint8, got {out.dtype}")
+    if not (src.shape[0] - 1 < span_h <= src.shape[0]
+            and src.shape[1] - 1 < span_w <= src.shape[1]):
+        raise ValueError(f"the {src.shape[0]}x{src.shape[1]} pixels stand for more than all but "
+                         f"one of them, at most all: not {span_h}x{span_w}")
+    spans[0], spans[1], spans[2], spans[3] = span_h, span_w, t.oh, t.ow
+    if workspace is None:
+        workspace = Workspace()
+    scratch = workspace.reserve(_scratch_bytes(src.shape[0], src.shape[1], t.oh, t.ow, t.c))
+    with nogil:
+        _resize_span_into(&src[0, 0, 0], src.shape[0], src.shape[1], src.strides[0], spans, &t,
+                          scratch)
+    return t.oh * t.ow
+
+
 def decode_crop_resize_range(decode_jpeg, bint fastdct, buffer, source,
                              const int64_t[::1] starts not None,
                              const int64_t[::1] sizes not None, const uint8_t[::1] raw not None,

@@ -18,7 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from .._ext.resize import Workspace, crop_resize_into, decode_crop_resize_range
+from .._ext.resize import (
+    Workspace,
+    crop_resize_into,
+    decode_crop_resize_range,
+    resize_span_into,
+)
 from ..errors import DecodeError, EncodeError
 from ..pipeline import geometry, random
 from ..pipeline.allocation_query import AllocationQuery
@@ -196,13 +201,32 @@ def source_scale(height: int, width: int, stored_height: int, stored_width: int)
                  and (width * m + 7) // 8 >= 2 * stored_width), 8)
 
 
-def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize an H×W×3 uint8 image by area averaging (OpenCV's INTER_AREA)."""
+def resize_area(image: np.ndarray, height: int, width: int,
+                span: tuple[float, float] | None = None) -> np.ndarray:
+    """Resize an H×W×3 uint8 image by area averaging (OpenCV's INTER_AREA).
+    *span*: the (height, width) its pixels stand for, where its last row and
+    column stand for part of one (``dct_span``)."""
+    if span is not None:
+        out = np.empty((height, width, 3), np.uint8)
+        resize_span_into(image, span[0], span[1], out)
+        return out
     if image.shape[:2] == (height, width):
         return image
     out = np.empty((height, width, 3), np.uint8)
     crop_resize_into(image, 0, 0, image.shape[0], image.shape[1], out)
     return out
+
+
+def dct_span(source: tuple[int, int], decoded: tuple[int, int]) -> tuple[float, float] | None:
+    """What the *decoded* pixels of a JPEG of *source* (height, width) decoded at
+    the DCT scale m/8 stand for: ``(H * m / 8, W * m / 8)``, its last row and
+    column part of a pixel (libjpeg makes ``ceil(H * m / 8)`` rows). None where
+    more than one scale gives that size (an image a few pixels wide)."""
+    scales = [m for m in range(1, 9)
+              if all(-(-side * m // 8) == got for side, got in zip(source, decoded, strict=True))]
+    if len(scales) != 1:
+        return None
+    return source[0] * scales[0] / 8, source[1] * scales[0] / 8
 
 
 class RGBImageField(Field):
@@ -274,6 +298,7 @@ class RGBImageField(Field):
     def _prepare(self, image: Any) -> np.ndarray:
         """The pixels to store: converted to RGB and shrunk to the size limits."""
         source = None  # the (height, width) given, where the pixels may come smaller
+        span = None  # what the pixels of a JPEG decoded at a reduced scale stand for
         if isinstance(image, (bytes, bytearray, memoryview)):
             data = bytes(image)
             min_height = min_width = 0
@@ -290,6 +315,10 @@ class RGBImageField(Field):
                     # for the rest: fast, and as sharp as area averaging alone
                     min_height, min_width = 2 * target[0], 2 * target[1]
             image = decode_image_file(data, min_height, min_width)
+            if source is not None and image.shape[:2] != source:  # a reduced DCT scale
+                span = dct_span(source, image.shape[:2])
+                if span is None:  # which scale is not known from the sizes: decode it whole
+                    image = decode_image_file(data)
         image = to_rgb_array(image)
         if source is None:
             source = image.shape[:2]
@@ -300,7 +329,7 @@ class RGBImageField(Field):
                 "set max_resolution"
             )
         record_size(source, target)
-        return resize_area(image, *target)
+        return resize_area(image, *target, span=span)
 
     def _compress(self, nbytes: int) -> bool:
         """Whether to store an image of *nbytes* raw bytes as JPEG (draws from the

@@ -109,7 +109,8 @@ STATE_VERSION = 2
 sample counts (version 1's mid-epoch states of it cannot be resumed exactly)."""
 _SAVED_WITH = {"file": "over another file (or one rewritten since)",
                "indices": "with other indices (as many, but other samples or another order)",
-               "order": "with another order", "even_batches": "with another even_batches"}
+               "order": "with another order", "even_batches": "with another even_batches",
+               "drop_last": "with another drop_last"}
 DEFAULT_PROCESS_CACHE = int(os.environ.get("FASTFORWARD_DEFAULT_CACHE_PROCESS", "0"))
 """1 when ``FASTFORWARD_DEFAULT_CACHE_PROCESS=1`` was set at import (FFCV's name; the
 loader reads the variable again at each construction)."""
@@ -258,7 +259,8 @@ class Loader:
         self._slots.pin_pipelines = self._pinned_pipelines(cuda)
         self._resume: tuple[int, list[list[int]]] | None = None  # (epoch, segments)
         self._state_identity: dict[str, Any] | None = None  # see _identity
-        self._current: weakref.ref[EpochIterator] | None = None
+        # where the last epoch started is (kept after a `break` drops its iterator)
+        self._position: EpochPosition | None = None
         self._stats = ChannelStats()  # of the epochs that ended
 
     # -- arguments ------------------------------------------------------------------
@@ -540,9 +542,9 @@ class Loader:
     @next_epoch.setter
     def next_epoch(self, epoch: int) -> None:
         self._next_epoch = epoch
-        # an older iterator, still referenced and unfinished, is no longer where this
-        # loader is: state_dict() must not report its position
-        self._current = None
+        # an older epoch, left unfinished, is no longer where this loader is:
+        # state_dict() must not report its position
+        self._position = None
 
     @property
     def ring_slots(self) -> int:
@@ -572,15 +574,19 @@ class Loader:
     def state_dict(self) -> dict[str, Any]:
         """Where this loader is: plain ints and lists, for ``torch.save`` beside the model.
 
-        Mid-epoch, it counts the batches the current epoch has handed out;
-        ``load_state_dict`` on a fresh loader (same file, batch size and
-        indices; any ``num_workers``, any world size) continues with exactly
-        the batches that would have come next.
+        Mid-epoch, it counts the batches the last epoch started has handed out,
+        in the loop or after it was left early (a ``break``, ``close()``): a
+        checkpoint saved after leaving the loop resumes where it stopped. After
+        an epoch's last batch, or once ``next_epoch`` is set, it is the next
+        epoch's start. ``load_state_dict`` on a fresh loader (same file, batch
+        size and indices; any ``num_workers``, any world size) continues with
+        exactly the batches that would have come next. (This loader's own next
+        ``iter()`` starts the next epoch, as FFCV's does.)
         """
-        iterator = self._current() if self._current is not None else None
-        if iterator is not None and not iterator.finished:
-            epoch, segments = iterator.epoch, [*iterator.segments,
-                                               [self.world_size, iterator.delivered]]
+        position = self._position
+        if position is not None and not position.finished:
+            epoch, segments = position.epoch, [*position.segments,
+                                               [self.world_size, position.delivered]]
         else:
             epoch = self.next_epoch
             segments = self._segments(epoch)
@@ -598,6 +604,7 @@ class Loader:
                 "indices": f"{digest(np.ascontiguousarray(self.indices).view(np.uint8)):016x}",
                 "order": self._order_name(),
                 "even_batches": self.even_batches,
+                "drop_last": self.drop_last,
             }
         return self._state_identity
 
@@ -612,15 +619,25 @@ class Loader:
         """Resume from ``state_dict()``: the next ``iter()`` continues that epoch.
 
         The state must come from a loader over the same samples (file and
-        indices), with the same batch size, order and ``even_batches``; anything
+        indices), with the same batch size, order, ``even_batches`` and
+        ``drop_last``; anything
         else is refused with what differs (a state saved before these were kept
         is checked on its counts only).
         """
-        version = state.get("version")
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{self.fname}: a loader state is the dict state_dict() returns, "
+                            f"got a {type(state).__name__}")
+        missing = [key for key in ("version", "epoch", "seed", "batch_size", "num_samples",
+                                   "segments") if key not in state]
+        if missing:
+            raise ValueError(f"{self.fname}: the loader state lacks {', '.join(missing)}: it "
+                             "is not one state_dict() returned")
+        version = state["version"]
         if version not in (1, STATE_VERSION):
             raise ValueError(f"unknown loader state version {version!r}")
+        segments = _segments_of(state["segments"], self.fname)
         if version == 1 and isinstance(self.traversal_order, QuasiRandom) and any(
-                int(w) > 1 and int(k) > 0 for w, k in state["segments"]):
+                w > 1 and k > 0 for w, k in segments):
             raise ValueError(
                 f"{self.fname}: this state was saved mid-epoch by a fastforward before "
                 "2026-12-03, whose distributed QUASI_RANDOM cut the ranks differently: "
@@ -629,7 +646,7 @@ class Loader:
                 "beginning (set the state's 'segments' to [])")
         for key, mine in (("batch_size", self.batch_size), ("num_samples", len(self.indices))):
             if state[key] != mine:
-                raise ValueError(f"{self.fname}: the state was saved with {key}={state[key]}, "
+                raise ValueError(f"{self.fname}: the state was saved with {key}={state[key]!r}, "
                                  f"this loader has {mine}")
         for key, mine in self._identity().items():
             if key in state and state[key] != mine and not (
@@ -644,14 +661,6 @@ class Loader:
                     or not 0 <= value < 1 << 63:
                 raise ValueError(f"{self.fname}: the loader state's {key} must be an integer "
                                  f"in [0, 2**63), got {value!r}")
-        try:
-            segments = [[int(w), int(k)] for w, k in state["segments"]]
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{self.fname}: invalid loader state segments "
-                             f"{state['segments']!r}: expected [world_size, batches] "
-                             "pairs") from exc
-        if any(w < 1 or k < 0 for w, k in segments):
-            raise ValueError(f"{self.fname}: invalid loader state segments {segments}")
         previous = self.seed
         self.traversal_order.seed = int(seed)
         try:
@@ -705,8 +714,9 @@ class Loader:
             fetch=fetch,
             acquire_slot=functools.partial(slots.acquire, layout),
             release_slot=slots.release,
+            # a resumed epoch's batches keep their places in it (BatchContext.batch_index)
             run_batch=functools.partial(_run_batch, plan, epoch, self.seed, self._stage,
-                                        workers, copier),
+                                        workers, copier, sum(k for _, k in segments)),
             batches_ahead=self.batches_ahead,
             workers=workers,
             fetch_is_cheap=isinstance(self.memory_manager, OSCacheManager),
@@ -714,7 +724,7 @@ class Loader:
         iterator = EpochIterator(Engine(epoch_plan), len(batches), epoch, segments, self._owned,
                                  loader=self)
         self._owned.iterators.add(iterator)
-        self._current = weakref.ref(iterator)
+        self._position = iterator.position
         return iterator
 
     def _start_copier(self) -> Copier:
@@ -803,6 +813,19 @@ class _Owned:
             self._closed.wait()
 
 
+class EpochPosition:
+    """Where an epoch is (``Loader.state_dict``): kept by its loader after the
+    epoch's iterator is dropped, which refers to its epochs weakly otherwise."""
+
+    __slots__ = ("delivered", "epoch", "finished", "segments")
+
+    def __init__(self, epoch: int, segments: list[list[int]]) -> None:
+        self.epoch = epoch
+        self.segments = segments  # how this epoch was resumed, if it was
+        self.delivered = 0  # batches handed out
+        self.finished = False  # its last batch was handed out
+
+
 class EpochIterator(Iterator[tuple[Any, ...]]):
     """One epoch's batches. Dropping it, ``close()`` or Ctrl-C stops its threads."""
 
@@ -814,10 +837,7 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
         self._loader = loader
         self._engine = engine
         self._length = length
-        self.epoch = epoch
-        self.segments = list(segments or [])  # how this epoch was resumed, if it was
-        self.delivered = 0  # batches handed out
-        self.finished = False
+        self.position = EpochPosition(epoch, list(segments or []))
         self._pid = os.getpid()  # whose threads run the epoch
         self._finalizer = weakref.finalize(self, _end_epoch, engine, owner)
 
@@ -838,9 +858,9 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
         try:
             batch = self._engine.next_batch()
         except StopIteration:
-            self.finished = True
+            self.position.finished = True
             raise
-        self.delivered += 1
+        self.position.delivered += 1
         if isinstance(batch, PendingBatch):
             batch = batch.hand_over()
         if isinstance(batch, DeviceBatch):
@@ -910,10 +930,12 @@ _DEFAULT = object()
 
 
 def _run_batch(plan: Plan, epoch: int, seed: int, stage: DeviceStage | None, workers: Any,
-               copier: Copier | None, index: int, indices: np.ndarray, data: Any,
+               copier: Copier | None, first: int, index: int, indices: np.ndarray, data: Any,
                slot: Slot) -> Any:
-    """One batch: stage 1 on the workers, then stage 2 here (see ``loader.runner``)."""
-    job = BatchJob(epoch, seed, index, indices, ())
+    """One batch: stage 1 on the workers, then stage 2 here (see ``loader.runner``).
+    *index* counts from the epoch's first batch left (*first*: those handed out before
+    it was resumed)."""
+    job = BatchJob(epoch, seed, first + index, indices, ())
     job.ranged = ranged_pipelines(plan, job, always=workers.kind == PROCESS)
     copies = None if copier is None else PendingCopies(copier)
     workers.run(job, slot, data, copies)
@@ -927,6 +949,27 @@ def _run_batch(plan: Plan, epoch: int, seed: int, stage: DeviceStage | None, wor
         event = stage.record()
     slot.fence = event  # the slot's pinned buffers are refilled only after this
     return DeviceBatch(outputs, event)
+
+
+MAX_WORLD_SIZE = 1 << 20
+"""Ranks a resumed state may name (more is a damaged state: each costs memory)."""
+
+
+def _segments_of(value: Any, fname: str) -> list[list[int]]:
+    """A state's ``segments``: ``[world_size, batches]`` pairs of plain integers."""
+    def integer(x: Any) -> bool:
+        return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(pair, (list, tuple)) and len(pair) == 2 and all(map(integer, pair))
+            for pair in value):
+        raise ValueError(f"{fname}: invalid loader state segments {value!r}: expected "
+                         "[world_size, batches] pairs of integers")
+    segments = [[int(w), int(k)] for w, k in value]
+    if any(not 1 <= w <= MAX_WORLD_SIZE or k < 0 for w, k in segments):
+        raise ValueError(f"{fname}: invalid loader state segments {segments}: world sizes "
+                         f"are 1 to {MAX_WORLD_SIZE}, batch counts at least 0")
+    return segments
 
 
 def _follows_another(pipeline: Any) -> bool:
