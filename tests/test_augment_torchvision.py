@@ -222,7 +222,10 @@ def test_auto_augment_policies_are_torchvisions() -> None:
 
 def test_the_committed_table_is_torchvisions() -> None:
     """Regenerated here, the table is the committed one (but for entries whose
-    magnitude torch computed differently in the last bit on this CPU)."""
+    magnitude torch computed differently in the last bit on this CPU, and, as the
+    README allows, a shear's or rotation's value one level off where torch's own
+    float kernels round a sample position differently on another CPU: up to 5
+    values of 432 seen)."""
     torchvision_or_skip()
     fresh, committed = make_table(), dict(np.load(TABLE))
     assert fresh.keys() == committed.keys()
@@ -233,7 +236,9 @@ def test_the_committed_table_is_torchvisions() -> None:
         np.testing.assert_array_equal(fresh[key][same], committed[key][same])
     for entry in fresh["interpolated"][same]:
         key, row = f"results_{entry['image']}", entry["row"]
-        np.testing.assert_array_equal(fresh[key][row], committed[key][row])
+        moved = np.abs(fresh[key][row].astype(int) - committed[key][row])
+        assert moved.max() <= 1
+        assert np.count_nonzero(moved) <= moved.size // 50, entry
     for key in fresh:
         if key.startswith("image_"):
             np.testing.assert_array_equal(fresh[key], committed[key])
