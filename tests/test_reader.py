@@ -15,7 +15,7 @@ from conftest import fixture_dir
 
 from fastforward.errors import FormatError
 from fastforward.fields import BytesField, IntField, NDArrayField
-from fastforward.fields.decoders import BytesDecoder
+from fastforward.fields.decoders import BytesDecoder, IntDecoder
 from fastforward.loader import Loader
 from fastforward.reader import Reader
 from fastforward.types import ALLOC_TABLE_TYPE
@@ -539,3 +539,29 @@ def test_shared_tables_of_another_file_are_refused_and_closed(good: Path,
     with pytest.raises(FormatError, match="empty file"):  # the file's own error first
         Reader(empty, tables=(mine, layout))
     assert _closed(mine)
+
+
+def test_an_empty_first_payload_where_ffcv_points_it(tmp_path: Path) -> None:
+    """FFCV 1.0.2 points an empty payload written before any data page exists a
+    page before the data (0 in a small file): FFCV reads such a file, and the
+    reader refused it ('lies outside the data pages')."""
+    path = tmp_path / "empty-first.beton"
+    samples = [(b"", 0), (b"abc", 1), (b"", 2), (b"hello", 3)]
+    DatasetWriter(path, {"b": BytesField(), "x": IntField()}, num_workers=1, progress=False,
+                  checksums=False).from_indexed_dataset(samples)
+    reader = Reader(path)
+    before = reader.data_start - reader.page_size
+    row = np.flatnonzero(reader.alloc_table["sample_id"] == 0)[0]
+    assert reader.alloc_table["size"][row] == 0
+    patch(path, reader.alloc_table_ptr + 24 * int(row) + 8, struct.pack("<Q", before))
+    patch(path, row_offset(reader, 0, 0, "ptr"), struct.pack("<Q", before))
+    reader = Reader(path)
+    assert int(reader.alloc_table["ptr"][row]) == before
+    assert [(bytes(b), int(x)) for b, x in (reader.read(i) for i in range(4))] == samples
+    assert list(reader.verify()) == []
+    with Loader(path, 2, pipelines={"b": [BytesDecoder()], "x": [IntDecoder()]},
+                os_cache=False) as loader:
+        assert [int(x) for _, xs in loader for x in xs.ravel()] == [0, 1, 2, 3]
+    # an allocation with bytes there is still refused
+    patch(path, reader.alloc_table_ptr + 24 * int(row) + 16, struct.pack("<Q", 1))
+    expect_error(path, "allocation of sample 0 at 0 \\(1 bytes\\) lies outside the data pages")

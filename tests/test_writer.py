@@ -303,8 +303,15 @@ def test_field_names_validated(tmp_path: Path, name: str) -> None:
 
 def test_ndarray_dtype_and_shape_checked(tmp_path: Path) -> None:
     field = {"a": NDArrayField(np.float32, (2, 3))}
-    with pytest.raises(EncodeError, match="expected dtype float32, got int32"):
+    with pytest.raises(EncodeError, match=r"expected dtype float32, got int32 \(convert it "
+                                          r"with .astype\('float32'\)"):
         write(tmp_path / "x.beton", field, [np.zeros((2, 3), np.int32)])
+    # a byte order the dtype's name does not say: the hint gives one that converts
+    big = {"a": NDArrayField(np.dtype(">i4"), (2, 3))}
+    with pytest.raises(EncodeError, match=r"expected dtype >i4, got int32 \(convert it with "
+                                          r"\.astype\('>i4'\)"):
+        write(tmp_path / "x.beton", big, [np.zeros((2, 3), np.int32)])
+    write(tmp_path / "x.beton", big, [np.zeros((2, 3), np.int32).astype(">i4")])
     with pytest.raises(EncodeError, match=r"expected shape \(2, 3\) .*, got \(3, 3\)"):
         write(tmp_path / "x.beton", field, [np.zeros((3, 3), np.float32)])
 

@@ -95,8 +95,10 @@ class NDArrayField(Field):
             raise EncodeError(f"expected a NumPy array, got {type(value).__name__}")
         # FFCV reinterprets a same-itemsize dtype silently (its #110): refuse it.
         if value.dtype != self.dtype:
+            # a name where it says the byte order ('int32', native), else '>i4'
+            hint = self.dtype.name if self.dtype.isnative else self.dtype.str
             raise EncodeError(f"expected dtype {self.dtype}, got {value.dtype} (convert it "
-                              f"with .astype({self.dtype.name!r}) if the values fit)")
+                              f"with .astype({hint!r}) if the values fit)")
         # As FFCV: any shape with the declared number of elements, in C order
         # (a value of shape () for shape (1,), (1, 3) for (3,)).
         if value.shape != self.shape:
