@@ -402,9 +402,11 @@ class Reader:
                 self.checksums.footer["alloc_table"]):
             self._damage("the allocation table is damaged (its checksum does not match)")
         table = self.alloc_table
+        # an empty allocation may also lie a page before the data, where FFCV points
+        # one made before its first page
         outside, stranger, in_order = scan_table(
             table["ptr"], table["size"], table["sample_id"], self.data_start, self.data_end,
-            self.num_samples)
+            self.num_samples, max(0, self.data_start - self.page_size))
         if outside >= 0:
             row = table[outside]
             raise self._error(

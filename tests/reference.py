@@ -534,11 +534,13 @@ def locate_payloads(table_ptrs: np.ndarray, table_sizes: np.ndarray, table_owner
 
 
 def scan_table(ptrs: np.ndarray, sizes: np.ndarray, owners: np.ndarray, lo: int, hi: int,
-               num_samples: int) -> tuple[int, int, bool]:
-    """Reference for ``scan_table``: an empty allocation is never outside."""
+               num_samples: int, empty_from: int = -1) -> tuple[int, int, bool]:
+    """Reference for ``scan_table``: an empty allocation may lie in ``[empty_from, hi]``."""
+    empty_lo = lo if empty_from < 0 else empty_from
     ends = [int(p) + int(z) for p, z in zip(ptrs, sizes, strict=True)]
     outside = [i for i, (p, e) in enumerate(zip(ptrs, ends, strict=True))
-               if int(sizes[i]) and (int(p) < lo or e > hi or e >= 1 << 64)]
+               if (not empty_lo <= int(p) <= hi if int(sizes[i]) == 0
+                   else int(p) < lo or e > hi or e >= 1 << 64)]
     stranger = [i for i, o in enumerate(owners) if int(o) >= num_samples]
     in_order = all(int(a) <= int(b) for a, b in itertools.pairwise(ptrs))
     return (outside[0] if outside else -1), (stranger[0] if stranger else -1), in_order

@@ -217,6 +217,15 @@ def test_resume_mid_epoch_exactly(photo_file: Path, stop_after: int, workers: in
     assert resumed.next_epoch == 2
 
 
+def test_the_last_batch_handed_out_ends_the_epoch(photo_file: Path) -> None:
+    loader = augmented(photo_file, 2)
+    iterator = iter(loader)
+    for _ in range(len(iterator)):
+        next(iterator)
+    assert (loader.state_dict()["epoch"], loader.state_dict()["segments"]) == (1, [])
+    loader.close()
+
+
 def test_state_between_epochs(photo_file: Path) -> None:
     loader = augmented(photo_file, 2)
     for _ in loader:
@@ -271,7 +280,7 @@ def test_a_checkpoint_saved_after_a_break_resumes_where_the_loop_stopped(
     was skipped on resume), while an iterator kept and closed said mid-epoch:
     one situation, two answers, decided by the garbage collector."""
     full = batches(augmented(photo_file, 2))
-    for leave in ("break", "close", "kept"):
+    for leave in ("break", "close", "kept", "close, then next()"):
         loader = augmented(photo_file, 2)
         iterator = iter(loader)
         for _ in range(3):
@@ -281,6 +290,10 @@ def test_a_checkpoint_saved_after_a_break_resumes_where_the_loop_stopped(
             gc.collect()
         elif leave == "close":
             iterator.close()
+        elif leave == "close, then next()":  # a signal handler closes, the loop asks again
+            iterator.close()
+            with pytest.raises(StopIteration):
+                next(iterator)
         state = loader.state_dict()
         assert (state["epoch"], state["segments"]) == (0, [[1, 3]]), leave
         resumed = augmented(photo_file, 2)

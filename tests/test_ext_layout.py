@@ -147,6 +147,8 @@ def test_scan_table_matches_reference(seed: int) -> None:
     table["ptr"], table["size"], table["sample_id"] = ptrs, sizes, owners
     got = scan_table(table["ptr"], table["size"], table["sample_id"], 50, 1050, 10)
     assert got == reference.scan_table(ptrs, sizes, owners, 50, 1050, 10)
+    got = scan_table(table["ptr"], table["size"], table["sample_id"], 50, 1050, 10, 20)
+    assert got == reference.scan_table(ptrs, sizes, owners, 50, 1050, 10, 20)
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -562,6 +562,12 @@ def test_an_empty_first_payload_where_ffcv_points_it(tmp_path: Path) -> None:
     with Loader(path, 2, pipelines={"b": [BytesDecoder()], "x": [IntDecoder()]},
                 os_cache=False) as loader:
         assert [int(x) for _, xs in loader for x in xs.ravel()] == [0, 1, 2, 3]
-    # an allocation with bytes there is still refused
+    # an allocation with bytes there is still refused, and an empty one elsewhere
     patch(path, reader.alloc_table_ptr + 24 * int(row) + 16, struct.pack("<Q", 1))
-    expect_error(path, "allocation of sample 0 at 0 \\(1 bytes\\) lies outside the data pages")
+    expect_error(path, f"allocation of sample 0 at {before} \\(1 bytes\\) lies outside")
+    patch(path, reader.alloc_table_ptr + 24 * int(row) + 16, struct.pack("<Q", 0))
+    for far in (before - 1, reader.data_end + 1, 2**40, 2**64 - 1):
+        if far < 0:
+            continue
+        patch(path, reader.alloc_table_ptr + 24 * int(row) + 8, struct.pack("<Q", far))
+        expect_error(path, f"allocation of sample 0 at {far} \\(0 bytes\\) lies outside")

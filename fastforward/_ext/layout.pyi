@@ -14,8 +14,9 @@ def locate_payloads(table_ptrs: BufferLike, table_sizes: BufferLike, table_owner
     """Locate and check one field's payloads; returns ``(flagged, searched)``."""
 
 def scan_table(ptrs: BufferLike, sizes: BufferLike, owners: BufferLike, lo: int, hi: int,
-               num_samples: int) -> tuple[int, int, bool]:
-    """``(outside, stranger, in_order)`` of the allocation table's rows as stored."""
+               num_samples: int, empty_from: int = -1) -> tuple[int, int, bool]:
+    """``(outside, stranger, in_order)`` of the allocation table's rows as stored
+    (an empty one may also lie in ``[empty_from, lo)`` and at *hi*)."""
 
 def find_overlaps(ptrs: BufferLike, sizes: BufferLike) -> tuple[int, int, int]:
     """``(count, a, b)``: allocations (sorted by offset) overlapping an earlier one."""

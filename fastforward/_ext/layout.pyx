@@ -127,28 +127,34 @@ def locate_payloads(const uint64_t[::1] table_ptrs not None,
 
 def scan_table(const uint64_t[:] ptrs not None, const uint64_t[:] sizes not None,
                const uint64_t[:] owners not None, uint64_t lo, uint64_t hi,
-               uint64_t num_samples):
+               uint64_t num_samples, int64_t empty_from=-1):
     """Check the allocation table's rows as stored, in one pass.
 
     Returns:
         ``(outside, stranger, in_order)``: the first row with bytes not all
-        within ``[lo, hi)`` (-1: none), the first row naming a sample at or past
+        within ``[lo, hi)``, or empty and not within ``[empty_from, hi]``
+        (*empty_from* -1: *lo*) (-1: none), the first row naming a sample at or past
         *num_samples* (-1: none), and whether the rows are sorted by offset.
     """
     cdef Py_ssize_t i, m = ptrs.shape[0]
     cdef Py_ssize_t outside = -1, stranger = -1
-    cdef bint in_order = True
+    cdef bint in_order = True, bad
     cdef uint64_t ptr, end
+    cdef uint64_t empty_lo = lo if empty_from < 0 else <uint64_t>empty_from
     if not sizes.shape[0] == owners.shape[0] == m:
         raise ValueError("scan_table: columns of different lengths")
     with nogil:
         for i in range(m):
             ptr = ptrs[i]
             end = ptr + sizes[i]
-            # an empty allocation has no bytes to lie anywhere: FFCV points its first
-            # one, where no page exists yet, a page before the data (0 in a small file)
-            if outside < 0 and sizes[i] != 0 and (ptr < lo or end > hi or end < ptr):
-                outside = i
+            if outside < 0:
+                if sizes[i] == 0:  # no bytes, but FFCV points its first empty one, where
+                    # no page exists yet, a page before the data (0 in a small file)
+                    bad = ptr < empty_lo or ptr > hi
+                else:
+                    bad = ptr < lo or end > hi or end < ptr
+                if bad:
+                    outside = i
             if stranger < 0 and owners[i] >= num_samples:
                 stranger = i
             if i and ptr < ptrs[i - 1]:

@@ -576,9 +576,9 @@ class Loader:
 
         Mid-epoch, it counts the batches the last epoch started has handed out,
         in the loop or after it was left early (a ``break``, ``close()``): a
-        checkpoint saved after leaving the loop resumes where it stopped. After
-        an epoch's last batch, or once ``next_epoch`` is set, it is the next
-        epoch's start. ``load_state_dict`` on a fresh loader (same file, batch
+        checkpoint saved after leaving the loop resumes where it stopped. Once
+        an epoch's last batch is handed out, or ``next_epoch`` is set, it is the
+        next epoch's start. ``load_state_dict`` on a fresh loader (same file, batch
         size and indices; any ``num_workers``, any world size) continues with
         exactly the batches that would have come next. (This loader's own next
         ``iter()`` starts the next epoch, as FFCV's does.)
@@ -819,11 +819,11 @@ class EpochPosition:
 
     __slots__ = ("delivered", "epoch", "finished", "segments")
 
-    def __init__(self, epoch: int, segments: list[list[int]]) -> None:
+    def __init__(self, epoch: int, segments: list[list[int]], length: int) -> None:
         self.epoch = epoch
         self.segments = segments  # how this epoch was resumed, if it was
         self.delivered = 0  # batches handed out
-        self.finished = False  # its last batch was handed out
+        self.finished = length == 0  # its last batch was handed out
 
 
 class EpochIterator(Iterator[tuple[Any, ...]]):
@@ -837,7 +837,7 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
         self._loader = loader
         self._engine = engine
         self._length = length
-        self.position = EpochPosition(epoch, list(segments or []))
+        self.position = EpochPosition(epoch, list(segments or []), length)
         self._pid = os.getpid()  # whose threads run the epoch
         self._finalizer = weakref.finalize(self, _end_epoch, engine, owner)
 
@@ -855,12 +855,11 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
             raise RuntimeError(
                 f"this epoch runs in process {self._pid}, and this is its forked child "
                 f"{os.getpid()}: its batches are the parent's; create a new Loader here")
-        try:
-            batch = self._engine.next_batch()
-        except StopIteration:
-            self.position.finished = True
-            raise
-        self.position.delivered += 1
+        batch = self._engine.next_batch()  # StopIteration at the end, or once closed:
+        # only the last batch handed out ends the epoch (a close() leaves it where it was)
+        position = self.position
+        position.delivered += 1
+        position.finished = position.delivered >= self._length
         if isinstance(batch, PendingBatch):
             batch = batch.hand_over()
         if isinstance(batch, DeviceBatch):
