@@ -303,6 +303,9 @@ def test_a_checkpoint_saved_after_a_break_resumes_where_the_loop_stopped(
         for got, want in zip(rest, full[3:], strict=True):
             np.testing.assert_array_equal(got[1], want[1])
             np.testing.assert_array_equal(got[0], want[0])
+        # an epoch cut short on purpose is checkpointed as done by setting next_epoch
+        loader.next_epoch = loader.next_epoch
+        assert (loader.state_dict()["epoch"], loader.state_dict()["segments"]) == (1, [])
         # the loader's own next iter() starts the next epoch, as FFCV's
         assert iter(loader).position.epoch == 1
         assert loader.state_dict()["epoch"] == 1
