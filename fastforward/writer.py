@@ -184,7 +184,6 @@ class _Encoder:
         # the fields that others follow are encoded first (their sizes are recorded)
         followers = [field.follows is not None for field in self.fields]
         self.order = sorted(range(len(self.fields)), key=followers.__getitem__)
-        self.follows = any(followers)
         self.leaders = {self.names.index(field.follows) for field in self.fields
                         if field.follows is not None}
 
@@ -198,7 +197,7 @@ class _Encoder:
         (FFCV encodes in the same order).
         """
         # where fields follow images, the images record their sizes here
-        token = SAMPLE_SIZES.set(SampleSizes(self.names) if self.follows else None)
+        token = SAMPLE_SIZES.set(SampleSizes(self.names) if self.leaders else None)
         try:
             return self._encode(samples, describe)
         finally:

@@ -297,7 +297,8 @@ class RGBImageField(Field):
 
     def _prepare(self, image: Any) -> np.ndarray:
         """The pixels to store: converted to RGB and shrunk to the size limits."""
-        source = None  # the (height, width) given, where the pixels may come smaller
+        # the (height, width) given (the pixels may come smaller), and to store
+        source = target = None
         span = None  # what the pixels of a JPEG decoded at a reduced scale stand for
         if isinstance(image, (bytes, bytearray, memoryview)):
             data = bytes(image)
@@ -320,9 +321,10 @@ class RGBImageField(Field):
                 if span is None:  # which scale is not known from the sizes: decode it whole
                     image = decode_image_file(data)
         image = to_rgb_array(image)
-        if source is None:
+        if source is None or target is None:
             source = image.shape[:2]
-        target = target_size(source[0], source[1], self.max_resolution, self.min_resolution)
+            target = target_size(source[0], source[1], self.max_resolution,
+                                 self.min_resolution)
         if max(target) > MAX_SIDE:
             raise EncodeError(
                 f"image of {target[0]}×{target[1]} exceeds the format's {MAX_SIDE} px limit; "
