@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from .._ext.planes import decode_resize_range, read_sizes
-from .._ext.resize import crop_resize_into
 from ..errors import DecodeError, EncodeError
 from ..pipeline import geometry
 from ..pipeline.allocation_query import AllocationQuery
@@ -53,6 +52,7 @@ from .rgb_image import (
     MAX_SIDE,
     CenterCropRGBImageDecoder,
     RandomResizedCropRGBImageDecoder,
+    resize_area,
     target_size,
 )
 from .tagged import TaggedField
@@ -76,15 +76,6 @@ def to_channels_array(value: Any, channels: int, dtype: np.dtype) -> np.ndarray:
     if min(value.shape[:2]) < 1:
         raise EncodeError(f"empty image of shape {value.shape}")
     return fit_integers(value, dtype, "values")
-
-
-def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """An ``H × W × C`` image resized by area averaging (OpenCV's INTER_AREA)."""
-    if image.shape[:2] == (height, width):
-        return image
-    out = np.empty((height, width, image.shape[2]), image.dtype)
-    crop_resize_into(image, 0, 0, image.shape[0], image.shape[1], out)
-    return out
 
 
 class MultiChannelImageField(TaggedField):

@@ -363,8 +363,7 @@ class RaggedDecoder(Decoder):
                              f"got {box_format!r}")
         if not 0.0 <= min_visibility <= 1.0:
             raise ValueError(f"min_visibility must be in [0, 1], got {min_visibility}")
-        points = (points,) if isinstance(points, str) else tuple(points)
-        moved = [c for c in (boxes, keypoints, *points) if c is not None]
+        moved = coordinate_columns(boxes, keypoints, points)
         if follows is not None and not moved:
             raise ValueError("RaggedDecoder(follows=...) needs the columns to move: boxes=, "
                              "keypoints= or points=")
@@ -373,7 +372,8 @@ class RaggedDecoder(Decoder):
                              "with follows=")
         self.as_list = bool(as_list)
         self.follows = follows
-        self.boxes, self.keypoints, self.points = boxes, keypoints, points
+        self.boxes, self.keypoints = boxes, keypoints
+        self.points = tuple(name for role, name in moved if role == "points")
         self.box_format = box_format
         self.normalized = bool(normalized)
         self.min_visibility = float(min_visibility)

@@ -203,17 +203,17 @@ def source_scale(height: int, width: int, stored_height: int, stored_width: int)
 
 def resize_area(image: np.ndarray, height: int, width: int,
                 span: tuple[float, float] | None = None) -> np.ndarray:
-    """Resize an H×W×3 uint8 image by area averaging (OpenCV's INTER_AREA).
-    *span*: the (height, width) its pixels stand for, where its last row and
-    column stand for part of one (``dct_span``)."""
-    if span is not None:
-        out = np.empty((height, width, 3), np.uint8)
-        resize_span_into(image, span[0], span[1], out)
-        return out
-    if image.shape[:2] == (height, width):
+    """Resize an H×W×C image (uint8 or uint16, 1 to 16 channels) by area
+    averaging (OpenCV's INTER_AREA). *span* (uint8 only): the (height, width)
+    its pixels stand for, where its last row and column stand for part of one
+    (``dct_span``)."""
+    if span is None and image.shape[:2] == (height, width):
         return image
-    out = np.empty((height, width, 3), np.uint8)
-    crop_resize_into(image, 0, 0, image.shape[0], image.shape[1], out)
+    out = np.empty((height, width, image.shape[2]), image.dtype)
+    if span is not None:
+        resize_span_into(image, span[0], span[1], out)
+    else:
+        crop_resize_into(image, 0, 0, image.shape[0], image.shape[1], out)
     return out
 
 
