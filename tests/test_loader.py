@@ -722,6 +722,36 @@ def test_bytes_batch_is_ffcvs_array_with_lengths(tmp_path: Path) -> None:
         batch.T.samples()
 
 
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_a_field_of_empty_samples_gives_ffcvs_zero_columns(tmp_path: Path,
+                                                           worker_type: str) -> None:
+    """Every sample empty: FFCV's ``(B, 0)``, as a tensor too (it was ``(B, 1)``)."""
+    torch = pytest.importorskip("torch")
+    from fastforward.transforms import ToTensor
+
+    path = tmp_path / "b.beton"
+    DatasetWriter(path, {"blob": BytesField(), "label": IntField()}, num_workers=1,
+                  progress=False).from_indexed_dataset(
+        [(np.zeros(0, np.uint8), i) for i in range(6)])
+    loader = Loader(path, 4, drop_last=False, num_workers=2, worker_type=worker_type,
+                    pipelines={"blob": [BytesDecoder()], "label": [IntDecoder()]})
+    shapes, labels = [], []
+    for batch, label in loader:
+        assert isinstance(batch, BytesBatch)
+        shapes.append(batch.shape)
+        assert batch.lengths.tolist() == [0] * len(batch)
+        assert [s.size for s in batch.samples()] == [0] * len(batch)
+        labels += label.ravel().tolist()
+    loader.close()
+    assert shapes == [(4, 0), (2, 0)]
+    assert labels == list(range(6))
+    as_tensors = Loader(path, 3, worker_type=worker_type,
+                        pipelines={"blob": [BytesDecoder(), ToTensor()], "label": None})
+    assert [tuple(t.shape) for (t,) in as_tensors] == [(3, 0), (3, 0)]
+    assert all(t.dtype == torch.uint8 for (t,) in as_tensors)
+    as_tensors.close()
+
+
 def test_bytes_batch_holds_its_slot(tmp_path: Path) -> None:
     path = tmp_path / "b.beton"
     blobs = [np.full(i % 7 + 1, i, np.uint8) for i in range(40)]

@@ -145,7 +145,7 @@ class BytesDecoder(Decoder):
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, tuple[AllocationQuery, AllocationQuery]]:
         sizes = self.metadata["size"]
-        width = max(int(sizes.max()) if sizes.size else 0, 1)
+        width = int(sizes.max()) if sizes.size else 0
         state = State(jit_mode=True, shape=(width,), dtype=np.dtype("u1"))
         return state, (AllocationQuery((width,), np.dtype("u1")),
                        AllocationQuery((), np.dtype("<i8")))
