@@ -149,6 +149,13 @@ def test_unknown_output_needs_pipeline_spec(scalars: Path) -> None:
         Loader(scalars, 4, pipelines={"nope": [IntDecoder()]})
 
 
+@pytest.mark.parametrize("pipelines", [..., [[IntDecoder()]], "index"])
+def test_pipelines_that_are_no_mapping_are_refused(scalars: Path, pipelines: object) -> None:
+    with pytest.raises(TypeError, match=r"pipelines maps each output's name to its "
+                                        rf"operations .*got a {type(pipelines).__name__}$"):
+        Loader(scalars, 4, pipelines=pipelines)  # type: ignore[arg-type]
+
+
 def test_pipeline_spec_makes_two_outputs_from_one_field(photos_file: Path) -> None:
     loader = Loader(photos_file, 6, pipelines={
         "image": [CenterCropRGBImageDecoder((32, 32), 1.0)],

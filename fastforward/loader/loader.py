@@ -235,6 +235,10 @@ class Loader:
         self._owned.memory_manager = self.memory_manager = manager(self.reader,
                                                                    self.verify_checksums)
         self._wrappers: dict[int, tuple[Any, Operation]] = {}  # id(user's object) -> its wrapper
+        if pipelines is not None and not isinstance(pipelines, Mapping):
+            raise TypeError("pipelines maps each output's name to its operations "
+                            "({'image': [...], 'label': [...]}), got a "
+                            f"{type(pipelines).__name__}")
         self._specs = self._normalise(dict(pipelines or {}))
         self._compile()  # checks every pipeline now, not at the first batch
         cuda = self._cuda_pipelines()
