@@ -25,8 +25,8 @@ operation) is caught where it happens, carried as a value, and raised by the
 consumer's ``next()`` after every batch before it, its message naming the file,
 the sample and the field. ``StopIteration`` is wrapped in a ``RuntimeError``
 (PEP 479's rule): raised from ``next()``, it would end the user's loop as if
-the epoch were over. Nothing polls: hand-over, cancellation and the
-scheduler's end are events.
+the epoch were over; so is ``SystemExit``, which would end the user's program.
+Nothing polls: hand-over, cancellation and the scheduler's end are events.
 """
 
 from __future__ import annotations
@@ -572,21 +572,29 @@ class _Failure:
     exception: BaseException
 
     def consumer_exception(self) -> BaseException:
-        """What ``next()`` raises: the exception itself, but StopIteration, which
-        would silently end the consumer's ``for`` loop (PEP 479's reasoning)."""
+        """What ``next()`` raises: the exception itself, but two, raised as a
+        ``RuntimeError`` that says what happened, caused by them: StopIteration,
+        which would silently end the consumer's ``for`` loop (PEP 479's
+        reasoning), and SystemExit (``sys.exit()`` in an operation, argparse in
+        a helper), which would end the user's program with its status and no
+        word (the writer does the same with its workers' ``SystemExit``)."""
         exc = self.exception
         if isinstance(exc, StopIteration):
-            wrapped = RuntimeError(f"an operation raised StopIteration: {exc}".rstrip(": "))
-            wrapped.__cause__ = exc
-            for note in getattr(exc, "__notes__", ()):
-                # where it was raised (file, batch, sample, field, operation) is a note of
-                # a bare StopIteration (``errors.annotate``): the message says it here
-                if "\n" in note:
-                    wrapped.add_note(note)
-                else:
-                    annotate(wrapped, note)
-            return wrapped
-        return exc
+            what = f"an operation raised StopIteration: {exc}".rstrip(": ")
+        elif isinstance(exc, SystemExit):
+            what = f"an operation called sys.exit({exc.code!r})"
+        else:
+            return exc
+        wrapped = RuntimeError(what)
+        wrapped.__cause__ = exc
+        for note in getattr(exc, "__notes__", ()):
+            # where it was raised (file, batch, sample, field, operation) is a note of
+            # such an exception (``errors.annotate``): the message says it here
+            if "\n" in note:
+                wrapped.add_note(note)
+            else:
+                annotate(wrapped, note)
+        return wrapped
 
 
 class _Delivered(Exception):

@@ -149,6 +149,36 @@ def test_unknown_output_needs_pipeline_spec(scalars: Path) -> None:
         Loader(scalars, 4, pipelines={"nope": [IntDecoder()]})
 
 
+class KeepsRows(Operation):
+    """A batch operation that returns *rows* rows (None: a 0-d array), whatever it is given."""
+
+    def __init__(self, rows: int | None, sample_independent: bool) -> None:
+        super().__init__()
+        self.rows = rows
+        self.sample_independent = sample_independent
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        return previous_state, AllocationQuery(previous_state.shape, previous_state.dtype)
+
+    def apply(self, values: np.ndarray, destination: np.ndarray, context: object) -> np.ndarray:
+        return values[0, 0] if self.rows is None else np.repeat(values[:1], self.rows, axis=0)
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+@pytest.mark.parametrize("sample_independent", [False, True], ids=["batch", "range"])
+@pytest.mark.parametrize("rows", [1, 20, None])
+def test_an_operation_that_changes_the_number_of_rows_is_refused(
+        scalars: Path, worker_type: str, sample_independent: bool, rows: int | None) -> None:
+    """Returned as they were, 1 image would have come with 10 labels, silently."""
+    loader = Loader(scalars, 10, num_workers=2, worker_type=worker_type, pipelines={
+        "index": [IntDecoder(), KeepsRows(rows, sample_independent)], "value": None})
+    got = "a 0-d array" if rows is None else f"{rows} rows? \\(shape \\({rows}, 1\\)\\)"
+    with loader, pytest.raises(ValueError, match=rf"batch 0 .*pipeline 'index', KeepsRows "
+                                                 rf"returned {got} for \d+ samples: an "
+                                                 "operation returns one row per sample"):
+        next(iter(loader))
+
+
 @pytest.mark.parametrize("pipelines", [..., [[IntDecoder()]], "index"])
 def test_pipelines_that_are_no_mapping_are_refused(scalars: Path, pipelines: object) -> None:
     with pytest.raises(TypeError, match=r"pipelines maps each output's name to its "

@@ -526,6 +526,36 @@ def test_a_worker_that_cannot_start_says_why(tmp_path: Path, photos_file: Path) 
     assert 'if __name__ == "__main__":' in result.stderr
 
 
+def test_an_operation_defined_under_the_main_guard_is_named_as_the_cause(
+        tmp_path: Path, photos_file: Path) -> None:
+    """Its class does not exist where the workers import the main module: the error
+    says so (it was a bare AttributeError, the explanation in a note at its end)."""
+    result = run_script(tmp_path, "guarded.py", f"""
+        from test_workers import train_loader
+        from pathlib import Path
+        from fastforward.errors import WorkerError
+        from fastforward.pipeline import Operation
+        if __name__ == "__main__":
+            class Local(Operation):
+                per_sample = True
+
+                def apply_sample(self, sample, destination, context, position):
+                    return sample
+
+            with train_loader(Path({str(photos_file)!r}), 2, "process",
+                              extra=[Local()]) as loader:
+                try:
+                    next(iter(loader))
+                except WorkerError as exc:
+                    print("raised:", exc)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "could not rebuild the loader's pipelines (AttributeError: Can't get " \
+           "attribute 'Local'" in result.stdout
+    assert 'defined inside `if __name__ == "__main__":`' in result.stdout
+    assert "pass worker_type='thread'" in result.stdout
+
+
 def test_a_script_read_from_standard_input_is_told_to_run_from_a_file(
         tmp_path: Path, photos_file: Path) -> None:
     """``python - < script.py``: the workers cannot import a main module that has no
@@ -578,6 +608,38 @@ def test_a_worker_that_cannot_be_handed_the_file_says_so(
     with train_loader(photos_file, 2, "process") as loader, pytest.raises(
             WorkerError, match=r"failed to start .*could not hand it the file: .*no room"):
         next(iter(loader))
+
+
+def test_a_worker_killed_while_it_starts_is_started_again_next_epoch(
+        photos_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OOM killer can take a worker as it imports and opens the file: a
+    WorkerError saying so, and the next epoch starts it again (the pool was closed
+    for good, and the error blamed a missing __main__ guard)."""
+    from fastforward.loader import workers
+
+    handed = workers.send_handle
+    killed: list[int] = []
+
+    def killed_first(conn: Any, handle: int, pid: int) -> None:
+        if not killed:
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.005)
+        handed(conn, handle, pid)
+
+    monkeypatch.setattr(workers, "send_handle", killed_first)
+    with train_loader(photos_file, 2, "process") as loader:
+        with pytest.raises(WorkerError, match=r"worker process 0 \(pid \d+\) was killed by "
+                                              r"signal 9 \(SIGKILL\): out of memory, or "
+                                              r"killed while it started; the next epoch "
+                                              r"starts it again$"):
+            next(iter(loader))
+        assert len(killed) == 1
+        batches = [labels.tolist() for _, labels in loader]  # started again
+    with train_loader(photos_file, 1, "thread") as reference:
+        assert batches == [labels.tolist() for _, labels in reference]
 
 
 KILL_SCRIPT = """
@@ -660,13 +722,17 @@ def test_any_exception_reaches_next_after_the_batches_before_it(
                               extra=[RaiseAt(int(order[27]), error)])
         expected_batches = 3
     got: list = []
-    expected = RuntimeError if isinstance(error, StopIteration) else type(error)
+    wrapped = isinstance(error, (StopIteration, SystemExit))  # they would end the loop, or
+    expected = RuntimeError if wrapped else type(error)      # the program, without a word
     with loader, pytest.raises(expected) as info:
         got.extend(loader)
     assert len(got) == expected_batches
     if isinstance(error, StopIteration):
         assert isinstance(info.value.__cause__, StopIteration)
         assert "StopIteration" in str(info.value)
+    if isinstance(error, SystemExit):
+        assert isinstance(info.value.__cause__, SystemExit)
+        assert str(info.value).endswith(": an operation called sys.exit(3)")  # located
     assert not [t for t in _threads() if t.startswith("fastforward")]
 
 
@@ -676,20 +742,24 @@ def test_any_exception_reaches_next_after_the_batches_before_it(
 def test_any_exception_in_a_worker_process_reaches_next(photos_file: Path,
                                                         error: BaseException) -> None:
     order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
-    expected = RuntimeError if isinstance(error, StopIteration) else type(error)
+    wrapped = isinstance(error, (StopIteration, SystemExit))
+    expected = RuntimeError if wrapped else type(error)
     got: list = []
     with train_loader(photos_file, 2, "process",
                       extra=[RaiseAt(int(order[27]), error)]) as loader, \
             pytest.raises(expected) as info:
         got.extend(loader)
     assert len(got) == 3
-    raised = info.value.__cause__ if isinstance(error, StopIteration) else info.value
+    raised = info.value.__cause__ if wrapped else info.value
     told = "\n".join([str(info.value), *getattr(raised, "__notes__", ()),
                       *getattr(info.value, "__notes__", ())])
     assert f"sample {int(order[27])}" in told  # located, whatever it is
     assert "RaiseAt" in told
-    if isinstance(error, SystemExit):
-        assert info.value.code == 4
+    if isinstance(error, SystemExit):  # sys.exit(4) in a worker: the program goes on
+        assert isinstance(raised, SystemExit)
+        assert raised.code == 4
+        assert str(info.value).endswith("RaiseAt: sample "
+                                        f"{int(order[27])}: an operation called sys.exit(4)")
 
 
 def _threads() -> list[str]:

@@ -102,12 +102,25 @@ def batch_view(buffer: Any, n: int, as_torch: bool, query: Any, lo: int = 0) -> 
 
 def apply_step(plan: Plan, pipeline: PipelinePlan, step: Step, value: Any, buffer: Any,
                context: BatchContext, job: BatchJob) -> Any:
-    """``step.op.apply``, its error naming the file, the batch, the pipeline and the op."""
+    """``step.op.apply``, its error naming the file, the batch, the pipeline and the op.
+
+    An array or tensor it returns must hold a row per sample it was given: a
+    batch whose fields hold different numbers of samples would pair the wrong
+    ones, without a word."""
     try:
-        return step.op.apply(value, buffer, context)
+        result = step.op.apply(value, buffer, context)
     except BaseException as exc:  # SystemExit and the like too: they reach next() as well
         raise annotate(exc, f"{job.where(plan.fname)}, pipeline {pipeline.name!r}, "
                             f"{type(step.op).__name__}") from None
+    shape = getattr(result, "shape", None)
+    count = len(context.indices)
+    if isinstance(shape, tuple) and (not shape or shape[0] != count):
+        got = ("a 0-d array" if not shape else
+               f"{shape[0]} row{'' if shape[0] == 1 else 's'} (shape {tuple(shape)})")
+        raise ValueError(f"{job.where(plan.fname)}, pipeline {pipeline.name!r}, "
+                         f"{type(step.op).__name__} returned {got} for {count} samples: an "
+                         "operation returns one row per sample it is given")
+    return result
 
 
 def run_stage1(plan: Plan, job: BatchJob, data: Any, buffers: Any, lo: int, hi: int,

@@ -427,6 +427,16 @@ class ProcessWorkers:
                 raise _unpacked(*message[2:])
         worker.process.join(5)
         worker.dead = True
+        code = worker.process.exitcode
+        if worker.why is None and code is not None and code < 0:
+            # killed while it started (the OOM killer, a user's kill): not the plan's
+            # or the script's fault, so the pool stays open and the next epoch
+            # starts it again
+            how = ("signal 9 (SIGKILL): out of memory, or killed" if code == -signal.SIGKILL
+                   else f"signal {-code} ({_signal_name(-code)})")
+            raise WorkerError(f"{self.config[0]}: worker process {worker.index} (pid "
+                              f"{worker.process.pid}) was killed by {how} while it started; "
+                              "the next epoch starts it again")
         self.close()
         if worker.why is not None:
             raise WorkerError(f"{self.config[0]}: worker process {worker.index} failed to "
@@ -1279,10 +1289,20 @@ def _serve(conn: Connection, message: tuple[Any, ...], reader: Reader, manager: 
             plan = pickle.loads(blob)
             bind_plan(plan, reader)
         except BaseException as exc:  # reported with each range that needs it
-            exc = portable(exc, where)
-            exc.add_note(f"{fname}: the loader's pipelines could not be rebuilt in "
-                         f"{where} (an operation that pickles there but does not unpickle "
-                         "in a fresh process?)")
+            if isinstance(exc, AttributeError) and "__mp_main__" in str(exc):
+                # pickled by name from the main module, which the worker imported
+                # without running its `if __name__ == "__main__":` block
+                exc = WorkerError(
+                    f"{fname}: {where} could not rebuild the loader's pipelines "
+                    f"({exception_text(exc)}): a class or function defined inside `if "
+                    "__name__ == \"__main__\":` (or in `python -c`) does not exist where "
+                    "the workers import your main module; define it at your script's "
+                    "top level or in a module, or pass worker_type='thread'")
+            else:
+                exc = portable(exc, where)
+                exc.add_note(f"{fname}: the loader's pipelines could not be rebuilt in "
+                             f"{where} (an operation that pickles there but does not "
+                             "unpickle in a fresh process?)")
             plan = _BrokenPlan(_packed(exc))  # type: ignore[assignment]
         plans[plan_id] = plan
         torch = sys.modules.get("torch")
