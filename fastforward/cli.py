@@ -504,7 +504,10 @@ def field_info(reader: Reader, index: int) -> dict[str, Any]:
     name = reader.field_names[index]
     handler = reader.handlers[name]
     type_id = int(reader.field_descriptors[index]["type_id"])
-    info: dict[str, Any] = {"name": name, "class": type(handler).__name__, "type_id": type_id}
+    # a custom field by the class it was given (its from_binary may build a base class)
+    given = reader.custom_handlers.get(name)
+    info: dict[str, Any] = {"name": name, "type_id": type_id,
+                            "class": (given or type(handler)).__name__}
     if type_id == TorchTensorField.TYPE_ID and type(handler) is NDArrayField:
         info.update({"class": TorchTensorField.__name__, "read_as": NDArrayField.__name__})
     if isinstance(handler, NDArrayField):

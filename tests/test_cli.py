@@ -806,6 +806,10 @@ class CodeField(NDArrayField):
         return CodeField()
 
 
+class PlainCode(NDArrayField):
+    """Its from_binary is NDArrayField's: the reader builds an NDArrayField."""
+
+
 NOT_A_FIELD = 3
 '''
 
@@ -843,6 +847,9 @@ def test_custom_fields_on_the_command_line(custom_file: Path, tmp_path: Path,
     fields = json.loads(capsys.readouterr().out)["fields"]
     assert [(f["name"], f["class"], f["type_id"]) for f in fields] == [
         ("image", "RGBImageField", 2), ("code", "CodeField", 255)]
+    assert main(["info", str(custom_file), "--custom-field",
+                 "code=ff_custom_field_module:PlainCode"]) == 0
+    assert "  code: PlainCode (dtype uint8, shape (4,))" in capsys.readouterr().out
     assert main(["verify", "--decode", "--no-progress", str(custom_file), *given]) == 0
     assert "OK, 8 samples checked and decoded" in capsys.readouterr().out
     assert main(["bench", str(custom_file), "--workers", "1", "--batch-size", "2",
