@@ -432,11 +432,9 @@ class ProcessWorkers:
             # killed while it started (the OOM killer, a user's kill): not the plan's
             # or the script's fault, so the pool stays open and the next epoch
             # starts it again
-            how = ("signal 9 (SIGKILL): out of memory, or killed" if code == -signal.SIGKILL
-                   else f"signal {-code} ({_signal_name(-code)})")
             raise WorkerError(f"{self.config[0]}: worker process {worker.index} (pid "
-                              f"{worker.process.pid}) was killed by {how} while it started; "
-                              "the next epoch starts it again")
+                              f"{worker.process.pid}) was {_killed_by(-code)} while it "
+                              "started; the next epoch starts it again")
         self.close()
         if worker.why is not None:
             raise WorkerError(f"{self.config[0]}: worker process {worker.index} failed to "
@@ -856,13 +854,8 @@ class ProcessWorkers:
             how = worker.why
         elif code is None:
             how = "its socket closed"
-        elif code == -signal.SIGKILL:
-            how = "killed by signal 9 (SIGKILL): out of memory, or killed"
         elif code < 0:
-            how = f"killed by signal {-code} ({_signal_name(-code)})"
-            if -code in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
-                         signal.SIGABRT):
-                how += ": a crash in native code"
+            how = _killed_by(-code)
         else:
             how = f"exit code {code}: an operation ended the process (os._exit?)"
         return WorkerError(f"{self.config[0]}: worker process {worker.index} (pid "
@@ -1131,6 +1124,16 @@ def _unpacked(blob: bytes, text: str) -> BaseException:
     except BaseException as exc:  # whatever rebuilding it raises
         return FastForwardError(f"{text}\n(a worker process raised this, and it could not be "
                                 f"rebuilt in the loader's process: {exception_text(exc)})")
+
+
+def _killed_by(number: int) -> str:
+    """How a worker that signal *number* ended died, for messages."""
+    if number == signal.SIGKILL:
+        return "killed by signal 9 (SIGKILL): out of memory, or killed"
+    how = f"killed by signal {number} ({_signal_name(number)})"
+    if number in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT):
+        how += ": a crash in native code"
+    return how
 
 
 def _signal_name(number: int) -> str:
