@@ -181,9 +181,10 @@ class _Encoder:
         self.page_size = page_size
         self.seed = seed
         self.skip_errors = skip_errors
-        # the fields that others follow are encoded first (their sizes are recorded)
-        followers = [field.follows is not None for field in self.fields]
-        self.order = sorted(range(len(self.fields)), key=followers.__getitem__)
+        # the fields that others follow are encoded first (their sizes are recorded),
+        # a mask that follows an image before the boxes that follow the mask
+        depths = _follow_depths(dict(zip(self.names, self.fields, strict=True)))
+        self.order = sorted(range(len(self.fields)), key=lambda i: depths[self.names[i]])
         self.leaders = {self.names.index(field.follows) for field in self.fields
                         if field.follows is not None}
 
@@ -1241,8 +1242,26 @@ def _check_leader(name: str, leader: str | None, fields: Mapping[str, Field]) ->
                          f"the dataset (fields: {others})")
     if not fields[leader].RECORDS_SIZE:
         raise TypeError(f"field {name!r} follows {leader!r} ({type(fields[leader]).__name__}): "
-                        "coordinates follow an image field (RGBImageField, MaskField, "
+                        "only an image field can be followed (RGBImageField, MaskField, "
                         "MultiChannelImageField, or one with RECORDS_SIZE = True)")
+
+
+def _follow_depths(fields: Mapping[str, Field]) -> dict[str, int]:
+    """How many fields each field's ``follows`` chain passes through (0: it follows
+    none), refusing a chain that comes back to itself."""
+    depths: dict[str, int] = {}
+    for name in fields:
+        chain = [name]
+        while (leader := fields[chain[-1]].follows) is not None and leader not in depths:
+            if leader in chain:
+                raise ValueError("fields follow each other in a circle: "
+                                 + " -> ".join([*chain[chain.index(leader):], leader]))
+            chain.append(leader)
+        depth = 0 if leader is None else depths[leader] + 1
+        for field in reversed(chain):
+            depths[field] = depth
+            depth += 1
+    return depths
 
 
 class DatasetWriter:
@@ -1297,7 +1316,7 @@ class DatasetWriter:
     def __init__(self, fname: str | os.PathLike[str], fields: Mapping[str, Field],
                  page_size: int = 4 * MIN_PAGE_SIZE, num_workers: int = -1,
                  seed: int = 0, progress: bool = True, *, checksums: bool = True,
-                 skip_errors: Sequence[type[BaseException]] = (),
+                 skip_errors: type[Exception] | Sequence[type[Exception]] = (),
                  start_method: str | None = None) -> None:
         refuse_in_a_worker("DatasetWriter()")
         self.fname = os.fspath(fname)
@@ -1318,12 +1337,18 @@ class DatasetWriter:
                 )
         for name, field in fields.items():
             _check_leader(name, field.follows, fields)
+        _follow_depths(fields)
         self.fields = dict(fields)
         self.num_workers = default_workers() if num_workers < 1 else int(num_workers)
         self.seed = _seed(seed, "seed")
         self.progress = progress
         self.checksums = bool(checksums)
         self.row_type = get_metadata_type(list(self.fields.values()))
+        if isinstance(skip_errors, type):  # one class, as `except` takes
+            skip_errors = (skip_errors,)
+        if not isinstance(skip_errors, Iterable):
+            raise TypeError(f"skip_errors takes exception types (a class or a sequence of "
+                            f"them), got {skip_errors!r}")
         self.skip_errors = tuple(skip_errors)
         for kind in self.skip_errors:
             if not (isinstance(kind, type) and issubclass(kind, Exception)):

@@ -88,3 +88,16 @@ def test_points_follow_the_source_pixel_centres() -> None:
     np.testing.assert_allclose(p[0, 0], [80 - 0.5 * 2, 0.5 * 2])
     k = geometry.map_keypoints(g, np.array([[[[20.5, 10.5, 2], [5, 5, 2]]]]))
     np.testing.assert_allclose(k[0, 0, :, 2], [2, 0])  # the second is outside the window
+
+
+@pytest.mark.parametrize("flip", [0, 1])
+def test_a_keypoint_on_the_border_is_visible_mirrored_or_not(flip: int) -> None:
+    # the whole 10 x 10 image, unresized: keypoints on each of its four edges,
+    # one just past the right edge, and one with a NaN coordinate
+    g = np.zeros(1, GEOMETRY)
+    g[0] = (10, 10, 0, 0, 10, 10, 10, 10, flip)
+    points = np.array([[[[0, 5, 2], [10, 5, 2], [5, 0, 2], [5, 10, 2], [10.001, 5, 2],
+                         [np.nan, 5, 2]]]])
+    k = geometry.map_keypoints(g, points)
+    np.testing.assert_array_equal(k[0, 0, :, 2], [2, 2, 2, 2, 0, 0])
+    np.testing.assert_array_equal(k[0, 0, :4, 0], [10, 0, 5, 5] if flip else [0, 10, 5, 5])

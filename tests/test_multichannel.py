@@ -126,6 +126,16 @@ def test_sixteen_bit_png_files_are_read(tmp_path: Path, photos: list[np.ndarray]
     np.testing.assert_array_equal(Reader(path).read(0)[0][:, :, 0], image)
 
 
+def test_a_file_pillow_cannot_read_is_named_without_pillows_buffer(tmp_path: Path) -> None:
+    """Pillow's message named the in-memory file (<_io.BytesIO object at 0x...>)."""
+    pytest.importorskip("PIL")
+    with pytest.raises(EncodeError, match=r"p\.beton: sample 0, field 'slice': cannot decode "
+                                          r"image file \(9 bytes\): cannot identify image "
+                                          r"file$") as caught:
+        write(tmp_path / "p.beton", {"slice": MultiChannelImageField(1)}, [(b"not a png",)])
+    assert "BytesIO" not in str(caught.value)
+
+
 def png_of_16_bits(values: np.ndarray) -> bytes:
     """A PNG of 16-bit values (H×W×C, C of 1-4), which Pillow cannot write past gray."""
     import struct

@@ -222,7 +222,8 @@ def test_skipped_images_take_their_boxes_with_them(tmp_path: Path) -> None:
     ({"objects": RaggedField(columns=OBJECTS, follows="objects", boxes="boxes")}, ValueError,
      "not another field"),
     ({"objects": RaggedField(columns=OBJECTS, follows="label", boxes="boxes"),
-      "label": IntField()}, TypeError, r"'label' \(IntField\): coordinates follow an image field"),
+      "label": IntField()}, TypeError,
+     r"'label' \(IntField\): only an image field can be followed"),
 ])
 def test_the_writer_checks_what_is_followed(tmp_path: Path, fields: dict, error: type,
                                             message: str) -> None:
@@ -282,3 +283,78 @@ def test_following_is_the_writers_not_the_files(tmp_path: Path) -> None:
     assert field.follows is None
     assert "follows" not in repr(field)
     assert field.arguments() == RaggedField(columns=OBJECTS).arguments()
+
+
+@pytest.mark.parametrize(("box", "box_format", "message"), [
+    ([np.nan, 0, 4, 4], None, r"box 1 is \[nan, 0.0, 4.0, 4.0\]: not a box \(a coordinate is "
+                              r"not finite\)"),
+    ([0, 0, np.inf, 1], "xywh", r"box 1 is \[0.0, 0.0, inf, 1.0\] \(xywh\): not a box"),
+    ([9, 9, 1, 1], "xyxy", r"box 1 is \[9.0, 9.0, 1.0, 1.0\] \(xyxy\): not a box \(a "
+                           "coordinate is not finite, or a far edge is before its near one"),
+    ([1, 1, -2, 3], "cxcywh", r"box 1 is \[1.0, 1.0, -2.0, 3.0\] \(cxcywh\): not a box"),
+])
+def test_the_writer_refuses_a_box_that_is_not_one(tmp_path: Path, box: list,
+                                                  box_format: str | None, message: str) -> None:
+    """It was stored, and failed (a DecodeError) only when a loader following the
+    image reached the sample; without following, the NaN came through."""
+    boxes = np.array([[0, 0, 2, 2], box], np.float32)
+    good = (np.zeros((8, 8, 3), np.uint8), {"boxes": boxes[:1], "labels": [0]})
+    bad = (np.zeros((8, 8, 3), np.uint8), {"boxes": boxes, "labels": [0, 1]})
+    with pytest.raises(EncodeError, match=r"x\.beton: sample 1, field 'objects': column "
+                                          r"'boxes': " + message):
+        write(tmp_path / "x.beton", {"image": RGBImageField(write_mode="raw"),
+                                     "objects": objects(box_format=box_format)}, [good, bad])
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_far_edge_first_is_a_box_in_another_format(tmp_path: Path) -> None:
+    """Without box_format the writer cannot tell (10, 10, 5, 5) in xywh from an
+    inverted xyxy box: it keeps it."""
+    box = {"boxes": np.array([[10, 10, 5, 5]], np.float32), "labels": [0]}
+    path = write(tmp_path / "w.beton", {"image": RGBImageField(write_mode="raw"),
+                                        "objects": objects(box_format="xywh")},
+                 [(np.zeros((20, 20, 3), np.uint8), box)])
+    np.testing.assert_array_equal(Reader(path).read(0)[1]["boxes"], [[10, 10, 5, 5]])
+    with pytest.raises(ValueError, match="box_format must be one of"):
+        objects(box_format="yxyx")
+    with pytest.raises(ValueError, match="box_format= is the layout of the boxes= column"):
+        RaggedField(columns=OBJECTS, follows="image", keypoints=None, points="boxes",
+                    box_format="xyxy")
+
+
+def test_a_mask_that_follows_its_image_is_stored_at_its_size(tmp_path: Path) -> None:
+    """MaskField(follows=...): no max_resolution to keep in step with the image's;
+    boxes may follow the mask, written before or after it."""
+    mask = np.arange(60 * 90, dtype=np.uint16).reshape(60, 90)
+    fields = {"objects": RaggedField(columns=OBJECTS, follows="mask", boxes="boxes"),
+              "mask": MaskField(np.uint16, follows="image"),
+              "image": RGBImageField(write_mode="raw", max_resolution=30)}
+    path = write(tmp_path / "m.beton", fields,
+                 [({"boxes": np.array([[0, 0, 90, 60]], np.float32), "labels": [0]}, mask,
+                   np.zeros((60, 90, 3), np.uint8))])
+    got, stored_mask, image = Reader(path).read(0)
+    assert image.shape == (20, 30, 3)
+    assert stored_mask.shape == (20, 30)
+    # nearest neighbour: output pixel (y, x) takes the source pixel under its centre
+    np.testing.assert_array_equal(stored_mask, mask[1::3, 1::3])
+    np.testing.assert_allclose(got["boxes"][0], [0, 0, 30, 20])
+
+
+def test_a_mask_not_the_size_of_its_image_is_refused(tmp_path: Path) -> None:
+    """Forgetting MaskField(max_resolution=...) wrote a file whose masks were
+    refused only by a loader that followed the image."""
+    sample = (np.zeros((60, 90, 3), np.uint8), np.zeros((60, 91), np.uint8))
+    with pytest.raises(EncodeError, match=r"m\.beton: sample 0, field 'mask': mask of 60×91, "
+                                          r"but its image \(field 'image'\) is 60×90"):
+        write(tmp_path / "m.beton", {"image": RGBImageField(write_mode="raw"),
+                                     "mask": MaskField(follows="image")}, [sample])
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="give follows= or max_resolution="):
+        MaskField(follows="image", max_resolution=30)
+
+
+def test_fields_that_follow_in_a_circle_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="fields follow each other in a circle: a -> b -> a"):
+        DatasetWriter(tmp_path / "c.beton", {"a": MaskField(follows="b"),
+                                             "b": MaskField(follows="a")})
+    assert not list(tmp_path.iterdir())

@@ -798,6 +798,13 @@ def test_only_the_listed_errors_are_skipped(tmp_path: Path, jpegs: list[bytes]) 
               skip_errors=(DecodeError,))
     with pytest.raises(TypeError, match="skip_errors"):
         DatasetWriter(tmp_path / "s.beton", SKIP_FIELDS, skip_errors=(KeyboardInterrupt,))
+    # it said "'bool' object is not iterable"
+    with pytest.raises(TypeError, match=r"skip_errors takes exception types \(a class or a "
+                                        r"sequence of them\), got True"):
+        DatasetWriter(tmp_path / "s.beton", SKIP_FIELDS, skip_errors=True)  # type: ignore[arg-type]
+    # one class, as `except` takes it
+    assert DatasetWriter(tmp_path / "s.beton", SKIP_FIELDS,
+                         skip_errors=DecodeError).skip_errors == (DecodeError,)
 
 
 class WideRow(Field):

@@ -34,7 +34,7 @@ from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.decoder import Decoder
 from ..pipeline.operation import BatchContext
 from ..pipeline.state import State
-from .base import record_size
+from .base import record_size, size_of
 from .planes import (
     COMPRESSIONS,
     PLANES_DTYPES,
@@ -95,15 +95,28 @@ class MaskField(TaggedField):
         max_resolution, min_resolution: shrink (nearest neighbour) as
             ``RGBImageField`` with the same arguments shrinks its image, so
             that a mask stays the size of its image.
+        follows: instead of *max_resolution* and *min_resolution*, the name
+            of the image field this mask belongs to: each mask must then be
+            the size of its image as given (the writer refuses one that is
+            not, naming the sample), and is stored at that image's stored
+            size. Like ``RaggedField``'s, it is the writer's: not stored in
+            the file.
     """
 
     RECORDS_SIZE = True
 
     def __init__(self, dtype: Any = np.uint8, compression: str | None = "zstd",
                  compression_level: int = 3, max_resolution: int | None = None,
-                 min_resolution: int | None = None) -> None:
+                 min_resolution: int | None = None, *, follows: str | None = None) -> None:
         self.dtype = stored_dtype(dtype, "masks")
         check_storage(compression, compression_level, max_resolution, min_resolution)
+        if follows is not None:
+            if not isinstance(follows, str) or not follows:
+                raise TypeError(f"follows names a field, got {follows!r}")
+            if max_resolution is not None or min_resolution is not None:
+                raise ValueError("MaskField(follows=...) is stored at its image's size: give "
+                                 "follows= or max_resolution=/min_resolution=, not both")
+        self.follows = follows
         self.compression = compression
         self.compression_level = int(compression_level)
         self.max_resolution = max_resolution
@@ -125,14 +138,32 @@ class MaskField(TaggedField):
 
     def payload(self, value: Any) -> np.ndarray:
         mask = to_mask_array(value, self.dtype)
-        height, width = target_size(mask.shape[0], mask.shape[1], self.max_resolution,
-                                    self.min_resolution)
+        if self.follows is not None:
+            height, width = self._image_size(mask.shape)
+        else:
+            height, width = target_size(mask.shape[0], mask.shape[1], self.max_resolution,
+                                        self.min_resolution)
         if max(height, width) > MAX_SIDE:
             raise EncodeError(f"mask of {height}×{width} exceeds {MAX_SIDE} px; set "
                               "max_resolution")
         record_size(mask.shape, (height, width))
         return pack(resize_nearest(mask, height, width), self.compression,
                     self.compression_level)
+
+    def _image_size(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """The stored size of the image this mask follows, which must have had
+        the mask's size as given."""
+        size = size_of(self.follows) if self.follows is not None else None
+        if size is None:
+            raise EncodeError(f"the mask follows field {self.follows!r}, which recorded no "
+                              "image size for this sample (MaskField(follows=...) is for the "
+                              "writer, which encodes that field first)")
+        given_h, given_w, stored_h, stored_w = size
+        if (shape[0], shape[1]) != (given_h, given_w):
+            raise EncodeError(f"mask of {shape[0]}×{shape[1]}, but its image (field "
+                              f"{self.follows!r}) is {given_h}×{given_w}: a mask that follows "
+                              "an image has its size")
+        return stored_h, stored_w
 
     def unpack(self, data: Any) -> np.ndarray:
         """The H×W ids of one payload (a read-only array of its own, or a view of *data*)."""

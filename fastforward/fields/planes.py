@@ -72,6 +72,10 @@ def check_storage(compression: str | None, compression_level: int,
         raise ValueError("give max_resolution or min_resolution, not both")
 
 
+BYTES_IO = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+"""How Pillow's messages name the in-memory file they were given."""
+
+
 def as_array(value: Any, what: str, expected: str) -> np.ndarray:
     """*value* as a NumPy array: an array as it is; a PIL image, or the bytes of an
     image file (PNG, TIFF and the like, through Pillow), as its values. *what*
@@ -90,8 +94,10 @@ def as_array(value: Any, what: str, expected: str) -> np.ndarray:
                                       "array (read with a library that keeps 16 bits: "
                                       "imageio, tifffile, OpenCV's IMREAD_UNCHANGED)")
                 value = np.asarray(image)
-        except OSError as exc:
-            raise EncodeError(f"cannot decode {what} file: {exc}") from None
+        except OSError as exc:  # Pillow's message names the BytesIO; the caller, the file
+            message = BYTES_IO.sub("", str(exc)) or type(exc).__name__
+            raise EncodeError(f"cannot decode {what} file ({len(value)} bytes): "
+                              f"{message}") from None
     elif hasattr(value, "mode") and hasattr(value, "getdata"):  # a PIL image
         value = np.asarray(value)
     if not isinstance(value, np.ndarray):

@@ -85,6 +85,10 @@ class RaggedField(TaggedField):
         keypoints: the column of keypoints (``(K, 2)``, or ``(K, 3)`` with a
             visibility, which is kept).
         points: columns of other ``x, y`` points (``(..., 2)``).
+        box_format: the layout of the *boxes* column (``"xyxy"``, ``"xywh"``
+            or ``"cxcywh"``), if you want the writer to refuse a box whose
+            far edge is before its near one. Whatever it is, a box with a
+            NaN or infinite coordinate is refused, naming the sample.
 
     Coordinates scaled with their image must be floats; coordinates stored as
     fractions of the image (``RaggedDecoder(normalized=True)``) need no
@@ -101,7 +105,7 @@ class RaggedField(TaggedField):
     def __init__(self, dtype: Any = None, shape: int | Sequence[int] = (), *,
                  columns: Mapping[str, Any] | None = None, follows: str | None = None,
                  boxes: str | None = None, keypoints: str | None = None,
-                 points: str | Sequence[str] = ()) -> None:
+                 points: str | Sequence[str] = (), box_format: str | None = None) -> None:
         if (dtype is None) == (columns is None):
             raise TypeError("RaggedField takes a dtype (one array per sample) or columns "
                             "(named arrays sharing their length), not both or neither")
@@ -127,6 +131,13 @@ class RaggedField(TaggedField):
             raise ValueError(f"a row of {self.row_nbytes} bytes (columns {specs}): rows take "
                              f"1 to {MAX_ROW_BYTES} bytes")
         self.follows = follows
+        self.box_column, self.box_format = boxes, box_format
+        if box_format is not None:
+            if boxes is None:
+                raise ValueError("box_format= is the layout of the boxes= column: name it")
+            if box_format not in geometry.BOX_FORMATS:
+                raise ValueError(f"box_format must be one of {geometry.BOX_FORMATS}, got "
+                                 f"{box_format!r}")
         # the columns scaled with the image it follows: name -> factor per coordinate
         # (0: x, 1: y, None: kept)
         self.scaled: dict[str, tuple[int | None, ...]] = {}
@@ -205,6 +216,15 @@ class RaggedField(TaggedField):
                 raise EncodeError(f"column {name!r} has {len(array)} rows, {self.names[0]!r} "
                                   f"has {count}")
             count = len(array)
+            if name == self.box_column:
+                bad = geometry.not_boxes(array, self.box_format)
+                if bad.any():
+                    row = int(np.flatnonzero(bad)[0])
+                    layout = f" ({self.box_format})" if self.box_format else ""
+                    raise EncodeError(f"column {name!r}: box {row} is {array[row].tolist()}"
+                                      f"{layout}: not a box (a coordinate is not finite"
+                                      + (", or a far edge is before its near one)"
+                                         if self.box_format else ")"))
             if name in self.scaled:
                 array = self._scale(name, array, dtype)
             parts.append(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
@@ -484,10 +504,7 @@ class RaggedDecoder(Decoder):
         """Refuse a stored box that is not a box (a NaN or infinite coordinate, or a
         far edge before its near one): dropped as out of view, it would vanish
         from training without a word."""
-        xyxy = geometry.to_xyxy(boxes, self.box_format)
-        with np.errstate(invalid="ignore"):
-            bad = present & ~(np.isfinite(xyxy).all(axis=-1)
-                              & (xyxy[..., 2] >= xyxy[..., 0]) & (xyxy[..., 3] >= xyxy[..., 1]))
+        bad = present & geometry.not_boxes(boxes, self.box_format)
         if bad.any():
             k, row = (int(i) for i in np.argwhere(bad)[0])
             exc = DecodeError(f"box {row} of column {self.boxes!r} is "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -41,7 +40,7 @@ from ..transforms.crop import (
 from ..transforms.crop import get_center_crop as _center_crop
 from ..utils import install_hint
 from .base import Field, Malloc, PayloadReader, empty_arguments, record_size, sample_rng
-from .planes import reduced_bit_depth
+from .planes import BYTES_IO, reduced_bit_depth
 
 try:
     import simplejpeg
@@ -171,11 +170,8 @@ def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> n
     except EncodeError as exc:  # a file whose pixels RGBImageField cannot store (16 bits):
         raise DecodeError(str(exc)) from None  # the file's fault, so --skip-bad skips it
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # damaged data, as plugins say it
-        message = _BYTES_IO.sub("", str(exc)) or type(exc).__name__
+        message = BYTES_IO.sub("", str(exc)) or type(exc).__name__
         raise DecodeError(f"cannot decode image file: {message}") from exc
-
-
-_BYTES_IO = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 def target_size(

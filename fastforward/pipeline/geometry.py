@@ -100,6 +100,19 @@ def from_xyxy(boxes: np.ndarray, box_format: str) -> np.ndarray:
     raise ValueError(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
 
 
+def not_boxes(boxes: np.ndarray, box_format: str | None) -> np.ndarray:
+    """Which rows of *boxes* (``(..., 4)``) are not boxes: a coordinate NaN or
+    infinite, or, where *box_format* is given, a far edge before its near one
+    (a negative width or height). Boolean, ``boxes.shape[:-1]``."""
+    b = np.asarray(boxes, np.float64)
+    bad = np.logical_not(np.isfinite(b).all(axis=-1, keepdims=False)).reshape(b.shape[:-1])
+    if box_format is not None:
+        xyxy = to_xyxy(b, box_format)
+        with np.errstate(invalid="ignore"):
+            bad |= ~((xyxy[..., 2] >= xyxy[..., 0]) & (xyxy[..., 3] >= xyxy[..., 1]))
+    return bad
+
+
 def map_boxes(rows: np.ndarray, boxes: np.ndarray, box_format: str = "xyxy",
               normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Boxes of the source images to boxes of the output images, clipped to them.
@@ -157,13 +170,18 @@ def map_keypoints(rows: np.ndarray, keypoints: np.ndarray, normalized: bool = Fa
     """Keypoints ``(n, m, K, D)`` (``x, y``, then a visibility when D ≥ 3) to output
     pixels: mapped as ``map_xy``, a keypoint outside the output marked not
     visible (its visibility set to 0; its coordinates kept), and, for mirrored
-    samples, reordered by *flip_index* (``K`` indices: left and right swapped)."""
+    samples, reordered by *flip_index* (``K`` indices: left and right swapped).
+
+    The output is the closed rectangle ``0 <= x <= width, 0 <= y <= height``:
+    a keypoint on its border (an integer coordinate where the crop's edge
+    lies) is inside, on either side, so mirroring never changes whether it is
+    visible. A NaN coordinate is outside."""
     p = map_xy(rows, keypoints, normalized)
     if p.shape[-1] >= 3:
         g = _per_sample(rows, p.ndim - 2)
         x, y = p[..., 0], p[..., 1]
-        outside = (x < 0) | (y < 0) | (x >= g["ow"]) | (y >= g["oh"])
-        p[..., 2] = np.where(outside, 0, p[..., 2])
+        inside = (x >= 0) & (y >= 0) & (x <= g["ow"]) & (y <= g["oh"])  # False for NaN
+        p[..., 2] = np.where(inside, p[..., 2], 0)
     if flip_index is not None:
         flipped = rows["flip"].astype(bool)
         p[flipped] = p[flipped][:, :, np.asarray(flip_index)]
