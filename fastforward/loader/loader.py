@@ -637,7 +637,7 @@ class Loader:
             raise ValueError(f"{self.fname}: the loader state lacks {', '.join(missing)}: it "
                              "is not one state_dict() returned")
         version = state["version"]
-        if version not in (1, STATE_VERSION):
+        if isinstance(version, bool) or version not in (1, STATE_VERSION):
             raise ValueError(f"unknown loader state version {version!r}")
         segments = _segments_of(state["segments"], self.fname)
         if version == 1 and isinstance(self.traversal_order, QuasiRandom) and any(
@@ -653,7 +653,10 @@ class Loader:
                 raise ValueError(f"{self.fname}: the state was saved with {key}={state[key]!r}, "
                                  f"this loader has {mine}")
         for key, mine in self._identity().items():
-            if key in state and state[key] != mine and not (
+            # (True is not 1 here: a drop_last of 1 is no state_dict()'s)
+            differs = key in state and (state[key] != mine or (isinstance(mine, bool)
+                                        and not isinstance(state[key], bool)))
+            if differs and not (
                     key == "order" and state[key] == self._order_name(defaults=True)):
                 raise ValueError(f"{self.fname}: the state was saved {_SAVED_WITH[key]} "
                                  f"({key}={state[key]!r}; this loader: {mine!r}), so resuming "
@@ -842,6 +845,7 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
         self._engine = engine
         self._length = length
         self.position = EpochPosition(epoch, list(segments or []), length)
+        self._unfinished: Any = None  # a batch taken from the engine, not yet handed out
         self._pid = os.getpid()  # whose threads run the epoch
         self._finalizer = weakref.finalize(self, _end_epoch, engine, owner)
 
@@ -859,15 +863,22 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
             raise RuntimeError(
                 f"this epoch runs in process {self._pid}, and this is its forked child "
                 f"{os.getpid()}: its batches are the parent's; create a new Loader here")
-        batch = self._engine.next_batch()  # StopIteration at the end, or once closed:
-        # only the last batch handed out ends the epoch (a close() leaves it where it was)
+        batch = self._unfinished
+        if batch is None:
+            # StopIteration at the end, or once closed
+            batch = self._unfinished = self._engine.next_batch()
+        # an exception while it is handed over (Ctrl-C while waiting for its copies)
+        # leaves it for the next call, uncounted: a state saved then resumes at it
+        if isinstance(batch, PendingBatch):
+            batch = self._unfinished = batch.hand_over()
+        if isinstance(batch, DeviceBatch):
+            batch = batch.hand_over()  # the consumer's stream waits for the batch's GPU work
+        self._unfinished = None
+        # counted once handed over; only the last batch handed out ends the epoch (a
+        # close() leaves it where it was)
         position = self.position
         position.delivered += 1
         position.finished = position.delivered >= self._length
-        if isinstance(batch, PendingBatch):
-            batch = batch.hand_over()
-        if isinstance(batch, DeviceBatch):
-            return batch.hand_over()  # the consumer's stream waits for the batch's GPU work
         return batch
 
     def __len__(self) -> int:
