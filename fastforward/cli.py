@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import hashlib
 import importlib
 import json
 import os
@@ -175,6 +176,9 @@ def custom_field_arg(text: str) -> tuple[str, type[Field]]:
     except Exception as exc:  # ImportError, or whatever importing the module raised
         raise argparse.ArgumentTypeError(f"{text!r}: cannot import {module_name}: "
                                          f"{describe_error(exc)}") from None
+    except SystemExit as exc:  # (main() takes a SystemExit from parsing for --help's)
+        raise argparse.ArgumentTypeError(f"{text!r}: cannot import {module_name}: importing "
+                                         f"it called sys.exit({exc.code!r})") from None
     if not (isinstance(found, type) and issubclass(found, Field)):
         raise argparse.ArgumentTypeError(f"{text!r}: {target} is not a Field class")
     return name, found
@@ -325,8 +329,20 @@ class ConvertResult:
 
 
 def skipped_list_path(out: Path) -> Path:
-    """Where ``convert --skip-bad`` lists the images it left out of *out*."""
-    return out.with_name(out.name + ".skipped.txt")
+    """Where ``convert --skip-bad`` lists the images it left out of *out*:
+    ``<out>.skipped.txt``, or, where that name would be longer than the
+    directory allows, as much of *out*'s name as fits, ``~`` and 16 hex digits
+    of its SHA-256, then ``.skipped.txt``."""
+    suffix = ".skipped.txt"
+    raw = os.fsencode(out.name)
+    try:
+        limit = int(os.pathconf(out.parent if str(out.parent) else ".", "PC_NAME_MAX"))
+    except (OSError, ValueError):  # unknown (or no such directory, refused elsewhere)
+        limit = 255
+    if len(raw) + len(suffix) <= limit:
+        return out.with_name(out.name + suffix)
+    head = raw[: max(limit - len(suffix) - 17, 0)].decode("utf-8", "ignore")
+    return out.with_name(f"{head}~{hashlib.sha256(raw).hexdigest()[:16]}{suffix}")
 
 
 def image_folder_fields(options: ConvertOptions) -> dict[str, Field]:
@@ -365,6 +381,8 @@ def _check_output(out: str | os.PathLike[str]) -> None:
     out = Path(out)
     parent = Path(written_through_links(out)).parent
     if not parent.is_dir():
+        if parent.exists():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(parent))
         raise FileNotFoundError(errno.ENOENT, "no such directory", str(parent))
     listed = skipped_list_path(out)
     if listed.is_dir():  # a list is written or removed beside the file
@@ -395,6 +413,15 @@ def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
     _check_output(out)
     out = Path(out)
     dataset = ImageFolder(src)
+    if out.exists():  # one of the images it converts: replacing it would destroy it
+        target = os.path.realpath(out)
+        names = {out.name, os.path.basename(target)}  # (resolving every image takes long)
+        source = next((path for path, _ in dataset.samples
+                       if path.name in names and os.path.realpath(path) == target), None)
+        if source is not None:
+            raise FileExistsError(errno.EEXIST, f"is one of the images being converted "
+                                  f"({source}); writing there would destroy it: give "
+                                  "another path", str(out))
     writer = DatasetWriter(out, fields, page_size=options.page_size,
                            num_workers=options.num_workers, seed=options.seed,
                            progress=options.progress,
@@ -780,6 +807,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     Returns:
         The exit status.
     """
+    if not args.dir:  # Path("") is the current directory: not what was meant
+        raise UsageError("--dir: an empty name; give a directory (. for this one)")
     run = DemoRun(Path(args.dir), args.count, args.num_workers, not args.no_progress)
     if run.directory.exists() and not run.directory.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "not a directory (--dir names where the "
@@ -943,6 +972,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     custom_fields = _custom_fields(args)
     with Reader(args.file, custom_handlers=custom_fields) as reader:
         field = image_field(reader)
+        if args.pipeline == "simple":  # one size of image in a batch: checked before any output
+            column = reader.metadata[f"f{reader.field_names.index(field)}"]
+            sizes = len(set(zip(column["height"].tolist(), column["width"].tolist(),
+                                strict=True)))
+            if sizes > 1:
+                raise ValueError(f"{args.file}: field {field!r} holds images of {sizes} sizes; "
+                                 "--pipeline simple (SimpleRGBImageDecoder) batches one size "
+                                 "only: choose another --pipeline")
         if reader.num_samples < args.batch_size:  # before the JPEGs are read and decoded
             raise ValueError(f"{args.file} holds no samples" if reader.num_samples == 0 else
                              f"{args.file}: its {reader.num_samples} samples make no batch of "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ def png_target(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> 
             would replace it), as the writer's target (``refuse_to_replace``).
         FileNotFoundError: its directory does not exist.
         FileExistsError: *path* is the source file (it would be overwritten).
+        ValueError: its suffix is another format's (``.jpg``).
     """
     from .writer import refuse_to_replace, written_through_links
 
@@ -60,6 +62,9 @@ def png_target(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> 
     if same:
         raise FileExistsError(errno.EEXIST, "is the file being read; writing the PNG "
                               "there would destroy it: give another path", name)
+    if out.suffix.lower() not in ("", ".png"):  # PNG bytes in a .jpg would mislead
+        raise ValueError(f"{name}: the image written is a PNG: name it .png (or give no "
+                         "suffix)")
     return out
 
 
@@ -69,14 +74,20 @@ def save_png(figure: Any, out: Path, dpi: int) -> None:
     from .writer import written_through_links
 
     target = Path(written_through_links(out))  # a link is written through, and stays
-    partial = target.with_name(f".{target.name}.part")
+    partial: Path | None = None
     try:
+        # a name of its own (two previews of one target do not meet), short whatever
+        # the target's length (any name the directory allows can be written)
+        handle, name = tempfile.mkstemp(prefix=".preview-", suffix=".part", dir=target.parent)
+        os.close(handle)
+        partial = Path(name)
         figure.savefig(partial, dpi=dpi, format="png")
         os.replace(partial, target)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
     finally:
-        partial.unlink(missing_ok=True)
+        if partial is not None:
+            partial.unlink(missing_ok=True)
 
 
 def _box_column(field: RaggedField) -> str | None:

@@ -209,10 +209,16 @@ class Reader:
             raise
         self._page_checks = (None if self.checksums is None
                              else PageChecks(self.checksums.page_sums))
+        self._opened = True
 
     # -- opening --------------------------------------------------------------
 
     def _error(self, message: str) -> FormatError:
+        noted = getattr(self, "_open_problems", None)
+        if noted and not getattr(self, "_opened", False):
+            # without validate, what the checksums found first is the diagnosis: a
+            # header that fails its checksum, then a version that makes no sense
+            message = f"{'; '.join(str(p) for p in noted)}; then: {message}"
         return FormatError(f"{self.fname}: {message}")
 
     def _damage(self, message: str, sample: int | None = None, field: str | None = None,
@@ -632,11 +638,9 @@ class Reader:
     def buffer(self) -> mmap.mmap:
         """A read-only map of the whole file, opened on first use."""
         if self._mmap is None:
-            if self._fd_closer.alive:
-                self._mmap = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
-            else:  # closed, then used again
-                with open(self.fname, "rb") as f:
-                    self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            if not self._fd_closer.alive:  # never the name again: another file may have it
+                raise ValueError(f"{self.fname}: the reader is closed")
+            self._mmap = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
         return self._mmap
 
     def payload_size(self, ptr: int, sample: int | None = None) -> int:

@@ -1202,6 +1202,8 @@ def refuse_to_replace(fname: str | os.PathLike[str]) -> None:
     anything but a regular file (a device such as /dev/null, a named pipe, a
     socket), which the write's final rename would swap for a regular file."""
     fname = os.fspath(fname)
+    if not fname:
+        raise FileNotFoundError(errno.ENOENT, "an empty name is no file to write", "''")
     if os.path.isdir(fname):
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a file to write", fname)
     if not os.path.basename(fname):  # "out/": a folder's name, as open() takes it

@@ -415,3 +415,17 @@ def test_process_workers_check_pages_too(summed: Path, copy: Path, os_cache: boo
     assert epoch(summed, True) == epoch(summed, False)
     with pytest.raises(FormatError, match=rf"{copy}: page {page} "):
         epoch(copy, True)
+
+
+def test_verify_gives_the_checksums_diagnosis_before_what_follows_from_it(
+        copy: Path) -> None:
+    """Without validate (``fastforward verify``), a flipped bit in the header's version
+    was reported as 'format version 6' and the checksum's verdict was lost; `info`
+    said the header was damaged."""
+    flip(copy, 0, 2)  # the version: 2 -> 6
+    with pytest.raises(FormatError, match=r"the header or the field descriptors are damaged "
+                                          r"\(their checksum does not match\); then: format "
+                                          r"version 6"):
+        Reader(copy, validate=False)
+    with pytest.raises(FormatError, match=r"damaged \(their checksum does not match\)$"):
+        Reader(copy)

@@ -317,6 +317,48 @@ def test_convert_missing_source_or_output_directory(
     assert_one_line_error(capsys, status, 1, "no such directory")
 
 
+def test_convert_to_names_that_are_no_file(corpus: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty name was ': names a directory (it ends with a slash)'; a file used as
+    a directory was 'no such directory'."""
+    status = main(["convert", str(corpus), "", *FAST])
+    assert_one_line_error(capsys, status, 1, "an empty name is no file to write")
+    (tmp_path / "a.beton").write_bytes(b"")
+    status = main(["convert", str(corpus), str(tmp_path / "a.beton" / "x.beton"), *FAST])
+    assert_one_line_error(capsys, status, 1, f"{tmp_path / 'a.beton'}: not a directory")
+    status = main(["demo", "--dir", ""])
+    assert_one_line_error(capsys, status, 2, "--dir: an empty name")
+    image = sorted(corpus.glob("*/*.jpg"))[2]  # it was replaced by the .beton, exit 0
+    before = image.read_bytes()
+    status = main(["convert", str(corpus), str(image), *FAST])
+    assert_one_line_error(capsys, status, 1, f"{image}: is one of the images being converted")
+    assert image.read_bytes() == before
+
+
+def test_convert_writes_any_name_the_directory_allows(
+        corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 251-byte target was refused ('<name>.beton.skipped.txt: File name too long'),
+    with or without --skip-bad: the list's name is shortened where it must be."""
+    from fastforward.cli import skipped_list_path
+
+    folder = tmp_path / "imgs"
+    shutil.copytree(corpus, folder)
+    victim = sorted(folder.glob("*/*.jpg"))[3]
+    victim.write_bytes(b"")
+    out = tmp_path / ("x" * 245 + ".beton")
+    assert main(["convert", str(folder), str(out), *FAST, "--skip-bad"]) == 0
+    listed = skipped_list_path(out)
+    assert len(os.fsencode(listed.name)) <= 255
+    assert listed.name.endswith(".skipped.txt")
+    assert "~" in listed.name
+    assert str(victim) in listed.read_text()
+    assert str(listed) in capsys.readouterr().out
+    victim.unlink()
+    assert main(["convert", str(folder), str(out), *FAST]) == 0  # a clean run removes it
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["imgs", out.name])
+    assert skipped_list_path(tmp_path / "t.beton").name == "t.beton.skipped.txt"
+
+
 def test_convert_to_a_named_pipe_is_refused_before_any_work(
         corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """It was replaced by a regular file (and /dev/null so too, as root)."""
@@ -632,11 +674,16 @@ def test_convert_stops_at_a_bad_image_without_skip_bad(
     (b"", "empty file"),
     (b"GIF89a, or so it says", "cannot identify image file"),
     (None, "cannot decode image file: image file is truncated"),
-], ids=["empty", "unidentified", "truncated-png"])
+    ("bomb", "image file too large to decode: Image size (10000000000 pixels) exceeds"),
+], ids=["empty", "unidentified", "truncated-png", "decompression-bomb"])
 def test_convert_names_an_undecodable_file(corpus: Path, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str],
-                                           content: bytes | None, message: str) -> None:
+                                           content: bytes | str | None, message: str) -> None:
+    """A PNG whose header claims 100,000² pixels (Pillow's DecompressionBombError,
+    not an OSError) was an 'unexpected' error, and --skip-bad stopped at it."""
     import io
+    import struct
+    import zlib
 
     from PIL import Image
 
@@ -644,16 +691,26 @@ def test_convert_names_an_undecodable_file(corpus: Path, tmp_path: Path,
     shutil.copytree(corpus, folder)
     jpeg = sorted(folder.glob("*/*.jpg"))[5]
     victim = jpeg.with_suffix(".png")
+    png = io.BytesIO()
+    Image.open(jpeg).save(png, "PNG")
     if content is None:  # a real PNG, cut in half
-        png = io.BytesIO()
-        Image.open(jpeg).save(png, "PNG")
         content = png.getvalue()[: len(png.getvalue()) // 2]
+    elif content == "bomb":  # its header's size changed, its checksum made right
+        bomb = bytearray(png.getvalue())
+        struct.pack_into(">II", bomb, 16, 100_000, 100_000)
+        struct.pack_into(">I", bomb, 29, zlib.crc32(bytes(bomb[12:29])))
+        content = bytes(bomb)
+    assert isinstance(content, bytes)
     jpeg.rename(victim)
     victim.write_bytes(content)
     status = main(["convert", str(folder), str(tmp_path / "out.beton"), *FAST])
     line = assert_one_line_error(capsys, status, 1, str(victim), message, "'image'")
     assert "BytesIO" not in line
     assert "0x" not in line
+    assert "unexpected" not in line
+    # a DecodeError, so --skip-bad skips it
+    assert main(["convert", str(folder), str(tmp_path / "out.beton"), *FAST, "--skip-bad"]) == 0
+    assert str(victim) in (tmp_path / "out.beton.skipped.txt").read_text()
 
 
 def test_sigterm_during_convert(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -821,6 +878,7 @@ def custom_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "ff_custom_field_module.py").write_text(CUSTOM_FIELD_MODULE)
     (tmp_path / "ff_broken_field_module.py").write_text('raise RuntimeError("needs a GPU")\n')
     (tmp_path / "ff_bad_syntax_module.py").write_text("def (:\n")
+    (tmp_path / "ff_exiting_module.py").write_text("import sys\nsys.exit(0)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     from ff_custom_field_module import CodeField  # type: ignore[import-not-found]
 
@@ -888,6 +946,9 @@ def test_a_custom_field_module_in_the_current_directory(tmp_path: Path,
     ("code=ff_custom_field_module:NOT_A_FIELD", "is not a Field class"),
     ("code=ff_broken_field_module:X", "cannot import ff_broken_field_module: needs a GPU"),
     ("code=ff_bad_syntax_module:X", "cannot import ff_bad_syntax_module: invalid syntax"),
+    # it exited 0 without a word, as if --help had been asked for
+    ("code=ff_exiting_module:X", "cannot import ff_exiting_module: importing it called "
+                                 "sys.exit(0)"),
 ])
 def test_a_bad_custom_field_is_a_usage_error(custom_file: Path, value: str, fragment: str,
                                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -959,6 +1020,23 @@ def test_bench_plot_is_written_where_it_says(beton: Path, tmp_path: Path,
                    "--plot", str(beton)])
     assert_one_line_error(capsys, status, 1, f"{beton}: is the file being read")
     assert beton.read_bytes() == before
+
+
+def test_bench_simple_needs_one_size_of_image(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """It printed the table's header, then 'unexpected TypeError'."""
+    from fastforward.fields import RGBImageField
+    from fastforward.writer import DatasetWriter
+
+    path = tmp_path / "sizes.beton"
+    DatasetWriter(path, {"image": RGBImageField(write_mode="raw")}, num_workers=1,
+                  progress=False).from_indexed_dataset(
+        [(np.zeros((8 + i % 2, 8, 3), np.uint8),) for i in range(8)])
+    status = main(["bench", str(path), "--pipeline", "simple", "--workers", "1",
+                   "--batch-size", "2"])
+    line = assert_one_line_error(capsys, status, 1, "holds images of 2 sizes",
+                                 "choose another --pipeline")
+    assert "unexpected" not in line
 
 
 def test_bench_names_a_damaged_jpeg(beton: Path, tmp_path: Path,

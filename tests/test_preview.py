@@ -292,3 +292,19 @@ def test_a_failed_save_names_the_file_asked_for(scene_file: Path, tmp_path: Path
     assert f"{out}: No space left on device" in err
     assert ".part" not in err
     assert list(tmp_path.iterdir()) == []  # neither the PNG nor its partial left
+
+
+def test_preview_writes_any_name_the_directory_allows(scene_file: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A 252-byte name failed after drawing everything: its partial file's name
+    ('.<name>.part') was too long; two previews of one target shared that name. A
+    .jpg name got PNG bytes."""
+    out = tmp_path / ("p" * 248 + ".png")
+    assert main(["preview", str(scene_file), "-o", str(out), "--size", "16",
+                 "--samples", "1"]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    capsys.readouterr()
+    assert main(["preview", str(scene_file), "-o", str(tmp_path / "x.jpg")]) == 1
+    assert "x.jpg: the image written is a PNG: name it .png" in capsys.readouterr().err
+    assert not (tmp_path / "x.jpg").exists()

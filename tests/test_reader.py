@@ -571,3 +571,16 @@ def test_an_empty_first_payload_where_ffcv_points_it(tmp_path: Path) -> None:
             continue
         patch(path, reader.alloc_table_ptr + 24 * int(row) + 8, struct.pack("<Q", far))
         expect_error(path, f"allocation of sample 0 at {far} \\(0 bytes\\) lies outside")
+
+
+def test_a_closed_reader_never_opens_the_name_again(good: Path, tmp_path: Path) -> None:
+    """After close() a read opened the file by its name: a file renamed over it since
+    (as a writer does) was read with the first one's tables."""
+    reader = Reader(good)
+    reader.read(1)
+    reader.close()
+    other = tmp_path / "other.beton"
+    shutil.copy(good, other)
+    os.replace(other, good)
+    with pytest.raises(ValueError, match="the reader is closed"):
+        reader.read(1)

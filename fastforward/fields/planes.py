@@ -94,6 +94,8 @@ def as_array(value: Any, what: str, expected: str) -> np.ndarray:
                                       "array (read with a library that keeps 16 bits: "
                                       "imageio, tifffile, OpenCV's IMREAD_UNCHANGED)")
                 value = np.asarray(image)
+        except Image.DecompressionBombError as exc:  # (an Exception, not an OSError)
+            raise EncodeError(f"{what} file too large to decode: {exc}") from None
         except OSError as exc:  # Pillow's message names the BytesIO; the caller, the file
             message = BYTES_IO.sub("", str(exc)) or type(exc).__name__
             raise EncodeError(f"cannot decode {what} file ({len(value)} bytes): "

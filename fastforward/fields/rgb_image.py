@@ -161,6 +161,8 @@ def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> n
                                   "RGB; scale it to 8 bits yourself, or store it as it is "
                                   "with MultiChannelImageField")
             return to_rgb_array(img)
+    except Image.DecompressionBombError as exc:  # (an Exception, not an OSError)
+        raise DecodeError(f"image file too large to decode: {exc}") from None
     except UnidentifiedImageError:
         # Pillow's message names the BytesIO object; the caller names the file
         raise DecodeError(
