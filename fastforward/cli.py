@@ -216,6 +216,15 @@ def _custom_fields(args: argparse.Namespace) -> dict[str, type[Field]]:
     return fields
 
 
+def _check_custom_names(reader: Reader, custom_fields: dict[str, type[Field]]) -> None:
+    """A ``--custom-field`` naming no field of the file (a typo, silently unused)."""
+    unknown = [name for name in custom_fields if name not in reader.field_names]
+    if unknown:
+        raise UsageError(f"--custom-field: {reader.fname} has no field "
+                         f"{', '.join(map(repr, unknown))} (its fields: "
+                         f"{', '.join(map(repr, reader.field_names))})")
+
+
 def describe_error(exc: BaseException) -> str:
     """One line describing *exc* for the user.
 
@@ -619,6 +628,7 @@ def print_info(path: str | os.PathLike[str], as_json: bool = False,
         custom_fields: the classes of its custom fields (type id 255), by name.
     """
     with Reader(path, custom_handlers=custom_fields) as reader:
+        _check_custom_names(reader, custom_fields or {})
         info = file_info(reader)
     if as_json:
         print(json.dumps(info, indent=2, ensure_ascii=False))
@@ -673,7 +683,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         The exit status.
     """
     # validate=False: every problem is listed, not only the first
-    with Reader(args.file, validate=False, custom_handlers=_custom_fields(args)) as reader:
+    custom_fields = _custom_fields(args)
+    with Reader(args.file, validate=False, custom_handlers=custom_fields) as reader:
+        _check_custom_names(reader, custom_fields)
         problems = reader.verify(decode=args.decode, progress=not args.no_progress)
         num_samples = reader.num_samples
         sums, damaged = reader.checksums, reader.checksums_damaged
@@ -971,6 +983,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise ImportError(f"--plot needs matplotlib: {install_hint('plot')}") from exc
     custom_fields = _custom_fields(args)
     with Reader(args.file, custom_handlers=custom_fields) as reader:
+        _check_custom_names(reader, custom_fields)
         field = image_field(reader)
         if args.pipeline == "simple":  # one size of image in a batch: checked before any output
             column = reader.metadata[f"f{reader.field_names.index(field)}"]
@@ -1073,13 +1086,14 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from .preview import render
 
     custom_fields = _custom_fields(args)
+    with Reader(args.file, custom_handlers=custom_fields) as reader:
+        _check_custom_names(reader, custom_fields)
+        # a file holding fewer than asked: all of them
+        drawn = min(args.samples, reader.num_samples)
     out = render(args.file, args.out, samples=args.samples, image=args.image,
                  decoder=args.decoder, size=args.size, flip=args.flip, seed=args.seed,
                  epoch=args.epoch, columns=args.columns, shuffle=args.shuffle,
                  custom_fields=custom_fields)
-    # a file holding fewer than asked: all of them
-    with Reader(args.file, custom_handlers=custom_fields) as reader:
-        drawn = min(args.samples, reader.num_samples)
     print(f"{drawn} samples of {args.file} ({args.decoder} {args.size}"
           f"{' + flip' if args.flip else ''}) drawn in {out}")
     return 0

@@ -969,6 +969,21 @@ def test_a_wrong_custom_field_class_is_named_beside_damage(
     assert "('code': BytesField) is not the one" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", ["info", "verify", "bench", "preview"])
+def test_a_custom_field_the_file_lacks_is_a_usage_error(
+        custom_file: Path, tmp_path: Path, command: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A typo in the name was silently ignored."""
+    extra = {"bench": ["--workers", "1", "--batch-size", "2"],
+             "preview": ["-o", str(tmp_path / "p.png")]}.get(command, [])
+    status = main([command, str(custom_file), *extra, "--custom-field",
+                   "code=ff_custom_field_module:CodeField", "--custom-field",
+                   "cdoe=ff_custom_field_module:CodeField"])
+    assert_one_line_error(capsys, status, 2, "--custom-field", "has no field 'cdoe' (its "
+                          "fields: 'image', 'code')")
+    assert not (tmp_path / "p.png").exists()
+
+
 def test_a_custom_field_given_twice_is_a_usage_error(custom_file: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     given = ["--custom-field", "code=ff_custom_field_module:CodeField"]

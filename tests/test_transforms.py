@@ -322,6 +322,19 @@ def test_cutout_of_the_whole_image(batch: np.ndarray) -> None:
     assert (out == [1, 2, 3]).all()
 
 
+def test_a_fractional_fill_is_truncated_as_ffcv_does(batch: np.ndarray) -> None:
+    """FFCV assigns its fill into uint8 images (``fill=CIFAR_MEAN`` as floats fills
+    with 125, 122, 113); fastforward refused it."""
+    mean = (125.307, 122.961, 113.8575)
+    out, _ = run(T.Cutout(H, mean), batch[:, :, :H])
+    assert (out == [125, 122, 113]).all()
+    out, _ = run(T.RandomTranslate(W, fill=mean), batch)
+    assert (out == [125, 122, 113]).all(axis=-1).any()
+    for refused in ((1, 2, 256), (1, 2, -1), (1, 2, float("nan"))):
+        with pytest.raises(ValueError, match="is not representable as uint8"):
+            run(T.Cutout(4, refused), batch)
+
+
 # ---------------------------------------------------------------------------
 # random resized crop
 

@@ -121,7 +121,12 @@ def require_uint8(op: Any, state: State) -> None:
 
 
 def fill_value(op: Any, fill: Any, channels: int, dtype: np.dtype) -> np.ndarray:
-    """*fill* as a ``(C,)`` array of *dtype*; ValueError if it does not fit."""
+    """*fill* as a ``(C,)`` array of *dtype*; ValueError if it does not fit.
+
+    A fraction is truncated into an integer dtype, as FFCV's assignment of its
+    fill into uint8 images does (``fill=CIFAR_MEAN``'s 125.307 fills with 125);
+    a value out of the dtype's range, which FFCV wraps (300 became 44), is
+    refused."""
     values = np.asarray(fill, dtype=np.float64).reshape(-1)
     if values.size == 1:
         values = np.repeat(values, channels)
@@ -130,8 +135,10 @@ def fill_value(op: Any, fill: Any, channels: int, dtype: np.dtype) -> np.ndarray
                          f"have {channels} channels")
     if dtype.kind in "ui":
         info = np.iinfo(dtype)
-        if values.min() < info.min or values.max() > info.max or np.any(values % 1):
+        if not np.isfinite(values).all() or values.min() <= info.min - 1 \
+                or values.max() >= info.max + 1:
             raise ValueError(f"{name(op)}: fill {fill!r} is not representable as {dtype}")
+        return np.trunc(values).astype(dtype)
     return values.astype(dtype)
 
 
