@@ -606,7 +606,10 @@ class _Pool:
                             "importable by name (defined at the top level of a module, not "
                             "in a notebook or inside a function)"
                         ) from value
-                    raise value
+                    try:
+                        raise value
+                    finally:  # not the frame's too: a cycle through its traceback
+                        value = None
                 busy[conn] -= 1
                 held[conn].remove(task_id)
                 results[task_id] = value
@@ -666,6 +669,9 @@ class _Pool:
                 proc.kill()
         for proc in self.procs:
             proc.join()
+            # its sentinel's descriptor, now: an error's traceback keeps run()'s frame,
+            # which refers to the process, as long as the error lives
+            proc.close()
         for conn in self.conns:
             conn.close()
         self.procs, self.conns = [], []

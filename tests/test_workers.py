@@ -1261,6 +1261,29 @@ def test_kept_batches_cost_no_descriptors(photos_file: Path) -> None:
         assert len({id(images) for images, _ in kept}) == 48
 
 
+def test_a_closed_loader_holds_no_descriptors(photos_file: Path) -> None:
+    """A closed loader kept (in a list of per-split loaders) held 6 descriptors with
+    two workers (pidfds, multiprocessing's sentinels): about 170 closed loaders
+    reached the common limit of 1,024."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc")
+
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with train_loader(photos_file, 2, "process") as warm:  # the fork server started
+        next(iter(warm))
+    before = descriptors()
+    kept = []
+    for _ in range(3):
+        loader = train_loader(photos_file, 2, "process")
+        next(iter(loader))
+        loader.close()
+        kept.append(loader)
+    assert descriptors() - before <= 1  # (the tables' map is not a descriptor)
+    assert kept[0].workers.pids == []
+
+
 def test_a_slot_a_worker_cannot_map_fails_its_ranges_with_the_cause(
         photos_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker under an address-space limit (ulimit -v) could not map a new slot:

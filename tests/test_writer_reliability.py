@@ -1177,3 +1177,42 @@ def test_a_loader_opened_by_a_dataset_in_a_writer_worker_leaves_its_generators_a
     DatasetWriter(target, {"y": IntField()}, num_workers=2,
                   progress=False).from_indexed_dataset(LoaderThreadsSeedGlobals())
     assert [int(Reader(target).read(i)[0]) for i in range(4)] == [0, 0, 0, 0]
+
+
+class RaisesAt:
+    """A dataset whose sample *bad* raises ValueError."""
+
+    def __init__(self, bad: int) -> None:
+        self.bad = bad
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int) -> tuple[int]:
+        if i == self.bad:
+            raise ValueError(f"bad sample {i}")
+        return (i,)
+
+
+def test_a_failed_write_lets_go_of_its_workers_descriptors(tmp_path: Path) -> None:
+    """The error's traceback kept the pool's frame, and through it the worker
+    processes' sentinels (4 descriptors with 2 workers), until a garbage collection:
+    without one (gc disabled, as some training scripts do), every failed write
+    added 4."""
+    import gc
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc")
+    fields = {"a": IntField()}
+    with pytest.raises(ValueError, match="bad sample"):  # the fork server, if it is used
+        write(tmp_path / "w.beton", fields, RaisesAt(40))
+    before = len(os.listdir("/proc/self/fd"))
+    gc.disable()
+    try:
+        for _ in range(3):
+            with pytest.raises(ValueError, match="bad sample"):
+                write(tmp_path / "w.beton", fields, RaisesAt(40))
+        assert len(os.listdir("/proc/self/fd")) <= before
+    finally:
+        gc.enable()
+    assert not list(tmp_path.iterdir())

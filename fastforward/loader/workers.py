@@ -219,8 +219,17 @@ class _Worker:
         # the process itself, whatever multiprocessing believes (see _end); closed with
         # this object, so that no thread can signal a number another pidfd took
         self.pidfd = _open_pidfd(getattr(process, "pid", None))  # (tests: stand-ins)
-        if self.pidfd is not None:
-            weakref.finalize(self, os.close, self.pidfd)
+        self._pidfd_closer = (None if self.pidfd is None
+                              else weakref.finalize(self, os.close, self.pidfd))
+
+    def release(self) -> None:
+        """Let go of the ended process's descriptors (its pidfd, multiprocessing's
+        sentinel): a closed loader that is still referred to holds none."""
+        if self._pidfd_closer is not None:
+            self._pidfd_closer()
+        self.pidfd = None
+        with contextlib.suppress(ValueError, AttributeError):  # (stand-ins in tests)
+            self.process.close()
 
 
 @dataclasses.dataclass
@@ -531,6 +540,9 @@ class ProcessWorkers:
         self._fail_all(RuntimeError("the loader was closed"))
         os.close(self._wake_r)
         os.close(self._wake_w)
+        workers, self._workers = self._workers, []
+        for worker in workers:  # ended (_end above), and every thread that used it joined
+            worker.release()
 
     @property
     def owner(self) -> int:
