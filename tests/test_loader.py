@@ -835,6 +835,30 @@ def test_an_interrupt_while_a_batch_is_handed_over_loses_nothing(
     loader.close()
 
 
+def test_threads_sharing_an_epoch_take_a_batch_each(tmp_path: Path) -> None:
+    path = tmp_path / "b.beton"
+    DatasetWriter(path, {"blob": BytesField(), "label": IntField()}, num_workers=1,
+                  progress=False).from_indexed_dataset(
+        [(np.full(50, i, np.uint8), i) for i in range(96)])
+    loader = Loader(path, 4, order=OrderOption.RANDOM, seed=3,
+                    pipelines={"blob": [BytesDecoder()], "label": [IntDecoder()]})
+    iterator = iter(loader)
+    taken: list[list[int]] = [[], []]
+
+    def take(mine: list[int]) -> None:
+        for _, label in iterator:
+            mine += label.ravel().tolist()
+
+    threads = [threading.Thread(target=take, args=(mine,)) for mine in taken]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(taken[0] + taken[1]) == list(range(96))
+    assert iterator.position.delivered == 24
+    loader.close()
+
+
 def test_bytes_batch_holds_its_slot(tmp_path: Path) -> None:
     path = tmp_path / "b.beton"
     blobs = [np.full(i % 7 + 1, i, np.uint8) for i in range(40)]

@@ -846,6 +846,7 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
         self._length = length
         self.position = EpochPosition(epoch, list(segments or []), length)
         self._unfinished: Any = None  # a batch taken from the engine, not yet handed out
+        self._handing = threading.Lock()
         self._pid = os.getpid()  # whose threads run the epoch
         self._finalizer = weakref.finalize(self, _end_epoch, engine, owner)
 
@@ -863,23 +864,25 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
             raise RuntimeError(
                 f"this epoch runs in process {self._pid}, and this is its forked child "
                 f"{os.getpid()}: its batches are the parent's; create a new Loader here")
-        batch = self._unfinished
-        if batch is None:
-            # StopIteration at the end, or once closed
-            batch = self._unfinished = self._engine.next_batch()
-        # an exception while it is handed over (Ctrl-C while waiting for its copies)
-        # leaves it for the next call, uncounted: a state saved then resumes at it
-        if isinstance(batch, PendingBatch):
-            batch = self._unfinished = batch.hand_over()
-        if isinstance(batch, DeviceBatch):
-            batch = batch.hand_over()  # the consumer's stream waits for the batch's GPU work
-        self._unfinished = None
-        # counted once handed over; only the last batch handed out ends the epoch (a
-        # close() leaves it where it was)
-        position = self.position
-        position.delivered += 1
-        position.finished = position.delivered >= self._length
-        return batch
+        with self._handing:  # (threads sharing the iterator take a batch each)
+            batch = self._unfinished
+            if batch is None:
+                # StopIteration at the end, or once closed
+                batch = self._unfinished = self._engine.next_batch()
+            # an exception while it is handed over (Ctrl-C while waiting for its
+            # copies) leaves it for the next call, uncounted: a state saved then
+            # resumes at it
+            if isinstance(batch, PendingBatch):
+                batch = self._unfinished = batch.hand_over()
+            if isinstance(batch, DeviceBatch):
+                batch = batch.hand_over()  # the consumer's stream waits for its GPU work
+            self._unfinished = None
+            # counted once handed over; only the last batch handed out ends the epoch
+            # (a close() leaves it where it was)
+            position = self.position
+            position.delivered += 1
+            position.finished = position.delivered >= self._length
+            return batch
 
     def __len__(self) -> int:
         return self._length
