@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,10 @@ MAX_PREVIEW_SAMPLES = 256
 19,000 pixels)."""
 
 
+_OTHER_FORMATS = frozenset({".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".pdf",
+                            ".svg", ".eps", ".ps", ".avif", ".heic", ".jxl"})
+
+
 def png_target(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> Path:
     """*path* as the PNG to write, checked before any work: not a directory, in
     one, not the *source* file it draws from. A symbolic link is written
@@ -46,7 +51,7 @@ def png_target(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> 
             would replace it), as the writer's target (``refuse_to_replace``).
         FileNotFoundError: its directory does not exist.
         FileExistsError: *path* is the source file (it would be overwritten).
-        ValueError: its suffix is another format's (``.jpg``).
+        ValueError: its suffix is another image format's (``.jpg``).
     """
     from .writer import refuse_to_replace, written_through_links
 
@@ -62,7 +67,7 @@ def png_target(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> 
     if same:
         raise FileExistsError(errno.EEXIST, "is the file being read; writing the PNG "
                               "there would destroy it: give another path", name)
-    if out.suffix.lower() not in ("", ".png"):  # PNG bytes in a .jpg would mislead
+    if out.suffix.lower() in _OTHER_FORMATS:  # PNG bytes in a .jpg would mislead
         raise ValueError(f"{name}: the image written is a PNG: name it .png (or give no "
                          "suffix)")
     return out
@@ -77,10 +82,26 @@ def save_png(figure: Any, out: Path, dpi: int) -> None:
     partial: Path | None = None
     try:
         # a name of its own (two previews of one target do not meet), short whatever
-        # the target's length (any name the directory allows can be written)
-        handle, name = tempfile.mkstemp(prefix=".preview-", suffix=".part", dir=target.parent)
-        os.close(handle)
-        partial = Path(name)
+        # the target's length (any name the directory allows can be written), made
+        # with the umask's permissions as open() would (mkstemp's are 0600), or the
+        # replaced PNG's
+        for _ in range(100):
+            name = target.with_name(f".preview-{secrets.token_hex(4)}.part")
+            try:
+                handle = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                 0o666)
+            except FileExistsError:
+                continue
+            partial = name
+            break
+        else:
+            raise FileExistsError(errno.EEXIST, "no free name for the partial file",
+                                  str(target.parent))
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.fchmod(handle, stat.S_IMODE(os.stat(target).st_mode))
+        finally:
+            os.close(handle)
         figure.savefig(partial, dpi=dpi, format="png")
         os.replace(partial, target)
     except OSError as exc:

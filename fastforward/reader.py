@@ -204,21 +204,26 @@ class Reader:
                 self._index_payloads()
             else:
                 self._map_tables(*shared)
+        except FormatError as exc:
+            self._fd_closer()
+            # without validate, what the checksums found first is the diagnosis (a
+            # header that fails its checksum, then a version that makes no sense):
+            # the whole file's problems noted so far, before the one that stops it
+            noted = [str(p) for p in getattr(self, "_open_problems", ()) if p.sample is None]
+            prefix = f"{self.fname}: "
+            if noted and str(exc).startswith(prefix):
+                raise FormatError(f"{prefix}{'; '.join(noted[:3])}; then: "
+                                  f"{str(exc)[len(prefix):]}") from None
+            raise
         except BaseException:
             self._fd_closer()
             raise
         self._page_checks = (None if self.checksums is None
                              else PageChecks(self.checksums.page_sums))
-        self._opened = True
 
     # -- opening --------------------------------------------------------------
 
     def _error(self, message: str) -> FormatError:
-        noted = getattr(self, "_open_problems", None)
-        if noted and not getattr(self, "_opened", False):
-            # without validate, what the checksums found first is the diagnosis: a
-            # header that fails its checksum, then a version that makes no sense
-            message = f"{'; '.join(str(p) for p in noted)}; then: {message}"
         return FormatError(f"{self.fname}: {message}")
 
     def _damage(self, message: str, sample: int | None = None, field: str | None = None,

@@ -1287,7 +1287,8 @@ class DatasetWriter:
             (``RGBImageField(write_mode='proportion')``). The same inputs and
             seed give a byte-identical file, whatever ``num_workers`` is.
         progress: show a tqdm progress bar.
-        skip_errors: (keyword only) exception types that leave a sample out
+        skip_errors: (keyword only) an exception class, or a sequence of them,
+            that leave a sample out
             of the file instead of stopping the write, when a field's
             encoding raises one, or reading the sample from the dataset
             (``from_indexed_dataset``'s ``dataset[i]``) does:
@@ -1354,7 +1355,7 @@ class DatasetWriter:
         self.row_type = get_metadata_type(list(self.fields.values()))
         if isinstance(skip_errors, type):  # one class, as `except` takes
             skip_errors = (skip_errors,)
-        if not isinstance(skip_errors, Iterable):
+        if not isinstance(skip_errors, Iterable) or isinstance(skip_errors, (str, bytes)):
             raise TypeError(f"skip_errors takes exception types (a class or a sequence of "
                             f"them), got {skip_errors!r}")
         self.skip_errors = tuple(skip_errors)

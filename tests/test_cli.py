@@ -333,6 +333,17 @@ def test_convert_to_names_that_are_no_file(corpus: Path, tmp_path: Path,
     status = main(["convert", str(corpus), str(image), *FAST])
     assert_one_line_error(capsys, status, 1, f"{image}: is one of the images being converted")
     assert image.read_bytes() == before
+    # an image reached through a link of another name (a folder of links is common)
+    folder = tmp_path / "links"
+    shutil.copytree(corpus, folder)
+    elsewhere = tmp_path / "real.jpg"
+    shutil.copy(image, elsewhere)
+    (folder / image.parent.name / "linked.jpg").symlink_to(elsewhere)
+    status = main(["convert", str(folder), str(elsewhere), *FAST])
+    assert_one_line_error(capsys, status, 1, f"{elsewhere}: is one of the images being "
+                                             f"converted ({folder / image.parent.name}"
+                                             "/linked.jpg)")
+    assert elsewhere.read_bytes() == before
 
 
 def test_convert_writes_any_name_the_directory_allows(

@@ -495,10 +495,13 @@ def test_an_order_option_at_its_default_is_no_option(paged: Path,
     ({"segments": [[3_000_000, 0]]}, "world sizes are 1 to 1048576"),
     ({"batch_size": "10"}, "saved with batch_size='10', this loader has 10"),
     ({"version": True}, "unknown loader state version True"),
-    ({"drop_last": 1}, r"drop_last=1; this loader: True"),
+    ({"drop_last": 1}, r"state's drop_last is 1, not True or False"),
+    ({"version": 2.0}, "unknown loader state version 2.0"),
+    ({"batch_size": 10.0}, "saved with batch_size=10.0, this loader has 10"),
 ], ids=["epoch<0", "seed<0", "seed 2**64", "epoch 1.5", "past the end", "past the end later",
         "no ranks", "not pairs", "a float", "booleans", "strings", "a string",
-        "a world too large", "batch size a string", "version True", "drop_last 1"])
+        "a world too large", "batch size a string", "version True", "drop_last 1",
+        "version 2.0", "batch size 10.0"])
 def test_resume_checks_the_state_values(paged: Path, monkeypatch: pytest.MonkeyPatch,
                                         values: dict, match: str) -> None:
     """Values a loader never saves were taken and failed later in NumPy with a

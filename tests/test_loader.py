@@ -833,6 +833,18 @@ def test_an_interrupt_while_a_batch_is_handed_over_loses_nothing(
     assert got == full
     assert loader.state_dict()["epoch"] == 1
     loader.close()
+    # closed after the interrupt: the batch is not handed out after all
+    waits = 0
+    loader = make()
+    iterator = iter(loader)
+    next(iterator), next(iterator)
+    with pytest.raises(KeyboardInterrupt):
+        next(iterator)
+    iterator.close()
+    with pytest.raises(StopIteration):
+        next(iterator)
+    assert loader.state_dict()["segments"] == [[1, 2]]
+    loader.close()
 
 
 def test_threads_sharing_an_epoch_take_a_batch_each(tmp_path: Path) -> None:

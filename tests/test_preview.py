@@ -304,6 +304,13 @@ def test_preview_writes_any_name_the_directory_allows(scene_file: Path, tmp_path
                  "--samples", "1"]) == 0
     assert out.read_bytes().startswith(b"\x89PNG")
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask  # as open() makes it
+    out.chmod(0o640)  # a PNG replaced keeps its permissions
+    assert main(["preview", str(scene_file), "-o", str(out), "--size", "16",
+                 "--samples", "1"]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
     capsys.readouterr()
     assert main(["preview", str(scene_file), "-o", str(tmp_path / "x.jpg")]) == 1
     assert "x.jpg: the image written is a PNG: name it .png" in capsys.readouterr().err

@@ -94,9 +94,12 @@ def as_array(value: Any, what: str, expected: str) -> np.ndarray:
                                       "array (read with a library that keeps 16 bits: "
                                       "imageio, tifffile, OpenCV's IMREAD_UNCHANGED)")
                 value = np.asarray(image)
+        except EncodeError:  # (a ValueError: said as it is)
+            raise
         except Image.DecompressionBombError as exc:  # (an Exception, not an OSError)
             raise EncodeError(f"{what} file too large to decode: {exc}") from None
-        except OSError as exc:  # Pillow's message names the BytesIO; the caller, the file
+        # damaged data, as Pillow's plugins say it; its message names the BytesIO
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
             message = BYTES_IO.sub("", str(exc)) or type(exc).__name__
             raise EncodeError(f"cannot decode {what} file ({len(value)} bytes): "
                               f"{message}") from None

@@ -221,7 +221,8 @@ class RaggedField(TaggedField):
                 if bad.any():
                     row = int(np.flatnonzero(bad)[0])
                     layout = f" ({self.box_format})" if self.box_format else ""
-                    raise EncodeError(f"column {name!r}: box {row} is {array[row].tolist()}"
+                    shown = "[" + ", ".join(str(v) for v in array[row]) + "]"  # (float32's)
+                    raise EncodeError(f"column {name!r}: box {row} is {shown}"
                                       f"{layout}: not a box (a coordinate is not finite"
                                       + (", or a far edge is before its near one)"
                                          if self.box_format else ")"))

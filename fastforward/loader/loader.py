@@ -637,7 +637,7 @@ class Loader:
             raise ValueError(f"{self.fname}: the loader state lacks {', '.join(missing)}: it "
                              "is not one state_dict() returned")
         version = state["version"]
-        if isinstance(version, bool) or version not in (1, STATE_VERSION):
+        if type(version) is not int or version not in (1, STATE_VERSION):
             raise ValueError(f"unknown loader state version {version!r}")
         segments = _segments_of(state["segments"], self.fname)
         if version == 1 and isinstance(self.traversal_order, QuasiRandom) and any(
@@ -649,14 +649,14 @@ class Loader:
                 "Resume it with the version that saved it, or restart that epoch from its "
                 "beginning (set the state's 'segments' to [])")
         for key, mine in (("batch_size", self.batch_size), ("num_samples", len(self.indices))):
-            if state[key] != mine:
+            if state[key] != mine or isinstance(state[key], (bool, float)):
                 raise ValueError(f"{self.fname}: the state was saved with {key}={state[key]!r}, "
                                  f"this loader has {mine}")
         for key, mine in self._identity().items():
-            # (True is not 1 here: a drop_last of 1 is no state_dict()'s)
-            differs = key in state and (state[key] != mine or (isinstance(mine, bool)
-                                        and not isinstance(state[key], bool)))
-            if differs and not (
+            if key in state and isinstance(mine, bool) and not isinstance(state[key], bool):
+                raise ValueError(f"{self.fname}: the loader state's {key} is {state[key]!r}, "
+                                 "not True or False: it is not one state_dict() returned")
+            if key in state and state[key] != mine and not (
                     key == "order" and state[key] == self._order_name(defaults=True)):
                 raise ValueError(f"{self.fname}: the state was saved {_SAVED_WITH[key]} "
                                  f"({key}={state[key]!r}; this loader: {mine!r}), so resuming "
@@ -866,6 +866,9 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
                 f"{os.getpid()}: its batches are the parent's; create a new Loader here")
         with self._handing:  # (threads sharing the iterator take a batch each)
             batch = self._unfinished
+            if batch is not None and not self._finalizer.alive:  # closed since: not handed
+                self._unfinished = batch = None                    # out, as the rest
+                raise StopIteration
             if batch is None:
                 # StopIteration at the end, or once closed
                 batch = self._unfinished = self._engine.next_batch()

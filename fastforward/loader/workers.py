@@ -271,6 +271,9 @@ class ProcessWorkers:
         self.start_method = start_method
         self.method_used: str | None = None
         self._workers: list[_Worker] = []
+        # close() and abandon() one at a time: close() lets go of the descriptors
+        # (pidfds, the wake pipe) that abandon() signals and writes through
+        self._closing = threading.RLock()
         self._lock = threading.Lock()  # the pending table and the workers list
         self._buried = threading.Condition(self._lock)  # notified when a worker is buried
         # job id: its future, its worker, what it is (for errors), its epoch's plan id
@@ -489,30 +492,40 @@ class ProcessWorkers:
 
         if os.getpid() != self._owner:  # a forked child: the workers are the parent's
             return
-        self._drop_queued(plan_id, "its epoch had ended")
-        with self._lock:
-            stuck_ones = [worker for worker in self._workers if stuck(worker)]
-        for worker in stuck_ones:
-            worker.why = "killed by the loader: its epoch had ended, its range still running"
-            with contextlib.suppress(OSError):
-                _kill(worker)
-        for worker in stuck_ones:
-            self._await_buried(worker)
+        with self._closing:
+            if self._closed:  # close() ends every worker
+                return
+            self._drop_queued(plan_id, "its epoch had ended")
+            with self._lock:
+                stuck_ones = [worker for worker in self._workers if stuck(worker)]
+            for worker in stuck_ones:
+                worker.why = ("killed by the loader: its epoch had ended, its range still "
+                              "running")
+                with contextlib.suppress(OSError):
+                    _kill(worker)
+            for worker in stuck_ones:
+                self._await_buried(worker)
 
     def close(self) -> None:
         """Ask every worker to exit, wait a little, kill what is left (idempotent).
 
         In a forked child of the loader's process, only lets go of the child's
         copies of the sockets: the workers are the parent's."""
+        if os.getpid() != self._owner:  # (without the lock: a parent's thread may have
+            if not self._closed:        # held it when this process was forked)
+                self._closed = True
+                for worker in self._workers:
+                    worker.conn.close()
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+            return
+        with self._closing:
+            self._close()
+
+    def _close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if os.getpid() != self._owner:
-            for worker in self._workers:
-                worker.conn.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            return
         self._kick()  # the dispatcher sees the pool closed, and stops
         for worker in self._workers:
             # politely, unless a send to it is stuck (a stopped worker's socket full)
