@@ -109,7 +109,7 @@ def corpus(work: Path, images: int, cores: int) -> dict[str, Any]:
     start = time.perf_counter()
     shards = [(str(work / "shards" / str(k)), images // cores + (k < images % cores), k)
               for k in range(cores)]
-    with multiprocessing.get_context("fork").Pool(cores) as pool:
+    with multiprocessing.get_context("forkserver").Pool(cores) as pool:
         pool.map(_shard, shards)
     root = work / "images"
     for folder, _, k in shards:
@@ -138,7 +138,7 @@ def cuda_tests(out: Path) -> dict[str, Any]:
                            "-p", "no:cacheprovider", "--basetemp", str(out / "pt"),
                            "tests/test_cuda.py", "tests/test_transforms_torch.py",
                            "tests/test_transforms.py"],
-                          capture_output=True, text=True, check=False, timeout=400)
+                          capture_output=True, text=True, check=False, timeout=200)
     print(done.stdout[-12000:], done.stderr[-3000:], flush=True)
     (out / "cuda_tests.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:

@@ -127,4 +127,16 @@ def pin_segment(segment: Any, nbytes: int) -> None:
         raise RuntimeError(f"cudaHostRegister of {nbytes} bytes of a shared slot failed "
                            f"({status}): process workers need page-locked slots for the "
                            "CUDA stage (is the memlock limit too low? ulimit -l)")
-    weakref.finalize(whole, cudart.cudaHostUnregister, pointer)
+    # unregistered on the same GPU, from whichever thread lets the segment go; not at
+    # the interpreter's exit (its finalizers run newest first, before the loader's has
+    # stopped the copies out of it; the process's end undoes it anyway)
+    unregister = weakref.finalize(whole, _unregister, cudart, pointer,
+                                  torch.cuda.current_device())
+    unregister.atexit = False
+
+
+def _unregister(cudart: Any, pointer: int, device: int) -> None:
+    import torch
+
+    with torch.cuda.device(device):
+        cudart.cudaHostUnregister(pointer)

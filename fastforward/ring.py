@@ -297,6 +297,7 @@ class SlotPool:
 
     def acquire(self, layout: Layout) -> Slot:
         """A slot whose buffers nothing else refers to, shaped for *layout*."""
+        let_go = None
         with self._lock:
             for position, slot in enumerate(self._free):
                 if not slot.is_held():
@@ -307,8 +308,12 @@ class SlotPool:
                 if len(self._free) >= self.num_slots:
                     # the user holds them all: let the oldest go (their references
                     # keep it alive, unchanged) so the pool stays its size
-                    del self._free[0]
+                    let_go = self._free.pop(0)
                     self.replaced += 1
+        if let_go is not None and let_go.fence is not None:
+            # buffers the user does not hold (a pinned image buffer, when the user
+            # holds its labels) go back to their allocator: once copied out of
+            let_go.fence.synchronize()
         if (slot.kind, slot.pin_shared, slot.pin_pipelines) != (
                 self.kind, self.pin_shared, self.pin_pipelines):
             slot.__init__(self.batch_size, self.kind, self.dropped.append)  # type: ignore[misc]

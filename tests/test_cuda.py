@@ -89,6 +89,30 @@ def test_slow_consumer_sees_intact_batches(train_file: Path, workers: dict) -> N
     for (images, labels), (want_images, want_labels) in zip(held, reference, strict=True):
         assert torch.equal(labels.cpu(), want_labels)
         assert torch.equal(images.cpu(), want_images)
+    # the loader's own stream lagging (its copies out of the pinned slot run late,
+    # so a slot refilled before they ran would show), and each batch dropped once a
+    # copy of it is queued behind a sleep (its memory, recorded on the consumer's stream,
+    # must not be reused by the next batch before the copy has read it)
+    copies = []
+    with load() as lagging:
+        stage = lagging._stage
+        assert stage is not None
+        iterator = iter(lagging)
+        while True:
+            with torch.cuda.stream(stage.stream):
+                torch.cuda._sleep(20_000_000)
+            try:
+                images, labels = next(iterator)
+            except StopIteration:
+                break
+            torch.cuda._sleep(20_000_000)  # the consumer's stream too, then a copy
+            copies.append((images.clone(), labels.clone()))  # read after the sleep
+            del images, labels
+        torch.cuda.synchronize()
+    assert len(copies) == len(reference)
+    for (images, labels), (want_images, want_labels) in zip(copies, reference, strict=True):
+        assert torch.equal(labels.cpu(), want_labels)
+        assert torch.equal(images.cpu(), want_images)
 
 
 def test_held_device_batches_stay_intact(train_file: Path) -> None:
@@ -153,7 +177,8 @@ def test_resume_on_the_gpu(train_file: Path) -> None:
         assert torch.equal(images, want_images)
 
 
-def test_policies_on_the_gpu(train_file: Path) -> None:
+@pytest.mark.parametrize("size", [64, 176])  # 176² is no power of two (Contrast's mean)
+def test_policies_on_the_gpu(train_file: Path, size: int) -> None:
     """TrivialAugmentWide, RandAugment and AutoAugment after ToDevice run on the GPU,
     batched, and give the pixels they give on the CPU."""
     from fastforward.transforms import AutoAugment, RandAugment, TrivialAugmentWide
@@ -163,7 +188,7 @@ def test_policies_on_the_gpu(train_file: Path) -> None:
                          ("AutoAugment", AutoAugment)]:
         def load(device: str, make=policy) -> Loader:
             return Loader(train_file, 32, seed=7, pipelines={
-                "image": [RandomResizedCropRGBImageDecoder((64, 64)), ToTensor(),
+                "image": [RandomResizedCropRGBImageDecoder((size, size)), ToTensor(),
                           ToDevice(device), ToTorchImage(), make()],
                 "label": [IntDecoder(), ToTensor(), Squeeze(), ToDevice(device)]})
 

@@ -72,6 +72,28 @@ def test_dropping_the_slots_waits_for_their_copies() -> None:
     assert all(slot.fence is None for slot in slots)
 
 
+def test_a_slot_let_go_while_held_waits_for_its_copies(monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    """When the user holds every slot, the oldest is let go: its buffers the user
+    does not hold (a pinned image buffer, its labels held) went back to their
+    allocator while a copy out of them could still run."""
+    from fastforward.ring import SlotPool
+
+    pool = SlotPool(2, 4)
+    log: list[str] = []
+    slots = list(pool._free)
+    slots[0].fence, slots[1].fence = FakeFence(log, "oldest"), FakeFence(log, "newer")
+    for slot in slots:
+        monkeypatch.setattr(slot, "is_held", lambda: True)
+    monkeypatch.setattr(pool, "_new_slot", lambda: type(slots[0])(4))
+    monkeypatch.setattr(type(slots[0]), "fit", lambda self, layout: None)
+    fresh = pool.acquire({})
+    assert fresh not in slots
+    assert log == ["oldest"]
+    assert pool.replaced == 1
+    assert pool._free == [slots[1]]
+
+
 def test_nvjpeg_waits_for_the_stream_and_names_a_bad_jpeg(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """nvJPEG writes before the stream's queued work has run (pytorch/vision#9606):
@@ -89,7 +111,11 @@ def test_nvjpeg_waits_for_the_stream_and_names_a_bad_jpeg(
         def synchronize(self) -> None:
             log.append("drained")
 
-    def decode_jpeg(data: Any, device: Any) -> Any:
+    class ImageReadMode:
+        RGB = "RGB"
+
+    def decode_jpeg(data: Any, device: Any, mode: Any = None) -> Any:
+        assert mode == "RGB"  # (a grayscale JPEG would come back with one channel)
         batch = data if isinstance(data, list) else [data]
         log.append(f"decode {len(batch)}")
         if any(bytes(item) == b"bad" for item in batch):
@@ -98,6 +124,7 @@ def test_nvjpeg_waits_for_the_stream_and_names_a_bad_jpeg(
 
     io = types.ModuleType("torchvision.io")
     io.decode_jpeg = decode_jpeg  # type: ignore[attr-defined]
+    io.ImageReadMode = ImageReadMode  # type: ignore[attr-defined]
     vision = types.ModuleType("torchvision")
     vision.io = io  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "torchvision", vision)
@@ -112,16 +139,16 @@ def test_nvjpeg_waits_for_the_stream_and_names_a_bad_jpeg(
         decoder._nvjpeg([b"a", b"bad", b"c"], [4, 9, 11], "cuda")
     failures = iter([RuntimeError("batched decode failed"), None, None])
 
-    def flaky(data: Any, device: Any) -> Any:  # the batch fails, each image decodes
+    def flaky(data: Any, device: Any, mode: Any = None) -> Any:  # the batch fails, not each
         failure = next(failures, None)
         if failure is not None:
             raise failure
-        return decode_jpeg(data, device)
+        return decode_jpeg(data, device, mode)
 
     io.decode_jpeg = flaky  # type: ignore[attr-defined]
     assert decoder._nvjpeg([b"a", b"b"], [4, 9], "cuda") == [["image a"], ["image b"]]
 
-    def out_of_memory(data: Any, device: Any) -> Any:
+    def out_of_memory(data: Any, device: Any, mode: Any = None) -> Any:
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     io.decode_jpeg = out_of_memory  # type: ignore[attr-defined]

@@ -116,9 +116,10 @@ class _NvJpegMixin:
         import torch
         import torchvision.io
 
+        rgb = torchvision.io.ImageReadMode.RGB  # (a grayscale JPEG has 1 channel as it is)
         torch.cuda.current_stream(device).synchronize()
         try:
-            return list(torchvision.io.decode_jpeg(payloads, device=device))
+            return list(torchvision.io.decode_jpeg(payloads, mode=rgb, device=device))
         except torch.OutOfMemoryError:
             raise  # not the JPEGs' fault: as torch raises it, for code that shrinks batches
         except RuntimeError:
@@ -126,7 +127,7 @@ class _NvJpegMixin:
         images = []
         for payload, sample in zip(payloads, samples, strict=True):
             try:
-                images.append(torchvision.io.decode_jpeg(payload, device=device))
+                images.append(torchvision.io.decode_jpeg(payload, mode=rgb, device=device))
             except torch.OutOfMemoryError:
                 raise
             except RuntimeError as exc:

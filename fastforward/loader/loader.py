@@ -719,7 +719,9 @@ class Loader:
         epoch_plan = EpochPlan(
             batches=batches,
             fetch=fetch,
-            acquire_slot=functools.partial(slots.acquire, layout),
+            acquire_slot=(functools.partial(slots.acquire, layout) if self._stage is None
+                          else functools.partial(_on_device, self._stage.device, slots.acquire,
+                                                 layout)),
             release_slot=slots.release,
             # a resumed epoch's batches keep their places in it (BatchContext.batch_index)
             run_batch=functools.partial(_run_batch, plan, epoch, self.seed, self._stage,
@@ -965,10 +967,22 @@ def _run_batch(plan: Plan, epoch: int, seed: int, stage: DeviceStage | None, wor
             return PendingBatch(outputs, copies)  # the consumer waits for the copies
         return outputs
     with stage.context():  # copies and GPU transforms on the side stream
-        outputs = run_stage2(plan, job, data, slot)
-        event = stage.record()
-    slot.fence = event  # the slot's pinned buffers are refilled only after this
+        try:
+            outputs = run_stage2(plan, job, data, slot)
+        finally:  # (a batch that fails may have queued copies out of the slot too)
+            event = stage.record()
+            slot.fence = event  # the slot's pinned buffers are refilled only after this
     return DeviceBatch(outputs, event)
+
+
+def _on_device(device: Any, call: Callable[..., Any], *args: Any) -> Any:
+    """*call* with the loader's GPU current in this thread: a batch thread's CUDA
+    calls (a slot's fence, page-locking a shared slot) would otherwise make a context
+    on GPU 0, on every rank of a job run with torchrun."""
+    import torch
+
+    with torch.cuda.device(device):
+        return call(*args)
 
 
 MAX_WORLD_SIZE = 1 << 20

@@ -28,6 +28,11 @@ _NONE = -1
 _GRAY = tuple(float(np.float32(w)) for w in (0.2989, 0.587, 0.114))
 
 
+# Copies of per-batch parameters to the GPU are non_blocking: from pageable memory,
+# CUDA returns once the bytes are staged (so the NumPy temporaries may go), and
+# the loader's stream is not drained before each of them.
+
+
 def _column(values: np.ndarray, like: Any, dtype: Any) -> Any:
     """Per-sample *values* as an ``(n, 1, 1, 1)`` tensor of *dtype* on *like*'s device
     (converted on the host, as the kernel converts: double to float rounds to nearest)."""
@@ -58,7 +63,8 @@ def _fill_value(fill: np.ndarray | None, like: Any) -> Any:
     import torch
 
     values = np.zeros(3) if fill is None else np.rint(np.float32(fill)).clip(0, 255)
-    return torch.from_numpy(values.astype(np.uint8)).reshape(1, 3, 1).to(like.device)
+    return torch.from_numpy(values.astype(np.uint8)).reshape(1, 3, 1).to(like.device,
+                                                                          non_blocking=True)
 
 
 def _fma(a: Any, b: Any, c: Any) -> Any:
@@ -80,7 +86,8 @@ def _sample_positions(p: np.ndarray, h: int, w: int, like: Any) -> tuple[Any, An
     m = np.asarray(p[:, :6], dtype=np.float32)
     rows = np.stack([m[:, 0] / half_w, m[:, 1] / half_w, m[:, 2] / half_w,
                      m[:, 3] / half_h, m[:, 4] / half_h, m[:, 5] / half_h], axis=1)
-    col = [c[:, None] for c in torch.from_numpy(np.ascontiguousarray(rows)).to(dev).unbind(1)]
+    on = torch.from_numpy(np.ascontiguousarray(rows)).to(dev, non_blocking=True)
+    col = [c[:, None] for c in on.unbind(1)]
     X = (torch.arange(w, dtype=torch.float32, device=dev) + float((1 - w) * 0.5)).repeat(h)
     Y = (torch.arange(h, dtype=torch.float32, device=dev)
          + float((1 - h) * 0.5)).repeat_interleave(w)
@@ -132,7 +139,8 @@ def _affine(x: Any, p: np.ndarray, bilinear: bool, fill: np.ndarray | None) -> A
     assert total is not None  # the loop ran over the four corners
     if fill is not None:
         assert mask is not None
-        f = torch.from_numpy(np.float32(fill)).reshape(1, 3, 1).to(x.device)
+        f = torch.from_numpy(np.float32(fill)).reshape(1, 3, 1).to(x.device,
+                                                                   non_blocking=True)
         total = (total - f) * mask[:, None, :] + f
     return _to_u8(torch.round(total)).reshape(n, 3, h, w)
 
@@ -152,7 +160,7 @@ def _rot90(x: Any, p: np.ndarray, bilinear: bool, fill: np.ndarray | None) -> An
     for k in (1, 2, 3):
         rows = np.flatnonzero(p[:, 0] == k)
         if len(rows):
-            index = torch.from_numpy(rows).to(x.device)
+            index = torch.from_numpy(rows).to(x.device, non_blocking=True)
             out.index_copy_(0, index, torch.rot90(x.index_select(0, index), k, dims=(2, 3)))
     return out
 
@@ -181,7 +189,9 @@ def _contrast(x: Any, p: np.ndarray, bilinear: bool, fill: np.ndarray | None) ->
 
     n, _, h, w = x.shape
     total = _gray(x).to(torch.int64).sum(dim=(1, 2, 3)).float()
-    mean = (total / torch.tensor(float(h * w), dtype=torch.float32)).reshape(n, 1, 1, 1)
+    # divided by a tensor on the same device: CUDA's division by a CPU scalar multiplies
+    # by its reciprocal, a bit off the CPU's quotient (a pixel off after the blend)
+    mean = (total / torch.full_like(total, float(h * w))).reshape(n, 1, 1, 1)
     return _blend_fused(x, mean, p[:, 0])
 
 
@@ -209,7 +219,8 @@ def _posterize(x: Any, p: np.ndarray, bilinear: bool, fill: np.ndarray | None) -
 
     bits = p[:, 0].astype(np.int64)
     masks = np.where(bits >= 8, 0xFF, ((1 << bits) - 1) << (8 - np.minimum(bits, 8))) & 0xFF
-    mask = torch.from_numpy(masks.astype(np.uint8)).reshape(-1, 1, 1, 1).to(x.device)
+    mask = torch.from_numpy(masks.astype(np.uint8)).reshape(-1, 1, 1, 1).to(
+        x.device, non_blocking=True)
     return x & mask
 
 
@@ -288,7 +299,7 @@ def apply_kernel_ops(images: Any, ops: np.ndarray, params: np.ndarray, bilinear:
             if code == _NONE:
                 continue
             rows = np.flatnonzero(codes == code)
-            index = torch.from_numpy(rows).to(images.device)
+            index = torch.from_numpy(rows).to(images.device, non_blocking=True)
             result = _OPERATIONS[code](current.index_select(0, index), params[rows, k],
                                        bilinear, fill)
             current.index_copy_(0, index, result)
