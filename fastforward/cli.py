@@ -318,6 +318,7 @@ class ConvertResult:
     file_size: int
     skipped: tuple[tuple[Path, str], ...] = ()  # (image, why) of each image left out
     skipped_list: Path | None = None  # where their list was written
+    empty_classes: tuple[tuple[int, str], ...] = ()  # (label, folder) of classes of no image
 
     @property
     def rate(self) -> float:
@@ -334,6 +335,14 @@ class ConvertResult:
             lines.append(f"skipped {len(self.skipped)} image(s) that cannot be read or "
                          f"decoded (listed in {self.skipped_list}):")
             lines.extend(f"  {path}: {why}" for path, why in self.skipped)
+        if self.empty_classes:
+            shown = ", ".join(f"{label} ({name!r})" for label, name in self.empty_classes[:5])
+            more = f" and {len(self.empty_classes) - 5} more" if len(self.empty_classes) > 5 \
+                else ""
+            lines.append(f"note: {len(self.empty_classes)} class folder(s) hold no image, so "
+                         f"their labels appear in no sample: {shown}{more} (torchvision's "
+                         "ImageFolder numbers classes the same way, and refuses such "
+                         "folders unless allow_empty=True)")
         return "\n".join(lines)
 
 
@@ -466,8 +475,9 @@ def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
                                 shuffle_indices=options.shuffle)
     seconds = time.perf_counter() - start
     skipped = images(writer.skipped)
+    empty = tuple((dataset.classes.index(name), name) for name in dataset.empty_classes)
     return ConvertResult(out, len(dataset) - len(skipped), seconds, out.stat().st_size,
-                         skipped, listed if skipped else None)
+                         skipped, listed if skipped else None, empty)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -56,6 +56,11 @@ class ImageFolder:
                 )
         if not self.samples:
             raise ValueError(f"{self.root}: no image files in its class folders")
+        found = {label for _, label in self.samples}
+        self.empty_classes = [name for label, name in enumerate(self.classes)
+                              if label not in found]
+        """Class folders holding no image: their labels appear in no sample
+        (torchvision's ImageFolder refuses them unless ``allow_empty=True``)."""
 
     def __len__(self) -> int:
         return len(self.samples)

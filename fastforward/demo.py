@@ -85,13 +85,14 @@ def make_corpus(root: str | os.PathLike[str], count: int, seed: int = 0,
     root = Path(root)
     photos = load_photos()
     rng = np.random.default_rng(seed)
-    for name in PHOTOS:
-        (root / _class_name(name)).mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     for n in range(count):
         image, label = make_image(photos, rng, size)
         q = int(rng.integers(quality[0], quality[1] + 1))
         data = sj.encode_jpeg(image, quality=q, colorspace="RGB", colorsubsampling="420")
-        (root / _class_name(PHOTOS[label]) / f"{n:06d}.jpg").write_bytes(data)
+        folder = root / _class_name(PHOTOS[label])  # (a class no image was drawn from
+        folder.mkdir(exist_ok=True)                   # has no folder: no empty class)
+        (folder / f"{n:06d}.jpg").write_bytes(data)
     return root
 
 

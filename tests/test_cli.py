@@ -86,6 +86,24 @@ def test_convert_prints_a_summary(corpus: Path, tmp_path: Path,
     assert "MiB" in lines[0]
 
 
+def test_convert_notes_class_folders_without_images(corpus: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty (or hidden, such as .ipynb_checkpoints) class folder took a label
+    that no sample has, without a word."""
+    folder = tmp_path / "imgs"
+    shutil.copytree(corpus, folder)
+    (folder / ".ipynb_checkpoints").mkdir()
+    (folder / "zz_empty").mkdir()
+    assert main(["convert", str(folder), str(tmp_path / "x.beton"), *FAST]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    classes = sorted(p.name for p in folder.iterdir())
+    assert lines[1] == (
+        f"note: 2 class folder(s) hold no image, so their labels appear in no sample: "
+        f"{classes.index('.ipynb_checkpoints')} ('.ipynb_checkpoints'), "
+        f"{classes.index('zz_empty')} ('zz_empty') (torchvision's ImageFolder numbers "
+        "classes the same way, and refuses such folders unless allow_empty=True)")
+
+
 def test_info_json(beton: Path, capsys: pytest.CaptureFixture[str]) -> None:
     info = run_info(capsys, beton)
     assert info["num_samples"] == NUM_IMAGES
