@@ -5,7 +5,8 @@
 IMAGE_FOLDER is an ImageFolder of JPEGs (``fastforward.demo.make_corpus`` writes
 one; ``python bench/restart_markers.py --corpus N DIR`` makes N images under DIR).
 It is written twice at max_resolution=256, quality 90: as the writer does (a
-restart marker at each MCU row) and without markers. Each round, each line
+restart marker at each MCU row) and without markers (into WORKDIR, where files
+already there are used as they are: give a fresh WORKDIR for another folder). Each round, each line
 runs libjpeg's entropy decoder (``JpegDecoder.libjpeg_huffman``, or
 ``FASTFORWARD_HUFFMAN=libjpeg`` for whole loaders and writers) and then
 fastforward's, on the same data, and prints the medians over rounds and the

@@ -94,6 +94,7 @@ def kernel_us(path: Path, restarts: bool, count: int = 2000) -> float:
 def main(folder: Path, rounds: int, workdir: Path) -> None:
     if rgb_image._region is None:
         raise SystemExit("this build has no libjpeg-turbo (see setup.py)")
+    workdir.mkdir(parents=True, exist_ok=True)
     files = {"markers": workdir / "markers.beton", "none": workdir / "none.beton"}
     for name, path in files.items():
         write(folder, path, name == "markers")

@@ -2,10 +2,14 @@
 
 DDP, channels_last, progressive resizing through the decoder's ``output_size``,
 label smoothing, test-time centre crop, distributed evaluation that counts
-every validation sample once, and checkpoints that resume mid-epoch.
+every validation sample once, and checkpoints that resume mid-epoch: with
+``--checkpoint``, one after each epoch, every ``--checkpoint-every`` steps, and
+one when the job is told to stop (SIGTERM, as a preempting scheduler sends it, on
+any rank: the ranks agree at the next step, save and exit).
 
     torchrun --nproc_per_node=8 examples/train_imagenet.py \\
-        --train /data/train.beton --val /data/val.beton --arch resnet50 --epochs 88
+        --train /data/train.beton --val /data/val.beton --arch resnet50 --epochs 88 \\
+        --checkpoint /ckpt/run.pt --checkpoint-every 1000
     torchrun --nproc_per_node=2 examples/train_imagenet.py --smoke     # CPU, the demo corpus
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -122,7 +127,10 @@ def main() -> None:
     parser.add_argument("--val-res", type=int, default=256)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoint", default=None, help="save here every epoch; resume")
+    parser.add_argument("--checkpoint", default=None,
+                        help="save here after each epoch and on SIGTERM; resume from it")
+    parser.add_argument("--checkpoint-every", type=int, default=0,
+                        help="also save every this many steps (0: not mid-epoch)")
     parser.add_argument("--smoke", action="store_true", help="tiny model, demo data, CPU")
     args = parser.parse_args()
 
@@ -155,6 +163,19 @@ def main() -> None:
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     scaler = torch.amp.GradScaler(enabled=on_cuda)
     start_epoch = 0
+    stop_asked = [False]  # set by SIGTERM; the ranks agree on it at each step
+    signal.signal(signal.SIGTERM, lambda *_: stop_asked.__setitem__(0, True))
+
+    def save() -> None:
+        if rank == 0 and args.checkpoint:  # every rank's loader state is the same
+            partial = f"{args.checkpoint}.part"
+            torch.save({"model": model.module.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
+                        "loader": train.state_dict()}, partial)
+            os.replace(partial, args.checkpoint)  # a checkpoint is whole or absent
+        dist.barrier()
+
     if args.checkpoint and Path(args.checkpoint).exists():
         state = torch.load(args.checkpoint, map_location=device, weights_only=False)
         model.module.load_state_dict(state["model"])
@@ -168,6 +189,7 @@ def main() -> None:
         decoder.output_size = (res, res)  # progressive resizing: takes effect this epoch
         model.train()
         start, seen = time.perf_counter(), 0
+        stopping = False
         for images, labels in train:
             with torch.autocast(device.type, enabled=on_cuda):
                 loss = criterion(model(images), labels)
@@ -177,16 +199,27 @@ def main() -> None:
             scaler.update()
             schedule.step()
             seen += len(labels)
+            # a stop asked of any rank stops them all, after the same step
+            flag = torch.tensor([float(stop_asked[0])], device=device)
+            dist.all_reduce(flag)
+            stopping = bool(flag.item())
+            if stopping or (args.checkpoint_every
+                            and schedule.last_epoch % args.checkpoint_every == 0):
+                save()  # mid-epoch: the loader's state says which batches are done
+            if stopping:
+                break
+        if stopping:
+            if rank == 0:
+                print(f"stopped in epoch {epoch} after step {schedule.last_epoch}"
+                      + (f"; {args.checkpoint} resumes here" if args.checkpoint else ""),
+                      flush=True)
+            break
         accuracy = evaluate(model, val, device)
         if rank == 0:
             rate = seen * world / (time.perf_counter() - start)
             print(f"epoch {epoch}: res {res}, loss {loss.item():.3f}, top-1 {accuracy:.1%}, "
                   f"{rate:,.0f} images/s over {world} processes", flush=True)
-            if args.checkpoint:
-                torch.save({"model": model.module.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "schedule": schedule.state_dict(),
-                            "loader": train.state_dict()}, args.checkpoint)
+        save()  # the epoch's last batch handed out: the state is the next epoch's start
     train.close()
     val.close()
     dist.barrier()

@@ -601,8 +601,8 @@ def _image_lines(info: dict[str, Any]) -> list[str]:
     jpeg = info["mean_jpeg_bytes"]
     return [
         f"    modes:       {modes}",
-        f"    width:       mean {_num(width['mean'], '.1f')}, max {_num(width['max'])}",
-        f"    height:      mean {_num(height['mean'], '.1f')}, max {_num(height['max'])}",
+        f"    width:       mean {_num(width['mean'], ',.1f')}, max {_num(width['max'])}",
+        f"    height:      mean {_num(height['mean'], ',.1f')}, max {_num(height['max'])}",
         # (no "max W×H": the widest and the tallest images are seldom one image)
         f"    resolution:  mean {_num(width['mean'], '.0f')}×{_num(height['mean'], '.0f')} (W×H)",
         f"    pixels:      mean {_num(pixels['mean'])}, max {_num(pixels['max'])}",
