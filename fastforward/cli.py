@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import hashlib
 import importlib
 import json
 import os
@@ -35,7 +34,13 @@ from .preview import png_target, save_png
 from .reader import Problem, Reader
 from .types import validate_page_size
 from .utils import install_hint
-from .writer import DatasetWriter, SkippedSample, refuse_to_replace, written_through_links
+from .writer import (
+    DatasetWriter,
+    SkippedSample,
+    fitted_stem,
+    refuse_to_replace,
+    written_through_links,
+)
 
 PROG = "fastforward"
 MAX_BENCH_WORKERS_PER_CPU = 8  # bench --workers: more only measure the machine's scheduler
@@ -352,15 +357,11 @@ def skipped_list_path(out: Path) -> Path:
     directory allows, as much of *out*'s name as fits, ``~`` and 16 hex digits
     of its SHA-256, then ``.skipped.txt``."""
     suffix = ".skipped.txt"
-    raw = os.fsencode(out.name)
     try:
         limit = int(os.pathconf(out.parent if str(out.parent) else ".", "PC_NAME_MAX"))
     except (OSError, ValueError):  # unknown (or no such directory, refused elsewhere)
         limit = 255
-    if len(raw) + len(suffix) <= limit:
-        return out.with_name(out.name + suffix)
-    head = raw[: max(limit - len(suffix) - 17, 0)].decode("utf-8", "ignore")
-    return out.with_name(f"{head}~{hashlib.sha256(raw).hexdigest()[:16]}{suffix}")
+    return out.with_name(fitted_stem(out.name, len(suffix), limit) + suffix)
 
 
 def image_folder_fields(options: ConvertOptions) -> dict[str, Field]:

@@ -720,11 +720,17 @@ def _hidden_stem(base: str, dir_fd: int) -> str:
     then as much of the name as fits, ``~`` and 16 hex digits of its SHA-256,
     so that any name the target may have can be written.
     """
-    limit = _name_max(dir_fd)
-    raw = os.fsencode(base)
-    if 1 + len(raw) + len(_PART_SUFFIX) <= limit:
-        return base
-    keep = max(limit - 1 - len(_PART_SUFFIX) - 1 - _HASHED_DIGITS, 0)
+    return fitted_stem(base, 1 + len(_PART_SUFFIX), _name_max(dir_fd))
+
+
+def fitted_stem(name: str, extra: int, limit: int) -> str:
+    """*name*, or, where *extra* more bytes around it would make a name longer than
+    *limit* bytes, as much of it as fits, ``~`` and 16 hex digits of its SHA-256
+    (distinct names stay distinct)."""
+    raw = os.fsencode(name)
+    if len(raw) + extra <= limit:
+        return name
+    keep = max(limit - extra - 1 - _HASHED_DIGITS, 0)
     head = raw[:keep].decode("utf-8", "ignore")  # whole characters only
     return f"{head}~{hashlib.sha256(raw).hexdigest()[:_HASHED_DIGITS]}"
 
