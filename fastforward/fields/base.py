@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..errors import EncodeError
+
 ARG_TYPE = np.dtype([("data", "u1", 1024)])
 """The descriptor's 1024 argument bytes."""
 
@@ -128,6 +130,17 @@ def record_size(source: tuple[int, int], stored: tuple[int, int]) -> None:
     if sizes is not None and key is not None:
         sizes.sizes[sizes.names[key[2]]] = (int(source[0]), int(source[1]),
                                             int(stored[0]), int(stored[1]))
+
+
+def followed_size(leader: str | None, who: str, cls: str) -> tuple[int, int, int, int]:
+    """What field *leader* recorded for the sample being written, for a field (a
+    *cls*, described as *who* in the error) that follows it; EncodeError if none."""
+    size = size_of(leader) if leader is not None else None
+    if size is None:
+        raise EncodeError(f"{who} follows field {leader!r}, which recorded no image size for "
+                          f"this sample ({cls}(follows=...) is for the writer, which encodes "
+                          "that field first)")
+    return size
 
 
 def size_of(name: str) -> tuple[int, int, int, int] | None:

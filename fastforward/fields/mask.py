@@ -34,7 +34,7 @@ from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.decoder import Decoder
 from ..pipeline.operation import BatchContext
 from ..pipeline.state import State
-from .base import record_size, size_of
+from .base import followed_size, record_size
 from .planes import (
     COMPRESSIONS,
     PLANES_DTYPES,
@@ -153,12 +153,8 @@ class MaskField(TaggedField):
     def _image_size(self, shape: tuple[int, ...]) -> tuple[int, int]:
         """The stored size of the image this mask follows, which must have had
         the mask's size as given."""
-        size = size_of(self.follows) if self.follows is not None else None
-        if size is None:
-            raise EncodeError(f"the mask follows field {self.follows!r}, which recorded no "
-                              "image size for this sample (MaskField(follows=...) is for the "
-                              "writer, which encodes that field first)")
-        given_h, given_w, stored_h, stored_w = size
+        given_h, given_w, stored_h, stored_w = followed_size(self.follows, "the mask",
+                                                            "MaskField")
         if (shape[0], shape[1]) != (given_h, given_w):
             raise EncodeError(f"mask of {shape[0]}×{shape[1]}, but its image (field "
                               f"{self.follows!r}) is {given_h}×{given_w}: a mask that follows "

@@ -28,7 +28,7 @@ from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.decoder import Decoder
 from ..pipeline.operation import BatchContext
 from ..pipeline.state import State
-from .base import size_of
+from .base import followed_size
 from .tagged import TaggedField
 
 VALUES = "values"
@@ -233,12 +233,8 @@ class RaggedField(TaggedField):
 
     def _scale(self, name: str, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
         """Column *name*'s coordinates scaled as the image they follow was."""
-        size = size_of(self.follows) if self.follows is not None else None
-        if size is None:
-            raise EncodeError(f"column {name!r} follows field {self.follows!r}, which recorded "
-                              "no image size for this sample (RaggedField(follows=...) is "
-                              "for the writer, which encodes that field first)")
-        source_h, source_w, stored_h, stored_w = size
+        source_h, source_w, stored_h, stored_w = followed_size(
+            self.follows, f"column {name!r}", "RaggedField")
         if (source_h, source_w) == (stored_h, stored_w):
             return array
         by = (stored_w / source_w, stored_h / source_h, 1.0)
