@@ -702,7 +702,7 @@ def test_convert_stops_at_a_bad_image_without_skip_bad(
 @pytest.mark.parametrize(("content", "message"), [
     (b"", "empty file"),
     (b"GIF89a, or so it says", "cannot identify image file"),
-    (None, "cannot decode image file: image file is truncated"),
+    (None, "cannot decode image file ({size} bytes): image file is truncated"),
     ("bomb", "image file too large to decode: Image size (10000000000 pixels) exceeds"),
 ], ids=["empty", "unidentified", "truncated-png", "decompression-bomb"])
 def test_convert_names_an_undecodable_file(corpus: Path, tmp_path: Path,
@@ -733,7 +733,8 @@ def test_convert_names_an_undecodable_file(corpus: Path, tmp_path: Path,
     jpeg.rename(victim)
     victim.write_bytes(content)
     status = main(["convert", str(folder), str(tmp_path / "out.beton"), *FAST])
-    line = assert_one_line_error(capsys, status, 1, str(victim), message, "'image'")
+    line = assert_one_line_error(capsys, status, 1, str(victim),
+                                 message.format(size=len(content)), "'image'")
     assert "BytesIO" not in line
     assert "0x" not in line
     assert "unexpected" not in line

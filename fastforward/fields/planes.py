@@ -20,7 +20,7 @@ import io
 import math
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from .._ext.planes import ZstdDecoder
 from .._ext.resize import Workspace
-from ..errors import DecodeError, EncodeError
+from ..errors import DecodeError, EncodeError, FastForwardError
 from ..utils import install_hint
 
 PLANES_HEADER = np.dtype([("height", "<u4"), ("width", "<u4")])
@@ -81,34 +81,45 @@ def as_array(value: Any, what: str, expected: str) -> np.ndarray:
     image file (PNG, TIFF and the like, through Pillow), as its values. *what*
     names the files in errors ("mask image", "image"), *expected* the arrays taken."""
     if isinstance(value, (bytes, bytearray, memoryview)):
-        try:
-            from PIL import Image
-        except ImportError as exc:
-            raise EncodeError(f"reading {what} files needs Pillow: "
-                              f"{install_hint('pillow')}") from exc
-        try:
-            with Image.open(io.BytesIO(bytes(value))) as image:
-                reduced = reduced_bit_depth(image)
-                if reduced:
-                    raise EncodeError(f"{what} file of {reduced}: store its values as an "
-                                      "array (read with a library that keeps 16 bits: "
-                                      "imageio, tifffile, OpenCV's IMREAD_UNCHANGED)")
-                value = np.asarray(image)
-        except EncodeError:  # (a ValueError: said as it is)
-            raise
-        except Image.DecompressionBombError as exc:  # (an Exception, not an OSError)
-            raise EncodeError(f"{what} file too large to decode: {exc}") from None
-        # damaged data, as Pillow's plugins say it; its message names the BytesIO
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            message = BYTES_IO.sub("", str(exc)) or type(exc).__name__
-            raise EncodeError(f"cannot decode {what} file ({len(value)} bytes): "
-                              f"{message}") from None
+        value = read_with_pillow(
+            bytes(value), what, np.asarray, EncodeError,
+            "store its values as an array (read with a library that keeps 16 bits: "
+            "imageio, tifffile, OpenCV's IMREAD_UNCHANGED)")
     elif hasattr(value, "mode") and hasattr(value, "getdata"):  # a PIL image
         value = np.asarray(value)
     if not isinstance(value, np.ndarray):
         raise EncodeError(f"expected {expected}, a PIL image or image file bytes, got "
                           f"{type(value).__name__}")
     return value
+
+
+def read_with_pillow(data: bytes, what: str, load: Callable[[Any], np.ndarray],
+                     error: type[FastForwardError], lost_bits: str) -> np.ndarray:
+    """The values of the image file *data* (PNG, TIFF and the like), as *load* reads
+    them from the opened PIL image. *what* names the file in errors ("image",
+    "mask image"). A file that Pillow cannot identify, damaged data, a decompression
+    bomb, or values of more bits than Pillow keeps raise *error* (*lost_bits* says
+    what to do instead); Pillow's messages lose the name of its in-memory file."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as exc:
+        raise EncodeError(f"reading {what} files needs Pillow: {install_hint('pillow')}") from exc
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            reduced = reduced_bit_depth(image)
+            if reduced is None:
+                return load(image)
+    except Image.DecompressionBombError as exc:  # (an Exception, not an OSError)
+        raise error(f"{what} file too large to decode: {exc}") from None
+    except FastForwardError as exc:  # *load* refusing the image (a ValueError): as it says
+        raise error(str(exc)) from None
+    except UnidentifiedImageError:
+        raise error(f"cannot identify {what} file ({len(data)} bytes: not an image, or in a "
+                    "format Pillow cannot read)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # damaged, as plugins say it
+        message = BYTES_IO.sub("", str(exc)) or type(exc).__name__
+        raise error(f"cannot decode {what} file ({len(data)} bytes): {message}") from None
+    raise error(f"{what} file of {reduced}: {lost_bits}")
 
 
 def reduced_bit_depth(image: Any) -> str | None:

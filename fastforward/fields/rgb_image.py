@@ -38,9 +38,8 @@ from ..transforms.crop import (
     random_crops,
 )
 from ..transforms.crop import get_center_crop as _center_crop
-from ..utils import install_hint
 from .base import Field, Malloc, PayloadReader, empty_arguments, record_size, sample_rng
-from .planes import BYTES_IO, reduced_bit_depth
+from .planes import read_with_pillow
 
 try:
     import simplejpeg
@@ -145,35 +144,9 @@ def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> n
                                   min_width=min_width, fastupsample=shrinking)
         except ValueError as exc:
             raise DecodeError(f"cannot decode JPEG: {exc}") from exc
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError as exc:
-        raise EncodeError(
-            f"reading non-JPEG image files needs Pillow: {install_hint('pillow')}"
-        ) from exc
-    import io
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            reduced = reduced_bit_depth(img)
-            if reduced:
-                raise EncodeError(f"an image file of {reduced}: RGBImageField stores 8-bit "
-                                  "RGB; scale it to 8 bits yourself, or store it as it is "
-                                  "with MultiChannelImageField")
-            return to_rgb_array(img)
-    except Image.DecompressionBombError as exc:  # (an Exception, not an OSError)
-        raise DecodeError(f"image file too large to decode: {exc}") from None
-    except UnidentifiedImageError:
-        # Pillow's message names the BytesIO object; the caller names the file
-        raise DecodeError(
-            f"cannot identify image file ({len(data)} bytes: not an image, or in a format "
-            "Pillow cannot read)"
-        ) from None
-    except EncodeError as exc:  # a file whose pixels RGBImageField cannot store (16 bits):
-        raise DecodeError(str(exc)) from None  # the file's fault, so --skip-bad skips it
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # damaged data, as plugins say it
-        message = BYTES_IO.sub("", str(exc)) or type(exc).__name__
-        raise DecodeError(f"cannot decode image file: {message}") from exc
+    return read_with_pillow(data, "image", to_rgb_array, DecodeError,  # --skip-bad skips them
+                            "RGBImageField stores 8-bit RGB; scale it to 8 bits yourself, "
+                            "or store it as it is with MultiChannelImageField")
 
 
 def target_size(
