@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
-import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -74,41 +72,19 @@ def png_target(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> 
 
 
 def save_png(figure: Any, out: Path, dpi: int) -> None:
-    """Save *figure* as a PNG at exactly *out* (no suffix added), atomically:
-    written beside it under a hidden name, then renamed; an error names *out*."""
-    from .writer import written_through_links
+    """Save *figure* as a PNG at exactly *out* (no suffix added), atomically, as
+    the writer writes (``writer.replace_file``; a link is written through, and
+    stays); an error names *out*."""
+    import io
 
-    target = Path(written_through_links(out))  # a link is written through, and stays
-    partial: Path | None = None
+    from .writer import replace_file, written_through_links
+
+    png = io.BytesIO()
+    figure.savefig(png, dpi=dpi, format="png")
     try:
-        # a name of its own (two previews of one target do not meet), short whatever
-        # the target's length (any name the directory allows can be written), made
-        # with the umask's permissions as open() would (mkstemp's are 0600), or the
-        # replaced PNG's
-        for _ in range(100):
-            name = target.with_name(f".preview-{secrets.token_hex(4)}.part")
-            try:
-                handle = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                                 0o666)
-            except FileExistsError:
-                continue
-            partial = name
-            break
-        else:
-            raise FileExistsError(errno.EEXIST, "no free name for the partial file",
-                                  str(target.parent))
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                os.fchmod(handle, stat.S_IMODE(os.stat(target).st_mode))
-        finally:
-            os.close(handle)
-        figure.savefig(partial, dpi=dpi, format="png")
-        os.replace(partial, target)
+        replace_file(written_through_links(out), png.getvalue())
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
-    finally:
-        if partial is not None:
-            partial.unlink(missing_ok=True)
 
 
 def _box_column(field: RaggedField) -> str | None:

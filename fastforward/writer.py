@@ -995,7 +995,7 @@ class _Companion:
     its name; or, with *data* None, an earlier file at *path* that ``publish``
     removes (it described a file that the new one replaces)."""
 
-    def __init__(self, path: str, data: bytes | None) -> None:
+    def __init__(self, path: str, data: bytes | None, keep_permissions: bool = False) -> None:
         self.path = os.fspath(path)
         self.output: _Output | None = None
         self.dir_fd = os.open(os.path.dirname(os.path.abspath(self.path)),
@@ -1006,6 +1006,9 @@ class _Companion:
             if data is not None:
                 _check_name_length(self.path, self.dir_fd)
                 self.output = _Output(self.path, self.dir_fd)
+                if keep_permissions:  # those of the file it replaces, if any
+                    with contextlib.suppress(FileNotFoundError):
+                        os.fchmod(self.output.fd, stat.S_IMODE(os.stat(self.path).st_mode))
                 self.output.write(data)
         except BaseException:
             self.discard()
@@ -1031,6 +1034,14 @@ class _Companion:
         if self.dir_fd >= 0:
             os.close(self.dir_fd)
             self.dir_fd = -1
+
+
+def replace_file(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write *data* at *path* atomically, as the writer writes its target: unnamed
+    beside it (or under a hidden ``.part`` name), then named *path*, replacing the
+    file there, whose permissions it keeps (a new one's follow the umask). A
+    failure leaves nothing; its ``OSError`` names *path*."""
+    _Companion(os.fspath(path), data, keep_permissions=True).publish()
 
 
 class _SignalGuard:

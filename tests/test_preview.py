@@ -273,23 +273,29 @@ def test_preview_writes_through_a_link(scene_file: Path, tmp_path: Path,
     assert (tmp_path / "pngs" / "grid.png").read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "part-file"])
 def test_a_failed_save_names_the_file_asked_for(scene_file: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+                                                capsys: pytest.CaptureFixture[str],
+                                                unnamed: bool) -> None:
     import errno
 
-    from matplotlib.figure import Figure
+    import fastforward.writer
 
-    def full_disk(self: Figure, fname: object, **kwargs: object) -> None:
-        Path(str(fname)).write_bytes(b"\x89PNG half")
-        raise OSError(errno.ENOSPC, "No space left on device", str(fname))
+    if not unnamed:
+        monkeypatch.setattr(fastforward.writer, "_open_unnamed", lambda dir_fd: None)
 
-    monkeypatch.setattr(Figure, "savefig", full_disk)
+    def full_disk(fd: int) -> None:  # the PNG's bytes were written, the flush fails
+        assert any(p.name.endswith(".part") for p in tmp_path.iterdir()) is not unnamed
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fastforward.writer.os, "fsync", full_disk)
     out = tmp_path / "x.png"
     assert main(["preview", str(scene_file), "-o", str(out), "--size", "16",
                  "--samples", "1"]) == 1
     err = capsys.readouterr().err
-    assert f"{out}: No space left on device" in err
+    assert f"{out}: No space left on device (the disk is full)" in err
+    assert "no partial file is left behind" in err
     assert ".part" not in err
     assert list(tmp_path.iterdir()) == []  # neither the PNG nor its partial left
 
