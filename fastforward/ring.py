@@ -314,13 +314,13 @@ class SlotPool:
             # buffers the user does not hold (a pinned image buffer, when the user
             # holds its labels) go back to their allocator: once copied out of
             let_go.fence.synchronize()
+        if slot.fence is not None:
+            slot.fence.synchronize()  # the last copy out of these buffers has finished
+            slot.fence = None  # (before buffers of another kind replace them)
         if (slot.kind, slot.pin_shared, slot.pin_pipelines) != (
                 self.kind, self.pin_shared, self.pin_pipelines):
             slot.__init__(self.batch_size, self.kind, self.dropped.append)  # type: ignore[misc]
             slot.pin_shared, slot.pin_pipelines = self.pin_shared, self.pin_pipelines
-        if slot.fence is not None:
-            slot.fence.synchronize()  # the last copy out of these buffers has finished
-            slot.fence = None
         slot.fit(layout)
         return slot
 

@@ -516,6 +516,20 @@ def test_resume_checks_the_state_values(paged: Path, monkeypatch: pytest.MonkeyP
     assert fresh.traversal_order.seed == 7
 
 
+def test_a_state_of_numpy_integers_resumes(paged: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state whose integers went through NumPy (a checkpoint tool's round trip):
+    its version was refused as 'unknown', its other integers taken."""
+    kw = {"batch_size": 10, "order": OrderOption.RANDOM}
+    state = saved_mid_epoch(rank_loader(paged, 0, 2, monkeypatch, **kw))
+    numpy_state = {key: np.int64(value) if type(value) is int else value
+                   for key, value in state.items()}
+    assert type(numpy_state["version"]) is np.int64
+    expected, resumed = (rank_loader(paged, 0, 2, monkeypatch, **kw) for _ in range(2))
+    expected.load_state_dict(state)
+    resumed.load_state_dict(numpy_state)
+    assert epoch_ids(resumed) == epoch_ids(expected)
+
+
 @pytest.mark.parametrize("order", ORDERS, ids=lambda o: o.name)
 @pytest.mark.parametrize("world", [61, 100])
 def test_more_ranks_than_samples_spread_the_padding(tmp_path: Path,

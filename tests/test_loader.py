@@ -847,7 +847,19 @@ def test_an_interrupt_while_a_batch_is_handed_over_loses_nothing(
     loader.close()
 
 
-def test_threads_sharing_an_epoch_take_a_batch_each(tmp_path: Path) -> None:
+def test_threads_sharing_an_epoch_take_a_batch_each(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a lock in ``next()``, a thread entering while another waited for its
+    batch's copies handed out that batch again."""
+    from fastforward.loader.loader import PendingBatch
+
+    hand_over = PendingBatch.hand_over
+
+    def slowly(self: PendingBatch) -> tuple[object, ...]:
+        time.sleep(0.01)  # the other thread comes in meanwhile
+        return hand_over(self)
+
+    monkeypatch.setattr(PendingBatch, "hand_over", slowly)
     path = tmp_path / "b.beton"
     DatasetWriter(path, {"blob": BytesField(), "label": IntField()}, num_workers=1,
                   progress=False).from_indexed_dataset(

@@ -1284,6 +1284,34 @@ def test_a_closed_loader_holds_no_descriptors(photos_file: Path) -> None:
     assert kept[0].workers.pids == []
 
 
+def test_a_failed_start_holds_no_descriptors(photos_file: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers started, then stopped because the start failed, kept their pidfds and
+    sentinels while the exception (whose traceback refers to them) lived."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc")
+    from fastforward.loader import workers
+
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def not_ready(self: Any, worker: Any, method: str) -> None:
+        raise RuntimeError("not ready")
+
+    with train_loader(photos_file, 2, "process") as warm:  # the fork server started
+        next(iter(warm))
+    monkeypatch.setattr(workers.ProcessWorkers, "_await_ready", not_ready)
+    before = descriptors()
+    failures = []
+    for _ in range(3):
+        loader = train_loader(photos_file, 2, "process")
+        with pytest.raises(RuntimeError, match="not ready") as info:
+            next(iter(loader))
+        failures.append(info.value)  # kept, with their tracebacks
+        loader.close()
+    assert descriptors() - before <= 1
+
+
 def test_a_slot_a_worker_cannot_map_fails_its_ranges_with_the_cause(
         photos_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker under an address-space limit (ulimit -v) could not map a new slot:

@@ -637,7 +637,8 @@ class Loader:
             raise ValueError(f"{self.fname}: the loader state lacks {', '.join(missing)}: it "
                              "is not one state_dict() returned")
         version = state["version"]
-        if type(version) is not int or version not in (1, STATE_VERSION):
+        if not isinstance(version, (int, np.integer)) or isinstance(version, (bool, np.bool_)) \
+                or version not in (1, STATE_VERSION):
             raise ValueError(f"unknown loader state version {version!r}")
         segments = _segments_of(state["segments"], self.fname)
         if version == 1 and isinstance(self.traversal_order, QuasiRandom) and any(

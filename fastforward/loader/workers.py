@@ -232,6 +232,17 @@ class _Worker:
             self.process.close()
 
 
+def _stop_unpublished(workers: list[_Worker]) -> None:
+    """Stop workers started but never published, and let go of their descriptors
+    at once (an exception's traceback, which refers to them, may live long)."""
+    for worker in workers:
+        with contextlib.suppress(OSError):
+            _kill(worker)
+        worker.process.join()
+        worker.conn.close()
+        worker.release()
+
+
 @dataclasses.dataclass
 class _Range:
     """One range of one batch, waiting for a worker with room (``DEPTH``)."""
@@ -351,11 +362,7 @@ class ProcessWorkers:
                                                            ("plan", plan_id, blob))):
                         worker.plans.add(plan_id)
         except BaseException:  # none of them is published: stop them all here
-            for worker in started:
-                with contextlib.suppress(OSError):
-                    _kill(worker)
-                worker.process.join()
-                worker.conn.close()
+            _stop_unpublished(started)
             raise
         # published only once ready: the reader thread must never read a new
         # worker's "ready" (it would leave _await_ready waiting for it)
@@ -368,11 +375,7 @@ class ProcessWorkers:
                     else:
                         self._workers.append(worker)
         if closed:
-            for worker in started:
-                with contextlib.suppress(OSError):
-                    _kill(worker)
-                worker.process.join()
-                worker.conn.close()
+            _stop_unpublished(started)
             raise RuntimeError("the loader's worker processes are closed")
         self._kick()  # ranges of an open epoch queued while none had room
         self.method_used = method
