@@ -21,7 +21,7 @@
    images/s and the fraction of the time ``next()`` blocks.
 
 Each step's failure is printed with its traceback and the next step runs. The
-figures go to ``DIR/gpu_check.json`` and the whole output to the terminal.
+figures go to ``DIR/gpu_check.json`` (saved after each step) and the whole output to the terminal.
 """
 
 from __future__ import annotations
@@ -45,8 +45,11 @@ RESULTS: dict[str, Any] = {}
 MIN_IMAGES = 2560  # ten batches of 256 per epoch
 
 
+SAVED: list[Path] = []  # where RESULTS go after each step (a run cut short keeps its figures)
+
+
 def step(name: str, run: Callable[[], Any]) -> None:
-    """Run one step, print its time, keep its result (or its failure)."""
+    """Run one step, print its time, keep its result (or its failure) and save them all."""
     print(f"\n=== {name}", flush=True)
     start = time.perf_counter()
     try:
@@ -57,6 +60,14 @@ def step(name: str, run: Callable[[], Any]) -> None:
         traceback.print_exc()
         RESULTS[name] = {"failed": f"{type(exc).__name__}: {exc}"}
     print(f"=== {name}: {time.perf_counter() - start:.1f} s", flush=True)
+    save()
+
+
+def save() -> None:
+    for path in SAVED:
+        partial = path.with_name(path.name + ".part")
+        partial.write_text(json.dumps(RESULTS, indent=1, default=str))
+        partial.replace(path)
 
 
 def environment() -> dict[str, Any]:
@@ -276,6 +287,7 @@ def main() -> None:
         parser.error(f"--images must be at least {MIN_IMAGES}: steady-state figures need "
                      "epochs of several batches of 256")
     args.out.mkdir(parents=True, exist_ok=True)
+    SAVED.append(args.out / "gpu_check.json")
     cores = os.cpu_count() or 1
     began = time.perf_counter()
     step("environment", environment)
@@ -297,7 +309,7 @@ def main() -> None:
             step("training", lambda: training(beton, work / "folder256", cores,
                                               args.train_epochs))
     RESULTS["seconds"] = time.perf_counter() - began
-    (args.out / "gpu_check.json").write_text(json.dumps(RESULTS, indent=1, default=str))
+    save()
     print(f"\nall steps: {RESULTS['seconds']:.0f} s; {args.out / 'gpu_check.json'}")
 
 

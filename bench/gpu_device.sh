@@ -48,8 +48,12 @@ fi
 python3 -c "import fastforward, fastforward.fields.rgb_image as r; print('fastforward', fastforward.__version__, 'crop decoding:', r.CROP_DECODING)"
 # gpu_check.py's own files (the tests' temporary folders among them) stay in $work:
 # only a few files come back from $OUT
+# (gpu_check.json is saved after each step, and copied back whatever happens; the
+# checks get what is left of the device tool's 540 s after the install and build)
+trap 'cp "$work/out/gpu_check.json" "$out/" 2>/dev/null || echo "no gpu_check.json was written"' EXIT
+left=$((510 - SECONDS))
+echo "checks: at most $left s"
 status=0
-timeout 480 python3 bench/gpu_check.py --out "$work/out" "$@" 2>&1 | tee "$out/gpu_check.log" \
+timeout "$left" python3 bench/gpu_check.py --out "$work/out" "$@" 2>&1 | tee "$out/gpu_check.log" \
     || status=$?
-cp "$work/out/gpu_check.json" "$out/" 2>/dev/null || echo "no gpu_check.json was written"
 exit "$status"

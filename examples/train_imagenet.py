@@ -5,7 +5,7 @@ label smoothing, test-time centre crop, distributed evaluation that counts
 every validation sample once, and checkpoints that resume mid-epoch: with
 ``--checkpoint``, one after each epoch, every ``--checkpoint-every`` steps, and
 one when the job is told to stop (SIGTERM, as a preempting scheduler sends it, on
-any rank: the ranks agree at the next step, save and exit).
+any rank: the ranks agree at the next step, save and exit with status 143).
 
     torchrun --nproc_per_node=8 examples/train_imagenet.py \\
         --train /data/train.beton --val /data/val.beton --arch resnet50 --epochs 88 \\
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -164,7 +165,8 @@ def main() -> None:
     scaler = torch.amp.GradScaler(enabled=on_cuda)
     start_epoch = 0
     stop_asked = [False]  # set by SIGTERM; the ranks agree on it at each step
-    signal.signal(signal.SIGTERM, lambda *_: stop_asked.__setitem__(0, True))
+    if args.checkpoint:  # (without one, SIGTERM stops the job at once, as it would)
+        signal.signal(signal.SIGTERM, lambda *_: stop_asked.__setitem__(0, True))
 
     def save() -> None:
         if rank == 0 and args.checkpoint:  # every rank's loader state is the same
@@ -184,12 +186,12 @@ def main() -> None:
         train.load_state_dict(state["loader"])  # mid-epoch, on any number of processes
         start_epoch = state["loader"]["epoch"]
 
+    stopping = False
     for epoch in range(start_epoch, args.epochs):
         res = resolution(epoch, args)
         decoder.output_size = (res, res)  # progressive resizing: takes effect this epoch
         model.train()
         start, seen = time.perf_counter(), 0
-        stopping = False
         for images, labels in train:
             with torch.autocast(device.type, enabled=on_cuda):
                 loss = criterion(model(images), labels)
@@ -199,10 +201,10 @@ def main() -> None:
             scaler.update()
             schedule.step()
             seen += len(labels)
-            # a stop asked of any rank stops them all, after the same step
-            flag = torch.tensor([float(stop_asked[0])], device=device)
-            dist.all_reduce(flag)
-            stopping = bool(flag.item())
+            if args.checkpoint:  # a stop asked of any rank stops them all, after one step
+                flag = torch.tensor([float(stop_asked[0])], device=device)
+                dist.all_reduce(flag)
+                stopping = bool(flag.item())
             if stopping or (args.checkpoint_every
                             and schedule.last_epoch % args.checkpoint_every == 0):
                 save()  # mid-epoch: the loader's state says which batches are done
@@ -226,6 +228,8 @@ def main() -> None:
     dist.destroy_process_group()
     if tmp is not None:
         tmp.cleanup()
+    if stopping:  # not finished: the status says so (to torchrun, to a scheduler)
+        sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":
