@@ -19,7 +19,11 @@ import pytest
 
 from fastforward.fields import BytesField, Field, IntField, RGBImageField
 from fastforward.fields.base import ARG_TYPE
-from fastforward.fields.decoders import IntDecoder
+from fastforward.fields.decoders import (
+    IntDecoder,
+    RandomResizedCropRGBImageDecoder,
+    ResizedCropRGBImageDecoder,
+)
 from fastforward.loader import Loader, OrderOption
 from fastforward.pipeline.allocation_query import AllocationQuery
 from fastforward.pipeline.compiler import Compiler, NumbaOperation
@@ -117,6 +121,15 @@ class PlusShared(Operation):
 
     def declare_state_and_memory(self, previous_state: State):
         return previous_state, AllocationQuery(previous_state.shape, previous_state.dtype)
+
+
+class PlusSharedThroughSuper(PlusShared):
+    """FFCV's Operation defines the shared-state hooks: a subclass may call them."""
+
+    def declare_shared_memory(self, previous_state: State):
+        assert super(PlusShared, self).declare_shared_memory(previous_state) is None
+        assert super(PlusShared, self).generate_code_for_shared_state() is None
+        return super().declare_shared_memory(previous_state)
 
 
 class PackedInts(BytesField):
@@ -319,10 +332,11 @@ def test_with_indices_in_place(photo_file: Path) -> None:
     assert got == [expected[int(i)] for i in indices[: len(got)]]  # ...values do not
 
 
-def test_shared_state(photo_file: Path) -> None:
+@pytest.mark.parametrize("op", [PlusShared, PlusSharedThroughSuper], ids=["own", "super"])
+def test_shared_state(photo_file: Path, op: type[Operation]) -> None:
     pytest.importorskip("numba")
     loader = Loader(photo_file, 8, pipelines={"image": None,
-                                              "label": [IntDecoder(), PlusShared()]})
+                                              "label": [IntDecoder(), op()]})
     assert [int(v) for (b,) in loader for v in b[:, 0]] == [1000 + i for i in range(40)]
 
 
@@ -506,3 +520,99 @@ def test_a_branch_from_an_ffcv_operation(photo_file: Path) -> None:
     for (mirrored, twice), (reference,) in zip(loader, plain, strict=True):
         np.testing.assert_array_equal(mirrored, reference[:, ::-1])
         np.testing.assert_array_equal(twice, reference)
+
+
+# FFCV's way to choose a crop: a subclass whose get_crop_generator gives
+# f(height, width, scale, ratio) -> (i, j, h, w), compiled with numba; beside it,
+# fastforward's way to the same fixed crop (crops()). At the top level: process
+# workers pickle the decoders.
+def top_left(height, width, scale, ratio):  # type: ignore[no-untyped-def]
+    return 0, 0, height // 2, width // 3
+
+
+def random_band(height, width, scale, ratio):  # type: ignore[no-untyped-def]
+    i = np.random.randint(0, height // 2)  # np.random, as FFCV's own generator
+    return i, 0, height // 2, int(width * scale[1])
+
+
+class TopLeft(RandomResizedCropRGBImageDecoder):
+    @property
+    def get_crop_generator(self) -> Callable:
+        from numba import njit
+
+        return njit(top_left)
+
+
+class RandomBand(RandomResizedCropRGBImageDecoder):
+    @property
+    def get_crop_generator(self) -> Callable:
+        from numba import njit
+
+        return njit(random_band)
+
+
+class TopLeftCrops(RandomResizedCropRGBImageDecoder):
+    def crops(self, heights: np.ndarray, widths: np.ndarray, u: np.ndarray | None) -> np.ndarray:
+        return np.stack([0 * heights, 0 * widths, heights // 2, widths // 3], axis=1)
+
+
+def crop_epoch(path: Path, decoder: Operation, seed: int = 4, **kw) -> np.ndarray:
+    loader = Loader(path, 8, order=OrderOption.RANDOM, seed=seed,
+                    pipelines={"image": [decoder], "label": None}, **kw)
+    with loader:
+        return np.concatenate([images for (images,) in loader])
+
+
+def test_an_ffcv_crop_generator_chooses_the_crop(photo_file: Path) -> None:
+    """A subclass's get_crop_generator was ignored: the images were random crops."""
+    pytest.importorskip("numba")
+    np.testing.assert_array_equal(crop_epoch(photo_file, TopLeft((10, 12))),
+                                  crop_epoch(photo_file, TopLeftCrops((10, 12))))
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["numba", "python"])
+def test_an_ffcv_crop_generator_draws_reproducibly(photo_file: Path, compiled: bool) -> None:
+    """np.random in the generator is seeded per sample: the same batches for a
+    seed whatever the workers (numba's generator is per thread; run as Python,
+    with the compiler disabled, the global one where it is the loader's: in
+    process workers)."""
+    pytest.importorskip("numba")
+    Compiler.set_enabled(compiled)
+    workers = [("thread", 1), ("thread", 2), ("process", 2)] if compiled else [
+        ("process", 1), ("process", 2)]
+    runs = [crop_epoch(photo_file, RandomBand((10, 12), scale=(0.5, 0.9)), worker_type=kind,
+                       num_workers=count) for kind, count in workers]
+    for run in runs[1:]:
+        np.testing.assert_array_equal(run, runs[0])
+    other = crop_epoch(photo_file, RandomBand((10, 12), scale=(0.5, 0.9)), seed=5,
+                       worker_type=workers[0][0], num_workers=1)
+    assert not np.array_equal(other, runs[0])  # the draws follow the seed
+
+
+def test_an_ffcv_crop_generator_out_of_the_image_is_named(photo_file: Path) -> None:
+    pytest.importorskip("numba")
+    from numba import njit
+
+    @njit
+    def too_tall(height, width, scale, ratio):
+        return 0, 0, height + 1, width
+
+    class TooTall(RandomResizedCropRGBImageDecoder):
+        @property
+        def get_crop_generator(self):
+            return too_tall
+
+    with pytest.raises(ValueError, match=r"field 'image'.*TooTall\.get_crop_generator gave "
+                                         r"the window \[0, 0, 25, 24\]"):
+        crop_epoch(photo_file, TooTall((8, 8)))
+
+
+def test_a_crop_decoder_without_a_crop_says_so(photo_file: Path) -> None:
+    """A subclass of ResizedCropRGBImageDecoder with no way to crop failed with an
+    empty NotImplementedError."""
+    class NoCrop(ResizedCropRGBImageDecoder):
+        pass
+
+    with pytest.raises(NotImplementedError, match=r"NoCrop says no crop: .*crops\(\).*"
+                                                  r"get_crop_generator"):
+        crop_epoch(photo_file, NoCrop((8, 8)))

@@ -23,9 +23,10 @@ from .._ext.resize import (
     decode_crop_resize_range,
     resize_span_into,
 )
-from ..errors import DecodeError, EncodeError
+from ..errors import DecodeError, EncodeError, annotate
 from ..pipeline import geometry, random
 from ..pipeline.allocation_query import AllocationQuery
+from ..pipeline.compiler import hook_function, seed_numba
 from ..pipeline.decoder import Decoder
 from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
@@ -675,7 +676,43 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
 
     def crop(self, height: int, width: int, u: np.ndarray | None) -> tuple[int, int, int, int]:
         """The ``(i, j, h, w)`` window of a ``height × width`` image to keep."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} says no crop: a subclass of ResizedCropRGBImageDecoder "
+            "defines crops() (vectorised) or crop(), or FFCV's get_crop_generator")
+
+    def _crop_generator(self) -> Any:
+        """FFCV's hook: the function of a subclass (written for FFCV) whose
+        ``get_crop_generator`` property gives ``f(height, width, scale, ratio) ->
+        (i, j, h, w)``; None for fastforward's own classes and their ``crops()``."""
+        for cls in type(self).__mro__:
+            if cls.__module__.split(".", 1)[0] == "fastforward":
+                return None
+            if "get_crop_generator" in vars(cls):
+                return self.get_crop_generator  # type: ignore[attr-defined]
+        return None
+
+    def _generated_crops(self, generator: Any, heights: np.ndarray, widths: np.ndarray,
+                         context: BatchContext, lo: int) -> np.ndarray:
+        """The crops of *generator* (``_crop_generator``), called per sample as FFCV
+        calls it, with ``(self.scale, self.ratio)``, its ``np.random`` seeded from
+        ``(seed, epoch, sample, stream)``: numba's where it is compiled, the global
+        generators (``random.globals_session``: where they are the loader's) where not."""
+        function, compiled = hook_function(generator)
+        scale, ratio = (np.array(v) if isinstance(v, tuple) else v
+                        for v in (getattr(self, "scale", None), getattr(self, "ratio", None)))
+        count = len(heights)
+        seeds = random.global_seeds(context.seed, context.epoch,
+                                    context.indices[lo:lo + count], context.stream)
+        rows = np.empty((count, 4), np.int64)
+        with random.globals_session() as reseed:
+            for k in range(count):
+                (seed_numba if compiled else reseed)(seeds[k])
+                try:
+                    rows[k] = function(np.uint32(heights[k]), np.uint32(widths[k]), scale, ratio)
+                except Exception as exc:
+                    raise self.fail(annotate(exc, f"{type(self).__name__}.get_crop_generator"),
+                                    context, lo + k) from None
+        return rows
 
     def crops(self, heights: np.ndarray, widths: np.ndarray, u: np.ndarray | None) -> np.ndarray:
         """``crop`` for many images: ``(n, 4)`` int64 rows (override it vectorised)."""
@@ -702,14 +739,20 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
             raise self.fail(DecodeError(f"unknown image mode {int(modes[unknown[0]])}"),
                             context, position)
         heights, widths = rows["height"].astype(np.int64), rows["width"].astype(np.int64)
-        crops = np.ascontiguousarray(self.crops(heights, widths, None if u is None else u[lo:hi]),
-                                     dtype=np.int64)
+        generator = self._crop_generator()
+        if generator is not None:
+            crops = self._generated_crops(generator, heights, widths, context, lo)
+            chose = "get_crop_generator"
+        else:
+            crops = np.ascontiguousarray(
+                self.crops(heights, widths, None if u is None else u[lo:hi]), dtype=np.int64)
+            chose = "crops()"
         i, j, h, w = crops.T
         outside = np.flatnonzero((i < 0) | (j < 0) | (h < 1) | (w < 1) | (i + h > heights)
                                  | (j + w > widths))
         if outside.size:  # a subclass's crops() (the built-in ones always fit)
             k = int(outside[0])
-            raise self.fail(ValueError(f"{type(self).__name__}.crops() gave the window "
+            raise self.fail(ValueError(f"{type(self).__name__}.{chose} gave the window "
                                        f"{crops[k].tolist()} (top, left, height, width), "
                                        f"outside the {heights[k]}x{widths[k]} image"),
                             context, lo + k)

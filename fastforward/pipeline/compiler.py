@@ -202,6 +202,23 @@ def _compiled(function: Any) -> Any:
     return _COMPILED[function]
 
 
+def hook_function(function: Any) -> tuple[Any, bool]:
+    """A function that an FFCV subclass hands over through a hook (a decoder's
+    ``get_crop_generator``), ready to call as FFCV calls it: compiled
+    (``Compiler.compile``, once per process) where enabled and numba is
+    installed, with True; else its Python function (numba's ``py_func``), with
+    False. Seed a compiled one's ``np.random`` draws with ``seed_numba``."""
+    python = getattr(function, "py_func", function)
+    if not Compiler.is_enabled or _numba_or_none() is None:
+        return python, False
+    return _compile_cached(python, None), True
+
+
+def seed_numba(value: Any) -> None:
+    """Seed numba's ``np.random`` on this thread (its generator is per thread)."""
+    _compiled(_seed_numba)(np.uint32(int(value) & 0xFFFFFFFF))
+
+
 _CACHE: dict[Any, tuple[Any, Any]] = {}  # key -> (dispatcher, what the key refers to)
 _CACHE_LOCK = threading.Lock()
 

@@ -198,6 +198,16 @@ class Operation:
         """Return the state after this operation and the buffer it needs, if any."""
         return previous_state, None
 
+    def declare_shared_memory(self, previous_state: State) -> AllocationQuery | None:
+        """FFCV's hook for an operation compiled with numba (``generate_code``): a
+        per-batch buffer that ``generate_code_for_shared_state``'s function fills
+        and the generated function receives last. None: no such buffer."""
+        return None
+
+    def generate_code_for_shared_state(self) -> Callable[..., Any] | None:
+        """FFCV's hook: the function that fills ``declare_shared_memory``'s buffer."""
+        return None
+
     def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         """Transform a batch; *destination* is this operation's buffer (or None)."""
         if not self.per_sample:
