@@ -269,12 +269,36 @@ def test_jpeg_sources_are_stored_without_leaving_ycbcr(tmp_path: Path, jpeg_fold
 @pytest.mark.parametrize(("source", "stored", "scale"), [
     ((431, 575), (192, 256), 8), ((600, 800), (192, 256), 8), ((768, 1024), (192, 256), 4),
     ((1536, 2048), (192, 256), 2), ((3072, 4096), (192, 256), 1), ((3072, 4096), (2, 3000), 8),
-    ((10, 10), (10, 10), 8)])
+    ((10, 10), (10, 10), 8), ((800, 15), (256, 5), 8), ((15, 800), (1, 32), 8),
+    ((800, 16), (50, 1), 1)])
 def test_source_scale_keeps_twice_the_stored_size(source: tuple[int, int],
                                                   stored: tuple[int, int], scale: int) -> None:
     from fastforward.fields.rgb_image import source_scale
 
     assert source_scale(*source, *stored) == scale
+
+
+@pytest.mark.parametrize("mode", ["raw", "jpg"])
+@pytest.mark.parametrize("subsampling", ["444", "422", "420"])
+def test_a_jpeg_narrower_than_a_block_is_stored_as_its_pixels(tmp_path: Path, mode: str,
+                                                              subsampling: str) -> None:
+    """A source 3 pixels wide is one partly padded block: decoded at a reduced
+    DCT scale, the padding weighed in every pixel (colours off by up to 60)."""
+    import simplejpeg
+
+    stripes = np.zeros((100, 3, 3), np.uint8)
+    for column in range(3):
+        stripes[:, column, column] = 255
+    data = simplejpeg.encode_jpeg(stripes, 100, colorsubsampling=subsampling)
+    from fastforward.fields.rgb_image import resize_area
+
+    expected = resize_area(simplejpeg.decode_jpeg(data), 10, 1).astype(int)  # about 85 each
+    stored = store(tmp_path, RGBImageField(write_mode=mode, max_resolution=10),
+                   [data]).read(0)[0].astype(int)
+    assert stored.shape == (10, 1, 3)
+    # (a 1-pixel-wide JPEG, stored at quality 90 with 4:2:0 chroma, loses up to
+    # 13 levels of blue; the reduced scale was 54-72 levels off)
+    assert np.abs(stored - expected).max() <= (1 if mode == "raw" else 16)
 
 
 def test_proportion_draws_once_per_sample_whatever_the_input(tmp_path: Path,

@@ -164,11 +164,21 @@ def target_size(
     return max(1, math.floor(height * ratio)), max(1, math.floor(width * ratio))
 
 
+SCALED_DECODE_MIN_SIDE = 16
+"""A source JPEG with a side shorter than this (one MCU of 4:2:0 or 4:2:2 chroma)
+is decoded at full scale by the writer: that side is one partly padded block,
+whose padding (the encoder's copies of the last column or row) a reduced DCT
+scale averages into every pixel (a 3-pixel-wide source's colours were off by up
+to 60 levels). Such images decode in microseconds anyway."""
+
+
 def source_scale(height: int, width: int, stored_height: int, stored_width: int) -> int:
     """M of the DCT scale M/8 at which the writer's YCbCr path decodes a source
     JPEG of height × width: the smallest that keeps it at least twice the stored
     size each way (as the RGB path), among those whose IDCT libjpeg-turbo has in
-    SIMD (1, 2, 4; 8 when none does)."""
+    SIMD (1, 2, 4; 8 when none does, and for a side under ``SCALED_DECODE_MIN_SIDE``)."""
+    if min(height, width) < SCALED_DECODE_MIN_SIDE:
+        return 8
     return next((m for m in (1, 2, 4) if (height * m + 7) // 8 >= 2 * stored_height
                  and (width * m + 7) // 8 >= 2 * stored_width), 8)
 
@@ -283,7 +293,7 @@ class RGBImageField(Field):
                 # the size follows from the original, whatever scale it is decoded at
                 target = target_size(source[0], source[1], self.max_resolution,
                                      self.min_resolution)
-                if target != source:
+                if target != source and min(source) >= SCALED_DECODE_MIN_SIDE:
                     # DCT-domain scaling down to twice the target, area averaging
                     # for the rest: fast, and as sharp as area averaging alone
                     min_height, min_width = 2 * target[0], 2 * target[1]
