@@ -144,12 +144,13 @@ class _Unread(NamedTuple):
 class _Chunk:
     """One chunk as encoded by a worker (plain arrays; pickled back to the parent)."""
 
-    __slots__ = ("alloc_counts", "alloc_offsets", "alloc_sizes", "blob", "metadata", "packed",
-                 "skipped")
+    __slots__ = ("alloc_counts", "alloc_offsets", "alloc_sizes", "blob", "extra", "metadata",
+                 "packed", "skipped")
 
     def __init__(self, metadata: np.ndarray, blob: bytes, packed: np.ndarray,
                  alloc_counts: np.ndarray, alloc_offsets: np.ndarray,
-                 alloc_sizes: np.ndarray, skipped: list[SkippedSample]) -> None:
+                 alloc_sizes: np.ndarray, skipped: list[SkippedSample],
+                 extra: tuple[int, int] | None = None) -> None:
         self.metadata = metadata  # rows of this chunk's kept samples, pointers provisional
         self.blob = blob  # every sample's payloads, packed as they will lie in a page
         self.packed = packed  # bytes each sample occupies in the blob
@@ -157,6 +158,17 @@ class _Chunk:
         self.alloc_offsets = alloc_offsets  # each allocation's offset within its sample
         self.alloc_sizes = alloc_sizes  # each allocation's size
         self.skipped = skipped  # the samples left out (only with skip_errors)
+        self.extra = extra  # (sample, its number of values): the first with more than fields
+
+
+def _is_sequence(value: Any) -> bool:
+    """Whether FFCV's writer would take *value*'s items as a sample's values: a
+    sequence (not text or bytes), or an array or tensor of at least one dimension."""
+    if isinstance(value, (str, bytes, bytearray, memoryview, Mapping)):
+        return False
+    if hasattr(value, "shape") and hasattr(value, "ndim"):
+        return int(value.ndim) >= 1
+    return isinstance(value, Sequence)
 
 
 def _doubled(rows: np.ndarray) -> np.ndarray:
@@ -213,6 +225,7 @@ class _Encoder:
         offsets: list[int] = []
         sizes: list[int] = []
         skipped: list[SkippedSample] = []
+        extra: tuple[int, int] | None = None
         j = 0  # the row of the next kept sample
         images = SAMPLE_SIZES.get()
         for dest, source, sample in samples:
@@ -236,6 +249,8 @@ class _Encoder:
                 return PROVISIONAL + len(allocs) - 1, allocs[-1]
 
             values = self._as_tuple(sample, dest, source, describe)
+            if extra is None and len(values) > len(self.fields):
+                extra = (dest, len(values))
             failed = None
             if images is not None:
                 images.sizes.clear()
@@ -279,25 +294,28 @@ class _Encoder:
             j += 1
         blob = np.concatenate(parts).tobytes() if parts else b""
         return _Chunk(metadata[:j], blob, packed[:j], counts[:j],
-                      np.asarray(offsets, np.int64), np.asarray(sizes, np.int64), skipped)
+                      np.asarray(offsets, np.int64), np.asarray(sizes, np.int64), skipped,
+                      extra)
 
     def _as_tuple(self, sample: Any, dest: int, source: Any,
                   describe: Callable[[Any], str | None]) -> Sequence[Any]:
-        if len(self.fields) == 1 and not isinstance(sample, (tuple, list)):
+        """The sample's values, one per field, in the fields' order. As FFCV's
+        writer pairs them (``zip``): a tuple or list, or with several fields any
+        sequence (an array's or a tensor's rows); values past the last field are
+        not written (``_Chunk.extra`` tells the parent, which warns once). With one
+        field, a value that is not a tuple or list is the sample's value."""
+        several = len(self.fields) > 1
+        if isinstance(sample, (tuple, list)) or (several and _is_sequence(sample)):
+            if len(sample) >= len(self.fields):
+                return sample
+        elif not several:
             return (sample,)
-        if not isinstance(sample, (tuple, list)) or len(sample) != len(self.fields):
-            got = f"a {type(sample).__name__}"
-            if isinstance(sample, (tuple, list)):
-                got += f" of {len(sample)} values"
-            hint = ""
-            if len(self.fields) == 1 and isinstance(sample, (tuple, list)):
-                hint = ("; with one field, a list or tuple is the sample's values, as in "
-                        "FFCV: return a value that is a list or tuple as (value,)")
-            raise EncodeError(
-                f"{self._where(dest, source, describe)}: expected a tuple of "
-                f"{len(self.fields)} values (for fields {self.names}), got {got}{hint}"
-            )
-        return sample
+        got = f"a {type(sample).__name__}"
+        if _is_sequence(sample):
+            got += f" of {len(sample)} values"
+        raise EncodeError(
+            f"{self._where(dest, source, describe)}: expected a tuple of "
+            f"{len(self.fields)} values (for fields {self.names}), got {got}")
 
     def _where(self, dest: int, source: Any, describe: Callable[[Any], str | None],
                field: str | None = None) -> str:
@@ -1500,11 +1518,23 @@ class DatasetWriter:
                                 _pointer_leaves(self.row_type))
             pool = _Pool(min(self.num_workers, max(len(tasks), 1)), (encoder, source),
                          self.start_method, [dir_fd, lock.fd, output.fd], self.fname)
+            extra_told = False
             with self._progress_bar(num_samples) as bar:
                 for chunk in pool.run(tasks):
                     pages.add(chunk)
                     self.skipped.extend(chunk.skipped)
                     bar.update(len(chunk.packed) + len(chunk.skipped))
+                    if chunk.extra is not None and not extra_told:
+                        extra_told = True
+                        sample, count = chunk.extra
+                        hint = "" if len(names) > 1 else (
+                            "; with one field, a list or tuple is the sample's values: a "
+                            "value that is a list or tuple is returned as (value,)")
+                        warnings.warn(
+                            f"{self.fname}: sample {sample} holds {count} values for the "
+                            f"{len(names)} fields {names}: values past the last field are "
+                            f"not written (as FFCV's writer does){hint}", UserWarning,
+                            stacklevel=2)
             pool.close()
             pool = None
             if pages.next_sample + len(self.skipped) != num_samples:

@@ -244,12 +244,33 @@ class TupleMismatch:
         return 3
 
     def __getitem__(self, i: int) -> tuple:
-        return (1, 2, 3) if i == 2 else (1, 2)
+        return (1,) if i == 2 else (1, 2)
 
 
 def test_wrong_tuple_length(tmp_path: Path) -> None:
-    with pytest.raises(EncodeError, match=r"t.beton: sample 2: expected a tuple of 2 values"):
+    with pytest.raises(EncodeError, match=r"t.beton: sample 2: expected a tuple of 2 values "
+                                          r"\(for fields \['a', 'b'\]\), got a tuple of 1 "
+                                          r"values$"):
         write(tmp_path / "t.beton", {"a": IntField(), "b": IntField()}, TupleMismatch())
+    with pytest.raises(EncodeError, match=r"sample 0: expected a tuple of 2 values .*got an? "
+                                          r"dict$"):
+        write(tmp_path / "t.beton", {"a": IntField(), "b": IntField()}, [{"a": 1, "b": 2}])
+
+
+def test_samples_are_paired_with_fields_as_ffcv_does(tmp_path: Path) -> None:
+    """FFCV's writer zips a sample with the fields: an array's rows are values, and
+    values past the last field are left out. Both were refused."""
+    rows = np.arange(12.0).reshape(6, 2)
+    write(tmp_path / "rows.beton", {"x": FloatField(), "y": FloatField()}, rows)
+    assert Reader(tmp_path / "rows.beton").read(3) == (6.0, 7.0)
+    with pytest.warns(UserWarning, match=r"t\.beton: sample 0 holds 3 values for the 2 fields "
+                                         r"\['a', 'b'\]: values past the last field are not "
+                                         r"written") as told:
+        write(tmp_path / "t.beton", {"a": IntField(), "b": IntField()},
+              [(i, -i, f"extra {i}") for i in range(5)])
+    assert len(told) == 1  # once a write
+    assert [Reader(tmp_path / "t.beton").read(i) for i in range(5)] == [
+        (i, -i) for i in range(5)]
 
 
 class Broken:
