@@ -332,7 +332,7 @@ class Reader:
         try:
             handlers = get_handlers(self.field_descriptors, self.field_names, self.custom_handlers)
         except FormatError as exc:
-            raise annotate(exc, self.fname) from None
+            raise annotate(exc, self.fname) from exc.__cause__
         self.handlers: dict[str, Field] = dict(zip(self.field_names, handlers, strict=True))
         self._handler_list = handlers
         self.metadata_type = get_metadata_type(handlers)
@@ -743,7 +743,8 @@ class Reader:
             try:
                 values.append(handler.read(row[f"f{i}"], self._payload_reader(i, index)))
             except Exception as exc:
-                raise annotate(exc, f"{self.fname}: sample {index}, field {name!r}") from None
+                raise annotate(exc, f"{self.fname}: sample {index}, field {name!r}") \
+                    from exc.__cause__
         return tuple(values)
 
     def __len__(self) -> int:

@@ -354,7 +354,7 @@ def _raise_located(exc: BaseException, where: str, who: str) -> NoReturn:
     elif isinstance(exc, SystemExit) and in_a_worker():
         wrapped = RuntimeError(f"{who} called sys.exit({exc.code!r})")
     else:
-        raise annotate(exc, where) from None
+        raise annotate(exc, where) from exc.__cause__
     for note in getattr(exc, "__notes__", ()):
         wrapped.add_note(note)
     raise annotate(wrapped, where) from exc

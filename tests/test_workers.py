@@ -140,6 +140,19 @@ class RaiseAt(Operation):
         return sample
 
 
+class RaiseFromAt(RaiseAt):
+    """Raises *error* from a KeyError (``raise ... from ...``) at sample *index*."""
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        try:
+            return super().apply_sample(sample, destination, context, position)
+        except type(self.error) as exc:
+            try:
+                {}["the_missing_key"]
+            except KeyError as cause:
+                raise exc from cause
+
+
 class RaiseInBatch(Operation):
     """A batch operation (run in the loader's process) raising at batch *at*."""
 
@@ -392,6 +405,24 @@ def test_an_error_in_a_worker_process_reaches_next_with_its_traceback(photos_fil
     notes = "\n".join(getattr(info.value, "__notes__", []))
     assert "fastforward worker process" in notes
     assert "apply_sample" in notes
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_an_errors_cause_reaches_next(photos_file: Path, worker_type: str) -> None:
+    """``raise X from Y`` in an operation lost Y on its way (``from None`` where the
+    loader added the location): its traceback showed no cause."""
+    import traceback
+
+    with train_loader(photos_file, 2, worker_type,
+                      extra=[RaiseFromAt(3, ValueError("could not augment"))]) as loader, \
+            pytest.raises(ValueError, match=r"sample 3.*could not augment") as info:
+        for _ in loader:
+            pass
+    told = "".join(traceback.format_exception(info.value))
+    assert "the_missing_key" in told  # the cause, and where it came from
+    if worker_type == "thread":
+        assert isinstance(info.value.__cause__, KeyError)
+        assert "direct cause" in told
 
 
 @pytest.fixture

@@ -546,7 +546,7 @@ class _ImageDecoder(Decoder):
                     check_jpeg_size(payloads[start : start + int(sizes[k])],
                                     int(rows["height"]), int(rows["width"]))
                 except DecodeError as exc:
-                    raise self.fail(exc, context, lo + k) from None
+                    raise self.fail(exc, context, lo + k) from exc.__cause__
         return scratch.get(largest)
 
 
@@ -610,7 +610,7 @@ class SimpleRGBImageDecoder(_ImageDecoder):
                 try:
                     destination[position] = self._image(context, position, scratch)
                 except Exception as exc:
-                    raise self.fail(exc, context, position) from None
+                    raise self.fail(exc, context, position) from exc.__cause__
 
 
 class ResizedCropRGBImageDecoder(_ImageDecoder):
@@ -721,7 +721,7 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
                     rows[k] = function(np.uint32(heights[k]), np.uint32(widths[k]), scale, ratio)
                 except Exception as exc:
                     raise self.fail(annotate(exc, f"{type(self).__name__}.get_crop_generator"),
-                                    context, lo + k) from None
+                                    context, lo + k) from exc.__cause__
         return rows
 
     def crops(self, heights: np.ndarray, widths: np.ndarray, u: np.ndarray | None) -> np.ndarray:

@@ -111,7 +111,7 @@ def apply_step(plan: Plan, pipeline: PipelinePlan, step: Step, value: Any, buffe
         result = step.op.apply(value, buffer, context)
     except BaseException as exc:  # SystemExit and the like too: they reach next() as well
         raise annotate(exc, f"{job.where(plan.fname)}, pipeline {pipeline.name!r}, "
-                            f"{type(step.op).__name__}") from None
+                            f"{type(step.op).__name__}") from exc.__cause__
     shape = getattr(result, "shape", None)
     count = len(context.indices)
     if isinstance(shape, tuple) and (not shape or shape[0] != count):

@@ -366,7 +366,7 @@ class NumbaOperation(Decoder):
                 init_fn = None if init_code is None else _compile_cached(init_code, None)
             except Exception as exc:
                 raise annotate(exc, f"{self.name}: numba could not compile the function "
-                                    "generate_code() returned") from None
+                                    "generate_code() returned") from exc.__cause__
             self.compile_seconds = time.perf_counter() - started
         else:
             fn, init_fn = code, init_code
@@ -411,7 +411,7 @@ class NumbaOperation(Decoder):
                                             indices, hi - lo)
         except Exception as exc:
             raise annotate(exc, f"{self.fname}: samples {listed(indices)}, "
-                                f"field {self.field_name!r}, {self.name}") from None
+                                f"field {self.field_name!r}, {self.name}") from exc.__cause__
 
     def output(self, destination: Any, count: int) -> Any:
         result = self._local.result
@@ -423,7 +423,7 @@ class NumbaOperation(Decoder):
         try:
             return self._call(context, [batch, destination], indices, len(indices))
         except Exception as exc:
-            raise annotate(exc, self.name) from None
+            raise annotate(exc, self.name) from exc.__cause__
 
     def _call(self, context: BatchContext, args: list[Any], indices: np.ndarray, count: int) -> Any:
         if self.with_indices:

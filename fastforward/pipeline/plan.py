@@ -180,7 +180,7 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
             try:
                 fused = set(decoder.fuse(ops[:limit], streams[:limit]))
             except Exception as exc:
-                raise annotate(exc, f"{where}, {type(decoder).__name__}") from None
+                raise annotate(exc, f"{where}, {type(decoder).__name__}") from exc.__cause__
             leader = getattr(decoder, "follows", None)
             if leader is not None:  # a follower sizes its output from its leader's (masks)
                 decoder.leader_state = states[id(specs[leader].decoder)]
@@ -253,7 +253,7 @@ def _fuse(op: Operation, user_ops: list[Operation], ops: list[Operation], stream
     try:
         taken = op.fuse(ops[position:end], streams[position:end], state)
     except Exception as exc:
-        raise annotate(exc, f"{where}, {type(op).__name__}") from None
+        raise annotate(exc, f"{where}, {type(op).__name__}") from exc.__cause__
     return {position + k for k in taken}
 
 
@@ -354,7 +354,7 @@ def _declare(op: Operation, state: State, where: str) -> tuple[State, Any]:
     try:
         new_state, query = op.declare_state_and_memory(state)
     except Exception as exc:
-        raise annotate(exc, f"{where}, {type(op).__name__}") from None
+        raise annotate(exc, f"{where}, {type(op).__name__}") from exc.__cause__
     if not isinstance(new_state, State):
         raise TypeError(f"{where}: {type(op).__name__}.declare_state_and_memory must "
                         f"return (State, AllocationQuery or None)")
