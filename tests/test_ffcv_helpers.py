@@ -231,3 +231,9 @@ def test_ffcv_api_names_found_by_a_review(tmp_path: Path) -> None:
     first = np.concatenate([x.ravel() for (x,) in loader])
     assert first.tolist() == order.tolist()  # the epoch that followed
     assert loader.next_traversal_order().tolist() != order.tolist()  # the next one's
+    # FFCV's attributes of the loader (found by a comparison of the two APIs)
+    assert loader.first_traversal_order.tolist() == order.tolist()
+    assert loader.field_name_to_f_ix == {"x": 0, "blob": 1}
+    specs = loader.pipeline_specs
+    assert list(specs) == ["x"]  # 'blob' given None
+    assert type(specs["x"].decoder or specs["x"].transforms[0]).__name__ == "IntDecoder"

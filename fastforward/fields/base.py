@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import EncodeError
 
-ARG_TYPE = np.dtype([("data", "u1", 1024)])
+ARG_TYPE = np.dtype([("f0", "u1", 1024)])  # (FFCV names it "", which NumPy calls f0)
 """The descriptor's 1024 argument bytes."""
 
 Malloc = Callable[[int], tuple[int, np.ndarray]]

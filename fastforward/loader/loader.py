@@ -391,6 +391,23 @@ class Loader:
         decoder copy, steps and stages (see ``fastforward.pipeline.plan``)."""
         return self._plan.pipelines
 
+    @property
+    def pipeline_specs(self) -> dict[str, PipelineSpec]:
+        """FFCV's attribute: each output's ``PipelineSpec`` as resolved (the
+        defaults filled in, the outputs given None left out), in output order."""
+        return dict(self._specs)
+
+    @property
+    def field_name_to_f_ix(self) -> dict[str, int]:
+        """FFCV's attribute: each field's position in the file."""
+        return {name: k for k, name in enumerate(self.reader.field_names)}
+
+    @functools.cached_property
+    def first_traversal_order(self) -> np.ndarray:
+        """FFCV's attribute: this rank's samples of epoch 0, in order (made when
+        first asked for, where FFCV makes it in ``Loader()``)."""
+        return self._shards(0, [])[self.rank].order
+
     def _choose_workers(self, worker_type: str) -> ThreadWorkers | ProcessWorkers:
         """Threads, unless stage 1 holds an operation that keeps the GIL ('auto')."""
         if worker_type not in ("auto", "thread", "process"):

@@ -16,6 +16,7 @@ from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
 from ._utils import (
+    import_torch,
     itemsize,
     name,
     numpy_dtype,
@@ -69,8 +70,10 @@ class ToTensor(Operation):
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, None]:
         require_numpy(self, previous_state)
-        return replace(previous_state, jit_mode=False,
-                       dtype=torch_dtype(previous_state.dtype, self)), None
+        dtype = torch_dtype(previous_state.dtype, self)  # (imports torch, or says to install it)
+        # torch.device('cpu') from here on, as in FFCV (NumPy stages say "cpu": no torch)
+        return replace(previous_state, jit_mode=False, dtype=dtype,
+                       device=import_torch(self).device("cpu")), None
 
     def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         """Return ``torch.from_numpy(batch)`` (element-wise for a tuple, list or dict)."""
