@@ -233,14 +233,19 @@ class Channel:
         if self._taken is not None:
             self._taken.set()
 
-    def take(self) -> Any:
-        """The next item, waiting for it; None once finished without one."""
+    def take(self, timeout: float | None = None) -> Any:
+        """The next item, waiting for it; None once finished without one.
+        Raises ``TimeoutError`` when none came in *timeout* seconds (None: no limit)."""
         start = time.perf_counter()
         with self._changed:
             while not self._items:
                 if self._finished:
                     return None
-                self._changed.wait()
+                left = None if timeout is None else start + timeout - time.perf_counter()
+                if left is not None and left <= 0:
+                    self._consumer_wait += time.perf_counter() - start
+                    raise TimeoutError(f"no batch came in {timeout:g} s")
+                self._changed.wait(left)
             item = self._items.popleft()
         now = time.perf_counter()
         self._consumer_wait += now - start
@@ -322,14 +327,17 @@ class Engine:
 
     # -- consumer side ------------------------------------------------------------
 
-    def next_batch(self) -> Any:
+    def next_batch(self, timeout: float | None = None) -> Any:
         """The next batch's outputs; raises StopIteration at the end of the epoch,
-        or the exception that stopped it."""
+        or the exception that stopped it; ``TimeoutError`` when none came in
+        *timeout* seconds (the epoch stays open: a later call waits again)."""
         if self._finished or self._closed:
             self.close()  # returns once a close() in progress has stopped everything
             raise StopIteration
         try:
-            item = self.channel.take()
+            item = self.channel.take(timeout)
+        except TimeoutError:
+            raise
         except BaseException:  # Ctrl-C while waiting
             self.close()
             raise

@@ -18,6 +18,7 @@ import json
 import os
 import pickle
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -1013,6 +1014,78 @@ class StuckAt(Operation):
             partial.rename(self.marker)  # whole when it appears
             time.sleep(self.seconds)
         return sample
+
+
+class WaitAt(Operation):
+    """At sample *index*, waits until the file *go* exists (a slow operation the
+    test lets go of)."""
+
+    per_sample = True
+
+    def __init__(self, index: int, go: str) -> None:
+        super().__init__()
+        self.index = index
+        self.go = go
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        if int(context.indices[position]) == self.index:
+            while not os.path.exists(self.go):
+                time.sleep(0.01)
+        return sample
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_a_timeout_turns_a_stuck_batch_into_an_error(tmp_path: Path, photos_file: Path,
+                                                     worker_type: str) -> None:
+    """Loader(timeout=...): a batch that does not come in time is a TimeoutError
+    naming the file, epoch and batch; the epoch stays open (a slow batch still
+    comes), and leaving it kills process workers stuck in it."""
+    expected = epochs(train_loader(photos_file, 1, "thread"), 1)[0][1]
+    order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
+    go = tmp_path / "go"
+    slow = WaitAt(int(order[8 * 2 + 3]), str(go))  # in batch 2
+    with train_loader(photos_file, 2, worker_type, extra=[slow], timeout=0.5) as loader:
+        iterator = iter(loader)
+        labels: list[np.ndarray] = []
+        late: list[tuple[float, str]] = []
+        while True:  # the slow batch comes after all, and the rest after it
+            started = time.perf_counter()
+            try:
+                labels.append(next(iterator)[1].copy())
+            except TimeoutError as exc:
+                late.append((time.perf_counter() - started, str(exc)))
+                go.touch()  # the slow operation goes on
+            except StopIteration:
+                break
+    # the batch of the slow sample (on threads, Python operations run one at a
+    # time, under the global generators' lock: it may hold up batch 0 or 1 instead;
+    # a slow start may too)
+    assert len(late) == 1
+    assert re.match(rf"{re.escape(str(photos_file))}: epoch 0, batch [012]: no batch came "
+                    r"in 0\.5 s \(Loader\(timeout=0\.5\)\)", late[0][1])
+    assert late[0][0] < 1.4
+    np.testing.assert_array_equal(np.concatenate(labels), expected)
+    if worker_type == "thread":
+        return
+    stuck = StuckAt(int(order[8 * 2 + 3]), str(tmp_path / "stuck"))  # never returns
+    loader = train_loader(photos_file, 2, worker_type, extra=[stuck])
+    iterator = iter(loader)
+    next(iterator)
+    loader.timeout = 1
+    pids = loader.workers.pids
+    with pytest.raises(TimeoutError, match="worker processes"):
+        for _ in iterator:
+            pass
+    started = time.perf_counter()
+    loader.close()  # the worker stuck in batch 2 is killed after the grace period
+    assert time.perf_counter() - started < 10
+    assert not [pid for pid in pids if _alive(pid)]
+
+
+@pytest.mark.parametrize("timeout", [0, -1, True, float("nan")])
+def test_a_timeout_is_a_positive_number_of_seconds(photos_file: Path, timeout: float) -> None:
+    with pytest.raises(ValueError, match="timeout must be a number of seconds above 0"):
+        train_loader(photos_file, 1, "thread", timeout=timeout)
 
 
 def test_two_threads_start_epochs_of_one_loader_at_once(photos_file: Path) -> None:

@@ -181,10 +181,14 @@ class Loader:
                  drop_last: bool = True, batches_ahead: int = 3, recompile: bool = False,
                  order_kwargs: Mapping[str, Any] | None = None, *,
                  even_batches: bool = True, worker_type: str = "auto",
-                 start_method: str | None = None, verify_checksums: bool = False) -> None:
+                 start_method: str | None = None, verify_checksums: bool = False,
+                 timeout: float | None = None) -> None:
         refuse_in_a_worker("Loader()")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
+            raise ValueError(f"timeout must be a number of seconds above 0, or None, got "
+                             f"{timeout!r}")
         if batches_ahead < 1:
             raise ValueError(f"batches_ahead must be at least 1, got {batches_ahead}")
         # what filter() builds its loaders from
@@ -195,7 +199,7 @@ class Loader:
             "drop_last": drop_last, "batches_ahead": batches_ahead, "recompile": recompile,
             "order_kwargs": order_kwargs, "even_batches": even_batches,
             "worker_type": worker_type, "start_method": start_method,
-            "verify_checksums": verify_checksums}
+            "verify_checksums": verify_checksums, "timeout": timeout}
         self.fname = os.fspath(fname)
         self.batch_size = int(batch_size)
         self.num_workers = default_workers() if num_workers < 1 else int(num_workers)
@@ -211,6 +215,7 @@ class Loader:
         self.custom_fields = dict(custom_fields or {})
         self._start_method = start_method
         self.verify_checksums = bool(verify_checksums)
+        self.timeout = None if timeout is None else float(timeout)
         self._opening = threading.Lock()  # __iter__: one epoch claimed at a time
         self._opening_pid = os.getpid()
         # what close() and garbage collection release (it must not refer to the loader)
@@ -891,7 +896,11 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
                 raise StopIteration
             if batch is None:
                 # StopIteration at the end, or once closed
-                batch = self._unfinished = self._engine.next_batch()
+                timeout = None if self._loader is None else self._loader.timeout
+                try:
+                    batch = self._unfinished = self._engine.next_batch(timeout)
+                except TimeoutError as exc:
+                    raise TimeoutError(self._late(exc)) from None
             # an exception while it is handed over (Ctrl-C while waiting for its
             # copies) leaves it for the next call, uncounted: a state saved then
             # resumes at it
@@ -906,6 +915,20 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
             position.delivered += 1
             position.finished = position.delivered >= self._length
             return batch
+
+    def _late(self, exc: TimeoutError) -> str:
+        """What a ``Loader(timeout=...)`` that ran out says."""
+        assert self._loader is not None
+        position = self.position
+        done = sum(k for _, k in position.segments)  # batches of a resumed epoch done before
+        workers = self._loader.workers
+        pids = getattr(workers, "pids", None) or []
+        where = f" (worker processes {', '.join(map(str, pids))})" if pids else ""
+        return (f"{self._loader.fname}: epoch {position.epoch}, batch "
+                f"{done + position.delivered}: {exc} (Loader(timeout="
+                f"{self._loader.timeout:g})): a decoder, an operation or a read is stuck or "
+                f"slow{where}. The epoch stays open: next() waits again; leaving the loop "
+                "or close() ends it (process workers stuck in it are then killed)")
 
     def __len__(self) -> int:
         return self._length
