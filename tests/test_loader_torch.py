@@ -133,6 +133,20 @@ def test_array_and_tensor_fields(tmp_path: Path) -> None:
     assert position == 256
 
 
+def test_arrays_of_another_byte_order_become_tensors(tmp_path: Path) -> None:
+    """NDArrayField('>f4') was written and read, but the default pipeline's
+    ToTensor failed (torch refuses another byte order): swapped to the native one."""
+    path = tmp_path / "big.beton"
+    values = [np.array([i + 0.5, -i, 1e30], ">f4") for i in range(10)]
+    DatasetWriter(path, {"x": NDArrayField(np.dtype(">f4"), (3,))}, num_workers=1,
+                  progress=False).from_indexed_dataset(values)
+    with Loader(path, 4, drop_last=False) as loader:
+        got = np.concatenate([x.numpy() for (x,) in loader])
+    assert got.dtype == np.float32
+    assert got.dtype.isnative
+    np.testing.assert_array_equal(got, np.stack(values))
+
+
 def test_json_field(tmp_path: Path) -> None:
     path = tmp_path / "json.beton"
     values = [{"id": i, "name": "x" * (i % 7), "nested": {"v": [i, None]}} for i in range(50)]

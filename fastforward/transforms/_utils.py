@@ -60,8 +60,11 @@ def torch_dtype(dtype: Any, op: Any) -> Any:
         return dtype
     torch = import_torch(op)
 
+    native = numpy_dtype(dtype, op)
+    if not native.isnative:  # ('>f4' from a file: ToTensor swaps the bytes)
+        native = native.newbyteorder("=")
     try:
-        return torch.from_numpy(np.empty(0, dtype=numpy_dtype(dtype, op))).dtype
+        return torch.from_numpy(np.empty(0, dtype=native)).dtype
     except TypeError:
         raise TypeError(f"{name(op)}: NumPy dtype {np.dtype(dtype)} has no torch "
                         "equivalent") from None

@@ -32,11 +32,13 @@ from ._utils import (
 def _from_numpy(array: np.ndarray, context: BatchContext) -> Any:
     import torch
 
-    # torch.from_numpy refuses negative strides and warns on read-only memory
-    # (a zero-copy view of the file): copy those, share everything else.
-    if not array.flags.writeable or any(s < 0 for s in array.strides):
+    # torch.from_numpy refuses negative strides and another byte order ('>f4'), and
+    # warns on read-only memory (a zero-copy view of the file): copy those (in
+    # the native order), share everything else.
+    if not array.flags.writeable or any(s < 0 for s in array.strides) or (
+            not array.dtype.isnative):
         context.wait_for_copies()  # this reads the values: they must be there
-        array = np.array(array)
+        array = np.array(array, dtype=array.dtype.newbyteorder("="))
     return torch.from_numpy(array)
 
 
