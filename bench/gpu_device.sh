@@ -52,6 +52,10 @@ python3 -c "import fastforward, fastforward.fields.rgb_image as r; print('fastfo
 # checks get what is left of the device tool's 540 s after the install and build)
 trap 'cp "$work/out/gpu_check.json" "$out/" 2>/dev/null || echo "no gpu_check.json was written"' EXIT
 left=$((510 - SECONDS))
+if (( left < 60 )); then
+    echo "the install and build took $SECONDS s: no time left for the checks"
+    exit 1
+fi
 echo "checks: at most $left s"
 status=0
 timeout "$left" python3 bench/gpu_check.py --out "$work/out" "$@" 2>&1 | tee "$out/gpu_check.log" \

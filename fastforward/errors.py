@@ -82,6 +82,11 @@ class WorkerError(FastForwardError, RuntimeError):
     exception: killed, out of memory, or crashed in native code."""
 
 
+class BatchTimeout(FastForwardError, TimeoutError):
+    """``next()`` waited ``Loader(timeout=...)`` seconds for a batch: the loader's
+    own timeout (an operation's ``TimeoutError`` reaches ``next()`` as itself)."""
+
+
 def exception_text(exc: BaseException) -> str:
     """``Type: message`` of *exc*, whatever its ``__str__`` does."""
     try:

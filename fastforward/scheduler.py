@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import annotate
+from .errors import BatchTimeout, annotate
 
 try:
     import uvloop
@@ -235,7 +235,7 @@ class Channel:
 
     def take(self, timeout: float | None = None) -> Any:
         """The next item, waiting for it; None once finished without one.
-        Raises ``TimeoutError`` when none came in *timeout* seconds (None: no limit)."""
+        Raises ``BatchTimeout`` when none came in *timeout* seconds (None: no limit)."""
         start = time.perf_counter()
         with self._changed:
             while not self._items:
@@ -244,8 +244,8 @@ class Channel:
                 left = None if timeout is None else start + timeout - time.perf_counter()
                 if left is not None and left <= 0:
                     self._consumer_wait += time.perf_counter() - start
-                    raise TimeoutError(f"no batch came in {timeout:g} s")
-                self._changed.wait(left)
+                    raise BatchTimeout("no batch came in time")
+                self._changed.wait(None if left is None else min(left, threading.TIMEOUT_MAX))
             item = self._items.popleft()
         now = time.perf_counter()
         self._consumer_wait += now - start
@@ -330,13 +330,14 @@ class Engine:
     def next_batch(self, timeout: float | None = None) -> Any:
         """The next batch's outputs; raises StopIteration at the end of the epoch,
         or the exception that stopped it; ``TimeoutError`` when none came in
-        *timeout* seconds (the epoch stays open: a later call waits again)."""
+        *timeout* seconds (``BatchTimeout``; the epoch stays open: a later call
+        waits again)."""
         if self._finished or self._closed:
             self.close()  # returns once a close() in progress has stopped everything
             raise StopIteration
         try:
             item = self.channel.take(timeout)
-        except TimeoutError:
+        except BatchTimeout:  # (the epoch stays open)
             raise
         except BaseException:  # Ctrl-C while waiting
             self.close()

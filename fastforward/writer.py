@@ -44,6 +44,7 @@ import contextlib
 import errno
 import hashlib
 import inspect
+import itertools
 import multiprocessing
 import operator
 import os
@@ -161,14 +162,22 @@ class _Chunk:
         self.extra = extra  # (sample, its number of values): the first with more than fields
 
 
-def _is_sequence(value: Any) -> bool:
-    """Whether FFCV's writer would take *value*'s items as a sample's values: a
-    sequence (not text or bytes), or an array or tensor of at least one dimension."""
+def _length(value: Any) -> int | None:
+    """How many values FFCV's writer would take from *value* as a sample's: the
+    length of a sequence (not text or bytes) or of an array, tensor or series of
+    at least one dimension; None for anything else (a dict, a 0-d array, a
+    sparse matrix, whose length is ambiguous)."""
     if isinstance(value, (str, bytes, bytearray, memoryview, Mapping)):
-        return False
-    if hasattr(value, "shape") and hasattr(value, "ndim"):
-        return int(value.ndim) >= 1
-    return isinstance(value, Sequence)
+        return None
+    if hasattr(value, "ndim"):
+        if int(value.ndim) < 1 or not hasattr(value, "__iter__"):
+            return None
+    elif not isinstance(value, Sequence):
+        return None
+    try:
+        return len(value)
+    except TypeError:
+        return None
 
 
 def _doubled(rows: np.ndarray) -> np.ndarray:
@@ -248,9 +257,9 @@ class _Encoder:
                 allocs.append(np.zeros(size, np.uint8))
                 return PROVISIONAL + len(allocs) - 1, allocs[-1]
 
-            values = self._as_tuple(sample, dest, source, describe)
-            if extra is None and len(values) > len(self.fields):
-                extra = (dest, len(values))
+            values, count = self._values(sample, dest, source, describe)
+            if extra is None and count > len(self.fields):
+                extra = (dest, count)
             failed = None
             if images is not None:
                 images.sizes.clear()
@@ -297,25 +306,32 @@ class _Encoder:
                       np.asarray(offsets, np.int64), np.asarray(sizes, np.int64), skipped,
                       extra)
 
-    def _as_tuple(self, sample: Any, dest: int, source: Any,
-                  describe: Callable[[Any], str | None]) -> Sequence[Any]:
-        """The sample's values, one per field, in the fields' order. As FFCV's
-        writer pairs them (``zip``): a tuple or list, or with several fields any
-        sequence (an array's or a tensor's rows); values past the last field are
-        not written (``_Chunk.extra`` tells the parent, which warns once). With one
-        field, a value that is not a tuple or list is the sample's value."""
-        several = len(self.fields) > 1
-        if isinstance(sample, (tuple, list)) or (several and _is_sequence(sample)):
-            if len(sample) >= len(self.fields):
-                return sample
-        elif not several:
-            return (sample,)
+    def _values(self, sample: Any, dest: int, source: Any,
+                describe: Callable[[Any], str | None]) -> tuple[Sequence[Any], int]:
+        """The sample's values, one per field in the fields' order, and how many it
+        holds. As FFCV's writer pairs them (``zip``, iterating): a tuple or list,
+        or with several fields any sequence (an array's or a tensor's rows, a
+        pandas row in its order); values past the last field are not written
+        (``_Chunk.extra`` tells the parent, which warns once). With one field, a
+        value that is not a tuple or list is the sample's value."""
+        wanted = len(self.fields)
+        count = _length(sample)
+        if isinstance(sample, (tuple, list)):
+            values: Sequence[Any] = sample
+        elif wanted > 1 and count is not None:
+            values = list(itertools.islice(iter(sample), wanted))
+        elif wanted == 1:
+            return (sample,), 1
+        else:
+            count = None
+        if count is not None and count >= wanted:
+            return values, count
         got = f"a {type(sample).__name__}"
-        if _is_sequence(sample):
-            got += f" of {len(sample)} values"
+        if count is not None:
+            got += f" of {count} values"
         raise EncodeError(
             f"{self._where(dest, source, describe)}: expected a tuple of "
-            f"{len(self.fields)} values (for fields {self.names}), got {got}")
+            f"{wanted} values (for fields {self.names}), got {got}")
 
     def _where(self, dest: int, source: Any, describe: Callable[[Any], str | None],
                field: str | None = None) -> str:

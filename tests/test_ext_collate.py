@@ -228,3 +228,22 @@ def test_a_copier_is_not_pickled() -> None:
             pickle.dumps(copier)
     finally:
         copier.close()
+
+
+def test_copier_wait_with_a_timeout() -> None:
+    """A copy that has not finished in time is a TimeoutError (Loader(timeout=...)
+    bounds the wait for a batch's copies); one that has, returns."""
+    big = np.ones(256 << 20, np.uint8)  # a quarter of a GiB: tens of milliseconds to copy
+    out = np.empty((1, big.size), np.uint8)
+    copier = Copier(1)
+    try:
+        ticket = copier.submit(big, np.zeros(1, np.uint64), np.array([big.size], np.uint64), out)
+        with pytest.raises(TimeoutError, match=r"did not finish in 0 s"):
+            copier.wait(ticket, 0)
+        copier.wait(ticket, 60)
+        assert out[0, -1] == 1
+        copier.wait(ticket, 0)  # finished: no wait
+        with pytest.raises(ValueError, match="no copy has ticket"):
+            copier.wait(ticket + 1, 1)
+    finally:
+        copier.close()

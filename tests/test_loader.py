@@ -810,10 +810,10 @@ def test_an_interrupt_while_a_batch_is_handed_over_loses_nothing(
     waits = 0
     original = loader_module.PendingCopies.wait
 
-    def interrupted(self: object) -> None:
+    def interrupted(self: object, timeout: float | None = None) -> None:
         nonlocal waits
         waits += 1
-        original(self)  # type: ignore[arg-type]
+        original(self, timeout)  # type: ignore[arg-type]
         if waits == 3:  # the third batch's: as a signal raised when the wait returns
             raise KeyboardInterrupt
 
@@ -855,9 +855,9 @@ def test_threads_sharing_an_epoch_take_a_batch_each(tmp_path: Path,
 
     hand_over = PendingBatch.hand_over
 
-    def slowly(self: PendingBatch) -> tuple[object, ...]:
+    def slowly(self: PendingBatch, timeout: float | None = None) -> tuple[object, ...]:
         time.sleep(0.01)  # the other thread comes in meanwhile
-        return hand_over(self)
+        return hand_over(self, timeout)
 
     monkeypatch.setattr(PendingBatch, "hand_over", slowly)
     path = tmp_path / "b.beton"

@@ -589,6 +589,43 @@ def test_an_ffcv_crop_generator_draws_reproducibly(photo_file: Path, compiled: b
     assert not np.array_equal(other, runs[0])  # the draws follow the seed
 
 
+class HalfByClosure(RandomResizedCropRGBImageDecoder):
+    """A generator made anew at each call of the property, over an array (a closure)."""
+
+    asked = 0
+
+    @property
+    def get_crop_generator(self) -> Callable:
+        from numba import njit
+
+        type(self).asked += 1
+        fraction = np.array([0.5, 0.5])
+
+        @njit
+        def half(height, width, scale, ratio):  # type: ignore[no-untyped-def]
+            return 0, 0, int(height * fraction[0]), int(width * fraction[1])
+
+        return half
+
+
+def test_an_ffcv_crop_generator_is_asked_for_once_a_loader(photo_file: Path) -> None:
+    """The property was read, and a closure compiled, once per batch: 8 compiles an
+    epoch, each kept (with its arrays) in the compiler's cache."""
+    pytest.importorskip("numba")
+    from fastforward.pipeline import compiler
+
+    HalfByClosure.asked = 0
+    before = len(compiler._CACHE)
+    loader = Loader(photo_file, 4, num_workers=2, pipelines={"image": [HalfByClosure((6, 6))],
+                                                             "label": None})
+    with loader:
+        for _ in range(2):
+            for _ in loader:
+                pass
+    assert HalfByClosure.asked == 1
+    assert len(compiler._CACHE) - before == 1
+
+
 def test_an_ffcv_crop_generator_out_of_the_image_is_named(photo_file: Path) -> None:
     pytest.importorskip("numba")
     from numba import njit

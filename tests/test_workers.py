@@ -1088,6 +1088,42 @@ def test_a_timeout_is_a_positive_number_of_seconds(photos_file: Path, timeout: f
         train_loader(photos_file, 1, "thread", timeout=timeout)
 
 
+@pytest.mark.parametrize("timeout", [None, 30, float("inf"), 1e12])
+def test_an_operations_own_timeout_error_is_not_the_loaders(photos_file: Path,
+                                                            timeout: float | None) -> None:
+    """A TimeoutError an operation raised (a remote service's) was taken for the
+    loader's own: 'no batch came in time', the epoch ended behind it. An infinite
+    or huge timeout overflowed the wait (OverflowError), ending the epoch."""
+    from fastforward.errors import BatchTimeout
+
+    with train_loader(photos_file, 1, "thread", timeout=timeout,
+                      extra=[RaiseAt(20, TimeoutError("the label service timed out"))]) as loader:
+        assert loader.timeout == (None if timeout in (None, float("inf")) else timeout)
+        with pytest.raises(TimeoutError, match=r"sample 20.*the label service timed out") as info:
+            for _ in loader:
+                pass
+    assert not isinstance(info.value, BatchTimeout)
+
+
+def test_a_timeout_bounds_the_wait_for_another_threads_next(photos_file: Path) -> None:
+    """Threads sharing an iterator wait for each other's next(): within the timeout."""
+    from fastforward.errors import BatchTimeout
+
+    with train_loader(photos_file, 1, "thread", timeout=0.3) as loader:
+        iterator = iter(loader)
+        next(iterator)
+        iterator._handing.acquire()  # another thread's next(), stuck
+        try:
+            started = time.perf_counter()
+            with pytest.raises(BatchTimeout, match=r"batch 1: another thread's next\(\) "
+                                                   r"held the epoch in 0\.3 s"):
+                next(iterator)
+            assert time.perf_counter() - started < 1
+        finally:
+            iterator._handing.release()
+        assert len(list(iterator)) == len(loader) - 1  # nothing lost
+
+
 def test_two_threads_start_epochs_of_one_loader_at_once(photos_file: Path) -> None:
     """Each started a pool of its own (one left running past close()), a worker one
     started could miss the other's plan (a bare KeyError), and both could read the

@@ -273,6 +273,50 @@ def test_samples_are_paired_with_fields_as_ffcv_does(tmp_path: Path) -> None:
         (i, -i) for i in range(5)]
 
 
+class LabelledRow:
+    """A pandas Series' ways: iterated in order, indexed by its labels."""
+
+    ndim = 1
+
+    def __init__(self, values: list[int], labels: list[int]) -> None:
+        self.values, self.labels = values, labels
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __iter__(self) -> Any:
+        return iter(self.values)
+
+    def __getitem__(self, label: int) -> int:
+        return self.values[self.labels.index(label)]
+
+
+class Ambiguous:
+    """A scipy sparse matrix's ways: two dimensions, no length."""
+
+    ndim = 2
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+    def __len__(self) -> int:
+        raise TypeError("sparse matrix length is ambiguous")
+
+
+def test_a_sample_is_iterated_as_ffcvs_zip_does(tmp_path: Path) -> None:
+    """A row indexed by labels was read by position through its labels: fields
+    swapped, silently."""
+    write(tmp_path / "s.beton", {"a": IntField(), "b": IntField()},
+          [LabelledRow([i, 10 + i], [1, 0]) for i in range(3)])
+    assert [Reader(tmp_path / "s.beton").read(i) for i in range(3)] == [
+        (i, 10 + i) for i in range(3)]
+    for sample, got in ((Ambiguous(), "an? Ambiguous$"), (np.array(5), "an? ndarray$"),
+                        ("ab", "an? str$")):
+        with pytest.raises(EncodeError,
+                           match=f"sample 0: expected a tuple of 2 values .*got {got}"):
+            write(tmp_path / "x.beton", {"a": IntField(), "b": IntField()}, [sample])
+
+
 class Broken:
     """Sample 7 raises *error*."""
 

@@ -23,8 +23,9 @@ class Copier:
     def submit(self, src: BufferLike, offsets: BufferLike, sizes: BufferLike,
                out: BufferLike) -> int:
         """Queue ``gather_into(src, offsets, sizes, out)``; returns its ticket."""
-    def wait(self, ticket: int) -> None:
-        """Return once the copy with *ticket*, and every one before it, has finished."""
+    def wait(self, ticket: int, timeout: float | None = None) -> None:
+        """Return once the copy with *ticket*, and every one before it, has finished;
+        ``TimeoutError`` if that takes more than *timeout* seconds (None: no limit)."""
     def drain(self) -> None:
         """Return once every copy submitted so far has finished (and let go of its arrays)."""
     @property

@@ -42,6 +42,7 @@ cdef extern from "copier.h":
     int ff_copier_start(ff_copier *c, int threads) nogil
     uint64_t ff_copier_submit(ff_copier *c, ff_copy_job job) nogil
     int ff_copier_wait(ff_copier *c, uint64_t ticket) nogil
+    int ff_copier_wait_for(ff_copier *c, uint64_t ticket, double seconds) nogil
     uint64_t ff_copier_completed(ff_copier *c) nogil
     uint64_t ff_copier_submitted(ff_copier *c) nogil
     void ff_copier_stop(ff_copier *c) nogil
@@ -150,14 +151,21 @@ cdef class Copier:
                 self._held.append((ticket, (s, o, z, w)))
         return ticket
 
-    def wait(self, uint64_t ticket) -> None:
-        """Return once the copy with *ticket*, and every one before it, has finished."""
+    def wait(self, uint64_t ticket, timeout=None) -> None:
+        """Return once the copy with *ticket*, and every one before it, has finished;
+        ``TimeoutError`` if that takes more than *timeout* seconds (None: no limit)."""
         self._own()
         cdef int err
+        cdef double seconds = -1.0 if timeout is None else max(0.0, float(timeout))
         with nogil:  # valid after close() too: every copy has finished then
-            err = ff_copier_wait(self._c, ticket)
-        if err:
+            if seconds < 0:
+                err = ff_copier_wait(self._c, ticket)
+            else:
+                err = ff_copier_wait_for(self._c, ticket, seconds)
+        if err < 0:
             raise ValueError(f"no copy has ticket {ticket}")
+        if err:
+            raise TimeoutError(f"the batch's copies did not finish in {timeout:g} s")
         self._prune()
 
     def drain(self) -> None:

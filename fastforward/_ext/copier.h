@@ -17,9 +17,11 @@
 #ifndef FF_COPIER_H
 #define FF_COPIER_H
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 enum { FF_PREFETCH_AHEAD = 4, FF_COPIER_QUEUE = 64, FF_COPIER_MAX_THREADS = 16,
        FF_COPIER_PART_BYTES = 64 * 1024 };
@@ -179,6 +181,32 @@ static int ff_copier_wait(ff_copier *c, uint64_t ticket) {
     while (c->completed < ticket) pthread_cond_wait(&c->done, &c->lock);
     pthread_mutex_unlock(&c->lock);
     return 0;
+}
+
+/* ff_copier_wait for at most `seconds` (CLOCK_REALTIME, the condition's clock):
+ * 0 once the ticket has completed, 1 if the time ran out first, -1 for a ticket
+ * never submitted. */
+static int ff_copier_wait_for(ff_copier *c, uint64_t ticket, double seconds) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    double whole = (double)(int64_t)seconds;
+    until.tv_sec += (time_t)whole;
+    until.tv_nsec += (long)((seconds - whole) * 1e9);
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec += 1;
+        until.tv_nsec -= 1000000000L;
+    }
+    int late = 0;
+    pthread_mutex_lock(&c->lock);
+    if (ticket > c->submitted) {
+        pthread_mutex_unlock(&c->lock);
+        return -1;
+    }
+    while (c->completed < ticket && !late)
+        late = pthread_cond_timedwait(&c->done, &c->lock, &until) == ETIMEDOUT;
+    late = c->completed < ticket;
+    pthread_mutex_unlock(&c->lock);
+    return late;
 }
 
 static uint64_t ff_copier_submitted(ff_copier *c) {

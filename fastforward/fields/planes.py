@@ -118,7 +118,7 @@ def read_with_pillow(data: bytes, what: str, load: Callable[[Any], np.ndarray],
                     "format Pillow cannot read)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # damaged, as plugins say it
         message = BYTES_IO.sub("", str(exc)) or type(exc).__name__
-        raise error(f"cannot decode {what} file ({len(data)} bytes): {message}") from None
+        raise error(f"cannot decode {what} file ({len(data)} bytes): {message}") from exc
     raise error(f"{what} file of {reduced}: {lost_bits}")
 
 

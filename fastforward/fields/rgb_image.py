@@ -467,6 +467,11 @@ class _ScratchPool:
     def __init__(self) -> None:
         self._free: list[_Scratch] = []
         self._lock = threading.Lock()
+        # a crop decoder's FFCV hook, resolved and compiled once per loader and
+        # process (``ResizedCropRGBImageDecoder._crop_hook``)
+        self.crop_hook: tuple[Any, bool] | None = None
+        self.crop_hook_known = False
+        self.crop_hook_lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
         return {}  # scratch is per process: a copy starts empty
@@ -690,24 +695,32 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
             f"{type(self).__name__} says no crop: a subclass of ResizedCropRGBImageDecoder "
             "defines crops() (vectorised) or crop(), or FFCV's get_crop_generator")
 
-    def _crop_generator(self) -> Any:
-        """FFCV's hook: the function of a subclass (written for FFCV) whose
-        ``get_crop_generator`` property gives ``f(height, width, scale, ratio) ->
-        (i, j, h, w)``; None for fastforward's own classes and their ``crops()``."""
-        for cls in type(self).__mro__:
-            if cls.__module__.split(".", 1)[0] == "fastforward":
-                return None
-            if "get_crop_generator" in vars(cls):
-                return self.get_crop_generator  # type: ignore[attr-defined]
-        return None
+    def _crop_hook(self) -> tuple[Any, bool] | None:
+        """FFCV's hook: ``(function, compiled)`` for a subclass (written for FFCV)
+        whose ``get_crop_generator`` property gives ``f(height, width, scale, ratio)
+        -> (i, j, h, w)``, asked for and compiled once per loader and process (as
+        FFCV does when it generates the pipeline's code); None for fastforward's
+        own classes and their ``crops()``."""
+        pool = self._scratch
+        with pool.crop_hook_lock:
+            if not pool.crop_hook_known:
+                for cls in type(self).__mro__:
+                    if cls.__module__.split(".", 1)[0] == "fastforward":
+                        break
+                    if "get_crop_generator" in vars(cls):
+                        pool.crop_hook = hook_function(
+                            self.get_crop_generator)  # type: ignore[attr-defined]
+                        break
+                pool.crop_hook_known = True
+            return pool.crop_hook
 
-    def _generated_crops(self, generator: Any, heights: np.ndarray, widths: np.ndarray,
-                         context: BatchContext, lo: int) -> np.ndarray:
-        """The crops of *generator* (``_crop_generator``), called per sample as FFCV
-        calls it, with ``(self.scale, self.ratio)``, its ``np.random`` seeded from
+    def _generated_crops(self, hook: tuple[Any, bool], heights: np.ndarray,
+                         widths: np.ndarray, context: BatchContext, lo: int) -> np.ndarray:
+        """The crops of *hook* (``_crop_hook``), called per sample as FFCV calls it,
+        with ``(self.scale, self.ratio)``, its ``np.random`` seeded from
         ``(seed, epoch, sample, stream)``: numba's where it is compiled, the global
         generators (``random.globals_session``: where they are the loader's) where not."""
-        function, compiled = hook_function(generator)
+        function, compiled = hook
         scale, ratio = (np.array(v) if isinstance(v, tuple) else v
                         for v in (getattr(self, "scale", None), getattr(self, "ratio", None)))
         count = len(heights)
@@ -749,9 +762,9 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
             raise self.fail(DecodeError(f"unknown image mode {int(modes[unknown[0]])}"),
                             context, position)
         heights, widths = rows["height"].astype(np.int64), rows["width"].astype(np.int64)
-        generator = self._crop_generator()
-        if generator is not None:
-            crops = self._generated_crops(generator, heights, widths, context, lo)
+        hook = self._crop_hook()
+        if hook is not None:
+            crops = self._generated_crops(hook, heights, widths, context, lo)
             chose = "get_crop_generator"
         else:
             crops = np.ascontiguousarray(

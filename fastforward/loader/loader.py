@@ -13,9 +13,11 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
+import math
 import os
 import pickle
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -25,6 +27,7 @@ import numpy as np
 from .._ext.collate import Copier
 from ..checksums import digest
 from ..device import DeviceBatch, DeviceStage, is_cuda
+from ..errors import BatchTimeout
 from ..fields import Field, RaggedField
 from ..memory_managers import MemoryManager, OSCacheManager, ProcessCacheManager
 from ..pipeline.decoder import Decoder
@@ -189,6 +192,8 @@ class Loader:
         if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
             raise ValueError(f"timeout must be a number of seconds above 0, or None, got "
                              f"{timeout!r}")
+        if timeout is not None and math.isinf(timeout):
+            timeout = None  # no limit
         if batches_ahead < 1:
             raise ValueError(f"batches_ahead must be at least 1, got {batches_ahead}")
         # what filter() builds its loaders from
@@ -407,10 +412,10 @@ class Loader:
         """FFCV's attribute: each field's position in the file."""
         return {name: k for k, name in enumerate(self.reader.field_names)}
 
-    @functools.cached_property
+    @property
     def first_traversal_order(self) -> np.ndarray:
-        """FFCV's attribute: this rank's samples of epoch 0, in order (made when
-        first asked for, where FFCV makes it in ``Loader()``)."""
+        """FFCV's attribute: this rank's samples of epoch 0, in order, for the
+        loader's seed now (made when asked for, where FFCV makes it in ``Loader()``)."""
         return self._shards(0, [])[self.rank].order
 
     def _choose_workers(self, worker_type: str) -> ThreadWorkers | ProcessWorkers:
@@ -889,23 +894,31 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
             raise RuntimeError(
                 f"this epoch runs in process {self._pid}, and this is its forked child "
                 f"{os.getpid()}: its batches are the parent's; create a new Loader here")
-        with self._handing:  # (threads sharing the iterator take a batch each)
+        timeout = None if self._loader is None else self._loader.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # (threads sharing the iterator take a batch each)
+        left = _left(deadline)
+        if not self._handing.acquire(timeout=-1 if left is None else left):
+            raise self._late(timeout, "another thread's next() held the epoch")
+        try:
             batch = self._unfinished
             if batch is not None and not self._finalizer.alive:  # closed since: not handed
                 self._unfinished = batch = None                    # out, as the rest
                 raise StopIteration
             if batch is None:
                 # StopIteration at the end, or once closed
-                timeout = None if self._loader is None else self._loader.timeout
                 try:
-                    batch = self._unfinished = self._engine.next_batch(timeout)
-                except TimeoutError as exc:
-                    raise TimeoutError(self._late(exc)) from None
+                    batch = self._unfinished = self._engine.next_batch(_left(deadline))
+                except BatchTimeout:
+                    raise self._late(timeout, "no batch came") from None
             # an exception while it is handed over (Ctrl-C while waiting for its
-            # copies) leaves it for the next call, uncounted: a state saved then
-            # resumes at it
+            # copies, the timeout) leaves it for the next call, uncounted: a state
+            # saved then resumes at it
             if isinstance(batch, PendingBatch):
-                batch = self._unfinished = batch.hand_over()
+                try:
+                    batch = self._unfinished = batch.hand_over(_left(deadline))
+                except BatchTimeout:
+                    raise self._late(timeout, "the batch's copies did not finish") from None
             if isinstance(batch, DeviceBatch):
                 batch = batch.hand_over()  # the consumer's stream waits for its GPU work
             self._unfinished = None
@@ -915,20 +928,22 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
             position.delivered += 1
             position.finished = position.delivered >= self._length
             return batch
+        finally:
+            self._handing.release()
 
-    def _late(self, exc: TimeoutError) -> str:
+    def _late(self, timeout: float | None, what: str) -> BatchTimeout:
         """What a ``Loader(timeout=...)`` that ran out says."""
         assert self._loader is not None
+        assert timeout is not None
         position = self.position
         done = sum(k for _, k in position.segments)  # batches of a resumed epoch done before
-        workers = self._loader.workers
-        pids = getattr(workers, "pids", None) or []
+        pids = getattr(self._loader.workers, "pids", None) or []
         where = f" (worker processes {', '.join(map(str, pids))})" if pids else ""
-        return (f"{self._loader.fname}: epoch {position.epoch}, batch "
-                f"{done + position.delivered}: {exc} (Loader(timeout="
-                f"{self._loader.timeout:g})): a decoder, an operation or a read is stuck or "
-                f"slow{where}. The epoch stays open: next() waits again; leaving the loop "
-                "or close() ends it (process workers stuck in it are then killed)")
+        return BatchTimeout(
+            f"{self._loader.fname}: epoch {position.epoch}, batch {done + position.delivered}: "
+            f"{what} in {timeout:g} s (Loader(timeout={timeout:g})): a decoder, an operation "
+            f"or a read is stuck or slow{where}. The epoch stays open: next() waits again; "
+            "leaving the loop or close() ends it (process workers stuck in it are then killed)")
 
     def __len__(self) -> int:
         return self._length
@@ -968,10 +983,14 @@ class PendingCopies:
         with self._lock:
             self.ticket = max(self.ticket, ticket)
 
-    def wait(self) -> None:
-        """Return once every copy of the batch has finished."""
+    def wait(self, timeout: float | None = None) -> None:
+        """Return once every copy of the batch has finished (``BatchTimeout`` after
+        *timeout* seconds; None: no limit)."""
         if self.ticket:
-            self._copier.wait(self.ticket)
+            try:
+                self._copier.wait(self.ticket, timeout)
+            except TimeoutError:
+                raise BatchTimeout("the batch's copies did not finish in time") from None
 
 
 class PendingBatch:
@@ -983,10 +1002,19 @@ class PendingBatch:
         self.outputs = outputs
         self.copies = copies
 
-    def hand_over(self) -> tuple[Any, ...]:
-        """Wait for the copies (without the GIL); return the outputs."""
-        self.copies.wait()
+    def hand_over(self, timeout: float | None = None) -> tuple[Any, ...]:
+        """Wait for the copies (without the GIL, at most *timeout* seconds: then
+        ``BatchTimeout``); return the outputs."""
+        self.copies.wait(timeout)
         return self.outputs
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds left until *deadline* (``time.monotonic``), for a wait that takes at
+    most ``threading.TIMEOUT_MAX``; None for no deadline."""
+    if deadline is None:
+        return None
+    return max(0.0, min(deadline - time.monotonic(), threading.TIMEOUT_MAX))
 
 
 _DEFAULT = object()
