@@ -295,7 +295,8 @@ def test_a_tensor_result_lands_in_the_slot_as_an_array_would(
     assert halves.dtype == np.float32
     np.testing.assert_array_equal(halves, plain[:, :, ::-1].astype(np.float32) / 2)
     # a result of another dtype than the one declared is refused, not cast
-    with pytest.raises(TypeError, match="Cannot cast"):
+    with pytest.raises(TypeError, match="returned float32 images, not uint8: give "
+                                        "output_shape and output_dtype"):
         batches(photos_file, lambda t: t.float(), 1, "thread", input="tensor",
                 output_shape=(32, 32, 3), output_dtype=np.uint8)
     # and one of another shape is named
@@ -372,3 +373,88 @@ def test_a_transform_with_its_own_generator_is_reproducible_on_threads(photos_fi
     for _ in range(2):
         np.testing.assert_array_equal(batches(photos_file, OwnGenerator(), 4, "thread", **kw),
                                       first)
+
+
+def zero_the_top_in_place(image: np.ndarray) -> np.ndarray:
+    image[:8] = 0
+    return image
+
+
+def test_an_in_place_transform_leaves_a_branch_alone(photos_file: Path) -> None:
+    """The transform was handed the batch's row itself: one that works in place
+    (RandomErasing(inplace=True)) changed what a branch of the pipeline read."""
+    from fastforward.pipeline import PipelineSpec
+
+    decoder = CenterCropRGBImageDecoder((32, 32), 1.0)
+    with Loader(photos_file, 8, num_workers=1, worker_type="thread",
+                pipelines={"image": PipelineSpec("image", decoder,
+                                                 [Augment(zero_the_top_in_place)]),
+                           "original": PipelineSpec(decoder, None, []),
+                           "label": None}) as loader:
+        for zeroed, original in loader:
+            assert not zeroed[:, :8].any()
+            assert original[:, :8].any()
+            np.testing.assert_array_equal(zeroed[:, 8:], original[:, 8:])
+
+
+class Mirrored(Operation):
+    """A view with negative strides (a flip written as a slice)."""
+
+    releases_gil = True
+    sample_independent = True
+
+    def apply(self, batch: np.ndarray, destination: Any, context: BatchContext) -> np.ndarray:
+        return batch[:, :, ::-1]
+
+
+def test_a_tensor_transform_takes_a_view_of_negative_strides(photos_file: Path) -> None:
+    pytest.importorskip("torch")
+    plain = batches(photos_file, lambda image: image.copy(), 1, "thread")
+    with Loader(photos_file, 8, num_workers=1, worker_type="thread", seed=9,
+                order=OrderOption.RANDOM,
+                pipelines={"image": [CenterCropRGBImageDecoder((32, 32), 1.0), Mirrored(),
+                                     Augment(lambda t: t.flip(-1), input="tensor")],
+                           "label": None}) as loader:
+        got = np.concatenate([np.concatenate([b for (b,) in loader]) for _ in range(2)])
+    np.testing.assert_array_equal(got, plain)
+
+
+def test_a_one_channel_image_reaches_a_pil_transform(tmp_path: Path,
+                                                     images: list[np.ndarray]) -> None:
+    """Pillow cannot make an image of an H×W×1 array: it was refused."""
+    from PIL import ImageOps
+
+    from fastforward.fields import MultiChannelImageField
+    from fastforward.fields.decoders import CenterCropMultiChannelImageDecoder
+
+    path = tmp_path / "gray.beton"
+    grays = [np.ascontiguousarray(image[:40, :40, 1:2]) for image in images[:8]]
+    DatasetWriter(path, {"image": MultiChannelImageField(1)}, num_workers=1,
+                  progress=False).from_indexed_dataset([(gray,) for gray in grays])
+    with Loader(path, 8, num_workers=1, worker_type="thread", pipelines={
+            "image": [CenterCropMultiChannelImageDecoder((40, 40), 1.0),
+                      Augment(ImageOps.mirror, input="pil")]}) as loader:
+        (got,) = next(iter(loader))
+    assert got.shape == (8, 40, 40, 1)
+    np.testing.assert_array_equal(got, np.stack(grays)[:, :, ::-1])
+
+
+def test_a_loader_seeds_its_own_copy_of_an_albumentations_transform(photos_file: Path
+                                                                     ) -> None:
+    """Making a Loader seeded the user's own Compose (its trial call): two fresh
+    transforms then drew the same numbers."""
+    albumentations = pytest.importorskip("albumentations")
+
+    def draws(transform: Any) -> list[float]:
+        return [float(transform(image=np.full((8, 8, 3), 128, np.uint8))["image"].mean())
+                for _ in range(3)]
+
+    mine = albumentations.Compose([albumentations.RandomBrightnessContrast(p=1.0)])
+    mine.set_random_seed(123)
+    expected = draws(albumentations.Compose(
+        [albumentations.RandomBrightnessContrast(p=1.0)], seed=123))
+    with Loader(photos_file, 8, num_workers=1, worker_type="thread",
+                pipelines={"image": [CenterCropRGBImageDecoder((32, 32), 1.0),
+                                     Augment(mine)], "label": None}) as loader:
+        next(iter(loader))
+    assert draws(mine) == expected

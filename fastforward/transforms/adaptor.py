@@ -10,12 +10,20 @@ an H×W×C NumPy image again, like every fastforward image operation, so
 ======================  =========================================  ==========================
 library                 the transform receives                      it may return
 ======================  =========================================  ==========================
-torchvision v2          a C×H×W uint8 tensor (a view, no copy)       tensor, tv_tensor
+torchvision v2          a C×H×W uint8 tensor                         tensor, tv_tensor
 torchvision v1, timm    a PIL image (timm's ``create_transform``     PIL image or C×H×W tensor
-                        expects one)
+                        expects one; a one-channel image as ``L``)
 albumentations          ``image=`` an H×W×C uint8 array              ``{"image": array}``
-anything else           the H×W×C NumPy array                        array, tensor or PIL image
+anything else           the H×W×C NumPy array                        array, C×H×W tensor or
+                                                                     PIL image
 ======================  =========================================  ==========================
+
+Each transform gets a copy of the image (the batch's rows are not its to change:
+a branch of the pipeline may read them too), and each loader a copy of the
+transform (``copy.deepcopy``, where it copies), so that seeding it does not
+touch your object. A returned tensor is C×H×W (or H×W), torch's layout (what
+albumentations' ``ToTensorV2`` gives); a one-channel image may come back
+without its channel axis.
 
 Randomness: it keeps the GIL, so the loader runs it in worker processes
 (``worker_type='auto'``), and there, before each sample, ``np.random``,
@@ -29,6 +37,8 @@ generators are the user's training loop's, and are left alone
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import sys
 from typing import Any
 
@@ -121,6 +131,15 @@ class Augment(Operation):
         self.output_shape = None if output_shape is None else tuple(int(d) for d in output_shape)
         self.output_dtype = None if output_dtype is None else np.dtype(output_dtype)
 
+    def __copy__(self) -> Augment:
+        """The loader's copy: its own transform (seeding an albumentations
+        ``Compose`` changes it), where the transform can be deep-copied."""
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        with contextlib.suppress(Exception):  # (a lock, an open file): shared, as given
+            clone.transform = copy.deepcopy(self.transform)
+        return clone
+
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
         require_numpy(self, previous_state)
         if previous_state.shape is None or len(previous_state.shape) not in (2, 3):
@@ -146,29 +165,41 @@ class Augment(Operation):
         if _copy_tensor(value, destination):
             return destination
         out = _as_image(value)
+        if (*out.shape, 1) == destination.shape:  # a one-channel image, its axis dropped
+            out = out[..., None]
         if out.shape != destination.shape:
-            raise ValueError(f"{name(self)}: {_describe(self.transform)} returned an image of "
-                             f"shape {out.shape}, not {destination.shape}: give output_shape, "
-                             "or end the transform with a fixed-size crop or resize")
-        np.copyto(destination, out, casting="same_kind")
+            raise ValueError(f"{_describe(self.transform)} returned an image of shape "
+                             f"{out.shape}, not {destination.shape}: give output_shape, or end "
+                             "the transform with a fixed-size crop or resize")
+        try:
+            np.copyto(destination, out, casting="same_kind")
+        except TypeError:
+            raise TypeError(f"{_describe(self.transform)} returned {out.dtype} images, not "
+                            f"{destination.dtype}: give output_shape and output_dtype") from None
         return destination
 
     def _call(self, image: np.ndarray, seed: int) -> np.ndarray:
-        return _as_image(self._transform(image, seed))
+        out = _as_image(self._transform(image, seed))
+        if out.ndim == 2 and image.ndim == 3 and image.shape[2] == 1:
+            out = out[..., None]  # one channel in, one out: its axis kept
+        return out
 
     def _transform(self, image: np.ndarray, seed: int) -> Any:
         """What the transform returns for *image*, as it returns it."""
         transform = self.transform
+        if self.input == "pil":
+            from PIL import Image
+
+            if image.ndim == 3 and image.shape[2] == 1:  # one channel: mode L (or I;16)
+                image = image[:, :, 0]
+            return transform(Image.fromarray(image))  # (a copy)
+        image = np.array(image)  # its own copy (contiguous: torch takes no negative strides)
         if self.input == "albumentations":
             if hasattr(transform, "set_random_seed"):  # albumentations' own generators
                 transform.set_random_seed(seed)
             return transform(image=image)["image"]
         if self.input == "tensor":
             return transform(_chw(image))
-        if self.input == "pil":
-            from PIL import Image
-
-            return transform(Image.fromarray(image))
         return transform(image)
 
     def __repr__(self) -> str:
@@ -186,7 +217,7 @@ def _as_image(value: Any) -> np.ndarray:
         return tensor.contiguous().numpy()
     if hasattr(value, "mode") and hasattr(value, "size"):  # a PIL image
         return np.asarray(value)
-    raise TypeError(f"Augment: the transform returned a {type(value).__name__}, not an image")
+    raise TypeError(f"the transform returned a {type(value).__name__}, not an image")
 
 
 def _chw(image: np.ndarray) -> Any:
