@@ -317,8 +317,11 @@ class Reader:
             if name in self.custom_handlers:
                 continue
             if type_id == CUSTOM_TYPE_ID:
-                if tagged_class(desc["arguments"]) is not None:
-                    continue  # one of fastforward's own field types
+                try:
+                    if tagged_class(desc["arguments"]) is not None:
+                        continue  # one of fastforward's own field types
+                except FormatError as exc:  # fastforward's marker, damaged arguments
+                    raise self._error(f"field {name!r}: {exc}") from None
                 unknown = describe_unknown(desc["arguments"])
                 if unknown is not None:
                     raise self._error(f"field {name!r} is {unknown}")

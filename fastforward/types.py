@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .errors import FormatError, annotate
 from .fields import (
     BytesField,
     Field,
@@ -114,7 +115,10 @@ def get_handlers(
             cls = tagged_class(desc["arguments"])
         if cls is None:
             raise KeyError(name, type_id)
-        handlers.append(cls.from_binary(desc["arguments"]))
+        try:
+            handlers.append(cls.from_binary(desc["arguments"]))
+        except FormatError as exc:  # (the caller adds the file)
+            raise annotate(exc, f"field {name!r}") from exc.__cause__
     return handlers
 
 

@@ -602,3 +602,59 @@ def test_verify_names_each_damaged_sample_once(tmp_path: Path) -> None:
     assert len(missing) == 20
     assert all(len(p) < 80 for p in missing), max(missing, key=len)[:300]
     assert missing[0] == "sample 96, field 'blob': no allocation starts at offset 0"
+
+
+def test_a_jpeg_header_claiming_a_huge_image_is_refused_before_decoding(tmp_path: Path
+                                                                        ) -> None:
+    """Four bytes of a stored JPEG's SOF saying 65,500² (the metadata 48×64):
+    Reader.read decoded it whole first, 12 GB and over a minute, or a bare
+    MemoryError under a memory limit."""
+    from fastforward.errors import DecodeError
+    from fastforward.fields import RGBImageField
+
+    path = tmp_path / "huge.beton"
+    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3)).astype(np.uint8)
+    DatasetWriter(path, {"img": RGBImageField(write_mode="jpg")}, num_workers=1,
+                  progress=False, checksums=False).from_indexed_dataset([(image,)])
+    with Reader(path) as reader:
+        pointer = int(reader.metadata[0]["f0"]["data_ptr"])
+    data = bytearray(path.read_bytes())
+    sof = data.index(b"\xff\xc0", pointer)
+    struct.pack_into(">HH", data, sof + 5, 65500, 65500)
+    path.write_bytes(data)
+    with pytest.raises(DecodeError, match=r"huge\.beton: sample 0, field 'img': JPEG is "
+                                          r"65500×65500, the metadata says 48×64"):
+        Reader(path).read(0)
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("version", r"field 'tokens': invalid RaggedField arguments .*its version is '<U4', not an "
+                r"integer"),
+    ("utf-8", r"field 'tokens': unreadable tagged field arguments"),
+])
+def test_damaged_arguments_of_a_tagged_field_name_the_file(tmp_path: Path, damage: str,
+                                                           message: str) -> None:
+    """A non-integer version was a bare ValueError; undecodable arguments a
+    FormatError naming neither the file nor the field."""
+    import json
+
+    from fastforward.fields import RaggedField
+
+    path = tmp_path / "tagged.beton"
+    DatasetWriter(path, {"tokens": RaggedField(np.int32)}, num_workers=1, progress=False,
+                  checksums=False).from_indexed_dataset([(np.arange(3, dtype=np.int32),)])
+    data = bytearray(path.read_bytes())
+    start = 24 + 17  # the header, then the first descriptor's type id and name
+    if damage == "version":
+        length = struct.unpack_from("<H", data, start + 18)[0]
+        arguments = json.loads(bytes(data[start + 20 : start + 20 + length]))
+        arguments["version"] = "<U4"
+        text = json.dumps(arguments).encode()
+        data[start + 18 : start + 1024] = (struct.pack("<H", len(text)) + text
+                                           + bytes(1024 - 20 - len(text)))
+    else:
+        data[start + 25] = 0xFF
+    path.write_bytes(data)
+    for opening in (Reader, lambda p: Loader(p, 1)):
+        with pytest.raises(FormatError, match=re.escape(str(path)) + ": " + message):
+            opening(path)

@@ -410,6 +410,8 @@ def decode_stored_image(
         return pixels if buffer is not None else pixels.copy()
     if mode != IMAGE_MODES["jpg"]:
         raise DecodeError(f"unknown image mode {mode}")
+    if buffer is None:  # (a decoder's scratch was sized from the checked header)
+        check_jpeg_size(data, height, width)  # before a damaged header's 65535² is decoded
     sj = require_simplejpeg()
     try:
         image = sj.decode_jpeg(data, colorspace="RGB", fastdct=fastdct, buffer=buffer)

@@ -134,8 +134,12 @@ class TaggedField(Field):
                               "fastforward marker)")
         if arguments["type"] != cls.__name__:
             raise FormatError(f"the field is a {arguments['type']}, not a {cls.__name__}")
-        if int(arguments.get("version", 0)) > cls.VERSION:
-            raise FormatError(f"{cls.__name__} version {arguments['version']} is newer than "
+        version = arguments.get("version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise FormatError(f"invalid {cls.__name__} arguments {arguments!r}: its version "
+                              f"is {version!r}, not an integer")
+        if version > cls.VERSION:
+            raise FormatError(f"{cls.__name__} version {version} is newer than "
                               f"this fastforward reads ({cls.VERSION}): upgrade fastforward")
         try:
             return cls.from_arguments(arguments)
