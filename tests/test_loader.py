@@ -1337,3 +1337,34 @@ def test_os_cache_false_reads_only_the_fields_decoded(tmp_path: Path,
     assert [len(batch[0]) for batch in Loader(path, 16, os_cache=False, pipelines={
         "big": None, "small": None, "label": [IntDecoder()]})] == [16] * 4
     assert sum(read) == 0
+
+
+def test_a_state_taken_while_an_epoch_starts_resumes_that_epoch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state_dict() from another thread (a checkpoint thread) while iter() started
+    epoch k said epoch k + 1: resumed from it, epoch k was skipped whole."""
+    from fastforward.loader import loader as loader_module
+
+    path = tmp_path / "i.beton"
+    DatasetWriter(path, {"i": IntField()}, num_workers=1, progress=False) \
+        .from_indexed_dataset(list(range(32)))
+
+    def make() -> Loader:
+        return Loader(path, 8, order=OrderOption.RANDOM, seed=5,
+                      pipelines={"i": [IntDecoder()]})
+
+    loader = make()
+    during: list[dict] = []
+    engine = loader_module.Engine
+
+    def starting(plan: object) -> object:  # the moment the epoch's threads start
+        during.append(loader.state_dict())
+        return engine(plan)
+
+    monkeypatch.setattr(loader_module, "Engine", starting)
+    expected = [batch.ravel().tolist() for (batch,) in loader]  # epoch 0
+    assert during[0]["epoch"] == 0
+    monkeypatch.undo()
+    resumed = make()
+    resumed.load_state_dict(during[0])
+    assert [batch.ravel().tolist() for (batch,) in resumed] == expected

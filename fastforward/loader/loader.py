@@ -728,7 +728,11 @@ class Loader:
                         f"{self.fname}: the loader is closed (it was closed while this "
                         "epoch was starting)") from None
                 raise
-            self.next_epoch += 1
+            # published with the epoch's number, in this order: a state_dict() from
+            # another thread meanwhile says this epoch's start, not the next one
+            position = EpochPosition(epoch, list(segments), len(batches))
+            self._position = position
+            self._next_epoch = epoch + 1  # (the setter would forget that position)
             self._resume = None
         # copies on the copy threads: from the map (os_cache=False keeps its memory
         # bound by dropping each batch's bytes as soon as the batch is written)
@@ -759,9 +763,8 @@ class Loader:
             fetch_is_cheap=isinstance(self.memory_manager, OSCacheManager),
         )
         iterator = EpochIterator(Engine(epoch_plan), len(batches), epoch, segments, self._owned,
-                                 loader=self)
+                                 loader=self, position=position)
         self._owned.iterators.add(iterator)
-        self._position = iterator.position
         return iterator
 
     def _start_copier(self) -> Copier:
@@ -868,13 +871,13 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
 
     def __init__(self, engine: Engine, length: int, epoch: int,
                  segments: list[list[int]] | None = None, owner: _Owned | None = None,
-                 loader: Loader | None = None) -> None:
+                 loader: Loader | None = None, position: EpochPosition | None = None) -> None:
         # the epoch keeps its loader (`for batch in Loader(...)`, `next(iter(Loader(...)))`);
         # the loader refers to its epochs weakly, and the engine to neither
         self._loader = loader
         self._engine = engine
         self._length = length
-        self.position = EpochPosition(epoch, list(segments or []), length)
+        self.position = position or EpochPosition(epoch, list(segments or []), length)
         self._unfinished: Any = None  # a batch taken from the engine, not yet handed out
         self._handing = threading.Lock()
         self._pid = os.getpid()  # whose threads run the epoch
