@@ -1068,12 +1068,13 @@ def test_a_timeout_turns_a_stuck_batch_into_an_error(tmp_path: Path, photos_file
     if worker_type == "thread":
         return
     stuck = StuckAt(int(order[8 * 2 + 3]), str(tmp_path / "stuck"))  # never returns
-    loader = train_loader(photos_file, 2, worker_type, extra=[stuck])
-    iterator = iter(loader)
-    next(iterator)
-    loader.timeout = 1
+    # (the range of another batch may be queued behind the stuck one, on the same
+    # worker: even batch 0 may not come)
+    loader = train_loader(photos_file, 2, worker_type, extra=[stuck], timeout=1)
+    iterator = iter(loader)  # (the workers start)
     pids = loader.workers.pids
-    with pytest.raises(TimeoutError, match="worker processes"):
+    assert len(pids) == 2
+    with pytest.raises(TimeoutError, match=r"batch [012]: .*worker processes"):
         for _ in iterator:
             pass
     started = time.perf_counter()
