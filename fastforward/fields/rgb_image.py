@@ -8,6 +8,7 @@ RGBA inputs are converted to RGB (alpha is dropped); anything else is refused.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import threading
@@ -729,9 +730,12 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
         seeds = random.global_seeds(context.seed, context.epoch,
                                     context.indices[lo:lo + count], context.stream)
         rows = np.empty((count, 4), np.int64)
-        with random.globals_session() as reseed:
+        # a compiled function draws from numba's per-thread generator: the global
+        # ones (their lock, their saved states) are only a Python function's
+        with contextlib.nullcontext(seed_numba) if compiled else random.globals_session() \
+                as reseed:
             for k in range(count):
-                (seed_numba if compiled else reseed)(seeds[k])
+                reseed(seeds[k])
                 try:
                     rows[k] = function(np.uint32(heights[k]), np.uint32(widths[k]), scale, ratio)
                 except Exception as exc:
