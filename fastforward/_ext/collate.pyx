@@ -158,10 +158,7 @@ cdef class Copier:
         cdef int err
         cdef double seconds = -1.0 if timeout is None else max(0.0, float(timeout))
         with nogil:  # valid after close() too: every copy has finished then
-            if seconds < 0:
-                err = ff_copier_wait(self._c, ticket)
-            else:
-                err = ff_copier_wait_for(self._c, ticket, seconds)
+            err = ff_copier_wait_for(self._c, ticket, seconds)
         if err < 0:
             raise ValueError(f"no copy has ticket {ticket}")
         if err:

@@ -172,29 +172,20 @@ static uint64_t ff_copier_submit(ff_copier *c, ff_copy_job job) {
 
 /* Wait until the job with this ticket (and every one before it) has finished;
  * -1 for a ticket never given out (it would never finish). */
-static int ff_copier_wait(ff_copier *c, uint64_t ticket) {
-    pthread_mutex_lock(&c->lock);
-    if (ticket > c->submitted) {
-        pthread_mutex_unlock(&c->lock);
-        return -1;
-    }
-    while (c->completed < ticket) pthread_cond_wait(&c->done, &c->lock);
-    pthread_mutex_unlock(&c->lock);
-    return 0;
-}
-
-/* ff_copier_wait for at most `seconds` (CLOCK_REALTIME, the condition's clock):
- * 0 once the ticket has completed, 1 if the time ran out first, -1 for a ticket
- * never submitted. */
+/* Wait until the copy with `ticket` (and every one before it) has completed, for
+ * at most `seconds` (CLOCK_REALTIME, the condition's clock; below 0: no limit):
+ * 0 once it has, 1 if the time ran out first, -1 for a ticket never submitted. */
 static int ff_copier_wait_for(ff_copier *c, uint64_t ticket, double seconds) {
     struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    double whole = (double)(int64_t)seconds;
-    until.tv_sec += (time_t)whole;
-    until.tv_nsec += (long)((seconds - whole) * 1e9);
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec += 1;
-        until.tv_nsec -= 1000000000L;
+    if (seconds >= 0) {
+        clock_gettime(CLOCK_REALTIME, &until);
+        double whole = (double)(int64_t)seconds;
+        until.tv_sec += (time_t)whole;
+        until.tv_nsec += (long)((seconds - whole) * 1e9);
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec += 1;
+            until.tv_nsec -= 1000000000L;
+        }
     }
     int late = 0;
     pthread_mutex_lock(&c->lock);
@@ -202,11 +193,19 @@ static int ff_copier_wait_for(ff_copier *c, uint64_t ticket, double seconds) {
         pthread_mutex_unlock(&c->lock);
         return -1;
     }
-    while (c->completed < ticket && !late)
-        late = pthread_cond_timedwait(&c->done, &c->lock, &until) == ETIMEDOUT;
+    while (c->completed < ticket && !late) {
+        if (seconds < 0)
+            pthread_cond_wait(&c->done, &c->lock);
+        else
+            late = pthread_cond_timedwait(&c->done, &c->lock, &until) == ETIMEDOUT;
+    }
     late = c->completed < ticket;
     pthread_mutex_unlock(&c->lock);
     return late;
+}
+
+static int ff_copier_wait(ff_copier *c, uint64_t ticket) {
+    return ff_copier_wait_for(c, ticket, -1.0);
 }
 
 static uint64_t ff_copier_submitted(ff_copier *c) {
