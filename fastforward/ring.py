@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from .pipeline.allocation_query import AllocationQuery
-from .utils import anonymous_shared_fd, map_shared
+from .utils import anonymous_shared_fd, map_shared, private_empty
 
 Layout = dict[str, AllocationQuery | Sequence[AllocationQuery]]
 Offsets = dict[str, list[tuple[int, tuple[int, ...], np.dtype]]]
@@ -212,7 +212,7 @@ class Slot:
             from .device import pinned_empty
 
             return pinned_empty(shape, dtype)
-        return np.empty(shape, dtype)
+        return private_empty(shape, dtype)
 
     def is_held(self) -> bool:
         """Whether anything outside the slot still refers to one of its buffers."""

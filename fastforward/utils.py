@@ -254,6 +254,22 @@ def anonymous_shared_fd(nbytes: int, name: str) -> int:
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux
 
 
+def private_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised array, as ``np.empty``, in a private anonymous map of its own
+    (zero-filled pages, made as they are first touched), unmapped once no view of
+    it is left.
+
+    For large buffers that live long and die on other threads than the one that
+    made them (batch slots): from the C heap, glibc keeps what other threads free
+    in its per-thread arenas, so memory a loader let go of stayed with the process.
+    """
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    if count * dtype.itemsize == 0 or dtype.hasobject:
+        return np.empty(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, count * dtype.itemsize), dtype, count).reshape(shape)
+
+
 def map_shared(fd: int, nbytes: int, populate: bool = False,
                writable: bool = True) -> np.ndarray:
     """*nbytes* of the shared memory *fd*, mapped (``MAP_SHARED``; with *populate*,

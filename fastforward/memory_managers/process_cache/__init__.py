@@ -23,10 +23,18 @@ flight, so this manager holds at most ``batches_ahead + 1`` batches' reads,
 each the batch's payload bytes plus at most ``GAP`` bytes for each gap
 between two of its samples that a read bridges, whatever the order: RANDOM
 included (FFCV's process cache needs the whole dataset for RANDOM).
+
+The reads go into buffers that are reused (``ReadBuffers``): private anonymous
+maps, each returned to a free list when the last view of a batch's read is
+gone. A new array for each batch came from the C heap, and glibc kept what
+other threads freed: with thread workers, 30 epochs of a 1,000-image file left
+the process 200 MB larger, and closing the loader gave none of it back. The
+maps are unmapped when the manager closes.
 """
 
 from __future__ import annotations
 
+import collections
 import mmap
 import os
 import threading
@@ -43,6 +51,53 @@ ProcessCacheContext = MemoryContext
 """FFCV's name for the context of ``ProcessCacheManager.schedule_epoch``."""
 
 GAP = 64 << 10
+
+
+class ReadBuffers:
+    """Reused buffers for reads: ``take(nbytes)`` hands out a uint8 array of
+    *nbytes* over a private anonymous map, which goes back to the free list once
+    no view of the array is left (from whichever thread drops the last one).
+
+    A free map too small for a request is unmapped and a larger one made, with a
+    quarter to spare, so that batches of varying size settle on maps that fit
+    them all. Maps are made only when none is free, so there are never more than
+    were once in use together. No lock: the free list is a deque, whose
+    ``append`` and ``pop`` are atomic, and which a finalizer may append to while
+    another thread (or a garbage collection inside ``take``) pops.
+    """
+
+    def __init__(self) -> None:
+        self._free: collections.deque[mmap.mmap] = collections.deque()
+        self.closed = False
+        self.made = 0  # maps made, for tests and for measuring
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A writable uint8 array of *nbytes*, its contents undefined."""
+        if nbytes <= 0:
+            return np.empty(0, np.uint8)
+        while True:
+            try:
+                memory = self._free.pop()  # the most recently used: warm in the caches
+            except IndexError:
+                size = nbytes + nbytes // 4
+                memory = mmap.mmap(-1, size + -size % mmap.PAGESIZE)
+                self.made += 1
+                break
+            if len(memory) >= nbytes:
+                break
+            del memory  # too small: unmapped (nothing else refers to it)
+        array = np.frombuffer(memory, np.uint8, count=nbytes)
+        weakref.finalize(array, self._give_back, memory).atexit = False
+        return array
+
+    def _give_back(self, memory: mmap.mmap) -> None:
+        if not self.closed:
+            self._free.append(memory)
+
+    def close(self) -> None:
+        """Unmap the free maps; those still in use are unmapped when their last view goes."""
+        self.closed = True
+        self._free.clear()
 
 
 def _reopen(reader: Reader) -> int:
@@ -76,6 +131,7 @@ class ProcessCacheManager(MemoryManager):
             self._drop(0, first_payload)
             self._drop(int(reader.header["alloc_table_ptr"]), os.fstat(self._fd).st_size)
         self._lock = threading.Lock()
+        self.buffers = ReadBuffers()
         self.live_bytes = 0  # bytes of fetched batches still in memory
         self.peak_bytes = 0
 
@@ -97,7 +153,7 @@ class ProcessCacheManager(MemoryManager):
         read_end = np.maximum.reduceat(e, np.flatnonzero(new))
         lengths = read_end - read_start
         base = np.concatenate(([0], np.cumsum(lengths)))
-        buffer = np.empty(int(base[-1]), np.uint8)
+        buffer = self.buffers.take(int(base[-1]))
         for k in range(len(read_start)):
             self._pread_into(buffer[base[k] : base[k + 1]], int(read_start[k]))
         local = np.empty(len(starts), np.uint64)
@@ -115,7 +171,7 @@ class ProcessCacheManager(MemoryManager):
         """Page *page* read with ``pread`` (then dropped from the page cache, as
         the batches' reads are), for its checksum."""
         start, end = self.reader.page_range(page)
-        out = np.empty(end - start, np.uint8)
+        out = self.buffers.take(end - start)
         self._pread_into(out, start)
         return out
 
@@ -144,6 +200,7 @@ class ProcessCacheManager(MemoryManager):
             os.posix_fadvise(self._fd, start, end - start, os.POSIX_FADV_DONTNEED)
 
     def close(self) -> None:
+        self.buffers.close()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
