@@ -735,20 +735,35 @@ class Reader:
         (libjpeg-turbo's fast IDCT). With ``verify_checksums``, the sample's
         page is checked against its sum first (once per page).
         """
+        index = self._sample_index(index)
+        return tuple(self._read_field(index, i, name)
+                     for i, name in enumerate(self.handlers))
+
+    def read_field(self, index: int, name: str) -> Any:
+        """Decode field *name* of sample *index* alone, as ``read`` decodes it (a
+        mask as its stored H×W ids, a ragged field's rows as a dict of columns)."""
+        if name not in self.handlers:
+            raise KeyError(f"{self.fname}: no field {name!r} (fields: {self.field_names})")
+        index = self._sample_index(index)
+        return self._read_field(index, self.field_names.index(name), name)
+
+    def _sample_index(self, index: int) -> int:
+        """*index* in ``[0, num_samples)`` (negative counts from the end), its page
+        checked with ``verify_checksums``."""
         if not -self.num_samples <= index < self.num_samples:
             raise IndexError(f"{self.fname}: sample {index} out of range [0, {self.num_samples})")
         index %= self.num_samples
         if self.verify_checksums:
             self.check_pages(self.sample_pages[index : index + 1])
-        row = self.metadata[index]
-        values = []
-        for i, (name, handler) in enumerate(self.handlers.items()):
-            try:
-                values.append(handler.read(row[f"f{i}"], self._payload_reader(i, index)))
-            except Exception as exc:
-                raise annotate(exc, f"{self.fname}: sample {index}, field {name!r}") \
-                    from exc.__cause__
-        return tuple(values)
+        return index
+
+    def _read_field(self, index: int, i: int, name: str) -> Any:
+        try:
+            return self.handlers[name].read(self.metadata[index][f"f{i}"],
+                                            self._payload_reader(i, index))
+        except Exception as exc:
+            raise annotate(exc, f"{self.fname}: sample {index}, field {name!r}") \
+                from exc.__cause__
 
     def __len__(self) -> int:
         return self.num_samples

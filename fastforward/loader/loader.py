@@ -529,21 +529,27 @@ class Loader:
         of ``indices`` even when this loader is distributed.
 
         A sample is a row of the batch; a padded ``RaggedDecoder``'s sample is
-        its rows cut to its length (a dict of columns for named columns). A
+        its rows cut to its length (a dict of columns for named columns). For a
         pipeline that follows another output's geometry (masks, boxes after a
-        random crop) is replaced by the field's default decoder alone for the
-        pass: the condition sees the samples as stored (NumPy), not one epoch's
-        crop of them.
+        random crop), the condition sees the samples as stored, read one by one
+        (``Reader.read_field``: a mask's H×W ids at the size of its stored
+        image, a ragged field's rows as a dict of columns), not one epoch's crop
+        of them.
         """
         if field_name not in self.reader.handlers:
             raise ValueError(f"{field_name!r} is not a field of {self.fname} "
                              f"(fields: {self.reader.field_names})")
         given = dict(self._args["pipelines"] or {})
+        if given.get(field_name) is not None and _follows_another(given[field_name]):
+            # the samples as stored, one by one: a mask's decoder cannot batch masks of
+            # several sizes without the image it follows
+            chosen = [position for position, index in enumerate(self.indices)
+                      if condition(self.reader.read_field(int(index), field_name))]
+            return Loader(**{**self._args, "indices": self.indices[np.asarray(chosen, np.int64)],
+                             "seed": self.seed})
         pipelines: dict[str, Any] = dict.fromkeys(self.reader.field_names)
         if given.get(field_name) is None:
             del pipelines[field_name]  # its default pipeline
-        elif _follows_another(given[field_name]):  # the samples as stored, in NumPy
-            pipelines[field_name] = [self.reader.handlers[field_name].get_decoder_class()()]
         else:
             pipelines[field_name] = given[field_name]
         probe = Loader(**{**self._args, "order": OrderOption.SEQUENTIAL, "order_kwargs": None,

@@ -137,14 +137,21 @@ def map_boxes(rows: np.ndarray, boxes: np.ndarray, box_format: str = "xyxy",
     x1 = (b[..., 2] - g["x"]) * g["sx"]
     y0 = (b[..., 1] - g["y"]) * g["sy"]
     y1 = (b[..., 3] - g["y"]) * g["sy"]
-    # clipped and measured before the mirror (which changes neither), so that a
-    # box on the min_visibility line is kept or dropped alike, mirrored or not
-    area = (x1 - x0) * (y1 - y0)
+    # The fraction left inside is measured in source pixels, against the window
+    # (whole pixels), not in output pixels: scaled there, a box with exactly
+    # min_visibility of its area inside came out an ulp under it (0.19999999999999998
+    # for 0.2) and was dropped. Before the mirror, which changes neither.
+    shape = x0.shape[:1] + (1,) * (x0.ndim - 1)
+    wx0, wy0 = g["x"], g["y"]
+    wx1 = wx0 + rows["crop_width"].astype(np.float64).reshape(shape)
+    wy1 = wy0 + rows["crop_height"].astype(np.float64).reshape(shape)
+    area = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    inside = (np.maximum(np.minimum(b[..., 2], wx1) - np.maximum(b[..., 0], wx0), 0)
+              * np.maximum(np.minimum(b[..., 3], wy1) - np.maximum(b[..., 1], wy0), 0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        visible = np.where(area > 0, np.minimum(inside / np.where(area > 0, area, 1), 1.0), 0.0)
     cx0, cx1 = np.clip(x0, 0, g["ow"]), np.clip(x1, 0, g["ow"])
     cy0, cy1 = np.clip(y0, 0, g["oh"]), np.clip(y1, 0, g["oh"])
-    inside = np.maximum(cx1 - cx0, 0) * np.maximum(cy1 - cy0, 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        visible = np.where(area > 0, inside / np.where(area > 0, area, 1), 0.0)
     cx0, cx1 = np.where(g["flip"], g["ow"] - cx1, cx0), np.where(g["flip"], g["ow"] - cx0, cx1)
     mapped = np.stack([cx0, cy0, cx1, cy1], axis=-1)
     return from_xyxy(mapped, box_format), visible
