@@ -251,6 +251,18 @@ def describe_error(exc: BaseException) -> str:
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def _print(text: str, **kwargs: Any) -> None:
+    """``print`` for text that may hold file names: a name that is not in the
+    encoding of stdout (bytes that are not UTF-8, ``PYTHONIOENCODING=ascii``)
+    is printed with backslash escapes, not a ``UnicodeEncodeError`` after the
+    work is done."""
+    try:
+        print(text, **kwargs)
+    except UnicodeEncodeError:
+        encoding = getattr(kwargs.get("file") or sys.stdout, "encoding", None) or "utf-8"
+        print(text.encode(encoding, "backslashreplace").decode(encoding), **kwargs)
+
+
 def _fail(message: str, status: int) -> int:
     """Print *message* as the one ``fastforward: error:`` line on stderr; return *status*."""
     print(f"{PROG}: error: {message}", file=sys.stderr)
@@ -349,6 +361,17 @@ class ConvertResult:
                          "ImageFolder numbers classes the same way, and refuses such "
                          "folders unless allow_empty=True)")
         return "\n".join(lines)
+
+
+def listed_path(path: str | os.PathLike[str]) -> str:
+    """*path* for a line of ``<out>.skipped.txt``: a backslash, tab, newline or
+    carriage return in it written as ``\\\\``, ``\\t``, ``\\n``, ``\\r``, so that each
+    line stays one ``path<TAB>reason`` pair."""
+    text = os.fspath(path)
+    if not any(c in text for c in "\\\t\n\r"):
+        return text
+    return (text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r"))
 
 
 def skipped_list_path(out: Path) -> Path:
@@ -467,8 +490,11 @@ def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
             path, why = images(samples[:1])[0]
             raise ValueError(f"{src}: none of its {len(dataset)} images could be read "
                              f"(the first, {path}: {why}); nothing was written")
-        text = "".join(f"{path}\t{' '.join(why.split())}\n" for path, why in images(samples))
-        return str(listed), text.encode() if text else None
+        text = "".join(f"{listed_path(path)}\t{' '.join(why.split())}\n"
+                       for path, why in images(samples))
+        # a file name's bytes as they are, UTF-8 or not (text.encode() failed on
+        # b"bad\xff.jpg" at the very end, and the whole conversion was lost)
+        return str(listed), text.encode("utf-8", "surrogateescape") if text else None
 
     writer._companion = skipped_list  # written with the file, or a stale one removed
     start = time.perf_counter()
@@ -512,7 +538,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         skip_bad=args.skip_bad,
     )
-    print(convert_folder(args.src, args.out, options).summary())
+    result = convert_folder(args.src, args.out, options)
+    try:
+        _print(result.summary())
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # stdout on a full disk, say: the file was written all the same
+        raise OSError(exc.errno, f"{exc.strerror or exc}, printing the summary after it was "
+                      "written", str(result.path)) from exc
     return 0
 
 
@@ -653,9 +686,9 @@ def print_info(path: str | os.PathLike[str], as_json: bool = False,
         _check_custom_names(reader, custom_fields or {})
         info = file_info(reader)
     if as_json:
-        print(json.dumps(info, indent=2, ensure_ascii=False))
+        _print(json.dumps(info, indent=2, ensure_ascii=False))
     else:
-        print("\n".join(format_info(info)))
+        _print("\n".join(format_info(info)))
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -712,7 +745,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         num_samples = reader.num_samples
         sums, damaged = reader.checksums, reader.checksums_damaged
     for problem in sorted(problems, key=lambda p: -1 if p.sample is None else p.sample):
-        print(problem)
+        _print(str(problem))
     if sums is not None:
         print(f"checksums: {sums.algorithm}, header, metadata, allocation table and "
               f"{sums.num_pages} page(s) checked")
@@ -722,7 +755,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         print("checksums: none in this file (written by FFCV, or with checksums=False): "
               "damaged payload bytes are found only by --decode, and not all of them")
-    print(verify_summary(args.file, num_samples, problems, args.decode))
+    _print(verify_summary(args.file, num_samples, problems, args.decode))
     return 1 if problems else 0
 
 
@@ -766,11 +799,11 @@ def demo_make_corpus(run: DemoRun) -> None:
         if found != run.count:
             raise ValueError(f"{run.images} holds {found} images, not {run.count}: "
                              "remove it or choose another --dir")
-        print(f"reusing the {found} demo images in {run.images}")
+        _print(f"reusing the {found} demo images in {run.images}")
         return
     start = time.perf_counter()
     make_corpus(run.images, run.count, seed=0)
-    print(f"made {run.count} demo images in {run.images} ({time.perf_counter() - start:.1f} s)")
+    _print(f"made {run.count} demo images in {run.images} ({time.perf_counter() - start:.1f} s)")
 
 
 def demo_convert(run: DemoRun) -> None:
@@ -782,7 +815,7 @@ def demo_convert(run: DemoRun) -> None:
     options = ConvertOptions(max_resolution=256, jpeg_quality=90, write_mode="jpg",
                              num_workers=run.num_workers, progress=run.progress)
     run.conversion = convert_folder(run.images, run.beton, options)
-    print(run.conversion.summary())
+    _print(run.conversion.summary())
 
 
 def demo_info(run: DemoRun) -> None:
@@ -1025,7 +1058,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     timed = ("each without its first batch (the first epoch without one per ring slot, at "
              "most a third: they fault the slots in)"
              if batches - 1 >= STEADY_MIN_BATCHES else "whole, start-up included")
-    print(f"{args.file}: pipeline {args.pipeline}, batch {args.batch_size}, "
+    _print(f"{args.file}: pipeline {args.pipeline}, batch {args.batch_size}, "
           f"{args.epochs} epoch(s), {timed}")
     print(f"  {'workers':>7}  {'decode limit':>13}  {'fastforward':>12}  {'ratio':>6}")
     rows, whole_epochs = [], False
@@ -1041,7 +1074,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows.append((workers, limit.rate if limit else None, loaded.rate))
         whole_epochs = whole_epochs or loaded.name.endswith("with start-up")
     if whole_epochs:
-        print(f"note: {args.file} makes too few batches of {args.batch_size} per epoch to "
+        _print(f"note: {args.file} makes too few batches of {args.batch_size} per epoch to "
               f"time at steady state (at least {STEADY_MIN_BATCHES + 1} are needed): "
               "these figures are whole epochs, start-up included; a smaller --batch-size "
               "gives more batches")
@@ -1059,7 +1092,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         figure.tight_layout()
         save_png(figure, plot, dpi=120)
         plt.close(figure)
-        print(f"plot saved to {plot}")
+        _print(f"plot saved to {plot}")
     return 0
 
 
@@ -1116,7 +1149,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
                  decoder=args.decoder, size=args.size, flip=args.flip, seed=args.seed,
                  epoch=args.epoch, columns=args.columns, shuffle=args.shuffle,
                  custom_fields=custom_fields)
-    print(f"{drawn} samples of {args.file} ({args.decoder} {args.size}"
+    _print(f"{drawn} samples of {args.file} ({args.decoder} {args.size}"
           f"{' + flip' if args.flip else ''}) drawn in {out}")
     return 0
 
@@ -1199,7 +1232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # ``fastforward info x | head``
         _silence_stdout()
         return 1
-    except (FastForwardError, OSError, ValueError, ImportError) as exc:
+    except (FastForwardError, OSError, ValueError, ImportError, MemoryError) as exc:
         return _fail(describe_error(exc), 1)
     except Exception as exc:  # a bug: still one line, but name the exception
         return _fail(f"unexpected {type(exc).__name__}: {describe_error(exc)}", 1)

@@ -16,6 +16,7 @@ import functools
 import mmap
 import os
 import stat
+import sys
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -252,6 +253,24 @@ class Reader:
                                   f"at {offset + done}")
             done += n
         return out
+
+    def _nonzero_bytes(self, start: int, end: int) -> tuple[int, int]:
+        """How many bytes of ``[start, end)`` are not zero, and the first one's offset
+        (-1 for none). Read with ``pread``, not through the map: the writer leaves
+        this padding a hole, and on a full tmpfs, reading a hole through a map needs
+        a page of memory for each page read (a SIGBUS when there is none; ``read``
+        gives zeros without)."""
+        count, first, offset = 0, -1, start
+        while offset < end:
+            chunk = np.frombuffer(self._read_at(offset, min(1 << 20, end - offset)), np.uint8)
+            if not chunk.size:
+                break  # past the end: the file's size is checked when it opens
+            nonzero = np.flatnonzero(chunk)
+            if nonzero.size and first < 0:
+                first = offset + int(nonzero[0])
+            count += int(nonzero.size)
+            offset += chunk.size
+        return count, first
 
     def _read_header(self) -> None:
         if self._file_size == 0:
@@ -846,8 +865,8 @@ class Reader:
         from tqdm import tqdm
 
         problems = []
-        for index in tqdm(range(self.num_samples), disable=not progress, unit="samples",
-                          desc="decoding"):
+        for index in tqdm(range(self.num_samples), disable=not progress or sys.stderr is None,
+                          unit="samples", desc="decoding"):
             if index in skip:
                 continue
             row = self.metadata[index]
@@ -884,13 +903,11 @@ class Reader:
             return []
         problems = []
         if sums.num_pages:  # the padding after the metadata is zeros
-            view = np.frombuffer(self.buffer, np.uint8)
-            padding = view[self.metadata_end : self.data_start]
-            nonzero = np.flatnonzero(padding)
-            if nonzero.size:
+            count, first = self._nonzero_bytes(self.metadata_end, self.data_start)
+            if count:
                 problems.append(Problem(None, None, (
-                    f"the padding after the metadata has {nonzero.size} non-zero byte(s), "
-                    f"the first at offset {self.metadata_end + int(nonzero[0])}")))
+                    f"the padding after the metadata has {count} non-zero byte(s), "
+                    f"the first at offset {first}")))
         pages = memoryview(self.buffer)
         for page in range(sums.num_pages):
             start, end = self.page_range(page)

@@ -828,17 +828,24 @@ class _TargetLock:
                 os.close(fd)
                 raise
             try:
-                named = os.stat(self.name, dir_fd=self.dir_fd)
-            except FileNotFoundError:
-                named = None
-            locked = os.fstat(fd)
+                try:
+                    named = os.stat(self.name, dir_fd=self.dir_fd)
+                except FileNotFoundError:
+                    named = None
+                locked = os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                raise
             if named is not None and (named.st_dev, named.st_ino) == (locked.st_dev,
                                                                       locked.st_ino):
                 break
             os.close(fd)  # its holder removed it meanwhile: lock the new one
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
+        self.fd = fd  # ours: release() removes it, whatever happens next
+        # the pid is for a second writer's message only: a full disk (which fails the
+        # write itself a moment later, naming the target) must not leave the lock behind
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
 
     def release(self) -> None:
         if self.fd < 0:
@@ -950,14 +957,18 @@ class _Output:
         except OSError as exc:
             raise self._failed(exc, "writing") from None
 
-    def publish(self, naming: Callable[[], None] = lambda: None) -> None:
-        """Flush, fsync, and give the file the target's name, atomically;
-        *naming* is called just before the name is given."""
+    def sync(self) -> None:
+        """Flush and fsync: a full disk shows here, before anything is named."""
         try:
             self.file.flush()
             os.fsync(self.fd)
         except OSError as exc:
             raise self._failed(exc, "writing") from None
+
+    def publish(self, naming: Callable[[], None] = lambda: None) -> None:
+        """Flush, fsync, and give the file the target's name, atomically;
+        *naming* is called just before the name is given."""
+        self.sync()
         try:
             name = self.part if self.part is not None else self._link()
             try:
@@ -1044,6 +1055,9 @@ class _Companion:
                     with contextlib.suppress(FileNotFoundError):
                         os.fchmod(self.output.fd, stat.S_IMODE(os.stat(self.path).st_mode))
                 self.output.write(data)
+                # all of it on the disk now: a full disk fails the write before the
+                # target is named (a short list was only flushed after it had its name)
+                self.output.sync()
         except BaseException:
             self.discard()
             raise
@@ -1079,30 +1093,37 @@ def replace_file(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 class _SignalGuard:
-    """Whether a SIGTERM or SIGHUP may still stop the write (until the file is named)."""
+    """Whether Ctrl-C, SIGTERM or SIGHUP may still stop the write: until the file
+    is being named, or the write cleaned up after an error."""
 
     armed = True
 
     def __init__(self) -> None:
-        self.pending: list[int] = []  # came once the file was named: delivered at the end
+        self.pending: list[int] = []  # came while disarmed: delivered at the end
 
     def disarm(self) -> None:
-        """From now on the file will get its name: a stopping signal waits for the end."""
+        """From now on the file is being named, or the write cleaned up: a stopping
+        signal waits for the end (an interrupted clean-up left workers running,
+        and the interpreter's exit waited on them for ever; an interrupted naming
+        left the new file without its list of skipped samples)."""
         self.armed = False
 
 
 @contextlib.contextmanager
 def _signals_stop_the_write(target: str) -> Iterator[_SignalGuard]:
-    """Turn SIGTERM and SIGHUP into ``Terminated`` while a write runs, as Ctrl-C is
-    turned into KeyboardInterrupt: the write stops cleanly and leaves no file
-    (neither the lock file nor a ``.part``).
+    """Turn SIGTERM and SIGHUP into ``Terminated`` while a write runs, and Ctrl-C
+    into KeyboardInterrupt: the write stops cleanly and leaves no file (neither
+    the lock file nor a ``.part``).
 
     Only from the main thread (the only one that may set handlers), and only
-    for a signal that would kill the process outright: a handler of the
-    caller's (or SIG_IGN, as under ``nohup``) is left alone. The previous
-    handlers are restored afterwards. A second such signal during the clean-up
-    is ignored (a SIGKILL still works); one that comes once the file has its
-    name is delivered (to the default action) when the write returns.
+    for a signal whose handler is the default (Python's for SIGINT, which
+    raises KeyboardInterrupt): a handler of the caller's (or SIG_IGN, as under
+    ``nohup``) is left alone. The previous handlers are restored afterwards. A
+    second signal during the clean-up it started is ignored (a SIGKILL still
+    works); one that comes while the guard is disarmed (the file being named,
+    or the write cleaned up after an error) is delivered when the write
+    returns: SIGTERM and SIGHUP to their default action, Ctrl-C as a
+    KeyboardInterrupt.
     """
     guard = _SignalGuard()
     if threading.current_thread() is not threading.main_thread():
@@ -1112,20 +1133,26 @@ def _signals_stop_the_write(target: str) -> Iterator[_SignalGuard]:
 
     def handler(signum: int, frame: Any) -> None:
         nonlocal fired
+        if fired:  # a second one, during the clean-up the first started
+            return
         if not guard.armed:
             if signum not in guard.pending:
                 guard.pending.append(signum)
-        elif not fired:
-            fired = True
-            name, why = _STOPPING_SIGNALS[signum]
-            raise Terminated(f"{target}: stopped by {name}{why} during the write; "
-                             "no file was written", 128 + signum)
+            return
+        fired = True
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        name, why = _STOPPING_SIGNALS[signum]
+        raise Terminated(f"{target}: stopped by {name}{why} during the write; "
+                         "no file was written", 128 + signum)
 
     previous = {}
     try:
         for signum in _STOPPING_SIGNALS:
             if signal.getsignal(signum) is signal.SIG_DFL:
                 previous[signum] = signal.signal(signum, handler)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, handler)
         yield guard
     finally:
         for signum, before in previous.items():
@@ -1280,8 +1307,16 @@ def written_through_links(fname: str | os.PathLike[str]) -> str:
     it is a symbolic link (dangling or not), the file the links lead to, as
     ``open(fname, "w")`` would write it; the link stays, leading to the new
     file (renaming over *fname* would replace the link with a regular file,
-    in the link's directory, perhaps on another disk)."""
-    fname = os.path.abspath(fname)
+    in the link's directory, perhaps on another disk).
+
+    The folder is resolved as the kernel resolves it, links first, then ``..``:
+    ``lnk/../x.beton``, where ``lnk`` leads to ``data/sub``, is ``data/x.beton``
+    (``os.path.abspath`` made it ``./x.beton``, another file than ``open()``'s)."""
+    fname = os.fspath(fname)
+    head, tail = os.path.split(os.path.join(os.getcwd(), fname))
+    if os.path.isdir(head):  # else, as for open(), a folder that is not there (nosub/..)
+        head = os.path.realpath(head)
+    fname = os.path.join(head, tail)
     if not os.path.islink(fname):
         return fname
     target = os.path.realpath(fname)
@@ -1565,6 +1600,7 @@ class DatasetWriter:
             if companion is not None:
                 companion.publish()
         except BaseException:
+            sigterm.disarm()  # a signal now waits for the clean-up's end
             if pool is not None:
                 pool.terminate()
             if output is not None:
@@ -1573,6 +1609,7 @@ class DatasetWriter:
                 companion.discard()
             raise
         finally:
+            sigterm.disarm()
             lock.release()
             os.close(dir_fd)
 
@@ -1632,8 +1669,9 @@ class DatasetWriter:
             # process with threads is unsafe (Python 3.12 warns about it)
             monitor_interval = 0
 
-        return Bar(total=total, disable=not self.progress, unit="samples",
-                   desc=os.path.basename(self.fname), file=sys.stderr)
+        # no stderr (closed: `2>&-`, or None, as under pythonw): no bar, not a failed write
+        return Bar(total=total, disable=not self.progress or sys.stderr is None,
+                   unit="samples", desc=os.path.basename(self.fname), file=sys.stderr)
 
 
 def _descriptors(names: list[str], fields: list[Field]) -> np.ndarray:

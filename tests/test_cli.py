@@ -595,6 +595,45 @@ def test_convert_skip_bad(corpus: Path, tmp_path: Path,
     assert not listed.exists()
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="file names of any bytes")
+def test_skipped_names_of_any_bytes_are_listed_as_they_are(
+        corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad image named b"bad\\xff.jpg" (not UTF-8) failed the whole conversion at its
+    end (the list's text.encode()); a tab or newline in a name broke the list's
+    one-line-per-image format."""
+    folder = tmp_path / "imgs"
+    shutil.copytree(corpus, folder)
+    cls = sorted(folder.iterdir())[0]
+    names = [os.fsdecode(b"bad\xff.jpg"), "tab\there.jpg", "new\nline.jpg", "back\\slash.jpg"]
+    for name in names:
+        (cls / name).write_bytes(b"")
+    out = tmp_path / "out.beton"
+    assert main(["convert", str(folder), str(out), "--skip-bad", *FAST]) == 0
+    captured = capsys.readouterr().out
+    assert captured.startswith(f"wrote {NUM_IMAGES} samples to {out}")
+    data = (tmp_path / "out.beton.skipped.txt").read_bytes()
+    lines = data.split(b"\n")[:-1]
+    assert len(lines) == 4  # one line each, whatever the name holds
+    paths = sorted(line.split(b"\t")[0] for line in lines)
+    base = os.fsencode(cls)
+    assert paths == sorted([base + b"/bad\xff.jpg", base + b"/tab\\there.jpg",
+                            base + b"/new\\nline.jpg", base + b"/back\\\\slash.jpg"])
+
+
+def test_a_name_the_terminal_cannot_print_is_escaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The summary, printed after the file was written, failed on a name stdout's
+    encoding cannot hold (exit 1 for a written file)."""
+    import io
+
+    from fastforward.cli import _print
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict")
+    monkeypatch.setattr(sys, "stdout", out)
+    _print("wrote 3 samples to caf\u00e9/" + os.fsdecode(b"x\xff.beton"))
+    out.flush()
+    assert out.buffer.getvalue() == b"wrote 3 samples to caf\\xe9/x\\udcff.beton\n"
+
+
 def test_the_skipped_list_is_published_with_the_file(
         corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:

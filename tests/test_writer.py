@@ -930,3 +930,55 @@ def test_metadata_padding_is_zero(tmp_path: Path, images: list[np.ndarray]) -> N
     start = metadata_offset(reader.num_fields)
     raw = np.frombuffer(path.read_bytes()[start : start + 70 * 24], np.uint8).reshape(70, 24)
     assert not raw[:, 13:16].any()
+
+
+def huge_header_jpeg(height: int, width: int) -> bytes:
+    """A small real JPEG whose frame header claims *height* × *width*."""
+    import simplejpeg
+
+    data = bytearray(simplejpeg.encode_jpeg(np.full((16, 16, 3), 90, np.uint8), quality=90,
+                                            colorsubsampling="420"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("write_mode", ["raw", "jpg"])
+def test_a_jpeg_that_would_decode_to_too_many_pixels_is_refused(
+        tmp_path: Path, write_mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 600-byte JPEG claiming 30000×30000 decoded for 10 s and 2.7 GB before it
+    failed (60000×60000: out of memory): refused as Pillow refuses a decompression
+    bomb, before decoding, as a DecodeError that skip_errors can skip; where
+    max_resolution lets it decode at a reduced scale, that scale's size counts."""
+    import fastforward.fields.rgb_image as rgb_image
+    from fastforward.errors import DecodeError
+
+    if write_mode == "jpg" and rgb_image._region is None:
+        pytest.skip("the YCbCr path needs the build with libjpeg-turbo")
+    bomb = huge_header_jpeg(30000, 30000)
+    field = RGBImageField(write_mode=write_mode, max_resolution=None)
+    with pytest.raises(DecodeError, match=r"30000×30000 would decode to 900,000,000 pixels, "
+                                          r"more than .*MAX_DECODED_PIXELS \(178,956,970"):
+        field._prepare(bomb) if write_mode == "raw" else field._transcode(bomb)
+    # with max_resolution, 1/8 of each side: 3750×3750 = 14 million pixels is allowed
+    monkeypatch.setattr(rgb_image, "MAX_DECODED_PIXELS", 3750 * 3750 - 1)
+    shrunk = RGBImageField(write_mode=write_mode, max_resolution=256)
+    with pytest.raises(DecodeError, match=r"14,062,500 pixels at the scale 1/8"):
+        shrunk._prepare(bomb) if write_mode == "raw" else shrunk._transcode(bomb)
+    monkeypatch.setattr(rgb_image, "MAX_DECODED_PIXELS", None)
+    small = huge_header_jpeg(16, 16)
+    assert field._prepare(small).shape == (16, 16, 3)
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_skip_errors_skips_a_decompression_bomb(tmp_path: Path) -> None:
+    from fastforward.errors import DecodeError
+
+    good = huge_header_jpeg(16, 16)
+    samples = [(good, 0), (huge_header_jpeg(30000, 30000), 1), (good, 2)]
+    writer = DatasetWriter(tmp_path / "x.beton", {"image": RGBImageField(), "label": IntField()},
+                           num_workers=1, progress=False, skip_errors=(DecodeError,))
+    writer.from_indexed_dataset(samples)
+    assert [s.index for s in writer.skipped] == [1]
+    assert "decompression bomb" in writer.skipped[0].error
+    assert Reader(tmp_path / "x.beton").metadata["f1"].tolist() == [0, 2]

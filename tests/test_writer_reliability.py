@@ -1220,3 +1220,178 @@ def test_a_failed_write_lets_go_of_its_workers_descriptors(tmp_path: Path) -> No
     finally:
         gc.enable()
     assert not list(tmp_path.iterdir())
+
+
+# -- from a review of the writer under hostile conditions (2026-12-05) --------------------------
+
+
+class FailsAt:
+    """Integers, one of which the dataset cannot give: the write fails and cleans up."""
+
+    def __init__(self, n: int, bad: int) -> None:
+        self.n, self.bad = n, bad
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        if i == self.bad:
+            raise ValueError(f"sample {i} is bad")
+        return i
+
+
+@linux_only
+def test_a_ctrl_c_during_the_clean_up_waits_for_its_end(tmp_path: Path) -> None:
+    """A second Ctrl-C while the clean-up killed the workers stopped it half way: a
+    worker was left, and the interpreter's exit waited on it for ever. The clean-up
+    now finishes, then the Ctrl-C is a KeyboardInterrupt."""
+    proc = run_script(tmp_path, """
+        import multiprocessing
+        import os
+        import signal
+        import sys
+        import time
+
+        sys.path.insert(0, sys.argv[1])
+        from test_writer_reliability import FailsAt
+
+        from fastforward.fields import IntField
+        from fastforward.writer import DatasetWriter
+
+        real_kill = multiprocessing.process.BaseProcess.kill
+        sent = []
+
+
+        def kill(self):
+            if not sent:  # Ctrl-C between killing the first worker and the others
+                sent.append(1)
+                os.kill(os.getpid(), signal.SIGINT)
+            real_kill(self)
+
+
+        if __name__ == "__main__":
+            multiprocessing.process.BaseProcess.kill = kill
+            try:
+                DatasetWriter("out.beton", {"i": IntField()}, num_workers=3, progress=False,
+                              start_method="fork").from_indexed_dataset(
+                    FailsAt(3000, 2500), chunksize=10)
+            except KeyboardInterrupt as exc:
+                print("interrupted after", repr(exc.__context__))
+                kept = exc  # as IPython or pdb keep it: its traceback holds the pipes
+            time.sleep(0.5)
+            print("alive", [p.name for p in multiprocessing.active_children()])
+    """, str(Path(__file__).parent), start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # the hang this is about: the process and its workers
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr
+    assert "interrupted after ValueError('out.beton: sample 2500" in stdout, stdout
+    assert "alive []" in stdout
+    assert sorted(os.listdir(tmp_path)) == ["script.py"]  # nor the lock file
+
+
+@linux_only
+def test_a_ctrl_c_while_the_file_is_named_comes_after_its_list(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jpeg_folder: Path) -> None:
+    """Ctrl-C while the new file got its name left it without its list of skipped
+    images (only SIGTERM and SIGHUP waited): it now waits for both names."""
+    from fastforward.cli import main
+
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    for k, image in enumerate(sorted(jpeg_folder.rglob("*.jpg"))[:6]):
+        (src / "a" / f"{k}.jpg").write_bytes(image.read_bytes())
+    (src / "a" / "bad.jpg").write_bytes(b"")
+    out = tmp_path / "out.beton"
+    real_replace = os.replace
+    sent: list[int] = []
+
+    def replace(*args: Any, **kwargs: Any) -> None:
+        if not sent:  # just before the .beton gets its name
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+        real_replace(*args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert main(["convert", str(src), str(out), "--skip-bad", "--no-progress",
+                 "--num-workers", "1"]) == 130
+    assert sent
+    assert Reader(out).num_samples == 6
+    listed = (tmp_path / "out.beton.skipped.txt").read_text()
+    assert listed.startswith(f"{src / 'a' / 'bad.jpg'}\t")
+
+
+def test_a_list_that_cannot_be_written_leaves_the_old_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jpeg_folder: Path) -> None:
+    """A short list was written only when flushed, after the new file had its name: a
+    full disk then left the new file without its list. It is on the disk first."""
+    from fastforward.cli import main
+
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    for k, image in enumerate(sorted(jpeg_folder.rglob("*.jpg"))[:4]):
+        (src / "a" / f"{k}.jpg").write_bytes(image.read_bytes())
+    (src / "a" / "bad.jpg").write_bytes(b"")
+    out = tmp_path / "out.beton"
+    out.write_bytes(b"OLD")
+    real_sync = writer_module._Output.sync
+
+    def sync(self: Any) -> None:
+        if self.target.endswith(".skipped.txt"):
+            raise self._failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "writing")
+        real_sync(self)
+
+    monkeypatch.setattr(writer_module._Output, "sync", sync)
+    assert main(["convert", str(src), str(out), "--skip-bad", "--no-progress",
+                 "--num-workers", "1"]) == 1
+    assert out.read_bytes() == b"OLD"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.beton", "src"]
+
+
+def test_a_lock_whose_pid_cannot_be_written_is_still_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a full disk, writing the pid into the lock file failed outside the lock's
+    error handling: the error named no file and the lock file stayed."""
+    def full(fd: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "ftruncate", full)
+    reader = write(tmp_path / "x.beton", {"i": IntField()}, list(range(10)), num_workers=1)
+    assert reader.metadata["f0"].tolist() == list(range(10))
+    assert sorted(os.listdir(tmp_path)) == ["x.beton"]
+
+
+@linux_only
+def test_dot_dot_after_a_link_is_resolved_as_the_kernel_does(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """``lnk/../x.beton``, lnk leading to data/sub, is data/x.beton for open(); the
+    writer made it ./x.beton (os.path.abspath drops ``lnk/..`` before following lnk)."""
+    from fastforward.writer import written_through_links
+
+    (tmp_path / "work").mkdir()
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    (tmp_path / "work" / "lnk").symlink_to("../data/sub")
+    (tmp_path / "data" / "x.beton").write_bytes(b"OLD")
+    monkeypatch.chdir(tmp_path / "work")
+    assert written_through_links("lnk/../x.beton") == str(tmp_path / "data" / "x.beton")
+    assert written_through_links("nosub/../y.beton").endswith("work/nosub/../y.beton")
+    write(Path("lnk/../x.beton"), {"i": IntField()}, list(range(5)), num_workers=1)
+    assert Reader(tmp_path / "data" / "x.beton").num_samples == 5
+    assert sorted(os.listdir(tmp_path / "work")) == ["lnk"]
+    with pytest.raises(FileNotFoundError):  # as open() would: no such folder
+        write(Path("nosub/../y.beton"), {"i": IntField()}, list(range(5)), num_workers=1)
+    assert sorted(os.listdir(tmp_path / "work")) == ["lnk"]
+
+
+def test_a_closed_stderr_does_not_fail_the_write(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``2>&-`` (sys.stderr None): the progress bar failed the write."""
+    monkeypatch.setattr(sys, "stderr", None)
+    DatasetWriter(tmp_path / "x.beton", {"i": IntField()}, num_workers=1,
+                  progress=True).from_indexed_dataset(list(range(5)))
+    assert Reader(tmp_path / "x.beton").num_samples == 5
+    assert Reader(tmp_path / "x.beton").verify(decode=True, progress=True) == []

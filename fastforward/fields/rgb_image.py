@@ -66,6 +66,13 @@ RGB_METADATA = np.dtype(
 )
 MAX_SIDE = 65535  # width and height are stored as u16
 JPEG_MAX_SIDE = 65500  # libjpeg's limit
+MAX_DECODED_PIXELS: int | None = 178_956_970
+"""The most pixels the writer decodes a source JPEG to (after any DCT scaling):
+a larger one is a ``DecodeError`` (``--skip-bad`` skips it), as Pillow refuses
+an image of more than ``2 * Image.MAX_IMAGE_PIXELS`` (this number) as a
+decompression bomb. A 631-byte JPEG whose header claims 30000×30000 took 10 s
+and 2.7 GB before it failed, and at 60000×60000 a worker ran out of memory.
+None: no limit."""
 WRITE_MODES = ("raw", "jpg", "smart", "proportion")
 
 
@@ -127,6 +134,25 @@ def to_rgb_array(image: Any) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def scaled_side(side: int, m: int) -> int:
+    """Pixels libjpeg decodes a side of *side* to at the DCT scale m/8."""
+    return (side * m + 7) // 8
+
+
+def check_decoded_pixels(height: int, width: int, m: int = 8) -> None:
+    """Refuse to decode a JPEG of height × width at the DCT scale m/8 to more than
+    ``MAX_DECODED_PIXELS``."""
+    limit = MAX_DECODED_PIXELS
+    pixels = scaled_side(height, m) * scaled_side(width, m)
+    if limit is not None and pixels > limit:
+        at = "" if m == 8 else f" at the scale {m}/8"
+        raise DecodeError(
+            f"a JPEG of {height}×{width} would decode to {pixels:,} pixels{at}, more than "
+            f"fastforward.fields.rgb_image.MAX_DECODED_PIXELS ({limit:,}, Pillow's limit): "
+            "a decompression bomb? Set max_resolution (it decodes at a reduced scale), or "
+            "raise the limit (None for none)")
+
+
 def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> np.ndarray:
     """Decode the bytes of an image file to RGB.
 
@@ -141,6 +167,14 @@ def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> n
     if data[:2] == b"\xff\xd8":
         sj = require_simplejpeg()
         shrinking = min_height > 0 or min_width > 0
+        try:
+            height, width = sj.decode_jpeg_header(data)[:2]
+        except ValueError as exc:
+            raise DecodeError(f"cannot read JPEG header: {exc}") from exc
+        # simplejpeg's scale: the smallest m/8 that keeps the minimum size
+        check_decoded_pixels(height, width, next(
+            (m for m in range(1, 8) if scaled_side(height, m) >= min_height
+             and scaled_side(width, m) >= min_width), 8) if shrinking else 8)
         try:
             return sj.decode_jpeg(data, colorspace="RGB", min_height=min_height,
                                   min_width=min_width, fastupsample=shrinking)
@@ -350,9 +384,10 @@ class RGBImageField(Field):
         height, width = target_size(h, w, self.max_resolution, self.min_resolution)
         if max(height, width) > JPEG_MAX_SIDE or not self._compress(height * width * 3):
             return None
+        scale = source_scale(h, w, height, width)
+        check_decoded_pixels(h, w, scale)
         with _WRITER_SCRATCH.lend() as scratch:
-            payload = _region.shrink_jpeg(scratch.jpeg, data, height, width,
-                                          source_scale(h, w, height, width),
+            payload = _region.shrink_jpeg(scratch.jpeg, data, height, width, scale,
                                           self.jpeg_quality, 1 if self.restart_markers else 0,
                                           scratch.workspace)
         if payload is None:
