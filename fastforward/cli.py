@@ -1059,7 +1059,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
              "most a third: they fault the slots in)"
              if batches - 1 >= STEADY_MIN_BATCHES else "whole, start-up included")
     _print(f"{args.file}: pipeline {args.pipeline}, batch {args.batch_size}, "
-          f"{args.epochs} epoch(s), {timed}")
+           f"{args.epochs} epoch(s), {timed}")
     print(f"  {'workers':>7}  {'decode limit':>13}  {'fastforward':>12}  {'ratio':>6}")
     rows, whole_epochs = [], False
     for workers in counts:
@@ -1075,9 +1075,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         whole_epochs = whole_epochs or loaded.name.endswith("with start-up")
     if whole_epochs:
         _print(f"note: {args.file} makes too few batches of {args.batch_size} per epoch to "
-              f"time at steady state (at least {STEADY_MIN_BATCHES + 1} are needed): "
-              "these figures are whole epochs, start-up included; a smaller --batch-size "
-              "gives more batches")
+               f"time at steady state (at least {STEADY_MIN_BATCHES + 1} are needed): "
+               "these figures are whole epochs, start-up included; a smaller --batch-size "
+               "gives more batches")
     if plot is not None:
         figure, axes = plt.subplots(figsize=(6, 4))
         axes.plot([r[0] for r in rows], [r[2] for r in rows], "o-", label="fastforward")
@@ -1150,7 +1150,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
                  epoch=args.epoch, columns=args.columns, shuffle=args.shuffle,
                  custom_fields=custom_fields)
     _print(f"{drawn} samples of {args.file} ({args.decoder} {args.size}"
-          f"{' + flip' if args.flip else ''}) drawn in {out}")
+           f"{' + flip' if args.flip else ''}) drawn in {out}")
     return 0
 
 
