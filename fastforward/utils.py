@@ -267,7 +267,18 @@ def private_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     count = int(np.prod(shape, dtype=np.int64))
     if count * dtype.itemsize == 0 or dtype.hasobject:
         return np.empty(shape, dtype)
-    return np.frombuffer(mmap.mmap(-1, count * dtype.itemsize), dtype, count).reshape(shape)
+    return np.frombuffer(private_map(count * dtype.itemsize), dtype, count).reshape(shape)
+
+
+def private_map(nbytes: int) -> mmap.mmap:
+    """*nbytes* of private anonymous memory (``MAP_PRIVATE``: Python's default for
+    ``mmap.mmap(-1, n)`` is ``MAP_SHARED``, whose pages a forked child shares
+    with its parent, each writing into the other's batches, and whose maps
+    never merge: a program keeping 65,000 batches ran out of maps)."""
+    flags = getattr(mmap, "MAP_PRIVATE", None)
+    if flags is None:  # pragma: no cover - not POSIX: the platform's private memory
+        return mmap.mmap(-1, nbytes)
+    return mmap.mmap(-1, nbytes, flags=flags)
 
 
 def map_shared(fd: int, nbytes: int, populate: bool = False,

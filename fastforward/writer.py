@@ -1043,7 +1043,9 @@ class _Companion:
     def __init__(self, path: str, data: bytes | None, keep_permissions: bool = False) -> None:
         self.path = os.fspath(path)
         self.output: _Output | None = None
-        self.dir_fd = os.open(os.path.dirname(os.path.abspath(self.path)),
+        # its folder as the kernel finds it, as the target's (abspath made lnk/.. the
+        # current folder: the list went elsewhere, or removed another file's list)
+        self.dir_fd = os.open(os.path.dirname(in_its_folder(self.path)),
                               os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             if os.path.isdir(self.path):  # it could be neither written nor removed
@@ -1119,27 +1121,28 @@ def _signals_stop_the_write(target: str) -> Iterator[_SignalGuard]:
     for a signal whose handler is the default (Python's for SIGINT, which
     raises KeyboardInterrupt): a handler of the caller's (or SIG_IGN, as under
     ``nohup``) is left alone. The previous handlers are restored afterwards. A
-    second signal during the clean-up it started is ignored (a SIGKILL still
-    works); one that comes while the guard is disarmed (the file being named,
-    or the write cleaned up after an error) is delivered when the write
-    returns: SIGTERM and SIGHUP to their default action, Ctrl-C as a
-    KeyboardInterrupt.
+    second signal of the kind that stopped the write is ignored during the
+    clean-up it started (a SIGKILL still works); another kind, or one that
+    comes while the guard is disarmed (the file being named, or the write
+    cleaned up after an error), is delivered when the write returns: SIGTERM
+    and SIGHUP to their default action (the process ends), then Ctrl-C as a
+    KeyboardInterrupt unless the write was already stopped by a signal.
     """
     guard = _SignalGuard()
     if threading.current_thread() is not threading.main_thread():
         yield guard
         return
-    fired = False
+    fired: int | None = None  # the signal that stopped the write
 
     def handler(signum: int, frame: Any) -> None:
         nonlocal fired
-        if fired:  # a second one, during the clean-up the first started
+        if signum == fired:  # a second one, during the clean-up the first started
             return
-        if not guard.armed:
+        if not guard.armed or fired is not None:
             if signum not in guard.pending:
                 guard.pending.append(signum)
             return
-        fired = True
+        fired = signum
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         name, why = _STOPPING_SIGNALS[signum]
@@ -1157,8 +1160,14 @@ def _signals_stop_the_write(target: str) -> Iterator[_SignalGuard]:
     finally:
         for signum, before in previous.items():
             signal.signal(signum, before)
+        # SIGTERM and SIGHUP first: their default action ends the process (a
+        # KeyboardInterrupt raised first would have left them undelivered); a Ctrl-C
+        # while the write was already stopping adds nothing to the exception under way
         for signum in guard.pending:
-            signal.raise_signal(signum)
+            if signum != signal.SIGINT:
+                signal.raise_signal(signum)
+        if signal.SIGINT in guard.pending and fired is None:
+            signal.raise_signal(signal.SIGINT)
 
 
 class _PageWriter:
@@ -1302,6 +1311,20 @@ def refuse_to_replace(fname: str | os.PathLike[str]) -> None:
                       "would replace it with a regular file", fname)
 
 
+def in_its_folder(fname: str | os.PathLike[str]) -> str:
+    """*fname* as an absolute path whose folder is the one the kernel finds,
+    links followed before ``..`` (``os.path.abspath`` collapses ``lnk/..`` first:
+    another folder, where ``lnk`` is a link); its last part as it is. A folder
+    that is not there (``nosub/..``) is left as written, so that using it fails
+    as ``open()`` fails."""
+    fname = os.fspath(fname)
+    head, tail = os.path.split(fname if os.path.isabs(fname)
+                               else os.path.join(os.getcwd(), fname))
+    if os.path.isdir(head):
+        head = os.path.realpath(head)
+    return os.path.join(head, tail)
+
+
 def written_through_links(fname: str | os.PathLike[str]) -> str:
     """The absolute path a write to *fname* replaces: *fname* itself, or, where
     it is a symbolic link (dangling or not), the file the links lead to, as
@@ -1312,11 +1335,7 @@ def written_through_links(fname: str | os.PathLike[str]) -> str:
     The folder is resolved as the kernel resolves it, links first, then ``..``:
     ``lnk/../x.beton``, where ``lnk`` leads to ``data/sub``, is ``data/x.beton``
     (``os.path.abspath`` made it ``./x.beton``, another file than ``open()``'s)."""
-    fname = os.fspath(fname)
-    head, tail = os.path.split(os.path.join(os.getcwd(), fname))
-    if os.path.isdir(head):  # else, as for open(), a folder that is not there (nosub/..)
-        head = os.path.realpath(head)
-    fname = os.path.join(head, tail)
+    fname = in_its_folder(fname)
     if not os.path.islink(fname):
         return fname
     target = os.path.realpath(fname)

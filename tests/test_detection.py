@@ -612,6 +612,34 @@ def test_filter_on_a_mask_that_follows_the_image(tmp_path: Path, kind: str) -> N
     assert (masks == 7).any(axis=(1, 2)).all()
 
 
+def test_filter_on_a_followed_field_checks_checksums_when_asked(scene_file: Path,
+                                                              tmp_path: Path) -> None:
+    """The pass over a followed field read each sample with the loader's Reader, which
+    checks no page: Loader(verify_checksums=True).filter saw a damaged box."""
+    import shutil
+
+    from fastforward.errors import FormatError
+
+    copy = tmp_path / "copy.beton"
+    shutil.copyfile(scene_file, copy)
+    reader = Reader(copy)
+    ptr = int(reader.metadata[2][f"f{reader.field_names.index('objects')}"]["ptr"])
+    reader.close()
+    with open(copy, "r+b") as f:
+        f.seek(ptr + 1)
+        byte = f.read(1)[0]
+        f.seek(ptr + 1)
+        f.write(bytes([byte ^ 0x40]))
+    pipelines = {"image": [CenterCropRGBImageDecoder((24, 24), 1.0)],
+                 "objects": [RaggedDecoder(follows="image", boxes="boxes")],
+                 "mask": None, "instances": None, "index": None}
+    with Loader(copy, 4, pipelines=pipelines, verify_checksums=True) as loader, \
+            pytest.raises(FormatError, match="checksum"):
+        loader.filter("objects", lambda sample: True)
+    with Loader(copy, 4, pipelines=pipelines) as loader:  # not asked: not checked
+        assert len(loader.filter("objects", lambda sample: True).indices) == 32
+
+
 def test_reader_read_field_reads_one_field_as_read_does(scene_file: Path) -> None:
     reader = Reader(scene_file)
     for index in (0, 5, -1):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import mmap
+import os
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,40 @@ def test_os_cache_false_reuses_its_read_buffers_from_epoch_to_epoch(blobs: Path)
         assert 0 < made[0] <= 2 * (2 + 2)
         assert made[-1] - made[0] <= 3
     assert len(loader.memory_manager.buffers._free) == 0  # unmapped by close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+# Python 3.12+ warns about a fork in a process with threads (pytest's faulthandler
+# watchdog is one); the child runs no other code
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_does_not_write_into_the_parents_buffers() -> None:
+    """mmap.mmap(-1, n) is MAP_SHARED: a child forked while a batch was alive wrote
+    into the parent's batch, and the parent's loader into the child's."""
+    slot_buffer = private_empty((4, 4), np.uint8)
+    read_buffer = ReadBuffers().take(100)
+    slot_buffer[:] = 1
+    read_buffer[:] = 1
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        slot_buffer[:] = 7
+        read_buffer[:] = 7
+        os._exit(0 if slot_buffer[0, 0] == 7 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert slot_buffer.max() == 1
+    assert read_buffer.max() == 1
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="/proc")
+def test_kept_buffers_do_not_use_a_map_each() -> None:
+    """Shared anonymous maps never merge: a program keeping every batch of a file of
+    70,000 samples ran out of maps (vm.max_map_count, 65,530)."""
+    def maps() -> int:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+
+    before = maps()
+    kept = [private_empty((4096,), np.uint8) for _ in range(3000)]
+    for array in kept:
+        array[0] = 1  # touched, as a batch is
+    assert maps() - before < 300

@@ -953,21 +953,30 @@ def test_a_jpeg_that_would_decode_to_too_many_pixels_is_refused(
     import fastforward.fields.rgb_image as rgb_image
     from fastforward.errors import DecodeError
 
-    if write_mode == "jpg" and rgb_image._region is None:
-        pytest.skip("the YCbCr path needs the build with libjpeg-turbo")
+    def encoded(field: RGBImageField, data: bytes) -> tuple[int, ...]:
+        """As encode() goes: the YCbCr path, or else the RGB path."""
+        made = field._transcode(data)
+        return made[:2] if made is not None else field._prepare(data).shape[:2]
+
     bomb = huge_header_jpeg(30000, 30000)
     field = RGBImageField(write_mode=write_mode, max_resolution=None)
     with pytest.raises(DecodeError, match=r"30000×30000 would decode to 900,000,000 pixels, "
                                           r"more than .*MAX_DECODED_PIXELS \(178,956,970"):
-        field._prepare(bomb) if write_mode == "raw" else field._transcode(bomb)
+        encoded(field, bomb)
     # with max_resolution, 1/8 of each side: 3750×3750 = 14 million pixels is allowed
     monkeypatch.setattr(rgb_image, "MAX_DECODED_PIXELS", 3750 * 3750 - 1)
-    shrunk = RGBImageField(write_mode=write_mode, max_resolution=256)
     with pytest.raises(DecodeError, match=r"14,062,500 pixels at the scale 1/8"):
-        shrunk._prepare(bomb) if write_mode == "raw" else shrunk._transcode(bomb)
+        encoded(RGBImageField(write_mode=write_mode, max_resolution=256), bomb)
+    # the YCbCr path decodes at 1/8, 2/8, 4/8 or 8/8 only: above the limit at 8/8, a
+    # source goes the RGB path's way, at 6/8 here (900×900), within it
+    monkeypatch.setattr(rgb_image, "MAX_DECODED_PIXELS", 1_000_000)
+    import simplejpeg
+
+    source = simplejpeg.encode_jpeg(np.full((1200, 1200, 3), 90, np.uint8), quality=90,
+                                    colorsubsampling="420")
+    assert encoded(RGBImageField(write_mode=write_mode, max_resolution=400), source) == (400, 400)
     monkeypatch.setattr(rgb_image, "MAX_DECODED_PIXELS", None)
-    small = huge_header_jpeg(16, 16)
-    assert field._prepare(small).shape == (16, 16, 3)
+    assert encoded(field, huge_header_jpeg(16, 16)) == (16, 16)
 
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")

@@ -1395,3 +1395,100 @@ def test_a_closed_stderr_does_not_fail_the_write(tmp_path: Path,
                   progress=True).from_indexed_dataset(list(range(5)))
     assert Reader(tmp_path / "x.beton").num_samples == 5
     assert Reader(tmp_path / "x.beton").verify(decode=True, progress=True) == []
+
+
+SIGNALS_DURING_CLEAN_UP = """
+    import os
+    import signal
+    import sys
+
+    from fastforward.writer import _signals_stop_the_write
+
+    case = sys.argv[1]
+    try:
+        with _signals_stop_the_write("t.beton") as guard:
+            if case == "term after ctrl-c":
+                try:
+                    os.kill(os.getpid(), signal.SIGINT)
+                except KeyboardInterrupt:
+                    guard.disarm()  # the clean-up
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    os.kill(os.getpid(), signal.SIGINT)  # the same kind again: ignored
+                    print("cleaned up", flush=True)
+                    raise
+            else:  # both while the file is being named
+                guard.disarm()
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGTERM)
+                print("named", flush=True)
+    except KeyboardInterrupt:
+        print("not reached: the SIGTERM ends the process")
+"""
+
+
+@linux_only
+@pytest.mark.parametrize("case", ["term after ctrl-c", "both while naming"])
+def test_a_sigterm_during_a_stopping_write_is_not_lost(tmp_path: Path, case: str) -> None:
+    """A SIGTERM during the clean-up a Ctrl-C started was dropped (any second signal
+    was), and of two signals held back while the file was named only the first was
+    delivered (a KeyboardInterrupt, the SIGTERM never)."""
+    proc = run_script(tmp_path, SIGNALS_DURING_CLEAN_UP, case)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM, (stdout, stderr)
+    assert ("cleaned up" if case == "term after ctrl-c" else "named") in stdout
+    assert "not reached" not in stdout
+
+
+def test_a_ctrl_c_held_back_is_a_keyboard_interrupt_after() -> None:
+    from fastforward.writer import _signals_stop_the_write
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("handlers are set from the main thread only")
+    steps = []
+    with pytest.raises(KeyboardInterrupt), _signals_stop_the_write("t.beton") as guard:  # noqa: PT012
+        guard.disarm()
+        os.kill(os.getpid(), signal.SIGINT)
+        steps.append("named")
+    assert steps == ["named"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@linux_only
+def test_the_skipped_list_goes_beside_the_file_through_a_link(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jpeg_folder: Path) -> None:
+    """The list's folder was found with os.path.abspath (lnk/.. made the current
+    folder), the file's as the kernel finds it: the list went elsewhere, and a
+    conversion that skipped nothing removed another file's list."""
+    from fastforward.cli import main
+
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    for k, image in enumerate(sorted(jpeg_folder.rglob("*.jpg"))[:3]):
+        (src / "a" / f"{k}.jpg").write_bytes(image.read_bytes())
+    (src / "a" / "bad.jpg").write_bytes(b"")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    (tmp_path / "work" / "lnk").symlink_to("../data/sub")
+    (tmp_path / "work" / "x.beton.skipped.txt").write_text("another file's list\n")
+    monkeypatch.chdir(tmp_path / "work")
+    args = ["--skip-bad", "--no-progress", "--num-workers", "1"]
+    assert main(["convert", str(src), "lnk/../x.beton", *args]) == 0
+    assert Reader(tmp_path / "data" / "x.beton").num_samples == 3
+    assert (tmp_path / "data" / "x.beton.skipped.txt").read_text().startswith(str(src))
+    (src / "a" / "bad.jpg").unlink()
+    assert main(["convert", str(src), "lnk/../x.beton", *args]) == 0
+    assert not (tmp_path / "data" / "x.beton.skipped.txt").exists()  # nothing skipped now
+    assert (tmp_path / "work" / "x.beton.skipped.txt").read_text() == "another file's list\n"
+
+
+def test_an_absolute_target_needs_no_current_folder(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resolving the target's folder asked for the current folder even for an absolute
+    path (a bare FileNotFoundError naming no file where the current folder was gone)."""
+    from fastforward.writer import written_through_links
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert written_through_links(tmp_path / "abs.beton") == str(tmp_path / "abs.beton")

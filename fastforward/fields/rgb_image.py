@@ -139,6 +139,13 @@ def scaled_side(side: int, m: int) -> int:
     return (side * m + 7) // 8
 
 
+def decodes_within_limit(height: int, width: int, m: int = 8) -> bool:
+    """Whether a JPEG of height × width decodes at the DCT scale m/8 to at most
+    ``MAX_DECODED_PIXELS``."""
+    limit = MAX_DECODED_PIXELS
+    return limit is None or scaled_side(height, m) * scaled_side(width, m) <= limit
+
+
 def check_decoded_pixels(height: int, width: int, m: int = 8) -> None:
     """Refuse to decode a JPEG of height × width at the DCT scale m/8 to more than
     ``MAX_DECODED_PIXELS``."""
@@ -385,7 +392,8 @@ class RGBImageField(Field):
         if max(height, width) > JPEG_MAX_SIDE or not self._compress(height * width * 3):
             return None
         scale = source_scale(h, w, height, width)
-        check_decoded_pixels(h, w, scale)
+        if not decodes_within_limit(h, w, scale):
+            return None  # the RGB path decodes at finer scales (5/8 …), and refuses it there
         with _WRITER_SCRATCH.lend() as scratch:
             payload = _region.shrink_jpeg(scratch.jpeg, data, height, width, scale,
                                           self.jpeg_quality, 1 if self.restart_markers else 0,

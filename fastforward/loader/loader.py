@@ -543,6 +543,8 @@ class Loader:
         if given.get(field_name) is not None and _follows_another(given[field_name]):
             # the samples as stored, one by one: a mask's decoder cannot batch masks of
             # several sizes without the image it follows
+            if self.verify_checksums:  # as the loader's own pass would
+                self.reader.check_pages(self.reader.sample_pages[self.indices])
             chosen = [position for position, index in enumerate(self.indices)
                       if condition(self.reader.read_field(int(index), field_name))]
             return Loader(**{**self._args, "indices": self.indices[np.asarray(chosen, np.int64)],

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from ...reader import Reader
+from ...utils import private_map
 from ..base import BatchData, MemoryContext, MemoryManager
 
 ProcessCacheContext = MemoryContext
@@ -80,7 +81,7 @@ class ReadBuffers:
                 memory = self._free.pop()  # the most recently used: warm in the caches
             except IndexError:
                 size = nbytes + nbytes // 4
-                memory = mmap.mmap(-1, size + -size % mmap.PAGESIZE)
+                memory = private_map(size + -size % mmap.PAGESIZE)
                 self.made += 1
                 break
             if len(memory) >= nbytes:
