@@ -356,7 +356,14 @@ class Engine:
         if isinstance(item, _Failure):
             self._finished = True
             self.close()
-            raise item.consumer_exception()
+            exc = item.consumer_exception()
+            # no reference to it left in this frame, which its traceback keeps (a cycle
+            # that kept the loader, and its workers, until a garbage collection)
+            item = None
+            try:
+                raise exc
+            finally:
+                exc = None
         return item
 
     def close(self) -> None:
@@ -501,7 +508,10 @@ class Engine:
             outputs = await task
             await self.channel.put(outputs, self._stop)  # once the consumer took the last
             if isinstance(outputs, _Failure):
-                raise _Delivered  # every batch before it went out; stop the rest
+                # every batch before it went out; stop the rest (this frame, kept by
+                # _Delivered's traceback, keeps no reference to the failure)
+                del task, outputs
+                raise _Delivered
             del outputs
             budget.release()
 
