@@ -363,7 +363,7 @@ class Engine:
             try:
                 raise exc
             finally:
-                exc = None
+                del exc
         return item
 
     def close(self) -> None:

@@ -138,6 +138,7 @@ def settle(futures: list[Future[Any]]) -> None:
     """Wait for every future, then raise the first one's exception, if any: no range
     may still be writing into the slot when the batch gives it back."""
     first: BaseException | None = None
+    future: Future[Any] | None = None
     for future in futures:
         try:
             future.result()
