@@ -2535,6 +2535,15 @@ def test_next_in_a_forked_child_says_to_make_a_loader_there(photos_file: Path,
         assert sum(1 for _ in iterator) == 5  # the parent's epoch goes on
 
 
+def _wait_until_gone(pids: list[int]) -> None:
+    """Until the worker processes *pids* and every fastforward thread have ended (30 s)."""
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in pids) or [
+            t for t in _threads() if t.startswith("fastforward")]:
+        assert time.monotonic() < deadline, (pids, _threads())
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("kind", ["thread", "process"])
 @pytest.mark.parametrize("where", ["per sample", "per batch", "os_cache=False"])
 def test_a_loader_dropped_after_a_failed_epoch_is_freed_at_once(
@@ -2560,11 +2569,7 @@ def test_a_loader_dropped_after_a_failed_epoch_is_freed_at_once(
         alive = weakref.ref(loader)
         del loader
         assert alive() is None
-        deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in pids) or [
-                t for t in _threads() if t.startswith("fastforward")]:
-            assert time.monotonic() < deadline, (pids, _threads())
-            time.sleep(0.05)
+        _wait_until_gone(pids)
     finally:
         gc.enable()
 
@@ -2592,11 +2597,7 @@ def test_a_dropped_loader_ends_its_workers_without_the_garbage_collector(
         pids = list(loader.workers.pids) if kind == "process" else []
         del loader, held
         assert order.loader is None
-        deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in pids) or [
-                t for t in _threads() if t.startswith("fastforward")]:
-            assert time.monotonic() < deadline, (pids, _threads())
-            time.sleep(0.05)
+        _wait_until_gone(pids)
     finally:
         gc.enable()
 

@@ -1184,13 +1184,13 @@ def test_a_loader_opened_by_a_dataset_in_a_writer_worker_leaves_its_generators_a
 
 
 class RaisesAt:
-    """A dataset whose sample *bad* raises ValueError."""
+    """A dataset of *n* samples whose sample *bad* raises ValueError."""
 
-    def __init__(self, bad: int) -> None:
-        self.bad = bad
+    def __init__(self, bad: int, n: int = 64) -> None:
+        self.bad, self.n = bad, n
 
     def __len__(self) -> int:
-        return 64
+        return self.n
 
     def __getitem__(self, i: int) -> tuple[int]:
         if i == self.bad:
@@ -1225,21 +1225,6 @@ def test_a_failed_write_lets_go_of_its_workers_descriptors(tmp_path: Path) -> No
 # -- from a review of the writer under hostile conditions (2026-12-05) --------------------------
 
 
-class FailsAt:
-    """Integers, one of which the dataset cannot give: the write fails and cleans up."""
-
-    def __init__(self, n: int, bad: int) -> None:
-        self.n, self.bad = n, bad
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        if i == self.bad:
-            raise ValueError(f"sample {i} is bad")
-        return i
-
-
 @linux_only
 def test_a_ctrl_c_during_the_clean_up_waits_for_its_end(tmp_path: Path) -> None:
     """A second Ctrl-C while the clean-up killed the workers stopped it half way: a
@@ -1253,7 +1238,7 @@ def test_a_ctrl_c_during_the_clean_up_waits_for_its_end(tmp_path: Path) -> None:
         import time
 
         sys.path.insert(0, sys.argv[1])
-        from test_writer_reliability import FailsAt
+        from test_writer_reliability import RaisesAt
 
         from fastforward.fields import IntField
         from fastforward.writer import DatasetWriter
@@ -1274,7 +1259,7 @@ def test_a_ctrl_c_during_the_clean_up_waits_for_its_end(tmp_path: Path) -> None:
             try:
                 DatasetWriter("out.beton", {"i": IntField()}, num_workers=3, progress=False,
                               start_method="fork").from_indexed_dataset(
-                    FailsAt(3000, 2500), chunksize=10)
+                    RaisesAt(2500, 3000), chunksize=10)
             except KeyboardInterrupt as exc:
                 print("interrupted after", repr(exc.__context__))
                 kept = exc  # as IPython or pdb keep it: its traceback holds the pipes
@@ -1293,6 +1278,16 @@ def test_a_ctrl_c_during_the_clean_up_waits_for_its_end(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["script.py"]  # nor the lock file
 
 
+def folder_with_a_bad_image(root: Path, jpeg_folder: Path, good: int) -> Path:
+    """``root/src``: one class of *good* real JPEGs and an empty ``bad.jpg``."""
+    src = root / "src"
+    (src / "a").mkdir(parents=True)
+    for k, image in enumerate(sorted(jpeg_folder.rglob("*.jpg"))[:good]):
+        (src / "a" / f"{k}.jpg").write_bytes(image.read_bytes())
+    (src / "a" / "bad.jpg").write_bytes(b"")
+    return src
+
+
 @linux_only
 def test_a_ctrl_c_while_the_file_is_named_comes_after_its_list(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jpeg_folder: Path) -> None:
@@ -1300,11 +1295,7 @@ def test_a_ctrl_c_while_the_file_is_named_comes_after_its_list(
     images (only SIGTERM and SIGHUP waited): it now waits for both names."""
     from fastforward.cli import main
 
-    src = tmp_path / "src"
-    (src / "a").mkdir(parents=True)
-    for k, image in enumerate(sorted(jpeg_folder.rglob("*.jpg"))[:6]):
-        (src / "a" / f"{k}.jpg").write_bytes(image.read_bytes())
-    (src / "a" / "bad.jpg").write_bytes(b"")
+    src = folder_with_a_bad_image(tmp_path, jpeg_folder, 6)
     out = tmp_path / "out.beton"
     real_replace = os.replace
     sent: list[int] = []
@@ -1330,11 +1321,7 @@ def test_a_list_that_cannot_be_written_leaves_the_old_file(
     full disk then left the new file without its list. It is on the disk first."""
     from fastforward.cli import main
 
-    src = tmp_path / "src"
-    (src / "a").mkdir(parents=True)
-    for k, image in enumerate(sorted(jpeg_folder.rglob("*.jpg"))[:4]):
-        (src / "a" / f"{k}.jpg").write_bytes(image.read_bytes())
-    (src / "a" / "bad.jpg").write_bytes(b"")
+    src = folder_with_a_bad_image(tmp_path, jpeg_folder, 4)
     out = tmp_path / "out.beton"
     out.write_bytes(b"OLD")
     real_sync = writer_module._Output.sync
@@ -1461,11 +1448,7 @@ def test_the_skipped_list_goes_beside_the_file_through_a_link(
     conversion that skipped nothing removed another file's list."""
     from fastforward.cli import main
 
-    src = tmp_path / "src"
-    (src / "a").mkdir(parents=True)
-    for k, image in enumerate(sorted(jpeg_folder.rglob("*.jpg"))[:3]):
-        (src / "a" / f"{k}.jpg").write_bytes(image.read_bytes())
-    (src / "a" / "bad.jpg").write_bytes(b"")
+    src = folder_with_a_bad_image(tmp_path, jpeg_folder, 3)
     (tmp_path / "work").mkdir()
     (tmp_path / "data" / "sub").mkdir(parents=True)
     (tmp_path / "work" / "lnk").symlink_to("../data/sub")
