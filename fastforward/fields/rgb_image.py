@@ -175,14 +175,6 @@ def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> n
         sj = require_simplejpeg()
         shrinking = min_height > 0 or min_width > 0
         try:
-            height, width = sj.decode_jpeg_header(data)[:2]
-        except ValueError as exc:
-            raise DecodeError(f"cannot read JPEG header: {exc}") from exc
-        # simplejpeg's scale: the smallest m/8 that keeps the minimum size
-        check_decoded_pixels(height, width, next(
-            (m for m in range(1, 8) if scaled_side(height, m) >= min_height
-             and scaled_side(width, m) >= min_width), 8) if shrinking else 8)
-        try:
             return sj.decode_jpeg(data, colorspace="RGB", min_height=min_height,
                                   min_width=min_width, fastupsample=shrinking)
         except ValueError as exc:
@@ -339,10 +331,15 @@ class RGBImageField(Field):
                     # DCT-domain scaling down to twice the target, area averaging
                     # for the rest: fast, and as sharp as area averaging alone
                     min_height, min_width = 2 * target[0], 2 * target[1]
+                # at simplejpeg's scale: the smallest m/8 that keeps the minimum size
+                check_decoded_pixels(source[0], source[1], next(
+                    (m for m in range(1, 8) if scaled_side(source[0], m) >= min_height
+                     and scaled_side(source[1], m) >= min_width), 8) if min_height else 8)
             image = decode_image_file(data, min_height, min_width)
             if source is not None and image.shape[:2] != source:  # a reduced DCT scale
                 span = dct_span(source, image.shape[:2])
                 if span is None:  # which scale is not known from the sizes: decode it whole
+                    check_decoded_pixels(source[0], source[1])
                     image = decode_image_file(data)
         image = to_rgb_array(image)
         if source is None or target is None:
