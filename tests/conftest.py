@@ -4,6 +4,9 @@ its wheel) re-encoded and cropped to varied sizes; nothing is downloaded."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,22 @@ def fixture_dir() -> Path:
         if (candidate / "basic.beton").exists():
             return candidate
     raise FileNotFoundError(f"no FFCV fixtures in {LOCAL_FIXTURES} or {FIXTURES}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def children_keep_their_temporary_files_here() -> Iterator[Path]:
+    """The processes that tests kill (SIGKILL, SIGTERM) cannot remove what Python's
+    multiprocessing made for them (a pymp-* folder holding the fork server's
+    socket): their TMPDIR is a folder of this session's own, removed at its end.
+    Short, under the system's temporary folder: a socket's path has 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="fastforward-tests-"))
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TMPDIR", str(path))
+    try:
+        yield path
+    finally:
+        patch.undo()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
