@@ -182,9 +182,17 @@ def main() -> None:
         state = torch.load(args.checkpoint, map_location=device, weights_only=False)
         model.module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+        per_epoch = len(train)
         train.load_state_dict(state["loader"])  # mid-epoch, on any number of processes
         start_epoch = state["loader"]["epoch"]
+        # the schedule goes on from the loader's position, in this run's steps: on
+        # another number of processes an epoch has another number of them (and
+        # --epochs may have changed), so the saved step count and total are not kept
+        done = start_epoch * per_epoch + per_epoch - len(train)  # len: what is left
+        fresh = schedule.state_dict()
+        schedule.load_state_dict({**state["schedule"], "last_epoch": done,
+                                  "total_steps": fresh["total_steps"],
+                                  "_schedule_phases": fresh["_schedule_phases"]})
 
     stopping = False
     for epoch in range(start_epoch, args.epochs):

@@ -4,6 +4,7 @@ the seed broadcast from rank 0 when none is given."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +128,44 @@ def test_gloo_seed_from_rank_0(paged: Path, tmp_path: Path) -> None:
         assert len(set(first[order]) & set(second[order])) <= 1, order
         assert first[order] != sorted(first[order]), order
     assert set(first["SEQUENTIAL"]) | set(second["SEQUENTIAL"]) == set(range(503))
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (EXAMPLES / "train_imagenet.py").exists(), reason="no examples/")
+def test_imagenet_example_resumes_on_another_number_of_processes(tmp_path: Path) -> None:
+    """A checkpoint of 2 processes resumed on 1: an epoch has twice the steps
+    there, and the learning-rate schedule goes on from the loader's position (it
+    kept the first run's total and stepped past it: a ValueError)."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from train_imagenet import smoke_data
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    train, val = smoke_data(tmp_path)
+    checkpoint = tmp_path / "run.pt"
+
+    def run(processes: int, epochs: int) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+             str(EXAMPLES / "train_imagenet.py"), "--train", train, "--val", val,
+             "--arch", "tiny", "--classes", "10", "--batch-size", "32", "--workers", "1",
+             "--min-res", "64", "--max-res", "64", "--val-res", "64", "--lr", "0.1",
+             "--epochs", str(epochs), "--checkpoint", str(checkpoint)],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+            env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    assert "epoch 0:" in run(2, 1)
+    first = torch.load(checkpoint, weights_only=False)
+    assert first["schedule"]["last_epoch"] == 5  # 320 images, 2 × 32 per step
+    assert "epoch 1:" in run(1, 2)
+    schedule = torch.load(checkpoint, weights_only=False)["schedule"]
+    # one epoch of 10 steps from the checkpoint's position, then one more: the end
+    assert schedule["last_epoch"] == schedule["total_steps"] == 20

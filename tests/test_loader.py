@@ -1030,8 +1030,47 @@ def test_close_from_another_thread_ends_the_loop(scalars: Path,
 def test_bad_arguments(scalars: Path) -> None:
     with pytest.raises(TypeError, match="boolean mask"):
         index_loader(scalars, batch_size=4, indices=np.ones(600, bool))
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\), got -1"):
         index_loader(scalars, batch_size=4, seed=-1)
+    with pytest.raises(TypeError, match=r"seed must be an integer .* got 2\.5"):
+        index_loader(scalars, batch_size=4, seed=2.5)  # not 2, silently
+
+
+def test_seed_and_next_epoch_set_later_are_checked_and_seen_by_all(scalars: Path) -> None:
+    """A seed set on a loader seeds its order too (it seeded its augmentations
+    and its states only: such a state resumed with other batches); an epoch no
+    state could hold is refused where it is set, by name."""
+    loader = index_loader(scalars, batch_size=10, seed=5, order=OrderOption.RANDOM)
+    loader.seed = 7
+    assert loader.seed == 7
+    assert loader.state_dict()["seed"] == 7
+    fresh = index_loader(scalars, batch_size=10, seed=7, order=OrderOption.RANDOM)
+    assert collect(loader) == collect(fresh)
+    for bad, error in ((2.5, TypeError), ("3", TypeError), (None, TypeError),
+                       (True, TypeError), (-1, ValueError), (1 << 63, ValueError)):
+        with pytest.raises(error, match=r"next_epoch must be an integer in \[0, 2\*\*63\)"):
+            loader.next_epoch = bad
+        with pytest.raises(error, match=r"seed must be an integer in \[0, 2\*\*63\)"):
+            loader.seed = bad
+    assert (loader.next_epoch, loader.seed) == (1, 7)
+    loader.next_epoch = np.int64(3)
+    assert type(loader.next_epoch) is int
+    assert loader.state_dict()["epoch"] == 3
+
+
+@pytest.mark.parametrize("name", ["batch_size", "drop_last", "even_batches", "indices",
+                                  "num_workers", "os_cache", "distributed", "world_size",
+                                  "rank", "batches_ahead", "verify_checksums"])
+def test_what_a_loader_is_built_around_cannot_be_changed_after(scalars: Path,
+                                                                name: str) -> None:
+    """``loader.batch_size = 20`` failed deep in a batch's copy; ``drop_last`` set
+    after a first state_dict() was left out of the states that followed."""
+    loader = index_loader(scalars, batch_size=10)
+    before = getattr(loader, name)
+    with pytest.raises(AttributeError, match=f"a Loader's {name} is fixed when it is made"):
+        setattr(loader, name, before)
+    assert getattr(loader, name) is before
+    assert len(collect(loader)) == 600
 
 
 def test_failed_construction_leaks_no_file(scalars: Path) -> None:

@@ -121,6 +121,36 @@ DEFAULT_OS_CACHE = not DEFAULT_PROCESS_CACHE
 """The default of ``os_cache`` at import (FFCV's name)."""
 
 
+def _count(value: Any, name: str) -> int:
+    """A seed or an epoch: an integer in [0, 2**63) (a bool, a float or a
+    string is refused here, not deep in NumPy's seeding)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer in [0, 2**63), got {value!r}")
+    if not 0 <= value < 1 << 63:
+        raise ValueError(f"{name} must be an integer in [0, 2**63), got {value!r}")
+    return int(value)
+
+
+class _Fixed:
+    """A loader attribute set once, when the loader is made: its slots, its
+    order and the identity its states carry were built from it, so a later
+    assignment would be seen by some of them and not others. Refused."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.slot = name, f"_fixed_{name}"
+
+    def __get__(self, loader: Any, owner: type | None = None) -> Any:
+        return self if loader is None else getattr(loader, self.slot)
+
+    def __set__(self, loader: Any, value: Any) -> None:
+        if hasattr(loader, self.slot):
+            raise AttributeError(
+                f"{loader.fname}: a Loader's {self.name} is fixed when it is made (its "
+                "order, batch buffers and saved states were built from it): make another "
+                "Loader; load_state_dict() resumes an epoch on it")
+        setattr(loader, self.slot, value)
+
+
 class Loader:
     """Load batches from a .beton file, as FFCV's ``Loader`` does.
 
@@ -174,6 +204,18 @@ class Loader:
     give it, each epoch: change a decoder's ``output_size`` (or any
     operation's settings) on the object you passed, between epochs.
     """
+
+    batch_size = _Fixed()
+    num_workers = _Fixed()
+    os_cache = _Fixed()
+    distributed = _Fixed()
+    rank = _Fixed()
+    world_size = _Fixed()
+    even_batches = _Fixed()
+    drop_last = _Fixed()
+    batches_ahead = _Fixed()
+    verify_checksums = _Fixed()
+    indices = _Fixed()
 
     def __init__(self, fname: str | os.PathLike[str], batch_size: int, num_workers: int = -1,
                  os_cache: bool | None = None, order: Any = OrderOption.SEQUENTIAL,
@@ -281,9 +323,7 @@ class Loader:
 
     def _resolve_seed(self, seed: int | None, order: Any = None) -> int:
         if seed is not None:
-            if not 0 <= int(seed) < 1 << 63:
-                raise ValueError(f"seed must be a non-negative integer below 2**63, got {seed}")
-            return int(seed)
+            return _count(seed, "seed")
         entropy = np.random.SeedSequence().entropy
         assert isinstance(entropy, int)  # drawn from the OS when none is given
         drawn = entropy % (1 << 31)
@@ -573,6 +613,20 @@ class Loader:
                          "seed": self.seed})
 
     @property
+    def seed(self) -> int:
+        """Seeds the order and every random augmentation. Setting it takes
+        effect from the next ``iter()``, for both (``load_state_dict`` sets it
+        to the state's)."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, seed: int) -> None:
+        self._seed = _count(seed, "seed")
+        order = getattr(self, "traversal_order", None)  # (not yet, in _construct)
+        if order is not None:
+            order.seed = self._seed
+
+    @property
     def next_epoch(self) -> int:
         """The epoch the next ``iter()`` starts (FFCV's attribute: set it to go to
         another epoch; ``state_dict()`` then names its start)."""
@@ -580,7 +634,7 @@ class Loader:
 
     @next_epoch.setter
     def next_epoch(self, epoch: int) -> None:
-        self._next_epoch = epoch
+        self._next_epoch = _count(epoch, "next_epoch")
         # an older epoch, left unfinished, is no longer where this loader is:
         # state_dict() must not report its position
         self._position = None
@@ -705,13 +759,12 @@ class Loader:
                 raise ValueError(f"{self.fname}: the loader state's {key} must be an integer "
                                  f"in [0, 2**63), got {value!r}")
         previous = self.seed
-        self.traversal_order.seed = int(seed)
+        self.seed = int(seed)  # the order's too
         try:
             self._shards(int(epoch), segments)  # a count past the epoch's end is refused now
         except BaseException:
-            self.traversal_order.seed = previous
+            self.seed = previous
             raise
-        self.seed = int(seed)
         self.next_epoch = int(epoch)
         self._resume = (self.next_epoch, segments) if segments else None
 
