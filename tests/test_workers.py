@@ -67,10 +67,11 @@ def labels_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-SHARED_MEMORY_NAMES = ("fastforward", "psm_", "wnsm_", "mp-", "sem.mp-")
+SHARED_MEMORY_NAMES = ("fastforward", "mp-", "sem.mp-")
 """What this process could leave in /dev/shm: its own segments (never named,
-but a fallback would be) and multiprocessing's. Other processes' files (torch's,
-on a shared machine) are theirs."""
+but a fallback would be) and multiprocessing's semaphores. Other processes'
+files on a shared machine are theirs: torch's, and the psm_* of Python's
+SharedMemory, which fastforward never uses and FFCV's writer does."""
 
 
 def shm_entries() -> set[str]:
