@@ -1058,6 +1058,20 @@ def test_seed_and_next_epoch_set_later_are_checked_and_seen_by_all(scalars: Path
     assert loader.state_dict()["epoch"] == 3
 
 
+def test_no_seed_draws_one_from_numpys_global_generator_as_ffcv(scalars: Path) -> None:
+    """A script that calls np.random.seed() gets the same order each run (the
+    seed came from the OS: FFCV users' seeded scripts lost their order)."""
+    def order() -> tuple[int, list[int]]:
+        loader = index_loader(scalars, batch_size=50, order=OrderOption.RANDOM)
+        return loader.seed, collect(loader)
+
+    np.random.seed(0)
+    first = order()
+    np.random.seed(0)
+    assert order() == first
+    assert order()[0] != first[0]  # the generator moved on: another seed
+
+
 @pytest.mark.parametrize("name", ["batch_size", "drop_last", "even_batches", "indices",
                                   "num_workers", "os_cache", "distributed", "world_size",
                                   "rank", "batches_ahead", "verify_checksums"])

@@ -490,6 +490,18 @@ def test_float_field_refuses_text_and_what_overflows(tmp_path: Path, value: obje
     assert Reader(tmp_path / "f.beton").metadata["f0"].tolist() == [0.5, 2.0]
 
 
+def test_float_field_takes_one_element_arrays_as_ffcv_does(tmp_path: Path) -> None:
+    """``np.array([y])`` (a pandas row's ``.values``), as FFCV and IntField take it;
+    two elements, or text in one, are still refused."""
+    values = [np.array([0.25], np.float32), np.array([[1.5]]), np.array([3])]
+    reader = write(tmp_path / "f.beton", {"x": FloatField()}, [(v,) for v in values])
+    assert reader.metadata["f0"].tolist() == [0.25, 1.5, 3.0]
+    for bad, message in ((np.array([1.0, 2.0]), "got ndarray"),
+                         (np.array(["1.5"]), "expected a real number, got ndarray")):
+        with pytest.raises(EncodeError, match=message):
+            write(tmp_path / "g.beton", {"x": FloatField()}, [(bad,)])
+
+
 def test_float_field_keeps_infinities(tmp_path: Path) -> None:
     values = [float("inf"), np.float64("-inf"), np.longdouble("inf"), np.float32("inf"),
               np.longdouble("0.5")]

@@ -89,6 +89,8 @@ class FloatField(Field):
     def encode(self, destination: np.ndarray, field: Any, malloc: Malloc) -> None:
         # float() parses text ('3.5', b'1_000', ' nan '): a number read from a file
         # and never converted is a bug in the dataset, refused as IntField refuses it
+        if isinstance(field, np.ndarray) and field.ndim > 0 and field.size == 1:
+            field = field.reshape(())  # np.array([y]), as FFCV (and IntField) take it
         if isinstance(field, np.ndarray) and field.dtype.kind == "O" and field.ndim == 0:
             field = field.item()  # what a 0-d object array holds
         if isinstance(field, (str, bytes, bytearray)) or (

@@ -165,10 +165,11 @@ class Loader:
             ``FASTFORWARD_DEFAULT_CACHE_PROCESS=1`` is set.
         order: an ``OrderOption`` or a ``TraversalOrder`` subclass.
         distributed: shard the epoch over ``torch.distributed``'s ranks.
-        seed: seeds the order and every random augmentation; None picks one
-            (with ``distributed=True``, rank 0 picks it and broadcasts it over
-            the process group, a collective every rank runs here; with
-            SEQUENTIAL order each rank picks its own and nothing is sent).
+        seed: seeds the order and every random augmentation; None draws one
+            from NumPy's global generator, as FFCV does (with
+            ``distributed=True``, rank 0 draws it and broadcasts it over the
+            process group, a collective every rank runs here; with SEQUENTIAL
+            order each rank draws its own and nothing is sent).
         indices: the samples to use (default: all), in this order for SEQUENTIAL.
         pipelines: ``{output name: list of operations | PipelineSpec | None}``;
             a field without an entry gets its default decoder and ``ToTensor()``,
@@ -324,9 +325,9 @@ class Loader:
     def _resolve_seed(self, seed: int | None, order: Any = None) -> int:
         if seed is not None:
             return _count(seed, "seed")
-        entropy = np.random.SeedSequence().entropy
-        assert isinstance(entropy, int)  # drawn from the OS when none is given
-        drawn = entropy % (1 << 31)
+        # from NumPy's global generator, as FFCV draws it: a script that calls
+        # np.random.seed() (or a seed_everything) gets the same order each run
+        drawn = int(np.random.randint(0, (1 << 31) - 1))
         if self.distributed and order is not OrderOption.SEQUENTIAL:
             # every rank must visit the same order: rank 0's seed, for all of them
             # (SEQUENTIAL's order needs none, so no collective is run for it)
