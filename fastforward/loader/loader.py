@@ -121,13 +121,14 @@ DEFAULT_OS_CACHE = not DEFAULT_PROCESS_CACHE
 """The default of ``os_cache`` at import (FFCV's name)."""
 
 
-def _count(value: Any, name: str) -> int:
+def _count(value: Any, name: str, error: type[Exception] | None = None) -> int:
     """A seed or an epoch: an integer in [0, 2**63) (a bool, a float or a
-    string is refused here, not deep in NumPy's seeding)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer in [0, 2**63), got {value!r}")
-    if not 0 <= value < 1 << 63:
-        raise ValueError(f"{name} must be an integer in [0, 2**63), got {value!r}")
+    string is refused here, not deep in NumPy's seeding). Refused with *error*,
+    or a TypeError for what is no integer and a ValueError for what is out of range."""
+    integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not integer or not 0 <= value < 1 << 63:
+        raise (error or (ValueError if integer else TypeError))(
+            f"{name} must be an integer in [0, 2**63), got {value!r}")
     return int(value)
 
 
@@ -753,20 +754,16 @@ class Loader:
                                  f"({key}={state[key]!r}; this loader: {mine!r}), so resuming "
                                  "here would give other samples than the rest of its epoch. "
                                  f"To resume anyway, delete the state's {key!r} entry")
-        epoch, seed = state["epoch"], state["seed"]
-        for key, value in (("epoch", epoch), ("seed", seed)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-                    or not 0 <= value < 1 << 63:
-                raise ValueError(f"{self.fname}: the loader state's {key} must be an integer "
-                                 f"in [0, 2**63), got {value!r}")
+        epoch, seed = (_count(state[key], f"{self.fname}: the loader state's {key}", ValueError)
+                       for key in ("epoch", "seed"))
         previous = self.seed
-        self.seed = int(seed)  # the order's too
+        self.seed = seed  # the order's too
         try:
-            self._shards(int(epoch), segments)  # a count past the epoch's end is refused now
+            self._shards(epoch, segments)  # a count past the epoch's end is refused now
         except BaseException:
             self.seed = previous
             raise
-        self.next_epoch = int(epoch)
+        self.next_epoch = epoch
         self._resume = (self.next_epoch, segments) if segments else None
 
     def __iter__(self) -> EpochIterator:
