@@ -269,9 +269,9 @@ def test_fused_batches_are_the_unfused_ones(small_beton: Path, policy: str, dtyp
                                                       else torch.int32)), name
 
 
-def test_no_fusion_on_tensors_nor_where_another_pipeline_reads(small_beton: Path) -> None:
+def test_no_fusion_on_tensors_nor_where_a_branch_reads(small_beton: Path) -> None:
     """A policy on torch tensors (its torch path) converts nothing itself; nor does
-    one whose output a branch reads, nor one instance used by two pipelines."""
+    one whose output a branch reads. One instance used by two pipelines fuses in each."""
     torch = pytest.importorskip("torch")
     from fastforward.fields.decoders import RandomResizedCropRGBImageDecoder
     from fastforward.reader import Reader
@@ -298,8 +298,14 @@ def test_no_fusion_on_tensors_nor_where_another_pipeline_reads(small_beton: Path
         "label": PipelineSpec("image", RandomResizedCropRGBImageDecoder((36, 44)),
                               [shared, T.Convert(np.float32)]),
     })
-    for pipeline in twice.pipelines:
-        assert type(pipeline.steps[-1].op).__name__ == "Convert"
+    # one instance in two pipelines: each has a copy of its own, fused for its own
+    # conversion (one copy fused for both wrote the last one's dtype in both)
+    assert [p.name for p in twice.pipelines] == ["image", "label"]
+    for pipeline, dtype in zip(twice.pipelines, (np.float16, np.float32), strict=True):
+        (step,) = pipeline.steps
+        assert type(step.op).__name__ == "RandAugment"
+        assert step.op.fused_output[0].dtype == dtype
+    assert shared.fused_output is None
 
 
 def test_the_users_policy_is_left_unfused(small_beton: Path) -> None:

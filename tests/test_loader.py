@@ -29,6 +29,7 @@ from fastforward.fields.decoders import (
 from fastforward.loader import Loader, OrderOption
 from fastforward.pipeline import AllocationQuery, Operation, PipelineSpec, State
 from fastforward.reader import Reader
+from fastforward.transforms import RandomHorizontalFlip
 from fastforward.traversal_order import TraversalOrder
 from fastforward.writer import DatasetWriter
 
@@ -207,11 +208,74 @@ def test_branch_from_an_operation(photos_file: Path) -> None:
     np.testing.assert_array_equal(inverted, 255 - plain)
 
 
-def test_one_decoder_for_two_fields_is_refused(scalars: Path) -> None:
-    decoder = IntDecoder()
-    with pytest.raises(ValueError, match=r"one IntDecoder instance decodes outputs 'index' "
-                                         r"and 'value'"):
-        Loader(scalars, 4, pipelines={"index": [decoder], "value": [decoder]})
+@pytest.fixture(scope="module")
+def two_photo_fields(tmp_path_factory: pytest.TempPathFactory, images: list[np.ndarray]) -> Path:
+    """24 samples of two photographs each (different images and sizes) and two labels
+    (``fine`` = i, ``coarse`` = i // 4), for pipelines shared by two fields."""
+    path = tmp_path_factory.mktemp("loader") / "pairs.beton"
+    data = [(images[i % len(images)], images[(i + 3) % len(images)], i, i // 4)
+            for i in range(24)]
+    DatasetWriter(path, {"left": RGBImageField(max_resolution=96),
+                         "right": RGBImageField(max_resolution=80),
+                         "fine": IntField(), "coarse": IntField()},
+                  num_workers=1, progress=False).from_indexed_dataset(data)
+    return path
+
+
+def test_one_pipeline_list_for_two_fields(two_photo_fields: Path) -> None:
+    """FFCV's ``{'fine': lp, 'coarse': lp}``: each field decodes its own values, and
+    its random draws are its own, as if it had a list of its own."""
+    label = [IntDecoder()]
+    image = [RandomResizedCropRGBImageDecoder((40, 40)), RandomHorizontalFlip(), Invert()]
+    shared = Loader(two_photo_fields, 6, order=OrderOption.RANDOM, seed=3,
+                    pipelines={"left": image, "right": image, "fine": label,
+                               "coarse": label})
+
+    def own() -> list[Operation]:
+        return [RandomResizedCropRGBImageDecoder((40, 40)), RandomHorizontalFlip(), Invert()]
+
+    separate = Loader(two_photo_fields, 6, order=OrderOption.RANDOM, seed=3,
+                      pipelines={"left": own(), "right": own(), "fine": [IntDecoder()],
+                                 "coarse": [IntDecoder()]})
+    for epoch in range(2):
+        for got, expected in zip(shared, separate, strict=True):
+            left, right, fine, coarse = got
+            np.testing.assert_array_equal(coarse, fine // 4)
+            assert left.shape == right.shape == (6, 40, 40, 3)
+            assert not np.array_equal(left, right)
+            for a, b in zip(got, expected, strict=True):
+                np.testing.assert_array_equal(a, b, err_msg=f"epoch {epoch}")
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_one_decoder_for_two_fields_follows_its_output_size(two_photo_fields: Path,
+                                                            worker_type: str) -> None:
+    decoder = CenterCropRGBImageDecoder((32, 32), 1.0)
+    loader = Loader(two_photo_fields, 8, num_workers=2, worker_type=worker_type,
+                    pipelines={"left": [decoder, Invert()], "right": [decoder],
+                               "fine": None, "coarse": None})
+    inverted, plain = next(iter(loader))
+    assert inverted.shape == plain.shape == (8, 32, 32, 3)
+    reference = Loader(two_photo_fields, 8, pipelines={
+        "left": [CenterCropRGBImageDecoder((32, 32), 1.0)],
+        "right": [CenterCropRGBImageDecoder((32, 32), 1.0)], "fine": None, "coarse": None})
+    left, right = next(iter(reference))
+    np.testing.assert_array_equal(inverted, 255 - left)
+    np.testing.assert_array_equal(plain, right)
+    decoder.output_size = (24, 20)  # between epochs, for both fields
+    inverted, plain = next(iter(loader))
+    assert inverted.shape == plain.shape == (8, 24, 20, 3)
+    loader.close()
+
+
+def test_one_decoder_for_two_fields_and_a_branch_is_refused(two_photo_fields: Path) -> None:
+    decoder = CenterCropRGBImageDecoder((32, 32), 1.0)
+    with pytest.raises(ValueError, match=r"one CenterCropRGBImageDecoder instance decodes "
+                                         r"outputs 'left' and 'right', and another pipeline "
+                                         r"branches from it"):
+        Loader(two_photo_fields, 4, pipelines={
+            "left": [decoder], "right": [decoder], "extra": PipelineSpec(decoder),
+            "fine": None, "coarse": None})
 
 
 def test_user_lists_are_not_modified(scalars: Path) -> None:

@@ -401,3 +401,41 @@ def test_one_flip_object_in_two_outputs_of_two_layouts(tmp_path: Path) -> None:
         (plain, hwc, chw), = list(loader)
         np.testing.assert_array_equal(hwc.numpy(), plain.numpy()[:, :, ::-1])
         np.testing.assert_array_equal(chw.permute(0, 2, 3, 1).numpy(), plain.numpy()[:, :, ::-1])
+
+
+def test_one_pipeline_list_for_two_fields_as_in_ffcv(tmp_path: Path,
+                                                     images: list[np.ndarray]) -> None:
+    """FFCV's ``{'fine': label_pipeline, 'coarse': label_pipeline}``, and one list of
+    operations after two decoders of different output sizes: each field gets what a
+    list of its own gives (the shared operations fused and declared per field)."""
+    path = tmp_path / "pairs.beton"
+    DatasetWriter(path, {"image": RGBImageField(max_resolution=96), "fine": IntField(),
+                         "coarse": IntField()}, num_workers=1, progress=False) \
+        .from_indexed_dataset([(images[i % len(images)], i, i // 4) for i in range(20)])
+    from fastforward.pipeline import PipelineSpec
+
+    def tail() -> list[Operation]:
+        return [ToTensor(), ToTorchImage(),
+                NormalizeImage(np.array([120.0, 110, 100]), np.array([60.0, 55, 50]),
+                               np.float16)]
+
+    def pipelines(labels: list[Any], labels2: list[Any], ops: list[Any],
+                  ops2: list[Any]) -> dict[str, Any]:
+        return {"image": [CenterCropRGBImageDecoder((32, 32), 0.9), *ops],
+                "small": PipelineSpec("image", CenterCropRGBImageDecoder((16, 24), 0.9),
+                                      ops2),
+                "fine": labels, "coarse": labels2}
+
+    labels, ops = [IntDecoder(), ToTensor(), Squeeze()], tail()
+    shared = Loader(path, 8, pipelines=pipelines(labels, labels, ops, ops))
+    separate = Loader(path, 8, pipelines=pipelines(
+        [IntDecoder(), ToTensor(), Squeeze()], [IntDecoder(), ToTensor(), Squeeze()],
+        tail(), tail()))
+    for got, expected in zip(shared, separate, strict=True):
+        image, fine, coarse, small = got
+        assert image.shape[1:] == (3, 32, 32)
+        assert small.shape[1:] == (3, 16, 24)
+        assert image.dtype == small.dtype == torch.float16
+        torch.testing.assert_close(coarse, fine // 4, rtol=0, atol=0)
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -409,6 +409,46 @@ def test_without_numba_loader_says_what_to_install(photo_file: Path,
         image_loader(photo_file, MirrorRows())
 
 
+class PythonUpsideDown(Operation):
+    """An FFCV operation that declares ``jit_mode=False``: plain Python on NumPy
+    batches (what FFCV users write for PIL or cv2 code), before ``ToTensor``."""
+
+    def generate_code(self) -> Callable:
+        def upside_down(images, out):
+            flipped = {i: image[::-1] for i, image in enumerate(images)}  # not numba
+            for i, image in flipped.items():
+                out[i] = image
+            return out
+        return upside_down
+
+    def declare_state_and_memory(self, previous_state: State):
+        return (replace(previous_state, jit_mode=False),
+                AllocationQuery(previous_state.shape, previous_state.dtype))
+
+
+@pytest.mark.parametrize("numba", ["installed", "missing"])
+def test_a_python_operation_on_numpy_before_to_tensor(photo_file: Path, numba: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """FFCV runs it as Python and ToTensor takes its NumPy batches; fastforward
+    refused it (ToTensor said it got torch tensors). It needs no numba."""
+    torch = pytest.importorskip("torch")
+    from fastforward.fields.decoders import SimpleRGBImageDecoder
+    from fastforward.transforms import ToTensor, ToTorchImage
+
+    if numba == "missing":
+        monkeypatch.setitem(sys.modules, "numba", None)
+    loader = Loader(photo_file, 8, pipelines={
+        "image": [SimpleRGBImageDecoder(), PythonUpsideDown(), ToTensor(), ToTorchImage()],
+        "label": None})
+    assert not loader.pipelines[0].steps[0].op.jit
+    plain = Loader(photo_file, 8, pipelines={"image": [SimpleRGBImageDecoder()],
+                                             "label": None})
+    for (images,), (reference,) in zip(loader, plain, strict=True):
+        assert isinstance(images, torch.Tensor)
+        expected = torch.from_numpy(np.ascontiguousarray(reference[:, ::-1]))
+        torch.testing.assert_close(images, expected.permute(0, 3, 1, 2), rtol=0, atol=0)
+
+
 class NotNumba(Operation):
     def generate_code(self) -> Callable:
         def bad(images, out):

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -96,6 +97,17 @@ def _register_helpers(numba: Any) -> None:
         typer.__wrapped__ = function  # type: ignore[attr-defined] # its signature, for numba
         numba.extending.overload(function, jit_options={"nogil": True})(typer)
         _REGISTERED.append(function)
+
+
+def _numpy_dtype(dtype: Any) -> bool:
+    """True if *dtype* names a NumPy dtype (``np.uint8``, ``'<f4'``), not a torch one."""
+    if dtype is None or type(dtype).__module__ == "torch":
+        return False
+    try:
+        np.dtype(dtype)
+    except TypeError:
+        return False
+    return True
 
 
 def _numba_or_none() -> Any:
@@ -340,6 +352,11 @@ class NumbaOperation(Decoder):
                                    self.compile_seconds)
         (self._code, self._fn, self._shared, self.jit, self.numba_parallel,
          self.with_indices, self.compile_seconds) = self._prepared[key]
+        if not state.jit_mode and _numpy_dtype(state.dtype) and str(state.device) == "cpu":
+            # FFCV's jit_mode=False with a NumPy dtype: Python code on NumPy batches
+            # (PIL, scipy, cv2), which ToTensor may follow. Its function is not
+            # compiled (above); to the steps after it, batches are still NumPy.
+            state = replace(state, jit_mode=True)
         return state, allocation
 
     def _prepare(self, previous: State, state: State, allocation: Any) -> None:

@@ -7,7 +7,9 @@ The loader hands ``compile_plan`` its ``PipelineSpec`` objects once per epoch
    after the pipeline holding its source operation;
 2. copies every decoder and operation (``Decoder.runtime_copy``,
    ``copy.copy``): a loader never shares state with another loader through
-   the objects the user handed it, and binds its decoder copies to the file;
+   the objects the user handed it, and binds its decoder copies to the file.
+   An object in two pipelines (one list for two fields) gets a copy in each,
+   but for a branch's source, which has one;
 3. lets each decoder, then each operation, take over operations that follow
    it (``Operation.fuse``: a crop decoder mirrors and converts while it
    resizes, an augmentation policy converts while it writes), up to the
@@ -142,14 +144,11 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
     leaders = _leaders(specs, fname)
     order = order_for_sources(specs, fname, leaders)
     sources = {id(s.source) for s in specs.values() if isinstance(s.source, Operation)}
-    uses: dict[int, int] = {}  # id(user's operation) -> the pipelines holding it
-    for spec in specs.values():
-        for op in spec.transforms:
-            uses[id(op)] = uses.get(id(op), 0) + 1
     earlier = {p.name: p.decoder for p in previous.pipelines} if previous else {}
     copies: dict[int, Operation] = {}  # id(user's operation) -> this plan's copy
     states: dict[int, State] = {}  # id(user's operation) -> its output state
-    decoder_owner: dict[int, str] = {}
+    decoder_owner: dict[int, str] = {}  # id(user's decoder) -> the first output it decodes
+    decoded: dict[str, State] = {}  # output -> its decoder's output state
     layout: dict[str, Any] = {}
     built: dict[str, PipelinePlan] = {}
     for name in order:
@@ -158,17 +157,24 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
         user_ops = list(spec.transforms)
         streams = [stream_id(op.random_stream or f"{name}/{position}")
                    for position, op in enumerate(user_ops, 1)]
-        ops = [copies.setdefault(id(op), copy.copy(op)) for op in user_ops]
+        # an operation in two pipelines (one list for two fields) gets a copy in each,
+        # declared and fused for its own input; one a branch reads has one copy, the
+        # one whose result the branch takes
+        ops = [copies.setdefault(id(op), copy.copy(op)) if id(op) in sources
+               else copy.copy(op) for op in user_ops]
         fused: set[int] = set()
         if isinstance(spec.source, str):
             user_decoder = spec.decoder
             assert isinstance(user_decoder, Decoder)
-            if id(user_decoder) in decoder_owner:
+            if id(user_decoder) in decoder_owner and id(user_decoder) in sources:
+                # a field each (FFCV's {'fine': lp, 'coarse': lp}) gets a copy each,
+                # but a branch from the decoder could not say which field it reads
                 raise ValueError(
                     f"{fname}: one {type(user_decoder).__name__} instance decodes outputs "
-                    f"{decoder_owner[id(user_decoder)]!r} and {name!r}: give each its own "
-                    "decoder, or branch with PipelineSpec(source=an operation)")
-            decoder_owner[id(user_decoder)] = name
+                    f"{decoder_owner[id(user_decoder)]!r} and {name!r}, and another "
+                    "pipeline branches from it (PipelineSpec(source=...)): give each "
+                    "field its own decoder")
+            decoder_owner.setdefault(id(user_decoder), name)
             decoder = user_decoder.runtime_copy(earlier.get(name))
             copies[id(user_decoder)] = decoder
             index = reader.field_names.index(spec.source)
@@ -183,9 +189,9 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
                 raise annotate(exc, f"{where}, {type(decoder).__name__}") from exc.__cause__
             leader = getattr(decoder, "follows", None)
             if leader is not None:  # a follower sizes its output from its leader's (masks)
-                decoder.leader_state = states[id(specs[leader].decoder)]
+                decoder.leader_state = decoded[leader]
             state, query = _declare(decoder, State(), where)
-            states[id(user_decoder)] = state
+            states[id(user_decoder)] = decoded[name] = state
             pipeline = PipelinePlan(name, decoder, spec.source, index, f"{name}/decoder",
                                     stream_id(f"{name}/0"), query, None,
                                     decoder_read=id(user_decoder) in sources)
@@ -206,7 +212,7 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
             if position - 1 in fused:  # an earlier step does it: the values pass through
                 states[id(user_op)] = state
                 continue
-            if id(user_op) not in sources and uses[id(user_op)] == 1:
+            if id(user_op) not in sources:
                 fused |= _fuse(op, user_ops, ops, streams, position, sources, state, where)
             before = state
             state, query = _declare(op, state, where)
@@ -244,8 +250,7 @@ def _fuse(op: Operation, user_ops: list[Operation], ops: list[Operation], stream
           position: int, sources: set[int], state: State, where: str) -> set[int]:
     """The positions (in the pipeline, from 0) of the operations after *op* (at
     *position*, from 1) that it takes over (``Operation.fuse``), among those up to
-    the first one another pipeline branches from. An operation that appears in
-    another pipeline too is never asked: its one copy could not fuse for both."""
+    the first one another pipeline branches from."""
     end = next((k for k in range(position, len(user_ops)) if id(user_ops[k]) in sources),
                len(user_ops))
     if end == position:
