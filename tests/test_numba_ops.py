@@ -449,6 +449,31 @@ def test_a_python_operation_on_numpy_before_to_tensor(photo_file: Path, numba: s
         torch.testing.assert_close(images, expected.permute(0, 3, 1, 2), rtol=0, atol=0)
 
 
+class TensorsWithANumPyDtype(PythonUpsideDown):
+    """Returns torch tensors, but declares NumPy batches."""
+
+    def generate_code(self) -> Callable:
+        import torch
+
+        def to_tensors(images, out):
+            return torch.from_numpy(images.copy())
+        return to_tensors
+
+
+def test_a_python_operation_that_says_numpy_and_returns_tensors(photo_file: Path) -> None:
+    pytest.importorskip("torch")
+    from fastforward.fields.decoders import SimpleRGBImageDecoder
+    from fastforward.transforms import ToTensor
+
+    loader = Loader(photo_file, 8, pipelines={
+        "image": [SimpleRGBImageDecoder(), TensorsWithANumPyDtype(), ToTensor()],
+        "label": None})
+    with pytest.raises(TypeError, match=r"TensorsWithANumPyDtype declares jit_mode=False "
+                                        r"with the NumPy dtype uint8 .* returned a "
+                                        r"torch.Tensor: return a NumPy array, or declare"):
+        next(iter(loader))
+
+
 class NotNumba(Operation):
     def generate_code(self) -> Callable:
         def bad(images, out):

@@ -280,6 +280,9 @@ class NumbaOperation(Decoder):
         self.jit = False  # compiled (else called as Python)
         self.numba_parallel = False  # compiled with parallel=True (prange on numba's threads)
         self.with_indices = False
+        # the NumPy dtype a jit_mode=False operation declares (Python code on NumPy
+        # batches: it returns NumPy), else None
+        self.numpy_python: np.dtype | None = None
         self.compile_seconds = 0.0  # the JIT time paid at construction
         self._code: Any = None  # the function generate_code() returned
         self._fn: Any = None  # what is called: the compiled function, or _code
@@ -352,7 +355,9 @@ class NumbaOperation(Decoder):
                                    self.compile_seconds)
         (self._code, self._fn, self._shared, self.jit, self.numba_parallel,
          self.with_indices, self.compile_seconds) = self._prepared[key]
+        self.numpy_python = None
         if not state.jit_mode and _numpy_dtype(state.dtype) and str(state.device) == "cpu":
+            self.numpy_python = np.dtype(state.dtype)
             # FFCV's jit_mode=False with a NumPy dtype: Python code on NumPy batches
             # (PIL, scipy, cv2), which ToTensor may follow. Its function is not
             # compiled (above); to the steps after it, batches are still NumPy.
@@ -438,9 +443,17 @@ class NumbaOperation(Decoder):
     def apply(self, batch: Any, destination: Any, context: BatchContext) -> Any:
         indices = np.ascontiguousarray(context.indices, dtype=np.uint64)
         try:
-            return self._call(context, [batch, destination], indices, len(indices))
+            result = self._call(context, [batch, destination], indices, len(indices))
         except Exception as exc:
             raise annotate(exc, self.name) from exc.__cause__
+        if self.numpy_python is not None and not isinstance(result, np.ndarray):
+            raise TypeError(
+                f"{self.name} declares jit_mode=False with the NumPy dtype "
+                f"{self.numpy_python} (NumPy batches, as FFCV reads it), but "
+                f"its function returned a {type(result).__module__}."
+                f"{type(result).__qualname__}: return a NumPy array, or declare the "
+                "dtype of what it returns (a torch dtype for tensors, as FFCV's ToTensor)")
+        return result
 
     def _call(self, context: BatchContext, args: list[Any], indices: np.ndarray, count: int) -> Any:
         if self.with_indices:
