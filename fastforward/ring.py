@@ -295,8 +295,11 @@ class SlotPool:
         self.dropped: collections.deque[int] = collections.deque()
         """Ids of shared segments this process has let go (workers may unmap them)."""
 
-    def acquire(self, layout: Layout) -> Slot:
-        """A slot whose buffers nothing else refers to, shaped for *layout*."""
+    def acquire(self, layout: Layout, rows: int | None = None) -> Slot:
+        """A slot whose buffers nothing else refers to, shaped for *layout*, of
+        *rows* samples (default: the pool's ``batch_size``; a loader's batch size
+        may change between epochs)."""
+        rows = self.batch_size if rows is None else rows
         let_go = None
         with self._lock:
             for position, slot in enumerate(self._free):
@@ -304,7 +307,7 @@ class SlotPool:
                     del self._free[position]
                     break
             else:
-                slot = self._new_slot()
+                slot = self._new_slot(rows)
                 if len(self._free) >= self.num_slots:
                     # the user holds them all: let the oldest go (their references
                     # keep it alive, unchanged) so the pool stays its size
@@ -317,15 +320,15 @@ class SlotPool:
         if slot.fence is not None:
             slot.fence.synchronize()  # the last copy out of these buffers has finished
             slot.fence = None  # (before buffers of another kind replace them)
-        if (slot.kind, slot.pin_shared, slot.pin_pipelines) != (
-                self.kind, self.pin_shared, self.pin_pipelines):
-            slot.__init__(self.batch_size, self.kind, self.dropped.append)  # type: ignore[misc]
+        if (slot.kind, slot.pin_shared, slot.pin_pipelines, slot.batch_size) != (
+                self.kind, self.pin_shared, self.pin_pipelines, rows):
+            slot.__init__(rows, self.kind, self.dropped.append)  # type: ignore[misc]
             slot.pin_shared, slot.pin_pipelines = self.pin_shared, self.pin_pipelines
         slot.fit(layout)
         return slot
 
-    def _new_slot(self) -> Slot:
-        slot = Slot(self.batch_size, self.kind, self.dropped.append)
+    def _new_slot(self, rows: int) -> Slot:
+        slot = Slot(rows, self.kind, self.dropped.append)
         slot.pin_shared, slot.pin_pipelines = self.pin_shared, self.pin_pipelines
         return slot
 

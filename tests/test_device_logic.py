@@ -85,7 +85,7 @@ def test_a_slot_let_go_while_held_waits_for_its_copies(monkeypatch: pytest.Monke
     slots[0].fence, slots[1].fence = FakeFence(log, "oldest"), FakeFence(log, "newer")
     for slot in slots:
         monkeypatch.setattr(slot, "is_held", lambda: True)
-    monkeypatch.setattr(pool, "_new_slot", lambda: type(slots[0])(4))
+    monkeypatch.setattr(pool, "_new_slot", lambda rows: type(slots[0])(rows))
     monkeypatch.setattr(type(slots[0]), "fit", lambda self, layout: None)
     fresh = pool.acquire({})
     assert fresh not in slots

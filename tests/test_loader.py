@@ -1136,7 +1136,7 @@ def test_no_seed_draws_one_from_numpys_global_generator_as_ffcv(scalars: Path) -
     assert order()[0] != first[0]  # the generator moved on: another seed
 
 
-@pytest.mark.parametrize("name", ["batch_size", "drop_last", "even_batches", "indices",
+@pytest.mark.parametrize("name", ["drop_last", "even_batches", "indices",
                                   "num_workers", "os_cache", "distributed", "world_size",
                                   "rank", "batches_ahead", "verify_checksums"])
 def test_what_a_loader_is_built_around_cannot_be_changed_after(scalars: Path,
@@ -1149,6 +1149,91 @@ def test_what_a_loader_is_built_around_cannot_be_changed_after(scalars: Path,
         setattr(loader, name, before)
     assert getattr(loader, name) is before
     assert len(collect(loader)) == 600
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_a_batch_size_schedule_between_epochs(photos_file: Path, worker_type: str) -> None:
+    """FFCV's loader reads ``batch_size`` at each epoch's start (a batch-size schedule);
+    ``loader.batch_size = 20`` failed deep in a batch's copy. Each epoch is the one a
+    loader made with that batch size gives, and a batch held across the change keeps
+    its values (its slot is not re-sized under it)."""
+    def make(batch_size: int, **kw) -> Loader:
+        return Loader(photos_file, batch_size, num_workers=2, worker_type=worker_type,
+                      order=OrderOption.RANDOM, seed=4, drop_last=False, pipelines={
+                          "image": [RandomResizedCropRGBImageDecoder((24, 24)), Invert()],
+                          "label": [IntDecoder()]}, **kw)
+
+    loader = make(8)
+    held = next(iter(loader))  # epoch 0, left unfinished
+    kept = [a.copy() for a in held]
+    for epoch, size in enumerate([8, 20, 3, 60, 8], 1):
+        loader.batch_size = size
+        assert loader.batch_size == size
+        assert len(loader) == -(-60 // size)
+        reference = make(size)
+        reference.next_epoch = epoch
+        got = list(loader)
+        assert [len(b[1]) for b in got] == [min(size, 60 - k) for k in range(0, 60, size)]
+        for batch, expected in zip(got, reference, strict=True):
+            for a, b in zip(batch, expected, strict=True):
+                np.testing.assert_array_equal(a, b, err_msg=f"epoch {epoch}, size {size}")
+        reference.close()
+    for a, b in zip(held, kept, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert loader.filter("label", lambda label: label % 2 == 0).batch_size == 8
+    loader.close()
+
+
+def test_a_batch_size_set_mid_epoch_applies_to_the_next(scalars: Path) -> None:
+    """The epoch under way keeps its batches and its state_dict() says their size; a
+    state resumes on a loader of that batch size."""
+    loader = index_loader(scalars, batch_size=10, order=OrderOption.RANDOM, seed=2)
+    epoch = iter(loader)
+    first = [next(epoch)[0].ravel().tolist() for _ in range(3)]
+    loader.batch_size = 25
+    assert len(loader) == 24  # the next epoch's
+    fourth = next(epoch)[0].ravel().tolist()
+    assert len(fourth) == 10
+    state = loader.state_dict()
+    assert state["batch_size"] == 10
+    rest = [int(i) for (b,) in epoch for i in b.ravel()]
+    assert sorted([i for b in first for i in b] + fourth + rest) == list(range(600))
+    assert {len(b) for (b,) in loader} == {25}
+
+    other = index_loader(scalars, batch_size=25, order=OrderOption.RANDOM, seed=2)
+    with pytest.raises(ValueError, match=r"saved with batch_size=10, this loader has 25 "
+                                         r"\(a batch-size schedule: set loader.batch_size = "
+                                         r"10 before load_state_dict\(\)\)"):
+        other.load_state_dict(state)
+    other.batch_size = 10
+    other.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"resumes epoch 0 from a state saved with "
+                                         r"batch_size=10 .* set batch_size before "
+                                         r"load_state_dict\(\), or once the resumed epoch"):
+        other.batch_size = 25
+    other.batch_size = 10  # the same: nothing changes
+    resumed = iter(other)
+    assert [int(i) for (b,) in resumed for i in b.ravel()] == rest
+    other.batch_size = 25
+    assert {len(b) for (b,) in other} == {25}
+
+
+@pytest.mark.parametrize(("value", "error"), [(0, ValueError), (-3, ValueError),
+                                              (2.5, TypeError), ("8", TypeError),
+                                              (True, TypeError), (None, TypeError)])
+def test_a_batch_size_must_be_a_whole_number(scalars: Path, value: object,
+                                             error: type[Exception]) -> None:
+    with pytest.raises(error, match="batch_size"):
+        Loader(scalars, value)  # type: ignore[arg-type]
+    loader = index_loader(scalars, batch_size=10)
+    with pytest.raises(error, match="batch_size"):
+        loader.batch_size = value  # type: ignore[assignment]
+    assert loader.batch_size == 10
+    loader.batch_size = np.int64(12)
+    assert type(loader.batch_size) is int
+    loader.batch_size = 16.0
+    assert loader.batch_size == 16
+    assert len(collect(loader)) == 592
 
 
 def test_failed_construction_leaks_no_file(scalars: Path) -> None:

@@ -132,6 +132,18 @@ def _count(value: Any, name: str, error: type[Exception] | None = None) -> int:
     return int(value)
 
 
+def _batch_size(value: Any, fname: str) -> int:
+    """A batch size: a whole number of at least 1 (``256.0`` is 256; ``2.5``, a bool
+    or a string is refused)."""
+    whole = isinstance(value, (int, np.integer, float, np.floating)) and not isinstance(
+        value, (bool, np.bool_)) and float(value).is_integer()
+    if not whole:
+        raise TypeError(f"{fname}: batch_size is a whole number of samples, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{fname}: batch_size must be at least 1, got {value!r}")
+    return int(value)
+
+
 class _Fixed:
     """A loader attribute set once, when the loader is made: its slots, its
     order and the identity its states carry were built from it, so a later
@@ -157,7 +169,8 @@ class Loader:
 
     Args:
         fname: the .beton file.
-        batch_size: samples per batch.
+        batch_size: samples per batch (a whole number; ``loader.batch_size = n``
+            between epochs changes it from the next epoch, as in FFCV).
         num_workers: decoding threads; ``-1`` uses every CPU this process may run on.
         os_cache: True reads through a memory map (the OS page cache holds the
             data, shared across processes); False reads each batch's bytes ahead
@@ -207,7 +220,6 @@ class Loader:
     operation's settings) on the object you passed, between epochs.
     """
 
-    batch_size = _Fixed()
     num_workers = _Fixed()
     os_cache = _Fixed()
     distributed = _Fixed()
@@ -231,8 +243,7 @@ class Loader:
                  start_method: str | None = None, verify_checksums: bool = False,
                  timeout: float | None = None) -> None:
         refuse_in_a_worker("Loader()")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        batch_size = _batch_size(batch_size, os.fspath(fname))
         if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
             raise ValueError(f"timeout must be a number of seconds above 0, or None, got "
                              f"{timeout!r}")
@@ -250,7 +261,7 @@ class Loader:
             "worker_type": worker_type, "start_method": start_method,
             "verify_checksums": verify_checksums, "timeout": timeout}
         self.fname = os.fspath(fname)
-        self.batch_size = int(batch_size)
+        self._batch_size = batch_size
         self.num_workers = default_workers() if num_workers < 1 else int(num_workers)
         if os_cache is None:
             os_cache = os.environ.get("FASTFORWARD_DEFAULT_CACHE_PROCESS", "0") != "1"
@@ -301,14 +312,8 @@ class Loader:
         if self.workers.kind == PROCESS:  # the reader's tables are shared now: the plan
             self._compile()               # binds them, and lets go of the private ones
         # batches_ahead in flight, one in the channel, the one the consumer
-        # holds, and the previous one, still alive while next() runs in a loop;
-        # with a built-in order no batch is longer than the samples (a rank's
-        # share, padded, is at most all of them), so a batch_size past them sizes
-        # no slot (a custom order may visit a sample twice)
-        rows = self.batch_size
-        if self._builtin_order:
-            rows = max(1, min(self.batch_size, len(self.indices)))
-        self._owned.slots = self._slots = SlotPool(self.batches_ahead + 3, rows)
+        # holds, and the previous one, still alive while next() runs in a loop
+        self._owned.slots = self._slots = SlotPool(self.batches_ahead + 3, self._slot_rows())
         if self.workers.kind == PROCESS:
             self._slots.kind = SHARED
             self._slots.pin_shared = self._stage is not None
@@ -642,6 +647,37 @@ class Loader:
         self._position = None
 
     @property
+    def batch_size(self) -> int:
+        """Samples per batch. It may be set between epochs (a batch-size schedule,
+        as FFCV's loader takes it): the next ``iter()`` makes batches of the new
+        size (and ``len()`` counts them at once); an epoch already started keeps
+        its own, as does its ``state_dict()``."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: Any) -> None:
+        value = _batch_size(value, self.fname)
+        if value == self._batch_size:
+            return
+        if self._resume is not None:
+            raise ValueError(
+                f"{self.fname}: this loader resumes epoch {self._resume[0]} from a state "
+                f"saved with batch_size={self._batch_size} (load_state_dict()), whose "
+                "remaining batches are of that size: set batch_size before "
+                "load_state_dict(), or once the resumed epoch has started")
+        self._batch_size = value
+        self._args["batch_size"] = value  # filter()'s loaders
+
+    def _slot_rows(self) -> int:
+        """Rows of a slot for this batch size. With a built-in order no batch is
+        longer than the samples (a rank's share, padded, is at most all of them),
+        so a batch_size past them sizes no slot (a custom order may visit a sample
+        twice)."""
+        if self._builtin_order:
+            return max(1, min(self.batch_size, len(self.indices)))
+        return self.batch_size
+
+    @property
     def ring_slots(self) -> int:
         """Batch buffers the loader keeps (``batches_ahead + 3``): its memory is
         about this many batches, plus one more per batch you hold on to."""
@@ -654,7 +690,7 @@ class Loader:
         operation's own (a decoder and three operations that each write a new
         array: four batches of images). ``ring_slots`` of them, plus one per
         batch you keep."""
-        return layout_nbytes(self._compile().layout, self._slots.batch_size)
+        return layout_nbytes(self._compile().layout, self._slot_rows())
 
     def __len__(self) -> int:
         """Batches in the next epoch (for this rank)."""
@@ -682,11 +718,12 @@ class Loader:
         if position is not None and not position.finished:
             epoch, segments = position.epoch, [*position.segments,
                                                [self.world_size, position.delivered]]
+            batch_size = position.batch_size  # batch_size may be set for the next one
         else:
-            epoch = self.next_epoch
+            epoch, batch_size = self.next_epoch, self.batch_size
             segments = self._segments(epoch)
         return {"version": STATE_VERSION, "epoch": int(epoch), "seed": int(self.seed),
-                "batch_size": self.batch_size, "num_samples": len(self.indices),
+                "batch_size": batch_size, "num_samples": len(self.indices),
                 "segments": [[int(w), int(k)] for w, k in segments], **self._identity()}
 
     def _identity(self) -> dict[str, Any]:
@@ -742,8 +779,12 @@ class Loader:
                 "beginning (set the state's 'segments' to [])")
         for key, mine in (("batch_size", self.batch_size), ("num_samples", len(self.indices))):
             if state[key] != mine or isinstance(state[key], (bool, float)):
+                hint = (f" (a batch-size schedule: set loader.batch_size = {state[key]!r} "
+                        "before load_state_dict())" if key == "batch_size" and isinstance(
+                            state[key], int) and not isinstance(state[key], bool)
+                        and state[key] >= 1 else "")
                 raise ValueError(f"{self.fname}: the state was saved with {key}={state[key]!r}, "
-                                 f"this loader has {mine}")
+                                 f"this loader has {mine}{hint}")
         for key, mine in self._identity().items():
             if key in state and isinstance(mine, bool) and not isinstance(state[key], bool):
                 raise ValueError(f"{self.fname}: the loader state's {key} is {state[key]!r}, "
@@ -789,7 +830,7 @@ class Loader:
                 raise
             # published with the epoch's number, in this order: a state_dict() from
             # another thread meanwhile says this epoch's start, not the next one
-            position = EpochPosition(epoch, list(segments), len(batches))
+            position = EpochPosition(epoch, list(segments), len(batches), self.batch_size)
             self._position = position
             self._next_epoch = epoch + 1  # (the setter would forget that position)
             self._resume = None
@@ -806,13 +847,13 @@ class Loader:
         # ranges' payloads)
         fetch: Callable[[np.ndarray], Any] = functools.partial(self.memory_manager.fetch,
                                                                fields=workers.fields)
-        slots = self._slots
+        slots, rows = self._slots, self._slot_rows()
         epoch_plan = EpochPlan(
             batches=batches,
             fetch=fetch,
-            acquire_slot=(functools.partial(slots.acquire, layout) if self._stage is None
+            acquire_slot=(functools.partial(slots.acquire, layout, rows) if self._stage is None
                           else functools.partial(_on_device, self._stage.device, slots.acquire,
-                                                 layout)),
+                                                 layout, rows)),
             release_slot=slots.release,
             # a resumed epoch's batches keep their places in it (BatchContext.batch_index)
             run_batch=functools.partial(_run_batch, plan, epoch, self.seed, self._stage,
@@ -916,10 +957,12 @@ class EpochPosition:
     """Where an epoch is (``Loader.state_dict``): kept by its loader after the
     epoch's iterator is dropped, which refers to its epochs weakly otherwise."""
 
-    __slots__ = ("delivered", "epoch", "finished", "segments")
+    __slots__ = ("batch_size", "delivered", "epoch", "finished", "segments")
 
-    def __init__(self, epoch: int, segments: list[list[int]], length: int) -> None:
+    def __init__(self, epoch: int, segments: list[list[int]], length: int,
+                 batch_size: int = 0) -> None:
         self.epoch = epoch
+        self.batch_size = batch_size  # the epoch's, whatever the loader's is now
         self.segments = segments  # how this epoch was resumed, if it was
         self.delivered = 0  # batches handed out
         self.finished = length == 0  # its last batch was handed out
