@@ -449,6 +449,82 @@ def test_a_python_operation_on_numpy_before_to_tensor(photo_file: Path, numba: s
         torch.testing.assert_close(images, expected.permute(0, 3, 1, 2), rtol=0, atol=0)
 
 
+class InheritsPython(Operation):
+    """Mirrors left-right with Python numba cannot compile, keeping the state it is
+    given (``replace(previous_state)``): after a jit_mode=False operation FFCV runs
+    it as Python too."""
+
+    def generate_code(self) -> Callable:
+        def mirror(images, out):
+            rows = {i: image[:, ::-1] for i, image in enumerate(images)}  # not numba
+            for i, image in rows.items():
+                out[i] = image
+            return out
+        return mirror
+
+    def declare_state_and_memory(self, previous_state: State):
+        return replace(previous_state), AllocationQuery(previous_state.shape,
+                                                        previous_state.dtype)
+
+
+def test_an_operation_after_a_python_one_inherits_its_mode(photo_file: Path) -> None:
+    """FFCV's operations see jit_mode=False after a Python one, and one that keeps
+    it runs as Python (fastforward compiled it, and numba refused its code); one
+    that sets jit_mode=True is compiled, as in FFCV."""
+    pytest.importorskip("numba")
+    torch = pytest.importorskip("torch")
+    from fastforward.fields.decoders import SimpleRGBImageDecoder
+    from fastforward.transforms import ToTensor
+
+    loader = Loader(photo_file, 8, pipelines={
+        "image": [SimpleRGBImageDecoder(), PythonUpsideDown(), InheritsPython(),
+                  CompiledMirrorRows(), MirrorRows(), ToTensor()],
+        "label": None})
+    assert [step.op.jit for step in loader.pipelines[0].steps[:4]] == [False, False, True, True]
+    plain = Loader(photo_file, 8, pipelines={"image": [SimpleRGBImageDecoder()],
+                                             "label": None})
+    for (images,), (reference,) in zip(loader, plain, strict=True):
+        # upside down, mirrored, upside down twice more (compiled)
+        expected = np.ascontiguousarray(reference[:, ::-1, ::-1])
+        torch.testing.assert_close(images, torch.from_numpy(expected), rtol=0, atol=0)
+
+
+class CompiledMirrorRows(MirrorRows):
+    """MirrorRows that declares jit_mode=True, whatever came before it."""
+
+    def declare_state_and_memory(self, previous_state: State):
+        return (replace(previous_state, jit_mode=True),
+                AllocationQuery(previous_state.shape, previous_state.dtype))
+
+
+class PythonTensorDecoder(Operation):
+    """An FFCV-style decoder in Python (jit_mode=False, NumPy dtype) that returns
+    a tensor."""
+
+    def declare_state_and_memory(self, previous_state: State):
+        return (State(jit_mode=False, shape=(1,), dtype=np.dtype("<i8")),
+                AllocationQuery((1,), np.dtype("<i8")))
+
+    def generate_code(self) -> Callable:
+        import torch
+
+        def decode(indices, destination, metadata, storage_state):
+            return torch.from_numpy(indices.astype(np.int64)[:, None])
+        return decode
+
+
+def test_a_python_decoder_that_says_numpy_and_returns_tensors(photo_file: Path) -> None:
+    pytest.importorskip("torch")
+    from fastforward.transforms import ToTensor
+
+    loader = Loader(photo_file, 8, pipelines={
+        "image": None, "label": [PythonTensorDecoder(), ToTensor()]})
+    with pytest.raises(TypeError, match=r"samples 0, …, 7, field 'label', PythonTensorDecoder: "
+                                        r"PythonTensorDecoder declares jit_mode=False with "
+                                        r"the NumPy dtype int64 .* returned a torch.Tensor"):
+        next(iter(loader))
+
+
 class TensorsWithANumPyDtype(PythonUpsideDown):
     """Returns torch tensors, but declares NumPy batches."""
 

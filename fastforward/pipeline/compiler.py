@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -97,6 +97,31 @@ def _register_helpers(numba: Any) -> None:
         typer.__wrapped__ = function  # type: ignore[attr-defined] # its signature, for numba
         numba.extending.overload(function, jit_options={"nogil": True})(typer)
         _REGISTERED.append(function)
+
+
+@dataclass(frozen=True)
+class PythonState(State):
+    """The state after an FFCV operation that declared ``jit_mode=False`` on NumPy
+    batches (Python code: PIL, cv2): NumPy batches to fastforward (``jit_mode`` True,
+    so that ``ToTensor`` takes them), ``jit_mode=False`` again to the FFCV operations
+    after it, which inherit it with ``replace(previous_state)`` and run as Python,
+    as FFCV runs them. ``dataclasses.replace`` keeps the class."""
+
+
+def _as_ffcv_sees_it(state: State) -> State:
+    """*state* as an FFCV operation expects it: after a ``PythonState``, a plain
+    ``State`` in ``jit_mode=False``."""
+    if isinstance(state, PythonState) and state.jit_mode:
+        return State(**{f.name: getattr(state, f.name) for f in fields(State)
+                        if f.name != "jit_mode"}, jit_mode=False)
+    return state
+
+
+def _numpy_result(result: Any) -> bool:
+    """An array, or a tuple or list of them (a decoder of several buffers)."""
+    if isinstance(result, (tuple, list)):
+        return all(isinstance(r, np.ndarray) for r in result)
+    return isinstance(result, np.ndarray)
 
 
 def _numpy_dtype(dtype: Any) -> bool:
@@ -345,6 +370,7 @@ class NumbaOperation(Decoder):
     # -- building -----------------------------------------------------------------
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, Any]:
+        previous_state = _as_ffcv_sees_it(previous_state)
         state, allocation = self.op.declare_state_and_memory(previous_state)
         key = (self.role, repr(previous_state), repr(state), repr(allocation),
                Compiler.is_enabled, Compiler.num_threads)
@@ -361,7 +387,8 @@ class NumbaOperation(Decoder):
             # FFCV's jit_mode=False with a NumPy dtype: Python code on NumPy batches
             # (PIL, scipy, cv2), which ToTensor may follow. Its function is not
             # compiled (above); to the steps after it, batches are still NumPy.
-            state = replace(state, jit_mode=True)
+            state = PythonState(**{f.name: getattr(state, f.name) for f in fields(State)
+                                   if f.name != "jit_mode"}, jit_mode=True)
         return state, allocation
 
     def _prepare(self, previous: State, state: State, allocation: Any) -> None:
@@ -429,11 +456,13 @@ class NumbaOperation(Decoder):
         state = self._storage(context, indices)
         dst = _rows(destination, lo, hi)
         try:
-            self._local.result = self._call(context, [indices, dst, self.metadata, state],
-                                            indices, hi - lo)
+            result = self._call(context, [indices, dst, self.metadata, state], indices,
+                                hi - lo)
+            self._check_numpy(result)
         except Exception as exc:
             raise annotate(exc, f"{self.fname}: samples {listed(indices)}, "
                                 f"field {self.field_name!r}, {self.name}") from exc.__cause__
+        self._local.result = result
 
     def output(self, destination: Any, count: int) -> Any:
         result = self._local.result
@@ -446,14 +475,18 @@ class NumbaOperation(Decoder):
             result = self._call(context, [batch, destination], indices, len(indices))
         except Exception as exc:
             raise annotate(exc, self.name) from exc.__cause__
-        if self.numpy_python is not None and not isinstance(result, np.ndarray):
+        self._check_numpy(result)
+        return result
+
+    def _check_numpy(self, result: Any) -> None:
+        """A jit_mode=False function that declared NumPy batches returned them."""
+        if self.numpy_python is not None and not _numpy_result(result):
             raise TypeError(
                 f"{self.name} declares jit_mode=False with the NumPy dtype "
                 f"{self.numpy_python} (NumPy batches, as FFCV reads it), but "
                 f"its function returned a {type(result).__module__}."
                 f"{type(result).__qualname__}: return a NumPy array, or declare the "
                 "dtype of what it returns (a torch dtype for tensors, as FFCV's ToTensor)")
-        return result
 
     def _call(self, context: BatchContext, args: list[Any], indices: np.ndarray, count: int) -> Any:
         if self.with_indices:
