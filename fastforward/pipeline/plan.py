@@ -144,6 +144,15 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
     leaders = _leaders(specs, fname)
     order = order_for_sources(specs, fname, leaders)
     sources = {id(s.source) for s in specs.values() if isinstance(s.source, Operation)}
+    holders: dict[int, list[str]] = {}  # id(a source operation) -> the pipelines holding it
+    for name, spec in specs.items():
+        for op in spec.transforms:
+            if id(op) in sources and name not in holders.setdefault(id(op), [name]):
+                raise ValueError(
+                    f"{fname}: one {type(op).__name__} instance is in pipelines "
+                    f"{holders[id(op)][0]!r} and {name!r}, and another pipeline branches "
+                    "from it (PipelineSpec(source=...)): give each pipeline its own, so "
+                    "that the branch says which one it reads")
     earlier = {p.name: p.decoder for p in previous.pipelines} if previous else {}
     copies: dict[int, Operation] = {}  # id(user's operation) -> this plan's copy
     states: dict[int, State] = {}  # id(user's operation) -> its output state
