@@ -252,7 +252,7 @@ def render(path: str | os.PathLike[str], out: str | os.PathLike[str], samples: i
             "order": OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL,
             "worker_type": "thread", "custom_fields": custom_fields}
         with Loader(path, **options, pipelines=dict.fromkeys(reader.field_names)) as probe:
-            chosen = probe._batches(epoch, [])[0]  # the samples drawn: their masks checked
+            chosen = probe._batches(epoch, [], count)[0]  # the samples drawn: their masks checked
         image_name, pipelines = preview_pipelines(reader, image, decoder, size, flip, chosen)
         handlers = reader.handlers
     with Loader(path, **options, pipelines=pipelines) as loader:
@@ -260,7 +260,7 @@ def render(path: str | os.PathLike[str], out: str | os.PathLike[str], samples: i
         batch = next(iter(loader))
         names = [n for n in handlers if pipelines.get(n) is not None]
         outputs = dict(zip(names, batch, strict=True))
-        indices = np.asarray(loader._batches(epoch, [])[0])
+        indices = np.asarray(loader._batches(epoch, [], count)[0])
     columns = max(1, min(columns, count))  # no blank columns past the samples
     rows = -(-count // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)

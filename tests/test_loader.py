@@ -278,6 +278,17 @@ def test_one_decoder_for_two_fields_and_a_branch_is_refused(two_photo_fields: Pa
             "fine": None, "coarse": None})
 
 
+def test_one_operation_in_two_fields_and_a_branch_is_refused(two_photo_fields: Path) -> None:
+    """The branch read the last field's output, silently."""
+    invert = Invert()
+    with pytest.raises(ValueError, match=r"one Invert instance is in pipelines 'left' and "
+                                         r"'right', and another pipeline branches from it"):
+        Loader(two_photo_fields, 4, pipelines={
+            "left": [CenterCropRGBImageDecoder((24, 24), 1.0), invert],
+            "right": [CenterCropRGBImageDecoder((16, 16), 1.0), invert],
+            "extra": PipelineSpec(invert), "fine": None, "coarse": None})
+
+
 def test_user_lists_are_not_modified(scalars: Path) -> None:
     ops = [IntDecoder()]
     Loader(scalars, 4, pipelines={"index": ops, "value": None})
@@ -513,7 +524,7 @@ def test_raw_batches_on_the_copy_thread_are_whole(raw_file: Path, after: list[st
     with Loader(raw_file, 16, num_workers=2, batches_ahead=2, order=OrderOption.RANDOM,
                 pipelines={"image": ops}) as loader:
         for _ in range(2):
-            order = np.concatenate(loader._batches(loader.next_epoch, []))
+            order = np.concatenate(loader._batches(loader.next_epoch, [], loader.batch_size))
             held = [batch for (batch,) in loader]
             got = np.concatenate(held)
             np.testing.assert_array_equal(got, 255 - expected[order] if after else expected[order])
@@ -1207,15 +1218,51 @@ def test_a_batch_size_set_mid_epoch_applies_to_the_next(scalars: Path) -> None:
         other.load_state_dict(state)
     other.batch_size = 10
     other.load_state_dict(state)
-    with pytest.raises(ValueError, match=r"resumes epoch 0 from a state saved with "
-                                         r"batch_size=10 .* set batch_size before "
-                                         r"load_state_dict\(\), or once the resumed epoch"):
-        other.batch_size = 25
-    other.batch_size = 10  # the same: nothing changes
+    # a resumed epoch was started (elsewhere): it keeps its size, as does its state;
+    # the size set now applies from the next epoch
+    other.batch_size = 25
+    assert other.state_dict() == state
+    assert len(other) == len(rest) // 10
     resumed = iter(other)
     assert [int(i) for (b,) in resumed for i in b.ravel()] == rest
-    other.batch_size = 25
     assert {len(b) for (b,) in other} == {25}
+
+    # another state of another size, after one was loaded (the size set for it)
+    again = index_loader(scalars, batch_size=10, order=OrderOption.RANDOM, seed=2)
+    again.load_state_dict(state)
+    again.batch_size = 25
+    later = other.state_dict()
+    again.load_state_dict(later)
+    assert again.state_dict() == later
+    again.next_epoch = 5  # no longer the resumed epoch: the loader's size
+    assert len(again) == 24
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_a_batch_size_set_while_an_epoch_starts(scalars: Path, worker_type: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """batch_size set (by another thread, or here by the workers' start itself)
+    while iter() starts an epoch: the epoch is of one size, the one it started
+    with (its batches were cut for one size and its slots sized for the other:
+    'out holds 4 images, the range has 32')."""
+    loader = Loader(scalars, 64, num_workers=1, worker_type=worker_type, pipelines={
+        "index": [IntDecoder()], "value": None})
+    open_epoch = loader.workers.open_epoch
+    states = []
+
+    def meanwhile(*args, **kw):  # type: ignore[no-untyped-def]
+        loader.batch_size = 4
+        return open_epoch(*args, **kw)
+
+    monkeypatch.setattr(loader.workers, "open_epoch", meanwhile)
+    epoch = iter(loader)
+    first = [next(epoch)[0]]
+    states.append(loader.state_dict())
+    first += [index for (index,) in epoch]
+    assert {len(index) for index in first} == {64}
+    assert states[0]["batch_size"] == 64
+    assert {len(index) for (index,) in loader} == {4}
+    loader.close()
 
 
 @pytest.mark.parametrize(("value", "error"), [(0, ValueError), (-3, ValueError),

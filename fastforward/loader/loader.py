@@ -276,7 +276,9 @@ class Loader:
         self._start_method = start_method
         self.verify_checksums = bool(verify_checksums)
         self.timeout = None if timeout is None else float(timeout)
-        self._opening = threading.Lock()  # __iter__: one epoch claimed at a time
+        # __iter__: one epoch claimed at a time (reentrant: an order or a hook it
+        # runs may set batch_size on the same thread)
+        self._opening = threading.RLock()
         self._opening_pid = os.getpid()
         # what close() and garbage collection release (it must not refer to the loader)
         self._owned = _Owned()
@@ -313,14 +315,16 @@ class Loader:
             self._compile()               # binds them, and lets go of the private ones
         # batches_ahead in flight, one in the channel, the one the consumer
         # holds, and the previous one, still alive while next() runs in a loop
-        self._owned.slots = self._slots = SlotPool(self.batches_ahead + 3, self._slot_rows())
+        self._owned.slots = self._slots = SlotPool(self.batches_ahead + 3,
+                                                      self._slot_rows(self.batch_size))
         if self.workers.kind == PROCESS:
             self._slots.kind = SHARED
             self._slots.pin_shared = self._stage is not None
         elif self._stage is not None:
             self._slots.kind = PINNED
         self._slots.pin_pipelines = self._pinned_pipelines(cuda)
-        self._resume: tuple[int, list[list[int]]] | None = None  # (epoch, segments)
+        # (epoch, segments, batch size): the epoch load_state_dict() resumes
+        self._resume: tuple[int, list[list[int]], int] | None = None
         self._state_identity: dict[str, Any] | None = None  # see _identity
         # where the last epoch started is (kept after a `break` drops its iterator)
         self._position: EpochPosition | None = None
@@ -463,7 +467,7 @@ class Loader:
     def first_traversal_order(self) -> np.ndarray:
         """FFCV's attribute: this rank's samples of epoch 0, in order, for the
         loader's seed now (made when asked for, where FFCV makes it in ``Loader()``)."""
-        return self._shards(0, [])[self.rank].order
+        return self._shards(0, [], self.batch_size)[self.rank].order
 
     def _choose_workers(self, worker_type: str) -> ThreadWorkers | ProcessWorkers:
         """Threads, unless stage 1 holds an operation that keeps the GIL ('auto')."""
@@ -530,9 +534,12 @@ class Loader:
                              "a loader feeds one GPU (use one loader per device)")
         return DeviceStage(devices.pop())
 
-    def _shards(self, epoch: int, segments: list[list[int]]) -> list[Shard]:
+    def _shards(self, epoch: int, segments: list[list[int]], batch_size: int | None = None
+                ) -> list[Shard]:
         """Every rank's samples of *epoch*, after the resumed *segments*
         (``[world_size, batches done]`` each); see ``traversal_order.sharding``."""
+        if batch_size is None:  # the size of *epoch*'s batches
+            batch_size = self._epoch_batch_size(epoch)
         world = segments[0][0] if segments else self.world_size
         shards = self.traversal_order.rank_orders(epoch, world, self.even_batches)
         if not self._builtin_order:
@@ -543,27 +550,30 @@ class Loader:
                 self._check_range(sample_numbers(shard.order, where), where)
         for position, (ranks, done) in enumerate(segments):
             longest = max((len(s.order) for s in shards), default=0)
-            available = longest // self.batch_size if self.drop_last else -(-longest //
-                                                                               self.batch_size)
+            available = longest // batch_size if self.drop_last else -(-longest // batch_size)
             if done > available:
                 raise ValueError(
                     f"{self.fname}: the loader state says {done} batches of epoch {epoch} "
                     f"were done on {ranks} rank(s), but each had at most {available} "
-                    f"(batch_size={self.batch_size}): it was not saved by this loader")
+                    f"(batch_size={batch_size}): it was not saved by this loader")
             world = segments[position + 1][0] if position + 1 < len(segments) else self.world_size
-            shards = resume(shards, done * self.batch_size, world, self.even_batches)
+            shards = resume(shards, done * batch_size, world, self.even_batches)
         return shards
 
-    def _batches(self, epoch: int, segments: list[list[int]]) -> list[np.ndarray]:
-        order = self._shards(epoch, segments)[self.rank].order
-        count = len(order) // self.batch_size if self.drop_last else -(-len(order)
-                                                                         // self.batch_size)
-        return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(count)]
+    def _batches(self, epoch: int, segments: list[list[int]], batch_size: int | None = None
+                 ) -> list[np.ndarray]:
+        """This rank's batches of *epoch* (of *batch_size*, by default the epoch's)."""
+        if batch_size is None:
+            batch_size = self._epoch_batch_size(epoch)
+        order = self._shards(epoch, segments, batch_size)[self.rank].order
+        count = len(order) // batch_size if self.drop_last else -(-len(order) // batch_size)
+        return [order[i * batch_size : (i + 1) * batch_size] for i in range(count)]
 
     def next_traversal_order(self) -> np.ndarray:
         """This rank's samples for the next epoch, in order (FFCV's method)."""
         epoch = self.next_epoch
-        return self._shards(epoch, self._segments(epoch))[self.rank].order
+        return self._shards(epoch, self._segments(epoch),
+                            self._epoch_batch_size(epoch))[self.rank].order
 
     def filter(self, field_name: str, condition: Callable[[Any], bool]) -> Loader:
         """A loader like this one over only the samples whose *field_name* satisfies *condition*.
@@ -651,31 +661,32 @@ class Loader:
         """Samples per batch. It may be set between epochs (a batch-size schedule,
         as FFCV's loader takes it): the next ``iter()`` makes batches of the new
         size (and ``len()`` counts them at once); an epoch already started keeps
-        its own, as does its ``state_dict()``."""
+        its own, as does its ``state_dict()``, and so does an epoch that
+        ``load_state_dict()`` resumes (it was started where it was saved)."""
         return self._batch_size
 
     @batch_size.setter
     def batch_size(self, value: Any) -> None:
         value = _batch_size(value, self.fname)
-        if value == self._batch_size:
-            return
-        if self._resume is not None:
-            raise ValueError(
-                f"{self.fname}: this loader resumes epoch {self._resume[0]} from a state "
-                f"saved with batch_size={self._batch_size} (load_state_dict()), whose "
-                "remaining batches are of that size: set batch_size before "
-                "load_state_dict(), or once the resumed epoch has started")
-        self._batch_size = value
-        self._args["batch_size"] = value  # filter()'s loaders
+        with self._opening_lock():  # not while iter() starts an epoch from it
+            self._batch_size = value
+            self._args["batch_size"] = value  # filter()'s loaders
 
-    def _slot_rows(self) -> int:
-        """Rows of a slot for this batch size. With a built-in order no batch is
-        longer than the samples (a rank's share, padded, is at most all of them),
+    def _epoch_batch_size(self, epoch: int) -> int:
+        """The batch size of *epoch*: a resumed epoch's is the one its state was
+        saved with (it was started, elsewhere), any other's the loader's."""
+        if self._resume and self._resume[0] == epoch:
+            return self._resume[2]
+        return self._batch_size
+
+    def _slot_rows(self, batch_size: int) -> int:
+        """Rows of a slot for batches of *batch_size*. With a built-in order no batch
+        is longer than the samples (a rank's share, padded, is at most all of them),
         so a batch_size past them sizes no slot (a custom order may visit a sample
         twice)."""
         if self._builtin_order:
-            return max(1, min(self.batch_size, len(self.indices)))
-        return self.batch_size
+            return max(1, min(batch_size, len(self.indices)))
+        return batch_size
 
     @property
     def ring_slots(self) -> int:
@@ -690,11 +701,13 @@ class Loader:
         operation's own (a decoder and three operations that each write a new
         array: four batches of images). ``ring_slots`` of them, plus one per
         batch you keep."""
-        return layout_nbytes(self._compile().layout, self._slot_rows())
+        return layout_nbytes(self._compile().layout,
+                             self._slot_rows(self._epoch_batch_size(self.next_epoch)))
 
     def __len__(self) -> int:
         """Batches in the next epoch (for this rank)."""
-        return len(self._batches(self.next_epoch, self._segments(self.next_epoch)))
+        epoch = self.next_epoch
+        return len(self._batches(epoch, self._segments(epoch), self._epoch_batch_size(epoch)))
 
     def _segments(self, epoch: int) -> list[list[int]]:
         """How *epoch* was resumed (``load_state_dict``), or [] to start it afresh."""
@@ -720,8 +733,8 @@ class Loader:
                                                [self.world_size, position.delivered]]
             batch_size = position.batch_size  # batch_size may be set for the next one
         else:
-            epoch, batch_size = self.next_epoch, self.batch_size
-            segments = self._segments(epoch)
+            epoch = self.next_epoch
+            segments, batch_size = self._segments(epoch), self._epoch_batch_size(epoch)
         return {"version": STATE_VERSION, "epoch": int(epoch), "seed": int(self.seed),
                 "batch_size": batch_size, "num_samples": len(self.indices),
                 "segments": [[int(w), int(k)] for w, k in segments], **self._identity()}
@@ -800,25 +813,25 @@ class Loader:
         previous = self.seed
         self.seed = seed  # the order's too
         try:
-            self._shards(epoch, segments)  # a count past the epoch's end is refused now
+            self._shards(epoch, segments, self.batch_size)  # a count past the epoch's
+            # end is refused now
         except BaseException:
             self.seed = previous
             raise
         self.next_epoch = epoch
-        self._resume = (self.next_epoch, segments) if segments else None
+        self._resume = (self.next_epoch, segments, self.batch_size) if segments else None
 
     def __iter__(self) -> EpochIterator:
         if self._closed:
             raise RuntimeError(f"{self.fname}: the loader is closed")
         self.reader.check_unchanged()  # a file truncated under the memory map would SIGBUS
-        if self._opening_pid != os.getpid():  # a forked child: the lock may have been
-            self._opening, self._opening_pid = threading.Lock(), os.getpid()  # held at fork
-        with self._opening:  # two threads starting epochs at once each get their own
+        with self._opening_lock():  # two threads starting epochs at once each get their own
             epoch = self.next_epoch
-            segments = self._segments(epoch)
+            segments, batch_size = self._segments(epoch), self._epoch_batch_size(epoch)
+            rows = self._slot_rows(batch_size)
             plan = self._compile()  # may fail (a bad output_size): the epoch is not used up
             layout = dict(plan.layout)
-            batches = self._batches(epoch, segments)
+            batches = self._batches(epoch, segments, batch_size)
             # may fail too (a worker that cannot start): the epoch is not used up either
             try:
                 workers = self.workers.open_epoch(plan, self._slots)
@@ -830,7 +843,7 @@ class Loader:
                 raise
             # published with the epoch's number, in this order: a state_dict() from
             # another thread meanwhile says this epoch's start, not the next one
-            position = EpochPosition(epoch, list(segments), len(batches), self.batch_size)
+            position = EpochPosition(epoch, list(segments), len(batches), batch_size)
             self._position = position
             self._next_epoch = epoch + 1  # (the setter would forget that position)
             self._resume = None
@@ -847,7 +860,7 @@ class Loader:
         # ranges' payloads)
         fetch: Callable[[np.ndarray], Any] = functools.partial(self.memory_manager.fetch,
                                                                fields=workers.fields)
-        slots, rows = self._slots, self._slot_rows()
+        slots = self._slots
         epoch_plan = EpochPlan(
             batches=batches,
             fetch=fetch,
@@ -866,6 +879,12 @@ class Loader:
                                  loader=self, position=position)
         self._owned.iterators.add(iterator)
         return iterator
+
+    def _opening_lock(self) -> threading.RLock:
+        """What makes starting an epoch, and setting the batch size, one at a time."""
+        if self._opening_pid != os.getpid():  # a forked child: the lock may have been
+            self._opening, self._opening_pid = threading.RLock(), os.getpid()  # held at fork
+        return self._opening
 
     def _start_copier(self) -> Copier:
         """The copy threads of this process (a forked child starts its own)."""
