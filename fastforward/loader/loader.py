@@ -467,7 +467,7 @@ class Loader:
     def first_traversal_order(self) -> np.ndarray:
         """FFCV's attribute: this rank's samples of epoch 0, in order, for the
         loader's seed now (made when asked for, where FFCV makes it in ``Loader()``)."""
-        return self._shards(0, [], self.batch_size)[self.rank].order
+        return self._shards(0, [])[self.rank].order
 
     def _choose_workers(self, worker_type: str) -> ThreadWorkers | ProcessWorkers:
         """Threads, unless stage 1 holds an operation that keeps the GIL ('auto')."""
@@ -572,8 +572,7 @@ class Loader:
     def next_traversal_order(self) -> np.ndarray:
         """This rank's samples for the next epoch, in order (FFCV's method)."""
         epoch = self.next_epoch
-        return self._shards(epoch, self._segments(epoch),
-                            self._epoch_batch_size(epoch))[self.rank].order
+        return self._shards(epoch, self._segments(epoch))[self.rank].order
 
     def filter(self, field_name: str, condition: Callable[[Any], bool]) -> Loader:
         """A loader like this one over only the samples whose *field_name* satisfies *condition*.
@@ -707,7 +706,7 @@ class Loader:
     def __len__(self) -> int:
         """Batches in the next epoch (for this rank)."""
         epoch = self.next_epoch
-        return len(self._batches(epoch, self._segments(epoch), self._epoch_batch_size(epoch)))
+        return len(self._batches(epoch, self._segments(epoch)))
 
     def _segments(self, epoch: int) -> list[list[int]]:
         """How *epoch* was resumed (``load_state_dict``), or [] to start it afresh."""

@@ -108,12 +108,17 @@ class PythonState(State):
     as FFCV runs them. ``dataclasses.replace`` keeps the class."""
 
 
+def _retyped(cls: type[State], state: State, jit_mode: bool) -> State:
+    """*state*'s fields as a *cls*, in *jit_mode*."""
+    return cls(**{f.name: getattr(state, f.name) for f in fields(State)
+                  if f.name != "jit_mode"}, jit_mode=jit_mode)
+
+
 def _as_ffcv_sees_it(state: State) -> State:
     """*state* as an FFCV operation expects it: after a ``PythonState``, a plain
     ``State`` in ``jit_mode=False``."""
     if isinstance(state, PythonState) and state.jit_mode:
-        return State(**{f.name: getattr(state, f.name) for f in fields(State)
-                        if f.name != "jit_mode"}, jit_mode=False)
+        return _retyped(State, state, False)
     return state
 
 
@@ -126,7 +131,9 @@ def _numpy_result(result: Any) -> bool:
 
 def _numpy_dtype(dtype: Any) -> bool:
     """True if *dtype* names a NumPy dtype (``np.uint8``, ``'<f4'``), not a torch one."""
-    if dtype is None or type(dtype).__module__ == "torch":
+    from ..transforms._utils import is_torch_dtype  # (the transforms import this module)
+
+    if dtype is None or is_torch_dtype(dtype):
         return False
     try:
         np.dtype(dtype)
@@ -387,8 +394,7 @@ class NumbaOperation(Decoder):
             # FFCV's jit_mode=False with a NumPy dtype: Python code on NumPy batches
             # (PIL, scipy, cv2), which ToTensor may follow. Its function is not
             # compiled (above); to the steps after it, batches are still NumPy.
-            state = PythonState(**{f.name: getattr(state, f.name) for f in fields(State)
-                                   if f.name != "jit_mode"}, jit_mode=True)
+            state = _retyped(PythonState, state, True)
         return state, allocation
 
     def _prepare(self, previous: State, state: State, allocation: Any) -> None:
