@@ -513,18 +513,6 @@ class PythonTensorDecoder(Operation):
         return decode
 
 
-def test_a_python_decoder_that_says_numpy_and_returns_tensors(photo_file: Path) -> None:
-    pytest.importorskip("torch")
-    from fastforward.transforms import ToTensor
-
-    loader = Loader(photo_file, 8, pipelines={
-        "image": None, "label": [PythonTensorDecoder(), ToTensor()]})
-    with pytest.raises(TypeError, match=r"samples 0, …, 7, field 'label', PythonTensorDecoder: "
-                                        r"PythonTensorDecoder declares jit_mode=False with "
-                                        r"the NumPy dtype int64 .* returned a torch.Tensor"):
-        next(iter(loader))
-
-
 class TensorsWithANumPyDtype(PythonUpsideDown):
     """Returns torch tensors, but declares NumPy batches."""
 
@@ -536,17 +524,25 @@ class TensorsWithANumPyDtype(PythonUpsideDown):
         return to_tensors
 
 
-def test_a_python_operation_that_says_numpy_and_returns_tensors(photo_file: Path) -> None:
+@pytest.mark.parametrize(("role", "match"), [
+    ("decoder", r"samples 0, …, 7, field 'label', PythonTensorDecoder: PythonTensorDecoder "
+                r"declares jit_mode=False with the NumPy dtype int64 .* returned a torch.Tensor"),
+    ("operation", r"TensorsWithANumPyDtype declares jit_mode=False with the NumPy dtype uint8 "
+                  r".* returned a torch.Tensor: return a NumPy array, or declare"),
+])
+def test_a_python_function_that_says_numpy_and_returns_tensors(photo_file: Path, role: str,
+                                                               match: str) -> None:
+    """A decoder's or an operation's: a TypeError that says so, not a failure in the
+    next step ('Tensor' object has no attribute 'flags')."""
     pytest.importorskip("torch")
     from fastforward.fields.decoders import SimpleRGBImageDecoder
     from fastforward.transforms import ToTensor
 
-    loader = Loader(photo_file, 8, pipelines={
-        "image": [SimpleRGBImageDecoder(), TensorsWithANumPyDtype(), ToTensor()],
-        "label": None})
-    with pytest.raises(TypeError, match=r"TensorsWithANumPyDtype declares jit_mode=False "
-                                        r"with the NumPy dtype uint8 .* returned a "
-                                        r"torch.Tensor: return a NumPy array, or declare"):
+    pipelines = {"image": None, "label": [PythonTensorDecoder(), ToTensor()]} \
+        if role == "decoder" else {"image": [SimpleRGBImageDecoder(), TensorsWithANumPyDtype(),
+                                             ToTensor()], "label": None}
+    loader = Loader(photo_file, 8, pipelines=pipelines)
+    with pytest.raises(TypeError, match=match):
         next(iter(loader))
 
 
