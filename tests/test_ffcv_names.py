@@ -8,7 +8,9 @@ names it defines at top level, and for a package the names its
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
+import numpy as np
 import pytest
 
 from fastforward.errors import NotProvidedError
@@ -145,3 +147,101 @@ def test_other_missing_attributes_are_attribute_errors() -> None:
     import fastforward.writer
 
     assert not hasattr(fastforward.writer, "no_such_name")  # hasattr still works
+
+
+# the attributes FFCV 1.0.2's constructors set on its transforms, decoders and
+# fields (``vars()`` of an instance, less Operation's ``metadata``/``memory_read``),
+# each built here as FFCV code builds it; NormalizeImage's ``previous_shape``,
+# which FFCV sets and never reads, is left out
+MEAN, STD = np.array([125.3, 123.0, 113.9]), np.array([63.0, 62.1, 66.7])
+FFCV_ATTRIBUTES: dict[str, tuple[Any, list[str]]] = {
+    "transforms.Convert": (lambda m: m.Convert(np.float16), ["target_dtype"]),
+    "transforms.Cutout": (lambda m: m.Cutout(8, (125, 122, 113)), ["crop_size", "fill"]),
+    "transforms.ImageMixup": (lambda m: m.ImageMixup(0.2, True), ["alpha", "same_lambda"]),
+    "transforms.LabelMixup": (lambda m: m.LabelMixup(0.2, True), ["alpha", "same_lambda"]),
+    "transforms.MixupToOneHot": (lambda m: m.MixupToOneHot(10), ["num_classes"]),
+    "transforms.NormalizeImage": (lambda m: m.NormalizeImage(MEAN, STD, np.float16),
+                                  ["dtype", "lookup_table", "mode", "original_dtype"]),
+    "transforms.Poison": (lambda m: m.Poison(np.zeros((4, 4, 3), np.uint8),
+                                             np.full((4, 4), 0.5), [1]),
+                          ["alpha", "clamp", "indices", "mask"]),
+    "transforms.RandomBrightness": (lambda m: m.RandomBrightness(0.2, 0.5), ["magnitude", "p"]),
+    "transforms.RandomContrast": (lambda m: m.RandomContrast(0.2, 0.5), ["magnitude", "p"]),
+    "transforms.RandomSaturation": (lambda m: m.RandomSaturation(0.2, 0.5), ["magnitude", "p"]),
+    "transforms.RandomHorizontalFlip": (lambda m: m.RandomHorizontalFlip(), ["flip_prob"]),
+    "transforms.RandomResizedCrop": (lambda m: m.RandomResizedCrop((0.08, 1), (0.75, 4 / 3), 32),
+                                     ["ratio", "scale", "size"]),
+    "transforms.RandomTranslate": (lambda m: m.RandomTranslate(2, (1, 2, 3)), ["fill", "padding"]),
+    "transforms.ReplaceLabel": (lambda m: m.ReplaceLabel([1], 2), ["indices", "new_label"]),
+    "transforms.Squeeze": (lambda m: m.Squeeze(), ["dims"]),
+    "transforms.ToDevice": (lambda m: m.ToDevice("cpu"), ["device", "non_blocking"]),
+    "transforms.ToTorchImage": (lambda m: m.ToTorchImage(),
+                                ["channels_last", "convert_int16", "enable_int16conv"]),
+    "transforms.View": (lambda m: m.View(np.float16), ["target_dtype"]),
+    "fields.decoders.CenterCropRGBImageDecoder": (
+        lambda m: m.CenterCropRGBImageDecoder((32, 32), 224 / 256),
+        ["output_size", "ratio", "scale"]),
+    "fields.decoders.RandomResizedCropRGBImageDecoder": (
+        lambda m: m.RandomResizedCropRGBImageDecoder((32, 32)), ["output_size", "ratio", "scale"]),
+    "fields.RGBImageField": (lambda m: m.RGBImageField("jpg", 64, jpeg_quality=80),
+                             ["jpeg_quality", "max_resolution", "proportion", "smart_threshold",
+                              "write_mode"]),
+    "fields.NDArrayField": (lambda m: m.NDArrayField(np.dtype("float32"), (3,)),
+                            ["dtype", "element_size", "shape"]),
+}
+
+
+@pytest.mark.parametrize("where", list(FFCV_ATTRIBUTES))
+def test_ffcv_attributes(where: str) -> None:
+    module, _, cls = where.rpartition(".")
+    build, names = FFCV_ATTRIBUTES[where]
+    instance = build(importlib.import_module(path(module)))
+    assert type(instance).__name__ == cls
+    assert [n for n in names if not hasattr(instance, n)] == []
+
+
+def test_ffcv_attribute_values() -> None:
+    """The values FFCV code would read from the attributes fastforward names
+    differently (or, for ``fill``, keeps as an array)."""
+    from fastforward.fields import RGBImageField
+    from fastforward.fields.decoders import CenterCropRGBImageDecoder
+    from fastforward.transforms import Cutout, NormalizeImage, RandomTranslate, ToTorchImage
+
+    for op in (Cutout(8, (125, 122, 113)), RandomTranslate(2, (125, 122, 113))):
+        assert isinstance(op.fill, np.ndarray)
+        assert op.fill.tolist() == [125, 122, 113]
+    field = RGBImageField("proportion", compress_probability=0.25)
+    assert field.proportion == 0.25
+    field.proportion = 0.75  # FFCV's name sets it too
+    assert field.compress_probability == 0.75
+    assert CenterCropRGBImageDecoder((32, 32), 0.875).scale is None
+    norm = NormalizeImage(MEAN, STD, np.float16)
+    assert (norm.original_dtype, norm.dtype, norm.mode) == (np.float16, np.float16, "cpu")
+    assert ToTorchImage(convert_back_int16=False).convert_int16 is False
+    to_image = ToTorchImage()
+    assert (to_image.convert_int16, to_image.enable_int16conv) == (True, False)
+    to_image.convert_int16 = False  # what the constructor's name reads
+    assert to_image.convert_back_int16 is False
+
+
+def test_ffcv_attributes_follow_the_pipeline() -> None:
+    """``NormalizeImage.mode`` and ``ToTorchImage.enable_int16conv`` say, as in
+    FFCV, what the pipeline declared them on."""
+    torch = pytest.importorskip("torch")
+    from fastforward.pipeline.state import State
+    from fastforward.transforms import NormalizeImage, ToTorchImage
+
+    norm = NormalizeImage(MEAN, STD, np.float32)
+    norm.declare_state_and_memory(State(jit_mode=False, device=torch.device("cpu"),
+                                        shape=(8, 8, 3), dtype=torch.uint8))
+    assert norm.mode == "cpu"
+    norm.declare_state_and_memory(State(jit_mode=False, device="cuda:0", shape=(8, 8, 3),
+                                        dtype=torch.uint8))
+    assert norm.mode == "gpu"
+    to_image = ToTorchImage()
+    to_image.declare_state_and_memory(State(jit_mode=False, shape=(8, 8, 3), dtype=torch.uint8))
+    assert to_image.enable_int16conv is False
+    state, _ = to_image.declare_state_and_memory(State(jit_mode=False, shape=(8, 8, 3),
+                                                       dtype=torch.int16))
+    assert to_image.enable_int16conv is True
+    assert state.dtype == torch.float16

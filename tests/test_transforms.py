@@ -335,6 +335,19 @@ def test_a_fractional_fill_is_truncated_as_ffcv_does(batch: np.ndarray) -> None:
             run(T.Cutout(4, refused), batch)
 
 
+@pytest.mark.parametrize("op", [T.Cutout, T.RandomTranslate])
+def test_a_fill_that_is_not_numbers_is_refused_naming_the_operation(op: Any) -> None:
+    message = rf"{op.__name__}: fill must be a number or one number per channel, got"
+    with pytest.raises(TypeError, match=message + r" \(\(1, 2\), 3\)"):
+        op(4, ((1, 2), 3))  # when built, as FFCV's np.array(fill) refuses it
+    words = op(4, "white")
+    with pytest.raises(TypeError, match=message + " 'white'"):  # when declared
+        words.declare_state_and_memory(State(shape=(8, 8, 3), dtype=np.dtype(np.uint8)))
+    fill = op(4, [1, 2, 3]).fill  # an array, as FFCV keeps it
+    assert isinstance(fill, np.ndarray)
+    assert fill.tolist() == [1, 2, 3]
+
+
 # ---------------------------------------------------------------------------
 # random resized crop
 

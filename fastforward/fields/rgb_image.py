@@ -301,6 +301,15 @@ class RGBImageField(Field):
         self.restart_markers = bool(restart_markers)
 
     @property
+    def proportion(self) -> float:
+        """``compress_probability``, under FFCV's attribute name."""
+        return self.compress_probability
+
+    @proportion.setter
+    def proportion(self, value: float) -> None:
+        self.compress_probability = value
+
+    @property
     def metadata_type(self) -> np.dtype:
         return RGB_METADATA
 
@@ -894,6 +903,7 @@ class CenterCropRGBImageDecoder(ResizedCropRGBImageDecoder):
         super().__init__(output_size, fastdct)
         check_center_ratio(type(self).__name__, ratio)
         self.ratio = ratio
+        self.scale = None  # FFCV's attribute: a centre crop has no scale range
 
     def crop(self, height: int, width: int, u: np.ndarray | None) -> tuple[int, int, int, int]:
         return get_center_crop(height, width, self.ratio)

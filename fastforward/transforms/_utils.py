@@ -123,6 +123,16 @@ def require_uint8(op: Any, state: State) -> None:
         raise TypeError(f"{name(op)} needs uint8 images, but it got {state.dtype}")
 
 
+def fill_array(op: Any, fill: Any) -> np.ndarray:
+    """*fill* as the array FFCV keeps (``Cutout.fill``, ``RandomTranslate.fill``);
+    TypeError, naming *op*, if it is not numbers."""
+    try:
+        return np.array(fill, dtype=np.float64 if fill is None else None)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name(op)}: fill must be a number or one number per channel, "
+                        f"got {fill!r}") from None
+
+
 def fill_value(op: Any, fill: Any, channels: int, dtype: np.dtype) -> np.ndarray:
     """*fill* as a ``(C,)`` array of *dtype*; ValueError if it does not fit.
 
@@ -130,7 +140,13 @@ def fill_value(op: Any, fill: Any, channels: int, dtype: np.dtype) -> np.ndarray
     fill into uint8 images does (``fill=CIFAR_MEAN``'s 125.307 fills with 125);
     a value out of the dtype's range, which FFCV wraps (300 became 44), is
     refused."""
-    values = np.asarray(fill, dtype=np.float64).reshape(-1)
+    if isinstance(fill, np.ndarray):
+        fill = fill.tolist()  # named as the user wrote it
+    try:
+        values = np.asarray(fill, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name(op)}: fill must be a number or one number per channel, "
+                        f"got {fill!r}") from None
     if values.size == 1:
         values = np.repeat(values, channels)
     if values.size != channels:

@@ -12,6 +12,7 @@ from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
 from ._utils import (
     batch_image_dims,
+    fill_array,
     fill_value,
     name,
     note_layout,
@@ -56,7 +57,7 @@ class Cutout(Operation):
             raise ValueError(f"{name(self)}: crop_size must be a non-negative int, "
                              f"got {crop_size}")
         self.crop_size = int(crop_size)
-        self.fill = fill
+        self.fill = fill_array(self, fill)  # an array, as FFCV keeps it
         self._fills: dict[tuple[Any, Any, int, int], Any] = {}
 
     def _check_size(self, h: int, w: int) -> None:
@@ -140,4 +141,4 @@ class Cutout(Operation):
         return out
 
     def __repr__(self) -> str:
-        return f"Cutout(crop_size={self.crop_size}, fill={self.fill})"
+        return f"Cutout(crop_size={self.crop_size}, fill={self.fill.tolist()})"

@@ -61,6 +61,12 @@ class NormalizeImage(Operation):
         self.type = np.dtype(type)
         if self.type.kind != "f":
             raise TypeError(f"{name(self)}: type must be a floating dtype, got {self.type}")
+        # FFCV's attributes: *type* as given, the output's dtype (FFCV's is int16 for
+        # float16, the bits it stored; this one's output is float16), and 'gpu' once
+        # declared on tensors of a GPU
+        self.original_dtype = type
+        self.dtype = self.type
+        self.mode = "cpu"
         # row v holds (v - mean) / std for every channel
         self.lookup_table = self._table(256)
         self._wide_table: np.ndarray | None = None  # the same for uint16, made on first use
@@ -116,6 +122,8 @@ class NormalizeImage(Operation):
         shape = require_shape(self, previous_state, (3,), "image tensors of shape (H, W, C) "
                               "or (C, H, W)")
         note_layout(self, shape, previous_state.channels_first)
+        if str(previous_state.device) != "cpu":
+            self.mode = "gpu"
         if self._channel_dim(shape) < 0:
             raise ValueError(f"{name(self)}: mean and std have {channels} channels, the "
                              f"images have shape {shape}")

@@ -178,7 +178,17 @@ class ToTorchImage(Operation):
     def __init__(self, channels_last: bool = True, convert_back_int16: bool = True) -> None:
         super().__init__()
         self.channels_last = channels_last
-        self.convert_back_int16 = convert_back_int16
+        self.convert_int16 = convert_back_int16  # FFCV's attribute names
+        self.enable_int16conv = False  # True once declared on int16 input that it views
+
+    @property
+    def convert_back_int16(self) -> bool:
+        """The constructor's argument (``convert_int16``, as FFCV names it)."""
+        return self.convert_int16
+
+    @convert_back_int16.setter
+    def convert_back_int16(self, value: bool) -> None:
+        self.convert_int16 = value
 
     @property
     def reads_input(self) -> bool:  # type: ignore[override]
@@ -197,8 +207,9 @@ class ToTorchImage(Operation):
         import torch
 
         dtype = previous_state.dtype
-        if dtype == torch.int16 and self.convert_back_int16:
+        if dtype == torch.int16 and self.convert_int16:
             dtype = torch.float16
+            self.enable_int16conv = True
         state = replace(previous_state, shape=(c, h, w), dtype=dtype, channels_first=True)
         if self.channels_last:
             return state, None
@@ -208,7 +219,7 @@ class ToTorchImage(Operation):
         """Permute to ``(B, C, H, W)``; copy into *destination* unless channels_last."""
         import torch
 
-        if self.convert_back_int16 and batch.dtype == torch.int16:
+        if self.convert_int16 and batch.dtype == torch.int16:
             batch = batch.view(torch.float16)
         image = batch.permute(0, 3, 1, 2)
         if self.channels_last:

@@ -9,7 +9,7 @@ import numpy as np
 from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
-from ._utils import fill_value, name, numpy_out, require_image, require_numpy
+from ._utils import fill_array, fill_value, name, numpy_out, require_image, require_numpy
 
 
 class RandomTranslate(Operation):
@@ -36,7 +36,7 @@ class RandomTranslate(Operation):
         if int(padding) != padding or padding < 0:
             raise ValueError(f"{name(self)}: padding must be a non-negative int, got {padding}")
         self.padding = int(padding)
-        self.fill = fill
+        self.fill = fill_array(self, fill)  # an array, as FFCV keeps it
 
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, AllocationQuery]:
@@ -71,4 +71,4 @@ class RandomTranslate(Operation):
         return out
 
     def __repr__(self) -> str:
-        return f"RandomTranslate(padding={self.padding}, fill={self.fill})"
+        return f"RandomTranslate(padding={self.padding}, fill={self.fill.tolist()})"
