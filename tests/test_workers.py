@@ -1075,9 +1075,14 @@ def test_a_timeout_turns_a_stuck_batch_into_an_error(tmp_path: Path, photos_file
     iterator = iter(loader)  # (the workers start)
     pids = loader.workers.pids
     assert len(pids) == 2
-    with pytest.raises(TimeoutError, match=r"batch [012]: .*worker processes"):
+    with pytest.raises(TimeoutError, match=r"batch [012]: .*worker processes") as info:
         for _ in iterator:
             pass
+    # it says which worker runs which range, and for how long: batch 2's stuck one
+    # (the batch that timed out may be another, queued behind it)
+    rows = r"batch 2 \(samples [^)]*\), rows \d+:\d+ for \d+\.\d s"
+    assert re.search(rf"worker processes \d+, \d+: .*pid \d+ has run {rows}", str(info.value))
+    assert str(info.value).count(str(photos_file)) == 1
     started = time.perf_counter()
     loader.close()  # the worker stuck in batch 2 is killed after the grace period
     assert time.perf_counter() - started < 10

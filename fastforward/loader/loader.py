@@ -1060,8 +1060,12 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
         assert timeout is not None
         position = self.position
         done = sum(k for _, k in position.segments)  # batches of a resumed epoch done before
-        pids = getattr(self._loader.workers, "pids", None) or []
+        workers = self._loader.workers
+        pids = getattr(workers, "pids", None) or []
         where = f" (worker processes {', '.join(map(str, pids))})" if pids else ""
+        busy = workers.running() if isinstance(workers, ProcessWorkers) else []
+        if busy:  # which ranges run now, and for how long: maybe another batch's
+            where = f"{where[:-1]}: {'; '.join(busy)})"
         return BatchTimeout(
             f"{self._loader.fname}: epoch {position.epoch}, batch {done + position.delivered}: "
             f"{what} in {timeout:g} s (Loader(timeout={timeout:g})): a decoder, an operation "

@@ -579,6 +579,22 @@ class ProcessWorkers:
         """The worker processes' ids (for tests and monitoring)."""
         return [w.process.pid for w in self._workers if not w.dead]
 
+    def running(self) -> list[str]:
+        """What each live worker process runs now, for a ``BatchTimeout``'s message:
+        ``pid 123 has run batch 2 (samples 5, …), rows 0:4 for 3.1 s``. A range of
+        one batch may wait behind another batch's stuck range on the same worker,
+        so the batch that timed out is not always the one that is stuck."""
+        now, prefix = time.perf_counter(), f"running {self.config[0]}: "
+        busy = []
+        with self._lock:
+            for worker in self._workers:
+                entry = None if worker.running is None else self._pending.get(worker.running)
+                if worker.dead or entry is None:
+                    continue
+                busy.append(f"pid {worker.process.pid} has run {entry[2].removeprefix(prefix)} "
+                            f"for {now - worker.started_at:.1f} s")
+        return busy
+
     # -- epochs ------------------------------------------------------------------
 
     def open_epoch(self, plan: Plan, slots: Any) -> ProcessEpoch:
