@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import copy
+import ctypes
 import errno
 import gc
 import json
@@ -474,9 +475,57 @@ def test_a_killed_worker_is_a_worker_error_not_a_hang(photos_file: Path) -> None
                 pass
         assert time.monotonic() - start < 30
         assert "batch 2 (samples" in str(info.value)
+        # and the sample a per-sample operation was at (order[20], batch 2's fifth)
+        assert re.search(rf"rows \d+:\d+, at sample {order[20]}\b", str(info.value))
+        assert "faulthandler" not in str(info.value)  # SIGKILL leaves no report
         assert len(loader.workers.pids) == 1  # the dead one is gone
         # the next epoch replaces the dead worker (and meets the same sample again)
         with pytest.raises(WorkerError):
+            for _ in loader:
+                pass
+        assert loader.workers.started == 3
+
+
+class CrashAt(Operation):
+    """Reads address 0 at sample *index*: a segmentation fault, as a crash in a
+    library's native code would be."""
+
+    per_sample = True
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        if int(context.indices[position]) == self.index:
+            crash_in_native_code()
+        return sample
+
+
+def crash_in_native_code() -> None:
+    ctypes.string_at(0)
+
+
+def test_a_worker_that_crashes_says_where(photos_file: Path) -> None:
+    """A worker killed by a fatal signal (SIGSEGV in native code) is a WorkerError
+    naming the sample its per-sample operation was at, with the Python stack
+    ``faulthandler`` wrote as it crashed; the next epoch starts a new worker."""
+    order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
+    with train_loader(photos_file, 2, "process", extra=[CrashAt(int(order[20]))]) as loader:
+        with pytest.raises(WorkerError) as info:
+            for _ in loader:
+                pass
+        text = str(info.value)
+        # (the batch that fails may be one queued behind the crash: "…, before running …")
+        assert re.search(r"killed by signal 11 \(SIGSEGV\): a crash in native code\) while "
+                         rf"running .*: batch 2 \(samples [^)]*\), rows \d+:\d+, at sample "
+                         rf"{order[20]}(, before running .*?)?\. faulthandler's report as it "
+                         r"crashed:\n    Fatal Python "
+                         r"error: Segmentation fault", text)
+        assert re.search(r'File ".*test_workers\.py", line \d+ in crash_in_native_code\n'
+                         r'\s+File ".*test_workers\.py", line \d+ in apply_sample', text)
+        assert "Extension modules" not in text
+        with pytest.raises(WorkerError, match="SIGSEGV"):  # a new worker, the same crash
             for _ in loader:
                 pass
         assert loader.workers.started == 3
@@ -1078,9 +1127,9 @@ def test_a_timeout_turns_a_stuck_batch_into_an_error(tmp_path: Path, photos_file
     with pytest.raises(TimeoutError, match=r"batch [012]: .*worker processes") as info:
         for _ in iterator:
             pass
-    # it says which worker runs which range, and for how long: batch 2's stuck one
-    # (the batch that timed out may be another, queued behind it)
-    rows = r"batch 2 \(samples [^)]*\), rows \d+:\d+ for \d+\.\d s"
+    # it says which worker runs which range, at which sample, and for how long:
+    # batch 2's stuck one (the batch that timed out may be another, queued behind it)
+    rows = rf"batch 2 \(samples [^)]*\), rows \d+:\d+, at sample {stuck.index} for \d+\.\d s"
     assert re.search(rf"worker processes \d+, \d+: .*pid \d+ has run {rows}", str(info.value))
     assert str(info.value).count(str(photos_file)) == 1
     started = time.perf_counter()

@@ -124,11 +124,12 @@ def apply_step(plan: Plan, pipeline: PipelinePlan, step: Step, value: Any, buffe
 
 
 def run_stage1(plan: Plan, job: BatchJob, data: Any, buffers: Any, lo: int, hi: int,
-               copies: Any = None) -> None:
+               copies: Any = None, progress: np.ndarray | None = None) -> None:
     """Stage 1 for the batch's samples ``lo:hi``, whose payloads *data* holds.
 
     *buffers* is the batch's slot (``get(key)``), in this process's memory;
-    *copies* the loader's copy threads, where it may use them.
+    *copies* the loader's copy threads, where it may use them; *progress* a worker
+    process's cells for the sample it is at (``BatchContext.progress``).
     """
     indices = job.indices[lo:hi]
     count = hi - lo
@@ -138,7 +139,8 @@ def run_stage1(plan: Plan, job: BatchJob, data: Any, buffers: Any, lo: int, hi: 
         assert decoder is not None
         context = BatchContext(indices, job.epoch, job.seed, pipeline.decoder_stream,
                                job.index, data,
-                               copies=copies if pipeline.defer_copies else None)
+                               copies=copies if pipeline.defer_copies else None,
+                               progress=progress)
         geometry(pipeline, buffers, lo, hi, context)
         destination = rows(buffers.get(pipeline.decoder_key), lo, hi)
         decoder.decode_range(0, count, destination, context)

@@ -83,6 +83,7 @@ import collections
 import contextlib
 import dataclasses
 import errno
+import faulthandler
 import functools
 import itertools
 import multiprocessing
@@ -92,6 +93,8 @@ import select
 import selectors
 import signal
 import sys
+import tempfile
+import textwrap
 import threading
 import time
 import traceback
@@ -121,6 +124,15 @@ running before it kills the workers running them (``ProcessEpoch.grace``)."""
 DEPTH = 2
 """Ranges a worker process holds at once: the one it runs and the next, sent ahead
 so that it never waits for a message between two ranges."""
+
+CRASH_PAGE = 4096
+"""A worker's crash file (``_crash_file``) starts with the cells where the worker
+notes where it is: the id of the range it runs, and the sample a per-sample
+operation started (``BatchContext.progress``); what ``faulthandler`` writes
+when a fatal signal ends it follows, from this offset."""
+
+CRASH_REPORT = 16384
+"""The most of ``faulthandler``'s report the loader reads back."""
 
 RECHECK = 0.02
 """Seconds after which the dispatcher looks again, without a reply to wake it, when
@@ -225,11 +237,29 @@ class _Worker:
         self.unreachable = False  # a message to it failed: it is dying, send it no more
         self.why: str | None = None  # why the loader killed it, if it did
         self.send_error: str | None = None  # a message that failed in this process (EMFILE)
+        # its crash file, mapped (``_crash_file``): where it is, and faulthandler's report
+        self.crash: np.ndarray | None = None  # (uint8)
+        self.crash_report = ""  # read once it is buried
         # the process itself, whatever multiprocessing believes (see _end); closed with
         # this object, so that no thread can signal a number another pidfd took
         self.pidfd = _open_pidfd(getattr(process, "pid", None))  # (tests: stand-ins)
         self._pidfd_closer = (None if self.pidfd is None
                               else weakref.finalize(self, os.close, self.pidfd))
+
+    def sample_of(self, job_id: int | None) -> str:
+        """``, at sample 123`` when the worker's cells say that a per-sample operation
+        started sample 123 in range *job_id*; else ''."""
+        if job_id is None or self.crash is None:
+            return ""
+        running, sample = (int(cell) for cell in self.crash[:16].view(np.int64))
+        return f", at sample {sample}" if running == job_id and sample >= 0 else ""
+
+    def read_crash_report(self) -> None:
+        """Keep what ``faulthandler`` wrote if a fatal signal ended the worker (its
+        stack), less the list of extension modules it ends with."""
+        if self.crash is not None:
+            text = bytes(self.crash[CRASH_PAGE:]).split(b"\0", 1)[0].decode(errors="replace")
+            self.crash_report = text.split("\nExtension modules:", 1)[0].strip()
 
     def release(self) -> None:
         """Let go of the ended process's descriptors (its pidfd, multiprocessing's
@@ -427,10 +457,18 @@ class ProcessWorkers:
     def _hand_file(self, worker: _Worker) -> None:
         """Send a new *worker* the descriptor of the file the loader opened, its first
         message: it reads that file, not what the name names now (a new file renamed
-        over it, or none). A worker that died already is reported by ``_await_ready``."""
+        over it, or none); then the reader's tables and its crash file. A worker that
+        died already is reported by ``_await_ready``."""
         try:
             send_handle(worker.conn, self.reader.fileno(), worker.process.pid)
             send_handle(worker.conn, self._tables, worker.process.pid)
+            crash = _crash_file()
+            try:
+                with contextlib.suppress(OSError):  # (without it, no sample nor stack)
+                    worker.crash = map_shared(crash, CRASH_PAGE + CRASH_REPORT)
+                send_handle(worker.conn, crash, worker.process.pid)
+            finally:
+                os.close(crash)  # the map is the loader's end
         except (OSError, RuntimeError) as exc:  # RuntimeError: macOS, not acknowledged
             if not _gone(worker):  # alive, waiting for a descriptor that will not come
                 worker.why = f"the loader could not hand it the file: {exception_text(exc)}"
@@ -581,7 +619,8 @@ class ProcessWorkers:
 
     def running(self) -> list[str]:
         """What each live worker process runs now, for a ``BatchTimeout``'s message:
-        ``pid 123 has run batch 2 (samples 5, …), rows 0:4 for 3.1 s``. A range of
+        ``pid 123 has run batch 2 (samples 5, …), rows 0:4, at sample 9 for 3.1 s``
+        (the sample where a per-sample operation says it is). A range of
         one batch may wait behind another batch's stuck range on the same worker,
         so the batch that timed out is not always the one that is stuck."""
         now, prefix = time.perf_counter(), f"running {self.config[0]}: "
@@ -591,8 +630,9 @@ class ProcessWorkers:
                 entry = None if worker.running is None else self._pending.get(worker.running)
                 if worker.dead or entry is None:
                     continue
-                busy.append(f"pid {worker.process.pid} has run {entry[2].removeprefix(prefix)} "
-                            f"for {now - worker.started_at:.1f} s")
+                busy.append(f"pid {worker.process.pid} has run {entry[2].removeprefix(prefix)}"
+                            f"{worker.sample_of(worker.running)} for "
+                            f"{now - worker.started_at:.1f} s")
         return busy
 
     # -- epochs ------------------------------------------------------------------
@@ -867,6 +907,7 @@ class ProcessWorkers:
             _kill(worker)
             worker.process.join()
         _end(worker)
+        worker.read_crash_report()
         # what it said before it died (a reply that does not unpickle here is dropped)
         with contextlib.suppress(Exception):
             while not worker.dead and worker.conn.poll():
@@ -890,10 +931,11 @@ class ProcessWorkers:
         finally:
             if locked:
                 worker.send_lock.release()
-        culprit = None if running is None else running[2]
+        at = worker.sample_of(worker.running)  # where a per-sample operation was
+        culprit = None if running is None else running[2] + at
         for job_id, (future, _, what, _) in lost:
             if job_id == worker.running or culprit is None:
-                error = self._death(worker, what)
+                error = self._death(worker, what + (at if job_id == worker.running else ""))
             else:  # queued behind the range that killed it
                 error = self._death(worker, culprit, f", before {what}")
             future.set_exception(error)
@@ -911,8 +953,10 @@ class ProcessWorkers:
             how = _killed_by(-code)
         else:
             how = f"exit code {code}: an operation ended the process (os._exit?)"
+        report = ("" if not worker.crash_report else ". faulthandler's report as it "
+                  f"crashed:\n{textwrap.indent(worker.crash_report, '    ')}")
         return WorkerError(f"{self.config[0]}: worker process {worker.index} (pid "
-                           f"{process.pid}) died ({how}) while {what}{also}")
+                           f"{process.pid}) died ({how}) while {what}{also}{report}")
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._lock:
@@ -976,6 +1020,23 @@ class ProcessEpoch:
     def close(self) -> None:
         """The workers forget this epoch's plan; the pool stays for the next epoch."""
         self.pool.retire(self.plan_id)
+
+
+def _crash_file() -> int:
+    """A new worker's crash file (see ``CRASH_PAGE``): in memory (a memfd, or an
+    unnamed temporary file where there is none), gone with its last map or
+    descriptor, so nothing is left behind however the worker or the loader ends."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("fastforward-worker")
+    else:
+        with tempfile.TemporaryFile() as file:
+            fd = os.dup(file.fileno())
+    try:
+        os.ftruncate(fd, CRASH_PAGE + CRASH_REPORT)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _unsent(item: _Range, why: str) -> RuntimeError:
@@ -1284,6 +1345,7 @@ def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool, Sha
         except BaseException:
             os.close(fd)
             raise
+        progress = _report_crashes(recv_handle(conn))
         reader = Reader(fname, custom_fields, fd=fd, tables=(tables, layout))
         manager = OSCacheManager(reader) if os_cache else ProcessCacheManager(reader)
     except BaseException as exc:
@@ -1301,20 +1363,35 @@ def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool, Sha
         if message is None:
             return
         try:
-            _serve(conn, message, reader, manager, plans, slots, where, fname)
+            _serve(conn, message, reader, manager, plans, slots, where, fname, progress)
         except BaseException as exc:  # outside any range: this worker cannot go on
             with contextlib.suppress(BaseException):
                 conn.send(("failed", 0, f"{exception_text(exc)}\n{traceback.format_exc()}"))
             return
 
 
+def _report_crashes(fd: int) -> np.ndarray:
+    """In a worker: a fatal signal (SIGSEGV in native code, SIGABRT …) writes the
+    stacks of its threads into the crash file *fd* (``faulthandler``), which the
+    loader reads back for its ``WorkerError``; returns the file's progress cells
+    (``BatchContext.progress``)."""
+    os.lseek(fd, CRASH_PAGE, os.SEEK_SET)
+    faulthandler.enable(file=fd, all_threads=True)  # it keeps *fd*: never closed
+    try:
+        return map_shared(fd, CRASH_PAGE)[:16].view(np.int64)
+    except OSError:  # (no room to map it: the loader's reports lack the sample)
+        return np.full(2, -1, dtype=np.int64)
+
+
 def _serve(conn: Connection, message: tuple[Any, ...], reader: Reader, manager: Any,
            plans: dict[int, Plan], slots: dict[int, _MappedSlot | _BrokenPlan], where: str,
-           fname: str) -> None:
+           fname: str, progress: np.ndarray) -> None:
     """Carry out one message of the loader's, in a worker process."""
     kind = message[0]
     if kind == "range":
         _, job_id, plan_id, segment_id, blob, lo, hi = message
+        progress[1] = -1  # no sample yet (the loader reads the range's id first)
+        progress[0] = job_id
         conn.send(("running", job_id))  # so that a death here names this range
         try:
             job = pickle.loads(blob)
@@ -1328,7 +1405,7 @@ def _serve(conn: Connection, message: tuple[Any, ...], reader: Reader, manager: 
                 data = manager.fetch(job.indices[lo:hi], fields=frozenset(
                     p.field_index for position, p in enumerate(plan.pipelines)
                     if p.decoder is not None and position in job.ranged))
-                run_stage1(plan, job, data, slot, lo, hi)
+                run_stage1(plan, job, data, slot, lo, hi, progress=progress)
                 del data
                 reply = ("done", job_id)
         except BaseException as exc:

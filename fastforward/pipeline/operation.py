@@ -61,6 +61,10 @@ class BatchContext:
     geometry_out: np.ndarray | None = field(default=None, repr=False)
     """Where a decoder that publishes geometry writes its samples' rows (None: nobody
     follows it)."""
+    progress: np.ndarray | None = field(default=None, repr=False)
+    """On a worker process, the shared cells where a per-sample operation notes the
+    sample it starts (``progress[1]``): a worker that crashes or stalls is then
+    reported with its sample. None elsewhere."""
 
     def gather_into(self, source: np.ndarray, offsets: np.ndarray, sizes: np.ndarray,
                     rows: np.ndarray) -> None:
@@ -99,7 +103,7 @@ class BatchContext:
         """The same batch, another random stream."""
         return BatchContext(self.indices, self.epoch, self.seed, stream, self.batch_index,
                             self.data, copies=self.copies, geometry=self.geometry,
-                            geometry_out=self.geometry_out)
+                            geometry_out=self.geometry_out, progress=self.progress)
 
 
 class Operation:
@@ -234,8 +238,11 @@ class Operation:
     def _apply_samples(self, batch: Any, destination: Any, context: BatchContext,
                        before: Callable[[int], None] | None) -> list[Any]:
         results = []
+        progress = context.progress
         for position in range(len(batch)):
             out = None if destination is None else destination[position]
+            if progress is not None:
+                progress[1] = context.indices[position]
             try:
                 if before is not None:
                     before(position)
