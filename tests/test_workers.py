@@ -502,6 +502,22 @@ class CrashAt(Operation):
         return sample
 
 
+class CrashInBatch(Operation):
+    """Reads address 0 when its batch holds sample *index* (an operation on the
+    whole batch: it is at no one sample)."""
+
+    sample_independent = True  # run in ranges, on the workers
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def apply(self, batch, destination, context):  # type: ignore[no-untyped-def]
+        if self.index in context.indices:
+            crash_in_native_code()
+        return batch
+
+
 def crash_in_native_code() -> None:
     ctypes.string_at(0)
 
@@ -529,6 +545,16 @@ def test_a_worker_that_crashes_says_where(photos_file: Path) -> None:
             for _ in loader:
                 pass
         assert loader.workers.started == 3
+    # a crash after the per-sample operation's samples names none of them
+    with train_loader(photos_file, 2, "process",
+                      extra=[CrashAt(-1), CrashInBatch(int(order[20]))]) as loader, \
+            pytest.raises(WorkerError, match=r"SIGSEGV.*rows \d+:\d+(, before .*?)?\. "
+                                             r"faulthandler's report") as info:
+        for _ in loader:
+            pass
+    assert "at sample" not in str(info.value)
+    assert re.search(r"line \d+ in crash_in_native_code\n\s+File .*, line \d+ in apply\n",
+                     str(info.value))
 
 
 def run_script(tmp_path: Path, name: str, source: str) -> subprocess.CompletedProcess:

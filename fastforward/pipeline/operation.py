@@ -249,6 +249,8 @@ class Operation:
                 results.append(self.apply_sample(batch[position], out, context, position))
             except BaseException as exc:  # SystemExit too: it reaches next(), located
                 raise annotate(exc, f"sample {int(context.indices[position])}") from exc.__cause__
+        if progress is not None:
+            progress[1] = -1  # past the samples: what runs next is not at one of them
         return results
 
     def apply_sample(self, sample: Any, destination: Any, context: BatchContext,
