@@ -522,6 +522,27 @@ def crash_in_native_code() -> None:
     ctypes.string_at(0)
 
 
+class ForkCrashAndDieAt(Operation):
+    """At sample *index*, forks a child that crashes (SIGSEGV), waits for it, then
+    SIGKILLs its own process."""
+
+    per_sample = True
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        if int(context.indices[position]) == self.index:
+            child = os.fork()
+            if child == 0:
+                os.close(2)  # (its report goes to stderr: keep the test's output clean)
+                crash_in_native_code()
+            os.waitpid(child, 0)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return sample
+
+
 def test_a_worker_that_crashes_says_where(photos_file: Path) -> None:
     """A worker killed by a fatal signal (SIGSEGV in native code) is a WorkerError
     naming the sample its per-sample operation was at, with the Python stack
@@ -555,6 +576,18 @@ def test_a_worker_that_crashes_says_where(photos_file: Path) -> None:
     assert "at sample" not in str(info.value)
     assert re.search(r"line \d+ in crash_in_native_code\n\s+File .*, line \d+ in apply\n",
                      str(info.value))
+
+
+def test_a_crash_in_a_process_a_worker_forked_is_not_the_workers(photos_file: Path) -> None:
+    """A child an operation forks inherited the worker's crash file: its crash was
+    reported as the worker's, which then died of SIGKILL."""
+    order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
+    with train_loader(photos_file, 2, "process",
+                      extra=[ForkCrashAndDieAt(int(order[20]))]) as loader, \
+            pytest.raises(WorkerError, match=r"killed by signal 9 \(SIGKILL\)") as info:
+        for _ in loader:
+            pass
+    assert "faulthandler" not in str(info.value)
 
 
 def run_script(tmp_path: Path, name: str, source: str) -> subprocess.CompletedProcess:
@@ -1504,6 +1537,8 @@ def test_a_closed_loader_holds_no_descriptors(photos_file: Path) -> None:
         kept.append(loader)
     assert descriptors() - before <= 1  # (the tables' map is not a descriptor)
     assert kept[0].workers.pids == []
+    gc.collect()  # and no worker's crash file stays mapped
+    assert "fastforward-worker" not in Path("/proc/self/maps").read_text()
 
 
 def test_a_failed_start_holds_no_descriptors(photos_file: Path,

@@ -132,7 +132,12 @@ operation started (``BatchContext.progress``); what ``faulthandler`` writes
 when a fatal signal ends it follows, from this offset."""
 
 CRASH_REPORT = 16384
-"""The most of ``faulthandler``'s report the loader reads back."""
+"""The most of ``faulthandler``'s report the loader reads back (the crashing
+thread's stack only: at most 100 frames)."""
+
+NATIVE_CRASHES = frozenset((signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
+                            signal.SIGABRT))
+"""The signals of a crash in native code: those ``faulthandler`` reports."""
 
 RECHECK = 0.02
 """Seconds after which the dispatcher looks again, without a reply to wake it, when
@@ -249,16 +254,18 @@ class _Worker:
     def sample_of(self, job_id: int | None) -> str:
         """``, at sample 123`` when the worker's cells say that a per-sample operation
         started sample 123 in range *job_id*; else ''."""
-        if job_id is None or self.crash is None:
+        crash = self.crash  # (release() may drop it meanwhile)
+        if job_id is None or crash is None:
             return ""
-        running, sample = (int(cell) for cell in self.crash[:16].view(np.int64))
+        running, sample = (int(cell) for cell in crash[:16].view(np.int64))
         return f", at sample {sample}" if running == job_id and sample >= 0 else ""
 
     def read_crash_report(self) -> None:
         """Keep what ``faulthandler`` wrote if a fatal signal ended the worker (its
         stack), less the list of extension modules it ends with."""
-        if self.crash is not None:
-            text = bytes(self.crash[CRASH_PAGE:]).split(b"\0", 1)[0].decode(errors="replace")
+        crash = self.crash
+        if crash is not None:
+            text = bytes(crash[CRASH_PAGE:]).split(b"\0", 1)[0].decode(errors="replace")
             self.crash_report = text.split("\nExtension modules:", 1)[0].strip()
 
     def release(self) -> None:
@@ -267,6 +274,7 @@ class _Worker:
         if self._pidfd_closer is not None:
             self._pidfd_closer()
         self.pidfd = None
+        self.crash = None  # its map goes with the last view (a closed loader kept holds none)
         with contextlib.suppress(ValueError, AttributeError):  # (stand-ins in tests)
             self.process.close()
 
@@ -953,8 +961,9 @@ class ProcessWorkers:
             how = _killed_by(-code)
         else:
             how = f"exit code {code}: an operation ended the process (os._exit?)"
-        report = ("" if not worker.crash_report else ". faulthandler's report as it "
-                  f"crashed:\n{textwrap.indent(worker.crash_report, '    ')}")
+        crashed = code is not None and -code in NATIVE_CRASHES  # (faulthandler's signals)
+        report = ("" if not (crashed and worker.crash_report) else ". faulthandler's "
+                  f"report as it crashed:\n{textwrap.indent(worker.crash_report, '    ')}")
         return WorkerError(f"{self.config[0]}: worker process {worker.index} (pid "
                            f"{process.pid}) died ({how}) while {what}{also}{report}")
 
@@ -1245,7 +1254,7 @@ def _killed_by(number: int) -> str:
     if number == signal.SIGKILL:
         return "killed by signal 9 (SIGKILL): out of memory, or killed"
     how = f"killed by signal {number} ({_signal_name(number)})"
-    if number in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT):
+    if number in NATIVE_CRASHES:
         how += ": a crash in native code"
     return how
 
@@ -1372,15 +1381,25 @@ def _worker_main(conn: Connection, config: tuple[str, dict[str, type], bool, Sha
 
 def _report_crashes(fd: int) -> np.ndarray:
     """In a worker: a fatal signal (SIGSEGV in native code, SIGABRT …) writes the
-    stacks of its threads into the crash file *fd* (``faulthandler``), which the
+    stack of the thread that crashed into the crash file *fd* (``faulthandler``), which the
     loader reads back for its ``WorkerError``; returns the file's progress cells
     (``BatchContext.progress``)."""
     os.lseek(fd, CRASH_PAGE, os.SEEK_SET)
-    faulthandler.enable(file=fd, all_threads=True)  # it keeps *fd*: never closed
+    # the crashing thread's stack (all of them could outgrow what the loader reads);
+    # *fd* is kept open for it, never closed
+    faulthandler.enable(file=fd, all_threads=False)
+    # a process an operation forks reports its own crashes where any process would:
+    # written here, they would pass for this worker's
+    os.register_at_fork(after_in_child=_report_crashes_to_stderr)
     try:
         return map_shared(fd, CRASH_PAGE)[:16].view(np.int64)
     except OSError:  # (no room to map it: the loader's reports lack the sample)
         return np.full(2, -1, dtype=np.int64)
+
+
+def _report_crashes_to_stderr() -> None:
+    with contextlib.suppress(Exception):  # (stderr closed or replaced: none)
+        faulthandler.enable(file=sys.stderr, all_threads=True)
 
 
 def _serve(conn: Connection, message: tuple[Any, ...], reader: Reader, manager: Any,
