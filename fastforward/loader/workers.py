@@ -93,7 +93,6 @@ import select
 import selectors
 import signal
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -109,7 +108,13 @@ import numpy as np
 
 from ..errors import FastForwardError, WorkerError, exception_text, portable
 from ..pipeline.plan import Plan, bind_plan
-from ..utils import forkserver_preload, main_module_hint, map_shared, worker_started
+from ..utils import (
+    anonymous_shared_fd,
+    forkserver_preload,
+    main_module_hint,
+    map_shared,
+    worker_started,
+)
 from .runner import BatchJob, ranged_pipelines, run_stage1
 
 if TYPE_CHECKING:
@@ -126,10 +131,10 @@ DEPTH = 2
 so that it never waits for a message between two ranges."""
 
 CRASH_PAGE = 4096
-"""A worker's crash file (``_crash_file``) starts with the cells where the worker
-notes where it is: the id of the range it runs, and the sample a per-sample
-operation started (``BatchContext.progress``); what ``faulthandler`` writes
-when a fatal signal ends it follows, from this offset."""
+"""A worker's crash file (shared memory, handed over as it starts) starts with
+the cells where the worker notes where it is: the id of the range it runs, and
+the sample a per-sample operation started (``BatchContext.progress``); what
+``faulthandler`` writes when a fatal signal ends it follows, from this offset."""
 
 CRASH_REPORT = 16384
 """The most of ``faulthandler``'s report the loader reads back (the crashing
@@ -242,7 +247,7 @@ class _Worker:
         self.unreachable = False  # a message to it failed: it is dying, send it no more
         self.why: str | None = None  # why the loader killed it, if it did
         self.send_error: str | None = None  # a message that failed in this process (EMFILE)
-        # its crash file, mapped (``_crash_file``): where it is, and faulthandler's report
+        # its crash file, mapped (``CRASH_PAGE``): where it is, and faulthandler's report
         self.crash: np.ndarray | None = None  # (uint8)
         self.crash_report = ""  # read once it is buried
         # the process itself, whatever multiprocessing believes (see _end); closed with
@@ -470,7 +475,7 @@ class ProcessWorkers:
         try:
             send_handle(worker.conn, self.reader.fileno(), worker.process.pid)
             send_handle(worker.conn, self._tables, worker.process.pid)
-            crash = _crash_file()
+            crash = anonymous_shared_fd(CRASH_PAGE + CRASH_REPORT, "fastforward-worker")
             try:
                 with contextlib.suppress(OSError):  # (without it, no sample nor stack)
                     worker.crash = map_shared(crash, CRASH_PAGE + CRASH_REPORT)
@@ -1029,23 +1034,6 @@ class ProcessEpoch:
     def close(self) -> None:
         """The workers forget this epoch's plan; the pool stays for the next epoch."""
         self.pool.retire(self.plan_id)
-
-
-def _crash_file() -> int:
-    """A new worker's crash file (see ``CRASH_PAGE``): in memory (a memfd, or an
-    unnamed temporary file where there is none), gone with its last map or
-    descriptor, so nothing is left behind however the worker or the loader ends."""
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("fastforward-worker")
-    else:
-        with tempfile.TemporaryFile() as file:
-            fd = os.dup(file.fileno())
-    try:
-        os.ftruncate(fd, CRASH_PAGE + CRASH_REPORT)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _unsent(item: _Range, why: str) -> RuntimeError:
