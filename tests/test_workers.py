@@ -172,23 +172,37 @@ class RaiseInBatch(Operation):
         return batch
 
 
-class KillAt(Operation):
-    """Kills its own process at sample *index*: SIGKILL (as the OOM killer would),
-    or ``os._exit(exit_code)``."""
+class AtSample(Operation):
+    """A per-sample operation that passes its samples on, and calls ``reached()``
+    at sample *index*."""
 
     per_sample = True
 
-    def __init__(self, index: int, exit_code: int | None = None) -> None:
+    def __init__(self, index: int) -> None:
         super().__init__()
         self.index = index
-        self.exit_code = exit_code
+
+    def reached(self) -> None:
+        raise NotImplementedError
 
     def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
         if int(context.indices[position]) == self.index:
-            if self.exit_code is not None:
-                os._exit(self.exit_code)
-            os.kill(os.getpid(), signal.SIGKILL)
+            self.reached()
         return sample
+
+
+class KillAt(AtSample):
+    """Kills its own process at sample *index*: SIGKILL (as the OOM killer would),
+    or ``os._exit(exit_code)``."""
+
+    def __init__(self, index: int, exit_code: int | None = None) -> None:
+        super().__init__(index)
+        self.exit_code = exit_code
+
+    def reached(self) -> None:
+        if self.exit_code is not None:
+            os._exit(self.exit_code)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def train_loader(path: Path, workers: int, worker_type: str, extra: list | None = None,
@@ -486,15 +500,10 @@ def test_a_killed_worker_is_a_worker_error_not_a_hang(photos_file: Path) -> None
         assert loader.workers.started == 3
 
 
-class CrashAt(Operation):
+class CrashAt(AtSample):
     """Reads address 0 at sample *index*: a segmentation fault, as a crash in a
-    library's native code would be."""
-
-    per_sample = True
-
-    def __init__(self, index: int) -> None:
-        super().__init__()
-        self.index = index
+    library's native code would be. Crashes from ``apply_sample`` itself, the
+    frame the test finds under the crash in faulthandler's report."""
 
     def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
         if int(context.indices[position]) == self.index:
@@ -522,25 +531,17 @@ def crash_in_native_code() -> None:
     ctypes.string_at(0)
 
 
-class ForkCrashAndDieAt(Operation):
+class ForkCrashAndDieAt(AtSample):
     """At sample *index*, forks a child that crashes (SIGSEGV), waits for it, then
     SIGKILLs its own process."""
 
-    per_sample = True
-
-    def __init__(self, index: int) -> None:
-        super().__init__()
-        self.index = index
-
-    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
-        if int(context.indices[position]) == self.index:
-            child = os.fork()
-            if child == 0:
-                os.close(2)  # (its report goes to stderr: keep the test's output clean)
-                crash_in_native_code()
-            os.waitpid(child, 0)
-            os.kill(os.getpid(), signal.SIGKILL)
-        return sample
+    def reached(self) -> None:
+        child = os.fork()
+        if child == 0:
+            os.close(2)  # (its report goes to stderr: keep the test's output clean)
+            crash_in_native_code()
+        os.waitpid(child, 0)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_a_worker_that_crashes_says_where(photos_file: Path) -> None:
