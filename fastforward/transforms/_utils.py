@@ -129,8 +129,12 @@ def fill_array(op: Any, fill: Any) -> np.ndarray:
     try:
         return np.array(fill, dtype=np.float64 if fill is None else None)
     except (TypeError, ValueError):
-        raise TypeError(f"{name(op)}: fill must be a number or one number per channel, "
-                        f"got {fill!r}") from None
+        raise _not_numbers(op, fill) from None
+
+
+def _not_numbers(op: Any, fill: Any) -> TypeError:
+    return TypeError(f"{name(op)}: fill must be a number or one number per channel, "
+                     f"got {fill!r}")
 
 
 def fill_value(op: Any, fill: Any, channels: int, dtype: np.dtype) -> np.ndarray:
@@ -145,8 +149,7 @@ def fill_value(op: Any, fill: Any, channels: int, dtype: np.dtype) -> np.ndarray
     try:
         values = np.asarray(fill, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
-        raise TypeError(f"{name(op)}: fill must be a number or one number per channel, "
-                        f"got {fill!r}") from None
+        raise _not_numbers(op, fill) from None
     if values.size == 1:
         values = np.repeat(values, channels)
     if values.size != channels:
