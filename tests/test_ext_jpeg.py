@@ -376,11 +376,11 @@ class Range:
 
     def run(self, decoder: object, crops: np.ndarray, flips: np.ndarray, out: np.ndarray,
             scale: object = None, bias: object = None, min_scale: int = 8,
-            workspace: Workspace | None = None) -> tuple[int, str] | None:
+            workspace: Workspace | None = None, **watch: object) -> tuple[int, str] | None:
         return jpeg.decode_crop_resize_range(
             decoder, self.source, self.starts, self.sizes, self.raw, self.heights, self.widths,
             np.ascontiguousarray(crops, np.int64), np.ascontiguousarray(flips, np.uint8), out,
-            scale, bias, workspace or Workspace(), True, min_scale)
+            scale, bias, workspace or Workspace(), True, min_scale, **watch)
 
 
 @pytest.fixture(scope="module")
@@ -419,6 +419,36 @@ def test_range_is_todays_decode_then_crop_resize(pictures: list[np.ndarray], dec
         expected = np.empty((33, 29, 3), dtype)
         crop_resize_into(image, *crops[k], expected, bool(flips[k]), scale, bias)
         np.testing.assert_array_equal(out[k], expected, err_msg=f"sample {k}")
+
+
+def test_the_range_kernel_notes_the_sample_it_decodes(pictures: list[np.ndarray],
+                                                     decoder: object) -> None:
+    """Given a worker process's progress cells, the kernel notes in ``progress[1]``
+    the dataset index of the sample it decodes, -1 once the range is done, and the
+    failing sample's after a failure; the range's id (``progress[0]``) is left alone."""
+    payloads = [encode(p) for p in pictures[:4]]
+    shapes = [p.shape[:2] for p in pictures[:4]]
+    crops = crops_for(np.random.default_rng(2), shapes)
+    flips = np.zeros(4, np.uint8)
+    out = np.empty((4, 16, 16, 3), np.uint8)
+    samples = np.array([40, 17, 93, 5], np.int64)
+    progress = np.array([7, 123], np.int64)
+    assert Range(payloads, shapes).run(decoder, crops, flips, out, progress=progress,
+                                       samples=samples) is None
+    assert progress.tolist() == [7, -1]
+    broken = bytearray(payloads[2])
+    broken[2:12] = bytes(10)  # no JPEG header: libjpeg refuses it as it starts
+    k, _ = Range([*payloads[:2], bytes(broken), payloads[3]], shapes).run(
+        decoder, crops, flips, out, progress=progress, samples=samples)
+    assert k == 2
+    assert progress.tolist() == [7, 93]
+    batch = Range(payloads, shapes)
+    with pytest.raises(ValueError, match="samples holds 3 indices, the range has 4"):
+        batch.run(decoder, crops, flips, out, progress=progress, samples=samples[:3])
+    with pytest.raises(ValueError, match="progress holds 1 cells"):
+        batch.run(decoder, crops, flips, out, progress=progress[:1], samples=samples)
+    with pytest.raises(ValueError, match="progress without samples"):
+        batch.run(decoder, crops, flips, out, progress=progress)
 
 
 @pytest.mark.parametrize("size", [(24, 20), (64, 64)])

@@ -271,6 +271,37 @@ def test_resize_range_reports_a_frame_of_the_wrong_size(photos: list[np.ndarray]
     assert "holds 2400 bytes, a 20×30 image needs 3000" in message
 
 
+def test_the_range_kernels_note_the_sample_they_decode(photos: list[np.ndarray],
+                                                       masks: list[np.ndarray]) -> None:
+    """As the JPEG range kernel: ``progress[1]`` holds the dataset index of the
+    sample being decoded, -1 after the range, the failing sample's after a failure."""
+    samples = np.array([12, 3], np.int64)
+    progress = np.array([4, 99], np.int64)
+    image = bands(photos, 4, np.uint8, 20, 30, seed=2)
+    good = pack(image, "zstd", 3)
+    for payloads, expected in ([good, good], [4, -1]), ([good, good[:-5]], [4, 3]):
+        source, starts, sizes = batch_of(payloads)
+        failed = planes.decode_resize_range(
+            planes.ZstdDecoder(), source, starts, sizes, True, 1, np.array([20, 20]),
+            np.array([30, 30]), np.array([[0, 0, 20, 30]] * 2, np.int64), np.zeros(2, np.uint8),
+            np.empty((2, 10, 10, 4), np.uint8), None, None, Workspace(), Workspace(),
+            progress=progress, samples=samples)
+        assert (failed is None) == (expected[1] == -1)
+        assert progress.tolist() == expected
+    mask = masks[0]
+    h, w = mask.shape
+    good = pack(mask, "zstd", 3)
+    for payloads, expected in ([good, good], [4, -1]), ([good[:-5], good], [4, 12]):
+        source, starts, sizes = batch_of(payloads)
+        failed = planes.decode_nearest_range(
+            planes.ZstdDecoder(), source, starts, sizes, True, np.array([h, h]),
+            np.array([w, w]), np.array([[0, 0, h, w]] * 2, np.int64),
+            np.array([[h, w]] * 2, np.int64), np.zeros(2, np.uint8),
+            np.empty((2, h, w), np.uint8), 0, Workspace(), progress=progress, samples=samples)
+        assert (failed is None) == (expected[1] == -1)
+        assert progress.tolist() == expected
+
+
 def test_a_zstd_decoder_is_not_pickled() -> None:
     with pytest.raises(TypeError, match="cannot pickle"):
         pickle.dumps(planes.ZstdDecoder())

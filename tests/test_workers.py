@@ -36,6 +36,7 @@ import pytest
 from fastforward.errors import WorkerError
 from fastforward.fields import IntField, NDArrayField, RGBImageField
 from fastforward.fields.decoders import (
+    CenterCropRGBImageDecoder,
     IntDecoder,
     NDArrayDecoder,
     RandomResizedCropRGBImageDecoder,
@@ -589,6 +590,77 @@ def test_a_crash_in_a_process_a_worker_forked_is_not_the_workers(photos_file: Pa
         for _ in loader:
             pass
     assert "faulthandler" not in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def large_photos_file(tmp_path_factory: pytest.TempPathFactory,
+                      photos: list[np.ndarray]) -> Path:
+    """8 photographs of 1024x1024 (tiled), JPEG: each takes milliseconds to decode."""
+    path = tmp_path_factory.mktemp("workers") / "large.beton"
+    tiles = [np.ascontiguousarray(np.tile(p[:256, :256], (4, 4, 1))) for p in photos]
+    DatasetWriter(path, {"image": RGBImageField(write_mode="jpg"), "label": IntField()},
+                  num_workers=1, progress=False).from_indexed_dataset(
+        [(tiles[i % len(tiles)], i) for i in range(8)])
+    return path
+
+
+class KillWhileDecoding:
+    """Mixed in before a decoder: in the range that holds sample *index*, a second
+    thread SIGKILLs the worker process as soon as the decoder notes (in the worker's
+    progress cells) that it decodes that sample, as a crash inside the compiled kernel
+    would end it."""
+
+    def __init__(self, index: int, *args: Any) -> None:
+        super().__init__(*args)
+        self.index = index
+
+    def decode_range(self, lo, hi, destination, context):  # type: ignore[no-untyped-def]
+        if context.progress is None or self.index not in context.indices[lo:hi]:
+            return super().decode_range(lo, hi, destination, context)  # type: ignore[misc]
+        cells, done = context.progress, threading.Event()
+
+        def kill_at_the_sample() -> None:
+            while cells[1] != self.index and not done.is_set():
+                time.sleep(0)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=kill_at_the_sample, daemon=True).start()
+        super().decode_range(lo, hi, destination, context)  # type: ignore[misc]
+        done.set()  # (the sample was never noted: the kill names none)
+        time.sleep(30)
+        return None
+
+
+class KillWhileCropping(KillWhileDecoding, CenterCropRGBImageDecoder):
+    pass
+
+
+class KillWhileDecodingWhole(KillWhileDecoding, SimpleRGBImageDecoder):
+    pass
+
+
+@pytest.mark.parametrize("decoder", ["crop", "crop without libjpeg-turbo", "whole"])
+def test_a_worker_dying_in_a_decoder_names_the_sample(large_photos_file: Path, decoder: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that dies while a decoder decodes (a crash in libjpeg, an OOM kill)
+    is reported with the sample the decoder was at: the crop decoders' compiled range
+    kernels (libjpeg-turbo's, and simplejpeg's where the build has no libjpeg-turbo)
+    and the whole-image decoder's loop note each sample as they start it."""
+    start_method = None
+    if decoder == "crop without libjpeg-turbo":
+        from fastforward.fields import rgb_image
+
+        monkeypatch.setattr(rgb_image, "_region", None)
+        start_method = "fork"  # (the workers inherit the patch)
+    op = KillWhileDecodingWhole(5) if decoder == "whole" else KillWhileCropping(5, (64, 64), 1.0)
+    with Loader(large_photos_file, 4, num_workers=2, worker_type="process",
+                start_method=start_method,
+                pipelines={"image": [op], "label": [IntDecoder()]}) as loader, \
+            pytest.raises(WorkerError, match=r"killed by signal 9 \(SIGKILL\)") as info:
+        for _ in loader:
+            pass
+    assert re.search(r"batch 1 \(samples 4, …, 7\), rows \d+:\d+, at sample 5\b",
+                     str(info.value)), str(info.value)
 
 
 def run_script(tmp_path: Path, name: str, source: str) -> subprocess.CompletedProcess:

@@ -31,7 +31,8 @@ def decode_crop_resize_range(
     raw: BufferLike, heights: BufferLike, widths: BufferLike, crops: BufferLike,
     flips: BufferLike, out: np.ndarray, scale: Sequence[float] | np.ndarray | None,
     bias: Sequence[float] | np.ndarray | None, workspace: Workspace, fast_idct: bool = True,
-    min_scale: int = 8, restarts: bool = True,
+    min_scale: int = 8, restarts: bool = True, progress: np.ndarray | None = None,
+    samples: np.ndarray | None = None,
 ) -> tuple[int, str] | None:
     """Decode, crop and resize samples ``0 .. n-1`` of a range into ``out[k]``."""
 

@@ -33,8 +33,9 @@ import os
 
 import numpy as np
 
-from fastforward._ext.resize cimport (KIND_U8, Target, Workspace, _resize_into,
-                                      _resize_span_into, _scratch_bytes, _target)
+from fastforward._ext.resize cimport (KIND_U8, Progress, Target, Workspace, _at, _done,
+                                      _progress, _resize_into, _resize_span_into,
+                                      _scratch_bytes, _target)
 
 
 cdef extern from "jpeg_region.h" nogil:
@@ -187,7 +188,8 @@ def decode_crop_resize_range(JpegDecoder decoder not None, const uint8_t[::1] so
                              const int64_t[:, ::1] crops not None,
                              const uint8_t[::1] flips not None, out not None, scale, bias,
                              Workspace workspace not None, bint fast_idct=True,
-                             int min_scale=8, bint restarts=True):
+                             int min_scale=8, bint restarts=True, progress=None,
+                             samples=None):
     """Decode, crop and resize samples ``0 .. n-1`` of a range into ``out[k]``.
 
     Sample ``k``'s payload is ``source[starts[k] : starts[k] + sizes[k]]``: raw
@@ -201,8 +203,13 @@ def decode_crop_resize_range(JpegDecoder decoder not None, const uint8_t[::1] so
     decoding at the marker above its window (the same pixels, fewer rows
     entropy-decoded).
 
+    With *progress* (int64 cells, ``BatchContext.progress``), ``progress[1]``
+    holds ``samples[k]`` (the range's dataset indices) while sample ``k`` is
+    decoded, and -1 once the range is done: a worker process that crashes or
+    stalls in here is reported with its sample.
+
     Returns None, or ``(k, message)`` for the first sample that failed (the
-    samples before it are written).
+    samples before it are written; ``progress[1]`` stays at its index).
     """
     cdef Target t
     cdef Py_ssize_t n = starts.shape[0], k
@@ -212,9 +219,11 @@ def decode_crop_resize_range(JpegDecoder decoder not None, const uint8_t[::1] so
     cdef char* scratch
     cdef const uint8_t* base
     cdef ff_jpeg* j = decoder.j
+    cdef Progress watch
     if not (sizes.shape[0] == raw.shape[0] == heights.shape[0] == widths.shape[0] ==
             crops.shape[0] == flips.shape[0] == n) or crops.shape[1] != 4:
         raise ValueError("decode_crop_resize_range: per-sample arrays of different lengths")
+    _progress(&watch, progress, samples, n)
     if not 1 <= min_scale <= 8:
         raise ValueError(f"min_scale must be in 1..8, got {min_scale}")
     _target(&t, out, 3, scale, bias)
@@ -244,6 +253,7 @@ def decode_crop_resize_range(JpegDecoder decoder not None, const uint8_t[::1] so
     base = &source[0]
     with nogil:
         for k in range(n):
+            _at(&watch, k)
             if raw[k]:
                 _resize_into(base + starts[k], heights[k], widths[k], widths[k] * 3,
                              crops[k, 0], crops[k, 1], crops[k, 2], crops[k, 3], &t, k,
@@ -258,6 +268,7 @@ def decode_crop_resize_range(JpegDecoder decoder not None, const uint8_t[::1] so
             _resize_into(j.pixels, p.h, j.columns, j.stride, 0, p.x0 - j.x_offset, p.h, p.w,
                          &t, k, flips[k], scratch)
     if code == FF_JPEG_OK:
+        _done(&watch)
         return None
     if code == FF_JPEG_NOMEM:
         error = MemoryError(f"no memory to decode sample {k}'s JPEG")

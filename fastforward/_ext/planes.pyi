@@ -26,6 +26,7 @@ def decode_nearest_range(
     decoder: ZstdDecoder, source: BufferLike, starts: BufferLike, sizes: BufferLike,
     compressed: bool, heights: BufferLike, widths: BufferLike, crops: BufferLike,
     out_sizes: BufferLike, flips: BufferLike, out: np.ndarray, fill: int, workspace: Workspace,
+    progress: np.ndarray | None = None, samples: np.ndarray | None = None,
 ) -> tuple[int, str] | None:
     """Decode a range of masks, each cropped, resized by nearest neighbour and mirrored."""
 
@@ -34,6 +35,7 @@ def decode_resize_range(
     compressed: bool, item: int, heights: BufferLike, widths: BufferLike, crops: BufferLike,
     flips: BufferLike, out: np.ndarray, scale: Sequence[float] | np.ndarray | None,
     bias: Sequence[float] | np.ndarray | None, workspace: Workspace,
-    values_workspace: Workspace,
+    values_workspace: Workspace, progress: np.ndarray | None = None,
+    samples: np.ndarray | None = None,
 ) -> tuple[int, str] | None:
     """Decode a range of many-channel images, each cropped, resized, mirrored, converted."""

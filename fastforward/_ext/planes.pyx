@@ -34,8 +34,12 @@ from libc.string cimport memcpy, memset
 from fastforward._ext.resize cimport (
     KIND_U8,
     KIND_U16,
+    Progress,
     Target,
     Workspace,
+    _at,
+    _done,
+    _progress,
     _resize_into,
     _scratch_bytes,
     _target,
@@ -205,7 +209,7 @@ def decode_nearest_range(ZstdDecoder decoder not None, const uint8_t[::1] source
                          const int64_t[::1] widths not None, const int64_t[:, ::1] crops not None,
                          const int64_t[:, ::1] out_sizes not None,
                          const uint8_t[::1] flips not None, out not None, int fill,
-                         Workspace workspace not None):
+                         Workspace workspace not None, progress=None, samples=None):
     """Decode masks ``0 .. n-1`` of a range into ``out[k]`` (``(n, H, W)`` uint8 or
     uint16, rows contiguous), by nearest neighbour.
 
@@ -215,7 +219,8 @@ def decode_nearest_range(ZstdDecoder decoder not None, const uint8_t[::1] source
     mirrored if ``flips[k]``, and *fill* written in the rest. Output pixel
     ``(oy, ox)`` takes the window's pixel ``(min(h - 1, (2 oy + 1) h // 2 oh),
     min(w - 1, (2 ox + 1) w // 2 ow))`` (``pixels.crop_nearest_into``'s rule;
-    mirrored, column ``ox`` is the unmirrored ``ow - 1 - ox``).
+    mirrored, column ``ox`` is the unmirrored ``ow - 1 - ox``). *progress* and
+    *samples* as in ``jpeg.decode_crop_resize_range``.
     """
     cdef Py_ssize_t n = starts.shape[0], k, oy, ox, i, ob, sy, sx, last
     cdef Py_ssize_t H, W, item, row_bytes, image_bytes, y0, x0, h, w, oh, ow, nbytes
@@ -232,10 +237,12 @@ def decode_nearest_range(ZstdDecoder decoder not None, const uint8_t[::1] source
     cdef const uint8_t* end
     cdef const uint8_t* data = &source[0] if source.shape[0] else NULL
     cdef uint8_t[:, :, ::1] raw
+    cdef Progress watch
     if not (sizes.shape[0] == heights.shape[0] == widths.shape[0] == crops.shape[0] ==
             out_sizes.shape[0] == flips.shape[0] == n) or crops.shape[1] != 4 or \
             out_sizes.shape[1] != 2:
         raise ValueError("decode_nearest_range: per-sample arrays of different lengths")
+    _progress(&watch, progress, samples, n)
     if out.ndim != 3 or out.dtype.str not in ("|u1", "<u2"):
         raise TypeError(f"out must be (n, H, W) uint8 or uint16, got {out.shape} {out.dtype}")
     if out.shape[0] < n:
@@ -276,6 +283,7 @@ def decode_nearest_range(ZstdDecoder decoder not None, const uint8_t[::1] source
     shuffle = <uint8_t*>(bases + W * item)
     with nogil:
         for k in range(n):
+            _at(&watch, k)
             need = <size_t>(heights[k] * widths[k] * item)
             status = _values(decoder.ctx, data + starts[k], sizes[k], compressed, need, item,
                              scratch, &values, &code)
@@ -314,6 +322,7 @@ def decode_nearest_range(ZstdDecoder decoder not None, const uint8_t[::1] source
                 _fill(image + oy * row_bytes, W, item, fill)
     if status != OK:
         return k, _failure(status, code, <size_t>(heights[k] * widths[k] * item))
+    _done(&watch)
     return None
 
 
@@ -333,7 +342,8 @@ def decode_resize_range(ZstdDecoder decoder not None, const uint8_t[::1] source 
                         bint compressed, int item, const int64_t[::1] heights not None,
                         const int64_t[::1] widths not None, const int64_t[:, ::1] crops not None,
                         const uint8_t[::1] flips not None, out not None, scale, bias,
-                        Workspace workspace not None, Workspace values_workspace not None):
+                        Workspace workspace not None, Workspace values_workspace not None,
+                        progress=None, samples=None):
     """Decode images ``0 .. n-1`` of a range into ``out[k]``: ``(n, oh, ow, c)`` of the
     images' type (*item*: 1 for uint8, 2 for uint16) or float16/float32 (each
     channel ``value * scale[c] + bias[c]``), as ``crop_resize_into`` does.
@@ -342,7 +352,8 @@ def decode_resize_range(ZstdDecoder decoder not None, const uint8_t[::1] source 
     be ``heights[k] x widths[k] x c``. Window ``crops[k]`` (``y, x, h, w``) is
     resized into ``out[k]``, mirrored if ``flips[k]``. A window that is the
     whole image, as large as the output, neither mirrored nor converted, is
-    copied (or decompressed) straight into ``out[k]``.
+    copied (or decompressed) straight into ``out[k]``. *progress* and *samples* as
+    in ``jpeg.decode_crop_resize_range``.
     """
     cdef Target t
     cdef Py_ssize_t n = starts.shape[0], k, c, y
@@ -354,9 +365,11 @@ def decode_resize_range(ZstdDecoder decoder not None, const uint8_t[::1] source 
     cdef const uint8_t* data = &source[0] if source.shape[0] else NULL
     cdef uint8_t* image
     cdef bint direct, contiguous
+    cdef Progress watch
     if not (sizes.shape[0] == heights.shape[0] == widths.shape[0] == crops.shape[0] ==
             flips.shape[0] == n) or crops.shape[1] != 4:
         raise ValueError("decode_resize_range: per-sample arrays of different lengths")
+    _progress(&watch, progress, samples, n)
     if out.ndim != 4:
         raise ValueError(f"out must be (n, oh, ow, c), got {out.shape}")
     c = out.shape[3]
@@ -386,6 +399,7 @@ def decode_resize_range(ZstdDecoder decoder not None, const uint8_t[::1] source 
     values_scratch = <uint8_t*>values_workspace.reserve(most + SLACK)
     with nogil:
         for k in range(n):
+            _at(&watch, k)
             need = <size_t>(heights[k] * widths[k] * c * item)
             image = <uint8_t*>(t.base + k * t.image_bytes)
             direct = (crops[k, 0] == 0 and crops[k, 1] == 0 and crops[k, 2] == heights[k]
@@ -410,4 +424,5 @@ def decode_resize_range(ZstdDecoder decoder not None, const uint8_t[::1] source 
                          crops[k, 1], crops[k, 2], crops[k, 3], &t, k, flips[k], scratch)
     if status != OK:
         return k, _failure(status, code, <size_t>(heights[k] * widths[k] * c * item))
+    _done(&watch)
     return None

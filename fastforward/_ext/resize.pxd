@@ -3,7 +3,7 @@
 # window of any image in memory. ``jpeg.pyx`` runs it on the rows it decodes,
 # ``planes.pyx`` on images stored as arrays (uint8 or uint16, 1 to 16 channels).
 
-from libc.stdint cimport uint8_t
+from libc.stdint cimport int64_t, uint8_t
 
 
 cdef enum:
@@ -46,3 +46,25 @@ cdef int _resize_into(const uint8_t* src, Py_ssize_t src_h, Py_ssize_t src_w,
 cdef int _resize_span_into(const uint8_t* src, Py_ssize_t src_h, Py_ssize_t src_w,
                            Py_ssize_t src_stride, const double* spans, const Target* t,
                            char* scratch) except -1 nogil
+
+
+cdef struct Progress:
+    # where a range kernel notes the sample it is at (a worker process's shared cell,
+    # read by the loader when the worker crashes or stalls): NULL, nowhere
+    int64_t* cell
+    const int64_t* samples  # the range's dataset indices
+
+
+cdef int _progress(Progress* p, progress, samples, Py_ssize_t n) except -1
+
+
+cdef inline void _at(const Progress* p, Py_ssize_t k) noexcept nogil:
+    """Note that the kernel starts the range's sample *k*."""
+    if p.cell != NULL:
+        p.cell[0] = p.samples[k]
+
+
+cdef inline void _done(const Progress* p) noexcept nogil:
+    """Note that the kernel is past the range's samples."""
+    if p.cell != NULL:
+        p.cell[0] = -1

@@ -36,7 +36,8 @@ def decode_crop_resize_range(
     heights: BufferLike, widths: BufferLike, crops: BufferLike, flips: BufferLike,
     out: np.ndarray, scale: Sequence[float] | np.ndarray | None,
     bias: Sequence[float] | np.ndarray | None, workspace: Workspace,
-    fail: Callable[[Exception, int], BaseException],
+    fail: Callable[[Exception, int], BaseException], progress: np.ndarray | None = None,
+    samples: np.ndarray | None = None,
 ) -> int:
     """Decode (simplejpeg's *decode_jpeg*, into *buffer*), crop and resize samples
     ``0 .. n-1`` of a range into ``out[k]``; an exception at sample ``k`` is

@@ -234,6 +234,29 @@ cdef class Workspace:
         return self.memory
 
 
+cdef int _progress(Progress* p, progress, samples, Py_ssize_t n) except -1:
+    """Point *p* at ``progress[1]``, the cell where a range kernel notes the dataset
+    index (from *samples*, one per sample of the range) of the sample it starts, and
+    -1 once past them (``BatchContext.progress``); nowhere when *progress* is None.
+    The caller keeps both arrays alive while the kernel runs."""
+    cdef int64_t[::1] cells
+    cdef const int64_t[::1] ids
+    p.cell, p.samples = NULL, NULL
+    if progress is None:
+        return 0
+    if samples is None:
+        raise ValueError("progress without samples: a range kernel notes their indices")
+    cells = progress
+    ids = samples
+    if cells.shape[0] < 2:
+        raise ValueError(f"progress holds {cells.shape[0]} cells, a range kernel writes the second")
+    if ids.shape[0] != n:
+        raise ValueError(f"samples holds {ids.shape[0]} indices, the range has {n} samples")
+    p.cell = &cells[1]
+    p.samples = &ids[0] if n else NULL
+    return 0
+
+
 cdef inline size_t _align(size_t n) noexcept nogil:
     return (n + 63) & ~(<size_t>63)
 
@@ -420,7 +443,8 @@ def decode_crop_resize_range(decode_jpeg, bint fastdct, buffer, source,
                              const int64_t[::1] widths not None,
                              const int64_t[:, ::1] crops not None,
                              const uint8_t[::1] flips not None, out not None, scale, bias,
-                             Workspace workspace not None, fail not None):
+                             Workspace workspace not None, fail not None, progress=None,
+                             samples=None):
     """The crop decoders' loop over the samples of a range, compiled.
 
     For each sample ``k``: its payload is ``source[starts[k] : starts[k] + sizes[k]]``,
@@ -429,19 +453,23 @@ def decode_crop_resize_range(decode_jpeg, bint fastdct, buffer, source,
     ValueError becomes a DecodeError). The image must be ``heights[k] x widths[k]``; window ``crops[k]``
     (``i, j, h, w``) of it is resized into ``out[k]``, mirrored if ``flips[k]``.
     An exception at sample ``k`` is re-raised as ``fail(exception, k)``.
+    *progress* and *samples* as in ``jpeg.decode_crop_resize_range``.
     """
     cdef Target t
     cdef Py_ssize_t n = starts.shape[0], k
     cdef int64_t need
     cdef const uint8_t[:, :, ::1] image
+    cdef Progress watch
     if not (sizes.shape[0] == raw.shape[0] == heights.shape[0] == widths.shape[0] ==
             crops.shape[0] == flips.shape[0] == n) or crops.shape[1] != 4:
         raise ValueError("decode_crop_resize_range: per-sample arrays of different lengths")
+    _progress(&watch, progress, samples, n)
     _target(&t, out, 3, scale, bias)
     if t.count < n:
         raise ValueError(f"out holds {t.count} images, the range has {n}")
     payloads = memoryview(source).cast("B")
     for k in range(n):
+        _at(&watch, k)
         try:
             if raw[k]:
                 need = heights[k] * widths[k] * 3
@@ -464,6 +492,7 @@ def decode_crop_resize_range(decode_jpeg, bint fastdct, buffer, source,
                         flips[k], workspace)
         except Exception as exc:
             raise fail(exc, k) from None
+    _done(&watch)
     return n
 
 

@@ -284,6 +284,6 @@ class MaskDecoder(Decoder):
             failed = decode_nearest_range(
                 scratch.zstd, source, starts, sizes, field.compression == "zstd", heights,
                 widths, crops, out_sizes, flips, destination[lo:hi], self.fill,
-                scratch.values)
+                scratch.values, progress=context.progress, samples=context.samples(lo, hi))
         if failed is not None:
             raise self.fail(DecodeError(failed[1]), context, lo + failed[0])

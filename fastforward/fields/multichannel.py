@@ -189,7 +189,9 @@ class _Planes:
             failed = decode_resize_range(scratch.zstd, source, starts, sizes,
                                          field.compression == "zstd", field.dtype.itemsize,
                                          heights, widths, crops, flips, out, scale, bias,
-                                         scratch.workspace, scratch.values)
+                                         scratch.workspace, scratch.values,
+                                         progress=context.progress,
+                                         samples=context.samples(lo, lo + len(starts)))
         if failed is not None:
             raise self.fail(DecodeError(failed[1]), context, lo + failed[0])  # type: ignore[attr-defined]
 

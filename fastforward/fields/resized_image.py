@@ -161,7 +161,7 @@ class ShorterSideRGBImageDecoder(ResizedCropRGBImageDecoder):
                                context.stream, context.batch_index,
                                context.data.rows(k, k + 1), copies=None,
                                geometry_out=None if geometry_out is None
-                               else geometry_out[k : k + 1])
+                               else geometry_out[k : k + 1], progress=context.progress)
             super().decode_range(0, 1, packed, one)
             spread_rows(memory.view(np.uint8), oh, ow * channels * item,
                         width * channels * item, height)

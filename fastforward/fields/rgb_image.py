@@ -664,10 +664,12 @@ class SimpleRGBImageDecoder(_ImageDecoder):
             return
         with self._scratch.lend() as scratch:
             for position in range(lo, hi):
+                context.note_sample(position)
                 try:
                     destination[position] = self._image(context, position, scratch)
                 except Exception as exc:
                     raise self.fail(exc, context, position) from exc.__cause__
+        context.note_no_sample()
 
 
 class ResizedCropRGBImageDecoder(_ImageDecoder):
@@ -847,7 +849,8 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
                         scratch.jpeg, source, np.ascontiguousarray(offsets[lo:hi], np.uint64),
                         np.ascontiguousarray(sizes[lo:hi], np.uint64), raw, heights, widths,
                         crops, flips, destination[lo:hi], scale, bias, scratch.workspace,
-                        self.fastdct)
+                        self.fastdct, progress=context.progress,
+                        samples=context.samples(lo, hi))
                 except MemoryError as exc:  # libjpeg's allocation, for sample exc.sample
                     at = getattr(exc, "sample", None)
                     if at is None:
@@ -868,7 +871,8 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
                 offsets[lo:hi].astype(np.int64), sizes[lo:hi].astype(np.int64),
                 raw, heights, widths, crops, flips,
                 destination[lo:hi], scale, bias, scratch.workspace,
-                lambda exc, k: self.fail(exc, context, lo + k))
+                lambda exc, k: self.fail(exc, context, lo + k), progress=context.progress,
+                samples=context.samples(lo, hi))
 
 
 class RandomResizedCropRGBImageDecoder(ResizedCropRGBImageDecoder):

@@ -62,8 +62,9 @@ class BatchContext:
     """Where a decoder that publishes geometry writes its samples' rows (None: nobody
     follows it)."""
     progress: np.ndarray | None = field(default=None, repr=False)
-    """On a worker process, the shared cells where a per-sample operation notes the
-    sample it starts (``progress[1]``): a worker that crashes or stalls is then
+    """On a worker process, the shared cells where a per-sample operation or a
+    decoder notes the sample it starts (``progress[1]``, through ``note_sample``,
+    or in a compiled range kernel): a worker that crashes or stalls is then
     reported with its sample. None elsewhere."""
 
     def gather_into(self, source: np.ndarray, offsets: np.ndarray, sizes: np.ndarray,
@@ -85,6 +86,22 @@ class BatchContext:
         """Return once every copy into this batch (``gather_into``) has finished."""
         if self.copies is not None:
             self.copies.wait()
+
+    def note_sample(self, position: int) -> None:
+        """Note in ``progress`` that the sample at *position* starts (nothing where
+        there are no cells: off worker processes)."""
+        if self.progress is not None:
+            self.progress[1] = self.indices[position]
+
+    def note_no_sample(self) -> None:
+        """Note in ``progress`` that what runs now is at no one sample."""
+        if self.progress is not None:
+            self.progress[1] = -1
+
+    def samples(self, lo: int, hi: int) -> np.ndarray:
+        """The dataset indices of positions ``lo:hi`` as one block of int64: what a
+        compiled range kernel, given ``progress``, notes there sample by sample."""
+        return np.ascontiguousarray(self.indices[lo:hi], np.int64)
 
     def uniform(self, count: int) -> np.ndarray:
         """``(len(indices), count)`` uniform floats in [0, 1), one row per sample."""
@@ -238,19 +255,16 @@ class Operation:
     def _apply_samples(self, batch: Any, destination: Any, context: BatchContext,
                        before: Callable[[int], None] | None) -> list[Any]:
         results = []
-        progress = context.progress
         for position in range(len(batch)):
             out = None if destination is None else destination[position]
-            if progress is not None:
-                progress[1] = context.indices[position]
+            context.note_sample(position)
             try:
                 if before is not None:
                     before(position)
                 results.append(self.apply_sample(batch[position], out, context, position))
             except BaseException as exc:  # SystemExit too: it reaches next(), located
                 raise annotate(exc, f"sample {int(context.indices[position])}") from exc.__cause__
-        if progress is not None:
-            progress[1] = -1  # past the samples: what runs next is not at one of them
+        context.note_no_sample()  # past the samples: what runs next is at none of them
         return results
 
     def apply_sample(self, sample: Any, destination: Any, context: BatchContext,
