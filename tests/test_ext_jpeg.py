@@ -552,6 +552,29 @@ def test_payload_outside_the_source(photo: np.ndarray, decoder: object) -> None:
     assert "outside the data" in failed[1]
 
 
+@pytest.mark.parametrize("raw", [False, True], ids=["jpeg", "raw"])
+def test_arguments_that_would_wrap_are_refused(photo: np.ndarray, decoder: object,
+                                               raw: bool) -> None:
+    """A start near 2**64 whose sum with the size wraps round to a small number (it
+    passed the bounds check: libjpeg read before the buffer, the resize pass 16
+    bytes before it), and sides past 65,535 (their product wrapped round in the
+    short-payload check, and int cut them for libjpeg): refused before any pixel is
+    read (found by a fuzz campaign under AddressSanitizer; a file's checks stop both
+    before the loader gets here)."""
+    payload = photo[:16, :16].tobytes() if raw else encode(photo)
+    batch = Range([payload], [(16, 16) if raw else photo.shape[:2]], [raw])
+    out = np.zeros((1, 8, 8, 3), np.uint8)
+    window, flips = np.array([[0, 0, 8, 8]]), np.zeros(1, np.uint8)
+    batch.starts[0], batch.sizes[0] = 2**64 - 16, 16 + len(payload)
+    failed = batch.run(decoder, window, flips, out)
+    assert failed is not None
+    assert failed == (0, f"payload of {16 + len(payload)} bytes at {2**64 - 16} is outside "
+                         "the data")
+    batch = Range([payload], [(2**32, 2**32)], [raw])
+    failed = batch.run(decoder, np.array([[2**31, 0, 1, 1]]), flips, out)
+    assert failed == (0, "stored 4294967296×4294967296: a side past 65535 pixels")
+
+
 def test_decode_window_refuses_windows_outside_the_image(photo: np.ndarray,
                                                          decoder: object) -> None:
     data = encode(photo)

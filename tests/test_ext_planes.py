@@ -83,6 +83,18 @@ def test_read_sizes(masks: list[np.ndarray]) -> None:
     assert widths.tolist() == [m.shape[1] for m in masks]
     sizes[2] = 7
     assert planes.read_sizes(source, starts, sizes, heights, widths)[0] == 2
+    # a start whose sum with the size wraps round past 2**64 (it passed the bounds
+    # check, and the header was read before the buffer)
+    sizes[2], starts[2] = 16 + starts[2], 2**64 - 16
+    k, message = planes.read_sizes(source, starts, sizes, heights, widths)
+    assert k == 2
+    assert "outside the data" in message
+    k, message = planes.decode_nearest_range(
+        planes.ZstdDecoder(), source, starts[2:3], sizes[2:3], True, heights[:1], widths[:1],
+        np.array([[0, 0, 1, 1]], np.int64), np.array([[1, 1]], np.int64),
+        np.zeros(1, np.uint8), np.empty((1, 1, 1), np.uint8), 0, Workspace())
+    assert k == 0
+    assert "outside the data" in message
 
 
 def windows(masks: list[np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -369,3 +369,56 @@ def test_a_workspace_is_not_pickled(source: np.ndarray) -> None:
     for workspace in (Workspace(), used):
         with pytest.raises(TypeError, match="cannot pickle"):
             pickle.dumps(workspace)
+
+
+def test_the_simplejpeg_range_kernel(photos: list[np.ndarray]) -> None:
+    """The crop decoders' loop where the build has no libjpeg-turbo: mixed JPEG and
+    raw samples are simplejpeg's decode + ``crop_resize_into``; it notes each sample
+    in *progress* (-1 after the range, the failing one's after a failure), calls
+    *fail* with the failing position, and refuses sides past 65,535 before sizing
+    anything from them."""
+    simplejpeg = pytest.importorskip("simplejpeg")
+    from fastforward._ext.resize import decode_crop_resize_range
+
+    images = [np.ascontiguousarray(p[:48 + 8 * k, :40 + 4 * k]) for k, p in enumerate(photos[:3])]
+    payloads = [simplejpeg.encode_jpeg(images[0], 90), images[1].tobytes(),
+                simplejpeg.encode_jpeg(images[2], 90)]
+    sizes = np.array([len(p) for p in payloads], np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    source = np.frombuffer(b"".join(payloads), np.uint8)
+    raw = np.array([0, 1, 0], np.uint8)
+    heights = np.array([i.shape[0] for i in images], np.int64)
+    widths = np.array([i.shape[1] for i in images], np.int64)
+    crops = np.array([[3, 2, 30, 25], [0, 0, 56, 44], [10, 5, 20, 33]], np.int64)
+    flips = np.array([1, 0, 1], np.uint8)
+    progress, samples = np.array([3, 99], np.int64), np.array([8, 2, 31], np.int64)
+    failures: list[tuple[BaseException, int]] = []
+
+    def fail(exc: BaseException, k: int) -> BaseException:
+        failures.append((exc, k))
+        return RuntimeError(f"sample {k}")
+
+    def run(heights: np.ndarray, out: np.ndarray, source: np.ndarray = source) -> int:
+        return decode_crop_resize_range(
+            simplejpeg.decode_jpeg, True, np.empty(64 * 64 * 3, np.uint8), source, starts,
+            sizes, raw, heights, widths, crops, flips, out, None, None, Workspace(), fail,
+            progress=progress, samples=samples)
+
+    out = np.zeros((3, 16, 12, 3), np.uint8)
+    assert run(heights, out) == 3
+    assert progress.tolist() == [3, -1]
+    for k, payload in enumerate(payloads):
+        image = images[k] if raw[k] else simplejpeg.decode_jpeg(payload, fastdct=True)
+        expected = np.empty((16, 12, 3), np.uint8)
+        crop_resize_into(image, *crops[k], expected, bool(flips[k]))
+        np.testing.assert_array_equal(out[k], expected, err_msg=f"sample {k}")
+    broken = source.copy()
+    broken[starts[2] : starts[2] + 12] = 0  # no JPEG header
+    with pytest.raises(RuntimeError, match="sample 2"):
+        run(heights, out, broken)
+    assert failures[-1][1] == 2
+    assert "corrupt JPEG payload" in str(failures[-1][0])
+    assert progress.tolist() == [3, 31]
+    with pytest.raises(RuntimeError, match="sample 1"):
+        run(np.array([heights[0], 2**32, heights[2]], np.int64), out)
+    assert "a side past 65535 pixels" in str(failures[-1][0])

@@ -33,9 +33,9 @@ import os
 
 import numpy as np
 
-from fastforward._ext.resize cimport (KIND_U8, Progress, Target, Workspace, _at, _done,
-                                      _progress, _resize_into, _resize_span_into,
-                                      _scratch_bytes, _target)
+from fastforward._ext.resize cimport (KIND_U8, MAX_SIDE, Progress, Target, Workspace, _at,
+                                      _done, _outside, _progress, _resize_into,
+                                      _resize_span_into, _scratch_bytes, _target)
 
 
 cdef extern from "jpeg_region.h" nogil:
@@ -231,10 +231,12 @@ def decode_crop_resize_range(JpegDecoder decoder not None, const uint8_t[::1] so
         raise ValueError(f"out holds {t.count} images, the range has {n}")
     # check every sample while holding the GIL, and size the scratch for the largest
     for k in range(n):
-        if starts[k] + sizes[k] > <uint64_t>source.shape[0] or sizes[k] == 0:
+        if _outside(starts[k], sizes[k], source.shape[0]) or sizes[k] == 0:
             return k, f"payload of {sizes[k]} bytes at {starts[k]} is outside the data"
         if heights[k] < 1 or widths[k] < 1:
             return k, f"empty image ({heights[k]}×{widths[k]})"
+        if heights[k] > MAX_SIDE or widths[k] > MAX_SIDE:  # sizes would wrap, or be cut to int
+            return k, f"stored {heights[k]}×{widths[k]}: a side past {MAX_SIDE} pixels"
         if (crops[k, 0] < 0 or crops[k, 1] < 0 or crops[k, 2] < 1 or crops[k, 3] < 1
                 or crops[k, 0] + crops[k, 2] > heights[k]
                 or crops[k, 1] + crops[k, 3] > widths[k]):

@@ -34,11 +34,13 @@ from libc.string cimport memcpy, memset
 from fastforward._ext.resize cimport (
     KIND_U8,
     KIND_U16,
+    MAX_SIDE,
     Progress,
     Target,
     Workspace,
     _at,
     _done,
+    _outside,
     _progress,
     _resize_into,
     _scratch_bytes,
@@ -81,7 +83,6 @@ cdef enum:
     OK = 0
     ZSTD_FAILED = 1     # the frame is damaged (zstd's error name in `code`)
     ZSTD_SIZE = 2       # it decompressed to another size than the header's
-    MAX_SIDE = 65535    # the writers' limit (fields.rgb_image.MAX_SIDE): past it, damage
 
 
 @cython.auto_pickle(False)  # a C decompression context: never pickled (TypeError)
@@ -132,7 +133,7 @@ cdef object _check_payload(const uint8_t[::1] source, uint64_t start, uint64_t s
     bytes of values (checked while holding the GIL, before the range is decoded)."""
     cdef uint64_t h, w
     cdef unsigned long long content
-    if size < HEADER_BYTES or start + size > <uint64_t>source.shape[0]:
+    if size < HEADER_BYTES or _outside(start, size, source.shape[0]):
         return (f"payload of {size} bytes at {start} is shorter than its header or "
                 "outside the data")
     h = _le32(&source[start])
@@ -161,7 +162,7 @@ def read_sizes(const uint8_t[::1] source not None, const uint64_t[::1] starts no
     if not sizes.shape[0] == heights.shape[0] == widths.shape[0] == n:
         raise ValueError("read_sizes: arrays of different lengths")
     for k in range(n):
-        if sizes[k] < HEADER_BYTES or starts[k] + sizes[k] > <uint64_t>source.shape[0]:
+        if sizes[k] < HEADER_BYTES or _outside(starts[k], sizes[k], source.shape[0]):
             return k, (f"payload of {sizes[k]} bytes at {starts[k]} is shorter than its "
                        "header or outside the data")
         heights[k] = _le32(&source[starts[k]])

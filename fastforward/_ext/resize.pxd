@@ -3,11 +3,12 @@
 # window of any image in memory. ``jpeg.pyx`` runs it on the rows it decodes,
 # ``planes.pyx`` on images stored as arrays (uint8 or uint16, 1 to 16 channels).
 
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 
 
 cdef enum:
     MAX_CHANNELS = 16
+    MAX_SIDE = 65535    # the writers' limit (fields.rgb_image.MAX_SIDE): past it, damage
     # what a Target's images are
     KIND_U8 = 0
     KIND_F16 = 1
@@ -68,3 +69,8 @@ cdef inline void _done(const Progress* p) noexcept nogil:
     """Note that the kernel is past the range's samples."""
     if p.cell != NULL:
         p.cell[0] = -1
+
+
+cdef inline bint _outside(uint64_t start, uint64_t size, uint64_t length) noexcept nogil:
+    """Whether *size* bytes at *start* reach past *length* (without a sum that wraps)."""
+    return start > length or size > length - start

@@ -471,6 +471,9 @@ def decode_crop_resize_range(decode_jpeg, bint fastdct, buffer, source,
     for k in range(n):
         _at(&watch, k)
         try:
+            if heights[k] > MAX_SIDE or widths[k] > MAX_SIDE:  # need would wrap
+                raise DecodeError(f"stored {heights[k]}×{widths[k]}: a side past {MAX_SIDE} "
+                                  "pixels")
             if raw[k]:
                 need = heights[k] * widths[k] * 3
                 if sizes[k] < need:
