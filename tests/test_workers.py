@@ -33,13 +33,22 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fastforward.errors import WorkerError
-from fastforward.fields import IntField, NDArrayField, RGBImageField
+from fastforward.errors import DecodeError, WorkerError
+from fastforward.fields import (
+    IntField,
+    MaskField,
+    MultiChannelImageField,
+    NDArrayField,
+    RGBImageField,
+)
 from fastforward.fields.decoders import (
+    CenterCropMultiChannelImageDecoder,
     CenterCropRGBImageDecoder,
     IntDecoder,
+    MaskDecoder,
     NDArrayDecoder,
     RandomResizedCropRGBImageDecoder,
+    SimpleMultiChannelImageDecoder,
     SimpleRGBImageDecoder,
 )
 from fastforward.loader import Loader, OrderOption
@@ -661,6 +670,70 @@ def test_a_worker_dying_in_a_decoder_names_the_sample(large_photos_file: Path, d
             pass
     assert re.search(r"batch 1 \(samples 4, …, 7\), rows \d+:\d+, at sample 5\b",
                      str(info.value)), str(info.value)
+
+
+class CellOnFailure:
+    """Mixed in before a decoder: its ``DecodeError`` is re-raised as a RuntimeError
+    saying what the worker's progress cell held then (the sample its kernel noted
+    last: the failing one)."""
+
+    def decode_range(self, lo, hi, destination, context):  # type: ignore[no-untyped-def]
+        try:
+            super().decode_range(lo, hi, destination, context)  # type: ignore[misc]
+        except DecodeError as exc:
+            cell = None if context.progress is None else int(context.progress[1])
+            raise RuntimeError(f"progress cell at {cell}") from exc
+
+
+class MaskCell(CellOnFailure, MaskDecoder):
+    pass
+
+
+class BandsCell(CellOnFailure, SimpleMultiChannelImageDecoder):
+    pass
+
+
+class BandsCropCell(CellOnFailure, CenterCropMultiChannelImageDecoder):
+    pass
+
+
+@pytest.fixture(scope="module")
+def planes_file(tmp_path_factory: pytest.TempPathFactory, photos: list[np.ndarray]) -> Path:
+    """8 masks and 4-channel images (zstd), sample 5's zstd blocks of both damaged."""
+    path = tmp_path_factory.mktemp("workers") / "planes.beton"
+    DatasetWriter(path, {"mask": MaskField(),
+                         "bands": MultiChannelImageField(4, np.uint8, compression="zstd")},
+                  num_workers=1, progress=False).from_indexed_dataset(
+        [(np.ascontiguousarray(photos[i % len(photos)][:40, :48, 0] // 64),
+          np.ascontiguousarray(photos[i % len(photos)][:40, :48, [0, 1, 2, 0]]))
+         for i in range(8)])
+    with Reader(path) as reader:
+        starts = [int(reader.metadata[f"f{f}"]["ptr"][5]) for f in range(2)]
+    with open(path, "r+b") as f:
+        for start in starts:  # past the payload's 8-byte header, a zstd frame
+            f.seek(start + 8)
+            head = f.read(18)
+            single, flags = head[4] >> 5 & 1, head[4]
+            skip = 5 + (1 - single) + (0, 1, 2, 4)[flags & 3] + (single, 2, 4, 8)[flags >> 6]
+            f.seek(start + 8 + skip)
+            f.write(b"\xff\xff\xff")  # its first block's header: a reserved block type
+    return path
+
+
+@pytest.mark.parametrize("decoder", ["mask", "bands", "bands crop"])
+def test_the_plane_decoders_note_the_sample_they_decode(planes_file: Path,
+                                                       decoder: str) -> None:
+    """The mask and many-channel decoders hand the worker's progress cells to their
+    kernels: after a payload that does not decode, the cell holds its sample."""
+    op = {"mask": lambda: MaskCell(size=(40, 48)), "bands": BandsCell,
+          "bands crop": lambda: BandsCropCell((16, 16), 1.0)}[decoder]()
+    field = "mask" if decoder == "mask" else "bands"
+    with Loader(planes_file, 4, num_workers=2, worker_type="process",
+                order=OrderOption.SEQUENTIAL,
+                pipelines={field: [op], ("bands" if field == "mask" else "mask"): None}
+                ) as loader, pytest.raises(RuntimeError, match=r"progress cell at 5$"):
+        for _ in loader:
+            pass
 
 
 def run_script(tmp_path: Path, name: str, source: str) -> subprocess.CompletedProcess:
