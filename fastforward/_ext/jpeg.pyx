@@ -33,8 +33,8 @@ import os
 
 import numpy as np
 
-from fastforward._ext.resize cimport (KIND_U8, MAX_SIDE, Progress, Target, Workspace, _at,
-                                      _done, _outside, _progress, _resize_into,
+from fastforward._ext.resize cimport (KIND_U8, Progress, Target, Workspace, _at, _done,
+                                      _outside, _oversized, _progress, _resize_into,
                                       _resize_span_into, _scratch_bytes, _target)
 
 
@@ -235,8 +235,9 @@ def decode_crop_resize_range(JpegDecoder decoder not None, const uint8_t[::1] so
             return k, f"payload of {sizes[k]} bytes at {starts[k]} is outside the data"
         if heights[k] < 1 or widths[k] < 1:
             return k, f"empty image ({heights[k]}×{widths[k]})"
-        if heights[k] > MAX_SIDE or widths[k] > MAX_SIDE:  # sizes would wrap, or be cut to int
-            return k, f"stored {heights[k]}×{widths[k]}: a side past {MAX_SIDE} pixels"
+        oversized = _oversized(heights[k], widths[k])  # sizes would wrap, or be cut to int
+        if oversized is not None:
+            return k, oversized
         if (crops[k, 0] < 0 or crops[k, 1] < 0 or crops[k, 2] < 1 or crops[k, 3] < 1
                 or crops[k, 0] + crops[k, 2] > heights[k]
                 or crops[k, 1] + crops[k, 3] > widths[k]):

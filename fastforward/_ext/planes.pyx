@@ -34,13 +34,13 @@ from libc.string cimport memcpy, memset
 from fastforward._ext.resize cimport (
     KIND_U8,
     KIND_U16,
-    MAX_SIDE,
     Progress,
     Target,
     Workspace,
     _at,
     _done,
     _outside,
+    _oversized,
     _progress,
     _resize_into,
     _scratch_bytes,
@@ -169,8 +169,9 @@ def read_sizes(const uint8_t[::1] source not None, const uint64_t[::1] starts no
         widths[k] = _le32(&source[starts[k] + 4])
         if heights[k] < 1 or widths[k] < 1:
             return k, f"empty image ({heights[k]}×{widths[k]})"
-        if heights[k] > MAX_SIDE or widths[k] > MAX_SIDE:
-            return k, f"stored {heights[k]}×{widths[k]}: a side past {MAX_SIDE} pixels"
+        oversized = _oversized(heights[k], widths[k])
+        if oversized is not None:
+            return k, oversized
     return None
 
 
@@ -264,8 +265,9 @@ def decode_nearest_range(ZstdDecoder decoder not None, const uint8_t[::1] source
         oh, ow = out_sizes[k, 0], out_sizes[k, 1]
         if heights[k] < 1 or widths[k] < 1:
             return k, f"empty mask ({heights[k]}×{widths[k]})"
-        if heights[k] > MAX_SIDE or widths[k] > MAX_SIDE:  # need would wrap
-            return k, f"stored {heights[k]}×{widths[k]}: a side past {MAX_SIDE} pixels"
+        oversized = _oversized(heights[k], widths[k])  # need would wrap
+        if oversized is not None:
+            return k, oversized
         if y0 < 0 or x0 < 0 or h < 1 or w < 1 or y0 + h > heights[k] or x0 + w > widths[k]:
             raise ValueError(f"crop {list(crops[k])} exceeds the {heights[k]}x{widths[k]} mask")
         if oh < 1 or ow < 1 or oh > H or ow > W:
@@ -381,8 +383,9 @@ def decode_resize_range(ZstdDecoder decoder not None, const uint8_t[::1] source 
     for k in range(n):
         if heights[k] < 1 or widths[k] < 1:
             return k, f"empty image ({heights[k]}×{widths[k]})"
-        if heights[k] > MAX_SIDE or widths[k] > MAX_SIDE:  # need would wrap
-            return k, f"stored {heights[k]}×{widths[k]}: a side past {MAX_SIDE} pixels"
+        oversized = _oversized(heights[k], widths[k])  # need would wrap
+        if oversized is not None:
+            return k, oversized
         if (crops[k, 0] < 0 or crops[k, 1] < 0 or crops[k, 2] < 1 or crops[k, 3] < 1
                 or crops[k, 0] + crops[k, 2] > heights[k]
                 or crops[k, 1] + crops[k, 3] > widths[k]):

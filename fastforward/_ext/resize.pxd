@@ -58,6 +58,8 @@ cdef struct Progress:
 
 cdef int _progress(Progress* p, progress, samples, Py_ssize_t n) except -1
 
+cdef str _oversized(int64_t height, int64_t width)
+
 
 cdef inline void _at(const Progress* p, Py_ssize_t k) noexcept nogil:
     """Note that the kernel starts the range's sample *k*."""

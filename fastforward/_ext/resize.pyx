@@ -234,6 +234,14 @@ cdef class Workspace:
         return self.memory
 
 
+cdef str _oversized(int64_t height, int64_t width):
+    """Why a stored ``height x width`` image is refused as damage (a side past
+    MAX_SIDE: sizes computed from it could wrap round, or be cut to int), or None."""
+    if height > MAX_SIDE or width > MAX_SIDE:
+        return f"stored {height}×{width}: a side past {MAX_SIDE} pixels"
+    return None
+
+
 cdef int _progress(Progress* p, progress, samples, Py_ssize_t n) except -1:
     """Point *p* at ``progress[1]``, the cell where a range kernel notes the dataset
     index (from *samples*, one per sample of the range) of the sample it starts, and
@@ -471,9 +479,9 @@ def decode_crop_resize_range(decode_jpeg, bint fastdct, buffer, source,
     for k in range(n):
         _at(&watch, k)
         try:
-            if heights[k] > MAX_SIDE or widths[k] > MAX_SIDE:  # need would wrap
-                raise DecodeError(f"stored {heights[k]}×{widths[k]}: a side past {MAX_SIDE} "
-                                  "pixels")
+            oversized = _oversized(heights[k], widths[k])  # need would wrap
+            if oversized is not None:
+                raise DecodeError(oversized)
             if raw[k]:
                 need = heights[k] * widths[k] * 3
                 if sizes[k] < need:
