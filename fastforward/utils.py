@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import functools
@@ -356,3 +357,32 @@ def _forget_the_parents_fork_server() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_the_parents_fork_server)
+
+
+def _fork_server_outlives_its_parent() -> None:
+    """At the exit of multiprocessing's fork server, once the process that started
+    it is gone: remove that process's multiprocessing folder (``pymp-*`` under the
+    temporary folder, holding the server's socket), which the process removes at
+    its own exit but cannot after a SIGKILL (an OOM kill). Registered with
+    ``atexit`` wherever this module is imported: the loader and the writer have
+    the fork server import it before it forks anyone. Anywhere but in a fork
+    server (which knows its own socket's address and no server pid), or while
+    the parent lives, this does nothing."""
+    module = sys.modules.get("multiprocessing.forkserver")
+    server = getattr(module, "_forkserver", None)
+    address = getattr(server, "_forkserver_address", None)
+    if (not isinstance(address, str) or not address.startswith(os.sep)
+            or getattr(server, "_forkserver_pid", None) is not None
+            or os.getppid() == _PARENT):
+        return
+    folder = os.path.dirname(address)
+    with contextlib.suppress(OSError):
+        os.unlink(address)
+    if os.path.basename(folder).startswith("pymp-"):  # multiprocessing's own
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_PARENT = os.getppid()
+atexit.register(_fork_server_outlives_its_parent)

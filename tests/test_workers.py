@@ -958,10 +958,13 @@ def test_workers_die_with_the_loader_process(tmp_path: Path, photos_file: Path,
     script.write_text(KILL_SCRIPT.format(tests=str(Path(__file__).parent),
                                          path=str(photos_file)))
     before = shm_entries()
+    temporary = tmp_path / "tmp"  # its TMPDIR
+    temporary.mkdir()
     # a new session: a signal to this process only, as the OOM killer sends it
     process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                               env={**os.environ, "TMPDIR": str(temporary)})
     try:
         assert process.stdout is not None
         pids = [int(p) for p in process.stdout.readline().split()]
@@ -975,6 +978,11 @@ def test_workers_die_with_the_loader_process(tmp_path: Path, photos_file: Path,
         while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(_alive(pid) for pid in pids), "a worker outlived its loader"
+        # nor is multiprocessing's folder for the fork server's socket (pymp-*) left,
+        # which a killed process cannot remove: the fork server does as it exits
+        while any(temporary.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(temporary.iterdir()) == []
     finally:
         if process.poll() is None:
             process.kill()

@@ -142,12 +142,14 @@ def kill_mid_write(tmp_path: Path, how: str, method: str = "auto", variant: str 
                    ) -> tuple[subprocess.Popen[str], str, dict[int, int], float, Path]:
     """Start a write with 2 workers, kill it mid-write *how*; return the process,
     its stderr, its descendants as they were, how long they took to go, and the
-    output folder."""
+    output folder. Its temporary folder (``TMPDIR``) is ``tmp_path / "tmp"``."""
     out = tmp_path / "out"
     out.mkdir()
     pids = tmp_path / "pids"
+    (tmp_path / "tmp").mkdir()
     proc = run_script(tmp_path, KILLED_WRITER, str(out / "data.beton"), str(pids), method,
-                      variant, start_new_session=True)
+                      variant, start_new_session=True,
+                      env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
     try:
         # chunks in flight: both workers started, and a few chunks past their first
         # (counted, not waited for: a slow machine may take seconds to get there)
@@ -193,6 +195,9 @@ def test_sigkill_of_the_parent_leaves_no_process_and_no_file(
     # no target, no .part, no temporary name: only the lock file, which stays
     # (unlocked) and which the next write takes over and removes
     assert sorted(os.listdir(out)) == [".data.beton.lock"]
+    # nor multiprocessing's folder for the fork server's socket (pymp-*), which the
+    # killed process could not remove: the fork server does, as it exits
+    assert os.listdir(tmp_path / "tmp") == []
     reader = write(out / "data.beton", {"i": IntField()}, list(range(10)))
     assert reader.metadata["f0"].tolist() == list(range(10))
     assert os.listdir(out) == ["data.beton"]
@@ -215,6 +220,7 @@ def test_sigterm_stops_the_write_cleanly(tmp_path: Path, how: str, method: str,
     assert "Traceback" not in stderr
     assert alive(below) == [], f"still running {gone:.1f} s after the SIGTERM"
     assert os.listdir(out) == []  # nothing at all: not even the lock file
+    assert os.listdir(tmp_path / "tmp") == []
 
 
 def test_sigterm_handler_is_restored(tmp_path: Path) -> None:
