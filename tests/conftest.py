@@ -28,7 +28,8 @@ def fixture_dir() -> Path:
 def children_keep_their_temporary_files_here() -> Iterator[Path]:
     """The processes that tests kill (SIGKILL, SIGTERM) cannot remove what Python's
     multiprocessing made for them (a pymp-* folder holding the fork server's
-    socket): their TMPDIR is a folder of this session's own, removed at its end.
+    socket; fastforward's fork servers remove it, others do not): their TMPDIR is
+    a folder of this session's own, removed at its end.
     Short, under the system's temporary folder: a socket's path has 107 bytes."""
     path = Path(tempfile.mkdtemp(prefix="fastforward-tests-"))
     patch = pytest.MonkeyPatch()
