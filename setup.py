@@ -142,9 +142,12 @@ class BuildExt(build_ext):
         jpeg = [e for e in self.extensions if e.name == "fastforward._ext.jpeg"]
         if prefix is None:
             self.extensions = [e for e in self.extensions if e not in jpeg]
-            # an in-place build must not leave a region decoder from an earlier build
-            for stale in Path("fastforward/_ext").glob("jpeg.*.so"):
-                if self.inplace:
+            # nor may a region decoder from an earlier build stay: in the package
+            # (in place), or in the build folder, from which a wheel takes every module
+            folder = Path("fastforward/_ext") if self.inplace else Path(
+                self.build_lib, "fastforward", "_ext")
+            for stale in folder.glob("jpeg.*"):
+                if stale.suffix in (".so", ".pyd"):
                     stale.unlink()
         else:
             for extension in jpeg:
