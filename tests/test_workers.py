@@ -982,7 +982,10 @@ def test_workers_die_with_the_loader_process(tmp_path: Path, photos_file: Path,
     process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-                               env={**os.environ, "TMPDIR": str(temporary)})
+                               env={**os.environ, "TMPDIR": str(temporary)},
+                               # not the source tree, which would shadow the installed package
+                               # in the fork server (on its path: the working folder, first)
+                               cwd=tmp_path)
     try:
         assert process.stdout is not None
         pids = [int(p) for p in process.stdout.readline().split()]
