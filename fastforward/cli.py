@@ -1017,6 +1017,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         STEADY_MIN_BATCHES,
         decode_limit,
         image_field,
+        loader_pipelines,
         loader_throughput,
         stored_jpegs,
     )
@@ -1040,6 +1041,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with Reader(args.file, custom_handlers=custom_fields) as reader:
         _check_custom_names(reader, custom_fields)
         field = image_field(reader)
+        # a pipeline that needs what is not installed (torch, torchvision) fails here,
+        # before any output
+        loader_pipelines(reader, field, args.pipeline)
         if args.pipeline == "simple":  # one size of image in a batch: checked before any output
             column = reader.metadata[f"f{reader.field_names.index(field)}"]
             sizes = len(set(zip(column["height"].tolist(), column["width"].tolist(),

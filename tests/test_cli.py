@@ -1074,6 +1074,21 @@ def test_bench_of_a_file_without_samples(tmp_path: Path,
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.parametrize(("pipeline", "missing"),
+                         [("tv_trivialaugment", "torchvision"), ("train", "torch")])
+def test_bench_of_a_pipeline_whose_library_is_missing(
+        beton: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        pipeline: str, missing: str) -> None:
+    """It printed the table's header, then failed."""
+    monkeypatch.setitem(sys.modules, missing, None)  # import torch(vision): ImportError
+    status = main(["bench", str(beton), "--workers", "1", "--pipeline", pipeline])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert captured.out == ""
+    assert f"the {pipeline} pipeline" in captured.err
+    assert "pip install" in captured.err
+
+
 def test_bench_bounds_the_worker_counts(beton: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from fastforward.cli import MAX_BENCH_WORKERS_PER_CPU
     from fastforward.utils import default_workers
