@@ -367,11 +367,14 @@ def _fork_server_outlives_its_parent() -> None:
     ``atexit`` wherever this module is imported: the loader and the writer have
     the fork server import it before it forks anyone. Anywhere but in a fork
     server (which knows its own socket's address and no server pid), or while
-    the parent lives, this does nothing."""
+    the parent lives, this does nothing; nor in a process forked from one (a
+    worker, or a process a worker forks, which may exit while the parent lives):
+    only in the process that imported this module."""
     module = sys.modules.get("multiprocessing.forkserver")
     server = getattr(module, "_forkserver", None)
     address = getattr(server, "_forkserver_address", None)
-    if (not isinstance(address, str) or not address.startswith(os.sep)
+    if (os.getpid() != _IMPORTED_IN or not isinstance(address, str)
+            or not address.startswith(os.sep)
             or getattr(server, "_forkserver_pid", None) is not None
             or os.getppid() == _PARENT):
         return
@@ -384,5 +387,5 @@ def _fork_server_outlives_its_parent() -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-_PARENT = os.getppid()
+_IMPORTED_IN, _PARENT = os.getpid(), os.getppid()
 atexit.register(_fork_server_outlives_its_parent)

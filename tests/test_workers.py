@@ -1011,6 +1011,34 @@ def test_workers_die_with_the_loader_process(tmp_path: Path, photos_file: Path,
     assert shm_entries() <= before
 
 
+@pytest.mark.parametrize("case", ["fork server, parent gone", "parent alive",
+                                  "a process forked from the fork server", "not a fork server"])
+def test_only_a_fork_server_whose_parent_is_gone_removes_its_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """What a fork server does at its exit (``utils._fork_server_outlives_its_parent``),
+    here with its state set by hand: the parent's ``pymp-*`` folder goes only where
+    this process is the fork server (it knows its socket and no server pid), imported
+    the module itself (a worker, or a process a worker forks, may exit while the
+    parent lives) and has lost the parent that started it."""
+    from multiprocessing import forkserver
+
+    from fastforward import utils
+
+    folder = tmp_path / "pymp-test"
+    folder.mkdir()
+    socket_path = folder / "listener-test"
+    socket_path.write_bytes(b"")
+    server = forkserver._forkserver
+    monkeypatch.setattr(server, "_forkserver_address",
+                        None if case == "not a fork server" else str(socket_path))
+    monkeypatch.setattr(server, "_forkserver_pid", None)
+    monkeypatch.setattr(utils, "_IMPORTED_IN", os.getpid() + (
+        1 if case == "a process forked from the fork server" else 0))
+    monkeypatch.setattr(utils, "_PARENT", os.getppid() + (0 if case == "parent alive" else 1))
+    utils._fork_server_outlives_its_parent()
+    assert folder.exists() == (case != "fork server, parent gone")
+
+
 # -- anything an operation raises reaches next() ------------------------------------
 
 
