@@ -379,8 +379,6 @@ def _fork_server_outlives_its_parent() -> None:
             or os.getppid() == _PARENT):
         return
     folder = os.path.dirname(address)
-    with contextlib.suppress(OSError):
-        os.unlink(address)
     if os.path.basename(folder).startswith("pymp-"):  # multiprocessing's own
         import shutil
 
