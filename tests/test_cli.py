@@ -9,9 +9,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -469,7 +471,7 @@ def test_parse_size(text: str, expected: int) -> None:
 def test_as_a_program(beton: Path, tmp_path: Path) -> None:
     """The installed console script, run outside the source tree."""
     script = Path(sys.executable).parent / "fastforward"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "fastforward.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "fastforward"]
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*command, *args], capture_output=True, text=True, check=False,
@@ -485,6 +487,26 @@ def test_as_a_program(beton: Path, tmp_path: Path) -> None:
     assert done.stderr.splitlines() == [
         f"fastforward: error: {tmp_path / 'missing.beton'}: No such file or directory"
     ]
+
+
+def test_ctrl_c_while_the_program_starts_is_one_line(tmp_path: Path) -> None:
+    """Ctrl-C during the imports (about 0.3 s) is reported as later ones: no traceback."""
+    script = Path(sys.executable).parent / "fastforward"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "fastforward"]
+    statuses = []
+    for delay in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3):
+        process = subprocess.Popen([*command, "info", "missing.beton"], cwd=tmp_path,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert "Traceback" not in stderr, stderr
+        statuses.append(process.returncode)
+        if process.returncode == 130:
+            assert stderr.splitlines() == ["fastforward: error: interrupted"]
+        else:  # before Python's own handler, or after the program's end
+            assert process.returncode in (-signal.SIGINT, 1), stderr
+    assert 130 in statuses, statuses
 
 
 def test_convert_names_the_broken_image_file(corpus: Path, tmp_path: Path,
