@@ -78,6 +78,17 @@ def sample_numbers(values: Any, where: str) -> np.ndarray:
                     + (f" ({wrong!r})" if wrong is not None else ""))
 
 
+def whole_number(value: Any, name: str) -> int:
+    """*value*, an argument called *name*, as an int: an integer or a float of a whole
+    value (``256.0``). A fraction (``90.7``), a bool or a string is a TypeError naming
+    the argument, where ``int()`` would have cut or converted it silently."""
+    if isinstance(value, (bool, np.bool_)) or not (
+            isinstance(value, (int, np.integer))
+            or (isinstance(value, (float, np.floating)) and float(value).is_integer())):
+        raise TypeError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
 def chunks(seq: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     """Yield consecutive slices of *seq* of at most *size* items."""
     for start in range(0, len(seq), size):

@@ -99,6 +99,7 @@ from .utils import (
     main_module_hint,
     refuse_in_a_worker,
     sample_numbers,
+    whole_number,
     worker_started,
 )
 
@@ -1443,7 +1444,8 @@ class DatasetWriter:
         for name, field in fields.items():
             if not isinstance(field, Field):
                 raise TypeError(f"field {name!r} is a {type(field).__name__}, not a Field")
-            raw = name.encode("ascii", errors="strict") if name.isascii() else None
+            raw = (name.encode("ascii", errors="strict")
+                   if isinstance(name, str) and name.isascii() else None)
             if raw is None or not 0 < len(raw) <= FIELD_NAME_BYTES or b"\0" in raw:
                 raise ValueError(
                     f"field name {name!r} must be 1 to {FIELD_NAME_BYTES} ASCII characters "
@@ -1453,7 +1455,8 @@ class DatasetWriter:
             _check_leader(name, field.follows, fields)
         _follow_depths(fields)
         self.fields = dict(fields)
-        self.num_workers = default_workers() if num_workers < 1 else int(num_workers)
+        num_workers = whole_number(num_workers, "num_workers")
+        self.num_workers = default_workers() if num_workers < 1 else num_workers
         self.seed = _seed(seed, "seed")
         self.progress = progress
         self.checksums = bool(checksums)
@@ -1493,7 +1496,7 @@ class DatasetWriter:
         """
         if chunksize < 1:
             raise ValueError(f"chunksize must be at least 1, got {chunksize}")
-        order = np.arange(len(dataset)) if indices is None else self._indices(indices)
+        order = np.arange(self._length(dataset)) if indices is None else self._indices(indices)
         if shuffle_indices:
             rng = np.random.default_rng(self.seed if seed is None else _seed(seed, "seed"))
             order = rng.permutation(order)
@@ -1502,6 +1505,18 @@ class DatasetWriter:
             for start in range(0, len(order), chunksize)
         ]
         self._write(len(order), tasks, _IndexedSource(dataset, self.fname, self.skip_errors))
+
+    def _length(self, dataset: Any) -> int:
+        """``len(dataset)``, or a TypeError naming the file when the dataset has no
+        length (a generator, an ``IterableDataset``) or a negative one."""
+        try:
+            return len(dataset)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"{self.fname}: from_indexed_dataset takes a dataset with __len__ and "
+                f"__getitem__, and len() of this {type(dataset).__name__} failed ({exc}); for "
+                "an iterable dataset, collect its samples in a list, or use from_webdataset"
+            ) from exc
 
     def _indices(self, indices: Sequence[int]) -> np.ndarray:
         """*indices* as int64, refusing what would silently become other samples

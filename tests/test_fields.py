@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from fastforward.errors import EncodeError
 from fastforward.fields import NDArrayField, RGBImageField
 from fastforward.fields.rgb_image import target_size
 from fastforward.reader import Reader
 from fastforward.writer import DatasetWriter
 
 
-def store(tmp_path: Path, field: RGBImageField, images: list) -> Reader:
+def store(tmp_path: Path, field: RGBImageField, images: Any) -> Reader:
     path = tmp_path / "img.beton"
     DatasetWriter(path, {"image": field}, num_workers=1, progress=False) \
         .from_indexed_dataset(images)
@@ -113,6 +115,20 @@ def test_bad_arguments(kwargs: dict) -> None:
         RGBImageField(**kwargs)
 
 
+@pytest.mark.parametrize(("kwargs", "name"),
+                         [({"jpeg_quality": 90.7}, "jpeg_quality"),
+                          ({"max_resolution": True}, "max_resolution"),
+                          ({"min_resolution": "256"}, "min_resolution")])
+def test_whole_number_arguments(kwargs: dict, name: str) -> None:
+    """A fraction, a bool or a string is refused (``int()`` cut 90.7 to 90 silently);
+    a whole float is taken."""
+    with pytest.raises(TypeError, match=rf"^{name} must be a whole number, got "):
+        RGBImageField(**kwargs)
+    field = RGBImageField(max_resolution=256.0, jpeg_quality=90.0)
+    assert (field.max_resolution, field.jpeg_quality) == (256, 90)
+    assert type(field.max_resolution) is int
+
+
 def test_smart_threshold(tmp_path: Path) -> None:
     small = np.full((10, 10, 3), 9, np.uint8)  # 300 bytes
     large = np.full((40, 40, 3), 9, np.uint8)  # 4800 bytes
@@ -145,6 +161,48 @@ def test_pil_images(tmp_path: Path, images: list[np.ndarray], mode: str) -> None
     pil = Image.fromarray(images[2]).convert(mode)
     stored = store(tmp_path, RGBImageField(), [pil]).read(0)[0]
     np.testing.assert_array_equal(stored, np.asarray(pil.convert("RGB")))
+
+
+@pytest.mark.parametrize(("mode", "straight"), [("La", "LA"), ("RGBa", "RGBA")])
+def test_pil_images_with_premultiplied_alpha(tmp_path: Path, images: list[np.ndarray],
+                                             mode: str, straight: str) -> None:
+    """Opaque, premultiplied is straight alpha: the pixels are stored as they are
+    (Pillow converts La to RGB only through LA: it raised Pillow's ValueError)."""
+    from PIL import Image
+
+    rgb = Image.fromarray(images[2]).convert(straight[:-1]).convert("RGB")
+    opaque = Image.fromarray(images[2]).convert(straight)
+    opaque.putalpha(255)
+    stored = store(tmp_path, RGBImageField(), [opaque.convert(mode)]).read(0)[0]
+    np.testing.assert_array_equal(stored, np.asarray(rgb))
+
+
+def test_a_pil_image_whose_file_was_closed_is_named(tmp_path: Path,
+                                                    images: list[np.ndarray]) -> None:
+    """Returned from inside ``with Image.open(...)``: Pillow's bare AssertionError was all."""
+    from PIL import Image
+
+    Image.fromarray(images[2]).save(tmp_path / "a.jpg")
+    with pytest.raises(EncodeError, match=r"sample 0, field 'image': a PIL image whose file "
+                                          r"was closed .*image\.load\(\)"):
+        store(tmp_path, RGBImageField(), OpenedInWith(tmp_path / "a.jpg"))
+    assert not (tmp_path / "img.beton").exists()
+
+
+class OpenedInWith:
+    """A dataset returning its image from inside ``with Image.open(...)``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> tuple[object]:
+        from PIL import Image
+
+        with Image.open(self.path) as image:
+            return (image,)
 
 
 def sixteen_bit(image: np.ndarray) -> np.ndarray:

@@ -354,14 +354,39 @@ def test_sample_whose_fields_together_exceed_a_page(tmp_path: Path) -> None:
               [(half, half, half)], page_size=1 << 21)
 
 
+class NegativeLength:
+    def __len__(self) -> int:
+        return -1
+
+    def __getitem__(self, index: int) -> tuple[int]:
+        return (index,)
+
+
+@pytest.mark.parametrize("dataset", [(i for i in range(3)), NegativeLength()],
+                         ids=["generator", "negative-len"])
+def test_a_dataset_without_a_length_is_named(tmp_path: Path, dataset: Any) -> None:
+    target = tmp_path / "x.beton"
+    with pytest.raises(TypeError, match=rf"^{re.escape(str(target))}: from_indexed_dataset "
+                                        rf"takes a dataset with __len__ and __getitem__, and "
+                                        rf"len\(\) of this {type(dataset).__name__} failed"):
+        DatasetWriter(target, {"i": IntField()}).from_indexed_dataset(dataset)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("num_workers", [1.5, True, "2"])
+def test_num_workers_is_a_whole_number(tmp_path: Path, num_workers: Any) -> None:
+    with pytest.raises(TypeError, match=r"^num_workers must be a whole number"):
+        DatasetWriter(tmp_path / "x.beton", {"i": IntField()}, num_workers=num_workers)
+
+
 @pytest.mark.parametrize("page_size", [0, 1 << 20, 3 << 20, 1 << 32])
 def test_page_size_validated(tmp_path: Path, page_size: int) -> None:
     with pytest.raises(ValueError, match="page_size"):
         DatasetWriter(tmp_path / "x.beton", {"i": IntField()}, page_size=page_size)
 
 
-@pytest.mark.parametrize("name", ["", "a" * 17, "naïve", "a\0b"])
-def test_field_names_validated(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize("name", ["", "a" * 17, "naïve", "a\0b", 1, b"ab"])
+def test_field_names_validated(tmp_path: Path, name: Any) -> None:
     with pytest.raises(ValueError, match="field name"):
         DatasetWriter(tmp_path / "x.beton", {name: IntField()})
 

@@ -40,6 +40,7 @@ from ..transforms.crop import (
     random_crops,
 )
 from ..transforms.crop import get_center_crop as _center_crop
+from ..utils import whole_number
 from .base import Field, Malloc, PayloadReader, empty_arguments, record_size, sample_rng
 from .planes import read_with_pillow
 
@@ -113,9 +114,19 @@ def to_rgb_array(image: Any) -> np.ndarray:
                 "RGBImageField stores 8-bit RGB, and converting this mode would clip or "
                 "truncate its values; scale it to 8 bits yourself, or store it as it is "
                 "with MultiChannelImageField")
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        image = np.asarray(image)
+        try:
+            if image.mode == "La":  # Pillow converts it only through LA (unpremultiplied)
+                image = image.convert("LA")
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+            image = np.asarray(image)
+        except AssertionError as exc:  # Pillow's load() asserts that the file is open
+            if getattr(image, "fp", True) is not None:
+                raise
+            raise EncodeError(
+                "a PIL image whose file was closed before its pixels were read (returned "
+                "from inside `with Image.open(...)`?): call image.load() before the file "
+                "closes, or return image.copy()") from exc
     if not isinstance(image, np.ndarray):
         raise EncodeError(
             f"expected a uint8 H×W×3 array, a PIL image or encoded image bytes, "
@@ -245,6 +256,17 @@ def dct_span(source: tuple[int, int], decoded: tuple[int, int]) -> tuple[float, 
     return source[0] * scales[0] / 8, source[1] * scales[0] / 8
 
 
+def _resolution(value: Any, name: str) -> int | None:
+    """``max_resolution`` or ``min_resolution``: None, or a whole number of pixels in
+    [1, MAX_SIDE]."""
+    if value is None:
+        return None
+    value = whole_number(value, name)
+    if not 1 <= value <= MAX_SIDE:
+        raise ValueError(f"{name} must be in [1, {MAX_SIDE}], got {value}")
+    return value
+
+
 class RGBImageField(Field):
     """An RGB image per sample (type id 2), stored raw or as JPEG.
 
@@ -285,10 +307,11 @@ class RGBImageField(Field):
             raise ValueError(f"write_mode must be one of {WRITE_MODES}, got {write_mode!r}")
         if max_resolution is not None and min_resolution is not None:
             raise ValueError("give max_resolution or min_resolution, not both")
-        for name, value in (("max_resolution", max_resolution), ("min_resolution", min_resolution)):
-            if value is not None and not 1 <= value <= MAX_SIDE:
-                raise ValueError(f"{name} must be in [1, {MAX_SIDE}], got {value}")
-        if not 0 <= int(jpeg_quality) <= 100:
+        max_resolution, min_resolution = (
+            _resolution(max_resolution, "max_resolution"),
+            _resolution(min_resolution, "min_resolution"))
+        jpeg_quality = whole_number(jpeg_quality, "jpeg_quality")
+        if not 0 <= jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in [0, 100], got {jpeg_quality}")
         if not 0 <= compress_probability <= 1:
             raise ValueError(f"compress_probability must be in [0, 1], got {compress_probability}")
@@ -296,7 +319,7 @@ class RGBImageField(Field):
         self.max_resolution = max_resolution
         self.min_resolution = min_resolution
         self.smart_threshold = smart_threshold
-        self.jpeg_quality = int(jpeg_quality)
+        self.jpeg_quality = jpeg_quality
         self.compress_probability = compress_probability
         self.restart_markers = bool(restart_markers)
 
