@@ -89,6 +89,12 @@ def whole_number(value: Any, name: str) -> int:
     return int(value)
 
 
+def same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether *a* and *b* view the same elements (same start, shape, strides, dtype)."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
+
+
 def chunks(seq: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     """Yield consecutive slices of *seq* of at most *size* items."""
     for start in range(0, len(seq), size):

@@ -31,6 +31,7 @@ from fastforward.fields.decoders import (  # noqa: E402
 )
 from fastforward.loader import Loader, OrderOption  # noqa: E402
 from fastforward.pipeline import Operation  # noqa: E402
+from fastforward.pipeline.allocation_query import AllocationQuery  # noqa: E402
 from fastforward.transforms import (  # noqa: E402
     Convert,
     NormalizeImage,
@@ -215,6 +216,40 @@ def test_custom_operations(tmp_path: Path) -> None:
                                               ToTensor()]})
     (first,) = next(iter(loader))
     assert first.ravel().tolist() == [0.0, -2.0, -4.0, -6.0, -8.0]
+
+
+class PerSampleNegateIntoItsBuffer(Operation):
+    """Per sample on tensors, with a buffer; returns a new tensor (or a view of the
+    buffer), which the loader copies into the buffer."""
+
+    per_sample = True
+
+    def __init__(self, view: bool) -> None:
+        super().__init__()
+        self.view = view
+
+    def declare_state_and_memory(self, previous_state):  # type: ignore[no-untyped-def]
+        return previous_state, AllocationQuery(previous_state.shape, previous_state.dtype)
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        if self.view:  # written reversed, returned as a reversed view of the buffer
+            destination[:] = -sample.flip(0)
+            return destination.flip(0)
+        destination = -sample
+        return destination
+
+
+@pytest.mark.parametrize("view", [False, True])
+def test_a_per_sample_tensor_returned_beside_its_buffer_is_kept(tmp_path: Path,
+                                                                view: bool) -> None:
+    path = tmp_path / "pairs.beton"
+    DatasetWriter(path, {"f": NDArrayField(np.dtype("float32"), (2,))}, num_workers=1,
+                  progress=False).from_indexed_dataset(
+        [np.array([i, 10 * i], np.float32) for i in range(6)])
+    loader = Loader(path, 3, pipelines={"f": [NDArrayDecoder(), ToTensor(),
+                                              PerSampleNegateIntoItsBuffer(view)]})
+    (first,) = next(iter(loader))
+    assert first.tolist() == [[0.0, 0.0], [-1.0, -10.0], [-2.0, -20.0]]
 
 
 def test_torch_module_in_a_pipeline(train_file: Path) -> None:

@@ -261,6 +261,56 @@ def test_threads_and_processes_give_the_same_batches(photos_file: Path, extra: s
     assert not np.array_equal(reference[0][0], reference[1][0])  # epochs differ
 
 
+class Buffered(Operation):
+    """Per sample, with a buffer of its input's shape: *how* it returns its result."""
+
+    per_sample = True
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        return previous_state, AllocationQuery(previous_state.shape, previous_state.dtype)
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        if self.how == "rebinds":  # a new array: the name rebound, the buffer untouched
+            destination = 255 - sample
+            return destination
+        if self.how == "flipped_view":  # written, then a view of the buffer returned
+            destination[:] = 255 - sample[:, ::-1]
+            return destination[:, ::-1]
+        if self.how == "wrong_shape":
+            return (255 - sample)[:-1]
+        destination[:] = 255 - sample  # "writes"
+        return destination
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+@pytest.mark.parametrize("how", ["rebinds", "flipped_view"])
+def test_a_per_sample_result_returned_beside_its_buffer_is_kept(
+        photos_file: Path, worker_type: str, how: str) -> None:
+    """An ``apply_sample`` that returns another array than its buffer row: the
+    result is copied there (the batch held the buffer's old values, silently)."""
+    want = epochs(train_loader(photos_file, 2, worker_type, [Buffered("writes")]), 1)
+    got = epochs(train_loader(photos_file, 2, worker_type, [Buffered(how)]), 1)
+    np.testing.assert_array_equal(got[0][1], want[0][1])
+    np.testing.assert_array_equal(got[0][0], want[0][0])
+    assert want[0][0].std() > 10  # images, not a buffer's zeros
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_a_per_sample_result_of_another_shape_than_its_buffer_is_refused(
+        photos_file: Path, worker_type: str) -> None:
+    loader = train_loader(photos_file, 2, worker_type, [Buffered("wrong_shape")])
+    with loader, pytest.raises(ValueError, match=r"Buffered\.apply_sample returned a sample "
+                                                 r"of uint8 \(31, 32, 3\), its buffer "
+                                                 r"\(declare_state_and_memory\) is uint8 "
+                                                 r"\(32, 32, 3\)") as caught:
+        next(iter(loader))
+    assert "sample " in "".join(getattr(caught.value, "__notes__", [])) + str(caught.value)
+
+
 class NumpyNoise(Jitter):
     """Jitter that draws from ``np.random`` too (and from no other global generator)."""
 

@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import annotate, listed
 from ..pipeline.operation import BatchContext
 from ..pipeline.plan import PipelinePlan, Plan, Step
+from ..utils import same_memory
 
 
 @dataclass
@@ -164,17 +165,12 @@ def place(value: Any, out: np.ndarray, where: str) -> None:
     between overlapping views, such as a transposed view of the same buffer)."""
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{where} returned a {type(value).__name__}, not a NumPy array")
-    if _same_memory(value, out):
+    if same_memory(value, out):
         return
     if value.shape != out.shape or value.dtype != out.dtype:
         raise ValueError(f"{where} returned {value.dtype} samples of shape "
                          f"{value.shape[1:]}, it declared {out.dtype} {out.shape[1:]}")
     np.copyto(out, value)
-
-
-def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
-    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-            and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
 
 
 def run_stage2(plan: Plan, job: BatchJob, data: Any, slot: Any,

@@ -30,6 +30,7 @@ import numpy as np
 
 from .._ext.collate import gather_into
 from ..errors import annotate
+from ..utils import same_memory
 from . import random
 from .allocation_query import AllocationQuery
 from .state import State
@@ -261,7 +262,10 @@ class Operation:
             try:
                 if before is not None:
                     before(position)
-                results.append(self.apply_sample(batch[position], out, context, position))
+                result = self.apply_sample(batch[position], out, context, position)
+                if out is not None:
+                    _keep_sample(self, result, out)
+                results.append(result)
             except BaseException as exc:  # SystemExit too: it reaches next(), located
                 raise annotate(exc, f"sample {int(context.indices[position])}") from exc.__cause__
         context.note_no_sample()  # past the samples: what runs next is at none of them
@@ -269,8 +273,42 @@ class Operation:
 
     def apply_sample(self, sample: Any, destination: Any, context: BatchContext,
                      position: int) -> Any:
-        """Transform one sample (the one at *position* in the batch); return it."""
+        """Transform one sample (the one at *position* in the batch); return it.
+
+        With a buffer (``declare_state_and_memory``'s query), *destination* is this
+        sample's row of it: write the result there, or return a new array of its
+        shape and dtype, which is copied there."""
         raise NotImplementedError(f"{type(self).__name__}.apply_sample")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _keep_sample(operation: Operation, result: Any, out: Any) -> None:
+    """Leave ``apply_sample``'s *result* in *out*, its row of the operation's buffer:
+    nothing to do when it wrote there (returned *out*, a view of the same elements,
+    or None); a checked copy when it returned another array (``out = f(x); return
+    out`` rebinds the name: the sample was lost, the batch kept the buffer's old
+    values). A function, not a method: a subclass's own names stay its own."""
+    if result is None or result is out:
+        return
+    where = f"{type(operation).__name__}.apply_sample"
+    if isinstance(out, np.ndarray):
+        if not isinstance(result, np.ndarray):
+            raise TypeError(f"{where} returned a {type(result).__name__}; its buffer "
+                            "(declare_state_and_memory) holds NumPy arrays")
+        if same_memory(result, out):
+            return
+    elif not (hasattr(result, "shape") and hasattr(result, "copy_")):  # torch's buffers
+        raise TypeError(f"{where} returned a {type(result).__name__}; its buffer "
+                        f"(declare_state_and_memory) holds {type(out).__name__}s")
+    if tuple(result.shape) != tuple(out.shape) or result.dtype != out.dtype:
+        raise ValueError(f"{where} returned a sample of {result.dtype} {tuple(result.shape)}, "
+                         f"its buffer (declare_state_and_memory) is {out.dtype} "
+                         f"{tuple(out.shape)}")
+    if isinstance(out, np.ndarray):
+        np.copyto(out, result)  # NumPy copies overlapping views correctly
+    else:
+        if result.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
+            result = result.clone()  # torch refuses to copy between overlapping views
+        out.copy_(result)
