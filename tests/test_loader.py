@@ -6,6 +6,7 @@ Pipelines here stay in NumPy (no ToTensor), so these run without torch.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -148,6 +149,38 @@ def test_indices_that_would_be_other_samples(scalars: Path, indices: object,
 def test_unknown_output_needs_pipeline_spec(scalars: Path) -> None:
     with pytest.raises(ValueError, match="PipelineSpec"):
         Loader(scalars, 4, pipelines={"nope": [IntDecoder()]})
+
+
+class Asks(Operation):
+    """Declares *query* as its buffer."""
+
+    def __init__(self, query: object) -> None:
+        super().__init__()
+        self.query = query
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, object]:
+        return previous_state, self.query
+
+    def apply(self, values: np.ndarray, destination: object, context: object) -> np.ndarray:
+        return values
+
+
+@pytest.mark.parametrize(("query", "error", "match"), [
+    (AllocationQuery((1,), "notadtype"), TypeError, r"of dtype 'notadtype': no NumPy or torch"),
+    (AllocationQuery((-1, 5), np.int64), ValueError, r"of shape \(-1, 5\): a negative side"),
+    (AllocationQuery(None, np.int64), TypeError, r"of shape None: not a tuple of integers"),
+    (AllocationQuery((2.5,), np.int64), TypeError, r"of shape \(2\.5,\): not a tuple"),
+    ([AllocationQuery((1,), np.int64), 5], TypeError, r"5, not an AllocationQuery"),
+])
+def test_a_buffer_that_cannot_be_allocated_is_refused_naming_the_operation(
+        scalars: Path, query: object, error: type[Exception], match: str) -> None:
+    """At Loader(), naming the operation: it failed at the first batch, in the ring,
+    naming nothing ("data type 'notadtype' not understood", "memory mapped length
+    must be positive")."""
+    with pytest.raises(error, match=rf"^{re.escape(str(scalars))}: pipeline 'index': Asks "
+                                    rf"asked for .*{match}"):
+        index_loader(scalars, batch_size=4,
+                     pipelines={"index": [IntDecoder(), Asks(query)], "value": None})
 
 
 class KeepsRows(Operation):

@@ -47,9 +47,12 @@ each decoder to their own reader (``bind_plan``).
 from __future__ import annotations
 
 import copy
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import numpy as np
 
 from ..errors import annotate
 from .allocation_query import AllocationQuery
@@ -375,11 +378,34 @@ def _declare(op: Operation, state: State, where: str) -> tuple[State, Any]:
     if query is not None and not isinstance(query, (AllocationQuery, tuple, list)):
         raise TypeError(f"{where}: {type(op).__name__} asked for {query!r}, not an "
                         "AllocationQuery")
+    for one in (query,) if isinstance(query, AllocationQuery) else query or ():
+        _check_query(one, f"{where}: {type(op).__name__} asked for")
     if (state.channels_first is not None and new_state.shape != state.shape
             and new_state.channels_first == state.channels_first):
         # a new shape, and the operation did not say where its channels are
         new_state = replace(new_state, channels_first=None)
     return new_state, (tuple(query) if isinstance(query, list) else query)
+
+
+def _check_query(query: Any, asked: str) -> None:
+    """A buffer the loader can allocate: a shape of whole numbers of at least 0, a
+    NumPy or torch dtype (refused here, naming the operation, rather than at the
+    first batch, naming nothing)."""
+    if not isinstance(query, AllocationQuery):
+        raise TypeError(f"{asked} {query!r}, not an AllocationQuery")
+    try:
+        dims = [operator.index(n) for n in query.shape]
+    except TypeError:
+        raise TypeError(f"{asked} a buffer of shape {query.shape!r}: not a tuple of "
+                        "integers") from None
+    if any(n < 0 for n in dims):
+        raise ValueError(f"{asked} a buffer of shape {tuple(dims)}: a negative side")
+    if not type(query.dtype).__module__.startswith("torch"):
+        try:
+            np.dtype(query.dtype)
+        except TypeError:
+            raise TypeError(f"{asked} a buffer of dtype {query.dtype!r}: no NumPy or torch "
+                            "dtype") from None
 
 
 def _leaders(specs: Mapping[str, PipelineSpec], fname: str) -> dict[str, list[str]]:
