@@ -37,6 +37,7 @@ import contextlib
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ class EpochPlan:
     batches_ahead: int
     workers: Any = None  # EpochWorkers (loader.workers); closed when the epoch ends
     fetch_is_cheap: bool = False  # views of a map: fetch on the batch thread, no io hop
+    name: str = "fastforward"  # what the engine's warnings name (the file)
 
 
 class DaemonPool(Executor):
@@ -88,25 +90,45 @@ class DaemonPool(Executor):
     finalizer runs, and ``shutdown()`` joins them.
     """
 
-    def __init__(self, size: int, name: str) -> None:
+    def __init__(self, size: int, name: str, lazy: bool = False) -> None:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
         self._threads: list[threading.Thread] = []
+        self._size, self._name = size, name
+        if lazy:  # a thread started per submit() until there are *size*, as a
+            return  # ThreadPoolExecutor starts them (a batch of one range starts none)
         try:
-            for k in range(size):
-                self._threads.append(threading.Thread(target=self._work, name=f"{name}_{k}",
-                                                      daemon=True))
-                self._threads[-1].start()
+            for _ in range(size):
+                self._start_thread()
         except BaseException:  # out of threads, or Ctrl-C: those started end
             self.shutdown(wait=False)
             raise
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(target=self._work, name=f"{self._name}_{len(self._threads)}",
+                                  daemon=True)
+        # listed first: Ctrl-C in start()'s wait leaves a thread that did start, which
+        # shutdown() must end; one that could not start (start() raises an Exception,
+        # "can't start new thread", before its wait) is no thread of the pool
+        self._threads.append(thread)
+        try:
+            thread.start()
+        except Exception:
+            self._threads.remove(thread)
+            raise
+
+    def runs_this_thread(self) -> bool:
+        """Whether the calling thread is one of the pool's."""
+        return threading.current_thread() in self._threads
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         future: Future[Any] = Future()
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if len(self._threads) < self._size:
+                self._start_thread()
             self._queue.put((future, fn, args, kwargs))
         return future
 
@@ -150,6 +172,10 @@ class DaemonPool(Executor):
                 if thread is not threading.current_thread():
                     thread.join()
 
+
+STUCK_SECONDS = 2.0
+"""How long an epoch that ends (its end, ``break``, ``close()``, Ctrl-C) waits for
+the batches still running before it gives up on them (see ``Engine._shut_down``)."""
 
 LIGHT_BATCH_SECONDS = 0.0005
 """A batch whose work takes less than this (as the last few did) runs on the
@@ -400,30 +426,51 @@ class Engine:
 
     def _shut_down(self) -> None:
         """close()'s work: wake the consumer, stop the loop, join the thread, shut the
-        pools and the workers down (each step can run again after an interrupt)."""
+        pools and the workers down (each step can run again after an interrupt).
+
+        Batches still running ``STUCK_SECONDS`` after the stop wait on something that
+        does not end (an operation stuck, a read that never returns, a stopped
+        worker). Process workers running their ranges are killed (``abandon()``,
+        every ``grace`` seconds while they hold ranges of the epoch), and the batches
+        fail. Threads cannot be stopped: what still runs on this process's threads
+        then is left running, with a RuntimeWarning (daemon threads, which do not
+        hold the interpreter's exit up; each keeps its batch's slot, which is not
+        reused while it does), and close() returns."""
         self.channel.finish()  # a consumer waiting in another thread
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop may have just finished
                 loop.call_soon_threadsafe(self._request_stop)
+        left = False
         if threading.current_thread() is not self._thread:
-            self._thread.join()
+            self._thread.join(STUCK_SECONDS)  # (a light batch runs on the thread itself)
+            left = self._thread.is_alive()
         workers = self.plan.workers
-        grace = None if workers is None else workers.grace
-        if grace is not None:
-            # batches still waiting on ranges of process workers after the grace
-            # period wait on ranges that do not end (an operation stuck, a worker
-            # stopped): the workers running them are killed, and the batches fail
+        mine = int(self._batch_pool.runs_this_thread())  # (a batch of its own: not waited for)
+        if not left:
             self._batch_pool.shutdown(wait=False, cancel_futures=True)  # none starts now
+            grace = STUCK_SECONDS if workers is None or workers.grace is None \
+                else workers.grace
             while True:
                 with self._idle:
-                    if self._idle.wait_for(lambda: self._in_flight == 0, grace):
+                    if self._idle.wait_for(lambda: self._in_flight <= mine, grace):
                         break
-                workers.abandon()
+                if workers is None or not workers.abandon():  # nothing it could stop
+                    left = True
+                    break
+        with self._idle:
+            running = self._in_flight - mine
         for pool in (self._batch_pool, self._io_pool):
-            pool.shutdown(wait=True, cancel_futures=True)
-        if self.plan.workers is not None:
-            self.plan.workers.close()
+            pool.shutdown(wait=not left, cancel_futures=True)
+        if workers is not None:
+            workers.close(wait=not left)
+        if left:  # (last: warnings may be errors)
+            warnings.warn(
+                f"{self.plan.name}: the epoch ended, and {max(running, 1)} of its batches "
+                f"still ran {STUCK_SECONDS:g} s later on this process's threads (an "
+                "operation or a read that does not return?): threads cannot be stopped, "
+                "so they are left running; their slots are not reused while they do",
+                RuntimeWarning, stacklevel=4)
 
     @property
     def is_running(self) -> bool:

@@ -311,6 +311,30 @@ def test_a_per_sample_result_of_another_shape_than_its_buffer_is_refused(
     assert "sample " in "".join(getattr(caught.value, "__notes__", [])) + str(caught.value)
 
 
+class Shrinks(Operation):
+    """Per sample, no buffer: sample 9 comes out a row shorter than the others."""
+
+    per_sample = True
+
+    def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
+        return sample[:-1] if int(context.indices[position]) == 9 else sample
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_per_sample_results_of_different_shapes_name_the_sample(photos_file: Path,
+                                                                 worker_type: str) -> None:
+    """np.stack said only "all input arrays must have the same shape"."""
+    loader = Loader(photos_file, 48, num_workers=2, worker_type=worker_type,
+                    order=OrderOption.SEQUENTIAL,
+                    pipelines={"image": [CenterCropRGBImageDecoder((16, 16), 1.0), Shrinks()],
+                               "label": [IntDecoder()]})
+    with loader, pytest.raises(ValueError, match=r"Shrinks\.apply_sample returned shape "
+                                                 r"\(15, 16, 3\) for sample 9, and shape "
+                                                 r"\(16, 16, 3\) for sample \d+: a batch's "
+                                                 r"samples must have one shape"):
+        next(iter(loader))
+
+
 class NumpyNoise(Jitter):
     """Jitter that draws from ``np.random`` too (and from no other global generator)."""
 
@@ -452,10 +476,38 @@ def test_an_operation_that_cannot_pickle_is_refused_at_once(photos_file: Path) -
         def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
             return sample
 
-    with pytest.raises(TypeError, match="worker_type='thread'"):
+    with pytest.raises(TypeError, match=r"pipelines to pickle, and the 'image' pipeline's Local "
+                                        r"does not \((AttributeError|PicklingError): .*"
+                                        r"worker_type='thread'"):
         train_loader(photos_file, 2, "process", extra=[Local()])
     with train_loader(photos_file, 2, "thread", extra=[Local()]) as loader:
         assert next(iter(loader))[0].shape == (8, 32, 32, 3)
+
+
+class HoldsALock(Operation):
+    """A batch operation holding a lock: it cannot cross a process boundary."""
+
+    releases_gil = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+
+    def apply(self, batch, destination, context):  # type: ignore[no-untyped-def]
+        return batch
+
+
+def test_an_operation_that_cannot_pickle_is_named_with_its_pipeline(photos_file: Path) -> None:
+    """The error named neither the operation nor its pipeline, only pickle's words,
+    nor why 'auto' chose processes."""
+    with pytest.raises(TypeError, match=r"^" + re.escape(
+            f"{photos_file}: process workers need every decoder and operation of the "
+            "pipelines to pickle (worker_type='auto' chose them for image: Jitter, which "
+            "keeps the GIL), and the 'label' pipeline's HoldsALock does not (TypeError: cannot "
+            "pickle '_thread.lock' object)") + r".*a lock, an open file, a generator"):
+        Loader(photos_file, 8, num_workers=2,
+               pipelines={"image": [RandomResizedCropRGBImageDecoder((32, 32)), Jitter()],
+                          "label": [IntDecoder(), HoldsALock()]})
 
 
 # -- failures ------------------------------------------------------------------------
@@ -1735,6 +1787,121 @@ def test_a_stuck_worker_does_not_hold_up_the_exit_of_a_script_that_ends(
         while any(_alive(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(_alive(p) for p in workers), "a worker outlived its loader"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=30)
+
+
+def test_an_epoch_ended_early_leaves_a_thread_stuck_in_an_operation_running(
+        tmp_path: Path, photos_file: Path) -> None:
+    """Threads cannot be stopped: leaving an epoch with one stuck in an operation
+    waited for it for ever (after a BatchTimeout too, and Ctrl-C could not end the
+    program). The epoch now gives up on it after 2 s, with a warning; the stuck
+    batch keeps its slot, and the loader's next epoch is the epoch it should be."""
+    order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
+    expected = epochs(train_loader(photos_file, 1, "thread"), 2)[1]
+    go = tmp_path / "go"
+    with train_loader(photos_file, 2, "thread",
+                      extra=[Jitter(), WaitAt(int(order[8 * 2 + 3]), str(go))],
+                      timeout=0.5) as loader:
+        iterator = iter(loader)
+        with pytest.raises(TimeoutError):
+            for _ in iterator:
+                pass
+        start = time.monotonic()
+        with pytest.warns(RuntimeWarning, match=rf"^{re.escape(str(photos_file))}: the epoch "
+                                                r"ended, and \d+ of its batches still ran 2 s "
+                                                r"later on this process's threads"):
+            iterator.close()  # as leaving the loop does
+        assert 1.5 < time.monotonic() - start < 20
+        go.touch()  # (the stuck operation holds the global generators' lock: let it go)
+        images, labels = (np.concatenate(parts) for parts in
+                          zip(*[(i.copy(), b.copy()) for i, b in loader], strict=True))
+        np.testing.assert_array_equal(labels, expected[1])
+        np.testing.assert_array_equal(images, expected[0])
+    assert not [t for t in _threads() if t.startswith("fastforward")]
+
+
+class StuckBatch(Operation):
+    """A batch operation (stage 2, in the loader's process) that never returns at
+    batch *at*."""
+
+    releases_gil = True
+
+    def __init__(self, at: int, marker: str) -> None:
+        super().__init__()
+        self.at = at
+        self.marker = marker
+
+    def apply(self, batch, destination, context):  # type: ignore[no-untyped-def]
+        if context.batch_index == self.at:
+            Path(self.marker).touch()
+            while not Path(f"{self.marker}.go").exists():
+                time.sleep(0.01)
+        return batch
+
+
+def test_an_epoch_ended_early_leaves_a_stuck_operation_of_the_loaders_process(
+        tmp_path: Path, photos_file: Path) -> None:
+    """With process workers, an operation stuck in the loader's own process (stage 2):
+    the epoch killed the workers every 2 s for ever, waiting for a batch no worker
+    held. It now gives up on it, with a warning."""
+    marker = tmp_path / "stuck"
+    loader = Loader(photos_file, 8, num_workers=2, worker_type="process",
+                    pipelines={"image": [RandomResizedCropRGBImageDecoder((32, 32)), Jitter(),
+                                         StuckBatch(1, str(marker))],
+                               "label": [IntDecoder()]})
+    with loader:
+        iterator = iter(loader)
+        next(iterator)
+        wait_for(marker)
+        start = time.monotonic()
+        with pytest.warns(RuntimeWarning, match=r"1 of its batches still ran 2 s later"):
+            iterator.close()
+        assert time.monotonic() - start < 20
+        assert len(loader.workers.pids) == 2  # its workers ran nothing of it: kept
+        Path(f"{marker}.go").touch()
+    assert not [t for t in _threads() if t.startswith("fastforward")]
+
+
+THREAD_EXIT_SCRIPT = """
+import os, sys, time
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_workers import train_loader, Jitter, StuckAt
+
+loader = train_loader(Path({path!r}), 2, "thread", extra=[Jitter(), StuckAt({index}, {marker!r})])
+it = iter(loader)  # step-based training: the iterator is alive when the script ends
+next(it)
+while not os.path.exists({marker!r}):
+    time.sleep(0.01)
+print("done", flush=True)
+"""
+
+
+def test_a_thread_stuck_in_an_operation_does_not_hold_up_the_exit(
+        tmp_path: Path, photos_file: Path) -> None:
+    """A script ends with a thread stuck in an operation: the interpreter joined it
+    (a ThreadPoolExecutor's thread), and the loader's finalizer waited for it: the
+    program never ended."""
+    order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
+    marker = tmp_path / "stuck"
+    script = tmp_path / "run.py"
+    script.write_text(THREAD_EXIT_SCRIPT.format(tests=str(Path(__file__).parent),
+                                                path=str(photos_file),
+                                                index=int(order[8 * 3 + 3]),
+                                                marker=str(marker)))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "done"
+        start = time.monotonic()
+        _, stderr = process.communicate(timeout=60)
+        assert time.monotonic() - start < 30, stderr
+        assert process.returncode == 0, stderr
+        assert "still ran 2 s later on this process's threads" in stderr
     finally:
         if process.poll() is None:
             process.kill()

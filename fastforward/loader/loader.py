@@ -132,6 +132,22 @@ def _count(value: Any, name: str, error: type[Exception] | None = None) -> int:
     return int(value)
 
 
+def _unpicklable(plan: Plan, error: Exception) -> str:
+    """What of *plan* does not pickle (pickling it as a whole raised *error*): the first
+    decoder or operation that does not on its own, named with its pipeline."""
+    for pipeline in plan.pipelines:
+        ops = [pipeline.decoder, pipeline.source_op, *(step.op for step in pipeline.steps)]
+        for op in ops:
+            if op is None:
+                continue
+            try:
+                pickle.dumps(op)
+            except Exception as exc:
+                return (f"the {pipeline.name!r} pipeline's {type(op).__name__} does not "
+                        f"({type(exc).__name__}: {exc})")
+    return f"the plan does not ({type(error).__name__}: {error})"
+
+
 def _batch_size(value: Any, fname: str) -> int:
     """A batch size: a whole number of at least 1 (``256.0`` is 256; ``2.5``, a bool
     or a string is refused)."""
@@ -482,10 +498,15 @@ class Loader:
         try:  # fail now, not in a worker: stage 1 must cross a process boundary
             pickle.dumps(self._plan)
         except Exception as exc:
+            why = (f"worker_type='auto' chose them for {', '.join(self._plan.gil_bound())}, "
+                   "which keeps the GIL" if worker_type == "auto" else "")
             raise TypeError(
                 f"{self.fname}: process workers need every decoder and operation of the "
-                f"pipelines to pickle ({type(exc).__name__}: {exc}); define operations at "
-                "a module's top level, or pass worker_type='thread'") from exc
+                f"pipelines to pickle{f' ({why})' if why else ''}, and "
+                f"{_unpicklable(self._plan, exc)}. Define operations and the functions they "
+                "hold at a module's top level, keep what cannot cross a process boundary (a "
+                "lock, an open file, a generator) out of their attributes, or pass "
+                "worker_type='thread'") from exc
         return ProcessWorkers(self.num_workers, self.reader, self.os_cache, self._start_method)
 
     def _cuda_pipelines(self) -> dict[str, set[str]]:
@@ -873,6 +894,7 @@ class Loader:
             batches_ahead=self.batches_ahead,
             workers=workers,
             fetch_is_cheap=isinstance(self.memory_manager, OSCacheManager),
+            name=self.fname,
         )
         iterator = EpochIterator(Engine(epoch_plan), len(batches), epoch, segments, self._owned,
                                  loader=self, position=position)
@@ -1070,7 +1092,8 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
             f"{self._loader.fname}: epoch {position.epoch}, batch {done + position.delivered}: "
             f"{what} in {timeout:g} s (Loader(timeout={timeout:g})): a decoder, an operation "
             f"or a read is stuck or slow{where}. The epoch stays open: next() waits again; "
-            "leaving the loop or close() ends it (process workers stuck in it are then killed)")
+            "leaving the loop or close() ends it (after 2 s, process workers stuck in it are "
+            "killed, and threads, which cannot be, are left running)")
 
     def __len__(self) -> int:
         return self._length

@@ -99,7 +99,7 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import recv_handle, send_handle
 from typing import TYPE_CHECKING, Any
@@ -108,6 +108,7 @@ import numpy as np
 
 from ..errors import FastForwardError, WorkerError, exception_text, portable
 from ..pipeline.plan import Plan, bind_plan
+from ..scheduler import DaemonPool
 from ..utils import (
     anonymous_shared_fd,
     forkserver_preload,
@@ -198,7 +199,7 @@ class ThreadEpoch:
     """One epoch's decode threads."""
 
     kind = THREAD
-    grace: float | None = None  # a thread cannot be stopped: an epoch waits for its ranges
+    grace: float | None = None  # a thread cannot be stopped (nothing to abandon)
 
     def __init__(self, plan: Plan, size: int) -> None:
         self.plan = plan
@@ -206,7 +207,8 @@ class ThreadEpoch:
         # the loader fetches the fields that a decoder reads, and those only (a field
         # left out, or one that only a filter's probe reads, costs no read)
         self.fields = frozenset(p.field_index for p in plan.pipelines if p.decoder is not None)
-        self._pool = ThreadPoolExecutor(size, thread_name_prefix="fastforward-decode")
+        # daemon threads: one stuck in an operation must not hold the interpreter's exit
+        self._pool = DaemonPool(size, "fastforward-decode", lazy=True)
 
     def run(self, job: BatchJob, slot: Any, data: Any, copies: Any) -> None:
         """Stage 1 of *job* over ``size`` ranges, on the threads; wait for all."""
@@ -219,12 +221,14 @@ class ThreadEpoch:
         settle([self._pool.submit(run_stage1, self.plan, job, data.rows(lo, hi), slot, lo,
                                   hi, copies) for lo, hi in ranges])
 
-    def abandon(self) -> None:
-        """Nothing to do: threads cannot be stopped (``grace`` is None)."""
+    def abandon(self) -> bool:
+        """Nothing to do: threads cannot be stopped. Returns False (none was)."""
+        return False
 
-    def close(self) -> None:
-        """Stop the threads (after the ranges in progress)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait: bool = True) -> None:
+        """Stop the threads: after the ranges in progress, or (*wait* False: the
+        engine gave up on ranges that do not end) leaving them running."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
 class _Worker:
@@ -537,10 +541,12 @@ class ProcessWorkers:
         with self._buried:
             self._buried.wait_for(lambda: worker.dead, timeout)
 
-    def abandon(self, plan_id: int) -> None:
+    def abandon(self, plan_id: int) -> bool:
         """Kill the workers still running ranges of the epoch of *plan_id*, which
         ended without them (an operation that does not return): their ranges
-        fail, and the next epoch replaces them."""
+        fail, and the next epoch replaces them. Returns whether the workers held
+        ranges of the epoch (queued or running; False in a forked child, whose
+        workers are the parent's)."""
 
         def stuck(worker: _Worker) -> bool:
             # it holds ranges of the epoch, and is not visibly running another open
@@ -554,11 +560,13 @@ class ProcessWorkers:
             return running is None or running[3] == plan_id
 
         if os.getpid() != self._owner:  # a forked child: the workers are the parent's
-            return
+            return False
         with self._closing:
             if self._closed:  # close() ends every worker
-                return
-            self._drop_queued(plan_id, "its epoch had ended")
+                return False
+            with self._lock:
+                held = any(item[3] == plan_id for item in self._pending.values())
+            held |= self._drop_queued(plan_id, "its epoch had ended")
             with self._lock:
                 stuck_ones = [worker for worker in self._workers if stuck(worker)]
             for worker in stuck_ones:
@@ -568,6 +576,7 @@ class ProcessWorkers:
                     _kill(worker)
             for worker in stuck_ones:
                 self._await_buried(worker)
+            return held
 
     def close(self) -> None:
         """Ask every worker to exit, wait a little, kill what is left (idempotent).
@@ -823,13 +832,15 @@ class ProcessWorkers:
             ("range", item.job_id, item.plan_id, segment_id, item.job, item.lo, item.hi),
             protocol=pickle.HIGHEST_PROTOCOL))
 
-    def _drop_queued(self, plan_id: int, why: str) -> None:
-        """Fail the queued ranges of *plan_id*'s epoch: they will never be sent."""
+    def _drop_queued(self, plan_id: int, why: str) -> bool:
+        """Fail the queued ranges of *plan_id*'s epoch: they will never be sent.
+        Returns whether there were any."""
         with self._lock:
             left = [item for item in self._queue if item.plan_id == plan_id]
             self._queue = collections.deque(i for i in self._queue if i.plan_id != plan_id)
         for item in left:
             item.future.set_exception(_unsent(item, why))
+        return bool(left)
 
     # -- the reader thread ---------------------------------------------------------
 
@@ -1026,13 +1037,15 @@ class ProcessEpoch:
         finally:
             settle(futures)
 
-    def abandon(self) -> None:
+    def abandon(self) -> bool:
         """The epoch ended, and ranges of it still run after ``grace`` seconds: kill
-        the workers running them."""
-        self.pool.abandon(self.plan_id)
+        the workers running them. Returns whether the workers held ranges of it (False:
+        what still runs, runs in this process)."""
+        return self.pool.abandon(self.plan_id)
 
-    def close(self) -> None:
-        """The workers forget this epoch's plan; the pool stays for the next epoch."""
+    def close(self, wait: bool = True) -> None:
+        """The workers forget this epoch's plan; the pool stays for the next epoch
+        (*wait*: nothing to wait for here)."""
         self.pool.retire(self.plan_id)
 
 

@@ -247,11 +247,14 @@ class Operation:
                                               lambda position: reseed(seeds[position]))
         if destination is not None:
             return destination
-        if results and hasattr(results[0], "shape") and not isinstance(results[0], np.ndarray):
+        if not results:
+            return batch
+        _same_shapes(self, results, context)
+        if hasattr(results[0], "shape") and not isinstance(results[0], np.ndarray):
             import torch
 
             return torch.stack(results)
-        return np.stack(results) if results else batch
+        return np.stack(results)
 
     def _apply_samples(self, batch: Any, destination: Any, context: BatchContext,
                        before: Callable[[int], None] | None) -> list[Any]:
@@ -312,3 +315,21 @@ def _keep_sample(operation: Operation, result: Any, out: Any) -> None:
         if result.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
             result = result.clone()  # torch refuses to copy between overlapping views
         out.copy_(result)
+
+
+def _same_shapes(operation: Operation, results: list[Any], context: BatchContext) -> None:
+    """Refuse per-sample results (no buffer) that cannot be stacked into a batch,
+    naming the first sample whose shape differs from the first's (``np.stack`` said
+    only "all input arrays must have the same shape")."""
+    first = getattr(results[0], "shape", None)
+    if first is None:  # numbers: np.stack makes them a batch
+        return
+    for position, result in enumerate(results):
+        shape = getattr(result, "shape", None)
+        if shape is None or tuple(shape) != tuple(first):
+            what = f"a {type(result).__name__}" if shape is None else f"shape {tuple(shape)}"
+            raise ValueError(
+                f"{type(operation).__name__}.apply_sample returned {what} for sample "
+                f"{int(context.indices[position])}, and shape {tuple(first)} for sample "
+                f"{int(context.indices[0])}: a batch's samples must have one shape (end the "
+                "operation with a fixed-size crop or resize, or declare a buffer)")
