@@ -1502,6 +1502,30 @@ def test_a_timeout_turns_a_stuck_batch_into_an_error(tmp_path: Path, photos_file
     assert not [pid for pid in pids if _alive(pid)]
 
 
+def test_a_timeout_names_the_thread_holding_the_global_generators(tmp_path: Path,
+                                                                  photos_file: Path) -> None:
+    """On threads, per-sample operations that keep the GIL take turns (the global
+    generators' lock): one stuck in another loader held a healthy loader up, whose
+    BatchTimeout blamed an operation of its own. It names the thread holding the lock."""
+    order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
+    go = tmp_path / "go"
+    stuck = train_loader(photos_file, 2, "thread", extra=[WaitAt(int(order[3]), str(go))],
+                         timeout=0.5)
+    healthy = train_loader(photos_file, 2, "thread", timeout=0.5)
+    with stuck, healthy:
+        waiting = iter(stuck)
+        with pytest.raises(TimeoutError):
+            next(waiting)
+        held_up = iter(healthy)
+        with pytest.raises(TimeoutError, match=r"; thread fastforward-\S+ has held the global "
+                                               r"generators' lock for \d+\.\d s \(per-sample "
+                                               r"Python operations run one at a time"):
+            next(held_up)
+        go.touch()
+        assert next(waiting)[0].shape == (8, 32, 32, 3)
+        assert len(list(held_up)) == 6  # (the epoch stays open)
+
+
 @pytest.mark.parametrize("timeout", [0, -1, True, float("nan")])
 def test_a_timeout_is_a_positive_number_of_seconds(photos_file: Path, timeout: float) -> None:
     with pytest.raises(ValueError, match="timeout must be a number of seconds above 0"):

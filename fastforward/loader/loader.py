@@ -30,6 +30,7 @@ from ..device import DeviceBatch, DeviceStage, is_cuda
 from ..errors import BatchTimeout
 from ..fields import Field, RaggedField
 from ..memory_managers import MemoryManager, OSCacheManager, ProcessCacheManager
+from ..pipeline import random
 from ..pipeline.decoder import Decoder
 from ..pipeline.operation import Operation
 from ..pipeline.pipeline_spec import PipelineSpec, _is_module
@@ -1088,6 +1089,14 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
         busy = workers.running() if isinstance(workers, ProcessWorkers) else []
         if busy:  # which ranges run now, and for how long: maybe another batch's
             where = f"{where[:-1]}: {'; '.join(busy)})"
+        holder = random.globals_holder()
+        if holder is not None and time.monotonic() - holder[1] >= timeout:
+            # per-sample operations that keep the GIL take turns in this process: one
+            # stuck (maybe another loader's) holds up every other
+            where += (f"; thread {holder[0]} has held the global generators' lock for "
+                      f"{time.monotonic() - holder[1]:.1f} s (per-sample Python operations "
+                      "run one at a time in this process: one stuck, of any loader here, "
+                      "holds up the others)")
         return BatchTimeout(
             f"{self._loader.fname}: epoch {position.epoch}, batch {done + position.delivered}: "
             f"{what} in {timeout:g} s (Loader(timeout={timeout:g})): a decoder, an operation "

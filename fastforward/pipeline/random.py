@@ -13,6 +13,7 @@ import contextlib
 import random as pyrandom
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -65,6 +66,28 @@ def generator(seed: int, epoch: int, index: int, stream: int) -> np.random.Gener
 
 _GLOBALS_LOCK = threading.RLock()
 _GLOBALS_STREAM = 0x6C6F6261
+_globals_holder: tuple[str, float] | None = None  # (thread name, time.monotonic()) of the
+# session holding the lock, for a BatchTimeout to say who holds it up
+
+
+def globals_holder() -> tuple[str, float] | None:
+    """The thread holding the global generators' lock (``globals_session``) and since
+    when (``time.monotonic()``), or None."""
+    return _globals_holder
+
+
+@contextlib.contextmanager
+def _holding() -> Iterator[None]:
+    """``_GLOBALS_LOCK``, noting who holds it (an outer session's note kept)."""
+    global _globals_holder
+    with _GLOBALS_LOCK:
+        outer = _globals_holder
+        if outer is None:
+            _globals_holder = (threading.current_thread().name, time.monotonic())
+        try:
+            yield
+        finally:
+            _globals_holder = outer
 
 
 def globals_are_ours() -> bool:
@@ -122,7 +145,7 @@ def globals_session() -> Iterator[Callable[[int], None]]:
     albumentations transform seeds its own generator, then draws from it).
     """
     if not globals_are_ours():
-        with _GLOBALS_LOCK:
+        with _holding():
             yield _leave_alone
         return
     saved: dict[str, Any] = {}
@@ -133,7 +156,7 @@ def globals_session() -> Iterator[Callable[[int], None]]:
             saved["torch"] = torch.random.get_rng_state()
         _seed_globals(value)
 
-    with _GLOBALS_LOCK:
+    with _holding():
         np_state, py_state = np.random.get_state(), pyrandom.getstate()
         torch = sys.modules.get("torch")
         if torch is not None:
