@@ -27,9 +27,17 @@ _LAZY = {"Loader": ".loader", "DatasetWriter": ".writer"}
 
 
 def __getattr__(name: str) -> Any:
-    """``fastforward.Loader`` and ``fastforward.DatasetWriter``, imported when first asked for."""
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    """``fastforward.Loader`` and ``fastforward.DatasetWriter``, imported when first asked
+    for, and the subpackages and modules (``fastforward.fields``, ``.transforms``, …),
+    which importing the loader made attributes of the package, as FFCV's are."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    else:
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":  # a module that is there failed to import
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
     globals()[name] = value
     return value

@@ -34,10 +34,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import queue
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
@@ -313,6 +313,8 @@ class Engine:
         self._closing = False  # a close() is shutting down, or has
         self._close_lock = threading.Lock()
         self._stopped = threading.Event()  # set once close() has stopped everything
+        self._pid = os.getpid()  # (a forked child's copy waits for none of the parent's)
+        self.left_running = False  # close() left batches running on threads (stuck)
         self._finished = False
         self._thread = threading.Thread(target=self._run, name="fastforward-scheduler",
                                         daemon=True)
@@ -433,16 +435,19 @@ class Engine:
         worker). Process workers running their ranges are killed (``abandon()``,
         every ``grace`` seconds while they hold ranges of the epoch), and the batches
         fail. Threads cannot be stopped: what still runs on this process's threads
-        then is left running, with a RuntimeWarning (daemon threads, which do not
-        hold the interpreter's exit up; each keeps its batch's slot, which is not
-        reused while it does), and close() returns."""
+        then is left running (daemon threads, which do not hold the interpreter's
+        exit up; each keeps its batch's slot, which is not reused while it does: a
+        slow batch finishes in the background, a stuck one stays), and close()
+        returns; ``left_running`` says so. No warning: close() runs in finalizers,
+        where a warning turned into an error would stop the clean-up."""
         self.channel.finish()  # a consumer waiting in another thread
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop may have just finished
                 loop.call_soon_threadsafe(self._request_stop)
-        left = False
-        if threading.current_thread() is not self._thread:
+        forked = os.getpid() != self._pid  # a forked child: the batches in flight, and
+        left = forked                      # the threads running them, are the parent's
+        if not forked and threading.current_thread() is not self._thread:
             self._thread.join(STUCK_SECONDS)  # (a light batch runs on the thread itself)
             left = self._thread.is_alive()
         workers = self.plan.workers
@@ -458,19 +463,11 @@ class Engine:
                 if workers is None or not workers.abandon():  # nothing it could stop
                     left = True
                     break
-        with self._idle:
-            running = self._in_flight - mine
+        self.left_running = left and not forked
         for pool in (self._batch_pool, self._io_pool):
             pool.shutdown(wait=not left, cancel_futures=True)
         if workers is not None:
             workers.close(wait=not left)
-        if left:  # (last: warnings may be errors)
-            warnings.warn(
-                f"{self.plan.name}: the epoch ended, and {max(running, 1)} of its batches "
-                f"still ran {STUCK_SECONDS:g} s later on this process's threads (an "
-                "operation or a read that does not return?): threads cannot be stopped, "
-                "so they are left running; their slots are not reused while they do",
-                RuntimeWarning, stacklevel=4)
 
     @property
     def is_running(self) -> bool:

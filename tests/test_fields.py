@@ -115,18 +115,19 @@ def test_bad_arguments(kwargs: dict) -> None:
         RGBImageField(**kwargs)
 
 
-@pytest.mark.parametrize(("kwargs", "name"),
-                         [({"jpeg_quality": 90.7}, "jpeg_quality"),
-                          ({"max_resolution": True}, "max_resolution"),
-                          ({"min_resolution": "256"}, "min_resolution")])
-def test_whole_number_arguments(kwargs: dict, name: str) -> None:
-    """A fraction, a bool or a string is refused (``int()`` cut 90.7 to 90 silently);
-    a whole float is taken."""
-    with pytest.raises(TypeError, match=rf"^{name} must be a whole number, got "):
+@pytest.mark.parametrize(("kwargs", "message"),
+                         [({"jpeg_quality": 90.7}, "jpeg_quality must be a whole number"),
+                          ({"max_resolution": True}, "max_resolution must be a number of pixels"),
+                          ({"min_resolution": "256"}, "min_resolution must be a number of pixels")])
+def test_number_arguments(kwargs: dict, message: str) -> None:
+    """A fractional quality, a bool or a string is refused (``int()`` cut 90.7 to 90
+    silently); a whole float quality is taken, and a fractional resolution, as FFCV's
+    resizer takes it."""
+    with pytest.raises(TypeError, match=rf"^{message}, got "):
         RGBImageField(**kwargs)
-    field = RGBImageField(max_resolution=256.0, jpeg_quality=90.0)
-    assert (field.max_resolution, field.jpeg_quality) == (256, 90)
-    assert type(field.max_resolution) is int
+    field = RGBImageField(max_resolution=1.14 * 224, jpeg_quality=90.0)
+    assert (field.max_resolution, field.jpeg_quality) == (1.14 * 224, 90)
+    assert type(field.jpeg_quality) is int
 
 
 def test_smart_threshold(tmp_path: Path) -> None:

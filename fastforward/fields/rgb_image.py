@@ -120,8 +120,8 @@ def to_rgb_array(image: Any) -> np.ndarray:
             if image.mode != "RGB":
                 image = image.convert("RGB")
             image = np.asarray(image)
-        except AssertionError as exc:  # Pillow's load() asserts that the file is open
-            if getattr(image, "fp", True) is not None:
+        except (AssertionError, AttributeError, ValueError) as exc:  # Pillow's load() of a
+            if getattr(image, "fp", True) is not None:               # closed file (by version)
                 raise
             raise EncodeError(
                 "a PIL image whose file was closed before its pixels were read (returned "
@@ -256,15 +256,17 @@ def dct_span(source: tuple[int, int], decoded: tuple[int, int]) -> tuple[float, 
     return source[0] * scales[0] / 8, source[1] * scales[0] / 8
 
 
-def _resolution(value: Any, name: str) -> int | None:
-    """``max_resolution`` or ``min_resolution``: None, or a whole number of pixels in
-    [1, MAX_SIDE]."""
+def _check_resolution(value: Any, name: str) -> None:
+    """``max_resolution`` or ``min_resolution``: None, or a number of pixels in [1,
+    MAX_SIDE] (a fraction too, as FFCV's resizer takes it: ``1.14 * 224``; a bool or a
+    string is refused)."""
     if value is None:
-        return None
-    value = whole_number(value, name)
+        return
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                     np.floating)):
+        raise TypeError(f"{name} must be a number of pixels, got {value!r}")
     if not 1 <= value <= MAX_SIDE:
         raise ValueError(f"{name} must be in [1, {MAX_SIDE}], got {value}")
-    return value
 
 
 class RGBImageField(Field):
@@ -307,9 +309,8 @@ class RGBImageField(Field):
             raise ValueError(f"write_mode must be one of {WRITE_MODES}, got {write_mode!r}")
         if max_resolution is not None and min_resolution is not None:
             raise ValueError("give max_resolution or min_resolution, not both")
-        max_resolution, min_resolution = (
-            _resolution(max_resolution, "max_resolution"),
-            _resolution(min_resolution, "min_resolution"))
+        _check_resolution(max_resolution, "max_resolution")
+        _check_resolution(min_resolution, "min_resolution")
         jpeg_quality = whole_number(jpeg_quality, "jpeg_quality")
         if not 0 <= jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in [0, 100], got {jpeg_quality}")

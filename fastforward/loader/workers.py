@@ -218,8 +218,13 @@ class ThreadEpoch:
         if len(ranges) == 1:  # one range: no hop to another thread
             run_stage1(self.plan, job, data, slot, 0, len(job.indices), copies)
             return
-        settle([self._pool.submit(run_stage1, self.plan, job, data.rows(lo, hi), slot, lo,
-                                  hi, copies) for lo, hi in ranges])
+        futures = []
+        try:
+            for lo, hi in ranges:
+                futures.append(self._pool.submit(run_stage1, self.plan, job, data.rows(lo, hi),
+                                                 slot, lo, hi, copies))
+        finally:  # (a submit refused once the epoch ended: the ranges sent still write
+            settle(futures)  # into the slot, which goes back only after them)
 
     def abandon(self) -> bool:
         """Nothing to do: threads cannot be stopped. Returns False (none was)."""
