@@ -515,6 +515,30 @@ def test_ctrl_c_while_the_program_starts_is_one_line(tmp_path: Path) -> None:
     assert 130 in statuses, statuses
 
 
+def test_ctrl_c_that_an_import_turns_into_an_import_error_is_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """NumPy turns a KeyboardInterrupt inside its C extension's imports into an
+    ImportError ("PyCapsule_Import could not import module 'datetime'", seen in CI):
+    that was a traceback too."""
+    import importlib.abc
+
+    from fastforward.__main__ import main as program
+
+    class Interrupting(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: object, target: object = None) -> None:
+            if name == "fastforward.cli":
+                try:
+                    signal.raise_signal(signal.SIGINT)  # Ctrl-C, as the import runs
+                except KeyboardInterrupt as exc:
+                    raise ImportError("PyCapsule_Import could not import module") from exc
+
+    monkeypatch.delitem(sys.modules, "fastforward.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    assert program() == 130
+    assert capsys.readouterr().err == "fastforward: error: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_convert_names_the_broken_image_file(corpus: Path, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     broken = tmp_path / "imgs"
