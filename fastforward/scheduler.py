@@ -75,7 +75,6 @@ class EpochPlan:
     batches_ahead: int
     workers: Any = None  # EpochWorkers (loader.workers); closed when the epoch ends
     fetch_is_cheap: bool = False  # views of a map: fetch on the batch thread, no io hop
-    name: str = "fastforward"  # what the engine's warnings name (the file)
 
 
 class DaemonPool(Executor):

@@ -895,7 +895,6 @@ class Loader:
             batches_ahead=self.batches_ahead,
             workers=workers,
             fetch_is_cheap=isinstance(self.memory_manager, OSCacheManager),
-            name=self.fname,
         )
         iterator = EpochIterator(Engine(epoch_plan), len(batches), epoch, segments, self._owned,
                                  loader=self, position=position)
