@@ -31,12 +31,10 @@ def main() -> int:
     except BaseException:
         if not interrupted:
             raise
-        print("fastforward: error: interrupted", file=sys.stderr)
-        return 130
     finally:
         if previous is signal.default_int_handler:
             signal.signal(signal.SIGINT, previous)
-    if interrupted:  # noted, then absorbed by an import that went on
+    if interrupted:  # raised as whatever the import made of it, or absorbed by it
         print("fastforward: error: interrupted", file=sys.stderr)
         return 130
     return run()
