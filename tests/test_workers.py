@@ -166,20 +166,34 @@ class RaiseFromAt(RaiseAt):
                 raise exc from cause
 
 
-class RaiseInBatch(Operation):
-    """A batch operation (run in the loader's process) raising at batch *at*."""
+class AtBatch(Operation):
+    """A batch operation (run in the loader's process, in stage 2) that passes its
+    batches on, and calls ``reached()`` at batch *at*."""
 
     releases_gil = True
 
-    def __init__(self, at: int, error: BaseException) -> None:
+    def __init__(self, at: int) -> None:
         super().__init__()
         self.at = at
-        self.error = error
+
+    def reached(self) -> None:
+        raise NotImplementedError
 
     def apply(self, batch, destination, context):  # type: ignore[no-untyped-def]
         if context.batch_index == self.at:
-            raise self.error
+            self.reached()
         return batch
+
+
+class RaiseInBatch(AtBatch):
+    """Raises *error* at batch *at*."""
+
+    def __init__(self, at: int, error: BaseException) -> None:
+        super().__init__(at)
+        self.error = error
+
+    def reached(self) -> None:
+        raise self.error
 
 
 class AtSample(Operation):
@@ -1770,7 +1784,7 @@ from pathlib import Path
 from test_workers import train_loader, Jitter, StuckAt
 
 if __name__ == "__main__":
-    loader = train_loader(Path({path!r}), 2, "process",
+    loader = train_loader(Path({path!r}), 2, {kind!r},
                           extra=[Jitter(), StuckAt({index}, {marker!r})])
     it = iter(loader)  # step-based training: the iterator is alive when the script ends
     next(it)
@@ -1781,12 +1795,14 @@ if __name__ == "__main__":
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("kind", ["process", "thread"])
 def test_a_stuck_worker_does_not_hold_up_the_exit_of_a_script_that_ends(
-        tmp_path: Path, photos_file: Path) -> None:
+        tmp_path: Path, photos_file: Path, kind: str) -> None:
     """A script ends with an epoch's iterator alive and a later batch's range stuck
     in a worker: the batch thread waiting on that range was joined by the
     interpreter at exit before the loader's finalizer (which kills the stuck worker)
-    could run, and the program never ended."""
+    could run, and the program never ended. On threads, the stuck thread itself (a
+    ThreadPoolExecutor's) was joined, and the finalizer waited for it."""
     order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
     marker = tmp_path / "stuck"
     script = tmp_path / "run.py"
@@ -1795,14 +1811,14 @@ def test_a_stuck_worker_does_not_hold_up_the_exit_of_a_script_that_ends(
     # Python 3.12); batch 3 starts only once batch 0 is done (batches_ahead=3)
     script.write_text(EXIT_SCRIPT.format(tests=str(Path(__file__).parent),
                                          path=str(photos_file), index=int(order[8 * 3 + 3]),
-                                         marker=str(marker)))
+                                         marker=str(marker), kind=kind))
     process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "done"
         workers = {p for p in _pids_of_workers(process.pid) if _alive(p)}
-        assert len(workers) == 2
+        assert len(workers) == (2 if kind == "process" else 0)
         start = time.monotonic()
         _, stderr = process.communicate(timeout=60)
         assert time.monotonic() - start < 30, stderr
@@ -1845,23 +1861,18 @@ def test_an_epoch_ended_early_leaves_a_thread_stuck_in_an_operation_running(
     assert not [t for t in _threads() if t.startswith("fastforward")]
 
 
-class StuckBatch(Operation):
-    """A batch operation (stage 2, in the loader's process) that never returns at
-    batch *at*."""
-
-    releases_gil = True
+class StuckBatch(AtBatch):
+    """At batch *at*, touches *marker* and waits until ``<marker>.go`` exists (an
+    operation stuck in the loader's process, until the test lets it go)."""
 
     def __init__(self, at: int, marker: str) -> None:
-        super().__init__()
-        self.at = at
+        super().__init__(at)
         self.marker = marker
 
-    def apply(self, batch, destination, context):  # type: ignore[no-untyped-def]
-        if context.batch_index == self.at:
-            Path(self.marker).touch()
-            while not Path(f"{self.marker}.go").exists():
-                time.sleep(0.01)
-        return batch
+    def reached(self) -> None:
+        Path(self.marker).touch()
+        while not Path(f"{self.marker}.go").exists():
+            time.sleep(0.01)
 
 
 def test_an_epoch_ended_early_leaves_a_stuck_operation_of_the_loaders_process(
@@ -1885,48 +1896,6 @@ def test_an_epoch_ended_early_leaves_a_stuck_operation_of_the_loaders_process(
         assert len(loader.workers.pids) == 2  # its workers ran nothing of it: kept
         Path(f"{marker}.go").touch()
     assert not [t for t in _threads() if t.startswith("fastforward")]
-
-
-THREAD_EXIT_SCRIPT = """
-import os, sys, time
-sys.path.insert(0, {tests!r})
-from pathlib import Path
-from test_workers import train_loader, Jitter, StuckAt
-
-loader = train_loader(Path({path!r}), 2, "thread", extra=[Jitter(), StuckAt({index}, {marker!r})])
-it = iter(loader)  # step-based training: the iterator is alive when the script ends
-next(it)
-while not os.path.exists({marker!r}):
-    time.sleep(0.01)
-print("done", flush=True)
-"""
-
-
-def test_a_thread_stuck_in_an_operation_does_not_hold_up_the_exit(
-        tmp_path: Path, photos_file: Path) -> None:
-    """A script ends with a thread stuck in an operation: the interpreter joined it
-    (a ThreadPoolExecutor's thread), and the loader's finalizer waited for it: the
-    program never ended."""
-    order = np.concatenate(train_loader(photos_file, 1, "thread")._batches(0, []))
-    marker = tmp_path / "stuck"
-    script = tmp_path / "run.py"
-    script.write_text(THREAD_EXIT_SCRIPT.format(tests=str(Path(__file__).parent),
-                                                path=str(photos_file),
-                                                index=int(order[8 * 3 + 3]),
-                                                marker=str(marker)))
-    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "done"
-        start = time.monotonic()
-        _, stderr = process.communicate(timeout=60)
-        assert time.monotonic() - start < 30, stderr
-        assert process.returncode == 0, stderr
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=30)
 
 
 def test_a_worker_that_ends_its_process_is_named_so(photos_file: Path) -> None:
