@@ -490,7 +490,8 @@ def test_an_operation_that_cannot_pickle_is_refused_at_once(photos_file: Path) -
         def apply_sample(self, sample, destination, context, position):  # type: ignore[no-untyped-def]
             return sample
 
-    with pytest.raises(TypeError, match=r"pipelines to pickle, and the 'image' pipeline's Local "
+    with pytest.raises(TypeError, match=r"per-range stage\) to pickle, and the 'image' pipeline's "
+                                        r"Local "
                                         r"does not \((AttributeError|PicklingError): .*"
                                         r"worker_type='thread'"):
         train_loader(photos_file, 2, "process", extra=[Local()])
@@ -511,17 +512,54 @@ class HoldsALock(Operation):
         return batch
 
 
+class HoldsALockInRanges(HoldsALock):
+    """HoldsALock that may run on any range of a batch: in stage 1, on the workers."""
+
+    sample_independent = True
+
+
 def test_an_operation_that_cannot_pickle_is_named_with_its_pipeline(photos_file: Path) -> None:
     """The error named neither the operation nor its pipeline, only pickle's words,
     nor why 'auto' chose processes."""
     with pytest.raises(TypeError, match=r"^" + re.escape(
-            f"{photos_file}: process workers need every decoder and operation of the "
-            "pipelines to pickle (worker_type='auto' chose them for image: Jitter, which "
-            "keeps the GIL), and the 'label' pipeline's HoldsALock does not (TypeError: cannot "
-            "pickle '_thread.lock' object)") + r".*a lock, an open file, a generator"):
+            f"{photos_file}: process workers need the decoders and operations they run "
+            "(each pipeline's per-range stage) to pickle (worker_type='auto' chose them for "
+            "image: Jitter, which keeps the GIL), and the 'image' pipeline's "
+            "HoldsALockInRanges does not (TypeError: cannot pickle '_thread.lock' object)")
+            + r".*a lock, an open file, a generator"):
         Loader(photos_file, 8, num_workers=2,
-               pipelines={"image": [RandomResizedCropRGBImageDecoder((32, 32)), Jitter()],
-                          "label": [IntDecoder(), HoldsALock()]})
+               pipelines={"image": [RandomResizedCropRGBImageDecoder((32, 32)), Jitter(),
+                                    HoldsALockInRanges()],
+                          "label": [IntDecoder()]})
+
+
+@pytest.mark.parametrize("where", ["label", "image", "branch"])
+def test_operations_of_the_loaders_process_need_not_pickle(photos_file: Path, where: str
+                                                           ) -> None:
+    """Only stage 1 crosses to the workers: an operation that runs on whole batches
+    in the loader's process (after a label's decoder, after a batch operation of the
+    image's, in a branch) may hold what does not pickle (it was refused, and an
+    operation holding a CUDA tensor would have started CUDA in every worker)."""
+    extra = {"image": [Jitter(), HoldsALock()], "label": [Jitter()], "branch": [Jitter()]}
+    labels: list = [IntDecoder(), HoldsALock()] if where == "label" else [IntDecoder()]
+    pipelines: dict = {"image": [RandomResizedCropRGBImageDecoder((32, 32)),
+                                 RandomHorizontalFlip(), *extra[where]],
+                       "label": labels}
+    if where == "branch":
+        from fastforward.pipeline import PipelineSpec
+
+        pipelines["again"] = PipelineSpec(source=pipelines["image"][-1],
+                                          transforms=[HoldsALock()])
+    got = {}
+    for kind in ("auto", "thread"):
+        with Loader(photos_file, 8, num_workers=2, worker_type=kind, order=OrderOption.RANDOM,
+                    seed=5, pipelines=pipelines) as loader:
+            assert loader.workers.kind == ("process" if kind == "auto" else "thread")
+            got[kind] = [_copied(batch) for batch in loader]
+    assert len(got["auto"]) == len(got["thread"]) == 6
+    for batch, want in zip(got["auto"], got["thread"], strict=True):
+        for output, expected in zip(batch, want, strict=True):
+            np.testing.assert_array_equal(output, expected)
 
 
 # -- failures ------------------------------------------------------------------------

@@ -496,15 +496,16 @@ class Loader:
             kind = "process" if self._plan.gil_bound() else "thread"
         if kind == "thread":
             return ThreadWorkers(self.num_workers)
+        sent = self._plan.for_workers()
         try:  # fail now, not in a worker: stage 1 must cross a process boundary
-            pickle.dumps(self._plan)
+            pickle.dumps(sent)
         except Exception as exc:
             why = (f"worker_type='auto' chose them for {', '.join(self._plan.gil_bound())}, "
                    "which keeps the GIL" if worker_type == "auto" else "")
             raise TypeError(
-                f"{self.fname}: process workers need every decoder and operation of the "
-                f"pipelines to pickle{f' ({why})' if why else ''}, and "
-                f"{_unpicklable(self._plan, exc)}. Define operations and the functions they "
+                f"{self.fname}: process workers need the decoders and operations they run "
+                f"(each pipeline's per-range stage) to pickle{f' ({why})' if why else ''}, "
+                f"and {_unpicklable(sent, exc)}. Define operations and the functions they "
                 "hold at a module's top level, keep what cannot cross a process boundary (a "
                 "lock, an open file, a generator) out of their attributes, or pass "
                 "worker_type='thread'") from exc

@@ -50,7 +50,8 @@ Process workers, in detail:
   after ``Loader()`` leaves every worker, a replacement started epochs
   later included, reading the file the loader opened, as threads do.
 - **Messages** (pickled over a socket pair per worker): ``plan`` (once per
-  epoch; a worker keeps the plans of the epochs still open), ``unplan`` (an
+  epoch, its stage 1 only, ``Plan.for_workers``: stage 2's operations never
+  cross; a worker keeps the plans of the epochs still open), ``unplan`` (an
   epoch ended), ``segment`` (a slot's shared memory, its descriptor passed with
   SCM_RIGHTS the first time a worker writes into it), ``forget`` (segments the
   loader let go, told to every worker that mapped them, with its next range),
@@ -676,7 +677,7 @@ class ProcessWorkers:
                 f"{self._owner}, and this is its forked child {os.getpid()}: create a "
                 "new Loader here (or pass worker_type='thread')")
         plan_id = next(self._plans)
-        blob = pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL)
+        blob = pickle.dumps(plan.for_workers(), protocol=pickle.HIGHEST_PROTOCOL)
         lost: list[_Worker] = []
         for _ in range(2):  # once more if a worker turns out dead as the plan is sent
             self._ensure_started()

@@ -40,8 +40,9 @@ The loader hands ``compile_plan`` its ``PipelineSpec`` objects once per epoch
    are the user's, not reproducible (``random.globals_are_ours``).
 
 A ``Plan`` holds plain data and the operations themselves, so it pickles:
-process workers receive it at each epoch's start and bind their own copy of
-each decoder to their own reader (``bind_plan``).
+process workers receive its stage 1 (``Plan.for_workers``) at each epoch's
+start and bind their own copy of each decoder to their own reader
+(``bind_plan``); stage 2's operations never leave the loader's process.
 """
 
 from __future__ import annotations
@@ -118,6 +119,23 @@ class Plan:
     pipelines: list[PipelinePlan]
     outputs: list[str]  # the batch's entries, in order
     layout: dict[str, Any]  # slot buffer key -> AllocationQuery (or a tuple of them)
+
+    def for_workers(self) -> Plan:
+        """The plan as worker processes receive it: stage 1 only.
+
+        Each ranged pipeline keeps its decoder and its range steps; every other
+        decoder and operation (stage 2, a branch's source) stays in the loader's
+        process: it need not pickle, and is never rebuilt in a worker, where an
+        operation holding a CUDA tensor would start CUDA (the workers must never
+        touch it). A worker imports what stage 1's operations import as they
+        unpickle, and what the fork server preloads (torch, when this process has
+        it), no more."""
+        pipelines = [replace(p, steps=p.steps[: p.split], source_op=None) if p.ranged
+                     else replace(p, decoder=None, field_name=None, source_op=None, steps=[],
+                                  split=0, decoder_query=None, range_out=None,
+                                  range_out_query=None, decoder_read=False)
+                     for p in self.pipelines]
+        return replace(self, pipelines=pipelines, layout={})
 
     def gil_bound(self) -> list[str]:
         """Stage 1's operations that keep the GIL after a decoder that splits batches
