@@ -562,6 +562,38 @@ def test_operations_of_the_loaders_process_need_not_pickle(photos_file: Path, wh
             np.testing.assert_array_equal(output, expected)
 
 
+def test_a_torch_module_after_to_tensor_stays_in_the_loaders_process(photos_file: Path
+                                                                      ) -> None:
+    """A ``torch.nn.Module`` after ``ToTensor`` (a GPU augmentation, its buffers on
+    the device) was pickled for every worker, and rebuilt there: a CUDA tensor
+    would have started CUDA in each. It stays in the loader's process now, and
+    what it holds need not pickle."""
+    torch = pytest.importorskip("torch")
+    from fastforward.transforms import ToTensor
+
+    class Brighter(torch.nn.Module):  # local: not even its class could be pickled
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("offset", torch.tensor(3, dtype=torch.uint8))
+            self.lock = threading.Lock()
+
+        def forward(self, images):  # type: ignore[no-untyped-def]
+            return images + self.offset
+
+    got = {}
+    for kind in ("auto", "thread"):
+        with Loader(photos_file, 8, num_workers=2, worker_type=kind, order=OrderOption.RANDOM,
+                    seed=5, pipelines={"image": [RandomResizedCropRGBImageDecoder((32, 32)),
+                                                 Jitter(), ToTensor(), Brighter()],
+                                       "label": [IntDecoder()]}) as loader:
+            assert loader.workers.kind == ("process" if kind == "auto" else "thread")
+            assert [p.split for p in loader.pipelines] == [1, 0]
+            got[kind] = [_copied(batch) for batch in loader]
+    for batch, want in zip(got["auto"], got["thread"], strict=True):
+        for output, expected in zip(batch, want, strict=True):
+            np.testing.assert_array_equal(output, expected)
+
+
 # -- failures ------------------------------------------------------------------------
 
 
