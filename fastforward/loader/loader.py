@@ -40,7 +40,13 @@ from ..ring import PINNED, SHARED, Slot, SlotPool, layout_nbytes
 from ..scheduler import ChannelStats, Engine, EpochPlan
 from ..traversal_order import QuasiRandom, Random, Sequential, TraversalOrder
 from ..traversal_order.sharding import Shard, resume
-from ..utils import default_workers, install_hint, refuse_in_a_worker, sample_numbers
+from ..utils import (
+    default_workers,
+    install_hint,
+    refuse_in_a_worker,
+    sample_numbers,
+    whole_number,
+)
 from .runner import BatchJob, ranged_pipelines, run_stage2
 from .workers import PROCESS, ProcessWorkers, ThreadWorkers
 
@@ -152,13 +158,14 @@ def _unpicklable(plan: Plan, error: Exception) -> str:
 def _batch_size(value: Any, fname: str) -> int:
     """A batch size: a whole number of at least 1 (``256.0`` is 256; ``2.5``, a bool
     or a string is refused)."""
-    whole = isinstance(value, (int, np.integer, float, np.floating)) and not isinstance(
-        value, (bool, np.bool_)) and float(value).is_integer()
-    if not whole:
-        raise TypeError(f"{fname}: batch_size is a whole number of samples, got {value!r}")
-    if value < 1:
+    try:
+        size = whole_number(value, "batch_size")
+    except TypeError:
+        raise TypeError(f"{fname}: batch_size is a whole number of samples, got {value!r}"
+                        ) from None
+    if size < 1:
         raise ValueError(f"{fname}: batch_size must be at least 1, got {value!r}")
-    return int(value)
+    return size
 
 
 class _Fixed:
