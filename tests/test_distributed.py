@@ -372,10 +372,141 @@ def test_a_state_that_is_no_state(photo_file: Path, state: Any, error: type,
 
 
 def test_resume_checks_what_it_resumes(photo_file: Path) -> None:
-    state = augmented(photo_file, 1).state_dict()
-    other = Loader(photo_file, 16, pipelines={"image": None, "index": [IntDecoder()]})
-    with pytest.raises(ValueError, match="batch_size"):
-        other.load_state_dict(state)
+    """Mid-epoch, the rest of the epoch needs the batch size it was saved with."""
+    loader = augmented(photo_file, 1)
+    iterator = iter(loader)
+    next(iterator)
+    state = loader.state_dict()
+    iterator.close()
+    with pytest.raises(ValueError, match=r"saved with batch_size=8, this loader has 16 \(a "
+                                         r"batch-size schedule: set loader\.batch_size = 8"):
+        Loader(photo_file, 16, order=OrderOption.QUASI_RANDOM, drop_last=False,
+               pipelines={"image": None, "index": [IntDecoder()]}).load_state_dict(state)
+
+
+@pytest.mark.parametrize("change", ["batch_size", "drop_last", "even_batches"])
+@pytest.mark.parametrize("when", ["between epochs", "before any batch"])
+def test_a_state_of_an_epochs_start_takes_another_batch_size(
+        paged: Path, monkeypatch: pytest.MonkeyPatch, change: str, when: str) -> None:
+    """A state saved between epochs (or at an epoch's start) was refused for another
+    batch size, drop_last or even_batches, which had shaped nothing yet: a script
+    relaunched with another --batch-size after an end-of-epoch checkpoint failed
+    (its hint, to set the old batch size, ran the next epoch at it). Now it starts
+    that epoch with the new loader's, as a fresh loader at that epoch would."""
+    same = {"batch_size": 10, "order": OrderOption.QUASI_RANDOM, "drop_last": False,
+            "even_batches": True}
+    saver = rank_loader(paged, 0, 2, monkeypatch, **same)
+    if when == "between epochs":
+        epoch_ids(saver)
+    else:
+        iter(saver).close()
+    state = saver.state_dict()
+    assert state["epoch"] == (1 if when == "between epochs" else 0)
+    other = {**same, change: {"batch_size": 16, "drop_last": True,
+                              "even_batches": False}[change]}
+    resumed = rank_loader(paged, 0, 2, monkeypatch, **other)
+    resumed.load_state_dict(state)
+    fresh = rank_loader(paged, 0, 2, monkeypatch, **other)
+    fresh.next_epoch = state["epoch"]
+    assert len(resumed) == len(fresh)
+    assert epoch_ids(resumed) == epoch_ids(fresh)
+    assert resumed.state_dict() == fresh.state_dict()
+
+
+def test_a_state_saved_after_the_seed_changed_resumes_the_epoch_with_its_own(
+        photo_file: Path) -> None:
+    """The state of an epoch started with seed 1, saved after ``loader.seed = 2``
+    (reseeding for the next epoch before a checkpoint), held seed 2: the resumed
+    epoch's order and crops were another epoch's, 6 samples came twice and 7 never.
+    It holds the epoch's seed, and the next seed for the epochs after it."""
+    reference = augmented(photo_file, 1, seed=1)
+    want = batches(reference)
+    reference.seed = 2
+    want_next = batches(reference)
+    loader = augmented(photo_file, 1, seed=1)
+    iterator = iter(loader)
+    got = [(images.copy(), index.copy()) for images, index in (next(iterator), next(iterator))]
+    loader.seed = 2
+    state = loader.state_dict()
+    iterator.close()
+    assert (state["seed"], state["next_seed"]) == (1, 2)
+    resumed = augmented(photo_file, 1, seed=5)
+    resumed.load_state_dict(state)
+    assert resumed.seed == 2
+    got += batches(resumed)
+    for (images, index), (want_images, want_index) in zip(got, want, strict=True):
+        np.testing.assert_array_equal(index, want_index)
+        np.testing.assert_array_equal(images, want_images)
+    for (images, index), (want_images, want_index) in zip(batches(resumed), want_next,
+                                                          strict=True):
+        np.testing.assert_array_equal(index, want_index)
+        np.testing.assert_array_equal(images, want_images)
+
+
+def test_a_seed_set_after_load_state_dict_leaves_the_resumed_epoch_alone(
+        photo_file: Path) -> None:
+    """As the batch size: the epoch load_state_dict() resumes was started with its
+    seed; a seed set before iter() (a script applying --seed after restoring) is
+    the next epochs' (it reordered the resumed epoch: 7 samples twice, 8 never)."""
+    want = batches(augmented(photo_file, 1, seed=1))
+    loader = augmented(photo_file, 1, seed=1)
+    iterator = iter(loader)
+    got = [(images.copy(), index.copy()) for images, index in (next(iterator),)]
+    state = loader.state_dict()
+    iterator.close()
+    resumed = augmented(photo_file, 1)
+    resumed.load_state_dict(state)
+    resumed.seed = 3
+    assert resumed.state_dict()["seed"] == 1
+    assert resumed.state_dict()["next_seed"] == 3
+    assert len(resumed) == len(want) - 1
+    got += batches(resumed)
+    for (images, index), (want_images, want_index) in zip(got, want, strict=True):
+        np.testing.assert_array_equal(index, want_index)
+        np.testing.assert_array_equal(images, want_images)
+    third = augmented(photo_file, 1, seed=3)
+    third.next_epoch = 1
+    assert [i.tolist() for _, i in batches(resumed)] == [i.tolist() for _, i in batches(third)]
+
+
+def test_len_is_counted_once_while_nothing_changes(paged: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """len() made the whole epoch's order at every call (0.3 s for a million samples
+    with QUASI_RANDOM), and training loops call it at every step. It is kept now,
+    and counted again when the batch size, the seed, the epoch or a resume changes
+    what it counts."""
+    loader = rank_loader(paged, 1, 3, monkeypatch, batch_size=10,
+                         order=OrderOption.QUASI_RANDOM, drop_last=False)
+    made = []
+    counting = loader._batches
+
+    def count(*args: Any, **kw: Any) -> Any:
+        made.append(args)
+        return counting(*args, **kw)
+
+    monkeypatch.setattr(loader, "_batches", count)
+    assert [len(loader) for _ in range(5)] == [34] * 5
+    assert len(made) == 1
+    loader.batch_size = 7
+    assert len(loader) == 48 == len(list(loader))
+    loader.next_epoch = 2
+    made.clear()
+    assert len(loader) == len(loader) == 48
+    assert len(made) == 1
+    loader.seed = 8
+    assert len(loader) == 48
+    assert len(made) == 2
+    iterator = iter(loader)
+    next(iterator)
+    state = loader.state_dict()
+    iterator.close()
+    resumed = rank_loader(paged, 1, 3, monkeypatch, batch_size=10,
+                          order=OrderOption.QUASI_RANDOM, drop_last=False)
+    assert len(resumed) == 34
+    resumed.batch_size = 7
+    resumed.load_state_dict(state)
+    assert len(resumed) == 47 == len(list(resumed))
+    assert len(resumed) == 48
 
 
 def saved_mid_epoch(loader: Loader, batches: int = 2) -> dict:

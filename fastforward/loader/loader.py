@@ -10,6 +10,7 @@ running the plan (``loader.runner``) and hands batches over in order.
 
 from __future__ import annotations
 
+import copy
 import enum
 import functools
 import inspect
@@ -347,8 +348,9 @@ class Loader:
         elif self._stage is not None:
             self._slots.kind = PINNED
         self._slots.pin_pipelines = self._pinned_pipelines(cuda)
-        # (epoch, segments, batch size): the epoch load_state_dict() resumes
-        self._resume: tuple[int, list[list[int]], int] | None = None
+        # (epoch, segments, batch size, seed): the epoch load_state_dict() resumes
+        self._resume: tuple[int, list[list[int]], int, int] | None = None
+        self._length: tuple[Any, int] | None = None  # len()'s last answer (see __len__)
         self._state_identity: dict[str, Any] | None = None  # see _identity
         # where the last epoch started is (kept after a `break` drops its iterator)
         self._position: EpochPosition | None = None
@@ -571,7 +573,7 @@ class Loader:
         if batch_size is None:  # the size of *epoch*'s batches
             batch_size = self._epoch_batch_size(epoch)
         world = segments[0][0] if segments else self.world_size
-        shards = self.traversal_order.rank_orders(epoch, world, self.even_batches)
+        shards = self._order_of(epoch).rank_orders(epoch, world, self.even_batches)
         if not self._builtin_order:
             # a custom order's numbers are checked as indices= is (the built-in
             # orders' come from the checked indices)
@@ -589,6 +591,17 @@ class Loader:
             world = segments[position + 1][0] if position + 1 < len(segments) else self.world_size
             shards = resume(shards, done * batch_size, world, self.even_batches)
         return shards
+
+    def _order_of(self, epoch: int) -> TraversalOrder:
+        """The order of *epoch*: the loader's, or, for an epoch that ``load_state_dict``
+        resumes and that was started with another seed than the loader's now, a
+        copy of it with that seed."""
+        seed = self._epoch_seed(epoch)
+        order = self.traversal_order
+        if order.seed != seed:
+            order = copy.copy(order)
+            order.seed = seed
+        return order
 
     def _batches(self, epoch: int, segments: list[list[int]], batch_size: int | None = None
                  ) -> list[np.ndarray]:
@@ -661,8 +674,10 @@ class Loader:
     @property
     def seed(self) -> int:
         """Seeds the order and every random augmentation. Setting it takes
-        effect from the next ``iter()``, for both (``load_state_dict`` sets it
-        to the state's)."""
+        effect from the next ``iter()``, for both; an epoch already started keeps
+        the seed it started with (its ``state_dict()`` too), and so does an epoch
+        that ``load_state_dict()`` resumes (``load_state_dict`` sets the seed to
+        the state's)."""
         return self._seed
 
     @seed.setter
@@ -704,9 +719,16 @@ class Loader:
     def _epoch_batch_size(self, epoch: int) -> int:
         """The batch size of *epoch*: a resumed epoch's is the one its state was
         saved with (it was started, elsewhere), any other's the loader's."""
-        if self._resume and self._resume[0] == epoch:
+        if self._resume and self._resume[0] == epoch and self._resume[1]:
             return self._resume[2]
         return self._batch_size
+
+    def _epoch_seed(self, epoch: int) -> int:
+        """The seed of *epoch*: a resumed epoch's is the one it was started with, any
+        other's the loader's."""
+        if self._resume and self._resume[0] == epoch:
+            return self._resume[3]
+        return self._seed
 
     def _slot_rows(self, batch_size: int) -> int:
         """Rows of a slot for batches of *batch_size*. With a built-in order no batch
@@ -734,9 +756,22 @@ class Loader:
                              self._slot_rows(self._epoch_batch_size(self.next_epoch)))
 
     def __len__(self) -> int:
-        """Batches in the next epoch (for this rank)."""
+        """Batches in the next epoch (for this rank).
+
+        A built-in order's count is kept for as long as what it depends on stays
+        the same: making the epoch's order takes 0.3 s for a million samples
+        (QUASI_RANDOM), and training loops call ``len()`` at every step. A custom
+        order's is counted each time."""
         epoch = self.next_epoch
-        return len(self._batches(epoch, self._segments(epoch)))
+        segments = self._segments(epoch)
+        key = (epoch, self._epoch_seed(epoch), self._epoch_batch_size(epoch),
+               tuple(map(tuple, segments)), self.traversal_order)
+        known = self._length
+        if self._builtin_order and known is not None and known[0] == key:
+            return known[1]
+        count = len(self._batches(epoch, segments))
+        self._length = (key, count)
+        return count
 
     def _segments(self, epoch: int) -> list[list[int]]:
         """How *epoch* was resumed (``load_state_dict``), or [] to start it afresh."""
@@ -760,13 +795,18 @@ class Loader:
         if position is not None and not position.finished:
             epoch, segments = position.epoch, [*position.segments,
                                                [self.world_size, position.delivered]]
-            batch_size = position.batch_size  # batch_size may be set for the next one
+            # batch_size and seed may be set for the next epoch
+            batch_size, seed = position.batch_size, position.seed
         else:
             epoch = self.next_epoch
             segments, batch_size = self._segments(epoch), self._epoch_batch_size(epoch)
-        return {"version": STATE_VERSION, "epoch": int(epoch), "seed": int(self.seed),
-                "batch_size": batch_size, "num_samples": len(self.indices),
-                "segments": [[int(w), int(k)] for w, k in segments], **self._identity()}
+            seed = self._epoch_seed(epoch)
+        state = {"version": STATE_VERSION, "epoch": int(epoch), "seed": int(seed),
+                 "batch_size": batch_size, "num_samples": len(self.indices),
+                 "segments": [[int(w), int(k)] for w, k in segments], **self._identity()}
+        if seed != self.seed:  # the seed set for the epochs after this one
+            state["next_seed"] = int(self.seed)
+        return state
 
     def _identity(self) -> dict[str, Any]:
         """What a state must match to be resumed here, beyond its counts: the
@@ -793,10 +833,14 @@ class Loader:
         """Resume from ``state_dict()``: the next ``iter()`` continues that epoch.
 
         The state must come from a loader over the same samples (file and
-        indices), with the same batch size, order, ``even_batches`` and
-        ``drop_last``; anything
-        else is refused with what differs (a state saved before these were kept
-        is checked on its counts only).
+        indices) and order, and, when it was saved mid-epoch, with the same
+        batch size, ``even_batches`` and ``drop_last``; anything else is refused
+        with what differs (a state saved before these were kept is checked on
+        its counts only). A state of an epoch's start (between epochs, or before
+        any batch of one was handed out) starts that epoch with this loader's
+        batch size, ``even_batches`` and ``drop_last``. The resumed epoch keeps
+        the seed it was started with; the epochs after it take the seed the
+        loader had when the state was saved (``next_seed``, where it differs).
         """
         if not isinstance(state, Mapping):
             raise TypeError(f"{self.fname}: a loader state is the dict state_dict() returns, "
@@ -809,7 +853,9 @@ class Loader:
         version = state["version"]
         if not isinstance(version, (int, np.integer)) or isinstance(version, (bool, np.bool_)) \
                 or version not in (1, STATE_VERSION):
-            raise ValueError(f"unknown loader state version {version!r}")
+            raise ValueError(f"{self.fname}: unknown loader state version {version!r} (this "
+                             f"fastforward writes version {STATE_VERSION} and reads 1 and "
+                             f"{STATE_VERSION})")
         segments = _segments_of(state["segments"], self.fname)
         if version == 1 and isinstance(self.traversal_order, QuasiRandom) and any(
                 w > 1 and k > 0 for w, k in segments):
@@ -819,36 +865,61 @@ class Loader:
                 "resuming that epoch here would skip some samples and repeat others. "
                 "Resume it with the version that saved it, or restart that epoch from its "
                 "beginning (set the state's 'segments' to [])")
-        for key, mine in (("batch_size", self.batch_size), ("num_samples", len(self.indices))):
-            if state[key] != mine or isinstance(state[key], (bool, float)):
-                hint = (f" (a batch-size schedule: set loader.batch_size = {state[key]!r} "
-                        "before load_state_dict())" if key == "batch_size" and isinstance(
-                            state[key], int) and not isinstance(state[key], bool)
-                        and state[key] >= 1 else "")
-                raise ValueError(f"{self.fname}: the state was saved with {key}={state[key]!r}, "
-                                 f"this loader has {mine}{hint}")
-        for key, mine in self._identity().items():
-            if key in state and isinstance(mine, bool) and not isinstance(state[key], bool):
-                raise ValueError(f"{self.fname}: the loader state's {key} is {state[key]!r}, "
-                                 "not True or False: it is not one state_dict() returned")
-            if key in state and state[key] != mine and not (
-                    key == "order" and state[key] == self._order_name(defaults=True)):
-                raise ValueError(f"{self.fname}: the state was saved {_SAVED_WITH[key]} "
-                                 f"({key}={state[key]!r}; this loader: {mine!r}), so resuming "
-                                 "here would give other samples than the rest of its epoch. "
-                                 f"To resume anyway, delete the state's {key!r} entry")
+        # the file and the samples first: a state of another file is said to be so, not
+        # a state with another batch size. A state of an epoch's start (no batch done
+        # on any rank) starts that epoch afresh, with this loader's batch size,
+        # drop_last and even_batches, which shaped nothing yet
+        started = any(done for _, done in segments)
+        identity = self._identity()
+        self._check_saved(state, "file", identity["file"])
+        self._check_count(state, "num_samples", len(self.indices))
+        for key in ("indices", "order", *(("even_batches", "drop_last") if started else ())):
+            self._check_saved(state, key, identity[key])
+        if started:
+            self._check_count(state, "batch_size", self.batch_size)
+        else:
+            segments = []
         epoch, seed = (_count(state[key], f"{self.fname}: the loader state's {key}", ValueError)
                        for key in ("epoch", "seed"))
-        previous = self.seed
-        self.seed = seed  # the order's too
+        later = seed if "next_seed" not in state else _count(
+            state["next_seed"], f"{self.fname}: the loader state's next_seed", ValueError)
+        previous = self.seed, self._resume
+        self.seed = later  # the order's too; the epoch resumed keeps its own
+        self._resume = (epoch, segments, self.batch_size, seed)
         try:
             self._shards(epoch, segments, self.batch_size)  # a count past the epoch's
             # end is refused now
         except BaseException:
-            self.seed = previous
+            self.seed, self._resume = previous
             raise
         self.next_epoch = epoch
-        self._resume = (self.next_epoch, segments, self.batch_size) if segments else None
+        if not segments and seed == later:
+            self._resume = None
+
+    def _check_saved(self, state: Mapping[str, Any], key: str, mine: Any) -> None:
+        """Refuse *state* if it was saved with another *key* (of ``_identity``) than
+        this loader's *mine*; a state without it (saved before it was kept) passes."""
+        if key not in state:
+            return
+        if isinstance(mine, bool) and not isinstance(state[key], bool):
+            raise ValueError(f"{self.fname}: the loader state's {key} is {state[key]!r}, "
+                             "not True or False: it is not one state_dict() returned")
+        if state[key] != mine and not (
+                key == "order" and state[key] == self._order_name(defaults=True)):
+            raise ValueError(f"{self.fname}: the state was saved {_SAVED_WITH[key]} "
+                             f"({key}={state[key]!r}; this loader: {mine!r}), so resuming "
+                             "here would give other samples than the rest of its epoch. "
+                             f"To resume anyway, delete the state's {key!r} entry")
+
+    def _check_count(self, state: Mapping[str, Any], key: str, mine: int) -> None:
+        """Refuse *state* if its *key* (batch_size, num_samples) is not this loader's."""
+        if state[key] != mine or isinstance(state[key], (bool, float)):
+            hint = (f" (a batch-size schedule: set loader.batch_size = {state[key]!r} "
+                    "before load_state_dict())" if key == "batch_size" and isinstance(
+                        state[key], int) and not isinstance(state[key], bool)
+                    and state[key] >= 1 else "")
+            raise ValueError(f"{self.fname}: the state was saved with {key}={state[key]!r}, "
+                             f"this loader has {mine}{hint}")
 
     def __iter__(self) -> EpochIterator:
         if self._closed:
@@ -857,6 +928,7 @@ class Loader:
         with self._opening_lock():  # two threads starting epochs at once each get their own
             epoch = self.next_epoch
             segments, batch_size = self._segments(epoch), self._epoch_batch_size(epoch)
+            seed = self._epoch_seed(epoch)
             rows = self._slot_rows(batch_size)
             plan = self._compile()  # may fail (a bad output_size): the epoch is not used up
             layout = dict(plan.layout)
@@ -872,7 +944,7 @@ class Loader:
                 raise
             # published with the epoch's number, in this order: a state_dict() from
             # another thread meanwhile says this epoch's start, not the next one
-            position = EpochPosition(epoch, list(segments), len(batches), batch_size)
+            position = EpochPosition(epoch, list(segments), len(batches), batch_size, seed)
             self._position = position
             self._next_epoch = epoch + 1  # (the setter would forget that position)
             self._resume = None
@@ -898,7 +970,7 @@ class Loader:
                                                  layout, rows)),
             release_slot=slots.release,
             # a resumed epoch's batches keep their places in it (BatchContext.batch_index)
-            run_batch=functools.partial(_run_batch, plan, epoch, self.seed, self._stage,
+            run_batch=functools.partial(_run_batch, plan, epoch, seed, self._stage,
                                         workers, copier, sum(k for _, k in segments)),
             batches_ahead=self.batches_ahead,
             workers=workers,
@@ -1005,12 +1077,13 @@ class EpochPosition:
     """Where an epoch is (``Loader.state_dict``): kept by its loader after the
     epoch's iterator is dropped, which refers to its epochs weakly otherwise."""
 
-    __slots__ = ("batch_size", "delivered", "epoch", "finished", "segments")
+    __slots__ = ("batch_size", "delivered", "epoch", "finished", "seed", "segments")
 
     def __init__(self, epoch: int, segments: list[list[int]], length: int,
-                 batch_size: int = 0) -> None:
+                 batch_size: int = 0, seed: int = 0) -> None:
         self.epoch = epoch
         self.batch_size = batch_size  # the epoch's, whatever the loader's is now
+        self.seed = seed  # the same
         self.segments = segments  # how this epoch was resumed, if it was
         self.delivered = 0  # batches handed out
         self.finished = length == 0  # its last batch was handed out
