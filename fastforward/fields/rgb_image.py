@@ -171,6 +171,18 @@ def check_decoded_pixels(height: int, width: int, m: int = 8) -> None:
             "raise the limit (None for none)")
 
 
+def _why(reason: str) -> str:
+    """What libjpeg's *reason* for refusing a JPEG means, where it says too little."""
+    if "extraneous bytes before marker 0xd9" in reason:
+        # Pillow, and with it FFCV's writer and torchvision, decode such files silently
+        return (" (bytes left over after the image's data, before its end: damaged data "
+                "that decoded to wrong rows, or bytes appended to a whole image; either "
+                "way refused, so that no damaged image is stored: leave such files out "
+                "with `fastforward convert --skip-bad` or "
+                "DatasetWriter(skip_errors=(DecodeError,)))")
+    return ""
+
+
 def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> np.ndarray:
     """Decode the bytes of an image file to RGB.
 
@@ -189,7 +201,7 @@ def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> n
             return sj.decode_jpeg(data, colorspace="RGB", min_height=min_height,
                                   min_width=min_width, fastupsample=shrinking)
         except ValueError as exc:
-            raise DecodeError(f"cannot decode JPEG: {exc}") from exc
+            raise DecodeError(f"cannot decode JPEG: {exc}{_why(str(exc))}") from exc
     return read_with_pillow(data, "image", to_rgb_array, DecodeError,  # --skip-bad skips them
                             "RGBImageField stores 8-bit RGB; scale it to 8 bits yourself, "
                             "or store it as it is with MultiChannelImageField")
