@@ -48,7 +48,9 @@ def png_target(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> 
         OSError: *path* is no regular file (a named pipe, a device: the rename
             would replace it), as the writer's target (``refuse_to_replace``).
         FileNotFoundError: its directory does not exist.
-        FileExistsError: *path* is the source file (it would be overwritten).
+        FileExistsError: *path* is the source file (it would be overwritten), or
+            an existing file that is not a PNG (a mistyped ``-o`` naming a dataset
+            or a script would replace it).
         ValueError: its suffix is another image format's (``.jpg``).
     """
     from .writer import refuse_to_replace, written_through_links
@@ -65,10 +67,26 @@ def png_target(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> 
     if same:
         raise FileExistsError(errno.EEXIST, "is the file being read; writing the PNG "
                               "there would destroy it: give another path", name)
+    if not _png_or_nothing(target):
+        raise FileExistsError(errno.EEXIST, "exists and is not a PNG; writing the PNG "
+                              "there would destroy it: give another path, or remove it "
+                              "first", name)
     if out.suffix.lower() in _OTHER_FORMATS:  # PNG bytes in a .jpg would mislead
         raise ValueError(f"{name}: the image written is a PNG: name it .png (or give no "
                          "suffix)")
     return out
+
+
+def _png_or_nothing(path: Path) -> bool:
+    """Whether *path* is free for a PNG: no file, an empty one, or a PNG."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(8)
+    except FileNotFoundError:
+        return True
+    except OSError:  # (one it cannot read: replacing it fails later, naming it)
+        return True
+    return head in (b"", b"\x89PNG\r\n\x1a\n")
 
 
 def save_png(figure: Any, out: Path, dpi: int) -> None:

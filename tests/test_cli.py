@@ -1171,6 +1171,12 @@ def test_bench_plot_is_written_where_it_says(beton: Path, tmp_path: Path,
                    "--plot", str(beton)])
     assert_one_line_error(capsys, status, 1, f"{beton}: is the file being read")
     assert beton.read_bytes() == before
+    script = tmp_path / "keep.py"  # a mistyped --plot turned it into a PNG
+    script.write_text("print(1)\n")
+    status = main(["bench", str(beton), "--workers", "1", "--batch-size", "8",
+                   "--plot", str(script)])
+    assert_one_line_error(capsys, status, 1, f"{script}: exists and is not a PNG")
+    assert script.read_text() == "print(1)\n"
 
 
 def test_bench_simple_needs_one_size_of_image(tmp_path: Path,

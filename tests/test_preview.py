@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -222,7 +223,7 @@ def test_the_simple_decoder_leaves_out_masks_of_another_size(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("where", ["missing directory", "a directory", "the input",
                                    "a link to the input", "a trailing slash", "a link loop",
-                                   "a named pipe"])
+                                   "a named pipe", "another dataset", "a script"])
 def test_preview_checks_its_output_before_decoding(
         scene_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -240,6 +241,9 @@ def test_preview_checks_its_output_before_decoding(
     (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
     (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
     os.mkfifo(tmp_path / "pipe.png")  # the rename would have replaced it
+    # a mistyped -o replaced them with the PNG
+    shutil.copyfile(scene_file, tmp_path / "other.beton")
+    (tmp_path / "train.py").write_text("print('train')\n")
     before = scene_file.read_bytes()
     out, fragment = {
         "missing directory": (tmp_path / "no" / "x.png", f"{tmp_path / 'no'}: no such directory"),
@@ -249,7 +253,11 @@ def test_preview_checks_its_output_before_decoding(
         "a trailing slash": (f"{tmp_path / 'pv'}/",
                              f"{tmp_path / 'pv'}/: names a directory (it ends with a slash)"),
         "a link loop": (tmp_path / "loop1", "loop1: Too many levels of symbolic links"),
-        "a named pipe": (tmp_path / "pipe.png", "a named pipe, not a file to write")}[where]
+        "a named pipe": (tmp_path / "pipe.png", "a named pipe, not a file to write"),
+        "another dataset": (tmp_path / "other.beton",
+                            f"{tmp_path / 'other.beton'}: exists and is not a PNG"),
+        "a script": (tmp_path / "train.py", f"{tmp_path / 'train.py'}: exists and is not a PNG"),
+    }[where]
     assert main(["preview", str(scene_file), "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert fragment in err
@@ -258,6 +266,17 @@ def test_preview_checks_its_output_before_decoding(
     assert not (tmp_path / "pv").exists()
     assert (tmp_path / "loop1").is_symlink()
     assert stat.S_ISFIFO(os.lstat(tmp_path / "pipe.png").st_mode)
+    assert (tmp_path / "other.beton").read_bytes() == before
+    assert (tmp_path / "train.py").read_text() == "print('train')\n"
+
+
+def test_preview_replaces_a_png(scene_file: Path, tmp_path: Path) -> None:
+    """An earlier preview (a PNG, or an empty file) is replaced, whatever its name."""
+    for name in ("grid.png", "grid", "empty.out"):
+        (tmp_path / name).write_bytes(b"\x89PNG\r\n\x1a\n old" if name != "empty.out" else b"")
+        assert main(["preview", str(scene_file), "-o", str(tmp_path / name), "--size", "16",
+                     "--samples", "1"]) == 0
+        assert (tmp_path / name).stat().st_size > 100
 
 
 def test_preview_writes_through_a_link(scene_file: Path, tmp_path: Path,
