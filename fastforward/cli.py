@@ -345,7 +345,8 @@ class ConvertResult:
     def summary(self) -> str:
         """The report printed after a conversion: one line, then the skipped images."""
         lines = [
-            f"wrote {self.num_samples} samples to {self.path} in {self.seconds:.2f} s "
+            f"wrote {self.num_samples} sample{'' if self.num_samples == 1 else 's'} to "
+            f"{self.path} in {self.seconds:.2f} s "
             f"({self.rate:,.1f} images/s), {format_bytes(self.file_size)}"
         ]
         if self.skipped:
@@ -431,6 +432,20 @@ def _check_output(out: str | os.PathLike[str]) -> None:
         raise IsADirectoryError(errno.EISDIR, "is a directory", str(listed))
 
 
+def _check_replaced(out: Path) -> None:
+    """Refuse to replace a file that is not a .beton (a mistyped OUT naming a
+    script or a document): an earlier dataset, or an empty file, may be replaced."""
+    try:
+        with open(out, "rb") as file:
+            head = file.read(2)
+    except OSError:  # none yet (or none it can read: writing it fails, naming it)
+        return
+    if head not in (b"", b"\x02\x00"):  # a .beton v2 starts with its version
+        raise FileExistsError(errno.EEXIST, "exists and is not a .beton file; writing the "
+                              "dataset there would destroy it: give another path, or "
+                              "remove it first", str(out))
+
+
 def _same_file(target: Path, paths: Iterable[Path]) -> Path | None:
     """The first of *paths* that is the file *target* is (through links), if any:
     one ``stat`` each (about 2 s for ImageNet's 1.3 million images)."""
@@ -475,6 +490,7 @@ def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
             raise FileExistsError(errno.EEXIST, f"is one of the images being converted "
                                   f"({source}); writing there would destroy it: give "
                                   "another path", str(out))
+        _check_replaced(out)
     writer = DatasetWriter(out, fields, page_size=options.page_size,
                            num_workers=options.num_workers, seed=options.seed,
                            progress=options.progress,
@@ -803,7 +819,8 @@ def demo_make_corpus(run: DemoRun) -> None:
         return
     start = time.perf_counter()
     make_corpus(run.images, run.count, seed=0)
-    _print(f"made {run.count} demo images in {run.images} ({time.perf_counter() - start:.1f} s)")
+    _print(f"made {run.count} demo image{'' if run.count == 1 else 's'} in {run.images} "
+           f"({time.perf_counter() - start:.1f} s)")
 
 
 def demo_convert(run: DemoRun) -> None:

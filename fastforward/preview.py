@@ -263,7 +263,7 @@ def render(path: str | os.PathLike[str], out: str | os.PathLike[str], samples: i
         if count < 1:
             raise ValueError(f"{path} holds no samples")
         if count > MAX_PREVIEW_SAMPLES:
-            raise ValueError(f"{path}: {count} samples asked, a preview draws at most "
+            raise ValueError(f"{path}: {samples} samples asked, a preview draws at most "
                              f"{MAX_PREVIEW_SAMPLES}: choose fewer --samples")
         options: dict[str, Any] = {
             "batch_size": count, "num_workers": 1, "seed": seed, "drop_last": False,

@@ -366,6 +366,25 @@ def test_convert_to_names_that_are_no_file(corpus: Path, tmp_path: Path,
     assert elsewhere.read_bytes() == before
 
 
+def test_convert_replaces_a_dataset_not_another_file(
+        corpus: Path, beton: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Any regular file at OUT was replaced without a word (a mistyped OUT naming a
+    script); an earlier .beton, or an empty file, still is."""
+    script = tmp_path / "train.py"
+    script.write_text("print(1)\n")
+    status = main(["convert", str(corpus), str(script), *FAST])
+    assert_one_line_error(capsys, status, 1, f"{script}: exists and is not a .beton file")
+    assert script.read_text() == "print(1)\n"
+    for name in ("old.beton", "empty"):
+        out = tmp_path / name
+        if name == "old.beton":
+            shutil.copy(beton, out)
+        else:
+            out.write_bytes(b"")
+        assert main(["convert", str(corpus), str(out), *FAST]) == 0
+        assert Reader(out).num_samples == NUM_IMAGES
+
+
 def test_convert_writes_any_name_the_directory_allows(
         corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A 251-byte target was refused ('<name>.beton.skipped.txt: File name too long'),

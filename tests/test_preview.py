@@ -117,6 +117,8 @@ def test_what_would_not_fit_in_memory_is_refused(scene_file: Path, tmp_path: Pat
     monkeypatch.setattr(preview, "MAX_PREVIEW_SAMPLES", 5)  # the file holds 6
     assert main(["preview", str(scene_file), "-o", str(out), "--samples", "6"]) == 1
     assert "6 samples asked, a preview draws at most 5" in capsys.readouterr().err
+    assert main(["preview", str(scene_file), "-o", str(out), "--samples", "60"]) == 1
+    assert "60 samples asked, a preview draws at most 5" in capsys.readouterr().err  # not 6
     assert not out.exists()
 
 
