@@ -16,6 +16,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -800,7 +801,8 @@ class DemoRun:
 
 
 def demo_make_corpus(run: DemoRun) -> None:
-    """Make the demo's images, or reuse them when a previous run made as many.
+    """Make the demo's images, or reuse them when a previous run made as many
+    (the folder appears once all are made).
 
     Args:
         run: the demo's state.
@@ -818,7 +820,14 @@ def demo_make_corpus(run: DemoRun) -> None:
         _print(f"reusing the {found} demo images in {run.images}")
         return
     start = time.perf_counter()
-    make_corpus(run.images, run.count, seed=0)
+    # made beside, then named: an interrupted run leaves no folder of part of the
+    # images, which the next run would refuse (it leaves this one, which it removes)
+    partial = run.directory / ".images.part"
+    shutil.rmtree(partial, ignore_errors=True)
+    make_corpus(partial, run.count, seed=0)
+    if run.images.is_dir():
+        run.images.rmdir()  # (empty)
+    partial.rename(run.images)
     _print(f"made {run.count} demo image{'' if run.count == 1 else 's'} in {run.images} "
            f"({time.perf_counter() - start:.1f} s)")
 

@@ -305,6 +305,30 @@ def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert_one_line_error(capsys, status, 1, "holds 12 images, not 13")
 
 
+def test_a_demo_interrupted_while_it_makes_its_images_runs_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C while the images were made left a folder of part of them, which the
+    next run refused ('holds 119 images, not 300: remove it')."""
+    import fastforward.demo
+
+    made = fastforward.demo.make_corpus
+
+    def interrupted(root: Path, count: int, seed: int = 0) -> Path:
+        made(root, count // 2, seed)
+        raise KeyboardInterrupt
+
+    argv = ["demo", "--dir", str(tmp_path / "demo"), "--count", "12", *FAST]
+    monkeypatch.setattr(fastforward.demo, "make_corpus", interrupted)
+    assert main(argv) == 130
+    assert not (tmp_path / "demo" / "images").exists()
+    monkeypatch.setattr(fastforward.demo, "make_corpus", made)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "made 12 demo images" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["demo.beton", "images"]
+
+
 # -- errors --------------------------------------------------------------------------------------
 
 
