@@ -1247,6 +1247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0 success, 1 failure or problems found, 2 bad usage,
         130 interrupted, 143 terminated (SIGTERM during a conversion; 129 for SIGHUP).
     """
+    args = None
     try:
         try:
             args = build_parser().parse_args(argv)
@@ -1256,6 +1257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         return _fail(str(exc), 2)
     except KeyboardInterrupt:
+        if args is not None and args.handler is cmd_convert:  # as SIGTERM's message says
+            return _fail(f"{os.fsdecode(args.out)}: interrupted (Ctrl-C); no file was "
+                         "written", 130)
         return _fail("interrupted", 130)
     except Terminated as exc:  # 143 for SIGTERM, 129 for SIGHUP
         return _fail(str(exc), exc.code if isinstance(exc.code, int) else 143)

@@ -477,6 +477,27 @@ def test_interrupt(beton: Path, monkeypatch: pytest.MonkeyPatch,
     assert_one_line_error(capsys, main(["info", str(beton)]), 130, "interrupted")
 
 
+def test_ctrl_c_during_convert_names_the_file(corpus: Path, beton: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """It said 'interrupted' alone, where SIGTERM names the file and says that no
+    file was written; an earlier file of that name is left as it was."""
+    from fastforward.writer import DatasetWriter
+
+    out = tmp_path / "old.beton"
+    shutil.copy(beton, out)
+    before = out.read_bytes()
+
+    def interrupted(self: object, *args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DatasetWriter, "from_indexed_dataset", interrupted)
+        status = main(["convert", str(corpus), str(out), *FAST])
+    assert_one_line_error(capsys, status, 130,
+                          f"{out}: interrupted (Ctrl-C); no file was written")
+    assert out.read_bytes() == before
+
+
 def test_missing_optional_dependency(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     def no_skimage(*args: object, **kwargs: object) -> None:
