@@ -561,8 +561,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         raise
     except OSError as exc:  # stdout on a full disk, say: the file was written all the same
-        raise OSError(exc.errno, f"{exc.strerror or exc}, printing the summary after it was "
-                      "written", str(result.path)) from exc
+        raise OSError(exc.errno, f"{exc.strerror or exc} (printing the summary: "
+                      f"{os.fsdecode(result.path)} was written)", _STDOUT) from exc
     return 0
 
 
@@ -1230,6 +1230,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_STDOUT = "standard output"
+
+
+class _NamedStdout:
+    """sys.stdout while a command runs: an error writing it (a full disk under
+    ``> file``) names it, not only its errno (a closed pipe stays BrokenPipeError)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror or str(exc), _STDOUT) from exc
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror or str(exc), _STDOUT) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def _silence_stdout() -> None:
     """Point stdout at /dev/null, so that a closed pipe raises nothing more at exit."""
     with contextlib.suppress(OSError, ValueError):
@@ -1248,12 +1278,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         130 interrupted, 143 terminated (SIGTERM during a conversion; 129 for SIGHUP).
     """
     args = None
+    stdout = sys.stdout
+    sys.stdout = _NamedStdout(stdout)
     try:
         try:
             args = build_parser().parse_args(argv)
         except SystemExit as exc:  # --help and --version
             return exc.code if isinstance(exc.code, int) else 0
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # a full disk under stdout is reported here, not at exit
+        return status
     except UsageError as exc:
         return _fail(str(exc), 2)
     except KeyboardInterrupt:
@@ -1267,9 +1301,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return 1
     except (FastForwardError, OSError, ValueError, ImportError, MemoryError) as exc:
+        if isinstance(exc, OSError) and exc.filename == _STDOUT:
+            _silence_stdout()  # (what it holds would fail again at exit)
         return _fail(describe_error(exc), 1)
     except Exception as exc:  # a bug: still one line, but name the exception
         return _fail(f"unexpected {type(exc).__name__}: {describe_error(exc)}", 1)
+    finally:
+        if isinstance(sys.stdout, _NamedStdout):  # (a command may have replaced it)
+            sys.stdout = stdout
 
 
 if __name__ == "__main__":

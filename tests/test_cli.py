@@ -532,6 +532,26 @@ def test_parse_size(text: str, expected: int) -> None:
 # -- as a program --------------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("command", ["info", "verify", "convert"])
+def test_a_full_disk_under_stdout_is_named(beton: Path, corpus: Path, tmp_path: Path,
+                                           command: str) -> None:
+    """'[Errno 28] No space left on device' named nothing; after convert it named
+    the file just written, as if writing it had failed."""
+    out = tmp_path / "new.beton"
+    argv = ([command, str(beton)] if command != "convert"
+            else [command, str(corpus), str(out), *FAST])
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "fastforward", *argv], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120, check=False)
+    assert done.returncode == 1
+    want = "fastforward: error: standard output: No space left on device"
+    if command == "convert":
+        want += f" (printing the summary: {out} was written)"
+        assert Reader(out).num_samples == NUM_IMAGES
+    assert done.stderr == want + "\n"
+
+
 def test_as_a_program(beton: Path, tmp_path: Path) -> None:
     """The installed console script, run outside the source tree."""
     script = Path(sys.executable).parent / "fastforward"
