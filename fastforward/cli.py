@@ -539,10 +539,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if value is not None and args.write_mode != mode:
             raise UsageError(f"{option} applies to --write-mode {mode} only (this is "
                              f"--write-mode {args.write_mode})")
+    # options that would change nothing are refused, as those above: a user who gives
+    # one expects it to
+    for option, value in (("--jpeg-quality", args.jpeg_quality),
+                          ("--no-restart-markers", args.restart_markers)):
+        if value is not None and args.write_mode == "raw":
+            raise UsageError(f"{option} applies to the JPEGs written, and --write-mode raw "
+                             "writes none")
+    if args.seed is not None and not args.shuffle and args.write_mode != "proportion":
+        raise UsageError("--seed applies to --shuffle and --write-mode proportion, and this "
+                         "conversion uses neither")
     options = ConvertOptions(
         max_resolution=args.max_resolution or None,
-        jpeg_quality=args.jpeg_quality,
-        restart_markers=args.restart_markers,
+        jpeg_quality=90 if args.jpeg_quality is None else args.jpeg_quality,
+        restart_markers=args.restart_markers is not False,
         write_mode=args.write_mode,
         smart_threshold=args.smart_threshold,
         compress_probability=(0.5 if args.compress_probability is None
@@ -551,7 +561,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         page_size=args.page_size,
         chunksize=args.chunksize,
         shuffle=args.shuffle,
-        seed=args.seed,
+        seed=0 if args.seed is None else args.seed,
         progress=not args.no_progress,
         skip_bad=args.skip_bad,
     )
@@ -926,9 +936,10 @@ def _add_convert(subparsers: Any) -> None:
     p.add_argument("--max-resolution", type=int, default=256, metavar="PX",
                    help="shrink images so the longer side is at most PX; 0: keep the size "
                         "(default: %(default)s)")
-    p.add_argument("--jpeg-quality", type=int, default=90, metavar="Q",
-                   help="JPEG quality, 0-100 (default: %(default)s)")
+    p.add_argument("--jpeg-quality", type=int, metavar="Q",
+                   help="JPEG quality, 0-100 (default: 90)")
     p.add_argument("--no-restart-markers", dest="restart_markers", action="store_false",
+                   default=None,
                    help="JPEGs without a restart marker at each row of 16 pixels: whole-image "
                         "decoding (SimpleRGBImageDecoder, FFCV) is then about 5-10%% faster, "
                         "crop decoding (RandomResizedCrop) 7-34%% slower")
@@ -948,8 +959,8 @@ def _add_convert(subparsers: Any) -> None:
     p.add_argument("--chunksize", type=positive_int, default=100, metavar="N",
                    help="samples per unit of work of a worker (default: %(default)s)")
     p.add_argument("--shuffle", action="store_true", help="write the samples in a random order")
-    p.add_argument("--seed", type=non_negative_int, default=0,
-                   help="seed of --shuffle and of --write-mode proportion (default: %(default)s)")
+    p.add_argument("--seed", type=non_negative_int,
+                   help="seed of --shuffle and of --write-mode proportion (default: 0)")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out images that cannot be read (a dangling link, no "
                         "permission, not a regular file) or decoded (or are empty) instead of "

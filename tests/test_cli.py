@@ -455,6 +455,12 @@ def test_convert_to_a_named_pipe_is_refused_before_any_work(
         (["--chunksize", "0"], "--chunksize"),
         (["--num-workers", "-5"], "must be -1 or 0 (one per CPU), or 1 to"),  # was one per CPU
         (["--num-workers", "100000"], "per CPU), got 100000"),
+        # options that would change nothing were taken without a word
+        (["--write-mode", "raw", "--jpeg-quality", "50"],
+         "--jpeg-quality applies to the JPEGs written, and --write-mode raw writes none"),
+        (["--write-mode", "raw", "--no-restart-markers"], "--no-restart-markers applies to"),
+        (["--seed", "3"], "--seed applies to --shuffle and --write-mode proportion, and this "
+                          "conversion uses neither"),
     ],
 )
 def test_convert_bad_arguments(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
