@@ -746,7 +746,8 @@ def verify_summary(path: str, num_samples: int, problems: Sequence[Problem],
     Returns:
         The summary line.
     """
-    checked = f"{num_samples} samples checked" + (" and decoded" if decoded else "")
+    checked = (f"{num_samples} sample{'' if num_samples == 1 else 's'} checked"
+               + (" and decoded" if decoded else ""))
     if not problems:
         return f"{path}: OK, {checked}, no problems found"
     samples = {p.sample for p in problems if p.sample is not None}
@@ -771,8 +772,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         problems = reader.verify(decode=args.decode, progress=not args.no_progress)
         num_samples = reader.num_samples
         sums, damaged = reader.checksums, reader.checksums_damaged
+        header_damaged = reader.header_damaged
     for problem in sorted(problems, key=lambda p: -1 if p.sample is None else p.sample):
         _print(str(problem))
+    if header_damaged:
+        _print(f"{args.file}: FAILED: the header is damaged (it says {num_samples} "
+               "samples, which may be wrong)")
+        return 1
     if sums is not None:
         print(f"checksums: {sums.algorithm}, header, metadata, allocation table and "
               f"{sums.num_pages} page(s) checked")

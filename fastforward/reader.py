@@ -311,11 +311,16 @@ class Reader:
             except BlockError as exc:
                 self._damage(str(exc))
                 self.checksums_damaged = True
+        self.header_damaged = False
+        """Whether the header (or a field descriptor) does not match its checksum:
+        ``verify()`` then checks nothing else, since the header says where it lies."""
         if self.checksums is not None:
             head = self._read_at(0, metadata_offset(self.num_fields))
             if digest(head) != int(self.checksums.footer["head"]):
                 self._damage("the header or the field descriptors are damaged (their "
                              "checksum does not match)")
+                self.header_damaged = True
+                self._header_problems = len(self._open_problems)
 
     def _read_fields(self) -> None:
         end = metadata_offset(self.num_fields)
@@ -450,7 +455,9 @@ class Reader:
         if stranger >= 0:
             raise self._error(
                 f"allocation table names sample {int(table['sample_id'][stranger])}, "
-                f"but the file has {self.num_samples}"
+                f"but the header says the file has {self.num_samples} samples"
+                f"{f' (0 to {self.num_samples - 1})' if self.num_samples else ''}: the "
+                "header or the table is damaged"
             )
         if in_order:  # fastforward writes the table in order
             self._ptrs = np.ascontiguousarray(table["ptr"])
@@ -853,6 +860,12 @@ class Reader:
             decode: also decode every sample not already found broken.
             progress: show a progress bar on stderr while decoding.
         """
+        if self.header_damaged:
+            # every other check reads where things lie from the header (the sample
+            # count, the tables' places): what they would find says nothing more
+            return [*self._open_problems[: self._header_problems],
+                    Problem(None, None, "nothing else was checked: the header says where "
+                                        "everything else lies")]
         problems = list(self._open_problems)
         problems += self._verify_images()
         problems += self._verify_checksums()

@@ -417,6 +417,27 @@ def test_process_workers_check_pages_too(summed: Path, copy: Path, os_cache: boo
         epoch(copy, True)
 
 
+def test_verify_stops_at_a_damaged_header(copy: Path, capsys: pytest.CaptureFixture[str]
+                                          ) -> None:
+    """A sample count raised in the header (7 to 200): verify said the metadata table
+    was damaged (its bytes were intact) and listed two problems for every sample
+    the file never had, then '200 samples checked'. Everything else is found
+    through the header: it says the header is damaged, and stops."""
+    from fastforward.cli import main
+
+    with open(copy, "r+b") as file:
+        file.seek(8)  # num_samples
+        file.write(np.uint64(200).tobytes())
+    reader = Reader(copy, validate=False)
+    assert reader.header_damaged
+    assert [str(p) for p in reader.verify(decode=True)] == [
+        "the header or the field descriptors are damaged (their checksum does not match)",
+        "nothing else was checked: the header says where everything else lies"]
+    assert main(["verify", str(copy)]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"{copy}: FAILED: the header is damaged (it says 200 samples, which may be wrong)")
+
+
 def test_verify_gives_the_checksums_diagnosis_before_what_follows_from_it(
         copy: Path) -> None:
     """Without validate (``fastforward verify``), a flipped bit in the header's version

@@ -591,10 +591,12 @@ def test_verify_names_each_damaged_sample_once(tmp_path: Path) -> None:
     doubling: 24 damaged samples printed 1 GB)."""
     path = tmp_path / "n.beton"
     DatasetWriter(path, {"blob": BytesField(), "label": IntField()}, num_workers=1,
-                  progress=False).from_indexed_dataset(
+                  progress=False, checksums=False).from_indexed_dataset(
         [(np.full(50, i, np.uint8), i) for i in range(96)])
     data = bytearray(path.read_bytes())
-    data[8] = 96 + 20  # the header's sample count: 20 samples without allocations
+    # the header's sample count: 20 samples without allocations (no checksums, as FFCV
+    # writes: with them, verify stops at the damaged header)
+    data[8] = 96 + 20
     path.write_bytes(bytes(data))
     with Reader(path, validate=False) as reader:
         problems = [str(p) for p in reader.verify(progress=False)]
