@@ -433,6 +433,26 @@ def test_encoded_png_input(tmp_path: Path, images: list[np.ndarray]) -> None:
     np.testing.assert_array_equal(stored, images[4])
 
 
+def test_a_large_png_is_read_without_pillows_warning(monkeypatch: pytest.MonkeyPatch,
+                                                     images: list[np.ndarray]) -> None:
+    """Pillow warns past half its limit (DecompressionBombWarning: two lines of Python
+    on the program's stderr, the conversion going on); fastforward's limit is
+    Pillow's error, as for JPEGs, and says nothing below it."""
+    import warnings
+
+    from PIL import Image
+
+    from fastforward.fields.rgb_image import decode_image_file
+
+    buffer = io.BytesIO()
+    Image.fromarray(images[4]).save(buffer, format="PNG")
+    pixels = images[4].shape[0] * images[4].shape[1]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pixels * 2 // 3)  # warns, no error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(decode_image_file(buffer.getvalue()), images[4])
+
+
 def test_ndarray_arguments_round_trip() -> None:
     for dtype, shape in [("<f4", (3, 4)), (">i2", (7,)), ("u1", (1, 2, 3, 4)), ("<c16", (2,))]:
         field = NDArrayField(np.dtype(dtype), shape)

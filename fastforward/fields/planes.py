@@ -20,6 +20,7 @@ import io
 import math
 import re
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -105,10 +106,14 @@ def read_with_pillow(data: bytes, what: str, load: Callable[[Any], np.ndarray],
     except ImportError as exc:
         raise EncodeError(f"reading {what} files needs Pillow: {install_hint('pillow')}") from exc
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            reduced = reduced_bit_depth(image)
-            if reduced is None:
-                return load(image)
+        # the limit is Pillow's error (MAX_DECODED_PIXELS, as for JPEGs): its warning,
+        # at half of it, would be two lines of Python on the program's stderr
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                reduced = reduced_bit_depth(image)
+                if reduced is None:
+                    return load(image)
     except Image.DecompressionBombError as exc:  # (an Exception, not an OSError)
         raise error(f"{what} file too large to decode: {exc}") from None
     except FastForwardError as exc:  # *load* refusing the image (a ValueError): as it says
