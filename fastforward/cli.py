@@ -242,7 +242,9 @@ def describe_error(exc: BaseException) -> str:
         after the locations that ``annotate`` added as notes (one-line notes;
         longer ones are tracebacks, left out).
     """
-    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+    if isinstance(exc, OSError) and exc.filename == "" and exc.errno == errno.ENOENT:
+        text = "an empty name is no file"
+    elif isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         text = f"{exc.filename}: {exc.strerror}"
     else:
         text = str(exc) or type(exc).__name__

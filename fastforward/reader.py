@@ -432,7 +432,8 @@ class Reader:
             raise self._error(
                 f"the allocation table at alloc_table_ptr {self.alloc_table_ptr} (from the "
                 f"header) has {nbytes} bytes, not a whole number of "
-                f"{ALLOC_TABLE_TYPE.itemsize}-byte rows: truncated, or the header is damaged"
+                f"{ALLOC_TABLE_TYPE.itemsize}-byte rows: truncated, bytes appended to it "
+                "(the table runs to the file's end), or the header is damaged"
             )
         self.alloc_table = self._read_array(
             ALLOC_TABLE_TYPE, nbytes // ALLOC_TABLE_TYPE.itemsize, self.alloc_table_ptr)

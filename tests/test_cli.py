@@ -332,6 +332,12 @@ def test_a_demo_interrupted_while_it_makes_its_images_runs_again(
 # -- errors --------------------------------------------------------------------------------------
 
 
+def test_an_empty_name_is_no_file(capsys: pytest.CaptureFixture[str]) -> None:
+    """It said ': No such file or directory'."""
+    for command in ("info", "verify", "bench", "preview"):
+        assert_one_line_error(capsys, main([command, ""]), 1, "an empty name is no file")
+
+
 def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for command in ("info", "verify"):
         status = main([command, str(tmp_path / "nope.beton")])
