@@ -3,6 +3,7 @@ workers, run in worker processes when left to ``worker_type='auto'``."""
 
 from __future__ import annotations
 
+import functools
 import random
 import sys
 import time
@@ -18,7 +19,7 @@ from fastforward.loader import Loader, OrderOption
 from fastforward.pipeline import BatchContext, Operation
 from fastforward.pipeline.random import seeded_globals
 from fastforward.transforms import Augment
-from fastforward.transforms.adaptor import guess_input
+from fastforward.transforms.adaptor import guess_input, own_generators
 from fastforward.writer import DatasetWriter
 
 
@@ -373,6 +374,74 @@ def test_a_transform_with_its_own_generator_is_reproducible_on_threads(photos_fi
     for _ in range(2):
         np.testing.assert_array_equal(batches(photos_file, OwnGenerator(), 4, "thread", **kw),
                                       first)
+
+
+class HoldsGenerators:
+    """A transform drawing from generators of its own (the usual way to write one, and
+    an albumentations Compose wrapped in a class): each image is filled with one
+    draw of each, kept apart in the channels."""
+
+    def __init__(self) -> None:
+        self.rng = np.random.default_rng()
+        self.parts = [random.Random(), {"legacy": np.random.RandomState()}]
+        self.noise = functools.partial(_noise, np.random.default_rng(7))
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        out = np.empty((4, 4, 3), np.uint8)
+        out[..., 0] = self.rng.integers(0, 256)
+        out[..., 1] = self.parts[0].randrange(256) ^ int(self.parts[1]["legacy"].randint(256))
+        out[..., 2] = self.noise()
+        return out
+
+
+def _noise(rng: np.random.Generator) -> int:
+    return int(rng.integers(0, 256))
+
+
+@pytest.mark.parametrize("worker_type", ["process", "thread"])
+def test_a_transforms_own_generators_are_seeded_per_sample(photos_file: Path,
+                                                           worker_type: str) -> None:
+    """Each epoch got a fresh copy of the user's transform, its generators as they
+    were: every epoch drew the same numbers, and every worker process the same as
+    the others. They are seeded per sample from (seed, epoch, sample) now, on
+    threads too: epochs differ, and the batches are the same whatever the
+    workers."""
+    transform = HoldsGenerators()
+    before = transform.rng.bit_generator.state
+    out = batches(photos_file, transform, 1, worker_type)
+    first, second = out[:24], out[24:]
+    for channel in range(3):
+        assert not np.array_equal(first[..., channel], second[..., channel])  # epochs differ
+        assert len(np.unique(first[:, 0, 0, channel])) > 12  # samples differ
+    np.testing.assert_array_equal(batches(photos_file, transform, 2, worker_type), out)
+    np.testing.assert_array_equal(batches(photos_file, HoldsGenerators(), 2, "auto"), out)
+    assert transform.rng.bit_generator.state == before  # the loader's copy was seeded
+
+
+def test_own_generators_are_found_where_a_transform_keeps_them() -> None:
+    torch = pytest.importorskip("torch")
+    gen, legacy, rand, cpu = (np.random.default_rng(), np.random.RandomState(),
+                              random.Random(), torch.Generator())
+    counter = [0]
+
+    def closure(image: np.ndarray) -> np.ndarray:
+        counter[0] += int(gen.integers(2))
+        return image
+
+    def defaults(image: np.ndarray, rng: random.Random = rand) -> np.ndarray:
+        return image
+
+    class Module(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = torch.nn.Sequential(torch.nn.Identity())
+            self.inner.generator = cpu
+            self.weights = torch.zeros(3)
+
+    found = own_generators([closure, defaults, functools.partial(print, legacy), Module(),
+                            random, np.random])
+    assert sorted(map(id, found)) == sorted(map(id, [gen, rand, legacy, cpu]))
+    assert own_generators(noisy_crop) == []  # the global generator: seeded as a global
 
 
 def zero_the_top_in_place(image: np.ndarray) -> np.ndarray:

@@ -28,18 +28,26 @@ without its channel axis.
 Randomness: it keeps the GIL, so the loader runs it in worker processes
 (``worker_type='auto'``), and there, before each sample, ``np.random``,
 ``random`` and torch's default generator are seeded from ``(seed, epoch,
-sample, stream)`` (albumentations' own generators too, through
-``set_random_seed``, wherever it runs): the same seed gives the same
-augmentations whatever the number of worker processes. On threads the global
-generators are the user's training loop's, and are left alone
-(``fastforward.pipeline.random.globals_are_ours``).
+sample, stream)``: the same seed gives the same augmentations whatever the
+number of worker processes. On threads the global generators are the user's
+training loop's, and are left alone (``fastforward.pipeline.random.globals_are_ours``).
+The generators the transform holds itself are seeded from the same key before
+each sample, wherever it runs (``own_generators``: NumPy ``Generator`` and
+``RandomState`` objects, ``random.Random`` ones, torch ``Generator`` objects on
+the CPU, albumentations transforms through ``set_random_seed``, found in its
+attributes, containers, closures and ``functools.partial`` arguments): each
+loader copies the transform for every epoch, so a generator of its own left as
+it was would give every epoch, and every worker, the same draws.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import random as random_module
 import sys
+import types
 from typing import Any
 
 import numpy as np
@@ -130,15 +138,22 @@ class Augment(Operation):
             raise ValueError("Augment: give output_shape and output_dtype together")
         self.output_shape = None if output_shape is None else tuple(int(d) for d in output_shape)
         self.output_dtype = None if output_dtype is None else np.dtype(output_dtype)
+        self._generators: list[Any] | None = None  # own_generators(transform), once used
 
     def __copy__(self) -> Augment:
-        """The loader's copy: its own transform (seeding an albumentations
-        ``Compose`` changes it), where the transform can be deep-copied."""
+        """The loader's copy: its own transform (seeding its generators changes
+        it), where the transform can be deep-copied."""
         clone = type(self).__new__(type(self))
         clone.__dict__.update(self.__dict__)
+        clone._generators = None  # (found in its own transform, when first used)
         with contextlib.suppress(Exception):  # (a lock, an open file): shared, as given
             clone.transform = copy.deepcopy(self.transform)
         return clone
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_generators"] = None  # found again where it is unpickled
+        return state
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
         require_numpy(self, previous_state)
@@ -157,10 +172,8 @@ class Augment(Operation):
     def apply_sample(self, sample: np.ndarray, destination: np.ndarray, context: BatchContext,
                      position: int) -> np.ndarray:
         """Transform one image into *destination*."""
-        seed = 0
-        if self.input == "albumentations":  # only its own generators need a seed of their own
-            seed = int(random.random_bits(context.seed, context.epoch, context.indices[
-                position:position + 1], context.stream, 1)[0, 0] >> 33)
+        seed = int(random.random_bits(context.seed, context.epoch, context.indices[
+            position:position + 1], context.stream, 1)[0, 0])
         value = self._transform(sample, seed)
         if _copy_tensor(value, destination):
             return destination
@@ -185,8 +198,14 @@ class Augment(Operation):
         return out
 
     def _transform(self, image: np.ndarray, seed: int) -> Any:
-        """What the transform returns for *image*, as it returns it."""
+        """What the transform returns for *image*, as it returns it, its own
+        generators seeded from *seed* (64 bits) first."""
         transform = self.transform
+        generators = getattr(self, "_generators", None)
+        if generators is None:
+            generators = self._generators = own_generators(transform)
+        if generators:
+            _seed_generators(generators, seed)
         if self.input == "pil":
             from PIL import Image
 
@@ -195,8 +214,6 @@ class Augment(Operation):
             return transform(Image.fromarray(image))  # (a copy)
         image = np.array(image)  # its own copy (contiguous: torch takes no negative strides)
         if self.input == "albumentations":
-            if hasattr(transform, "set_random_seed"):  # albumentations' own generators
-                transform.set_random_seed(seed)
             return transform(image=image)["image"]
         if self.input == "tensor":
             return transform(_chw(image))
@@ -204,6 +221,89 @@ class Augment(Operation):
 
     def __repr__(self) -> str:
         return f"Augment({self.transform!r}, input={self.input!r})"
+
+
+OWN_GENERATORS_LIMIT = 10_000
+"""The most objects ``own_generators`` looks through in one transform."""
+
+
+def own_generators(transform: Any) -> list[Any]:
+    """The random generators *transform* holds, which ``Augment`` seeds per sample:
+    NumPy ``Generator`` and ``RandomState`` objects, ``random.Random`` ones (not the
+    module's own), torch ``Generator`` objects on the CPU, and albumentations
+    transforms (anything whose class albumentations defines and that has
+    ``set_random_seed``: it seeds its own, and is not looked into). Found through
+    instances' attributes, lists, tuples, sets and dicts, ``functools.partial``
+    objects, bound methods and functions' closures and defaults; not through
+    modules or classes (a module's generator is shared with its other users)."""
+    torch = sys.modules.get("torch")
+    found: list[Any] = []
+    seen: set[int] = set()
+    stack = [transform]
+    while stack and len(seen) < OWN_GENERATORS_LIMIT:
+        obj = stack.pop()
+        if id(obj) in seen or obj is None or isinstance(
+                obj, (str, bytes, bytearray, int, float, complex, np.ndarray, np.generic,
+                      type, types.ModuleType)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (np.random.Generator, np.random.RandomState)):
+            found.append(obj)
+        elif isinstance(obj, random_module.Random):
+            if obj is not getattr(random_module, "_inst", None):
+                found.append(obj)
+        elif torch is not None and isinstance(obj, torch.Generator):
+            if obj.device.type == "cpu":
+                found.append(obj)
+        elif torch is not None and isinstance(obj, torch.Tensor):
+            continue
+        elif callable(getattr(obj, "set_random_seed", None)) and type(
+                obj).__module__.startswith("albumentations"):
+            found.append(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        elif isinstance(obj, functools.partial):
+            stack.extend((obj.func, *obj.args, *obj.keywords.values()))
+        elif isinstance(obj, types.MethodType):
+            stack.extend((obj.__self__, obj.__func__))
+        elif isinstance(obj, types.FunctionType):
+            stack.extend(cell.cell_contents for cell in obj.__closure__ or ()
+                         if _filled(cell))
+            stack.extend(obj.__defaults__ or ())
+            stack.extend((obj.__kwdefaults__ or {}).values())
+        else:
+            stack.extend(getattr(obj, "__dict__", {}).values())
+    found.reverse()  # (the order they were met in, depth first from the last attribute)
+    return found
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:  # an empty cell (a variable assigned later)
+        return False
+    return True
+
+
+def _seed_generators(generators: list[Any], seed: int) -> None:
+    """Seed each of *generators* (``own_generators``) from the sample's *seed*, each
+    from its own 64 bits of it."""
+    torch = sys.modules.get("torch")
+    bits = np.random.SeedSequence(seed).generate_state(len(generators), np.uint64)
+    for generator, value in zip(generators, bits.tolist(), strict=True):
+        if isinstance(generator, np.random.Generator):
+            bit_generator = generator.bit_generator
+            bit_generator.state = type(bit_generator)(value).state
+        elif isinstance(generator, np.random.RandomState):
+            generator.seed(value >> 32)
+        elif isinstance(generator, random_module.Random):
+            generator.seed(value)
+        elif torch is not None and isinstance(generator, torch.Generator):
+            generator.manual_seed(value >> 1)
+        else:  # albumentations
+            generator.set_random_seed(value >> 33)
 
 
 def _as_image(value: Any) -> np.ndarray:
