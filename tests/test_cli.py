@@ -553,9 +553,10 @@ def test_a_full_disk_under_stdout_is_named(beton: Path, corpus: Path, tmp_path: 
     out = tmp_path / "new.beton"
     argv = ([command, str(beton)] if command != "convert"
             else [command, str(corpus), str(out), *FAST])
-    with open("/dev/full", "w") as full:
+    with open("/dev/full", "w") as full:  # (run outside the source tree, as installed)
         done = subprocess.run([sys.executable, "-m", "fastforward", *argv], stdout=full,
-                              stderr=subprocess.PIPE, text=True, timeout=120, check=False)
+                              stderr=subprocess.PIPE, text=True, timeout=120, check=False,
+                              cwd=tmp_path)
     assert done.returncode == 1
     want = "fastforward: error: standard output: No space left on device"
     if command == "convert":
