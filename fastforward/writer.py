@@ -546,6 +546,7 @@ class _Pool:
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
         self.method = _start_method(start_method)
+        self.fell_back = False  # from fork to the fork server (threads in this process)
         try:
             if self.method == "fork" and start_method is None:
                 with warnings.catch_warnings():
@@ -558,6 +559,7 @@ class _Pool:
                     single = _os_threads() == 1
                 if not single:
                     self.terminate()
+                    self.fell_back = True  # (said by _warn_of_copies when it costs)
                     self.method = "forkserver"
                     self._start(num_workers, job, inherited_fds)
             else:
@@ -571,6 +573,7 @@ class _Pool:
         blob = None
         if self.method != "fork":
             blob = _pickled_job(job, self.method, self.fname)
+            _warn_of_copies(blob, num_workers, self.method, self.fname, self.fell_back)
             if self.method == "forkserver":
                 forkserver_preload(ctx, [__name__])  # workers start in ms, not seconds
         for i in range(num_workers):
@@ -710,6 +713,31 @@ class _Pool:
         for conn in self.conns:
             conn.close()
         self.procs, self.conns = [], []
+
+
+LARGE_JOB_BYTES = 256 << 20
+"""A dataset and fields that pickle to this many bytes or more are worth a warning
+when each worker gets its own copy (``_warn_of_copies``)."""
+
+
+def _warn_of_copies(blob: bytes, workers: int, method: str, fname: str,
+                    fell_back: bool) -> None:
+    """Say so when every worker gets its own copy of a large pickled dataset: the
+    fork server or spawn (a process running threads falls back on the fork server)
+    unpickles the dataset in each worker, where forked workers share its pages."""
+    if len(blob) < LARGE_JOB_BYTES:
+        return
+    mib = len(blob) / (1 << 20)
+    threads = _os_threads() or threading.active_count()
+    why = (f"this process runs {threads} threads, and forking a process with threads "
+           "may deadlock" if fell_back else "as asked")
+    warnings.warn(
+        f"{fname}: the writer's workers start with {method} here ({why}), so each "
+        f"worker ({workers}) gets its own copy of the dataset and fields ({mib:,.0f} MiB "
+        f"pickled; about {workers * mib * 2:,.0f} MiB in all as they unpickle it). Write from a "
+        "process with no other threads (before torch or a progress bar has run), let the "
+        "dataset read its samples from files rather than hold them, or accept the risk "
+        "with DatasetWriter(..., start_method='fork')", RuntimeWarning, stacklevel=2)
 
 
 def _pickled_job(job: Any, method: str, fname: str) -> bytes:
