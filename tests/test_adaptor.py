@@ -444,6 +444,39 @@ def test_own_generators_are_found_where_a_transform_keeps_them() -> None:
     assert own_generators(noisy_crop) == []  # the global generator: seeded as a global
 
 
+def refuses_blank_images(image: np.ndarray) -> np.ndarray:
+    if image.max() == 0:
+        raise ValueError("image is empty")
+    return image
+
+
+def exits(image: np.ndarray) -> np.ndarray:
+    raise SystemExit(3)
+
+
+def test_the_trial_run_on_a_blank_image_says_what_it_was(photos_file: Path) -> None:
+    """A transform failing on the blank image Loader() runs it on (to learn its output)
+    said 'image is empty', naming neither the trial nor output_shape, which skips
+    it; a SystemExit there ended the script without a word."""
+    def loader(transform: Any) -> Loader:
+        return Loader(photos_file, 8, pipelines={
+            "image": [CenterCropRGBImageDecoder((32, 32), 1.0), Augment(transform)],
+            "label": None})
+
+    with pytest.raises(ValueError, match="image is empty") as info:
+        loader(refuses_blank_images)
+    assert ("running refuses_blank_images once on a blank (all zero) (32, 32, 3) image, to "
+            "learn the shape and dtype it returns, failed: give Augment(..., output_shape="
+            "..., output_dtype=...) to skip this") in info.value.__notes__
+    with pytest.raises(RuntimeError, match=r"running exits once .* \(SystemExit: 3\)"):
+        loader(exits)
+    kw = {"output_shape": (32, 32, 3), "output_dtype": np.uint8}
+    with Loader(photos_file, 8, pipelines={
+            "image": [CenterCropRGBImageDecoder((32, 32), 1.0),
+                      Augment(refuses_blank_images, **kw)], "label": None}) as given:
+        assert next(iter(given))[0].shape == (8, 32, 32, 3)
+
+
 def zero_the_top_in_place(image: np.ndarray) -> np.ndarray:
     image[:8] = 0
     return image

@@ -163,8 +163,20 @@ class Augment(Operation):
         shape, dtype = self.output_shape, self.output_dtype
         if shape is None or dtype is None:
             blank = np.zeros(previous_state.shape, previous_state.dtype)
-            with random.seeded_globals(0, 0, 0, 0):
-                out = self._call(blank, 0)
+            try:
+                with random.seeded_globals(0, 0, 0, 0):
+                    out = self._call(blank, 0)
+            except BaseException as exc:  # (a KeyboardInterrupt is no trial's failure)
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                why = (f"running {_describe(self.transform)} once on a blank (all zero) "
+                       f"{previous_state.shape} image, to learn the shape and dtype it "
+                       "returns, failed: give Augment(..., output_shape=..., "
+                       "output_dtype=...) to skip this")
+                if isinstance(exc, (StopIteration, SystemExit)):  # as itself it would end
+                    raise RuntimeError(f"{why} ({type(exc).__name__}: {exc})") from exc
+                exc.add_note(why)
+                raise
             shape, dtype = out.shape, out.dtype
         return (State(jit_mode=True, shape=tuple(shape), dtype=np.dtype(dtype)),
                 AllocationQuery(tuple(shape), np.dtype(dtype)))
@@ -347,4 +359,7 @@ def _copy_tensor(value: Any, destination: np.ndarray) -> bool:
 
 
 def _describe(transform: Any) -> str:
+    """A function by its name, anything else by its class's."""
+    if isinstance(transform, types.FunctionType):
+        return transform.__qualname__
     return type(transform).__name__
