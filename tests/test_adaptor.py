@@ -444,6 +444,26 @@ def test_own_generators_are_found_where_a_transform_keeps_them() -> None:
     assert own_generators(noisy_crop) == []  # the global generator: seeded as a global
 
 
+def to_gray(image: np.ndarray) -> np.ndarray:
+    return image.mean(axis=2).astype(np.uint8)
+
+
+def test_a_grayscale_result_of_an_rgb_image_keeps_its_channel_axis(photos_file: Path
+                                                                  ) -> None:
+    """A transform returning H×W for an H×W×3 image (torchvision v1's Grayscale,
+    albumentations' ToGray(num_output_channels=1)) was declared H×W, and
+    ToTorchImage refused it; stored H×W×1 now, as any one-channel image."""
+    out = batches(photos_file, to_gray, 1, "thread")
+    assert out.shape == (48, 32, 32, 1)
+    pytest.importorskip("torch")
+    from fastforward.transforms import ToTensor, ToTorchImage
+
+    with Loader(photos_file, 8, pipelines={
+            "image": [CenterCropRGBImageDecoder((32, 32), 1.0), Augment(to_gray), ToTensor(),
+                      ToTorchImage()], "label": None}) as loader:
+        assert tuple(next(iter(loader))[0].shape) == (8, 1, 32, 32)
+
+
 def refuses_blank_images(image: np.ndarray) -> np.ndarray:
     if image.max() == 0:
         raise ValueError("image is empty")

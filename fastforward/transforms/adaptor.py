@@ -205,8 +205,10 @@ class Augment(Operation):
 
     def _call(self, image: np.ndarray, seed: int) -> np.ndarray:
         out = _as_image(self._transform(image, seed))
-        if out.ndim == 2 and image.ndim == 3 and image.shape[2] == 1:
-            out = out[..., None]  # one channel in, one out: its axis kept
+        if out.ndim == 2 and image.ndim == 3:
+            # one channel out of an H×W×C image (grayscale), its axis dropped: kept,
+            # so that ToTorchImage gives B×1×H×W
+            out = out[..., None]
         return out
 
     def _transform(self, image: np.ndarray, seed: int) -> Any:
