@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import ctypes
 import functools
+import json
 import mmap
 import os
 import stat
@@ -121,18 +122,83 @@ def default_workers() -> int:
     return os.cpu_count() or 1
 
 
+FORK_SERVER_MAIN = "fastforward._forkserver_main"
+"""The module that imports the main module in the fork server, in place of
+``"__main__"`` in its preload list (``_forkserver_main`` says why)."""
+_FORK_SERVER_LOCK = threading.Lock()
+
+
 def forkserver_preload(ctx: Any, modules: Sequence[str]) -> None:
     """Add *modules* to what multiprocessing's fork server imports before it forks
     anyone (the union with what is listed already: the writer and the loader
-    share one server). Has no effect once the server runs: its workers then
-    import what they need themselves."""
+    share one server), and start the server if it is not running. Has no effect
+    on a server that runs: its workers then import what they need themselves.
+
+    ``"__main__"`` is replaced by ``FORK_SERVER_MAIN``, last in the list, which
+    imports the main module (CPython's server, told to, did not until a fix of
+    2025) and freezes the collector; the server is started here, with what that
+    module needs in its environment (``_forkserver_main.ENVIRONMENT``, only for
+    the server's start).
+    """
     from multiprocessing import forkserver
 
     server = getattr(forkserver, "_forkserver", None)
-    preload = list(getattr(server, "_preload_modules", None) or ["__main__"])
-    missing = [name for name in modules if name not in preload]
-    if missing:
-        ctx.set_forkserver_preload([*preload, *missing])
+    with _FORK_SERVER_LOCK:
+        preload = list(getattr(server, "_preload_modules", None) or ["__main__"])
+        wanted = [*preload, *(name for name in modules if name not in preload)]
+        main = "__main__" in wanted or FORK_SERVER_MAIN in wanted
+        wanted = [name for name in wanted if name not in ("__main__", FORK_SERVER_MAIN)]
+        if main:
+            wanted.append(FORK_SERVER_MAIN)  # last: it freezes what all the others made
+        if wanted != preload:
+            ctx.set_forkserver_preload(wanted)
+        if main and server is not None and _fork_server_stopped(server):
+            _start_fork_server(server)
+
+
+def _fork_server_stopped(server: Any) -> bool:
+    """Whether multiprocessing's fork server is yet to start, or has ended (not
+    reaped: ``WNOWAIT``, multiprocessing does that as it starts another)."""
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid is None:
+        return True
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except (AttributeError, OSError):  # no waitid here; not this process's child
+        return False
+
+
+def _start_fork_server(server: Any) -> None:
+    """Start the fork server with what ``FORK_SERVER_MAIN`` needs in its environment
+    (set only for the start, and popped by the server: not its children's)."""
+    from multiprocessing import spawn
+
+    from ._forkserver_main import ENVIRONMENT
+
+    try:
+        data = spawn.get_preparation_data("fastforward-fork-server")
+    except RuntimeError:  # in a child still importing its main module: no start here
+        return
+    keys = ("init_main_from_path", "init_main_from_name", "sys_path", "sys_argv")
+    wanted = {key: data[key] for key in keys if key in data}
+    if not any(key.startswith("init_main") for key in wanted):
+        wanted = {}  # nothing to import: only the collector's freeze
+    value = json.dumps(wanted, default=str)  # a Path in sys.path
+    if len(value) > 100_000:  # one variable of the environment holds up to 128 KiB
+        value = json.dumps({key: v for key, v in wanted.items() if key != "sys_argv"},
+                           default=str)
+    if len(value) > 100_000:
+        value = "{}"
+    before = os.environ.get(ENVIRONMENT)
+    os.environ[ENVIRONMENT] = value
+    try:
+        with contextlib.suppress(Exception):  # the workers' start tries again, and says why
+            server.ensure_running()
+    finally:
+        if before is None:
+            os.environ.pop(ENVIRONMENT, None)
+        else:
+            os.environ[ENVIRONMENT] = before
 
 
 s_print_lock = threading.Lock()
@@ -143,6 +209,8 @@ WORKER_NAMES = ("fastforward-writer-", "fastforward-worker-")
 """How the writer's and the loader's worker processes are named."""
 _WORKER_STARTED = False
 _SEEDS_GLOBALS = False
+IMPORTING_MAIN_IN_FORK_SERVER = False
+"""True while the fork server imports the main module (``_forkserver_main``)."""
 
 
 def worker_started(*, seeds_globals: bool = False) -> None:
@@ -172,8 +240,9 @@ def seeds_globals() -> bool:
 
 
 def refuse_in_a_worker(what: str) -> None:
-    """Raise if this process is one of fastforward's workers: *what* was then
-    called by a script's top level that the worker ran again.
+    """Raise if this process is one of fastforward's workers, or the fork server
+    importing the main module: *what* was then called by a script's top level
+    that the process ran again.
 
     A worker started by multiprocessing's fork server (or spawn) imports the
     main module first, to load what it is sent; a script without an
@@ -182,10 +251,18 @@ def refuse_in_a_worker(what: str) -> None:
     rewritten from the worker, data drawn anew). Refused instead, saying so;
     the worker dies with this traceback and its parent reports the death.
     Once the worker has started its work (``worker_started``), what runs is
-    the work it was sent, and is let be.
+    the work it was sent, and is let be. In the fork server the error is caught
+    (``_forkserver_main``): the server runs on, and each worker then imports the
+    script itself and fails here.
     """
     import multiprocessing
 
+    if IMPORTING_MAIN_IN_FORK_SERVER:  # the import fails, and the workers import it again
+        raise RuntimeError(
+            f"{what} called in multiprocessing's fork server (pid {os.getpid()}) as it "
+            "imported your main module, and so ran your script's top level again. "
+            "Put the script's top level under `if __name__ == \"__main__\":`"
+        )
     name = multiprocessing.current_process().name
     if name.startswith(WORKER_NAMES) and not in_a_worker():
         raise RuntimeError(
@@ -357,6 +434,8 @@ def _forget_the_parents_fork_server() -> None:
     could not make a loader or writer with workers). The child forgets it, and
     starts a server of its own when it needs one; the copy of the descriptor
     that keeps the parent's server alive is closed."""
+    global _FORK_SERVER_LOCK
+    _FORK_SERVER_LOCK = threading.Lock()  # another thread of the parent's may have held it
     module = sys.modules.get("multiprocessing.forkserver")
     server = getattr(module, "_forkserver", None)
     if server is None or getattr(server, "_forkserver_pid", None) is None:

@@ -1005,6 +1005,115 @@ def test_a_dying_fork_server_is_waited_for(tmp_path: Path, photos_file: Path) ->
     assert "ok" in result.stdout
 
 
+COUNTS_ITS_IMPORTS = """
+    import gc, multiprocessing, os
+    from pathlib import Path
+    from fastforward.pipeline import Operation
+    from test_workers import train_loader
+
+    LOG = {log!r}
+    with open(LOG, "a") as log:  # each import of this module, by whichever process
+        log.write(f"import {{__name__}} {{multiprocessing.current_process().name}} "
+                  f"{{os.getpid()}}\\n")
+
+    class Notes(Operation):
+        \"\"\"Notes, once per worker, whether the objects it inherited are frozen.\"\"\"
+
+        per_sample = True
+        noted = False
+
+        def apply_sample(self, sample, destination, context, position):
+            if not Notes.noted:
+                Notes.noted = True
+                with open(LOG, "a") as log:
+                    log.write(f"worker {{multiprocessing.current_process().name}} "
+                              f"{{gc.get_freeze_count()}} "
+                              f"{{'_FASTFORWARD_FORK_SERVER' in os.environ}}\\n")
+            return sample
+
+    if __name__ == "__main__":
+        import multiprocessing.forkserver
+        if {write!r}:
+            from fastforward.fields import IntField
+            from fastforward.writer import DatasetWriter
+            DatasetWriter(Path(LOG).with_name("labels.beton"), {{"label": IntField()}},
+                          num_workers=2, start_method="forkserver",
+                          progress=False).from_indexed_dataset(list(range(100)))
+        for _ in range(2):  # the second loader's workers come from the same server
+            with train_loader(Path({photos!r}), 2, "process", extra=[Notes()]) as loader:
+                next(iter(loader))
+        print("parent", os.getpid())
+        print("server", multiprocessing.forkserver._forkserver._forkserver_pid)
+        print("environment", "_FASTFORWARD_FORK_SERVER" in os.environ)
+"""
+
+
+@pytest.mark.parametrize("how", ["script", "module", "writer first"])
+def test_the_fork_server_imports_the_main_module_and_no_worker_does(
+        tmp_path: Path, photos_file: Path, how: str) -> None:
+    """The main module is imported by its process, once by the fork server, and
+    by no worker, the writer's or the loader's (CPython's server, told to preload
+    "__main__", never did before 3.13.8: each worker ran the script again, and
+    what it imports, seconds with torchvision); run as a script or with
+    ``python -m``. The server froze what it holds (``gc.freeze``), so that
+    collections in the workers do not copy its pages, and its environment
+    variable is gone from the workers and from the loader's process."""
+    log = tmp_path / "imports.txt"
+    source = (f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              + textwrap.dedent(COUNTS_ITS_IMPORTS.format(
+                  log=str(log), photos=str(photos_file), write=how == "writer first")))
+    if how == "module":
+        (tmp_path / "package").mkdir()
+        (tmp_path / "package" / "__init__.py").write_text("")
+        (tmp_path / "package" / "counts.py").write_text(source)
+        command = [sys.executable, "-m", "package.counts"]
+    else:
+        (tmp_path / "counts.py").write_text(source)
+        command = [sys.executable, str(tmp_path / "counts.py")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    pids = dict(re.findall(r"^(parent|server) (\d+)$", result.stdout, re.M))
+    assert "environment False" in result.stdout
+    lines = log.read_text().splitlines()
+    imports = [line.split()[1:] for line in lines if line.startswith("import ")]
+    assert imports == [["__main__", "MainProcess", pids["parent"]],
+                       ["__mp_main__", "MainProcess", pids["server"]]], lines
+    workers = [line.split() for line in lines if line.startswith("worker ")]
+    assert len(workers) == 4, lines  # two loaders' two workers each
+    for _, name, frozen, variable in workers:
+        assert name.startswith("fastforward-worker-")
+        assert int(frozen) > 0, lines
+        assert variable == "False", lines
+
+
+def test_an_unguarded_script_fails_in_the_workers_as_before(tmp_path: Path,
+                                                              photos_file: Path) -> None:
+    """The fork server's import of a script without a `__main__` guard fails (its
+    Loader() is refused there as in a worker) and is let go: the server runs on,
+    and each worker imports the script itself and fails, saying why."""
+    log = tmp_path / "imports.txt"
+    result = run_script(tmp_path, "unguarded.py", f"""
+        import multiprocessing, os
+        from pathlib import Path
+        from test_workers import train_loader
+        with open({str(log)!r}, "a") as log:
+            log.write(f"{{__name__}} {{multiprocessing.current_process().name}}\\n")
+        loader = train_loader(Path({str(photos_file)!r}), 2, "process")
+        next(iter(loader))
+    """)
+    assert result.returncode != 0
+    assert "WorkerError" in result.stderr
+    assert "failed to start" in result.stderr
+    assert 'if __name__ == "__main__":' in result.stderr
+    assert "Loader() called in fastforward's worker process" in result.stderr
+    assert "fork server (pid" not in result.stderr  # the server's failure is silent
+    lines = log.read_text().splitlines()
+    assert lines[:2] == ["__main__ MainProcess", "__mp_main__ MainProcess"], lines
+    assert lines[2:], lines
+    assert all(line.startswith("__mp_main__ fastforward-worker-") for line in lines[2:]), lines
+
+
 def test_a_worker_that_cannot_start_says_why(tmp_path: Path, photos_file: Path) -> None:
     result = run_script(tmp_path, "unguarded.py", f"""
         from test_workers import train_loader
@@ -1195,6 +1304,52 @@ def test_workers_die_with_the_loader_process(tmp_path: Path, photos_file: Path,
             process.kill()
         process.communicate(timeout=30)  # closes the pipes
     assert shm_entries() <= before
+
+
+def test_the_fork_server_imports_the_main_module_last_and_starts_with_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``forkserver_preload`` keeps the union of what the writer and the loader ask
+    for, with the module that imports the main module last, in place of
+    "__main__", and starts the server with what that module needs in the
+    environment, for the start only; a running server is left alone, and a list
+    without "__main__" gets no such module."""
+    from multiprocessing import forkserver, spawn
+    from types import SimpleNamespace
+
+    from fastforward import utils
+    from fastforward._forkserver_main import ENVIRONMENT
+
+    starts: list[dict[str, Any]] = []
+
+    def server(preload: list[str]) -> Any:
+        server = forkserver.ForkServer()
+        server.set_forkserver_preload(preload)
+
+        def ensure_running() -> None:
+            starts.append(json.loads(os.environ[ENVIRONMENT]))
+            server._forkserver_pid = os.getpid()  # type: ignore[attr-defined]  # "running"
+
+        monkeypatch.setattr(server, "ensure_running", ensure_running)
+        monkeypatch.setattr(forkserver, "_forkserver", server)
+        return SimpleNamespace(set_forkserver_preload=server.set_forkserver_preload)
+
+    ctx = server(["__main__"])
+    utils.forkserver_preload(ctx, ["fastforward.writer"])
+    assert forkserver._forkserver._preload_modules == [  # type: ignore[attr-defined]
+        "fastforward.writer", "fastforward._forkserver_main"]
+    assert len(starts) == 1
+    assert starts[0]["sys_path"] == spawn.get_preparation_data("x")["sys_path"]
+    assert "init_main_from_name" in starts[0] or "init_main_from_path" in starts[0]
+    assert ENVIRONMENT not in os.environ
+    utils.forkserver_preload(ctx, ["__main__", "fastforward.loader.workers"])
+    assert forkserver._forkserver._preload_modules == [  # type: ignore[attr-defined]
+        "fastforward.writer", "fastforward.loader.workers", "fastforward._forkserver_main"]
+    assert len(starts) == 1  # it runs
+
+    utils.forkserver_preload(server(["mine"]), ["fastforward.writer"])
+    assert forkserver._forkserver._preload_modules == [  # type: ignore[attr-defined]
+        "mine", "fastforward.writer"]
+    assert len(starts) == 1
 
 
 @pytest.mark.parametrize("case", ["fork server, parent gone", "parent alive",

@@ -1127,6 +1127,7 @@ def _start_process(ctx: Any, method: str, index: int, args: tuple[Any, ...]) -> 
             if method != "forkserver" or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+            forkserver_preload(ctx, _preload())  # the next server imports the main module
 
 
 SERVER_GRACE = 10.0
