@@ -1,11 +1,15 @@
 """Process workers: how long the first batch takes with each start method, and
 what each worker costs in memory (not a test; prints a table).
 
-    python bench/worker_startup.py FILE.beton [--workers 2] [--repeat 3]
+    python bench/worker_startup.py FILE.beton [--workers 2] [--repeat 3] [--imports torch]
 
 Each measurement runs in a fresh interpreter (a fork server, once started,
 serves the rest of a process's life), in turn: ``fork``, ``forkserver`` (the
-default), ``spawn``; for each, the time from ``Loader(...)`` to the first batch
+default), ``spawn``. It runs ``python -c``, whose main module the workers need
+not import; ``--imports MODULE`` (repeatable) runs it as a script instead, in a
+temporary folder, that imports MODULE at its top level (``torch``, say), as a
+training script does: workers started by ``spawn`` import it again, those from
+the fork server find it there. For each, the time from ``Loader(...)`` to the first batch
 of the ``python_op`` pipeline (RandomResizedCrop(192) + flip + a per-sample
 NumPy operation), then the time to a second loader's first batch in the same
 process, and each worker's proportional set size (PSS: its private memory
@@ -68,19 +72,30 @@ def main() -> None:
     parser.add_argument("file")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--imports", action="append", default=[], metavar="MODULE",
+                        help="run a script that imports MODULE at its top level")
     args = parser.parse_args()
     rows: dict[str, list[dict]] = {m: [] for m in ("fork", "forkserver", "spawn")}
-    for _ in range(args.repeat):
-        for method in rows:
-            # in a neutral directory: run from the source folder, "-c" would import its
-            # uncompiled sources rather than the installed package
-            out = subprocess.run([sys.executable, "-c", CHILD, os.path.abspath(args.file),
-                                  method, str(args.workers)], capture_output=True, text=True,
-                                 check=False, cwd=tempfile.gettempdir())
-            if out.returncode:
-                sys.exit(f"the {method} run failed:\n{out.stderr.strip()}")
-            rows[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"{args.file}: python_op, {args.workers} worker processes, {args.repeat} runs")
+    with tempfile.TemporaryDirectory() as folder:
+        # in a neutral directory: run from the source folder, "-c" would import its
+        # uncompiled sources rather than the installed package
+        program = ["-c", CHILD]
+        if args.imports:
+            script = os.path.join(folder, "startup.py")
+            with open(script, "w") as out:
+                out.write("".join(f"import {name}\n" for name in args.imports) + CHILD)
+            program = [script]
+        for _ in range(args.repeat):
+            for method in rows:
+                out = subprocess.run([sys.executable, *program, os.path.abspath(args.file),
+                                      method, str(args.workers)], capture_output=True,
+                                     text=True, check=False, cwd=folder)
+                if out.returncode:
+                    sys.exit(f"the {method} run failed:\n{out.stderr.strip()}")
+                rows[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    imports = f", a script importing {', '.join(args.imports)}" if args.imports else ""
+    print(f"{args.file}: python_op, {args.workers} worker processes, {args.repeat} runs"
+          f"{imports}")
     print(f"  {'start method':<12} {'first batch (s)':>16} {'second loader (s)':>18} "
           f"{'worker PSS (MB)':>16} {'worker USS (MB)':>16} {'slots (MB)':>11}")
     for method, runs in rows.items():
