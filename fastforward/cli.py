@@ -1261,11 +1261,12 @@ class _NamedStdout:
 
     def write(self, text: str) -> int:
         try:
-            return int(self._stream.write(text))
+            written = self._stream.write(text)
         except BrokenPipeError:
             raise
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror or str(exc), _STDOUT) from exc
+        return len(text) if written is None else int(written)  # (some streams say None)
 
     def flush(self) -> None:
         try:
