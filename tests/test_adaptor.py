@@ -439,7 +439,8 @@ def test_own_generators_are_found_where_a_transform_keeps_them() -> None:
             self.weights = torch.zeros(3)
 
     found = own_generators([closure, defaults, functools.partial(print, legacy), Module(),
-                            random, np.random])
+                            random, np.random, [np.random.mtrand._rand, random._inst,
+                                                torch.default_generator]])
     assert sorted(map(id, found)) == sorted(map(id, [gen, rand, legacy, cpu]))
     assert own_generators(noisy_crop) == []  # the global generator: seeded as a global
 

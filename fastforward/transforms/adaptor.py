@@ -246,7 +246,9 @@ def own_generators(transform: Any) -> list[Any]:
     NumPy ``Generator`` and ``RandomState`` objects, ``random.Random`` ones (not the
     module's own), torch ``Generator`` objects on the CPU, and albumentations
     transforms (anything whose class albumentations defines and that has
-    ``set_random_seed``: it seeds its own, and is not looked into). Found through
+    ``set_random_seed``: it seeds its own, and is not looked into); not the global
+    generators, reached through an attribute (``np.random``'s, ``random``'s,
+    ``torch.default_generator``), which are seeded as globals. Found through
     instances' attributes, lists, tuples, sets and dicts, ``functools.partial``
     objects, bound methods and functions' closures and defaults; not through
     modules or classes (a module's generator is shared with its other users)."""
@@ -261,13 +263,16 @@ def own_generators(transform: Any) -> list[Any]:
                       type, types.ModuleType)):
             continue
         seen.add(id(obj))
+        # the global generators (reached through an attribute) are seeded as globals,
+        # where they are the loader's to seed
         if isinstance(obj, (np.random.Generator, np.random.RandomState)):
-            found.append(obj)
+            if obj is not getattr(np.random.mtrand, "_rand", None):
+                found.append(obj)
         elif isinstance(obj, random_module.Random):
             if obj is not getattr(random_module, "_inst", None):
                 found.append(obj)
         elif torch is not None and isinstance(obj, torch.Generator):
-            if obj.device.type == "cpu":
+            if obj.device.type == "cpu" and obj is not torch.default_generator:
                 found.append(obj)
         elif torch is not None and isinstance(obj, torch.Tensor):
             continue
