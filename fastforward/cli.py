@@ -570,6 +570,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     result = convert_folder(args.src, args.out, options)
     try:
         _print(result.summary())
+        sys.stdout.flush()  # (a full disk under a buffered stdout says so here, not later)
     except BrokenPipeError:
         raise
     except OSError as exc:  # stdout on a full disk, say: the file was written all the same
