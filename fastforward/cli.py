@@ -19,7 +19,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -34,7 +34,7 @@ from .fields.rgb_image import IMAGE_MODES, WRITE_MODES
 from .preview import png_target, save_png
 from .reader import Problem, Reader
 from .types import validate_page_size
-from .utils import install_hint
+from .utils import holds_only, install_hint
 from .writer import (
     DatasetWriter,
     SkippedSample,
@@ -438,12 +438,7 @@ def _check_output(out: str | os.PathLike[str]) -> None:
 def _check_replaced(out: Path) -> None:
     """Refuse to replace a file that is not a .beton (a mistyped OUT naming a
     script or a document): an earlier dataset, or an empty file, may be replaced."""
-    try:
-        with open(out, "rb") as file:
-            head = file.read(2)
-    except OSError:  # none yet (or none it can read: writing it fails, naming it)
-        return
-    if head not in (b"", b"\x02\x00"):  # a .beton v2 starts with its version
+    if not holds_only(out, b"\x02\x00"):  # a .beton v2 starts with its version
         raise FileExistsError(errno.EEXIST, "exists and is not a .beton file; writing the "
                               "dataset there would destroy it: give another path, or "
                               "remove it first", str(out))
@@ -1261,24 +1256,27 @@ class _NamedStdout:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        try:
+        with _naming_stdout():
             written = self._stream.write(text)
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise OSError(exc.errno, exc.strerror or str(exc), _STDOUT) from exc
         return len(text) if written is None else int(written)  # (some streams say None)
 
     def flush(self) -> None:
-        try:
+        with _naming_stdout():
             self._stream.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise OSError(exc.errno, exc.strerror or str(exc), _STDOUT) from exc
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _naming_stdout() -> Iterator[None]:
+    """An OSError inside, but a closed pipe's, raised again naming stdout."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), _STDOUT) from exc
 
 
 def _silence_stdout() -> None:

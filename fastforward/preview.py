@@ -22,7 +22,7 @@ from .fields import Field, IntField, MaskField, RaggedField, RGBImageField
 from .fields.mask import MASK_HEADER
 from .pipeline.operation import Operation
 from .reader import Reader
-from .utils import install_hint
+from .utils import holds_only, install_hint
 
 DECODERS = ("center_crop", "random_resized_crop", "shorter_side", "simple")
 MAX_PREVIEW_SIZE = 2048
@@ -32,6 +32,8 @@ MAX_PREVIEW_SAMPLES = 256
 """The most samples drawn in one grid (64 rows of 4: a PNG of about 1,200 by
 19,000 pixels)."""
 
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 _OTHER_FORMATS = frozenset({".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".pdf",
                             ".svg", ".eps", ".ps", ".avif", ".heic", ".jxl"})
@@ -67,7 +69,7 @@ def png_target(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> 
     if same:
         raise FileExistsError(errno.EEXIST, "is the file being read; writing the PNG "
                               "there would destroy it: give another path", name)
-    if not _png_or_nothing(target):
+    if not holds_only(target, PNG_SIGNATURE):
         raise FileExistsError(errno.EEXIST, "exists and is not a PNG; writing the PNG "
                               "there would destroy it: give another path, or remove it "
                               "first", name)
@@ -75,18 +77,6 @@ def png_target(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> 
         raise ValueError(f"{name}: the image written is a PNG: name it .png (or give no "
                          "suffix)")
     return out
-
-
-def _png_or_nothing(path: Path) -> bool:
-    """Whether *path* is free for a PNG: no file, an empty one, or a PNG."""
-    try:
-        with open(path, "rb") as file:
-            head = file.read(8)
-    except FileNotFoundError:
-        return True
-    except OSError:  # (one it cannot read: replacing it fails later, naming it)
-        return True
-    return head in (b"", b"\x89PNG\r\n\x1a\n")
 
 
 def save_png(figure: Any, out: Path, dpi: int) -> None:

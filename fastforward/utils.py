@@ -113,6 +113,19 @@ def kind_of_file(mode: int) -> str:
     return "of another kind"
 
 
+def holds_only(path: str | os.PathLike[str], signature: bytes) -> bool:
+    """Whether the file at *path* may be replaced by one that starts with *signature*:
+    there is none, it is empty, or it starts so (a PNG over a PNG, a .beton over a
+    .beton; a mistyped name must not replace a dataset or a script). One it cannot
+    read passes: replacing it fails later, naming it."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(signature))
+    except OSError:
+        return True
+    return head in (b"", signature)
+
+
 def default_workers() -> int:
     """The number of CPUs this process may run on (portable, unlike sched_getaffinity)."""
     if hasattr(os, "process_cpu_count"):  # Python 3.13
