@@ -38,6 +38,7 @@ import os
 import queue
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
@@ -513,8 +514,12 @@ class Engine:
         try:
             await self._pipeline()
             outcome = _END
-        except asyncio.CancelledError:
-            pass  # close() asked for it
+        except asyncio.CancelledError as stopped:  # close() asked for it
+            # Its traceback runs through the task group's __aexit__, whose frame holds
+            # it (Python 3.11's asyncio): a cycle that kept the engine, the plan, the
+            # reader and the slots of a loader left by ``break`` until the next
+            # garbage collection. The finished frames' locals are of no further use.
+            traceback.clear_frames(stopped.__traceback__)
         except BaseException as exc:  # hand the root cause to the consumer
             cause = _root_cause(exc)
             outcome = None if isinstance(cause, _Delivered) else _Failure(cause)

@@ -3330,6 +3330,47 @@ def test_a_loader_dropped_after_a_failed_epoch_is_freed_at_once(
 
 
 @pytest.mark.parametrize("kind", ["thread", "process"])
+@pytest.mark.parametrize("how", ["break", "iterator.close()", "close() mid-epoch", "whole epoch"])
+def test_nothing_of_a_dropped_loader_waits_for_the_garbage_collector(
+        photos_file: Path, kind: str, how: str) -> None:
+    """An epoch ended early (``break``, ``close()``) cancels its tasks; the task
+    group's exit kept the cancellation's traceback in a cycle (Python 3.11), and
+    with it the engine, the plan, the reader and the slot pool, until the next
+    garbage collection (never, with gc disabled). The pipelines' ordering kept the
+    loader's decoders in a cycle of its own."""
+    import weakref
+
+    gc.collect()
+    gc.disable()
+    try:
+        loader = train_loader(photos_file, 2, kind)
+        iterator = iter(loader)
+        next(iterator)
+        if how == "iterator.close()":
+            iterator.close()
+        elif how == "close() mid-epoch":
+            loader.close()
+        elif how == "whole epoch":
+            for _ in iterator:
+                pass
+        pids = list(loader.workers.pids) if kind == "process" else []
+        left = [weakref.ref(obj) for obj in (loader, loader.reader, loader._slots,
+                                             loader.pipelines[0].decoder)]
+        del loader, iterator  # ("break": the loop's iterator goes with its frame)
+        assert [ref() for ref in left] == [None] * len(left)
+        _wait_until_gone(pids)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        found = {type(obj).__name__ for obj in gc.garbage}
+        assert not found & {"Engine", "Task", "Reader", "SlotPool", "Plan", "PipelineSpec",
+                            "RandomResizedCropRGBImageDecoder"}, found
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
 @pytest.mark.parametrize("how", ["unused", "whole epoch", "break"])
 def test_a_dropped_loader_ends_its_workers_without_the_garbage_collector(
         photos_file: Path, kind: str, how: str) -> None:

@@ -458,28 +458,33 @@ def order_for_sources(specs: Mapping[str, PipelineSpec], fname: str,
             owner.setdefault(id(op), name)
     done: list[str] = []
     visiting: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in done:
-            return
-        if name in visiting:
-            raise ValueError(f"{fname}: pipeline {name!r} is part of a cycle of "
-                             "PipelineSpec sources")
-        visiting.add(name)
-        source = specs[name].source
-        if isinstance(source, Operation):
-            if id(source) not in owner or owner[id(source)] == name:
-                raise ValueError(f"{fname}: pipeline {name!r} starts from {source!r}, "
-                                 "which no other pipeline contains")
-            visit(owner[id(source)])
-        for leader in leaders.get(name, ()):
-            visit(leader)
-        visiting.discard(name)
-        done.append(name)
-
     for name in specs:
-        visit(name)
+        _visit(name, specs, fname, leaders, owner, done, visiting)
     return done
+
+
+def _visit(name: str, specs: Mapping[str, PipelineSpec], fname: str,
+           leaders: Mapping[str, list[str]], owner: dict[int, str],
+           done: list[str], visiting: set[str]) -> None:
+    """``order_for_sources``'s depth-first step: *name* after what it depends on.
+    (A module function: a nested one calling itself is a cycle, which kept the
+    loader's decoder copies until a garbage collection.)"""
+    if name in done:
+        return
+    if name in visiting:
+        raise ValueError(f"{fname}: pipeline {name!r} is part of a cycle of "
+                         "PipelineSpec sources")
+    visiting.add(name)
+    source = specs[name].source
+    if isinstance(source, Operation):
+        if id(source) not in owner or owner[id(source)] == name:
+            raise ValueError(f"{fname}: pipeline {name!r} starts from {source!r}, "
+                             "which no other pipeline contains")
+        _visit(owner[id(source)], specs, fname, leaders, owner, done, visiting)
+    for leader in leaders.get(name, ()):
+        _visit(leader, specs, fname, leaders, owner, done, visiting)
+    visiting.discard(name)
+    done.append(name)
 
 
 def bind_plan(plan: Plan, reader: Any) -> None:
