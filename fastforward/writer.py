@@ -40,6 +40,7 @@ multiprocessing's fork server, and the dataset and fields are pickled.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import hashlib
@@ -119,6 +120,14 @@ __all__ = ["MAX_PAGE_SIZE", "MIN_PAGE_SIZE", "DatasetWriter", "SkippedSample",
 PROVISIONAL = 0xFFF5_A1E0_0000_0000
 MAX_ALLOCS_PER_SAMPLE = 1 << 20
 _IN_FLIGHT_PER_WORKER = 2
+# Memory: a chunk is encoded whole in a worker, pickled, sent and held by the parent
+# until the chunks before it are written. Chunks of an indexed dataset are cut to
+# about TASK_BYTES of encoded data (judged by the samples encoded so far), and no
+# more chunks are sent than IN_FLIGHT_BYTES of them (one at least); the first chunk
+# each worker gets has PROBE_SAMPLES samples at most, before anything is known.
+TASK_BYTES = 32 << 20
+IN_FLIGHT_BYTES = 256 << 20
+PROBE_SAMPLES = 4
 
 
 class TargetLockedError(FastForwardError, RuntimeError):
@@ -514,6 +523,38 @@ def _start_method(requested: str | None) -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
+class _Estimate:
+    """Encoded bytes per sample, from the chunks received so far."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.nbytes = 0
+
+    def add(self, samples: int, nbytes: int) -> None:
+        self.samples += samples
+        self.nbytes += nbytes
+
+    def samples_within(self, nbytes: int) -> int | None:
+        """How many samples make about *nbytes* (at least one); None before any chunk."""
+        if not self.samples:
+            return None
+        return max(1, nbytes * self.samples // max(self.nbytes, 1))
+
+    def fits(self, samples: int, in_flight: Sequence[Any], budget: int) -> bool:
+        """Whether *samples* more, beside the tasks *in_flight*, stay within *budget*."""
+        if not self.samples:
+            return True
+        count = samples + sum(_task_samples(task) for task in in_flight)
+        return count * self.nbytes <= budget * self.samples
+
+
+def _result_bytes(chunk: Any) -> int:
+    """The size of an encoded chunk as the parent holds it."""
+    if not isinstance(chunk, _Chunk):
+        return 0
+    return len(chunk.blob) + chunk.metadata.nbytes + chunk.packed.nbytes
+
+
 def _task_samples(task: Any) -> int:
     """How many samples a task covers: ``(first, [dataset indices])`` or ``(first,
     (shard, count))``."""
@@ -602,31 +643,55 @@ class _Pool:
                 except OSError:
                     raise self._died(proc) from None
 
-    def run(self, tasks: Sequence[Any]) -> Iterator[Any]:
-        """Yield the results of *tasks* in order; raise the first failure."""
+    def run(self, tasks: Sequence[Any],
+            split: Callable[[Any, int], tuple[Any, Any]] | None = None) -> Iterator[Any]:
+        """Yield the results of *tasks* in order; raise the first failure.
+
+        *split(task, n)* cuts a task into its first *n* samples and the rest (where
+        the source can): tasks are then cut to about ``TASK_BYTES`` of encoded data
+        each, and what is in flight (sent, or received and not yet yielded) is kept
+        to ``IN_FLIGHT_BYTES`` as estimated from the chunks received so far."""
         results: dict[int, Any] = {}
         busy: dict[Connection, int] = dict.fromkeys(self.conns, 0)
         held: dict[Connection, list[int]] = {conn: [] for conn in self.conns}  # task ids
         sentinels = {p.sentinel: p for p in self.procs}
         owner = dict(zip(self.conns, self.procs, strict=True))
-        next_task = next_result = 0
+        waiting = collections.deque(tasks)  # not yet sent
+        sent: list[Any] = []  # by task id
+        next_result = 0
         window = _IN_FLIGHT_PER_WORKER * len(self.conns) * 2
+        estimate = _Estimate()
 
         def feed(conn: Connection) -> None:
-            nonlocal next_task
-            while (busy[conn] < _IN_FLIGHT_PER_WORKER and next_task < len(tasks)
-                   and next_task - next_result < window):
+            while (waiting and busy[conn] < _IN_FLIGHT_PER_WORKER
+                   and len(sent) - next_result < window):
+                task = waiting[0]
+                limit = estimate.samples_within(TASK_BYTES)
+                if limit is None:  # nothing received yet: one small chunk per worker
+                    if busy[conn]:
+                        return
+                    limit = PROBE_SAMPLES
+                rest = None
+                if split is not None and _task_samples(task) > limit:
+                    task, rest = split(task, limit)
+                if len(sent) > next_result and not estimate.fits(
+                        _task_samples(task), sent[next_result:], IN_FLIGHT_BYTES):
+                    return  # the chunks in flight are enough for now
+                if rest is None:
+                    waiting.popleft()
+                else:
+                    waiting[0] = rest
                 try:
-                    conn.send((next_task, tasks[next_task]))
+                    conn.send((len(sent), task))
                 except OSError:  # BrokenPipeError: it died since the last wait()
-                    raise self._died(owner[conn], tasks, held[conn]) from None
+                    raise self._died(owner[conn], sent, held[conn]) from None
                 busy[conn] += 1
-                held[conn].append(next_task)
-                next_task += 1
+                held[conn].append(len(sent))
+                sent.append(task)
 
         for conn in self.conns:
             feed(conn)
-        while next_result < len(tasks):
+        while waiting or next_result < len(sent):
             ready = wait([*self.conns, *sentinels])
             answered: list[Any] = [r for r in ready if r not in sentinels]
             for conn in answered:
@@ -634,7 +699,7 @@ class _Pool:
                 try:
                     status, task_id, value = conn.recv()
                 except (EOFError, OSError):
-                    raise self._died(owner[conn], tasks, held[conn]) from None
+                    raise self._died(owner[conn], sent, held[conn]) from None
                 if status == "error":
                     if task_id < 0:
                         raise WorkerError(
@@ -650,6 +715,7 @@ class _Pool:
                         value = None
                 busy[conn] -= 1
                 held[conn].remove(task_id)
+                estimate.add(_task_samples(sent[task_id]), _result_bytes(value))
                 results[task_id] = value
             for sentinel in ready:
                 if sentinel in sentinels:
@@ -657,8 +723,9 @@ class _Pool:
                     conn = self.conns[self.procs.index(proc)]
                     # what it sent before dying (an error, say) is read first
                     if conn not in answered and not conn.poll():
-                        raise self._died(proc, tasks, held[conn])
+                        raise self._died(proc, sent, held[conn])
             while next_result in results:
+                sent[next_result] = None  # its indices: no longer needed
                 yield results.pop(next_result)
                 next_result += 1
             for conn in self.conns:
@@ -1518,7 +1585,8 @@ class DatasetWriter:
             indices: which source samples, in which order (integers of at
                 least 0; a boolean mask, floats or negative indices are
                 refused).
-            chunksize: samples per unit of work sent to a worker.
+            chunksize: samples per unit of work sent to a worker, at most (cut to
+                about ``TASK_BYTES`` of encoded data where samples are large).
             shuffle_indices: shuffle the order, seeded by *seed*.
             seed: for the shuffle; defaults to the writer's seed.
         """
@@ -1629,11 +1697,13 @@ class DatasetWriter:
             start = data_offset(len(fields), num_samples, self.row_type, self.page_size)
             pages = _PageWriter(output, start, self.page_size, num_samples, self.row_type,
                                 _pointer_leaves(self.row_type))
-            pool = _Pool(min(self.num_workers, max(len(tasks), 1)), (encoder, source),
+            split = getattr(source, "split", None)  # (tasks may be cut: see _Pool.run)
+            most = num_samples if split is not None else len(tasks)
+            pool = _Pool(min(self.num_workers, max(most, 1)), (encoder, source),
                          self.start_method, [dir_fd, lock.fd, output.fd], self.fname)
             extra_told = False
             with self._progress_bar(num_samples) as bar:
-                for chunk in pool.run(tasks):
+                for chunk in pool.run(tasks, split):
                     pages.add(chunk)
                     self.skipped.extend(chunk.skipped)
                     bar.update(len(chunk.packed) + len(chunk.skipped))
@@ -1764,6 +1834,13 @@ class _IndexedSource:
     def describe(self, src: int) -> str | None:
         """Where dataset index *src* comes from, for messages (None: its index says it)."""
         return None if self.describe_source is None else str(self.describe_source(src))
+
+    @staticmethod
+    def split(task: tuple[int, list[int]], count: int) -> tuple[tuple[int, list[int]],
+                                                                tuple[int, list[int]]]:
+        """*task* as its first *count* samples and the rest."""
+        start, sources = task
+        return (start, sources[:count]), (start + count, sources[count:])
 
     def expand(self, task: tuple[int, list[int]]) -> Iterator[tuple[int, Any, Any]]:
         start, sources = task

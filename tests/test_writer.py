@@ -67,6 +67,100 @@ def test_many_workers_and_chunks(tmp_path: Path, workers: int, chunksize: int) -
     assert [reader.read(i)[1].tolist() for i in (0, 299)] == [[0, 0], [299, -299]]
 
 
+class _Recorder:
+    """The writer's sends of tasks and the chunks it places, in the parent."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from multiprocessing.connection import Connection
+
+        self.pid = os.getpid()
+        self.events: list[tuple[str, int]] = []  # ("sent", samples) / ("placed", samples)
+        send, add = Connection.send, writer_module._PageWriter.add
+
+        def recording_send(conn: Any, obj: Any) -> None:
+            if os.getpid() == self.pid and isinstance(obj, tuple) and len(obj) == 2:
+                self.events.append(("sent", writer_module._task_samples(obj[1])))
+            send(conn, obj)
+
+        def recording_add(pages: Any, chunk: Any) -> None:
+            self.events.append(("placed", len(chunk.packed) + len(chunk.skipped)))
+            add(pages, chunk)
+
+        monkeypatch.setattr(Connection, "send", recording_send)
+        monkeypatch.setattr(writer_module._PageWriter, "add", recording_add)
+
+    def most_in_flight_after_the_first_chunk(self) -> tuple[int, int]:
+        """The most chunks, and the most samples, sent and not yet placed, at sends
+        after the first placing."""
+        chunks = samples = most_chunks = most_samples = 0
+        placed = False
+        for kind, count in self.events:
+            sign = 1 if kind == "sent" else -1
+            chunks, samples = chunks + sign, samples + sign * count
+            placed = placed or kind == "placed"
+            if kind == "sent" and placed:
+                most_chunks, most_samples = max(most_chunks, chunks), max(most_samples, samples)
+        return most_chunks, most_samples
+
+
+SIDE = 48  # raw images of 48 x 48 x 3 = 6,912 bytes
+
+
+class _RawImages:
+    """Random raw images and their index, each one taking *seconds* to read."""
+
+    def __init__(self, count: int, seconds: float = 0.0) -> None:
+        rng = np.random.default_rng(4)
+        self.images = rng.integers(0, 256, (count, SIDE, SIDE, 3), dtype=np.uint8)
+        self.seconds = seconds
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        time.sleep(self.seconds)
+        return self.images[i], i
+
+
+def test_chunks_are_cut_to_a_size_in_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk is encoded whole in a worker and held whole by the parent: 100
+    samples of 4 MB each made 400 MB chunks, eight of them in flight (the parent
+    peaked 1.5 GB above its start, each worker as much). Chunks are now cut to
+    about TASK_BYTES of encoded data, judged by the chunks received so far, and
+    the file is the same."""
+    fields = {"image": RGBImageField(write_mode="raw"), "i": IntField()}
+    data = _RawImages(120)
+    write(tmp_path / "whole.beton", fields, data, chunksize=100)
+    monkeypatch.setattr(writer_module, "TASK_BYTES", 5 * SIDE * SIDE * 3)
+    recorder = _Recorder(monkeypatch)
+    write(tmp_path / "cut.beton", fields, data, chunksize=100)
+    sent = [samples for kind, samples in recorder.events if kind == "sent"]
+    assert sum(sent) == 120
+    assert sent[:2] == [writer_module.PROBE_SAMPLES] * 2  # one probe per worker
+    assert max(sent) <= 5  # (6,912 bytes and a label's metadata row per sample)
+    assert (tmp_path / "cut.beton").read_bytes() == (tmp_path / "whole.beton").read_bytes()
+
+
+def test_chunks_in_flight_are_bounded_in_bytes(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most IN_FLIGHT_BYTES of chunks are sent and not yet placed (one at least,
+    and one probe per worker at the start); before, that was 2 x 2 chunks per
+    worker whatever their size."""
+    fields = {"image": RGBImageField(write_mode="raw"), "i": IntField()}
+    data = _RawImages(60, seconds=0.005)  # the workers stay busy
+    monkeypatch.setattr(writer_module, "TASK_BYTES", 3 * SIDE * SIDE * 3)
+    monkeypatch.setattr(writer_module, "IN_FLIGHT_BYTES", 7 * SIDE * SIDE * 3)
+    recorder = _Recorder(monkeypatch)
+    reader = write(tmp_path / "b.beton", fields, data, chunksize=100)
+    assert recorder.most_in_flight_after_the_first_chunk()[1] <= 7  # (unbounded: 12)
+    assert reader.metadata["f1"].tolist() == list(range(60))
+    recorder.events.clear()
+    monkeypatch.setattr(writer_module, "IN_FLIGHT_BYTES", 1)
+    write(tmp_path / "c.beton", fields, data, chunksize=100)
+    assert recorder.most_in_flight_after_the_first_chunk()[0] == 1
+    assert (tmp_path / "c.beton").read_bytes() == (tmp_path / "b.beton").read_bytes()
+
+
 def test_all_fields_round_trip(tmp_path: Path, images: list[np.ndarray]) -> None:
     rng = np.random.default_rng(3)
     samples = [
