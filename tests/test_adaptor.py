@@ -167,6 +167,45 @@ def test_guess_input_reads_the_class_hierarchy_and_containers() -> None:
     assert guess_input(container) == "numpy"
 
 
+V2_FLIP = _fake("torchvision.transforms.v2._geometry")()  # named by a function below
+
+
+def _calls_a_global_v2(image: np.ndarray) -> np.ndarray:
+    return V2_FLIP(image)
+
+
+def test_a_function_calling_v2_transforms_on_numpy_images_is_warned_about() -> None:
+    """torchvision's v2 flips, ColorJitter and Normalize return a NumPy array
+    unchanged: a function of the user's wrapping them, guessed 'numpy' as any
+    callable is, augmented nothing, without a word."""
+    import warnings
+
+    v2_flip = _fake("torchvision.transforms.v2._geometry")()
+    v1_flip = _fake("torchvision.transforms.transforms")()
+
+    def wrapper(image: np.ndarray) -> np.ndarray:
+        return v2_flip(image)
+
+    class Holder:
+        def __init__(self) -> None:
+            self.steps = {"flip": [v2_flip]}
+
+        def __call__(self, image: np.ndarray) -> np.ndarray:
+            return image
+
+    for transform in (wrapper, lambda image: v2_flip(image), _calls_a_global_v2,
+                      functools.partial(wrapper), Holder()):
+        with pytest.warns(UserWarning, match="input='tensor'.*input='numpy' if it converts"):
+            assert Augment(transform).input == "numpy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Augment(wrapper, input="numpy")  # said: it converts them itself
+        Augment(wrapper, input="tensor")
+        Augment(lambda image: v1_flip(image))  # v1 refuses NumPy arrays loudly
+        Augment(lambda image: image[::-1])
+        Augment(v2_flip)  # guessed 'tensor'
+
+
 def test_timm_imagenet_training_transform(photos_file: Path) -> None:
     timm_data = pytest.importorskip("timm.data")
     import torch

@@ -48,6 +48,7 @@ import functools
 import random as random_module
 import sys
 import types
+import warnings
 from typing import Any
 
 import numpy as np
@@ -112,7 +113,9 @@ class Augment(Operation):
             defines the transform's class or a base class of it (or, for
             ``nn.Sequential`` and ``Compose``-like containers, its parts'):
             ``guess_input``. Give it for a callable of your own that wraps
-            another library's transforms.
+            another library's transforms (one that holds or names
+            torchvision v2 transforms, and is guessed ``'numpy'``, is warned
+            about: v2 transforms return NumPy arrays unchanged).
         output_shape: the H×W×C (or H×W) shape it returns, and
         output_dtype: its dtype; when both are None they are found by
             running the transform once on a blank image. Every image must
@@ -132,6 +135,15 @@ class Augment(Operation):
             raise TypeError(f"Augment: {transform!r} is not callable")
         self.transform = transform
         self.input = input or guess_input(transform)
+        if input is None and self.input == "numpy" and _reaches_v2(transform):
+            # v2 transforms return what they do not know (a NumPy array) unchanged
+            warnings.warn(
+                f"Augment: {_describe(transform)} calls torchvision.transforms.v2 "
+                "transforms, and will be given H×W×C NumPy images (input='numpy', as "
+                "for any callable of your own), which many v2 transforms (flips, "
+                "ColorJitter, Normalize) return unchanged without a word: give "
+                "input='tensor' (C×H×W uint8 tensors), or "
+                "input='numpy' if it converts the images itself", UserWarning, stacklevel=2)
         if self.input not in INPUTS:
             raise ValueError(f"Augment: input must be one of {INPUTS}, got {self.input!r}")
         if (output_shape is None) != (output_dtype is None):
@@ -254,15 +266,8 @@ def own_generators(transform: Any) -> list[Any]:
     modules or classes (a module's generator is shared with its other users)."""
     torch = sys.modules.get("torch")
     found: list[Any] = []
-    seen: set[int] = set()
-    stack = [transform]
-    while stack and len(seen) < OWN_GENERATORS_LIMIT:
-        obj = stack.pop()
-        if id(obj) in seen or obj is None or isinstance(
-                obj, (str, bytes, bytearray, int, float, complex, np.ndarray, np.generic,
-                      type, types.ModuleType)):
-            continue
-        seen.add(id(obj))
+
+    def generator(obj: Any) -> bool:
         # the global generators (reached through an attribute) are seeded as globals,
         # where they are the loader's to seed
         if isinstance(obj, (np.random.Generator, np.random.RandomState)):
@@ -275,11 +280,36 @@ def own_generators(transform: Any) -> list[Any]:
             if obj.device.type == "cpu" and obj is not torch.default_generator:
                 found.append(obj)
         elif torch is not None and isinstance(obj, torch.Tensor):
-            continue
+            pass
         elif callable(getattr(obj, "set_random_seed", None)) and type(
                 obj).__module__.startswith("albumentations"):
             found.append(obj)
-        elif isinstance(obj, dict):
+        else:
+            return False
+        return True  # not looked into
+
+    _walk(transform, generator)
+    found.reverse()  # (the order they were met in, depth first from the last attribute)
+    return found
+
+
+def _walk(transform: Any, stop: Any, names: bool = False) -> None:
+    """Call *stop(obj)* on each object *transform* holds, and look into those for
+    which it returns False (``own_generators``' search, at most
+    ``OWN_GENERATORS_LIMIT`` objects). With *names*, a function's globals that its
+    code names are looked into too (a module-level transform a function calls)."""
+    seen: set[int] = set()
+    stack = [transform]
+    while stack and len(seen) < OWN_GENERATORS_LIMIT:
+        obj = stack.pop()
+        if id(obj) in seen or obj is None or isinstance(
+                obj, (str, bytes, bytearray, int, float, complex, np.ndarray, np.generic,
+                      type, types.ModuleType)):
+            continue
+        seen.add(id(obj))
+        if stop(obj):
+            continue
+        if isinstance(obj, dict):
             stack.extend(obj.values())
         elif isinstance(obj, (list, tuple, set, frozenset)):
             stack.extend(obj)
@@ -292,9 +322,24 @@ def own_generators(transform: Any) -> list[Any]:
                          if _filled(cell))
             stack.extend(obj.__defaults__ or ())
             stack.extend((obj.__kwdefaults__ or {}).values())
+            if names:
+                stack.extend(obj.__globals__[name] for name in obj.__code__.co_names
+                             if name in obj.__globals__)
         else:
             stack.extend(getattr(obj, "__dict__", {}).values())
-    found.reverse()  # (the order they were met in, depth first from the last attribute)
+
+
+def _reaches_v2(transform: Any) -> bool:
+    """Whether *transform* holds or names a torchvision v2 transform (``_walk``)."""
+    found = False
+
+    def v2(obj: Any) -> bool:
+        nonlocal found
+        if _library(obj) == "tensor":
+            found = True
+        return found  # (the first one ends the search)
+
+    _walk(transform, v2, names=True)
     return found
 
 
