@@ -41,6 +41,14 @@ def noisy_crop(image: np.ndarray) -> np.ndarray:
     return np.clip(window + np.random.randint(-20, 21, window.shape), 0, 255).astype(np.uint8)
 
 
+def _varied_sizes(image: np.ndarray) -> np.ndarray:
+    """A crop of a size drawn per image (a blank image gives the whole one)."""
+    if not image.any():
+        return image
+    side = np.random.randint(8, 24)
+    return image[:side, :side]
+
+
 def batches(path: Path, transform: object, workers: int, worker_type: str,
             **kw: object) -> np.ndarray:
     with Loader(path, 8, num_workers=workers, worker_type=worker_type, seed=9,
@@ -73,9 +81,14 @@ def test_the_output_shape_can_be_given(photos_file: Path) -> None:
     out = batches(photos_file, noisy_crop, 1, "thread", output_shape=(24, 24, 3),
                   output_dtype=np.uint8)
     assert out.shape == (48, 24, 24, 3)
-    with pytest.raises(ValueError, match="returned an image of shape"):
+    with pytest.raises(ValueError, match=r"returned an image of shape \(24, 24, 3\), not "
+                       r"\(20, 20, 3\) \(output_shape\): a batch holds images of one size"):
         batches(photos_file, noisy_crop, 1, "thread", output_shape=(20, 20, 3),
                 output_dtype=np.uint8)
+    # a transform of varied sizes: the size it gave a blank image at Loader() is said
+    with pytest.raises(ValueError, match=r"\(its result on a blank image when the loader "
+                       r"was made\): .* end the transform with a fixed-size crop or resize"):
+        batches(photos_file, _varied_sizes, 1, "thread")
     with pytest.raises(ValueError, match="together"):
         Augment(noisy_crop, output_shape=(2, 2, 3))
     pytest.importorskip("torch")

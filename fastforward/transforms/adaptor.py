@@ -205,9 +205,13 @@ class Augment(Operation):
         if (*out.shape, 1) == destination.shape:  # a one-channel image, its axis dropped
             out = out[..., None]
         if out.shape != destination.shape:
+            where = ("output_shape" if self.output_shape is not None
+                     else "its result on a blank image when the loader was made")
             raise ValueError(f"{_describe(self.transform)} returned an image of shape "
-                             f"{out.shape}, not {destination.shape}: give output_shape, or end "
-                             "the transform with a fixed-size crop or resize")
+                             f"{out.shape}, not {destination.shape} ({where}): a batch holds "
+                             "images of one size, so end the transform with a fixed-size "
+                             "crop or resize (v2.RandomResizedCrop(224), A.Resize(224, 224)), "
+                             "or give the output_shape it always returns")
         try:
             np.copyto(destination, out, casting="same_kind")
         except TypeError:
