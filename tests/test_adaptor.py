@@ -358,6 +358,26 @@ def test_a_tensor_result_lands_in_the_slot_as_an_array_would(
                 output_shape=(32, 32, 3), output_dtype=np.uint8)
 
 
+def test_a_tensor_returned_hwc_is_refused_not_scrambled(photos_file: Path) -> None:
+    """A function returning ``torch.from_numpy(image)`` (H×W×C) had its tensor taken
+    as C×H×W: 32×32×3 became 32×3×32 images, passed on to ToTorchImage."""
+    torch = pytest.importorskip("torch")
+
+    def as_tensor(image: np.ndarray) -> Any:
+        return torch.from_numpy(np.ascontiguousarray(image[::-1]))
+
+    with pytest.raises(TypeError, match=r"as_tensor returned a tensor of shape \(32, 32, 3\), "
+                       r"H×W×C it seems .* return .permute\(2, 0, 1\) of it"):
+        batches(photos_file, as_tensor, 1, "thread")  # the trial run, at Loader()
+    with pytest.raises(TypeError, match="H×W×C it seems"):
+        batches(photos_file, as_tensor, 1, "thread", output_shape=(32, 32, 3),
+                output_dtype=np.uint8)
+    # its C×H×W form is what a tensor should be
+    out = batches(photos_file, lambda image: as_tensor(image).permute(2, 0, 1), 1, "thread")
+    plain = batches(photos_file, lambda image: image, 1, "thread")
+    np.testing.assert_array_equal(out, plain[:, ::-1])
+
+
 def test_torch_imported_during_a_batch_is_restored_too(tmp_path: Path) -> None:
     """An operation that imports torch in the middle of a batch: torch's
     generator is saved when first seeded and restored at the batch's end."""

@@ -239,15 +239,16 @@ class Augment(Operation):
         if self.input == "pil":
             from PIL import Image
 
-            if image.ndim == 3 and image.shape[2] == 1:  # one channel: mode L (or I;16)
-                image = image[:, :, 0]
-            return transform(Image.fromarray(image))  # (a copy)
-        image = np.array(image)  # its own copy (contiguous: torch takes no negative strides)
-        if self.input == "albumentations":
-            return transform(image=image)["image"]
-        if self.input == "tensor":
-            return transform(_chw(image))
-        return transform(image)
+            given = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
+            value = transform(Image.fromarray(given))  # (one channel: mode L or I;16)
+        elif self.input == "albumentations":
+            value = transform(image=np.array(image))["image"]  # (its own copy)
+        elif self.input == "tensor":
+            value = transform(_chw(np.array(image)))  # (torch takes no negative strides)
+        else:
+            value = transform(np.array(image))
+        _refuse_hwc_tensor(value, image, transform)
+        return value
 
     def __repr__(self) -> str:
         return f"Augment({self.transform!r}, input={self.input!r})"
@@ -386,6 +387,21 @@ def _as_image(value: Any) -> np.ndarray:
     if hasattr(value, "mode") and hasattr(value, "size"):  # a PIL image
         return np.asarray(value)
     raise TypeError(f"the transform returned a {type(value).__name__}, not an image")
+
+
+def _refuse_hwc_tensor(value: Any, image: np.ndarray, transform: Any) -> None:
+    """A tensor returned H×W×C (``torch.from_numpy`` of an image) would be taken as
+    C×H×W, torch's layout, and its axes scrambled: refused, naming the layout."""
+    shape = getattr(value, "shape", None)
+    if (image.ndim != 3 or isinstance(value, np.ndarray) or not hasattr(value, "permute")
+            or shape is None or len(shape) != 3):
+        return
+    channels = image.shape[2]
+    if shape[2] == channels and shape[0] != channels:
+        raise TypeError(
+            f"{_describe(transform)} returned a tensor of shape {tuple(shape)}, H×W×C it "
+            f"seems (the image has {channels} channels): a tensor is taken as C×H×W, "
+            "torch's layout; return .permute(2, 0, 1) of it, or a NumPy array")
 
 
 def _chw(image: np.ndarray) -> Any:
