@@ -459,56 +459,70 @@ class RaggedDecoder(Decoder):
 
     def _follow(self, field: RaggedField, columns: list[np.ndarray], lengths: np.ndarray,
                 lo: int, hi: int, context: BatchContext) -> None:
-        """Move the coordinates of samples ``lo:hi`` with the image; drop boxes."""
-        assert self.follows is not None
-        rows = context.geometry[self.follows][lo:hi]
-        names = field.names
-        count = lengths[lo:hi]
-        present = np.arange(columns[0].shape[1])[None, :] < count[:, None]
-        keep = present
-        if self.boxes is not None:
-            column = columns[names.index(self.boxes)]
-            self._check_boxes(column[lo:hi], present, lo, context)
-            mapped, visible = geometry.map_boxes(rows, column[lo:hi], self.box_format,
-                                                 self.normalized)
-            column[lo:hi] = mapped
-            keep = present & (visible > 0) & (visible >= self.min_visibility)
-        if self.keypoints is not None:
-            column = columns[names.index(self.keypoints)]
-            column[lo:hi] = geometry.map_keypoints(
-                rows, column[lo:hi], self.normalized,
-                None if self.keypoint_flip is None else np.asarray(self.keypoint_flip))
-        for name in self.points:
-            column = columns[names.index(name)]
-            column[lo:hi] = geometry.map_xy(rows, column[lo:hi], self.normalized)
-        if not (keep == present).all():
-            # the rows kept, in order, to the front; what is left past the new length zeroed
-            order = np.argsort(~keep, axis=1, kind="stable")
-            new = keep.sum(axis=1)
-            tail = np.arange(columns[0].shape[1])[None, :] >= new[:, None]
-            for column in columns:
-                part = column[lo:hi]
-                index = order.reshape(order.shape + (1,) * (part.ndim - 2))
-                part[...] = np.take_along_axis(part, index, axis=1)
-                part[tail] = 0
-            lengths[lo:hi] = new
-        else:
-            for column in columns:  # rows past the length: mapped zeros, zero again
-                column[lo:hi][~present] = 0
+        """Move the coordinates of samples ``lo:hi`` with the image; drop boxes.
 
-    def _check_boxes(self, boxes: np.ndarray, present: np.ndarray, lo: int,
+        The objects present are gathered into one packed array per column, each
+        with its sample's geometry row, moved, and put back (the kept ones to the
+        front of their sample's rows, the rest zeroed): the cost is the objects'.
+        (Every padded row was moved and reordered: one sample of 5,000 boxes in a
+        file made every epoch 80 times slower.) Rows past a sample's length are
+        zeros from the gather and stay so."""
+        assert self.follows is not None
+        count = lengths[lo:hi].astype(np.int64)
+        total = int(count.sum())
+        if total == 0:
+            return
+        first = np.cumsum(count) - count
+        owner = np.repeat(np.arange(hi - lo), count)  # each object's sample, in order
+        slot = np.arange(total) - np.repeat(first, count)  # and its row there
+        rows = context.geometry[self.follows][lo:hi][owner]
+        parts = [column[lo:hi] for column in columns]
+        packed = [part[owner, slot] for part in parts]  # copies, (objects, ...)
+        names = field.names
+        keep = None
+        if self.boxes is not None:
+            boxes = packed[names.index(self.boxes)]
+            self._check_boxes(boxes, owner, slot, lo, context)
+            mapped, visible = geometry.map_boxes(rows, boxes[:, None], self.box_format,
+                                                 self.normalized)
+            boxes[...] = mapped[:, 0]
+            visible = visible[:, 0]
+            keep = (visible > 0) & (visible >= self.min_visibility)
+        if self.keypoints is not None:
+            points = packed[names.index(self.keypoints)]
+            points[...] = geometry.map_keypoints(
+                rows, points[:, None], self.normalized,
+                None if self.keypoint_flip is None else np.asarray(self.keypoint_flip))[:, 0]
+        for name in self.points:
+            points = packed[names.index(name)]
+            points[...] = geometry.map_xy(rows, points[:, None], self.normalized)[:, 0]
+        if keep is None or keep.all():
+            for part, values in zip(parts, packed, strict=True):
+                part[owner, slot] = values
+            return
+        # the rows kept, in order, to the front of their sample's; the rest zeroed
+        new = np.bincount(owner[keep], minlength=hi - lo)
+        kept = int(new.sum())
+        new_slot = np.arange(kept) - np.repeat(np.cumsum(new) - new, new)
+        for part, values in zip(parts, packed, strict=True):
+            part[owner, slot] = 0
+            part[owner[keep], new_slot] = values[keep]
+        lengths[lo:hi] = new
+
+    def _check_boxes(self, boxes: np.ndarray, owner: np.ndarray, slot: np.ndarray, lo: int,
                      context: BatchContext) -> None:
         """Refuse a stored box that is not a box (a NaN or infinite coordinate, or a
         far edge before its near one): dropped as out of view, it would vanish
-        from training without a word."""
-        bad = present & geometry.not_boxes(boxes, self.box_format)
-        if bad.any():
-            k, row = (int(i) for i in np.argwhere(bad)[0])
-            exc = DecodeError(f"box {row} of column {self.boxes!r} is "
-                              f"{boxes[k, row].tolist()} ({self.box_format}): not a box "
+        from training without a word. *boxes* are the range's, packed: object
+        ``i`` is row ``slot[i]`` of sample ``lo + owner[i]``."""
+        bad = np.flatnonzero(geometry.not_boxes(boxes, self.box_format))
+        if bad.size:
+            i = int(bad[0])
+            exc = DecodeError(f"box {int(slot[i])} of column {self.boxes!r} is "
+                              f"{boxes[i].tolist()} ({self.box_format}): not a box "
                               "(a coordinate is not finite, or a far edge is before its near "
                               "one); fix or drop it in the dataset")
-            raise self.fail(exc, context, lo + k)
+            raise self.fail(exc, context, lo + int(owner[i]))
 
     def output(self, destination: tuple[np.ndarray, ...], count: int) -> Any:
         """The batch: padded (a tuple, or a dict for named columns) or a list."""
