@@ -34,7 +34,7 @@ from .fields.rgb_image import IMAGE_MODES, WRITE_MODES
 from .preview import png_target, save_png
 from .reader import Problem, Reader
 from .types import validate_page_size
-from .utils import holds_only, install_hint
+from .utils import format_bytes, holds_only, install_hint
 from .writer import (
     DatasetWriter,
     SkippedSample,
@@ -273,25 +273,6 @@ def _fail(message: str, status: int) -> int:
 
 
 # -- formatting ----------------------------------------------------------------------------------
-
-
-def format_bytes(count: float) -> str:
-    """A byte count for people: ``512 B``, ``8 MiB``, ``1.3 GiB``.
-
-    Args:
-        count: bytes.
-
-    Returns:
-        The count with a binary unit.
-    """
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            break
-        value /= 1024
-    if unit == "B" or value.is_integer():
-        return f"{value:.0f} {unit}"
-    return f"{value:.1f} {unit}"
 
 
 def _mean_max(values: np.ndarray) -> dict[str, float | int | None]:

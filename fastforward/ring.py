@@ -257,6 +257,21 @@ def layout_nbytes(layout: Layout, batch_size: int) -> int:
     return total
 
 
+def largest_buffer(layout: Layout, batch_size: int) -> tuple[str, tuple[int, ...], np.dtype, int]:
+    """The largest host buffer of a slot: its layout key (``'image/decoder'``), its
+    shape for a batch, dtype and bytes. The layout must hold a host buffer."""
+    found: list[tuple[int, str, tuple[int, ...], np.dtype]] = []
+    for key, query in layout.items():
+        for q in ((query,) if isinstance(query, AllocationQuery) else tuple(query)):
+            if is_host(q):
+                shape = (batch_size, *(int(d) for d in q.shape))
+                dtype = host_dtype(q.dtype)
+                found.append((int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, key,
+                              shape, dtype))
+    nbytes, key, shape, dtype = max(found, key=lambda item: item[0])
+    return key, shape, dtype, nbytes
+
+
 def is_host(query: AllocationQuery) -> bool:
     """Whether *query* asks for host memory (kept in the slot) rather than device memory."""
     return query.device is None or str(query.device) == "cpu"

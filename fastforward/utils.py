@@ -135,6 +135,60 @@ def default_workers() -> int:
     return os.cpu_count() or 1
 
 
+def format_bytes(count: float) -> str:
+    """A byte count for people: ``512 B``, ``8 MiB``, ``1.3 GiB``.
+
+    Args:
+        count: bytes.
+
+    Returns:
+        The count with a binary unit.
+    """
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    if unit == "B" or value.is_integer():
+        return f"{value:.0f} {unit}"
+    return f"{value:.1f} {unit}"
+
+
+def usable_memory() -> tuple[int, str] | None:
+    """The memory this process may use, in bytes, and what sets it: the machine's
+    (``SC_PHYS_PAGES``), or its control group's limit where that is lower (cgroup
+    v2 ``memory.max``, v1 ``memory.limit_in_bytes``); None where neither is known."""
+    found: tuple[int, str] | None = None
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        found = (os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine's")
+    for limit in _cgroup_limits():
+        if found is None or limit < found[0]:
+            found = (limit, "this process's control group's limit of")
+    return found
+
+
+def _cgroup_limits() -> Iterator[int]:
+    """The memory limits of this process's control groups (v2 and v1), where set."""
+    try:
+        with open("/proc/self/cgroup") as groups:
+            lines = groups.read().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            name = f"/sys/fs/cgroup{path}/memory.max"
+        elif "memory" in controllers.split(","):
+            name = f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"
+        else:
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            with open(name) as limit:
+                text = limit.read().strip()
+            if text != "max" and int(text) < 1 << 60:  # (v1's "none" is about 2**63)
+                yield int(text)
+
+
 FORK_SERVER_MAIN = "fastforward._forkserver_main"
 """The module that imports the main module in the fork server, in place of
 ``"__main__"`` in its preload list (``_forkserver_main`` says why)."""

@@ -184,3 +184,65 @@ def test_kept_buffers_do_not_use_a_map_each() -> None:
     for array in kept:
         array[0] = 1  # touched, as a batch is
     assert maps() - before < 300
+
+
+def _images_file(tmp_path: Path) -> Path:
+    from fastforward.fields import RGBImageField
+
+    path = tmp_path / "images.beton"
+    rng = np.random.default_rng(0)
+    DatasetWriter(path, {"image": RGBImageField(write_mode="raw"), "label": IntField()},
+                  num_workers=1, progress=False).from_indexed_dataset(
+        [(rng.integers(0, 256, (46, 50, 3), dtype=np.uint8), i) for i in range(30)])
+    return path
+
+
+def test_a_ring_over_half_the_usable_memory_is_warned_about(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slots sized by the largest image a field can give (or a large batch) could
+    need more memory than the machine has: filled, they ended in the OOM killer's
+    SIGKILL without a word. Said at Loader(), with the buffer that sized them."""
+    import warnings
+
+    import fastforward.loader.loader as loader_module
+    from fastforward.fields.decoders import SimpleRGBImageDecoder
+
+    path = _images_file(tmp_path)
+
+    def make() -> Loader:
+        return Loader(path, 8, num_workers=1, pipelines={
+            "image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]})
+
+    with make() as loader:
+        ring = loader.slot_bytes * loader.ring_slots
+    assert loader.slot_bytes == 8 * (46 * 50 * 3 + 8)  # images and labels
+    monkeypatch.setattr(loader_module, "usable_memory", lambda: (2 * ring, "this machine's"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make().close()  # exactly half: no word
+    monkeypatch.setattr(loader_module, "usable_memory",
+                        lambda: (2 * ring - 1, "this process's control group's limit of"))
+    with pytest.warns(RuntimeWarning, match=(
+            r"images.beton: the loader's 6 batch slots .* over half of this process's "
+            r"control group's limit of .* the largest buffer is 'image/decoder': "
+            r"\(8, 46, 50, 3\) uint8, 53.9 KiB per batch")) as caught:
+        make().close()
+    assert caught[0].filename == __file__  # said at the user's line
+    monkeypatch.setattr(loader_module, "usable_memory", lambda: None)  # not known: no word
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make().close()
+
+
+def test_usable_memory_is_the_machines_or_a_lower_cgroup_limit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import fastforward.utils as utils
+
+    machine = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    found = utils.usable_memory()
+    assert found is not None
+    assert 0 < found[0] <= machine
+    monkeypatch.setattr(utils, "_cgroup_limits", lambda: iter([machine + 1, 1 << 30]))
+    assert utils.usable_memory() == (min(machine, 1 << 30),
+                                     "this process's control group's limit of"
+                                     if machine > 1 << 30 else "this machine's")

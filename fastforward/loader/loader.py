@@ -19,6 +19,7 @@ import os
 import pickle
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -37,15 +38,17 @@ from ..pipeline.operation import Operation
 from ..pipeline.pipeline_spec import PipelineSpec, _is_module
 from ..pipeline.plan import PipelinePlan, Plan, compile_plan
 from ..reader import Reader
-from ..ring import PINNED, SHARED, Slot, SlotPool, layout_nbytes
+from ..ring import PINNED, SHARED, Slot, SlotPool, largest_buffer, layout_nbytes
 from ..scheduler import ChannelStats, Engine, EpochPlan
 from ..traversal_order import QuasiRandom, Random, Sequential, TraversalOrder
 from ..traversal_order.sharding import Shard, resume
 from ..utils import (
     default_workers,
+    format_bytes,
     install_hint,
     refuse_in_a_worker,
     sample_numbers,
+    usable_memory,
     whole_number,
 )
 from .runner import BatchJob, ranged_pipelines, run_stage2
@@ -355,6 +358,7 @@ class Loader:
         # where the last epoch started is (kept after a `break` drops its iterator)
         self._position: EpochPosition | None = None
         self._stats = ChannelStats()  # of the epochs that ended
+        self._warn_of_a_large_ring()
 
     # -- arguments ------------------------------------------------------------------
 
@@ -738,6 +742,29 @@ class Loader:
         if self._builtin_order:
             return max(1, min(batch_size, len(self.indices)))
         return batch_size
+
+    def _warn_of_a_large_ring(self) -> None:
+        """A RuntimeWarning when the ring's slots would take over half the memory this
+        process may use: filled, they would end in the kernel's OOM killer (a
+        SIGKILL, without a word) or in swap. Said once, at ``Loader()``, with the
+        largest buffer and what sized it."""
+        usable = usable_memory()
+        slot = self.slot_bytes
+        ring = slot * self.ring_slots
+        if usable is None or not slot or ring <= usable[0] // 2:
+            return
+        rows = self._slot_rows(self._epoch_batch_size(self.next_epoch))
+        key, shape, dtype, nbytes = largest_buffer(self._compile().layout, rows)
+        warnings.warn(
+            f"{self.fname}: the loader's {self.ring_slots} batch slots (ring_slots: "
+            f"batches_ahead + 3) need {format_bytes(ring)} ({format_bytes(slot)} each, "
+            "plus one per batch you keep), over half of "
+            f"{usable[1]} {format_bytes(usable[0])} of memory; the largest buffer is "
+            f"{key!r}: {shape} {dtype}, {format_bytes(nbytes)} per batch (a decoder's or "
+            "an operation's output shape, as declared: for images of varied sizes, that of "
+            "the largest one the field can give). Use a smaller batch_size or "
+            "batches_ahead, or bound the output size (a crop decoder, max_size=)",
+            RuntimeWarning, stacklevel=4)
 
     @property
     def ring_slots(self) -> int:
