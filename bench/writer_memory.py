@@ -1,11 +1,13 @@
 """The writer's peak memory for large samples (not a test; prints a table):
 
     python bench/writer_memory.py [--samples 300] [--side 1152] [--workers 2]
-                                  [--chunksize 100] [--mode raw]
+                                  [--chunksize 100 10] [--mode raw] [--small 0 3000]
 
-Each run is a fresh Python process that writes *samples* RGB images of
-*side* × *side* pixels (4 MB each at 1152) from an in-memory list with
-``RGBImageField(write_mode=mode)`` to a temporary folder, then reports its own
+Each run is a fresh Python process that writes *small* RGB images of 16 × 16
+pixels, then *samples* RGB images of *side* × *side* pixels (4 MB each at
+1152), made on demand, with ``RGBImageField(write_mode=mode)`` to a temporary
+folder (small images first: a writer that judges sizes by what it has seen
+meets larger ones late), then reports its own
 peak resident memory and the largest of its workers' (``ru_maxrss``), less
 the peak of the same process before the write (Python, NumPy, the dataset).
 What is left is what the write costs: the encoded chunks in flight.
@@ -27,24 +29,25 @@ from fastforward.writer import DatasetWriter
 
 
 class Images:
-    def __init__(self, count, side):
-        self.count, self.side = count, side
+    def __init__(self, small, count, side):
+        self.small, self.count, self.side = small, small + count, side
 
     def __len__(self):
         return self.count
 
     def __getitem__(self, i):  # made on demand: the dataset costs nothing to hold
-        image = np.empty((self.side, self.side, 3), np.uint8)
+        side = 16 if i < self.small else self.side
+        image = np.empty((side, side, 3), np.uint8)
         image[...] = i % 251
         return (image,)
 
 
 if __name__ == "__main__":
-    samples, side, workers, chunksize, mode, out = sys.argv[1:]
+    samples, side, workers, chunksize, mode, small, out = sys.argv[1:]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     DatasetWriter(out, {"image": RGBImageField(write_mode=mode, max_resolution=int(side))},
                   num_workers=int(workers), progress=False, start_method="fork",
-                  ).from_indexed_dataset(Images(int(samples), int(side)),
+                  ).from_indexed_dataset(Images(int(small), int(samples), int(side)),
                                          chunksize=int(chunksize))
     parent = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -61,19 +64,22 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunksize", type=int, nargs="+", default=[100, 10])
     parser.add_argument("--mode", default="raw")
+    parser.add_argument("--small", type=int, nargs="+", default=[0, 3000])
     args = parser.parse_args()
-    print(f"{args.samples} images of {args.side}x{args.side}, write_mode={args.mode}, "
-          f"{args.workers} workers")
-    print(f"{'chunksize':>9} {'parent MB':>10} {'worker MB':>10} {'file MB':>8}")
+    print(f"{args.samples} images of {args.side}x{args.side} after the small ones, "
+          f"write_mode={args.mode}, {args.workers} workers")
+    print(f"{'small':>6} {'chunksize':>9} {'parent MB':>10} {'worker MB':>10} {'file MB':>8}")
     with tempfile.TemporaryDirectory() as folder:
-        for chunksize in args.chunksize:
-            out = subprocess.run(
-                [sys.executable, "-c", CHILD, str(args.samples), str(args.side),
-                 str(args.workers), str(chunksize), args.mode, f"{folder}/w.beton"],
-                check=True, capture_output=True, text=True, cwd=folder).stdout
-            found = json.loads(out.strip().splitlines()[-1])
-            print(f"{chunksize:>9} {found['parent_mb']:>10.0f} {found['worker_mb']:>10.0f} "
-                  f"{found['file_mb']:>8.0f}")
+        for small in args.small:
+            for chunksize in args.chunksize:
+                out = subprocess.run(
+                    [sys.executable, "-c", CHILD, str(args.samples), str(args.side),
+                     str(args.workers), str(chunksize), args.mode, str(small),
+                     f"{folder}/w.beton"],
+                    check=True, capture_output=True, text=True, cwd=folder).stdout
+                found = json.loads(out.strip().splitlines()[-1])
+                print(f"{small:>6} {chunksize:>9} {found['parent_mb']:>10.0f} "
+                      f"{found['worker_mb']:>10.0f} {found['file_mb']:>8.0f}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ import collections
 import contextlib
 import errno
 import hashlib
+import heapq
 import inspect
 import itertools
 import multiprocessing
@@ -120,11 +121,13 @@ __all__ = ["MAX_PAGE_SIZE", "MIN_PAGE_SIZE", "DatasetWriter", "SkippedSample",
 PROVISIONAL = 0xFFF5_A1E0_0000_0000
 MAX_ALLOCS_PER_SAMPLE = 1 << 20
 _IN_FLIGHT_PER_WORKER = 2
-# Memory: a chunk is encoded whole in a worker, pickled, sent and held by the parent
-# until the chunks before it are written. Chunks of an indexed dataset are cut to
-# about TASK_BYTES of encoded data (judged by the samples encoded so far), and no
-# more chunks are sent than IN_FLIGHT_BYTES of them (one at least); the first chunk
-# each worker gets has PROBE_SAMPLES samples at most, before anything is known.
+# Memory: a chunk is encoded in a worker, pickled, sent and held by the parent until
+# the chunks before it are written. For an indexed dataset, a task is cut to about
+# TASK_BYTES of encoded data (less with many workers: see _Pool.run), judged by the
+# chunks received so far, and a worker ends a chunk once it holds that much (the
+# parent sends the rest of the task again); the first task each worker gets has
+# PROBE_SAMPLES samples at most, before anything is known. A worker is given a
+# second task only while the tasks in flight stay within IN_FLIGHT_BYTES.
 TASK_BYTES = 32 << 20
 IN_FLIGHT_BYTES = 256 << 20
 PROBE_SAMPLES = 4
@@ -220,9 +223,11 @@ class _Encoder:
                         if field.follows is not None}
 
     def encode(self, samples: Iterable[tuple[int, Any, Any]],
-               describe: Callable[[Any], str | None]) -> _Chunk:
+               describe: Callable[[Any], str | None], limit: int | None = None) -> _Chunk:
         """Encode ``(dest_index, source, sample)`` triples; ``describe(source)``
-        says where a sample comes from in error messages.
+        says where a sample comes from in error messages. With *limit*, stop after
+        the sample that brings the payloads to that many bytes (the chunk's
+        ``packed`` and ``skipped`` say how many samples it covers).
 
         Each sample is encoded as soon as it is read, before the next one is:
         a dataset may hand out the same buffers every time, refilled in place
@@ -231,12 +236,12 @@ class _Encoder:
         # where fields follow images, the images record their sizes here
         token = SAMPLE_SIZES.set(SampleSizes(self.names) if self.leaders else None)
         try:
-            return self._encode(samples, describe)
+            return self._encode(samples, describe, limit)
         finally:
             SAMPLE_SIZES.reset(token)
 
     def _encode(self, samples: Iterable[tuple[int, Any, Any]],
-                describe: Callable[[Any], str | None]) -> _Chunk:
+                describe: Callable[[Any], str | None], limit: int | None) -> _Chunk:
         metadata = np.zeros(16, self.row_type)
         packed = np.zeros(16, np.int64)
         counts = np.zeros(16, np.int64)
@@ -246,6 +251,7 @@ class _Encoder:
         skipped: list[SkippedSample] = []
         extra: tuple[int, int] | None = None
         j = 0  # the row of the next kept sample
+        held = 0  # bytes of payloads
         images = SAMPLE_SIZES.get()
         for dest, source, sample in samples:
             if j == len(metadata):  # room for twice as many rows
@@ -311,7 +317,10 @@ class _Encoder:
             packed[j] = cursor
             counts[j] = len(allocs)
             j += 1
-        blob = np.concatenate(parts).tobytes() if parts else b""
+            held += cursor
+            if limit is not None and held >= limit:
+                break
+        blob = b"".join([p.data for p in parts])  # (one copy, not two as through NumPy)
         return _Chunk(metadata[:j], blob, packed[:j], counts[:j],
                       np.asarray(offsets, np.int64), np.asarray(sizes, np.int64), skipped,
                       extra)
@@ -442,9 +451,10 @@ def _worker_main(conn: Connection, job: Any, inherited: tuple[list[Connection], 
         task = tasks.get()
         if task is None:
             return
-        task_id, payload = task
+        task_id, payload, limit = task
         try:
-            result: Any = ("ok", task_id, encoder.encode(source.expand(payload), source.describe))
+            result: Any = ("ok", task_id, encoder.encode(source.expand(payload), source.describe,
+                                                         limit))
         except BaseException as exc:
             result = ("error", task_id, portable(exc, _IN_WORKER))
         try:
@@ -524,28 +534,48 @@ def _start_method(requested: str | None) -> str:
 
 
 class _Estimate:
-    """Encoded bytes per sample, from the chunks received so far."""
+    """Encoded bytes per sample, from the chunks received so far: the larger of
+    their average and the last chunk's, so that it rises with the first chunk of
+    larger samples (an average over thousands of small ones hardly moved)."""
 
     def __init__(self) -> None:
         self.samples = 0
         self.nbytes = 0
+        self.last = (0, 0)  # the last chunk's samples and bytes
 
     def add(self, samples: int, nbytes: int) -> None:
         self.samples += samples
         self.nbytes += nbytes
+        if samples:
+            self.last = (samples, nbytes)
+
+    def _rate(self) -> tuple[int, int]:
+        """Bytes per sample as a fraction (bytes, samples)."""
+        samples, nbytes = self.last
+        if nbytes * self.samples > self.nbytes * samples:
+            return nbytes, samples
+        return self.nbytes, self.samples
 
     def samples_within(self, nbytes: int) -> int | None:
         """How many samples make about *nbytes* (at least one); None before any chunk."""
         if not self.samples:
             return None
-        return max(1, nbytes * self.samples // max(self.nbytes, 1))
+        per, samples = self._rate()
+        return max(1, nbytes * samples // max(per, 1))
 
-    def fits(self, samples: int, in_flight: Sequence[Any], budget: int) -> bool:
-        """Whether *samples* more, beside the tasks *in_flight*, stay within *budget*."""
+    def fits(self, samples: int, in_flight: Iterable[Any], held: int, budget: int) -> bool:
+        """Whether *samples* more, beside the tasks *in_flight* and the *held* samples
+        received and not yet yielded, stay within *budget* bytes."""
         if not self.samples:
             return True
-        count = samples + sum(_task_samples(task) for task in in_flight)
-        return count * self.nbytes <= budget * self.samples
+        per, counted = self._rate()
+        count = samples + held + sum(_task_samples(task) for task in in_flight)
+        return count * per <= budget * counted
+
+
+def _covered(chunk: Any) -> int:
+    """How many samples an encoded chunk covers (kept and skipped)."""
+    return len(chunk.packed) + len(chunk.skipped) if isinstance(chunk, _Chunk) else 0
 
 
 def _result_bytes(chunk: Any) -> int:
@@ -647,61 +677,90 @@ class _Pool:
             split: Callable[[Any, int], tuple[Any, Any]] | None = None) -> Iterator[Any]:
         """Yield the results of *tasks* in order; raise the first failure.
 
-        *split(task, n)* cuts a task into its first *n* samples and the rest (where
-        the source can): tasks are then cut to about ``TASK_BYTES`` of encoded data
-        each, and what is in flight (sent, or received and not yet yielded) is kept
-        to ``IN_FLIGHT_BYTES`` as estimated from the chunks received so far."""
-        results: dict[int, Any] = {}
+        A task is ``(first, what)``, *first* its first sample's place in the file,
+        and the tasks follow one another. *split(task, n)* cuts one into its first
+        *n* samples and the rest (where the source can). Then each task sent is cut
+        to about ``per_task`` bytes of encoded data (``TASK_BYTES``, less with many
+        workers, so that each has work within ``IN_FLIGHT_BYTES``), as estimated
+        from the chunks received so far, and a worker ends a chunk at that size:
+        the rest of the task is sent before any other (cut again), the earliest
+        first. Chunks are yielded in the order of their first sample. A worker with nothing to do
+        is given a task whenever fewer than ``_IN_FLIGHT_PER_WORKER * 2`` per worker
+        are sent or waiting to be yielded; a second one only while those stay
+        within ``IN_FLIGHT_BYTES``, as estimated."""
+        received: dict[int, Any] = {}  # chunks by first sample, not yet yielded
+        spans: dict[int, int] = {}  # by first sample: the samples a task sent covers
         busy: dict[Connection, int] = dict.fromkeys(self.conns, 0)
-        held: dict[Connection, list[int]] = {conn: [] for conn in self.conns}  # task ids
+        held: dict[Connection, list[int]] = {conn: [] for conn in self.conns}  # firsts
         sentinels = {p.sentinel: p for p in self.procs}
         owner = dict(zip(self.conns, self.procs, strict=True))
         waiting = collections.deque(tasks)  # not yet sent
-        sent: list[Any] = []  # by task id
-        next_result = 0
+        again: list[tuple[int, Any]] = []  # heap of the rests of tasks cut short
+        sent: dict[int, Any] = {}  # tasks sent and not answered, by first sample
+        following = int(tasks[0][0]) if tasks else 0  # the first sample of the next to yield
+        held_samples = 0  # in the chunks received and not yet yielded
         window = _IN_FLIGHT_PER_WORKER * len(self.conns) * 2
+        per_task = min(TASK_BYTES,
+                       IN_FLIGHT_BYTES // ((_IN_FLIGHT_PER_WORKER + 1) * len(self.conns)))
+        limit = per_task if split is not None else None
         estimate = _Estimate()
 
-        def feed(conn: Connection) -> None:
-            while (waiting and busy[conn] < _IN_FLIGHT_PER_WORKER
-                   and len(sent) - next_result < window):
-                task = waiting[0]
-                limit = estimate.samples_within(TASK_BYTES)
-                if limit is None:  # nothing received yet: one small chunk per worker
+        def feed(conn: Connection, level: int) -> None:
+            while busy[conn] < level:
+                # the rest of a task a worker cut short, the earliest first: chunks
+                # sent after it wait for it, so neither the window nor the budget
+                # holds it back (with the window full of them, it waited for ever)
+                queue = again if again else waiting
+                if not queue or (queue is waiting and len(spans) >= window):
+                    return
+                task = queue[0][1] if queue is again else queue[0]
+                most = estimate.samples_within(per_task)
+                if most is None:  # nothing received yet: one small task per worker
                     if busy[conn]:
                         return
-                    limit = PROBE_SAMPLES
+                    most = PROBE_SAMPLES
                 rest = None
-                if split is not None and _task_samples(task) > limit:
-                    task, rest = split(task, limit)
-                if len(sent) > next_result and not estimate.fits(
-                        _task_samples(task), sent[next_result:], IN_FLIGHT_BYTES):
-                    return  # the chunks in flight are enough for now
-                if rest is None:
+                if split is not None and _task_samples(task) > most:
+                    task, rest = split(task, most)
+                if queue is waiting and busy[conn] and not estimate.fits(
+                        _task_samples(task), sent.values(), held_samples, IN_FLIGHT_BYTES):
+                    return  # the tasks in flight are enough for now
+                if queue is again:
+                    heapq.heappop(again)
+                    if rest is not None:
+                        heapq.heappush(again, (int(rest[0]), rest))
+                elif rest is None:
                     waiting.popleft()
                 else:
                     waiting[0] = rest
+                first = int(task[0])
                 try:
-                    conn.send((len(sent), task))
+                    conn.send((first, task, limit))
                 except OSError:  # BrokenPipeError: it died since the last wait()
                     raise self._died(owner[conn], sent, held[conn]) from None
+                sent[first] = task
+                spans[first] = _task_samples(task)
                 busy[conn] += 1
-                held[conn].append(len(sent))
-                sent.append(task)
+                held[conn].append(first)
 
-        for conn in self.conns:
-            feed(conn)
-        while waiting or next_result < len(sent):
+        def feed_all() -> None:
+            # the idle workers first: each gets one task before any gets a second
+            for level in range(1, _IN_FLIGHT_PER_WORKER + 1):
+                for conn in self.conns:
+                    feed(conn, level)
+
+        feed_all()
+        while waiting or again or spans:
             ready = wait([*self.conns, *sentinels])
             answered: list[Any] = [r for r in ready if r not in sentinels]
             for conn in answered:
                 assert isinstance(conn, Connection)
                 try:
-                    status, task_id, value = conn.recv()
+                    status, first, value = conn.recv()
                 except (EOFError, OSError):
                     raise self._died(owner[conn], sent, held[conn]) from None
                 if status == "error":
-                    if task_id < 0:
+                    if first < 0:
                         raise WorkerError(
                             f"{self.fname}: a writer worker ({self.method} start) could not "
                             f"load the dataset and fields it was sent: "
@@ -714,9 +773,16 @@ class _Pool:
                     finally:  # not the frame's too: a cycle through its traceback
                         value = None
                 busy[conn] -= 1
-                held[conn].remove(task_id)
-                estimate.add(_task_samples(sent[task_id]), _result_bytes(value))
-                results[task_id] = value
+                held[conn].remove(first)
+                task = sent.pop(first)
+                covered = _covered(value)
+                estimate.add(covered, _result_bytes(value))
+                held_samples += covered
+                if split is not None and 0 < covered < spans[first]:
+                    # the worker ended the chunk at its size: the rest goes first
+                    spans[first] = covered
+                    heapq.heappush(again, (first + covered, split(task, covered)[1]))
+                received[first] = value
             for sentinel in ready:
                 if sentinel in sentinels:
                     proc = sentinels[sentinel]
@@ -724,14 +790,15 @@ class _Pool:
                     # what it sent before dying (an error, say) is read first
                     if conn not in answered and not conn.poll():
                         raise self._died(proc, sent, held[conn])
-            while next_result in results:
-                sent[next_result] = None  # its indices: no longer needed
-                yield results.pop(next_result)
-                next_result += 1
-            for conn in self.conns:
-                feed(conn)
+            while following in received:
+                chunk = received.pop(following)
+                held_samples -= _covered(chunk)
+                following += spans.pop(following)
+                yield chunk
+                del chunk
+            feed_all()
 
-    def _died(self, proc: Any, tasks: Sequence[Any] = (),
+    def _died(self, proc: Any, tasks: Mapping[int, Any] | None = None,
               held: Sequence[int] = ()) -> WorkerError:
         """The error for a worker that ended without a word: its exit code, what
         that suggests, and the samples it was given and had not returned."""
@@ -751,8 +818,9 @@ class _Pool:
             why = "it stopped answering"
         else:
             why = "it exited (os._exit in the dataset?)"
-        ranges = [f"{int(tasks[k][0])}-{int(tasks[k][0]) + count - 1}"
-                  for k in held if (count := _task_samples(tasks[k]))]
+        encoding = [tasks[k] for k in held] if tasks is not None else []
+        ranges = [f"{int(task[0])}" + (f"-{int(task[0]) + count - 1}" if count > 1 else "")
+                  for task in encoding if (count := _task_samples(task))]
         given = f"; it was encoding samples {', '.join(ranges)}" if ranges else ""
         return WorkerError(
             f"{self.fname}: writer worker {proc.name} died (exit code {code}) "
@@ -1697,13 +1765,11 @@ class DatasetWriter:
             start = data_offset(len(fields), num_samples, self.row_type, self.page_size)
             pages = _PageWriter(output, start, self.page_size, num_samples, self.row_type,
                                 _pointer_leaves(self.row_type))
-            split = getattr(source, "split", None)  # (tasks may be cut: see _Pool.run)
-            most = num_samples if split is not None else len(tasks)
-            pool = _Pool(min(self.num_workers, max(most, 1)), (encoder, source),
+            pool = _Pool(min(self.num_workers, max(len(tasks), 1)), (encoder, source),
                          self.start_method, [dir_fd, lock.fd, output.fd], self.fname)
             extra_told = False
             with self._progress_bar(num_samples) as bar:
-                for chunk in pool.run(tasks, split):
+                for chunk in pool.run(tasks, getattr(source, "split", None)):
                     pages.add(chunk)
                     self.skipped.extend(chunk.skipped)
                     bar.update(len(chunk.packed) + len(chunk.skipped))

@@ -74,33 +74,44 @@ class _Recorder:
         from multiprocessing.connection import Connection
 
         self.pid = os.getpid()
-        self.events: list[tuple[str, int]] = []  # ("sent", samples) / ("placed", samples)
-        send, add = Connection.send, writer_module._PageWriter.add
+        # ("sent", samples) and ("placed", samples covered), in order; the placed
+        # chunks' payload bytes
+        self.events: list[tuple[str, int]] = []
+        self.blobs: list[int] = []
+        # tasks each connection has been sent and has not answered, and the most of
+        # them on one connection, and on all of them, at once
+        self.outstanding: dict[int, int] = {}
+        self.most_per_worker = self.most_at_once = 0
+        send, recv, add = Connection.send, Connection.recv, writer_module._PageWriter.add
 
         def recording_send(conn: Any, obj: Any) -> None:
-            if os.getpid() == self.pid and isinstance(obj, tuple) and len(obj) == 2:
+            if os.getpid() == self.pid and isinstance(obj, tuple) and len(obj) == 3:
                 self.events.append(("sent", writer_module._task_samples(obj[1])))
+                count = self.outstanding[id(conn)] = self.outstanding.get(id(conn), 0) + 1
+                self.most_per_worker = max(self.most_per_worker, count)
+                self.most_at_once = max(self.most_at_once, sum(self.outstanding.values()))
             send(conn, obj)
+
+        def recording_recv(conn: Any) -> Any:
+            got = recv(conn)
+            if os.getpid() == self.pid and isinstance(got, tuple) and got[0] == "ok":
+                self.outstanding[id(conn)] -= 1
+            return got
 
         def recording_add(pages: Any, chunk: Any) -> None:
             self.events.append(("placed", len(chunk.packed) + len(chunk.skipped)))
+            self.blobs.append(len(chunk.blob))
             add(pages, chunk)
 
         monkeypatch.setattr(Connection, "send", recording_send)
+        monkeypatch.setattr(Connection, "recv", recording_recv)
         monkeypatch.setattr(writer_module._PageWriter, "add", recording_add)
 
-    def most_in_flight_after_the_first_chunk(self) -> tuple[int, int]:
-        """The most chunks, and the most samples, sent and not yet placed, at sends
-        after the first placing."""
-        chunks = samples = most_chunks = most_samples = 0
-        placed = False
-        for kind, count in self.events:
-            sign = 1 if kind == "sent" else -1
-            chunks, samples = chunks + sign, samples + sign * count
-            placed = placed or kind == "placed"
-            if kind == "sent" and placed:
-                most_chunks, most_samples = max(most_chunks, chunks), max(most_samples, samples)
-        return most_chunks, most_samples
+    def sent(self) -> list[int]:
+        return [count for kind, count in self.events if kind == "sent"]
+
+    def placed(self) -> list[int]:
+        return [count for kind, count in self.events if kind == "placed"]
 
 
 SIDE = 48  # raw images of 48 x 48 x 3 = 6,912 bytes
@@ -125,7 +136,7 @@ class _RawImages:
 def test_chunks_are_cut_to_a_size_in_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A chunk is encoded whole in a worker and held whole by the parent: 100
     samples of 4 MB each made 400 MB chunks, eight of them in flight (the parent
-    peaked 1.5 GB above its start, each worker as much). Chunks are now cut to
+    peaked 1.5 GB above its start, each worker as much). Tasks are now cut to
     about TASK_BYTES of encoded data, judged by the chunks received so far, and
     the file is the same."""
     fields = {"image": RGBImageField(write_mode="raw"), "i": IntField()}
@@ -134,30 +145,67 @@ def test_chunks_are_cut_to_a_size_in_bytes(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(writer_module, "TASK_BYTES", 5 * SIDE * SIDE * 3)
     recorder = _Recorder(monkeypatch)
     write(tmp_path / "cut.beton", fields, data, chunksize=100)
-    sent = [samples for kind, samples in recorder.events if kind == "sent"]
-    assert sum(sent) == 120
+    sent, placed = recorder.sent(), recorder.placed()
+    assert sum(sent) == sum(placed) == 120
     assert sent[:2] == [writer_module.PROBE_SAMPLES] * 2  # one probe per worker
     assert max(sent) <= 5  # (6,912 bytes and a label's metadata row per sample)
+    assert max(placed) <= 5
     assert (tmp_path / "cut.beton").read_bytes() == (tmp_path / "whole.beton").read_bytes()
 
 
-def test_chunks_in_flight_are_bounded_in_bytes(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """At most IN_FLIGHT_BYTES of chunks are sent and not yet placed (one at least,
-    and one probe per worker at the start); before, that was 2 x 2 chunks per
-    worker whatever their size."""
+class _Growing:
+    """Raw images of 4×4 for the first *small* samples, then of SIDE×SIDE."""
+
+    def __init__(self, small: int, large: int) -> None:
+        self.small, self.count = small, small + large
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        side = 4 if i < self.small else SIDE
+        return np.full((side, side, 3), i % 251, np.uint8), i
+
+
+def test_a_worker_ends_a_chunk_at_its_size_when_samples_grow(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Judged by small samples, a task of large ones went out whole (3,000 samples
+    of 1 KB, then 300 of 4 MB: the parent peaked 1.6 GB, as before any cut). A
+    worker now ends a chunk once it holds TASK_BYTES, and the parent sends the
+    rest of the task again, cut to the new estimate; the file is the same."""
+    fields = {"image": RGBImageField(write_mode="raw"), "i": IntField()}
+    data = _Growing(1000, 200)
+    write(tmp_path / "whole.beton", fields, data, chunksize=20)
+    large = SIDE * SIDE * 3
+    monkeypatch.setattr(writer_module, "TASK_BYTES", 3 * large)
+    recorder = _Recorder(monkeypatch)
+    # (the rest of a task cut short, which the chunks after it wait for, is sent
+    # even when as many tasks as may be in flight are: they waited for ever)
+    write(tmp_path / "cut.beton", fields, data, chunksize=20)
+    assert sum(recorder.placed()) == 1200
+    assert max(recorder.blobs) < 4 * large  # at most one sample past it
+    assert sum(recorder.sent()) > 1200  # the rest of tasks cut by the workers, sent again
+    assert (tmp_path / "cut.beton").read_bytes() == (tmp_path / "whole.beton").read_bytes()
+
+
+def test_tasks_in_flight_are_bounded_in_bytes(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond one task per worker, tasks are sent only while those in flight stay
+    within IN_FLIGHT_BYTES (before, 2 per worker went out whatever their size);
+    every worker always has one, whatever the budget (with the budget shared out
+    in connection order, 16 workers wrote at half the speed: idle ones waited)."""
     fields = {"image": RGBImageField(write_mode="raw"), "i": IntField()}
     data = _RawImages(60, seconds=0.005)  # the workers stay busy
-    monkeypatch.setattr(writer_module, "TASK_BYTES", 3 * SIDE * SIDE * 3)
-    monkeypatch.setattr(writer_module, "IN_FLIGHT_BYTES", 7 * SIDE * SIDE * 3)
     recorder = _Recorder(monkeypatch)
-    reader = write(tmp_path / "b.beton", fields, data, chunksize=100)
-    assert recorder.most_in_flight_after_the_first_chunk()[1] <= 7  # (unbounded: 12)
+    reader = write(tmp_path / "b.beton", fields, data, chunksize=10, num_workers=3)
+    assert recorder.most_per_worker == 2  # no budget in sight: two each
     assert reader.metadata["f1"].tolist() == list(range(60))
-    recorder.events.clear()
-    monkeypatch.setattr(writer_module, "IN_FLIGHT_BYTES", 1)
-    write(tmp_path / "c.beton", fields, data, chunksize=100)
-    assert recorder.most_in_flight_after_the_first_chunk()[0] == 1
+    recorder.most_per_worker = recorder.most_at_once = 0
+    monkeypatch.setattr(writer_module, "IN_FLIGHT_BYTES", 1)  # tasks of one sample
+    monkeypatch.setattr(writer_module, "PROBE_SAMPLES", 1)  # (none cut short, sent again)
+    write(tmp_path / "c.beton", fields, data, chunksize=10, num_workers=3)
+    assert recorder.most_per_worker == 1
+    assert recorder.most_at_once == 3  # one for each worker
     assert (tmp_path / "c.beton").read_bytes() == (tmp_path / "b.beton").read_bytes()
 
 
