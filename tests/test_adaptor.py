@@ -206,10 +206,30 @@ def test_a_function_calling_v2_transforms_on_numpy_images_is_warned_about() -> N
         def __call__(self, image: np.ndarray) -> np.ndarray:
             return image
 
+    class Calls:  # names the global in its own __call__
+        def __call__(self, image: np.ndarray) -> np.ndarray:
+            return V2_FLIP(image)
+
+    def in_a_comprehension(image: np.ndarray) -> np.ndarray:
+        return next(V2_FLIP(each) for each in (image,))  # (a code object of its own)
+
     for transform in (wrapper, lambda image: v2_flip(image), _calls_a_global_v2,
-                      functools.partial(wrapper), Holder()):
+                      functools.partial(wrapper), Holder(), Calls(), in_a_comprehension):
         with pytest.warns(UserWarning, match="input='tensor'.*input='numpy' if it converts"):
             assert Augment(transform).input == "numpy"
+    # torchvision's recipe starts with v2.ToImage(), which takes NumPy arrays
+    to_image = _fake("torchvision.transforms.v2._type_conversion")()
+    to_image._transformed_types = (np.ndarray,)
+    recipe = _fake("torchvision.transforms.v2._container")()
+    recipe.transforms = [to_image, v2_flip]
+
+    class Weird:  # a __getattr__ that answers anything, __dict__ included
+        __slots__ = ()
+
+        def __getattr__(self, name: str) -> int:
+            return 0
+
+    weird = Weird()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Augment(wrapper, input="numpy")  # said: it converts them itself
@@ -217,6 +237,9 @@ def test_a_function_calling_v2_transforms_on_numpy_images_is_warned_about() -> N
         Augment(lambda image: v1_flip(image))  # v1 refuses NumPy arrays loudly
         Augment(lambda image: image[::-1])
         Augment(v2_flip)  # guessed 'tensor'
+        Augment(lambda image: recipe(image))
+        Augment(lambda image: weird.x + image)  # looked into without an error
+    assert own_generators(lambda image: weird.x + image) == []
 
 
 def test_timm_imagenet_training_transform(photos_file: Path) -> None:

@@ -3334,7 +3334,7 @@ def test_a_loader_dropped_after_a_failed_epoch_is_freed_at_once(
 def test_nothing_of_a_dropped_loader_waits_for_the_garbage_collector(
         photos_file: Path, kind: str, how: str) -> None:
     """An epoch ended early (``break``, ``close()``) cancels its tasks; the task
-    group's exit kept the cancellation's traceback in a cycle (Python 3.11), and
+    group's exit kept the cancellation's traceback in a cycle (Python 3.11-3.13), and
     with it the engine, the plan, the reader and the slot pool, until the next
     garbage collection (never, with gc disabled). The pipelines' ordering kept the
     loader's decoders in a cycle of its own."""

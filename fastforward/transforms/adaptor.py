@@ -301,12 +301,16 @@ def own_generators(transform: Any) -> list[Any]:
 def _walk(transform: Any, stop: Any, names: bool = False) -> None:
     """Call *stop(obj)* on each object *transform* holds, and look into those for
     which it returns False (``own_generators``' search, at most
-    ``OWN_GENERATORS_LIMIT`` objects). With *names*, a function's globals that its
-    code names are looked into too (a module-level transform a function calls)."""
+    ``OWN_GENERATORS_LIMIT`` objects taken, whatever they are). With *names*, the
+    globals that a function's code names (its nested functions' and
+    comprehensions' too) are looked into, and a callable object's ``__call__``
+    (a module-level transform that a function calls)."""
     seen: set[int] = set()
     stack = [transform]
-    while stack and len(seen) < OWN_GENERATORS_LIMIT:
+    taken = 0
+    while stack and taken < OWN_GENERATORS_LIMIT:
         obj = stack.pop()
+        taken += 1
         if id(obj) in seen or obj is None or isinstance(
                 obj, (str, bytes, bytearray, int, float, complex, np.ndarray, np.generic,
                       type, types.ModuleType)):
@@ -328,24 +332,46 @@ def _walk(transform: Any, stop: Any, names: bool = False) -> None:
             stack.extend(obj.__defaults__ or ())
             stack.extend((obj.__kwdefaults__ or {}).values())
             if names:
-                stack.extend(obj.__globals__[name] for name in obj.__code__.co_names
+                stack.extend(obj.__globals__[name] for name in _names(obj.__code__)
                              if name in obj.__globals__)
         else:
-            stack.extend(getattr(obj, "__dict__", {}).values())
+            attributes = getattr(obj, "__dict__", None)
+            if isinstance(attributes, dict):  # (a __getattr__ may answer anything)
+                stack.extend(attributes.values())
+            call = vars(type(obj)).get("__call__") if names else None
+            if isinstance(call, types.FunctionType):  # (the class's own, not inherited)
+                stack.append(call)
+
+
+def _names(code: types.CodeType) -> set[str]:
+    """The global names *code* and the code objects it holds (nested functions,
+    lambdas, comprehensions before Python 3.12 inlined them) refer to."""
+    found = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            found |= _names(constant)
+    return found
 
 
 def _reaches_v2(transform: Any) -> bool:
-    """Whether *transform* holds or names a torchvision v2 transform (``_walk``)."""
-    found = False
+    """Whether *transform* holds or names torchvision v2 transforms (``_walk``),
+    none of which takes a NumPy array (``v2.ToImage`` does: a function that starts
+    with it converts the images itself). Never an error: it only decides a
+    warning."""
+    found: list[Any] = []
 
     def v2(obj: Any) -> bool:
-        nonlocal found
         if _library(obj) == "tensor":
-            found = True
-        return found  # (the first one ends the search)
+            found.append(obj)
+        return False  # (looked into: a Compose's parts)
 
-    _walk(transform, v2, names=True)
-    return found
+    try:
+        _walk(transform, v2, names=True)
+        return bool(found) and not any(
+            isinstance(kind, type) and issubclass(np.ndarray, kind)
+            for part in found for kind in getattr(part, "_transformed_types", ()))
+    except Exception:  # a strange object on the way: no warning
+        return False
 
 
 def _filled(cell: Any) -> bool:
