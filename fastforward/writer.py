@@ -694,10 +694,12 @@ class _Pool:
         held: dict[Connection, list[int]] = {conn: [] for conn in self.conns}  # firsts
         sentinels = {p.sentinel: p for p in self.procs}
         owner = dict(zip(self.conns, self.procs, strict=True))
-        waiting = collections.deque(tasks)  # not yet sent
+        # not yet sent (an empty shard's task would share its first sample with the
+        # next task's: it has nothing to encode, and is left out)
+        waiting = collections.deque(task for task in tasks if _task_samples(task))
         again: list[tuple[int, Any]] = []  # heap of the rests of tasks cut short
         sent: dict[int, Any] = {}  # tasks sent and not answered, by first sample
-        following = int(tasks[0][0]) if tasks else 0  # the first sample of the next to yield
+        following = int(waiting[0][0]) if waiting else 0  # the first sample to yield next
         held_samples = 0  # in the chunks received and not yet yielded
         window = _IN_FLIGHT_PER_WORKER * len(self.conns) * 2
         per_task = min(TASK_BYTES,
@@ -707,11 +709,13 @@ class _Pool:
 
         def feed(conn: Connection, level: int) -> None:
             while busy[conn] < level:
-                # the rest of a task a worker cut short, the earliest first: chunks
-                # sent after it wait for it, so neither the window nor the budget
-                # holds it back (with the window full of them, it waited for ever)
+                # the rest of a task a worker cut short, the earliest first; the one
+                # that the next chunk to yield begins with is needed for anything to
+                # go on, so neither the window nor the budget holds it back (with the
+                # window full of later chunks, it waited for ever), the others they do
                 queue = again if again else waiting
-                if not queue or (queue is waiting and len(spans) >= window):
+                needed = queue is again and again[0][0] == following
+                if not queue or (not needed and len(spans) >= window):
                     return
                 task = queue[0][1] if queue is again else queue[0]
                 most = estimate.samples_within(per_task)
@@ -722,7 +726,7 @@ class _Pool:
                 rest = None
                 if split is not None and _task_samples(task) > most:
                     task, rest = split(task, most)
-                if queue is waiting and busy[conn] and not estimate.fits(
+                if not needed and busy[conn] and not estimate.fits(
                         _task_samples(task), sent.values(), held_samples, IN_FLIGHT_BYTES):
                     return  # the tasks in flight are enough for now
                 if queue is again:

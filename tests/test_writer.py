@@ -92,15 +92,20 @@ class _Recorder:
                 self.most_at_once = max(self.most_at_once, sum(self.outstanding.values()))
             send(conn, obj)
 
+        self.held = self.most_held = 0  # bytes of chunks received and not yet placed
+
         def recording_recv(conn: Any) -> Any:
             got = recv(conn)
             if os.getpid() == self.pid and isinstance(got, tuple) and got[0] == "ok":
                 self.outstanding[id(conn)] -= 1
+                self.held += len(got[2].blob)
+                self.most_held = max(self.most_held, self.held)
             return got
 
         def recording_add(pages: Any, chunk: Any) -> None:
             self.events.append(("placed", len(chunk.packed) + len(chunk.skipped)))
             self.blobs.append(len(chunk.blob))
+            self.held -= len(chunk.blob)
             add(pages, chunk)
 
         monkeypatch.setattr(Connection, "send", recording_send)
@@ -186,6 +191,38 @@ def test_a_worker_ends_a_chunk_at_its_size_when_samples_grow(
     assert max(recorder.blobs) < 4 * large  # at most one sample past it
     assert sum(recorder.sent()) > 1200  # the rest of tasks cut by the workers, sent again
     assert (tmp_path / "cut.beton").read_bytes() == (tmp_path / "whole.beton").read_bytes()
+
+
+class _SlowStart:
+    """Bytes: 8 small samples, then large ones; the first takes *seconds* to read."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __len__(self) -> int:
+        return 400
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        if i == 0:
+            time.sleep(self.seconds)
+        return np.full(100 if i < 8 else 100_000, i % 251, np.uint8), i
+
+
+def test_chunks_held_stay_bounded_while_the_first_is_slow(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the worker with the first sample was slow, the other went through every
+    task sent before the samples grew, one piece after another (the rest of a task
+    cut short skipped the budget), and the parent held it all: 19 MB against a
+    2 MB budget here. Only the piece that the next chunk to place begins with
+    skips the budget now."""
+    monkeypatch.setattr(writer_module, "TASK_BYTES", 400_000)
+    monkeypatch.setattr(writer_module, "IN_FLIGHT_BYTES", 2_000_000)
+    recorder = _Recorder(monkeypatch)
+    path = tmp_path / "s.beton"
+    DatasetWriter(path, {"b": BytesField(), "i": IntField()}, num_workers=2, progress=False,
+                  start_method="fork").from_indexed_dataset(_SlowStart(1.0), chunksize=100)
+    assert recorder.most_held <= 4_000_000
+    assert Reader(path).metadata["f1"].tolist() == list(range(400))
 
 
 def test_tasks_in_flight_are_bounded_in_bytes(tmp_path: Path,
@@ -858,18 +895,24 @@ def test_webdataset(tmp_path: Path) -> None:
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
-def test_webdataset_with_an_empty_shard(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["first", "between", "two between", "last"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_webdataset_with_an_empty_shard(tmp_path: Path, where: str, workers: int) -> None:
     """An empty shard adds no samples: webdataset raised 'No samples found', telling
-    the user to pass an argument of a constructor that the writer calls."""
+    the user to pass an argument of a constructor that the writer calls. Its task
+    begins where the next shard's does, and the writer, which places chunks by
+    their first sample, mixed the two up (a KeyError, or samples missing)."""
     wds = pytest.importorskip("webdataset", reason="webdataset is an optional extra")
     shards = make_shards(tmp_path, 2)
     empty = str(tmp_path / "empty.tar")
     with wds.TarWriter(empty):
         pass
+    given = {"first": [empty, *shards], "between": [shards[0], empty, shards[1]],
+             "two between": [shards[0], empty, empty, shards[1]],
+             "last": [*shards, empty]}[where]
     path = tmp_path / "w.beton"
-    DatasetWriter(path, {"label": IntField()}, num_workers=2, progress=False,
-                  start_method="fork").from_webdataset([shards[0], empty, shards[1]],
-                                                       webdataset_labels)
+    DatasetWriter(path, {"label": IntField()}, num_workers=workers, progress=False,
+                  start_method="fork").from_webdataset(given, webdataset_labels)
     assert Reader(path).metadata["f0"].tolist() == [s * 10 + i for s in range(2) for i in range(7)]
 
 
