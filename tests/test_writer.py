@@ -413,7 +413,7 @@ def test_a_worker_dead_before_it_is_fed_is_noticed() -> None:
     pool.procs[0].join()
     try:
         with pytest.raises(WorkerError, match="died"):
-            list(pool.run([[0], [1], [2]]))
+            list(pool.run([(0, [0]), (1, [1]), (2, [2])]))
     finally:
         pool.terminate()
 
