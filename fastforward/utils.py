@@ -175,7 +175,10 @@ def _cgroup_limits() -> Iterator[int]:
     except OSError:
         return
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        fields = line.split(":", 2)
+        if len(fields) != 3:  # (not a line of the format: nothing to learn)
+            continue
+        _, controllers, path = fields
         if controllers == "":
             name = f"/sys/fs/cgroup{path}/memory.max"
         elif "memory" in controllers.split(","):

@@ -684,10 +684,12 @@ class _Pool:
         workers, so that each has work within ``IN_FLIGHT_BYTES``), as estimated
         from the chunks received so far, and a worker ends a chunk at that size:
         the rest of the task is sent before any other (cut again), the earliest
-        first. Chunks are yielded in the order of their first sample. A worker with nothing to do
-        is given a task whenever fewer than ``_IN_FLIGHT_PER_WORKER * 2`` per worker
-        are sent or waiting to be yielded; a second one only while those stay
-        within ``IN_FLIGHT_BYTES``, as estimated."""
+        first. Chunks are yielded in the order of their first sample. A worker
+        with nothing to do is given a task whenever fewer than
+        ``_IN_FLIGHT_PER_WORKER * 2`` per worker are sent or waiting to be yielded;
+        a second one only while those stay within ``IN_FLIGHT_BYTES``, as
+        estimated. The rest of a cut task that the next chunk to yield begins
+        with is sent whatever the window and the budget: nothing else can go on."""
         received: dict[int, Any] = {}  # chunks by first sample, not yet yielded
         spans: dict[int, int] = {}  # by first sample: the samples a task sent covers
         busy: dict[Connection, int] = dict.fromkeys(self.conns, 0)

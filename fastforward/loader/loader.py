@@ -749,12 +749,13 @@ class Loader:
         SIGKILL, without a word) or in swap. Said once, at ``Loader()``, with the
         largest buffer and what sized it."""
         usable = usable_memory()
-        slot = self.slot_bytes
+        rows = self._slot_rows(self._epoch_batch_size(self.next_epoch))
+        layout = self._plan.layout  # (as just compiled: compiling again runs trials again)
+        slot = layout_nbytes(layout, rows)
         ring = slot * self.ring_slots
         if usable is None or not slot or ring <= usable[0] // 2:
             return
-        rows = self._slot_rows(self._epoch_batch_size(self.next_epoch))
-        key, shape, dtype, nbytes = largest_buffer(self._compile().layout, rows)
+        key, shape, dtype, nbytes = largest_buffer(layout, rows)
         warnings.warn(
             f"{self.fname}: the loader's {self.ring_slots} batch slots (ring_slots: "
             f"batches_ahead + 3) need {format_bytes(ring)} ({format_bytes(slot)} each, "
