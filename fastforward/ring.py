@@ -43,7 +43,7 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -248,28 +248,25 @@ def layout_nbytes(layout: Layout, batch_size: int) -> int:
     """Bytes of host memory a slot of *batch_size* rows takes for *layout*: one
     batch of every buffer the pipelines declare (each output, and each
     operation's own), as its buffers are allocated."""
-    total = 0
-    for query in layout.values():
-        for q in ((query,) if isinstance(query, AllocationQuery) else tuple(query)):
-            if is_host(q):
-                total += int(np.prod((batch_size, *q.shape), dtype=np.int64)) \
-                    * host_dtype(q.dtype).itemsize
-    return total
+    return sum(nbytes for *_, nbytes in _host_buffers(layout, batch_size))
 
 
-def largest_buffer(layout: Layout, batch_size: int) -> tuple[str, tuple[int, ...], np.dtype, int]:
-    """The largest host buffer of a slot: its layout key (``'image/decoder'``), its
-    shape for a batch, dtype and bytes. The layout must hold a host buffer."""
-    found: list[tuple[int, str, tuple[int, ...], np.dtype]] = []
+def _host_buffers(layout: Layout, batch_size: int
+                  ) -> Iterator[tuple[str, tuple[int, ...], np.dtype, int]]:
+    """Each host buffer a slot of *batch_size* rows holds for *layout*: its layout
+    key, its shape, dtype and bytes."""
     for key, query in layout.items():
         for q in ((query,) if isinstance(query, AllocationQuery) else tuple(query)):
             if is_host(q):
                 shape = (batch_size, *(int(d) for d in q.shape))
                 dtype = host_dtype(q.dtype)
-                found.append((int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, key,
-                              shape, dtype))
-    nbytes, key, shape, dtype = max(found, key=lambda item: item[0])
-    return key, shape, dtype, nbytes
+                yield key, shape, dtype, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def largest_buffer(layout: Layout, batch_size: int) -> tuple[str, tuple[int, ...], np.dtype, int]:
+    """The largest host buffer of a slot: its layout key (``'image/decoder'``), its
+    shape for a batch, dtype and bytes. The layout must hold a host buffer."""
+    return max(_host_buffers(layout, batch_size), key=lambda buffer: buffer[3])
 
 
 def is_host(query: AllocationQuery) -> bool:
