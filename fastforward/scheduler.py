@@ -516,9 +516,9 @@ class Engine:
             outcome = _END
         except asyncio.CancelledError as stopped:  # close() asked for it
             # Its traceback runs through the task group's __aexit__, whose frame holds
-            # it (asyncio of Python 3.11 to 3.13): a cycle that kept the engine, the plan, the
-            # reader and the slots of a loader left by ``break`` until the next
-            # garbage collection. The finished frames' locals are of no further use.
+            # it (asyncio of Python 3.11 to 3.13): a cycle that kept the engine, the
+            # plan, the reader and the slots of a loader left by ``break`` until the
+            # next garbage collection. The finished frames' locals are of no use.
             traceback.clear_frames(stopped.__traceback__)
         except BaseException as exc:  # hand the root cause to the consumer
             cause = _root_cause(exc)
