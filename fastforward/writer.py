@@ -127,7 +127,10 @@ _IN_FLIGHT_PER_WORKER = 2
 # chunks received so far, and a worker ends a chunk once it holds that much (the
 # parent sends the rest of the task again); the first task each worker gets has
 # PROBE_SAMPLES samples at most, before anything is known. A worker is given a
-# second task only while the tasks in flight stay within IN_FLIGHT_BYTES.
+# second task only while the tasks in flight stay within IN_FLIGHT_BYTES. A
+# WebDataset shard is one task: its worker sends chunks of TASK_BYTES as it goes,
+# and the parent reads no more from a worker while it holds IN_FLIGHT_BYTES,
+# unless that worker's next chunk is the next to write (_encode_task).
 TASK_BYTES = 32 << 20
 IN_FLIGHT_BYTES = 256 << 20
 PROBE_SAMPLES = 4
@@ -451,16 +454,43 @@ def _worker_main(conn: Connection, job: Any, inherited: tuple[list[Connection], 
         task = tasks.get()
         if task is None:
             return
-        task_id, payload, limit = task
+        _, payload, limit = task
         try:
-            result: Any = ("ok", task_id, encoder.encode(source.expand(payload), source.describe,
-                                                         limit))
-        except BaseException as exc:
-            result = ("error", task_id, portable(exc, _IN_WORKER))
-        try:
-            conn.send(result)
+            conn.send(_encode_task(encoder, source, payload, limit, conn.send))
         except (BrokenPipeError, OSError):
             return
+
+
+def _encode_task(encoder: _Encoder, source: Any, task: Any, limit: int | None,
+                 send: Callable[[Any], None]) -> tuple[str, int, Any]:
+    """Encode *task* ``(first, what)``; return the message that ends it: ``("ok",
+    first sample, chunk)`` or ``("error", first sample, exception)``.
+
+    With *limit*, a chunk ends once it holds that many bytes. The parent sends an
+    indexed dataset's rest again (cut to its estimate), but a source that streams
+    (a WebDataset shard, which could only be taken up again by reading it from
+    its start) goes on here: each chunk but the last is sent as it is encoded,
+    ``("part", its first sample, chunk)``, and the parent stops reading this
+    worker while it holds enough, so that the send waits and the shard's
+    encoded samples are never all held, here or there.
+    """
+    first = int(task[0])
+    stream = getattr(source, "streams", False)
+    remaining = _task_samples(task)
+    try:
+        samples = source.expand(task)
+        while True:
+            chunk = encoder.encode(samples, source.describe, limit)
+            remaining -= _covered(chunk)
+            if stream and limit is not None and int(chunk.packed.sum()) >= limit:  # its size
+                if remaining > 0:
+                    send(("part", first, chunk))
+                    first += _covered(chunk)
+                    continue
+                next(samples, None)  # at its end, the source checks its count
+            return ("ok", first, chunk)
+    except BaseException as exc:
+        return ("error", first, portable(exc, _IN_WORKER))
 
 
 def _seed(value: Any, name: str) -> int:
@@ -585,6 +615,15 @@ def _result_bytes(chunk: Any) -> int:
     return len(chunk.blob) + chunk.metadata.nbytes + chunk.packed.nbytes
 
 
+def _after(task: Any, count: int) -> Any:
+    """What *task* has left after its first *count* samples (as sent, for messages
+    and counts: a shard's rest is never sent, its worker goes on with it)."""
+    first, what = task
+    if isinstance(what, tuple) and len(what) == 2 and isinstance(what[1], int):
+        return (first + count, (what[0], what[1] - count))
+    return (first + count, what[count:])
+
+
 def _task_samples(task: Any) -> int:
     """How many samples a task covers: ``(first, [dataset indices])`` or ``(first,
     (shard, count))``."""
@@ -674,7 +713,8 @@ class _Pool:
                     raise self._died(proc) from None
 
     def run(self, tasks: Sequence[Any],
-            split: Callable[[Any, int], tuple[Any, Any]] | None = None) -> Iterator[Any]:
+            split: Callable[[Any, int], tuple[Any, Any]] | None = None,
+            streams: bool = False) -> Iterator[Any]:
         """Yield the results of *tasks* in order; raise the first failure.
 
         A task is ``(first, what)``, *first* its first sample's place in the file,
@@ -684,7 +724,11 @@ class _Pool:
         workers, so that each has work within ``IN_FLIGHT_BYTES``), as estimated
         from the chunks received so far, and a worker ends a chunk at that size:
         the rest of the task is sent before any other (cut again), the earliest
-        first. Chunks are yielded in the order of their first sample. A worker
+        first. Where tasks cannot be split but *streams* (WebDataset shards), a
+        worker sends a task's chunks of that size as it encodes them, and the
+        parent stops reading a worker, whose next send then waits, while the
+        chunks it holds reach ``IN_FLIGHT_BYTES``, unless that worker's next chunk
+        is the next to yield. Chunks are yielded in the order of their first sample. A worker
         with nothing to do is given a task whenever fewer than
         ``_IN_FLIGHT_PER_WORKER * 2`` per worker are sent or waiting to be yielded;
         a second one only while those stay within ``IN_FLIGHT_BYTES``, as
@@ -702,11 +746,11 @@ class _Pool:
         again: list[tuple[int, Any]] = []  # heap of the rests of tasks cut short
         sent: dict[int, Any] = {}  # tasks sent and not answered, by first sample
         following = int(waiting[0][0]) if waiting else 0  # the first sample to yield next
-        held_samples = 0  # in the chunks received and not yet yielded
+        held_samples = held_bytes = 0  # in the chunks received and not yet yielded
         window = _IN_FLIGHT_PER_WORKER * len(self.conns) * 2
         per_task = min(TASK_BYTES,
                        IN_FLIGHT_BYTES // ((_IN_FLIGHT_PER_WORKER + 1) * len(self.conns)))
-        limit = per_task if split is not None else None
+        limit = per_task if split is not None or streams else None
         estimate = _Estimate()
 
         def feed(conn: Connection, level: int) -> None:
@@ -757,8 +801,15 @@ class _Pool:
 
         feed_all()
         while waiting or again or spans:
-            ready = wait([*self.conns, *sentinels])
+            # a worker whose next chunk is the next to yield is always read; the
+            # others while the chunks held stay within the budget (their sends wait)
+            readable = [conn for conn in self.conns if held_bytes < IN_FLIGHT_BYTES
+                        or (held[conn] and held[conn][0] == following)]
+            ready = wait([*readable, *sentinels])
+            dead = [self.conns[self.procs.index(sentinels[r])] for r in ready if r in sentinels]
+            # what a dead worker sent before dying (an error, say) is read first
             answered: list[Any] = [r for r in ready if r not in sentinels]
+            answered += [conn for conn in dead if conn not in answered and conn.poll()]
             for conn in answered:
                 assert isinstance(conn, Connection)
                 try:
@@ -778,27 +829,32 @@ class _Pool:
                         raise value
                     finally:  # not the frame's too: a cycle through its traceback
                         value = None
-                busy[conn] -= 1
-                held[conn].remove(first)
                 task = sent.pop(first)
                 covered = _covered(value)
                 estimate.add(covered, _result_bytes(value))
                 held_samples += covered
+                held_bytes += _result_bytes(value)
+                received[first] = value
+                if status == "part":  # the worker goes on with the rest
+                    rest = _after(task, covered)
+                    sent[rest[0]] = rest
+                    spans[rest[0]] = spans[first] - covered
+                    spans[first] = covered
+                    held[conn][held[conn].index(first)] = rest[0]
+                    continue
+                busy[conn] -= 1
+                held[conn].remove(first)
                 if split is not None and 0 < covered < spans[first]:
                     # the worker ended the chunk at its size: the rest goes first
                     spans[first] = covered
                     heapq.heappush(again, (first + covered, split(task, covered)[1]))
-                received[first] = value
-            for sentinel in ready:
-                if sentinel in sentinels:
-                    proc = sentinels[sentinel]
-                    conn = self.conns[self.procs.index(proc)]
-                    # what it sent before dying (an error, say) is read first
-                    if conn not in answered and not conn.poll():
-                        raise self._died(proc, sent, held[conn])
+            for conn in dead:
+                if conn not in answered and not conn.poll():
+                    raise self._died(owner[conn], sent, held[conn])
             while following in received:
                 chunk = received.pop(following)
                 held_samples -= _covered(chunk)
+                held_bytes -= _result_bytes(chunk)
                 following += spans.pop(following)
                 yield chunk
                 del chunk
@@ -1775,7 +1831,8 @@ class DatasetWriter:
                          self.start_method, [dir_fd, lock.fd, output.fd], self.fname)
             extra_told = False
             with self._progress_bar(num_samples) as bar:
-                for chunk in pool.run(tasks, getattr(source, "split", None)):
+                for chunk in pool.run(tasks, getattr(source, "split", None),
+                                      getattr(source, "streams", False)):
                     pages.add(chunk)
                     self.skipped.extend(chunk.skipped)
                     bar.update(len(chunk.packed) + len(chunk.skipped))
@@ -1930,7 +1987,10 @@ class _IndexedSource:
 
 
 class _WebDatasetSource:
-    """Shards of a WebDataset: ``(first_dest, (shard, expected_count))``."""
+    """Shards of a WebDataset: ``(first_dest, (shard, expected_count))``; a worker
+    sends a shard's chunks as it encodes them (it streams, see ``_encode_task``)."""
+
+    streams = True
 
     def __init__(self, pipeline: Callable[[Any], Iterable[Any]], fname: str) -> None:
         self.pipeline = pipeline

@@ -96,8 +96,9 @@ class _Recorder:
 
         def recording_recv(conn: Any) -> Any:
             got = recv(conn)
-            if os.getpid() == self.pid and isinstance(got, tuple) and got[0] == "ok":
-                self.outstanding[id(conn)] -= 1
+            if os.getpid() == self.pid and isinstance(got, tuple) and got[0] in ("ok", "part"):
+                if got[0] == "ok":  # (a part: the worker goes on with the task)
+                    self.outstanding[id(conn)] -= 1
                 self.held += len(got[2].blob)
                 self.most_held = max(self.most_held, self.held)
             return got
@@ -930,6 +931,88 @@ def test_webdataset_takes_one_shard_as_a_string_or_path(tmp_path: Path,
         DatasetWriter(path, {"label": IntField()}, num_workers=1, progress=False,
                       start_method="fork").from_webdataset(given, webdataset_labels)
         assert Reader(path).metadata["f0"].tolist() == list(range(7))
+
+
+BLOB = 50_000  # the bytes of each sample of make_blob_shards
+
+
+def make_blob_shards(folder: Path, count: int, samples: int) -> list[str]:
+    """*count* shards of *samples* samples of BLOB bytes each, labelled in order."""
+    wds = pytest.importorskip("webdataset", reason="webdataset is an optional extra")
+    shards = []
+    for s in range(count):
+        shard = str(folder / f"blobs-{s}.tar")
+        with wds.TarWriter(shard) as sink:
+            for i in range(samples):
+                label = s * samples + i
+                sink.write({"__key__": f"{s}-{i}", "cls": str(label).encode(),
+                            "bin": bytes([label % 251]) * BLOB})
+        shards.append(shard)
+    return shards
+
+
+def blobs_first_shard_slow(dataset):  # type: ignore[no-untyped-def]
+    for sample in dataset:
+        if sample["__key__"].startswith("0-"):
+            time.sleep(0.02)
+        yield np.frombuffer(sample["bin"], np.uint8), int(sample["cls"])
+
+
+def blobs_dying_at_label(dataset):  # type: ignore[no-untyped-def]
+    for sample in dataset:
+        if int(sample["cls"]) == 33:
+            os._exit(3)
+        yield np.frombuffer(sample["bin"], np.uint8), int(sample["cls"])
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_shard_is_sent_in_chunks_as_it_is_encoded(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A WebDataset shard was one task, whole: its worker held every encoded sample
+    of it, and so did the parent while the shard before it was still encoding
+    (here, while the first was slow, the whole second shard: 1.5 MB against a
+    400 kB budget). A worker now sends a shard's chunks as it encodes them, and
+    the parent stops reading it while it holds IN_FLIGHT_BYTES; the file is the same."""
+    shards = make_blob_shards(tmp_path, 3, 30)
+    fields = {"b": BytesField(), "i": IntField()}
+
+    def write_shards(path: Path) -> None:
+        DatasetWriter(path, fields, num_workers=2, progress=False, start_method="fork") \
+            .from_webdataset(shards, blobs_first_shard_slow)
+
+    write_shards(tmp_path / "whole.beton")
+    monkeypatch.setattr(writer_module, "TASK_BYTES", 3 * BLOB)
+    monkeypatch.setattr(writer_module, "IN_FLIGHT_BYTES", 8 * BLOB)
+    recorder = _Recorder(monkeypatch)
+    write_shards(tmp_path / "cut.beton")
+    assert recorder.sent() == [30, 30, 30]  # a shard is still sent whole
+    assert sum(recorder.placed()) == 90
+    assert max(recorder.blobs) <= 3 * BLOB + 100  # (its label's bytes)
+    # the budget, and a chunk of each worker read while it was not yet reached
+    assert recorder.most_held <= 8 * BLOB + 2 * (3 * BLOB + 100)
+    assert (tmp_path / "cut.beton").read_bytes() == (tmp_path / "whole.beton").read_bytes()
+    assert Reader(tmp_path / "cut.beton").metadata["f1"].tolist() == list(range(90))
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_worker_dying_in_a_shard_names_the_samples_it_had_not_sent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shards = make_blob_shards(tmp_path, 2, 30)
+    monkeypatch.setattr(writer_module, "TASK_BYTES", 3 * BLOB)
+    path = tmp_path / "w.beton"
+
+    # (the counting pass runs in this process)
+    monkeypatch.setattr(writer_module._WebDatasetSource, "count",
+                        lambda self, shard, start: 30)
+    with pytest.raises(WorkerError, match=r"died \(exit code 3\).*encoding samples 33-59"):
+        DatasetWriter(path, {"b": BytesField(), "i": IntField()}, num_workers=1,
+                      progress=False, start_method="fork").from_webdataset(
+                          shards, blobs_dying_at_label)
+    assert not path.exists()
 
 
 @pytest.mark.parametrize("shards", [b"shard-0.tar", iter(["shard-0.tar"]), ["a.tar", 3],
