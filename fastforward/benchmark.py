@@ -76,6 +76,12 @@ def image_field(reader: Reader) -> str:
     raise ValueError(f"{reader.fname} has no RGBImageField")
 
 
+def stored_image_count(reader: Reader, field: str, mode: str) -> int:
+    """How many images of *field* are stored as *mode* (``'jpg'`` or ``'raw'``)."""
+    column = reader.metadata[f"f{reader.field_names.index(field)}"]
+    return int(np.count_nonzero(column["mode"] == IMAGE_MODES[mode]))
+
+
 def stored_jpegs(reader: Reader, field: str, limit: int | None = None) -> list[bytes]:
     """The JPEG payloads of *field*, as stored (at most *limit*), each decoded once
     first (a damaged one is a ``DecodeError`` naming the file, sample and field,

@@ -1041,6 +1041,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         image_field,
         loader_pipelines,
         loader_throughput,
+        stored_image_count,
         stored_jpegs,
     )
     from .utils import default_workers
@@ -1081,11 +1082,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
                              f"{reader.num_samples}")
         blobs = stored_jpegs(reader, field, limit=2000)
         batches = reader.num_samples // args.batch_size  # the loader drops the last part
+        raw = reader.num_samples - stored_image_count(reader, field, "jpg")
     timed = ("each without its first batch (the first epoch without one per ring slot, at "
              "most a third: they fault the slots in)"
              if batches - 1 >= STEADY_MIN_BATCHES else "whole, start-up included")
     _print(f"{args.file}: pipeline {args.pipeline}, batch {args.batch_size}, "
            f"{args.epochs} epoch(s), {timed}")
+    if raw:  # (a raw image costs a copy: the loader's figure is not one of JPEGs alone)
+        _print(f"note: {raw:,} of the {reader.num_samples:,} images of field {field!r} are "
+               "stored raw, not as JPEG: " + (
+                   "the decode limit is of its JPEGs alone, and the ratio is not of like "
+                   "with like" if blobs else "there is no decode limit to compare with"))
     print(f"  {'workers':>7}  {'decode limit':>13}  {'fastforward':>12}  {'ratio':>6}")
     rows, whole_epochs = [], False
     for workers in counts:

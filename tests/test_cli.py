@@ -1293,6 +1293,36 @@ def test_bench_simple_needs_one_size_of_image(tmp_path: Path,
     assert "unexpected" not in line
 
 
+@pytest.mark.parametrize("smart_threshold", [5_000, None], ids=["mixed", "all-raw"])
+def test_bench_says_when_images_are_stored_raw(corpus: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str],
+                                               smart_threshold: int | None) -> None:
+    """A file with images stored raw ('smart' or 'proportion' write modes) was
+    compared with the decode limit of its JPEGs alone, without a word: a raw
+    image costs a copy, so the ratio looked better than any loader's of JPEGs."""
+    import simplejpeg
+
+    from fastforward.fields import RGBImageField
+    from fastforward.writer import DatasetWriter
+
+    photos = [simplejpeg.decode_jpeg(path.read_bytes())
+              for path in sorted(corpus.glob("*/*.jpg"))[:16]]
+    # every other one small (3 kB raw), the others 48 kB: JPEG above 5 kB
+    images = [(photo[:32, :32] if i % 2 else photo[:128, :128],)
+              for i, photo in enumerate(photos)]
+    path = tmp_path / "mixed.beton"
+    mode = "smart" if smart_threshold else "raw"
+    DatasetWriter(path, {"image": RGBImageField(write_mode=mode,
+                                                smart_threshold=smart_threshold)},
+                  num_workers=1, progress=False).from_indexed_dataset(images)
+    assert main(["bench", str(path), "--workers", "1", "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out
+    raw = 8 if smart_threshold else 16
+    assert f"note: {raw} of the 16 images of field 'image' are stored raw" in out
+    assert ("the ratio is not of like with like" if smart_threshold
+            else "there is no decode limit") in out
+
+
 def test_bench_names_a_damaged_jpeg(beton: Path, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     """A corrupt JPEG failed the decode limit's timing loop with libjpeg's message
