@@ -472,7 +472,8 @@ def _encode_task(encoder: _Encoder, source: Any, task: Any, limit: int | None,
     its start) goes on here: each chunk but the last is sent as it is encoded,
     ``("part", its first sample, chunk)``, and the parent stops reading this
     worker while it holds enough, so that the send waits and the shard's
-    encoded samples are never all held, here or there.
+    encoded samples are never all held, here or there (an error further on in
+    the shard is then met, or read, only once the parent reads this worker again).
     """
     first = int(task[0])
     stream = getattr(source, "streams", False)
@@ -801,10 +802,12 @@ class _Pool:
 
         feed_all()
         while waiting or again or spans:
-            # a worker whose next chunk is the next to yield is always read; the
-            # others while the chunks held stay within the budget (their sends wait)
-            readable = [conn for conn in self.conns if held_bytes < IN_FLIGHT_BYTES
-                        or (held[conn] and held[conn][0] == following)]
+            # the worker that holds the next chunk to yield is always read (it may
+            # come after another task of that worker's: the rest of a task cut short
+            # is sent to a worker that has one already); the others while the chunks
+            # held stay within the budget (their sends wait)
+            readable = [conn for conn in self.conns
+                        if held_bytes < IN_FLIGHT_BYTES or following in held[conn]]
             ready = wait([*readable, *sentinels])
             dead = [self.conns[self.procs.index(sentinels[r])] for r in ready if r in sentinels]
             # what a dead worker sent before dying (an error, say) is read first
