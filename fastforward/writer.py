@@ -482,11 +482,12 @@ def _encode_task(encoder: _Encoder, source: Any, task: Any, limit: int | None,
         samples = source.expand(task)
         while True:
             chunk = encoder.encode(samples, source.describe, limit)
-            remaining -= _covered(chunk)
+            covered = _covered(chunk)
+            remaining -= covered
             if stream and limit is not None and int(chunk.packed.sum()) >= limit:  # its size
                 if remaining > 0:
                     send(("part", first, chunk))
-                    first += _covered(chunk)
+                    first += covered
                     continue
                 next(samples, None)  # at its end, the source checks its count
             return ("ok", first, chunk)
@@ -616,11 +617,16 @@ def _result_bytes(chunk: Any) -> int:
     return len(chunk.blob) + chunk.metadata.nbytes + chunk.packed.nbytes
 
 
+def _is_shard(what: Any) -> bool:
+    """Whether a task's *what* is a shard's ``(shard, count)``, not dataset indices."""
+    return isinstance(what, tuple) and len(what) == 2 and isinstance(what[1], int)
+
+
 def _after(task: Any, count: int) -> Any:
     """What *task* has left after its first *count* samples (as sent, for messages
     and counts: a shard's rest is never sent, its worker goes on with it)."""
     first, what = task
-    if isinstance(what, tuple) and len(what) == 2 and isinstance(what[1], int):
+    if _is_shard(what):
         return (first + count, (what[0], what[1] - count))
     return (first + count, what[count:])
 
@@ -629,9 +635,7 @@ def _task_samples(task: Any) -> int:
     """How many samples a task covers: ``(first, [dataset indices])`` or ``(first,
     (shard, count))``."""
     what = task[1]
-    if isinstance(what, tuple) and len(what) == 2 and isinstance(what[1], int):
-        return int(what[1])
-    return len(what)
+    return int(what[1]) if _is_shard(what) else len(what)
 
 
 class _Pool:
@@ -833,10 +837,10 @@ class _Pool:
                     finally:  # not the frame's too: a cycle through its traceback
                         value = None
                 task = sent.pop(first)
-                covered = _covered(value)
-                estimate.add(covered, _result_bytes(value))
+                covered, nbytes = _covered(value), _result_bytes(value)
+                estimate.add(covered, nbytes)
                 held_samples += covered
-                held_bytes += _result_bytes(value)
+                held_bytes += nbytes
                 received[first] = value
                 if status == "part":  # the worker goes on with the rest
                     rest = _after(task, covered)
