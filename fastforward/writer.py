@@ -638,6 +638,121 @@ def _task_samples(task: Any) -> int:
     return int(what[1]) if _is_shard(what) else len(what)
 
 
+class _Schedule:
+    """What one ``_Pool.run`` keeps track of, and decides: the tasks not yet sent
+    (and the rests of tasks cut short), the tasks each worker holds, the chunks
+    received and not yet yielded, and the first sample to yield next. The pool
+    sends, receives and yields; see ``_Pool.run`` for the rules."""
+
+    def __init__(self, tasks: Sequence[Any], conns: Sequence[Connection],
+                 split: Callable[[Any, int], tuple[Any, Any]] | None, streams: bool) -> None:
+        self.split = split
+        # not yet sent (an empty shard's task would share its first sample with the
+        # next task's: it has nothing to encode, and is left out)
+        self.waiting = collections.deque(task for task in tasks if _task_samples(task))
+        self.again: list[tuple[int, Any]] = []  # heap of the rests of tasks cut short
+        self.sent: dict[int, Any] = {}  # tasks sent and not answered, by first sample
+        self.spans: dict[int, int] = {}  # by first sample: the samples a task sent covers
+        self.received: dict[int, Any] = {}  # chunks by first sample, not yet yielded
+        self.busy: dict[Connection, int] = dict.fromkeys(conns, 0)  # tasks each holds
+        self.held: dict[Connection, list[int]] = {conn: [] for conn in conns}  # firsts
+        self.following = int(self.waiting[0][0]) if self.waiting else 0  # to yield next
+        self.held_samples = self.held_bytes = 0  # in the chunks received, not yielded
+        self.window = _IN_FLIGHT_PER_WORKER * len(conns) * 2
+        self.per_task = min(TASK_BYTES,
+                            IN_FLIGHT_BYTES // ((_IN_FLIGHT_PER_WORKER + 1) * len(conns)))
+        self.limit = self.per_task if split is not None or streams else None  # for workers
+        self.estimate = _Estimate()
+
+    def unfinished(self) -> bool:
+        """Whether any task is still to send, or any chunk still to yield."""
+        return bool(self.waiting or self.again or self.spans)
+
+    def next_task(self, conn: Connection) -> Any | None:
+        """The task to send *conn*'s worker now, taken off its queue (cut to
+        ``per_task`` where it can be), or None where it should wait."""
+        # the rest of a task a worker cut short, the earliest first; the one that
+        # the next chunk to yield begins with is needed for anything to go on, so
+        # neither the window nor the budget holds it back (with the window full of
+        # later chunks, it waited for ever), the others they do
+        queue = self.again if self.again else self.waiting
+        needed = queue is self.again and self.again[0][0] == self.following
+        if not queue or (not needed and len(self.spans) >= self.window):
+            return None
+        task = self.again[0][1] if queue is self.again else self.waiting[0]
+        most = self.estimate.samples_within(self.per_task)
+        if most is None:  # nothing received yet: one small task per worker
+            if self.busy[conn]:
+                return None
+            most = PROBE_SAMPLES
+        rest = None
+        if self.split is not None and _task_samples(task) > most:
+            task, rest = self.split(task, most)
+        if not needed and self.busy[conn] and not self.estimate.fits(
+                _task_samples(task), self.sent.values(), self.held_samples, IN_FLIGHT_BYTES):
+            return None  # the tasks in flight are enough for now
+        if queue is self.again:
+            heapq.heappop(self.again)
+            if rest is not None:
+                heapq.heappush(self.again, (int(rest[0]), rest))
+        elif rest is None:
+            self.waiting.popleft()
+        else:
+            self.waiting[0] = rest
+        return task
+
+    def sent_to(self, conn: Connection, task: Any) -> None:
+        """Note that *task* went to *conn*'s worker."""
+        first = int(task[0])
+        self.sent[first] = task
+        self.spans[first] = _task_samples(task)
+        self.busy[conn] += 1
+        self.held[conn].append(first)
+
+    def readable(self) -> list[Connection]:
+        """The workers to read: the one that holds the next chunk to yield always
+        (it may come after another task of that worker's: the rest of a task cut
+        short is sent to a worker that has one already); the others while the
+        chunks held stay within the budget (their sends wait)."""
+        return [conn for conn, firsts in self.held.items()
+                if self.held_bytes < IN_FLIGHT_BYTES or self.following in firsts]
+
+    def take(self, conn: Connection, status: str, first: int, value: Any) -> None:
+        """Keep the chunk *value* that *conn*'s worker sent for the task at *first*:
+        a "part" of a task it goes on with, or the end of the task (all of it, or
+        where it cut the chunk at its size: the rest is then sent again, first)."""
+        task = self.sent.pop(first)
+        covered, nbytes = _covered(value), _result_bytes(value)
+        self.estimate.add(covered, nbytes)
+        self.held_samples += covered
+        self.held_bytes += nbytes
+        self.received[first] = value
+        held = self.held[conn]
+        if status == "part":  # the worker goes on with the rest
+            rest = _after(task, covered)
+            self.sent[rest[0]] = rest
+            self.spans[rest[0]] = self.spans[first] - covered
+            self.spans[first] = covered
+            held[held.index(first)] = rest[0]
+            return
+        self.busy[conn] -= 1
+        held.remove(first)
+        if self.split is not None and 0 < covered < self.spans[first]:
+            # the worker ended the chunk at its size: the rest goes first
+            self.spans[first] = covered
+            heapq.heappush(self.again, (first + covered, self.split(task, covered)[1]))
+
+    def in_order(self) -> Iterator[Any]:
+        """Give up the chunks received that come next, in order."""
+        while self.following in self.received:
+            chunk = self.received.pop(self.following)
+            self.held_samples -= _covered(chunk)
+            self.held_bytes -= _result_bytes(chunk)
+            self.following += self.spans.pop(self.following)
+            yield chunk
+            del chunk  # not held while the pool waits on its workers
+
+
 class _Pool:
     """Worker processes, each fed over its own pipe; the parent waits on the
     pipes and on the processes' sentinels, so a dead worker is noticed at once.
@@ -739,133 +854,60 @@ class _Pool:
         a second one only while those stay within ``IN_FLIGHT_BYTES``, as
         estimated. The rest of a cut task that the next chunk to yield begins
         with is sent whatever the window and the budget: nothing else can go on."""
-        received: dict[int, Any] = {}  # chunks by first sample, not yet yielded
-        spans: dict[int, int] = {}  # by first sample: the samples a task sent covers
-        busy: dict[Connection, int] = dict.fromkeys(self.conns, 0)
-        held: dict[Connection, list[int]] = {conn: [] for conn in self.conns}  # firsts
-        sentinels = {p.sentinel: p for p in self.procs}
-        owner = dict(zip(self.conns, self.procs, strict=True))
-        # not yet sent (an empty shard's task would share its first sample with the
-        # next task's: it has nothing to encode, and is left out)
-        waiting = collections.deque(task for task in tasks if _task_samples(task))
-        again: list[tuple[int, Any]] = []  # heap of the rests of tasks cut short
-        sent: dict[int, Any] = {}  # tasks sent and not answered, by first sample
-        following = int(waiting[0][0]) if waiting else 0  # the first sample to yield next
-        held_samples = held_bytes = 0  # in the chunks received and not yet yielded
-        window = _IN_FLIGHT_PER_WORKER * len(self.conns) * 2
-        per_task = min(TASK_BYTES,
-                       IN_FLIGHT_BYTES // ((_IN_FLIGHT_PER_WORKER + 1) * len(self.conns)))
-        limit = per_task if split is not None or streams else None
-        estimate = _Estimate()
-
-        def feed(conn: Connection, level: int) -> None:
-            while busy[conn] < level:
-                # the rest of a task a worker cut short, the earliest first; the one
-                # that the next chunk to yield begins with is needed for anything to
-                # go on, so neither the window nor the budget holds it back (with the
-                # window full of later chunks, it waited for ever), the others they do
-                queue = again if again else waiting
-                needed = queue is again and again[0][0] == following
-                if not queue or (not needed and len(spans) >= window):
-                    return
-                task = queue[0][1] if queue is again else queue[0]
-                most = estimate.samples_within(per_task)
-                if most is None:  # nothing received yet: one small task per worker
-                    if busy[conn]:
-                        return
-                    most = PROBE_SAMPLES
-                rest = None
-                if split is not None and _task_samples(task) > most:
-                    task, rest = split(task, most)
-                if not needed and busy[conn] and not estimate.fits(
-                        _task_samples(task), sent.values(), held_samples, IN_FLIGHT_BYTES):
-                    return  # the tasks in flight are enough for now
-                if queue is again:
-                    heapq.heappop(again)
-                    if rest is not None:
-                        heapq.heappush(again, (int(rest[0]), rest))
-                elif rest is None:
-                    waiting.popleft()
-                else:
-                    waiting[0] = rest
-                first = int(task[0])
-                try:
-                    conn.send((first, task, limit))
-                except OSError:  # BrokenPipeError: it died since the last wait()
-                    raise self._died(owner[conn], sent, held[conn]) from None
-                sent[first] = task
-                spans[first] = _task_samples(task)
-                busy[conn] += 1
-                held[conn].append(first)
-
-        def feed_all() -> None:
-            # the idle workers first: each gets one task before any gets a second
-            for level in range(1, _IN_FLIGHT_PER_WORKER + 1):
-                for conn in self.conns:
-                    feed(conn, level)
-
-        feed_all()
-        while waiting or again or spans:
-            # the worker that holds the next chunk to yield is always read (it may
-            # come after another task of that worker's: the rest of a task cut short
-            # is sent to a worker that has one already); the others while the chunks
-            # held stay within the budget (their sends wait)
-            readable = [conn for conn in self.conns
-                        if held_bytes < IN_FLIGHT_BYTES or following in held[conn]]
-            ready = wait([*readable, *sentinels])
-            dead = [self.conns[self.procs.index(sentinels[r])] for r in ready if r in sentinels]
+        plan = _Schedule(tasks, self.conns, split, streams)
+        sentinels = {proc.sentinel: conn for conn, proc in zip(self.conns, self.procs,
+                                                                strict=True)}
+        self._feed(plan)
+        while plan.unfinished():
+            ready = wait([*plan.readable(), *sentinels])
+            dead = [sentinels[r] for r in ready if r in sentinels]
             # what a dead worker sent before dying (an error, say) is read first
             answered: list[Any] = [r for r in ready if r not in sentinels]
             answered += [conn for conn in dead if conn not in answered and conn.poll()]
             for conn in answered:
-                assert isinstance(conn, Connection)
-                try:
-                    status, first, value = conn.recv()
-                except (EOFError, OSError):
-                    raise self._died(owner[conn], sent, held[conn]) from None
-                if status == "error":
-                    if first < 0:
-                        raise WorkerError(
-                            f"{self.fname}: a writer worker ({self.method} start) could not "
-                            f"load the dataset and fields it was sent: "
-                            f"{type(value).__name__}: {value}. Their classes must be "
-                            "importable by name (defined at the top level of a module, not "
-                            "in a notebook or inside a function)"
-                        ) from value
-                    try:
-                        raise value
-                    finally:  # not the frame's too: a cycle through its traceback
-                        value = None
-                task = sent.pop(first)
-                covered, nbytes = _covered(value), _result_bytes(value)
-                estimate.add(covered, nbytes)
-                held_samples += covered
-                held_bytes += nbytes
-                received[first] = value
-                if status == "part":  # the worker goes on with the rest
-                    rest = _after(task, covered)
-                    sent[rest[0]] = rest
-                    spans[rest[0]] = spans[first] - covered
-                    spans[first] = covered
-                    held[conn][held[conn].index(first)] = rest[0]
-                    continue
-                busy[conn] -= 1
-                held[conn].remove(first)
-                if split is not None and 0 < covered < spans[first]:
-                    # the worker ended the chunk at its size: the rest goes first
-                    spans[first] = covered
-                    heapq.heappush(again, (first + covered, split(task, covered)[1]))
+                self._receive(plan, conn)
             for conn in dead:
                 if conn not in answered and not conn.poll():
-                    raise self._died(owner[conn], sent, held[conn])
-            while following in received:
-                chunk = received.pop(following)
-                held_samples -= _covered(chunk)
-                held_bytes -= _result_bytes(chunk)
-                following += spans.pop(following)
-                yield chunk
-                del chunk
-            feed_all()
+                    raise self._died_in(plan, conn)
+            yield from plan.in_order()
+            self._feed(plan)
+
+    def _feed(self, plan: _Schedule) -> None:
+        """Send the workers what *plan* has for them: the idle workers first, each
+        one task before any gets a second."""
+        for level in range(1, _IN_FLIGHT_PER_WORKER + 1):
+            for conn in self.conns:
+                while plan.busy[conn] < level and (task := plan.next_task(conn)) is not None:
+                    try:
+                        conn.send((int(task[0]), task, plan.limit))
+                    except OSError:  # BrokenPipeError: it died since the last wait()
+                        raise self._died_in(plan, conn) from None
+                    plan.sent_to(conn, task)
+
+    def _receive(self, plan: _Schedule, conn: Connection) -> None:
+        """Read one reply of *conn*'s worker into *plan*, or raise what it says."""
+        try:
+            status, first, value = conn.recv()
+        except (EOFError, OSError):
+            raise self._died_in(plan, conn) from None
+        if status == "error":
+            if first < 0:
+                raise WorkerError(
+                    f"{self.fname}: a writer worker ({self.method} start) could not "
+                    f"load the dataset and fields it was sent: "
+                    f"{type(value).__name__}: {value}. Their classes must be "
+                    "importable by name (defined at the top level of a module, not "
+                    "in a notebook or inside a function)"
+                ) from value
+            try:
+                raise value
+            finally:  # not the frame's too: a cycle through its traceback
+                value = None
+        plan.take(conn, status, first, value)
+
+    def _died_in(self, plan: _Schedule, conn: Connection) -> WorkerError:
+        """``_died`` for *conn*'s worker, with the tasks *plan* says it held."""
+        return self._died(self.procs[self.conns.index(conn)], plan.sent, plan.held[conn])
 
     def _died(self, proc: Any, tasks: Mapping[int, Any] | None = None,
               held: Sequence[int] = ()) -> WorkerError:
