@@ -220,9 +220,15 @@ def test_window_is_validated(tmp_path: Path) -> None:
     path = tmp_path / "b.beton"
     DatasetWriter(path, {"b": BytesField()}, num_workers=1, progress=False) \
         .from_indexed_dataset([np.zeros(10, np.uint8)] * 10)
-    with pytest.raises(ValueError, match="window"):
-        Loader(path, 2, order=OrderOption.QUASI_RANDOM, seed=0, order_kwargs={"window": 0},
-               pipelines={"b": None})
+    for window in (0, 8.7, 8.0, "8", True):  # 8.7 was cut to 8, 8.0 taken as 8
+        with pytest.raises(ValueError, match=f"window must be an integer.*{window!r}"):
+            Loader(path, 2, order=OrderOption.QUASI_RANDOM, seed=0,
+                   order_kwargs={"window": window}, pipelines={"b": None})
+    for window in (1, np.int32(8)):
+        loader = Loader(path, 2, order=OrderOption.QUASI_RANDOM, seed=0,
+                        order_kwargs={"window": window}, pipelines={"b": None})
+        assert loader.traversal_order.window == window
+        assert type(loader.traversal_order.window) is int
 
 
 class ClassByClass:

@@ -123,8 +123,12 @@ class QuasiRandom(TraversalOrder):
 
     def __init__(self, loader: Any, window: int = DEFAULT_WINDOW) -> None:
         super().__init__(loader)
-        if window < 1:
-            raise ValueError(f"window must be at least 1, got {window}")
+        # a whole number only: 8.7 was cut to 8 without a word, and 8.0, which orders
+        # as 8 does, made a state saved with one refused by a loader with the other
+        if isinstance(window, (bool, np.bool_)) or not isinstance(window, (int, np.integer)) \
+                or window < 1:
+            raise ValueError(f"QUASI_RANDOM's window must be an integer of at least 1 "
+                             f"(pages), got {window!r}")
         self.window = int(window)
         pages = sample_pages(loader.reader)
         self.pages = pages[self.indices]
