@@ -375,6 +375,28 @@ def test_a_tensor_result_lands_in_the_slot_as_an_array_would(
                                         "output_shape and output_dtype"):
         batches(photos_file, lambda t: t.float(), 1, "thread", input="tensor",
                 output_shape=(32, 32, 3), output_dtype=np.uint8)
+    # integers into floats mixed two scales in one batch, silently (a transform giving
+    # uint8 for some images and floats in [0, 1] for others: v2.RandomChoice of
+    # ToDtype(scale=True) and Identity); refused now, as narrower integers are
+    with pytest.raises(TypeError, match=r"returned uint8 images, not float32 \(integer "
+                                        r"images among float ones mix two scales"):
+        batches(photos_file, lambda t: t, 1, "thread", input="tensor",
+                output_shape=(32, 32, 3), output_dtype=np.float32)
+    with pytest.raises(TypeError, match=r"returned int64 images, not int32 \(int32 cannot "
+                                        "hold every int64 value"):
+        batches(photos_file, lambda t: t.long() << 31, 1, "thread", input="tensor",
+                output_shape=(32, 32, 3), output_dtype=np.int32)
+    # what keeps every value goes in: bool into uint8, uint8 into int16, float64
+    # into float32 (precision only)
+    as_bool = batches(photos_file, lambda t: t > 127, 1, "thread", input="tensor",
+                      output_shape=(32, 32, 3), output_dtype=np.uint8)
+    np.testing.assert_array_equal(as_bool, plain[:, :, ::-1] > 127)
+    wide = batches(photos_file, lambda t: t.flip(-1), 1, "thread", input="tensor",
+                   output_shape=(32, 32, 3), output_dtype=np.int16)
+    np.testing.assert_array_equal(wide, plain)
+    doubles = batches(photos_file, lambda t: t.flip(-1).double() / 3, 1, "thread",
+                      input="tensor", output_shape=(32, 32, 3), output_dtype=np.float32)
+    np.testing.assert_array_equal(doubles, (plain.astype(np.float64) / 3).astype(np.float32))
     # and one of another shape is named
     with pytest.raises(ValueError, match=r"returned an image of shape \(32, 16, 3\)"):
         batches(photos_file, lambda t: t[:, :, :16], 1, "thread", input="tensor",

@@ -212,11 +212,10 @@ class Augment(Operation):
                              "images of one size, so end the transform with a fixed-size "
                              "crop or resize (v2.RandomResizedCrop(224), A.Resize(224, 224)), "
                              "or give the output_shape it always returns")
-        try:
-            np.copyto(destination, out, casting="same_kind")
-        except TypeError:
+        if not _castable(out.dtype, destination.dtype):
             raise TypeError(f"{_describe(self.transform)} returned {out.dtype} images, not "
-                            f"{destination.dtype}: give output_shape and output_dtype") from None
+                            f"{destination.dtype}{_cast_hint(out.dtype, destination.dtype)}")
+        np.copyto(destination, out, casting="unsafe")  # (checked just above)
         return destination
 
     def _call(self, image: np.ndarray, seed: int) -> np.ndarray:
@@ -454,6 +453,33 @@ def _copy_tensor(value: Any, destination: np.ndarray) -> bool:
         return False
     view.copy_(value)
     return True
+
+
+def _castable(given: np.dtype, wanted: np.dtype) -> bool:
+    """Whether an image of dtype *given* may go into a batch of *wanted*: the same
+    dtype, a cast that keeps every value (bool or uint8 into a wider integer), or
+    floats into narrower floats; never integers into floats (a transform that gives
+    uint8 for some images and floats in [0, 1] for others mixed the two scales in
+    one batch) nor integers into narrower ones (uint16 into uint8 wrapped round)."""
+    if given == wanted or (given.kind == "f" and wanted.kind == "f"):
+        return True
+    if given.kind in "iu" and wanted.kind in "fc":
+        return False
+    return bool(np.can_cast(given, wanted, "safe"))
+
+
+def _cast_hint(given: np.dtype, wanted: np.dtype) -> str:
+    """What to do about an image of dtype *given* in a batch of *wanted*."""
+    if given.kind in "iu" and wanted.kind in "fc":
+        return (" (integer images among float ones mix two scales, 0-255 and 0-1): make "
+                "the transform return one dtype for every image (end it with "
+                "v2.ToDtype(torch.float32, scale=True), or A.ToFloat()), or give "
+                "output_shape and output_dtype it always returns")
+    if given.kind in "iu" and wanted.kind in "iu":
+        return (f" ({wanted} cannot hold every {given} value): make the transform return "
+                f"{wanted} for every image, or give output_shape and output_dtype it "
+                "always returns")
+    return ": give output_shape and output_dtype it always returns"
 
 
 def _describe(transform: Any) -> str:
