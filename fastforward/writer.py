@@ -654,8 +654,8 @@ class _Schedule:
         self.sent: dict[int, Any] = {}  # tasks sent and not answered, by first sample
         self.spans: dict[int, int] = {}  # by first sample: the samples a task sent covers
         self.received: dict[int, Any] = {}  # chunks by first sample, not yet yielded
-        self.busy: dict[Connection, int] = dict.fromkeys(conns, 0)  # tasks each holds
-        self.held: dict[Connection, list[int]] = {conn: [] for conn in conns}  # firsts
+        # the tasks each worker holds, by first sample (a part's rest in its place)
+        self.held: dict[Connection, list[int]] = {conn: [] for conn in conns}
         self.following = int(self.waiting[0][0]) if self.waiting else 0  # to yield next
         self.held_samples = self.held_bytes = 0  # in the chunks received, not yielded
         self.window = _IN_FLIGHT_PER_WORKER * len(conns) * 2
@@ -682,13 +682,13 @@ class _Schedule:
         task = self.again[0][1] if queue is self.again else self.waiting[0]
         most = self.estimate.samples_within(self.per_task)
         if most is None:  # nothing received yet: one small task per worker
-            if self.busy[conn]:
+            if self.held[conn]:
                 return None
             most = PROBE_SAMPLES
         rest = None
         if self.split is not None and _task_samples(task) > most:
             task, rest = self.split(task, most)
-        if not needed and self.busy[conn] and not self.estimate.fits(
+        if not needed and self.held[conn] and not self.estimate.fits(
                 _task_samples(task), self.sent.values(), self.held_samples, IN_FLIGHT_BYTES):
             return None  # the tasks in flight are enough for now
         if queue is self.again:
@@ -706,7 +706,6 @@ class _Schedule:
         first = int(task[0])
         self.sent[first] = task
         self.spans[first] = _task_samples(task)
-        self.busy[conn] += 1
         self.held[conn].append(first)
 
     def readable(self) -> list[Connection]:
@@ -735,7 +734,6 @@ class _Schedule:
             self.spans[first] = covered
             held[held.index(first)] = rest[0]
             return
-        self.busy[conn] -= 1
         held.remove(first)
         if self.split is not None and 0 < covered < self.spans[first]:
             # the worker ended the chunk at its size: the rest goes first
@@ -854,42 +852,43 @@ class _Pool:
         a second one only while those stay within ``IN_FLIGHT_BYTES``, as
         estimated. The rest of a cut task that the next chunk to yield begins
         with is sent whatever the window and the budget: nothing else can go on."""
-        plan = _Schedule(tasks, self.conns, split, streams)
+        schedule = _Schedule(tasks, self.conns, split, streams)
         sentinels = {proc.sentinel: conn for conn, proc in zip(self.conns, self.procs,
                                                                 strict=True)}
-        self._feed(plan)
-        while plan.unfinished():
-            ready = wait([*plan.readable(), *sentinels])
+        self._feed(schedule)
+        while schedule.unfinished():
+            ready = wait([*schedule.readable(), *sentinels])
             dead = [sentinels[r] for r in ready if r in sentinels]
             # what a dead worker sent before dying (an error, say) is read first
             answered: list[Any] = [r for r in ready if r not in sentinels]
             answered += [conn for conn in dead if conn not in answered and conn.poll()]
             for conn in answered:
-                self._receive(plan, conn)
+                self._receive(schedule, conn)
             for conn in dead:
                 if conn not in answered and not conn.poll():
-                    raise self._died_in(plan, conn)
-            yield from plan.in_order()
-            self._feed(plan)
+                    raise self._died_in(schedule, conn)
+            yield from schedule.in_order()
+            self._feed(schedule)
 
-    def _feed(self, plan: _Schedule) -> None:
-        """Send the workers what *plan* has for them: the idle workers first, each
+    def _feed(self, schedule: _Schedule) -> None:
+        """Send the workers what *schedule* has for them: the idle workers first, each
         one task before any gets a second."""
         for level in range(1, _IN_FLIGHT_PER_WORKER + 1):
             for conn in self.conns:
-                while plan.busy[conn] < level and (task := plan.next_task(conn)) is not None:
+                while len(schedule.held[conn]) < level and (
+                        task := schedule.next_task(conn)) is not None:
                     try:
-                        conn.send((int(task[0]), task, plan.limit))
+                        conn.send((int(task[0]), task, schedule.limit))
                     except OSError:  # BrokenPipeError: it died since the last wait()
-                        raise self._died_in(plan, conn) from None
-                    plan.sent_to(conn, task)
+                        raise self._died_in(schedule, conn) from None
+                    schedule.sent_to(conn, task)
 
-    def _receive(self, plan: _Schedule, conn: Connection) -> None:
-        """Read one reply of *conn*'s worker into *plan*, or raise what it says."""
+    def _receive(self, schedule: _Schedule, conn: Connection) -> None:
+        """Read one reply of *conn*'s worker into *schedule*, or raise what it says."""
         try:
             status, first, value = conn.recv()
         except (EOFError, OSError):
-            raise self._died_in(plan, conn) from None
+            raise self._died_in(schedule, conn) from None
         if status == "error":
             if first < 0:
                 raise WorkerError(
@@ -903,11 +902,12 @@ class _Pool:
                 raise value
             finally:  # not the frame's too: a cycle through its traceback
                 value = None
-        plan.take(conn, status, first, value)
+        schedule.take(conn, status, first, value)
 
-    def _died_in(self, plan: _Schedule, conn: Connection) -> WorkerError:
-        """``_died`` for *conn*'s worker, with the tasks *plan* says it held."""
-        return self._died(self.procs[self.conns.index(conn)], plan.sent, plan.held[conn])
+    def _died_in(self, schedule: _Schedule, conn: Connection) -> WorkerError:
+        """``_died`` for *conn*'s worker, with the tasks *schedule* says it held."""
+        return self._died(self.procs[self.conns.index(conn)], schedule.sent,
+                          schedule.held[conn])
 
     def _died(self, proc: Any, tasks: Mapping[int, Any] | None = None,
               held: Sequence[int] = ()) -> WorkerError:
