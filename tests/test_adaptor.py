@@ -423,6 +423,25 @@ def test_a_tensor_returned_hwc_is_refused_not_scrambled(photos_file: Path) -> No
     np.testing.assert_array_equal(out, plain[:, ::-1])
 
 
+def with_its_label(image: np.ndarray) -> tuple[np.ndarray, int]:
+    return image, 0
+
+
+def test_a_result_that_is_no_image_names_the_transform(photos_file: Path) -> None:
+    """A transform returning ``(image, target)`` was refused as "the transform
+    returned a tuple", naming neither it nor what to do."""
+    with pytest.raises(TypeError, match=r"with_its_label returned a tuple, not an image "
+                       r"\(a NumPy array, a tensor or a PIL image\): Augment hands it one "
+                       r"image and takes one image back; wrap it"):
+        batches(photos_file, with_its_label, 1, "thread")  # the trial run, at Loader()
+    with pytest.raises(TypeError, match="with_its_label returned a tuple") as info:
+        batches(photos_file, with_its_label, 1, "thread", output_shape=(32, 32, 3),
+                output_dtype=np.uint8)
+    assert "photos.beton" in str(info.value)  # (and the sample and field, as any error)
+    with pytest.raises(TypeError, match=r"Augment: str returned a str, not an image \([^)]*\)\n"):
+        batches(photos_file, str, 1, "thread")
+
+
 def test_torch_imported_during_a_batch_is_restored_too(tmp_path: Path) -> None:
     """An operation that imports torch in the middle of a batch: torch's
     generator is saved when first seeded and restored at the batch's end."""

@@ -201,7 +201,7 @@ class Augment(Operation):
         value = self._transform(sample, seed)
         if _copy_tensor(value, destination):
             return destination
-        out = _as_image(value)
+        out = _as_image(value, self.transform)
         if (*out.shape, 1) == destination.shape:  # a one-channel image, its axis dropped
             out = out[..., None]
         if out.shape != destination.shape:
@@ -219,7 +219,7 @@ class Augment(Operation):
         return destination
 
     def _call(self, image: np.ndarray, seed: int) -> np.ndarray:
-        out = _as_image(self._transform(image, seed))
+        out = _as_image(self._transform(image, seed), self.transform)
         if out.ndim == 2 and image.ndim == 3:
             # one channel out of an H×W×C image (grayscale), its axis dropped: kept,
             # so that ToTorchImage gives B×1×H×W
@@ -400,8 +400,8 @@ def _seed_generators(generators: list[Any], seed: int) -> None:
             generator.set_random_seed(value >> 33)
 
 
-def _as_image(value: Any) -> np.ndarray:
-    """What a transform returned, as an H×W×C (or H×W) NumPy image."""
+def _as_image(value: Any, transform: Any) -> np.ndarray:
+    """What *transform* returned, as an H×W×C (or H×W) NumPy image."""
     if isinstance(value, np.ndarray):
         return value
     if hasattr(value, "detach") and hasattr(value, "permute"):  # a torch tensor (tv_tensors too)
@@ -411,7 +411,12 @@ def _as_image(value: Any) -> np.ndarray:
         return tensor.contiguous().numpy()
     if hasattr(value, "mode") and hasattr(value, "size"):  # a PIL image
         return np.asarray(value)
-    raise TypeError(f"the transform returned a {type(value).__name__}, not an image")
+    hint = ""
+    if isinstance(value, (tuple, list, dict)):  # (image, target), albumentations' dict…
+        hint = (": Augment hands it one image and takes one image back; wrap it in a "
+                "function that returns the image alone")
+    raise TypeError(f"{_describe(transform)} returned a {type(value).__name__}, not an "
+                    f"image (a NumPy array, a tensor or a PIL image){hint}")
 
 
 def _refuse_hwc_tensor(value: Any, image: np.ndarray, transform: Any) -> None:
@@ -483,7 +488,7 @@ def _cast_hint(given: np.dtype, wanted: np.dtype) -> str:
 
 
 def _describe(transform: Any) -> str:
-    """A function by its name, anything else by its class's."""
-    if isinstance(transform, types.FunctionType):
+    """A function or a class by its name, anything else by its class's."""
+    if isinstance(transform, (types.FunctionType, types.BuiltinFunctionType, type)):
         return transform.__qualname__
     return type(transform).__name__
