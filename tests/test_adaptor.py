@@ -427,6 +427,12 @@ def with_its_label(image: np.ndarray) -> tuple[np.ndarray, int]:
     return image, 0
 
 
+def batch_of_one(image: np.ndarray) -> Any:
+    import torch
+
+    return torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)
+
+
 def test_a_result_that_is_no_image_names_the_transform(photos_file: Path) -> None:
     """A transform returning ``(image, target)`` was refused as "the transform
     returned a tuple", naming neither it nor what to do."""
@@ -438,8 +444,16 @@ def test_a_result_that_is_no_image_names_the_transform(photos_file: Path) -> Non
         batches(photos_file, with_its_label, 1, "thread", output_shape=(32, 32, 3),
                 output_dtype=np.uint8)
     assert "photos.beton" in str(info.value)  # (and the sample and field, as any error)
+    with pytest.raises(ValueError, match=r"returned an image of shape \(32, 32, 3, 1\): one "
+                       r"image is H×W×C"):
+        batches(photos_file, functools.partial(np.expand_dims, axis=-1), 1, "thread")
     with pytest.raises(TypeError, match=r"Augment: str returned a str, not an image \([^)]*\)\n"):
         batches(photos_file, str, 1, "thread")
+    # a batch of one, as a model takes it, was kept: batches of B×1×C×H×W
+    pytest.importorskip("torch")
+    with pytest.raises(ValueError, match=r"batch_of_one returned an image of shape \(1, 3, 32, "
+                       r"32\): one image is C×H×W \(or H×W\); drop any batch axis"):
+        batches(photos_file, batch_of_one, 1, "thread")
 
 
 def test_torch_imported_during_a_batch_is_restored_too(tmp_path: Path) -> None:

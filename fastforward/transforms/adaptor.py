@@ -402,10 +402,15 @@ def _seed_generators(generators: list[Any], seed: int) -> None:
 
 def _as_image(value: Any, transform: Any) -> np.ndarray:
     """What *transform* returned, as an H×W×C (or H×W) NumPy image."""
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "detach") and hasattr(value, "permute"):  # a torch tensor (tv_tensors too)
-        tensor = value.detach().cpu()
+    if isinstance(value, np.ndarray) or (hasattr(value, "detach") and hasattr(value, "permute")):
+        if value.ndim not in (2, 3):  # a batch of one (unsqueeze(0)) would be a batch's sample
+            layout = "H×W×C" if isinstance(value, np.ndarray) else "C×H×W"
+            raise ValueError(
+                f"{_describe(transform)} returned an image of shape {tuple(value.shape)}: "
+                f"one image is {layout} (or H×W); drop any batch axis (.squeeze(0))")
+        if isinstance(value, np.ndarray):
+            return value
+        tensor = value.detach().cpu()  # a torch tensor (tv_tensors too)
         if tensor.ndim == 3:
             tensor = tensor.permute(1, 2, 0)  # C×H×W -> H×W×C
         return tensor.contiguous().numpy()
