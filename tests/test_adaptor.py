@@ -444,8 +444,8 @@ def test_a_result_that_is_no_image_names_the_transform(photos_file: Path) -> Non
         batches(photos_file, with_its_label, 1, "thread", output_shape=(32, 32, 3),
                 output_dtype=np.uint8)
     assert "photos.beton" in str(info.value)  # (and the sample and field, as any error)
-    with pytest.raises(ValueError, match=r"returned an image of shape \(32, 32, 3, 1\): one "
-                       r"image is H×W×C"):
+    with pytest.raises(ValueError, match=r"partial\(expand_dims\) returned an image of shape "
+                       r"\(32, 32, 3, 1\): one image is H×W×C"):
         batches(photos_file, functools.partial(np.expand_dims, axis=-1), 1, "thread")
     with pytest.raises(TypeError, match=r"Augment: str returned a str, not an image \([^)]*\)\n"):
         batches(photos_file, str, 1, "thread")

@@ -493,7 +493,11 @@ def _cast_hint(given: np.dtype, wanted: np.dtype) -> str:
 
 
 def _describe(transform: Any) -> str:
-    """A function or a class by its name, anything else by its class's."""
-    if isinstance(transform, (types.FunctionType, types.BuiltinFunctionType, type)):
-        return transform.__qualname__
+    """A function or a class by its name (a ``functools.partial`` by its function's),
+    anything else by its class's."""
+    if isinstance(transform, functools.partial):
+        return f"partial({_describe(transform.func)})"
+    name = getattr(transform, "__qualname__", None)  # (functions, classes, NumPy's functions)
+    if isinstance(name, str):
+        return name
     return type(transform).__name__
