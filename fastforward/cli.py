@@ -1171,7 +1171,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     Returns:
         The exit status.
     """
-    from .preview import render
+    from .preview import render, what_is_drawn
 
     custom_fields = _custom_fields(args)
     with Reader(args.file, custom_handlers=custom_fields) as reader:
@@ -1182,8 +1182,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
                  decoder=args.decoder, size=args.size, flip=args.flip, seed=args.seed,
                  epoch=args.epoch, columns=args.columns, shuffle=args.shuffle,
                  custom_fields=custom_fields)
-    _print(f"{drawn} samples of {args.file} ({args.decoder} {args.size}"
-           f"{' + flip' if args.flip else ''}) drawn in {out}")
+    _print(f"{drawn} samples of {args.file} ({what_is_drawn(args.decoder, args.size, args.flip)})"
+           f" drawn in {out}")
     return 0
 
 

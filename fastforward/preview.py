@@ -79,6 +79,13 @@ def png_target(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> 
     return out
 
 
+def what_is_drawn(decoder: str, size: int, flip: bool) -> str:
+    """The decoder, the size it gives (the simple decoder's images are drawn as
+    stored: no size) and the flip, for titles."""
+    shown = "simple, as stored" if decoder == "simple" else f"{decoder} {size}"
+    return shown + (" + flip" if flip else "")
+
+
 def save_png(figure: Any, out: Path, dpi: int) -> None:
     """Save *figure* as a PNG at exactly *out* (no suffix added), atomically, as
     the writer writes (``writer.replace_file``; a link is written through, and
@@ -303,8 +310,7 @@ def render(path: str | os.PathLike[str], out: str | os.PathLike[str], samples: i
             elif isinstance(handler, IntField):
                 title.append(f"{name}={int(np.asarray(value[k]).ravel()[0])}")
         ax.set_title(" ".join(title), fontsize=8)
-    figure.suptitle(f"{Path(path).name}: {decoder} {size}" + (" + flip" if flip else ""),
-                    fontsize=10)
+    figure.suptitle(f"{Path(path).name}: {what_is_drawn(decoder, size, flip)}", fontsize=10)
     figure.tight_layout()
     try:
         save_png(figure, out, dpi=100)

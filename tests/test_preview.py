@@ -342,3 +342,24 @@ def test_preview_writes_any_name_the_directory_allows(scene_file: Path, tmp_path
     assert main(["preview", str(scene_file), "-o", str(tmp_path / "x.jpg")]) == 1
     assert "x.jpg: the image written is a PNG: name it .png" in capsys.readouterr().err
     assert not (tmp_path / "x.jpg").exists()
+
+
+def test_the_title_names_the_size_only_where_the_decoder_gives_one(
+        one_size_scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """--decoder simple draws images as stored, yet the title and the command's
+    line said "simple 256"."""
+    pytest.importorskip("matplotlib")
+    from fastforward import preview
+
+    titles: list[str] = []
+    monkeypatch.setattr(preview, "save_png", lambda figure, out, dpi: titles.append(
+        figure.get_suptitle()))
+    out = str(tmp_path / "p.png")
+    assert main(["preview", str(one_size_scenes), "-o", out, "--decoder", "simple"]) == 0
+    assert main(["preview", str(one_size_scenes), "-o", out, "--size", "32"]) == 0
+    assert titles[0] == "one-size.beton: simple, as stored"
+    assert titles[1] == "one-size.beton: center_crop 32"
+    printed = capsys.readouterr().out.splitlines()
+    assert "(simple, as stored) drawn in" in printed[0]
+    assert "(center_crop 32) drawn in" in printed[1]
