@@ -40,7 +40,7 @@ from .errors import FormatError, annotate
 from .fields import Field, JSONField, NDArrayField, RGBImageField, TorchTensorField
 from .fields.bytes import BYTES_METADATA, BytesField
 from .fields.rgb_image import IMAGE_MODES, require_simplejpeg
-from .fields.tagged import TaggedField, describe_unknown, tagged_class
+from .fields.tagged import TaggedField, describe_unknown, tagged_class, tagged_types
 from .types import (
     ALLOC_TABLE_TYPE,
     CURRENT_VERSION,
@@ -534,10 +534,11 @@ class Reader:
 
     def _check_allocations_used(self, pointer_columns: list[np.ndarray], searched: bool) -> None:
         """Every allocation is one payload's: none unused (a field dropped, a type
-        changed), none named twice. Only where every field is a built-in one (a
-        custom field's pointers may be hidden from ``payload_pointers``)."""
-        if any(type(h) not in TYPE_ID_HANDLER.values() and type(h) is not TorchTensorField
-               for h in self._handler_list) or not self._ptrs.size:
+        changed), none named twice. Only where every field is one of fastforward's
+        own, FFCV's or tagged (a custom field's pointers may be hidden from
+        ``payload_pointers``)."""
+        own = {*TYPE_ID_HANDLER.values(), TorchTensorField, *tagged_types().values()}
+        if any(type(h) not in own for h in self._handler_list) or not self._ptrs.size:
             return
         if not searched and len(pointer_columns) * self.num_samples == len(self._ptrs):
             # every row where guessed: first_rows[s] + k differs for every (s, k), so the

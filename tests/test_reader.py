@@ -371,6 +371,33 @@ def test_two_fields_naming_one_allocation_is_refused(mixed: Path) -> None:
     assert problems[1].endswith("is the payload of two fields")
 
 
+@pytest.mark.parametrize("tagged", ["ragged", "mask", "multichannel"])
+def test_a_changed_type_is_refused_beside_fastforwards_own_fields(tmp_path: Path,
+                                                                   tagged: str) -> None:
+    """An NDArrayField's type id flipped to FloatField's (one bit) was refused in a
+    file of FFCV's fields, but accepted beside a RaggedField, MaskField or
+    MultiChannelImageField, taken for custom fields: the array's file offset read
+    as a float."""
+    from fastforward.fields import FloatField, MaskField, MultiChannelImageField, RaggedField
+
+    field, value = {
+        "ragged": (RaggedField(np.int32), np.arange(3, dtype=np.int32)),
+        "mask": (MaskField(), np.zeros((4, 5), np.uint8)),
+        "multichannel": (MultiChannelImageField(2, np.uint16), np.zeros((4, 5, 2), np.uint16)),
+    }[tagged]
+    path = tmp_path / "tagged.beton"
+    DatasetWriter(path, {"label": IntField(), "arr": NDArrayField(np.float32, (3,)),
+                         "extra": field}, num_workers=1, progress=False,
+                  checksums=False).from_indexed_dataset(
+        [(i, np.full(3, i, np.float32), value) for i in range(8)])
+    Reader(path).read(1)  # sound
+    patch(path, 24 + 1041, bytes([0]))  # field 'arr': type id 4 (NDArrayField) -> 0
+    expect_error(path, r"the allocation of sample 0 at \d+ \(12 bytes\) is no field's payload")
+    reader = Reader(path, validate=False)
+    assert type(reader.handlers["arr"]) is FloatField
+    assert any("is no field's payload" in str(p) for p in reader.verify())
+
+
 def test_huge_ndarray_shape_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "arr.beton"
     DatasetWriter(path, {"a": NDArrayField("<f4", (3,))}, num_workers=1, progress=False,

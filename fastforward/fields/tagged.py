@@ -35,7 +35,8 @@ _HEAD = len(MARKER) + 2  # the marker, then the JSON text's length (u2)
 VERSION = 1
 
 
-def _types() -> dict[str, type[TaggedField]]:
+def tagged_types() -> dict[str, type[TaggedField]]:
+    """The tagged field classes this version knows, by the names files give them."""
     from .mask import MaskField
     from .multichannel import MultiChannelImageField
     from .ragged import RaggedField
@@ -76,7 +77,7 @@ def tagged_class(binary: Any) -> type[Field] | None:
     arguments = parse_arguments(binary)
     if arguments is None:
         return None
-    return _types().get(arguments["type"])
+    return tagged_types().get(arguments["type"])
 
 
 def describe_unknown(binary: Any) -> str | None:
@@ -86,7 +87,7 @@ def describe_unknown(binary: Any) -> str | None:
         arguments = parse_arguments(binary)
     except FormatError as exc:
         return str(exc)
-    if arguments is None or arguments["type"] in _types():
+    if arguments is None or arguments["type"] in tagged_types():
         return None
     return (f"a fastforward field of type {arguments['type']!r}, which this version does not "
             f"know (it knows {', '.join(TAGGED_TYPES)}): upgrade fastforward")
