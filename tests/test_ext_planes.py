@@ -179,7 +179,7 @@ def test_nearest_range_reports_the_first_bad_payload(masks: list[np.ndarray]) ->
     assert "stored 120×160, expected 121×160" in message
 
 
-def test_a_short_raw_payload_is_refused(masks: list[np.ndarray]) -> None:
+def test_a_raw_payload_of_another_size_is_refused(masks: list[np.ndarray]) -> None:
     payload = pack(masks[0], None, 3)[:-1]
     source, starts, sizes = batch_of([payload])
     h, w = masks[0].shape
@@ -188,7 +188,16 @@ def test_a_short_raw_payload_is_refused(masks: list[np.ndarray]) -> None:
         np.array([[0, 0, h, w]], np.int64), np.array([[h, w]], np.int64),
         np.zeros(1, np.uint8), np.empty((1, h, w), np.uint8), 0, Workspace())
     assert k == 0
-    assert f"short of {h * w}" in message
+    assert message == (f"a {h}×{w} image needs {h * w} bytes of values, the payload holds "
+                       f"{h * w - 1}")
+    # and one longer than its header says (its rows would be read sheared)
+    source, starts, sizes = batch_of([np.append(pack(masks[0], None, 3), np.uint8(0))])
+    k, message = planes.decode_nearest_range(
+        planes.ZstdDecoder(), source, starts, sizes, False, np.array([h]), np.array([w]),
+        np.array([[0, 0, h, w]], np.int64), np.array([[h, w]], np.int64),
+        np.zeros(1, np.uint8), np.empty((1, h, w), np.uint8), 0, Workspace())
+    assert k == 0
+    assert message.endswith(f"the payload holds {h * w + 1}")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="mprotect through ctypes: Linux")

@@ -523,3 +523,28 @@ def test_a_stored_side_past_the_writers_limit_is_refused(tmp_path: Path) -> None
             pytest.raises(DecodeError, match=r"sample 1, field 'img': stored "
                                              r"1073741824×536870912: a side past 65535"):
         list(loader)
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_a_raw_payload_longer_than_its_header_says_is_refused_by_every_decoder(
+        tmp_path: Path, worker_type: str) -> None:
+    """A raw (uncompressed) payload whose header says 24×23 but holds 24×24 pixels:
+    Reader.read and the simple decoder refused it, the crop decoders cut 24×23 out
+    of it and returned its rows sheared."""
+    images = [np.arange(24 * 24 * 4, dtype=np.uint16).reshape(24, 24, 4) + i for i in range(4)]
+    path = write(tmp_path / "m.beton",
+                 {"img": MultiChannelImageField(4, np.uint16, compression=None)},
+                 [(image,) for image in images])
+    _overwrite_first_header(path, 0, 0, 24, 23)
+    with pytest.raises(DecodeError, match=r"sample 0, field 'img': .*needs 4416 bytes of "
+                                          r"values, the payload holds 4608"):
+        Reader(path).read(0)
+    for decoder in (SimpleMultiChannelImageDecoder(),  # (sized from sample 0: at Loader())
+                    CenterCropMultiChannelImageDecoder((24, 23), 1.0),
+                    RandomResizedCropMultiChannelImageDecoder((16, 16))):
+        with pytest.raises(DecodeError, match=r"sample 0, field 'img': .*(24×23, which its "
+                           r"payload of 4608 bytes|a 24×23 image needs 4416 bytes of values, "
+                           r"the payload holds 4608)"), \
+                Loader(path, 4, num_workers=2, worker_type=worker_type,
+                       pipelines={"img": [decoder]}) as loader:
+            list(loader)

@@ -141,8 +141,9 @@ cdef object _check_payload(const uint8_t[::1] source, uint64_t start, uint64_t s
     if <int64_t>h != height or <int64_t>w != width:
         return f"stored {h}×{w}, expected {height}×{width}"
     if not compressed:
-        if size - HEADER_BYTES < need:
-            return f"payload of {size - HEADER_BYTES} bytes of values is short of {need}"
+        if size - HEADER_BYTES != need:  # (more is damage too: rows read sheared)
+            return (f"a {h}×{w} image needs {need} bytes of values, the payload holds "
+                    f"{size - HEADER_BYTES}")
         return None
     content = ZSTD_getFrameContentSize(&source[start + HEADER_BYTES], size - HEADER_BYTES)
     if content == ZSTD_CONTENTSIZE_ERROR:
