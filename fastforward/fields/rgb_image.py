@@ -228,6 +228,12 @@ whose padding (the encoder's copies of the last column or row) a reduced DCT
 scale averages into every pixel (a 3-pixel-wide source's colours were off by up
 to 60 levels). Such images decode in microseconds anyway."""
 
+SCALED_DECODE_SAMPLINGS = frozenset({"444", "422", "420", "440", "Gray"})
+"""The chroma samplings (as simplejpeg's header names them) of the source JPEGs
+that the writer decodes at a reduced DCT scale; others (4:1:1) are decoded
+whole: libjpeg-turbo scales 4:1:1 chroma down with the luma, and 8-pixel colour
+stripes shrunk 4× lost their colours (121 levels off)."""
+
 
 def source_scale(height: int, width: int, stored_height: int, stored_width: int) -> int:
     """M of the DCT scale M/8 at which the writer's YCbCr path decodes a source
@@ -366,13 +372,15 @@ class RGBImageField(Field):
             min_height = min_width = 0
             if data[:2] == b"\xff\xd8":
                 try:
-                    source = require_simplejpeg().decode_jpeg_header(data)[:2]
+                    height, width, _, sampling = require_simplejpeg().decode_jpeg_header(data)
                 except ValueError as exc:
                     raise DecodeError(f"cannot read JPEG header: {exc}") from exc
+                source = (height, width)
                 # the size follows from the original, whatever scale it is decoded at
                 target = target_size(source[0], source[1], self.max_resolution,
                                      self.min_resolution)
-                if target != source and min(source) >= SCALED_DECODE_MIN_SIDE:
+                if (target != source and min(source) >= SCALED_DECODE_MIN_SIDE
+                        and sampling in SCALED_DECODE_SAMPLINGS):
                     # DCT-domain scaling down to twice the target, area averaging
                     # for the rest: fast, and as sharp as area averaging alone
                     min_height, min_width = 2 * target[0], 2 * target[1]
