@@ -177,6 +177,59 @@ def test_sixteen_bit_colour_png_files_are_refused(tmp_path: Path, photos: list[n
         write(tmp_path / "r.beton", {"image": RGBImageField(write_mode="raw")}, [(rgb,)])
 
 
+def test_an_opened_sixteen_bit_colour_png_is_refused_as_its_bytes_are(
+        tmp_path: Path, photos: list[np.ndarray]) -> None:
+    """The same PNG handed over opened (Image.open, not loaded) was stored as its high
+    bytes, silently: 0x12FF as 18 in a uint16 field."""
+    pytest.importorskip("PIL")
+    values = tiles(photos, 3, np.uint16)[0]
+    (tmp_path / "rgb.png").write_bytes(png_of_16_bits(values))
+    (tmp_path / "gray.png").write_bytes(png_of_16_bits(values[:, :, 0]))
+    with pytest.raises(EncodeError, match=r"sample 0, field 'image': a PIL image of 16-bit "
+                                          r"values \(RGB;16B\), which Pillow reads as 8-bit "
+                                          r"RGB, keeping the high byte: store its values as an "
+                                          r"array"):
+        write(tmp_path / "p.beton", {"image": MultiChannelImageField(3, np.uint16)},
+              OpenedImages([tmp_path / "rgb.png"]))
+    path = write(tmp_path / "g.beton", {"image": MultiChannelImageField(1, np.uint16)},
+                 OpenedImages([tmp_path / "gray.png"]))  # 16 bits kept: I;16B
+    np.testing.assert_array_equal(Reader(path).read(0)[0][:, :, 0], values[:, :, 0])
+
+
+class OpenedImages:
+    """A dataset of image files, each sample ``(Image.open(file),)`` as read in the
+    writer's worker, its pixels not yet read (with *closed*, its file closed too)."""
+
+    def __init__(self, files: list[Path], closed: bool = False) -> None:
+        self.files, self.closed = files, closed
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Any]:
+        from PIL import Image
+
+        if not self.closed:
+            return (Image.open(self.files[i]),)
+        with Image.open(self.files[i]) as image:
+            return (image,)  # its file closed on the way out
+
+
+@pytest.mark.parametrize("field", ["mask", "multichannel"])
+def test_a_pil_image_whose_file_was_closed_is_refused_saying_so(tmp_path: Path,
+                                                                field: str) -> None:
+    """MaskField and MultiChannelImageField raised Pillow's bare AssertionError (an
+    empty message), where RGBImageField says what happened and what to do."""
+    Image = pytest.importorskip("PIL.Image")
+    png = tmp_path / "m.png"
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(png)
+    handler = MaskField() if field == "mask" else MultiChannelImageField(1)
+    with pytest.raises(EncodeError, match=r"sample 0, field 'x': a PIL image whose file was "
+                                          r"closed before its pixels were read .* call "
+                                          r"image.load\(\) before the file closes"):
+        write(tmp_path / "c.beton", {"x": handler}, OpenedImages([png], closed=True))
+
+
 def test_a_bmp_of_16_bits_a_pixel_is_read(tmp_path: Path) -> None:
     """RGB565 ('BGR;16': 16 bits a pixel, not a value) loses nothing in Pillow: it was
     refused as a 16-bit image."""

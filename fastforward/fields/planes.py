@@ -77,17 +77,37 @@ BYTES_IO = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 """How Pillow's messages name the in-memory file they were given."""
 
 
+KEEP_16_BITS = ("store its values as an array (read with a library that keeps 16 bits: "
+                "imageio, tifffile, OpenCV's IMREAD_UNCHANGED)")
+"""What to do with an image of more bits than Pillow keeps."""
+
+
+def pil_pixels(image: Any, load: Callable[[Any], np.ndarray]) -> np.ndarray:
+    """``load(image)`` of a PIL image; one whose file was closed before its pixels
+    were read (Pillow then fails an assertion, or another error by version) is
+    refused saying so."""
+    try:
+        return load(image)
+    except (AssertionError, AttributeError, ValueError) as exc:
+        if getattr(image, "fp", True) is not None:
+            raise
+        raise EncodeError(
+            "a PIL image whose file was closed before its pixels were read (returned "
+            "from inside `with Image.open(...)`?): call image.load() before the file "
+            "closes, or return image.copy()") from exc
+
+
 def as_array(value: Any, what: str, expected: str) -> np.ndarray:
     """*value* as a NumPy array: an array as it is; a PIL image, or the bytes of an
     image file (PNG, TIFF and the like, through Pillow), as its values. *what*
     names the files in errors ("mask image", "image"), *expected* the arrays taken."""
     if isinstance(value, (bytes, bytearray, memoryview)):
-        value = read_with_pillow(
-            bytes(value), what, np.asarray, EncodeError,
-            "store its values as an array (read with a library that keeps 16 bits: "
-            "imageio, tifffile, OpenCV's IMREAD_UNCHANGED)")
+        value = read_with_pillow(bytes(value), what, np.asarray, EncodeError, KEEP_16_BITS)
     elif hasattr(value, "mode") and hasattr(value, "getdata"):  # a PIL image
-        value = np.asarray(value)
+        reduced = reduced_bit_depth(value)
+        if reduced is not None:  # (what the same file's bytes are refused for)
+            raise EncodeError(f"a PIL {what} of {reduced}: {KEEP_16_BITS}")
+        value = pil_pixels(value, np.asarray)
     if not isinstance(value, np.ndarray):
         raise EncodeError(f"expected {expected}, a PIL image or image file bytes, got "
                           f"{type(value).__name__}")

@@ -42,7 +42,7 @@ from ..transforms.crop import (
 from ..transforms.crop import get_center_crop as _center_crop
 from ..utils import whole_number
 from .base import Field, Malloc, PayloadReader, empty_arguments, record_size, sample_rng
-from .planes import read_with_pillow
+from .planes import pil_pixels, read_with_pillow
 
 try:
     import simplejpeg
@@ -100,6 +100,15 @@ PIL_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "
 (alpha dropped)."""
 
 
+def _rgb_pixels(image: Any) -> np.ndarray:
+    """A PIL image of one of ``PIL_MODES`` as RGB pixels."""
+    if image.mode == "La":  # Pillow converts it only through LA (unpremultiplied)
+        image = image.convert("LA")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image)
+
+
 def to_rgb_array(image: Any) -> np.ndarray:
     """Return *image* as a C-contiguous uint8 H×W×3 array.
 
@@ -114,19 +123,7 @@ def to_rgb_array(image: Any) -> np.ndarray:
                 "RGBImageField stores 8-bit RGB, and converting this mode would clip or "
                 "truncate its values; scale it to 8 bits yourself, or store it as it is "
                 "with MultiChannelImageField")
-        try:
-            if image.mode == "La":  # Pillow converts it only through LA (unpremultiplied)
-                image = image.convert("LA")
-            if image.mode != "RGB":
-                image = image.convert("RGB")
-            image = np.asarray(image)
-        except (AssertionError, AttributeError, ValueError) as exc:  # Pillow's load() of a
-            if getattr(image, "fp", True) is not None:               # closed file (by version)
-                raise
-            raise EncodeError(
-                "a PIL image whose file was closed before its pixels were read (returned "
-                "from inside `with Image.open(...)`?): call image.load() before the file "
-                "closes, or return image.copy()") from exc
+        image = pil_pixels(image, _rgb_pixels)
     if not isinstance(image, np.ndarray):
         raise EncodeError(
             f"expected a uint8 H×W×3 array, a PIL image or encoded image bytes, "
