@@ -155,7 +155,7 @@ def test_rgba_drops_alpha(tmp_path: Path, images: list[np.ndarray]) -> None:
     np.testing.assert_array_equal(store(tmp_path, RGBImageField(), [rgba]).read(0)[0], images[0])
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "CMYK", "LA", "1", "YCbCr"])
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "CMYK", "LA", "1", "YCbCr", "HSV"])
 def test_pil_images(tmp_path: Path, images: list[np.ndarray], mode: str) -> None:
     from PIL import Image
 
@@ -253,10 +253,13 @@ def test_non_contiguous_array(tmp_path: Path, images: list[np.ndarray]) -> None:
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [(np.zeros((8, 8, 3), np.float32), "uint8"), (np.zeros((8, 8, 2), np.uint8), "shape"),
+    [(np.zeros((8, 8, 3), np.float32), r"uint8 pixels, got float32 \(shape \(8, 8, 3\)\): "
+                                        r"floats in \[0, 1\] are \(image \* 255\)"),
+     (np.zeros((8, 8, 3), np.uint16), "got uint16 .*: scale it to 8 bits yourself"),
+     (np.zeros((8, 8, 2), np.uint8), "shape"),
      (np.zeros((2, 8, 8, 3), np.uint8), "shape"), (np.zeros((0, 8, 3), np.uint8), "empty"),
      ("not an image", "str"), (b"\x89PNX not an image", "cannot identify image file")],
-    ids=["float", "two-channels", "4d", "empty", "string", "garbage-bytes"],
+    ids=["float", "uint16", "two-channels", "4d", "empty", "string", "garbage-bytes"],
 )
 def test_refused_inputs_name_sample_and_field(tmp_path: Path, value: object, message: str,
                                               images: list[np.ndarray]) -> None:
@@ -268,6 +271,42 @@ def test_refused_inputs_name_sample_and_field(tmp_path: Path, value: object, mes
             progress=False).from_indexed_dataset(data)
     assert "sample 2" in str(info.value)
     assert "'image'" in str(info.value)
+
+
+class TruncatedJpegs:
+    """A dataset of the halves of JPEG files opened with Pillow (not yet decoded)."""
+
+    def __init__(self, blobs: list[bytes]) -> None:
+        self.blobs = blobs
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+    def __getitem__(self, i: int) -> tuple[Any]:
+        from PIL import Image
+
+        return (Image.open(io.BytesIO(self.blobs[i][: len(self.blobs[i]) // 2])),)
+
+
+def test_a_pil_image_of_a_damaged_file_is_a_decode_error(tmp_path: Path,
+                                                          jpeg_folder: Path) -> None:
+    """Pillow's OSError ("image file is truncated") was raised as it was: not a
+    DecodeError, so skip_errors=(DecodeError,) did not leave the sample out."""
+    from fastforward.errors import DecodeError
+
+    blobs = [f.read_bytes() for f in sorted(jpeg_folder.glob("*/*.jpg"))[:2]]
+    writer = DatasetWriter(tmp_path / "t.beton", {"image": RGBImageField()}, num_workers=1,
+                           progress=False, skip_errors=(DecodeError,))
+    writer.from_indexed_dataset(TruncatedJpegs(blobs))
+    assert [(s.index, s.field) for s in writer.skipped] == [(0, "image"), (1, "image")]
+    assert "cannot decode the PIL image's file: image file is truncated" in (
+        writer.skipped[0].error)
+    pytest.importorskip("torch")
+    import torch
+
+    with pytest.raises(EncodeError, match=r"got Tensor \(a C×H×W uint8 tensor is "
+                                          r"tensor.permute\(1, 2, 0\).numpy\(\)"):
+        store(tmp_path, RGBImageField(), [torch.zeros((3, 8, 8), dtype=torch.uint8)])
 
 
 def test_encoded_jpeg_input_is_shrunk(tmp_path: Path, jpeg_folder: Path) -> None:

@@ -85,9 +85,12 @@ KEEP_16_BITS = ("store its values as an array (read with a library that keeps 16
 def pil_pixels(image: Any, load: Callable[[Any], np.ndarray]) -> np.ndarray:
     """``load(image)`` of a PIL image; one whose file was closed before its pixels
     were read (Pillow then fails an assertion, or another error by version) is
-    refused saying so."""
+    refused saying so, and one whose file cannot be decoded (truncated, damaged:
+    Pillow's OSError) is a DecodeError, as the file's bytes would be."""
     try:
         return load(image)
+    except OSError as exc:
+        raise DecodeError(f"cannot decode the PIL image's file: {exc}") from exc
     except (AssertionError, AttributeError, ValueError) as exc:
         if getattr(image, "fp", True) is not None:
             raise
@@ -133,6 +136,7 @@ def read_with_pillow(data: bytes, what: str, load: Callable[[Any], np.ndarray],
             with Image.open(io.BytesIO(data)) as image:
                 reduced = reduced_bit_depth(image)
                 if reduced is None:
+                    image.load()  # (damaged data fails here, as the except clauses say it)
                     return load(image)
     except Image.DecompressionBombError as exc:  # (an Exception, not an OSError)
         raise error(f"{what} file too large to decode: {exc}") from None

@@ -95,7 +95,7 @@ def get_center_crop(height: int, width: int, *args: Any) -> tuple[int, int, int,
 
 
 PIL_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX",
-                       "CMYK", "YCbCr"})
+                       "CMYK", "YCbCr", "HSV"})
 """Pillow modes of 8 bits or fewer per channel, which ``convert("RGB")`` maps faithfully
 (alpha dropped)."""
 
@@ -125,12 +125,23 @@ def to_rgb_array(image: Any) -> np.ndarray:
                 "with MultiChannelImageField")
         image = pil_pixels(image, _rgb_pixels)
     if not isinstance(image, np.ndarray):
+        hint = ""
+        if hasattr(image, "permute") and hasattr(image, "numpy"):  # a torch tensor
+            hint = (" (a C×H×W uint8 tensor is tensor.permute(1, 2, 0).numpy(), as FFCV "
+                    "takes no tensors either)")
         raise EncodeError(
             f"expected a uint8 H×W×3 array, a PIL image or encoded image bytes, "
-            f"got {type(image).__name__}"
+            f"got {type(image).__name__}{hint}"
         )
     if image.dtype != np.uint8:
-        raise EncodeError(f"expected uint8 pixels, got {image.dtype} (shape {image.shape})")
+        hint = ""
+        if image.dtype.kind == "f":
+            hint = ": floats in [0, 1] are (image * 255).round().astype(np.uint8)"
+        elif image.dtype.kind in "iu":
+            hint = (": scale it to 8 bits yourself, or store it as it is with "
+                    "MultiChannelImageField")
+        raise EncodeError(
+            f"expected uint8 pixels, got {image.dtype} (shape {image.shape}){hint}")
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
         image = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=2)
     elif image.ndim == 3 and image.shape[2] == 4:
