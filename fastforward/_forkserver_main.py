@@ -39,6 +39,7 @@ import contextlib
 import gc
 import json
 import os
+import signal
 import sys
 from typing import Any
 
@@ -94,10 +95,38 @@ def _prepare() -> None:
         data = json.loads(raw)
     except ValueError:
         data = None
+    _outlive_group_signals()
     if isinstance(data, dict):
         _import_main(data)
     gc.freeze()
     _flush()
+
+
+GROUP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
+                      if hasattr(signal, name))
+"""What `timeout`, a batch system or a closed terminal send to a whole process group."""
+
+
+def _outlive_group_signals() -> None:
+    """Ignore ``GROUP_SIGNALS`` in the server, and give each process it forks their
+    default actions back (a worker, or another library's process from the same
+    server, is stopped by them as before).
+
+    Sent to the process group, they reached the server as they reached its
+    parent, and killed it at once: its exit clean-up (``utils.
+    _fork_server_outlives_its_parent``, which removes the parent's ``pymp-*``
+    folder when the parent could not) never ran, and a folder stayed in the
+    temporary folder for each such run. Ignoring them, the server ends with its
+    parent, as it does after any death of the parent (end of file on its pipe),
+    and cleans up."""
+    for signum in GROUP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    os.register_at_fork(after_in_child=_default_actions)
+
+
+def _default_actions() -> None:
+    for signum in GROUP_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
 
 
 _prepare()

@@ -13,6 +13,7 @@ import stat
 import sys
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
@@ -542,13 +543,28 @@ def _fork_server_outlives_its_parent() -> None:
     if (os.getpid() != _IMPORTED_IN or not isinstance(address, str)
             or not address.startswith(os.sep)
             or getattr(server, "_forkserver_pid", None) is not None
-            or os.getppid() == _PARENT):
+            or not _orphaned()):
         return
     folder = os.path.dirname(address)
     if os.path.basename(folder).startswith("pymp-"):  # multiprocessing's own
         import shutil
 
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _orphaned(wait: float = 2.0) -> bool:
+    """Whether the process that started this one is gone, waiting up to *wait*
+    seconds for the kernel to say so. A fork server ends when its pipe from the
+    parent reads end of file: the parent is exiting, but the kernel closes a dying
+    process's files before it hands its children to another parent, and the
+    server could get here first and see the parent still its parent (a folder
+    stayed after 1 in 3 SIGTERMs to the process group)."""
+    deadline = time.monotonic() + wait
+    while os.getppid() == _PARENT:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 _IMPORTED_IN, _PARENT = os.getpid(), os.getppid()

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import ctypes
 import errno
+import functools
 import gc
 import json
 import os
@@ -1265,10 +1266,15 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT],
-                         ids=["SIGKILL", "SIGTERM", "Ctrl-C"])
+@pytest.mark.parametrize(("how", "group"), [
+    (signal.SIGKILL, False), (signal.SIGTERM, False), (signal.SIGINT, False),
+    (signal.SIGTERM, True), (signal.SIGHUP, True)],
+    ids=["SIGKILL", "SIGTERM", "Ctrl-C", "SIGTERM-to-the-group", "SIGHUP-to-the-group"])
 def test_workers_die_with_the_loader_process(tmp_path: Path, photos_file: Path,
-                                             how: signal.Signals) -> None:
+                                             how: signal.Signals, group: bool) -> None:
+    """Sent to the process group (`timeout`, a batch system, a closed terminal),
+    SIGTERM and SIGHUP killed the fork server with the loader's process, before
+    it removed the process's pymp-* folder, which stayed."""
     script = tmp_path / "run.py"
     script.write_text(KILL_SCRIPT.format(tests=str(Path(__file__).parent),
                                          path=str(photos_file)))
@@ -1290,7 +1296,10 @@ def test_workers_die_with_the_loader_process(tmp_path: Path, photos_file: Path,
         # killed mid-epoch, not after a fixed delay a slow machine may not have used
         assert process.stdout.readline().strip() == "running", (
             process.stderr.read() if process.stderr else "")
-        process.send_signal(how)
+        if group:  # the script, its workers and the fork server: the session's group
+            os.killpg(process.pid, how)
+        else:
+            process.send_signal(how)
         process.wait(timeout=30)
         deadline = time.monotonic() + 30  # gone within seconds, however busy the machine
         while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
@@ -1378,8 +1387,25 @@ def test_only_a_fork_server_whose_parent_is_gone_removes_its_folder(
     monkeypatch.setattr(utils, "_IMPORTED_IN", os.getpid() + (
         1 if case == "a process forked from the fork server" else 0))
     monkeypatch.setattr(utils, "_PARENT", os.getppid() + (0 if case == "parent alive" else 1))
+    monkeypatch.setattr(utils, "_orphaned", functools.partial(utils._orphaned, wait=0.05))
     utils._fork_server_outlives_its_parent()
     assert folder.exists() == (case != "fork server, parent gone")
+
+
+def test_a_fork_server_waits_for_the_kernel_to_take_its_parent_away(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's pipe reads end of file once the dying parent's files are closed,
+    which is before the kernel gives the server another parent: seeing its parent
+    still there, it left the folder (1 SIGTERM to the process group in 3)."""
+    from fastforward import utils
+
+    parents = iter([utils._PARENT] * 5)
+    monkeypatch.setattr(os, "getppid", lambda: next(parents, 1))  # taken away at last
+    assert utils._orphaned(wait=5.0)
+    monkeypatch.setattr(os, "getppid", lambda: utils._PARENT)  # a parent that lives on
+    began = time.monotonic()
+    assert not utils._orphaned(wait=0.1)
+    assert time.monotonic() - began >= 0.1
 
 
 # -- anything an operation raises reaches next() ------------------------------------
