@@ -536,13 +536,18 @@ def _fork_server_outlives_its_parent() -> None:
     server (which knows its own socket's address and no server pid), or while
     the parent lives, this does nothing; nor in a process forked from one (a
     worker, or a process a worker forks, which may exit while the parent lives):
-    only in the process that imported this module."""
+    only in the process that imported this module, and that no multiprocessing
+    parent started (a worker that imported this module itself, its server alive:
+    Python 3.13's forked workers run their exit functions)."""
+    import multiprocessing
+
     module = sys.modules.get("multiprocessing.forkserver")
     server = getattr(module, "_forkserver", None)
     address = getattr(server, "_forkserver_address", None)
     if (os.getpid() != _IMPORTED_IN or not isinstance(address, str)
             or not address.startswith(os.sep)
             or getattr(server, "_forkserver_pid", None) is not None
+            or multiprocessing.parent_process() is not None
             or not _orphaned()):
         return
     folder = os.path.dirname(address)

@@ -1364,7 +1364,8 @@ def test_the_fork_server_imports_the_main_module_last_and_starts_with_it(
 
 
 @pytest.mark.parametrize("case", ["fork server, parent gone", "parent alive",
-                                  "a process forked from the fork server", "not a fork server"])
+                                  "a process forked from the fork server", "not a fork server",
+                                  "a worker that imported fastforward itself"])
 def test_only_a_fork_server_whose_parent_is_gone_removes_its_folder(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     """What a fork server does at its exit (``utils._fork_server_outlives_its_parent``),
@@ -1387,7 +1388,15 @@ def test_only_a_fork_server_whose_parent_is_gone_removes_its_folder(
     monkeypatch.setattr(utils, "_IMPORTED_IN", os.getpid() + (
         1 if case == "a process forked from the fork server" else 0))
     monkeypatch.setattr(utils, "_PARENT", os.getppid() + (0 if case == "parent alive" else 1))
-    monkeypatch.setattr(utils, "_orphaned", functools.partial(utils._orphaned, wait=0.05))
+    if case == "a worker that imported fastforward itself":  # its parent, the server, alive:
+        # (Python 3.13's workers run their exit functions) it waited 2 s for the parent
+        # to go, at each worker's exit
+        import multiprocessing
+
+        monkeypatch.setattr(multiprocessing, "parent_process", lambda: object())
+        monkeypatch.setattr(utils, "_orphaned", lambda wait=2.0: pytest.fail("waited"))
+    else:
+        monkeypatch.setattr(utils, "_orphaned", functools.partial(utils._orphaned, wait=0.05))
     utils._fork_server_outlives_its_parent()
     assert folder.exists() == (case != "fork server, parent gone")
 
