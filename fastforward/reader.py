@@ -43,6 +43,7 @@ from .fields.rgb_image import IMAGE_MODES, require_simplejpeg
 from .fields.tagged import TaggedField, describe_unknown, tagged_class, tagged_types
 from .types import (
     ALLOC_TABLE_TYPE,
+    BUILTIN_TYPE_IDS,
     CURRENT_VERSION,
     CUSTOM_TYPE_ID,
     TYPE_ID_HANDLER,
@@ -537,7 +538,7 @@ class Reader:
         changed), none named twice. Only where every field is one of fastforward's
         own, FFCV's or tagged (a custom field's pointers may be hidden from
         ``payload_pointers``)."""
-        own = {*TYPE_ID_HANDLER.values(), TorchTensorField, *tagged_types().values()}
+        own = {*BUILTIN_TYPE_IDS, *tagged_types().values()}
         if any(type(h) not in own for h in self._handler_list) or not self._ptrs.size:
             return
         if not searched and len(pointer_columns) * self.num_samples == len(self._ptrs):

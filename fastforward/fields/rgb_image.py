@@ -100,6 +100,10 @@ PIL_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "
 (alpha dropped)."""
 
 
+TO_8_BITS = "scale it to 8 bits yourself, or store it as it is with MultiChannelImageField"
+"""What to do with an image of more than 8 bits a value, which RGBImageField refuses."""
+
+
 def _rgb_pixels(image: Any) -> np.ndarray:
     """A PIL image of one of ``PIL_MODES`` as RGB pixels."""
     if image.mode == "La":  # Pillow converts it only through LA (unpremultiplied)
@@ -121,8 +125,7 @@ def to_rgb_array(image: Any) -> np.ndarray:
             raise EncodeError(
                 f"a PIL image in mode {image.mode!r} ({image.size[1]}×{image.size[0]}): "
                 "RGBImageField stores 8-bit RGB, and converting this mode would clip or "
-                "truncate its values; scale it to 8 bits yourself, or store it as it is "
-                "with MultiChannelImageField")
+                f"truncate its values; {TO_8_BITS}")
         image = pil_pixels(image, _rgb_pixels)
     if not isinstance(image, np.ndarray):
         hint = ""
@@ -138,8 +141,7 @@ def to_rgb_array(image: Any) -> np.ndarray:
         if image.dtype.kind == "f":
             hint = ": floats in [0, 1] are (image * 255).round().astype(np.uint8)"
         elif image.dtype.kind in "iu":
-            hint = (": scale it to 8 bits yourself, or store it as it is with "
-                    "MultiChannelImageField")
+            hint = f": {TO_8_BITS}"
         raise EncodeError(
             f"expected uint8 pixels, got {image.dtype} (shape {image.shape}){hint}")
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
@@ -211,8 +213,7 @@ def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> n
         except ValueError as exc:
             raise DecodeError(f"cannot decode JPEG: {exc}{_why(str(exc))}") from exc
     return read_with_pillow(data, "image", to_rgb_array, DecodeError,  # --skip-bad skips them
-                            "RGBImageField stores 8-bit RGB; scale it to 8 bits yourself, "
-                            "or store it as it is with MultiChannelImageField")
+                            f"RGBImageField stores 8-bit RGB; {TO_8_BITS}")
 
 
 def target_size(
