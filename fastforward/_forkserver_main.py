@@ -36,6 +36,7 @@ and scipy.signal: 65 MB of private memory per worker, 15 MB frozen).
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import json
 import os
@@ -96,6 +97,7 @@ def _prepare() -> None:
     except ValueError:
         data = None
     _outlive_group_signals()
+    _survive_cut_starts()
     if isinstance(data, dict):
         _import_main(data)
     gc.freeze()
@@ -127,6 +129,45 @@ def _outlive_group_signals() -> None:
 def _default_actions() -> None:
     for signum in GROUP_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
+
+
+def _survive_cut_starts() -> None:
+    """Take a process start that was cut short for what it is, in the server and
+    in the child it forked, without a traceback.
+
+    Ctrl-C in ``Popen._launch`` (multiprocessing's start of a worker), between
+    its connection to the server and its last write, leaves the server or the
+    child with end of file where the start's data should be: before the
+    descriptors, the server's ``reduction.recvfds`` raised ``EOFError``, which
+    its loop lets through (it only ignores ``ECONNABORTED``), and the server
+    ended, printing a traceback under the user's ``KeyboardInterrupt``; the next
+    loader then waited for a new server, which imports torch and the main module
+    again (``workers._start_process``). After them, the child read no process
+    object, and printed its own. Now the server takes the first for the aborted
+    connection it is and serves on, and such a child exits with code 1 without a
+    word (nobody waits for it). ``spawn._main`` raises ``EOFError`` only from
+    there: what the process's target raises, ``_bootstrap`` reports itself. The
+    processes the server forks get ``recvfds`` back as it was."""
+    from multiprocessing import reduction, spawn
+
+    receive, main = reduction.recvfds, spawn._main
+
+    def recvfds(sock: Any, size: int) -> Any:
+        try:
+            return receive(sock, size)
+        except EOFError:
+            raise ConnectionAbortedError(
+                errno.ECONNABORTED, "a process start was cut short") from None
+
+    def started(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except EOFError:  # no process object came
+            return 1
+
+    reduction.recvfds = recvfds
+    spawn._main = started
+    os.register_at_fork(after_in_child=lambda: setattr(reduction, "recvfds", receive))
 
 
 _prepare()

@@ -982,14 +982,17 @@ def test_a_forked_child_makes_a_loader_of_its_own(tmp_path: Path, photos_file: P
     assert "child exit code 0" in result.stdout, result.stderr
 
 
-def test_a_dying_fork_server_is_waited_for(tmp_path: Path, photos_file: Path) -> None:
-    """A start that Ctrl-C cut between connecting to the fork server and sending
-    it the descriptors makes CPython's server exit; until it has, multiprocessing
-    uses it again: the next epoch raised ConnectionRefusedError (one retry after
-    0.2 s was too soon for a server that had preloaded torch)."""
-    pytest.importorskip("torch", reason="a server that preloaded torch takes a second to exit")
+def test_a_start_cut_short_leaves_the_fork_server_serving(
+        tmp_path: Path, photos_file: Path) -> None:
+    """A start that Ctrl-C cuts between connecting to the fork server and sending
+    it the descriptors made CPython's server exit with a traceback of EOFError
+    (and the next epoch raised ConnectionRefusedError until a new server, which
+    imports torch again, took over); one cut after them made the child the
+    server forked print one. The server serves on, the cut child exits with code
+    1, and neither says a word (``_forkserver_main._survive_cut_starts``)."""
+    pytest.importorskip("torch", reason="the server preloads torch, as users' do")
     result = run_script(tmp_path, "server.py", f"""
-        import socket
+        import os, socket
         import torch  # preloaded by the fork server with this main module
         from pathlib import Path
         import multiprocessing.forkserver as forkserver
@@ -998,14 +1001,23 @@ def test_a_dying_fork_server_is_waited_for(tmp_path: Path, photos_file: Path) ->
         if __name__ == "__main__":
             with train_loader(Path({str(photos_file)!r}), 2, "process") as first:
                 expected = [labels.tolist() for _, labels in first]
-            with socket.socket(socket.AF_UNIX) as interrupted:  # a start cut short
+            server = forkserver._forkserver._forkserver_pid
+            with socket.socket(socket.AF_UNIX) as interrupted:  # before the descriptors
                 interrupted.connect(forkserver._forkserver._forkserver_address)
+            status, data = forkserver._forkserver.connect_to_new_process([])
+            os.close(data)  # after them: no process object
+            pid = forkserver.read_signed(status)
+            print("cut child", pid > 0, "exit code", forkserver.read_signed(status))
+            os.close(status)
             with train_loader(Path({str(photos_file)!r}), 2, "process") as second:
                 assert [labels.tolist() for _, labels in second] == expected
-            print("ok")
+            print("same server", forkserver._forkserver._forkserver_pid == server)
     """)
     assert result.returncode == 0, result.stderr
-    assert "ok" in result.stdout
+    assert "cut child True exit code 1" in result.stdout, result.stderr
+    assert "same server True" in result.stdout, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "EOFError" not in result.stderr, result.stderr
 
 
 COUNTS_ITS_IMPORTS = """
@@ -1764,6 +1776,11 @@ def test_a_timeout_turns_a_stuck_batch_into_an_error(tmp_path: Path, photos_file
     iterator = iter(loader)  # (the workers start)
     pids = loader.workers.pids
     assert len(pids) == 2
+    marker = Path(stuck.marker)
+    deadline = time.monotonic() + 60
+    while not marker.exists():  # the timeout counts from next(): a slow start (a busy
+        assert time.monotonic() < deadline  # machine) timed batch 0 out before
+        time.sleep(0.01)  # batch 2's range had begun, and the message could not name it
     with pytest.raises(TimeoutError, match=r"batch [012]: .*worker processes") as info:
         for _ in iterator:
             pass

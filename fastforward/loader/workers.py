@@ -1112,7 +1112,8 @@ if hasattr(os, "register_at_fork"):
 
 def _start_process(ctx: Any, method: str, index: int, args: tuple[Any, ...]) -> Any:
     """Start worker *index*. A fork server that is dying (its socket closed: a
-    start interrupted by Ctrl-C makes CPython's server exit) is used again by
+    start interrupted by Ctrl-C makes CPython's server exit, where fastforward
+    did not start it: ``_forkserver_main._survive_cut_starts``) is used again by
     multiprocessing until it has reaped it, which takes up to a second or two
     while the server unloads what it preloaded (torch): starts are tried again
     for up to ``SERVER_GRACE`` seconds, when a new server takes over."""
