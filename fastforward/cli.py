@@ -63,8 +63,9 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser that raises ``UsageError`` instead of printing usage and exiting."""
 
     def error(self, message: str) -> NoReturn:
-        """Raise *message* as a ``UsageError`` (``main`` prints it as one line)."""
-        raise UsageError(message)
+        """Raise *message* as a ``UsageError`` (``main`` prints it as one line),
+        naming the help of the command that refused it."""
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def parse_size(text: str) -> int:
@@ -320,6 +321,7 @@ class ConvertResult:
     skipped: tuple[tuple[Path, str], ...] = ()  # (image, why) of each image left out
     skipped_list: Path | None = None  # where their list was written
     empty_classes: tuple[tuple[int, str], ...] = ()  # (label, folder) of classes of no image
+    emptied_classes: tuple[tuple[int, str], ...] = ()  # ... whose every image was skipped
 
     @property
     def rate(self) -> float:
@@ -338,14 +340,21 @@ class ConvertResult:
                          f"decoded (listed in {self.skipped_list}):")
             lines.extend(f"  {path}: {why}" for path, why in self.skipped)
         if self.empty_classes:
-            shown = ", ".join(f"{label} ({name!r})" for label, name in self.empty_classes[:5])
-            more = f" and {len(self.empty_classes) - 5} more" if len(self.empty_classes) > 5 \
-                else ""
             lines.append(f"note: {len(self.empty_classes)} class folder(s) hold no image, so "
-                         f"their labels appear in no sample: {shown}{more} (torchvision's "
-                         "ImageFolder numbers classes the same way, and refuses such "
-                         "folders unless allow_empty=True)")
+                         f"their labels appear in no sample: {_classes(self.empty_classes)} "
+                         "(torchvision's ImageFolder numbers classes the same way, and "
+                         "refuses such folders unless allow_empty=True)")
+        if self.emptied_classes:
+            lines.append(f"note: every image of {len(self.emptied_classes)} class folder(s) "
+                         "was skipped, so their labels appear in no sample: "
+                         f"{_classes(self.emptied_classes)}")
         return "\n".join(lines)
+
+
+def _classes(classes: Sequence[tuple[int, str]]) -> str:
+    """``label ('folder')`` of the first five of *classes*, and how many more."""
+    shown = ", ".join(f"{label} ({name!r})" for label, name in classes[:5])
+    return shown + (f" and {len(classes) - 5} more" if len(classes) > 5 else "")
 
 
 def listed_path(path: str | os.PathLike[str]) -> str:
@@ -414,6 +423,12 @@ def _check_output(out: str | os.PathLike[str]) -> None:
     listed = skipped_list_path(out)
     if listed.is_dir():  # a list is written or removed beside the file
         raise IsADirectoryError(errno.EISDIR, "is a directory", str(listed))
+    if os.path.lexists(listed) and not os.path.lexists(out):
+        # an earlier conversion's list is replaced or removed with its file; beside
+        # no file, it may be anyone's (it was removed without a word)
+        raise FileExistsError(errno.EEXIST, f"exists beside no {out.name}: the conversion "
+                              "writes its list of skipped images there, or removes an "
+                              "earlier one; remove it, or give another OUT", str(listed))
 
 
 def _check_replaced(out: Path) -> None:
@@ -498,8 +513,12 @@ def convert_folder(src: str | os.PathLike[str], out: str | os.PathLike[str],
     seconds = time.perf_counter() - start
     skipped = images(writer.skipped)
     empty = tuple((dataset.classes.index(name), name) for name in dataset.empty_classes)
+    left_out = {s.source for s in writer.skipped}
+    kept = {label for k, (_, label) in enumerate(dataset.samples) if k not in left_out}
+    emptied = tuple((label, name) for label, name in enumerate(dataset.classes)
+                    if label not in kept and name not in dataset.empty_classes)
     return ConvertResult(out, len(dataset) - len(skipped), seconds, out.stat().st_size,
-                         skipped, listed if skipped else None, empty)
+                         skipped, listed if skipped else None, empty, emptied)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -547,8 +566,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     try:
         _print(result.summary())
         sys.stdout.flush()  # (a full disk under a buffered stdout says so here, not later)
-    except BrokenPipeError:
-        raise
+    except BrokenPipeError:  # ``| head``: what reads the summary left; the file is written
+        _silence_stdout()
+        return 0
+    except KeyboardInterrupt:
+        return _fail(f"{os.fsdecode(result.path)}: interrupted (Ctrl-C) while printing the "
+                     "summary; the file was written", 130)
     except OSError as exc:  # stdout on a full disk, say: the file was written all the same
         raise OSError(exc.errno, f"{exc.strerror or exc} (printing the summary: "
                       f"{os.fsdecode(result.path)} was written)", _STDOUT) from exc
@@ -1047,7 +1070,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .utils import default_workers
 
     cpus = default_workers()
-    counts = args.workers or sorted({1, max(1, cpus // 2), cpus})
+    counts = sorted(set(args.workers or {1, max(1, cpus // 2), cpus}))  # once each, in order
     if max(counts) > MAX_BENCH_WORKERS_PER_CPU * cpus:
         raise UsageError(f"--workers: at most {MAX_BENCH_WORKERS_PER_CPU} per CPU "
                          f"({MAX_BENCH_WORKERS_PER_CPU * cpus} here), got {max(counts)}")
@@ -1173,14 +1196,19 @@ def cmd_preview(args: argparse.Namespace) -> int:
     """
     from .preview import render, what_is_drawn
 
+    if (args.seed is not None or args.epoch is not None) and not (
+            args.shuffle or args.flip or args.decoder == "random_resized_crop"):
+        raise UsageError("--seed and --epoch apply to --shuffle, --flip and --decoder "
+                         "random_resized_crop, and this preview uses none")
     custom_fields = _custom_fields(args)
     with Reader(args.file, custom_handlers=custom_fields) as reader:
         _check_custom_names(reader, custom_fields)
         # a file holding fewer than asked: all of them
         drawn = min(args.samples, reader.num_samples)
     out = render(args.file, args.out, samples=args.samples, image=args.image,
-                 decoder=args.decoder, size=args.size, flip=args.flip, seed=args.seed,
-                 epoch=args.epoch, columns=args.columns, shuffle=args.shuffle,
+                 decoder=args.decoder, size=args.size, flip=args.flip,
+                 seed=args.seed or 0, epoch=args.epoch or 0, columns=args.columns,
+                 shuffle=args.shuffle,
                  custom_fields=custom_fields)
     _print(f"{drawn} samples of {args.file} ({what_is_drawn(args.decoder, args.size, args.flip)})"
            f" drawn in {out}")
@@ -1195,12 +1223,13 @@ def _add_preview(subparsers: Any) -> None:
         description="Decode samples of FILE through a chosen image decoder, every mask and box "
                     "field following it, and draw them in a grid (needs matplotlib: the plot "
                     "extra).")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="the .beton file to draw from")
     p.add_argument("-o", "--out", default="preview.png", help="the PNG (default: %(default)s)")
     p.add_argument("--samples", type=positive_int, default=16,
                    help=f"how many to draw, at most {MAX_PREVIEW_SAMPLES} (a file holding "
                         "fewer: all of them) (default: %(default)s)")
-    p.add_argument("--columns", type=positive_int, default=4)
+    p.add_argument("--columns", type=positive_int, default=4,
+                   help="samples per row of the grid (default: %(default)s)")
     p.add_argument("--image", help="the image field (default: the first)")
     p.add_argument("--decoder", default="center_crop", choices=DECODERS,
                    help="center_crop: the centred square at --size; random_resized_crop: "
@@ -1209,12 +1238,15 @@ def _add_preview(subparsers: Any) -> None:
                         "--flip where there are masks or boxes) (default: %(default)s)")
     p.add_argument("--size", type=int_from_1_to(MAX_PREVIEW_SIZE), default=256,
                    help=f"pixels, at most {MAX_PREVIEW_SIZE}: each sample is drawn about 300 "
-                        "pixels wide (default: %(default)s)")
+                        "pixels wide; at most 16 images of 2048² are decoded in all "
+                        "(default: %(default)s)")
     p.add_argument("--flip", action="store_true", help="mirror half of the samples")
     p.add_argument("--shuffle", action="store_true", help="RANDOM order instead of the first")
-    p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--epoch", type=non_negative_int, default=0,
-                   help="the epoch whose random draws to show")
+    p.add_argument("--seed", type=non_negative_int,
+                   help="the loader's seed, for --shuffle, --flip and random_resized_crop "
+                        "(default: 0)")
+    p.add_argument("--epoch", type=non_negative_int,
+                   help="the epoch whose random draws to show (default: 0)")
     _add_custom_fields(p)
     p.set_defaults(handler=cmd_preview)
 

@@ -33,6 +33,13 @@ MAX_PREVIEW_SAMPLES = 256
 19,000 pixels)."""
 
 
+def max_preview_pixels() -> int:
+    """The most pixels decoded for one grid: 16 images of ``MAX_PREVIEW_SIZE``²
+    (256 samples at 2048 by 4096, which the limits above allow one by one, took
+    about 18 GB)."""
+    return 16 * MAX_PREVIEW_SIZE ** 2
+
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 _OTHER_FORMATS = frozenset({".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".pdf",
@@ -111,10 +118,10 @@ def _box_column(field: RaggedField) -> str | None:
     return None
 
 
-def _image_sizes(reader: Reader, field: str) -> set[tuple[int, int]]:
-    """The ``(height, width)`` sizes of an image field's samples, as stored."""
-    column = reader.metadata[f"f{reader.field_names.index(field)}"]
-    return set(zip(column["height"].tolist(), column["width"].tolist(), strict=True))
+def _image_sizes(reader: Reader, field: str, samples: Iterable[int]) -> set[tuple[int, int]]:
+    """The ``(height, width)`` sizes of an image field's *samples*, as stored."""
+    rows = reader.metadata[f"f{reader.field_names.index(field)}"][np.asarray(samples, np.int64)]
+    return set(zip(rows["height"].tolist(), rows["width"].tolist(), strict=True))
 
 
 def _mask_sizes(reader: Reader, field: str, samples: Iterable[int]) -> set[tuple[int, int]]:
@@ -148,17 +155,20 @@ def preview_pipelines(reader: Reader, image: str | None = None, decoder: str = "
         image: the image field (default: the first ``RGBImageField``).
         decoder: ``center_crop`` (the centred square, *size*²),
             ``random_resized_crop`` (*size*²), ``shorter_side`` (shorter side
-            *size*, longer at most twice it) or ``simple`` (as stored; needs one
-            size, and its masks and boxes are drawn as stored; a mask field of
-            another size than the image is left out).
+            *size*, longer at most twice it) or ``simple`` (as stored; the
+            samples drawn must be of one size, and their masks and boxes are
+            drawn as stored; a mask field of another size than the image is left
+            out).
         flip: mirror each image with probability 1/2 (what follows it too; not
             with ``simple`` on a file with masks or boxes, which cannot follow it).
-        samples: the samples to be drawn, whose masks ``simple`` checks (default:
-            all of them, which reads every mask's header).
+        samples: the samples to be drawn, whose images and masks ``simple``
+            checks, and whose pixels are bounded (default: all of them, which
+            reads every mask's header).
 
     Raises:
         ValueError: no such image field or decoder; ``simple`` on images of
-            several sizes, or with *flip* on a file with masks or boxes.
+            several sizes, or with *flip* on a file with masks or boxes; more
+            pixels to decode than ``max_preview_pixels()``.
     """
     from .fields.decoders import (
         CenterCropRGBImageDecoder,
@@ -190,27 +200,34 @@ def preview_pipelines(reader: Reader, image: str | None = None, decoder: str = "
     as_stored = decoder == "simple"
     drawn = [n for n, h in reader.handlers.items()
              if isinstance(h, MaskField) or (isinstance(h, RaggedField) and _box_column(h))]
+    chosen_samples = range(reader.num_samples) if samples is None else list(samples)
+    count = len(chosen_samples)
     if as_stored:  # images, masks and boxes as stored
-        sizes = _image_sizes(reader, image)
+        sizes = _image_sizes(reader, image, chosen_samples)
         # a mask of another size than the image belongs to another image, or was
         # stored at another resolution: left out
-        chosen_samples = range(reader.num_samples) if samples is None else list(samples)
         drawn = [n for n in drawn if not isinstance(reader.handlers[n], MaskField)
                  or _mask_sizes(reader, n, chosen_samples) <= sizes]
         if len(sizes) > 1:
-            raise ValueError(f"{reader.fname}: field {image!r} holds images of {len(sizes)} "
-                             "sizes; the simple decoder shows one size only: choose another "
-                             "--decoder")
+            raise ValueError(f"{reader.fname}: the {count} samples drawn of field {image!r} "
+                             f"hold images of {len(sizes)} sizes; the simple decoder shows one "
+                             "size only: choose another --decoder")
         if flip and drawn:
             raise ValueError(f"{reader.fname}: the masks and boxes of {drawn} cannot follow "
                              "a flip after the simple decoder: leave out --flip, or choose "
                              "another --decoder")
         height, width = sizes.pop() if sizes else (1, 1)
-        count = len(chosen_samples)
-        if count * height * width > 16 * MAX_PREVIEW_SIZE ** 2:
+        if count * height * width > max_preview_pixels():
             raise ValueError(f"{reader.fname}: {count} images of {height}x{width} as stored "
                              "are too many pixels to draw: choose fewer --samples, or "
                              "another --decoder with a --size")
+    else:  # a batch of shorter_side's images is padded to its longest side, up to 2 * size
+        longest = 2 * size if decoder == "shorter_side" else size
+        if count * size * longest > max_preview_pixels():
+            raise ValueError(f"{reader.fname}: {count} images of up to {size}x{longest} "
+                             f"({decoder} {size}) are too many pixels to draw (at most "
+                             f"{max_preview_pixels():,}): choose fewer --samples or a "
+                             "smaller --size")
     pipelines: dict[str, Any] = {image: [chosen, RandomHorizontalFlip()] if flip else [chosen]}
     for name, handler in reader.handlers.items():
         if name == image:

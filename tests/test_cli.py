@@ -106,6 +106,21 @@ def test_convert_notes_class_folders_without_images(corpus: Path, tmp_path: Path
         "classes the same way, and refuses such folders unless allow_empty=True)")
 
 
+def test_convert_notes_classes_whose_every_image_was_skipped(
+        corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A class folder whose only images --skip-bad left out took a label that no
+    sample has, and only folders empty from the start were noted."""
+    folder = tmp_path / "imgs"
+    shutil.copytree(corpus, folder)
+    (folder / "zz_bad").mkdir()
+    (folder / "zz_bad" / "cut.jpg").write_bytes(b"\xff\xd8 and nothing else")
+    assert main(["convert", str(folder), str(tmp_path / "x.beton"), "--skip-bad", *FAST]) == 0
+    label = sorted(p.name for p in folder.iterdir()).index("zz_bad")
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"note: every image of 1 class folder(s) was skipped, so their labels appear in no "
+        f"sample: {label} ('zz_bad')")
+
+
 def test_info_json(beton: Path, capsys: pytest.CaptureFixture[str]) -> None:
     info = run_info(capsys, beton)
     assert info["num_samples"] == NUM_IMAGES
@@ -565,6 +580,30 @@ def test_a_full_disk_under_stdout_is_named(beton: Path, corpus: Path, tmp_path: 
     assert done.stderr == want + "\n"
 
 
+@pytest.mark.parametrize("cut", ["closed pipe", "Ctrl-C"])
+def test_convert_ends_well_when_its_summary_is_cut_short(corpus: Path, tmp_path: Path,
+                                                          cut: str) -> None:
+    """``convert ... | head -1``: the file was written, but a pipe closed before the
+    summary made the exit status 1; Ctrl-C then said "no file was written"."""
+    out = tmp_path / "new.beton"
+    code = ("import builtins, sys\n"
+            "from fastforward.cli import main\n"
+            "def cut(*args, **kwargs):\n"
+            f"    raise {'BrokenPipeError' if cut == 'closed pipe' else 'KeyboardInterrupt'}\n"
+            "import fastforward.cli as cli; cli._print = cut\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    done = subprocess.run([sys.executable, "-c", code, "convert", str(corpus), str(out), *FAST],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          cwd=tmp_path)
+    assert Reader(out).num_samples == NUM_IMAGES
+    if cut == "closed pipe":
+        assert (done.returncode, done.stderr) == (0, "")
+    else:
+        assert done.returncode == 130
+        assert done.stderr == (f"fastforward: error: {out}: interrupted (Ctrl-C) while "
+                               "printing the summary; the file was written\n")
+
+
 def test_as_a_program(beton: Path, tmp_path: Path) -> None:
     """The installed console script, run outside the source tree."""
     script = Path(sys.executable).parent / "fastforward"
@@ -813,6 +852,15 @@ def test_the_skipped_list_is_published_with_the_file(
     assert main(["convert", str(folder), str(out), *FAST]) == 0  # without --skip-bad
     assert len(capsys.readouterr().out.splitlines()) == 1  # no images skipped
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "out.beton"]
+    # a file of the list's name beside no .beton is no list of ours: kept, and
+    # refused before any image is read (it was removed without a word)
+    out.unlink()
+    listed.write_text("my notes\n")
+    status = main(["convert", str(folder), str(out), *FAST])
+    assert_one_line_error(capsys, status, 1, str(listed), "exists beside no out.beton")
+    assert listed.read_text() == "my notes\n"
+    assert not out.exists()
+    listed.unlink()
     # a folder in the list's place is refused before any image is read
     listed.mkdir()
     status = main(["convert", str(folder), str(out), "--skip-bad", *FAST])

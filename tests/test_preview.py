@@ -138,6 +138,55 @@ def test_the_simple_decoder_refuses_too_many_stored_pixels(tmp_path: Path,
             preview.preview_pipelines(reader, None, "simple", 16, False, [0, 1, 2])
 
 
+def test_every_decoder_refuses_too_many_pixels(scene_file: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """256 samples at --size 2048 (each limit passed on its own) with shorter_side
+    (up to 2048 by 4096 each, a batch padded to its longest) would take about
+    18 GB: the pixels decoded are bounded whatever the decoder."""
+    import fastforward.preview as preview
+
+    monkeypatch.setattr(preview, "MAX_PREVIEW_SIZE", 16)  # 16 images of 16x16 in all
+    with Reader(scene_file) as reader:
+        for decoder in ("center_crop", "random_resized_crop"):
+            preview.preview_pipelines(reader, None, decoder, 16, False, range(6))
+            with pytest.raises(ValueError, match=rf"6 images of up to 40x40 \({decoder} 40\) "
+                                                 r"are too many pixels to draw \(at most 4,096"):
+                preview.preview_pipelines(reader, None, decoder, 40, False, range(6))
+        preview.preview_pipelines(reader, None, "shorter_side", 16, False, range(6))
+        with pytest.raises(ValueError, match=r"6 images of up to 20x40 \(shorter_side 20\)"):
+            preview.preview_pipelines(reader, None, "shorter_side", 20, False, range(6))
+
+
+def test_the_simple_decoder_needs_one_size_among_the_samples_drawn(
+        tmp_path: Path) -> None:
+    """It refused a file of several sizes even where the samples drawn were of one."""
+    from fastforward.preview import preview_pipelines
+
+    path = tmp_path / "two.beton"
+    images = [np.zeros((20, 30, 3), np.uint8)] * 2 + [np.zeros((10, 30, 3), np.uint8)]
+    DatasetWriter(path, {"image": RGBImageField(write_mode="raw")}, num_workers=1,
+                  progress=False).from_indexed_dataset([(image,) for image in images])
+    with Reader(path) as reader:
+        preview_pipelines(reader, None, "simple", 16, False, [0, 1])
+        with pytest.raises(ValueError, match="the 3 samples drawn of field 'image' hold "
+                                             "images of 2 sizes"):
+            preview_pipelines(reader, None, "simple", 16, False, [0, 1, 2])
+
+
+@pytest.mark.parametrize("option", ["--seed", "--epoch"])
+def test_a_seed_or_epoch_that_changes_nothing_is_refused(
+        scene_file: Path, tmp_path: Path, option: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """They were taken, and the same PNG drawn, where nothing in the preview is random."""
+    out = tmp_path / "x.png"
+    assert main(["preview", str(scene_file), "-o", str(out), option, "2"]) == 2
+    assert ("--seed and --epoch apply to --shuffle, --flip and --decoder random_resized_crop, "
+            "and this preview uses none") in capsys.readouterr().err
+    assert not out.exists()
+    for extra in (["--flip"], ["--shuffle"], ["--decoder", "random_resized_crop"]):
+        assert main(["preview", str(scene_file), "-o", str(out), option, "2", *extra]) == 0
+
+
 @pytest.fixture(scope="module")
 def one_size_scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Scenes of one size with a mask and boxes, for the simple decoder."""
@@ -184,7 +233,7 @@ def test_the_simple_decoder_draws_masks_and_boxes_as_stored(
 
 
 @pytest.mark.parametrize(("case", "fragment"), [
-    ("sizes", "holds images of 6 sizes; the simple decoder shows one size only: choose "
+    ("sizes", "hold images of 6 sizes; the simple decoder shows one size only: choose "
               "another --decoder"),
     ("flip", "cannot follow a flip after the simple decoder"),
 ])
