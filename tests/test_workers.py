@@ -2188,6 +2188,37 @@ def test_a_worker_that_ends_its_process_is_named_so(photos_file: Path) -> None:
             pass
 
 
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs pidfd_open (Linux 5.3+)")
+def test_a_worker_whose_socket_closed_is_given_a_moment_to_end() -> None:
+    """A message sent to a worker whose socket had closed as it exited (exit code 3:
+    ``test_a_worker_that_ends_its_process_is_named_so``) made the loader kill it
+    and say "killed by the loader: a message to it failed" (seen once in CI, under
+    load). ``_ends_by_itself`` gives it a second: killed only if it still runs then,
+    or at once where the message failed in the loader's own process."""
+    from types import SimpleNamespace
+
+    from fastforward.loader.workers import _ends_by_itself
+
+    for seconds, send_error, ends in ((0.2, None, True), (5, None, False),
+                                      (0.2, "in the loader's process: Too many open files",
+                                       False)):
+        child = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+        pidfd = os.pidfd_open(child.pid)
+        try:
+            worker = SimpleNamespace(pidfd=pidfd, send_error=send_error)
+            started = time.monotonic()
+            assert _ends_by_itself(worker, 1.0) is ends  # type: ignore[arg-type]
+            took = time.monotonic() - started
+            if send_error:  # no wait
+                assert took < 0.5
+            else:  # until it ends, or the second is over
+                assert took < 3 if ends else 0.9 < took < 3
+        finally:
+            os.close(pidfd)
+            child.kill()
+            child.wait()
+
+
 def test_kept_batches_cost_no_descriptors(photos_file: Path) -> None:
     """Each shared slot was mapped with Python's mmap, which keeps a duplicate of
     its descriptor: every batch a user kept held one, and at the common limit of

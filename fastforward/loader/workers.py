@@ -811,7 +811,7 @@ class ProcessWorkers:
                     entry = None
             if entry is not None:  # its epoch ended meanwhile (abandon())
                 item.future.set_exception(_unsent(item, "its epoch had ended"))
-            if not _gone(worker):
+            if not _gone(worker) and not _ends_by_itself(worker):
                 worker.why = "killed by the loader: a message to it failed" + (
                     f" ({worker.send_error})" if worker.send_error else "")
                 with contextlib.suppress(OSError):
@@ -1169,6 +1169,19 @@ def _kill(worker: _Worker) -> None:
             signal.pidfd_send_signal(worker.pidfd, signal.SIGKILL)
         return
     worker.process.kill()
+
+
+def _ends_by_itself(worker: _Worker, seconds: float = 1.0) -> bool:
+    """Whether *worker*, whose socket a message to it found closed, ends within
+    *seconds* without being killed. A worker's socket closes as its process exits
+    (the kernel closes a process's files before it reports its end): a worker that
+    an operation ended (``os._exit(3)``) was killed in that moment, and its death
+    blamed on the loader ("a message to it failed") instead of the exit code.
+    A message that failed in this process (``send_error``: out of descriptors)
+    leaves the worker waiting for the rest of it: killed at once."""
+    if worker.send_error is not None or worker.pidfd is None:
+        return False
+    return _readable(worker.pidfd, seconds)
 
 
 def _end(worker: _Worker) -> None:
