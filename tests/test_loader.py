@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -299,6 +300,61 @@ def test_one_decoder_for_two_fields_follows_its_output_size(two_photo_fields: Pa
     inverted, plain = next(iter(loader))
     assert inverted.shape == plain.shape == (8, 24, 20, 3)
     loader.close()
+
+
+def _settings_cases() -> dict[str, tuple[Callable[..., Operation], str, Any, bool]]:
+    """Operations whose settings derive what they use, with a setting to change
+    between epochs: (maker taking the setting, its name, the new value, torch)."""
+    import fastforward.transforms as T
+
+    white, clear = np.full((32, 32, 3), 255, np.uint8), np.zeros((32, 32))
+    return {
+        "Poison alpha": (lambda alpha=clear: T.Poison(white, alpha, range(60)),
+                         "alpha", np.ones((32, 32)), False),
+        "Poison mask": (lambda mask=white: T.Poison(mask, np.full((32, 32), 0.5), range(60)),
+                        "mask", np.zeros((32, 32, 3), np.uint8), False),
+        "Solarization threshold": (lambda threshold=128: T.Solarization(1.0, threshold),
+                                   "threshold", 64, False),
+        "NormalizeImage mean": (lambda mean=(120.0, 110.0, 100.0): T.NormalizeImage(
+            np.asarray(mean), np.array([60.0, 60.0, 60.0]), np.float32), "mean",
+            np.array([10.0, 20.0, 30.0]), False),
+        "AutoAugment policy": (lambda policy="imagenet": T.AutoAugment(policy), "policy",
+                               "svhn", False),
+        "TrivialAugmentWide fill": (lambda fill=None: T.TrivialAugmentWide(fill=fill), "fill",
+                                    (200, 30, 90), False),
+        "Cutout fill": (lambda fill=(0, 0, 0): T.Cutout(12, fill), "fill", (7, 8, 9), False),
+        "Cutout fill on tensors": (lambda fill=(0, 0, 0): T.Cutout(12, fill), "fill",
+                                   (7, 8, 9), True),
+    }
+
+
+@pytest.mark.parametrize("case", list(_settings_cases()))
+def test_an_operations_settings_changed_between_epochs_are_used(photos_file: Path,
+                                                                 case: str) -> None:
+    """The loader copies the operations each epoch, and says a setting changed on the
+    object given is used (as FFCV's recompile=True): Poison's mask and alpha,
+    Solarization's threshold, NormalizeImage's mean and AutoAugment's policy were
+    turned into tables once, in __init__, and a Cutout on tensors kept its first
+    fill in a cache its copies shared."""
+    make, setting, value, torch = _settings_cases()[case]
+    if torch:
+        pytest.importorskip("torch", reason="torch is an optional extra")
+    from fastforward.transforms import ToTensor
+
+    def epoch_one(op: Operation, change: bool = False) -> np.ndarray:
+        loader = Loader(photos_file, 20, order=OrderOption.RANDOM, seed=4, pipelines={
+            "image": [CenterCropRGBImageDecoder((32, 32), 1.0),
+                      *([ToTensor()] if torch else []), op], "label": None})
+        with loader:
+            for _ in loader:
+                pass
+            if change:
+                setattr(op, setting, value)
+            return np.concatenate([np.asarray(images) for (images,) in loader])
+
+    changed = epoch_one(make(), change=True)
+    np.testing.assert_array_equal(changed, epoch_one(make(value)))
+    assert not np.array_equal(changed, epoch_one(make()))  # the change changes something
 
 
 def test_one_decoder_for_two_fields_and_a_branch_is_refused(two_photo_fields: Path) -> None:

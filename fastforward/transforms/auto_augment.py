@@ -424,6 +424,7 @@ class _Policy(Operation):
 
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, AllocationQuery]:
+        self._fill = _fill(self, self.fill)  # as it is now: changed between epochs, used
         require_uint8(self, previous_state)
         if previous_state.jit_mode:
             h, w, c = require_image(self, previous_state, (3,))
@@ -657,12 +658,24 @@ class AutoAugment(_Policy):
     def __init__(self, policy: Any = AutoAugmentPolicy.IMAGENET, interpolation: Any = "nearest",
                  fill: Any = None) -> None:
         super().__init__(interpolation, fill)
+        self.policy = policy
+        self._choose_policy()
+
+    def _choose_policy(self) -> None:
+        """Check the policy as it is now and take its sub-policies (each epoch's copy
+        does it anew: a policy changed between epochs is used)."""
         try:
-            self.policy = AutoAugmentPolicy(getattr(policy, "value", policy))
+            self.policy = AutoAugmentPolicy(getattr(self.policy, "value", self.policy))
         except ValueError:
             raise ValueError(f"{name(self)}: policy must be one of "
-                             f"{[p.value for p in AutoAugmentPolicy]}, got {policy!r}") from None
+                             f"{[p.value for p in AutoAugmentPolicy]}, got "
+                             f"{self.policy!r}") from None
         self._policies = AUTO_AUGMENT_POLICIES[self.policy]
+
+    def declare_state_and_memory(self, previous_state: State
+                                 ) -> tuple[State, AllocationQuery]:
+        self._choose_policy()
+        return super().declare_state_and_memory(previous_state)
 
     def plan(self, context: BatchContext, height: int, width: int) -> Plan:
         names = list(self.space)

@@ -67,6 +67,9 @@ class Cutout(Operation):
 
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, AllocationQuery]:
+        # this epoch's copy's own tensors of the fill as it is now (the copy shared
+        # the dict: a fill changed between epochs was not used on tensors)
+        self._fills = {}
         if previous_state.jit_mode:
             h, w, c = require_image(self, previous_state)
             self._check_size(h, w)

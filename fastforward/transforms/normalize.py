@@ -51,22 +51,30 @@ class NormalizeImage(Operation):
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, type: np.dtype) -> None:
         super().__init__()
-        self.mean = np.asarray(mean, dtype=np.float64).reshape(-1)
-        self.std = np.asarray(std, dtype=np.float64).reshape(-1)
-        if self.mean.shape != self.std.shape or not self.mean.size:
-            raise ValueError(f"{name(self)}: mean and std need one value per channel, got "
-                             f"{self.mean.size} and {self.std.size}")
-        if np.any(self.std == 0):
-            raise ValueError(f"{name(self)}: std has a zero: {std}")
-        self.type = np.dtype(type)
-        if self.type.kind != "f":
-            raise TypeError(f"{name(self)}: type must be a floating dtype, got {self.type}")
+        self.mean, self.std, self.type = mean, std, type
         # FFCV's attributes: *type* as given, the output's dtype (FFCV's is int16 for
         # float16, the bits it stored; this one's output is float16), and 'gpu' once
         # declared on tensors of a GPU
         self.original_dtype = type
-        self.dtype = self.type
         self.mode = "cpu"
+        self._settle()
+
+    def _settle(self) -> None:
+        """Check mean, std and type as they are now, and make what derives from
+        them: each epoch's copy does it anew, so that a mean or std changed between
+        epochs is used (FFCV's lookup table kept its first values, even with
+        ``recompile=True``)."""
+        self.mean = np.asarray(self.mean, dtype=np.float64).reshape(-1)
+        self.std = np.asarray(self.std, dtype=np.float64).reshape(-1)
+        if self.mean.shape != self.std.shape or not self.mean.size:
+            raise ValueError(f"{name(self)}: mean and std need one value per channel, got "
+                             f"{self.mean.size} and {self.std.size}")
+        if np.any(self.std == 0):
+            raise ValueError(f"{name(self)}: std has a zero: {self.std.tolist()}")
+        self.type = np.dtype(self.type)
+        if self.type.kind != "f":
+            raise TypeError(f"{name(self)}: type must be a floating dtype, got {self.type}")
+        self.dtype = self.type
         # row v holds (v - mean) / std for every channel
         self.lookup_table = self._table(256)
         self._wide_table: np.ndarray | None = None  # the same for uint16, made on first use
@@ -108,6 +116,7 @@ class NormalizeImage(Operation):
 
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, AllocationQuery]:
+        self._settle()
         if numpy_dtype(previous_state.dtype, self) not in PIXEL_TYPES:
             raise TypeError(f"{name(self)} needs uint8 or uint16 images, but it got "
                             f"{previous_state.dtype}")

@@ -40,6 +40,13 @@ class Poison(Operation):
         self.alpha = np.asarray(alpha)
         self.indices = np.unique(np.asarray(indices, dtype=np.int64))
         self.clamp = clamp
+        self._blend_terms()
+
+    def _blend_terms(self) -> None:
+        """``1 - alpha`` and ``mask · alpha`` in float32, from the mask and alpha as
+        they are now (each epoch's copy makes them anew: a mask or alpha changed
+        between epochs is used, as FFCV's ``recompile=True`` does)."""
+        self.mask, self.alpha = np.asarray(self.mask), np.asarray(self.alpha)
         alpha = self.alpha.astype(np.float32)
         if alpha.ndim == 2:  # FFCV's (H, W) opacity map
             alpha = alpha[..., None]
@@ -48,6 +55,7 @@ class Poison(Operation):
 
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, AllocationQuery]:
+        self._blend_terms()
         require_numpy(self, previous_state)
         require_dtype(self, previous_state, "uif", "numeric images")
         shape = require_image(self, previous_state)

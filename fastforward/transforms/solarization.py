@@ -34,11 +34,17 @@ class Solarization(Operation):
                              f"got {solarization_prob}")
         self.solarization_prob = solarization_prob
         self.threshold = threshold
+        self._make_table()
+
+    def _make_table(self) -> None:
+        """The uint8 images' table, for the threshold as it is now (each epoch's
+        copy makes it anew: a threshold changed between epochs is used)."""
         levels = np.arange(256)
-        self._table = np.where(levels >= threshold, 255 - levels, levels).astype(np.uint8)
+        self._table = np.where(levels >= self.threshold, 255 - levels, levels).astype(np.uint8)
 
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, AllocationQuery]:
+        self._make_table()
         require_numpy(self, previous_state)
         require_dtype(self, previous_state, "uif", "numeric images")
         shape = require_shape(self, previous_state, (2, 3), "images of shape (H, W[, C])")
