@@ -28,6 +28,8 @@ import numpy as np
 from ._ext.layout import (
     APART,
     CROSSES,
+    EXPECT_ANY,
+    EXPECT_BYTES,
     MISSING,
     find_overlaps,
     first_rows_into,
@@ -493,6 +495,11 @@ class Reader:
         first_rows_into(self._owners, first_rows)
         searched = 0  # pointers not where the table's order puts them
         k = 0  # the pointer field's position among those with pointers
+        # a custom field's allocations are no pointer field's: row first_rows + k may
+        # be another field's, and where an empty one shares the next one's offset,
+        # the offset alone does not say whose (FFCV writes an empty custom payload,
+        # a YOLO sample without boxes, before the next field's): the sizes do
+        by_size = not self._own_fields_only() and not self._sizes.all()
         for i, (name, handler) in enumerate(self.handlers.items()):
             pointers = handler.payload_pointers(self.metadata[f"f{i}"])
             if pointers is None:
@@ -500,9 +507,11 @@ class Reader:
             ptrs = np.ascontiguousarray(pointers, dtype=np.uint64)
             size = np.empty(n, np.uint64)
             flags = np.empty(n, np.uint8)
+            expected = self._expected_sizes(handler, self.metadata[f"f{i}"]) if by_size \
+                else None
             flagged, missed = locate_payloads(
                 self._ptrs, self._sizes, self._owners, first_rows, k, ptrs, shift, first_page,
-                size, self.sample_pages, flags)
+                size, self.sample_pages, flags, expected)
             k += 1
             searched += missed
             pointer_columns.append(ptrs)
@@ -538,8 +547,7 @@ class Reader:
         changed), none named twice. Only where every field is one of fastforward's
         own, FFCV's or tagged (a custom field's pointers may be hidden from
         ``payload_pointers``)."""
-        own = {*BUILTIN_TYPE_IDS, *tagged_types().values()}
-        if any(type(h) not in own for h in self._handler_list) or not self._ptrs.size:
+        if not self._own_fields_only() or not self._ptrs.size:
             return
         if not searched and len(pointer_columns) * self.num_samples == len(self._ptrs):
             # every row where guessed: first_rows[s] + k differs for every (s, k), so the
@@ -558,12 +566,38 @@ class Reader:
                              f"{int(self._ptrs[k])} ({int(self._sizes[k])} bytes) {what}",
                              count=int(rows.size))
 
+    def _own_fields_only(self) -> bool:
+        """Whether every field is one of fastforward's own, FFCV's or tagged: none is
+        a custom field, whose allocations ``payload_pointers`` may not show."""
+        own = {*BUILTIN_TYPE_IDS, *tagged_types().values()}
+        return all(type(h) in own for h in self._handler_list)
+
     def _missing_message(self, ptr: int, sample: int) -> str:
         try:
             self.payload_size(ptr, sample)
         except FormatError as exc:
             return str(exc).split(": ", 2)[-1]
         return f"no allocation starts at offset {ptr}"  # pragma: no cover - sizes said so
+
+    @staticmethod
+    def _expected_sizes(handler: Field, column: np.ndarray) -> np.ndarray | None:
+        """The size of each of a built-in field's payloads, where its metadata says
+        it (``EXPECT_BYTES`` for a JPEG: at least a byte; ``EXPECT_ANY``: unknown);
+        None for a field whose metadata says nothing of it."""
+        kind = type(handler)
+        if kind in (BytesField, JSONField) or (isinstance(handler, TaggedField) and
+                                               handler.metadata_type == BYTES_METADATA):
+            return np.ascontiguousarray(column["size"], np.uint64)
+        if kind in (NDArrayField, TorchTensorField):
+            return np.full(len(column), handler.element_size,  # type: ignore[attr-defined]
+                           np.uint64)
+        if kind is RGBImageField:
+            mode = column["mode"]
+            raw = column["height"].astype(np.uint64) * column["width"].astype(np.uint64) * 3
+            return np.where(mode == IMAGE_MODES["raw"], raw,
+                            np.where(mode == IMAGE_MODES["jpg"], np.uint64(EXPECT_BYTES),
+                                     np.uint64(EXPECT_ANY))).astype(np.uint64)
+        return None
 
     def _field_checks(self, handler: Field, name: str, column: np.ndarray, size: np.ndarray,
                       has: np.ndarray | None) -> list[tuple[np.ndarray, str, Callable[[int], str]]]:
@@ -691,9 +725,16 @@ class Reader:
             return int(self._sizes[lo])
         # FFCV may store a zero-length payload at the next one's offset: pick the
         # sample's own allocation, and refuse a pointer into another sample's
-        for i in range(lo, hi):
-            if int(self._owners[i]) == sample:
-                return int(self._sizes[i])
+        own = [int(self._sizes[i]) for i in range(lo, hi) if int(self._owners[i]) == sample]
+        # two of its payloads there (an empty one, then the next field's): a custom
+        # field asks by offset, and gets the first that no built-in field found its own
+        for i, offsets in self.payload_offsets.items():
+            if len(own) > 1 and int(offsets[sample]) == ptr:
+                claimed = int(self.payload_nbytes[i][sample])
+                if claimed in own:
+                    own.remove(claimed)
+        if own:
+            return own[0]
         raise self._error(f"sample {sample}: the payload at offset {ptr} belongs to sample "
                           f"{int(self._owners[lo])}")
 

@@ -98,21 +98,27 @@ def get_handlers(
 ) -> list[Field]:
     """Build one Field per descriptor; *custom_handlers* override by name.
 
-    *names* default to the descriptors' own (FFCV's ``get_handlers(descriptors)``).
+    *names* default to the descriptors' own. Called as FFCV's
+    ``get_handlers(descriptors)``, with neither, a custom field's entry is None,
+    as in FFCV.
 
     A custom field (type id 255) that is one of fastforward's own tagged types
     (``fastforward.fields.tagged``) needs no custom handler. Raises KeyError
     naming the field when a type id has no handler.
     """
+    as_ffcv = names is None and custom_handlers is None
     custom_handlers = dict(custom_handlers or {})
     if names is None:
         names = field_names(field_descriptors)
-    handlers = []
+    handlers: list[Field] = []
     for desc, name in zip(field_descriptors, names, strict=True):
         type_id = int(desc["type_id"])
         cls = custom_handlers.get(name, TYPE_ID_HANDLER.get(type_id))
         if cls is None and type_id == CUSTOM_TYPE_ID:
             cls = tagged_class(desc["arguments"])
+            if cls is None and as_ffcv:  # FFCV's TYPE_ID_HANDLER[255] is None
+                handlers.append(None)  # type: ignore[arg-type]  # (FFCV's contract)
+                continue
         if cls is None:
             raise KeyError(name, type_id)
         try:

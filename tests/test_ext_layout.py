@@ -7,6 +7,8 @@ import pytest
 import reference
 
 from fastforward._ext.layout import (
+    EXPECT_ANY,
+    EXPECT_BYTES,
     find_overlaps,
     first_rows_into,
     locate_payloads,
@@ -164,3 +166,25 @@ def test_find_overlaps_matches_reference(seed: int) -> None:
     assert got == want
     if m > 3 and not seed % 2:
         assert got == (0, -1, -1)
+
+
+@pytest.mark.parametrize(("want", "size"), [(None, 0), (EXPECT_ANY, 0), (EXPECT_BYTES, 3),
+                                            (3, 3), (0, 0), (5, 0)])
+def test_expected_sizes_pick_among_a_samples_rows_at_one_offset(want: int | None,
+                                                               size: int) -> None:
+    """An empty custom payload, then a pointer field's 3 bytes at the same offset
+    (FFCV's layout): the guess (row first_rows + 0) is the custom field's; the
+    size the field expects picks its own (none that fits: the row found)."""
+    page = 1 << SHIFT
+    ptrs = np.array([page, page], np.uint64)
+    sizes = np.array([0, 3], np.uint64)
+    owners = np.zeros(2, np.uint64)
+    first = np.full(1, -1, np.int64)
+    first_rows_into(owners, first)
+    got, pages, flags = np.empty(1, np.uint64), np.full(1, -1, np.int64), np.empty(1, np.uint8)
+    expected = None if want is None else np.array([want], np.uint64)
+    locate_payloads(ptrs, sizes, owners, first, 0, ptrs[:1].copy(), SHIFT, 1, got, pages,
+                    flags, expected)
+    assert got.tolist() == [size]
+    assert flags.tolist() == [0]
+    assert pages.tolist() == [0 if size else -1]

@@ -220,6 +220,14 @@ def test_ffcv_api_names_found_by_a_review(tmp_path: Path) -> None:
         assert reader.file_name == str(path)
         handlers = get_handlers(reader.field_descriptors)
         assert [type(h).__name__ for h in handlers] == ["IntField", "BytesField"]
+    from test_reader import EMPTY_CUSTOM, Blob
+
+    with Reader(EMPTY_CUSTOM, custom_handlers={"blob": Blob, "tail": Blob}) as reader:
+        # a custom field's entry is None, as FFCV's (it raised KeyError('blob', 255))
+        assert [type(h).__name__ for h in get_handlers(reader.field_descriptors)] == [
+            "NoneType", "BytesField", "NoneType"]
+        with pytest.raises(KeyError):  # where names are given, it says which has none
+            get_handlers(reader.field_descriptors, reader.field_names)
     assert get_center_crop(100, 80, None, 0.875) == (15, 5, 70, 70)  # FFCV's fields.rgb_image
     assert get_center_crop(100, 80, 0.875) == (15, 5, 70, 70)  # its transforms' form
     with pytest.raises(TypeError, match="get_center_crop"):

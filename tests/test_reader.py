@@ -14,7 +14,8 @@ import pytest
 from conftest import fixture_dir
 
 from fastforward.errors import FormatError
-from fastforward.fields import BytesField, IntField, NDArrayField
+from fastforward.fields import BytesField, Field, IntField, NDArrayField
+from fastforward.fields.base import ARG_TYPE
 from fastforward.fields.decoders import BytesDecoder, IntDecoder
 from fastforward.loader import Loader
 from fastforward.reader import Reader
@@ -687,3 +688,54 @@ def test_damaged_arguments_of_a_tagged_field_name_the_file(tmp_path: Path, damag
     for opening in (Reader, lambda p: Loader(p, 1)):
         with pytest.raises(FormatError, match=re.escape(str(path)) + ": " + message):
             opening(path)
+
+
+EMPTY_CUSTOM = Path(__file__).parent / "data" / "ffcv-custom" / "empty_custom_payloads.beton"
+"""Written by FFCV 1.0.2 (``write_empty_custom_payloads.py`` beside it): custom
+fields with empty payloads before a BytesField and another custom field."""
+
+
+class Blob(Field):
+    """That file's custom field: a pointer and a length, as users' own fields."""
+
+    TYPE_ID = 255
+
+    @property
+    def metadata_type(self) -> np.dtype:
+        return np.dtype([("ptr", "<u8"), ("len", "<u8")])
+
+    @staticmethod
+    def from_binary(binary: Any) -> Blob:
+        return Blob()
+
+    def to_binary(self) -> Any:
+        return np.zeros(1, ARG_TYPE)[0]
+
+    def encode(self, destination: Any, field: Any, malloc: Any) -> None:
+        raise NotImplementedError
+
+    def get_decoder_class(self) -> Any:
+        raise NotImplementedError
+
+
+def test_an_empty_custom_payload_before_another_fields_is_told_apart() -> None:
+    """FFCV puts an empty payload at the next one's offset; where a custom field's
+    empty payload came before a BytesField's (a detection sample without boxes),
+    the file FFCV reads was refused: "sample 0, field 'b': metadata says 3 bytes,
+    the allocation holds 0". The sizes the metadata states pick the rows, and a
+    custom field asking by offset gets the one no built-in field took."""
+    expected = [([], [0, 1, 2], [7, 8]), ([1, 2, 3, 4, 5], [], [9]), ([], [], []),
+                ([], [10, 11, 12, 13], []), ([20], [21, 22], [23, 24, 25])]
+    with Reader(EMPTY_CUSTOM, custom_handlers={"blob": Blob, "tail": Blob}) as reader:
+        assert reader.verify() == []
+        assert np.unique(reader._ptrs).size != reader._ptrs.size  # offsets shared
+        for s, (blob, data, tail) in enumerate(expected):
+            row = reader.metadata[s]
+            assert list(reader.payload(int(row["f0"]["ptr"]), s)) == blob
+            assert list(reader.read_field(s, "b")) == data
+            assert list(reader.payload(int(row["f2"]["ptr"]), s)) == tail
+    loader = Loader(EMPTY_CUSTOM, 5, custom_fields={"blob": Blob, "tail": Blob},
+                    pipelines={"blob": None, "tail": None, "b": [BytesDecoder()]})
+    with loader:
+        (batch,) = next(iter(loader))
+    assert [list(batch[k][: batch.lengths[k]]) for k in range(5)] == [d for _, d, _ in expected]

@@ -27,6 +27,11 @@ MISSING = FLAG_MISSING
 CROSSES = FLAG_CROSSES
 APART = FLAG_APART
 
+cdef uint64_t EXPECT_ANY_ = 0xFFFFFFFFFFFFFFFF
+cdef uint64_t EXPECT_BYTES_ = 0xFFFFFFFFFFFFFFFE
+EXPECT_ANY = EXPECT_ANY_  # a payload of any size
+EXPECT_BYTES = EXPECT_BYTES_  # a payload of at least one byte
+
 
 cdef inline Py_ssize_t _lower_bound(const uint64_t[::1] a, uint64_t x) noexcept nogil:
     cdef Py_ssize_t lo = 0, hi = a.shape[0], mid
@@ -52,13 +57,21 @@ def first_rows_into(const uint64_t[::1] owners not None, int64_t[::1] out not No
                 out[owner] = i
 
 
+cdef inline bint _fits(uint64_t size, uint64_t want) noexcept nogil:
+    if want == EXPECT_ANY_:
+        return True
+    if want == EXPECT_BYTES_:
+        return size > 0
+    return size == want
+
+
 def locate_payloads(const uint64_t[::1] table_ptrs not None,
                     const uint64_t[::1] table_sizes not None,
                     const uint64_t[::1] table_owners not None,
                     const int64_t[::1] first_rows not None, int64_t k,
                     const uint64_t[::1] ptrs not None, int shift, int64_t first_page,
                     uint64_t[::1] sizes not None, int64_t[::1] pages not None,
-                    uint8_t[::1] flags not None):
+                    uint8_t[::1] flags not None, const uint64_t[::1] expected=None):
     """Locate and check one field's payloads, sample by sample.
 
     Args:
@@ -71,6 +84,12 @@ def locate_payloads(const uint64_t[::1] table_ptrs not None,
         sizes: out: each payload's size (0: none).
         pages: in/out: each sample's data page (from 0; -1: none seen yet).
         flags: out: ``MISSING | CROSSES | APART`` per sample.
+        expected: each payload's size where the field knows it (``EXPECT_BYTES``:
+            at least one byte; ``EXPECT_ANY``: unknown), or None. Where a sample
+            has several allocations at the pointer (empty ones share the next
+            one's offset) and the row found is not of that size, the first of
+            them that is wins: a custom field's allocations, which are no
+            pointer field's, put the guess on another field's row.
 
     Returns:
         ``(flagged, searched)``: how many samples have a flag, and how many
@@ -82,8 +101,10 @@ def locate_payloads(const uint64_t[::1] table_ptrs not None,
     cdef uint8_t flag
     if not (first_rows.shape[0] == sizes.shape[0] == pages.shape[0]
             == flags.shape[0] == n) or not (table_sizes.shape[0] == table_owners.shape[0]
-                                          == m):
+                                          == m) or (expected is not None
+                                                    and expected.shape[0] != n):
         raise ValueError("locate_payloads: arrays of different lengths")
+    cdef bint sized = expected is not None
     with nogil:
         for s in range(n):
             ptr = ptrs[s]
@@ -97,6 +118,15 @@ def locate_payloads(const uint64_t[::1] table_ptrs not None,
                 j = _lower_bound(table_ptrs, ptr)
                 while j < m and table_ptrs[j] == ptr:
                     if table_owners[j] == <uint64_t>s:
+                        row = j
+                        break
+                    j += 1
+            if sized and row >= 0 and not _fits(table_sizes[row], expected[s]):
+                j = _lower_bound(table_ptrs, ptr)  # another of its rows at that offset
+                while j < m and table_ptrs[j] == ptr:
+                    if table_owners[j] == <uint64_t>s and _fits(table_sizes[j], expected[s]):
+                        if j != row:
+                            searched += 1
                         row = j
                         break
                     j += 1
