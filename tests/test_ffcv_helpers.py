@@ -6,6 +6,7 @@ import io
 import os
 from contextlib import redirect_stdout
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -245,3 +246,31 @@ def test_ffcv_api_names_found_by_a_review(tmp_path: Path) -> None:
     specs = loader.pipeline_specs
     assert list(specs) == ["x"]  # 'blob' given None
     assert type(specs["x"].decoder or specs["x"].transforms[0]).__name__ == "IntDecoder"
+
+
+def test_a_loader_subclass_that_replaces_its_order_runs(tmp_path: Path) -> None:
+    """FFCV users' loaders that sample by their own order (an imbalanced sampler's
+    ``FfcvSamplerOrder``) replace ``traversal_order`` in ``__init__``, then call
+    ``self.generate_code()`` and assign ``self.first_traversal_order``, as FFCV's
+    ``Loader()`` does: both raised AttributeError."""
+    from fastforward.traversal_order import TraversalOrder
+
+    class EachTwice(TraversalOrder):
+        def sample_order(self, epoch: int) -> np.ndarray:
+            return np.repeat(np.asarray(self.indices)[::-1], 2)
+
+    class SamplerLoader(Loader):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.traversal_order = EachTwice(self)
+            self.generate_code()
+            self.first_traversal_order = self.next_traversal_order()
+
+    path = tmp_path / "f.beton"
+    DatasetWriter(path, {"x": IntField()}, num_workers=1,
+                  progress=False).from_indexed_dataset([(i,) for i in range(10)])
+    loader = SamplerLoader(path, 4, drop_last=False, pipelines={"x": [IntDecoder()]})
+    expected = [9, 9, 8, 8, 7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0]
+    assert loader.first_traversal_order.tolist() == expected
+    assert len(loader) == 5
+    assert np.concatenate([x.ravel() for (x,) in loader]).tolist() == expected

@@ -496,8 +496,23 @@ class Loader:
     @property
     def first_traversal_order(self) -> np.ndarray:
         """FFCV's attribute: this rank's samples of epoch 0, in order, for the
-        loader's seed now (made when asked for, where FFCV makes it in ``Loader()``)."""
-        return self._shards(0, [])[self.rank].order
+        loader's seed now (made when asked for, where FFCV makes it in ``Loader()``),
+        or the array assigned to it. FFCV's loader subclasses that replace
+        ``traversal_order`` assign it the new order, which FFCV's ``len()`` reads;
+        this loader's ``len()`` counts the next epoch's order itself."""
+        given = self.__dict__.get("_first_order_given")
+        return given if given is not None else self._shards(0, [])[self.rank].order
+
+    @first_traversal_order.setter
+    def first_traversal_order(self, order: Any) -> None:
+        self._first_order_given = np.asarray(order)
+
+    def generate_code(self) -> None:
+        """FFCV's method, which generates the pipelines' code again (FFCV's code
+        calls it after it replaces ``traversal_order`` or an operation): compiles
+        the loader's plan again from its pipelines as they are now, as each epoch
+        does at its start."""
+        self._compile()
 
     def _choose_workers(self, worker_type: str) -> ThreadWorkers | ProcessWorkers:
         """Threads, unless stage 1 holds an operation that keeps the GIL ('auto')."""
