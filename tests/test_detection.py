@@ -39,7 +39,14 @@ from fastforward.pipeline.decoder import Decoder
 from fastforward.pipeline.geometry import GEOMETRY, map_boxes
 from fastforward.reader import Reader
 from fastforward.scenes import COLOURS, make_scenes
-from fastforward.transforms import RandomHorizontalFlip, RandomVerticalFlip, ToTensor
+from fastforward.transforms import (
+    NormalizeImage,
+    RandomBrightness,
+    RandomHorizontalFlip,
+    RandomVerticalFlip,
+    ToTensor,
+    ToTorchImage,
+)
 from fastforward.writer import DatasetWriter
 
 OBJECTS = {"boxes": (np.float32, (4,)), "labels": np.int64, "ids": np.int32}
@@ -377,6 +384,69 @@ def test_shorter_side_batches_are_padded_to_the_largest_image(scene_file: Path,
     assert images.shape == (32, sizes[:, 0].max(), sizes[:, 1].max(), 3)
     plan_decoder = loader.pipelines[0].decoder
     assert plan_decoder.padded_size() == images.shape[1:3]
+
+
+PADDED_PIPELINES = {
+    "normalised, not fused": lambda: [ToTensor(), ToTorchImage(channels_last=False),
+                                      NormalizeImage(MEAN, STD, np.float32)],
+    "brightness, then normalised": lambda: [RandomBrightness(0.4, p=1.0), ToTensor(),
+                                            ToTorchImage(), NormalizeImage(MEAN, STD,
+                                                                           np.float32)],
+    "normalised on NumPy, flipped": lambda: [RandomHorizontalFlip(),
+                                             NormalizeImage(MEAN, STD, np.float32)],
+}
+MEAN, STD = np.array([124.0, 116.0, 104.0]), np.array([58.0, 57.0, 57.0])
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+@pytest.mark.parametrize("case", list(PADDED_PIPELINES))
+def test_a_padded_batch_is_zero_around_each_image_after_its_operations(
+        scene_file: Path, case: str, kind: str) -> None:
+    """The padding around a ShorterSide batch's images is zero whatever follows the
+    decoder (torchvision's ImageList, as documented): it was zero only where the
+    normalisation was fused into the decoder, else (0 - mean) / std."""
+    ops = PADDED_PIPELINES[case]()
+
+    def load(extra: list) -> tuple[np.ndarray, np.ndarray]:
+        with Loader(scene_file, 16, num_workers=2, worker_type=kind, seed=3,
+                    order=OrderOption.RANDOM, pipelines={
+                        "image": [ShorterSideRGBImageDecoder((40, 64), max_size=100), *extra],
+                        "sizes": PipelineSpec("image", ImageSizeDecoder(follows="image")),
+                        "mask": None, "instances": None, "objects": None,
+                        "index": None}) as loader:
+            images, sizes = next(iter(loader))
+        images = np.asarray(images)
+        return (np.moveaxis(images, 1, -1) if images.shape[1] == 3 else images), sizes
+
+    images, sizes = load(ops)
+    plain, plain_sizes = load(ops[:1] if case.endswith("flipped") else [])
+    np.testing.assert_array_equal(sizes, plain_sizes)
+    for image, reference, (height, width) in zip(images, plain, sizes.tolist(), strict=True):
+        assert not image[height:].any()
+        assert not image[:, width:].any()
+        if case != "brightness, then normalised":  # (its factors are drawn)
+            np.testing.assert_allclose(image[:height, :width],
+                                       (reference[:height, :width] - MEAN) / STD, atol=1e-5)
+        assert image[:height, :width].any()
+
+
+@pytest.mark.parametrize("op", ["RandomContrast", "Cutout", "TrivialAugmentWide", "flip later"])
+def test_what_would_take_the_padding_for_the_image_is_refused(scene_file: Path,
+                                                              op: str) -> None:
+    """A contrast's mean, a cutout's place, a policy's histogram over a padded
+    image took the padding for part of it (a flat image's contrast changed it)."""
+    import fastforward.transforms as T
+
+    after = {"RandomContrast": [T.RandomContrast(0.5, p=1.0)], "Cutout": [T.Cutout(8)],
+             "TrivialAugmentWide": [T.TrivialAugmentWide()],
+             "flip later": [ToTensor(), RandomHorizontalFlip()]}[op]
+    name = type(after[-1]).__name__
+    with pytest.raises(ValueError, match=rf"pipeline 'image'.*: {name} after "
+                                         r"ShorterSideRGBImageDecoder, whose images fill only "
+                                         r"part of the padded batch"):
+        Loader(scene_file, 4, pipelines={"image": [ShorterSideRGBImageDecoder(40), *after],
+                                         "mask": None, "instances": None, "objects": None,
+                                         "index": None})
 
 
 def test_multi_scale_draws_a_size_per_sample(scene_file: Path) -> None:

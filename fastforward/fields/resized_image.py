@@ -69,6 +69,8 @@ class ShorterSideRGBImageDecoder(ResizedCropRGBImageDecoder):
     ``RaggedDecoder`` and ``ImageSizeDecoder`` follow.
     """
 
+    pads = True  # each image at the top left of its row, zeros around it
+
     def __init__(self, size: int | Sequence[int], max_size: int | None = None,
                  fastdct: bool = True) -> None:
         sizes = (size,) if isinstance(size, (int, np.integer)) else tuple(size)
@@ -133,6 +135,12 @@ class ShorterSideRGBImageDecoder(ResizedCropRGBImageDecoder):
             u = context.uniform(1)[lo:hi, 0]
             chosen = sizes[np.minimum((u * len(sizes)).astype(np.int64), len(sizes) - 1)]
         return shorter_side_sizes(heights, widths, chosen, self.max_size)
+
+    def content_sizes(self, context: BatchContext) -> np.ndarray:
+        """``(B, 2)`` each image's ``(height, width)`` in its padded row."""
+        rows = self.metadata[context.indices]
+        return self.output_sizes(context, rows["height"].astype(np.int64),
+                                 rows["width"].astype(np.int64), 0, len(context.indices))
 
     def crops(self, heights: np.ndarray, widths: np.ndarray, u: np.ndarray | None) -> np.ndarray:
         """The whole image: nothing is cropped."""

@@ -173,6 +173,22 @@ def place(value: Any, out: np.ndarray, where: str) -> None:
     np.copyto(out, value)
 
 
+def clear_padding(value: Any, sizes: np.ndarray, dims: tuple[int, int]) -> None:
+    """Set each sample's padding in *value* (NumPy or torch, any device) back to
+    zero, in place: past ``sizes[k]`` (height, width) along the per-sample
+    dimensions *dims*. The decoder padded with zeros, and the operations after it
+    (``pixelwise``) made something else of them (a normalisation's ``-mean / std``
+    where it was not fused into the decoder); the batch is as torchvision's
+    ``ImageList`` pads: zeros."""
+    ndim = len(value.shape) - 1
+    for k, (height, width) in enumerate(sizes.tolist()):
+        for dim, end in zip(dims, (height, width), strict=True):
+            if end < value.shape[dim + 1]:
+                index = [slice(None)] * ndim
+                index[dim] = slice(end, None)
+                value[k][tuple(index)] = 0
+
+
 def run_stage2(plan: Plan, job: BatchJob, data: Any, slot: Any,
                copies: Any = None) -> tuple[Any, ...]:
     """Stage 2 over the whole batch, after stage 1: the batch's outputs, in order."""
@@ -215,5 +231,9 @@ def run_stage2(plan: Plan, job: BatchJob, data: Any, slot: Any,
                                pipeline_context.with_stream(step.rng_stream), job)
             results[id(step.op)] = value
             del buffer
+        if pipeline.padding_dims is not None:
+            assert decoder is not None
+            clear_padding(value, decoder.content_sizes(
+                pipeline_context.with_stream(pipeline.decoder_stream)), pipeline.padding_dims)
         outputs[pipeline.name] = value
     return tuple(outputs[name] for name in plan.outputs)

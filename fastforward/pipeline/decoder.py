@@ -37,6 +37,17 @@ class Decoder(Operation):
     and write it to ``context.geometry_out`` when given one (see
     ``fastforward.pipeline.geometry``)."""
 
+    pads: ClassVar[bool] = False
+    """True for decoders whose samples fill only part of their row of the batch,
+    zeros around them (``ShorterSideRGBImageDecoder``): they give each sample's
+    content size (``content_sizes``), and only ``pixelwise`` operations may follow."""
+
+    def content_sizes(self, context: BatchContext) -> np.ndarray:
+        """``(B, 2)`` int64 ``(height, width)`` of each sample's content in its padded
+        row (*context*: the batch's, on the decoder's random stream). Only for
+        decoders that ``pads``."""
+        raise NotImplementedError(f"{type(self).__name__} does not pad its samples")
+
     leader_state: State | None = None
     """For a decoder that ``follows`` another output: that output's decoder's
     state (its samples' shape and dtype), set by the planner before

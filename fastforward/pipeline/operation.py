@@ -175,6 +175,14 @@ class Operation:
     unless its decoder took it over (a flip right after a crop decoder), since
     the geometry they follow is the decoder's."""
 
+    pixelwise: ClassVar[bool] = False
+    """True for operations each of whose output pixels comes from the same input
+    pixel alone (conversions, normalisation, brightness, saturation): the only
+    ones the planner lets run on a padded batch (``ShorterSideRGBImageDecoder``),
+    whose padding the loader sets back to zero after them. One that reads the
+    whole image (a contrast's mean, a histogram) or places things in it (a
+    cutout, a flip after ``ToTensor``) would take the padding for the image."""
+
     passes_through: ClassVar[bool] = False
     """True for operations that hand on their input's values in the same memory
     order (``ToTensor``, ``ToTorchImage(channels_last=True)``): a decoder may

@@ -96,6 +96,9 @@ class PipelinePlan:
     decoder_read: bool = False  # a branch starts from its decoder's output
     geometry_key: str | None = None  # where its decoder writes each sample's geometry
     follows: dict[str, str] = field(default_factory=dict)  # leader -> its geometry's key
+    # a padding decoder's pipeline with steps: the per-sample dimensions of its output's
+    # height and width, whose padding is set back to zero after the last step
+    padding_dims: tuple[int, int] | None = None
 
     @property
     def ranged(self) -> bool:
@@ -233,6 +236,8 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
         followed = any(name in names for names in leaders.values())
         if followed:
             _check_leader(name, ops, fused, where)
+        if decoder is not None and getattr(decoder, "pads", False):
+            _check_padded(decoder, ops, fused, where)
         if name in leaders:
             _check_follower(name, leaders[name], ops, where)
         decided = state  # the decoder's output: the size the followers take
@@ -258,6 +263,8 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
                                        query))
             if read is None and id(user_op) in sources:
                 read = len(pipeline.steps)
+        if decoder is not None and getattr(decoder, "pads", False) and pipeline.steps:
+            pipeline.padding_dims = _image_dims(state)
         _split(pipeline, step_states, layout, len(pipeline.steps) if read is None else read)
         # A copy on the copy threads pays off only when nothing reads the rows before
         # the hand-over; a step that reads them at once would just wait for it. A
@@ -302,6 +309,29 @@ def _check_leader(name: str, ops: list[Operation], fused: set[int], where: str) 
                 f"decided the geometry that masks and boxes follow ({name!r} is followed), so "
                 "they would not move with it; a RandomHorizontalFlip must come right after "
                 "the decoder (which then mirrors while it resizes, and tells its followers)")
+
+
+def _check_padded(decoder: Operation, ops: list[Operation], fused: set[int], where: str) -> None:
+    """Refuse an operation that is not ``pixelwise`` after a decoder that pads its
+    samples: it would take the padding for the image (a contrast's mean over it,
+    a cutout or a policy's histogram in it), without a word."""
+    for position, op in enumerate(ops):
+        if position not in fused and not getattr(op, "pixelwise", False):
+            raise ValueError(
+                f"{where}: {type(op).__name__} after {type(decoder).__name__}, whose images "
+                "fill only part of the padded batch: it would take the padding for the "
+                "image (statistics over it, or positions in it); only operations of each "
+                "pixel alone may follow (ToTensor, ToTorchImage, ToDevice, Convert, "
+                "NormalizeImage, RandomBrightness, RandomSaturation, Solarization, or one "
+                "of yours that sets pixelwise = True), and a RandomHorizontalFlip right "
+                "after the decoder; use a crop decoder for the others")
+
+
+def _image_dims(state: State) -> tuple[int, int]:
+    """The per-sample dimensions of an image output's height and width: (1, 2) for
+    C×H×W tensors (after ``ToTorchImage``), else (0, 1)."""
+    return (1, 2) if state.channels_first and state.shape is not None \
+        and len(state.shape) == 3 else (0, 1)
 
 
 def _check_follower(name: str, leaders: list[str], ops: list[Operation], where: str) -> None:

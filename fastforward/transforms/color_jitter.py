@@ -98,6 +98,8 @@ class RandomBrightness(_RandomBlend):
     clipped to 0-255 and truncated. Writes into a buffer shaped like the input.
     """
 
+    pixelwise = True  # each output pixel from its own input pixel
+
     def adjust(self, image: np.ndarray, factor: float, out: np.ndarray) -> None:
         np.take(_table(factor, 0.0), image, out=out, mode="wrap")
 
@@ -134,6 +136,7 @@ class RandomSaturation(_RandomBlend):
     """
 
     channels = (3,)
+    pixelwise = True  # each output pixel from its own input pixel's gray
 
     def adjust(self, image: np.ndarray, factor: float, out: np.ndarray) -> None:
         gray = _gray(image)[..., None]

@@ -46,6 +46,7 @@ class NormalizeImage(Operation):
     buffer of *type* shaped like the input, on the batch's device.
     """
     releases_gil = True  # vectorised NumPy (or torch)
+    pixelwise = True  # each output pixel from its own input pixel
     sample_independent = True  # each sample from its own values and randomness
 
 

@@ -68,6 +68,7 @@ class ToTensor(Operation):
     reads_input = False  # from_numpy shares the memory (a copy, when needed, waits first)
     passes_through = True  # the same values, in the same memory
     releases_gil = True
+    pixelwise = True  # each output pixel from its own input pixel
     sample_independent = True
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, None]:
@@ -112,6 +113,7 @@ class ToDevice(Operation):
     loader's side stream from pinned slots; see ``fastforward.device``.
     """
     releases_gil = True  # a copy in torch
+    pixelwise = True  # each output pixel from its own input pixel
 
 
     def __init__(self, device: Any, non_blocking: bool = True) -> None:
@@ -172,6 +174,7 @@ class ToTorchImage(Operation):
             real float16, so this only matters for custom operations.
     """
     releases_gil = True  # vectorised NumPy (or torch)
+    pixelwise = True  # each output pixel from its own input pixel
     sample_independent = True  # each sample from its own values and randomness
 
 
@@ -242,6 +245,7 @@ class Convert(Operation):
     keeping a channels-last layout; FFCV allocated a new tensor per batch.
     """
     releases_gil = True  # vectorised NumPy (or torch)
+    pixelwise = True  # each output pixel from its own input pixel
     sample_independent = True  # each sample from its own values and randomness
 
 
@@ -298,6 +302,7 @@ class View(Operation):
     No copy and no buffer: the result is a view of the input.
     """
     releases_gil = True  # vectorised NumPy (or torch)
+    pixelwise = True  # each output pixel from its own input pixel
     sample_independent = True  # each sample from its own values and randomness
 
 

@@ -24,6 +24,7 @@ class Solarization(Operation):
     shaped like the input.
     """
     releases_gil = True  # vectorised NumPy (or torch)
+    pixelwise = True  # each output pixel from its own input pixel
     sample_independent = True  # each sample from its own values and randomness
 
 
