@@ -774,7 +774,9 @@ class _Pool:
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
         self.method = _start_method(start_method)
-        self.fell_back = False  # from fork to the fork server (threads in this process)
+        # not fork, and not asked: threads in this process (before the trial fork, or
+        # after it, below), or no fork here
+        self.fell_back = start_method is None and self.method != "fork"
         try:
             if self.method == "fork" and start_method is None:
                 with warnings.catch_warnings():
@@ -975,8 +977,13 @@ def _warn_of_copies(blob: bytes, workers: int, method: str, fname: str,
         return
     mib = len(blob) / (1 << 20)
     threads = _os_threads() or threading.active_count()
-    why = (f"this process runs {threads} threads, and forking a process with threads "
-           "may deadlock" if fell_back else "as asked")
+    if not fell_back:
+        why = "as asked"
+    elif threads > 1:
+        why = (f"this process runs {threads} threads, and forking a process with threads "
+               "may deadlock")
+    else:
+        why = "fork is not available here"
     warnings.warn(
         f"{fname}: the writer's workers start with {method} here ({why}), so each "
         f"worker ({workers}) gets its own copy of the dataset and fields ({mib:,.0f} MiB "

@@ -433,6 +433,25 @@ def batch_of_one(image: np.ndarray) -> Any:
     return torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)
 
 
+def scaled_up(image: np.ndarray) -> np.ndarray:
+    """float16 on the blank trial image, float32 far past float16's range on others."""
+    if not image.any():
+        return np.zeros(image.shape, np.float16)
+    return image.astype(np.float32) * 1000
+
+
+def test_floats_past_the_batch_dtypes_range_are_refused(photos_file: Path) -> None:
+    """A float32 result cast into a float16 batch became inf, with only NumPy's
+    RuntimeWarning (99% of a batch)."""
+    with pytest.raises(ValueError, match=r"scaled_up returned float32 values beyond what "
+                                         r"float16 holds \(±65504\): they would be inf"):
+        batches(photos_file, scaled_up, 1, "thread")
+    got = batches(photos_file, lambda image: image.astype(np.float32), 1, "thread",
+                  output_shape=(32, 32, 3), output_dtype=np.float16)
+    assert got.dtype == np.float16  # (in range: rounded, as documented)
+    assert np.isfinite(got).all()
+
+
 def test_a_result_that_is_no_image_names_the_transform(photos_file: Path) -> None:
     """A transform returning ``(image, target)`` was refused as "the transform
     returned a tuple", naming neither it nor what to do."""

@@ -972,6 +972,19 @@ def test_a_large_dataset_copied_into_every_worker_is_warned_of(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         write(tmp_path / "f.beton", {"i": IntField()}, data, start_method="fork")
+    # not asked: a Python thread running makes the writer choose the fork server
+    # itself ("as asked", it said)
+    stop = threading.Event()
+    waiting = threading.Thread(target=stop.wait, daemon=True)
+    waiting.start()
+    try:
+        with pytest.warns(RuntimeWarning, match=r"start with forkserver here \(this process "
+                                                r"runs \d+ threads, and forking a process "
+                                                r"with threads may deadlock\)"):
+            write(tmp_path / "t.beton", {"i": IntField()}, data)
+    finally:
+        stop.set()
+        waiting.join()
     monkeypatch.setattr(writer_module, "LARGE_JOB_BYTES", 256 << 20)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

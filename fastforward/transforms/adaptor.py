@@ -215,7 +215,16 @@ class Augment(Operation):
         if not _castable(out.dtype, destination.dtype):
             raise TypeError(f"{_describe(self.transform)} returned {out.dtype} images, not "
                             f"{destination.dtype}{_cast_hint(out.dtype, destination.dtype)}")
-        np.copyto(destination, out, casting="unsafe")  # (checked just above)
+        narrowed = out.dtype != destination.dtype and out.dtype.kind == "f"
+        with np.errstate(over="ignore" if narrowed else "warn"):
+            np.copyto(destination, out, casting="unsafe")  # (checked just above)
+        if narrowed and not np.isfinite(destination).all() and (
+                np.isfinite(out) & ~np.isfinite(destination)).any():
+            largest = float(np.finfo(destination.dtype).max)
+            raise ValueError(f"{_describe(self.transform)} returned {out.dtype} values beyond "
+                             f"what {destination.dtype} holds (±{largest:g}): they would be "
+                             f"inf in the batch; make the transform return {destination.dtype} "
+                             "values in its range (normalise first), or give output_dtype")
         return destination
 
     def _call(self, image: np.ndarray, seed: int) -> np.ndarray:
