@@ -145,8 +145,9 @@ def _survive_cut_starts() -> None:
     again (``workers._start_process``). After them, the child read no process
     object, and printed its own. Now the server takes the first for the aborted
     connection it is and serves on, and such a child exits with code 1 without a
-    word (nobody waits for it). ``spawn._main`` raises ``EOFError`` only from
-    there: what the process's target raises, ``_bootstrap`` reports itself. The
+    word (nobody waits for it): only an ``EOFError`` of pickle's own, raised in
+    ``spawn._main`` itself (what the process's target raises, ``_bootstrap``
+    reports; what code run by the unpickling raises goes on as before). The
     processes the server forks get ``recvfds`` back as it was."""
     from multiprocessing import reduction, spawn
 
@@ -162,8 +163,13 @@ def _survive_cut_starts() -> None:
     def started(*args: Any, **kwargs: Any) -> Any:
         try:
             return main(*args, **kwargs)
-        except EOFError:  # no process object came
-            return 1
+        except EOFError as exc:
+            last = exc.__traceback__
+            while last is not None and last.tb_next is not None:
+                last = last.tb_next
+            if last is not None and last.tb_frame.f_code is main.__code__:
+                return 1  # pickle (C) ran out of input in _main itself: no process object
+            raise  # raised by code the unpickling ran: the child reports it, as before
 
     reduction.recvfds = recvfds
     spawn._main = started

@@ -1321,14 +1321,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout = _NamedStdout(stdout)
     try:
         try:
-            args = build_parser().parse_args(argv)
+            args, unknown = build_parser().parse_known_args(argv)
         except SystemExit as exc:  # --help and --version
             return exc.code if isinstance(exc.code, int) else 0
+        if unknown:  # the command's help, not the program's (argparse names the latter)
+            raise UsageError(f"unrecognized arguments: {' '.join(unknown)}")
         status = args.handler(args)
         sys.stdout.flush()  # a full disk under stdout is reported here, not at exit
         return status
     except UsageError as exc:
-        return _fail(str(exc), 2)
+        message = str(exc)
+        if not message.endswith("--help)"):  # the command's own refusals too
+            command = f" {args.command}" if args is not None else ""
+            message += f" (see {PROG}{command} --help)"
+        return _fail(message, 2)
     except KeyboardInterrupt:
         if args is not None and args.handler is cmd_convert:  # as SIGTERM's message says
             return _fail(f"{os.fsdecode(args.out)}: interrupted (Ctrl-C); no file was "

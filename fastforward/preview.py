@@ -20,6 +20,7 @@ import numpy as np
 
 from .fields import Field, IntField, MaskField, RaggedField, RGBImageField
 from .fields.mask import MASK_HEADER
+from .fields.resized_image import shorter_side_sizes
 from .pipeline.operation import Operation
 from .reader import Reader
 from .utils import holds_only, install_hint
@@ -221,10 +222,17 @@ def preview_pipelines(reader: Reader, image: str | None = None, decoder: str = "
             raise ValueError(f"{reader.fname}: {count} images of {height}x{width} as stored "
                              "are too many pixels to draw: choose fewer --samples, or "
                              "another --decoder with a --size")
-    else:  # a batch of shorter_side's images is padded to its longest side, up to 2 * size
-        longest = 2 * size if decoder == "shorter_side" else size
-        if count * size * longest > max_preview_pixels():
-            raise ValueError(f"{reader.fname}: {count} images of up to {size}x{longest} "
+    elif samples is not None:  # the pixels of the batch drawn
+        height = width = size
+        if decoder == "shorter_side":  # padded to the largest any image of the field takes
+            column = reader.metadata[f"f{reader.field_names.index(image)}"]
+            packed = np.unique(column["height"].astype(np.int64) << 32
+                               | column["width"].astype(np.int64))
+            if packed.size:
+                out = shorter_side_sizes(packed >> 32, packed & 0xFFFFFFFF, size, 2 * size)
+                height, width = int(out[:, 0].max()), int(out[:, 1].max())
+        if count * height * width > max_preview_pixels():
+            raise ValueError(f"{reader.fname}: {count} images of {height}x{width} "
                              f"({decoder} {size}) are too many pixels to draw (at most "
                              f"{max_preview_pixels():,}): choose fewer --samples or a "
                              "smaller --size")

@@ -983,7 +983,7 @@ def _warn_of_copies(blob: bytes, workers: int, method: str, fname: str,
         why = (f"this process runs {threads} threads, and forking a process with threads "
                "may deadlock")
     else:
-        why = "fork is not available here"
+        why = "fork is not the default here"
     warnings.warn(
         f"{fname}: the writer's workers start with {method} here ({why}), so each "
         f"worker ({workers}) gets its own copy of the dataset and fields ({mib:,.0f} MiB "

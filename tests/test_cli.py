@@ -604,6 +604,19 @@ def test_convert_ends_well_when_its_summary_is_cut_short(corpus: Path, tmp_path:
                                "printing the summary; the file was written\n")
 
 
+def test_usage_errors_name_the_commands_help(beton: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown option of a command named the program's --help (argparse reports it
+    from the top-level parser), and a command's own refusals named none."""
+    assert main(["info", str(beton), "--bogus"]) == 2
+    assert capsys.readouterr().err == ("fastforward: error: unrecognized arguments: --bogus "
+                                       "(see fastforward info --help)\n")
+    assert main(["convert", "--seed", "3", "src", "out.beton"]) == 2
+    assert capsys.readouterr().err.endswith("(see fastforward convert --help)\n")
+    assert main([]) == 2
+    assert capsys.readouterr().err.endswith("(see fastforward --help)\n")
+
+
 def test_as_a_program(beton: Path, tmp_path: Path) -> None:
     """The installed console script, run outside the source tree."""
     script = Path(sys.executable).parent / "fastforward"

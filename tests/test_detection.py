@@ -44,6 +44,7 @@ from fastforward.transforms import (
     RandomBrightness,
     RandomHorizontalFlip,
     RandomVerticalFlip,
+    Solarization,
     ToTensor,
     ToTorchImage,
 )
@@ -392,8 +393,8 @@ PADDED_PIPELINES = {
     "brightness, then normalised": lambda: [RandomBrightness(0.4, p=1.0), ToTensor(),
                                             ToTorchImage(), NormalizeImage(MEAN, STD,
                                                                            np.float32)],
-    "normalised on NumPy, flipped": lambda: [RandomHorizontalFlip(),
-                                             NormalizeImage(MEAN, STD, np.float32)],
+    "flipped, solarized, normalised on NumPy": lambda: [
+        RandomHorizontalFlip(), Solarization(0.0), NormalizeImage(MEAN, STD, np.float32)],
 }
 MEAN, STD = np.array([124.0, 116.0, 104.0]), np.array([58.0, 57.0, 57.0])
 
@@ -419,7 +420,7 @@ def test_a_padded_batch_is_zero_around_each_image_after_its_operations(
         return (np.moveaxis(images, 1, -1) if images.shape[1] == 3 else images), sizes
 
     images, sizes = load(ops)
-    plain, plain_sizes = load(ops[:1] if case.endswith("flipped") else [])
+    plain, plain_sizes = load(ops[:1] if case.startswith("flipped") else [])
     np.testing.assert_array_equal(sizes, plain_sizes)
     for image, reference, (height, width) in zip(images, plain, sizes.tolist(), strict=True):
         assert not image[height:].any()
@@ -428,6 +429,19 @@ def test_a_padded_batch_is_zero_around_each_image_after_its_operations(
             np.testing.assert_allclose(image[:height, :width],
                                        (reference[:height, :width] - MEAN) / STD, atol=1e-5)
         assert image[:height, :width].any()
+
+
+def test_a_pipeline_that_keeps_zeros_zero_clears_no_padding(scene_file: Path) -> None:
+    """The documented pipeline (flip and normalisation fused into the decoder, then
+    ToTensor and ToTorchImage, which keep zeros zero) paid for clearing padding that
+    was zero already (+15-20% an epoch)."""
+    with Loader(scene_file, 4, pipelines={
+            "image": [ShorterSideRGBImageDecoder(40), RandomHorizontalFlip(), ToTensor(),
+                      ToTorchImage(), NormalizeImage(MEAN, STD, np.float32)],
+            "mask": None, "instances": None, "objects": None, "index": None}) as loader:
+        (image,) = loader.pipelines
+        assert [type(step.op).__name__ for step in image.steps] == ["ToTensor", "ToTorchImage"]
+        assert image.padding_dims is None
 
 
 @pytest.mark.parametrize("op", ["RandomContrast", "Cutout", "TrivialAugmentWide", "flip later"])

@@ -357,6 +357,25 @@ def test_an_operations_settings_changed_between_epochs_are_used(photos_file: Pat
     assert not np.array_equal(changed, epoch_one(make()))  # the change changes something
 
 
+def test_a_fused_normalisation_checks_its_settings_changed_between_epochs(
+        photos_file: Path) -> None:
+    """Fused into the decoder, a NormalizeImage is never declared: a mean set to a
+    list between epochs failed with "bad operand type for unary -: 'list'", and a
+    zero std gave inf instead of the error __init__ gives."""
+    from fastforward.transforms import NormalizeImage
+
+    norm = NormalizeImage(np.array([120.0, 110.0, 100.0]), np.array([60.0, 60.0, 60.0]),
+                          np.float32)
+    with Loader(photos_file, 20, pipelines={"image": [CenterCropRGBImageDecoder((32, 32), 1.0),
+                                                      norm], "label": None}) as loader:
+        first = np.concatenate([images for (images,) in loader])
+        norm.mean = [120.0, 110.0, 100.0]  # a list, as __init__ takes
+        np.testing.assert_array_equal(np.concatenate([images for (images,) in loader]), first)
+        norm.std = [60.0, 0.0, 60.0]
+        with pytest.raises(ValueError, match="std has a zero"):
+            next(iter(loader))
+
+
 def test_one_decoder_for_two_fields_and_a_branch_is_refused(two_photo_fields: Path) -> None:
     decoder = CenterCropRGBImageDecoder((32, 32), 1.0)
     with pytest.raises(ValueError, match=r"one CenterCropRGBImageDecoder instance decodes "

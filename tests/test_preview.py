@@ -138,23 +138,33 @@ def test_the_simple_decoder_refuses_too_many_stored_pixels(tmp_path: Path,
             preview.preview_pipelines(reader, None, "simple", 16, False, [0, 1, 2])
 
 
-def test_every_decoder_refuses_too_many_pixels(scene_file: Path,
+def test_every_decoder_refuses_too_many_pixels(scene_file: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """256 samples at --size 2048 (each limit passed on its own) with shorter_side
-    (up to 2048 by 4096 each, a batch padded to its longest) would take about
+    (a batch padded to the largest any image of the field takes) would take about
     18 GB: the pixels decoded are bounded whatever the decoder."""
     import fastforward.preview as preview
 
     monkeypatch.setattr(preview, "MAX_PREVIEW_SIZE", 16)  # 16 images of 16x16 in all
-    with Reader(scene_file) as reader:
+    with Reader(scene_file) as reader:  # 60x80 scenes
         for decoder in ("center_crop", "random_resized_crop"):
             preview.preview_pipelines(reader, None, decoder, 16, False, range(6))
-            with pytest.raises(ValueError, match=rf"6 images of up to 40x40 \({decoder} 40\) "
+            with pytest.raises(ValueError, match=rf"6 images of 40x40 \({decoder} 40\) "
                                                  r"are too many pixels to draw \(at most 4,096"):
                 preview.preview_pipelines(reader, None, decoder, 40, False, range(6))
-        preview.preview_pipelines(reader, None, "shorter_side", 16, False, range(6))
-        with pytest.raises(ValueError, match=r"6 images of up to 20x40 \(shorter_side 20\)"):
-            preview.preview_pipelines(reader, None, "shorter_side", 20, False, range(6))
+        preview.preview_pipelines(reader, None, "center_crop", 40, False)  # (no samples: no
+        preview.preview_pipelines(reader, None, "shorter_side", 20, False, range(6))  # bound)
+        with pytest.raises(ValueError, match=r"6 images of 24x32 \(shorter_side 24\)"):
+            preview.preview_pipelines(reader, None, "shorter_side", 24, False, range(6))
+    # portrait and landscape images: the batch is padded to the largest of both sides
+    path = tmp_path / "both.beton"
+    images = [np.zeros((20, 10, 3), np.uint8)] * 2 + [np.zeros((10, 20, 3), np.uint8)] * 2
+    DatasetWriter(path, {"image": RGBImageField(write_mode="raw")}, num_workers=1,
+                  progress=False).from_indexed_dataset([(image,) for image in images])
+    with Reader(path) as reader, pytest.raises(ValueError, match=r"4 images of 40x40 "
+                                                               r"\(shorter_side 20\)"):
+        preview.preview_pipelines(reader, None, "shorter_side", 20, False, range(4))  # (20x40
+        # or 40x20 each: 3,200 pixels, under the bound, were it not for the padding)
 
 
 def test_the_simple_decoder_needs_one_size_among_the_samples_drawn(

@@ -183,6 +183,11 @@ class Operation:
     whole image (a contrast's mean, a histogram) or places things in it (a
     cutout, a flip after ``ToTensor``) would take the padding for the image."""
 
+    keeps_zero: ClassVar[bool] = False
+    """True for ``pixelwise`` operations that leave a zero pixel zero (conversions,
+    brightness, saturation): after a padding decoder, a pipeline of only these
+    needs no clearing of its padding (``runner.clear_padding``)."""
+
     passes_through: ClassVar[bool] = False
     """True for operations that hand on their input's values in the same memory
     order (``ToTensor``, ``ToTorchImage(channels_last=True)``): a decoder may

@@ -263,8 +263,9 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
                                        query))
             if read is None and id(user_op) in sources:
                 read = len(pipeline.steps)
-        if decoder is not None and getattr(decoder, "pads", False) and pipeline.steps:
-            pipeline.padding_dims = _image_dims(state)
+        if decoder is not None and getattr(decoder, "pads", False) and not all(
+                getattr(step.op, "keeps_zero", False) for step in pipeline.steps):
+            pipeline.padding_dims = _image_dims(state)  # (one may turn the zeros to others)
         _split(pipeline, step_states, layout, len(pipeline.steps) if read is None else read)
         # A copy on the copy threads pays off only when nothing reads the rows before
         # the hand-over; a step that reads them at once would just wait for it. A
@@ -317,6 +318,9 @@ def _check_padded(decoder: Operation, ops: list[Operation], fused: set[int], whe
     a cutout or a policy's histogram in it), without a word."""
     for position, op in enumerate(ops):
         if position not in fused and not getattr(op, "pixelwise", False):
+            unfused = (" (this flip was not taken over by the decoder: another pipeline "
+                       "branches from the decoder, or the flip is another class)"
+                       if position == 0 and getattr(op, "moves_pixels", False) else "")
             raise ValueError(
                 f"{where}: {type(op).__name__} after {type(decoder).__name__}, whose images "
                 "fill only part of the padded batch: it would take the padding for the "
@@ -324,7 +328,7 @@ def _check_padded(decoder: Operation, ops: list[Operation], fused: set[int], whe
                 "pixel alone may follow (ToTensor, ToTorchImage, ToDevice, Convert, "
                 "NormalizeImage, RandomBrightness, RandomSaturation, Solarization, or one "
                 "of yours that sets pixelwise = True), and a RandomHorizontalFlip right "
-                "after the decoder; use a crop decoder for the others")
+                f"after the decoder{unfused}; use a crop decoder for the others")
 
 
 def _image_dims(state: State) -> tuple[int, int]:

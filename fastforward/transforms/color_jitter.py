@@ -99,6 +99,7 @@ class RandomBrightness(_RandomBlend):
     """
 
     pixelwise = True  # each output pixel from its own input pixel
+    keeps_zero = True  # zero in, zero out
 
     def adjust(self, image: np.ndarray, factor: float, out: np.ndarray) -> None:
         np.take(_table(factor, 0.0), image, out=out, mode="wrap")
@@ -137,6 +138,7 @@ class RandomSaturation(_RandomBlend):
 
     channels = (3,)
     pixelwise = True  # each output pixel from its own input pixel's gray
+    keeps_zero = True  # zero in, zero out
 
     def adjust(self, image: np.ndarray, factor: float, out: np.ndarray) -> None:
         gray = _gray(image)[..., None]

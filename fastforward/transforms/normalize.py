@@ -97,6 +97,7 @@ class NormalizeImage(Operation):
     def pixel_affine(self) -> tuple[np.dtype, np.ndarray, np.ndarray] | None:
         """``(type, 1 / std, -mean / std)``, one value per channel, for float16 or
         float32 (a decoder fuses it only into images of that many channels)."""
+        self._settle()  # (a fused copy is never declared: its settings as they are now)
         if self.type not in (np.dtype("float16"), np.dtype("float32")):
             return None
         return self.type, 1.0 / self.std, -self.mean / self.std

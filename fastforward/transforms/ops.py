@@ -69,6 +69,7 @@ class ToTensor(Operation):
     passes_through = True  # the same values, in the same memory
     releases_gil = True
     pixelwise = True  # each output pixel from its own input pixel
+    keeps_zero = True  # zero in, zero out
     sample_independent = True
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, None]:
@@ -114,6 +115,7 @@ class ToDevice(Operation):
     """
     releases_gil = True  # a copy in torch
     pixelwise = True  # each output pixel from its own input pixel
+    keeps_zero = True  # zero in, zero out
 
 
     def __init__(self, device: Any, non_blocking: bool = True) -> None:
@@ -175,6 +177,7 @@ class ToTorchImage(Operation):
     """
     releases_gil = True  # vectorised NumPy (or torch)
     pixelwise = True  # each output pixel from its own input pixel
+    keeps_zero = True  # zero in, zero out
     sample_independent = True  # each sample from its own values and randomness
 
 
@@ -246,6 +249,7 @@ class Convert(Operation):
     """
     releases_gil = True  # vectorised NumPy (or torch)
     pixelwise = True  # each output pixel from its own input pixel
+    keeps_zero = True  # zero in, zero out
     sample_independent = True  # each sample from its own values and randomness
 
 
@@ -303,6 +307,7 @@ class View(Operation):
     """
     releases_gil = True  # vectorised NumPy (or torch)
     pixelwise = True  # each output pixel from its own input pixel
+    keeps_zero = True  # zero in, zero out
     sample_independent = True  # each sample from its own values and randomness
 
 
