@@ -20,7 +20,7 @@ import numpy as np
 
 from .fields import Field, IntField, MaskField, RaggedField, RGBImageField
 from .fields.mask import MASK_HEADER
-from .fields.resized_image import shorter_side_sizes
+from .fields.resized_image import padded_shorter_side_size
 from .pipeline.operation import Operation
 from .reader import Reader
 from .utils import holds_only, install_hint
@@ -226,11 +226,8 @@ def preview_pipelines(reader: Reader, image: str | None = None, decoder: str = "
         height = width = size
         if decoder == "shorter_side":  # padded to the largest any image of the field takes
             column = reader.metadata[f"f{reader.field_names.index(image)}"]
-            packed = np.unique(column["height"].astype(np.int64) << 32
-                               | column["width"].astype(np.int64))
-            if packed.size:
-                out = shorter_side_sizes(packed >> 32, packed & 0xFFFFFFFF, size, 2 * size)
-                height, width = int(out[:, 0].max()), int(out[:, 1].max())
+            height, width = padded_shorter_side_size(column["height"], column["width"],
+                                                     [size], 2 * size)
         if count * height * width > max_preview_pixels():
             raise ValueError(f"{reader.fname}: {count} images of {height}x{width} "
                              f"({decoder} {size}) are too many pixels to draw (at most "

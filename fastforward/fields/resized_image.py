@@ -50,6 +50,23 @@ def shorter_side_sizes(heights: np.ndarray, widths: np.ndarray, size: int | np.n
                      np.where(portrait, new_short, new_long)], axis=1)
 
 
+def padded_shorter_side_size(heights: np.ndarray, widths: np.ndarray,
+                             sizes: Sequence[int] | np.ndarray,
+                             max_size: int | None) -> tuple[int, int]:
+    """The largest ``(height, width)`` that images of these stored sizes take under
+    ``shorter_side_sizes`` with any of *sizes*: a padded batch's ((1, 1) for none).
+    Every size counts, not only the largest: under *max_size* a smaller shorter
+    side can give a longer side (torchvision's rounding down); each distinct stored
+    shape once."""
+    if not len(heights):
+        return 1, 1
+    packed = np.unique(np.asarray(heights, np.int64) << 32 | np.asarray(widths, np.int64))
+    shapes_h, shapes_w = packed >> 32, packed & 0xFFFFFFFF
+    out = np.concatenate([shorter_side_sizes(shapes_h, shapes_w, int(size), max_size)
+                          for size in np.unique(np.asarray(sizes, np.int64))])
+    return int(out[:, 0].max()), int(out[:, 1].max())
+
+
 class ShorterSideRGBImageDecoder(ResizedCropRGBImageDecoder):
     """Decode each whole image and resize it: shorter side *size*, longer at most *max_size*.
 
@@ -106,16 +123,7 @@ class ShorterSideRGBImageDecoder(ResizedCropRGBImageDecoder):
         if cached is not None and cached[0] is self.reader and cached[1] == key:
             return cached[2]  # once per loader and sizes, not every epoch
         _, heights, widths = self._modes_and_sizes()
-        if not heights.size:
-            return 1, 1
-        # every size drawn, not only the largest: under max_size a smaller shorter
-        # side can give a longer side (torchvision's rounding down), so the largest
-        # output is not always the largest size's; each distinct stored shape once
-        packed = np.unique(heights.astype(np.int64) << 32 | widths.astype(np.int64))
-        shapes_h, shapes_w = packed >> 32, packed & 0xFFFFFFFF
-        out = np.concatenate([shorter_side_sizes(shapes_h, shapes_w, int(size), self.max_size)
-                              for size in np.unique(self._sizes())])
-        padded = int(out[:, 0].max()), int(out[:, 1].max())
+        padded = padded_shorter_side_size(heights, widths, self._sizes(), self.max_size)
         self._padded = (self.reader, key, padded)
         return padded
 

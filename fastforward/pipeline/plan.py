@@ -236,7 +236,8 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
         followed = any(name in names for names in leaders.values())
         if followed:
             _check_leader(name, ops, fused, where)
-        if decoder is not None and getattr(decoder, "pads", False):
+        pads = decoder is not None and getattr(decoder, "pads", False)
+        if pads:
             _check_padded(decoder, ops, fused, where)
         if name in leaders:
             _check_follower(name, leaders[name], ops, where)
@@ -263,8 +264,7 @@ def compile_plan(reader: Any, specs: Mapping[str, PipelineSpec],
                                        query))
             if read is None and id(user_op) in sources:
                 read = len(pipeline.steps)
-        if decoder is not None and getattr(decoder, "pads", False) and not all(
-                getattr(step.op, "keeps_zero", False) for step in pipeline.steps):
+        if pads and not all(getattr(step.op, "keeps_zero", False) for step in pipeline.steps):
             pipeline.padding_dims = _image_dims(state)  # (one may turn the zeros to others)
         _split(pipeline, step_states, layout, len(pipeline.steps) if read is None else read)
         # A copy on the copy threads pays off only when nothing reads the rows before
