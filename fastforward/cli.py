@@ -581,26 +581,28 @@ def cmd_convert(args: argparse.Namespace) -> int:
 # -- info ----------------------------------------------------------------------------------------
 
 
-def image_stats(reader: Reader, column: np.ndarray) -> dict[str, Any]:
-    """Statistics of one RGBImageField column.
+def image_stats(reader: Reader, index: int) -> dict[str, Any]:
+    """Statistics of one RGBImageField.
 
     Args:
         reader: the open file.
-        column: the field's metadata column (``reader.metadata['f<i>']``).
+        index: the field's position.
 
     Returns:
         Counts per mode, width/height/pixel statistics, the largest side and
         the mean stored JPEG size in bytes.
     """
+    column = reader.metadata[f"f{index}"]
     modes = column["mode"]
     widths = column["width"].astype(np.int64)
     heights = column["height"].astype(np.int64)
     counts = {name: int(np.count_nonzero(modes == code)) for name, code in IMAGE_MODES.items()}
     if sum(counts.values()) != len(column):
         counts["unknown"] = len(column) - sum(counts.values())
-    jpeg = np.flatnonzero(modes == IMAGE_MODES["jpg"])
-    sizes = reader.payload_sizes(column["data_ptr"][jpeg], jpeg)
-    sizes = sizes[sizes >= 0]
+    # each payload's size as located when the file was opened (0: none found, where
+    # the file is read without validate; a JPEG has a byte at least)
+    sizes = reader.payload_nbytes[index][modes == IMAGE_MODES["jpg"]]
+    sizes = sizes[sizes > 0]
     return {
         "modes": counts,
         "width": _mean_max(widths),
@@ -633,7 +635,7 @@ def field_info(reader: Reader, index: int) -> dict[str, Any]:
     if isinstance(handler, NDArrayField):
         info.update(dtype=str(handler.dtype), shape=list(handler.shape))
     if isinstance(handler, RGBImageField):
-        info.update(image_stats(reader, reader.metadata[f"f{index}"]))
+        info.update(image_stats(reader, index))
     return info
 
 

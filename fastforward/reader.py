@@ -491,6 +491,7 @@ class Reader:
         self.sample_pages = np.full(n, -1, np.int64)  # data page index (from 0), -1: none
         found: list[tuple[np.ndarray, str, Callable[[int], str]]] = []
         pointer_columns: list[np.ndarray] = []
+        row_columns: list[np.ndarray] = []  # each payload's row in the table (-1: none)
         first_rows = np.full(n, -1, np.int64)
         first_rows_into(self._owners, first_rows)
         searched = 0  # pointers not where the table's order puts them
@@ -507,14 +508,16 @@ class Reader:
             ptrs = np.ascontiguousarray(pointers, dtype=np.uint64)
             size = np.empty(n, np.uint64)
             flags = np.empty(n, np.uint8)
+            rows = np.empty(n, np.int64)
             expected = self._expected_sizes(handler, self.metadata[f"f{i}"]) if by_size \
                 else None
             flagged, missed = locate_payloads(
                 self._ptrs, self._sizes, self._owners, first_rows, k, ptrs, shift, first_page,
-                size, self.sample_pages, flags, expected)
+                size, self.sample_pages, flags, expected, rows)
             k += 1
             searched += missed
             pointer_columns.append(ptrs)
+            row_columns.append(rows)
             if flagged:
                 def missing(s: int, p: np.ndarray = ptrs) -> str:
                     return self._missing_message(int(p[s]), s)
@@ -540,22 +543,20 @@ class Reader:
         for mask, name, message in bad:
             for sample in np.flatnonzero(mask).tolist():
                 self._open_problems.append(Problem(sample, name, message(sample)))
-        self._check_allocations_used(pointer_columns, searched > 0)
+        self._check_allocations_used(row_columns, searched > 0)
 
-    def _check_allocations_used(self, pointer_columns: list[np.ndarray], searched: bool) -> None:
+    def _check_allocations_used(self, row_columns: list[np.ndarray], searched: bool) -> None:
         """Every allocation is one payload's: none unused (a field dropped, a type
         changed), none named twice. Only where every field is one of fastforward's
         own, FFCV's or tagged (a custom field's pointers may be hidden from
-        ``payload_pointers``)."""
+        ``payload_pointers``). *row_columns*: each pointer field's rows, as located."""
         if not self._own_fields_only() or not self._ptrs.size:
             return
-        if not searched and len(pointer_columns) * self.num_samples == len(self._ptrs):
+        if not searched and len(row_columns) * self.num_samples == len(self._ptrs):
             # every row where guessed: first_rows[s] + k differs for every (s, k), so the
             # rows are distinct, and as many as the table's
             return
-        samples = np.arange(self.num_samples, dtype=np.uint64)
-        used = [self._payload_rows(ptrs, samples) for ptrs in pointer_columns]
-        rows = np.concatenate(used) if used else np.zeros(0, np.int64)
+        rows = np.concatenate(row_columns) if row_columns else np.zeros(0, np.int64)
         counts = np.bincount(rows[rows >= 0], minlength=len(self._ptrs))
         for bad, what in ((counts == 0, "is no field's payload"),
                           (counts > 1, "is the payload of two fields")):
@@ -723,20 +724,29 @@ class Reader:
             raise self._error(f"{where}no allocation starts at offset {ptr}")
         if sample is None:
             return int(self._sizes[lo])
-        # FFCV may store a zero-length payload at the next one's offset: pick the
-        # sample's own allocation, and refuse a pointer into another sample's
-        own = [int(self._sizes[i]) for i in range(lo, hi) if int(self._owners[i]) == sample]
-        # two of its payloads there (an empty one, then the next field's): a custom
-        # field asks by offset, and gets the first that no built-in field found its own
+        row = self._own_row(ptr, sample, lo, hi)
+        if row >= 0:
+            return int(self._sizes[row])
+        raise self._error(f"sample {sample}: the payload at offset {ptr} belongs to sample "
+                          f"{int(self._owners[lo])}")
+
+    def _own_row(self, ptr: int, sample: int, lo: int, hi: int) -> int:
+        """Which of the rows ``[lo, hi)`` (those at offset *ptr*) is *sample*'s payload
+        there; -1 where none is its.
+
+        FFCV may store a zero-length payload at the next one's offset, so a sample may
+        have several rows there: the fields whose payload is at *ptr* take theirs
+        (found when the file was opened), and a custom field, which asks by offset,
+        gets the first that none took (with none left, the last field's).
+        """
+        own = [i for i in range(lo, hi) if int(self._owners[i]) == sample]
         for i, offsets in self.payload_offsets.items():
             if len(own) > 1 and int(offsets[sample]) == ptr:
                 claimed = int(self.payload_nbytes[i][sample])
-                if claimed in own:
-                    own.remove(claimed)
-        if own:
-            return own[0]
-        raise self._error(f"sample {sample}: the payload at offset {ptr} belongs to sample "
-                          f"{int(self._owners[lo])}")
+                taken = next((j for j in own if int(self._sizes[j]) == claimed), None)
+                if taken is not None:
+                    own.remove(taken)
+        return own[0] if own else -1
 
     def payload_sizes(self, ptrs: np.ndarray, samples: np.ndarray) -> np.ndarray:
         """Vectorised ``payload_size``: the size of each ``(ptr, sample)`` allocation.
@@ -764,14 +774,11 @@ class Reader:
         at = self._ptrs[first] == ptrs
         found = at & (self._owners[first] == samples)
         result[found] = first[found]
-        # rare: a shared offset, where the owner may be a later row of the same offset
+        # rare: a shared offset, where the sample's row may be a later one there
         nxt = np.minimum(first + 1, len(self._ptrs) - 1)
-        for k in np.flatnonzero(at & ~found & (self._ptrs[nxt] == ptrs)):
+        for k in np.flatnonzero(at & (nxt > first) & (self._ptrs[nxt] == ptrs)):
             hi = int(np.searchsorted(self._ptrs, ptrs[k], side="right"))
-            rows = np.arange(lo[k], hi)
-            match = rows[self._owners[rows] == samples[k]]
-            if match.size:
-                result[k] = match[0]
+            result[k] = self._own_row(int(ptrs[k]), int(samples[k]), int(lo[k]), hi)
         return result
 
     def payload(self, ptr: int, sample: int | None = None) -> memoryview:

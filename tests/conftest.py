@@ -112,3 +112,30 @@ def strip_checksums(src: Path, dst: Path) -> Path:
     struct.pack_into("<Q", data, 16, start)
     dst.write_bytes(bytes(data))
     return dst
+
+
+def move_payload(path: Path, sample: int, field: int, to: int, data: bytes | None = None) -> None:
+    """Move field *field*'s payload of *sample* to offset *to* in a file written
+    without checksums: its pointer in the metadata and its row of the allocation
+    table; *data*, where given, is written there (the payload's bytes). Makes the
+    layouts FFCV writes (an empty payload at the next one's offset) from
+    fastforward's files, which give an empty payload a byte of its own."""
+    import struct
+
+    from fastforward.reader import Reader
+
+    with Reader(path) as reader:
+        column = reader.metadata_type[f"f{field}"]
+        sub = "data_ptr" if "data_ptr" in column.names else "ptr"
+        where = (24 + 1041 * reader.num_fields + sample * reader.metadata_type.itemsize
+                 + reader.metadata_type.fields[f"f{field}"][1] + column.fields[sub][1])
+        old = int(reader.metadata[sample][f"f{field}"][sub])
+        rows = reader.alloc_table
+        (row,) = np.flatnonzero((rows["sample_id"] == sample) & (rows["ptr"] == old))
+        table = int(reader.header["alloc_table_ptr"]) + int(row) * rows.dtype.itemsize
+        pointer = table + rows.dtype.fields["ptr"][1]
+    with open(path, "r+b") as f:
+        for offset, value in ((where, struct.pack("<Q", to)), (pointer, struct.pack("<Q", to)),
+                              (to, data or b"")):
+            f.seek(offset)
+            f.write(value)

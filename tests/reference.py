@@ -502,24 +502,30 @@ def shorter_side_size(height: int, width: int, size: int, max_size: int | None) 
 
 
 def locate_payloads(table_ptrs: np.ndarray, table_sizes: np.ndarray, table_owners: np.ndarray,
-                    ptrs: np.ndarray, shift: int, first_page: int, pages: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reference for ``locate_payloads`` (no guessing: a search per sample).
+                    k: int, ptrs: np.ndarray, shift: int, first_page: int, pages: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Reference for ``locate_payloads`` (no guessing: a search per sample). Field *k*'s
+    row of sample *s* is its *k*-th row (in offset order) where that is at the
+    pointer (FFCV gives an empty payload the next one's offset: both are there),
+    else the first of its rows at the pointer.
 
-    Returns ``(sizes, pages, flags)``; *pages* is updated as the kernel updates it.
+    Returns ``(sizes, pages, flags, rows)``; *pages* is updated as the kernel updates it.
     """
     n = len(ptrs)
     sizes = np.zeros(n, np.uint64)
     flags = np.zeros(n, np.uint8)
+    found = np.full(n, -1, np.int64)
     pages = pages.copy()
     for s in range(n):
         ptr = int(ptrs[s])
-        rows = [j for j in range(len(table_ptrs))
-                if int(table_ptrs[j]) == ptr and int(table_owners[j]) == s]
-        if not rows:
+        mine = [j for j in range(len(table_ptrs)) if int(table_owners[j]) == s]
+        at = [j for j in mine if int(table_ptrs[j]) == ptr]
+        if not at:
             flags[s] = 1
             continue
-        size = int(table_sizes[rows[0]])
+        row = mine[k] if k < len(mine) and mine[k] in at else at[0]
+        found[s] = row
+        size = int(table_sizes[row])
         sizes[s] = size
         if size == 0:  # nothing to read: neither a page nor a flag
             continue
@@ -530,7 +536,7 @@ def locate_payloads(table_ptrs: np.ndarray, table_sizes: np.ndarray, table_owner
             pages[s] = page
         elif pages[s] != page:
             flags[s] = 4
-    return sizes, pages, flags
+    return sizes, pages, flags, found
 
 
 def scan_table(ptrs: np.ndarray, sizes: np.ndarray, owners: np.ndarray, lo: int, hi: int,

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import strip_checksums
+from conftest import move_payload, strip_checksums
 
 from fastforward._version import __version__
 from fastforward.cli import main, parse_size
@@ -139,6 +139,35 @@ def test_info_json(beton: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with Reader(beton) as reader:
         sizes = [reader.payload_size(int(row["f0"]["data_ptr"]), i)
                  for i, row in enumerate(reader.metadata)]
+    assert image["mean_jpeg_bytes"] == pytest.approx(np.mean(sizes))
+
+
+def test_info_sizes_each_fields_own_jpegs_where_an_empty_payload_shares_their_offset(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """FFCV gives an empty payload the next one's offset: ``info`` took the empty
+    one's size (0) for the JPEG there, and its mean JPEG size was too small."""
+    from fastforward.fields import BytesField, RGBImageField
+    from fastforward.writer import DatasetWriter
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (24, 32, 3), np.uint8) for _ in range(3)]
+    path = tmp_path / "shared.beton"
+    DatasetWriter(path, {"note": BytesField(), "image": RGBImageField(write_mode="jpg")},
+                  num_workers=1, progress=False, checksums=False).from_indexed_dataset(
+                      [(np.zeros(0, np.uint8), image) for image in images])
+    with Reader(path) as reader:
+        sizes = reader.payload_nbytes[1].tolist()
+        jpegs = [reader.payload(int(reader.metadata[s]["f1"]["data_ptr"]), s).tobytes()
+                 for s in range(3)]
+        pixels = [reader.read(s)[1] for s in range(3)]
+        notes = [int(reader.metadata[s]["f0"]["ptr"]) for s in range(3)]
+    for s in range(3):
+        move_payload(path, s, 1, notes[s], jpegs[s])
+    with Reader(path) as reader:
+        for s in range(3):
+            np.testing.assert_array_equal(reader.read(s)[1], pixels[s])
+        assert [int(reader.metadata[s]["f1"]["data_ptr"]) for s in range(3)] == notes
+    image = image_field(run_info(capsys, path))
     assert image["mean_jpeg_bytes"] == pytest.approx(np.mean(sizes))
 
 

@@ -27,6 +27,7 @@ def table(seed: int, n: int, fields: int) -> tuple[np.ndarray, ...]:
     cursor = 1 << SHIFT
     for s in rng.permutation(n):  # pages in another order than the samples (FFCV)
         need = rng.integers(0, 300, fields)
+        need[rng.random(fields) < 0.25] = 0  # empty payloads, sharing the next one's offset
         # FFCV fills a page to its last byte: an empty payload after it points at
         # the next page's first byte
         if (cursor % (1 << SHIFT)) + int(need.sum()) > 1 << SHIFT:
@@ -66,13 +67,15 @@ def test_locate_payloads_matches_reference(n: int, fields: int, damaged: bool) -
     expected_pages = pages.copy()
     searched_total = 0
     for k in range(fields):
-        want_sizes, expected_pages, want_flags = reference.locate_payloads(
-            ptrs, sizes, owners, pointer[k], SHIFT, 1, expected_pages)
+        want_sizes, expected_pages, want_flags, want_rows = reference.locate_payloads(
+            ptrs, sizes, owners, k, pointer[k], SHIFT, 1, expected_pages)
         got_sizes = np.empty(n, np.uint64)
         flags = np.empty(n, np.uint8)
+        rows = np.empty(n, np.int64)
         flagged, searched = locate_payloads(ptrs, sizes, owners, first, k,
                                             np.ascontiguousarray(pointer[k]), SHIFT, 1,
-                                            got_sizes, pages, flags)
+                                            got_sizes, pages, flags, None, rows)
+        np.testing.assert_array_equal(rows, want_rows)
         np.testing.assert_array_equal(got_sizes, want_sizes)
         np.testing.assert_array_equal(flags, want_flags)
         np.testing.assert_array_equal(pages, expected_pages)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import fixture_dir
+from conftest import fixture_dir, move_payload
 
 from fastforward.errors import FormatError
 from fastforward.fields import BytesField, Field, IntField, NDArrayField
@@ -211,6 +211,32 @@ def test_an_empty_payload_at_the_next_ones_offset_reads_as_ffcv_wrote_it(tmp_pat
         (first_batch, second_batch), = list(loader)
     assert [bytes(v) for v in first_batch.samples()] == [b"", b"a"]
     assert [bytes(v) for v in second_batch.samples()] == [b"xyz", b"bc"]
+
+
+def test_shared_offsets_pass_the_check_that_each_allocation_is_one_payloads(
+        tmp_path: Path) -> None:
+    """Where a payload is not in its place among its sample's rows (an empty one
+    after the sample's next), every allocation is checked to be exactly one field's.
+    That check took each sample's first row at an offset, so a sample whose empty
+    payload shares the next one's offset (as FFCV writes them) was refused: "the
+    allocation of sample 0 ... is no field's payload". It now takes the rows found
+    for each field. Made here from fastforward's file, patched."""
+    path = tmp_path / "shared.beton"
+    data = [(np.zeros(0, np.uint8), np.frombuffer(b"xyz", np.uint8)),
+            (np.zeros(0, np.uint8), np.frombuffer(b"bc", np.uint8))]
+    DatasetWriter(path, {"first": BytesField(), "second": BytesField()}, num_workers=1,
+                  progress=False, checksums=False).from_indexed_dataset(data)
+    with Reader(path) as reader:
+        empty = [int(reader.metadata[s]["f0"]["ptr"]) for s in range(2)]
+    # sample 0 as FFCV writes it: the second payload at the empty one's offset
+    move_payload(path, 0, 1, empty[0], b"xyz")
+    # sample 1: its empty payload just after its second, out of its place
+    move_payload(path, 1, 0, empty[1] + 3)
+    with Reader(path) as reader:
+        assert reader.alloc_table["ptr"].tolist()[:2] == [empty[0], empty[0]]
+        assert [bytes(v) for v in reader.read(0)] == [b"", b"xyz"]
+        assert [bytes(v) for v in reader.read(1)] == [b"", b"bc"]
+        assert reader.verify() == []
 
 
 # -- the checks on opening: every payload well-formed before anything is sized from it ----------

@@ -12,10 +12,12 @@ def first_rows_into(owners: BufferLike, out: BufferLike) -> None:
 def locate_payloads(table_ptrs: BufferLike, table_sizes: BufferLike, table_owners: BufferLike,
                     first_rows: BufferLike, k: int, ptrs: BufferLike, shift: int,
                     first_page: int, sizes: BufferLike, pages: BufferLike, flags: BufferLike,
-                    expected: BufferLike | None = None) -> tuple[int, int]:
+                    expected: BufferLike | None = None,
+                    rows: BufferLike | None = None) -> tuple[int, int]:
     """Locate and check one field's payloads; returns ``(flagged, searched)``.
     *expected*: each payload's size where known (``EXPECT_BYTES``: nonempty;
-    ``EXPECT_ANY``), which picks among a sample's rows sharing the pointer."""
+    ``EXPECT_ANY``), which picks among a sample's rows sharing the pointer.
+    *rows*: out, each payload's row in the table (-1: none)."""
 
 def scan_table(ptrs: BufferLike, sizes: BufferLike, owners: BufferLike, lo: int, hi: int,
                num_samples: int, empty_from: int = -1) -> tuple[int, int, bool]:

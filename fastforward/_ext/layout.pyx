@@ -71,7 +71,8 @@ def locate_payloads(const uint64_t[::1] table_ptrs not None,
                     const int64_t[::1] first_rows not None, int64_t k,
                     const uint64_t[::1] ptrs not None, int shift, int64_t first_page,
                     uint64_t[::1] sizes not None, int64_t[::1] pages not None,
-                    uint8_t[::1] flags not None, const uint64_t[::1] expected=None):
+                    uint8_t[::1] flags not None, const uint64_t[::1] expected=None,
+                    int64_t[::1] rows=None):
     """Locate and check one field's payloads, sample by sample.
 
     Args:
@@ -90,6 +91,10 @@ def locate_payloads(const uint64_t[::1] table_ptrs not None,
             one's offset) and the row found is not of that size, the first of
             them that is wins: a custom field's allocations, which are no
             pointer field's, put the guess on another field's row.
+        rows: out, or None: each payload's row in the table (-1: none). Where
+            a sample's rows share the pointer (FFCV gives an empty payload the
+            next one's offset), the field's own is the one in its place among
+            the sample's rows (``first_rows[s] + k``), not the first.
 
     Returns:
         ``(flagged, searched)``: how many samples have a flag, and how many
@@ -102,9 +107,10 @@ def locate_payloads(const uint64_t[::1] table_ptrs not None,
     if not (first_rows.shape[0] == sizes.shape[0] == pages.shape[0]
             == flags.shape[0] == n) or not (table_sizes.shape[0] == table_owners.shape[0]
                                           == m) or (expected is not None
-                                                    and expected.shape[0] != n):
+                                                    and expected.shape[0] != n) \
+            or (rows is not None and rows.shape[0] != n):
         raise ValueError("locate_payloads: arrays of different lengths")
-    cdef bint sized = expected is not None
+    cdef bint sized = expected is not None, keep = rows is not None
     with nogil:
         for s in range(n):
             ptr = ptrs[s]
@@ -130,6 +136,8 @@ def locate_payloads(const uint64_t[::1] table_ptrs not None,
                         row = j
                         break
                     j += 1
+            if keep:
+                rows[s] = row
             if row < 0:
                 sizes[s] = 0
                 flags[s] = FLAG_MISSING
