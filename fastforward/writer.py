@@ -802,7 +802,7 @@ class _Pool:
         ctx = multiprocessing.get_context(self.method)
         blob = None
         if self.method != "fork":
-            blob = _pickled_job(job, self.method, self.fname)
+            blob = _pickled_job(job, self.method, self.fname, self.fell_back)
             _warn_of_copies(blob, num_workers, self.method, self.fname, self.fell_back)
             if self.method == "forkserver":
                 forkserver_preload(ctx, [__name__])  # workers start in ms, not seconds
@@ -968,6 +968,18 @@ LARGE_JOB_BYTES = 256 << 20
 when each worker gets its own copy (``_warn_of_copies``)."""
 
 
+def _why_not_forked(fell_back: bool) -> str:
+    """Why the writer's workers do not fork, for a message: the user asked for
+    another start method, or the writer chose one."""
+    if not fell_back:
+        return "as asked"
+    threads = _os_threads() or threading.active_count()
+    if threads > 1:
+        return (f"this process runs {threads} threads, and forking a process with threads "
+                "may deadlock")
+    return "fork is not the default here"
+
+
 def _warn_of_copies(blob: bytes, workers: int, method: str, fname: str,
                     fell_back: bool) -> None:
     """Say so when every worker gets its own copy of a large pickled dataset: the
@@ -976,35 +988,26 @@ def _warn_of_copies(blob: bytes, workers: int, method: str, fname: str,
     if len(blob) < LARGE_JOB_BYTES:
         return
     mib = len(blob) / (1 << 20)
-    threads = _os_threads() or threading.active_count()
-    if not fell_back:
-        why = "as asked"
-    elif threads > 1:
-        why = (f"this process runs {threads} threads, and forking a process with threads "
-               "may deadlock")
-    else:
-        why = "fork is not the default here"
     warnings.warn(
-        f"{fname}: the writer's workers start with {method} here ({why}), so each "
-        f"worker ({workers}) gets its own copy of the dataset and fields ({mib:,.0f} MiB "
+        f"{fname}: the writer's workers start with {method} here ({_why_not_forked(fell_back)}), "
+        f"so each worker ({workers}) gets its own copy of the dataset and fields ({mib:,.0f} MiB "
         f"pickled; about {workers * mib * 2:,.0f} MiB in all as they unpickle it). Write from a "
         "process with no other threads (before torch or a progress bar has run), let the "
         "dataset read its samples from files rather than hold them, or accept the risk "
         "with DatasetWriter(..., start_method='fork')", RuntimeWarning, stacklevel=2)
 
 
-def _pickled_job(job: Any, method: str, fname: str) -> bytes:
+def _pickled_job(job: Any, method: str, fname: str, fell_back: bool) -> bytes:
     """*job* pickled for workers that do not share the parent's memory."""
     try:
         return pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
-        threads = _os_threads() or threading.active_count()
         raise TypeError(
-            f"{fname}: the writer's workers start with {method} here (this process runs {threads} "
-            "threads, and forking a process with threads may deadlock), so the dataset and "
-            f"fields must be picklable, and they are not: {type(exc).__name__}: {exc}. Make "
-            "them picklable, write from a process with no other threads, or accept the risk "
-            "with DatasetWriter(..., start_method='fork')"
+            f"{fname}: the writer's workers start with {method} here "
+            f"({_why_not_forked(fell_back)}), so the dataset and fields must be picklable, "
+            f"and they are not: {type(exc).__name__}: {exc}. Make them picklable (a function "
+            "defined at a module's top level, not a lambda), write from a process with no "
+            "other threads, or accept the risk with DatasetWriter(..., start_method='fork')"
         ) from exc
 
 
@@ -1786,7 +1789,8 @@ class DatasetWriter:
             (start, order[start : start + chunksize].tolist())
             for start in range(0, len(order), chunksize)
         ]
-        self._write(len(order), tasks, _IndexedSource(dataset, self.fname, self.skip_errors))
+        self._write(lambda: (len(order), tasks),
+                    _IndexedSource(dataset, self.fname, self.skip_errors))
 
     def _length(self, dataset: Any) -> int:
         """``len(dataset)``, or a TypeError naming the file when the dataset has no
@@ -1818,23 +1822,24 @@ class DatasetWriter:
         ``pipeline(webdataset.WebDataset(shard))`` must yield one tuple per
         sample. The shards are read once to count the samples, then written;
         one shard is one unit of work. *shards* is a sequence of paths or
-        URLs, or one of them (as ``webdataset.WebDataset`` takes it).
+        URLs, or one of them; each is expanded as ``webdataset.WebDataset``
+        expands a string (``train-{0000..0099}.tar`` is a hundred shards,
+        ``a.tar::b.tar`` two), so that every shard is a unit of work, and an
+        error names its shard.
         """
-        shards = self._shards(shards)
+        names = [one for shard in self._shards(shards) for one in _expand_shards(shard)]
         refuse_to_replace(self.fname)  # before the shards are read to be counted
-        try:
-            import webdataset  # noqa: F401
-        except ImportError as exc:
-            raise ImportError(
-                f"from_webdataset needs webdataset: {install_hint('webdataset')}"
-            ) from exc
         source = _WebDatasetSource(pipeline, self.fname)
-        counts: list[int] = []
-        for shard in shards:
-            counts.append(source.count(shard, sum(counts)))
-        starts = np.concatenate(([0], np.cumsum(counts)))[:-1].tolist()
-        tasks = list(zip(starts, zip(shards, counts, strict=True), strict=True))
-        self._write(int(sum(counts)), tasks, source)
+
+        def count() -> tuple[int, list[Any]]:  # holding the target's lock
+            counts: list[int] = []
+            for shard in names:
+                counts.append(source.count(shard, sum(counts)))
+            starts = np.concatenate(([0], np.cumsum(counts)))[:-1].tolist()
+            return int(sum(counts)), list(zip(starts, zip(names, counts, strict=True),
+                                              strict=True))
+
+        self._write(count, source)
 
     def _shards(self, shards: Any) -> list[str]:
         """*shards* as a list of strings: one path (a string: not its characters),
@@ -1856,7 +1861,10 @@ class DatasetWriter:
 
     # -- the write ------------------------------------------------------------------
 
-    def _write(self, num_samples: int, tasks: list[Any], source: Any) -> None:
+    def _write(self, prepare: Callable[[], tuple[int, list[Any]]], source: Any) -> None:
+        """Write the file: *prepare* gives the number of samples and the workers'
+        tasks, once the target's lock is held (``from_webdataset`` reads every shard
+        to count its samples: a second writer of the target is refused meanwhile)."""
         names = list(self.fields)
         fields = list(self.fields.values())
         encoder = _Encoder(self.fname, names, fields, self.row_type, self.page_size, self.seed,
@@ -1865,11 +1873,10 @@ class DatasetWriter:
         refuse_to_replace(self.fname)
         target = written_through_links(self.fname)
         with _signals_stop_the_write(self.fname) as sigterm:
-            self._write_locked(num_samples, tasks, source, encoder, names, fields,
-                               target, sigterm)
+            self._write_locked(prepare, source, encoder, names, fields, target, sigterm)
 
-    def _write_locked(self, num_samples: int, tasks: list[Any], source: Any, encoder: _Encoder,
-                      names: list[str], fields: list[Field], target: str,
+    def _write_locked(self, prepare: Callable[[], tuple[int, list[Any]]], source: Any,
+                      encoder: _Encoder, names: list[str], fields: list[Field], target: str,
                       sigterm: _SignalGuard) -> None:
         dir_fd = os.open(os.path.dirname(target), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         lock = _TargetLock(target, dir_fd)
@@ -1878,6 +1885,7 @@ class DatasetWriter:
             _check_name_length(target, dir_fd)
             lock.acquire()
             self._remove_stale_parts(dir_fd, target)
+            num_samples, tasks = prepare()
             output = _Output(target, dir_fd)
             self._write_head(output, num_samples, names, fields)
             start = data_offset(len(fields), num_samples, self.row_type, self.page_size)
@@ -2040,6 +2048,18 @@ class _IndexedSource:
                 where = _where(self.fname, dest, src, self.describe(src) or f"dataset index {src}")
                 _raise_located(exc, f"{where}, reading it from the dataset", "the dataset")
             yield dest, src, sample
+
+
+def _expand_shards(shard: str) -> list[str]:
+    """The shards *shard* names, as ``webdataset.WebDataset`` expands a string:
+    ``::`` separates shards, braces are expanded (``train-{0000..0099}.tar``)."""
+    try:
+        import webdataset  # noqa: F401
+        from braceexpand import braceexpand  # webdataset's own dependency
+    except ImportError as exc:
+        raise ImportError(f"from_webdataset needs webdataset: {install_hint('webdataset')}") \
+            from exc
+    return [one for part in shard.split("::") for one in braceexpand(part)]
 
 
 class _WebDatasetSource:

@@ -1051,6 +1051,60 @@ def test_webdataset_refuses_shards_that_are_not_paths(tmp_path: Path, shards: An
     assert os.listdir(tmp_path) == []
 
 
+def labels_with_pids(dataset):  # type: ignore[no-untyped-def]
+    return ((int(sample["cls"]), os.getpid()) for sample in dataset)
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+@pytest.mark.parametrize("pattern", ["shard-{0..2}.tar", "shard-0.tar::shard-{1..2}.tar"])
+def test_webdataset_expands_a_pattern_into_its_shards(tmp_path: Path, pattern: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A brace pattern was one task, whatever the workers (webdataset expanded it in
+    one worker), and an error named the pattern and a sample counted across all its
+    shards: each shard it names is now a task, named in errors."""
+    make_shards(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "w.beton"
+    DatasetWriter(path, {"label": IntField(), "pid": IntField()}, num_workers=3, progress=False,
+                  start_method="fork").from_webdataset(pattern, labels_with_pids)
+    metadata = Reader(path).metadata
+    assert metadata["f0"].tolist() == [s * 10 + i for s in range(3) for i in range(7)]
+    assert len(set(metadata["f1"].tolist())) == 3  # a worker for each shard
+    with pytest.raises(RuntimeError) as info:
+        DatasetWriter(tmp_path / "e.beton", {"label": IntField()}, num_workers=1,
+                      progress=False).from_webdataset(pattern, failing_at_label_12)
+    assert str(info.value) == (f"{tmp_path / 'e.beton'}: sample 9 (shard-1.tar#2), counting "
+                               "the shard's samples: boom in the pipeline")
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_webdataset_holds_the_targets_lock_while_it_counts(tmp_path: Path) -> None:
+    """The shards are counted before the write, and the lock on the target was taken
+    only after: a second writer of the target during the count wrote its file, which
+    the first then replaced, both saying they had succeeded."""
+    shards = make_shards(tmp_path, 1)
+    path = tmp_path / "w.beton"
+    refused: list[BaseException] = []
+
+    def counted_while_another_writes(dataset):  # type: ignore[no-untyped-def]
+        if not refused:  # the count, in this process: another writer of the same file
+            try:
+                write(path, {"label": IntField()}, [(1,)])
+            except writer_module.TargetLockedError as exc:
+                refused.append(exc)
+        return webdataset_labels(dataset)
+
+    DatasetWriter(path, {"label": IntField()}, num_workers=1, progress=False,
+                  start_method="fork").from_webdataset(shards, counted_while_another_writes)
+    assert len(refused) == 1
+    assert f"another writer (pid {os.getpid()}) is writing this file" in str(refused[0])
+    assert Reader(path).metadata["f0"].tolist() == list(range(7))
+
+
 def failing_at_label_12(dataset):  # type: ignore[no-untyped-def]
     for label in webdataset_labels(dataset):
         if label == 12:

@@ -4,6 +4,7 @@ and how worker processes start."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pickle
@@ -14,6 +15,7 @@ import textwrap
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -944,15 +946,36 @@ def test_the_file_does_not_depend_on_how_workers_start(tmp_path: Path, method: s
     assert (tmp_path / "one.beton").read_bytes() == (tmp_path / "m.beton").read_bytes()
 
 
+@contextlib.contextmanager
+def a_thread_running() -> Iterator[None]:
+    """A Python thread waiting, so that the writer does not fork its workers."""
+    stop = threading.Event()
+    waiting = threading.Thread(target=stop.wait, daemon=True)
+    waiting.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        waiting.join()
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_an_unpicklable_dataset_under_the_fork_server_is_explained(tmp_path: Path) -> None:
+    """Why the workers are not forked: asked for, or chosen with threads running (it
+    said "this process runs 1 threads" where forkserver or spawn was asked for)."""
     target = tmp_path / "u.beton"
     with pytest.raises(TypeError) as info:
         write(target, {"i": IntField()}, Raising(lambda: ValueError()),
               start_method="forkserver")
     message = str(info.value)
-    assert message.startswith(f"{target}: the writer's workers start with forkserver")
-    assert "picklable" in message
+    assert message.startswith(f"{target}: the writer's workers start with forkserver "
+                              "here (as asked), so the dataset and fields must be picklable")
     assert "start_method='fork'" in message
+    assert os.listdir(tmp_path) == []
+    with a_thread_running(), pytest.raises(TypeError, match=(
+            r"start with forkserver here \(this process runs \d+ threads, and forking a "
+            r"process with threads may deadlock\), so the dataset")):
+        write(target, {"i": IntField()}, Raising(lambda: ValueError()))
     assert os.listdir(tmp_path) == []
 
 
@@ -974,17 +997,10 @@ def test_a_large_dataset_copied_into_every_worker_is_warned_of(
         write(tmp_path / "f.beton", {"i": IntField()}, data, start_method="fork")
     # not asked: a Python thread running makes the writer choose the fork server
     # itself ("as asked", it said)
-    stop = threading.Event()
-    waiting = threading.Thread(target=stop.wait, daemon=True)
-    waiting.start()
-    try:
-        with pytest.warns(RuntimeWarning, match=r"start with forkserver here \(this process "
-                                                r"runs \d+ threads, and forking a process "
-                                                r"with threads may deadlock\)"):
-            write(tmp_path / "t.beton", {"i": IntField()}, data)
-    finally:
-        stop.set()
-        waiting.join()
+    with a_thread_running(), pytest.warns(RuntimeWarning, match=(
+            r"start with forkserver here \(this process runs \d+ threads, and forking a "
+            r"process with threads may deadlock\)")):
+        write(tmp_path / "t.beton", {"i": IntField()}, data)
     monkeypatch.setattr(writer_module, "LARGE_JOB_BYTES", 256 << 20)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
