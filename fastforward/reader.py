@@ -985,10 +985,13 @@ class Reader:
     def samples_digest(self) -> str:
         """A digest of the samples' table and allocation table (xxh3 64 of each,
         hex): the same for the same samples written the same way (whatever the
-        writer's worker count), another for other samples, and another for the
-        same samples on another page size (the pointers move).
-        ``Loader.state_dict`` keeps it, so that a state is never resumed over
-        another file."""
+        writer's worker count), another for other metadata values (labels, image
+        sizes) or payload sizes, and another for the same samples on another page
+        size (the pointers move). The payloads' bytes are not read (that would
+        read the whole file): two files that differ only there (arrays of other
+        values, JPEGs of the same lengths) share it. ``Loader.state_dict`` keeps
+        it, so that a state is not resumed over a file of other samples: its
+        order depends on nothing else."""
         return (f"{digest(np.ascontiguousarray(self.metadata).view(np.uint8)):016x}"
                 f"{digest(np.ascontiguousarray(self.alloc_table).view(np.uint8)):016x}")
 

@@ -648,13 +648,16 @@ def test_resume_checks_the_state_values(paged: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_a_state_of_numpy_integers_resumes(paged: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A state whose integers went through NumPy (a checkpoint tool's round trip):
-    its version was refused as 'unknown', its other integers taken."""
+    """A state whose integers and booleans went through NumPy (a checkpoint tool's
+    round trip): its version was refused as 'unknown', its other integers taken,
+    and its booleans (``even_batches``, ``drop_last``) refused as no state's."""
     kw = {"batch_size": 10, "order": OrderOption.RANDOM}
     state = saved_mid_epoch(rank_loader(paged, 0, 2, monkeypatch, **kw))
-    numpy_state = {key: np.int64(value) if type(value) is int else value
+    numpy_state = {key: np.int64(value) if type(value) is int
+                   else np.bool_(value) if type(value) is bool else value
                    for key, value in state.items()}
     assert type(numpy_state["version"]) is np.int64
+    assert type(numpy_state["drop_last"]) is np.bool_
     expected, resumed = (rank_loader(paged, 0, 2, monkeypatch, **kw) for _ in range(2))
     expected.load_state_dict(state)
     resumed.load_state_dict(numpy_state)

@@ -830,9 +830,11 @@ class Loader:
         checkpoint saved after leaving the loop resumes where it stopped. Once
         an epoch's last batch is handed out, or ``next_epoch`` is set, it is the
         next epoch's start. ``load_state_dict`` on a fresh loader (same file, batch
-        size and indices; any ``num_workers``, any world size) continues with
-        exactly the batches that would have come next. (This loader's own next
-        ``iter()`` starts the next epoch, as FFCV's does.)
+        size and indices; any ``num_workers``) continues with exactly the batches
+        that would have come next; on another world size, with the rest of the
+        epoch's samples split over the new ranks (with ``drop_last=True`` each
+        drops its own last partial batch). (This loader's own next ``iter()``
+        starts the next epoch, as FFCV's does.)
         """
         position = self._position
         if position is not None and not position.finished:
@@ -944,7 +946,7 @@ class Loader:
         this loader's *mine*; a state without it (saved before it was kept) passes."""
         if key not in state:
             return
-        if isinstance(mine, bool) and not isinstance(state[key], bool):
+        if isinstance(mine, bool) and not isinstance(state[key], (bool, np.bool_)):
             raise ValueError(f"{self.fname}: the loader state's {key} is {state[key]!r}, "
                              "not True or False: it is not one state_dict() returned")
         if state[key] != mine and not (
