@@ -42,10 +42,9 @@ from .errors import FormatError, annotate
 from .fields import Field, JSONField, NDArrayField, RGBImageField, TorchTensorField
 from .fields.bytes import BYTES_METADATA, BytesField
 from .fields.rgb_image import IMAGE_MODES, require_simplejpeg
-from .fields.tagged import TaggedField, describe_unknown, tagged_class, tagged_types
+from .fields.tagged import TaggedField, describe_unknown, tagged_class
 from .types import (
     ALLOC_TABLE_TYPE,
-    BUILTIN_TYPE_IDS,
     CURRENT_VERSION,
     CUSTOM_TYPE_ID,
     TYPE_ID_HANDLER,
@@ -55,6 +54,7 @@ from .types import (
     field_names,
     get_handlers,
     get_metadata_type,
+    is_own_field,
     metadata_offset,
     validate_page_size,
 )
@@ -339,6 +339,10 @@ class Reader:
             twice = sorted({n for n in self.field_names if self.field_names.count(n) > 1})
             raise self._error(f"two field descriptors have the name {twice[0]!r} (names longer "
                               "than 16 bytes cut by FFCV's writer, or damage)")
+        for name, given in self.custom_handlers.items():
+            if not (isinstance(given, type) and issubclass(given, Field)):
+                raise TypeError(f"{self.fname}: custom_handlers[{name!r}] must be a Field "
+                                f"class (a subclass of fastforward.fields.Field), got {given!r}")
         for desc, name in zip(self.field_descriptors, self.field_names, strict=True):
             type_id = int(desc["type_id"])
             if name in self.custom_handlers:
@@ -570,8 +574,7 @@ class Reader:
     def _own_fields_only(self) -> bool:
         """Whether every field is one of fastforward's own, FFCV's or tagged: none is
         a custom field, whose allocations ``payload_pointers`` may not show."""
-        own = {*BUILTIN_TYPE_IDS, *tagged_types().values()}
-        return all(type(h) in own for h in self._handler_list)
+        return all(is_own_field(h) for h in self._handler_list)
 
     def _missing_message(self, ptr: int, sample: int) -> str:
         try:

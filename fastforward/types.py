@@ -31,7 +31,7 @@ from .fields import (
     RGBImageField,
     TorchTensorField,
 )
-from .fields.tagged import tagged_class
+from .fields.tagged import tagged_class, tagged_types
 from .utils import decode_null_terminated_string
 
 CURRENT_VERSION = 2
@@ -79,6 +79,12 @@ BUILTIN_TYPE_IDS: dict[type[Field], int] = {
 def type_id_of(field: Field) -> int:
     """The descriptor type id: a built-in's own only for exactly that class."""
     return BUILTIN_TYPE_IDS.get(type(field), CUSTOM_TYPE_ID)
+
+
+def is_own_field(field: Field) -> bool:
+    """Whether *field* is exactly one of fastforward's or FFCV's field classes
+    (built-in or tagged), not a custom field, whose layout only its class knows."""
+    return type(field) in BUILTIN_TYPE_IDS or type(field) in tagged_types().values()
 
 
 def get_metadata_type(handlers: Sequence[Field]) -> np.dtype:

@@ -1219,6 +1219,106 @@ def test_bad_arguments(scalars: Path) -> None:
         index_loader(scalars, batch_size=4, seed=2.5)  # not 2, silently
 
 
+@pytest.mark.parametrize(("kw", "error", "message"), [
+    ({"num_workers": "2"}, TypeError, r"num_workers \(-1: one per core\) must be a whole "
+                                      r"number, got '2'"),
+    ({"num_workers": None}, TypeError, r"num_workers .* must be a whole number, got None"),
+    ({"num_workers": 2.5}, TypeError, r"num_workers .* must be a whole number, got 2\.5"),
+    ({"batches_ahead": "3"}, TypeError, r"batches_ahead must be a whole number, got '3'"),
+    ({"batches_ahead": 2.5}, TypeError, r"batches_ahead must be a whole number, got 2\.5"),
+    ({"batches_ahead": True}, TypeError, r"batches_ahead must be a whole number, got True"),
+    ({"timeout": "5"}, ValueError, r"timeout must be a number of seconds above 0, or None, "
+                                   r"got '5'"),
+    ({"indices": {1, 2}}, TypeError, r"indices must be a sequence of integers \(a list, range "
+                                     r"or array\), got set"),
+    ({"indices": (i for i in range(3))}, TypeError, r"indices must be a sequence .* got "
+                                                     r"generator"),
+    ({"custom_fields": {"index": int}}, TypeError, r"scalars\.beton: custom_handlers\['index'\] "
+                                                   r"must be a Field class .* got <class 'int'>"),
+    ({"custom_fields": {"index": None}}, TypeError, r"custom_handlers\['index'\] must be a "
+                                                    r"Field class .* got None"),
+], ids=["workers-str", "workers-none", "workers-fraction", "ahead-str", "ahead-fraction",
+        "ahead-bool", "timeout-str", "indices-set", "indices-generator", "custom-int",
+        "custom-none"])
+def test_arguments_of_the_wrong_kind_are_refused_by_name(scalars: Path, kw: dict[str, Any],
+                                                          error: type, message: str) -> None:
+    """They failed on a comparison ("'<' not supported between instances of 'str' and
+    'int'"), in a field's reading, or were cut silently (2.5 workers: 2; True: 1)."""
+    with pytest.raises(error, match=message):
+        index_loader(scalars, batch_size=4, **kw)
+    assert index_loader(scalars, batch_size=4, num_workers=2.0, batches_ahead=np.int64(2),
+                        timeout=np.float64(5)).num_workers == 2
+
+
+def test_a_loader_says_it_cannot_be_pickled_or_copied(scalars: Path) -> None:
+    """Lightning's and DDP spawn's pickling met the loader's lock: "cannot pickle
+    '_thread.RLock' object"."""
+    import copy
+    import pickle
+
+    with index_loader(scalars, batch_size=4) as loader:
+        for attempt in (pickle.dumps, copy.deepcopy, copy.copy):
+            with pytest.raises(TypeError, match=r"scalars\.beton: a Loader cannot be pickled "
+                                                r"or copied .* make one in each process"):
+                attempt(loader)
+        epoch = iter(loader)
+        with pytest.raises(TypeError, match="a loader's epoch cannot be pickled or copied"):
+            pickle.dumps(epoch)
+        epoch.close()
+
+
+def test_a_decoder_of_another_fields_type_is_refused_when_the_loader_is_built(
+        scalars: Path, photos_file: Path) -> None:
+    """An IntDecoder on a FloatField cut each value to an integer without a word; an
+    image decoder on an IntField failed at the first batch in NumPy's words."""
+    with pytest.raises(TypeError, match=r"scalars\.beton: pipeline 'value': IntDecoder decodes "
+                                        r"IntField, and field 'value' is a FloatField \(its "
+                                        r"decoder: FloatDecoder\)"):
+        Loader(scalars, 4, pipelines={"value": [IntDecoder()]})
+    with pytest.raises(TypeError, match=r"pipeline 'label': CenterCropRGBImageDecoder decodes "
+                                        r"RGBImageField, and field 'label' is an? IntField"):
+        Loader(photos_file, 4, pipelines={"label": [CenterCropRGBImageDecoder((8, 8), 1.0)]})
+    with pytest.raises(TypeError, match=r"pipeline 'image': FloatDecoder decodes FloatField"):
+        Loader(photos_file, 4, pipelines={"image": [FloatDecoder()]})
+
+    class Halves(IntDecoder):  # a subclass reads what its base reads
+        pass
+
+    with Loader(scalars, 4, pipelines={"index": [Halves()], "value": None}) as loader:
+        assert next(iter(loader))[0].ravel().tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("pipeline", ["two decoders", "operation first"])
+def test_a_second_decoder_or_one_after_an_operation_is_refused(scalars: Path,
+                                                               pipeline: str) -> None:
+    """Both were taken, and failed at the first batch: "IntDecoder: 'NoneType' object
+    is not subscriptable" (the second decoder was never bound to the field)."""
+    ops: list[Operation] = ([IntDecoder(), IntDecoder()] if pipeline == "two decoders"
+                            else [RandomHorizontalFlip(), IntDecoder()])
+    with pytest.raises(ValueError, match=r"scalars\.beton: pipeline 'index': IntDecoder is a "
+                                         r"decoder at position 2 of its list: a pipeline has one "
+                                         r"decoder, first"):
+        Loader(scalars, 4, pipelines={"index": ops, "value": None})
+
+
+class RaisingDecoder(IntDecoder):
+    def decode_range(self, lo: int, hi: int, destination: np.ndarray, context: Any) -> None:
+        raise ValueError("boom")
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_what_a_decoder_raises_names_the_file_batch_pipeline_and_decoder(
+        scalars: Path, worker_type: str) -> None:
+    """An operation's error was located; a decoder's was not (bare "boom"), unless
+    the decoder named the sample itself (the built-in ones, which stay as they are)."""
+    with Loader(scalars, 4, num_workers=2, worker_type=worker_type,
+                pipelines={"index": [RaisingDecoder()], "value": None}) as loader, \
+            pytest.raises(ValueError, match="RaisingDecoder: boom") as info:
+        next(iter(loader))
+    assert str(info.value) == (f"{scalars}: batch 0 (samples 0, …, 3), pipeline 'index', "
+                               "RaisingDecoder: boom")
+
+
 def test_seed_and_next_epoch_set_later_are_checked_and_seen_by_all(scalars: Path) -> None:
     """A seed set on a loader seeds its order too (it seeded its augmentations
     and its states only: such a state resumed with other batches); an epoch no

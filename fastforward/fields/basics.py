@@ -42,11 +42,19 @@ class IntDecoder(BasicDecoder):
 
     dtype = np.dtype("<i8")
 
+    @classmethod
+    def field_types(cls) -> tuple[type, ...]:
+        return (IntField,)
+
 
 class FloatDecoder(BasicDecoder):
     """Decode a FloatField: a ``(B, 1)`` float64 array."""
 
     dtype = np.dtype("<f8")
+
+    @classmethod
+    def field_types(cls) -> tuple[type, ...]:
+        return (FloatField,)
 
 
 def _is_complex(value: Any) -> bool:

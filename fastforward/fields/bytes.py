@@ -142,6 +142,10 @@ class BytesDecoder(Decoder):
     FFCV did not give.
     """
 
+    @classmethod
+    def field_types(cls) -> tuple[type, ...]:
+        return (BytesField,)
+
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, tuple[AllocationQuery, AllocationQuery]]:
         sizes = self.metadata["size"]

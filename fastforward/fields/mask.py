@@ -195,6 +195,10 @@ class MaskDecoder(Decoder):
 
     parallel = True  # one compiled call per range, without the GIL: ranges on every worker
 
+    @classmethod
+    def field_types(cls) -> tuple[type, ...]:
+        return (MaskField,)
+
     def __init__(self, follows: str | None = None, size: tuple[int, int] | None = None,
                  fill: int = 0) -> None:
         super().__init__()

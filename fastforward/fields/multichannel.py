@@ -163,6 +163,10 @@ class _Planes:
     field_index: int
     _planes: ScratchPool
 
+    @classmethod
+    def field_types(cls) -> tuple[type, ...]:
+        return (MultiChannelImageField,)
+
     def _field(self) -> MultiChannelImageField:
         if not isinstance(self.field, MultiChannelImageField):
             raise TypeError(f"{type(self).__name__} decodes a MultiChannelImageField, not a "

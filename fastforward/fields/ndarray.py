@@ -125,6 +125,10 @@ class NDArrayDecoder(Decoder):
 
     range_safe = True
 
+    @classmethod
+    def field_types(cls) -> tuple[type, ...]:
+        return (NDArrayField,)
+
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
         field = self.field
         return (State(jit_mode=True, shape=field.shape, dtype=field.dtype),

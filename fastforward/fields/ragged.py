@@ -369,6 +369,10 @@ class RaggedDecoder(Decoder):
     ``"values"``.
     """
 
+    @classmethod
+    def field_types(cls) -> tuple[type, ...]:
+        return (RaggedField,)
+
     def __init__(self, as_list: bool = False, follows: str | None = None,
                  boxes: str | None = None, keypoints: str | None = None,
                  points: Sequence[str] = (), box_format: str = "xyxy",

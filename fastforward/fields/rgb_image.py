@@ -605,6 +605,10 @@ _WRITER_SCRATCH = _ScratchPool()
 class _ImageDecoder(Decoder):
     parallel = True
 
+    @classmethod
+    def field_types(cls) -> tuple[type, ...]:
+        return (RGBImageField,)
+
     def __init__(self, fastdct: bool = True) -> None:
         super().__init__()
         # libjpeg-turbo's fast IDCT: FFCV's exact pixels, and faster

@@ -15,6 +15,7 @@ import enum
 import functools
 import inspect
 import math
+import numbers
 import os
 import pickle
 import threading
@@ -42,6 +43,7 @@ from ..ring import PINNED, SHARED, Slot, SlotPool, largest_buffer, layout_nbytes
 from ..scheduler import ChannelStats, Engine, EpochPlan
 from ..traversal_order import QuasiRandom, Random, Sequential, TraversalOrder
 from ..traversal_order.sharding import Shard, resume
+from ..types import is_own_field
 from ..utils import (
     default_workers,
     format_bytes,
@@ -272,13 +274,17 @@ class Loader:
                  timeout: float | None = None) -> None:
         refuse_in_a_worker("Loader()")
         batch_size = _batch_size(batch_size, os.fspath(fname))
-        if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
+        if timeout is not None and (isinstance(timeout, (bool, np.bool_))
+                                    or not isinstance(timeout, numbers.Real)
+                                    or not timeout > 0):
             raise ValueError(f"timeout must be a number of seconds above 0, or None, got "
                              f"{timeout!r}")
         if timeout is not None and math.isinf(timeout):
             timeout = None  # no limit
+        batches_ahead = whole_number(batches_ahead, "batches_ahead")
         if batches_ahead < 1:
             raise ValueError(f"batches_ahead must be at least 1, got {batches_ahead}")
+        num_workers = whole_number(num_workers, "num_workers (-1: one per core)")
         # what filter() builds its loaders from
         self._args: dict[str, Any] = {
             "fname": fname, "batch_size": batch_size, "num_workers": num_workers,
@@ -444,6 +450,7 @@ class Loader:
             spec.decoder = wrap(spec.decoder)
         if isinstance(spec.source, Operation) or _is_module(spec.source):
             spec.source = wrap(spec.source)
+        skipped = 0  # the user's list holds the decoder before the transforms
         if isinstance(spec.source, str):
             if spec.source not in self.reader.handlers:
                 raise ValueError(f"pipeline {name!r}: {spec.source!r} is not a field of "
@@ -451,11 +458,34 @@ class Loader:
             if spec.decoder is None and spec.transforms and isinstance(spec.transforms[0],
                                                                        Decoder):
                 spec.decoder, spec.transforms = spec.transforms[0], spec.transforms[1:]
+                skipped = 1
             if spec.decoder is None and not spec.transforms:
                 spec.transforms = [_to_tensor()]  # FFCV's default pipeline, as for no entry
             if spec.decoder is None:
                 spec.decoder = self.reader.handlers[spec.source].get_decoder_class()()
+            self._check_decoder(name, spec.source, spec.decoder)
+        for position, op in enumerate(spec.transforms, 1 + skipped):
+            if isinstance(op, Decoder) and not op.transform_elsewhere:
+                one = ("one decoder, first" if isinstance(spec.source, str)
+                       else "no decoder when it branches from an operation")
+                raise ValueError(
+                    f"{self.fname}: pipeline {name!r}: {type(op).__name__} is a decoder at "
+                    f"position {position} of its list: a pipeline has {one} (another output "
+                    "of the same field: PipelineSpec(field, decoder))")
         return spec
+
+    def _check_decoder(self, name: str, field_name: str, decoder: Operation) -> None:
+        """Refuse a decoder of other fields than *field_name*'s (one of fastforward's
+        or FFCV's): it would read another field's metadata (an ``IntDecoder`` on a
+        ``FloatField`` cut each value to an integer without a word)."""
+        field = self.reader.handlers[field_name]
+        accepted = decoder.field_types() if isinstance(decoder, Decoder) else ()
+        if accepted and is_own_field(field) and not isinstance(field, accepted):
+            raise TypeError(
+                f"{self.fname}: pipeline {name!r}: {type(decoder).__name__} decodes "
+                f"{' or '.join(kind.__name__ for kind in accepted)}, and field "
+                f"{field_name!r} is a {type(field).__name__} (its decoder: "
+                f"{field.get_decoder_class().__name__})")
 
     def _compile(self) -> Plan:
         """This epoch's plan (decoders' ``output_size`` may have changed since the last)."""
@@ -1069,6 +1099,13 @@ class Loader:
     def __enter__(self) -> Loader:
         return self
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(
+            f"{self.fname}: a Loader cannot be pickled or copied (it holds the open file, "
+            "its threads and worker processes): make one in each process that iterates "
+            "(inside the function torch.multiprocessing.spawn runs, or in a "
+            "LightningDataModule's train_dataloader())")
+
     def __exit__(self, *exc: object) -> None:
         self.close()
 
@@ -1238,6 +1275,10 @@ class EpochIterator(Iterator[tuple[Any, ...]]):
 
     def __enter__(self) -> EpochIterator:
         return self
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("a loader's epoch cannot be pickled or copied: iterate the loader in "
+                        "the process that made it")
 
     def __exit__(self, *exc: object) -> None:
         self.close()

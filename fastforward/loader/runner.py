@@ -124,6 +124,26 @@ def apply_step(plan: Plan, pipeline: PipelinePlan, step: Step, value: Any, buffe
     return result
 
 
+def decode(plan: Plan, pipeline: PipelinePlan, job: BatchJob, count: int, destination: Any,
+           context: BatchContext) -> None:
+    """``decoder.decode_range(0, count, ...)``: an error it raises that does not name
+    the file already (the built-in decoders name the sample and the field) names the
+    file, the batch, the pipeline and the decoder, as an operation's does."""
+    decoder = pipeline.decoder
+    assert decoder is not None
+    try:
+        decoder.decode_range(0, count, destination, context)
+    except BaseException as exc:
+        try:
+            said = [str(exc), *getattr(exc, "__notes__", ())]
+        except Exception:  # a __str__ of its own that fails
+            said = []
+        if any(text.startswith(plan.fname) for text in said):
+            raise
+        raise annotate(exc, f"{job.where(plan.fname)}, pipeline {pipeline.name!r}, "
+                            f"{type(decoder).__name__}") from exc.__cause__
+
+
 def run_stage1(plan: Plan, job: BatchJob, data: Any, buffers: Any, lo: int, hi: int,
                copies: Any = None, progress: np.ndarray | None = None) -> None:
     """Stage 1 for the batch's samples ``lo:hi``, whose payloads *data* holds.
@@ -144,7 +164,7 @@ def run_stage1(plan: Plan, job: BatchJob, data: Any, buffers: Any, lo: int, hi: 
                                progress=progress)
         geometry(pipeline, buffers, lo, hi, context)
         destination = rows(buffers.get(pipeline.decoder_key), lo, hi)
-        decoder.decode_range(0, count, destination, context)
+        decode(plan, pipeline, job, count, destination, context)
         if not pipeline.split:
             continue
         value = decoder.output(destination, count)
@@ -212,7 +232,7 @@ def run_stage2(plan: Plan, job: BatchJob, data: Any, slot: Any,
             if position not in job.ranged:
                 own = pipeline_context.with_stream(pipeline.decoder_stream)
                 own.copies = copies if pipeline.defer_copies else None
-                decoder.decode_range(0, n, destination, own)
+                decode(plan, pipeline, job, n, destination, own)
             if split:
                 value = slot.get(pipeline.range_out)[:n]  # stage 1 ends on NumPy batches
                 # what a branch reads: the last range step's result, or the decoder's rows

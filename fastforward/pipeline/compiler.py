@@ -304,6 +304,8 @@ class NumbaOperation(Decoder):
         op: the FFCV operation.
     """
 
+    transform_elsewhere = True
+
     def __init__(self, op: Any) -> None:
         super().__init__()
         self.op = op

@@ -37,6 +37,11 @@ class Decoder(Operation):
     and write it to ``context.geometry_out`` when given one (see
     ``fastforward.pipeline.geometry``)."""
 
+    transform_elsewhere: ClassVar[bool] = False
+    """True for a class that is a decoder first in a pipeline and a transform after
+    it (``NumbaOperation``: FFCV's operations); a loader refuses any other decoder
+    past a pipeline's first place."""
+
     pads: ClassVar[bool] = False
     """True for decoders whose samples fill only part of their row of the batch,
     zeros around them (``ShorterSideRGBImageDecoder``): they give each sample's
@@ -129,6 +134,12 @@ class Decoder(Operation):
         else:
             self.bind(field, name, index, metadata, fname)
             self.reader = reader
+
+    @classmethod
+    def field_types(cls) -> tuple[type, ...]:
+        """The field classes this decoder reads, () for any: a loader refuses it on
+        another of fastforward's or FFCV's fields (a custom field is not checked)."""
+        return ()
 
     def split_batch(self, context: BatchContext) -> bool:
         """Whether this batch is worth splitting across the worker threads
