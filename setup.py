@@ -142,7 +142,8 @@ class BuildExt(build_ext):
     def finalize_options(self) -> None:
         super().finalize_options()
         if not self.parallel:
-            self.parallel = os.cpu_count() or 1
+            cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+            self.parallel = len(cores) if cores else os.cpu_count() or 1
 
     def run(self) -> None:
         prefix = find_libjpeg()

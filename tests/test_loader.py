@@ -1233,9 +1233,9 @@ def test_bad_arguments(scalars: Path) -> None:
                                      r"or array\), got set"),
     ({"indices": (i for i in range(3))}, TypeError, r"indices must be a sequence .* got "
                                                      r"generator"),
-    ({"custom_fields": {"index": int}}, TypeError, r"scalars\.beton: custom_handlers\['index'\] "
+    ({"custom_fields": {"index": int}}, TypeError, r"scalars\.beton: custom_fields\['index'\] "
                                                    r"must be a Field class .* got <class 'int'>"),
-    ({"custom_fields": {"index": None}}, TypeError, r"custom_handlers\['index'\] must be a "
+    ({"custom_fields": {"index": None}}, TypeError, r"custom_fields\['index'\] must be a "
                                                     r"Field class .* got None"),
 ], ids=["workers-str", "workers-none", "workers-fraction", "ahead-str", "ahead-fraction",
         "ahead-bool", "timeout-str", "indices-set", "indices-generator", "custom-int",
@@ -1252,7 +1252,8 @@ def test_arguments_of_the_wrong_kind_are_refused_by_name(scalars: Path, kw: dict
 
 def test_a_loader_says_it_cannot_be_pickled_or_copied(scalars: Path) -> None:
     """Lightning's and DDP spawn's pickling met the loader's lock: "cannot pickle
-    '_thread.RLock' object"."""
+    '_thread.RLock' object"; ``copy.copy`` gave a second loader sharing the first's
+    file, threads and workers (closing one closed the other's)."""
     import copy
     import pickle
 
@@ -1273,10 +1274,11 @@ def test_a_decoder_of_another_fields_type_is_refused_when_the_loader_is_built(
     image decoder on an IntField failed at the first batch in NumPy's words."""
     with pytest.raises(TypeError, match=r"scalars\.beton: pipeline 'value': IntDecoder decodes "
                                         r"IntField, and field 'value' is a FloatField \(its "
-                                        r"decoder: FloatDecoder\)"):
+                                        r"decoder: FloatDecoder; to read it as another type, "
+                                        r"say so: custom_fields=\{'value': ThatField\}\)"):
         Loader(scalars, 4, pipelines={"value": [IntDecoder()]})
     with pytest.raises(TypeError, match=r"pipeline 'label': CenterCropRGBImageDecoder decodes "
-                                        r"RGBImageField, and field 'label' is an? IntField"):
+                                        r"RGBImageField, and field 'label' is an IntField"):
         Loader(photos_file, 4, pipelines={"label": [CenterCropRGBImageDecoder((8, 8), 1.0)]})
     with pytest.raises(TypeError, match=r"pipeline 'image': FloatDecoder decodes FloatField"):
         Loader(photos_file, 4, pipelines={"image": [FloatDecoder()]})
@@ -1286,6 +1288,9 @@ def test_a_decoder_of_another_fields_type_is_refused_when_the_loader_is_built(
 
     with Loader(scalars, 4, pipelines={"index": [Halves()], "value": None}) as loader:
         assert next(iter(loader))[0].ravel().tolist() == [0, 1, 2, 3]
+    # integers as floats lose nothing (FFCV's FloatDecoder reads them too)
+    with Loader(scalars, 4, pipelines={"index": [FloatDecoder()], "value": None}) as loader:
+        assert next(iter(loader))[0].ravel().tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
 @pytest.mark.parametrize("pipeline", ["two decoders", "operation first"])
@@ -1302,8 +1307,10 @@ def test_a_second_decoder_or_one_after_an_operation_is_refused(scalars: Path,
 
 
 class RaisingDecoder(IntDecoder):
+    parallel = True  # decoded in ranges: in the worker processes, with process workers
+
     def decode_range(self, lo: int, hi: int, destination: np.ndarray, context: Any) -> None:
-        raise ValueError("boom")
+        raise ValueError(f"boom in {os.getpid()}")
 
 
 @pytest.mark.parametrize("worker_type", ["thread", "process"])
@@ -1315,8 +1322,11 @@ def test_what_a_decoder_raises_names_the_file_batch_pipeline_and_decoder(
                 pipelines={"index": [RaisingDecoder()], "value": None}) as loader, \
             pytest.raises(ValueError, match="RaisingDecoder: boom") as info:
         next(iter(loader))
-    assert str(info.value) == (f"{scalars}: batch 0 (samples 0, …, 3), pipeline 'index', "
-                               "RaisingDecoder: boom")
+    message = str(info.value)
+    assert message.startswith(f"{scalars}: batch 0 (samples 0, …, 3), pipeline 'index', "
+                              "RaisingDecoder: boom in ")
+    pid = int(message.rsplit(" ", 1)[1])
+    assert (pid == os.getpid()) == (worker_type == "thread")  # where it was decoded
 
 
 def test_seed_and_next_epoch_set_later_are_checked_and_seen_by_all(scalars: Path) -> None:

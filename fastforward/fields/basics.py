@@ -54,7 +54,7 @@ class FloatDecoder(BasicDecoder):
 
     @classmethod
     def field_types(cls) -> tuple[type, ...]:
-        return (FloatField,)
+        return (FloatField, IntField)  # integers as floats, as FFCV's
 
 
 def _is_complex(value: Any) -> bool:

@@ -144,7 +144,10 @@ class BytesDecoder(Decoder):
 
     @classmethod
     def field_types(cls) -> tuple[type, ...]:
-        return (BytesField,)
+        from .tagged import TaggedField  # (it imports this module)
+
+        # a mask's, ragged array's or many-channel image's stored bytes, as they are
+        return (BytesField, TaggedField)
 
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, tuple[AllocationQuery, AllocationQuery]]:

@@ -307,6 +307,10 @@ class Loader:
         self.batches_ahead = int(batches_ahead)
         self.recompile = recompile
         self.custom_fields = dict(custom_fields or {})
+        for field_name, given in self.custom_fields.items():
+            if not (isinstance(given, type) and issubclass(given, Field)):
+                raise TypeError(f"{self.fname}: custom_fields[{field_name!r}] must be a Field "
+                                f"class (a subclass of fastforward.fields.Field), got {given!r}")
         self._start_method = start_method
         self.verify_checksums = bool(verify_checksums)
         self.timeout = None if timeout is None else float(timeout)
@@ -481,11 +485,13 @@ class Loader:
         field = self.reader.handlers[field_name]
         accepted = decoder.field_types() if isinstance(decoder, Decoder) else ()
         if accepted and is_own_field(field) and not isinstance(field, accepted):
+            kind = type(field).__name__
             raise TypeError(
                 f"{self.fname}: pipeline {name!r}: {type(decoder).__name__} decodes "
                 f"{' or '.join(kind.__name__ for kind in accepted)}, and field "
-                f"{field_name!r} is a {type(field).__name__} (its decoder: "
-                f"{field.get_decoder_class().__name__})")
+                f"{field_name!r} is {'an' if kind[0] in 'AEIOU' else 'a'} {kind} (its "
+                f"decoder: {field.get_decoder_class().__name__}; to read it as another "
+                f"type, say so: custom_fields={{{field_name!r}: ThatField}})")
 
     def _compile(self) -> Plan:
         """This epoch's plan (decoders' ``output_size`` may have changed since the last)."""

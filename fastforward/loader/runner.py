@@ -138,7 +138,7 @@ def decode(plan: Plan, pipeline: PipelinePlan, job: BatchJob, count: int, destin
             said = [str(exc), *getattr(exc, "__notes__", ())]
         except Exception:  # a __str__ of its own that fails
             said = []
-        if any(text.startswith(plan.fname) for text in said):
+        if any(text.startswith(f"{plan.fname}: ") for text in said):
             raise
         raise annotate(exc, f"{job.where(plan.fname)}, pipeline {pipeline.name!r}, "
                             f"{type(decoder).__name__}") from exc.__cause__
