@@ -1276,12 +1276,13 @@ def test_a_decoder_of_another_fields_type_is_refused_when_the_loader_is_built(
                                         r"IntField, and field 'value' is a FloatField \(its "
                                         r"decoder: FloatDecoder; to read it as another type, "
                                         r"say so: custom_fields=\{'value': ThatField\}\)"):
-        Loader(scalars, 4, pipelines={"value": [IntDecoder()]})
+        Loader(scalars, 4, pipelines={"value": [IntDecoder()], "index": None})
     with pytest.raises(TypeError, match=r"pipeline 'label': CenterCropRGBImageDecoder decodes "
                                         r"RGBImageField, and field 'label' is an IntField"):
-        Loader(photos_file, 4, pipelines={"label": [CenterCropRGBImageDecoder((8, 8), 1.0)]})
+        Loader(photos_file, 4, pipelines={"label": [CenterCropRGBImageDecoder((8, 8), 1.0)],
+                                          "image": None})
     with pytest.raises(TypeError, match=r"pipeline 'image': FloatDecoder decodes FloatField"):
-        Loader(photos_file, 4, pipelines={"image": [FloatDecoder()]})
+        Loader(photos_file, 4, pipelines={"image": [FloatDecoder()], "label": None})
 
     class Halves(IntDecoder):  # a subclass reads what its base reads
         pass
