@@ -765,3 +765,40 @@ def test_an_empty_custom_payload_before_another_fields_is_told_apart() -> None:
     with loader:
         (batch,) = next(iter(loader))
     assert [list(batch[k][: batch.lengths[k]]) for k in range(5)] == [d for _, d, _ in expected]
+
+
+ZERO_DIM = Path(__file__).parent / "data" / "ffcv-custom" / "zero_dim_ndarray.beton"
+"""Written by FFCV 1.0.2 (``write_zero_dim_ndarray.py`` beside it): an NDArrayField
+of shape (0, 3) and labels 0, 10, ..., 40."""
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_an_ndarray_with_a_zero_in_its_shape_reads_as_ffcv_wrote_it(worker_type: str) -> None:
+    """FFCV writes and reads an array field of shape (0, 3); fastforward refused to
+    open the file ("invalid NDArray shape [0, 3, 0, ...]")."""
+    from fastforward.fields.decoders import NDArrayDecoder
+
+    with Reader(ZERO_DIM) as reader:
+        assert [(value.shape, value.dtype, label) for value, label in
+                (reader.read(i) for i in range(5))] == [
+            ((0, 3), np.float32, 10 * i) for i in range(5)]
+        assert reader.verify() == []
+    with Loader(ZERO_DIM, 4, num_workers=2, worker_type=worker_type,
+                pipelines={"empty": [NDArrayDecoder()], "label": [IntDecoder()]}) as loader:
+        batches = [(values.shape, labels.ravel().tolist()) for values, labels in loader]
+    assert batches == [((4, 0, 3), [0, 10, 20, 30])]  # drop_last
+
+
+def test_an_ndarray_with_a_zero_before_its_last_dimension_is_written(tmp_path: Path) -> None:
+    """As FFCV writes it (its shape is stored padded with zeros, so a zero last, as
+    in (3, 0), cannot be told from (3,): refused)."""
+    path = tmp_path / "zero.beton"
+    DatasetWriter(path, {"a": NDArrayField(np.float32, (2, 0, 3)), "y": IntField()},
+                  num_workers=1, progress=False).from_indexed_dataset(
+                      [(np.zeros((2, 0, 3), np.float32), i) for i in range(3)])
+    with Reader(path) as reader:
+        assert [reader.read(i)[0].shape for i in range(3)] == [(2, 0, 3)] * 3
+        assert reader.verify() == []
+    with pytest.raises(ValueError, match=r"shape must have 1 to \d+ dims, none negative and "
+                                         r"the last not 0, got \(3, 0\)"):
+        NDArrayField(np.float32, (3, 0))

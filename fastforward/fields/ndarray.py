@@ -41,8 +41,11 @@ class NDArrayField(Field):
         if self.dtype.hasobject or self.dtype.itemsize == 0:  # references, or no size
             raise ValueError(f"only fixed-size values can be stored, got {self.dtype} "
                              "(Python objects: use JSONField or BytesField)")
-        if not 1 <= len(self.shape) <= MAX_DIMS or min(self.shape) < 1:
-            raise ValueError(f"shape must have 1 to {MAX_DIMS} positive dims, got {self.shape}")
+        # a zero before the last dimension holds no values, as FFCV writes and reads it;
+        # the shape is stored padded with zeros, so a last one would be lost: (3, 0) as (3,)
+        if not 1 <= len(self.shape) <= MAX_DIMS or min(self.shape) < 0 or self.shape[-1] == 0:
+            raise ValueError(f"shape must have 1 to {MAX_DIMS} dims, none negative and the "
+                             f"last not 0, got {self.shape}")
         # exact (math.prod): np.prod would wrap a damaged file's huge shape around
         self.element_size = self.dtype.itemsize * math.prod(self.shape)
 
@@ -64,7 +67,7 @@ class NDArrayField(Field):
         shape = [int(d) for d in args["shape"]]
         while shape and shape[-1] == 0:
             shape.pop()
-        if not shape or 0 in shape:
+        if not shape:
             raise FormatError(f"invalid NDArray shape {args['shape'].tolist()}")
         try:
             field = NDArrayField(dtype, tuple(shape))
