@@ -339,10 +339,7 @@ class Reader:
             twice = sorted({n for n in self.field_names if self.field_names.count(n) > 1})
             raise self._error(f"two field descriptors have the name {twice[0]!r} (names longer "
                               "than 16 bytes cut by FFCV's writer, or damage)")
-        for name, given in self.custom_handlers.items():
-            if not (isinstance(given, type) and issubclass(given, Field)):
-                raise TypeError(f"{self.fname}: custom_handlers[{name!r}] must be a Field "
-                                f"class (a subclass of fastforward.fields.Field), got {given!r}")
+        check_field_classes(self.fname, self.custom_handlers, "custom_handlers")
         for desc, name in zip(self.field_descriptors, self.field_names, strict=True):
             type_id = int(desc["type_id"])
             if name in self.custom_handlers:
@@ -1057,6 +1054,16 @@ class Reader:
     def __repr__(self) -> str:
         fields = ", ".join(f"{n}: {type(h).__name__}" for n, h in self.handlers.items())
         return f"Reader({self.fname!r}, {self.num_samples} samples, {{{fields}}})"
+
+
+def check_field_classes(fname: str, given: Mapping[str, Any], argument: str) -> None:
+    """Refuse a value of *given* (``custom_fields`` of a Loader, ``custom_handlers``
+    of a Reader) that is not a Field class, naming the file, the *argument* and the
+    field, before it fails inside the reader."""
+    for name, value in given.items():
+        if not (isinstance(value, type) and issubclass(value, Field)):
+            raise TypeError(f"{fname}: {argument}[{name!r}] must be a Field class (a "
+                            f"subclass of fastforward.fields.Field), got {value!r}")
 
 
 def _where(has: np.ndarray | None, bad: np.ndarray) -> np.ndarray:

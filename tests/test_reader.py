@@ -111,6 +111,14 @@ def test_custom_field_with_handler(good: Path) -> None:
     assert reader.read(0)[1] == 0
 
 
+def test_a_handler_that_is_no_field_class_is_refused_by_name(good: Path) -> None:
+    """An instance, or another class, failed inside the reading of the fields."""
+    for given, shown in ((IntField(), "IntField object"), (int, "<class 'int'>")):
+        with pytest.raises(TypeError, match=rf"good\.beton: custom_handlers\['label'\] must "
+                                            rf"be a Field class .* got .*{shown}"):
+            Reader(good, custom_handlers={"label": given})
+
+
 def test_random_bytes(tmp_path: Path) -> None:
     path = tmp_path / "noise.beton"
     path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())

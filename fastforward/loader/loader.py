@@ -38,7 +38,7 @@ from ..pipeline.decoder import Decoder
 from ..pipeline.operation import Operation
 from ..pipeline.pipeline_spec import PipelineSpec, _is_module
 from ..pipeline.plan import PipelinePlan, Plan, compile_plan
-from ..reader import Reader
+from ..reader import Reader, check_field_classes
 from ..ring import PINNED, SHARED, Slot, SlotPool, largest_buffer, layout_nbytes
 from ..scheduler import ChannelStats, Engine, EpochPlan
 from ..traversal_order import QuasiRandom, Random, Sequential, TraversalOrder
@@ -307,10 +307,7 @@ class Loader:
         self.batches_ahead = int(batches_ahead)
         self.recompile = recompile
         self.custom_fields = dict(custom_fields or {})
-        for field_name, given in self.custom_fields.items():
-            if not (isinstance(given, type) and issubclass(given, Field)):
-                raise TypeError(f"{self.fname}: custom_fields[{field_name!r}] must be a Field "
-                                f"class (a subclass of fastforward.fields.Field), got {given!r}")
+        check_field_classes(self.fname, self.custom_fields, "custom_fields")
         self._start_method = start_method
         self.verify_checksums = bool(verify_checksums)
         self.timeout = None if timeout is None else float(timeout)
@@ -488,7 +485,7 @@ class Loader:
             kind = type(field).__name__
             raise TypeError(
                 f"{self.fname}: pipeline {name!r}: {type(decoder).__name__} decodes "
-                f"{' or '.join(kind.__name__ for kind in accepted)}, and field "
+                f"{' or '.join(reads.__name__ for reads in accepted)}, and field "
                 f"{field_name!r} is {'an' if kind[0] in 'AEIOU' else 'a'} {kind} (its "
                 f"decoder: {field.get_decoder_class().__name__}; to read it as another "
                 f"type, say so: custom_fields={{{field_name!r}: ThatField}})")
