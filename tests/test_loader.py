@@ -873,6 +873,56 @@ def test_two_loaders_and_two_iterators_at_once(scalars: Path) -> None:
         it.close()
 
 
+def test_process_cache_reads_small_samples_without_the_gaps_between_them(
+        tmp_path: Path) -> None:
+    """A RANDOM batch of 100-byte samples spread over the file: reads bridged every gap
+    under 64 KiB, so each batch read and held most of the file (50× its payload at
+    batch 256, 160× the file's bytes read in an epoch, ten times slower)."""
+    from fastforward.memory_managers.process_cache import ProcessCacheManager
+
+    path = tmp_path / "small.beton"
+    DatasetWriter(path, {"b": BytesField()}, num_workers=1, progress=False) \
+        .from_indexed_dataset([bytes([i % 251]) * 100 for i in range(20_000)])
+    read: list[int] = []
+    pread = ProcessCacheManager._pread_into
+
+    def counted(self: ProcessCacheManager, out: np.ndarray, offset: int) -> None:
+        read.append(out.nbytes)
+        pread(self, out, offset)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ProcessCacheManager, "_pread_into", counted)
+        with Loader(path, 64, os_cache=False, order=OrderOption.RANDOM, seed=0,
+                    batches_ahead=2, worker_type="thread", drop_last=False,
+                    pipelines={"b": [BytesDecoder()]}) as loader:
+            seen = [bytes(row[:100]) for (b,) in loader for row in b]
+            manager = loader.memory_manager
+    assert sorted(seen) == sorted(bytes([i % 251]) * 100 for i in range(20_000))
+    # each batch: at most twice its 64 × 100 bytes, plus 4 KiB for each of its 63 gaps
+    batches = -(-20_000 // 64)
+    assert sum(read) <= 2 * 20_000 * 100 + (20_000 - batches) * 4096
+    assert 0 < manager.peak_bytes <= (2 + 1) * (2 * 64 * 100 + 63 * 4096)
+
+
+def test_reads_bridge_a_gap_no_larger_than_the_payload_after_it_or_a_page() -> None:
+    """``read_starts`` against a plain loop, on sorted ranges with overlaps, shared
+    offsets and empty payloads."""
+    from fastforward.memory_managers.process_cache import GAP, PAGE_GAP, read_starts
+
+    rng = np.random.default_rng(0)
+    for case in range(300):
+        n = int(rng.integers(1, 40))
+        sizes = rng.choice([0, 10, 3000, 20_000, 70_000], n) * (rng.random(n) < 0.9)
+        starts = np.sort(rng.integers(0, [10_000, 400_000, 4_000_000][case % 3], n))
+        ends = starts + sizes
+        expected, furthest = [], -1
+        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+            gap = start - furthest
+            expected.append(not expected or gap > max(PAGE_GAP, min(GAP, end - start)))
+            furthest = max(furthest, end)
+        np.testing.assert_array_equal(read_starts(starts, ends), expected)
+
+
 def test_deleting_a_loader_mid_epoch(scalars: Path) -> None:
     loader = index_loader(scalars, batch_size=5)
     iterator = iter(loader)
@@ -899,11 +949,9 @@ def test_process_cache_memory_bound(tmp_path: Path) -> None:
     np.testing.assert_array_equal(next(iter(loader))[0][0], reader.read(
         int(loader.traversal_order.sample_order(2)[0]))[0])
     manager = loader.memory_manager
-    # at most batches_ahead + 1 batches in memory at once, whatever the order: each the
-    # batch's 10 × 20 kB, plus at most GAP bytes for each of the 9 gaps its reads bridge
-    from fastforward.memory_managers.process_cache import GAP
-
-    assert 0 < manager.peak_bytes <= (2 + 1) * (10 * 20_000 + 9 * GAP)
+    # at most batches_ahead + 1 batches in memory at once, whatever the order: each at
+    # most twice the batch's 10 × 20 kB, plus 4 KiB for each of the 9 gaps it may bridge
+    assert 0 < manager.peak_bytes <= (2 + 1) * (2 * 10 * 20_000 + 9 * 4096)
     loader.close()
     assert manager.live_bytes == 0
 
@@ -1777,7 +1825,7 @@ def test_os_cache_false_reads_only_the_fields_decoded(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A field left out (``None``), or one a filter does not look at, is not read:
     with thread workers every field's payloads were read and held. (Reads of the
-    fields decoded coalesce over gaps under 64 KiB: the big payloads are larger.)"""
+    fields decoded bridge no gap larger than their payloads and 4 KiB.)"""
     from fastforward.memory_managers.process_cache import ProcessCacheManager
 
     path = tmp_path / "two.beton"

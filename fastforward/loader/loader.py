@@ -205,7 +205,8 @@ class Loader:
         os_cache: True reads through a memory map (the OS page cache holds the
             data, shared across processes); False reads each batch's bytes ahead
             of use into memory of its own, at most ``batches_ahead + 1``
-            batches' worth. The default is True unless the environment variable
+            batches' worth (each at most twice its payload plus 4 KiB per
+            sample). The default is True unless the environment variable
             ``FASTFORWARD_DEFAULT_CACHE_PROCESS=1`` is set.
         order: an ``OrderOption`` or a ``TraversalOrder`` subclass.
         distributed: shard the epoch over ``torch.distributed``'s ranks.

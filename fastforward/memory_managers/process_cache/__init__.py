@@ -1,9 +1,10 @@
 """``os_cache=False``: each batch's payloads are read ahead of use into memory
 of its own, with ``pread``, and released when the batch is done.
 
-The byte ranges of a batch are sorted and coalesced (ranges less than
-``GAP`` bytes apart become one read), so the pages of a QUASI_RANDOM or
-SEQUENTIAL batch are read nearly sequentially. The file's pages are then
+The byte ranges of a batch are sorted and coalesced (``read_starts``: a gap of
+at most 4 KiB, or at most 64 KiB before a payload at least as large, is read
+across), so the pages of a QUASI_RANDOM or SEQUENTIAL batch are read nearly
+sequentially. The file's pages are then
 dropped from the kernel's page cache (``POSIX_FADV_DONTNEED``), so a
 dataset larger than RAM does not push everything else out. The kernel drops
 only whole pages inside the range it is given, so the range is rounded out to
@@ -20,9 +21,9 @@ of the file brought in meanwhile (``tests/test_process_cache.py``).
 
 Memory bound: the loader keeps at most ``batches_ahead + 1`` batches in
 flight, so this manager holds at most ``batches_ahead + 1`` batches' reads,
-each the batch's payload bytes plus at most ``GAP`` bytes for each gap
-between two of its samples that a read bridges, whatever the order: RANDOM
-included (FFCV's process cache needs the whole dataset for RANDOM).
+each at most twice the batch's payload bytes plus 4 KiB per payload (the gaps
+its reads bridge), whatever the order: RANDOM included (FFCV's process cache
+needs the whole dataset for RANDOM).
 
 The reads go into buffers that are reused (``ReadBuffers``): private anonymous
 maps, each returned to a free list when the last view of a batch's read is
@@ -52,6 +53,24 @@ ProcessCacheContext = MemoryContext
 """FFCV's name for the context of ``ProcessCacheManager.schedule_epoch``."""
 
 GAP = 64 << 10
+"""The largest gap between two payloads that one read bridges, where the payload
+after it is as large (a gap of at most ``PAGE_GAP`` is bridged whatever it is)."""
+PAGE_GAP = 4 << 10
+
+
+def read_starts(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Where each new read begins among byte ranges sorted by start: a gap to the
+    furthest end so far is bridged (read and held) when it is at most
+    ``PAGE_GAP``, or at most both ``GAP`` and the size of the range after it, so
+    that the bytes bridged are never more than the payload beside them plus
+    ``PAGE_GAP`` per gap. (Bridging every gap under ``GAP`` read and held 50×
+    the payload of a RANDOM batch of 100-byte samples.)"""
+    new = np.ones(len(starts), bool)
+    if len(starts) > 1:
+        gap = starts[1:] - np.maximum.accumulate(ends)[:-1]
+        bridged = np.maximum(PAGE_GAP, np.minimum(GAP, ends[1:] - starts[1:]))
+        new[1:] = gap > bridged
+    return new
 
 
 class ReadBuffers:
@@ -145,10 +164,7 @@ class ProcessCacheManager(MemoryManager):
         sizes = np.concatenate([self.sizes[i][indices] for i in fields])
         order = np.argsort(starts, kind="stable")
         s, e = starts[order].astype(np.int64), (starts[order] + sizes[order]).astype(np.int64)
-        # coalesce: a new read starts where the gap to the furthest end so far is large
-        ends_so_far = np.maximum.accumulate(e)
-        new = np.ones(len(s), bool)
-        new[1:] = s[1:] > ends_so_far[:-1] + GAP
+        new = read_starts(s, e)
         group = np.cumsum(new) - 1
         read_start = s[new]
         read_end = np.maximum.reduceat(e, np.flatnonzero(new))
