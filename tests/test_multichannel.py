@@ -296,6 +296,8 @@ def test_arguments_round_trip(field: MultiChannelImageField) -> None:
     ({"channels": 3, "dtype": np.int16}, TypeError, "uint8 or uint16"),
     ({"channels": 3, "dtype": np.float32}, TypeError, "uint8 or uint16"),
     ({"channels": 3, "compression": "png"}, ValueError, "compression must be one of"),
+    ({"channels": 1, "max_resolution": True}, TypeError, "max_resolution must be a number"),
+    ({"channels": 1, "min_resolution": 0}, ValueError, r"min_resolution must be in \[1, "),
 ])
 def test_bad_arguments_are_refused(kwargs: dict, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
@@ -308,11 +310,50 @@ def test_bad_arguments_are_refused(kwargs: dict, error: type, message: str) -> N
     (np.full((8, 8, 4), 300, np.int32), "values 300..300 do not fit the field's uint8"),
     (np.zeros((0, 8, 4), np.uint8), "empty image"),
     ("not an image", "expected an H×W×C array"),
+    (np.zeros((8, 8, 4), bool), "expected integer values, got bool"),
 ])
 def test_bad_values_name_the_sample(tmp_path: Path, value: Any, message: str) -> None:
     with pytest.raises(EncodeError, match=message) as info:
         write(tmp_path / "bad.beton", {"image": MultiChannelImageField(4)}, [(value,)])
     assert "sample 0" in str(info.value)
+
+
+def test_one_bit_and_palette_images_are_stored_as_their_pixels(tmp_path: Path) -> None:
+    """As RGBImageField stores them: a 1-bit image's white is 255 and a palette
+    image's pixels are its colours. Their arrays' values (True, the indices) were
+    stored, from PIL images and from the files' bytes alike."""
+    import io
+
+    from PIL import Image
+
+    indices = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
+    colours = np.array([[10, 20, 30], [200, 100, 0], [255, 255, 255]], np.uint8)
+    gray = np.array([[10, 10, 10], [200, 200, 200], [255, 255, 255]], np.uint8)
+
+    def palette_image(table: np.ndarray) -> Image.Image:
+        image = Image.new("P", (3, 2))
+        image.putpalette(table.ravel().tolist() + [0] * (768 - table.size))
+        image.putdata(indices.ravel().tolist())
+        return image
+
+    def png(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    bits = Image.fromarray(indices > 0).convert("1")
+    rgb, one = palette_image(colours), palette_image(gray)
+    path = write(tmp_path / "modes.beton", {"rgb": MultiChannelImageField(3),
+                                            "one": MultiChannelImageField(1)},
+                 [(rgb, one), (png(rgb), png(one)), (rgb, bits), (rgb, png(bits))])
+    reader = Reader(path)
+    for i in range(4):
+        got_rgb, got_one = reader.read(i)
+        np.testing.assert_array_equal(got_rgb, colours[indices])
+        expected = gray[indices][:, :, :1] if i < 2 else (indices > 0)[:, :, None] * 255
+        np.testing.assert_array_equal(got_one, expected)
+    with pytest.raises(EncodeError, match=r"expected an H×W×1 image, got shape \(2, 3, 3\)"):
+        write(tmp_path / "colour.beton", {"one": MultiChannelImageField(1)}, [(rgb,)])
 
 
 # -- the decoders ---------------------------------------------------------------------

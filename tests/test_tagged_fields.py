@@ -224,6 +224,36 @@ def test_masks_shrink_as_their_images_do(tmp_path: Path) -> None:
     assert set(np.unique(got_mask[:, 21:])) == {1}
 
 
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"max_resolution": 0}, ValueError, r"max_resolution must be in \[1, 65535\], got 0"),
+    ({"max_resolution": -5}, ValueError, r"max_resolution must be in \[1, 65535\], got -5"),
+    ({"max_resolution": 0.5}, ValueError, r"max_resolution must be in \[1, 65535\]"),
+    ({"min_resolution": 0}, ValueError, r"min_resolution must be in \[1, 65535\], got 0"),
+    ({"max_resolution": True}, TypeError, "max_resolution must be a number of pixels, got True"),
+    ({"max_resolution": "64"}, TypeError, "max_resolution must be a number of pixels, got '64'"),
+])
+def test_mask_resolutions_are_checked(kwargs: dict, error: type, message: str) -> None:
+    """They were taken as they came: every mask was stored 1×1."""
+    with pytest.raises(error, match=message):
+        MaskField(**kwargs)
+
+
+def test_a_one_bit_or_palette_mask_keeps_its_ids(tmp_path: Path) -> None:
+    """A mask's palette indices and 1-bit values are its ids (a PASCAL VOC mask is a
+    palette PNG), unlike a many-channel image's."""
+    from PIL import Image
+
+    ids = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
+    palette = Image.fromarray(ids, mode="L").convert("P")
+    palette.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 759)
+    palette.putdata(ids.ravel().tolist())
+    bits = Image.fromarray(ids > 0).convert("1")
+    path = write(tmp_path / "m.beton", {"mask": MaskField()}, [(palette,), (bits,)])
+    reader = Reader(path)
+    np.testing.assert_array_equal(reader.read(0)[0], ids)
+    np.testing.assert_array_equal(reader.read(1)[0], (ids > 0).astype(np.uint8))
+
+
 @pytest.mark.parametrize(("value", "message"), [
     (np.full((4, 4), 300), "do not fit the field's uint8"),
     (np.zeros((4, 4, 3), np.uint8), "expected a 2-D mask"),

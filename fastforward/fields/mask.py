@@ -37,6 +37,7 @@ from ..pipeline.state import State
 from .base import followed_size, record_size
 from .planes import (
     COMPRESSIONS,
+    MAX_SIDE,
     PLANES_DTYPES,
     PLANES_HEADER,
     ScratchPool,
@@ -49,7 +50,7 @@ from .planes import (
     stored_dtype,
     unpack,
 )
-from .rgb_image import MAX_SIDE, target_size
+from .rgb_image import target_size
 from .tagged import TaggedField
 
 MASK_HEADER = PLANES_HEADER

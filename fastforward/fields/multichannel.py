@@ -36,6 +36,7 @@ from ..pipeline.operation import BatchContext
 from ..pipeline.state import State
 from .base import record_size
 from .planes import (
+    MAX_SIDE,
     PLANES_DTYPES,
     PLANES_HEADER,
     ScratchPool,
@@ -49,7 +50,6 @@ from .planes import (
     unpack,
 )
 from .rgb_image import (
-    MAX_SIDE,
     CenterCropRGBImageDecoder,
     RandomResizedCropRGBImageDecoder,
     resize_area,
@@ -61,14 +61,35 @@ CHANNEL_DTYPES = PLANES_DTYPES
 MAX_CHANNELS = 16
 
 
+def image_values(image: Any) -> np.ndarray:
+    """The pixel values of a PIL image: a 1-bit image's are 0 and 255 (its array's
+    are False and True), a palette image's its palette's colours (RGB, or RGBA
+    where it has transparency; one channel where the palette is gray), not its
+    indices, as ``RGBImageField`` takes them."""
+    if image.mode == "1":
+        image = image.convert("L")
+    elif image.mode in ("P", "PA"):
+        colours = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info
+                                else "RGB")
+        values = np.asarray(colours)
+        if values.shape[2] == 3 and (values == values[:, :, :1]).all():
+            return values[:, :, 0]  # a gray palette: as Pillow's 'L' reads it
+        return values
+    return np.asarray(image)
+
+
 def to_channels_array(value: Any, channels: int, dtype: np.dtype) -> np.ndarray:
     """*value* as a C-contiguous ``H × W × channels`` array of *dtype*.
 
     Accepts arrays (``H × W`` when *channels* is 1), PIL images and the bytes
-    of an image file (16-bit PNG or TIFF and the like, through Pillow). Integer
-    values that do not fit *dtype* are refused, and so are other kinds.
+    of an image file (16-bit PNG or TIFF and the like, through Pillow), as
+    ``image_values`` reads them. Integer values that do not fit *dtype* are
+    refused, and so are other kinds (bool among them).
     """
-    value = as_array(value, "image", "an H×W×C array")
+    value = as_array(value, "image", "an H×W×C array", image_values)
+    if value.dtype == bool:  # (as RGBImageField: no image's pixels; a 1-bit image's are)
+        raise EncodeError("expected integer values, got bool (a 1-bit image's pixels are "
+                          "0 and 255: value.astype(np.uint8) * 255)")
     if value.ndim == 2 and channels == 1:
         value = value[:, :, None]
     if value.ndim != 3 or value.shape[2] != channels:
@@ -107,10 +128,6 @@ class MultiChannelImageField(TaggedField):
             raise ValueError(f"channels must be in [1, {MAX_CHANNELS}], got {channels}")
         self.dtype = stored_dtype(dtype, "images")
         check_storage(compression, compression_level, max_resolution, min_resolution)
-        for name, value in (("max_resolution", max_resolution),
-                            ("min_resolution", min_resolution)):
-            if value is not None and not 1 <= value <= MAX_SIDE:
-                raise ValueError(f"{name} must be in [1, {MAX_SIDE}], got {value}")
         self.channels = int(channels)
         self.compression = compression
         self.compression_level = int(compression_level)

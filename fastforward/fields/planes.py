@@ -32,6 +32,8 @@ from .._ext.resize import Workspace
 from ..errors import DecodeError, EncodeError, FastForwardError
 from ..utils import install_hint
 
+MAX_SIDE = 65535  # width and height are stored as u16
+
 PLANES_HEADER = np.dtype([("height", "<u4"), ("width", "<u4")])
 COMPRESSIONS = ("zstd", None)
 PLANES_DTYPES = (np.dtype("u1"), np.dtype("<u2"))
@@ -61,14 +63,30 @@ def stored_dtype(dtype: Any, what: str) -> np.dtype:
     return stored
 
 
+def check_resolution(value: Any, name: str) -> None:
+    """``max_resolution`` or ``min_resolution``: None, or a number of pixels in [1,
+    MAX_SIDE] (a fraction too, as FFCV's resizer takes it: ``1.14 * 224``; a bool or a
+    string is refused)."""
+    if value is None:
+        return
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                     np.floating)):
+        raise TypeError(f"{name} must be a number of pixels, got {value!r}")
+    if not 1 <= value <= MAX_SIDE:
+        raise ValueError(f"{name} must be in [1, {MAX_SIDE}], got {value}")
+
+
 def check_storage(compression: str | None, compression_level: int,
                   max_resolution: int | None, min_resolution: int | None) -> None:
     """ValueError unless the storage arguments masks and many-channel images share
-    are valid: a known compression, zstd's level range, at most one resolution bound."""
+    are valid: a known compression, zstd's level range, resolution bounds in pixels
+    (``check_resolution``; a TypeError for a bool or a string), at most one of them."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
     if not 1 <= int(compression_level) <= 22:
         raise ValueError(f"compression_level must be in [1, 22], got {compression_level}")
+    check_resolution(max_resolution, "max_resolution")
+    check_resolution(min_resolution, "min_resolution")
     if max_resolution is not None and min_resolution is not None:
         raise ValueError("give max_resolution or min_resolution, not both")
 
@@ -100,17 +118,19 @@ def pil_pixels(image: Any, load: Callable[[Any], np.ndarray]) -> np.ndarray:
             "closes, or return image.copy()") from exc
 
 
-def as_array(value: Any, what: str, expected: str) -> np.ndarray:
+def as_array(value: Any, what: str, expected: str,
+             load: Callable[[Any], np.ndarray] = np.asarray) -> np.ndarray:
     """*value* as a NumPy array: an array as it is; a PIL image, or the bytes of an
-    image file (PNG, TIFF and the like, through Pillow), as its values. *what*
+    image file (PNG, TIFF and the like, through Pillow), as *load* reads its values
+    (``np.asarray``: a palette image's indices, a 1-bit image's 0 and 1). *what*
     names the files in errors ("mask image", "image"), *expected* the arrays taken."""
     if isinstance(value, (bytes, bytearray, memoryview)):
-        value = read_with_pillow(bytes(value), what, np.asarray, EncodeError, KEEP_16_BITS)
+        value = read_with_pillow(bytes(value), what, load, EncodeError, KEEP_16_BITS)
     elif hasattr(value, "mode") and hasattr(value, "getdata"):  # a PIL image
         reduced = reduced_bit_depth(value)
         if reduced is not None:  # (what the same file's bytes are refused for)
             raise EncodeError(f"a PIL {what} of {reduced}: {KEEP_16_BITS}")
-        value = pil_pixels(value, np.asarray)
+        value = pil_pixels(value, load)
     if not isinstance(value, np.ndarray):
         raise EncodeError(f"expected {expected}, a PIL image or image file bytes, got "
                           f"{type(value).__name__}")

@@ -42,7 +42,7 @@ from ..transforms.crop import (
 from ..transforms.crop import get_center_crop as _center_crop
 from ..utils import whole_number
 from .base import Field, Malloc, PayloadReader, empty_arguments, record_size, sample_rng
-from .planes import pil_pixels, read_with_pillow
+from .planes import MAX_SIDE, check_resolution, pil_pixels, read_with_pillow
 
 try:
     import simplejpeg
@@ -65,7 +65,6 @@ IMAGE_MODES = {"jpg": 0, "raw": 1}
 RGB_METADATA = np.dtype(
     [("mode", "u1"), ("width", "<u2"), ("height", "<u2"), ("data_ptr", "<u8")]
 )
-MAX_SIDE = 65535  # width and height are stored as u16
 JPEG_MAX_SIDE = 65500  # libjpeg's limit
 MAX_DECODED_PIXELS: int | None = 178_956_970
 """The most pixels the writer decodes a source JPEG to (after any DCT scaling):
@@ -283,19 +282,6 @@ def dct_span(source: tuple[int, int], decoded: tuple[int, int]) -> tuple[float, 
     return source[0] * scales[0] / 8, source[1] * scales[0] / 8
 
 
-def _check_resolution(value: Any, name: str) -> None:
-    """``max_resolution`` or ``min_resolution``: None, or a number of pixels in [1,
-    MAX_SIDE] (a fraction too, as FFCV's resizer takes it: ``1.14 * 224``; a bool or a
-    string is refused)."""
-    if value is None:
-        return
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
-                                                                     np.floating)):
-        raise TypeError(f"{name} must be a number of pixels, got {value!r}")
-    if not 1 <= value <= MAX_SIDE:
-        raise ValueError(f"{name} must be in [1, {MAX_SIDE}], got {value}")
-
-
 class RGBImageField(Field):
     """An RGB image per sample (type id 2), stored raw or as JPEG.
 
@@ -336,8 +322,8 @@ class RGBImageField(Field):
             raise ValueError(f"write_mode must be one of {WRITE_MODES}, got {write_mode!r}")
         if max_resolution is not None and min_resolution is not None:
             raise ValueError("give max_resolution or min_resolution, not both")
-        _check_resolution(max_resolution, "max_resolution")
-        _check_resolution(min_resolution, "min_resolution")
+        check_resolution(max_resolution, "max_resolution")
+        check_resolution(min_resolution, "min_resolution")
         jpeg_quality = whole_number(jpeg_quality, "jpeg_quality")
         if not 0 <= jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in [0, 100], got {jpeg_quality}")
