@@ -70,6 +70,19 @@ def test_spread_rows_matches_reference(rows: int, row_nbytes: int, stride: int,
     np.testing.assert_array_equal(memory[total * stride :], tail)  # nothing past the rows
 
 
+@pytest.mark.parametrize(("rows", "row_nbytes", "stride", "total"), [
+    (0, 0, 2**62, 2), (8, 1, 2**61 + 1, 8), (1, 1, 2, 2**62 + 1)])
+def test_spread_rows_refuses_an_overrun_whose_size_overflows(rows: int, row_nbytes: int,
+                                                              stride: int, total: int) -> None:
+    """total_rows * stride past 2**63 wrapped: a crash, or a partial write said to be
+    whole."""
+    memory = np.full(64, 7, np.uint8)
+    with pytest.raises(ValueError, match="overrun the 64 bytes given"):
+        spread_rows(memory, rows, row_nbytes, stride, total)
+    assert (memory == 7).all()
+    assert spread_rows(np.zeros(0, np.uint8), 0, 0, 0, 5) == 0
+
+
 def test_spread_rows_refuses_an_overrun() -> None:
     with pytest.raises(ValueError, match="overrun"):
         spread_rows(np.zeros(10, np.uint8), 2, 3, 5, 3)

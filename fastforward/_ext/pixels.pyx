@@ -85,7 +85,8 @@ def spread_rows(uint8_t[::1] memory not None, Py_ssize_t rows, Py_ssize_t row_nb
     if rows < 0 or row_nbytes < 0 or stride < row_nbytes or total_rows < rows:
         raise ValueError(f"cannot spread {rows} rows of {row_nbytes} bytes to a stride of "
                          f"{stride} over {total_rows} rows")
-    if total_rows * stride > memory.shape[0]:
+    # (divided, not multiplied: a product past 2**63 wrapped and passed the check)
+    if stride and total_rows > memory.shape[0] // stride:
         raise ValueError(f"{total_rows} rows of {stride} bytes overrun the {memory.shape[0]} "
                          "bytes given")
     with nogil:
