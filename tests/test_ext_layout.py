@@ -18,9 +18,13 @@ from fastforward._ext.layout import (
 SHIFT = 12  # 4 KiB pages keep the tables small
 
 
-def table(seed: int, n: int, fields: int) -> tuple[np.ndarray, ...]:
+def table(seed: int, n: int, fields: int, shuffled_ties: bool = False
+          ) -> tuple[np.ndarray, ...]:
     """A table as a writer makes it (each sample's payloads back to back, in field
-    order, in one page), sorted by offset, and the pointers of each field."""
+    order, in one page), sorted by offset, and the pointers of each field. With
+    *shuffled_ties*, rows at one offset come in any order (FFCV's workers append to
+    the table in turn): a sample's rows there may be apart, another sample's empty
+    payload between them."""
     rng = np.random.default_rng(seed)
     ptrs, sizes, owners = [], [], []
     pointer = np.zeros((fields, n), np.uint64)
@@ -39,6 +43,8 @@ def table(seed: int, n: int, fields: int) -> tuple[np.ndarray, ...]:
             pointer[k, s] = cursor
             cursor += int(need[k])  # FFCV: an empty payload at the next one's offset
     order = np.argsort(np.asarray(ptrs, np.uint64), kind="stable")
+    if shuffled_ties:
+        order = np.lexsort((rng.random(len(ptrs)), np.asarray(ptrs, np.uint64)))
     return (np.asarray(ptrs, np.uint64)[order], np.asarray(sizes, np.uint64)[order],
             np.asarray(owners, np.uint64)[order], pointer)
 
@@ -54,11 +60,15 @@ def damage(pointer: np.ndarray, sizes: np.ndarray, seed: int) -> None:
     sizes[rng.integers(0, len(sizes), max(1, n // 20))] += np.uint64(1 << SHIFT)
 
 
+@pytest.mark.parametrize("ties", [False, True], ids=["in-order", "shuffled-ties"])
 @pytest.mark.parametrize("damaged", [False, True], ids=["intact", "damaged"])
-@pytest.mark.parametrize(("n", "fields"), [(1, 1), (40, 1), (200, 3), (7, 5)],
+@pytest.mark.parametrize(("n", "fields"), [(1, 1), (40, 1), (200, 3), (7, 5), (300, 6)],
                          ids=lambda v: str(v))
-def test_locate_payloads_matches_reference(n: int, fields: int, damaged: bool) -> None:
-    ptrs, sizes, owners, pointer = table(n * 31 + fields, n, fields)
+def test_locate_payloads_matches_reference(n: int, fields: int, damaged: bool,
+                                           ties: bool) -> None:
+    """With shuffled ties, a sample's rows at one offset may have another sample's
+    between them: the field's own is still its k-th (the first of them was taken)."""
+    ptrs, sizes, owners, pointer = table(n * 31 + fields, n, fields, ties)
     if damaged:
         damage(pointer, sizes, n)
     first = np.full(n, -1, np.int64)

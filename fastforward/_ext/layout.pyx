@@ -57,6 +57,53 @@ def first_rows_into(const uint64_t[::1] owners not None, int64_t[::1] out not No
                 out[owner] = i
 
 
+cdef enum:
+    RANK_SCAN = 4096  # rows counted to rank a sample's rows at a pointer, at most
+
+
+cdef inline Py_ssize_t _own_row(const uint64_t[::1] table_ptrs,
+                                const uint64_t[::1] table_owners, int64_t first,
+                                int64_t k, uint64_t ptr, uint64_t s) noexcept nogil:
+    """Sample *s*'s row at *ptr* (-1: none): its *k*-th row in the table where that
+    is at *ptr*, else the first of its rows there. Its rows need not be next to each
+    other (another sample's empty payload may share the offset). Ranking them counts
+    the sample's rows from *first*, its first row: past ``RANK_SCAN`` rows (a
+    crafted table), the first at *ptr* is taken, so that opening stays linear."""
+    cdef Py_ssize_t m = table_ptrs.shape[0], j = _lower_bound(table_ptrs, ptr), found = -1
+    cdef Py_ssize_t end = j, r
+    cdef int64_t rank = 0, count = 0
+    while end < m and table_ptrs[end] == ptr:
+        if table_owners[end] == s:
+            if found < 0:
+                found = end
+            count += 1
+        end += 1
+    if count < 2 or first < 0 or first > found or found - first > RANK_SCAN:
+        return found
+    for r in range(first, found):  # the sample's rows before its first at ptr
+        if table_owners[r] == s:
+            rank += 1
+    if k < rank or k >= rank + count:
+        return found
+    for r in range(found, end):
+        if table_owners[r] == s:
+            if rank == k:
+                return r
+            rank += 1
+    return found
+
+
+cdef inline bint _all_owned(const uint64_t[::1] table_owners, Py_ssize_t first,
+                            Py_ssize_t last, uint64_t s) noexcept nogil:
+    """Whether rows *first* to *last* are all sample *s*'s (then *last* is its
+    ``last - first``-th row)."""
+    cdef Py_ssize_t r
+    for r in range(first, last + 1):
+        if table_owners[r] != s:
+            return False
+    return True
+
+
 cdef inline bint _fits(uint64_t size, uint64_t want) noexcept nogil:
     if want == EXPECT_ANY_:
         return True
@@ -94,7 +141,8 @@ def locate_payloads(const uint64_t[::1] table_ptrs not None,
         rows: out, or None: each payload's row in the table (-1: none). Where
             a sample's rows share the pointer (FFCV gives an empty payload the
             next one's offset), the field's own is the one in its place among
-            the sample's rows (``first_rows[s] + k``), not the first.
+            the sample's rows (its *k*-th, ``first_rows[s] + k`` where no other
+            sample's row is between them), not the first.
 
     Returns:
         ``(flagged, searched)``: how many samples have a flag, and how many
@@ -117,16 +165,11 @@ def locate_payloads(const uint64_t[::1] table_ptrs not None,
             row = -1
             guess = first_rows[s] + k
             if first_rows[s] >= 0 and guess < m and table_ptrs[guess] == ptr \
-                    and table_owners[guess] == <uint64_t>s:
+                    and _all_owned(table_owners, first_rows[s], guess, <uint64_t>s):
                 row = guess
             else:
                 searched += 1
-                j = _lower_bound(table_ptrs, ptr)
-                while j < m and table_ptrs[j] == ptr:
-                    if table_owners[j] == <uint64_t>s:
-                        row = j
-                        break
-                    j += 1
+                row = _own_row(table_ptrs, table_owners, first_rows[s], k, ptr, <uint64_t>s)
             if sized and row >= 0 and not _fits(table_sizes[row], expected[s]):
                 j = _lower_bound(table_ptrs, ptr)  # another of its rows at that offset
                 while j < m and table_ptrs[j] == ptr:
