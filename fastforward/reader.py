@@ -14,6 +14,7 @@ import contextlib
 import errno
 import functools
 import mmap
+import operator
 import os
 import stat
 import sys
@@ -826,7 +827,15 @@ class Reader:
 
     def _sample_index(self, index: int) -> int:
         """*index* in ``[0, num_samples)`` (negative counts from the end), its page
-        checked with ``verify_checksums``."""
+        checked with ``verify_checksums``. A bool, a fraction or a string is refused
+        (``operator.index``), as a list refuses it."""
+        try:
+            if isinstance(index, bool):
+                raise TypeError
+            index = operator.index(index)
+        except TypeError:
+            raise TypeError(f"{self.fname}: a sample's index is an integer, got "
+                            f"{type(index).__name__} {index!r}") from None
         if not -self.num_samples <= index < self.num_samples:
             raise IndexError(f"{self.fname}: sample {index} out of range [0, {self.num_samples})")
         index %= self.num_samples

@@ -94,6 +94,18 @@ def whole_number(value: Any, name: str) -> int:
     return int(value)
 
 
+def size_pair(value: Any, name: str = "output_size") -> tuple[int, int]:
+    """*value*, an argument called *name*, as a ``(height, width)`` pair of whole
+    numbers of at least 1. A single number, a string (``"16"`` was read as
+    ``(1, 6)``), another count of values or a fraction is refused, naming it."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise TypeError(f"{name} must be a (height, width) pair, got {value!r}")
+    height, width = (whole_number(v, name) for v in value)
+    if height < 1 or width < 1:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return height, width
+
+
 def same_memory(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether *a* and *b* view the same elements (same start, shape, strides, dtype)."""
     return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]

@@ -485,14 +485,19 @@ def test_a_custom_order_may_visit_samples_twice(scalars: Path) -> None:
 @pytest.mark.parametrize(("given", "error", "match"), [
     ([0, -1], IndexError, "Wrong of epoch 0: sample -1 out of range"),
     ([0, 600], IndexError, "Wrong of epoch 0: sample 600 out of range"),
-    ([0.0, 2.5], TypeError, r"Wrong.sample_order\(0\).*integers"),
-], ids=["negative", "past the end", "fraction"])
-def test_custom_order_numbers_are_checked(scalars: Path, given: list[float],
+    ([0.0, 2.5], TypeError, r"scalars\.beton: Wrong\.sample_order\(0\) must be integers"),
+    (KeyError("x"), KeyError, r"scalars\.beton: Wrong\.sample_order\(0\): x"),
+], ids=["negative", "past the end", "fraction", "its own error"])
+def test_custom_order_numbers_are_checked(scalars: Path, given: list[float] | Exception,
                                           error: type[Exception], match: str) -> None:
     """A custom order's sample numbers are held to what indices= is: -1 read
-    sample 599 and 2.5 sample 2, 600 failed in NumPy without naming the order."""
+    sample 599 and 2.5 sample 2, 600 failed in NumPy without naming the order. Its
+    errors, and its own, name the file and the order (a KeyError it raised named
+    neither)."""
     class Wrong(TraversalOrder):
         def sample_order(self, epoch: int) -> list[float]:
+            if isinstance(given, Exception):
+                raise given
             return given
 
     loader = index_loader(scalars, batch_size=2, order=Wrong)
@@ -1175,6 +1180,46 @@ def test_a_failed_iter_keeps_the_epoch(photos_file: Path) -> None:
     assert loader.next_epoch == 0
     decoder.output_size = (8, 8)
     assert next(iter(loader))[0].shape == (4, 8, 8, 3)
+
+
+@pytest.mark.parametrize(("size", "error", "message"), [
+    (16, TypeError, "output_size must be a \\(height, width\\) pair, got 16"),
+    ("16", TypeError, "output_size must be a \\(height, width\\) pair, got '16'"),
+    ((16, 16, 3), TypeError, "pair, got \\(16, 16, 3\\)"),
+    ((16.5, 16), TypeError, "output_size must be a whole number, got 16.5"),
+    ((0, 16), ValueError, "output_size must be positive, got \\(0, 16\\)"),
+], ids=["number", "string", "three", "fraction", "zero"])
+def test_a_crop_decoders_output_size_is_a_pair_of_whole_numbers(
+        photos_file: Path, size: Any, error: type, message: str) -> None:
+    """16 and (16, 16, 3) failed in Python's words ("'int' object is not iterable"),
+    "16" made images of 1×6, and 16.5 was cut to 16."""
+    for decoder in (RandomResizedCropRGBImageDecoder(size),
+                    CenterCropRGBImageDecoder(size, ratio=1)):
+        with pytest.raises(error, match=message):
+            Loader(photos_file, 4, pipelines={"image": [decoder], "label": None})
+    decoder = CenterCropRGBImageDecoder((np.int64(6), 8.0), ratio=1)
+    loader = Loader(photos_file, 4, pipelines={"image": [decoder], "label": None})
+    assert next(iter(loader))[0].shape == (4, 6, 8, 3)
+
+
+def test_a_class_given_for_its_operation_is_named(scalars: Path) -> None:
+    """``[IntDecoder(), ToTensor]`` named neither the file nor the pipeline, nor the
+    missing call."""
+    from fastforward.transforms import ToTensor
+
+    with pytest.raises(TypeError, match=r"scalars\.beton: pipeline 'index': ToTensor is a "
+                                        r"class, not an operation: give one, ToTensor\(\.\.\.\)"):
+        index_loader(scalars, batch_size=4,
+                     pipelines={"index": [IntDecoder(), ToTensor], "value": None})
+    with pytest.raises(TypeError, match=r"scalars\.beton: pipeline 'index': IntDecoder is a "
+                                        r"class"):
+        index_loader(scalars, batch_size=4, pipelines={"index": [IntDecoder], "value": None})
+    with pytest.raises(TypeError, match=r"scalars\.beton: pipeline 'index': 5 is not an "
+                                        r"Operation"):
+        index_loader(scalars, batch_size=4, pipelines={"index": [IntDecoder(), 5], "value": None})
+    with pytest.raises(TypeError, match=r"scalars\.beton: pipeline 'index': expected a list "
+                                        r"of operations, a PipelineSpec or None, got int"):
+        index_loader(scalars, batch_size=4, pipelines={"index": 5, "value": None})
 
 
 def test_a_close_cut_short_by_ctrl_c_is_finished_by_the_next(scalars: Path) -> None:

@@ -150,6 +150,20 @@ def test_read_out_of_range(good: Path) -> None:
         Reader(good).read(60)
 
 
+@pytest.mark.parametrize(("index", "shown"), [(1.5, "float 1.5"), ("3", "str '3'"),
+                                              (True, "bool True"), (None, "NoneType None")])
+def test_an_index_that_is_no_integer_is_refused_naming_the_file(good: Path, index: object,
+                                                               shown: str) -> None:
+    """1.5 failed in NumPy's words, said of a field ("only integers, slices ... are
+    valid indices"); '3' as a comparison of int and str; True read sample 1."""
+    reader = Reader(good)
+    for read in (reader.read, lambda i: reader.read_field(i, "label")):
+        with pytest.raises(TypeError, match=rf"good\.beton: a sample's index is an integer, "
+                                            rf"got {shown}"):
+            read(index)
+    assert reader.read(np.int64(1))[1] == reader.read(1)[1]
+
+
 def test_pointer_into_another_sample_is_refused(good: Path) -> None:
     reader = Reader(good)
     ptr0 = int(reader.metadata[0]["f0"]["data_ptr"])

@@ -34,6 +34,7 @@ from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.decoder import Decoder
 from ..pipeline.operation import BatchContext
 from ..pipeline.state import State
+from ..utils import size_pair
 from .base import record_size
 from .planes import (
     MAX_SIDE,
@@ -325,9 +326,7 @@ class _MultiChannelCrop(_Planes):
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
         field = self._field()
-        height, width = (int(v) for v in self.output_size)
-        if height < 1 or width < 1:
-            raise ValueError(f"output_size must be positive, got {self.output_size}")
+        height, width = size_pair(self.output_size)
         shape = (height, width, field.channels)
         dtype = field.dtype if self.fused_output is None else self.fused_output[0]
         return (State(jit_mode=True, shape=shape, dtype=dtype, channels_first=False),

@@ -40,7 +40,7 @@ from ..transforms.crop import (
     random_crops,
 )
 from ..transforms.crop import get_center_crop as _center_crop
-from ..utils import whole_number
+from ..utils import size_pair, whole_number
 from .base import Field, Malloc, PayloadReader, empty_arguments, record_size, sample_rng
 from .planes import MAX_SIDE, check_resolution, pil_pixels, read_with_pillow
 
@@ -778,9 +778,7 @@ class ResizedCropRGBImageDecoder(_ImageDecoder):
         return (u[:, 0] < probability).astype(np.uint8)
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
-        height, width = (int(v) for v in self.output_size)
-        if height < 1 or width < 1:
-            raise ValueError(f"output_size must be positive, got {self.output_size}")
+        height, width = size_pair(self.output_size)
         shape = (height, width, 3)
         dtype = np.dtype("u1") if self.fused_output is None else self.fused_output[0]
         return (State(jit_mode=True, shape=shape, dtype=dtype, channels_first=False),

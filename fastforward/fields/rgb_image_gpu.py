@@ -24,7 +24,7 @@ from ..pipeline import geometry
 from ..pipeline.allocation_query import AllocationQuery
 from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
-from ..utils import TORCHVISION_HINT
+from ..utils import TORCHVISION_HINT, size_pair
 from .rgb_image import IMAGE_MODES, CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
 
 
@@ -53,7 +53,7 @@ class _NvJpegMixin:
                               f"{TORCHVISION_HINT}") from exc
         if not torch.cuda.is_available():
             raise RuntimeError(f"{type(self).__name__}: CUDA is not available")
-        height, width = (int(v) for v in self.output_size)  # type: ignore[attr-defined]
+        height, width = size_pair(self.output_size)  # type: ignore[attr-defined]
         shape = (height, width, 3)
         device = torch.device(self.device)
         return (State(jit_mode=False, device=device, shape=shape, dtype=torch.uint8,

@@ -30,13 +30,13 @@ import numpy as np
 from .._ext.collate import Copier
 from ..checksums import digest
 from ..device import DeviceBatch, DeviceStage, is_cuda
-from ..errors import BatchTimeout
+from ..errors import BatchTimeout, annotate
 from ..fields import Field, RaggedField
 from ..memory_managers import MemoryManager, OSCacheManager, ProcessCacheManager
 from ..pipeline import random
 from ..pipeline.decoder import Decoder
 from ..pipeline.operation import Operation
-from ..pipeline.pipeline_spec import PipelineSpec, _is_module
+from ..pipeline.pipeline_spec import PipelineSpec, _is_module, not_an_operation
 from ..pipeline.plan import PipelinePlan, Plan, compile_plan
 from ..reader import Reader, check_field_classes
 from ..ring import PINNED, SHARED, Slot, SlotPool, largest_buffer, layout_nbytes
@@ -436,20 +436,23 @@ class Loader:
         return specs
 
     def _spec(self, name: str, value: Any) -> PipelineSpec:
-        if isinstance(value, PipelineSpec):
-            spec = PipelineSpec(value.source, value.decoder, value.transforms)
-        elif isinstance(value, (list, tuple)):
-            spec = PipelineSpec(name, None, list(value))
-        else:
-            raise TypeError(f"pipeline {name!r}: expected a list of operations, a "
-                            f"PipelineSpec or None, got {type(value).__name__}")
         # one wrapper per object the user gave (a branch names its source by identity)
         def wrap(op: Any) -> Any:
             return self._wrappers.setdefault(id(op), (op, _wrap_module(op)))[1]
 
-        spec.transforms = [wrap(op) for op in spec.transforms]
-        if spec.decoder is not None:
-            spec.decoder = wrap(spec.decoder)
+        try:
+            if isinstance(value, PipelineSpec):
+                spec = PipelineSpec(value.source, value.decoder, value.transforms)
+            elif isinstance(value, (list, tuple)):
+                spec = PipelineSpec(name, None, list(value))
+            else:
+                raise TypeError(f"expected a list of operations, a PipelineSpec or None, got "
+                                f"{type(value).__name__}")
+            spec.transforms = [wrap(op) for op in spec.transforms]
+            if spec.decoder is not None:
+                spec.decoder = wrap(spec.decoder)
+        except TypeError as exc:  # (a class for its instance, a value that is no operation)
+            raise annotate(exc, f"{self.fname}: pipeline {name!r}") from None
         if isinstance(spec.source, Operation) or _is_module(spec.source):
             spec.source = wrap(spec.source)
         skipped = 0  # the user's list holds the decoder before the transforms
@@ -626,7 +629,13 @@ class Loader:
         if batch_size is None:  # the size of *epoch*'s batches
             batch_size = self._epoch_batch_size(epoch)
         world = segments[0][0] if segments else self.world_size
-        shards = self._order_of(epoch).rank_orders(epoch, world, self.even_batches)
+        order = self._order_of(epoch)
+        try:
+            shards = order.rank_orders(epoch, world, self.even_batches)
+        except Exception as exc:  # a custom order's own error: where it came from
+            if not self._builtin_order:
+                annotate(exc, order.where(epoch))
+            raise
         if not self._builtin_order:
             # a custom order's numbers are checked as indices= is (the built-in
             # orders' come from the checked indices)
@@ -1494,4 +1503,4 @@ def _wrap_module(op: Any) -> Operation:
         from ..transforms import ModuleWrapper
 
         return ModuleWrapper(op)
-    raise TypeError(f"{op!r} is not an Operation")
+    raise not_an_operation(op)

@@ -30,10 +30,20 @@ class PipelineSpec:
         self.transforms: list[Operation] = list(transforms or [])
         for op in self.transforms:
             if not isinstance(op, Operation) and not _is_module(op):
-                raise TypeError(f"{op!r} is not an Operation (nor a torch.nn.Module)")
+                raise not_an_operation(op)
 
     def __repr__(self) -> str:
         return f"PipelineSpec({self.source!r}, {self.decoder!r}, {self.transforms!r})"
+
+
+def not_an_operation(op: Any) -> TypeError:
+    """The error for *op* given where an operation goes: a class given for its
+    instance (``ToTensor`` for ``ToTensor()``) is said to be one."""
+    if isinstance(op, type) and (issubclass(op, Operation) or any(
+            c.__name__ == "Module" and c.__module__.startswith("torch.nn") for c in op.__mro__)):
+        return TypeError(f"{op.__name__} is a class, not an operation: give one, "
+                         f"{op.__name__}(...)")
+    return TypeError(f"{op!r} is not an Operation (nor a torch.nn.Module)")
 
 
 def _is_module(obj: Any) -> bool:

@@ -69,9 +69,14 @@ class TraversalOrder(ABC):
         """
         from .sharding import Shard, strided
 
-        order = sample_numbers(self.sample_order(epoch),
-                               f"{type(self).__name__}.sample_order({epoch})")
+        order = sample_numbers(self.sample_order(epoch), self.where(epoch))
         return [Shard.of(order)] if world == 1 else strided(order, world, even)
+
+    def where(self, epoch: int) -> str:
+        """``"FILE: Order.sample_order(EPOCH)"``: what an error of the order names."""
+        fname = getattr(self.loader, "fname", None)
+        call = f"{type(self).__name__}.sample_order({epoch})"
+        return f"{fname}: {call}" if fname is not None else call
 
     def rng(self, epoch: int, salt: int = 0) -> np.random.Generator:
         """A generator that depends only on ``(seed, epoch, salt)``."""
