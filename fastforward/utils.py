@@ -48,7 +48,8 @@ def sample_numbers(values: Any, where: str) -> np.ndarray:
     to the caller. *where* begins each message: ``"FILE: indices"``,
     ``"FILE: Order.sample_order(3)"``."""
     given = np.asarray(values)
-    if given.ndim == 0 and given.dtype.kind == "O":  # a set, a generator, a dict
+    if isinstance(values, (str, bytes)) or (given.ndim == 0 and given.dtype.kind == "O"):
+        # a string ("012": one value of its own), a set, a generator, a dict
         raise TypeError(f"{where} must be a sequence of integers (a list, range or array), "
                         f"got {type(values).__name__}")
     if given.dtype.kind != "b" and isinstance(values, (list, tuple)) and any(

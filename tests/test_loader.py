@@ -1326,13 +1326,14 @@ def test_bad_arguments(scalars: Path) -> None:
                                      r"or array\), got set"),
     ({"indices": (i for i in range(3))}, TypeError, r"indices must be a sequence .* got "
                                                      r"generator"),
+    ({"indices": "012"}, TypeError, r"indices must be a sequence .* got str"),
     ({"custom_fields": {"index": int}}, TypeError, r"scalars\.beton: custom_fields\['index'\] "
                                                    r"must be a Field class .* got <class 'int'>"),
     ({"custom_fields": {"index": None}}, TypeError, r"custom_fields\['index'\] must be a "
                                                     r"Field class .* got None"),
 ], ids=["workers-str", "workers-none", "workers-fraction", "ahead-str", "ahead-fraction",
-        "ahead-bool", "timeout-str", "indices-set", "indices-generator", "custom-int",
-        "custom-none"])
+        "ahead-bool", "timeout-str", "indices-set", "indices-generator", "indices-str",
+        "custom-int", "custom-none"])
 def test_arguments_of_the_wrong_kind_are_refused_by_name(scalars: Path, kw: dict[str, Any],
                                                           error: type, message: str) -> None:
     """They failed on a comparison ("'<' not supported between instances of 'str' and

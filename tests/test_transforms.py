@@ -632,10 +632,13 @@ ERRORS: dict[str, tuple[Operation, State, type]] = {
     "totensor-twice": (T.ToTensor(), TORCH_STATE, TypeError),
     "todevice-numpy": (T.ToDevice("cpu"), NUMPY_IMAGES, TypeError),
     "torchimage-numpy": (T.ToTorchImage(), NUMPY_IMAGES, TypeError),
-    "module-numpy": (T.ModuleWrapper(object()), NUMPY_IMAGES, TypeError),
+    "module-numpy": (T.ModuleWrapper(abs), NUMPY_IMAGES, TypeError),
     "onehot-numpy": (T.MixupToOneHot(10), State(shape=(3,), dtype=np.dtype("f4")), TypeError),
     "squeeze-range": (T.Squeeze(3), State(shape=(1,)), ValueError),
     "view-itemsize": (T.View(np.float32), State(shape=(3,)), ValueError),
+    # (it permuted again: (B, 48, 3, 36) images, without a word)
+    "torchimage-twice": (T.ToTorchImage(), State(jit_mode=False, shape=(3, H, W),
+                                                 channels_first=True), ValueError),
 }
 
 
@@ -655,11 +658,29 @@ def test_declare_rejects_bad_input(op: Operation, state: State, error: type) -> 
     lambda: T.RandomResizedCrop((0.5, 0.1), (3 / 4, 4 / 3), 8),
     lambda: T.RandomBrightness(-1),
     lambda: T.MixupToOneHot(0),
+    lambda: T.ModuleWrapper(5),
+    lambda: T.Squeeze("a"),
+    lambda: T.Squeeze(True),
+    lambda: T.Convert(object),
+    lambda: T.Convert("x"),
 ], ids=["flip-prob", "cutout", "translate", "mixup-alpha", "normalize-std", "normalize-type",
-        "rrc-scale", "brightness", "onehot"])
+        "rrc-scale", "brightness", "onehot", "module-not-callable", "squeeze-str",
+        "squeeze-bool", "convert-object", "convert-no-dtype"])
 def test_constructor_rejects_bad_arguments(make: Callable[[], Operation]) -> None:
+    """Where they are made: ModuleWrapper(5) and Squeeze('a') failed at the first batch,
+    Convert(object) at ToTensor's."""
     with pytest.raises((ValueError, TypeError)):
         make()
+
+
+def test_to_device_of_no_device_says_what_a_device_is() -> None:
+    """torch's message listed its twenty device types, or its overloads' signatures."""
+    torch = torch_or_skip()
+    state = State(jit_mode=False, shape=(H, W, 3), dtype=torch.uint8)
+    for device in ("cudx:0", 5.5):
+        with pytest.raises(ValueError, match=rf"ToDevice\({device!r}\): no torch device "
+                                             r"\('cpu', 'cuda', 'cuda:0', a torch.device\)"):
+            T.ToDevice(device).declare_state_and_memory(state)
 
 
 # ---------------------------------------------------------------------------

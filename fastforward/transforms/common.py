@@ -31,7 +31,10 @@ class Squeeze(Operation):
 
     def __init__(self, *dims: int) -> None:
         super().__init__()
-        self.dims = dims
+        for dim in dims:  # (a string failed at the first batch in a comparison's words)
+            if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)):
+                raise TypeError(f"Squeeze takes dimensions as integers, got {dim!r}")
+        self.dims = tuple(int(dim) for dim in dims)
 
     def _axes(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The batch axes to remove for per-sample *shape*."""

@@ -25,6 +25,9 @@ class ModuleWrapper(Operation):
 
     def __init__(self, module: Any) -> None:
         super().__init__()
+        if not callable(module):  # (it failed at the first batch: "'int' object is not callable")
+            raise TypeError(f"ModuleWrapper takes a torch.nn.Module (or a callable), got "
+                            f"{module!r}")
         self.module = module
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, None]:

@@ -17,6 +17,7 @@ from ..pipeline.operation import BatchContext, Operation
 from ..pipeline.state import State
 from ._utils import (
     import_torch,
+    is_torch_dtype,
     itemsize,
     name,
     numpy_dtype,
@@ -93,7 +94,12 @@ class ToTensor(Operation):
 def _device(device: Any) -> Any:
     import torch
 
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's own: every device type it knows, or its
+        # overloads' signatures
+        raise ValueError(f"ToDevice({device!r}): no torch device ('cpu', 'cuda', 'cuda:0', "
+                         "a torch.device)") from None
     if device.type == "cuda" and device.index is None and torch.cuda.is_available():
         device = torch.device("cuda", torch.cuda.current_device())
     return device
@@ -209,6 +215,9 @@ class ToTorchImage(Operation):
     def declare_state_and_memory(self, previous_state: State
                                  ) -> tuple[State, AllocationQuery | None]:
         require_torch(self, previous_state)
+        if previous_state.channels_first:
+            raise ValueError(f"{name(self)}: the images are (C, H, W) already (a second "
+                             "ToTorchImage?): it would move their rows into the channels")
         h, w, c = require_shape(self, previous_state, (3,), "image tensors of shape (H, W, C)")
         import torch
 
@@ -255,6 +264,9 @@ class Convert(Operation):
 
     def __init__(self, target_dtype: Any) -> None:
         super().__init__()
+        if not is_torch_dtype(target_dtype) and numpy_dtype(target_dtype, self).kind == "O":
+            raise TypeError(f"Convert({target_dtype!r}): a batch of Python objects is no "
+                            "batch a later operation takes")
         self.target_dtype = target_dtype
 
     def declare_state_and_memory(self, previous_state: State
