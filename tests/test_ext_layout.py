@@ -116,6 +116,28 @@ def test_an_empty_payload_at_a_full_pages_end_belongs_to_no_page() -> None:
     assert pages.tolist() == [0]
 
 
+def test_first_rows_matches_a_search_per_sample() -> None:
+    """``first_rows_into`` against ``np.flatnonzero`` per sample: runs of a sample's
+    rows, samples apart and interleaved, owners past ``out`` (ignored), samples
+    with no row (their value kept)."""
+    rng = np.random.default_rng(7)
+    for case in range(300):
+        n = int(rng.integers(1, 30))
+        runs = rng.integers(0, n + 3, int(rng.integers(0, 40)))  # n.. : past out
+        owners = np.repeat(runs, rng.integers(1, 4, len(runs))).astype(np.uint64)
+        if case % 2:
+            owners = rng.permutation(owners)
+        before = rng.integers(-5, 5, n)
+        out = before.copy()
+        first_rows_into(owners, out)
+        expected = before.copy()
+        for s in range(n):
+            rows = np.flatnonzero(owners == s)
+            if len(rows):
+                expected[s] = rows[0]
+        np.testing.assert_array_equal(out, expected)
+
+
 def test_locate_payloads_guesses_without_searching() -> None:
     # no empty payloads (FFCV's would share an offset): every row is where guessed
     ptrs, sizes, owners, pointer = table(5, 100, 3)
