@@ -1067,6 +1067,8 @@ class Loader:
         iterator = EpochIterator(Engine(epoch_plan), len(batches), epoch, segments, self._owned,
                                  loader=self, position=position)
         self._owned.iterators.add(iterator)
+        if self._closed:  # by another thread since the check above: its close() may have
+            iterator.close()  # missed this epoch, and released the file under its threads
         return iterator
 
     def _opening_lock(self) -> threading.RLock:
