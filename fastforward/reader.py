@@ -827,8 +827,8 @@ class Reader:
 
     def _sample_index(self, index: int) -> int:
         """*index* in ``[0, num_samples)`` (negative counts from the end), its page
-        checked with ``verify_checksums``. A bool, a fraction or a string is refused
-        (``operator.index``), as a list refuses it."""
+        checked with ``verify_checksums``. A bool (True read sample 1), a fraction or
+        a string is refused, naming the file."""
         try:
             if isinstance(index, bool):
                 raise TypeError

@@ -8,6 +8,7 @@ import ctypes
 import functools
 import json
 import mmap
+import operator
 import os
 import stat
 import sys
@@ -95,13 +96,23 @@ def whole_number(value: Any, name: str) -> int:
     return int(value)
 
 
+def _whole(value: Any, name: str) -> int:
+    """``whole_number``, taking what has ``__index__`` too (a 0-d integer tensor)."""
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            return int(operator.index(value))
+        except TypeError:
+            pass
+    return whole_number(value, name)
+
+
 def size_pair(value: Any, name: str = "output_size") -> tuple[int, int]:
     """*value*, an argument called *name*, as a ``(height, width)`` pair of whole
     numbers of at least 1. A single number, a string (``"16"`` was read as
     ``(1, 6)``), another count of values or a fraction is refused, naming it."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
         raise TypeError(f"{name} must be a (height, width) pair, got {value!r}")
-    height, width = (whole_number(v, name) for v in value)
+    height, width = (_whole(v, name) for v in value)
     if height < 1 or width < 1:
         raise ValueError(f"{name} must be positive, got {value}")
     return height, width

@@ -925,7 +925,12 @@ def test_reads_bridge_a_gap_no_larger_than_the_payload_after_it_or_a_page() -> N
             gap = start - furthest
             expected.append(not expected or gap > max(PAGE_GAP, min(GAP, end - start)))
             furthest = max(furthest, end)
-        np.testing.assert_array_equal(read_starts(starts, ends), expected)
+        new = read_starts(starts, ends)
+        np.testing.assert_array_equal(new, expected)
+        # the bound the docs state: twice the payload, plus 4 KiB a payload
+        firsts = np.flatnonzero(new)
+        read = (np.maximum.reduceat(ends, firsts) - starts[firsts]).sum()
+        assert read <= 2 * sizes.sum() + PAGE_GAP * n
 
 
 def test_deleting_a_loader_mid_epoch(scalars: Path) -> None:

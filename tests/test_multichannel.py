@@ -343,17 +343,33 @@ def test_one_bit_and_palette_images_are_stored_as_their_pixels(tmp_path: Path) -
 
     bits = Image.fromarray(indices > 0).convert("1")
     rgb, one = palette_image(colours), palette_image(gray)
+    # a colour palette whose pixels are gray, and one with transparency: still RGB for
+    # three channels (they were taken as one channel, or four)
+    clear = palette_image(colours)
+    clear.info["transparency"] = 0
     path = write(tmp_path / "modes.beton", {"rgb": MultiChannelImageField(3),
-                                            "one": MultiChannelImageField(1)},
-                 [(rgb, one), (png(rgb), png(one)), (rgb, bits), (rgb, png(bits))])
+                                            "one": MultiChannelImageField(1),
+                                            "four": MultiChannelImageField(4)},
+                 [(rgb, one, rgb), (png(rgb), png(one), png(clear)), (rgb, bits, clear),
+                  (rgb, png(bits), png(rgb)), (palette_image(gray), one, rgb),
+                  (png(clear), one, rgb)])
     reader = Reader(path)
-    for i in range(4):
-        got_rgb, got_one = reader.read(i)
-        np.testing.assert_array_equal(got_rgb, colours[indices])
-        expected = gray[indices][:, :, :1] if i < 2 else (indices > 0)[:, :, None] * 255
+    for i in range(6):
+        got_rgb, got_one, got_four = reader.read(i)
+        np.testing.assert_array_equal(got_rgb, (gray if i == 4 else colours)[indices])
+        expected = (indices > 0)[:, :, None] * 255 if i in (2, 3) else gray[indices][:, :, :1]
         np.testing.assert_array_equal(got_one, expected)
-    with pytest.raises(EncodeError, match=r"expected an H×W×1 image, got shape \(2, 3, 3\)"):
+        np.testing.assert_array_equal(got_four[:, :, :3], colours[indices])
+        alpha = np.where(indices == 0, 0, 255) if i in (1, 2) else np.full((2, 3), 255)
+        np.testing.assert_array_equal(got_four[:, :, 3], alpha)
+    with pytest.raises(EncodeError, match=r"a palette image of colours for a 1-channel "
+                                          r"field: convert it"):
         write(tmp_path / "colour.beton", {"one": MultiChannelImageField(1)}, [(rgb,)])
+    la = Image.fromarray(np.dstack([gray[indices][:, :, 0], np.full((2, 3), 128, np.uint8)]),
+                         "LA").convert("La")
+    path = write(tmp_path / "la.beton", {"two": MultiChannelImageField(2)}, [(la,)])
+    np.testing.assert_allclose(Reader(path).read(0)[0][:, :, 0], gray[indices][:, :, 0],
+                               atol=2)  # unpremultiplied (its values were halved)
 
 
 # -- the decoders ---------------------------------------------------------------------

@@ -67,29 +67,37 @@ cdef inline Py_ssize_t _own_row(const uint64_t[::1] table_ptrs,
     """Sample *s*'s row at *ptr* (-1: none): its *k*-th row in the table where that
     is at *ptr*, else the first of its rows there. Its rows need not be next to each
     other (another sample's empty payload may share the offset). Ranking them counts
-    the sample's rows from *first*, its first row: past ``RANK_SCAN`` rows (a
-    crafted table), the first at *ptr* is taken, so that opening stays linear."""
-    cdef Py_ssize_t m = table_ptrs.shape[0], j = _lower_bound(table_ptrs, ptr), found = -1
-    cdef Py_ssize_t end = j, r
-    cdef int64_t rank = 0, count = 0
-    while end < m and table_ptrs[end] == ptr:
-        if table_owners[end] == s:
-            if found < 0:
-                found = end
-            count += 1
-        end += 1
-    if count < 2 or first < 0 or first > found or found - first > RANK_SCAN:
+    the sample's rows from *first*, its first row, and past its first at *ptr*: each
+    count stops after ``RANK_SCAN`` rows (a crafted table), taking the first at
+    *ptr*, so that it adds at most that to the search for it."""
+    cdef Py_ssize_t m = table_ptrs.shape[0], j, found = -1
+    cdef Py_ssize_t r
+    cdef int64_t rank = 0
+    if first < 0:  # no row of its own
+        return -1
+    # its rows at ptr are at or past both the first row at ptr and its own first row
+    j = _lower_bound(table_ptrs, ptr)
+    if j < first:
+        j = first
+    while j < m and table_ptrs[j] == ptr:  # its first row at ptr
+        if table_owners[j] == s:
+            found = j
+            break
+        j += 1
+    if found < 0 or found - first > RANK_SCAN:
         return found
-    for r in range(first, found):  # the sample's rows before its first at ptr
+    for r in range(first, found):  # its rows before: found's rank among them
         if table_owners[r] == s:
             rank += 1
-    if k < rank or k >= rank + count:
+    if rank >= k:  # found is its k-th, or its k-th lies before, at another offset
         return found
-    for r in range(found, end):
+    r = found + 1
+    while r < m and table_ptrs[r] == ptr and r - found <= RANK_SCAN:
         if table_owners[r] == s:
+            rank += 1
             if rank == k:
                 return r
-            rank += 1
+        r += 1
     return found
 
 

@@ -22,6 +22,7 @@ Every range of samples is decoded in one compiled call without the GIL
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -62,20 +63,31 @@ CHANNEL_DTYPES = PLANES_DTYPES
 MAX_CHANNELS = 16
 
 
-def image_values(image: Any) -> np.ndarray:
-    """The pixel values of a PIL image: a 1-bit image's are 0 and 255 (its array's
-    are False and True), a palette image's its palette's colours (RGB, or RGBA
-    where it has transparency; one channel where the palette is gray), not its
-    indices, as ``RGBImageField`` takes them."""
+PALETTE_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+"""What a palette image becomes for a field of so many channels."""
+
+
+def image_values(image: Any, channels: int) -> np.ndarray:
+    """The pixel values of a PIL image for a field of *channels* channels: a 1-bit
+    image's are 0 and 255 (its array's are False and True); a palette image's are
+    its colours, not its indices: RGB for 3 channels (its transparency dropped, as
+    ``RGBImageField`` drops it), RGBA for 4, and for 1 or 2 its gray levels (with
+    its alpha for 2) where its colours are gray, refused where they are not (a
+    premultiplied ``La`` or ``RGBa`` image is unpremultiplied, as ``RGBImageField``
+    does)."""
     if image.mode == "1":
         image = image.convert("L")
+    elif image.mode in ("La", "RGBa"):
+        image = image.convert(image.mode.upper())
     elif image.mode in ("P", "PA"):
-        colours = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info
-                                else "RGB")
-        values = np.asarray(colours)
-        if values.shape[2] == 3 and (values == values[:, :, :1]).all():
-            return values[:, :, 0]  # a gray palette: as Pillow's 'L' reads it
-        return values
+        target = PALETTE_MODES.get(channels, "RGB")
+        if target in ("L", "LA"):
+            colours = np.asarray(image.convert("RGB"))
+            if not (colours == colours[:, :, :1]).all():
+                raise EncodeError(f"a palette image of colours for a {channels}-channel "
+                                  "field: convert it to the values you want first "
+                                  "(image.convert('L') for its luminance)")
+        image = image.convert(target)
     return np.asarray(image)
 
 
@@ -84,10 +96,11 @@ def to_channels_array(value: Any, channels: int, dtype: np.dtype) -> np.ndarray:
 
     Accepts arrays (``H × W`` when *channels* is 1), PIL images and the bytes
     of an image file (16-bit PNG or TIFF and the like, through Pillow), as
-    ``image_values`` reads them. Integer values that do not fit *dtype* are
+    ``image_values`` reads them for *channels*. Integer values that do not fit *dtype* are
     refused, and so are other kinds (bool among them).
     """
-    value = as_array(value, "image", "an H×W×C array", image_values)
+    value = as_array(value, "image", "an H×W×C array",
+                     functools.partial(image_values, channels=channels))
     if value.dtype == bool:  # (as RGBImageField: no image's pixels; a 1-bit image's are)
         raise EncodeError("expected integer values, got bool (a 1-bit image's pixels are "
                           "0 and 255: value.astype(np.uint8) * 255)")

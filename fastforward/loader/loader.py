@@ -206,8 +206,9 @@ class Loader:
             data, shared across processes); False reads each batch's bytes ahead
             of use into memory of its own, at most ``batches_ahead + 1``
             batches' worth (each at most twice its payload plus 4 KiB per
-            sample). The default is True unless the environment variable
-            ``FASTFORWARD_DEFAULT_CACHE_PROCESS=1`` is set.
+            payload read: a field's of a sample). The default is True unless
+            the environment variable ``FASTFORWARD_DEFAULT_CACHE_PROCESS=1``
+            is set.
         order: an ``OrderOption`` or a ``TraversalOrder`` subclass.
         distributed: shard the epoch over ``torch.distributed``'s ranks.
         seed: seeds the order and every random augmentation; None draws one
@@ -634,7 +635,7 @@ class Loader:
             shards = order.rank_orders(epoch, world, self.even_batches)
         except Exception as exc:  # a custom order's own error: where it came from
             if not self._builtin_order:
-                annotate(exc, order.where(epoch))
+                annotate(exc, order._where(epoch))
             raise
         if not self._builtin_order:
             # a custom order's numbers are checked as indices= is (the built-in

@@ -69,10 +69,10 @@ class TraversalOrder(ABC):
         """
         from .sharding import Shard, strided
 
-        order = sample_numbers(self.sample_order(epoch), self.where(epoch))
+        order = sample_numbers(self.sample_order(epoch), self._where(epoch))
         return [Shard.of(order)] if world == 1 else strided(order, world, even)
 
-    def where(self, epoch: int) -> str:
+    def _where(self, epoch: int) -> str:
         """``"FILE: Order.sample_order(EPOCH)"``: what an error of the order names."""
         fname = getattr(self.loader, "fname", None)
         call = f"{type(self).__name__}.sample_order({epoch})"
