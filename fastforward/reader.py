@@ -293,9 +293,10 @@ class Reader:
     def _check_header(self) -> None:
         version = int(self.header["version"])
         if version != CURRENT_VERSION:
-            raise self._error(
-                f"format version {version}, expected {CURRENT_VERSION} (not a .beton v2 file?)"
-            )
+            hint = ("an older .beton format: write it again with FFCV 1.0 or fastforward"
+                    if 0 < version < CURRENT_VERSION else
+                    f"not a .beton v2 file? its first bytes are {self._read_at(0, 8)!r}")
+            raise self._error(f"format version {version}, expected {CURRENT_VERSION} ({hint})")
         try:
             validate_page_size(self.page_size)
         except ValueError as exc:

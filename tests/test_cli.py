@@ -23,6 +23,7 @@ from conftest import move_payload, strip_checksums
 
 from fastforward._version import __version__
 from fastforward.cli import main, parse_size
+from fastforward.errors import FormatError
 from fastforward.reader import Reader
 
 pytest.importorskip("skimage")
@@ -394,6 +395,11 @@ def test_not_a_beton_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     for command in ("info", "verify"):
         status = main([command, str(path)])
         assert_one_line_error(capsys, status, 1, str(path), "format version")
+    # a text file: what it begins with, not only the number its first bytes make
+    path.write_bytes(b"hello, this is no dataset" * 100)
+    with pytest.raises(FormatError, match=r"format version 25960, expected 2 \(not a \.beton "
+                                          r"v2 file\? its first bytes are b'hello, t'\)"):
+        Reader(path)
 
 
 def test_convert_empty_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
