@@ -878,16 +878,10 @@ def test_two_loaders_and_two_iterators_at_once(scalars: Path) -> None:
         it.close()
 
 
-def test_process_cache_reads_small_samples_without_the_gaps_between_them(
-        tmp_path: Path) -> None:
-    """A RANDOM batch of 100-byte samples spread over the file: reads bridged every gap
-    under 64 KiB, so each batch read and held most of the file (50× its payload at
-    batch 256, 160× the file's bytes read in an epoch, ten times slower)."""
+def counted_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The bytes of each read ``os_cache=False`` makes from now on, in a list."""
     from fastforward.memory_managers.process_cache import ProcessCacheManager
 
-    path = tmp_path / "small.beton"
-    DatasetWriter(path, {"b": BytesField()}, num_workers=1, progress=False) \
-        .from_indexed_dataset([bytes([i % 251]) * 100 for i in range(20_000)])
     read: list[int] = []
     pread = ProcessCacheManager._pread_into
 
@@ -895,13 +889,24 @@ def test_process_cache_reads_small_samples_without_the_gaps_between_them(
         read.append(out.nbytes)
         pread(self, out, offset)
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ProcessCacheManager, "_pread_into", counted)
-        with Loader(path, 64, os_cache=False, order=OrderOption.RANDOM, seed=0,
-                    batches_ahead=2, worker_type="thread", drop_last=False,
-                    pipelines={"b": [BytesDecoder()]}) as loader:
-            seen = [bytes(row[:100]) for (b,) in loader for row in b]
-            manager = loader.memory_manager
+    monkeypatch.setattr(ProcessCacheManager, "_pread_into", counted)
+    return read
+
+
+def test_process_cache_reads_small_samples_without_the_gaps_between_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A RANDOM batch of 100-byte samples spread over the file: reads bridged every gap
+    under 64 KiB, so each batch read and held most of the file (50× its payload at
+    batch 256, 160× the file's bytes read in an epoch, ten times slower)."""
+    path = tmp_path / "small.beton"
+    DatasetWriter(path, {"b": BytesField()}, num_workers=1, progress=False) \
+        .from_indexed_dataset([bytes([i % 251]) * 100 for i in range(20_000)])
+    read = counted_reads(monkeypatch)
+    with Loader(path, 64, os_cache=False, order=OrderOption.RANDOM, seed=0,
+                batches_ahead=2, worker_type="thread", drop_last=False,
+                pipelines={"b": [BytesDecoder()]}) as loader:
+        seen = [bytes(row[:100]) for (b,) in loader for row in b]
+        manager = loader.memory_manager
     assert sorted(seen) == sorted(bytes([i % 251]) * 100 for i in range(20_000))
     # each batch: at most twice its 64 × 100 bytes, plus 4 KiB for each of its 63 gaps
     batches = -(-20_000 // 64)
@@ -1904,20 +1909,11 @@ def test_os_cache_false_reads_only_the_fields_decoded(tmp_path: Path,
     """A field left out (``None``), or one a filter does not look at, is not read:
     with thread workers every field's payloads were read and held. (Reads of the
     fields decoded bridge no gap larger than their payloads and 4 KiB.)"""
-    from fastforward.memory_managers.process_cache import ProcessCacheManager
-
     path = tmp_path / "two.beton"
     DatasetWriter(path, {"big": BytesField(), "small": BytesField(), "label": IntField()},
                   num_workers=1, progress=False).from_indexed_dataset(
         [(bytes([i]) * 100_000, bytes([i]) * 10, i) for i in range(64)])
-    read: list[int] = []
-    pread = ProcessCacheManager._pread_into
-
-    def counted(self: ProcessCacheManager, out: np.ndarray, offset: int) -> None:
-        read.append(out.nbytes)
-        pread(self, out, offset)
-
-    monkeypatch.setattr(ProcessCacheManager, "_pread_into", counted)
+    read = counted_reads(monkeypatch)
     loader = Loader(path, 16, os_cache=False, worker_type="thread",
                     pipelines={"big": None, "small": [BytesDecoder()], "label": None})
     assert [len(batch[0][0]) for batch in loader] == [10] * 4
