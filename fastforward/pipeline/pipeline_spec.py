@@ -39,13 +39,17 @@ class PipelineSpec:
 def not_an_operation(op: Any) -> TypeError:
     """The error for *op* given where an operation goes: a class given for its
     instance (``ToTensor`` for ``ToTensor()``) is said to be one."""
-    if isinstance(op, type) and (issubclass(op, Operation) or any(
-            c.__name__ == "Module" and c.__module__.startswith("torch.nn") for c in op.__mro__)):
+    if isinstance(op, type) and (issubclass(op, Operation) or _is_module_class(op)):
         return TypeError(f"{op.__name__} is a class, not an operation: give one, "
                          f"{op.__name__}(...)")
     return TypeError(f"{op!r} is not an Operation (nor a torch.nn.Module)")
 
 
 def _is_module(obj: Any) -> bool:
+    return _is_module_class(type(obj))
+
+
+def _is_module_class(cls: type) -> bool:
+    """Whether *cls* is a ``torch.nn.Module`` (checked without importing torch)."""
     return any(c.__name__ == "Module" and c.__module__.startswith("torch.nn")
-               for c in type(obj).__mro__)
+               for c in cls.__mro__)
