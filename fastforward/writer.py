@@ -1738,6 +1738,11 @@ class DatasetWriter:
         for name, field in fields.items():
             _check_leader(name, field.follows, fields)
         _follow_depths(fields)
+        for name, field in fields.items():
+            try:  # the descriptor the header will store: refused now, not at the write
+                field.to_binary()
+            except (TypeError, ValueError) as exc:
+                raise annotate(exc, f"{self.fname}: field {name!r}") from None
         self.fields = dict(fields)
         num_workers = whole_number(num_workers, "num_workers")
         self.num_workers = default_workers() if num_workers < 1 else num_workers

@@ -171,6 +171,28 @@ def test_ragged_field_arguments_are_checked(args, error) -> None:  # type: ignor
         RaggedField(**args)
 
 
+def test_longdouble_columns_are_refused_by_the_writer_and_read_where_stored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """np.longdouble was stored as '<f16', whose bytes mean other values on another
+    platform. The writer refuses it when made; a file stored before still opens."""
+    import fastforward.fields.ragged as ragged
+
+    for field in (RaggedField(np.longdouble), RaggedField(columns={"x": np.float32,
+                                                                   "y": np.longdouble})):
+        with pytest.raises(TypeError, match=r"l\.beton: field 'f': column '(values|y)': "
+                                            r"float128 \(np\.longdouble\) .* store float64"):
+            DatasetWriter(tmp_path / "l.beton", {"f": field})
+    assert not (tmp_path / "l.beton").exists()
+
+    values = np.array([1 / 3, 2**-70], np.longdouble)
+    with monkeypatch.context() as patch:
+        patch.setattr(ragged, "check_portable", lambda columns: None)
+        path = write(tmp_path / "old.beton", {"f": RaggedField(np.longdouble)}, [(values,)])
+    got = Reader(path).read(0)[0]
+    assert got.dtype == np.longdouble
+    np.testing.assert_array_equal(got, values)
+
+
 def test_masks_round_trip_losslessly(tmp_path: Path, masks: list[np.ndarray]) -> None:
     instance = (np.arange(90 * 70, dtype=np.uint16).reshape(90, 70) * 7) % 60000
     path = write(tmp_path / "m.beton", {"mask": MaskField(), "raw": MaskField(compression=None),

@@ -663,12 +663,17 @@ def test_declare_rejects_bad_input(op: Operation, state: State, error: type) -> 
     lambda: T.Squeeze(True),
     lambda: T.Convert(object),
     lambda: T.Convert("x"),
+    lambda: T.Convert(np.str_),
+    lambda: T.Convert("S4"),
+    lambda: T.Convert(np.void),
+    lambda: T.Convert("datetime64[s]"),
 ], ids=["flip-prob", "cutout", "translate", "mixup-alpha", "normalize-std", "normalize-type",
         "rrc-scale", "brightness", "onehot", "module-not-callable", "squeeze-str",
-        "squeeze-bool", "convert-object", "convert-no-dtype"])
+        "squeeze-bool", "convert-object", "convert-no-dtype", "convert-str", "convert-bytes",
+        "convert-void", "convert-datetime"])
 def test_constructor_rejects_bad_arguments(make: Callable[[], Operation]) -> None:
     """Where they are made: ModuleWrapper(5) and Squeeze('a') failed at the first batch,
-    Convert(object) at ToTensor's."""
+    Convert(object) at ToTensor's, Convert(np.str_) (a zero-size string dtype) later still."""
     with pytest.raises((ValueError, TypeError)):
         make()
 

@@ -39,6 +39,19 @@ MAX_DIMS = 8
 
 MAX_ROW_BYTES = 1 << 32  # one row (object) of a sample: more is a damaged descriptor
 
+def check_portable(columns: list[tuple[str, np.dtype, tuple[int, ...]]]) -> None:
+    """Refuse to store a column whose bytes mean other values on another platform.
+
+    Checked where a field's arguments are written, not where a file's are read:
+    a file stored before this check still opens where it was written."""
+    for name, dtype, _ in columns:
+        if dtype.kind == "f" and dtype.itemsize > 8:
+            raise TypeError(f"column {name!r}: {dtype} (np.longdouble) is laid out differently "
+                            "on each platform (x86-64's 80-bit extended precision in 16 bytes, "
+                            "aarch64's 128-bit IEEE), so the file would read as other values "
+                            "elsewhere; store float64")
+
+
 def _column(name: str, spec: Any) -> tuple[str, np.dtype, tuple[int, ...]]:
     if isinstance(spec, tuple) and len(spec) == 2 and not isinstance(spec[1], (str, type)):
         dtype, shape = spec
@@ -164,6 +177,7 @@ class RaggedField(TaggedField):
         return [name for name, _, _ in self.columns]
 
     def arguments(self) -> dict[str, Any]:
+        check_portable(self.columns)
         return {"named": self.named,
                 "columns": [[name, dtype.str, list(shape)] for name, dtype, shape in self.columns]}
 

@@ -246,6 +246,11 @@ class ToTorchImage(Operation):
         return out
 
 
+NUMBER_KINDS = frozenset("biufc")  # the NumPy kinds torch has a dtype for
+NON_NUMBERS = {"O": "Python objects", "U": "strings", "S": "bytes strings",
+               "V": "raw bytes (void)"}
+
+
 class Convert(Operation):
     """Convert a batch to *target_dtype*, NumPy or torch, into a new buffer.
 
@@ -264,9 +269,13 @@ class Convert(Operation):
 
     def __init__(self, target_dtype: Any) -> None:
         super().__init__()
-        if not is_torch_dtype(target_dtype) and numpy_dtype(target_dtype, self).kind == "O":
-            raise TypeError(f"Convert({target_dtype!r}): a batch of Python objects is no "
-                            "batch a later operation takes")
+        if not is_torch_dtype(target_dtype):
+            kind = numpy_dtype(target_dtype, self).kind
+            if kind not in NUMBER_KINDS:
+                raise TypeError(f"Convert({target_dtype!r}): a batch of "
+                                f"{NON_NUMBERS.get(kind, 'dates or durations')} is no batch a "
+                                "later operation takes; convert to a bool, integer, float or "
+                                "complex dtype")
         self.target_dtype = target_dtype
 
     def declare_state_and_memory(self, previous_state: State
