@@ -85,6 +85,12 @@ def check_storage(compression: str | None, compression_level: int,
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
     if not 1 <= int(compression_level) <= 22:
         raise ValueError(f"compression_level must be in [1, 22], got {compression_level}")
+    check_resolutions(max_resolution, min_resolution)
+
+
+def check_resolutions(max_resolution: int | None, min_resolution: int | None) -> None:
+    """An image field's resolution bounds: each in pixels (``check_resolution``),
+    at most one of them."""
     check_resolution(max_resolution, "max_resolution")
     check_resolution(min_resolution, "min_resolution")
     if max_resolution is not None and min_resolution is not None:

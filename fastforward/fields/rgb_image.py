@@ -42,7 +42,7 @@ from ..transforms.crop import (
 from ..transforms.crop import get_center_crop as _center_crop
 from ..utils import size_pair, whole_number
 from .base import Field, Malloc, PayloadReader, empty_arguments, record_size, sample_rng
-from .planes import MAX_SIDE, check_resolution, pil_pixels, read_with_pillow
+from .planes import MAX_SIDE, check_resolutions, pil_pixels, read_with_pillow
 
 try:
     import simplejpeg
@@ -320,10 +320,7 @@ class RGBImageField(Field):
     ) -> None:
         if write_mode not in WRITE_MODES:
             raise ValueError(f"write_mode must be one of {WRITE_MODES}, got {write_mode!r}")
-        if max_resolution is not None and min_resolution is not None:
-            raise ValueError("give max_resolution or min_resolution, not both")
-        check_resolution(max_resolution, "max_resolution")
-        check_resolution(min_resolution, "min_resolution")
+        check_resolutions(max_resolution, min_resolution)
         jpeg_quality = whole_number(jpeg_quality, "jpeg_quality")
         if not 0 <= jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in [0, 100], got {jpeg_quality}")
