@@ -39,10 +39,10 @@ from ._ext.layout import (
 )
 from .checksums import BlockError, Checksums, PageChecks, digest
 from .checksums import locate as locate_checksums
-from .errors import FormatError, annotate
+from .errors import DecodeError, FormatError, annotate
 from .fields import Field, JSONField, NDArrayField, RGBImageField, TorchTensorField
 from .fields.bytes import BYTES_METADATA, BytesField
-from .fields.rgb_image import IMAGE_MODES, require_simplejpeg
+from .fields.rgb_image import IMAGE_MODES, jpeg_header
 from .fields.tagged import TaggedField, describe_unknown, tagged_class
 from .types import (
     ALLOC_TABLE_TYPE,
@@ -1100,9 +1100,9 @@ def _when(mtime_ns: int) -> str:
 def _check_jpeg(data: Any, height: int, width: int) -> str | None:
     """What is wrong with a stored JPEG's header, or None."""
     try:
-        h, w, _, _ = require_simplejpeg().decode_jpeg_header(data)
-    except ValueError as exc:
-        return f"bad JPEG header: {exc}"
+        h, w, _, _ = jpeg_header(data, "bad JPEG header")
+    except DecodeError as exc:
+        return str(exc)
     if (h, w) != (height, width):
         return f"JPEG is {h}×{w}, the metadata says {height}×{width}"
     if data[-2:] != b"\xff\xd9":

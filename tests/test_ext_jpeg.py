@@ -338,9 +338,26 @@ def test_a_truncated_marked_jpeg_is_an_error(photo: np.ndarray, decoder: object)
                            200, 56, 30, 50)
 
 
+@pytest.mark.parametrize(("sampling", "factors"), [
+    ("444", 0x11), ("422", 0x21), ("420", 0x22), ("440", 0x12), ("411", 0x41), ("441", 0x14),
+    ("410", 0x42)])
+def test_encode_rgb_samples_the_luma_as_asked(photo: np.ndarray, sampling: str,
+                                              factors: int) -> None:
+    """Each sampling (the luma's factors; chroma 1x1) makes a sound JPEG, the
+    tests' sources of the samplings TurboJPEG cannot name (4:4:1, 4:1:0)."""
+    from PIL import Image
+
+    data = jpeg.encode_rgb(photo, 95, sampling)
+    sof = data.index(b"\xff\xc0")
+    assert data[sof + 11] == factors
+    assert data[sof + 14] == data[sof + 17] == 0x11
+    decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(float)
+    assert 10 * np.log10(255**2 / np.mean((decoded - photo) ** 2)) > 30
+
+
 def test_encode_rgb_refuses_what_it_cannot_encode(photo: np.ndarray) -> None:
     with pytest.raises(ValueError, match="subsampling"):
-        jpeg.encode_rgb(photo, 90, "411")
+        jpeg.encode_rgb(photo, 90, "4:2:0")
     with pytest.raises(ValueError, match="channels"):
         jpeg.encode_rgb(np.zeros((8, 8, 4), np.uint8), 90)
     with pytest.raises(ValueError, match="quality"):

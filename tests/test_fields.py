@@ -536,3 +536,118 @@ def test_torch_tensor_field() -> None:
     back = NDArrayField.from_binary(field.to_binary())
     assert back.dtype == np.dtype("<i4")
     assert back.shape == (2, 3)
+
+
+def lossless_jpeg(pixels: np.ndarray, adobe_rgb: bool = True) -> bytes:
+    """*pixels* (H×W×C, C 1 or 3, uint8) as a lossless JPEG (SOF3, predictor 1: the
+    pixel to the left, the one above in the first column), each component sampled
+    1×1; with *adobe_rgb*, an Adobe segment says its components are R, G and B."""
+    import struct
+
+    def segment(marker: int, payload: bytes) -> bytes:
+        return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+    h, w, c = pixels.shape
+    head = b"\xff\xd8"
+    if adobe_rgb and c == 3:
+        head += segment(0xEE, b"Adobe\x00\x64\x00\x00\x00\x00\x00")
+    head += segment(0xC3, struct.pack(">BHHB", 8, h, w, c)
+                    + b"".join(bytes([k + 1, 0x11, 0]) for k in range(c)))
+    # a Huffman table coding the difference categories 0 to 8 in 4 bits each
+    head += segment(0xC4, b"\x00" + bytes([0, 0, 0, 9] + [0] * 12) + bytes(range(9)))
+    head += segment(0xDA, bytes([c]) + b"".join(bytes([k + 1, 0]) for k in range(c))
+                    + b"\x01\x00\x00")
+    x = pixels.astype(np.int64)
+    predicted = np.empty_like(x)
+    predicted[:, 1:] = x[:, :-1]
+    predicted[1:, 0] = x[:-1, 0]
+    predicted[0, 0] = 128
+    bits = []
+    for d in (x - predicted).reshape(-1).tolist():
+        size = abs(d).bit_length()
+        bits.append(format(size, "04b"))
+        if size:
+            bits.append(format(d if d > 0 else d + (1 << size) - 1, f"0{size}b"))
+    stream = "".join(bits)
+    stream += "1" * (-len(stream) % 8)
+    data = bytearray()
+    for i in range(0, len(stream), 8):
+        byte = int(stream[i : i + 8], 2)
+        data += bytes([byte, 0]) if byte == 0xFF else bytes([byte])
+    return head + bytes(data) + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("kind", ["rgb", "ycbcr", "gray"])
+def test_a_lossless_jpeg_is_decoded_whole_not_at_a_dct_scale(
+        tmp_path: Path, photos: list[np.ndarray], kind: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lossless JPEG has no DCT: libjpeg-turbo decodes it whole whatever scale is
+    asked, and simplejpeg's scaled decode wrote it past the scaled image's buffer
+    (a worker killed by SIGSEGV, or "double free or corruption"). A lossless
+    grayscale one, which TurboJPEG does not convert to RGB, is read through Pillow."""
+    import simplejpeg
+    from PIL import Image
+
+    from fastforward.fields import rgb_image
+
+    pixels = np.ascontiguousarray(photos[0][:96, :80])
+    if kind == "gray":
+        pixels = pixels[:, :, :1].copy()
+    data = lossless_jpeg(pixels, adobe_rgb=kind == "rgb")
+    whole = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    if kind != "ycbcr":  # (a YCbCr one's values are taken as YCbCr)
+        np.testing.assert_array_equal(whole, np.repeat(pixels, 3 // pixels.shape[2], axis=2))
+    assert rgb_image.jpeg_frame(data) == 0xC3
+
+    asked = []
+
+    class Spy:  # simplejpeg, refusing the scaled decode that overran its buffer
+        def __getattr__(self, name: str) -> Any:
+            return getattr(simplejpeg, name)
+
+        def decode_jpeg(self, *args: Any, **kwargs: Any) -> np.ndarray:
+            asked.append((kwargs.get("min_height", 0), kwargs.get("min_width", 0)))
+            assert asked[-1] == (0, 0), "a lossless JPEG was decoded at a DCT scale"
+            return simplejpeg.decode_jpeg(*args, **kwargs)
+
+    field = RGBImageField(write_mode="jpg", max_resolution=24)
+    with monkeypatch.context() as patch:
+        patch.setattr(rgb_image, "require_simplejpeg", Spy)
+        prepared = field._prepare(data)
+    assert asked  # simplejpeg was asked (a whole decode; Pillow's for the grayscale one)
+    assert prepared.shape == (24, 20, 3)
+    np.testing.assert_array_equal(prepared, rgb_image.resize_area(whole, 24, 20))
+
+    stored = store(tmp_path, RGBImageField(write_mode="jpg", max_resolution=24,
+                                           jpeg_quality=95), [data]).read(0)[0]
+    assert psnr(stored, prepared) > 30
+
+
+@pytest.mark.parametrize("sampling", ["441", "410"])
+def test_jpegs_of_samplings_turbojpeg_cannot_name_are_read_through_pillow(
+        tmp_path: Path, images: list[np.ndarray], sampling: str) -> None:
+    """simplejpeg raised a bare KeyError for 4:4:1 (luma sampled 1×4, as `jpegtran
+    -rotate 90` makes of a 4:1:1 file), which `skip_errors` did not skip, and refused
+    4:1:0 ("Could not determine subsampling level"); libjpeg, through Pillow, reads
+    both, and they are stored as a PNG would be. The reader's checks of a stored
+    JPEG say what is wrong with such a header instead of raising the KeyError."""
+    from PIL import Image
+
+    from fastforward.errors import DecodeError
+    from fastforward.fields.rgb_image import check_jpeg_size
+    from fastforward.reader import _check_jpeg
+
+    encode_rgb = pytest.importorskip("fastforward._ext.jpeg").encode_rgb  # (libjpeg-turbo)
+    data = encode_rgb(images[1], 95, sampling)
+    assert data[data.index(b"\xff\xc0") + 11] == {"441": 0x14, "410": 0x42}[sampling]
+    whole = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert psnr(whole, images[1]) > 30  # a sound JPEG
+    height, width = whole.shape[:2]
+    reader = store(tmp_path, RGBImageField(write_mode="jpg", max_resolution=64),
+                   [data, whole])
+    stored = reader.read(0)[0]
+    assert stored.shape == (*target_size(height, width, 64, None), 3)
+    np.testing.assert_array_equal(stored, reader.read(1)[0])  # as Pillow's pixels are
+    with pytest.raises(DecodeError, match="corrupt JPEG payload"):
+        check_jpeg_size(data, height, width)
+    assert _check_jpeg(data, height, width).startswith("bad JPEG header")

@@ -316,7 +316,10 @@ def decode_window(JpegDecoder decoder not None, const uint8_t[::1] data not None
     return rows[:, offset : offset + 3 * w].reshape(h, w, 3).copy()
 
 
-_SAMPLING = {"444": (1, 1), "422": (2, 1), "420": (2, 2)}
+# the luma's (horizontal, vertical) sampling factors, chroma sampled 1x1: the
+# writer stores 4:2:0; the others make test sources of every sampling
+_SAMPLING = {"444": (1, 1), "422": (2, 1), "420": (2, 2), "440": (1, 2), "411": (4, 1),
+             "441": (1, 4), "410": (4, 2)}
 
 
 def encode_rgb(const uint8_t[:, :, ::1] image not None, int quality, str subsampling="420",

@@ -192,25 +192,35 @@ def _why(reason: str) -> str:
     return ""
 
 
-def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0) -> np.ndarray:
+UNCONVERTED = "Unsupported color conversion request"
+"""libjpeg's message where TurboJPEG asks for a colour conversion it lacks for a
+sound JPEG (RGB from a lossless grayscale one), which Pillow reads."""
+
+
+def decode_image_file(data: bytes, min_height: int = 0, min_width: int = 0,
+                      pillow: bool = False) -> np.ndarray:
     """Decode the bytes of an image file to RGB.
 
-    JPEGs go through simplejpeg. Given a minimum size, it decodes at the
-    smallest DCT scale (m/8) that keeps the image at least that large, with
-    fast chroma upsampling: both are much faster, and the image is shrunk
-    further anyway. Other formats need Pillow. Raises DecodeError for an
+    JPEGs go through simplejpeg, unless *pillow* (a JPEG whose chroma sampling
+    simplejpeg cannot name: ``unnamed_sampling``). Given a minimum size, it
+    decodes at the smallest DCT scale (m/8) that keeps the image at least that
+    large, with fast chroma upsampling: both are much faster, and the image is
+    shrunk further anyway. Other formats need Pillow. Raises DecodeError for an
     empty file and for bytes that no decoder can read.
     """
     if not data:
         raise DecodeError("empty file (0 bytes)")
-    if data[:2] == b"\xff\xd8":
+    if data[:2] == b"\xff\xd8" and not pillow:
         sj = require_simplejpeg()
         shrinking = min_height > 0 or min_width > 0
         try:
             return sj.decode_jpeg(data, colorspace="RGB", min_height=min_height,
                                   min_width=min_width, fastupsample=shrinking)
         except ValueError as exc:
-            raise DecodeError(f"cannot decode JPEG: {exc}{_why(str(exc))}") from exc
+            if UNCONVERTED not in str(exc):
+                raise DecodeError(f"cannot decode JPEG: {exc}{_why(str(exc))}") from exc
+            # a JPEG TurboJPEG does not convert to RGB (a lossless grayscale one):
+            # read through Pillow, which decodes it with libjpeg and converts itself
     return read_with_pillow(data, "image", to_rgb_array, DecodeError,  # --skip-bad skips them
                             f"RGBImageField stores 8-bit RGB; {TO_8_BITS}")
 
@@ -241,6 +251,57 @@ SCALED_DECODE_SAMPLINGS = frozenset({"444", "422", "420", "440", "Gray"})
 that the writer decodes at a reduced DCT scale; others (4:1:1) are decoded
 whole: libjpeg-turbo scales 4:1:1 chroma down with the luma, and 8-pixel colour
 stripes shrunk 4× lost their colours (121 levels off)."""
+
+
+SCALED_DECODE_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC9, 0xCA})
+"""The JPEG frames (SOFn markers) the writer decodes at a reduced DCT scale:
+baseline, extended and progressive, Huffman or arithmetic coded. Not lossless
+ones (SOF3, 7, 11, 15), which have no DCT: libjpeg-turbo decodes them whole
+whatever scale is asked, and simplejpeg's scaled decode wrote the whole image
+into the scaled one's buffer (a crash, or corrupted memory)."""
+
+
+def jpeg_frame(data: bytes) -> int | None:
+    """The SOFn marker (0xC0 ... 0xCF) of the JPEG *data*, or None where its
+    segments before the first scan hold none or cannot be followed."""
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # a fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # TEM, RSTn, SOI: no length
+            pos += 2
+            continue
+        if marker == 0xDA:  # the first scan: no frame before it
+            return None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker
+        pos += 2 + (data[pos + 2] << 8 | data[pos + 3])
+    return None
+
+
+def jpeg_header(data: Any, error: str) -> tuple[int, int, str, str]:
+    """simplejpeg's ``(height, width, colorspace, sampling)`` of *data*; a
+    DecodeError beginning with *error* for one it cannot read (a ValueError, or
+    the KeyError it raises for a sampling TurboJPEG has no name for: 4:4:1)."""
+    try:
+        height, width, colorspace, sampling = require_simplejpeg().decode_jpeg_header(data)
+    except (ValueError, KeyError) as exc:
+        reason = (f"a chroma sampling it does not read (TurboJPEG's {exc})"
+                  if isinstance(exc, KeyError) else exc)
+        raise DecodeError(f"{error}: {reason}") from exc
+    return height, width, colorspace, sampling
+
+
+def unnamed_sampling(exc: DecodeError) -> bool:
+    """Whether ``jpeg_header`` refused a JPEG only for a chroma sampling that
+    TurboJPEG has no name for (4:4:1, 4:1:0, chroma finer than luma): libjpeg
+    decodes those, and Pillow, through it, reads them."""
+    return isinstance(exc.__cause__, KeyError) or (
+        "Could not determine subsampling level" in str(exc))
 
 
 def source_scale(height: int, width: int, stored_height: int, stored_width: int) -> int:
@@ -362,17 +423,22 @@ class RGBImageField(Field):
         if isinstance(image, (bytes, bytearray, memoryview)):
             data = bytes(image)
             min_height = min_width = 0
+            pillow = False
             if data[:2] == b"\xff\xd8":
                 try:
-                    height, width, _, sampling = require_simplejpeg().decode_jpeg_header(data)
-                except ValueError as exc:
-                    raise DecodeError(f"cannot read JPEG header: {exc}") from exc
+                    height, width, _, sampling = jpeg_header(data, "cannot read JPEG header")
+                except DecodeError as exc:
+                    if not unnamed_sampling(exc):
+                        raise
+                    pillow = True  # read whole through Pillow, as a PNG is
+            if data[:2] == b"\xff\xd8" and not pillow:
                 source = (height, width)
                 # the size follows from the original, whatever scale it is decoded at
                 target = target_size(source[0], source[1], self.max_resolution,
                                      self.min_resolution)
                 if (target != source and min(source) >= SCALED_DECODE_MIN_SIDE
-                        and sampling in SCALED_DECODE_SAMPLINGS):
+                        and sampling in SCALED_DECODE_SAMPLINGS
+                        and jpeg_frame(data) in SCALED_DECODE_FRAMES):
                     # DCT-domain scaling down to twice the target, area averaging
                     # for the rest: fast, and as sharp as area averaging alone
                     min_height, min_width = 2 * target[0], 2 * target[1]
@@ -380,7 +446,7 @@ class RGBImageField(Field):
                 check_decoded_pixels(source[0], source[1], next(
                     (m for m in range(1, 8) if scaled_side(source[0], m) >= min_height
                      and scaled_side(source[1], m) >= min_width), 8) if min_height else 8)
-            image = decode_image_file(data, min_height, min_width)
+            image = decode_image_file(data, min_height, min_width, pillow)
             if source is not None and image.shape[:2] != source:  # a reduced DCT scale
                 span = dct_span(source, image.shape[:2])
                 if span is None:  # which scale is not known from the sizes: decode it whole
@@ -427,8 +493,8 @@ class RGBImageField(Field):
         if bytes(data[:2]) != b"\xff\xd8":
             return None
         try:
-            h, w, _, _ = require_simplejpeg().decode_jpeg_header(data)
-        except ValueError:
+            h, w, _, _ = jpeg_header(data, "")
+        except DecodeError:
             return None
         height, width = target_size(h, w, self.max_resolution, self.min_resolution)
         if max(height, width) > JPEG_MAX_SIDE or not self._compress(height * width * 3):
@@ -512,10 +578,7 @@ def decode_stored_image(
 
 def check_jpeg_size(data: Any, height: int, width: int) -> None:
     """Raise DecodeError unless the JPEG *data*'s header says ``height × width``."""
-    try:
-        h, w, _, _ = require_simplejpeg().decode_jpeg_header(data)
-    except ValueError as exc:
-        raise DecodeError(f"corrupt JPEG payload: {exc}") from None
+    h, w, _, _ = jpeg_header(data, "corrupt JPEG payload")
     if (h, w) != (height, width):
         raise DecodeError(f"JPEG is {h}×{w}, the metadata says {height}×{width}")
 
