@@ -32,21 +32,35 @@ Figure = tuple[str, int, float]
 """(name, images, seconds)"""
 
 
-def steady_epoch(batches: Any) -> tuple[int, float]:
+STEADY_MIN_BATCHES = 5
+"""Batches an epoch needs after its first for a steady-state figure, as
+``fastforward.benchmark.STEADY_MIN_BATCHES`` (this module imports nothing of
+fastforward): with fewer, the batches the workers prepared while the first one
+was made are most of what is timed."""
+
+WITH_START_UP = ", with start-up"
+"""What a figure's name ends with where its epochs were timed whole."""
+
+
+def steady_epoch(batches: Any) -> tuple[int, float, bool]:
     """Images and seconds of one epoch after its first batch: the same rule as
-    ``fastforward.benchmark.steady_state`` (this module imports nothing of
-    fastforward), so that no loader's per-epoch start-up weighs on its figure."""
+    ``fastforward.benchmark.steady_state``, so that no loader's per-epoch start-up
+    weighs on its figure; and whether the epoch was timed whole, start-up included
+    instead (fewer than ``STEADY_MIN_BATCHES`` batches after the first, as
+    fastforward's figures are then)."""
     began = time.perf_counter()
-    images, first_images, start = 0, 0, None
+    images, first_images, start, after = 0, 0, None, 0
     for batch in batches:
         first = batch[0] if isinstance(batch, (tuple, list)) else batch
         if start is None:
             start, first_images = time.perf_counter(), len(first)
             continue
         images += len(first)
-    if images == 0:  # an epoch of one batch (smoke runs): the whole epoch, start-up included
-        return first_images, time.perf_counter() - began
-    return images, time.perf_counter() - start
+        after += 1
+    end = time.perf_counter()
+    if after < STEADY_MIN_BATCHES:  # no steady state to take (smoke runs)
+        return first_images + images, end - began, True
+    return images, end - (start if start is not None else began), False
 
 
 def export_image_folder(beton: Path, out: Path) -> Path:
@@ -169,8 +183,8 @@ def _dataloader(root: Path, pipeline: str, workers: int, batch_size: int = 256) 
         for batch, labels in loader:
             yield (batch.to(torch.float16) if pipeline.startswith("train") else batch), labels
 
-    images, seconds = steady_epoch(batches())
-    return f"{label} ({workers} workers)", images, seconds
+    images, seconds, whole = steady_epoch(batches())
+    return f"{label} ({workers} workers){WITH_START_UP if whole else ''}", images, seconds
 
 
 def _ffcv(beton: Path, pipeline: str, workers: int, batch_size: int = 256) -> Figure:
@@ -197,11 +211,11 @@ def _ffcv(beton: Path, pipeline: str, workers: int, batch_size: int = 256) -> Fi
                     order=OrderOption.RANDOM, pipelines={"image": image, "label": None})
     for _ in loader:  # a whole epoch of warm-up: it pays for the JIT compilation
         pass
-    images, seconds = 0, 0.0
+    images, seconds, whole = 0, 0.0, False
     for _ in range(2):  # each epoch at steady state, as fastforward's
-        counted, taken = steady_epoch(loader)
-        images, seconds = images + counted, seconds + taken
-    return f"FFCV 1.0.2 ({workers} threads)", images, seconds
+        counted, taken, timed_whole = steady_epoch(loader)
+        images, seconds, whole = images + counted, seconds + taken, whole or timed_whole
+    return f"FFCV 1.0.2 ({workers} threads){WITH_START_UP if whole else ''}", images, seconds
 
 
 class _PILFolder:

@@ -18,6 +18,7 @@ loader's per-epoch start-up weighs on its figure however short the epochs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -51,23 +52,33 @@ def run_once(benchmark, fn):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
-def test_side_by_side(benchmark, beton: Path, folder256: Path, pipeline: str, cores: int,
-                      rounds: int, comparators: dict[str, str | None]) -> None:
+def test_side_by_side(benchmark, beton: Path, beton_unmarked: Path, folder256: Path,
+                      pipeline: str, cores: int, rounds: int,
+                      comparators: dict[str, str | None]) -> None:
     """Every figure of a pipeline, taken in turn, ``--bench-rounds`` times (medians):
 
     - the decode limit: simplejpeg decoding the stored JPEGs on every core (accurate
       IDCT, a new array each; beside it the fast IDCT the crop decoders and FFCV use,
-      and that into one reused buffer per thread: the strictest ceiling);
-    - fastforward's Loader (RANDOM order, batch 256, every core);
-    - PyTorch's DataLoader on the same 256 px JPEGs, num_workers = cores;
-    - FFCV 1.0.2 on the same .beton, where it is installed.
+      and that into one reused buffer per thread: the strictest ceiling); and the
+      same images without restart markers (accurate IDCT), whole-image decoding's
+      own ceiling;
+    - fastforward's Loader (RANDOM order, batch 256, every core), on its own files
+      (a restart marker at each MCU row);
+    - PyTorch's DataLoader on the same 256 px images without markers (as its users'
+      files are), num_workers = cores;
+    - FFCV 1.0.2 on the same images without markers (as its writer stores them),
+      where it is installed.
     """
     if pipeline == "b":
         pytest.importorskip("torch", reason="pipeline (b) ends in torch tensors")
     blobs = stored_jpegs(Reader(beton), "image")
+    unmarked = stored_jpegs(Reader(beton_unmarked), "image")
     name = PIPELINES[pipeline]
     measures = {
         "decode limit": lambda: decode_limit(blobs, cores, repeat=2),
+        "decode limit, files without restart markers": lambda: dataclasses.replace(
+            decode_limit(unmarked, cores, repeat=2),
+            name=f"decode limit (simplejpeg, {cores} threads), files without restart markers"),
         "decode limit, fastdct": lambda: decode_limit(blobs, cores, fastdct=True, repeat=2),
         "decode limit, fastdct, reused buffers": lambda: decode_limit(
             blobs, cores, fastdct=True, repeat=2, reuse_buffers=True),
@@ -77,11 +88,13 @@ def test_side_by_side(benchmark, beton: Path, folder256: Path, pipeline: str, co
         measures["DataLoader"] = lambda: throughput("dataloader", folder256, name, cores,
                                                     comparators["dataloader"])
     if importable("ffcv", comparators["ffcv"]):
-        measures["FFCV"] = lambda: throughput("ffcv", beton, name, cores, comparators["ffcv"])
+        measures["FFCV"] = lambda: throughput("ffcv", beton_unmarked, name, cores,
+                                              comparators["ffcv"])
     figures = run_once(benchmark, lambda: side_by_side(measures, rounds))
     for role, m in figures.items():
         record(pipeline, role, m)
     assert figures["decode limit"].images == 2 * len(blobs)
+    assert figures["decode limit, files without restart markers"].images == 2 * len(unmarked)
     assert all(m.images > 0 for m in figures.values())
 
 

@@ -1131,6 +1131,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"  {workers:>7}  {limit_text}  {loaded.rate:12,.0f}  {ratio}", flush=True)
         rows.append((workers, limit.rate if limit else None, loaded.rate))
         whole_epochs = whole_epochs or loaded.name.endswith("with start-up")
+    if blobs:
+        print(f"decode limit: simplejpeg decoding whole images (accurate IDCT; the crop "
+              f"decoders use the fast one) of the file's first {len(blobs):,} JPEGs, once, "
+              "on as many threads as workers")
     if whole_epochs:
         _print(f"note: {args.file} makes too few batches of {args.batch_size} per epoch to "
                f"time at steady state (at least {STEADY_MIN_BATCHES + 1} are needed): "

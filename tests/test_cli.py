@@ -741,6 +741,10 @@ def test_bench_prints_a_table(beton: Path, capsys: pytest.CaptureFixture[str]) -
     rows = [line.split() for line in lines[2:4]]
     assert [row[0] for row in rows] == ["1", "2"]
     assert all(float(row[2].replace(",", "")) > 0 for row in rows)
+    # what the limit is of, said (a bench of the whole file against its first JPEGs)
+    assert lines[4] == (f"decode limit: simplejpeg decoding whole images (accurate IDCT; the "
+                        f"crop decoders use the fast one) of the file's first {NUM_IMAGES} "
+                        "JPEGs, once, on as many threads as workers")
 
 
 def test_bench_says_when_epochs_are_too_short_to_time_at_steady_state(
