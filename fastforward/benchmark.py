@@ -48,12 +48,16 @@ def side_by_side(measures: dict[str, Callable[[], Measurement]],
     """Run each measurement once per round, in turn, and keep each one's median.
 
     On a shared machine the speed drifts from minute to minute; figures taken
-    in alternation, several times, give ratios that hold still.
+    in alternation, several times, give ratios that hold still. Each round
+    starts one measurement further on (round 1 with the second, ...), so that
+    no figure is always taken first, or always right after the same one.
     """
     taken: dict[str, list[Measurement]] = {name: [] for name in measures}
-    for _ in range(max(1, rounds)):
-        for name, measure in measures.items():
-            taken[name].append(measure())
+    names = list(measures)
+    for round_ in range(max(1, rounds)):
+        start = round_ % len(names) if names else 0
+        for name in names[start:] + names[:start]:
+            taken[name].append(measures[name]())
     return {name: replace(sorted(runs, key=lambda m: m.rate)[len(runs) // 2],
                           rounds=tuple(m.rate for m in runs))
             for name, runs in taken.items()}

@@ -120,6 +120,20 @@ def test_side_by_side_keeps_each_round_in_turn() -> None:
     assert benchmark.paired_ratios(single["a"], single["a"]) == []
 
 
+def test_side_by_side_starts_each_round_one_measurement_further_on() -> None:
+    """The order never changed: the decode limit always went first, FFCV last."""
+    calls: list[str] = []
+
+    def measure(name: str) -> benchmark.Measurement:
+        calls.append(name)
+        return benchmark.Measurement(name, 1, 1.0)
+
+    benchmark.side_by_side({name: (lambda name=name: measure(name)) for name in "abc"},
+                           rounds=4)
+    assert "".join(calls) == "abc" + "bca" + "cab" + "abc"
+    assert benchmark.side_by_side({}, rounds=2) == {}
+
+
 @pytest.mark.parametrize("fastdct", [False, True])
 def test_the_decode_limit_with_reused_buffers_decodes_every_image(
         small_file, monkeypatch: pytest.MonkeyPatch, fastdct: bool) -> None:  # type: ignore[no-untyped-def]
