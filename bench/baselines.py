@@ -42,25 +42,31 @@ WITH_START_UP = ", with start-up"
 """What a figure's name ends with where its epochs were timed whole."""
 
 
-def steady_epoch(batches: Any) -> tuple[int, float, bool]:
-    """Images and seconds of one epoch after its first batch: the same rule as
-    ``fastforward.benchmark.steady_state``, so that no loader's per-epoch start-up
-    weighs on its figure; and whether the epoch was timed whole, start-up included
-    instead (fewer than ``STEADY_MIN_BATCHES`` batches after the first, as
-    fastforward's figures are then)."""
+def steady_epoch(batches: Any, skip: int = 1) -> tuple[int, float, bool]:
+    """Images and seconds of one epoch after its first *skip* batches: with one,
+    the same rule as ``fastforward.benchmark.steady_state``, so that no loader's
+    per-epoch start-up weighs on its figure; and whether the epoch was timed
+    whole, start-up included instead (fewer than ``STEADY_MIN_BATCHES`` batches
+    after those, as fastforward's figures are then).
+
+    A loader whose workers each make a whole batch (the DataLoader) skips one per
+    worker: they all start at once, so when the first batch arrives the others'
+    are nearly ready, and timing from it alone counted them as made in no time."""
     began = time.perf_counter()
-    images, first_images, start, after = 0, 0, None, 0
+    images, skipped_images, start, seen = 0, 0, None, 0
     for batch in batches:
         first = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if start is None:
-            start, first_images = time.perf_counter(), len(first)
+        seen += 1
+        if seen <= skip:
+            skipped_images += len(first)
+            if seen == skip:
+                start = time.perf_counter()
             continue
         images += len(first)
-        after += 1
     end = time.perf_counter()
-    if after < STEADY_MIN_BATCHES:  # no steady state to take (smoke runs)
-        return first_images + images, end - began, True
-    return images, end - (start if start is not None else began), False
+    if seen - skip < STEADY_MIN_BATCHES or start is None:  # no steady state to take
+        return skipped_images + images, end - began, True
+    return images, end - start, False
 
 
 def export_image_folder(beton: Path, out: Path) -> Path:
@@ -183,7 +189,7 @@ def _dataloader(root: Path, pipeline: str, workers: int, batch_size: int = 256) 
         for batch, labels in loader:
             yield (batch.to(torch.float16) if pipeline.startswith("train") else batch), labels
 
-    images, seconds, whole = steady_epoch(batches())
+    images, seconds, whole = steady_epoch(batches(), skip=max(1, workers))
     return f"{label} ({workers} workers){WITH_START_UP if whole else ''}", images, seconds
 
 
