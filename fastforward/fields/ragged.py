@@ -39,6 +39,7 @@ MAX_DIMS = 8
 
 MAX_ROW_BYTES = 1 << 32  # one row (object) of a sample: more is a damaged descriptor
 
+
 def check_portable(columns: list[tuple[str, np.dtype, tuple[int, ...]]]) -> None:
     """Refuse to store a column whose bytes mean other values on another platform.
 
