@@ -776,3 +776,124 @@ def test_quasi_random_ranks_are_balanced(paged: Path, monkeypatch: pytest.Monkey
                                        order=OrderOption.QUASI_RANDOM, drop_last=False,
                                        even_batches=False))) for r in range(2)]
     assert abs(sizes[0] - sizes[1]) <= 100  # within a page (about 100 samples here)
+
+
+# -- found by mutating the code (each of these failed against one mutation that the
+# -- suite let pass)
+
+
+def test_distributed_padding_repeats_the_epochs_head() -> None:
+    """As DistributedSampler pads: the first samples of the epoch, in order."""
+    from fastforward.traversal_order.sharding import strided
+
+    shards = strided(np.arange(10, 20), 4, True)
+    padded = np.concatenate([shard.order[shard.padding] for shard in shards])
+    assert sorted(padded.tolist()) == [10, 11]
+
+
+def stop_each_rank(path: Path, world: int, batches: int, monkeypatch: pytest.MonkeyPatch,
+                   state: dict | None = None, **kw: Any) -> tuple[list[int], list[dict]]:
+    """Every rank of *world* (resumed from *state*) takes *batches* batches and saves
+    its state: the sample ids seen, and the states."""
+    seen, states = [], []
+    for rank in range(world):
+        loader = rank_loader(path, rank, world, monkeypatch, **kw)
+        if state is not None:
+            loader.load_state_dict(state)
+        iterator = iter(loader)
+        for _ in range(batches):
+            seen += [int(i) for i in next(iterator)[0].ravel()]
+        states.append(loader.state_dict())
+        iterator.close()
+    return seen, states
+
+
+@pytest.mark.parametrize("order", [OrderOption.RANDOM, OrderOption.QUASI_RANDOM],
+                         ids=lambda o: o.name)
+def test_a_resume_on_another_world_size_leaves_the_old_padding_out(
+        paged: Path, monkeypatch: pytest.MonkeyPatch, order: OrderOption) -> None:
+    """1,003 samples on 2 ranks: one padding sample. The 903 left after 5 batches
+    a rank split evenly over 3 ranks, with no padding: the old split's padding
+    sample is not carried into the new one (it was, making 906)."""
+    kw: dict[str, Any] = {"batch_size": 10, "order": order, "drop_last": False}
+    seen, states = stop_each_rank(paged, 2, 5, monkeypatch, **kw)
+    rest: list[int] = []
+    for rank in range(3):
+        loader = rank_loader(paged, rank, 3, monkeypatch, **kw)
+        loader.load_state_dict(states[0])
+        rest += epoch_ids(loader)
+    assert len(rest) == 1003 - len(seen)
+    assert sorted(set(seen + rest)) == list(range(1003))
+
+
+def test_two_resumes_keep_the_first_splits_padding_marked(
+        paged: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resumed on the same world size, then on another: the first split's padding
+    stays padding, so the last split repeats none of the samples seen before."""
+    kw: dict[str, Any] = {"batch_size": 10, "order": OrderOption.RANDOM, "drop_last": False}
+    seen, states = stop_each_rank(paged, 2, 3, monkeypatch, **kw)
+    more, states = stop_each_rank(paged, 2, 3, monkeypatch, states[0], **kw)
+    seen += more
+    rest: list[int] = []
+    for rank in range(3):
+        loader = rank_loader(paged, rank, 3, monkeypatch, **kw)
+        loader.load_state_dict(states[0])
+        rest += epoch_ids(loader)
+    assert set(rest).isdisjoint(seen)
+    assert sorted(set(seen + rest)) == list(range(1003))
+
+
+def test_seeds_that_differ_above_32_bits_give_other_orders_and_draws(paged: Path) -> None:
+    """Seeds are 63-bit: the orders' generators and the per-sample draws take
+    every bit (a mutation keeping only the low 32 passed the suite)."""
+    from fastforward.pipeline.random import uniform
+
+    high = 5 + (1 << 32)
+    for order in (OrderOption.RANDOM, OrderOption.QUASI_RANDOM):
+        a = Loader(paged, 10, order=order, seed=5).traversal_order.sample_order(0)
+        b = Loader(paged, 10, order=order, seed=high).traversal_order.sample_order(0)
+        assert not np.array_equal(a, b)
+    samples = np.arange(8)
+    assert not np.array_equal(uniform(5, 0, samples, 1, 2), uniform(high, 0, samples, 1, 2))
+
+
+def test_quasi_random_ranks_draw_from_streams_of_their_own(paged: Path) -> None:
+    """Each rank's QUASI_RANDOM order of its share is drawn from a stream of its
+    own (salt 1 + rank; the page cycle from salt 0); every rank drawing from
+    salt 1 passed the suite."""
+    order = Loader(paged, 10, order=OrderOption.QUASI_RANDOM, seed=3).traversal_order
+    salts: list[int] = []
+    draw = order.rng
+
+    def recorded(epoch: int, salt: int = 0) -> np.random.Generator:
+        salts.append(salt)
+        return draw(epoch, salt)
+
+    order.rng = recorded  # type: ignore[method-assign]
+    order.rank_orders(0, 3, False)
+    assert sorted(salts) == [0, 1, 2, 3]
+
+
+def test_a_state_past_the_full_batches_is_refused_under_drop_last(paged: Path) -> None:
+    """1,003 samples make 100 full batches of 10: with drop_last, a state at batch
+    101 (the dropped partial one) is no position of the epoch."""
+    def make() -> Loader:
+        return Loader(paged, 10, order=OrderOption.RANDOM, seed=1, drop_last=True,
+                      pipelines={"index": [IntDecoder()], "blob": None})
+
+    loader = make()
+    iterator = iter(loader)
+    next(iterator)
+    state = loader.state_dict()
+    iterator.close()
+    state["segments"] = [[1, 101]]
+    with pytest.raises(ValueError, match="at most 100"):
+        make().load_state_dict(state)
+
+
+def test_filter_keeps_the_loaders_current_seed(paged: Path) -> None:
+    """A seed set after the loader was made carries into the filtered one."""
+    loader = Loader(paged, 10, order=OrderOption.RANDOM,
+                    pipelines={"index": [IntDecoder()], "blob": None})
+    loader.seed = 1234
+    assert loader.filter("index", lambda x: x % 2 == 0).seed == 1234

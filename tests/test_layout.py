@@ -155,3 +155,12 @@ def test_no_payload_fields_have_no_pages(tmp_path: Path) -> None:
     data = path.read_bytes()
     assert len(data) == 24 + 2 * 1041 + 100 * 16  # as FFCV writes it
     assert struct.unpack_from("<Q", data, 16)[0] == len(data)
+
+
+def test_the_data_of_metadata_ending_on_a_page_boundary_starts_there() -> None:
+    """The data starts at the first page boundary at or after the metadata's end,
+    not one page further where that end falls on a boundary."""
+    row, page = np.dtype("u1"), 1 << 21
+    samples = page - types.metadata_offset(1)  # one-byte rows: the metadata ends at `page`
+    assert types.data_offset(1, samples, row, page) == page
+    assert types.data_offset(1, samples + 1, row, page) == 2 * page

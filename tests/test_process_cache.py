@@ -71,3 +71,18 @@ def test_an_epoch_leaves_the_file_out_of_the_page_cache(blobs: Path, order: Orde
                 seen.append(int(i))
     assert sorted(seen) == list(range(SAMPLES))
     assert cached_fraction(blobs) <= LEFT_AT_MOST
+
+
+def test_read_starts_bridges_a_gap_of_exactly_its_bounds() -> None:
+    """A gap of exactly ``PAGE_GAP``, or of exactly the next payload's size (under
+    ``GAP``), is read through: one read, not two."""
+    from fastforward.memory_managers.process_cache import GAP, PAGE_GAP, read_starts
+
+    gap = PAGE_GAP
+    assert read_starts(np.array([0, 10 + gap]), np.array([10, 20 + gap])).tolist() == [True, False]
+    assert read_starts(np.array([0, 11 + gap]), np.array([10, 21 + gap])).tolist() == [True, True]
+    gap = 10_000  # over PAGE_GAP, under GAP: bridged where the next payload is as large
+    assert gap < GAP
+    for size, starts_anew in ((gap, False), (gap - 1, True)):
+        got = read_starts(np.array([0, 10 + gap]), np.array([10, 10 + gap + size]))
+        assert got.tolist() == [True, starts_anew]

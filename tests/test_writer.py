@@ -1376,3 +1376,48 @@ def test_skip_errors_skips_a_decompression_bomb(tmp_path: Path) -> None:
     assert [s.index for s in writer.skipped] == [1]
     assert "decompression bomb" in writer.skipped[0].error
     assert Reader(tmp_path / "x.beton").metadata["f1"].tolist() == [0, 2]
+
+
+def test_payloads_that_exactly_fill_a_page_stay_in_it(tmp_path: Path) -> None:
+    """Two payloads of half a page each, less one byte and plus one, fill the first
+    page to its last byte: the second is not moved to the next page."""
+    path = tmp_path / "fill.beton"
+    half = 1 << 20
+    DatasetWriter(path, {"blob": BytesField()}, page_size=1 << 21, num_workers=1,
+                  progress=False).from_indexed_dataset(
+        [np.full(half - 1, 1, np.uint8), np.full(half + 1, 2, np.uint8)])
+    with Reader(path) as reader:
+        assert reader.sample_pages.tolist() == [0, 0]
+        assert reader.read(1)[0].tobytes() == bytes([2]) * (half + 1)
+
+
+def test_a_payload_of_exactly_one_page_is_stored(tmp_path: Path) -> None:
+    path = tmp_path / "page.beton"
+    DatasetWriter(path, {"blob": BytesField()}, page_size=1 << 21, num_workers=1,
+                  progress=False).from_indexed_dataset([np.full(1 << 21, 3, np.uint8)])
+    with Reader(path) as reader:
+        assert reader.read(0)[0].tobytes() == bytes([3]) * (1 << 21)
+
+
+def test_the_file_is_synced_before_it_is_named(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file's data reaches the disk (fsync of the file itself) before it gets
+    the target's name: a crash after the rename never leaves a named file whose
+    pages were lost."""
+    events: list[str] = []
+    fsync, replace = os.fsync, os.replace
+
+    def synced(fd: int) -> None:
+        events.append("fsync of a folder" if os.path.isdir(f"/proc/self/fd/{fd}")
+                      else "fsync of the file")
+        fsync(fd)
+
+    def renamed(*args: Any, **kwargs: Any) -> None:
+        events.append("rename")
+        replace(*args, **kwargs)
+
+    monkeypatch.setattr(writer_module.os, "fsync", synced)
+    monkeypatch.setattr(writer_module.os, "replace", renamed)
+    DatasetWriter(tmp_path / "s.beton", {"i": IntField()}, num_workers=1,
+                  progress=False).from_indexed_dataset([1, 2, 3])
+    assert "fsync of the file" in events[: events.index("rename")]
