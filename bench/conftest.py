@@ -150,11 +150,12 @@ def pytest_terminal_summary(terminalreporter: object) -> None:
         ours = rows.get("fastforward")
         for role, m in rows.items():
             ratio = ""
-            if (ours is not None and role != "fastforward" and m.rate > 0
-                    and not role.startswith("decode limit")  # (no start-up to time)
+            if ours is None or role == "fastforward" or m.rate <= 0:
+                pass
+            elif (not role.startswith("decode limit")  # (a limit has no start-up to time)
                     and ours.name.endswith(WITH_START_UP) != m.name.endswith(WITH_START_UP)):
                 ratio = "(none: one loader is timed with start-up, the other without)"
-            elif ours is not None and role != "fastforward" and m.rate > 0:
+            else:
                 ratio = f"{ours.rate / m.rate:6.2f}×"
                 paired = sorted(paired_ratios(ours, m))
                 if paired:

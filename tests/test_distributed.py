@@ -38,10 +38,13 @@ def paged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+INDEX_ONLY = {"index": [IntDecoder()], "blob": None}  # (no torch: no default pipelines)
+
+
 def rank_loader(path: Path, rank: int, world: int, monkeypatch: pytest.MonkeyPatch,
                 **kw) -> Loader:
     monkeypatch.setattr(loader_module, "_distributed_context", lambda: (rank, world))
-    kw.setdefault("pipelines", {"index": [IntDecoder()], "blob": None})
+    kw.setdefault("pipelines", INDEX_ONLY)
     kw.setdefault("seed", 7)
     return Loader(path, distributed=True, **kw)
 
@@ -782,9 +785,6 @@ def test_quasi_random_ranks_are_balanced(paged: Path, monkeypatch: pytest.Monkey
 # -- suite let pass)
 
 
-INDEX_ONLY = {"index": [IntDecoder()], "blob": None}  # (no torch: no default pipelines)
-
-
 def test_distributed_padding_repeats_the_epochs_head() -> None:
     """As DistributedSampler pads: the first samples of the epoch, in order."""
     from fastforward.traversal_order.sharding import strided
@@ -883,7 +883,7 @@ def test_a_state_past_the_full_batches_is_refused_under_drop_last(paged: Path) -
     101 (the dropped partial one) is no position of the epoch."""
     def make() -> Loader:
         return Loader(paged, 10, order=OrderOption.RANDOM, seed=1, drop_last=True,
-                      pipelines={"index": [IntDecoder()], "blob": None})
+                      pipelines=INDEX_ONLY)
 
     loader = make()
     iterator = iter(loader)
@@ -897,7 +897,6 @@ def test_a_state_past_the_full_batches_is_refused_under_drop_last(paged: Path) -
 
 def test_filter_keeps_the_loaders_current_seed(paged: Path) -> None:
     """A seed set after the loader was made carries into the filtered one."""
-    loader = Loader(paged, 10, order=OrderOption.RANDOM,
-                    pipelines={"index": [IntDecoder()], "blob": None})
+    loader = Loader(paged, 10, order=OrderOption.RANDOM, pipelines=INDEX_ONLY)
     loader.seed = 1234
     assert loader.filter("index", lambda x: x % 2 == 0).seed == 1234

@@ -423,15 +423,15 @@ class RGBImageField(Field):
         if isinstance(image, (bytes, bytearray, memoryview)):
             data = bytes(image)
             min_height = min_width = 0
-            pillow = False
-            if data[:2] == b"\xff\xd8":
+            jpeg, pillow = data[:2] == b"\xff\xd8", False
+            if jpeg:
                 try:
                     height, width, _, sampling = jpeg_header(data, "cannot read JPEG header")
                 except DecodeError as exc:
                     if not unnamed_sampling(exc):
                         raise
-                    pillow = True  # read whole through Pillow, as a PNG is
-            if data[:2] == b"\xff\xd8" and not pillow:
+                    jpeg, pillow = False, True  # read whole through Pillow, as a PNG is
+            if jpeg:
                 source = (height, width)
                 # the size follows from the original, whatever scale it is decoded at
                 target = target_size(source[0], source[1], self.max_resolution,
